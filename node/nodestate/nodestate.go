@@ -1,0 +1,139 @@
+// Package nodestate owns node.json, the one file through which the agent
+// tells the CNI plugin and IPAM about this node: its name, the block it holds,
+// the pool, its host address and the MTU pods should use.
+//
+// The agent is the only writer; the plugin and IPAM only read. The file is
+// replaced atomically (write to a temporary file, fsync, rename), so a reader
+// sees either the old or the new contents, never a torn write. This package
+// has no dependency on gossip or netlink so the CNI binaries stay small.
+package nodestate
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+)
+
+// FileName is the name of the state file inside the agent's run directory.
+const FileName = "node.json"
+
+// DefaultRunDir is where the agent writes FileName unless told otherwise.
+const DefaultRunDir = "/run/grapevine"
+
+// ErrNotReady means the agent has not written a usable state file yet: it is
+// not running, or it holds no block. CNI callers map it to error code 11
+// ("try again later").
+var ErrNotReady = errors.New("grapevine agent is not ready: no block assigned to this node yet")
+
+// State is the contents of node.json.
+type State struct {
+	Node   string       `json:"node"`
+	Block  netip.Prefix `json:"block"`
+	Pool   netip.Prefix `json:"pool"`
+	HostIP netip.Addr   `json:"hostIP"`
+	MTU    int          `json:"mtu"`
+}
+
+// Validate reports whether s is usable by the plugin: a block inside the pool
+// and a sane MTU.
+func (s State) Validate() error {
+	switch {
+	case !s.Block.IsValid():
+		return ErrNotReady
+	case !s.Pool.IsValid():
+		return fmt.Errorf("node state: pool is missing")
+	case s.Block.Bits() < s.Pool.Bits() || !s.Pool.Contains(s.Block.Addr()):
+		return fmt.Errorf("node state: block %s is not inside pool %s", s.Block, s.Pool)
+	case s.Block.Masked() != s.Block:
+		return fmt.Errorf("node state: block %s is not a network address", s.Block)
+	case s.MTU != 0 && (s.MTU < 576 || s.MTU > 65535):
+		return fmt.Errorf("node state: mtu %d out of range 576-65535", s.MTU)
+	}
+	return nil
+}
+
+// Path returns the state file's path inside runDir.
+func Path(runDir string) string {
+	if runDir == "" {
+		runDir = DefaultRunDir
+	}
+	return filepath.Join(runDir, FileName)
+}
+
+// Read loads and validates the state file in runDir. A missing file, or one
+// without a block, yields an error wrapping ErrNotReady.
+func Read(runDir string) (State, error) {
+	var s State
+	data, err := os.ReadFile(Path(runDir))
+	if errors.Is(err, os.ErrNotExist) {
+		return s, fmt.Errorf("%w (%s does not exist)", ErrNotReady, Path(runDir))
+	}
+	if err != nil {
+		return s, fmt.Errorf("read node state: %w", err)
+	}
+	if err := json.Unmarshal(data, &s); err != nil {
+		return s, fmt.Errorf("parse node state %s: %w", Path(runDir), err)
+	}
+	if err := s.Validate(); err != nil {
+		return s, err
+	}
+	return s, nil
+}
+
+// Write replaces the state file in runDir atomically.
+func Write(runDir string, s State) error {
+	if err := s.Validate(); err != nil {
+		return err
+	}
+	data, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode node state: %w", err)
+	}
+	return WriteFileAtomic(Path(runDir), append(data, '\n'), 0o644)
+}
+
+// Remove deletes the state file, so new pods fail with ErrNotReady. A missing
+// file is not an error.
+func Remove(runDir string) error {
+	err := os.Remove(Path(runDir))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove node state: %w", err)
+	}
+	return nil
+}
+
+// WriteFileAtomic writes data to path through a temporary file in the same
+// directory and a rename, creating the directory if needed.
+func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", dir, err)
+	}
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	defer os.Remove(tmp.Name()) // no-op after a successful rename
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := tmp.Chmod(perm); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}

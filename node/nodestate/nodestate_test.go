@@ -1,0 +1,71 @@
+package nodestate
+
+import (
+	"errors"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func TestWriteReadRoundTrip(t *testing.T) {
+	dir := t.TempDir()
+	want := State{
+		Node:   "host1",
+		Block:  netip.MustParsePrefix("172.20.24.0/23"),
+		Pool:   netip.MustParsePrefix("172.20.0.0/16"),
+		HostIP: netip.MustParseAddr("172.16.254.113"),
+		MTU:    1500,
+	}
+	if err := Write(dir, want); err != nil {
+		t.Fatal(err)
+	}
+	got, err := Read(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != want {
+		t.Fatalf("Read = %+v, want %+v", got, want)
+	}
+	leftovers, _ := filepath.Glob(filepath.Join(dir, ".*tmp*"))
+	if len(leftovers) != 0 {
+		t.Fatalf("temporary files left behind: %v", leftovers)
+	}
+}
+
+func TestReadMissingIsNotReady(t *testing.T) {
+	_, err := Read(t.TempDir())
+	if !errors.Is(err, ErrNotReady) {
+		t.Fatalf("Read on empty dir: err = %v, want ErrNotReady", err)
+	}
+}
+
+func TestReadRejectsBadState(t *testing.T) {
+	cases := map[string]string{
+		"no block":       `{"node":"a","pool":"10.244.0.0/16","hostIP":"10.0.0.1","mtu":1500}`,
+		"outside pool":   `{"node":"a","block":"10.245.0.0/23","pool":"10.244.0.0/16","hostIP":"10.0.0.1"}`,
+		"not masked":     `{"node":"a","block":"10.244.1.0/23","pool":"10.244.0.0/16","hostIP":"10.0.0.1"}`,
+		"bad mtu":        `{"node":"a","block":"10.244.2.0/23","pool":"10.244.0.0/16","hostIP":"10.0.0.1","mtu":70000}`,
+		"garbage":        `{"node":`,
+		"wrong type":     `{"node":"a","block":42}`,
+		"bigger than it": `{"node":"a","block":"10.0.0.0/8","pool":"10.244.0.0/16"}`,
+	}
+	for name, body := range cases {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			if err := os.WriteFile(Path(dir), []byte(body), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := Read(dir); err == nil {
+				t.Fatalf("Read accepted %s", body)
+			}
+		})
+	}
+}
+
+func TestRemoveIsIdempotent(t *testing.T) {
+	dir := t.TempDir()
+	if err := Remove(dir); err != nil {
+		t.Fatal(err)
+	}
+}

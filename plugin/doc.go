@@ -1,0 +1,9 @@
+// Package plugin is the grapevine-cni CNI plugin: it wires a pod the way the
+// routed L3 design needs (a veth pair; the pod side with a /32 and a default
+// route via the link-local gateway 169.254.1.1; the host side with MAC
+// ee:ee:ee:ee:ee:ee and proxy ARP; a /32 route and a permanent neighbour entry
+// on the host) and implements ADD, DEL, CHECK, GC and STATUS.
+//
+// plugin learns about the node only from the state file the agent writes
+// (package node/nodestate); it never talks to the agent or the mesh.
+package plugin
