@@ -25,8 +25,9 @@ export GRAPEVINE_CNI_PATH := $(CNI_BIN)
 all: build
 
 build:
+	@mkdir -p $(CNI_BIN)
 	$(GO_BUILD) -o $(BIN)/ ./cmd/...
-	cp $(BIN)/grapevine-cni $(BIN)/grapevine-ipam $(CNI_BIN)/ 2>/dev/null || (mkdir -p $(CNI_BIN) && cp $(BIN)/grapevine-cni $(BIN)/grapevine-ipam $(CNI_BIN)/)
+	cp $(BIN)/grapevine-cni $(BIN)/grapevine-ipam $(CNI_BIN)/
 
 # The reference plugins, built from source at the pinned version: portmap is
 # chained after grapevine-cni; ptp and host-local are the benchmark's peers.
