@@ -1,0 +1,168 @@
+package ipam
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
+)
+
+// Gateway is the link-local next hop every pod routes through. No host holds
+// it: the host veth answers ARP for it by proxy.
+func Gateway() netip.Addr { return netip.AddrFrom4([4]byte{169, 254, 1, 1}) }
+
+// SupportedVersions are the CNI spec versions grapevine speaks.
+func SupportedVersions() version.PluginInfo {
+	return version.PluginSupports("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+}
+
+// Funcs are grapevine-ipam's CNI commands, for skel.PluginMainFuncs.
+func Funcs() skel.CNIFuncs {
+	return skel.CNIFuncs{Add: cmdAdd, Del: cmdDel, Check: cmdCheck, GC: cmdGC, Status: cmdStatus}
+}
+
+// Result is the IPAM result for addr: a /32 with the link-local gateway and a
+// default route through it.
+func Result(addr netip.Addr) *current.Result {
+	gw := net.IP(Gateway().AsSlice())
+	return &current.Result{
+		CNIVersion: current.ImplementedSpecVersion,
+		IPs: []*current.IPConfig{{
+			Address: net.IPNet{IP: net.IP(addr.AsSlice()), Mask: net.CIDRMask(32, 32)},
+			Gateway: gw,
+		}},
+		Routes: []*types.Route{{Dst: net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}, GW: gw}},
+	}
+}
+
+func cmdAdd(args *skel.CmdArgs) error {
+	cfg, err := ParseConfig(args.StdinData)
+	if err != nil {
+		return err
+	}
+	st, err := ReadNodeState(cfg.RunDir)
+	if err != nil {
+		return err
+	}
+	alloc, err := Open(cfg)
+	if err != nil {
+		return err
+	}
+	defer alloc.Close()
+	addr, err := alloc.Allocate(st.Block, args.ContainerID, args.IfName)
+	if err != nil {
+		return err
+	}
+	var vc struct {
+		CNIVersion string `json:"cniVersion"`
+	}
+	if err := json.Unmarshal(args.StdinData, &vc); err != nil {
+		return DecodeError(err)
+	}
+	return types.PrintResult(Result(addr), vc.CNIVersion)
+}
+
+func cmdDel(args *skel.CmdArgs) error {
+	cfg, err := ParseConfig(args.StdinData)
+	if err != nil {
+		return err
+	}
+	alloc, err := Open(cfg)
+	if err != nil {
+		return err
+	}
+	defer alloc.Close()
+	return alloc.Release(args.ContainerID, args.IfName)
+}
+
+// cmdCheck verifies that the attachment still holds an address, and the one
+// the previous result reported when there is one.
+func cmdCheck(args *skel.CmdArgs) error {
+	cfg, err := ParseConfig(args.StdinData)
+	if err != nil {
+		return err
+	}
+	alloc, err := Open(cfg)
+	if err != nil {
+		return err
+	}
+	defer alloc.Close()
+	held, err := alloc.Held(args.ContainerID, args.IfName)
+	if err != nil {
+		return err
+	}
+	if len(held) == 0 {
+		return fmt.Errorf("no address is reserved for %s/%s in %s", args.ContainerID, args.IfName, cfg.StoreDir())
+	}
+	var conf types.PluginConf
+	if err := json.Unmarshal(args.StdinData, &conf); err != nil {
+		return DecodeError(err)
+	}
+	if conf.RawPrevResult == nil {
+		return nil
+	}
+	if err := version.ParsePrevResult(&conf); err != nil {
+		return types.NewError(types.ErrDecodingFailure, fmt.Sprintf("parse prevResult: %v", err), "")
+	}
+	prev, err := current.NewResultFromResult(conf.PrevResult)
+	if err != nil {
+		return types.NewError(types.ErrDecodingFailure, fmt.Sprintf("convert prevResult: %v", err), "")
+	}
+	return CheckHeld(held, prev, args.ContainerID, args.IfName)
+}
+
+// CheckHeld reports an error naming every IPv4 address of prev that is not
+// among held, the reservations of (containerID, ifname).
+func CheckHeld(held []netip.Addr, prev *current.Result, containerID, ifname string) error {
+	var errs []error
+	for _, ipc := range prev.IPs {
+		addr, ok := netip.AddrFromSlice(ipc.Address.IP.To4())
+		if ok && !slices.Contains(held, addr) {
+			errs = append(errs, fmt.Errorf("address %s is not reserved for %s/%s (it holds %v)", addr, containerID, ifname, held))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func cmdGC(args *skel.CmdArgs) error {
+	cfg, err := ParseConfig(args.StdinData)
+	if err != nil {
+		return err
+	}
+	var conf types.PluginConf
+	if err := json.Unmarshal(args.StdinData, &conf); err != nil {
+		return DecodeError(err)
+	}
+	alloc, err := Open(cfg)
+	if err != nil {
+		return err
+	}
+	defer alloc.Close()
+	return alloc.GC(conf.ValidAttachments)
+}
+
+// cmdStatus succeeds only when node.json holds a block: without one no ADD can
+// succeed, which is CNI error 50.
+func cmdStatus(args *skel.CmdArgs) error {
+	cfg, err := ParseConfig(args.StdinData)
+	if err != nil {
+		return err
+	}
+	return StatusError(cfg.RunDir)
+}
+
+// StatusError is nil when node.json in runDir holds a usable block, and CNI
+// error 50 (plugin not available) saying why otherwise.
+func StatusError(runDir string) error {
+	if _, err := ReadNodeState(runDir); err != nil {
+		return types.NewError(types.ErrPluginNotAvailable, err.(*types.Error).Msg, "")
+	}
+	return nil
+}
