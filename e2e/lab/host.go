@@ -1,0 +1,340 @@
+package lab
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// ConfListName is the conflist the agent writes into its --cni-conf-dir.
+const ConfListName = "10-grapevine.conflist"
+
+// Host is one lab host: a namespace with em1 on the LAN, its own directories
+// and at most one agent process.
+type Host struct {
+	Namespace
+	// Name is the host's node name and its switch port: "h1", "h2", ...
+	Name string
+	IP   netip.Addr
+	Dir  string
+	// KeyFile is the gossip key the agent is started with; the lab's key
+	// unless changed before StartAgent.
+	KeyFile string
+
+	lab *Lab
+
+	mu    sync.Mutex
+	agent *agentProc
+	pods  int // pods created so far, for naming
+}
+
+type agentProc struct {
+	cmd    *exec.Cmd
+	exited chan struct{} // closed when the process is reaped
+	err    error         // Wait's result, valid after exited
+}
+
+func newHost(l *Lab, n int) *Host {
+	name := "h" + strconv.Itoa(n)
+	ip := lanPrefix.Addr().As4()
+	ip[3] = byte(n)
+	return &Host{
+		Namespace: Namespace{Name: NamePrefix + l.ID + "-" + name},
+		Name:      name,
+		IP:        netip.AddrFrom4(ip),
+		Dir:       filepath.Join(l.Dir, name),
+		KeyFile:   l.KeyFile,
+		lab:       l,
+	}
+}
+
+func (h *Host) StateDir() string     { return filepath.Join(h.Dir, "state") }
+func (h *Host) RunDir() string       { return filepath.Join(h.Dir, "run") }
+func (h *Host) ConfDir() string      { return filepath.Join(h.Dir, "net.d") }
+func (h *Host) LogPath() string      { return filepath.Join(h.Dir, "agent.log") }
+func (h *Host) ConfListPath() string { return filepath.Join(h.ConfDir(), ConfListName) }
+func (h *Host) cniCacheDir() string  { return filepath.Join(h.Dir, "cni-cache") }
+
+// AgentArgs is the agent's command line on this host, after the binary.
+func (h *Host) AgentArgs() []string {
+	return []string{"agent",
+		"--node-name", h.Name,
+		"--iface", "em1",
+		"--host-ip", h.IP.String(),
+		"--join", h.lab.Host(1).IP.String(),
+		"--state-dir", h.StateDir(),
+		"--run-dir", h.RunDir(),
+		"--cni-conf-dir", h.ConfDir(),
+		"--gossip-key-file", h.KeyFile,
+		"--metrics-addr", "127.0.0.1:9962",
+	}
+}
+
+// StartAgent starts the real agent inside the host's namespace, its output
+// appended to LogPath. Unless the lab is detached, the agent gets SIGKILL
+// when this process dies, so an interrupted test leaves no agent behind.
+func (h *Host) StartAgent(ctx context.Context) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.agent != nil {
+		return fmt.Errorf("host %s: agent already running (pid %d)", h.Name, h.agent.cmd.Process.Pid)
+	}
+	logf, err := os.OpenFile(h.LogPath(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return fmt.Errorf("host %s: agent log: %w", h.Name, err)
+	}
+	defer logf.Close() // the child holds its own descriptor
+	fmt.Fprintf(logf, "=== lab: starting agent at %s\n", time.Now().Format(time.RFC3339Nano))
+
+	// Not CommandContext: the agent's lifetime is managed by Stop/Kill,
+	// and a detached agent must outlive ctx.
+	cmd := exec.Command("ip", append([]string{"netns", "exec", h.Namespace.Name, filepath.Join(h.lab.BinDir, "grapevine")}, h.AgentArgs()...)...)
+	cmd.Env = agentEnv()
+	cmd.Stdout = logf
+	cmd.Stderr = logf
+	if h.lab.detach {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	} else {
+		// `ip netns exec` execs the agent in place, so the death signal and
+		// the pid carry over to the agent itself.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("host %s: start agent: %w", h.Name, err)
+	}
+	p := &agentProc{cmd: cmd, exited: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.exited)
+	}()
+	h.agent = p
+	h.lab.log.Info("agent started", "host", h.Name, "pid", cmd.Process.Pid)
+	return nil
+}
+
+// agentEnv is this process's environment without GRAPEVINE_* variables,
+// which the agent would read as flags.
+func agentEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "GRAPEVINE_") {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+// AgentRunning reports whether this host's agent process is alive.
+func (h *Host) AgentRunning() bool {
+	h.mu.Lock()
+	p := h.agent
+	h.mu.Unlock()
+	if p == nil {
+		return false
+	}
+	select {
+	case <-p.exited:
+		return false
+	default:
+		return true
+	}
+}
+
+// StopAgent sends SIGTERM (the agent leaves the cluster gracefully) and waits
+// for the agent to exit.
+func (h *Host) StopAgent(ctx context.Context) error {
+	return h.signalAgent(ctx, syscall.SIGTERM)
+}
+
+// KillAgent sends SIGKILL, as a crash would, and reaps the agent. No agent
+// running is not an error.
+func (h *Host) KillAgent() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return h.signalAgent(ctx, syscall.SIGKILL)
+}
+
+func (h *Host) signalAgent(ctx context.Context, sig syscall.Signal) error {
+	h.mu.Lock()
+	p := h.agent
+	h.agent = nil
+	h.mu.Unlock()
+	if p == nil {
+		return nil
+	}
+	// Signalling an already reaped process is harmless: its pid is held
+	// until Wait returns, and exited tells us it is gone.
+	select {
+	case <-p.exited:
+		return nil
+	default:
+	}
+	if err := p.cmd.Process.Signal(sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return fmt.Errorf("host %s: signal agent: %w", h.Name, err)
+	}
+	select {
+	case <-p.exited:
+		return nil
+	case <-ctx.Done():
+		p.cmd.Process.Kill()
+		<-p.exited
+		return fmt.Errorf("host %s: agent did not exit after %v: %w", h.Name, sig, ctx.Err())
+	}
+}
+
+// AgentExit reports whether the agent exited on its own, and how. It lets a
+// test tell "agent crashed" apart from "agent not ready".
+func (h *Host) AgentExit() (exited bool, err error) {
+	h.mu.Lock()
+	p := h.agent
+	h.mu.Unlock()
+	if p == nil {
+		return false, nil
+	}
+	select {
+	case <-p.exited:
+		return true, p.err
+	default:
+		return false, nil
+	}
+}
+
+// CutLink takes the host's switch port down, as if its cable were pulled.
+func (h *Host) CutLink(ctx context.Context) error {
+	return h.lab.Switch.ip(ctx, "link", "set", h.Name, "down")
+}
+
+// RestoreLink brings the host's switch port back up.
+func (h *Host) RestoreLink(ctx context.Context) error {
+	return h.lab.Switch.ip(ctx, "link", "set", h.Name, "up")
+}
+
+// Status is `grapevine status -o json`.
+type Status struct {
+	Node     string       `json:"node"`
+	HostIP   netip.Addr   `json:"hostIP"`
+	Block    netip.Prefix `json:"block"`
+	Ready    bool         `json:"ready"`
+	Reason   string       `json:"reason"`
+	Degraded string       `json:"degraded"`
+	Members  []Member     `json:"members"`
+}
+
+// Member is one peer in Status.
+type Member struct {
+	Name   string       `json:"name"`
+	Addr   netip.Addr   `json:"addr"`
+	HostIP netip.Addr   `json:"hostIP"`
+	Block  netip.Prefix `json:"block"`
+	State  string       `json:"state"`
+	Route  string       `json:"route"`
+}
+
+// Member returns the member with the given name.
+func (s Status) Member(name string) (Member, bool) {
+	for _, m := range s.Members {
+		if m.Name == name {
+			return m, true
+		}
+	}
+	return Member{}, false
+}
+
+// StatusText runs `grapevine status` with the given output format.
+func (h *Host) StatusText(ctx context.Context, format string) ([]byte, error) {
+	return run(ctx, filepath.Join(h.lab.BinDir, "grapevine"), "status", "--run-dir", h.RunDir(), "-o", format)
+}
+
+// Status asks the agent for its status through the real CLI.
+func (h *Host) Status(ctx context.Context) (Status, error) {
+	var s Status
+	out, err := h.StatusText(ctx, "json")
+	if err != nil {
+		return s, fmt.Errorf("host %s: %w", h.Name, err)
+	}
+	if err := json.Unmarshal(out, &s); err != nil {
+		return s, fmt.Errorf("host %s: parse status: %w: %s", h.Name, err, out)
+	}
+	return s, nil
+}
+
+// WaitStatus polls the agent's status until cond holds or ctx ends. The
+// error names what was awaited and the last status seen, and says so if the
+// agent exited meanwhile.
+func (h *Host) WaitStatus(ctx context.Context, what string, cond func(Status) bool) (Status, error) {
+	var last Status
+	var lastErr error
+	for {
+		s, err := h.Status(ctx)
+		if err == nil && cond(s) {
+			return s, nil
+		}
+		if err == nil {
+			last = s
+		}
+		lastErr = err
+		if exited, exitErr := h.AgentExit(); exited {
+			return last, fmt.Errorf("host %s: agent exited (%v) while waiting for %s", h.Name, exitErr, what)
+		}
+		if err := sleepCtx(ctx, 250*time.Millisecond); err != nil {
+			js, _ := json.Marshal(last)
+			return last, fmt.Errorf("host %s: waiting for %s: %w; last status %s; last error: %v", h.Name, what, err, js, lastErr)
+		}
+	}
+}
+
+// WaitReady waits until the host's agent is ready and holds a block.
+func (h *Host) WaitReady(ctx context.Context) (Status, error) {
+	return h.WaitStatus(ctx, "ready", func(s Status) bool { return s.Ready && s.Block.IsValid() })
+}
+
+// WaitMesh waits until every given host is ready, sees all the others alive
+// with their block, and reports their routes programmed.
+func WaitMesh(ctx context.Context, hosts []*Host) (map[string]Status, error) {
+	statuses := make(map[string]Status)
+	for _, h := range hosts {
+		s, err := h.WaitStatus(ctx, fmt.Sprintf("a full mesh of %d hosts", len(hosts)), func(s Status) bool {
+			if !s.Ready || !s.Block.IsValid() {
+				return false
+			}
+			for _, peer := range hosts {
+				if peer == h {
+					continue
+				}
+				m, ok := s.Member(peer.Name)
+				if !ok || m.State != "alive" || !m.Block.IsValid() || m.Route != "programmed" {
+					return false
+				}
+			}
+			return true
+		})
+		if err != nil {
+			return nil, err
+		}
+		statuses[h.Name] = s
+	}
+	return statuses, nil
+}
+
+// LogTail returns up to the last n lines of the agent's log.
+func (h *Host) LogTail(n int) string {
+	data, err := os.ReadFile(h.LogPath())
+	if err != nil {
+		return fmt.Sprintf("(no agent log: %v)", err)
+	}
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}

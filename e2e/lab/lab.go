@@ -1,0 +1,331 @@
+// Package lab builds a cluster of grapevine hosts on one Linux machine out of
+// network namespaces, and drives the real agent and CNI binaries in it.
+//
+// The topology mirrors a small data centre LAN:
+//
+//	<id>-sw    a switch: bridge br0 (and br1 while partitioned), one port per host
+//	<id>-hN    host N: em1 = 172.16.254.N/24, default via 172.16.254.254
+//	<id>-out   "the internet": em1 = 172.16.254.254/24, no route to the pod pool
+//	<id>-hN-pM a pod on host N, wired by CNI through libcni
+//
+// Every name starts with "gvl" and the lab's random run id, so labs of
+// concurrent runs never collide, and a lab can be removed by its id alone
+// (Down) even after the process that built it died. Nothing is ever created
+// in the machine's root network namespace: veth pairs are created inside the
+// switch namespace with their far end placed directly in the host namespace.
+package lab
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+)
+
+// NamePrefix starts the name of every namespace a lab creates.
+const NamePrefix = "gvl"
+
+// The LAN every lab host sits on, as in the seed article.
+var (
+	lanPrefix  = netip.MustParsePrefix("172.16.254.0/24")
+	outsideIP  = netip.MustParseAddr("172.16.254.254")
+	maxHostNum = 250
+)
+
+// Config describes a lab to build.
+type Config struct {
+	// ID is the run id; empty picks a random one. Names are "gvl"+ID+"-...".
+	ID string
+	// Hosts is how many hosts New creates; more can be added with AddHost.
+	Hosts int
+	// Dir holds each host's state, run and CNI directories and agent logs.
+	// Empty: a new temporary directory, removed by Close.
+	Dir string
+	// BinDir holds the grapevine binary.
+	BinDir string
+	// CNIPath lists the directories holding the CNI plugins.
+	CNIPath []string
+	// Detach makes agents outlive this process (for the demo): they run in
+	// their own session and are not killed when the parent dies.
+	Detach bool
+	Logger *slog.Logger
+}
+
+// Lab is a running lab. Its methods are safe for concurrent use.
+type Lab struct {
+	ID      string
+	Dir     string
+	BinDir  string
+	CNIPath []string
+	// KeyFile holds the gossip key every host's agent uses unless told otherwise.
+	KeyFile string
+	Switch  Namespace
+	Outside Namespace
+
+	detach  bool
+	ownsDir bool
+	log     *slog.Logger
+
+	mu    sync.Mutex
+	hosts []*Host
+}
+
+// New builds the switch, the outside host and cfg.Hosts hosts. Agents are not
+// started; see Host.StartAgent and Lab.StartAgents. On error, whatever was
+// built is removed again.
+func New(ctx context.Context, cfg Config) (_ *Lab, err error) {
+	if cfg.ID == "" {
+		cfg.ID = NewID()
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	l := &Lab{
+		ID:      cfg.ID,
+		Dir:     cfg.Dir,
+		BinDir:  cfg.BinDir,
+		CNIPath: cfg.CNIPath,
+		Switch:  Namespace{Name: NamePrefix + cfg.ID + "-sw"},
+		Outside: Namespace{Name: NamePrefix + cfg.ID + "-out"},
+		detach:  cfg.Detach,
+		log:     cfg.Logger.With("lab", NamePrefix+cfg.ID),
+	}
+	if l.Dir == "" {
+		l.Dir, err = os.MkdirTemp("", NamePrefix+cfg.ID+"-")
+		if err != nil {
+			return nil, fmt.Errorf("lab directory: %w", err)
+		}
+		l.ownsDir = true
+	} else if err := os.MkdirAll(l.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("lab directory: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			l.Close(context.WithoutCancel(ctx))
+		}
+	}()
+	if err := l.writeRecord(); err != nil {
+		return nil, err
+	}
+
+	l.KeyFile = filepath.Join(l.Dir, "gossip.key")
+	if err := WriteGossipKey(l.KeyFile); err != nil {
+		return nil, err
+	}
+	if err := l.buildSwitch(ctx); err != nil {
+		return nil, err
+	}
+	for range cfg.Hosts {
+		if _, err := l.AddHost(ctx); err != nil {
+			return nil, err
+		}
+	}
+	l.log.Info("lab built", "hosts", cfg.Hosts, "dir", l.Dir)
+	return l, nil
+}
+
+// NewID returns a random run id: 4 hex digits keep interface-sized names short.
+func NewID() string {
+	var b [2]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// WriteGossipKey writes a new random 32-byte gossip key, base64 encoded, as
+// `grapevine keygen` would.
+func WriteGossipKey(path string) error {
+	var key [32]byte
+	rand.Read(key[:])
+	if err := os.WriteFile(path, []byte(base64.StdEncoding.EncodeToString(key[:])+"\n"), 0o600); err != nil {
+		return fmt.Errorf("write gossip key: %w", err)
+	}
+	return nil
+}
+
+func (l *Lab) buildSwitch(ctx context.Context) error {
+	if err := l.Switch.create(ctx); err != nil {
+		return err
+	}
+	if err := l.Switch.ip(ctx, "link", "add", "br0", "type", "bridge"); err != nil {
+		return err
+	}
+	if err := l.Switch.ip(ctx, "link", "set", "br0", "up"); err != nil {
+		return err
+	}
+	if err := l.Outside.create(ctx); err != nil {
+		return err
+	}
+	return l.plug(ctx, l.Outside, "out", netip.PrefixFrom(outsideIP, lanPrefix.Bits()), netip.Addr{})
+}
+
+// plug connects ns to the switch: em1 in ns, port on br0 in the switch.
+func (l *Lab) plug(ctx context.Context, ns Namespace, port string, addr netip.Prefix, gateway netip.Addr) error {
+	steps := [][]string{
+		{"-n", l.Switch.Name, "link", "add", port, "type", "veth", "peer", "name", "em1", "netns", ns.Name},
+		{"-n", l.Switch.Name, "link", "set", port, "master", "br0", "up"},
+		{"-n", ns.Name, "addr", "add", addr.String(), "dev", "em1"},
+		{"-n", ns.Name, "link", "set", "em1", "up"},
+	}
+	if gateway.IsValid() {
+		steps = append(steps, []string{"-n", ns.Name, "route", "add", "default", "via", gateway.String(), "dev", "em1"})
+	}
+	for _, args := range steps {
+		if _, err := run(ctx, "ip", args...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// AddHost creates the next host (namespace, em1, default route) and its
+// directories. It does not start an agent.
+func (l *Lab) AddHost(ctx context.Context) (*Host, error) {
+	l.mu.Lock()
+	n := len(l.hosts) + 1
+	l.mu.Unlock()
+	if n > maxHostNum {
+		return nil, fmt.Errorf("lab holds at most %d hosts", maxHostNum)
+	}
+	h := newHost(l, n)
+	for _, d := range []string{h.StateDir(), h.RunDir(), h.ConfDir(), h.cniCacheDir()} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, fmt.Errorf("host %s: %w", h.Name, err)
+		}
+	}
+	if err := h.create(ctx); err != nil {
+		return nil, err
+	}
+	if err := l.plug(ctx, h.Namespace, h.Name, netip.PrefixFrom(h.IP, lanPrefix.Bits()), outsideIP); err != nil {
+		return nil, fmt.Errorf("host %s: %w", h.Name, err)
+	}
+	l.mu.Lock()
+	l.hosts = append(l.hosts, h)
+	l.mu.Unlock()
+	return h, nil
+}
+
+// Hosts returns the lab's hosts in order (h1 first).
+func (l *Lab) Hosts() []*Host {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]*Host(nil), l.hosts...)
+}
+
+// Host returns host n (1-based).
+func (l *Lab) Host(n int) *Host {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.hosts[n-1]
+}
+
+// OutsideIP is the address of the outside host.
+func (l *Lab) OutsideIP() netip.Addr { return outsideIP }
+
+// StartAgents starts the agent on every given host (all hosts when none are given).
+func (l *Lab) StartAgents(ctx context.Context, hosts ...*Host) error {
+	if len(hosts) == 0 {
+		hosts = l.Hosts()
+	}
+	for _, h := range hosts {
+		if err := h.StartAgent(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Partition splits the LAN: the given hosts' switch ports move to a second
+// bridge, so they only reach each other. The outside host stays on br0.
+func (l *Lab) Partition(ctx context.Context, hosts ...*Host) error {
+	if _, err := run(ctx, "ip", "-n", l.Switch.Name, "link", "show", "br1"); err != nil {
+		if err := l.Switch.ip(ctx, "link", "add", "br1", "type", "bridge"); err != nil {
+			return err
+		}
+		if err := l.Switch.ip(ctx, "link", "set", "br1", "up"); err != nil {
+			return err
+		}
+	}
+	for _, h := range hosts {
+		if err := l.Switch.ip(ctx, "link", "set", h.Name, "master", "br1"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Heal moves every host's switch port back to br0.
+func (l *Lab) Heal(ctx context.Context) error {
+	for _, h := range l.Hosts() {
+		if err := l.Switch.ip(ctx, "link", "set", h.Name, "master", "br0"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Close stops every agent and removes everything the lab created. It keeps
+// going after errors and returns them all.
+func (l *Lab) Close(ctx context.Context) error {
+	var errs []error
+	for _, h := range l.Hosts() {
+		if err := h.KillAgent(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	errs = append(errs, l.record().Remove(ctx))
+	return errors.Join(errs...)
+}
+
+// Down removes every namespace of the lab with the given run id, after
+// killing any process still running inside them (agents, echo servers). It
+// works from the names alone, so it also cleans up after a process that died
+// before it could close its lab.
+func Down(ctx context.Context, id string) error {
+	if id == "" {
+		return errors.New("lab down: empty run id")
+	}
+	names, err := Namespaces(NamePrefix + id + "-")
+	if err != nil {
+		return err
+	}
+	var errs []error
+	// Pods and hosts first: deleting the switch first would just leave
+	// dangling veth ends for a moment, but pods hold the most processes.
+	for i := len(names) - 1; i >= 0; i-- {
+		ns := Namespace{Name: names[i]}
+		if err := ns.killProcesses(ctx); err != nil {
+			errs = append(errs, err)
+		}
+		if _, err := run(ctx, "ip", "netns", "delete", ns.Name); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Namespaces lists the named network namespaces whose names start with
+// prefix, sorted.
+func Namespaces(prefix string) ([]string, error) {
+	entries, err := os.ReadDir(netnsDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list namespaces: %w", err)
+	}
+	var names []string
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), prefix) {
+			names = append(names, e.Name())
+		}
+	}
+	return names, nil
+}

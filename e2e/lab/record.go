@@ -1,0 +1,146 @@
+package lab
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// RegistryDir records every lab on this machine, one <id>.json each, so that
+// `lab down` finds the demo lab and a test run can remove the labs of an
+// earlier run that was killed before its cleanup ran (a test timeout panics
+// without running deferred functions).
+const RegistryDir = "/run/grapevine-lab"
+
+// Record is what the registry knows about a lab.
+type Record struct {
+	ID  string `json:"id"`
+	Dir string `json:"dir"`
+	// Owner is the process that built the lab and its start time (clock
+	// ticks since boot), which tells a live owner from a reused pid.
+	// Detached labs (the demo) have no owner: they live until `lab down`.
+	OwnerPID   int    `json:"ownerPID,omitempty"`
+	OwnerStart uint64 `json:"ownerStart,omitempty"`
+	// RemoveDir says the directory belongs to the lab and goes with it.
+	RemoveDir bool `json:"removeDir"`
+}
+
+func recordPath(id string) string { return filepath.Join(RegistryDir, id+".json") }
+
+func (l *Lab) record() Record {
+	r := Record{ID: l.ID, Dir: l.Dir, RemoveDir: l.ownsDir || l.detach}
+	if !l.detach {
+		r.OwnerPID = os.Getpid()
+		r.OwnerStart, _ = processStart(r.OwnerPID) // our own stat is always readable
+	}
+	return r
+}
+
+func (l *Lab) writeRecord() error {
+	data, err := json.Marshal(l.record())
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(RegistryDir, 0o755); err != nil {
+		return fmt.Errorf("lab registry: %w", err)
+	}
+	if err := os.WriteFile(recordPath(l.ID), data, 0o644); err != nil {
+		return fmt.Errorf("lab registry: %w", err)
+	}
+	return nil
+}
+
+// Records lists the labs in the registry.
+func Records() ([]Record, error) {
+	entries, err := os.ReadDir(RegistryDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("lab registry: %w", err)
+	}
+	var recs []Record
+	for _, e := range entries {
+		if !strings.HasSuffix(e.Name(), ".json") {
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join(RegistryDir, e.Name()))
+		if err != nil {
+			return nil, fmt.Errorf("lab registry: %w", err)
+		}
+		var r Record
+		if err := json.Unmarshal(data, &r); err != nil {
+			return nil, fmt.Errorf("lab registry %s: %w", e.Name(), err)
+		}
+		recs = append(recs, r)
+	}
+	return recs, nil
+}
+
+// Orphaned reports whether the record's owner process is gone. Detached labs
+// are never orphaned.
+func (r Record) Orphaned() bool {
+	if r.OwnerPID == 0 {
+		return false
+	}
+	start, err := processStart(r.OwnerPID)
+	return err != nil || start != r.OwnerStart
+}
+
+// Remove takes down the recorded lab: its namespaces and processes, its
+// directory if the lab owns it, and the record itself.
+func (r Record) Remove(ctx context.Context) error {
+	errs := []error{Down(ctx, r.ID)}
+	if r.RemoveDir && r.Dir != "" {
+		errs = append(errs, os.RemoveAll(r.Dir))
+	}
+	if err := os.Remove(recordPath(r.ID)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// RemoveOrphans removes every lab whose owner process died without
+// cleaning up, and returns their ids.
+func RemoveOrphans(ctx context.Context) ([]string, error) {
+	recs, err := Records()
+	if err != nil {
+		return nil, err
+	}
+	var ids []string
+	var errs []error
+	for _, r := range recs {
+		if !r.Orphaned() {
+			continue
+		}
+		ids = append(ids, r.ID)
+		errs = append(errs, r.Remove(ctx))
+	}
+	return ids, errors.Join(errs...)
+}
+
+// processStart returns a process's start time in clock ticks since boot
+// (field 22 of /proc/<pid>/stat).
+func processStart(pid int) (uint64, error) {
+	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may contain spaces; fields after it are
+	// counted from its closing parenthesis.
+	rest := string(data)
+	if i := strings.LastIndexByte(rest, ')'); i >= 0 {
+		rest = rest[i+1:]
+	}
+	fields := strings.Fields(rest)
+	const startField = 22 - 3 // fields 1 and 2 are cut off, index from 0
+	if len(fields) <= startField {
+		return 0, fmt.Errorf("/proc/%d/stat: too few fields", pid)
+	}
+	return strconv.ParseUint(fields[startField], 10, 64)
+}
