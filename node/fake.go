@@ -1,0 +1,313 @@
+package node
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"sync"
+)
+
+// FakeKernel is an in-memory Kernel for tests and simulations. It keeps a
+// main table (Grapevine's routes and others'), links, the forwarding switch
+// and the masquerade pool, follows the kernel's rules where they matter to a
+// reconcile (a slot is one destination and metric; deleting a link drops its
+// routes), counts writes, and fails operations on request. It is safe for
+// concurrent use.
+type FakeKernel struct {
+	mu         sync.Mutex
+	links      map[string]Link
+	routes     map[routeKey]FakeRoute
+	forwarding bool
+	masquerade netip.Prefix // zero: table absent
+	writes     int
+	faults     []fault
+}
+
+// FakeRoute is a route in the fake main table with its protocol.
+type FakeRoute struct {
+	Route
+	Protocol int
+}
+
+// FakeOp names a Kernel operation for InjectError.
+type FakeOp string
+
+// The operations of Kernel.
+const (
+	OpLink       FakeOp = "link"
+	OpRoutes     FakeOp = "routes"
+	OpAdd        FakeOp = "add"
+	OpReplace    FakeOp = "replace"
+	OpDelete     FakeOp = "delete"
+	OpForwarding FakeOp = "forwarding"
+	OpMasquerade FakeOp = "masquerade"
+)
+
+type fault struct {
+	op  FakeOp
+	dst netip.Prefix
+	err error
+}
+
+// NewFakeKernel returns an empty fake: no links, no routes, forwarding off.
+func NewFakeKernel() *FakeKernel {
+	return &FakeKernel{links: make(map[string]Link), routes: make(map[routeKey]FakeRoute)}
+}
+
+// InjectError makes op fail with err from now on; for route operations only
+// when the route's destination is dst, unless dst is the zero Prefix. A nil
+// err removes the faults for op and dst.
+func (f *FakeKernel) InjectError(op FakeOp, dst netip.Prefix, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.faults = slices.DeleteFunc(f.faults, func(x fault) bool { return x.op == op && x.dst == dst })
+	if err != nil {
+		f.faults = append(f.faults, fault{op, dst, err})
+	}
+}
+
+func (f *FakeKernel) fault(op FakeOp, dst netip.Prefix) error {
+	for _, x := range f.faults {
+		if x.op == op && (!x.dst.IsValid() || x.dst == dst) {
+			return x.err
+		}
+	}
+	return nil
+}
+
+// AddLink adds an up link named name with the next free index and the given
+// addresses (172.16.254.1/24), and returns it.
+func (f *FakeKernel) AddLink(name string, addrs ...netip.Prefix) Link {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	index := 1
+	for _, l := range f.links {
+		index = max(index, l.Index+1)
+	}
+	l := Link{Name: name, Index: index, Up: true, Addrs: slices.Clone(addrs)}
+	f.setLink(l)
+	return l
+}
+
+// SetLink adds or replaces a link. A new index for an existing name is a
+// recreated link: routes through the old index go, as in the kernel.
+func (f *FakeKernel) SetLink(l Link) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.setLink(l)
+}
+
+func (f *FakeKernel) setLink(l Link) {
+	if old, ok := f.links[l.Name]; ok && old.Index != l.Index {
+		f.dropRoutesVia(old.Index)
+	}
+	l.Addrs = slices.Clone(l.Addrs)
+	f.links[l.Name] = l
+}
+
+// DeleteLink removes a link and every route through it.
+func (f *FakeKernel) DeleteLink(name string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if old, ok := f.links[name]; ok {
+		f.dropRoutesVia(old.Index)
+		delete(f.links, name)
+	}
+}
+
+func (f *FakeKernel) dropRoutesVia(index int) {
+	for k, r := range f.routes {
+		if r.LinkIndex == index && !r.Blackhole {
+			delete(f.routes, k)
+		}
+	}
+}
+
+// PutRoute stores r with protocol as someone else (an operator, another
+// daemon, or a previous agent) would, overwriting its slot.
+func (f *FakeKernel) PutRoute(r Route, protocol int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.routes[r.key()] = FakeRoute{r, protocol}
+}
+
+// RemoveRoute deletes the route in r's slot whatever its protocol, as an
+// operator's `ip route del` would.
+func (f *FakeKernel) RemoveRoute(r Route) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.routes, r.key())
+}
+
+// Table returns every route in the fake main table, sorted.
+func (f *FakeKernel) Table() []FakeRoute {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make([]FakeRoute, 0, len(f.routes))
+	for _, r := range f.routes {
+		out = append(out, r)
+	}
+	slices.SortFunc(out, func(a, b FakeRoute) int { return compareRoutes(a.Route, b.Route) })
+	return out
+}
+
+// Forwarding reports whether forwarding was turned on.
+func (f *FakeKernel) Forwarding() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.forwarding
+}
+
+// Masquerade returns the pool being masqueraded; zero when the table is absent.
+func (f *FakeKernel) Masquerade() netip.Prefix {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.masquerade
+}
+
+// Writes counts the calls that changed something: route adds, replaces and
+// deletes, and ensures that were not already satisfied.
+func (f *FakeKernel) Writes() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.writes
+}
+
+// Link implements Kernel.
+func (f *FakeKernel) Link(name string) (Link, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.fault(OpLink, netip.Prefix{}); err != nil {
+		return Link{}, err
+	}
+	l, ok := f.links[name]
+	if !ok {
+		return Link{}, fmt.Errorf("interface %q: %w", name, ErrLinkNotFound)
+	}
+	l.Addrs = slices.Clone(l.Addrs)
+	return l, nil
+}
+
+// Routes implements Kernel.
+func (f *FakeKernel) Routes() ([]Route, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.fault(OpRoutes, netip.Prefix{}); err != nil {
+		return nil, err
+	}
+	var out []Route
+	for _, r := range f.routes {
+		if r.Protocol == RouteProtocol {
+			out = append(out, r.Route)
+		}
+	}
+	return out, nil
+}
+
+// AddRoute implements Kernel.
+func (f *FakeKernel) AddRoute(r Route) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.fault(OpAdd, r.Dst); err != nil {
+		return err
+	}
+	if _, taken := f.routes[r.key()]; taken {
+		return fmt.Errorf("add route %s: %w", r, ErrRouteExists)
+	}
+	if err := f.checkNextHop(r); err != nil {
+		return err
+	}
+	f.routes[r.key()] = FakeRoute{r, RouteProtocol}
+	f.writes++
+	return nil
+}
+
+// ReplaceRoute implements Kernel.
+func (f *FakeKernel) ReplaceRoute(r Route) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.fault(OpReplace, r.Dst); err != nil {
+		return err
+	}
+	if err := f.checkNextHop(r); err != nil {
+		return err
+	}
+	f.routes[r.key()] = FakeRoute{r, RouteProtocol}
+	f.writes++
+	return nil
+}
+
+func (f *FakeKernel) checkNextHop(r Route) error {
+	if r.Blackhole {
+		return nil
+	}
+	for _, l := range f.links {
+		if l.Index == r.LinkIndex {
+			if !l.Up {
+				return fmt.Errorf("route %s: link %s is down", r, l.Name)
+			}
+			return nil
+		}
+	}
+	return fmt.Errorf("route %s: no link with index %d", r, r.LinkIndex)
+}
+
+// DeleteRoute implements Kernel. Like the kernel given a protocol, it
+// leaves a slot held by another protocol alone.
+func (f *FakeKernel) DeleteRoute(r Route) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.fault(OpDelete, r.Dst); err != nil {
+		return err
+	}
+	if cur, ok := f.routes[r.key()]; ok && cur.Protocol == RouteProtocol {
+		delete(f.routes, r.key())
+		f.writes++
+	}
+	return nil
+}
+
+// EnsureForwarding implements Kernel.
+func (f *FakeKernel) EnsureForwarding() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.fault(OpForwarding, netip.Prefix{}); err != nil {
+		return err
+	}
+	if !f.forwarding {
+		f.forwarding = true
+		f.writes++
+	}
+	return nil
+}
+
+// EnsureMasquerade implements Kernel.
+func (f *FakeKernel) EnsureMasquerade(pool netip.Prefix) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.fault(OpMasquerade, netip.Prefix{}); err != nil {
+		return err
+	}
+	if !pool.IsValid() || !pool.Addr().Is4() || pool.Masked() != pool {
+		return fmt.Errorf("masquerade: pool %s is not an IPv4 network address", pool)
+	}
+	if f.masquerade != pool {
+		f.masquerade = pool
+		f.writes++
+	}
+	return nil
+}
+
+// RemoveMasquerade implements Kernel.
+func (f *FakeKernel) RemoveMasquerade() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.fault(OpMasquerade, netip.Prefix{}); err != nil {
+		return err
+	}
+	if f.masquerade.IsValid() {
+		f.masquerade = netip.Prefix{}
+		f.writes++
+	}
+	return nil
+}

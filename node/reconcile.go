@@ -1,0 +1,270 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// PeerProgrammed is Result.Peers' value for a peer whose route is installed.
+const PeerProgrammed = "programmed"
+
+// Result describes one reconcile pass.
+type Result struct {
+	// Peers maps every peer of the Desired state to PeerProgrammed or the
+	// reason it has no route.
+	Peers map[string]string
+	// PeerErrors holds the peers that have no route and why: a next hop
+	// that is not directly connected, an overlapping block, a route of
+	// someone else's in the way, a failed kernel call.
+	PeerErrors map[string]error
+	// Added, Replaced and Deleted count the route writes of this pass.
+	Added, Replaced, Deleted int
+}
+
+// Programmed reports whether peer's route is installed after the pass.
+func (r Result) Programmed(peer string) bool {
+	return r.Peers[peer] == PeerProgrammed
+}
+
+// Reconciler makes a Kernel match a Desired state, one pass at a time.
+type Reconciler struct {
+	kernel  Kernel
+	log     *slog.Logger
+	metrics reconcileMetrics
+
+	mu sync.Mutex // serialises passes; guards lastPeerErrs
+	// lastPeerErrs is the previous pass's peer errors, so a persistent
+	// error is logged when it appears and when it clears, not every pass.
+	lastPeerErrs map[string]string
+}
+
+// NewReconciler returns a Reconciler for k. Metrics are registered with reg
+// unless it is nil; registering twice with one registry panics.
+func NewReconciler(k Kernel, log *slog.Logger, reg prometheus.Registerer) *Reconciler {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	m := newReconcileMetrics()
+	if reg != nil {
+		m.register(reg)
+	}
+	return &Reconciler{kernel: k, log: log, metrics: m, lastPeerErrs: make(map[string]string)}
+}
+
+// Reconcile runs one pass: turn on forwarding, set up or remove the
+// masquerade, resolve the interface, list our routes, diff them against d
+// and apply the difference (adds and replaces before deletes). A peer that
+// cannot be routed is reported in Result and does not fail the pass; the
+// returned error joins the failures that are not any one peer's. Running it
+// again with the same d changes nothing.
+func (r *Reconciler) Reconcile(ctx context.Context, d Desired) (Result, error) {
+	if err := validateDesired(d); err != nil {
+		return Result{}, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	start := time.Now()
+	defer func() { r.metrics.duration.Observe(time.Since(start).Seconds()) }()
+
+	res, err := r.reconcile(ctx, d)
+	if err != nil {
+		r.metrics.failures.Inc()
+	}
+	r.metrics.peerErrors.Set(float64(len(res.PeerErrors)))
+	r.logPeerErrors(res.PeerErrors)
+	return res, err
+}
+
+func (r *Reconciler) reconcile(ctx context.Context, d Desired) (Result, error) {
+	res := Result{Peers: make(map[string]string, len(d.Peers)), PeerErrors: make(map[string]error)}
+	peers := d.Peers
+	defer func() {
+		for _, p := range peers {
+			if err, bad := res.PeerErrors[p.Peer]; bad {
+				res.Peers[p.Peer] = err.Error()
+			} else {
+				res.Peers[p.Peer] = PeerProgrammed
+			}
+		}
+	}()
+	var errs []error
+
+	if err := r.kernel.EnsureForwarding(); err != nil {
+		errs = append(errs, err)
+	}
+	if d.Masquerade {
+		errs = append(errs, r.kernel.EnsureMasquerade(d.Pool))
+	} else {
+		errs = append(errs, r.kernel.RemoveMasquerade())
+	}
+
+	actual, err := r.kernel.Routes()
+	if err != nil {
+		errs = append(errs, err)
+		for _, p := range d.Peers {
+			res.PeerErrors[p.Peer] = fmt.Errorf("routes not reconciled: %w", err)
+		}
+		return res, errors.Join(errs...)
+	}
+
+	link, err := r.kernel.Link(d.Iface)
+	if err != nil && !errors.Is(err, ErrLinkNotFound) {
+		// Not knowing the link is no reason to withdraw working routes:
+		// keep our unicast routes as they are and fix only the blackhole.
+		errs = append(errs, err)
+		for _, p := range d.Peers {
+			res.PeerErrors[p.Peer] = fmt.Errorf("routes not reconciled: %w", err)
+		}
+		d.Peers = nil
+		actual = blackholes(actual)
+	}
+	if errors.Is(err, ErrLinkNotFound) {
+		errs = append(errs, err)
+		link = Link{Name: d.Iface}
+	}
+
+	desired, peerErrs := DesiredRoutes(d, link)
+	for p, e := range peerErrs {
+		res.PeerErrors[p] = e
+	}
+	toAdd, toDel := Diff(desired, actual)
+
+	peerOf := make(map[routeKey]string, len(d.Peers))
+	for _, p := range d.Peers {
+		peerOf[routeKey{p.Block, 0}] = p.Peer
+	}
+	owned := make(map[routeKey]bool, len(actual))
+	for _, a := range actual {
+		owned[a.key()] = true
+	}
+
+	for _, rt := range toAdd {
+		if err := ctx.Err(); err != nil {
+			return res, errors.Join(append(errs, err)...)
+		}
+		op, apply := "add", r.kernel.AddRoute
+		if owned[rt.key()] {
+			op, apply = "replace", r.kernel.ReplaceRoute
+		}
+		if err := apply(rt); err != nil {
+			r.metrics.errors.WithLabelValues(op).Inc()
+			if peer, ok := peerOf[rt.key()]; ok {
+				res.PeerErrors[peer] = err
+			} else {
+				errs = append(errs, err)
+			}
+			continue
+		}
+		r.metrics.ops.WithLabelValues(op).Inc()
+		if op == "add" {
+			res.Added++
+		} else {
+			res.Replaced++
+		}
+		r.log.Info("route "+op, "route", rt.String(), "peer", peerOf[rt.key()])
+	}
+	for _, rt := range toDel {
+		if err := ctx.Err(); err != nil {
+			return res, errors.Join(append(errs, err)...)
+		}
+		if err := r.kernel.DeleteRoute(rt); err != nil {
+			r.metrics.errors.WithLabelValues("delete").Inc()
+			errs = append(errs, err)
+			continue
+		}
+		r.metrics.ops.WithLabelValues("delete").Inc()
+		res.Deleted++
+		r.log.Info("route delete", "route", rt.String())
+	}
+	return res, errors.Join(errs...)
+}
+
+func blackholes(routes []Route) []Route {
+	var out []Route
+	for _, r := range routes {
+		if r.Blackhole {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// validateDesired rejects a Desired state that cannot be applied at all,
+// before anything is changed.
+func validateDesired(d Desired) error {
+	switch {
+	case d.Iface == "":
+		return errors.New("reconcile: no interface given")
+	case d.OwnBlock.IsValid() && d.OwnBlock.Masked() != d.OwnBlock:
+		return fmt.Errorf("reconcile: own block %s is not a network address", d.OwnBlock)
+	case d.Masquerade && !d.Pool.IsValid():
+		return errors.New("reconcile: masquerade needs a pool")
+	case d.Pool.IsValid() && d.Pool.Masked() != d.Pool:
+		return fmt.Errorf("reconcile: pool %s is not a network address", d.Pool)
+	case d.Pool.IsValid() && d.OwnBlock.IsValid() &&
+		(d.OwnBlock.Bits() < d.Pool.Bits() || !d.Pool.Contains(d.OwnBlock.Addr())):
+		return fmt.Errorf("reconcile: own block %s is not inside pool %s", d.OwnBlock, d.Pool)
+	}
+	return nil
+}
+
+func (r *Reconciler) logPeerErrors(now map[string]error) {
+	for peer, err := range now {
+		if r.lastPeerErrs[peer] != err.Error() {
+			r.log.Warn("peer not routed", "peer", peer, "err", err)
+		}
+	}
+	for peer := range r.lastPeerErrs {
+		if _, still := now[peer]; !still {
+			r.log.Info("peer error cleared", "peer", peer)
+		}
+	}
+	clear(r.lastPeerErrs)
+	for peer, err := range now {
+		r.lastPeerErrs[peer] = err.Error()
+	}
+}
+
+type reconcileMetrics struct {
+	ops        *prometheus.CounterVec
+	errors     *prometheus.CounterVec
+	duration   prometheus.Histogram
+	failures   prometheus.Counter
+	peerErrors prometheus.Gauge
+}
+
+func newReconcileMetrics() reconcileMetrics {
+	return reconcileMetrics{
+		ops: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "grapevine_node_route_operations_total",
+			Help: "Route writes by operation (add, replace, delete).",
+		}, []string{"op"}),
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "grapevine_node_route_errors_total",
+			Help: "Failed route writes by operation (add, replace, delete).",
+		}, []string{"op"}),
+		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "grapevine_node_reconcile_seconds",
+			Help:    "Time of one reconcile pass.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 4, 8), // 0.5ms .. 8s
+		}),
+		failures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "grapevine_node_reconcile_errors_total",
+			Help: "Reconcile passes that returned an error.",
+		}),
+		peerErrors: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "grapevine_node_peer_route_errors",
+			Help: "Peers without a route after the last pass (not directly connected, overlapping, kernel error).",
+		}),
+	}
+}
+
+func (m reconcileMetrics) register(reg prometheus.Registerer) {
+	reg.MustRegister(m.ops, m.errors, m.duration, m.failures, m.peerErrors)
+}

@@ -1,0 +1,225 @@
+package node
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+)
+
+// RouteProtocol is the rtnetlink protocol number (rtm_protocol) carried by
+// every route Grapevine installs; `ip route` shows it as "proto 74". Routes
+// with any other protocol are never changed or deleted.
+const RouteProtocol = 74
+
+// Desired is what the agent wants this host's kernel to look like.
+type Desired struct {
+	// Iface is the host interface peers are reached through (the seed's em1).
+	// It is looked up by name on every reconcile, since it may be recreated.
+	Iface string
+	// OwnBlock is the block this node holds; it gets a blackhole route so
+	// traffic to unallocated pod addresses is dropped here instead of
+	// following the default route. Zero: no block, no blackhole.
+	OwnBlock netip.Prefix
+	// Pool is the pod pool; traffic from it to outside it is masqueraded.
+	Pool       netip.Prefix
+	Masquerade bool
+	Peers      []PeerRoute
+}
+
+// PeerRoute says: reach Block through the peer host at Via.
+type PeerRoute struct {
+	Peer  string
+	Block netip.Prefix
+	Via   netip.Addr
+}
+
+// Route is one route in the main table carrying RouteProtocol: either a
+// unicast route to Dst via a gateway on link LinkIndex, or a blackhole.
+type Route struct {
+	Dst       netip.Prefix
+	Blackhole bool
+	Via       netip.Addr // zero for a blackhole
+	LinkIndex int        // zero for a blackhole
+	// Metric is the route's priority. Routes Grapevine installs have 0; a
+	// different one found in the kernel is a leftover to delete, since a
+	// replace with metric 0 would not overwrite it.
+	Metric int
+}
+
+func (r Route) String() string {
+	if r.Blackhole {
+		return fmt.Sprintf("blackhole %s metric %d", r.Dst, r.Metric)
+	}
+	return fmt.Sprintf("%s via %s ifindex %d metric %d", r.Dst, r.Via, r.LinkIndex, r.Metric)
+}
+
+// Link is what a reconcile needs to know about the host interface.
+type Link struct {
+	Name  string
+	Index int
+	Up    bool
+	// Addrs are the interface's addresses with their prefix lengths
+	// (172.16.254.1/24): their networks are the directly connected ones.
+	Addrs []netip.Prefix
+}
+
+// Errors a peer can get in Result.PeerErrors instead of a route.
+var (
+	ErrNotConnected   = errors.New("next hop is not on a network directly connected to the interface")
+	ErrOverlapsOwn    = errors.New("block overlaps this node's own block")
+	ErrOverlapsPeer   = errors.New("block overlaps another peer's block")
+	ErrInvalidPeer    = errors.New("invalid peer route")
+	ErrLinkNotUsable  = errors.New("interface is not usable")
+	errFamilyMismatch = errors.New("next hop and block are of different address families")
+)
+
+// DesiredRoutes turns d into the routes the main table should hold, given the
+// resolved interface. A peer that cannot be routed safely gets an entry in
+// peerErrs and no route; the other peers are unaffected. It is a pure
+// function.
+func DesiredRoutes(d Desired, link Link) (routes []Route, peerErrs map[string]error) {
+	peerErrs = make(map[string]error)
+	if d.OwnBlock.IsValid() {
+		routes = append(routes, Route{Dst: d.OwnBlock.Masked(), Blackhole: true})
+	}
+	for _, p := range overlappingPeers(d.Peers) {
+		peerErrs[p] = ErrOverlapsPeer
+	}
+	for _, p := range d.Peers {
+		if _, bad := peerErrs[p.Peer]; bad {
+			continue
+		}
+		if err := checkPeer(p, d.OwnBlock, link); err != nil {
+			peerErrs[p.Peer] = err
+			continue
+		}
+		routes = append(routes, Route{Dst: p.Block, Via: p.Via, LinkIndex: link.Index})
+	}
+	return routes, peerErrs
+}
+
+func checkPeer(p PeerRoute, own netip.Prefix, link Link) error {
+	switch {
+	case !p.Block.IsValid() || !p.Via.IsValid():
+		return fmt.Errorf("%w: block %s via %s", ErrInvalidPeer, p.Block, p.Via)
+	case p.Block.Masked() != p.Block:
+		return fmt.Errorf("%w: block %s is not a network address", ErrInvalidPeer, p.Block)
+	case p.Block.Addr().Is4() != p.Via.Is4():
+		return fmt.Errorf("%w: %s via %s", errFamilyMismatch, p.Block, p.Via)
+	case own.IsValid() && own.Overlaps(p.Block):
+		return fmt.Errorf("%w: %s overlaps %s", ErrOverlapsOwn, p.Block, own)
+	case link.Index == 0:
+		return fmt.Errorf("%w: %s does not exist", ErrLinkNotUsable, link.Name)
+	case !link.Up:
+		return fmt.Errorf("%w: %s is down", ErrLinkNotUsable, link.Name)
+	}
+	for _, a := range link.Addrs {
+		if a.Addr() == p.Via {
+			return fmt.Errorf("%w: %s is this host's own address on %s", ErrInvalidPeer, p.Via, link.Name)
+		}
+	}
+	for _, a := range link.Addrs {
+		if a.Masked().Contains(p.Via) {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: %s is not in any network of %s %v", ErrNotConnected, p.Via, link.Name, link.Addrs)
+}
+
+// overlappingPeers returns the names of peers whose blocks overlap (or equal)
+// another peer's block. Neither side of an overlap is routed: mesh
+// guarantees a block appears once, so an overlap is a bug or an attack, and
+// routing one side would pick a winner that gossip did not pick.
+func overlappingPeers(peers []PeerRoute) []string {
+	valid := make([]PeerRoute, 0, len(peers))
+	for _, p := range peers {
+		if p.Block.IsValid() {
+			valid = append(valid, p)
+		}
+	}
+	slices.SortFunc(valid, func(a, b PeerRoute) int {
+		return cmp.Or(a.Block.Addr().Compare(b.Block.Addr()), cmp.Compare(a.Block.Bits(), b.Block.Bits()))
+	})
+	// Prefixes either nest or are disjoint; sorted by address, a prefix
+	// overlaps an earlier one exactly when the widest earlier one still
+	// covering addresses contains its start.
+	var bad []string
+	widest := -1
+	for i, p := range valid {
+		if widest >= 0 && valid[widest].Block.Overlaps(p.Block) {
+			bad = append(bad, valid[widest].Peer, p.Peer)
+			if p.Block.Bits() < valid[widest].Block.Bits() {
+				widest = i
+			}
+			continue
+		}
+		widest = i
+	}
+	return bad
+}
+
+// routeKey identifies a route slot in the kernel's main table: a replace
+// with the same key overwrites it.
+type routeKey struct {
+	dst    netip.Prefix
+	metric int
+}
+
+func (r Route) key() routeKey { return routeKey{r.Dst, r.Metric} }
+
+// Diff returns the routes to replace and to delete so that actual (our
+// routes in the kernel) becomes desired. A route in actual whose slot a
+// replace in toAdd overwrites is not deleted. Of several desired routes for
+// one slot (DesiredRoutes never makes them) the lowest wins. Both results are sorted by destination, so the order of the inputs
+// does not matter. It is a pure function.
+func Diff(desired, actual []Route) (toAdd, toDel []Route) {
+	want := make(map[routeKey]Route, len(desired))
+	for _, r := range desired {
+		if prev, dup := want[r.key()]; !dup || compareRoutes(r, prev) < 0 {
+			want[r.key()] = r
+		}
+	}
+	satisfied := make(map[routeKey]bool, len(actual))
+	for _, a := range actual {
+		w, ok := want[a.key()]
+		switch {
+		case !ok:
+			toDel = append(toDel, a)
+		case a == w:
+			satisfied[a.key()] = true
+		}
+		// Otherwise the slot is ours but wrong: the replace fixes it.
+	}
+	for k, r := range want {
+		if !satisfied[k] {
+			toAdd = append(toAdd, r)
+		}
+	}
+	slices.SortFunc(toAdd, compareRoutes)
+	slices.SortFunc(toDel, compareRoutes)
+	toDel = slices.Compact(toDel)
+	return toAdd, toDel
+}
+
+func compareRoutes(a, b Route) int {
+	return cmp.Or(
+		a.Dst.Addr().Compare(b.Dst.Addr()),
+		cmp.Compare(a.Dst.Bits(), b.Dst.Bits()),
+		cmp.Compare(a.Metric, b.Metric),
+		compareBool(a.Blackhole, b.Blackhole),
+		a.Via.Compare(b.Via),
+		cmp.Compare(a.LinkIndex, b.LinkIndex),
+	)
+}
+
+func compareBool(a, b bool) int {
+	switch {
+	case a == b:
+		return 0
+	case a:
+		return 1
+	}
+	return -1
+}
