@@ -1,0 +1,559 @@
+package mesh
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"hash/fnv"
+	"math/rand/v2"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+)
+
+// claimResult is the outcome of one claim attempt.
+type claimResult int
+
+const (
+	claimSucceeded claimResult = iota
+	claimNoQuorum
+	claimContended
+	claimExhausted
+	claimError
+)
+
+func (r claimResult) String() string {
+	return [...]string{"succeeded", "no_quorum", "contended", "exhausted", "error"}[r]
+}
+
+// claimLoop restores or claims this node's block and claims a new one
+// whenever it loses it (a conflict, a release). Between attempts it backs off
+// with jitter; membership changes wake it early, but never sooner than the
+// minimum backoff, so a busy cluster cannot spin it.
+func (m *Mesh) claimLoop(ctx context.Context, saved *savedClaim) {
+	if saved != nil {
+		m.restore(ctx, saved)
+	}
+	failures := 0
+	for {
+		var wait time.Duration
+		if m.holdsBlock(ctx) {
+			failures = 0
+			wait = -1 // until woken
+		} else {
+			res := m.claimOnce(ctx)
+			m.metrics.claims.WithLabelValues(res.String()).Inc()
+			if ctx.Err() != nil {
+				return
+			}
+			if res == claimSucceeded {
+				failures = 0
+				continue
+			}
+			failures++
+			wait = claimBackoff(res, failures)
+		}
+		if !m.sleep(ctx, wait) {
+			return
+		}
+	}
+}
+
+// claimBackoff is the pause after a failed attempt: short for a lost race
+// (another candidate is likely free), longer and growing when the cluster
+// cannot decide (no quorum) or has nothing to give (pool exhausted).
+func claimBackoff(res claimResult, failures int) time.Duration {
+	var base, ceiling time.Duration
+	switch res {
+	case claimContended:
+		base, ceiling = 20*time.Millisecond, time.Second
+	case claimExhausted:
+		base, ceiling = 2*time.Second, 30*time.Second
+	default:
+		base, ceiling = 200*time.Millisecond, 10*time.Second
+	}
+	d := base << min(failures-1, 10)
+	d = min(d, ceiling)
+	return d/2 + rand.N(d/2+1)
+}
+
+// sleep waits d (forever if negative) or until woken; a wake-up before the
+// minimum pause still waits that long. It returns false when ctx ends.
+func (m *Mesh) sleep(ctx context.Context, d time.Duration) bool {
+	var timer <-chan time.Time
+	if d >= 0 {
+		timer = time.After(d)
+	}
+	start := time.Now()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-timer:
+		return true
+	case <-m.wake:
+	}
+	if rest := min(d, 50*time.Millisecond) - time.Since(start); d >= 0 && rest > 0 {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(rest):
+		}
+	}
+	return true
+}
+
+// holdsBlock reports whether this node still holds a block nobody took
+// from it. When it has lost it (an older claim advertises it, or the table
+// says it was released or superseded) it withdraws the block, marks the node
+// degraded, and returns false.
+func (m *Mesh) holdsBlock(ctx context.Context) bool {
+	m.mu.Lock()
+	b := m.own.Block
+	if !b.IsValid() {
+		m.mu.Unlock()
+		return false
+	}
+	winner := m.blockWinnersLocked()[b]
+	var why string
+	if winner != m.cfg.NodeName {
+		why = fmt.Sprintf("lost block %s to %s (older claim); restart pods created before", b, winner)
+	} else if r, ok := m.table[m.cfg.NodeName]; ok && r.Gen >= m.own.Gen && (r.Released || r.Block != b) {
+		why = fmt.Sprintf("block %s was released or reassigned while this node was away; restart pods created before", b)
+	}
+	if why == "" {
+		m.mu.Unlock()
+		return true
+	}
+	m.own = ownClaim{Gen: max(m.own.Gen, m.table[m.cfg.NodeName].Gen)}
+	m.degraded = why
+	m.reason = "lost its block; claiming a new one"
+	m.mu.Unlock()
+	m.metrics.conflicts.Inc()
+	m.log.Error("this node lost its block; pods created with addresses from it must be restarted", "block", b, "reason", why)
+	m.advertise()
+	m.notify()
+	return false
+}
+
+// restore takes back the saved claim without a vote, after the join's
+// push/pull showed the cluster's table, unless that table says the claim
+// was released or superseded.
+func (m *Mesh) restore(ctx context.Context, saved *savedClaim) {
+	m.mu.Lock()
+	rec, known := m.table[m.cfg.NodeName]
+	if known && rec.Gen >= saved.Gen && (rec.Released || rec.Block != saved.Block) {
+		m.own.Gen = rec.Gen
+		m.degraded = fmt.Sprintf("saved block %s was released or reassigned while this node was away; restart pods created before", saved.Block)
+		m.mu.Unlock()
+		m.log.Error("the saved block is no longer this node's; claiming a new one", "block", saved.Block, "record", rec.Block, "released", rec.Released)
+		return
+	}
+	gen := max(saved.Gen, rec.Gen) + 1
+	m.own = ownClaim{Block: saved.Block, Since: saved.Since, Gen: gen}
+	r := Record{Node: m.cfg.NodeName, Block: saved.Block, HostIP: m.cfg.AdvertiseAddr, Since: saved.Since, Gen: gen}
+	m.table[m.cfg.NodeName] = r
+	m.mu.Unlock()
+	m.metrics.claims.WithLabelValues("restored").Inc()
+	m.log.Info("restored the saved block", "block", saved.Block, "since", saved.Since)
+	if err := saveClaim(m.cfg.StateDir, savedClaim{Node: m.cfg.NodeName, Block: r.Block, Since: r.Since, Gen: r.Gen}); err != nil {
+		m.log.Error("update the saved claim", "err", err)
+	}
+	m.advertise()
+	m.broadcast(r)
+	m.notify()
+}
+
+// advertise pushes this node's metadata to the cluster.
+func (m *Mesh) advertise() {
+	if err := m.ml.UpdateNode(updateTimeout); err != nil {
+		m.log.Warn("advertise metadata", "err", err)
+	}
+}
+
+// claimOnce runs one vote for the best free block.
+func (m *Mesh) claimOnce(ctx context.Context) claimResult {
+	m.mu.Lock()
+	block, free, total := m.candidateLocked()
+	if !block.IsValid() {
+		m.reason = fmt.Sprintf("pool %s exhausted: %d blocks of /%d all held", m.cfg.Pool, total, m.cfg.BlockBits)
+		m.mu.Unlock()
+		m.log.Warn("cannot claim a block", "reason", m.reasonSnapshot())
+		m.notify()
+		return claimExhausted
+	}
+	electorate := m.electorateLocked()
+	m.mu.Unlock()
+	m.metrics.claimAttempts.Inc()
+	m.log.Debug("claiming", "block", block, "free", free, "electorate", len(electorate))
+
+	// A voter that counts members the claimant does not refuses and names
+	// them; retry with them added while the electorate keeps growing.
+	for range 8 {
+		out := m.vote(ctx, block, electorate)
+		if out.result == claimSucceeded {
+			return m.commit(block, out.granters)
+		}
+		if len(out.missing) == 0 || ctx.Err() != nil {
+			m.afterFailedVote(block, out)
+			return out.result
+		}
+		for _, p := range out.missing {
+			if cur, ok := electorate[p.Name]; !ok || !cur.IsValid() {
+				electorate[p.Name] = p.Addr
+			}
+		}
+	}
+	m.afterFailedVote(block, voteOutcome{result: claimContended})
+	return claimContended
+}
+
+func (m *Mesh) reasonSnapshot() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.reason
+}
+
+func (m *Mesh) afterFailedVote(block netip.Prefix, out voteOutcome) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if out.result == claimContended {
+		m.contested[block] = m.now().Add(contestedFor)
+	}
+	if out.reason != "" {
+		m.reason = out.reason
+	}
+}
+
+// voteOutcome is the result of asking an electorate for one block.
+type voteOutcome struct {
+	result   claimResult
+	reason   string
+	granters []string
+	missing  []peerAddr
+}
+
+// vote asks every member of the electorate to promise block to this node
+// and waits until a majority granted, a majority became impossible, or the
+// vote timed out.
+func (m *Mesh) vote(ctx context.Context, block netip.Prefix, electorate map[string]netip.AddrPort) voteOutcome {
+	self := m.cfg.NodeName
+	quorum := len(electorate)/2 + 1
+	var targets []string
+	for name, addr := range electorate {
+		if name != self && addr.IsValid() {
+			targets = append(targets, name)
+		}
+	}
+	slices.Sort(targets)
+	if reachable := len(targets) + 1; reachable < quorum {
+		return voteOutcome{result: claimNoQuorum, reason: noQuorum(reachable, quorum, len(electorate))}
+	}
+
+	m.mu.Lock()
+	now := m.now()
+	if p, ok := m.promises[block]; ok && p.claimant != self && now.Before(p.expires) {
+		m.mu.Unlock()
+		return voteOutcome{result: claimContended}
+	}
+	m.voteID++
+	id := m.voteID
+	m.promises[block] = promise{claimant: self, id: id, expires: now.Add(promiseTTL)}
+	replies := make(chan voteResponse, len(targets))
+	m.votes[id] = replies
+	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		delete(m.votes, id)
+		m.mu.Unlock()
+	}()
+
+	names := make([]string, 0, len(electorate))
+	for name := range electorate {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	req := voteRequest{ID: id, Claimant: self, From: netip.AddrPortFrom(m.cfg.AdvertiseAddr, uint16(m.cfg.Port)), Block: block, Electorate: names}
+	m.sendAll(targets, electorate, req.encode())
+
+	granted := []string{self}
+	answered := 1
+	var missing []peerAddr
+	timeout := time.NewTimer(voteTimeout)
+	defer timeout.Stop()
+	for len(granted) < quorum && len(granted)+len(targets)+1-answered >= quorum && answered < len(targets)+1 {
+		select {
+		case <-ctx.Done():
+			return m.abortVote(id, block, granted, electorate, voteOutcome{result: claimError})
+		case <-timeout.C:
+			out := voteOutcome{result: claimContended}
+			if answered < quorum {
+				out = voteOutcome{result: claimNoQuorum, reason: noQuorum(answered, quorum, len(electorate))}
+			}
+			return m.abortVote(id, block, granted, electorate, out)
+		case r := <-replies:
+			answered++
+			if r.Granted {
+				granted = append(granted, r.Voter)
+			}
+			missing = append(missing, r.Missing...)
+		}
+	}
+	if len(missing) > 0 {
+		// Some voter counts members this node did not: the quorum was
+		// computed over too small an electorate, so it proves nothing.
+		return m.abortVote(id, block, granted, electorate, voteOutcome{result: claimContended, missing: missing})
+	}
+	if len(granted) >= quorum {
+		return voteOutcome{result: claimSucceeded, granters: granted}
+	}
+	if answered < quorum {
+		return m.abortVote(id, block, granted, electorate, voteOutcome{result: claimNoQuorum, reason: noQuorum(answered, quorum, len(electorate))})
+	}
+	return m.abortVote(id, block, granted, electorate, voteOutcome{result: claimContended})
+}
+
+func noQuorum(reached, needed, electorate int) string {
+	return fmt.Sprintf("no quorum: reached %d of needed %d (electorate %d)", reached, needed, electorate)
+}
+
+// abortVote tells the granters to drop their promises and drops this node's
+// own.
+func (m *Mesh) abortVote(id uint64, block netip.Prefix, granted []string, electorate map[string]netip.AddrPort, out voteOutcome) voteOutcome {
+	m.mu.Lock()
+	if p, ok := m.promises[block]; ok && p.claimant == m.cfg.NodeName && p.id == id {
+		delete(m.promises, block)
+	}
+	m.mu.Unlock()
+	others := slices.DeleteFunc(slices.Clone(granted), func(n string) bool { return n == m.cfg.NodeName })
+	m.sendAll(others, electorate, voteAbort{ID: id, Claimant: m.cfg.NodeName, Block: block}.encode())
+	return out
+}
+
+// sendAll sends msg reliably to the named members in parallel and waits for
+// the sends, so one unreachable member costs one TCP timeout, not many.
+func (m *Mesh) sendAll(names []string, addrs map[string]netip.AddrPort, msg []byte) {
+	var wg sync.WaitGroup
+	for _, name := range names {
+		addr := addrs[name]
+		if !addr.IsValid() {
+			continue
+		}
+		wg.Go(func() {
+			if err := m.ml.SendReliable(memberNode(name, addr), msg); err != nil {
+				m.log.Debug("send to member", "member", name, "err", err)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// commit makes a won vote this node's claim: saved to disk first (so a
+// crash cannot advertise a block the restart forgets), then advertised in
+// metadata, gossiped as a record, and sent to the granters so they drop
+// their promises at once.
+func (m *Mesh) commit(block netip.Prefix, granters []string) claimResult {
+	m.mu.Lock()
+	now := m.now().Truncate(time.Millisecond)
+	gen := max(m.own.Gen, m.table[m.cfg.NodeName].Gen) + 1
+	rec := Record{Node: m.cfg.NodeName, Block: block, HostIP: m.cfg.AdvertiseAddr, Since: now, Gen: gen}
+	m.mu.Unlock()
+
+	if err := saveClaim(m.cfg.StateDir, savedClaim{Node: rec.Node, Block: block, Since: now, Gen: gen}); err != nil {
+		m.mu.Lock()
+		m.reason = "cannot save the claim: " + err.Error()
+		delete(m.promises, block)
+		m.mu.Unlock()
+		m.log.Error("claim won but not saved; retrying", "block", block, "err", err)
+		return claimError
+	}
+
+	m.mu.Lock()
+	m.own = ownClaim{Block: block, Since: now, Gen: gen}
+	m.table[rec.Node] = rec
+	delete(m.promises, block)
+	m.reason = ""
+	changed := []Record{rec}
+	// A dead owner's block taken after ReclaimAfter: its record is marked
+	// released, so the owner claims anew if it ever comes back.
+	for name, r := range m.table {
+		if name != rec.Node && r.Block == block && !r.Released {
+			r.Released = true
+			r.Gen++
+			m.table[name] = r
+			changed = append(changed, r)
+		}
+	}
+	addrs := make(map[string]netip.AddrPort, len(granters))
+	for _, g := range granters {
+		if p, ok := m.peers[g]; ok {
+			addrs[g] = p.addr
+		}
+	}
+	m.mu.Unlock()
+
+	m.log.Info("claimed a block", "block", block, "votes", len(granters))
+	m.advertise()
+	m.broadcast(changed...)
+	m.sendAll(granters, addrs, encodeRecords(changed))
+	m.notify()
+	return claimSucceeded
+}
+
+// candidateLocked picks the free block this node prefers: the highest
+// rendezvous hash of (node, block), so nodes claiming at once mostly want
+// different blocks. It returns the number of free blocks and of all blocks.
+func (m *Mesh) candidateLocked() (best netip.Prefix, free, total int) {
+	held := m.heldLocked(m.cfg.NodeName)
+	now := m.now()
+	base := m.cfg.Pool.Addr().As4()
+	start := binary.BigEndian.Uint32(base[:])
+	total = 1 << (m.cfg.BlockBits - m.cfg.Pool.Bits())
+	step := uint64(1) << (32 - m.cfg.BlockBits)
+	var bestScore uint64
+	var fallback netip.Prefix
+	var fallbackScore uint64
+	for i := range total {
+		var a [4]byte
+		binary.BigEndian.PutUint32(a[:], uint32(uint64(start)+uint64(i)*step))
+		b := netip.PrefixFrom(netip.AddrFrom4(a), m.cfg.BlockBits)
+		if held[b] {
+			continue
+		}
+		free++
+		score := rendezvous(m.cfg.NodeName, a)
+		if until, ok := m.contested[b]; ok && now.Before(until) {
+			if !fallback.IsValid() || score > fallbackScore {
+				fallback, fallbackScore = b, score
+			}
+			continue
+		}
+		if !best.IsValid() || score > bestScore {
+			best, bestScore = b, score
+		}
+	}
+	if !best.IsValid() {
+		best = fallback
+	}
+	return best, free, total
+}
+
+func rendezvous(node string, block [4]byte) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(node))
+	h.Write(block[:])
+	return h.Sum64()
+}
+
+// heldLocked returns the blocks that are not free for claimant: advertised
+// by a live member, recorded for an owner that is alive or died less than
+// ReclaimAfter ago (or whose fate is unknown), or promised to another
+// claimant.
+func (m *Mesh) heldLocked(claimant string) map[netip.Prefix]bool {
+	now := m.now()
+	held := make(map[netip.Prefix]bool)
+	if m.own.Block.IsValid() && claimant != m.cfg.NodeName {
+		held[m.own.Block] = true
+	}
+	for _, p := range m.peers {
+		if p.name != claimant && p.state.live() && p.metaErr == nil && p.meta.Block.IsValid() {
+			held[p.meta.Block] = true
+		}
+	}
+	for name, r := range m.table {
+		if name == claimant || r.Released {
+			continue
+		}
+		if m.isLiveLocked(name) || r.DeadAt.IsZero() || now.Sub(r.DeadAt) < m.cfg.ReclaimAfter {
+			held[r.Block] = true
+		}
+	}
+	for b, p := range m.promises {
+		if p.claimant != claimant && now.Before(p.expires) {
+			held[b] = true
+		}
+	}
+	return held
+}
+
+// electorateLocked returns the members whose votes count, with their gossip
+// addresses (zero for those that cannot be asked): this node, every live
+// member, and every owner of an unreleased claim that is alive or died less
+// than ReclaimAfter ago. Counting the recently dead keeps a minority side
+// of a partition from claiming.
+func (m *Mesh) electorateLocked() map[string]netip.AddrPort {
+	now := m.now()
+	e := map[string]netip.AddrPort{m.cfg.NodeName: netip.AddrPortFrom(m.cfg.AdvertiseAddr, uint16(m.cfg.Port))}
+	for _, p := range m.peers {
+		if p.state.live() {
+			e[p.name] = p.addr
+		}
+	}
+	for name, r := range m.table {
+		if _, ok := e[name]; ok || r.Released {
+			continue
+		}
+		if r.DeadAt.IsZero() || now.Sub(r.DeadAt) < m.cfg.ReclaimAfter {
+			e[name] = netip.AddrPort{}
+		}
+	}
+	return e
+}
+
+// handleVoteRequest answers a claimant: grant (and promise) only if the
+// block is free here, nobody else holds a promise of it, and the claimant's
+// electorate includes every member this node counts.
+func (m *Mesh) handleVoteRequest(req voteRequest) {
+	if err := m.rules.checkBlock(req.Block); err != nil || !req.From.IsValid() {
+		m.metrics.rejectedRecords.WithLabelValues(rejectReason(err)).Inc()
+		m.log.Warn("rejected vote request", "claimant", req.Claimant, "block", req.Block, "err", err)
+		return
+	}
+	resp := voteResponse{ID: req.ID, Voter: m.cfg.NodeName}
+	m.mu.Lock()
+	if req.Claimant == m.cfg.NodeName {
+		m.mu.Unlock()
+		return
+	}
+	now := m.now()
+	mine := m.electorateLocked()
+	for name, addr := range mine {
+		if _, ok := slices.BinarySearch(req.Electorate, name); !ok && name != req.Claimant {
+			resp.Missing = append(resp.Missing, peerAddr{Name: name, Addr: addr})
+		}
+	}
+	if len(resp.Missing) == 0 && !m.heldLocked(req.Claimant)[req.Block] {
+		resp.Granted = true
+		m.promises[req.Block] = promise{claimant: req.Claimant, id: req.ID, expires: now.Add(promiseTTL)}
+	}
+	m.mu.Unlock()
+	if resp.Granted {
+		m.metrics.votes.WithLabelValues("granted").Inc()
+	} else {
+		m.metrics.votes.WithLabelValues("refused").Inc()
+	}
+	if err := m.ml.SendReliable(memberNode(req.Claimant, req.From), resp.encode()); err != nil {
+		m.log.Debug("answer vote request", "claimant", req.Claimant, "err", err)
+	}
+}
+
+func (m *Mesh) handleVoteResponse(resp voteResponse) {
+	m.mu.Lock()
+	ch, ok := m.votes[resp.ID]
+	m.mu.Unlock()
+	if !ok {
+		return // late answer to a finished vote
+	}
+	select {
+	case ch <- resp:
+	default: // more answers than voters asked: a duplicate or a forgery
+	}
+}
+
+func (m *Mesh) handleVoteAbort(a voteAbort) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if p, ok := m.promises[a.Block]; ok && p.claimant == a.Claimant && p.id == a.ID {
+		delete(m.promises, a.Block)
+	}
+}

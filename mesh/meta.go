@@ -1,0 +1,181 @@
+package mesh
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+)
+
+// metaVersion is the first byte of every metadata value this package writes.
+// A decoder that sees another version rejects the value, so a future format
+// can never be misread as this one.
+const metaVersion = 1
+
+// metaLen is the exact length of a version 1 metadata value:
+// version(1) flags(1) hostIP(4) pool(4+1) blockBits(1) block(4) since(8) gen(8).
+const metaLen = 32
+
+const metaFlagBlock = 1 << 0
+
+// Meta is what a node advertises about itself in its memberlist metadata:
+// its host address (the next hop for its block), the pool layout it runs
+// with, and its current claim.
+type Meta struct {
+	HostIP netip.Addr
+	Pool   netip.Prefix
+	// BlockBits is the prefix length of every block of Pool.
+	BlockBits int
+	// Block is the claimed block; zero when the node holds none.
+	Block netip.Prefix
+	// Since is when the claim was made (millisecond precision); it decides
+	// conflicts: the older claim wins.
+	Since time.Time
+	// Gen is the generation of the node's claim record.
+	Gen uint64
+}
+
+// Rules are what a received metadata value or claim record must satisfy.
+type Rules struct {
+	Pool      netip.Prefix
+	BlockBits int
+	// AllowForeignHostIP accepts a host IP that differs from the member's
+	// gossip address (multi-homed hosts gossiping on another network).
+	AllowForeignHostIP bool
+}
+
+// RejectError explains why a value from the network was rejected. Reason is
+// a short, fixed label (used as a metric label); Detail is for humans.
+type RejectError struct {
+	Reason string
+	Detail string
+}
+
+func (e *RejectError) Error() string { return e.Reason + ": " + e.Detail }
+
+func reject(reason, format string, args ...any) error {
+	return &RejectError{Reason: reason, Detail: fmt.Sprintf(format, args...)}
+}
+
+// rejectReason returns err's reason label, or "other".
+func rejectReason(err error) string {
+	if re, ok := errors.AsType[*RejectError](err); ok {
+		return re.Reason
+	}
+	return "other"
+}
+
+// AppendBinary appends the version 1 encoding of m to b. m must be valid
+// (see Rules.CheckMeta); addresses are written as IPv4.
+func (m Meta) AppendBinary(b []byte) ([]byte, error) {
+	if !m.HostIP.Is4() || !m.Pool.Addr().Is4() {
+		return b, fmt.Errorf("encode metadata: host IP %s and pool %s must be IPv4", m.HostIP, m.Pool)
+	}
+	var flags byte
+	var blockAddr [4]byte
+	if m.Block.IsValid() {
+		if !m.Block.Addr().Is4() || m.Block.Bits() != m.BlockBits {
+			return b, fmt.Errorf("encode metadata: block %s is not an IPv4 /%d", m.Block, m.BlockBits)
+		}
+		flags |= metaFlagBlock
+		blockAddr = m.Block.Addr().As4()
+	}
+	var since int64
+	if !m.Since.IsZero() {
+		since = m.Since.UnixMilli()
+	}
+	host := m.HostIP.As4()
+	pool := m.Pool.Addr().As4()
+	b = append(b, metaVersion, flags)
+	b = append(b, host[:]...)
+	b = append(b, pool[:]...)
+	b = append(b, byte(m.Pool.Bits()), byte(m.BlockBits))
+	b = append(b, blockAddr[:]...)
+	b = binary.BigEndian.AppendUint64(b, uint64(since))
+	b = binary.BigEndian.AppendUint64(b, m.Gen)
+	return b, nil
+}
+
+// DecodeMeta parses a metadata value received from the member at gossip
+// address from and checks it against rules. Any error is a *RejectError.
+func DecodeMeta(b []byte, rules Rules, from netip.Addr) (Meta, error) {
+	var m Meta
+	if len(b) == 0 {
+		return m, reject("empty", "no metadata")
+	}
+	if b[0] != metaVersion {
+		return m, reject("version", "unknown metadata version %d", b[0])
+	}
+	if len(b) != metaLen {
+		return m, reject("length", "metadata is %d bytes, want %d", len(b), metaLen)
+	}
+	flags := b[1]
+	if flags&^metaFlagBlock != 0 {
+		return m, reject("flags", "unknown flags %#x", flags)
+	}
+	m.HostIP = netip.AddrFrom4([4]byte(b[2:6]))
+	poolBits, blockBits := int(b[10]), int(b[11])
+	if poolBits > 32 {
+		return m, reject("pool", "pool prefix length %d", poolBits)
+	}
+	m.Pool = netip.PrefixFrom(netip.AddrFrom4([4]byte(b[6:10])), poolBits)
+	m.BlockBits = blockBits
+	blockAddr := [4]byte(b[12:16])
+	since := int64(binary.BigEndian.Uint64(b[16:24]))
+	m.Gen = binary.BigEndian.Uint64(b[24:32])
+	if m.Pool != rules.Pool || m.BlockBits != rules.BlockBits {
+		return m, reject("pool_mismatch", "member runs pool %s with /%d blocks, this node %s with /%d", m.Pool, m.BlockBits, rules.Pool, rules.BlockBits)
+	}
+	if since < 0 {
+		return m, reject("since", "negative claim time %d", since)
+	}
+	if since > 0 {
+		m.Since = time.UnixMilli(since)
+	}
+	if flags&metaFlagBlock != 0 {
+		m.Block = netip.PrefixFrom(netip.AddrFrom4(blockAddr), blockBits)
+		if err := rules.checkBlock(m.Block); err != nil {
+			return Meta{}, err
+		}
+		if since == 0 {
+			return Meta{}, reject("since", "claim of %s without a claim time", m.Block)
+		}
+	} else if blockAddr != [4]byte{} || since != 0 {
+		return Meta{}, reject("block", "block fields set without a block")
+	}
+	if err := rules.checkHostIP(m.HostIP, from); err != nil {
+		return Meta{}, err
+	}
+	return m, nil
+}
+
+// checkBlock reports whether p is a block of the pool: inside it, of the
+// configured size, and a network address.
+func (r Rules) checkBlock(p netip.Prefix) error {
+	switch {
+	case !p.IsValid() || !p.Addr().Is4():
+		return reject("block", "invalid block %s", p)
+	case p.Bits() != r.BlockBits:
+		return reject("block_size", "block %s is not a /%d", p, r.BlockBits)
+	case !r.Pool.Contains(p.Addr()):
+		return reject("block_outside_pool", "block %s is outside pool %s", p, r.Pool)
+	case p.Masked() != p:
+		return reject("block_unmasked", "block %s is not a network address", p)
+	}
+	return nil
+}
+
+// checkHostIP reports whether ip can be a next hop: a unicast IPv4 address,
+// equal to the member's gossip address unless foreign host IPs are allowed.
+// An invalid from skips the comparison (records of members not known
+// here).
+func (r Rules) checkHostIP(ip, from netip.Addr) error {
+	if !ip.Is4() || !ip.IsGlobalUnicast() || ip == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
+		return reject("host_ip", "host IP %s is not a unicast IPv4 address", ip)
+	}
+	if !r.AllowForeignHostIP && from.IsValid() && ip != from.Unmap() {
+		return reject("foreign_host_ip", "host IP %s differs from gossip address %s", ip, from)
+	}
+	return nil
+}
