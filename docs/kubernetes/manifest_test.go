@@ -1,0 +1,563 @@
+// Package kubernetes holds the manifest that deploys Grapevine on a kubeadm
+// cluster (grapevine.yaml). Its tests decode the manifest strictly into the
+// Kubernetes API types and check it against the agent's flags and defaults in
+// cmd/grapevine and against the image the Dockerfile builds, because no
+// cluster or container engine is at hand to find a mismatch at runtime.
+package kubernetes
+
+import (
+	"bytes"
+	"go/ast"
+	"go/parser"
+	"go/token"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"sigs.k8s.io/yaml"
+)
+
+const (
+	manifestPath = "grapevine.yaml"
+	agentDir     = "../../cmd/grapevine"
+	cmdDir       = "../../cmd"
+	dockerfile   = "../../Dockerfile"
+	makefile     = "../../Makefile"
+	namespace    = "kube-system"
+)
+
+// manifest is grapevine.yaml, one field per object it must contain.
+type manifest struct {
+	serviceAccount *corev1.ServiceAccount
+	clusterRole    *rbacv1.ClusterRole
+	binding        *rbacv1.ClusterRoleBinding
+	config         *corev1.ConfigMap
+	daemonSet      *appsv1.DaemonSet
+}
+
+// loadManifest decodes every document of grapevine.yaml into its API type,
+// rejecting unknown fields (a misspelt or misplaced key) and unexpected or
+// repeated kinds.
+func loadManifest(t *testing.T) manifest {
+	t.Helper()
+	raw, err := os.ReadFile(manifestPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m manifest
+	for i, doc := range regexp.MustCompile(`(?m)^---\s*$`).Split(string(raw), -1) {
+		if isBlank(doc) {
+			continue
+		}
+		var tm metav1.TypeMeta
+		if err := yaml.Unmarshal([]byte(doc), &tm); err != nil {
+			t.Fatalf("document %d: %v", i, err)
+		}
+		var obj any
+		switch tm.APIVersion + " " + tm.Kind {
+		case "v1 ServiceAccount":
+			obj = setOnce(t, &m.serviceAccount)
+		case "rbac.authorization.k8s.io/v1 ClusterRole":
+			obj = setOnce(t, &m.clusterRole)
+		case "rbac.authorization.k8s.io/v1 ClusterRoleBinding":
+			obj = setOnce(t, &m.binding)
+		case "v1 ConfigMap":
+			obj = setOnce(t, &m.config)
+		case "apps/v1 DaemonSet":
+			obj = setOnce(t, &m.daemonSet)
+		default:
+			t.Fatalf("document %d: unexpected %s %s", i, tm.APIVersion, tm.Kind)
+		}
+		if err := yaml.UnmarshalStrict([]byte(doc), obj); err != nil {
+			t.Fatalf("document %d (%s): %v", i, tm.Kind, err)
+		}
+	}
+	if m.serviceAccount == nil || m.clusterRole == nil || m.binding == nil || m.config == nil || m.daemonSet == nil {
+		t.Fatalf("manifest lacks an object: %+v", m)
+	}
+	return m
+}
+
+// isBlank reports whether a YAML document holds only comments and space.
+func isBlank(doc string) bool {
+	for line := range strings.Lines(doc) {
+		line = strings.TrimSpace(line)
+		if line != "" && !strings.HasPrefix(line, "#") {
+			return false
+		}
+	}
+	return true
+}
+
+func setOnce[T any](t *testing.T, p **T) *T {
+	t.Helper()
+	if *p != nil {
+		t.Fatalf("manifest has a second %T", *p)
+	}
+	*p = new(T)
+	return *p
+}
+
+func (m manifest) container(t *testing.T, name string, init bool) *corev1.Container {
+	t.Helper()
+	list := m.daemonSet.Spec.Template.Spec.Containers
+	if init {
+		list = m.daemonSet.Spec.Template.Spec.InitContainers
+	}
+	for i := range list {
+		if list[i].Name == name {
+			return &list[i]
+		}
+	}
+	t.Fatalf("DaemonSet has no container %q (init: %v)", name, init)
+	return nil
+}
+
+func (m manifest) volume(t *testing.T, name string) *corev1.Volume {
+	t.Helper()
+	for i, v := range m.daemonSet.Spec.Template.Spec.Volumes {
+		if v.Name == name {
+			return &m.daemonSet.Spec.Template.Spec.Volumes[i]
+		}
+	}
+	t.Fatalf("DaemonSet has no volume %q", name)
+	return nil
+}
+
+// hostPathMount returns the host path mounted at mountPath in c, failing if
+// nothing or something other than a host directory is mounted there.
+func (m manifest) hostPathMount(t *testing.T, c *corev1.Container, mountPath string) string {
+	t.Helper()
+	for _, vm := range c.VolumeMounts {
+		if vm.MountPath != mountPath {
+			continue
+		}
+		v := m.volume(t, vm.Name)
+		if v.HostPath == nil {
+			t.Fatalf("%s: %s is volume %q, not a hostPath", c.Name, mountPath, vm.Name)
+		}
+		if vm.ReadOnly {
+			t.Errorf("%s: %s is mounted read-only", c.Name, mountPath)
+		}
+		return v.HostPath.Path
+	}
+	t.Fatalf("%s: nothing mounted at %s", c.Name, mountPath)
+	return ""
+}
+
+func envOf(c *corev1.Container, name string) (corev1.EnvVar, bool) {
+	for _, e := range c.Env {
+		if e.Name == name {
+			return e, true
+		}
+	}
+	return corev1.EnvVar{}, false
+}
+
+func TestObjectsInOneNamespace(t *testing.T) {
+	m := loadManifest(t)
+	for kind, meta := range map[string]metav1.ObjectMeta{
+		"ServiceAccount": m.serviceAccount.ObjectMeta,
+		"ConfigMap":      m.config.ObjectMeta,
+		"DaemonSet":      m.daemonSet.ObjectMeta,
+	} {
+		if meta.Namespace != namespace {
+			t.Errorf("%s %s is in namespace %q, want %s", kind, meta.Name, meta.Namespace, namespace)
+		}
+	}
+}
+
+// TestRBACIsLeast: the agent reads Node objects for seed addresses and must be
+// able to do nothing else with the API.
+func TestRBACIsLeast(t *testing.T) {
+	m := loadManifest(t)
+	want := rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "list", "watch"}}
+	rules := m.clusterRole.Rules
+	if len(rules) != 1 {
+		t.Fatalf("ClusterRole has %d rules, want exactly one: %+v", len(rules), rules)
+	}
+	got := rules[0]
+	slices.Sort(got.Verbs)
+	if !slices.Equal(got.APIGroups, want.APIGroups) || !slices.Equal(got.Resources, want.Resources) ||
+		!slices.Equal(got.Verbs, want.Verbs) || len(got.ResourceNames) != 0 || len(got.NonResourceURLs) != 0 {
+		t.Errorf("ClusterRole rule = %+v, want %+v", got, want)
+	}
+
+	b := m.binding
+	if b.RoleRef.Kind != "ClusterRole" || b.RoleRef.Name != m.clusterRole.Name {
+		t.Errorf("ClusterRoleBinding refers to %s %s, want ClusterRole %s", b.RoleRef.Kind, b.RoleRef.Name, m.clusterRole.Name)
+	}
+	wantSubject := rbacv1.Subject{Kind: "ServiceAccount", Name: m.serviceAccount.Name, Namespace: namespace}
+	if !slices.Equal(b.Subjects, []rbacv1.Subject{wantSubject}) {
+		t.Errorf("ClusterRoleBinding subjects = %+v, want only %+v", b.Subjects, wantSubject)
+	}
+	if sa := m.daemonSet.Spec.Template.Spec.ServiceAccountName; sa != m.serviceAccount.Name {
+		t.Errorf("DaemonSet runs as service account %q, want %q", sa, m.serviceAccount.Name)
+	}
+}
+
+// TestDaemonSetScheduling: one agent on every node, including control-plane
+// nodes and nodes that are not ready (they have no pod network until the
+// agent runs), replaced one node at a time.
+func TestDaemonSetScheduling(t *testing.T) {
+	m := loadManifest(t)
+	ds := m.daemonSet
+	spec := ds.Spec.Template.Spec
+	if !spec.HostNetwork {
+		t.Error("hostNetwork is off: the agent must program the host's routes and gossip on the host's address")
+	}
+	if spec.PriorityClassName != "system-node-critical" {
+		t.Errorf("priorityClassName = %q, want system-node-critical", spec.PriorityClassName)
+	}
+	tolerateAll := slices.ContainsFunc(spec.Tolerations, func(tol corev1.Toleration) bool {
+		return tol.Operator == corev1.TolerationOpExists && tol.Key == "" && tol.Effect == ""
+	})
+	if !tolerateAll {
+		t.Errorf("tolerations %+v do not tolerate every taint (operator: Exists with no key or effect)", spec.Tolerations)
+	}
+
+	u := ds.Spec.UpdateStrategy
+	if u.Type != appsv1.RollingUpdateDaemonSetStrategyType || u.RollingUpdate == nil || u.RollingUpdate.MaxUnavailable == nil {
+		t.Fatalf("updateStrategy = %+v, want RollingUpdate with maxUnavailable", u)
+	}
+	if mu := u.RollingUpdate.MaxUnavailable; mu.String() != "1" {
+		t.Errorf("maxUnavailable = %s, want 1", mu.String())
+	}
+
+	sel, err := metav1.LabelSelectorAsSelector(ds.Spec.Selector)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !sel.Matches(labels.Set(ds.Spec.Template.Labels)) {
+		t.Errorf("selector %s does not match the pod template's labels %v", sel, ds.Spec.Template.Labels)
+	}
+}
+
+// TestAgentPrivileges: the agent gets the capabilities its kernel calls need
+// and no more, and the combination passes the API server's validation.
+func TestAgentPrivileges(t *testing.T) {
+	m := loadManifest(t)
+	agent := m.container(t, "agent", false)
+	sc := agent.SecurityContext
+	if sc == nil || sc.Capabilities == nil {
+		t.Fatal("agent has no securityContext with capabilities")
+	}
+	if sc.Privileged != nil && *sc.Privileged {
+		t.Error("agent is privileged; it needs only NET_ADMIN and SYS_ADMIN")
+	}
+	if !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) {
+		t.Errorf("agent drops %v, want ALL", sc.Capabilities.Drop)
+	}
+	add := slices.Clone(sc.Capabilities.Add)
+	slices.Sort(add)
+	if want := []corev1.Capability{"NET_ADMIN", "SYS_ADMIN"}; !slices.Equal(add, want) {
+		t.Errorf("agent adds capabilities %v, want %v", add, want)
+	}
+	// The API server rejects allowPrivilegeEscalation: false with SYS_ADMIN.
+	if slices.Contains(add, "SYS_ADMIN") && sc.AllowPrivilegeEscalation != nil && !*sc.AllowPrivilegeEscalation {
+		t.Error("allowPrivilegeEscalation: false together with SYS_ADMIN fails validation")
+	}
+	if sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
+		t.Error("agent's root filesystem is writable; it writes only to its host mounts")
+	}
+
+	install := m.container(t, "install-cni", true)
+	isc := install.SecurityContext
+	if isc == nil || isc.Capabilities == nil || len(isc.Capabilities.Add) != 0 ||
+		!slices.Equal(isc.Capabilities.Drop, []corev1.Capability{"ALL"}) {
+		t.Errorf("install-cni securityContext = %+v, want every capability dropped", isc)
+	}
+}
+
+// TestMounts: the agent writes the conflist, node.json and its state on the
+// host, at the same paths it writes into the conflist for the CNI plugins
+// that the container runtime runs on the host; the init container installs
+// the plugins into /opt/cni/bin.
+func TestMounts(t *testing.T) {
+	m := loadManifest(t)
+	agent := m.container(t, "agent", false)
+	for env, dir := range map[string]string{
+		"GRAPEVINE_CNI_CONF_DIR": "/etc/cni/net.d",
+		"GRAPEVINE_STATE_DIR":    "/var/lib/grapevine",
+		"GRAPEVINE_RUN_DIR":      "/run/grapevine",
+	} {
+		if host := m.hostPathMount(t, agent, dir); host != dir {
+			t.Errorf("agent's %s is the host's %s; the paths must be equal because the conflist names them", dir, host)
+		}
+		if e, ok := envOf(agent, env); !ok || e.Value != dir {
+			t.Errorf("agent's %s = %q, want %s", env, e.Value, dir)
+		}
+	}
+
+	install := m.container(t, "install-cni", true)
+	const target = "/host/opt/cni/bin"
+	if host := m.hostPathMount(t, install, target); host != "/opt/cni/bin" {
+		t.Errorf("install-cni writes to the host's %s, want /opt/cni/bin", host)
+	}
+	script := strings.Join(append(slices.Clone(install.Command), install.Args...), " ")
+	for _, bin := range []string{"grapevine-cni", "grapevine-ipam", "portmap", "loopback"} {
+		if !strings.Contains(script, bin) {
+			t.Errorf("install-cni does not install %s", bin)
+		}
+	}
+	if !strings.Contains(script, target) {
+		t.Errorf("install-cni's script does not write to %s: %q", target, script)
+	}
+}
+
+// TestEnv: the node's identity comes from the downward API, the gossip key
+// from a Secret, seeds from the API server; and every GRAPEVINE_* variable
+// the manifest sets is one the agent reads.
+func TestEnv(t *testing.T) {
+	m := loadManifest(t)
+	agent := m.container(t, "agent", false)
+
+	for env, field := range map[string]string{
+		"GRAPEVINE_NODE_NAME": "spec.nodeName",
+		"GRAPEVINE_HOST_IP":   "status.hostIP",
+	} {
+		e, ok := envOf(agent, env)
+		if !ok || e.ValueFrom == nil || e.ValueFrom.FieldRef == nil || e.ValueFrom.FieldRef.FieldPath != field {
+			t.Errorf("%s = %+v, want the downward API's %s", env, e, field)
+		}
+	}
+	if e, _ := envOf(agent, "GRAPEVINE_JOIN_KUBERNETES"); e.Value != "true" {
+		t.Errorf("GRAPEVINE_JOIN_KUBERNETES = %q, want true", e.Value)
+	}
+
+	// The Secret is required (a missing key keeps the pod from starting rather
+	// than running unencrypted) and its key "key" is the file.
+	keyFile, _ := envOf(agent, "GRAPEVINE_GOSSIP_KEY_FILE")
+	dir, file := filepath.Split(keyFile.Value)
+	var secret *corev1.SecretVolumeSource
+	for _, vm := range agent.VolumeMounts {
+		if vm.MountPath+"/" == dir && vm.ReadOnly {
+			secret = m.volume(t, vm.Name).Secret
+		}
+	}
+	switch {
+	case secret == nil:
+		t.Errorf("GRAPEVINE_GOSSIP_KEY_FILE = %q is not in a Secret mounted read-only", keyFile.Value)
+	case secret.SecretName != "grapevine-gossip-key" || file != "key" || len(secret.Items) != 0:
+		t.Errorf("gossip key from Secret %s file %s (items %v), want key \"key\" of grapevine-gossip-key as the docs create it",
+			secret.SecretName, file, secret.Items)
+	case secret.Optional != nil && *secret.Optional:
+		t.Error("the gossip key Secret is optional: without it agents would gossip unencrypted")
+	}
+
+	if len(agent.EnvFrom) != 1 || agent.EnvFrom[0].ConfigMapRef == nil || agent.EnvFrom[0].ConfigMapRef.Name != m.config.Name {
+		t.Errorf("agent's envFrom = %+v, want the ConfigMap %s", agent.EnvFrom, m.config.Name)
+	}
+	known := agentEnvVars(t)
+	var set []string
+	for k := range m.config.Data {
+		set = append(set, k)
+	}
+	for _, e := range agent.Env {
+		set = append(set, e.Name)
+	}
+	for _, name := range set {
+		if !known[name] {
+			t.Errorf("the manifest sets %s, which no flag of `grapevine agent` reads", name)
+		}
+	}
+
+	pool, err := netip.ParsePrefix(m.config.Data["GRAPEVINE_POOL"])
+	if err != nil || pool.String() != "10.244.0.0/16" {
+		t.Errorf("GRAPEVINE_POOL = %q, want 10.244.0.0/16 (kubeadm init --pod-network-cidr in the docs)", m.config.Data["GRAPEVINE_POOL"])
+	}
+}
+
+// TestProbesAndPorts: the probes and ports are the fixed numbers of
+// docs/design.md, and the agent's defaults in cmd/grapevine are the same.
+func TestProbesAndPorts(t *testing.T) {
+	m := loadManifest(t)
+	agent := m.container(t, "agent", false)
+	consts := agentConsts(t)
+
+	metrics, err := netip.ParseAddrPort(consts["DefaultMetricsAddr"])
+	if err != nil {
+		t.Fatalf("cmd/grapevine DefaultMetricsAddr: %v", err)
+	}
+	if metrics.String() != "127.0.0.1:9962" {
+		t.Errorf("the agent's default metrics address is %s, design.md fixes 127.0.0.1:9962", metrics)
+	}
+	if e, _ := envOf(agent, "GRAPEVINE_METRICS_ADDR"); e.Value != metrics.String() {
+		t.Errorf("GRAPEVINE_METRICS_ADDR = %q, want %s", e.Value, metrics)
+	}
+	for path, p := range map[string]*corev1.Probe{"/healthz": agent.LivenessProbe, "/readyz": agent.ReadinessProbe} {
+		if p == nil || p.HTTPGet == nil {
+			t.Errorf("no httpGet probe for %s", path)
+			continue
+		}
+		g := p.HTTPGet
+		if g.Host != metrics.Addr().String() || g.Port.IntValue() != int(metrics.Port()) || g.Path != path {
+			t.Errorf("probe = http://%s:%s%s, want http://%s%s", g.Host, g.Port.String(), g.Path, metrics, path)
+		}
+	}
+
+	port, err := strconv.Atoi(consts["DefaultPort"])
+	if err != nil || port != 7962 {
+		t.Errorf("the agent's default gossip port is %q, design.md fixes 7962", consts["DefaultPort"])
+	}
+	protocols := map[corev1.Protocol]bool{}
+	for _, p := range agent.Ports {
+		if int(p.ContainerPort) != port {
+			t.Errorf("agent declares port %d/%s, the gossip port is %d", p.ContainerPort, p.Protocol, port)
+		}
+		protocols[p.Protocol] = true
+	}
+	if !protocols[corev1.ProtocolTCP] || !protocols[corev1.ProtocolUDP] {
+		t.Errorf("agent declares the gossip port for %v, want TCP and UDP (memberlist uses both)", protocols)
+	}
+}
+
+// TestImage: every container runs the one image, and the image holds exactly
+// the binaries of cmd/ plus the reference plugins at the Makefile's version.
+func TestImage(t *testing.T) {
+	m := loadManifest(t)
+	spec := m.daemonSet.Spec.Template.Spec
+	image := spec.Containers[0].Image
+	for _, c := range slices.Concat(spec.InitContainers, spec.Containers) {
+		if c.Image != image {
+			t.Errorf("container %s runs %s, want the one image %s", c.Name, c.Image, image)
+		}
+	}
+
+	df, err := os.ReadFile(dockerfile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !regexp.MustCompile(`(?m)^RUN CGO_ENABLED=0 go build .*-o /out/ \./cmd/\.\.\.$`).Match(df) {
+		t.Error("Dockerfile does not build ./cmd/... statically into /out/")
+	}
+	var copied []string
+	for _, line := range regexp.MustCompile(`(?m)^COPY --from=build (.*) \S+$`).FindAllSubmatch(df, -1) {
+		for _, src := range strings.Fields(string(line[1])) {
+			if dir, bin := filepath.Split(src); dir == "/out/" {
+				copied = append(copied, bin)
+			}
+		}
+	}
+	slices.Sort(copied)
+	entries, err := os.ReadDir(cmdDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var commands []string
+	for _, e := range entries {
+		if e.IsDir() {
+			commands = append(commands, e.Name())
+		}
+	}
+	if !slices.Equal(copied, commands) {
+		t.Errorf("the image gets %v from the build, cmd/ has %v", copied, commands)
+	}
+
+	mk, err := os.ReadFile(makefile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := regexp.MustCompile(`(?m)^CNI_PLUGINS_VERSION\s*:=\s*(\S+)$`).FindSubmatch(mk)
+	got := regexp.MustCompile(`(?m)^ARG CNI_PLUGINS_VERSION=(\S+)$`).FindSubmatch(df)
+	if want == nil || got == nil || !bytes.Equal(want[1], got[1]) {
+		t.Errorf("Dockerfile builds the reference plugins at %q, the Makefile pins %q", got, want)
+	}
+	for _, plugin := range []string{"plugins/meta/portmap@", "plugins/main/loopback@"} {
+		if !bytes.Contains(df, []byte(plugin)) {
+			t.Errorf("Dockerfile does not build %s", plugin)
+		}
+	}
+}
+
+// agentConsts returns the string and integer constants declared in the
+// agent's package, as their literal text without quotes.
+func agentConsts(t *testing.T) map[string]string {
+	t.Helper()
+	consts := map[string]string{}
+	for _, f := range parseAgent(t) {
+		ast.Inspect(f, func(n ast.Node) bool {
+			d, ok := n.(*ast.GenDecl)
+			if !ok || d.Tok != token.CONST {
+				return true
+			}
+			for _, s := range d.Specs {
+				vs := s.(*ast.ValueSpec)
+				for i, name := range vs.Names {
+					if i < len(vs.Values) {
+						if lit, ok := vs.Values[i].(*ast.BasicLit); ok {
+							consts[name.Name] = strings.Trim(lit.Value, `"`)
+						}
+					}
+				}
+			}
+			return false
+		})
+	}
+	return consts
+}
+
+// agentEnvVars returns the environment variables the agent's flags read: every
+// cli flag literal's Name, spelt as the agent's envVar spells it.
+func agentEnvVars(t *testing.T) map[string]bool {
+	t.Helper()
+	vars := map[string]bool{}
+	for _, f := range parseAgent(t) {
+		ast.Inspect(f, func(n ast.Node) bool {
+			lit, ok := n.(*ast.CompositeLit)
+			if !ok {
+				return true
+			}
+			sel, ok := lit.Type.(*ast.SelectorExpr)
+			if !ok || !strings.HasSuffix(sel.Sel.Name, "Flag") {
+				return true
+			}
+			for _, el := range lit.Elts {
+				kv, ok := el.(*ast.KeyValueExpr)
+				if !ok || kv.Key.(*ast.Ident).Name != "Name" {
+					continue
+				}
+				if s, ok := kv.Value.(*ast.BasicLit); ok {
+					name := strings.Trim(s.Value, `"`)
+					vars["GRAPEVINE_"+strings.ToUpper(strings.ReplaceAll(name, "-", "_"))] = true
+				}
+			}
+			return true
+		})
+	}
+	if len(vars) == 0 {
+		t.Fatal("found no flags in cmd/grapevine")
+	}
+	return vars
+}
+
+func parseAgent(t *testing.T) []*ast.File {
+	t.Helper()
+	paths, err := filepath.Glob(filepath.Join(agentDir, "*.go"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fset := token.NewFileSet()
+	var files []*ast.File
+	for _, p := range paths {
+		if strings.HasSuffix(p, "_test.go") {
+			continue
+		}
+		f, err := parser.ParseFile(fset, p, nil, parser.SkipObjectResolution)
+		if err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, f)
+	}
+	return files
+}
