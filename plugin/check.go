@@ -1,0 +1,250 @@
+package plugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/containernetworking/plugins/pkg/utils/sysctl"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/grapevine-net/grapevine/ipam"
+)
+
+// cmdCheck compares the kernel with what ADD built and the previous result
+// reported, and names every difference it finds.
+func cmdCheck(args *skel.CmdArgs) error {
+	ctx := context.Background()
+	conf, err := ParseConfig(args.StdinData)
+	if err != nil {
+		return err
+	}
+	att, err := parseAttachment(args.ContainerID, args.IfName, args.Args)
+	if err != nil {
+		return err
+	}
+	want, err := expectedFromPrevResult(conf, args)
+	if err != nil {
+		return err
+	}
+	podNS, err := ns.GetNS(args.Netns)
+	if err != nil {
+		return types.NewError(types.ErrUnknownContainer, fmt.Sprintf("open pod network namespace %q: %v", args.Netns, err), "")
+	}
+	defer podNS.Close()
+
+	hostIndex, drift := checkHost(att.HostVethName(), att.alias(conf.Name), want)
+	drift = append(drift, checkPod(podNS, args.IfName, want, hostIndex)...)
+	if err := newAddressSource(conf, args).check(ctx, want.prev); err != nil {
+		drift = append(drift, err)
+	}
+	if len(drift) > 0 {
+		return fmt.Errorf("attachment %s/%s drifted: %w", args.ContainerID, args.IfName, errors.Join(drift...))
+	}
+	return nil
+}
+
+// expected is what CHECK looks for, taken from the previous result.
+type expected struct {
+	prev   *current.Result
+	podIP  netip.Addr
+	podMAC string
+	podMTU int
+}
+
+func expectedFromPrevResult(conf *Config, args *skel.CmdArgs) (expected, error) {
+	if conf.RawPrevResult == nil {
+		return expected{}, types.NewError(types.ErrInvalidNetworkConfig, "CHECK needs prevResult in the network config", "")
+	}
+	if err := version.ParsePrevResult(&conf.PluginConf); err != nil {
+		return expected{}, types.NewError(types.ErrDecodingFailure, fmt.Sprintf("parse prevResult: %v", err), "")
+	}
+	prev, err := current.NewResultFromResult(conf.PrevResult)
+	if err != nil {
+		return expected{}, types.NewError(types.ErrDecodingFailure, fmt.Sprintf("convert prevResult: %v", err), "")
+	}
+	want := expected{prev: prev}
+	podIdx := -1
+	for i, intf := range prev.Interfaces {
+		if intf.Name == args.IfName && intf.Sandbox == args.Netns {
+			podIdx, want.podMAC, want.podMTU = i, intf.Mac, intf.Mtu
+		}
+	}
+	if podIdx < 0 {
+		return expected{}, types.NewError(types.ErrInvalidNetworkConfig,
+			fmt.Sprintf("prevResult has no interface %s in sandbox %s", args.IfName, args.Netns), "")
+	}
+	for _, ipc := range prev.IPs {
+		addr, ok := netip.AddrFromSlice(ipc.Address.IP.To4())
+		if ok && (ipc.Interface == nil || *ipc.Interface == podIdx) {
+			want.podIP = addr
+			break
+		}
+	}
+	if !want.podIP.IsValid() {
+		return expected{}, types.NewError(types.ErrInvalidNetworkConfig,
+			fmt.Sprintf("prevResult has no IPv4 address on %s", args.IfName), "")
+	}
+	return want, nil
+}
+
+// checkHost checks the host side of the pair in the current namespace and
+// returns its index for the pairing check.
+func checkHost(name, alias string, want expected) (int, []error) {
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		return 0, []error{fmt.Errorf("host veth %s: %w", name, err)}
+	}
+	var drift []error
+	driftf := func(format string, a ...any) { drift = append(drift, fmt.Errorf("host veth "+name+": "+format, a...)) }
+	attrs := link.Attrs()
+	if _, ok := link.(*netlink.Veth); !ok {
+		driftf("is a %s, not a veth", link.Type())
+	}
+	if attrs.Alias != alias {
+		driftf("belongs to %q, not %q", attrs.Alias, alias)
+	}
+	if attrs.HardwareAddr.String() != hostVethMAC().String() {
+		driftf("MAC is %s, want %s", attrs.HardwareAddr, hostVethMAC())
+	}
+	if attrs.Flags&net.FlagUp == 0 {
+		driftf("is down")
+	}
+	for _, s := range hostVethSysctls(name) {
+		got, err := sysctl.Sysctl(s.key)
+		switch {
+		case err != nil && s.optional:
+		case err != nil:
+			driftf("read %s: %v", s.key, err)
+		case strings.TrimSpace(got) != s.value:
+			driftf("%s is %s, want %s", s.key, strings.TrimSpace(got), s.value)
+		}
+	}
+	routes, err := netlink.RouteListFiltered(unix.AF_INET, &netlink.Route{Dst: hostPrefix(want.podIP)}, netlink.RT_FILTER_DST)
+	if err != nil {
+		driftf("list routes: %v", err)
+	} else if !hasRoute(routes, attrs.Index, netlink.SCOPE_LINK, nil) {
+		driftf("route %s dev %s scope link is missing", want.podIP, name)
+	}
+	neighs, err := netlink.NeighList(attrs.Index, unix.AF_INET)
+	if err != nil {
+		driftf("list neighbours: %v", err)
+	} else {
+		drift = append(drift, checkNeighbour(name, neighs, want)...)
+	}
+	return attrs.Index, drift
+}
+
+func checkNeighbour(name string, neighs []netlink.Neigh, want expected) []error {
+	for _, n := range neighs {
+		if !n.IP.Equal(net.IP(want.podIP.AsSlice())) {
+			continue
+		}
+		var drift []error
+		if n.State&netlink.NUD_PERMANENT == 0 {
+			drift = append(drift, fmt.Errorf("host veth %s: neighbour %s is not PERMANENT (state %#x)", name, want.podIP, n.State))
+		}
+		if want.podMAC != "" && n.HardwareAddr.String() != want.podMAC {
+			drift = append(drift, fmt.Errorf("host veth %s: neighbour %s has lladdr %s, want %s", name, want.podIP, n.HardwareAddr, want.podMAC))
+		}
+		return drift
+	}
+	return []error{fmt.Errorf("host veth %s: neighbour %s lladdr %s PERMANENT is missing", name, want.podIP, want.podMAC)}
+}
+
+// checkPod checks the pod side inside podNS: the veth paired with the host
+// side, its MAC, MTU, /32 and both routes.
+func checkPod(podNS ns.NetNS, ifName string, want expected, hostIndex int) []error {
+	var drift []error
+	err := podNS.Do(func(ns.NetNS) error {
+		link, err := netlink.LinkByName(ifName)
+		if err != nil {
+			return fmt.Errorf("pod interface %s: %w", ifName, err)
+		}
+		driftf := func(format string, a ...any) {
+			drift = append(drift, fmt.Errorf("pod interface "+ifName+": "+format, a...))
+		}
+		attrs := link.Attrs()
+		if _, ok := link.(*netlink.Veth); !ok {
+			driftf("is a %s, not a veth", link.Type())
+		}
+		if hostIndex != 0 && attrs.ParentIndex != hostIndex {
+			driftf("is paired with ifindex %d, not the host veth (ifindex %d)", attrs.ParentIndex, hostIndex)
+		}
+		if want.podMAC != "" && attrs.HardwareAddr.String() != want.podMAC {
+			driftf("MAC is %s, want %s", attrs.HardwareAddr, want.podMAC)
+		}
+		if want.podMTU != 0 && attrs.MTU != want.podMTU {
+			driftf("MTU is %d, want %d", attrs.MTU, want.podMTU)
+		}
+		if attrs.Flags&net.FlagUp == 0 {
+			driftf("is down")
+		}
+		addrs, err := netlink.AddrList(link, unix.AF_INET)
+		if err != nil {
+			driftf("list addresses: %v", err)
+		} else if !hasAddr(addrs, want.podIP) {
+			driftf("address %s/32 is missing (has %v)", want.podIP, addrs)
+		}
+		routes, err := netlink.RouteList(link, unix.AF_INET)
+		if err != nil {
+			driftf("list routes: %v", err)
+			return nil
+		}
+		gw := net.IP(ipam.Gateway().AsSlice())
+		if !hasRoute(routes, attrs.Index, netlink.SCOPE_LINK, hostPrefix(ipam.Gateway())) {
+			driftf("route %s dev %s scope link is missing", gw, ifName)
+		}
+		if !hasDefaultVia(routes, gw) {
+			driftf("route default via %s dev %s is missing", gw, ifName)
+		}
+		return nil
+	})
+	if err != nil {
+		drift = append(drift, err)
+	}
+	return drift
+}
+
+func hasAddr(addrs []netlink.Addr, want netip.Addr) bool {
+	for _, a := range addrs {
+		ones, _ := a.Mask.Size()
+		if a.IP.Equal(net.IP(want.AsSlice())) && ones == 32 {
+			return true
+		}
+	}
+	return false
+}
+
+// hasRoute reports whether routes has one on linkIndex with scope; dst nil
+// accepts any destination (the caller filtered already).
+func hasRoute(routes []netlink.Route, linkIndex int, scope netlink.Scope, dst *net.IPNet) bool {
+	for _, r := range routes {
+		if r.LinkIndex != linkIndex || r.Scope != scope || r.Gw != nil {
+			continue
+		}
+		if dst == nil || (r.Dst != nil && r.Dst.String() == dst.String()) {
+			return true
+		}
+	}
+	return false
+}
+
+func hasDefaultVia(routes []netlink.Route, gw net.IP) bool {
+	for _, r := range routes {
+		isDefault := r.Dst == nil || r.Dst.String() == "0.0.0.0/0"
+		if isDefault && r.Gw.Equal(gw) {
+			return true
+		}
+	}
+	return false
+}

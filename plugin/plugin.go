@@ -1,0 +1,176 @@
+package plugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+
+	cnins "github.com/containernetworking/cni/pkg/ns"
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/grapevine-net/grapevine/ipam"
+)
+
+// Funcs are grapevine-cni's CNI commands, for skel.PluginMainFuncs.
+func Funcs() skel.CNIFuncs {
+	return skel.CNIFuncs{Add: cmdAdd, Del: cmdDel, Check: cmdCheck, GC: cmdGC, Status: cmdStatus}
+}
+
+func cmdAdd(args *skel.CmdArgs) (err error) {
+	ctx := context.Background()
+	conf, err := ParseConfig(args.StdinData)
+	if err != nil {
+		return err
+	}
+	att, err := parseAttachment(args.ContainerID, args.IfName, args.Args)
+	if err != nil {
+		return err
+	}
+	node, err := ipam.ReadNodeState(conf.RunDir)
+	if err != nil {
+		return err
+	}
+	mtu := conf.MTU
+	if mtu == 0 {
+		mtu = node.MTU
+	}
+	podNS, err := openPodNS(args.Netns)
+	if err != nil {
+		return err
+	}
+	defer podNS.Close()
+
+	addrs := newAddressSource(conf, args)
+	podIP, err := addrs.allocate(ctx, node.Block)
+	if err != nil {
+		return err
+	}
+	hostVeth := att.HostVethName()
+	created := false
+	defer func() {
+		if err == nil {
+			return
+		}
+		var undo []error
+		if created {
+			undo = append(undo, deleteLink(hostVeth))
+		}
+		undo = append(undo, addrs.release(ctx))
+		err = withUndo(err, errors.Join(undo...))
+	}()
+
+	created = true // from here on, undo removes whatever part of the pair exists
+	if err = createVeth(hostVeth, args.IfName, att.alias(conf.Name), mtu, podNS); err != nil {
+		return err
+	}
+	pod, err := configurePod(podNS, args.IfName, podIP)
+	if err != nil {
+		return err
+	}
+	host, err := configureHost(hostVeth, podIP, pod.mac)
+	if err != nil {
+		return err
+	}
+
+	gw := net.IP(ipam.Gateway().AsSlice())
+	result := ipam.Result(podIP)
+	result.Interfaces = []*current.Interface{
+		{Name: hostVeth, Mac: host.Attrs().HardwareAddr.String(), Mtu: host.Attrs().MTU},
+		{Name: args.IfName, Mac: pod.mac.String(), Mtu: pod.mtu, Sandbox: args.Netns},
+	}
+	result.IPs[0].Interface = current.Int(1)
+	result.IPs[0].Gateway = gw
+	result.DNS = conf.DNS
+	return types.PrintResult(result, conf.CNIVersion)
+}
+
+// openPodNS opens the pod's namespace before anything is allocated, so a bad
+// CNI_NETNS leaves nothing behind. skel checks that it is not the plugin's
+// own namespace only after ADD returns; checking here keeps ADD from wiring
+// the host to itself first.
+func openPodNS(path string) (ns.NetNS, error) {
+	podNS, err := ns.GetNS(path)
+	if err != nil {
+		return nil, types.NewError(types.ErrUnknownContainer, fmt.Sprintf("open pod network namespace %q: %v", path, err), "")
+	}
+	same, cerr := cnins.CheckNetNS(path)
+	if cerr != nil {
+		podNS.Close()
+		return nil, cerr
+	}
+	if same {
+		podNS.Close()
+		return nil, types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("CNI_NETNS %q is the plugin's own network namespace", path), "")
+	}
+	return podNS, nil
+}
+
+// withUndo adds the failure of an undo to err's message, keeping err's CNI
+// code.
+func withUndo(err, undoErr error) error {
+	if undoErr == nil {
+		return err
+	}
+	code := types.ErrInternal
+	var cniErr *types.Error
+	if errors.As(err, &cniErr) {
+		code = cniErr.Code
+	}
+	return types.NewError(code, fmt.Sprintf("%v; undoing the ADD failed too: %v", err, undoErr), "")
+}
+
+// cmdDel removes the veth pair and frees the address. Everything already
+// gone (the namespace, the link, the reservation) counts as done. The link
+// goes first so an address is freed only once no pod can still use it.
+func cmdDel(args *skel.CmdArgs) error {
+	ctx := context.Background()
+	conf, err := ParseConfig(args.StdinData)
+	if err != nil {
+		return err
+	}
+	att, err := parseAttachment(args.ContainerID, args.IfName, args.Args)
+	if err != nil {
+		return err
+	}
+	if err := deleteHostVeth(att.HostVethName(), att.alias(conf.Name)); err != nil {
+		return err
+	}
+	if err := deletePodSide(args.Netns, args.IfName); err != nil {
+		return err
+	}
+	return newAddressSource(conf, args).release(ctx)
+}
+
+// deletePodSide removes ifName from the pod's namespace when both still
+// exist: the host side may carry another name when the runtime passed
+// different CNI_ARGS to ADD and DEL.
+func deletePodSide(netnsPath, ifName string) error {
+	if netnsPath == "" {
+		return nil
+	}
+	err := ns.WithNetNSPath(netnsPath, func(ns.NetNS) error {
+		return deleteVethByName(ifName)
+	})
+	var notExist ns.NSPathNotExistErr
+	if errors.As(err, &notExist) {
+		return nil
+	}
+	return err
+}
+
+// cmdStatus reports whether an ADD could succeed now: node.json must hold a
+// block (CNI error 50 otherwise), and the IPAM must be available.
+func cmdStatus(args *skel.CmdArgs) error {
+	conf, err := ParseConfig(args.StdinData)
+	if err != nil {
+		return err
+	}
+	if err := ipam.StatusError(conf.RunDir); err != nil {
+		return err
+	}
+	return newAddressSource(conf, args).status(context.Background())
+}

@@ -1,0 +1,217 @@
+package plugin
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/containernetworking/plugins/pkg/utils/sysctl"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/grapevine-net/grapevine/ipam"
+)
+
+// hostVethMAC is the MAC of every host-side veth. Pods only ever see it as
+// the gateway's MAC; a fixed value keeps their ARP cache valid across veth
+// re-creation and makes the host side recognisable.
+func hostVethMAC() net.HardwareAddr { return net.HardwareAddr{0xee, 0xee, 0xee, 0xee, 0xee, 0xee} }
+
+// hostSysctl is one per-interface setting the host veth needs.
+type hostSysctl struct {
+	key, value string
+	// optional settings are skipped when the kernel lacks them (IPv6
+	// disabled).
+	optional bool
+}
+
+// hostVethSysctls are the host veth's settings: answer ARP for the
+// gateway address by proxy at once, route what the pod sends, and ignore
+// router advertisements (the host veth has no business configuring IPv6
+// from a pod).
+func hostVethSysctls(ifName string) []hostSysctl {
+	return []hostSysctl{
+		{key: "net/ipv4/conf/" + ifName + "/proxy_arp", value: "1"},
+		{key: "net/ipv4/neigh/" + ifName + "/proxy_delay", value: "0"},
+		{key: "net/ipv4/conf/" + ifName + "/forwarding", value: "1"},
+		{key: "net/ipv6/conf/" + ifName + "/accept_ra", value: "0", optional: true},
+	}
+}
+
+func hostPrefix(addr netip.Addr) *net.IPNet {
+	return &net.IPNet{IP: net.IP(addr.AsSlice()), Mask: net.CIDRMask(addr.BitLen(), addr.BitLen())}
+}
+
+func isNotFound(err error) bool {
+	var nf netlink.LinkNotFoundError
+	return errors.As(err, &nf)
+}
+
+// createVeth creates the pair with the host side in the current namespace
+// and the pod side directly in podNS, replacing a leftover host link of the
+// same name (an earlier sandbox of the same pod, or an ADD that died). It
+// labels the host side with alias, which the kernel ignores in a create
+// request.
+func createVeth(hostName, podIfName, alias string, mtu int, podNS ns.NetNS) error {
+	if old, err := netlink.LinkByName(hostName); err == nil {
+		if err := netlink.LinkDel(old); err != nil {
+			return fmt.Errorf("remove leftover link %s: %w", hostName, err)
+		}
+	} else if !isNotFound(err) {
+		return fmt.Errorf("look up %s: %w", hostName, err)
+	}
+	veth := &netlink.Veth{
+		LinkAttrs: netlink.LinkAttrs{
+			Name:         hostName,
+			MTU:          mtu,
+			HardwareAddr: hostVethMAC(),
+			Flags:        net.FlagUp,
+		},
+		PeerName:      podIfName,
+		PeerNamespace: netlink.NsFd(int(podNS.Fd())),
+	}
+	if err := netlink.LinkAdd(veth); err != nil {
+		return fmt.Errorf("create veth %s (pod side %s in %s): %w", hostName, podIfName, podNS.Path(), err)
+	}
+	if err := netlink.LinkSetAlias(veth, alias); err != nil {
+		return fmt.Errorf("label %s with %q: %w", hostName, alias, err)
+	}
+	return nil
+}
+
+// podInterface is what configurePod reports back about the pod's side.
+type podInterface struct {
+	mac net.HardwareAddr
+	mtu int
+}
+
+// configurePod gives the pod side its /32, brings it up and routes
+// everything through the link-local gateway:
+//
+//	inet 10.244.1.3/32 scope global eth0
+//	169.254.1.1 dev eth0 scope link
+//	default via 169.254.1.1 dev eth0
+func configurePod(podNS ns.NetNS, ifName string, podIP netip.Addr) (podInterface, error) {
+	var pod podInterface
+	err := podNS.Do(func(ns.NetNS) error {
+		link, err := netlink.LinkByName(ifName)
+		if err != nil {
+			return fmt.Errorf("look up %s: %w", ifName, err)
+		}
+		if err := netlink.LinkSetUp(link); err != nil {
+			return fmt.Errorf("set %s up: %w", ifName, err)
+		}
+		if err := netlink.AddrAdd(link, &netlink.Addr{IPNet: hostPrefix(podIP)}); err != nil {
+			return fmt.Errorf("add %s/32 to %s: %w", podIP, ifName, err)
+		}
+		idx := link.Attrs().Index
+		gw := net.IP(ipam.Gateway().AsSlice())
+		if err := netlink.RouteAdd(&netlink.Route{LinkIndex: idx, Dst: hostPrefix(ipam.Gateway()), Scope: netlink.SCOPE_LINK}); err != nil {
+			return fmt.Errorf("add route %s dev %s scope link: %w", gw, ifName, err)
+		}
+		if err := netlink.RouteAdd(&netlink.Route{LinkIndex: idx, Gw: gw}); err != nil {
+			return fmt.Errorf("add route default via %s dev %s: %w", gw, ifName, err)
+		}
+		pod = podInterface{mac: link.Attrs().HardwareAddr, mtu: link.Attrs().MTU}
+		return nil
+	})
+	return pod, err
+}
+
+// configureHost finishes the host side in the current namespace: the fixed
+// MAC (verified, since some kernels ignore the MAC in a create request), the
+// sysctls, `<podIP> dev <veth> scope link`, and a permanent neighbour entry
+// so the host never has to ARP for the pod.
+func configureHost(name string, podIP netip.Addr, podMAC net.HardwareAddr) (netlink.Link, error) {
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		return nil, fmt.Errorf("look up %s: %w", name, err)
+	}
+	if !bytes.Equal(link.Attrs().HardwareAddr, hostVethMAC()) {
+		if err := netlink.LinkSetHardwareAddr(link, hostVethMAC()); err != nil {
+			return nil, fmt.Errorf("set MAC of %s to %s: %w", name, hostVethMAC(), err)
+		}
+		if link, err = netlink.LinkByName(name); err != nil {
+			return nil, fmt.Errorf("look up %s: %w", name, err)
+		}
+		if got := link.Attrs().HardwareAddr; !bytes.Equal(got, hostVethMAC()) {
+			return nil, fmt.Errorf("%s has MAC %s after setting %s", name, got, hostVethMAC())
+		}
+	}
+	for _, s := range hostVethSysctls(name) {
+		if _, err := sysctl.Sysctl(s.key, s.value); err != nil {
+			if s.optional && errors.Is(err, os.ErrNotExist) {
+				continue
+			}
+			return nil, fmt.Errorf("set %s=%s: %w", s.key, s.value, err)
+		}
+	}
+	idx := link.Attrs().Index
+	if err := netlink.RouteReplace(&netlink.Route{LinkIndex: idx, Dst: hostPrefix(podIP), Scope: netlink.SCOPE_LINK}); err != nil {
+		return nil, fmt.Errorf("add route %s dev %s scope link: %w", podIP, name, err)
+	}
+	neigh := &netlink.Neigh{
+		LinkIndex:    idx,
+		Family:       unix.AF_INET,
+		State:        netlink.NUD_PERMANENT,
+		IP:           net.IP(podIP.AsSlice()),
+		HardwareAddr: podMAC,
+	}
+	if err := netlink.NeighSet(neigh); err != nil {
+		return nil, fmt.Errorf("add neighbour %s lladdr %s dev %s: %w", podIP, podMAC, name, err)
+	}
+	return link, nil
+}
+
+// deleteLink removes the link name; a missing link is success.
+func deleteLink(name string) error {
+	err := netlink.LinkDel(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}})
+	if err != nil && !isNotFound(err) && !errors.Is(err, unix.ENODEV) {
+		return fmt.Errorf("delete %s: %w", name, err)
+	}
+	return nil
+}
+
+// deleteHostVeth removes the host veth named name if it belongs to alias;
+// the pod side goes with it. A missing link is success; a link of the same
+// name belonging to another attachment (a newer sandbox of the same pod) is
+// left alone.
+func deleteHostVeth(name, alias string) error {
+	link, err := netlink.LinkByName(name)
+	if isNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("look up %s: %w", name, err)
+	}
+	if link.Attrs().Alias != alias {
+		return nil
+	}
+	if err := netlink.LinkDel(link); err != nil && !isNotFound(err) {
+		return fmt.Errorf("delete %s: %w", name, err)
+	}
+	return nil
+}
+
+// deleteVethByName deletes the veth ifName in the current namespace; a
+// missing link is success and a link of another kind is left alone.
+func deleteVethByName(ifName string) error {
+	link, err := netlink.LinkByName(ifName)
+	if isNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("look up %s: %w", ifName, err)
+	}
+	if _, ok := link.(*netlink.Veth); !ok {
+		return nil
+	}
+	if err := netlink.LinkDel(link); err != nil && !isNotFound(err) {
+		return fmt.Errorf("delete %s: %w", ifName, err)
+	}
+	return nil
+}
