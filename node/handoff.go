@@ -23,8 +23,8 @@ const (
 // in that order, so a runtime that sees the conflist finds node.json. Both are
 // replaced atomically and only when their contents change.
 func WriteHandoff(runDir, cniConfDir, stateDir string, s nodestate.State) error {
-	if runDir == "" {
-		return errors.New("hand-off: no run directory given")
+	if !filepath.IsAbs(runDir) {
+		return fmt.Errorf("hand-off: run directory %q is not an absolute path", runDir)
 	}
 	if err := s.Validate(); err != nil {
 		return fmt.Errorf("hand-off: %w", err)

@@ -84,18 +84,23 @@ func DesiredRoutes(d Desired, link Link) (routes []Route, peerErrs map[string]er
 	if d.OwnBlock.IsValid() {
 		routes = append(routes, Route{Dst: d.OwnBlock.Masked(), Blackhole: true})
 	}
-	for _, p := range overlappingPeers(d.Peers) {
-		peerErrs[p] = ErrOverlapsPeer
-	}
+	candidates := make([]PeerRoute, 0, len(d.Peers))
 	for _, p := range d.Peers {
-		if _, bad := peerErrs[p.Peer]; bad {
-			continue
-		}
 		if err := checkPeer(p, d.OwnBlock, link); err != nil {
 			peerErrs[p.Peer] = err
 			continue
 		}
-		routes = append(routes, Route{Dst: p.Block, Via: p.Via, LinkIndex: link.Index})
+		candidates = append(candidates, p)
+	}
+	for _, pair := range overlappingPeers(candidates) {
+		a, b := pair[0], pair[1]
+		peerErrs[a.Peer] = fmt.Errorf("%w: %s overlaps %s of %s", ErrOverlapsPeer, a.Block, b.Block, b.Peer)
+		peerErrs[b.Peer] = fmt.Errorf("%w: %s overlaps %s of %s", ErrOverlapsPeer, b.Block, a.Block, a.Peer)
+	}
+	for _, p := range candidates {
+		if _, bad := peerErrs[p.Peer]; !bad {
+			routes = append(routes, Route{Dst: p.Block, Via: p.Via, LinkIndex: link.Index})
+		}
 	}
 	return routes, peerErrs
 }
@@ -128,11 +133,11 @@ func checkPeer(p PeerRoute, own netip.Prefix, link Link) error {
 	return fmt.Errorf("%w: %s is not in any network of %s %v", ErrNotConnected, p.Via, link.Name, link.Addrs)
 }
 
-// overlappingPeers returns the names of peers whose blocks overlap (or equal)
-// another peer's block. Neither side of an overlap is routed: mesh
+// overlappingPeers returns the pairs of peers whose blocks overlap (or are
+// equal). Neither side of an overlap is routed: mesh
 // guarantees a block appears once, so an overlap is a bug or an attack, and
 // routing one side would pick a winner that gossip did not pick.
-func overlappingPeers(peers []PeerRoute) []string {
+func overlappingPeers(peers []PeerRoute) [][2]PeerRoute {
 	valid := make([]PeerRoute, 0, len(peers))
 	for _, p := range peers {
 		if p.Block.IsValid() {
@@ -145,11 +150,11 @@ func overlappingPeers(peers []PeerRoute) []string {
 	// Prefixes either nest or are disjoint; sorted by address, a prefix
 	// overlaps an earlier one exactly when the widest earlier one still
 	// covering addresses contains its start.
-	var bad []string
+	var pairs [][2]PeerRoute
 	widest := -1
 	for i, p := range valid {
 		if widest >= 0 && valid[widest].Block.Overlaps(p.Block) {
-			bad = append(bad, valid[widest].Peer, p.Peer)
+			pairs = append(pairs, [2]PeerRoute{valid[widest], p})
 			if p.Block.Bits() < valid[widest].Block.Bits() {
 				widest = i
 			}
@@ -157,7 +162,7 @@ func overlappingPeers(peers []PeerRoute) []string {
 		}
 		widest = i
 	}
-	return bad
+	return pairs
 }
 
 // routeKey identifies a route slot in the kernel's main table: a replace

@@ -1,0 +1,372 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+const protoBoot = 3 // RTPROT_BOOT: what `ip route add` gives a route
+
+func newFake(t *testing.T) (*FakeKernel, Link) {
+	t.Helper()
+	k := NewFakeKernel()
+	return k, k.AddLink("em1", pfx("172.16.254.1/24"))
+}
+
+func desired(peers ...PeerRoute) Desired {
+	return Desired{Iface: "em1", OwnBlock: own, Pool: pfx("10.244.0.0/16"), Masquerade: true, Peers: peers}
+}
+
+var (
+	peerB = PeerRoute{"b", pfx("10.244.2.0/23"), addr("172.16.254.2")}
+	peerC = PeerRoute{"c", pfx("10.244.4.0/23"), addr("172.16.254.3")}
+)
+
+// ours returns the fake table's Grapevine routes.
+func ours(k *FakeKernel) []Route {
+	var out []Route
+	for _, r := range k.Table() {
+		if r.Protocol == RouteProtocol {
+			out = append(out, r.Route)
+		}
+	}
+	return out
+}
+
+func TestReconcileProgramsAndIsIdempotent(t *testing.T) {
+	k, link := newFake(t)
+	r := NewReconciler(k, nil, nil)
+	res, err := r.Reconcile(t.Context(), desired(peerB, peerC))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Route{
+		blackhole("10.244.0.0/23"),
+		{Dst: peerB.Block, Via: peerB.Via, LinkIndex: link.Index},
+		{Dst: peerC.Block, Via: peerC.Via, LinkIndex: link.Index},
+	}
+	if got := ours(k); !slices.Equal(got, want) {
+		t.Fatalf("routes = %v, want %v", got, want)
+	}
+	if res.Added != 3 || res.Replaced != 0 || res.Deleted != 0 {
+		t.Errorf("result counts = %+v, want 3 added", res)
+	}
+	if !res.Programmed("b") || !res.Programmed("c") || len(res.PeerErrors) != 0 {
+		t.Errorf("peers = %v, errors %v", res.Peers, res.PeerErrors)
+	}
+	if !k.Forwarding() || k.Masquerade() != pfx("10.244.0.0/16") {
+		t.Errorf("forwarding %v, masquerade %v", k.Forwarding(), k.Masquerade())
+	}
+
+	writes := k.Writes()
+	res, err = r.Reconcile(t.Context(), desired(peerC, peerB)) // other order, same state
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k.Writes() != writes {
+		t.Fatalf("a reconcile with nothing to change made %d writes", k.Writes()-writes)
+	}
+	if res.Added+res.Replaced+res.Deleted != 0 || !res.Programmed("b") {
+		t.Fatalf("no-op pass reported %+v", res)
+	}
+}
+
+func TestReconcileLeavesForeignRoutes(t *testing.T) {
+	k, link := newFake(t)
+	foreign := []FakeRoute{
+		{Route{Dst: pfx("10.244.6.0/23"), Via: addr("172.16.254.7"), LinkIndex: link.Index}, protoBoot}, // inside our pool
+		{Route{Dst: pfx("192.168.0.0/16"), Via: addr("172.16.254.254"), LinkIndex: link.Index}, protoBoot},
+		{Route{Dst: pfx("10.244.8.0/23"), Blackhole: true}, 186}, // someone's blackhole
+	}
+	for _, f := range foreign {
+		k.PutRoute(f.Route, f.Protocol)
+	}
+	r := NewReconciler(k, nil, nil)
+	steps := []Desired{desired(peerB, peerC), desired(peerB), desired(), {Iface: "em1"}, desired(peerC)}
+	for i, d := range steps {
+		if _, err := r.Reconcile(t.Context(), d); err != nil {
+			t.Fatalf("step %d: %v", i, err)
+		}
+		for _, f := range foreign {
+			if !slices.Contains(k.Table(), f) {
+				t.Fatalf("step %d: foreign route %v is gone; table %v", i, f, k.Table())
+			}
+		}
+	}
+}
+
+func TestReconcileDoesNotOverwriteForeignRouteForPeerBlock(t *testing.T) {
+	k, link := newFake(t)
+	static := FakeRoute{Route{Dst: peerB.Block, Via: addr("172.16.254.99"), LinkIndex: link.Index}, protoBoot}
+	k.PutRoute(static.Route, static.Protocol)
+	res, err := NewReconciler(k, nil, nil).Reconcile(t.Context(), desired(peerB, peerC))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !errors.Is(res.PeerErrors["b"], ErrRouteExists) || !res.Programmed("c") {
+		t.Fatalf("peers = %v", res.Peers)
+	}
+	if !slices.Contains(k.Table(), static) {
+		t.Fatalf("static route overwritten: %v", k.Table())
+	}
+}
+
+func TestReconcileFollowsChanges(t *testing.T) {
+	k, link := newFake(t)
+	r := NewReconciler(k, nil, nil)
+	ctx := t.Context()
+	if _, err := r.Reconcile(ctx, desired(peerB, peerC)); err != nil {
+		t.Fatal(err)
+	}
+
+	// Peer c leaves, b moves to another host address.
+	bMoved := PeerRoute{"b", peerB.Block, addr("172.16.254.20")}
+	res, err := r.Reconcile(ctx, desired(bMoved))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Route{blackhole("10.244.0.0/23"), {Dst: peerB.Block, Via: bMoved.Via, LinkIndex: link.Index}}
+	if got := ours(k); !slices.Equal(got, want) {
+		t.Fatalf("routes = %v, want %v", got, want)
+	}
+	if res.Replaced != 1 || res.Deleted != 1 || res.Added != 0 {
+		t.Fatalf("counts = %+v, want 1 replaced, 1 deleted", res)
+	}
+
+	// Someone deletes our route and changes the other: both come back.
+	k.RemoveRoute(want[1])
+	k.PutRoute(Route{Dst: own, Via: addr("172.16.254.5"), LinkIndex: link.Index}, RouteProtocol)
+	if _, err := r.Reconcile(ctx, desired(bMoved)); err != nil {
+		t.Fatal(err)
+	}
+	if got := ours(k); !slices.Equal(got, want) {
+		t.Fatalf("after outside changes, routes = %v, want %v", got, want)
+	}
+
+	// No block any more: the blackhole goes too.
+	d := desired(bMoved)
+	d.OwnBlock = netip.Prefix{}
+	if _, err := r.Reconcile(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	if got := ours(k); !slices.Equal(got, want[1:]) {
+		t.Fatalf("without own block, routes = %v, want %v", got, want[1:])
+	}
+}
+
+func TestReconcileNotConnectedPeer(t *testing.T) {
+	k, _ := newFake(t)
+	var logs bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	reg := prometheus.NewRegistry()
+	r := NewReconciler(k, log, reg)
+	far := PeerRoute{"far", pfx("10.244.6.0/23"), addr("192.168.7.3")}
+
+	for range 3 {
+		res, err := r.Reconcile(t.Context(), desired(peerB, far, peerC))
+		if err != nil {
+			t.Fatalf("a peer that is not connected failed the pass: %v", err)
+		}
+		if !errors.Is(res.PeerErrors["far"], ErrNotConnected) || !strings.Contains(res.Peers["far"], "192.168.7.3") {
+			t.Fatalf("far: %v / %q", res.PeerErrors["far"], res.Peers["far"])
+		}
+		if !res.Programmed("b") || !res.Programmed("c") {
+			t.Fatalf("the other peers were not programmed: %v", res.Peers)
+		}
+	}
+	if n := strings.Count(logs.String(), "peer not routed"); n != 1 {
+		t.Errorf("persistent peer error logged %d times, want once:\n%s", n, logs.String())
+	}
+	if got := testutil.ToFloat64(r.metrics.peerErrors); got != 1 {
+		t.Errorf("grapevine_node_peer_route_errors = %v, want 1", got)
+	}
+	if _, err := r.Reconcile(t.Context(), desired(peerB)); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logs.String(), "peer error cleared") || testutil.ToFloat64(r.metrics.peerErrors) != 0 {
+		t.Errorf("clearing the error was not logged or counted:\n%s", logs.String())
+	}
+}
+
+func TestReconcileLinkRecreated(t *testing.T) {
+	k, _ := newFake(t)
+	r := NewReconciler(k, nil, nil)
+	ctx := t.Context()
+	if _, err := r.Reconcile(ctx, desired(peerB)); err != nil {
+		t.Fatal(err)
+	}
+
+	k.DeleteLink("em1")
+	res, err := r.Reconcile(ctx, desired(peerB))
+	if !errors.Is(err, ErrLinkNotFound) {
+		t.Fatalf("missing link: err = %v, want ErrLinkNotFound", err)
+	}
+	if !errors.Is(res.PeerErrors["b"], ErrLinkNotUsable) {
+		t.Fatalf("peer b: %v", res.PeerErrors["b"])
+	}
+	if got := ours(k); !slices.Equal(got, []Route{blackhole("10.244.0.0/23")}) {
+		t.Fatalf("without link, routes = %v; want the blackhole only", got)
+	}
+
+	k.AddLink("dummy0", pfx("10.9.9.1/24")) // take the old index
+	link := k.AddLink("em1", pfx("172.16.254.1/24"))
+	res, err = r.Reconcile(ctx, desired(peerB))
+	if err != nil || !res.Programmed("b") {
+		t.Fatalf("after re-creation: err %v, peers %v", err, res.Peers)
+	}
+	want := []Route{blackhole("10.244.0.0/23"), {Dst: peerB.Block, Via: peerB.Via, LinkIndex: link.Index}}
+	if got := ours(k); !slices.Equal(got, want) {
+		t.Fatalf("routes = %v, want %v", got, want)
+	}
+}
+
+func TestReconcileKernelErrors(t *testing.T) {
+	boom := errors.New("injected")
+	ctx := context.Background()
+
+	t.Run("one route fails, the others are programmed", func(t *testing.T) {
+		k, _ := newFake(t)
+		k.InjectError(OpAdd, peerB.Block, boom)
+		reg := prometheus.NewRegistry()
+		r := NewReconciler(k, nil, reg)
+		res, err := r.Reconcile(ctx, desired(peerB, peerC))
+		if err != nil {
+			t.Fatalf("a peer's failure failed the pass: %v", err)
+		}
+		if !errors.Is(res.PeerErrors["b"], boom) || !res.Programmed("c") {
+			t.Fatalf("peers = %v", res.Peers)
+		}
+		if got := testutil.ToFloat64(r.metrics.errors.WithLabelValues("add")); got != 1 {
+			t.Errorf("add errors = %v, want 1", got)
+		}
+		if got := testutil.ToFloat64(r.metrics.ops.WithLabelValues("add")); got != 2 {
+			t.Errorf("adds = %v, want 2 (blackhole and c)", got)
+		}
+		k.InjectError(OpAdd, peerB.Block, nil)
+		if res, err := r.Reconcile(ctx, desired(peerB, peerC)); err != nil || !res.Programmed("b") {
+			t.Fatalf("after the fault cleared: %v, %v", err, res.Peers)
+		}
+	})
+
+	t.Run("listing fails: nothing is written", func(t *testing.T) {
+		k, _ := newFake(t)
+		k.InjectError(OpRoutes, netip.Prefix{}, boom)
+		res, err := NewReconciler(k, nil, nil).Reconcile(ctx, desired(peerB))
+		if !errors.Is(err, boom) {
+			t.Fatalf("err = %v", err)
+		}
+		if res.Programmed("b") || len(ours(k)) != 0 {
+			t.Fatalf("peers %v, routes %v", res.Peers, ours(k))
+		}
+	})
+
+	t.Run("link lookup fails: working routes are kept", func(t *testing.T) {
+		k, _ := newFake(t)
+		r := NewReconciler(k, nil, nil)
+		if _, err := r.Reconcile(ctx, desired(peerB)); err != nil {
+			t.Fatal(err)
+		}
+		before := ours(k)
+		k.InjectError(OpLink, netip.Prefix{}, boom)
+		res, err := r.Reconcile(ctx, desired(peerC))
+		if !errors.Is(err, boom) || res.Programmed("c") {
+			t.Fatalf("err = %v, peers %v", err, res.Peers)
+		}
+		if got := ours(k); !slices.Equal(got, before) {
+			t.Fatalf("routes changed without a link: %v, was %v", got, before)
+		}
+	})
+
+	t.Run("masquerade fails: routes are still programmed", func(t *testing.T) {
+		k, _ := newFake(t)
+		k.InjectError(OpMasquerade, netip.Prefix{}, boom)
+		res, err := NewReconciler(k, nil, nil).Reconcile(ctx, desired(peerB))
+		if !errors.Is(err, boom) || !res.Programmed("b") {
+			t.Fatalf("err = %v, peers %v", err, res.Peers)
+		}
+	})
+
+	t.Run("cancelled context stops the pass", func(t *testing.T) {
+		k, _ := newFake(t)
+		cctx, cancel := context.WithCancel(ctx)
+		cancel()
+		if _, err := NewReconciler(k, nil, nil).Reconcile(cctx, desired(peerB)); !errors.Is(err, context.Canceled) {
+			t.Fatalf("err = %v, want context.Canceled", err)
+		}
+	})
+}
+
+func TestReconcileMasqueradeOff(t *testing.T) {
+	k, _ := newFake(t)
+	r := NewReconciler(k, nil, nil)
+	if _, err := r.Reconcile(t.Context(), desired()); err != nil {
+		t.Fatal(err)
+	}
+	d := desired()
+	d.Masquerade = false
+	if _, err := r.Reconcile(t.Context(), d); err != nil {
+		t.Fatal(err)
+	}
+	if k.Masquerade().IsValid() {
+		t.Fatalf("masquerade still on for %v", k.Masquerade())
+	}
+}
+
+func TestReconcileRejectsBadDesired(t *testing.T) {
+	bad := map[string]Desired{
+		"no iface":            {OwnBlock: own},
+		"unmasked own block":  {Iface: "em1", OwnBlock: pfx("10.244.1.0/23")},
+		"masquerade, no pool": {Iface: "em1", Masquerade: true},
+		"unmasked pool":       {Iface: "em1", Pool: pfx("10.244.1.0/16")},
+		"block outside pool":  {Iface: "em1", OwnBlock: pfx("10.9.0.0/23"), Pool: pfx("10.244.0.0/16")},
+	}
+	for name, d := range bad {
+		t.Run(name, func(t *testing.T) {
+			k, _ := newFake(t)
+			if _, err := NewReconciler(k, nil, nil).Reconcile(t.Context(), d); err == nil {
+				t.Fatal("accepted")
+			}
+			if k.Writes() != 0 {
+				t.Fatalf("%d writes for rejected input", k.Writes())
+			}
+		})
+	}
+}
+
+// Many reconcilers on one fake each with a different view must not race
+// (run with -race); the last pass for a view leaves the table in that view.
+func TestReconcileConcurrent(t *testing.T) {
+	k, _ := newFake(t)
+	r := NewReconciler(k, nil, prometheus.NewRegistry())
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Go(func() {
+			peers := []PeerRoute{peerB}
+			if i%2 == 0 {
+				peers = append(peers, peerC)
+			}
+			for range 20 {
+				if _, err := r.Reconcile(t.Context(), desired(peers...)); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if _, err := r.Reconcile(t.Context(), desired(peerC)); err != nil {
+		t.Fatal(err)
+	}
+	if got := ours(k); len(got) != 2 || got[1].Dst != peerC.Block {
+		t.Fatalf("routes = %v", got)
+	}
+}
