@@ -12,6 +12,8 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
+
+	"github.com/grapevine-net/grapevine/node/nodestate"
 )
 
 // Gateway is the link-local next hop every pod routes through. No host holds
@@ -161,8 +163,9 @@ func cmdStatus(args *skel.CmdArgs) error {
 // StatusError is nil when node.json in runDir holds a usable block, and CNI
 // error 50 (plugin not available) saying why otherwise.
 func StatusError(runDir string) error {
-	if _, err := ReadNodeState(runDir); err != nil {
-		return types.NewError(types.ErrPluginNotAvailable, err.(*types.Error).Msg, "")
+	_, err := nodestate.Read(runDir)
+	if err != nil {
+		return types.NewError(types.ErrPluginNotAvailable, err.Error(), "")
 	}
 	return nil
 }

@@ -1,0 +1,183 @@
+package ipam
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/containernetworking/cni/pkg/invoke"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/grapevine-net/grapevine/node/nodestate"
+)
+
+// ipamBinary is the grapevine-ipam executable under test, set by TestMain.
+var ipamBinary string
+
+func TestMain(m *testing.M) {
+	os.Exit(runTests(m))
+}
+
+func runTests(m *testing.M) int {
+	if dir := os.Getenv("GRAPEVINE_CNI_PATH"); dir != "" {
+		ipamBinary = filepath.Join(dir, Type)
+		return m.Run()
+	}
+	dir, err := os.MkdirTemp("", "gvcni-ipam-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	ipamBinary = filepath.Join(dir, Type)
+	if out, err := exec.Command("go", "build", "-o", ipamBinary, "../cmd/grapevine-ipam").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build grapevine-ipam: %v\n%s", err, out)
+		return 1
+	}
+	return m.Run()
+}
+
+// ipamEnv is one network configuration and node.json for the binary.
+type ipamEnv struct {
+	t      *testing.T
+	runDir string
+	data   string
+}
+
+func newIPAMEnv(t *testing.T) *ipamEnv {
+	e := &ipamEnv{t: t, runDir: t.TempDir(), data: t.TempDir()}
+	e.writeNodeState("10.244.3.0/24")
+	return e
+}
+
+func (e *ipamEnv) writeNodeState(block string) {
+	e.t.Helper()
+	st := nodestate.State{Node: "n1", Block: mustPrefix(block), Pool: mustPrefix("10.244.0.0/16"), MTU: 1450}
+	if err := nodestate.Write(e.runDir, st); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+func (e *ipamEnv) conf(extra string) []byte {
+	return fmt.Appendf(nil, `{"cniVersion": "1.1.0", "name": "grapevine", "type": "grapevine-cni", "runDir": %q,
+		"ipam": {"type": "grapevine-ipam", "dataDir": %q}%s}`, e.runDir, e.data, extra)
+}
+
+func (e *ipamEnv) run(command, containerID string, conf []byte) (types.Result, error) {
+	args := &invoke.Args{Command: command, ContainerID: containerID, NetNS: "/run/netns/gvcni-unused", IfName: "eth0", Path: filepath.Dir(ipamBinary)}
+	if command == "ADD" {
+		return invoke.ExecPluginWithResult(context.Background(), ipamBinary, conf, args, nil)
+	}
+	return nil, invoke.ExecPluginWithoutResult(context.Background(), ipamBinary, conf, args, nil)
+}
+
+func wantCode(t *testing.T, what string, err error, code uint, msg string) {
+	t.Helper()
+	var cniErr *types.Error
+	if !errors.As(err, &cniErr) || cniErr.Code != code || !strings.Contains(cniErr.Msg, msg) {
+		t.Errorf("%s = %v, want CNI error %d mentioning %q", what, err, code, msg)
+	}
+}
+
+func TestBinaryAddCheckDel(t *testing.T) {
+	e := newIPAMEnv(t)
+	raw, err := e.run("ADD", "ctr1", e.conf(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := current.NewResultFromResult(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.IPs) != 1 || res.IPs[0].Address.String() != "10.244.3.1/32" || res.IPs[0].Gateway.String() != "169.254.1.1" {
+		t.Errorf("ADD IPs = %v, want 10.244.3.1/32 gateway 169.254.1.1", res.IPs)
+	}
+	if len(res.Routes) != 1 || res.Routes[0].Dst.String() != "0.0.0.0/0" || res.Routes[0].GW.String() != "169.254.1.1" {
+		t.Errorf("ADD routes = %v, want default via 169.254.1.1", res.Routes)
+	}
+	again, err := e.run("ADD", "ctr1", e.conf(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if againRes, _ := current.NewResultFromResult(again); againRes.IPs[0].Address.String() != "10.244.3.1/32" {
+		t.Errorf("retried ADD got %v", againRes.IPs)
+	}
+
+	prev := `, "prevResult": {"cniVersion": "1.1.0", "ips": [{"address": "%s/32", "gateway": "169.254.1.1"}]}`
+	if _, err := e.run("CHECK", "ctr1", e.conf(fmt.Sprintf(prev, "10.244.3.1"))); err != nil {
+		t.Errorf("CHECK: %v", err)
+	}
+	if _, err := e.run("CHECK", "ctr1", e.conf(fmt.Sprintf(prev, "10.244.3.9"))); err == nil || !strings.Contains(err.Error(), "10.244.3.9 is not reserved for ctr1/eth0") {
+		t.Errorf("CHECK with a foreign address = %v, want it named", err)
+	}
+
+	for range 2 {
+		if _, err := e.run("DEL", "ctr1", e.conf("")); err != nil {
+			t.Errorf("DEL: %v", err)
+		}
+	}
+	if _, err := e.run("CHECK", "ctr1", e.conf("")); err == nil {
+		t.Error("CHECK after DEL passed")
+	}
+}
+
+func TestBinaryGCAndStatus(t *testing.T) {
+	e := newIPAMEnv(t)
+	for _, id := range []string{"keep", "leak"} {
+		if _, err := e.run("ADD", id, e.conf("")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	gc := `, "cni.dev/valid-attachments": [{"containerID": "keep", "ifname": "eth0"}]`
+	if _, err := e.run("GC", "", e.conf(gc)); err != nil {
+		t.Fatalf("GC: %v", err)
+	}
+	a := newAllocator(t, Config{Network: "grapevine", DataDir: e.data})
+	if held, _ := a.Held("leak", "eth0"); len(held) != 0 {
+		t.Errorf("GC kept leak's %v", held)
+	}
+	if held, _ := a.Held("keep", "eth0"); len(held) != 1 {
+		t.Errorf("GC freed keep's address: %v", held)
+	}
+
+	if _, err := e.run("STATUS", "", e.conf("")); err != nil {
+		t.Errorf("STATUS with a block: %v", err)
+	}
+	if err := nodestate.Remove(e.runDir); err != nil {
+		t.Fatal(err)
+	}
+	_, err := e.run("STATUS", "", e.conf(""))
+	wantCode(t, "STATUS without node.json", err, types.ErrPluginNotAvailable, "not ready")
+	_, err = e.run("ADD", "late", e.conf(""))
+	wantCode(t, "ADD without node.json", err, types.ErrTryAgainLater, "not ready")
+}
+
+func TestBinaryRejectsBadConfig(t *testing.T) {
+	e := newIPAMEnv(t)
+	for _, tc := range []struct {
+		name string
+		conf string
+		code uint
+		msg  string
+	}{
+		{"malformed", `{"cniVersion": "1.1.0", "name": "grapevine", "ipam": {`, types.ErrDecodingFailure, ""},
+		{"dataDir type", `{"cniVersion": "1.1.0", "name": "grapevine", "ipam": {"type": "grapevine-ipam", "dataDir": 7}}`, types.ErrInvalidNetworkConfig, "ipam.dataDir"},
+		{"relative dataDir", `{"cniVersion": "1.1.0", "name": "grapevine", "ipam": {"type": "grapevine-ipam", "dataDir": "ipam"}}`, types.ErrInvalidNetworkConfig, "absolute"},
+		{"unknown version", `{"cniVersion": "9.9.9", "name": "grapevine", "ipam": {"type": "grapevine-ipam"}}`, types.ErrIncompatibleCNIVersion, ""},
+	} {
+		_, err := e.run("ADD", "ctr", []byte(tc.conf))
+		wantCode(t, tc.name, err, tc.code, tc.msg)
+	}
+	if entries, _ := os.ReadDir(e.data); len(entries) != 0 {
+		t.Errorf("bad configs left %d entries in the data dir", len(entries))
+	}
+}
+
+func mustPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }
