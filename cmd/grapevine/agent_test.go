@@ -1,0 +1,189 @@
+package main
+
+import (
+	"encoding/base64"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/grapevine-net/grapevine/mesh"
+	"github.com/grapevine-net/grapevine/node"
+	"github.com/grapevine-net/grapevine/node/nodestate"
+)
+
+var testOpts = agentOptions{
+	NodeName:   "h1",
+	Iface:      "em1",
+	HostIP:     netip.MustParseAddr("172.16.254.1"),
+	Pool:       netip.MustParsePrefix("10.244.0.0/16"),
+	BlockSize:  23,
+	Masquerade: true,
+	MTU:        1500,
+}
+
+func member(name, state, hostIP, block string) mesh.Member {
+	m := mesh.Member{Name: name, Addr: netip.MustParseAddr(hostIP), HostIP: netip.MustParseAddr(hostIP)}
+	if block != "" {
+		m.Block = netip.MustParsePrefix(block)
+	}
+	switch state {
+	case "alive":
+		m.State = mesh.Alive
+	case "suspect":
+		m.State = mesh.Suspect
+	case "dead":
+		m.State = mesh.Dead
+	case "left":
+		m.State = mesh.Left
+	}
+	return m
+}
+
+func TestDesiredState(t *testing.T) {
+	own := netip.MustParsePrefix("10.244.0.0/23")
+	tests := []struct {
+		name    string
+		members []mesh.Member
+		want    []node.PeerRoute
+	}{
+		{name: "alone"},
+		{
+			name: "alive and suspect peers are routed",
+			members: []mesh.Member{
+				member("h2", "alive", "172.16.254.2", "10.244.2.0/23"),
+				member("h3", "suspect", "172.16.254.3", "10.244.4.0/23"),
+			},
+			want: []node.PeerRoute{
+				{Peer: "h2", Block: netip.MustParsePrefix("10.244.2.0/23"), Via: netip.MustParseAddr("172.16.254.2")},
+				{Peer: "h3", Block: netip.MustParsePrefix("10.244.4.0/23"), Via: netip.MustParseAddr("172.16.254.3")},
+			},
+		},
+		{
+			name: "dead and left peers are withdrawn",
+			members: []mesh.Member{
+				member("h2", "dead", "172.16.254.2", "10.244.2.0/23"),
+				member("h3", "left", "172.16.254.3", "10.244.4.0/23"),
+			},
+		},
+		{
+			name:    "a peer without a block gets no route",
+			members: []mesh.Member{member("h2", "alive", "172.16.254.2", "")},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			v := mesh.View{Self: "h1", HostIP: testOpts.HostIP, Block: own, Ready: true, Members: tt.members}
+			got := desiredState(v, testOpts)
+			if got.Iface != "em1" || got.OwnBlock != own || got.Pool != testOpts.Pool || !got.Masquerade {
+				t.Errorf("desiredState header = %+v", got)
+			}
+			if !reflect.DeepEqual(got.Peers, tt.want) {
+				t.Errorf("Peers = %+v, want %+v", got.Peers, tt.want)
+			}
+		})
+	}
+}
+
+func TestHandoffState(t *testing.T) {
+	if _, ok := handoffState(mesh.View{Self: "h1"}, testOpts); ok {
+		t.Fatal("handoffState without a block must say not ready")
+	}
+	v := mesh.View{Self: "h1", Block: netip.MustParsePrefix("10.244.6.0/23"), Ready: true}
+	st, ok := handoffState(v, testOpts)
+	want := nodestate.State{Node: "h1", Block: v.Block, Pool: testOpts.Pool, HostIP: testOpts.HostIP, MTU: 1500}
+	if !ok || st != want {
+		t.Fatalf("handoffState = %+v, %v; want %+v", st, ok, want)
+	}
+	if err := st.Validate(); err != nil {
+		t.Fatalf("hand-off state does not validate: %v", err)
+	}
+}
+
+func TestBuildStatusRouteStates(t *testing.T) {
+	v := mesh.View{
+		Self:  "h1",
+		Block: netip.MustParsePrefix("10.244.0.0/23"),
+		Ready: true,
+		Members: []mesh.Member{
+			member("h2", "alive", "172.16.254.2", "10.244.2.0/23"),
+			member("h3", "dead", "172.16.254.3", "10.244.4.0/23"),
+			member("h4", "alive", "172.16.254.4", ""),
+		},
+	}
+	d := desiredState(v, testOpts)
+	k := node.NewFakeKernel()
+	k.AddLink("em1", netip.MustParsePrefix("172.16.254.1/24"))
+	res, err := node.NewReconciler(k, nil, nil).Reconcile(t.Context(), d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := buildStatus(v, res, true, "")
+	states := map[string]string{}
+	for _, m := range got.Members {
+		states[m.Name] = m.State + "/" + m.Route
+	}
+	want := map[string]string{"h2": "alive/programmed", "h3": "dead/withdrawn", "h4": "alive/none"}
+	if !reflect.DeepEqual(states, want) {
+		t.Fatalf("member states = %v, want %v", states, want)
+	}
+}
+
+func TestValidatePool(t *testing.T) {
+	tests := []struct {
+		pool    string
+		size    int
+		wantErr string
+	}{
+		{"10.244.0.0/16", 23, ""},
+		{"10.244.0.0/16", 16, ""},
+		{"10.244.0.0/16", 15, "between"},
+		{"10.244.0.0/16", 31, "between"},
+		{"10.244.1.0/16", 23, "not a network address"},
+		{"fd00::/48", 64, "only IPv4"},
+	}
+	for _, tt := range tests {
+		err := validatePool(netip.MustParsePrefix(tt.pool), tt.size)
+		if tt.wantErr == "" && err != nil || tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {
+			t.Errorf("validatePool(%s, %d) = %v, want error containing %q", tt.pool, tt.size, err, tt.wantErr)
+		}
+	}
+}
+
+func TestReadGossipKey(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	key := make([]byte, 32)
+	for i := range key {
+		key[i] = byte(i)
+	}
+	got, err := readGossipKey(write("good", base64.StdEncoding.EncodeToString(key)+"\n"))
+	if err != nil || !reflect.DeepEqual(got, key) {
+		t.Fatalf("readGossipKey(good) = %x, %v", got, err)
+	}
+	for name, content := range map[string]string{
+		"short":  base64.StdEncoding.EncodeToString(key[:10]),
+		"binary": "not base64 at all!",
+	} {
+		if _, err := readGossipKey(write(name, content)); err == nil {
+			t.Errorf("readGossipKey(%s) accepted a bad key", name)
+		}
+	}
+	if _, err := readGossipKey(filepath.Join(dir, "missing")); err == nil {
+		t.Error("readGossipKey accepted a missing file")
+	}
+}
+
+func TestEnvVar(t *testing.T) {
+	if got := envVar("gossip-key-file"); !reflect.DeepEqual(got, []string{"GRAPEVINE_GOSSIP_KEY_FILE"}) {
+		t.Fatalf("envVar = %v", got)
+	}
+}

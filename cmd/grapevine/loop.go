@@ -1,0 +1,270 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/grapevine-net/grapevine/mesh"
+	"github.com/grapevine-net/grapevine/node"
+)
+
+// agent wires the mesh to the kernel: every change of the mesh's View, every
+// change of the kernel's routes and a periodic timer lead to one reconcile.
+type agent struct {
+	opts     agentOptions
+	log      *slog.Logger
+	registry *prometheus.Registry
+	mesh     *mesh.Mesh
+	kernel   node.Kernel
+	rec      *node.Reconciler
+
+	// synced turns true at the first View in which the mesh is ready. Until
+	// then the agent leaves the kernel and the hand-off files as the previous
+	// run left them: a restarting agent must not withdraw routes or tell the
+	// plugin "not ready" just because it has not heard from its peers yet.
+	synced bool
+
+	mu       sync.Mutex
+	status   statusReport
+	lastPass time.Time // start of the last loop pass, for /healthz
+}
+
+func newAgent(o agentOptions, log *slog.Logger) (*agent, error) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	cfg := o.meshConfig(log.With("component", "mesh"))
+	cfg.Registerer = reg
+	m, err := mesh.New(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("mesh: %w", err)
+	}
+	kernel := node.NewNetlinkKernel()
+	return &agent{
+		opts:     o,
+		log:      log,
+		registry: reg,
+		mesh:     m,
+		kernel:   kernel,
+		rec:      node.NewReconciler(kernel, log.With("component", "node"), reg),
+		status:   statusReport{Node: o.NodeName, Reason: "starting"},
+		lastPass: time.Now(),
+	}, nil
+}
+
+func (a *agent) run(ctx context.Context) error {
+	servers, err := a.serve(ctx)
+	if err != nil {
+		return err
+	}
+	defer servers.Wait()
+
+	meshDone := make(chan error, 1)
+	go func() { meshDone <- a.mesh.Run(ctx) }()
+	if a.opts.JoinKubernetes {
+		if err := a.joinKubernetes(ctx); err != nil {
+			return err
+		}
+	}
+
+	routeChanged := node.WatchRoutes(ctx)
+	resync := time.NewTicker(a.opts.ResyncInterval)
+	defer resync.Stop()
+	for {
+		if ctx.Err() != nil {
+			// Shutting down: the mesh leaves gracefully so peers withdraw our
+			// block at once. No reconcile after that point, because the View
+			// then shows every peer gone: this host's routes stay in place and
+			// its pods keep talking across an agent restart.
+			err := <-meshDone
+			a.log.Info("left the mesh; host routes left in place")
+			if errors.Is(err, context.Canceled) {
+				err = nil
+			}
+			return err
+		}
+		a.markPass()
+		a.reconcile(ctx)
+		select {
+		case <-ctx.Done():
+		case err := <-meshDone:
+			if ctx.Err() != nil {
+				a.log.Info("left the mesh; host routes left in place")
+				return nil
+			}
+			return fmt.Errorf("mesh stopped: %w", err)
+		case <-a.mesh.Changed():
+		case <-routeChanged:
+		case <-resync.C:
+		}
+	}
+}
+
+// reconcile brings the kernel and the hand-off files in line with the mesh's
+// current View and records the outcome for status and readiness.
+func (a *agent) reconcile(ctx context.Context) {
+	v := a.mesh.View()
+	if !a.synced && !v.Ready {
+		a.setStatus(buildStatus(v, node.Result{}, false, v.Reason))
+		return
+	}
+	a.synced = true
+
+	res, err := a.rec.Reconcile(ctx, desiredState(v, a.opts))
+	ready, reason := v.Ready, v.Reason
+	if err != nil {
+		a.log.Error("reconcile failed", "err", err)
+		ready, reason = false, "reconcile: "+err.Error()
+	}
+	if err := a.handoff(v); err != nil {
+		a.log.Error("hand-off to the CNI plugin failed", "err", err)
+		ready, reason = false, err.Error()
+	}
+	a.setStatus(buildStatus(v, res, ready, reason))
+}
+
+// handoff writes node.json and the conflist while this node holds a block,
+// and removes them while it does not, so kubelet sees the node not ready and
+// the plugin answers "try again later".
+func (a *agent) handoff(v mesh.View) error {
+	st, ok := handoffState(v, a.opts)
+	if !ok {
+		return node.RemoveHandoff(a.opts.RunDir, a.opts.CNIConfDir)
+	}
+	return node.WriteHandoff(a.opts.RunDir, a.opts.CNIConfDir, a.opts.StateDir, st)
+}
+
+func (a *agent) markPass() {
+	a.mu.Lock()
+	a.lastPass = time.Now()
+	a.mu.Unlock()
+}
+
+// stuck reports whether the loop has not completed a pass for much longer than
+// the resync interval, e.g. blocked in a kernel call: liveness then fails and
+// the supervisor restarts the agent.
+func (a *agent) stuck() (time.Duration, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	since := time.Since(a.lastPass)
+	return since, since > 3*a.opts.ResyncInterval+10*time.Second
+}
+
+func (a *agent) setStatus(r statusReport) {
+	a.mu.Lock()
+	a.status = r
+	a.mu.Unlock()
+}
+
+func (a *agent) currentStatus() statusReport {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.status
+}
+
+// serve starts the status socket and, when configured, the metrics and health
+// endpoints. Both stop when ctx ends.
+func (a *agent) serve(ctx context.Context) (*sync.WaitGroup, error) {
+	var wg sync.WaitGroup
+	if err := os.MkdirAll(a.opts.RunDir, 0o755); err != nil {
+		return nil, fmt.Errorf("create --run-dir: %w", err)
+	}
+	sock := filepath.Join(a.opts.RunDir, statusSocketName)
+	if err := os.Remove(sock); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove stale status socket: %w", err)
+	}
+	statusLn, err := net.Listen("unix", sock)
+	if err != nil {
+		return nil, fmt.Errorf("status socket: %w", err)
+	}
+	if err := os.Chmod(sock, 0o600); err != nil {
+		statusLn.Close()
+		return nil, fmt.Errorf("status socket: %w", err)
+	}
+	a.serveHTTP(ctx, &wg, statusLn, a.statusHandler())
+
+	if a.opts.MetricsAddr != "" {
+		metricsLn, err := net.Listen("tcp", a.opts.MetricsAddr)
+		if err != nil {
+			statusLn.Close()
+			return nil, fmt.Errorf("--metrics-addr: %w", err)
+		}
+		a.serveHTTP(ctx, &wg, metricsLn, a.metricsHandler())
+	}
+	return &wg, nil
+}
+
+func (a *agent) serveHTTP(ctx context.Context, wg *sync.WaitGroup, ln net.Listener, h http.Handler) {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			a.log.Error("http server stopped", "addr", ln.Addr(), "err", err)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		<-ctx.Done()
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(shutdownCtx)
+	}()
+}
+
+func (a *agent) statusHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(a.currentStatus())
+	})
+	mux.HandleFunc("POST /release", func(w http.ResponseWriter, r *http.Request) {
+		name := r.URL.Query().Get("node")
+		if name == "" {
+			http.Error(w, "missing ?node=", http.StatusBadRequest)
+			return
+		}
+		if err := a.mesh.Release(r.Context(), name); err != nil {
+			http.Error(w, err.Error(), http.StatusConflict)
+			return
+		}
+		a.log.Info("released block of dead node on operator request", "released", name)
+		fmt.Fprintf(w, "released the block of %s\n", name)
+	})
+	return mux
+}
+
+func (a *agent) metricsHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		if since, stuck := a.stuck(); stuck {
+			http.Error(w, fmt.Sprintf("reconcile loop stuck for %s", since.Round(time.Second)), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		st := a.currentStatus()
+		if !st.Ready {
+			http.Error(w, "not ready: "+st.Reason, http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintf(w, "ready: %s holds %s\n", st.Node, st.Block)
+	})
+	return mux
+}

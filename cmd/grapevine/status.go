@@ -1,0 +1,205 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/grapevine-net/grapevine/mesh"
+	"github.com/grapevine-net/grapevine/node"
+)
+
+// statusReport is what `grapevine status` shows; -o json prints it as is.
+type statusReport struct {
+	Node     string         `json:"node"`
+	HostIP   string         `json:"hostIP"`
+	Block    string         `json:"block"`
+	Ready    bool           `json:"ready"`
+	Reason   string         `json:"reason,omitempty"`
+	Degraded string         `json:"degraded,omitempty"`
+	Members  []memberStatus `json:"members"`
+}
+
+type memberStatus struct {
+	Name   string `json:"name"`
+	Addr   string `json:"addr"`
+	HostIP string `json:"hostIP"`
+	Block  string `json:"block"`
+	State  string `json:"state"`
+	Route  string `json:"route"`
+}
+
+// Route states shown per member.
+const (
+	routeProgrammed = "programmed"
+	routeWithdrawn  = "withdrawn"
+	routeNone       = "none"
+	routePending    = "pending"
+)
+
+// buildStatus combines the mesh's view with the last reconcile's outcome.
+func buildStatus(v mesh.View, res node.Result, ready bool, reason string) statusReport {
+	r := statusReport{
+		Node:     v.Self,
+		HostIP:   addrString(v.HostIP),
+		Block:    prefixString(v.Block),
+		Ready:    ready,
+		Reason:   reason,
+		Degraded: v.Degraded,
+		Members:  make([]memberStatus, 0, len(v.Members)),
+	}
+	for _, m := range v.Members {
+		ms := memberStatus{
+			Name:   m.Name,
+			Addr:   addrString(m.Addr),
+			HostIP: addrString(m.HostIP),
+			Block:  prefixString(m.Block),
+			State:  m.State.String(),
+		}
+		switch {
+		case !m.Block.IsValid():
+			ms.Route = routeNone
+		case !routable(m):
+			ms.Route = routeWithdrawn
+		default:
+			ms.Route = peerRouteState(res, m.Name)
+		}
+		r.Members = append(r.Members, ms)
+	}
+	return r
+}
+
+// peerRouteState tells from the last reconcile whether the peer's route is in
+// the kernel.
+func peerRouteState(res node.Result, peer string) string {
+	if err, failed := res.PeerErrors[peer]; failed {
+		return "error: " + err.Error()
+	}
+	if res.Programmed(peer) {
+		return routeProgrammed
+	}
+	return routePending
+}
+
+func addrString(a netip.Addr) string {
+	if !a.IsValid() {
+		return "-"
+	}
+	return a.String()
+}
+
+func prefixString(p netip.Prefix) string {
+	if !p.IsValid() {
+		return "-"
+	}
+	return p.String()
+}
+
+func statusCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "status",
+		Usage: "show this node, its block and readiness, and every member with its route",
+		Flags: []cli.Flag{
+			runDirFlag(),
+			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "table", Usage: "table or json"},
+		},
+		Action: func(c *cli.Context) error {
+			format := c.String("output")
+			if format != "table" && format != "json" {
+				return fmt.Errorf("-o %q: want table or json", format)
+			}
+			body, err := callAgent(c.Context, c.String("run-dir"), http.MethodGet, "/status")
+			if err != nil {
+				return err
+			}
+			if format == "json" {
+				_, err = c.App.Writer.Write(body)
+				return err
+			}
+			var r statusReport
+			if err := json.Unmarshal(body, &r); err != nil {
+				return fmt.Errorf("agent answered with unreadable status: %w", err)
+			}
+			return printStatus(c.App.Writer, r)
+		},
+	}
+}
+
+func printStatus(w io.Writer, r statusReport) error {
+	ready := "ready"
+	if !r.Ready {
+		ready = "NOT READY: " + r.Reason
+	}
+	fmt.Fprintf(w, "node %s  host %s  block %s  %s\n", r.Node, r.HostIP, r.Block, ready)
+	if r.Degraded != "" {
+		fmt.Fprintf(w, "DEGRADED: %s\n", r.Degraded)
+	}
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "MEMBER\tSTATE\tHOST IP\tBLOCK\tROUTE")
+	for _, m := range r.Members {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", m.Name, m.State, m.HostIP, m.Block, m.Route)
+	}
+	return tw.Flush()
+}
+
+func releaseCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "release",
+		Usage:     "free a dead node's block at once, cluster-wide (the node must not be alive)",
+		ArgsUsage: "NODE",
+		Flags:     []cli.Flag{runDirFlag()},
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return fmt.Errorf("release takes exactly one node name")
+			}
+			name := c.Args().First()
+			body, err := callAgent(c.Context, c.String("run-dir"), http.MethodPost, "/release?node="+url.QueryEscape(name))
+			if err != nil {
+				return err
+			}
+			_, err = fmt.Fprintf(c.App.Writer, "%s\n", strings.TrimSpace(string(body)))
+			return err
+		},
+	}
+}
+
+// callAgent makes one HTTP request to the agent's status socket.
+func callAgent(ctx context.Context, runDir, method, path string) ([]byte, error) {
+	sock := filepath.Join(runDir, statusSocketName)
+	client := &http.Client{
+		Timeout: 10 * time.Second,
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		}},
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://grapevine"+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("cannot reach the agent at %s (is it running, with this --run-dir?): %w", sock, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return nil, fmt.Errorf("read agent response: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("agent: %s", strings.TrimSpace(string(body)))
+	}
+	return body, nil
+}
