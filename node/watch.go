@@ -43,32 +43,38 @@ func watchRoutes(ctx context.Context, ns netns.NsHandle) <-chan struct{} {
 		default:
 		}
 	}
+	subscribe := func() (chan netlink.RouteUpdate, chan struct{}, error) {
+		updates := make(chan netlink.RouteUpdate, 64)
+		done := make(chan struct{})
+		opts := netlink.RouteSubscribeOptions{Namespace: &ns}
+		if err := netlink.RouteSubscribeWithOptions(updates, done, opts); err != nil {
+			close(done)
+			return nil, nil, err
+		}
+		return updates, done, nil
+	}
+	// The first subscription is made before returning, so every change
+	// after the call is reported.
+	updates, done, err := subscribe()
 	go func() {
 		defer close(out)
-		for attempt := 0; ; attempt++ {
-			if attempt > 0 {
-				select {
-				case <-ctx.Done():
-					return
-				case <-time.After(resubscribeDelay):
-				}
-			}
-			updates := make(chan netlink.RouteUpdate, 64)
-			done := make(chan struct{})
-			opts := netlink.RouteSubscribeOptions{Namespace: &ns}
-			if err := netlink.RouteSubscribeWithOptions(updates, done, opts); err != nil {
+		for {
+			if err == nil {
+				stopped := !forward(ctx, updates, notify)
 				close(done)
-				continue
-			}
-			if attempt > 0 {
-				notify() // for the changes made while unsubscribed
-			}
-			stopped := !forward(ctx, updates, notify)
-			close(done)
-			if stopped {
-				for range updates { // until the subscriber goroutine exits
+				if stopped {
+					for range updates { // until the subscriber goroutine exits
+					}
+					return
 				}
+			}
+			select {
+			case <-ctx.Done():
 				return
+			case <-time.After(resubscribeDelay):
+			}
+			if updates, done, err = subscribe(); err == nil {
+				notify() // for the changes made while unsubscribed
 			}
 		}
 	}()

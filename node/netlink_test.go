@@ -1,0 +1,265 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// countingKernel counts the route writes that reach the kernel.
+type countingKernel struct {
+	Kernel
+	writes atomic.Int64
+}
+
+func (c *countingKernel) AddRoute(r Route) error { c.writes.Add(1); return c.Kernel.AddRoute(r) }
+func (c *countingKernel) ReplaceRoute(r Route) error {
+	c.writes.Add(1)
+	return c.Kernel.ReplaceRoute(r)
+}
+func (c *countingKernel) DeleteRoute(r Route) error { c.writes.Add(1); return c.Kernel.DeleteRoute(r) }
+
+// ipRoutes returns `ip route` of the namespace, one route a line.
+func (n *testNS) ipRoutes(t *testing.T) []string {
+	t.Helper()
+	out, err := exec.Command("ip", "-n", n.name, "route", "show").CombinedOutput()
+	if err != nil {
+		t.Fatalf("ip route: %v\n%s", err, out)
+	}
+	var lines []string
+	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		lines = append(lines, strings.TrimSpace(l))
+	}
+	return lines
+}
+
+func TestNetlinkReconcile(t *testing.T) {
+	n := newTestNS(t)
+	em1 := n.addLink(t, "em1", "172.16.254.1/24")
+	foreign := []string{
+		"10.244.6.0/23 via 172.16.254.7 dev em1",              // proto boot, inside our pool
+		"10.244.2.0/24 via 172.16.254.8 dev em1 proto static", // more specific than a peer's block
+	}
+	n.addForeignRoute(t, gatewayRoute("10.244.6.0/23", "172.16.254.7", em1, unix.RTPROT_BOOT))
+	n.addForeignRoute(t, gatewayRoute("10.244.2.0/24", "172.16.254.8", em1, unix.RTPROT_STATIC))
+
+	k := &countingKernel{Kernel: n.kernel(t)}
+	r := NewReconciler(k, nil, nil)
+	far := PeerRoute{"far", pfx("10.244.8.0/23"), addr("192.168.7.3")}
+	res, err := r.Reconcile(t.Context(), desired(peerB, peerC, far))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Programmed("b") || !res.Programmed("c") || !errors.Is(res.PeerErrors["far"], ErrNotConnected) {
+		t.Fatalf("peers = %v", res.Peers)
+	}
+	want := append([]string{
+		"10.244.2.0/23 via 172.16.254.2 dev em1 proto 74",
+		"10.244.4.0/23 via 172.16.254.3 dev em1 proto 74",
+		"blackhole 10.244.0.0/23 proto 74",
+		"172.16.254.0/24 dev em1 proto kernel scope link src 172.16.254.1",
+	}, foreign...)
+	slices.Sort(want)
+	got := n.ipRoutes(t)
+	slices.Sort(got)
+	if !slices.Equal(got, want) {
+		t.Fatalf("ip route:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+
+	writes := k.writes.Load()
+	if res, err = r.Reconcile(t.Context(), desired(peerB, peerC, far)); err != nil {
+		t.Fatal(err)
+	}
+	if k.writes.Load() != writes || res.Added+res.Replaced+res.Deleted != 0 {
+		t.Fatalf("second pass wrote %d routes", k.writes.Load()-writes)
+	}
+
+	// c leaves, b moves: c's route goes, b's is replaced, the foreign ones stay.
+	bMoved := PeerRoute{"b", peerB.Block, addr("172.16.254.20")}
+	if _, err := r.Reconcile(t.Context(), desired(bMoved)); err != nil {
+		t.Fatal(err)
+	}
+	want = append([]string{
+		"10.244.2.0/23 via 172.16.254.20 dev em1 proto 74",
+		"blackhole 10.244.0.0/23 proto 74",
+		"172.16.254.0/24 dev em1 proto kernel scope link src 172.16.254.1",
+	}, foreign...)
+	slices.Sort(want)
+	got = n.ipRoutes(t)
+	slices.Sort(got)
+	if !slices.Equal(got, want) {
+		t.Fatalf("after c left, ip route:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+func TestNetlinkForeignRouteInPeerSlot(t *testing.T) {
+	n := newTestNS(t)
+	em1 := n.addLink(t, "em1", "172.16.254.1/24")
+	n.addForeignRoute(t, gatewayRoute("10.244.2.0/23", "172.16.254.99", em1, unix.RTPROT_STATIC))
+	res, err := NewReconciler(n.kernel(t), nil, nil).Reconcile(t.Context(), desired(peerB))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !errors.Is(res.PeerErrors["b"], ErrRouteExists) {
+		t.Fatalf("peer b: %v, want ErrRouteExists", res.PeerErrors["b"])
+	}
+	if got := n.ipRoutes(t); !slices.Contains(got, "10.244.2.0/23 via 172.16.254.99 dev em1 proto static") {
+		t.Fatalf("static route overwritten:\n%s", strings.Join(got, "\n"))
+	}
+}
+
+func TestNetlinkLinkRecreated(t *testing.T) {
+	n := newTestNS(t)
+	em1 := n.addLink(t, "em1", "172.16.254.1/24")
+	r := NewReconciler(n.kernel(t), nil, nil)
+	if _, err := r.Reconcile(t.Context(), desired(peerB)); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.handle.LinkDel(em1); err != nil {
+		t.Fatal(err)
+	}
+	res, err := r.Reconcile(t.Context(), desired(peerB))
+	if !errors.Is(err, ErrLinkNotFound) || !errors.Is(res.PeerErrors["b"], ErrLinkNotUsable) {
+		t.Fatalf("without em1: err %v, peer b %v", err, res.PeerErrors["b"])
+	}
+	n.addLink(t, "other0", "10.9.9.1/24") // so em1 does not get its old index back
+	newEm1 := n.addLink(t, "em1", "172.16.254.1/24")
+	if newEm1.Attrs().Index == em1.Attrs().Index {
+		t.Fatalf("em1 kept index %d", em1.Attrs().Index)
+	}
+	res, err = r.Reconcile(t.Context(), desired(peerB))
+	if err != nil || !res.Programmed("b") {
+		t.Fatalf("after re-creation: err %v, peers %v", err, res.Peers)
+	}
+	if got := n.ipRoutes(t); !slices.Contains(got, "10.244.2.0/23 via 172.16.254.2 dev em1 proto 74") {
+		t.Fatalf("route not back:\n%s", strings.Join(got, "\n"))
+	}
+}
+
+func readForwarding(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_forward")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+func TestNetlinkForwardingOnlyInItsNamespace(t *testing.T) {
+	n := newTestNS(t)
+	n.addLink(t, "em1", "172.16.254.1/24")
+	root := readForwarding(t)
+	if _, err := NewReconciler(n.kernel(t), nil, nil).Reconcile(t.Context(), desired()); err != nil {
+		t.Fatal(err)
+	}
+	var inside string
+	if err := ns.WithNetNSPath(n.path, func(ns.NetNS) error {
+		inside = readForwarding(t)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if inside != "1" {
+		t.Errorf("ip_forward in %s = %s, want 1", n.name, inside)
+	}
+	if now := readForwarding(t); now != root {
+		t.Errorf("ip_forward of this test's own namespace changed from %s to %s", root, now)
+	}
+}
+
+// The kernel bound to the calling thread's namespace (the agent's) works
+// inside that namespace.
+func TestNetlinkKernelOfCurrentNamespace(t *testing.T) {
+	n := newTestNS(t)
+	n.addLink(t, "em1", "172.16.254.1/24")
+	err := ns.WithNetNSPath(n.path, func(ns.NetNS) error {
+		k := NewNetlinkKernel()
+		defer k.Close()
+		res, err := NewReconciler(k, nil, nil).Reconcile(t.Context(), desired(peerB))
+		if err == nil && !res.Programmed("b") {
+			err = errors.New(res.Peers["b"])
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := n.ipRoutes(t); !slices.Contains(got, "10.244.2.0/23 via 172.16.254.2 dev em1 proto 74") {
+		t.Fatalf("route missing:\n%s", strings.Join(got, "\n"))
+	}
+}
+
+func TestWatchRoutes(t *testing.T) {
+	n := newTestNS(t)
+	n.addLink(t, "em1", "172.16.254.1/24")
+	k := n.kernel(t)
+	r := NewReconciler(k, nil, nil)
+	if _, err := r.Reconcile(t.Context(), desired(peerB)); err != nil {
+		t.Fatal(err)
+	}
+
+	ctx := t.Context()
+	watchCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	changes := k.WatchRoutes(watchCtx)
+	nr := netlinkRoute(Route{Dst: peerB.Block})
+	nr.Protocol = RouteProtocol
+	if err := n.handle.RouteDel(nr); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, changes, "a notification for the deleted route")
+	res, err := r.Reconcile(ctx, desired(peerB))
+	if err != nil || res.Added != 1 {
+		t.Fatalf("reconcile after the deletion: err %v, %+v", err, res)
+	}
+
+	stop()
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case _, open := <-changes:
+			if !open {
+				return
+			}
+		case <-deadline:
+			t.Fatal("the watch channel did not close after its context ended")
+		}
+	}
+}
+
+func waitFor(t *testing.T, ch <-chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(10 * time.Second): // a deadline, not a speed goal
+		t.Fatalf("no %s", what)
+	}
+}
+
+func TestForwardNotifiesOnlyForOurRoutes(t *testing.T) {
+	updates := make(chan netlink.RouteUpdate, 4)
+	var notified int
+	notify := func() { notified++ }
+	ours := netlink.Route{Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN}
+	updates <- netlink.RouteUpdate{Type: unix.RTM_NEWROUTE, Route: netlink.Route{Protocol: unix.RTPROT_BOOT, Table: unix.RT_TABLE_MAIN}}
+	updates <- netlink.RouteUpdate{Type: unix.RTM_DELROUTE, Route: netlink.Route{Protocol: RouteProtocol, Table: unix.RT_TABLE_LOCAL}}
+	updates <- netlink.RouteUpdate{Type: unix.RTM_DELROUTE, Route: ours}
+	updates <- netlink.RouteUpdate{Type: unix.RTM_NEWROUTE, Route: ours}
+	close(updates)
+	if broken := forward(t.Context(), updates, notify); !broken {
+		t.Fatal("forward did not report the closed subscription")
+	}
+	if notified != 2 {
+		t.Fatalf("%d notifications, want 2 (our delete and our add)", notified)
+	}
+}
