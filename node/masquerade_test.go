@@ -1,0 +1,240 @@
+package node
+
+import (
+	"net"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+// nft opens an nftables connection into the namespace, independent of the
+// code under test.
+func (n *testNS) nft(t *testing.T) *nftables.Conn {
+	t.Helper()
+	fd, err := netns.GetFromPath(n.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fd.Close() })
+	conn, err := nftables.New(nftables.WithNetNSFd(int(fd)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return conn
+}
+
+func tableNames(t *testing.T, conn *nftables.Conn) []string {
+	t.Helper()
+	tables, err := conn.ListTables()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, tb := range tables {
+		names = append(names, tb.Name)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// ourRules returns the rules of table ip grapevine's postrouting chain.
+func ourRules(t *testing.T, conn *nftables.Conn) []*nftables.Rule {
+	t.Helper()
+	table := &nftables.Table{Family: nftables.TableFamilyIPv4, Name: NFTTable}
+	rules, err := conn.GetRules(table, &nftables.Chain{Name: nftChain, Table: table})
+	if err != nil {
+		t.Fatalf("read rules: %v", err)
+	}
+	return rules
+}
+
+// addOtherTable creates `table ip other { chain out { type filter hook
+// output priority 0; counter } }`, someone else's rules.
+func addOtherTable(t *testing.T, conn *nftables.Conn) {
+	t.Helper()
+	table := conn.AddTable(&nftables.Table{Family: nftables.TableFamilyIPv4, Name: "other"})
+	chain := conn.AddChain(&nftables.Chain{
+		Name: "out", Table: table, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityFilter,
+	})
+	conn.AddRule(&nftables.Rule{Table: table, Chain: chain, Exprs: []expr.Any{&expr.Counter{}}})
+	if err := conn.Flush(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestMasqueradeTable(t *testing.T) {
+	n := newTestNS(t)
+	k := n.kernel(t)
+	conn := n.nft(t)
+	addOtherTable(t, conn)
+	pool := pfx("10.244.0.0/16")
+
+	if err := k.EnsureMasquerade(pool); err != nil {
+		t.Fatal(err)
+	}
+	rules := ourRules(t, conn)
+	if len(rules) != 1 {
+		t.Fatalf("%d rules, want 1", len(rules))
+	}
+	assertMasqueradeRule(t, rules[0], pool)
+	chain, err := conn.ListChain(&nftables.Table{Family: nftables.TableFamilyIPv4, Name: NFTTable}, nftChain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if chain.Type != nftables.ChainTypeNAT || *chain.Hooknum != *nftables.ChainHookPostrouting || *chain.Priority != *nftables.ChainPriorityNATSource {
+		t.Fatalf("chain %+v is not a nat postrouting chain at srcnat", chain)
+	}
+
+	// Again: nothing is rebuilt, so the rule keeps its handle.
+	if err := k.EnsureMasquerade(pool); err != nil {
+		t.Fatal(err)
+	}
+	if again := ourRules(t, conn); len(again) != 1 || again[0].Handle != rules[0].Handle {
+		t.Fatalf("second ensure rebuilt the table: %d rules", len(again))
+	}
+
+	// A new pool replaces the rule.
+	pool2 := pfx("10.96.0.0/12")
+	if err := k.EnsureMasquerade(pool2); err != nil {
+		t.Fatal(err)
+	}
+	rules = ourRules(t, conn)
+	if len(rules) != 1 {
+		t.Fatalf("after a pool change, %d rules", len(rules))
+	}
+	assertMasqueradeRule(t, rules[0], pool2)
+
+	// Someone appends to our chain: the table is rebuilt with our rule alone.
+	table := &nftables.Table{Family: nftables.TableFamilyIPv4, Name: NFTTable}
+	conn.AddRule(&nftables.Rule{Table: table, Chain: &nftables.Chain{Name: nftChain, Table: table}, Exprs: []expr.Any{&expr.Counter{}}})
+	if err := conn.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.EnsureMasquerade(pool2); err != nil {
+		t.Fatal(err)
+	}
+	if rules = ourRules(t, conn); len(rules) != 1 {
+		t.Fatalf("after tampering, %d rules", len(rules))
+	}
+
+	if got := tableNames(t, conn); !slices.Equal(got, []string{NFTTable, "other"}) {
+		t.Fatalf("tables = %v", got)
+	}
+	for range 2 {
+		if err := k.RemoveMasquerade(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := tableNames(t, conn); !slices.Equal(got, []string{"other"}) {
+		t.Fatalf("after removal, tables = %v; want only the other table", got)
+	}
+}
+
+func assertMasqueradeRule(t *testing.T, r *nftables.Rule, pool netip.Prefix) {
+	t.Helper()
+	comment, _ := userdata.GetString(r.UserData, userdata.TypeComment)
+	if comment != "grapevine masquerade "+pool.String() {
+		t.Errorf("rule comment %q", comment)
+	}
+	var cmps []*expr.Cmp
+	var masq bool
+	for _, e := range r.Exprs {
+		switch e := e.(type) {
+		case *expr.Cmp:
+			cmps = append(cmps, e)
+		case *expr.Masq:
+			masq = true
+		}
+	}
+	want := pool.Addr().AsSlice()
+	if len(cmps) != 2 || cmps[0].Op != expr.CmpOpEq || cmps[1].Op != expr.CmpOpNeq ||
+		!slices.Equal(cmps[0].Data, want) || !slices.Equal(cmps[1].Data, want) || !masq {
+		t.Errorf("rule is not `ip saddr %s ip daddr != %s masquerade`: %v", pool, pool, r.Exprs)
+	}
+}
+
+func TestMasqueradeRejectsBadPool(t *testing.T) {
+	n := newTestNS(t)
+	k := n.kernel(t)
+	for _, pool := range []netip.Prefix{{}, pfx("fd00::/48"), pfx("10.244.1.0/16")} {
+		if err := k.EnsureMasquerade(pool); err == nil {
+			t.Errorf("pool %v accepted", pool)
+		}
+	}
+	if got := tableNames(t, n.nft(t)); len(got) != 0 {
+		t.Fatalf("tables created for a bad pool: %v", got)
+	}
+}
+
+// Two namespaces joined by a veth: "host" (172.16.254.1, with a pod address
+// 10.244.0.5 from the pool) and "peer" (172.16.254.2, with 10.244.2.7 from a
+// peer's block). Traffic from the pod to the peer host leaves with the host's
+// address; traffic to the peer's pod keeps the pod's address.
+func TestMasqueradeTraffic(t *testing.T) {
+	host, peer := newTestNS(t), newTestNS(t)
+	peerFd, err := netns.GetFromPath(peer.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peerFd.Close()
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "em1"}, PeerName: "em1", PeerNamespace: netlink.NsFd(int(peerFd))}
+	if err := host.handle.LinkAdd(veth); err != nil {
+		t.Fatal(err)
+	}
+	host.setUp(t, "em1", "172.16.254.1/24")
+	peer.setUp(t, "em1", "172.16.254.2/24")
+	host.setUp(t, "lo", "10.244.0.5/32")
+	peer.setUp(t, "lo", "10.244.2.7/32")
+
+	d := desired(PeerRoute{"peer", pfx("10.244.2.0/23"), addr("172.16.254.2")})
+	res, err := NewReconciler(host.kernel(t), nil, nil).Reconcile(t.Context(), d)
+	if err != nil || !res.Programmed("peer") {
+		t.Fatalf("reconcile: %v, %v", err, res.Peers)
+	}
+
+	tests := []struct {
+		to, wantFrom string
+	}{
+		{"172.16.254.2", "172.16.254.1"}, // leaves the pool: masqueraded
+		{"10.244.2.7", "10.244.0.5"},     // stays in the pool: untouched
+	}
+	for _, tt := range tests {
+		var listener *net.UDPConn
+		if err := ns.WithNetNSPath(peer.path, func(ns.NetNS) (err error) {
+			listener, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP(tt.to)})
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		defer listener.Close()
+		var sender *net.UDPConn
+		if err := ns.WithNetNSPath(host.path, func(ns.NetNS) (err error) {
+			sender, err = net.DialUDP("udp4", &net.UDPAddr{IP: net.ParseIP("10.244.0.5")}, listener.LocalAddr().(*net.UDPAddr))
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		defer sender.Close()
+		if _, err := sender.Write([]byte("hello")); err != nil {
+			t.Fatal(err)
+		}
+		listener.SetReadDeadline(time.Now().Add(10 * time.Second)) // a deadline, not a speed goal
+		buf := make([]byte, 16)
+		_, from, err := listener.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			t.Fatalf("to %s: %v", tt.to, err)
+		}
+		if got := from.Addr().String(); got != tt.wantFrom {
+			t.Errorf("packet from 10.244.0.5 to %s arrived from %s, want %s", tt.to, got, tt.wantFrom)
+		}
+	}
+}
