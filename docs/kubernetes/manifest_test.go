@@ -243,8 +243,8 @@ func TestDaemonSetScheduling(t *testing.T) {
 	}
 }
 
-// TestAgentPrivileges: the agent gets the capabilities its kernel calls need
-// and no more, and the combination passes the API server's validation.
+// TestAgentPrivileges: the agent gets the one capability its kernel calls
+// need (routes, nftables, ip_forward) and no more.
 func TestAgentPrivileges(t *testing.T) {
 	m := loadManifest(t)
 	agent := m.container(t, "agent", false)
@@ -253,19 +253,16 @@ func TestAgentPrivileges(t *testing.T) {
 		t.Fatal("agent has no securityContext with capabilities")
 	}
 	if sc.Privileged != nil && *sc.Privileged {
-		t.Error("agent is privileged; it needs only NET_ADMIN and SYS_ADMIN")
+		t.Error("agent is privileged; it needs only NET_ADMIN")
 	}
 	if !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) {
 		t.Errorf("agent drops %v, want ALL", sc.Capabilities.Drop)
 	}
-	add := slices.Clone(sc.Capabilities.Add)
-	slices.Sort(add)
-	if want := []corev1.Capability{"NET_ADMIN", "SYS_ADMIN"}; !slices.Equal(add, want) {
-		t.Errorf("agent adds capabilities %v, want %v", add, want)
+	if want := []corev1.Capability{"NET_ADMIN"}; !slices.Equal(sc.Capabilities.Add, want) {
+		t.Errorf("agent adds capabilities %v, want %v", sc.Capabilities.Add, want)
 	}
-	// The API server rejects allowPrivilegeEscalation: false with SYS_ADMIN.
-	if slices.Contains(add, "SYS_ADMIN") && sc.AllowPrivilegeEscalation != nil && !*sc.AllowPrivilegeEscalation {
-		t.Error("allowPrivilegeEscalation: false together with SYS_ADMIN fails validation")
+	if sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
+		t.Error("agent may gain privileges through setuid binaries; set allowPrivilegeEscalation: false")
 	}
 	if sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
 		t.Error("agent's root filesystem is writable; it writes only to its host mounts")
