@@ -246,21 +246,76 @@ func waitFor(t *testing.T, ch <-chan struct{}, what string) {
 	}
 }
 
-func TestForwardNotifiesOnlyForOurRoutes(t *testing.T) {
-	updates := make(chan netlink.RouteUpdate, 4)
-	var notified int
-	notify := func() { notified++ }
+func TestForwardFiltersEvents(t *testing.T) {
 	ours := netlink.Route{Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN}
-	updates <- netlink.RouteUpdate{Type: unix.RTM_NEWROUTE, Route: netlink.Route{Protocol: unix.RTPROT_BOOT, Table: unix.RT_TABLE_MAIN}}
-	updates <- netlink.RouteUpdate{Type: unix.RTM_DELROUTE, Route: netlink.Route{Protocol: RouteProtocol, Table: unix.RT_TABLE_LOCAL}}
-	updates <- netlink.RouteUpdate{Type: unix.RTM_DELROUTE, Route: ours}
-	updates <- netlink.RouteUpdate{Type: unix.RTM_NEWROUTE, Route: ours}
-	close(updates)
-	if broken := forward(t.Context(), updates, notify); !broken {
-		t.Fatal("forward did not report the closed subscription")
+	linkEvent := func(typ uint16, change uint32) netlink.LinkUpdate {
+		u := netlink.LinkUpdate{Header: unix.NlMsghdr{Type: typ}}
+		u.Change = change
+		return u
 	}
-	if notified != 2 {
-		t.Fatalf("%d notifications, want 2 (our delete and our add)", notified)
+	tests := []struct {
+		name   string
+		routes []netlink.RouteUpdate
+		links  []netlink.LinkUpdate
+		want   int
+	}{
+		{name: "our route deleted", routes: []netlink.RouteUpdate{{Type: unix.RTM_DELROUTE, Route: ours}}, want: 1},
+		{name: "our route added", routes: []netlink.RouteUpdate{{Type: unix.RTM_NEWROUTE, Route: ours}}, want: 1},
+		{name: "foreign route", routes: []netlink.RouteUpdate{{Type: unix.RTM_DELROUTE, Route: netlink.Route{Protocol: unix.RTPROT_BOOT, Table: unix.RT_TABLE_MAIN}}}},
+		{name: "our protocol in another table", routes: []netlink.RouteUpdate{{Type: unix.RTM_DELROUTE, Route: netlink.Route{Protocol: RouteProtocol, Table: unix.RT_TABLE_LOCAL}}}},
+		{name: "link up or down", links: []netlink.LinkUpdate{linkEvent(unix.RTM_NEWLINK, unix.IFF_UP)}, want: 1},
+		{name: "link deleted", links: []netlink.LinkUpdate{linkEvent(unix.RTM_DELLINK, 0)}, want: 1},
+		{name: "other link flag", links: []netlink.LinkUpdate{linkEvent(unix.RTM_NEWLINK, unix.IFF_PROMISC)}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			// One channel carries the events and is then closed; the
+			// other stays nil, which a select never picks.
+			sub := &subscription{}
+			if tt.routes != nil {
+				sub.routes = make(chan netlink.RouteUpdate, len(tt.routes))
+				for _, u := range tt.routes {
+					sub.routes <- u
+				}
+				close(sub.routes)
+			} else {
+				sub.links = make(chan netlink.LinkUpdate, len(tt.links))
+				for _, u := range tt.links {
+					sub.links <- u
+				}
+				close(sub.links)
+			}
+			var notified int
+			if broken := forward(t.Context(), sub, func() { notified++ }); !broken {
+				t.Fatal("forward did not report the closed subscription")
+			}
+			if notified != tt.want {
+				t.Fatalf("%d notifications, want %d", notified, tt.want)
+			}
+		})
+	}
+}
+
+func TestWatchRoutesSeesLinkFlush(t *testing.T) {
+	n := newTestNS(t)
+	em1 := n.addLink(t, "em1", "172.16.254.1/24")
+	k := n.kernel(t)
+	r := NewReconciler(k, nil, nil)
+	if _, err := r.Reconcile(t.Context(), desired(peerB)); err != nil {
+		t.Fatal(err)
+	}
+	changes := k.WatchRoutes(t.Context())
+	// Down and up again: the kernel drops the route through em1 silently.
+	if err := n.handle.LinkSetDown(em1); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.handle.LinkSetUp(em1); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, changes, "a notification for the link flap")
+	res, err := r.Reconcile(t.Context(), desired(peerB))
+	if err != nil || res.Added != 1 || !res.Programmed("b") {
+		t.Fatalf("reconcile after the flap: %v, %+v", err, res)
 	}
 }
 

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -9,21 +10,25 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// resubscribeDelay spaces attempts to (re)open the route subscription.
+// resubscribeDelay spaces attempts to reopen a broken subscription.
 const resubscribeDelay = time.Second
 
-// WatchRoutes reports changes to Grapevine's routes (proto RouteProtocol, main
-// table) in the calling thread's network namespace, for instance an operator
-// deleting one: a reconcile then puts it back. Notifications are coalesced:
-// the channel holds at most one, and a receiver that was busy gets one for
-// all the changes it missed. A failed or broken subscription is reopened
-// and followed by a notification, since changes may have been lost. The
-// channel closes when ctx ends, after the watcher has stopped.
+// WatchRoutes reports, in the calling thread's network namespace, the kernel
+// events after which a reconcile may have work to do:
 //
-// Routes the kernel removes with a deleted link are flushed without a
-// notification; the agent's periodic resync covers that case.
+//   - a change to one of Grapevine's routes (proto RouteProtocol, main
+//     table), for instance an operator deleting one;
+//   - a link going down, coming up or disappearing: the kernel then flushes
+//     the IPv4 routes through it without a route notification.
+//
+// Notifications are coalesced: the channel holds at most one, and a receiver
+// that was busy gets one for all the events it missed. The subscriptions
+// are open when WatchRoutes returns, so every later event is reported; a
+// broken one is reopened and followed by a notification, since events may
+// have been lost. The channel closes when ctx ends, after the watcher has
+// stopped.
 func WatchRoutes(ctx context.Context) <-chan struct{} {
-	return watchRoutes(ctx, netns.None())
+	return watch(ctx, netns.None())
 }
 
 // WatchRoutes is the package's WatchRoutes for k's network namespace; k must
@@ -32,10 +37,49 @@ func (k *NetlinkKernel) WatchRoutes(ctx context.Context) <-chan struct{} {
 	if k.netns == nil {
 		return WatchRoutes(ctx)
 	}
-	return watchRoutes(ctx, netns.NsHandle(k.netns.Fd()))
+	return watch(ctx, netns.NsHandle(k.netns.Fd()))
 }
 
-func watchRoutes(ctx context.Context, ns netns.NsHandle) <-chan struct{} {
+// subscription is an open pair of route and link subscriptions.
+type subscription struct {
+	routes chan netlink.RouteUpdate
+	links  chan netlink.LinkUpdate
+	done   chan struct{}
+}
+
+func subscribe(ns netns.NsHandle) (*subscription, error) {
+	s := &subscription{
+		routes: make(chan netlink.RouteUpdate, 64),
+		links:  make(chan netlink.LinkUpdate, 64),
+		done:   make(chan struct{}),
+	}
+	err := netlink.RouteSubscribeWithOptions(s.routes, s.done, netlink.RouteSubscribeOptions{Namespace: &ns})
+	if err != nil {
+		close(s.done)
+		return nil, err
+	}
+	if err := netlink.LinkSubscribeWithOptions(s.links, s.done, netlink.LinkSubscribeOptions{Namespace: &ns}); err != nil {
+		s.close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// close ends both subscriptions and drains their channels until the
+// subscriber goroutines have exited.
+func (s *subscription) close() {
+	close(s.done)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for range s.links {
+		}
+	})
+	for range s.routes {
+	}
+	wg.Wait()
+}
+
+func watch(ctx context.Context, ns netns.NsHandle) <-chan struct{} {
 	out := make(chan struct{}, 1)
 	notify := func() {
 		select {
@@ -43,28 +87,14 @@ func watchRoutes(ctx context.Context, ns netns.NsHandle) <-chan struct{} {
 		default:
 		}
 	}
-	subscribe := func() (chan netlink.RouteUpdate, chan struct{}, error) {
-		updates := make(chan netlink.RouteUpdate, 64)
-		done := make(chan struct{})
-		opts := netlink.RouteSubscribeOptions{Namespace: &ns}
-		if err := netlink.RouteSubscribeWithOptions(updates, done, opts); err != nil {
-			close(done)
-			return nil, nil, err
-		}
-		return updates, done, nil
-	}
-	// The first subscription is made before returning, so every change
-	// after the call is reported.
-	updates, done, err := subscribe()
+	sub, err := subscribe(ns)
 	go func() {
 		defer close(out)
 		for {
 			if err == nil {
-				stopped := !forward(ctx, updates, notify)
-				close(done)
+				stopped := !forward(ctx, sub, notify)
+				sub.close()
 				if stopped {
-					for range updates { // until the subscriber goroutine exits
-					}
 					return
 				}
 			}
@@ -73,26 +103,33 @@ func watchRoutes(ctx context.Context, ns netns.NsHandle) <-chan struct{} {
 				return
 			case <-time.After(resubscribeDelay):
 			}
-			if updates, done, err = subscribe(); err == nil {
-				notify() // for the changes made while unsubscribed
+			if sub, err = subscribe(ns); err == nil {
+				notify() // for the events while unsubscribed
 			}
 		}
 	}()
 	return out
 }
 
-// forward turns route updates into notifications until ctx ends (false) or
-// the subscription breaks (true).
-func forward(ctx context.Context, updates <-chan netlink.RouteUpdate, notify func()) bool {
+// forward turns kernel events into notifications until ctx ends (false) or
+// a subscription breaks (true).
+func forward(ctx context.Context, sub *subscription, notify func()) bool {
 	for {
 		select {
 		case <-ctx.Done():
 			return false
-		case u, ok := <-updates:
+		case u, ok := <-sub.routes:
 			if !ok {
 				return true
 			}
 			if int(u.Route.Protocol) == RouteProtocol && u.Route.Table == unix.RT_TABLE_MAIN {
+				notify()
+			}
+		case u, ok := <-sub.links:
+			if !ok {
+				return true
+			}
+			if u.Header.Type == unix.RTM_DELLINK || u.Change&unix.IFF_UP != 0 {
 				notify()
 			}
 		}
