@@ -136,18 +136,21 @@ func cmdDel(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	if err := deleteHostVeth(att.HostVethName(), att.alias(conf.Name)); err != nil {
+	deleted, err := deleteHostVeth(att.HostVethName(), att.alias(conf.Name))
+	if err != nil {
 		return err
 	}
-	if err := deletePodSide(args.Netns, args.IfName); err != nil {
-		return err
+	if !deleted {
+		if err := deletePodSide(args.Netns, args.IfName); err != nil {
+			return err
+		}
 	}
 	return newAddressSource(conf, args).release(ctx)
 }
 
 // deletePodSide removes ifName from the pod's namespace when both still
-// exist: the host side may carry another name when the runtime passed
-// different CNI_ARGS to ADD and DEL.
+// exist and the host side was not found: it may carry another name when the
+// runtime passed different CNI_ARGS to ADD and DEL.
 func deletePodSide(netnsPath, ifName string) error {
 	if netnsPath == "" {
 		return nil

@@ -460,3 +460,46 @@ func TestBlockChangeServesNewPodsFromNewBlock(t *testing.T) {
 		t.Errorf("DEL did not free %s from the old block", oldIP)
 	}
 }
+
+// conflistIPAM is a conflist whose grapevine-cni delegates to another IPAM.
+func (l *lab) conflistIPAM(ipamJSON string) *libcni.NetworkConfigList {
+	l.t.Helper()
+	list, err := libcni.ConfListFromBytes([]byte(`{"cniVersion": "1.1.0", "name": "` + l.network + `", "plugins": [
+	  {"type": "grapevine-cni", "runDir": "` + l.runDir + `", "ipam": ` + ipamJSON + `}]}`))
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	return list
+}
+
+func TestDelegatedIPAM(t *testing.T) {
+	l := newLab(t)
+	hostLocal := func(subnet string) string {
+		return `{"type": "host-local", "dataDir": "` + l.dataDir + `", "ranges": [[{"subnet": "` + subnet + `"}]]}`
+	}
+	list := l.conflistIPAM(hostLocal("10.244.1.0/24"))
+	p := l.newPod("delegated")
+	res := l.mustAdd(list, p)
+	// host-local hands out a /24 with its own gateway; the pod still gets
+	// the /32 and the link-local gateway.
+	assertWired(t, l, p, res, 1450)
+	if err := ping(t, p.netns, l.hostIP); err != nil {
+		t.Error(err)
+	}
+	if err := l.check(list, p); err != nil {
+		t.Errorf("CHECK: %v", err)
+	}
+	if err := l.del(list, p); err != nil {
+		t.Fatalf("DEL: %v", err)
+	}
+	l.assertNothingLeft()
+
+	// An address outside this node's block would be unreachable from other
+	// nodes: ADD refuses it and gives it back.
+	outside := l.conflistIPAM(hostLocal("10.99.0.0/24"))
+	_, err := l.add(outside, l.newPod("outside"))
+	if err == nil || !strings.Contains(err.Error(), "outside this node's block 10.244.1.0/24") {
+		t.Errorf("ADD with an address outside the block = %v", err)
+	}
+	l.assertNothingLeft()
+}

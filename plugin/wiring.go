@@ -176,25 +176,25 @@ func deleteLink(name string) error {
 	return nil
 }
 
-// deleteHostVeth removes the host veth named name if it belongs to alias;
-// the pod side goes with it. A missing link is success; a link of the same
-// name belonging to another attachment (a newer sandbox of the same pod) is
-// left alone.
-func deleteHostVeth(name, alias string) error {
+// deleteHostVeth removes the host veth named name if it belongs to alias,
+// and reports whether it did; the pod side goes with it. A missing link is
+// success; a link of the same name belonging to another attachment (a newer
+// sandbox of the same pod) is left alone.
+func deleteHostVeth(name, alias string) (bool, error) {
 	link, err := netlink.LinkByName(name)
 	if isNotFound(err) {
-		return nil
+		return false, nil
 	}
 	if err != nil {
-		return fmt.Errorf("look up %s: %w", name, err)
+		return false, fmt.Errorf("look up %s: %w", name, err)
 	}
 	if link.Attrs().Alias != alias {
-		return nil
+		return false, nil
 	}
 	if err := netlink.LinkDel(link); err != nil && !isNotFound(err) {
-		return fmt.Errorf("delete %s: %w", name, err)
+		return false, fmt.Errorf("delete %s: %w", name, err)
 	}
-	return nil
+	return true, nil
 }
 
 // deleteVethByName deletes the veth ifName in the current namespace; a

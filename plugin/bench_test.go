@@ -1,0 +1,110 @@
+package plugin
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+
+	"github.com/grapevine-net/grapevine/ipam"
+)
+
+// BenchmarkAddDel measures ADD and DEL through libcni, as a runtime calls
+// them, for grapevine-cni with grapevine-ipam beside ptp with host-local
+// (containernetworking/plugins v1.10.0), alternating them on every iteration
+// so all see the same machine load. A third candidate runs grapevine-ipam as
+// a separate executable (standard delegation, through a link under another
+// name) to show what the in-process IPAM saves. Each iteration is one pod of
+// each; run at least 200:
+//
+//	go test ./plugin -run '^$' -bench AddDel -benchtime 200x
+func BenchmarkAddDel(b *testing.B) {
+	l := newLab(b)
+	// grapevine-cni calls grapevine-ipam in-process only under that type
+	// name; under any other it executes it like any IPAM plugin.
+	execDir := b.TempDir()
+	if err := os.Symlink(filepath.Join(cniBinDir, ipam.Type), filepath.Join(execDir, "gv-ipam-exec")); err != nil {
+		b.Fatal(err)
+	}
+	l.cni = libcni.NewCNIConfigWithCacheDir([]string{cniBinDir, execDir}, l.cacheDir, nil)
+	candidates := []struct {
+		name string
+		list *libcni.NetworkConfigList
+	}{
+		{"grapevine", l.conflistIPAM(`{"type": "grapevine-ipam", "dataDir": "` + l.dataDir + `"}`)},
+		{"grapevine-exec", l.conflistIPAM(`{"type": "gv-ipam-exec", "dataDir": "` + l.dataDir + `"}`)},
+		{"ptp", mustConfList(b, `{"cniVersion": "1.1.0", "name": "ptp-bench", "plugins": [
+		  {"type": "ptp", "mtu": 1450, "ipam": {"type": "host-local", "dataDir": "`+l.dataDir+`",
+		   "ranges": [[{"subnet": "10.245.0.0/16"}]]}}]}`)},
+	}
+	pods := []*pod{l.newPod("bench-a"), l.newPod("bench-b"), l.newPod("bench-c")}
+	adds := make([][]time.Duration, len(candidates))
+	dels := make([][]time.Duration, len(candidates))
+	ctx := context.Background()
+
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		for c, cand := range candidates {
+			p := pods[c]
+			p.rt.ContainerID = fmt.Sprintf("bench-%s-%d", cand.name, i)
+			err := l.inHost(func() error {
+				start := time.Now()
+				if _, err := l.cni.AddNetworkList(ctx, cand.list, p.rt); err != nil {
+					return fmt.Errorf("%s ADD: %w", cand.name, err)
+				}
+				added := time.Now()
+				if err := l.cni.DelNetworkList(ctx, cand.list, p.rt); err != nil {
+					return fmt.Errorf("%s DEL: %w", cand.name, err)
+				}
+				adds[c] = append(adds[c], added.Sub(start))
+				dels[c] = append(dels[c], time.Since(added))
+				return nil
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.StopTimer()
+
+	p50 := make([]float64, len(candidates))
+	for c, cand := range candidates {
+		total := make([]time.Duration, len(adds[c]))
+		for i := range total {
+			total[i] = adds[c][i] + dels[c][i]
+		}
+		p50[c] = ms(percentile(total, 50))
+		b.ReportMetric(ms(percentile(adds[c], 50)), cand.name+"-add-p50-ms")
+		b.ReportMetric(ms(percentile(dels[c], 50)), cand.name+"-del-p50-ms")
+		b.ReportMetric(p50[c], cand.name+"-adddel-p50-ms")
+		b.ReportMetric(ms(percentile(total, 99)), cand.name+"-adddel-p99-ms")
+	}
+	b.ReportMetric(p50[0]/p50[len(p50)-1], "p50-ratio-vs-ptp")
+}
+
+func mustConfList(b testing.TB, conf string) *libcni.NetworkConfigList {
+	b.Helper()
+	list, err := libcni.ConfListFromBytes([]byte(conf))
+	if err != nil {
+		b.Fatal(err)
+	}
+	return list
+}
+
+// percentile is the nearest-rank percentile of d.
+func percentile(d []time.Duration, p int) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	s := slices.Clone(d)
+	slices.Sort(s)
+	rank := (p*len(s)+99)/100 - 1
+	return s[max(rank, 0)]
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
