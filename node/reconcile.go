@@ -167,7 +167,7 @@ func (r *Reconciler) reconcile(ctx context.Context, d Desired) (Result, error) {
 		} else {
 			res.Replaced++
 		}
-		r.log.Info("route "+op, "route", rt.String(), "peer", peerOf[rt.key()])
+		r.log.Debug("route "+op, "route", rt.String(), "peer", peerOf[rt.key()])
 	}
 	for _, rt := range toDel {
 		if err := ctx.Err(); err != nil {
@@ -180,7 +180,10 @@ func (r *Reconciler) reconcile(ctx context.Context, d Desired) (Result, error) {
 		}
 		r.metrics.ops.WithLabelValues("delete").Inc()
 		res.Deleted++
-		r.log.Info("route delete", "route", rt.String())
+		r.log.Debug("route delete", "route", rt.String())
+	}
+	if res.Added+res.Replaced+res.Deleted > 0 {
+		r.log.Info("routes changed", "added", res.Added, "replaced", res.Replaced, "deleted", res.Deleted)
 	}
 	return res, errors.Join(errs...)
 }
