@@ -30,6 +30,8 @@ type Host struct {
 	// KeyFile is the gossip key the agent is started with; the lab's key
 	// unless changed before StartAgent.
 	KeyFile string
+	// Join is the seed the agent joins; h1 unless changed before StartAgent.
+	Join netip.Addr
 
 	lab *Lab
 
@@ -54,6 +56,7 @@ func newHost(l *Lab, n int) *Host {
 		IP:        netip.AddrFrom4(ip),
 		Dir:       filepath.Join(l.Dir, name),
 		KeyFile:   l.KeyFile,
+		Join:      lanPrefix.Addr().Next(),
 		lab:       l,
 	}
 }
@@ -71,7 +74,7 @@ func (h *Host) AgentArgs() []string {
 		"--node-name", h.Name,
 		"--iface", "em1",
 		"--host-ip", h.IP.String(),
-		"--join", h.lab.Host(1).IP.String(),
+		"--join", h.Join.String(),
 		"--state-dir", h.StateDir(),
 		"--run-dir", h.RunDir(),
 		"--cni-conf-dir", h.ConfDir(),

@@ -227,3 +227,31 @@ func run(ctx context.Context, name string, args ...string) ([]byte, error) {
 	}
 	return out.Bytes(), nil
 }
+
+// LinkByName returns the interface with the given name.
+func (n Namespace) LinkByName(name string) (netlink.Link, error) {
+	h, err := n.handle()
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	l, err := h.LinkByName(name)
+	if err != nil {
+		return nil, fmt.Errorf("link %s in %s: %w", name, n.Name, err)
+	}
+	return l, nil
+}
+
+// Addrs lists the IPv4 addresses of an interface.
+func (n Namespace) Addrs(link netlink.Link) ([]netlink.Addr, error) {
+	h, err := n.handle()
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	as, err := h.AddrList(link, netlink.FAMILY_V4)
+	if err != nil {
+		return nil, fmt.Errorf("addresses of %s in %s: %w", link.Attrs().Name, n.Name, err)
+	}
+	return as, nil
+}

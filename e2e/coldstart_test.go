@@ -1,0 +1,52 @@
+package e2e
+
+import (
+	"testing"
+	"time"
+
+	"github.com/grapevine-net/grapevine/e2e/lab"
+	"github.com/grapevine-net/grapevine/e2e/labtest"
+)
+
+// TestColdStart: 10 hosts start at once from empty state. Every host ends
+// up with its own block and a route to every other host's block.
+func TestColdStart(t *testing.T) {
+	t.Parallel()
+	const hosts = 10
+	l := env.Lab(t, labtest.Options{Hosts: hosts, NoAgents: true})
+	ctx := timeout(t, 3*time.Minute)
+
+	start := time.Now()
+	if err := l.StartAgents(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Host(1).WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	firstReady := time.Since(start)
+	statuses, err := lab.WaitMesh(ctx, l.Hosts())
+	if err != nil {
+		t.Fatal(err)
+	}
+	converged := time.Since(start)
+	if err := uniqueBlocks(statuses); err != nil {
+		t.Fatal(err)
+	}
+	err = waitUntil(ctx, "every host's kernel routes", func() error {
+		for _, h := range l.Hosts() {
+			if err := expectPeerRoutes(h, statuses[h.Name].Block, meshRoutes(statuses, l.Hosts(), h)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kernel := time.Since(start)
+	for _, h := range l.Hosts() {
+		t.Logf("cold start: %s holds %s", h.Name, statuses[h.Name].Block)
+	}
+	t.Logf("cold start: %d hosts: h1 ready after %v, all ready with a full mesh in status after %v, all %d kernel routes in place after %v",
+		hosts, firstReady.Round(time.Millisecond), converged.Round(time.Millisecond), hosts*(hosts-1), kernel.Round(time.Millisecond))
+}

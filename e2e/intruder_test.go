@@ -1,0 +1,83 @@
+package e2e
+
+import (
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/grapevine-net/grapevine/e2e/lab"
+	"github.com/grapevine-net/grapevine/e2e/labtest"
+)
+
+// intruderWatch is how long the intruder gets to try: many gossip rounds.
+const intruderWatch = 15 * time.Second
+
+// TestIntruder: a host whose agent has the wrong gossip key, pointed at the
+// cluster, neither joins it nor causes a route on any host.
+func TestIntruder(t *testing.T) {
+	t.Parallel()
+	l := env.Lab(t, labtest.Options{Hosts: 3})
+	ctx := timeout(t, 2*time.Minute)
+	members := l.Hosts()
+	before, err := lab.WaitMesh(ctx, members)
+	if err != nil {
+		t.Fatal(err)
+	}
+	intruder, err := l.AddHost(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	intruder.KeyFile = filepath.Join(intruder.Dir, "wrong.key")
+	if err := lab.WriteGossipKey(intruder.KeyFile); err != nil {
+		t.Fatal(err)
+	}
+	if err := intruder.StartAgent(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	watchEnd := time.Now().Add(intruderWatch)
+	answered := false
+	for time.Now().Before(watchEnd) {
+		for _, h := range members {
+			s, err := h.Status(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m, ok := s.Member(intruder.Name); ok {
+				t.Fatalf("%s lists the intruder as a member: %+v", h.Name, m)
+			}
+			r, err := readRoutes(h)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for block, via := range r.peers {
+				if via == intruder.IP {
+					t.Fatalf("%s routes %s via the intruder", h.Name, block)
+				}
+			}
+		}
+		if s, err := intruder.Status(ctx); err == nil {
+			answered = true
+			if len(s.Members) > 0 {
+				t.Fatalf("the intruder sees members %+v", s.Members)
+			}
+		}
+		r, err := readRoutes(intruder)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(r.peers) > 0 {
+			t.Fatalf("the intruder routes to %v", r.peers)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if !answered {
+		t.Fatal("the intruder's agent never answered status: the test proved nothing")
+	}
+	for _, h := range members {
+		if err := expectPeerRoutes(h, before[h.Name].Block, meshRoutes(before, members, h)); err != nil {
+			t.Error(err)
+		}
+	}
+	t.Logf("intruder: for %v, no member listed %s and no host routed via %s; the mesh of %d kept its routes", intruderWatch, intruder.Name, intruder.IP, len(members))
+}
