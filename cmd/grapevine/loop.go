@@ -45,7 +45,7 @@ type agent struct {
 func newAgent(o agentOptions, log *slog.Logger) (*agent, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	cfg := o.meshConfig(log.With("component", "mesh"))
+	cfg := o.meshConfig(log)
 	cfg.Registerer = reg
 	m, err := mesh.New(cfg)
 	if err != nil {
