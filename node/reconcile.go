@@ -5,19 +5,27 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// PeerProgrammed is Result.Peers' value for a peer whose route is installed.
-const PeerProgrammed = "programmed"
+// Result.Peers' values other than an error text.
+const (
+	// PeerProgrammed: the peer's route is in the kernel as desired.
+	PeerProgrammed = "programmed"
+	// PeerPending: the pass ended (its context was cancelled, or the
+	// kernel's routes could not be listed) before the route was checked
+	// or written.
+	PeerPending = "pending"
+)
 
 // Result describes one reconcile pass.
 type Result struct {
-	// Peers maps every peer of the Desired state to PeerProgrammed or the
-	// reason it has no route.
+	// Peers maps every peer of the Desired state to PeerProgrammed,
+	// PeerPending or the reason it has no route.
 	Peers map[string]string
 	// PeerErrors holds the peers that have no route and why: a next hop
 	// that is not directly connected, an overlapping block, a route of
@@ -83,21 +91,24 @@ func (r *Reconciler) Reconcile(ctx context.Context, d Desired) (Result, error) {
 
 func (r *Reconciler) reconcile(ctx context.Context, d Desired) (Result, error) {
 	res := Result{Peers: make(map[string]string, len(d.Peers)), PeerErrors: make(map[string]error)}
+	// programmed holds the routes known to be in the kernel as desired.
+	programmed := make(map[routeKey]bool)
 	peers := d.Peers
 	defer func() {
 		for _, p := range peers {
-			if err, bad := res.PeerErrors[p.Peer]; bad {
+			switch err, failed := res.PeerErrors[p.Peer]; {
+			case failed:
 				res.Peers[p.Peer] = err.Error()
-			} else {
+			case programmed[routeKey{p.Block, 0}]:
 				res.Peers[p.Peer] = PeerProgrammed
+			default:
+				res.Peers[p.Peer] = PeerPending
 			}
 		}
 	}()
 	var errs []error
 
-	if err := r.kernel.EnsureForwarding(); err != nil {
-		errs = append(errs, err)
-	}
+	errs = append(errs, r.kernel.EnsureForwarding())
 	if d.Masquerade {
 		errs = append(errs, r.kernel.EnsureMasquerade(d.Pool))
 	} else {
@@ -106,34 +117,35 @@ func (r *Reconciler) reconcile(ctx context.Context, d Desired) (Result, error) {
 
 	actual, err := r.kernel.Routes()
 	if err != nil {
-		errs = append(errs, err)
-		for _, p := range d.Peers {
-			res.PeerErrors[p.Peer] = fmt.Errorf("routes not reconciled: %w", err)
-		}
-		return res, errors.Join(errs...)
+		return res, errors.Join(append(errs, err)...)
 	}
-
 	link, err := r.kernel.Link(d.Iface)
-	if err != nil && !errors.Is(err, ErrLinkNotFound) {
+	switch {
+	case errors.Is(err, ErrLinkNotFound):
+		// Routes through a deleted link are gone already; DesiredRoutes
+		// gives every peer the reason.
+		errs = append(errs, err)
+		link = Link{Name: d.Iface}
+	case err != nil:
 		// Not knowing the link is no reason to withdraw working routes:
-		// keep our unicast routes as they are and fix only the blackhole.
+		// leave our unicast routes as they are and fix only the blackhole.
 		errs = append(errs, err)
 		for _, p := range d.Peers {
-			res.PeerErrors[p.Peer] = fmt.Errorf("routes not reconciled: %w", err)
+			res.PeerErrors[p.Peer] = fmt.Errorf("route not reconciled: %w", err)
 		}
 		d.Peers = nil
 		actual = blackholes(actual)
 	}
-	if errors.Is(err, ErrLinkNotFound) {
-		errs = append(errs, err)
-		link = Link{Name: d.Iface}
-	}
 
 	desired, peerErrs := DesiredRoutes(d, link)
-	for p, e := range peerErrs {
-		res.PeerErrors[p] = e
-	}
+	maps.Copy(res.PeerErrors, peerErrs)
 	toAdd, toDel := Diff(desired, actual)
+	for _, rt := range desired {
+		programmed[rt.key()] = true
+	}
+	for _, rt := range toAdd {
+		programmed[rt.key()] = false
+	}
 
 	peerOf := make(map[routeKey]string, len(d.Peers))
 	for _, p := range d.Peers {
@@ -143,7 +155,6 @@ func (r *Reconciler) reconcile(ctx context.Context, d Desired) (Result, error) {
 	for _, a := range actual {
 		owned[a.key()] = true
 	}
-
 	for _, rt := range toAdd {
 		if err := ctx.Err(); err != nil {
 			return res, errors.Join(append(errs, err)...)
@@ -162,6 +173,7 @@ func (r *Reconciler) reconcile(ctx context.Context, d Desired) (Result, error) {
 			continue
 		}
 		r.metrics.ops.WithLabelValues(op).Inc()
+		programmed[rt.key()] = true
 		if op == "add" {
 			res.Added++
 		} else {

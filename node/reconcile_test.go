@@ -265,7 +265,7 @@ func TestReconcileKernelErrors(t *testing.T) {
 		if !errors.Is(err, boom) {
 			t.Fatalf("err = %v", err)
 		}
-		if res.Programmed("b") || len(ours(k)) != 0 {
+		if res.Peers["b"] != PeerPending || len(ours(k)) != 0 {
 			t.Fatalf("peers %v, routes %v", res.Peers, ours(k))
 		}
 	})
@@ -279,7 +279,7 @@ func TestReconcileKernelErrors(t *testing.T) {
 		before := ours(k)
 		k.InjectError(OpLink, netip.Prefix{}, boom)
 		res, err := r.Reconcile(ctx, desired(peerC))
-		if !errors.Is(err, boom) || res.Programmed("c") {
+		if !errors.Is(err, boom) || !errors.Is(res.PeerErrors["c"], boom) || !strings.Contains(res.Peers["c"], "injected") {
 			t.Fatalf("err = %v, peers %v", err, res.Peers)
 		}
 		if got := ours(k); !slices.Equal(got, before) {
@@ -300,8 +300,12 @@ func TestReconcileKernelErrors(t *testing.T) {
 		k, _ := newFake(t)
 		cctx, cancel := context.WithCancel(ctx)
 		cancel()
-		if _, err := NewReconciler(k, nil, nil).Reconcile(cctx, desired(peerB)); !errors.Is(err, context.Canceled) {
+		res, err := NewReconciler(k, nil, nil).Reconcile(cctx, desired(peerB))
+		if !errors.Is(err, context.Canceled) {
 			t.Fatalf("err = %v, want context.Canceled", err)
+		}
+		if res.Peers["b"] != PeerPending || len(ours(k)) != 0 {
+			t.Fatalf("peers %v, routes %v", res.Peers, ours(k))
 		}
 	})
 }
