@@ -2,7 +2,15 @@
 // routed L3 design needs (a veth pair; the pod side with a /32 and a default
 // route via the link-local gateway 169.254.1.1; the host side with MAC
 // ee:ee:ee:ee:ee:ee and proxy ARP; a /32 route and a permanent neighbour entry
-// on the host) and implements ADD, DEL, CHECK, GC and STATUS.
+// on the host) and implements ADD, DEL, CHECK, GC and STATUS (Funcs).
+//
+// The host veth's name is derived from the pod's identity (HostVethName), so
+// a retried ADD and a DEL find it without stored state; its link alias names
+// the attachment, so DEL and GC never touch a link of another sandbox.
+//
+// Addresses come from package ipam in-process when the IPAM type is
+// grapevine-ipam, and from any other IPAM plugin through standard
+// delegation otherwise.
 //
 // plugin learns about the node only from the state file the agent writes
 // (package node/nodestate); it never talks to the agent or the mesh.
