@@ -59,6 +59,9 @@ func WriteHandoff(runDir, cniConfDir, stateDir string, s nodestate.State) error 
 // conflist first, so the runtime stops sending pods, then node.json, so the
 // plugin answers "try again later". Missing files are not an error.
 func RemoveHandoff(runDir, cniConfDir string) error {
+	if !filepath.IsAbs(runDir) {
+		return fmt.Errorf("hand-off: run directory %q is not an absolute path", runDir)
+	}
 	if cniConfDir != "" {
 		err := os.Remove(filepath.Join(cniConfDir, ConflistName))
 		if err != nil && !errors.Is(err, os.ErrNotExist) {

@@ -168,4 +168,8 @@ func TestRemoveHandoff(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(d.conf, ConflistName)); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("conflist still there: %v", err)
 	}
+	// An empty run directory must not fall back to the system-wide default.
+	if err := RemoveHandoff("", d.conf); err == nil {
+		t.Fatal("RemoveHandoff accepted an empty run directory")
+	}
 }

@@ -48,11 +48,16 @@ type Route struct {
 	Metric int
 }
 
+// String reads like `ip route` output, with the link's index for its name.
 func (r Route) String() string {
+	s := fmt.Sprintf("%s via %s ifindex %d", r.Dst, r.Via, r.LinkIndex)
 	if r.Blackhole {
-		return fmt.Sprintf("blackhole %s metric %d", r.Dst, r.Metric)
+		s = "blackhole " + r.Dst.String()
 	}
-	return fmt.Sprintf("%s via %s ifindex %d metric %d", r.Dst, r.Via, r.LinkIndex, r.Metric)
+	if r.Metric != 0 {
+		s += fmt.Sprintf(" metric %d", r.Metric)
+	}
+	return s
 }
 
 // Link is what a reconcile needs to know about the host interface.
