@@ -374,3 +374,44 @@ func TestReconcileConcurrent(t *testing.T) {
 		t.Fatalf("routes = %v", got)
 	}
 }
+
+func TestReconcileMetrics(t *testing.T) {
+	k, _ := newFake(t)
+	reg := prometheus.NewRegistry()
+	r := NewReconciler(k, nil, reg)
+	for range 2 {
+		if _, err := r.Reconcile(t.Context(), desired(peerB, peerC)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	k.InjectError(OpForwarding, netip.Prefix{}, errors.New("injected"))
+	if _, err := r.Reconcile(t.Context(), desired(peerB)); err == nil {
+		t.Fatal("injected forwarding error not returned")
+	}
+	const want = `
+# HELP grapevine_node_reconcile_errors_total Reconcile passes that returned an error.
+# TYPE grapevine_node_reconcile_errors_total counter
+grapevine_node_reconcile_errors_total 1
+# HELP grapevine_node_route_operations_total Route writes by operation (add, replace, delete).
+# TYPE grapevine_node_route_operations_total counter
+grapevine_node_route_operations_total{op="add"} 3
+grapevine_node_route_operations_total{op="delete"} 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want),
+		"grapevine_node_route_operations_total", "grapevine_node_reconcile_errors_total"); err != nil {
+		t.Fatal(err)
+	}
+	var passes uint64
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "grapevine_node_reconcile_seconds" {
+			passes = mf.GetMetric()[0].GetHistogram().GetSampleCount()
+		}
+	}
+	if passes != 3 {
+		t.Fatalf("reconcile histogram counted %d passes, want 3", passes)
+	}
+}
