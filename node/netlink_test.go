@@ -106,7 +106,8 @@ func TestNetlinkForeignRouteInPeerSlot(t *testing.T) {
 	n := newTestNS(t)
 	em1 := n.addLink(t, "em1", "172.16.254.1/24")
 	n.addForeignRoute(t, gatewayRoute("10.244.2.0/23", "172.16.254.99", em1, unix.RTPROT_STATIC))
-	res, err := NewReconciler(n.kernel(t), nil, nil).Reconcile(t.Context(), desired(peerB))
+	k := n.kernel(t)
+	res, err := NewReconciler(k, nil, nil).Reconcile(t.Context(), desired(peerB))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,6 +116,13 @@ func TestNetlinkForeignRouteInPeerSlot(t *testing.T) {
 	}
 	if got := n.ipRoutes(t); !slices.Contains(got, "10.244.2.0/23 via 172.16.254.99 dev em1 proto static") {
 		t.Fatalf("static route overwritten:\n%s", strings.Join(got, "\n"))
+	}
+	// Even asked directly, the kernel deletes only a route of our protocol.
+	if err := k.DeleteRoute(Route{Dst: peerB.Block}); err != nil {
+		t.Fatal(err)
+	}
+	if got := n.ipRoutes(t); !slices.Contains(got, "10.244.2.0/23 via 172.16.254.99 dev em1 proto static") {
+		t.Fatalf("DeleteRoute removed a static route:\n%s", strings.Join(got, "\n"))
 	}
 }
 
