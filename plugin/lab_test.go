@@ -71,7 +71,7 @@ func pluginBinaries() (string, func(), error) {
 	// after grapevine-cni, ptp and host-local are the benchmark's peers.
 	for _, p := range []string{"meta/portmap", "main/ptp", "ipam/host-local"} {
 		pkg := "github.com/containernetworking/plugins/plugins/" + p + "@v1.10.0"
-		if err := run([]string{"CGO_ENABLED=0", "GOBIN=" + dir, "GOFLAGS=-mod=mod"}, "install", pkg); err != nil {
+		if err := run([]string{"CGO_ENABLED=0", "GOBIN=" + dir}, "install", pkg); err != nil {
 			cleanup()
 			return "", nil, err
 		}

@@ -398,6 +398,15 @@ func TestAddWhileAgentNotReady(t *testing.T) {
 	if !errors.As(err, &cniErr) || cniErr.Code != types.ErrTryAgainLater || !strings.Contains(cniErr.Msg, "not ready") {
 		t.Errorf("ADD without node.json = %v, want CNI error 11 saying the agent is not ready", err)
 	}
+	// An agent that has joined but holds no block yet.
+	noBlock := `{"node": "node-a", "pool": "10.244.0.0/16", "hostIP": "192.0.2.1", "mtu": 1450}`
+	if err := os.WriteFile(nodestate.Path(l.runDir), []byte(noBlock), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err = l.add(list, l.newPod("blockless"))
+	if !errors.As(err, &cniErr) || cniErr.Code != types.ErrTryAgainLater || !strings.Contains(cniErr.Msg, "no block") {
+		t.Errorf("ADD with a blockless node.json = %v, want CNI error 11 saying there is no block", err)
+	}
 	l.assertNothingLeft()
 }
 
