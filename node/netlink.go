@@ -92,8 +92,24 @@ func (k *NetlinkKernel) Link(name string) (Link, error) {
 	return link, nil
 }
 
-// Routes implements Kernel with a single dump of the main table.
+// dumpAttempts bounds the retries of a route dump that the kernel reports
+// as interrupted by a concurrent change (pods come and go while we list).
+const dumpAttempts = 3
+
+// Routes implements Kernel with a single dump of the main table, repeated if
+// a concurrent change made it inconsistent.
 func (k *NetlinkKernel) Routes() ([]Route, error) {
+	var err error
+	for range dumpAttempts {
+		var routes []Route
+		if routes, err = k.dumpRoutes(); !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return routes, err
+		}
+	}
+	return nil, err
+}
+
+func (k *NetlinkKernel) dumpRoutes() ([]Route, error) {
 	filter := &netlink.Route{Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN}
 	var routes []Route
 	err := k.handle.RouteListFilteredIter(netlink.FAMILY_ALL, filter, netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE,
