@@ -33,6 +33,16 @@ func (n Namespace) Ping(ctx context.Context, dst netip.Addr) (time.Duration, err
 	return ping(ctx, conn, dst)
 }
 
+// Ping is Namespace.Ping from the namespace this process runs in.
+func Ping(ctx context.Context, dst netip.Addr) (time.Duration, error) {
+	conn, err := icmp.ListenPacket("ip4:icmp", "0.0.0.0")
+	if err != nil {
+		return 0, fmt.Errorf("ping: %w", err)
+	}
+	defer conn.Close()
+	return ping(ctx, conn, dst)
+}
+
 func ping(ctx context.Context, conn *icmp.PacketConn, dst netip.Addr) (time.Duration, error) {
 	var idb [2]byte
 	rand.Read(idb[:])
