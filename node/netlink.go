@@ -187,13 +187,13 @@ func (k *NetlinkKernel) DeleteRoute(r Route) error {
 
 // EnsureForwarding implements Kernel.
 func (k *NetlinkKernel) EnsureForwarding() error {
-	return k.inNetns(EnableForwarding)
+	return k.inNetns(enableForwarding)
 }
 
-// EnableForwarding sets net.ipv4.ip_forward=1 in the calling thread's network
+// enableForwarding sets net.ipv4.ip_forward=1 in the calling thread's network
 // namespace, writing only if it is off. /proc/sys/net belongs to the
 // namespace of the thread that opens it.
-func EnableForwarding() error {
+func enableForwarding() error {
 	const path = "/proc/sys/net/ipv4/ip_forward"
 	cur, err := os.ReadFile(path)
 	if err != nil {
