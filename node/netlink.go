@@ -56,8 +56,8 @@ func (k *NetlinkKernel) Close() error {
 	return k.netns.Close()
 }
 
-// inNetns runs f in k's network namespace, for the APIs (procfs, nftables
-// dialing) that act on the calling thread's.
+// inNetns runs f in k's network namespace, for procfs, which serves the
+// namespace of the calling thread.
 func (k *NetlinkKernel) inNetns(f func() error) error {
 	if k.netns == nil {
 		return f()
