@@ -32,7 +32,7 @@ func cmdCheck(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	want, err := expectedFromPrevResult(conf, args)
+	want, err := expectedFromPrevResult(conf, args, att.HostVethName())
 	if err != nil {
 		return err
 	}
@@ -55,13 +55,14 @@ func cmdCheck(args *skel.CmdArgs) error {
 
 // expected is what CHECK looks for, taken from the previous result.
 type expected struct {
-	prev   *current.Result
-	podIP  netip.Addr
-	podMAC string
-	podMTU int
+	prev    *current.Result
+	podIP   netip.Addr
+	podMAC  string
+	podMTU  int
+	hostMTU int
 }
 
-func expectedFromPrevResult(conf *Config, args *skel.CmdArgs) (expected, error) {
+func expectedFromPrevResult(conf *Config, args *skel.CmdArgs, hostVeth string) (expected, error) {
 	if conf.RawPrevResult == nil {
 		return expected{}, types.NewError(types.ErrInvalidNetworkConfig, "CHECK needs prevResult in the network config", "")
 	}
@@ -75,8 +76,11 @@ func expectedFromPrevResult(conf *Config, args *skel.CmdArgs) (expected, error) 
 	want := expected{prev: prev}
 	podIdx := -1
 	for i, intf := range prev.Interfaces {
-		if intf.Name == args.IfName && intf.Sandbox == args.Netns {
+		switch {
+		case intf.Name == args.IfName && intf.Sandbox == args.Netns:
 			podIdx, want.podMAC, want.podMTU = i, intf.Mac, intf.Mtu
+		case intf.Name == hostVeth && intf.Sandbox == "":
+			want.hostMTU = intf.Mtu
 		}
 	}
 	if podIdx < 0 {
@@ -115,6 +119,9 @@ func checkHost(name, alias string, want expected) (int, []error) {
 	}
 	if attrs.HardwareAddr.String() != hostVethMAC().String() {
 		driftf("MAC is %s, want %s", attrs.HardwareAddr, hostVethMAC())
+	}
+	if want.hostMTU != 0 && attrs.MTU != want.hostMTU {
+		driftf("MTU is %d, want %d", attrs.MTU, want.hostMTU)
 	}
 	if attrs.Flags&net.FlagUp == 0 {
 		driftf("is down")

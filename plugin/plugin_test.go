@@ -311,6 +311,9 @@ func TestCheckNamesDrift(t *testing.T) {
 		if err := netlink.NeighDel(&netlink.Neigh{LinkIndex: link.Attrs().Index, Family: unix.AF_INET, IP: podIP.AsSlice()}); err != nil {
 			return err
 		}
+		if err := netlink.LinkSetMTU(link, 1400); err != nil {
+			return err
+		}
 		return os.WriteFile("/proc/sys/net/ipv4/conf/"+hostVeth+"/proxy_arp", []byte("0"), 0o644)
 	})
 	inNS(t, p.netns, func() error {
@@ -329,6 +332,7 @@ func TestCheckNamesDrift(t *testing.T) {
 		"net/ipv4/conf/" + hostVeth + "/proxy_arp is 0, want 1",
 		"neighbour " + podIP.String() + " lladdr " + res.Interfaces[1].Mac + " PERMANENT is missing",
 		"route default via 169.254.1.1 dev eth0 is missing",
+		"host veth " + hostVeth + ": MTU is 1400, want 1450",
 	} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("CHECK error %q does not say %q", err, want)
@@ -511,4 +515,19 @@ func TestDelegatedIPAM(t *testing.T) {
 		t.Errorf("ADD with an address outside the block = %v", err)
 	}
 	l.assertNothingLeft()
+}
+
+func TestPodToPodOnOneHost(t *testing.T) {
+	l := newLab(t)
+	list := l.conflist("1.1.0")
+	a, b := l.newPod("pod-a"), l.newPod("pod-b")
+	l.mustAdd(list, a)
+	bIP := podIPOf(t, l.mustAdd(list, b))
+	// pod-a -> 169.254.1.1 (proxy ARP) -> host: `<bIP> dev gv... scope link`
+	// and the permanent neighbour -> pod-b, and back the same way. The
+	// per-interface forwarding ADD sets on the host veths is all the
+	// forwarding this needs.
+	if err := ping(t, a.netns, bIP); err != nil {
+		t.Errorf("pod-a -> pod-b on the same host: %v", err)
+	}
 }
