@@ -558,3 +558,63 @@ func parseAgent(t *testing.T) []*ast.File {
 	}
 	return files
 }
+
+// TestSystemdUnit: the bare-metal unit grants the same capabilities as the
+// DaemonSet, and the directories it makes writable under ProtectSystem=strict
+// are the agent's defaults, or the agent would fail on its first write.
+func TestSystemdUnit(t *testing.T) {
+	m := loadManifest(t)
+	raw, err := os.ReadFile("../systemd/grapevine.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	unit := map[string][]string{}
+	for line := range strings.Lines(string(raw)) {
+		line = strings.TrimSpace(line)
+		if k, v, ok := strings.Cut(line, "="); ok && !strings.HasPrefix(line, "#") {
+			unit[k] = append(unit[k], v)
+		}
+	}
+	one := func(key string) string {
+		if len(unit[key]) != 1 {
+			t.Errorf("unit sets %s %d times, want once", key, len(unit[key]))
+			return ""
+		}
+		return unit[key][0]
+	}
+
+	var want []string
+	for _, c := range m.container(t, "agent", false).SecurityContext.Capabilities.Add {
+		want = append(want, "CAP_"+string(c))
+	}
+	got := strings.Fields(one("CapabilityBoundingSet"))
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("unit's CapabilityBoundingSet = %v, the DaemonSet grants %v", got, want)
+	}
+
+	consts := agentConsts(t)
+	// systemd creates StateDirectory= under /var/lib and RuntimeDirectory=
+	// under /run.
+	if dir := "/var/lib/" + one("StateDirectory"); dir != consts["DefaultStateDir"] {
+		t.Errorf("unit's StateDirectory is %s, the agent's default state dir %s", dir, consts["DefaultStateDir"])
+	}
+	if dir := "/run/" + one("RuntimeDirectory"); dir != consts["DefaultRunDir"] {
+		t.Errorf("unit's RuntimeDirectory is %s, the agent's default run dir %s", dir, consts["DefaultRunDir"])
+	}
+	if rw := one("ReadWritePaths"); strings.TrimPrefix(rw, "-") != consts["DefaultCNIConfDir"] {
+		t.Errorf("unit's ReadWritePaths=%s, the agent writes the conflist to %s", rw, consts["DefaultCNIConfDir"])
+	}
+	if one("ProtectSystem") != "strict" {
+		t.Errorf("ProtectSystem=%s; the test above assumes strict", one("ProtectSystem"))
+	}
+	if one("RuntimeDirectoryPreserve") != "yes" {
+		t.Error("the run directory is removed when the agent stops; the CNI plugins need node.json meanwhile")
+	}
+	if one("Restart") != "always" || one("EnvironmentFile") != "-/etc/default/grapevine" ||
+		one("ExecStart") != "/usr/local/bin/grapevine agent" {
+		t.Errorf("unit: Restart=%s EnvironmentFile=%s ExecStart=%s, want always, -/etc/default/grapevine, /usr/local/bin/grapevine agent",
+			one("Restart"), one("EnvironmentFile"), one("ExecStart"))
+	}
+}
