@@ -531,3 +531,32 @@ func TestPodToPodOnOneHost(t *testing.T) {
 		t.Errorf("pod-a -> pod-b on the same host: %v", err)
 	}
 }
+
+func TestAddFailsCleanlyWhenPodAlreadyHasTheInterface(t *testing.T) {
+	l := newLab(t)
+	list := l.conflist("1.1.0")
+	p := l.newPod("taken")
+	// Something else already made eth0 in the pod: creating the pair fails
+	// after the address was allocated.
+	var before int
+	inNS(t, p.netns, func() error {
+		if _, err := addLoopedLink("eth0"); err != nil {
+			return err
+		}
+		link, err := netlink.LinkByName("eth0")
+		before = link.Attrs().Index
+		return err
+	})
+	_, err := l.add(list, p)
+	if err == nil || !strings.Contains(err.Error(), "create veth") {
+		t.Fatalf("ADD = %v, want the veth creation to fail", err)
+	}
+	l.assertNothingLeft()
+	inNS(t, p.netns, func() error {
+		link, err := netlink.LinkByName("eth0")
+		if err != nil || link.Attrs().Index != before {
+			t.Errorf("the pod's own eth0 was touched: %v", err)
+		}
+		return nil
+	})
+}
