@@ -164,16 +164,37 @@ func (m *Mesh) restore(ctx context.Context, saved *savedClaim) {
 	m.notify()
 }
 
-// advertise pushes this node's metadata to the cluster.
+// advertise pushes this node's metadata to the cluster. memberlist drops an
+// update whose incarnation a concurrent refutation (carrying the old
+// metadata) overtook, so it checks what was applied and tries again.
 func (m *Mesh) advertise() {
-	if err := m.ml.UpdateNode(updateTimeout); err != nil {
-		m.log.Warn("advertise metadata", "err", err)
+	for range 5 {
+		if err := m.ml.UpdateNode(updateTimeout); err != nil {
+			m.log.Warn("advertise metadata", "err", err)
+		}
+		m.mu.Lock()
+		want, _ := m.ownMetaLocked()
+		applied := string(want) == string(m.advertised)
+		m.mu.Unlock()
+		if applied {
+			return
+		}
 	}
+	m.log.Error("metadata update did not take; peers see the previous claim until the next update")
 }
 
 // claimOnce runs one vote for the best free block.
 func (m *Mesh) claimOnce(ctx context.Context) claimResult {
 	m.mu.Lock()
+	for quiet := time.Since(m.grewAt); quiet < m.settle; quiet = time.Since(m.grewAt) {
+		m.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return claimError
+		case <-time.After(m.settle - quiet):
+		}
+		m.mu.Lock()
+	}
 	block, free, total := m.candidateLocked()
 	if !block.IsValid() {
 		m.reason = fmt.Sprintf("pool %s exhausted: %d blocks of /%d all held", m.cfg.Pool, total, m.cfg.BlockBits)
@@ -192,7 +213,7 @@ func (m *Mesh) claimOnce(ctx context.Context) claimResult {
 	for range 8 {
 		out := m.vote(ctx, block, electorate)
 		if out.result == claimSucceeded {
-			return m.commit(block, out.granters)
+			return m.commit(block, electorate, len(out.granters))
 		}
 		if len(out.missing) == 0 || ctx.Err() != nil {
 			m.afterFailedVote(block, out)
@@ -276,41 +297,48 @@ func (m *Mesh) vote(ctx context.Context, block netip.Prefix, electorate map[stri
 	req := voteRequest{ID: id, Claimant: self, From: netip.AddrPortFrom(m.cfg.AdvertiseAddr, uint16(m.cfg.Port)), Block: block, Electorate: names}
 	m.sendAll(targets, electorate, req.encode())
 
+	// Wait for every answer, not just a majority: a single refusal means
+	// some member knows a competing claim or promise (or more members), and
+	// waiting for all makes two claims of one block need disjoint sets of
+	// responders, which overlapping views during a join storm do not give.
 	granted := []string{self}
 	answered := 1
+	conflict := false
 	var missing []peerAddr
 	timeout := time.NewTimer(voteTimeout)
 	defer timeout.Stop()
-	for len(granted) < quorum && len(granted)+len(targets)+1-answered >= quorum && answered < len(targets)+1 {
+wait:
+	for answered < len(targets)+1 && !conflict && len(missing) == 0 {
 		select {
 		case <-ctx.Done():
 			return m.abortVote(id, block, granted, electorate, voteOutcome{result: claimError})
 		case <-timeout.C:
-			out := voteOutcome{result: claimContended}
-			if answered < quorum {
-				out = voteOutcome{result: claimNoQuorum, reason: noQuorum(answered, quorum, len(electorate))}
-			}
-			return m.abortVote(id, block, granted, electorate, out)
+			break wait // the silent are presumed dead; a majority may still carry
 		case r := <-replies:
 			answered++
-			if r.Granted {
+			switch {
+			case r.Granted:
 				granted = append(granted, r.Voter)
+			case len(r.Missing) > 0:
+				missing = append(missing, r.Missing...)
+			default:
+				conflict = true
 			}
-			missing = append(missing, r.Missing...)
 		}
 	}
-	if len(missing) > 0 {
+	switch {
+	case len(missing) > 0:
 		// Some voter counts members this node did not: the quorum was
 		// computed over too small an electorate, so it proves nothing.
 		return m.abortVote(id, block, granted, electorate, voteOutcome{result: claimContended, missing: missing})
-	}
-	if len(granted) >= quorum {
-		return voteOutcome{result: claimSucceeded, granters: granted}
-	}
-	if answered < quorum {
+	case conflict:
+		return m.abortVote(id, block, granted, electorate, voteOutcome{result: claimContended})
+	case answered < quorum:
 		return m.abortVote(id, block, granted, electorate, voteOutcome{result: claimNoQuorum, reason: noQuorum(answered, quorum, len(electorate))})
+	case len(granted) < quorum:
+		return m.abortVote(id, block, granted, electorate, voteOutcome{result: claimContended})
 	}
-	return m.abortVote(id, block, granted, electorate, voteOutcome{result: claimContended})
+	return voteOutcome{result: claimSucceeded, granters: granted}
 }
 
 func noQuorum(reached, needed, electorate int) string {
@@ -350,9 +378,9 @@ func (m *Mesh) sendAll(names []string, addrs map[string]netip.AddrPort, msg []by
 
 // commit makes a won vote this node's claim: saved to disk first (so a
 // crash cannot advertise a block the restart forgets), then advertised in
-// metadata, gossiped as a record, and sent to the granters so they drop
-// their promises at once.
-func (m *Mesh) commit(block netip.Prefix, granters []string) claimResult {
+// metadata, gossiped as a record, and sent to the whole electorate so
+// granters drop their promises and every voter refuses the block at once.
+func (m *Mesh) commit(block netip.Prefix, electorate map[string]netip.AddrPort, votes int) claimResult {
 	m.mu.Lock()
 	now := m.now().Truncate(time.Millisecond)
 	gen := max(m.own.Gen, m.table[m.cfg.NodeName].Gen) + 1
@@ -369,6 +397,13 @@ func (m *Mesh) commit(block netip.Prefix, granters []string) claimResult {
 	}
 
 	m.mu.Lock()
+	if m.heldLocked(m.cfg.NodeName)[block] {
+		// A competing claim arrived while the vote ran: keep out of it.
+		m.contested[block] = m.now().Add(contestedFor)
+		m.mu.Unlock()
+		m.log.Warn("block was claimed by another node during the vote; trying another", "block", block)
+		return claimContended
+	}
 	m.own = ownClaim{Block: block, Since: now, Gen: gen}
 	m.table[rec.Node] = rec
 	delete(m.promises, block)
@@ -384,18 +419,18 @@ func (m *Mesh) commit(block netip.Prefix, granters []string) claimResult {
 			changed = append(changed, r)
 		}
 	}
-	addrs := make(map[string]netip.AddrPort, len(granters))
-	for _, g := range granters {
-		if p, ok := m.peers[g]; ok {
-			addrs[g] = p.addr
-		}
-	}
 	m.mu.Unlock()
 
-	m.log.Info("claimed a block", "block", block, "votes", len(granters))
+	m.log.Info("claimed a block", "block", block, "votes", votes, "electorate", len(electorate))
 	m.advertise()
 	m.broadcast(changed...)
-	m.sendAll(granters, addrs, encodeRecords(changed))
+	others := make([]string, 0, len(electorate))
+	for name := range electorate {
+		if name != m.cfg.NodeName {
+			others = append(others, name)
+		}
+	}
+	m.sendAll(others, electorate, encodeRecords(changed))
 	m.notify()
 	return claimSucceeded
 }

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"net/netip"
 	"slices"
+	"time"
 
 	"github.com/hashicorp/memberlist"
 )
@@ -23,12 +24,8 @@ var (
 func (d *delegate) NodeMeta(limit int) []byte {
 	m := d.m
 	m.mu.Lock()
-	meta := Meta{HostIP: m.cfg.AdvertiseAddr, Pool: m.cfg.Pool, BlockBits: m.cfg.BlockBits, Block: m.own.Block, Gen: m.own.Gen}
-	if meta.Block.IsValid() {
-		meta.Since = m.own.Since
-	}
+	b, err := m.ownMetaLocked()
 	m.mu.Unlock()
-	b, err := meta.AppendBinary(nil)
 	if err != nil || len(b) > limit {
 		// Config validation makes this unreachable; advertising nothing is
 		// safe (no route), a panic in memberlist is not.
@@ -50,7 +47,17 @@ func (d *delegate) NotifyAlive(n *memberlist.Node) error {
 
 func (d *delegate) NotifyJoin(n *memberlist.Node)   { d.m.observe(n) }
 func (d *delegate) NotifyUpdate(n *memberlist.Node) { d.m.observe(n) }
-func (d *delegate) NotifyLeave(n *memberlist.Node)  { d.m.observe(n) }
+
+// NotifyLeave marks the member gone. memberlist hands over the node with its
+// State field unset (the real state lives in its private nodeState), so a
+// member reported here would otherwise still look alive and keep its route.
+func (d *delegate) NotifyLeave(n *memberlist.Node) {
+	gone := *n
+	if gone.State != memberlist.StateLeft {
+		gone.State = memberlist.StateDead
+	}
+	d.m.observe(&gone)
+}
 
 // NotifyMsg handles claim records and votes sent directly or gossiped.
 func (d *delegate) NotifyMsg(b []byte) { d.m.handleMessage(b) }
@@ -80,9 +87,23 @@ func (d *delegate) LocalState(join bool) []byte {
 
 func (d *delegate) MergeRemoteState(b []byte, join bool) { d.m.handleMessage(b) }
 
+// ownMetaLocked encodes this node's metadata.
+func (m *Mesh) ownMetaLocked() ([]byte, error) {
+	meta := Meta{HostIP: m.cfg.AdvertiseAddr, Pool: m.cfg.Pool, BlockBits: m.cfg.BlockBits, Block: m.own.Block, Gen: m.own.Gen}
+	if meta.Block.IsValid() {
+		meta.Since = m.own.Since
+	}
+	return meta.AppendBinary(nil)
+}
+
 // observe records a member's state and metadata from a memberlist event.
 func (m *Mesh) observe(n *memberlist.Node) {
 	if n.Name == m.cfg.NodeName {
+		// What memberlist really advertises for this node: an update can
+		// lose a race with a refutation that re-sends the old value.
+		m.mu.Lock()
+		m.advertised = append(m.advertised[:0], n.Meta...)
+		m.mu.Unlock()
 		return
 	}
 	state := Alive
@@ -106,6 +127,9 @@ func (m *Mesh) observe(n *memberlist.Node) {
 	}
 	if !known || p.state != state {
 		p.since = now
+		if state.live() && !m.joining {
+			m.grewAt = time.Now()
+		}
 	}
 	rejectedNow := metaErr != nil && (p.metaErr == nil || string(n.Meta) != string(p.metaRaw))
 	p.addr, p.state = addr, state
@@ -178,6 +202,9 @@ func (m *Mesh) mergeRecords(recs []Record) {
 		if err := m.rules.checkRecord(r, from); err != nil {
 			rejected = append(rejected, err)
 			continue
+		}
+		if _, known := m.table[r.Node]; !known && !m.joining {
+			m.grewAt = time.Now()
 		}
 		if m.mergeLocked(r) {
 			changed = true

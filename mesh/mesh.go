@@ -64,6 +64,16 @@ type Mesh struct {
 	own          ownClaim
 	reason       string
 	degraded     string
+	// grewAt is when a member this node did not count before appeared,
+	// other than through its own join; joining marks the join in progress.
+	grewAt  time.Time
+	joining bool
+	// advertised is the metadata memberlist last applied for this node.
+	advertised []byte
+	// settle is how long membership must stay still before a vote: during
+	// a join storm electorates grow fast and majorities of views that differ
+	// this much need not intersect.
+	settle time.Duration
 }
 
 // ownClaim is this node's current claim; Block is zero while it holds none.
@@ -315,6 +325,7 @@ func (m *Mesh) memberlistConfig() *memberlist.Config {
 	if m.cfg.Tune != nil {
 		m.cfg.Tune(c)
 	}
+	m.settle = 4 * c.GossipInterval
 	return c
 }
 
@@ -328,7 +339,13 @@ func (m *Mesh) joinSeeds(ctx context.Context) {
 		if len(seeds) == 0 {
 			return
 		}
+		m.mu.Lock()
+		m.joining = true
+		m.mu.Unlock()
 		n, err := m.ml.Join(seeds)
+		m.mu.Lock()
+		m.joining = false
+		m.mu.Unlock()
 		if n > 0 {
 			m.log.Info("joined the cluster", "contacted", n, "members", m.ml.NumMembers())
 			return

@@ -1,0 +1,112 @@
+package mesh_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/grapevine-net/grapevine/mesh"
+	"github.com/grapevine-net/grapevine/mesh/meshtest"
+)
+
+// seed is the join address of the cluster's first node.
+var testLogger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+
+func seed(n *meshtest.Node) []string { return []string{n.Addr.String()} }
+
+func startN(t *testing.T, c *meshtest.Cluster, n int, join []string) []*meshtest.Node {
+	t.Helper()
+	var nodes []*meshtest.Node
+	for i := range n {
+		node, err := c.Start(meshtest.Spec{Name: fmt.Sprintf("node-%03d", i), Join: join})
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes = append(nodes, node)
+	}
+	return nodes
+}
+
+func newCluster(t *testing.T, opts meshtest.Options) *meshtest.Cluster {
+	t.Helper()
+	c := meshtest.NewCluster(t.TempDir(), opts)
+	t.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			t.Errorf("stop cluster: %v", err)
+		}
+	})
+	return c
+}
+
+func waitConverged(t *testing.T, c *meshtest.Cluster, within time.Duration) time.Duration {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), within)
+	defer cancel()
+	d, err := meshtest.WaitFor(ctx, 10*time.Millisecond, func() error { return meshtest.Converged(c.Views()) })
+	if err != nil {
+		t.Fatalf("cluster did not converge: %v", err)
+	}
+	return d
+}
+
+func TestThreeNodesConverge(t *testing.T) {
+	c := newCluster(t, meshtest.Options{})
+	first, err := c.Start(meshtest.Spec{Name: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"b", "c"} {
+		if _, err := c.Start(meshtest.Spec{Name: name, Join: seed(first)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d := waitConverged(t, c, 10*time.Second)
+	t.Logf("converged in %v", d)
+	for name, v := range c.Views() {
+		if !mesh.DefaultPool.Contains(v.Block.Addr()) || v.Block.Bits() != mesh.DefaultBlockBits {
+			t.Errorf("%s holds %s, not a /23 of the default pool", name, v.Block)
+		}
+		if v.HostIP != c.Node(name).Addr.Addr() {
+			t.Errorf("%s reports host IP %s, want %s", name, v.HostIP, c.Node(name).Addr.Addr())
+		}
+	}
+}
+
+// TestUniqueBlocksSimultaneousStart starts 64 nodes at the same instant from
+// empty state and samples every View while they converge: no two nodes may
+// ever hold one block.
+func TestUniqueBlocksSimultaneousStart(t *testing.T) {
+	rounds, size := 20, 64
+	if testing.Short() {
+		rounds = 3
+	}
+	for round := range rounds {
+		c := meshtest.NewCluster(t.TempDir(), meshtest.Options{Logger: testLogger})
+		// Every node joins the same two seeds; the seeds start with the rest.
+		join := []string{
+			fmt.Sprintf("%s:%d", meshtest.HostAddr(0), meshtest.GossipPort),
+			fmt.Sprintf("%s:%d", meshtest.HostAddr(1), meshtest.GossipPort),
+		}
+		start := time.Now()
+		startN(t, c, size, join)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		d, err := meshtest.WaitFor(ctx, 10*time.Millisecond, func() error {
+			views := c.Views()
+			if err := meshtest.DuplicateBlock(views); err != nil {
+				t.Fatalf("round %d: %v", round, err)
+			}
+			return meshtest.Converged(views)
+		})
+		cancel()
+		if err != nil {
+			t.Fatalf("round %d: %d nodes did not converge: %v", round, size, err)
+		}
+		t.Logf("round %d: %d nodes converged in %v (%v since the first start)", round, size, d.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
+		if err := c.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,315 @@
+package meshtest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/grapevine-net/grapevine/mesh"
+)
+
+// GossipPort is the port every in-memory node listens on.
+const GossipPort = 7962
+
+// FastTimers shortens memberlist's LAN timers so in-memory clusters detect
+// failures and spread state in a fraction of a second, while leaving
+// enough slack that a loaded test machine does not cause false suspicion.
+func FastTimers(c *memberlist.Config) {
+	c.GossipInterval = 50 * time.Millisecond
+	c.ProbeInterval = 500 * time.Millisecond
+	c.ProbeTimeout = 250 * time.Millisecond
+	c.PushPullInterval = time.Second
+	// In memory, compression only costs CPU.
+	c.EnableCompression = false
+	c.GossipToTheDeadTime = 2 * time.Second
+	c.DeadNodeReclaimTime = 100 * time.Millisecond
+	c.TCPTimeout = time.Second
+	c.SuspicionMult = 3
+}
+
+// Options configure every node of a Cluster.
+type Options struct {
+	Pool         netip.Prefix // zero: mesh.DefaultPool
+	BlockBits    int          // zero: mesh.DefaultBlockBits
+	ReclaimAfter time.Duration
+	// ReconnectInterval defaults to 500ms here.
+	ReconnectInterval time.Duration
+	SecretKey         []byte
+	Tune              func(*memberlist.Config) // nil: FastTimers
+	Now               func() time.Time
+	Logger            *slog.Logger
+}
+
+// Cluster is a set of mesh nodes on one in-memory Network. Each node has
+// its own state directory under the cluster's directory.
+type Cluster struct {
+	Net  *Network
+	dir  string
+	opts Options
+
+	mu    sync.Mutex
+	nodes map[string]*Node
+	next  int
+}
+
+// Node is one running mesh.
+type Node struct {
+	Name      string
+	Addr      netip.AddrPort
+	StateDir  string
+	Mesh      *mesh.Mesh
+	Transport *Transport
+	Metrics   *prometheus.Registry
+
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// NewCluster returns an empty cluster keeping node state under dir.
+func NewCluster(dir string, opts Options) *Cluster {
+	if opts.Tune == nil {
+		opts.Tune = FastTimers
+	}
+	if opts.ReconnectInterval == 0 {
+		opts.ReconnectInterval = 500 * time.Millisecond
+	}
+	return &Cluster{Net: NewNetwork(), dir: dir, opts: opts, nodes: make(map[string]*Node)}
+}
+
+// HostAddr returns the address the cluster gives its i-th node.
+func HostAddr(i int) netip.Addr {
+	return netip.AddrFrom4([4]byte{10, byte(1 + i>>16), byte(i >> 8), byte(1 + i&0xff)})
+}
+
+// Spec describes a node to start.
+type Spec struct {
+	Name string
+	// Addr defaults to the next free HostAddr; set it to restart a node at
+	// its old address (or at a new one).
+	Addr netip.Addr
+	// StateDir defaults to <cluster dir>/<name>.
+	StateDir string
+	Join     []string
+	// SecretKey overrides the cluster's key for this node.
+	SecretKey []byte
+}
+
+// Start creates and runs a node. It returns once the node runs; the node
+// claims its block in the background.
+func (c *Cluster) Start(spec Spec) (*Node, error) {
+	c.mu.Lock()
+	if old, ok := c.nodes[spec.Name]; ok {
+		c.mu.Unlock()
+		return nil, fmt.Errorf("meshtest: node %s is already running at %s", spec.Name, old.Addr)
+	}
+	if !spec.Addr.IsValid() {
+		spec.Addr = HostAddr(c.next)
+		c.next++
+	}
+	c.mu.Unlock()
+	if spec.StateDir == "" {
+		spec.StateDir = filepath.Join(c.dir, spec.Name)
+	}
+	key := c.opts.SecretKey
+	if spec.SecretKey != nil {
+		key = spec.SecretKey
+	}
+	addr := netip.AddrPortFrom(spec.Addr, GossipPort)
+	tr, err := c.Net.NewTransport(addr)
+	if err != nil {
+		return nil, err
+	}
+	reg := prometheus.NewRegistry()
+	logger := c.opts.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	m, err := mesh.New(mesh.Config{
+		NodeName:          spec.Name,
+		AdvertiseAddr:     spec.Addr,
+		Port:              GossipPort,
+		Pool:              c.opts.Pool,
+		BlockBits:         c.opts.BlockBits,
+		ReclaimAfter:      c.opts.ReclaimAfter,
+		ReconnectInterval: c.opts.ReconnectInterval,
+		StateDir:          spec.StateDir,
+		SecretKey:         key,
+		Join:              spec.Join,
+		Logger:            logger.With("node", spec.Name),
+		Registerer:        reg,
+		Transport:         tr,
+		Tune:              c.opts.Tune,
+		Now:               c.opts.Now,
+	})
+	if err != nil {
+		tr.Shutdown()
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	n := &Node{Name: spec.Name, Addr: addr, StateDir: spec.StateDir, Mesh: m, Transport: tr, Metrics: reg, cancel: cancel, done: make(chan error, 1)}
+	go func() { n.done <- m.Run(ctx) }()
+	c.mu.Lock()
+	c.nodes[spec.Name] = n
+	c.mu.Unlock()
+	return n, nil
+}
+
+// Stop ends a node gracefully: it leaves the cluster.
+func (c *Cluster) Stop(name string) error {
+	n, err := c.remove(name)
+	if err != nil {
+		return err
+	}
+	n.cancel()
+	return <-n.done
+}
+
+// Kill ends a node as a crash would: its network goes silent first, so
+// peers see a failure, not a leave.
+func (c *Cluster) Kill(name string) error {
+	n, err := c.remove(name)
+	if err != nil {
+		return err
+	}
+	n.Transport.Shutdown()
+	n.cancel()
+	return <-n.done
+}
+
+func (c *Cluster) remove(name string) (*Node, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n, ok := c.nodes[name]
+	if !ok {
+		return nil, fmt.Errorf("meshtest: no running node %s", name)
+	}
+	delete(c.nodes, name)
+	return n, nil
+}
+
+// Close ends every node at once, as Kill does: a cluster leaving all at
+// once has nobody left to tell, and a graceful leave would wait for that.
+func (c *Cluster) Close() error {
+	nodes := c.Nodes()
+	errs := make([]error, len(nodes))
+	var wg sync.WaitGroup
+	for i, n := range nodes {
+		wg.Go(func() { errs[i] = c.Kill(n.Name) })
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// Node returns the running node called name, or nil.
+func (c *Cluster) Node(name string) *Node {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.nodes[name]
+}
+
+// Nodes returns the running nodes sorted by name.
+func (c *Cluster) Nodes() []*Node {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]*Node, 0, len(c.nodes))
+	for _, n := range c.nodes {
+		out = append(out, n)
+	}
+	slices.SortFunc(out, func(a, b *Node) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// Views returns every running node's View.
+func (c *Cluster) Views() map[string]mesh.View {
+	out := make(map[string]mesh.View)
+	for _, n := range c.Nodes() {
+		out[n.Name] = n.Mesh.View()
+	}
+	return out
+}
+
+// BytesSent is the total gossip traffic of the running nodes so far.
+func (c *Cluster) BytesSent() int64 {
+	var sum int64
+	for _, n := range c.Nodes() {
+		sum += n.Transport.BytesSent()
+	}
+	return sum
+}
+
+// DuplicateBlock returns an error if two of the views hold the same block.
+func DuplicateBlock(views map[string]mesh.View) error {
+	owner := make(map[netip.Prefix]string)
+	for name, v := range views {
+		if !v.Block.IsValid() {
+			continue
+		}
+		if other, ok := owner[v.Block]; ok {
+			return fmt.Errorf("block %s held by both %s and %s", v.Block, other, name)
+		}
+		owner[v.Block] = name
+	}
+	return nil
+}
+
+// Converged returns nil when every view holds a block, the blocks are
+// unique, and every view lists every other node alive with that node's
+// block; otherwise it says what is missing.
+func Converged(views map[string]mesh.View) error {
+	if err := DuplicateBlock(views); err != nil {
+		return err
+	}
+	for name, v := range views {
+		if !v.Ready || !v.Block.IsValid() {
+			return fmt.Errorf("%s is not ready: %s", name, v.Reason)
+		}
+	}
+	for name, v := range views {
+		seen := make(map[string]mesh.Member, len(v.Members))
+		for _, m := range v.Members {
+			seen[m.Name] = m
+		}
+		for other, ov := range views {
+			if other == name {
+				continue
+			}
+			m, ok := seen[other]
+			switch {
+			case !ok:
+				return fmt.Errorf("%s does not know %s", name, other)
+			case m.State != mesh.Alive:
+				return fmt.Errorf("%s sees %s as %s", name, other, m.State)
+			case m.Block != ov.Block:
+				return fmt.Errorf("%s routes %s to %s, which holds %s", name, m.Block, other, ov.Block)
+			}
+		}
+	}
+	return nil
+}
+
+// WaitFor polls cond every interval until it returns nil or ctx ends, and
+// returns how long it took and the last error from cond.
+func WaitFor(ctx context.Context, interval time.Duration, cond func() error) (time.Duration, error) {
+	start := time.Now()
+	for {
+		err := cond()
+		if err == nil {
+			return time.Since(start), nil
+		}
+		select {
+		case <-ctx.Done():
+			return time.Since(start), fmt.Errorf("%w: %w", ctx.Err(), err)
+		case <-time.After(interval):
+		}
+	}
+}

@@ -1,0 +1,195 @@
+// Package meshtest runs clusters of mesh nodes in one process: an in-memory
+// network that memberlist speaks over (with partitions and byte counters)
+// and a harness that starts N nodes and measures how fast they converge.
+// It exists for tests and benchmarks; the agent never imports it.
+package meshtest
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// Network is an in-memory IPv4 network. Every transport has its own
+// address, so member addresses look like real hosts'. Packets are dropped
+// (as UDP would be) when the receiver is gone, busy, or cut off by a
+// partition; stream dials fail instead.
+type Network struct {
+	mu      sync.RWMutex
+	byAddr  map[netip.AddrPort]*Transport
+	blocked map[[2]netip.Addr]bool
+}
+
+// NewNetwork returns an empty network.
+func NewNetwork() *Network {
+	return &Network{byAddr: make(map[netip.AddrPort]*Transport), blocked: make(map[[2]netip.Addr]bool)}
+}
+
+// NewTransport attaches a transport at addr. The address may be reused once
+// the previous transport there was shut down (a restarted node).
+func (n *Network) NewTransport(addr netip.AddrPort) (*Transport, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if old, ok := n.byAddr[addr]; ok && !old.closed.Load() {
+		return nil, fmt.Errorf("meshtest: address %s is in use", addr)
+	}
+	t := &Transport{
+		net:     n,
+		addr:    addr,
+		packets: make(chan *memberlist.Packet, 1024),
+		streams: make(chan net.Conn, 64),
+		done:    make(chan struct{}),
+	}
+	n.byAddr[addr] = t
+	return t, nil
+}
+
+// Partition cuts all traffic between the hosts of a and those of b.
+func (n *Network) Partition(a, b []netip.Addr) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, x := range a {
+		for _, y := range b {
+			n.blocked[[2]netip.Addr{x, y}] = true
+			n.blocked[[2]netip.Addr{y, x}] = true
+		}
+	}
+}
+
+// Heal removes every partition.
+func (n *Network) Heal() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	clear(n.blocked)
+}
+
+// peer returns the live transport at addr if from may reach it.
+func (n *Network) peer(from netip.Addr, addr string) (*Transport, error) {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("meshtest: bad address %q: %w", addr, err)
+	}
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	t, ok := n.byAddr[ap]
+	if !ok || t.closed.Load() || n.blocked[[2]netip.Addr{from, ap.Addr()}] {
+		return nil, fmt.Errorf("meshtest: no route to %s", addr)
+	}
+	return t, nil
+}
+
+// Transport is one host's memberlist transport on a Network.
+type Transport struct {
+	net     *Network
+	addr    netip.AddrPort
+	packets chan *memberlist.Packet
+	streams chan net.Conn
+	done    chan struct{}
+	closed  atomic.Bool
+	sent    atomic.Int64 // bytes written: packets and streams
+	dropped atomic.Int64 // packets lost to a full receive buffer
+}
+
+var _ memberlist.NodeAwareTransport = (*Transport)(nil)
+
+// Addr is the transport's address.
+func (t *Transport) Addr() netip.AddrPort { return t.addr }
+
+// Dropped is the number of packets to this transport lost because its
+// receive buffer was full (memberlist did not keep up).
+func (t *Transport) Dropped() int64 { return t.dropped.Load() }
+
+// BytesSent is the number of bytes this transport has written so far.
+func (t *Transport) BytesSent() int64 { return t.sent.Load() }
+
+func (t *Transport) FinalAdvertiseAddr(string, int) (net.IP, int, error) {
+	return net.IP(t.addr.Addr().AsSlice()), int(t.addr.Port()), nil
+}
+
+func (t *Transport) WriteTo(b []byte, addr string) (time.Time, error) {
+	return t.WriteToAddress(b, memberlist.Address{Addr: addr})
+}
+
+func (t *Transport) WriteToAddress(b []byte, a memberlist.Address) (time.Time, error) {
+	now := time.Now()
+	t.sent.Add(int64(len(b)))
+	dest, err := t.net.peer(t.addr.Addr(), a.Addr)
+	if err != nil {
+		return now, nil // lost, as a UDP datagram would be
+	}
+	p := &memberlist.Packet{Buf: append([]byte(nil), b...), From: mockAddr(t.addr), Timestamp: now}
+	select {
+	case dest.packets <- p:
+	default: // receiver's buffer full: dropped
+		dest.dropped.Add(1)
+	}
+	return now, nil
+}
+
+func (t *Transport) PacketCh() <-chan *memberlist.Packet { return t.packets }
+
+func (t *Transport) DialTimeout(addr string, timeout time.Duration) (net.Conn, error) {
+	return t.DialAddressTimeout(memberlist.Address{Addr: addr}, timeout)
+}
+
+func (t *Transport) DialAddressTimeout(a memberlist.Address, timeout time.Duration) (net.Conn, error) {
+	dest, err := t.net.peer(t.addr.Addr(), a.Addr)
+	if err != nil {
+		return nil, err
+	}
+	local, remote := net.Pipe()
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	select {
+	case dest.streams <- &conn{Conn: remote, local: dest.addr, remote: t.addr, sent: &dest.sent}:
+		return &conn{Conn: local, local: t.addr, remote: dest.addr, sent: &t.sent}, nil
+	case <-dest.done:
+	case <-timer.C:
+	}
+	local.Close()
+	remote.Close()
+	return nil, fmt.Errorf("meshtest: dial %s: connection refused", a.Addr)
+}
+
+func (t *Transport) StreamCh() <-chan net.Conn { return t.streams }
+
+// Shutdown detaches the transport; its address can be used again.
+func (t *Transport) Shutdown() error {
+	if t.closed.CompareAndSwap(false, true) {
+		close(t.done)
+	}
+	return nil
+}
+
+// conn is one end of an in-memory stream with host addresses.
+type conn struct {
+	net.Conn
+	local, remote netip.AddrPort
+	sent          *atomic.Int64
+}
+
+func (c *conn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	if c.sent != nil {
+		c.sent.Add(int64(n))
+	}
+	if errors.Is(err, io.ErrClosedPipe) {
+		err = net.ErrClosed
+	}
+	return n, err
+}
+
+func (c *conn) LocalAddr() net.Addr  { return mockAddr(c.local) }
+func (c *conn) RemoteAddr() net.Addr { return mockAddr(c.remote) }
+
+// mockAddr is a TCP-looking address so memberlist can parse it.
+func mockAddr(a netip.AddrPort) net.Addr {
+	return &net.TCPAddr{IP: net.IP(a.Addr().AsSlice()), Port: int(a.Port())}
+}
