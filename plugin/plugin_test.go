@@ -2,12 +2,14 @@ package plugin
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/containernetworking/cni/libcni"
@@ -559,4 +561,51 @@ func TestAddFailsCleanlyWhenPodAlreadyHasTheInterface(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// Kubelet starts many pods at once: 64 plugin processes race for addresses
+// through the store's lock, and every one must get its own and keep it.
+func TestConcurrentAddsAndDels(t *testing.T) {
+	l := newLab(t)
+	list := l.conflist("1.1.0")
+	const n = 64
+	pods := make([]*pod, n)
+	for i := range pods {
+		pods[i] = l.newPod(fmt.Sprintf("burst-%d", i))
+	}
+	ips := make([]netip.Addr, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i, p := range pods {
+		wg.Go(func() {
+			res, err := l.add(list, p)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			if len(res.IPs) == 1 {
+				ips[i], _ = netip.AddrFromSlice(res.IPs[0].Address.IP.To4())
+			}
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	distinct := make(map[netip.Addr]bool)
+	for _, ip := range ips {
+		distinct[ip] = true
+	}
+	if len(distinct) != n || len(l.reservations()) != n || len(l.hostVeths()) != n {
+		t.Errorf("%d concurrent ADDs: %d distinct addresses, %d reservations, %d host veths",
+			n, len(distinct), len(l.reservations()), len(l.hostVeths()))
+	}
+	for i, p := range pods {
+		wg.Go(func() { errs[i] = l.del(list, p) })
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	l.assertNothingLeft()
 }
