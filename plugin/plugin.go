@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 
 	cnins "github.com/containernetworking/cni/pkg/ns"
 	"github.com/containernetworking/cni/pkg/skel"
@@ -50,20 +49,14 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 		return err
 	}
 	hostVeth := att.HostVethName()
-	created := false
 	defer func() {
-		if err == nil {
-			return
+		if err != nil {
+			// Removing the host side takes the pod side with it; a link
+			// that was never created is no error.
+			err = withUndo(err, errors.Join(deleteLink(hostVeth), addrs.release(ctx)))
 		}
-		var undo []error
-		if created {
-			undo = append(undo, deleteLink(hostVeth))
-		}
-		undo = append(undo, addrs.release(ctx))
-		err = withUndo(err, errors.Join(undo...))
 	}()
 
-	created = true // from here on, undo removes whatever part of the pair exists
 	if err = createVeth(hostVeth, args.IfName, att.alias(conf.Name), mtu, podNS); err != nil {
 		return err
 	}
@@ -76,14 +69,12 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 		return err
 	}
 
-	gw := net.IP(ipam.Gateway().AsSlice())
 	result := ipam.Result(podIP)
 	result.Interfaces = []*current.Interface{
 		{Name: hostVeth, Mac: host.Attrs().HardwareAddr.String(), Mtu: host.Attrs().MTU},
 		{Name: args.IfName, Mac: pod.mac.String(), Mtu: pod.mtu, Sandbox: args.Netns},
 	}
 	result.IPs[0].Interface = current.Int(1)
-	result.IPs[0].Gateway = gw
 	result.DNS = conf.DNS
 	return types.PrintResult(result, conf.CNIVersion)
 }
