@@ -64,6 +64,10 @@ func TestCrash(t *testing.T) {
 		return nil
 	})
 	if err != nil {
+		for _, h := range survivors {
+			out, serr := h.StatusText(ctx, "json")
+			t.Logf("%s status: %s %v", h.Name, out, serr)
+		}
 		t.Fatal(err)
 	}
 	var slowest time.Duration

@@ -8,6 +8,11 @@ import (
 	"github.com/grapevine-net/grapevine/e2e/labtest"
 )
 
+// partitionDetectBound is how long the minority may take to mark every
+// member of the majority dead: one suspicion timeout per member, probed in
+// turn, generous for a loaded CI machine.
+const partitionDetectBound = 90 * time.Second
+
 // minorityWatch is how long a new host in the minority must stay without a
 // block: several gossip rounds and claim attempts.
 const minorityWatch = 15 * time.Second
@@ -33,7 +38,7 @@ func TestPartition(t *testing.T) {
 	split := time.Now()
 	// Wait until the minority has noticed: h4 no longer counts the
 	// majority as alive.
-	_, err = h4.WaitStatus(timeout(t, failureDetectionBound), "h4 to lose the majority", func(s lab.Status) bool {
+	_, err = h4.WaitStatus(timeout(t, partitionDetectBound), "h4 to lose the majority", func(s lab.Status) bool {
 		for _, h := range majority {
 			if m, ok := s.Member(h.Name); ok && (m.State == "alive" || m.State == "suspect") {
 				return false
@@ -55,6 +60,19 @@ func TestPartition(t *testing.T) {
 	}
 	newcomer.Join = h4.IP
 	if err := newcomer.StartAgent(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// It must get into the minority's cluster, or staying without a block
+	// would prove nothing.
+	_, err = newcomer.WaitStatus(timeout(t, time.Minute), "the newcomer to join the minority", func(s lab.Status) bool {
+		for _, h := range minority {
+			if m, ok := s.Member(h.Name); !ok || m.State != "alive" {
+				return false
+			}
+		}
+		return true
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
 	watchEnd := time.Now().Add(minorityWatch)

@@ -265,10 +265,48 @@ func (h *Host) Status(ctx context.Context) (Status, error) {
 	if err != nil {
 		return s, fmt.Errorf("host %s: %w", h.Name, err)
 	}
-	if err := json.Unmarshal(out, &s); err != nil {
+	if err := s.UnmarshalJSON(out); err != nil {
 		return s, fmt.Errorf("host %s: parse status: %w: %s", h.Name, err, out)
 	}
 	return s, nil
+}
+
+// UnmarshalJSON reads the CLI's JSON, which shows a missing address or
+// block as "-", as in its table.
+func (s *Status) UnmarshalJSON(data []byte) error {
+	type member struct{ Name, Addr, HostIP, Block, State, Route string }
+	var raw struct {
+		Node, HostIP, Block, Reason, Degraded string
+		Ready                                 bool
+		Members                               []member
+	}
+	if err := json.Unmarshal(data, &raw); err != nil {
+		return err
+	}
+	var errs []error
+	addr := func(v string) netip.Addr {
+		if v == "" || v == "-" {
+			return netip.Addr{}
+		}
+		a, err := netip.ParseAddr(v)
+		errs = append(errs, err)
+		return a
+	}
+	prefix := func(v string) netip.Prefix {
+		if v == "" || v == "-" {
+			return netip.Prefix{}
+		}
+		p, err := netip.ParsePrefix(v)
+		errs = append(errs, err)
+		return p
+	}
+	*s = Status{Node: raw.Node, HostIP: addr(raw.HostIP), Block: prefix(raw.Block),
+		Ready: raw.Ready, Reason: raw.Reason, Degraded: raw.Degraded}
+	for _, m := range raw.Members {
+		s.Members = append(s.Members, Member{Name: m.Name, Addr: addr(m.Addr), HostIP: addr(m.HostIP),
+			Block: prefix(m.Block), State: m.State, Route: m.Route})
+	}
+	return errors.Join(errs...)
 }
 
 // WaitStatus polls the agent's status until cond holds or ctx ends. The

@@ -1,0 +1,237 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+
+	"github.com/grapevine-net/grapevine/node"
+	"github.com/grapevine-net/grapevine/node/nodestate"
+)
+
+// CNIConfig configures the per-pod setup measurement.
+type CNIConfig struct {
+	// CNIPath lists the directories with grapevine-cni, grapevine-ipam,
+	// ptp, host-local and portmap.
+	CNIPath []string
+	// Pods is how many pods each chain wires.
+	Pods int
+	// Portmap chains portmap after both grapevine-cni and ptp, as the
+	// agent's conflist does; without it both chains are the bare plugin.
+	Portmap bool
+}
+
+// cniBatch is how many pods of each chain exist at once: a node carries
+// some pods while new ones come and go, as kubelet's default limit of 110
+// pods a node allows.
+const cniBatch = 50
+
+// cniChain is one conflist under test and its samples.
+type cniChain struct {
+	name      string
+	conf      *libcni.NetworkConfigList
+	add, del  []time.Duration
+	podPrefix string
+}
+
+// MeasureCNI wires Pods pods with grapevine-cni + grapevine-ipam (reading a
+// node.json written here, as the agent would) and as many with ptp +
+// host-local, through libcni from a host namespace as a container runtime
+// does: one new pod namespace per pod, the real plugin binaries. The chains
+// alternate pod by pod, in ABBA order, in batches of cniBatch: ADD the
+// batch, then DEL it.
+func MeasureCNI(ctx context.Context, cfg CNIConfig) (_ []Row, err error) {
+	s := newScope()
+	defer func() { err = errors.Join(err, s.close(context.WithoutCancel(ctx))) }()
+	dir, err := os.MkdirTemp("", s.name("cni-"))
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+
+	host, err := s.addNamespace(ctx, "host")
+	if err != nil {
+		return nil, err
+	}
+	hostIP := netip.MustParseAddr("192.0.2.1")
+	// em1 stands in for the uplink: the host address lives there, and the
+	// default route through it is what lets proxy ARP answer for the pods'
+	// gateway. The namespace lacks the dummy driver on some kernels, so
+	// it is one end of a veth pair.
+	for _, args := range [][]string{
+		{"link", "add", "em1", "type", "veth", "peer", "name", NamePrefix + s.id},
+		{"addr", "add", hostIP.String() + "/24", "dev", "em1"},
+		{"link", "set", "em1", "up"},
+		{"link", "set", "lo", "up"},
+		{"route", "add", "default", "via", "192.0.2.254", "dev", "em1", "onlink"},
+	} {
+		if _, err := run(ctx, "ip", append([]string{"-n", host}, args...)...); err != nil {
+			return nil, err
+		}
+	}
+
+	runDir, stateDir := filepath.Join(dir, "run"), filepath.Join(dir, "state")
+	// What the agent would hand over: a /23 block, as by default, holds the
+	// batch with room to spare.
+	err = nodestate.Write(runDir, nodestate.State{
+		Node: "gvb-node", Block: netip.MustParsePrefix("10.244.2.0/23"),
+		Pool: netip.MustParsePrefix("10.244.0.0/16"), HostIP: hostIP, MTU: 1500,
+	})
+	if err != nil {
+		return nil, err
+	}
+	gvConf, err := node.Conflist(runDir, stateDir)
+	if err != nil {
+		return nil, err
+	}
+	gv, err := chainConf(gvConf, cfg.Portmap)
+	if err != nil {
+		return nil, err
+	}
+	ptpConf := []byte(`{"cniVersion": "` + node.CNIVersion + `", "name": "gvb-ptp", "plugins": [
+	  {"type": "ptp", "mtu": 1500, "ipam": {"type": "host-local", "dataDir": "` + filepath.Join(dir, "host-local") + `",
+	   "ranges": [[{"subnet": "10.245.2.0/23"}]], "routes": [{"dst": "0.0.0.0/0"}]}},
+	  {"type": "portmap", "capabilities": {"portMappings": true}}]}`)
+	ptp, err := chainConf(ptpConf, cfg.Portmap)
+	if err != nil {
+		return nil, err
+	}
+	chains := []*cniChain{
+		{name: "grapevine", conf: gv, podPrefix: "g"},
+		{name: "ptp", conf: ptp, podPrefix: "p"},
+	}
+	cni := libcni.NewCNIConfigWithCacheDir(cfg.CNIPath, filepath.Join(dir, "cache"), nil)
+
+	type pod struct {
+		chain *cniChain
+		ns    string
+		rt    *libcni.RuntimeConf
+	}
+	for start := 0; start < cfg.Pods; start += cniBatch {
+		n := min(cniBatch, cfg.Pods-start)
+		var pods []pod
+		for i := start; i < start+n; i++ {
+			for _, c := range abba(chains, i) {
+				role := c.podPrefix + strconv.Itoa(i)
+				name, err := s.addNamespace(ctx, role)
+				if err != nil {
+					return nil, err
+				}
+				p := pod{chain: c, ns: name, rt: runtimeConf(s.name(role), name)}
+				var d time.Duration
+				err = inNamespace(host, func() error {
+					t0 := time.Now()
+					_, err := cni.AddNetworkList(ctx, c.conf, p.rt)
+					d = time.Since(t0)
+					return err
+				})
+				if err != nil {
+					return nil, fmt.Errorf("%s: CNI ADD: %w", c.name, err)
+				}
+				c.add = append(c.add, d)
+				pods = append(pods, p)
+			}
+		}
+		for _, p := range pods {
+			var d time.Duration
+			err := inNamespace(host, func() error {
+				t0 := time.Now()
+				err := cni.DelNetworkList(ctx, p.chain.conf, p.rt)
+				d = time.Since(t0)
+				return err
+			})
+			if err != nil {
+				return nil, fmt.Errorf("%s: CNI DEL: %w", p.chain.name, err)
+			}
+			p.chain.del = append(p.chain.del, d)
+			if err := s.deleteNamespace(ctx, p.ns); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return cniRows(chains[0], chains[1], cfg.Portmap), nil
+}
+
+// abba orders the two chains for pod i: AB, BA, AB, ... so neither always
+// runs first (after the other has warmed the caches).
+func abba(c []*cniChain, i int) []*cniChain {
+	if i%2 == 0 {
+		return []*cniChain{c[0], c[1]}
+	}
+	return []*cniChain{c[1], c[0]}
+}
+
+// chainConf parses a conflist, keeping only its first plugin unless
+// withPortmap.
+func chainConf(conf []byte, withPortmap bool) (*libcni.NetworkConfigList, error) {
+	var list map[string]any
+	if err := json.Unmarshal(conf, &list); err != nil {
+		return nil, fmt.Errorf("conflist: %w", err)
+	}
+	plugins, _ := list["plugins"].([]any)
+	if len(plugins) != 2 {
+		return nil, fmt.Errorf("conflist: want the plugin and portmap, got %d plugins", len(plugins))
+	}
+	if !withPortmap {
+		list["plugins"] = plugins[:1]
+	}
+	data, err := json.Marshal(list)
+	if err != nil {
+		return nil, err
+	}
+	return libcni.ConfListFromBytes(data)
+}
+
+// runtimeConf is what kubelet passes for a pod.
+func runtimeConf(id, netns string) *libcni.RuntimeConf {
+	return &libcni.RuntimeConf{
+		ContainerID: id,
+		NetNS:       nsPath(netns),
+		IfName:      "eth0",
+		Args: [][2]string{
+			{"IgnoreUnknown", "1"},
+			{"K8S_POD_NAMESPACE", "bench"},
+			{"K8S_POD_NAME", id},
+			{"K8S_POD_INFRA_CONTAINER_ID", id},
+		},
+	}
+}
+
+func cniRows(gv, ptp *cniChain, portmap bool) []Row {
+	total := func(c *cniChain) []time.Duration {
+		t := make([]time.Duration, len(c.add))
+		for i := range t {
+			t[i] = c.add[i] + c.del[i]
+		}
+		return t
+	}
+	chain := "bare plugins, no portmap"
+	if portmap {
+		chain = "portmap chained after both"
+	}
+	note := fmt.Sprintf("grapevine-cni+grapevine-ipam vs ptp+host-local through libcni, %s; %d pods each, alternating ABBA in batches of %d", chain, len(gv.add), cniBatch)
+	peer := func(d time.Duration) *Peer { return &Peer{Name: "ptp", Value: millis(d)} }
+	gt, pt := total(gv), total(ptp)
+	return []Row{
+		{ID: "1a", Measure: "CNI ADD+DEL p50", Unit: "ms", Value: millis(percentile(gt, 50)), Samples: len(gt),
+			Peer: peer(percentile(pt, 50)), Target: Target{Kind: AtMostPeer, Limit: 0.75}, Note: note},
+		{ID: "1b", Measure: "CNI ADD+DEL p99", Unit: "ms", Value: millis(percentile(gt, 99)), Samples: len(gt),
+			Peer: peer(percentile(pt, 99)), Target: Target{Kind: AtMostPeer, Limit: 1.0}},
+		{ID: "1c", Measure: "CNI ADD p50", Unit: "ms", Value: millis(percentile(gv.add, 50)), Samples: len(gv.add),
+			Peer: peer(percentile(ptp.add, 50))},
+		{ID: "1d", Measure: "CNI ADD p99", Unit: "ms", Value: millis(percentile(gv.add, 99)), Samples: len(gv.add),
+			Peer: peer(percentile(ptp.add, 99))},
+		{ID: "1e", Measure: "CNI DEL p50", Unit: "ms", Value: millis(percentile(gv.del, 50)), Samples: len(gv.del),
+			Peer: peer(percentile(ptp.del, 50))},
+		{ID: "1f", Measure: "CNI DEL p99", Unit: "ms", Value: millis(percentile(gv.del, 99)), Samples: len(gv.del),
+			Peer: peer(percentile(ptp.del, 99))},
+	}
+}

@@ -1,0 +1,54 @@
+package bench
+
+import (
+	"slices"
+	"time"
+)
+
+// percentile is the nearest-rank percentile p (0-100) of d; zero when empty.
+func percentile(d []time.Duration, p float64) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	s := slices.Clone(d)
+	slices.Sort(s)
+	rank := int(p/100*float64(len(s))+0.9999999) - 1
+	return s[min(max(rank, 0), len(s)-1)]
+}
+
+// median is the median of d: the mean of the middle two for an even count.
+func median(d []time.Duration) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	s := slices.Clone(d)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// medianFloat is median for plain numbers.
+func medianFloat(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func seconds(d time.Duration) float64 { return d.Seconds() }
+func millis(d time.Duration) float64  { return float64(d) / float64(time.Millisecond) }
+
+func durationsIn(d []time.Duration, unit func(time.Duration) float64) []float64 {
+	out := make([]float64, len(d))
+	for i, x := range d {
+		out[i] = unit(x)
+	}
+	return out
+}
