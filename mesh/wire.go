@@ -301,10 +301,14 @@ func (d *decoder) addrPort() netip.AddrPort {
 	if v == nil {
 		return netip.AddrPort{}
 	}
+	port := binary.BigEndian.Uint16(v)
 	if a.IsUnspecified() {
+		if port != 0 {
+			d.fail("addr", "port %d without an address", port)
+		}
 		return netip.AddrPort{}
 	}
-	return netip.AddrPortFrom(a, binary.BigEndian.Uint16(v))
+	return netip.AddrPortFrom(a, port)
 }
 
 // count reads a u16 count and checks that count items of at least minLen

@@ -1,0 +1,173 @@
+package mesh
+
+import (
+	"bytes"
+	"errors"
+	"net/netip"
+	"testing"
+	"time"
+)
+
+var testRules = Rules{Pool: netip.MustParsePrefix("10.244.0.0/16"), BlockBits: 23}
+
+func testMeta() Meta {
+	return Meta{
+		HostIP:    netip.MustParseAddr("172.16.254.113"),
+		Pool:      testRules.Pool,
+		BlockBits: 23,
+		Block:     netip.MustParsePrefix("10.244.24.0/23"),
+		Since:     time.UnixMilli(1_700_000_000_123),
+		Gen:       7,
+	}
+}
+
+func mustEncode(t testing.TB, m Meta) []byte {
+	t.Helper()
+	b, err := m.AppendBinary(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestMetaRoundTrip(t *testing.T) {
+	for name, m := range map[string]Meta{
+		"with block": testMeta(),
+		"no block":   {HostIP: netip.MustParseAddr("172.16.254.113"), Pool: testRules.Pool, BlockBits: 23, Gen: 3},
+	} {
+		t.Run(name, func(t *testing.T) {
+			b := mustEncode(t, m)
+			if len(b) != metaLen {
+				t.Fatalf("encoded %d bytes, want %d", len(b), metaLen)
+			}
+			got, err := DecodeMeta(b, testRules, m.HostIP)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != m {
+				t.Fatalf("round trip: got %+v, want %+v", got, m)
+			}
+		})
+	}
+}
+
+func TestDecodeMetaRejects(t *testing.T) {
+	good := mustEncode(t, testMeta())
+	from := testMeta().HostIP
+	edit := func(f func(m *Meta)) []byte {
+		m := testMeta()
+		f(&m)
+		b, err := m.AppendBinary(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	patch := func(off int, v ...byte) []byte {
+		b := bytes.Clone(good)
+		copy(b[off:], v)
+		return b
+	}
+	for _, tc := range []struct {
+		name   string
+		b      []byte
+		rules  Rules
+		from   netip.Addr
+		reason string
+	}{
+		{"empty", nil, testRules, from, "empty"},
+		{"future version", patch(0, 2), testRules, from, "version"},
+		{"short", good[:metaLen-1], testRules, from, "length"},
+		{"long", append(bytes.Clone(good), 0), testRules, from, "length"},
+		{"unknown flag", patch(1, 0x81), testRules, from, "flags"},
+		{"other pool", edit(func(m *Meta) { m.Pool = netip.MustParsePrefix("10.96.0.0/16"); m.Block = netip.MustParsePrefix("10.96.0.0/23") }), testRules, from, "pool_mismatch"},
+		{"other block size", edit(func(m *Meta) { m.BlockBits = 24; m.Block = netip.MustParsePrefix("10.244.24.0/24") }), testRules, from, "pool_mismatch"},
+		{"pool bits > 32", patch(10, 40), testRules, from, "pool"},
+		{"block outside pool", patch(12, 10, 245, 0, 0), testRules, from, "block_outside_pool"},
+		{"block not masked", patch(12, 10, 244, 25, 0), testRules, from, "block_unmasked"},
+		{"block without since", patch(16, 0, 0, 0, 0, 0, 0, 0, 0), testRules, from, "since"},
+		{"negative since", patch(16, 0xff), testRules, from, "since"},
+		{"block fields without block", patch(1, 0), testRules, from, "block"},
+		{"loopback host", edit(func(m *Meta) { m.HostIP = netip.MustParseAddr("127.0.0.1") }), testRules, netip.MustParseAddr("127.0.0.1"), "host_ip"},
+		{"multicast host", edit(func(m *Meta) { m.HostIP = netip.MustParseAddr("224.0.0.1") }), testRules, netip.MustParseAddr("224.0.0.1"), "host_ip"},
+		{"broadcast host", edit(func(m *Meta) { m.HostIP = netip.MustParseAddr("255.255.255.255") }), testRules, netip.MustParseAddr("255.255.255.255"), "host_ip"},
+		{"unspecified host", edit(func(m *Meta) { m.HostIP = netip.IPv4Unspecified() }), testRules, netip.IPv4Unspecified(), "host_ip"},
+		{"foreign host", good, testRules, netip.MustParseAddr("172.16.254.1"), "foreign_host_ip"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := DecodeMeta(tc.b, tc.rules, tc.from)
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			var re *RejectError
+			if !errors.As(err, &re) || re.Reason != tc.reason {
+				t.Fatalf("got %v, want reason %q", err, tc.reason)
+			}
+		})
+	}
+	allow := testRules
+	allow.AllowForeignHostIP = true
+	if _, err := DecodeMeta(good, allow, netip.MustParseAddr("172.16.254.1")); err != nil {
+		t.Fatalf("foreign host IP with AllowForeignHostIP: %v", err)
+	}
+}
+
+func TestMetaWellUnderMemberlistLimit(t *testing.T) {
+	// memberlist panics above 512 bytes; stay far below for future fields.
+	if n := len(mustEncode(t, testMeta())); n > 64 {
+		t.Fatalf("metadata is %d bytes", n)
+	}
+}
+
+func BenchmarkMetaCodec(b *testing.B) {
+	m := testMeta()
+	buf := make([]byte, 0, metaLen)
+	for b.Loop() {
+		enc, err := m.AppendBinary(buf[:0])
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := DecodeMeta(enc, testRules, m.HostIP); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// FuzzDecodeMeta feeds arbitrary metadata to the decoder: it must never
+// panic, and anything it accepts must be valid and re-encode to the same
+// bytes.
+func FuzzDecodeMeta(f *testing.F) {
+	f.Add(mustEncode(f, testMeta()))
+	noBlock := testMeta()
+	noBlock.Block, noBlock.Since = netip.Prefix{}, time.Time{}
+	f.Add(mustEncode(f, noBlock))
+	f.Add([]byte{})
+	f.Add([]byte{1})
+	f.Add(bytes.Repeat([]byte{0xff}, metaLen))
+	from := testMeta().HostIP
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := DecodeMeta(b, testRules, from)
+		if err != nil {
+			var re *RejectError
+			if !errors.As(err, &re) || re.Reason == "" {
+				t.Fatalf("error without a reason: %v", err)
+			}
+			return
+		}
+		if m.Block.IsValid() {
+			if err := testRules.checkBlock(m.Block); err != nil {
+				t.Fatalf("accepted invalid block: %v", err)
+			}
+		}
+		if err := testRules.checkHostIP(m.HostIP, from); err != nil {
+			t.Fatalf("accepted invalid host IP: %v", err)
+		}
+		again, err := m.AppendBinary(nil)
+		if err != nil {
+			t.Fatalf("accepted value does not encode: %v", err)
+		}
+		if !bytes.Equal(again, b) {
+			t.Fatalf("re-encoding differs:\n got %x\nwant %x", again, b)
+		}
+	})
+}
