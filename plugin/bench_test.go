@@ -31,7 +31,7 @@ func BenchmarkAddDel(b *testing.B) {
 	if err := os.Symlink(filepath.Join(cniBinDir, ipam.Type), filepath.Join(execDir, "gv-ipam-exec")); err != nil {
 		b.Fatal(err)
 	}
-	l.cni = libcni.NewCNIConfigWithCacheDir([]string{cniBinDir, execDir}, l.cacheDir, nil)
+	l.cni = newCNIConfig([]string{cniBinDir, execDir}, l.cacheDir)
 	candidates := []struct {
 		name string
 		list *libcni.NetworkConfigList

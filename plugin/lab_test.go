@@ -15,8 +15,10 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 
@@ -157,7 +159,7 @@ func newLab(t testing.TB) *lab {
 		cacheDir: filepath.Join(dir, "cache"),
 		network:  "grapevine",
 	}
-	l.cni = libcni.NewCNIConfigWithCacheDir([]string{cniBinDir}, l.cacheDir, nil)
+	l.cni = newCNIConfig([]string{cniBinDir}, l.cacheDir)
 	// The host's uplink with the host address and the default route.
 	// Proxy ARP answers for 169.254.1.1 only because the host has a route to
 	// it through another interface than the pod's veth.
@@ -174,6 +176,13 @@ func newLab(t testing.TB) *lab {
 	})
 	l.writeNodeState("10.244.1.0/24", 1450)
 	return l
+}
+
+// newCNIConfig is a libcni client safe for concurrent use: without an
+// explicit Exec, libcni creates one lazily on first use, racing with itself.
+func newCNIConfig(path []string, cacheDir string) *libcni.CNIConfig {
+	exec := &invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: os.Stderr}, PluginDecoder: version.PluginDecoder{}}
+	return libcni.NewCNIConfigWithCacheDir(path, cacheDir, exec)
 }
 
 // addLoopedLink adds a veth pair name/name+"p" in the current namespace, both
