@@ -80,7 +80,10 @@ func TestDecodeMetaRejects(t *testing.T) {
 		{"short", good[:metaLen-1], testRules, from, "length"},
 		{"long", append(bytes.Clone(good), 0), testRules, from, "length"},
 		{"unknown flag", patch(1, 0x81), testRules, from, "flags"},
-		{"other pool", edit(func(m *Meta) { m.Pool = netip.MustParsePrefix("10.96.0.0/16"); m.Block = netip.MustParsePrefix("10.96.0.0/23") }), testRules, from, "pool_mismatch"},
+		{"other pool", edit(func(m *Meta) {
+			m.Pool = netip.MustParsePrefix("10.96.0.0/16")
+			m.Block = netip.MustParsePrefix("10.96.0.0/23")
+		}), testRules, from, "pool_mismatch"},
 		{"other block size", edit(func(m *Meta) { m.BlockBits = 24; m.Block = netip.MustParsePrefix("10.244.24.0/24") }), testRules, from, "pool_mismatch"},
 		{"pool bits > 32", patch(10, 40), testRules, from, "pool"},
 		{"block outside pool", patch(12, 10, 245, 0, 0), testRules, from, "block_outside_pool"},

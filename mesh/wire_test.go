@@ -77,7 +77,7 @@ func TestMessageRoundTrip(t *testing.T) {
 		b    []byte
 		want message
 	}{
-		"records": {encodeRecords([]Record{r, dead}), message{Records: []Record{r, dead}}},
+		"records":    {encodeRecords([]Record{r, dead}), message{Records: []Record{r, dead}}},
 		"no records": {encodeRecords(nil), message{Records: []Record{}}},
 		"request": {
 			voteRequest{ID: 9, Claimant: "node-a", From: netip.MustParseAddrPort("172.16.254.113:7962"), Block: r.Block, Electorate: []string{"node-a", "node-b"}}.encode(),
