@@ -13,7 +13,8 @@ CNI_BIN       := $(BIN)/cni
 CNI_PLUGINS   := github.com/containernetworking/plugins
 CNI_PLUGINS_VERSION := v1.10.0
 REFERENCE_PLUGINS := meta/portmap main/loopback main/ptp ipam/host-local
-GO_BUILD      := CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w"
+VERSION       ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+GO_BUILD      := CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)"
 IMAGE         ?= grapevine:dev
 TEST_TIMEOUT  ?= 12m
 
@@ -64,7 +65,7 @@ dist:
 	$(GO_BUILD) -o dist/ ./cmd/...
 
 image:
-	docker build -t $(IMAGE) .
+	docker build --build-arg VERSION=$(VERSION) -t $(IMAGE) .
 
 clean:
 	rm -rf bin dist

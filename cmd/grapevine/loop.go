@@ -31,11 +31,15 @@ type agent struct {
 	kernel   node.Kernel
 	rec      *node.Reconciler
 
-	// synced turns true at the first View in which the mesh is ready. Until
+	// synced turns true once the mesh is ready (see mayReconcile). Until
 	// then the agent leaves the kernel and the hand-off files as the previous
 	// run left them: a restarting agent must not withdraw routes or tell the
 	// plugin "not ready" just because it has not heard from its peers yet.
 	synced bool
+	// inheritedPeerRoutes counts the peer routes a previous run left in the
+	// kernel, and started is when this run began: see mayReconcile.
+	inheritedPeerRoutes int
+	started             time.Time
 
 	mu       sync.Mutex
 	status   statusReport
@@ -71,13 +75,17 @@ func (a *agent) run(ctx context.Context) error {
 	}
 	defer servers.Wait()
 
-	meshDone := make(chan error, 1)
-	go func() { meshDone <- a.mesh.Run(ctx) }()
 	if a.opts.JoinKubernetes {
 		if err := a.joinKubernetes(ctx); err != nil {
 			return err
 		}
 	}
+	meshDone := make(chan error, 1)
+	go func() { meshDone <- a.mesh.Run(ctx) }()
+
+	a.started = time.Now()
+	a.inheritedPeerRoutes = a.countPeerRoutes()
+	graceOver := time.After(restartGrace)
 
 	routeChanged := node.WatchRoutes(ctx)
 	resync := time.NewTicker(a.opts.ResyncInterval)
@@ -108,6 +116,7 @@ func (a *agent) run(ctx context.Context) error {
 		case <-a.mesh.Changed():
 		case <-routeChanged:
 		case <-resync.C:
+		case <-graceOver:
 		}
 	}
 }
@@ -116,7 +125,7 @@ func (a *agent) run(ctx context.Context) error {
 // current View and records the outcome for status and readiness.
 func (a *agent) reconcile(ctx context.Context) {
 	v := a.mesh.View()
-	if !a.synced && !v.Ready {
+	if !a.synced && !a.mayReconcile(v) {
 		a.setStatus(buildStatus(v, node.Result{}, false, v.Reason))
 		return
 	}
@@ -133,6 +142,42 @@ func (a *agent) reconcile(ctx context.Context) {
 		ready, reason = false, err.Error()
 	}
 	a.setStatus(buildStatus(v, res, ready, reason))
+}
+
+// restartGrace is how long a restarted agent that finds peer routes in the
+// kernel but no members in the mesh waits before it believes it is alone.
+const restartGrace = 15 * time.Second
+
+// mayReconcile decides when this run may first change the kernel: once the
+// mesh is ready and, if a previous run left peer routes behind, once it has
+// found a member or restartGrace has passed. Without the second condition a
+// restarted seed node whose peers have not re-joined it yet would see itself
+// alone, ready, and withdraw every peer route for seconds.
+func (a *agent) mayReconcile(v mesh.View) bool {
+	if !v.Ready {
+		return false
+	}
+	return len(v.Members) > 0 || a.inheritedPeerRoutes == 0 || time.Since(a.started) >= restartGrace
+}
+
+// countPeerRoutes counts the unicast routes carrying Grapevine's protocol,
+// i.e. peer routes a previous run installed.
+func (a *agent) countPeerRoutes() int {
+	routes, err := a.kernel.Routes()
+	if err != nil {
+		a.log.Warn("cannot list routes left by a previous run", "err", err)
+		return 0
+	}
+	n := 0
+	for _, r := range routes {
+		if !r.Blackhole {
+			n++
+		}
+	}
+	if n > 0 {
+		a.log.Info("found peer routes of a previous run; keeping them until the mesh has peers", "routes", n, "grace", restartGrace)
+	}
+	return n
 }
 
 // handoff writes node.json and the conflist while this node holds a block,

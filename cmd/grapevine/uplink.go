@@ -15,19 +15,27 @@ type uplink struct {
 	MTU  int
 }
 
-// resolveUplink fills in the interface (default: the one the IPv4 default
-// route leaves through) and the host address (default: the interface's first
+// resolveUplink fills in the interface (default: the one holding the host
+// address if that is given, else the one the IPv4 default route leaves
+// through) and the host address (default: the interface's first
 // global IPv4 address). Given both, it still checks that the address is on
 // the interface, because peers will use it as their next hop.
 func resolveUplink(name string, addr netip.Addr) (uplink, error) {
 	var link netlink.Link
 	var err error
-	if name == "" {
+	switch {
+	case name != "":
+		if link, err = netlink.LinkByName(name); err != nil {
+			return uplink{}, fmt.Errorf("--iface %s: %w", name, err)
+		}
+	case addr.IsValid():
+		if link, err = linkWithAddr(addr); err != nil {
+			return uplink{}, err
+		}
+	default:
 		if link, err = defaultRouteLink(); err != nil {
 			return uplink{}, err
 		}
-	} else if link, err = netlink.LinkByName(name); err != nil {
-		return uplink{}, fmt.Errorf("--iface %s: %w", name, err)
 	}
 	attrs := link.Attrs()
 	addrs, err := netlink.AddrList(link, netlink.FAMILY_V4)
@@ -76,4 +84,24 @@ func defaultRouteLink() (netlink.Link, error) {
 func maskBits(m net.IPMask) int {
 	ones, _ := m.Size()
 	return ones
+}
+
+// linkWithAddr finds the interface that holds addr, so that a host whose
+// peer-facing address is not on its default route's interface needs only
+// --host-ip (in Kubernetes: the node's InternalIP).
+func linkWithAddr(addr netip.Addr) (netlink.Link, error) {
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return nil, fmt.Errorf("list addresses: %w", err)
+	}
+	for _, a := range addrs {
+		if ip, ok := netip.AddrFromSlice(a.IP.To4()); ok && ip == addr {
+			link, err := netlink.LinkByIndex(a.LinkIndex)
+			if err != nil {
+				return nil, fmt.Errorf("interface of %s: %w", addr, err)
+			}
+			return link, nil
+		}
+	}
+	return nil, fmt.Errorf("--host-ip %s is not an address of this host; set --iface and --host-ip to match", addr)
 }
