@@ -41,9 +41,11 @@ func TestRestart(t *testing.T) {
 	stopWatch := watchRoutesKept(t, h2, kept)
 	s := startStream(conn)
 
+	stopping := time.Now()
 	if err := h2.StopAgent(ctx); err != nil {
 		t.Fatal(err)
 	}
+	stopped := time.Since(stopping)
 	if err := h2.StartAgent(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -74,8 +76,8 @@ func TestRestart(t *testing.T) {
 	for _, f := range flushed {
 		t.Errorf("h2 lost a route while its agent restarted: %s", f)
 	}
-	t.Logf("restart: mesh whole again %v after the new agent started; stream of %d round trips survived, longest stall %v; %d watched routes never left h2's kernel",
-		meshBack.Round(time.Millisecond), total, maxGap.Round(time.Millisecond), len(kept.peers)+len(kept.blackholes)+len(kept.pods))
+	t.Logf("restart: agent left and exited %v after SIGTERM; mesh whole again %v after the new agent started; stream of %d round trips survived, longest stall %v; %d watched routes never left h2's kernel",
+		stopped.Round(time.Millisecond), meshBack.Round(time.Millisecond), total, maxGap.Round(time.Millisecond), len(kept.peers)+len(kept.blackholes)+len(kept.pods))
 }
 
 // stream sends numbered lines over an echo connection until stopped.

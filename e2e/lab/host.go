@@ -35,9 +35,10 @@ type Host struct {
 
 	lab *Lab
 
-	mu    sync.Mutex
-	agent *agentProc
-	pods  int // pods created so far, for naming
+	mu        sync.Mutex
+	agent     *agentProc
+	lastAgent *agentProc // the agent last stopped, for its exit status
+	pods      int        // pods created so far, for naming
 }
 
 type agentProc struct {
@@ -154,9 +155,19 @@ func (h *Host) AgentRunning() bool {
 }
 
 // StopAgent sends SIGTERM (the agent leaves the cluster gracefully) and waits
-// for the agent to exit.
+// for the agent to exit. An agent that exits with an error on SIGTERM is an
+// error too.
 func (h *Host) StopAgent(ctx context.Context) error {
-	return h.signalAgent(ctx, syscall.SIGTERM)
+	if err := h.signalAgent(ctx, syscall.SIGTERM); err != nil {
+		return err
+	}
+	h.mu.Lock()
+	p := h.lastAgent
+	h.mu.Unlock()
+	if p != nil && p.err != nil {
+		return fmt.Errorf("host %s: agent exited badly on SIGTERM: %w (see %s)", h.Name, p.err, h.LogPath())
+	}
+	return nil
 }
 
 // KillAgent sends SIGKILL, as a crash would, and reaps the agent. No agent
@@ -171,6 +182,9 @@ func (h *Host) signalAgent(ctx context.Context, sig syscall.Signal) error {
 	h.mu.Lock()
 	p := h.agent
 	h.agent = nil
+	if p != nil {
+		h.lastAgent = p
+	}
 	h.mu.Unlock()
 	if p == nil {
 		return nil
