@@ -117,6 +117,9 @@ func MeasureCNI(ctx context.Context, cfg CNIConfig) (_ []Row, err error) {
 	}
 	for start := 0; start < cfg.Pods; start += cniBatch {
 		n := min(cniBatch, cfg.Pods-start)
+		// The pod namespaces are made before and removed after the timed
+		// calls: the kernel tears a namespace down asynchronously, under
+		// locks the plugins need, and would land on whichever call came next.
 		var pods []pod
 		for i := start; i < start+n; i++ {
 			for _, c := range abba(chains, i) {
@@ -125,20 +128,21 @@ func MeasureCNI(ctx context.Context, cfg CNIConfig) (_ []Row, err error) {
 				if err != nil {
 					return nil, err
 				}
-				p := pod{chain: c, ns: name, rt: runtimeConf(s.name(role), name)}
-				var d time.Duration
-				err = inNamespace(host, func() error {
-					t0 := time.Now()
-					_, err := cni.AddNetworkList(ctx, c.conf, p.rt)
-					d = time.Since(t0)
-					return err
-				})
-				if err != nil {
-					return nil, fmt.Errorf("%s: CNI ADD: %w", c.name, err)
-				}
-				c.add = append(c.add, d)
-				pods = append(pods, p)
+				pods = append(pods, pod{chain: c, ns: name, rt: runtimeConf(s.name(role), name)})
 			}
+		}
+		for _, p := range pods {
+			var d time.Duration
+			err := inNamespace(host, func() error {
+				t0 := time.Now()
+				_, err := cni.AddNetworkList(ctx, p.chain.conf, p.rt)
+				d = time.Since(t0)
+				return err
+			})
+			if err != nil {
+				return nil, fmt.Errorf("%s: CNI ADD: %w", p.chain.name, err)
+			}
+			p.chain.add = append(p.chain.add, d)
 		}
 		for _, p := range pods {
 			var d time.Duration
@@ -152,9 +156,16 @@ func MeasureCNI(ctx context.Context, cfg CNIConfig) (_ []Row, err error) {
 				return nil, fmt.Errorf("%s: CNI DEL: %w", p.chain.name, err)
 			}
 			p.chain.del = append(p.chain.del, d)
+		}
+		for _, p := range pods {
 			if err := s.deleteNamespace(ctx, p.ns); err != nil {
 				return nil, err
 			}
+		}
+		// Let the kernel finish tearing those namespaces down before the
+		// next batch is timed.
+		if err := settle(ctx, 2*time.Second); err != nil {
+			return nil, err
 		}
 	}
 	return cniRows(chains[0], chains[1], cfg.Portmap), nil

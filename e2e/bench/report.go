@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -223,4 +224,9 @@ func LoadAverage() float64 {
 	}
 	v, _ := strconv.ParseFloat(f[0], 64)
 	return v
+}
+
+// SortRows orders the rows by id.
+func (rep *Report) SortRows() {
+	slices.SortStableFunc(rep.Rows, func(a, b Row) int { return strings.Compare(a.ID, b.ID) })
 }

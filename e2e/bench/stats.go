@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"context"
 	"slices"
 	"time"
 )
@@ -51,4 +52,16 @@ func durationsIn(d []time.Duration, unit func(time.Duration) float64) []float64 
 		out[i] = unit(x)
 	}
 	return out
+}
+
+// settle waits d or until ctx ends.
+func settle(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
 }

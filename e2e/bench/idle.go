@@ -1,0 +1,137 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/grapevine-net/grapevine/e2e/lab"
+)
+
+// clockTicks is USER_HZ, the unit of utime and stime in /proc/<pid>/stat;
+// Linux fixes it at 100 on every architecture Grapevine runs on.
+const clockTicks = 100
+
+// measureIdle samples the agents of hosts over window while nothing
+// happens: resident memory at the end, CPU time spent during it.
+func measureIdle(ctx context.Context, hosts []*lab.Host, window time.Duration) ([]Row, error) {
+	// Let the last join's gossip die down first.
+	if err := settle(ctx, 5*time.Second); err != nil {
+		return nil, err
+	}
+	pids := make([]int, len(hosts))
+	before := make([]uint64, len(hosts))
+	for i, h := range hosts {
+		pid, err := agentPID(h.Namespace.Name)
+		if err != nil {
+			return nil, err
+		}
+		pids[i] = pid
+		if before[i], err = cpuTicks(pid); err != nil {
+			return nil, err
+		}
+	}
+	t0 := time.Now()
+	if err := settle(ctx, window); err != nil {
+		return nil, err
+	}
+	elapsed := time.Since(t0)
+	var cpu, rss []float64
+	for i, pid := range pids {
+		after, err := cpuTicks(pid)
+		if err != nil {
+			return nil, err
+		}
+		cpu = append(cpu, 100*float64(after-before[i])/clockTicks/elapsed.Seconds())
+		kb, err := residentKB(pid)
+		if err != nil {
+			return nil, err
+		}
+		rss = append(rss, float64(kb)/1024)
+	}
+	return []Row{
+		{ID: "8a", Measure: "agent resident memory, idle (worst of 5)", Unit: "MB", Value: slices.Max(rss), Samples: len(rss),
+			Peer:   &Peer{Name: "flanneld", Value: 40, Published: true},
+			Target: Target{Kind: AtMost, Limit: 30},
+			Note:   fmt.Sprintf("VmRSS of each agent %s MB; flanneld also needs etcd, 34 MB (published)", formatAll(rss))},
+		{ID: "8b", Measure: "agent CPU, idle (worst of 5)", Unit: "%", Value: slices.Max(cpu), Samples: len(cpu),
+			Target: Target{Kind: AtMost, Limit: 1},
+			Note:   fmt.Sprintf("utime+stime over %v, %% of one core, each agent %s", elapsed.Round(time.Second), formatAll(cpu))},
+	}, nil
+}
+
+func formatAll(v []float64) string {
+	s := make([]string, len(v))
+	for i, x := range v {
+		s[i] = strconv.FormatFloat(x, 'g', 3, 64)
+	}
+	return strings.Join(s, ", ")
+}
+
+// agentPID finds the grapevine process inside the named namespace.
+func agentPID(namespace string) (int, error) {
+	var want syscall.Stat_t
+	if err := syscall.Stat(nsPath(namespace), &want); err != nil {
+		return 0, fmt.Errorf("namespace %s: %w", namespace, err)
+	}
+	dirs, err := filepath.Glob("/proc/[0-9]*")
+	if err != nil {
+		return 0, err
+	}
+	for _, d := range dirs {
+		var st syscall.Stat_t
+		if syscall.Stat(filepath.Join(d, "ns", "net"), &st) != nil || st.Ino != want.Ino || st.Dev != want.Dev {
+			continue
+		}
+		comm, err := os.ReadFile(filepath.Join(d, "comm"))
+		if err != nil || strings.TrimSpace(string(comm)) != "grapevine" {
+			continue
+		}
+		return strconv.Atoi(filepath.Base(d))
+	}
+	return 0, fmt.Errorf("no grapevine process in namespace %s", namespace)
+}
+
+// cpuTicks is the process's utime+stime in clock ticks.
+func cpuTicks(pid int) (uint64, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// Fields after the command name, which may hold spaces, count from
+	// its closing parenthesis: utime and stime are fields 14 and 15.
+	rest := string(data)
+	if i := strings.LastIndexByte(rest, ')'); i >= 0 {
+		rest = rest[i+1:]
+	}
+	f := strings.Fields(rest)
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: too few fields", pid)
+	}
+	utime, err1 := strconv.ParseUint(f[11], 10, 64)
+	stime, err2 := strconv.ParseUint(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: bad utime or stime", pid)
+	}
+	return utime + stime, nil
+}
+
+// residentKB is the process's VmRSS.
+func residentKB(pid int) (int, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.Lines(string(data)) {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			return strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
+		}
+	}
+	return 0, fmt.Errorf("/proc/%d/status: no VmRSS", pid)
+}

@@ -1,0 +1,228 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/grapevine-net/grapevine/e2e/lab"
+)
+
+// LabConfig configures the measurements in a lab of hosts running the real
+// agent.
+type LabConfig struct {
+	BinDir  string
+	CNIPath []string
+	// JoinTrials is how many new hosts join (and how many times a known
+	// host rejoins); each leaves after its join. CrashTrials is how many
+	// crashes are timed; each takes the default failure detection time.
+	JoinTrials, CrashTrials int
+	// IdleWindow is how long idle CPU use is measured over.
+	IdleWindow time.Duration
+	// IperfDuration is each iperf3 run; IperfRounds how many runs of each
+	// path alternate.
+	IperfDuration time.Duration
+	IperfRounds   int
+	Logger        *slog.Logger
+}
+
+// peerHosts is how many hosts run throughout; one more joins and leaves.
+const peerHosts = 4
+
+// Timeouts for one convergence event: generous, since a miss by far should
+// still yield a figure rather than an error.
+const (
+	joinTimeout  = 30 * time.Second
+	crashTimeout = 60 * time.Second
+	// quiet is the pause between one timed event and the next, so each
+	// starts from a cluster at rest.
+	quiet = 2 * time.Second
+)
+
+// MeasureLab builds a lab of peerHosts hosts with agents and times, as seen
+// in their routing tables: new hosts and a known host joining, leaving
+// gracefully, and crashing. Then, with all five hosts up, it measures the
+// agents' idle memory and CPU, and pod-to-pod TCP throughput and round trip
+// time beside host-to-host.
+func MeasureLab(ctx context.Context, cfg LabConfig) (_ []Row, err error) {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	l, err := lab.New(ctx, lab.Config{Hosts: peerHosts, BinDir: cfg.BinDir, CNIPath: cfg.CNIPath, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	defer func() { err = errors.Join(err, l.Close(context.WithoutCancel(ctx))) }()
+	peers := l.Hosts()
+	if err := l.StartAgents(ctx); err != nil {
+		return nil, err
+	}
+	meshCtx, cancel := context.WithTimeout(ctx, time.Minute)
+	_, err = lab.WaitMesh(meshCtx, peers)
+	cancel()
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, h := range peers {
+		names = append(names, h.Namespace.Name)
+	}
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	w, err := watchRoutes(watchCtx, names)
+	if err != nil {
+		return nil, err
+	}
+	b := &labBench{lab: l, watch: w, log: log}
+
+	var joinNew, joinKnown, leave, crash []time.Duration
+	var last *lab.Host
+	for i := range cfg.JoinTrials {
+		h, err := l.AddHost(ctx)
+		if err != nil {
+			return nil, err
+		}
+		last = h
+		// New, leave, known, leave: each host joins once with an empty
+		// state directory and once with its block on disk.
+		for _, known := range []bool{false, true} {
+			d, err := b.join(ctx, h)
+			if err != nil {
+				return nil, err
+			}
+			if known {
+				joinKnown = append(joinKnown, d)
+			} else {
+				joinNew = append(joinNew, d)
+			}
+			if d, err = b.leave(ctx, h); err != nil {
+				return nil, err
+			}
+			leave = append(leave, d)
+		}
+		log.Info("join and leave", "trial", i+1, "new", joinNew[i], "known", joinKnown[i], "leave", leave[2*i:])
+	}
+	if last == nil {
+		return nil, errors.New("no join trials")
+	}
+	for i := range cfg.CrashTrials {
+		if _, err := b.join(ctx, last); err != nil {
+			return nil, err
+		}
+		d, err := b.crash(ctx, last)
+		if err != nil {
+			return nil, err
+		}
+		crash = append(crash, d)
+		log.Info("crash", "trial", i+1, "withdrawn after", d)
+	}
+	rows := convergenceRows(joinNew, joinKnown, leave, crash)
+
+	// Five hosts up for the idle and data path measurements.
+	if _, err := b.join(ctx, last); err != nil {
+		return rows, err
+	}
+	idle, err := measureIdle(ctx, append(peers, last), cfg.IdleWindow)
+	if err != nil {
+		return rows, err
+	}
+	rows = append(rows, idle...)
+	path, err := measureDataPath(ctx, peers[0], peers[1], cfg.IperfDuration, cfg.IperfRounds, log)
+	if err != nil {
+		return rows, err
+	}
+	return append(rows, path...), nil
+}
+
+// labBench times events in a running lab through the peers' route tables.
+type labBench struct {
+	lab   *lab.Lab
+	watch *routeWatch
+	log   *slog.Logger
+}
+
+// join starts h's agent and returns how long until every peer routes a
+// block to it.
+func (b *labBench) join(ctx context.Context, h *lab.Host) (time.Duration, error) {
+	e := b.watch.expect(fmt.Sprintf("every peer routes to %s (%s)", h.Name, h.IP), routesVia(h.IP))
+	t0 := time.Now()
+	if err := h.StartAgent(ctx); err != nil {
+		return 0, err
+	}
+	at, err := b.watch.wait(ctx, e, joinTimeout)
+	if err != nil {
+		return 0, fmt.Errorf("join: %w\nagent log of %s:\n%s", err, h.Name, h.LogTail(20))
+	}
+	return at.Sub(t0), settle(ctx, quiet)
+}
+
+// leave stops h's agent with SIGTERM and returns how long until every peer
+// has withdrawn the route to it.
+func (b *labBench) leave(ctx context.Context, h *lab.Host) (time.Duration, error) {
+	e := b.watch.expect(fmt.Sprintf("no peer routes to %s (%s) after SIGTERM", h.Name, h.IP), noRouteVia(h.IP))
+	t0 := time.Now()
+	if err := h.StopAgent(ctx); err != nil {
+		return 0, err
+	}
+	at, err := b.watch.wait(ctx, e, joinTimeout)
+	if err != nil {
+		return 0, fmt.Errorf("leave: %w", err)
+	}
+	return at.Sub(t0), settle(ctx, quiet)
+}
+
+// crash pulls h's cable and kills its agent, and returns how long until
+// every peer has withdrawn the route to it. The cable goes back in
+// afterwards.
+func (b *labBench) crash(ctx context.Context, h *lab.Host) (d time.Duration, err error) {
+	e := b.watch.expect(fmt.Sprintf("no peer routes to %s (%s) after kill -9 and link cut", h.Name, h.IP), noRouteVia(h.IP))
+	t0 := time.Now()
+	if err := h.CutLink(ctx); err != nil {
+		return 0, err
+	}
+	defer func() { err = errors.Join(err, h.RestoreLink(context.WithoutCancel(ctx))) }()
+	if err := h.KillAgent(); err != nil {
+		return 0, err
+	}
+	at, err := b.watch.wait(ctx, e, crashTimeout)
+	if err != nil {
+		return 0, fmt.Errorf("crash: %w", err)
+	}
+	return at.Sub(t0), settle(ctx, quiet)
+}
+
+func convergenceRows(joinNew, joinKnown, leave, crash []time.Duration) []Row {
+	flannel := func(text string) *Peer {
+		return &Peer{Name: "flannel+etcd", Value: 0.16, Published: true, Text: text}
+	}
+	return []Row{
+		{ID: "2a", Measure: "join, new host: all 4 peers route its block", Unit: "s",
+			Value: seconds(median(joinNew)), Samples: len(joinNew), Peer: flannel(""),
+			Target: Target{Kind: AtMost, Limit: 0.3},
+			Note:   fmt.Sprintf("median from starting the agent until the last peer's kernel reported the route; all trials %v", roundAll(joinNew))},
+		{ID: "2b", Measure: "join, known host (block on disk)", Unit: "s",
+			Value: seconds(median(joinKnown)), Samples: len(joinKnown), Peer: flannel(""),
+			Target: Target{Kind: AtMost, Limit: 0.15},
+			Note:   fmt.Sprintf("all trials %v", roundAll(joinKnown))},
+		{ID: "3", Measure: "graceful leave (SIGTERM) until all peers withdrew", Unit: "s",
+			Value: seconds(median(leave)), Samples: len(leave), Peer: flannel("never"),
+			Target: Target{Kind: AtMost, Limit: 0.5},
+			Note:   fmt.Sprintf("all trials %v", roundAll(leave))},
+		{ID: "4", Measure: "crash (kill -9, link cut) until all peers withdrew", Unit: "s",
+			Value: seconds(median(crash)), Samples: len(crash),
+			Peer:   &Peer{Name: "flannel", Text: "never; BGP hold 90-240 s", Published: true},
+			Target: Target{Kind: AtMost, Limit: 6},
+			Note:   fmt.Sprintf("default timers; all trials %v", roundAll(crash))},
+	}
+}
+
+func roundAll(d []time.Duration) []time.Duration {
+	out := make([]time.Duration, len(d))
+	for i, x := range d {
+		out[i] = x.Round(time.Millisecond)
+	}
+	return out
+}

@@ -1,0 +1,188 @@
+// Command bench runs Grapevine's benchmarks and prints one table in which
+// every figure stands beside its peer: the reference CNI plugins measured in
+// the same run, the bare host path, or a published anchor. It writes the
+// same figures as JSON. It needs root (network namespaces) and the binaries
+// `make build cni-plugins` puts in bin/; `make bench` runs it.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/grapevine-net/grapevine/e2e/bench"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	var (
+		binDir      = flag.String("bin-dir", envOr("GRAPEVINE_BIN_DIR", "bin"), "directory with the grapevine binary")
+		cniDir      = flag.String("cni-dir", envOr("GRAPEVINE_CNI_PATH", "bin/cni"), "directory with grapevine-cni, grapevine-ipam, ptp, host-local and portmap")
+		out         = flag.String("o", "bench-results.json", "where to write the figures as JSON")
+		only        = flag.String("only", "", "comma-separated measurements to run (cni,routes,mesh,lab); empty: all")
+		pods        = flag.Int("pods", 200, "pods per CNI chain")
+		portmap     = flag.Bool("portmap", false, "chain portmap after both CNI plugins")
+		joinTrials  = flag.Int("join-trials", 5, "trials of each join and leave")
+		crashTrials = flag.Int("crash-trials", 3, "crash trials")
+		idle        = flag.Duration("idle", 30*time.Second, "window over which idle CPU is measured")
+		iperf       = flag.Duration("iperf", 10*time.Second, "duration of each iperf3 run")
+		iperfRounds = flag.Int("iperf-rounds", 2, "iperf3 runs of each path, alternating")
+		meshNodes   = flag.Int("mesh-nodes", 256, "agents in the in-process mesh")
+		meshSteady  = flag.Duration("mesh-steady", 30*time.Second, "window over which steady gossip traffic is counted")
+		verbose     = flag.Bool("v", false, "log progress in detail")
+	)
+	flag.Parse()
+
+	level := slog.LevelInfo
+	if *verbose {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+
+	sel := map[string]bool{}
+	for _, s := range strings.Split(*only, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			sel[s] = true
+		}
+	}
+	want := func(name string) bool { return len(sel) == 0 || sel[name] }
+	for name := range sel {
+		if !slices.Contains([]string{"cni", "routes", "mesh", "lab"}, name) {
+			return fmt.Errorf("unknown measurement %q in -only", name)
+		}
+	}
+
+	bins, err := filepath.Abs(*binDir)
+	if err != nil {
+		return err
+	}
+	cni, err := filepath.Abs(*cniDir)
+	if err != nil {
+		return err
+	}
+	if err := checkPrerequisites(bins, cni, want); err != nil {
+		return err
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	rep := &bench.Report{Started: time.Now(), Machine: bench.DescribeMachine()}
+	measure := func(name string, f func() ([]bench.Row, error)) {
+		if ctx.Err() != nil {
+			return
+		}
+		log.Info("measuring", "what", name)
+		t0 := time.Now()
+		rows, err := f()
+		if err != nil {
+			log.Error("measurement failed", "what", name, "err", err)
+			rep.Errors = append(rep.Errors, fmt.Sprintf("%s: %v", name, err))
+		}
+		rep.Add(rows...)
+		log.Info("measured", "what", name, "took", time.Since(t0).Round(time.Millisecond))
+	}
+	if want("cni") {
+		measure("CNI ADD/DEL", func() ([]bench.Row, error) {
+			return bench.MeasureCNI(ctx, bench.CNIConfig{CNIPath: []string{cni}, Pods: *pods, Portmap: *portmap})
+		})
+	}
+	if want("lab") {
+		measure("lab: join, leave, crash, idle, data path", func() ([]bench.Row, error) {
+			return bench.MeasureLab(ctx, bench.LabConfig{
+				BinDir: bins, CNIPath: []string{cni}, JoinTrials: *joinTrials, CrashTrials: *crashTrials,
+				IdleWindow: *idle, IperfDuration: *iperf, IperfRounds: *iperfRounds, Logger: log,
+			})
+		})
+	}
+	if want("mesh") {
+		measure(fmt.Sprintf("%d agents in one process", *meshNodes), func() ([]bench.Row, error) {
+			return bench.MeasureMesh(ctx, bench.MeshConfig{Nodes: *meshNodes, Steady: *meshSteady, Logger: log})
+		})
+	}
+	if want("routes") {
+		measure("route programming", func() ([]bench.Row, error) {
+			return bench.MeasureRoutes(ctx, bench.RoutesConfig{Peers: 2000, Trials: 7, NoopTrials: 51})
+		})
+	}
+	rep.Machine.LoadEnd = bench.LoadAverage()
+	rep.Elapsed = time.Since(rep.Started).Round(time.Second).String()
+	rep.SortRows()
+
+	fmt.Println()
+	if err := rep.Print(os.Stdout); err != nil {
+		return err
+	}
+	if err := rep.WriteJSON(*out); err != nil {
+		return err
+	}
+	fmt.Printf("\nfigures written to %s\n", *out)
+	if ctx.Err() != nil {
+		return errors.New("interrupted")
+	}
+	if len(rep.Errors) > 0 {
+		return fmt.Errorf("%d measurements failed", len(rep.Errors))
+	}
+	return nil
+}
+
+// checkPrerequisites says exactly what is missing before anything starts.
+func checkPrerequisites(binDir, cniDir string, want func(string) bool) error {
+	var missing []string
+	if os.Geteuid() != 0 {
+		missing = append(missing, "root: the benchmarks create network namespaces (run as root, e.g. sudo make bench)")
+	}
+	var pkgs []string
+	if _, err := exec.LookPath("ip"); err != nil {
+		pkgs = append(pkgs, "iproute2")
+	}
+	if want("lab") {
+		if _, err := exec.LookPath("iperf3"); err != nil {
+			pkgs = append(pkgs, "iperf3")
+		}
+	}
+	if len(pkgs) > 0 {
+		missing = append(missing, "packages: apt-get install -y "+strings.Join(pkgs, " "))
+	}
+	var bins []string
+	if want("lab") {
+		bins = append(bins, filepath.Join(binDir, "grapevine"))
+	}
+	if want("cni") || want("lab") {
+		for _, p := range []string{"grapevine-cni", "grapevine-ipam", "ptp", "host-local", "portmap"} {
+			bins = append(bins, filepath.Join(cniDir, p))
+		}
+	}
+	for _, b := range bins {
+		if _, err := os.Stat(b); err != nil {
+			missing = append(missing, fmt.Sprintf("%s: run `make build cni-plugins` first", b))
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("missing prerequisites:\n  %s", strings.Join(missing, "\n  "))
+	}
+	return nil
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
