@@ -33,12 +33,14 @@ import (
 // NamePrefix starts the name of every namespace a lab creates.
 const NamePrefix = "gvl"
 
-// The LAN every lab host sits on, as in the seed article.
+// The LAN every lab host sits on, as in the seed article: host N is .N.
 var (
-	lanPrefix  = netip.MustParsePrefix("172.16.254.0/24")
-	outsideIP  = netip.MustParseAddr("172.16.254.254")
-	maxHostNum = 250
+	lanPrefix = netip.MustParsePrefix("172.16.254.0/24")
+	outsideIP = netip.MustParseAddr("172.16.254.254")
 )
+
+// maxHosts keeps host addresses below the outside host's.
+const maxHosts = 250
 
 // Config describes a lab to build.
 type Config struct {
@@ -74,6 +76,7 @@ type Lab struct {
 	ownsDir bool
 	log     *slog.Logger
 
+	addMu sync.Mutex // serializes AddHost, which numbers hosts
 	mu    sync.Mutex
 	hosts []*Host
 }
@@ -188,11 +191,11 @@ func (l *Lab) plug(ctx context.Context, ns Namespace, port string, addr netip.Pr
 // AddHost creates the next host (namespace, em1, default route) and its
 // directories. It does not start an agent.
 func (l *Lab) AddHost(ctx context.Context) (*Host, error) {
-	l.mu.Lock()
-	n := len(l.hosts) + 1
-	l.mu.Unlock()
-	if n > maxHostNum {
-		return nil, fmt.Errorf("lab holds at most %d hosts", maxHostNum)
+	l.addMu.Lock()
+	defer l.addMu.Unlock()
+	n := len(l.Hosts()) + 1
+	if n > maxHosts {
+		return nil, fmt.Errorf("lab holds at most %d hosts", maxHosts)
 	}
 	h := newHost(l, n)
 	for _, d := range []string{h.StateDir(), h.RunDir(), h.ConfDir(), h.cniCacheDir()} {

@@ -139,11 +139,11 @@ func (n Namespace) Neighbours() ([]netlink.Neigh, error) {
 		return nil, err
 	}
 	defer h.Close()
-	ns, err := h.NeighList(0, netlink.FAMILY_V4)
+	neighs, err := h.NeighList(0, netlink.FAMILY_V4)
 	if err != nil {
 		return nil, fmt.Errorf("neighbours in %s: %w", n.Name, err)
 	}
-	return ns, nil
+	return neighs, nil
 }
 
 // Links lists the interfaces.
