@@ -123,8 +123,10 @@ func show(ctx context.Context, l *lab.Lab, podsPerHost int, began time.Time) err
 		}
 		fmt.Printf("$ ip route   # on %s\n%s\n", h.Name, out)
 	}
-	for _, p := range pods[h1] {
-		fmt.Printf("pod %s on %s: %s\n", p.Namespace.Name, h1.Name, p.IP)
+	for _, h := range hosts {
+		for _, p := range pods[h] {
+			fmt.Printf("pod %s on %s: %s\n", p.Namespace.Name, h.Name, p.IP)
+		}
 	}
 	fmt.Println()
 
