@@ -69,7 +69,7 @@ func claimBackoff(res claimResult, failures int) time.Duration {
 	case claimContended:
 		base, ceiling = 20*time.Millisecond, time.Second
 	case claimExhausted:
-		base, ceiling = 2*time.Second, 30*time.Second
+		base, ceiling = time.Second, 30*time.Second
 	default:
 		base, ceiling = 200*time.Millisecond, 10*time.Second
 	}

@@ -192,12 +192,12 @@ func (m *Mesh) mergeRecords(recs []Record) {
 	m.mu.Lock()
 	var rejected []error
 	for _, r := range recs {
+		// A record made at another address (a tombstone, a node that
+		// moved) is history, not a route; only a record that claims to be
+		// a live member's current one must match its gossip address.
 		var from netip.Addr
-		if p, ok := m.peers[r.Node]; ok {
+		if p, ok := m.peers[r.Node]; ok && p.state.live() && p.metaErr == nil && r.Gen >= p.meta.Gen {
 			from = p.addr.Addr()
-		}
-		if r.Node == m.cfg.NodeName {
-			from = m.cfg.AdvertiseAddr
 		}
 		if err := m.rules.checkRecord(r, from); err != nil {
 			rejected = append(rejected, err)

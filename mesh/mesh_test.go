@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"os"
 	"testing"
 	"time"
 
@@ -13,7 +12,10 @@ import (
 )
 
 // seed is the join address of the cluster's first node.
-var testLogger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+// testLogger shows warnings and errors of the nodes with the test's output.
+func testLogger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
 
 func seed(n *meshtest.Node) []string { return []string{n.Addr.String()} }
 
@@ -84,7 +86,7 @@ func TestUniqueBlocksSimultaneousStart(t *testing.T) {
 		rounds = 3
 	}
 	for round := range rounds {
-		c := meshtest.NewCluster(t.TempDir(), meshtest.Options{Logger: testLogger})
+		c := meshtest.NewCluster(t.TempDir(), meshtest.Options{Logger: testLogger(t)})
 		// Every node joins the same two seeds; the seeds start with the rest.
 		join := []string{
 			fmt.Sprintf("%s:%d", meshtest.HostAddr(0), meshtest.GossipPort),
