@@ -1,17 +1,16 @@
 package e2e
 
 import (
-	"context"
 	"errors"
 	"io/fs"
 	"net/netip"
 	"path/filepath"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/grapevine-net/grapevine/e2e/lab"
 	"github.com/grapevine-net/grapevine/e2e/labtest"
@@ -165,34 +164,13 @@ func snapshot(h *lab.Host) (hostState, error) {
 	return s, nil
 }
 
-// parallel runs f(0..n-1) with at most width calls at once and returns the
-// first error.
+// parallel runs f(0..n-1) with at most width calls at once, as a runtime
+// starting pods in parallel does, and returns the first error.
 func parallel(n, width int, f func(i int) error) error {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var (
-		wg       sync.WaitGroup
-		once     sync.Once
-		firstErr error
-		slots    = make(chan struct{}, width)
-	)
+	var g errgroup.Group
+	g.SetLimit(width)
 	for i := range n {
-		select {
-		case slots <- struct{}{}:
-		case <-ctx.Done():
-		}
-		if ctx.Err() != nil {
-			break
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-slots }()
-			if err := f(i); err != nil {
-				once.Do(func() { firstErr = err; cancel() })
-			}
-		}()
+		g.Go(func() error { return f(i) })
 	}
-	wg.Wait()
-	return firstErr
+	return g.Wait()
 }

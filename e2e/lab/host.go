@@ -62,6 +62,8 @@ func newHost(l *Lab, n int) *Host {
 	}
 }
 
+// The agent's directories on this host, its log, and the conflist it writes.
+
 func (h *Host) StateDir() string     { return filepath.Join(h.Dir, "state") }
 func (h *Host) RunDir() string       { return filepath.Join(h.Dir, "run") }
 func (h *Host) ConfDir() string      { return filepath.Join(h.Dir, "net.d") }
