@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"net/http"
 	"testing"
 	"time"
 
@@ -44,6 +45,11 @@ func TestColdStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	kernel := time.Since(start)
+	for _, h := range l.Hosts() {
+		if code, body, err := h.Get(ctx, "/readyz"); err != nil || code != http.StatusOK {
+			t.Errorf("%s /readyz: %d %q (%v), want 200", h.Name, code, body, err)
+		}
+	}
 	for _, h := range l.Hosts() {
 		t.Logf("cold start: %s holds %s", h.Name, statuses[h.Name].Block)
 	}

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"net/http"
 	"testing"
 	"time"
 
@@ -85,6 +86,12 @@ func TestPartition(t *testing.T) {
 				t.Fatalf("newcomer %s in the minority got ready=%v block %s: %+v", newcomer.Name, s.Ready, s.Block, s)
 			}
 		}
+		if code, body, err := newcomer.Get(ctx, "/readyz"); err != nil || code != http.StatusServiceUnavailable {
+			t.Fatalf("newcomer's /readyz in the minority: %d %q (%v), want 503", code, body, err)
+		}
+		if code, body, err := newcomer.Get(ctx, "/healthz"); err != nil || code != http.StatusOK {
+			t.Fatalf("newcomer's /healthz in the minority: %d %q (%v), want 200: waiting for quorum is healthy", code, body, err)
+		}
 		time.Sleep(250 * time.Millisecond)
 	}
 	if last.Node == "" {
@@ -120,6 +127,9 @@ func TestPartition(t *testing.T) {
 	}
 	if err := uniqueBlocks(after); err != nil {
 		t.Fatal(err)
+	}
+	if code, body, err := newcomer.Get(ctx, "/readyz"); err != nil || code != http.StatusOK {
+		t.Errorf("newcomer's /readyz after healing: %d %q (%v), want 200", code, body, err)
 	}
 	for name, b := range before {
 		if after[name].Block != b.Block {

@@ -5,6 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -18,6 +21,10 @@ import (
 
 // ConfListName is the conflist the agent writes into its --cni-conf-dir.
 const ConfListName = "10-grapevine.conflist"
+
+// MetricsAddr is where every agent serves /metrics, /healthz and /readyz,
+// inside its host's namespace.
+const MetricsAddr = "127.0.0.1:9962"
 
 // Host is one lab host: a namespace with em1 on the LAN, its own directories
 // and at most one agent process.
@@ -82,7 +89,7 @@ func (h *Host) AgentArgs() []string {
 		"--run-dir", h.RunDir(),
 		"--cni-conf-dir", h.ConfDir(),
 		"--gossip-key-file", h.KeyFile,
-		"--metrics-addr", "127.0.0.1:9962",
+		"--metrics-addr", MetricsAddr,
 	}
 }
 
@@ -381,6 +388,29 @@ func WaitMesh(ctx context.Context, hosts []*Host) (map[string]Status, error) {
 		statuses[h.Name] = s
 	}
 	return statuses, nil
+}
+
+// Get fetches a path such as "/readyz" from the agent's metrics listener,
+// connecting from inside the host's namespace.
+func (h *Host) Get(ctx context.Context, path string) (code int, body string, err error) {
+	client := &http.Client{Transport: &http.Transport{
+		DialContext:       func(ctx context.Context, _, addr string) (net.Conn, error) { return h.Dial(ctx, addr) },
+		DisableKeepAlives: true,
+	}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+MetricsAddr+path, nil)
+	if err != nil {
+		return 0, "", err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0, "", fmt.Errorf("host %s: GET %s: %w", h.Name, path, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, "", fmt.Errorf("host %s: GET %s: %w", h.Name, path, err)
+	}
+	return resp.StatusCode, strings.TrimSpace(string(data)), nil
 }
 
 // LogTail returns up to the last n lines of the agent's log.
