@@ -17,9 +17,9 @@ import (
 	"github.com/grapevine-net/grapevine/e2e/labtest"
 )
 
-var env *labtest.Env
+var env = labtest.NewEnv()
 
-func TestMain(m *testing.M) { labtest.Main(m, &env) }
+func TestMain(m *testing.M) { env.Main(m) }
 
 // routeProto is the protocol of every route the agent owns (docs/design.md).
 const routeProto = 74

@@ -17,9 +17,9 @@ import (
 	"github.com/grapevine-net/grapevine/e2e/labtest"
 )
 
-var env *labtest.Env
+var env = labtest.NewEnv()
 
-func TestMain(m *testing.M) { labtest.Main(m, &env) }
+func TestMain(m *testing.M) { env.Main(m) }
 
 // TestHarness proves the lab itself with the reference ptp and host-local
 // plugins, independent of grapevine: the LAN, the outside host, pods through

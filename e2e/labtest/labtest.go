@@ -34,13 +34,14 @@ type Env struct {
 	labs map[*lab.Lab]bool
 }
 
-// Main is TestMain for lab tests. Without root it runs nothing that needs
-// it: tests call Env.Lab, which skips. It removes labs left behind by an
-// earlier run that was killed, and on SIGINT or SIGTERM it removes this
-// run's labs before exiting.
-func Main(m *testing.M, env **Env) {
-	e := &Env{labs: make(map[*lab.Lab]bool)}
-	*env = e
+// NewEnv returns the environment for one test binary; its Main is TestMain.
+func NewEnv() *Env { return &Env{labs: make(map[*lab.Lab]bool)} }
+
+// Main runs the tests and exits. Without root it runs nothing that needs it:
+// tests call Lab, which skips. It removes labs left behind by an earlier run
+// that was killed, and on SIGINT or SIGTERM it removes this run's labs
+// before exiting.
+func (e *Env) Main(m *testing.M) {
 	if os.Geteuid() == 0 {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		if ids, err := lab.RemoveOrphans(ctx); err != nil {
