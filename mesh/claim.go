@@ -513,14 +513,16 @@ func (m *Mesh) heldLocked(claimant string) map[netip.Prefix]bool {
 
 // electorateLocked returns the members whose votes count, with their gossip
 // addresses (zero for those that cannot be asked): this node, every live
-// member, and every owner of an unreleased claim that is alive or died less
+// member with valid metadata, and every owner of an unreleased claim that is alive or died less
 // than ReclaimAfter ago. Counting the recently dead keeps a minority side
 // of a partition from claiming.
 func (m *Mesh) electorateLocked() map[string]netip.AddrPort {
 	now := m.now()
 	e := map[string]netip.AddrPort{m.cfg.NodeName: netip.AddrPortFrom(m.cfg.AdvertiseAddr, uint16(m.cfg.Port))}
 	for _, p := range m.peers {
-		if p.state.live() {
+		// A member whose metadata is rejected (misconfigured, hostile)
+		// holds nothing here and gets no say either.
+		if p.state.live() && p.metaErr == nil {
 			e[p.name] = p.addr
 		}
 	}

@@ -85,6 +85,9 @@ func TestUniqueBlocksSimultaneousStart(t *testing.T) {
 	if testing.Short() {
 		rounds = 3
 	}
+	if raceEnabled {
+		rounds, size = 3, 16
+	}
 	for round := range rounds {
 		c := meshtest.NewCluster(t.TempDir(), meshtest.Options{Logger: testLogger(t)})
 		// Every node joins the same two seeds; the seeds start with the rest.

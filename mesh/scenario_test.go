@@ -3,6 +3,7 @@ package mesh_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/memberlist"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/grapevine-net/grapevine/mesh"
@@ -356,5 +358,96 @@ func TestWrongKeyCannotJoin(t *testing.T) {
 				t.Errorf("%s lists %s (%s, block %s)", name, m.Name, m.State, m.Block)
 			}
 		}
+	}
+}
+
+// rawDelegate is a memberlist delegate that advertises whatever metadata a
+// test sets: a broken or hostile peer.
+type rawDelegate struct {
+	mu   sync.Mutex
+	meta []byte
+}
+
+func (d *rawDelegate) set(b []byte) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.meta = b
+}
+
+func (d *rawDelegate) NodeMeta(int) []byte {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.meta
+}
+func (d *rawDelegate) NotifyMsg([]byte)                {}
+func (d *rawDelegate) GetBroadcasts(int, int) [][]byte { return nil }
+func (d *rawDelegate) LocalState(bool) []byte          { return nil }
+func (d *rawDelegate) MergeRemoteState([]byte, bool)   {}
+
+func TestHostileMetadataGetsNoRoute(t *testing.T) {
+	c := newCluster(t, meshtest.Options{})
+	a := start(t, c, meshtest.Spec{Name: "a"})
+	start(t, c, meshtest.Spec{Name: "b", Join: seed(a)})
+	waitConverged(t, c, 10*time.Second)
+
+	evilAddr := netip.AddrPortFrom(netip.MustParseAddr("10.9.9.9"), meshtest.GossipPort)
+	tr, err := c.Net.NewTransport(evilAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &rawDelegate{meta: []byte("\x07garbage")}
+	cfg := memberlist.DefaultLANConfig()
+	cfg.Name, cfg.Transport, cfg.Delegate, cfg.LogOutput = "evil", tr, d, io.Discard
+	meshtest.FastTimers(cfg)
+	evil, err := memberlist.Create(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer evil.Shutdown()
+	if _, err := evil.Join([]string{a.Addr.String()}); err != nil {
+		t.Fatal(err)
+	}
+
+	meta := func(f func(*mesh.Meta)) []byte {
+		m := mesh.Meta{HostIP: evilAddr.Addr(), Pool: mesh.DefaultPool, BlockBits: mesh.DefaultBlockBits,
+			Block: netip.MustParsePrefix("10.244.100.0/23"), Since: time.UnixMilli(1), Gen: 1}
+		f(&m)
+		b, err := m.AppendBinary(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	for _, tc := range []struct {
+		reason string
+		meta   []byte
+	}{
+		{"version", []byte("\x07garbage")},
+		{"block_outside_pool", meta(func(m *mesh.Meta) { m.Block = netip.MustParsePrefix("10.245.0.0/23") })},
+		{"foreign_host_ip", meta(func(m *mesh.Meta) { m.HostIP = netip.MustParseAddr("10.1.0.1") })}, // a's address
+		{"pool_mismatch", meta(func(m *mesh.Meta) { m.BlockBits = 24; m.Block = netip.MustParsePrefix("10.244.100.0/24") })},
+	} {
+		d.set(tc.meta)
+		if err := evil.UpdateNode(time.Second); err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range c.Nodes() {
+			waitFor(t, n.Name+" rejects "+tc.reason, 10*time.Second, func() error {
+				if got := counter(t, n.Metrics, "grapevine_mesh_rejected_metadata_total", tc.reason); got < 1 {
+					return fmt.Errorf("%s counted %v rejections for %s", n.Name, got, tc.reason)
+				}
+				return nil
+			})
+		}
+		for _, n := range c.Nodes() {
+			for _, m := range n.Mesh.View().Members {
+				if m.Name == "evil" && m.Block.IsValid() {
+					t.Errorf("%s routes %s to evil (%s)", n.Name, m.Block, tc.reason)
+				}
+			}
+		}
+	}
+	if err := meshtest.DuplicateBlock(c.Views()); err != nil {
+		t.Fatal(err)
 	}
 }
