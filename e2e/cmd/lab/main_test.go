@@ -1,0 +1,100 @@
+package main
+
+import (
+	"context"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/grapevine-net/grapevine/e2e/lab"
+)
+
+// TestUpDown runs the demo as `make demo` and `make demo-down` do: up leaves
+// a working lab behind after exiting, down removes all of it.
+func TestUpDown(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the lab creates network namespaces: run as root")
+	}
+	binDir, cniPath := os.Getenv("GRAPEVINE_BIN_DIR"), os.Getenv("GRAPEVINE_CNI_PATH")
+	if binDir == "" || cniPath == "" {
+		t.Skip("needs the built binaries: set GRAPEVINE_BIN_DIR and GRAPEVINE_CNI_PATH (make test does)")
+	}
+	recs, err := lab.Records()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range recs {
+		if r.OwnerPID == 0 {
+			t.Skipf("a demo lab (%s) is up on this machine, and up refuses a second one", r.ID)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+
+	labBin := filepath.Join(t.TempDir(), "lab")
+	if out, err := exec.CommandContext(ctx, "go", "build", "-o", labBin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build lab: %v\n%s", err, out)
+	}
+	out, err := exec.CommandContext(ctx, labBin, "up", "--hosts", "2", "--pods", "1").CombinedOutput()
+	m := regexp.MustCompile(`lab ` + lab.NamePrefix + `([0-9a-f]+):`).FindSubmatch(out)
+	if m != nil {
+		id := string(m[1])
+		t.Cleanup(func() { exec.Command(labBin, "down", "--id", id).Run() })
+	}
+	if err != nil {
+		t.Fatalf("lab up: %v\n%s", err, out)
+	}
+	if m == nil {
+		t.Fatalf("lab up did not name its lab:\n%s", out)
+	}
+	id := string(m[1])
+	t.Logf("lab up:\n%s", out)
+	for _, want := range []string{
+		"proto 74",
+		"blackhole",
+		"the server saw us as 10.244.",        // pod to pod: no NAT
+		"the server saw us as 172.16.254.1\n", // pod to outside: masqueraded
+		"make demo-down",
+	} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("lab up output lacks %q", want)
+		}
+	}
+
+	// The lab outlives up: the agents answer and the echo server still runs.
+	prefix := lab.NamePrefix + id + "-"
+	h1 := lab.Namespace{Name: prefix + "h1"}
+	pids, err := exec.CommandContext(ctx, "ip", "netns", "pids", h1.Name).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	agents := 0
+	for _, pid := range strings.Fields(string(pids)) {
+		cmdline, _ := os.ReadFile(filepath.Join("/proc", pid, "cmdline"))
+		if strings.Contains(string(cmdline), "grapevine\x00agent") {
+			agents++
+		}
+	}
+	if agents != 1 {
+		t.Errorf("%d agents run in %s after up exited, want 1", agents, h1.Name)
+	}
+	if _, err := h1.Ping(ctx, netip.MustParseAddr("172.16.254.2")); err != nil {
+		t.Errorf("h1 -> h2 after up exited: %v", err)
+	}
+
+	out, err = exec.CommandContext(ctx, labBin, "down", "--id", id).CombinedOutput()
+	if err != nil {
+		t.Fatalf("lab down: %v\n%s", err, out)
+	}
+	if names, _ := lab.Namespaces(prefix); len(names) != 0 {
+		t.Errorf("namespaces left after down: %v", names)
+	}
+	if _, err := os.Stat(filepath.Join(lab.RegistryDir, id)); !os.IsNotExist(err) {
+		t.Errorf("lab directory left after down (%v)", err)
+	}
+}
