@@ -300,10 +300,10 @@ func Down(ctx context.Context, id string) error {
 		return err
 	}
 	var errs []error
-	// Pods and hosts first: deleting the switch first would just leave
-	// dangling veth ends for a moment, but pods hold the most processes.
-	for i := len(names) - 1; i >= 0; i-- {
-		ns := Namespace{Name: names[i]}
+	// Any order works: a veth pair goes away with the first of its two
+	// namespaces to be deleted.
+	for _, name := range names {
+		ns := Namespace{Name: name}
 		if err := ns.killProcesses(ctx); err != nil {
 			errs = append(errs, err)
 		}
