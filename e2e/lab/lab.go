@@ -22,6 +22,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -85,39 +86,18 @@ type Lab struct {
 // started; see Host.StartAgent and Lab.StartAgents. On error, whatever was
 // built is removed again.
 func New(ctx context.Context, cfg Config) (_ *Lab, err error) {
-	if cfg.ID == "" {
-		cfg.ID = NewID()
-	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	l := &Lab{
-		ID:      cfg.ID,
-		Dir:     cfg.Dir,
-		BinDir:  cfg.BinDir,
-		CNIPath: cfg.CNIPath,
-		Switch:  Namespace{Name: NamePrefix + cfg.ID + "-sw"},
-		Outside: Namespace{Name: NamePrefix + cfg.ID + "-out"},
-		detach:  cfg.Detach,
-		log:     cfg.Logger.With("lab", NamePrefix+cfg.ID),
-	}
-	if l.Dir == "" {
-		l.Dir, err = os.MkdirTemp("", NamePrefix+cfg.ID+"-")
-		if err != nil {
-			return nil, fmt.Errorf("lab directory: %w", err)
-		}
-		l.ownsDir = true
-	} else if err := os.MkdirAll(l.Dir, 0o755); err != nil {
-		return nil, fmt.Errorf("lab directory: %w", err)
+	l, err := claim(cfg)
+	if err != nil {
+		return nil, err
 	}
 	defer func() {
 		if err != nil {
 			l.Close(context.WithoutCancel(ctx))
 		}
 	}()
-	if err := l.writeRecord(); err != nil {
-		return nil, err
-	}
 
 	l.KeyFile = filepath.Join(l.Dir, "gossip.key")
 	if err := WriteGossipKey(l.KeyFile); err != nil {
@@ -133,6 +113,58 @@ func New(ctx context.Context, cfg Config) (_ *Lab, err error) {
 	}
 	l.log.Info("lab built", "hosts", cfg.Hosts, "dir", l.Dir)
 	return l, nil
+}
+
+// claim picks the lab's id and directory and registers it. Until the id is
+// claimed nothing may be cleaned up by id: that would remove another run's
+// lab of the same id. A random id that is taken is replaced by another.
+func claim(cfg Config) (*Lab, error) {
+	for attempt := 1; ; attempt++ {
+		id := cfg.ID
+		if id == "" {
+			id = NewID()
+		}
+		l := &Lab{
+			ID:      id,
+			Dir:     cfg.Dir,
+			BinDir:  cfg.BinDir,
+			CNIPath: cfg.CNIPath,
+			Switch:  Namespace{Name: NamePrefix + id + "-sw"},
+			Outside: Namespace{Name: NamePrefix + id + "-out"},
+			detach:  cfg.Detach,
+			log:     cfg.Logger.With("lab", NamePrefix+id),
+		}
+		err := l.claimID()
+		if err == nil {
+			return l, nil
+		}
+		if cfg.ID != "" || !errors.Is(err, fs.ErrExist) || attempt == 10 {
+			return nil, err
+		}
+	}
+}
+
+func (l *Lab) claimID() (err error) {
+	if names, err := Namespaces(NamePrefix + l.ID + "-"); err != nil {
+		return err
+	} else if len(names) > 0 {
+		return fmt.Errorf("lab %s: namespaces %v exist: %w", l.ID, names, fs.ErrExist)
+	}
+	if l.Dir == "" {
+		if l.Dir, err = os.MkdirTemp("", NamePrefix+l.ID+"-"); err != nil {
+			return fmt.Errorf("lab directory: %w", err)
+		}
+		l.ownsDir = true
+	} else if err := os.MkdirAll(l.Dir, 0o755); err != nil {
+		return fmt.Errorf("lab directory: %w", err)
+	}
+	if err := l.claimRecord(); err != nil {
+		if l.ownsDir {
+			os.RemoveAll(l.Dir)
+		}
+		return fmt.Errorf("lab %s: %w", l.ID, err)
+	}
+	return nil
 }
 
 // NewID returns a random run id: 4 hex digits keep interface-sized names short.

@@ -3,7 +3,9 @@ package lab_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/netip"
 	"os"
@@ -188,4 +190,22 @@ func rootLinkNames(t *testing.T) []string {
 	}
 	slices.Sort(names)
 	return names
+}
+
+// TestIDTaken: a second lab with a run id in use fails without touching the
+// first, whose namespaces a cleanup by id would otherwise remove.
+func TestIDTaken(t *testing.T) {
+	l := env.Lab(t, labtest.Options{Hosts: 1, CNIOnly: true})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, err := lab.New(ctx, lab.Config{ID: l.ID, Hosts: 1, BinDir: l.BinDir, CNIPath: l.CNIPath})
+	if !errors.Is(err, fs.ErrExist) {
+		t.Fatalf("second lab with id %s: %v, want an error matching fs.ErrExist", l.ID, err)
+	}
+	if _, err := l.Outside.Ping(ctx, l.Host(1).IP); err != nil {
+		t.Fatalf("the first lab broke: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(lab.RegistryDir, l.ID+".json")); err != nil {
+		t.Fatalf("the first lab lost its record: %v", err)
+	}
 }

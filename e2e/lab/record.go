@@ -41,7 +41,10 @@ func (l *Lab) record() Record {
 	return r
 }
 
-func (l *Lab) writeRecord() error {
+// claimRecord publishes the lab's record, or fails with an error matching
+// fs.ErrExist if another lab holds the id. The record appears complete or
+// not at all: it is written aside and hard-linked into place.
+func (l *Lab) claimRecord() error {
 	data, err := json.Marshal(l.record())
 	if err != nil {
 		return err
@@ -49,7 +52,19 @@ func (l *Lab) writeRecord() error {
 	if err := os.MkdirAll(RegistryDir, 0o755); err != nil {
 		return fmt.Errorf("lab registry: %w", err)
 	}
-	if err := os.WriteFile(recordPath(l.ID), data, 0o644); err != nil {
+	tmp, err := os.CreateTemp(RegistryDir, ".claim-")
+	if err != nil {
+		return fmt.Errorf("lab registry: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	_, err = tmp.Write(data)
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("lab registry: %w", err)
+	}
+	if err := os.Link(tmp.Name(), recordPath(l.ID)); err != nil {
 		return fmt.Errorf("lab registry: %w", err)
 	}
 	return nil
