@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/base64"
+	"encoding/json"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -185,5 +186,28 @@ func TestReadGossipKey(t *testing.T) {
 func TestEnvVar(t *testing.T) {
 	if got := envVar("gossip-key-file"); !reflect.DeepEqual(got, []string{"GRAPEVINE_GOSSIP_KEY_FILE"}) {
 		t.Fatalf("envVar = %v", got)
+	}
+}
+
+func TestStatusRendering(t *testing.T) {
+	r := statusReport{
+		Node: "h1", HostIP: "172.16.254.1", Ready: false, Reason: "no quorum: reached 2 of needed 3 (electorate 5)",
+		Members: []memberStatus{{Name: "h3", Addr: "172.16.254.3", HostIP: "172.16.254.3", State: "dead", Route: routeNone}},
+	}
+	var table strings.Builder
+	if err := printStatus(&table, r); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"block -  NOT READY: no quorum", "h3      dead   172.16.254.3  -      none"} {
+		if !strings.Contains(table.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, table.String())
+		}
+	}
+	js, err := json.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(js), `"block"`) || strings.Contains(string(js), `"-"`) {
+		t.Errorf("JSON must omit unset values, got %s", js)
 	}
 }

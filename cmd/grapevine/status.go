@@ -23,8 +23,8 @@ import (
 // statusReport is what `grapevine status` shows; -o json prints it as is.
 type statusReport struct {
 	Node     string         `json:"node"`
-	HostIP   string         `json:"hostIP"`
-	Block    string         `json:"block"`
+	HostIP   string         `json:"hostIP,omitempty"`
+	Block    string         `json:"block,omitempty"`
 	Ready    bool           `json:"ready"`
 	Reason   string         `json:"reason,omitempty"`
 	Degraded string         `json:"degraded,omitempty"`
@@ -33,9 +33,9 @@ type statusReport struct {
 
 type memberStatus struct {
 	Name   string `json:"name"`
-	Addr   string `json:"addr"`
-	HostIP string `json:"hostIP"`
-	Block  string `json:"block"`
+	Addr   string `json:"addr,omitempty"`
+	HostIP string `json:"hostIP,omitempty"`
+	Block  string `json:"block,omitempty"`
 	State  string `json:"state"`
 	Route  string `json:"route"`
 }
@@ -92,18 +92,27 @@ func peerRouteState(res node.Result, peer string) string {
 	return routePending
 }
 
+// addrString and prefixString render an unset value as "" (absent in JSON);
+// the table shows it as "-".
 func addrString(a netip.Addr) string {
 	if !a.IsValid() {
-		return "-"
+		return ""
 	}
 	return a.String()
 }
 
 func prefixString(p netip.Prefix) string {
 	if !p.IsValid() {
-		return "-"
+		return ""
 	}
 	return p.String()
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 func statusCommand() *cli.Command {
@@ -141,7 +150,7 @@ func printStatus(w io.Writer, r statusReport) error {
 	if !r.Ready {
 		ready = "NOT READY: " + r.Reason
 	}
-	fmt.Fprintf(w, "node %s  host %s  block %s  %s\n", r.Node, r.HostIP, r.Block, ready)
+	fmt.Fprintf(w, "node %s  host %s  block %s  %s\n", r.Node, orDash(r.HostIP), orDash(r.Block), ready)
 	if r.Degraded != "" {
 		fmt.Fprintf(w, "DEGRADED: %s\n", r.Degraded)
 	}
@@ -149,7 +158,7 @@ func printStatus(w io.Writer, r statusReport) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "MEMBER\tSTATE\tHOST IP\tBLOCK\tROUTE")
 	for _, m := range r.Members {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", m.Name, m.State, m.HostIP, m.Block, m.Route)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", m.Name, m.State, orDash(m.HostIP), orDash(m.Block), m.Route)
 	}
 	return tw.Flush()
 }
