@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"syscall"
@@ -45,6 +46,8 @@ func run() error {
 		iperfRounds = flag.Int("iperf-rounds", 2, "iperf3 runs of each path, alternating")
 		meshNodes   = flag.Int("mesh-nodes", 256, "agents in the in-process mesh")
 		meshSteady  = flag.Duration("mesh-steady", 30*time.Second, "window over which steady gossip traffic is counted")
+		meshTimeout = flag.Duration("mesh-timeout", 2*time.Minute, "how long the in-process mesh may take to converge")
+		cpuProfile  = flag.String("cpuprofile", "", "write a CPU profile of this process (the in-process mesh, the CNI driver) to this file")
 		verbose     = flag.Bool("v", false, "log progress in detail")
 	)
 	flag.Parse()
@@ -83,6 +86,18 @@ func run() error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+
 	rep := &bench.Report{Started: time.Now(), Machine: bench.DescribeMachine()}
 	measure := func(name string, f func() ([]bench.Row, error)) {
 		if ctx.Err() != nil {
@@ -113,7 +128,7 @@ func run() error {
 	}
 	if want("mesh") {
 		measure(fmt.Sprintf("%d agents in one process", *meshNodes), func() ([]bench.Row, error) {
-			return bench.MeasureMesh(ctx, bench.MeshConfig{Nodes: *meshNodes, Steady: *meshSteady, Logger: log})
+			return bench.MeasureMesh(ctx, bench.MeshConfig{Nodes: *meshNodes, Steady: *meshSteady, Timeout: *meshTimeout, Logger: log})
 		})
 	}
 	if want("routes") {

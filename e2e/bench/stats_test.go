@@ -1,0 +1,58 @@
+package bench
+
+import (
+	"testing"
+	"time"
+)
+
+func TestPercentile(t *testing.T) {
+	var d []time.Duration
+	for i := 1; i <= 200; i++ {
+		d = append(d, time.Duration(201-i)*time.Millisecond)
+	}
+	for _, tt := range []struct {
+		p    float64
+		want time.Duration
+	}{{50, 100 * time.Millisecond}, {99, 198 * time.Millisecond}, {100, 200 * time.Millisecond}, {0, time.Millisecond}} {
+		if got := percentile(d, tt.p); got != tt.want {
+			t.Errorf("p%v = %v, want %v", tt.p, got, tt.want)
+		}
+	}
+	if got := median([]time.Duration{4, 1, 3, 2}); got != 2 {
+		t.Errorf("median of 1..4 = %v, want 2 (integer mean of 2 and 3)", got)
+	}
+	if got := percentile(nil, 50); got != 0 {
+		t.Errorf("p50 of nothing = %v", got)
+	}
+}
+
+func TestJudge(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		row  Row
+		want *bool
+	}{
+		{"at most, met", Row{Value: 0.2, Target: Target{Kind: AtMost, Limit: 0.3}}, ptr(true)},
+		{"at most, missed", Row{Value: 0.4, Target: Target{Kind: AtMost, Limit: 0.3}}, ptr(false)},
+		{"ratio below", Row{Value: 7, Peer: &Peer{Value: 10}, Target: Target{Kind: AtMostPeer, Limit: 0.75}}, ptr(true)},
+		{"ratio above", Row{Value: 8, Peer: &Peer{Value: 10}, Target: Target{Kind: AtMostPeer, Limit: 0.75}}, ptr(false)},
+		{"at least", Row{Value: 9.6, Peer: &Peer{Value: 10}, Target: Target{Kind: AtLeastPeer, Limit: 0.95}}, ptr(true)},
+		{"at least, missed", Row{Value: 9, Peer: &Peer{Value: 10}, Target: Target{Kind: AtLeastPeer, Limit: 0.95}}, ptr(false)},
+		{"peer without a value", Row{Value: 9, Peer: &Peer{Text: "never"}, Target: Target{Kind: AtMostPeer, Limit: 1}}, nil},
+		{"no target", Row{Value: 1}, nil},
+	} {
+		tt.row.judge()
+		if (tt.row.Pass == nil) != (tt.want == nil) || (tt.want != nil && *tt.row.Pass != *tt.want) {
+			t.Errorf("%s: pass %v, want %v", tt.name, deref(tt.row.Pass), deref(tt.want))
+		}
+	}
+}
+
+func ptr(b bool) *bool { return &b }
+
+func deref(b *bool) any {
+	if b == nil {
+		return nil
+	}
+	return *b
+}
