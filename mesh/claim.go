@@ -169,9 +169,11 @@ func (m *Mesh) restore(ctx context.Context, saved *savedClaim) {
 // metadata) overtook, so it checks what was applied and tries again.
 func (m *Mesh) advertise() {
 	for range 5 {
-		if err := m.ml.UpdateNode(updateTimeout); err != nil {
-			m.log.Warn("advertise metadata", "err", err)
-		}
+		// The new metadata is applied locally at once and gossiped from
+		// there; waiting for the first transmission would only delay
+		// shutdown when the network is gone, so the wait is minimal and
+		// its timeout expected.
+		_ = m.ml.UpdateNode(time.Nanosecond)
 		m.mu.Lock()
 		want, _ := m.ownMetaLocked()
 		applied := string(want) == string(m.advertised)

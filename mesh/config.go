@@ -16,6 +16,7 @@ const (
 	DefaultBlockBits         = 23
 	DefaultReclaimAfter      = time.Hour
 	DefaultReconnectInterval = 30 * time.Second
+	DefaultLeaveTimeout      = 3 * time.Second
 )
 
 // DefaultPool is the pod address pool used when Config.Pool is zero.
@@ -53,6 +54,9 @@ type Config struct {
 	// ReconnectInterval is how often members memberlist declared dead, and
 	// unanswered seeds, are dialled again.
 	ReconnectInterval time.Duration
+	// LeaveTimeout bounds the wait for the graceful leave to be gossiped on
+	// shutdown.
+	LeaveTimeout time.Duration
 
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
@@ -81,6 +85,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.ReconnectInterval == 0 {
 		c.ReconnectInterval = DefaultReconnectInterval
+	}
+	if c.LeaveTimeout == 0 {
+		c.LeaveTimeout = DefaultLeaveTimeout
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

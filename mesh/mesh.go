@@ -27,10 +27,6 @@ const (
 	// contestedFor is how long a block another claimant won the race for is
 	// skipped as a candidate here.
 	contestedFor = 5 * time.Second
-	// updateTimeout bounds the wait for a metadata update to be gossiped.
-	updateTimeout = 5 * time.Second
-	// leaveTimeout bounds the graceful leave on shutdown.
-	leaveTimeout = 3 * time.Second
 )
 
 // Mesh is one node's membership in the cluster and its claim on a block.
@@ -281,7 +277,7 @@ func (m *Mesh) Run(ctx context.Context) error {
 	<-ctx.Done()
 	wg.Wait()
 
-	if err := ml.Leave(leaveTimeout); err != nil {
+	if err := ml.Leave(m.cfg.LeaveTimeout); err != nil {
 		m.log.Warn("leave the cluster", "err", err)
 	}
 	if err := ml.Shutdown(); err != nil {

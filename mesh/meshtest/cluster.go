@@ -142,14 +142,17 @@ func (c *Cluster) Start(spec Spec) (*Node, error) {
 		BlockBits:         c.opts.BlockBits,
 		ReclaimAfter:      c.opts.ReclaimAfter,
 		ReconnectInterval: c.opts.ReconnectInterval,
-		StateDir:          spec.StateDir,
-		SecretKey:         key,
-		Join:              spec.Join,
-		Logger:            logger.With("node", spec.Name),
-		Registerer:        reg,
-		Transport:         tr,
-		Tune:              c.opts.Tune,
-		Now:               c.opts.Now,
+		// In memory a leave is gossiped within a few gossip intervals; a
+		// killed node (no network) gives up quickly.
+		LeaveTimeout: 300 * time.Millisecond,
+		StateDir:     spec.StateDir,
+		SecretKey:    key,
+		Join:         spec.Join,
+		Logger:       logger.With("node", spec.Name),
+		Registerer:   reg,
+		Transport:    tr,
+		Tune:         c.opts.Tune,
+		Now:          c.opts.Now,
 	})
 	if err != nil {
 		tr.Shutdown()

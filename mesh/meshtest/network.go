@@ -119,6 +119,9 @@ func (t *Transport) WriteTo(b []byte, addr string) (time.Time, error) {
 
 func (t *Transport) WriteToAddress(b []byte, a memberlist.Address) (time.Time, error) {
 	now := time.Now()
+	if t.closed.Load() {
+		return now, net.ErrClosed
+	}
 	t.sent.Add(int64(len(b)))
 	dest, err := t.net.peer(t.addr.Addr(), a.Addr)
 	if err != nil {
@@ -140,6 +143,9 @@ func (t *Transport) DialTimeout(addr string, timeout time.Duration) (net.Conn, e
 }
 
 func (t *Transport) DialAddressTimeout(a memberlist.Address, timeout time.Duration) (net.Conn, error) {
+	if t.closed.Load() {
+		return nil, net.ErrClosed
+	}
 	dest, err := t.net.peer(t.addr.Addr(), a.Addr)
 	if err != nil {
 		return nil, err
