@@ -41,6 +41,8 @@ type Mesh struct {
 	changed chan struct{}
 	// wake nudges the claim loop: membership or the table changed.
 	wake chan struct{}
+	// seedsAdded nudges the reconnect loop to dial new seeds now.
+	seedsAdded chan struct{}
 
 	mu       sync.Mutex
 	ml       *memberlist.Memberlist // nil until Run created it
@@ -118,6 +120,7 @@ func New(cfg Config) (*Mesh, error) {
 		metrics:      met,
 		changed:      make(chan struct{}, 1),
 		wake:         make(chan struct{}, 1),
+		seedsAdded:   make(chan struct{}, 1),
 		seeds:        slices.Clone(cfg.Join),
 		peers:        make(map[string]*peer),
 		table:        make(map[string]Record),
@@ -148,15 +151,20 @@ func (m *Mesh) nudge() {
 	}
 }
 
-// AddJoinAddrs adds seed addresses ("host" or "host:port"). They are dialled
-// by the reconnect loop until they are members.
+// AddJoinAddrs adds seed addresses ("host" or "host:port"). Added before Run
+// they are joined like Config.Join; added later they are dialled at once and
+// then by the reconnect loop until they are members.
 func (m *Mesh) AddJoinAddrs(addrs ...string) {
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	for _, a := range addrs {
 		if !slices.Contains(m.seeds, a) {
 			m.seeds = append(m.seeds, a)
 		}
+	}
+	m.mu.Unlock()
+	select {
+	case m.seedsAdded <- struct{}{}:
+	default:
 	}
 }
 
@@ -400,6 +408,7 @@ func (m *Mesh) reconnectLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-time.After(interval):
+		case <-m.seedsAdded:
 		}
 		m.expire()
 		targets := append(m.deadTargets(), m.seedTargets()...)

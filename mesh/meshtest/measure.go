@@ -1,0 +1,61 @@
+package meshtest
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// Convergence is what MeasureConvergence observed.
+type Convergence struct {
+	Nodes int
+	// Converged is the time from starting the first node until every node
+	// held a unique block and listed every other node alive with its block.
+	Converged time.Duration
+	// SteadyBytesPerNode is the gossip traffic (bytes per second) each node
+	// sent on average during the steady window after convergence.
+	SteadyBytesPerNode float64
+}
+
+// MeasureConvergence starts n nodes at once on c (all joining the first
+// two), waits until they converge, then measures steady-state gossip over
+// steady. It checks uniqueness of blocks on every poll and fails on the
+// first duplicate. The nodes keep running; close c afterwards.
+func MeasureConvergence(ctx context.Context, c *Cluster, n int, steady time.Duration) (Convergence, error) {
+	res := Convergence{Nodes: n}
+	join := []string{
+		fmt.Sprintf("%s:%d", HostAddr(0), GossipPort),
+		fmt.Sprintf("%s:%d", HostAddr(1), GossipPort),
+	}
+	start := time.Now()
+	for i := range n {
+		if _, err := c.Start(Spec{Name: fmt.Sprintf("node-%04d", i), Join: join}); err != nil {
+			return res, err
+		}
+	}
+	var dup error
+	_, err := WaitFor(ctx, 20*time.Millisecond, func() error {
+		views := c.Views()
+		if dup = DuplicateBlock(views); dup != nil {
+			return nil
+		}
+		return Converged(views)
+	})
+	if dup != nil {
+		return res, dup
+	}
+	if err != nil {
+		return res, err
+	}
+	res.Converged = time.Since(start)
+
+	before := c.BytesSent()
+	t0 := time.Now()
+	select {
+	case <-ctx.Done():
+		return res, ctx.Err()
+	case <-time.After(steady):
+	}
+	res.SteadyBytesPerNode = float64(c.BytesSent()-before) / time.Since(t0).Seconds() / float64(n)
+	return res, nil
+}
