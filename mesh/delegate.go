@@ -89,7 +89,7 @@ func (d *delegate) MergeRemoteState(b []byte, join bool) { d.m.handleMessage(b) 
 
 // ownMetaLocked encodes this node's metadata.
 func (m *Mesh) ownMetaLocked() ([]byte, error) {
-	meta := Meta{HostIP: m.cfg.AdvertiseAddr, Pool: m.cfg.Pool, BlockBits: m.cfg.BlockBits, Block: m.own.Block, Gen: m.own.Gen}
+	meta := Meta{HostIP: m.cfg.AdvertiseAddr, Pool: m.cfg.Pool, BlockBits: m.cfg.BlockBits, Block: m.own.Block, Gen: m.own.Gen, Leaving: m.leaving}
 	if meta.Block.IsValid() {
 		meta.Since = m.own.Since
 	}
@@ -124,6 +124,9 @@ func (m *Mesh) observe(n *memberlist.Node) {
 	if !known {
 		p = &peer{name: n.Name}
 		m.peers[n.Name] = p
+	}
+	if state == Dead && known && p.metaErr == nil && p.meta.Leaving {
+		state = Left // it announced its leave before going
 	}
 	if !known || p.state != state {
 		p.since = now

@@ -68,6 +68,8 @@ type Mesh struct {
 	joining bool
 	// advertised is the metadata memberlist last applied for this node.
 	advertised []byte
+	// leaving is set on shutdown, before memberlist's leave.
+	leaving bool
 	// settle is how long membership must stay still before a vote: during
 	// a join storm electorates grow fast and majorities of views that differ
 	// this much need not intersect.
@@ -285,7 +287,15 @@ func (m *Mesh) Run(ctx context.Context) error {
 	<-ctx.Done()
 	wg.Wait()
 
-	if err := ml.Leave(m.cfg.LeaveTimeout); err != nil {
+	// Announce the leave in metadata first, so peers record "left", not
+	// "failed" (memberlist's own leave message does not reach delegates).
+	m.mu.Lock()
+	m.leaving = true
+	m.mu.Unlock()
+	if err := ml.UpdateNode(m.cfg.LeaveTimeout / 2); err != nil {
+		m.log.Debug("announce leave", "err", err)
+	}
+	if err := ml.Leave(m.cfg.LeaveTimeout / 2); err != nil {
 		m.log.Warn("leave the cluster", "err", err)
 	}
 	if err := ml.Shutdown(); err != nil {

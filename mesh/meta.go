@@ -17,7 +17,10 @@ const metaVersion = 1
 // version(1) flags(1) hostIP(4) pool(4+1) blockBits(1) block(4) since(8) gen(8).
 const metaLen = 32
 
-const metaFlagBlock = 1 << 0
+const (
+	metaFlagBlock   = 1 << 0
+	metaFlagLeaving = 1 << 1
+)
 
 // Meta is what a node advertises about itself in its memberlist metadata:
 // its host address (the next hop for its block), the pool layout it runs
@@ -34,6 +37,10 @@ type Meta struct {
 	Since time.Time
 	// Gen is the generation of the node's claim record.
 	Gen uint64
+	// Leaving announces a graceful shutdown: when the member disappears
+	// next, it left rather than failed (memberlist does not tell the two
+	// apart to its delegates).
+	Leaving bool
 }
 
 // Rules are what a received metadata value or claim record must satisfy.
@@ -81,6 +88,9 @@ func (m Meta) AppendBinary(b []byte) ([]byte, error) {
 		flags |= metaFlagBlock
 		blockAddr = m.Block.Addr().As4()
 	}
+	if m.Leaving {
+		flags |= metaFlagLeaving
+	}
 	var since int64
 	if !m.Since.IsZero() {
 		since = m.Since.UnixMilli()
@@ -111,9 +121,10 @@ func DecodeMeta(b []byte, rules Rules, from netip.Addr) (Meta, error) {
 		return m, reject("length", "metadata is %d bytes, want %d", len(b), metaLen)
 	}
 	flags := b[1]
-	if flags&^metaFlagBlock != 0 {
+	if flags&^(metaFlagBlock|metaFlagLeaving) != 0 {
 		return m, reject("flags", "unknown flags %#x", flags)
 	}
+	m.Leaving = flags&metaFlagLeaving != 0
 	m.HostIP = netip.AddrFrom4([4]byte(b[2:6]))
 	poolBits, blockBits := int(b[10]), int(b[11])
 	if poolBits > 32 {

@@ -34,6 +34,7 @@ func TestMetaRoundTrip(t *testing.T) {
 	for name, m := range map[string]Meta{
 		"with block": testMeta(),
 		"no block":   {HostIP: netip.MustParseAddr("172.16.254.113"), Pool: testRules.Pool, BlockBits: 23, Gen: 3},
+		"leaving":    func() Meta { m := testMeta(); m.Leaving = true; return m }(),
 	} {
 		t.Run(name, func(t *testing.T) {
 			b := mustEncode(t, m)

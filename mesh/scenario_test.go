@@ -451,3 +451,19 @@ func TestHostileMetadataGetsNoRoute(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestGracefulLeaveIsLeft(t *testing.T) {
+	c := newCluster(t, meshtest.Options{Logger: testLogger(t)})
+	a := start(t, c, meshtest.Spec{Name: "a"})
+	start(t, c, meshtest.Spec{Name: "b", Join: seed(a)})
+	waitConverged(t, c, 10*time.Second)
+	if err := c.Stop("b"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a sees b leave", 10*time.Second, func() error { return sees(a, "b", mesh.Left) })
+	for _, m := range a.Mesh.View().Members {
+		if m.Block.IsValid() {
+			t.Errorf("a still routes %s to %s after it left", m.Block, m.Name)
+		}
+	}
+}
