@@ -94,7 +94,12 @@ type Transport struct {
 	done    chan struct{}
 	closed  atomic.Bool
 	sent    atomic.Int64 // bytes written: packets and streams
-	dropped atomic.Int64 // packets lost to a full receive buffer
+
+	// accepted holds the stream ends handed to this transport, so Shutdown
+	// can close them: a pipe nobody reads would block its writer forever.
+	mu       sync.Mutex
+	accepted map[*conn]struct{}
+	dropped  atomic.Int64 // packets lost to a full receive buffer
 }
 
 var _ memberlist.NodeAwareTransport = (*Transport)(nil)
@@ -151,10 +156,16 @@ func (t *Transport) DialAddressTimeout(a memberlist.Address, timeout time.Durati
 		return nil, err
 	}
 	local, remote := net.Pipe()
+	in := &conn{Conn: remote, local: dest.addr, remote: t.addr, sent: &dest.sent, owner: dest}
+	if !dest.track(in) {
+		local.Close()
+		remote.Close()
+		return nil, fmt.Errorf("meshtest: dial %s: connection refused", a.Addr)
+	}
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 	select {
-	case dest.streams <- &conn{Conn: remote, local: dest.addr, remote: t.addr, sent: &dest.sent}:
+	case dest.streams <- in:
 		return &conn{Conn: local, local: t.addr, remote: dest.addr, sent: &t.sent}, nil
 	case <-dest.done:
 	case <-timer.C:
@@ -166,12 +177,41 @@ func (t *Transport) DialAddressTimeout(a memberlist.Address, timeout time.Durati
 
 func (t *Transport) StreamCh() <-chan net.Conn { return t.streams }
 
-// Shutdown detaches the transport; its address can be used again.
+// Shutdown detaches the transport and closes its streams; its address can
+// be used again.
 func (t *Transport) Shutdown() error {
-	if t.closed.CompareAndSwap(false, true) {
-		close(t.done)
+	if !t.closed.CompareAndSwap(false, true) {
+		return nil
+	}
+	close(t.done)
+	t.mu.Lock()
+	open := t.accepted
+	t.accepted = nil
+	t.mu.Unlock()
+	for c := range open {
+		c.Conn.Close()
 	}
 	return nil
+}
+
+// track records an accepted stream end; false if the transport is shut.
+func (t *Transport) track(c *conn) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed.Load() {
+		return false
+	}
+	if t.accepted == nil {
+		t.accepted = make(map[*conn]struct{})
+	}
+	t.accepted[c] = struct{}{}
+	return true
+}
+
+func (t *Transport) untrack(c *conn) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	delete(t.accepted, c)
 }
 
 // conn is one end of an in-memory stream with host addresses.
@@ -179,6 +219,14 @@ type conn struct {
 	net.Conn
 	local, remote netip.AddrPort
 	sent          *atomic.Int64
+	owner         *Transport // accepting side: forget the conn on Close
+}
+
+func (c *conn) Close() error {
+	if c.owner != nil {
+		c.owner.untrack(c)
+	}
+	return c.Conn.Close()
 }
 
 func (c *conn) Write(b []byte) (int, error) {
