@@ -152,6 +152,7 @@ func (m *Mesh) observe(n *memberlist.Node) {
 		}
 	}
 	lost := m.own.Block.IsValid() && metaErr == nil && state.live() && meta.Block == m.own.Block
+	m.countMembersLocked()
 	m.mu.Unlock()
 
 	if rejectedNow {

@@ -493,12 +493,17 @@ func (m *Mesh) expire() {
 			delete(m.missingSince, name)
 		}
 	}
-	counts := map[MemberState]int{}
+	m.countMembersLocked()
+}
+
+// countMembersLocked refreshes the members-by-state gauge.
+func (m *Mesh) countMembersLocked() {
+	var counts [Left + 1]int
 	for _, p := range m.peers {
 		counts[p.state]++
 	}
-	for _, s := range []MemberState{Alive, Suspect, Dead, Left} {
-		m.metrics.members.WithLabelValues(s.String()).Set(float64(counts[s]))
+	for s, n := range counts {
+		m.metrics.members.WithLabelValues(MemberState(s).String()).Set(float64(n))
 	}
 }
 

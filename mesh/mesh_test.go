@@ -71,6 +71,12 @@ func TestThreeNodesConverge(t *testing.T) {
 		if !mesh.DefaultPool.Contains(v.Block.Addr()) || v.Block.Bits() != mesh.DefaultBlockBits {
 			t.Errorf("%s holds %s, not a /23 of the default pool", name, v.Block)
 		}
+		if n := counter(t, c.Node(name).Metrics, "grapevine_mesh_members", "alive"); n != 2 {
+			t.Errorf("%s: members{state=alive} = %v, want 2", name, n)
+		}
+		if n := counter(t, c.Node(name).Metrics, "grapevine_mesh_claims_total", "succeeded"); n != 1 {
+			t.Errorf("%s: claims_total{result=succeeded} = %v, want 1", name, n)
+		}
 		if v.HostIP != c.Node(name).Addr.Addr() {
 			t.Errorf("%s reports host IP %s, want %s", name, v.HostIP, c.Node(name).Addr.Addr())
 		}

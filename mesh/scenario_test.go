@@ -87,8 +87,8 @@ func reasonContains(n *meshtest.Node, s string) func() error {
 	}
 }
 
-// counter sums the samples of a counter family with the given label value
-// (any label value when labelValue is empty).
+// counter sums the samples of a counter or gauge family with the given
+// label value (any label value when labelValue is empty).
 func counter(t *testing.T, reg *prometheus.Registry, name, labelValue string) float64 {
 	t.Helper()
 	fams, err := reg.Gather()
@@ -108,7 +108,7 @@ func counter(t *testing.T, reg *prometheus.Registry, name, labelValue string) fl
 				}
 			}
 			if match {
-				sum += m.GetCounter().GetValue()
+				sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
 			}
 		}
 	}
