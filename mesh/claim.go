@@ -161,7 +161,24 @@ func (m *Mesh) restore(ctx context.Context, saved *savedClaim) {
 	}
 	m.advertise()
 	m.broadcast(r)
+	m.tellLive(r)
 	m.notify()
+}
+
+// tellLive sends records straight to every live member, so they route a new
+// claim without waiting for the metadata update to be gossiped.
+func (m *Mesh) tellLive(recs ...Record) {
+	m.mu.Lock()
+	addrs := make(map[string]netip.AddrPort, len(m.peers))
+	names := make([]string, 0, len(m.peers))
+	for _, p := range m.peers {
+		if p.state.live() && p.metaErr == nil {
+			addrs[p.name] = p.addr
+			names = append(names, p.name)
+		}
+	}
+	m.mu.Unlock()
+	m.sendAll(names, addrs, encodeRecords(recs))
 }
 
 // advertise pushes this node's metadata to the cluster. memberlist drops an
@@ -380,8 +397,9 @@ func (m *Mesh) sendAll(names []string, addrs map[string]netip.AddrPort, msg []by
 
 // commit makes a won vote this node's claim: saved to disk first (so a
 // crash cannot advertise a block the restart forgets), then advertised in
-// metadata, gossiped as a record, and sent to the whole electorate so
-// granters drop their promises and every voter refuses the block at once.
+// metadata, gossiped as a record, and sent to every live member so granters
+// drop their promises, every voter refuses the block, and every peer routes
+// it at once.
 func (m *Mesh) commit(block netip.Prefix, electorate map[string]netip.AddrPort, votes int) claimResult {
 	m.mu.Lock()
 	now := m.now().Truncate(time.Millisecond)
@@ -426,13 +444,7 @@ func (m *Mesh) commit(block netip.Prefix, electorate map[string]netip.AddrPort, 
 	m.log.Info("claimed a block", "block", block, "votes", votes, "electorate", len(electorate))
 	m.advertise()
 	m.broadcast(changed...)
-	others := make([]string, 0, len(electorate))
-	for name := range electorate {
-		if name != m.cfg.NodeName {
-			others = append(others, name)
-		}
-	}
-	m.sendAll(others, electorate, encodeRecords(changed))
+	m.tellLive(changed...)
 	m.notify()
 	return claimSucceeded
 }
@@ -493,8 +505,8 @@ func (m *Mesh) heldLocked(claimant string) map[netip.Prefix]bool {
 		held[m.own.Block] = true
 	}
 	for _, p := range m.peers {
-		if p.name != claimant && p.state.live() && p.metaErr == nil && p.meta.Block.IsValid() {
-			held[p.meta.Block] = true
+		if b, _ := m.claimOfLocked(p); b.IsValid() && p.name != claimant {
+			held[b] = true
 		}
 	}
 	for name, r := range m.table {

@@ -193,7 +193,7 @@ func (m *Mesh) View() View {
 		mem := Member{Name: p.name, Addr: p.addr.Addr(), State: p.state}
 		if p.metaErr == nil {
 			mem.HostIP = p.meta.HostIP
-			if b := p.meta.Block; b.IsValid() && p.state.live() && winners[b] == p.name {
+			if b, _ := m.claimOfLocked(p); b.IsValid() && winners[b] == p.name {
 				mem.Block = b
 			}
 		}
@@ -218,6 +218,21 @@ func (h holder) beats(o holder) bool {
 	return h.name < o.name
 }
 
+// claimOfLocked returns the block a live peer with valid metadata holds and
+// since when: its metadata's, unless the peer's own newer record (sent
+// straight to every member on commit) arrived before the metadata update
+// was gossiped.
+func (m *Mesh) claimOfLocked(p *peer) (netip.Prefix, time.Time) {
+	if !p.state.live() || p.metaErr != nil {
+		return netip.Prefix{}, time.Time{}
+	}
+	r, ok := m.table[p.name]
+	if ok && r.Gen > p.meta.Gen && !r.Released && r.DeadAt.IsZero() && r.HostIP == p.meta.HostIP {
+		return r.Block, r.Since
+	}
+	return p.meta.Block, p.meta.Since
+}
+
 // blockWinnersLocked maps every block advertised by a live member (this node
 // included) to the member that keeps it.
 func (m *Mesh) blockWinnersLocked() map[netip.Prefix]string {
@@ -231,8 +246,8 @@ func (m *Mesh) blockWinnersLocked() map[netip.Prefix]string {
 		consider(m.own.Block, holder{m.cfg.NodeName, m.own.Since})
 	}
 	for _, p := range m.peers {
-		if p.state.live() && p.metaErr == nil && p.meta.Block.IsValid() {
-			consider(p.meta.Block, holder{p.name, p.meta.Since})
+		if b, since := m.claimOfLocked(p); b.IsValid() {
+			consider(b, holder{p.name, since})
 		}
 	}
 	winners := make(map[netip.Prefix]string, len(best))
