@@ -29,7 +29,8 @@ type dataPath struct {
 
 // measureDataPath wires a pod on a and one on b, and measures TCP
 // throughput (iperf3) and round trip time (ICMP echo) from pod to pod and,
-// alternating with it, from a's em1 to b's em1.
+// alternating with it, from a's em1 to b's em1, and between two pods wired
+// by hand as the seed article does.
 func measureDataPath(ctx context.Context, a, b *lab.Host, iperf time.Duration, rounds int, log *slog.Logger) (_ []Row, err error) {
 	pa, err := a.AddPod(ctx)
 	if err != nil {
@@ -42,9 +43,17 @@ func measureDataPath(ctx context.Context, a, b *lab.Host, iperf time.Duration, r
 	}
 	defer func() { err = errors.Join(err, pb.Delete(context.WithoutCancel(ctx))) }()
 
+	s := newScope()
+	defer func() { err = errors.Join(err, s.close(context.WithoutCancel(ctx))) }()
+	sa, sb, err := wireSeedPods(ctx, s, a, b)
+	if err != nil {
+		return nil, err
+	}
+
 	host := &dataPath{name: "host", client: a.Namespace, server: b.Namespace, addr: b.IP}
 	pod := &dataPath{name: "pod", client: pa.Namespace, server: pb.Namespace, addr: pb.IP}
-	paths := []*dataPath{host, pod}
+	seed := &dataPath{name: "seed", client: sa.ns, server: sb.ns, addr: sb.addr}
+	paths := []*dataPath{host, pod, seed}
 	for _, p := range paths {
 		stop, err := startIperfServer(ctx, p.server, p.addr)
 		if err != nil {
@@ -82,21 +91,27 @@ func measureDataPath(ctx context.Context, a, b *lab.Host, iperf time.Duration, r
 			Value: medianFloat(pod.bps) / 1e9, Samples: len(pod.bps),
 			Peer:   &Peer{Name: "host em1 to em1", Value: medianFloat(host.bps) / 1e9},
 			Target: Target{Kind: AtLeastPeer, Limit: 0.95},
-			Note: fmt.Sprintf("iperf3 single stream, %v per run, runs alternating: pod %s, host %s Gbit/s",
-				iperf, formatAll(scale(pod.bps, 1e-9)), formatAll(scale(host.bps, 1e-9)))},
-		{ID: "7b", Measure: "round trip time pod to pod", Unit: "ms",
-			Value: millis(median(pod.rtt)), Samples: len(pod.rtt),
-			Peer:   &Peer{Name: "host em1 to em1", Value: millis(median(host.rtt))},
+			Note: fmt.Sprintf("iperf3 single stream, %v per run, runs alternating: pod %s, host %s, hand-wired %s Gbit/s",
+				iperf, formatAll(scale(pod.bps, 1e-9)), formatAll(scale(host.bps, 1e-9)), formatAll(scale(seed.bps, 1e-9)))},
+		{ID: "7b", Measure: "round trip time pod to pod", Unit: "µs",
+			Value: micros(median(pod.rtt)), Samples: len(pod.rtt),
+			Peer:   &Peer{Name: "host em1 to em1", Value: micros(median(host.rtt))},
 			Target: Target{Kind: AtMostPeer, Limit: 1.2},
 			Note:   "median ICMP echo, one socket per echo, alternating with the host path"},
+		{ID: "7c", Measure: "TCP throughput, pods wired by hand (seed path)", Unit: "Gbit/s",
+			Value: medianFloat(seed.bps) / 1e9, Samples: len(seed.bps),
+			Peer: &Peer{Name: "host em1 to em1", Value: medianFloat(host.bps) / 1e9},
+			Note: "the same routed path built with iproute2 alone: what the design costs in this lab, apart from the plugin"},
+		{ID: "7d", Measure: "round trip time, pods wired by hand (seed path)", Unit: "µs",
+			Value: micros(median(seed.rtt)), Samples: len(seed.rtt),
+			Peer: &Peer{Name: "host em1 to em1", Value: micros(median(host.rtt))}},
 	}, nil
 }
 
+// alternate rotates the paths by i, so each takes every place in turn.
 func alternate(p []*dataPath, i int) []*dataPath {
-	if i%2 == 0 {
-		return []*dataPath{p[0], p[1]}
-	}
-	return []*dataPath{p[1], p[0]}
+	k := i % len(p)
+	return append(p[k:len(p):len(p)], p[:k]...)
 }
 
 func scale(v []float64, f float64) []float64 {

@@ -42,24 +42,27 @@ func measureIdle(ctx context.Context, hosts []*lab.Host, window time.Duration) (
 		return nil, err
 	}
 	elapsed := time.Since(t0)
-	var cpu, rss []float64
+	var cpu, rss, anon, file []float64
 	for i, pid := range pids {
 		after, err := cpuTicks(pid)
 		if err != nil {
 			return nil, err
 		}
 		cpu = append(cpu, 100*float64(after-before[i])/clockTicks/elapsed.Seconds())
-		kb, err := residentKB(pid)
+		mem, err := memoryKB(pid)
 		if err != nil {
 			return nil, err
 		}
-		rss = append(rss, float64(kb)/1024)
+		rss = append(rss, float64(mem["VmRSS"])/1024)
+		anon = append(anon, float64(mem["RssAnon"])/1024)
+		file = append(file, float64(mem["RssFile"])/1024)
 	}
 	return []Row{
 		{ID: "8a", Measure: "agent resident memory, idle (worst of 5)", Unit: "MB", Value: slices.Max(rss), Samples: len(rss),
 			Peer:   &Peer{Name: "flanneld", Value: 40, Published: true},
 			Target: Target{Kind: AtMost, Limit: 30},
-			Note:   fmt.Sprintf("VmRSS of each agent %s MB; flanneld also needs etcd, 34 MB (published)", formatAll(rss))},
+			Note: fmt.Sprintf("VmRSS of each agent %s MB, of which anonymous (heap, stacks) %s MB and file-backed (the binary's pages) %s MB; flanneld also needs etcd, 34 MB (published)",
+				formatAll(rss), formatAll(anon), formatAll(file))},
 		{ID: "8b", Measure: "agent CPU, idle (worst of 5)", Unit: "%", Value: slices.Max(cpu), Samples: len(cpu),
 			Target: Target{Kind: AtMost, Limit: 1},
 			Note:   fmt.Sprintf("utime+stime over %v, %% of one core, each agent %s", elapsed.Round(time.Second), formatAll(cpu))},
@@ -122,16 +125,24 @@ func cpuTicks(pid int) (uint64, error) {
 	return utime + stime, nil
 }
 
-// residentKB is the process's VmRSS.
-func residentKB(pid int) (int, error) {
+// memoryKB returns the Vm* and Rss* lines of /proc/<pid>/status, in kB.
+func memoryKB(pid int) (map[string]int, error) {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
+	mem := make(map[string]int)
 	for line := range strings.Lines(string(data)) {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			return strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
+		k, v, ok := strings.Cut(line, ":")
+		if !ok || !(strings.HasPrefix(k, "Vm") || strings.HasPrefix(k, "Rss")) {
+			continue
+		}
+		if n, err := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB")); err == nil {
+			mem[k] = n
 		}
 	}
-	return 0, fmt.Errorf("/proc/%d/status: no VmRSS", pid)
+	if _, ok := mem["VmRSS"]; !ok {
+		return nil, fmt.Errorf("/proc/%d/status: no VmRSS", pid)
+	}
+	return mem, nil
 }

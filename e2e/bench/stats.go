@@ -45,6 +45,7 @@ func medianFloat(v []float64) float64 {
 
 func seconds(d time.Duration) float64 { return d.Seconds() }
 func millis(d time.Duration) float64  { return float64(d) / float64(time.Millisecond) }
+func micros(d time.Duration) float64  { return float64(d) / float64(time.Microsecond) }
 
 func durationsIn(d []time.Duration, unit func(time.Duration) float64) []float64 {
 	out := make([]float64, len(d))

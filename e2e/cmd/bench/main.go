@@ -46,7 +46,7 @@ func run() error {
 		iperfRounds = flag.Int("iperf-rounds", 2, "iperf3 runs of each path, alternating")
 		meshNodes   = flag.Int("mesh-nodes", 256, "agents in the in-process mesh")
 		meshSteady  = flag.Duration("mesh-steady", 30*time.Second, "window over which steady gossip traffic is counted")
-		meshTimeout = flag.Duration("mesh-timeout", 2*time.Minute, "how long the in-process mesh may take to converge")
+		meshTimeout = flag.Duration("mesh-timeout", 90*time.Second, "how long the in-process mesh may take to converge")
 		cpuProfile  = flag.String("cpuprofile", "", "write a CPU profile of this process (the in-process mesh, the CNI driver) to this file")
 		verbose     = flag.Bool("v", false, "log progress in detail")
 	)
