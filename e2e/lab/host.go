@@ -281,6 +281,11 @@ func (h *Host) StatusText(ctx context.Context, format string) ([]byte, error) {
 	return run(ctx, filepath.Join(h.lab.BinDir, "grapevine"), "status", "--run-dir", h.RunDir(), "-o", format)
 }
 
+// Release runs `grapevine release node` against this host's agent.
+func (h *Host) Release(ctx context.Context, node string) ([]byte, error) {
+	return run(ctx, filepath.Join(h.lab.BinDir, "grapevine"), "release", "--run-dir", h.RunDir(), node)
+}
+
 // Status asks the agent for its status through the real CLI.
 func (h *Host) Status(ctx context.Context) (Status, error) {
 	var s Status

@@ -1,0 +1,82 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/grapevine-net/grapevine/e2e/lab"
+	"github.com/grapevine-net/grapevine/e2e/labtest"
+)
+
+// TestRelease: `grapevine release` refuses a live node; once the node is dead
+// it frees the node's block on every host at once, long before
+// --reclaim-after, and the node coming back does not take the released claim
+// back from disk but claims anew.
+func TestRelease(t *testing.T) {
+	t.Parallel()
+	l := env.Lab(t, labtest.Options{Hosts: 3})
+	ctx := timeout(t, 3*time.Minute)
+	h1, h2, h3 := l.Host(1), l.Host(2), l.Host(3)
+	before, err := lab.WaitMesh(ctx, l.Hosts())
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldBlock := before[h3.Name].Block
+
+	if out, err := h1.Release(ctx, h3.Name); err == nil {
+		t.Fatalf("release of a live node succeeded: %s", out)
+	}
+
+	if err := h3.KillAgent(); err != nil {
+		t.Fatal(err)
+	}
+	if err := h3.CutLink(ctx); err != nil {
+		t.Fatal(err)
+	}
+	deadCtx := timeout(t, failureDetectionBound)
+	if _, err := h1.WaitStatus(deadCtx, "h3 dead", func(s lab.Status) bool {
+		m, ok := s.Member(h3.Name)
+		return ok && m.State == "dead"
+	}); err != nil {
+		t.Fatal(err)
+	}
+	released := time.Now()
+	if out, err := h1.Release(ctx, h3.Name); err != nil {
+		t.Fatalf("release of a dead node: %v: %s", err, out)
+	}
+	for _, h := range []*lab.Host{h1, h2} {
+		_, err := h.WaitStatus(ctx, fmt.Sprintf("%s's block released", h3.Name), func(s lab.Status) bool {
+			m, ok := s.Member(h3.Name)
+			return !ok || !m.Block.IsValid()
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("release: %s (%s) freed on every live host within %v", oldBlock, h3.Name, time.Since(released).Round(time.Millisecond))
+
+	if err := h3.RestoreLink(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := h3.StartAgent(ctx); err != nil {
+		t.Fatal(err)
+	}
+	after, err := lab.WaitMesh(ctx, l.Hosts())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := uniqueBlocks(after); err != nil {
+		t.Fatal(err)
+	}
+	log, err := os.ReadFile(h3.LogPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(log), "no longer this node's; claiming a new one") {
+		t.Errorf("h3 did not notice that its saved claim was released:\n%s", h3.LogTail(30))
+	}
+	t.Logf("release: h3 came back and claimed %s (was %s)", after[h3.Name].Block, oldBlock)
+}
