@@ -188,7 +188,7 @@ func runAgent(ctx context.Context, o agentOptions, log *slog.Logger) error {
 	log.Info("starting grapevine agent", "version", version, "iface", o.Iface, "hostIP", o.HostIP,
 		"pool", o.Pool, "blockSize", o.BlockSize, "port", o.Port, "join", o.Join)
 
-	a, err := newAgent(o, log)
+	a, err := newAgent(o, o.meshConfig(log), netlinkHost(), log)
 	if err != nil {
 		return err
 	}

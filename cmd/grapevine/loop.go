@@ -24,12 +24,13 @@ import (
 // agent wires the mesh to the kernel: every change of the mesh's View, every
 // change of the kernel's routes and a periodic timer lead to one reconcile.
 type agent struct {
-	opts     agentOptions
-	log      *slog.Logger
-	registry *prometheus.Registry
-	mesh     *mesh.Mesh
-	kernel   node.Kernel
-	rec      *node.Reconciler
+	opts        agentOptions
+	log         *slog.Logger
+	registry    *prometheus.Registry
+	mesh        *mesh.Mesh
+	kernel      node.Kernel
+	rec         *node.Reconciler
+	watchRoutes func(context.Context) <-chan struct{}
 
 	// synced turns true once the mesh is ready (see mayReconcile). Until
 	// then the agent leaves the kernel and the hand-off files as the previous
@@ -46,25 +47,36 @@ type agent struct {
 	lastPass time.Time // start of the last loop pass, for /healthz
 }
 
-func newAgent(o agentOptions, log *slog.Logger) (*agent, error) {
+// hostSide is what the agent needs of the host: the kernel it programs and
+// a source of route-change events. Tests pass a fake kernel.
+type hostSide struct {
+	kernel      node.Kernel
+	watchRoutes func(context.Context) <-chan struct{}
+}
+
+func netlinkHost() hostSide {
+	return hostSide{kernel: node.NewNetlinkKernel(), watchRoutes: node.WatchRoutes}
+}
+
+// newAgent builds an agent from its options and mesh configuration.
+func newAgent(o agentOptions, cfg mesh.Config, host hostSide, log *slog.Logger) (*agent, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	cfg := o.meshConfig(log)
 	cfg.Registerer = reg
 	m, err := mesh.New(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("mesh: %w", err)
 	}
-	kernel := node.NewNetlinkKernel()
 	return &agent{
-		opts:     o,
-		log:      log,
-		registry: reg,
-		mesh:     m,
-		kernel:   kernel,
-		rec:      node.NewReconciler(kernel, log.With("component", "node"), reg),
-		status:   statusReport{Node: o.NodeName, Reason: "starting"},
-		lastPass: time.Now(),
+		opts:        o,
+		log:         log,
+		registry:    reg,
+		mesh:        m,
+		kernel:      host.kernel,
+		rec:         node.NewReconciler(host.kernel, log.With("component", "node"), reg),
+		watchRoutes: host.watchRoutes,
+		status:      statusReport{Node: o.NodeName, Reason: "starting"},
+		lastPass:    time.Now(),
 	}, nil
 }
 
@@ -87,7 +99,7 @@ func (a *agent) run(ctx context.Context) error {
 	a.inheritedPeerRoutes = a.countPeerRoutes()
 	graceOver := time.After(restartGrace)
 
-	routeChanged := node.WatchRoutes(ctx)
+	routeChanged := a.watchRoutes(ctx)
 	resync := time.NewTicker(a.opts.ResyncInterval)
 	defer resync.Stop()
 	for {

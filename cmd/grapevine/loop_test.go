@@ -1,0 +1,218 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/grapevine-net/grapevine/mesh/meshtest"
+	"github.com/grapevine-net/grapevine/node"
+	"github.com/grapevine-net/grapevine/node/nodestate"
+)
+
+// testHost is one agent of an in-process cluster: the real agent loop and
+// mesh over an in-memory network, with a fake kernel.
+type testHost struct {
+	name   string
+	addr   netip.Addr
+	dir    string
+	kernel *node.FakeKernel
+	agent  *agent
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func startTestHost(t *testing.T, network *meshtest.Network, dir, name string, i int, kernel *node.FakeKernel, join ...string) *testHost {
+	t.Helper()
+	h := &testHost{name: name, addr: meshtest.HostAddr(i), dir: filepath.Join(dir, name), kernel: kernel}
+	if h.kernel == nil {
+		h.kernel = node.NewFakeKernel()
+		h.kernel.AddLink("em1", netip.PrefixFrom(h.addr, 8))
+	}
+	o := agentOptions{
+		NodeName:       name,
+		Iface:          "em1",
+		HostIP:         h.addr,
+		Port:           meshtest.GossipPort,
+		Join:           join,
+		Pool:           netip.MustParsePrefix("10.244.0.0/16"),
+		BlockSize:      23,
+		StateDir:       filepath.Join(h.dir, "state"),
+		RunDir:         filepath.Join(h.dir, "run"),
+		CNIConfDir:     filepath.Join(h.dir, "net.d"),
+		Masquerade:     true,
+		ReclaimAfter:   time.Hour,
+		MTU:            1500,
+		ResyncInterval: 30 * time.Second,
+	}
+	transport, err := network.NewTransport(netip.AddrPortFrom(h.addr, meshtest.GossipPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})).With("node", name)
+	cfg := o.meshConfig(log)
+	cfg.Transport = transport
+	cfg.Tune = meshtest.FastTimers
+	host := hostSide{kernel: h.kernel, watchRoutes: func(context.Context) <-chan struct{} { return nil }}
+	h.agent, err = newAgent(o, cfg, host, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	h.cancel, h.done = cancel, make(chan error, 1)
+	go func() { h.done <- h.agent.run(ctx) }()
+	t.Cleanup(func() { h.stop(t) })
+	return h
+}
+
+// stop ends the agent as SIGTERM does and waits for it.
+func (h *testHost) stop(t *testing.T) {
+	if h.cancel == nil {
+		return
+	}
+	h.cancel()
+	h.cancel = nil
+	select {
+	case err := <-h.done:
+		if err != nil {
+			t.Errorf("%s: agent returned %v", h.name, err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Errorf("%s: agent did not stop", h.name)
+	}
+}
+
+// peerRoutes is the fake kernel's unicast routes: block -> next hop.
+func (h *testHost) peerRoutes() map[netip.Prefix]netip.Addr {
+	routes := map[netip.Prefix]netip.Addr{}
+	for _, r := range h.kernel.Table() {
+		if !r.Blackhole && r.Protocol == node.RouteProtocol {
+			routes[r.Dst] = r.Via
+		}
+	}
+	return routes
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+func waitFor(t *testing.T, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("waiting for %s: %v", what, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// routesTo checks that every host routes every other host's block via it.
+func routesTo(hosts ...*testHost) error {
+	for _, h := range hosts {
+		for _, peer := range hosts {
+			if peer == h {
+				continue
+			}
+			st, err := nodestate.Read(peer.agent.opts.RunDir)
+			if err != nil {
+				return fmt.Errorf("%s: %w", peer.name, err)
+			}
+			if via, ok := h.peerRoutes()[st.Block]; !ok || via != peer.addr {
+				return fmt.Errorf("%s has no route %s via %s: %v", h.name, st.Block, peer.addr, h.peerRoutes())
+			}
+		}
+	}
+	return nil
+}
+
+// TestAgentLoop runs two real agent loops over an in-memory network with
+// fake kernels: they route each other's blocks and hand off to the plugin;
+// a graceful stop withdraws the route on the peer but leaves the stopped
+// host's own routes in place; a restart gets the same block back.
+func TestAgentLoop(t *testing.T) {
+	dir := t.TempDir()
+	network := meshtest.NewNetwork()
+	h1 := startTestHost(t, network, dir, "h1", 1, nil)
+	h2 := startTestHost(t, network, dir, "h2", 2, nil, h1.addr.String())
+
+	waitFor(t, "both hosts to route each other", func() error { return routesTo(h1, h2) })
+	st2, err := nodestate.Read(h2.agent.opts.RunDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(h2.agent.opts.CNIConfDir, node.ConflistName)); err != nil {
+		t.Fatalf("no conflist written: %v", err)
+	}
+
+	body, err := callAgent(t.Context(), h1.agent.opts.RunDir, http.MethodGet, "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var status statusReport
+	if err := json.Unmarshal(body, &status); err != nil {
+		t.Fatal(err)
+	}
+	if !status.Ready || len(status.Members) != 1 || status.Members[0].Route != routeProgrammed || status.Members[0].Block != st2.Block.String() {
+		t.Fatalf("h1 status = %s", body)
+	}
+	checkHTTP(t, h1.agent.metricsHandler(), "/readyz", http.StatusOK, "ready")
+	checkHTTP(t, h1.agent.metricsHandler(), "/healthz", http.StatusOK, "ok")
+	checkHTTP(t, h1.agent.metricsHandler(), "/metrics", http.StatusOK, "grapevine_node_reconcile_seconds")
+	checkHTTP(t, h1.agent.metricsHandler(), "/metrics", http.StatusOK, "grapevine_mesh_claims_total")
+	if _, err := callAgent(t.Context(), h1.agent.opts.RunDir, http.MethodPost, "/release?node=h2"); err == nil {
+		t.Error("release of a live member succeeded")
+	}
+
+	kept := h2.peerRoutes()
+	h2.stop(t)
+	waitFor(t, "h1 to withdraw h2's block", func() error {
+		if _, ok := h1.peerRoutes()[st2.Block]; ok {
+			return errors.New("still routed")
+		}
+		return nil
+	})
+	if got := h2.peerRoutes(); len(got) != len(kept) {
+		t.Fatalf("stopping h2 changed its routes: before %v, after %v", kept, got)
+	}
+	if _, err := nodestate.Read(h2.agent.opts.RunDir); err != nil {
+		t.Fatalf("stopping h2 removed its hand-off: %v", err)
+	}
+
+	h2 = startTestHost(t, network, dir, "h2", 2, h2.kernel, h1.addr.String())
+	waitFor(t, "the routes to return after the restart", func() error { return routesTo(h1, h2) })
+	again, err := nodestate.Read(h2.agent.opts.RunDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.Block != st2.Block {
+		t.Fatalf("h2 restarted with block %s, had %s", again.Block, st2.Block)
+	}
+}
+
+func checkHTTP(t *testing.T, h http.Handler, path string, code int, contains string) {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+	if rec.Code != code || !strings.Contains(rec.Body.String(), contains) {
+		t.Errorf("GET %s = %d %.200q, want %d containing %q", path, rec.Code, rec.Body.String(), code, contains)
+	}
+}
