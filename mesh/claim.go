@@ -227,25 +227,19 @@ func (m *Mesh) claimOnce(ctx context.Context) claimResult {
 	m.metrics.claimAttempts.Inc()
 	m.log.Debug("claiming", "block", block, "free", free, "electorate", len(electorate))
 
-	// A voter that counts members the claimant does not refuses and names
-	// them; retry with them added while the electorate keeps growing.
-	for range 8 {
-		out := m.vote(ctx, block, electorate)
-		if out.result == claimSucceeded {
-			return m.commit(block, electorate, len(out.granters))
-		}
-		if len(out.missing) == 0 || ctx.Err() != nil {
-			m.afterFailedVote(block, out)
-			return out.result
-		}
-		for _, p := range out.missing {
-			if cur, ok := electorate[p.Name]; !ok || !cur.IsValid() {
-				electorate[p.Name] = p.Addr
-			}
-		}
+	out := m.vote(ctx, block, electorate)
+	if out.result == claimSucceeded {
+		return m.commit(block, len(out.granters))
 	}
-	m.afterFailedVote(block, voteOutcome{result: claimContended})
-	return claimContended
+	m.mu.Lock()
+	if out.result == claimContended {
+		m.contested[block] = m.now().Add(contestedFor)
+	}
+	if out.reason != "" {
+		m.reason = out.reason
+	}
+	m.mu.Unlock()
+	return out.result
 }
 
 func (m *Mesh) reasonSnapshot() string {
@@ -254,39 +248,41 @@ func (m *Mesh) reasonSnapshot() string {
 	return m.reason
 }
 
-func (m *Mesh) afterFailedVote(block netip.Prefix, out voteOutcome) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if out.result == claimContended {
-		m.contested[block] = m.now().Add(contestedFor)
-	}
-	if out.reason != "" {
-		m.reason = out.reason
-	}
-}
-
 // voteOutcome is the result of asking an electorate for one block.
 type voteOutcome struct {
 	result   claimResult
 	reason   string
 	granters []string
-	missing  []peerAddr
 }
 
-// vote asks every member of the electorate to promise block to this node
-// and waits until a majority granted, a majority became impossible, or the
-// vote timed out.
+// ballot collects the answers to one vote request.
+type ballot struct {
+	replies chan voteResponse
+	done    chan struct{} // closed when the vote is over
+}
+
+// maxExpansions bounds how often one vote grows its electorate.
+const maxExpansions = 16
+
+// vote asks every member of the electorate to promise block to this node.
+// A voter that counts members this node did not refuses and names them;
+// they join the electorate, are asked too, and the refuser is asked again.
+// Grants already given stay valid: a voter's electorate that was inside the
+// smaller one is inside the larger one. The vote waits for every answer, not
+// just a majority: a single refusal means some member knows a competing
+// claim or promise, and waiting for all makes two claims of one block need
+// disjoint sets of responders, which overlapping views do not give. Members
+// that stay silent until the timeout are presumed dead; a majority may still
+// carry.
 func (m *Mesh) vote(ctx context.Context, block netip.Prefix, electorate map[string]netip.AddrPort) voteOutcome {
 	self := m.cfg.NodeName
-	quorum := len(electorate)/2 + 1
-	var targets []string
-	for name, addr := range electorate {
-		if name != self && addr.IsValid() {
-			targets = append(targets, name)
+	reachable := 0
+	for _, addr := range electorate {
+		if addr.IsValid() {
+			reachable++
 		}
 	}
-	slices.Sort(targets)
-	if reachable := len(targets) + 1; reachable < quorum {
+	if quorum := len(electorate)/2 + 1; reachable < quorum {
 		return voteOutcome{result: claimNoQuorum, reason: noQuorum(reachable, quorum, len(electorate))}
 	}
 
@@ -299,65 +295,102 @@ func (m *Mesh) vote(ctx context.Context, block netip.Prefix, electorate map[stri
 	m.voteID++
 	id := m.voteID
 	m.promises[block] = promise{claimant: self, id: id, expires: now.Add(promiseTTL)}
-	replies := make(chan voteResponse, len(targets))
-	m.votes[id] = replies
+	b := &ballot{replies: make(chan voteResponse, 64), done: make(chan struct{})}
+	m.votes[id] = b
 	m.mu.Unlock()
+	var sends sync.WaitGroup
+	defer sends.Wait()
 	defer func() {
 		m.mu.Lock()
 		delete(m.votes, id)
 		m.mu.Unlock()
+		close(b.done)
 	}()
 
-	names := make([]string, 0, len(electorate))
-	for name := range electorate {
-		names = append(names, name)
+	from := netip.AddrPortFrom(m.cfg.AdvertiseAddr, uint16(m.cfg.Port))
+	asked := map[string]bool{self: true}
+	outstanding := 0
+	// ask sends the request, with the electorate as it stands, to names.
+	ask := func(names []string) {
+		all := make([]string, 0, len(electorate))
+		for name := range electorate {
+			all = append(all, name)
+		}
+		slices.Sort(all)
+		msg := voteRequest{ID: id, Claimant: self, From: from, Block: block, Electorate: all}.encode()
+		addrs := make(map[string]netip.AddrPort, len(names))
+		for _, n := range names {
+			addrs[n] = electorate[n]
+			asked[n] = true
+		}
+		outstanding += len(names)
+		sends.Go(func() { m.sendAll(names, addrs, msg) })
 	}
-	slices.Sort(names)
-	req := voteRequest{ID: id, Claimant: self, From: netip.AddrPortFrom(m.cfg.AdvertiseAddr, uint16(m.cfg.Port)), Block: block, Electorate: names}
-	m.sendAll(targets, electorate, req.encode())
+	var first []string
+	for name, addr := range electorate {
+		if name != self && addr.IsValid() {
+			first = append(first, name)
+		}
+	}
+	ask(first)
 
-	// Wait for every answer, not just a majority: a single refusal means
-	// some member knows a competing claim or promise (or more members), and
-	// waiting for all makes two claims of one block need disjoint sets of
-	// responders, which overlapping views during a join storm do not give.
-	granted := []string{self}
-	answered := 1
+	granted := map[string]bool{self: true}
+	answered := map[string]bool{self: true}
 	conflict := false
-	var missing []peerAddr
+	expansions := 0
 	timeout := time.NewTimer(voteTimeout)
 	defer timeout.Stop()
 wait:
-	for answered < len(targets)+1 && !conflict && len(missing) == 0 {
+	for outstanding > 0 && !conflict {
 		select {
 		case <-ctx.Done():
 			return m.abortVote(id, block, granted, electorate, voteOutcome{result: claimError})
 		case <-timeout.C:
-			break wait // the silent are presumed dead; a majority may still carry
-		case r := <-replies:
-			answered++
+			break wait
+		case r := <-b.replies:
+			if !asked[r.Voter] {
+				continue // not a member this vote asked
+			}
+			outstanding--
+			answered[r.Voter] = true
 			switch {
 			case r.Granted:
-				granted = append(granted, r.Voter)
+				granted[r.Voter] = true
 			case len(r.Missing) > 0:
-				missing = append(missing, r.Missing...)
+				if expansions++; expansions > maxExpansions {
+					conflict = true // membership changes faster than the vote
+					break
+				}
+				again := []string{r.Voter}
+				for _, p := range r.Missing {
+					if cur, ok := electorate[p.Name]; ok && cur.IsValid() {
+						continue
+					}
+					electorate[p.Name] = p.Addr
+					if p.Addr.IsValid() && !asked[p.Name] {
+						again = append(again, p.Name)
+					}
+				}
+				ask(again)
 			default:
 				conflict = true
 			}
 		}
 	}
+	quorum := len(electorate)/2 + 1
 	switch {
-	case len(missing) > 0:
-		// Some voter counts members this node did not: the quorum was
-		// computed over too small an electorate, so it proves nothing.
-		return m.abortVote(id, block, granted, electorate, voteOutcome{result: claimContended, missing: missing})
 	case conflict:
 		return m.abortVote(id, block, granted, electorate, voteOutcome{result: claimContended})
-	case answered < quorum:
-		return m.abortVote(id, block, granted, electorate, voteOutcome{result: claimNoQuorum, reason: noQuorum(answered, quorum, len(electorate))})
+	case len(answered) < quorum:
+		return m.abortVote(id, block, granted, electorate, voteOutcome{result: claimNoQuorum, reason: noQuorum(len(answered), quorum, len(electorate))})
 	case len(granted) < quorum:
 		return m.abortVote(id, block, granted, electorate, voteOutcome{result: claimContended})
 	}
-	return voteOutcome{result: claimSucceeded, granters: granted}
+	names := make([]string, 0, len(granted))
+	for n := range granted {
+		names = append(names, n)
+	}
+	return voteOutcome{result: claimSucceeded, granters: names}
 }
 
 func noQuorum(reached, needed, electorate int) string {
@@ -366,13 +399,18 @@ func noQuorum(reached, needed, electorate int) string {
 
 // abortVote tells the granters to drop their promises and drops this node's
 // own.
-func (m *Mesh) abortVote(id uint64, block netip.Prefix, granted []string, electorate map[string]netip.AddrPort, out voteOutcome) voteOutcome {
+func (m *Mesh) abortVote(id uint64, block netip.Prefix, granted map[string]bool, electorate map[string]netip.AddrPort, out voteOutcome) voteOutcome {
 	m.mu.Lock()
 	if p, ok := m.promises[block]; ok && p.claimant == m.cfg.NodeName && p.id == id {
 		delete(m.promises, block)
 	}
 	m.mu.Unlock()
-	others := slices.DeleteFunc(slices.Clone(granted), func(n string) bool { return n == m.cfg.NodeName })
+	others := make([]string, 0, len(granted))
+	for n := range granted {
+		if n != m.cfg.NodeName {
+			others = append(others, n)
+		}
+	}
 	m.sendAll(others, electorate, voteAbort{ID: id, Claimant: m.cfg.NodeName, Block: block}.encode())
 	return out
 }
@@ -400,7 +438,7 @@ func (m *Mesh) sendAll(names []string, addrs map[string]netip.AddrPort, msg []by
 // metadata, gossiped as a record, and sent to every live member so granters
 // drop their promises, every voter refuses the block, and every peer routes
 // it at once.
-func (m *Mesh) commit(block netip.Prefix, electorate map[string]netip.AddrPort, votes int) claimResult {
+func (m *Mesh) commit(block netip.Prefix, votes int) claimResult {
 	m.mu.Lock()
 	now := m.now().Truncate(time.Millisecond)
 	gen := max(m.own.Gen, m.table[m.cfg.NodeName].Gen) + 1
@@ -441,7 +479,7 @@ func (m *Mesh) commit(block netip.Prefix, electorate map[string]netip.AddrPort, 
 	}
 	m.mu.Unlock()
 
-	m.log.Info("claimed a block", "block", block, "votes", votes, "electorate", len(electorate))
+	m.log.Info("claimed a block", "block", block, "votes", votes)
 	m.advertise()
 	m.broadcast(changed...)
 	m.tellLive(changed...)
@@ -590,14 +628,14 @@ func (m *Mesh) handleVoteRequest(req voteRequest) {
 
 func (m *Mesh) handleVoteResponse(resp voteResponse) {
 	m.mu.Lock()
-	ch, ok := m.votes[resp.ID]
+	b, ok := m.votes[resp.ID]
 	m.mu.Unlock()
 	if !ok {
 		return // late answer to a finished vote
 	}
 	select {
-	case ch <- resp:
-	default: // more answers than voters asked: a duplicate or a forgery
+	case b.replies <- resp:
+	case <-b.done:
 	}
 }
 

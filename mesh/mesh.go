@@ -52,7 +52,7 @@ type Mesh struct {
 	peers    map[string]*peer
 	table    map[string]Record
 	promises map[netip.Prefix]promise
-	votes    map[uint64]chan voteResponse
+	votes    map[uint64]*ballot
 	voteID   uint64
 	// contested maps blocks lost in a race to when they may be tried again.
 	contested map[netip.Prefix]time.Time
@@ -127,7 +127,7 @@ func New(cfg Config) (*Mesh, error) {
 		peers:        make(map[string]*peer),
 		table:        make(map[string]Record),
 		promises:     make(map[netip.Prefix]promise),
-		votes:        make(map[uint64]chan voteResponse),
+		votes:        make(map[uint64]*ballot),
 		contested:    make(map[netip.Prefix]time.Time),
 		missingSince: make(map[string]time.Time),
 		reason:       "joining",
