@@ -34,7 +34,6 @@ type agentOptions struct {
 	ReclaimAfter       time.Duration
 	AllowForeignHostIP bool
 	JoinKubernetes     bool
-	Kubeconfig         string
 	MTU                int
 	ResyncInterval     time.Duration
 }
@@ -59,8 +58,7 @@ func agentCommand() *cli.Command {
 			&cli.BoolFlag{Name: "masquerade", Value: true, EnvVars: envVar("masquerade"), Usage: "masquerade traffic from the pool to destinations outside it"},
 			&cli.DurationFlag{Name: "reclaim-after", Value: time.Hour, EnvVars: envVar("reclaim-after"), Usage: "how long a dead node's block stays reserved for it"},
 			&cli.BoolFlag{Name: "allow-foreign-host-ip", EnvVars: envVar("allow-foreign-host-ip"), Usage: "accept peers whose advertised host IP differs from their gossip address"},
-			&cli.BoolFlag{Name: "join-kubernetes", EnvVars: envVar("join-kubernetes"), Usage: "discover members to join from the Kubernetes API's Node objects"},
-			&cli.StringFlag{Name: "kubeconfig", EnvVars: envVar("kubeconfig"), Usage: "kubeconfig for --join-kubernetes (default: in-cluster config)"},
+			&cli.BoolFlag{Name: "join-kubernetes", EnvVars: envVar("join-kubernetes"), Usage: "discover members to join from the Kubernetes API's Node objects (in a pod, with its service account)"},
 			&cli.IntFlag{Name: "mtu", EnvVars: envVar("mtu"), Usage: "MTU for pod interfaces (0: the MTU of --iface)"},
 			&cli.DurationFlag{Name: "resync-interval", Value: 30 * time.Second, EnvVars: envVar("resync-interval"), Usage: "how often the kernel state is fully reconciled even without events"},
 			&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: envVar("log-level"), Usage: "debug, info, warn or error"},
@@ -102,7 +100,6 @@ func parseAgentOptions(c *cli.Context, log *slog.Logger) (agentOptions, error) {
 		ReclaimAfter:       c.Duration("reclaim-after"),
 		AllowForeignHostIP: c.Bool("allow-foreign-host-ip"),
 		JoinKubernetes:     c.Bool("join-kubernetes"),
-		Kubeconfig:         c.String("kubeconfig"),
 		MTU:                c.Int("mtu"),
 		ResyncInterval:     c.Duration("resync-interval"),
 	}

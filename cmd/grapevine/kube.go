@@ -24,7 +24,7 @@ const (
 // without seeds, or a new node would claim a block as a majority of one and
 // a restarted node would believe it is alone.
 func (a *agent) joinKubernetes(ctx context.Context) error {
-	client, err := kubejoin.NewClient(a.opts.Kubeconfig)
+	client, err := kubejoin.NewInClusterClient()
 	if err != nil {
 		return fmt.Errorf("--join-kubernetes: %w", err)
 	}

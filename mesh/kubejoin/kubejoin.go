@@ -14,55 +14,161 @@ package kubejoin
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"time"
-
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 )
 
 // requestTimeout bounds one list call, so a hung API server delays a refresh
 // instead of stopping discovery.
 const requestTimeout = 30 * time.Second
 
-// NewClient returns a client for the API server: from the kubeconfig file at
-// path, or, if path is empty, from the in-cluster service account.
-func NewClient(kubeconfig string) (kubernetes.Interface, error) {
-	var cfg *rest.Config
-	var err error
-	if kubeconfig == "" {
-		cfg, err = rest.InClusterConfig()
-	} else {
-		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+// Node is the part of a Kubernetes Node object discovery reads.
+type Node struct {
+	Name      string
+	Addresses []NodeAddress
+}
+
+// NodeAddress is one entry of a Node's status.addresses.
+type NodeAddress struct {
+	Type    string `json:"type"`
+	Address string `json:"address"`
+}
+
+// NodeLister lists the cluster's Node objects. APIClient is the real one.
+type NodeLister interface {
+	ListNodes(ctx context.Context) ([]Node, error)
+}
+
+// serviceAccountDir is where the kubelet mounts a pod's service account.
+const serviceAccountDir = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+// APIClient lists nodes with one plain HTTPS request to the API server,
+// authenticated as the pod's service account.
+//
+// Not client-go: seed discovery needs a single GET, and linking client-go
+// made the agent binary three times larger (52 MB instead of 16 MB) and its
+// resident memory 38 MB instead of 15 MB, for code that runs once a minute.
+type APIClient struct {
+	server    string // https://host:port
+	tokenFile string
+	http      *http.Client
+}
+
+// NewInClusterClient returns a client configured the way every in-cluster
+// client is: the API server from KUBERNETES_SERVICE_HOST and
+// KUBERNETES_SERVICE_PORT, the service account's token and CA from their
+// mount.
+func NewInClusterClient() (*APIClient, error) {
+	host, port := os.Getenv("KUBERNETES_SERVICE_HOST"), os.Getenv("KUBERNETES_SERVICE_PORT")
+	if host == "" || port == "" {
+		return nil, errors.New("not running in a Kubernetes pod: KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT are not set")
 	}
+	return NewAPIClient("https://"+net.JoinHostPort(host, port),
+		filepath.Join(serviceAccountDir, "token"), filepath.Join(serviceAccountDir, "ca.crt"))
+}
+
+// NewAPIClient returns a client for the API server at server (https://...),
+// presenting the bearer token in tokenFile and trusting the CA certificates
+// in caFile.
+func NewAPIClient(server, tokenFile, caFile string) (*APIClient, error) {
+	pem, err := os.ReadFile(caFile)
 	if err != nil {
-		return nil, fmt.Errorf("kubernetes client config: %w", err)
+		return nil, fmt.Errorf("kubernetes CA: %w", err)
 	}
-	cfg.UserAgent = "grapevine"
-	cfg.Timeout = requestTimeout
-	c, err := kubernetes.NewForConfig(cfg)
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("kubernetes CA %s holds no PEM certificate", caFile)
+	}
+	if _, err := os.Stat(tokenFile); err != nil {
+		return nil, fmt.Errorf("kubernetes token: %w", err)
+	}
+	transport := &http.Transport{
+		TLSClientConfig:     &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
+		TLSHandshakeTimeout: 10 * time.Second,
+		IdleConnTimeout:     90 * time.Second,
+	}
+	return &APIClient{
+		server:    strings.TrimSuffix(server, "/"),
+		tokenFile: tokenFile,
+		http:      &http.Client{Transport: transport, Timeout: requestTimeout},
+	}, nil
+}
+
+// ListNodes lists every Node object.
+func (c *APIClient) ListNodes(ctx context.Context) ([]Node, error) {
+	// The token is read for every request: projected service account tokens
+	// are rotated by the kubelet.
+	token, err := os.ReadFile(c.tokenFile)
 	if err != nil {
-		return nil, fmt.Errorf("kubernetes client: %w", err)
+		return nil, fmt.Errorf("kubernetes token: %w", err)
 	}
-	return c, nil
+	// resourceVersion=0 lets the API server answer from its watch cache
+	// instead of a quorum read from etcd: every node lists all nodes, and a
+	// slightly stale answer is fine for seeds.
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.server+"/api/v1/nodes?resourceVersion=0", nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(token)))
+	req.Header.Set("Accept", "application/json")
+	req.Header.Set("User-Agent", "grapevine")
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("list nodes: %w", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return nil, fmt.Errorf("list nodes: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		var status struct{ Message string }
+		json.Unmarshal(body, &status)
+		return nil, fmt.Errorf("list nodes: %s: %s", resp.Status, status.Message)
+	}
+	var list struct {
+		Items []struct {
+			Metadata struct {
+				Name string `json:"name"`
+			} `json:"metadata"`
+			Status struct {
+				Addresses []NodeAddress `json:"addresses"`
+			} `json:"status"`
+		} `json:"items"`
+	}
+	if err := json.Unmarshal(body, &list); err != nil {
+		return nil, fmt.Errorf("list nodes: decode: %w", err)
+	}
+	nodes := make([]Node, 0, len(list.Items))
+	for _, it := range list.Items {
+		nodes = append(nodes, Node{Name: it.Metadata.Name, Addresses: it.Status.Addresses})
+	}
+	return nodes, nil
 }
 
 // Discoverer lists Node objects and turns them into seed addresses.
 type Discoverer struct {
-	client kubernetes.Interface
+	client NodeLister
 	self   string
 	log    *slog.Logger
 }
 
 // New returns a Discoverer that reports every node's InternalIP except that of
 // the node named self.
-func New(client kubernetes.Interface, self string, log *slog.Logger) *Discoverer {
+func New(client NodeLister, self string, log *slog.Logger) *Discoverer {
 	return &Discoverer{client: client, self: self, log: log}
 }
 
@@ -73,16 +179,12 @@ func New(client kubernetes.Interface, self string, log *slog.Logger) *Discoverer
 func (d *Discoverer) Seeds(ctx context.Context) ([]string, error) {
 	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
 	defer cancel()
-	// ResourceVersion "0" lets the API server answer from its watch cache
-	// instead of a quorum read from etcd: every node lists all nodes, and a
-	// slightly stale answer is fine for seeds.
-	list, err := d.client.CoreV1().Nodes().List(ctx, metav1.ListOptions{ResourceVersion: "0"})
+	nodes, err := d.client.ListNodes(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("list nodes: %w", err)
+		return nil, err
 	}
 	var addrs []string
-	for i := range list.Items {
-		n := &list.Items[i]
+	for _, n := range nodes {
 		if n.Name == d.self {
 			continue
 		}
@@ -98,9 +200,9 @@ func (d *Discoverer) Seeds(ctx context.Context) ([]string, error) {
 }
 
 // internalIPv4 returns the first IPv4 InternalIP in the node's status.
-func internalIPv4(n *corev1.Node) (netip.Addr, bool) {
-	for _, a := range n.Status.Addresses {
-		if a.Type != corev1.NodeInternalIP {
+func internalIPv4(n Node) (netip.Addr, bool) {
+	for _, a := range n.Addresses {
+		if a.Type != "InternalIP" {
 			continue
 		}
 		ip, err := netip.ParseAddr(a.Address)

@@ -2,44 +2,75 @@ package kubejoin
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"math/big"
+	"net/http"
+	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
-
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/client-go/kubernetes/fake"
-	k8stesting "k8s.io/client-go/testing"
 )
 
 var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
 
-func node(name string, addrs ...corev1.NodeAddress) *corev1.Node {
-	return &corev1.Node{
-		ObjectMeta: metav1.ObjectMeta{Name: name},
-		Status:     corev1.NodeStatus{Addresses: addrs},
-	}
+func node(name string, addrs ...NodeAddress) Node {
+	return Node{Name: name, Addresses: addrs}
 }
 
-func internal(ip string) corev1.NodeAddress {
-	return corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: ip}
+func internal(ip string) NodeAddress {
+	return NodeAddress{Type: "InternalIP", Address: ip}
+}
+
+// fakeLister is an in-memory NodeLister whose nodes and failures a test
+// changes as it goes.
+type fakeLister struct {
+	mu    sync.Mutex
+	nodes []Node
+	fail  func() error // nil: succeed
+}
+
+func newFake(nodes ...Node) *fakeLister { return &fakeLister{nodes: nodes} }
+
+func (f *fakeLister) set(nodes ...Node) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.nodes = nodes
+}
+
+func (f *fakeLister) ListNodes(context.Context) ([]Node, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.fail != nil {
+		if err := f.fail(); err != nil {
+			return nil, err
+		}
+	}
+	return slices.Clone(f.nodes), nil
 }
 
 func TestSeeds(t *testing.T) {
-	client := fake.NewClientset(
+	client := newFake(
 		node("self", internal("192.0.2.1")),
-		node("b", internal("192.0.2.12"), corev1.NodeAddress{Type: corev1.NodeHostName, Address: "b"}),
+		node("b", internal("192.0.2.12"), NodeAddress{Type: "Hostname", Address: "b"}),
 		node("a", internal("192.0.2.11")),
 		node("no-addresses"),
 		node("v6-only", internal("2001:db8::5")),
 		node("dual-stack", internal("2001:db8::6"), internal("192.0.2.13")),
-		node("external-only", corev1.NodeAddress{Type: corev1.NodeExternalIP, Address: "198.51.100.7"}),
+		node("external-only", NodeAddress{Type: "ExternalIP", Address: "198.51.100.7"}),
 		node("mapped-v6", internal("::ffff:192.0.2.99")),
 		node("garbage", internal("not-an-ip")),
 		node("same-ip-as-a", internal("192.0.2.11")),
@@ -55,7 +86,7 @@ func TestSeeds(t *testing.T) {
 }
 
 func TestSeedsEmptyCluster(t *testing.T) {
-	client := fake.NewClientset(node("self", internal("192.0.2.1")))
+	client := newFake(node("self", internal("192.0.2.1")))
 	got, err := New(client, "self", discard).Seeds(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -66,10 +97,8 @@ func TestSeedsEmptyCluster(t *testing.T) {
 }
 
 func TestSeedsListError(t *testing.T) {
-	client := fake.NewClientset()
-	client.PrependReactor("list", "nodes", func(k8stesting.Action) (bool, runtime.Object, error) {
-		return true, nil, errors.New("forbidden")
-	})
+	client := newFake()
+	client.fail = func() error { return errors.New("forbidden") }
 	if _, err := New(client, "self", discard).Seeds(context.Background()); err == nil {
 		t.Fatal("Seeds succeeded although listing nodes failed")
 	}
@@ -111,9 +140,9 @@ func (r *runner) stop(t *testing.T) {
 
 func TestRunReportsChanges(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		ctx := context.Background()
 		const interval = time.Minute
-		client := fake.NewClientset(node("self", internal("192.0.2.1")), node("a", internal("192.0.2.11")))
+		self, a := node("self", internal("192.0.2.1")), node("a", internal("192.0.2.11"))
+		client := newFake(self, a)
 		r := startRun(New(client, "self", discard), interval)
 		defer r.stop(t)
 
@@ -126,25 +155,21 @@ func TestRunReportsChanges(t *testing.T) {
 			t.Errorf("reported %v although nothing changed", got)
 		}
 
-		if _, err := client.CoreV1().Nodes().Create(ctx, node("b", internal("192.0.2.12")), metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
+		b := node("b", internal("192.0.2.12"))
+		client.set(self, a, b)
 		time.Sleep(interval)
 		if got := r.next(t); !slices.Equal(got, []string{"192.0.2.11", "192.0.2.12"}) {
 			t.Errorf("after adding b: %v, want [192.0.2.11 192.0.2.12]", got)
 		}
 
-		if _, err := client.CoreV1().Nodes().Update(ctx, node("a", internal("192.0.2.21")), metav1.UpdateOptions{}); err != nil {
-			t.Fatal(err)
-		}
+		a = node("a", internal("192.0.2.21"))
+		client.set(self, a, b)
 		time.Sleep(interval)
 		if got := r.next(t); !slices.Equal(got, []string{"192.0.2.12", "192.0.2.21"}) {
 			t.Errorf("after a's address changed: %v, want [192.0.2.12 192.0.2.21]", got)
 		}
 
-		if err := client.CoreV1().Nodes().Delete(ctx, "b", metav1.DeleteOptions{}); err != nil {
-			t.Fatal(err)
-		}
+		client.set(self, a)
 		time.Sleep(interval)
 		if got := r.next(t); !slices.Equal(got, []string{"192.0.2.21"}) {
 			t.Errorf("after deleting b: %v, want [192.0.2.21]", got)
@@ -156,7 +181,7 @@ func TestRunReportsChanges(t *testing.T) {
 // even when it finds no peers, so the caller knows discovery works.
 func TestRunReportsEmptyOnce(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		client := fake.NewClientset(node("self", internal("192.0.2.1")))
+		client := newFake(node("self", internal("192.0.2.1")))
 		r := startRun(New(client, "self", discard), time.Minute)
 		defer r.stop(t)
 		synctest.Wait()
@@ -178,15 +203,15 @@ func TestRunReportsEmptyOnce(t *testing.T) {
 
 func TestRunRetriesWithBackoff(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		client := fake.NewClientset(node("a", internal("192.0.2.11")))
+		client := newFake(node("a", internal("192.0.2.11")))
 		var lists []time.Time
-		client.PrependReactor("list", "nodes", func(k8stesting.Action) (bool, runtime.Object, error) {
+		client.fail = func() error {
 			lists = append(lists, time.Now())
 			if len(lists) <= 3 {
-				return true, nil, errors.New("connection refused")
+				return errors.New("connection refused")
 			}
-			return false, nil, nil // fall through to the object tracker
-		})
+			return nil
+		}
 		start := time.Now()
 		r := startRun(New(client, "self", discard), time.Hour)
 		defer r.stop(t)
@@ -208,7 +233,7 @@ func TestRunRetriesWithBackoff(t *testing.T) {
 }
 
 func TestRunRejectsBadInterval(t *testing.T) {
-	err := New(fake.NewClientset(), "self", discard).Run(context.Background(), 0, func([]string) {
+	err := New(newFake(), "self", discard).Run(context.Background(), 0, func([]string) {
 		t.Error("reported seeds with a zero interval")
 	})
 	if err == nil {
@@ -216,40 +241,123 @@ func TestRunRejectsBadInterval(t *testing.T) {
 	}
 }
 
-func TestNewClientOutsideCluster(t *testing.T) {
+func TestInClusterClientOutsideCluster(t *testing.T) {
 	t.Setenv("KUBERNETES_SERVICE_HOST", "")
 	t.Setenv("KUBERNETES_SERVICE_PORT", "")
-	if _, err := NewClient(""); err == nil {
-		t.Fatal("NewClient with no kubeconfig succeeded outside a cluster")
+	if _, err := NewInClusterClient(); err == nil {
+		t.Fatal("NewInClusterClient succeeded outside a cluster")
 	}
 }
 
-func TestNewClientFromKubeconfig(t *testing.T) {
-	path := t.TempDir() + "/kubeconfig"
-	const kubeconfig = `apiVersion: v1
-kind: Config
-clusters:
-- name: lab
-  cluster: {server: "https://192.0.2.1:6443"}
-users:
-- name: lab
-  user: {token: "t"}
-contexts:
-- name: lab
-  context: {cluster: lab, user: lab}
-current-context: lab
-`
-	if err := os.WriteFile(path, []byte(kubeconfig), 0o600); err != nil {
+// apiServer is a TLS test server answering GET /api/v1/nodes like the API
+// server, and the files a service account mount holds.
+func apiServer(t *testing.T, handler http.HandlerFunc) (srv *httptest.Server, tokenFile, caFile string) {
+	t.Helper()
+	srv = httptest.NewTLSServer(handler)
+	t.Cleanup(srv.Close)
+	dir := t.TempDir()
+	tokenFile, caFile = filepath.Join(dir, "token"), filepath.Join(dir, "ca.crt")
+	ca := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
+	if err := os.WriteFile(caFile, ca, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	c, err := NewClient(path)
+	if err := os.WriteFile(tokenFile, []byte("token-1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return srv, tokenFile, caFile
+}
+
+const nodeList = `{"kind":"NodeList","apiVersion":"v1","metadata":{"resourceVersion":"42"},"items":[
+ {"metadata":{"name":"a","labels":{"x":"y"}},"status":{"addresses":[{"type":"InternalIP","address":"192.0.2.11"},{"type":"Hostname","address":"a"}]}},
+ {"metadata":{"name":"self"},"status":{"addresses":[{"type":"InternalIP","address":"192.0.2.1"}]}}]}`
+
+func TestAPIClientListsNodes(t *testing.T) {
+	var tokens []string
+	srv, tokenFile, caFile := apiServer(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/api/v1/nodes" || r.URL.Query().Get("resourceVersion") != "0" {
+			http.Error(w, "unexpected request "+r.URL.String(), http.StatusNotFound)
+			return
+		}
+		tokens = append(tokens, r.Header.Get("Authorization"))
+		fmt.Fprint(w, nodeList)
+	})
+	c, err := NewAPIClient(srv.URL, tokenFile, caFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := c.CoreV1().RESTClient().Get().URL().Host; got != "192.0.2.1:6443" {
-		t.Errorf("client talks to %q, want the kubeconfig's server 192.0.2.1:6443", got)
+	seeds, err := New(c, "self", discard).Seeds(t.Context())
+	if err != nil {
+		t.Fatal(err)
 	}
-	if _, err := NewClient(t.TempDir() + "/missing"); err == nil {
-		t.Error("NewClient accepted a kubeconfig path that does not exist")
+	if !slices.Equal(seeds, []string{"192.0.2.11"}) {
+		t.Errorf("Seeds = %v, want [192.0.2.11]", seeds)
 	}
+	// A rotated token is picked up by the next request.
+	if err := os.WriteFile(tokenFile, []byte("token-2"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.ListNodes(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"Bearer token-1", "Bearer token-2"}; !slices.Equal(tokens, want) {
+		t.Errorf("Authorization headers = %q, want %q", tokens, want)
+	}
+}
+
+func TestAPIClientErrors(t *testing.T) {
+	srv, tokenFile, caFile := apiServer(t, func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusForbidden)
+		fmt.Fprint(w, `{"kind":"Status","message":"nodes is forbidden: User \"system:serviceaccount:kube-system:x\" cannot list resource \"nodes\""}`)
+	})
+	c, err := NewAPIClient(srv.URL, tokenFile, caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.ListNodes(t.Context()); err == nil || !strings.Contains(err.Error(), "forbidden") {
+		t.Errorf("ListNodes on 403 = %v, want an error naming the API server's message", err)
+	}
+
+	// A server whose certificate the CA file does not vouch for is refused.
+	otherCA := filepath.Join(t.TempDir(), "other-ca.crt")
+	if err := os.WriteFile(otherCA, selfSignedPEM(t), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err = NewAPIClient(srv.URL, tokenFile, otherCA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var unknownCA x509.UnknownAuthorityError
+	if _, err := c.ListNodes(t.Context()); !errors.As(err, &unknownCA) {
+		t.Errorf("ListNodes against an untrusted server = %v, want an unknown-authority error", err)
+	}
+
+	if _, err := NewAPIClient(srv.URL, tokenFile, filepath.Join(t.TempDir(), "missing")); err == nil {
+		t.Error("NewAPIClient accepted a missing CA file")
+	}
+	if _, err := NewAPIClient(srv.URL, filepath.Join(t.TempDir(), "missing"), caFile); err == nil {
+		t.Error("NewAPIClient accepted a missing token file")
+	}
+}
+
+// selfSignedPEM returns a fresh CA certificate that signed nothing.
+func selfSignedPEM(t *testing.T) []byte {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "another CA"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 }
