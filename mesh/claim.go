@@ -440,6 +440,14 @@ func (m *Mesh) sendAll(names []string, addrs map[string]netip.AddrPort, msg []by
 // it at once.
 func (m *Mesh) commit(block netip.Prefix, votes int) claimResult {
 	m.mu.Lock()
+	delete(m.promises, block) // this node's own promise: the vote is over
+	if m.heldLocked(m.cfg.NodeName)[block] {
+		// A competing claim arrived while the vote ran: keep out of it.
+		m.contested[block] = m.now().Add(contestedFor)
+		m.mu.Unlock()
+		m.log.Warn("block was claimed by another node during the vote; trying another", "block", block)
+		return claimContended
+	}
 	now := m.now().Truncate(time.Millisecond)
 	gen := max(m.own.Gen, m.table[m.cfg.NodeName].Gen) + 1
 	rec := Record{Node: m.cfg.NodeName, Block: block, HostIP: m.cfg.AdvertiseAddr, Since: now, Gen: gen}
@@ -448,23 +456,16 @@ func (m *Mesh) commit(block netip.Prefix, votes int) claimResult {
 	if err := saveClaim(m.cfg.StateDir, savedClaim{Node: rec.Node, Block: block, Since: now, Gen: gen}); err != nil {
 		m.mu.Lock()
 		m.reason = "cannot save the claim: " + err.Error()
-		delete(m.promises, block)
 		m.mu.Unlock()
 		m.log.Error("claim won but not saved; retrying", "block", block, "err", err)
 		return claimError
 	}
 
+	// A competing claim arriving from here on is a conflict like any
+	// other: the older claim keeps the block on every node.
 	m.mu.Lock()
-	if m.heldLocked(m.cfg.NodeName)[block] {
-		// A competing claim arrived while the vote ran: keep out of it.
-		m.contested[block] = m.now().Add(contestedFor)
-		m.mu.Unlock()
-		m.log.Warn("block was claimed by another node during the vote; trying another", "block", block)
-		return claimContended
-	}
 	m.own = ownClaim{Block: block, Since: now, Gen: gen}
 	m.table[rec.Node] = rec
-	delete(m.promises, block)
 	m.reason = ""
 	changed := []Record{rec}
 	// A dead owner's block taken after ReclaimAfter: its record is marked

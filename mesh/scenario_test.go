@@ -467,3 +467,53 @@ func TestGracefulLeaveIsLeft(t *testing.T) {
 		}
 	}
 }
+
+func TestUnusableStateDirFailsRun(t *testing.T) {
+	notADir := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(notADir, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tr, err := meshtest.NewNetwork().NewTransport(netip.AddrPortFrom(meshtest.HostAddr(0), meshtest.GossipPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := mesh.New(mesh.Config{NodeName: "a", AdvertiseAddr: meshtest.HostAddr(0), StateDir: filepath.Join(notADir, "state"), Transport: tr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = m.Run(context.Background())
+	if err == nil || !strings.Contains(err.Error(), notADir) {
+		t.Fatalf("Run with a state dir under a file: %v, want an error naming the path", err)
+	}
+	if v := m.View(); v.Ready || v.Block.IsValid() {
+		t.Fatalf("not running, yet ready with %s", v.Block)
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	good := mesh.Config{NodeName: "a", AdvertiseAddr: netip.MustParseAddr("10.0.0.1"), StateDir: t.TempDir()}
+	for name, edit := range map[string]func(*mesh.Config){
+		"no name":           func(c *mesh.Config) { c.NodeName = "" },
+		"space in name":     func(c *mesh.Config) { c.NodeName = "a b" },
+		"no address":        func(c *mesh.Config) { c.AdvertiseAddr = netip.Addr{} },
+		"loopback address":  func(c *mesh.Config) { c.AdvertiseAddr = netip.MustParseAddr("127.0.0.1") },
+		"IPv6 address":      func(c *mesh.Config) { c.AdvertiseAddr = netip.MustParseAddr("fd00::1") },
+		"block above pool":  func(c *mesh.Config) { c.BlockBits = 8 },
+		"unmasked pool":     func(c *mesh.Config) { c.Pool = netip.MustParsePrefix("10.244.1.0/16") },
+		"short key":         func(c *mesh.Config) { c.SecretKey = []byte("short") },
+		"no state dir":      func(c *mesh.Config) { c.StateDir = "" },
+		"port out of range": func(c *mesh.Config) { c.Port = 70000 },
+		"negative reclaim":  func(c *mesh.Config) { c.ReclaimAfter = -time.Second },
+	} {
+		t.Run(name, func(t *testing.T) {
+			cfg := good
+			edit(&cfg)
+			if _, err := mesh.New(cfg); err == nil {
+				t.Fatal("accepted")
+			}
+		})
+	}
+	if _, err := mesh.New(good); err != nil {
+		t.Fatalf("valid config rejected: %v", err)
+	}
+}
