@@ -43,7 +43,7 @@ func run() error {
 		crashTrials = flag.Int("crash-trials", 3, "crash trials")
 		idle        = flag.Duration("idle", 30*time.Second, "window over which idle CPU is measured")
 		iperf       = flag.Duration("iperf", 10*time.Second, "duration of each iperf3 run")
-		iperfRounds = flag.Int("iperf-rounds", 2, "iperf3 runs of each path, alternating")
+		iperfRounds = flag.Int("iperf-rounds", 3, "iperf3 runs of each path, alternating")
 		meshNodes   = flag.Int("mesh-nodes", 256, "agents in the in-process mesh")
 		meshSteady  = flag.Duration("mesh-steady", 30*time.Second, "window over which steady gossip traffic is counted")
 		meshTimeout = flag.Duration("mesh-timeout", 90*time.Second, "how long the in-process mesh may take to converge")
