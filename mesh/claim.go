@@ -69,7 +69,7 @@ func claimBackoff(res claimResult, failures int) time.Duration {
 	case claimContended:
 		base, ceiling = 20*time.Millisecond, time.Second
 	case claimExhausted:
-		base, ceiling = time.Second, 30*time.Second
+		base, ceiling = time.Second, 5*time.Second
 	default:
 		base, ceiling = 200*time.Millisecond, 10*time.Second
 	}
@@ -441,7 +441,7 @@ func (m *Mesh) sendAll(names []string, addrs map[string]netip.AddrPort, msg []by
 func (m *Mesh) commit(block netip.Prefix, votes int) claimResult {
 	m.mu.Lock()
 	delete(m.promises, block) // this node's own promise: the vote is over
-	if m.heldLocked(m.cfg.NodeName)[block] {
+	if m.isHeldLocked(block, m.cfg.NodeName) {
 		// A competing claim arrived while the vote ran: keep out of it.
 		m.contested[block] = m.now().Add(contestedFor)
 		m.mu.Unlock()
@@ -533,19 +533,41 @@ func rendezvous(node string, block [4]byte) uint64 {
 	return h.Sum64()
 }
 
-// heldLocked returns the blocks that are not free for claimant: advertised
-// by a live member, recorded for an owner that is alive or died less than
-// ReclaimAfter ago (or whose fate is unknown), or promised to another
-// claimant.
+// heldLocked returns the blocks that are not free for claimant (see
+// eachHeldLocked).
 func (m *Mesh) heldLocked(claimant string) map[netip.Prefix]bool {
-	now := m.now()
 	held := make(map[netip.Prefix]bool)
-	if m.own.Block.IsValid() && claimant != m.cfg.NodeName {
-		held[m.own.Block] = true
+	m.eachHeldLocked(claimant, func(b netip.Prefix) bool {
+		held[b] = true
+		return true
+	})
+	return held
+}
+
+// isHeldLocked reports whether block is not free for claimant, without
+// allocating: voters answer many requests.
+func (m *Mesh) isHeldLocked(block netip.Prefix, claimant string) bool {
+	found := false
+	m.eachHeldLocked(claimant, func(b netip.Prefix) bool {
+		found = b == block
+		return !found
+	})
+	return found
+}
+
+// eachHeldLocked calls yield with every block that is not free for
+// claimant, possibly more than once, until yield returns false: blocks
+// advertised by a live member, recorded for an owner that is alive or died
+// less than ReclaimAfter ago (or whose fate is unknown), or promised to
+// another claimant.
+func (m *Mesh) eachHeldLocked(claimant string, yield func(netip.Prefix) bool) {
+	now := m.now()
+	if m.own.Block.IsValid() && claimant != m.cfg.NodeName && !yield(m.own.Block) {
+		return
 	}
 	for _, p := range m.peers {
-		if b, _ := m.claimOfLocked(p); b.IsValid() && p.name != claimant {
-			held[b] = true
+		if b, _ := m.claimOfLocked(p); b.IsValid() && p.name != claimant && !yield(b) {
+			return
 		}
 	}
 	for name, r := range m.table {
@@ -553,41 +575,52 @@ func (m *Mesh) heldLocked(claimant string) map[netip.Prefix]bool {
 			continue
 		}
 		if m.isLiveLocked(name) || r.DeadAt.IsZero() || now.Sub(r.DeadAt) < m.cfg.ReclaimAfter {
-			held[r.Block] = true
+			if !yield(r.Block) {
+				return
+			}
 		}
 	}
 	for b, p := range m.promises {
-		if p.claimant != claimant && now.Before(p.expires) {
-			held[b] = true
+		if p.claimant != claimant && now.Before(p.expires) && !yield(b) {
+			return
 		}
 	}
-	return held
 }
 
 // electorateLocked returns the members whose votes count, with their gossip
-// addresses (zero for those that cannot be asked): this node, every live
-// member with valid metadata, and every owner of an unreleased claim that is alive or died less
-// than ReclaimAfter ago. Counting the recently dead keeps a minority side
-// of a partition from claiming.
+// addresses (see eachElectorLocked).
 func (m *Mesh) electorateLocked() map[string]netip.AddrPort {
+	e := make(map[string]netip.AddrPort, len(m.peers)+1)
+	m.eachElectorLocked(func(name string, addr netip.AddrPort) { e[name] = addr })
+	return e
+}
+
+// eachElectorLocked calls fn once for every member whose vote counts, with
+// its gossip address (zero for those that cannot be asked): this node, every
+// live member with valid metadata (a member whose metadata is rejected holds
+// nothing here and gets no say either), and every owner of an unreleased
+// claim that is alive or died less than ReclaimAfter ago. Counting the
+// recently dead keeps a minority side of a partition from claiming.
+func (m *Mesh) eachElectorLocked(fn func(string, netip.AddrPort)) {
 	now := m.now()
-	e := map[string]netip.AddrPort{m.cfg.NodeName: netip.AddrPortFrom(m.cfg.AdvertiseAddr, uint16(m.cfg.Port))}
+	fn(m.cfg.NodeName, netip.AddrPortFrom(m.cfg.AdvertiseAddr, uint16(m.cfg.Port)))
+	counted := func(p *peer) bool { return p.state.live() && p.metaErr == nil }
 	for _, p := range m.peers {
-		// A member whose metadata is rejected (misconfigured, hostile)
-		// holds nothing here and gets no say either.
-		if p.state.live() && p.metaErr == nil {
-			e[p.name] = p.addr
+		if counted(p) {
+			fn(p.name, p.addr)
 		}
 	}
 	for name, r := range m.table {
-		if _, ok := e[name]; ok || r.Released {
+		if name == m.cfg.NodeName || r.Released {
+			continue
+		}
+		if p, ok := m.peers[name]; ok && counted(p) {
 			continue
 		}
 		if r.DeadAt.IsZero() || now.Sub(r.DeadAt) < m.cfg.ReclaimAfter {
-			e[name] = netip.AddrPort{}
+			fn(name, netip.AddrPort{})
 		}
 	}
-	return e
 }
 
 // handleVoteRequest answers a claimant: grant (and promise) only if the
@@ -606,13 +639,12 @@ func (m *Mesh) handleVoteRequest(req voteRequest) {
 		return
 	}
 	now := m.now()
-	mine := m.electorateLocked()
-	for name, addr := range mine {
+	m.eachElectorLocked(func(name string, addr netip.AddrPort) {
 		if _, ok := slices.BinarySearch(req.Electorate, name); !ok && name != req.Claimant {
 			resp.Missing = append(resp.Missing, peerAddr{Name: name, Addr: addr})
 		}
-	}
-	if len(resp.Missing) == 0 && !m.heldLocked(req.Claimant)[req.Block] {
+	})
+	if len(resp.Missing) == 0 && !m.isHeldLocked(req.Block, req.Claimant) {
 		resp.Granted = true
 		m.promises[req.Block] = promise{claimant: req.Claimant, id: req.ID, expires: now.Add(promiseTTL)}
 	}

@@ -207,7 +207,7 @@ func TestStableBlocks(t *testing.T) {
 		waitFor(t, "e finds the pool exhausted", 10*time.Second, reasonContains(e, "exhausted"))
 
 		clk.Advance(time.Hour + time.Minute)
-		waitFor(t, "e reclaims c's block after ReclaimAfter", 20*time.Second, func() error {
+		waitFor(t, "e reclaims c's block after ReclaimAfter", 30*time.Second, func() error {
 			if got := e.Mesh.View().Block; got != cBlock {
 				return fmt.Errorf("e holds %s (%s), want %s", got, e.Mesh.View().Reason, cBlock)
 			}
