@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -66,7 +67,6 @@ func MeasureMesh(ctx context.Context, cfg MeshConfig) (_ []Row, err error) {
 		// counts are an upper bound of the agent's.
 		Tune: func(c *memberlist.Config) { c.EnableCompression = false },
 	})
-	defer func() { err = errors.Join(err, c.Close()) }()
 
 	var seeds []string
 	for i := range meshSeeds {
@@ -75,8 +75,12 @@ func MeasureMesh(ctx context.Context, cfg MeshConfig) (_ []Row, err error) {
 	agentsCtx, stopAgents := context.WithCancel(ctx)
 	var agents sync.WaitGroup
 	defer func() {
-		stopAgents()
-		agents.Wait()
+		_, stopErr := bounded(context.WithoutCancel(ctx), time.Minute, func() error {
+			stopAgents()
+			agents.Wait()
+			return c.Close()
+		})
+		err = errors.Join(err, stopErr)
 	}()
 	t0 := time.Now()
 	for i := range cfg.Nodes {
@@ -86,10 +90,20 @@ func MeasureMesh(ctx context.Context, cfg MeshConfig) (_ []Row, err error) {
 		}
 		agents.Go(func() { routeLoop(agentsCtx, n, pool) })
 	}
-	waitCtx, cancel := context.WithTimeout(ctx, cfg.Timeout)
-	_, waitErr := meshtest.WaitFor(waitCtx, 100*time.Millisecond, func() error { return meshtest.Converged(c.Views()) })
+	// Each check is bounded: in a CPU-starved cluster one View can wait
+	// minutes for its node's lock.
+	var waitErr error
+	for deadline := t0.Add(cfg.Timeout); ; {
+		notConverged, checkErr := bounded(ctx, time.Until(deadline), func() error { return meshtest.Converged(c.Views()) })
+		waitErr = cmp.Or(checkErr, notConverged)
+		if waitErr == nil || time.Now().After(deadline) || ctx.Err() != nil {
+			break
+		}
+		if err := settle(ctx, 100*time.Millisecond); err != nil {
+			return nil, err
+		}
+	}
 	converged := time.Since(t0)
-	cancel()
 	if ctx.Err() != nil {
 		return nil, ctx.Err()
 	}
@@ -97,9 +111,9 @@ func MeasureMesh(ctx context.Context, cfg MeshConfig) (_ []Row, err error) {
 	convergedNote := fmt.Sprintf("one process, in-memory transport, agent timers, encrypted, uncompressed, %d seeds; %.0f kB sent per node until converged",
 		meshSeeds, float64(startup)/float64(cfg.Nodes)/1000)
 	if waitErr != nil {
-		convergedNote = fmt.Sprintf("NOT CONVERGED after %v: %s; last check: %v", cfg.Timeout, meshProgress(c), waitErr)
+		convergedNote = fmt.Sprintf("NOT CONVERGED after %v: %s; last check: %v", cfg.Timeout, meshProgress(ctx, c), waitErr)
 	}
-	log.Info("mesh", "nodes", cfg.Nodes, "after", converged.Round(time.Millisecond), "converged", waitErr == nil, "progress", meshProgress(c))
+	log.Info("mesh", "nodes", cfg.Nodes, "after", converged.Round(time.Millisecond), "converged", waitErr == nil)
 
 	// Steady state: after the join storm's retransmissions have drained.
 	if err := settle(ctx, 10*time.Second); err != nil {
@@ -111,8 +125,8 @@ func MeasureMesh(ctx context.Context, cfg MeshConfig) (_ []Row, err error) {
 	}
 	b1, window := c.BytesSent(), time.Since(w0)
 	steadyNote := fmt.Sprintf("bytes sent (UDP and TCP payload after encryption) over %v, 1 kB = 1000 bytes", window.Round(time.Second))
-	if err := meshtest.Converged(c.Views()); err != nil {
-		steadyNote += fmt.Sprintf("; NOT CONVERGED at the end of the window: %s", meshProgress(c))
+	if notConverged, err := bounded(ctx, time.Minute, func() error { return meshtest.Converged(c.Views()) }); notConverged != nil || err != nil {
+		steadyNote += fmt.Sprintf("; NOT CONVERGED at the end of the window: %s", meshProgress(ctx, c))
 	}
 	perNode := float64(b1-b0) / float64(cfg.Nodes) / window.Seconds() / 1000
 	return []Row{
@@ -154,8 +168,11 @@ func routeLoop(ctx context.Context, n *meshtest.Node, pool netip.Prefix) {
 
 // meshProgress says how far a cluster got: nodes ready, members seen alive
 // with a block, and packets lost to full receive buffers.
-func meshProgress(c *meshtest.Cluster) string {
-	views := c.Views()
+func meshProgress(ctx context.Context, c *meshtest.Cluster) string {
+	views, err := bounded(ctx, time.Minute, c.Views)
+	if err != nil {
+		return err.Error()
+	}
 	var ready, alive int
 	for _, v := range views {
 		if v.Ready && v.Block.IsValid() {
@@ -174,4 +191,22 @@ func meshProgress(c *meshtest.Cluster) string {
 	n := len(views)
 	return fmt.Sprintf("%d of %d nodes ready with a block, %.0f%% of the %d member views alive with a block, %d packets dropped by full receive buffers",
 		ready, n, 100*float64(alive)/float64(max(n*(n-1), 1)), n*(n-1), dropped)
+}
+
+// bounded runs f and waits at most d for its result. When f takes longer it
+// is left running, and the error says so.
+func bounded[T any](ctx context.Context, d time.Duration, f func() T) (T, error) {
+	res := make(chan T, 1)
+	go func() { res <- f() }()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	var zero T
+	select {
+	case r := <-res:
+		return r, nil
+	case <-ctx.Done():
+		return zero, ctx.Err()
+	case <-t.C:
+		return zero, fmt.Errorf("no answer within %v (the process is starved of CPU)", d)
+	}
 }
