@@ -92,10 +92,11 @@ func MeasureMesh(ctx context.Context, cfg MeshConfig) (_ []Row, err error) {
 	}
 	// Each check is bounded: in a CPU-starved cluster one View can wait
 	// minutes for its node's lock.
-	var waitErr error
+	var waitErr, lastMissing error
 	for deadline := t0.Add(cfg.Timeout); ; {
 		notConverged, checkErr := bounded(ctx, time.Until(deadline), func() error { return meshtest.Converged(c.Views()) })
 		waitErr = cmp.Or(checkErr, notConverged)
+		lastMissing = cmp.Or(notConverged, lastMissing)
 		if waitErr == nil || time.Now().After(deadline) || ctx.Err() != nil {
 			break
 		}
@@ -108,8 +109,9 @@ func MeasureMesh(ctx context.Context, cfg MeshConfig) (_ []Row, err error) {
 		return nil, ctx.Err()
 	}
 	startup := c.BytesSent()
-	convergedNote := fmt.Sprintf("one process, in-memory transport, agent timers, encrypted, uncompressed, %d seeds; %.0f kB sent per node until converged",
-		meshSeeds, float64(startup)/float64(cfg.Nodes)/1000)
+	// The last thing missing is what held convergence up.
+	convergedNote := fmt.Sprintf("one process, in-memory transport, agent timers, encrypted, uncompressed, %d seeds; %.0f kB sent per node until converged; last missing: %v",
+		meshSeeds, float64(startup)/float64(cfg.Nodes)/1000, lastMissing)
 	if waitErr != nil {
 		convergedNote = fmt.Sprintf("NOT CONVERGED after %v: %s; last check: %v", cfg.Timeout, meshProgress(ctx, c), waitErr)
 	}
