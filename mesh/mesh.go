@@ -338,6 +338,11 @@ func (m *Mesh) memberlistConfig() *memberlist.Config {
 	// A host that comes back under its name at a new address is accepted
 	// once its old incarnation has been dead this long.
 	c.DeadNodeReclaimTime = 10 * time.Second
+	// Claims, leaves and the refutation a restarted node sends travel by
+	// gossip; memberlist sends a gossip round only when something is queued,
+	// so halving the LAN interval halves how long a change takes to reach
+	// every peer at no cost while nothing changes.
+	c.GossipInterval = 100 * time.Millisecond
 	if len(m.cfg.SecretKey) > 0 {
 		c.SecretKey = m.cfg.SecretKey
 		c.GossipVerifyIncoming = true
