@@ -47,14 +47,6 @@ func seconds(d time.Duration) float64 { return d.Seconds() }
 func millis(d time.Duration) float64  { return float64(d) / float64(time.Millisecond) }
 func micros(d time.Duration) float64  { return float64(d) / float64(time.Microsecond) }
 
-func durationsIn(d []time.Duration, unit func(time.Duration) float64) []float64 {
-	out := make([]float64, len(d))
-	for i, x := range d {
-		out[i] = unit(x)
-	}
-	return out
-}
-
 // settle waits d or until ctx ends.
 func settle(ctx context.Context, d time.Duration) error {
 	t := time.NewTimer(d)
