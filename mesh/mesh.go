@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"slices"
@@ -299,6 +300,7 @@ func (m *Mesh) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	wg.Go(func() { m.claimLoop(ctx, saved) })
 	wg.Go(func() { m.reconnectLoop(ctx) })
+	wg.Go(func() { m.reannounceLoop(ctx) })
 	<-ctx.Done()
 	wg.Wait()
 
@@ -453,6 +455,33 @@ func (m *Mesh) reconnectLoop(ctx context.Context) {
 		} else {
 			m.log.Debug("reconnect found nobody", "targets", targets, "err", err)
 			interval = min(2*interval, m.cfg.ReconnectInterval)
+		}
+	}
+}
+
+// reannounceInterval is how often a node gossips its own claim record again.
+const reannounceInterval = 10 * time.Second
+
+// reannounceLoop gossips this node's own record again every
+// reannounceInterval (jittered). A claim travels once by direct message and a
+// bounded number of gossip retransmissions; a member that missed both (it
+// joined meanwhile, or its queue overflowed while many nodes started at once)
+// would otherwise show this node without a block until the next push/pull,
+// which memberlist spaces 30 s to minutes apart as the cluster grows. The
+// record is tens of bytes, so this costs well under 100 bytes/s per node.
+func (m *Mesh) reannounceLoop(ctx context.Context) {
+	for {
+		jitter := time.Duration(rand.Int64N(int64(reannounceInterval / 5)))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(reannounceInterval - reannounceInterval/10 + jitter):
+		}
+		m.mu.Lock()
+		own, ok := m.table[m.cfg.NodeName]
+		m.mu.Unlock()
+		if ok && own.Block.IsValid() && !own.Released {
+			m.broadcast(own)
 		}
 	}
 }
