@@ -13,6 +13,7 @@ import (
 
 	"github.com/containernetworking/cni/libcni"
 
+	"github.com/grapevine-net/grapevine/e2e/lab"
 	"github.com/grapevine-net/grapevine/node"
 	"github.com/grapevine-net/grapevine/node/nodestate"
 )
@@ -73,7 +74,7 @@ func MeasureCNI(ctx context.Context, cfg CNIConfig) (_ []Row, err error) {
 		{"link", "set", "lo", "up"},
 		{"route", "add", "default", "via", "192.0.2.254", "dev", "em1", "onlink"},
 	} {
-		if _, err := run(ctx, "ip", append([]string{"-n", host}, args...)...); err != nil {
+		if _, err := lab.Run(ctx, "ip", append([]string{"-n", host}, args...)...); err != nil {
 			return nil, err
 		}
 	}

@@ -1,13 +1,10 @@
 package bench
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"os/exec"
 	"slices"
-	"strings"
 	"sync"
 
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -34,7 +31,7 @@ func (s *scope) name(role string) string { return NamePrefix + s.id + "-" + role
 // addNamespace creates the named network namespace gvb<id>-<role>.
 func (s *scope) addNamespace(ctx context.Context, role string) (string, error) {
 	name := s.name(role)
-	if _, err := run(ctx, "ip", "netns", "add", name); err != nil {
+	if _, err := lab.Run(ctx, "ip", "netns", "add", name); err != nil {
 		return "", err
 	}
 	s.mu.Lock()
@@ -53,7 +50,7 @@ func (s *scope) deleteNamespace(ctx context.Context, name string) error {
 	}
 	s.namespaces = slices.Delete(s.namespaces, i, i+1)
 	s.mu.Unlock()
-	_, err := run(ctx, "ip", "netns", "delete", name)
+	_, err := lab.Run(ctx, "ip", "netns", "delete", name)
 	return err
 }
 
@@ -65,7 +62,7 @@ func (s *scope) close(ctx context.Context) error {
 	s.mu.Unlock()
 	var errs []error
 	for _, name := range slices.Backward(names) {
-		if _, err := run(ctx, "ip", "netns", "delete", name); err != nil {
+		if _, err := lab.Run(ctx, "ip", "netns", "delete", name); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -83,17 +80,4 @@ func inNamespace(name string, f func() error) error {
 	}
 	defer target.Close()
 	return target.Do(func(ns.NetNS) error { return f() })
-}
-
-// run executes a command and returns its output; the error carries the
-// command line and its output.
-func run(ctx context.Context, name string, args ...string) ([]byte, error) {
-	cmd := exec.CommandContext(ctx, name, args...)
-	var out bytes.Buffer
-	cmd.Stdout = &out
-	cmd.Stderr = &out
-	if err := cmd.Run(); err != nil {
-		return out.Bytes(), fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(out.String()))
-	}
-	return out.Bytes(), nil
 }

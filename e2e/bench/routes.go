@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/grapevine-net/grapevine/e2e/lab"
 	"github.com/grapevine-net/grapevine/node"
 )
 
@@ -34,7 +35,7 @@ func MeasureRoutes(ctx context.Context, cfg RoutesConfig) (_ []Row, err error) {
 		{"link", "set", "em1", "up"},
 		{"link", "set", NamePrefix + s.id, "up"},
 	} {
-		if _, err := run(ctx, "ip", append([]string{"-n", name}, args...)...); err != nil {
+		if _, err := lab.Run(ctx, "ip", append([]string{"-n", name}, args...)...); err != nil {
 			return nil, err
 		}
 	}

@@ -49,7 +49,7 @@ func wireSeedPods(ctx context.Context, s *scope, a, b *lab.Host) (pa, pb seedPod
 			{"-n", hostNS, "route", "add", w.other.String() + "/32", "via", w.peer.IP.String(), "dev", "em1"},
 		}
 		for _, args := range steps {
-			if _, err := run(ctx, "ip", args...); err != nil {
+			if _, err := lab.Run(ctx, "ip", args...); err != nil {
 				return pa, pb, err
 			}
 		}

@@ -278,12 +278,12 @@ func (s Status) Member(name string) (Member, bool) {
 
 // StatusText runs `grapevine status` with the given output format.
 func (h *Host) StatusText(ctx context.Context, format string) ([]byte, error) {
-	return run(ctx, filepath.Join(h.lab.BinDir, "grapevine"), "status", "--run-dir", h.RunDir(), "-o", format)
+	return Run(ctx, filepath.Join(h.lab.BinDir, "grapevine"), "status", "--run-dir", h.RunDir(), "-o", format)
 }
 
 // Release runs `grapevine release node` against this host's agent.
 func (h *Host) Release(ctx context.Context, node string) ([]byte, error) {
-	return run(ctx, filepath.Join(h.lab.BinDir, "grapevine"), "release", "--run-dir", h.RunDir(), node)
+	return Run(ctx, filepath.Join(h.lab.BinDir, "grapevine"), "release", "--run-dir", h.RunDir(), node)
 }
 
 // Status asks the agent for its status through the real CLI.

@@ -213,7 +213,7 @@ func (l *Lab) plug(ctx context.Context, ns Namespace, port string, addr netip.Pr
 		steps = append(steps, []string{"-n", ns.Name, "route", "add", "default", "via", gateway.String(), "dev", "em1"})
 	}
 	for _, args := range steps {
-		if _, err := run(ctx, "ip", args...); err != nil {
+		if _, err := Run(ctx, "ip", args...); err != nil {
 			return err
 		}
 	}
@@ -280,7 +280,7 @@ func (l *Lab) StartAgents(ctx context.Context, hosts ...*Host) error {
 // Partition splits the LAN: the given hosts' switch ports move to a second
 // bridge, so they only reach each other. The outside host stays on br0.
 func (l *Lab) Partition(ctx context.Context, hosts ...*Host) error {
-	if _, err := run(ctx, "ip", "-n", l.Switch.Name, "link", "show", "br1"); err != nil {
+	if _, err := Run(ctx, "ip", "-n", l.Switch.Name, "link", "show", "br1"); err != nil {
 		if err := l.Switch.ip(ctx, "link", "add", "br1", "type", "bridge"); err != nil {
 			return err
 		}
@@ -339,7 +339,7 @@ func Down(ctx context.Context, id string) error {
 		if err := ns.killProcesses(ctx); err != nil {
 			errs = append(errs, err)
 		}
-		if _, err := run(ctx, "ip", "netns", "delete", ns.Name); err != nil {
+		if _, err := Run(ctx, "ip", "netns", "delete", ns.Name); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -30,7 +30,7 @@ type Namespace struct {
 func (n Namespace) Path() string { return filepath.Join(netnsDir, n.Name) }
 
 func (n Namespace) create(ctx context.Context) error {
-	if _, err := run(ctx, "ip", "netns", "add", n.Name); err != nil {
+	if _, err := Run(ctx, "ip", "netns", "add", n.Name); err != nil {
 		return err
 	}
 	return n.ip(ctx, "link", "set", "lo", "up")
@@ -38,14 +38,14 @@ func (n Namespace) create(ctx context.Context) error {
 
 // ip runs `ip -n <ns> args...`.
 func (n Namespace) ip(ctx context.Context, args ...string) error {
-	_, err := run(ctx, "ip", append([]string{"-n", n.Name}, args...)...)
+	_, err := Run(ctx, "ip", append([]string{"-n", n.Name}, args...)...)
 	return err
 }
 
 // Run runs a command inside the namespace (`ip netns exec`) and returns its
 // combined output.
 func (n Namespace) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
-	return run(ctx, "ip", append([]string{"netns", "exec", n.Name, name}, args...)...)
+	return Run(ctx, "ip", append([]string{"netns", "exec", n.Name, name}, args...)...)
 }
 
 // Command prepares a command that runs inside the namespace.
@@ -200,7 +200,7 @@ func (n Namespace) killProcesses(ctx context.Context) error {
 }
 
 func (n Namespace) pids(ctx context.Context) ([]int, error) {
-	out, err := run(ctx, "ip", "netns", "pids", n.Name)
+	out, err := Run(ctx, "ip", "netns", "pids", n.Name)
 	if err != nil {
 		return nil, err
 	}
@@ -217,7 +217,7 @@ func (n Namespace) pids(ctx context.Context) ([]int, error) {
 
 // run executes a command and returns its combined output; the error carries
 // the command line and output, which is what one needs to act on it.
-func run(ctx context.Context, name string, args ...string) ([]byte, error) {
+func Run(ctx context.Context, name string, args ...string) ([]byte, error) {
 	cmd := exec.CommandContext(ctx, name, args...)
 	var out bytes.Buffer
 	cmd.Stdout = &out

@@ -53,7 +53,7 @@ func (h *Host) AddPodWithConf(ctx context.Context, confList string) (_ *Pod, err
 	}
 	defer func() {
 		if err != nil {
-			run(context.WithoutCancel(ctx), "ip", "netns", "delete", p.Namespace.Name)
+			Run(context.WithoutCancel(ctx), "ip", "netns", "delete", p.Namespace.Name)
 		}
 	}()
 	var res types.Result
@@ -97,7 +97,7 @@ func (p *Pod) Delete(ctx context.Context) error {
 	if err != nil {
 		err = fmt.Errorf("CNI DEL %s on %s: %w", p.Name, p.Host.Name, err)
 	}
-	_, nsErr := run(ctx, "ip", "netns", "delete", p.Namespace.Name)
+	_, nsErr := Run(ctx, "ip", "netns", "delete", p.Namespace.Name)
 	return errors.Join(err, nsErr)
 }
 
