@@ -163,6 +163,34 @@ func (m *Mesh) restore(ctx context.Context, saved *savedClaim) {
 	m.broadcast(r)
 	m.tellLive(r)
 	m.notify()
+	m.pushStateToLive()
+}
+
+// maxStatePushes bounds how many members a restarted node exchanges full
+// state with directly.
+const maxStatePushes = 16
+
+// pushStateToLive exchanges full state (memberlist's push/pull) with up to
+// maxStatePushes live members. Peers still hold a restarted node as left or
+// dead, at a higher incarnation than the one it started with, and ignore it
+// until its refutation reaches them. memberlist refutes during the join's
+// push/pull with the seed, but then spreads the refutation by gossip; a direct
+// exchange puts it, with the restored block, on every peer at once.
+func (m *Mesh) pushStateToLive() {
+	m.mu.Lock()
+	var addrs []string
+	for _, p := range m.peers {
+		if p.state.live() && p.metaErr == nil && len(addrs) < maxStatePushes {
+			addrs = append(addrs, p.addr.String())
+		}
+	}
+	m.mu.Unlock()
+	if len(addrs) == 0 {
+		return
+	}
+	if _, err := m.ml.Join(addrs); err != nil {
+		m.log.Debug("state exchange after restore", "err", err)
+	}
 }
 
 // tellLive sends records straight to every live member, so they route a new
