@@ -21,7 +21,11 @@
 // departed nodes, so their blocks stay reserved for ReclaimAfter even after
 // memberlist forgot them. Records merge by a total order (generation first),
 // so any two nodes that saw the same records hold the same table. The table
-// travels whole in memberlist's push/pull and record by record in broadcasts.
+// travels whole in memberlist's push/pull and record by record in broadcasts;
+// a new claim is also sent straight to every live member, a restarted node
+// exchanges full state with its live peers, and every node gossips its own
+// record again every 10 s so that one lost message cannot hide a block until
+// the next push/pull.
 //
 // # Claiming a block
 //
