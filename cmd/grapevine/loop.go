@@ -138,7 +138,11 @@ func (a *agent) run(ctx context.Context) error {
 func (a *agent) reconcile(ctx context.Context) {
 	v := a.mesh.View()
 	if !a.synced && !a.mayReconcile(v) {
-		a.setStatus(buildStatus(v, node.Result{}, false, v.Reason))
+		reason := v.Reason
+		if v.Ready {
+			reason = "waiting for peers to re-join; keeping the previous run's routes"
+		}
+		a.setStatus(buildStatus(v, node.Result{}, false, reason))
 		return
 	}
 	a.synced = true
