@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/grapevine-net/grapevine/mesh"
 	"github.com/grapevine-net/grapevine/node"
@@ -209,5 +210,28 @@ func TestStatusRendering(t *testing.T) {
 	}
 	if strings.Contains(string(js), `"block"`) || strings.Contains(string(js), `"-"`) {
 		t.Errorf("JSON must omit unset values, got %s", js)
+	}
+}
+
+func TestMayReconcile(t *testing.T) {
+	peer := member("h2", "alive", "172.16.254.2", "10.244.2.0/23")
+	tests := []struct {
+		name      string
+		view      mesh.View
+		inherited int
+		age       time.Duration
+		want      bool
+	}{
+		{"not ready", mesh.View{Reason: "joining"}, 0, 0, false},
+		{"fresh host, ready alone", mesh.View{Ready: true}, 0, 0, true},
+		{"restarted, peers not back yet", mesh.View{Ready: true}, 3, time.Second, false},
+		{"restarted, a peer is back", mesh.View{Ready: true, Members: []mesh.Member{peer}}, 3, time.Second, true},
+		{"restarted, alone after the grace", mesh.View{Ready: true}, 3, restartGrace, true},
+	}
+	for _, tt := range tests {
+		a := &agent{inheritedPeerRoutes: tt.inherited, started: time.Now().Add(-tt.age)}
+		if got := a.mayReconcile(tt.view); got != tt.want {
+			t.Errorf("%s: mayReconcile = %v, want %v", tt.name, got, tt.want)
+		}
 	}
 }
