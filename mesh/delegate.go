@@ -128,6 +128,7 @@ func (m *Mesh) observe(n *memberlist.Node) {
 	if state == Dead && known && p.metaErr == nil && p.meta.Leaving {
 		state = Left // it announced its leave before going
 	}
+	wasLive, liveSince := known && p.state.live(), p.since
 	if !known || p.state != state {
 		p.since = now
 		if state.live() && !m.joining {
@@ -146,8 +147,20 @@ func (m *Mesh) observe(n *memberlist.Node) {
 		m.mergeLocked(Record{Node: n.Name, Block: meta.Block, HostIP: meta.HostIP, Since: meta.Since, Gen: meta.Gen})
 	}
 	if !state.live() {
-		if r, ok := m.table[n.Name]; ok && !r.Released && r.DeadAt.Before(now) {
-			r.DeadAt = now
+		if r, ok := m.table[n.Name]; ok && !r.Released {
+			switch {
+			case r.DeadAt.IsZero():
+				r.DeadAt = now
+			case wasLive && r.DeadAt.Before(liveSince):
+				// The recorded death is from before the owner was last
+				// seen alive (it came back without a new claim): this is
+				// a new death, and ReclaimAfter starts again.
+				r.Gen++
+				r.DeadAt = now
+			}
+			// Otherwise this death is recorded already; the earliest
+			// observation stands, so a node that hears of it late cannot
+			// push ReclaimAfter out.
 			m.table[n.Name] = r
 		}
 	}

@@ -27,6 +27,14 @@ type Record struct {
 	DeadAt time.Time
 }
 
+// deadMillis is DeadAt at the precision records travel with; 0 for none.
+func deadMillis(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixMilli()
+}
+
 // newer reports whether r should replace old when both describe one node.
 // It is a total order on records, so merging tables is a join: the result
 // does not depend on the order or repetition of merges.
@@ -37,8 +45,14 @@ func (r Record) newer(old Record) bool {
 	if r.Released != old.Released {
 		return r.Released
 	}
-	if d, o := r.DeadAt.UnixMilli(), old.DeadAt.UnixMilli(); d != o {
-		return d > o
+	if d, o := deadMillis(r.DeadAt), deadMillis(old.DeadAt); d != o {
+		// A recorded death beats none. Of two records of the same death,
+		// the earlier observation wins: it is when the owner was first
+		// known dead, and ReclaimAfter counts from there.
+		if d == 0 || o == 0 {
+			return o == 0
+		}
+		return d < o
 	}
 	if s, o := r.Since.UnixMilli(), old.Since.UnixMilli(); s != o {
 		return s > o

@@ -196,3 +196,35 @@ func FuzzDecodeMessage(f *testing.F) {
 		}
 	})
 }
+
+// TestMergeKeepsFirstDeath: a node that learns of a death late must not push
+// the owner's ReclaimAfter out; a recorded death beats none; a new claim
+// (higher generation) clears the death.
+func TestMergeKeepsFirstDeath(t *testing.T) {
+	base := Record{Node: "c", Block: netip.MustParsePrefix("10.244.2.0/23"), HostIP: netip.MustParseAddr("10.1.0.3"),
+		Since: time.UnixMilli(1_700_000_000_000), Gen: 4}
+	first, late := base, base
+	first.DeadAt = time.UnixMilli(1_700_000_100_000)
+	late.DeadAt = time.UnixMilli(1_700_003_700_000)
+	back := base
+	back.Gen = 5
+
+	for _, tt := range []struct {
+		name      string
+		have, got Record
+		want      Record
+	}{
+		{"late observation arrives second", first, late, first},
+		{"late observation arrives first", late, first, first},
+		{"a death beats none", base, late, late},
+		{"none does not erase a death", first, base, first},
+		{"a new generation clears the death", first, back, back},
+	} {
+		table := map[string]Record{"c": tt.have}
+		m := &Mesh{table: table, promises: map[netip.Prefix]promise{}}
+		m.mergeLocked(tt.got)
+		if got := m.table["c"]; !got.DeadAt.Equal(tt.want.DeadAt) || got.Gen != tt.want.Gen {
+			t.Errorf("%s: merged record has DeadAt %v Gen %d, want %v Gen %d", tt.name, got.DeadAt, got.Gen, tt.want.DeadAt, tt.want.Gen)
+		}
+	}
+}
