@@ -92,28 +92,19 @@ func (a *agent) run(ctx context.Context) error {
 			return err
 		}
 	}
-	meshDone := make(chan error, 1)
-	go func() { meshDone <- a.mesh.Run(ctx) }()
-
 	a.started = time.Now()
 	a.inheritedPeerRoutes = a.countPeerRoutes()
 	graceOver := time.After(restartGrace)
+
+	meshDone := make(chan error, 1)
+	go func() { meshDone <- a.mesh.Run(ctx) }()
 
 	routeChanged := a.watchRoutes(ctx)
 	resync := time.NewTicker(a.opts.ResyncInterval)
 	defer resync.Stop()
 	for {
 		if ctx.Err() != nil {
-			// Shutting down: the mesh leaves gracefully so peers withdraw our
-			// block at once. No reconcile after that point, because the View
-			// then shows every peer gone: this host's routes stay in place and
-			// its pods keep talking across an agent restart.
-			err := <-meshDone
-			a.log.Info("left the mesh; host routes left in place")
-			if errors.Is(err, context.Canceled) {
-				err = nil
-			}
-			return err
+			return a.stopped(<-meshDone)
 		}
 		a.markPass()
 		a.reconcile(ctx)
@@ -121,8 +112,7 @@ func (a *agent) run(ctx context.Context) error {
 		case <-ctx.Done():
 		case err := <-meshDone:
 			if ctx.Err() != nil {
-				a.log.Info("left the mesh; host routes left in place")
-				return nil
+				return a.stopped(err)
 			}
 			return fmt.Errorf("mesh stopped: %w", err)
 		case <-a.mesh.Changed():
@@ -131,6 +121,18 @@ func (a *agent) run(ctx context.Context) error {
 		case <-graceOver:
 		}
 	}
+}
+
+// stopped ends the loop after a shutdown. The mesh has left gracefully, so
+// peers withdraw this node's block at once; no reconcile follows, because the
+// View now shows every peer gone: this host's routes stay in place and its
+// pods keep talking across an agent restart.
+func (a *agent) stopped(meshErr error) error {
+	a.log.Info("left the mesh; host routes left in place")
+	if errors.Is(meshErr, context.Canceled) {
+		return nil
+	}
+	return meshErr
 }
 
 // reconcile brings the kernel and the hand-off files in line with the mesh's
