@@ -24,11 +24,7 @@ import (
 // reported, and names every difference it finds.
 func cmdCheck(args *skel.CmdArgs) error {
 	ctx := context.Background()
-	conf, err := ParseConfig(args.StdinData)
-	if err != nil {
-		return err
-	}
-	att, err := parseAttachment(args.ContainerID, args.IfName, args.Args)
+	conf, att, err := parseArgs(args)
 	if err != nil {
 		return err
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"path/filepath"
 
+	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/grapevine-net/grapevine/ipam"
@@ -78,6 +79,20 @@ type attachment struct {
 	// podName is "namespace/name" when the runtime passed the Kubernetes
 	// pod identity, empty otherwise.
 	podName string
+}
+
+// parseArgs reads the network configuration and the attachment of a call
+// that acts on one pod interface (ADD, DEL, CHECK).
+func parseArgs(args *skel.CmdArgs) (*Config, attachment, error) {
+	conf, err := ParseConfig(args.StdinData)
+	if err != nil {
+		return nil, attachment{}, err
+	}
+	att, err := parseAttachment(args.ContainerID, args.IfName, args.Args)
+	if err != nil {
+		return nil, attachment{}, err
+	}
+	return conf, att, nil
 }
 
 func parseAttachment(containerID, ifName, cniArgs string) (attachment, error) {

@@ -21,11 +21,7 @@ func Funcs() skel.CNIFuncs {
 
 func cmdAdd(args *skel.CmdArgs) (err error) {
 	ctx := context.Background()
-	conf, err := ParseConfig(args.StdinData)
-	if err != nil {
-		return err
-	}
-	att, err := parseAttachment(args.ContainerID, args.IfName, args.Args)
+	conf, att, err := parseArgs(args)
 	if err != nil {
 		return err
 	}
@@ -119,11 +115,7 @@ func withUndo(err, undoErr error) error {
 // goes first so an address is freed only once no pod can still use it.
 func cmdDel(args *skel.CmdArgs) error {
 	ctx := context.Background()
-	conf, err := ParseConfig(args.StdinData)
-	if err != nil {
-		return err
-	}
-	att, err := parseAttachment(args.ContainerID, args.IfName, args.Args)
+	conf, att, err := parseArgs(args)
 	if err != nil {
 		return err
 	}
