@@ -71,12 +71,18 @@ func cmdAdd(args *skel.CmdArgs) error {
 	return types.PrintResult(Result(addr), vc.CNIVersion)
 }
 
-func cmdDel(args *skel.CmdArgs) error {
-	cfg, err := ParseConfig(args.StdinData)
+// openFromConfig parses the network configuration and opens its store.
+func openFromConfig(stdin []byte) (Config, *Allocator, error) {
+	cfg, err := ParseConfig(stdin)
 	if err != nil {
-		return err
+		return cfg, nil, err
 	}
 	alloc, err := Open(cfg)
+	return cfg, alloc, err
+}
+
+func cmdDel(args *skel.CmdArgs) error {
+	_, alloc, err := openFromConfig(args.StdinData)
 	if err != nil {
 		return err
 	}
@@ -87,11 +93,7 @@ func cmdDel(args *skel.CmdArgs) error {
 // cmdCheck verifies that the attachment still holds an address, and the one
 // the previous result reported when there is one.
 func cmdCheck(args *skel.CmdArgs) error {
-	cfg, err := ParseConfig(args.StdinData)
-	if err != nil {
-		return err
-	}
-	alloc, err := Open(cfg)
+	cfg, alloc, err := openFromConfig(args.StdinData)
 	if err != nil {
 		return err
 	}
