@@ -112,14 +112,24 @@ func cmdCheck(args *skel.CmdArgs) error {
 	if conf.RawPrevResult == nil {
 		return nil
 	}
-	if err := version.ParsePrevResult(&conf); err != nil {
-		return types.NewError(types.ErrDecodingFailure, fmt.Sprintf("parse prevResult: %v", err), "")
+	prev, err := PrevResult(&conf)
+	if err != nil {
+		return err
+	}
+	return CheckHeld(held, prev, args.ContainerID, args.IfName)
+}
+
+// PrevResult decodes conf's prevResult, which must be present, into the
+// current result version. Failures are CNI error 6.
+func PrevResult(conf *types.PluginConf) (*current.Result, error) {
+	if err := version.ParsePrevResult(conf); err != nil {
+		return nil, types.NewError(types.ErrDecodingFailure, fmt.Sprintf("parse prevResult: %v", err), "")
 	}
 	prev, err := current.NewResultFromResult(conf.PrevResult)
 	if err != nil {
-		return types.NewError(types.ErrDecodingFailure, fmt.Sprintf("convert prevResult: %v", err), "")
+		return nil, types.NewError(types.ErrDecodingFailure, fmt.Sprintf("convert prevResult: %v", err), "")
 	}
-	return CheckHeld(held, prev, args.ContainerID, args.IfName)
+	return prev, nil
 }
 
 // CheckHeld reports an error naming every IPv4 address of prev that is not

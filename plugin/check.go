@@ -11,7 +11,6 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
-	"github.com/containernetworking/cni/pkg/version"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/utils/sysctl"
 	"github.com/vishvananda/netlink"
@@ -62,12 +61,9 @@ func expectedFromPrevResult(conf *Config, args *skel.CmdArgs, hostVeth string) (
 	if conf.RawPrevResult == nil {
 		return expected{}, types.NewError(types.ErrInvalidNetworkConfig, "CHECK needs prevResult in the network config", "")
 	}
-	if err := version.ParsePrevResult(&conf.PluginConf); err != nil {
-		return expected{}, types.NewError(types.ErrDecodingFailure, fmt.Sprintf("parse prevResult: %v", err), "")
-	}
-	prev, err := current.NewResultFromResult(conf.PrevResult)
+	prev, err := ipam.PrevResult(&conf.PluginConf)
 	if err != nil {
-		return expected{}, types.NewError(types.ErrDecodingFailure, fmt.Sprintf("convert prevResult: %v", err), "")
+		return expected{}, err
 	}
 	want := expected{prev: prev}
 	podIdx := -1
