@@ -31,9 +31,9 @@ func cmdCheck(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	podNS, err := ns.GetNS(args.Netns)
+	podNS, err := getPodNS(args.Netns)
 	if err != nil {
-		return types.NewError(types.ErrUnknownContainer, fmt.Sprintf("open pod network namespace %q: %v", args.Netns, err), "")
+		return err
 	}
 	defer podNS.Close()
 

@@ -80,9 +80,9 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 // own namespace only after ADD returns; checking here keeps ADD from wiring
 // the host to itself first.
 func openPodNS(path string) (ns.NetNS, error) {
-	podNS, err := ns.GetNS(path)
+	podNS, err := getPodNS(path)
 	if err != nil {
-		return nil, types.NewError(types.ErrUnknownContainer, fmt.Sprintf("open pod network namespace %q: %v", path, err), "")
+		return nil, err
 	}
 	same, cerr := cnins.CheckNetNS(path)
 	if cerr != nil {
@@ -92,6 +92,15 @@ func openPodNS(path string) (ns.NetNS, error) {
 	if same {
 		podNS.Close()
 		return nil, types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("CNI_NETNS %q is the plugin's own network namespace", path), "")
+	}
+	return podNS, nil
+}
+
+// getPodNS opens the pod's namespace; failing that is CNI error 3.
+func getPodNS(path string) (ns.NetNS, error) {
+	podNS, err := ns.GetNS(path)
+	if err != nil {
+		return nil, types.NewError(types.ErrUnknownContainer, fmt.Sprintf("open pod network namespace %q: %v", path, err), "")
 	}
 	return podNS, nil
 }
