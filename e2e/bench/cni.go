@@ -165,7 +165,7 @@ func MeasureCNI(ctx context.Context, cfg CNIConfig) (_ []Row, err error) {
 		}
 		// Let the kernel finish tearing those namespaces down before the
 		// next batch is timed.
-		if err := settle(ctx, 2*time.Second); err != nil {
+		if err := lab.Sleep(ctx, 2*time.Second); err != nil {
 			return nil, err
 		}
 	}

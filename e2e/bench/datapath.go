@@ -88,8 +88,8 @@ func measureDataPath(ctx context.Context, a, b *lab.Host, iperf time.Duration, r
 	}
 	return []Row{
 		{ID: "7a", Measure: "TCP throughput pod to pod across hosts", Unit: "Gbit/s",
-			Value: medianFloat(pod.bps) / 1e9, Samples: len(pod.bps),
-			Peer:   &Peer{Name: "host em1 to em1", Value: medianFloat(host.bps) / 1e9},
+			Value: median(pod.bps) / 1e9, Samples: len(pod.bps),
+			Peer:   &Peer{Name: "host em1 to em1", Value: median(host.bps) / 1e9},
 			Target: Target{Kind: AtLeastPeer, Limit: 0.95},
 			Note: fmt.Sprintf("iperf3 single stream, %v per run, runs alternating: pod %s, host %s, hand-wired %s Gbit/s",
 				iperf, formatAll(scale(pod.bps, 1e-9)), formatAll(scale(host.bps, 1e-9)), formatAll(scale(seed.bps, 1e-9)))},
@@ -99,8 +99,8 @@ func measureDataPath(ctx context.Context, a, b *lab.Host, iperf time.Duration, r
 			Target: Target{Kind: AtMostPeer, Limit: 1.2},
 			Note:   "median ICMP echo, one socket per echo, alternating with the host path"},
 		{ID: "7c", Measure: "TCP throughput, pods wired by hand (seed path)", Unit: "Gbit/s",
-			Value: medianFloat(seed.bps) / 1e9, Samples: len(seed.bps),
-			Peer: &Peer{Name: "host em1 to em1", Value: medianFloat(host.bps) / 1e9},
+			Value: median(seed.bps) / 1e9, Samples: len(seed.bps),
+			Peer: &Peer{Name: "host em1 to em1", Value: median(host.bps) / 1e9},
 			Note: "the same routed path built with iproute2 alone: what the design costs in this lab, apart from the plugin"},
 		{ID: "7d", Measure: "round trip time, pods wired by hand (seed path)", Unit: "µs",
 			Value: micros(median(seed.rtt)), Samples: len(seed.rtt),
@@ -168,7 +168,7 @@ func runIperf(ctx context.Context, p *dataPath, d time.Duration) (float64, error
 		} else {
 			return res.End.SumReceived.BitsPerSecond, nil
 		}
-		if err := settle(ctx, 250*time.Millisecond); err != nil {
+		if err := lab.Sleep(ctx, 250*time.Millisecond); err != nil {
 			return 0, err
 		}
 	}

@@ -22,7 +22,7 @@ const clockTicks = 100
 // happens: resident memory at the end, CPU time spent during it.
 func measureIdle(ctx context.Context, hosts []*lab.Host, window time.Duration) ([]Row, error) {
 	// Let the last join's gossip die down first.
-	if err := settle(ctx, 5*time.Second); err != nil {
+	if err := lab.Sleep(ctx, 5*time.Second); err != nil {
 		return nil, err
 	}
 	pids := make([]int, len(hosts))
@@ -38,7 +38,7 @@ func measureIdle(ctx context.Context, hosts []*lab.Host, window time.Duration) (
 		}
 	}
 	t0 := time.Now()
-	if err := settle(ctx, window); err != nil {
+	if err := lab.Sleep(ctx, window); err != nil {
 		return nil, err
 	}
 	elapsed := time.Since(t0)

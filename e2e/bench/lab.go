@@ -156,7 +156,7 @@ func (b *labBench) join(ctx context.Context, h *lab.Host) (time.Duration, error)
 	if err != nil {
 		return 0, fmt.Errorf("join: %w\nagent log of %s:\n%s", err, h.Name, h.LogTail(20))
 	}
-	return at.Sub(t0), settle(ctx, quiet)
+	return at.Sub(t0), lab.Sleep(ctx, quiet)
 }
 
 // leave stops h's agent with SIGTERM and returns how long until every peer
@@ -171,7 +171,7 @@ func (b *labBench) leave(ctx context.Context, h *lab.Host) (time.Duration, error
 	if err != nil {
 		return 0, fmt.Errorf("leave: %w", err)
 	}
-	return at.Sub(t0), settle(ctx, quiet)
+	return at.Sub(t0), lab.Sleep(ctx, quiet)
 }
 
 // crash pulls h's cable and kills its agent, and returns how long until
@@ -191,7 +191,7 @@ func (b *labBench) crash(ctx context.Context, h *lab.Host) (d time.Duration, err
 	if err != nil {
 		return 0, fmt.Errorf("crash: %w", err)
 	}
-	return at.Sub(t0), settle(ctx, quiet)
+	return at.Sub(t0), lab.Sleep(ctx, quiet)
 }
 
 func convergenceRows(joinNew, joinKnown, leave, crash []time.Duration) []Row {

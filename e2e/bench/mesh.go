@@ -14,6 +14,7 @@ import (
 
 	"github.com/hashicorp/memberlist"
 
+	"github.com/grapevine-net/grapevine/e2e/lab"
 	"github.com/grapevine-net/grapevine/mesh"
 	"github.com/grapevine-net/grapevine/mesh/meshtest"
 	"github.com/grapevine-net/grapevine/node"
@@ -100,7 +101,7 @@ func MeasureMesh(ctx context.Context, cfg MeshConfig) (_ []Row, err error) {
 		if waitErr == nil || time.Now().After(deadline) || ctx.Err() != nil {
 			break
 		}
-		if err := settle(ctx, 100*time.Millisecond); err != nil {
+		if err := lab.Sleep(ctx, 100*time.Millisecond); err != nil {
 			return nil, err
 		}
 	}
@@ -118,11 +119,11 @@ func MeasureMesh(ctx context.Context, cfg MeshConfig) (_ []Row, err error) {
 	log.Info("mesh", "nodes", cfg.Nodes, "after", converged.Round(time.Millisecond), "converged", waitErr == nil)
 
 	// Steady state: after the join storm's retransmissions have drained.
-	if err := settle(ctx, 10*time.Second); err != nil {
+	if err := lab.Sleep(ctx, 10*time.Second); err != nil {
 		return nil, err
 	}
 	b0, w0 := c.BytesSent(), time.Now()
-	if err := settle(ctx, cfg.Steady); err != nil {
+	if err := lab.Sleep(ctx, cfg.Steady); err != nil {
 		return nil, err
 	}
 	b1, window := c.BytesSent(), time.Since(w0)

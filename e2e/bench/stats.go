@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"context"
 	"slices"
 	"time"
 )
@@ -17,21 +16,9 @@ func percentile(d []time.Duration, p float64) time.Duration {
 	return s[min(max(rank, 0), len(s)-1)]
 }
 
-// median is the median of d: the mean of the middle two for an even count.
-func median(d []time.Duration) time.Duration {
-	if len(d) == 0 {
-		return 0
-	}
-	s := slices.Clone(d)
-	slices.Sort(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
-}
-
-// medianFloat is median for plain numbers.
-func medianFloat(v []float64) float64 {
+// median is the median of v: the mean of the middle two for an even count;
+// zero when empty.
+func median[T time.Duration | float64](v []T) T {
 	if len(v) == 0 {
 		return 0
 	}
@@ -46,15 +33,3 @@ func medianFloat(v []float64) float64 {
 func seconds(d time.Duration) float64 { return d.Seconds() }
 func millis(d time.Duration) float64  { return float64(d) / float64(time.Millisecond) }
 func micros(d time.Duration) float64  { return float64(d) / float64(time.Microsecond) }
-
-// settle waits d or until ctx ends.
-func settle(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}

@@ -11,6 +11,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/grapevine-net/grapevine/e2e/lab"
 )
 
 // routeProtocol marks the routes the agent owns (proto 74).
@@ -68,7 +70,7 @@ func watchRoutes(ctx context.Context, names []string) (*routeWatch, error) {
 		go w.follow(i, updates)
 	}
 	// The existing routes arrive first; let them.
-	return w, settle(ctx, 200*time.Millisecond)
+	return w, lab.Sleep(ctx, 200*time.Millisecond)
 }
 
 func (w *routeWatch) fail(err error) {

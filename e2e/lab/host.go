@@ -355,7 +355,7 @@ func (h *Host) WaitStatus(ctx context.Context, what string, cond func(Status) bo
 		if exited, exitErr := h.AgentExit(); exited {
 			return last, fmt.Errorf("host %s: agent exited (%v) while waiting for %s", h.Name, exitErr, what)
 		}
-		if err := sleepCtx(ctx, 250*time.Millisecond); err != nil {
+		if err := Sleep(ctx, 250*time.Millisecond); err != nil {
 			js, _ := json.Marshal(last)
 			return last, fmt.Errorf("host %s: waiting for %s: %w; last status %s; last error: %v", h.Name, what, err, js, lastErr)
 		}

@@ -57,7 +57,7 @@ func ping(ctx context.Context, conn *icmp.PacketConn, dst netip.Addr) (time.Dura
 		sent := time.Now()
 		if _, err := conn.WriteTo(wire, &net.IPAddr{IP: dst.AsSlice()}); err != nil {
 			// Unreachable routes fail the send itself; retry until ctx ends.
-			if waitErr := sleepCtx(ctx, 200*time.Millisecond); waitErr != nil {
+			if waitErr := Sleep(ctx, 200*time.Millisecond); waitErr != nil {
 				return 0, fmt.Errorf("ping %s: %w (last: %w)", dst, waitErr, err)
 			}
 			continue
@@ -87,7 +87,8 @@ func ping(ctx context.Context, conn *icmp.PacketConn, dst netip.Addr) (time.Dura
 	}
 }
 
-func sleepCtx(ctx context.Context, d time.Duration) error {
+// Sleep waits d or until ctx ends, whichever comes first.
+func Sleep(ctx context.Context, d time.Duration) error {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
@@ -182,7 +183,7 @@ func (n Namespace) DialEcho(ctx context.Context, addr netip.AddrPort) (*EchoConn
 			c.SetDeadline(time.Time{})
 			return e, nil
 		}
-		if waitErr := sleepCtx(ctx, 200*time.Millisecond); waitErr != nil {
+		if waitErr := Sleep(ctx, 200*time.Millisecond); waitErr != nil {
 			return nil, fmt.Errorf("%w (last: %w)", waitErr, err)
 		}
 	}
