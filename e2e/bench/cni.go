@@ -134,7 +134,7 @@ func MeasureCNI(ctx context.Context, cfg CNIConfig) (_ []Row, err error) {
 		}
 		for _, p := range pods {
 			var d time.Duration
-			err := inNamespace(host, func() error {
+			err := lab.Namespace{Name: host}.Do(func() error {
 				t0 := time.Now()
 				_, err := cni.AddNetworkList(ctx, p.chain.conf, p.rt)
 				d = time.Since(t0)
@@ -147,7 +147,7 @@ func MeasureCNI(ctx context.Context, cfg CNIConfig) (_ []Row, err error) {
 		}
 		for _, p := range pods {
 			var d time.Duration
-			err := inNamespace(host, func() error {
+			err := lab.Namespace{Name: host}.Do(func() error {
 				t0 := time.Now()
 				err := cni.DelNetworkList(ctx, p.chain.conf, p.rt)
 				d = time.Since(t0)
@@ -206,7 +206,7 @@ func chainConf(conf []byte, withPortmap bool) (*libcni.NetworkConfigList, error)
 func runtimeConf(id, netns string) *libcni.RuntimeConf {
 	return &libcni.RuntimeConf{
 		ContainerID: id,
-		NetNS:       nsPath(netns),
+		NetNS:       lab.Namespace{Name: netns}.Path(),
 		IfName:      "eth0",
 		Args: [][2]string{
 			{"IgnoreUnknown", "1"},

@@ -82,7 +82,7 @@ func formatAll(v []float64) string {
 // agentPID finds the grapevine process inside the named namespace.
 func agentPID(namespace string) (int, error) {
 	var want syscall.Stat_t
-	if err := syscall.Stat(nsPath(namespace), &want); err != nil {
+	if err := syscall.Stat(lab.Namespace{Name: namespace}.Path(), &want); err != nil {
 		return 0, fmt.Errorf("namespace %s: %w", namespace, err)
 	}
 	dirs, err := filepath.Glob("/proc/[0-9]*")

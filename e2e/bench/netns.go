@@ -7,8 +7,6 @@ import (
 	"slices"
 	"sync"
 
-	"github.com/containernetworking/plugins/pkg/ns"
-
 	"github.com/grapevine-net/grapevine/e2e/lab"
 )
 
@@ -67,17 +65,4 @@ func (s *scope) close(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-func nsPath(name string) string { return "/run/netns/" + name }
-
-// inNamespace runs f on a thread switched into the named namespace;
-// processes f starts inherit it.
-func inNamespace(name string, f func() error) error {
-	target, err := ns.GetNS(nsPath(name))
-	if err != nil {
-		return fmt.Errorf("namespace %s: %w", name, err)
-	}
-	defer target.Close()
-	return target.Do(func(ns.NetNS) error { return f() })
 }

@@ -39,7 +39,7 @@ func MeasureRoutes(ctx context.Context, cfg RoutesConfig) (_ []Row, err error) {
 			return nil, err
 		}
 	}
-	k, err := node.NewNetlinkKernelAt(nsPath(name))
+	k, err := node.NewNetlinkKernelAt(lab.Namespace{Name: name}.Path())
 	if err != nil {
 		return nil, err
 	}

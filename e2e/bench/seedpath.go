@@ -53,7 +53,7 @@ func wireSeedPods(ctx context.Context, s *scope, a, b *lab.Host) (pa, pb seedPod
 				return pa, pb, err
 			}
 		}
-		err = inNamespace(hostNS, func() error {
+		err = lab.Namespace{Name: hostNS}.Do(func() error {
 			return os.WriteFile(fmt.Sprintf("/proc/sys/net/ipv4/conf/%s/proxy_arp", veth), []byte("1"), 0o644)
 		})
 		if err != nil {

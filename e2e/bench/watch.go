@@ -49,7 +49,7 @@ type expectation struct {
 func watchRoutes(ctx context.Context, names []string) (*routeWatch, error) {
 	w := &routeWatch{names: names, errc: make(chan error, len(names)), tables: make([]routeTable, len(names))}
 	for i, name := range names {
-		h, err := netns.GetFromPath(nsPath(name))
+		h, err := netns.GetFromPath(lab.Namespace{Name: name}.Path())
 		if err != nil {
 			return nil, fmt.Errorf("namespace %s: %w", name, err)
 		}
