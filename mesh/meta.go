@@ -91,10 +91,6 @@ func (m Meta) AppendBinary(b []byte) ([]byte, error) {
 	if m.Leaving {
 		flags |= metaFlagLeaving
 	}
-	var since int64
-	if !m.Since.IsZero() {
-		since = m.Since.UnixMilli()
-	}
 	host := m.HostIP.As4()
 	pool := m.Pool.Addr().As4()
 	b = append(b, metaVersion, flags)
@@ -102,7 +98,7 @@ func (m Meta) AppendBinary(b []byte) ([]byte, error) {
 	b = append(b, pool[:]...)
 	b = append(b, byte(m.Pool.Bits()), byte(m.BlockBits))
 	b = append(b, blockAddr[:]...)
-	b = binary.BigEndian.AppendUint64(b, uint64(since))
+	b = binary.BigEndian.AppendUint64(b, uint64(unixMillis(m.Since)))
 	b = binary.BigEndian.AppendUint64(b, m.Gen)
 	return b, nil
 }

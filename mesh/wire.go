@@ -27,8 +27,9 @@ type Record struct {
 	DeadAt time.Time
 }
 
-// deadMillis is DeadAt at the precision records travel with; 0 for none.
-func deadMillis(t time.Time) int64 {
+// unixMillis is t at the precision records and metadata travel with; 0 for
+// the zero time.
+func unixMillis(t time.Time) int64 {
 	if t.IsZero() {
 		return 0
 	}
@@ -45,7 +46,7 @@ func (r Record) newer(old Record) bool {
 	if r.Released != old.Released {
 		return r.Released
 	}
-	if d, o := deadMillis(r.DeadAt), deadMillis(old.DeadAt); d != o {
+	if d, o := unixMillis(r.DeadAt), unixMillis(old.DeadAt); d != o {
 		// A recorded death beats none. Of two records of the same death,
 		// the earlier observation wins: it is when the owner was first
 		// known dead, and ReclaimAfter counts from there.
@@ -127,17 +128,11 @@ type encoder struct{ b []byte }
 
 func newEncoder(t msgType) *encoder { return &encoder{b: []byte{wireVersion, byte(t)}} }
 
-func (e *encoder) u8(v byte)    { e.b = append(e.b, v) }
-func (e *encoder) u16(v int)    { e.b = binary.BigEndian.AppendUint16(e.b, uint16(v)) }
-func (e *encoder) u64(v uint64) { e.b = binary.BigEndian.AppendUint64(e.b, v) }
-func (e *encoder) ms(t time.Time) {
-	var v int64
-	if !t.IsZero() {
-		v = t.UnixMilli()
-	}
-	e.u64(uint64(v))
-}
-func (e *encoder) name(s string) { e.u8(byte(len(s))); e.b = append(e.b, s...) }
+func (e *encoder) u8(v byte)      { e.b = append(e.b, v) }
+func (e *encoder) u16(v int)      { e.b = binary.BigEndian.AppendUint16(e.b, uint16(v)) }
+func (e *encoder) u64(v uint64)   { e.b = binary.BigEndian.AppendUint64(e.b, v) }
+func (e *encoder) ms(t time.Time) { e.u64(uint64(unixMillis(t))) }
+func (e *encoder) name(s string)  { e.u8(byte(len(s))); e.b = append(e.b, s...) }
 func (e *encoder) addr(a netip.Addr) {
 	v := a.As4()
 	e.b = append(e.b, v[:]...)
