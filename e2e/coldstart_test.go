@@ -34,12 +34,7 @@ func TestColdStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	err = waitUntil(ctx, "every host's kernel routes", func() error {
-		for _, h := range l.Hosts() {
-			if err := expectPeerRoutes(h, statuses[h.Name].Block, meshRoutes(statuses, l.Hosts(), h)); err != nil {
-				return err
-			}
-		}
-		return nil
+		return expectMeshRoutes(statuses, l.Hosts())
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -112,12 +112,7 @@ func TestCrash(t *testing.T) {
 		}
 	}
 	err = waitUntil(ctx, "the routes to return", func() error {
-		for _, h := range l.Hosts() {
-			if err := expectPeerRoutes(h, after[h.Name].Block, meshRoutes(after, l.Hosts(), h)); err != nil {
-				return err
-			}
-		}
-		return nil
+		return expectMeshRoutes(after, l.Hosts())
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -127,6 +127,17 @@ func meshRoutes(statuses map[string]lab.Status, hosts []*lab.Host, self *lab.Hos
 	return want
 }
 
+// expectMeshRoutes checks that every host holds the routes of a converged
+// mesh (meshRoutes) and its own blackhole, as statuses give the blocks.
+func expectMeshRoutes(statuses map[string]lab.Status, hosts []*lab.Host) error {
+	for _, h := range hosts {
+		if err := expectPeerRoutes(h, statuses[h.Name].Block, meshRoutes(statuses, hosts, h)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // waitUntil polls cond until it reports done or ctx ends; the error carries
 // cond's last complaint.
 func waitUntil(ctx context.Context, what string, cond func() error) error {

@@ -137,12 +137,7 @@ func TestPartition(t *testing.T) {
 		}
 	}
 	err = waitUntil(ctx, "every host's kernel routes", func() error {
-		for _, h := range l.Hosts() {
-			if err := expectPeerRoutes(h, after[h.Name].Block, meshRoutes(after, l.Hosts(), h)); err != nil {
-				return err
-			}
-		}
-		return nil
+		return expectMeshRoutes(after, l.Hosts())
 	})
 	if err != nil {
 		t.Fatal(err)
