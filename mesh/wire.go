@@ -275,13 +275,12 @@ func (d *decoder) name() string {
 	if v == nil {
 		return ""
 	}
-	for _, c := range v {
-		if c <= ' ' || c >= 0x7f {
-			d.fail("name", "node name %q has a non-printable character", v)
-			return ""
-		}
+	s := string(v)
+	if !validName(s) {
+		d.fail("name", "node name %q has a non-printable character", s)
+		return ""
 	}
-	return string(v)
+	return s
 }
 
 func (d *decoder) addr() netip.Addr {
