@@ -4,11 +4,9 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/grapevine-net/grapevine/e2e/lab"
@@ -28,14 +26,15 @@ func measureIdle(ctx context.Context, hosts []*lab.Host, window time.Duration) (
 	pids := make([]int, len(hosts))
 	before := make([]uint64, len(hosts))
 	for i, h := range hosts {
-		pid, err := agentPID(h.Namespace.Name)
+		pid := h.AgentPID()
+		if pid == 0 {
+			return nil, fmt.Errorf("no grapevine process in namespace %s", h.Namespace.Name)
+		}
+		ticks, err := cpuTicks(pid)
 		if err != nil {
 			return nil, err
 		}
-		pids[i] = pid
-		if before[i], err = cpuTicks(pid); err != nil {
-			return nil, err
-		}
+		pids[i], before[i] = pid, ticks
 	}
 	t0 := time.Now()
 	if err := lab.Sleep(ctx, window); err != nil {
@@ -77,30 +76,6 @@ func formatAll(v []float64) string {
 		s[i] = strconv.FormatFloat(x, 'g', 3, 64)
 	}
 	return strings.Join(s, ", ")
-}
-
-// agentPID finds the grapevine process inside the named namespace.
-func agentPID(namespace string) (int, error) {
-	var want syscall.Stat_t
-	if err := syscall.Stat(lab.Namespace{Name: namespace}.Path(), &want); err != nil {
-		return 0, fmt.Errorf("namespace %s: %w", namespace, err)
-	}
-	dirs, err := filepath.Glob("/proc/[0-9]*")
-	if err != nil {
-		return 0, err
-	}
-	for _, d := range dirs {
-		var st syscall.Stat_t
-		if syscall.Stat(filepath.Join(d, "ns", "net"), &st) != nil || st.Ino != want.Ino || st.Dev != want.Dev {
-			continue
-		}
-		comm, err := os.ReadFile(filepath.Join(d, "comm"))
-		if err != nil || strings.TrimSpace(string(comm)) != "grapevine" {
-			continue
-		}
-		return strconv.Atoi(filepath.Base(d))
-	}
-	return 0, fmt.Errorf("no grapevine process in namespace %s", namespace)
 }
 
 // cpuTicks is the process's utime+stime in clock ticks.

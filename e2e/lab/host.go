@@ -163,6 +163,22 @@ func (h *Host) AgentRunning() bool {
 	}
 }
 
+// AgentPID is the pid of the host's agent, 0 when none is running.
+// `ip netns exec` execs the agent in place, so this is the agent itself.
+func (h *Host) AgentPID() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.agent == nil {
+		return 0
+	}
+	select {
+	case <-h.agent.exited:
+		return 0
+	default:
+		return h.agent.cmd.Process.Pid
+	}
+}
+
 // StopAgent sends SIGTERM (the agent leaves the cluster gracefully) and waits
 // for the agent to exit. An agent that exits with an error on SIGTERM is an
 // error too.
