@@ -114,7 +114,7 @@ func (m *Mesh) holdsBlock(ctx context.Context) bool {
 		m.mu.Unlock()
 		return false
 	}
-	winner := m.blockWinnersLocked()[b]
+	winner := m.blockWinnersLocked()[b].name
 	var why string
 	if winner != m.cfg.NodeName {
 		why = fmt.Sprintf("lost block %s to %s (older claim); restart pods created before", b, winner)

@@ -185,7 +185,7 @@ func (m *Mesh) View() View {
 		Degraded: m.degraded,
 		Members:  make([]Member, 0, len(m.peers)),
 	}
-	if b := m.own.Block; b.IsValid() && winners[b] == m.cfg.NodeName {
+	if b := m.own.Block; b.IsValid() && winners[b].name == m.cfg.NodeName {
 		v.Block = b
 		v.Ready = true
 		v.Reason = ""
@@ -194,7 +194,7 @@ func (m *Mesh) View() View {
 		mem := Member{Name: p.name, Addr: p.addr.Addr(), State: p.state}
 		if p.metaErr == nil {
 			mem.HostIP = p.meta.HostIP
-			if b, _ := m.claimOfLocked(p); b.IsValid() && winners[b] == p.name {
+			if b, _ := m.claimOfLocked(p); b.IsValid() && winners[b].name == p.name {
 				mem.Block = b
 			}
 		}
@@ -236,7 +236,7 @@ func (m *Mesh) claimOfLocked(p *peer) (netip.Prefix, time.Time) {
 
 // blockWinnersLocked maps every block advertised by a live member (this node
 // included) to the member that keeps it.
-func (m *Mesh) blockWinnersLocked() map[netip.Prefix]string {
+func (m *Mesh) blockWinnersLocked() map[netip.Prefix]holder {
 	best := make(map[netip.Prefix]holder)
 	consider := func(b netip.Prefix, h holder) {
 		if cur, ok := best[b]; !ok || h.beats(cur) {
@@ -251,11 +251,7 @@ func (m *Mesh) blockWinnersLocked() map[netip.Prefix]string {
 			consider(b, holder{p.name, since})
 		}
 	}
-	winners := make(map[netip.Prefix]string, len(best))
-	for b, h := range best {
-		winners[b] = h.name
-	}
-	return winners
+	return best
 }
 
 // Run joins the cluster, restores or claims a block, and keeps membership
