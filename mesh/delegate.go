@@ -129,7 +129,8 @@ func (m *Mesh) observe(n *memberlist.Node) {
 		state = Left // it announced its leave before going
 	}
 	wasLive, liveSince := known && p.state.live(), p.since
-	if !known || p.state != state {
+	stateChanged := !known || p.state != state
+	if stateChanged {
 		p.since = now
 		if state.live() && !m.joining {
 			m.grewAt = time.Now()
@@ -165,7 +166,9 @@ func (m *Mesh) observe(n *memberlist.Node) {
 		}
 	}
 	lost := m.own.Block.IsValid() && metaErr == nil && state.live() && meta.Block == m.own.Block
-	m.countMembersLocked()
+	if stateChanged {
+		m.countMembersLocked()
+	}
 	m.mu.Unlock()
 
 	if rejectedNow {
