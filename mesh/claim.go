@@ -180,7 +180,7 @@ func (m *Mesh) pushStateToLive() {
 	m.mu.Lock()
 	var addrs []string
 	for _, p := range m.peers {
-		if p.state.live() && p.metaErr == nil && len(addrs) < maxStatePushes {
+		if p.usable() && len(addrs) < maxStatePushes {
 			addrs = append(addrs, p.addr.String())
 		}
 	}
@@ -200,7 +200,7 @@ func (m *Mesh) tellLive(recs ...Record) {
 	addrs := make(map[string]netip.AddrPort, len(m.peers))
 	names := make([]string, 0, len(m.peers))
 	for _, p := range m.peers {
-		if p.state.live() && p.metaErr == nil {
+		if p.usable() {
 			addrs[p.name] = p.addr
 			names = append(names, p.name)
 		}
@@ -632,9 +632,8 @@ func (m *Mesh) electorateLocked() map[string]netip.AddrPort {
 func (m *Mesh) eachElectorLocked(fn func(string, netip.AddrPort)) {
 	now := m.now()
 	fn(m.cfg.NodeName, netip.AddrPortFrom(m.cfg.AdvertiseAddr, uint16(m.cfg.Port)))
-	counted := func(p *peer) bool { return p.state.live() && p.metaErr == nil }
 	for _, p := range m.peers {
-		if counted(p) {
+		if p.usable() {
 			fn(p.name, p.addr)
 		}
 	}
@@ -642,7 +641,7 @@ func (m *Mesh) eachElectorLocked(fn func(string, netip.AddrPort)) {
 		if name == m.cfg.NodeName || r.Released {
 			continue
 		}
-		if p, ok := m.peers[name]; ok && counted(p) {
+		if p, ok := m.peers[name]; ok && p.usable() {
 			continue
 		}
 		if r.DeadAt.IsZero() || now.Sub(r.DeadAt) < m.cfg.ReclaimAfter {

@@ -216,7 +216,7 @@ func (m *Mesh) mergeRecords(recs []Record) {
 		// moved) is history, not a route; only a record that claims to be
 		// a live member's current one must match its gossip address.
 		var from netip.Addr
-		if p, ok := m.peers[r.Node]; ok && p.state.live() && p.metaErr == nil && r.Gen >= p.meta.Gen {
+		if p, ok := m.peers[r.Node]; ok && p.usable() && r.Gen >= p.meta.Gen {
 			from = p.addr.Addr()
 		}
 		if err := m.rules.checkRecord(r, from); err != nil {

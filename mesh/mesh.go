@@ -98,6 +98,10 @@ type peer struct {
 	since time.Time
 }
 
+// usable reports whether p is live with accepted metadata: only such a
+// member holds a block, votes, and is sent claims.
+func (p *peer) usable() bool { return p.state.live() && p.metaErr == nil }
+
 // promise is a vote granted to claimant for one block, binding until expires.
 type promise struct {
 	claimant string
@@ -224,7 +228,7 @@ func (h holder) beats(o holder) bool {
 // straight to every member on commit) arrived before the metadata update
 // was gossiped.
 func (m *Mesh) claimOfLocked(p *peer) (netip.Prefix, time.Time) {
-	if !p.state.live() || p.metaErr != nil {
+	if !p.usable() {
 		return netip.Prefix{}, time.Time{}
 	}
 	r, ok := m.table[p.name]
