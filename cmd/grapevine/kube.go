@@ -32,8 +32,8 @@ func (a *agent) joinKubernetes(ctx context.Context) error {
 	first := make(chan struct{})
 	var once sync.Once
 	go func() {
-		err := d.Run(ctx, kubeRefreshInterval, func(addrs []string) {
-			a.mesh.AddJoinAddrs(addrs...)
+		err := d.Run(ctx, kubeRefreshInterval, func(disc kubejoin.Discovery) {
+			a.mesh.AddJoinAddrs(disc.Seeds...)
 			once.Do(func() { close(first) })
 		})
 		if err != nil && ctx.Err() == nil {

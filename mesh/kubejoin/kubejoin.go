@@ -1,10 +1,12 @@
 // Package kubejoin finds gossip seed addresses in the Kubernetes API: the IPv4
-// InternalIP of every Node object except this node's own. It lets the agent in
-// a DaemonSet join the mesh with no peer list.
+// InternalIP of every Node object except this node's own, and which Node is
+// the oldest (its agent founds the block ledger of a new cluster). It lets
+// the agent in a DaemonSet join the mesh with no peer list.
 //
-// Only seeds come from here. Once an agent has joined, membership and block
-// ownership are gossip's business; the API server is never a source of truth
-// for either and may go away without disturbing routes.
+// Only seeds and the founding rule come from here. Once an agent has joined,
+// membership is gossip's business and block ownership the ledger's; the API
+// server is never a source of truth for either and may go away without
+// disturbing routes.
 //
 // Seeds cannot come from DNS (a headless Service over the DaemonSet): the
 // cluster DNS runs in pods, and pods get no network until the agent holds a
@@ -37,7 +39,9 @@ const requestTimeout = 30 * time.Second
 
 // Node is the part of a Kubernetes Node object discovery reads.
 type Node struct {
-	Name      string
+	Name string
+	// Created is the object's creationTimestamp (second precision).
+	Created   time.Time
 	Addresses []NodeAddress
 }
 
@@ -142,7 +146,8 @@ func (c *APIClient) ListNodes(ctx context.Context) ([]Node, error) {
 	var list struct {
 		Items []struct {
 			Metadata struct {
-				Name string `json:"name"`
+				Name              string    `json:"name"`
+				CreationTimestamp time.Time `json:"creationTimestamp"`
 			} `json:"metadata"`
 			Status struct {
 				Addresses []NodeAddress `json:"addresses"`
@@ -154,12 +159,13 @@ func (c *APIClient) ListNodes(ctx context.Context) ([]Node, error) {
 	}
 	nodes := make([]Node, 0, len(list.Items))
 	for _, it := range list.Items {
-		nodes = append(nodes, Node{Name: it.Metadata.Name, Addresses: it.Status.Addresses})
+		nodes = append(nodes, Node{Name: it.Metadata.Name, Created: it.Metadata.CreationTimestamp, Addresses: it.Status.Addresses})
 	}
 	return nodes, nil
 }
 
-// Discoverer lists Node objects and turns them into seed addresses.
+// Discoverer lists Node objects and turns them into seed addresses and the
+// founding rule.
 type Discoverer struct {
 	client NodeLister
 	self   string
@@ -172,19 +178,42 @@ func New(client NodeLister, self string, log *slog.Logger) *Discoverer {
 	return &Discoverer{client: client, self: self, log: log}
 }
 
-// Seeds lists the nodes once and returns the IPv4 InternalIP of each, except
-// this node's, sorted and without duplicates. Nodes without an IPv4 InternalIP
-// are skipped: an ExternalIP may sit behind NAT, and the routed data path
-// needs peers on a directly connected network anyway.
-func (d *Discoverer) Seeds(ctx context.Context) ([]string, error) {
+// Discovery is what one list of the Node objects says.
+type Discovery struct {
+	// Seeds are the IPv4 InternalIPs of every node but this one, sorted and
+	// without duplicates.
+	Seeds []string
+	// Oldest is the name of the Node created first (ties: the smaller
+	// name). When every agent of a new cluster starts at once, the agent on
+	// this Node founds the block ledger and every other one joins it, so
+	// exactly one ledger forms.
+	Oldest string
+}
+
+// Founder reports whether the node named self founds the ledger.
+func (d Discovery) Founder(self string) bool { return d.Oldest != "" && d.Oldest == self }
+
+func (d Discovery) equal(o Discovery) bool {
+	return d.Oldest == o.Oldest && slices.Equal(d.Seeds, o.Seeds)
+}
+
+// Discover lists the nodes once. Nodes without an IPv4 InternalIP are no
+// seeds: an ExternalIP may sit behind NAT, and the routed data path needs
+// peers on a directly connected network anyway. They still count for the
+// oldest Node, so that every agent applies the rule to the same list.
+func (d *Discoverer) Discover(ctx context.Context) (Discovery, error) {
 	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
 	defer cancel()
 	nodes, err := d.client.ListNodes(ctx)
 	if err != nil {
-		return nil, err
+		return Discovery{}, err
 	}
-	var addrs []string
-	for _, n := range nodes {
+	var out Discovery
+	var oldest *Node
+	for i, n := range nodes {
+		if oldest == nil || n.Created.Before(oldest.Created) || (n.Created.Equal(oldest.Created) && n.Name < oldest.Name) {
+			oldest = &nodes[i]
+		}
 		if n.Name == d.self {
 			continue
 		}
@@ -193,10 +222,14 @@ func (d *Discoverer) Seeds(ctx context.Context) ([]string, error) {
 			d.log.Debug("node has no IPv4 InternalIP; not a seed", "peer", n.Name)
 			continue
 		}
-		addrs = append(addrs, ip.String())
+		out.Seeds = append(out.Seeds, ip.String())
 	}
-	slices.Sort(addrs)
-	return slices.Compact(addrs), nil
+	if oldest != nil {
+		out.Oldest = oldest.Name
+	}
+	slices.Sort(out.Seeds)
+	out.Seeds = slices.Compact(out.Seeds)
+	return out, nil
 }
 
 // internalIPv4 returns the first IPv4 InternalIP in the node's status.
@@ -213,24 +246,24 @@ func internalIPv4(n Node) (netip.Addr, bool) {
 	return netip.Addr{}, false
 }
 
-// Run lists the nodes every interval and calls found with the seed addresses
-// the first time a list succeeds and whenever they change. A failed list is
+// Run lists the nodes every interval and calls found with the discovery the
+// first time a list succeeds and whenever it changes. A failed list is
 // logged and retried sooner, backing off from one second up to interval. Run
 // returns ctx's error when ctx ends.
 //
 // A periodic list, not an informer: seeds matter only until gossip has joined,
 // new nodes announce themselves by joining, and an informer would keep a full
 // copy of every Node object in every agent.
-func (d *Discoverer) Run(ctx context.Context, interval time.Duration, found func(addrs []string)) error {
+func (d *Discoverer) Run(ctx context.Context, interval time.Duration, found func(Discovery)) error {
 	if interval <= 0 {
 		return fmt.Errorf("kubejoin: interval %v must be positive", interval)
 	}
-	var last []string
+	var last Discovery
 	reported := false
 	retry := time.Second
 	for {
 		wait := interval
-		addrs, err := d.Seeds(ctx)
+		disc, err := d.Discover(ctx)
 		switch {
 		case err != nil:
 			if ctx.Err() != nil {
@@ -239,11 +272,11 @@ func (d *Discoverer) Run(ctx context.Context, interval time.Duration, found func
 			wait = min(retry, interval)
 			retry *= 2
 			d.log.Warn("cannot discover seeds from the Kubernetes API; retrying", "err", err, "retryIn", wait)
-		case !reported || !slices.Equal(addrs, last):
+		case !reported || !disc.equal(last):
 			retry = time.Second
-			d.log.Info("seeds from the Kubernetes API", "addrs", addrs)
-			found(addrs)
-			last, reported = addrs, true
+			d.log.Info("seeds from the Kubernetes API", "addrs", disc.Seeds, "oldestNode", disc.Oldest)
+			found(disc)
+			last, reported = disc, true
 		default:
 			retry = time.Second
 		}

@@ -75,32 +75,67 @@ func TestSeeds(t *testing.T) {
 		node("garbage", internal("not-an-ip")),
 		node("same-ip-as-a", internal("192.0.2.11")),
 	)
-	got, err := New(client, "self", discard).Seeds(context.Background())
+	got, err := New(client, "self", discard).Discover(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := []string{"192.0.2.11", "192.0.2.12", "192.0.2.13"}
-	if !slices.Equal(got, want) {
-		t.Errorf("Seeds = %v, want %v", got, want)
+	if !slices.Equal(got.Seeds, want) {
+		t.Errorf("Seeds = %v, want %v", got.Seeds, want)
+	}
+}
+
+// TestOldestNodeFounds checks the founding rule every agent applies to the
+// same list: the oldest creationTimestamp, ties broken by the smaller name,
+// whether or not that node has an address this one can use.
+func TestOldestNodeFounds(t *testing.T) {
+	at := func(s int) time.Time { return time.Unix(1_700_000_000+int64(s), 0) }
+	for _, tc := range []struct {
+		name  string
+		nodes []Node
+		want  string
+	}{
+		{"oldest wins", []Node{{Name: "b", Created: at(5)}, {Name: "a", Created: at(9)}, {Name: "c", Created: at(7)}}, "b"},
+		{"tie: smaller name", []Node{{Name: "n2", Created: at(1)}, {Name: "n1", Created: at(1)}, {Name: "n0", Created: at(2)}}, "n1"},
+		{"oldest without an IPv4 address", []Node{{Name: "v6", Created: at(0), Addresses: []NodeAddress{internal("2001:db8::1")}}, {Name: "self", Created: at(3)}}, "v6"},
+		{"empty list", nil, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := New(newFake(tc.nodes...), "self", discard).Discover(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.Oldest != tc.want {
+				t.Errorf("Oldest = %q, want %q", got.Oldest, tc.want)
+			}
+			for _, n := range tc.nodes {
+				if got.Founder(n.Name) != (n.Name == tc.want) {
+					t.Errorf("Founder(%q) = %v", n.Name, got.Founder(n.Name))
+				}
+			}
+		})
+	}
+	if (Discovery{}).Founder("") {
+		t.Error("an empty discovery names a founder")
 	}
 }
 
 func TestSeedsEmptyCluster(t *testing.T) {
 	client := newFake(node("self", internal("192.0.2.1")))
-	got, err := New(client, "self", discard).Seeds(context.Background())
+	got, err := New(client, "self", discard).Discover(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != 0 {
-		t.Errorf("Seeds = %v, want none: the only node is this one", got)
+	if len(got.Seeds) != 0 || !got.Founder("self") {
+		t.Errorf("Discover = %+v, want no seeds and self the founder: the only node is this one", got)
 	}
 }
 
 func TestSeedsListError(t *testing.T) {
 	client := newFake()
 	client.fail = func() error { return errors.New("forbidden") }
-	if _, err := New(client, "self", discard).Seeds(context.Background()); err == nil {
-		t.Fatal("Seeds succeeded although listing nodes failed")
+	if _, err := New(client, "self", discard).Discover(context.Background()); err == nil {
+		t.Fatal("Discover succeeded although listing nodes failed")
 	}
 }
 
@@ -114,7 +149,7 @@ type runner struct {
 func startRun(d *Discoverer, interval time.Duration) *runner {
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &runner{found: make(chan []string, 16), done: make(chan error, 1), cancel: cancel}
-	go func() { r.done <- d.Run(ctx, interval, func(a []string) { r.found <- a }) }()
+	go func() { r.done <- d.Run(ctx, interval, func(d Discovery) { r.found <- d.Seeds }) }()
 	return r
 }
 
@@ -233,7 +268,7 @@ func TestRunRetriesWithBackoff(t *testing.T) {
 }
 
 func TestRunRejectsBadInterval(t *testing.T) {
-	err := New(newFake(), "self", discard).Run(context.Background(), 0, func([]string) {
+	err := New(newFake(), "self", discard).Run(context.Background(), 0, func(Discovery) {
 		t.Error("reported seeds with a zero interval")
 	})
 	if err == nil {
@@ -268,8 +303,8 @@ func apiServer(t *testing.T, handler http.HandlerFunc) (srv *httptest.Server, to
 }
 
 const nodeList = `{"kind":"NodeList","apiVersion":"v1","metadata":{"resourceVersion":"42"},"items":[
- {"metadata":{"name":"a","labels":{"x":"y"}},"status":{"addresses":[{"type":"InternalIP","address":"192.0.2.11"},{"type":"Hostname","address":"a"}]}},
- {"metadata":{"name":"self"},"status":{"addresses":[{"type":"InternalIP","address":"192.0.2.1"}]}}]}`
+ {"metadata":{"name":"a","creationTimestamp":"2026-01-02T03:04:05Z","labels":{"x":"y"}},"status":{"addresses":[{"type":"InternalIP","address":"192.0.2.11"},{"type":"Hostname","address":"a"}]}},
+ {"metadata":{"name":"self","creationTimestamp":"2026-01-01T00:00:00Z"},"status":{"addresses":[{"type":"InternalIP","address":"192.0.2.1"}]}}]}`
 
 func TestAPIClientListsNodes(t *testing.T) {
 	var tokens []string
@@ -285,12 +320,12 @@ func TestAPIClientListsNodes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	seeds, err := New(c, "self", discard).Seeds(t.Context())
+	disc, err := New(c, "self", discard).Discover(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(seeds, []string{"192.0.2.11"}) {
-		t.Errorf("Seeds = %v, want [192.0.2.11]", seeds)
+	if !slices.Equal(disc.Seeds, []string{"192.0.2.11"}) || disc.Oldest != "self" {
+		t.Errorf("Discover = %+v, want seeds [192.0.2.11] and self the oldest (created first)", disc)
 	}
 	// A rotated token is picked up by the next request.
 	if err := os.WriteFile(tokenFile, []byte("token-2"), 0o600); err != nil {
