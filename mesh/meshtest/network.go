@@ -25,11 +25,21 @@ type Network struct {
 	mu      sync.RWMutex
 	byAddr  map[netip.AddrPort]*Transport
 	blocked map[[2]netip.Addr]bool
+	// listeners and streams are the ledger's stream sockets (StreamHost):
+	// every open connection with its two hosts, so a partition can cut it.
+	listeners map[netip.AddrPort]*listener
+	smu       sync.Mutex // guards streams; taken after mu
+	streams   map[*streamConn][2]netip.Addr
 }
 
 // NewNetwork returns an empty network.
 func NewNetwork() *Network {
-	return &Network{byAddr: make(map[netip.AddrPort]*Transport), blocked: make(map[[2]netip.Addr]bool)}
+	return &Network{
+		byAddr:    make(map[netip.AddrPort]*Transport),
+		blocked:   make(map[[2]netip.Addr]bool),
+		listeners: make(map[netip.AddrPort]*listener),
+		streams:   make(map[*streamConn][2]netip.Addr),
+	}
 }
 
 // NewTransport attaches a transport at addr. The address may be reused once
@@ -61,6 +71,30 @@ func (n *Network) Partition(a, b []netip.Addr) {
 			n.blocked[[2]netip.Addr{y, x}] = true
 		}
 	}
+	n.cutStreamsLocked()
+}
+
+// Isolate cuts all traffic between the hosts of a and every other host
+// attached to this network now (gossip transports and stream listeners).
+func (n *Network) Isolate(a ...netip.Addr) {
+	n.mu.RLock()
+	var others []netip.Addr
+	in := make(map[netip.Addr]bool, len(a))
+	for _, x := range a {
+		in[x] = true
+	}
+	for ap := range n.byAddr {
+		if !in[ap.Addr()] {
+			others = append(others, ap.Addr())
+		}
+	}
+	for ap := range n.listeners {
+		if !in[ap.Addr()] {
+			others = append(others, ap.Addr())
+		}
+	}
+	n.mu.RUnlock()
+	n.Partition(a, others)
 }
 
 // Heal removes every partition.
