@@ -13,7 +13,7 @@ import (
 // so a new leader starts counting again.
 type leaderState struct {
 	term       uint64
-	ownerDead  map[NodeID]time.Time       // block owners not alive in gossip since
+	ownerDead  map[NodeID]time.Time        // block owners not alive in gossip since
 	serverDead map[raft.ServerID]time.Time // raft servers not alive in gossip since
 	aliveSince map[raft.ServerID]time.Time // raft servers alive in gossip since
 	founding   bool

@@ -49,8 +49,8 @@ type Config struct {
 	Found        bool          // no existing raft state: bootstrap a new single-voter ledger and write its Found entry
 	Logger       *slog.Logger
 	Registerer   prometheus.Registerer
-	Network      Network          // nil: TCP (+TLS with a key)
-	Stores       *Stores          // nil: bolt + file snapshots under Dir
+	Network      Network            // nil: TCP (+TLS with a key)
+	Stores       *Stores            // nil: bolt + file snapshots under Dir
 	Tune         func(*raft.Config) // tests: faster timers
 
 	// Autopilot timings (zero: defaults). A voter dead in gossip for
