@@ -58,6 +58,7 @@ type tcluster struct {
 	t    *testing.T
 	net  *ledgertest.Network
 	base Config // Pool, BlockBits, Voters, ReclaimAfter, autopilot timings, Key
+	tune func(*raft.Config)
 
 	mu    sync.Mutex
 	nodes []*tnode
@@ -75,6 +76,7 @@ func newCluster(t *testing.T, mod func(*Config)) *tcluster {
 			ReclaimAfter: time.Hour, DeadVoterGrace: time.Second,
 			StableAfter: 500 * time.Millisecond, DeadNonvoterAfter: time.Hour,
 		},
+		tune: fastRaft,
 		dead: map[string]bool{},
 		stop: make(chan struct{}),
 	}
@@ -119,7 +121,7 @@ func (c *tcluster) start(n *tnode, found bool) {
 	cfg.Registerer = n.reg
 	cfg.Network = c.net.Host(n.addr)
 	cfg.Stores = n.stores
-	cfg.Tune = fastRaft
+	cfg.Tune = c.tune
 	l, err := Open(cfg)
 	if err != nil {
 		c.t.Fatalf("open %s: %v", n.name, err)
@@ -360,4 +362,35 @@ func TestFoundJoinPromote(t *testing.T) {
 			t.Errorf("%s: lease not valid in a healthy ledger", n.name)
 		}
 	}
+}
+
+// counterValue sums a counter in reg over series matching labels.
+func counterValue(t *testing.T, reg *prometheus.Registry, name string, labels map[string]string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	metric:
+		for _, m := range mf.GetMetric() {
+			for k, v := range labels {
+				found := false
+				for _, lp := range m.GetLabel() {
+					if lp.GetName() == k && lp.GetValue() == v {
+						found = true
+					}
+				}
+				if !found {
+					continue metric
+				}
+			}
+			sum += m.GetCounter().GetValue()
+		}
+	}
+	return sum
 }

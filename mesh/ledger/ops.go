@@ -292,6 +292,20 @@ func (l *Ledger) leadJoin(r *raft.Raft, st *State, peers []Peer, j joinRequest) 
 			return fmt.Errorf("%w: node ID %s is live at %s (a copied state directory?)", ErrIdentity, j.ID, p.Addr.Addr())
 		}
 	}
+	// A reinstalled host (new ID) at the address of a dead member: the
+	// stale member goes first, as two servers cannot share an address.
+	for _, s := range f.Configuration().Servers {
+		if s.Address != addr || s.ID == id {
+			continue
+		}
+		if other, err := ParseNodeID(string(s.ID)); err == nil && l.alive(peers, other) {
+			return fmt.Errorf("%w: address %s is in use by live ledger member %s", ErrIdentity, j.Addr, l.nameOf(peers, st, string(s.ID)))
+		}
+		if err := r.RemoveServer(s.ID, 0, applyTimeout).Error(); err != nil {
+			return fmt.Errorf("%w: remove stale member at %s: %v", ErrNoLeader, j.Addr, err)
+		}
+		l.log.Info("ledger: removed a dead member whose address a new node joins with", "id", s.ID, "addr", j.Addr)
+	}
 	if err := r.AddNonvoter(id, addr, 0, applyTimeout).Error(); err != nil {
 		return fmt.Errorf("%w: add %s as non-voter: %v", ErrNoLeader, j.Name, err)
 	}
