@@ -379,4 +379,3 @@ func TestSnapshotsBoundTheLog(t *testing.T) {
 		return fmt.Sprintf("log holds %d..%d", first, last)
 	})
 }
-
