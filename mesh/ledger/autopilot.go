@@ -1,0 +1,251 @@
+package ledger
+
+import (
+	"context"
+	"slices"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// leaderState is what a leader observed itself, on its own monotonic clock,
+// since it became leader. A new term (a new leadership) starts from nothing,
+// so a new leader starts counting again.
+type leaderState struct {
+	term       uint64
+	ownerDead  map[NodeID]time.Time        // block owners not alive in gossip since
+	serverDead map[raft.ServerID]time.Time // raft servers not alive in gossip since
+	aliveSince map[raft.ServerID]time.Time // raft servers alive in gossip since
+	founding   bool
+}
+
+func (l *Ledger) tick() time.Duration {
+	t := min(time.Second, l.cfg.DeadVoterGrace/4, l.cfg.StableAfter/4, l.cfg.ReclaimAfter/8)
+	return max(t, 20*time.Millisecond)
+}
+
+// leaderLoop runs the leader's duties each tick: write the Found entry of a
+// new ledger, manage voters (autopilot) and reclaim dead owners' blocks.
+func (l *Ledger) leaderLoop(ctx context.Context, r *raft.Raft) {
+	t := time.NewTicker(l.tick())
+	defer t.Stop()
+	var ls *leaderState
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if r.State() != raft.Leader {
+			ls = nil
+			continue
+		}
+		if term := r.CurrentTerm(); ls == nil || ls.term != term {
+			ls = &leaderState{term: term, ownerDead: map[NodeID]time.Time{}, serverDead: map[raft.ServerID]time.Time{}, aliveSince: map[raft.ServerID]time.Time{}}
+			l.log.Info("ledger: this node leads", "term", term)
+		}
+		st, _ := l.State()
+		if !st.Founded() {
+			l.found(r)
+			continue
+		}
+		peers, seen := l.peerView()
+		if !seen {
+			continue // no gossip view yet: nobody can be judged dead
+		}
+		now := time.Now()
+		l.autopilot(r, ls, &st, peers, now)
+		l.reclaim(r, ls, &st, peers, now)
+	}
+}
+
+func (l *Ledger) found(r *raft.Raft) {
+	c := Found{ClusterID: newClusterID(), Pool: l.cfg.Pool, BlockBits: l.cfg.BlockBits}
+	res, err := l.apply(r, c)
+	switch {
+	case err != nil:
+		l.log.Warn("ledger: writing the Found entry failed; retrying", "err", err)
+	case res.Err != nil:
+		l.log.Warn("ledger: Found entry refused", "err", res.Err)
+	default:
+		l.log.Info("ledger founded", "cluster", c.ClusterID, "pool", c.Pool, "block_bits", c.BlockBits)
+	}
+}
+
+// reclaim frees the block of every owner this leader has itself seen not
+// alive in gossip for ReclaimAfter. The entry carries the owner's ID and
+// assignment index, so it frees nothing assigned since.
+func (l *Ledger) reclaim(r *raft.Raft, ls *leaderState, st *State, peers []Peer, now time.Time) {
+	owners := make(map[NodeID]bool, len(st.Blocks))
+	for b, o := range st.Blocks {
+		owners[o.ID] = true
+		if l.alive(peers, o.ID) {
+			delete(ls.ownerDead, o.ID)
+			continue
+		}
+		since, ok := ls.ownerDead[o.ID]
+		if !ok {
+			ls.ownerDead[o.ID] = now
+			l.log.Info("ledger: block owner not alive; reclaiming if it stays so", "node", o.Name, "block", b, "after", l.cfg.ReclaimAfter)
+			continue
+		}
+		if now.Sub(since) < l.cfg.ReclaimAfter {
+			continue
+		}
+		res, err := l.apply(r, Reclaim{Block: b, OwnerID: o.ID, OwnerIndex: o.Index})
+		switch {
+		case err != nil:
+			l.log.Warn("ledger: reclaim failed", "node", o.Name, "block", b, "err", err)
+			return
+		case res.Err != nil:
+			l.log.Info("ledger: reclaim skipped", "node", o.Name, "block", b, "reason", res.Err)
+		default:
+			l.metrics.reclaims.Inc()
+			l.log.Warn("ledger: reclaimed the block of a node dead for --reclaim-after", "node", o.Name, "id", o.ID, "block", b, "dead_for", now.Sub(since).Round(time.Second))
+		}
+		delete(ls.ownerDead, o.ID)
+	}
+	for id := range ls.ownerDead {
+		if !owners[id] {
+			delete(ls.ownerDead, id)
+		}
+	}
+}
+
+// autopilot keeps up to Voters live voters, as Consul's autopilot does:
+// it re-adds live members of this ledger missing from the configuration,
+// promotes non-voters alive for StableAfter, replaces a voter dead for
+// DeadVoterGrace by adding the replacement first and removing the dead one
+// after (never below the quorum of the current configuration), demotes
+// surplus voters, and removes non-voters dead for DeadNonvoterAfter. One
+// configuration change per tick.
+func (l *Ledger) autopilot(r *raft.Raft, ls *leaderState, st *State, peers []Peer, now time.Time) {
+	f := r.GetConfiguration()
+	if f.Error() != nil {
+		return
+	}
+	servers := f.Configuration().Servers
+	self := raft.ServerID(l.cfg.ID.String())
+	inConfig := make(map[raft.ServerID]bool, len(servers))
+	var liveVoters, deadVoters, candidates, deadNonvoters []raft.Server
+	voters := 0
+	for _, s := range servers {
+		inConfig[s.ID] = true
+		id, err := ParseNodeID(string(s.ID))
+		alive := err == nil && l.alive(peers, id)
+		if alive {
+			delete(ls.serverDead, s.ID)
+			if _, ok := ls.aliveSince[s.ID]; !ok {
+				ls.aliveSince[s.ID] = now
+			}
+		} else {
+			delete(ls.aliveSince, s.ID)
+			if _, ok := ls.serverDead[s.ID]; !ok {
+				ls.serverDead[s.ID] = now
+			}
+		}
+		switch {
+		case s.Suffrage == raft.Voter && alive:
+			voters++
+			liveVoters = append(liveVoters, s)
+		case s.Suffrage == raft.Voter:
+			voters++
+			if now.Sub(ls.serverDead[s.ID]) >= l.cfg.DeadVoterGrace && s.ID != self {
+				deadVoters = append(deadVoters, s)
+			}
+		case alive:
+			if now.Sub(ls.aliveSince[s.ID]) >= l.cfg.StableAfter {
+				candidates = append(candidates, s)
+			}
+		default:
+			if now.Sub(ls.serverDead[s.ID]) >= l.cfg.DeadNonvoterAfter {
+				deadNonvoters = append(deadNonvoters, s)
+			}
+		}
+	}
+	for id := range ls.aliveSince {
+		if !inConfig[id] {
+			delete(ls.aliveSince, id)
+		}
+	}
+	for id := range ls.serverDead {
+		if !inConfig[id] {
+			delete(ls.serverDead, id)
+		}
+	}
+	// Longest alive first, then by ID: a stable, deterministic choice.
+	slices.SortFunc(candidates, func(a, b raft.Server) int {
+		if c := ls.aliveSince[a.ID].Compare(ls.aliveSince[b.ID]); c != 0 {
+			return c
+		}
+		return compareIDs(a.ID, b.ID)
+	})
+
+	// Members of this ledger that gossip sees alive but the configuration
+	// lacks (removed while dead, or after a recovery) come back as non-voters.
+	for _, p := range peers {
+		if !p.Alive || p.ClusterID != st.ClusterID || !p.Addr.IsValid() || inConfig[raft.ServerID(p.ID.String())] || p.ID.IsZero() {
+			continue
+		}
+		l.change("re-add member as non-voter", p.Name, r.AddNonvoter(raft.ServerID(p.ID.String()), raft.ServerAddress(p.Addr.String()), 0, applyTimeout))
+		return
+	}
+	quorum := voters/2 + 1
+	if len(deadVoters) > 0 {
+		if len(liveVoters) < l.cfg.Voters && len(candidates) > 0 {
+			c := candidates[0]
+			l.change("promote non-voter to replace a dead voter", l.serverName(peers, st, c.ID), r.AddVoter(c.ID, c.Address, 0, applyTimeout))
+			return
+		}
+		// Remove one dead voter if what remains still holds the quorum of
+		// the current configuration, so no removal can cost a majority.
+		if voters-1 >= quorum {
+			d := deadVoters[0]
+			l.change("remove dead voter", l.serverName(peers, st, d.ID), r.RemoveServer(d.ID, 0, applyTimeout))
+			return
+		}
+	}
+	if voters < l.cfg.Voters && len(candidates) > 0 {
+		c := candidates[0]
+		l.change("promote non-voter", l.serverName(peers, st, c.ID), r.AddVoter(c.ID, c.Address, 0, applyTimeout))
+		return
+	}
+	if voters > l.cfg.Voters && len(deadVoters) == 0 && len(liveVoters) > l.cfg.Voters {
+		// Surplus live voters (a dead voter came back after its
+		// replacement): demote the most recently alive one, never the leader.
+		slices.SortFunc(liveVoters, func(a, b raft.Server) int { return ls.aliveSince[b.ID].Compare(ls.aliveSince[a.ID]) })
+		for _, v := range liveVoters {
+			if v.ID != self {
+				l.change("demote surplus voter", l.serverName(peers, st, v.ID), r.DemoteVoter(v.ID, 0, applyTimeout))
+				return
+			}
+		}
+	}
+	if len(deadNonvoters) > 0 {
+		d := deadNonvoters[0]
+		l.change("remove long-dead non-voter", l.serverName(peers, st, d.ID), r.RemoveServer(d.ID, 0, applyTimeout))
+	}
+}
+
+func compareIDs(a, b raft.ServerID) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+func (l *Ledger) serverName(peers []Peer, st *State, id raft.ServerID) string {
+	return l.nameOf(peers, st, string(id))
+}
+
+func (l *Ledger) change(what, node string, f raft.IndexFuture) {
+	if err := f.Error(); err != nil {
+		l.log.Warn("ledger autopilot: "+what+" failed", "node", node, "err", err)
+		return
+	}
+	l.log.Info("ledger autopilot: "+what, "node", node)
+	l.notify()
+}

@@ -1,0 +1,113 @@
+package ledger
+
+import (
+	"fmt"
+	"io"
+	"net/netip"
+	"sync"
+
+	"github.com/hashicorp/raft"
+)
+
+// maxSnapshot bounds what Restore reads: far above any real state (about
+// 130 bytes per block held, at most maxBlocks blocks).
+const maxSnapshot = 256 << 20
+
+// fsm is raft's view of State: it decodes entries, applies them under a
+// lock, and tells the ledger when anything changed.
+type fsm struct {
+	mu      sync.RWMutex
+	state   State
+	applied uint64
+
+	changed func()
+	applies func(op string, err error)
+}
+
+var _ raft.FSM = (*fsm)(nil)
+
+func newFSM(changed func(), applies func(op string, err error)) *fsm {
+	if changed == nil {
+		changed = func() {}
+	}
+	if applies == nil {
+		applies = func(string, error) {}
+	}
+	return &fsm{state: State{Blocks: map[netip.Prefix]Owner{}}, changed: changed, applies: applies}
+}
+
+func (f *fsm) Apply(l *raft.Log) any {
+	if l.Type != raft.LogCommand {
+		return nil
+	}
+	cmd, err := decodeCommand(l.Data)
+	if err != nil {
+		// Only a leader with the key writes entries and it encodes them
+		// itself; still, a bad entry is skipped on every replica alike.
+		f.applies("invalid", err)
+		return Result{Err: err}
+	}
+	f.mu.Lock()
+	r := f.state.Apply(l.Index, cmd)
+	f.applied = l.Index
+	f.mu.Unlock()
+	f.applies(cmd.op(), r.Err)
+	f.changed()
+	return r
+}
+
+func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	b, err := f.state.MarshalBinary()
+	if err != nil {
+		return nil, fmt.Errorf("encode ledger snapshot: %w", err)
+	}
+	return fsmSnapshot(b), nil
+}
+
+func (f *fsm) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	b, err := io.ReadAll(io.LimitReader(rc, maxSnapshot+1))
+	if err != nil {
+		return fmt.Errorf("read ledger snapshot: %w", err)
+	}
+	if len(b) > maxSnapshot {
+		return fmt.Errorf("ledger snapshot larger than %d bytes", maxSnapshot)
+	}
+	var s State
+	if err := s.UnmarshalBinary(b); err != nil {
+		return fmt.Errorf("restore ledger snapshot: %w", err)
+	}
+	f.mu.Lock()
+	f.state = s
+	f.mu.Unlock()
+	f.changed()
+	return nil
+}
+
+// snapshotState returns a copy of the state and the index of the last
+// entry applied to it.
+func (f *fsm) snapshotState() (State, uint64) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.state.Clone(), f.applied
+}
+
+func (f *fsm) setApplied(index uint64) {
+	f.mu.Lock()
+	f.applied = max(f.applied, index)
+	f.mu.Unlock()
+}
+
+type fsmSnapshot []byte
+
+func (s fsmSnapshot) Persist(sink raft.SnapshotSink) error {
+	if _, err := sink.Write(s); err != nil {
+		sink.Cancel()
+		return fmt.Errorf("write ledger snapshot: %w", err)
+	}
+	return sink.Close()
+}
+
+func (fsmSnapshot) Release() {}

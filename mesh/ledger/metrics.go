@@ -1,0 +1,68 @@
+package ledger
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type metrics struct {
+	applies  *prometheus.CounterVec
+	rejected *prometheus.CounterVec
+	reclaims prometheus.Counter
+}
+
+// newMetrics registers the ledger's metrics; the gauges read raft on scrape.
+func newMetrics(reg prometheus.Registerer, leader, lastIndex, appliedIndex func() float64) (*metrics, error) {
+	m := &metrics{
+		applies: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "grapevine_ledger_applies_total",
+			Help: "Ledger entries applied to this node's state, by operation and result (ok, refused).",
+		}, []string{"op", "result"}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "grapevine_ledger_rpc_rejected_total",
+			Help: "Ledger connections and RPCs refused, by reason (tls, mux, busy, size, decode, identity, foreign-cluster, pool-mismatch, node-alive, ...).",
+		}, []string{"reason"}),
+		reclaims: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "grapevine_ledger_reclaims_total",
+			Help: "Blocks this node reclaimed as leader from owners it saw dead for --reclaim-after.",
+		}),
+	}
+	cs := []prometheus.Collector{
+		m.applies, m.rejected, m.reclaims,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "grapevine_ledger_leader",
+			Help: "1 if this node is the ledger's raft leader.",
+		}, leader),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "grapevine_ledger_last_index",
+			Help: "Last index of this node's ledger log.",
+		}, lastIndex),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "grapevine_ledger_applied_index",
+			Help: "Last ledger log index applied to this node's state.",
+		}, appliedIndex),
+	}
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if errors.As(err, &are) {
+				return nil, fmt.Errorf("register ledger metrics (one ledger per registry): %w", err)
+			}
+			return nil, fmt.Errorf("register ledger metrics: %w", err)
+		}
+	}
+	return m, nil
+}
+
+func (m *metrics) apply(op string, err error) {
+	result := "ok"
+	if err != nil {
+		result = "refused"
+	}
+	m.applies.WithLabelValues(op, result).Inc()
+}

@@ -1,0 +1,378 @@
+package ledger
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// Claim asks the ledger for this node's block: the one it holds, else hint
+// if free, else a free one. It returns once the assignment is committed,
+// retrying while no leader is reachable until ctx ends.
+func (l *Ledger) Claim(ctx context.Context, hint netip.Prefix, hostIP netip.Addr) (netip.Prefix, error) {
+	c := Claim{ID: l.cfg.ID, Name: l.cfg.Name, HostIP: hostIP, Hint: hint}
+	if err := validClaimant(c.ID, c.Name, c.HostIP); err != nil {
+		return netip.Prefix{}, err
+	}
+	resp, err := l.toLeader(ctx, rpcRequest{Op: "claim", Claim: &c})
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("claim a block: %w", err)
+	}
+	return resp.Block, nil
+}
+
+// Release frees the block of node nodeName (an operator's decision that
+// the node is gone for good). The leader refuses while the node is alive
+// in its gossip view.
+func (l *Ledger) Release(ctx context.Context, nodeName string) error {
+	if err := validName(nodeName); err != nil {
+		return err
+	}
+	if _, err := l.toLeader(ctx, rpcRequest{Op: "release", Release: &releaseRequest{Name: nodeName}}); err != nil {
+		return fmt.Errorf("release %s: %w", nodeName, err)
+	}
+	return nil
+}
+
+// RequestJoin asks the ledger, through each of via in turn, to add this
+// node as a non-voter. It makes one pass: nil once a leader accepted (or
+// this node already leads a ledger); a refusal (foreign cluster, pool
+// mismatch, identity) at once; else an ErrNoLeader naming each address
+// that did not answer. Idempotent; the mesh calls it until it succeeds.
+func (l *Ledger) RequestJoin(ctx context.Context, via []netip.AddrPort) error {
+	r, err := l.running(ctx)
+	if err != nil {
+		return err
+	}
+	if r.State() == raft.Leader {
+		return nil
+	}
+	st, _ := l.State()
+	req := rpcRequest{Op: "join", Join: &joinRequest{
+		ID: l.cfg.ID, Name: l.cfg.Name, Addr: l.cfg.Advertise,
+		ClusterID: st.ClusterID, Pool: l.cfg.Pool, BlockBits: l.cfg.BlockBits,
+	}}
+	var failed []string
+	for _, addr := range via {
+		if addr == l.cfg.Advertise {
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, rpcTimeout)
+		resp, err := l.call(cctx, addr, req)
+		cancel()
+		if err == nil {
+			l.log.Info("ledger accepted this node", "via", addr, "cluster", resp.ClusterID)
+			return nil
+		}
+		if isRefusal(err) {
+			return fmt.Errorf("join ledger via %s: %w", addr, err)
+		}
+		failed = append(failed, fmt.Sprintf("%s: %v", addr, err))
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if len(failed) == 0 {
+		return fmt.Errorf("%w: no address to join through", ErrNoLeader)
+	}
+	return fmt.Errorf("%w: join through %s", ErrNoLeader, strings.Join(failed, "; "))
+}
+
+// isRefusal: a leader's definite answer, not worth retrying elsewhere.
+func isRefusal(err error) bool {
+	for _, kind := range []error{ErrForeignCluster, ErrPoolMismatch, ErrIdentity, ErrPoolExhausted, ErrNodeAlive, ErrUnknownNode, ErrBadRequest, ErrNotOwner} {
+		if errors.Is(err, kind) {
+			return true
+		}
+	}
+	return false
+}
+
+// toLeader handles req here if this node leads, else sends it to the
+// leader; it retries with backoff while no leader answers, until ctx ends.
+func (l *Ledger) toLeader(ctx context.Context, req rpcRequest) (rpcResponse, error) {
+	r, err := l.running(ctx)
+	if err != nil {
+		return rpcResponse{}, err
+	}
+	backoff := 50 * time.Millisecond
+	for {
+		var resp rpcResponse
+		var err error
+		addr, id := r.LeaderWithID()
+		switch {
+		case r.State() == raft.Leader:
+			resp = l.lead(ctx, r, req)
+			err = resp.err()
+		case id == "":
+			err = fmt.Errorf("%w: no leader known (last contact: %s)", ErrNoLeader, l.lastContact(r))
+		default:
+			leader, perr := netip.ParseAddrPort(string(addr))
+			if perr != nil {
+				err = fmt.Errorf("%w: leader address %q: %v", ErrNoLeader, addr, perr)
+				break
+			}
+			cctx, cancel := context.WithTimeout(ctx, rpcTimeout)
+			resp, err = l.call(cctx, leader, req)
+			cancel()
+			if err != nil && !isRefusal(err) && !errors.Is(err, ErrNoLeader) {
+				err = fmt.Errorf("%w: leader %s: %w", ErrNoLeader, addr, err)
+			}
+		}
+		if err == nil || isRefusal(err) {
+			return resp, err
+		}
+		select {
+		case <-ctx.Done():
+			return rpcResponse{}, err
+		case <-l.stopped:
+			return rpcResponse{}, ErrStopped
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, time.Second)
+	}
+}
+
+func (l *Ledger) lastContact(r *raft.Raft) string {
+	lc := r.LastContact()
+	if lc.IsZero() {
+		return "never"
+	}
+	return time.Since(lc).Round(time.Millisecond).String() + " ago"
+}
+
+// call sends one RPC to addr and waits for the answer.
+func (l *Ledger) call(ctx context.Context, addr netip.AddrPort, req rpcRequest) (rpcResponse, error) {
+	body, err := encodeRequest(req)
+	if err != nil {
+		return rpcResponse{}, err
+	}
+	c, err := dialMux(ctx, l.net, l.clientTLS, addr, muxRPC)
+	if err != nil {
+		return rpcResponse{}, err
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
+	defer stop()
+	if err := writeFrame(c, body); err != nil {
+		return rpcResponse{}, err
+	}
+	b, err := readFrame(c)
+	if err != nil {
+		return rpcResponse{}, fmt.Errorf("read answer from %s: %w", addr, err)
+	}
+	resp, err := decodeResponse(b)
+	if err != nil {
+		return rpcResponse{}, err
+	}
+	return resp, resp.err()
+}
+
+// serveRPC answers one RPC connection; it runs on the mux's goroutine for
+// that connection, never on gossip's.
+func (l *Ledger) serveRPC(c net.Conn) {
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(rpcTimeout + applyTimeout))
+	b, err := readFrame(c)
+	if err != nil {
+		if errors.Is(err, ErrBadRequest) {
+			l.reject("size")
+			l.log.Warn("ledger RPC refused: oversized", "peer", c.RemoteAddr().String())
+			writeFrame(c, mustEncodeResponse(responseFor(netip.Prefix{}, ClusterID{}, err)))
+		} else {
+			l.reject("read")
+		}
+		return
+	}
+	req, err := decodeRequest(b)
+	if err != nil {
+		l.reject("decode")
+		l.log.Warn("ledger RPC refused: malformed", "peer", c.RemoteAddr().String(), "err", err)
+		writeFrame(c, mustEncodeResponse(responseFor(netip.Prefix{}, ClusterID{}, err)))
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
+	defer cancel()
+	resp := l.handle(ctx, req)
+	if code := resp.Code; code != "" && code != "no-leader" {
+		l.reject(code)
+	}
+	writeFrame(c, mustEncodeResponse(resp))
+}
+
+func mustEncodeResponse(r rpcResponse) []byte {
+	b, err := json.Marshal(r)
+	if err != nil {
+		panic(fmt.Sprintf("ledger: encode response: %v", err)) // plain struct: cannot fail
+	}
+	return b
+}
+
+// handle answers a request here if this node leads, else forwards it once.
+func (l *Ledger) handle(ctx context.Context, req rpcRequest) rpcResponse {
+	r := l.raft.Load()
+	st, _ := l.State()
+	if r == nil {
+		return responseFor(netip.Prefix{}, st.ClusterID, fmt.Errorf("%w: %s is not running", ErrNoLeader, l.cfg.Name))
+	}
+	if r.State() == raft.Leader {
+		return l.lead(ctx, r, req)
+	}
+	addr, id := r.LeaderWithID()
+	if req.Forwarded || id == "" {
+		return responseFor(netip.Prefix{}, st.ClusterID, fmt.Errorf("%w: %s is not the leader and knows none", ErrNoLeader, l.cfg.Name))
+	}
+	leader, err := netip.ParseAddrPort(string(addr))
+	if err != nil {
+		return responseFor(netip.Prefix{}, st.ClusterID, fmt.Errorf("%w: leader address %q", ErrNoLeader, addr))
+	}
+	req.Forwarded = true
+	resp, err := l.call(ctx, leader, req)
+	if err != nil && resp.Code == "" {
+		return responseFor(netip.Prefix{}, st.ClusterID, fmt.Errorf("%w: forward to leader %s: %v", ErrNoLeader, addr, err))
+	}
+	return resp
+}
+
+// lead handles a request on the leader: the checks that need gossip's view
+// (which the state machine has no notion of), then the log entry.
+func (l *Ledger) lead(ctx context.Context, r *raft.Raft, req rpcRequest) rpcResponse {
+	st, _ := l.State()
+	peers, _ := l.peerView()
+	var block netip.Prefix
+	var err error
+	switch {
+	case req.Join != nil:
+		err = l.leadJoin(r, &st, peers, *req.Join)
+	case req.Claim != nil:
+		block, err = l.leadClaim(r, &st, peers, *req.Claim)
+	case req.Release != nil:
+		block, err = l.leadRelease(r, &st, peers, req.Release.Name)
+	default:
+		err = fmt.Errorf("%w: empty request", ErrBadRequest)
+	}
+	return responseFor(block, st.ClusterID, err)
+}
+
+func (l *Ledger) leadJoin(r *raft.Raft, st *State, peers []Peer, j joinRequest) error {
+	if !st.Founded() {
+		return fmt.Errorf("%w: the leader has not written the Found entry yet", ErrNoLeader)
+	}
+	if !j.ClusterID.IsZero() && j.ClusterID != st.ClusterID {
+		return fmt.Errorf("%w: node %s belongs to ledger %s, this is ledger %s", ErrForeignCluster, j.Name, j.ClusterID, st.ClusterID)
+	}
+	if j.Pool != st.Pool || j.BlockBits != st.BlockBits {
+		return fmt.Errorf("%w: node %s has pool %s with /%d blocks, the ledger %s with /%d", ErrPoolMismatch, j.Name, j.Pool, j.BlockBits, st.Pool, st.BlockBits)
+	}
+	if _, o, ok := st.BlockOfName(j.Name); ok && o.ID != j.ID && l.alive(peers, o.ID) {
+		return fmt.Errorf("%w: node name %s is in use by a live node with another ID at host IP %s", ErrIdentity, j.Name, o.HostIP)
+	}
+	id, addr := raft.ServerID(j.ID.String()), raft.ServerAddress(j.Addr.String())
+	f := r.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return fmt.Errorf("%w: %v", ErrNoLeader, err)
+	}
+	for _, s := range f.Configuration().Servers {
+		if s.ID == id && s.Address == addr {
+			return nil // already a member
+		}
+	}
+	for _, p := range peers {
+		if p.ID == j.ID && p.Alive && p.Addr.IsValid() && p.Addr.Addr() != j.Addr.Addr() {
+			return fmt.Errorf("%w: node ID %s is live at %s (a copied state directory?)", ErrIdentity, j.ID, p.Addr.Addr())
+		}
+	}
+	// A reinstalled host (new ID) at the address of a dead member: the
+	// stale member goes first, as two servers cannot share an address.
+	for _, s := range f.Configuration().Servers {
+		if s.Address != addr || s.ID == id {
+			continue
+		}
+		if other, err := ParseNodeID(string(s.ID)); err == nil && l.alive(peers, other) {
+			return fmt.Errorf("%w: address %s is in use by live ledger member %s", ErrIdentity, j.Addr, l.nameOf(peers, st, string(s.ID)))
+		}
+		if err := r.RemoveServer(s.ID, 0, applyTimeout).Error(); err != nil {
+			return fmt.Errorf("%w: remove stale member at %s: %v", ErrNoLeader, j.Addr, err)
+		}
+		l.log.Info("ledger: removed a dead member whose address a new node joins with", "id", s.ID, "addr", j.Addr)
+	}
+	if err := r.AddNonvoter(id, addr, 0, applyTimeout).Error(); err != nil {
+		return fmt.Errorf("%w: add %s as non-voter: %v", ErrNoLeader, j.Name, err)
+	}
+	l.log.Info("ledger: added non-voter", "node", j.Name, "id", j.ID, "addr", j.Addr)
+	return nil
+}
+
+func (l *Ledger) leadClaim(r *raft.Raft, st *State, peers []Peer, c Claim) (netip.Prefix, error) {
+	if !st.Founded() {
+		return netip.Prefix{}, fmt.Errorf("%w: the leader has not written the Found entry yet", ErrNoLeader)
+	}
+	if _, o, ok := st.BlockOfName(c.Name); ok && o.ID != c.ID && l.alive(peers, o.ID) {
+		return netip.Prefix{}, fmt.Errorf("%w: node name %s is in use by a live node with another ID at host IP %s", ErrIdentity, c.Name, o.HostIP)
+	}
+	if _, o, ok := st.BlockOf(c.ID); ok && o.HostIP != c.HostIP {
+		for _, p := range peers {
+			if p.ID == c.ID && p.Alive && p.HostIP == o.HostIP {
+				return netip.Prefix{}, fmt.Errorf("%w: node ID %s is live at host IP %s (a copied state directory?)", ErrIdentity, c.ID, o.HostIP)
+			}
+		}
+	}
+	res, err := l.apply(r, c)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	if res.Err == nil {
+		l.log.Debug("ledger: block assigned", "node", c.Name, "block", res.Block)
+	}
+	return res.Block, res.Err
+}
+
+func (l *Ledger) leadRelease(r *raft.Raft, st *State, peers []Peer, name string) (netip.Prefix, error) {
+	b, o, ok := st.BlockOfName(name)
+	if !ok {
+		return netip.Prefix{}, fmt.Errorf("%w: %s", ErrUnknownNode, name)
+	}
+	if l.alive(peers, o.ID) {
+		return netip.Prefix{}, fmt.Errorf("%w: %s (ID %s) is alive at host IP %s; stop it before releasing its block", ErrNodeAlive, name, o.ID, o.HostIP)
+	}
+	for _, p := range peers {
+		if p.Name == name && p.Alive {
+			return netip.Prefix{}, fmt.Errorf("%w: a node named %s is alive at host IP %s", ErrNodeAlive, name, p.HostIP)
+		}
+	}
+	res, err := l.apply(r, Release{Block: b, OwnerID: o.ID})
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	if res.Err == nil {
+		l.log.Info("ledger: block released by operator", "node", name, "block", b)
+	}
+	return res.Block, res.Err
+}
+
+// apply commits one entry and returns the state machine's result.
+func (l *Ledger) apply(r *raft.Raft, c Command) (Result, error) {
+	b, err := encodeCommand(c)
+	if err != nil {
+		return Result{}, err
+	}
+	f := r.Apply(b, applyTimeout)
+	if err := f.Error(); err != nil {
+		return Result{}, fmt.Errorf("%w: commit %s: %v", ErrNoLeader, c.op(), err)
+	}
+	res, ok := f.Response().(Result)
+	if !ok {
+		return Result{}, fmt.Errorf("ledger: unexpected apply response %T", f.Response())
+	}
+	return res, nil
+}
