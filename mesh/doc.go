@@ -1,48 +1,52 @@
-// Package mesh owns cluster membership and block ownership: it runs the SWIM
-// gossip (hashicorp/memberlist), carries each node's block and host address in
-// member metadata and in a replicated claim table, and decides by majority vote
-// which node holds which block of the pod pool.
+// Package mesh owns cluster membership and ties it to block ownership: it
+// runs the SWIM gossip (hashicorp/memberlist) for peers, failure detection
+// and each node's host address and identity, and runs this node's replica
+// of the block ledger (package ledger, Raft among the agents), which alone
+// decides which node holds which block of the pod pool.
 //
 // mesh never touches the kernel. Its output is a View: which block this node
-// holds, whether it is ready, and every member's state, block and host IP. The
-// agent turns a View into routes through package node.
+// holds, whether it may hand out addresses from it, and every member's
+// state, host IP and the block to route to it. The agent turns a View into
+// routes through package node.
+//
+// Files by concern: config.go (Config), meta.go (the metadata codec),
+// delegate.go and members.go (memberlist callbacks, gossip's view handed to
+// the ledger), join.go (seeds and reconnecting), ownership.go (joining the
+// ledger, claiming, fencing, the restart rule), state.go (block.json),
+// view.go (View), metrics.go.
 //
 // # Metadata
 //
-// Each member advertises a 32-byte, versioned value (see Meta): its host IP,
-// the pool layout it runs with, and its claim (block, claim time, generation).
-// A live member's metadata is authoritative for its current claim. Every value
-// is validated on receipt (DecodeMeta); an invalid one is counted and logged,
-// and the member gets no route and no vote.
+// Each member advertises a 38-byte, versioned value (see Meta): its host
+// IP, its persistent random node ID, the ledger it belongs to (cluster ID)
+// and the ledger's port, the pool layout, and a leaving flag. Every value
+// is validated on receipt (DecodeMeta); an invalid one is counted and
+// logged, and the member gets no route. Metadata carries no claim.
 //
-// # Claim table
+// # Routes follow the ledger
 //
-// Every node keeps one Record per node name, including tombstones of dead and
-// departed nodes, so their blocks stay reserved for ReclaimAfter even after
-// memberlist forgot them. Records merge by a total order (generation first),
-// so any two nodes that saw the same records hold the same table. The table
-// travels whole in memberlist's push/pull and record by record in broadcasts;
-// a new claim is also sent straight to every live member, a restarted node
-// exchanges full state with its live peers, and every node gossips its own
-// record again every 10 s so that one lost message cannot hide a block until
-// the next push/pull.
+// A member is routed a block only when the ledger assigns that block to
+// the node ID the member advertises, under the member's name and at the
+// host IP it advertises, and memberlist sees the member alive or suspect.
+// A block therefore appears at most once in a View, and no metadata, hostile
+// or confused, can move a route. Members of another ledger (founded
+// separately with the same gossip key) are listed as foreign and never
+// routed. Crashes and leaves withdraw routes as fast as memberlist detects
+// them; the ledger's leader frees a dead owner's block only after it has
+// itself seen the owner gone for ReclaimAfter.
 //
-// # Claiming a block
+// # Founding and joining
 //
-// A node without a block picks a free one (rendezvous hashing spreads
-// simultaneous claimants) and asks its electorate to vote: every live member
-// plus the owners of unreleased claims that are alive or died less than
-// ReclaimAfter ago. A voter grants, and promises the block to the claimant
-// for a few seconds, only if the block is free in its table, it promised the
-// block to nobody else, and the claimant's electorate includes every member
-// the voter counts (otherwise it names the missing ones and the claimant asks
-// again with them). The claim needs a majority of the electorate and no
-// refusal among those who answered; it is saved to <StateDir>/block.json
-// before it is advertised. Counting recently dead owners keeps the minority
-// side of a partition from claiming; a restarted node takes its saved block
-// back without a vote unless the table says it was released or reclaimed.
+// A node with Config.Found (no seeds, or the oldest Node of a new
+// Kubernetes cluster) founds a new single-voter ledger unless a member it
+// reached belongs to one. Every other node waits, not ready, naming the
+// seeds that do not answer, until it reaches a member of a ledger and is
+// added to it.
 //
-// Should two live members still advertise one block (a cloned VM), every node
-// picks the same winner: the older claim, then the smaller name. The loser
-// withdraws, claims a new block and reports itself degraded.
+// # Fencing and restarts
+//
+// A node whose block the ledger no longer assigns to it drops it from its
+// View (the plugin then refuses new pods), reports itself degraded, and
+// claims anew. A restarted node uses its saved block at once only under the
+// restart rule (see restorable); otherwise after the ledger confirms it.
 package mesh

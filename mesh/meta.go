@@ -5,45 +5,48 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"time"
+
+	"github.com/grapevine-net/grapevine/mesh/ledger"
 )
 
 // metaVersion is the first byte of every metadata value this package writes.
 // A decoder that sees another version rejects the value, so a future format
-// can never be misread as this one.
-const metaVersion = 1
+// can never be misread as this one. Version 1 carried claims and is gone
+// with the vote protocol: agents of the two versions do not route each
+// other.
+const metaVersion = 2
 
-// metaLen is the exact length of a version 1 metadata value:
-// version(1) flags(1) hostIP(4) pool(4+1) blockBits(1) block(4) since(8) gen(8).
-const metaLen = 32
+// metaLen is the exact length of a version 2 metadata value:
+// version(1) flags(1) hostIP(4) pool(4+1) blockBits(1) ledgerPort(2)
+// nodeID(16) clusterID(8).
+const metaLen = 38
 
-const (
-	metaFlagBlock   = 1 << 0
-	metaFlagLeaving = 1 << 1
-)
+const metaFlagLeaving = 1 << 0
 
 // Meta is what a node advertises about itself in its memberlist metadata:
-// its host address (the next hop for its block), the pool layout it runs
-// with, and its current claim.
+// its host address (the next hop for its block), its identity, the pool
+// layout it runs with, and where its ledger listens. It carries no claim:
+// who holds which block is the ledger's alone, and metadata only has to
+// match the ledger's record for a route to exist.
 type Meta struct {
-	HostIP netip.Addr
-	Pool   netip.Prefix
-	// BlockBits is the prefix length of every block of Pool.
+	HostIP    netip.Addr
+	Pool      netip.Prefix
 	BlockBits int
-	// Block is the claimed block; zero when the node holds none.
-	Block netip.Prefix
-	// Since is when the claim was made (millisecond precision); it decides
-	// conflicts: the older claim wins.
-	Since time.Time
-	// Gen is the generation of the node's claim record.
-	Gen uint64
+	// LedgerPort is the TCP port of the node's ledger (raft and its RPCs),
+	// at the member's gossip address.
+	LedgerPort uint16
+	// ID is the node's persistent random ID.
+	ID ledger.NodeID
+	// ClusterID is the ledger the node belongs to; zero while it belongs
+	// to none yet.
+	ClusterID ledger.ClusterID
 	// Leaving announces a graceful shutdown: when the member disappears
 	// next, it left rather than failed (memberlist does not tell the two
 	// apart to its delegates).
 	Leaving bool
 }
 
-// Rules are what a received metadata value or claim record must satisfy.
+// Rules are what a received metadata value must satisfy.
 type Rules struct {
 	Pool      netip.Prefix
 	BlockBits int
@@ -73,21 +76,13 @@ func rejectReason(err error) string {
 	return "other"
 }
 
-// AppendBinary appends the version 1 encoding of m to b. m must be valid
-// (see Rules.CheckMeta); addresses are written as IPv4.
+// AppendBinary appends the version 2 encoding of m to b. m must be valid
+// (see DecodeMeta); addresses are written as IPv4.
 func (m Meta) AppendBinary(b []byte) ([]byte, error) {
 	if !m.HostIP.Is4() || !m.Pool.Addr().Is4() {
 		return b, fmt.Errorf("encode metadata: host IP %s and pool %s must be IPv4", m.HostIP, m.Pool)
 	}
 	var flags byte
-	var blockAddr [4]byte
-	if m.Block.IsValid() {
-		if !m.Block.Addr().Is4() || m.Block.Bits() != m.BlockBits {
-			return b, fmt.Errorf("encode metadata: block %s is not an IPv4 /%d", m.Block, m.BlockBits)
-		}
-		flags |= metaFlagBlock
-		blockAddr = m.Block.Addr().As4()
-	}
 	if m.Leaving {
 		flags |= metaFlagLeaving
 	}
@@ -97,9 +92,9 @@ func (m Meta) AppendBinary(b []byte) ([]byte, error) {
 	b = append(b, host[:]...)
 	b = append(b, pool[:]...)
 	b = append(b, byte(m.Pool.Bits()), byte(m.BlockBits))
-	b = append(b, blockAddr[:]...)
-	b = binary.BigEndian.AppendUint64(b, uint64(unixMillis(m.Since)))
-	b = binary.BigEndian.AppendUint64(b, m.Gen)
+	b = binary.BigEndian.AppendUint16(b, m.LedgerPort)
+	b = append(b, m.ID[:]...)
+	b = append(b, m.ClusterID[:]...)
 	return b, nil
 }
 
@@ -117,39 +112,28 @@ func DecodeMeta(b []byte, rules Rules, from netip.Addr) (Meta, error) {
 		return m, reject("length", "metadata is %d bytes, want %d", len(b), metaLen)
 	}
 	flags := b[1]
-	if flags&^(metaFlagBlock|metaFlagLeaving) != 0 {
+	if flags&^metaFlagLeaving != 0 {
 		return m, reject("flags", "unknown flags %#x", flags)
 	}
 	m.Leaving = flags&metaFlagLeaving != 0
 	m.HostIP = netip.AddrFrom4([4]byte(b[2:6]))
 	poolBits, blockBits := int(b[10]), int(b[11])
 	if poolBits > 32 {
-		return m, reject("pool", "pool prefix length %d", poolBits)
+		return Meta{}, reject("pool", "pool prefix length %d", poolBits)
 	}
 	m.Pool = netip.PrefixFrom(netip.AddrFrom4([4]byte(b[6:10])), poolBits)
 	m.BlockBits = blockBits
-	blockAddr := [4]byte(b[12:16])
-	since := int64(binary.BigEndian.Uint64(b[16:24]))
-	m.Gen = binary.BigEndian.Uint64(b[24:32])
+	m.LedgerPort = binary.BigEndian.Uint16(b[12:14])
+	m.ID = ledger.NodeID(b[14:30])
+	m.ClusterID = ledger.ClusterID(b[30:38])
 	if m.Pool != rules.Pool || m.BlockBits != rules.BlockBits {
-		return m, reject("pool_mismatch", "member runs pool %s with /%d blocks, this node %s with /%d", m.Pool, m.BlockBits, rules.Pool, rules.BlockBits)
+		return Meta{}, reject("pool_mismatch", "member runs pool %s with /%d blocks, this node %s with /%d", m.Pool, m.BlockBits, rules.Pool, rules.BlockBits)
 	}
-	if since < 0 {
-		return m, reject("since", "negative claim time %d", since)
+	if m.LedgerPort == 0 {
+		return Meta{}, reject("ledger_port", "no ledger port")
 	}
-	if since > 0 {
-		m.Since = time.UnixMilli(since)
-	}
-	if flags&metaFlagBlock != 0 {
-		m.Block = netip.PrefixFrom(netip.AddrFrom4(blockAddr), blockBits)
-		if err := rules.checkBlock(m.Block); err != nil {
-			return Meta{}, err
-		}
-		if since == 0 {
-			return Meta{}, reject("since", "claim of %s without a claim time", m.Block)
-		}
-	} else if blockAddr != [4]byte{} || since != 0 {
-		return Meta{}, reject("block", "block fields set without a block")
+	if m.ID.IsZero() {
+		return Meta{}, reject("node_id", "zero node ID")
 	}
 	if err := rules.checkHostIP(m.HostIP, from); err != nil {
 		return Meta{}, err
@@ -175,8 +159,7 @@ func (r Rules) checkBlock(p netip.Prefix) error {
 
 // checkHostIP reports whether ip can be a next hop: a unicast IPv4 address,
 // equal to the member's gossip address unless foreign host IPs are allowed.
-// An invalid from skips the comparison (records of members not known
-// here).
+// An invalid from skips the comparison.
 func (r Rules) checkHostIP(ip, from netip.Addr) error {
 	if !ip.Is4() || !ip.IsGlobalUnicast() || ip == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
 		return reject("host_ip", "host IP %s is not a unicast IPv4 address", ip)

@@ -5,19 +5,20 @@ import (
 	"errors"
 	"net/netip"
 	"testing"
-	"time"
+
+	"github.com/grapevine-net/grapevine/mesh/ledger"
 )
 
 var testRules = Rules{Pool: netip.MustParsePrefix("10.244.0.0/16"), BlockBits: 23}
 
 func testMeta() Meta {
 	return Meta{
-		HostIP:    netip.MustParseAddr("172.16.254.113"),
-		Pool:      testRules.Pool,
-		BlockBits: 23,
-		Block:     netip.MustParsePrefix("10.244.24.0/23"),
-		Since:     time.UnixMilli(1_700_000_000_123),
-		Gen:       7,
+		HostIP:     netip.MustParseAddr("172.16.254.113"),
+		Pool:       testRules.Pool,
+		BlockBits:  23,
+		LedgerPort: 7963,
+		ID:         ledger.NodeID{0: 0xab, 15: 0x01},
+		ClusterID:  ledger.ClusterID{0: 0x42, 7: 0x07},
 	}
 }
 
@@ -32,9 +33,9 @@ func mustEncode(t testing.TB, m Meta) []byte {
 
 func TestMetaRoundTrip(t *testing.T) {
 	for name, m := range map[string]Meta{
-		"with block": testMeta(),
-		"no block":   {HostIP: netip.MustParseAddr("172.16.254.113"), Pool: testRules.Pool, BlockBits: 23, Gen: 3},
-		"leaving":    func() Meta { m := testMeta(); m.Leaving = true; return m }(),
+		"in a ledger":  testMeta(),
+		"in no ledger": func() Meta { m := testMeta(); m.ClusterID = ledger.ClusterID{}; return m }(),
+		"leaving":      func() Meta { m := testMeta(); m.Leaving = true; return m }(),
 	} {
 		t.Run(name, func(t *testing.T) {
 			b := mustEncode(t, m)
@@ -77,21 +78,16 @@ func TestDecodeMetaRejects(t *testing.T) {
 		reason string
 	}{
 		{"empty", nil, testRules, from, "empty"},
-		{"future version", patch(0, 2), testRules, from, "version"},
+		{"claim-carrying version 1", patch(0, 1), testRules, from, "version"},
+		{"future version", patch(0, 3), testRules, from, "version"},
 		{"short", good[:metaLen-1], testRules, from, "length"},
 		{"long", append(bytes.Clone(good), 0), testRules, from, "length"},
 		{"unknown flag", patch(1, 0x81), testRules, from, "flags"},
-		{"other pool", edit(func(m *Meta) {
-			m.Pool = netip.MustParsePrefix("10.96.0.0/16")
-			m.Block = netip.MustParsePrefix("10.96.0.0/23")
-		}), testRules, from, "pool_mismatch"},
-		{"other block size", edit(func(m *Meta) { m.BlockBits = 24; m.Block = netip.MustParsePrefix("10.244.24.0/24") }), testRules, from, "pool_mismatch"},
+		{"no ledger port", patch(12, 0, 0), testRules, from, "ledger_port"},
+		{"zero node ID", edit(func(m *Meta) { m.ID = ledger.NodeID{} }), testRules, from, "node_id"},
+		{"other pool", edit(func(m *Meta) { m.Pool = netip.MustParsePrefix("10.96.0.0/16") }), testRules, from, "pool_mismatch"},
+		{"other block size", edit(func(m *Meta) { m.BlockBits = 24 }), testRules, from, "pool_mismatch"},
 		{"pool bits > 32", patch(10, 40), testRules, from, "pool"},
-		{"block outside pool", patch(12, 10, 245, 0, 0), testRules, from, "block_outside_pool"},
-		{"block not masked", patch(12, 10, 244, 25, 0), testRules, from, "block_unmasked"},
-		{"block without since", patch(16, 0, 0, 0, 0, 0, 0, 0, 0), testRules, from, "since"},
-		{"negative since", patch(16, 0xff), testRules, from, "since"},
-		{"block fields without block", patch(1, 0), testRules, from, "block"},
 		{"loopback host", edit(func(m *Meta) { m.HostIP = netip.MustParseAddr("127.0.0.1") }), testRules, netip.MustParseAddr("127.0.0.1"), "host_ip"},
 		{"multicast host", edit(func(m *Meta) { m.HostIP = netip.MustParseAddr("224.0.0.1") }), testRules, netip.MustParseAddr("224.0.0.1"), "host_ip"},
 		{"broadcast host", edit(func(m *Meta) { m.HostIP = netip.MustParseAddr("255.255.255.255") }), testRules, netip.MustParseAddr("255.255.255.255"), "host_ip"},
@@ -142,9 +138,9 @@ func BenchmarkMetaCodec(b *testing.B) {
 // bytes.
 func FuzzDecodeMeta(f *testing.F) {
 	f.Add(mustEncode(f, testMeta()))
-	noBlock := testMeta()
-	noBlock.Block, noBlock.Since = netip.Prefix{}, time.Time{}
-	f.Add(mustEncode(f, noBlock))
+	noLedger := testMeta()
+	noLedger.ClusterID, noLedger.Leaving = ledger.ClusterID{}, true
+	f.Add(mustEncode(f, noLedger))
 	f.Add([]byte{})
 	f.Add([]byte{1})
 	f.Add(bytes.Repeat([]byte{0xff}, metaLen))
@@ -158,10 +154,8 @@ func FuzzDecodeMeta(f *testing.F) {
 			}
 			return
 		}
-		if m.Block.IsValid() {
-			if err := testRules.checkBlock(m.Block); err != nil {
-				t.Fatalf("accepted invalid block: %v", err)
-			}
+		if m.ID.IsZero() || m.LedgerPort == 0 || m.Pool != testRules.Pool || m.BlockBits != testRules.BlockBits {
+			t.Fatalf("accepted metadata without identity or with another layout: %+v", m)
 		}
 		if err := testRules.checkHostIP(m.HostIP, from); err != nil {
 			t.Fatalf("accepted invalid host IP: %v", err)

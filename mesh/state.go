@@ -9,52 +9,85 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/grapevine-net/grapevine/mesh/ledger"
 	"github.com/grapevine-net/grapevine/node/nodestate"
 )
 
-// BlockFileName is the claim file inside Config.StateDir.
+// BlockFileName is the saved block inside Config.StateDir.
 const BlockFileName = "block.json"
 
-// savedClaim is the contents of block.json: the claim a restarted agent takes
-// back without a vote.
-type savedClaim struct {
-	Node  string       `json:"node"`
-	Block netip.Prefix `json:"block"`
-	Since time.Time    `json:"since"`
-	Gen   uint64       `json:"gen"`
+// savedBlock is the contents of block.json: the block this node last held
+// and when the ledger last confirmed it, by this host's own clock. A
+// restarted agent uses it at once only under the restart rule (see
+// restorable); otherwise it is the hint of its first claim.
+type savedBlock struct {
+	Node  string        `json:"node"`
+	ID    ledger.NodeID `json:"id"`
+	Block netip.Prefix  `json:"block"`
+	// LastConfirmed is when this host last knew, from a leader it heard
+	// from, that the ledger assigned Block to ID.
+	LastConfirmed time.Time `json:"lastConfirmed"`
 }
 
 func blockFilePath(stateDir string) string { return filepath.Join(stateDir, BlockFileName) }
 
-// loadClaim reads block.json. A missing file is no claim (nil, nil); a file
-// that cannot be parsed is an error, because silently claiming another block
-// would strand the pods that hold addresses of the saved one.
-func loadClaim(stateDir string) (*savedClaim, error) {
+// loadBlock reads block.json. A missing file is no block (nil, nil); a file
+// that cannot be parsed is an error, because silently claiming another
+// block would strand the pods that hold addresses of the saved one. A file
+// of the vote protocol's era (no ID) is read as a hint only.
+func loadBlock(stateDir string) (*savedBlock, error) {
 	path := blockFilePath(stateDir)
 	data, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read saved claim: %w", err)
+		return nil, fmt.Errorf("read saved block: %w", err)
 	}
-	var c savedClaim
+	var c struct {
+		savedBlock
+		ID *ledger.NodeID `json:"id"`
+	}
 	if err := json.Unmarshal(data, &c); err != nil {
-		return nil, fmt.Errorf("parse saved claim %s (remove it to claim a new block): %w", path, err)
+		return nil, fmt.Errorf("parse saved block %s (remove it to claim a new block): %w", path, err)
 	}
-	if !c.Block.IsValid() || c.Since.IsZero() {
-		return nil, fmt.Errorf("saved claim %s has no block or claim time (remove it to claim a new block)", path)
+	if !c.Block.IsValid() {
+		return nil, fmt.Errorf("saved block file %s has no block (remove it to claim a new block)", path)
 	}
-	return &c, nil
+	s := c.savedBlock
+	if c.ID != nil {
+		s.ID = *c.ID
+	}
+	return &s, nil
 }
 
-func saveClaim(stateDir string, c savedClaim) error {
-	data, err := json.MarshalIndent(c, "", "  ")
+func saveBlock(stateDir string, b savedBlock) error {
+	data, err := json.MarshalIndent(b, "", "  ")
 	if err != nil {
-		return fmt.Errorf("encode claim: %w", err)
+		return fmt.Errorf("encode saved block: %w", err)
 	}
 	if err := nodestate.WriteFileAtomic(blockFilePath(stateDir), append(data, '\n'), 0o644); err != nil {
-		return fmt.Errorf("save claim: %w", err)
+		return fmt.Errorf("save block: %w", err)
 	}
 	return nil
+}
+
+// restorable is the restart rule: a restarted agent hands out addresses
+// from its saved block before the ledger confirms it only if the block was
+// confirmed less than half of ReclaimAfter ago by this host's clock, for
+// this node ID, and its local copy of the ledger still assigns it to this
+// node. The leader frees a block only after seeing its owner gone for
+// ReclaimAfter, so within half of it the block cannot have moved unless an
+// operator released it, which the local copy would show if it was
+// replicated here before the crash.
+func restorable(s *savedBlock, id ledger.NodeID, now time.Time, reclaimAfter time.Duration, st ledger.State) bool {
+	if s == nil || s.ID != id || s.LastConfirmed.IsZero() {
+		return false
+	}
+	age := now.Sub(s.LastConfirmed)
+	if age < 0 || age >= reclaimAfter/2 {
+		return false
+	}
+	o, ok := st.Blocks[s.Block]
+	return ok && o.ID == id
 }

@@ -1,6 +1,10 @@
 package mesh
 
-import "net/netip"
+import (
+	"net/netip"
+
+	"github.com/grapevine-net/grapevine/mesh/ledger"
+)
 
 // MemberState is a member's liveness as memberlist sees it.
 type MemberState int
@@ -26,22 +30,29 @@ func (s MemberState) String() string {
 	return "unknown"
 }
 
-// live reports whether a member in state s may hold and route a block.
+// live reports whether a member in state s may be routed.
 func (s MemberState) live() bool { return s == Alive || s == Suspect }
 
 // View is a snapshot of this node and the cluster as this node sees it.
-// A block appears at most once in a View (this node's Block included).
+// A block appears at most once in a View (this node's Block included): every
+// block in it is the ledger's assignment.
 type View struct {
 	Self   string
+	ID     ledger.NodeID
 	HostIP netip.Addr
-	Block  netip.Prefix // zero: holds none
-	Ready  bool
+	// Block is this node's block per the ledger; zero while it holds none.
+	Block netip.Prefix
+	// Ready means new pod addresses may be handed out from Block now: the
+	// ledger confirmed it within its lease, or the restart rule holds.
+	Ready bool
 	// Reason says why the node is not ready.
 	Reason string
-	// Degraded is set after this node lost its block to an older claim: its
+	// Degraded is set after this node lost a block it had used: its
 	// existing pods hold addresses of a block it no longer owns.
 	Degraded string
 	Members  []Member // every known member except self, sorted by name
+	// Ledger is this node's ledger replica: cluster, role, leader, voters.
+	Ledger ledger.Info
 }
 
 // Member is one peer in a View.
@@ -49,8 +60,15 @@ type Member struct {
 	Name   string
 	Addr   netip.Addr // gossip address
 	HostIP netip.Addr
-	// Block is the block to route to the member: zero if it holds none, lost
-	// a conflict, advertises invalid metadata, or is dead or gone.
+	ID     ledger.NodeID
+	// ClusterID is the ledger the member advertises (zero: none yet).
+	ClusterID ledger.ClusterID
+	// Foreign marks a member of another ledger (founded separately with
+	// the same gossip key): listed, never routed.
+	Foreign bool
+	// Block is the block to route to the member: the ledger's assignment
+	// to the member's node ID, only while the member is live and advertises
+	// the host IP the ledger recorded. Zero otherwise.
 	Block netip.Prefix
 	State MemberState
 }

@@ -22,6 +22,8 @@ type agentOptions struct {
 	Iface              string
 	HostIP             netip.Addr
 	Port               int
+	LedgerPort         int
+	Voters             int
 	Join               []string
 	Pool               netip.Prefix
 	BlockSize          int
@@ -47,18 +49,20 @@ func agentCommand() *cli.Command {
 			&cli.StringFlag{Name: "iface", EnvVars: envVar("iface"), Usage: "interface towards the peers (default: the default route's)"},
 			&cli.StringFlag{Name: "host-ip", EnvVars: envVar("host-ip"), Usage: "this host's address on --iface, used by peers as next hop (default: its first IPv4 address)"},
 			&cli.IntFlag{Name: "port", Value: DefaultPort, EnvVars: envVar("port"), Usage: "gossip port (UDP and TCP)"},
-			&cli.StringSliceFlag{Name: "join", EnvVars: envVar("join"), Usage: "`host[:port]` of a member to join; repeatable; retried until one answers"},
+			&cli.IntFlag{Name: "ledger-port", Value: DefaultLedgerPort, EnvVars: envVar("ledger-port"), Usage: "TCP port of the block ledger (raft among the agents)"},
+			&cli.IntFlag{Name: "voters", Value: DefaultVoters, EnvVars: envVar("voters"), Usage: "how many agents vote in the block ledger: 1, 3 or 5 (the others keep a replica)"},
+			&cli.StringSliceFlag{Name: "join", EnvVars: envVar("join"), Usage: "`host[:port]` of a member to join; repeatable; retried until one answers. Without --join (and --join-kubernetes) the agent founds a new cluster"},
 			&cli.StringFlag{Name: "pool", Value: DefaultPool, EnvVars: envVar("pool"), Usage: "the pod CIDR the blocks are cut from"},
 			&cli.IntFlag{Name: "block-size", Value: DefaultBlockSize, EnvVars: envVar("block-size"), Usage: "prefix length of each node's block"},
-			&cli.StringFlag{Name: "state-dir", Value: DefaultStateDir, EnvVars: envVar("state-dir"), Usage: "persistent state: the claimed block, IPAM allocations"},
+			&cli.StringFlag{Name: "state-dir", Value: DefaultStateDir, EnvVars: envVar("state-dir"), Usage: "persistent state: node ID, the block, the ledger's log, IPAM allocations"},
 			runDirFlag(),
 			&cli.StringFlag{Name: "cni-conf-dir", Value: DefaultCNIConfDir, EnvVars: envVar("cni-conf-dir"), Usage: "where to write the CNI conflist once a block is held (empty: write none)"},
 			&cli.StringFlag{Name: "gossip-key-file", EnvVars: envVar("gossip-key-file"), Usage: "file with a base64 16, 24 or 32-byte key that encrypts and authenticates gossip"},
 			&cli.StringFlag{Name: "metrics-addr", Value: DefaultMetricsAddr, EnvVars: envVar("metrics-addr"), Usage: "address for /metrics, /healthz and /readyz (empty: off)"},
 			&cli.BoolFlag{Name: "masquerade", Value: true, EnvVars: envVar("masquerade"), Usage: "masquerade traffic from the pool to destinations outside it"},
-			&cli.DurationFlag{Name: "reclaim-after", Value: time.Hour, EnvVars: envVar("reclaim-after"), Usage: "how long a dead node's block stays reserved for it"},
+			&cli.DurationFlag{Name: "reclaim-after", Value: time.Hour, EnvVars: envVar("reclaim-after"), Usage: "how long the ledger's leader must see a node gone before it frees the node's block"},
 			&cli.BoolFlag{Name: "allow-foreign-host-ip", EnvVars: envVar("allow-foreign-host-ip"), Usage: "accept peers whose advertised host IP differs from their gossip address"},
-			&cli.BoolFlag{Name: "join-kubernetes", EnvVars: envVar("join-kubernetes"), Usage: "discover members to join from the Kubernetes API's Node objects (in a pod, with its service account)"},
+			&cli.BoolFlag{Name: "join-kubernetes", EnvVars: envVar("join-kubernetes"), Usage: "discover members to join from the Kubernetes API's Node objects (in a pod, with its service account); the agent on the oldest Node founds the cluster"},
 			&cli.IntFlag{Name: "mtu", EnvVars: envVar("mtu"), Usage: "MTU for pod interfaces (0: the MTU of --iface)"},
 			&cli.DurationFlag{Name: "resync-interval", Value: 30 * time.Second, EnvVars: envVar("resync-interval"), Usage: "how often the kernel state is fully reconciled even without events"},
 			&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: envVar("log-level"), Usage: "debug, info, warn or error"},
@@ -90,6 +94,8 @@ func parseAgentOptions(c *cli.Context, log *slog.Logger) (agentOptions, error) {
 		NodeName:           c.String("node-name"),
 		Iface:              c.String("iface"),
 		Port:               c.Int("port"),
+		LedgerPort:         c.Int("ledger-port"),
+		Voters:             c.Int("voters"),
 		Join:               c.StringSlice("join"),
 		BlockSize:          c.Int("block-size"),
 		StateDir:           c.String("state-dir"),
@@ -117,6 +123,15 @@ func parseAgentOptions(c *cli.Context, log *slog.Logger) (agentOptions, error) {
 	}
 	if o.Port <= 0 || o.Port > 65535 {
 		return o, fmt.Errorf("--port %d out of range", o.Port)
+	}
+	if o.LedgerPort <= 0 || o.LedgerPort > 65535 || o.LedgerPort == o.Port {
+		return o, fmt.Errorf("--ledger-port %d must be a port other than --port", o.LedgerPort)
+	}
+	if o.Voters != 1 && o.Voters != 3 && o.Voters != 5 {
+		return o, fmt.Errorf("--voters %d: want 1, 3 or 5", o.Voters)
+	}
+	if o.ReclaimAfter <= 0 {
+		return o, fmt.Errorf("--reclaim-after must be positive")
 	}
 	if o.ResyncInterval <= 0 {
 		return o, fmt.Errorf("--resync-interval must be positive")
@@ -183,7 +198,7 @@ func runAgent(ctx context.Context, o agentOptions, log *slog.Logger) error {
 	}
 	log = log.With("node", o.NodeName)
 	log.Info("starting grapevine agent", "version", version, "iface", o.Iface, "hostIP", o.HostIP,
-		"pool", o.Pool, "blockSize", o.BlockSize, "port", o.Port, "join", o.Join)
+		"pool", o.Pool, "blockSize", o.BlockSize, "port", o.Port, "ledgerPort", o.LedgerPort, "voters", o.Voters, "join", o.Join)
 
 	a, err := newAgent(o, o.meshConfig(log), netlinkHost(), log)
 	if err != nil {
@@ -196,13 +211,18 @@ func runAgent(ctx context.Context, o agentOptions, log *slog.Logger) error {
 	return err
 }
 
-// meshConfig translates the options into the mesh's configuration.
+// meshConfig translates the options into the mesh's configuration. An
+// agent without --join and --join-kubernetes founds a new cluster; with
+// --join-kubernetes, the one on the oldest Node does (see joinKubernetes).
 func (o agentOptions) meshConfig(log *slog.Logger) mesh.Config {
 	return mesh.Config{
 		NodeName:           o.NodeName,
 		AdvertiseAddr:      o.HostIP,
 		BindAddr:           o.HostIP,
 		Port:               o.Port,
+		LedgerPort:         o.LedgerPort,
+		Voters:             o.Voters,
+		Found:              len(o.Join) == 0 && !o.JoinKubernetes,
 		Pool:               o.Pool,
 		BlockBits:          o.BlockSize,
 		ReclaimAfter:       o.ReclaimAfter,

@@ -93,6 +93,10 @@ func TestHandoffState(t *testing.T) {
 	if _, ok := handoffState(mesh.View{Self: "h1"}, testOpts); ok {
 		t.Fatal("handoffState without a block must say not ready")
 	}
+	leaseLapsed := mesh.View{Self: "h1", Block: netip.MustParsePrefix("10.244.6.0/23"), Reason: "ledger leader out of reach"}
+	if _, ok := handoffState(leaseLapsed, testOpts); ok {
+		t.Fatal("handoffState must withhold a block the node may not hand out addresses from")
+	}
 	v := mesh.View{Self: "h1", Block: netip.MustParsePrefix("10.244.6.0/23"), Ready: true}
 	st, ok := handoffState(v, testOpts)
 	want := nodestate.State{Node: "h1", Block: v.Block, Pool: testOpts.Pool, HostIP: testOpts.HostIP, MTU: 1500}
@@ -192,14 +196,25 @@ func TestEnvVar(t *testing.T) {
 
 func TestStatusRendering(t *testing.T) {
 	r := statusReport{
-		Node: "h1", HostIP: "172.16.254.1", Ready: false, Reason: "no quorum: reached 2 of needed 3 (electorate 5)",
-		Members: []memberStatus{{Name: "h3", Addr: "172.16.254.3", HostIP: "172.16.254.3", State: "dead", Route: routeNone}},
+		Node: "h1", HostIP: "172.16.254.1", Ready: false, Reason: "no ledger leader reachable",
+		Ledger: ledgerStatus{ClusterID: "0123456789abcdef", Role: "nonvoter", Leader: "h2", Voters: []string{"h2", "h3", "h4"}, LastIndex: 42,
+			Foreign: []string{"x1 (cluster fedcba9876543210)"}},
+		Members: []memberStatus{
+			{Name: "h3", Addr: "172.16.254.3", HostIP: "172.16.254.3", State: "dead", Route: routeNone},
+			{Name: "x1", Addr: "172.16.254.9", HostIP: "172.16.254.9", State: "alive", Foreign: true, Route: routeNone},
+		},
 	}
 	var table strings.Builder
 	if err := printStatus(&table, r); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"block -  NOT READY: no quorum", "h3      dead   172.16.254.3  -      none"} {
+	for _, want := range []string{
+		"block -  NOT READY: no ledger leader reachable",
+		"ledger 0123456789abcdef  role nonvoter  leader h2  voters h2,h3,h4  last index 42",
+		"FOREIGN LEDGER MEMBERS (not routed): x1 (cluster fedcba9876543210)",
+		"h3      dead           172.16.254.3  -      none",
+		"x1      alive,foreign  172.16.254.9  -      none",
+	} {
 		if !strings.Contains(table.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, table.String())
 		}

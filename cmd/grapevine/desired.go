@@ -34,9 +34,10 @@ func routable(m mesh.Member) bool {
 }
 
 // handoffState is what node.json should say, and false when this node holds
-// no block (the plugin must then answer "try again later").
+// no block or may not hand out new addresses from it yet (the plugin must
+// then answer "try again later").
 func handoffState(v mesh.View, o agentOptions) (nodestate.State, bool) {
-	if !v.Block.IsValid() {
+	if !v.Block.IsValid() || !v.Ready {
 		return nodestate.State{}, false
 	}
 	return nodestate.State{

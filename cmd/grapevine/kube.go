@@ -20,9 +20,11 @@ const (
 
 // joinKubernetes feeds the InternalIPs of the cluster's Node objects to the
 // mesh as seed addresses until ctx ends. It returns once the first list has
-// been handed over, or after kubeFirstSeedsWait: the mesh must not start
-// without seeds, or a new node would claim a block as a majority of one and
-// a restarted node would believe it is alone.
+// been handed over, or after kubeFirstSeedsWait. The first list also decides
+// founding: the agent on the oldest Node founds the ledger of a new cluster
+// (unless a member it reaches belongs to one already), every other agent
+// joins it, so a kubeadm cluster whose agents all start at once forms
+// exactly one ledger. Without a list, the agent never founds.
 func (a *agent) joinKubernetes(ctx context.Context) error {
 	client, err := kubejoin.NewInClusterClient()
 	if err != nil {
@@ -34,7 +36,13 @@ func (a *agent) joinKubernetes(ctx context.Context) error {
 	go func() {
 		err := d.Run(ctx, kubeRefreshInterval, func(disc kubejoin.Discovery) {
 			a.mesh.AddJoinAddrs(disc.Seeds...)
-			once.Do(func() { close(first) })
+			once.Do(func() {
+				if disc.Founder(a.opts.NodeName) {
+					a.log.Info("this is the oldest Node: it founds the cluster's ledger unless a member already has one")
+					a.mesh.AllowFounding()
+				}
+				close(first)
+			})
 		})
 		if err != nil && ctx.Err() == nil {
 			a.log.Error("kubernetes discovery stopped", "err", err)

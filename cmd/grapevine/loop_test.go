@@ -44,6 +44,8 @@ func startTestHost(t *testing.T, network *meshtest.Network, dir, name string, i 
 		Iface:          "em1",
 		HostIP:         h.addr,
 		Port:           meshtest.GossipPort,
+		LedgerPort:     meshtest.LedgerPort,
+		Voters:         3,
 		Join:           join,
 		Pool:           netip.MustParsePrefix("10.244.0.0/16"),
 		BlockSize:      23,
@@ -63,6 +65,8 @@ func startTestHost(t *testing.T, network *meshtest.Network, dir, name string, i 
 	cfg := o.meshConfig(log)
 	cfg.Transport = transport
 	cfg.Tune = meshtest.FastTimers
+	cfg.LedgerNetwork = network.StreamHost(netip.AddrPortFrom(h.addr, meshtest.LedgerPort))
+	cfg.TuneLedger = meshtest.FastLedger
 	host := hostSide{kernel: h.kernel, watchRoutes: func(context.Context) <-chan struct{} { return nil }}
 	h.agent, err = newAgent(o, cfg, host, log)
 	if err != nil {
@@ -173,6 +177,10 @@ func TestAgentLoop(t *testing.T) {
 	}
 	if !status.Ready || len(status.Members) != 1 || status.Members[0].Route != routeProgrammed || status.Members[0].Block != st2.Block.String() {
 		t.Fatalf("h1 status = %s", body)
+	}
+	// h1 founded the ledger (no --join); h2 joined it.
+	if status.Ledger.ClusterID == "" || status.Ledger.Leader != "h1" || status.Ledger.LastIndex == 0 || len(status.Ledger.Voters) == 0 {
+		t.Fatalf("h1 ledger status = %+v", status.Ledger)
 	}
 	checkHTTP(t, h1.agent.metricsHandler(), "/readyz", http.StatusOK, "ready")
 	checkHTTP(t, h1.agent.metricsHandler(), "/healthz", http.StatusOK, "ok")

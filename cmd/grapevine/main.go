@@ -3,10 +3,12 @@
 //	grapevine agent      join the gossip mesh, hold a block, route every peer's block
 //	grapevine status     what the local agent knows: this node and every member
 //	grapevine release    free a dead node's block cluster-wide
+//	grapevine ledger recover  make this node the only voter of a ledger that lost a majority for good
 //	grapevine keygen     print a new gossip encryption key
 //
-// The agent only wires packages together: mesh decides who holds which block,
-// node programs the kernel, and the hand-off files tell the CNI plugin.
+// The agent only wires packages together: mesh (with its ledger) decides who
+// holds which block, node programs the kernel, and the hand-off files tell
+// the CNI plugin.
 package main
 
 import (
@@ -22,6 +24,8 @@ import (
 // Defaults that other parts of the project (manifests, docs, the lab) rely on.
 const (
 	DefaultPort        = 7962
+	DefaultLedgerPort  = 7963
+	DefaultVoters      = 3
 	DefaultMetricsAddr = "127.0.0.1:9962"
 	DefaultPool        = "10.244.0.0/16"
 	DefaultBlockSize   = 23
@@ -46,6 +50,7 @@ func main() {
 			agentCommand(),
 			statusCommand(),
 			releaseCommand(),
+			ledgerCommand(),
 			keygenCommand(),
 		},
 	}

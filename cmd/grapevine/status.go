@@ -23,21 +23,37 @@ import (
 // statusReport is what `grapevine status` shows; -o json prints it as is.
 type statusReport struct {
 	Node     string         `json:"node"`
+	NodeID   string         `json:"nodeID,omitempty"`
 	HostIP   string         `json:"hostIP,omitempty"`
 	Block    string         `json:"block,omitempty"`
 	Ready    bool           `json:"ready"`
 	Reason   string         `json:"reason,omitempty"`
 	Degraded string         `json:"degraded,omitempty"`
+	Ledger   ledgerStatus   `json:"ledger"`
 	Members  []memberStatus `json:"members"`
 }
 
+// ledgerStatus is this node's replica of the block ledger.
+type ledgerStatus struct {
+	ClusterID string   `json:"clusterID,omitempty"`
+	Role      string   `json:"role"`
+	Leader    string   `json:"leader,omitempty"`
+	Voters    []string `json:"voters"`
+	LastIndex uint64   `json:"lastIndex"`
+	// Foreign names the members of other ledgers (founded separately with
+	// the same gossip key): they are never routed.
+	Foreign []string `json:"foreign,omitempty"`
+}
+
 type memberStatus struct {
-	Name   string `json:"name"`
-	Addr   string `json:"addr,omitempty"`
-	HostIP string `json:"hostIP,omitempty"`
-	Block  string `json:"block,omitempty"`
-	State  string `json:"state"`
-	Route  string `json:"route"`
+	Name      string `json:"name"`
+	Addr      string `json:"addr,omitempty"`
+	HostIP    string `json:"hostIP,omitempty"`
+	Block     string `json:"block,omitempty"`
+	State     string `json:"state"`
+	ClusterID string `json:"clusterID,omitempty"`
+	Foreign   bool   `json:"foreign,omitempty"`
+	Route     string `json:"route"`
 }
 
 // Route states shown per member.
@@ -57,15 +73,34 @@ func buildStatus(v mesh.View, res node.Result, ready bool, reason string) status
 		Ready:    ready,
 		Reason:   reason,
 		Degraded: v.Degraded,
-		Members:  make([]memberStatus, 0, len(v.Members)),
+		Ledger: ledgerStatus{
+			Role:      orNone(v.Ledger.Role),
+			Leader:    v.Ledger.Leader,
+			Voters:    append([]string{}, v.Ledger.Voters...),
+			LastIndex: v.Ledger.LastIndex,
+		},
+		Members: make([]memberStatus, 0, len(v.Members)),
+	}
+	if !v.ID.IsZero() {
+		r.NodeID = v.ID.String()
+	}
+	if !v.Ledger.ClusterID.IsZero() {
+		r.Ledger.ClusterID = v.Ledger.ClusterID.String()
 	}
 	for _, m := range v.Members {
 		ms := memberStatus{
-			Name:   m.Name,
-			Addr:   addrString(m.Addr),
-			HostIP: addrString(m.HostIP),
-			Block:  prefixString(m.Block),
-			State:  m.State.String(),
+			Name:    m.Name,
+			Addr:    addrString(m.Addr),
+			HostIP:  addrString(m.HostIP),
+			Block:   prefixString(m.Block),
+			State:   m.State.String(),
+			Foreign: m.Foreign,
+		}
+		if !m.ClusterID.IsZero() {
+			ms.ClusterID = m.ClusterID.String()
+		}
+		if m.Foreign {
+			r.Ledger.Foreign = append(r.Ledger.Foreign, fmt.Sprintf("%s (cluster %s)", m.Name, m.ClusterID))
 		}
 		switch {
 		case !m.Block.IsValid():
@@ -106,6 +141,13 @@ func prefixString(p netip.Prefix) string {
 		return ""
 	}
 	return p.String()
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
 }
 
 func orDash(s string) string {
@@ -154,11 +196,21 @@ func printStatus(w io.Writer, r statusReport) error {
 	if r.Degraded != "" {
 		fmt.Fprintf(w, "DEGRADED: %s\n", r.Degraded)
 	}
+	l := r.Ledger
+	voters := strings.Join(l.Voters, ",")
+	fmt.Fprintf(w, "ledger %s  role %s  leader %s  voters %s  last index %d\n", orDash(l.ClusterID), l.Role, orDash(l.Leader), orDash(voters), l.LastIndex)
+	if len(l.Foreign) > 0 {
+		fmt.Fprintf(w, "FOREIGN LEDGER MEMBERS (not routed): %s\n", strings.Join(l.Foreign, ", "))
+	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "MEMBER\tSTATE\tHOST IP\tBLOCK\tROUTE")
 	for _, m := range r.Members {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", m.Name, m.State, orDash(m.HostIP), orDash(m.Block), m.Route)
+		state := m.State
+		if m.Foreign {
+			state += ",foreign"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", m.Name, state, orDash(m.HostIP), orDash(m.Block), m.Route)
 	}
 	return tw.Flush()
 }

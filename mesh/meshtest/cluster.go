@@ -13,13 +13,37 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/grapevine-net/grapevine/mesh"
+	"github.com/grapevine-net/grapevine/mesh/ledger"
 )
 
-// GossipPort is the port every in-memory node listens on.
-const GossipPort = 7962
+// GossipPort and LedgerPort are the ports every in-memory node listens on.
+const (
+	GossipPort = 7962
+	LedgerPort = 7963
+)
+
+// FastRaft shortens the ledger's raft timers in proportion to FastTimers:
+// elections within a second, leader leases that survive a loaded machine.
+func FastRaft(c *raft.Config) {
+	c.HeartbeatTimeout = 500 * time.Millisecond
+	c.ElectionTimeout = 500 * time.Millisecond
+	c.LeaderLeaseTimeout = 250 * time.Millisecond
+	c.CommitTimeout = 10 * time.Millisecond
+}
+
+// FastLedger is FastRaft plus autopilot timings to match: a joiner is
+// promoted to voter after a second alive, a dead voter replaced after two,
+// a dead non-voter dropped from the configuration after five.
+func FastLedger(c *ledger.Config) {
+	c.Tune = FastRaft
+	c.StableAfter = time.Second
+	c.DeadVoterGrace = 2 * time.Second
+	c.DeadNonvoterAfter = 5 * time.Second
+}
 
 // FastTimers shortens memberlist's LAN timers so in-memory clusters detect
 // failures and spread state in a fraction of a second, while leaving
@@ -46,7 +70,9 @@ type Options struct {
 	ReconnectInterval time.Duration
 	SecretKey         []byte
 	Tune              func(*memberlist.Config) // nil: FastTimers
-	Now               func() time.Time
+	TuneLedger        func(*ledger.Config)     // nil: FastLedger
+	Voters            int                      // zero: mesh.DefaultVoters
+	Now               func() time.Time         // every node's clock unless its Spec has one
 	Logger            *slog.Logger
 }
 
@@ -60,15 +86,22 @@ type Cluster struct {
 	mu    sync.Mutex
 	nodes map[string]*Node
 	next  int
+	// stores keeps each state directory's ledger log and snapshots in
+	// memory, so a node restarted with its state dir finds them again.
+	stores map[string]*ledger.Stores
 }
 
 // Node is one running mesh.
 type Node struct {
+	// Key is how the cluster knows the node: its name unless Spec.Key
+	// set another (two nodes with one name).
+	Key       string
 	Name      string
 	Addr      netip.AddrPort
 	StateDir  string
 	Mesh      *mesh.Mesh
 	Transport *Transport
+	Streams   *StreamHost
 	Metrics   *prometheus.Registry
 
 	cancel context.CancelFunc
@@ -80,10 +113,13 @@ func NewCluster(dir string, opts Options) *Cluster {
 	if opts.Tune == nil {
 		opts.Tune = FastTimers
 	}
+	if opts.TuneLedger == nil {
+		opts.TuneLedger = FastLedger
+	}
 	if opts.ReconnectInterval == 0 {
 		opts.ReconnectInterval = 500 * time.Millisecond
 	}
-	return &Cluster{Net: NewNetwork(), dir: dir, opts: opts, nodes: make(map[string]*Node)}
+	return &Cluster{Net: NewNetwork(), dir: dir, opts: opts, nodes: make(map[string]*Node), stores: make(map[string]*ledger.Stores)}
 }
 
 // HostAddr returns the address the cluster gives its i-th node.
@@ -94,41 +130,63 @@ func HostAddr(i int) netip.Addr {
 // Spec describes a node to start.
 type Spec struct {
 	Name string
+	// Key registers the node under another key than its name, so that a
+	// test can run two nodes with one name.
+	Key string
 	// Addr defaults to the next free HostAddr; set it to restart a node at
 	// its old address (or at a new one).
 	Addr netip.Addr
 	// StateDir defaults to <cluster dir>/<name>.
 	StateDir string
-	Join     []string
+	// Join lists seeds. A node without seeds may found a new ledger, as
+	// the agent started without --join; Found lets one with seeds found
+	// too (the oldest Node with --join-kubernetes).
+	Join  []string
+	Found bool
 	// SecretKey overrides the cluster's key for this node.
 	SecretKey []byte
+	// Now is this node's wall clock (zero: the cluster's).
+	Now func() time.Time
 }
 
 // Start creates and runs a node. It returns once the node runs; the node
 // claims its block in the background.
 func (c *Cluster) Start(spec Spec) (*Node, error) {
+	if spec.Key == "" {
+		spec.Key = spec.Name
+	}
 	c.mu.Lock()
-	if old, ok := c.nodes[spec.Name]; ok {
+	if old, ok := c.nodes[spec.Key]; ok {
 		c.mu.Unlock()
-		return nil, fmt.Errorf("meshtest: node %s is already running at %s", spec.Name, old.Addr)
+		return nil, fmt.Errorf("meshtest: node %s is already running at %s", spec.Key, old.Addr)
 	}
 	if !spec.Addr.IsValid() {
 		spec.Addr = HostAddr(c.next)
 		c.next++
 	}
-	c.mu.Unlock()
 	if spec.StateDir == "" {
-		spec.StateDir = filepath.Join(c.dir, spec.Name)
+		spec.StateDir = filepath.Join(c.dir, spec.Key)
 	}
+	stores, ok := c.stores[spec.StateDir]
+	if !ok {
+		stores = ledger.NewMemStores()
+		c.stores[spec.StateDir] = stores
+	}
+	c.mu.Unlock()
 	key := c.opts.SecretKey
 	if spec.SecretKey != nil {
 		key = spec.SecretKey
+	}
+	now := c.opts.Now
+	if spec.Now != nil {
+		now = spec.Now
 	}
 	addr := netip.AddrPortFrom(spec.Addr, GossipPort)
 	tr, err := c.Net.NewTransport(addr)
 	if err != nil {
 		return nil, err
 	}
+	streams := c.Net.StreamHost(netip.AddrPortFrom(spec.Addr, LedgerPort))
 	reg := prometheus.NewRegistry()
 	logger := c.opts.Logger
 	if logger == nil {
@@ -138,53 +196,63 @@ func (c *Cluster) Start(spec Spec) (*Node, error) {
 		NodeName:          spec.Name,
 		AdvertiseAddr:     spec.Addr,
 		Port:              GossipPort,
+		LedgerPort:        LedgerPort,
+		Voters:            c.opts.Voters,
+		Found:             len(spec.Join) == 0 || spec.Found,
 		Pool:              c.opts.Pool,
 		BlockBits:         c.opts.BlockBits,
 		ReclaimAfter:      c.opts.ReclaimAfter,
 		ReconnectInterval: c.opts.ReconnectInterval,
 		// In memory a leave is gossiped within a few gossip intervals; a
 		// killed node (no network) gives up quickly.
-		LeaveTimeout: 300 * time.Millisecond,
-		StateDir:     spec.StateDir,
-		SecretKey:    key,
-		Join:         spec.Join,
-		Logger:       logger.With("node", spec.Name),
-		Registerer:   reg,
-		Transport:    tr,
-		Tune:         c.opts.Tune,
-		Now:          c.opts.Now,
+		LeaveTimeout:  300 * time.Millisecond,
+		StateDir:      spec.StateDir,
+		SecretKey:     key,
+		Join:          spec.Join,
+		Logger:        logger.With("node", spec.Name),
+		Registerer:    reg,
+		Transport:     tr,
+		Tune:          c.opts.Tune,
+		Now:           now,
+		LedgerNetwork: streams,
+		LedgerStores:  stores,
+		TuneLedger:    c.opts.TuneLedger,
 	})
 	if err != nil {
 		tr.Shutdown()
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	n := &Node{Name: spec.Name, Addr: addr, StateDir: spec.StateDir, Mesh: m, Transport: tr, Metrics: reg, cancel: cancel, done: make(chan error, 1)}
+	n := &Node{Key: spec.Key, Name: spec.Name, Addr: addr, StateDir: spec.StateDir, Mesh: m, Transport: tr, Streams: streams, Metrics: reg, cancel: cancel, done: make(chan error, 1)}
 	go func() { n.done <- m.Run(ctx) }()
 	c.mu.Lock()
-	c.nodes[spec.Name] = n
+	c.nodes[spec.Key] = n
 	c.mu.Unlock()
 	return n, nil
 }
 
-// Stop ends a node gracefully: it leaves the cluster.
+// Stop ends a node (by key) gracefully: it leaves the cluster.
 func (c *Cluster) Stop(name string) error {
 	n, err := c.remove(name)
 	if err != nil {
 		return err
 	}
 	n.cancel()
-	return <-n.done
+	err = <-n.done
+	n.Transport.Shutdown()
+	n.Streams.Close()
+	return err
 }
 
 // Kill ends a node as a crash would: its network goes silent first, so
-// peers see a failure, not a leave.
+// peers see a failure, not a leave, and its ledger hands nothing over.
 func (c *Cluster) Kill(name string) error {
 	n, err := c.remove(name)
 	if err != nil {
 		return err
 	}
 	n.Transport.Shutdown()
+	n.Streams.Close()
 	n.cancel()
 	return <-n.done
 }
@@ -207,13 +275,13 @@ func (c *Cluster) Close() error {
 	errs := make([]error, len(nodes))
 	var wg sync.WaitGroup
 	for i, n := range nodes {
-		wg.Go(func() { errs[i] = c.Kill(n.Name) })
+		wg.Go(func() { errs[i] = c.Kill(n.Key) })
 	}
 	wg.Wait()
 	return errors.Join(errs...)
 }
 
-// Node returns the running node called name, or nil.
+// Node returns the running node with key name, or nil.
 func (c *Cluster) Node(name string) *Node {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -228,15 +296,15 @@ func (c *Cluster) Nodes() []*Node {
 	for _, n := range c.nodes {
 		out = append(out, n)
 	}
-	slices.SortFunc(out, func(a, b *Node) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortFunc(out, func(a, b *Node) int { return strings.Compare(a.Key, b.Key) })
 	return out
 }
 
-// Views returns every running node's View.
+// Views returns every running node's View by node key.
 func (c *Cluster) Views() map[string]mesh.View {
 	out := make(map[string]mesh.View)
 	for _, n := range c.Nodes() {
-		out[n.Name] = n.Mesh.View()
+		out[n.Key] = n.Mesh.View()
 	}
 	return out
 }
@@ -250,26 +318,60 @@ func (c *Cluster) BytesSent() int64 {
 	return sum
 }
 
-// DuplicateBlock returns an error if two of the views hold the same block.
-func DuplicateBlock(views map[string]mesh.View) error {
+// SharedBlock returns an error if one block is used by two nodes in what
+// the views hand to the kernel and the CNI plugin: the blocks of ready
+// nodes (pods get addresses from them), and each node's routes (what the
+// agent's desiredState programs: live, non-foreign members with a block).
+// No two ready nodes may hold one block, no node may route one block to
+// two members, and no node may route its own ready block to another.
+func SharedBlock(views map[string]mesh.View) error {
 	owner := make(map[netip.Prefix]string)
-	for name, v := range views {
-		if !v.Block.IsValid() {
+	for _, name := range sortedNames(views) {
+		v := views[name]
+		if !v.Ready || !v.Block.IsValid() {
 			continue
 		}
 		if other, ok := owner[v.Block]; ok {
-			return fmt.Errorf("block %s held by both %s and %s", v.Block, other, name)
+			return fmt.Errorf("block %s is used by both %s and %s", v.Block, other, name)
 		}
 		owner[v.Block] = name
+	}
+	for _, name := range sortedNames(views) {
+		v := views[name]
+		routed := make(map[netip.Prefix]string)
+		for _, m := range v.Members {
+			if !m.Block.IsValid() || !(m.State == mesh.Alive || m.State == mesh.Suspect) {
+				continue
+			}
+			if m.Foreign {
+				return fmt.Errorf("%s routes %s to %s, a member of another ledger", name, m.Block, m.Name)
+			}
+			if other, ok := routed[m.Block]; ok {
+				return fmt.Errorf("%s routes %s to both %s and %s", name, m.Block, other, m.Name)
+			}
+			routed[m.Block] = m.Name
+			if v.Ready && m.Block == v.Block {
+				return fmt.Errorf("%s routes its own block %s to %s", name, m.Block, m.Name)
+			}
+		}
 	}
 	return nil
 }
 
-// Converged returns nil when every view holds a block, the blocks are
-// unique, and every view lists every other node alive with that node's
+func sortedNames(views map[string]mesh.View) []string {
+	names := make([]string, 0, len(views))
+	for n := range views {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// Converged returns nil when every view is ready with a block, the blocks
+// are unique, and every view lists every other node alive with that node's
 // block; otherwise it says what is missing.
 func Converged(views map[string]mesh.View) error {
-	if err := DuplicateBlock(views); err != nil {
+	if err := SharedBlock(views); err != nil {
 		return err
 	}
 	for name, v := range views {

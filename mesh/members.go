@@ -1,0 +1,191 @@
+package mesh
+
+import (
+	"context"
+	"net/netip"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+
+	"github.com/grapevine-net/grapevine/mesh/ledger"
+)
+
+// ownMetaLocked encodes this node's metadata.
+func (m *Mesh) ownMetaLocked() ([]byte, error) {
+	return Meta{
+		HostIP:     m.cfg.AdvertiseAddr,
+		Pool:       m.cfg.Pool,
+		BlockBits:  m.cfg.BlockBits,
+		LedgerPort: uint16(m.cfg.LedgerPort),
+		ID:         m.id,
+		ClusterID:  m.clusterID,
+		Leaving:    m.leaving,
+	}.AppendBinary(nil)
+}
+
+// observe records a member's state and metadata from a memberlist event.
+func (m *Mesh) observe(n *memberlist.Node) {
+	if n.Name == m.cfg.NodeName {
+		// What memberlist really advertises for this node: an update can
+		// lose a race with a refutation that re-sends the old value.
+		m.mu.Lock()
+		m.advertised = append(m.advertised[:0], n.Meta...)
+		m.mu.Unlock()
+		return
+	}
+	state := Alive
+	switch n.State {
+	case memberlist.StateDead:
+		state = Dead
+	case memberlist.StateLeft:
+		state = Left
+	case memberlist.StateSuspect:
+		state = Suspect
+	}
+	addr := nodeAddr(n)
+	meta, metaErr := DecodeMeta(n.Meta, m.rules, addr.Addr())
+
+	m.mu.Lock()
+	p, known := m.peers[n.Name]
+	if !known {
+		p = &peer{name: n.Name}
+		m.peers[n.Name] = p
+	}
+	if state == Dead && known && p.metaErr == nil && p.meta.Leaving {
+		state = Left // it announced its leave before going
+	}
+	stateChanged := !known || p.state != state
+	if stateChanged {
+		p.since = time.Now()
+	}
+	rejectedNow := metaErr != nil && (p.metaErr == nil || string(n.Meta) != string(p.metaRaw))
+	p.addr, p.state = addr, state
+	p.metaRaw = append(p.metaRaw[:0], n.Meta...)
+	if state.live() {
+		// Metadata is only meaningful from a live member: memberlist keeps
+		// the last value of a dead one.
+		p.meta, p.metaErr = meta, metaErr
+	}
+	if stateChanged {
+		m.countMembersLocked()
+	}
+	m.mu.Unlock()
+
+	if rejectedNow {
+		m.metrics.rejectedMetadata.WithLabelValues(rejectReason(metaErr)).Inc()
+		m.log.Warn("rejected member metadata; the member gets no route", "member", n.Name, "addr", addr, "err", metaErr)
+	}
+	signal(m.peersChanged)
+	signal(m.wake)
+	m.notify()
+}
+
+// countMembersLocked refreshes the members-by-state and foreign gauges.
+func (m *Mesh) countMembersLocked() {
+	var counts [Left + 1]int
+	foreign := 0
+	for _, p := range m.peers {
+		counts[p.state]++
+		if p.usable() && !m.clusterID.IsZero() && !p.meta.ClusterID.IsZero() && p.meta.ClusterID != m.clusterID {
+			foreign++
+		}
+	}
+	for s, n := range counts {
+		m.metrics.members.WithLabelValues(MemberState(s).String()).Set(float64(n))
+	}
+	m.metrics.foreignMembers.Set(float64(foreign))
+}
+
+// ledgerPeers is gossip's view handed to the ledger: every member with
+// valid metadata, live or not (the leader counts how long an owner has
+// been gone), at its gossip address and ledger port.
+func (m *Mesh) ledgerPeers() []ledger.Peer {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]ledger.Peer, 0, len(m.peers))
+	for _, p := range m.peers {
+		if p.metaErr != nil || p.meta.ID.IsZero() {
+			continue
+		}
+		out = append(out, ledger.Peer{
+			ID:        p.meta.ID,
+			Name:      p.name,
+			Addr:      netip.AddrPortFrom(p.addr.Addr(), p.meta.LedgerPort),
+			HostIP:    p.meta.HostIP,
+			ClusterID: p.meta.ClusterID,
+			Alive:     p.state.live(),
+		})
+	}
+	return out
+}
+
+// peersLoop hands gossip's view to the ledger whenever it changes, off
+// memberlist's goroutines.
+func (m *Mesh) peersLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-m.peersChanged:
+		}
+		m.led.SetPeers(m.ledgerPeers())
+	}
+}
+
+// ledgerToJoin picks the ledger this node should join: its own if it
+// belongs to one, else the one the live seed members advertise, else the
+// one most live members advertise (ties: the smaller cluster ID). ok is
+// false when no live member belongs to any.
+func (m *Mesh) ledgerToJoin() (ledger.ClusterID, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.clusterID.IsZero() {
+		return m.clusterID, true
+	}
+	seeds := make(map[string]bool, len(m.seeds))
+	for _, s := range m.seeds {
+		seeds[withPort(s, m.cfg.Port)] = true
+	}
+	count := make(map[ledger.ClusterID]int)
+	for _, p := range m.peers {
+		if p.usable() && !p.meta.ClusterID.IsZero() {
+			// A seed the operator named outweighs any number of others.
+			w := 1
+			if seeds[p.addr.String()] {
+				w = 1 << 20
+			}
+			count[p.meta.ClusterID] += w
+		}
+	}
+	var best ledger.ClusterID
+	found := false
+	for c, n := range count {
+		if !found || n > count[best] || (n == count[best] && string(c[:]) < string(best[:])) {
+			best, found = c, true
+		}
+	}
+	return best, found
+}
+
+// ledgerAddrs returns the ledger addresses of live members of cluster,
+// at most limit.
+func (m *Mesh) ledgerAddrs(cluster ledger.ClusterID, limit int) []netip.AddrPort {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []netip.AddrPort
+	for _, p := range m.peers {
+		if p.usable() && p.meta.ClusterID == cluster && len(out) < limit {
+			out = append(out, netip.AddrPortFrom(p.addr.Addr(), p.meta.LedgerPort))
+		}
+	}
+	return out
+}
+
+// nodeAddr converts memberlist's address of n.
+func nodeAddr(n *memberlist.Node) netip.AddrPort {
+	a, ok := netip.AddrFromSlice(n.Addr)
+	if !ok {
+		return netip.AddrPort{}
+	}
+	return netip.AddrPortFrom(a.Unmap(), n.Port)
+}

@@ -1,0 +1,434 @@
+package mesh
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/grapevine-net/grapevine/mesh/ledger"
+)
+
+// Timings of the ownership loop.
+const (
+	// maxStepInterval is how often, at most, the loop looks again without
+	// a nudge: the lease and the leader's reachability change without
+	// events. It is also at most an eighth of ReclaimAfter (see
+	// contactLost).
+	maxStepInterval = time.Second
+	// ledgerCallTimeout bounds one claim or join request.
+	ledgerCallTimeout = 5 * time.Second
+	// leaderlessRejoin is how long this node goes without a known leader
+	// before it asks to join again (the leader may have removed it while
+	// it was away).
+	leaderlessRejoin = 5 * time.Second
+)
+
+// ownBlock is the block this node uses and how sure it is of it.
+type ownBlock struct {
+	Block netip.Prefix
+	// confirmed: a claim in this run returned Block, committed.
+	confirmed bool
+	// restoredUntil is when the restart rule stops covering a block saved
+	// by the previous run (monotonic clock).
+	restoredUntil time.Time
+	// seen: this node's ledger replica has shown Block assigned to it, so
+	// its later absence means a release or reclaim, not replication lag.
+	seen bool
+	// savedAt is when block.json was last written (monotonic clock).
+	savedAt time.Time
+}
+
+// ownBlockLocked returns the block this node shows in its View and whether
+// it may hand out new addresses from it: after the ledger confirmed it in
+// this run while the lease holds, or under the restart rule. A block the
+// ledger assigns to another node is never shown, even before the
+// ownership loop fences it.
+func (m *Mesh) ownBlockLocked(st ledger.State) (netip.Prefix, bool) {
+	b := m.own.Block
+	if !b.IsValid() || m.led == nil {
+		return netip.Prefix{}, false
+	}
+	o, assigned := st.Blocks[b]
+	if assigned && o.ID != m.id {
+		return netip.Prefix{}, false
+	}
+	restored := time.Now().Before(m.own.restoredUntil)
+	ours := assigned && o.HostIP == m.cfg.AdvertiseAddr
+	if !m.own.confirmed && !restored && !ours {
+		return netip.Prefix{}, false
+	}
+	return b, restored || (m.own.confirmed && m.led.LeaseValid() && !m.contactLost(m.led.Info()))
+}
+
+// contactLost reports whether this node has gone a quarter of ReclaimAfter
+// without hearing from a leader. Its confirmation of its block is then
+// void: when contact returns, its replica may not yet hold what the leader
+// decided meanwhile (a release, a reclaim), so it asks the ledger again
+// before it hands out addresses. The ownership loop looks at least every
+// eighth of ReclaimAfter, so it cannot miss a gap long enough to end the
+// lease (half of ReclaimAfter).
+func (m *Mesh) contactLost(info ledger.Info) bool {
+	if info.Role == "leader" {
+		return false
+	}
+	return info.LastContact < 0 || info.LastContact >= m.cfg.ReclaimAfter/4
+}
+
+// restore applies the restart rule to the block the previous run saved:
+// usable at once if it holds, otherwise only the hint of the first claim.
+func (m *Mesh) restore(saved *savedBlock) {
+	if saved == nil {
+		return
+	}
+	st, _ := m.led.State()
+	now := m.now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.own = ownBlock{Block: saved.Block}
+	if o := st.Blocks[saved.Block]; restorable(saved, m.id, now, m.cfg.ReclaimAfter, st) && o.HostIP == m.cfg.AdvertiseAddr {
+		m.own.restoredUntil = time.Now().Add(m.cfg.ReclaimAfter/2 - now.Sub(saved.LastConfirmed))
+		m.own.seen = true
+		m.metrics.claims.WithLabelValues("restored").Inc()
+		m.log.Info("restored the saved block under the restart rule", "block", saved.Block, "confirmed", saved.LastConfirmed)
+		return
+	}
+	m.reason = fmt.Sprintf("waiting for the ledger to confirm block %s saved by the previous run", saved.Block)
+	m.log.Info("saved block needs the ledger's confirmation before new addresses are handed out", "block", saved.Block, "confirmed", saved.LastConfirmed)
+}
+
+// ownershipLoop keeps this node in a ledger and holding a block: it asks to
+// join, claims (the saved block as a hint), fences a block the ledger no
+// longer assigns to it, and keeps block.json's confirmation time fresh.
+func (m *Mesh) ownershipLoop(ctx context.Context, saved *savedBlock) {
+	var hint netip.Prefix
+	if saved != nil {
+		hint = saved.Block
+	}
+	failures := 0
+	var leaderless time.Time
+	wasReady := false
+	stepInterval := min(maxStepInterval, m.cfg.ReclaimAfter/8)
+	for {
+		ok := m.step(ctx, hint, &leaderless)
+		if ok {
+			failures = 0
+		} else {
+			failures++
+		}
+		if ready := m.View().Ready; ready != wasReady {
+			wasReady = ready
+			m.notify()
+		}
+		wait := stepInterval
+		wake := m.wake
+		if !ok {
+			wait = backoff(failures)
+			if failures > 2 {
+				// Retrying on every event would spin while the ledger
+				// keeps saying no (pool exhausted, no leader).
+				wake = nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		case <-wake:
+			// Coalesce bursts of membership events.
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}
+}
+
+// backoff is the pause after failures in a row: from 100 ms doubling to
+// 5 s, with jitter so that many nodes do not retry in step.
+func backoff(failures int) time.Duration {
+	d := min(100*time.Millisecond<<min(failures-1, 6), 5*time.Second)
+	return d/2 + rand.N(d/2+1)
+}
+
+// step does one round of the ownership loop and reports whether this node
+// is where it should be (in a ledger, holding a confirmed block).
+func (m *Mesh) step(ctx context.Context, hint netip.Prefix, leaderless *time.Time) bool {
+	led := m.led
+	info := led.Info()
+	st, _ := led.State()
+
+	if why := m.checkFence(st); why != "" {
+		m.fence(why)
+	}
+	m.mu.Lock()
+	if m.own.confirmed && m.contactLost(info) {
+		m.own.confirmed = false
+		m.log.Warn("no word from the ledger's leader for a quarter of --reclaim-after; the block needs confirming again", "block", m.own.Block)
+	}
+	m.mu.Unlock()
+
+	if info.Leader == "" {
+		if leaderless.IsZero() {
+			*leaderless = time.Now()
+		}
+	} else {
+		*leaderless = time.Time{}
+	}
+	if !st.Founded() || info.Role == "none" || (!leaderless.IsZero() && time.Since(*leaderless) > leaderlessRejoin) {
+		if reason, joined := m.requestJoin(ctx); !joined || !st.Founded() {
+			m.setReason(reason)
+			return false
+		}
+	}
+
+	m.mu.Lock()
+	own := m.own
+	m.mu.Unlock()
+	o, assigned := st.Blocks[own.Block]
+	needClaim := !own.Block.IsValid() || !own.confirmed || (assigned && o.ID == m.id && o.HostIP != m.cfg.AdvertiseAddr)
+	if needClaim {
+		if own.Block.IsValid() {
+			hint = own.Block
+		}
+		return m.claim(ctx, hint)
+	}
+	m.refreshSaved()
+	return true
+}
+
+// checkFence says why this node's block is no longer its own, or "".
+func (m *Mesh) checkFence(st ledger.State) string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	b := m.own.Block
+	if !b.IsValid() {
+		return ""
+	}
+	o, ok := st.Blocks[b]
+	switch {
+	case ok && o.ID == m.id:
+		m.own.seen = true
+	case ok:
+		return fmt.Sprintf("the ledger assigns it to %s (%s)", o.Name, o.HostIP)
+	case m.own.seen:
+		return "the ledger released or reclaimed it"
+	}
+	return ""
+}
+
+// fence stops using a block the ledger no longer assigns to this node: the
+// View drops it (peers stop routing it here, node.json goes without it, the
+// CNI plugin answers "try again later"), the node is marked degraded, and
+// the loop claims a new block.
+func (m *Mesh) fence(why string) {
+	m.mu.Lock()
+	old := m.own.Block
+	m.own = ownBlock{}
+	m.degraded = fmt.Sprintf("lost block %s: %s; pods created with addresses from it need a restart", old, why)
+	m.reason = "lost its block; claiming a new one"
+	m.mu.Unlock()
+	m.metrics.fenced.Inc()
+	m.log.Error("this node lost its block; pods created with addresses from it need a restart", "block", old, "reason", why)
+	m.notify()
+}
+
+// requestJoin asks a ledger that live members belong to to add this node.
+// It returns the reason to show while this node is not in a ledger.
+func (m *Mesh) requestJoin(ctx context.Context) (string, bool) {
+	cluster, ok := m.ledgerToJoin()
+	if !ok {
+		if seeds := m.seedTargets(); len(seeds) > 0 && !m.anyLive() {
+			return "waiting for a ledger to join: no answer from seeds " + strings.Join(seeds, ", "), false
+		}
+		return "waiting for a ledger to join: no reachable member belongs to one yet", false
+	}
+	via := m.ledgerAddrs(cluster, 8)
+	if len(via) == 0 {
+		// Only this node's own replica knows the cluster (a restart whose
+		// peers have not answered yet): the ledger reaches them itself.
+		return fmt.Sprintf("waiting for members of ledger %s", cluster), true
+	}
+	ctx, cancel := context.WithTimeout(ctx, ledgerCallTimeout)
+	defer cancel()
+	if err := m.led.RequestJoin(ctx, via); err != nil {
+		m.log.Debug("ask to join the ledger", "cluster", cluster, "via", via, "err", err)
+		if errors.Is(err, ledger.ErrIdentity) {
+			m.refuseIdentity(err)
+		}
+		return fmt.Sprintf("joining ledger %s: %v", cluster, err), false
+	}
+	return fmt.Sprintf("joined ledger %s; waiting for its state", cluster), true
+}
+
+func (m *Mesh) anyLive() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, p := range m.peers {
+		if p.state.live() {
+			return true
+		}
+	}
+	return false
+}
+
+func (m *Mesh) setReason(r string) {
+	m.mu.Lock()
+	changed := m.reason != r
+	m.reason = r
+	m.mu.Unlock()
+	if changed {
+		m.notify()
+	}
+}
+
+// claim asks the ledger for this node's block (hint preferred) and adopts
+// the committed answer. A different answer than the block in use fences
+// that block first.
+func (m *Mesh) claim(ctx context.Context, hint netip.Prefix) bool {
+	ctx, cancel := context.WithTimeout(ctx, ledgerCallTimeout)
+	defer cancel()
+	b, err := m.led.Claim(ctx, hint, m.cfg.AdvertiseAddr)
+	if err != nil {
+		m.claimFailed(err)
+		return false
+	}
+	m.mu.Lock()
+	old := m.own.Block
+	m.mu.Unlock()
+	if old.IsValid() && old != b {
+		m.fence(fmt.Sprintf("the ledger holds block %s for this node instead", b))
+	}
+	// Saved before it is used, so that a crash from here on restarts with
+	// this block, not the one before.
+	if err := saveBlock(m.cfg.StateDir, savedBlock{Node: m.cfg.NodeName, ID: m.id, Block: b, LastConfirmed: m.now()}); err != nil {
+		// The block is this node's in the ledger either way; without the
+		// file a restart waits for the ledger's confirmation.
+		m.log.Error("save the block for restarts", "block", b, "err", err)
+	}
+	m.mu.Lock()
+	if m.own.Block == b {
+		m.own.confirmed = true
+	} else {
+		m.own = ownBlock{Block: b, confirmed: true}
+	}
+	m.own.savedAt = time.Now()
+	m.identity = ""
+	m.reason = ""
+	m.mu.Unlock()
+	m.metrics.claims.WithLabelValues("succeeded").Inc()
+	m.log.Info("the ledger assigns this node its block", "block", b)
+	m.notify()
+	return true
+}
+
+// claimFailed turns a failed claim into the reason shown, and refuses to
+// route anything while the ledger refuses this node's identity.
+func (m *Mesh) claimFailed(err error) {
+	var result, reason string
+	switch {
+	case errors.Is(err, ledger.ErrIdentity):
+		m.metrics.claims.WithLabelValues("identity").Inc()
+		m.refuseIdentity(err)
+		return
+	case errors.Is(err, ledger.ErrPoolExhausted):
+		result = "exhausted"
+		reason = fmt.Sprintf("pool %s exhausted: every /%d block is assigned", m.cfg.Pool, m.cfg.BlockBits)
+	case errors.Is(err, ledger.ErrNoLeader), errors.Is(err, context.DeadlineExceeded):
+		result = "no_leader"
+		reason = "no ledger leader reachable: " + err.Error()
+	default:
+		result = "error"
+		reason = "claim: " + err.Error()
+	}
+	m.metrics.claims.WithLabelValues(result).Inc()
+	m.log.Debug("claim failed", "err", err)
+	m.setReason(reason)
+}
+
+// refuseIdentity records that the ledger refuses this node's name or ID
+// (another live node uses it): until a claim succeeds, the View holds no
+// block and routes nothing, and says why.
+func (m *Mesh) refuseIdentity(err error) {
+	m.mu.Lock()
+	first := m.identity == ""
+	m.identity = "refused by the ledger: " + err.Error()
+	m.mu.Unlock()
+	if first {
+		m.log.Error("the ledger refuses this node's identity; it holds no block and routes nothing", "err", err)
+	}
+	m.notify()
+}
+
+// refreshSaved renews block.json's confirmation time while the lease holds,
+// a few times per ReclaimAfter, so a restart soon after uses the restart
+// rule.
+func (m *Mesh) refreshSaved() {
+	every := min(max(m.cfg.ReclaimAfter/8, time.Second), 5*time.Minute)
+	m.mu.Lock()
+	own := m.own
+	m.mu.Unlock()
+	if !own.confirmed || time.Since(own.savedAt) < every || !m.led.LeaseValid() {
+		return
+	}
+	if err := saveBlock(m.cfg.StateDir, savedBlock{Node: m.cfg.NodeName, ID: m.id, Block: own.Block, LastConfirmed: m.now()}); err != nil {
+		m.log.Warn("refresh the saved block", "err", err)
+		return
+	}
+	m.mu.Lock()
+	if m.own.Block == own.Block {
+		m.own.savedAt = time.Now()
+	}
+	m.mu.Unlock()
+}
+
+// ledgerEvents follows the ledger: a new cluster ID is advertised in
+// metadata, and every change wakes the ownership loop and the View.
+func (m *Mesh) ledgerEvents(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-m.led.Changed():
+		}
+		info := m.led.Info()
+		m.mu.Lock()
+		newCluster := info.ClusterID != m.clusterID
+		m.clusterID = info.ClusterID
+		if newCluster {
+			m.countMembersLocked()
+		}
+		m.mu.Unlock()
+		if newCluster {
+			m.log.Info("member of ledger", "cluster", info.ClusterID)
+			m.advertise()
+		}
+		signal(m.wake)
+		m.notify()
+	}
+}
+
+// advertise pushes this node's metadata to the cluster. memberlist drops an
+// update whose incarnation a concurrent refutation (carrying the old
+// metadata) overtook, so it checks what was applied and tries again.
+func (m *Mesh) advertise() {
+	for range 5 {
+		// The new metadata is applied locally at once and gossiped from
+		// there; waiting for the first transmission would only delay
+		// shutdown when the network is gone, so the wait is minimal and
+		// its timeout expected.
+		_ = m.ml.UpdateNode(time.Nanosecond)
+		m.mu.Lock()
+		want, _ := m.ownMetaLocked()
+		applied := string(want) == string(m.advertised)
+		m.mu.Unlock()
+		if applied {
+			return
+		}
+	}
+	m.log.Error("metadata update did not take; peers see the previous value until the next update")
+}
