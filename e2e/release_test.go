@@ -11,13 +11,15 @@ import (
 	"github.com/grapevine-net/grapevine/e2e/labtest"
 )
 
-// TestRelease: `grapevine release` refuses a live node; once the node is dead
-// it frees the node's block on every host at once, long before
-// --reclaim-after, and the node coming back does not take the released claim
-// back from disk but claims anew.
+// TestRelease: `grapevine release` refuses a live node, and a dead one until
+// it has been gone for half of --reclaim-after; then it frees the node's
+// block on every host at once, long before --reclaim-after, and the node
+// coming back does not take the released block back from disk: the ledger
+// tells it, it is fenced and claims anew.
 func TestRelease(t *testing.T) {
 	t.Parallel()
-	l := env.Lab(t, labtest.Options{Hosts: 3})
+	const reclaimAfter = 20 * time.Second
+	l := env.Lab(t, labtest.Options{Hosts: 3, AgentArgs: []string{"--reclaim-after", reclaimAfter.String()}})
 	ctx := timeout(t, 3*time.Minute)
 	h1, h2, h3 := l.Host(1), l.Host(2), l.Host(3)
 	before, err := lab.WaitMesh(ctx, l.Hosts())
@@ -43,9 +45,20 @@ func TestRelease(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	released := time.Now()
-	if out, err := h1.Release(ctx, h3.Name); err != nil {
-		t.Fatalf("release of a dead node: %v: %s", err, out)
+	if out, err := h1.Release(ctx, h3.Name); err == nil || !strings.Contains(string(out)+err.Error(), "half of --reclaim-after") {
+		t.Fatalf("release of a node dead for less than half of --reclaim-after: %v: %s", err, out)
+	}
+	var released time.Time
+	for {
+		out, err := h1.Release(ctx, h3.Name)
+		if err == nil {
+			released = time.Now()
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("release of a dead node: %v: %s", err, out)
+		}
+		time.Sleep(time.Second)
 	}
 	for _, h := range []*lab.Host{h1, h2} {
 		_, err := h.WaitStatus(ctx, fmt.Sprintf("%s's block released", h3.Name), func(s lab.Status) bool {
@@ -75,8 +88,8 @@ func TestRelease(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(string(log), "no longer this node's; claiming a new one") {
-		t.Errorf("h3 did not notice that its saved claim was released:\n%s", h3.LogTail(30))
+	if !strings.Contains(string(log), "lost its block") && !strings.Contains(string(log), "needs the ledger's confirmation") {
+		t.Errorf("h3 did not notice that its saved block was released:\n%s", h3.LogTail(30))
 	}
 	t.Logf("release: h3 came back and claimed %s (was %s)", after[h3.Name].Block, oldBlock)
 }

@@ -290,10 +290,12 @@ func (a *agent) serveHTTP(ctx context.Context, wg *sync.WaitGroup, ln net.Listen
 func (a *agent) statusHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
+		st := a.currentStatus()
+		st.Ledger = buildLedgerStatus(a.mesh.View())
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
-		enc.Encode(a.currentStatus())
+		enc.Encode(st)
 	})
 	mux.HandleFunc("POST /release", func(w http.ResponseWriter, r *http.Request) {
 		name := r.URL.Query().Get("node")

@@ -73,19 +73,11 @@ func buildStatus(v mesh.View, res node.Result, ready bool, reason string) status
 		Ready:    ready,
 		Reason:   reason,
 		Degraded: v.Degraded,
-		Ledger: ledgerStatus{
-			Role:      orNone(v.Ledger.Role),
-			Leader:    v.Ledger.Leader,
-			Voters:    append([]string{}, v.Ledger.Voters...),
-			LastIndex: v.Ledger.LastIndex,
-		},
-		Members: make([]memberStatus, 0, len(v.Members)),
+		Ledger:   buildLedgerStatus(v),
+		Members:  make([]memberStatus, 0, len(v.Members)),
 	}
 	if !v.ID.IsZero() {
 		r.NodeID = v.ID.String()
-	}
-	if !v.Ledger.ClusterID.IsZero() {
-		r.Ledger.ClusterID = v.Ledger.ClusterID.String()
 	}
 	for _, m := range v.Members {
 		ms := memberStatus{
@@ -99,9 +91,6 @@ func buildStatus(v mesh.View, res node.Result, ready bool, reason string) status
 		if !m.ClusterID.IsZero() {
 			ms.ClusterID = m.ClusterID.String()
 		}
-		if m.Foreign {
-			r.Ledger.Foreign = append(r.Ledger.Foreign, fmt.Sprintf("%s (cluster %s)", m.Name, m.ClusterID))
-		}
 		switch {
 		case !m.Block.IsValid():
 			ms.Route = routeNone
@@ -113,6 +102,27 @@ func buildStatus(v mesh.View, res node.Result, ready bool, reason string) status
 		r.Members = append(r.Members, ms)
 	}
 	return r
+}
+
+// buildLedgerStatus is the ledger part of the status. The agent refreshes
+// it on every status request: a follower's role and voters change without
+// a reconcile.
+func buildLedgerStatus(v mesh.View) ledgerStatus {
+	l := ledgerStatus{
+		Role:      orNone(v.Ledger.Role),
+		Leader:    v.Ledger.Leader,
+		Voters:    append([]string{}, v.Ledger.Voters...),
+		LastIndex: v.Ledger.LastIndex,
+	}
+	if !v.Ledger.ClusterID.IsZero() {
+		l.ClusterID = v.Ledger.ClusterID.String()
+	}
+	for _, m := range v.Members {
+		if m.Foreign {
+			l.Foreign = append(l.Foreign, fmt.Sprintf("%s (cluster %s)", m.Name, m.ClusterID))
+		}
+	}
+	return l
 }
 
 // peerRouteState tells from the last reconcile whether the peer's route is in

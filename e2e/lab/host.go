@@ -38,7 +38,11 @@ type Host struct {
 	// unless changed before StartAgent.
 	KeyFile string
 	// Join is the seed the agent joins; h1 unless changed before StartAgent.
+	// h1 itself joins nobody: its agent founds the cluster's ledger, as
+	// an agent started without --join does.
 	Join netip.Addr
+	// ExtraArgs are appended to the agent's command line.
+	ExtraArgs []string
 
 	lab *Lab
 
@@ -80,17 +84,21 @@ func (h *Host) cniCacheDir() string  { return filepath.Join(h.Dir, "cni-cache") 
 
 // AgentArgs is the agent's command line on this host, after the binary.
 func (h *Host) AgentArgs() []string {
-	return []string{"agent",
+	args := []string{"agent",
 		"--node-name", h.Name,
 		"--iface", "em1",
 		"--host-ip", h.IP.String(),
-		"--join", h.Join.String(),
+	}
+	if h.Join.IsValid() && h.Join != h.IP {
+		args = append(args, "--join", h.Join.String())
+	}
+	return append(append(args,
 		"--state-dir", h.StateDir(),
 		"--run-dir", h.RunDir(),
 		"--cni-conf-dir", h.ConfDir(),
 		"--gossip-key-file", h.KeyFile,
 		"--metrics-addr", MetricsAddr,
-	}
+	), h.ExtraArgs...)
 }
 
 // StartAgent starts the real agent inside the host's namespace, its output
@@ -269,17 +277,29 @@ type Status struct {
 	Ready    bool         `json:"ready"`
 	Reason   string       `json:"reason"`
 	Degraded string       `json:"degraded"`
+	Ledger   Ledger       `json:"ledger"`
 	Members  []Member     `json:"members"`
+}
+
+// Ledger is the agent's replica of the block ledger in Status.
+type Ledger struct {
+	ClusterID string   `json:"clusterID"`
+	Role      string   `json:"role"`
+	Leader    string   `json:"leader"`
+	Voters    []string `json:"voters"`
+	LastIndex uint64   `json:"lastIndex"`
+	Foreign   []string `json:"foreign"`
 }
 
 // Member is one peer in Status.
 type Member struct {
-	Name   string       `json:"name"`
-	Addr   netip.Addr   `json:"addr"`
-	HostIP netip.Addr   `json:"hostIP"`
-	Block  netip.Prefix `json:"block"`
-	State  string       `json:"state"`
-	Route  string       `json:"route"`
+	Name    string       `json:"name"`
+	Addr    netip.Addr   `json:"addr"`
+	HostIP  netip.Addr   `json:"hostIP"`
+	Block   netip.Prefix `json:"block"`
+	State   string       `json:"state"`
+	Foreign bool         `json:"foreign"`
+	Route   string       `json:"route"`
 }
 
 // Member returns the member with the given name.
@@ -318,10 +338,14 @@ func (h *Host) Status(ctx context.Context) (Status, error) {
 // UnmarshalJSON reads the CLI's JSON, which shows a missing address or
 // block as "-", as in its table.
 func (s *Status) UnmarshalJSON(data []byte) error {
-	type member struct{ Name, Addr, HostIP, Block, State, Route string }
+	type member struct {
+		Name, Addr, HostIP, Block, State, Route string
+		Foreign                                 bool
+	}
 	var raw struct {
 		Node, HostIP, Block, Reason, Degraded string
 		Ready                                 bool
+		Ledger                                Ledger
 		Members                               []member
 	}
 	if err := json.Unmarshal(data, &raw); err != nil {
@@ -345,10 +369,10 @@ func (s *Status) UnmarshalJSON(data []byte) error {
 		return p
 	}
 	*s = Status{Node: raw.Node, HostIP: addr(raw.HostIP), Block: prefix(raw.Block),
-		Ready: raw.Ready, Reason: raw.Reason, Degraded: raw.Degraded}
+		Ready: raw.Ready, Reason: raw.Reason, Degraded: raw.Degraded, Ledger: raw.Ledger}
 	for _, m := range raw.Members {
 		s.Members = append(s.Members, Member{Name: m.Name, Addr: addr(m.Addr), HostIP: addr(m.HostIP),
-			Block: prefix(m.Block), State: m.State, Route: m.Route})
+			Block: prefix(m.Block), State: m.State, Foreign: m.Foreign, Route: m.Route})
 	}
 	return errors.Join(errs...)
 }

@@ -90,6 +90,8 @@ type Options struct {
 	NoAgents bool
 	// CNIOnly needs only the CNI plugins, not the agent.
 	CNIOnly bool
+	// AgentArgs are appended to every host's agent command line.
+	AgentArgs []string
 }
 
 // Lab builds a lab for t, removed when t ends. When t fails, the tail of
@@ -110,6 +112,9 @@ func (e *Env) Lab(t *testing.T, opt Options) *lab.Lab {
 	})
 	if err != nil {
 		t.Fatalf("build lab: %v", err)
+	}
+	for _, h := range l.Hosts() {
+		h.ExtraArgs = opt.AgentArgs
 	}
 	e.mu.Lock()
 	e.labs[l] = true

@@ -1,0 +1,232 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/grapevine-net/grapevine/e2e/lab"
+	"github.com/grapevine-net/grapevine/e2e/labtest"
+)
+
+// ledgerWatch is how long a host that must stay without a block is watched.
+const ledgerWatch = 10 * time.Second
+
+// voters waits until h's agent reports the ledger's full set of voters.
+func voters(t *testing.T, ctx context.Context, h *lab.Host, n int) []string {
+	t.Helper()
+	s, err := h.WaitStatus(ctx, fmt.Sprintf("%d ledger voters", n), func(s lab.Status) bool {
+		return len(s.Ledger.Voters) == n && s.Ledger.Leader != ""
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s.Ledger.Voters
+}
+
+// stayBlockless checks for ledgerWatch that h's agent holds no block and is
+// not ready.
+func stayBlockless(t *testing.T, ctx context.Context, h *lab.Host) lab.Status {
+	t.Helper()
+	var last lab.Status
+	end := time.Now().Add(ledgerWatch)
+	for time.Now().Before(end) {
+		s, err := h.Status(ctx)
+		if err == nil {
+			last = s
+			if s.Ready || s.Block.IsValid() {
+				t.Fatalf("%s got ready=%v block %s: %+v", h.Name, s.Ready, s.Block, s)
+			}
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	if last.Node == "" {
+		t.Fatalf("%s never answered status", h.Name)
+	}
+	return last
+}
+
+// TestPartitionNewcomersBothSides: split 5 hosts 2|3 so that the ledger's
+// quorum is on the side of three, then start two new hosts on each side.
+// The newcomers with the quorum get blocks; those without stay without;
+// after healing no block is held twice, nobody's block moved, and every
+// kernel routes the converged mesh.
+func TestPartitionNewcomersBothSides(t *testing.T) {
+	t.Parallel()
+	l := env.Lab(t, labtest.Options{Hosts: 5})
+	ctx := timeout(t, 6*time.Minute)
+	before, err := lab.WaitMesh(ctx, l.Hosts())
+	if err != nil {
+		t.Fatal(err)
+	}
+	vs := voters(t, ctx, l.Host(1), 3)
+	// The minority: one voter and one non-voter.
+	var minority, majority []*lab.Host
+	for _, h := range l.Hosts() {
+		isVoter := slices.Contains(vs, h.Name)
+		switch {
+		case isVoter && !slices.ContainsFunc(minority, func(m *lab.Host) bool { return slices.Contains(vs, m.Name) }):
+			minority = append(minority, h)
+		case !isVoter && !slices.ContainsFunc(minority, func(m *lab.Host) bool { return !slices.Contains(vs, m.Name) }):
+			minority = append(minority, h)
+		default:
+			majority = append(majority, h)
+		}
+	}
+	t.Logf("voters %v; minority %s,%s", vs, minority[0].Name, minority[1].Name)
+	if err := l.Partition(ctx, minority...); err != nil {
+		t.Fatal(err)
+	}
+	var minorityNew, majorityNew []*lab.Host
+	for i := range 4 {
+		h, err := l.AddHost(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i < 2 {
+			if err := l.Partition(ctx, h); err != nil {
+				t.Fatal(err)
+			}
+			h.Join = minority[0].IP
+			minorityNew = append(minorityNew, h)
+		} else {
+			h.Join = majority[0].IP
+			majorityNew = append(majorityNew, h)
+		}
+		if err := h.StartAgent(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, h := range majorityNew {
+		if _, err := h.WaitStatus(timeout(t, 2*time.Minute), "a block on the quorum's side", func(s lab.Status) bool { return s.Ready }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, h := range minorityNew {
+		s := stayBlockless(t, ctx, h)
+		t.Logf("%s on the side without the quorum: %q", h.Name, s.Reason)
+	}
+
+	if err := l.Heal(ctx); err != nil {
+		t.Fatal(err)
+	}
+	after, err := lab.WaitMesh(ctx, l.Hosts())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := uniqueBlocks(after); err != nil {
+		t.Fatal(err)
+	}
+	for name, s := range before {
+		if after[name].Block != s.Block {
+			t.Errorf("%s holds %s after healing, %s before", name, after[name].Block, s.Block)
+		}
+	}
+	if err := waitUntil(ctx, "every host's kernel routes", func() error { return expectMeshRoutes(after, l.Hosts()) }); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestIsolatedBoot: a new host whose --join seed does not answer (its link
+// to the LAN is cut) founds nothing and takes nothing: it waits, not ready,
+// naming the seed. Once the link is back it joins and gets a free block.
+func TestIsolatedBoot(t *testing.T) {
+	t.Parallel()
+	l := env.Lab(t, labtest.Options{Hosts: 3})
+	ctx := timeout(t, 3*time.Minute)
+	before, err := lab.WaitMesh(ctx, l.Hosts())
+	if err != nil {
+		t.Fatal(err)
+	}
+	lonely, err := l.AddHost(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := lonely.CutLink(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := lonely.StartAgent(ctx); err != nil {
+		t.Fatal(err)
+	}
+	seed := l.Host(1).IP.String()
+	if _, err := lonely.WaitStatus(ctx, "the reason to name the seed", func(s lab.Status) bool {
+		return !s.Ready && strings.Contains(s.Reason, "no answer from seeds "+seed)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	s := stayBlockless(t, ctx, lonely)
+	if s.Ledger.ClusterID != "" {
+		t.Fatalf("the isolated host founded ledger %s", s.Ledger.ClusterID)
+	}
+	if err := lonely.RestoreLink(ctx); err != nil {
+		t.Fatal(err)
+	}
+	after, err := lab.WaitMesh(ctx, l.Hosts())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := uniqueBlocks(after); err != nil {
+		t.Fatal(err)
+	}
+	for name, b := range before {
+		if after[name].Block != b.Block {
+			t.Errorf("%s holds %s, held %s before", name, after[name].Block, b.Block)
+		}
+	}
+}
+
+// TestDuplicateName: a second agent started under a live node's name (its
+// own state, so another node ID) is refused by the ledger: it holds no
+// block, routes nothing, and the live node keeps its block and its routes
+// on every host.
+func TestDuplicateName(t *testing.T) {
+	t.Parallel()
+	l := env.Lab(t, labtest.Options{Hosts: 3})
+	ctx := timeout(t, 3*time.Minute)
+	hosts := l.Hosts()
+	before, err := lab.WaitMesh(ctx, hosts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h2 := l.Host(2)
+	dup, err := l.AddHost(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dup.ExtraArgs = []string{"--node-name", h2.Name}
+	if err := dup.StartAgent(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s := stayBlockless(t, ctx, dup)
+	for _, m := range s.Members {
+		if m.Block.IsValid() {
+			t.Errorf("the duplicate routes %s to %s", m.Block, m.Name)
+		}
+	}
+	t.Logf("duplicate of %s: %q", h2.Name, s.Reason)
+	now, err := lab.WaitMesh(ctx, hosts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, st := range before {
+		if now[name].Block != st.Block {
+			t.Errorf("%s holds %s, held %s before the duplicate", name, now[name].Block, st.Block)
+		}
+	}
+	for _, h := range []*lab.Host{l.Host(1), l.Host(3)} {
+		m, _ := now[h.Name].Member(h2.Name)
+		if m.HostIP != h2.IP || m.Block != before[h2.Name].Block {
+			t.Errorf("%s routes %s's %s via %s", h.Name, h2.Name, m.Block, m.HostIP)
+		}
+	}
+	if err := expectMeshRoutes(now, hosts); err != nil {
+		t.Fatal(err)
+	}
+	log := dup.LogTail(200)
+	if !strings.Contains(log, "identity") && !strings.Contains(log, "node name") {
+		t.Errorf("the duplicate's log does not say why it is refused:\n%s", dup.LogTail(30))
+	}
+}
