@@ -26,6 +26,11 @@ type Desired struct {
 	Pool       netip.Prefix
 	Masquerade bool
 	Peers      []PeerRoute
+	// Encapsulation chooses the peers reached over VXLAN (see ChoosePath).
+	Encapsulation Encapsulation
+	// HostIP is this host's address on Iface: the VXLAN device's local
+	// address, from which its MAC is derived (VTEPMAC).
+	HostIP netip.Addr
 }
 
 // PeerRoute says: reach Block through the peer host at Via.
@@ -42,6 +47,9 @@ type Route struct {
 	Blackhole bool
 	Via       netip.Addr // zero for a blackhole
 	LinkIndex int        // zero for a blackhole
+	// OnLink says the next hop is on the link whatever its addresses:
+	// the VXLAN path's `via <peer VTEP> dev gv.vxlan onlink`.
+	OnLink bool
 	// Metric is the route's priority. Routes Grapevine installs have 0; a
 	// different one found in the kernel is a leftover to delete, since a
 	// replace with metric 0 would not overwrite it.
@@ -53,6 +61,9 @@ func (r Route) String() string {
 	s := fmt.Sprintf("%s via %s ifindex %d", r.Dst, r.Via, r.LinkIndex)
 	if r.Blackhole {
 		s = "blackhole " + r.Dst.String()
+	}
+	if r.OnLink {
+		s += " onlink"
 	}
 	if r.Metric != 0 {
 		s += fmt.Sprintf(" metric %d", r.Metric)
@@ -81,17 +92,17 @@ var (
 )
 
 // DesiredRoutes turns d into the routes the main table should hold, given the
-// resolved interface. A peer that cannot be routed safely gets an entry in
+// resolved interface and VXLAN device (zero when there is none). A peer that cannot be routed safely gets an entry in
 // peerErrs and no route; the other peers are unaffected. It is a pure
 // function.
-func DesiredRoutes(d Desired, link Link) (routes []Route, peerErrs map[string]error) {
+func DesiredRoutes(d Desired, link, tunnel Link) (routes []Route, peerErrs map[string]error) {
 	peerErrs = make(map[string]error)
 	if d.OwnBlock.IsValid() {
 		routes = append(routes, Route{Dst: d.OwnBlock.Masked(), Blackhole: true})
 	}
 	candidates := make([]PeerRoute, 0, len(d.Peers))
 	for _, p := range d.Peers {
-		if err := checkPeer(p, d.OwnBlock, link); err != nil {
+		if err := checkPeerOnPath(p, d, link, tunnel); err != nil {
 			peerErrs[p.Peer] = err
 			continue
 		}
@@ -104,7 +115,7 @@ func DesiredRoutes(d Desired, link Link) (routes []Route, peerErrs map[string]er
 	}
 	for _, p := range candidates {
 		if _, bad := peerErrs[p.Peer]; !bad {
-			routes = append(routes, Route{Dst: p.Block, Via: p.Via, LinkIndex: link.Index})
+			routes = append(routes, peerRoute(p, d, link, tunnel))
 		}
 	}
 	return routes, peerErrs
@@ -219,6 +230,7 @@ func compareRoutes(a, b Route) int {
 		cmp.Compare(a.Dst.Bits(), b.Dst.Bits()),
 		cmp.Compare(a.Metric, b.Metric),
 		compareBool(a.Blackhole, b.Blackhole),
+		compareBool(a.OnLink, b.OnLink),
 		a.Via.Compare(b.Via),
 		cmp.Compare(a.LinkIndex, b.LinkIndex),
 	)
