@@ -172,7 +172,11 @@ func checkPeerOnPath(p PeerRoute, d Desired, link, tunnel Link) error {
 	if ChoosePath(d.Encapsulation, p.Via, link).Path == PathVXLAN {
 		return checkTunnelPeer(p, d, link, tunnel)
 	}
-	return checkPeer(p, d.OwnBlock, link)
+	err := checkPeer(p, d.OwnBlock, link)
+	if errors.Is(err, ErrNotConnected) && d.Encapsulation == EncapsulationNever {
+		return fmt.Errorf("%w; --encapsulation=never: cross-subnet would reach it over VXLAN", err)
+	}
+	return err
 }
 
 // peerRoute is the route for a peer that passed checkPeerOnPath.

@@ -14,6 +14,10 @@ func desiredState(v mesh.View, o agentOptions) node.Desired {
 		OwnBlock:   v.Block,
 		Pool:       o.Pool,
 		Masquerade: o.Masquerade,
+		// The path to each peer (direct or VXLAN) is node's choice, from
+		// the peer's host IP and the interface's networks.
+		Encapsulation: o.Encapsulation,
+		HostIP:        o.HostIP,
 	}
 	for _, m := range v.Members {
 		if routable(m) {

@@ -22,13 +22,15 @@ import (
 
 // statusReport is what `grapevine status` shows; -o json prints it as is.
 type statusReport struct {
-	Node     string         `json:"node"`
-	HostIP   string         `json:"hostIP,omitempty"`
-	Block    string         `json:"block,omitempty"`
-	Ready    bool           `json:"ready"`
-	Reason   string         `json:"reason,omitempty"`
-	Degraded string         `json:"degraded,omitempty"`
-	Members  []memberStatus `json:"members"`
+	Node     string `json:"node"`
+	HostIP   string `json:"hostIP,omitempty"`
+	Block    string `json:"block,omitempty"`
+	Ready    bool   `json:"ready"`
+	Reason   string `json:"reason,omitempty"`
+	Degraded string `json:"degraded,omitempty"`
+	// Encapsulation is the --encapsulation mode the paths were chosen by.
+	Encapsulation string         `json:"encapsulation,omitempty"`
+	Members       []memberStatus `json:"members"`
 }
 
 type memberStatus struct {
@@ -38,6 +40,10 @@ type memberStatus struct {
 	Block  string `json:"block,omitempty"`
 	State  string `json:"state"`
 	Route  string `json:"route"`
+	// Path is how packets for the member's block leave (direct, vxlan),
+	// and PathReason why; both empty when it is not routed.
+	Path       string `json:"path,omitempty"`
+	PathReason string `json:"pathReason,omitempty"`
 }
 
 // Route states shown per member.
@@ -74,6 +80,9 @@ func buildStatus(v mesh.View, res node.Result, ready bool, reason string) status
 			ms.Route = routeWithdrawn
 		default:
 			ms.Route = peerRouteState(res, m.Name)
+			if p, ok := res.Paths[m.Name]; ok {
+				ms.Path, ms.PathReason = string(p.Path), p.Why
+			}
 		}
 		r.Members = append(r.Members, ms)
 	}
@@ -151,14 +160,18 @@ func printStatus(w io.Writer, r statusReport) error {
 		ready = "NOT READY: " + r.Reason
 	}
 	fmt.Fprintf(w, "node %s  host %s  block %s  %s\n", r.Node, orDash(r.HostIP), orDash(r.Block), ready)
+	if r.Encapsulation != "" {
+		fmt.Fprintf(w, "encapsulation %s\n", r.Encapsulation)
+	}
 	if r.Degraded != "" {
 		fmt.Fprintf(w, "DEGRADED: %s\n", r.Degraded)
 	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "MEMBER\tSTATE\tHOST IP\tBLOCK\tROUTE")
+	fmt.Fprintln(tw, "MEMBER\tSTATE\tHOST IP\tBLOCK\tROUTE\tPATH\tWHY THIS PATH")
 	for _, m := range r.Members {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", m.Name, m.State, orDash(m.HostIP), orDash(m.Block), m.Route)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Name, m.State, orDash(m.HostIP), orDash(m.Block),
+			m.Route, orDash(m.Path), orDash(m.PathReason))
 	}
 	return tw.Flush()
 }
