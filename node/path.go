@@ -67,6 +67,12 @@ type PeerPath struct {
 // the interface's addresses: that is what lets `via hostIP dev iface` work
 // without a router in between.
 func ChoosePath(mode Encapsulation, hostIP netip.Addr, link Link) PeerPath {
+	var networks []netip.Prefix // for the reason: IPv4 only, as peers are
+	for _, a := range link.Addrs {
+		if a.Addr().Is4() == hostIP.Is4() {
+			networks = append(networks, a.Masked())
+		}
+	}
 	var connected netip.Prefix
 	for _, a := range link.Addrs {
 		if a.Masked().Contains(hostIP) {
@@ -80,9 +86,9 @@ func ChoosePath(mode Encapsulation, hostIP netip.Addr, link Link) PeerPath {
 	case connected.IsValid():
 		return PeerPath{PathDirect, fmt.Sprintf("%s is on %s's network %s", hostIP, link.Name, connected)}
 	case mode == EncapsulationCrossSubnet:
-		return PeerPath{PathVXLAN, fmt.Sprintf("%s is not on %s's networks %v", hostIP, link.Name, link.Addrs)}
+		return PeerPath{PathVXLAN, fmt.Sprintf("%s is not on %s's networks %v", hostIP, link.Name, networks)}
 	}
-	return PeerPath{PathDirect, fmt.Sprintf("%s is not on %s's networks %v and encapsulation is never", hostIP, link.Name, link.Addrs)}
+	return PeerPath{PathDirect, fmt.Sprintf("%s is not on %s's networks %v and encapsulation is never", hostIP, link.Name, networks)}
 }
 
 // PeerPaths chooses the path of every peer of d (see ChoosePath).
