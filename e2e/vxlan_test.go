@@ -351,6 +351,29 @@ func TestCrossSubnet(t *testing.T) {
 		t.Logf("router's %s: %+v (VXLAN packets, pod packets inside them, pod packets in the clear)", name, c.Total(podPool))
 	}
 
+	// The host itself reaches a pod behind the router: it sends from its
+	// VTEP address, so the answer comes back through the tunnel.
+	if _, err := h1.Ping(ctx, p3.IP); err != nil {
+		t.Fatalf("h1 -> p3: %v", err)
+	}
+
+	// The device deleted by hand comes back with its routes and entries.
+	if _, err := h1.Run(ctx, "ip", "link", "del", vxlanDevice); err != nil {
+		t.Fatal(err)
+	}
+	deleted := time.Now()
+	err = waitUntil(timeout(t, time.Minute), "h1's VXLAN path back after ip link del", func() error {
+		return expectCrossSubnetPaths(ctx, statuses, []*lab.Host{h1, h2, h3})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s deleted by hand: back with its route and entries within %v", vxlanDevice, time.Since(deleted).Round(time.Millisecond))
+	far.SetDeadline(time.Now().Add(30 * time.Second))
+	if err := far.RoundTrip("after the device came back"); err != nil {
+		t.Fatal(err)
+	}
+
 	// --encapsulation=never: h3 is not reachable, and status says why.
 	if err := h1.StopAgent(ctx); err != nil {
 		t.Fatal(err)
