@@ -14,6 +14,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/grapevine-net/grapevine/mesh"
+	"github.com/grapevine-net/grapevine/node"
 )
 
 // agentOptions is the agent's configuration after flag parsing and defaults.
@@ -28,6 +29,7 @@ type agentOptions struct {
 	StateDir           string
 	RunDir             string
 	CNIConfDir         string
+	CNIVersion         string
 	GossipKey          []byte
 	MetricsAddr        string
 	Masquerade         bool
@@ -53,6 +55,7 @@ func agentCommand() *cli.Command {
 			&cli.StringFlag{Name: "state-dir", Value: DefaultStateDir, EnvVars: envVar("state-dir"), Usage: "persistent state: the claimed block, IPAM allocations"},
 			runDirFlag(),
 			&cli.StringFlag{Name: "cni-conf-dir", Value: DefaultCNIConfDir, EnvVars: envVar("cni-conf-dir"), Usage: "where to write the CNI conflist once a block is held (empty: write none)"},
+			&cli.StringFlag{Name: "cni-version", EnvVars: envVar("cni-version"), Usage: "pin the conflist's cniVersion to one of " + strings.Join(node.SupportedCNIVersions(), ", ") + " (default: " + node.CompatCNIVersion + ", which runtimes on older libcni accept, and cniVersions " + strings.Join(node.OfferedCNIVersions(), ", ") + " for newer ones)"},
 			&cli.StringFlag{Name: "gossip-key-file", EnvVars: envVar("gossip-key-file"), Usage: "file with a base64 16, 24 or 32-byte key that encrypts and authenticates gossip"},
 			&cli.StringFlag{Name: "metrics-addr", Value: DefaultMetricsAddr, EnvVars: envVar("metrics-addr"), Usage: "address for /metrics, /healthz and /readyz (empty: off)"},
 			&cli.BoolFlag{Name: "masquerade", Value: true, EnvVars: envVar("masquerade"), Usage: "masquerade traffic from the pool to destinations outside it"},
@@ -95,6 +98,7 @@ func parseAgentOptions(c *cli.Context, log *slog.Logger) (agentOptions, error) {
 		StateDir:           c.String("state-dir"),
 		RunDir:             c.String("run-dir"),
 		CNIConfDir:         c.String("cni-conf-dir"),
+		CNIVersion:         c.String("cni-version"),
 		MetricsAddr:        c.String("metrics-addr"),
 		Masquerade:         c.Bool("masquerade"),
 		ReclaimAfter:       c.Duration("reclaim-after"),
@@ -120,6 +124,9 @@ func parseAgentOptions(c *cli.Context, log *slog.Logger) (agentOptions, error) {
 	}
 	if o.ResyncInterval <= 0 {
 		return o, fmt.Errorf("--resync-interval must be positive")
+	}
+	if err := node.ValidateCNIVersion(o.CNIVersion); err != nil {
+		return o, fmt.Errorf("--cni-version: %w", err)
 	}
 	if o.MTU != 0 && (o.MTU < 576 || o.MTU > 65535) {
 		return o, fmt.Errorf("--mtu %d out of range 576-65535", o.MTU)
