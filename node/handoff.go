@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/grapevine-net/grapevine/internal/atomicfile"
 	"github.com/grapevine-net/grapevine/node/nodestate"
 )
 
@@ -49,7 +50,7 @@ func WriteHandoff(runDir, cniConfDir, stateDir string, s nodestate.State) error 
 	if cur, err := os.ReadFile(path); err == nil && bytes.Equal(cur, conflist) {
 		return nil
 	}
-	if err := nodestate.WriteFileAtomic(path, conflist, 0o644); err != nil {
+	if err := atomicfile.Write(path, conflist, 0o644); err != nil {
 		return fmt.Errorf("hand-off: %w", err)
 	}
 	return nil

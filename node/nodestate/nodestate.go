@@ -15,6 +15,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+
+	"github.com/grapevine-net/grapevine/internal/atomicfile"
 )
 
 // FileName is the name of the state file inside the agent's run directory.
@@ -92,7 +94,7 @@ func Write(runDir string, s State) error {
 	if err != nil {
 		return fmt.Errorf("encode node state: %w", err)
 	}
-	return WriteFileAtomic(Path(runDir), append(data, '\n'), 0o644)
+	return atomicfile.Write(Path(runDir), append(data, '\n'), 0o644)
 }
 
 // Remove deletes the state file, so new pods fail with ErrNotReady. A missing
@@ -101,39 +103,6 @@ func Remove(runDir string) error {
 	err := os.Remove(Path(runDir))
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("remove node state: %w", err)
-	}
-	return nil
-}
-
-// WriteFileAtomic writes data to path through a temporary file in the same
-// directory and a rename, creating the directory if needed.
-func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("create %s: %w", dir, err)
-	}
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name()) // no-op after a successful rename
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Chmod(perm); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil
 }
