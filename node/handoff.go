@@ -14,9 +14,11 @@ import (
 
 // The CNI network configuration the agent hands to the container runtime.
 const (
-	ConflistName = "10-grapevine.conflist"
-	NetworkName  = "grapevine"
-	CNIVersion   = "1.1.0"
+	// DefaultCNIConfDir is where runtimes look for network configurations.
+	DefaultCNIConfDir = "/etc/cni/net.d"
+	ConflistName      = "10-grapevine.conflist"
+	NetworkName       = "grapevine"
+	CNIVersion        = "1.1.0"
 )
 
 // WriteHandoff tells the CNI plugin that this node can wire pods: it writes
@@ -106,7 +108,7 @@ func Conflist(runDir, stateDir string) ([]byte, error) {
 			grapevineConf{
 				Type:   "grapevine-cni",
 				RunDir: filepath.Clean(runDir),
-				IPAM:   ipamConf{Type: "grapevine-ipam", DataDir: filepath.Join(stateDir, "ipam")},
+				IPAM:   ipamConf{Type: "grapevine-ipam", DataDir: nodestate.IPAMDataDir(stateDir)},
 			},
 			portmapConf(),
 		},

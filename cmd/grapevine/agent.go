@@ -14,6 +14,8 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/grapevine-net/grapevine/mesh"
+	"github.com/grapevine-net/grapevine/node"
+	"github.com/grapevine-net/grapevine/node/nodestate"
 )
 
 // agentOptions is the agent's configuration after flag parsing and defaults.
@@ -50,9 +52,9 @@ func agentCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "join", EnvVars: envVar("join"), Usage: "`host[:port]` of a member to join; repeatable; retried until one answers"},
 			&cli.StringFlag{Name: "pool", Value: DefaultPool, EnvVars: envVar("pool"), Usage: "the pod CIDR the blocks are cut from"},
 			&cli.IntFlag{Name: "block-size", Value: DefaultBlockSize, EnvVars: envVar("block-size"), Usage: "prefix length of each node's block"},
-			&cli.StringFlag{Name: "state-dir", Value: DefaultStateDir, EnvVars: envVar("state-dir"), Usage: "persistent state: the claimed block, IPAM allocations"},
+			&cli.StringFlag{Name: "state-dir", Value: nodestate.DefaultStateDir, EnvVars: envVar("state-dir"), Usage: "persistent state: the claimed block, IPAM allocations"},
 			runDirFlag(),
-			&cli.StringFlag{Name: "cni-conf-dir", Value: DefaultCNIConfDir, EnvVars: envVar("cni-conf-dir"), Usage: "where to write the CNI conflist once a block is held (empty: write none)"},
+			&cli.StringFlag{Name: "cni-conf-dir", Value: node.DefaultCNIConfDir, EnvVars: envVar("cni-conf-dir"), Usage: "where to write the CNI conflist once a block is held (empty: write none)"},
 			&cli.StringFlag{Name: "gossip-key-file", EnvVars: envVar("gossip-key-file"), Usage: "file with a base64 16, 24 or 32-byte key that encrypts and authenticates gossip"},
 			&cli.StringFlag{Name: "metrics-addr", Value: DefaultMetricsAddr, EnvVars: envVar("metrics-addr"), Usage: "address for /metrics, /healthz and /readyz (empty: off)"},
 			&cli.BoolFlag{Name: "masquerade", Value: true, EnvVars: envVar("masquerade"), Usage: "masquerade traffic from the pool to destinations outside it"},
@@ -121,8 +123,8 @@ func parseAgentOptions(c *cli.Context, log *slog.Logger) (agentOptions, error) {
 	if o.ResyncInterval <= 0 {
 		return o, fmt.Errorf("--resync-interval must be positive")
 	}
-	if o.MTU != 0 && (o.MTU < 576 || o.MTU > 65535) {
-		return o, fmt.Errorf("--mtu %d out of range 576-65535", o.MTU)
+	if err := nodestate.CheckMTU(o.MTU); err != nil {
+		return o, fmt.Errorf("--%w", err)
 	}
 	if s := c.String("host-ip"); s != "" {
 		if o.HostIP, err = netip.ParseAddr(s); err != nil || !o.HostIP.Is4() {

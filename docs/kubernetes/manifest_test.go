@@ -25,6 +25,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"sigs.k8s.io/yaml"
+
+	"github.com/grapevine-net/grapevine/node"
+	"github.com/grapevine-net/grapevine/node/nodestate"
 )
 
 const (
@@ -594,17 +597,16 @@ func TestSystemdUnit(t *testing.T) {
 		t.Errorf("unit's CapabilityBoundingSet = %v, the DaemonSet grants %v", got, want)
 	}
 
-	consts := agentConsts(t)
 	// systemd creates StateDirectory= under /var/lib and RuntimeDirectory=
 	// under /run.
-	if dir := "/var/lib/" + one("StateDirectory"); dir != consts["DefaultStateDir"] {
-		t.Errorf("unit's StateDirectory is %s, the agent's default state dir %s", dir, consts["DefaultStateDir"])
+	if dir := "/var/lib/" + one("StateDirectory"); dir != nodestate.DefaultStateDir {
+		t.Errorf("unit's StateDirectory is %s, the agent's default state dir %s", dir, nodestate.DefaultStateDir)
 	}
-	if dir := "/run/" + one("RuntimeDirectory"); dir != consts["DefaultRunDir"] {
-		t.Errorf("unit's RuntimeDirectory is %s, the agent's default run dir %s", dir, consts["DefaultRunDir"])
+	if dir := "/run/" + one("RuntimeDirectory"); dir != nodestate.DefaultRunDir {
+		t.Errorf("unit's RuntimeDirectory is %s, the agent's default run dir %s", dir, nodestate.DefaultRunDir)
 	}
-	if rw := one("ReadWritePaths"); strings.TrimPrefix(rw, "-") != consts["DefaultCNIConfDir"] {
-		t.Errorf("unit's ReadWritePaths=%s, the agent writes the conflist to %s", rw, consts["DefaultCNIConfDir"])
+	if rw := one("ReadWritePaths"); strings.TrimPrefix(rw, "-") != node.DefaultCNIConfDir {
+		t.Errorf("unit's ReadWritePaths=%s, the agent writes the conflist to %s", rw, node.DefaultCNIConfDir)
 	}
 	if one("ProtectSystem") != "strict" {
 		t.Errorf("ProtectSystem=%s; the test above assumes strict", one("ProtectSystem"))

@@ -22,8 +22,32 @@ import (
 // FileName is the name of the state file inside the agent's run directory.
 const FileName = "node.json"
 
-// DefaultRunDir is where the agent writes FileName unless told otherwise.
-const DefaultRunDir = "/run/grapevine"
+// Where the agent keeps its files unless told otherwise: FileName in the run
+// directory; its claim and IPAM's reservations (IPAMDataDir) in the state
+// directory.
+const (
+	DefaultRunDir   = "/run/grapevine"
+	DefaultStateDir = "/var/lib/grapevine"
+)
+
+// IPAMDataDir is where grapevine-ipam keeps its reservations inside the
+// agent's state directory.
+func IPAMDataDir(stateDir string) string { return filepath.Join(stateDir, "ipam") }
+
+// The MTU range pod interfaces accept: IPv4's minimum datagram size that
+// every host must accept, up to the largest an IPv4 packet can be.
+const (
+	MinMTU = 576
+	MaxMTU = 65535
+)
+
+// CheckMTU accepts 0 (take the uplink's MTU) or MinMTU-MaxMTU.
+func CheckMTU(mtu int) error {
+	if mtu != 0 && (mtu < MinMTU || mtu > MaxMTU) {
+		return fmt.Errorf("mtu %d is out of range: 0 (the interface's) or %d-%d", mtu, MinMTU, MaxMTU)
+	}
+	return nil
+}
 
 // ErrNotReady means the agent has not written a usable state file yet: it is
 // not running, or it holds no block. CNI callers map it to error code 11
@@ -51,8 +75,9 @@ func (s State) Validate() error {
 		return fmt.Errorf("node state: block %s is not inside pool %s", s.Block, s.Pool)
 	case s.Block.Masked() != s.Block:
 		return fmt.Errorf("node state: block %s is not a network address", s.Block)
-	case s.MTU != 0 && (s.MTU < 576 || s.MTU > 65535):
-		return fmt.Errorf("node state: mtu %d out of range 576-65535", s.MTU)
+	}
+	if err := CheckMTU(s.MTU); err != nil {
+		return fmt.Errorf("node state: %w", err)
 	}
 	return nil
 }
