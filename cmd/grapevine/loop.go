@@ -65,7 +65,7 @@ func newAgent(o agentOptions, cfg mesh.Config, host hostSide, log *slog.Logger) 
 	cfg.Registerer = reg
 	m, err := mesh.New(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("mesh: %w", err)
+		return nil, fmt.Errorf("gossip mesh: %w", err)
 	}
 	return &agent{
 		opts:        o,

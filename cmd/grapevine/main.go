@@ -21,12 +21,10 @@ import (
 	"github.com/grapevine-net/grapevine/node/nodestate"
 )
 
-// Defaults that other parts of the project (manifests, docs, the lab) rely on.
+// Defaults of the agent's own (the gossip and node defaults are their
+// packages'): the manifests, the docs and the lab rely on them.
 const (
-	DefaultPort        = 7962
 	DefaultMetricsAddr = "127.0.0.1:9962"
-	DefaultPool        = "10.244.0.0/16"
-	DefaultBlockSize   = 23
 	statusSocketName   = "grapevine.sock"
 )
 

@@ -15,7 +15,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 
@@ -26,6 +25,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"sigs.k8s.io/yaml"
 
+	"github.com/grapevine-net/grapevine/mesh"
 	"github.com/grapevine-net/grapevine/node"
 	"github.com/grapevine-net/grapevine/node/nodestate"
 )
@@ -406,9 +406,9 @@ func TestProbesAndPorts(t *testing.T) {
 		}
 	}
 
-	port, err := strconv.Atoi(consts["DefaultPort"])
-	if err != nil || port != 7962 {
-		t.Errorf("the agent's default gossip port is %q, design.md fixes 7962", consts["DefaultPort"])
+	port := mesh.DefaultPort
+	if port != 7962 {
+		t.Errorf("the agent's default gossip port is %d, design.md fixes 7962", port)
 	}
 	protocols := map[corev1.Protocol]bool{}
 	for _, p := range agent.Ports {
