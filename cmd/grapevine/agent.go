@@ -177,9 +177,9 @@ func readGossipKey(path string) ([]byte, error) {
 // runAgent resolves what the flags left to the host, then runs the agent
 // until ctx ends.
 func runAgent(ctx context.Context, o agentOptions, log *slog.Logger) error {
-	uplink, err := resolveUplink(o.Iface, o.HostIP)
+	uplink, err := node.ResolveUplink(o.Iface, o.HostIP)
 	if err != nil {
-		return err
+		return fmt.Errorf("find the interface towards the peers: %w (set --iface, --host-ip or both)", err)
 	}
 	o.Iface, o.HostIP = uplink.Name, uplink.Addr
 	if o.MTU == 0 {
