@@ -183,7 +183,7 @@ func (a *agent) countPeerRoutes() int {
 	}
 	n := 0
 	for _, r := range routes {
-		if !r.Blackhole {
+		if r.Unicast() {
 			n++
 		}
 	}

@@ -96,7 +96,7 @@ func (h *testHost) stop(t *testing.T) {
 func (h *testHost) peerRoutes() map[netip.Prefix]netip.Addr {
 	routes := map[netip.Prefix]netip.Addr{}
 	for _, r := range h.kernel.Table() {
-		if !r.Blackhole && r.Protocol == node.RouteProtocol {
+		if r.Unicast() && r.Protocol == node.RouteProtocol {
 			routes[r.Dst] = r.Via
 		}
 	}
