@@ -23,8 +23,6 @@ const (
 	vxlanOverhead = 50
 )
 
-var podPool = netip.MustParsePrefix("10.244.0.0/16")
-
 // peerRoute is one proto 74 route to a peer's block as the kernel holds it.
 type peerRoute struct {
 	via    netip.Addr

@@ -89,14 +89,14 @@ func TestDesiredRoutesWithVXLAN(t *testing.T) {
 			mode:   EncapsulationCrossSubnet,
 			tunnel: tunnel,
 			peers:  []PeerRoute{peerB, peerFar},
-			want:   []Route{blackhole("10.244.0.0/23"), unicast("10.244.2.0/23", "172.16.254.2"), vxlanRoute},
+			want:   []Route{unreachablePool, blackhole("10.244.0.0/23"), unicast("10.244.2.0/23", "172.16.254.2"), vxlanRoute},
 		},
 		{
 			name:   "always: every peer over VXLAN",
 			mode:   EncapsulationAlways,
 			tunnel: tunnel,
 			peers:  []PeerRoute{peerB, peerFar},
-			want: []Route{blackhole("10.244.0.0/23"),
+			want: []Route{unreachablePool, blackhole("10.244.0.0/23"),
 				{Dst: peerB.Block, Via: addr("10.244.2.0"), LinkIndex: 9, OnLink: true}, vxlanRoute},
 		},
 		{
@@ -104,14 +104,14 @@ func TestDesiredRoutesWithVXLAN(t *testing.T) {
 			mode:     EncapsulationNever,
 			tunnel:   tunnel,
 			peers:    []PeerRoute{peerB, peerFar},
-			want:     []Route{blackhole("10.244.0.0/23"), unicast("10.244.2.0/23", "172.16.254.2")},
+			want:     []Route{unreachablePool, blackhole("10.244.0.0/23"), unicast("10.244.2.0/23", "172.16.254.2")},
 			wantErrs: map[string]error{"far": ErrNotConnected},
 		},
 		{
 			name:     "no device: far peer waits for it",
 			mode:     EncapsulationCrossSubnet,
 			peers:    []PeerRoute{peerB, peerFar},
-			want:     []Route{blackhole("10.244.0.0/23"), unicast("10.244.2.0/23", "172.16.254.2")},
+			want:     []Route{unreachablePool, blackhole("10.244.0.0/23"), unicast("10.244.2.0/23", "172.16.254.2")},
 			wantErrs: map[string]error{"far": ErrTunnelNotUsable},
 		},
 		{
@@ -119,7 +119,7 @@ func TestDesiredRoutesWithVXLAN(t *testing.T) {
 			mode:     EncapsulationCrossSubnet,
 			tunnel:   tunnel,
 			peers:    []PeerRoute{{"near", pfx("10.244.6.0/23"), addr("172.16.254.5")}, peerFar},
-			want:     []Route{blackhole("10.244.0.0/23")},
+			want:     []Route{unreachablePool, blackhole("10.244.0.0/23")},
 			wantErrs: map[string]error{"near": ErrOverlapsPeer, "far": ErrOverlapsPeer},
 		},
 		{
@@ -127,7 +127,7 @@ func TestDesiredRoutesWithVXLAN(t *testing.T) {
 			mode:     EncapsulationAlways,
 			tunnel:   tunnel,
 			peers:    []PeerRoute{{"self", pfx("10.244.6.0/23"), addr("172.16.254.1")}},
-			want:     []Route{blackhole("10.244.0.0/23")},
+			want:     []Route{unreachablePool, blackhole("10.244.0.0/23")},
 			wantErrs: map[string]error{"self": ErrInvalidPeer},
 		},
 	}
@@ -311,6 +311,7 @@ func TestReconcileVXLAN(t *testing.T) {
 		t.Fatalf("entries: neighbours %v, fdb %v", neighs, fdb)
 	}
 	wantRoutes := []Route{
+		unreachablePool,
 		blackhole("10.244.0.0/23"),
 		{Dst: peerB.Block, Via: peerB.Via, LinkIndex: link.Index},
 		{Dst: peerFar.Block, Via: far.VTEP, LinkIndex: st.Index, OnLink: true},
@@ -360,7 +361,7 @@ func TestReconcileVXLAN(t *testing.T) {
 	if _, err := k.Tunnel(); !errors.Is(err, ErrLinkNotFound) {
 		t.Fatalf("device still there: %v", err)
 	}
-	if got := ours(k); !slices.Equal(got, wantRoutes[:2]) {
+	if got := ours(k); !slices.Equal(got, wantRoutes[:3]) {
 		t.Fatalf("routes = %v", got)
 	}
 }
