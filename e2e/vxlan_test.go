@@ -307,11 +307,21 @@ func TestCrossSubnet(t *testing.T) {
 	if err := near.RoundTrip("same subnet"); err != nil {
 		t.Fatal(err)
 	}
+	// The capture reads on its own goroutine: wait until it has seen them.
+	err = waitUntil(timeout(t, 30*time.Second), "h1's em1 to see p1 <-> p2", func() error {
+		if c := onH1.Between(p1.IP, p2.IP); c.Plain == 0 {
+			return fmt.Errorf("p1 <-> p2 on h1's em1: %+v", c)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Error(err)
+	}
+	if c := onH1.Between(p1.IP, p2.IP); c.Inner != 0 {
+		t.Errorf("p1 <-> p2 on h1's em1: %+v, want plain packets only", c)
+	}
 	if c := onH1.Between(h1.IP, h2.IP); c.VXLAN != 0 {
 		t.Errorf("UDP to port %d between h1 and h2 on the same LAN: %+v", lab.VXLANPort, c)
-	}
-	if c := onH1.Between(p1.IP, p2.IP); c.Plain == 0 || c.Inner != 0 {
-		t.Errorf("p1 <-> p2 on h1's em1: %+v, want plain packets only", c)
 	}
 
 	// Across the router: VXLAN, the pods' own addresses inside.
@@ -336,11 +346,17 @@ func TestCrossSubnet(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Plain packets between the hosts are gossip; pod traffic is VXLAN.
-	if c := onRouterLAN1.Between(h1.IP, h3.IP); c.VXLAN == 0 {
-		t.Errorf("router's em1, h1 <-> h3: %+v, no VXLAN", c)
-	}
-	if c := onRouterLAN2.Between(p1.IP, p3.IP); c.Inner == 0 {
-		t.Errorf("router's em2: no VXLAN packets carrying p1 <-> p3: %+v", c)
+	err = waitUntil(timeout(t, 30*time.Second), "the router to see VXLAN between h1 and h3 carrying p1 <-> p3", func() error {
+		if c := onRouterLAN1.Between(h1.IP, h3.IP); c.VXLAN == 0 {
+			return fmt.Errorf("router's em1, h1 <-> h3: %+v, no VXLAN", c)
+		}
+		if c := onRouterLAN2.Between(p1.IP, p3.IP); c.Inner == 0 {
+			return fmt.Errorf("router's em2: no VXLAN packets carrying p1 <-> p3: %+v", c)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Error(err)
 	}
 	for name, c := range map[string]*lab.Capture{"em1": onRouterLAN1, "em2": onRouterLAN2} {
 		if tot := c.Total(podPool); tot.Plain != 0 {

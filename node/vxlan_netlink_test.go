@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"errors"
 	"os/exec"
 	"slices"
@@ -144,5 +145,38 @@ func TestNetlinkVXLANLeavesOthersAlone(t *testing.T) {
 	}
 	if link := n.command(t, "ip", "-d", "link", "show", TunnelName); !hasLine(link, "bridge") {
 		t.Fatalf("the bridge named %s was changed: %q", TunnelName, link)
+	}
+}
+
+// TestWatchSeesVXLANEntries: deleting a VXLAN neighbour or FDB entry by hand
+// wakes the watcher, so the entry is back at once rather than at the next
+// resync.
+func TestWatchSeesVXLANEntries(t *testing.T) {
+	n := newTestNS(t)
+	n.addLink(t, "em1", "172.16.254.1/24")
+	k := n.kernel(t)
+	r := NewReconciler(k, nil, nil)
+	d := encapDesired(EncapsulationCrossSubnet, peerFar)
+	if _, err := r.Reconcile(t.Context(), d); err != nil {
+		t.Fatal(err)
+	}
+	for _, del := range [][]string{
+		{"ip", "neigh", "del", "10.244.6.0", "dev", TunnelName},
+		{"bridge", "fdb", "del", "0e:74:ac:10:fd:07", "dev", TunnelName, "dst", "172.16.253.7"},
+	} {
+		// A watch of its own for each deletion: it sees only what
+		// happens after it started, not the last reconcile's writes.
+		watchCtx, stop := context.WithCancel(t.Context())
+		changes := k.WatchRoutes(watchCtx)
+		n.command(t, del[0], del[1:]...)
+		waitFor(t, changes, "a notification for "+strings.Join(del, " "))
+		stop()
+		if _, err := r.Reconcile(t.Context(), d); err != nil {
+			t.Fatal(err)
+		}
+		neighs, fdb, err := k.TunnelEntries()
+		if err != nil || len(neighs) != 1 || len(fdb) != 1 {
+			t.Fatalf("after %v: neighbours %v, fdb %v, %v", del, neighs, fdb, err)
+		}
 	}
 }
