@@ -153,8 +153,11 @@ func checkTunnelPeer(p PeerRoute, d Desired, link, tunnel Link) error {
 		return err
 	}
 	switch {
-	case !p.Via.Is4():
-		return fmt.Errorf("%w: VXLAN needs an IPv4 host address, not %s", ErrInvalidPeer, p.Via)
+	case !p.Via.Is4() || !p.Via.IsGlobalUnicast():
+		return fmt.Errorf("%w: VXLAN needs a unicast IPv4 host address, not %s", ErrInvalidPeer, p.Via)
+	case d.Pool.IsValid() && d.Pool.Contains(p.Via):
+		// Its packets would be routed into the tunnel they travel in.
+		return fmt.Errorf("%w: host address %s is inside the pod pool %s", ErrInvalidPeer, p.Via, d.Pool)
 	case !d.HostIP.Is4():
 		return fmt.Errorf("%w: this host's address %s cannot be the local end of VXLAN", ErrTunnelNotUsable, d.HostIP)
 	case d.HostIP == p.Via:

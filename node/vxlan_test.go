@@ -123,6 +123,20 @@ func TestDesiredRoutesWithVXLAN(t *testing.T) {
 			wantErrs: map[string]error{"near": ErrOverlapsPeer, "far": ErrOverlapsPeer},
 		},
 		{
+			name:   "VXLAN peers with host addresses no tunnel can use",
+			mode:   EncapsulationCrossSubnet,
+			tunnel: tunnel,
+			peers: []PeerRoute{
+				{"loopback", pfx("10.244.6.0/23"), addr("127.0.0.1")},
+				{"multicast", pfx("10.244.8.0/23"), addr("239.1.1.1")},
+				{"broadcast", pfx("10.244.10.0/23"), addr("255.255.255.255")},
+				{"in the pool", pfx("10.244.12.0/23"), addr("10.244.200.1")},
+			},
+			want: []Route{unreachablePool, blackhole("10.244.0.0/23")},
+			wantErrs: map[string]error{"loopback": ErrInvalidPeer, "multicast": ErrInvalidPeer,
+				"broadcast": ErrInvalidPeer, "in the pool": ErrInvalidPeer},
+		},
+		{
 			name:     "VXLAN peer claiming our own address",
 			mode:     EncapsulationAlways,
 			tunnel:   tunnel,
