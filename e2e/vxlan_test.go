@@ -396,6 +396,7 @@ func TestCrossSubnet(t *testing.T) {
 	if err := h1.StartAgent(ctx); err != nil {
 		t.Fatal(err)
 	}
+	restarted := time.Now()
 	s1, err := h1.WaitStatus(ctx, "h3 reported not routable", func(s lab.Status) bool {
 		m3, ok3 := s.Member("h3")
 		m2, ok2 := s.Member("h2")
@@ -406,7 +407,8 @@ func TestCrossSubnet(t *testing.T) {
 		t.Fatal(err)
 	}
 	m3, _ := s1.Member("h3")
-	t.Logf("with --encapsulation=never h1 reports h3: %s (%s)", m3.Route, m3.PathReason)
+	t.Logf("with --encapsulation=never h1 reports h3 %v after its restart: %s (%s)",
+		time.Since(restarted).Round(time.Millisecond), m3.Route, m3.PathReason)
 	err = waitUntil(ctx, "h1 without VXLAN state", func() error {
 		return expectPaths(ctx, h1, map[netip.Prefix]peerRoute{statuses["h2"].Block: direct(h2.IP)}, nil)
 	})
