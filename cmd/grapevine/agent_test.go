@@ -74,14 +74,21 @@ func TestKeptRoutes(t *testing.T) {
 			want:  map[string]keptRoute{"h2": byGossip(b2, ip2, true), "h3": byGossip(b4, ip3, false)},
 		},
 		{
-			name: "dead or left, host answering: the route stays on the data path",
+			name: "dead, host answering: the route stays on the data path",
 			members: []mesh.Member{
 				member("h2", "dead", "172.16.254.2", ""),
-				member("h3", "left", "172.16.254.3", ""),
+				member("h3", "dead", "172.16.254.3", ""),
 			},
 			prev:  map[string]keptRoute{"h2": byGossip(b2, ip2, true), "h3": byPath(b4, ip3)},
 			paths: up,
 			want:  map[string]keptRoute{"h2": byPath(b2, ip2), "h3": byPath(b4, ip3)},
+		},
+		{
+			name:    "left gracefully: withdrawn at once, host answering or not",
+			members: []mesh.Member{member("h2", "left", "172.16.254.2", "")},
+			prev:    map[string]keptRoute{"h2": byGossip(b2, ip2, true)},
+			paths:   up,
+			want:    map[string]keptRoute{},
 		},
 		{
 			name: "dead and host silent: withdrawn",

@@ -31,10 +31,13 @@ type keptRoute struct {
 // installed it stays while either signal holds: memberlist sees the member
 // alive, or its host still answers on the data path. So a hung agent on a
 // healthy host (memberlist calls it dead) keeps its route, and the route is
-// withdrawn only when memberlist has declared the member dead (or gone) and
-// its host has stopped answering too. A withdrawn route comes back only
-// through gossip: the data path alone never adds a block, so a host that
-// answers again after its block was released cannot take it back.
+// withdrawn only when memberlist has declared the member dead and its host
+// has stopped answering too. A withdrawn route comes back only through
+// gossip: the data path alone never adds a block, so a host that answers
+// again after its block was released cannot take it back.
+//
+// A member that left gracefully said so itself: that is no failure
+// detector's guess, and its route goes at once, as before.
 //
 // A member gossip shows alive without a block (it lost a conflict, its
 // metadata is invalid) is not routed, and a route kept on the data path
@@ -47,7 +50,7 @@ func keptRoutes(v mesh.View, prev map[string]keptRoute, paths map[netip.Addr]pro
 		switch r, had := prev[m.Name]; {
 		case routable(m):
 			kept[m.Name] = keptRoute{Block: m.Block, HostIP: m.HostIP, Gossip: true, DataPath: paths[m.HostIP].Up}
-		case !live(m.State) && had && paths[r.HostIP].Up:
+		case m.State == mesh.Dead && had && paths[r.HostIP].Up:
 			kept[m.Name] = keptRoute{Block: r.Block, HostIP: r.HostIP, DataPath: true}
 			dataPathOnly = append(dataPathOnly, m.Name)
 		}
