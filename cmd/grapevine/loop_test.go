@@ -185,7 +185,7 @@ func TestAgentLoop(t *testing.T) {
 	if err := json.Unmarshal(body, &status); err != nil {
 		t.Fatal(err)
 	}
-	if !status.Ready || len(status.Members) != 1 || status.Members[0].Route != routeProgrammed || status.Members[0].Block != st2.Block.String() {
+	if !status.Ready || len(status.Members) != 1 || status.Members[0].Route != node.PeerProgrammed || status.Members[0].Block != st2.Block.String() {
 		t.Fatalf("h1 status = %s", body)
 	}
 	checkHTTP(t, h1.agent.metricsHandler(), "/readyz", http.StatusOK, "ready")
@@ -328,7 +328,7 @@ func TestAgentLoopDataPath(t *testing.T) {
 
 	network.Partition([]netip.Addr{h1.addr}, []netip.Addr{h2.addr})
 	waitFor(t, "h1 to call h2 dead and keep its route on the data path", member2(func(m memberStatus) error {
-		if m.State != "dead" || !slices.Equal(m.KeptBy, []string{signalDataPath}) || m.Route != routeProgrammed {
+		if m.State != "dead" || !slices.Equal(m.KeptBy, []string{signalDataPath}) || m.Route != node.PeerProgrammed {
 			return fmt.Errorf("h2: %+v", m)
 		}
 		return nil
@@ -352,5 +352,47 @@ func TestAgentLoopDataPath(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	if _, ok := h1.peerRoutes()[st2.Block]; ok {
 		t.Fatal("the data path alone brought back a withdrawn route")
+	}
+}
+
+// TestStaleConflistWithdrawnUntilBlockHeld starts an agent whose disk holds a
+// conflist but no node.json, as after a reboot (/run is emptied, /etc/cni is
+// not): the conflist goes while the agent waits for its seed, and comes back,
+// after node.json, once it holds a block.
+func TestStaleConflistWithdrawnUntilBlockHeld(t *testing.T) {
+	dir := t.TempDir()
+	network := meshtest.NewNetwork()
+	stale := filepath.Join(dir, "h2", "net.d", node.ConflistName)
+	if err := os.MkdirAll(filepath.Dir(stale), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(stale, []byte(`{"cniVersion": "1.1.0", "name": "grapevine", "plugins": []}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h2 := startTestHost(t, network, dir, "h2", 2, nil, meshtest.HostAddr(1).String())
+	waitFor(t, "the stale conflist to be removed", func() error {
+		if _, err := os.Stat(stale); !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("conflist still there: %v", err)
+		}
+		return nil
+	})
+	if st := h2.agent.currentStatus(); st.Ready {
+		t.Fatalf("h2 ready without its seed: %+v", st)
+	}
+
+	h1 := startTestHost(t, network, dir, "h1", 1, nil)
+	waitFor(t, "both hosts to route each other", func() error { return routesTo(h1, h2) })
+	waitFor(t, "h2's conflist", func() error {
+		data, err := os.ReadFile(stale)
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(string(data), `"cniVersion": "1.0.0"`) {
+			return fmt.Errorf("conflist is %s", data)
+		}
+		return nil
+	})
+	if _, err := nodestate.Read(h2.agent.opts.RunDir); err != nil {
+		t.Fatalf("conflist written without node.json: %v", err)
 	}
 }

@@ -56,12 +56,11 @@ const (
 	signalDataPath = "data path"
 )
 
-// Route states shown per member.
+// Route states shown per member besides node's PeerProgrammed, PeerPending
+// and "error: ...": the mesh withdrew the member's block, or it holds none.
 const (
-	routeProgrammed = "programmed"
-	routeWithdrawn  = "withdrawn"
-	routeNone       = "none"
-	routePending    = "pending"
+	routeWithdrawn = "withdrawn"
+	routeNone      = "none"
 )
 
 // buildStatus combines the mesh's view, the kept routes and the data-path
@@ -89,8 +88,8 @@ func buildStatus(v mesh.View, kept map[string]keptRoute, paths map[netip.Addr]pr
 		route, isKept := kept[m.Name]
 		switch {
 		case isKept:
-			// A route kept on the data path alone: gossip no longer
-			// shows the member's block, the route still goes there.
+			// For a route kept on the data path alone the view no
+			// longer shows the block; show the one still routed.
 			ms.Block = prefixString(route.Block)
 			ms.Route = peerRouteState(res, m.Name)
 			if route.Gossip {
@@ -116,9 +115,9 @@ func peerRouteState(res node.Result, peer string) string {
 		return "error: " + err.Error()
 	}
 	if res.Programmed(peer) {
-		return routeProgrammed
+		return node.PeerProgrammed
 	}
-	return routePending
+	return node.PeerPending
 }
 
 // dataPathState renders the prober's verdict on host: "up", "down", or ""
