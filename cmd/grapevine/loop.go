@@ -145,8 +145,12 @@ func (a *agent) run(ctx context.Context) error {
 		pathChanged = a.prober.Changed()
 		var probing sync.WaitGroup
 		defer probing.Wait()
+		// The loop may also end because the mesh stopped: end the probes
+		// with it, before waiting for them.
+		probeCtx, stopProbes := context.WithCancel(ctx)
+		defer stopProbes()
 		probing.Go(func() {
-			if err := a.prober.Run(ctx); err != nil {
+			if err := a.prober.Run(probeCtx); err != nil {
 				a.log.Error("data-path probes stopped: routes follow gossip alone", "err", err)
 			}
 		})

@@ -149,6 +149,7 @@ func (p *Prober) Run(ctx context.Context) error {
 			<-readDone
 			return nil
 		case err := <-readDone:
+			p.conn.Close()
 			return fmt.Errorf("probe: read replies: %w", err)
 		case <-ticker.C:
 			p.tick()
