@@ -171,6 +171,8 @@ type Sandbox struct {
 	ID  string
 	IP  netip.Addr
 	PID int // the sandbox's first process, whose namespaces are the pod's
+	// RunpTook is how long `crictl runp` took to return the sandbox ready.
+	RunpTook time.Duration
 
 	config string // the configuration runp was given, which create needs again
 }
@@ -182,12 +184,14 @@ func (c *Containerd) RunPodSandbox(ctx context.Context, name string) (Sandbox, e
 	if err != nil {
 		return Sandbox{}, err
 	}
+	start := time.Now()
 	out, err := c.Crictl(ctx, "runp", conf)
+	took := time.Since(start)
 	if err != nil {
 		return Sandbox{}, err
 	}
 	sb, err := c.InspectPod(ctx, strings.TrimSpace(string(out)))
-	sb.config = conf
+	sb.config, sb.RunpTook = conf, took
 	return sb, err
 }
 
