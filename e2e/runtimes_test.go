@@ -19,6 +19,7 @@ import (
 	"github.com/grapevine-net/grapevine/e2e/labtest"
 	"github.com/grapevine-net/grapevine/e2e/runtimes"
 	"github.com/grapevine-net/grapevine/node"
+	"github.com/grapevine-net/grapevine/node/nodestate"
 )
 
 // TestContainerdCRI starts pods through containerd's CRI plugin, driven by
@@ -26,7 +27,8 @@ import (
 // it: the network is not ready before the agent holds a block and ready
 // after; a sandbox gets an address from its node's block and the seed's
 // wiring on both sides; the pods ping each other across the hosts; stopp and
-// rmp leave nothing behind.
+// rmp leave nothing behind; after a reboot-like restart the network is not
+// ready until the agent has written node.json again.
 func TestContainerdCRI(t *testing.T) {
 	t.Parallel()
 	tools := runtimes.Require(t, "containerd", "containerd-shim-runc-v2", "runc", "ctr", "crictl")
@@ -104,6 +106,45 @@ func TestContainerdCRI(t *testing.T) {
 		if err := expectPodGone(p); err != nil {
 			t.Error(err)
 		}
+	}
+
+	// A reboot empties /run (node.json) but not the conflist directory. The
+	// restarted agent, cut off from its peer, keeps the previous run's
+	// routes for a while before it reconciles; meanwhile containerd must
+	// not report a network that cannot wire a pod.
+	if err := h1.StopAgent(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(nodestate.Path(h1.RunDir())); err != nil {
+		t.Fatal(err)
+	}
+	if err := h1.CutLink(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := h1.StartAgent(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The agent withdraws the conflist on its first pass; after its
+	// restart grace (15 s) it would write it back even without the peer.
+	notReadyCtx := timeout(t, 30*time.Second)
+	err = waitUntil(notReadyCtx, "containerd on h1 to report the network not ready", func() error {
+		ready, _, err := cr1.NetworkReady(notReadyCtx)
+		if err == nil && ready {
+			err = errors.New("NetworkReady is true")
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h1.RestoreLink(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitNetworkReady(ctx, cr1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := nodestate.Read(h1.RunDir()); err != nil {
+		t.Fatalf("containerd reports the network ready, but: %v", err)
 	}
 }
 
