@@ -64,6 +64,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   # containerd tries to give the sandbox a lower oom_score_adj than its
   # own, and every sandbox fails with "permission denied".
   restrict_oom_score_adj = true
+  # Loading containerd's AppArmor profile would change the machine's
+  # kernel state; the tests are about the network.
+  disable_apparmor = true
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = %[3]q
     conf_dir = %[4]q
