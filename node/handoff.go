@@ -10,13 +10,16 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/grapevine-net/grapevine/internal/atomicfile"
 	"github.com/grapevine-net/grapevine/node/nodestate"
 )
 
 // The CNI network configuration the agent hands to the container runtime.
 const (
-	ConflistName = "10-grapevine.conflist"
-	NetworkName  = "grapevine"
+	// DefaultCNIConfDir is where runtimes look for network configurations.
+	DefaultCNIConfDir = "/etc/cni/net.d"
+	ConflistName      = "10-grapevine.conflist"
+	NetworkName       = "grapevine"
 	// CompatCNIVersion is the conflist's cniVersion unless the operator pins
 	// one. Runtimes built with libcni before v1.2 (containerd 1.6 and 1.7,
 	// podman 4) know result versions up to 1.0.0 only and fail every pod
@@ -99,7 +102,7 @@ func (h Handoff) write(s nodestate.State) error {
 	if cur, err := os.ReadFile(path); err == nil && bytes.Equal(cur, conflist) {
 		return nil
 	}
-	if err := nodestate.WriteFileAtomic(path, conflist, 0o644); err != nil {
+	if err := atomicfile.Write(path, conflist, 0o644); err != nil {
 		return fmt.Errorf("hand-off: %w", err)
 	}
 	return nil
@@ -197,7 +200,7 @@ func (h Handoff) Conflist() ([]byte, error) {
 			grapevineConf{
 				Type:   "grapevine-cni",
 				RunDir: filepath.Clean(h.RunDir),
-				IPAM:   ipamConf{Type: "grapevine-ipam", DataDir: filepath.Join(h.StateDir, "ipam")},
+				IPAM:   ipamConf{Type: "grapevine-ipam", DataDir: nodestate.IPAMDataDir(h.StateDir)},
 			},
 			portmapConf(),
 		},

@@ -96,7 +96,7 @@ func (h *testHost) stop(t *testing.T) {
 func (h *testHost) peerRoutes() map[netip.Prefix]netip.Addr {
 	routes := map[netip.Prefix]netip.Addr{}
 	for _, r := range h.kernel.Table() {
-		if !r.Blackhole && r.Protocol == node.RouteProtocol {
+		if r.Unicast() && r.Protocol == node.RouteProtocol {
 			routes[r.Dst] = r.Via
 		}
 	}
@@ -171,7 +171,7 @@ func TestAgentLoop(t *testing.T) {
 	if err := json.Unmarshal(body, &status); err != nil {
 		t.Fatal(err)
 	}
-	if !status.Ready || len(status.Members) != 1 || status.Members[0].Route != routeProgrammed || status.Members[0].Block != st2.Block.String() {
+	if !status.Ready || len(status.Members) != 1 || status.Members[0].Route != node.PeerProgrammed || status.Members[0].Block != st2.Block.String() {
 		t.Fatalf("h1 status = %s", body)
 	}
 	checkHTTP(t, h1.agent.metricsHandler(), "/readyz", http.StatusOK, "ready")
