@@ -16,6 +16,7 @@ import (
 	"github.com/grapevine-net/grapevine/mesh"
 	"github.com/grapevine-net/grapevine/node"
 	"github.com/grapevine-net/grapevine/node/nodestate"
+	"github.com/grapevine-net/grapevine/node/probe"
 )
 
 // agentOptions is the agent's configuration after flag parsing and defaults.
@@ -40,6 +41,8 @@ type agentOptions struct {
 	MTU                int
 	ResyncInterval     time.Duration
 	Encapsulation      node.Encapsulation
+	ProbeInterval      time.Duration // 0: no data-path probes
+	ProbeMisses        int
 }
 
 func agentCommand() *cli.Command {
@@ -68,6 +71,8 @@ func agentCommand() *cli.Command {
 			&cli.StringFlag{Name: "encapsulation", Value: node.EncapsulationCrossSubnet.String(), EnvVars: envVar("encapsulation"),
 				Usage: "cross-subnet: VXLAN to peers whose host IP is not on a network of --iface, direct routes to the others; never: direct only; always: VXLAN to every peer"},
 			&cli.DurationFlag{Name: "resync-interval", Value: 30 * time.Second, EnvVars: envVar("resync-interval"), Usage: "how often the kernel state is fully reconciled even without events"},
+			&cli.DurationFlag{Name: "probe-interval", Value: probe.DefaultInterval, EnvVars: envVar("probe-interval"), Usage: "how often each peer's host address gets an ICMP echo request, to keep its route while its agent is unresponsive (0: no probes, routes follow gossip alone)"},
+			&cli.IntFlag{Name: "probe-misses", Value: probe.DefaultMisses, EnvVars: envVar("probe-misses"), Usage: "unanswered echo requests in a row after which a peer's host counts as unreachable"},
 			&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: envVar("log-level"), Usage: "debug, info, warn or error"},
 		},
 		Action: func(c *cli.Context) error {
@@ -110,6 +115,8 @@ func parseAgentOptions(c *cli.Context, log *slog.Logger) (agentOptions, error) {
 		JoinKubernetes:     c.Bool("join-kubernetes"),
 		MTU:                c.Int("mtu"),
 		ResyncInterval:     c.Duration("resync-interval"),
+		ProbeInterval:      c.Duration("probe-interval"),
+		ProbeMisses:        c.Int("probe-misses"),
 	}
 	var err error
 	if o.Pool, err = netip.ParsePrefix(c.String("pool")); err != nil {
@@ -134,6 +141,12 @@ func parseAgentOptions(c *cli.Context, log *slog.Logger) (agentOptions, error) {
 	}
 	if o.ResyncInterval <= 0 {
 		return o, fmt.Errorf("--resync-interval must be positive")
+	}
+	if o.ProbeInterval < 0 {
+		return o, fmt.Errorf("--probe-interval must not be negative (0 turns probes off)")
+	}
+	if o.ProbeMisses < 1 || o.ProbeMisses > 100 {
+		return o, fmt.Errorf("--probe-misses %d out of range 1-100", o.ProbeMisses)
 	}
 	if err := node.ValidateCNIVersion(o.CNIVersion); err != nil {
 		return o, fmt.Errorf("--cni-version: %w", err)

@@ -55,7 +55,8 @@ func TestStatusShowsPaths(t *testing.T) {
 		t.Run(tt.encap.String(), func(t *testing.T) {
 			o := testOpts
 			o.Encapsulation = tt.encap
-			d := desiredState(v, o)
+			kept := keptRoutes(v, nil, nil)
+			d := desiredState(v, kept, o)
 			if d.Encapsulation != tt.encap || d.HostIP != o.HostIP {
 				t.Fatalf("desired state lacks the encapsulation or host IP: %+v", d)
 			}
@@ -65,7 +66,7 @@ func TestStatusShowsPaths(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			r := buildStatus(v, res, true, "")
+			r := buildStatus(v, kept, nil, res, true, "")
 			r.Encapsulation = tt.encap.String()
 			for _, m := range r.Members {
 				got := m.Path + "/" + m.Route

@@ -67,7 +67,7 @@ func MeasureRouted(ctx context.Context, cfg LabConfig) (_ []Row, err error) {
 			return nil, err
 		}
 	}
-	rows := []Row{{ID: "9a", Measure: "cross-subnet join: host behind a router starts until every peer routes its block over VXLAN, and it theirs", Unit: "s",
+	rows := []Row{{ID: "10a", Measure: "cross-subnet join: host behind a router starts until every peer routes its block over VXLAN, and it theirs", Unit: "s",
 		Value: seconds(median(joins)), Samples: len(joins),
 		Target: Target{Kind: AtMost, Limit: 0.3},
 		Note:   fmt.Sprintf("first trial with an empty state directory, the others with the block on disk; all trials %v", roundAll(joins))}}
@@ -154,20 +154,20 @@ func measureRoutedDataPath(ctx context.Context, a, b *lab.Host, iperf time.Durat
 	runs := fmt.Sprintf("iperf3 single stream, %v per run, runs alternating: pod %s, host %s, hand-wired %s Gbit/s",
 		iperf, formatAll(scale(pod.bps, 1e-9)), formatAll(scale(host.bps, 1e-9)), formatAll(scale(hand.bps, 1e-9)))
 	return []Row{
-		{ID: "9b", Measure: "TCP throughput pod to pod over VXLAN, across a router", Unit: "Gbit/s",
+		{ID: "10b", Measure: "TCP throughput pod to pod over VXLAN, across a router", Unit: "Gbit/s",
 			Value: gbps(pod), Samples: len(pod.bps),
 			Peer: &Peer{Name: "host em1 to em1 across the router", Value: gbps(host)},
 			Note: runs + fmt.Sprintf("; pod MTU %d", vxlanPodMTU)},
-		{ID: "9c", Measure: "round trip time pod to pod over VXLAN, across a router", Unit: "µs",
+		{ID: "10c", Measure: "round trip time pod to pod over VXLAN, across a router", Unit: "µs",
 			Value: rtt(pod), Samples: len(pod.rtt),
 			Peer: &Peer{Name: "host em1 to em1 across the router", Value: rtt(host)},
 			Note: "median ICMP echo, alternating with the other paths"},
-		{ID: "9d", Measure: "TCP throughput pod to pod over VXLAN, Grapevine", Unit: "Gbit/s",
+		{ID: "10d", Measure: "TCP throughput pod to pod over VXLAN, Grapevine", Unit: "Gbit/s",
 			Value: gbps(pod), Samples: len(pod.bps),
 			Peer:   &Peer{Name: "same VXLAN path wired by hand (iproute2)", Value: gbps(hand)},
 			Target: Target{Kind: AtLeastPeer, Limit: 0.9},
 			Note:   "what the design costs apart from the agent: the hand-wired pods have the same veth, MTU, VXLAN device settings and routes"},
-		{ID: "9e", Measure: "round trip time pod to pod over VXLAN, Grapevine", Unit: "µs",
+		{ID: "10e", Measure: "round trip time pod to pod over VXLAN, Grapevine", Unit: "µs",
 			Value: rtt(pod), Samples: len(pod.rtt),
 			Peer:   &Peer{Name: "same VXLAN path wired by hand (iproute2)", Value: rtt(hand)},
 			Target: Target{Kind: AtMostPeer, Limit: 1.2}},

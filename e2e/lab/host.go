@@ -269,6 +269,25 @@ func (h *Host) signalAgent(ctx context.Context, sig syscall.Signal) error {
 	}
 }
 
+// FreezeAgent stops the agent with SIGSTOP, as a long pause, a stuck write
+// or a debugger would: it neither gossips nor reconciles until ThawAgent.
+// The host's kernel carries on.
+func (h *Host) FreezeAgent() error { return h.sendAgent(syscall.SIGSTOP) }
+
+// ThawAgent resumes a frozen agent with SIGCONT.
+func (h *Host) ThawAgent() error { return h.sendAgent(syscall.SIGCONT) }
+
+func (h *Host) sendAgent(sig syscall.Signal) error {
+	pid := h.AgentPID()
+	if pid == 0 {
+		return fmt.Errorf("host %s: no agent running", h.Name)
+	}
+	if err := syscall.Kill(pid, sig); err != nil {
+		return fmt.Errorf("host %s: %v to agent: %w", h.Name, sig, err)
+	}
+	return nil
+}
+
 // AgentExit reports whether the agent exited on its own, and how. It lets a
 // test tell "agent crashed" apart from "agent not ready".
 func (h *Host) AgentExit() (exited bool, err error) {
@@ -320,6 +339,10 @@ type Member struct {
 	// Path is direct or vxlan, PathReason why.
 	Path       string `json:"path"`
 	PathReason string `json:"pathReason"`
+	// KeptBy names the signals keeping the route: "gossip", "data path".
+	KeptBy []string `json:"keptBy"`
+	// DataPath is "up", "down" or "" (not probed).
+	DataPath string `json:"dataPath"`
 }
 
 // Member returns the member with the given name.
@@ -358,7 +381,10 @@ func (h *Host) Status(ctx context.Context) (Status, error) {
 // UnmarshalJSON reads the CLI's JSON, which shows a missing address or
 // block as "-", as in its table.
 func (s *Status) UnmarshalJSON(data []byte) error {
-	type member struct{ Name, Addr, HostIP, Block, State, Route, Path, PathReason string }
+	type member struct {
+		Name, Addr, HostIP, Block, State, Route, DataPath, Path, PathReason string
+		KeptBy                                                              []string
+	}
 	var raw struct {
 		Node, HostIP, Block, Reason, Degraded, Encapsulation string
 		Ready                                                bool
@@ -388,7 +414,8 @@ func (s *Status) UnmarshalJSON(data []byte) error {
 		Ready: raw.Ready, Reason: raw.Reason, Degraded: raw.Degraded, Encapsulation: raw.Encapsulation}
 	for _, m := range raw.Members {
 		s.Members = append(s.Members, Member{Name: m.Name, Addr: addr(m.Addr), HostIP: addr(m.HostIP),
-			Block: prefix(m.Block), State: m.State, Route: m.Route, Path: m.Path, PathReason: m.PathReason})
+			Block: prefix(m.Block), State: m.State, Route: m.Route, KeptBy: m.KeptBy, DataPath: m.DataPath,
+			Path: m.Path, PathReason: m.PathReason})
 	}
 	return errors.Join(errs...)
 }
