@@ -397,6 +397,11 @@ func (l *Lab) StartAgents(ctx context.Context, hosts ...*Host) error {
 // Partition splits the LAN: the given hosts' switch ports move to a second
 // bridge, so they only reach each other. The outside host stays on br0.
 func (l *Lab) Partition(ctx context.Context, hosts ...*Host) error {
+	for _, h := range hosts {
+		if h.LAN != LAN1 {
+			return fmt.Errorf("partition: host %s is on LAN %d; only the first LAN's switch is split", h.Name, h.LAN)
+		}
+	}
 	if _, err := Run(ctx, "ip", "-n", l.Switch.Name, "link", "show", "br1"); err != nil {
 		if err := l.Switch.ip(ctx, "link", "add", "br1", "type", "bridge"); err != nil {
 			return err
