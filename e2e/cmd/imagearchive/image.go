@@ -236,17 +236,18 @@ func addFile(tw *tar.Writer, f imageFile, mtime time.Time) error {
 // writeArchive writes img as a docker image archive (manifest.json and
 // blobs; what `docker save` writes, which docker, podman and containerd
 // load) to a temporary file next to path, renamed into place when complete.
-func writeArchive(path, tag string, img v1.Image) (err error) {
-	ref, err := qualifiedTag(tag)
+// It returns the name the archive gives the image.
+func writeArchive(path, tag string, img v1.Image) (ref name.Tag, err error) {
+	ref, err = qualifiedTag(tag)
 	if err != nil {
-		return err
+		return ref, err
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
+		return ref, err
 	}
 	tmp, err := os.CreateTemp(filepath.Dir(path), ".grapevine-image-*.tar")
 	if err != nil {
-		return err
+		return ref, err
 	}
 	defer func() {
 		if err != nil {
@@ -255,15 +256,15 @@ func writeArchive(path, tag string, img v1.Image) (err error) {
 		}
 	}()
 	if err := tmp.Chmod(0o644); err != nil {
-		return err
+		return ref, err
 	}
 	if err := tarball.Write(ref, img, tmp); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
+		return ref, fmt.Errorf("write %s: %w", path, err)
 	}
 	if err := tmp.Close(); err != nil {
-		return err
+		return ref, err
 	}
-	return os.Rename(tmp.Name(), path)
+	return ref, os.Rename(tmp.Name(), path)
 }
 
 // qualifiedTag is tag with its registry spelt out as a container runtime

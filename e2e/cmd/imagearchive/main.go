@@ -55,14 +55,17 @@ func run(args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := writeArchive(*out, opts.Tag, img); err != nil {
-		return err
-	}
-	digest, err := img.Digest()
+	ref, err := writeArchive(*out, opts.Tag, img)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "%s: %s %s\n", *out, opts.Tag, digest)
+	// The config's digest is the image ID that docker, podman and
+	// containerd show; the manifest they store may be rewritten on load.
+	id, err := img.ConfigName()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%s: %s, image ID %s\n", *out, ref, id)
 	return nil
 }
 
