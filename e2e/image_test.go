@@ -1,17 +1,26 @@
 package e2e
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"github.com/grapevine-net/grapevine/e2e/labtest"
 	"github.com/grapevine-net/grapevine/e2e/runtimes"
@@ -26,7 +35,8 @@ var imagePlugins = []string{"grapevine-cni", "grapevine-ipam", "portmap", "loopb
 // DaemonSet's init container, as kubelet asks containerd's CRI for it (host
 // network, read-only root, every capability dropped, the image's entrypoint
 // with the manifest's args), installs the plugins into a host directory;
-// `podman run` does the same.
+// `podman run` does the same. And podman builds the Dockerfile's final stage
+// into the same image.
 func TestImageArchiveInRuntimes(t *testing.T) {
 	t.Parallel()
 	tools := runtimes.Require(t, "containerd", "containerd-shim-runc-v2", "runc", "ctr", "crictl", "podman")
@@ -89,6 +99,104 @@ func TestImageArchiveInRuntimes(t *testing.T) {
 		t.Fatalf("podman run %s install-cni: %v\n%s", qualified, err, out)
 	}
 	checkInstalled(t, podmanBin, built)
+
+	checkDockerfileBuild(t, ctx, pm, archive, built)
+}
+
+// checkDockerfileBuild builds the Dockerfile's final stage with podman
+// (buildah), on the binaries built here in place of its Go build stage,
+// which needs the network, and compares the result with the archive: the
+// same files with the same owners, modes and bytes, the same entrypoint,
+// command, environment and labels.
+func checkDockerfileBuild(t *testing.T, ctx context.Context, pm *runtimes.Podman, archive string, built map[string]string) {
+	t.Helper()
+	df, err := os.ReadFile("../Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	final := regexp.MustCompile(`(?m)^FROM scratch$`).FindIndex(df)
+	if final == nil {
+		t.Fatal("the Dockerfile has no FROM scratch stage")
+	}
+	dir := t.TempDir()
+	for name, src := range built {
+		dst := filepath.Join(dir, "out", name)
+		if name == "portmap" || name == "loopback" {
+			dst = filepath.Join(dir, "out", "cni", name)
+		}
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(dst, b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stage := append([]byte("FROM scratch AS build\nCOPY out /out\n"), df[final[0]:]...)
+	if err := os.WriteFile(filepath.Join(dir, "Dockerfile"), stage, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	const ref = "localhost/grapevine-dockerfile:e2e"
+	if out, err := pm.Podman(ctx, "build", "--network", "none", "--tag", ref, dir); err != nil {
+		t.Fatalf("podman build of the Dockerfile's final stage: %v\n%s", err, out)
+	}
+	saved := filepath.Join(dir, "built.tar")
+	if _, err := pm.Podman(ctx, "save", "--format", "docker-archive", "--output", saved, ref); err != nil {
+		t.Fatal(err)
+	}
+
+	fromDockerfile, dfConfig := readImage(t, saved)
+	fromArchive, archiveConfig := readImage(t, archive)
+	paths := slices.Concat(slices.Collect(maps.Keys(fromDockerfile)), slices.Collect(maps.Keys(fromArchive)))
+	slices.Sort(paths)
+	for _, p := range slices.Compact(paths) {
+		if fromDockerfile[p] != fromArchive[p] {
+			t.Errorf("%s: built from the Dockerfile %q, in the archive %q", p, fromDockerfile[p], fromArchive[p])
+		}
+	}
+	if len(fromArchive) == 0 {
+		t.Error("the archive holds no files")
+	}
+	delete(dfConfig.Labels, "io.buildah.version")
+	if !slices.Equal(dfConfig.Entrypoint, archiveConfig.Entrypoint) || !slices.Equal(dfConfig.Cmd, archiveConfig.Cmd) ||
+		!slices.Equal(dfConfig.Env, archiveConfig.Env) || !maps.Equal(dfConfig.Labels, archiveConfig.Labels) {
+		t.Errorf("config built from the Dockerfile:\n%+v\nin the archive:\n%+v", dfConfig, archiveConfig)
+	}
+}
+
+// readImage reads an image archive with go-containerregistry and describes
+// every entry of its flattened file system: type, owner, mode and content.
+func readImage(t *testing.T, path string) (map[string]string, v1.Config) {
+	t.Helper()
+	img, err := tarball.ImageFromPath(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc := mutate.Extract(img)
+	defer rc.Close()
+	files := map[string]string{}
+	tr := tar.NewReader(rc)
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			return files, cfg.Config
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum := sha256.New()
+		if _, err := io.Copy(sum, tr); err != nil {
+			t.Fatal(err)
+		}
+		files[strings.TrimSuffix(hdr.Name, "/")] = fmt.Sprintf("%c %d:%d %v %x", hdr.Typeflag, hdr.Uid, hdr.Gid, hdr.FileInfo().Mode(), sum.Sum(nil))
+	}
 }
 
 // buildImageArchive runs `make image-archive`'s program on the lab's
