@@ -128,6 +128,7 @@ func (k *NetlinkKernel) dumpRoutes() ([]Route, error) {
 				r.Via, _ = netip.AddrFromSlice(nr.Gw)
 				r.Via = r.Via.Unmap()
 				r.LinkIndex = nr.LinkIndex
+				r.OnLink = nr.Flags&int(netlink.FLAG_ONLINK) != 0
 			}
 			routes = append(routes, r)
 			return true
@@ -174,6 +175,9 @@ func netlinkRoute(r Route) *netlink.Route {
 		nr.Gw = r.Via.AsSlice()
 		nr.LinkIndex = r.LinkIndex
 		nr.Scope = netlink.SCOPE_UNIVERSE
+		if r.OnLink {
+			nr.Flags = int(netlink.FLAG_ONLINK)
+		}
 	}
 	return nr
 }

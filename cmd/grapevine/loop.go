@@ -348,6 +348,7 @@ func (a *agent) stuck() (time.Duration, bool) {
 }
 
 func (a *agent) setStatus(r statusReport) {
+	r.Encapsulation = a.opts.Encapsulation.String()
 	a.mu.Lock()
 	a.status = r
 	a.mu.Unlock()
