@@ -9,8 +9,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/grapevine-net/grapevine/internal/atomicfile"
 	"github.com/grapevine-net/grapevine/mesh/ledger"
-	"github.com/grapevine-net/grapevine/node/nodestate"
 )
 
 // BlockFileName is the saved block inside Config.StateDir.
@@ -66,7 +66,7 @@ func saveBlock(stateDir string, b savedBlock) error {
 	if err != nil {
 		return fmt.Errorf("encode saved block: %w", err)
 	}
-	if err := nodestate.WriteFileAtomic(blockFilePath(stateDir), append(data, '\n'), 0o644); err != nil {
+	if err := atomicfile.Write(blockFilePath(stateDir), append(data, '\n'), 0o644); err != nil {
 		return fmt.Errorf("save block: %w", err)
 	}
 	return nil

@@ -13,6 +13,13 @@ import (
 // with any other protocol are never changed or deleted.
 const RouteProtocol = 74
 
+// UnreachableMetric is the metric of the unreachable route for the whole
+// pool: the highest a route can carry short of the u32 limit on 32-bit
+// platforms, so any route to the pool or one of its blocks, of anyone, wins
+// over it, while it still keeps pod-addressed packets from following the
+// default route out of the host.
+const UnreachableMetric = 1<<31 - 1
+
 // Desired is what the agent wants this host's kernel to look like.
 type Desired struct {
 	// Iface is the host interface peers are reached through (the seed's em1).
@@ -22,10 +29,19 @@ type Desired struct {
 	// traffic to unallocated pod addresses is dropped here instead of
 	// following the default route. Zero: no block, no blackhole.
 	OwnBlock netip.Prefix
-	// Pool is the pod pool; traffic from it to outside it is masqueraded.
+	// Pool is the pod pool. Traffic from it to outside it is masqueraded,
+	// and the pool gets an unreachable route of lowest precedence: a packet
+	// for a block nobody routes (a withdrawn peer, a block not handed out)
+	// fails at once with an ICMP error on this host instead of leaving
+	// through the default route with a pod address. Zero: neither.
 	Pool       netip.Prefix
 	Masquerade bool
 	Peers      []PeerRoute
+	// Encapsulation chooses the peers reached over VXLAN (see ChoosePath).
+	Encapsulation Encapsulation
+	// HostIP is this host's address on Iface: the VXLAN device's local
+	// address, from which its MAC is derived (VTEPMAC).
+	HostIP netip.Addr
 }
 
 // PeerRoute says: reach Block through the peer host at Via.
@@ -35,24 +51,40 @@ type PeerRoute struct {
 	Via   netip.Addr
 }
 
-// Route is one route in the main table carrying RouteProtocol: either a
-// unicast route to Dst via a gateway on link LinkIndex, or a blackhole.
+// Route is one route in the main table carrying RouteProtocol: a unicast
+// route to Dst via a gateway on link LinkIndex, a blackhole, or an
+// unreachable route.
 type Route struct {
-	Dst       netip.Prefix
-	Blackhole bool
-	Via       netip.Addr // zero for a blackhole
-	LinkIndex int        // zero for a blackhole
-	// Metric is the route's priority. Routes Grapevine installs have 0; a
-	// different one found in the kernel is a leftover to delete, since a
-	// replace with metric 0 would not overwrite it.
+	Dst         netip.Prefix
+	Blackhole   bool
+	Unreachable bool
+	Via         netip.Addr // zero for a blackhole or an unreachable route
+	LinkIndex   int        // zero for a blackhole or an unreachable route
+	// OnLink says the next hop is on the link whatever its addresses:
+	// the VXLAN path's `via <peer VTEP> dev gv.vxlan onlink`.
+	OnLink bool
+	// Metric is the route's priority: 0 for the routes Grapevine installs,
+	// but UnreachableMetric for the pool's unreachable route. Any other
+	// found in the kernel is a leftover to delete, since a replace with
+	// the desired metric would not overwrite it.
 	Metric int
 }
+
+// Unicast reports whether r leads to a next hop (a peer route), rather than
+// dropping what it matches.
+func (r Route) Unicast() bool { return !r.Blackhole && !r.Unreachable }
 
 // String reads like `ip route` output, with the link's index for its name.
 func (r Route) String() string {
 	s := fmt.Sprintf("%s via %s ifindex %d", r.Dst, r.Via, r.LinkIndex)
-	if r.Blackhole {
+	switch {
+	case r.Blackhole:
 		s = "blackhole " + r.Dst.String()
+	case r.Unreachable:
+		s = "unreachable " + r.Dst.String()
+	}
+	if r.OnLink {
+		s += " onlink"
 	}
 	if r.Metric != 0 {
 		s += fmt.Sprintf(" metric %d", r.Metric)
@@ -81,17 +113,20 @@ var (
 )
 
 // DesiredRoutes turns d into the routes the main table should hold, given the
-// resolved interface. A peer that cannot be routed safely gets an entry in
-// peerErrs and no route; the other peers are unaffected. It is a pure
-// function.
-func DesiredRoutes(d Desired, link Link) (routes []Route, peerErrs map[string]error) {
+// resolved interface and VXLAN device (zero when there is none). A peer
+// that cannot be routed safely gets an entry in peerErrs and no route; the
+// other peers are unaffected. It is a pure function.
+func DesiredRoutes(d Desired, link, tunnel Link) (routes []Route, peerErrs map[string]error) {
 	peerErrs = make(map[string]error)
+	if d.Pool.IsValid() {
+		routes = append(routes, Route{Dst: d.Pool.Masked(), Unreachable: true, Metric: UnreachableMetric})
+	}
 	if d.OwnBlock.IsValid() {
 		routes = append(routes, Route{Dst: d.OwnBlock.Masked(), Blackhole: true})
 	}
 	candidates := make([]PeerRoute, 0, len(d.Peers))
 	for _, p := range d.Peers {
-		if err := checkPeer(p, d.OwnBlock, link); err != nil {
+		if err := checkPeerOnPath(p, d, link, tunnel); err != nil {
 			peerErrs[p.Peer] = err
 			continue
 		}
@@ -104,7 +139,7 @@ func DesiredRoutes(d Desired, link Link) (routes []Route, peerErrs map[string]er
 	}
 	for _, p := range candidates {
 		if _, bad := peerErrs[p.Peer]; !bad {
-			routes = append(routes, Route{Dst: p.Block, Via: p.Via, LinkIndex: link.Index})
+			routes = append(routes, peerRoute(p, d, link, tunnel))
 		}
 	}
 	return routes, peerErrs
@@ -219,6 +254,8 @@ func compareRoutes(a, b Route) int {
 		cmp.Compare(a.Dst.Bits(), b.Dst.Bits()),
 		cmp.Compare(a.Metric, b.Metric),
 		compareBool(a.Blackhole, b.Blackhole),
+		compareBool(a.Unreachable, b.Unreachable),
+		compareBool(a.OnLink, b.OnLink),
 		a.Via.Compare(b.Via),
 		cmp.Compare(a.LinkIndex, b.LinkIndex),
 	)

@@ -14,6 +14,9 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/grapevine-net/grapevine/mesh"
+	"github.com/grapevine-net/grapevine/node"
+	"github.com/grapevine-net/grapevine/node/nodestate"
+	"github.com/grapevine-net/grapevine/node/probe"
 )
 
 // agentOptions is the agent's configuration after flag parsing and defaults.
@@ -30,6 +33,7 @@ type agentOptions struct {
 	StateDir           string
 	RunDir             string
 	CNIConfDir         string
+	CNIVersion         string
 	GossipKey          []byte
 	MetricsAddr        string
 	Masquerade         bool
@@ -38,6 +42,9 @@ type agentOptions struct {
 	JoinKubernetes     bool
 	MTU                int
 	ResyncInterval     time.Duration
+	Encapsulation      node.Encapsulation
+	ProbeInterval      time.Duration // 0: no data-path probes
+	ProbeMisses        int
 }
 
 func agentCommand() *cli.Command {
@@ -48,23 +55,28 @@ func agentCommand() *cli.Command {
 			&cli.StringFlag{Name: "node-name", EnvVars: envVar("node-name"), Usage: "this node's unique name (default: hostname)"},
 			&cli.StringFlag{Name: "iface", EnvVars: envVar("iface"), Usage: "interface towards the peers (default: the default route's)"},
 			&cli.StringFlag{Name: "host-ip", EnvVars: envVar("host-ip"), Usage: "this host's address on --iface, used by peers as next hop (default: its first IPv4 address)"},
-			&cli.IntFlag{Name: "port", Value: DefaultPort, EnvVars: envVar("port"), Usage: "gossip port (UDP and TCP)"},
-			&cli.IntFlag{Name: "ledger-port", Value: DefaultLedgerPort, EnvVars: envVar("ledger-port"), Usage: "TCP port of the block ledger (raft among the agents)"},
-			&cli.IntFlag{Name: "voters", Value: DefaultVoters, EnvVars: envVar("voters"), Usage: "how many agents vote in the block ledger: 1, 3 or 5 (the others keep a replica)"},
+			&cli.IntFlag{Name: "port", Value: mesh.DefaultPort, EnvVars: envVar("port"), Usage: "gossip port (UDP and TCP)"},
+			&cli.IntFlag{Name: "ledger-port", Value: mesh.DefaultLedgerPort, EnvVars: envVar("ledger-port"), Usage: "TCP port of the block ledger (raft among the agents)"},
+			&cli.IntFlag{Name: "voters", Value: mesh.DefaultVoters, EnvVars: envVar("voters"), Usage: "how many agents vote in the block ledger: 1, 3 or 5 (the others keep a replica)"},
 			&cli.StringSliceFlag{Name: "join", EnvVars: envVar("join"), Usage: "`host[:port]` of a member to join; repeatable; retried until one answers. Without --join (and --join-kubernetes) the agent founds a new cluster"},
-			&cli.StringFlag{Name: "pool", Value: DefaultPool, EnvVars: envVar("pool"), Usage: "the pod CIDR the blocks are cut from"},
-			&cli.IntFlag{Name: "block-size", Value: DefaultBlockSize, EnvVars: envVar("block-size"), Usage: "prefix length of each node's block"},
-			&cli.StringFlag{Name: "state-dir", Value: DefaultStateDir, EnvVars: envVar("state-dir"), Usage: "persistent state: node ID, the block, the ledger's log, IPAM allocations"},
+			&cli.StringFlag{Name: "pool", Value: mesh.DefaultPool.String(), EnvVars: envVar("pool"), Usage: "the pod CIDR the blocks are cut from"},
+			&cli.IntFlag{Name: "block-size", Value: mesh.DefaultBlockBits, EnvVars: envVar("block-size"), Usage: "prefix length of each node's block"},
+			&cli.StringFlag{Name: "state-dir", Value: nodestate.DefaultStateDir, EnvVars: envVar("state-dir"), Usage: "persistent state: node ID, the block, the ledger's log, IPAM allocations"},
 			runDirFlag(),
-			&cli.StringFlag{Name: "cni-conf-dir", Value: DefaultCNIConfDir, EnvVars: envVar("cni-conf-dir"), Usage: "where to write the CNI conflist once a block is held (empty: write none)"},
+			&cli.StringFlag{Name: "cni-conf-dir", Value: node.DefaultCNIConfDir, EnvVars: envVar("cni-conf-dir"), Usage: "where to write the CNI conflist once a block is held (empty: write none)"},
+			&cli.StringFlag{Name: "cni-version", EnvVars: envVar("cni-version"), Usage: "pin the conflist's cniVersion to one of " + strings.Join(node.SupportedCNIVersions(), ", ") + " (default: " + node.CompatCNIVersion + ", which runtimes on older libcni accept, and cniVersions " + strings.Join(node.OfferedCNIVersions(), ", ") + " for newer ones)"},
 			&cli.StringFlag{Name: "gossip-key-file", EnvVars: envVar("gossip-key-file"), Usage: "file with a base64 16, 24 or 32-byte key that encrypts and authenticates gossip"},
 			&cli.StringFlag{Name: "metrics-addr", Value: DefaultMetricsAddr, EnvVars: envVar("metrics-addr"), Usage: "address for /metrics, /healthz and /readyz (empty: off)"},
 			&cli.BoolFlag{Name: "masquerade", Value: true, EnvVars: envVar("masquerade"), Usage: "masquerade traffic from the pool to destinations outside it"},
-			&cli.DurationFlag{Name: "reclaim-after", Value: time.Hour, EnvVars: envVar("reclaim-after"), Usage: "how long the ledger's leader must see a node gone before it frees the node's block"},
+			&cli.DurationFlag{Name: "reclaim-after", Value: mesh.DefaultReclaimAfter, EnvVars: envVar("reclaim-after"), Usage: "how long the ledger's leader must see a node gone before it frees the node's block"},
 			&cli.BoolFlag{Name: "allow-foreign-host-ip", EnvVars: envVar("allow-foreign-host-ip"), Usage: "accept peers whose advertised host IP differs from their gossip address"},
 			&cli.BoolFlag{Name: "join-kubernetes", EnvVars: envVar("join-kubernetes"), Usage: "discover members to join from the Kubernetes API's Node objects (in a pod, with its service account); the agent on the oldest Node founds the cluster"},
-			&cli.IntFlag{Name: "mtu", EnvVars: envVar("mtu"), Usage: "MTU for pod interfaces (0: the MTU of --iface)"},
+			&cli.IntFlag{Name: "mtu", EnvVars: envVar("mtu"), Usage: "MTU for pod interfaces (0: the MTU of --iface, less the VXLAN overhead unless --encapsulation=never)"},
+			&cli.StringFlag{Name: "encapsulation", Value: node.EncapsulationCrossSubnet.String(), EnvVars: envVar("encapsulation"),
+				Usage: "cross-subnet: VXLAN to peers whose host IP is not on a network of --iface, direct routes to the others; never: direct only; always: VXLAN to every peer"},
 			&cli.DurationFlag{Name: "resync-interval", Value: 30 * time.Second, EnvVars: envVar("resync-interval"), Usage: "how often the kernel state is fully reconciled even without events"},
+			&cli.DurationFlag{Name: "probe-interval", Value: probe.DefaultInterval, EnvVars: envVar("probe-interval"), Usage: "how often each peer's host address gets an ICMP echo request, to keep its route while its agent is unresponsive (0: no probes, routes follow gossip alone)"},
+			&cli.IntFlag{Name: "probe-misses", Value: probe.DefaultMisses, EnvVars: envVar("probe-misses"), Usage: "unanswered echo requests in a row after which a peer's host counts as unreachable"},
 			&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: envVar("log-level"), Usage: "debug, info, warn or error"},
 		},
 		Action: func(c *cli.Context) error {
@@ -101,6 +113,7 @@ func parseAgentOptions(c *cli.Context, log *slog.Logger) (agentOptions, error) {
 		StateDir:           c.String("state-dir"),
 		RunDir:             c.String("run-dir"),
 		CNIConfDir:         c.String("cni-conf-dir"),
+		CNIVersion:         c.String("cni-version"),
 		MetricsAddr:        c.String("metrics-addr"),
 		Masquerade:         c.Bool("masquerade"),
 		ReclaimAfter:       c.Duration("reclaim-after"),
@@ -108,6 +121,8 @@ func parseAgentOptions(c *cli.Context, log *slog.Logger) (agentOptions, error) {
 		JoinKubernetes:     c.Bool("join-kubernetes"),
 		MTU:                c.Int("mtu"),
 		ResyncInterval:     c.Duration("resync-interval"),
+		ProbeInterval:      c.Duration("probe-interval"),
+		ProbeMisses:        c.Int("probe-misses"),
 	}
 	var err error
 	if o.Pool, err = netip.ParsePrefix(c.String("pool")); err != nil {
@@ -116,28 +131,43 @@ func parseAgentOptions(c *cli.Context, log *slog.Logger) (agentOptions, error) {
 	if err := validatePool(o.Pool, o.BlockSize); err != nil {
 		return o, err
 	}
+	if err := mesh.CheckReclaimAfter(o.ReclaimAfter); err != nil {
+		return o, fmt.Errorf("--reclaim-after: %w", err)
+	}
 	if o.NodeName == "" {
 		if o.NodeName, err = os.Hostname(); err != nil {
 			return o, fmt.Errorf("--node-name not set and hostname unknown: %w", err)
 		}
 	}
-	if o.Port <= 0 || o.Port > 65535 {
-		return o, fmt.Errorf("--port %d out of range", o.Port)
+	if err := mesh.CheckNodeName(o.NodeName); err != nil {
+		return o, fmt.Errorf("--node-name: %w", err)
 	}
-	if o.LedgerPort <= 0 || o.LedgerPort > 65535 || o.LedgerPort == o.Port {
-		return o, fmt.Errorf("--ledger-port %d must be a port other than --port", o.LedgerPort)
+	if err := mesh.CheckPort(o.Port); err != nil {
+		return o, fmt.Errorf("--port: %w", err)
 	}
-	if o.Voters != 1 && o.Voters != 3 && o.Voters != 5 {
-		return o, fmt.Errorf("--voters %d: want 1, 3 or 5", o.Voters)
+	if err := mesh.CheckLedgerPort(o.LedgerPort, o.Port); err != nil {
+		return o, fmt.Errorf("--ledger-port: %w", err)
 	}
-	if o.ReclaimAfter <= 0 {
-		return o, fmt.Errorf("--reclaim-after must be positive")
+	if err := mesh.CheckVoters(o.Voters); err != nil {
+		return o, fmt.Errorf("--voters: %w", err)
 	}
 	if o.ResyncInterval <= 0 {
 		return o, fmt.Errorf("--resync-interval must be positive")
 	}
-	if o.MTU != 0 && (o.MTU < 576 || o.MTU > 65535) {
-		return o, fmt.Errorf("--mtu %d out of range 576-65535", o.MTU)
+	if o.ProbeInterval < 0 {
+		return o, fmt.Errorf("--probe-interval must not be negative (0 turns probes off)")
+	}
+	if o.ProbeMisses < 1 || o.ProbeMisses > 100 {
+		return o, fmt.Errorf("--probe-misses %d out of range 1-100", o.ProbeMisses)
+	}
+	if err := node.ValidateCNIVersion(o.CNIVersion); err != nil {
+		return o, fmt.Errorf("--cni-version: %w", err)
+	}
+	if err := nodestate.CheckMTU(o.MTU); err != nil {
+		return o, fmt.Errorf("--%w", err)
+	}
+	if o.Encapsulation, err = node.ParseEncapsulation(c.String("encapsulation")); err != nil {
+		return o, fmt.Errorf("--encapsulation: %w", err)
 	}
 	if s := c.String("host-ip"); s != "" {
 		if o.HostIP, err = netip.ParseAddr(s); err != nil || !o.HostIP.Is4() {
@@ -156,14 +186,8 @@ func parseAgentOptions(c *cli.Context, log *slog.Logger) (agentOptions, error) {
 
 // validatePool checks that the pool can be cut into blocks of blockSize.
 func validatePool(pool netip.Prefix, blockSize int) error {
-	if !pool.Addr().Is4() {
-		return fmt.Errorf("--pool %s: only IPv4 pools are supported", pool)
-	}
-	if pool.Masked() != pool {
-		return fmt.Errorf("--pool %s is not a network address (did you mean %s?)", pool, pool.Masked())
-	}
-	if blockSize < pool.Bits() || blockSize > 30 {
-		return fmt.Errorf("--block-size %d must be between the pool's prefix length %d and 30", blockSize, pool.Bits())
+	if err := mesh.CheckPool(pool, blockSize); err != nil {
+		return fmt.Errorf("--pool %s --block-size %d: %w", pool, blockSize, err)
 	}
 	return nil
 }
@@ -176,29 +200,30 @@ func readGossipKey(path string) ([]byte, error) {
 	}
 	key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(raw)))
 	if err != nil {
-		return nil, fmt.Errorf("gossip key %s: not base64: %w", path, err)
+		return nil, fmt.Errorf("%s: gossip key is not base64 (make one with `grapevine keygen`): %w", path, err)
 	}
-	switch len(key) {
-	case 16, 24, 32:
-		return key, nil
+	if len(key) == 0 {
+		return nil, fmt.Errorf("%s: gossip key is empty (make one with `grapevine keygen`)", path)
 	}
-	return nil, fmt.Errorf("gossip key %s: %d bytes, want 16, 24 or 32 (use `grapevine keygen`)", path, len(key))
+	if err := mesh.CheckSecretKey(key); err != nil {
+		return nil, fmt.Errorf("%s: %w (make one with `grapevine keygen`)", path, err)
+	}
+	return key, nil
 }
 
 // runAgent resolves what the flags left to the host, then runs the agent
 // until ctx ends.
 func runAgent(ctx context.Context, o agentOptions, log *slog.Logger) error {
-	uplink, err := resolveUplink(o.Iface, o.HostIP)
+	uplink, err := node.ResolveUplink(o.Iface, o.HostIP)
 	if err != nil {
-		return err
+		return fmt.Errorf("find the interface towards the peers: %w (set --iface, --host-ip or both)", err)
 	}
 	o.Iface, o.HostIP = uplink.Name, uplink.Addr
-	if o.MTU == 0 {
-		o.MTU = uplink.MTU
-	}
+	o.MTU = podMTU(o.MTU, uplink.MTU, o.Encapsulation)
 	log = log.With("node", o.NodeName)
 	log.Info("starting grapevine agent", "version", version, "iface", o.Iface, "hostIP", o.HostIP,
-		"pool", o.Pool, "blockSize", o.BlockSize, "port", o.Port, "ledgerPort", o.LedgerPort, "voters", o.Voters, "join", o.Join)
+		"pool", o.Pool, "blockSize", o.BlockSize, "port", o.Port, "ledgerPort", o.LedgerPort, "voters", o.Voters, "join", o.Join,
+		"encapsulation", o.Encapsulation, "podMTU", o.MTU)
 
 	a, err := newAgent(o, o.meshConfig(log), netlinkHost(), log)
 	if err != nil {
@@ -209,6 +234,21 @@ func runAgent(ctx context.Context, o agentOptions, log *slog.Logger) error {
 		err = nil
 	}
 	return err
+}
+
+// podMTU is the MTU written to node.json for pods: the flag's if set, else
+// the interface's, less the VXLAN overhead whenever a peer may be reached
+// over VXLAN. Pods keep their MTU for life, and a peer on another subnet may
+// join after they were created, so cross-subnet pays the 50 bytes even while
+// every peer is direct: a large packet must never be black-holed.
+func podMTU(flag, ifaceMTU int, e node.Encapsulation) int {
+	switch {
+	case flag != 0:
+		return flag
+	case e == node.EncapsulationNever:
+		return ifaceMTU
+	}
+	return ifaceMTU - node.TunnelOverhead
 }
 
 // meshConfig translates the options into the mesh's configuration. An

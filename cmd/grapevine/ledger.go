@@ -7,6 +7,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/grapevine-net/grapevine/mesh"
+	"github.com/grapevine-net/grapevine/node/nodestate"
 )
 
 // ledgerCommand groups the operator's commands on the block ledger.
@@ -19,9 +20,9 @@ func ledgerCommand() *cli.Command {
 			Usage: "with the agent stopped: make this node the only voter of a ledger that lost a majority of its voters for good; " +
 				"start its agent afterwards, then the others",
 			Flags: []cli.Flag{
-				&cli.StringFlag{Name: "state-dir", Value: DefaultStateDir, EnvVars: envVar("state-dir"), Usage: "the agent's --state-dir"},
+				&cli.StringFlag{Name: "state-dir", Value: nodestate.DefaultStateDir, EnvVars: envVar("state-dir"), Usage: "the agent's --state-dir"},
 				&cli.StringFlag{Name: "host-ip", Required: true, EnvVars: envVar("host-ip"), Usage: "the agent's host IP, where its ledger listens"},
-				&cli.IntFlag{Name: "ledger-port", Value: DefaultLedgerPort, EnvVars: envVar("ledger-port"), Usage: "the agent's --ledger-port"},
+				&cli.IntFlag{Name: "ledger-port", Value: mesh.DefaultLedgerPort, EnvVars: envVar("ledger-port"), Usage: "the agent's --ledger-port"},
 			},
 			Action: func(c *cli.Context) error {
 				ip, err := netip.ParseAddr(c.String("host-ip"))

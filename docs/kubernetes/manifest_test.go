@@ -7,15 +7,12 @@ package kubernetes
 
 import (
 	"bytes"
-	"go/ast"
-	"go/parser"
-	"go/token"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 
@@ -25,6 +22,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"sigs.k8s.io/yaml"
+
+	"github.com/grapevine-net/grapevine/docs/internal/agentcli"
+	"github.com/grapevine-net/grapevine/mesh"
+	"github.com/grapevine-net/grapevine/node"
+	"github.com/grapevine-net/grapevine/node/nodestate"
 )
 
 const (
@@ -243,8 +245,9 @@ func TestDaemonSetScheduling(t *testing.T) {
 	}
 }
 
-// TestAgentPrivileges: the agent gets the one capability its kernel calls
-// need (routes, nftables, ip_forward) and no more.
+// TestAgentPrivileges: the agent gets the capabilities its kernel calls
+// need (routes, nftables, ip_forward; the raw ICMP socket of the data-path
+// probes) and no more.
 func TestAgentPrivileges(t *testing.T) {
 	m := loadManifest(t)
 	agent := m.container(t, "agent", false)
@@ -253,12 +256,12 @@ func TestAgentPrivileges(t *testing.T) {
 		t.Fatal("agent has no securityContext with capabilities")
 	}
 	if sc.Privileged != nil && *sc.Privileged {
-		t.Error("agent is privileged; it needs only NET_ADMIN")
+		t.Error("agent is privileged; it needs only NET_ADMIN and NET_RAW")
 	}
 	if !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) {
 		t.Errorf("agent drops %v, want ALL", sc.Capabilities.Drop)
 	}
-	if want := []corev1.Capability{"NET_ADMIN"}; !slices.Equal(sc.Capabilities.Add, want) {
+	if want := []corev1.Capability{"NET_ADMIN", "NET_RAW"}; !slices.Equal(sc.Capabilities.Add, want) {
 		t.Errorf("agent adds capabilities %v, want %v", sc.Capabilities.Add, want)
 	}
 	if sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
@@ -296,20 +299,77 @@ func TestMounts(t *testing.T) {
 		}
 	}
 
+	// The image has no shell: the init container runs the image's entrypoint
+	// (grapevine) with `install-cni`, into the host's /opt/cni/bin, from the
+	// directory where the image keeps the plugins.
 	install := m.container(t, "install-cni", true)
-	const target = "/host/opt/cni/bin"
+	if len(install.Command) != 0 {
+		t.Errorf("install-cni overrides the entrypoint with %q; the image has only grapevine", install.Command)
+	}
+	if len(install.Args) == 0 || install.Args[0] != "install-cni" {
+		t.Fatalf("install-cni runs `grapevine %s`, want `grapevine install-cni`", strings.Join(install.Args, " "))
+	}
+	spec := agentSpec(t)
+	flags, err := parseFlags(install.Args[1:], spec.Commands["install-cni"])
+	if err != nil {
+		t.Fatalf("install-cni args %q: %v", install.Args, err)
+	}
+	target := flags["cni-bin-dir"]
+	if target == "" {
+		t.Fatalf("install-cni args %q do not set --cni-bin-dir to the mounted host directory", install.Args)
+	}
 	if host := m.hostPathMount(t, install, target); host != "/opt/cni/bin" {
 		t.Errorf("install-cni writes to the host's %s, want /opt/cni/bin", host)
 	}
-	script := strings.Join(append(slices.Clone(install.Command), install.Args...), " ")
-	for _, bin := range []string{"grapevine-cni", "grapevine-ipam", "portmap", "loopback"} {
-		if !strings.Contains(script, bin) {
-			t.Errorf("install-cni does not install %s", bin)
+	from, ok := flags["from"]
+	if !ok {
+		from = spec.Consts["DefaultImageCNIDir"]
+	}
+	if dir := imagePluginDir(t); from != dir {
+		t.Errorf("install-cni copies from %q, the image has the plugins in %q", from, dir)
+	}
+}
+
+// parseFlags reads --name=value and --name value arguments, refusing flags
+// the command does not declare and positional arguments.
+func parseFlags(args []string, known map[string]bool) (map[string]string, error) {
+	flags := map[string]string{}
+	for i := 0; i < len(args); i++ {
+		name, ok := strings.CutPrefix(args[i], "--")
+		if !ok {
+			return nil, fmt.Errorf("positional argument %q", args[i])
+		}
+		name, value, hasValue := strings.Cut(name, "=")
+		if !known[name] {
+			return nil, fmt.Errorf("--%s is not a flag of the command (it has %v)", name, known)
+		}
+		if !hasValue {
+			if i+1 == len(args) {
+				return nil, fmt.Errorf("--%s has no value", name)
+			}
+			i++
+			value = args[i]
+		}
+		flags[name] = value
+	}
+	return flags, nil
+}
+
+// imagePluginDir is where the Dockerfile puts the CNI plugins: the
+// destination of the COPY that brings portmap into the final stage.
+func imagePluginDir(t *testing.T) string {
+	t.Helper()
+	df, err := os.ReadFile(dockerfile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range regexp.MustCompile(`(?m)^COPY --from=build (.*) (\S+)$`).FindAllSubmatch(df, -1) {
+		if bytes.Contains(line[1], []byte("/portmap")) {
+			return strings.TrimSuffix(string(line[2]), "/")
 		}
 	}
-	if !strings.Contains(script, target) {
-		t.Errorf("install-cni's script does not write to %s: %q", target, script)
-	}
+	t.Fatal("the Dockerfile copies no portmap into the image")
+	return ""
 }
 
 // TestEnv: the node's identity comes from the downward API, the gossip key
@@ -380,7 +440,7 @@ func TestEnv(t *testing.T) {
 func TestProbesAndPorts(t *testing.T) {
 	m := loadManifest(t)
 	agent := m.container(t, "agent", false)
-	consts := agentConsts(t)
+	consts := agentSpec(t).Consts
 
 	metrics, err := netip.ParseAddrPort(consts["DefaultMetricsAddr"])
 	if err != nil {
@@ -403,9 +463,9 @@ func TestProbesAndPorts(t *testing.T) {
 		}
 	}
 
-	port, err := strconv.Atoi(consts["DefaultPort"])
-	if err != nil || port != 7962 {
-		t.Errorf("the agent's default gossip port is %q, design.md fixes 7962", consts["DefaultPort"])
+	port := mesh.DefaultPort
+	if port != 7962 {
+		t.Errorf("the agent's default gossip port is %d, design.md fixes 7962", port)
 	}
 	protocols := map[corev1.Protocol]bool{}
 	for _, p := range agent.Ports {
@@ -477,86 +537,24 @@ func TestImage(t *testing.T) {
 	}
 }
 
-// agentConsts returns the string and integer constants declared in the
-// agent's package, as their literal text without quotes.
-func agentConsts(t *testing.T) map[string]string {
+// agentSpec reads cmd/grapevine's commands, flags and constants.
+func agentSpec(t *testing.T) agentcli.Spec {
 	t.Helper()
-	consts := map[string]string{}
-	for _, f := range parseAgent(t) {
-		ast.Inspect(f, func(n ast.Node) bool {
-			d, ok := n.(*ast.GenDecl)
-			if !ok || d.Tok != token.CONST {
-				return true
-			}
-			for _, s := range d.Specs {
-				vs := s.(*ast.ValueSpec)
-				for i, name := range vs.Names {
-					if i < len(vs.Values) {
-						if lit, ok := vs.Values[i].(*ast.BasicLit); ok {
-							consts[name.Name] = strings.Trim(lit.Value, `"`)
-						}
-					}
-				}
-			}
-			return false
-		})
-	}
-	return consts
-}
-
-// agentEnvVars returns the environment variables the agent's flags read: every
-// cli flag literal's Name, spelt as the agent's envVar spells it.
-func agentEnvVars(t *testing.T) map[string]bool {
-	t.Helper()
-	vars := map[string]bool{}
-	for _, f := range parseAgent(t) {
-		ast.Inspect(f, func(n ast.Node) bool {
-			lit, ok := n.(*ast.CompositeLit)
-			if !ok {
-				return true
-			}
-			sel, ok := lit.Type.(*ast.SelectorExpr)
-			if !ok || !strings.HasSuffix(sel.Sel.Name, "Flag") {
-				return true
-			}
-			for _, el := range lit.Elts {
-				kv, ok := el.(*ast.KeyValueExpr)
-				if !ok || kv.Key.(*ast.Ident).Name != "Name" {
-					continue
-				}
-				if s, ok := kv.Value.(*ast.BasicLit); ok {
-					name := strings.Trim(s.Value, `"`)
-					vars["GRAPEVINE_"+strings.ToUpper(strings.ReplaceAll(name, "-", "_"))] = true
-				}
-			}
-			return true
-		})
-	}
-	if len(vars) == 0 {
-		t.Fatal("found no flags in cmd/grapevine")
-	}
-	return vars
-}
-
-func parseAgent(t *testing.T) []*ast.File {
-	t.Helper()
-	paths, err := filepath.Glob(filepath.Join(agentDir, "*.go"))
+	spec, err := agentcli.Parse(agentDir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	fset := token.NewFileSet()
-	var files []*ast.File
-	for _, p := range paths {
-		if strings.HasSuffix(p, "_test.go") {
-			continue
-		}
-		f, err := parser.ParseFile(fset, p, nil, parser.SkipObjectResolution)
-		if err != nil {
-			t.Fatal(err)
-		}
-		files = append(files, f)
+	return spec
+}
+
+// agentEnvVars returns the environment variables the agent's flags read.
+func agentEnvVars(t *testing.T) map[string]bool {
+	t.Helper()
+	vars := map[string]bool{}
+	for flag := range agentSpec(t).Commands["agent"] {
+		vars[agentcli.EnvVar(flag)] = true
 	}
-	return files
+	return vars
 }
 
 // TestSystemdUnit: the bare-metal unit grants the same capabilities as the
@@ -594,17 +592,16 @@ func TestSystemdUnit(t *testing.T) {
 		t.Errorf("unit's CapabilityBoundingSet = %v, the DaemonSet grants %v", got, want)
 	}
 
-	consts := agentConsts(t)
 	// systemd creates StateDirectory= under /var/lib and RuntimeDirectory=
 	// under /run.
-	if dir := "/var/lib/" + one("StateDirectory"); dir != consts["DefaultStateDir"] {
-		t.Errorf("unit's StateDirectory is %s, the agent's default state dir %s", dir, consts["DefaultStateDir"])
+	if dir := "/var/lib/" + one("StateDirectory"); dir != nodestate.DefaultStateDir {
+		t.Errorf("unit's StateDirectory is %s, the agent's default state dir %s", dir, nodestate.DefaultStateDir)
 	}
-	if dir := "/run/" + one("RuntimeDirectory"); dir != consts["DefaultRunDir"] {
-		t.Errorf("unit's RuntimeDirectory is %s, the agent's default run dir %s", dir, consts["DefaultRunDir"])
+	if dir := "/run/" + one("RuntimeDirectory"); dir != nodestate.DefaultRunDir {
+		t.Errorf("unit's RuntimeDirectory is %s, the agent's default run dir %s", dir, nodestate.DefaultRunDir)
 	}
-	if rw := one("ReadWritePaths"); strings.TrimPrefix(rw, "-") != consts["DefaultCNIConfDir"] {
-		t.Errorf("unit's ReadWritePaths=%s, the agent writes the conflist to %s", rw, consts["DefaultCNIConfDir"])
+	if rw := one("ReadWritePaths"); strings.TrimPrefix(rw, "-") != node.DefaultCNIConfDir {
+		t.Errorf("unit's ReadWritePaths=%s, the agent writes the conflist to %s", rw, node.DefaultCNIConfDir)
 	}
 	if one("ProtectSystem") != "strict" {
 		t.Errorf("ProtectSystem=%s; the test above assumes strict", one("ProtectSystem"))
