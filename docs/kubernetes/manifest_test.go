@@ -463,19 +463,27 @@ func TestProbesAndPorts(t *testing.T) {
 		}
 	}
 
-	port := mesh.DefaultPort
-	if port != 7962 {
-		t.Errorf("the agent's default gossip port is %d, design.md fixes 7962", port)
+	port, ledgerPort := mesh.DefaultPort, mesh.DefaultLedgerPort
+	if port != 7962 || ledgerPort != 7963 {
+		t.Errorf("the agent's default gossip and ledger ports are %d and %d, design.md fixes 7962 and 7963", port, ledgerPort)
 	}
 	protocols := map[corev1.Protocol]bool{}
+	ledgerTCP := false
 	for _, p := range agent.Ports {
-		if int(p.ContainerPort) != port {
-			t.Errorf("agent declares port %d/%s, the gossip port is %d", p.ContainerPort, p.Protocol, port)
+		switch int(p.ContainerPort) {
+		case port:
+			protocols[p.Protocol] = true
+		case ledgerPort:
+			ledgerTCP = ledgerTCP || p.Protocol == corev1.ProtocolTCP
+		default:
+			t.Errorf("agent declares port %d/%s, neither the gossip port %d nor the ledger port %d", p.ContainerPort, p.Protocol, port, ledgerPort)
 		}
-		protocols[p.Protocol] = true
 	}
 	if !protocols[corev1.ProtocolTCP] || !protocols[corev1.ProtocolUDP] {
 		t.Errorf("agent declares the gossip port for %v, want TCP and UDP (memberlist uses both)", protocols)
+	}
+	if !ledgerTCP {
+		t.Errorf("agent does not declare the ledger port %d/TCP", ledgerPort)
 	}
 }
 
