@@ -119,16 +119,17 @@ func (m *Mesh) ledgerPeers() []ledger.Peer {
 	return out
 }
 
-// peersLoop hands gossip's view to the ledger whenever it changes, off
-// memberlist's goroutines.
+// peersLoop hands gossip's view to the ledger at once (the leader judges
+// nobody dead before it has one) and whenever it changes, off memberlist's
+// goroutines.
 func (m *Mesh) peersLoop(ctx context.Context) {
 	for {
+		m.led.SetPeers(m.ledgerPeers())
 		select {
 		case <-ctx.Done():
 			return
 		case <-m.peersChanged:
 		}
-		m.led.SetPeers(m.ledgerPeers())
 	}
 }
 

@@ -423,9 +423,9 @@ func TestTrace09NameChurnStaysBounded(t *testing.T) {
 	c := newCluster(t, meshtest.Options{Pool: netip.MustParsePrefix("10.244.0.0/22"), ReclaimAfter: reclaimAfter, Voters: 1, Logger: testLogger(t)})
 	a := start(t, c, meshtest.Spec{Name: "a"})
 	waitConverged(t, c, 20*time.Second)
-	churn := 5
+	churn := 4
 	if testing.Short() {
-		churn = 4
+		churn = 2
 	}
 	for i := range churn {
 		name := fmt.Sprintf("churn-%03d", i)
