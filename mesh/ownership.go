@@ -113,7 +113,7 @@ func (m *Mesh) ownershipLoop(ctx context.Context, saved *savedBlock) {
 	wasReady := false
 	stepInterval := min(maxStepInterval, m.cfg.ReclaimAfter/8)
 	for {
-		ok := m.step(ctx, hint, &leaderless)
+		ok := m.step(ctx, &hint, &leaderless)
 		if ok {
 			failures = 0
 		} else {
@@ -156,8 +156,10 @@ func backoff(failures int) time.Duration {
 }
 
 // step does one round of the ownership loop and reports whether this node
-// is where it should be (in a ledger, holding a confirmed block).
-func (m *Mesh) step(ctx context.Context, hint netip.Prefix, leaderless *time.Time) bool {
+// is where it should be (in a ledger, holding a confirmed block). hint is
+// the saved block, asked for until a claim succeeds once: after a fence it
+// would name the lost block.
+func (m *Mesh) step(ctx context.Context, hint *netip.Prefix, leaderless *time.Time) bool {
 	led := m.led
 	info := led.Info()
 	st, _ := led.State()
@@ -192,10 +194,15 @@ func (m *Mesh) step(ctx context.Context, hint netip.Prefix, leaderless *time.Tim
 	o, assigned := st.Blocks[own.Block]
 	needClaim := !own.Block.IsValid() || !own.confirmed || (assigned && o.ID == m.id && o.HostIP != m.cfg.AdvertiseAddr)
 	if needClaim {
+		want := *hint
 		if own.Block.IsValid() {
-			hint = own.Block
+			want = own.Block
 		}
-		return m.claim(ctx, hint)
+		if !m.claim(ctx, want) {
+			return false
+		}
+		*hint = netip.Prefix{}
+		return true
 	}
 	m.refreshSaved()
 	return true
