@@ -184,7 +184,9 @@ func (m *Mesh) Run(ctx context.Context) error {
 	m.mu.Lock()
 	m.led = led
 	m.mu.Unlock()
-	m.restore(saved)
+	if m.restore(saved) {
+		m.pushStateToLive()
+	}
 
 	var wg sync.WaitGroup
 	ledgerDone := make(chan error, 1)
@@ -255,6 +257,34 @@ func (m *Mesh) openLedger(id ledger.NodeID) (*ledger.Ledger, error) {
 		m.cfg.TuneLedger(&cfg)
 	}
 	return ledger.Open(cfg)
+}
+
+// maxStatePushes bounds how many members a restarted node exchanges full
+// state with directly.
+const maxStatePushes = 16
+
+// pushStateToLive exchanges full state (memberlist's push/pull) with up to
+// maxStatePushes live members. Peers still hold a restarted node as left or
+// dead, at a higher incarnation than the one it started with, and ignore it
+// until its refutation reaches them. memberlist refutes during the join's
+// push/pull with the seed, but then spreads the refutation by gossip; a
+// direct exchange puts it on every peer at once, so they route the
+// restored block without waiting for gossip rounds.
+func (m *Mesh) pushStateToLive() {
+	m.mu.Lock()
+	var addrs []string
+	for _, p := range m.peers {
+		if p.usable() && len(addrs) < maxStatePushes {
+			addrs = append(addrs, p.addr.String())
+		}
+	}
+	m.mu.Unlock()
+	if len(addrs) == 0 {
+		return
+	}
+	if _, err := m.ml.Join(addrs); err != nil {
+		m.log.Debug("state exchange after restart", "err", err)
+	}
 }
 
 // leave announces the leave in metadata first, so peers record "left", not

@@ -17,8 +17,8 @@ const (
 	// maxStepInterval is how often, at most, the loop looks again without
 	// a nudge: the lease and the leader's reachability change without
 	// events. It is also at most an eighth of ReclaimAfter (see
-	// contactLost).
-	maxStepInterval = time.Second
+	// contactLost). Idle, each look costs a copy of the ledger's state.
+	maxStepInterval = 5 * time.Second
 	// ledgerCallTimeout bounds one claim or join request.
 	ledgerCallTimeout = 5 * time.Second
 	// leaderlessRejoin is how long this node goes without a known leader
@@ -80,9 +80,10 @@ func (m *Mesh) contactLost(info ledger.Info) bool {
 
 // restore applies the restart rule to the block the previous run saved:
 // usable at once if it holds, otherwise only the hint of the first claim.
-func (m *Mesh) restore(saved *savedBlock) {
+// It reports whether the block was restored.
+func (m *Mesh) restore(saved *savedBlock) bool {
 	if saved == nil {
-		return
+		return false
 	}
 	st, _ := m.led.State()
 	now := m.now()
@@ -94,10 +95,11 @@ func (m *Mesh) restore(saved *savedBlock) {
 		m.own.seen = true
 		m.metrics.claims.WithLabelValues("restored").Inc()
 		m.log.Info("restored the saved block under the restart rule", "block", saved.Block, "confirmed", saved.LastConfirmed)
-		return
+		return true
 	}
 	m.reason = fmt.Sprintf("waiting for the ledger to confirm block %s saved by the previous run", saved.Block)
 	m.log.Info("saved block needs the ledger's confirmation before new addresses are handed out", "block", saved.Block, "confirmed", saved.LastConfirmed)
+	return false
 }
 
 // ownershipLoop keeps this node in a ledger and holding a block: it asks to
