@@ -81,7 +81,7 @@ func MeasureCrashes(ctx context.Context, cfg LabConfig) (_ []Row, err error) {
 		rows = append(rows, Row{ID: sc.id, Measure: sc.measure, Unit: "s",
 			Value: seconds(median(took)), Samples: len(took),
 			Target: Target{Kind: AtMost, Limit: 6},
-			Note: fmt.Sprintf("median; all trials %v; worst %v; the survivors' last verdicts per trial and victim: %s",
+			Note: fmt.Sprintf("median; all trials %v; worst %v; per trial, each survivor's withdrawal of each victim, and the survivors' last verdicts on it: %s",
 				roundAll(took), slicesMax(took).Round(time.Millisecond), strings.Join(verdicts, "; "))})
 	}
 	return rows, nil
@@ -150,6 +150,16 @@ func crashOnce(ctx context.Context, l *lab.Lab, victimNums []int) (time.Duration
 		return 0, "", err
 	}
 	var parts []string
+	for i, s := range survivors {
+		for j, v := range victims {
+			path := "direct"
+			if s.LAN != v.LAN {
+				path = "vxlan"
+			}
+			parts = append(parts, fmt.Sprintf("%s withdrew %s (%s) after %v", s.Name, v.Name, path,
+				w.removedAt(e, i, blocks[j]).Sub(t0).Round(time.Millisecond)))
+		}
+	}
 	for _, v := range victims {
 		var latest crashVerdicts
 		for _, s := range survivors {
@@ -161,12 +171,12 @@ func crashOnce(ctx context.Context, l *lab.Lab, victimNums []int) (time.Duration
 			latest.dead = max(latest.dead, got.dead)
 			latest.pathDown = max(latest.pathDown, got.pathDown)
 		}
-		parts = append(parts, fmt.Sprintf("%s: %s", v.Name, latest))
+		parts = append(parts, fmt.Sprintf("%s verdicts: %s", v.Name, latest))
 	}
 	if err := l.StartAgents(ctx, victims...); err != nil {
 		return 0, "", err
 	}
-	return at.Sub(t0), strings.Join(parts, ", "), nil
+	return at.Sub(t0), "[" + strings.Join(parts, ", ") + "]", nil
 }
 
 func contains(nums []int, h *lab.Host) bool {
