@@ -48,14 +48,16 @@ func (v crashVerdicts) String() string {
 // and VXLAN to another, and of two hosts at once: CrashTrials of each, from
 // the cut until the last survivor's kernel reported the last victim's block
 // route gone. From the survivors' logs it tells which verdict came last:
-// memberlist's (suspect, then dead) or the data path's.
+// memberlist's (suspect, then dead) or the data path's. Then it stops the
+// agent behind the router for Freeze, FrozenTrials times, while pods on it
+// and on h1 ping each other over VXLAN.
 func MeasureCrashes(ctx context.Context, cfg LabConfig) (_ []Row, err error) {
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	if cfg.CrashTrials < 1 {
-		return nil, errors.New("no crash trials")
+	if cfg.CrashTrials < 1 && cfg.FrozenTrials < 1 {
+		return nil, errors.New("no crash or frozen-agent trials")
 	}
 	l, err := lab.New(ctx, lab.Config{Hosts: 2, Routed: true, Hosts2: 1, BinDir: cfg.BinDir, CNIPath: cfg.CNIPath, Logger: log})
 	if err != nil {
@@ -67,6 +69,9 @@ func MeasureCrashes(ctx context.Context, cfg LabConfig) (_ []Row, err error) {
 	}
 	var rows []Row
 	for _, sc := range crashScenarios {
+		if cfg.CrashTrials < 1 {
+			break
+		}
 		var took []time.Duration
 		var verdicts []string
 		for i := range cfg.CrashTrials {
@@ -84,7 +89,15 @@ func MeasureCrashes(ctx context.Context, cfg LabConfig) (_ []Row, err error) {
 			Note: fmt.Sprintf("median; all trials %v; worst %v; per trial, each survivor's withdrawal of each victim, and the survivors' last verdicts on it: %s",
 				roundAll(took), slicesMax(took).Round(time.Millisecond), strings.Join(verdicts, "; "))})
 	}
-	return rows, nil
+	if cfg.FrozenTrials == 0 {
+		return rows, nil
+	}
+	b := &labBench{lab: l, mesh: l.Hosts(), log: log}
+	frozen, err := b.frozenTrials(ctx, "10i", " behind the router, pods pinging over VXLAN", l.Host(1), l.Host(3), cfg.FrozenTrials, cfg.Freeze)
+	if err != nil {
+		return rows, err
+	}
+	return append(rows, frozen), nil
 }
 
 func slicesMax(d []time.Duration) time.Duration {

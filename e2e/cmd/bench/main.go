@@ -138,9 +138,10 @@ func run() error {
 		})
 	}
 	if want("crash") {
-		measure("routed lab: crashes of direct and VXLAN peers, one and two at once", func() ([]bench.Row, error) {
+		measure("routed lab: crashes of direct and VXLAN peers, one and two at once; a frozen agent behind the router", func() ([]bench.Row, error) {
 			return bench.MeasureCrashes(ctx, bench.LabConfig{
-				BinDir: bins, CNIPath: []string{cni}, CrashTrials: *crashTrials, Logger: log,
+				BinDir: bins, CNIPath: []string{cni}, CrashTrials: *crashTrials,
+				FrozenTrials: *frozenTrial, Freeze: *freeze, Logger: log,
 			})
 		})
 	}
