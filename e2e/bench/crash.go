@@ -145,6 +145,11 @@ func crashOnce(ctx context.Context, l *lab.Lab, victimNums []int) (time.Duration
 	if err != nil {
 		return 0, "", err
 	}
+	// Under load the watch may not have read the routes in place yet; a
+	// crash timed from then would be over before it started.
+	if _, err := w.wait(ctx, w.expect(fmt.Sprintf("every survivor routes %v", blocks), routesTo(blocks)), joinTimeout); err != nil {
+		return 0, "", err
+	}
 	e := w.expect(fmt.Sprintf("no survivor routes %v", blocks), noRouteTo(blocks))
 	t0 := time.Now()
 	for _, h := range victims {
@@ -169,8 +174,11 @@ func crashOnce(ctx context.Context, l *lab.Lab, victimNums []int) (time.Duration
 			if s.LAN != v.LAN {
 				path = "vxlan"
 			}
-			parts = append(parts, fmt.Sprintf("%s withdrew %s (%s) after %v", s.Name, v.Name, path,
-				w.removedAt(e, i, blocks[j]).Sub(t0).Round(time.Millisecond)))
+			after := "?"
+			if at := w.removedAt(e, i, blocks[j]); !at.IsZero() {
+				after = at.Sub(t0).Round(time.Millisecond).String()
+			}
+			parts = append(parts, fmt.Sprintf("%s withdrew %s (%s) after %s", s.Name, v.Name, path, after))
 		}
 	}
 	for _, v := range victims {
@@ -199,6 +207,18 @@ func contains(nums []int, h *lab.Host) bool {
 		}
 	}
 	return false
+}
+
+// routesTo holds when agent routes go to all of blocks.
+func routesTo(blocks []netip.Prefix) func(routeTable) bool {
+	return func(t routeTable) bool {
+		for _, b := range blocks {
+			if _, ok := t[b]; !ok {
+				return false
+			}
+		}
+		return true
+	}
 }
 
 // noRouteTo holds when no agent route goes to any of blocks.
