@@ -67,6 +67,12 @@ func MeasureCrashes(ctx context.Context, cfg LabConfig) (_ []Row, err error) {
 	if err := l.StartAgents(ctx); err != nil {
 		return nil, err
 	}
+	meshCtx, cancel := context.WithTimeout(ctx, time.Minute)
+	_, err = lab.WaitMesh(meshCtx, l.Hosts())
+	cancel()
+	if err != nil {
+		return nil, err
+	}
 	var rows []Row
 	for _, sc := range crashScenarios {
 		if cfg.CrashTrials < 1 {
@@ -85,6 +91,7 @@ func MeasureCrashes(ctx context.Context, cfg LabConfig) (_ []Row, err error) {
 		}
 		rows = append(rows, Row{ID: sc.id, Measure: sc.measure, Unit: "s",
 			Value: seconds(median(took)), Samples: len(took),
+			Peer:   &Peer{Name: "flannel+etcd", Text: "never; BGP: hold timer 90-240 s", Published: true},
 			Target: Target{Kind: AtMost, Limit: 6},
 			Note: fmt.Sprintf("median; all trials %v; worst %v; per trial, each survivor's withdrawal of each victim, and the survivors' last verdicts on it: %s",
 				roundAll(took), slicesMax(took).Round(time.Millisecond), strings.Join(verdicts, "; "))})
