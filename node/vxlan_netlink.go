@@ -8,6 +8,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/grapevine-net/grapevine/internal/netlinkdump"
 )
 
 var _ Kernel = (*NetlinkKernel)(nil)
@@ -43,7 +45,7 @@ func (k *NetlinkKernel) Tunnel() (TunnelState, error) {
 		st.Tunnel.Local = a.Unmap()
 	}
 	copy(st.Tunnel.MAC[:], attrs.HardwareAddr)
-	addrs, err := k.handle.AddrList(l, netlink.FAMILY_V4)
+	addrs, err := netlinkdump.Retry(func() ([]netlink.Addr, error) { return k.handle.AddrList(l, netlink.FAMILY_V4) })
 	if err != nil {
 		return st, fmt.Errorf("list addresses of %s: %w", TunnelName, err)
 	}
@@ -136,7 +138,7 @@ func (k *NetlinkKernel) TunnelEntries() ([]Neighbour, []FDBEntry, error) {
 		return nil, nil, err
 	}
 	index := l.Attrs().Index
-	ns, err := k.handle.NeighList(index, netlink.FAMILY_V4)
+	ns, err := netlinkdump.Retry(func() ([]netlink.Neigh, error) { return k.handle.NeighList(index, netlink.FAMILY_V4) })
 	if err != nil {
 		return nil, nil, fmt.Errorf("list neighbours of %s: %w", TunnelName, err)
 	}
@@ -150,7 +152,7 @@ func (k *NetlinkKernel) TunnelEntries() ([]Neighbour, []FDBEntry, error) {
 		copy(e.MAC[:], n.HardwareAddr)
 		neighs = append(neighs, e)
 	}
-	fs, err := k.handle.NeighList(index, unix.AF_BRIDGE)
+	fs, err := netlinkdump.Retry(func() ([]netlink.Neigh, error) { return k.handle.NeighList(index, unix.AF_BRIDGE) })
 	if err != nil {
 		return nil, nil, fmt.Errorf("list FDB of %s: %w", TunnelName, err)
 	}
