@@ -138,9 +138,10 @@ func crossSubnetFrozen(t *testing.T, l *lab.Lab, p1, p3 *lab.Pod) {
 // crossSubnetLinkCut: h3's link is cut while its agent runs. h1 and h2
 // withdraw h3's route, neighbour and FDB entry (and the VXLAN device with
 // it, their only VXLAN peer), and h3 withdraws theirs. Then a pod's packets
-// to h3's block fail at once on their own host, and the router sees nothing
-// of the pool: neither pod addresses in the clear nor VXLAN packets for the
-// withdrawn block. With the link back, the mesh is whole again.
+// to h3's block fail at once on their own host, and neither the router nor
+// the outside host sees anything of the pool: no pod addresses in the clear,
+// no VXLAN packets for the withdrawn block. With the link back, the mesh is
+// whole again.
 func crossSubnetLinkCut(t *testing.T, l *lab.Lab, p1, p3 *lab.Pod) {
 	ctx := timeout(t, 3*time.Minute)
 	h1, h2, h3 := l.Host(1), l.Host(2), l.Host(3)
@@ -185,23 +186,39 @@ func crossSubnetLinkCut(t *testing.T, l *lab.Lab, p1, p3 *lab.Pod) {
 	}
 
 	// A leak would leave h1 or h2 either encapsulated towards h3's host
-	// address, through the router, or in the clear by the default route,
-	// to the outside host; from h3, by its default route to the router.
+	// address, through the router's LAN1 side (its LAN2 side can forward
+	// nothing to the cut h3), or in the clear by the default route, to the
+	// outside host; h3's own cannot leave at all.
 	captures := map[string]*lab.Capture{
 		"router's em1": capture(t, l.Router, "em1"),
-		"router's em2": capture(t, l.Router, "em2"),
 		"outside host": capture(t, l.Outside, "em1"),
-	}
-	// The captures work: the router's LAN1 side and the outside host see
-	// p1's (masqueraded) pings to them.
-	for _, dst := range []netip.Addr{l.RouterIP(lab.LAN1), l.OutsideIP()} {
-		if _, err := p1.Ping(ctx, dst); err != nil {
-			t.Fatalf("p1 -> %s: %v", dst, err)
-		}
 	}
 	expectUnreachable(t, ctx, p1.Namespace, p3.IP, h1.IP)
 	expectUnreachable(t, ctx, h2.Namespace, p3.IP, netip.Addr{})
 	expectUnreachable(t, ctx, p3.Namespace, p1.IP, h3.IP)
+	// Each capture reads on its own goroutine, in order: once it has seen
+	// p1's (masqueraded) ping to its namespace, sent last, it has seen
+	// everything before, and it is shown to work.
+	for name, dst := range map[string]netip.Addr{"router's em1": l.RouterIP(lab.LAN1), "outside host": l.OutsideIP()} {
+		if _, err := p1.Ping(ctx, dst); err != nil {
+			t.Fatalf("p1 -> %s: %v", dst, err)
+		}
+		err := waitUntil(timeout(t, 30*time.Second), name+" to see p1's ping", func() error {
+			seen, err := captures[name].Matching(netip.PrefixFrom(dst, 32))
+			if err != nil {
+				return err
+			}
+			for _, p := range seen {
+				if p.Protocol == 1 && p.Src == h1.IP {
+					return nil
+				}
+			}
+			return fmt.Errorf("%d packets to or from %s", len(seen), dst)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
 	for name, c := range captures {
 		if n := c.Total(podPool); n.Plain != 0 || n.Inner != 0 {
 			t.Errorf("%s saw the pool after the routes were withdrawn: %d packets in the clear, %d inside VXLAN", name, n.Plain, n.Inner)
@@ -210,11 +227,6 @@ func crossSubnetLinkCut(t *testing.T, l *lab.Lab, p1, p3 *lab.Pod) {
 			t.Errorf("%s saw %d VXLAN packets for the withdrawn block %s", name, n.Inner, b3)
 		}
 		t.Logf("no leak: %s saw %d packets, none of the pool", name, c.Count())
-	}
-	for _, name := range []string{"router's em1", "outside host"} {
-		if captures[name].Count() == 0 {
-			t.Errorf("%s saw nothing, not even p1's pings to it: the capture does not work", name)
-		}
 	}
 
 	if err := h3.RestoreLink(ctx); err != nil {
