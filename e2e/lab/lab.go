@@ -381,6 +381,14 @@ func (l *Lab) Host(n int) *Host {
 // OutsideIP is the address of the outside host.
 func (l *Lab) OutsideIP() netip.Addr { return outsideIP }
 
+// RouterIP is the router's address on a LAN of a routed lab.
+func (l *Lab) RouterIP(lan int) netip.Addr {
+	if lan == LAN2 {
+		return router2IP
+	}
+	return routerIP
+}
+
 // StartAgents starts the agent on every given host (all hosts when none are given).
 func (l *Lab) StartAgents(ctx context.Context, hosts ...*Host) error {
 	if len(hosts) == 0 {
