@@ -308,14 +308,19 @@ func startCluster(t *testing.T, mod func(*Config), names ...string) (*tcluster, 
 	return c, nodes
 }
 
-// sameState waits until every running node's replica equals the leader's.
-func (c *tcluster) converged() State {
+// converged waits until the replicas of the given nodes (default: all
+// running) equal the leader's, and returns that state.
+func (c *tcluster) converged(among ...*tnode) State {
 	c.t.Helper()
 	var want State
 	waitFor(c.t, waitLong, "replicas to converge", func() bool {
 		lead := c.leader()
 		want, _ = lead.l.State()
-		for _, n := range c.running() {
+		nodes := among
+		if len(nodes) == 0 {
+			nodes = c.running()
+		}
+		for _, n := range nodes {
 			st, _ := n.l.State()
 			if !equalState(st, want) {
 				return false

@@ -42,17 +42,13 @@ func (l *Ledger) Release(ctx context.Context, nodeName string) error {
 }
 
 // RequestJoin asks the ledger, through each of via in turn, to add this
-// node as a non-voter. It makes one pass: nil once a leader accepted (or
-// this node already leads a ledger); a refusal (foreign cluster, pool
+// node as a non-voter. It makes one pass: nil once a leader accepted; a refusal (foreign cluster, pool
 // mismatch, identity) at once; else an ErrNoLeader naming each address
-// that did not answer. Idempotent; the mesh calls it until it succeeds.
+// that did not answer. Idempotent (a member, the leader included, is
+// accepted again); the mesh calls it until it succeeds.
 func (l *Ledger) RequestJoin(ctx context.Context, via []netip.AddrPort) error {
-	r, err := l.running(ctx)
-	if err != nil {
+	if _, err := l.running(ctx); err != nil {
 		return err
-	}
-	if r.State() == raft.Leader {
-		return nil
 	}
 	st, _ := l.State()
 	req := rpcRequest{Op: "join", Join: &joinRequest{
