@@ -94,7 +94,7 @@ func TestForeignKeyCannotJoinVoteOrApply(t *testing.T) {
 		var app raft.AppendEntriesResponse
 		err = trans.AppendEntries(raft.ServerID(a.l.ID().String()), target, &raft.AppendEntriesRequest{
 			RPCHeader: raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte("attacker"), Addr: []byte("127.0.0.1:1")}, Term: 1 << 40, PrevLogEntry: 0, PrevLogTerm: 0,
-			Entries:      []*raft.Log{{Index: 1 << 30, Term: 1 << 40, Type: raft.LogCommand, Data: forged}},
+			Entries:           []*raft.Log{{Index: 1 << 30, Term: 1 << 40, Type: raft.LogCommand, Data: forged}},
 			LeaderCommitIndex: 1 << 30,
 		}, &app)
 		if err == nil && app.Success {
