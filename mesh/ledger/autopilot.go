@@ -2,6 +2,7 @@ package ledger
 
 import (
 	"context"
+	"net/netip"
 	"slices"
 	"time"
 
@@ -188,6 +189,30 @@ func (l *Ledger) autopilot(r *raft.Raft, ls *leaderState, st *State, peers []Pee
 			continue
 		}
 		l.change("re-add member as non-voter", p.Name, r.AddNonvoter(raft.ServerID(p.ID.String()), raft.ServerAddress(p.Addr.String()), 0, applyTimeout))
+		return
+	}
+	// A member whose address changed (new host IP): raft must dial the new
+	// one. Only when gossip shows that ID alive at exactly one address.
+	for _, s := range servers {
+		id, err := ParseNodeID(string(s.ID))
+		if err != nil || s.ID == self {
+			continue
+		}
+		var at []netip.AddrPort
+		for _, p := range peers {
+			if p.ID == id && p.Alive && p.Addr.IsValid() && !slices.Contains(at, p.Addr) {
+				at = append(at, p.Addr)
+			}
+		}
+		if len(at) != 1 || raft.ServerAddress(at[0].String()) == s.Address {
+			continue
+		}
+		name := l.serverName(peers, st, s.ID)
+		if s.Suffrage == raft.Voter {
+			l.change("update voter address to "+at[0].String(), name, r.AddVoter(s.ID, raft.ServerAddress(at[0].String()), 0, applyTimeout))
+		} else {
+			l.change("update non-voter address to "+at[0].String(), name, r.AddNonvoter(s.ID, raft.ServerAddress(at[0].String()), 0, applyTimeout))
+		}
 		return
 	}
 	quorum := voters/2 + 1

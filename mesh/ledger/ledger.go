@@ -141,6 +141,7 @@ func Open(cfg Config) (*Ledger, error) {
 	l.fsm = newFSM(l.notify, m.apply)
 	if cfg.Key != nil {
 		if l.serverTLS, l.clientTLS, err = tlsConfigs(cfg.Key); err != nil {
+			m.unregister()
 			return nil, err
 		}
 	} else {
@@ -149,11 +150,13 @@ func Open(cfg Config) (*Ledger, error) {
 	l.stores = cfg.Stores
 	if l.stores == nil {
 		if l.stores, l.closeDisk, err = openDiskStores(cfg.Dir, l.log); err != nil {
+			m.unregister()
 			return nil, err
 		}
 	}
 	if err := l.loadSnapshot(); err != nil {
 		l.closeStores()
+		m.unregister()
 		return nil, err
 	}
 	l.net = cfg.Network
@@ -167,6 +170,7 @@ func Open(cfg Config) (*Ledger, error) {
 	ln, err := l.net.Listen()
 	if err != nil {
 		l.closeStores()
+		m.unregister()
 		return nil, fmt.Errorf("ledger listen: %w", err)
 	}
 	l.ln = ln
@@ -310,20 +314,23 @@ func (l *Ledger) raftConfig() *raft.Config {
 
 // Run runs the raft node, the RPC server, and the leader's autopilot and
 // reclaim loops until ctx ends; then it shuts down cleanly (a leader hands
-// leadership over first) and closes the stores and the listener.
+// leadership over first), closes the stores and the listener and
+// unregisters its metrics. Call it once.
 func (l *Ledger) Run(ctx context.Context) error {
 	defer close(l.stopped)
 	defer l.closeStores()
+	defer l.metrics.unregister()
 
 	m := &mux{
-		ln:      l.ln,
-		tls:     l.serverTLS,
-		raft:    make(chan net.Conn),
-		rpc:     l.serveRPC,
-		reject:  l.reject,
-		log:     l.log,
-		pending: make(chan struct{}, maxPendingConns),
-		done:    make(chan struct{}),
+		ln:       l.ln,
+		tls:      l.serverTLS,
+		raft:     make(chan net.Conn),
+		rpc:      l.serveRPC,
+		reject:   l.reject,
+		log:      l.log,
+		pending:  make(chan struct{}, maxPendingConns),
+		rpcSlots: make(chan struct{}, maxConcurrentRPC),
+		done:     make(chan struct{}),
 	}
 	stream := &streamLayer{m: m, net: l.net, clientTLS: l.clientTLS, advertise: l.cfg.Advertise, closed: make(chan struct{})}
 	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
