@@ -58,6 +58,7 @@ bench: build cni-plugins
 
 fuzz:
 	$(GO) test ./mesh -run '^$$' -fuzz FuzzDecodeMeta -fuzztime 30s
+	$(GO) test ./mesh/ledger -run '^$$' -fuzz FuzzDecodeRequest -fuzztime 30s
 	$(GO) test ./plugin -run '^$$' -fuzz FuzzParseConfig -fuzztime 30s
 
 dist:
