@@ -2,6 +2,7 @@ package ledger
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"slices"
 	"time"
@@ -31,11 +32,18 @@ func (l *Ledger) leaderLoop(ctx context.Context, r *raft.Raft) {
 	t := time.NewTicker(l.tick())
 	defer t.Stop()
 	var ls *leaderState
+	var lastView string
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+		// Changes raft does not report to observers on every node (a
+		// follower's role, the voters, the lease lapsing) still signal.
+		if view := l.viewKey(); view != lastView {
+			lastView = view
+			l.notify()
 		}
 		if r.State() != raft.Leader {
 			ls = nil
@@ -273,4 +281,10 @@ func (l *Ledger) change(what, node string, f raft.IndexFuture) {
 	}
 	l.log.Info("ledger autopilot: "+what, "node", node)
 	l.notify()
+}
+
+// viewKey summarizes what Changed promises to signal besides the state.
+func (l *Ledger) viewKey() string {
+	info := l.Info()
+	return fmt.Sprint(info.ClusterID, info.Role, info.Leader, info.Voters, l.LeaseValid())
 }

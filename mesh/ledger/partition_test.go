@@ -166,3 +166,33 @@ func TestMemberAddressChangeFollowed(t *testing.T) {
 		t.Fatalf("ledger has %+v for the moved node", o)
 	}
 }
+
+// Changed signals a follower's role change and a lapsing lease, which
+// raft's observers do not report on every node.
+func TestChangedSignalsRoleAndLease(t *testing.T) {
+	c, nodes := startCluster(t, func(cfg *Config) { cfg.ReclaimAfter = 2 * time.Second }, "n1", "n2")
+	n := nodes[1]
+	// drain, then isolate: the lease lapses and Changed fires
+	select {
+	case <-n.l.Changed():
+	default:
+	}
+	c.net.Isolate(n.hostIP)
+	waitFor(t, waitLong, "a Changed signal with the lease lapsed", func() bool {
+		select {
+		case <-n.l.Changed():
+			return !n.l.LeaseValid()
+		default:
+			return false
+		}
+	})
+	c.net.Heal()
+	waitFor(t, waitLong, "a Changed signal with the lease back", func() bool {
+		select {
+		case <-n.l.Changed():
+			return n.l.LeaseValid()
+		default:
+			return false
+		}
+	})
+}
