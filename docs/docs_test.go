@@ -4,14 +4,13 @@
 package docs
 
 import (
-	"go/ast"
-	"go/parser"
-	"go/token"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/grapevine-net/grapevine/docs/internal/agentcli"
 )
 
 // operatorDocs are the documents these tests cover; design.md and cni.md
@@ -36,125 +35,14 @@ func readDoc(t *testing.T, name string) string {
 	return string(b)
 }
 
-// cliSpec is what the grapevine binary accepts: its commands and, per
-// command, its flags (long names and aliases).
-type cliSpec map[string]map[string]bool
-
-// parseCLI reads the urfave/cli declarations in cmd/grapevine: every
-// cli.Command literal with its Name, and the Name and Aliases of every flag
-// literal inside it. Flags built by helper functions (runDirFlag) are found
-// by following the call into the helper's body.
-func parseCLI(t *testing.T) cliSpec {
+// parseCLI reads what cmd/grapevine accepts: command -> its flags.
+func parseCLI(t *testing.T) map[string]map[string]bool {
 	t.Helper()
-	paths, err := filepath.Glob("../cmd/grapevine/*.go")
+	spec, err := agentcli.Parse("../cmd/grapevine")
 	if err != nil {
 		t.Fatal(err)
 	}
-	fset := token.NewFileSet()
-	funcs := map[string]*ast.FuncDecl{}
-	var files []*ast.File
-	for _, p := range paths {
-		if strings.HasSuffix(p, "_test.go") {
-			continue
-		}
-		f, err := parser.ParseFile(fset, p, nil, parser.SkipObjectResolution)
-		if err != nil {
-			t.Fatal(err)
-		}
-		files = append(files, f)
-		for _, d := range f.Decls {
-			if fd, ok := d.(*ast.FuncDecl); ok && fd.Recv == nil {
-				funcs[fd.Name.Name] = fd
-			}
-		}
-	}
-
-	var flagsIn func(n ast.Node, into map[string]bool, seen map[string]bool)
-	flagsIn = func(n ast.Node, into map[string]bool, seen map[string]bool) {
-		ast.Inspect(n, func(n ast.Node) bool {
-			switch n := n.(type) {
-			case *ast.CallExpr:
-				if id, ok := n.Fun.(*ast.Ident); ok && funcs[id.Name] != nil && !seen[id.Name] {
-					seen[id.Name] = true
-					flagsIn(funcs[id.Name], into, seen)
-				}
-			case *ast.CompositeLit:
-				if sel, ok := n.Type.(*ast.SelectorExpr); ok && strings.HasSuffix(sel.Sel.Name, "Flag") {
-					for _, name := range stringFields(n, "Name", "Aliases") {
-						into[name] = true
-					}
-				}
-			}
-			return true
-		})
-	}
-
-	spec := cliSpec{}
-	for _, f := range files {
-		ast.Inspect(f, func(n ast.Node) bool {
-			lit, ok := n.(*ast.CompositeLit)
-			if !ok {
-				return true
-			}
-			sel, ok := lit.Type.(*ast.SelectorExpr)
-			if !ok || sel.Sel.Name != "Command" {
-				return true
-			}
-			names := stringFields(lit, "Name")
-			if len(names) != 1 {
-				return true
-			}
-			flags := map[string]bool{}
-			for _, el := range lit.Elts {
-				if kv, ok := el.(*ast.KeyValueExpr); ok && kv.Key.(*ast.Ident).Name == "Flags" {
-					flagsIn(kv.Value, flags, map[string]bool{})
-				}
-			}
-			spec[names[0]] = flags
-			return true
-		})
-	}
-	if len(spec["agent"]) == 0 {
-		t.Fatalf("found no agent command with flags in cmd/grapevine: %v", spec)
-	}
-	return spec
-}
-
-// stringFields returns the string literals of the named fields of lit,
-// whether a field holds one string or a slice of them.
-func stringFields(lit *ast.CompositeLit, fields ...string) []string {
-	var out []string
-	for _, el := range lit.Elts {
-		kv, ok := el.(*ast.KeyValueExpr)
-		if !ok {
-			continue
-		}
-		key, ok := kv.Key.(*ast.Ident)
-		if !ok || !contains(fields, key.Name) {
-			continue
-		}
-		ast.Inspect(kv.Value, func(n ast.Node) bool {
-			if s, ok := n.(*ast.BasicLit); ok && s.Kind == token.STRING {
-				out = append(out, strings.Trim(s.Value, "\"`"))
-			}
-			return true
-		})
-	}
-	return out
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
-}
-
-// envName is the environment variable the agent reads for a flag.
-func envName(flag string) string {
-	return "GRAPEVINE_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
+	return spec.Commands
 }
 
 // TestSettingsExist: every GRAPEVINE_* variable the documents tell an
@@ -163,7 +51,7 @@ func TestSettingsExist(t *testing.T) {
 	agent := parseCLI(t)["agent"]
 	known := map[string]bool{}
 	for f := range agent {
-		known[envName(f)] = true
+		known[agentcli.EnvVar(f)] = true
 	}
 	re := regexp.MustCompile(`GRAPEVINE_[A-Z0-9_]+`)
 	for _, doc := range operatorDocs {

@@ -15,8 +15,9 @@ import (
 const Type = "grapevine-ipam"
 
 // DefaultDataDir is where reservations are kept unless ipam.dataDir says
-// otherwise. The agent's conflist points it under the agent's state dir.
-const DefaultDataDir = "/var/lib/grapevine/ipam"
+// otherwise: the place the agent's conflist names under its default state
+// directory.
+var DefaultDataDir = nodestate.IPAMDataDir(nodestate.DefaultStateDir)
 
 // Config is what grapevine-ipam reads from the network configuration: the
 // top-level name and runDir (shared with grapevine-cni) and ipam.dataDir.

@@ -22,6 +22,72 @@ const (
 // DefaultPool is the pod address pool used when Config.Pool is zero.
 var DefaultPool = netip.MustParsePrefix("10.244.0.0/16")
 
+// Limits of a pool's division into blocks.
+const (
+	// MaxBlockBits is the longest block prefix: a /30 leaves two pod
+	// addresses once IPAM skips the network and broadcast addresses.
+	MaxBlockBits = 30
+	// MaxBlockCountBits bounds the number of blocks to 2^20, which keeps
+	// the claim table and a vote over it small.
+	MaxBlockCountBits = 20
+)
+
+// CheckNodeName accepts a name of 1-253 printable characters without spaces:
+// what a host name can be.
+func CheckNodeName(name string) error {
+	switch {
+	case name == "" || len(name) > maxNameLen:
+		return fmt.Errorf("node name %q must be 1-%d characters", name, maxNameLen)
+	case !validName(name):
+		return fmt.Errorf("node name %q has spaces or non-printable characters; use a host name", name)
+	}
+	return nil
+}
+
+// CheckPort accepts a TCP/UDP port number.
+func CheckPort(port int) error {
+	if port < 1 || port > 65535 {
+		return fmt.Errorf("port %d is out of range 1-65535", port)
+	}
+	return nil
+}
+
+// CheckPool accepts an IPv4 network address that can be cut into blocks of
+// prefix length blockBits: from the pool's own length to MaxBlockBits, and
+// at most 2^MaxBlockCountBits of them.
+func CheckPool(pool netip.Prefix, blockBits int) error {
+	switch {
+	case !pool.Addr().Is4():
+		return fmt.Errorf("pool %s: only IPv4 pools are supported", pool)
+	case pool.Masked() != pool:
+		return fmt.Errorf("pool %s is not a network address (did you mean %s?)", pool, pool.Masked())
+	case blockBits < pool.Bits() || blockBits > MaxBlockBits:
+		return fmt.Errorf("block size /%d must be between the pool's prefix length /%d and /%d", blockBits, pool.Bits(), MaxBlockBits)
+	case blockBits-pool.Bits() > MaxBlockCountBits:
+		return fmt.Errorf("block size /%d cuts pool %s into more than 2^%d blocks; use a longer pool prefix or a shorter block size",
+			blockBits, pool, MaxBlockCountBits)
+	}
+	return nil
+}
+
+// CheckSecretKey accepts no key (gossip unencrypted) or an AES key of 16, 24
+// or 32 bytes.
+func CheckSecretKey(key []byte) error {
+	switch len(key) {
+	case 0, 16, 24, 32:
+		return nil
+	}
+	return fmt.Errorf("gossip key is %d bytes, want 16, 24 or 32", len(key))
+}
+
+// CheckReclaimAfter accepts zero (the default) or a positive duration.
+func CheckReclaimAfter(d time.Duration) error {
+	if d < 0 {
+		return fmt.Errorf("reclaim time %s is negative", d)
+	}
+	return nil
+}
+
 // Config configures a Mesh. NodeName and AdvertiseAddr are required; zero
 // values of the other fields select the defaults above.
 type Config struct {
@@ -95,33 +161,26 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
-	switch {
-	case c.NodeName == "" || len(c.NodeName) > maxNameLen:
-		return c, fmt.Errorf("mesh: node name %q must be 1-%d characters", c.NodeName, maxNameLen)
-	case !validName(c.NodeName):
-		return c, fmt.Errorf("mesh: node name %q has spaces or non-printable characters", c.NodeName)
-	case !c.AdvertiseAddr.Is4():
-		return c, fmt.Errorf("mesh: advertise address %s must be an IPv4 address", c.AdvertiseAddr)
-	case c.BindAddr.IsValid() && !c.BindAddr.Is4():
-		return c, fmt.Errorf("mesh: bind address %s must be an IPv4 address", c.BindAddr)
-	case c.Port < 1 || c.Port > 65535:
-		return c, fmt.Errorf("mesh: port %d out of range", c.Port)
-	case !c.Pool.Addr().Is4() || c.Pool.Masked() != c.Pool:
-		return c, fmt.Errorf("mesh: pool %s must be an IPv4 network address", c.Pool)
-	case c.BlockBits < c.Pool.Bits() || c.BlockBits > 32 || c.BlockBits-c.Pool.Bits() > 20:
-		return c, fmt.Errorf("mesh: block size /%d does not fit pool %s (at most 2^20 blocks)", c.BlockBits, c.Pool)
-	case c.ReclaimAfter < 0 || c.ReconnectInterval < 0:
-		return c, fmt.Errorf("mesh: negative ReclaimAfter or ReconnectInterval")
-	case c.StateDir == "":
-		return c, fmt.Errorf("mesh: a state directory is required to keep the block across restarts")
+	if err := CheckNodeName(c.NodeName); err != nil {
+		return c, err
 	}
-	switch len(c.SecretKey) {
-	case 0, 16, 24, 32:
-	default:
-		return c, fmt.Errorf("mesh: gossip key is %d bytes, want 16, 24 or 32", len(c.SecretKey))
+	switch {
+	case !c.AdvertiseAddr.Is4():
+		return c, fmt.Errorf("advertise address %s must be an IPv4 address", c.AdvertiseAddr)
+	case c.BindAddr.IsValid() && !c.BindAddr.Is4():
+		return c, fmt.Errorf("bind address %s must be an IPv4 address", c.BindAddr)
+	case c.ReconnectInterval < 0:
+		return c, fmt.Errorf("reconnect interval %s is negative", c.ReconnectInterval)
+	case c.StateDir == "":
+		return c, fmt.Errorf("a state directory is required to keep the block across restarts")
+	}
+	for _, err := range []error{CheckPort(c.Port), CheckPool(c.Pool, c.BlockBits), CheckReclaimAfter(c.ReclaimAfter), CheckSecretKey(c.SecretKey)} {
+		if err != nil {
+			return c, err
+		}
 	}
 	if err := (Rules{Pool: c.Pool, BlockBits: c.BlockBits}).checkHostIP(c.AdvertiseAddr, netip.Addr{}); err != nil {
-		return c, fmt.Errorf("mesh: advertise address: %w", err)
+		return c, fmt.Errorf("advertise address: %w", err)
 	}
 	return c, nil
 }

@@ -9,7 +9,7 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/grapevine-net/grapevine/node/nodestate"
+	"github.com/grapevine-net/grapevine/internal/atomicfile"
 )
 
 // BlockFileName is the claim file inside Config.StateDir.
@@ -53,7 +53,7 @@ func saveClaim(stateDir string, c savedClaim) error {
 	if err != nil {
 		return fmt.Errorf("encode claim: %w", err)
 	}
-	if err := nodestate.WriteFileAtomic(blockFilePath(stateDir), append(data, '\n'), 0o644); err != nil {
+	if err := atomicfile.Write(blockFilePath(stateDir), append(data, '\n'), 0o644); err != nil {
 		return fmt.Errorf("save claim: %w", err)
 	}
 	return nil

@@ -48,9 +48,9 @@ func ParseConfig(stdin []byte) (*Config, error) {
 	case !filepath.IsAbs(conf.RunDir):
 		return nil, types.NewError(types.ErrInvalidNetworkConfig,
 			fmt.Sprintf("runDir %q is not an absolute path", conf.RunDir), "")
-	case conf.MTU != 0 && (conf.MTU < 576 || conf.MTU > 65535):
+	case nodestate.CheckMTU(conf.MTU) != nil:
 		return nil, types.NewError(types.ErrInvalidNetworkConfig,
-			fmt.Sprintf("mtu %d is out of range: 0 (from node.json) or 576-65535", conf.MTU), "")
+			fmt.Sprintf("mtu %d is out of range: 0 (from node.json) or %d-%d", conf.MTU, nodestate.MinMTU, nodestate.MaxMTU), "")
 	case conf.IPAM.Type == "":
 		return nil, types.NewError(types.ErrInvalidNetworkConfig, "ipam.type is missing", "")
 	}

@@ -14,6 +14,8 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/grapevine-net/grapevine/mesh"
+	"github.com/grapevine-net/grapevine/node"
+	"github.com/grapevine-net/grapevine/node/nodestate"
 )
 
 // agentOptions is the agent's configuration after flag parsing and defaults.
@@ -28,6 +30,7 @@ type agentOptions struct {
 	StateDir           string
 	RunDir             string
 	CNIConfDir         string
+	CNIVersion         string
 	GossipKey          []byte
 	MetricsAddr        string
 	Masquerade         bool
@@ -46,17 +49,18 @@ func agentCommand() *cli.Command {
 			&cli.StringFlag{Name: "node-name", EnvVars: envVar("node-name"), Usage: "this node's unique name (default: hostname)"},
 			&cli.StringFlag{Name: "iface", EnvVars: envVar("iface"), Usage: "interface towards the peers (default: the default route's)"},
 			&cli.StringFlag{Name: "host-ip", EnvVars: envVar("host-ip"), Usage: "this host's address on --iface, used by peers as next hop (default: its first IPv4 address)"},
-			&cli.IntFlag{Name: "port", Value: DefaultPort, EnvVars: envVar("port"), Usage: "gossip port (UDP and TCP)"},
+			&cli.IntFlag{Name: "port", Value: mesh.DefaultPort, EnvVars: envVar("port"), Usage: "gossip port (UDP and TCP)"},
 			&cli.StringSliceFlag{Name: "join", EnvVars: envVar("join"), Usage: "`host[:port]` of a member to join; repeatable; retried until one answers"},
-			&cli.StringFlag{Name: "pool", Value: DefaultPool, EnvVars: envVar("pool"), Usage: "the pod CIDR the blocks are cut from"},
-			&cli.IntFlag{Name: "block-size", Value: DefaultBlockSize, EnvVars: envVar("block-size"), Usage: "prefix length of each node's block"},
-			&cli.StringFlag{Name: "state-dir", Value: DefaultStateDir, EnvVars: envVar("state-dir"), Usage: "persistent state: the claimed block, IPAM allocations"},
+			&cli.StringFlag{Name: "pool", Value: mesh.DefaultPool.String(), EnvVars: envVar("pool"), Usage: "the pod CIDR the blocks are cut from"},
+			&cli.IntFlag{Name: "block-size", Value: mesh.DefaultBlockBits, EnvVars: envVar("block-size"), Usage: "prefix length of each node's block"},
+			&cli.StringFlag{Name: "state-dir", Value: nodestate.DefaultStateDir, EnvVars: envVar("state-dir"), Usage: "persistent state: the claimed block, IPAM allocations"},
 			runDirFlag(),
-			&cli.StringFlag{Name: "cni-conf-dir", Value: DefaultCNIConfDir, EnvVars: envVar("cni-conf-dir"), Usage: "where to write the CNI conflist once a block is held (empty: write none)"},
+			&cli.StringFlag{Name: "cni-conf-dir", Value: node.DefaultCNIConfDir, EnvVars: envVar("cni-conf-dir"), Usage: "where to write the CNI conflist once a block is held (empty: write none)"},
+			&cli.StringFlag{Name: "cni-version", EnvVars: envVar("cni-version"), Usage: "pin the conflist's cniVersion to one of " + strings.Join(node.SupportedCNIVersions(), ", ") + " (default: " + node.CompatCNIVersion + ", which runtimes on older libcni accept, and cniVersions " + strings.Join(node.OfferedCNIVersions(), ", ") + " for newer ones)"},
 			&cli.StringFlag{Name: "gossip-key-file", EnvVars: envVar("gossip-key-file"), Usage: "file with a base64 16, 24 or 32-byte key that encrypts and authenticates gossip"},
 			&cli.StringFlag{Name: "metrics-addr", Value: DefaultMetricsAddr, EnvVars: envVar("metrics-addr"), Usage: "address for /metrics, /healthz and /readyz (empty: off)"},
 			&cli.BoolFlag{Name: "masquerade", Value: true, EnvVars: envVar("masquerade"), Usage: "masquerade traffic from the pool to destinations outside it"},
-			&cli.DurationFlag{Name: "reclaim-after", Value: time.Hour, EnvVars: envVar("reclaim-after"), Usage: "how long a dead node's block stays reserved for it"},
+			&cli.DurationFlag{Name: "reclaim-after", Value: mesh.DefaultReclaimAfter, EnvVars: envVar("reclaim-after"), Usage: "how long a dead node's block stays reserved for it"},
 			&cli.BoolFlag{Name: "allow-foreign-host-ip", EnvVars: envVar("allow-foreign-host-ip"), Usage: "accept peers whose advertised host IP differs from their gossip address"},
 			&cli.BoolFlag{Name: "join-kubernetes", EnvVars: envVar("join-kubernetes"), Usage: "discover members to join from the Kubernetes API's Node objects (in a pod, with its service account)"},
 			&cli.IntFlag{Name: "mtu", EnvVars: envVar("mtu"), Usage: "MTU for pod interfaces (0: the MTU of --iface)"},
@@ -95,6 +99,7 @@ func parseAgentOptions(c *cli.Context, log *slog.Logger) (agentOptions, error) {
 		StateDir:           c.String("state-dir"),
 		RunDir:             c.String("run-dir"),
 		CNIConfDir:         c.String("cni-conf-dir"),
+		CNIVersion:         c.String("cni-version"),
 		MetricsAddr:        c.String("metrics-addr"),
 		Masquerade:         c.Bool("masquerade"),
 		ReclaimAfter:       c.Duration("reclaim-after"),
@@ -110,19 +115,28 @@ func parseAgentOptions(c *cli.Context, log *slog.Logger) (agentOptions, error) {
 	if err := validatePool(o.Pool, o.BlockSize); err != nil {
 		return o, err
 	}
+	if err := mesh.CheckReclaimAfter(o.ReclaimAfter); err != nil {
+		return o, fmt.Errorf("--reclaim-after: %w", err)
+	}
 	if o.NodeName == "" {
 		if o.NodeName, err = os.Hostname(); err != nil {
 			return o, fmt.Errorf("--node-name not set and hostname unknown: %w", err)
 		}
 	}
-	if o.Port <= 0 || o.Port > 65535 {
-		return o, fmt.Errorf("--port %d out of range", o.Port)
+	if err := mesh.CheckNodeName(o.NodeName); err != nil {
+		return o, fmt.Errorf("--node-name: %w", err)
+	}
+	if err := mesh.CheckPort(o.Port); err != nil {
+		return o, fmt.Errorf("--port: %w", err)
 	}
 	if o.ResyncInterval <= 0 {
 		return o, fmt.Errorf("--resync-interval must be positive")
 	}
-	if o.MTU != 0 && (o.MTU < 576 || o.MTU > 65535) {
-		return o, fmt.Errorf("--mtu %d out of range 576-65535", o.MTU)
+	if err := node.ValidateCNIVersion(o.CNIVersion); err != nil {
+		return o, fmt.Errorf("--cni-version: %w", err)
+	}
+	if err := nodestate.CheckMTU(o.MTU); err != nil {
+		return o, fmt.Errorf("--%w", err)
 	}
 	if s := c.String("host-ip"); s != "" {
 		if o.HostIP, err = netip.ParseAddr(s); err != nil || !o.HostIP.Is4() {
@@ -141,14 +155,8 @@ func parseAgentOptions(c *cli.Context, log *slog.Logger) (agentOptions, error) {
 
 // validatePool checks that the pool can be cut into blocks of blockSize.
 func validatePool(pool netip.Prefix, blockSize int) error {
-	if !pool.Addr().Is4() {
-		return fmt.Errorf("--pool %s: only IPv4 pools are supported", pool)
-	}
-	if pool.Masked() != pool {
-		return fmt.Errorf("--pool %s is not a network address (did you mean %s?)", pool, pool.Masked())
-	}
-	if blockSize < pool.Bits() || blockSize > 30 {
-		return fmt.Errorf("--block-size %d must be between the pool's prefix length %d and 30", blockSize, pool.Bits())
+	if err := mesh.CheckPool(pool, blockSize); err != nil {
+		return fmt.Errorf("--pool %s --block-size %d: %w", pool, blockSize, err)
 	}
 	return nil
 }
@@ -161,21 +169,23 @@ func readGossipKey(path string) ([]byte, error) {
 	}
 	key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(raw)))
 	if err != nil {
-		return nil, fmt.Errorf("gossip key %s: not base64: %w", path, err)
+		return nil, fmt.Errorf("%s: gossip key is not base64 (make one with `grapevine keygen`): %w", path, err)
 	}
-	switch len(key) {
-	case 16, 24, 32:
-		return key, nil
+	if len(key) == 0 {
+		return nil, fmt.Errorf("%s: gossip key is empty (make one with `grapevine keygen`)", path)
 	}
-	return nil, fmt.Errorf("gossip key %s: %d bytes, want 16, 24 or 32 (use `grapevine keygen`)", path, len(key))
+	if err := mesh.CheckSecretKey(key); err != nil {
+		return nil, fmt.Errorf("%s: %w (make one with `grapevine keygen`)", path, err)
+	}
+	return key, nil
 }
 
 // runAgent resolves what the flags left to the host, then runs the agent
 // until ctx ends.
 func runAgent(ctx context.Context, o agentOptions, log *slog.Logger) error {
-	uplink, err := resolveUplink(o.Iface, o.HostIP)
+	uplink, err := node.ResolveUplink(o.Iface, o.HostIP)
 	if err != nil {
-		return err
+		return fmt.Errorf("find the interface towards the peers: %w (set --iface, --host-ip or both)", err)
 	}
 	o.Iface, o.HostIP = uplink.Name, uplink.Addr
 	if o.MTU == 0 {

@@ -3,6 +3,8 @@ package main
 import (
 	"encoding/base64"
 	"encoding/json"
+	"io"
+	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -10,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/urfave/cli/v2"
 
 	"github.com/grapevine-net/grapevine/mesh"
 	"github.com/grapevine-net/grapevine/node"
@@ -233,5 +237,39 @@ func TestMayReconcile(t *testing.T) {
 		if got := a.mayReconcile(tt.view); got != tt.want {
 			t.Errorf("%s: mayReconcile = %v, want %v", tt.name, got, tt.want)
 		}
+	}
+}
+
+// parseAgentFlags runs the agent command's flag parsing and validation only.
+func parseAgentFlags(t *testing.T, args ...string) (agentOptions, error) {
+	t.Helper()
+	cmd := agentCommand()
+	var opts agentOptions
+	cmd.Action = func(c *cli.Context) error {
+		var err error
+		opts, err = parseAgentOptions(c, slog.New(slog.DiscardHandler))
+		return err
+	}
+	app := &cli.App{Name: "grapevine", Commands: []*cli.Command{cmd}, Writer: io.Discard, ErrWriter: io.Discard}
+	err := app.Run(append([]string{"grapevine", "agent", "--node-name", "h1"}, args...))
+	return opts, err
+}
+
+func TestCNIVersionFlag(t *testing.T) {
+	opts, err := parseAgentFlags(t)
+	if err != nil || opts.CNIVersion != "" {
+		t.Fatalf("default: CNIVersion %q, %v; want empty (1.0.0 offering 1.1.0)", opts.CNIVersion, err)
+	}
+	opts, err = parseAgentFlags(t, "--cni-version", "0.4.0")
+	if err != nil || opts.CNIVersion != "0.4.0" {
+		t.Fatalf("--cni-version 0.4.0: CNIVersion %q, %v", opts.CNIVersion, err)
+	}
+	t.Setenv("GRAPEVINE_CNI_VERSION", "1.1.0")
+	if opts, err = parseAgentFlags(t); err != nil || opts.CNIVersion != "1.1.0" {
+		t.Fatalf("GRAPEVINE_CNI_VERSION=1.1.0: CNIVersion %q, %v", opts.CNIVersion, err)
+	}
+	_, err = parseAgentFlags(t, "--cni-version", "1.2.0")
+	if err == nil || !strings.Contains(err.Error(), "--cni-version") || !strings.Contains(err.Error(), "1.0.0, 1.1.0") {
+		t.Fatalf("--cni-version 1.2.0: %v, want an error naming the flag and the supported versions", err)
 	}
 }

@@ -2,20 +2,14 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/http"
-	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/grapevine-net/grapevine/mesh"
 	"github.com/grapevine-net/grapevine/node"
@@ -65,7 +59,7 @@ func newAgent(o agentOptions, cfg mesh.Config, host hostSide, log *slog.Logger) 
 	cfg.Registerer = reg
 	m, err := mesh.New(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("mesh: %w", err)
+		return nil, fmt.Errorf("gossip mesh: %w", err)
 	}
 	return &agent{
 		opts:        o,
@@ -144,6 +138,7 @@ func (a *agent) reconcile(ctx context.Context) {
 		if v.Ready {
 			reason = "waiting for peers to re-join; keeping the previous run's routes"
 		}
+		a.removeStaleConflist()
 		a.setStatus(buildStatus(v, node.Result{}, false, reason))
 		return
 	}
@@ -188,7 +183,7 @@ func (a *agent) countPeerRoutes() int {
 	}
 	n := 0
 	for _, r := range routes {
-		if !r.Blackhole {
+		if r.Unicast() {
 			n++
 		}
 	}
@@ -204,9 +199,27 @@ func (a *agent) countPeerRoutes() int {
 func (a *agent) handoff(v mesh.View) error {
 	st, ok := handoffState(v, a.opts)
 	if !ok {
-		return node.RemoveHandoff(a.opts.RunDir, a.opts.CNIConfDir)
+		return a.handoffFiles().Remove()
 	}
-	return node.WriteHandoff(a.opts.RunDir, a.opts.CNIConfDir, a.opts.StateDir, st)
+	return a.handoffFiles().Write(st)
+}
+
+// removeStaleConflist keeps the runtime from reporting the network ready
+// while this run does not yet know its block and no usable node.json is
+// left from the previous run (after a reboot, say). A previous run's usable
+// hand-off stays, so pods start while the agent restarts.
+func (a *agent) removeStaleConflist() {
+	removed, err := a.handoffFiles().RemoveStaleConflist()
+	if err != nil {
+		a.log.Error("cannot remove a conflist that has no usable node.json", "err", err)
+	}
+	if removed {
+		a.log.Info("removed the conflist: node.json is missing or unusable until this node holds a block")
+	}
+}
+
+func (a *agent) handoffFiles() node.Handoff {
+	return node.Handoff{RunDir: a.opts.RunDir, CNIConfDir: a.opts.CNIConfDir, StateDir: a.opts.StateDir, CNIVersion: a.opts.CNIVersion}
 }
 
 func (a *agent) markPass() {
@@ -235,99 +248,4 @@ func (a *agent) currentStatus() statusReport {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.status
-}
-
-// serve starts the status socket and, when configured, the metrics and health
-// endpoints. Both stop when ctx ends.
-func (a *agent) serve(ctx context.Context) (*sync.WaitGroup, error) {
-	var wg sync.WaitGroup
-	if err := os.MkdirAll(a.opts.RunDir, 0o755); err != nil {
-		return nil, fmt.Errorf("create --run-dir: %w", err)
-	}
-	sock := filepath.Join(a.opts.RunDir, statusSocketName)
-	if err := os.Remove(sock); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("remove stale status socket: %w", err)
-	}
-	statusLn, err := net.Listen("unix", sock)
-	if err != nil {
-		return nil, fmt.Errorf("status socket: %w", err)
-	}
-	if err := os.Chmod(sock, 0o600); err != nil {
-		statusLn.Close()
-		return nil, fmt.Errorf("status socket: %w", err)
-	}
-	a.serveHTTP(ctx, &wg, statusLn, a.statusHandler())
-
-	if a.opts.MetricsAddr != "" {
-		metricsLn, err := net.Listen("tcp", a.opts.MetricsAddr)
-		if err != nil {
-			statusLn.Close()
-			return nil, fmt.Errorf("--metrics-addr: %w", err)
-		}
-		a.serveHTTP(ctx, &wg, metricsLn, a.metricsHandler())
-	}
-	return &wg, nil
-}
-
-func (a *agent) serveHTTP(ctx context.Context, wg *sync.WaitGroup, ln net.Listener, h http.Handler) {
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			a.log.Error("http server stopped", "addr", ln.Addr(), "err", err)
-		}
-	}()
-	go func() {
-		defer wg.Done()
-		<-ctx.Done()
-		shutdownCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		srv.Shutdown(shutdownCtx)
-	}()
-}
-
-func (a *agent) statusHandler() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		enc.Encode(a.currentStatus())
-	})
-	mux.HandleFunc("POST /release", func(w http.ResponseWriter, r *http.Request) {
-		name := r.URL.Query().Get("node")
-		if name == "" {
-			http.Error(w, "missing ?node=", http.StatusBadRequest)
-			return
-		}
-		if err := a.mesh.Release(r.Context(), name); err != nil {
-			http.Error(w, err.Error(), http.StatusConflict)
-			return
-		}
-		a.log.Info("released block of dead node on operator request", "released", name)
-		fmt.Fprintf(w, "released the block of %s\n", name)
-	})
-	return mux
-}
-
-func (a *agent) metricsHandler() http.Handler {
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		if since, stuck := a.stuck(); stuck {
-			http.Error(w, fmt.Sprintf("reconcile loop stuck for %s", since.Round(time.Second)), http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ok")
-	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		st := a.currentStatus()
-		if !st.Ready {
-			http.Error(w, "not ready: "+st.Reason, http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintf(w, "ready: %s holds %s\n", st.Node, st.Block)
-	})
-	return mux
 }

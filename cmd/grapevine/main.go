@@ -17,17 +17,14 @@ import (
 	"syscall"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/grapevine-net/grapevine/node/nodestate"
 )
 
-// Defaults that other parts of the project (manifests, docs, the lab) rely on.
+// Defaults of the agent's own (the gossip and node defaults are their
+// packages'): the manifests, the docs and the lab rely on them.
 const (
-	DefaultPort        = 7962
 	DefaultMetricsAddr = "127.0.0.1:9962"
-	DefaultPool        = "10.244.0.0/16"
-	DefaultBlockSize   = 23
-	DefaultStateDir    = "/var/lib/grapevine"
-	DefaultRunDir      = "/run/grapevine"
-	DefaultCNIConfDir  = "/etc/cni/net.d"
 	statusSocketName   = "grapevine.sock"
 )
 
@@ -71,6 +68,6 @@ func envVar(flag string) []string {
 }
 
 func runDirFlag() cli.Flag {
-	return &cli.StringFlag{Name: "run-dir", Value: DefaultRunDir, EnvVars: envVar("run-dir"),
+	return &cli.StringFlag{Name: "run-dir", Value: nodestate.DefaultRunDir, EnvVars: envVar("run-dir"),
 		Usage: "directory with the agent's status socket and node.json"}
 }

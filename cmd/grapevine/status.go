@@ -40,12 +40,11 @@ type memberStatus struct {
 	Route  string `json:"route"`
 }
 
-// Route states shown per member.
+// Route states shown per member besides node's PeerProgrammed, PeerPending
+// and "error: ...": the mesh withdrew the member's block, or it holds none.
 const (
-	routeProgrammed = "programmed"
-	routeWithdrawn  = "withdrawn"
-	routeNone       = "none"
-	routePending    = "pending"
+	routeWithdrawn = "withdrawn"
+	routeNone      = "none"
 )
 
 // buildStatus combines the mesh's view with the last reconcile's outcome.
@@ -87,9 +86,9 @@ func peerRouteState(res node.Result, peer string) string {
 		return "error: " + err.Error()
 	}
 	if res.Programmed(peer) {
-		return routeProgrammed
+		return node.PeerProgrammed
 	}
-	return routePending
+	return node.PeerPending
 }
 
 // addrString and prefixString render an unset value as "" (absent in JSON);

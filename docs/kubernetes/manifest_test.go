@@ -7,15 +7,11 @@ package kubernetes
 
 import (
 	"bytes"
-	"go/ast"
-	"go/parser"
-	"go/token"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 
@@ -25,6 +21,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"sigs.k8s.io/yaml"
+
+	"github.com/grapevine-net/grapevine/docs/internal/agentcli"
+	"github.com/grapevine-net/grapevine/mesh"
+	"github.com/grapevine-net/grapevine/node"
+	"github.com/grapevine-net/grapevine/node/nodestate"
 )
 
 const (
@@ -380,7 +381,7 @@ func TestEnv(t *testing.T) {
 func TestProbesAndPorts(t *testing.T) {
 	m := loadManifest(t)
 	agent := m.container(t, "agent", false)
-	consts := agentConsts(t)
+	consts := agentSpec(t).Consts
 
 	metrics, err := netip.ParseAddrPort(consts["DefaultMetricsAddr"])
 	if err != nil {
@@ -403,9 +404,9 @@ func TestProbesAndPorts(t *testing.T) {
 		}
 	}
 
-	port, err := strconv.Atoi(consts["DefaultPort"])
-	if err != nil || port != 7962 {
-		t.Errorf("the agent's default gossip port is %q, design.md fixes 7962", consts["DefaultPort"])
+	port := mesh.DefaultPort
+	if port != 7962 {
+		t.Errorf("the agent's default gossip port is %d, design.md fixes 7962", port)
 	}
 	protocols := map[corev1.Protocol]bool{}
 	for _, p := range agent.Ports {
@@ -477,86 +478,24 @@ func TestImage(t *testing.T) {
 	}
 }
 
-// agentConsts returns the string and integer constants declared in the
-// agent's package, as their literal text without quotes.
-func agentConsts(t *testing.T) map[string]string {
+// agentSpec reads cmd/grapevine's commands, flags and constants.
+func agentSpec(t *testing.T) agentcli.Spec {
 	t.Helper()
-	consts := map[string]string{}
-	for _, f := range parseAgent(t) {
-		ast.Inspect(f, func(n ast.Node) bool {
-			d, ok := n.(*ast.GenDecl)
-			if !ok || d.Tok != token.CONST {
-				return true
-			}
-			for _, s := range d.Specs {
-				vs := s.(*ast.ValueSpec)
-				for i, name := range vs.Names {
-					if i < len(vs.Values) {
-						if lit, ok := vs.Values[i].(*ast.BasicLit); ok {
-							consts[name.Name] = strings.Trim(lit.Value, `"`)
-						}
-					}
-				}
-			}
-			return false
-		})
-	}
-	return consts
-}
-
-// agentEnvVars returns the environment variables the agent's flags read: every
-// cli flag literal's Name, spelt as the agent's envVar spells it.
-func agentEnvVars(t *testing.T) map[string]bool {
-	t.Helper()
-	vars := map[string]bool{}
-	for _, f := range parseAgent(t) {
-		ast.Inspect(f, func(n ast.Node) bool {
-			lit, ok := n.(*ast.CompositeLit)
-			if !ok {
-				return true
-			}
-			sel, ok := lit.Type.(*ast.SelectorExpr)
-			if !ok || !strings.HasSuffix(sel.Sel.Name, "Flag") {
-				return true
-			}
-			for _, el := range lit.Elts {
-				kv, ok := el.(*ast.KeyValueExpr)
-				if !ok || kv.Key.(*ast.Ident).Name != "Name" {
-					continue
-				}
-				if s, ok := kv.Value.(*ast.BasicLit); ok {
-					name := strings.Trim(s.Value, `"`)
-					vars["GRAPEVINE_"+strings.ToUpper(strings.ReplaceAll(name, "-", "_"))] = true
-				}
-			}
-			return true
-		})
-	}
-	if len(vars) == 0 {
-		t.Fatal("found no flags in cmd/grapevine")
-	}
-	return vars
-}
-
-func parseAgent(t *testing.T) []*ast.File {
-	t.Helper()
-	paths, err := filepath.Glob(filepath.Join(agentDir, "*.go"))
+	spec, err := agentcli.Parse(agentDir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	fset := token.NewFileSet()
-	var files []*ast.File
-	for _, p := range paths {
-		if strings.HasSuffix(p, "_test.go") {
-			continue
-		}
-		f, err := parser.ParseFile(fset, p, nil, parser.SkipObjectResolution)
-		if err != nil {
-			t.Fatal(err)
-		}
-		files = append(files, f)
+	return spec
+}
+
+// agentEnvVars returns the environment variables the agent's flags read.
+func agentEnvVars(t *testing.T) map[string]bool {
+	t.Helper()
+	vars := map[string]bool{}
+	for flag := range agentSpec(t).Commands["agent"] {
+		vars[agentcli.EnvVar(flag)] = true
 	}
-	return files
+	return vars
 }
 
 // TestSystemdUnit: the bare-metal unit grants the same capabilities as the
@@ -594,17 +533,16 @@ func TestSystemdUnit(t *testing.T) {
 		t.Errorf("unit's CapabilityBoundingSet = %v, the DaemonSet grants %v", got, want)
 	}
 
-	consts := agentConsts(t)
 	// systemd creates StateDirectory= under /var/lib and RuntimeDirectory=
 	// under /run.
-	if dir := "/var/lib/" + one("StateDirectory"); dir != consts["DefaultStateDir"] {
-		t.Errorf("unit's StateDirectory is %s, the agent's default state dir %s", dir, consts["DefaultStateDir"])
+	if dir := "/var/lib/" + one("StateDirectory"); dir != nodestate.DefaultStateDir {
+		t.Errorf("unit's StateDirectory is %s, the agent's default state dir %s", dir, nodestate.DefaultStateDir)
 	}
-	if dir := "/run/" + one("RuntimeDirectory"); dir != consts["DefaultRunDir"] {
-		t.Errorf("unit's RuntimeDirectory is %s, the agent's default run dir %s", dir, consts["DefaultRunDir"])
+	if dir := "/run/" + one("RuntimeDirectory"); dir != nodestate.DefaultRunDir {
+		t.Errorf("unit's RuntimeDirectory is %s, the agent's default run dir %s", dir, nodestate.DefaultRunDir)
 	}
-	if rw := one("ReadWritePaths"); strings.TrimPrefix(rw, "-") != consts["DefaultCNIConfDir"] {
-		t.Errorf("unit's ReadWritePaths=%s, the agent writes the conflist to %s", rw, consts["DefaultCNIConfDir"])
+	if rw := one("ReadWritePaths"); strings.TrimPrefix(rw, "-") != node.DefaultCNIConfDir {
+		t.Errorf("unit's ReadWritePaths=%s, the agent writes the conflist to %s", rw, node.DefaultCNIConfDir)
 	}
 	if one("ProtectSystem") != "strict" {
 		t.Errorf("ProtectSystem=%s; the test above assumes strict", one("ProtectSystem"))

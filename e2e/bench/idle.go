@@ -80,26 +80,8 @@ func formatAll(v []float64) string {
 
 // cpuTicks is the process's utime+stime in clock ticks.
 func cpuTicks(pid int) (uint64, error) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	// Fields after the command name, which may hold spaces, count from
-	// its closing parenthesis: utime and stime are fields 14 and 15.
-	rest := string(data)
-	if i := strings.LastIndexByte(rest, ')'); i >= 0 {
-		rest = rest[i+1:]
-	}
-	f := strings.Fields(rest)
-	if len(f) < 13 {
-		return 0, fmt.Errorf("/proc/%d/stat: too few fields", pid)
-	}
-	utime, err1 := strconv.ParseUint(f[11], 10, 64)
-	stime, err2 := strconv.ParseUint(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("/proc/%d/stat: bad utime or stime", pid)
-	}
-	return utime + stime, nil
+	st, err := lab.ReadProcStat(pid)
+	return st.CPUTicks(), err
 }
 
 // memoryKB returns the Vm* and Rss* lines of /proc/<pid>/status and Pss

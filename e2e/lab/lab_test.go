@@ -209,3 +209,29 @@ func TestIDTaken(t *testing.T) {
 		t.Fatalf("the first lab lost its record: %v", err)
 	}
 }
+
+func TestReadProcStat(t *testing.T) {
+	self, err := lab.ReadProcStat(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if self.StartTime == 0 {
+		t.Errorf("own start time is 0: %+v", self)
+	}
+	// Spend CPU until the clock ticks over; the loop cannot end otherwise.
+	for {
+		now, err := lab.ReadProcStat(os.Getpid())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if now.StartTime != self.StartTime {
+			t.Fatalf("start time changed from %d to %d", self.StartTime, now.StartTime)
+		}
+		if now.CPUTicks() > self.CPUTicks() {
+			break
+		}
+	}
+	if _, err := lab.ReadProcStat(1 << 30); err == nil {
+		t.Error("ReadProcStat of a pid that cannot exist succeeded")
+	}
+}

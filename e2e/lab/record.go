@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 )
 
@@ -139,23 +138,8 @@ func RemoveOrphans(ctx context.Context) ([]string, error) {
 	return ids, errors.Join(errs...)
 }
 
-// processStart returns a process's start time in clock ticks since boot
-// (field 22 of /proc/<pid>/stat).
+// processStart returns a process's start time in clock ticks since boot.
 func processStart(pid int) (uint64, error) {
-	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
-	if err != nil {
-		return 0, err
-	}
-	// The command name (field 2) may contain spaces; fields after it are
-	// counted from its closing parenthesis.
-	rest := string(data)
-	if i := strings.LastIndexByte(rest, ')'); i >= 0 {
-		rest = rest[i+1:]
-	}
-	fields := strings.Fields(rest)
-	const startField = 22 - 3 // fields 1 and 2 are cut off, index from 0
-	if len(fields) <= startField {
-		return 0, fmt.Errorf("/proc/%d/stat: too few fields", pid)
-	}
-	return strconv.ParseUint(fields[startField], 10, 64)
+	st, err := ReadProcStat(pid)
+	return st.StartTime, err
 }

@@ -15,13 +15,39 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+
+	"github.com/grapevine-net/grapevine/internal/atomicfile"
 )
 
 // FileName is the name of the state file inside the agent's run directory.
 const FileName = "node.json"
 
-// DefaultRunDir is where the agent writes FileName unless told otherwise.
-const DefaultRunDir = "/run/grapevine"
+// Where the agent keeps its files unless told otherwise: FileName in the run
+// directory; its claim and IPAM's reservations (IPAMDataDir) in the state
+// directory.
+const (
+	DefaultRunDir   = "/run/grapevine"
+	DefaultStateDir = "/var/lib/grapevine"
+)
+
+// IPAMDataDir is where grapevine-ipam keeps its reservations inside the
+// agent's state directory.
+func IPAMDataDir(stateDir string) string { return filepath.Join(stateDir, "ipam") }
+
+// The MTU range pod interfaces accept: IPv4's minimum datagram size that
+// every host must accept, up to the largest an IPv4 packet can be.
+const (
+	MinMTU = 576
+	MaxMTU = 65535
+)
+
+// CheckMTU accepts 0 (take the uplink's MTU) or MinMTU-MaxMTU.
+func CheckMTU(mtu int) error {
+	if mtu != 0 && (mtu < MinMTU || mtu > MaxMTU) {
+		return fmt.Errorf("mtu %d is out of range: 0 (the interface's) or %d-%d", mtu, MinMTU, MaxMTU)
+	}
+	return nil
+}
 
 // ErrNotReady means the agent has not written a usable state file yet: it is
 // not running, or it holds no block. CNI callers map it to error code 11
@@ -49,8 +75,9 @@ func (s State) Validate() error {
 		return fmt.Errorf("node state: block %s is not inside pool %s", s.Block, s.Pool)
 	case s.Block.Masked() != s.Block:
 		return fmt.Errorf("node state: block %s is not a network address", s.Block)
-	case s.MTU != 0 && (s.MTU < 576 || s.MTU > 65535):
-		return fmt.Errorf("node state: mtu %d out of range 576-65535", s.MTU)
+	}
+	if err := CheckMTU(s.MTU); err != nil {
+		return fmt.Errorf("node state: %w", err)
 	}
 	return nil
 }
@@ -92,7 +119,7 @@ func Write(runDir string, s State) error {
 	if err != nil {
 		return fmt.Errorf("encode node state: %w", err)
 	}
-	return WriteFileAtomic(Path(runDir), append(data, '\n'), 0o644)
+	return atomicfile.Write(Path(runDir), append(data, '\n'), 0o644)
 }
 
 // Remove deletes the state file, so new pods fail with ErrNotReady. A missing
@@ -101,39 +128,6 @@ func Remove(runDir string) error {
 	err := os.Remove(Path(runDir))
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("remove node state: %w", err)
-	}
-	return nil
-}
-
-// WriteFileAtomic writes data to path through a temporary file in the same
-// directory and a rename, creating the directory if needed.
-func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("create %s: %w", dir, err)
-	}
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name()) // no-op after a successful rename
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Chmod(perm); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil
 }

@@ -69,3 +69,11 @@ func TestRemoveIsIdempotent(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestCheckMTU(t *testing.T) {
+	for mtu, ok := range map[int]bool{0: true, 575: false, 576: true, 1500: true, 9000: true, 65535: true, 65536: false, -1: false} {
+		if err := CheckMTU(mtu); (err == nil) != ok {
+			t.Errorf("CheckMTU(%d) = %v, want ok=%v", mtu, err, ok)
+		}
+	}
+}

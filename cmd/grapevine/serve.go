@@ -1,0 +1,111 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// serve starts the status socket and, when configured, the metrics and health
+// endpoints. Both stop when ctx ends.
+func (a *agent) serve(ctx context.Context) (*sync.WaitGroup, error) {
+	var wg sync.WaitGroup
+	if err := os.MkdirAll(a.opts.RunDir, 0o755); err != nil {
+		return nil, fmt.Errorf("create --run-dir: %w", err)
+	}
+	sock := filepath.Join(a.opts.RunDir, statusSocketName)
+	if err := os.Remove(sock); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove stale status socket: %w", err)
+	}
+	statusLn, err := net.Listen("unix", sock)
+	if err != nil {
+		return nil, fmt.Errorf("status socket: %w", err)
+	}
+	if err := os.Chmod(sock, 0o600); err != nil {
+		statusLn.Close()
+		return nil, fmt.Errorf("status socket: %w", err)
+	}
+	a.serveHTTP(ctx, &wg, statusLn, a.statusHandler())
+
+	if a.opts.MetricsAddr != "" {
+		metricsLn, err := net.Listen("tcp", a.opts.MetricsAddr)
+		if err != nil {
+			statusLn.Close()
+			return nil, fmt.Errorf("--metrics-addr: %w", err)
+		}
+		a.serveHTTP(ctx, &wg, metricsLn, a.metricsHandler())
+	}
+	return &wg, nil
+}
+
+func (a *agent) serveHTTP(ctx context.Context, wg *sync.WaitGroup, ln net.Listener, h http.Handler) {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			a.log.Error("http server stopped", "addr", ln.Addr(), "err", err)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		<-ctx.Done()
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(shutdownCtx)
+	}()
+}
+
+func (a *agent) statusHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(a.currentStatus())
+	})
+	mux.HandleFunc("POST /release", func(w http.ResponseWriter, r *http.Request) {
+		name := r.URL.Query().Get("node")
+		if name == "" {
+			http.Error(w, "missing ?node=", http.StatusBadRequest)
+			return
+		}
+		if err := a.mesh.Release(r.Context(), name); err != nil {
+			http.Error(w, err.Error(), http.StatusConflict)
+			return
+		}
+		a.log.Info("released block of dead node on operator request", "released", name)
+		fmt.Fprintf(w, "released the block of %s\n", name)
+	})
+	return mux
+}
+
+func (a *agent) metricsHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		if since, stuck := a.stuck(); stuck {
+			http.Error(w, fmt.Sprintf("reconcile loop stuck for %s", since.Round(time.Second)), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		st := a.currentStatus()
+		if !st.Ready {
+			http.Error(w, "not ready: "+st.Reason, http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintf(w, "ready: %s holds %s\n", st.Node, st.Block)
+	})
+	return mux
+}

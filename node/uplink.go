@@ -1,0 +1,113 @@
+package node
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+)
+
+// Uplink is the interface towards the peers and this host's address on it.
+type Uplink struct {
+	Name string
+	Addr netip.Addr
+	MTU  int
+}
+
+// ResolveUplink fills in, in this network namespace, the interface (default:
+// the one holding the host address if that is given, else the one the IPv4
+// default route leaves through) and the host address (default: the
+// interface's first global IPv4 address). Given both, it still checks that
+// the address is on the interface, because peers will use it as their next
+// hop.
+func ResolveUplink(name string, addr netip.Addr) (Uplink, error) {
+	return resolveUplink(&netlink.Handle{}, name, addr)
+}
+
+func resolveUplink(h *netlink.Handle, name string, addr netip.Addr) (Uplink, error) {
+	var link netlink.Link
+	var err error
+	switch {
+	case name != "":
+		if link, err = h.LinkByName(name); err != nil {
+			return Uplink{}, fmt.Errorf("interface %s: %w", name, err)
+		}
+	case addr.IsValid():
+		if link, err = linkWithAddr(h, addr); err != nil {
+			return Uplink{}, err
+		}
+	default:
+		if link, err = defaultRouteLink(h); err != nil {
+			return Uplink{}, err
+		}
+	}
+	attrs := link.Attrs()
+	addrs, err := h.AddrList(link, netlink.FAMILY_V4)
+	if err != nil {
+		return Uplink{}, fmt.Errorf("list addresses of %s: %w", attrs.Name, err)
+	}
+	var found netip.Addr
+	for _, a := range addrs {
+		ip, ok := netip.AddrFromSlice(a.IP.To4())
+		if !ok || a.Scope != int(netlink.SCOPE_UNIVERSE) {
+			continue
+		}
+		if !addr.IsValid() || ip == addr {
+			found = ip
+			break
+		}
+	}
+	switch {
+	case !found.IsValid() && addr.IsValid():
+		return Uplink{}, fmt.Errorf("%s is not an address of %s", addr, attrs.Name)
+	case !found.IsValid():
+		return Uplink{}, fmt.Errorf("%s has no global IPv4 address", attrs.Name)
+	}
+	return Uplink{Name: attrs.Name, Addr: found, MTU: attrs.MTU}, nil
+}
+
+func defaultRouteLink(h *netlink.Handle) (netlink.Link, error) {
+	routes, err := h.RouteList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return nil, fmt.Errorf("find the default route: %w", err)
+	}
+	for _, r := range routes {
+		// netlink reports the default route with a nil or a /0 destination.
+		isDefault := r.Dst == nil || r.Dst.IP.Equal(net.IPv4zero) && maskBits(r.Dst.Mask) == 0
+		if isDefault && r.LinkIndex > 0 {
+			link, err := h.LinkByIndex(r.LinkIndex)
+			if err != nil {
+				return nil, fmt.Errorf("default route's interface: %w", err)
+			}
+			return link, nil
+		}
+	}
+	return nil, errors.New("no IPv4 default route to pick the interface from")
+}
+
+func maskBits(m net.IPMask) int {
+	ones, _ := m.Size()
+	return ones
+}
+
+// linkWithAddr finds the interface that holds addr, so that a host whose
+// peer-facing address is not on its default route's interface needs only
+// the host address (in Kubernetes: the node's InternalIP).
+func linkWithAddr(h *netlink.Handle, addr netip.Addr) (netlink.Link, error) {
+	addrs, err := h.AddrList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return nil, fmt.Errorf("list addresses: %w", err)
+	}
+	for _, a := range addrs {
+		if ip, ok := netip.AddrFromSlice(a.IP.To4()); ok && ip == addr {
+			link, err := h.LinkByIndex(a.LinkIndex)
+			if err != nil {
+				return nil, fmt.Errorf("interface of %s: %w", addr, err)
+			}
+			return link, nil
+		}
+	}
+	return nil, fmt.Errorf("%s is not an address of this host", addr)
+}

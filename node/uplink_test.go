@@ -1,0 +1,58 @@
+package node
+
+import (
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+)
+
+func TestResolveUplink(t *testing.T) {
+	ns := newTestNS(t)
+	em1 := ns.addLink(t, "em1", "172.16.254.1/24")
+	ns.addLink(t, "em2", "192.168.7.1/24")
+	if err := ns.handle.LinkSetMTU(em1, 1400); err != nil {
+		t.Fatal(err)
+	}
+
+	addr := netip.MustParseAddr
+	tests := []struct {
+		name    string
+		iface   string
+		hostIP  netip.Addr
+		want    Uplink
+		wantErr string
+	}{
+		{name: "no default route", wantErr: "no IPv4 default route"},
+		{name: "by address", hostIP: addr("192.168.7.1"), want: Uplink{Name: "em2", Addr: addr("192.168.7.1"), MTU: 1500}},
+		{name: "by name", iface: "em1", want: Uplink{Name: "em1", Addr: addr("172.16.254.1"), MTU: 1400}},
+		{name: "both", iface: "em2", hostIP: addr("192.168.7.1"), want: Uplink{Name: "em2", Addr: addr("192.168.7.1"), MTU: 1500}},
+		{name: "address on another interface", iface: "em1", hostIP: addr("192.168.7.1"), wantErr: "192.168.7.1 is not an address of em1"},
+		{name: "address of no interface", hostIP: addr("10.1.1.1"), wantErr: "10.1.1.1 is not an address of this host"},
+		{name: "no such interface", iface: "em9", wantErr: "interface em9"},
+		{name: "no global address", iface: "em1-p", wantErr: "em1-p has no global IPv4 address"},
+	}
+	run := func(t *testing.T, iface string, hostIP netip.Addr, want Uplink, wantErr string) {
+		t.Helper()
+		got, err := resolveUplink(ns.handle, iface, hostIP)
+		switch {
+		case wantErr != "" && (err == nil || !strings.Contains(err.Error(), wantErr)):
+			t.Errorf("resolveUplink(%q, %v) = %+v, %v; want error containing %q", iface, hostIP, got, err, wantErr)
+		case wantErr == "" && (err != nil || got != want):
+			t.Errorf("resolveUplink(%q, %v) = %+v, %v; want %+v", iface, hostIP, got, err, want)
+		}
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) { run(t, tt.iface, tt.hostIP, tt.want, tt.wantErr) })
+	}
+
+	def := netlink.Route{Gw: net.ParseIP("172.16.254.254"), LinkIndex: em1.Attrs().Index}
+	if err := ns.handle.RouteAdd(&def); err != nil {
+		t.Fatal(err)
+	}
+	t.Run("the default route's interface", func(t *testing.T) {
+		run(t, "", netip.Addr{}, Uplink{Name: "em1", Addr: addr("172.16.254.1"), MTU: 1400}, "")
+	})
+}
