@@ -379,3 +379,41 @@ func TestSnapshotsBoundTheLog(t *testing.T) {
 		return fmt.Sprintf("log holds %d..%d", first, last)
 	})
 }
+
+func TestLongDeadNonvoterRemovedAndReaddedOnReturn(t *testing.T) {
+	c, nodes := startCluster(t, func(cfg *Config) { cfg.DeadNonvoterAfter = 2 * time.Second }, "n1", "n2", "n3", "n4")
+	lead := c.leader()
+	var nv *tnode
+	for _, n := range nodes {
+		if !voterSet(lead)[n.name] {
+			nv = n
+		}
+	}
+	inConfig := func() bool {
+		l := c.leader()
+		f := l.l.raft.Load().GetConfiguration()
+		if f.Error() != nil {
+			return false
+		}
+		for _, s := range f.Configuration().Servers {
+			if string(s.ID) == nv.id.String() {
+				return true
+			}
+		}
+		return false
+	}
+	c.kill(nv)
+	waitFor(t, waitLong, "the dead non-voter removed", func() bool { return !inConfig() })
+	if len(voterSet(c.leader())) != 3 {
+		t.Fatal("voters changed by a non-voter's removal")
+	}
+	// Back with its state: gossip shows it with this ledger's cluster ID,
+	// autopilot adds it again without a join request.
+	c.start(nv, false)
+	waitFor(t, waitLong, "the returning non-voter re-added", inConfig)
+	block := c.claim(nodes[0], netip.Prefix{})
+	waitFor(t, waitLong, "the returning non-voter to replicate", func() bool {
+		st, _ := nv.l.State()
+		return st.Blocks[block].ID == nodes[0].id
+	})
+}
