@@ -52,10 +52,11 @@ type tnode struct {
 	cancel  context.CancelFunc
 	done    chan error
 	running bool
+	mod     func(*Config) // per-node configuration, applied last
 }
 
 type tcluster struct {
-	t    *testing.T
+	t    testing.TB
 	net  *ledgertest.Network
 	base Config // Pool, BlockBits, Voters, ReclaimAfter, autopilot timings, Key
 	tune func(*raft.Config)
@@ -67,7 +68,7 @@ type tcluster struct {
 	wg    sync.WaitGroup
 }
 
-func newCluster(t *testing.T, mod func(*Config)) *tcluster {
+func newCluster(t testing.TB, mod func(*Config)) *tcluster {
 	c := &tcluster{
 		t:   t,
 		net: ledgertest.NewNetwork(),
@@ -122,6 +123,9 @@ func (c *tcluster) start(n *tnode, found bool) {
 	cfg.Network = c.net.Host(n.addr)
 	cfg.Stores = n.stores
 	cfg.Tune = c.tune
+	if n.mod != nil {
+		n.mod(&cfg)
+	}
 	l, err := Open(cfg)
 	if err != nil {
 		c.t.Fatalf("open %s: %v", n.name, err)
@@ -268,7 +272,7 @@ func (c *tcluster) claim(n *tnode, hint netip.Prefix) netip.Prefix {
 }
 
 // waitFor polls cond every 50ms until it holds or timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool, detail ...func() string) {
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool, detail ...func() string) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
@@ -285,7 +289,7 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool,
 
 // startCluster founds a ledger on the first of names and joins the others
 // as non-voters; it waits for min(len, Voters) voters.
-func startCluster(t *testing.T, mod func(*Config), names ...string) (*tcluster, []*tnode) {
+func startCluster(t testing.TB, mod func(*Config), names ...string) (*tcluster, []*tnode) {
 	t.Helper()
 	c := newCluster(t, mod)
 	var nodes []*tnode
@@ -370,7 +374,7 @@ func TestFoundJoinPromote(t *testing.T) {
 }
 
 // counterValue sums a counter in reg over series matching labels.
-func counterValue(t *testing.T, reg *prometheus.Registry, name string, labels map[string]string) float64 {
+func counterValue(t testing.TB, reg *prometheus.Registry, name string, labels map[string]string) float64 {
 	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {

@@ -21,6 +21,17 @@ func (l *Ledger) Claim(ctx context.Context, hint netip.Prefix, hostIP netip.Addr
 	if err := validClaimant(c.ID, c.Name, c.HostIP); err != nil {
 		return netip.Prefix{}, err
 	}
+	// Claim only with the ledger's pool in this node's replica: a node
+	// restarted with another --pool must not take a block it would then
+	// misconfigure.
+	st, err := l.waitFounded(ctx)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("claim a block: %w", err)
+	}
+	if st.Pool != l.cfg.Pool || st.BlockBits != l.cfg.BlockBits {
+		return netip.Prefix{}, fmt.Errorf("%w: this node is configured with pool %s and /%d blocks, the ledger %s has %s and /%d",
+			ErrPoolMismatch, l.cfg.Pool, l.cfg.BlockBits, st.ClusterID, st.Pool, st.BlockBits)
+	}
 	resp, err := l.toLeader(ctx, rpcRequest{Op: "claim", Claim: &c})
 	if err != nil {
 		return netip.Prefix{}, fmt.Errorf("claim a block: %w", err)
@@ -79,6 +90,23 @@ func (l *Ledger) RequestJoin(ctx context.Context, via []netip.AddrPort) error {
 		return fmt.Errorf("%w: no address to join through", ErrNoLeader)
 	}
 	return fmt.Errorf("%w: join through %s", ErrNoLeader, strings.Join(failed, "; "))
+}
+
+// waitFounded waits until this node's replica holds the Found entry.
+func (l *Ledger) waitFounded(ctx context.Context) (State, error) {
+	for {
+		st, _ := l.State()
+		if st.Founded() {
+			return st, nil
+		}
+		select {
+		case <-ctx.Done():
+			return State{}, fmt.Errorf("%w: this node has no copy of a ledger yet (not a member?): %w", ErrNoLeader, ctx.Err())
+		case <-l.stopped:
+			return State{}, ErrStopped
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // isRefusal: a leader's definite answer, not worth retrying elsewhere.

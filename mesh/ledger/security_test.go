@@ -262,3 +262,18 @@ func TestPoolMismatchRefused(t *testing.T) {
 		t.Fatal("pool mismatch not counted")
 	}
 }
+
+// A member restarted with another pool (same state) may not claim.
+func TestRestartWithAnotherPoolRefused(t *testing.T) {
+	c, nodes := startCluster(t, nil, "n1", "n2")
+	n := nodes[1]
+	c.converged()
+	c.kill(n)
+	n.mod = func(cfg *Config) { cfg.Pool = pfx("10.250.0.0/22") }
+	c.start(n, false)
+	ctx, cancel := context.WithTimeout(context.Background(), waitShort)
+	defer cancel()
+	if _, err := n.l.Claim(ctx, netip.Prefix{}, n.hostIP); !errors.Is(err, ErrPoolMismatch) {
+		t.Fatalf("claim with another pool: %v, want ErrPoolMismatch", err)
+	}
+}
