@@ -403,3 +403,49 @@ func counterValue(t testing.TB, reg *prometheus.Registry, name string, labels ma
 	}
 	return sum
 }
+
+func TestVoterCountConfigurable(t *testing.T) {
+	for _, tt := range []struct {
+		voters int
+		nodes  []string
+	}{
+		{1, []string{"n1", "n2", "n3"}},
+		{5, []string{"n1", "n2", "n3", "n4", "n5", "n6"}},
+	} {
+		t.Run(fmt.Sprint(tt.voters, "voters"), func(t *testing.T) {
+			c, nodes := startCluster(t, func(cfg *Config) { cfg.Voters = tt.voters }, tt.nodes...)
+			// startCluster waited for min(nodes, voters) voters; it must stay so
+			time.Sleep(time.Second)
+			if v := c.leader().l.Info().Voters; len(v) != tt.voters {
+				t.Fatalf("voters %v, want %d", v, tt.voters)
+			}
+			c.claim(nodes[len(nodes)-1], netip.Prefix{})
+		})
+	}
+	if _, err := Open(Config{ID: idA, Name: "a", Advertise: netip.MustParseAddrPort("192.0.2.1:7963"), Pool: testPool, BlockBits: 24, Voters: 4, Stores: NewMemStores()}); err == nil {
+		t.Fatal("4 voters accepted")
+	}
+}
+
+func TestOpenRejectsBadConfig(t *testing.T) {
+	ok := Config{ID: idA, Name: "a", Advertise: netip.MustParseAddrPort("192.0.2.1:7963"), Pool: testPool, BlockBits: 24, Stores: NewMemStores()}
+	for name, mod := range map[string]func(*Config){
+		"zero ID":          func(c *Config) { c.ID = NodeID{} },
+		"bad name":         func(c *Config) { c.Name = "a b" },
+		"no advertise":     func(c *Config) { c.Advertise = netip.AddrPort{} },
+		"unspecified addr": func(c *Config) { c.Advertise = netip.MustParseAddrPort("0.0.0.0:7963") },
+		"even voters":      func(c *Config) { c.Voters = 2 },
+		"7 voters":         func(c *Config) { c.Voters = 7 },
+		"short key":        func(c *Config) { c.Key = []byte("short") },
+		"block > pool":     func(c *Config) { c.BlockBits = 16 },
+		"no pool":          func(c *Config) { c.Pool = netip.Prefix{} },
+		"no dir or stores": func(c *Config) { c.Stores = nil },
+		"negative reclaim": func(c *Config) { c.ReclaimAfter = -time.Second },
+	} {
+		c := ok
+		mod(&c)
+		if _, err := Open(c); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
