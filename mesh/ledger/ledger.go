@@ -110,9 +110,12 @@ type Ledger struct {
 	metrics   *metrics
 	changed   chan struct{}
 
-	raft    atomic.Pointer[raft.Raft]
-	started chan struct{} // closed once raft runs
-	stopped chan struct{} // closed when Run has shut everything down
+	raft atomic.Pointer[raft.Raft]
+	// serveCtx bounds the RPCs this node serves; Run cancels it on shutdown.
+	serveCtx    context.Context
+	cancelServe context.CancelFunc
+	started     chan struct{} // closed once raft runs
+	stopped     chan struct{} // closed when Run has shut everything down
 
 	mu        sync.Mutex
 	peers     []Peer
@@ -133,6 +136,7 @@ func Open(cfg Config) (*Ledger, error) {
 		started: make(chan struct{}),
 		stopped: make(chan struct{}),
 	}
+	l.serveCtx, l.cancelServe = context.WithCancel(context.Background())
 	m, err := newMetrics(cfg.Registerer, l.leaderGauge, l.lastIndexGauge, l.appliedIndexGauge)
 	if err != nil {
 		return nil, err
@@ -320,6 +324,7 @@ func (l *Ledger) Run(ctx context.Context) error {
 	defer close(l.stopped)
 	defer l.closeStores()
 	defer l.metrics.unregister()
+	defer l.cancelServe()
 
 	m := &mux{
 		ln:       l.ln,
@@ -399,6 +404,7 @@ func (l *Ledger) Run(ctx context.Context) error {
 	stopLoops()
 	loops.Wait()
 	r.DeregisterObserver(obs)
+	l.cancelServe()
 	l.shutdown(r)
 	close(m.done)
 	l.ln.Close()

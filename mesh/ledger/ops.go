@@ -53,10 +53,11 @@ func (l *Ledger) Release(ctx context.Context, nodeName string) error {
 }
 
 // RequestJoin asks the ledger, through each of via in turn, to add this
-// node as a non-voter. It makes one pass: nil once a leader accepted; a refusal (foreign cluster, pool
-// mismatch, identity) at once; else an ErrNoLeader naming each address
-// that did not answer. Idempotent (a member, the leader included, is
-// accepted again); the mesh calls it until it succeeds.
+// node as a non-voter. It makes one pass: nil once a leader accepted; a
+// refusal (foreign cluster, pool mismatch, identity) at once; else an
+// ErrNoLeader naming each address that did not answer. Idempotent (a
+// member, the leader included, is accepted again); the mesh calls it
+// until it succeeds.
 func (l *Ledger) RequestJoin(ctx context.Context, via []netip.AddrPort) error {
 	if _, err := l.running(ctx); err != nil {
 		return err
@@ -75,7 +76,7 @@ func (l *Ledger) RequestJoin(ctx context.Context, via []netip.AddrPort) error {
 		resp, err := l.call(cctx, addr, req)
 		cancel()
 		if err == nil {
-			l.log.Info("ledger accepted this node", "via", addr, "cluster", resp.ClusterID)
+			l.log.Debug("ledger accepted this node", "via", addr, "cluster", resp.ClusterID)
 			return nil
 		}
 		if isRefusal(err) {
@@ -225,7 +226,7 @@ func (l *Ledger) serveRPC(c net.Conn) {
 		writeFrame(c, mustEncodeResponse(responseFor(netip.Prefix{}, ClusterID{}, err)))
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
+	ctx, cancel := context.WithTimeout(l.serveCtx, rpcTimeout)
 	defer cancel()
 	resp := l.handle(ctx, req)
 	if code := resp.Code; code != "" && code != "no-leader" {
