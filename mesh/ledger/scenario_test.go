@@ -417,3 +417,42 @@ func TestLongDeadNonvoterRemovedAndReaddedOnReturn(t *testing.T) {
 		return st.Blocks[block].ID == nodes[0].id
 	})
 }
+
+// Two claimants at once in a pool of two blocks, twenty rounds: each gets
+// its own block every time (the old protocol conflicted in 19 of 20).
+func TestTwoClaimantsTwoBlocksEveryRound(t *testing.T) {
+	c, nodes := startCluster(t, func(cfg *Config) { cfg.Pool = pfx("10.244.0.0/23") }, "n1", "n2")
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	for round := range 20 {
+		var wg sync.WaitGroup
+		blocks := make([]netip.Prefix, 2)
+		errs := make([]error, 2)
+		names := []string{fmt.Sprint("a", round), fmt.Sprint("b", round)}
+		for i, n := range nodes {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				// a fresh claimant per round, through each node in turn
+				req := rpcRequest{Op: "claim", Claim: &Claim{ID: NodeID{byte(round), byte(i), 5}, Name: names[i], HostIP: n.hostIP, Hint: pfx("10.244.0.0/24")}}
+				resp, err := n.l.toLeader(ctx, req)
+				blocks[i], errs[i] = resp.Block, err
+			}()
+		}
+		wg.Wait()
+		if errs[0] != nil || errs[1] != nil {
+			t.Fatalf("round %d: %v, %v", round, errs[0], errs[1])
+		}
+		if blocks[0] == blocks[1] {
+			t.Fatalf("round %d: both claimants got %s", round, blocks[0])
+		}
+		for _, name := range names { // neither is alive in gossip: release allowed
+			if err := nodes[0].l.Release(ctx, name); err != nil {
+				t.Fatalf("round %d: release %s: %v", round, name, err)
+			}
+		}
+	}
+	if st := c.converged(); len(st.Blocks) != 0 {
+		t.Fatalf("blocks left: %v", st.Blocks)
+	}
+}
