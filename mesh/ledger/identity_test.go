@@ -3,6 +3,7 @@ package ledger
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"testing"
 )
@@ -13,13 +14,13 @@ func TestIdentityConflictsRefusedByLeader(t *testing.T) {
 	block := c.claim(orig, netip.Prefix{})
 	c.converged()
 
-	ctx, cancel := context.WithTimeout(context.Background(), waitShort)
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 	defer cancel()
 
 	// A second host named like a live node, with its own ID.
 	twin := c.add("n3")
 	c.start(twin, false)
-	if err := twin.l.RequestJoin(ctx, []netip.AddrPort{nodes[0].addr}); !errors.Is(err, ErrIdentity) {
+	if err := definite(t, func() error { return twin.l.RequestJoin(ctx, []netip.AddrPort{nodes[0].addr}) }); !errors.Is(err, ErrIdentity) {
 		t.Fatalf("join of a second live %q: %v, want ErrIdentity", orig.name, err)
 	}
 	// Not a member, it cannot claim through the log; a claim RPC sent to a
@@ -28,7 +29,7 @@ func TestIdentityConflictsRefusedByLeader(t *testing.T) {
 		_, err := n.l.call(ctx, nodes[0].addr, rpcRequest{Op: "claim", Claim: &Claim{ID: n.id, Name: n.name, HostIP: n.hostIP}})
 		return err
 	}
-	if err := claimVia(twin); !errors.Is(err, ErrIdentity) {
+	if err := definite(t, func() error { return claimVia(twin) }); !errors.Is(err, ErrIdentity) {
 		t.Fatalf("claim by a second live %q: %v, want ErrIdentity", orig.name, err)
 	}
 
@@ -37,10 +38,10 @@ func TestIdentityConflictsRefusedByLeader(t *testing.T) {
 	clone := c.add("n3-clone")
 	clone.id = orig.id
 	c.start(clone, false)
-	if err := clone.l.RequestJoin(ctx, []netip.AddrPort{nodes[0].addr}); !errors.Is(err, ErrIdentity) {
+	if err := definite(t, func() error { return clone.l.RequestJoin(ctx, []netip.AddrPort{nodes[0].addr}) }); !errors.Is(err, ErrIdentity) {
 		t.Fatalf("join by a clone of %s at another address: %v, want ErrIdentity", orig.name, err)
 	}
-	if err := claimVia(clone); !errors.Is(err, ErrIdentity) {
+	if err := definite(t, func() error { return claimVia(clone) }); !errors.Is(err, ErrIdentity) {
 		t.Fatalf("claim by a clone of %s at another host IP: %v, want ErrIdentity", orig.name, err)
 	}
 	lead := c.leader()
@@ -69,4 +70,16 @@ func TestIdentityConflictsRefusedByLeader(t *testing.T) {
 	if b == block {
 		t.Fatal("the twin got the dead original's block before reclaim")
 	}
+}
+
+// definite retries f while it fails for want of a leader (an election on
+// a loaded machine) and returns its first definite answer.
+func definite(t testing.TB, f func() error) error {
+	t.Helper()
+	var err error
+	waitFor(t, waitLong, "a definite answer from the leader", func() bool {
+		err = f()
+		return !errors.Is(err, ErrNoLeader)
+	}, func() string { return fmt.Sprint(err) })
+	return err
 }

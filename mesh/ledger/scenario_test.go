@@ -131,8 +131,10 @@ func TestReclaimOnlyAfterLeadersOwnObservation(t *testing.T) {
 		// the old leader may not reclaim before ReclaimAfter of its own
 		t.Fatalf("reclaimed %s after %s, before ReclaimAfter %s", block, time.Since(killed), reclaimAfter)
 	}
-	c.kill(lead)
+	// Taken before the stop: the leader hands over leadership while it
+	// stops, so the new leader starts after this instant.
 	leaderKilled := time.Now()
+	c.kill(lead)
 	var freed time.Time
 	waitFor(t, waitLong, "the new leader to reclaim the dead owner's block", func() bool {
 		for _, n := range c.running() {
