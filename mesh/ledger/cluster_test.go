@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"runtime/pprof"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -155,7 +157,9 @@ func (c *tcluster) kill(n *tnode) {
 			c.t.Errorf("run %s: %v", n.name, err)
 		}
 	case <-time.After(waitLong):
-		c.t.Errorf("%s did not shut down", n.name)
+		var buf strings.Builder
+		pprof.Lookup("goroutine").WriteTo(&buf, 1)
+		c.t.Errorf("%s did not shut down; goroutines:\n%s", n.name, buf.String())
 	}
 	c.pushGossip()
 }
