@@ -30,8 +30,9 @@ const (
 	DefaultStableAfter       = 10 * time.Second
 	DefaultDeadNonvoterAfter = 30 * time.Minute
 
-	applyTimeout = 10 * time.Second
-	rpcTimeout   = 15 * time.Second
+	applyTimeout       = 10 * time.Second
+	rpcTimeout         = 15 * time.Second
+	defaultCallTimeout = 30 * time.Second // Claim and Release without a ctx deadline
 )
 
 // Config configures one node of the ledger.

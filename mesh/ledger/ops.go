@@ -15,7 +15,8 @@ import (
 
 // Claim asks the ledger for this node's block: the one it holds, else hint
 // if free, else a free one. It returns once the assignment is committed,
-// retrying while no leader is reachable until ctx ends.
+// retrying while no leader is reachable until ctx ends (30 s when ctx has
+// no deadline).
 func (l *Ledger) Claim(ctx context.Context, hint netip.Prefix, hostIP netip.Addr) (netip.Prefix, error) {
 	c := Claim{ID: l.cfg.ID, Name: l.cfg.Name, HostIP: hostIP, Hint: hint}
 	if err := validClaimant(c.ID, c.Name, c.HostIP); err != nil {
@@ -41,7 +42,8 @@ func (l *Ledger) Claim(ctx context.Context, hint netip.Prefix, hostIP netip.Addr
 
 // Release frees the block of node nodeName (an operator's decision that
 // the node is gone for good). The leader refuses while the node is alive
-// in its gossip view.
+// in its gossip view. Like Claim, it retries while no leader answers until
+// ctx ends (30 s when ctx has no deadline).
 func (l *Ledger) Release(ctx context.Context, nodeName string) error {
 	if err := validName(nodeName); err != nil {
 		return err
@@ -121,8 +123,15 @@ func isRefusal(err error) bool {
 }
 
 // toLeader handles req here if this node leads, else sends it to the
-// leader; it retries with backoff while no leader answers, until ctx ends.
+// leader; it retries with backoff while no leader answers, until ctx ends
+// (or defaultCallTimeout, when ctx has no deadline: an operator's release
+// must not hang for want of a leader).
 func (l *Ledger) toLeader(ctx context.Context, req rpcRequest) (rpcResponse, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, defaultCallTimeout)
+		defer cancel()
+	}
 	r, err := l.running(ctx)
 	if err != nil {
 		return rpcResponse{}, err
