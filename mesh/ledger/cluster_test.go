@@ -156,7 +156,7 @@ func (c *tcluster) kill(n *tnode) {
 		if err != nil {
 			c.t.Errorf("run %s: %v", n.name, err)
 		}
-	case <-time.After(waitLong):
+	case <-time.After(2 * waitLong): // raft, RPC and transport timeouts add up under -race
 		var buf strings.Builder
 		pprof.Lookup("goroutine").WriteTo(&buf, 1)
 		c.t.Errorf("%s did not shut down; goroutines:\n%s", n.name, buf.String())
