@@ -6,6 +6,8 @@
 #   make bench      benchmarks side by side with the reference plugins (root)
 #   make dist       static release binaries in dist/
 #   make image      container image (needs a container engine)
+#   make image-archive  the same image as dist/grapevine-image.tar, built offline
+#                   without a container engine (docker/podman load, ctr import)
 
 GO            ?= go
 BIN           := $(CURDIR)/bin
@@ -13,6 +15,8 @@ CNI_BIN       := $(BIN)/cni
 CNI_PLUGINS   := github.com/containernetworking/plugins
 CNI_PLUGINS_VERSION := v1.10.0
 REFERENCE_PLUGINS := meta/portmap main/loopback main/ptp ipam/host-local
+# crictl drives containerd in the runtime tests (e2e/runtimes_test.go).
+CRICTL_VERSION := v1.34.0
 VERSION       ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 GO_BUILD      := CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)"
 IMAGE         ?= grapevine:dev
@@ -21,7 +25,7 @@ TEST_TIMEOUT  ?= 12m
 export GRAPEVINE_BIN_DIR := $(BIN)
 export GRAPEVINE_CNI_PATH := $(CNI_BIN)
 
-.PHONY: all build cni-plugins test vet fmt-check unit demo demo-down bench dist image fuzz clean
+.PHONY: all build cni-plugins crictl test vet fmt-check unit demo demo-down bench dist image image-archive fuzz clean
 
 all: build
 
@@ -35,8 +39,12 @@ build:
 cni-plugins:
 	@mkdir -p $(CNI_BIN)
 	@for p in $(REFERENCE_PLUGINS); do \
-		test -x $(CNI_BIN)/$${p#*/} || GOBIN=$(CNI_BIN) CGO_ENABLED=0 $(GO) install $(CNI_PLUGINS)/plugins/$$p@$(CNI_PLUGINS_VERSION) || exit 1; \
+		test -x $(CNI_BIN)/$${p#*/} || GOBIN=$(CNI_BIN) CGO_ENABLED=0 $(GO) install -trimpath -ldflags "-s -w" $(CNI_PLUGINS)/plugins/$$p@$(CNI_PLUGINS_VERSION) || exit 1; \
 	done
+
+crictl:
+	@mkdir -p $(BIN)
+	@test -x $(BIN)/crictl || GOBIN=$(BIN) CGO_ENABLED=0 $(GO) install sigs.k8s.io/cri-tools/cmd/crictl@$(CRICTL_VERSION)
 
 vet:
 	$(GO) vet ./...
@@ -44,7 +52,7 @@ vet:
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
-test: vet fmt-check build cni-plugins
+test: vet fmt-check build cni-plugins crictl
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 demo: build cni-plugins
@@ -53,8 +61,9 @@ demo: build cni-plugins
 demo-down:
 	$(GO) run ./e2e/cmd/lab down
 
-bench: build cni-plugins
+bench: build cni-plugins crictl
 	$(GO) run ./e2e/cmd/bench
+	$(GO) test ./e2e -run '^$$' -bench CrictlRunp -benchtime 7x
 
 fuzz:
 	$(GO) test ./mesh -run '^$$' -fuzz FuzzDecodeMeta -fuzztime 30s
@@ -67,6 +76,14 @@ dist:
 
 image:
 	docker build --build-arg VERSION=$(VERSION) -t $(IMAGE) .
+
+# The image of the Dockerfile, from the binaries of dist and cni-plugins, with
+# no registry or container engine; created at the last commit's time, so the
+# same commit gives the same digest.
+image-archive: dist cni-plugins
+	SOURCE_DATE_EPOCH=$${SOURCE_DATE_EPOCH:-$$(git log -1 --format=%ct 2>/dev/null)} \
+		$(GO) run ./e2e/cmd/imagearchive -bin-dir dist -cni-plugins $(CNI_BIN) \
+		-tag $(IMAGE) -version $(VERSION) -o dist/grapevine-image.tar
 
 clean:
 	rm -rf bin dist

@@ -44,6 +44,7 @@ func main() {
 			statusCommand(),
 			releaseCommand(),
 			keygenCommand(),
+			installCNICommand(),
 		},
 	}
 	if err := app.RunContext(ctx, os.Args); err != nil {

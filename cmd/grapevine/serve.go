@@ -71,7 +71,7 @@ func (a *agent) statusHandler() http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
-		enc.Encode(a.currentStatus())
+		enc.Encode(a.freshStatus())
 	})
 	mux.HandleFunc("POST /release", func(w http.ResponseWriter, r *http.Request) {
 		name := r.URL.Query().Get("node")

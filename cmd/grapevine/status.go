@@ -18,17 +18,20 @@ import (
 
 	"github.com/grapevine-net/grapevine/mesh"
 	"github.com/grapevine-net/grapevine/node"
+	"github.com/grapevine-net/grapevine/node/probe"
 )
 
 // statusReport is what `grapevine status` shows; -o json prints it as is.
 type statusReport struct {
-	Node     string         `json:"node"`
-	HostIP   string         `json:"hostIP,omitempty"`
-	Block    string         `json:"block,omitempty"`
-	Ready    bool           `json:"ready"`
-	Reason   string         `json:"reason,omitempty"`
-	Degraded string         `json:"degraded,omitempty"`
-	Members  []memberStatus `json:"members"`
+	Node     string `json:"node"`
+	HostIP   string `json:"hostIP,omitempty"`
+	Block    string `json:"block,omitempty"`
+	Ready    bool   `json:"ready"`
+	Reason   string `json:"reason,omitempty"`
+	Degraded string `json:"degraded,omitempty"`
+	// Encapsulation is the --encapsulation mode the paths were chosen by.
+	Encapsulation string         `json:"encapsulation,omitempty"`
+	Members       []memberStatus `json:"members"`
 }
 
 type memberStatus struct {
@@ -38,7 +41,26 @@ type memberStatus struct {
 	Block  string `json:"block,omitempty"`
 	State  string `json:"state"`
 	Route  string `json:"route"`
+	// Path is how packets for the member's block leave (direct, vxlan),
+	// and PathReason why; both empty when it is not routed.
+	Path       string `json:"path,omitempty"`
+	PathReason string `json:"pathReason,omitempty"`
+	// KeptBy names the signals that keep the route: "gossip" (memberlist
+	// counts the member in), "data path" (its host answers echo requests).
+	KeptBy []string `json:"keptBy,omitempty"`
+	// GossipSeen is when memberlist last counted the member in.
+	GossipSeen time.Time `json:"gossipSeen,omitzero"`
+	// DataPath is "up", "down" or, for a host not probed, empty;
+	// DataPathSeen is its last echo reply.
+	DataPath     string    `json:"dataPath,omitempty"`
+	DataPathSeen time.Time `json:"dataPathSeen,omitzero"`
 }
+
+// Signals that keep a route, as KeptBy names them.
+const (
+	signalGossip   = "gossip"
+	signalDataPath = "data path"
+)
 
 // Route states shown per member besides node's PeerProgrammed, PeerPending
 // and "error: ...": the mesh withdrew the member's block, or it holds none.
@@ -47,8 +69,10 @@ const (
 	routeNone      = "none"
 )
 
-// buildStatus combines the mesh's view with the last reconcile's outcome.
-func buildStatus(v mesh.View, res node.Result, ready bool, reason string) statusReport {
+// buildStatus combines the mesh's view, the kept routes and the data-path
+// verdicts with the last reconcile's outcome. Signal times are filled in
+// when the status is read (agent.freshStatus).
+func buildStatus(v mesh.View, kept map[string]keptRoute, paths map[netip.Addr]probe.Verdict, res node.Result, ready bool, reason string) statusReport {
 	r := statusReport{
 		Node:     v.Self,
 		HostIP:   addrString(v.HostIP),
@@ -66,13 +90,27 @@ func buildStatus(v mesh.View, res node.Result, ready bool, reason string) status
 			Block:  prefixString(m.Block),
 			State:  m.State.String(),
 		}
+		ms.DataPath, ms.DataPathSeen = dataPathState(paths, m.HostIP)
+		route, isKept := kept[m.Name]
 		switch {
+		case isKept:
+			// For a route kept on the data path alone the view no
+			// longer shows the block; show the one still routed.
+			ms.Block = prefixString(route.Block)
+			ms.Route = peerRouteState(res, m.Name)
+			if route.Gossip {
+				ms.KeptBy = append(ms.KeptBy, signalGossip)
+			}
+			if route.DataPath {
+				ms.KeptBy = append(ms.KeptBy, signalDataPath)
+			}
+			if p, ok := res.Paths[m.Name]; ok {
+				ms.Path, ms.PathReason = string(p.Path), p.Why
+			}
 		case !m.Block.IsValid():
 			ms.Route = routeNone
-		case !routable(m):
-			ms.Route = routeWithdrawn
 		default:
-			ms.Route = peerRouteState(res, m.Name)
+			ms.Route = routeWithdrawn
 		}
 		r.Members = append(r.Members, ms)
 	}
@@ -89,6 +127,19 @@ func peerRouteState(res node.Result, peer string) string {
 		return node.PeerProgrammed
 	}
 	return node.PeerPending
+}
+
+// dataPathState renders the prober's verdict on host: "up", "down", or ""
+// when the host is not probed.
+func dataPathState(paths map[netip.Addr]probe.Verdict, host netip.Addr) (string, time.Time) {
+	v, probed := paths[host]
+	switch {
+	case !probed:
+		return "", time.Time{}
+	case v.Up:
+		return "up", v.LastReply
+	}
+	return "down", v.LastReply
 }
 
 // addrString and prefixString render an unset value as "" (absent in JSON);
@@ -150,16 +201,33 @@ func printStatus(w io.Writer, r statusReport) error {
 		ready = "NOT READY: " + r.Reason
 	}
 	fmt.Fprintf(w, "node %s  host %s  block %s  %s\n", r.Node, orDash(r.HostIP), orDash(r.Block), ready)
+	if r.Encapsulation != "" {
+		fmt.Fprintf(w, "encapsulation %s\n", r.Encapsulation)
+	}
 	if r.Degraded != "" {
 		fmt.Fprintf(w, "DEGRADED: %s\n", r.Degraded)
 	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "MEMBER\tSTATE\tHOST IP\tBLOCK\tROUTE")
+	fmt.Fprintln(tw, "MEMBER\tSTATE\tHOST IP\tBLOCK\tROUTE\tPATH\tKEPT BY\tGOSSIP SEEN\tDATA PATH\tWHY THIS PATH")
+	now := time.Now()
 	for _, m := range r.Members {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", m.Name, m.State, orDash(m.HostIP), orDash(m.Block), m.Route)
+		dataPath := orDash(m.DataPath)
+		if !m.DataPathSeen.IsZero() {
+			dataPath += ", " + ago(now, m.DataPathSeen)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Name, m.State, orDash(m.HostIP), orDash(m.Block), m.Route,
+			orDash(m.Path), orDash(strings.Join(m.KeptBy, "+")), orDash(ago(now, m.GossipSeen)), dataPath, orDash(m.PathReason))
 	}
 	return tw.Flush()
+}
+
+// ago renders how long before now t was, "" for a zero t.
+func ago(now, t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return now.Sub(t).Round(100*time.Millisecond).String() + " ago"
 }
 
 func releaseCommand() *cli.Command {

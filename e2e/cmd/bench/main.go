@@ -36,11 +36,13 @@ func run() error {
 		binDir      = flag.String("bin-dir", envOr("GRAPEVINE_BIN_DIR", "bin"), "directory with the grapevine binary")
 		cniDir      = flag.String("cni-dir", envOr("GRAPEVINE_CNI_PATH", "bin/cni"), "directory with grapevine-cni, grapevine-ipam, ptp, host-local and portmap")
 		out         = flag.String("o", "bench-results.json", "where to write the figures as JSON")
-		only        = flag.String("only", "", "comma-separated measurements to run (cni,routes,mesh,lab); empty: all")
+		only        = flag.String("only", "", "comma-separated measurements to run (cni,routes,probes,mesh,lab,routed); empty: all")
 		pods        = flag.Int("pods", 200, "pods per CNI chain")
 		portmap     = flag.Bool("portmap", false, "chain portmap after both CNI plugins")
 		joinTrials  = flag.Int("join-trials", 5, "trials of each join and leave")
-		crashTrials = flag.Int("crash-trials", 3, "crash trials")
+		crashTrials = flag.Int("crash-trials", 5, "crash trials")
+		frozenTrial = flag.Int("frozen-trials", 5, "trials of an agent frozen for -freeze")
+		freeze      = flag.Duration("freeze", 30*time.Second, "how long an agent is frozen (SIGSTOP) in each frozen trial")
 		idle        = flag.Duration("idle", 30*time.Second, "window over which idle CPU is measured")
 		iperf       = flag.Duration("iperf", 10*time.Second, "duration of each iperf3 run")
 		iperfRounds = flag.Int("iperf-rounds", 3, "iperf3 runs of each path, alternating")
@@ -66,7 +68,7 @@ func run() error {
 	}
 	want := func(name string) bool { return len(sel) == 0 || sel[name] }
 	for name := range sel {
-		if !slices.Contains([]string{"cni", "routes", "mesh", "lab"}, name) {
+		if !slices.Contains([]string{"cni", "routes", "probes", "mesh", "lab", "routed"}, name) {
 			return fmt.Errorf("unknown measurement %q in -only", name)
 		}
 	}
@@ -122,13 +124,27 @@ func run() error {
 		measure("lab: join, leave, crash, idle, data path", func() ([]bench.Row, error) {
 			return bench.MeasureLab(ctx, bench.LabConfig{
 				BinDir: bins, CNIPath: []string{cni}, JoinTrials: *joinTrials, CrashTrials: *crashTrials,
+				FrozenTrials: *frozenTrial, Freeze: *freeze,
 				IdleWindow: *idle, IperfDuration: *iperf, IperfRounds: *iperfRounds, Logger: log,
+			})
+		})
+	}
+	if want("routed") {
+		measure("routed lab: cross-subnet join, VXLAN data path", func() ([]bench.Row, error) {
+			return bench.MeasureRouted(ctx, bench.LabConfig{
+				BinDir: bins, CNIPath: []string{cni}, JoinTrials: *joinTrials,
+				IperfDuration: *iperf, IperfRounds: *iperfRounds, Logger: log,
 			})
 		})
 	}
 	if want("routes") {
 		measure("route programming", func() ([]bench.Row, error) {
 			return bench.MeasureRoutes(ctx, bench.RoutesConfig{Peers: 2000, Trials: 7, NoopTrials: 51})
+		})
+	}
+	if want("probes") {
+		measure("data-path probes", func() ([]bench.Row, error) {
+			return bench.MeasureProbes(ctx, bench.ProbeConfig{Peers: 256, Rounds: 500})
 		})
 	}
 	// Last: a cluster that cannot converge may leave goroutines behind
@@ -169,7 +185,7 @@ func checkPrerequisites(binDir, cniDir string, want func(string) bool) error {
 	if _, err := exec.LookPath("ip"); err != nil {
 		pkgs = append(pkgs, "iproute2")
 	}
-	if want("lab") {
+	if want("lab") || want("routed") {
 		if _, err := exec.LookPath("iperf3"); err != nil {
 			pkgs = append(pkgs, "iperf3")
 		}
@@ -178,10 +194,10 @@ func checkPrerequisites(binDir, cniDir string, want func(string) bool) error {
 		missing = append(missing, "packages: apt-get install -y "+strings.Join(pkgs, " "))
 	}
 	var bins []string
-	if want("lab") {
+	if want("lab") || want("routed") {
 		bins = append(bins, filepath.Join(binDir, "grapevine"))
 	}
-	if want("cni") || want("lab") {
+	if want("cni") || want("lab") || want("routed") {
 		for _, p := range []string{"grapevine-cni", "grapevine-ipam", "ptp", "host-local", "portmap"} {
 			bins = append(bins, filepath.Join(cniDir, p))
 		}
