@@ -77,6 +77,7 @@ soak:
 
 fuzz:
 	$(GO) test ./mesh -run '^$$' -fuzz FuzzDecodeMeta -fuzztime 30s
+	$(GO) test ./mesh/ledger -run '^$$' -fuzz FuzzDecodeRequest -fuzztime 30s
 	$(GO) test ./plugin -run '^$$' -fuzz FuzzParseConfig -fuzztime 30s
 
 dist:

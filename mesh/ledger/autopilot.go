@@ -2,6 +2,8 @@ package ledger
 
 import (
 	"context"
+	"fmt"
+	"net/netip"
 	"slices"
 	"time"
 
@@ -30,11 +32,18 @@ func (l *Ledger) leaderLoop(ctx context.Context, r *raft.Raft) {
 	t := time.NewTicker(l.tick())
 	defer t.Stop()
 	var ls *leaderState
+	var lastView string
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+		// Changes raft does not report to observers on every node (a
+		// follower's role, the voters, the lease lapsing) still signal.
+		if view := l.viewKey(); view != lastView {
+			lastView = view
+			l.notify()
 		}
 		if r.State() != raft.Leader {
 			ls = nil
@@ -190,6 +199,30 @@ func (l *Ledger) autopilot(r *raft.Raft, ls *leaderState, st *State, peers []Pee
 		l.change("re-add member as non-voter", p.Name, r.AddNonvoter(raft.ServerID(p.ID.String()), raft.ServerAddress(p.Addr.String()), 0, applyTimeout))
 		return
 	}
+	// A member whose address changed (new host IP): raft must dial the new
+	// one. Only when gossip shows that ID alive at exactly one address.
+	for _, s := range servers {
+		id, err := ParseNodeID(string(s.ID))
+		if err != nil || s.ID == self {
+			continue
+		}
+		var at []netip.AddrPort
+		for _, p := range peers {
+			if p.ID == id && p.Alive && p.Addr.IsValid() && !slices.Contains(at, p.Addr) {
+				at = append(at, p.Addr)
+			}
+		}
+		if len(at) != 1 || raft.ServerAddress(at[0].String()) == s.Address {
+			continue
+		}
+		name := l.serverName(peers, st, s.ID)
+		if s.Suffrage == raft.Voter {
+			l.change("update voter address to "+at[0].String(), name, r.AddVoter(s.ID, raft.ServerAddress(at[0].String()), 0, applyTimeout))
+		} else {
+			l.change("update non-voter address to "+at[0].String(), name, r.AddNonvoter(s.ID, raft.ServerAddress(at[0].String()), 0, applyTimeout))
+		}
+		return
+	}
 	quorum := voters/2 + 1
 	if len(deadVoters) > 0 {
 		if len(liveVoters) < l.cfg.Voters && len(candidates) > 0 {
@@ -248,4 +281,10 @@ func (l *Ledger) change(what, node string, f raft.IndexFuture) {
 	}
 	l.log.Info("ledger autopilot: "+what, "node", node)
 	l.notify()
+}
+
+// viewKey summarizes what Changed promises to signal besides the state.
+func (l *Ledger) viewKey() string {
+	info := l.Info()
+	return fmt.Sprint(info.ClusterID, info.Role, info.Leader, info.Voters, l.LeaseValid())
 }

@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"runtime/pprof"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -52,10 +54,11 @@ type tnode struct {
 	cancel  context.CancelFunc
 	done    chan error
 	running bool
+	mod     func(*Config) // per-node configuration, applied last
 }
 
 type tcluster struct {
-	t    *testing.T
+	t    testing.TB
 	net  *ledgertest.Network
 	base Config // Pool, BlockBits, Voters, ReclaimAfter, autopilot timings, Key
 	tune func(*raft.Config)
@@ -67,7 +70,7 @@ type tcluster struct {
 	wg    sync.WaitGroup
 }
 
-func newCluster(t *testing.T, mod func(*Config)) *tcluster {
+func newCluster(t testing.TB, mod func(*Config)) *tcluster {
 	c := &tcluster{
 		t:   t,
 		net: ledgertest.NewNetwork(),
@@ -122,6 +125,9 @@ func (c *tcluster) start(n *tnode, found bool) {
 	cfg.Network = c.net.Host(n.addr)
 	cfg.Stores = n.stores
 	cfg.Tune = c.tune
+	if n.mod != nil {
+		n.mod(&cfg)
+	}
 	l, err := Open(cfg)
 	if err != nil {
 		c.t.Fatalf("open %s: %v", n.name, err)
@@ -150,8 +156,10 @@ func (c *tcluster) kill(n *tnode) {
 		if err != nil {
 			c.t.Errorf("run %s: %v", n.name, err)
 		}
-	case <-time.After(waitLong):
-		c.t.Errorf("%s did not shut down", n.name)
+	case <-time.After(2 * waitLong): // raft, RPC and transport timeouts add up under -race
+		var buf strings.Builder
+		pprof.Lookup("goroutine").WriteTo(&buf, 1)
+		c.t.Errorf("%s did not shut down; goroutines:\n%s", n.name, buf.String())
 	}
 	c.pushGossip()
 }
@@ -268,7 +276,7 @@ func (c *tcluster) claim(n *tnode, hint netip.Prefix) netip.Prefix {
 }
 
 // waitFor polls cond every 50ms until it holds or timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool, detail ...func() string) {
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool, detail ...func() string) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
@@ -285,7 +293,7 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool,
 
 // startCluster founds a ledger on the first of names and joins the others
 // as non-voters; it waits for min(len, Voters) voters.
-func startCluster(t *testing.T, mod func(*Config), names ...string) (*tcluster, []*tnode) {
+func startCluster(t testing.TB, mod func(*Config), names ...string) (*tcluster, []*tnode) {
 	t.Helper()
 	c := newCluster(t, mod)
 	var nodes []*tnode
@@ -308,14 +316,19 @@ func startCluster(t *testing.T, mod func(*Config), names ...string) (*tcluster, 
 	return c, nodes
 }
 
-// sameState waits until every running node's replica equals the leader's.
-func (c *tcluster) converged() State {
+// converged waits until the replicas of the given nodes (default: all
+// running) equal the leader's, and returns that state.
+func (c *tcluster) converged(among ...*tnode) State {
 	c.t.Helper()
 	var want State
 	waitFor(c.t, waitLong, "replicas to converge", func() bool {
 		lead := c.leader()
 		want, _ = lead.l.State()
-		for _, n := range c.running() {
+		nodes := among
+		if len(nodes) == 0 {
+			nodes = c.running()
+		}
+		for _, n := range nodes {
 			st, _ := n.l.State()
 			if !equalState(st, want) {
 				return false
@@ -365,7 +378,7 @@ func TestFoundJoinPromote(t *testing.T) {
 }
 
 // counterValue sums a counter in reg over series matching labels.
-func counterValue(t *testing.T, reg *prometheus.Registry, name string, labels map[string]string) float64 {
+func counterValue(t testing.TB, reg *prometheus.Registry, name string, labels map[string]string) float64 {
 	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
@@ -393,4 +406,50 @@ func counterValue(t *testing.T, reg *prometheus.Registry, name string, labels ma
 		}
 	}
 	return sum
+}
+
+func TestVoterCountConfigurable(t *testing.T) {
+	for _, tt := range []struct {
+		voters int
+		nodes  []string
+	}{
+		{1, []string{"n1", "n2", "n3"}},
+		{5, []string{"n1", "n2", "n3", "n4", "n5", "n6"}},
+	} {
+		t.Run(fmt.Sprint(tt.voters, "voters"), func(t *testing.T) {
+			c, nodes := startCluster(t, func(cfg *Config) { cfg.Voters = tt.voters }, tt.nodes...)
+			// startCluster waited for min(nodes, voters) voters; it must stay so
+			time.Sleep(time.Second)
+			if v := c.leader().l.Info().Voters; len(v) != tt.voters {
+				t.Fatalf("voters %v, want %d", v, tt.voters)
+			}
+			c.claim(nodes[len(nodes)-1], netip.Prefix{})
+		})
+	}
+	if _, err := Open(Config{ID: idA, Name: "a", Advertise: netip.MustParseAddrPort("192.0.2.1:7963"), Pool: testPool, BlockBits: 24, Voters: 4, Stores: NewMemStores()}); err == nil {
+		t.Fatal("4 voters accepted")
+	}
+}
+
+func TestOpenRejectsBadConfig(t *testing.T) {
+	ok := Config{ID: idA, Name: "a", Advertise: netip.MustParseAddrPort("192.0.2.1:7963"), Pool: testPool, BlockBits: 24, Stores: NewMemStores()}
+	for name, mod := range map[string]func(*Config){
+		"zero ID":          func(c *Config) { c.ID = NodeID{} },
+		"bad name":         func(c *Config) { c.Name = "a b" },
+		"no advertise":     func(c *Config) { c.Advertise = netip.AddrPort{} },
+		"unspecified addr": func(c *Config) { c.Advertise = netip.MustParseAddrPort("0.0.0.0:7963") },
+		"even voters":      func(c *Config) { c.Voters = 2 },
+		"7 voters":         func(c *Config) { c.Voters = 7 },
+		"short key":        func(c *Config) { c.Key = []byte("short") },
+		"block > pool":     func(c *Config) { c.BlockBits = 16 },
+		"no pool":          func(c *Config) { c.Pool = netip.Prefix{} },
+		"no dir or stores": func(c *Config) { c.Stores = nil },
+		"negative reclaim": func(c *Config) { c.ReclaimAfter = -time.Second },
+	} {
+		c := ok
+		mod(&c)
+		if _, err := Open(c); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
 }

@@ -3,13 +3,21 @@
 // agents themselves; a pure, deterministic state machine (State.Apply) assigns
 // a block only when it is free, so no two nodes can ever hold one block.
 //
-// The package owns the raft node, its stores under the state directory, and
-// its transport: one TCP listener shared by raft and the ledger's own RPCs
-// (join, claim, release), authenticated and encrypted with mutual TLS derived
-// from the cluster's gossip key.
+// The package owns the raft node, its stores under the state directory
+// (<dir>/raft.db and <dir>/snapshots), and its transport: one TCP listener
+// shared by raft and the ledger's own RPCs (join, claim, release), muxed by
+// the first byte and protected by mutual TLS with the one certificate every
+// holder of the cluster's gossip key derives from it.
+//
+// Up to Config.Voters agents vote; the others are non-voters with a full
+// local copy, so reads are local. The leader alone runs autopilot (adds,
+// promotes, replaces and removes members from gossip's view, never below a
+// quorum) and reclaims the block of an owner it has itself seen dead for
+// ReclaimAfter; an owner stops handing out new addresses (LeaseValid) once
+// it has not heard from a leader for ReclaimAfter/2. Both durations are on
+// one host's monotonic clock: no decision compares the clocks of two hosts.
 //
 // It must not touch the kernel (routes, links, addresses) and does not speak
 // gossip: membership arrives through SetPeers from the mesh, which owns
-// memberlist. Every duration it measures is on this host's monotonic clock;
-// no decision compares the clocks of two hosts.
+// memberlist.
 package ledger

@@ -30,8 +30,9 @@ const (
 	DefaultStableAfter       = 10 * time.Second
 	DefaultDeadNonvoterAfter = 30 * time.Minute
 
-	applyTimeout = 10 * time.Second
-	rpcTimeout   = 15 * time.Second
+	applyTimeout       = 10 * time.Second
+	rpcTimeout         = 15 * time.Second
+	defaultCallTimeout = 30 * time.Second // Claim and Release without a ctx deadline
 )
 
 // Config configures one node of the ledger.
@@ -110,9 +111,12 @@ type Ledger struct {
 	metrics   *metrics
 	changed   chan struct{}
 
-	raft    atomic.Pointer[raft.Raft]
-	started chan struct{} // closed once raft runs
-	stopped chan struct{} // closed when Run has shut everything down
+	raft atomic.Pointer[raft.Raft]
+	// serveCtx bounds the RPCs this node serves; Run cancels it on shutdown.
+	serveCtx    context.Context
+	cancelServe context.CancelFunc
+	started     chan struct{} // closed once raft runs
+	stopped     chan struct{} // closed when Run has shut everything down
 
 	mu        sync.Mutex
 	peers     []Peer
@@ -133,6 +137,7 @@ func Open(cfg Config) (*Ledger, error) {
 		started: make(chan struct{}),
 		stopped: make(chan struct{}),
 	}
+	l.serveCtx, l.cancelServe = context.WithCancel(context.Background())
 	m, err := newMetrics(cfg.Registerer, l.leaderGauge, l.lastIndexGauge, l.appliedIndexGauge)
 	if err != nil {
 		return nil, err
@@ -141,6 +146,7 @@ func Open(cfg Config) (*Ledger, error) {
 	l.fsm = newFSM(l.notify, m.apply)
 	if cfg.Key != nil {
 		if l.serverTLS, l.clientTLS, err = tlsConfigs(cfg.Key); err != nil {
+			m.unregister()
 			return nil, err
 		}
 	} else {
@@ -149,11 +155,13 @@ func Open(cfg Config) (*Ledger, error) {
 	l.stores = cfg.Stores
 	if l.stores == nil {
 		if l.stores, l.closeDisk, err = openDiskStores(cfg.Dir, l.log); err != nil {
+			m.unregister()
 			return nil, err
 		}
 	}
 	if err := l.loadSnapshot(); err != nil {
 		l.closeStores()
+		m.unregister()
 		return nil, err
 	}
 	l.net = cfg.Network
@@ -167,6 +175,7 @@ func Open(cfg Config) (*Ledger, error) {
 	ln, err := l.net.Listen()
 	if err != nil {
 		l.closeStores()
+		m.unregister()
 		return nil, fmt.Errorf("ledger listen: %w", err)
 	}
 	l.ln = ln
@@ -310,20 +319,24 @@ func (l *Ledger) raftConfig() *raft.Config {
 
 // Run runs the raft node, the RPC server, and the leader's autopilot and
 // reclaim loops until ctx ends; then it shuts down cleanly (a leader hands
-// leadership over first) and closes the stores and the listener.
+// leadership over first), closes the stores and the listener and
+// unregisters its metrics. Call it once.
 func (l *Ledger) Run(ctx context.Context) error {
 	defer close(l.stopped)
 	defer l.closeStores()
+	defer l.metrics.unregister()
+	defer l.cancelServe()
 
 	m := &mux{
-		ln:      l.ln,
-		tls:     l.serverTLS,
-		raft:    make(chan net.Conn),
-		rpc:     l.serveRPC,
-		reject:  l.reject,
-		log:     l.log,
-		pending: make(chan struct{}, maxPendingConns),
-		done:    make(chan struct{}),
+		ln:       l.ln,
+		tls:      l.serverTLS,
+		raft:     make(chan net.Conn),
+		rpc:      l.serveRPC,
+		reject:   l.reject,
+		log:      l.log,
+		pending:  make(chan struct{}, maxPendingConns),
+		rpcSlots: make(chan struct{}, maxConcurrentRPC),
+		done:     make(chan struct{}),
 	}
 	stream := &streamLayer{m: m, net: l.net, clientTLS: l.clientTLS, advertise: l.cfg.Advertise, closed: make(chan struct{})}
 	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
@@ -392,6 +405,7 @@ func (l *Ledger) Run(ctx context.Context) error {
 	stopLoops()
 	loops.Wait()
 	r.DeregisterObserver(obs)
+	l.cancelServe()
 	l.shutdown(r)
 	close(m.done)
 	l.ln.Close()

@@ -2,7 +2,6 @@ package ledger
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"log"
 	"log/slog"
@@ -104,7 +103,7 @@ func (h *hclogAdapter) StandardLogger(*hclog.StandardLoggerOptions) *log.Logger 
 
 func (h *hclogAdapter) StandardWriter(*hclog.StandardLoggerOptions) io.Writer {
 	return writerFunc(func(p []byte) (int, error) {
-		h.Info(fmt.Sprintf("%s", trimNewline(p)))
+		h.Info(string(trimNewline(p)))
 		return len(p), nil
 	})
 }

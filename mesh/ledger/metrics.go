@@ -1,13 +1,15 @@
 package ledger
 
 import (
-	"errors"
 	"fmt"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
 
 type metrics struct {
+	reg        prometheus.Registerer
+	collectors []prometheus.Collector
+
 	applies  *prometheus.CounterVec
 	rejected *prometheus.CounterVec
 	reclaims prometheus.Counter
@@ -47,16 +49,23 @@ func newMetrics(reg prometheus.Registerer, leader, lastIndex, appliedIndex func(
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
+	m.reg = reg
 	for _, c := range cs {
 		if err := reg.Register(c); err != nil {
-			var are prometheus.AlreadyRegisteredError
-			if errors.As(err, &are) {
-				return nil, fmt.Errorf("register ledger metrics (one ledger per registry): %w", err)
-			}
-			return nil, fmt.Errorf("register ledger metrics: %w", err)
+			m.unregister()
+			return nil, fmt.Errorf("register ledger metrics (one running ledger per registry): %w", err)
 		}
+		m.collectors = append(m.collectors, c)
 	}
 	return m, nil
+}
+
+// unregister lets a restarted ledger register on the same registry.
+func (m *metrics) unregister() {
+	for _, c := range m.collectors {
+		m.reg.Unregister(c)
+	}
+	m.collectors = nil
 }
 
 func (m *metrics) apply(op string, err error) {

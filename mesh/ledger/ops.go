@@ -15,11 +15,23 @@ import (
 
 // Claim asks the ledger for this node's block: the one it holds, else hint
 // if free, else a free one. It returns once the assignment is committed,
-// retrying while no leader is reachable until ctx ends.
+// retrying while no leader is reachable until ctx ends (30 s when ctx has
+// no deadline).
 func (l *Ledger) Claim(ctx context.Context, hint netip.Prefix, hostIP netip.Addr) (netip.Prefix, error) {
 	c := Claim{ID: l.cfg.ID, Name: l.cfg.Name, HostIP: hostIP, Hint: hint}
 	if err := validClaimant(c.ID, c.Name, c.HostIP); err != nil {
 		return netip.Prefix{}, err
+	}
+	// Claim only with the ledger's pool in this node's replica: a node
+	// restarted with another --pool must not take a block it would then
+	// misconfigure.
+	st, err := l.waitFounded(ctx)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("claim a block: %w", err)
+	}
+	if st.Pool != l.cfg.Pool || st.BlockBits != l.cfg.BlockBits {
+		return netip.Prefix{}, fmt.Errorf("%w: this node is configured with pool %s and /%d blocks, the ledger %s has %s and /%d",
+			ErrPoolMismatch, l.cfg.Pool, l.cfg.BlockBits, st.ClusterID, st.Pool, st.BlockBits)
 	}
 	resp, err := l.toLeader(ctx, rpcRequest{Op: "claim", Claim: &c})
 	if err != nil {
@@ -30,7 +42,8 @@ func (l *Ledger) Claim(ctx context.Context, hint netip.Prefix, hostIP netip.Addr
 
 // Release frees the block of node nodeName (an operator's decision that
 // the node is gone for good). The leader refuses while the node is alive
-// in its gossip view.
+// in its gossip view. Like Claim, it retries while no leader answers until
+// ctx ends (30 s when ctx has no deadline).
 func (l *Ledger) Release(ctx context.Context, nodeName string) error {
 	if err := validName(nodeName); err != nil {
 		return err
@@ -42,17 +55,14 @@ func (l *Ledger) Release(ctx context.Context, nodeName string) error {
 }
 
 // RequestJoin asks the ledger, through each of via in turn, to add this
-// node as a non-voter. It makes one pass: nil once a leader accepted (or
-// this node already leads a ledger); a refusal (foreign cluster, pool
-// mismatch, identity) at once; else an ErrNoLeader naming each address
-// that did not answer. Idempotent; the mesh calls it until it succeeds.
+// node as a non-voter. It makes one pass: nil once a leader accepted; a
+// refusal (foreign cluster, pool mismatch, identity) at once; else an
+// ErrNoLeader naming each address that did not answer. Idempotent (a
+// member, the leader included, is accepted again); the mesh calls it
+// until it succeeds.
 func (l *Ledger) RequestJoin(ctx context.Context, via []netip.AddrPort) error {
-	r, err := l.running(ctx)
-	if err != nil {
+	if _, err := l.running(ctx); err != nil {
 		return err
-	}
-	if r.State() == raft.Leader {
-		return nil
 	}
 	st, _ := l.State()
 	req := rpcRequest{Op: "join", Join: &joinRequest{
@@ -68,7 +78,7 @@ func (l *Ledger) RequestJoin(ctx context.Context, via []netip.AddrPort) error {
 		resp, err := l.call(cctx, addr, req)
 		cancel()
 		if err == nil {
-			l.log.Info("ledger accepted this node", "via", addr, "cluster", resp.ClusterID)
+			l.log.Debug("ledger accepted this node", "via", addr, "cluster", resp.ClusterID)
 			return nil
 		}
 		if isRefusal(err) {
@@ -85,6 +95,23 @@ func (l *Ledger) RequestJoin(ctx context.Context, via []netip.AddrPort) error {
 	return fmt.Errorf("%w: join through %s", ErrNoLeader, strings.Join(failed, "; "))
 }
 
+// waitFounded waits until this node's replica holds the Found entry.
+func (l *Ledger) waitFounded(ctx context.Context) (State, error) {
+	for {
+		st, _ := l.State()
+		if st.Founded() {
+			return st, nil
+		}
+		select {
+		case <-ctx.Done():
+			return State{}, fmt.Errorf("%w: this node has no copy of a ledger yet (not a member?): %w", ErrNoLeader, ctx.Err())
+		case <-l.stopped:
+			return State{}, ErrStopped
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
 // isRefusal: a leader's definite answer, not worth retrying elsewhere.
 func isRefusal(err error) bool {
 	for _, kind := range []error{ErrForeignCluster, ErrPoolMismatch, ErrIdentity, ErrPoolExhausted, ErrNodeAlive, ErrUnknownNode, ErrBadRequest, ErrNotOwner} {
@@ -96,8 +123,15 @@ func isRefusal(err error) bool {
 }
 
 // toLeader handles req here if this node leads, else sends it to the
-// leader; it retries with backoff while no leader answers, until ctx ends.
+// leader; it retries with backoff while no leader answers, until ctx ends
+// (or defaultCallTimeout, when ctx has no deadline: an operator's release
+// must not hang for want of a leader).
 func (l *Ledger) toLeader(ctx context.Context, req rpcRequest) (rpcResponse, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, defaultCallTimeout)
+		defer cancel()
+	}
 	r, err := l.running(ctx)
 	if err != nil {
 		return rpcResponse{}, err
@@ -201,7 +235,7 @@ func (l *Ledger) serveRPC(c net.Conn) {
 		writeFrame(c, mustEncodeResponse(responseFor(netip.Prefix{}, ClusterID{}, err)))
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
+	ctx, cancel := context.WithTimeout(l.serveCtx, rpcTimeout)
 	defer cancel()
 	resp := l.handle(ctx, req)
 	if code := resp.Code; code != "" && code != "no-leader" {

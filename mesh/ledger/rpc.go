@@ -104,11 +104,13 @@ func decodeRequest(b []byte) (rpcRequest, error) {
 
 func decodeResponse(b []byte) (rpcResponse, error) {
 	var r rpcResponse
+	// A malformed answer is the peer's fault, not a refusal of the request:
+	// the error has no kind, so callers retry.
 	if err := strictUnmarshal(b, &r); err != nil {
-		return rpcResponse{}, fmt.Errorf("%w: response: %v", ErrBadRequest, err)
+		return rpcResponse{}, fmt.Errorf("malformed ledger answer: %v", err)
 	}
 	if r.V != wireVersion {
-		return rpcResponse{}, fmt.Errorf("%w: response version %d", ErrBadRequest, r.V)
+		return rpcResponse{}, fmt.Errorf("ledger answer of version %d", r.V)
 	}
 	if len(r.Error) > 1024 {
 		r.Error = r.Error[:1024]

@@ -51,6 +51,7 @@ const (
 const (
 	handshakeTimeout = 10 * time.Second
 	maxPendingConns  = 64 // connections not yet past TLS and the mux byte
+	maxConcurrentRPC = 64 // RPCs served at once; more are refused as busy
 	tlsDerivation    = "grapevine ledger tls"
 )
 
@@ -117,15 +118,16 @@ func tlsConfigs(key []byte) (server, client *tls.Config, err error) {
 // stalls nobody), then hands raft connections to the stream layer and RPC
 // connections to the RPC handler.
 type mux struct {
-	ln      net.Listener
-	tls     *tls.Config // nil: plaintext
-	raft    chan net.Conn
-	rpc     func(net.Conn)
-	reject  func(reason string)
-	log     *slog.Logger
-	pending chan struct{}
-	done    chan struct{}
-	wg      sync.WaitGroup
+	ln       net.Listener
+	tls      *tls.Config // nil: plaintext
+	raft     chan net.Conn
+	rpc      func(net.Conn)
+	reject   func(reason string)
+	log      *slog.Logger
+	pending  chan struct{} // connections in TLS handshake or mux byte
+	rpcSlots chan struct{} // RPCs being served
+	done     chan struct{}
+	wg       sync.WaitGroup
 }
 
 func (m *mux) serve() {
@@ -176,7 +178,14 @@ func (m *mux) handle(c net.Conn) {
 			c.Close()
 		}
 	case muxRPC:
-		m.rpc(c)
+		select {
+		case m.rpcSlots <- struct{}{}:
+			m.rpc(c)
+			<-m.rpcSlots
+		default:
+			m.reject("busy")
+			c.Close()
+		}
 	default:
 		m.reject("mux")
 		c.Close()
