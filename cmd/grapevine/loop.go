@@ -39,6 +39,9 @@ type agent struct {
 	mu       sync.Mutex
 	status   statusReport
 	lastPass time.Time // start of the last loop pass, for /healthz
+	// passEnd is closed when the running pass has published its status;
+	// nil between passes. See settledStatus.
+	passEnd chan struct{}
 }
 
 // hostSide is what the agent needs of the host: the kernel it programs and
@@ -100,8 +103,8 @@ func (a *agent) run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return a.stopped(<-meshDone)
 		}
-		a.markPass()
-		a.reconcile(ctx)
+		a.beginPass()
+		a.endPass(a.reconcile(ctx))
 		select {
 		case <-ctx.Done():
 		case err := <-meshDone:
@@ -130,16 +133,15 @@ func (a *agent) stopped(meshErr error) error {
 }
 
 // reconcile brings the kernel and the hand-off files in line with the mesh's
-// current View and records the outcome for status and readiness.
-func (a *agent) reconcile(ctx context.Context) {
+// current View and returns the outcome for status and readiness.
+func (a *agent) reconcile(ctx context.Context) statusReport {
 	v := a.mesh.View()
 	if !a.synced && !a.mayReconcile(v) {
 		reason := v.Reason
 		if v.Ready {
 			reason = "waiting for peers to re-join; keeping the previous run's routes"
 		}
-		a.setStatus(buildStatus(v, node.Result{}, false, reason))
-		return
+		return buildStatus(v, node.Result{}, false, reason)
 	}
 	a.synced = true
 
@@ -153,7 +155,7 @@ func (a *agent) reconcile(ctx context.Context) {
 		a.log.Error("hand-off to the CNI plugin failed", "err", err)
 		ready, reason = false, err.Error()
 	}
-	a.setStatus(buildStatus(v, res, ready, reason))
+	return buildStatus(v, res, ready, reason)
 }
 
 // restartGrace is how long a restarted agent that finds peer routes in the
@@ -203,9 +205,21 @@ func (a *agent) handoff(v mesh.View) error {
 	return node.WriteHandoff(a.opts.RunDir, a.opts.CNIConfDir, a.opts.StateDir, st)
 }
 
-func (a *agent) markPass() {
+// beginPass marks the start of a loop pass: for /healthz, and for readers of
+// the status, who wait for the pass to publish its outcome (settledStatus).
+func (a *agent) beginPass() {
 	a.mu.Lock()
 	a.lastPass = time.Now()
+	a.passEnd = make(chan struct{})
+	a.mu.Unlock()
+}
+
+// endPass publishes the pass's status and lets waiting readers go.
+func (a *agent) endPass(r statusReport) {
+	a.mu.Lock()
+	a.status = r
+	close(a.passEnd)
+	a.passEnd = nil
 	a.mu.Unlock()
 }
 
@@ -219,13 +233,33 @@ func (a *agent) stuck() (time.Duration, bool) {
 	return since, since > 3*a.opts.ResyncInterval+10*time.Second
 }
 
-func (a *agent) setStatus(r statusReport) {
-	a.mu.Lock()
-	a.status = r
-	a.mu.Unlock()
-}
+// How long a reader waits for a running pass: a kernel call that hangs must
+// not hang `grapevine status` with it, nor outlast a readiness probe's
+// timeout (3 s in the manifest).
+const (
+	statusWait    = 5 * time.Second
+	readinessWait = time.Second
+)
 
-func (a *agent) currentStatus() statusReport {
+// settledStatus returns the status once no pass is half done. A pass changes
+// the kernel and the hand-off files before it knows its outcome, so a reader
+// that has seen a route appear (ip route, node.json) and then asks for the
+// status must not get the previous pass's: it waits for the running pass to
+// publish, up to limit or the end of ctx, then takes the last published
+// status.
+func (a *agent) settledStatus(ctx context.Context, limit time.Duration) statusReport {
+	a.mu.Lock()
+	passEnd := a.passEnd
+	a.mu.Unlock()
+	if passEnd != nil {
+		timer := time.NewTimer(limit)
+		defer timer.Stop()
+		select {
+		case <-passEnd:
+		case <-timer.C:
+		case <-ctx.Done():
+		}
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.status

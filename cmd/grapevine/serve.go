@@ -71,7 +71,7 @@ func (a *agent) statusHandler() http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
-		enc.Encode(a.currentStatus())
+		enc.Encode(a.settledStatus(r.Context(), statusWait))
 	})
 	mux.HandleFunc("POST /release", func(w http.ResponseWriter, r *http.Request) {
 		name := r.URL.Query().Get("node")
@@ -100,7 +100,7 @@ func (a *agent) metricsHandler() http.Handler {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		st := a.currentStatus()
+		st := a.settledStatus(r.Context(), readinessWait)
 		if !st.Ready {
 			http.Error(w, "not ready: "+st.Reason, http.StatusServiceUnavailable)
 			return
