@@ -5,9 +5,13 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -40,7 +44,7 @@ type agentOptions struct {
 	ResyncInterval     time.Duration
 }
 
-func agentCommand() *cli.Command {
+func agentCommand(run agentRunner) *cli.Command {
 	return &cli.Command{
 		Name:  "agent",
 		Usage: "run the node agent: join the mesh, hold a block, route every peer's block",
@@ -65,29 +69,43 @@ func agentCommand() *cli.Command {
 			&cli.DurationFlag{Name: "resync-interval", Value: 30 * time.Second, EnvVars: envVar("resync-interval"), Usage: "how often the kernel state is fully reconciled even without events"},
 			&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: envVar("log-level"), Usage: "debug, info, warn or error"},
 		},
+		OnUsageError: usageError,
+		// Every flag is checked here, before anything starts or is logged.
 		Action: func(c *cli.Context) error {
-			log, err := newLogger(c.String("log-level"))
+			if err := noArgs(c); err != nil {
+				return err
+			}
+			log, err := newLogger(c.String("log-level"), c.App.ErrWriter)
 			if err != nil {
 				return err
 			}
-			opts, err := parseAgentOptions(c, log)
+			opts, err := parseAgentOptions(c)
 			if err != nil {
 				return err
 			}
-			return runAgent(c.Context, opts, log)
+			return run(c.Context, opts, log)
 		},
 	}
 }
 
-func newLogger(level string) (*slog.Logger, error) {
+func newLogger(level string, w io.Writer) (*slog.Logger, error) {
 	var l slog.Level
-	if err := l.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("--log-level %q: %w", level, err)
+	switch strings.ToLower(level) {
+	case "debug":
+		l = slog.LevelDebug
+	case "info":
+		l = slog.LevelInfo
+	case "warn", "warning":
+		l = slog.LevelWarn
+	case "error":
+		l = slog.LevelError
+	default:
+		return nil, fmt.Errorf("--log-level %q is not a level: use debug, info, warn or error", level)
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
 }
 
-func parseAgentOptions(c *cli.Context, log *slog.Logger) (agentOptions, error) {
+func parseAgentOptions(c *cli.Context) (agentOptions, error) {
 	o := agentOptions{
 		NodeName:           c.String("node-name"),
 		Iface:              c.String("iface"),
@@ -106,8 +124,8 @@ func parseAgentOptions(c *cli.Context, log *slog.Logger) (agentOptions, error) {
 		ResyncInterval:     c.Duration("resync-interval"),
 	}
 	var err error
-	if o.Pool, err = netip.ParsePrefix(c.String("pool")); err != nil {
-		return o, fmt.Errorf("--pool: %w", err)
+	if o.Pool, err = parsePool(c.String("pool")); err != nil {
+		return o, err
 	}
 	if err := validatePool(o.Pool, o.BlockSize); err != nil {
 		return o, err
@@ -127,8 +145,13 @@ func parseAgentOptions(c *cli.Context, log *slog.Logger) (agentOptions, error) {
 		return o, fmt.Errorf("--port: %w", err)
 	}
 	if o.ResyncInterval <= 0 {
-		return o, fmt.Errorf("--resync-interval must be positive")
+		return o, fmt.Errorf("--resync-interval %s: must be longer than zero", o.ResyncInterval)
 	}
+	if err := checkMetricsAddr(o.MetricsAddr); err != nil {
+		return o, err
+	}
+	// An empty GRAPEVINE_JOIN= or a trailing comma names no seed.
+	o.Join = slices.DeleteFunc(o.Join, func(j string) bool { return strings.TrimSpace(j) == "" })
 	if err := nodestate.CheckMTU(o.MTU); err != nil {
 		return o, fmt.Errorf("--%w", err)
 	}
@@ -141,10 +164,41 @@ func parseAgentOptions(c *cli.Context, log *slog.Logger) (agentOptions, error) {
 		if o.GossipKey, err = readGossipKey(f); err != nil {
 			return o, err
 		}
-	} else {
-		log.Warn("gossip is not encrypted: any host that can reach the gossip port can join and announce routes; set --gossip-key-file")
 	}
+	// Without a key the mesh warns, once, when it starts.
 	return o, nil
+}
+
+// parsePool parses --pool, saying what a pool looks like when it is not one.
+func parsePool(s string) (netip.Prefix, error) {
+	p, err := netip.ParsePrefix(s)
+	if err == nil {
+		return p, nil
+	}
+	addr, bits, found := strings.Cut(s, "/")
+	switch a, aerr := netip.ParseAddr(addr); {
+	case !found:
+		return p, fmt.Errorf("--pool %q has no prefix length: give a CIDR such as %s", s, mesh.DefaultPool)
+	case aerr != nil || !a.Is4():
+		return p, fmt.Errorf("--pool %q: %q is not an IPv4 address; give a CIDR such as %s", s, addr, mesh.DefaultPool)
+	default:
+		return p, fmt.Errorf("--pool %q: prefix length %q is not a number from 0 to 32; give a CIDR such as %s", s, bits, mesh.DefaultPool)
+	}
+}
+
+// checkMetricsAddr accepts "" (off) or host:port with a numeric port.
+func checkMetricsAddr(addr string) error {
+	if addr == "" {
+		return nil
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err == nil {
+		_, err = strconv.ParseUint(port, 10, 16)
+	}
+	if err != nil {
+		return fmt.Errorf("--metrics-addr %q is not host:port such as %s (empty turns the endpoints off)", addr, DefaultMetricsAddr)
+	}
+	return nil
 }
 
 // validatePool checks that the pool can be cut into blocks of blockSize.

@@ -111,7 +111,7 @@ func (a *agent) run(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return a.stopped(err)
 			}
-			return fmt.Errorf("mesh stopped: %w", err)
+			return err // mesh.Run says what stopped it
 		case <-a.mesh.Changed():
 		case <-routeChanged:
 		case <-resync.C:

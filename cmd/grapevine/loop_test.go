@@ -31,6 +31,7 @@ type testHost struct {
 	agent  *agent
 	cancel context.CancelFunc
 	done   chan error
+	logs   *testWriter
 }
 
 func startTestHost(t *testing.T, network *meshtest.Network, dir, name string, i int, kernel *node.FakeKernel, join ...string) *testHost {
@@ -68,7 +69,8 @@ func startWrappedHost(t *testing.T, network *meshtest.Network, dir, name string,
 	if err != nil {
 		t.Fatal(err)
 	}
-	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})).With("node", name)
+	h.logs = &testWriter{t: t}
+	log := slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelWarn})).With("node", name)
 	cfg := o.meshConfig(log)
 	cfg.Transport = transport
 	cfg.Tune = meshtest.FastTimers
@@ -116,11 +118,33 @@ func (h *testHost) peerRoutes() map[netip.Prefix]netip.Addr {
 	return routes
 }
 
-type testWriter struct{ t *testing.T }
+// testWriter passes an agent's log lines to the test log and keeps them.
+type testWriter struct {
+	t     *testing.T
+	mu    sync.Mutex
+	lines []string
+}
 
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSpace(string(p)))
+func (w *testWriter) Write(p []byte) (int, error) {
+	line := strings.TrimSpace(string(p))
+	w.t.Log(line)
+	w.mu.Lock()
+	w.lines = append(w.lines, line)
+	w.mu.Unlock()
 	return len(p), nil
+}
+
+// count returns how many lines contain s.
+func (w *testWriter) count(s string) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n := 0
+	for _, l := range w.lines {
+		if strings.Contains(l, s) {
+			n++
+		}
+	}
+	return n
 }
 
 func waitFor(t *testing.T, what string, cond func() error) {
@@ -191,8 +215,15 @@ func TestAgentLoop(t *testing.T) {
 	checkHTTP(t, h1.agent.metricsHandler(), "/healthz", http.StatusOK, "ok")
 	checkHTTP(t, h1.agent.metricsHandler(), "/metrics", http.StatusOK, "grapevine_node_reconcile_seconds")
 	checkHTTP(t, h1.agent.metricsHandler(), "/metrics", http.StatusOK, "grapevine_mesh_claims_total")
-	if _, err := callAgent(t.Context(), h1.agent.opts.RunDir, http.MethodPost, "/release?node=h2"); err == nil {
+	_, err = callAgent(t.Context(), h1.agent.opts.RunDir, http.MethodPost, "/release?node=h2")
+	if err == nil {
 		t.Error("release of a live member succeeded")
+	} else if msg := err.Error(); !strings.HasPrefix(msg, "cannot release the block of h2: node h2 is alive") ||
+		strings.Contains(msg, "mesh:") || strings.Contains(msg, "agent:") {
+		t.Errorf("release of a live member: %q, want one sentence saying why", msg)
+	}
+	if n := h1.logs.count("gossip is not encrypted"); n != 1 {
+		t.Errorf("h1 warned %d times that gossip is not encrypted, want once", n)
 	}
 
 	kept := h2.peerRoutes()

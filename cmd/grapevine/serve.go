@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -80,7 +81,10 @@ func (a *agent) statusHandler() http.Handler {
 			return
 		}
 		if err := a.mesh.Release(r.Context(), name); err != nil {
-			http.Error(w, err.Error(), http.StatusConflict)
+			// mesh's errors name their package; the operator needs only
+			// the reason.
+			reason := strings.TrimPrefix(err.Error(), "mesh: ")
+			http.Error(w, fmt.Sprintf("cannot release the block of %s: %s", name, reason), http.StatusConflict)
 			return
 		}
 		a.log.Info("released block of dead node on operator request", "released", name)
