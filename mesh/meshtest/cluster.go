@@ -250,6 +250,20 @@ func (c *Cluster) BytesSent() int64 {
 	return sum
 }
 
+// Traffic is what one node's transport has sent so far.
+type Traffic struct {
+	Messages, Bytes int64
+}
+
+// Traffic returns every running node's traffic so far, by node name.
+func (c *Cluster) Traffic() map[string]Traffic {
+	out := make(map[string]Traffic)
+	for _, n := range c.Nodes() {
+		out[n.Name] = Traffic{Messages: n.Transport.MessagesSent(), Bytes: n.Transport.BytesSent()}
+	}
+	return out
+}
+
 // DuplicateBlock returns an error if two of the views hold the same block.
 func DuplicateBlock(views map[string]mesh.View) error {
 	owner := make(map[netip.Prefix]string)
