@@ -24,6 +24,9 @@ func TestMain(m *testing.M) { env.Main(m) }
 // routeProto is the protocol of every route the agent owns (docs/design.md).
 const routeProto = 74
 
+// podPool is the agent's default pool, which the lab's agents use.
+var podPool = netip.MustParsePrefix("10.244.0.0/16")
+
 // echoPort is where the tests' echo servers listen.
 const echoPort = 7000
 
@@ -36,11 +39,12 @@ func timeout(t *testing.T, d time.Duration) context.Context {
 
 // hostRoutes is the part of a host's main table grapevine is responsible for.
 type hostRoutes struct {
-	em1        int                         // ifindex of em1
-	peers      map[netip.Prefix]netip.Addr // proto 74 unicast routes via em1: block -> next hop
-	foreign    []string                    // proto 74 unicast routes not via em1, described
-	blackholes []netip.Prefix              // proto 74 blackholes
-	pods       map[netip.Addr]int          // /32 scope link routes: pod -> ifindex
+	em1         int                         // ifindex of em1
+	peers       map[netip.Prefix]netip.Addr // proto 74 unicast routes via em1: block -> next hop
+	foreign     []string                    // proto 74 unicast routes not via em1, described
+	blackholes  []netip.Prefix              // proto 74 blackholes
+	unreachable []netip.Prefix              // proto 74 unreachable routes: the pool's
+	pods        map[netip.Addr]int          // /32 scope link routes: pod -> ifindex
 }
 
 func readRoutes(h *lab.Host) (hostRoutes, error) {
@@ -65,6 +69,8 @@ func readRoutes(h *lab.Host) (hostRoutes, error) {
 		switch {
 		case rt.Protocol == routeProto && rt.Type == syscall.RTN_BLACKHOLE:
 			r.blackholes = append(r.blackholes, dst)
+		case rt.Protocol == routeProto && rt.Type == syscall.RTN_UNREACHABLE:
+			r.unreachable = append(r.unreachable, dst)
 		case rt.Protocol == routeProto && rt.Gw != nil && rt.LinkIndex == r.em1:
 			gw, _ := netip.AddrFromSlice(rt.Gw)
 			r.peers[dst] = gw.Unmap()
@@ -105,6 +111,9 @@ func expectPeerRoutes(h *lab.Host, own netip.Prefix, peers map[netip.Prefix]neti
 	}
 	if len(r.foreign) > 0 {
 		problems = append(problems, fmt.Sprintf("proto %d routes not via em1: %v", routeProto, r.foreign))
+	}
+	if !slices.Equal(r.unreachable, []netip.Prefix{podPool}) {
+		problems = append(problems, fmt.Sprintf("unreachable routes %v, want just %s", r.unreachable, podPool))
 	}
 	if own.IsValid() && !slices.Contains(r.blackholes, own) {
 		problems = append(problems, fmt.Sprintf("no blackhole %s (have %v)", own, r.blackholes))

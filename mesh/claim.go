@@ -675,13 +675,19 @@ func (m *Mesh) handleVoteRequest(req voteRequest) {
 		resp.Granted = true
 		m.promises[req.Block] = promise{claimant: req.Claimant, id: req.ID, expires: now.Add(promiseTTL)}
 	}
+	// A request can arrive between memberlist.Create starting its
+	// listeners and Run storing the handle; the claimant asks again.
+	ml := m.ml
 	m.mu.Unlock()
+	if ml == nil {
+		return
+	}
 	if resp.Granted {
 		m.metrics.votes.WithLabelValues("granted").Inc()
 	} else {
 		m.metrics.votes.WithLabelValues("refused").Inc()
 	}
-	if err := m.ml.SendReliable(memberNode(req.Claimant, req.From), resp.encode()); err != nil {
+	if err := ml.SendReliable(memberNode(req.Claimant, req.From), resp.encode()); err != nil {
 		m.log.Debug("answer vote request", "claimant", req.Claimant, "err", err)
 	}
 }

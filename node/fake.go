@@ -117,7 +117,7 @@ func (f *FakeKernel) DeleteLink(name string) {
 
 func (f *FakeKernel) dropRoutesVia(index int) {
 	for k, r := range f.routes {
-		if r.LinkIndex == index && !r.Blackhole {
+		if r.LinkIndex == index && r.Unicast() {
 			delete(f.routes, k)
 		}
 	}
@@ -238,7 +238,7 @@ func (f *FakeKernel) ReplaceRoute(r Route) error {
 }
 
 func (f *FakeKernel) checkNextHop(r Route) error {
-	if r.Blackhole {
+	if !r.Unicast() {
 		return nil
 	}
 	for _, l := range f.links {

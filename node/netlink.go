@@ -118,8 +118,13 @@ func (k *NetlinkKernel) dumpRoutes() ([]Route, error) {
 			if !ok {
 				return true // a default route is never one of ours to keep or delete
 			}
-			r := Route{Dst: dst.Masked(), Metric: nr.Priority, Blackhole: nr.Type == unix.RTN_BLACKHOLE}
-			if !r.Blackhole {
+			r := Route{
+				Dst:         dst.Masked(),
+				Metric:      nr.Priority,
+				Blackhole:   nr.Type == unix.RTN_BLACKHOLE,
+				Unreachable: nr.Type == unix.RTN_UNREACHABLE,
+			}
+			if !r.Blackhole && !r.Unreachable {
 				r.Via, _ = netip.AddrFromSlice(nr.Gw)
 				r.Via = r.Via.Unmap()
 				r.LinkIndex = nr.LinkIndex
@@ -160,9 +165,12 @@ func netlinkRoute(r Route) *netlink.Route {
 		Table:    unix.RT_TABLE_MAIN,
 		Priority: r.Metric,
 	}
-	if r.Blackhole {
+	switch {
+	case r.Blackhole:
 		nr.Type = unix.RTN_BLACKHOLE
-	} else {
+	case r.Unreachable:
+		nr.Type = unix.RTN_UNREACHABLE
+	default:
 		nr.Gw = r.Via.AsSlice()
 		nr.LinkIndex = r.LinkIndex
 		nr.Scope = netlink.SCOPE_UNIVERSE

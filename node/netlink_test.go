@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"errors"
+	"net"
 	"os"
 	"os/exec"
 	"slices"
@@ -67,6 +68,7 @@ func TestNetlinkReconcile(t *testing.T) {
 		"10.244.2.0/23 via 172.16.254.2 dev em1 proto 74",
 		"10.244.4.0/23 via 172.16.254.3 dev em1 proto 74",
 		"blackhole 10.244.0.0/23 proto 74",
+		"unreachable 10.244.0.0/16 proto 74 metric 2147483647",
 		"172.16.254.0/24 dev em1 proto kernel scope link src 172.16.254.1",
 	}, foreign...)
 	slices.Sort(want)
@@ -92,6 +94,7 @@ func TestNetlinkReconcile(t *testing.T) {
 	want = append([]string{
 		"10.244.2.0/23 via 172.16.254.20 dev em1 proto 74",
 		"blackhole 10.244.0.0/23 proto 74",
+		"unreachable 10.244.0.0/16 proto 74 metric 2147483647",
 		"172.16.254.0/24 dev em1 proto kernel scope link src 172.16.254.1",
 	}, foreign...)
 	slices.Sort(want)
@@ -367,6 +370,57 @@ func BenchmarkNetlinkNoopReconcile2000(b *testing.B) {
 		res, err := r.Reconcile(b.Context(), d)
 		if err != nil || res.Added+res.Replaced+res.Deleted != 0 {
 			b.Fatalf("not a no-op: %+v, %v", res, err)
+		}
+	}
+}
+
+// TestNetlinkUnreachablePool: the pool's unreachable route catches only what
+// nothing more specific routes. A pod's /32, the own block's blackhole and a
+// peer's block all win over it, the default route still carries the rest,
+// and an address in a block nobody routes fails with "no route to host".
+func TestNetlinkUnreachablePool(t *testing.T) {
+	n := newTestNS(t)
+	em1 := n.addLink(t, "em1", "172.16.254.1/24")
+	n.addForeignRoute(t, netlink.Route{Gw: net.ParseIP("172.16.254.254"), LinkIndex: em1.Attrs().Index})
+	pod, err := n.handle.LinkByName("em1-p") // stands in for a pod's veth
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.addForeignRoute(t, netlink.Route{Dst: ipNet(pfx("10.244.0.5/32")), LinkIndex: pod.Attrs().Index, Scope: netlink.SCOPE_LINK})
+
+	if _, err := NewReconciler(n.kernel(t), nil, nil).Reconcile(t.Context(), desired(peerB)); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		dst     string
+		wantErr error  // of the route lookup
+		wantVia string // else: the gateway, "" for a directly attached destination
+		wantDev int
+	}{
+		{dst: "10.244.0.5", wantDev: pod.Attrs().Index},                           // a pod of ours
+		{dst: "10.244.0.9", wantErr: unix.EINVAL},                                 // own block, no pod: blackhole
+		{dst: "10.244.2.9", wantVia: "172.16.254.2", wantDev: em1.Attrs().Index},  // a peer's block
+		{dst: "10.244.9.9", wantErr: unix.EHOSTUNREACH},                           // no block route: unreachable
+		{dst: "192.0.2.1", wantVia: "172.16.254.254", wantDev: em1.Attrs().Index}, // outside the pool: default route
+	}
+	for _, tt := range tests {
+		routes, err := n.handle.RouteGet(net.ParseIP(tt.dst))
+		if tt.wantErr != nil {
+			if !errors.Is(err, tt.wantErr) {
+				t.Errorf("route get %s: %v (%v), want %v", tt.dst, routes, err, tt.wantErr)
+			}
+			continue
+		}
+		if err != nil || len(routes) != 1 {
+			t.Errorf("route get %s: %v, %v", tt.dst, routes, err)
+			continue
+		}
+		gw := ""
+		if routes[0].Gw != nil {
+			gw = routes[0].Gw.String()
+		}
+		if gw != tt.wantVia || routes[0].LinkIndex != tt.wantDev {
+			t.Errorf("route get %s: via %q dev %d, want via %q dev %d", tt.dst, gw, routes[0].LinkIndex, tt.wantVia, tt.wantDev)
 		}
 	}
 }

@@ -128,13 +128,14 @@ func (r *Reconciler) reconcile(ctx context.Context, d Desired) (Result, error) {
 		link = Link{Name: d.Iface}
 	case err != nil:
 		// Not knowing the link is no reason to withdraw working routes:
-		// leave our unicast routes as they are and fix only the blackhole.
+		// leave our unicast routes as they are and fix only the blackhole
+		// and the pool's unreachable route.
 		errs = append(errs, err)
 		for _, p := range d.Peers {
 			res.PeerErrors[p.Peer] = fmt.Errorf("route not reconciled: %w", err)
 		}
 		d.Peers = nil
-		actual = blackholes(actual)
+		actual = withoutNextHop(actual)
 	}
 
 	desired, peerErrs := DesiredRoutes(d, link)
@@ -200,10 +201,12 @@ func (r *Reconciler) reconcile(ctx context.Context, d Desired) (Result, error) {
 	return res, errors.Join(errs...)
 }
 
-func blackholes(routes []Route) []Route {
+// withoutNextHop keeps the blackholes and unreachable routes: the ones that
+// do not depend on the link.
+func withoutNextHop(routes []Route) []Route {
 	var out []Route
 	for _, r := range routes {
-		if r.Blackhole {
+		if !r.Unicast() {
 			out = append(out, r)
 		}
 	}

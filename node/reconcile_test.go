@@ -28,6 +28,8 @@ func desired(peers ...PeerRoute) Desired {
 }
 
 var (
+	unreachablePool = Route{Dst: pfx("10.244.0.0/16"), Unreachable: true, Metric: UnreachableMetric}
+
 	peerB = PeerRoute{"b", pfx("10.244.2.0/23"), addr("172.16.254.2")}
 	peerC = PeerRoute{"c", pfx("10.244.4.0/23"), addr("172.16.254.3")}
 )
@@ -51,6 +53,7 @@ func TestReconcileProgramsAndIsIdempotent(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []Route{
+		unreachablePool,
 		blackhole("10.244.0.0/23"),
 		{Dst: peerB.Block, Via: peerB.Via, LinkIndex: link.Index},
 		{Dst: peerC.Block, Via: peerC.Via, LinkIndex: link.Index},
@@ -58,8 +61,8 @@ func TestReconcileProgramsAndIsIdempotent(t *testing.T) {
 	if got := ours(k); !slices.Equal(got, want) {
 		t.Fatalf("routes = %v, want %v", got, want)
 	}
-	if res.Added != 3 || res.Replaced != 0 || res.Deleted != 0 {
-		t.Errorf("result counts = %+v, want 3 added", res)
+	if res.Added != 4 || res.Replaced != 0 || res.Deleted != 0 {
+		t.Errorf("result counts = %+v, want 4 added", res)
 	}
 	if !res.Programmed("b") || !res.Programmed("c") || len(res.PeerErrors) != 0 {
 		t.Errorf("peers = %v, errors %v", res.Peers, res.PeerErrors)
@@ -135,7 +138,7 @@ func TestReconcileFollowsChanges(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []Route{blackhole("10.244.0.0/23"), {Dst: peerB.Block, Via: bMoved.Via, LinkIndex: link.Index}}
+	want := []Route{unreachablePool, blackhole("10.244.0.0/23"), {Dst: peerB.Block, Via: bMoved.Via, LinkIndex: link.Index}}
 	if got := ours(k); !slices.Equal(got, want) {
 		t.Fatalf("routes = %v, want %v", got, want)
 	}
@@ -144,7 +147,7 @@ func TestReconcileFollowsChanges(t *testing.T) {
 	}
 
 	// Someone deletes our route and changes the other: both come back.
-	k.RemoveRoute(want[1])
+	k.RemoveRoute(want[2])
 	k.PutRoute(Route{Dst: own, Via: addr("172.16.254.5"), LinkIndex: link.Index}, RouteProtocol)
 	if _, err := r.Reconcile(ctx, desired(bMoved)); err != nil {
 		t.Fatal(err)
@@ -159,8 +162,17 @@ func TestReconcileFollowsChanges(t *testing.T) {
 	if _, err := r.Reconcile(ctx, d); err != nil {
 		t.Fatal(err)
 	}
-	if got := ours(k); !slices.Equal(got, want[1:]) {
-		t.Fatalf("without own block, routes = %v, want %v", got, want[1:])
+	if got, want := ours(k), []Route{want[0], want[2]}; !slices.Equal(got, want) {
+		t.Fatalf("without own block, routes = %v, want %v", got, want)
+	}
+
+	// No pool: the unreachable route goes.
+	d.Pool, d.Masquerade = netip.Prefix{}, false
+	if _, err := r.Reconcile(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	if got := ours(k); !slices.Equal(got, want[2:]) {
+		t.Fatalf("without pool, routes = %v, want %v", got, want[2:])
 	}
 }
 
@@ -214,8 +226,8 @@ func TestReconcileLinkRecreated(t *testing.T) {
 	if !errors.Is(res.PeerErrors["b"], ErrLinkNotUsable) {
 		t.Fatalf("peer b: %v", res.PeerErrors["b"])
 	}
-	if got := ours(k); !slices.Equal(got, []Route{blackhole("10.244.0.0/23")}) {
-		t.Fatalf("without link, routes = %v; want the blackhole only", got)
+	if got := ours(k); !slices.Equal(got, []Route{unreachablePool, blackhole("10.244.0.0/23")}) {
+		t.Fatalf("without link, routes = %v; want the unreachable pool and the blackhole only", got)
 	}
 
 	k.AddLink("dummy0", pfx("10.9.9.1/24")) // take the old index
@@ -224,7 +236,7 @@ func TestReconcileLinkRecreated(t *testing.T) {
 	if err != nil || !res.Programmed("b") {
 		t.Fatalf("after re-creation: err %v, peers %v", err, res.Peers)
 	}
-	want := []Route{blackhole("10.244.0.0/23"), {Dst: peerB.Block, Via: peerB.Via, LinkIndex: link.Index}}
+	want := []Route{unreachablePool, blackhole("10.244.0.0/23"), {Dst: peerB.Block, Via: peerB.Via, LinkIndex: link.Index}}
 	if got := ours(k); !slices.Equal(got, want) {
 		t.Fatalf("routes = %v, want %v", got, want)
 	}
@@ -249,8 +261,8 @@ func TestReconcileKernelErrors(t *testing.T) {
 		if got := testutil.ToFloat64(r.metrics.errors.WithLabelValues("add")); got != 1 {
 			t.Errorf("add errors = %v, want 1", got)
 		}
-		if got := testutil.ToFloat64(r.metrics.ops.WithLabelValues("add")); got != 2 {
-			t.Errorf("adds = %v, want 2 (blackhole and c)", got)
+		if got := testutil.ToFloat64(r.metrics.ops.WithLabelValues("add")); got != 3 {
+			t.Errorf("adds = %v, want 3 (unreachable pool, blackhole and c)", got)
 		}
 		k.InjectError(OpAdd, peerB.Block, nil)
 		if res, err := r.Reconcile(ctx, desired(peerB, peerC)); err != nil || !res.Programmed("b") {
@@ -370,7 +382,7 @@ func TestReconcileConcurrent(t *testing.T) {
 	if _, err := r.Reconcile(t.Context(), desired(peerC)); err != nil {
 		t.Fatal(err)
 	}
-	if got := ours(k); len(got) != 2 || got[1].Dst != peerC.Block {
+	if got := ours(k); len(got) != 3 || got[2].Dst != peerC.Block {
 		t.Fatalf("routes = %v", got)
 	}
 }
@@ -394,7 +406,7 @@ func TestReconcileMetrics(t *testing.T) {
 grapevine_node_reconcile_errors_total 1
 # HELP grapevine_node_route_operations_total Route writes by operation (add, replace, delete).
 # TYPE grapevine_node_route_operations_total counter
-grapevine_node_route_operations_total{op="add"} 3
+grapevine_node_route_operations_total{op="add"} 4
 grapevine_node_route_operations_total{op="delete"} 1
 `
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want),

@@ -13,6 +13,13 @@ import (
 // with any other protocol are never changed or deleted.
 const RouteProtocol = 74
 
+// UnreachableMetric is the metric of the unreachable route for the whole
+// pool: the highest a route can carry short of the u32 limit on 32-bit
+// platforms, so any route to the pool or one of its blocks, of anyone, wins
+// over it, while it still keeps pod-addressed packets from following the
+// default route out of the host.
+const UnreachableMetric = 1<<31 - 1
+
 // Desired is what the agent wants this host's kernel to look like.
 type Desired struct {
 	// Iface is the host interface peers are reached through (the seed's em1).
@@ -22,7 +29,11 @@ type Desired struct {
 	// traffic to unallocated pod addresses is dropped here instead of
 	// following the default route. Zero: no block, no blackhole.
 	OwnBlock netip.Prefix
-	// Pool is the pod pool; traffic from it to outside it is masqueraded.
+	// Pool is the pod pool. Traffic from it to outside it is masqueraded,
+	// and the pool gets an unreachable route of lowest precedence: a packet
+	// for a block nobody routes (a withdrawn peer, a block not handed out)
+	// fails at once with an ICMP error on this host instead of leaving
+	// through the default route with a pod address. Zero: neither.
 	Pool       netip.Prefix
 	Masquerade bool
 	Peers      []PeerRoute
@@ -35,24 +46,34 @@ type PeerRoute struct {
 	Via   netip.Addr
 }
 
-// Route is one route in the main table carrying RouteProtocol: either a
-// unicast route to Dst via a gateway on link LinkIndex, or a blackhole.
+// Route is one route in the main table carrying RouteProtocol: a unicast
+// route to Dst via a gateway on link LinkIndex, a blackhole, or an
+// unreachable route.
 type Route struct {
-	Dst       netip.Prefix
-	Blackhole bool
-	Via       netip.Addr // zero for a blackhole
-	LinkIndex int        // zero for a blackhole
-	// Metric is the route's priority. Routes Grapevine installs have 0; a
-	// different one found in the kernel is a leftover to delete, since a
-	// replace with metric 0 would not overwrite it.
+	Dst         netip.Prefix
+	Blackhole   bool
+	Unreachable bool
+	Via         netip.Addr // zero for a blackhole or an unreachable route
+	LinkIndex   int        // zero for a blackhole or an unreachable route
+	// Metric is the route's priority: 0 for the routes Grapevine installs,
+	// but UnreachableMetric for the pool's unreachable route. Any other
+	// found in the kernel is a leftover to delete, since a replace with
+	// the desired metric would not overwrite it.
 	Metric int
 }
+
+// Unicast reports whether r leads to a next hop (a peer route), rather than
+// dropping what it matches.
+func (r Route) Unicast() bool { return !r.Blackhole && !r.Unreachable }
 
 // String reads like `ip route` output, with the link's index for its name.
 func (r Route) String() string {
 	s := fmt.Sprintf("%s via %s ifindex %d", r.Dst, r.Via, r.LinkIndex)
-	if r.Blackhole {
+	switch {
+	case r.Blackhole:
 		s = "blackhole " + r.Dst.String()
+	case r.Unreachable:
+		s = "unreachable " + r.Dst.String()
 	}
 	if r.Metric != 0 {
 		s += fmt.Sprintf(" metric %d", r.Metric)
@@ -86,6 +107,9 @@ var (
 // function.
 func DesiredRoutes(d Desired, link Link) (routes []Route, peerErrs map[string]error) {
 	peerErrs = make(map[string]error)
+	if d.Pool.IsValid() {
+		routes = append(routes, Route{Dst: d.Pool.Masked(), Unreachable: true, Metric: UnreachableMetric})
+	}
 	if d.OwnBlock.IsValid() {
 		routes = append(routes, Route{Dst: d.OwnBlock.Masked(), Blackhole: true})
 	}
@@ -219,6 +243,7 @@ func compareRoutes(a, b Route) int {
 		cmp.Compare(a.Dst.Bits(), b.Dst.Bits()),
 		cmp.Compare(a.Metric, b.Metric),
 		compareBool(a.Blackhole, b.Blackhole),
+		compareBool(a.Unreachable, b.Unreachable),
 		a.Via.Compare(b.Via),
 		cmp.Compare(a.LinkIndex, b.LinkIndex),
 	)

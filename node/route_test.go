@@ -22,10 +22,15 @@ func unicast(dst, via string) Route {
 
 func blackhole(dst string) Route { return Route{Dst: pfx(dst), Blackhole: true} }
 
+func unreachable(dst string) Route {
+	return Route{Dst: pfx(dst), Unreachable: true, Metric: UnreachableMetric}
+}
+
 func TestDesiredRoutes(t *testing.T) {
 	tests := []struct {
 		name       string
 		own        netip.Prefix
+		pool       netip.Prefix
 		link       Link
 		peers      []PeerRoute
 		want       []Route
@@ -116,6 +121,37 @@ func TestDesiredRoutes(t *testing.T) {
 			wantErrs: map[string]error{"b": ErrLinkNotUsable},
 		},
 		{
+			name: "pool gets an unreachable route below the blackhole and the peers",
+			own:  own,
+			pool: pfx("10.244.0.0/16"),
+			link: em1,
+			peers: []PeerRoute{
+				{"b", pfx("10.244.2.0/23"), addr("172.16.254.2")},
+			},
+			want: []Route{unreachable("10.244.0.0/16"), blackhole("10.244.0.0/23"), unicast("10.244.2.0/23", "172.16.254.2")},
+		},
+		{
+			name: "pool without a block or peers: the unreachable route alone",
+			pool: pfx("10.244.0.0/16"),
+			link: em1,
+			want: []Route{unreachable("10.244.0.0/16")},
+		},
+		{
+			name: "block as large as the pool: blackhole and unreachable take separate slots",
+			own:  pfx("10.244.0.0/16"),
+			pool: pfx("10.244.0.0/16"),
+			link: em1,
+			want: []Route{unreachable("10.244.0.0/16"), blackhole("10.244.0.0/16")},
+		},
+		{
+			name:     "link missing: the unreachable route stays",
+			pool:     pfx("10.244.0.0/16"),
+			link:     Link{Name: "em1"},
+			peers:    []PeerRoute{{"b", pfx("10.244.2.0/23"), addr("172.16.254.2")}},
+			want:     []Route{unreachable("10.244.0.0/16")},
+			wantErrs: map[string]error{"b": ErrLinkNotUsable},
+		},
+		{
 			name: "second address on the link makes a second network connected",
 			link: Link{Name: "em1", Index: 2, Up: true, Addrs: []netip.Prefix{pfx("172.16.254.1/24"), pfx("192.168.7.1/24")}},
 			peers: []PeerRoute{
@@ -126,7 +162,7 @@ func TestDesiredRoutes(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, errs := DesiredRoutes(Desired{Iface: "em1", OwnBlock: tt.own, Peers: tt.peers}, tt.link)
+			got, errs := DesiredRoutes(Desired{Iface: "em1", OwnBlock: tt.own, Pool: tt.pool, Peers: tt.peers}, tt.link)
 			if !slices.Equal(got, tt.want) {
 				t.Errorf("routes = %v, want %v", got, tt.want)
 			}
@@ -152,6 +188,11 @@ func TestDiff(t *testing.T) {
 	bMetric := b
 	bMetric.Metric = 100
 	bhAsUnicast := unicast("10.244.0.0/23", "172.16.254.2")
+	pool := unreachable("10.244.0.0/16")
+	poolMetric0 := pool
+	poolMetric0.Metric = 0
+	poolBlackhole := blackhole("10.244.0.0/16")
+	poolBlackhole.Metric = UnreachableMetric
 
 	tests := []struct {
 		name           string
@@ -171,6 +212,11 @@ func TestDiff(t *testing.T) {
 		{name: "duplicates in actual", desired: []Route{b}, actual: []Route{c, c, b, b}, wantD: []Route{c}},
 		{name: "blackhole replaced by unicast", desired: []Route{bhAsUnicast}, actual: []Route{bh}, wantAdd: []Route{bhAsUnicast}},
 		{name: "unicast replaced by blackhole", desired: []Route{bh}, actual: []Route{bhAsUnicast}, wantAdd: []Route{bh}},
+		{name: "unreachable pool added beside the block routes", desired: []Route{pool, bh, b}, actual: []Route{bh, b}, wantAdd: []Route{pool}},
+		{name: "unreachable pool kept", desired: []Route{pool, bh, b}, actual: []Route{b, pool, bh}},
+		{name: "unreachable pool removed", desired: []Route{bh, b}, actual: []Route{pool, bh, b}, wantD: []Route{pool}},
+		{name: "unreachable pool with metric 0 is a leftover", desired: []Route{pool}, actual: []Route{poolMetric0}, wantAdd: []Route{pool}, wantD: []Route{poolMetric0}},
+		{name: "blackhole in the unreachable slot is replaced", desired: []Route{pool}, actual: []Route{poolBlackhole}, wantAdd: []Route{pool}},
 		{name: "conflicting desired routes: lowest wins in any order", desired: []Route{bMoved, b}, wantAdd: []Route{b}},
 		{name: "conflicting desired routes, reversed", desired: []Route{b, bMoved}, wantAdd: []Route{b}},
 	}

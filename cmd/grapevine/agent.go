@@ -34,6 +34,7 @@ type agentOptions struct {
 	StateDir           string
 	RunDir             string
 	CNIConfDir         string
+	CNIVersion         string
 	GossipKey          []byte
 	MetricsAddr        string
 	Masquerade         bool
@@ -59,6 +60,7 @@ func agentCommand(run agentRunner) *cli.Command {
 			&cli.StringFlag{Name: "state-dir", Value: nodestate.DefaultStateDir, EnvVars: envVar("state-dir"), Usage: "persistent state: the claimed block, IPAM allocations"},
 			runDirFlag(),
 			&cli.StringFlag{Name: "cni-conf-dir", Value: node.DefaultCNIConfDir, EnvVars: envVar("cni-conf-dir"), Usage: "where to write the CNI conflist once a block is held (empty: write none)"},
+			&cli.StringFlag{Name: "cni-version", EnvVars: envVar("cni-version"), Usage: "pin the conflist's cniVersion to one of " + strings.Join(node.SupportedCNIVersions(), ", ") + " (default: " + node.CompatCNIVersion + ", which runtimes on older libcni accept, and cniVersions " + strings.Join(node.OfferedCNIVersions(), ", ") + " for newer ones)"},
 			&cli.StringFlag{Name: "gossip-key-file", EnvVars: envVar("gossip-key-file"), Usage: "file with a base64 16, 24 or 32-byte key that encrypts and authenticates gossip"},
 			&cli.StringFlag{Name: "metrics-addr", Value: DefaultMetricsAddr, EnvVars: envVar("metrics-addr"), Usage: "address for /metrics, /healthz and /readyz (empty: off)"},
 			&cli.BoolFlag{Name: "masquerade", Value: true, EnvVars: envVar("masquerade"), Usage: "masquerade traffic from the pool to destinations outside it"},
@@ -115,6 +117,7 @@ func parseAgentOptions(c *cli.Context) (agentOptions, error) {
 		StateDir:           c.String("state-dir"),
 		RunDir:             c.String("run-dir"),
 		CNIConfDir:         c.String("cni-conf-dir"),
+		CNIVersion:         c.String("cni-version"),
 		MetricsAddr:        c.String("metrics-addr"),
 		Masquerade:         c.Bool("masquerade"),
 		ReclaimAfter:       c.Duration("reclaim-after"),
@@ -152,6 +155,9 @@ func parseAgentOptions(c *cli.Context) (agentOptions, error) {
 	}
 	// An empty GRAPEVINE_JOIN= or a trailing comma names no seed.
 	o.Join = slices.DeleteFunc(o.Join, func(j string) bool { return strings.TrimSpace(j) == "" })
+	if err := node.ValidateCNIVersion(o.CNIVersion); err != nil {
+		return o, fmt.Errorf("--cni-version: %w", err)
+	}
 	if err := nodestate.CheckMTU(o.MTU); err != nil {
 		return o, fmt.Errorf("--%w", err)
 	}

@@ -235,3 +235,32 @@ func TestMayReconcile(t *testing.T) {
 		}
 	}
 }
+
+// parseAgentFlags runs the agent command's flag parsing and validation only.
+func parseAgentFlags(t *testing.T, args ...string) (agentOptions, error) {
+	t.Helper()
+	_, err, started := runCLI(t, append([]string{"agent", "--node-name", "h1"}, args...)...)
+	if started == nil {
+		return agentOptions{}, err
+	}
+	return *started, err
+}
+
+func TestCNIVersionFlag(t *testing.T) {
+	opts, err := parseAgentFlags(t)
+	if err != nil || opts.CNIVersion != "" {
+		t.Fatalf("default: CNIVersion %q, %v; want empty (1.0.0 offering 1.1.0)", opts.CNIVersion, err)
+	}
+	opts, err = parseAgentFlags(t, "--cni-version", "0.4.0")
+	if err != nil || opts.CNIVersion != "0.4.0" {
+		t.Fatalf("--cni-version 0.4.0: CNIVersion %q, %v", opts.CNIVersion, err)
+	}
+	t.Setenv("GRAPEVINE_CNI_VERSION", "1.1.0")
+	if opts, err = parseAgentFlags(t); err != nil || opts.CNIVersion != "1.1.0" {
+		t.Fatalf("GRAPEVINE_CNI_VERSION=1.1.0: CNIVersion %q, %v", opts.CNIVersion, err)
+	}
+	_, err = parseAgentFlags(t, "--cni-version", "1.2.0")
+	if err == nil || !strings.Contains(err.Error(), "--cni-version") || !strings.Contains(err.Error(), "1.0.0, 1.1.0") {
+		t.Fatalf("--cni-version 1.2.0: %v, want an error naming the flag and the supported versions", err)
+	}
+}

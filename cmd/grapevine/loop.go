@@ -141,6 +141,7 @@ func (a *agent) reconcile(ctx context.Context) statusReport {
 		if v.Ready {
 			reason = "waiting for peers to re-join; keeping the previous run's routes"
 		}
+		a.removeStaleConflist()
 		return buildStatus(v, node.Result{}, false, reason)
 	}
 	a.synced = true
@@ -184,7 +185,7 @@ func (a *agent) countPeerRoutes() int {
 	}
 	n := 0
 	for _, r := range routes {
-		if !r.Blackhole {
+		if r.Unicast() {
 			n++
 		}
 	}
@@ -200,9 +201,27 @@ func (a *agent) countPeerRoutes() int {
 func (a *agent) handoff(v mesh.View) error {
 	st, ok := handoffState(v, a.opts)
 	if !ok {
-		return node.RemoveHandoff(a.opts.RunDir, a.opts.CNIConfDir)
+		return a.handoffFiles().Remove()
 	}
-	return node.WriteHandoff(a.opts.RunDir, a.opts.CNIConfDir, a.opts.StateDir, st)
+	return a.handoffFiles().Write(st)
+}
+
+// removeStaleConflist keeps the runtime from reporting the network ready
+// while this run does not yet know its block and no usable node.json is
+// left from the previous run (after a reboot, say). A previous run's usable
+// hand-off stays, so pods start while the agent restarts.
+func (a *agent) removeStaleConflist() {
+	removed, err := a.handoffFiles().RemoveStaleConflist()
+	if err != nil {
+		a.log.Error("cannot remove a conflist that has no usable node.json", "err", err)
+	}
+	if removed {
+		a.log.Info("removed the conflist: node.json is missing or unusable until this node holds a block")
+	}
+}
+
+func (a *agent) handoffFiles() node.Handoff {
+	return node.Handoff{RunDir: a.opts.RunDir, CNIConfDir: a.opts.CNIConfDir, StateDir: a.opts.StateDir, CNIVersion: a.opts.CNIVersion}
 }
 
 // beginPass marks the start of a loop pass: for /healthz, and for readers of

@@ -111,7 +111,7 @@ func (h *testHost) stop(t *testing.T) {
 func (h *testHost) peerRoutes() map[netip.Prefix]netip.Addr {
 	routes := map[netip.Prefix]netip.Addr{}
 	for _, r := range h.kernel.Table() {
-		if !r.Blackhole && r.Protocol == node.RouteProtocol {
+		if r.Unicast() && r.Protocol == node.RouteProtocol {
 			routes[r.Dst] = r.Via
 		}
 	}
@@ -272,7 +272,7 @@ type stallingKernel struct {
 
 func (k *stallingKernel) AddRoute(r node.Route) error {
 	err := k.Kernel.AddRoute(r)
-	if err == nil && !r.Blackhole {
+	if err == nil && r.Unicast() {
 		stalled := false
 		k.once.Do(func() { close(k.added); stalled = true })
 		if stalled {
@@ -334,5 +334,47 @@ func TestStatusAfterKernel(t *testing.T) {
 	}
 	if len(status.Members) != 1 || status.Members[0].Route != node.PeerProgrammed {
 		t.Fatalf("after the pass that programmed h2's route, h1's status = %s", a.body)
+	}
+}
+
+// TestStaleConflistWithdrawnUntilBlockHeld starts an agent whose disk holds a
+// conflist but no node.json, as after a reboot (/run is emptied, /etc/cni is
+// not): the conflist goes while the agent waits for its seed, and comes back,
+// after node.json, once it holds a block.
+func TestStaleConflistWithdrawnUntilBlockHeld(t *testing.T) {
+	dir := t.TempDir()
+	network := meshtest.NewNetwork()
+	stale := filepath.Join(dir, "h2", "net.d", node.ConflistName)
+	if err := os.MkdirAll(filepath.Dir(stale), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(stale, []byte(`{"cniVersion": "1.1.0", "name": "grapevine", "plugins": []}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h2 := startTestHost(t, network, dir, "h2", 2, nil, meshtest.HostAddr(1).String())
+	waitFor(t, "the stale conflist to be removed", func() error {
+		if _, err := os.Stat(stale); !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("conflist still there: %v", err)
+		}
+		return nil
+	})
+	if st := h2.agent.settledStatus(t.Context(), statusWait); st.Ready {
+		t.Fatalf("h2 ready without its seed: %+v", st)
+	}
+
+	h1 := startTestHost(t, network, dir, "h1", 1, nil)
+	waitFor(t, "both hosts to route each other", func() error { return routesTo(h1, h2) })
+	waitFor(t, "h2's conflist", func() error {
+		data, err := os.ReadFile(stale)
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(string(data), `"cniVersion": "1.0.0"`) {
+			return fmt.Errorf("conflist is %s", data)
+		}
+		return nil
+	})
+	if _, err := nodestate.Read(h2.agent.opts.RunDir); err != nil {
+		t.Fatalf("conflist written without node.json: %v", err)
 	}
 }

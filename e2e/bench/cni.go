@@ -89,7 +89,7 @@ func MeasureCNI(ctx context.Context, cfg CNIConfig) (_ []Row, err error) {
 	if err != nil {
 		return nil, err
 	}
-	gvConf, err := node.Conflist(runDir, stateDir)
+	gvConf, err := node.Handoff{RunDir: runDir, StateDir: stateDir}.Conflist()
 	if err != nil {
 		return nil, err
 	}
@@ -97,7 +97,7 @@ func MeasureCNI(ctx context.Context, cfg CNIConfig) (_ []Row, err error) {
 	if err != nil {
 		return nil, err
 	}
-	ptpConf := []byte(`{"cniVersion": "` + node.CNIVersion + `", "name": "gvb-ptp", "plugins": [
+	ptpConf := []byte(`{"cniVersion": "` + gv.CNIVersion + `", "name": "gvb-ptp", "plugins": [
 	  {"type": "ptp", "mtu": 1500, "ipam": {"type": "host-local", "dataDir": "` + filepath.Join(dir, "host-local") + `",
 	   "ranges": [[{"subnet": "10.245.2.0/23"}]], "routes": [{"dst": "0.0.0.0/0"}]}},
 	  {"type": "portmap", "capabilities": {"portMappings": true}}]}`)

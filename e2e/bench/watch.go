@@ -96,7 +96,9 @@ func (w *routeWatch) follow(i int, updates <-chan netlink.RouteUpdate) {
 		switch {
 		case u.Type == syscall.RTM_DELROUTE:
 			delete(w.tables[i], key)
-		case u.Type == syscall.RTM_NEWROUTE && u.Protocol == routeProtocol:
+		case u.Type == syscall.RTM_NEWROUTE && u.Protocol == routeProtocol && u.Route.Type != syscall.RTN_UNREACHABLE:
+			// The pool's unreachable route is there from the start and
+			// never moves; only block routes are watched.
 			gw, _ := netip.AddrFromSlice(u.Gw)
 			w.tables[i][key] = gw.Unmap()
 		}
