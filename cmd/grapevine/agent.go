@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -152,6 +153,13 @@ func parseAgentOptions(c *cli.Context) (agentOptions, error) {
 	}
 	if err := checkMetricsAddr(o.MetricsAddr); err != nil {
 		return o, err
+	}
+	// The hand-off files name these directories for the CNI plugin, which
+	// runs in another working directory.
+	for flag, dir := range map[string]string{"--state-dir": o.StateDir, "--run-dir": o.RunDir, "--cni-conf-dir": o.CNIConfDir} {
+		if dir != "" && !filepath.IsAbs(dir) || dir == "" && flag != "--cni-conf-dir" {
+			return o, fmt.Errorf("%s %q must be an absolute path", flag, dir)
+		}
 	}
 	// An empty GRAPEVINE_JOIN= or a trailing comma names no seed.
 	o.Join = slices.DeleteFunc(o.Join, func(j string) bool { return strings.TrimSpace(j) == "" })
