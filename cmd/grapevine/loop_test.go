@@ -196,9 +196,12 @@ func TestAgentLoop(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(filepath.Join(h2.agent.opts.CNIConfDir, node.ConflistName)); err != nil {
-		t.Fatalf("no conflist written: %v", err)
-	}
+	// node.json is written first and the conflist after it, so that a
+	// runtime that sees the conflist finds node.json: wait for the second.
+	waitFor(t, "h2's conflist", func() error {
+		_, err := os.Stat(filepath.Join(h2.agent.opts.CNIConfDir, node.ConflistName))
+		return err
+	})
 
 	body, err := callAgent(t.Context(), h1.agent.opts.RunDir, http.MethodGet, "/status")
 	if err != nil {
