@@ -13,6 +13,8 @@ CNI_BIN       := $(BIN)/cni
 CNI_PLUGINS   := github.com/containernetworking/plugins
 CNI_PLUGINS_VERSION := v1.10.0
 REFERENCE_PLUGINS := meta/portmap main/loopback main/ptp ipam/host-local
+# crictl drives containerd in the runtime tests (e2e/runtimes_test.go).
+CRICTL_VERSION := v1.34.0
 VERSION       ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 GO_BUILD      := CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)"
 IMAGE         ?= grapevine:dev
@@ -21,7 +23,7 @@ TEST_TIMEOUT  ?= 12m
 export GRAPEVINE_BIN_DIR := $(BIN)
 export GRAPEVINE_CNI_PATH := $(CNI_BIN)
 
-.PHONY: all build cni-plugins test vet fmt-check unit demo demo-down bench dist image fuzz clean
+.PHONY: all build cni-plugins crictl test vet fmt-check unit demo demo-down bench dist image fuzz clean
 
 all: build
 
@@ -38,13 +40,17 @@ cni-plugins:
 		test -x $(CNI_BIN)/$${p#*/} || GOBIN=$(CNI_BIN) CGO_ENABLED=0 $(GO) install $(CNI_PLUGINS)/plugins/$$p@$(CNI_PLUGINS_VERSION) || exit 1; \
 	done
 
+crictl:
+	@mkdir -p $(BIN)
+	@test -x $(BIN)/crictl || GOBIN=$(BIN) CGO_ENABLED=0 $(GO) install sigs.k8s.io/cri-tools/cmd/crictl@$(CRICTL_VERSION)
+
 vet:
 	$(GO) vet ./...
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
-test: vet fmt-check build cni-plugins
+test: vet fmt-check build cni-plugins crictl
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 demo: build cni-plugins
@@ -53,8 +59,9 @@ demo: build cni-plugins
 demo-down:
 	$(GO) run ./e2e/cmd/lab down
 
-bench: build cni-plugins
+bench: build cni-plugins crictl
 	$(GO) run ./e2e/cmd/bench
+	$(GO) test ./e2e -run '^$$' -bench CrictlRunp -benchtime 7x
 
 fuzz:
 	$(GO) test ./mesh -run '^$$' -fuzz FuzzDecodeMeta -fuzztime 30s

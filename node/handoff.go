@@ -22,8 +22,8 @@ const (
 	NetworkName       = "grapevine"
 	// CompatCNIVersion is the conflist's cniVersion unless the operator pins
 	// one. Runtimes built with libcni before v1.2 (containerd 1.6 and 1.7,
-	// CRI-O before 1.29, podman 4) know result versions up to 1.0.0 only and
-	// fail every pod whose plugin answers in 1.1.0.
+	// podman 4) know result versions up to 1.0.0 only and fail every pod
+	// whose plugin answers in 1.1.0.
 	CompatCNIVersion = "1.0.0"
 )
 

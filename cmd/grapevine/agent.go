@@ -21,6 +21,7 @@ import (
 	"github.com/grapevine-net/grapevine/mesh"
 	"github.com/grapevine-net/grapevine/node"
 	"github.com/grapevine-net/grapevine/node/nodestate"
+	"github.com/grapevine-net/grapevine/node/probe"
 )
 
 // agentOptions is the agent's configuration after flag parsing and defaults.
@@ -44,6 +45,8 @@ type agentOptions struct {
 	JoinKubernetes     bool
 	MTU                int
 	ResyncInterval     time.Duration
+	ProbeInterval      time.Duration // 0: no data-path probes
+	ProbeMisses        int
 }
 
 func agentCommand(run agentRunner) *cli.Command {
@@ -70,6 +73,8 @@ func agentCommand(run agentRunner) *cli.Command {
 			&cli.BoolFlag{Name: "join-kubernetes", EnvVars: envVar("join-kubernetes"), Usage: "discover members to join from the Kubernetes API's Node objects (in a pod, with its service account)"},
 			&cli.IntFlag{Name: "mtu", EnvVars: envVar("mtu"), Usage: "MTU for pod interfaces (0: the MTU of --iface)"},
 			&cli.DurationFlag{Name: "resync-interval", Value: 30 * time.Second, EnvVars: envVar("resync-interval"), Usage: "how often the kernel state is fully reconciled even without events"},
+			&cli.DurationFlag{Name: "probe-interval", Value: probe.DefaultInterval, EnvVars: envVar("probe-interval"), Usage: "how often each peer's host address gets an ICMP echo request, to keep its route while its agent is unresponsive (0: no probes, routes follow gossip alone)"},
+			&cli.IntFlag{Name: "probe-misses", Value: probe.DefaultMisses, EnvVars: envVar("probe-misses"), Usage: "unanswered echo requests in a row after which a peer's host counts as unreachable"},
 			&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: envVar("log-level"), Usage: "debug, info, warn or error"},
 		},
 		OnUsageError: usageError,
@@ -126,6 +131,8 @@ func parseAgentOptions(c *cli.Context) (agentOptions, error) {
 		JoinKubernetes:     c.Bool("join-kubernetes"),
 		MTU:                c.Int("mtu"),
 		ResyncInterval:     c.Duration("resync-interval"),
+		ProbeInterval:      c.Duration("probe-interval"),
+		ProbeMisses:        c.Int("probe-misses"),
 	}
 	var err error
 	if o.Pool, err = parsePool(c.String("pool")); err != nil {
@@ -163,6 +170,12 @@ func parseAgentOptions(c *cli.Context) (agentOptions, error) {
 	}
 	// An empty GRAPEVINE_JOIN= or a trailing comma names no seed.
 	o.Join = slices.DeleteFunc(o.Join, func(j string) bool { return strings.TrimSpace(j) == "" })
+	if o.ProbeInterval < 0 {
+		return o, fmt.Errorf("--probe-interval must not be negative (0 turns probes off)")
+	}
+	if o.ProbeMisses < 1 || o.ProbeMisses > 100 {
+		return o, fmt.Errorf("--probe-misses %d out of range 1-100", o.ProbeMisses)
+	}
 	if err := node.ValidateCNIVersion(o.CNIVersion); err != nil {
 		return o, fmt.Errorf("--cni-version: %w", err)
 	}

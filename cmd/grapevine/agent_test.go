@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 	"github.com/grapevine-net/grapevine/mesh"
 	"github.com/grapevine-net/grapevine/node"
 	"github.com/grapevine-net/grapevine/node/nodestate"
+	"github.com/grapevine-net/grapevine/node/probe"
 )
 
 var testOpts = agentOptions{
@@ -44,48 +46,158 @@ func member(name, state, hostIP, block string) mesh.Member {
 	return m
 }
 
-func TestDesiredState(t *testing.T) {
+func TestKeptRoutes(t *testing.T) {
 	own := netip.MustParsePrefix("10.244.0.0/23")
+	b2, b4 := netip.MustParsePrefix("10.244.2.0/23"), netip.MustParsePrefix("10.244.4.0/23")
+	ip2, ip3 := netip.MustParseAddr("172.16.254.2"), netip.MustParseAddr("172.16.254.3")
+	up := map[netip.Addr]probe.Verdict{ip2: {Up: true}, ip3: {Up: true}}
+	down := map[netip.Addr]probe.Verdict{ip2: {Misses: 3}, ip3: {Misses: 3}}
+	byGossip := func(b netip.Prefix, ip netip.Addr, path bool) keptRoute {
+		return keptRoute{Block: b, HostIP: ip, Gossip: true, DataPath: path}
+	}
+	byPath := func(b netip.Prefix, ip netip.Addr) keptRoute { return keptRoute{Block: b, HostIP: ip, DataPath: true} }
 	tests := []struct {
 		name    string
 		members []mesh.Member
-		want    []node.PeerRoute
+		prev    map[string]keptRoute
+		paths   map[netip.Addr]probe.Verdict
+		want    map[string]keptRoute
 	}{
-		{name: "alone"},
+		{name: "alone", want: map[string]keptRoute{}},
 		{
-			name: "alive and suspect peers are routed",
+			name: "alive and suspect peers are routed on gossip, data path or not",
 			members: []mesh.Member{
 				member("h2", "alive", "172.16.254.2", "10.244.2.0/23"),
 				member("h3", "suspect", "172.16.254.3", "10.244.4.0/23"),
 			},
-			want: []node.PeerRoute{
-				{Peer: "h2", Block: netip.MustParsePrefix("10.244.2.0/23"), Via: netip.MustParseAddr("172.16.254.2")},
-				{Peer: "h3", Block: netip.MustParsePrefix("10.244.4.0/23"), Via: netip.MustParseAddr("172.16.254.3")},
-			},
+			paths: map[netip.Addr]probe.Verdict{ip2: {Up: true}},
+			want:  map[string]keptRoute{"h2": byGossip(b2, ip2, true), "h3": byGossip(b4, ip3, false)},
 		},
 		{
-			name: "dead and left peers are withdrawn",
+			name: "dead, host answering: the route stays on the data path",
 			members: []mesh.Member{
-				member("h2", "dead", "172.16.254.2", "10.244.2.0/23"),
-				member("h3", "left", "172.16.254.3", "10.244.4.0/23"),
+				member("h2", "dead", "172.16.254.2", ""),
+				member("h3", "dead", "172.16.254.3", ""),
 			},
+			prev:  map[string]keptRoute{"h2": byGossip(b2, ip2, true), "h3": byPath(b4, ip3)},
+			paths: up,
+			want:  map[string]keptRoute{"h2": byPath(b2, ip2), "h3": byPath(b4, ip3)},
 		},
 		{
-			name:    "a peer without a block gets no route",
+			name:    "left gracefully: withdrawn at once, host answering or not",
+			members: []mesh.Member{member("h2", "left", "172.16.254.2", "")},
+			prev:    map[string]keptRoute{"h2": byGossip(b2, ip2, true)},
+			paths:   up,
+			want:    map[string]keptRoute{},
+		},
+		{
+			name: "dead and host silent: withdrawn",
+			members: []mesh.Member{
+				member("h2", "dead", "172.16.254.2", ""),
+				member("h3", "left", "172.16.254.3", ""),
+			},
+			prev:  map[string]keptRoute{"h2": byGossip(b2, ip2, true), "h3": byPath(b4, ip3)},
+			paths: down,
+			want:  map[string]keptRoute{},
+		},
+		{
+			name:    "dead and host never probed: withdrawn",
+			members: []mesh.Member{member("h2", "dead", "172.16.254.2", "")},
+			prev:    map[string]keptRoute{"h2": byGossip(b2, ip2, false)},
+			want:    map[string]keptRoute{},
+		},
+		{
+			name:    "the data path alone never adds a route",
+			members: []mesh.Member{member("h2", "dead", "172.16.254.2", "")},
+			paths:   up,
+			want:    map[string]keptRoute{},
+		},
+		{
+			name:    "alive without a block (lost a conflict): no route, whatever was kept",
 			members: []mesh.Member{member("h2", "alive", "172.16.254.2", "")},
+			prev:    map[string]keptRoute{"h2": byGossip(b2, ip2, true)},
+			paths:   up,
+			want:    map[string]keptRoute{},
+		},
+		{
+			name:    "a member gone from the view is forgotten",
+			members: []mesh.Member{member("h3", "alive", "172.16.254.3", "10.244.4.0/23")},
+			prev:    map[string]keptRoute{"h2": byPath(b2, ip2)},
+			paths:   up,
+			want:    map[string]keptRoute{"h3": byGossip(b4, ip3, true)},
+		},
+		{
+			name: "a block gossip now gives to a live member is not kept for the dead one",
+			members: []mesh.Member{
+				member("h2", "dead", "172.16.254.2", ""),
+				member("h3", "alive", "172.16.254.3", "10.244.2.0/23"),
+			},
+			prev:  map[string]keptRoute{"h2": byPath(b2, ip2)},
+			paths: up,
+			want:  map[string]keptRoute{"h3": byGossip(b2, ip3, true)},
+		},
+		{
+			name:    "a kept block that is now this node's own is dropped",
+			members: []mesh.Member{member("h2", "dead", "172.16.254.2", "")},
+			prev:    map[string]keptRoute{"h2": byPath(own, ip2)},
+			paths:   up,
+			want:    map[string]keptRoute{},
+		},
+		{
+			name:    "a dead member back alive with another block is routed to the new one",
+			members: []mesh.Member{member("h2", "alive", "172.16.254.2", "10.244.4.0/23")},
+			prev:    map[string]keptRoute{"h2": byPath(b2, ip2)},
+			paths:   up,
+			want:    map[string]keptRoute{"h2": byGossip(b4, ip2, true)},
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			v := mesh.View{Self: "h1", HostIP: testOpts.HostIP, Block: own, Ready: true, Members: tt.members}
-			got := desiredState(v, testOpts)
-			if got.Iface != "em1" || got.OwnBlock != own || got.Pool != testOpts.Pool || !got.Masquerade {
-				t.Errorf("desiredState header = %+v", got)
-			}
-			if !reflect.DeepEqual(got.Peers, tt.want) {
-				t.Errorf("Peers = %+v, want %+v", got.Peers, tt.want)
+			got := keptRoutes(v, tt.prev, tt.paths)
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("keptRoutes = %+v, want %+v", got, tt.want)
 			}
 		})
+	}
+}
+
+func TestDesiredState(t *testing.T) {
+	own := netip.MustParsePrefix("10.244.0.0/23")
+	v := mesh.View{Self: "h1", HostIP: testOpts.HostIP, Block: own, Ready: true}
+	kept := map[string]keptRoute{
+		"h3": {Block: netip.MustParsePrefix("10.244.4.0/23"), HostIP: netip.MustParseAddr("172.16.254.3"), DataPath: true},
+		"h2": {Block: netip.MustParsePrefix("10.244.2.0/23"), HostIP: netip.MustParseAddr("172.16.254.2"), Gossip: true},
+	}
+	got := desiredState(v, kept, testOpts)
+	if got.Iface != "em1" || got.OwnBlock != own || got.Pool != testOpts.Pool || !got.Masquerade {
+		t.Errorf("desiredState header = %+v", got)
+	}
+	want := []node.PeerRoute{
+		{Peer: "h2", Block: netip.MustParsePrefix("10.244.2.0/23"), Via: netip.MustParseAddr("172.16.254.2")},
+		{Peer: "h3", Block: netip.MustParsePrefix("10.244.4.0/23"), Via: netip.MustParseAddr("172.16.254.3")},
+	}
+	if !reflect.DeepEqual(got.Peers, want) {
+		t.Errorf("Peers = %+v, want %+v", got.Peers, want)
+	}
+}
+
+func TestProbeTargets(t *testing.T) {
+	v := mesh.View{Self: "h1", Members: []mesh.Member{
+		member("h2", "alive", "172.16.254.2", "10.244.2.0/23"),
+		member("h3", "dead", "172.16.254.3", ""),
+		member("h4", "alive", "172.16.254.4", ""), // no block: nothing to route
+		member("h5", "dead", "172.16.254.5", ""),  // withdrawn: back only through gossip
+		member("h6", "suspect", "172.16.254.6", "10.244.6.0/23"),
+	}}
+	kept := map[string]keptRoute{
+		"h2": {Block: netip.MustParsePrefix("10.244.2.0/23"), HostIP: netip.MustParseAddr("172.16.254.2"), Gossip: true},
+		"h3": {Block: netip.MustParsePrefix("10.244.4.0/23"), HostIP: netip.MustParseAddr("172.16.254.3"), DataPath: true},
+	}
+	got := probeTargets(v, kept)
+	want := []netip.Addr{netip.MustParseAddr("172.16.254.2"), netip.MustParseAddr("172.16.254.3"), netip.MustParseAddr("172.16.254.6")}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("probeTargets = %v, want %v", got, want)
 	}
 }
 
@@ -115,21 +227,37 @@ func TestBuildStatusRouteStates(t *testing.T) {
 			member("h4", "alive", "172.16.254.4", ""),
 		},
 	}
-	d := desiredState(v, testOpts)
+	v.Members = append(v.Members, member("h5", "dead", "172.16.254.5", ""))
+	paths := map[netip.Addr]probe.Verdict{
+		netip.MustParseAddr("172.16.254.2"): {Up: true, LastReply: time.Unix(100, 0)},
+		netip.MustParseAddr("172.16.254.5"): {Up: true, LastReply: time.Unix(101, 0)},
+		netip.MustParseAddr("172.16.254.3"): {Misses: 3, LastReply: time.Unix(90, 0)},
+	}
+	prev := map[string]keptRoute{"h5": {Block: netip.MustParsePrefix("10.244.8.0/23"), HostIP: netip.MustParseAddr("172.16.254.5"), Gossip: true}}
+	kept := keptRoutes(v, prev, paths)
+	d := desiredState(v, kept, testOpts)
 	k := node.NewFakeKernel()
 	k.AddLink("em1", netip.MustParsePrefix("172.16.254.1/24"))
 	res, err := node.NewReconciler(k, nil, nil).Reconcile(t.Context(), d)
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := buildStatus(v, res, true, "")
+	got := buildStatus(v, kept, paths, res, true, "")
 	states := map[string]string{}
 	for _, m := range got.Members {
-		states[m.Name] = m.State + "/" + m.Route
+		states[m.Name] = fmt.Sprintf("%s/%s/%s/%v/%s", m.State, m.Block, m.Route, m.KeptBy, m.DataPath)
 	}
-	want := map[string]string{"h2": "alive/programmed", "h3": "dead/withdrawn", "h4": "alive/none"}
+	want := map[string]string{
+		"h2": "alive/10.244.2.0/23/programmed/[gossip data path]/up",
+		"h3": "dead/10.244.4.0/23/withdrawn/[]/down",
+		"h4": "alive//none/[]/",
+		"h5": "dead/10.244.8.0/23/programmed/[data path]/up",
+	}
 	if !reflect.DeepEqual(states, want) {
 		t.Fatalf("member states = %v, want %v", states, want)
+	}
+	if m := got.Members[0]; !m.DataPathSeen.Equal(time.Unix(100, 0)) {
+		t.Errorf("h2's last reply = %v", m.DataPathSeen)
 	}
 }
 

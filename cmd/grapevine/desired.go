@@ -1,36 +1,118 @@
 package main
 
 import (
+	"net/netip"
+	"slices"
+	"strings"
+
 	"github.com/grapevine-net/grapevine/mesh"
 	"github.com/grapevine-net/grapevine/node"
 	"github.com/grapevine-net/grapevine/node/nodestate"
+	"github.com/grapevine-net/grapevine/node/probe"
 )
 
-// desiredState turns what the mesh knows into what this host's kernel should
-// hold. It is the only place where gossip meets routing, and it is pure.
-func desiredState(v mesh.View, o agentOptions) node.Desired {
+// keptRoute is a peer's block this host routes, and the signals that keep
+// the route.
+type keptRoute struct {
+	Block  netip.Prefix
+	HostIP netip.Addr
+	// Gossip: memberlist sees the peer alive (or merely suspect) with this
+	// block.
+	Gossip bool
+	// DataPath: the peer's host answers echo requests.
+	DataPath bool
+}
+
+// keptRoutes decides which peers' blocks this host routes, from the mesh's
+// view, the routes kept so far and the data-path verdicts. It is the only
+// place where gossip meets routing, and it is pure.
+//
+// A route is installed only on gossip: a live member with a block. Once
+// installed it stays while either signal holds: memberlist sees the member
+// alive, or its host still answers on the data path. So a hung agent on a
+// healthy host (memberlist calls it dead) keeps its route, and the route is
+// withdrawn only when memberlist has declared the member dead and its host
+// has stopped answering too. A withdrawn route comes back only through
+// gossip: the data path alone never adds a block, so a host that answers
+// again after its block was released cannot take it back.
+//
+// A member that left gracefully said so itself: that is no failure
+// detector's guess, and its route goes at once, as before.
+//
+// A member gossip shows alive without a block (it lost a conflict, its
+// metadata is invalid) is not routed, and a route kept on the data path
+// alone yields to any member gossip shows with an overlapping block and to
+// this node's own block.
+func keptRoutes(v mesh.View, prev map[string]keptRoute, paths map[netip.Addr]probe.Verdict) map[string]keptRoute {
+	kept := make(map[string]keptRoute, len(v.Members))
+	var dataPathOnly []string
+	for _, m := range v.Members {
+		switch r, had := prev[m.Name]; {
+		case routable(m):
+			kept[m.Name] = keptRoute{Block: m.Block, HostIP: m.HostIP, Gossip: true, DataPath: paths[m.HostIP].Up}
+		case m.State == mesh.Dead && had && paths[r.HostIP].Up:
+			kept[m.Name] = keptRoute{Block: r.Block, HostIP: r.HostIP, DataPath: true}
+			dataPathOnly = append(dataPathOnly, m.Name)
+		}
+	}
+	for _, name := range dataPathOnly {
+		b := kept[name].Block
+		if v.Block.IsValid() && v.Block.Overlaps(b) {
+			delete(kept, name)
+			continue
+		}
+		for other, r := range kept {
+			if other != name && r.Gossip && r.Block.Overlaps(b) {
+				delete(kept, name)
+				break
+			}
+		}
+	}
+	return kept
+}
+
+// routable reports whether gossip alone gives a member a route: it holds a
+// block and is alive or suspect. Suspect members keep their route:
+// withdrawing on suspicion alone would flap routes on every lost probe,
+// while a dead verdict follows within seconds.
+func routable(m mesh.Member) bool {
+	return m.Block.IsValid() && m.HostIP.IsValid() && live(m.State)
+}
+
+// live reports whether memberlist counts a member in (alive or suspect).
+func live(s mesh.MemberState) bool { return s == mesh.Alive || s == mesh.Suspect }
+
+// probeTargets is the host addresses whose data path is watched: every live
+// member with a block, so a verdict is ready by the time memberlist calls
+// one dead, and every host a route is kept to.
+func probeTargets(v mesh.View, kept map[string]keptRoute) []netip.Addr {
+	var hosts []netip.Addr
+	for _, m := range v.Members {
+		if routable(m) {
+			hosts = append(hosts, m.HostIP)
+		}
+	}
+	for _, r := range kept {
+		hosts = append(hosts, r.HostIP)
+	}
+	slices.SortFunc(hosts, netip.Addr.Compare)
+	return slices.Compact(hosts)
+}
+
+// desiredState turns the kept routes into what this host's kernel should
+// hold. It is pure.
+func desiredState(v mesh.View, kept map[string]keptRoute, o agentOptions) node.Desired {
 	d := node.Desired{
 		Iface:      o.Iface,
 		OwnBlock:   v.Block,
 		Pool:       o.Pool,
 		Masquerade: o.Masquerade,
 	}
-	for _, m := range v.Members {
-		if routable(m) {
-			d.Peers = append(d.Peers, node.PeerRoute{Peer: m.Name, Block: m.Block, Via: m.HostIP})
-		}
+	for name, r := range kept {
+		d.Peers = append(d.Peers, node.PeerRoute{Peer: name, Block: r.Block, Via: r.HostIP})
 	}
+	slices.SortFunc(d.Peers, func(a, b node.PeerRoute) int { return strings.Compare(a.Peer, b.Peer) })
 	return d
-}
-
-// routable reports whether a member's block should be routed to it. Suspect
-// members keep their route: withdrawing on suspicion alone would flap routes
-// on every lost probe, while a dead verdict follows within seconds.
-func routable(m mesh.Member) bool {
-	if !m.Block.IsValid() || !m.HostIP.IsValid() {
-		return false
-	}
-	return m.State == mesh.Alive || m.State == mesh.Suspect
 }
 
 // handoffState is what node.json should say, and false when this node holds

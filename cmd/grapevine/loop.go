@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -13,6 +15,7 @@ import (
 
 	"github.com/grapevine-net/grapevine/mesh"
 	"github.com/grapevine-net/grapevine/node"
+	"github.com/grapevine-net/grapevine/node/probe"
 )
 
 // agent wires the mesh to the kernel: every change of the mesh's View, every
@@ -25,6 +28,12 @@ type agent struct {
 	kernel      node.Kernel
 	rec         *node.Reconciler
 	watchRoutes func(context.Context) <-chan struct{}
+	// prober watches the peers' data path; nil when probing is off or the
+	// socket could not be opened: routes then follow gossip alone.
+	prober *probe.Prober
+	// kept is the peer routes of the last pass and what keeps them; see
+	// keptRoutes. Only the loop touches it.
+	kept map[string]keptRoute
 
 	// synced turns true once the mesh is ready (see mayReconcile). Until
 	// then the agent leaves the kernel and the hand-off files as the previous
@@ -42,17 +51,23 @@ type agent struct {
 	// passEnd is closed when the running pass has published its status;
 	// nil between passes. See settledStatus.
 	passEnd chan struct{}
+	// gossipSeen is when memberlist last counted each member in (alive or
+	// suspect), as far as this agent looked: every pass and every status
+	// or metrics request.
+	gossipSeen map[string]time.Time
 }
 
-// hostSide is what the agent needs of the host: the kernel it programs and
-// a source of route-change events. Tests pass a fake kernel.
+// hostSide is what the agent needs of the host: the kernel it programs, a
+// source of route-change events and the socket that probes the peers' data
+// path. Tests pass fakes.
 type hostSide struct {
 	kernel      node.Kernel
 	watchRoutes func(context.Context) <-chan struct{}
+	listenProbe func() (probe.Conn, error)
 }
 
 func netlinkHost() hostSide {
-	return hostSide{kernel: node.NewNetlinkKernel(), watchRoutes: node.WatchRoutes}
+	return hostSide{kernel: node.NewNetlinkKernel(), watchRoutes: node.WatchRoutes, listenProbe: probe.Listen}
 }
 
 // newAgent builds an agent from its options and mesh configuration.
@@ -64,7 +79,7 @@ func newAgent(o agentOptions, cfg mesh.Config, host hostSide, log *slog.Logger) 
 	if err != nil {
 		return nil, fmt.Errorf("gossip mesh: %w", err)
 	}
-	return &agent{
+	a := &agent{
 		opts:        o,
 		log:         log,
 		registry:    reg,
@@ -74,7 +89,40 @@ func newAgent(o agentOptions, cfg mesh.Config, host hostSide, log *slog.Logger) 
 		watchRoutes: host.watchRoutes,
 		status:      statusReport{Node: o.NodeName, Reason: "starting"},
 		lastPass:    time.Now(),
-	}, nil
+		gossipSeen:  make(map[string]time.Time),
+	}
+	if a.prober, err = newProber(o, host, reg, log); err != nil {
+		return nil, err
+	}
+	reg.MustRegister(peerSignalCollector{a})
+	return a, nil
+}
+
+// newProber opens the data-path prober. Without the socket (no
+// CAP_NET_RAW) the agent still runs, with routes following gossip alone, and
+// says so: refusing to start would take the whole control plane down over
+// a missing refinement.
+func newProber(o agentOptions, host hostSide, reg prometheus.Registerer, log *slog.Logger) (*probe.Prober, error) {
+	if o.ProbeInterval == 0 || host.listenProbe == nil {
+		log.Info("data-path probes are off: routes follow gossip alone")
+		return nil, nil
+	}
+	conn, err := host.listenProbe()
+	if err != nil {
+		log.Error("data-path probes are off: routes follow gossip alone, so a hung agent on a healthy host loses its routes", "err", err)
+		return nil, nil
+	}
+	p, err := probe.New(probe.Config{
+		Interval:   o.ProbeInterval,
+		Misses:     o.ProbeMisses,
+		Logger:     log.With("component", "probe"),
+		Registerer: reg,
+	}, conn)
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("data-path prober: %w", err)
+	}
+	return p, nil
 }
 
 func (a *agent) run(ctx context.Context) error {
@@ -95,6 +143,21 @@ func (a *agent) run(ctx context.Context) error {
 
 	meshDone := make(chan error, 1)
 	go func() { meshDone <- a.mesh.Run(ctx) }()
+	var pathChanged <-chan struct{}
+	if a.prober != nil {
+		pathChanged = a.prober.Changed()
+		var probing sync.WaitGroup
+		defer probing.Wait()
+		// The loop may also end because the mesh stopped: end the probes
+		// with it, before waiting for them.
+		probeCtx, stopProbes := context.WithCancel(ctx)
+		defer stopProbes()
+		probing.Go(func() {
+			if err := a.prober.Run(probeCtx); err != nil {
+				a.log.Error("data-path probes stopped: routes follow gossip alone", "err", err)
+			}
+		})
+	}
 
 	routeChanged := a.watchRoutes(ctx)
 	resync := time.NewTicker(a.opts.ResyncInterval)
@@ -114,6 +177,7 @@ func (a *agent) run(ctx context.Context) error {
 			return err // mesh.Run says what stopped it
 		case <-a.mesh.Changed():
 		case <-routeChanged:
+		case <-pathChanged:
 		case <-resync.C:
 		case <-graceOver:
 		}
@@ -136,17 +200,23 @@ func (a *agent) stopped(meshErr error) error {
 // current View and returns the outcome for status and readiness.
 func (a *agent) reconcile(ctx context.Context) statusReport {
 	v := a.mesh.View()
+	paths := a.pathVerdicts()
+	a.kept = keptRoutes(v, a.kept, paths)
+	if a.prober != nil {
+		a.prober.Watch(probeTargets(v, a.kept))
+	}
+	a.noteGossip(v)
 	if !a.synced && !a.mayReconcile(v) {
 		reason := v.Reason
 		if v.Ready {
 			reason = "waiting for peers to re-join; keeping the previous run's routes"
 		}
 		a.removeStaleConflist()
-		return buildStatus(v, node.Result{}, false, reason)
+		return buildStatus(v, a.kept, paths, node.Result{}, false, reason)
 	}
 	a.synced = true
 
-	res, err := a.rec.Reconcile(ctx, desiredState(v, a.opts))
+	res, err := a.rec.Reconcile(ctx, desiredState(v, a.kept, a.opts))
 	ready, reason := v.Ready, v.Reason
 	if err != nil {
 		a.log.Error("reconcile failed", "err", err)
@@ -156,7 +226,46 @@ func (a *agent) reconcile(ctx context.Context) statusReport {
 		a.log.Error("hand-off to the CNI plugin failed", "err", err)
 		ready, reason = false, err.Error()
 	}
-	return buildStatus(v, res, ready, reason)
+	return buildStatus(v, a.kept, paths, res, ready, reason)
+}
+
+// pathVerdicts is the prober's verdicts; none while probing is off.
+func (a *agent) pathVerdicts() map[netip.Addr]probe.Verdict {
+	if a.prober == nil {
+		return nil
+	}
+	return a.prober.Verdicts()
+}
+
+// noteGossip records that memberlist counts v's live members in as of now.
+func (a *agent) noteGossip(v mesh.View) {
+	now := time.Now()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, m := range v.Members {
+		if live(m.State) {
+			a.gossipSeen[m.Name] = now
+		}
+	}
+}
+
+// freshStatus is the last pass's status with each member's signals brought
+// up to date: gossip as the mesh sees it now, data path as the prober does.
+func (a *agent) freshStatus() statusReport {
+	a.noteGossip(a.mesh.View())
+	paths := a.pathVerdicts()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	st := a.status
+	st.Members = slices.Clone(st.Members)
+	for i := range st.Members {
+		m := &st.Members[i]
+		m.GossipSeen = a.gossipSeen[m.Name]
+		if ip, err := netip.ParseAddr(m.HostIP); err == nil {
+			m.DataPath, m.DataPathSeen = dataPathState(paths, ip)
+		}
+	}
+	return st
 }
 
 // restartGrace is how long a restarted agent that finds peer routes in the
@@ -260,25 +369,30 @@ const (
 	readinessWait = time.Second
 )
 
-// settledStatus returns the status once no pass is half done. A pass changes
-// the kernel and the hand-off files before it knows its outcome, so a reader
-// that has seen a route appear (ip route, node.json) and then asks for the
-// status must not get the previous pass's: it waits for the running pass to
-// publish, up to limit or the end of ctx, then takes the last published
-// status.
-func (a *agent) settledStatus(ctx context.Context, limit time.Duration) statusReport {
+// waitForPass returns once no pass is half done. A pass changes the kernel
+// and the hand-off files before it knows its outcome, so a reader that has
+// seen a route appear (ip route, node.json) and then asks for the status must
+// not get the previous pass's: it waits for the running pass to publish, up
+// to limit or the end of ctx, then takes the last published status.
+func (a *agent) waitForPass(ctx context.Context, limit time.Duration) {
 	a.mu.Lock()
 	passEnd := a.passEnd
 	a.mu.Unlock()
-	if passEnd != nil {
-		timer := time.NewTimer(limit)
-		defer timer.Stop()
-		select {
-		case <-passEnd:
-		case <-timer.C:
-		case <-ctx.Done():
-		}
+	if passEnd == nil {
+		return
 	}
+	timer := time.NewTimer(limit)
+	defer timer.Stop()
+	select {
+	case <-passEnd:
+	case <-timer.C:
+	case <-ctx.Done():
+	}
+}
+
+// settledStatus is the last published status once no pass is half done.
+func (a *agent) settledStatus(ctx context.Context, limit time.Duration) statusReport {
+	a.waitForPass(ctx, limit)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.status

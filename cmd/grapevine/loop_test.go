@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -19,6 +20,7 @@ import (
 	"github.com/grapevine-net/grapevine/mesh/meshtest"
 	"github.com/grapevine-net/grapevine/node"
 	"github.com/grapevine-net/grapevine/node/nodestate"
+	"github.com/grapevine-net/grapevine/node/probe"
 )
 
 // testHost is one agent of an in-process cluster: the real agent loop and
@@ -36,13 +38,28 @@ type testHost struct {
 
 func startTestHost(t *testing.T, network *meshtest.Network, dir, name string, i int, kernel *node.FakeKernel, join ...string) *testHost {
 	t.Helper()
-	return startWrappedHost(t, network, dir, name, i, kernel, nil, join...)
+	return startHost(t, network, nil, nil, dir, name, i, kernel, join...)
+}
+
+// startProbingTestHost starts a test host whose data-path probes go over
+// dp; nil: no probes.
+func startProbingTestHost(t *testing.T, network *meshtest.Network, dp *fakeDataPath, dir, name string, i int, kernel *node.FakeKernel, join ...string) *testHost {
+	t.Helper()
+	return startHost(t, network, dp, nil, dir, name, i, kernel, join...)
 }
 
 // startWrappedHost is startTestHost with the agent programming wrap(kernel)
 // instead of the fake kernel itself.
 func startWrappedHost(t *testing.T, network *meshtest.Network, dir, name string, i int, kernel *node.FakeKernel,
 	wrap func(node.Kernel) node.Kernel, join ...string) *testHost {
+	t.Helper()
+	return startHost(t, network, nil, wrap, dir, name, i, kernel, join...)
+}
+
+// startHost starts a test host: probes over dp (nil: none), the agent
+// programming wrap(kernel) (nil: the fake kernel itself).
+func startHost(t *testing.T, network *meshtest.Network, dp *fakeDataPath, wrap func(node.Kernel) node.Kernel,
+	dir, name string, i int, kernel *node.FakeKernel, join ...string) *testHost {
 	t.Helper()
 	h := &testHost{name: name, addr: meshtest.HostAddr(i), dir: filepath.Join(dir, name), kernel: kernel}
 	if h.kernel == nil {
@@ -79,6 +96,10 @@ func startWrappedHost(t *testing.T, network *meshtest.Network, dir, name string,
 		k = wrap(k)
 	}
 	host := hostSide{kernel: k, watchRoutes: func(context.Context) <-chan struct{} { return nil }}
+	if dp != nil {
+		o.ProbeInterval, o.ProbeMisses = 20*time.Millisecond, 3
+		host.listenProbe = dp.listen
+	}
 	h.agent, err = newAgent(o, cfg, host, log)
 	if err != nil {
 		t.Fatal(err)
@@ -337,6 +358,130 @@ func TestStatusAfterKernel(t *testing.T) {
 	}
 	if len(status.Members) != 1 || status.Members[0].Route != node.PeerProgrammed {
 		t.Fatalf("after the pass that programmed h2's route, h1's status = %s", a.body)
+	}
+}
+
+// fakeDataPath stands for the hosts' kernels answering echo requests: a
+// host answers while it is marked up.
+type fakeDataPath struct {
+	mu sync.Mutex
+	up map[netip.Addr]bool
+}
+
+func (dp *fakeDataPath) set(host netip.Addr, up bool) {
+	dp.mu.Lock()
+	defer dp.mu.Unlock()
+	if dp.up == nil {
+		dp.up = map[netip.Addr]bool{}
+	}
+	dp.up[host] = up
+}
+
+func (dp *fakeDataPath) answers(host netip.Addr) bool {
+	dp.mu.Lock()
+	defer dp.mu.Unlock()
+	return dp.up[host]
+}
+
+func (dp *fakeDataPath) listen() (probe.Conn, error) {
+	return &fakeProbeConn{dp: dp, replies: make(chan fakeReply, 64), closed: make(chan struct{})}, nil
+}
+
+type fakeReply struct {
+	from    netip.Addr
+	id, seq uint16
+}
+
+type fakeProbeConn struct {
+	dp      *fakeDataPath
+	replies chan fakeReply
+	closed  chan struct{}
+	once    sync.Once
+}
+
+func (c *fakeProbeConn) WriteEcho(dst netip.Addr, id, seq uint16) error {
+	if c.dp.answers(dst) {
+		select {
+		case c.replies <- fakeReply{dst, id, seq}:
+		default:
+		}
+	}
+	return nil
+}
+
+func (c *fakeProbeConn) ReadEcho() (netip.Addr, uint16, uint16, error) {
+	select {
+	case r := <-c.replies:
+		return r.from, r.id, r.seq, nil
+	case <-c.closed:
+		return netip.Addr{}, 0, 0, probe.ErrClosed
+	}
+}
+
+func (c *fakeProbeConn) Close() error {
+	c.once.Do(func() { close(c.closed) })
+	return nil
+}
+
+// TestAgentLoopDataPath: with gossip to h2 cut but its host answering, h1
+// calls h2 dead and still routes its block, on the data path; once h2's
+// host stops answering too, the route goes, and its answering again does not
+// bring the route back: only gossip does.
+func TestAgentLoopDataPath(t *testing.T) {
+	dir := t.TempDir()
+	network := meshtest.NewNetwork()
+	dp := &fakeDataPath{}
+	dp.set(meshtest.HostAddr(1), true)
+	dp.set(meshtest.HostAddr(2), true)
+	h1 := startProbingTestHost(t, network, dp, dir, "h1", 1, nil)
+	h2 := startProbingTestHost(t, network, dp, dir, "h2", 2, nil, h1.addr.String())
+	waitFor(t, "both hosts to route each other", func() error { return routesTo(h1, h2) })
+	st2, err := nodestate.Read(h2.agent.opts.RunDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	member2 := func(cond func(memberStatus) error) func() error {
+		return func() error {
+			st := h1.agent.freshStatus()
+			if len(st.Members) != 1 {
+				return fmt.Errorf("members %+v", st.Members)
+			}
+			return cond(st.Members[0])
+		}
+	}
+	waitFor(t, "h1 to keep h2's route on both signals", member2(func(m memberStatus) error {
+		if !slices.Equal(m.KeptBy, []string{signalGossip, signalDataPath}) || m.DataPathSeen.IsZero() || m.GossipSeen.IsZero() {
+			return fmt.Errorf("h2: %+v", m)
+		}
+		return nil
+	}))
+
+	network.Partition([]netip.Addr{h1.addr}, []netip.Addr{h2.addr})
+	waitFor(t, "h1 to call h2 dead and keep its route on the data path", member2(func(m memberStatus) error {
+		if m.State != "dead" || !slices.Equal(m.KeptBy, []string{signalDataPath}) || m.Route != node.PeerProgrammed {
+			return fmt.Errorf("h2: %+v", m)
+		}
+		return nil
+	}))
+	if via, ok := h1.peerRoutes()[st2.Block]; !ok || via != h2.addr {
+		t.Fatalf("h1 lost the route to dead h2 with its host answering: %v", h1.peerRoutes())
+	}
+	checkHTTP(t, h1.agent.metricsHandler(), "/metrics", http.StatusOK, `grapevine_peer_route_signal{peer="h2",signal="data_path"} 1`)
+	checkHTTP(t, h1.agent.metricsHandler(), "/metrics", http.StatusOK, `grapevine_peer_route_signal{peer="h2",signal="gossip"} 0`)
+
+	dp.set(h2.addr, false)
+	waitFor(t, "h1 to withdraw h2's route", func() error {
+		if _, ok := h1.peerRoutes()[st2.Block]; ok {
+			return errors.New("still routed")
+		}
+		return nil
+	})
+
+	// The data path alone does not bring a withdrawn route back.
+	dp.set(h2.addr, true)
+	time.Sleep(200 * time.Millisecond)
+	if _, ok := h1.peerRoutes()[st2.Block]; ok {
+		t.Fatal("the data path alone brought back a withdrawn route")
 	}
 }
 

@@ -72,7 +72,8 @@ func (a *agent) statusHandler() http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
-		enc.Encode(a.settledStatus(r.Context(), statusWait))
+		a.waitForPass(r.Context(), statusWait)
+		enc.Encode(a.freshStatus())
 	})
 	mux.HandleFunc("POST /release", func(w http.ResponseWriter, r *http.Request) {
 		name := r.URL.Query().Get("node")

@@ -19,6 +19,7 @@ import (
 
 	"github.com/grapevine-net/grapevine/mesh"
 	"github.com/grapevine-net/grapevine/node"
+	"github.com/grapevine-net/grapevine/node/probe"
 )
 
 // statusReport is what `grapevine status` shows; -o json prints it as is.
@@ -39,7 +40,22 @@ type memberStatus struct {
 	Block  string `json:"block,omitempty"`
 	State  string `json:"state"`
 	Route  string `json:"route"`
+	// KeptBy names the signals that keep the route: "gossip" (memberlist
+	// counts the member in), "data path" (its host answers echo requests).
+	KeptBy []string `json:"keptBy,omitempty"`
+	// GossipSeen is when memberlist last counted the member in.
+	GossipSeen time.Time `json:"gossipSeen,omitzero"`
+	// DataPath is "up", "down" or, for a host not probed, empty;
+	// DataPathSeen is its last echo reply.
+	DataPath     string    `json:"dataPath,omitempty"`
+	DataPathSeen time.Time `json:"dataPathSeen,omitzero"`
 }
+
+// Signals that keep a route, as KeptBy names them.
+const (
+	signalGossip   = "gossip"
+	signalDataPath = "data path"
+)
 
 // Route states shown per member besides node's PeerProgrammed, PeerPending
 // and "error: ...": the mesh withdrew the member's block, or it holds none.
@@ -48,8 +64,10 @@ const (
 	routeNone      = "none"
 )
 
-// buildStatus combines the mesh's view with the last reconcile's outcome.
-func buildStatus(v mesh.View, res node.Result, ready bool, reason string) statusReport {
+// buildStatus combines the mesh's view, the kept routes and the data-path
+// verdicts with the last reconcile's outcome. Signal times are filled in
+// when the status is read (agent.freshStatus).
+func buildStatus(v mesh.View, kept map[string]keptRoute, paths map[netip.Addr]probe.Verdict, res node.Result, ready bool, reason string) statusReport {
 	r := statusReport{
 		Node:     v.Self,
 		HostIP:   addrString(v.HostIP),
@@ -67,13 +85,24 @@ func buildStatus(v mesh.View, res node.Result, ready bool, reason string) status
 			Block:  prefixString(m.Block),
 			State:  m.State.String(),
 		}
+		ms.DataPath, ms.DataPathSeen = dataPathState(paths, m.HostIP)
+		route, isKept := kept[m.Name]
 		switch {
+		case isKept:
+			// For a route kept on the data path alone the view no
+			// longer shows the block; show the one still routed.
+			ms.Block = prefixString(route.Block)
+			ms.Route = peerRouteState(res, m.Name)
+			if route.Gossip {
+				ms.KeptBy = append(ms.KeptBy, signalGossip)
+			}
+			if route.DataPath {
+				ms.KeptBy = append(ms.KeptBy, signalDataPath)
+			}
 		case !m.Block.IsValid():
 			ms.Route = routeNone
-		case !routable(m):
-			ms.Route = routeWithdrawn
 		default:
-			ms.Route = peerRouteState(res, m.Name)
+			ms.Route = routeWithdrawn
 		}
 		r.Members = append(r.Members, ms)
 	}
@@ -90,6 +119,19 @@ func peerRouteState(res node.Result, peer string) string {
 		return node.PeerProgrammed
 	}
 	return node.PeerPending
+}
+
+// dataPathState renders the prober's verdict on host: "up", "down", or ""
+// when the host is not probed.
+func dataPathState(paths map[netip.Addr]probe.Verdict, host netip.Addr) (string, time.Time) {
+	v, probed := paths[host]
+	switch {
+	case !probed:
+		return "", time.Time{}
+	case v.Up:
+		return "up", v.LastReply
+	}
+	return "down", v.LastReply
 }
 
 // addrString and prefixString render an unset value as "" (absent in JSON);
@@ -160,11 +202,25 @@ func printStatus(w io.Writer, r statusReport) error {
 	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "MEMBER\tSTATE\tHOST IP\tBLOCK\tROUTE")
+	fmt.Fprintln(tw, "MEMBER\tSTATE\tHOST IP\tBLOCK\tROUTE\tKEPT BY\tGOSSIP SEEN\tDATA PATH")
+	now := time.Now()
 	for _, m := range r.Members {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", m.Name, m.State, orDash(m.HostIP), orDash(m.Block), m.Route)
+		path := orDash(m.DataPath)
+		if !m.DataPathSeen.IsZero() {
+			path += ", " + ago(now, m.DataPathSeen)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Name, m.State, orDash(m.HostIP), orDash(m.Block), m.Route,
+			orDash(strings.Join(m.KeptBy, "+")), orDash(ago(now, m.GossipSeen)), path)
 	}
 	return tw.Flush()
+}
+
+// ago renders how long before now t was, "" for a zero t.
+func ago(now, t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return now.Sub(t).Round(100*time.Millisecond).String() + " ago"
 }
 
 func releaseCommand() *cli.Command {

@@ -244,8 +244,9 @@ func TestDaemonSetScheduling(t *testing.T) {
 	}
 }
 
-// TestAgentPrivileges: the agent gets the one capability its kernel calls
-// need (routes, nftables, ip_forward) and no more.
+// TestAgentPrivileges: the agent gets the capabilities its kernel calls
+// need (routes, nftables, ip_forward; the raw ICMP socket of the data-path
+// probes) and no more.
 func TestAgentPrivileges(t *testing.T) {
 	m := loadManifest(t)
 	agent := m.container(t, "agent", false)
@@ -254,12 +255,12 @@ func TestAgentPrivileges(t *testing.T) {
 		t.Fatal("agent has no securityContext with capabilities")
 	}
 	if sc.Privileged != nil && *sc.Privileged {
-		t.Error("agent is privileged; it needs only NET_ADMIN")
+		t.Error("agent is privileged; it needs only NET_ADMIN and NET_RAW")
 	}
 	if !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) {
 		t.Errorf("agent drops %v, want ALL", sc.Capabilities.Drop)
 	}
-	if want := []corev1.Capability{"NET_ADMIN"}; !slices.Equal(sc.Capabilities.Add, want) {
+	if want := []corev1.Capability{"NET_ADMIN", "NET_RAW"}; !slices.Equal(sc.Capabilities.Add, want) {
 		t.Errorf("agent adds capabilities %v, want %v", sc.Capabilities.Add, want)
 	}
 	if sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {

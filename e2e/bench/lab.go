@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/grapevine-net/grapevine/e2e/lab"
@@ -18,7 +19,9 @@ type LabConfig struct {
 	// JoinTrials is how many new hosts join (and how many times a known
 	// host rejoins); each leaves after its join. CrashTrials is how many
 	// crashes are timed; each takes the default failure detection time.
-	JoinTrials, CrashTrials int
+	// FrozenTrials is how many times an agent is stopped for Freeze.
+	JoinTrials, CrashTrials, FrozenTrials int
+	Freeze                                time.Duration
 	// IdleWindow is how long idle CPU use is measured over.
 	IdleWindow time.Duration
 	// IperfDuration is each iperf3 run; IperfRounds how many runs of each
@@ -120,6 +123,11 @@ func MeasureLab(ctx context.Context, cfg LabConfig) (_ []Row, err error) {
 		log.Info("crash", "trial", i+1, "withdrawn after", d)
 	}
 	rows := convergenceRows(joinNew, joinKnown, leave, crash)
+	frozen, err := b.frozenTrials(ctx, peers[0], peers[1], cfg.FrozenTrials, cfg.Freeze)
+	if err != nil {
+		return rows, err
+	}
+	rows = append(rows, frozen)
 
 	// Five hosts up for the idle and data path measurements.
 	if _, err := b.join(ctx, last); err != nil {
@@ -192,6 +200,92 @@ func (b *labBench) crash(ctx context.Context, h *lab.Host) (d time.Duration, err
 		return 0, fmt.Errorf("crash: %w", err)
 	}
 	return at.Sub(t0), lab.Sleep(ctx, quiet)
+}
+
+// pingInterval is the pods' ping rate while an agent is frozen.
+const pingInterval = 100 * time.Millisecond
+
+// frozenTrials stops frozen's agent (SIGSTOP) for freeze, trials times,
+// while a pod on client and a pod on frozen ping each other, and counts the
+// pings lost in both directions.
+func (b *labBench) frozenTrials(ctx context.Context, client, frozen *lab.Host, trials int, freeze time.Duration) (Row, error) {
+	row := Row{ID: "4b", Measure: fmt.Sprintf("agent frozen %v (SIGSTOP): pod packets lost", freeze), Unit: "packets",
+		Target: Target{Kind: AtMost, Limit: 0}}
+	if trials == 0 {
+		return row, errors.New("no frozen-agent trials")
+	}
+	a, err := client.AddPod(ctx)
+	if err != nil {
+		return row, err
+	}
+	c, err := frozen.AddPod(ctx)
+	if err != nil {
+		return row, err
+	}
+	pingCtx, cancel := context.WithTimeout(ctx, joinTimeout)
+	_, err = a.Ping(pingCtx, c.IP)
+	cancel()
+	if err != nil {
+		return row, fmt.Errorf("frozen agent: pods do not reach each other before the freeze: %w", err)
+	}
+	var lost []float64
+	var sent int
+	var dead []time.Duration
+	for i := range trials {
+		n, total, deadAfter, err := b.freezeOnce(ctx, a, c, client, frozen, freeze)
+		if err != nil {
+			return row, err
+		}
+		lost, sent, dead = append(lost, float64(n)), sent+total, append(dead, deadAfter)
+		b.log.Info("frozen agent", "trial", i+1, "lost", n, "of", total, "declared dead after", deadAfter)
+	}
+	row.Value = slices.Max(lost)
+	row.Samples = len(lost)
+	row.Peer = &Peer{Name: "flannel host-gw", Value: 0, Published: true, Text: "0 lost"}
+	row.Note = fmt.Sprintf("worst trial; pods on two hosts ping each other every %v, both directions counted; lost per trial %v of %d sent in all; the peers declared the frozen agent dead after %v and kept its route on the data path",
+		pingInterval, lost, sent, roundAll(dead))
+	return row, nil
+}
+
+func (b *labBench) freezeOnce(ctx context.Context, a, c *lab.Pod, client, frozen *lab.Host, freeze time.Duration) (lost, sent int, deadAfter time.Duration, err error) {
+	meshCtx, cancel := context.WithTimeout(ctx, crashTimeout)
+	defer cancel()
+	if _, err := lab.WaitMesh(meshCtx, b.lab.Hosts()[:peerHosts]); err != nil {
+		return 0, 0, 0, err
+	}
+	there, err := a.StartPings(c.IP, pingInterval)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	back, err := c.StartPings(a.IP, pingInterval)
+	if err != nil {
+		there.Stop(0)
+		return 0, 0, 0, err
+	}
+	if err := frozen.FreezeAgent(); err != nil {
+		return 0, 0, 0, err
+	}
+	t0 := time.Now()
+	_, err = client.WaitStatus(meshCtx, frozen.Name+" dead", func(s lab.Status) bool {
+		m, ok := s.Member(frozen.Name)
+		return ok && m.State == "dead"
+	})
+	deadAfter = time.Since(t0)
+	if err == nil {
+		err = lab.Sleep(ctx, freeze-deadAfter)
+	}
+	err = errors.Join(err, frozen.ThawAgent())
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	if _, err := lab.WaitMesh(meshCtx, b.lab.Hosts()[:peerHosts]); err != nil {
+		return 0, 0, 0, err
+	}
+	if err := lab.Sleep(ctx, quiet); err != nil {
+		return 0, 0, 0, err
+	}
+	r1, r2 := there.Stop(time.Second), back.Stop(time.Second)
+	return len(r1.Lost) + len(r2.Lost), r1.Sent + r2.Sent, deadAfter, nil
 }
 
 func convergenceRows(joinNew, joinKnown, leave, crash []time.Duration) []Row {

@@ -234,6 +234,25 @@ func (h *Host) signalAgent(ctx context.Context, sig syscall.Signal) error {
 	}
 }
 
+// FreezeAgent stops the agent with SIGSTOP, as a long pause, a stuck write
+// or a debugger would: it neither gossips nor reconciles until ThawAgent.
+// The host's kernel carries on.
+func (h *Host) FreezeAgent() error { return h.sendAgent(syscall.SIGSTOP) }
+
+// ThawAgent resumes a frozen agent with SIGCONT.
+func (h *Host) ThawAgent() error { return h.sendAgent(syscall.SIGCONT) }
+
+func (h *Host) sendAgent(sig syscall.Signal) error {
+	pid := h.AgentPID()
+	if pid == 0 {
+		return fmt.Errorf("host %s: no agent running", h.Name)
+	}
+	if err := syscall.Kill(pid, sig); err != nil {
+		return fmt.Errorf("host %s: %v to agent: %w", h.Name, sig, err)
+	}
+	return nil
+}
+
 // AgentExit reports whether the agent exited on its own, and how. It lets a
 // test tell "agent crashed" apart from "agent not ready".
 func (h *Host) AgentExit() (exited bool, err error) {
@@ -280,6 +299,10 @@ type Member struct {
 	Block  netip.Prefix `json:"block"`
 	State  string       `json:"state"`
 	Route  string       `json:"route"`
+	// KeptBy names the signals keeping the route: "gossip", "data path".
+	KeptBy []string `json:"keptBy"`
+	// DataPath is "up", "down" or "" (not probed).
+	DataPath string `json:"dataPath"`
 }
 
 // Member returns the member with the given name.
@@ -318,7 +341,10 @@ func (h *Host) Status(ctx context.Context) (Status, error) {
 // UnmarshalJSON reads the CLI's JSON, which shows a missing address or
 // block as "-", as in its table.
 func (s *Status) UnmarshalJSON(data []byte) error {
-	type member struct{ Name, Addr, HostIP, Block, State, Route string }
+	type member struct {
+		Name, Addr, HostIP, Block, State, Route, DataPath string
+		KeptBy                                            []string
+	}
 	var raw struct {
 		Node, HostIP, Block, Reason, Degraded string
 		Ready                                 bool
@@ -348,7 +374,7 @@ func (s *Status) UnmarshalJSON(data []byte) error {
 		Ready: raw.Ready, Reason: raw.Reason, Degraded: raw.Degraded}
 	for _, m := range raw.Members {
 		s.Members = append(s.Members, Member{Name: m.Name, Addr: addr(m.Addr), HostIP: addr(m.HostIP),
-			Block: prefix(m.Block), State: m.State, Route: m.Route})
+			Block: prefix(m.Block), State: m.State, Route: m.Route, KeptBy: m.KeptBy, DataPath: m.DataPath})
 	}
 	return errors.Join(errs...)
 }

@@ -36,11 +36,13 @@ func run() error {
 		binDir      = flag.String("bin-dir", envOr("GRAPEVINE_BIN_DIR", "bin"), "directory with the grapevine binary")
 		cniDir      = flag.String("cni-dir", envOr("GRAPEVINE_CNI_PATH", "bin/cni"), "directory with grapevine-cni, grapevine-ipam, ptp, host-local and portmap")
 		out         = flag.String("o", "bench-results.json", "where to write the figures as JSON")
-		only        = flag.String("only", "", "comma-separated measurements to run (cni,routes,mesh,lab); empty: all")
+		only        = flag.String("only", "", "comma-separated measurements to run (cni,routes,probes,mesh,lab); empty: all")
 		pods        = flag.Int("pods", 200, "pods per CNI chain")
 		portmap     = flag.Bool("portmap", false, "chain portmap after both CNI plugins")
 		joinTrials  = flag.Int("join-trials", 5, "trials of each join and leave")
-		crashTrials = flag.Int("crash-trials", 3, "crash trials")
+		crashTrials = flag.Int("crash-trials", 5, "crash trials")
+		frozenTrial = flag.Int("frozen-trials", 5, "trials of an agent frozen for -freeze")
+		freeze      = flag.Duration("freeze", 30*time.Second, "how long an agent is frozen (SIGSTOP) in each frozen trial")
 		idle        = flag.Duration("idle", 30*time.Second, "window over which idle CPU is measured")
 		iperf       = flag.Duration("iperf", 10*time.Second, "duration of each iperf3 run")
 		iperfRounds = flag.Int("iperf-rounds", 3, "iperf3 runs of each path, alternating")
@@ -66,7 +68,7 @@ func run() error {
 	}
 	want := func(name string) bool { return len(sel) == 0 || sel[name] }
 	for name := range sel {
-		if !slices.Contains([]string{"cni", "routes", "mesh", "lab"}, name) {
+		if !slices.Contains([]string{"cni", "routes", "probes", "mesh", "lab"}, name) {
 			return fmt.Errorf("unknown measurement %q in -only", name)
 		}
 	}
@@ -122,6 +124,7 @@ func run() error {
 		measure("lab: join, leave, crash, idle, data path", func() ([]bench.Row, error) {
 			return bench.MeasureLab(ctx, bench.LabConfig{
 				BinDir: bins, CNIPath: []string{cni}, JoinTrials: *joinTrials, CrashTrials: *crashTrials,
+				FrozenTrials: *frozenTrial, Freeze: *freeze,
 				IdleWindow: *idle, IperfDuration: *iperf, IperfRounds: *iperfRounds, Logger: log,
 			})
 		})
@@ -129,6 +132,11 @@ func run() error {
 	if want("routes") {
 		measure("route programming", func() ([]bench.Row, error) {
 			return bench.MeasureRoutes(ctx, bench.RoutesConfig{Peers: 2000, Trials: 7, NoopTrials: 51})
+		})
+	}
+	if want("probes") {
+		measure("data-path probes", func() ([]bench.Row, error) {
+			return bench.MeasureProbes(ctx, bench.ProbeConfig{Peers: 256, Rounds: 500})
 		})
 	}
 	// Last: a cluster that cannot converge may leave goroutines behind

@@ -1,0 +1,343 @@
+// Package probe tells whether peer hosts answer on the data path. A Prober
+// sends every host address it is told to watch one ICMP echo request per
+// interval, all from one raw socket, and calls a host down after a number of
+// requests in a row went unanswered, and up again on its next reply. The
+// peer host's kernel answers, not the peer's agent, so a hung agent on a
+// healthy host still counts as up.
+//
+// probe never speaks gossip and changes nothing in the kernel: it only sends
+// echo requests to the addresses it is given and reads the replies. Which
+// hosts to watch and what a verdict means for a route is the agent's
+// business.
+package probe
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Defaults: a request a second, down after three unanswered in a row, so
+// one or two lost packets do not flap a verdict and a dead host is called
+// down 3-4 s after it stopped answering.
+const (
+	DefaultInterval = time.Second
+	DefaultMisses   = 3
+)
+
+// Verdict is what the Prober knows about one watched host.
+type Verdict struct {
+	// Up: the host answered, and fewer than Misses requests in a row have
+	// gone unanswered since.
+	Up bool
+	// LastReply is when the host last answered; zero if it never did.
+	LastReply time.Time
+	// Misses counts the requests in a row that went unanswered.
+	Misses int
+}
+
+// Conn sends echo requests and reads echo replies. Listen returns the real
+// one; tests use their own.
+type Conn interface {
+	// WriteEcho sends an echo request with the given identifier and
+	// sequence number to dst.
+	WriteEcho(dst netip.Addr, id, seq uint16) error
+	// ReadEcho blocks until an echo reply arrives and returns its source,
+	// identifier and sequence number. After Close it returns an error.
+	ReadEcho() (from netip.Addr, id, seq uint16, err error)
+	Close() error
+}
+
+// Config tunes a Prober; zero fields take the defaults.
+type Config struct {
+	Interval time.Duration
+	Misses   int
+	Logger   *slog.Logger
+	// Registerer, if set, gets the prober's counters.
+	Registerer prometheus.Registerer
+	// Now is the clock; nil: time.Now.
+	Now func() time.Time
+}
+
+// Prober watches a set of host addresses. Its methods are safe for
+// concurrent use.
+type Prober struct {
+	cfg     Config
+	conn    Conn
+	id      uint16
+	log     *slog.Logger
+	metrics metrics
+	changed chan struct{}
+
+	mu      sync.Mutex
+	targets tracker
+}
+
+// New returns a Prober that speaks through conn. It sends nothing until Run.
+func New(cfg Config, conn Conn) (*Prober, error) {
+	if cfg.Interval < 0 || cfg.Misses < 0 {
+		return nil, fmt.Errorf("probe: interval %v and misses %d must not be negative", cfg.Interval, cfg.Misses)
+	}
+	if cfg.Interval == 0 {
+		cfg.Interval = DefaultInterval
+	}
+	if cfg.Misses == 0 {
+		cfg.Misses = DefaultMisses
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	var id [2]byte
+	rand.Read(id[:])
+	p := &Prober{
+		cfg:     cfg,
+		conn:    conn,
+		id:      binary.BigEndian.Uint16(id[:]),
+		log:     cfg.Logger,
+		metrics: newMetrics(),
+		changed: make(chan struct{}, 1),
+		targets: tracker{misses: cfg.Misses, hosts: make(map[netip.Addr]*target)},
+	}
+	if cfg.Registerer != nil {
+		p.metrics.register(cfg.Registerer)
+	}
+	return p, nil
+}
+
+// Watch replaces the set of watched hosts. A host that stays keeps its
+// verdict; a new one is down until it first answers.
+func (p *Prober) Watch(hosts []netip.Addr) {
+	p.mu.Lock()
+	p.targets.watch(hosts)
+	n := len(p.targets.hosts)
+	p.mu.Unlock()
+	p.metrics.targets.Set(float64(n))
+}
+
+// Verdicts returns the verdict of every watched host.
+func (p *Prober) Verdicts() map[netip.Addr]Verdict {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.targets.verdicts()
+}
+
+// Changed is notified (coalesced) whenever a host goes up or down.
+func (p *Prober) Changed() <-chan struct{} { return p.changed }
+
+// Run probes until ctx ends, then closes the connection.
+func (p *Prober) Run(ctx context.Context) error {
+	readDone := make(chan error, 1)
+	go func() { readDone <- p.readReplies() }()
+	ticker := time.NewTicker(p.cfg.Interval)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			p.conn.Close()
+			<-readDone
+			return nil
+		case err := <-readDone:
+			p.conn.Close()
+			return fmt.Errorf("probe: read replies: %w", err)
+		case <-ticker.C:
+			p.tick()
+		}
+	}
+}
+
+// tick counts the last round's unanswered requests and sends the next round.
+// After the process was stopped for a while (SIGSTOP, a long pause) the
+// ticker delivers one tick, not the missed ones, so a pause costs at most
+// one miss and cannot turn healthy hosts down by itself.
+func (p *Prober) tick() {
+	p.mu.Lock()
+	probes, flipped := p.targets.tick(p.cfg.Now())
+	p.mu.Unlock()
+	p.notify(flipped)
+	for _, pr := range probes {
+		p.metrics.requests.Inc()
+		if err := p.conn.WriteEcho(pr.host, p.id, pr.seq); err != nil {
+			// No route, link down: the request counts as unanswered.
+			p.metrics.sendErrors.Inc()
+			p.log.Debug("echo request not sent", "host", pr.host, "err", err)
+		}
+	}
+}
+
+func (p *Prober) readReplies() error {
+	for {
+		from, id, seq, err := p.conn.ReadEcho()
+		if err != nil {
+			return err
+		}
+		if id != p.id {
+			continue // someone else's ping
+		}
+		p.mu.Lock()
+		known, flipped := p.targets.reply(from, seq, p.cfg.Now())
+		p.mu.Unlock()
+		if known {
+			p.metrics.replies.Inc()
+		}
+		p.notify(flipped)
+	}
+}
+
+func (p *Prober) notify(flipped []flip) {
+	for _, f := range flipped {
+		if f.up {
+			p.log.Info("host answers on the data path again", "host", f.host)
+		} else {
+			p.log.Warn("host stopped answering on the data path", "host", f.host, "unanswered", p.cfg.Misses)
+		}
+	}
+	if len(flipped) == 0 {
+		return
+	}
+	select {
+	case p.changed <- struct{}{}:
+	default:
+	}
+}
+
+// tracker is the Prober's state without any I/O: which request each host
+// has outstanding, how many went unanswered in a row, and the verdicts that
+// follow.
+type tracker struct {
+	misses int // unanswered requests in a row that make a host down
+	hosts  map[netip.Addr]*target
+}
+
+type target struct {
+	seq         uint16 // of the last request sent
+	sent        int    // requests sent, to tell a reply to an old one
+	outstanding bool   // the last request is unanswered
+	misses      int
+	lastReply   time.Time
+}
+
+func (t *target) up(misses int) bool { return !t.lastReply.IsZero() && t.misses < misses }
+
+type probe struct {
+	host netip.Addr
+	seq  uint16
+}
+
+type flip struct {
+	host netip.Addr
+	up   bool
+}
+
+func (tr *tracker) watch(hosts []netip.Addr) {
+	keep := make(map[netip.Addr]bool, len(hosts))
+	for _, h := range hosts {
+		keep[h] = true
+		if _, ok := tr.hosts[h]; !ok && h.IsValid() {
+			tr.hosts[h] = &target{}
+		}
+	}
+	for h := range tr.hosts {
+		if !keep[h] {
+			delete(tr.hosts, h)
+		}
+	}
+}
+
+// tick ends a round: an unanswered request is a miss. It returns the next
+// round's requests, sorted by host, and the hosts that went down.
+func (tr *tracker) tick(now time.Time) ([]probe, []flip) {
+	var flipped []flip
+	probes := make([]probe, 0, len(tr.hosts))
+	for h, t := range tr.hosts {
+		if t.outstanding {
+			wasUp := t.up(tr.misses)
+			t.misses++
+			if wasUp && !t.up(tr.misses) {
+				flipped = append(flipped, flip{h, false})
+			}
+		}
+		t.seq++
+		t.sent++
+		t.outstanding = true
+		probes = append(probes, probe{h, t.seq})
+	}
+	slices.SortFunc(probes, func(a, b probe) int { return a.host.Compare(b.host) })
+	slices.SortFunc(flipped, func(a, b flip) int { return a.host.Compare(b.host) })
+	return probes, flipped
+}
+
+// reply records an echo reply. A reply to one of the last misses+1
+// requests counts (a slow answer is still an answer); older ones, and
+// replies from hosts not watched, do not. It reports whether the reply
+// counted and the host that came up, if any.
+func (tr *tracker) reply(from netip.Addr, seq uint16, now time.Time) (bool, []flip) {
+	t, ok := tr.hosts[from]
+	if !ok {
+		return false, nil
+	}
+	age := int(t.seq - seq) // uint16 arithmetic wraps
+	if t.sent == 0 || age > tr.misses || age >= t.sent {
+		return false, nil
+	}
+	wasUp := t.up(tr.misses)
+	t.misses = 0
+	t.outstanding = t.outstanding && age != 0
+	t.lastReply = now
+	if !wasUp {
+		return true, []flip{{from, true}}
+	}
+	return true, nil
+}
+
+func (tr *tracker) verdicts() map[netip.Addr]Verdict {
+	out := make(map[netip.Addr]Verdict, len(tr.hosts))
+	for h, t := range tr.hosts {
+		out[h] = Verdict{Up: t.up(tr.misses), LastReply: t.lastReply, Misses: t.misses}
+	}
+	return out
+}
+
+// ErrClosed is returned by a Conn's ReadEcho after Close.
+var ErrClosed = errors.New("probe: connection closed")
+
+type metrics struct {
+	requests, replies, sendErrors prometheus.Counter
+	targets                       prometheus.Gauge
+}
+
+func newMetrics() metrics {
+	return metrics{
+		requests: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "grapevine_probe_requests_total",
+			Help: "ICMP echo requests sent to peer hosts to check the data path.",
+		}),
+		replies: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "grapevine_probe_replies_total",
+			Help: "ICMP echo replies received from watched peer hosts.",
+		}),
+		sendErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "grapevine_probe_send_errors_total",
+			Help: "Echo requests the kernel refused to send (no route, link down); each counts as unanswered.",
+		}),
+		targets: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "grapevine_probe_hosts",
+			Help: "Peer hosts whose data path is being probed.",
+		}),
+	}
+}
+
+func (m metrics) register(reg prometheus.Registerer) {
+	reg.MustRegister(m.requests, m.replies, m.sendErrors, m.targets)
+}

@@ -1,0 +1,260 @@
+package probe
+
+import (
+	"context"
+	"net/netip"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+)
+
+var (
+	hostA = netip.MustParseAddr("172.16.254.2")
+	hostB = netip.MustParseAddr("172.16.254.3")
+	t0    = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+)
+
+// step is one event of a tracker scenario: a tick (the end of a round and
+// the next requests), or a reply from a host to the request sent `age`
+// rounds ago (0: the latest).
+type step struct {
+	tick  bool
+	reply netip.Addr
+	age   uint16
+	// what the step must report
+	wantFlips []flip
+	wantCount bool // for a reply: it counted
+}
+
+func TestTracker(t *testing.T) {
+	tick := func(flips ...flip) step { return step{tick: true, wantFlips: flips} }
+	reply := func(h netip.Addr, age uint16, counted bool, flips ...flip) step {
+		return step{reply: h, age: age, wantCount: counted, wantFlips: flips}
+	}
+	up := func(h netip.Addr) flip { return flip{h, true} }
+	down := func(h netip.Addr) flip { return flip{h, false} }
+
+	tests := []struct {
+		name  string
+		steps []step
+		want  map[netip.Addr]Verdict // after the steps; LastReply checked for zero only
+	}{
+		{
+			name:  "new host is down until it answers",
+			steps: []step{tick(), tick(), tick(), tick()},
+			want:  map[netip.Addr]Verdict{hostA: {Misses: 3}, hostB: {Misses: 3}},
+		},
+		{
+			name:  "first reply brings a host up",
+			steps: []step{tick(), reply(hostA, 0, true, up(hostA))},
+			want:  map[netip.Addr]Verdict{hostA: {Up: true}, hostB: {}},
+		},
+		{
+			name: "two lost requests in a row do not flap",
+			steps: []step{
+				tick(), reply(hostA, 0, true, up(hostA)),
+				tick(), tick(), tick(), reply(hostA, 0, true),
+			},
+			want: map[netip.Addr]Verdict{hostA: {Up: true}, hostB: {Misses: 3}},
+		},
+		{
+			name: "three unanswered in a row: down; the next reply: up",
+			steps: []step{
+				tick(), reply(hostA, 0, true, up(hostA)), reply(hostB, 0, true, up(hostB)),
+				tick(), reply(hostB, 0, true),
+				tick(), reply(hostB, 0, true),
+				tick(), reply(hostB, 0, true),
+				tick(down(hostA)), reply(hostB, 0, true),
+				reply(hostA, 0, true, up(hostA)),
+			},
+			want: map[netip.Addr]Verdict{hostA: {Up: true}, hostB: {Up: true}},
+		},
+		{
+			name: "a late reply to a recent request counts",
+			steps: []step{
+				tick(), reply(hostA, 0, true, up(hostA)),
+				tick(), tick(), reply(hostA, 1, true),
+			},
+			want: map[netip.Addr]Verdict{hostA: {Up: true}, hostB: {Misses: 2}},
+		},
+		{
+			name: "a reply to a request older than the window does not",
+			steps: []step{
+				tick(), tick(), tick(), tick(), tick(),
+				reply(hostA, 4, false),
+				reply(hostA, 0, true, up(hostA)),
+			},
+			want: map[netip.Addr]Verdict{hostA: {Up: true}, hostB: {Misses: 4}},
+		},
+		{
+			name:  "a reply before any request, or from a host not watched, does not count",
+			steps: []step{reply(hostA, 0, false), tick(), reply(netip.MustParseAddr("10.0.0.9"), 0, false)},
+			want:  map[netip.Addr]Verdict{hostA: {}, hostB: {}},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tr := tracker{misses: 3, hosts: map[netip.Addr]*target{}}
+			tr.watch([]netip.Addr{hostB, hostA, hostA})
+			now := t0
+			for i, s := range tt.steps {
+				now = now.Add(100 * time.Millisecond)
+				if s.tick {
+					probes, flips := tr.tick(now)
+					if len(probes) != 2 || probes[0].host != hostA || probes[1].host != hostB {
+						t.Fatalf("step %d: probes %v, want one to each host in order", i, probes)
+					}
+					if !slices.Equal(flips, s.wantFlips) {
+						t.Fatalf("step %d: tick flipped %v, want %v", i, flips, s.wantFlips)
+					}
+					continue
+				}
+				seq := uint16(0)
+				if tg, ok := tr.hosts[s.reply]; ok {
+					seq = tg.seq - s.age
+				}
+				counted, flips := tr.reply(s.reply, seq, now)
+				if counted != s.wantCount || !slices.Equal(flips, s.wantFlips) {
+					t.Fatalf("step %d: reply from %s counted %v flipped %v, want %v %v", i, s.reply, counted, flips, s.wantCount, s.wantFlips)
+				}
+			}
+			got := tr.verdicts()
+			for h, want := range tt.want {
+				g := got[h]
+				if g.Up != want.Up || g.Misses != want.Misses || want.Up && g.LastReply.IsZero() {
+					t.Errorf("%s: verdict %+v, want %+v", h, g, want)
+				}
+			}
+		})
+	}
+}
+
+func TestTrackerWatch(t *testing.T) {
+	tr := tracker{misses: 3, hosts: map[netip.Addr]*target{}}
+	tr.watch([]netip.Addr{hostA, hostB, {}})
+	tr.tick(t0)
+	tr.reply(hostA, tr.hosts[hostA].seq, t0)
+	tr.watch([]netip.Addr{hostA}) // b goes, a keeps its verdict
+	v := tr.verdicts()
+	if len(v) != 1 || !v[hostA].Up || !v[hostA].LastReply.Equal(t0) {
+		t.Fatalf("verdicts after watch = %v", v)
+	}
+	tr.watch([]netip.Addr{hostA, hostB}) // b is new again: down
+	if v := tr.verdicts(); v[hostB].Up || !v[hostA].Up {
+		t.Fatalf("verdicts after re-watch = %v", v)
+	}
+}
+
+func TestTrackerSequenceWraps(t *testing.T) {
+	tr := tracker{misses: 3, hosts: map[netip.Addr]*target{}}
+	tr.watch([]netip.Addr{hostA})
+	for range 70000 {
+		probes, _ := tr.tick(t0)
+		if counted, _ := tr.reply(hostA, probes[0].seq, t0); !counted {
+			t.Fatalf("reply to seq %d (sent %d) not counted", probes[0].seq, tr.hosts[hostA].sent)
+		}
+	}
+	if !tr.verdicts()[hostA].Up {
+		t.Fatal("host down after answering every request")
+	}
+}
+
+// loopConn answers every request from the hosts in answering, as their
+// kernels would, and records what was sent.
+type loopConn struct {
+	mu        sync.Mutex
+	answering map[netip.Addr]bool
+	sent      []netip.Addr
+	replies   chan [3]any
+	closed    chan struct{}
+	once      sync.Once
+}
+
+func newLoopConn(answering ...netip.Addr) *loopConn {
+	c := &loopConn{answering: map[netip.Addr]bool{}, replies: make(chan [3]any, 64), closed: make(chan struct{})}
+	for _, h := range answering {
+		c.answering[h] = true
+	}
+	return c
+}
+
+func (c *loopConn) set(h netip.Addr, answers bool) {
+	c.mu.Lock()
+	c.answering[h] = answers
+	c.mu.Unlock()
+}
+
+func (c *loopConn) WriteEcho(dst netip.Addr, id, seq uint16) error {
+	c.mu.Lock()
+	c.sent = append(c.sent, dst)
+	answers := c.answering[dst]
+	c.mu.Unlock()
+	if answers {
+		c.replies <- [3]any{dst, id, seq}
+	}
+	return nil
+}
+
+func (c *loopConn) ReadEcho() (netip.Addr, uint16, uint16, error) {
+	select {
+	case r := <-c.replies:
+		return r[0].(netip.Addr), r[1].(uint16), r[2].(uint16), nil
+	case <-c.closed:
+		return netip.Addr{}, 0, 0, ErrClosed
+	}
+}
+
+func (c *loopConn) Close() error {
+	c.once.Do(func() { close(c.closed) })
+	return nil
+}
+
+// TestProberRun: a running Prober calls an answering host up and, after it
+// stops answering, down, and says so on Changed each time.
+func TestProberRun(t *testing.T) {
+	conn := newLoopConn(hostA)
+	p, err := New(Config{Interval: 10 * time.Millisecond}, conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Watch([]netip.Addr{hostA, hostB})
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+
+	waitVerdict := func(h netip.Addr, up bool) {
+		t.Helper()
+		deadline := time.After(10 * time.Second)
+		for p.Verdicts()[h].Up != up {
+			select {
+			case <-p.Changed():
+			case <-time.After(50 * time.Millisecond):
+			case <-deadline:
+				t.Fatalf("%s never became up=%v: %+v", h, up, p.Verdicts()[h])
+			}
+		}
+	}
+	waitVerdict(hostA, true)
+	if v := p.Verdicts()[hostB]; v.Up || !v.LastReply.IsZero() {
+		t.Fatalf("silent host b: %+v", v)
+	}
+	conn.set(hostA, false)
+	waitVerdict(hostA, false)
+	conn.set(hostA, true)
+	waitVerdict(hostA, true)
+
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+}
+
+func TestNewRejectsNegative(t *testing.T) {
+	if _, err := New(Config{Interval: -time.Second}, newLoopConn()); err == nil {
+		t.Fatal("negative interval accepted")
+	}
+	if _, err := New(Config{Misses: -1}, newLoopConn()); err == nil {
+		t.Fatal("negative misses accepted")
+	}
+}
