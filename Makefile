@@ -6,6 +6,8 @@
 #   make bench      benchmarks side by side with the reference plugins (root)
 #   make dist       static release binaries in dist/
 #   make image      container image (needs a container engine)
+#   make image-archive  the same image as dist/grapevine-image.tar, built offline
+#                   without a container engine (docker/podman load, ctr import)
 
 GO            ?= go
 BIN           := $(CURDIR)/bin
@@ -23,7 +25,7 @@ TEST_TIMEOUT  ?= 12m
 export GRAPEVINE_BIN_DIR := $(BIN)
 export GRAPEVINE_CNI_PATH := $(CNI_BIN)
 
-.PHONY: all build cni-plugins crictl test vet fmt-check unit demo demo-down bench dist image fuzz clean
+.PHONY: all build cni-plugins crictl test vet fmt-check unit demo demo-down bench dist image image-archive fuzz clean
 
 all: build
 
@@ -37,7 +39,7 @@ build:
 cni-plugins:
 	@mkdir -p $(CNI_BIN)
 	@for p in $(REFERENCE_PLUGINS); do \
-		test -x $(CNI_BIN)/$${p#*/} || GOBIN=$(CNI_BIN) CGO_ENABLED=0 $(GO) install $(CNI_PLUGINS)/plugins/$$p@$(CNI_PLUGINS_VERSION) || exit 1; \
+		test -x $(CNI_BIN)/$${p#*/} || GOBIN=$(CNI_BIN) CGO_ENABLED=0 $(GO) install -trimpath -ldflags "-s -w" $(CNI_PLUGINS)/plugins/$$p@$(CNI_PLUGINS_VERSION) || exit 1; \
 	done
 
 crictl:
@@ -73,6 +75,14 @@ dist:
 
 image:
 	docker build --build-arg VERSION=$(VERSION) -t $(IMAGE) .
+
+# The image of the Dockerfile, from the binaries of dist and cni-plugins, with
+# no registry or container engine; created at the last commit's time, so the
+# same commit gives the same digest.
+image-archive: dist cni-plugins
+	SOURCE_DATE_EPOCH=$${SOURCE_DATE_EPOCH:-$$(git log -1 --format=%ct 2>/dev/null)} \
+		$(GO) run ./e2e/cmd/imagearchive -bin-dir dist -cni-plugins $(CNI_BIN) \
+		-tag $(IMAGE) -version $(VERSION) -o dist/grapevine-image.tar
 
 clean:
 	rm -rf bin dist

@@ -69,7 +69,8 @@ func TestSettingsExist(t *testing.T) {
 func TestFlagsExist(t *testing.T) {
 	spec := parseCLI(t)
 	quoted := regexp.MustCompile("`--([a-z][a-z0-9-]*)")
-	invocation := regexp.MustCompile(`(?m)(?:^|[\s(])grapevine ([a-z]+)((?: +[^\s|;&)#]+)*)`)
+	// Command names may have hyphens (install-cni).
+	invocation := regexp.MustCompile(`(?m)(?:^|[\s(])grapevine ([a-z]+(?:-[a-z]+)*)((?: +[^\s|;&)#]+)*)`)
 	flag := regexp.MustCompile(`(?:^|\s)--?([a-z][a-z0-9-]*)`)
 	for _, doc := range operatorDocs {
 		text := readDoc(t, doc)

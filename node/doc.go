@@ -1,14 +1,19 @@
-// Package node owns the kernel state of one host: the peer routes
-// (<block> via <peer host IP> dev <iface> proto 74), the blackhole for the
-// node's own block, IP forwarding, the outgoing masquerade for the pool
-// (nftables table ip grapevine), and the files the CNI plugin reads
-// (node.json and the conflist).
+// Package node owns the kernel state of one host: the peer routes, direct
+// (<block> via <peer host IP> dev <iface> proto 74) or, for a peer whose
+// host IP is not on a network of the interface, over VXLAN (<block> via
+// <peer VTEP> dev gv.vxlan onlink proto 74, with the device gv.vxlan and its
+// neighbour and FDB entries); the blackhole for the node's own block, the
+// unreachable route for the pool, IP forwarding, the outgoing masquerade
+// for the pool (nftables table ip grapevine), and the files the CNI plugin
+// reads (node.json and the conflist).
 //
-// node never speaks gossip. It is handed a Desired state, turns it into
-// routes and diffs them against the kernel's with pure functions
-// (DesiredRoutes, Diff), and applies the difference through the small Kernel
-// interface, so everything above the netlink calls runs against FakeKernel
-// without privileges. Only routes carrying RouteProtocol are ever replaced
-// or deleted; a route of anyone else's is left alone, even where it blocks
-// one of ours.
+// node never speaks gossip. It is handed a Desired state, chooses each
+// peer's path (ChoosePath), turns the state into routes, a VXLAN device and
+// its entries, diffs them against the kernel's with pure functions
+// (DesiredRoutes, Diff, PlanTunnel, DiffTunnelEntries), and applies the
+// difference through the small Kernel interface, so everything above the
+// netlink calls runs against FakeKernel without privileges. Only routes
+// carrying RouteProtocol and the device named TunnelName (when it is a VXLAN
+// device) with what is on it are ever replaced or deleted; a route or device
+// of anyone else's is left alone, even where it blocks one of ours.
 package node

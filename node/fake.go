@@ -19,6 +19,7 @@ type FakeKernel struct {
 	routes     map[routeKey]FakeRoute
 	forwarding bool
 	masquerade netip.Prefix // zero: table absent
+	tunnel     *fakeTunnel  // nil: no VXLAN device
 	writes     int
 	faults     []fault
 }

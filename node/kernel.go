@@ -30,6 +30,8 @@ type Kernel interface {
 	EnsureMasquerade(pool netip.Prefix) error
 	// RemoveMasquerade deletes table "ip grapevine" if it exists.
 	RemoveMasquerade() error
+	// TunnelKernel is the VXLAN device and its entries.
+	TunnelKernel
 }
 
 var (

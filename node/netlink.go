@@ -12,6 +12,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/grapevine-net/grapevine/internal/netlinkdump"
 )
 
 // NetlinkKernel is the Kernel of one network namespace, spoken to through
@@ -75,7 +77,7 @@ func (k *NetlinkKernel) Link(name string) (Link, error) {
 		}
 		return Link{}, fmt.Errorf("look up interface %q: %w", name, err)
 	}
-	addrs, err := k.handle.AddrList(l, netlink.FAMILY_ALL)
+	addrs, err := netlinkdump.Retry(func() ([]netlink.Addr, error) { return k.handle.AddrList(l, netlink.FAMILY_ALL) })
 	if err != nil {
 		return Link{}, fmt.Errorf("list addresses of %q: %w", name, err)
 	}
@@ -92,21 +94,10 @@ func (k *NetlinkKernel) Link(name string) (Link, error) {
 	return link, nil
 }
 
-// dumpAttempts bounds the retries of a route dump that the kernel reports
-// as interrupted by a concurrent change (pods come and go while we list).
-const dumpAttempts = 3
-
 // Routes implements Kernel with a single dump of the main table, repeated if
 // a concurrent change made it inconsistent.
 func (k *NetlinkKernel) Routes() ([]Route, error) {
-	var err error
-	for range dumpAttempts {
-		var routes []Route
-		if routes, err = k.dumpRoutes(); !errors.Is(err, netlink.ErrDumpInterrupted) {
-			return routes, err
-		}
-	}
-	return nil, err
+	return netlinkdump.Retry(k.dumpRoutes)
 }
 
 func (k *NetlinkKernel) dumpRoutes() ([]Route, error) {
@@ -128,6 +119,7 @@ func (k *NetlinkKernel) dumpRoutes() ([]Route, error) {
 				r.Via, _ = netip.AddrFromSlice(nr.Gw)
 				r.Via = r.Via.Unmap()
 				r.LinkIndex = nr.LinkIndex
+				r.OnLink = nr.Flags&int(netlink.FLAG_ONLINK) != 0
 			}
 			routes = append(routes, r)
 			return true
@@ -174,6 +166,9 @@ func netlinkRoute(r Route) *netlink.Route {
 		nr.Gw = r.Via.AsSlice()
 		nr.LinkIndex = r.LinkIndex
 		nr.Scope = netlink.SCOPE_UNIVERSE
+		if r.OnLink {
+			nr.Flags = int(netlink.FLAG_ONLINK)
+		}
 	}
 	return nr
 }

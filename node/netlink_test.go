@@ -268,6 +268,7 @@ func TestForwardFiltersEvents(t *testing.T) {
 		name   string
 		routes []netlink.RouteUpdate
 		links  []netlink.LinkUpdate
+		neighs []netlink.NeighUpdate
 		want   int
 	}{
 		{name: "our route deleted", routes: []netlink.RouteUpdate{{Type: unix.RTM_DELROUTE, Route: ours}}, want: 1},
@@ -277,19 +278,30 @@ func TestForwardFiltersEvents(t *testing.T) {
 		{name: "link up or down", links: []netlink.LinkUpdate{linkEvent(unix.RTM_NEWLINK, unix.IFF_UP)}, want: 1},
 		{name: "link deleted", links: []netlink.LinkUpdate{linkEvent(unix.RTM_DELLINK, 0)}, want: 1},
 		{name: "other link flag", links: []netlink.LinkUpdate{linkEvent(unix.RTM_NEWLINK, unix.IFF_PROMISC)}},
+		{name: "VXLAN neighbour deleted", neighs: []netlink.NeighUpdate{{Type: unix.RTM_DELNEIGH,
+			Neigh: netlink.Neigh{HardwareAddr: net.HardwareAddr{0x0e, 0x74, 172, 16, 253, 7}}}}, want: 1},
+		{name: "pod neighbour deleted", neighs: []netlink.NeighUpdate{{Type: unix.RTM_DELNEIGH,
+			Neigh: netlink.Neigh{HardwareAddr: net.HardwareAddr{0x8e, 0xf0, 0x89, 0x10, 0x19, 0x9e}}}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			// One channel carries the events and is then closed; the
 			// other stays nil, which a select never picks.
 			sub := &subscription{}
-			if tt.routes != nil {
+			switch {
+			case tt.routes != nil:
 				sub.routes = make(chan netlink.RouteUpdate, len(tt.routes))
 				for _, u := range tt.routes {
 					sub.routes <- u
 				}
 				close(sub.routes)
-			} else {
+			case tt.neighs != nil:
+				sub.neighs = make(chan netlink.NeighUpdate, len(tt.neighs))
+				for _, u := range tt.neighs {
+					sub.neighs <- u
+				}
+				close(sub.neighs)
+			default:
 				sub.links = make(chan netlink.LinkUpdate, len(tt.links))
 				for _, u := range tt.links {
 					sub.links <- u

@@ -31,6 +31,8 @@ type Result struct {
 	// that is not directly connected, an overlapping block, a route of
 	// someone else's in the way, a failed kernel call.
 	PeerErrors map[string]error
+	// Paths maps every peer to the path chosen for it and why.
+	Paths map[string]PeerPath
 	// Added, Replaced and Deleted count the route writes of this pass.
 	Added, Replaced, Deleted int
 }
@@ -85,12 +87,13 @@ func (r *Reconciler) Reconcile(ctx context.Context, d Desired) (Result, error) {
 		r.metrics.failures.Inc()
 	}
 	r.metrics.peerErrors.Set(float64(len(res.PeerErrors)))
+	countPeersByPath(r.metrics.peersByPath, res)
 	r.logPeerErrors(res.PeerErrors)
 	return res, err
 }
 
 func (r *Reconciler) reconcile(ctx context.Context, d Desired) (Result, error) {
-	res := Result{Peers: make(map[string]string, len(d.Peers)), PeerErrors: make(map[string]error)}
+	res := Result{Peers: make(map[string]string, len(d.Peers)), PeerErrors: make(map[string]error), Paths: make(map[string]PeerPath)}
 	// programmed holds the routes known to be in the kernel as desired.
 	programmed := make(map[routeKey]bool)
 	peers := d.Peers
@@ -120,6 +123,7 @@ func (r *Reconciler) reconcile(ctx context.Context, d Desired) (Result, error) {
 		return res, errors.Join(append(errs, err)...)
 	}
 	link, err := r.kernel.Link(d.Iface)
+	linkKnown := true
 	switch {
 	case errors.Is(err, ErrLinkNotFound):
 		// Routes through a deleted link are gone already; DesiredRoutes
@@ -131,6 +135,7 @@ func (r *Reconciler) reconcile(ctx context.Context, d Desired) (Result, error) {
 		// leave our unicast routes as they are and fix only the blackhole
 		// and the pool's unreachable route.
 		errs = append(errs, err)
+		linkKnown = false // the VXLAN device and its entries stay as they are, too
 		for _, p := range d.Peers {
 			res.PeerErrors[p.Peer] = fmt.Errorf("route not reconciled: %w", err)
 		}
@@ -138,8 +143,18 @@ func (r *Reconciler) reconcile(ctx context.Context, d Desired) (Result, error) {
 		actual = withoutNextHop(actual)
 	}
 
-	desired, peerErrs := DesiredRoutes(d, link)
+	res.Paths = PeerPaths(d, link)
+	var tunnel Link
+	var tunnelErr error
+	if linkKnown {
+		tunnel, tunnelErr = r.syncTunnel(d, link)
+	}
+	desired, peerErrs := DesiredRoutes(d, link, tunnel)
+	tunnelErrorsForPeers(peerErrs, tunnelErr)
 	maps.Copy(res.PeerErrors, peerErrs)
+	if linkKnown {
+		errs = append(errs, r.syncTunnelEntries(d, link, tunnel, peerErrs))
+	}
 	toAdd, toDel := Diff(desired, actual)
 	for _, rt := range desired {
 		programmed[rt.key()] = true
@@ -195,6 +210,9 @@ func (r *Reconciler) reconcile(ctx context.Context, d Desired) (Result, error) {
 		res.Deleted++
 		r.log.Debug("route delete", "route", rt.String())
 	}
+	if linkKnown {
+		errs = append(errs, r.removeUnusedTunnel(d, link))
+	}
 	if res.Added+res.Replaced+res.Deleted > 0 {
 		r.log.Info("routes changed", "added", res.Added, "replaced", res.Replaced, "deleted", res.Deleted)
 	}
@@ -219,6 +237,10 @@ func validateDesired(d Desired) error {
 	switch {
 	case d.Iface == "":
 		return errors.New("reconcile: no interface given")
+	case d.Encapsulation < EncapsulationNever || d.Encapsulation > EncapsulationAlways:
+		return fmt.Errorf("reconcile: unknown %v", d.Encapsulation)
+	case d.Encapsulation != EncapsulationNever && !d.HostIP.Is4():
+		return fmt.Errorf("reconcile: encapsulation %s needs this host's IPv4 address, have %v", d.Encapsulation, d.HostIP)
 	case d.OwnBlock.IsValid() && d.OwnBlock.Masked() != d.OwnBlock:
 		return fmt.Errorf("reconcile: own block %s is not a network address", d.OwnBlock)
 	case d.Masquerade && !d.Pool.IsValid():
@@ -255,10 +277,15 @@ type reconcileMetrics struct {
 	duration   prometheus.Histogram
 	failures   prometheus.Counter
 	peerErrors prometheus.Gauge
+	// The VXLAN path: device and entry writes, peers by path.
+	tunnelOps, tunnelErrors *prometheus.CounterVec
+	peersByPath             *prometheus.GaugeVec
 }
 
 func newReconcileMetrics() reconcileMetrics {
+	tunnelOps, tunnelErrors, peersByPath := newTunnelMetrics()
 	return reconcileMetrics{
+		tunnelOps: tunnelOps, tunnelErrors: tunnelErrors, peersByPath: peersByPath,
 		ops: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "grapevine_node_route_operations_total",
 			Help: "Route writes by operation (add, replace, delete).",
@@ -284,5 +311,5 @@ func newReconcileMetrics() reconcileMetrics {
 }
 
 func (m reconcileMetrics) register(reg prometheus.Registerer) {
-	reg.MustRegister(m.ops, m.errors, m.duration, m.failures, m.peerErrors)
+	reg.MustRegister(m.ops, m.errors, m.duration, m.failures, m.peerErrors, m.tunnelOps, m.tunnelErrors, m.peersByPath)
 }

@@ -37,6 +37,11 @@ type Desired struct {
 	Pool       netip.Prefix
 	Masquerade bool
 	Peers      []PeerRoute
+	// Encapsulation chooses the peers reached over VXLAN (see ChoosePath).
+	Encapsulation Encapsulation
+	// HostIP is this host's address on Iface: the VXLAN device's local
+	// address, from which its MAC is derived (VTEPMAC).
+	HostIP netip.Addr
 }
 
 // PeerRoute says: reach Block through the peer host at Via.
@@ -55,6 +60,9 @@ type Route struct {
 	Unreachable bool
 	Via         netip.Addr // zero for a blackhole or an unreachable route
 	LinkIndex   int        // zero for a blackhole or an unreachable route
+	// OnLink says the next hop is on the link whatever its addresses:
+	// the VXLAN path's `via <peer VTEP> dev gv.vxlan onlink`.
+	OnLink bool
 	// Metric is the route's priority: 0 for the routes Grapevine installs,
 	// but UnreachableMetric for the pool's unreachable route. Any other
 	// found in the kernel is a leftover to delete, since a replace with
@@ -74,6 +82,9 @@ func (r Route) String() string {
 		s = "blackhole " + r.Dst.String()
 	case r.Unreachable:
 		s = "unreachable " + r.Dst.String()
+	}
+	if r.OnLink {
+		s += " onlink"
 	}
 	if r.Metric != 0 {
 		s += fmt.Sprintf(" metric %d", r.Metric)
@@ -102,10 +113,10 @@ var (
 )
 
 // DesiredRoutes turns d into the routes the main table should hold, given the
-// resolved interface. A peer that cannot be routed safely gets an entry in
-// peerErrs and no route; the other peers are unaffected. It is a pure
-// function.
-func DesiredRoutes(d Desired, link Link) (routes []Route, peerErrs map[string]error) {
+// resolved interface and VXLAN device (zero when there is none). A peer
+// that cannot be routed safely gets an entry in peerErrs and no route; the
+// other peers are unaffected. It is a pure function.
+func DesiredRoutes(d Desired, link, tunnel Link) (routes []Route, peerErrs map[string]error) {
 	peerErrs = make(map[string]error)
 	if d.Pool.IsValid() {
 		routes = append(routes, Route{Dst: d.Pool.Masked(), Unreachable: true, Metric: UnreachableMetric})
@@ -115,7 +126,7 @@ func DesiredRoutes(d Desired, link Link) (routes []Route, peerErrs map[string]er
 	}
 	candidates := make([]PeerRoute, 0, len(d.Peers))
 	for _, p := range d.Peers {
-		if err := checkPeer(p, d.OwnBlock, link); err != nil {
+		if err := checkPeerOnPath(p, d, link, tunnel); err != nil {
 			peerErrs[p.Peer] = err
 			continue
 		}
@@ -128,7 +139,7 @@ func DesiredRoutes(d Desired, link Link) (routes []Route, peerErrs map[string]er
 	}
 	for _, p := range candidates {
 		if _, bad := peerErrs[p.Peer]; !bad {
-			routes = append(routes, Route{Dst: p.Block, Via: p.Via, LinkIndex: link.Index})
+			routes = append(routes, peerRoute(p, d, link, tunnel))
 		}
 	}
 	return routes, peerErrs
@@ -244,6 +255,7 @@ func compareRoutes(a, b Route) int {
 		cmp.Compare(a.Metric, b.Metric),
 		compareBool(a.Blackhole, b.Blackhole),
 		compareBool(a.Unreachable, b.Unreachable),
+		compareBool(a.OnLink, b.OnLink),
 		a.Via.Compare(b.Via),
 		cmp.Compare(a.LinkIndex, b.LinkIndex),
 	)

@@ -162,7 +162,7 @@ func TestDesiredRoutes(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, errs := DesiredRoutes(Desired{Iface: "em1", OwnBlock: tt.own, Pool: tt.pool, Peers: tt.peers}, tt.link)
+			got, errs := DesiredRoutes(Desired{Iface: "em1", OwnBlock: tt.own, Pool: tt.pool, Peers: tt.peers}, tt.link, Link{})
 			if !slices.Equal(got, tt.want) {
 				t.Errorf("routes = %v, want %v", got, tt.want)
 			}
@@ -280,14 +280,14 @@ func peerRoutes(n int) []PeerRoute {
 func BenchmarkDiff(b *testing.B) {
 	link := Link{Name: "em1", Index: 2, Up: true, Addrs: []netip.Prefix{pfx("172.16.0.1/16")}}
 	d := Desired{Iface: "em1", OwnBlock: pfx("10.255.254.0/23"), Peers: peerRoutes(2000)}
-	desired, errs := DesiredRoutes(d, link)
+	desired, errs := DesiredRoutes(d, link, Link{})
 	if len(errs) != 0 || len(desired) != 2001 {
 		b.Fatalf("setup: %d routes, errors %v", len(desired), errs)
 	}
 	actual := reversed(desired)
 	b.ReportAllocs()
 	for b.Loop() {
-		routes, _ := DesiredRoutes(d, link)
+		routes, _ := DesiredRoutes(d, link, Link{})
 		add, del := Diff(routes, actual)
 		if len(add)+len(del) != 0 {
 			b.Fatalf("diff not empty: %d adds, %d deletes", len(add), len(del))

@@ -7,6 +7,8 @@ import (
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/grapevine-net/grapevine/internal/netlinkdump"
 )
 
 // Uplink is the interface towards the peers and this host's address on it.
@@ -44,7 +46,7 @@ func resolveUplink(h *netlink.Handle, name string, addr netip.Addr) (Uplink, err
 		}
 	}
 	attrs := link.Attrs()
-	addrs, err := h.AddrList(link, netlink.FAMILY_V4)
+	addrs, err := netlinkdump.Retry(func() ([]netlink.Addr, error) { return h.AddrList(link, netlink.FAMILY_V4) })
 	if err != nil {
 		return Uplink{}, fmt.Errorf("list addresses of %s: %w", attrs.Name, err)
 	}
@@ -69,7 +71,7 @@ func resolveUplink(h *netlink.Handle, name string, addr netip.Addr) (Uplink, err
 }
 
 func defaultRouteLink(h *netlink.Handle) (netlink.Link, error) {
-	routes, err := h.RouteList(nil, netlink.FAMILY_V4)
+	routes, err := netlinkdump.Retry(func() ([]netlink.Route, error) { return h.RouteList(nil, netlink.FAMILY_V4) })
 	if err != nil {
 		return nil, fmt.Errorf("find the default route: %w", err)
 	}
@@ -96,7 +98,7 @@ func maskBits(m net.IPMask) int {
 // peer-facing address is not on its default route's interface needs only
 // the host address (in Kubernetes: the node's InternalIP).
 func linkWithAddr(h *netlink.Handle, addr netip.Addr) (netlink.Link, error) {
-	addrs, err := h.AddrList(nil, netlink.FAMILY_V4)
+	addrs, err := netlinkdump.Retry(func() ([]netlink.Addr, error) { return h.AddrList(nil, netlink.FAMILY_V4) })
 	if err != nil {
 		return nil, fmt.Errorf("list addresses: %w", err)
 	}

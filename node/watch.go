@@ -19,7 +19,9 @@ const resubscribeDelay = time.Second
 //   - a change to one of Grapevine's routes (proto RouteProtocol, main
 //     table), for instance an operator deleting one;
 //   - a link going down, coming up or disappearing: the kernel then flushes
-//     the IPv4 routes through it without a route notification.
+//     the IPv4 routes through it without a route notification;
+//   - a change to a neighbour or FDB entry on the VXLAN device or for a
+//     VTEP MAC (see VTEPMAC), for instance an operator deleting one.
 //
 // Notifications are coalesced: the channel holds at most one, and a receiver
 // that was busy gets one for all the events it missed. The subscriptions
@@ -44,13 +46,27 @@ func (k *NetlinkKernel) WatchRoutes(ctx context.Context) <-chan struct{} {
 type subscription struct {
 	routes chan netlink.RouteUpdate
 	links  chan netlink.LinkUpdate
+	neighs chan netlink.NeighUpdate
 	done   chan struct{}
+	// handle looks up the link of a neighbour event; nil: no lookups.
+	handle *netlink.Handle
+}
+
+// onTunnel reports whether index is the VXLAN device's. Neighbour events of
+// a deleted entry may lack its MAC, so the link tells ours apart from pods'.
+func (s *subscription) onTunnel(index int) bool {
+	if s.handle == nil || index == 0 {
+		return false
+	}
+	l, err := s.handle.LinkByIndex(index)
+	return err == nil && l.Attrs().Name == TunnelName
 }
 
 func subscribe(ns netns.NsHandle) (*subscription, error) {
 	s := &subscription{
 		routes: make(chan netlink.RouteUpdate, 64),
 		links:  make(chan netlink.LinkUpdate, 64),
+		neighs: make(chan netlink.NeighUpdate, 64),
 		done:   make(chan struct{}),
 	}
 	err := netlink.RouteSubscribeWithOptions(s.routes, s.done, netlink.RouteSubscribeOptions{Namespace: &ns})
@@ -59,13 +75,27 @@ func subscribe(ns netns.NsHandle) (*subscription, error) {
 		return nil, err
 	}
 	if err := netlink.LinkSubscribeWithOptions(s.links, s.done, netlink.LinkSubscribeOptions{Namespace: &ns}); err != nil {
+		// A failed subscription does not close its channel.
+		close(s.links)
+		close(s.neighs)
 		s.close()
 		return nil, err
 	}
+	if err := netlink.NeighSubscribeWithOptions(s.neighs, s.done, netlink.NeighSubscribeOptions{Namespace: &ns}); err != nil {
+		close(s.neighs)
+		s.close()
+		return nil, err
+	}
+	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	if err != nil {
+		s.close()
+		return nil, err
+	}
+	s.handle = h
 	return s, nil
 }
 
-// close ends both subscriptions and drains their channels until the
+// close ends the subscriptions and drains their channels until the
 // subscriber goroutines have exited.
 func (s *subscription) close() {
 	close(s.done)
@@ -74,9 +104,16 @@ func (s *subscription) close() {
 		for range s.links {
 		}
 	})
+	wg.Go(func() {
+		for range s.neighs {
+		}
+	})
 	for range s.routes {
 	}
 	wg.Wait()
+	if s.handle != nil {
+		s.handle.Close()
+	}
 }
 
 func watch(ctx context.Context, ns netns.NsHandle) <-chan struct{} {
@@ -132,6 +169,19 @@ func forward(ctx context.Context, sub *subscription, notify func()) bool {
 			if u.Header.Type == unix.RTM_DELLINK || u.Change&unix.IFF_UP != 0 {
 				notify()
 			}
+		case u, ok := <-sub.neighs:
+			if !ok {
+				return true
+			}
+			if isVTEPMAC(u.HardwareAddr) || sub.onTunnel(u.LinkIndex) {
+				notify()
+			}
 		}
 	}
+}
+
+// isVTEPMAC reports whether mac has the form VTEPMAC gives every host's
+// VXLAN device: the entries Grapevine owns carry it, pods' never do.
+func isVTEPMAC(mac []byte) bool {
+	return len(mac) == 6 && mac[0] == 0x0e && mac[1] == 0x74
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/grapevine-net/grapevine/internal/netlinkdump"
 	"github.com/grapevine-net/grapevine/ipam"
 )
 
@@ -128,13 +129,15 @@ func checkHost(name, alias string, want expected) (int, []error) {
 			driftf("%s is %s, want %s", s.key, strings.TrimSpace(got), s.value)
 		}
 	}
-	routes, err := netlink.RouteListFiltered(unix.AF_INET, &netlink.Route{Dst: hostPrefix(want.podIP)}, netlink.RT_FILTER_DST)
+	routes, err := netlinkdump.Retry(func() ([]netlink.Route, error) {
+		return netlink.RouteListFiltered(unix.AF_INET, &netlink.Route{Dst: hostPrefix(want.podIP)}, netlink.RT_FILTER_DST)
+	})
 	if err != nil {
 		driftf("list routes: %v", err)
 	} else if !hasRoute(routes, attrs.Index, netlink.SCOPE_LINK, nil) {
 		driftf("route %s dev %s scope link is missing", want.podIP, name)
 	}
-	neighs, err := netlink.NeighList(attrs.Index, unix.AF_INET)
+	neighs, err := netlinkdump.Retry(func() ([]netlink.Neigh, error) { return netlink.NeighList(attrs.Index, unix.AF_INET) })
 	if err != nil {
 		driftf("list neighbours: %v", err)
 	} else {
@@ -188,13 +191,13 @@ func checkPod(podNS ns.NetNS, ifName string, want expected, hostIndex int) []err
 		if attrs.Flags&net.FlagUp == 0 {
 			driftf("is down")
 		}
-		addrs, err := netlink.AddrList(link, unix.AF_INET)
+		addrs, err := netlinkdump.Retry(func() ([]netlink.Addr, error) { return netlink.AddrList(link, unix.AF_INET) })
 		if err != nil {
 			driftf("list addresses: %v", err)
 		} else if !hasAddr(addrs, want.podIP) {
 			driftf("address %s/32 is missing (has %v)", want.podIP, addrs)
 		}
-		routes, err := netlink.RouteList(link, unix.AF_INET)
+		routes, err := netlinkdump.Retry(func() ([]netlink.Route, error) { return netlink.RouteList(link, unix.AF_INET) })
 		if err != nil {
 			driftf("list routes: %v", err)
 			return nil

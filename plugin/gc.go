@@ -9,6 +9,8 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/vishvananda/netlink"
+
+	"github.com/grapevine-net/grapevine/internal/netlinkdump"
 )
 
 // cmdGC frees the address of every attachment the runtime no longer lists
@@ -27,7 +29,7 @@ func cmdGC(args *skel.CmdArgs) error {
 	if err := newAddressSource(conf, args).gc(context.Background(), conf.ValidAttachments); err != nil {
 		errs = append(errs, err)
 	}
-	links, err := netlink.LinkList()
+	links, err := netlinkdump.Retry(netlink.LinkList)
 	if err != nil {
 		errs = append(errs, fmt.Errorf("list links: %w", err))
 	}

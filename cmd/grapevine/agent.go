@@ -45,6 +45,7 @@ type agentOptions struct {
 	JoinKubernetes     bool
 	MTU                int
 	ResyncInterval     time.Duration
+	Encapsulation      node.Encapsulation
 	ProbeInterval      time.Duration // 0: no data-path probes
 	ProbeMisses        int
 }
@@ -71,7 +72,9 @@ func agentCommand(run agentRunner) *cli.Command {
 			&cli.DurationFlag{Name: "reclaim-after", Value: mesh.DefaultReclaimAfter, EnvVars: envVar("reclaim-after"), Usage: "how long a dead node's block stays reserved for it"},
 			&cli.BoolFlag{Name: "allow-foreign-host-ip", EnvVars: envVar("allow-foreign-host-ip"), Usage: "accept peers whose advertised host IP differs from their gossip address"},
 			&cli.BoolFlag{Name: "join-kubernetes", EnvVars: envVar("join-kubernetes"), Usage: "discover members to join from the Kubernetes API's Node objects (in a pod, with its service account)"},
-			&cli.IntFlag{Name: "mtu", EnvVars: envVar("mtu"), Usage: "MTU for pod interfaces (0: the MTU of --iface)"},
+			&cli.IntFlag{Name: "mtu", EnvVars: envVar("mtu"), Usage: "MTU for pod interfaces (0: the MTU of --iface, less the VXLAN overhead unless --encapsulation=never)"},
+			&cli.StringFlag{Name: "encapsulation", Value: node.EncapsulationCrossSubnet.String(), EnvVars: envVar("encapsulation"),
+				Usage: "cross-subnet: VXLAN to peers whose host IP is not on a network of --iface, direct routes to the others; never: direct only; always: VXLAN to every peer"},
 			&cli.DurationFlag{Name: "resync-interval", Value: 30 * time.Second, EnvVars: envVar("resync-interval"), Usage: "how often the kernel state is fully reconciled even without events"},
 			&cli.DurationFlag{Name: "probe-interval", Value: probe.DefaultInterval, EnvVars: envVar("probe-interval"), Usage: "how often each peer's host address gets an ICMP echo request, to keep its route while its agent is unresponsive (0: no probes, routes follow gossip alone)"},
 			&cli.IntFlag{Name: "probe-misses", Value: probe.DefaultMisses, EnvVars: envVar("probe-misses"), Usage: "unanswered echo requests in a row after which a peer's host counts as unreachable"},
@@ -182,6 +185,9 @@ func parseAgentOptions(c *cli.Context) (agentOptions, error) {
 	if err := nodestate.CheckMTU(o.MTU); err != nil {
 		return o, fmt.Errorf("--%w", err)
 	}
+	if o.Encapsulation, err = node.ParseEncapsulation(c.String("encapsulation")); err != nil {
+		return o, fmt.Errorf("--encapsulation: %w", err)
+	}
 	if s := c.String("host-ip"); s != "" {
 		if o.HostIP, err = netip.ParseAddr(s); err != nil || !o.HostIP.Is4() {
 			return o, fmt.Errorf("--host-ip %q is not an IPv4 address", s)
@@ -263,12 +269,11 @@ func runAgent(ctx context.Context, o agentOptions, log *slog.Logger) error {
 		return fmt.Errorf("find the interface towards the peers: %w (set --iface, --host-ip or both)", err)
 	}
 	o.Iface, o.HostIP = uplink.Name, uplink.Addr
-	if o.MTU == 0 {
-		o.MTU = uplink.MTU
-	}
+	o.MTU = podMTU(o.MTU, uplink.MTU, o.Encapsulation)
 	log = log.With("node", o.NodeName)
 	log.Info("starting grapevine agent", "version", version, "iface", o.Iface, "hostIP", o.HostIP,
-		"pool", o.Pool, "blockSize", o.BlockSize, "port", o.Port, "join", o.Join)
+		"pool", o.Pool, "blockSize", o.BlockSize, "port", o.Port, "join", o.Join,
+		"encapsulation", o.Encapsulation, "podMTU", o.MTU)
 
 	a, err := newAgent(o, o.meshConfig(log), netlinkHost(), log)
 	if err != nil {
@@ -279,6 +284,21 @@ func runAgent(ctx context.Context, o agentOptions, log *slog.Logger) error {
 		err = nil
 	}
 	return err
+}
+
+// podMTU is the MTU written to node.json for pods: the flag's if set, else
+// the interface's, less the VXLAN overhead whenever a peer may be reached
+// over VXLAN. Pods keep their MTU for life, and a peer on another subnet may
+// join after they were created, so cross-subnet pays the 50 bytes even while
+// every peer is direct: a large packet must never be black-holed.
+func podMTU(flag, ifaceMTU int, e node.Encapsulation) int {
+	switch {
+	case flag != 0:
+		return flag
+	case e == node.EncapsulationNever:
+		return ifaceMTU
+	}
+	return ifaceMTU - node.TunnelOverhead
 }
 
 // meshConfig translates the options into the mesh's configuration.

@@ -189,13 +189,17 @@ func TestProbeTargets(t *testing.T) {
 		member("h4", "alive", "172.16.254.4", ""), // no block: nothing to route
 		member("h5", "dead", "172.16.254.5", ""),  // withdrawn: back only through gossip
 		member("h6", "suspect", "172.16.254.6", "10.244.6.0/23"),
+		// Off the interface's networks, so routed over VXLAN via its VTEP
+		// 10.244.8.0: probed at its host address, the underlay the
+		// encapsulated packets cross, not through the tunnel.
+		member("h7", "alive", "172.16.253.7", "10.244.8.0/23"),
 	}}
 	kept := map[string]keptRoute{
 		"h2": {Block: netip.MustParsePrefix("10.244.2.0/23"), HostIP: netip.MustParseAddr("172.16.254.2"), Gossip: true},
 		"h3": {Block: netip.MustParsePrefix("10.244.4.0/23"), HostIP: netip.MustParseAddr("172.16.254.3"), DataPath: true},
 	}
 	got := probeTargets(v, kept)
-	want := []netip.Addr{netip.MustParseAddr("172.16.254.2"), netip.MustParseAddr("172.16.254.3"), netip.MustParseAddr("172.16.254.6")}
+	want := []netip.Addr{netip.MustParseAddr("172.16.253.7"), netip.MustParseAddr("172.16.254.2"), netip.MustParseAddr("172.16.254.3"), netip.MustParseAddr("172.16.254.6")}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("probeTargets = %v, want %v", got, want)
 	}

@@ -66,6 +66,7 @@ func TestBadInput(t *testing.T) {
 		{[]string{"status", "-o", "yaml"}, []string{`-o "yaml": want table or json`}},
 		{[]string{"keygen", "32"}, []string{`keygen takes no arguments, got "32"`}},
 		{[]string{"version", "now"}, []string{`version takes no arguments`}},
+		{[]string{"install-cni", "/opt/cni/bin"}, []string{`install-cni takes no arguments, got "/opt/cni/bin"`}},
 		{[]string{"release"}, []string{"release takes exactly one node name, got 0 arguments"}},
 		{[]string{"release", "h1", "h2"}, []string{"release takes exactly one node name, got 2 arguments"}},
 		{[]string{"versoin"}, []string{`unknown command "versoin"`, "version"}},

@@ -107,6 +107,10 @@ func desiredState(v mesh.View, kept map[string]keptRoute, o agentOptions) node.D
 		OwnBlock:   v.Block,
 		Pool:       o.Pool,
 		Masquerade: o.Masquerade,
+		// The path to each peer (direct or VXLAN) is node's choice, from
+		// the peer's host IP and the interface's networks.
+		Encapsulation: o.Encapsulation,
+		HostIP:        o.HostIP,
 	}
 	for name, r := range kept {
 		d.Peers = append(d.Peers, node.PeerRoute{Peer: name, Block: r.Block, Via: r.HostIP})

@@ -344,6 +344,7 @@ func (a *agent) beginPass() {
 
 // endPass publishes the pass's status and lets waiting readers go.
 func (a *agent) endPass(r statusReport) {
+	r.Encapsulation = a.opts.Encapsulation.String()
 	a.mu.Lock()
 	a.status = r
 	close(a.passEnd)

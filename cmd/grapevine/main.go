@@ -60,12 +60,19 @@ func newApp(run agentRunner) *cli.App {
 			releaseCommand(),
 			keygenCommand(),
 			versionCommand(),
+			installCNICommand(),
 		},
 		// Without an action of its own the app answers an unknown command
 		// with "No help topic for ..." and exit status 3.
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
-				return fmt.Errorf("unknown command %q; the commands are agent, status, release, keygen and version (grapevine help)", c.Args().First())
+				var names []string
+				for _, cmd := range c.App.VisibleCommands() {
+					if cmd.Name != "help" {
+						names = append(names, cmd.Name)
+					}
+				}
+				return fmt.Errorf("unknown command %q; the commands are %s (grapevine help)", c.Args().First(), strings.Join(names, ", "))
 			}
 			return cli.ShowAppHelp(c)
 		},

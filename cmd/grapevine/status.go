@@ -24,13 +24,15 @@ import (
 
 // statusReport is what `grapevine status` shows; -o json prints it as is.
 type statusReport struct {
-	Node     string         `json:"node"`
-	HostIP   string         `json:"hostIP,omitempty"`
-	Block    string         `json:"block,omitempty"`
-	Ready    bool           `json:"ready"`
-	Reason   string         `json:"reason,omitempty"`
-	Degraded string         `json:"degraded,omitempty"`
-	Members  []memberStatus `json:"members"`
+	Node     string `json:"node"`
+	HostIP   string `json:"hostIP,omitempty"`
+	Block    string `json:"block,omitempty"`
+	Ready    bool   `json:"ready"`
+	Reason   string `json:"reason,omitempty"`
+	Degraded string `json:"degraded,omitempty"`
+	// Encapsulation is the --encapsulation mode the paths were chosen by.
+	Encapsulation string         `json:"encapsulation,omitempty"`
+	Members       []memberStatus `json:"members"`
 }
 
 type memberStatus struct {
@@ -40,6 +42,10 @@ type memberStatus struct {
 	Block  string `json:"block,omitempty"`
 	State  string `json:"state"`
 	Route  string `json:"route"`
+	// Path is how packets for the member's block leave (direct, vxlan),
+	// and PathReason why; both empty when it is not routed.
+	Path       string `json:"path,omitempty"`
+	PathReason string `json:"pathReason,omitempty"`
 	// KeptBy names the signals that keep the route: "gossip" (memberlist
 	// counts the member in), "data path" (its host answers echo requests).
 	KeptBy []string `json:"keptBy,omitempty"`
@@ -98,6 +104,9 @@ func buildStatus(v mesh.View, kept map[string]keptRoute, paths map[netip.Addr]pr
 			}
 			if route.DataPath {
 				ms.KeptBy = append(ms.KeptBy, signalDataPath)
+			}
+			if p, ok := res.Paths[m.Name]; ok {
+				ms.Path, ms.PathReason = string(p.Path), p.Why
 			}
 		case !m.Block.IsValid():
 			ms.Route = routeNone
@@ -197,20 +206,23 @@ func printStatus(w io.Writer, r statusReport) error {
 		ready = "NOT READY: " + r.Reason
 	}
 	fmt.Fprintf(w, "node %s  host %s  block %s  %s\n", r.Node, orDash(r.HostIP), orDash(r.Block), ready)
+	if r.Encapsulation != "" {
+		fmt.Fprintf(w, "encapsulation %s\n", r.Encapsulation)
+	}
 	if r.Degraded != "" {
 		fmt.Fprintf(w, "DEGRADED: %s\n", r.Degraded)
 	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "MEMBER\tSTATE\tHOST IP\tBLOCK\tROUTE\tKEPT BY\tGOSSIP SEEN\tDATA PATH")
+	fmt.Fprintln(tw, "MEMBER\tSTATE\tHOST IP\tBLOCK\tROUTE\tPATH\tKEPT BY\tGOSSIP SEEN\tDATA PATH\tWHY THIS PATH")
 	now := time.Now()
 	for _, m := range r.Members {
-		path := orDash(m.DataPath)
+		dataPath := orDash(m.DataPath)
 		if !m.DataPathSeen.IsZero() {
-			path += ", " + ago(now, m.DataPathSeen)
+			dataPath += ", " + ago(now, m.DataPathSeen)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Name, m.State, orDash(m.HostIP), orDash(m.Block), m.Route,
-			orDash(strings.Join(m.KeptBy, "+")), orDash(ago(now, m.GossipSeen)), path)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Name, m.State, orDash(m.HostIP), orDash(m.Block), m.Route,
+			orDash(m.Path), orDash(strings.Join(m.KeptBy, "+")), orDash(ago(now, m.GossipSeen)), dataPath, orDash(m.PathReason))
 	}
 	return tw.Flush()
 }

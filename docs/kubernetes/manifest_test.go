@@ -7,6 +7,7 @@ package kubernetes
 
 import (
 	"bytes"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -298,20 +299,77 @@ func TestMounts(t *testing.T) {
 		}
 	}
 
+	// The image has no shell: the init container runs the image's entrypoint
+	// (grapevine) with `install-cni`, into the host's /opt/cni/bin, from the
+	// directory where the image keeps the plugins.
 	install := m.container(t, "install-cni", true)
-	const target = "/host/opt/cni/bin"
+	if len(install.Command) != 0 {
+		t.Errorf("install-cni overrides the entrypoint with %q; the image has only grapevine", install.Command)
+	}
+	if len(install.Args) == 0 || install.Args[0] != "install-cni" {
+		t.Fatalf("install-cni runs `grapevine %s`, want `grapevine install-cni`", strings.Join(install.Args, " "))
+	}
+	spec := agentSpec(t)
+	flags, err := parseFlags(install.Args[1:], spec.Commands["install-cni"])
+	if err != nil {
+		t.Fatalf("install-cni args %q: %v", install.Args, err)
+	}
+	target := flags["cni-bin-dir"]
+	if target == "" {
+		t.Fatalf("install-cni args %q do not set --cni-bin-dir to the mounted host directory", install.Args)
+	}
 	if host := m.hostPathMount(t, install, target); host != "/opt/cni/bin" {
 		t.Errorf("install-cni writes to the host's %s, want /opt/cni/bin", host)
 	}
-	script := strings.Join(append(slices.Clone(install.Command), install.Args...), " ")
-	for _, bin := range []string{"grapevine-cni", "grapevine-ipam", "portmap", "loopback"} {
-		if !strings.Contains(script, bin) {
-			t.Errorf("install-cni does not install %s", bin)
+	from, ok := flags["from"]
+	if !ok {
+		from = spec.Consts["DefaultImageCNIDir"]
+	}
+	if dir := imagePluginDir(t); from != dir {
+		t.Errorf("install-cni copies from %q, the image has the plugins in %q", from, dir)
+	}
+}
+
+// parseFlags reads --name=value and --name value arguments, refusing flags
+// the command does not declare and positional arguments.
+func parseFlags(args []string, known map[string]bool) (map[string]string, error) {
+	flags := map[string]string{}
+	for i := 0; i < len(args); i++ {
+		name, ok := strings.CutPrefix(args[i], "--")
+		if !ok {
+			return nil, fmt.Errorf("positional argument %q", args[i])
+		}
+		name, value, hasValue := strings.Cut(name, "=")
+		if !known[name] {
+			return nil, fmt.Errorf("--%s is not a flag of the command (it has %v)", name, known)
+		}
+		if !hasValue {
+			if i+1 == len(args) {
+				return nil, fmt.Errorf("--%s has no value", name)
+			}
+			i++
+			value = args[i]
+		}
+		flags[name] = value
+	}
+	return flags, nil
+}
+
+// imagePluginDir is where the Dockerfile puts the CNI plugins: the
+// destination of the COPY that brings portmap into the final stage.
+func imagePluginDir(t *testing.T) string {
+	t.Helper()
+	df, err := os.ReadFile(dockerfile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range regexp.MustCompile(`(?m)^COPY --from=build (.*) (\S+)$`).FindAllSubmatch(df, -1) {
+		if bytes.Contains(line[1], []byte("/portmap")) {
+			return strings.TrimSuffix(string(line[2]), "/")
 		}
 	}
-	if !strings.Contains(script, target) {
-		t.Errorf("install-cni's script does not write to %s: %q", target, script)
-	}
+	t.Fatal("the Dockerfile copies no portmap into the image")
+	return ""
 }
 
 // TestEnv: the node's identity comes from the downward API, the gossip key

@@ -25,7 +25,7 @@ func BenchmarkDesiredRoutes2000(b *testing.B) {
 	}
 	link := node.Link{Name: "em1", Index: 2, Up: true, Addrs: []netip.Prefix{netip.MustParsePrefix("172.16.0.1/16")}}
 	for b.Loop() {
-		routes, errs := node.DesiredRoutes(d, link)
+		routes, errs := node.DesiredRoutes(d, link, node.Link{})
 		if len(routes) != 2001 || len(errs) != 0 {
 			b.Fatalf("%d routes, %d peer errors", len(routes), len(errs))
 		}

@@ -53,38 +53,8 @@ func measureDataPath(ctx context.Context, a, b *lab.Host, iperf time.Duration, r
 	host := &dataPath{name: "host", client: a.Namespace, server: b.Namespace, addr: b.IP}
 	pod := &dataPath{name: "pod", client: pa.Namespace, server: pb.Namespace, addr: pb.IP}
 	seed := &dataPath{name: "seed", client: sa.ns, server: sb.ns, addr: sb.addr}
-	paths := []*dataPath{host, pod, seed}
-	for _, p := range paths {
-		stop, err := startIperfServer(ctx, p.server, p.addr)
-		if err != nil {
-			return nil, err
-		}
-		defer stop()
-		// Warm up: ARP and neighbour entries, the routes, the server.
-		for range 3 {
-			if _, err := pingOnce(ctx, p); err != nil {
-				return nil, err
-			}
-		}
-	}
-	for i := range pingPairs {
-		for _, p := range alternate(paths, i) {
-			d, err := pingOnce(ctx, p)
-			if err != nil {
-				return nil, err
-			}
-			p.rtt = append(p.rtt, d)
-		}
-	}
-	for i := range rounds {
-		for _, p := range alternate(paths, i) {
-			bps, err := runIperf(ctx, p, iperf)
-			if err != nil {
-				return nil, err
-			}
-			p.bps = append(p.bps, bps)
-			log.Info("iperf3", "path", p.name, "Gbit/s", bps/1e9)
-		}
+	if err := measurePaths(ctx, []*dataPath{host, pod, seed}, iperf, rounds, log); err != nil {
+		return nil, err
 	}
 	return []Row{
 		{ID: "7a", Measure: "TCP throughput pod to pod across hosts", Unit: "Gbit/s",
@@ -106,6 +76,44 @@ func measureDataPath(ctx context.Context, a, b *lab.Host, iperf time.Duration, r
 			Value: micros(median(seed.rtt)), Samples: len(seed.rtt),
 			Peer: &Peer{Name: "host em1 to em1", Value: micros(median(host.rtt))}},
 	}, nil
+}
+
+// measurePaths times pingPairs round trips and rounds iperf3 runs of each
+// path, alternating, into the paths' rtt and bps.
+func measurePaths(ctx context.Context, paths []*dataPath, iperf time.Duration, rounds int, log *slog.Logger) error {
+	for _, p := range paths {
+		stop, err := startIperfServer(ctx, p.server, p.addr)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		// Warm up: ARP and neighbour entries, the routes, the server.
+		for range 3 {
+			if _, err := pingOnce(ctx, p); err != nil {
+				return err
+			}
+		}
+	}
+	for i := range pingPairs {
+		for _, p := range alternate(paths, i) {
+			d, err := pingOnce(ctx, p)
+			if err != nil {
+				return err
+			}
+			p.rtt = append(p.rtt, d)
+		}
+	}
+	for i := range rounds {
+		for _, p := range alternate(paths, i) {
+			bps, err := runIperf(ctx, p, iperf)
+			if err != nil {
+				return err
+			}
+			p.bps = append(p.bps, bps)
+			log.Info("iperf3", "path", p.name, "Gbit/s", bps/1e9)
+		}
+	}
+	return nil
 }
 
 // alternate rotates the paths by i, so each takes every place in turn.

@@ -79,7 +79,7 @@ func MeasureLab(ctx context.Context, cfg LabConfig) (_ []Row, err error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &labBench{lab: l, watch: w, log: log}
+	b := &labBench{lab: l, mesh: peers, watch: w, log: log}
 
 	var joinNew, joinKnown, leave, crash []time.Duration
 	var last *lab.Host
@@ -123,7 +123,7 @@ func MeasureLab(ctx context.Context, cfg LabConfig) (_ []Row, err error) {
 		log.Info("crash", "trial", i+1, "withdrawn after", d)
 	}
 	rows := convergenceRows(joinNew, joinKnown, leave, crash)
-	frozen, err := b.frozenTrials(ctx, peers[0], peers[1], cfg.FrozenTrials, cfg.Freeze)
+	frozen, err := b.frozenTrials(ctx, "4b", "", peers[0], peers[1], cfg.FrozenTrials, cfg.Freeze)
 	if err != nil {
 		return rows, err
 	}
@@ -147,7 +147,9 @@ func MeasureLab(ctx context.Context, cfg LabConfig) (_ []Row, err error) {
 
 // labBench times events in a running lab through the peers' route tables.
 type labBench struct {
-	lab   *lab.Lab
+	lab *lab.Lab
+	// mesh is the hosts whose agents run throughout.
+	mesh  []*lab.Host
 	watch *routeWatch
 	log   *slog.Logger
 }
@@ -207,9 +209,10 @@ const pingInterval = 100 * time.Millisecond
 
 // frozenTrials stops frozen's agent (SIGSTOP) for freeze, trials times,
 // while a pod on client and a pod on frozen ping each other, and counts the
-// pings lost in both directions.
-func (b *labBench) frozenTrials(ctx context.Context, client, frozen *lab.Host, trials int, freeze time.Duration) (Row, error) {
-	row := Row{ID: "4b", Measure: fmt.Sprintf("agent frozen %v (SIGSTOP): pod packets lost", freeze), Unit: "packets",
+// pings lost in both directions. It is row id; where says where the frozen
+// host is, if it matters.
+func (b *labBench) frozenTrials(ctx context.Context, id, where string, client, frozen *lab.Host, trials int, freeze time.Duration) (Row, error) {
+	row := Row{ID: id, Measure: fmt.Sprintf("agent frozen %v (SIGSTOP)%s: pod packets lost", freeze, where), Unit: "packets",
 		Target: Target{Kind: AtMost, Limit: 0}}
 	if trials == 0 {
 		return row, errors.New("no frozen-agent trials")
@@ -250,7 +253,7 @@ func (b *labBench) frozenTrials(ctx context.Context, client, frozen *lab.Host, t
 func (b *labBench) freezeOnce(ctx context.Context, a, c *lab.Pod, client, frozen *lab.Host, freeze time.Duration) (lost, sent int, deadAfter time.Duration, err error) {
 	meshCtx, cancel := context.WithTimeout(ctx, crashTimeout)
 	defer cancel()
-	if _, err := lab.WaitMesh(meshCtx, b.lab.Hosts()[:peerHosts]); err != nil {
+	if _, err := lab.WaitMesh(meshCtx, b.mesh); err != nil {
 		return 0, 0, 0, err
 	}
 	there, err := a.StartPings(c.IP, pingInterval)
@@ -278,7 +281,7 @@ func (b *labBench) freezeOnce(ctx context.Context, a, c *lab.Pod, client, frozen
 	if err != nil {
 		return 0, 0, 0, err
 	}
-	if _, err := lab.WaitMesh(meshCtx, b.lab.Hosts()[:peerHosts]); err != nil {
+	if _, err := lab.WaitMesh(meshCtx, b.mesh); err != nil {
 		return 0, 0, 0, err
 	}
 	if err := lab.Sleep(ctx, quiet); err != nil {

@@ -237,7 +237,22 @@ func LoadAverage() float64 {
 	return v
 }
 
-// SortRows orders the rows by id.
+// SortRows orders the rows by id: by its number, then by its letters, so
+// 10a follows 9.
 func (rep *Report) SortRows() {
-	slices.SortStableFunc(rep.Rows, func(a, b Row) int { return strings.Compare(a.ID, b.ID) })
+	slices.SortStableFunc(rep.Rows, func(a, b Row) int { return compareIDs(a.ID, b.ID) })
+}
+
+func compareIDs(a, b string) int {
+	split := func(id string) (int, string) {
+		digits := len(id) - len(strings.TrimLeft(id, "0123456789"))
+		n, _ := strconv.Atoi(id[:digits])
+		return n, id[digits:]
+	}
+	na, ra := split(a)
+	nb, rb := split(b)
+	if na != nb {
+		return na - nb
+	}
+	return strings.Compare(ra, rb)
 }

@@ -23,6 +23,15 @@ type seedPod struct {
 // the agents' pool so the agents leave their routes alone, and routes each
 // host to the other's pod through em1.
 func wireSeedPods(ctx context.Context, s *scope, a, b *lab.Host) (pa, pb seedPod, err error) {
+	return wireHandPods(ctx, s, a, b, 0, func(self, peer *lab.Host, other netip.Addr) [][]string {
+		return [][]string{{"ip", "-n", self.Namespace.Name, "route", "add", other.String() + "/32", "via", peer.IP.String(), "dev", "em1"}}
+	})
+}
+
+// wireHandPods wires one hand-made pod on each host as wireSeedPods does,
+// with the given MTU on both veth ends (0: the default), and lets route say
+// the commands (ip, bridge) that take host self to the pod at other on peer.
+func wireHandPods(ctx context.Context, s *scope, a, b *lab.Host, mtu int, route func(self, peer *lab.Host, other netip.Addr) [][]string) (pa, pb seedPod, err error) {
 	pa = seedPod{addr: netip.MustParseAddr("10.250.1.10")}
 	pb = seedPod{addr: netip.MustParseAddr("10.250.2.10")}
 	for _, w := range []struct {
@@ -38,18 +47,26 @@ func wireSeedPods(ctx context.Context, s *scope, a, b *lab.Host) (pa, pb seedPod
 		}
 		w.pod.ns = lab.Namespace{Name: name}
 		hostNS, veth := w.host.Namespace.Name, NamePrefix+s.id+w.role[len(w.role)-1:]
+		mtuArgs := []string{}
+		if mtu != 0 {
+			mtuArgs = []string{"mtu", fmt.Sprint(mtu)}
+		}
 		steps := [][]string{
-			{"-n", hostNS, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", name},
+			append(append(append([]string{"-n", hostNS, "link", "add", veth}, mtuArgs...), "type", "veth", "peer", "name", "eth0"), append(mtuArgs, "netns", name)...),
 			{"-n", hostNS, "link", "set", veth, "address", "ee:ee:ee:ee:ee:ee", "up"},
 			{"-n", name, "addr", "add", w.pod.addr.String() + "/32", "dev", "eth0"},
 			{"-n", name, "link", "set", "eth0", "up"},
 			{"-n", name, "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"},
 			{"-n", name, "route", "add", "default", "via", "169.254.1.1", "dev", "eth0"},
 			{"-n", hostNS, "route", "add", w.pod.addr.String() + "/32", "dev", veth, "scope", "link"},
-			{"-n", hostNS, "route", "add", w.other.String() + "/32", "via", w.peer.IP.String(), "dev", "em1"},
 		}
 		for _, args := range steps {
 			if _, err := lab.Run(ctx, "ip", args...); err != nil {
+				return pa, pb, err
+			}
+		}
+		for _, c := range route(w.host, w.peer, w.other) {
+			if _, err := lab.Run(ctx, c[0], c[1:]...); err != nil {
 				return pa, pb, err
 			}
 		}

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"strings"
 	"testing"
 	"time"
 )
@@ -57,4 +58,16 @@ func deref(b *bool) any {
 		return nil
 	}
 	return *b
+}
+
+func TestSortRowsByNumber(t *testing.T) {
+	rep := &Report{Rows: []Row{{ID: "10a"}, {ID: "9"}, {ID: "2b"}, {ID: "1f"}, {ID: "10b"}, {ID: "2a"}}}
+	rep.SortRows()
+	var got []string
+	for _, r := range rep.Rows {
+		got = append(got, r.ID)
+	}
+	if want := "1f 2a 2b 9 10a 10b"; strings.Join(got, " ") != want {
+		t.Fatalf("order %v, want %s", got, want)
+	}
 }

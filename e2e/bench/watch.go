@@ -42,6 +42,9 @@ type expectation struct {
 	met  []time.Time
 	left int
 	done chan struct{}
+	// removed is when each namespace's route to a destination was first
+	// deleted while this expectation was awaited.
+	removed []map[netip.Prefix]time.Time
 }
 
 // watchRoutes subscribes to route changes in the named namespaces until ctx
@@ -96,6 +99,9 @@ func (w *routeWatch) follow(i int, updates <-chan netlink.RouteUpdate) {
 		switch {
 		case u.Type == syscall.RTM_DELROUTE:
 			delete(w.tables[i], key)
+			if e := w.exp; e != nil && e.removed[i][key].IsZero() {
+				e.removed[i][key] = at
+			}
 		case u.Type == syscall.RTM_NEWROUTE && u.Protocol == routeProtocol && u.Route.Type != syscall.RTN_UNREACHABLE:
 			// The pool's unreachable route is there from the start and
 			// never moves; only block routes are watched.
@@ -123,7 +129,11 @@ func (w *routeWatch) check(i int, at time.Time) {
 // expect starts awaiting cond on every namespace. Call it before the
 // action whose effect it times.
 func (w *routeWatch) expect(what string, cond func(routeTable) bool) *expectation {
-	e := &expectation{what: what, cond: cond, met: make([]time.Time, len(w.names)), left: len(w.names), done: make(chan struct{})}
+	e := &expectation{what: what, cond: cond, met: make([]time.Time, len(w.names)), left: len(w.names), done: make(chan struct{}),
+		removed: make([]map[netip.Prefix]time.Time, len(w.names))}
+	for i := range e.removed {
+		e.removed[i] = make(map[netip.Prefix]time.Time)
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.exp = e
@@ -184,4 +194,12 @@ func routesVia(via netip.Addr) func(routeTable) bool {
 func noRouteVia(via netip.Addr) func(routeTable) bool {
 	has := routesVia(via)
 	return func(t routeTable) bool { return !has(t) }
+}
+
+// removedAt is when namespace i's route to dst was deleted while e was
+// awaited; zero if it was not.
+func (w *routeWatch) removedAt(e *expectation, i int, dst netip.Prefix) time.Time {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return e.removed[i][dst]
 }

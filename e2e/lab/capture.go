@@ -16,11 +16,18 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// VXLANPort is the UDP port Grapevine's VXLAN packets go to.
+const VXLANPort = 4789
+
 // Packet is one IPv4 packet a Capture saw.
 type Packet struct {
 	At       time.Time
 	Src, Dst netip.Addr
 	Protocol int
+	// VXLAN marks UDP to VXLANPort; InnerSrc and InnerDst are then the
+	// addresses of the IPv4 packet it carries, if any.
+	VXLAN              bool
+	InnerSrc, InnerDst netip.Addr
 }
 
 func (p Packet) String() string {
@@ -72,7 +79,9 @@ func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
 func (c *Capture) read() {
 	defer unix.Close(c.fd)
-	buf := make([]byte, 128) // the IPv4 header is all we look at
+	// The IPv4 header is all we look at, and for VXLAN the inner one: outer
+	// IPv4 (up to 60), UDP 8, VXLAN 8, Ethernet 14, inner IPv4 20.
+	buf := make([]byte, 128)
 	for {
 		select {
 		case <-c.done:
@@ -101,10 +110,85 @@ func (c *Capture) read() {
 		}
 		src, _ := netip.AddrFromSlice(h.Src.To4())
 		dst, _ := netip.AddrFromSlice(h.Dst.To4())
+		pkt := Packet{At: time.Now(), Src: src, Dst: dst, Protocol: h.Protocol}
+		decodeVXLAN(&pkt, buf[min(h.Len, n):n])
 		c.mu.Lock()
-		c.packets = append(c.packets, Packet{At: time.Now(), Src: src, Dst: dst, Protocol: h.Protocol})
+		c.packets = append(c.packets, pkt)
 		c.mu.Unlock()
 	}
+}
+
+// decodeVXLAN marks pkt as VXLAN if its payload is UDP to VXLANPort, and
+// reads the addresses of the IPv4 packet inside.
+func decodeVXLAN(pkt *Packet, payload []byte) {
+	const udpHeader, vxlanHeader, ethHeader = 8, 8, 14
+	if pkt.Protocol != unix.IPPROTO_UDP || len(payload) < udpHeader || binary.BigEndian.Uint16(payload[2:4]) != VXLANPort {
+		return
+	}
+	pkt.VXLAN = true
+	inner := payload[udpHeader+vxlanHeader:]
+	if len(inner) < ethHeader || binary.BigEndian.Uint16(inner[12:14]) != unix.ETH_P_IP {
+		return
+	}
+	if h, err := ipv4.ParseHeader(inner[ethHeader:]); err == nil {
+		pkt.InnerSrc, _ = netip.AddrFromSlice(h.Src.To4())
+		pkt.InnerDst, _ = netip.AddrFromSlice(h.Dst.To4())
+	}
+}
+
+// Counts is what a capture saw between two addresses, either direction.
+type Counts struct {
+	// VXLAN counts UDP packets to VXLANPort between the two as outer
+	// addresses, Inner the VXLAN packets carrying packets between the two,
+	// Plain the other packets between the two.
+	VXLAN, Inner, Plain int
+}
+
+// Between counts the packets between a and b, in both directions.
+func (c *Capture) Between(a, b netip.Addr) Counts {
+	between := func(x, y netip.Addr) bool { return x == a && y == b || x == b && y == a }
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var n Counts
+	for _, p := range c.packets {
+		switch {
+		case p.VXLAN && between(p.Src, p.Dst):
+			n.VXLAN++
+		case !p.VXLAN && between(p.Src, p.Dst):
+			n.Plain++
+		}
+		if p.VXLAN && between(p.InnerSrc, p.InnerDst) {
+			n.Inner++
+		}
+	}
+	return n
+}
+
+// Total counts every VXLAN packet, the VXLAN packets carrying a packet from
+// or to prefix, and the plain packets from or to prefix.
+func (c *Capture) Total(prefix netip.Prefix) Counts {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var n Counts
+	for _, p := range c.packets {
+		switch {
+		case p.VXLAN:
+			n.VXLAN++
+			if prefix.Contains(p.InnerSrc) || prefix.Contains(p.InnerDst) {
+				n.Inner++
+			}
+		case prefix.Contains(p.Src) || prefix.Contains(p.Dst):
+			n.Plain++
+		}
+	}
+	return n
+}
+
+// Err reports why the capture stopped reading, if it did.
+func (c *Capture) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
 }
 
 // Matching returns the packets seen so far whose source or destination lies

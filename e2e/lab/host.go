@@ -32,13 +32,19 @@ type Host struct {
 	Namespace
 	// Name is the host's node name and its switch port: "h1", "h2", ...
 	Name string
-	IP   netip.Addr
-	Dir  string
+	// IP is the host's address on em1; Move changes it (and LAN), so it
+	// must not be read while a Move runs.
+	IP  netip.Addr
+	LAN int
+	Dir string
 	// KeyFile is the gossip key the agent is started with; the lab's key
 	// unless changed before StartAgent.
 	KeyFile string
 	// Join is the seed the agent joins; h1 unless changed before StartAgent.
 	Join netip.Addr
+	// ExtraArgs are appended to the agent's command line, e.g.
+	// --encapsulation=never; set them before StartAgent.
+	ExtraArgs []string
 
 	lab *Lab
 
@@ -54,19 +60,48 @@ type agentProc struct {
 	err    error         // Wait's result, valid after exited
 }
 
-func newHost(l *Lab, n int) *Host {
+func newHost(l *Lab, n, lan int) *Host {
 	name := "h" + strconv.Itoa(n)
-	ip := lanPrefix.Addr().As4()
-	ip[3] = byte(n)
 	return &Host{
 		Namespace: Namespace{Name: NamePrefix + l.ID + "-" + name},
 		Name:      name,
-		IP:        netip.AddrFrom4(ip),
+		IP:        hostIP(n, lan),
+		LAN:       lan,
 		Dir:       filepath.Join(l.Dir, name),
 		KeyFile:   l.KeyFile,
 		Join:      lanPrefix.Addr().Next(),
 		lab:       l,
 	}
+}
+
+// hostIP is host n's address on a LAN: .n of its network.
+func hostIP(n, lan int) netip.Addr {
+	prefix := lanPrefix
+	if lan == LAN2 {
+		prefix = lan2Prefix
+	}
+	ip := prefix.Addr().As4()
+	ip[3] = byte(n)
+	return netip.AddrFrom4(ip)
+}
+
+// Move unplugs the host from its LAN and plugs it into the other one with
+// the address .N there, as when a machine is moved to another rack. Its
+// agent must be stopped; pods stay.
+func (h *Host) Move(ctx context.Context, lan int) error {
+	if h.AgentRunning() {
+		return fmt.Errorf("host %s: stop the agent before moving the host", h.Name)
+	}
+	if lan == h.LAN || (lan != LAN1 && lan != LAN2) || !h.lab.routed {
+		return fmt.Errorf("host %s: cannot move from LAN %d to LAN %d", h.Name, h.LAN, lan)
+	}
+	// Deleting the switch port takes em1 with it.
+	if err := h.lab.switchOf(h).ip(ctx, "link", "del", h.Name); err != nil {
+		return err
+	}
+	n, _ := strconv.Atoi(strings.TrimPrefix(h.Name, "h"))
+	h.IP, h.LAN = hostIP(n, lan), lan
+	return h.lab.plugHost(ctx, h)
 }
 
 // The agent's directories on this host, its log, and the conflist it writes.
@@ -80,7 +115,7 @@ func (h *Host) cniCacheDir() string  { return filepath.Join(h.Dir, "cni-cache") 
 
 // AgentArgs is the agent's command line on this host, after the binary.
 func (h *Host) AgentArgs() []string {
-	return []string{"agent",
+	return append([]string{"agent",
 		"--node-name", h.Name,
 		"--iface", "em1",
 		"--host-ip", h.IP.String(),
@@ -90,7 +125,7 @@ func (h *Host) AgentArgs() []string {
 		"--cni-conf-dir", h.ConfDir(),
 		"--gossip-key-file", h.KeyFile,
 		"--metrics-addr", MetricsAddr,
-	}
+	}, h.ExtraArgs...)
 }
 
 // StartAgent starts the real agent inside the host's namespace, its output
@@ -272,12 +307,12 @@ func (h *Host) AgentExit() (exited bool, err error) {
 
 // CutLink takes the host's switch port down, as if its cable were pulled.
 func (h *Host) CutLink(ctx context.Context) error {
-	return h.lab.Switch.ip(ctx, "link", "set", h.Name, "down")
+	return h.lab.switchOf(h).ip(ctx, "link", "set", h.Name, "down")
 }
 
 // RestoreLink brings the host's switch port back up.
 func (h *Host) RestoreLink(ctx context.Context) error {
-	return h.lab.Switch.ip(ctx, "link", "set", h.Name, "up")
+	return h.lab.switchOf(h).ip(ctx, "link", "set", h.Name, "up")
 }
 
 // Status is `grapevine status -o json`.
@@ -288,7 +323,9 @@ type Status struct {
 	Ready    bool         `json:"ready"`
 	Reason   string       `json:"reason"`
 	Degraded string       `json:"degraded"`
-	Members  []Member     `json:"members"`
+	// Encapsulation is the agent's --encapsulation mode.
+	Encapsulation string   `json:"encapsulation"`
+	Members       []Member `json:"members"`
 }
 
 // Member is one peer in Status.
@@ -299,6 +336,9 @@ type Member struct {
 	Block  netip.Prefix `json:"block"`
 	State  string       `json:"state"`
 	Route  string       `json:"route"`
+	// Path is direct or vxlan, PathReason why.
+	Path       string `json:"path"`
+	PathReason string `json:"pathReason"`
 	// KeptBy names the signals keeping the route: "gossip", "data path".
 	KeptBy []string `json:"keptBy"`
 	// DataPath is "up", "down" or "" (not probed).
@@ -342,13 +382,13 @@ func (h *Host) Status(ctx context.Context) (Status, error) {
 // block as "-", as in its table.
 func (s *Status) UnmarshalJSON(data []byte) error {
 	type member struct {
-		Name, Addr, HostIP, Block, State, Route, DataPath string
-		KeptBy                                            []string
+		Name, Addr, HostIP, Block, State, Route, DataPath, Path, PathReason string
+		KeptBy                                                              []string
 	}
 	var raw struct {
-		Node, HostIP, Block, Reason, Degraded string
-		Ready                                 bool
-		Members                               []member
+		Node, HostIP, Block, Reason, Degraded, Encapsulation string
+		Ready                                                bool
+		Members                                              []member
 	}
 	if err := json.Unmarshal(data, &raw); err != nil {
 		return err
@@ -371,10 +411,11 @@ func (s *Status) UnmarshalJSON(data []byte) error {
 		return p
 	}
 	*s = Status{Node: raw.Node, HostIP: addr(raw.HostIP), Block: prefix(raw.Block),
-		Ready: raw.Ready, Reason: raw.Reason, Degraded: raw.Degraded}
+		Ready: raw.Ready, Reason: raw.Reason, Degraded: raw.Degraded, Encapsulation: raw.Encapsulation}
 	for _, m := range raw.Members {
 		s.Members = append(s.Members, Member{Name: m.Name, Addr: addr(m.Addr), HostIP: addr(m.HostIP),
-			Block: prefix(m.Block), State: m.State, Route: m.Route, KeptBy: m.KeptBy, DataPath: m.DataPath})
+			Block: prefix(m.Block), State: m.State, Route: m.Route, KeptBy: m.KeptBy, DataPath: m.DataPath,
+			Path: m.Path, PathReason: m.PathReason})
 	}
 	return errors.Join(errs...)
 }

@@ -8,6 +8,16 @@
 //	<id>-out   "the internet": em1 = 172.16.254.254/24, no route to the pod pool
 //	<id>-hN-pM a pod on host N, wired by CNI through libcni
 //
+// A routed lab (Config.Routed) adds a second LAN behind a router, as two
+// racks or two cloud subnets are:
+//
+//	<id>-sw2   the second switch, 172.16.253.0/24
+//	<id>-rt    the router: em1 = 172.16.254.253/24, em2 = 172.16.253.253/24;
+//	           it forwards between host addresses and has no route to the pod
+//	           pool, like a real router that nobody told about the pods
+//	<id>-hN    on the second LAN: em1 = 172.16.253.N/24, default via the router;
+//	           hosts on the first LAN reach 172.16.253.0/24 through it
+//
 // Every name starts with "gvl" and the lab's random run id, so labs of
 // concurrent runs never collide, and a lab can be removed by its id alone
 // (Down) even after the process that built it died. Nothing is ever created
@@ -40,6 +50,19 @@ var (
 	outsideIP = netip.MustParseAddr("172.16.254.254")
 )
 
+// The second LAN of a routed lab, and the router's address on each LAN.
+var (
+	lan2Prefix = netip.MustParsePrefix("172.16.253.0/24")
+	routerIP   = netip.MustParseAddr("172.16.254.253")
+	router2IP  = netip.MustParseAddr("172.16.253.253")
+)
+
+// LANs of a lab: hosts are plugged into one of them.
+const (
+	LAN1 = 1 // 172.16.254.0/24, with the outside host
+	LAN2 = 2 // 172.16.253.0/24, behind the router (routed labs only)
+)
+
 // maxHosts keeps host addresses below the outside host's.
 const maxHosts = 250
 
@@ -47,8 +70,14 @@ const maxHosts = 250
 type Config struct {
 	// ID is the run id; empty picks a random one. Names are "gvl"+ID+"-...".
 	ID string
-	// Hosts is how many hosts New creates; more can be added with AddHost.
+	// Hosts is how many hosts New creates on the first LAN; more can be
+	// added with AddHost.
 	Hosts int
+	// Routed builds the second LAN and the router (see the package comment).
+	Routed bool
+	// Hosts2 is how many hosts New creates on the second LAN, numbered
+	// after the first LAN's; it needs Routed.
+	Hosts2 int
 	// Dir holds each host's state, run and CNI directories and agent logs.
 	// Empty: a new temporary directory, removed by Close.
 	Dir string
@@ -72,6 +101,10 @@ type Lab struct {
 	KeyFile string
 	Switch  Namespace
 	Outside Namespace
+	// Switch2 and Router exist in routed labs only.
+	Switch2 Namespace
+	Router  Namespace
+	routed  bool
 
 	detach  bool
 	ownsDir bool
@@ -106,12 +139,25 @@ func New(ctx context.Context, cfg Config) (_ *Lab, err error) {
 	if err := l.buildSwitch(ctx); err != nil {
 		return nil, err
 	}
+	if cfg.Hosts2 > 0 && !cfg.Routed {
+		return nil, errors.New("lab: hosts on a second LAN need a routed lab")
+	}
+	if cfg.Routed {
+		if err := l.buildRouter(ctx); err != nil {
+			return nil, err
+		}
+	}
 	for range cfg.Hosts {
 		if _, err := l.AddHost(ctx); err != nil {
 			return nil, err
 		}
 	}
-	l.log.Info("lab built", "hosts", cfg.Hosts, "dir", l.Dir)
+	for range cfg.Hosts2 {
+		if _, err := l.AddHostOn(ctx, LAN2); err != nil {
+			return nil, err
+		}
+	}
+	l.log.Info("lab built", "hosts", cfg.Hosts, "hosts2", cfg.Hosts2, "dir", l.Dir)
 	return l, nil
 }
 
@@ -131,6 +177,9 @@ func claim(cfg Config) (*Lab, error) {
 			CNIPath: cfg.CNIPath,
 			Switch:  Namespace{Name: NamePrefix + id + "-sw"},
 			Outside: Namespace{Name: NamePrefix + id + "-out"},
+			Switch2: Namespace{Name: NamePrefix + id + "-sw2"},
+			Router:  Namespace{Name: NamePrefix + id + "-rt"},
+			routed:  cfg.Routed,
 			detach:  cfg.Detach,
 			log:     cfg.Logger.With("lab", NamePrefix+id),
 		}
@@ -186,31 +235,55 @@ func WriteGossipKey(path string) error {
 }
 
 func (l *Lab) buildSwitch(ctx context.Context) error {
-	if err := l.Switch.create(ctx); err != nil {
-		return err
-	}
-	if err := l.Switch.ip(ctx, "link", "add", "br0", "type", "bridge"); err != nil {
-		return err
-	}
-	if err := l.Switch.ip(ctx, "link", "set", "br0", "up"); err != nil {
+	if err := createSwitch(ctx, l.Switch); err != nil {
 		return err
 	}
 	if err := l.Outside.create(ctx); err != nil {
 		return err
 	}
-	return l.plug(ctx, l.Outside, "out", netip.PrefixFrom(outsideIP, lanPrefix.Bits()), netip.Addr{})
+	return plug(ctx, l.Switch, l.Outside, "out", "em1", netip.PrefixFrom(outsideIP, lanPrefix.Bits()))
 }
 
-// plug connects ns to the switch: em1 in ns, port on br0 in the switch.
-func (l *Lab) plug(ctx context.Context, ns Namespace, port string, addr netip.Prefix, gateway netip.Addr) error {
-	steps := [][]string{
-		{"-n", l.Switch.Name, "link", "add", port, "type", "veth", "peer", "name", "em1", "netns", ns.Name},
-		{"-n", l.Switch.Name, "link", "set", port, "master", "br0", "up"},
-		{"-n", ns.Name, "addr", "add", addr.String(), "dev", "em1"},
-		{"-n", ns.Name, "link", "set", "em1", "up"},
+func createSwitch(ctx context.Context, sw Namespace) error {
+	if err := sw.create(ctx); err != nil {
+		return err
 	}
-	if gateway.IsValid() {
-		steps = append(steps, []string{"-n", ns.Name, "route", "add", "default", "via", gateway.String(), "dev", "em1"})
+	if err := sw.ip(ctx, "link", "add", "br0", "type", "bridge"); err != nil {
+		return err
+	}
+	return sw.ip(ctx, "link", "set", "br0", "up")
+}
+
+// buildRouter builds the second switch and the router between the LANs. The
+// router forwards between host addresses only: it has the two connected
+// networks and nothing else, so a packet to a pod address dies there.
+func (l *Lab) buildRouter(ctx context.Context) error {
+	if err := createSwitch(ctx, l.Switch2); err != nil {
+		return err
+	}
+	if err := l.Router.create(ctx); err != nil {
+		return err
+	}
+	if err := plug(ctx, l.Switch, l.Router, "rt", "em1", netip.PrefixFrom(routerIP, lanPrefix.Bits())); err != nil {
+		return err
+	}
+	if err := plug(ctx, l.Switch2, l.Router, "rt", "em2", netip.PrefixFrom(router2IP, lan2Prefix.Bits())); err != nil {
+		return err
+	}
+	if _, err := l.Router.Run(ctx, "sysctl", "-qw", "net.ipv4.ip_forward=1"); err != nil {
+		return err
+	}
+	// The outside host answers hosts of both LANs.
+	return l.Outside.ip(ctx, "route", "add", lan2Prefix.String(), "via", routerIP.String())
+}
+
+// plug connects ns to switch sw: ifname in ns, port on br0 in the switch.
+func plug(ctx context.Context, sw, ns Namespace, port, ifname string, addr netip.Prefix) error {
+	steps := [][]string{
+		{"-n", sw.Name, "link", "add", port, "type", "veth", "peer", "name", ifname, "netns", ns.Name},
+		{"-n", sw.Name, "link", "set", port, "master", "br0", "up"},
+		{"-n", ns.Name, "addr", "add", addr.String(), "dev", ifname},
+		{"-n", ns.Name, "link", "set", ifname, "up"},
 	}
 	for _, args := range steps {
 		if _, err := Run(ctx, "ip", args...); err != nil {
@@ -220,16 +293,60 @@ func (l *Lab) plug(ctx context.Context, ns Namespace, port string, addr netip.Pr
 	return nil
 }
 
-// AddHost creates the next host (namespace, em1, default route) and its
-// directories. It does not start an agent.
+// plugHost connects h to the switch of its LAN, with its address and routes:
+// default via the outside host on the first LAN (via the router on the
+// second), and in a routed lab the other LAN via the router.
+func (l *Lab) plugHost(ctx context.Context, h *Host) error {
+	sw, prefix := l.Switch, lanPrefix
+	if h.LAN == LAN2 {
+		sw, prefix = l.Switch2, lan2Prefix
+	}
+	if err := plug(ctx, sw, h.Namespace, h.Name, "em1", netip.PrefixFrom(h.IP, prefix.Bits())); err != nil {
+		return err
+	}
+	var routes [][]string
+	switch {
+	case h.LAN == LAN2:
+		routes = [][]string{{"default", "via", router2IP.String()}}
+	case l.routed:
+		routes = [][]string{{"default", "via", outsideIP.String()}, {lan2Prefix.String(), "via", routerIP.String()}}
+	default:
+		routes = [][]string{{"default", "via", outsideIP.String()}}
+	}
+	for _, r := range routes {
+		if err := h.ip(ctx, append([]string{"route", "add"}, r...)...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// switchOf is the switch namespace h is plugged into.
+func (l *Lab) switchOf(h *Host) Namespace {
+	if h.LAN == LAN2 {
+		return l.Switch2
+	}
+	return l.Switch
+}
+
+// AddHost creates the next host (namespace, em1, default route) on the
+// first LAN, and its directories. It does not start an agent.
 func (l *Lab) AddHost(ctx context.Context) (*Host, error) {
+	return l.AddHostOn(ctx, LAN1)
+}
+
+// AddHostOn is AddHost on the given LAN (LAN2 needs a routed lab).
+func (l *Lab) AddHostOn(ctx context.Context, lan int) (*Host, error) {
+	if lan != LAN1 && (lan != LAN2 || !l.routed) {
+		return nil, fmt.Errorf("lab has no LAN %d", lan)
+	}
 	l.addMu.Lock()
 	defer l.addMu.Unlock()
 	n := len(l.Hosts()) + 1
 	if n > maxHosts {
 		return nil, fmt.Errorf("lab holds at most %d hosts", maxHosts)
 	}
-	h := newHost(l, n)
+	h := newHost(l, n, lan)
 	for _, d := range []string{h.StateDir(), h.RunDir(), h.ConfDir(), h.cniCacheDir()} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, fmt.Errorf("host %s: %w", h.Name, err)
@@ -238,7 +355,7 @@ func (l *Lab) AddHost(ctx context.Context) (*Host, error) {
 	if err := h.create(ctx); err != nil {
 		return nil, err
 	}
-	if err := l.plug(ctx, h.Namespace, h.Name, netip.PrefixFrom(h.IP, lanPrefix.Bits()), outsideIP); err != nil {
+	if err := l.plugHost(ctx, h); err != nil {
 		return nil, fmt.Errorf("host %s: %w", h.Name, err)
 	}
 	l.mu.Lock()
@@ -264,6 +381,14 @@ func (l *Lab) Host(n int) *Host {
 // OutsideIP is the address of the outside host.
 func (l *Lab) OutsideIP() netip.Addr { return outsideIP }
 
+// RouterIP is the router's address on a LAN of a routed lab.
+func (l *Lab) RouterIP(lan int) netip.Addr {
+	if lan == LAN2 {
+		return router2IP
+	}
+	return routerIP
+}
+
 // StartAgents starts the agent on every given host (all hosts when none are given).
 func (l *Lab) StartAgents(ctx context.Context, hosts ...*Host) error {
 	if len(hosts) == 0 {
@@ -280,6 +405,11 @@ func (l *Lab) StartAgents(ctx context.Context, hosts ...*Host) error {
 // Partition splits the LAN: the given hosts' switch ports move to a second
 // bridge, so they only reach each other. The outside host stays on br0.
 func (l *Lab) Partition(ctx context.Context, hosts ...*Host) error {
+	for _, h := range hosts {
+		if h.LAN != LAN1 {
+			return fmt.Errorf("partition: host %s is on LAN %d; only the first LAN's switch is split", h.Name, h.LAN)
+		}
+	}
 	if _, err := Run(ctx, "ip", "-n", l.Switch.Name, "link", "show", "br1"); err != nil {
 		if err := l.Switch.ip(ctx, "link", "add", "br1", "type", "bridge"); err != nil {
 			return err
@@ -299,7 +429,7 @@ func (l *Lab) Partition(ctx context.Context, hosts ...*Host) error {
 // Heal moves every host's switch port back to br0.
 func (l *Lab) Heal(ctx context.Context) error {
 	for _, h := range l.Hosts() {
-		if err := l.Switch.ip(ctx, "link", "set", h.Name, "master", "br0"); err != nil {
+		if err := l.switchOf(h).ip(ctx, "link", "set", h.Name, "master", "br0"); err != nil {
 			return err
 		}
 	}

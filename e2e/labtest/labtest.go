@@ -85,6 +85,10 @@ func (e *Env) closeAll() {
 // Options shape a test's lab.
 type Options struct {
 	Hosts int
+	// Routed builds a second LAN behind a router, with Hosts2 hosts on it
+	// (see lab.Config).
+	Routed bool
+	Hosts2 int
 	// NoAgents leaves the agents stopped; otherwise every host's agent is
 	// started and the test waits for a full mesh.
 	NoAgents bool
@@ -104,6 +108,8 @@ func (e *Env) Lab(t *testing.T, opt Options) *lab.Lab {
 	defer cancel()
 	l, err := lab.New(ctx, lab.Config{
 		Hosts:   opt.Hosts,
+		Routed:  opt.Routed,
+		Hosts2:  opt.Hosts2,
 		BinDir:  binDir,
 		CNIPath: cniPath,
 		Logger:  slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),

@@ -36,7 +36,7 @@ func run() error {
 		binDir      = flag.String("bin-dir", envOr("GRAPEVINE_BIN_DIR", "bin"), "directory with the grapevine binary")
 		cniDir      = flag.String("cni-dir", envOr("GRAPEVINE_CNI_PATH", "bin/cni"), "directory with grapevine-cni, grapevine-ipam, ptp, host-local and portmap")
 		out         = flag.String("o", "bench-results.json", "where to write the figures as JSON")
-		only        = flag.String("only", "", "comma-separated measurements to run (cni,routes,probes,mesh,lab); empty: all")
+		only        = flag.String("only", "", "comma-separated measurements to run (cni,routes,probes,mesh,lab,routed,crash); empty: all")
 		pods        = flag.Int("pods", 200, "pods per CNI chain")
 		portmap     = flag.Bool("portmap", false, "chain portmap after both CNI plugins")
 		joinTrials  = flag.Int("join-trials", 5, "trials of each join and leave")
@@ -68,7 +68,7 @@ func run() error {
 	}
 	want := func(name string) bool { return len(sel) == 0 || sel[name] }
 	for name := range sel {
-		if !slices.Contains([]string{"cni", "routes", "probes", "mesh", "lab"}, name) {
+		if !slices.Contains([]string{"cni", "routes", "probes", "mesh", "lab", "routed", "crash"}, name) {
 			return fmt.Errorf("unknown measurement %q in -only", name)
 		}
 	}
@@ -129,6 +129,22 @@ func run() error {
 			})
 		})
 	}
+	if want("routed") {
+		measure("routed lab: cross-subnet join, VXLAN data path", func() ([]bench.Row, error) {
+			return bench.MeasureRouted(ctx, bench.LabConfig{
+				BinDir: bins, CNIPath: []string{cni}, JoinTrials: *joinTrials,
+				IperfDuration: *iperf, IperfRounds: *iperfRounds, Logger: log,
+			})
+		})
+	}
+	if want("crash") {
+		measure("routed lab: crashes of direct and VXLAN peers, one and two at once; a frozen agent behind the router", func() ([]bench.Row, error) {
+			return bench.MeasureCrashes(ctx, bench.LabConfig{
+				BinDir: bins, CNIPath: []string{cni}, CrashTrials: *crashTrials,
+				FrozenTrials: *frozenTrial, Freeze: *freeze, Logger: log,
+			})
+		})
+	}
 	if want("routes") {
 		measure("route programming", func() ([]bench.Row, error) {
 			return bench.MeasureRoutes(ctx, bench.RoutesConfig{Peers: 2000, Trials: 7, NoopTrials: 51})
@@ -177,7 +193,7 @@ func checkPrerequisites(binDir, cniDir string, want func(string) bool) error {
 	if _, err := exec.LookPath("ip"); err != nil {
 		pkgs = append(pkgs, "iproute2")
 	}
-	if want("lab") {
+	if want("lab") || want("routed") {
 		if _, err := exec.LookPath("iperf3"); err != nil {
 			pkgs = append(pkgs, "iperf3")
 		}
@@ -186,10 +202,10 @@ func checkPrerequisites(binDir, cniDir string, want func(string) bool) error {
 		missing = append(missing, "packages: apt-get install -y "+strings.Join(pkgs, " "))
 	}
 	var bins []string
-	if want("lab") {
+	if want("lab") || want("routed") || want("crash") {
 		bins = append(bins, filepath.Join(binDir, "grapevine"))
 	}
-	if want("cni") || want("lab") {
+	if want("cni") || want("lab") || want("routed") || want("crash") {
 		for _, p := range []string{"grapevine-cni", "grapevine-ipam", "ptp", "host-local", "portmap"} {
 			bins = append(bins, filepath.Join(cniDir, p))
 		}
