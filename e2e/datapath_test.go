@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -44,35 +45,7 @@ func TestFrozenAgent(t *testing.T) {
 	if _, err := a.Ping(ctx, c.IP); err != nil {
 		t.Fatalf("before the freeze: %v", err)
 	}
-	toFrozen, err := a.StartPings(c.IP, pingInterval)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fromFrozen, err := c.StartPings(a.IP, pingInterval)
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	if err := h3.FreezeAgent(); err != nil {
-		t.Fatal(err)
-	}
-	frozen := time.Now()
-	t.Cleanup(func() { h3.ThawAgent() })
-	// The peers must call h3 dead and keep its route on the data path
-	// alone, or the scenario did not happen.
-	for _, h := range []*lab.Host{h1, h2} {
-		_, err := h.WaitStatus(timeout(t, failureDetectionBound), "h3 dead, route kept on the data path", func(s lab.Status) bool {
-			m, ok := s.Member(h3.Name)
-			return ok && m.State == "dead" && m.Route == "programmed" && slices.Equal(m.KeptBy, []string{"data path"})
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	deadAfter := time.Since(frozen)
-	if err := lab.Sleep(ctx, freezeFor-deadAfter); err != nil {
-		t.Fatal(err)
-	}
+	f := freezeAgent(t, ctx, h3, []*lab.Host{h1, h2}, a, c, "h3 dead, route kept on the data path", func(lab.Member) bool { return true })
 	r, err := readRoutes(h1)
 	if err != nil {
 		t.Fatal(err)
@@ -80,30 +53,85 @@ func TestFrozenAgent(t *testing.T) {
 	if r.peers[block] != h3.IP {
 		t.Errorf("h1 lost the route %s via %s during the freeze: %v", block, h3.IP, r.peers)
 	}
-	if err := h3.ThawAgent(); err != nil {
+	f.thaw(t, ctx, l.Hosts(), "h1 pod", "frozen h3's pod")
+}
+
+// freezeScenario is a frozen agent in progress: two pods ping each other in
+// both directions while the agent of one pod's host is stopped.
+type freezeScenario struct {
+	host                 *lab.Host
+	toFrozen, fromFrozen *lab.PingStream
+	// frozenAt is when the agent was stopped; deadAfter how long its
+	// peers took to call it dead.
+	frozenAt  time.Time
+	deadAfter time.Duration
+}
+
+// freezeAgent starts pings from a to b and back, stops the agent of b's
+// host, waits until every peer calls it dead but keeps its route on the
+// data path alone (and kept says the member looks as the scenario needs),
+// then lets the freeze run out to freezeFor. Without that verdict the
+// scenario did not happen, and the test fails.
+func freezeAgent(t *testing.T, ctx context.Context, host *lab.Host, peers []*lab.Host, a, b *lab.Pod, what string, kept func(lab.Member) bool) *freezeScenario {
+	t.Helper()
+	f := &freezeScenario{host: host}
+	var err error
+	if f.toFrozen, err = a.StartPings(b.IP, pingInterval); err != nil {
+		t.Fatal(err)
+	}
+	if f.fromFrozen, err = b.StartPings(a.IP, pingInterval); err != nil {
+		t.Fatal(err)
+	}
+	if err := host.FreezeAgent(); err != nil {
+		t.Fatal(err)
+	}
+	f.frozenAt = time.Now()
+	t.Cleanup(func() { host.ThawAgent() })
+	for _, h := range peers {
+		_, err := h.WaitStatus(timeout(t, failureDetectionBound), what, func(s lab.Status) bool {
+			m, ok := s.Member(host.Name)
+			return ok && m.State == "dead" && m.Route == "programmed" && slices.Equal(m.KeptBy, []string{"data path"}) && kept(m)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.deadAfter = time.Since(f.frozenAt)
+	if err := lab.Sleep(ctx, freezeFor-f.deadAfter); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// thaw resumes the agent, waits until the mesh of hosts is whole again and
+// the pings ran a little longer, and fails the test if either direction
+// (named from and to) lost more than one probe interval's worth of pings.
+func (f *freezeScenario) thaw(t *testing.T, ctx context.Context, hosts []*lab.Host, from, to string) {
+	t.Helper()
+	if err := f.host.ThawAgent(); err != nil {
 		t.Fatal(err)
 	}
 	thawed := time.Now()
-	if _, err := lab.WaitMesh(ctx, l.Hosts()); err != nil {
+	if _, err := lab.WaitMesh(ctx, hosts); err != nil {
 		t.Fatal(err)
 	}
 	alive := time.Since(thawed)
 	if err := lab.Sleep(ctx, 2*time.Second); err != nil { // pings after the return
 		t.Fatal(err)
 	}
-	there, back := toFrozen.Stop(time.Second), fromFrozen.Stop(time.Second)
+	there, back := f.toFrozen.Stop(time.Second), f.fromFrozen.Stop(time.Second)
 	allowed := int(probeInterval / pingInterval)
 	for _, x := range []struct {
 		what string
 		r    lab.PingResult
-	}{{"h1 pod -> frozen h3's pod", there}, {"frozen h3's pod -> h1 pod", back}} {
+	}{{from + " -> " + to, there}, {to + " -> " + from, back}} {
 		t.Logf("frozen agent: %s: %d of %d pings lost over %v frozen %v", x.what, len(x.r.Lost), x.r.Sent, freezeFor, x.r.Lost)
 		if len(x.r.Lost) > allowed {
 			t.Errorf("%s: %d pings lost, want at most %d (one probe interval)", x.what, len(x.r.Lost), allowed)
 		}
 	}
-	t.Logf("frozen agent: peers called h3 dead %v into the freeze and kept its route; alive everywhere %v after SIGCONT",
-		deadAfter.Round(time.Millisecond), alive.Round(time.Millisecond))
+	t.Logf("frozen agent: peers called %s dead %v into the freeze and kept its route; alive everywhere %v after SIGCONT",
+		f.host.Name, f.deadAfter.Round(time.Millisecond), alive.Round(time.Millisecond))
 }
 
 // TestLinkCut: h3's link is cut while its agent runs. Both sides lose gossip

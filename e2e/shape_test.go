@@ -103,6 +103,22 @@ func checkPodShape(p *lab.Pod, hostRoutes hostRoutes) error {
 	if !haveGateway {
 		bad("pod lacks `169.254.1.1 dev eth0 scope link`: %v", routes)
 	}
+	// `169.254.1.1 dev eth0 lladdr ee:ee:ee:ee:ee:ee PERMANENT`: the pod
+	// never has to ARP for its gateway (see TestNoDefaultRoute).
+	podNeighs, err := p.Neighbours()
+	if err != nil {
+		return err
+	}
+	gatewayKnown := false
+	for _, n := range podNeighs {
+		if n.IP.Equal(podGateway.AsSlice()) {
+			gatewayKnown = n.LinkIndex == eth0.Attrs().Index && n.State == netlink.NUD_PERMANENT &&
+				n.HardwareAddr.String() == hostVethMAC.String()
+		}
+	}
+	if !gatewayKnown {
+		bad("pod lacks `169.254.1.1 dev eth0 lladdr %s PERMANENT`: %v", hostVethMAC, podNeighs)
+	}
 
 	// The host side: the veth's peer index names it.
 	veth, err := p.Host.LinkByIndex(eth0.Attrs().ParentIndex)

@@ -3,7 +3,6 @@ package e2e
 import (
 	"fmt"
 	"net/netip"
-	"slices"
 	"testing"
 	"time"
 
@@ -56,33 +55,9 @@ func crossSubnetFrozen(t *testing.T, l *lab.Lab, p1, p3 *lab.Pod) {
 		t.Fatalf("before the freeze: %v", err)
 	}
 	onRouter := capture(t, l.Router, "em2") // h3's side of the router
-	toFrozen, err := p1.StartPings(p3.IP, pingInterval)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fromFrozen, err := p3.StartPings(p1.IP, pingInterval)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := h3.FreezeAgent(); err != nil {
-		t.Fatal(err)
-	}
-	frozen := time.Now()
-	t.Cleanup(func() { h3.ThawAgent() })
-	for _, h := range []*lab.Host{h1, h2} {
-		_, err := h.WaitStatus(timeout(t, failureDetectionBound), "h3 dead, its VXLAN route kept on the data path", func(s lab.Status) bool {
-			m, ok := s.Member(h3.Name)
-			return ok && m.State == "dead" && m.Route == "programmed" && m.Path == "vxlan" &&
-				m.DataPath == "up" && slices.Equal(m.KeptBy, []string{"data path"})
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	deadAfter := time.Since(frozen)
-	if err := lab.Sleep(ctx, freezeFor-deadAfter); err != nil {
-		t.Fatal(err)
-	}
+	f := freezeAgent(t, ctx, h3, []*lab.Host{h1, h2}, p1, p3, "h3 dead, its VXLAN route kept on the data path", func(m lab.Member) bool {
+		return m.Path == "vxlan" && m.DataPath == "up"
+	})
 	// Still there at the end of the freeze: route, neighbour and FDB entry.
 	if err := expectCrossSubnetPaths(ctx, statuses, l.Hosts()); err != nil {
 		t.Errorf("during the freeze: %v", err)
@@ -95,7 +70,7 @@ func crossSubnetFrozen(t *testing.T, l *lab.Lab, p1, p3 *lab.Pod) {
 		t.Fatal(err)
 	}
 	for _, p := range seen {
-		if p.Protocol == 1 && p.At.After(frozen) {
+		if p.Protocol == 1 && p.At.After(f.frozenAt) {
 			probes[fmt.Sprintf("%s > %s", p.Src, p.Dst)]++
 		}
 	}
@@ -110,30 +85,7 @@ func crossSubnetFrozen(t *testing.T, l *lab.Lab, p1, p3 *lab.Pod) {
 	}
 	t.Logf("frozen agent: echo packets between the peers and h3's host address %s on the router: %v", h3.IP, probes)
 
-	if err := h3.ThawAgent(); err != nil {
-		t.Fatal(err)
-	}
-	thawed := time.Now()
-	if _, err := lab.WaitMesh(ctx, l.Hosts()); err != nil {
-		t.Fatal(err)
-	}
-	alive := time.Since(thawed)
-	if err := lab.Sleep(ctx, 2*time.Second); err != nil { // pings after the return
-		t.Fatal(err)
-	}
-	there, back := toFrozen.Stop(time.Second), fromFrozen.Stop(time.Second)
-	allowed := int(probeInterval / pingInterval)
-	for _, x := range []struct {
-		what string
-		r    lab.PingResult
-	}{{"p1 -> frozen h3's p3 over VXLAN", there}, {"frozen h3's p3 -> p1 over VXLAN", back}} {
-		t.Logf("frozen agent: %s: %d of %d pings lost over %v frozen %v", x.what, len(x.r.Lost), x.r.Sent, freezeFor, x.r.Lost)
-		if len(x.r.Lost) > allowed {
-			t.Errorf("%s: %d pings lost, want at most %d (one probe interval)", x.what, len(x.r.Lost), allowed)
-		}
-	}
-	t.Logf("frozen agent: peers called h3 dead %v into the freeze and kept its VXLAN route; alive everywhere %v after SIGCONT",
-		deadAfter.Round(time.Millisecond), alive.Round(time.Millisecond))
+	f.thaw(t, ctx, l.Hosts(), "p1", "frozen h3's p3 over VXLAN")
 }
 
 // crossSubnetLinkCut: h3's link is cut while its agent runs. h1 and h2

@@ -172,7 +172,7 @@ func (m *Mesh) Run(ctx context.Context) error {
 	m.ml = ml
 	m.mu.Unlock()
 	if len(m.cfg.SecretKey) == 0 {
-		m.log.Warn("gossip and ledger are not encrypted: any host that reaches their ports can join and advertise routes")
+		m.log.Warn("gossip is not encrypted, nor is the ledger: any host that reaches their ports can join and advertise routes")
 	}
 	m.joinSeeds(ctx)
 
@@ -372,7 +372,7 @@ func (m *Mesh) Release(ctx context.Context, node string) error {
 			node, gone.Round(time.Second), wait.Round(time.Second))
 	}
 	if err := led.Release(ctx, node); err != nil {
-		return fmt.Errorf("mesh: release the block of %s: %w", node, err)
+		return fmt.Errorf("mesh: %w", err)
 	}
 	m.log.Info("released the block of a departed node", "node", node)
 	return nil

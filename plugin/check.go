@@ -164,7 +164,7 @@ func checkNeighbour(name string, neighs []netlink.Neigh, want expected) []error 
 }
 
 // checkPod checks the pod side inside podNS: the veth paired with the host
-// side, its MAC, MTU, /32 and both routes.
+// side, its MAC, MTU, /32, both routes and the gateway's neighbour entry.
 func checkPod(podNS ns.NetNS, ifName string, want expected, hostIndex int) []error {
 	var drift []error
 	err := podNS.Do(func(ns.NetNS) error {
@@ -209,12 +209,31 @@ func checkPod(podNS ns.NetNS, ifName string, want expected, hostIndex int) []err
 		if !hasDefaultVia(routes, gw) {
 			driftf("route default via %s dev %s is missing", gw, ifName)
 		}
+		neighs, err := netlink.NeighList(attrs.Index, unix.AF_INET)
+		if err != nil {
+			driftf("list neighbours: %v", err)
+			return nil
+		}
+		if !hasGatewayNeighbour(neighs) {
+			driftf("neighbour %s lladdr %s PERMANENT is missing or different", gw, hostVethMAC())
+		}
 		return nil
 	})
 	if err != nil {
 		drift = append(drift, err)
 	}
 	return drift
+}
+
+// hasGatewayNeighbour reports whether neighs hold 169.254.1.1 with the host
+// veth's MAC, PERMANENT.
+func hasGatewayNeighbour(neighs []netlink.Neigh) bool {
+	for _, n := range neighs {
+		if n.IP.Equal(net.IP(ipam.Gateway().AsSlice())) {
+			return n.State&netlink.NUD_PERMANENT != 0 && n.HardwareAddr.String() == hostVethMAC().String()
+		}
+	}
+	return false
 }
 
 func hasAddr(addrs []netlink.Addr, want netip.Addr) bool {

@@ -160,9 +160,8 @@ func newLab(t testing.TB) *lab {
 		network:  "grapevine",
 	}
 	l.cni = newCNIConfig([]string{cniBinDir}, l.cacheDir)
-	// The host's uplink with the host address and the default route.
-	// Proxy ARP answers for 169.254.1.1 only because the host has a route to
-	// it through another interface than the pod's veth.
+	// The host's uplink with the host address and the default route
+	// (TestPodWithoutHostDefaultRoute removes it).
 	inNS(t, l.hostNS, func() error {
 		link, err := addLoopedLink("gvcniuplink")
 		if err != nil {

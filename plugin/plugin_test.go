@@ -54,7 +54,8 @@ func assertWired(t *testing.T, l *lab, p *pod, res *current.Result, wantMTU int)
 	}
 
 	// Pod side: eth0 with the /32, `169.254.1.1 dev eth0 scope link`,
-	// `default via 169.254.1.1 dev eth0`.
+	// `default via 169.254.1.1 dev eth0` and the gateway's MAC as a
+	// PERMANENT neighbour.
 	var podMAC net.HardwareAddr
 	inNS(t, p.netns, func() error {
 		link, err := netlink.LinkByName("eth0")
@@ -93,6 +94,14 @@ func assertWired(t *testing.T, l *lab, p *pod, res *current.Result, wantMTU int)
 		slices.Sort(want)
 		if !slices.Equal(got, want) {
 			t.Errorf("pod routes %q, want %q", got, want)
+		}
+		neighs, err := netlink.NeighList(link.Attrs().Index, unix.AF_INET)
+		if err != nil {
+			return err
+		}
+		if len(neighs) != 1 || !neighs[0].IP.Equal(net.ParseIP("169.254.1.1")) || neighs[0].State != netlink.NUD_PERMANENT ||
+			neighs[0].HardwareAddr.String() != "ee:ee:ee:ee:ee:ee" {
+			t.Errorf("pod neighbours %v, want only 169.254.1.1 lladdr ee:ee:ee:ee:ee:ee PERMANENT", neighs)
 		}
 		return nil
 	})
@@ -323,6 +332,9 @@ func TestCheckNamesDrift(t *testing.T) {
 		if err != nil {
 			return err
 		}
+		if err := netlink.NeighDel(&netlink.Neigh{LinkIndex: link.Attrs().Index, Family: unix.AF_INET, IP: net.ParseIP("169.254.1.1")}); err != nil {
+			return err
+		}
 		return netlink.RouteDel(&netlink.Route{LinkIndex: link.Attrs().Index, Gw: net.ParseIP("169.254.1.1")})
 	})
 
@@ -334,6 +346,7 @@ func TestCheckNamesDrift(t *testing.T) {
 		"net/ipv4/conf/" + hostVeth + "/proxy_arp is 0, want 1",
 		"neighbour " + podIP.String() + " lladdr " + res.Interfaces[1].Mac + " PERMANENT is missing",
 		"route default via 169.254.1.1 dev eth0 is missing",
+		"pod interface eth0: neighbour 169.254.1.1 lladdr ee:ee:ee:ee:ee:ee PERMANENT is missing",
 		"host veth " + hostVeth + ": MTU is 1400, want 1450",
 	} {
 		if !strings.Contains(err.Error(), want) {
@@ -517,6 +530,51 @@ func TestDelegatedIPAM(t *testing.T) {
 		t.Errorf("ADD with an address outside the block = %v", err)
 	}
 	l.assertNothingLeft()
+}
+
+// TestPodWithoutHostDefaultRoute: on a host with no IPv4 default route,
+// proxy ARP does not answer for 169.254.1.1 (the host has no route to it),
+// yet the pod reaches the host, because the plugin gave the pod the
+// gateway's MAC as a PERMANENT neighbour. Without that entry the pod is cut
+// off, which the test shows too.
+func TestPodWithoutHostDefaultRoute(t *testing.T) {
+	l := newLab(t)
+	inNS(t, l.hostNS, func() error {
+		routes, err := netlink.RouteList(nil, unix.AF_INET)
+		if err != nil {
+			return err
+		}
+		for _, r := range routes {
+			if r.Dst == nil || r.Dst.String() == "0.0.0.0/0" {
+				if err := netlink.RouteDel(&r); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	list := l.conflist("1.1.0")
+	p := l.newPod("no-default")
+	l.mustAdd(list, p)
+	if err := ping(t, p.netns, l.hostIP); err != nil {
+		t.Fatalf("pod -> host without a default route on the host: %v", err)
+	}
+	if err := l.check(list, p); err != nil {
+		t.Errorf("CHECK: %v", err)
+	}
+
+	// The premise: without the neighbour entry, ARP for the gateway goes
+	// unanswered.
+	inNS(t, p.netns, func() error {
+		link, err := netlink.LinkByName("eth0")
+		if err != nil {
+			return err
+		}
+		return netlink.NeighDel(&netlink.Neigh{LinkIndex: link.Attrs().Index, Family: unix.AF_INET, IP: net.ParseIP("169.254.1.1")})
+	})
+	if err := ping(t, p.netns, l.hostIP); err == nil {
+		t.Error("pod reached the host without the gateway's neighbour entry: the test no longer shows why the entry is needed")
+	}
 }
 
 func TestPodToPodOnOneHost(t *testing.T) {

@@ -89,12 +89,19 @@ type podInterface struct {
 	mtu int
 }
 
-// configurePod gives the pod side its /32, brings it up and routes
-// everything through the link-local gateway:
+// configurePod gives the pod side its /32, brings it up, routes everything
+// through the link-local gateway and tells the pod the gateway's MAC:
 //
 //	inet 10.244.1.3/32 scope global eth0
 //	169.254.1.1 dev eth0 scope link
 //	default via 169.254.1.1 dev eth0
+//	169.254.1.1 dev eth0 lladdr ee:ee:ee:ee:ee:ee PERMANENT
+//
+// The neighbour entry is why the pod works on a host without an IPv4 default
+// route: proxy ARP answers for 169.254.1.1 only if the host has a route to
+// it, and the gateway address is routed nowhere. It also saves the ARP round
+// trip on the pod's first packet. proxy_arp stays on for anything that flushes
+// the pod's neighbours.
 func configurePod(podNS ns.NetNS, ifName string, podIP netip.Addr) (podInterface, error) {
 	var pod podInterface
 	err := podNS.Do(func(ns.NetNS) error {
@@ -116,10 +123,25 @@ func configurePod(podNS ns.NetNS, ifName string, podIP netip.Addr) (podInterface
 		if err := netlink.RouteAdd(&netlink.Route{LinkIndex: idx, Gw: gw}); err != nil {
 			return fmt.Errorf("add route default via %s dev %s: %w", gw, ifName, err)
 		}
+		if err := netlink.NeighSet(gatewayNeighbour(idx)); err != nil {
+			return fmt.Errorf("add neighbour %s lladdr %s dev %s: %w", gw, hostVethMAC(), ifName, err)
+		}
 		pod = podInterface{mac: link.Attrs().HardwareAddr, mtu: link.Attrs().MTU}
 		return nil
 	})
 	return pod, err
+}
+
+// gatewayNeighbour is the pod's PERMANENT entry for the gateway on the link
+// with index idx: 169.254.1.1 is the host veth, whose MAC is fixed.
+func gatewayNeighbour(idx int) *netlink.Neigh {
+	return &netlink.Neigh{
+		LinkIndex:    idx,
+		Family:       unix.AF_INET,
+		State:        netlink.NUD_PERMANENT,
+		IP:           net.IP(ipam.Gateway().AsSlice()),
+		HardwareAddr: hostVethMAC(),
+	}
 }
 
 // configureHost finishes the host side in the current namespace: the fixed

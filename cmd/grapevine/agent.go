@@ -5,9 +5,14 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -47,7 +52,7 @@ type agentOptions struct {
 	ProbeMisses        int
 }
 
-func agentCommand() *cli.Command {
+func agentCommand(run agentRunner) *cli.Command {
 	return &cli.Command{
 		Name:  "agent",
 		Usage: "run the node agent: join the mesh, hold a block, route every peer's block",
@@ -79,29 +84,43 @@ func agentCommand() *cli.Command {
 			&cli.IntFlag{Name: "probe-misses", Value: probe.DefaultMisses, EnvVars: envVar("probe-misses"), Usage: "unanswered echo requests in a row after which a peer's host counts as unreachable"},
 			&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: envVar("log-level"), Usage: "debug, info, warn or error"},
 		},
+		OnUsageError: usageError,
+		// Every flag is checked here, before anything starts or is logged.
 		Action: func(c *cli.Context) error {
-			log, err := newLogger(c.String("log-level"))
+			if err := noArgs(c); err != nil {
+				return err
+			}
+			log, err := newLogger(c.String("log-level"), c.App.ErrWriter)
 			if err != nil {
 				return err
 			}
-			opts, err := parseAgentOptions(c, log)
+			opts, err := parseAgentOptions(c)
 			if err != nil {
 				return err
 			}
-			return runAgent(c.Context, opts, log)
+			return run(c.Context, opts, log)
 		},
 	}
 }
 
-func newLogger(level string) (*slog.Logger, error) {
+func newLogger(level string, w io.Writer) (*slog.Logger, error) {
 	var l slog.Level
-	if err := l.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("--log-level %q: %w", level, err)
+	switch strings.ToLower(level) {
+	case "debug":
+		l = slog.LevelDebug
+	case "info":
+		l = slog.LevelInfo
+	case "warn", "warning":
+		l = slog.LevelWarn
+	case "error":
+		l = slog.LevelError
+	default:
+		return nil, fmt.Errorf("--log-level %q is not a level: use debug, info, warn or error", level)
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
 }
 
-func parseAgentOptions(c *cli.Context, log *slog.Logger) (agentOptions, error) {
+func parseAgentOptions(c *cli.Context) (agentOptions, error) {
 	o := agentOptions{
 		NodeName:           c.String("node-name"),
 		Iface:              c.String("iface"),
@@ -125,8 +144,8 @@ func parseAgentOptions(c *cli.Context, log *slog.Logger) (agentOptions, error) {
 		ProbeMisses:        c.Int("probe-misses"),
 	}
 	var err error
-	if o.Pool, err = netip.ParsePrefix(c.String("pool")); err != nil {
-		return o, fmt.Errorf("--pool: %w", err)
+	if o.Pool, err = parsePool(c.String("pool")); err != nil {
+		return o, err
 	}
 	if err := validatePool(o.Pool, o.BlockSize); err != nil {
 		return o, err
@@ -152,8 +171,20 @@ func parseAgentOptions(c *cli.Context, log *slog.Logger) (agentOptions, error) {
 		return o, fmt.Errorf("--voters: %w", err)
 	}
 	if o.ResyncInterval <= 0 {
-		return o, fmt.Errorf("--resync-interval must be positive")
+		return o, fmt.Errorf("--resync-interval %s: must be longer than zero", o.ResyncInterval)
 	}
+	if err := checkMetricsAddr(o.MetricsAddr); err != nil {
+		return o, err
+	}
+	// The hand-off files name these directories for the CNI plugin, which
+	// runs in another working directory.
+	for flag, dir := range map[string]string{"--state-dir": o.StateDir, "--run-dir": o.RunDir, "--cni-conf-dir": o.CNIConfDir} {
+		if dir != "" && !filepath.IsAbs(dir) || dir == "" && flag != "--cni-conf-dir" {
+			return o, fmt.Errorf("%s %q must be an absolute path", flag, dir)
+		}
+	}
+	// An empty GRAPEVINE_JOIN= or a trailing comma names no seed.
+	o.Join = slices.DeleteFunc(o.Join, func(j string) bool { return strings.TrimSpace(j) == "" })
 	if o.ProbeInterval < 0 {
 		return o, fmt.Errorf("--probe-interval must not be negative (0 turns probes off)")
 	}
@@ -178,10 +209,41 @@ func parseAgentOptions(c *cli.Context, log *slog.Logger) (agentOptions, error) {
 		if o.GossipKey, err = readGossipKey(f); err != nil {
 			return o, err
 		}
-	} else {
-		log.Warn("gossip is not encrypted: any host that can reach the gossip port can join and announce routes; set --gossip-key-file")
 	}
+	// Without a key the mesh warns, once, when it starts.
 	return o, nil
+}
+
+// parsePool parses --pool, saying what a pool looks like when it is not one.
+func parsePool(s string) (netip.Prefix, error) {
+	p, err := netip.ParsePrefix(s)
+	if err == nil {
+		return p, nil
+	}
+	addr, bits, found := strings.Cut(s, "/")
+	switch a, aerr := netip.ParseAddr(addr); {
+	case !found:
+		return p, fmt.Errorf("--pool %q has no prefix length: give a CIDR such as %s", s, mesh.DefaultPool)
+	case aerr != nil || !a.Is4():
+		return p, fmt.Errorf("--pool %q: %q is not an IPv4 address; give a CIDR such as %s", s, addr, mesh.DefaultPool)
+	default:
+		return p, fmt.Errorf("--pool %q: prefix length %q is not a number from 0 to 32; give a CIDR such as %s", s, bits, mesh.DefaultPool)
+	}
+}
+
+// checkMetricsAddr accepts "" (off) or host:port with a numeric port.
+func checkMetricsAddr(addr string) error {
+	if addr == "" {
+		return nil
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err == nil {
+		_, err = strconv.ParseUint(port, 10, 16)
+	}
+	if err != nil {
+		return fmt.Errorf("--metrics-addr %q is not host:port such as %s (empty turns the endpoints off)", addr, DefaultMetricsAddr)
+	}
+	return nil
 }
 
 // validatePool checks that the pool can be cut into blocks of blockSize.

@@ -4,8 +4,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"io"
-	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -13,8 +11,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/urfave/cli/v2"
 
 	"github.com/grapevine-net/grapevine/mesh"
 	"github.com/grapevine-net/grapevine/node"
@@ -390,16 +386,11 @@ func TestMayReconcile(t *testing.T) {
 // parseAgentFlags runs the agent command's flag parsing and validation only.
 func parseAgentFlags(t *testing.T, args ...string) (agentOptions, error) {
 	t.Helper()
-	cmd := agentCommand()
-	var opts agentOptions
-	cmd.Action = func(c *cli.Context) error {
-		var err error
-		opts, err = parseAgentOptions(c, slog.New(slog.DiscardHandler))
-		return err
+	_, err, started := runCLI(t, append([]string{"agent", "--node-name", "h1"}, args...)...)
+	if started == nil {
+		return agentOptions{}, err
 	}
-	app := &cli.App{Name: "grapevine", Commands: []*cli.Command{cmd}, Writer: io.Discard, ErrWriter: io.Discard}
-	err := app.Run(append([]string{"grapevine", "agent", "--node-name", "h1"}, args...))
-	return opts, err
+	return *started, err
 }
 
 func TestCNIVersionFlag(t *testing.T) {

@@ -45,9 +45,10 @@ func installCNICommand() *cli.Command {
 			&cli.StringFlag{Name: "cni-bin-dir", Value: DefaultCNIBinDir,
 				Usage: "the host's CNI plugin directory (created if missing)"},
 		},
+		OnUsageError: usageError,
 		Action: func(c *cli.Context) error {
-			if c.Args().Present() {
-				return fmt.Errorf("install-cni takes no arguments, got %q", c.Args().Slice())
+			if err := noArgs(c); err != nil {
+				return err
 			}
 			results, err := installCNI(c.String("from"), c.String("cni-bin-dir"), cniPlugins)
 			for _, r := range results {

@@ -48,6 +48,9 @@ type agent struct {
 	mu       sync.Mutex
 	status   statusReport
 	lastPass time.Time // start of the last loop pass, for /healthz
+	// passEnd is closed when the running pass has published its status;
+	// nil between passes. See settledStatus.
+	passEnd chan struct{}
 	// gossipSeen is when memberlist last counted each member in (alive or
 	// suspect), as far as this agent looked: every pass and every status
 	// or metrics request.
@@ -163,15 +166,15 @@ func (a *agent) run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return a.stopped(<-meshDone)
 		}
-		a.markPass()
-		a.reconcile(ctx)
+		a.beginPass()
+		a.endPass(a.reconcile(ctx))
 		select {
 		case <-ctx.Done():
 		case err := <-meshDone:
 			if ctx.Err() != nil {
 				return a.stopped(err)
 			}
-			return fmt.Errorf("mesh stopped: %w", err)
+			return err // mesh.Run says what stopped it
 		case <-a.mesh.Changed():
 		case <-routeChanged:
 		case <-pathChanged:
@@ -194,8 +197,8 @@ func (a *agent) stopped(meshErr error) error {
 }
 
 // reconcile brings the kernel and the hand-off files in line with the mesh's
-// current View and records the outcome for status and readiness.
-func (a *agent) reconcile(ctx context.Context) {
+// current View and returns the outcome for status and readiness.
+func (a *agent) reconcile(ctx context.Context) statusReport {
 	v := a.mesh.View()
 	paths := a.pathVerdicts()
 	a.kept = keptRoutes(v, a.kept, paths)
@@ -209,8 +212,7 @@ func (a *agent) reconcile(ctx context.Context) {
 			reason = "waiting for peers to re-join; keeping the previous run's routes"
 		}
 		a.removeStaleConflist()
-		a.setStatus(buildStatus(v, a.kept, paths, node.Result{}, false, reason))
-		return
+		return buildStatus(v, a.kept, paths, node.Result{}, false, reason)
 	}
 	a.synced = true
 
@@ -224,7 +226,7 @@ func (a *agent) reconcile(ctx context.Context) {
 		a.log.Error("hand-off to the CNI plugin failed", "err", err)
 		ready, reason = false, err.Error()
 	}
-	a.setStatus(buildStatus(v, a.kept, paths, res, ready, reason))
+	return buildStatus(v, a.kept, paths, res, ready, reason)
 }
 
 // pathVerdicts is the prober's verdicts; none while probing is off.
@@ -334,9 +336,22 @@ func (a *agent) handoffFiles() node.Handoff {
 	return node.Handoff{RunDir: a.opts.RunDir, CNIConfDir: a.opts.CNIConfDir, StateDir: a.opts.StateDir, CNIVersion: a.opts.CNIVersion}
 }
 
-func (a *agent) markPass() {
+// beginPass marks the start of a loop pass: for /healthz, and for readers of
+// the status, who wait for the pass to publish its outcome (settledStatus).
+func (a *agent) beginPass() {
 	a.mu.Lock()
 	a.lastPass = time.Now()
+	a.passEnd = make(chan struct{})
+	a.mu.Unlock()
+}
+
+// endPass publishes the pass's status and lets waiting readers go.
+func (a *agent) endPass(r statusReport) {
+	r.Encapsulation = a.opts.Encapsulation.String()
+	a.mu.Lock()
+	a.status = r
+	close(a.passEnd)
+	a.passEnd = nil
 	a.mu.Unlock()
 }
 
@@ -350,14 +365,38 @@ func (a *agent) stuck() (time.Duration, bool) {
 	return since, since > 3*a.opts.ResyncInterval+10*time.Second
 }
 
-func (a *agent) setStatus(r statusReport) {
-	r.Encapsulation = a.opts.Encapsulation.String()
+// How long a reader waits for a running pass: a kernel call that hangs must
+// not hang `grapevine status` with it, nor outlast a readiness probe's
+// timeout (3 s in the manifest).
+const (
+	statusWait    = 5 * time.Second
+	readinessWait = time.Second
+)
+
+// waitForPass returns once no pass is half done. A pass changes the kernel
+// and the hand-off files before it knows its outcome, so a reader that has
+// seen a route appear (ip route, node.json) and then asks for the status must
+// not get the previous pass's: it waits for the running pass to publish, up
+// to limit or the end of ctx, then takes the last published status.
+func (a *agent) waitForPass(ctx context.Context, limit time.Duration) {
 	a.mu.Lock()
-	a.status = r
+	passEnd := a.passEnd
 	a.mu.Unlock()
+	if passEnd == nil {
+		return
+	}
+	timer := time.NewTimer(limit)
+	defer timer.Stop()
+	select {
+	case <-passEnd:
+	case <-timer.C:
+	case <-ctx.Done():
+	}
 }
 
-func (a *agent) currentStatus() statusReport {
+// settledStatus is the last published status once no pass is half done.
+func (a *agent) settledStatus(ctx context.Context, limit time.Duration) statusReport {
+	a.waitForPass(ctx, limit)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.status

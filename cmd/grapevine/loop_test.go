@@ -33,16 +33,33 @@ type testHost struct {
 	agent  *agent
 	cancel context.CancelFunc
 	done   chan error
+	logs   *testWriter
 }
 
 func startTestHost(t *testing.T, network *meshtest.Network, dir, name string, i int, kernel *node.FakeKernel, join ...string) *testHost {
 	t.Helper()
-	return startProbingTestHost(t, network, nil, dir, name, i, kernel, join...)
+	return startHost(t, network, nil, nil, dir, name, i, kernel, join...)
 }
 
 // startProbingTestHost starts a test host whose data-path probes go over
 // dp; nil: no probes.
 func startProbingTestHost(t *testing.T, network *meshtest.Network, dp *fakeDataPath, dir, name string, i int, kernel *node.FakeKernel, join ...string) *testHost {
+	t.Helper()
+	return startHost(t, network, dp, nil, dir, name, i, kernel, join...)
+}
+
+// startWrappedHost is startTestHost with the agent programming wrap(kernel)
+// instead of the fake kernel itself.
+func startWrappedHost(t *testing.T, network *meshtest.Network, dir, name string, i int, kernel *node.FakeKernel,
+	wrap func(node.Kernel) node.Kernel, join ...string) *testHost {
+	t.Helper()
+	return startHost(t, network, nil, wrap, dir, name, i, kernel, join...)
+}
+
+// startHost starts a test host: probes over dp (nil: none), the agent
+// programming wrap(kernel) (nil: the fake kernel itself).
+func startHost(t *testing.T, network *meshtest.Network, dp *fakeDataPath, wrap func(node.Kernel) node.Kernel,
+	dir, name string, i int, kernel *node.FakeKernel, join ...string) *testHost {
 	t.Helper()
 	h := &testHost{name: name, addr: meshtest.HostAddr(i), dir: filepath.Join(dir, name), kernel: kernel}
 	if h.kernel == nil {
@@ -71,13 +88,18 @@ func startProbingTestHost(t *testing.T, network *meshtest.Network, dp *fakeDataP
 	if err != nil {
 		t.Fatal(err)
 	}
-	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})).With("node", name)
+	h.logs = &testWriter{t: t}
+	log := slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelWarn})).With("node", name)
 	cfg := o.meshConfig(log)
 	cfg.Transport = transport
 	cfg.Tune = meshtest.FastTimers
 	cfg.LedgerNetwork = network.StreamHost(netip.AddrPortFrom(h.addr, meshtest.LedgerPort))
 	cfg.TuneLedger = meshtest.FastLedger
-	host := hostSide{kernel: h.kernel, watchRoutes: func(context.Context) <-chan struct{} { return nil }}
+	var k node.Kernel = h.kernel
+	if wrap != nil {
+		k = wrap(k)
+	}
+	host := hostSide{kernel: k, watchRoutes: func(context.Context) <-chan struct{} { return nil }}
 	if dp != nil {
 		o.ProbeInterval, o.ProbeMisses = 20*time.Millisecond, 3
 		host.listenProbe = dp.listen
@@ -121,16 +143,38 @@ func (h *testHost) peerRoutes() map[netip.Prefix]netip.Addr {
 	return routes
 }
 
-type testWriter struct{ t *testing.T }
+// testWriter passes an agent's log lines to the test log and keeps them.
+type testWriter struct {
+	t     *testing.T
+	mu    sync.Mutex
+	lines []string
+}
 
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSpace(string(p)))
+func (w *testWriter) Write(p []byte) (int, error) {
+	line := strings.TrimSpace(string(p))
+	w.t.Log(line)
+	w.mu.Lock()
+	w.lines = append(w.lines, line)
+	w.mu.Unlock()
 	return len(p), nil
+}
+
+// count returns how many lines contain s.
+func (w *testWriter) count(s string) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n := 0
+	for _, l := range w.lines {
+		if strings.Contains(l, s) {
+			n++
+		}
+	}
+	return n
 }
 
 func waitFor(t *testing.T, what string, cond func() error) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(time.Minute) // generous: a loaded 2-core machine
 	for {
 		err := cond()
 		if err == nil {
@@ -177,9 +221,12 @@ func TestAgentLoop(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(filepath.Join(h2.agent.opts.CNIConfDir, node.ConflistName)); err != nil {
-		t.Fatalf("no conflist written: %v", err)
-	}
+	// node.json is written first and the conflist after it, so that a
+	// runtime that sees the conflist finds node.json: wait for the second.
+	waitFor(t, "h2's conflist", func() error {
+		_, err := os.Stat(filepath.Join(h2.agent.opts.CNIConfDir, node.ConflistName))
+		return err
+	})
 
 	body, err := callAgent(t.Context(), h1.agent.opts.RunDir, http.MethodGet, "/status")
 	if err != nil {
@@ -200,8 +247,15 @@ func TestAgentLoop(t *testing.T) {
 	checkHTTP(t, h1.agent.metricsHandler(), "/healthz", http.StatusOK, "ok")
 	checkHTTP(t, h1.agent.metricsHandler(), "/metrics", http.StatusOK, "grapevine_node_reconcile_seconds")
 	checkHTTP(t, h1.agent.metricsHandler(), "/metrics", http.StatusOK, "grapevine_mesh_claims_total")
-	if _, err := callAgent(t.Context(), h1.agent.opts.RunDir, http.MethodPost, "/release?node=h2"); err == nil {
+	_, err = callAgent(t.Context(), h1.agent.opts.RunDir, http.MethodPost, "/release?node=h2")
+	if err == nil {
 		t.Error("release of a live member succeeded")
+	} else if msg := err.Error(); !strings.HasPrefix(msg, "cannot release the block of h2: node h2 is alive") ||
+		strings.Contains(msg, "mesh:") || strings.Contains(msg, "agent:") {
+		t.Errorf("release of a live member: %q, want one sentence saying why", msg)
+	}
+	if n := h1.logs.count("gossip is not encrypted"); n != 1 {
+		t.Errorf("h1 warned %d times that gossip is not encrypted, want once", n)
 	}
 
 	kept := h2.peerRoutes()
@@ -236,6 +290,82 @@ func checkHTTP(t *testing.T, h http.Handler, path string, code int, contains str
 	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
 	if rec.Code != code || !strings.Contains(rec.Body.String(), contains) {
 		t.Errorf("GET %s = %d %.200q, want %d containing %q", path, rec.Code, rec.Body.String(), code, contains)
+	}
+}
+
+// stallingKernel holds up the pass that adds the first peer route right after
+// the route is in the kernel, until release is closed.
+type stallingKernel struct {
+	node.Kernel
+	added   chan struct{} // closed once the route is in
+	release chan struct{}
+	once    sync.Once
+}
+
+func (k *stallingKernel) AddRoute(r node.Route) error {
+	err := k.Kernel.AddRoute(r)
+	if err == nil && r.Unicast() {
+		stalled := false
+		k.once.Do(func() { close(k.added); stalled = true })
+		if stalled {
+			<-k.release
+		}
+	}
+	return err
+}
+
+// TestStatusAfterKernel: a reader who sees a pass's route in the kernel and
+// then asks for the status gets that pass's outcome, not the previous pass's
+// ("joining", route "pending"). The pass is held right after the route is
+// written; a status request made meanwhile waits for the pass to publish.
+func TestStatusAfterKernel(t *testing.T) {
+	dir := t.TempDir()
+	network := meshtest.NewNetwork()
+	stall := &stallingKernel{added: make(chan struct{}), release: make(chan struct{})}
+	released := sync.OnceFunc(func() { close(stall.release) })
+	h1 := startWrappedHost(t, network, dir, "h1", 1, nil, func(k node.Kernel) node.Kernel {
+		stall.Kernel = k
+		return stall
+	})
+	startTestHost(t, network, dir, "h2", 2, nil, h1.addr.String())
+	t.Cleanup(released) // registered last, so it runs before the agents are stopped
+
+	select {
+	case <-stall.added:
+	case <-time.After(time.Minute):
+		t.Fatal("h1 never routed h2")
+	}
+	if len(h1.peerRoutes()) != 1 {
+		t.Fatalf("h1's kernel holds %v, want h2's route", h1.peerRoutes())
+	}
+	type answer struct {
+		body []byte
+		err  error
+	}
+	got := make(chan answer, 1)
+	go func() {
+		body, err := callAgent(context.Background(), h1.agent.opts.RunDir, http.MethodGet, "/status")
+		got <- answer{body, err}
+	}()
+	// Without the wait the request answers at once with the previous
+	// pass's status; give it a second to do so before letting the pass on.
+	// (A slow machine can only hide the bug here, never fail a fixed agent.)
+	select {
+	case a := <-got:
+		t.Fatalf("status answered while the pass was half done: %s (%v)", a.body, a.err)
+	case <-time.After(time.Second):
+	}
+	released()
+	a := <-got
+	if a.err != nil {
+		t.Fatal(a.err)
+	}
+	var status statusReport
+	if err := json.Unmarshal(a.body, &status); err != nil {
+		t.Fatal(err)
+	}
+	if len(status.Members) != 1 || status.Members[0].Route != node.PeerProgrammed {
+		t.Fatalf("after the pass that programmed h2's route, h1's status = %s", a.body)
 	}
 }
 
@@ -384,7 +514,7 @@ func TestStaleConflistWithdrawnUntilBlockHeld(t *testing.T) {
 		}
 		return nil
 	})
-	if st := h2.agent.currentStatus(); st.Ready {
+	if st := h2.agent.settledStatus(t.Context(), statusWait); st.Ready {
 		t.Fatalf("h2 ready without its seed: %+v", st)
 	}
 

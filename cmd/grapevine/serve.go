@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -71,6 +72,7 @@ func (a *agent) statusHandler() http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
+		a.waitForPass(r.Context(), statusWait)
 		enc.Encode(a.freshStatus())
 	})
 	mux.HandleFunc("POST /release", func(w http.ResponseWriter, r *http.Request) {
@@ -80,7 +82,10 @@ func (a *agent) statusHandler() http.Handler {
 			return
 		}
 		if err := a.mesh.Release(r.Context(), name); err != nil {
-			http.Error(w, err.Error(), http.StatusConflict)
+			// mesh's errors name their package; the operator needs only
+			// the reason.
+			reason := strings.TrimPrefix(err.Error(), "mesh: ")
+			http.Error(w, fmt.Sprintf("cannot release the block of %s: %s", name, reason), http.StatusConflict)
 			return
 		}
 		a.log.Info("released block of dead node on operator request", "released", name)
@@ -100,7 +105,7 @@ func (a *agent) metricsHandler() http.Handler {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		st := a.currentStatus()
+		st := a.settledStatus(r.Context(), readinessWait)
 		if !st.Ready {
 			http.Error(w, "not ready: "+st.Reason, http.StatusServiceUnavailable)
 			return

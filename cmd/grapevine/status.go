@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -227,7 +228,11 @@ func statusCommand() *cli.Command {
 			runDirFlag(),
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "table", Usage: "table or json"},
 		},
+		OnUsageError: usageError,
 		Action: func(c *cli.Context) error {
+			if err := noArgs(c); err != nil {
+				return err
+			}
 			format := c.String("output")
 			if format != "table" && format != "json" {
 				return fmt.Errorf("-o %q: want table or json", format)
@@ -296,13 +301,14 @@ func ago(now, t time.Time) string {
 
 func releaseCommand() *cli.Command {
 	return &cli.Command{
-		Name:      "release",
-		Usage:     "free a dead node's block at once, cluster-wide (the node must not be alive)",
-		ArgsUsage: "NODE",
-		Flags:     []cli.Flag{runDirFlag()},
+		Name:         "release",
+		Usage:        "free a dead node's block at once, cluster-wide (the node must not be alive)",
+		ArgsUsage:    "NODE",
+		Flags:        []cli.Flag{runDirFlag()},
+		OnUsageError: usageError,
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
-				return fmt.Errorf("release takes exactly one node name")
+				return fmt.Errorf("release takes exactly one node name, got %d arguments (grapevine release NODE)", c.NArg())
 			}
 			name := c.Args().First()
 			body, err := callAgent(c.Context, c.String("run-dir"), http.MethodPost, "/release?node="+url.QueryEscape(name))
@@ -339,7 +345,8 @@ func callAgent(ctx context.Context, runDir, method, path string) ([]byte, error)
 		return nil, fmt.Errorf("read agent response: %w", err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("agent: %s", strings.TrimSpace(string(body)))
+		// The agent answers a failure with one sentence for the operator.
+		return nil, errors.New(strings.TrimSpace(string(body)))
 	}
 	return body, nil
 }

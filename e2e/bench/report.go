@@ -47,8 +47,12 @@ type Row struct {
 	Peer    *Peer  `json:"peer,omitempty"`
 	Target  Target `json:"target"`
 	// Pass is nil for figures without a target.
-	Pass *bool  `json:"pass,omitempty"`
-	Note string `json:"note,omitempty"`
+	Pass *bool `json:"pass,omitempty"`
+	// NotMeasured, when set, replaces Value: the row could not measure what
+	// it names, and says so ("not converged"). Pass is then whatever the
+	// measurement set (a bound can still miss a target), never judged.
+	NotMeasured string `json:"notMeasured,omitempty"`
+	Note        string `json:"note,omitempty"`
 }
 
 // Peer is the figure Grapevine is compared with: measured in the same run,
@@ -91,6 +95,9 @@ func (t Target) String(unit string) string {
 
 // judge fills in Pass from the target.
 func (r *Row) judge() {
+	if r.NotMeasured != "" {
+		return
+	}
 	var ok bool
 	switch r.Target.Kind {
 	case AtMost:
@@ -128,13 +135,17 @@ func (rep *Report) Print(w io.Writer) error {
 	fmt.Fprintln(tw, "#\tmeasure\tgrapevine\tn\tpeer\tratio\ttarget\tresult")
 	for _, r := range rep.Rows {
 		peer, ratio := "—", "—"
+		value := formatValue(r.Value, r.Unit)
+		if r.NotMeasured != "" {
+			value = r.NotMeasured
+		}
 		if r.Peer != nil {
 			switch {
 			case r.Peer.Text != "":
 				peer = r.Peer.Name + ": " + r.Peer.Text
 			default:
 				peer = r.Peer.Name + " " + formatValue(r.Peer.Value, r.Unit)
-				if r.Peer.Value != 0 {
+				if r.Peer.Value != 0 && r.NotMeasured == "" {
 					ratio = fmt.Sprintf("%.2f", r.Value/r.Peer.Value)
 				}
 			}
@@ -149,7 +160,7 @@ func (rep *Report) Print(w io.Writer) error {
 				result = "MISS"
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", r.ID, r.Measure, formatValue(r.Value, r.Unit), r.Samples, peer, ratio, r.Target.String(r.Unit), result)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", r.ID, r.Measure, value, r.Samples, peer, ratio, r.Target.String(r.Unit), result)
 	}
 	if err := tw.Flush(); err != nil {
 		return err

@@ -41,6 +41,8 @@ func TestJudge(t *testing.T) {
 		{"at least, missed", Row{Value: 9, Peer: &Peer{Value: 10}, Target: Target{Kind: AtLeastPeer, Limit: 0.95}}, ptr(false)},
 		{"peer without a value", Row{Value: 9, Peer: &Peer{Text: "never"}, Target: Target{Kind: AtMostPeer, Limit: 1}}, nil},
 		{"no target", Row{Value: 1}, nil},
+		{"not measured: never judged", Row{NotMeasured: "not measured", Target: Target{Kind: AtMost, Limit: 2}}, nil},
+		{"not measured, a bound that missed", Row{NotMeasured: "> 1m30s", Pass: ptr(false), Target: Target{Kind: AtMost, Limit: 15}}, ptr(false)},
 	} {
 		tt.row.judge()
 		if (tt.row.Pass == nil) != (tt.want == nil) || (tt.want != nil && *tt.row.Pass != *tt.want) {

@@ -461,15 +461,18 @@ func Down(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	var errs []error
+	// The namespaces' processes are ended all at once: each waits for its
+	// parent to reap it, which init does only every second or two.
+	errs := make([]error, len(names))
+	var wg sync.WaitGroup
+	for i, name := range names {
+		wg.Go(func() { errs[i] = Namespace{Name: name}.killProcesses(ctx) })
+	}
+	wg.Wait()
 	// Any order works: a veth pair goes away with the first of its two
 	// namespaces to be deleted.
 	for _, name := range names {
-		ns := Namespace{Name: name}
-		if err := ns.killProcesses(ctx); err != nil {
-			errs = append(errs, err)
-		}
-		if _, err := Run(ctx, "ip", "netns", "delete", ns.Name); err != nil {
+		if _, err := Run(ctx, "ip", "netns", "delete", name); err != nil {
 			errs = append(errs, err)
 		}
 	}

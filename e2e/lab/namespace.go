@@ -175,14 +175,24 @@ func (n Namespace) LinkByIndex(index int) (netlink.Link, error) {
 }
 
 // killProcesses ends every process inside the namespace: SIGTERM, then
-// SIGKILL for whatever is left after a grace period.
+// SIGKILL for whatever is left after a grace period. It returns once the
+// processes are gone from the process table, not only from the namespace: a
+// process that has exited stays a zombie until its parent reaps it, and the
+// agents of a detached lab have init as their parent.
 func (n Namespace) killProcesses(ctx context.Context) error {
+	signalled := map[int]ProcStat{}
+	defer func() { waitReaped(ctx, signalled) }()
 	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
 		pids, err := n.pids(ctx)
 		if err != nil || len(pids) == 0 {
 			return err
 		}
 		for _, pid := range pids {
+			if _, seen := signalled[pid]; !seen {
+				if st, err := ReadProcStat(pid); err == nil {
+					signalled[pid] = st
+				}
+			}
 			syscall.Kill(pid, sig)
 		}
 		deadline := time.Now().Add(5 * time.Second)
@@ -197,6 +207,23 @@ func (n Namespace) killProcesses(ctx context.Context) error {
 		return fmt.Errorf("namespace %s: processes %v survived SIGKILL", n.Name, pids)
 	}
 	return nil
+}
+
+// reapWait bounds the wait for exited processes to be reaped by their parent.
+const reapWait = 10 * time.Second
+
+// waitReaped waits until none of procs is in the process table any more (its
+// pid gone, or taken by a process that started later), up to reapWait.
+func waitReaped(ctx context.Context, procs map[int]ProcStat) {
+	deadline := time.Now().Add(reapWait)
+	for pid, was := range procs {
+		for time.Now().Before(deadline) && ctx.Err() == nil {
+			if now, err := ReadProcStat(pid); err != nil || now.StartTime != was.StartTime {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
 }
 
 func (n Namespace) pids(ctx context.Context) ([]int, error) {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 )
 
 // RegistryDir records every lab on this machine, one <id>.json each, so that
@@ -48,12 +49,20 @@ func (l *Lab) claimRecord() error {
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(RegistryDir, 0o755); err != nil {
-		return fmt.Errorf("lab registry: %w", err)
-	}
-	tmp, err := os.CreateTemp(RegistryDir, ".claim-")
-	if err != nil {
-		return fmt.Errorf("lab registry: %w", err)
+	var tmp *os.File
+	// `lab down` removes an empty registry directory: make it again if
+	// that happened between the two calls.
+	for attempt := 0; ; attempt++ {
+		if err := os.MkdirAll(RegistryDir, 0o755); err != nil {
+			return fmt.Errorf("lab registry: %w", err)
+		}
+		tmp, err = os.CreateTemp(RegistryDir, ".claim-")
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, os.ErrNotExist) || attempt == 2 {
+			return fmt.Errorf("lab registry: %w", err)
+		}
 	}
 	defer os.Remove(tmp.Name())
 	_, err = tmp.Write(data)
@@ -117,6 +126,18 @@ func (r Record) Remove(ctx context.Context) error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// RemoveRegistryIfEmpty removes RegistryDir when no lab is recorded in it, so
+// the machine is left as it was before the first lab.
+func RemoveRegistryIfEmpty() error { return removeIfEmpty(RegistryDir) }
+
+func removeIfEmpty(dir string) error {
+	err := os.Remove(dir)
+	if err == nil || errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENOTEMPTY) || errors.Is(err, syscall.EEXIST) {
+		return nil
+	}
+	return fmt.Errorf("lab registry: %w", err)
 }
 
 // RemoveOrphans removes every lab whose owner process died without

@@ -318,6 +318,20 @@ func (c *Cluster) BytesSent() int64 {
 	return sum
 }
 
+// Traffic is what one node's transport has sent so far.
+type Traffic struct {
+	Messages, Bytes int64
+}
+
+// Traffic returns every running node's traffic so far, by node name.
+func (c *Cluster) Traffic() map[string]Traffic {
+	out := make(map[string]Traffic)
+	for _, n := range c.Nodes() {
+		out[n.Name] = Traffic{Messages: n.Transport.MessagesSent(), Bytes: n.Transport.BytesSent()}
+	}
+	return out
+}
+
 // SharedBlock returns an error if one block is used by two nodes in what
 // the views hand to the kernel and the CNI plugin: the blocks of ready
 // nodes (pods get addresses from them), and each node's routes (what the

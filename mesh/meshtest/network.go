@@ -128,6 +128,7 @@ type Transport struct {
 	done    chan struct{}
 	closed  atomic.Bool
 	sent    atomic.Int64 // bytes written: packets and streams
+	msgs    atomic.Int64 // packets sent and streams opened
 
 	// accepted holds the stream ends handed to this transport, so Shutdown
 	// can close them: a pipe nobody reads would block its writer forever.
@@ -148,6 +149,11 @@ func (t *Transport) Dropped() int64 { return t.dropped.Load() }
 // BytesSent is the number of bytes this transport has written so far.
 func (t *Transport) BytesSent() int64 { return t.sent.Load() }
 
+// MessagesSent is the number of messages this transport has sent so far:
+// every packet (memberlist's UDP traffic) and every stream it opened (a TCP
+// exchange such as a push-pull or a vote), whatever happened to them after.
+func (t *Transport) MessagesSent() int64 { return t.msgs.Load() }
+
 func (t *Transport) FinalAdvertiseAddr(string, int) (net.IP, int, error) {
 	return net.IP(t.addr.Addr().AsSlice()), int(t.addr.Port()), nil
 }
@@ -162,6 +168,7 @@ func (t *Transport) WriteToAddress(b []byte, a memberlist.Address) (time.Time, e
 		return now, net.ErrClosed
 	}
 	t.sent.Add(int64(len(b)))
+	t.msgs.Add(1)
 	dest, err := t.net.peer(t.addr.Addr(), a.Addr)
 	if err != nil {
 		return now, nil // lost, as a UDP datagram would be
@@ -185,6 +192,7 @@ func (t *Transport) DialAddressTimeout(a memberlist.Address, timeout time.Durati
 	if t.closed.Load() {
 		return nil, net.ErrClosed
 	}
+	t.msgs.Add(1)
 	dest, err := t.net.peer(t.addr.Addr(), a.Addr)
 	if err != nil {
 		return nil, err

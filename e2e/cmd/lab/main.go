@@ -5,7 +5,7 @@
 // server and client, run inside a pod with `ip netns exec`.
 //
 //	lab up [--hosts 3] [--pods 2]    build the lab, start the agents, show it working
-//	lab down [--id ID]               remove the lab (all detached labs without --id)
+//	lab down [--id ID]               remove the lab (all detached labs without --id), wait for its processes to exit
 //	lab ping ADDR [-c N]             ICMP echo from the current namespace
 //	lab echo-server [--listen :7000] TCP echo server (greets with the client's address)
 //	lab echo --to ADDR:PORT [--msg]  one exchange with an echo server
@@ -91,6 +91,7 @@ func down(ctx context.Context, args []string) error {
 	if removed == 0 {
 		fmt.Println("no lab to remove")
 	}
+	errs = append(errs, lab.RemoveRegistryIfEmpty())
 	return errors.Join(errs...)
 }
 

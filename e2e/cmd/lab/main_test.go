@@ -2,11 +2,13 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -15,7 +17,9 @@ import (
 )
 
 // TestUpDown runs the demo as `make demo` and `make demo-down` do: up leaves
-// a working lab behind after exiting, down removes all of it.
+// a working lab behind after exiting; a second up says the lab is up and
+// exits 0; down removes all of it and returns only once the agents have
+// exited and been reaped.
 func TestUpDown(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("the lab creates network namespaces: run as root")
@@ -83,6 +87,24 @@ func TestUpDown(t *testing.T) {
 	if agents != 1 {
 		t.Errorf("%d agents run in %s after up exited, want 1", agents, h1.Name)
 	}
+	var agentPIDs []int
+	for _, name := range []string{prefix + "h1", prefix + "h2"} {
+		pids, err := exec.CommandContext(ctx, "ip", "netns", "pids", name).Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range strings.Fields(string(pids)) {
+			if pid, err := strconv.Atoi(f); err == nil {
+				agentPIDs = append(agentPIDs, pid)
+			}
+		}
+	}
+
+	again, err := exec.CommandContext(ctx, labBin, "up", "--hosts", "2", "--pods", "1").CombinedOutput()
+	if err != nil || !strings.Contains(string(again), "lab "+lab.NamePrefix+id+" is already up") ||
+		!strings.Contains(string(again), "make demo-down") {
+		t.Errorf("second lab up: %v, want exit 0 saying the lab is up:\n%s", err, again)
+	}
 	if _, err := h1.Ping(ctx, netip.MustParseAddr("172.16.254.2")); err != nil {
 		t.Errorf("h1 -> h2 after up exited: %v", err)
 	}
@@ -93,6 +115,11 @@ func TestUpDown(t *testing.T) {
 	}
 	if names, _ := lab.Namespaces(prefix); len(names) != 0 {
 		t.Errorf("namespaces left after down: %v", names)
+	}
+	for _, pid := range agentPIDs {
+		if stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
+			t.Errorf("process %d of the lab is still in the process table after down: %s", pid, stat)
+		}
 	}
 	if _, err := os.Stat(filepath.Join(lab.RegistryDir, id)); !os.IsNotExist(err) {
 		t.Errorf("lab directory left after down (%v)", err)

@@ -51,7 +51,11 @@ func up(ctx context.Context, args []string) error {
 	}
 	for _, r := range recs {
 		if r.OwnerPID == 0 {
-			return fmt.Errorf("lab %s%s is already up; remove it first with `make demo-down`", lab.NamePrefix, r.ID)
+			// Not a failure: the demo the user asked for is there. Say so
+			// and exit 0, so make adds no "Error 1" to the message.
+			fmt.Printf("lab %s%s is already up (state in %s); explore it, or remove it first with `make demo-down`\n",
+				lab.NamePrefix, r.ID, r.Dir)
+			return nil
 		}
 	}
 
@@ -152,7 +156,7 @@ func show(ctx context.Context, l *lab.Lab, podsPerHost int, began time.Time) err
 		return err
 	}
 
-	fmt.Printf(`The lab stays up. Explore it:
+	fmt.Printf(`The lab stays up. Explore it (its name, %[12]s, is random: copy these lines):
   ip netns exec %[1]s bash       # a shell on host %[2]s
   ip netns exec %[3]s bash    # a shell in pod %[4]s (%[5]s)
   ip -n %[1]s route; ip -n %[1]s neigh
@@ -162,7 +166,7 @@ func show(ctx context.Context, l *lab.Lab, podsPerHost int, began time.Time) err
   tail -f %[11]s
 Remove it with: make demo-down   (or: go run ./e2e/cmd/lab down)
 `, h1.Namespace.Name, h1.Name, from.Namespace.Name, from.Name, from.IP,
-		filepath.Join(l.BinDir, "grapevine"), h1.RunDir(), labBin, to.IP, target, h1.LogPath())
+		filepath.Join(l.BinDir, "grapevine"), h1.RunDir(), labBin, to.IP, target, h1.LogPath(), lab.NamePrefix+l.ID)
 	fmt.Printf("(up in %v)\n", time.Since(began).Round(time.Millisecond))
 	return nil
 }

@@ -1,0 +1,131 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/urfave/cli/v2"
+)
+
+// runCLI runs the command line with args and an agent runner that starts
+// nothing; it returns what was printed, the error and the options the agent
+// would have started with (nil if it would not have started).
+func runCLI(t *testing.T, args ...string) (string, error, *agentOptions) {
+	t.Helper()
+	var started *agentOptions
+	app := newApp(func(_ context.Context, o agentOptions, log *slog.Logger) error {
+		started = &o
+		return nil
+	})
+	var out bytes.Buffer
+	app.Writer, app.ErrWriter = &out, &out
+	app.ExitErrHandler = func(*cli.Context, error) {} // never os.Exit in a test
+	err := app.RunContext(t.Context(), append([]string{"grapevine"}, args...))
+	return out.String(), err, started
+}
+
+// TestBadInput: every mistake on the command line ends in one sentence that
+// says what is wrong and what is accepted, before the agent starts anything.
+func TestBadInput(t *testing.T) {
+	tests := []struct {
+		args []string
+		want []string // the error contains each
+	}{
+		{[]string{"agent", "--pool", "10.0.0.0/33"}, []string{`--pool "10.0.0.0/33"`, `prefix length "33" is not a number from 0 to 32`, "10.244.0.0/16"}},
+		{[]string{"agent", "--pool", "10.0.0.0"}, []string{`--pool "10.0.0.0" has no prefix length`}},
+		{[]string{"agent", "--pool", "ten/8"}, []string{`"ten" is not an IPv4 address`}},
+		{[]string{"agent", "--pool", "fd00::/48"}, []string{"only IPv4 pools"}},
+		{[]string{"agent", "--pool", "10.244.1.0/16"}, []string{"not a network address (did you mean 10.244.0.0/16?)"}},
+		{[]string{"agent", "--block-size", "31"}, []string{"--block-size 31", "between the pool's prefix length /16 and /30"}},
+		{[]string{"agent", "--block-size", "8"}, []string{"--block-size 8", "between"}},
+		{[]string{"agent", "--pool", "10.0.0.0/8", "--block-size", "30"}, []string{"more than 2^20 blocks"}},
+		{[]string{"agent", "--log-level", "loud"}, []string{`--log-level "loud" is not a level: use debug, info, warn or error`}},
+		{[]string{"agent", "--reclaim-after", "-5m"}, []string{"--reclaim-after", "-5m0s is negative"}},
+		{[]string{"agent", "--node-name", "bad name!"}, []string{`--node-name: node name "bad name!" has spaces`}},
+		{[]string{"agent", "--node-name", strings.Repeat("n", 254)}, []string{"--node-name", "1-253 characters"}},
+		{[]string{"agent", "--port", "70000"}, []string{"--port: port 70000 is out of range 1-65535"}},
+		{[]string{"agent", "--port", "0"}, []string{"--port: port 0 is out of range"}},
+		{[]string{"agent", "--port", "abc"}, []string{`invalid value "abc" for flag -port`, "see grapevine agent --help"}},
+		{[]string{"agent", "--poool", "10.0.0.0/8"}, []string{"flag provided but not defined: -poool", "see grapevine agent --help"}},
+		{[]string{"agent", "--mtu", "100"}, []string{"--mtu 100 is out of range: 0 (the interface's) or 576-65535"}},
+		{[]string{"agent", "--resync-interval", "0s"}, []string{"--resync-interval 0s: must be longer than zero"}},
+		{[]string{"agent", "--metrics-addr", "9962"}, []string{`--metrics-addr "9962" is not host:port`}},
+		{[]string{"agent", "--host-ip", "10.0.0"}, []string{`--host-ip "10.0.0" is not an IPv4 address`}},
+		{[]string{"agent", "--gossip-key-file", "/nonexistent/gossip.key"}, []string{"gossip key", "/nonexistent/gossip.key", "no such file"}},
+		{[]string{"agent", "--state-dir", "state"}, []string{`--state-dir "state" must be an absolute path`}},
+		{[]string{"agent", "--run-dir", ""}, []string{`--run-dir "" must be an absolute path`}},
+		{[]string{"agent", "--cni-conf-dir", "net.d"}, []string{`--cni-conf-dir "net.d" must be an absolute path`}},
+		{[]string{"agent", "extra-arg"}, []string{`agent takes no arguments, got "extra-arg"`}},
+		{[]string{"agent", "--pool", "10.1.0.0/16", "extra-arg"}, []string{`agent takes no arguments, got "extra-arg"`}},
+		{[]string{"status", "h1"}, []string{`status takes no arguments, got "h1"`}},
+		{[]string{"status", "-o", "yaml"}, []string{`-o "yaml": want table or json`}},
+		{[]string{"keygen", "32"}, []string{`keygen takes no arguments, got "32"`}},
+		{[]string{"version", "now"}, []string{`version takes no arguments`}},
+		{[]string{"install-cni", "/opt/cni/bin"}, []string{`install-cni takes no arguments, got "/opt/cni/bin"`}},
+		{[]string{"release"}, []string{"release takes exactly one node name, got 0 arguments"}},
+		{[]string{"release", "h1", "h2"}, []string{"release takes exactly one node name, got 2 arguments"}},
+		{[]string{"versoin"}, []string{`unknown command "versoin"`, "version"}},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			out, err, started := runCLI(t, tt.args...)
+			if err == nil {
+				t.Fatalf("accepted; printed %q", out)
+			}
+			if started != nil {
+				t.Errorf("the agent started despite the error %q", err)
+			}
+			msg := err.Error()
+			for _, w := range tt.want {
+				if !strings.Contains(msg, w) {
+					t.Errorf("error %q does not say %q", msg, w)
+				}
+			}
+			for _, internal := range []string{"mesh: ", "netip.", "slog:", "agent: ", "\n"} {
+				if strings.Contains(msg, internal) {
+					t.Errorf("error %q contains %q", msg, internal)
+				}
+			}
+			if strings.Contains(out, "Incorrect Usage") || strings.Contains(out, "USAGE:") {
+				t.Errorf("a usage dump was printed with the error:\n%s", out)
+			}
+		})
+	}
+}
+
+// TestGoodInput: valid flags reach the agent as options, and nothing is
+// printed or logged before it starts (the mesh warns about unencrypted
+// gossip itself, once; see TestAgentLoop).
+func TestGoodInput(t *testing.T) {
+	out, err, started := runCLI(t, "agent", "--node-name", "n1", "--pool", "10.10.0.0/16", "--block-size", "24",
+		"--reclaim-after", "5m", "--port", "7000", "--mtu", "1400", "--join", "10.0.0.2", "--join", "10.0.0.3:7000", "--join", "",
+		"--host-ip", "10.0.0.1", "--metrics-addr", "", "--log-level", "WARN")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out != "" {
+		t.Errorf("printed before the agent started: %q", out)
+	}
+	if started == nil {
+		t.Fatal("agent not started")
+	}
+	o := *started
+	if o.NodeName != "n1" || o.Pool != netip.MustParsePrefix("10.10.0.0/16") || o.BlockSize != 24 || o.ReclaimAfter != 5*time.Minute ||
+		o.Port != 7000 || o.MTU != 1400 || len(o.Join) != 2 || o.HostIP != netip.MustParseAddr("10.0.0.1") || o.MetricsAddr != "" {
+		t.Errorf("options = %+v", o)
+	}
+}
+
+func TestVersion(t *testing.T) {
+	for _, args := range [][]string{{"version"}, {"--version"}, {"-v"}} {
+		out, err, _ := runCLI(t, args...)
+		if err != nil || out != "grapevine version "+version+"\n" {
+			t.Errorf("grapevine %s = %q, %v; want \"grapevine version %s\\n\"", args[0], out, err, version)
+		}
+	}
+}
