@@ -127,7 +127,8 @@ func (l *Ledger) reclaim(r *raft.Raft, ls *leaderState, st *State, peers []Peer,
 // DeadVoterGrace by adding the replacement first and removing the dead one
 // after (never below the quorum of the current configuration), demotes
 // surplus voters, and removes non-voters dead for DeadNonvoterAfter. One
-// configuration change per tick.
+// configuration change per tick, but promotions, which come in pairs to
+// keep the count of voters odd (see promotions).
 func (l *Ledger) autopilot(r *raft.Raft, ls *leaderState, st *State, peers []Peer, now time.Time) {
 	f := r.GetConfiguration()
 	if f.Error() != nil {
@@ -238,9 +239,10 @@ func (l *Ledger) autopilot(r *raft.Raft, ls *leaderState, st *State, peers []Pee
 			return
 		}
 	}
-	if voters < l.cfg.Voters && len(candidates) > 0 {
-		c := candidates[0]
-		l.change("promote non-voter", l.serverName(peers, st, c.ID), r.AddVoter(c.ID, c.Address, 0, applyTimeout))
+	if n := promotions(voters, l.cfg.Voters, len(candidates)); n > 0 {
+		for _, c := range candidates[:n] {
+			l.change("promote non-voter", l.serverName(peers, st, c.ID), r.AddVoter(c.ID, c.Address, 0, applyTimeout))
+		}
 		return
 	}
 	if voters > l.cfg.Voters && len(deadVoters) == 0 && len(liveVoters) > l.cfg.Voters {
@@ -258,6 +260,24 @@ func (l *Ledger) autopilot(r *raft.Raft, ls *leaderState, st *State, peers []Pee
 		d := deadNonvoters[0]
 		l.change("remove long-dead non-voter", l.serverName(peers, st, d.ID), r.RemoveServer(d.ID, 0, applyTimeout))
 	}
+}
+
+// promotions says how many of the stable non-voters to promote now, with
+// voters voters of the wanted target. The count of voters stays odd: an
+// even count survives no more failures than the odd count below it but
+// needs one more voter to agree, and two voters lose the quorum with
+// either. So a single voter with one candidate stays alone, and a single
+// voter with two candidates promotes both back to back, rather than leave
+// the ledger a tick with two voters.
+func promotions(voters, target, candidates int) int {
+	n := 2
+	if voters%2 == 0 {
+		n = 1 // after a removal: one more makes the count odd again
+	}
+	if voters >= target || candidates < n || voters+n > target {
+		return 0
+	}
+	return n
 }
 
 func compareIDs(a, b raft.ServerID) int {
