@@ -61,6 +61,9 @@ func (m *Mesh) observe(n *memberlist.Node) {
 	rejectedNow := metaErr != nil && (p.metaErr == nil || string(n.Meta) != string(p.metaRaw))
 	p.addr, p.state = addr, state
 	p.metaRaw = append(p.metaRaw[:0], n.Meta...)
+	// A member that now advertises a ledger (its founder, or a node just
+	// added) is what a node still waiting to join is waiting for.
+	ledgerAppeared := state.live() && metaErr == nil && !meta.ClusterID.IsZero() && meta.ClusterID != p.meta.ClusterID
 	if state.live() {
 		// Metadata is only meaningful from a live member: memberlist keeps
 		// the last value of a dead one.
@@ -77,6 +80,9 @@ func (m *Mesh) observe(n *memberlist.Node) {
 	}
 	signal(m.peersChanged)
 	signal(m.wake)
+	if ledgerAppeared {
+		signal(m.ledgerChanged)
+	}
 	m.notify()
 }
 

@@ -30,6 +30,10 @@ type Mesh struct {
 	changed chan struct{}
 	// wake nudges the ownership loop: membership or the ledger changed.
 	wake chan struct{}
+	// ledgerChanged wakes the ownership loop even while it backs off: a
+	// ledger appearing in gossip, a leader, or this node joining it is what
+	// a failing join or claim was waiting for.
+	ledgerChanged chan struct{}
 	// peersChanged nudges the loop that hands membership to the ledger.
 	peersChanged chan struct{}
 	// seedsAdded nudges the reconnect loop to dial new seeds now.
@@ -87,18 +91,19 @@ func New(cfg Config) (*Mesh, error) {
 		return nil, fmt.Errorf("mesh: register metrics: %w", err)
 	}
 	return &Mesh{
-		cfg:          cfg,
-		rules:        Rules{Pool: cfg.Pool, BlockBits: cfg.BlockBits, AllowForeignHostIP: cfg.AllowForeignHostIP},
-		log:          cfg.Logger.With("component", "mesh"),
-		now:          cfg.Now,
-		metrics:      met,
-		changed:      make(chan struct{}, 1),
-		wake:         make(chan struct{}, 1),
-		peersChanged: make(chan struct{}, 1),
-		seedsAdded:   make(chan struct{}, 1),
-		seeds:        slices.Clone(cfg.Join),
-		peers:        make(map[string]*peer),
-		reason:       "joining",
+		cfg:           cfg,
+		rules:         Rules{Pool: cfg.Pool, BlockBits: cfg.BlockBits, AllowForeignHostIP: cfg.AllowForeignHostIP},
+		log:           cfg.Logger.With("component", "mesh"),
+		now:           cfg.Now,
+		metrics:       met,
+		changed:       make(chan struct{}, 1),
+		wake:          make(chan struct{}, 1),
+		ledgerChanged: make(chan struct{}, 1),
+		peersChanged:  make(chan struct{}, 1),
+		seedsAdded:    make(chan struct{}, 1),
+		seeds:         slices.Clone(cfg.Join),
+		peers:         make(map[string]*peer),
+		reason:        "joining",
 	}, nil
 }
 

@@ -130,8 +130,9 @@ func (m *Mesh) ownershipLoop(ctx context.Context, saved *savedBlock) {
 		if !ok {
 			wait = backoff(failures)
 			if failures > 2 {
-				// Retrying on every event would spin while the ledger
-				// keeps saying no (pool exhausted, no leader).
+				// Retrying on every membership event would spin while
+				// the ledger keeps saying no (pool exhausted, no leader);
+				// a change of the ledger itself still wakes the loop.
 				wake = nil
 			}
 		}
@@ -139,6 +140,7 @@ func (m *Mesh) ownershipLoop(ctx context.Context, saved *savedBlock) {
 		case <-ctx.Done():
 			return
 		case <-time.After(wait):
+		case <-m.ledgerChanged:
 		case <-wake:
 			// Coalesce bursts of membership events.
 			select {
@@ -398,6 +400,7 @@ func (m *Mesh) refreshSaved() {
 // ledgerEvents follows the ledger: a new cluster ID is advertised in
 // metadata, and every change wakes the ownership loop and the View.
 func (m *Mesh) ledgerEvents(ctx context.Context) {
+	var last ledger.Info
 	for {
 		select {
 		case <-ctx.Done():
@@ -405,6 +408,11 @@ func (m *Mesh) ledgerEvents(ctx context.Context) {
 		case <-m.led.Changed():
 		}
 		info := m.led.Info()
+		// Only a new ledger, leader or role cuts a back-off short: every
+		// entry applied (a refused claim too) fires Changed as well, and
+		// retrying on those would spin while the pool is exhausted.
+		roleChanged := info.ClusterID != last.ClusterID || info.Leader != last.Leader || info.Role != last.Role
+		last = info
 		m.mu.Lock()
 		newCluster := info.ClusterID != m.clusterID
 		m.clusterID = info.ClusterID
@@ -417,6 +425,9 @@ func (m *Mesh) ledgerEvents(ctx context.Context) {
 			m.advertise()
 		}
 		signal(m.wake)
+		if roleChanged {
+			signal(m.ledgerChanged)
+		}
 		m.notify()
 	}
 }
