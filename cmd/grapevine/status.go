@@ -69,7 +69,8 @@ type memberStatus struct {
 	KeptBy []string `json:"keptBy,omitempty"`
 	// GossipSeen is when memberlist last counted the member in.
 	GossipSeen time.Time `json:"gossipSeen,omitzero"`
-	// DataPath is "up", "down" or, for a host not probed, empty;
+	// DataPath is "up", "down", "no reply yet" or, for a host not
+	// probed, empty;
 	// DataPathSeen is its last echo reply.
 	DataPath     string    `json:"dataPath,omitempty"`
 	DataPathSeen time.Time `json:"dataPathSeen,omitzero"`
@@ -177,8 +178,9 @@ func peerRouteState(res node.Result, peer string) string {
 	return node.PeerPending
 }
 
-// dataPathState renders the prober's verdict on host: "up", "down", or ""
-// when the host is not probed.
+// dataPathState renders the prober's verdict on host: "up", "down",
+// "no reply yet" for a host probed since moments ago that has not answered
+// (a fresh agent's peers are not down), or "" when the host is not probed.
 func dataPathState(paths map[netip.Addr]probe.Verdict, host netip.Addr) (string, time.Time) {
 	v, probed := paths[host]
 	switch {
@@ -186,6 +188,8 @@ func dataPathState(paths map[netip.Addr]probe.Verdict, host netip.Addr) (string,
 		return "", time.Time{}
 	case v.Up:
 		return "up", v.LastReply
+	case v.LastReply.IsZero():
+		return "no reply yet", time.Time{}
 	}
 	return "down", v.LastReply
 }
