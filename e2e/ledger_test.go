@@ -113,18 +113,7 @@ func TestPartitionNewcomersBothSides(t *testing.T) {
 	if err := l.Heal(ctx); err != nil {
 		t.Fatal(err)
 	}
-	after, err := lab.WaitMesh(ctx, l.Hosts())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := uniqueBlocks(after); err != nil {
-		t.Fatal(err)
-	}
-	for name, s := range before {
-		if after[name].Block != s.Block {
-			t.Errorf("%s holds %s after healing, %s before", name, after[name].Block, s.Block)
-		}
-	}
+	after := wholeAgain(t, ctx, l.Hosts(), before)
 	if err := waitUntil(ctx, "every host's kernel routes", func() error { return expectMeshRoutes(after, l.Hosts()) }); err != nil {
 		t.Fatal(err)
 	}
@@ -164,18 +153,7 @@ func TestIsolatedBoot(t *testing.T) {
 	if err := lonely.RestoreLink(ctx); err != nil {
 		t.Fatal(err)
 	}
-	after, err := lab.WaitMesh(ctx, l.Hosts())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := uniqueBlocks(after); err != nil {
-		t.Fatal(err)
-	}
-	for name, b := range before {
-		if after[name].Block != b.Block {
-			t.Errorf("%s holds %s, held %s before", name, after[name].Block, b.Block)
-		}
-	}
+	wholeAgain(t, ctx, l.Hosts(), before)
 }
 
 // TestDuplicateName: a second agent started under a live node's name (its
@@ -229,4 +207,24 @@ func TestDuplicateName(t *testing.T) {
 	if !strings.Contains(log, "identity") && !strings.Contains(log, "node name") {
 		t.Errorf("the duplicate's log does not say why it is refused:\n%s", dup.LogTail(30))
 	}
+}
+
+// wholeAgain waits until every host is ready with a full mesh, fails the
+// test if a block is held twice or a host in before holds another block
+// than it did, and returns the hosts' statuses.
+func wholeAgain(t *testing.T, ctx context.Context, hosts []*lab.Host, before map[string]lab.Status) map[string]lab.Status {
+	t.Helper()
+	after, err := lab.WaitMesh(ctx, hosts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := uniqueBlocks(after); err != nil {
+		t.Fatal(err)
+	}
+	for name, s := range before {
+		if after[name].Block != s.Block {
+			t.Errorf("%s holds %s, held %s before", name, after[name].Block, s.Block)
+		}
+	}
+	return after
 }

@@ -41,7 +41,7 @@ func (m *Mesh) seedTargets() []string {
 	live := make(map[string]bool)
 	live[netip.AddrPortFrom(m.cfg.AdvertiseAddr, uint16(m.cfg.Port)).String()] = true
 	for _, p := range m.peers {
-		if p.state.live() {
+		if p.state.Live() {
 			live[p.addr.String()] = true
 		}
 	}
@@ -117,7 +117,7 @@ func (m *Mesh) forgetGone() {
 	defer m.mu.Unlock()
 	forgot := false
 	for name, p := range m.peers {
-		if !p.state.live() && time.Since(p.since) > m.cfg.ReclaimAfter {
+		if !p.state.Live() && time.Since(p.since) > m.cfg.ReclaimAfter {
 			delete(m.peers, name)
 			forgot = true
 		}

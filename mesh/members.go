@@ -63,8 +63,8 @@ func (m *Mesh) observe(n *memberlist.Node) {
 	p.metaRaw = append(p.metaRaw[:0], n.Meta...)
 	// A member that now advertises a ledger (its founder, or a node just
 	// added) is what a node still waiting to join is waiting for.
-	ledgerAppeared := state.live() && metaErr == nil && !meta.ClusterID.IsZero() && meta.ClusterID != p.meta.ClusterID
-	if state.live() {
+	ledgerAppeared := state.Live() && metaErr == nil && !meta.ClusterID.IsZero() && meta.ClusterID != p.meta.ClusterID
+	if state.Live() {
 		// Metadata is only meaningful from a live member: memberlist keeps
 		// the last value of a dead one.
 		p.meta, p.metaErr = meta, metaErr
@@ -119,7 +119,7 @@ func (m *Mesh) ledgerPeers() []ledger.Peer {
 			Addr:      netip.AddrPortFrom(p.addr.Addr(), p.meta.LedgerPort),
 			HostIP:    p.meta.HostIP,
 			ClusterID: p.meta.ClusterID,
-			Alive:     p.state.live(),
+			Alive:     p.state.Live(),
 		})
 	}
 	return out

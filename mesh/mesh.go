@@ -78,7 +78,7 @@ type peer struct {
 }
 
 // usable reports whether p is live with accepted metadata.
-func (p *peer) usable() bool { return p.state.live() && p.metaErr == nil }
+func (p *peer) usable() bool { return p.state.Live() && p.metaErr == nil }
 
 // New checks cfg and returns a Mesh that is not running yet.
 func New(cfg Config) (*Mesh, error) {
@@ -366,7 +366,7 @@ func (m *Mesh) Release(ctx context.Context, node string) error {
 	m.mu.Lock()
 	led := m.led
 	p, known := m.peers[node]
-	alive := node == m.cfg.NodeName || (known && p.state.live())
+	alive := node == m.cfg.NodeName || (known && p.state.Live())
 	gone := time.Since(m.started)
 	if known {
 		gone = time.Since(p.since)
@@ -425,7 +425,7 @@ func (m *Mesh) View() View {
 		if p.metaErr == nil {
 			mem.HostIP, mem.ID, mem.ClusterID = p.meta.HostIP, p.meta.ID, p.meta.ClusterID
 			mem.Foreign = !ours.IsZero() && !p.meta.ClusterID.IsZero() && p.meta.ClusterID != ours
-			if p.state.live() && !mem.Foreign && m.identity == "" {
+			if p.state.Live() && !mem.Foreign && m.identity == "" {
 				mem.Block = routedBlock(byID, p.name, p.meta)
 				if mem.Block == v.Block {
 					mem.Block = netip.Prefix{}

@@ -280,7 +280,7 @@ func (m *Mesh) anyLive() bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, p := range m.peers {
-		if p.state.live() {
+		if p.state.Live() {
 			return true
 		}
 	}
@@ -316,7 +316,7 @@ func (m *Mesh) claim(ctx context.Context, hint netip.Prefix) bool {
 	}
 	// Saved before it is used, so that a crash from here on restarts with
 	// this block, not the one before.
-	if err := saveBlock(m.cfg.StateDir, savedBlock{Node: m.cfg.NodeName, ID: m.id, Block: b, LastConfirmed: m.now()}); err != nil {
+	if err := m.saveConfirmed(b); err != nil {
 		// The block is this node's in the ledger either way; without the
 		// file a restart waits for the ledger's confirmation.
 		m.log.Error("save the block for restarts", "block", b, "err", err)
@@ -375,6 +375,11 @@ func (m *Mesh) refuseIdentity(err error) {
 	m.notify()
 }
 
+// saveConfirmed writes block.json: block b, confirmed by the ledger now.
+func (m *Mesh) saveConfirmed(b netip.Prefix) error {
+	return saveBlock(m.cfg.StateDir, savedBlock{Node: m.cfg.NodeName, ID: m.id, Block: b, LastConfirmed: m.now()})
+}
+
 // refreshSaved renews block.json's confirmation time while the lease holds,
 // a few times per ReclaimAfter, so a restart soon after uses the restart
 // rule.
@@ -386,7 +391,7 @@ func (m *Mesh) refreshSaved() {
 	if !own.confirmed || time.Since(own.savedAt) < every || !m.led.LeaseValid() {
 		return
 	}
-	if err := saveBlock(m.cfg.StateDir, savedBlock{Node: m.cfg.NodeName, ID: m.id, Block: own.Block, LastConfirmed: m.now()}); err != nil {
+	if err := m.saveConfirmed(own.Block); err != nil {
 		m.log.Warn("refresh the saved block", "err", err)
 		return
 	}

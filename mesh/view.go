@@ -30,8 +30,9 @@ func (s MemberState) String() string {
 	return "unknown"
 }
 
-// live reports whether a member in state s may be routed.
-func (s MemberState) live() bool { return s == Alive || s == Suspect }
+// Live reports whether a member in state s is counted in (alive or merely
+// suspect) and so may be routed.
+func (s MemberState) Live() bool { return s == Alive || s == Suspect }
 
 // View is a snapshot of this node and the cluster as this node sees it.
 // A block appears at most once in a View (this node's Block included): every

@@ -76,11 +76,8 @@ func keptRoutes(v mesh.View, prev map[string]keptRoute, paths map[netip.Addr]pro
 // withdrawing on suspicion alone would flap routes on every lost probe,
 // while a dead verdict follows within seconds.
 func routable(m mesh.Member) bool {
-	return m.Block.IsValid() && m.HostIP.IsValid() && live(m.State)
+	return m.Block.IsValid() && m.HostIP.IsValid() && m.State.Live()
 }
-
-// live reports whether memberlist counts a member in (alive or suspect).
-func live(s mesh.MemberState) bool { return s == mesh.Alive || s == mesh.Suspect }
 
 // probeTargets is the host addresses whose data path is watched: every live
 // member with a block, so a verdict is ready by the time memberlist calls

@@ -243,7 +243,7 @@ func (a *agent) noteGossip(v mesh.View) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for _, m := range v.Members {
-		if live(m.State) {
+		if m.State.Live() {
 			a.gossipSeen[m.Name] = now
 		}
 	}

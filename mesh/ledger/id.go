@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/grapevine-net/grapevine/internal/atomicfile"
 )
 
 // NodeID identifies an agent across restarts and renames. It is random and
@@ -118,24 +120,8 @@ func LoadOrCreateNodeID(dir string) (NodeID, error) {
 		return NodeID{}, fmt.Errorf("create state dir for node ID: %w", err)
 	}
 	id := NewNodeID()
-	tmp, err := os.CreateTemp(dir, nodeIDFile+".*")
-	if err != nil {
-		return NodeID{}, fmt.Errorf("write node ID: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.WriteString(id.String() + "\n"); err != nil {
-		tmp.Close()
-		return NodeID{}, fmt.Errorf("write node ID: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return NodeID{}, fmt.Errorf("write node ID: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return NodeID{}, fmt.Errorf("write node ID: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return NodeID{}, fmt.Errorf("write node ID: %w", err)
+	if err := atomicfile.Write(path, []byte(id.String()+"\n"), 0o600); err != nil {
+		return NodeID{}, fmt.Errorf("node ID: %w", err)
 	}
 	return id, nil
 }
