@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -144,6 +145,11 @@ type Config struct {
 	// StateDir holds node-id, block.json (the block restored after a
 	// restart) and the ledger's log and snapshots under raft/.
 	StateDir string
+	// Incarnation, when set, ties the restart rule to a record outside the
+	// mesh that ends when the host is removed for good (with
+	// --join-kubernetes: the UID of this host's Node object). Nil: the
+	// restart rule depends on block.json and the local ledger alone.
+	Incarnation Incarnation
 
 	// SecretKey (16, 24 or 32 bytes) turns on AES-GCM encryption of all
 	// gossip; members without the key can neither join nor be heard.
@@ -178,6 +184,23 @@ type Config struct {
 	// TuneLedger adjusts the ledger's configuration last (tests: faster
 	// raft and autopilot timers).
 	TuneLedger func(*ledger.Config)
+}
+
+// Incarnation names this host's current incarnation in a record outside
+// the mesh, such as the Kubernetes Node object (its UID), whose deletion
+// says the host is gone for good. The mesh saves the incarnation under which
+// the ledger last confirmed its block with the block, and applies the
+// restart rule only while that incarnation still holds: a block released
+// because its node's record was deleted is then never used again by that
+// node without the ledger's word.
+type Incarnation interface {
+	// Current is this host's incarnation as last seen, "" while unknown
+	// or absent. It must not block.
+	Current() string
+	// Verify asks the record now whether saved is still this host's
+	// incarnation: nil if so, otherwise why not (absent, another one,
+	// unreachable). Called once on start, before the restart rule.
+	Verify(ctx context.Context, saved string) error
 }
 
 // withDefaults returns c with defaults filled in, or an error naming the

@@ -10,6 +10,7 @@ type metrics struct {
 	foreignMembers   prometheus.Gauge
 	claims           *prometheus.CounterVec
 	fenced           prometheus.Counter
+	releases         *prometheus.CounterVec
 	nameConflicts    prometheus.Counter
 	rejectedMetadata *prometheus.CounterVec
 }
@@ -28,6 +29,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		fenced: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "grapevine_mesh_fenced_total", Help: "Times this node stopped using a block the ledger no longer assigns to it.",
 		}),
+		releases: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "grapevine_mesh_releases_total", Help: "Blocks of departed nodes this node had the ledger release, by trigger: operator (grapevine release), record_deleted (the node's Kubernetes Node object was deleted).",
+		}, []string{"trigger"}),
 		nameConflicts: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "grapevine_mesh_name_conflicts_total", Help: "Hosts seen using the name of another live member.",
 		}),
@@ -38,7 +42,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.members, m.foreignMembers, m.claims, m.fenced, m.nameConflicts, m.rejectedMetadata} {
+	for _, c := range []prometheus.Collector{m.members, m.foreignMembers, m.claims, m.fenced, m.releases, m.nameConflicts, m.rejectedMetadata} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -40,6 +40,9 @@ type ownBlock struct {
 	seen bool
 	// savedAt is when block.json was last written (monotonic clock).
 	savedAt time.Time
+	// incarnation is Config.Incarnation's value when the ledger last
+	// confirmed Block, the one saved with it; "" without an Incarnation.
+	incarnation string
 }
 
 // ownBlockLocked returns the block this node shows in its View and whether
@@ -80,26 +83,61 @@ func (m *Mesh) contactLost(info ledger.Info) bool {
 
 // restore applies the restart rule to the block the previous run saved:
 // usable at once if it holds, otherwise only the hint of the first claim.
-// It reports whether the block was restored.
-func (m *Mesh) restore(saved *savedBlock) bool {
+// With an Incarnation, the rule also needs the saved incarnation to hold
+// now (see restartGate). It reports whether the block was restored.
+func (m *Mesh) restore(ctx context.Context, saved *savedBlock) bool {
 	if saved == nil {
 		return false
 	}
 	st, _ := m.led.State()
 	now := m.now()
+	rule := restorable(saved, m.id, now, m.cfg.ReclaimAfter, st) && st.Blocks[saved.Block].HostIP == m.cfg.AdvertiseAddr
+	var gate error
+	if rule {
+		gate = m.restartGate(ctx, saved)
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.own = ownBlock{Block: saved.Block}
-	if o := st.Blocks[saved.Block]; restorable(saved, m.id, now, m.cfg.ReclaimAfter, st) && o.HostIP == m.cfg.AdvertiseAddr {
+	if rule && gate == nil {
 		m.own.restoredUntil = time.Now().Add(m.cfg.ReclaimAfter/2 - now.Sub(saved.LastConfirmed))
 		m.own.seen = true
+		m.own.incarnation = saved.Incarnation
 		m.metrics.claims.WithLabelValues("restored").Inc()
 		m.log.Info("restored the saved block under the restart rule", "block", saved.Block, "confirmed", saved.LastConfirmed)
 		return true
 	}
 	m.reason = fmt.Sprintf("waiting for the ledger to confirm block %s saved by the previous run", saved.Block)
+	if gate != nil {
+		m.reason += " (restart rule not applied: " + gate.Error() + ")"
+		m.log.Info("restart rule not applied: this host's incarnation does not hold; waiting for the ledger's confirmation",
+			"block", saved.Block, "confirmed", saved.LastConfirmed, "savedIncarnation", saved.Incarnation, "err", gate)
+		return false
+	}
 	m.log.Info("saved block needs the ledger's confirmation before new addresses are handed out", "block", saved.Block, "confirmed", saved.LastConfirmed)
 	return false
+}
+
+// restartGateTimeout bounds the question to the Incarnation's record on
+// start; no answer means no restart rule.
+const restartGateTimeout = 10 * time.Second
+
+// restartGate asks Config.Incarnation whether the incarnation saved with
+// the block still holds. Without an Incarnation the rule is as it always
+// was. The block may have been released because this host's record was
+// deleted, which the local ledger replica cannot show if the release came
+// after the crash: then only the ledger may hand the block back.
+func (m *Mesh) restartGate(ctx context.Context, saved *savedBlock) error {
+	inc := m.cfg.Incarnation
+	if inc == nil {
+		return nil
+	}
+	if saved.Incarnation == "" {
+		return errors.New("no incarnation saved with the block")
+	}
+	ctx, cancel := context.WithTimeout(ctx, restartGateTimeout)
+	defer cancel()
+	return inc.Verify(ctx, saved.Incarnation)
 }
 
 // ownershipLoop keeps this node in a ledger and holding a block: it asks to
@@ -192,11 +230,21 @@ func (m *Mesh) step(ctx context.Context, hint *netip.Prefix, leaderless *time.Ti
 		}
 	}
 
+	incarnation := m.currentIncarnation()
 	m.mu.Lock()
+	if m.own.Block.IsValid() && m.own.incarnation != incarnation && m.own.incarnation != "" && m.own.confirmed {
+		// The record this host's block was confirmed under is gone or
+		// replaced (its Node object deleted): peers may have released the
+		// block. Only the ledger can say it is still ours.
+		m.own.confirmed = false
+		m.log.Warn("this host's incarnation changed since the ledger confirmed its block; confirming again before handing out addresses",
+			"block", m.own.Block, "was", m.own.incarnation, "now", incarnation)
+	}
 	own := m.own
 	m.mu.Unlock()
 	o, assigned := st.Blocks[own.Block]
-	needClaim := !own.Block.IsValid() || !own.confirmed || (assigned && o.ID == m.id && o.HostIP != m.cfg.AdvertiseAddr)
+	needClaim := !own.Block.IsValid() || !own.confirmed || own.incarnation != incarnation ||
+		(assigned && o.ID == m.id && o.HostIP != m.cfg.AdvertiseAddr)
 	if needClaim {
 		want := *hint
 		if own.Block.IsValid() {
@@ -303,6 +351,9 @@ func (m *Mesh) setReason(r string) {
 func (m *Mesh) claim(ctx context.Context, hint netip.Prefix) bool {
 	ctx, cancel := context.WithTimeout(ctx, ledgerCallTimeout)
 	defer cancel()
+	// Read before the claim: the answer confirms the block under this
+	// incarnation, and a change meanwhile makes the next step claim again.
+	incarnation := m.currentIncarnation()
 	b, err := m.led.Claim(ctx, hint, m.cfg.AdvertiseAddr)
 	if err != nil {
 		m.claimFailed(err)
@@ -316,7 +367,7 @@ func (m *Mesh) claim(ctx context.Context, hint netip.Prefix) bool {
 	}
 	// Saved before it is used, so that a crash from here on restarts with
 	// this block, not the one before.
-	if err := m.saveConfirmed(b); err != nil {
+	if err := m.saveConfirmed(b, incarnation); err != nil {
 		// The block is this node's in the ledger either way; without the
 		// file a restart waits for the ledger's confirmation.
 		m.log.Error("save the block for restarts", "block", b, "err", err)
@@ -328,6 +379,7 @@ func (m *Mesh) claim(ctx context.Context, hint netip.Prefix) bool {
 		m.own = ownBlock{Block: b, confirmed: true}
 	}
 	m.own.savedAt = time.Now()
+	m.own.incarnation = incarnation
 	m.identity = ""
 	m.reason = ""
 	m.mu.Unlock()
@@ -375,9 +427,18 @@ func (m *Mesh) refuseIdentity(err error) {
 	m.notify()
 }
 
-// saveConfirmed writes block.json: block b, confirmed by the ledger now.
-func (m *Mesh) saveConfirmed(b netip.Prefix) error {
-	return saveBlock(m.cfg.StateDir, savedBlock{Node: m.cfg.NodeName, ID: m.id, Block: b, LastConfirmed: m.now()})
+// saveConfirmed writes block.json: block b, confirmed by the ledger now,
+// under incarnation.
+func (m *Mesh) saveConfirmed(b netip.Prefix, incarnation string) error {
+	return saveBlock(m.cfg.StateDir, savedBlock{Node: m.cfg.NodeName, ID: m.id, Block: b, LastConfirmed: m.now(), Incarnation: incarnation})
+}
+
+// currentIncarnation is Config.Incarnation's current value, "" without one.
+func (m *Mesh) currentIncarnation() string {
+	if m.cfg.Incarnation == nil {
+		return ""
+	}
+	return m.cfg.Incarnation.Current()
 }
 
 // refreshSaved renews block.json's confirmation time while the lease holds,
@@ -391,7 +452,7 @@ func (m *Mesh) refreshSaved() {
 	if !own.confirmed || time.Since(own.savedAt) < every || !m.led.LeaseValid() {
 		return
 	}
-	if err := m.saveConfirmed(own.Block); err != nil {
+	if err := m.saveConfirmed(own.Block, own.incarnation); err != nil {
 		m.log.Warn("refresh the saved block", "err", err)
 		return
 	}

@@ -27,6 +27,10 @@ type savedBlock struct {
 	// LastConfirmed is when this host last knew, from a leader it heard
 	// from, that the ledger assigned Block to ID.
 	LastConfirmed time.Time `json:"lastConfirmed"`
+	// Incarnation is Config.Incarnation's value when the ledger last
+	// confirmed Block (absent without one): the restart rule applies only
+	// while it still holds.
+	Incarnation string `json:"incarnation,omitempty"`
 }
 
 func blockFilePath(stateDir string) string { return filepath.Join(stateDir, BlockFileName) }

@@ -50,7 +50,7 @@ func TestBlockFile(t *testing.T) {
 	if s, err := loadBlock(dir); s != nil || err != nil {
 		t.Fatalf("no file: %v, %v", s, err)
 	}
-	want := savedBlock{Node: "n", ID: ledger.NodeID{7}, Block: netip.MustParsePrefix("10.244.2.0/23"), LastConfirmed: time.UnixMilli(1_800_000_000_123).UTC()}
+	want := savedBlock{Node: "n", ID: ledger.NodeID{7}, Block: netip.MustParsePrefix("10.244.2.0/23"), LastConfirmed: time.UnixMilli(1_800_000_000_123).UTC(), Incarnation: "4f6c7a52-0d1e-4b8a-9c3e-2a1b0c9d8e7f"}
 	if err := saveBlock(dir, want); err != nil {
 		t.Fatal(err)
 	}

@@ -147,6 +147,9 @@ type Spec struct {
 	SecretKey []byte
 	// Now is this node's wall clock (zero: the cluster's).
 	Now func() time.Time
+	// Incarnation gates the node's restart rule (nil: none, as without
+	// --join-kubernetes).
+	Incarnation mesh.Incarnation
 }
 
 // Start creates and runs a node. It returns once the node runs; the node
@@ -207,6 +210,7 @@ func (c *Cluster) Start(spec Spec) (*Node, error) {
 		// killed node (no network) gives up quickly.
 		LeaveTimeout:  300 * time.Millisecond,
 		StateDir:      spec.StateDir,
+		Incarnation:   spec.Incarnation,
 		SecretKey:     key,
 		Join:          spec.Join,
 		Logger:        logger.With("node", spec.Name),
