@@ -1,17 +1,22 @@
-// Package kubejoin finds gossip seed addresses in the Kubernetes API: the IPv4
-// InternalIP of every Node object except this node's own, and which Node is
-// the oldest (its agent founds the block ledger of a new cluster). It lets
-// the agent in a DaemonSet join the mesh with no peer list.
+// Package kubejoin follows the cluster's Node objects in the Kubernetes API:
+// the IPv4 InternalIP of every Node except this node's own (gossip seeds),
+// which Node is the oldest (its agent founds the block ledger of a new
+// cluster), the UID of this node's own Node object, and which Node objects
+// are deleted. It lets the agent in a DaemonSet join the mesh with no peer
+// list, and free the block of a node the operator deleted.
 //
-// Only seeds and the founding rule come from here. Once an agent has joined,
-// membership is gossip's business and block ownership the ledger's; the API
-// server is never a source of truth for either and may go away without
-// disturbing routes.
+// Only seeds, the founding rule and those two facts come from here. Once
+// an agent has joined, membership is gossip's business and block ownership
+// the ledger's; the API server is never a source of truth for either and
+// may go away without disturbing routes.
 //
 // Seeds cannot come from DNS (a headless Service over the DaemonSet): the
 // cluster DNS runs in pods, and pods get no network until the agent holds a
 // block, which it claims only after joining. The API server is reachable from
 // the host network before any pod network exists.
+//
+// It speaks to the API server with plain HTTPS requests (list, watch, get
+// on nodes: what the manifest's RBAC grants), not client-go.
 package kubejoin
 
 import (
@@ -23,23 +28,45 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
 
-// requestTimeout bounds one list call, so a hung API server delays a refresh
-// instead of stopping discovery.
+// requestTimeout bounds one list or get, so a hung API server delays a
+// refresh instead of stopping discovery.
 const requestTimeout = 30 * time.Second
+
+// Watch timing: the API server ends each watch after watchTimeout (a random
+// duration from the range, so agents do not reconnect in step), and the
+// client gives up on a watch watchGrace later, which bounds how long a
+// connection that died silently goes unnoticed.
+const (
+	minWatchTimeout = time.Minute
+	maxWatchTimeout = 2 * time.Minute
+	watchGrace      = 15 * time.Second
+)
+
+// Size limits on what the API server sends: a whole list, one watch event.
+const (
+	maxListBytes  = 64 << 20
+	maxEventBytes = 4 << 20
+)
 
 // Node is the part of a Kubernetes Node object discovery reads.
 type Node struct {
 	Name string
+	// UID is the object's metadata.uid: a Node deleted and registered again
+	// under the same name has a new one.
+	UID string
 	// Created is the object's creationTimestamp (second precision).
 	Created   time.Time
 	Addresses []NodeAddress
@@ -51,24 +78,66 @@ type NodeAddress struct {
 	Address string `json:"address"`
 }
 
-// NodeLister lists the cluster's Node objects. APIClient is the real one.
-type NodeLister interface {
-	ListNodes(ctx context.Context) ([]Node, error)
+// NodeList is one list of the Node objects and the resource version to
+// watch from.
+type NodeList struct {
+	Nodes           []Node
+	ResourceVersion string
+}
+
+// EventType is the type of a watch event.
+type EventType string
+
+// The watch events handed on (errors end the watch instead).
+const (
+	Added    EventType = "ADDED"
+	Modified EventType = "MODIFIED"
+	Deleted  EventType = "DELETED"
+	// Bookmark carries only a newer resource version to resume from.
+	Bookmark EventType = "BOOKMARK"
+)
+
+// Event is one change of a Node object.
+type Event struct {
+	Type EventType
+	Node Node // zero for a Bookmark
+	// ResourceVersion is the version to resume a watch from after it.
+	ResourceVersion string
+}
+
+var (
+	// ErrExpired: the resource version a watch asked for is older than
+	// the API server keeps (410 Gone); list again.
+	ErrExpired = errors.New("resource version expired")
+	// ErrNotFound: no Node object of that name.
+	ErrNotFound = errors.New("not found")
+)
+
+// Client reads Node objects. APIClient is the real one.
+type Client interface {
+	ListNodes(ctx context.Context) (NodeList, error)
+	// WatchNodes calls handle with each change after resourceVersion, in
+	// order, until the API server ends the watch (nil), ctx ends, or the
+	// stream fails (ErrExpired when resourceVersion is too old).
+	WatchNodes(ctx context.Context, resourceVersion string, handle func(Event)) error
+	// GetNode reads one Node object; ErrNotFound if there is none.
+	GetNode(ctx context.Context, name string) (Node, error)
 }
 
 // serviceAccountDir is where the kubelet mounts a pod's service account.
 const serviceAccountDir = "/var/run/secrets/kubernetes.io/serviceaccount"
 
-// APIClient lists nodes with one plain HTTPS request to the API server,
+// APIClient reads Node objects with plain HTTPS requests to the API server,
 // authenticated as the pod's service account.
 //
-// Not client-go: seed discovery needs a single GET, and linking client-go
-// made the agent binary three times larger (52 MB instead of 16 MB) and its
-// resident memory 38 MB instead of 15 MB, for code that runs once a minute.
+// Not client-go: the agent needs a list, a watch and a get of one resource,
+// and linking client-go made the agent binary three times larger (52 MB
+// instead of 16 MB) and its resident memory 38 MB instead of 15 MB.
 type APIClient struct {
 	server    string // https://host:port
 	tokenFile string
-	http      *http.Client
+	http      *http.Client // lists and gets: bounded by requestTimeout
+	stream    *http.Client // watches: bounded by their context
 }
 
 // NewInClusterClient returns a client configured the way every in-cluster
@@ -108,77 +177,259 @@ func NewAPIClient(server, tokenFile, caFile string) (*APIClient, error) {
 		server:    strings.TrimSuffix(server, "/"),
 		tokenFile: tokenFile,
 		http:      &http.Client{Transport: transport, Timeout: requestTimeout},
+		stream:    &http.Client{Transport: transport},
 	}, nil
 }
 
-// ListNodes lists every Node object.
-func (c *APIClient) ListNodes(ctx context.Context) ([]Node, error) {
+// get sends an authenticated GET for path (with query) and returns the
+// response; the caller closes its body.
+func (c *APIClient) get(ctx context.Context, client *http.Client, path string) (*http.Response, error) {
 	// The token is read for every request: projected service account tokens
 	// are rotated by the kubelet.
 	token, err := os.ReadFile(c.tokenFile)
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes token: %w", err)
 	}
-	// resourceVersion=0 lets the API server answer from its watch cache
-	// instead of a quorum read from etcd: every node lists all nodes, and a
-	// slightly stale answer is fine for seeds.
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.server+"/api/v1/nodes?resourceVersion=0", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.server+path, nil)
 	if err != nil {
 		return nil, err
 	}
 	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(token)))
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("User-Agent", "grapevine")
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("list nodes: %w", err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		return nil, fmt.Errorf("list nodes: %w", err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		var status struct{ Message string }
-		json.Unmarshal(body, &status)
-		return nil, fmt.Errorf("list nodes: %s: %s", resp.Status, status.Message)
-	}
-	var list struct {
-		Items []struct {
-			Metadata struct {
-				Name              string    `json:"name"`
-				CreationTimestamp time.Time `json:"creationTimestamp"`
-			} `json:"metadata"`
-			Status struct {
-				Addresses []NodeAddress `json:"addresses"`
-			} `json:"status"`
-		} `json:"items"`
-	}
-	if err := json.Unmarshal(body, &list); err != nil {
-		return nil, fmt.Errorf("list nodes: decode: %w", err)
-	}
-	nodes := make([]Node, 0, len(list.Items))
-	for _, it := range list.Items {
-		nodes = append(nodes, Node{Name: it.Metadata.Name, Created: it.Metadata.CreationTimestamp, Addresses: it.Status.Addresses})
-	}
-	return nodes, nil
+	return client.Do(req)
 }
 
-// Discoverer lists Node objects and turns them into seed addresses and the
-// founding rule.
+// apiStatus is the API server's Status object: the body of an error
+// response and of a watch's ERROR event.
+type apiStatus struct {
+	Code    int    `json:"code"`
+	Reason  string `json:"reason"`
+	Message string `json:"message"`
+}
+
+// statusError turns a response other than 200 into an error naming the
+// API server's message; 410 is ErrExpired, 404 ErrNotFound.
+func statusError(resp *http.Response) error {
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	var st apiStatus
+	json.Unmarshal(body, &st)
+	msg := st.Message
+	if msg == "" {
+		msg = strings.TrimSpace(string(body))
+	}
+	switch resp.StatusCode {
+	case http.StatusGone:
+		return fmt.Errorf("%s: %w: %s", resp.Status, ErrExpired, msg)
+	case http.StatusNotFound:
+		return fmt.Errorf("%s: %w: %s", resp.Status, ErrNotFound, msg)
+	}
+	return fmt.Errorf("%s: %s", resp.Status, msg)
+}
+
+// nodeObject is the part of a Node object's JSON that is read.
+type nodeObject struct {
+	Metadata struct {
+		Name              string    `json:"name"`
+		UID               string    `json:"uid"`
+		ResourceVersion   string    `json:"resourceVersion"`
+		CreationTimestamp time.Time `json:"creationTimestamp"`
+	} `json:"metadata"`
+	Status struct {
+		Addresses []NodeAddress `json:"addresses"`
+	} `json:"status"`
+}
+
+func (o nodeObject) node() (Node, error) {
+	if o.Metadata.Name == "" {
+		return Node{}, errors.New("a Node object without a name")
+	}
+	return Node{Name: o.Metadata.Name, UID: o.Metadata.UID, Created: o.Metadata.CreationTimestamp, Addresses: o.Status.Addresses}, nil
+}
+
+// ListNodes lists every Node object.
+func (c *APIClient) ListNodes(ctx context.Context) (NodeList, error) {
+	// resourceVersion=0 lets the API server answer from its watch cache
+	// instead of a quorum read from etcd: every node lists all nodes, and
+	// the watch that follows catches up from the version of the answer.
+	resp, err := c.get(ctx, c.http, "/api/v1/nodes?resourceVersion=0")
+	if err != nil {
+		return NodeList{}, fmt.Errorf("list nodes: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return NodeList{}, fmt.Errorf("list nodes: %w", statusError(resp))
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxListBytes+1))
+	if err != nil {
+		return NodeList{}, fmt.Errorf("list nodes: %w", err)
+	}
+	if len(body) > maxListBytes {
+		return NodeList{}, fmt.Errorf("list nodes: the answer exceeds %d MiB", maxListBytes>>20)
+	}
+	var list struct {
+		Metadata struct {
+			ResourceVersion string `json:"resourceVersion"`
+		} `json:"metadata"`
+		Items []nodeObject `json:"items"`
+	}
+	if err := json.Unmarshal(body, &list); err != nil {
+		return NodeList{}, fmt.Errorf("list nodes: decode: %w", err)
+	}
+	out := NodeList{ResourceVersion: list.Metadata.ResourceVersion, Nodes: make([]Node, 0, len(list.Items))}
+	for i, it := range list.Items {
+		n, err := it.node()
+		if err != nil {
+			return NodeList{}, fmt.Errorf("list nodes: item %d: %w", i, err)
+		}
+		out.Nodes = append(out.Nodes, n)
+	}
+	return out, nil
+}
+
+// GetNode reads the Node object named name.
+func (c *APIClient) GetNode(ctx context.Context, name string) (Node, error) {
+	resp, err := c.get(ctx, c.http, "/api/v1/nodes/"+url.PathEscape(name))
+	if err != nil {
+		return Node{}, fmt.Errorf("get node %s: %w", name, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return Node{}, fmt.Errorf("get node %s: %w", name, statusError(resp))
+	}
+	var obj nodeObject
+	if err := json.NewDecoder(io.LimitReader(resp.Body, maxEventBytes)).Decode(&obj); err != nil {
+		return Node{}, fmt.Errorf("get node %s: decode: %w", name, err)
+	}
+	n, err := obj.node()
+	if err == nil && n.Name != name {
+		err = fmt.Errorf("the API server answered with Node %q", n.Name)
+	}
+	if err != nil {
+		return Node{}, fmt.Errorf("get node %s: %w", name, err)
+	}
+	return n, nil
+}
+
+// WatchNodes follows changes of the Node objects after resourceVersion.
+func (c *APIClient) WatchNodes(ctx context.Context, resourceVersion string, handle func(Event)) error {
+	timeout := minWatchTimeout + rand.N(maxWatchTimeout-minWatchTimeout)
+	timeout = timeout.Truncate(time.Second)
+	wctx, cancel := context.WithTimeout(ctx, timeout+watchGrace)
+	defer cancel()
+	q := url.Values{"watch": {"1"}, "allowWatchBookmarks": {"true"}, "timeoutSeconds": {strconv.Itoa(int(timeout.Seconds()))}}
+	if resourceVersion != "" {
+		q.Set("resourceVersion", resourceVersion)
+	}
+	resp, err := c.get(wctx, c.stream, "/api/v1/nodes?"+q.Encode())
+	if err != nil {
+		return fmt.Errorf("watch nodes: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("watch nodes: %w", statusError(resp))
+	}
+	err = decodeEvents(resp.Body, handle)
+	if err != nil && wctx.Err() != nil && ctx.Err() == nil {
+		return fmt.Errorf("watch nodes: no end of the watch from the API server %s after it was due", watchGrace)
+	}
+	if err != nil {
+		return fmt.Errorf("watch nodes: %w", err)
+	}
+	return nil
+}
+
+// decodeEvents reads a watch's stream of JSON events and hands each on. It
+// returns nil at the end of the stream, and an error for an ERROR event or
+// anything that is not a well-formed Node event.
+func decodeEvents(r io.Reader, handle func(Event)) error {
+	limit := &perEventLimit{r: r}
+	dec := json.NewDecoder(limit)
+	for {
+		limit.left = maxEventBytes
+		var raw struct {
+			Type   string          `json:"type"`
+			Object json.RawMessage `json:"object"`
+		}
+		if err := dec.Decode(&raw); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return fmt.Errorf("decode event: %w", err)
+		}
+		ev, err := parseEvent(EventType(raw.Type), raw.Object)
+		if err != nil {
+			return err
+		}
+		handle(ev)
+	}
+}
+
+func parseEvent(typ EventType, object json.RawMessage) (Event, error) {
+	switch typ {
+	case Added, Modified, Deleted, Bookmark:
+	case "ERROR":
+		var st apiStatus
+		if err := json.Unmarshal(object, &st); err != nil {
+			return Event{}, fmt.Errorf("decode ERROR event: %w", err)
+		}
+		if st.Code == http.StatusGone || st.Reason == "Expired" || st.Reason == "Gone" {
+			return Event{}, fmt.Errorf("%w: %s", ErrExpired, st.Message)
+		}
+		return Event{}, fmt.Errorf("ERROR event: %d %s: %s", st.Code, st.Reason, st.Message)
+	default:
+		return Event{}, fmt.Errorf("event of unknown type %.40q", typ)
+	}
+	var obj nodeObject
+	if err := json.Unmarshal(object, &obj); err != nil {
+		return Event{}, fmt.Errorf("decode %s event: %w", typ, err)
+	}
+	ev := Event{Type: typ, ResourceVersion: obj.Metadata.ResourceVersion}
+	if typ == Bookmark {
+		return ev, nil
+	}
+	var err error
+	if ev.Node, err = obj.node(); err != nil {
+		return Event{}, fmt.Errorf("%s event: %w", typ, err)
+	}
+	return ev, nil
+}
+
+// perEventLimit fails a read once one event has taken more than its share
+// of bytes, so a hostile or broken stream cannot grow the decoder's buffer
+// without bound.
+type perEventLimit struct {
+	r    io.Reader
+	left int64
+}
+
+func (l *perEventLimit) Read(p []byte) (int, error) {
+	if l.left <= 0 {
+		return 0, fmt.Errorf("a watch event exceeds %d MiB", maxEventBytes>>20)
+	}
+	if int64(len(p)) > l.left {
+		p = p[:l.left]
+	}
+	n, err := l.r.Read(p)
+	l.left -= int64(n)
+	return n, err
+}
+
+// Discoverer follows the Node objects and turns them into seed addresses,
+// the founding rule, this node's UID, and deletions.
 type Discoverer struct {
-	client NodeLister
+	client Client
 	self   string
 	log    *slog.Logger
 }
 
 // New returns a Discoverer that reports every node's InternalIP except that of
 // the node named self.
-func New(client NodeLister, self string, log *slog.Logger) *Discoverer {
+func New(client Client, self string, log *slog.Logger) *Discoverer {
 	return &Discoverer{client: client, self: self, log: log}
 }
 
-// Discovery is what one list of the Node objects says.
+// Discovery is what the Node objects say at one moment.
 type Discovery struct {
 	// Seeds are the IPv4 InternalIPs of every node but this one, sorted and
 	// without duplicates.
@@ -188,26 +439,34 @@ type Discovery struct {
 	// this Node founds the block ledger and every other one joins it, so
 	// exactly one ledger forms.
 	Oldest string
+	// SelfUID is the UID of this node's own Node object, "" while it has
+	// none.
+	SelfUID string
 }
 
 // Founder reports whether the node named self founds the ledger.
 func (d Discovery) Founder(self string) bool { return d.Oldest != "" && d.Oldest == self }
 
 func (d Discovery) equal(o Discovery) bool {
-	return d.Oldest == o.Oldest && slices.Equal(d.Seeds, o.Seeds)
+	return d.Oldest == o.Oldest && d.SelfUID == o.SelfUID && slices.Equal(d.Seeds, o.Seeds)
 }
 
-// Discover lists the nodes once. Nodes without an IPv4 InternalIP are no
-// seeds: an ExternalIP may sit behind NAT, and the routed data path needs
-// peers on a directly connected network anyway. They still count for the
-// oldest Node, so that every agent applies the rule to the same list.
+// Discover lists the nodes once.
 func (d *Discoverer) Discover(ctx context.Context) (Discovery, error) {
 	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
 	defer cancel()
-	nodes, err := d.client.ListNodes(ctx)
+	list, err := d.client.ListNodes(ctx)
 	if err != nil {
 		return Discovery{}, err
 	}
+	return d.discovery(list.Nodes), nil
+}
+
+// discovery derives what nodes say. Nodes without an IPv4 InternalIP are
+// no seeds: an ExternalIP may sit behind NAT, and the routed data path
+// needs peers on a directly connected network anyway. They still count for
+// the oldest Node, so that every agent applies the rule to the same list.
+func (d *Discoverer) discovery(nodes []Node) Discovery {
 	var out Discovery
 	var oldest *Node
 	for i, n := range nodes {
@@ -215,6 +474,7 @@ func (d *Discoverer) Discover(ctx context.Context) (Discovery, error) {
 			oldest = &nodes[i]
 		}
 		if n.Name == d.self {
+			out.SelfUID = n.UID
 			continue
 		}
 		ip, ok := internalIPv4(n)
@@ -229,7 +489,7 @@ func (d *Discoverer) Discover(ctx context.Context) (Discovery, error) {
 	}
 	slices.Sort(out.Seeds)
 	out.Seeds = slices.Compact(out.Seeds)
-	return out, nil
+	return out
 }
 
 // internalIPv4 returns the first IPv4 InternalIP in the node's status.
@@ -246,46 +506,157 @@ func internalIPv4(n Node) (netip.Addr, bool) {
 	return netip.Addr{}, false
 }
 
-// Run lists the nodes every interval and calls found with the discovery the
-// first time a list succeeds and whenever it changes. A failed list is
-// logged and retried sooner, backing off from one second up to interval. Run
-// returns ctx's error when ctx ends.
+// Handlers receive what Run observes. Each may be nil; they are called
+// from Run's goroutine, one at a time, and should return quickly.
+type Handlers struct {
+	// Discovered gets the discovery after the first successful list and
+	// whenever it changes.
+	Discovered func(Discovery)
+	// Deleted gets each Node object observed deleted: a DELETED event, or
+	// a Node in one list and absent from a later one (a watch that fell
+	// too far behind). A Node absent from the first list was never seen,
+	// so its absence says nothing.
+	Deleted func(Node)
+	// Added gets each Node object that appears after the first list (a
+	// new UID under a known name included).
+	Added func(Node)
+}
+
+// maxRetry caps the pause between failed lists.
+const maxRetry = 30 * time.Second
+
+// Run lists the Node objects, then watches them, until ctx ends. A watch
+// the API server ends is resumed from the last version seen; a watch that
+// falls too far behind (410 Gone) or fails leads to a new list, after a
+// pause when it failed. Failed lists and watches are logged and retried,
+// backing off from one second up to maxRetry until a watch works again.
+// Run returns ctx's error when ctx ends.
 //
-// A periodic list, not an informer: seeds matter only until gossip has joined,
-// new nodes announce themselves by joining, and an informer would keep a full
-// copy of every Node object in every agent.
-func (d *Discoverer) Run(ctx context.Context, interval time.Duration, found func(Discovery)) error {
-	if interval <= 0 {
-		return fmt.Errorf("kubejoin: interval %v must be positive", interval)
-	}
+// Each agent keeps the name, UID, creation time and addresses of every
+// Node: a few hundred bytes per node.
+func (d *Discoverer) Run(ctx context.Context, h Handlers) error {
+	var known map[string]Node // nil until the first list
 	var last Discovery
 	reported := false
-	retry := time.Second
+	report := func() {
+		disc := d.discovery(mapValues(known))
+		if reported && disc.equal(last) {
+			return
+		}
+		d.log.Info("seeds from the Kubernetes API", "addrs", disc.Seeds, "oldestNode", disc.Oldest, "uid", disc.SelfUID)
+		last, reported = disc, true
+		if h.Discovered != nil {
+			h.Discovered(disc)
+		}
+	}
+	deleted := func(n Node) {
+		d.log.Info("Node object deleted", "peer", n.Name, "uid", n.UID)
+		if h.Deleted != nil {
+			h.Deleted(n)
+		}
+	}
+	added := func(n Node) {
+		if h.Added != nil {
+			h.Added(n)
+		}
+	}
+	failures := 0
 	for {
-		wait := interval
-		disc, err := d.Discover(ctx)
-		switch {
-		case err != nil:
+		if failures > 0 {
+			wait := min(time.Second<<min(failures-1, 10), maxRetry)
+			t := time.NewTimer(wait)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return ctx.Err()
+			case <-t.C:
+			}
+		}
+		lctx, cancel := context.WithTimeout(ctx, requestTimeout)
+		list, err := d.client.ListNodes(lctx)
+		cancel()
+		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			wait = min(retry, interval)
-			retry *= 2
-			d.log.Warn("cannot discover seeds from the Kubernetes API; retrying", "err", err, "retryIn", wait)
-		case !reported || !disc.equal(last):
-			retry = time.Second
-			d.log.Info("seeds from the Kubernetes API", "addrs", disc.Seeds, "oldestNode", disc.Oldest)
-			found(disc)
-			last, reported = disc, true
-		default:
-			retry = time.Second
+			failures++
+			d.log.Warn("cannot list the Node objects; retrying", "err", err, "retryIn", min(time.Second<<min(failures-1, 10), maxRetry))
+			continue
 		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-t.C:
+		next := make(map[string]Node, len(list.Nodes))
+		for _, n := range list.Nodes {
+			next[n.Name] = n
+		}
+		if known != nil {
+			for name, old := range known {
+				if n, ok := next[name]; !ok || n.UID != old.UID {
+					deleted(old)
+				}
+			}
+			for name, n := range next {
+				if old, ok := known[name]; !ok || n.UID != old.UID {
+					added(n)
+				}
+			}
+		}
+		known = next
+		report()
+
+		rv := list.ResourceVersion
+		for {
+			began := time.Now()
+			events := 0
+			err := d.client.WatchNodes(ctx, rv, func(ev Event) {
+				events++
+				if ev.ResourceVersion != "" {
+					rv = ev.ResourceVersion
+				}
+				switch ev.Type {
+				case Added, Modified:
+					old, ok := known[ev.Node.Name]
+					known[ev.Node.Name] = ev.Node
+					if ok && old.UID != ev.Node.UID {
+						deleted(old)
+					}
+					if !ok || old.UID != ev.Node.UID {
+						added(ev.Node)
+					}
+				case Deleted:
+					if old, ok := known[ev.Node.Name]; ok && (ev.Node.UID == "" || old.UID == ev.Node.UID) {
+						delete(known, ev.Node.Name)
+					}
+					deleted(ev.Node)
+				}
+				report()
+			})
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if err == nil && events == 0 && time.Since(began) < time.Second {
+				err = errors.New("the API server ended the watch at once")
+			}
+			if err == nil || events > 0 {
+				// The watch worked for a while: pauses start over.
+				failures = 0
+			}
+			if err == nil {
+				continue // ended by the API server's timeout: resume
+			}
+			if errors.Is(err, ErrExpired) {
+				d.log.Info("the watch of Node objects fell behind; listing them again", "err", err)
+			} else {
+				failures++
+				d.log.Warn("the watch of Node objects failed; listing them again", "err", err)
+			}
+			break
 		}
 	}
+}
+
+func mapValues(m map[string]Node) []Node {
+	out := make([]Node, 0, len(m))
+	for _, n := range m {
+		out = append(out, n)
+	}
+	return out
 }
