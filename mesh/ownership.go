@@ -110,7 +110,7 @@ func (m *Mesh) restore(ctx context.Context, saved *savedBlock) bool {
 	m.reason = fmt.Sprintf("waiting for the ledger to confirm block %s saved by the previous run", saved.Block)
 	if gate != nil {
 		m.reason += " (restart rule not applied: " + gate.Error() + ")"
-		m.log.Info("restart rule not applied: this host's incarnation does not hold; waiting for the ledger's confirmation",
+		m.log.Warn("restart rule not applied: this host's incarnation does not hold; waiting for the ledger's confirmation",
 			"block", saved.Block, "confirmed", saved.LastConfirmed, "savedIncarnation", saved.Incarnation, "err", gate)
 		return false
 	}

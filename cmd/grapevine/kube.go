@@ -2,47 +2,53 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/netip"
 	"sync"
 	"time"
 
 	"github.com/grapevine-net/grapevine/mesh/kubejoin"
+	"github.com/grapevine-net/grapevine/mesh/ledger"
 )
 
-const (
-	// kubeRefreshInterval is how often Node objects are listed again for
-	// new seed addresses.
-	kubeRefreshInterval = time.Minute
-	// kubeFirstSeedsWait bounds how long the agent waits for the first list
-	// before it starts gossip anyway (with whatever --join gives).
-	kubeFirstSeedsWait = 10 * time.Second
-)
+// kubeFirstSeedsWait bounds how long the agent waits for the first list of
+// Node objects before it starts gossip anyway (with whatever --join gives).
+const kubeFirstSeedsWait = 10 * time.Second
 
-// joinKubernetes feeds the InternalIPs of the cluster's Node objects to the
-// mesh as seed addresses until ctx ends. It returns once the first list has
-// been handed over, or after kubeFirstSeedsWait. The first list also decides
-// founding: the agent on the oldest Node founds the ledger of a new cluster
-// (unless a member it reaches belongs to one already), every other agent
-// joins it, so a kubeadm cluster whose agents all start at once forms
-// exactly one ledger. Without a list, the agent never founds.
+// joinKubernetes follows the cluster's Node objects until ctx ends: their
+// InternalIPs become seed addresses, this node's Node UID its incarnation,
+// and a deleted Node's block is released (see deletedNodes). It returns
+// once the first list has been handed over, or after kubeFirstSeedsWait.
+// The first list also decides founding: the agent on the oldest Node founds
+// the ledger of a new cluster (unless a member it reaches belongs to one
+// already), every other agent joins it, so a kubeadm cluster whose agents
+// all start at once forms exactly one ledger. Without a list, the agent
+// never founds.
 func (a *agent) joinKubernetes(ctx context.Context) error {
-	client, err := kubejoin.NewInClusterClient()
-	if err != nil {
-		return fmt.Errorf("--join-kubernetes: %w", err)
-	}
-	d := kubejoin.New(client, a.opts.NodeName, a.log.With("component", "kubejoin"))
+	log := a.log.With("component", "kubejoin")
+	d := kubejoin.New(a.kube.client, a.opts.NodeName, log)
+	released := &deletedNodes{mesh: a.mesh, self: a.opts.NodeName, log: log, ctx: ctx, pending: make(map[string]context.CancelFunc)}
 	first := make(chan struct{})
 	var once sync.Once
 	go func() {
-		err := d.Run(ctx, kubeRefreshInterval, func(disc kubejoin.Discovery) {
-			a.mesh.AddJoinAddrs(disc.Seeds...)
-			once.Do(func() {
-				if disc.Founder(a.opts.NodeName) {
-					a.log.Info("this is the oldest Node: it founds the cluster's ledger unless a member already has one")
-					a.mesh.AllowFounding()
-				}
-				close(first)
-			})
+		defer released.wait()
+		err := d.Run(ctx, kubejoin.Handlers{
+			Discovered: func(disc kubejoin.Discovery) {
+				a.kube.setUID(disc.SelfUID)
+				a.mesh.AddJoinAddrs(disc.Seeds...)
+				once.Do(func() {
+					if disc.Founder(a.opts.NodeName) {
+						a.log.Info("this is the oldest Node: it founds the cluster's ledger unless a member already has one")
+						a.mesh.AllowFounding()
+					}
+					close(first)
+				})
+			},
+			Deleted: released.deleted,
+			Added:   released.added,
 		})
 		if err != nil && ctx.Err() == nil {
 			a.log.Error("kubernetes discovery stopped", "err", err)
@@ -56,4 +62,175 @@ func (a *agent) joinKubernetes(ctx context.Context) error {
 		return ctx.Err()
 	}
 	return nil
+}
+
+// kubeNode is this host's Node object as the mesh's Incarnation: its UID is
+// saved with the block, and the restart rule applies only while the Node
+// exists with that UID. A Node deleted (the operator's word that the host
+// is gone, upon which peers release its block) and registered again has a
+// new UID.
+type kubeNode struct {
+	client kubejoin.Client
+	name   string
+
+	mu  sync.Mutex
+	uid string
+}
+
+func (k *kubeNode) setUID(uid string) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.uid = uid
+}
+
+// Current is the UID of this host's Node as the watch last saw it; "" while
+// it has none or before the first list.
+func (k *kubeNode) Current() string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.uid
+}
+
+// Verify reads this host's Node now: the restart rule holds only if it
+// exists with the UID saved with the block. An API server out of reach is
+// no answer, so no restart rule: the agent waits for the ledger.
+func (k *kubeNode) Verify(ctx context.Context, saved string) error {
+	n, err := k.client.GetNode(ctx, k.name)
+	switch {
+	case errors.Is(err, kubejoin.ErrNotFound):
+		return fmt.Errorf("this host has no Node object %s (deleted)", k.name)
+	case err != nil:
+		return fmt.Errorf("cannot read this host's Node object: %w", err)
+	case n.UID != saved:
+		return fmt.Errorf("Node %s has UID %s, the block was saved under UID %s (the Node was deleted and registered again)", k.name, n.UID, saved)
+	}
+	return nil
+}
+
+// Timings of the release of a deleted Node's block.
+const (
+	// releaseCallTimeout bounds one release request to the ledger.
+	releaseCallTimeout = 10 * time.Second
+	// aliveRecheck is how often a deleted Node's member that is still
+	// alive is looked at again: memberlist declares a stopped host dead
+	// within seconds of the operator deleting its Node.
+	aliveRecheck = time.Second
+	// aliveGiveUp is how long a deleted Node's member may stay alive before
+	// the agent stops waiting: a running host, whose kubelet registers
+	// its Node again.
+	aliveGiveUp = 2 * time.Minute
+	// maxReleaseRetry caps the pause between failed release requests.
+	maxReleaseRetry = 30 * time.Second
+)
+
+// nodeReleaser is what deletedNodes needs of the mesh.
+type nodeReleaser interface {
+	ReleaseDeletedNode(ctx context.Context, node string) (netip.Prefix, error)
+}
+
+// deletedNodes releases the block of each node whose Node object is
+// deleted, as Calico's kube-controllers free a deleted node's addresses:
+// Kubernetes takes the deletion as the operator's word that the host is
+// gone (its pods are deleted too). Every agent asks, so a change of the
+// ledger's leader loses nothing; the first request frees the block and the
+// others find nothing left. The mesh refuses while the node is alive in
+// gossip: deleting the Node of a running host frees nothing (its kubelet
+// registers it again).
+type deletedNodes struct {
+	mesh nodeReleaser
+	self string
+	log  *slog.Logger
+	ctx  context.Context
+
+	mu      sync.Mutex
+	pending map[string]context.CancelFunc
+	wg      sync.WaitGroup
+}
+
+// deleted starts releasing the block of the Node's node, unless a release
+// is under way already.
+func (d *deletedNodes) deleted(n kubejoin.Node) {
+	if n.Name == d.self {
+		d.log.Warn("this host's own Node object was deleted; its block is confirmed with the ledger again before more addresses are handed out")
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, ok := d.pending[n.Name]; ok {
+		return
+	}
+	ctx, cancel := context.WithCancel(d.ctx)
+	d.pending[n.Name] = cancel
+	d.wg.Go(func() {
+		d.release(ctx, n.Name)
+		d.mu.Lock()
+		delete(d.pending, n.Name)
+		d.mu.Unlock()
+		cancel()
+	})
+}
+
+// added stops a release under way for a Node registered again.
+func (d *deletedNodes) added(n kubejoin.Node) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if cancel, ok := d.pending[n.Name]; ok {
+		d.log.Info("Node object registered again; not releasing its block", "peer", n.Name, "uid", n.UID)
+		cancel()
+	}
+}
+
+func (d *deletedNodes) wait() { d.wg.Wait() }
+
+// release asks the ledger to release node's block until it is done, the
+// node stays alive for aliveGiveUp, or ctx ends (the Node was registered
+// again, the agent stops). Failures (no leader, the mesh not running yet)
+// are retried with a back-off.
+func (d *deletedNodes) release(ctx context.Context, node string) {
+	began := time.Now()
+	failures := 0
+	saidAlive := false
+	for {
+		cctx, cancel := context.WithTimeout(ctx, releaseCallTimeout)
+		block, err := d.mesh.ReleaseDeletedNode(cctx, node)
+		cancel()
+		var wait time.Duration
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err == nil:
+			if !block.IsValid() {
+				d.log.Debug("deleted Node's node holds no block: never had one, or already released", "peer", node)
+			}
+			return
+		case errors.Is(err, ledger.ErrNotOwner):
+			// Another agent's request freed the block between this one's
+			// read and its commit; the next look finds nothing left.
+			wait = 100 * time.Millisecond
+		case errors.Is(err, ledger.ErrNodeAlive):
+			if time.Since(began) > aliveGiveUp {
+				d.log.Info("deleted Node's node stayed alive in gossip; its block stays (release it with grapevine release once the host is gone)",
+					"peer", node, "waited", aliveGiveUp)
+				return
+			}
+			if !saidAlive {
+				saidAlive = true
+				d.log.Info("Node object deleted but its node is alive in gossip; not releasing its block while it is (a running host's kubelet registers the Node again)",
+					"peer", node, "err", err)
+			}
+			wait = aliveRecheck
+		default:
+			failures++
+			wait = min(time.Second<<min(failures-1, 10), maxReleaseRetry)
+			wait = wait/2 + rand.N(wait/2+1)
+			d.log.Warn("cannot release the block of a deleted Node's node yet; retrying", "peer", node, "err", err, "retryIn", wait.Round(time.Millisecond))
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
 }

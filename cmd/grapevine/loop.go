@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/grapevine-net/grapevine/mesh"
+	"github.com/grapevine-net/grapevine/mesh/kubejoin"
 	"github.com/grapevine-net/grapevine/node"
 	"github.com/grapevine-net/grapevine/node/probe"
 )
@@ -31,6 +32,8 @@ type agent struct {
 	// prober watches the peers' data path; nil when probing is off or the
 	// socket could not be opened: routes then follow gossip alone.
 	prober *probe.Prober
+	// kube is this host's Node object; nil without --join-kubernetes.
+	kube *kubeNode
 	// kept is the peer routes of the last pass and what keeps them; see
 	// keptRoutes. Only the loop touches it.
 	kept map[string]keptRoute
@@ -64,6 +67,9 @@ type hostSide struct {
 	kernel      node.Kernel
 	watchRoutes func(context.Context) <-chan struct{}
 	listenProbe func() (probe.Conn, error)
+	// kubeAPI is the Kubernetes API for --join-kubernetes; nil: the
+	// in-cluster client.
+	kubeAPI kubejoin.Client
 }
 
 func netlinkHost() hostSide {
@@ -75,6 +81,19 @@ func newAgent(o agentOptions, cfg mesh.Config, host hostSide, log *slog.Logger) 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	cfg.Registerer = reg
+	var kube *kubeNode
+	if o.JoinKubernetes {
+		client := host.kubeAPI
+		if client == nil {
+			c, err := kubejoin.NewInClusterClient()
+			if err != nil {
+				return nil, fmt.Errorf("--join-kubernetes: %w", err)
+			}
+			client = c
+		}
+		kube = &kubeNode{client: client, name: o.NodeName}
+		cfg.Incarnation = kube
+	}
 	m, err := mesh.New(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("gossip mesh: %w", err)
@@ -84,6 +103,7 @@ func newAgent(o agentOptions, cfg mesh.Config, host hostSide, log *slog.Logger) 
 		log:         log,
 		registry:    reg,
 		mesh:        m,
+		kube:        kube,
 		kernel:      host.kernel,
 		rec:         node.NewReconciler(host.kernel, log.With("component", "node"), reg),
 		watchRoutes: host.watchRoutes,
@@ -132,7 +152,7 @@ func (a *agent) run(ctx context.Context) error {
 	}
 	defer servers.Wait()
 
-	if a.opts.JoinKubernetes {
+	if a.kube != nil {
 		if err := a.joinKubernetes(ctx); err != nil {
 			return err
 		}

@@ -38,14 +38,14 @@ type testHost struct {
 
 func startTestHost(t *testing.T, network *meshtest.Network, dir, name string, i int, kernel *node.FakeKernel, join ...string) *testHost {
 	t.Helper()
-	return startHost(t, network, nil, nil, dir, name, i, kernel, join...)
+	return startHost(t, network, nil, nil, nil, dir, name, i, kernel, join...)
 }
 
 // startProbingTestHost starts a test host whose data-path probes go over
 // dp; nil: no probes.
 func startProbingTestHost(t *testing.T, network *meshtest.Network, dp *fakeDataPath, dir, name string, i int, kernel *node.FakeKernel, join ...string) *testHost {
 	t.Helper()
-	return startHost(t, network, dp, nil, dir, name, i, kernel, join...)
+	return startHost(t, network, dp, nil, nil, dir, name, i, kernel, join...)
 }
 
 // startWrappedHost is startTestHost with the agent programming wrap(kernel)
@@ -53,12 +53,13 @@ func startProbingTestHost(t *testing.T, network *meshtest.Network, dp *fakeDataP
 func startWrappedHost(t *testing.T, network *meshtest.Network, dir, name string, i int, kernel *node.FakeKernel,
 	wrap func(node.Kernel) node.Kernel, join ...string) *testHost {
 	t.Helper()
-	return startHost(t, network, nil, wrap, dir, name, i, kernel, join...)
+	return startHost(t, network, nil, wrap, nil, dir, name, i, kernel, join...)
 }
 
 // startHost starts a test host: probes over dp (nil: none), the agent
-// programming wrap(kernel) (nil: the fake kernel itself).
-func startHost(t *testing.T, network *meshtest.Network, dp *fakeDataPath, wrap func(node.Kernel) node.Kernel,
+// programming wrap(kernel) (nil: the fake kernel itself), with
+// --join-kubernetes against kube (nil: without).
+func startHost(t *testing.T, network *meshtest.Network, dp *fakeDataPath, wrap func(node.Kernel) node.Kernel, kube *fakeKube,
 	dir, name string, i int, kernel *node.FakeKernel, join ...string) *testHost {
 	t.Helper()
 	h := &testHost{name: name, addr: meshtest.HostAddr(i), dir: filepath.Join(dir, name), kernel: kernel}
@@ -84,6 +85,7 @@ func startHost(t *testing.T, network *meshtest.Network, dp *fakeDataPath, wrap f
 		MTU:            1500,
 		ResyncInterval: 30 * time.Second,
 	}
+	o.JoinKubernetes = kube != nil
 	transport, err := network.NewTransport(netip.AddrPortFrom(h.addr, meshtest.GossipPort))
 	if err != nil {
 		t.Fatal(err)
@@ -100,6 +102,9 @@ func startHost(t *testing.T, network *meshtest.Network, dp *fakeDataPath, wrap f
 		k = wrap(k)
 	}
 	host := hostSide{kernel: k, watchRoutes: func(context.Context) <-chan struct{} { return nil }}
+	if kube != nil {
+		host.kubeAPI = kube
+	}
 	if dp != nil {
 		o.ProbeInterval, o.ProbeMisses = 20*time.Millisecond, 3
 		host.listenProbe = dp.listen

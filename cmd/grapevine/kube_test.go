@@ -1,0 +1,455 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/grapevine-net/grapevine/mesh"
+	"github.com/grapevine-net/grapevine/mesh/kubejoin"
+	"github.com/grapevine-net/grapevine/mesh/ledger"
+	"github.com/grapevine-net/grapevine/mesh/meshtest"
+	"github.com/grapevine-net/grapevine/node/nodestate"
+)
+
+// fakeKube is an in-memory Kubernetes API for Node objects: list, watch
+// (from the history of changes) and get.
+type fakeKube struct {
+	mu      sync.Mutex
+	nodes   []kubejoin.Node
+	rv      int
+	history []kubejoin.Event
+	changed chan struct{}
+	down    bool // the API server out of reach
+}
+
+func newFakeKube() *fakeKube { return &fakeKube{changed: make(chan struct{}), rv: 1} }
+
+func (f *fakeKube) eventLocked(typ kubejoin.EventType, n kubejoin.Node) {
+	f.rv++
+	f.history = append(f.history, kubejoin.Event{Type: typ, Node: n, ResourceVersion: strconv.Itoa(f.rv)})
+	close(f.changed)
+	f.changed = make(chan struct{})
+}
+
+// register creates the Node object of a host (later ones are younger) and
+// returns its UID.
+func (f *fakeKube) register(name string, addr netip.Addr) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := kubejoin.Node{Name: name, UID: fmt.Sprintf("%s-uid-%d", name, f.rv+1), Created: time.Unix(1_800_000_000+int64(f.rv), 0),
+		Addresses: []kubejoin.NodeAddress{{Type: "InternalIP", Address: addr.String()}}}
+	f.nodes = append(f.nodes, n)
+	f.eventLocked(kubejoin.Added, n)
+	return n.UID
+}
+
+// delete is kubectl delete node.
+func (f *fakeKube) delete(name string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	i := slices.IndexFunc(f.nodes, func(n kubejoin.Node) bool { return n.Name == name })
+	if i < 0 {
+		return
+	}
+	n := f.nodes[i]
+	f.nodes = slices.Delete(f.nodes, i, i+1)
+	f.eventLocked(kubejoin.Deleted, n)
+}
+
+func (f *fakeKube) setDown(down bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.down = down
+}
+
+var errAPIDown = errors.New("dial tcp 10.96.0.1:443: connect: connection refused")
+
+func (f *fakeKube) ListNodes(context.Context) (kubejoin.NodeList, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.down {
+		return kubejoin.NodeList{}, errAPIDown
+	}
+	return kubejoin.NodeList{Nodes: slices.Clone(f.nodes), ResourceVersion: strconv.Itoa(f.rv)}, nil
+}
+
+func (f *fakeKube) GetNode(_ context.Context, name string) (kubejoin.Node, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.down {
+		return kubejoin.Node{}, errAPIDown
+	}
+	for _, n := range f.nodes {
+		if n.Name == name {
+			return n, nil
+		}
+	}
+	return kubejoin.Node{}, fmt.Errorf("404 Not Found: %w", kubejoin.ErrNotFound)
+}
+
+func (f *fakeKube) WatchNodes(ctx context.Context, resourceVersion string, handle func(kubejoin.Event)) error {
+	from, _ := strconv.Atoi(resourceVersion)
+	for {
+		f.mu.Lock()
+		if f.down {
+			f.mu.Unlock()
+			return errAPIDown
+		}
+		var batch []kubejoin.Event
+		for _, ev := range f.history {
+			if v, _ := strconv.Atoi(ev.ResourceVersion); v > from {
+				batch = append(batch, ev)
+			}
+		}
+		changed := f.changed
+		f.mu.Unlock()
+		for _, ev := range batch {
+			handle(ev)
+			from, _ = strconv.Atoi(ev.ResourceVersion)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-changed:
+		}
+	}
+}
+
+func TestKubeNodeVerify(t *testing.T) {
+	kube := newFakeKube()
+	uid := kube.register("self", netip.MustParseAddr("192.0.2.1"))
+	k := &kubeNode{client: kube, name: "self"}
+	if err := k.Verify(t.Context(), uid); err != nil {
+		t.Errorf("same UID: %v", err)
+	}
+	if err := k.Verify(t.Context(), "self-uid-old"); err == nil || !strings.Contains(err.Error(), "registered again") {
+		t.Errorf("other UID: %v, want a refusal saying the Node was registered again", err)
+	}
+	kube.setDown(true)
+	if err := k.Verify(t.Context(), uid); err == nil || !strings.Contains(err.Error(), "cannot read") {
+		t.Errorf("API server down: %v, want a refusal", err)
+	}
+	kube.setDown(false)
+	kube.delete("self")
+	if err := k.Verify(t.Context(), uid); err == nil || !strings.Contains(err.Error(), "no Node object") {
+		t.Errorf("Node deleted: %v, want a refusal", err)
+	}
+}
+
+// fakeReleaser answers ReleaseDeletedNode from a script and records when
+// it was asked.
+type fakeReleaser struct {
+	mu     sync.Mutex
+	answer func(node string, call int) (netip.Prefix, error)
+	calls  map[string][]time.Time
+}
+
+func (f *fakeReleaser) ReleaseDeletedNode(_ context.Context, node string) (netip.Prefix, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.calls == nil {
+		f.calls = map[string][]time.Time{}
+	}
+	f.calls[node] = append(f.calls[node], time.Now())
+	return f.answer(node, len(f.calls[node]))
+}
+
+func (f *fakeReleaser) count(node string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.calls[node])
+}
+
+var block = netip.MustParsePrefix("10.244.8.0/23")
+
+// testDeletedNodes runs a deletedNodes over r inside a synctest bubble and
+// returns it with its log.
+func testDeletedNodes(t *testing.T, r *fakeReleaser) (*deletedNodes, *testWriter, context.CancelFunc) {
+	logs := &testWriter{t: t}
+	ctx, cancel := context.WithCancel(t.Context())
+	d := &deletedNodes{mesh: r, self: "self", log: slog.New(slog.NewTextHandler(logs, nil)), ctx: ctx, pending: map[string]context.CancelFunc{}}
+	t.Cleanup(func() { cancel(); d.wait() })
+	return d, logs, cancel
+}
+
+func TestDeletedNodeReleasedOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r := &fakeReleaser{answer: func(string, int) (netip.Prefix, error) { return block, nil }}
+		d, _, _ := testDeletedNodes(t, r)
+		d.deleted(kubejoin.Node{Name: "b"})
+		d.deleted(kubejoin.Node{Name: "self"})
+		synctest.Wait()
+		time.Sleep(time.Hour)
+		synctest.Wait()
+		if r.count("b") != 1 || r.count("self") != 0 {
+			t.Errorf("asked %d times for b and %d for self, want once and never", r.count("b"), r.count("self"))
+		}
+	})
+}
+
+// TestDeletedNodeRetriesWithoutLeader: no leader (or the mesh not running
+// yet) is retried with a growing pause until the release goes through.
+func TestDeletedNodeRetriesWithoutLeader(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r := &fakeReleaser{answer: func(_ string, call int) (netip.Prefix, error) {
+			if call <= 6 {
+				return netip.Prefix{}, fmt.Errorf("mesh: release b: %w", ledger.ErrNoLeader)
+			}
+			return block, nil
+		}}
+		d, _, _ := testDeletedNodes(t, r)
+		d.deleted(kubejoin.Node{Name: "b"})
+		d.deleted(kubejoin.Node{Name: "b"}) // seen by the watch and a relist: one release
+		time.Sleep(10 * time.Minute)
+		synctest.Wait()
+		r.mu.Lock()
+		calls := r.calls["b"]
+		r.mu.Unlock()
+		if len(calls) != 7 {
+			t.Fatalf("%d requests, want 7", len(calls))
+		}
+		for i := 2; i < len(calls); i++ {
+			if gap, prev := calls[i].Sub(calls[i-1]), calls[i-1].Sub(calls[i-2]); gap < prev/2 {
+				t.Errorf("pause %d (%s) shorter than half the one before (%s): no back-off", i, gap, prev)
+			}
+		}
+		if last := calls[6].Sub(calls[0]); last > 2*time.Minute {
+			t.Errorf("the seventh request came %s after the first, want the back-off capped", last)
+		}
+	})
+}
+
+// TestDeletedNodeAlive: a node alive in gossip is not released; the agent
+// says why, looks again while the node may still be going down, releases
+// once it is dead, and gives up on one that stays alive.
+func TestDeletedNodeAlive(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		alive := fmt.Errorf("mesh: node b is alive: %w", ledger.ErrNodeAlive)
+		r := &fakeReleaser{answer: func(node string, call int) (netip.Prefix, error) {
+			if node == "b" && call > 5 { // b's host stopped; gossip declared it dead
+				return block, nil
+			}
+			return netip.Prefix{}, alive
+		}}
+		d, logs, _ := testDeletedNodes(t, r)
+		d.deleted(kubejoin.Node{Name: "b"})
+		d.deleted(kubejoin.Node{Name: "running"})
+		time.Sleep(time.Hour)
+		synctest.Wait()
+		if r.count("b") != 6 {
+			t.Errorf("b: %d requests, want 6 (released once dead)", r.count("b"))
+		}
+		if n := r.count("running"); n < int(aliveGiveUp/aliveRecheck)-5 || n > int(aliveGiveUp/aliveRecheck)+5 {
+			t.Errorf("running: %d requests in an hour, want about %d (every %s for %s)", n, aliveGiveUp/aliveRecheck, aliveRecheck, aliveGiveUp)
+		}
+		if logs.count("alive in gossip; not releasing its block") != 2 || logs.count("stayed alive in gossip") != 1 {
+			t.Errorf("log does not say why once per node and that it gave up once:\n%s", strings.Join(logs.lines, "\n"))
+		}
+	})
+}
+
+// TestDeletedNodeRegisteredAgain: a Node registered again ends the retries.
+func TestDeletedNodeRegisteredAgain(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r := &fakeReleaser{answer: func(string, int) (netip.Prefix, error) {
+			return netip.Prefix{}, fmt.Errorf("mesh: %w", ledger.ErrNoLeader)
+		}}
+		d, _, _ := testDeletedNodes(t, r)
+		d.deleted(kubejoin.Node{Name: "b"})
+		time.Sleep(3 * time.Second)
+		d.added(kubejoin.Node{Name: "b", UID: "b2"})
+		synctest.Wait()
+		n := r.count("b")
+		time.Sleep(time.Hour)
+		synctest.Wait()
+		if r.count("b") != n {
+			t.Errorf("%d more requests after the Node was registered again", r.count("b")-n)
+		}
+	})
+}
+
+// gather sums a counter over the hosts' registries.
+func gather(t *testing.T, name, label string, hosts ...*testHost) float64 {
+	t.Helper()
+	var sum float64
+	for _, h := range hosts {
+		sum += counterValue(t, h.agent.registry, name, label)
+	}
+	return sum
+}
+
+func counterValue(t *testing.T, reg *prometheus.Registry, name, label string) float64 {
+	t.Helper()
+	fams, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, f := range fams {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetValue() == label {
+					sum += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return sum
+}
+
+// savedIncarnation reads the incarnation in a host's block.json.
+func savedIncarnation(t *testing.T, h *testHost) string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(h.agent.opts.StateDir, mesh.BlockFileName))
+	if err != nil {
+		return ""
+	}
+	var f struct{ Incarnation string }
+	if err := json.Unmarshal(data, &f); err != nil {
+		t.Fatal(err)
+	}
+	return f.Incarnation
+}
+
+func startKubeHost(t *testing.T, network *meshtest.Network, kube *fakeKube, dir, name string, i int, join ...string) *testHost {
+	t.Helper()
+	return startHost(t, network, nil, nil, kube, dir, name, i, nil, join...)
+}
+
+// TestKubernetesNodeDeletion runs agents with --join-kubernetes against an
+// in-memory API server: deleting the Node of a stopped host frees its block
+// within seconds; deleting a running host's Node frees nothing; an agent
+// that is no Kubernetes node (joined with --join) is never released; the
+// Node's UID is saved with the block, and a host whose Node was deleted
+// and registered again gets no restart rule.
+func TestKubernetesNodeDeletion(t *testing.T) {
+	dir := t.TempDir()
+	network := meshtest.NewNetwork()
+	kube := newFakeKube()
+	for i, name := range []string{"h1", "h2", "h3"} {
+		kube.register(name, meshtest.HostAddr(i+1))
+	}
+	h1 := startKubeHost(t, network, kube, dir, "h1", 1)
+	h2 := startKubeHost(t, network, kube, dir, "h2", 2, h1.addr.String())
+	h3 := startKubeHost(t, network, kube, dir, "h3", 3, h1.addr.String())
+	h4 := startTestHost(t, network, dir, "h4", 4, nil, h1.addr.String()) // --join, no Node object
+	waitFor(t, "all hosts to route each other", func() error { return routesTo(h1, h2, h3, h4) })
+	waitFor(t, "each Kubernetes host to save its Node's UID with its block", func() error {
+		for _, h := range []*testHost{h1, h2, h3} {
+			if got, want := savedIncarnation(t, h), kube.uidOf(h.name); got != want {
+				return fmt.Errorf("%s saved %q, its Node's UID is %q", h.name, got, want)
+			}
+		}
+		if got := savedIncarnation(t, h4); got != "" {
+			return fmt.Errorf("h4, without Kubernetes, saved incarnation %q", got)
+		}
+		return nil
+	})
+	blocks := map[string]netip.Prefix{}
+	for _, h := range []*testHost{h1, h2, h3, h4} {
+		st, err := nodestate.Read(h.agent.opts.RunDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		blocks[h.name] = st.Block
+	}
+
+	// The operator deletes the Node of running h2; its kubelet registers it
+	// again. Nothing is released, and h2 confirms its block under the new UID.
+	kube.delete("h2")
+	time.Sleep(2 * time.Second)
+	uid2 := kube.register("h2", h2.addr)
+	waitFor(t, "h2 to save its block under its new Node UID", func() error {
+		if got := savedIncarnation(t, h2); got != uid2 {
+			return fmt.Errorf("h2 saved %q, want %q", got, uid2)
+		}
+		return routesTo(h1, h2, h3, h4)
+	})
+	if n := gather(t, "grapevine_mesh_releases_total", "record_deleted", h1, h2, h3, h4); n != 0 {
+		t.Fatalf("%v releases after deleting a running host's Node", n)
+	}
+
+	// h4 (no Node object) and h3 stop. Only h3's Node is deleted: only its
+	// block is freed, at once.
+	h4.stop(t)
+	// Three voters: wait until the ledger has replaced h4 if it was one,
+	// so that stopping h3 leaves a majority.
+	waitFor(t, "the ledger to vote without h4", func() error {
+		info := h1.agent.mesh.View().Ledger
+		if info.Leader == "" || len(info.Voters) != 3 || slices.Contains(info.Voters, "h4") {
+			return fmt.Errorf("leader %q, voters %v", info.Leader, info.Voters)
+		}
+		return nil
+	})
+	h3.stop(t)
+	waitFor(t, "h1 to see h3 and h4 gone", func() error {
+		for _, m := range h1.agent.mesh.View().Members {
+			if (m.Name == "h3" || m.Name == "h4") && m.State.Live() {
+				return fmt.Errorf("%s is %s", m.Name, m.State)
+			}
+		}
+		return nil
+	})
+	deleted := time.Now()
+	kube.delete("h3")
+	waitFor(t, "h3's block to be released", func() error {
+		if n := gather(t, "grapevine_mesh_releases_total", "record_deleted", h1, h2); n != 1 {
+			return fmt.Errorf("%v releases", n)
+		}
+		return nil
+	})
+	t.Logf("h3's block %s released %s after its Node object was deleted", blocks["h3"], time.Since(deleted).Round(time.Millisecond))
+	time.Sleep(2 * time.Second) // every agent has asked by now
+	if n := gather(t, "grapevine_mesh_releases_total", "record_deleted", h1, h2); n != 1 {
+		t.Errorf("%v releases of h3's block, want 1 (the others find nothing left)", n)
+	}
+
+	// h3's host returns with its state directory, cut off from the ledger,
+	// its Node registered again by its kubelet under a new UID: no restart
+	// rule, so it does not hand out addresses from the block it had.
+	kube.register("h3", h3.addr)
+	network.Partition([]netip.Addr{h3.addr}, []netip.Addr{h1.addr, h2.addr})
+	h3 = startKubeHost(t, network, kube, dir, "h3", 3, h1.addr.String())
+	// (Whether the rest of the restart rule holds depends on whether the
+	// ledger's snapshot on disk has h3's block; the mesh's tests cover the
+	// Node's part alone.)
+	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		if v := h3.agent.mesh.View(); v.Ready {
+			t.Fatalf("isolated h3 is ready with %s", v.Block)
+		}
+	}
+	if h3.logs.count("restart rule not applied") != h3.logs.count("registered again") {
+		t.Errorf("the restart rule was refused for another reason than the Node registered again")
+	}
+	network.Heal()
+	waitFor(t, "h3 to be routed again after the ledger answered", func() error { return routesTo(h1, h2, h3) })
+}
+
+func (f *fakeKube) uidOf(name string) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, n := range f.nodes {
+		if n.Name == name {
+			return n.UID
+		}
+	}
+	return ""
+}
