@@ -328,11 +328,16 @@ func (b *labBench) freezeOnce(ctx context.Context, a, c *lab.Pod, client, frozen
 	return len(r1.Lost) + len(r2.Lost), r1.Sent + r2.Sent, deadAfter, nil
 }
 
-// restartTrials restarts restarted's agent (SIGTERM, then start), trials
-// times, while a pod on client and a pod on restarted ping each other, and
+// restartDowntime is how long a restarted agent stays stopped: longer than
+// the peers' probes take to call a silent host down (3 s), as a restart
+// that pulls an image is.
+const restartDowntime = 5 * time.Second
+
+// restartTrials restarts restarted's agent (SIGTERM, restartDowntime, then
+// start), trials times, while a pod on client and a pod on restarted ping each other, and
 // counts the pings lost in both directions. It is row id.
 func (b *labBench) restartTrials(ctx context.Context, id string, client, restarted *lab.Host, trials int) (Row, error) {
-	row := Row{ID: id, Measure: "agent restart (SIGTERM, start), host up: pod packets lost", Unit: "packets",
+	row := Row{ID: id, Measure: fmt.Sprintf("agent restart (SIGTERM, %v down, start), host up: pod packets lost", restartDowntime), Unit: "packets",
 		Target: Target{Kind: AtMost, Limit: 0}}
 	if trials == 0 {
 		return row, errors.New("no restart trials")
@@ -390,6 +395,9 @@ func (b *labBench) restartOnce(ctx context.Context, a, c *lab.Pod, restarted *la
 	}
 	t0 := time.Now()
 	err = restarted.StopAgent(ctx)
+	if err == nil {
+		err = lab.Sleep(ctx, restartDowntime)
+	}
 	if err == nil {
 		err = restarted.StartAgent(ctx)
 	}
