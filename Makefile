@@ -3,6 +3,8 @@
 #   make demo       a 3-host lab in network namespaces, pods pinging across hosts (root)
 #   make demo-down  remove the demo lab
 #   make test       vet, format check and every test (root for the namespace tests)
+#   make e2e-kubernetes  docs/kubernetes/grapevine.yaml on a 3-node Kubernetes
+#                   cluster in the lab (root; builds Kubernetes once, ~5 min)
 #   make bench      benchmarks side by side with the reference plugins (root)
 #   make soak       the ledger's randomized fault simulation, many seeds (long)
 #   make dist       static release binaries in dist/
@@ -26,7 +28,7 @@ TEST_TIMEOUT  ?= 12m
 export GRAPEVINE_BIN_DIR := $(BIN)
 export GRAPEVINE_CNI_PATH := $(CNI_BIN)
 
-.PHONY: all build cni-plugins crictl test vet fmt-check unit demo demo-down bench soak dist image image-archive fuzz clean
+.PHONY: all build cni-plugins crictl kubernetes-binaries e2e-kubernetes test vet fmt-check unit demo demo-down bench soak dist image image-archive fuzz clean
 
 all: build
 
@@ -55,6 +57,23 @@ fmt-check:
 
 test: vet fmt-check build cni-plugins crictl
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+# The Kubernetes the lab cluster runs, built from the Go module proxy and
+# kept in .cache between runs (e2e/kubelab/binaries.sh says how).
+KUBERNETES_VERSION ?= v1.34.2
+ETCD_VERSION  ?= v3.6.6
+KUBE_BIN      := $(CURDIR)/.cache/kubernetes/$(KUBERNETES_VERSION)
+
+kubernetes-binaries:
+	K8S_VERSION=$(KUBERNETES_VERSION) ETCD_VERSION=$(ETCD_VERSION) OUT=$(KUBE_BIN) sh e2e/kubelab/binaries.sh
+
+# The manifest, unchanged but for the image, on etcd, the control plane and
+# three kubelet+containerd nodes in lab namespaces, with the image built by
+# image-archive (e2e/kubelab/kubernetes_test.go lists the checks).
+e2e-kubernetes: build cni-plugins crictl image-archive kubernetes-binaries
+	$(GO) vet -tags kubernetes_e2e ./e2e/kubelab
+	GRAPEVINE_KUBE_BIN=$(KUBE_BIN) GRAPEVINE_IMAGE_ARCHIVE=$(CURDIR)/dist/grapevine-image.tar GRAPEVINE_IMAGE=$(IMAGE) \
+		$(GO) test -tags kubernetes_e2e -count=1 -timeout 20m -v ./e2e/kubelab
 
 demo: build cni-plugins
 	$(GO) run ./e2e/cmd/lab up --hosts 3 --pods 2

@@ -14,31 +14,59 @@ import (
 )
 
 // TestRestart: restart an agent (SIGTERM, then start) while a TCP stream runs
-// between pods on two hosts. The stream survives, and the restarted host's
-// routes stay in the kernel the whole time.
+// between pods on two hosts and pods on the other two hosts ping a pod on
+// the restarted one. The stream survives; the restarted host's routes stay
+// in its kernel, and its peers keep the route to its block the whole time
+// (its host answers their probes: "left; kept by data path"), so the pings
+// from other hosts to its pod go on with at most restartLossBound lost.
 func TestRestart(t *testing.T) {
 	t.Parallel()
 	l := env.Lab(t, labtest.Options{Hosts: 3})
 	ctx := timeout(t, 3*time.Minute)
-	h1, h2 := l.Host(1), l.Host(2)
+	h1, h2, h3 := l.Host(1), l.Host(2), l.Host(3)
 	before, err := lab.WaitMesh(ctx, l.Hosts())
 	if err != nil {
 		t.Fatal(err)
 	}
+	b2 := before[h2.Name].Block
 	server := addPods(t, ctx, h1, 1)[0]
 	client := addPods(t, ctx, h2, 1)[0]
+	far := addPods(t, ctx, h3, 1)[0]
 	serveEcho(t, server.Namespace)
 	conn, err := client.DialEcho(ctx, netip.AddrPortFrom(server.IP, echoPort))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
+	for _, p := range []*lab.Pod{server, far} {
+		if _, err := p.Ping(ctx, client.IP); err != nil {
+			t.Fatalf("before the restart, %s -> h2's pod: %v", p.Host.Name, err)
+		}
+	}
 
+	// The data path keeps only what it has seen answer: a host probed
+	// for less than a probe interval is not up yet.
+	if err := waitDataPathUp(ctx, []*lab.Host{h1, h3}, h2.Name); err != nil {
+		t.Fatal(err)
+	}
 	kept, err := readRoutes(h2)
 	if err != nil {
 		t.Fatal(err)
 	}
 	stopWatch := watchRoutesKept(t, h2, kept)
+	// The peers' route to h2's block.
+	peerWatches := map[string]func() []string{}
+	for _, h := range []*lab.Host{h1, h3} {
+		peerWatches[h.Name] = watchRoutesKept(t, h, hostRoutes{peers: map[netip.Prefix]netip.Addr{b2: h2.IP}})
+	}
+	var pings []*lab.PingStream
+	for _, p := range []*lab.Pod{server, far} {
+		ps, err := p.StartPings(client.IP, restartPingInterval)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pings = append(pings, ps)
+	}
 	s := startStream(conn)
 
 	stopping := time.Now()
@@ -46,6 +74,21 @@ func TestRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	stopped := time.Since(stopping)
+	// While h2's agent is down its peers see it left and keep its route.
+	for _, h := range []*lab.Host{h1, h3} {
+		_, err := h.WaitStatus(ctx, "h2 left, its route kept by the data path", func(s lab.Status) bool {
+			m, ok := s.Member(h2.Name)
+			return ok && m.State == "left" && m.Route == "programmed" && m.RouteReason == "left; kept by data path" && m.Block == b2
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Down for longer than the probes' misses take (3 s), as a restart
+	// that pulls an image is: the route stays all the same.
+	if err := lab.Sleep(ctx, restartDowntime); err != nil {
+		t.Fatal(err)
+	}
 	if err := h2.StartAgent(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -54,8 +97,8 @@ func TestRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if after[h2.Name].Block != before[h2.Name].Block {
-		t.Errorf("h2 restarted with block %s, had %s", after[h2.Name].Block, before[h2.Name].Block)
+	if after[h2.Name].Block != b2 {
+		t.Errorf("h2 restarted with block %s, had %s", after[h2.Name].Block, b2)
 	}
 	meshBack := time.Since(restarted)
 	// The stream must carry on past the restart, whatever it stalled on.
@@ -72,13 +115,57 @@ func TestRestart(t *testing.T) {
 	if err != nil {
 		t.Error(err)
 	}
-	flushed := stopWatch()
-	for _, f := range flushed {
+	var lost []string
+	for i, ps := range pings {
+		r := ps.Stop(time.Second)
+		from := []string{"h1", "h3"}[i]
+		lost = append(lost, fmt.Sprintf("%s: %d of %d", from, len(r.Lost), r.Sent))
+		if len(r.Lost) > restartLossBound {
+			t.Errorf("pings from %s's pod to h2's pod across h2's agent restart: %d of %d lost (at most %d allowed), at %v",
+				from, len(r.Lost), r.Sent, restartLossBound, r.Lost)
+		}
+	}
+	for _, f := range stopWatch() {
 		t.Errorf("h2 lost a route while its agent restarted: %s", f)
 	}
-	t.Logf("restart: agent left and exited %v after SIGTERM; mesh whole again %v after the new agent started; stream of %d round trips survived, longest stall %v; %d watched routes never left h2's kernel",
-		stopped.Round(time.Millisecond), meshBack.Round(time.Millisecond), total, maxGap.Round(time.Millisecond), len(kept.peers)+len(kept.blackholes)+len(kept.pods))
+	for name, stop := range peerWatches {
+		for _, f := range stop() {
+			t.Errorf("%s withdrew h2's route while h2's agent restarted with its host up: %s", name, f)
+		}
+	}
+	t.Logf("restart: agent left and exited %v after SIGTERM, down %v; mesh whole again %v after the new agent started; stream of %d round trips survived, longest stall %v; %d watched routes never left h2's kernel, h2's block never left h1's and h3's; pings to h2's pod every %v lost %v",
+		stopped.Round(time.Millisecond), restartDowntime, meshBack.Round(time.Millisecond), total, maxGap.Round(time.Millisecond),
+		len(kept.peers)+len(kept.blackholes)+len(kept.pods), restartPingInterval, lost)
 }
+
+// waitDataPathUp waits until every observer's status shows each of members
+// with its host answering on the data path.
+func waitDataPathUp(ctx context.Context, observers []*lab.Host, members ...string) error {
+	for _, h := range observers {
+		_, err := h.WaitStatus(ctx, fmt.Sprintf("data path up to %v", members), func(s lab.Status) bool {
+			for _, name := range members {
+				if m, ok := s.Member(name); !ok || m.DataPath != "up" {
+					return false
+				}
+			}
+			return true
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// restartPingInterval is how often pods on other hosts ping the restarted
+// host's pod; restartLossBound is how many of those pings may go missing.
+// The route never leaves any kernel, so none should; two leave room for a
+// loaded machine.
+const (
+	restartPingInterval = 50 * time.Millisecond
+	restartLossBound    = 2
+	restartDowntime     = 5 * time.Second
+)
 
 // stream sends numbered lines over an echo connection until stopped.
 type stream struct {

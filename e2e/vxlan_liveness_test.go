@@ -26,7 +26,7 @@ func TestCrossSubnetLiveness(t *testing.T) {
 		run  func(*testing.T, *lab.Lab, *lab.Pod, *lab.Pod)
 	}{
 		{"frozen agent", crossSubnetFrozen},
-		{"leave and crash", crossSubnetWithdraw},
+		{"leave, host gone, and crash", crossSubnetWithdraw},
 		// Last: after a cut the mesh heals only on memberlist's reconnect
 		// round (every 30 s); restarted agents rejoin at once.
 		{"link cut", crossSubnetLinkCut},
@@ -182,12 +182,15 @@ func crossSubnetLinkCut(t *testing.T, l *lab.Lab, p1, p3 *lab.Pod) {
 }
 
 // crossSubnetWithdraw: h1 has a direct peer (h2) and a VXLAN peer (h3).
-// When both leave (SIGTERM) and, back again, when both crash (kill -9 and
-// link cut), h1 withdraws the VXLAN peer's route, neighbour and FDB entry as
-// it withdraws the direct peer's route, and removes the VXLAN device with
-// its last VXLAN peer. Restarted, both come back with their blocks and every
-// path returns.
-func crossSubnetWithdraw(t *testing.T, l *lab.Lab, _, _ *lab.Pod) {
+// When both agents leave (SIGTERM) while their hosts stay up, h1 keeps both
+// routes, and the VXLAN peer's neighbour and FDB entry, on the data path.
+// When their hosts then leave the LAN (link cut) and, back again, when both
+// crash (kill -9 and link cut), h1 withdraws the VXLAN peer's route,
+// neighbour and FDB entry as it withdraws the direct peer's route, and
+// removes the VXLAN device with its last VXLAN peer. Restarted, both come
+// back with their blocks and every path returns. p1 on h1 pings p3 on h3
+// over VXLAN while h3's agent is stopped: at most restartLossBound lost.
+func crossSubnetWithdraw(t *testing.T, l *lab.Lab, p1, p3 *lab.Pod) {
 	ctx := timeout(t, 4*time.Minute)
 	h1, h2, h3 := l.Host(1), l.Host(2), l.Host(3)
 	statuses, err := lab.WaitMesh(ctx, l.Hosts())
@@ -222,18 +225,77 @@ func crossSubnetWithdraw(t *testing.T, l *lab.Lab, _, _ *lab.Pod) {
 		return gone
 	}
 
-	stopping := time.Now()
+	if err := waitDataPathUp(ctx, []*lab.Host{h1}, "h2", "h3"); err != nil {
+		t.Fatal(err)
+	}
+	pings, err := p1.StartPings(p3.IP, restartPingInterval)
+	if err != nil {
+		t.Fatal(err)
+	}
 	errs := make(chan error, 2)
 	for _, h := range []*lab.Host{h2, h3} {
 		go func() { errs <- h.StopAgent(ctx) }()
 	}
-	left := withdrawals(stopping, 30*time.Second)
 	for range 2 {
 		if err := <-errs; err != nil {
 			t.Fatal(err)
 		}
 	}
-	t.Logf("leave: h1 withdrew %v after SIGTERM", left)
+	// Their hosts answer: h1 sees both left and keeps their paths.
+	s1, err := h1.WaitStatus(ctx, "h2 and h3 left, their routes kept by the data path", func(s lab.Status) bool {
+		for _, name := range []string{"h2", "h3"} {
+			m, ok := s.Member(name)
+			if !ok || m.State != "left" || m.Route != "programmed" || m.RouteReason != "left; kept by data path" {
+				return false
+			}
+		}
+		return true
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Longer than the probes' misses take: nothing goes.
+	if err := lab.Sleep(ctx, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	want, hostIPs := crossSubnetPaths(statuses, l.Hosts(), h1)
+	if err := expectPaths(ctx, h1, want, hostIPs); err != nil {
+		t.Fatalf("h1 after h2's and h3's agents left, their hosts up: %v", err)
+	}
+	r := pings.Stop(time.Second)
+	if len(r.Lost) > restartLossBound {
+		t.Errorf("p1 -> p3 over VXLAN while h3's agent was stopped: %d of %d pings lost (at most %d allowed), at %v", len(r.Lost), r.Sent, restartLossBound, r.Lost)
+	}
+	m2, _ := s1.Member("h2")
+	m3, _ := s1.Member("h3")
+	t.Logf("leave: h1 keeps h2 (%s, %s) and h3 (%s, %s): %q; p1 -> p3 lost %d of %d pings", m2.Path, m2.DataPath, m3.Path, m3.DataPath, m3.RouteReason, len(r.Lost), r.Sent)
+
+	// Then their hosts leave the LAN: withdrawn after the probes' misses.
+	cut := time.Now()
+	for _, h := range []*lab.Host{h2, h3} {
+		if err := h.CutLink(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	left := withdrawals(cut, failureDetectionBound)
+	t.Logf("leave, then host gone: h1 withdrew %v after the link cut", left)
+	s1, err = h1.WaitStatus(ctx, "h2 and h3 withdrawn, and why", func(s lab.Status) bool {
+		for _, name := range []string{"h2", "h3"} {
+			m, ok := s.Member(name)
+			if !ok || m.Route != "withdrawn" || m.RouteReason != "left; withdrawn: host not answering" {
+				return false
+			}
+		}
+		return true
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range []*lab.Host{h2, h3} {
+		if err := h.RestoreLink(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	if err := l.StartAgents(ctx, h2, h3); err != nil {
 		t.Fatal(err)

@@ -128,6 +128,10 @@ func TestReleaseDeletedNode(t *testing.T) {
 	if n := counter(t, a.Metrics, "grapevine_mesh_releases_total", "record_deleted"); n != 1 {
 		t.Errorf("releases_total{trigger=record_deleted} = %v, want 1", n)
 	}
+	// The operator's command now says there is nothing to release, at once.
+	if err := a.Mesh.Release(t.Context(), "c"); !errors.Is(err, ledger.ErrUnknownNode) {
+		t.Errorf("operator release after the deletion: %v, want ErrUnknownNode", err)
+	}
 	// Again (every agent asks): nothing left, no error. Never a member: the same.
 	for _, name := range []string{"c", "never-a-member"} {
 		if got, err := a.Mesh.ReleaseDeletedNode(t.Context(), name); err != nil || got.IsValid() {

@@ -31,9 +31,11 @@
 // A block therefore appears at most once in a View, and no metadata, hostile
 // or confused, can move a route. Members of another ledger (founded
 // separately with the same gossip key) are listed as foreign and never
-// routed. Crashes and leaves withdraw routes as fast as memberlist detects
-// them; the ledger's leader frees a dead owner's block only after it has
-// itself seen the owner gone for ReclaimAfter.
+// routed. A member that crashed or left keeps no Block, but its Held block
+// (the ledger's assignment, until released or reclaimed) lets the agent
+// keep its route while its host still answers; the ledger's leader frees a
+// dead owner's block only after it has itself seen the owner gone for
+// ReclaimAfter.
 //
 // # Founding and joining
 //

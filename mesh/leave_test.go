@@ -9,8 +9,8 @@ import (
 )
 
 // TestRestartedNodeLeavesGracefully: a node restarted with its state and
-// stopped again is seen as left, not failed, so peers withdraw its route at
-// once instead of after failure detection.
+// stopped again is seen as left, not failed, at once instead of after
+// failure detection.
 func TestRestartedNodeLeavesGracefully(t *testing.T) {
 	c := newCluster(t, meshtest.Options{Logger: testLogger(t)})
 	a := start(t, c, meshtest.Spec{Name: "a"})

@@ -294,7 +294,8 @@ func (m *Mesh) pushStateToLive() {
 
 // leave announces the leave in metadata first, so peers record "left", not
 // "failed" (memberlist's own leave message does not reach delegates), then
-// leaves memberlist: peers withdraw this node's routes at once.
+// leaves memberlist: peers see it left at once. Its block stays its own in
+// the ledger, so their agents keep its route while its host answers.
 func (m *Mesh) leave() {
 	m.mu.Lock()
 	m.leaving = true
@@ -366,6 +367,14 @@ func (m *Mesh) Release(ctx context.Context, node string) error {
 	led, gone, err := m.releaseTarget(node)
 	if err != nil {
 		return err
+	}
+	// Nothing to wait for when this replica shows no block (never had one,
+	// released already, say after its Node object was deleted). A replica
+	// behind the leader only makes the operator ask again.
+	if st, _ := led.State(); st.Founded() {
+		if _, _, ok := st.BlockOfName(node); !ok {
+			return fmt.Errorf("mesh: release %s: %w: %s", node, ledger.ErrUnknownNode, node)
+		}
 	}
 	if wait := m.cfg.ReclaimAfter/2 - gone; wait > 0 {
 		return fmt.Errorf("mesh: node %s has been gone for %s as far as this node knows; its block can be released in %s "+
@@ -476,10 +485,13 @@ func (m *Mesh) View() View {
 		if p.metaErr == nil {
 			mem.HostIP, mem.ID, mem.ClusterID = p.meta.HostIP, p.meta.ID, p.meta.ClusterID
 			mem.Foreign = !ours.IsZero() && !p.meta.ClusterID.IsZero() && p.meta.ClusterID != ours
-			if p.state.Live() && !mem.Foreign && m.identity == "" {
-				mem.Block = routedBlock(byID, p.name, p.meta)
-				if mem.Block == v.Block {
-					mem.Block = netip.Prefix{}
+			if !mem.Foreign && m.identity == "" {
+				mem.Held = routedBlock(byID, p.name, p.meta)
+				if mem.Held == v.Block {
+					mem.Held = netip.Prefix{}
+				}
+				if p.state.Live() {
+					mem.Block = mem.Held
 				}
 			}
 		}

@@ -52,6 +52,20 @@ func sees(observer *meshtest.Node, member string, state mesh.MemberState) error 
 	return fmt.Errorf("%s does not know %s", observer.Name, member)
 }
 
+// heldBy reports whether observer's View shows member holding block in the
+// ledger (Member.Held; zero: none).
+func heldBy(observer *meshtest.Node, member string, block netip.Prefix) error {
+	for _, m := range observer.Mesh.View().Members {
+		if m.Name == member {
+			if m.Held != block {
+				return fmt.Errorf("%s sees %s holding %s, want %s", observer.Name, member, m.Held, block)
+			}
+			return nil
+		}
+	}
+	return fmt.Errorf("%s does not know %s", observer.Name, member)
+}
+
 // gone reports whether observer's View shows member dead or departed.
 func gone(observer *meshtest.Node, member string) error {
 	err := sees(observer, member, mesh.Left)
@@ -251,7 +265,12 @@ func TestStableBlocks(t *testing.T) {
 			t.Fatal(err)
 		}
 		waitFor(t, "a sees d fail", 20*time.Second, func() error { return sees(a, "d", mesh.Dead) })
+		if err := heldBy(a, "d", dBlock); err != nil {
+			t.Fatalf("before the release: %v", err)
+		}
 		waitFor(t, "a releases d", 20*time.Second, func() error { return a.Mesh.Release(context.Background(), "d") })
+		// A route kept to the dead d on the data path ends with its block.
+		waitFor(t, "a to see d's block released", 10*time.Second, func() error { return heldBy(a, "d", netip.Prefix{}) })
 		f := start(t, c, meshtest.Spec{Name: "f", Join: seed(a)})
 		waitFor(t, "f claims the released block", 20*time.Second, func() error {
 			if got := f.Mesh.View().Block; got != dBlock {
@@ -452,13 +471,19 @@ func TestGracefulLeaveIsLeft(t *testing.T) {
 	a := start(t, c, meshtest.Spec{Name: "a"})
 	start(t, c, meshtest.Spec{Name: "b", Join: seed(a)})
 	waitConverged(t, c, 10*time.Second)
+	views := c.Views()
 	if err := c.Stop("b"); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "a sees b leave", 10*time.Second, func() error { return sees(a, "b", mesh.Left) })
 	for _, m := range a.Mesh.View().Members {
 		if m.Block.IsValid() {
-			t.Errorf("a still routes %s to %s after it left", m.Block, m.Name)
+			t.Errorf("a still shows %s live with %s after it left", m.Name, m.Block)
+		}
+		// Its block stays its own in the ledger: the agent keeps the
+		// route while b's host answers (an agent restart).
+		if m.Held != views["b"].Block {
+			t.Errorf("a shows %s holding %s after it left, want %s", m.Name, m.Held, views["b"].Block)
 		}
 	}
 }

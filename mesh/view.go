@@ -71,5 +71,11 @@ type Member struct {
 	// to the member's node ID, only while the member is live and advertises
 	// the host IP the ledger recorded. Zero otherwise.
 	Block netip.Prefix
+	// Held is the ledger's assignment to the member's node ID, under the
+	// name and host IP it advertised last, whether the member is live or
+	// not (zero for a foreign member or invalid metadata). A dead or
+	// departed member's route is kept on the data path only while Held
+	// still names the routed block: a release or reclaim ends it.
+	Held  netip.Prefix
 	State MemberState
 }

@@ -28,10 +28,12 @@ var testOpts = agentOptions{
 	MTU:        1500,
 }
 
+// member is a member of a View as the mesh builds it: block is what the
+// ledger assigns it (Held), and its Block to route while it is live.
 func member(name, state, hostIP, block string) mesh.Member {
 	m := mesh.Member{Name: name, Addr: netip.MustParseAddr(hostIP), HostIP: netip.MustParseAddr(hostIP)}
 	if block != "" {
-		m.Block = netip.MustParsePrefix(block)
+		m.Held = netip.MustParsePrefix(block)
 	}
 	switch state {
 	case "alive":
@@ -42,6 +44,9 @@ func member(name, state, hostIP, block string) mesh.Member {
 		m.State = mesh.Dead
 	case "left":
 		m.State = mesh.Left
+	}
+	if m.State.Live() {
+		m.Block = m.Held
 	}
 	return m
 }
@@ -76,39 +81,69 @@ func TestKeptRoutes(t *testing.T) {
 		{
 			name: "dead, host answering: the route stays on the data path",
 			members: []mesh.Member{
-				member("h2", "dead", "172.16.254.2", ""),
-				member("h3", "dead", "172.16.254.3", ""),
+				member("h2", "dead", "172.16.254.2", "10.244.2.0/23"),
+				member("h3", "dead", "172.16.254.3", "10.244.4.0/23"),
 			},
 			prev:  map[string]keptRoute{"h2": byGossip(b2, ip2, true), "h3": byPath(b4, ip3)},
 			paths: up,
 			want:  map[string]keptRoute{"h2": byPath(b2, ip2), "h3": byPath(b4, ip3)},
 		},
 		{
-			name:    "left gracefully: withdrawn at once, host answering or not",
-			members: []mesh.Member{member("h2", "left", "172.16.254.2", "")},
-			prev:    map[string]keptRoute{"h2": byGossip(b2, ip2, true)},
-			paths:   up,
-			want:    map[string]keptRoute{},
+			name: "left gracefully, host answering (agent restart): the route stays on the data path",
+			members: []mesh.Member{
+				member("h2", "left", "172.16.254.2", "10.244.2.0/23"),
+				member("h3", "left", "172.16.254.3", "10.244.4.0/23"),
+			},
+			prev:  map[string]keptRoute{"h2": byGossip(b2, ip2, true), "h3": byPath(b4, ip3)},
+			paths: up,
+			want:  map[string]keptRoute{"h2": byPath(b2, ip2), "h3": byPath(b4, ip3)},
 		},
 		{
-			name: "dead and host silent: withdrawn",
+			name: "dead or left and host silent: withdrawn",
 			members: []mesh.Member{
-				member("h2", "dead", "172.16.254.2", ""),
-				member("h3", "left", "172.16.254.3", ""),
+				member("h2", "dead", "172.16.254.2", "10.244.2.0/23"),
+				member("h3", "left", "172.16.254.3", "10.244.4.0/23"),
 			},
 			prev:  map[string]keptRoute{"h2": byGossip(b2, ip2, true), "h3": byPath(b4, ip3)},
 			paths: down,
 			want:  map[string]keptRoute{},
 		},
 		{
+			name: "dead or left, probes off: withdrawn at once",
+			members: []mesh.Member{
+				member("h2", "dead", "172.16.254.2", "10.244.2.0/23"),
+				member("h3", "left", "172.16.254.3", "10.244.4.0/23"),
+			},
+			prev:  map[string]keptRoute{"h2": byGossip(b2, ip2, false), "h3": byGossip(b4, ip3, false)},
+			paths: nil,
+			want:  map[string]keptRoute{},
+		},
+		{
+			name: "dead or left, block released or reclaimed in the ledger: withdrawn, host answering or not",
+			members: []mesh.Member{
+				member("h2", "dead", "172.16.254.2", ""),
+				member("h3", "left", "172.16.254.3", ""),
+			},
+			prev:  map[string]keptRoute{"h2": byPath(b2, ip2), "h3": byGossip(b4, ip3, true)},
+			paths: up,
+			want:  map[string]keptRoute{},
+		},
+		{
+			name:    "left, the ledger now assigns it another block: the old one is withdrawn",
+			members: []mesh.Member{member("h2", "left", "172.16.254.2", "10.244.4.0/23")},
+			prev:    map[string]keptRoute{"h2": byPath(b2, ip2)},
+			paths:   up,
+			want:    map[string]keptRoute{},
+		},
+		{
 			name:    "dead and host never probed: withdrawn",
-			members: []mesh.Member{member("h2", "dead", "172.16.254.2", "")},
+			members: []mesh.Member{member("h2", "dead", "172.16.254.2", "10.244.2.0/23")},
 			prev:    map[string]keptRoute{"h2": byGossip(b2, ip2, false)},
 			want:    map[string]keptRoute{},
 		},
 		{
 			name:    "the data path alone never adds a route",
-			members: []mesh.Member{member("h2", "dead", "172.16.254.2", "")},
+			members: []mesh.Member{member("h2", "dead", "172.16.254.2", "10.244.2.0/23"), member("h3", "left", "172.16.254.3", "10.244.4.0/23")},
 			paths:   up,
 			want:    map[string]keptRoute{},
 		},
@@ -129,7 +164,7 @@ func TestKeptRoutes(t *testing.T) {
 		{
 			name: "a block gossip now gives to a live member is not kept for the dead one",
 			members: []mesh.Member{
-				member("h2", "dead", "172.16.254.2", ""),
+				member("h2", "dead", "172.16.254.2", "10.244.2.0/23"),
 				member("h3", "alive", "172.16.254.3", "10.244.2.0/23"),
 			},
 			prev:  map[string]keptRoute{"h2": byPath(b2, ip2)},
@@ -138,7 +173,7 @@ func TestKeptRoutes(t *testing.T) {
 		},
 		{
 			name:    "a kept block that is now this node's own is dropped",
-			members: []mesh.Member{member("h2", "dead", "172.16.254.2", "")},
+			members: []mesh.Member{member("h2", "dead", "172.16.254.2", "10.244.0.0/23")},
 			prev:    map[string]keptRoute{"h2": byPath(own, ip2)},
 			paths:   up,
 			want:    map[string]keptRoute{},
@@ -233,16 +268,28 @@ func TestBuildStatusRouteStates(t *testing.T) {
 			member("h2", "alive", "172.16.254.2", "10.244.2.0/23"),
 			member("h3", "dead", "172.16.254.3", "10.244.4.0/23"),
 			member("h4", "alive", "172.16.254.4", ""),
+			member("h5", "dead", "172.16.254.5", "10.244.8.0/23"),
+			member("h6", "left", "172.16.254.6", "10.244.10.0/23"), // an agent restarting
+			member("h7", "left", "172.16.254.7", "10.244.12.0/23"), // stopped, then its host went
+			member("h8", "left", "172.16.254.8", ""),               // its block released
 		},
 	}
-	v.Members = append(v.Members, member("h5", "dead", "172.16.254.5", ""))
 	paths := map[netip.Addr]probe.Verdict{
 		netip.MustParseAddr("172.16.254.2"): {Up: true, LastReply: time.Unix(100, 0)},
 		netip.MustParseAddr("172.16.254.5"): {Up: true, LastReply: time.Unix(101, 0)},
+		netip.MustParseAddr("172.16.254.6"): {Up: true, LastReply: time.Unix(102, 0)},
 		netip.MustParseAddr("172.16.254.3"): {Misses: 3, LastReply: time.Unix(90, 0)},
+		netip.MustParseAddr("172.16.254.7"): {Misses: 3, LastReply: time.Unix(91, 0)},
+		netip.MustParseAddr("172.16.254.8"): {Up: true, LastReply: time.Unix(103, 0)},
 	}
-	prev := map[string]keptRoute{"h5": {Block: netip.MustParsePrefix("10.244.8.0/23"), HostIP: netip.MustParseAddr("172.16.254.5"), Gossip: true}}
+	prev := map[string]keptRoute{
+		"h5": {Block: netip.MustParsePrefix("10.244.8.0/23"), HostIP: netip.MustParseAddr("172.16.254.5"), Gossip: true},
+		"h6": {Block: netip.MustParsePrefix("10.244.10.0/23"), HostIP: netip.MustParseAddr("172.16.254.6"), Gossip: true, DataPath: true},
+		"h7": {Block: netip.MustParsePrefix("10.244.12.0/23"), HostIP: netip.MustParseAddr("172.16.254.7"), DataPath: true},
+		"h8": {Block: netip.MustParsePrefix("10.244.14.0/23"), HostIP: netip.MustParseAddr("172.16.254.8"), DataPath: true},
+	}
 	kept := keptRoutes(v, prev, paths)
+	withdrawn := withdrawals(v, prev, kept, paths, nil)
 	d := desiredState(v, kept, testOpts)
 	k := node.NewFakeKernel()
 	k.AddLink("em1", netip.MustParsePrefix("172.16.254.1/24"))
@@ -250,22 +297,97 @@ func TestBuildStatusRouteStates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := buildStatus(v, kept, paths, res, true, "")
+	got := buildStatus(v, kept, withdrawn, paths, res, true, "")
 	states := map[string]string{}
 	for _, m := range got.Members {
-		states[m.Name] = fmt.Sprintf("%s/%s/%s/%v/%s", m.State, m.Block, m.Route, m.KeptBy, m.DataPath)
+		states[m.Name] = fmt.Sprintf("%s/%s/%s/%v/%s/%s", m.State, m.Block, m.Route, m.KeptBy, m.DataPath, m.RouteReason)
 	}
 	want := map[string]string{
-		"h2": "alive/10.244.2.0/23/programmed/[gossip data path]/up",
-		"h3": "dead/10.244.4.0/23/withdrawn/[]/down",
-		"h4": "alive//none/[]/",
-		"h5": "dead/10.244.8.0/23/programmed/[data path]/up",
+		"h2": "alive/10.244.2.0/23/programmed/[gossip data path]/up/",
+		"h3": "dead/10.244.4.0/23/withdrawn/[]/down/dead; not routed: gone before this agent routed it",
+		"h4": "alive//none/[]//",
+		"h5": "dead/10.244.8.0/23/programmed/[data path]/up/dead; kept by data path",
+		"h6": "left/10.244.10.0/23/programmed/[data path]/up/left; kept by data path",
+		"h7": "left/10.244.12.0/23/withdrawn/[]/down/left; withdrawn: host not answering",
+		"h8": "left//none/[]/up/left; withdrawn: the ledger no longer assigns it 10.244.14.0/23",
 	}
 	if !reflect.DeepEqual(states, want) {
-		t.Fatalf("member states = %v, want %v", states, want)
+		t.Fatalf("member states:\n got %v\nwant %v", states, want)
 	}
 	if m := got.Members[0]; !m.DataPathSeen.Equal(time.Unix(100, 0)) {
 		t.Errorf("h2's last reply = %v", m.DataPathSeen)
+	}
+}
+
+func TestWithdrawals(t *testing.T) {
+	b2 := netip.MustParsePrefix("10.244.2.0/23")
+	ip2 := netip.MustParseAddr("172.16.254.2")
+	up := map[netip.Addr]probe.Verdict{ip2: {Up: true}}
+	down := map[netip.Addr]probe.Verdict{ip2: {Misses: 3}}
+	routed := map[string]keptRoute{"h2": {Block: b2, HostIP: ip2, Gossip: true, DataPath: true}}
+	tests := []struct {
+		name   string
+		m      mesh.Member
+		prev   map[string]keptRoute
+		kept   map[string]keptRoute
+		paths  map[netip.Addr]probe.Verdict
+		before map[string]string
+		want   string
+	}{
+		{name: "alive and routed", m: member("h2", "alive", "172.16.254.2", "10.244.2.0/23"), prev: routed, kept: routed, paths: up},
+		{name: "left, kept on the data path", m: member("h2", "left", "172.16.254.2", "10.244.2.0/23"), prev: routed,
+			kept: map[string]keptRoute{"h2": {Block: b2, HostIP: ip2, DataPath: true}}, paths: up},
+		{name: "left, host down", m: member("h2", "left", "172.16.254.2", "10.244.2.0/23"), prev: routed, paths: down,
+			want: "withdrawn: host not answering"},
+		{name: "left, probes off", m: member("h2", "left", "172.16.254.2", "10.244.2.0/23"), prev: routed,
+			want: "withdrawn: data-path probes are off"},
+		{name: "dead, block released", m: member("h2", "dead", "172.16.254.2", ""), prev: routed, paths: up,
+			want: "withdrawn: the ledger no longer assigns it 10.244.2.0/23"},
+		{name: "left, block routed to another member", m: member("h2", "left", "172.16.254.2", "10.244.2.0/23"), prev: routed, paths: up,
+			want: "withdrawn: 10.244.2.0/23 is routed elsewhere"},
+		{name: "a later pass remembers why, the host no longer probed", m: member("h2", "left", "172.16.254.2", "10.244.2.0/23"),
+			before: map[string]string{"h2": "withdrawn: host not answering"}, want: "withdrawn: host not answering"},
+		{name: "gone before this run routed it", m: member("h2", "dead", "172.16.254.2", "10.244.4.0/23"), paths: up,
+			want: "not routed: gone before this agent routed it"},
+		{name: "gone without a block", m: member("h2", "left", "172.16.254.2", ""), paths: up},
+		{name: "back alive: forgotten", m: member("h2", "alive", "172.16.254.2", ""), before: map[string]string{"h2": "withdrawn: host not answering"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			v := mesh.View{Self: "h1", Members: []mesh.Member{tt.m}}
+			got := withdrawals(v, tt.prev, tt.kept, tt.paths, tt.before)
+			if got["h2"] != tt.want || len(got) > 1 || (tt.want == "" && len(got) != 0) {
+				t.Errorf("withdrawals = %q, want h2: %q", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestRouteReason(t *testing.T) {
+	b := netip.MustParsePrefix("10.244.2.0/23")
+	ip := netip.MustParseAddr("172.16.254.2")
+	byGossip := keptRoute{Block: b, HostIP: ip, Gossip: true, DataPath: true}
+	byPath := keptRoute{Block: b, HostIP: ip, DataPath: true}
+	tests := []struct {
+		name      string
+		m         mesh.Member
+		route     keptRoute
+		isKept    bool
+		withdrawn string
+		want      string
+	}{
+		{"alive, routed on gossip", member("h2", "alive", "172.16.254.2", "10.244.2.0/23"), byGossip, true, "", ""},
+		{"alive without a block", member("h2", "alive", "172.16.254.2", ""), keptRoute{}, false, "", ""},
+		{"left, host answering", member("h2", "left", "172.16.254.2", "10.244.2.0/23"), byPath, true, "", "left; kept by data path"},
+		{"dead, host answering", member("h2", "dead", "172.16.254.2", "10.244.2.0/23"), byPath, true, "", "dead; kept by data path"},
+		{"left, host down", member("h2", "left", "172.16.254.2", "10.244.2.0/23"), keptRoute{}, false, "withdrawn: host not answering", "left; withdrawn: host not answering"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := routeReason(tt.m, tt.route, tt.isKept, tt.withdrawn); got != tt.want {
+				t.Errorf("routeReason = %q, want %q", got, tt.want)
+			}
+		})
 	}
 }
 

@@ -36,8 +36,15 @@ type keptRoute struct {
 // gossip: the data path alone never adds a block, so a host that answers
 // again after its block was released cannot take it back.
 //
-// A member that left gracefully said so itself: that is no failure
-// detector's guess, and its route goes at once, as before.
+// A member that left gracefully (SIGTERM: a restart, a rolling update) is
+// treated like a dead one as far as its route goes: its agent is gone, its
+// host need not be, and pods on that host stay reachable while it answers.
+// Without data-path verdicts (probes off) nothing keeps a gone member's
+// route, so it goes at once on leave, as on a dead verdict.
+//
+// A gone member's route is kept only while the ledger still assigns the
+// routed block to it (Member.Held): a release or reclaim withdraws it at
+// once, host answering or not.
 //
 // A member gossip shows alive without a block (it lost a conflict, its
 // metadata is invalid) is not routed, and a route kept on the data path
@@ -50,7 +57,7 @@ func keptRoutes(v mesh.View, prev map[string]keptRoute, paths map[netip.Addr]pro
 		switch r, had := prev[m.Name]; {
 		case routable(m):
 			kept[m.Name] = keptRoute{Block: m.Block, HostIP: m.HostIP, Gossip: true, DataPath: paths[m.HostIP].Up}
-		case m.State == mesh.Dead && had && paths[r.HostIP].Up:
+		case gone(m.State) && had && m.Held == r.Block && paths[r.HostIP].Up:
 			kept[m.Name] = keptRoute{Block: r.Block, HostIP: r.HostIP, DataPath: true}
 			dataPathOnly = append(dataPathOnly, m.Name)
 		}
@@ -71,6 +78,35 @@ func keptRoutes(v mesh.View, prev map[string]keptRoute, paths map[netip.Addr]pro
 	return kept
 }
 
+// withdrawals says, for every member memberlist counts out (dead or left)
+// that this host does not route, why not. The reason is fixed by the pass
+// that withdrew the route (before holds the last pass's answers), so the
+// status still gives it once the host is no longer probed. It is pure.
+func withdrawals(v mesh.View, prev, kept map[string]keptRoute, paths map[netip.Addr]probe.Verdict, before map[string]string) map[string]string {
+	why := make(map[string]string)
+	for _, m := range v.Members {
+		if _, ok := kept[m.Name]; ok || !gone(m.State) {
+			continue
+		}
+		r, had := prev[m.Name]
+		switch {
+		case had && m.Held != r.Block:
+			why[m.Name] = "withdrawn: the ledger no longer assigns it " + r.Block.String()
+		case had && paths == nil:
+			why[m.Name] = "withdrawn: data-path probes are off"
+		case had && !paths[r.HostIP].Up:
+			why[m.Name] = "withdrawn: host not answering"
+		case had:
+			why[m.Name] = "withdrawn: " + r.Block.String() + " is routed elsewhere"
+		case before[m.Name] != "":
+			why[m.Name] = before[m.Name]
+		case m.Held.IsValid():
+			why[m.Name] = "not routed: gone before this agent routed it"
+		}
+	}
+	return why
+}
+
 // routable reports whether gossip alone gives a member a route: it holds a
 // block and is alive or suspect. Suspect members keep their route:
 // withdrawing on suspicion alone would flap routes on every lost probe,
@@ -78,6 +114,11 @@ func keptRoutes(v mesh.View, prev map[string]keptRoute, paths map[netip.Addr]pro
 func routable(m mesh.Member) bool {
 	return m.Block.IsValid() && m.HostIP.IsValid() && m.State.Live()
 }
+
+// gone reports whether memberlist counts a member out: its agent failed
+// (dead) or stopped gracefully (left). Either way only its host's data path
+// can keep its route.
+func gone(s mesh.MemberState) bool { return s == mesh.Dead || s == mesh.Left }
 
 // probeTargets is the host addresses whose data path is watched: every live
 // member with a block, so a verdict is ready by the time memberlist calls

@@ -37,6 +37,9 @@ type agent struct {
 	// kept is the peer routes of the last pass and what keeps them; see
 	// keptRoutes. Only the loop touches it.
 	kept map[string]keptRoute
+	// withdrawn is why each dead or departed member is not routed; see
+	// withdrawals. Only the loop touches it.
+	withdrawn map[string]string
 
 	// synced turns true once the mesh is ready (see mayReconcile). Until
 	// then the agent leaves the kernel and the hand-off files as the previous
@@ -204,10 +207,11 @@ func (a *agent) run(ctx context.Context) error {
 	}
 }
 
-// stopped ends the loop after a shutdown. The mesh has left gracefully, so
-// peers withdraw this node's block at once; no reconcile follows, because the
-// View now shows every peer gone: this host's routes stay in place and its
-// pods keep talking across an agent restart.
+// stopped ends the loop after a shutdown. The mesh has left gracefully; peers
+// keep routing this node's block while this host answers their probes. No
+// reconcile follows, because the View now shows every peer gone: this host's
+// routes stay in place, so its pods keep talking, to each other and to other
+// hosts' pods, across an agent restart.
 func (a *agent) stopped(meshErr error) error {
 	a.log.Info("left the mesh; host routes left in place")
 	if errors.Is(meshErr, context.Canceled) {
@@ -221,7 +225,9 @@ func (a *agent) stopped(meshErr error) error {
 func (a *agent) reconcile(ctx context.Context) statusReport {
 	v := a.mesh.View()
 	paths := a.pathVerdicts()
-	a.kept = keptRoutes(v, a.kept, paths)
+	kept := keptRoutes(v, a.kept, paths)
+	a.withdrawn = withdrawals(v, a.kept, kept, paths, a.withdrawn)
+	a.kept = kept
 	if a.prober != nil {
 		a.prober.Watch(probeTargets(v, a.kept))
 	}
@@ -232,7 +238,7 @@ func (a *agent) reconcile(ctx context.Context) statusReport {
 			reason = "waiting for peers to re-join; keeping the previous run's routes"
 		}
 		a.removeStaleConflist()
-		return buildStatus(v, a.kept, paths, node.Result{}, false, reason)
+		return buildStatus(v, a.kept, a.withdrawn, paths, node.Result{}, false, reason)
 	}
 	a.synced = true
 
@@ -246,7 +252,7 @@ func (a *agent) reconcile(ctx context.Context) statusReport {
 		a.log.Error("hand-off to the CNI plugin failed", "err", err)
 		ready, reason = false, err.Error()
 	}
-	return buildStatus(v, a.kept, paths, res, ready, reason)
+	return buildStatus(v, a.kept, a.withdrawn, paths, res, ready, reason)
 }
 
 // pathVerdicts is the prober's verdicts; none while probing is off.

@@ -213,8 +213,9 @@ func routesTo(hosts ...*testHost) error {
 
 // TestAgentLoop runs two real agent loops over an in-memory network with
 // fake kernels: they route each other's blocks and hand off to the plugin;
-// a graceful stop withdraws the route on the peer but leaves the stopped
-// host's own routes in place; a restart gets the same block back.
+// a graceful stop withdraws the route on the peer at once (its probes are
+// off, so nothing but gossip can keep it) but leaves the stopped host's own
+// routes in place; a restart gets the same block back.
 func TestAgentLoop(t *testing.T) {
 	dir := t.TempDir()
 	network := meshtest.NewNetwork()
@@ -495,6 +496,74 @@ func TestAgentLoopDataPath(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	if _, ok := h1.peerRoutes()[st2.Block]; ok {
 		t.Fatal("the data path alone brought back a withdrawn route")
+	}
+}
+
+// TestAgentLoopRestartKeepsRoute: a peer's agent stops gracefully (SIGTERM:
+// a restart, a rolling update) while its host keeps answering. The other
+// host keeps its route, says why in the status, and routes it on gossip
+// again once it is back. Stopped again and with its host gone too, the
+// route is withdrawn after the probe misses.
+func TestAgentLoopRestartKeepsRoute(t *testing.T) {
+	dir := t.TempDir()
+	network := meshtest.NewNetwork()
+	dp := &fakeDataPath{}
+	dp.set(meshtest.HostAddr(1), true)
+	dp.set(meshtest.HostAddr(2), true)
+	h1 := startProbingTestHost(t, network, dp, dir, "h1", 1, nil)
+	h2 := startProbingTestHost(t, network, dp, dir, "h2", 2, nil, h1.addr.String())
+	waitFor(t, "both hosts to route each other", func() error { return routesTo(h1, h2) })
+	st2, err := nodestate.Read(h2.agent.opts.RunDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	member2 := func(what string, cond func(memberStatus) bool) {
+		t.Helper()
+		waitFor(t, what, func() error {
+			st := h1.agent.freshStatus()
+			if len(st.Members) != 1 || !cond(st.Members[0]) {
+				return fmt.Errorf("members %+v", st.Members)
+			}
+			return nil
+		})
+	}
+	routed := func() bool {
+		via, ok := h1.peerRoutes()[st2.Block]
+		return ok && via == h2.addr
+	}
+	member2("h1 to route h2 on both signals", func(m memberStatus) bool {
+		return slices.Equal(m.KeptBy, []string{signalGossip, signalDataPath})
+	})
+
+	h2.stop(t)
+	member2("h1 to see h2 left and keep its route on the data path", func(m memberStatus) bool {
+		return m.State == "left" && m.RouteReason == "left; kept by data path" && m.Route == node.PeerProgrammed &&
+			slices.Equal(m.KeptBy, []string{signalDataPath}) && m.Block == st2.Block.String()
+	})
+	// Many probe intervals later the route is still there.
+	time.Sleep(300 * time.Millisecond)
+	if !routed() {
+		t.Fatalf("h1 withdrew the route of h2, which left with its host answering: %v", h1.peerRoutes())
+	}
+	checkHTTP(t, h1.agent.metricsHandler(), "/metrics", http.StatusOK, `grapevine_peer_route_signal{peer="h2",signal="data_path"} 1`)
+
+	h2 = startProbingTestHost(t, network, dp, dir, "h2", 2, h2.kernel, h1.addr.String())
+	member2("h1 to route h2 on gossip again", func(m memberStatus) bool {
+		return m.State == "alive" && m.RouteReason == "" && slices.Equal(m.KeptBy, []string{signalGossip, signalDataPath})
+	})
+	if !routed() {
+		t.Fatalf("h1 does not route h2 back: %v", h1.peerRoutes())
+	}
+
+	// Stopped, then its host goes: withdrawn once the probes miss.
+	h2.stop(t)
+	member2("h1 to see h2 left", func(m memberStatus) bool { return m.State == "left" })
+	dp.set(h2.addr, false)
+	member2("h1 to withdraw h2's route and say why", func(m memberStatus) bool {
+		return m.Route == routeWithdrawn && m.RouteReason == "left; withdrawn: host not answering" && m.Block == st2.Block.String()
+	})
+	if routed() {
+		t.Fatalf("h1 still routes h2, whose agent left and host went: %v", h1.peerRoutes())
 	}
 }
 

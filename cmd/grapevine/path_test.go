@@ -66,7 +66,7 @@ func TestStatusShowsPaths(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			r := buildStatus(v, kept, nil, res, true, "")
+			r := buildStatus(v, kept, nil, nil, res, true, "")
 			r.Encapsulation = tt.encap.String()
 			for _, m := range r.Members {
 				got := m.Path + "/" + m.Route

@@ -67,6 +67,10 @@ type memberStatus struct {
 	// KeptBy names the signals that keep the route: "gossip" (memberlist
 	// counts the member in), "data path" (its host answers echo requests).
 	KeptBy []string `json:"keptBy,omitempty"`
+	// RouteReason explains a route of a member memberlist counts out (dead,
+	// left): "left; kept by data path", "dead; withdrawn: host down", ...
+	// Empty for a member routed on gossip or holding no block.
+	RouteReason string `json:"routeReason,omitempty"`
 	// GossipSeen is when memberlist last counted the member in.
 	GossipSeen time.Time `json:"gossipSeen,omitzero"`
 	// DataPath is "up", "down", "no reply yet" or, for a host not
@@ -90,9 +94,10 @@ const (
 )
 
 // buildStatus combines the mesh's view, the kept routes and the data-path
-// verdicts with the last reconcile's outcome. Signal times are filled in
-// when the status is read (agent.freshStatus).
-func buildStatus(v mesh.View, kept map[string]keptRoute, paths map[netip.Addr]probe.Verdict, res node.Result, ready bool, reason string) statusReport {
+// verdicts with the last reconcile's outcome; withdrawn is why members
+// memberlist counts out are not routed (see withdrawals). Signal times are
+// filled in when the status is read (agent.freshStatus).
+func buildStatus(v mesh.View, kept map[string]keptRoute, withdrawn map[string]string, paths map[netip.Addr]probe.Verdict, res node.Result, ready bool, reason string) statusReport {
 	r := statusReport{
 		Node:     v.Self,
 		HostIP:   addrString(v.HostIP),
@@ -120,6 +125,7 @@ func buildStatus(v mesh.View, kept map[string]keptRoute, paths map[netip.Addr]pr
 		}
 		ms.DataPath, ms.DataPathSeen = dataPathState(paths, m.HostIP)
 		route, isKept := kept[m.Name]
+		ms.RouteReason = routeReason(m, route, isKept, withdrawn[m.Name])
 		switch {
 		case isKept:
 			// For a route kept on the data path alone the view no
@@ -135,14 +141,36 @@ func buildStatus(v mesh.View, kept map[string]keptRoute, paths map[netip.Addr]pr
 			if p, ok := res.Paths[m.Name]; ok {
 				ms.Path, ms.PathReason = string(p.Path), p.Why
 			}
-		case !m.Block.IsValid():
-			ms.Route = routeNone
-		default:
+		case m.Block.IsValid():
 			ms.Route = routeWithdrawn
+		case gone(m.State) && m.Held.IsValid():
+			// Dead or departed and still the block's owner in the
+			// ledger: its route is withdrawn, the block not freed.
+			ms.Block = prefixString(m.Held)
+			ms.Route = routeWithdrawn
+		default:
+			ms.Route = routeNone
 		}
 		r.Members = append(r.Members, ms)
 	}
 	return r
+}
+
+// routeReason says why a member that memberlist counts out (dead: its agent
+// stopped answering; left: it stopped gracefully) still has a route or no
+// longer has one, so that an operator reads "left; kept by data path"
+// during an agent restart. withdrawn is the member's entry of withdrawals.
+// A member routed on gossip needs no explanation: "".
+func routeReason(m mesh.Member, route keptRoute, isKept bool, withdrawn string) string {
+	switch {
+	case isKept && route.Gossip:
+		return ""
+	case isKept:
+		return m.State.String() + "; kept by data path"
+	case withdrawn != "":
+		return m.State.String() + "; " + withdrawn
+	}
+	return ""
 }
 
 // buildLedgerStatus is the ledger part of the status. The agent refreshes
@@ -290,9 +318,19 @@ func printStatus(w io.Writer, r statusReport) error {
 			dataPath += ", " + ago(now, m.DataPathSeen)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Name, state, orDash(m.HostIP), orDash(m.Block), m.Route,
-			orDash(m.Path), orDash(strings.Join(m.KeptBy, "+")), orDash(ago(now, m.GossipSeen)), dataPath, orDash(m.PathReason))
+			orDash(m.Path), keptByColumn(m), orDash(ago(now, m.GossipSeen)), dataPath, orDash(m.PathReason))
 	}
 	return tw.Flush()
+}
+
+// keptByColumn is the table's KEPT BY: the signals keeping a live member's
+// route, or for a dead or departed member why its route stays or went
+// ("left; kept by data path").
+func keptByColumn(m memberStatus) string {
+	if m.RouteReason != "" {
+		return m.RouteReason
+	}
+	return orDash(strings.Join(m.KeptBy, "+"))
 }
 
 // ago renders how long before now t was, "" for a zero t.

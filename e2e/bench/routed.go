@@ -57,10 +57,16 @@ func MeasureRouted(ctx context.Context, cfg LabConfig) (_ []Row, err error) {
 		if i == trials-1 {
 			break // keep h2 up for the data path
 		}
+		// h1 keeps a stopped agent's route while its host answers: take
+		// the host off its LAN until h1 has withdrawn it.
 		if err := h2.StopAgent(ctx); err != nil {
 			return nil, err
 		}
-		if err := waitRoutes(ctx, h1, func(n int) bool { return n == 0 }); err != nil {
+		if err := h2.CutLink(ctx); err != nil {
+			return nil, err
+		}
+		err = waitRoutes(ctx, h1, func(n int) bool { return n == 0 })
+		if err = errors.Join(err, h2.RestoreLink(context.WithoutCancel(ctx))); err != nil {
 			return nil, err
 		}
 		if err := lab.Sleep(ctx, quiet); err != nil {

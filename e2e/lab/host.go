@@ -360,6 +360,10 @@ type Member struct {
 	PathReason string `json:"pathReason"`
 	// KeptBy names the signals keeping the route: "gossip", "data path".
 	KeptBy []string `json:"keptBy"`
+	// RouteReason says, for a dead or departed member, why its route stays
+	// or went: "left; kept by data path", "left; withdrawn: host not
+	// answering".
+	RouteReason string `json:"routeReason"`
 	// DataPath is "up", "down" or "" (not probed).
 	DataPath string `json:"dataPath"`
 }
@@ -401,9 +405,9 @@ func (h *Host) Status(ctx context.Context) (Status, error) {
 // block as "-", as in its table.
 func (s *Status) UnmarshalJSON(data []byte) error {
 	type member struct {
-		Name, Addr, HostIP, Block, State, Route, DataPath, Path, PathReason string
-		KeptBy                                                              []string
-		Foreign                                                             bool
+		Name, Addr, HostIP, Block, State, Route, DataPath, Path, PathReason, RouteReason string
+		KeptBy                                                                           []string
+		Foreign                                                                          bool
 	}
 	var raw struct {
 		Node, HostIP, Block, Reason, Degraded, Encapsulation string
@@ -436,7 +440,7 @@ func (s *Status) UnmarshalJSON(data []byte) error {
 	for _, m := range raw.Members {
 		s.Members = append(s.Members, Member{Name: m.Name, Addr: addr(m.Addr), HostIP: addr(m.HostIP),
 			Block: prefix(m.Block), State: m.State, Route: m.Route, KeptBy: m.KeptBy, DataPath: m.DataPath,
-			Path: m.Path, PathReason: m.PathReason, Foreign: m.Foreign})
+			Path: m.Path, PathReason: m.PathReason, RouteReason: m.RouteReason, Foreign: m.Foreign})
 	}
 	return errors.Join(errs...)
 }

@@ -31,11 +31,32 @@ type Env struct {
 	ownErr  error
 
 	mu   sync.Mutex
-	labs map[*lab.Lab]bool
+	labs map[*lab.Lab][]func() // each lab with what runs before it closes
 }
 
 // NewEnv returns the environment for one test binary; its Main is TestMain.
-func NewEnv() *Env { return &Env{labs: make(map[*lab.Lab]bool)} }
+func NewEnv() *Env { return &Env{labs: make(map[*lab.Lab][]func())} }
+
+// BeforeClose has f run before l is removed, whether the test ends or the
+// run is interrupted: for what a test started on the lab's hosts outside
+// the lab's own processes (a Kubernetes cluster, say). The last added runs
+// first.
+func (e *Env) BeforeClose(l *lab.Lab, f func()) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if _, ok := e.labs[l]; ok {
+		e.labs[l] = append(e.labs[l], f)
+	}
+}
+
+// runClosers runs what was registered for l with BeforeClose; e.mu held.
+func (e *Env) runClosers(l *lab.Lab) {
+	closers := e.labs[l]
+	for i := len(closers) - 1; i >= 0; i-- {
+		closers[i]()
+	}
+	e.labs[l] = nil
+}
 
 // Main runs the tests and exits. Without root it runs nothing that needs it:
 // tests call Lab, which skips. It removes labs left behind by an earlier run
@@ -72,6 +93,7 @@ func (e *Env) closeAll() {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	for l := range e.labs {
+		e.runClosers(l)
 		if err := l.Close(ctx); err != nil {
 			fmt.Fprintf(os.Stderr, "labtest: close lab %s: %v\n", l.ID, err)
 		}
@@ -123,7 +145,7 @@ func (e *Env) Lab(t *testing.T, opt Options) *lab.Lab {
 		h.ExtraArgs = opt.AgentArgs
 	}
 	e.mu.Lock()
-	e.labs[l] = true
+	e.labs[l] = nil
 	e.mu.Unlock()
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -135,6 +157,7 @@ func (e *Env) Lab(t *testing.T, opt Options) *lab.Lab {
 			}
 		}
 		e.mu.Lock()
+		e.runClosers(l)
 		delete(e.labs, l)
 		e.mu.Unlock()
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

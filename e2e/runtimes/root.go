@@ -18,9 +18,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -45,16 +47,51 @@ type Root struct {
 	mntNS  string // "mnt:[inode]" of the namespace, to find its processes
 }
 
-// NewRoot starts a Root inside the network namespace at netnsPath. keep
-// lists directories under the shadowed ones that the runtime must still
-// see as they are (the lab's directory with the agent's node.json, the
-// conflist and the IPAM store). name makes the cgroup parent unique.
-func NewRoot(ctx context.Context, netnsPath, dir, name string, keep ...string) (_ *Root, err error) {
+// RootConfig describes a Root.
+type RootConfig struct {
+	// NetNS is the path of the network namespace the Root lives in.
+	NetNS string
+	// Dir holds the shadowed directories and the runtimes' configuration.
+	Dir string
+	// Name makes the cgroup parent unique.
+	Name string
+	// Keep lists directories under the shadowed ones that the runtime must
+	// still see as they are (the lab's directory with the agent's node.json,
+	// the conflist and the IPAM store).
+	Keep []string
+	// Shadow adds directories to the shadowed ones (a kubelet writes
+	// /var/log/pods). One under an Overlay directory need not exist on
+	// the machine.
+	Shadow []string
+	// Overlay lists directories that stay readable as they are but whose
+	// changes land in Dir (an overlay with the machine's directory as its
+	// lower layer): a kubelet node's hostPath volumes create /etc/cni/net.d
+	// and /opt/cni/bin, which must not appear on the machine.
+	Overlay []string
+	// Masks maps files to the content the Root's processes read instead,
+	// and write to instead: a kubelet sets vm.overcommit_memory and the
+	// kernel.panic* sysctls, which are the machine's, not the namespace's.
+	Masks map[string]string
+}
+
+// NewRoot starts a Root as cfg says.
+func NewRoot(ctx context.Context, cfg RootConfig) (_ *Root, err error) {
+	dir, name := cfg.Dir, cfg.Name
 	r := &Root{Dir: dir, CgroupParent: "/grapevine-e2e-" + name, exited: make(chan struct{})}
 	script := []string{"set -e"}
-	for _, k := range keep {
+	shadow := append(slices.Clone(shadowed), cfg.Shadow...)
+	for i, o := range cfg.Overlay {
+		upper, work := filepath.Join(dir, "overlay", strconv.Itoa(i), "upper"), filepath.Join(dir, "overlay", strconv.Itoa(i), "work")
+		for _, d := range []string{upper, work} {
+			if err := os.MkdirAll(d, 0o755); err != nil {
+				return nil, err
+			}
+		}
+		script = append(script, "mount -n -t overlay overlay -o "+quote("lowerdir="+o+",upperdir="+upper+",workdir="+work)+" "+quote(o))
+	}
+	for _, k := range cfg.Keep {
 		k = filepath.Clean(k)
-		if !underShadowed(k) {
+		if !underAny(k, shadow) {
 			continue // visible anyway
 		}
 		if err := os.MkdirAll(filepath.Join(dir, k), 0o755); err != nil {
@@ -62,12 +99,29 @@ func NewRoot(ctx context.Context, netnsPath, dir, name string, keep ...string) (
 		}
 		script = append(script, "mount -n --bind "+quote(k)+" "+quote(filepath.Join(dir, k)))
 	}
-	for _, s := range shadowed {
+	for _, s := range shadow {
 		if err := os.MkdirAll(filepath.Join(dir, s), 0o755); err != nil {
 			return nil, err
 		}
+		if underAny(s, cfg.Overlay) {
+			// The mount point is made in the overlay, not on the machine.
+			script = append(script, "mkdir -p "+quote(s))
+		}
 		// --rbind carries the kept directories bound inside it.
 		script = append(script, "mount -n --rbind "+quote(filepath.Join(dir, s))+" "+s)
+	}
+	maskDir := filepath.Join(dir, "masks")
+	i := 0
+	for _, target := range slices.Sorted(maps.Keys(cfg.Masks)) {
+		if err := os.MkdirAll(maskDir, 0o755); err != nil {
+			return nil, err
+		}
+		file := filepath.Join(maskDir, strconv.Itoa(i))
+		i++
+		if err := os.WriteFile(file, []byte(cfg.Masks[target]), 0o644); err != nil {
+			return nil, err
+		}
+		script = append(script, "mount -n --bind "+quote(file)+" "+quote(target))
 	}
 	script = append(script,
 		"mount -n -t tmpfs -o size=64m,mode=1777 shm /dev/shm",
@@ -76,7 +130,7 @@ func NewRoot(ctx context.Context, netnsPath, dir, name string, keep ...string) (
 
 	// nsenter rather than `ip netns exec`: the latter mounts a fresh /sys,
 	// which hides the cgroup mounts that runc needs.
-	cmd := exec.Command("nsenter", "--net="+netnsPath, "unshare", "--mount", "--propagation", "private",
+	cmd := exec.Command("nsenter", "--net="+cfg.NetNS, "unshare", "--mount", "--propagation", "private",
 		"sh", "-c", strings.Join(script, "\n"))
 	// The holder dies with the test process; nsenter, unshare and sh
 	// exec in place, so the signal reaches sleep itself.
@@ -125,8 +179,8 @@ func NewRoot(ctx context.Context, netnsPath, dir, name string, keep ...string) (
 	return r, nil
 }
 
-func underShadowed(path string) bool {
-	for _, s := range shadowed {
+func underAny(path string, dirs []string) bool {
+	for _, s := range dirs {
 		if path == s || strings.HasPrefix(path, s+"/") {
 			return true
 		}
@@ -233,6 +287,10 @@ func removeCgroup(parent string) error {
 			}
 			return nil
 		})
+		// Containers run in mount namespaces of their own, so the Root's
+		// sweep misses those a runtime that was killed left behind; their
+		// cgroups still hold them.
+		errs = append(errs, killCgroupTree(tree))
 		for i := len(tree) - 1; i >= 0; i-- {
 			if err := syscall.Rmdir(tree[i]); err != nil && !errors.Is(err, os.ErrNotExist) {
 				errs = append(errs, fmt.Errorf("remove cgroup %s: %w", tree[i], err))
@@ -240,4 +298,31 @@ func removeCgroup(parent string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// killCgroupTree kills every process in the cgroups and waits until they
+// are gone.
+func killCgroupTree(tree []string) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var pids []int
+		for _, d := range tree {
+			data, _ := os.ReadFile(filepath.Join(d, "cgroup.procs"))
+			for _, f := range strings.Fields(string(data)) {
+				if pid, err := strconv.Atoi(f); err == nil {
+					pids = append(pids, pid)
+				}
+			}
+		}
+		if len(pids) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("processes %v in cgroup %s survive SIGKILL", pids, tree[0])
+		}
+		for _, pid := range pids {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }

@@ -42,6 +42,7 @@ func run() error {
 		joinTrials  = flag.Int("join-trials", 5, "trials of each join and leave")
 		crashTrials = flag.Int("crash-trials", 5, "crash trials")
 		frozenTrial = flag.Int("frozen-trials", 5, "trials of an agent frozen for -freeze")
+		restarts    = flag.Int("restart-trials", 5, "agent restarts counted in lost pod pings")
 		freeze      = flag.Duration("freeze", 30*time.Second, "how long an agent is frozen (SIGSTOP) in each frozen trial")
 		idle        = flag.Duration("idle", 30*time.Second, "window over which idle CPU is measured")
 		iperf       = flag.Duration("iperf", 10*time.Second, "duration of each iperf3 run")
@@ -121,10 +122,10 @@ func run() error {
 		})
 	}
 	if want("lab") {
-		measure("lab: join, leave, crash, idle, data path", func() ([]bench.Row, error) {
+		measure("lab: join, leave, crash, frozen and restarted agent, idle, data path", func() ([]bench.Row, error) {
 			return bench.MeasureLab(ctx, bench.LabConfig{
 				BinDir: bins, CNIPath: []string{cni}, JoinTrials: *joinTrials, CrashTrials: *crashTrials,
-				FrozenTrials: *frozenTrial, Freeze: *freeze,
+				FrozenTrials: *frozenTrial, Freeze: *freeze, RestartTrials: *restarts,
 				IdleWindow: *idle, IperfDuration: *iperf, IperfRounds: *iperfRounds, Logger: log,
 			})
 		})

@@ -1,0 +1,784 @@
+//go:build kubernetes_e2e
+
+// The Kubernetes end-to-end test: `make e2e-kubernetes` builds the
+// Kubernetes binaries and the image archive, then runs it. It is not part
+// of `make test` (it needs the binaries, and minutes).
+
+package kubelab_test
+
+import (
+	"archive/tar"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/grapevine-net/grapevine/e2e/kubelab"
+	"github.com/grapevine-net/grapevine/e2e/lab"
+	"github.com/grapevine-net/grapevine/e2e/labtest"
+	"github.com/grapevine-net/grapevine/e2e/runtimes"
+)
+
+var env = labtest.NewEnv()
+
+func TestMain(m *testing.M) { env.Main(m) }
+
+const (
+	manifestPath = "../../docs/kubernetes/grapevine.yaml"
+	// manifestImage is the image the manifest names; the archive must
+	// carry it (or GRAPEVINE_IMAGE, which then replaces it).
+	manifestImage = "grapevine:dev"
+	// rolloutImage is the same image under a new tag, for the rolling update.
+	rolloutImage = "grapevine:rollout"
+	busybox      = "localhost/grapevine-e2e/busybox:1"
+)
+
+var nodeNames = []string{"node-a", "node-b", "node-c"}
+
+// TestKubernetes applies docs/kubernetes/grapevine.yaml to a three-node
+// cluster of real Kubernetes binaries and checks what a user would: nodes
+// become Ready only once their agent holds a block; the agents find each
+// other through the API server with the manifest's RBAC and nothing more;
+// pods on every node get addresses from their node's block and reach each
+// other; a hostPort answers from outside; a rolling update of the DaemonSet
+// keeps a TCP stream between pods alive; deleting a Node whose host is gone
+// frees its block.
+func TestKubernetes(t *testing.T) {
+	kubeBin, archive := os.Getenv("GRAPEVINE_KUBE_BIN"), os.Getenv("GRAPEVINE_IMAGE_ARCHIVE")
+	if kubeBin == "" || archive == "" {
+		t.Fatal("GRAPEVINE_KUBE_BIN and GRAPEVINE_IMAGE_ARCHIVE must be set: run `make e2e-kubernetes`")
+	}
+	image := os.Getenv("GRAPEVINE_IMAGE")
+	if image == "" {
+		image = manifestImage
+	}
+	tools := runtimes.Require(t, "containerd", "containerd-shim-runc-v2", "runc", "ctr", "crictl", "iptables")
+	manifest, err := os.ReadFile(manifestPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	machineCNI := snapshotDirs(t, "/etc/cni/net.d", "/opt/cni/bin")
+
+	l := env.Lab(t, labtest.Options{Hosts: 3, NoAgents: true})
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	t.Cleanup(cancel)
+
+	images := t.TempDir()
+	pause, bb := filepath.Join(images, "pause.tar"), filepath.Join(images, "busybox.tar")
+	if err := runtimes.PauseImage.WriteArchive(pause, runtimes.BusyboxPath); err != nil {
+		t.Fatal(err)
+	}
+	if err := runtimes.BusyboxImage.WriteArchive(bb, runtimes.BusyboxPath); err != nil {
+		t.Fatal(err)
+	}
+	started := time.Now()
+	c, err := kubelab.Start(ctx, kubelab.Config{
+		Hosts:     l.Hosts(),
+		NodeNames: nodeNames,
+		Dir:       t.TempDir(),
+		KubeBin:   kubeBin,
+		Crictl:    tools["crictl"],
+		Images:    []string{archive, pause, bb},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env.BeforeClose(l, func() { c.Close() }) // also when the run is interrupted
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("cluster logs:\n%s", c.LogTails(25))
+			if out, err := c.Kubectl(context.Background(), "get", "pods", "-A", "-o", "wide"); err == nil {
+				t.Logf("pods:\n%s", out)
+			}
+		}
+		if err := c.Close(); err != nil {
+			t.Errorf("stop cluster: %v", err)
+		}
+		if after := snapshotDirs(t, "/etc/cni/net.d", "/opt/cni/bin"); !slices.Equal(after, machineCNI) {
+			t.Errorf("the machine's CNI directories changed: before %v, after %v", machineCNI, after)
+		}
+	})
+	k := kube{t: t, c: c}
+	t.Logf("control plane and 3 kubelets registered in %s", time.Since(started).Round(100*time.Millisecond))
+
+	// No network before the manifest: the runtime has no conflist.
+	for _, n := range k.nodes(ctx) {
+		if ready, msg := n.ready(); ready {
+			t.Fatalf("node %s is Ready before Grapevine is installed", n.Metadata.Name)
+		} else {
+			t.Logf("before the manifest, %s: NotReady (%s)", n.Metadata.Name, msg)
+		}
+	}
+
+	// As docs/kubernetes.md says: the gossip key Secret, then the manifest.
+	key, err := lab.Run(ctx, filepath.Join(l.BinDir, "grapevine"), "keygen")
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.run(ctx, "-n", "kube-system", "create", "secret", "generic", "grapevine-gossip-key",
+		"--from-literal=key="+strings.TrimSpace(string(key)))
+	applied := string(manifest)
+	if image != manifestImage {
+		applied = strings.ReplaceAll(applied, "image: "+manifestImage, "image: "+image)
+	}
+	applyAt := time.Now()
+	k.apply(ctx, applied)
+	// The workload comes with it, as it would in a cluster being built: its
+	// pods wait for the network.
+	k.apply(ctx, pingersDeployment)
+
+	// Ready only once the agent holds a block: the kubelet reports the
+	// runtime's network readiness, which follows the conflist, which the
+	// agent writes after node.json.
+	readyAt := map[string]time.Duration{}
+	err = poll(ctx, "every node Ready", 200*time.Millisecond, func() error {
+		for _, n := range k.nodes(ctx) {
+			name := n.Metadata.Name
+			ready, _ := n.ready()
+			_, noBlock := os.Stat(c.Node(name).Path("/run/grapevine/node.json"))
+			if ready && noBlock != nil {
+				t.Errorf("node %s is Ready while its agent holds no block (no node.json)", name)
+			}
+			if _, seen := readyAt[name]; ready && !seen {
+				readyAt[name] = time.Since(applyAt)
+			}
+		}
+		if len(readyAt) < len(nodeNames) {
+			return fmt.Errorf("ready: %v", readyAt)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	allReady := slices.Max(mapValues(readyAt))
+	t.Logf("manifest applied -> all 3 nodes Ready in %s (%v)", allReady.Round(100*time.Millisecond), readyAt)
+
+	agents := k.agentPods(ctx, image)
+	checkArchiveRuns(t, ctx, c, archive, agents)
+	statuses := map[string]lab.Status{}
+	err = poll(ctx, "every agent sees its 2 peers alive", time.Second, func() error {
+		for node, pod := range agents {
+			s, err := k.agentStatus(ctx, pod)
+			if err != nil {
+				return err
+			}
+			alive := 0
+			for _, m := range s.Members {
+				if m.State == "alive" && m.Route == "programmed" {
+					alive++
+				}
+			}
+			if alive != 2 || !s.Ready {
+				return fmt.Errorf("%s: ready=%v, %d peers alive and routed", node, s.Ready, alive)
+			}
+			statuses[node] = s
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocks := map[string]netip.Prefix{}
+	for node, s := range statuses {
+		blocks[node] = s.Block
+		for other, b := range blocks {
+			if other != node && b.Overlaps(s.Block) {
+				t.Errorf("%s and %s hold overlapping blocks %s and %s", node, other, b, s.Block)
+			}
+		}
+	}
+	t.Logf("blocks: %v", blocks)
+	checkJoinedThroughAPI(t, ctx, k, agents)
+
+	// Pods of the Deployment, one per node, and a bare pod: addresses from
+	// their node's block, every pair reaches the other.
+	pingers := k.waitPods(ctx, "app=pingers", 3)
+	firstPing := k.firstCrossNodePing(ctx, pingers, applyAt)
+	t.Logf("manifest applied -> first cross-node pod ping in %s", firstPing.Round(100*time.Millisecond))
+	k.apply(ctx, fmt.Sprintf(barePod, "peer", "node-c", `["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"]`, ""))
+	peer := k.waitPods(ctx, "name=peer", 1)[0]
+	for _, p := range append(pingers, peer) {
+		if b := blocks[p.Spec.NodeName]; !b.Contains(p.ip()) {
+			t.Errorf("pod %s on %s has %s, outside its node's block %s", p.Metadata.Name, p.Spec.NodeName, p.ip(), b)
+		}
+	}
+	for _, from := range pingers {
+		for _, to := range append(pingers, peer) {
+			if from.Spec.NodeName == to.Spec.NodeName {
+				continue
+			}
+			if out, err := c.Kubectl(ctx, "exec", from.Metadata.Name, "--", "ping", "-c", "2", "-W", "3", to.ip().String()); err != nil {
+				t.Errorf("%s (%s) cannot ping %s (%s): %v\n%s", from.Metadata.Name, from.Spec.NodeName, to.Metadata.Name, to.Spec.NodeName, err, out)
+			}
+		}
+	}
+
+	checkHostPort(t, ctx, k, l)
+	checkRollingUpdate(t, ctx, k, agents)
+	checkNodeDeletion(t, ctx, k, blocks)
+	t.Logf("figures: manifest -> 3 nodes Ready %s; manifest -> first cross-node ping %s",
+		allReady.Round(100*time.Millisecond), firstPing.Round(100*time.Millisecond))
+}
+
+// pingersDeployment spreads three busybox pods over the three nodes.
+const pingersDeployment = `apiVersion: apps/v1
+kind: Deployment
+metadata: {name: pingers, namespace: default}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: pingers}}
+  template:
+    metadata: {labels: {app: pingers}}
+    spec:
+      terminationGracePeriodSeconds: 2
+      topologySpreadConstraints:
+      - maxSkew: 1
+        topologyKey: kubernetes.io/hostname
+        whenUnsatisfiable: DoNotSchedule
+        labelSelector: {matchLabels: {app: pingers}}
+      containers:
+      - name: busybox
+        image: ` + busybox + `
+        imagePullPolicy: Never
+`
+
+// barePod is a Pod without a controller or Service: name, node, command,
+// and extra container fields.
+const barePod = `apiVersion: v1
+kind: Pod
+metadata: {name: %[1]s, namespace: default, labels: {name: %[1]s}}
+spec:
+  nodeName: %[2]s
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: busybox
+    image: ` + busybox + `
+    imagePullPolicy: Never
+    command: %[3]s
+%[4]s`
+
+// checkHostPort runs a web server pod with a hostPort on node-b and fetches
+// a page from the lab's outside host through the node's address.
+func checkHostPort(t *testing.T, ctx context.Context, k kube, l *lab.Lab) {
+	t.Helper()
+	k.apply(ctx, fmt.Sprintf(barePod, "web", "node-b",
+		`["/bin/sh", "-c", "mkdir -p /www && echo hello from $(hostname) > /www/index.html && exec httpd -f -p 80 -h /www"]`,
+		"    ports: [{containerPort: 80, hostPort: 8080}]\n"))
+	web := k.waitPods(ctx, "name=web", 1)[0]
+	url := fmt.Sprintf("http://%s:8080/", k.c.Node("node-b").Host.IP)
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) { return l.Outside.Dial(ctx, addr) },
+	}}
+	var body string
+	err := poll(ctx, "hostPort answers from outside", time.Second, func() error {
+		resp, err := client.Get(url)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		body = strings.TrimSpace(string(b))
+		return err
+	})
+	if err != nil {
+		t.Errorf("pod %s (%s) by hostPort: %v", web.Metadata.Name, web.ip(), err)
+		return
+	}
+	if body != "hello from web" {
+		t.Errorf("GET %s from the outside host: %q, want %q", url, body, "hello from web")
+	}
+	t.Logf("outside host -> %s -> pod web (%s): %q", url, web.ip(), body)
+}
+
+// checkRollingUpdate streams TCP from a pod on node-b to a pod on node-a
+// while the DaemonSet rolls to a new image tag, one node at a time, and
+// checks the connection survived and still carries data afterwards.
+func checkRollingUpdate(t *testing.T, ctx context.Context, k kube, agents map[string]string) {
+	t.Helper()
+	k.apply(ctx, fmt.Sprintf(barePod, "sink", "node-a",
+		// busybox nc ends the connection at the end of its input: give it one that never ends.
+		`["/bin/sh", "-c", "sleep 2147483647 | nc -l -p 5000 > /tmp/received; touch /tmp/closed; while :; do sleep 1; done"]`, ""))
+	sink := k.waitPods(ctx, "name=sink", 1)[0]
+	k.apply(ctx, fmt.Sprintf(barePod, "source", "node-b",
+		fmt.Sprintf(`["/bin/sh", "-c", "i=0; while :; do echo $i; i=$((i+1)); sleep 0.1; done | nc %s 5000; touch /tmp/closed; while :; do sleep 1; done"]`, sink.ip()), ""))
+	k.waitPods(ctx, "name=source", 1)
+	received := func() (int, error) {
+		out, err := k.c.Kubectl(ctx, "exec", "sink", "--", "sh", "-c", "test ! -e /tmp/closed && wc -l < /tmp/received")
+		if err != nil {
+			return 0, fmt.Errorf("the stream's sink: %w (connection closed?)", err)
+		}
+		return strconv.Atoi(strings.TrimSpace(string(out)))
+	}
+	if err := poll(ctx, "the TCP stream flows", 500*time.Millisecond, func() error {
+		n, err := received()
+		if err == nil && n < 10 {
+			err = fmt.Errorf("%d lines", n)
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, n := range k.c.Nodes {
+		if _, err := n.Run(ctx, "ctr", "--address", "/run/containerd/containerd.sock", "-n", "k8s.io", "images", "tag",
+			"docker.io/library/"+manifestImage, "docker.io/library/"+rolloutImage); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := time.Now()
+	k.run(ctx, "-n", "kube-system", "set", "image", "ds/grapevine", "install-cni="+rolloutImage, "agent="+rolloutImage)
+	done := make(chan error, 1)
+	go func() {
+		_, err := k.c.Kubectl(ctx, "-n", "kube-system", "rollout", "status", "ds/grapevine", "--timeout=6m")
+		done <- err
+	}()
+	var longestStall time.Duration
+	last, lastChange := -1, time.Now()
+	for rolling := true; rolling; {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("rolling update: %v", err)
+			}
+			rolling = false
+		case <-time.After(300 * time.Millisecond):
+		}
+		n, err := received()
+		if err != nil {
+			t.Fatalf("during the rolling update: %v", err)
+		}
+		if n != last {
+			last, lastChange = n, time.Now()
+		}
+		longestStall = max(longestStall, time.Since(lastChange))
+	}
+	t.Logf("rolling update of 3 agents took %s; the pod-to-pod TCP stream stalled at most %s (sampled every ~0.5 s)",
+		time.Since(start).Round(100*time.Millisecond), longestStall.Round(100*time.Millisecond))
+	after := k.agentPods(ctx, rolloutImage)
+	for node, pod := range after {
+		if pod == agents[node] {
+			t.Errorf("agent pod %s on %s was not replaced", pod, node)
+		}
+	}
+	before, err := received()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := poll(ctx, "the stream carries data after the update", 500*time.Millisecond, func() error {
+		n, err := received()
+		if err == nil && n < before+20 {
+			err = fmt.Errorf("%d lines, %d before", n, before)
+		}
+		return err
+	}); err != nil {
+		t.Error(err)
+	}
+	if out, err := k.c.Kubectl(ctx, "exec", "source", "--", "sh", "-c", "test ! -e /tmp/closed"); err != nil {
+		t.Errorf("the stream's source saw the connection end: %v %s", err, out)
+	}
+}
+
+// checkNodeDeletion takes node-c's host off the LAN and stops it, deletes
+// its Node object, and expects the remaining agents to free its block.
+func checkNodeDeletion(t *testing.T, ctx context.Context, k kube, blocks map[string]netip.Prefix) {
+	t.Helper()
+	gone := k.c.Node("node-c")
+	if err := gone.Host.CutLink(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := gone.Stop(); err != nil {
+		t.Logf("stopping node-c: %v", err)
+	}
+	deleted := time.Now()
+	k.run(ctx, "delete", "node", "node-c")
+	agents := k.agentPods(ctx, rolloutImage)
+	block := blocks["node-c"]
+	err := poll(ctx, "node-c's route withdrawn", time.Second, func() error {
+		for _, node := range []string{"node-a", "node-b"} {
+			routes, err := k.c.Node(node).Host.Routes()
+			if err != nil {
+				return err
+			}
+			for _, r := range routes {
+				if r.Dst != nil && r.Dst.String() == block.String() && r.Gw != nil {
+					return fmt.Errorf("%s still routes %s via %s", node, block, r.Gw)
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Error(err)
+	}
+	withdrawn := time.Since(deleted)
+	// The ledger is asked through the operator's command: once the block is
+	// free, there is nothing left to release.
+	err = poll(ctx, "node-c's block freed in the ledger", time.Second, func() error {
+		out, err := k.c.Kubectl(ctx, "-n", "kube-system", "exec", agents["node-a"], "-c", "agent", "--", "grapevine", "release", "node-c")
+		if err == nil {
+			return fmt.Errorf("grapevine release node-c succeeded (%s): the block was still node-c's", strings.TrimSpace(string(out)))
+		}
+		if !strings.Contains(err.Error(), "no block assigned to that node") {
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		t.Errorf("after deleting Node node-c: %v", err)
+		return
+	}
+	t.Logf("node-c's host gone and its Node deleted: route to %s withdrawn on node-a and node-b in %s, block free in the ledger in %s",
+		block, withdrawn.Round(100*time.Millisecond), time.Since(deleted).Round(100*time.Millisecond))
+}
+
+// checkArchiveRuns checks that every agent pod runs the image of the archive
+// built in this run: the container's image is the archive's config digest.
+func checkArchiveRuns(t *testing.T, ctx context.Context, c *kubelab.Cluster, archive string, agents map[string]string) {
+	t.Helper()
+	want, err := archiveConfigDigest(archive)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for node, pod := range agents {
+		out, err := c.Node(node).Containerd.Crictl(ctx, "ps", "--pod", podID(t, ctx, c, node, pod), "--name", "agent", "-o", "json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ps struct {
+			Containers []struct {
+				ImageRef string `json:"imageRef"`
+				Image    struct {
+					Image string `json:"image"`
+				} `json:"image"`
+			} `json:"containers"`
+		}
+		if err := json.Unmarshal(out, &ps); err != nil || len(ps.Containers) != 1 {
+			t.Fatalf("crictl ps on %s: %v: %s", node, err, out)
+		}
+		got := ps.Containers[0].Image.Image
+		if got != want {
+			t.Errorf("agent on %s runs image %s, the archive's is %s", node, got, want)
+		}
+	}
+	t.Logf("every agent runs the archive's image %s", want[:19])
+}
+
+func podID(t *testing.T, ctx context.Context, c *kubelab.Cluster, node, pod string) string {
+	out, err := c.Node(node).Containerd.Crictl(ctx, "pods", "--name", pod, "-q")
+	if err != nil || len(strings.Fields(string(out))) != 1 {
+		t.Fatalf("sandbox of %s on %s: %v %q", pod, node, err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// archiveConfigDigest reads the image config's digest from a docker archive.
+func archiveConfigDigest(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	tr := tar.NewReader(f)
+	for {
+		h, err := tr.Next()
+		if err != nil {
+			return "", fmt.Errorf("%s: no manifest.json: %w", path, err)
+		}
+		if h.Name != "manifest.json" {
+			continue
+		}
+		var m []struct{ Config string }
+		if err := json.NewDecoder(tr).Decode(&m); err != nil || len(m) != 1 {
+			return "", fmt.Errorf("%s: manifest.json: %v", path, err)
+		}
+		// "blobs/sha256/<hex>" (OCI layout), "<hex>.json" (docker).
+		hex := strings.TrimPrefix(strings.TrimSuffix(filepath.Base(m[0].Config), ".json"), "sha256:")
+		return "sha256:" + hex, nil
+	}
+}
+
+// checkJoinedThroughAPI checks the agents found each other through the API
+// server, which is their only way (the manifest gives no peer list), with
+// the manifest's RBAC and nothing more.
+func checkJoinedThroughAPI(t *testing.T, ctx context.Context, k kube, agents map[string]string) {
+	t.Helper()
+	sa := "--as=system:serviceaccount:kube-system:grapevine"
+	for _, q := range []struct {
+		verb, resource string
+		want           string
+	}{
+		{"list", "nodes", "yes"}, {"watch", "nodes", "yes"}, {"get", "nodes", "yes"},
+		{"update", "nodes", "no"}, {"delete", "nodes", "no"}, {"list", "pods", "no"},
+		{"get", "secrets", "no"}, {"list", "configmaps", "no"},
+	} {
+		out, _ := k.c.Kubectl(ctx, "auth", "can-i", q.verb, q.resource, sa)
+		if got := strings.TrimSpace(string(out)); got != q.want {
+			t.Errorf("can the grapevine service account %s %s: %q, want %q", q.verb, q.resource, got, q.want)
+		}
+	}
+	founders := 0
+	for node, pod := range agents {
+		out, err := k.c.Kubectl(ctx, "-n", "kube-system", "logs", pod, "-c", "agent")
+		if err != nil {
+			t.Fatal(err)
+		}
+		log := string(out)
+		if strings.Contains(log, "forbidden") || strings.Contains(log, "Forbidden") {
+			t.Errorf("agent on %s was refused by the API server:\n%s", node, log)
+		}
+		if strings.Contains(log, "this is the oldest Node") {
+			founders++
+		}
+	}
+	if founders != 1 {
+		t.Errorf("%d agents founded the ledger as the oldest Node, want 1", founders)
+	}
+}
+
+// kube drives the cluster through kubectl, as a user would.
+type kube struct {
+	t *testing.T
+	c *kubelab.Cluster
+}
+
+func (k kube) run(ctx context.Context, args ...string) []byte {
+	k.t.Helper()
+	out, err := k.c.Kubectl(ctx, args...)
+	if err != nil {
+		k.t.Fatal(err)
+	}
+	return out
+}
+
+func (k kube) apply(ctx context.Context, yaml string) {
+	k.t.Helper()
+	if _, err := k.c.KubectlIn(ctx, yaml, "apply", "-f", "-"); err != nil {
+		k.t.Fatal(err)
+	}
+}
+
+func (k kube) getJSON(ctx context.Context, v any, args ...string) {
+	k.t.Helper()
+	out := k.run(ctx, append(args, "-o", "json")...)
+	if err := json.Unmarshal(out, v); err != nil {
+		k.t.Fatalf("kubectl %v: %v", args, err)
+	}
+}
+
+type nodeObject struct {
+	Metadata struct {
+		Name string `json:"name"`
+	} `json:"metadata"`
+	Status struct {
+		Conditions []struct {
+			Type    string `json:"type"`
+			Status  string `json:"status"`
+			Message string `json:"message"`
+		} `json:"conditions"`
+	} `json:"status"`
+}
+
+func (n nodeObject) ready() (bool, string) {
+	for _, c := range n.Status.Conditions {
+		if c.Type == "Ready" {
+			return c.Status == "True", c.Message
+		}
+	}
+	return false, "no Ready condition"
+}
+
+func (k kube) nodes(ctx context.Context) []nodeObject {
+	var list struct{ Items []nodeObject }
+	k.getJSON(ctx, &list, "get", "nodes")
+	return list.Items
+}
+
+type podObject struct {
+	Metadata struct {
+		Name string `json:"name"`
+	} `json:"metadata"`
+	Spec struct {
+		NodeName   string `json:"nodeName"`
+		Containers []struct {
+			Image string `json:"image"`
+		} `json:"containers"`
+	} `json:"spec"`
+	Status struct {
+		Phase      string `json:"phase"`
+		PodIP      string `json:"podIP"`
+		Conditions []struct {
+			Type   string `json:"type"`
+			Status string `json:"status"`
+		} `json:"conditions"`
+	} `json:"status"`
+}
+
+func (p podObject) ip() netip.Addr {
+	a, _ := netip.ParseAddr(p.Status.PodIP)
+	return a
+}
+
+func (p podObject) ready() bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == "Ready" {
+			return c.Status == "True"
+		}
+	}
+	return false
+}
+
+// waitPods waits until n pods match selector in the default namespace and
+// all are ready, and returns them.
+func (k kube) waitPods(ctx context.Context, selector string, n int) []podObject {
+	k.t.Helper()
+	var pods []podObject
+	err := poll(ctx, "pods "+selector+" ready", 500*time.Millisecond, func() error {
+		var list struct{ Items []podObject }
+		out, err := k.c.Kubectl(ctx, "get", "pods", "-l", selector, "-o", "json")
+		if err != nil {
+			return err
+		}
+		if err := json.Unmarshal(out, &list); err != nil {
+			return err
+		}
+		pods = list.Items
+		if len(pods) != n {
+			return fmt.Errorf("%d pods", len(pods))
+		}
+		for _, p := range pods {
+			if !p.ready() || !p.ip().IsValid() {
+				return fmt.Errorf("%s is %s", p.Metadata.Name, p.Status.Phase)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		k.t.Fatal(err)
+	}
+	return pods
+}
+
+// agentPods waits until every node runs a ready agent pod of image and
+// returns them by node.
+func (k kube) agentPods(ctx context.Context, image string) map[string]string {
+	k.t.Helper()
+	byNode := map[string]string{}
+	err := poll(ctx, "agent pods of "+image+" ready", 500*time.Millisecond, func() error {
+		var list struct{ Items []podObject }
+		out, err := k.c.Kubectl(ctx, "-n", "kube-system", "get", "pods", "-l", "app.kubernetes.io/name=grapevine", "-o", "json")
+		if err != nil {
+			return err
+		}
+		if err := json.Unmarshal(out, &list); err != nil {
+			return err
+		}
+		clear(byNode)
+		for _, p := range list.Items {
+			if p.ready() && p.Spec.Containers[0].Image == image {
+				byNode[p.Spec.NodeName] = p.Metadata.Name
+			}
+		}
+		for _, n := range k.c.Nodes {
+			if n.KubeletRunning() && byNode[n.Name] == "" {
+				return fmt.Errorf("no ready agent of %s on %s", image, n.Name)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		k.t.Fatal(err)
+	}
+	return byNode
+}
+
+// agentStatus runs `grapevine status -o json` in an agent pod.
+func (k kube) agentStatus(ctx context.Context, pod string) (lab.Status, error) {
+	var s lab.Status
+	out, err := k.c.Kubectl(ctx, "-n", "kube-system", "exec", pod, "-c", "agent", "--", "grapevine", "status", "-o", "json")
+	if err != nil {
+		return s, err
+	}
+	if err := s.UnmarshalJSON(out); err != nil {
+		return s, fmt.Errorf("status of %s: %w: %s", pod, err, out)
+	}
+	return s, nil
+}
+
+// firstCrossNodePing pings from the pinger on node-a to the one on node-b
+// until a reply comes, and returns the time since the manifest was applied.
+func (k kube) firstCrossNodePing(ctx context.Context, pingers []podObject, since time.Time) time.Duration {
+	k.t.Helper()
+	var from, to podObject
+	for _, p := range pingers {
+		switch p.Spec.NodeName {
+		case "node-a":
+			from = p
+		case "node-b":
+			to = p
+		}
+	}
+	err := poll(ctx, "first ping node-a -> node-b", 100*time.Millisecond, func() error {
+		_, err := k.c.Kubectl(ctx, "exec", from.Metadata.Name, "--", "ping", "-c", "1", "-W", "1", to.ip().String())
+		return err
+	})
+	if err != nil {
+		k.t.Fatal(err)
+	}
+	return time.Since(since)
+}
+
+// poll calls check every interval until it returns nil or ctx ends.
+func poll(ctx context.Context, what string, interval time.Duration, check func() error) error {
+	for {
+		err := check()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s: %w (last: %w)", what, ctx.Err(), err)
+		case <-time.After(interval):
+		}
+	}
+}
+
+// snapshotDirs lists the entries of the machine's directories, to show the
+// cluster left them alone.
+func snapshotDirs(t *testing.T, dirs ...string) []string {
+	var out []string
+	for _, d := range dirs {
+		entries, err := os.ReadDir(d)
+		if errors.Is(err, os.ErrNotExist) {
+			out = append(out, d+": absent")
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range entries {
+			info, _ := e.Info()
+			out = append(out, fmt.Sprintf("%s/%s %d %s", d, e.Name(), info.Size(), info.ModTime()))
+		}
+	}
+	return out
+}
+
+func mapValues[K comparable, V any](m map[K]V) []V {
+	var vs []V
+	for _, v := range m {
+		vs = append(vs, v)
+	}
+	return vs
+}
