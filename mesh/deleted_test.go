@@ -152,10 +152,10 @@ func TestReleaseDeletedNode(t *testing.T) {
 	// minutes ago, its replica still assigns it to c); only the record
 	// says no. A recreated Node (new UID) is no better than none.
 	c.Net.Partition([]netip.Addr{cAddr}, []netip.Addr{a.Addr.Addr(), d.Addr.Addr()})
-	for _, uid := range []string{"", "uid-c2"} {
+	for i, uid := range []string{"", "uid-c2"} {
 		cRecord.set(uid)
 		cn = start(t, c, meshtest.Spec{Name: "c", Addr: cAddr, StateDir: cDir, Join: seed(a), Incarnation: cRecord})
-		waitFor(t, "c says why it waits", 10*time.Second, reasonContains(cn, "restart rule not applied"))
+		waitFor(t, "c to ask its record", 10*time.Second, verifiedTimes(cRecord, i+1))
 		holdFor(t, c, 2*time.Second, func(views map[string]mesh.View) error {
 			if v := views["c"]; v.Ready {
 				return fmt.Errorf("record %q: isolated c hands out addresses from %s", uid, v.Block)
@@ -165,9 +165,25 @@ func TestReleaseDeletedNode(t *testing.T) {
 			}
 			return nil
 		})
+		if n := counter(t, cn.Metrics, "grapevine_mesh_claims_total", "restored"); n != 0 {
+			t.Errorf("record %q: c restored its block under the restart rule", uid)
+		}
 		if err := c.Kill("c"); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// verifiedTimes waits until r was asked n times. (The reason a node shows
+// names the refused restart rule only until its first claim fails.)
+func verifiedTimes(r *recordIncarnation, n int) func() error {
+	return func() error {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if len(r.verified) != n {
+			return fmt.Errorf("asked %d times, want %d", len(r.verified), n)
+		}
+		return nil
 	}
 }
 
@@ -239,13 +255,16 @@ func TestRestartRuleNeedsIncarnation(t *testing.T) {
 					t.Errorf("claims_total{result=restored} = %v, want 1", n)
 				}
 			} else {
-				waitFor(t, "b says why it waits", 10*time.Second, reasonContains(n, "restart rule not applied"))
-				holdFor(t, c, time.Second, func(views map[string]mesh.View) error {
+				waitFor(t, "b to ask its record", 10*time.Second, verifiedTimes(rec, 1))
+				holdFor(t, c, 2*time.Second, func(views map[string]mesh.View) error {
 					if v := views["b"]; v.Ready {
 						return fmt.Errorf("b ready with %s", v.Block)
 					}
 					return nil
 				})
+				if got := counter(t, n.Metrics, "grapevine_mesh_claims_total", "restored"); got != 0 {
+					t.Errorf("b restored its block under the restart rule")
+				}
 			}
 			if !tc.noGate {
 				rec.mu.Lock()
