@@ -210,8 +210,9 @@ func (c *Cluster) startControlPlane(ctx context.Context, h *lab.Host) error {
 	if err := run("kube-controller-manager", append(common("controller-manager"),
 		"--service-account-private-key-file="+p.path("sa.key"), "--root-ca-file="+p.CA(),
 		"--use-service-account-credentials=true", "--cluster-name=grapevine-lab",
-		// Grapevine hands out blocks itself; Node.spec.podCIDR is not used.
-		"--allocate-node-cidrs=false")...); err != nil {
+		// As kubeadm init --pod-network-cidr sets them. Grapevine ignores
+		// the per-node spec.podCIDR this hands out: blocks are the ledger's.
+		"--allocate-node-cidrs=true", "--cluster-cidr="+PodCIDR)...); err != nil {
 		return err
 	}
 	return run("kube-scheduler", common("scheduler")...)

@@ -345,7 +345,7 @@ func checkRollingUpdate(t *testing.T, ctx context.Context, k kube, agents map[st
 		done <- err
 	}()
 	var longestStall time.Duration
-	last, lastChange := -1, time.Now()
+	last, lastChange, samples := -1, time.Now(), 0
 	for rolling := true; rolling; {
 		select {
 		case err := <-done:
@@ -359,13 +359,14 @@ func checkRollingUpdate(t *testing.T, ctx context.Context, k kube, agents map[st
 		if err != nil {
 			t.Fatalf("during the rolling update: %v", err)
 		}
+		samples++
 		if n != last {
 			last, lastChange = n, time.Now()
 		}
 		longestStall = max(longestStall, time.Since(lastChange))
 	}
-	t.Logf("rolling update of 3 agents took %s; the pod-to-pod TCP stream stalled at most %s (sampled every ~0.5 s)",
-		time.Since(start).Round(100*time.Millisecond), longestStall.Round(100*time.Millisecond))
+	t.Logf("rolling update of 3 agents took %s; the pod-to-pod TCP stream's longest stall between samples: %s (%d samples, one every ~0.5 s)",
+		time.Since(start).Round(100*time.Millisecond), longestStall.Round(100*time.Millisecond), samples)
 	after := k.agentPods(ctx, rolloutImage)
 	for node, pod := range after {
 		if pod == agents[node] {
@@ -425,7 +426,10 @@ func checkNodeDeletion(t *testing.T, ctx context.Context, k kube, blocks map[str
 	withdrawn := time.Since(deleted)
 	// The ledger is asked through the operator's command: once the block is
 	// free, there is nothing left to release.
-	err = poll(ctx, "node-c's block freed in the ledger", time.Second, func() error {
+	// Seconds, not the hour of GRAPEVINE_RECLAIM_AFTER: give it two minutes.
+	freeCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	err = poll(freeCtx, "node-c's block freed in the ledger", time.Second, func() error {
 		out, err := k.c.Kubectl(ctx, "-n", "kube-system", "exec", agents["node-a"], "-c", "agent", "--", "grapevine", "release", "node-c")
 		if err == nil {
 			return fmt.Errorf("grapevine release node-c succeeded (%s): the block was still node-c's", strings.TrimSpace(string(out)))

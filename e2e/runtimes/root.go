@@ -81,6 +81,11 @@ func NewRoot(ctx context.Context, cfg RootConfig) (_ *Root, err error) {
 	script := []string{"set -e"}
 	shadow := append(slices.Clone(shadowed), cfg.Shadow...)
 	for i, o := range cfg.Overlay {
+		// The overlay needs the machine's directory as its lower layer; never
+		// create it on the machine.
+		if fi, err := os.Stat(o); err != nil || !fi.IsDir() {
+			return nil, fmt.Errorf("root %s: overlay on %s: not a directory on this machine", name, o)
+		}
 		upper, work := filepath.Join(dir, "overlay", strconv.Itoa(i), "upper"), filepath.Join(dir, "overlay", strconv.Itoa(i), "work")
 		for _, d := range []string{upper, work} {
 			if err := os.MkdirAll(d, 0o755); err != nil {
