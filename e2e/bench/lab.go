@@ -254,19 +254,9 @@ func (b *labBench) frozenTrials(ctx context.Context, id, where string, client, f
 	if trials == 0 {
 		return row, errors.New("no frozen-agent trials")
 	}
-	a, err := client.AddPod(ctx)
+	a, c, err := podPair(ctx, client, frozen)
 	if err != nil {
-		return row, err
-	}
-	c, err := frozen.AddPod(ctx)
-	if err != nil {
-		return row, err
-	}
-	pingCtx, cancel := context.WithTimeout(ctx, joinTimeout)
-	_, err = a.Ping(pingCtx, c.IP)
-	cancel()
-	if err != nil {
-		return row, fmt.Errorf("frozen agent: pods do not reach each other before the freeze: %w", err)
+		return row, fmt.Errorf("frozen agent: before the freeze: %w", err)
 	}
 	var lost []float64
 	var sent int
@@ -342,19 +332,9 @@ func (b *labBench) restartTrials(ctx context.Context, id string, client, restart
 	if trials == 0 {
 		return row, errors.New("no restart trials")
 	}
-	a, err := client.AddPod(ctx)
+	a, c, err := podPair(ctx, client, restarted)
 	if err != nil {
-		return row, err
-	}
-	c, err := restarted.AddPod(ctx)
-	if err != nil {
-		return row, err
-	}
-	pingCtx, cancel := context.WithTimeout(ctx, joinTimeout)
-	_, err = a.Ping(pingCtx, c.IP)
-	cancel()
-	if err != nil {
-		return row, fmt.Errorf("agent restart: pods do not reach each other before the restart: %w", err)
+		return row, fmt.Errorf("agent restart: before the restart: %w", err)
 	}
 	var lost []float64
 	var sent int
@@ -444,4 +424,23 @@ func roundAll(d []time.Duration) []time.Duration {
 		out[i] = x.Round(time.Millisecond)
 	}
 	return out
+}
+
+// podPair adds a pod on each host and waits until the first reaches the
+// second.
+func podPair(ctx context.Context, from, to *lab.Host) (*lab.Pod, *lab.Pod, error) {
+	a, err := from.AddPod(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	c, err := to.AddPod(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	pingCtx, cancel := context.WithTimeout(ctx, joinTimeout)
+	defer cancel()
+	if _, err := a.Ping(pingCtx, c.IP); err != nil {
+		return nil, nil, fmt.Errorf("pods do not reach each other: %w", err)
+	}
+	return a, c, nil
 }
