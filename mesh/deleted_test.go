@@ -197,6 +197,9 @@ func TestRestartRuleNeedsIncarnation(t *testing.T) {
 	b := start(t, c, meshtest.Spec{Name: "b", Join: seed(a), Incarnation: record})
 	waitConverged(t, c, 20*time.Second)
 	bBlock, bDir, bAddr := b.Mesh.View().Block, b.StateDir, b.Addr.Addr()
+	if v := b.Mesh.View(); v.Restart != mesh.RestartNoBlock || v.RestartReason != "" {
+		t.Fatalf("b's first start: restart rule %s (%q), want %s", v.Restart, v.RestartReason, mesh.RestartNoBlock)
+	}
 	waitFor(t, "b saves its incarnation", 10*time.Second, func() error {
 		if f := savedFile(t, b); f["incarnation"] != "uid-1" {
 			return fmt.Errorf("block.json = %v", f)
@@ -254,6 +257,9 @@ func TestRestartRuleNeedsIncarnation(t *testing.T) {
 				if n := counter(t, n.Metrics, "grapevine_mesh_claims_total", "restored"); n != 1 {
 					t.Errorf("claims_total{result=restored} = %v, want 1", n)
 				}
+				if v := n.Mesh.View(); v.Restart != mesh.RestartRestored || v.RestartReason != "" {
+					t.Errorf("restart rule %s (%q), want %s", v.Restart, v.RestartReason, mesh.RestartRestored)
+				}
 			} else {
 				waitFor(t, "b to ask its record", 10*time.Second, verifiedTimes(rec, 1))
 				holdFor(t, c, 2*time.Second, func(views map[string]mesh.View) error {
@@ -264,6 +270,9 @@ func TestRestartRuleNeedsIncarnation(t *testing.T) {
 				})
 				if got := counter(t, n.Metrics, "grapevine_mesh_claims_total", "restored"); got != 0 {
 					t.Errorf("b restored its block under the restart rule")
+				}
+				if v := n.Mesh.View(); v.Restart != mesh.RestartRefused || !strings.HasPrefix(v.RestartReason, "this host's incarnation does not hold") {
+					t.Errorf("restart rule %s (%q), want %s for the incarnation", v.Restart, v.RestartReason, mesh.RestartRefused)
 				}
 			}
 			if !tc.noGate {

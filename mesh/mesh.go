@@ -60,6 +60,9 @@ type Mesh struct {
 	advertised []byte
 	// leaving is set on shutdown, before memberlist's leave.
 	leaving bool
+	// restart and restartReason are what restore made of the saved block.
+	restart       RestartRule
+	restartReason string
 }
 
 // peer is what this node knows about another member.
@@ -462,6 +465,9 @@ func (m *Mesh) View() View {
 		Reason:   m.reason,
 		Degraded: m.degraded,
 		Members:  make([]Member, 0, len(m.peers)),
+
+		Restart:       m.restart,
+		RestartReason: m.restartReason,
 	}
 	var st ledger.State
 	if m.led != nil {

@@ -84,37 +84,50 @@ func (m *Mesh) contactLost(info ledger.Info) bool {
 // restore applies the restart rule to the block the previous run saved:
 // usable at once if it holds, otherwise only the hint of the first claim.
 // With an Incarnation, the rule also needs the saved incarnation to hold
-// now (see restartGate). It reports whether the block was restored.
+// now (see restartGate). It reports whether the block was restored, and
+// records the outcome for the View: the agent withdraws a hand-off of the
+// saved block that the rule does not cover.
 func (m *Mesh) restore(ctx context.Context, saved *savedBlock) bool {
+	defer m.notify()
 	if saved == nil {
+		m.mu.Lock()
+		m.restart = RestartNoBlock
+		m.mu.Unlock()
 		return false
 	}
 	st, _ := m.led.State()
 	now := m.now()
-	rule := restorable(saved, m.id, now, m.cfg.ReclaimAfter, st) && st.Blocks[saved.Block].HostIP == m.cfg.AdvertiseAddr
+	refused := restorable(saved, m.id, now, m.cfg.ReclaimAfter, st)
+	if o := st.Blocks[saved.Block]; refused == nil && o.HostIP != m.cfg.AdvertiseAddr {
+		refused = fmt.Errorf("this node's copy of the ledger holds it for host IP %s, this host advertises %s", o.HostIP, m.cfg.AdvertiseAddr)
+	}
 	var gate error
-	if rule {
-		gate = m.restartGate(ctx, saved)
+	if refused == nil {
+		if gate = m.restartGate(ctx, saved); gate != nil {
+			refused = fmt.Errorf("this host's incarnation does not hold: %w", gate)
+		}
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.own = ownBlock{Block: saved.Block}
-	if rule && gate == nil {
+	if refused == nil {
 		m.own.restoredUntil = time.Now().Add(m.cfg.ReclaimAfter/2 - now.Sub(saved.LastConfirmed))
 		m.own.seen = true
 		m.own.incarnation = saved.Incarnation
+		m.restart = RestartRestored
 		m.metrics.claims.WithLabelValues("restored").Inc()
 		m.log.Info("restored the saved block under the restart rule", "block", saved.Block, "confirmed", saved.LastConfirmed)
 		return true
 	}
-	m.reason = fmt.Sprintf("waiting for the ledger to confirm block %s saved by the previous run", saved.Block)
+	m.restart, m.restartReason = RestartRefused, refused.Error()
+	m.reason = fmt.Sprintf("waiting for the ledger to confirm block %s saved by the previous run (restart rule not applied: %v)", saved.Block, refused)
 	if gate != nil {
-		m.reason += " (restart rule not applied: " + gate.Error() + ")"
 		m.log.Warn("restart rule not applied: this host's incarnation does not hold; waiting for the ledger's confirmation",
 			"block", saved.Block, "confirmed", saved.LastConfirmed, "savedIncarnation", saved.Incarnation, "err", gate)
 		return false
 	}
-	m.log.Info("saved block needs the ledger's confirmation before new addresses are handed out", "block", saved.Block, "confirmed", saved.LastConfirmed)
+	m.log.Info("saved block needs the ledger's confirmation before new addresses are handed out",
+		"block", saved.Block, "confirmed", saved.LastConfirmed, "why", refused)
 	return false
 }
 

@@ -83,15 +83,30 @@ func saveBlock(stateDir string, b savedBlock) error {
 // node. The leader frees a block only after seeing its owner gone for
 // ReclaimAfter, so within half of it the block cannot have moved unless an
 // operator released it, which the local copy would show if it was
-// replicated here before the crash.
-func restorable(s *savedBlock, id ledger.NodeID, now time.Time, reclaimAfter time.Duration, st ledger.State) bool {
-	if s == nil || s.ID != id || s.LastConfirmed.IsZero() {
-		return false
+// replicated here before the crash. It returns nil if the rule holds,
+// otherwise why not.
+func restorable(s *savedBlock, id ledger.NodeID, now time.Time, reclaimAfter time.Duration, st ledger.State) error {
+	switch {
+	case s == nil:
+		return errors.New("no block saved")
+	case s.ID != id:
+		return fmt.Errorf("saved by node ID %s, this node is %s", s.ID, id)
+	case s.LastConfirmed.IsZero():
+		return errors.New("never confirmed by the ledger")
 	}
 	age := now.Sub(s.LastConfirmed)
-	if age < 0 || age >= reclaimAfter/2 {
-		return false
+	if age < 0 {
+		return fmt.Errorf("confirmed at %s, later than this host's clock says it is now", s.LastConfirmed.Format(time.RFC3339))
+	}
+	if age >= reclaimAfter/2 {
+		return fmt.Errorf("last confirmed %s ago, not within half of --reclaim-after (%s)", age.Round(time.Second), reclaimAfter)
 	}
 	o, ok := st.Blocks[s.Block]
-	return ok && o.ID == id
+	switch {
+	case !ok:
+		return errors.New("this node's copy of the ledger no longer assigns it (released or reclaimed)")
+	case o.ID != id:
+		return fmt.Errorf("this node's copy of the ledger assigns it to %s", o.Name)
+	}
+	return nil
 }

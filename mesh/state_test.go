@@ -38,8 +38,8 @@ func TestRestorable(t *testing.T) {
 		{"nothing saved", nil, assigned(id), false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := restorable(tc.saved, id, now, reclaimAfter, tc.st); got != tc.want {
-				t.Fatalf("restorable = %v, want %v", got, tc.want)
+			if err := restorable(tc.saved, id, now, reclaimAfter, tc.st); (err == nil) != tc.want {
+				t.Fatalf("restorable = %v, want the rule to hold: %v", err, tc.want)
 			}
 		})
 	}

@@ -54,6 +54,42 @@ type View struct {
 	Members  []Member // every known member except self, sorted by name
 	// Ledger is this node's ledger replica: cluster, role, leader, voters.
 	Ledger ledger.Info
+	// Restart is what the restart rule made of the block the previous run
+	// saved, and RestartReason why it was refused (RestartRefused only).
+	Restart       RestartRule
+	RestartReason string
+}
+
+// RestartRule is what became of the block the previous run saved in
+// block.json. Run decides it once, soon after it starts.
+type RestartRule int
+
+const (
+	// RestartUndecided: Run has not looked at the saved block yet.
+	RestartUndecided RestartRule = iota
+	// RestartNoBlock: the previous run saved no block this run can use
+	// (none, or one outside the pool).
+	RestartNoBlock
+	// RestartRestored: the saved block is usable without the ledger's
+	// word, under the restart rule, for as long as View.Ready says.
+	RestartRestored
+	// RestartRefused: the restart rule does not apply to the saved block;
+	// only the ledger may hand it back.
+	RestartRefused
+)
+
+func (r RestartRule) String() string {
+	switch r {
+	case RestartUndecided:
+		return "undecided"
+	case RestartNoBlock:
+		return "no block"
+	case RestartRestored:
+		return "restored"
+	case RestartRefused:
+		return "refused"
+	}
+	return "unknown"
 }
 
 // Member is one peer in a View.

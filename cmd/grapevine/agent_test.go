@@ -259,6 +259,41 @@ func TestHandoffState(t *testing.T) {
 	}
 }
 
+// TestStaleHandoff: the previous run's hand-off stays only while the
+// restart rule covers the block it names, or the mesh has not decided yet.
+func TestStaleHandoff(t *testing.T) {
+	saved, other := netip.MustParsePrefix("10.244.6.0/23"), netip.MustParsePrefix("10.244.8.0/23")
+	for _, tc := range []struct {
+		name      string
+		v         mesh.View
+		handedOff netip.Prefix
+		stale     string // "" if the hand-off stays, else part of why not
+	}{
+		{"nothing handed off", mesh.View{Restart: mesh.RestartRefused, RestartReason: "too old"}, netip.Prefix{}, ""},
+		{"undecided: first moments of a restart", mesh.View{Reason: "joining"}, saved, ""},
+		{"restored", mesh.View{Restart: mesh.RestartRestored, Block: saved, Ready: true}, saved, ""},
+		{"restored, then the rule expired", mesh.View{Restart: mesh.RestartRestored, Block: saved, Reason: "ledger leader out of reach"},
+			saved, "no longer covers block 10.244.6.0/23: ledger leader out of reach"},
+		{"restored, then fenced", mesh.View{Restart: mesh.RestartRestored, Reason: "lost its block"}, saved, "no longer covers"},
+		{"restored another block than node.json names", mesh.View{Restart: mesh.RestartRestored, Block: other, Ready: true},
+			saved, "node.json names block 10.244.6.0/23, but this node holds block 10.244.8.0/23"},
+		{"refused", mesh.View{Restart: mesh.RestartRefused, RestartReason: "last confirmed 2h0m0s ago", Reason: "waiting for the ledger"},
+			saved, "the restart rule does not apply to block 10.244.6.0/23: last confirmed 2h0m0s ago"},
+		{"refused, the ledger gives another block", mesh.View{Restart: mesh.RestartRefused, RestartReason: "released", Block: other, Ready: true},
+			saved, "does not apply"},
+		{"refused, then the ledger confirmed the same block", mesh.View{Restart: mesh.RestartRefused, RestartReason: "released", Block: saved, Ready: true},
+			saved, ""},
+		{"no block saved", mesh.View{Restart: mesh.RestartNoBlock, Reason: "joining"}, saved, "saved no block"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := staleHandoff(tc.v, tc.handedOff)
+			if (got == "") != (tc.stale == "") || !strings.Contains(got, tc.stale) {
+				t.Fatalf("staleHandoff = %q, want %q", got, tc.stale)
+			}
+		})
+	}
+}
+
 func TestBuildStatusRouteStates(t *testing.T) {
 	v := mesh.View{
 		Self:  "h1",

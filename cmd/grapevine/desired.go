@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -171,4 +172,28 @@ func handoffState(v mesh.View, o agentOptions) (nodestate.State, bool) {
 		HostIP: o.HostIP,
 		MTU:    o.MTU,
 	}, true
+}
+
+// staleHandoff says why the hand-off a previous run left must be withdrawn
+// before this run first reconciles, or "" while it may stay. handedOff is
+// the block the previous run's node.json names (zero: none usable). It may
+// stay while the mesh has not applied the restart rule yet, and then only
+// for the block the rule restored, while the rule covers it, or once the
+// ledger has confirmed it. Otherwise the plugin would hand out addresses
+// from a block that may be another node's by now, for as long as the
+// ledger does not answer.
+func staleHandoff(v mesh.View, handedOff netip.Prefix) string {
+	if !handedOff.IsValid() || v.Restart == mesh.RestartUndecided || (v.Ready && v.Block == handedOff) {
+		return ""
+	}
+	switch v.Restart {
+	case mesh.RestartNoBlock:
+		return fmt.Sprintf("node.json names block %s, but the previous run saved no block this run can use", handedOff)
+	case mesh.RestartRefused:
+		return fmt.Sprintf("the restart rule does not apply to block %s: %s", handedOff, v.RestartReason)
+	}
+	if !v.Ready {
+		return fmt.Sprintf("the restart rule no longer covers block %s: %s", handedOff, v.Reason)
+	}
+	return fmt.Sprintf("node.json names block %s, but this node holds block %s", handedOff, v.Block)
 }

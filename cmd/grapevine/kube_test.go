@@ -436,9 +436,26 @@ func TestKubernetesNodeDeletion(t *testing.T) {
 			t.Fatalf("isolated h3 is ready with %s", v.Block)
 		}
 	}
-	if h3.logs.count("restart rule not applied") != h3.logs.count("registered again") {
-		t.Errorf("the restart rule was refused for another reason than the Node registered again")
+	waitFor(t, "h3 to apply the restart rule", func() error {
+		if h3.agent.mesh.View().Restart == mesh.RestartUndecided {
+			return errors.New("undecided")
+		}
+		return nil
+	})
+	v := h3.agent.mesh.View()
+	if v.Restart != mesh.RestartRefused {
+		t.Fatalf("isolated h3 after its Node was registered again: restart rule %s", v.Restart)
 	}
+	if strings.HasPrefix(v.RestartReason, "this host's incarnation") && !strings.Contains(v.RestartReason, "registered again") {
+		t.Errorf("the restart rule was refused for another reason than the Node registered again: %s", v.RestartReason)
+	}
+	// The hand-off h3's previous run left names the released block.
+	waitFor(t, "isolated h3 to withdraw the previous run's node.json", func() error {
+		if _, err := os.Stat(nodestate.Path(h3.agent.opts.RunDir)); !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("still there: %v", err)
+		}
+		return nil
+	})
 	network.Heal()
 	waitFor(t, "h3 to be routed again after the ledger answered", func() error { return routesTo(h1, h2, h3) })
 }

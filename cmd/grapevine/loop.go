@@ -16,6 +16,7 @@ import (
 	"github.com/grapevine-net/grapevine/mesh"
 	"github.com/grapevine-net/grapevine/mesh/kubejoin"
 	"github.com/grapevine-net/grapevine/node"
+	"github.com/grapevine-net/grapevine/node/nodestate"
 	"github.com/grapevine-net/grapevine/node/probe"
 )
 
@@ -45,6 +46,8 @@ type agent struct {
 	// then the agent leaves the kernel and the hand-off files as the previous
 	// run left them: a restarting agent must not withdraw routes or tell the
 	// plugin "not ready" just because it has not heard from its peers yet.
+	// A hand-off the restart rule does not cover goes, though: see
+	// withdrawStaleHandoff.
 	synced bool
 	// inheritedPeerRoutes counts the peer routes a previous run left in the
 	// kernel, and started is when this run began: see mayReconcile.
@@ -237,6 +240,7 @@ func (a *agent) reconcile(ctx context.Context) statusReport {
 		if v.Ready {
 			reason = "waiting for peers to re-join; keeping the previous run's routes"
 		}
+		a.withdrawStaleHandoff(v)
 		a.removeStaleConflist()
 		return buildStatus(v, a.kept, a.withdrawn, paths, node.Result{}, false, reason)
 	}
@@ -344,10 +348,32 @@ func (a *agent) handoff(v mesh.View) error {
 	return a.handoffFiles().Write(st)
 }
 
+// withdrawStaleHandoff withdraws the previous run's hand-off, conflist first,
+// once the mesh says the restart rule does not cover it (see staleHandoff).
+// It stays withdrawn until this run first reconciles with a block the
+// ledger confirmed.
+func (a *agent) withdrawStaleHandoff(v mesh.View) {
+	prev, err := nodestate.Read(a.opts.RunDir)
+	if err != nil {
+		return // nothing usable left; removeStaleConflist sees to the conflist
+	}
+	why := staleHandoff(v, prev.Block)
+	if why == "" {
+		return
+	}
+	if err := a.handoffFiles().Remove(); err != nil {
+		a.log.Error("cannot withdraw the previous run's hand-off, whose block may be another node's", "block", prev.Block, "why", why, "err", err)
+		return
+	}
+	a.log.Warn("withdrew the previous run's hand-off (conflist and node.json) until the ledger confirms this node's block",
+		"block", prev.Block, "why", why)
+}
+
 // removeStaleConflist keeps the runtime from reporting the network ready
 // while this run does not yet know its block and no usable node.json is
 // left from the previous run (after a reboot, say). A previous run's usable
-// hand-off stays, so pods start while the agent restarts.
+// hand-off stays while the restart rule covers it (see
+// withdrawStaleHandoff), so pods start while the agent restarts.
 func (a *agent) removeStaleConflist() {
 	removed, err := a.handoffFiles().RemoveStaleConflist()
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -17,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/grapevine-net/grapevine/mesh"
 	"github.com/grapevine-net/grapevine/mesh/meshtest"
 	"github.com/grapevine-net/grapevine/node"
 	"github.com/grapevine-net/grapevine/node/nodestate"
@@ -606,5 +608,157 @@ func TestStaleConflistWithdrawnUntilBlockHeld(t *testing.T) {
 	})
 	if _, err := nodestate.Read(h2.agent.opts.RunDir); err != nil {
 		t.Fatalf("conflist written without node.json: %v", err)
+	}
+}
+
+// handoffPaths is h's node.json and conflist.
+func (h *testHost) handoffPaths() []string {
+	return []string{nodestate.Path(h.agent.opts.RunDir), filepath.Join(h.agent.opts.CNIConfDir, node.ConflistName)}
+}
+
+// watchHandoff looks at paths every few milliseconds until the returned
+// stop is called, which reports the paths seen missing.
+func watchHandoff(paths []string) (stop func() []string) {
+	done := make(chan struct{})
+	result := make(chan []string, 1)
+	go func() {
+		missing := map[string]bool{}
+		for {
+			for _, p := range paths {
+				if _, err := os.Stat(p); err != nil {
+					missing[p] = true
+				}
+			}
+			select {
+			case <-done:
+				result <- slices.Sorted(maps.Keys(missing))
+				return
+			case <-time.After(2 * time.Millisecond):
+			}
+		}
+	}()
+	return func() []string { close(done); return <-result }
+}
+
+// sameFiles checks that each path is still the file it was (never removed and
+// written again: the hand-off files are replaced by rename).
+func sameFiles(t *testing.T, paths []string, before []os.FileInfo) {
+	t.Helper()
+	for i, p := range paths {
+		fi, err := os.Stat(p)
+		if err != nil || !os.SameFile(fi, before[i]) {
+			t.Errorf("%s was replaced or removed across the restart (%v)", p, err)
+		}
+	}
+}
+
+// TestRestartHandoff: an agent restarted within the restart rule, cut off
+// from the ledger, keeps the previous run's node.json and conflist
+// throughout. Restarted when the rule is refused (block.json confirmed
+// longer than half of --reclaim-after ago), it withdraws both before the
+// ledger answers, since the block may be another node's by now, and writes
+// them again with the ledger's block once it is confirmed.
+func TestRestartHandoff(t *testing.T) {
+	dir := t.TempDir()
+	network := meshtest.NewNetwork()
+	h1 := startTestHost(t, network, dir, "h1", 1, nil)
+	h2 := startTestHost(t, network, dir, "h2", 2, nil, h1.addr.String())
+	waitFor(t, "both hosts to route each other", func() error { return routesTo(h1, h2) })
+	paths := h2.handoffPaths()
+	waitFor(t, "h2's conflist", func() error { _, err := os.Stat(paths[1]); return err })
+	st2, err := nodestate.Read(h2.agent.opts.RunDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	restarted := func(what string) *testHost {
+		t.Helper()
+		h2.stop(t)
+		network.Partition([]netip.Addr{h2.addr}, []netip.Addr{h1.addr})
+		h := startTestHost(t, network, dir, "h2", 2, h2.kernel, h1.addr.String())
+		waitFor(t, what, func() error {
+			if v := h.agent.mesh.View(); v.Restart == mesh.RestartUndecided {
+				return errors.New("the mesh has not applied the restart rule yet")
+			}
+			return nil
+		})
+		return h
+	}
+
+	// Within the rule: kept while the ledger is out of reach, and after.
+	var before []os.FileInfo
+	for _, p := range paths {
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before = append(before, fi)
+	}
+	stop := watchHandoff(paths)
+	h2 = restarted("h2 to apply the restart rule")
+	if v := h2.agent.mesh.View(); v.Restart != mesh.RestartRestored || !v.Ready || v.Block != st2.Block {
+		t.Fatalf("h2 restarted within the rule: %s (%s), block %s ready %v", v.Restart, v.RestartReason, v.Block, v.Ready)
+	}
+	time.Sleep(time.Second) // many passes of the loop without the ledger
+	network.Heal()
+	waitFor(t, "both hosts to route each other after the restart", func() error { return routesTo(h1, h2) })
+	if missing := stop(); len(missing) > 0 {
+		t.Errorf("restart within the rule: %v went missing", missing)
+	}
+	sameFiles(t, paths, before)
+
+	// Refused: block.json last confirmed two hours ago (--reclaim-after 1h).
+	h2.stop(t)
+	ageSavedBlock(t, h2.agent.opts.StateDir, 2*time.Hour)
+	h2 = restarted("h2 to apply the restart rule to its aged block")
+	if v := h2.agent.mesh.View(); v.Restart != mesh.RestartRefused || !strings.Contains(v.RestartReason, "not within half of --reclaim-after") {
+		t.Fatalf("h2 restarted with an aged block: %s (%q)", v.Restart, v.RestartReason)
+	}
+	waitFor(t, "h2 to withdraw the previous run's hand-off", func() error {
+		for _, p := range paths {
+			if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("%s: %v", p, err)
+			}
+		}
+		return nil
+	})
+	if v := h2.agent.mesh.View(); v.Ready {
+		t.Fatalf("h2 ready with %s while cut off from the ledger", v.Block)
+	}
+	stop = watchHandoff(paths)
+	time.Sleep(time.Second)
+	if missing := stop(); len(missing) != len(paths) {
+		t.Fatalf("the hand-off came back before the ledger answered: only %v stayed missing", missing)
+	}
+	if h2.logs.count("withdrew the previous run's hand-off") == 0 {
+		t.Error("h2 did not say why it withdrew the hand-off")
+	}
+	network.Heal()
+	waitFor(t, "both hosts to route each other once the ledger answers", func() error { return routesTo(h1, h2) })
+	waitFor(t, "h2's conflist again", func() error { _, err := os.Stat(paths[1]); return err })
+	v := h2.agent.mesh.View()
+	again, err := nodestate.Read(h2.agent.opts.RunDir)
+	if err != nil || !v.Ready || again.Block != v.Block {
+		t.Fatalf("after the ledger answered: node.json %+v (%v), h2's block %s ready %v", again, err, v.Block, v.Ready)
+	}
+}
+
+// ageSavedBlock moves block.json's last confirmation back by age.
+func ageSavedBlock(t *testing.T, stateDir string, age time.Duration) {
+	t.Helper()
+	path := filepath.Join(stateDir, mesh.BlockFileName)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var saved map[string]any
+	if err := json.Unmarshal(data, &saved); err != nil {
+		t.Fatal(err)
+	}
+	saved["lastConfirmed"] = time.Now().Add(-age).Format(time.RFC3339Nano)
+	if data, err = json.Marshal(saved); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
 	}
 }
