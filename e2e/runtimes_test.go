@@ -227,7 +227,7 @@ func writeImages(t testing.TB) images {
 // the lab's directories (node.json, the conflist, the IPAM store).
 func newRoot(t testing.TB, ctx context.Context, l *lab.Lab, h *lab.Host, name string) *runtimes.Root {
 	t.Helper()
-	r, err := runtimes.NewRoot(ctx, runtimes.RootConfig{NetNS: h.Path(), Dir: t.TempDir(), Name: l.ID + "-" + h.Name + "-" + name, Keep: []string{l.Dir}})
+	r, err := runtimes.NewRoot(ctx, runtimes.RootConfig{NetNS: h.Path(), Dir: t.TempDir(), Name: filepath.Base(h.Path()) + "-" + name, Keep: []string{l.Dir}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -226,7 +226,7 @@ func TestKubernetes(t *testing.T) {
 	}
 
 	checkHostPort(t, ctx, k, l)
-	checkRollingUpdate(t, ctx, k, agents)
+	checkRollingUpdate(t, ctx, k, agents, blocks)
 	checkNodeDeletion(t, ctx, k, blocks)
 	t.Logf("figures: manifest -> 3 nodes Ready %s; manifest -> first cross-node ping %s",
 		allReady.Round(100*time.Millisecond), firstPing.Round(100*time.Millisecond))
@@ -305,7 +305,7 @@ func checkHostPort(t *testing.T, ctx context.Context, k kube, l *lab.Lab) {
 // checkRollingUpdate streams TCP from a pod on node-b to a pod on node-a
 // while the DaemonSet rolls to a new image tag, one node at a time, and
 // checks the connection survived and still carries data afterwards.
-func checkRollingUpdate(t *testing.T, ctx context.Context, k kube, agents map[string]string) {
+func checkRollingUpdate(t *testing.T, ctx context.Context, k kube, agents map[string]string, blocks map[string]netip.Prefix) {
 	t.Helper()
 	k.apply(ctx, fmt.Sprintf(barePod, "sink", "node-a",
 		// busybox nc ends the connection at the end of its input: give it one that never ends.
@@ -388,6 +388,16 @@ func checkRollingUpdate(t *testing.T, ctx context.Context, k kube, agents map[st
 	}
 	if out, err := k.c.Kubectl(ctx, "exec", "source", "--", "sh", "-c", "test ! -e /tmp/closed"); err != nil {
 		t.Errorf("the stream's source saw the connection end: %v %s", err, out)
+	}
+	// Each node kept its block across the restart of its agent.
+	for node, pod := range after {
+		s, err := k.agentStatus(ctx, pod)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.Block != blocks[node] {
+			t.Errorf("%s held %s before the update, %s after", node, blocks[node], s.Block)
+		}
 	}
 }
 

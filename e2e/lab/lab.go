@@ -469,6 +469,9 @@ func Down(ctx context.Context, id string) error {
 		wg.Go(func() { errs[i] = Namespace{Name: name}.killProcesses(ctx) })
 	}
 	wg.Wait()
+	// Containers live in namespaces of their own; their runtime's cgroups
+	// still hold them.
+	errs = append(errs, removeCgroups(id))
 	// Any order works: a veth pair goes away with the first of its two
 	// namespaces to be deleted.
 	for _, name := range names {

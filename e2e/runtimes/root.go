@@ -27,6 +27,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/grapevine-net/grapevine/e2e/lab"
 )
 
 // shadowed are the machine's directories a runtime writes to by fixed
@@ -53,7 +55,9 @@ type RootConfig struct {
 	NetNS string
 	// Dir holds the shadowed directories and the runtimes' configuration.
 	Dir string
-	// Name makes the cgroup parent unique.
+	// Name makes the cgroup parent unique. It must contain the lab host's
+	// namespace name ("gvl<id>-hN"), so that lab.Down finds the cgroups of
+	// a run that was killed.
 	Name string
 	// Keep lists directories under the shadowed ones that the runtime must
 	// still see as they are (the lab's directory with the agent's node.json,
@@ -77,7 +81,7 @@ type RootConfig struct {
 // NewRoot starts a Root as cfg says.
 func NewRoot(ctx context.Context, cfg RootConfig) (_ *Root, err error) {
 	dir, name := cfg.Dir, cfg.Name
-	r := &Root{Dir: dir, CgroupParent: "/grapevine-e2e-" + name, exited: make(chan struct{})}
+	r := &Root{Dir: dir, CgroupParent: "/" + lab.CgroupPrefix + name, exited: make(chan struct{})}
 	script := []string{"set -e"}
 	shadow := append(slices.Clone(shadowed), cfg.Shadow...)
 	for i, o := range cfg.Overlay {
@@ -267,67 +271,6 @@ func (r *Root) Close() error {
 		r.holder.Process.Kill()
 		<-r.exited
 	}
-	errs = append(errs, removeCgroup(r.CgroupParent))
+	errs = append(errs, lab.RemoveCgroup(r.CgroupParent))
 	return errors.Join(errs...)
-}
-
-// removeCgroup removes the cgroup parent and whatever the runtimes left
-// below it, under every hierarchy: cgroup v1 has one per controller.
-func removeCgroup(parent string) error {
-	dirs := []string{filepath.Join("/sys/fs/cgroup", parent)}
-	hierarchies, _ := filepath.Glob("/sys/fs/cgroup/*")
-	for _, h := range hierarchies {
-		dirs = append(dirs, filepath.Join(h, parent))
-	}
-	var errs []error
-	for _, d := range dirs {
-		if _, err := os.Stat(filepath.Join(d, "cgroup.procs")); err != nil {
-			continue
-		}
-		// Children first: a cgroup is removed by rmdir once it is empty.
-		var tree []string
-		filepath.WalkDir(d, func(p string, e os.DirEntry, err error) error {
-			if err == nil && e.IsDir() {
-				tree = append(tree, p)
-			}
-			return nil
-		})
-		// Containers run in mount namespaces of their own, so the Root's
-		// sweep misses those a runtime that was killed left behind; their
-		// cgroups still hold them.
-		errs = append(errs, killCgroupTree(tree))
-		for i := len(tree) - 1; i >= 0; i-- {
-			if err := syscall.Rmdir(tree[i]); err != nil && !errors.Is(err, os.ErrNotExist) {
-				errs = append(errs, fmt.Errorf("remove cgroup %s: %w", tree[i], err))
-			}
-		}
-	}
-	return errors.Join(errs...)
-}
-
-// killCgroupTree kills every process in the cgroups and waits until they
-// are gone.
-func killCgroupTree(tree []string) error {
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		var pids []int
-		for _, d := range tree {
-			data, _ := os.ReadFile(filepath.Join(d, "cgroup.procs"))
-			for _, f := range strings.Fields(string(data)) {
-				if pid, err := strconv.Atoi(f); err == nil {
-					pids = append(pids, pid)
-				}
-			}
-		}
-		if len(pids) == 0 {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("processes %v in cgroup %s survive SIGKILL", pids, tree[0])
-		}
-		for _, pid := range pids {
-			syscall.Kill(pid, syscall.SIGKILL)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
