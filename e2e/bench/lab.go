@@ -283,13 +283,8 @@ func (b *labBench) freezeOnce(ctx context.Context, a, c *lab.Pod, client, frozen
 	if _, err := lab.WaitMesh(meshCtx, b.mesh); err != nil {
 		return 0, 0, 0, err
 	}
-	there, err := a.StartPings(c.IP, pingInterval)
+	there, back, err := pingBothWays(a, c)
 	if err != nil {
-		return 0, 0, 0, err
-	}
-	back, err := c.StartPings(a.IP, pingInterval)
-	if err != nil {
-		there.Stop(0)
 		return 0, 0, 0, err
 	}
 	if err := frozen.FreezeAgent(); err != nil {
@@ -361,13 +356,8 @@ func (b *labBench) restartOnce(ctx context.Context, a, c *lab.Pod, restarted *la
 	if _, err := lab.WaitMesh(meshCtx, b.mesh); err != nil {
 		return 0, 0, 0, err
 	}
-	there, err := a.StartPings(c.IP, pingInterval)
+	there, fro, err := pingBothWays(a, c)
 	if err != nil {
-		return 0, 0, 0, err
-	}
-	fro, err := c.StartPings(a.IP, pingInterval)
-	if err != nil {
-		there.Stop(0)
 		return 0, 0, 0, err
 	}
 	if err := lab.Sleep(ctx, quiet); err != nil {
@@ -443,4 +433,16 @@ func podPair(ctx context.Context, from, to *lab.Host) (*lab.Pod, *lab.Pod, error
 		return nil, nil, fmt.Errorf("pods do not reach each other: %w", err)
 	}
 	return a, c, nil
+}
+
+// pingBothWays starts a ping stream from a to c and one from c to a.
+func pingBothWays(a, c *lab.Pod) (there, back *lab.PingStream, err error) {
+	if there, err = a.StartPings(c.IP, pingInterval); err != nil {
+		return nil, nil, err
+	}
+	if back, err = c.StartPings(a.IP, pingInterval); err != nil {
+		there.Stop(0)
+		return nil, nil, err
+	}
+	return there, back, nil
 }
