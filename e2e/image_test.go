@@ -77,20 +77,7 @@ func TestImageArchiveInRuntimes(t *testing.T) {
 	}
 
 	pmRoot := newRoot(t, ctx, l, h, "image-podman")
-	pm, err := runtimes.NewPodman(pmRoot, runtimes.CNIDirs{ConfDir: t.TempDir(), BinDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		if err := pm.RemoveAll(ctx); err != nil {
-			t.Error(err)
-		}
-	})
-	if err := pm.Load(ctx, archive); err != nil {
-		t.Fatal(err)
-	}
+	pm := newPodman(t, ctx, pmRoot, runtimes.CNIDirs{ConfDir: t.TempDir(), BinDir: t.TempDir()}, archive)
 	podmanBin := t.TempDir()
 	out, err = pm.Podman(ctx, "run", "--rm", "--network", "host", "--read-only", "--cap-drop", "ALL",
 		"--cgroup-parent", pmRoot.CgroupParent, "--volume", podmanBin+":/host/opt/cni/bin",

@@ -283,7 +283,14 @@ func startContainerdWith(t testing.TB, ctx context.Context, r *runtimes.Root, cn
 
 func startPodman(t testing.TB, ctx context.Context, l *lab.Lab, h *lab.Host, img images) *runtimes.Podman {
 	t.Helper()
-	pm, err := runtimes.NewPodman(newRoot(t, ctx, l, h, "podman"), cniDirs(t, l, h))
+	return newPodman(t, ctx, newRoot(t, ctx, l, h, "podman"), cniDirs(t, l, h), img.busybox)
+}
+
+// newPodman sets up podman in r with the CNI directories given, removes its
+// containers when t ends, and loads the archive.
+func newPodman(t testing.TB, ctx context.Context, r *runtimes.Root, cni runtimes.CNIDirs, archive string) *runtimes.Podman {
+	t.Helper()
+	pm, err := runtimes.NewPodman(r, cni)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -294,7 +301,7 @@ func startPodman(t testing.TB, ctx context.Context, l *lab.Lab, h *lab.Host, img
 			t.Error(err)
 		}
 	})
-	if err := pm.Load(ctx, img.busybox); err != nil {
+	if err := pm.Load(ctx, archive); err != nil {
 		t.Fatal(err)
 	}
 	return pm
