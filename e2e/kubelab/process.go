@@ -2,13 +2,13 @@ package kubelab
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
-	"strings"
 	"syscall"
 	"time"
+
+	"github.com/grapevine-net/grapevine/e2e/lab"
 )
 
 // process is one long-running program of the cluster (etcd, an API server,
@@ -67,15 +67,11 @@ func (p *process) Stop(grace time.Duration) {
 
 // LogTail returns the last n lines of the process's log.
 func (p *process) LogTail(n int) string {
-	data, err := os.ReadFile(p.log)
+	tail, err := lab.TailFile(p.log, n)
 	if err != nil {
 		return err.Error()
 	}
-	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
+	return tail
 }
 
 // waitFor polls check every interval until it returns nil, the process
@@ -99,5 +95,3 @@ func waitFor(ctx context.Context, what string, p *process, interval time.Duratio
 		}
 	}
 }
-
-var errNotYet = errors.New("not yet")

@@ -528,13 +528,19 @@ func (h *Host) Get(ctx context.Context, path string) (code int, body string, err
 
 // LogTail returns up to the last n lines of the agent's log.
 func (h *Host) LogTail(n int) string {
-	data, err := os.ReadFile(h.LogPath())
+	tail, err := TailFile(h.LogPath(), n)
 	if err != nil {
 		return fmt.Sprintf("(no agent log: %v)", err)
 	}
-	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
+	return tail
+}
+
+// TailFile returns the last n lines of the file at path.
+func TailFile(path string, n int) (string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
 	}
-	return strings.Join(lines, "\n")
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n"), nil
 }

@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/grapevine-net/grapevine/e2e/lab"
 )
 
 // The images the tests load into every runtime.
@@ -291,12 +293,11 @@ func (c *Containerd) Version(ctx context.Context) (string, error) {
 
 // LogTail returns the last n lines of containerd's log.
 func (c *Containerd) LogTail(n int) string {
-	data, err := os.ReadFile(c.log)
+	tail, err := lab.TailFile(c.log, n)
 	if err != nil {
 		return err.Error()
 	}
-	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+	return tail
 }
 
 // Stop removes every pod, which runs CNI DEL for each, then stops
