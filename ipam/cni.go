@@ -62,6 +62,14 @@ func cmdAdd(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
+	// The lease may have ended while the store was locked: hand the
+	// address out only if it held once the address was taken.
+	if lerr := LeaseHolds(st); lerr != nil {
+		if err := alloc.Release(args.ContainerID, args.IfName); err != nil {
+			return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("%s; freeing %s again failed: %v", lerr.Msg, addr, err), "")
+		}
+		return lerr
+	}
 	var vc struct {
 		CNIVersion string `json:"cniVersion"`
 	}

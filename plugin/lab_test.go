@@ -204,12 +204,17 @@ func addLoopedLink(name string) (netlink.Link, error) {
 
 func (l *lab) writeNodeState(block string, mtu int) {
 	l.t.Helper()
-	err := nodestate.Write(l.runDir, nodestate.State{
+	lease, err := nodestate.LeaseFromNow(time.Hour)
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	err = nodestate.Write(l.runDir, nodestate.State{
 		Node:   "node-a",
 		Block:  netip.MustParsePrefix(block),
 		Pool:   netip.MustParsePrefix("10.244.0.0/16"),
 		HostIP: l.hostIP,
 		MTU:    mtu,
+		Lease:  lease,
 	})
 	if err != nil {
 		l.t.Fatal(err)

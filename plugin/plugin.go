@@ -65,6 +65,12 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 		return err
 	}
 
+	// The lease may have ended while the pod was wired: hand the address
+	// out only if it still holds now that the pod has it (the deferred
+	// undo removes what this ADD created).
+	if lerr := ipam.LeaseHolds(node); lerr != nil {
+		return lerr
+	}
 	result := ipam.Result(podIP)
 	result.Interfaces = []*current.Interface{
 		{Name: hostVeth, Mac: host.Attrs().HardwareAddr.String(), Mtu: host.Attrs().MTU},
