@@ -35,6 +35,9 @@ type agent struct {
 	prober *probe.Prober
 	// kube is this host's Node object; nil without --join-kubernetes.
 	kube *kubeNode
+	// releaseWaits is the deleted Nodes whose blocks wait for their
+	// leases to end; nil without --join-kubernetes.
+	releaseWaits *releaseWaits
 	// kept is the peer routes of the last pass and what keeps them; see
 	// keptRoutes. Only the loop touches it.
 	kept map[string]keptRoute
@@ -100,22 +103,27 @@ func newAgent(o agentOptions, cfg mesh.Config, host hostSide, log *slog.Logger) 
 		kube = &kubeNode{client: client, name: o.NodeName}
 		cfg.Incarnation = kube
 	}
+	var waits *releaseWaits
+	if kube != nil {
+		waits = &releaseWaits{}
+	}
 	m, err := mesh.New(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("gossip mesh: %w", err)
 	}
 	a := &agent{
-		opts:        o,
-		log:         log,
-		registry:    reg,
-		mesh:        m,
-		kube:        kube,
-		kernel:      host.kernel,
-		rec:         node.NewReconciler(host.kernel, log.With("component", "node"), reg),
-		watchRoutes: host.watchRoutes,
-		status:      statusReport{Node: o.NodeName, Reason: "starting"},
-		lastPass:    time.Now(),
-		gossipSeen:  make(map[string]time.Time),
+		opts:         o,
+		log:          log,
+		registry:     reg,
+		mesh:         m,
+		kube:         kube,
+		releaseWaits: waits,
+		kernel:       host.kernel,
+		rec:          node.NewReconciler(host.kernel, log.With("component", "node"), reg),
+		watchRoutes:  host.watchRoutes,
+		status:       statusReport{Node: o.NodeName, Reason: "starting"},
+		lastPass:     time.Now(),
+		gossipSeen:   make(map[string]time.Time),
 	}
 	if a.prober, err = newProber(o, host, reg, log); err != nil {
 		return nil, err
@@ -290,6 +298,7 @@ func (a *agent) freshStatus() statusReport {
 	st := a.status
 	// A follower's role and voters change without a reconcile.
 	st.Ledger = buildLedgerStatus(v)
+	st.PendingReleases = a.releaseWaits.report(time.Now())
 	st.Members = slices.Clone(st.Members)
 	for i := range st.Members {
 		m := &st.Members[i]

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/grapevine-net/grapevine/internal/hostclock"
+
 	"context"
 	"encoding/json"
 	"errors"
@@ -83,11 +85,14 @@ func startHost(t *testing.T, network *meshtest.Network, dp *fakeDataPath, wrap f
 		RunDir:         filepath.Join(h.dir, "run"),
 		CNIConfDir:     filepath.Join(h.dir, "net.d"),
 		Masquerade:     true,
-		ReclaimAfter:   time.Hour,
+		Lease:          time.Hour,
 		MTU:            1500,
 		ResyncInterval: 30 * time.Second,
 	}
 	o.JoinKubernetes = kube != nil
+	if kube != nil && kube.agentLease != 0 {
+		o.Lease = kube.agentLease
+	}
 	transport, err := network.NewTransport(netip.AddrPortFrom(h.addr, meshtest.GossipPort))
 	if err != nil {
 		t.Fatal(err)
@@ -654,8 +659,8 @@ func sameFiles(t *testing.T, paths []string, before []os.FileInfo) {
 
 // TestRestartHandoff: an agent restarted within the restart rule, cut off
 // from the ledger, keeps the previous run's node.json and conflist
-// throughout. Restarted when the rule is refused (block.json confirmed
-// longer than half of --reclaim-after ago), it withdraws both before the
+// throughout. Restarted when the rule is refused (the lease saved in
+// block.json has ended), it withdraws both before the
 // ledger answers, since the block may be another node's by now, and writes
 // them again with the ledger's block once it is confirmed.
 func TestRestartHandoff(t *testing.T) {
@@ -706,11 +711,11 @@ func TestRestartHandoff(t *testing.T) {
 	}
 	sameFiles(t, paths, before)
 
-	// Refused: block.json last confirmed two hours ago (--reclaim-after 1h).
+	// Refused: the lease saved in block.json ended a minute ago.
 	h2.stop(t)
-	ageSavedBlock(t, h2.agent.opts.StateDir, 2*time.Hour)
-	h2 = restarted("h2 to apply the restart rule to its aged block")
-	if v := h2.agent.mesh.View(); v.Restart != mesh.RestartRefused || !strings.Contains(v.RestartReason, "not within half of --reclaim-after") {
+	endSavedLease(t, h2.agent.opts.StateDir, time.Minute)
+	h2 = restarted("h2 to apply the restart rule to its ended lease")
+	if v := h2.agent.mesh.View(); v.Restart != mesh.RestartRefused || !strings.Contains(v.RestartReason, "its lease ended") {
 		t.Fatalf("h2 restarted with an aged block: %s (%q)", v.Restart, v.RestartReason)
 	}
 	waitFor(t, "h2 to withdraw the previous run's hand-off", func() error {
@@ -742,8 +747,8 @@ func TestRestartHandoff(t *testing.T) {
 	}
 }
 
-// ageSavedBlock moves block.json's last confirmation back by age.
-func ageSavedBlock(t *testing.T, stateDir string, age time.Duration) {
+// endSavedLease makes the lease saved in block.json end ago before now.
+func endSavedLease(t *testing.T, stateDir string, ago time.Duration) {
 	t.Helper()
 	path := filepath.Join(stateDir, mesh.BlockFileName)
 	data, err := os.ReadFile(path)
@@ -754,7 +759,11 @@ func ageSavedBlock(t *testing.T, stateDir string, age time.Duration) {
 	if err := json.Unmarshal(data, &saved); err != nil {
 		t.Fatal(err)
 	}
-	saved["lastConfirmed"] = time.Now().Add(-age).Format(time.RFC3339Nano)
+	now, err := hostclock.Now()
+	if err != nil {
+		t.Fatal(err)
+	}
+	saved["lease"] = now.Add(-ago)
 	if data, err = json.Marshal(saved); err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,8 @@
 package meshtest
 
 import (
+	"github.com/grapevine-net/grapevine/internal/hostclock"
+
 	"context"
 	"errors"
 	"fmt"
@@ -63,16 +65,16 @@ func FastTimers(c *memberlist.Config) {
 
 // Options configure every node of a Cluster.
 type Options struct {
-	Pool         netip.Prefix // zero: mesh.DefaultPool
-	BlockBits    int          // zero: mesh.DefaultBlockBits
-	ReclaimAfter time.Duration
+	Pool      netip.Prefix // zero: mesh.DefaultPool
+	BlockBits int          // zero: mesh.DefaultBlockBits
+	Lease     time.Duration
 	// ReconnectInterval defaults to 500ms here.
 	ReconnectInterval time.Duration
 	SecretKey         []byte
 	Tune              func(*memberlist.Config) // nil: FastTimers
 	TuneLedger        func(*ledger.Config)     // nil: FastLedger
 	Voters            int                      // zero: mesh.DefaultVoters
-	Now               func() time.Time         // every node's clock unless its Spec has one
+	Clock             hostclock.Clock          // every node's host clock unless its Spec has one
 	Logger            *slog.Logger
 }
 
@@ -145,8 +147,8 @@ type Spec struct {
 	Found bool
 	// SecretKey overrides the cluster's key for this node.
 	SecretKey []byte
-	// Now is this node's wall clock (zero: the cluster's).
-	Now func() time.Time
+	// Clock is this node's host clock (nil: the cluster's).
+	Clock hostclock.Clock
 	// Incarnation gates the node's restart rule (nil: none, as without
 	// --join-kubernetes).
 	Incarnation mesh.Incarnation
@@ -180,9 +182,9 @@ func (c *Cluster) Start(spec Spec) (*Node, error) {
 	if spec.SecretKey != nil {
 		key = spec.SecretKey
 	}
-	now := c.opts.Now
-	if spec.Now != nil {
-		now = spec.Now
+	clock := c.opts.Clock
+	if spec.Clock != nil {
+		clock = spec.Clock
 	}
 	addr := netip.AddrPortFrom(spec.Addr, GossipPort)
 	tr, err := c.Net.NewTransport(addr)
@@ -204,7 +206,7 @@ func (c *Cluster) Start(spec Spec) (*Node, error) {
 		Found:             len(spec.Join) == 0 || spec.Found,
 		Pool:              c.opts.Pool,
 		BlockBits:         c.opts.BlockBits,
-		ReclaimAfter:      c.opts.ReclaimAfter,
+		Lease:             c.opts.Lease,
 		ReconnectInterval: c.opts.ReconnectInterval,
 		// In memory a leave is gossiped within a few gossip intervals; a
 		// killed node (no network) gives up quickly.
@@ -217,7 +219,7 @@ func (c *Cluster) Start(spec Spec) (*Node, error) {
 		Registerer:    reg,
 		Transport:     tr,
 		Tune:          c.opts.Tune,
-		Now:           now,
+		Clock:         clock,
 		LedgerNetwork: streams,
 		LedgerStores:  stores,
 		TuneLedger:    c.opts.TuneLedger,
