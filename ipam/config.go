@@ -81,14 +81,12 @@ func DecodeError(err error) *types.Error {
 }
 
 // ReadNodeState reads node.json from runDir. When the agent has not written a
-// block yet, the error is CNI error 11 (try again later) saying so.
+// block yet, or the file cannot be read or parsed (the agent rewrites it),
+// the error is CNI error 11 (try again later) saying so.
 func ReadNodeState(runDir string) (nodestate.State, error) {
 	st, err := nodestate.Read(runDir)
-	if errors.Is(err, nodestate.ErrNotReady) {
-		return st, types.NewError(types.ErrTryAgainLater, err.Error(), "")
-	}
 	if err != nil {
-		return st, types.NewError(types.ErrInternal, err.Error(), "")
+		return st, types.NewError(types.ErrTryAgainLater, err.Error(), "")
 	}
 	return st, nil
 }

@@ -114,10 +114,24 @@ func parseAttachment(containerID, ifName, cniArgs string) (attachment, error) {
 // else the container ID and interface name). Being derived, not random, lets
 // a retried ADD and a DEL find the link without any stored state.
 func (a attachment) HostVethName() string {
-	id := a.podName
-	if id == "" {
-		id = a.ContainerID + "/" + a.IfName
+	if a.podName == "" {
+		return hostVethNameOf(a.ContainerID + "/" + a.IfName)
 	}
+	return hostVethNameOf(a.podName)
+}
+
+// hostVethNames are the names ADD may give the host veth, in the order it
+// tries them: HostVethName, then the one derived from the container ID and
+// interface, used when another sandbox of the same pod holds the first.
+func (a attachment) hostVethNames() []string {
+	own := hostVethNameOf(a.ContainerID + "/" + a.IfName)
+	if first := a.HostVethName(); first != own {
+		return []string{first, own}
+	}
+	return []string{own}
+}
+
+func hostVethNameOf(id string) string {
 	sum := sha256.Sum256([]byte(id))
 	return HostVethPrefix + hex.EncodeToString(sum[:])[:13]
 }

@@ -11,14 +11,20 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/grapevine-net/grapevine/internal/netlinkdump"
+	"github.com/grapevine-net/grapevine/ipam"
 )
 
 // cmdGC frees the address of every attachment the runtime no longer lists
 // and removes the host veths such attachments left behind. Like the spec
-// asks, it carries on past errors and reports them all at the end.
+// asks, it carries on past errors and reports them all at the end. Without
+// cni.dev/valid-attachments it is refused (CNI error 7) before touching
+// anything: every pod would count as gone.
 func cmdGC(args *skel.CmdArgs) error {
 	conf, err := ParseConfig(args.StdinData)
 	if err != nil {
+		return err
+	}
+	if err := ipam.RequireValidAttachments(args.StdinData); err != nil {
 		return err
 	}
 	valid := make(map[string]bool, len(conf.ValidAttachments))
@@ -35,8 +41,7 @@ func cmdGC(args *skel.CmdArgs) error {
 	}
 	for _, link := range links {
 		attrs := link.Attrs()
-		_, isVeth := link.(*netlink.Veth)
-		ours := isVeth && strings.HasPrefix(attrs.Name, HostVethPrefix) && strings.HasPrefix(attrs.Alias, conf.Name+"/")
+		ours := isHostVeth(link) && strings.HasPrefix(attrs.Alias, conf.Name+"/")
 		if !ours || valid[attrs.Alias] {
 			continue
 		}
