@@ -3,17 +3,20 @@ package plugin
 import (
 	"encoding/json"
 	"errors"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 
+	"github.com/grapevine-net/grapevine/ipam"
 	"github.com/grapevine-net/grapevine/node/nodestate"
 )
 
@@ -205,4 +208,39 @@ func (l *lab) inHostAdd(list *libcni.NetworkConfigList, rt *libcni.RuntimeConf) 
 		return err
 	})
 	return res, err
+}
+
+// A reservation whose ADD was killed before its veth existed is one no DEL
+// ever comes for under runtimes that never send GC: the agent frees it with
+// ipam.CollectStale and HostVethAttachments, and leaves running pods alone.
+func TestCollectStaleFreesOnlyAddressesOfGonePods(t *testing.T) {
+	l := newLab(t)
+	list := l.conflist("1.1.0")
+	p := l.newPod("running")
+	res := l.mustAdd(list, p)
+	cfg := ipam.Config{Network: l.network, RunDir: l.runDir, DataDir: l.dataDir}
+	alloc, err := ipam.Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	orphan, _, err := alloc.Allocate(netip.MustParsePrefix("10.244.1.0/24"), "c-killed-mid-add", "eth0")
+	alloc.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var live func(types.GCAttachment) bool
+	inNS(t, l.hostNS, func() error {
+		var err error
+		live, err = HostVethAttachments(l.network)
+		return err
+	})
+	// Everything written so far counts as old enough.
+	freed, err := ipam.CollectStale(cfg, time.Now().Add(time.Second), live)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(freed) != 1 || freed[0].Addr != orphan || freed[0].ContainerID != "c-killed-mid-add" {
+		t.Errorf("freed %v, want only %s of c-killed-mid-add", freed, orphan)
+	}
+	l.assertUntouched(p, res)
 }

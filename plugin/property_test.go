@@ -22,6 +22,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/grapevine-net/grapevine/ipam"
 	"github.com/grapevine-net/grapevine/node/nodestate"
 )
 
@@ -64,7 +65,8 @@ type model struct {
 	boxes  []*sandbox
 	dead   []string // container IDs deleted or never added: late requests use them
 	nextID int
-	// gcRan says a GC with the runtime's list ran since the last ADD.
+	// gcRan says a GC with the runtime's list, or the agent's collection,
+	// ran since the last ADD.
 	gcRan bool
 }
 
@@ -157,8 +159,10 @@ func (m *model) run(steps int) {
 			what = m.delForeign()
 		case r < 73:
 			what = m.checkLive()
-		case r < 80:
+		case r < 77:
 			what = m.gc()
+		case r < 80:
+			what = m.collect()
 		case r < 84:
 			what = m.gcWithoutList()
 		case r < 92:
@@ -308,6 +312,24 @@ func (m *model) gc() string {
 	}
 	m.gcRan = true
 	return fmt.Sprintf("GC keeping %d", len(valid))
+}
+
+// collect is the agent's collection for runtimes that never send GC:
+// reservations without a host veth carrying their alias are freed.
+func (m *model) collect() string {
+	var live func(types.GCAttachment) bool
+	inNS(m.t, m.l.hostNS, func() error {
+		var err error
+		live, err = HostVethAttachments(m.l.network)
+		return err
+	})
+	cfg := ipam.Config{Network: m.l.network, RunDir: m.l.runDir, DataDir: m.l.dataDir}
+	// Nothing is in flight between steps: every reservation is old enough.
+	if _, err := ipam.CollectStale(cfg, time.Now().Add(time.Second), live); err != nil {
+		m.t.Errorf("collect: %v", err)
+	}
+	m.gcRan = true
+	return "collect"
 }
 
 // gcWithoutList is a GC without cni.dev/valid-attachments: refused.
