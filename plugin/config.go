@@ -109,10 +109,12 @@ func parseAttachment(containerID, ifName, cniArgs string) (attachment, error) {
 	return a, nil
 }
 
-// HostVethName is the host-side veth's name: the prefix and 13 hex digits of
-// a hash of the pod's identity (its Kubernetes namespace and name when known,
-// else the container ID and interface name). Being derived, not random, lets
-// a retried ADD and a DEL find the link without any stored state.
+// HostVethName is the host-side veth's usual name: the prefix and 13 hex
+// digits of a hash of the pod's identity (its Kubernetes namespace and name
+// when known, else the container ID and interface name). Being derived, not
+// random, lets a retried ADD and a DEL find the link without any stored
+// state. When a link of that name belongs to another attachment, ADD uses
+// the name derived from the container ID and interface (hostVethNames).
 func (a attachment) HostVethName() string {
 	if a.podName == "" {
 		return hostVethNameOf(a.ContainerID + "/" + a.IfName)
