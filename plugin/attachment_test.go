@@ -244,3 +244,22 @@ func TestCollectStaleFreesOnlyAddressesOfGonePods(t *testing.T) {
 	}
 	l.assertUntouched(p, res)
 }
+
+// The same with IPAM delegated to another plugin, which cannot say whether
+// it reserved something new: the running attachment's host veth says so.
+func TestFailedRepeatedAddKeepsTheRunningAttachmentWithDelegatedIPAM(t *testing.T) {
+	l := newLab(t)
+	// grapevine-ipam under another type name is executed like any IPAM.
+	execDir := t.TempDir()
+	if err := os.Symlink(filepath.Join(cniBinDir, ipam.Type), filepath.Join(execDir, "gv-ipam-exec")); err != nil {
+		t.Fatal(err)
+	}
+	l.cni = newCNIConfig([]string{cniBinDir, execDir}, l.cacheDir)
+	list := l.conflistIPAM(`{"type": "gv-ipam-exec", "dataDir": "` + l.dataDir + `"}`)
+	p := l.newPod("live")
+	res := l.mustAdd(list, p)
+	if _, err := l.inHostAdd(list, otherRequest(p, p.rt.ContainerID, "renamed")); err == nil {
+		t.Fatal("repeated ADD with other CNI_ARGS succeeded, want the pod's existing eth0 to stop it")
+	}
+	l.assertUntouched(p, res)
+}
