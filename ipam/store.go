@@ -136,12 +136,16 @@ func (s *store) reserve(addr netip.Addr, containerID, ifName string) (bool, erro
 	return true, nil
 }
 
-// removeTemporaries deletes reservation files a killed writer left
-// half-written. Callers hold the lock, so no live writer has one open.
+// removeTemporaries deletes the temporary files of reservations and of the
+// round-robin marker (atomicfile.Write names them .<file>.tmp-*) that a
+// killed writer left. Callers hold the lock, so
+// no live writer has one open.
 func (s *store) removeTemporaries() {
-	matches, _ := filepath.Glob(filepath.Join(s.dir, tempPrefix+"*"))
-	for _, m := range matches {
-		os.Remove(m)
+	for _, pattern := range []string{tempPrefix + "*", "." + lastReservedFile + ".tmp-*"} {
+		matches, _ := filepath.Glob(filepath.Join(s.dir, pattern))
+		for _, m := range matches {
+			os.Remove(m)
+		}
 	}
 }
 

@@ -223,7 +223,7 @@ func TestKilledAddsLeaveOnlyWholeReservations(t *testing.T) {
 	}
 	entries, _ := os.ReadDir(filepath.Join(e.data, "grapevine"))
 	for _, entry := range entries {
-		if strings.HasPrefix(entry.Name(), tempPrefix) {
+		if strings.HasPrefix(entry.Name(), ".") {
 			t.Errorf("temporary file %s survived the next ADD", entry.Name())
 		}
 	}
