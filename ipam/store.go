@@ -138,8 +138,7 @@ func (s *store) reserve(addr netip.Addr, containerID, ifName string) (bool, erro
 
 // removeTemporaries deletes the temporary files of reservations and of the
 // round-robin marker (atomicfile.Write names them .<file>.tmp-*) that a
-// killed writer left. Callers hold the lock, so
-// no live writer has one open.
+// killed writer left. Callers hold the lock, so no live writer has one open.
 func (s *store) removeTemporaries() {
 	for _, pattern := range []string{tempPrefix + "*", "." + lastReservedFile + ".tmp-*"} {
 		matches, _ := filepath.Glob(filepath.Join(s.dir, pattern))
