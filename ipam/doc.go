@@ -4,7 +4,7 @@
 // Reservations keep containernetworking's host-local on-disk format (one file
 // per address, named by the address and holding the container ID and
 // interface name), so the format is one operators already know; unlike
-// host-local, a reservation is written to a synced temporary file and linked
+// host-local, a reservation is written to a temporary file and linked
 // into place, so a kill leaves it whole or absent. The store's directory lock
 // serialises concurrent plugin processes; a retried ADD for the same
 // container ID and interface gets the address it already holds, and release

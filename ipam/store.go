@@ -11,8 +11,6 @@ import (
 	"time"
 
 	"github.com/containernetworking/plugins/plugins/ipam/host-local/backend/disk"
-
-	"github.com/grapevine-net/grapevine/internal/atomicfile"
 )
 
 // lineBreak separates the container ID from the interface name in a
@@ -102,49 +100,62 @@ func (s *store) list() ([]Reservation, error) {
 
 // reserve writes the reservation of addr for (containerID, ifName) unless
 // addr is taken, and reports whether it did. The contents go to a temporary
-// file first, synced, and become the reservation by a hard link, which fails
-// when the name exists: a kill leaves either no reservation or a whole one,
-// never an empty file that no DEL would match. Callers hold the lock.
+// file first and become the reservation by a hard link, which fails when the
+// name exists: a killed process leaves either no reservation or a whole one,
+// never an empty file that no DEL would match. Nothing is synced: after a
+// power loss the node's pods are gone anyway, and a reservation that lost
+// its contents names no attachment, which GC and CollectStale free. Callers
+// hold the lock.
 func (s *store) reserve(addr netip.Addr, containerID, ifName string) (bool, error) {
 	s.removeTemporaries()
-	tmp, err := os.CreateTemp(s.dir, tempPrefix+"*")
+	tmp, err := s.writeTemporary(strings.TrimSpace(containerID) + lineBreak + ifName)
 	if err != nil {
 		return false, fmt.Errorf("reserve %s: %w", addr, err)
 	}
-	defer os.Remove(tmp.Name())
-	_, err = tmp.WriteString(strings.TrimSpace(containerID) + lineBreak + ifName)
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return false, fmt.Errorf("reserve %s: %w", addr, err)
-	}
-	err = os.Link(tmp.Name(), filepath.Join(s.dir, addr.String()))
+	defer os.Remove(tmp)
+	err = os.Link(tmp, filepath.Join(s.dir, addr.String()))
 	if errors.Is(err, fs.ErrExist) {
 		return false, nil
 	}
 	if err != nil {
 		return false, fmt.Errorf("reserve %s: %w", addr, err)
 	}
-	// Only the round-robin start: a torn write here is read as "none".
-	if err := atomicfile.Write(filepath.Join(s.dir, lastReservedFile), []byte(addr.String()), 0o600); err != nil {
+	// The round-robin start, replaced by a rename; a lost one only makes
+	// the next search start at the block's first address.
+	marker, err := s.writeTemporary(addr.String())
+	if err == nil {
+		err = os.Rename(marker, filepath.Join(s.dir, lastReservedFile))
+	}
+	if err != nil {
 		return true, fmt.Errorf("record %s as the last reserved address: %w", addr, err)
 	}
 	return true, nil
 }
 
-// removeTemporaries deletes the temporary files of reservations and of the
-// round-robin marker (atomicfile.Write names them .<file>.tmp-*) that a
-// killed writer left. Callers hold the lock, so no live writer has one open.
+// writeTemporary writes contents to a new temporary file in the store and
+// returns its path.
+func (s *store) writeTemporary(contents string) (string, error) {
+	tmp, err := os.CreateTemp(s.dir, tempPrefix+"*")
+	if err != nil {
+		return "", err
+	}
+	_, err = tmp.WriteString(contents)
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+		return "", err
+	}
+	return tmp.Name(), nil
+}
+
+// removeTemporaries deletes the temporary files a killed writer left.
+// Callers hold the lock, so no live writer has one open.
 func (s *store) removeTemporaries() {
-	for _, pattern := range []string{tempPrefix + "*", "." + lastReservedFile + ".tmp-*"} {
-		matches, _ := filepath.Glob(filepath.Join(s.dir, pattern))
-		for _, m := range matches {
-			os.Remove(m)
-		}
+	matches, _ := filepath.Glob(filepath.Join(s.dir, tempPrefix+"*"))
+	for _, m := range matches {
+		os.Remove(m)
 	}
 }
 
