@@ -228,3 +228,14 @@ func TestKilledAddsLeaveOnlyWholeReservations(t *testing.T) {
 		}
 	}
 }
+
+func TestBinaryWithGarbledNodeStateSaysTryAgain(t *testing.T) {
+	e := newIPAMEnv(t)
+	if err := os.WriteFile(filepath.Join(e.runDir, "node.json"), []byte(`{"node": "n1", "blo`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := e.run("ADD", "ctr", e.conf(""))
+	wantCode(t, "ADD with a garbled node.json", err, types.ErrTryAgainLater, "node state")
+	_, err = e.run("STATUS", "", e.conf(""))
+	wantCode(t, "STATUS with a garbled node.json", err, types.ErrPluginNotAvailable, "node state")
+}
