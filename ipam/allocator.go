@@ -73,11 +73,12 @@ func (a *Allocator) Allocate(block netip.Prefix, containerID, ifname string) (ad
 		for next := start; ; {
 			if !taken[next] {
 				ok, err := a.store.reserve(next, containerID, ifname)
+				if err != nil {
+					return err
+				}
 				if ok {
 					addr, reserved = next, true
-				}
-				if ok || err != nil {
-					return err
+					return nil
 				}
 			}
 			if next = next.Next(); next.Compare(last) > 0 {

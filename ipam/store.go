@@ -120,14 +120,15 @@ func (s *store) reserve(addr netip.Addr, containerID, ifName string) (bool, erro
 	if err != nil {
 		return false, fmt.Errorf("reserve %s: %w", addr, err)
 	}
-	// The round-robin start, replaced by a rename; a lost one only makes
-	// the next search start at the block's first address.
+	// The round-robin start, replaced by a rename; one lost to a kill only
+	// makes the next search start at the block's first address. Failing to
+	// write it (a full disk) fails the reservation, leaving nothing.
 	marker, err := s.writeTemporary(addr.String())
 	if err == nil {
 		err = os.Rename(marker, filepath.Join(s.dir, lastReservedFile))
 	}
 	if err != nil {
-		return true, fmt.Errorf("record %s as the last reserved address: %w", addr, err)
+		return false, errors.Join(fmt.Errorf("record %s as the last reserved address: %w", addr, err), s.release(addr))
 	}
 	return true, nil
 }
