@@ -83,15 +83,13 @@ func DecodeError(err error) *types.Error {
 
 // ReadNodeState reads node.json from runDir for an ADD: the block may hand
 // out a new address only while the lease in it holds. When the agent has
-// not written a block yet, or its lease has ended, the error is CNI error 11
-// (try again later) saying so.
+// not written a block yet, the file cannot be read or parsed (the agent
+// rewrites it), or the lease has ended, the error is CNI error 11 (try
+// again later) saying so.
 func ReadNodeState(runDir string) (nodestate.State, error) {
 	st, err := nodestate.Read(runDir)
-	if errors.Is(err, nodestate.ErrNotReady) {
-		return st, types.NewError(types.ErrTryAgainLater, err.Error(), "")
-	}
 	if err != nil {
-		return st, types.NewError(types.ErrInternal, err.Error(), "")
+		return st, types.NewError(types.ErrTryAgainLater, err.Error(), "")
 	}
 	if lerr := LeaseHolds(st); lerr != nil {
 		return st, lerr
