@@ -41,6 +41,9 @@ type agent struct {
 	// withdrawn is why each dead or departed member is not routed; see
 	// withdrawals. Only the loop touches it.
 	withdrawn map[string]string
+	// lastPodErr is the last pass's failure to keep the pods' host sides;
+	// see logPodErrors. Only the loop touches it.
+	lastPodErr string
 
 	// synced turns true once the mesh is ready (see mayReconcile). Until
 	// then the agent leaves the kernel and the hand-off files as the previous
@@ -255,6 +258,9 @@ func (a *agent) reconcile(ctx context.Context) statusReport {
 	if err := a.handoff(v); err != nil {
 		a.log.Error("hand-off to the CNI plugin failed", "err", err)
 		ready, reason = false, err.Error()
+	}
+	if why := a.tendPods(ctx, v.Block); why != "" && ready {
+		ready, reason = false, why
 	}
 	return buildStatus(v, a.kept, a.withdrawn, paths, res, ready, reason)
 }
