@@ -297,6 +297,9 @@ func TestIsMasqueradeChange(t *testing.T) {
 		{"another table's rule", nftables.MonitorEvent{Data: &nftables.Rule{Table: &nftables.Table{Family: nftables.TableFamilyIPv4, Name: "other"}}}, false},
 		{"a set", nftables.MonitorEvent{Data: &nftables.Set{Table: ours}}, false},
 		{"unparsed", nftables.MonitorEvent{}, false},
+		{"unparsed rule", nftables.MonitorEvent{Data: (*nftables.Rule)(nil)}, false},
+		{"unparsed chain", nftables.MonitorEvent{Data: (*nftables.Chain)(nil)}, false},
+		{"unparsed table", nftables.MonitorEvent{Data: (*nftables.Table)(nil)}, false},
 	}
 	for _, tt := range tests {
 		if got := isMasqueradeChange(&tt.ev); got != tt.want {

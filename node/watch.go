@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -100,14 +99,19 @@ func isHostRoute(r netlink.Route) bool {
 // isMasqueradeChange reports whether an nftables change touches table ip
 // grapevine.
 func isMasqueradeChange(ev *nftables.MonitorEvent) bool {
+	// A message that failed to parse carries a nil object.
 	var t *nftables.Table
 	switch d := ev.Data.(type) {
 	case *nftables.Table:
 		t = d
 	case *nftables.Chain:
-		t = d.Table
+		if d != nil {
+			t = d.Table
+		}
 	case *nftables.Rule:
-		t = d.Table
+		if d != nil {
+			t = d.Table
+		}
 	}
 	return t != nil && t.Name == NFTTable && t.Family == nftables.TableFamilyIPv4
 }
@@ -163,10 +167,10 @@ func subscribe(ns netns.NsHandle) (*subscription, error) {
 		return nil, err
 	}
 	s.handle, s.linkByIndex = h, h.LinkByIndex
-	if err := s.subscribeNFT(ns); err != nil {
-		s.close()
-		return nil, fmt.Errorf("watch nftables: %w", err)
-	}
+	// Without nftables (a kernel lacking nf_tables) the masquerade cannot
+	// be set up either, and the reconcile says so; the other events still
+	// matter.
+	_ = s.subscribeNFT(ns)
 	return s, nil
 }
 
