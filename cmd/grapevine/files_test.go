@@ -118,3 +118,22 @@ func TestPrepareDir(t *testing.T) {
 		}
 	}
 }
+
+// TestKeygenOut: `keygen --out` writes a key file the agent accepts, and
+// never replaces one.
+func TestKeygenOut(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "gossip.key")
+	if out, err, _ := runCLI(t, "keygen", "--out", path); err != nil || out != "" {
+		t.Fatalf("keygen --out: %q, %v", out, err)
+	}
+	first, err := readGossipKey(path)
+	if err != nil {
+		t.Fatalf("the agent refuses keygen's file: %v", err)
+	}
+	if _, err, _ := runCLI(t, "keygen", "--out", path); err == nil || !strings.Contains(err.Error(), "the file exists") {
+		t.Fatalf("second keygen --out: %v, want a refusal", err)
+	}
+	if again, err := readGossipKey(path); err != nil || string(again) != string(first) {
+		t.Fatalf("the key changed: %v", err)
+	}
+}
