@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
 )
 
 // The host side of a pod, as the CNI plugin wires it:
@@ -82,6 +83,11 @@ type PodSpec struct {
 	// a stray file in the store cannot route a host address to a pod.
 	Pool         netip.Prefix
 	Reservations []Reservation
+	// Settle is how long the passes must have seen a host veth before its
+	// pod's host side is repaired: a younger one may be one the plugin is
+	// still wiring (ADD labels the veth before it routes the pod), and
+	// writing before it would only race it.
+	Settle time.Duration
 }
 
 // PodHost is one pod address and the host veth it is routed through.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"time"
 )
 
 // PodKernel is what the Reconciler asks of the host for the pods' host
@@ -34,6 +35,9 @@ type PodKernel interface {
 type PodResult struct {
 	// Pods counts the pods with a host side to keep.
 	Pods int
+	// Unsettled counts the pods left alone because their veth is younger
+	// than PodSpec.Settle; a pass after Settle looks at them again.
+	Unsettled int
 	// Routes, Neighbours and Sysctls count the writes of this pass.
 	Routes, Neighbours, Sysctls int
 }
@@ -53,6 +57,7 @@ func (r *Reconciler) ReconcilePods(ctx context.Context, spec PodSpec) (PodResult
 	}
 	pods, problems := DesiredPodHosts(spec, veths)
 	res.Pods = len(pods)
+	pods, res.Unsettled = r.settledPods(pods, veths, spec.Settle)
 	if len(pods) == 0 {
 		return res, errors.Join(problems...)
 	}
@@ -94,7 +99,7 @@ func (r *Reconciler) ReconcilePods(ctx context.Context, spec PodSpec) (PodResult
 		}
 		r.metrics.podRepairs.WithLabelValues("route").Inc()
 		res.Routes++
-		r.log.Warn("put back a pod's route", "route", rt.String())
+		r.log.Warn("put back a pod's route", "dst", rt.Dst, "ifindex", rt.LinkIndex)
 	}
 	for _, n := range plan.Neighbours {
 		if err := r.kernel.SetPodNeighbour(n); err != nil {
@@ -117,4 +122,34 @@ func (r *Reconciler) ReconcilePods(ctx context.Context, spec PodSpec) (PodResult
 		r.log.Warn("put back a pod veth's setting", "key", s.Key, "value", s.Value)
 	}
 	return res, errors.Join(problems...)
+}
+
+// vethKey tells a veth from a later one of the same name.
+type vethKey struct {
+	name  string
+	index int
+}
+
+// settledPods keeps the pods whose veth the passes have seen for at least
+// settle, and counts the others. It remembers when each veth was first seen
+// and forgets the veths that are gone.
+func (r *Reconciler) settledPods(pods []PodHost, veths []HostVeth, settle time.Duration) ([]PodHost, int) {
+	now := time.Now()
+	seen := make(map[vethKey]time.Time, len(veths))
+	for _, v := range veths {
+		k := vethKey{v.Name, v.Index}
+		first, ok := r.vethSeen[k]
+		if !ok {
+			first = now
+		}
+		seen[k] = first
+	}
+	r.vethSeen = seen
+	settled := pods[:0:0]
+	for _, p := range pods {
+		if now.Sub(seen[vethKey{p.Veth.Name, p.Veth.Index}]) >= settle {
+			settled = append(settled, p)
+		}
+	}
+	return settled, len(pods) - len(settled)
 }

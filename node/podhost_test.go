@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 var (
@@ -303,5 +304,26 @@ func TestReadReservations(t *testing.T) {
 	}
 	if got, err := ReadReservations(filepath.Join(dir, "missing")); err != nil || got != nil {
 		t.Errorf("missing store: %v, %v; want none and no error", got, err)
+	}
+}
+
+// TestReconcilePodsWaitsForTheirVethToSettle: a pod whose veth the passes
+// have not seen for PodSpec.Settle yet may be one the plugin is still
+// wiring, and is left to it; a later pass repairs it.
+func TestReconcilePodsWaitsForTheirVethToSettle(t *testing.T) {
+	k := NewFakeKernel()
+	a := wireFakePod(k, "gva", resA, macA)
+	k.RemoveRoute(PodHost{resA.Addr, a}.Route())
+	r := NewReconciler(k, nil, nil)
+	spec := podSpec(resA)
+	spec.Settle = time.Hour
+	writes := k.Writes()
+	res, err := r.ReconcilePods(t.Context(), spec)
+	if err != nil || res.Unsettled != 1 || res.Routes != 0 || k.Writes() != writes {
+		t.Fatalf("young veth: %+v, %v, %d writes; want it left alone", res, err, k.Writes()-writes)
+	}
+	spec.Settle = 0
+	if res, err := r.ReconcilePods(t.Context(), spec); err != nil || res.Unsettled != 0 || res.Routes != 1 {
+		t.Fatalf("settled veth: %+v, %v; want its route put back", res, err)
 	}
 }

@@ -52,6 +52,9 @@ type Reconciler struct {
 	// lastPeerErrs is the previous pass's peer errors, so a persistent
 	// error is logged when it appears and when it clears, not every pass.
 	lastPeerErrs map[string]string
+	// vethSeen is when a pass first saw each host veth; see
+	// PodSpec.Settle.
+	vethSeen map[vethKey]time.Time
 }
 
 // NewReconciler returns a Reconciler for k. Metrics are registered with reg

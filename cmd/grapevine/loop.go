@@ -42,8 +42,11 @@ type agent struct {
 	// withdrawals. Only the loop touches it.
 	withdrawn map[string]string
 	// lastPodErr is the last pass's failure to keep the pods' host sides;
-	// see logPodErrors. Only the loop touches it.
+	// see logPodErrors. podRecheck fires when pods too young to repair in
+	// the last pass have settled; nil: none waiting. Only the loop touches
+	// them.
 	lastPodErr string
+	podRecheck <-chan time.Time
 
 	// synced turns true once the mesh is ready (see mayReconcile). Until
 	// then the agent leaves the kernel and the hand-off files as the previous
@@ -208,6 +211,7 @@ func (a *agent) run(ctx context.Context) error {
 		case <-routeChanged:
 		case <-pathChanged:
 		case <-resync.C:
+		case <-a.podRecheck:
 		case <-graceOver:
 		}
 	}

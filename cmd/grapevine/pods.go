@@ -7,11 +7,18 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/grapevine-net/grapevine/ipam"
 	"github.com/grapevine-net/grapevine/node"
 	"github.com/grapevine-net/grapevine/node/nodestate"
 )
+
+// podSettle is how long a host veth must have been seen before the agent
+// repairs its pod's host side: ADD labels the veth first and routes the pod
+// after, in well under this even on a loaded host, and a repair meanwhile
+// would only race the plugin.
+const podSettle = 3 * time.Second
 
 // storeDir is the IPAM store the conflist names: the plugin's reservations
 // for this network.
@@ -28,8 +35,13 @@ func (a *agent) storeDir() string {
 func (a *agent) tendPods(ctx context.Context, block netip.Prefix) string {
 	reservations, readErr := node.ReadReservations(a.storeDir())
 	if readErr == nil {
-		res, err := a.rec.ReconcilePods(ctx, node.PodSpec{Network: node.NetworkName, Pool: a.opts.Pool, Reservations: reservations})
+		spec := node.PodSpec{Network: node.NetworkName, Pool: a.opts.Pool, Reservations: reservations, Settle: podSettle}
+		res, err := a.rec.ReconcilePods(ctx, spec)
 		a.logPodErrors(err)
+		a.podRecheck = nil
+		if res.Unsettled > 0 {
+			a.podRecheck = time.After(podSettle)
+		}
 		if res.Routes+res.Neighbours+res.Sysctls > 0 {
 			a.log.Info("pods' host sides put back", "pods", res.Pods, "routes", res.Routes, "neighbours", res.Neighbours, "settings", res.Sysctls)
 		}
