@@ -22,7 +22,9 @@ const maxKeyFileSize = 1024
 // reads a private key: from a regular file of this user or root that no
 // one else can read or write, and no more of it than a key takes.
 func readGossipKey(path string) ([]byte, error) {
-	f, err := os.Open(path)
+	// O_NONBLOCK: opening a FIFO would otherwise wait for a writer; a
+	// regular file reads as usual.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, fmt.Errorf("gossip key: %w", err)
 	}

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -30,10 +31,15 @@ func TestReadGossipKeyLikeSSH(t *testing.T) {
 			t.Errorf("mode %04o refused: %v", ok, err)
 		}
 	}
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name, path, want string
 	}{
 		{"a device", "/dev/zero", "is not a regular file"},
+		{"a FIFO, which would block an open", fifo, "is not a regular file"},
 		{"a directory", dir, "is not a regular file"},
 		{"too long", write("long", strings.Repeat(key, 100), 0o600), "longer than 1024 bytes"},
 		{"world-readable", write("o+r", key, 0o644), "mode 0644, so group or others can read or write it"},
