@@ -103,7 +103,7 @@ var (
 )
 
 // DesiredPodHosts pairs each reservation with the host veth carrying its
-// attachment's alias. A reservation without a veth is not wired yet (an ADD
+// attachment's alias. A reservation that names no attachment, or without a veth is not wired yet (an ADD
 // under way) or no more (a DEL under way, or a pod that is gone): it has no
 // host side to keep, and no error. A reservation outside the pool, or whose
 // alias two veths carry, is left alone with an error. A veth of another
@@ -121,7 +121,7 @@ func DesiredPodHosts(spec PodSpec, veths []HostVeth) (pods []PodHost, problems [
 		alias := r.Alias(spec.Network)
 		found := byAlias[alias]
 		switch {
-		case len(found) == 0:
+		case r.ContainerID == "" || len(found) == 0:
 			continue
 		case !r.Addr.Is4() || !spec.Pool.Contains(r.Addr):
 			problems = append(problems, fmt.Errorf("pod %s (%s): %w %s", r.Addr, alias, ErrOutsidePool, spec.Pool))

@@ -58,6 +58,9 @@ func TestDesiredPodHosts(t *testing.T) {
 			veths:    []HostVeth{vethA, {Name: "gvz", Index: 13, Alias: vethA.Alias}},
 			problems: []error{ErrAmbiguousVeth}},
 		{name: "nothing reserved, nothing wanted", spec: podSpec(), veths: []HostVeth{vethA}},
+		{name: "a reservation naming no attachment (an ADD killed mid-write) has no host side",
+			spec:  podSpec(Reservation{Addr: addr("10.244.0.9")}),
+			veths: []HostVeth{vethA, {Name: "gvx", Index: 12, Alias: "grapevine//"}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -298,7 +301,7 @@ func TestReadReservations(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []Reservation{resA, resB}
+	want := []Reservation{resA, resB, {Addr: addr("10.244.0.7")}, {Addr: addr("10.244.0.8")}, {Addr: addr("10.244.0.9")}}
 	if !slices.Equal(got, want) {
 		t.Errorf("reservations = %v, want %v", got, want)
 	}

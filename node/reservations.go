@@ -19,9 +19,10 @@ const maxReservationSize = 4096
 // (<state dir>/ipam/<network>): the host-local disk format, one file per
 // address named by it and holding "<container ID>\r\n<ifname>". A missing
 // directory holds none. A file that is not a reservation (the lock, the
-// last-reserved marker, a temporary file) or cannot be one (empty, as an
-// ADD killed mid-write leaves it, or half written) is skipped: it names no
-// attachment whose host side could be kept.
+// last-reserved marker, a temporary file) is skipped. One that names no
+// attachment (empty, as an ADD killed mid-write leaves it, or half written)
+// is listed with an empty ContainerID and IfName: it has no host side to
+// keep, but still holds its address.
 func ReadReservations(dir string) ([]Reservation, error) {
 	entries, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -43,9 +44,11 @@ func ReadReservations(dir string) ([]Reservation, error) {
 		if err != nil {
 			return nil, fmt.Errorf("read address store %s: %w", dir, err)
 		}
-		if r, ok := parseReservation(addr, data); ok {
-			out = append(out, r)
+		r, ok := parseReservation(addr, data)
+		if !ok {
+			r = Reservation{Addr: addr.Unmap()}
 		}
+		out = append(out, r)
 	}
 	return out, nil
 }

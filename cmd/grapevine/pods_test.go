@@ -147,6 +147,7 @@ func TestExhausted(t *testing.T) {
 	}{
 		{"every address reserved", block, reserve(all...), true},
 		{"one free", block, reserve(all[1:]...), false},
+		{"an empty file holds its address too", block, append(reserve(all[1:]...), node.Reservation{Addr: netip.MustParseAddr(all[0])}), true},
 		{"reservations of another block do not count", block, reserve(append(all[1:], "10.244.0.9", "10.244.0.0", "10.244.0.7")...), false},
 		{"no block", netip.Prefix{}, reserve(all...), false},
 		{"empty store", block, nil, false},
