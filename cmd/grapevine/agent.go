@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -255,28 +254,12 @@ func validatePool(pool netip.Prefix, blockSize int) error {
 	return nil
 }
 
-// readGossipKey reads a base64-encoded AES key of 16, 24 or 32 bytes.
-func readGossipKey(path string) ([]byte, error) {
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("gossip key: %w", err)
-	}
-	key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(raw)))
-	if err != nil {
-		return nil, fmt.Errorf("%s: gossip key is not base64 (make one with `grapevine keygen`): %w", path, err)
-	}
-	if len(key) == 0 {
-		return nil, fmt.Errorf("%s: gossip key is empty (make one with `grapevine keygen`)", path)
-	}
-	if err := mesh.CheckSecretKey(key); err != nil {
-		return nil, fmt.Errorf("%s: %w (make one with `grapevine keygen`)", path, err)
-	}
-	return key, nil
-}
-
 // runAgent resolves what the flags left to the host, then runs the agent
 // until ctx ends.
 func runAgent(ctx context.Context, o agentOptions, log *slog.Logger) error {
+	if err := prepareDirs(o); err != nil {
+		return err
+	}
 	uplink, err := node.ResolveUplink(o.Iface, o.HostIP)
 	if err != nil {
 		return fmt.Errorf("find the interface towards the peers: %w (set --iface, --host-ip or both)", err)

@@ -58,6 +58,7 @@ func TestBadInput(t *testing.T) {
 		{[]string{"agent", "--metrics-addr", "9962"}, []string{`--metrics-addr "9962" is not host:port`}},
 		{[]string{"agent", "--host-ip", "10.0.0"}, []string{`--host-ip "10.0.0" is not an IPv4 address`}},
 		{[]string{"agent", "--gossip-key-file", "/nonexistent/gossip.key"}, []string{"gossip key", "/nonexistent/gossip.key", "no such file"}},
+		{[]string{"agent", "--gossip-key-file", "/dev/zero"}, []string{"/dev/zero: gossip key file is not a regular file"}},
 		{[]string{"agent", "--state-dir", "state"}, []string{`--state-dir "state" must be an absolute path`}},
 		{[]string{"agent", "--run-dir", ""}, []string{`--run-dir "" must be an absolute path`}},
 		{[]string{"agent", "--cni-conf-dir", "net.d"}, []string{`--cni-conf-dir "net.d" must be an absolute path`}},

@@ -44,6 +44,12 @@ type agent struct {
 	// withdrawn is why each dead or departed member is not routed; see
 	// withdrawals. Only the loop touches it.
 	withdrawn map[string]string
+	// lastPodErr is the last pass's failure to keep the pods' host sides;
+	// see logPodErrors. podRecheck fires when pods too young to repair in
+	// the last pass have settled; nil: none waiting. Only the loop touches
+	// them.
+	lastPodErr string
+	podRecheck <-chan time.Time
 
 	// synced turns true once the mesh is ready (see mayReconcile). Until
 	// then the agent leaves the kernel and the hand-off files as the previous
@@ -213,6 +219,7 @@ func (a *agent) run(ctx context.Context) error {
 		case <-routeChanged:
 		case <-pathChanged:
 		case <-resync.C:
+		case <-a.podRecheck:
 		case <-graceOver:
 		}
 	}
@@ -263,6 +270,9 @@ func (a *agent) reconcile(ctx context.Context) statusReport {
 	if err := a.handoff(v); err != nil {
 		a.log.Error("hand-off to the CNI plugin failed", "err", err)
 		ready, reason = false, err.Error()
+	}
+	if why := a.tendPods(ctx, v.Block); why != "" && ready {
+		ready, reason = false, why
 	}
 	return buildStatus(v, a.kept, a.withdrawn, paths, res, ready, reason)
 }

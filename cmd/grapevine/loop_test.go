@@ -38,6 +38,17 @@ type testHost struct {
 	cancel context.CancelFunc
 	done   chan error
 	logs   *testWriter
+	// kernelEvents is the agent's watch of the kernel: see kernelChanged.
+	kernelEvents chan struct{}
+}
+
+// kernelChanged tells the agent the kernel changed, as the netlink watch
+// does after an operator's change.
+func (h *testHost) kernelChanged() {
+	select {
+	case h.kernelEvents <- struct{}{}:
+	default:
+	}
 }
 
 func startTestHost(t *testing.T, network *meshtest.Network, dir, name string, i int, kernel *node.FakeKernel, join ...string) *testHost {
@@ -66,7 +77,7 @@ func startWrappedHost(t *testing.T, network *meshtest.Network, dir, name string,
 func startHost(t *testing.T, network *meshtest.Network, dp *fakeDataPath, wrap func(node.Kernel) node.Kernel, kube *fakeKube,
 	dir, name string, i int, kernel *node.FakeKernel, join ...string) *testHost {
 	t.Helper()
-	h := &testHost{name: name, addr: meshtest.HostAddr(i), dir: filepath.Join(dir, name), kernel: kernel}
+	h := &testHost{name: name, addr: meshtest.HostAddr(i), dir: filepath.Join(dir, name), kernel: kernel, kernelEvents: make(chan struct{}, 1)}
 	if h.kernel == nil {
 		h.kernel = node.NewFakeKernel()
 		h.kernel.AddLink("em1", netip.PrefixFrom(h.addr, 8))
@@ -108,7 +119,7 @@ func startHost(t *testing.T, network *meshtest.Network, dp *fakeDataPath, wrap f
 	if wrap != nil {
 		k = wrap(k)
 	}
-	host := hostSide{kernel: k, watchRoutes: func(context.Context) <-chan struct{} { return nil }}
+	host := hostSide{kernel: k, watchRoutes: func(context.Context) <-chan struct{} { return h.kernelEvents }}
 	if kube != nil {
 		host.kubeAPI = kube
 	}
