@@ -130,15 +130,17 @@ func TestReleaseDeletedNode(t *testing.T) {
 		}
 		return err
 	})
-	if got != cBlock {
+	// The leader's reclaim of a dead owner waits for the same lease and
+	// may come first: then the release finds nothing left.
+	if got.IsValid() && got != cBlock {
 		t.Fatalf("ReleaseDeletedNode(c) released %s, want %s", got, cBlock)
 	}
-	t.Logf("released c's block %s %s after its last renewal", got, time.Since(renewed).Round(time.Millisecond))
+	t.Logf("c's block %s freed %s after its last renewal (by the release: %v)", cBlock, time.Since(renewed).Round(time.Millisecond), got.IsValid())
 	if a.Mesh.HasBlock("c") {
 		t.Fatal("c still holds a block after the release")
 	}
-	if n := counter(t, a.Metrics, "grapevine_mesh_releases_total", "record_deleted"); n != 1 {
-		t.Errorf("releases_total{trigger=record_deleted} = %v, want 1", n)
+	if n, want := counter(t, a.Metrics, "grapevine_mesh_releases_total", "record_deleted"), map[bool]float64{true: 1, false: 0}[got.IsValid()]; n != want {
+		t.Errorf("releases_total{trigger=record_deleted} = %v, want %v", n, want)
 	}
 	// The operator's command now says there is nothing to release, at once.
 	if err := a.Mesh.Release(t.Context(), "c"); !errors.Is(err, ledger.ErrUnknownNode) {
