@@ -206,20 +206,28 @@ func cmdStatus(args *skel.CmdArgs) error {
 	return Status(cfg)
 }
 
-// StatusError is nil when node.json in runDir holds a usable block, and CNI
-// error 50 (plugin not available) saying why otherwise.
+// StatusError is nil when node.json in runDir holds a usable block under a
+// lease that holds, and CNI error 50 (plugin not available) saying why
+// otherwise.
 func StatusError(runDir string) error {
-	_, err := nodestate.Read(runDir)
+	st, err := nodestate.Read(runDir)
 	if err != nil {
 		return types.NewError(types.ErrPluginNotAvailable, err.Error(), "")
+	}
+	if lerr := LeaseHolds(st); lerr != nil {
+		return types.NewError(types.ErrPluginNotAvailable, lerr.Msg, "")
 	}
 	return nil
 }
 
 // Status is nil when an ADD could get an address now, and CNI error 50
 // (plugin not available) naming the reason otherwise: node.json holds no
-// usable block, the store cannot be written, or the block is exhausted.
+// usable block, its lease has ended, the store cannot be written, or the
+// block is exhausted.
 func Status(cfg Config) error {
+	if err := StatusError(cfg.RunDir); err != nil {
+		return err
+	}
 	st, err := nodestate.Read(cfg.RunDir)
 	if err != nil {
 		return types.NewError(types.ErrPluginNotAvailable, err.Error(), "")

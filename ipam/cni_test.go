@@ -159,6 +159,8 @@ func TestBinaryAddRefusedOnceLeaseEnded(t *testing.T) {
 		e.writeLeasedNodeState("10.244.3.0/24", -time.Second, edit)
 		_, err := e.run("ADD", "ctr2", e.conf(""))
 		wantCode(t, name+": ADD", err, types.ErrTryAgainLater, "has not renewed its lease on block 10.244.3.0/24 since")
+		_, err = e.run("STATUS", "", e.conf(""))
+		wantCode(t, name+": STATUS", err, types.ErrPluginNotAvailable, "has not renewed its lease")
 	}
 	prev := `, "prevResult": {"cniVersion": "1.1.0", "ips": [{"address": "10.244.3.1/32", "gateway": "169.254.1.1"}]}`
 	if _, err := e.run("CHECK", "ctr1", e.conf(prev)); err != nil {

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/grapevine-net/grapevine/node/nodestate"
 )
 
 func TestAllocateReportsWhetherItReserved(t *testing.T) {
@@ -113,8 +115,12 @@ func TestGCFreesNamelessReservations(t *testing.T) {
 
 func TestStatusSaysWhyNoAddressCanBeHandedOut(t *testing.T) {
 	cfg := testConfig(t)
-	if err := os.WriteFile(filepath.Join(cfg.RunDir, "node.json"),
-		[]byte(`{"node": "n1", "block": "10.244.1.0/30", "pool": "10.244.0.0/16"}`), 0o644); err != nil {
+	lease, err := nodestate.LeaseFromNow(time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nodestate.Write(cfg.RunDir, nodestate.State{Node: "n1", Block: netip.MustParsePrefix("10.244.1.0/30"),
+		Pool: netip.MustParsePrefix("10.244.0.0/16"), Lease: lease}); err != nil {
 		t.Fatal(err)
 	}
 	if err := Status(cfg); err != nil {

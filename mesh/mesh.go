@@ -467,10 +467,15 @@ func (m *Mesh) View() View {
 		if v.Block.IsValid() {
 			v.Lease, v.LeaseRenewed, v.LeaseEndsAt = m.own.lease, m.own.renewed, m.own.endsAt
 		}
-		if v.Ready {
+		switch {
+		case v.Ready:
 			v.Reason = ""
-		} else if v.Block.IsValid() && m.reason == "" {
+		case v.Block.IsValid() && !m.own.lease.IsZero():
+			// Why the lease was not renewed, if a claim said why.
 			v.Reason = "the lease on " + v.Block.String() + " has ended and the ledger's leader has not renewed it; not handing out new addresses from it"
+			if m.reason != "" {
+				v.Reason += " (" + m.reason + ")"
+			}
 		}
 	} else {
 		v.Reason = m.identity

@@ -24,7 +24,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "grapevine_mesh_foreign_members", Help: "Members that belong to another ledger (same gossip key, founded separately); never routed.",
 		}),
 		claims: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "grapevine_mesh_claims_total", Help: "Block claims sent to the ledger, by result: succeeded, restored (restart rule), no_leader, exhausted, identity, error.",
+			Name: "grapevine_mesh_claims_total", Help: "Block claims sent to the ledger, by result: succeeded, renewed (the lease), restored (restart rule), no_leader, exhausted, identity, error.",
 		}, []string{"result"}),
 		fenced: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "grapevine_mesh_fenced_total", Help: "Times this node stopped using a block the ledger no longer assigns to it.",

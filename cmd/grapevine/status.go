@@ -361,7 +361,7 @@ func ago(now, t time.Time) string {
 func releaseCommand() *cli.Command {
 	return &cli.Command{
 		Name:         "release",
-		Usage:        "free a dead node's block at once, cluster-wide (the node must not be alive)",
+		Usage:        "free a dead node's block cluster-wide once its lease has ended (the node must not be alive; says how long is left)",
 		ArgsUsage:    "NODE",
 		Flags:        []cli.Flag{runDirFlag()},
 		OnUsageError: usageError,
