@@ -261,6 +261,14 @@ func TestStableBlocks(t *testing.T) {
 		if err := a.Mesh.Release(context.Background(), "b"); err == nil {
 			t.Fatal("released the block of a live node")
 		}
+		// d may have replaced the dead c as a voter: kill it only once c
+		// has left the configuration, so the ledger keeps its majority.
+		waitFor(t, "the ledger to vote without c", 30*time.Second, func() error {
+			if info := a.Mesh.View().Ledger; info.Leader == "" || slices.Contains(info.Voters, "c") {
+				return fmt.Errorf("leader %q, voters %v", info.Leader, info.Voters)
+			}
+			return nil
+		})
 		if err := c.Kill("d"); err != nil {
 			t.Fatal(err)
 		}

@@ -1,15 +1,15 @@
 package nodestate
 
 import (
-	"strings"
-	"time"
-
 	"errors"
-	"github.com/grapevine-net/grapevine/internal/hostclock"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
+
+	"github.com/grapevine-net/grapevine/internal/hostclock"
 )
 
 func TestWriteReadRoundTrip(t *testing.T) {
