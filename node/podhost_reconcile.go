@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io/fs"
 	"time"
+
+	"github.com/grapevine-net/grapevine/internal/hostveth"
 )
 
 // PodKernel is what the Reconciler asks of the host for the pods' host
@@ -76,7 +78,7 @@ func (r *Reconciler) ReconcilePods(ctx context.Context, spec PodSpec) (PodResult
 			continue
 		}
 		seen[p.Veth.Name] = true
-		for _, s := range HostVethSysctls(p.Veth.Name) {
+		for _, s := range hostveth.Sysctls(p.Veth.Name) {
 			v, err := r.kernel.Sysctl(s.Key)
 			switch {
 			case err == nil:

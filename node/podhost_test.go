@@ -4,12 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/grapevine-net/grapevine/internal/hostveth"
 )
 
 var (
@@ -89,7 +89,7 @@ func checkProblems(t *testing.T, got, want []error) {
 func wiredSysctls(vs ...HostVeth) map[string]string {
 	m := make(map[string]string)
 	for _, v := range vs {
-		for _, s := range HostVethSysctls(v.Name) {
+		for _, s := range hostveth.Sysctls(v.Name) {
 			m[s.Key] = s.Value
 		}
 	}
@@ -108,8 +108,8 @@ func TestPlanPodHosts(t *testing.T) {
 		delete(m, key)
 		return m
 	}
-	proxyARP := HostVethSysctls(vethA.Name)[0]
-	acceptRA := HostVethSysctls(vethA.Name)[3]
+	proxyARP := hostveth.Sysctls(vethA.Name)[0]
+	acceptRA := hostveth.Sysctls(vethA.Name)[3]
 	unknownMAC := vethA
 	unknownMAC.PodMAC = MAC{}
 	tests := []struct {
@@ -180,7 +180,7 @@ func TestPlanPodHosts(t *testing.T) {
 
 // wireFakePod wires r's pod in k as the plugin does and returns its veth.
 func wireFakePod(k *FakeKernel, name string, r Reservation, mac MAC) HostVeth {
-	alias := r.Alias(NetworkName)
+	alias := hostveth.Alias(NetworkName, r.ContainerID, r.IfName)
 	l := k.WirePod(name, alias, r.Addr, mac)
 	return HostVeth{Name: name, Index: l.Index, Alias: alias, PodMAC: mac}
 }
@@ -240,7 +240,7 @@ func checkFakePod(t *testing.T, k *FakeKernel, v HostVeth, ip netip.Addr) {
 	if n, ok := k.PodNeighbour(v.Index, ip); !ok || !n.Permanent || n.MAC != v.PodMAC {
 		t.Errorf("neighbour of %s on %s = %+v (found %v), want PERMANENT %s", ip, v.Name, n, ok, v.PodMAC)
 	}
-	for _, s := range HostVethSysctls(v.Name) {
+	for _, s := range hostveth.Sysctls(v.Name) {
 		if got, err := k.Sysctl(s.Key); err != nil || got != s.Value {
 			t.Errorf("%s = %q (%v), want %q", s.Key, got, err, s.Value)
 		}
@@ -274,39 +274,6 @@ func TestReconcilePodsErrors(t *testing.T) {
 		if fr.Dst == pfx("10.244.0.7/32") || fr.Dst == pfx("192.168.7.7/32") {
 			t.Errorf("routed %s, which is not this network's pod", fr.Route)
 		}
-	}
-}
-
-func TestReadReservations(t *testing.T) {
-	dir := t.TempDir()
-	files := map[string]string{
-		"10.244.0.5":         "aaa\r\neth0",
-		"10.244.0.6":         "  bbb \r\neth0", // host-local trims the ID it compares
-		"10.244.0.7":         "",               // an ADD killed before writing
-		"10.244.0.8":         "ccc\r\n",        // half written
-		"10.244.0.9":         "ddd",
-		"lock":               "",
-		"last_reserved_ip.0": "10.244.0.6",
-		".10.244.0.10.tmp-1": "eee\r\neth0",
-	}
-	for name, data := range files {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := os.Mkdir(filepath.Join(dir, "10.244.0.11"), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	got, err := ReadReservations(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := []Reservation{resA, resB, {Addr: addr("10.244.0.7")}, {Addr: addr("10.244.0.8")}, {Addr: addr("10.244.0.9")}}
-	if !slices.Equal(got, want) {
-		t.Errorf("reservations = %v, want %v", got, want)
-	}
-	if got, err := ReadReservations(filepath.Join(dir, "missing")); err != nil || got != nil {
-		t.Errorf("missing store: %v, %v; want none and no error", got, err)
 	}
 }
 

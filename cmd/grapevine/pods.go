@@ -20,11 +20,14 @@ import (
 // would only race the plugin.
 const podSettle = 3 * time.Second
 
-// storeDir is the IPAM store the conflist names: the plugin's reservations
+// ipamStore is the IPAM store the conflist names: the plugin's reservations
 // for this network.
-func (a *agent) storeDir() string {
-	return filepath.Join(nodestate.IPAMDataDir(a.opts.StateDir), node.NetworkName)
+func (a *agent) ipamStore() ipam.Config {
+	return ipam.Config{Network: node.NetworkName, DataDir: nodestate.IPAMDataDir(a.opts.StateDir)}
 }
+
+// storeDir is ipamStore's directory.
+func (a *agent) storeDir() string { return a.ipamStore().StoreDir() }
 
 // tendPods puts back the pods' host sides (see node.Reconciler.ReconcilePods)
 // and says why an ADD could not succeed now, "" when it could: the state
@@ -33,7 +36,7 @@ func (a *agent) storeDir() string {
 // changes, and does not make the node unready: other pods still can be
 // added.
 func (a *agent) tendPods(ctx context.Context, block netip.Prefix) string {
-	reservations, readErr := node.ReadReservations(a.storeDir())
+	reservations, readErr := ipam.ReadReservations(a.ipamStore())
 	if readErr == nil {
 		spec := node.PodSpec{Network: node.NetworkName, Pool: a.opts.Pool, Reservations: reservations, Settle: podSettle}
 		res, err := a.rec.ReconcilePods(ctx, spec)

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/grapevine-net/grapevine/internal/hostveth"
 	"github.com/grapevine-net/grapevine/mesh/meshtest"
 	"github.com/grapevine-net/grapevine/node"
 )
@@ -55,7 +56,7 @@ func TestAgentLoopRepairsPods(t *testing.T) {
 	res := node.Reservation{Addr: podIP, ContainerID: "c0ffee", IfName: "eth0"}
 	h.reserve(t, res)
 	mac := node.MAC{0x02, 0x42, 0, 0, 0, 1}
-	veth := h.kernel.WirePod("gv0000000000001", res.Alias(node.NetworkName), podIP, mac)
+	veth := h.kernel.WirePod("gv0000000000001", hostveth.Alias(node.NetworkName, res.ContainerID, res.IfName), podIP, mac)
 	route := node.Route{Dst: netip.PrefixFrom(podIP, 32), LinkIndex: veth.Index}
 	hasRoute := func() error {
 		if !slices.ContainsFunc(h.kernel.Table(), func(r node.FakeRoute) bool { return r.Route == route }) {
