@@ -42,6 +42,11 @@ type PodResult struct {
 	Unsettled int
 	// Routes, Neighbours and Sysctls count the writes of this pass.
 	Routes, Neighbours, Sysctls int
+	// Veths is the network's host veths as this pass listed them, and
+	// VethsListed says whether it could list them: only a listing tells
+	// which attachments are gone (see ipam.CollectStale).
+	Veths       []HostVeth
+	VethsListed bool
 }
 
 // ReconcilePods runs one pass over the pods' host sides: list the host
@@ -57,6 +62,7 @@ func (r *Reconciler) ReconcilePods(ctx context.Context, spec PodSpec) (PodResult
 	if err != nil {
 		return res, fmt.Errorf("pods: %w", err)
 	}
+	res.Veths, res.VethsListed = veths, true
 	pods, problems := DesiredPodHosts(spec, veths)
 	res.Pods = len(pods)
 	pods, res.Unsettled = r.settledPods(pods, veths, spec.Settle)

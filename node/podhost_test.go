@@ -297,3 +297,26 @@ func TestReconcilePodsWaitsForTheirVethToSettle(t *testing.T) {
 		t.Fatalf("settled veth: %+v, %v; want its route put back", res, err)
 	}
 }
+
+// TestReconcilePodsReportsTheVethsItListed: the agent tells gone pods from
+// the pass's listing, so a pass that could not list says so rather than
+// reporting no veths.
+func TestReconcilePodsReportsTheVethsItListed(t *testing.T) {
+	k := NewFakeKernel()
+	a := wireFakePod(k, "gva", resA, macA)
+	k.AddHostVeth("gvx", "other/ccc/eth0", macB)
+	r := NewReconciler(k, nil, nil)
+	res, err := r.ReconcilePods(t.Context(), podSpec(resA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.VethsListed || !slices.Equal(res.Veths, []HostVeth{a}) {
+		t.Errorf("veths = %+v (listed %v), want %+v", res.Veths, res.VethsListed, a)
+	}
+
+	k.InjectError(OpPod, netip.Prefix{}, errors.New("injected"))
+	res, err = r.ReconcilePods(t.Context(), podSpec(resA))
+	if err == nil || res.VethsListed || res.Veths != nil {
+		t.Errorf("failed listing: %+v, %v; want an error and no listing", res, err)
+	}
+}
