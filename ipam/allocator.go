@@ -61,8 +61,11 @@ func (a *Allocator) Allocate(block netip.Prefix, containerID, ifname string) (ad
 		taken := make(map[netip.Addr]bool, len(all))
 		for _, r := range all {
 			if r.names(containerID, ifname) && block.Contains(r.Addr) {
+				// A repeated ADD replaces the attachment's veth; renewed,
+				// the reservation is spared by CollectStale while the
+				// veth is missing, however long ago it was first made.
 				addr = r.Addr
-				return nil
+				return a.store.touch(addr)
 			}
 			taken[r.Addr] = true
 		}
@@ -161,8 +164,8 @@ func (a *Allocator) GC(valid []types.GCAttachment) error {
 		// container's keeps it.
 		listed[types.GCAttachment{ContainerID: id}] = true
 	}
-	err := a.collect(time.Time{}, func(r Reservation) bool {
-		return listed[types.GCAttachment{ContainerID: r.ContainerID, IfName: r.IfName}]
+	err := a.collect(func(r Reservation) bool {
+		return r.ContainerID == "" || !listed[types.GCAttachment{ContainerID: r.ContainerID, IfName: r.IfName}]
 	}, nil)
 	if err != nil {
 		return fmt.Errorf("garbage-collect address store: %w", err)
@@ -182,7 +185,9 @@ func (a *Allocator) GC(valid []types.GCAttachment) error {
 // past errors.
 //
 // CollectStale is meant for the agent, which calls it periodically; it
-// takes the store's lock like every plugin process.
+// takes the store's lock like every plugin process. A caller that has read
+// the store without the lock (ReadReservations) can tell with Stale whether
+// a call would free anything.
 func CollectStale(cfg Config, cutoff time.Time, live func(types.GCAttachment) bool) ([]Reservation, error) {
 	alloc, err := Open(cfg)
 	if err != nil {
@@ -190,16 +195,23 @@ func CollectStale(cfg Config, cutoff time.Time, live func(types.GCAttachment) bo
 	}
 	defer alloc.Close()
 	var freed []Reservation
-	err = alloc.collect(cutoff, func(r Reservation) bool {
-		return live(types.GCAttachment{ContainerID: r.ContainerID, IfName: r.IfName})
-	}, &freed)
+	err = alloc.collect(func(r Reservation) bool { return r.Stale(cutoff, live) }, &freed)
 	return freed, err
 }
 
-// collect frees every reservation written before cutoff (any, when cutoff is
-// zero) that names no attachment or whose attachment keep rejects, appending
-// what it freed to freed when that is not nil.
-func (a *Allocator) collect(cutoff time.Time, keep func(Reservation) bool, freed *[]Reservation) error {
+// Stale reports whether CollectStale(cfg, cutoff, live) frees r: r was
+// written before cutoff and names no attachment, or one live says is gone.
+// It is pure.
+func (r Reservation) Stale(cutoff time.Time, live func(types.GCAttachment) bool) bool {
+	if !r.Written.Before(cutoff) {
+		return false
+	}
+	return r.ContainerID == "" || !live(types.GCAttachment{ContainerID: r.ContainerID, IfName: r.IfName})
+}
+
+// collect frees every reservation free selects, appending what it freed to
+// freed when that is not nil.
+func (a *Allocator) collect(free func(Reservation) bool, freed *[]Reservation) error {
 	return a.locked(func() error {
 		all, err := a.store.list()
 		if err != nil {
@@ -207,10 +219,7 @@ func (a *Allocator) collect(cutoff time.Time, keep func(Reservation) bool, freed
 		}
 		var errs []error
 		for _, r := range all {
-			if !cutoff.IsZero() && !r.Written.Before(cutoff) {
-				continue
-			}
-			if r.ContainerID != "" && keep(r) {
+			if !free(r) {
 				continue
 			}
 			if err := a.store.release(r.Addr); err != nil {

@@ -10,7 +10,8 @@
 // container ID and interface gets the address it already holds, and release
 // frees only reservations naming the caller's container ID and interface.
 // CollectStale frees reservations whose attachment is gone, for the agent to
-// call where runtimes never send GC.
+// call where runtimes never send GC; ReadReservations lists the store for
+// the agent without its lock, so the format is read in one place.
 //
 // The package serves two callers: the standalone grapevine-ipam binary (Funcs,
 // for standard CNI IPAM delegation) and grapevine-cni, which calls Allocator

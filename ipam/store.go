@@ -3,6 +3,7 @@ package ipam
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net/netip"
 	"os"
@@ -66,11 +67,24 @@ func openStore(dir string) (*store, error) {
 	return &store{dir: dir, lock: lock}, nil
 }
 
+// maxReservationSize bounds what is read of one reservation file: a
+// container ID and an interface name take well under this.
+const maxReservationSize = 4096
+
 // list returns every reservation in the store. Callers hold the lock.
 func (s *store) list() ([]Reservation, error) {
-	entries, err := os.ReadDir(s.dir)
+	return listReservations(s.dir)
+}
+
+// listReservations reads every reservation in dir. Files that are not
+// reservations (the lock, the last-reserved marker, temporary files) are
+// skipped. It needs no lock to see each reservation whole, since every one
+// appears by a link; without the lock the listing may be out of date by the
+// time it returns.
+func listReservations(dir string) ([]Reservation, error) {
+	entries, err := os.ReadDir(dir)
 	if err != nil {
-		return nil, fmt.Errorf("list %s: %w", s.dir, err)
+		return nil, fmt.Errorf("list %s: %w", dir, err)
 	}
 	var out []Reservation
 	for _, e := range entries {
@@ -78,9 +92,9 @@ func (s *store) list() ([]Reservation, error) {
 		if err != nil || !e.Type().IsRegular() {
 			continue
 		}
-		data, err := os.ReadFile(filepath.Join(s.dir, e.Name()))
+		data, err := readLimited(filepath.Join(dir, e.Name()), maxReservationSize)
 		if errors.Is(err, fs.ErrNotExist) {
-			continue // released by a process that does not take the lock
+			continue // released since the listing
 		}
 		if err != nil {
 			return nil, fmt.Errorf("read reservation %s: %w", addr, err)
@@ -90,12 +104,47 @@ func (s *store) list() ([]Reservation, error) {
 			r.Written = info.ModTime()
 		}
 		id, ifName, _ := strings.Cut(strings.TrimSpace(string(data)), lineBreak)
-		if id != "" {
+		if id = strings.TrimSpace(id); id != "" {
 			r.ContainerID, r.IfName = id, ifName
 		}
 		out = append(out, r)
 	}
 	return out, nil
+}
+
+// readLimited reads at most limit bytes of the file at path.
+func readLimited(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, limit))
+}
+
+// ReadReservations lists the reservations in cfg's store without taking its
+// lock or creating it, for readers that change nothing (the agent, which
+// keeps the pods' host sides and watches the block fill up). A missing store
+// holds none. A reservation that names no attachment is listed with an
+// empty ContainerID: it holds its address all the same.
+func ReadReservations(cfg Config) ([]Reservation, error) {
+	rs, err := listReservations(cfg.StoreDir())
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read address store: %w", err)
+	}
+	return rs, nil
+}
+
+// touch marks the reservation of addr as written now. Callers hold the lock.
+func (s *store) touch(addr netip.Addr) error {
+	now := time.Now()
+	if err := os.Chtimes(filepath.Join(s.dir, addr.String()), now, now); err != nil {
+		return fmt.Errorf("renew reservation %s: %w", addr, err)
+	}
+	return nil
 }
 
 // reserve writes the reservation of addr for (containerID, ifName) unless

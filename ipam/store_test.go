@@ -99,6 +99,93 @@ func TestCollectStaleFreesGoneAndNamelessReservations(t *testing.T) {
 	}
 }
 
+// TestRepeatedAllocateRenewsReservation: a repeated ADD replaces the
+// attachment's host veth, so for a moment the veth is missing while its
+// reservation is old; the renewed reservation is spared by CollectStale.
+func TestRepeatedAllocateRenewsReservation(t *testing.T) {
+	cfg := testConfig(t)
+	a := newAllocator(t, cfg)
+	writeRaw(t, cfg, "10.244.1.1", "ctr\r\neth0", time.Hour)
+	addr, reserved, err := a.Allocate(netip.MustParsePrefix("10.244.1.0/24"), "ctr", "eth0")
+	if err != nil || reserved || addr.String() != "10.244.1.1" {
+		t.Fatalf("repeated Allocate = %s, reserved %v, %v; want 10.244.1.1 held already", addr, reserved, err)
+	}
+	noVeth := func(types.GCAttachment) bool { return false }
+	freed, err := CollectStale(cfg, time.Now().Add(-time.Minute), noVeth)
+	if err != nil || len(freed) != 0 {
+		t.Errorf("CollectStale right after a repeated ADD freed %v, %v; want nothing", freed, err)
+	}
+}
+
+func TestReadReservations(t *testing.T) {
+	cfg := testConfig(t)
+	dir := cfg.StoreDir()
+	if got, err := ReadReservations(cfg); err != nil || got != nil {
+		t.Errorf("missing store: %v, %v; want none and no error", got, err)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("reading created the store (%v)", err)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	files := map[string]string{
+		"10.244.0.5":         "aaa\r\neth0",
+		"10.244.0.6":         "  bbb \r\neth0", // host-local trims the ID it compares
+		"10.244.0.7":         "",               // a version that wrote in place, killed
+		"10.244.0.9":         "ddd",            // host-local before it recorded interfaces
+		"10.244.0.10":        "eee\r\n" + strings.Repeat("x", 2*maxReservationSize),
+		"lock":               "",
+		lastReservedFile:     "10.244.0.6",
+		tempPrefix + "12345": "fff\r\neth0",
+	}
+	for name, data := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Mkdir(filepath.Join(dir, "10.244.0.11"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	got, err := ReadReservations(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var desc []string
+	for _, r := range got {
+		if r.Written.IsZero() {
+			t.Errorf("%s: no time written", r.Addr)
+		}
+		desc = append(desc, fmt.Sprintf("%s=%s/%d", r.Addr, r.ContainerID, len(r.IfName)))
+	}
+	want := []string{"10.244.0.10=eee/" + fmt.Sprint(maxReservationSize-len("eee\r\n")), "10.244.0.5=aaa/4", "10.244.0.6=bbb/4", "10.244.0.7=/0", "10.244.0.9=ddd/0"}
+	if !slices.Equal(desc, want) {
+		t.Errorf("reservations = %q, want %q", desc, want)
+	}
+}
+
+func TestReservationStale(t *testing.T) {
+	now := time.Now()
+	cutoff := now.Add(-time.Minute)
+	live := func(a types.GCAttachment) bool { return a.ContainerID == "live" }
+	for _, tt := range []struct {
+		name string
+		r    Reservation
+		want bool
+	}{
+		{"gone, old", Reservation{ContainerID: "gone", IfName: "eth0", Written: now.Add(-time.Hour)}, true},
+		{"gone, written after the cutoff", Reservation{ContainerID: "gone", IfName: "eth0", Written: now}, false},
+		{"gone, written at the cutoff", Reservation{ContainerID: "gone", IfName: "eth0", Written: cutoff}, false},
+		{"live, old", Reservation{ContainerID: "live", IfName: "eth0", Written: now.Add(-time.Hour)}, false},
+		{"nameless, old", Reservation{Written: now.Add(-time.Hour)}, true},
+		{"nameless, new", Reservation{Written: now}, false},
+	} {
+		if got := tt.r.Stale(cutoff, live); got != tt.want {
+			t.Errorf("%s: Stale = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}
+
 func TestGCFreesNamelessReservations(t *testing.T) {
 	cfg := testConfig(t)
 	a := newAllocator(t, cfg)

@@ -19,7 +19,9 @@
 // carrying RouteProtocol and the device named TunnelName (when it is a VXLAN
 // device) with what is on it are ever replaced or deleted; a route or device
 // of anyone else's is left alone, even where it blocks one of ours. A pod's
-// host side is known from the IPAM store's reservations (ReadReservations)
-// and the host veths' aliases, paired by DesiredPodHosts and compared with
-// the kernel by PlanPodHosts, both pure.
+// host side is known from the IPAM store's reservations, which it is handed
+// as package ipam reads them (PodSpec), and the host veths' aliases, paired
+// by DesiredPodHosts and compared with the kernel by PlanPodHosts, both
+// pure. The alias format and the host veth's settings are the plugin's and
+// node's alike (package internal/hostveth); node never writes the IPAM store.
 package node

@@ -8,13 +8,16 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/grapevine-net/grapevine/internal/hostveth"
+	"github.com/grapevine-net/grapevine/ipam"
 )
 
 // The host side of a pod, as the CNI plugin wires it:
 //
 //	<pod IP> dev <host veth> scope link
 //	<pod IP> dev <host veth> lladdr <pod MAC> PERMANENT
-//	net.ipv4.conf.<host veth>.proxy_arp=1 (and the rest of HostVethSysctls)
+//	net.ipv4.conf.<host veth>.proxy_arp=1 (and the rest of hostveth.Sysctls)
 //
 // The agent keeps it that way: what each pod should have comes from the IPAM
 // store (an address and the attachment holding it) and the host veths'
@@ -23,24 +26,14 @@ import (
 // is ever deleted: a pod's host side goes with its veth, at the plugin's DEL.
 
 // Reservation is one address of the IPAM store and the attachment holding
-// it: the container ID and the interface name in the pod.
-type Reservation struct {
-	Addr        netip.Addr
-	ContainerID string
-	IfName      string
-}
-
-// Alias is the link alias the plugin gives the host veth of the
-// reservation's attachment on network: <network>/<container ID>/<ifname>.
-func (r Reservation) Alias(network string) string {
-	return network + "/" + r.ContainerID + "/" + r.IfName
-}
+// it, as package ipam reads it (ipam.ReadReservations).
+type Reservation = ipam.Reservation
 
 // HostVeth is a host-side veth as the kernel shows it.
 type HostVeth struct {
 	Name  string
 	Index int
-	// Alias names the attachment the veth belongs to (Reservation.Alias).
+	// Alias names the attachment the veth belongs to (hostveth.Alias).
 	Alias string
 	// PodMAC is the MAC of the veth's other end, the pod's interface;
 	// zero when the kernel would not tell.
@@ -55,24 +48,7 @@ type PodNeighbour struct {
 
 // Sysctl is one setting under /proc/sys, by its path there
 // (net/ipv4/conf/gv1234/proxy_arp).
-type Sysctl struct {
-	Key, Value string
-	// Optional settings are skipped where the kernel lacks them (IPv6
-	// disabled).
-	Optional bool
-}
-
-// HostVethSysctls are the settings the plugin gives every host veth (see
-// package plugin): answer ARP for the gateway address by proxy at once,
-// route what the pod sends, ignore router advertisements.
-func HostVethSysctls(veth string) []Sysctl {
-	return []Sysctl{
-		{Key: "net/ipv4/conf/" + veth + "/proxy_arp", Value: "1"},
-		{Key: "net/ipv4/neigh/" + veth + "/proxy_delay", Value: "0"},
-		{Key: "net/ipv4/conf/" + veth + "/forwarding", Value: "1"},
-		{Key: "net/ipv6/conf/" + veth + "/accept_ra", Value: "0", Optional: true},
-	}
-}
+type Sysctl = hostveth.Sysctl
 
 // PodSpec is where the pods' host sides come from.
 type PodSpec struct {
@@ -118,7 +94,7 @@ func DesiredPodHosts(spec PodSpec, veths []HostVeth) (pods []PodHost, problems [
 		}
 	}
 	for _, r := range spec.Reservations {
-		alias := r.Alias(spec.Network)
+		alias := hostveth.Alias(spec.Network, r.ContainerID, r.IfName)
 		found := byAlias[alias]
 		switch {
 		case r.ContainerID == "" || len(found) == 0:
@@ -163,7 +139,7 @@ var ErrPodMACUnknown = errors.New("the pod side's MAC is unknown")
 
 // PlanPodHosts compares the pods' host sides with the kernel's: routes are
 // the main table's /32 routes (PodRoutes), neighs the IPv4 neighbour
-// entries, sysctls the current values of the pods' HostVethSysctls (an
+// entries, sysctls the current values of the pods' hostveth.Sysctls (an
 // optional one the kernel lacks is absent). A pod's route is right when the
 // slot with metric 0 leads to its veth with no gateway; its neighbour entry
 // when it is PERMANENT on its veth with the pod side's MAC. A pod whose
@@ -205,7 +181,7 @@ func PlanPodHosts(pods []PodHost, routes []Route, neighs []PodNeighbour, sysctls
 			continue
 		}
 		sysctlsDone[p.Veth.Name] = true
-		for _, s := range HostVethSysctls(p.Veth.Name) {
+		for _, s := range hostveth.Sysctls(p.Veth.Name) {
 			v, ok := sysctls[s.Key]
 			if (ok || !s.Optional) && v != s.Value {
 				plan.Sysctls = append(plan.Sysctls, s)

@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+
+	"github.com/grapevine-net/grapevine/internal/hostveth"
 )
 
 // OpPod names PodKernel's operations for FakeKernel.InjectError.
@@ -22,7 +24,7 @@ type fakeNeighKey struct {
 	ip   netip.Addr
 }
 
-// defaultVethSysctls are a new veth's values of HostVethSysctls' settings,
+// defaultVethSysctls are a new veth's values of hostveth.Sysctls' settings,
 // before the plugin sets them.
 var defaultVethSysctls = map[string]string{"proxy_arp": "0", "proxy_delay": "80", "forwarding": "0", "accept_ra": "1"}
 
@@ -34,7 +36,7 @@ func (f *FakeKernel) AddHostVeth(name, alias string, podMAC MAC) Link {
 	defer f.mu.Unlock()
 	f.initPods()
 	f.veths[name] = fakeVeth{alias: alias, podMAC: podMAC}
-	for _, s := range HostVethSysctls(name) {
+	for _, s := range hostveth.Sysctls(name) {
 		f.sysctls[s.Key] = defaultVethSysctls[s.Key[strings.LastIndexByte(s.Key, '/')+1:]]
 	}
 	return l
@@ -46,7 +48,7 @@ func (f *FakeKernel) WirePod(veth, alias string, addr netip.Addr, podMAC MAC) Li
 	l := f.AddHostVeth(veth, alias, podMAC)
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	for _, s := range HostVethSysctls(veth) {
+	for _, s := range hostveth.Sysctls(veth) {
 		f.sysctls[s.Key] = s.Value
 	}
 	r := Route{Dst: netip.PrefixFrom(addr, 32), LinkIndex: l.Index}

@@ -11,6 +11,9 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/grapevine-net/grapevine/internal/hostveth"
+	"github.com/grapevine-net/grapevine/ipam"
 )
 
 // testPod is a pod wired into host as the CNI plugin wires one: a veth with
@@ -31,7 +34,7 @@ func wireTestPod(t *testing.T, host *testNS, k *NetlinkKernel, vethName string, 
 		t.Fatal(err)
 	}
 	defer podFd.Close()
-	alias := res.Alias(NetworkName)
+	alias := hostveth.Alias(NetworkName, res.ContainerID, res.IfName)
 	veth := &netlink.Veth{
 		LinkAttrs:     netlink.LinkAttrs{Name: vethName, HardwareAddr: net.HardwareAddr{0xee, 0xee, 0xee, 0xee, 0xee, 0xee}},
 		PeerName:      "eth0",
@@ -54,7 +57,7 @@ func wireTestPod(t *testing.T, host *testNS, k *NetlinkKernel, vethName string, 
 	var podMAC MAC
 	copy(podMAC[:], eth0.Attrs().HardwareAddr)
 
-	for _, s := range HostVethSysctls(vethName) {
+	for _, s := range hostveth.Sysctls(vethName) {
 		if err := k.SetSysctl(s); err != nil && !s.Optional {
 			t.Fatal(err)
 		}
@@ -70,16 +73,20 @@ func wireTestPod(t *testing.T, host *testNS, k *NetlinkKernel, vethName string, 
 	return testPod{res: res, veth: hv, podMAC: podMAC}
 }
 
-// writeStore writes rs into an IPAM store directory as host-local does.
-func writeStore(t *testing.T, rs ...Reservation) string {
+// writeStore writes rs into a new IPAM store as host-local does and returns
+// the store.
+func writeStore(t *testing.T, rs ...Reservation) ipam.Config {
 	t.Helper()
-	dir := t.TempDir()
+	store := ipam.Config{Network: NetworkName, DataDir: t.TempDir()}
+	if err := os.Mkdir(store.StoreDir(), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	for _, r := range rs {
-		if err := os.WriteFile(filepath.Join(dir, r.Addr.String()), []byte(r.ContainerID+"\r\n"+r.IfName), 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(store.StoreDir(), r.Addr.String()), []byte(r.ContainerID+"\r\n"+r.IfName), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
-	return dir
+	return store
 }
 
 // ipLines runs `ip -n <ns> args...` and returns its lines.
@@ -149,10 +156,10 @@ func TestNetlinkPodHostRepaired(t *testing.T) {
 	}
 }
 
-// readStore is ReadReservations failing the test on an error.
-func readStore(t *testing.T, dir string) []Reservation {
+// readStore is ipam.ReadReservations failing the test on an error.
+func readStore(t *testing.T, store ipam.Config) []Reservation {
 	t.Helper()
-	rs, err := ReadReservations(dir)
+	rs, err := ipam.ReadReservations(store)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io/fs"
 	"time"
+
+	"github.com/grapevine-net/grapevine/internal/hostveth"
 )
 
 // PodKernel is what the Reconciler asks of the host for the pods' host
@@ -40,6 +42,11 @@ type PodResult struct {
 	Unsettled int
 	// Routes, Neighbours and Sysctls count the writes of this pass.
 	Routes, Neighbours, Sysctls int
+	// Veths is the network's host veths as this pass listed them, and
+	// VethsListed says whether it could list them: only a listing tells
+	// which attachments are gone (see ipam.CollectStale).
+	Veths       []HostVeth
+	VethsListed bool
 }
 
 // ReconcilePods runs one pass over the pods' host sides: list the host
@@ -55,6 +62,7 @@ func (r *Reconciler) ReconcilePods(ctx context.Context, spec PodSpec) (PodResult
 	if err != nil {
 		return res, fmt.Errorf("pods: %w", err)
 	}
+	res.Veths, res.VethsListed = veths, true
 	pods, problems := DesiredPodHosts(spec, veths)
 	res.Pods = len(pods)
 	pods, res.Unsettled = r.settledPods(pods, veths, spec.Settle)
@@ -76,7 +84,7 @@ func (r *Reconciler) ReconcilePods(ctx context.Context, spec PodSpec) (PodResult
 			continue
 		}
 		seen[p.Veth.Name] = true
-		for _, s := range HostVethSysctls(p.Veth.Name) {
+		for _, s := range hostveth.Sysctls(p.Veth.Name) {
 			v, err := r.kernel.Sysctl(s.Key)
 			switch {
 			case err == nil:

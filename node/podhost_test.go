@@ -4,12 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/grapevine-net/grapevine/internal/hostveth"
 )
 
 var (
@@ -89,7 +89,7 @@ func checkProblems(t *testing.T, got, want []error) {
 func wiredSysctls(vs ...HostVeth) map[string]string {
 	m := make(map[string]string)
 	for _, v := range vs {
-		for _, s := range HostVethSysctls(v.Name) {
+		for _, s := range hostveth.Sysctls(v.Name) {
 			m[s.Key] = s.Value
 		}
 	}
@@ -108,8 +108,8 @@ func TestPlanPodHosts(t *testing.T) {
 		delete(m, key)
 		return m
 	}
-	proxyARP := HostVethSysctls(vethA.Name)[0]
-	acceptRA := HostVethSysctls(vethA.Name)[3]
+	proxyARP := hostveth.Sysctls(vethA.Name)[0]
+	acceptRA := hostveth.Sysctls(vethA.Name)[3]
 	unknownMAC := vethA
 	unknownMAC.PodMAC = MAC{}
 	tests := []struct {
@@ -180,7 +180,7 @@ func TestPlanPodHosts(t *testing.T) {
 
 // wireFakePod wires r's pod in k as the plugin does and returns its veth.
 func wireFakePod(k *FakeKernel, name string, r Reservation, mac MAC) HostVeth {
-	alias := r.Alias(NetworkName)
+	alias := hostveth.Alias(NetworkName, r.ContainerID, r.IfName)
 	l := k.WirePod(name, alias, r.Addr, mac)
 	return HostVeth{Name: name, Index: l.Index, Alias: alias, PodMAC: mac}
 }
@@ -240,7 +240,7 @@ func checkFakePod(t *testing.T, k *FakeKernel, v HostVeth, ip netip.Addr) {
 	if n, ok := k.PodNeighbour(v.Index, ip); !ok || !n.Permanent || n.MAC != v.PodMAC {
 		t.Errorf("neighbour of %s on %s = %+v (found %v), want PERMANENT %s", ip, v.Name, n, ok, v.PodMAC)
 	}
-	for _, s := range HostVethSysctls(v.Name) {
+	for _, s := range hostveth.Sysctls(v.Name) {
 		if got, err := k.Sysctl(s.Key); err != nil || got != s.Value {
 			t.Errorf("%s = %q (%v), want %q", s.Key, got, err, s.Value)
 		}
@@ -277,39 +277,6 @@ func TestReconcilePodsErrors(t *testing.T) {
 	}
 }
 
-func TestReadReservations(t *testing.T) {
-	dir := t.TempDir()
-	files := map[string]string{
-		"10.244.0.5":         "aaa\r\neth0",
-		"10.244.0.6":         "  bbb \r\neth0", // host-local trims the ID it compares
-		"10.244.0.7":         "",               // an ADD killed before writing
-		"10.244.0.8":         "ccc\r\n",        // half written
-		"10.244.0.9":         "ddd",
-		"lock":               "",
-		"last_reserved_ip.0": "10.244.0.6",
-		".10.244.0.10.tmp-1": "eee\r\neth0",
-	}
-	for name, data := range files {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := os.Mkdir(filepath.Join(dir, "10.244.0.11"), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	got, err := ReadReservations(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := []Reservation{resA, resB, {Addr: addr("10.244.0.7")}, {Addr: addr("10.244.0.8")}, {Addr: addr("10.244.0.9")}}
-	if !slices.Equal(got, want) {
-		t.Errorf("reservations = %v, want %v", got, want)
-	}
-	if got, err := ReadReservations(filepath.Join(dir, "missing")); err != nil || got != nil {
-		t.Errorf("missing store: %v, %v; want none and no error", got, err)
-	}
-}
-
 // TestReconcilePodsWaitsForTheirVethToSettle: a pod whose veth the passes
 // have not seen for PodSpec.Settle yet may be one the plugin is still
 // wiring, and is left to it; a later pass repairs it.
@@ -328,5 +295,28 @@ func TestReconcilePodsWaitsForTheirVethToSettle(t *testing.T) {
 	spec.Settle = 0
 	if res, err := r.ReconcilePods(t.Context(), spec); err != nil || res.Unsettled != 0 || res.Routes != 1 {
 		t.Fatalf("settled veth: %+v, %v; want its route put back", res, err)
+	}
+}
+
+// TestReconcilePodsReportsTheVethsItListed: the agent tells gone pods from
+// the pass's listing, so a pass that could not list says so rather than
+// reporting no veths.
+func TestReconcilePodsReportsTheVethsItListed(t *testing.T) {
+	k := NewFakeKernel()
+	a := wireFakePod(k, "gva", resA, macA)
+	k.AddHostVeth("gvx", "other/ccc/eth0", macB)
+	r := NewReconciler(k, nil, nil)
+	res, err := r.ReconcilePods(t.Context(), podSpec(resA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.VethsListed || !slices.Equal(res.Veths, []HostVeth{a}) {
+		t.Errorf("veths = %+v (listed %v), want %+v", res.Veths, res.VethsListed, a)
+	}
+
+	k.InjectError(OpPod, netip.Prefix{}, errors.New("injected"))
+	res, err = r.ReconcilePods(t.Context(), podSpec(resA))
+	if err == nil || res.VethsListed || res.Veths != nil {
+		t.Errorf("failed listing: %+v, %v; want an error and no listing", res, err)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 
+	"github.com/grapevine-net/grapevine/internal/hostveth"
 	"github.com/grapevine-net/grapevine/ipam"
 	"github.com/grapevine-net/grapevine/node/nodestate"
 )
@@ -139,8 +140,7 @@ func hostVethNameOf(id string) string {
 }
 
 // alias is stored on the host veth (IFLA_IFALIAS) so that DEL and GC can tell
-// which attachment a link belongs to: a pod recreated under the same name gets
-// the same veth name but a new container ID.
+// which attachment a link belongs to (see hostveth.Alias).
 func (a attachment) alias(network string) string {
-	return network + "/" + a.ContainerID + "/" + a.IfName
+	return hostveth.Alias(network, a.ContainerID, a.IfName)
 }

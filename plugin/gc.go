@@ -10,6 +10,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/vishvananda/netlink"
 
+	"github.com/grapevine-net/grapevine/internal/hostveth"
 	"github.com/grapevine-net/grapevine/internal/netlinkdump"
 	"github.com/grapevine-net/grapevine/ipam"
 )
@@ -57,31 +58,18 @@ func cmdGC(args *skel.CmdArgs) error {
 
 // HostVethAttachments returns whether an attachment of network has a host
 // veth (one carrying its alias) in the current namespace, as the links
-// stand now: the predicate ipam.CollectStale needs to free the addresses
-// of attachments whose pods are gone. An attachment with no interface name
-// (host-local's legacy reservations) has one if any interface of its
-// container does.
+// stand now (see hostveth.Attachments): the predicate ipam.CollectStale
+// needs to free the addresses of attachments whose pods are gone.
 func HostVethAttachments(network string) (func(types.GCAttachment) bool, error) {
 	links, err := netlinkdump.Retry(netlink.LinkList)
 	if err != nil {
 		return nil, fmt.Errorf("list links: %w", err)
 	}
-	present := make(map[types.GCAttachment]bool)
+	var aliases []string
 	for _, link := range links {
-		if !isHostVeth(link) {
-			continue
+		if isHostVeth(link) {
+			aliases = append(aliases, link.Attrs().Alias)
 		}
-		rest, ok := strings.CutPrefix(link.Attrs().Alias, network+"/")
-		if !ok {
-			continue
-		}
-		// Container IDs hold no slash; interface names may not either.
-		containerID, ifName, ok := strings.Cut(rest, "/")
-		if !ok {
-			continue
-		}
-		present[types.GCAttachment{ContainerID: containerID, IfName: ifName}] = true
-		present[types.GCAttachment{ContainerID: containerID}] = true
 	}
-	return func(a types.GCAttachment) bool { return present[a] }, nil
+	return hostveth.Attachments(network, aliases), nil
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/grapevine-net/grapevine/internal/hostveth"
 	"github.com/grapevine-net/grapevine/internal/netlinkdump"
 	"github.com/grapevine-net/grapevine/ipam"
 )
@@ -22,27 +23,6 @@ import (
 // the gateway's MAC; a fixed value keeps their ARP cache valid across veth
 // re-creation and makes the host side recognisable.
 func hostVethMAC() net.HardwareAddr { return net.HardwareAddr{0xee, 0xee, 0xee, 0xee, 0xee, 0xee} }
-
-// hostSysctl is one per-interface setting the host veth needs.
-type hostSysctl struct {
-	key, value string
-	// optional settings are skipped when the kernel lacks them (IPv6
-	// disabled).
-	optional bool
-}
-
-// hostVethSysctls are the host veth's settings: answer ARP for the
-// gateway address by proxy at once, route what the pod sends, and ignore
-// router advertisements (the host veth has no business configuring IPv6
-// from a pod).
-func hostVethSysctls(ifName string) []hostSysctl {
-	return []hostSysctl{
-		{key: "net/ipv4/conf/" + ifName + "/proxy_arp", value: "1"},
-		{key: "net/ipv4/neigh/" + ifName + "/proxy_delay", value: "0"},
-		{key: "net/ipv4/conf/" + ifName + "/forwarding", value: "1"},
-		{key: "net/ipv6/conf/" + ifName + "/accept_ra", value: "0", optional: true},
-	}
-}
 
 func hostPrefix(addr netip.Addr) *net.IPNet {
 	return &net.IPNet{IP: net.IP(addr.AsSlice()), Mask: net.CIDRMask(addr.BitLen(), addr.BitLen())}
@@ -166,12 +146,12 @@ func configureHost(name string, podIP netip.Addr, podMAC net.HardwareAddr) (netl
 			return nil, fmt.Errorf("%s has MAC %s after setting %s", name, got, hostVethMAC())
 		}
 	}
-	for _, s := range hostVethSysctls(name) {
-		if _, err := sysctl.Sysctl(s.key, s.value); err != nil {
-			if s.optional && errors.Is(err, os.ErrNotExist) {
+	for _, s := range hostveth.Sysctls(name) {
+		if _, err := sysctl.Sysctl(s.Key, s.Value); err != nil {
+			if s.Optional && errors.Is(err, os.ErrNotExist) {
 				continue
 			}
-			return nil, fmt.Errorf("set %s=%s: %w", s.key, s.value, err)
+			return nil, fmt.Errorf("set %s=%s: %w", s.Key, s.Value, err)
 		}
 	}
 	idx := link.Attrs().Index

@@ -50,6 +50,11 @@ type agent struct {
 	// them.
 	lastPodErr string
 	podRecheck <-chan time.Time
+	// collected counts the reservations of pods that are gone which the
+	// agent freed, and lastCollectErr is the last pass's failure to free
+	// them; see collectStale. Only the loop touches lastCollectErr.
+	collected      prometheus.Counter
+	lastCollectErr string
 
 	// synced turns true once the mesh is ready (see mayReconcile). Until
 	// then the agent leaves the kernel and the hand-off files as the previous
@@ -130,7 +135,12 @@ func newAgent(o agentOptions, cfg mesh.Config, host hostSide, log *slog.Logger) 
 		status:       statusReport{Node: o.NodeName, Reason: "starting"},
 		lastPass:     time.Now(),
 		gossipSeen:   make(map[string]time.Time),
+		collected: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "grapevine_ipam_stale_reservations_freed_total",
+			Help: "Reservations of pods that are gone (no host veth carries their attachment's alias) that the agent freed.",
+		}),
 	}
+	reg.MustRegister(a.collected)
 	if a.prober, err = newProber(o, host, reg, log); err != nil {
 		return nil, err
 	}

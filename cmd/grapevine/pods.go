@@ -7,8 +7,10 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
+	"github.com/grapevine-net/grapevine/internal/hostveth"
 	"github.com/grapevine-net/grapevine/ipam"
 	"github.com/grapevine-net/grapevine/node"
 	"github.com/grapevine-net/grapevine/node/nodestate"
@@ -20,11 +22,20 @@ import (
 // would only race the plugin.
 const podSettle = 3 * time.Second
 
-// storeDir is the IPAM store the conflist names: the plugin's reservations
+// staleAfter is how old a reservation must be before the agent frees it for
+// want of a host veth carrying its attachment's alias: an ADD reserves its
+// address before it creates and labels the veth (and a repeated ADD
+// renews the reservation before it replaces the veth), in well under this.
+const staleAfter = time.Minute
+
+// ipamStore is the IPAM store the conflist names: the plugin's reservations
 // for this network.
-func (a *agent) storeDir() string {
-	return filepath.Join(nodestate.IPAMDataDir(a.opts.StateDir), node.NetworkName)
+func (a *agent) ipamStore() ipam.Config {
+	return ipam.Config{Network: node.NetworkName, DataDir: nodestate.IPAMDataDir(a.opts.StateDir)}
 }
+
+// storeDir is ipamStore's directory.
+func (a *agent) storeDir() string { return a.ipamStore().StoreDir() }
 
 // tendPods puts back the pods' host sides (see node.Reconciler.ReconcilePods)
 // and says why an ADD could not succeed now, "" when it could: the state
@@ -32,8 +43,14 @@ func (a *agent) storeDir() string {
 // pod that cannot be repaired is logged, when its reason first appears or
 // changes, and does not make the node unready: other pods still can be
 // added.
+//
+// It also frees the reservations of pods that are gone (collectStale), for
+// runtimes that never send CNI GC.
 func (a *agent) tendPods(ctx context.Context, block netip.Prefix) string {
-	reservations, readErr := node.ReadReservations(a.storeDir())
+	// Taken before the host veths are listed: a reservation written before
+	// it whose veth that listing misses belongs to no ADD in progress.
+	cutoff := time.Now().Add(-staleAfter)
+	reservations, readErr := ipam.ReadReservations(a.ipamStore())
 	if readErr == nil {
 		spec := node.PodSpec{Network: node.NetworkName, Pool: a.opts.Pool, Reservations: reservations, Settle: podSettle}
 		res, err := a.rec.ReconcilePods(ctx, spec)
@@ -45,6 +62,9 @@ func (a *agent) tendPods(ctx context.Context, block netip.Prefix) string {
 		if res.Routes+res.Neighbours+res.Sysctls > 0 {
 			a.log.Info("pods' host sides put back", "pods", res.Pods, "routes", res.Routes, "neighbours", res.Neighbours, "settings", res.Sysctls)
 		}
+		if res.VethsListed {
+			reservations = a.collectStale(reservations, res.Veths, cutoff)
+		}
 	} else {
 		a.logPodErrors(readErr)
 	}
@@ -55,6 +75,43 @@ func (a *agent) tendPods(ctx context.Context, block netip.Prefix) string {
 		return exhausted(block, reservations)
 	}
 	return ""
+}
+
+// collectStale frees the reservations written before cutoff whose
+// attachment no host veth in veths carries (its pod is gone: the runtime
+// removed the namespace, and the veth with it, without a DEL reaching the
+// plugin, or the reservation names no attachment at all), and returns the
+// reservations left. It takes the store's lock only when the lock-free
+// reading in rs shows something to free; ipam.CollectStale decides again
+// under the lock.
+func (a *agent) collectStale(rs []node.Reservation, veths []node.HostVeth, cutoff time.Time) []node.Reservation {
+	aliases := make([]string, len(veths))
+	for i, v := range veths {
+		aliases[i] = v.Alias
+	}
+	live := hostveth.Attachments(node.NetworkName, aliases)
+	if !slices.ContainsFunc(rs, func(r node.Reservation) bool { return r.Stale(cutoff, live) }) {
+		return rs
+	}
+	freed, err := ipam.CollectStale(a.ipamStore(), cutoff, live)
+	for _, r := range freed {
+		a.collected.Inc()
+		a.log.Warn("freed the address of a pod that is gone: no host veth carries its attachment",
+			"addr", r.Addr, "container", r.ContainerID, "ifname", r.IfName, "reserved", r.Written)
+	}
+	// A lasting failure (a read-only disk) is logged once, not every pass.
+	switch {
+	case err == nil:
+		a.lastCollectErr = ""
+	case err.Error() != a.lastCollectErr:
+		a.log.Error("cannot free the addresses of pods that are gone", "err", err)
+		a.lastCollectErr = err.Error()
+	}
+	gone := make(map[netip.Addr]bool, len(freed))
+	for _, r := range freed {
+		gone[r.Addr] = true
+	}
+	return slices.DeleteFunc(rs, func(r node.Reservation) bool { return gone[r.Addr] })
 }
 
 // logPodErrors logs the pods' repair failures when they differ from the

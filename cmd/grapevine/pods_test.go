@@ -10,7 +10,12 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/grapevine-net/grapevine/internal/hostveth"
+	"github.com/grapevine-net/grapevine/ipam"
 	"github.com/grapevine-net/grapevine/mesh/meshtest"
 	"github.com/grapevine-net/grapevine/node"
 )
@@ -18,13 +23,43 @@ import (
 // reserve writes a reservation into h's IPAM store as the plugin does.
 func (h *testHost) reserve(t *testing.T, r node.Reservation) {
 	t.Helper()
+	h.reserveAged(t, r, 0)
+}
+
+// reserveAged writes a reservation made age ago.
+func (h *testHost) reserveAged(t *testing.T, r node.Reservation, age time.Duration) {
+	t.Helper()
 	dir := h.agent.storeDir()
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, r.Addr.String()), []byte(r.ContainerID+"\r\n"+r.IfName), 0o644); err != nil {
+	path := filepath.Join(dir, r.Addr.String())
+	if err := os.WriteFile(path, []byte(r.ContainerID+"\r\n"+r.IfName), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	when := time.Now().Add(-age)
+	if err := os.Chtimes(path, when, when); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// reserved lists the addresses in h's IPAM store.
+func (h *testHost) reserved(t *testing.T) []netip.Addr {
+	t.Helper()
+	rs, err := ipam.ReadReservations(h.agent.ipamStore())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var addrs []netip.Addr
+	for _, r := range rs {
+		addrs = append(addrs, r.Addr)
+	}
+	slices.SortFunc(addrs, netip.Addr.Compare)
+	return addrs
+}
+
+func aliasOf(r node.Reservation) string {
+	return hostveth.Alias(node.NetworkName, r.ContainerID, r.IfName)
 }
 
 // readyBlock waits for h to be ready and returns its block.
@@ -55,7 +90,7 @@ func TestAgentLoopRepairsPods(t *testing.T) {
 	res := node.Reservation{Addr: podIP, ContainerID: "c0ffee", IfName: "eth0"}
 	h.reserve(t, res)
 	mac := node.MAC{0x02, 0x42, 0, 0, 0, 1}
-	veth := h.kernel.WirePod("gv0000000000001", res.Alias(node.NetworkName), podIP, mac)
+	veth := h.kernel.WirePod("gv0000000000001", aliasOf(res), podIP, mac)
 	route := node.Route{Dst: netip.PrefixFrom(podIP, 32), LinkIndex: veth.Index}
 	hasRoute := func() error {
 		if !slices.ContainsFunc(h.kernel.Table(), func(r node.FakeRoute) bool { return r.Route == route }) {
@@ -78,6 +113,62 @@ func TestAgentLoopRepairsPods(t *testing.T) {
 	h.kernel.PutRoute(node.Route{Dst: route.Dst, LinkIndex: veth.Index, Via: netip.MustParseAddr("10.0.0.99")}, 3)
 	h.kernelChanged()
 	waitFor(t, "the changed route put back", hasRoute)
+}
+
+// TestAgentLoopFreesReservationsOfGonePods: for runtimes that never send
+// CNI GC, the agent frees the reservations older than staleAfter whose
+// attachment has no host veth (a pod whose namespace, and veth with it, went
+// without a DEL) or that name none, and counts them; it leaves running pods
+// and ADDs in progress alone.
+func TestAgentLoopFreesReservationsOfGonePods(t *testing.T) {
+	network := meshtest.NewNetwork()
+	h := startTestHost(t, network, t.TempDir(), "h1", 1, nil)
+	block := h.readyBlock(t)
+
+	addr := func(i int) netip.Addr {
+		a := block.Addr()
+		for range i {
+			a = a.Next()
+		}
+		return a
+	}
+	old := 2 * staleAfter
+	running := node.Reservation{Addr: addr(1), ContainerID: "running", IfName: "eth0"}
+	gone := node.Reservation{Addr: addr(2), ContainerID: "gone", IfName: "eth0"}
+	adding := node.Reservation{Addr: addr(3), ContainerID: "adding", IfName: "eth0"}
+	nameless := node.Reservation{Addr: addr(4)}
+	h.reserveAged(t, running, old)
+	h.reserveAged(t, gone, old)
+	h.reserveAged(t, adding, 0) // its ADD has not labelled a veth yet
+	h.reserveAged(t, nameless, old)
+	h.kernel.WirePod("gv0000000000001", aliasOf(running), running.Addr, node.MAC{0x02, 0x42, 0, 0, 0, 1})
+	h.kernelChanged()
+
+	want := []netip.Addr{running.Addr, adding.Addr}
+	waitFor(t, "the gone pod's and the nameless reservations freed", func() error {
+		if got := h.reserved(t); !slices.Equal(got, want) {
+			return fmt.Errorf("reserved %v, want %v", got, want)
+		}
+		return nil
+	})
+	if got := testutil.ToFloat64(h.agent.collected); got != 2 {
+		t.Errorf("collected = %v, want 2", got)
+	}
+
+	// The runtime removes the running pod's namespace, and with it the
+	// veth, without a DEL.
+	h.kernel.DeleteLink("gv0000000000001")
+	h.kernelChanged()
+	want = []netip.Addr{adding.Addr}
+	waitFor(t, "the reservation of the pod removed without DEL freed", func() error {
+		if got := h.reserved(t); !slices.Equal(got, want) {
+			return fmt.Errorf("reserved %v, want %v", got, want)
+		}
+		return nil
+	})
+	if got := testutil.ToFloat64(h.agent.collected); got != 3 {
+		t.Errorf("collected = %v, want 3", got)
+	}
 }
 
 // TestReadyzBlockExhausted: /readyz says not ready, and why, while every
