@@ -3,7 +3,11 @@ package bench
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -28,12 +32,14 @@ const (
 // routes their block, as row 2a) while floodConns idle connections from
 // floodSources hosts without the key are held open against the seed's
 // ledger port. Each joined host leaves again before the next trial.
-func (b *labBench) floodJoins(ctx context.Context, seed *lab.Host, trials int) (_ []time.Duration, err error) {
+// It also returns the seed's refusals of ledger connections by reason, as
+// its metrics count them, to show the flood was held.
+func (b *labBench) floodJoins(ctx context.Context, seed *lab.Host, trials int) (_ []time.Duration, refused map[string]float64, err error) {
 	var flooders []*lab.Host
 	for range floodSources {
 		h, err := b.lab.AddHost(ctx)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		flooders = append(flooders, h)
 	}
@@ -54,25 +60,50 @@ func (b *labBench) floodJoins(ctx context.Context, seed *lab.Host, trials int) (
 	// Let the flood fill the seed's slots and reach its steady state (every
 	// admitted connection dropped once at the 2 s handshake deadline).
 	if err := lab.Sleep(ctx, 3*time.Second); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var joins []time.Duration
 	for i := range trials {
 		h, err := b.lab.AddHost(ctx)
 		if err != nil {
-			return joins, err
+			return joins, nil, err
 		}
 		d, err := b.join(ctx, h)
 		if err != nil {
-			return joins, fmt.Errorf("join under the ledger-port flood: %w", err)
+			return joins, nil, fmt.Errorf("join under the ledger-port flood: %w", err)
 		}
 		joins = append(joins, d)
 		b.log.Info("join under the ledger-port flood", "trial", i+1, "took", d)
 		if _, err := b.leave(ctx, h); err != nil {
-			return joins, err
+			return joins, nil, err
 		}
 	}
-	return joins, nil
+	_, metrics, err := seed.Get(ctx, "/metrics")
+	if err != nil {
+		return joins, nil, err
+	}
+	return joins, ledgerRefusals(metrics), nil
+}
+
+// ledgerRefusals sums grapevine_ledger_rpc_rejected_total by reason in
+// the Prometheus text format.
+func ledgerRefusals(metrics string) map[string]float64 {
+	const prefix = `grapevine_ledger_rpc_rejected_total{reason="`
+	out := map[string]float64{}
+	for _, line := range strings.Split(metrics, "\n") {
+		rest, ok := strings.CutPrefix(line, prefix)
+		if !ok {
+			continue
+		}
+		reason, value, ok := strings.Cut(rest, `"} `)
+		if !ok {
+			continue
+		}
+		if v, err := strconv.ParseFloat(strings.TrimSpace(value), 64); err == nil {
+			out[reason] += v
+		}
+	}
+	return out
 }
 
 // holdIdle keeps one TCP connection from flooder to target open and silent,
@@ -94,12 +125,16 @@ func holdIdle(ctx context.Context, flooder *lab.Host, target string) {
 
 // floodJoinRow compares the joins under the flood with the same run's
 // unloaded joins of new hosts (row 2a); the goal is within a second.
-func floodJoinRow(flooded, unloaded []time.Duration) Row {
+func floodJoinRow(flooded, unloaded []time.Duration, refused map[string]float64) Row {
 	base := seconds(median(unloaded))
+	var counts []string
+	for _, r := range slices.Sorted(maps.Keys(refused)) {
+		counts = append(counts, fmt.Sprintf("%s %.0f", r, refused[r]))
+	}
 	return Row{ID: "2c", Measure: fmt.Sprintf("join, new host, %d keyless connections held open against its seed", floodConns), Unit: "s",
 		Value: seconds(median(flooded)), Samples: len(flooded),
 		Peer:   &Peer{Name: "unloaded join (2a, this run)", Value: base},
 		Target: Target{Kind: AtMost, Limit: base + 1},
-		Note: fmt.Sprintf("idle TCP connections from %d hosts without the key or an agent, each opened again %s after the seed drops it; target: within 1 s of 2a; all trials %v",
-			floodSources, floodRedial, roundAll(flooded))}
+		Note: fmt.Sprintf("idle TCP connections from %d hosts without the key or an agent, each opened again %s after the seed drops it; the seed refused [%s]; target: within 1 s of 2a; all trials %v",
+			floodSources, floodRedial, strings.Join(counts, ", "), roundAll(flooded))}
 }

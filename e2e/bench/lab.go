@@ -155,11 +155,11 @@ func MeasureLab(ctx context.Context, cfg LabConfig) (_ []Row, err error) {
 	rows = append(rows, path...)
 
 	// Last, as its flooding hosts and joined hosts stay in the lab.
-	flooded, err := b.floodJoins(ctx, peers[0], cfg.JoinTrials)
+	flooded, refused, err := b.floodJoins(ctx, peers[0], cfg.JoinTrials)
 	if err != nil {
 		return rows, err
 	}
-	return append(rows, floodJoinRow(flooded, joinNew)), nil
+	return append(rows, floodJoinRow(flooded, joinNew, refused)), nil
 }
 
 // labBench times events in a running lab through the peers' route tables.
