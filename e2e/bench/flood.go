@@ -6,9 +6,7 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
-	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/grapevine-net/grapevine/e2e/lab"
@@ -20,7 +18,6 @@ import (
 const (
 	floodConns   = 500
 	floodSources = 10
-	ledgerPort   = 7963
 	// floodRedial is how long a flooding connection waits before it opens
 	// again once the seed dropped it: fast enough to keep the seed's slots
 	// for strangers full, slow enough that the two cores spend their time
@@ -43,20 +40,8 @@ func (b *labBench) floodJoins(ctx context.Context, seed *lab.Host, trials int) (
 		}
 		flooders = append(flooders, h)
 	}
-	floodCtx, stopFlood := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	defer func() {
-		stopFlood()
-		wg.Wait()
-	}()
-	target := netip.AddrPortFrom(seed.IP, ledgerPort).String()
-	for i := range floodConns {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			holdIdle(floodCtx, flooders[i%len(flooders)], target)
-		}()
-	}
+	stopFlood := lab.FloodIdle(ctx, flooders, netip.AddrPortFrom(seed.IP, lab.LedgerPort), floodConns, floodRedial)
+	defer stopFlood()
 	// Let the flood fill the seed's slots and reach its steady state (every
 	// admitted connection dropped once at the 2 s handshake deadline).
 	if err := lab.Sleep(ctx, 3*time.Second); err != nil {
@@ -82,45 +67,7 @@ func (b *labBench) floodJoins(ctx context.Context, seed *lab.Host, trials int) (
 	if err != nil {
 		return joins, nil, err
 	}
-	return joins, ledgerRefusals(metrics), nil
-}
-
-// ledgerRefusals sums grapevine_ledger_rpc_rejected_total by reason in
-// the Prometheus text format.
-func ledgerRefusals(metrics string) map[string]float64 {
-	const prefix = `grapevine_ledger_rpc_rejected_total{reason="`
-	out := map[string]float64{}
-	for _, line := range strings.Split(metrics, "\n") {
-		rest, ok := strings.CutPrefix(line, prefix)
-		if !ok {
-			continue
-		}
-		reason, value, ok := strings.Cut(rest, `"} `)
-		if !ok {
-			continue
-		}
-		if v, err := strconv.ParseFloat(strings.TrimSpace(value), 64); err == nil {
-			out[reason] += v
-		}
-	}
-	return out
-}
-
-// holdIdle keeps one TCP connection from flooder to target open and silent,
-// opening it again floodRedial after the target drops it, until ctx ends.
-func holdIdle(ctx context.Context, flooder *lab.Host, target string) {
-	for ctx.Err() == nil {
-		c, err := flooder.Namespace.Dial(ctx, target)
-		if err == nil {
-			stop := context.AfterFunc(ctx, func() { c.Close() })
-			c.Read(make([]byte, 1)) // until the seed drops it
-			stop()
-			c.Close()
-		}
-		if lab.Sleep(ctx, floodRedial) != nil {
-			return
-		}
-	}
+	return joins, lab.Counters(metrics, "grapevine_ledger_rpc_rejected_total"), nil
 }
 
 // floodJoinRow compares the joins under the flood with the same run's

@@ -71,17 +71,3 @@ func TestSortRowsByNumber(t *testing.T) {
 		t.Fatalf("order %v, want %s", got, want)
 	}
 }
-
-func TestLedgerRefusals(t *testing.T) {
-	metrics := `# HELP grapevine_ledger_rpc_rejected_total Ledger connections and RPCs refused, by reason.
-# TYPE grapevine_ledger_rpc_rejected_total counter
-grapevine_ledger_rpc_rejected_total{reason="handshake-busy"} 1234
-grapevine_ledger_rpc_rejected_total{reason="handshake-timeout"} 5.67e+02
-grapevine_ledger_applies_total{op="claim",result="ok"} 3
-grapevine_ledger_rpc_rejected_total{reason="broken"
-`
-	got := ledgerRefusals(metrics)
-	if len(got) != 2 || got["handshake-busy"] != 1234 || got["handshake-timeout"] != 567 {
-		t.Fatalf("refusals %v", got)
-	}
-}
