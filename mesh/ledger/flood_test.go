@@ -1,8 +1,11 @@
 package ledger
 
 import (
+	"bytes"
 	"context"
+	"log/slog"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -51,6 +54,24 @@ func (f *flood) stop() {
 	f.wg.Wait()
 }
 
+// lockedBuffer collects a logger's output while the test reads it.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
 func addrs(prefix string, n int) []netip.Addr {
 	a := netip.MustParsePrefix(prefix).Addr()
 	var out []netip.Addr
@@ -67,8 +88,13 @@ func addrs(prefix string, n int) []netip.Addr {
 // and claim each succeed at their first attempt while hundreds of idle
 // connections are held open, and the refusals are counted.
 func TestLedgerPortAdmitsMembersUnderFlood(t *testing.T) {
-	c, nodes := startCluster(t, nil, "n1")
-	lead := nodes[0]
+	var logged lockedBuffer
+	c := newCluster(t, nil)
+	lead := c.add("n1")
+	lead.mod = func(cfg *Config) { cfg.Logger = slog.New(slog.NewTextHandler(&logged, nil)) }
+	c.start(lead, true)
+	waitFor(t, waitLong, "the founder to write the Found entry", func() bool { st, _ := lead.l.State(); return st.Founded() })
+	floodStart := time.Now()
 	rejected := func(reason string) float64 {
 		return counterValue(t, lead.reg, "grapevine_ledger_rpc_rejected_total", map[string]string{"reason": reason})
 	}
@@ -111,4 +137,11 @@ func TestLedgerPortAdmitsMembersUnderFlood(t *testing.T) {
 		t.Fatalf("%v TLS failures: idle connections must time out, not fail the handshake", got)
 	}
 	waitFor(t, waitLong, "idle connections timed out", func() bool { return rejected("handshake-timeout") > 0 })
+
+	// Thousands of refusals, a few log lines: at most refusalLogBurst per
+	// refusalLogEvery for each of the two classes.
+	windows := 1 + int(time.Since(floodStart)/refusalLogEvery)
+	if n := strings.Count(logged.String(), "ledger connection refused"); n == 0 || n > 2*refusalLogBurst*windows {
+		t.Fatalf("%d refusal lines logged over %d windows of %s", n, windows, refusalLogEvery)
+	}
 }
