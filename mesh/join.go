@@ -110,14 +110,14 @@ func (m *Mesh) deadTargets() []string {
 	return out
 }
 
-// forgetGone drops members dead or departed for longer than ReclaimAfter:
+// forgetGone drops members dead or departed for longer than Lease:
 // by then the ledger's leader has reclaimed their blocks.
 func (m *Mesh) forgetGone() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	forgot := false
 	for name, p := range m.peers {
-		if !p.state.Live() && time.Since(p.since) > m.cfg.ReclaimAfter {
+		if !p.state.Live() && time.Since(p.since) > m.cfg.Lease {
 			delete(m.peers, name)
 			forgot = true
 		}

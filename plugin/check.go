@@ -28,7 +28,14 @@ func cmdCheck(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	want, err := expectedFromPrevResult(conf, args, att.HostVethName())
+	alias := att.alias(conf.Name)
+	hostVeth := att.HostVethName()
+	if link, err := findHostVeth(att, alias); err != nil {
+		return err
+	} else if link != nil {
+		hostVeth = link.Attrs().Name
+	}
+	want, err := expectedFromPrevResult(conf, args, hostVeth)
 	if err != nil {
 		return err
 	}
@@ -38,7 +45,7 @@ func cmdCheck(args *skel.CmdArgs) error {
 	}
 	defer podNS.Close()
 
-	hostIndex, drift := checkHost(att.HostVethName(), att.alias(conf.Name), want)
+	hostIndex, drift := checkHost(hostVeth, alias, want)
 	drift = append(drift, checkPod(podNS, args.IfName, want, hostIndex)...)
 	if err := newAddressSource(conf, args).check(ctx, want.prev); err != nil {
 		drift = append(drift, err)

@@ -140,10 +140,11 @@ func TestJoinWithTheKeyOverTCP(t *testing.T) {
 		err = b.l.RequestJoin(ctx, []netip.AddrPort{a.l.Addr()})
 		return err == nil
 	})
-	blk, err := b.l.Claim(ctx, netip.Prefix{}, ipB)
+	g, err := b.l.Claim(ctx, netip.Prefix{}, ipB)
 	if err != nil {
 		t.Fatal(err)
 	}
+	blk := g.Block
 	waitFor(t, waitLong, "b's replica to show its block", func() bool {
 		st, _ := b.l.State()
 		return st.Blocks[blk].ID == b.l.ID()
