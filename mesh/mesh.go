@@ -11,7 +11,6 @@ import (
 	"net/netip"
 	"path/filepath"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -351,7 +350,7 @@ func (m *Mesh) memberlistConfig() *memberlist.Config {
 	c.Events = d
 	c.Alive = d
 	c.Conflict = d
-	c.LogOutput = &logWriter{log: m.log}
+	c.LogOutput = newLogWriter(m.log, m.metrics.rejectedGossip)
 	if m.cfg.Transport != nil {
 		c.Transport = m.cfg.Transport
 	}
@@ -525,28 +524,6 @@ func routedBlock(byID map[ledger.NodeID]assignment, name string, meta Meta) neti
 		return netip.Prefix{}
 	}
 	return a.block
-}
-
-// logWriter forwards memberlist's log lines ("[LEVEL] memberlist: ...") to
-// slog at the matching level.
-type logWriter struct{ log *slog.Logger }
-
-var memberlistLevels = []struct {
-	prefix string
-	level  slog.Level
-}{{"[DEBUG] ", slog.LevelDebug}, {"[INFO] ", slog.LevelInfo}, {"[WARN] ", slog.LevelWarn}, {"[ERR] ", slog.LevelError}}
-
-func (w *logWriter) Write(p []byte) (int, error) {
-	line := strings.TrimSpace(string(p))
-	level := slog.LevelInfo
-	for _, l := range memberlistLevels {
-		if _, rest, ok := strings.Cut(line, l.prefix); ok {
-			line, level = rest, l.level
-			break
-		}
-	}
-	w.log.Log(context.Background(), level, strings.TrimPrefix(line, "memberlist: "), "source", "memberlist")
-	return len(p), nil
 }
 
 // AllowFounding lets this node found a new ledger (see Config.Found); it

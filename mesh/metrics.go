@@ -13,6 +13,7 @@ type metrics struct {
 	releases         *prometheus.CounterVec
 	nameConflicts    prometheus.Counter
 	rejectedMetadata *prometheus.CounterVec
+	rejectedGossip   *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -38,11 +39,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		rejectedMetadata: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "grapevine_mesh_rejected_metadata_total", Help: "Member metadata values rejected, by reason.",
 		}, []string{"reason"}),
+		rejectedGossip: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "grapevine_mesh_rejected_gossip_total", Help: "Gossip packets and streams from the network that memberlist dropped, by reason: decrypt (without this cluster's key), label, checksum, malformed.",
+		}, []string{"reason"}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.members, m.foreignMembers, m.claims, m.fenced, m.releases, m.nameConflicts, m.rejectedMetadata} {
+	for _, c := range []prometheus.Collector{m.members, m.foreignMembers, m.claims, m.fenced, m.releases, m.nameConflicts, m.rejectedMetadata, m.rejectedGossip} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

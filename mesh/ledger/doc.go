@@ -5,9 +5,11 @@
 //
 // The package owns the raft node, its stores under the state directory
 // (<dir>/raft.db and <dir>/snapshots), and its transport: one TCP listener
-// shared by raft and the ledger's own RPCs (join, claim, release), muxed by
-// the first byte and protected by mutual TLS with the one certificate every
-// holder of the cluster's gossip key derives from it.
+// shared by raft and the ledger's own RPCs (join, claim, release), protected
+// by mutual TLS with the one certificate every holder of the cluster's
+// gossip key derives from it, and muxed by a hello that also states each
+// side's cluster and node ID, so that two ledgers sharing the key refuse
+// each other. The port admits gossip members before strangers (admission.go).
 //
 // Up to Config.Voters agents vote; the others are non-voters with a full
 // local copy, so reads are local. The leader alone runs autopilot (adds,

@@ -330,18 +330,8 @@ func (l *Ledger) Run(ctx context.Context) error {
 	defer l.metrics.unregister()
 	defer l.cancelServe()
 
-	m := &mux{
-		ln:       l.ln,
-		tls:      l.serverTLS,
-		raft:     make(chan net.Conn),
-		rpc:      l.serveRPC,
-		reject:   l.reject,
-		log:      l.log,
-		pending:  make(chan struct{}, maxPendingConns),
-		rpcSlots: make(chan struct{}, maxConcurrentRPC),
-		done:     make(chan struct{}),
-	}
-	stream := &streamLayer{m: m, net: l.net, clientTLS: l.clientTLS, advertise: l.cfg.Advertise, closed: make(chan struct{})}
+	m := l.newMux()
+	stream := l.newStreamLayer(m)
 	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream:  stream,
 		MaxPool: 3,

@@ -232,7 +232,7 @@ func (l *Ledger) call(ctx context.Context, addr netip.AddrPort, req rpcRequest) 
 	if err != nil {
 		return rpcResponse{}, err
 	}
-	c, err := dialMux(ctx, l.net, l.clientTLS, addr, muxRPC)
+	c, err := l.dialer().dial(ctx, addr, muxRPC)
 	if err != nil {
 		return rpcResponse{}, err
 	}
