@@ -99,31 +99,14 @@ func (a *Allocator) Allocate(block netip.Prefix, containerID, ifname string) (ad
 // Release frees every address held by (containerID, ifname), in any block,
 // and nothing else. Releasing nothing is not an error.
 func (a *Allocator) Release(containerID, ifname string) error {
-	return a.releaseIf(func(r Reservation) bool { return r.names(containerID, ifname) })
+	return a.collect(func(r Reservation) bool { return r.names(containerID, ifname) }, nil)
 }
 
 // ReleaseAddr frees addr if (containerID, ifname) holds it: the undo of an
 // ADD that reserved addr, which must not free what the attachment held
 // before.
 func (a *Allocator) ReleaseAddr(addr netip.Addr, containerID, ifname string) error {
-	return a.releaseIf(func(r Reservation) bool { return r.Addr == addr && r.names(containerID, ifname) })
-}
-
-// releaseIf frees every reservation match selects, carrying on past errors.
-func (a *Allocator) releaseIf(match func(Reservation) bool) error {
-	return a.locked(func() error {
-		all, err := a.store.list()
-		if err != nil {
-			return err
-		}
-		var errs []error
-		for _, r := range all {
-			if match(r) {
-				errs = append(errs, a.store.release(r.Addr))
-			}
-		}
-		return errors.Join(errs...)
-	})
+	return a.collect(func(r Reservation) bool { return r.Addr == addr && r.names(containerID, ifname) }, nil)
 }
 
 // Held returns the addresses reserved for (containerID, ifname).
@@ -209,8 +192,8 @@ func (r Reservation) Stale(cutoff time.Time, live func(types.GCAttachment) bool)
 	return r.ContainerID == "" || !live(types.GCAttachment{ContainerID: r.ContainerID, IfName: r.IfName})
 }
 
-// collect frees every reservation free selects, appending what it freed to
-// freed when that is not nil.
+// collect frees every reservation free selects, carrying on past errors,
+// and appends what it freed to freed when that is not nil.
 func (a *Allocator) collect(free func(Reservation) bool, freed *[]Reservation) error {
 	return a.locked(func() error {
 		all, err := a.store.list()

@@ -70,13 +70,18 @@ func (n *Network) NewTransport(addr netip.AddrPort) (*Transport, error) {
 func (n *Network) Partition(a, b []netip.Addr) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	blockBetween(n.blocked, a, b)
+	n.cutStreamsLocked()
+}
+
+// blockBetween marks every pair of a host of a and a host of b, both ways.
+func blockBetween(blocked map[[2]netip.Addr]bool, a, b []netip.Addr) {
 	for _, x := range a {
 		for _, y := range b {
-			n.blocked[[2]netip.Addr{x, y}] = true
-			n.blocked[[2]netip.Addr{y, x}] = true
+			blocked[[2]netip.Addr{x, y}] = true
+			blocked[[2]netip.Addr{y, x}] = true
 		}
 	}
-	n.cutStreamsLocked()
 }
 
 // PartitionGossip cuts gossip between the hosts of a and those of b, and
@@ -84,12 +89,7 @@ func (n *Network) Partition(a, b []netip.Addr) {
 func (n *Network) PartitionGossip(a, b []netip.Addr) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	for _, x := range a {
-		for _, y := range b {
-			n.gossipBlocked[[2]netip.Addr{x, y}] = true
-			n.gossipBlocked[[2]netip.Addr{y, x}] = true
-		}
-	}
+	blockBetween(n.gossipBlocked, a, b)
 }
 
 // Isolate cuts all traffic between the hosts of a and every other host
