@@ -20,6 +20,9 @@ type Leases struct {
 	windows map[netip.Prefix][]leaseWindow
 }
 
+// readSkew bounds how long after a view the observer reads the host clock.
+const readSkew = time.Second
+
 type leaseWindow struct {
 	host        string
 	from, until time.Time // real time
@@ -35,9 +38,15 @@ func (l *Leases) Observe(host string, v mesh.View, hostNow hostclock.Instant, at
 	if !v.Ready || !v.Block.IsValid() {
 		return nil
 	}
+	// hostNow is read just after the view: a lease that ended in between
+	// opens no window; one that ended longer ago is a view ready without
+	// a lease.
 	left, ok := v.Lease.Sub(hostNow)
-	if !ok || left <= 0 {
+	if !ok || left < -readSkew {
 		return fmt.Errorf("%s is ready on %s without a lease that holds (lease %+v, host clock %+v)", host, v.Block, v.Lease, hostNow)
+	}
+	if left <= 0 {
+		return nil
 	}
 	w := leaseWindow{host: host, from: at, until: at.Add(left)}
 	l.mu.Lock()
