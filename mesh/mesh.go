@@ -63,6 +63,16 @@ type Mesh struct {
 	// restart and restartReason are what restore made of the saved block.
 	restart       RestartRule
 	restartReason string
+	// founding says why this node, which may found a ledger, has not yet
+	// (see foundingLoop); "" once it has state or may not found.
+	founding string
+	// foreign is set while this node's ledger state belongs to another
+	// ledger than the one its peers hold: it then hands out no addresses.
+	foreign string
+	// ledgerState: this node's ledger has state (advertised in metadata).
+	ledgerState bool
+	// recorded is the ledger Config.LedgerRecord names, once read.
+	recorded ledger.ClusterID
 }
 
 // peer is what this node knows about another member.
@@ -203,6 +213,7 @@ func (m *Mesh) Run(ctx context.Context) error {
 	wg.Go(func() { m.reconnectLoop(ctx) })
 	wg.Go(func() { m.peersLoop(ctx) })
 	wg.Go(func() { m.ledgerEvents(ctx) })
+	wg.Go(func() { m.foundingLoop(ctx) })
 
 	var runErr error
 	select {
@@ -476,14 +487,17 @@ func (m *Mesh) View() View {
 	}
 	ours := v.Ledger.ClusterID
 	byID := blocksByID(st)
-	if m.identity == "" {
+	switch {
+	case m.foreign != "":
+		v.Reason = m.foreign
+	case m.identity == "":
 		v.Block, v.Ready = m.ownBlockLocked(st)
 		if v.Ready {
 			v.Reason = ""
 		} else if v.Block.IsValid() && m.reason == "" {
 			v.Reason = "ledger leader out of reach for too long; not handing out new addresses from " + v.Block.String()
 		}
-	} else {
+	default:
 		v.Reason = m.identity
 	}
 	for _, p := range m.peers {
@@ -553,14 +567,6 @@ func (w *logWriter) Write(p []byte) (int, error) {
 	}
 	w.log.Log(context.Background(), level, strings.TrimPrefix(line, "memberlist: "), "source", "memberlist")
 	return len(p), nil
-}
-
-// AllowFounding lets this node found a new ledger (see Config.Found); it
-// takes effect only when called before Run.
-func (m *Mesh) AllowFounding() {
-	m.mu.Lock()
-	m.cfg.Found = true
-	m.mu.Unlock()
 }
 
 // RecoverLedger makes the node whose state is in stateDir the only voter of

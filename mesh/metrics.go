@@ -13,6 +13,7 @@ type metrics struct {
 	releases         *prometheus.CounterVec
 	nameConflicts    prometheus.Counter
 	rejectedMetadata *prometheus.CounterVec
+	foreignLedger    prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -38,11 +39,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		rejectedMetadata: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "grapevine_mesh_rejected_metadata_total", Help: "Member metadata values rejected, by reason.",
 		}, []string{"reason"}),
+		foreignLedger: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "grapevine_mesh_foreign_ledger", Help: "1 while this node's ledger state belongs to another ledger than the cluster's (it hands out no addresses until `grapevine ledger reset`).",
+		}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.members, m.foreignMembers, m.claims, m.fenced, m.releases, m.nameConflicts, m.rejectedMetadata} {
+	for _, c := range []prometheus.Collector{m.members, m.foreignMembers, m.claims, m.fenced, m.releases, m.nameConflicts, m.rejectedMetadata, m.foreignLedger} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -75,7 +75,7 @@ type hostSide struct {
 	listenProbe func() (probe.Conn, error)
 	// kubeAPI is the Kubernetes API for --join-kubernetes; nil: the
 	// in-cluster client.
-	kubeAPI kubejoin.Client
+	kubeAPI kubeAPI
 }
 
 func netlinkHost() hostSide {
@@ -99,6 +99,7 @@ func newAgent(o agentOptions, cfg mesh.Config, host hostSide, log *slog.Logger) 
 		}
 		kube = &kubeNode{client: client, name: o.NodeName}
 		cfg.Incarnation = kube
+		cfg.LedgerRecord = kubeLedgerRecord{client: client}
 	}
 	m, err := mesh.New(cfg)
 	if err != nil {

@@ -15,11 +15,18 @@
 // block, which it claims only after joining. The API server is reachable from
 // the host network before any pod network exists.
 //
+// It also holds the record of the cluster's one block ledger (record.go): a
+// ConfigMap created once, atomically, by the agent that founds the ledger,
+// so an agent that lost its state finds the ledger instead of founding a
+// second one.
+//
 // It speaks to the API server with plain HTTPS requests (list, watch, get
-// on nodes: what the manifest's RBAC grants), not client-go.
+// on nodes; get and create of the ledger's ConfigMap: what the manifest's
+// RBAC grants), not client-go.
 package kubejoin
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -184,18 +191,31 @@ func NewAPIClient(server, tokenFile, caFile string) (*APIClient, error) {
 // get sends an authenticated GET for path (with query) and returns the
 // response; the caller closes its body.
 func (c *APIClient) get(ctx context.Context, client *http.Client, path string) (*http.Response, error) {
+	return c.send(ctx, client, http.MethodGet, path, nil)
+}
+
+// send sends an authenticated request for path, with a JSON body unless
+// body is nil, and returns the response; the caller closes its body.
+func (c *APIClient) send(ctx context.Context, client *http.Client, method, path string, body []byte) (*http.Response, error) {
 	// The token is read for every request: projected service account tokens
 	// are rotated by the kubelet.
 	token, err := os.ReadFile(c.tokenFile)
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes token: %w", err)
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.server+path, nil)
+	var r io.Reader
+	if body != nil {
+		r = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.server+path, r)
 	if err != nil {
 		return nil, err
 	}
 	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(token)))
 	req.Header.Set("Accept", "application/json")
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	req.Header.Set("User-Agent", "grapevine")
 	return client.Do(req)
 }
