@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -328,4 +329,27 @@ func (m *Mesh) checkForeign() {
 		m.log.Info("this node's ledger is the cluster's again", "ledger", own)
 	}
 	m.notify()
+}
+
+// ResetLedger is the operator's way back for a node whose ledger state
+// belongs to another ledger than the cluster's (see foreignLedger): with
+// the agent stopped, it moves <state-dir>/raft and block.json aside, under
+// names ending in .reset-<now>, and keeps the node ID. Started again, the
+// node has no ledger state, founds nothing (its peers hold a ledger) and
+// joins theirs. It returns where the ledger state went.
+func ResetLedger(stateDir string, now time.Time) (string, error) {
+	suffix := ".reset-" + now.UTC().Format("20060102T150405Z")
+	to := ledgerDir(stateDir) + suffix
+	err := ledger.SetAside(ledgerDir(stateDir), to)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		to = "" // in-memory stores (tests), or never started
+	case err != nil:
+		return "", fmt.Errorf("reset the ledger state in %s: %w", stateDir, err)
+	}
+	block := blockFilePath(stateDir)
+	if err := os.Rename(block, block+suffix); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return to, fmt.Errorf("set block.json aside: %w", err)
+	}
+	return to, nil
 }

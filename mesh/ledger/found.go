@@ -5,7 +5,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 
 	"github.com/hashicorp/raft"
@@ -124,4 +127,27 @@ func (l *Ledger) foundCluster() ClusterID {
 		copy(id[:], b)
 	}
 	return id
+}
+
+// SetAside moves this node's ledger state in dir (<state-dir>/raft) to to,
+// so that the node starts again without ledger state and joins the ledger
+// its peers hold. It refuses while an agent uses dir (the log is locked)
+// and when there is nothing to move.
+func SetAside(dir, to string) error {
+	if _, err := os.Stat(dir); err != nil {
+		return fmt.Errorf("no ledger state to set aside: %w", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "raft.db")); err == nil {
+		_, closeDisk, err := openDiskStores(dir, slog.New(slog.DiscardHandler))
+		if err != nil {
+			return fmt.Errorf("stop the agent first: %w", err)
+		}
+		if err := closeDisk(); err != nil {
+			return err
+		}
+	}
+	if err := os.Rename(dir, to); err != nil {
+		return fmt.Errorf("set the ledger state aside: %w", err)
+	}
+	return nil
 }

@@ -143,6 +143,9 @@ type Spec struct {
 	// too (the oldest Node with --join-kubernetes).
 	Join  []string
 	Found bool
+	// BootstrapExpect founds with that many agents instead (see
+	// mesh.Config.BootstrapExpect); the node then never founds alone.
+	BootstrapExpect int
 	// SecretKey overrides the cluster's key for this node.
 	SecretKey []byte
 	// Now is this node's wall clock (zero: the cluster's).
@@ -201,7 +204,8 @@ func (c *Cluster) Start(spec Spec) (*Node, error) {
 		Port:              GossipPort,
 		LedgerPort:        LedgerPort,
 		Voters:            c.opts.Voters,
-		Found:             len(spec.Join) == 0 || spec.Found,
+		Found:             (len(spec.Join) == 0 || spec.Found) && spec.BootstrapExpect == 0,
+		BootstrapExpect:   spec.BootstrapExpect,
 		Pool:              c.opts.Pool,
 		BlockBits:         c.opts.BlockBits,
 		ReclaimAfter:      c.opts.ReclaimAfter,
@@ -233,6 +237,22 @@ func (c *Cluster) Start(spec Spec) (*Node, error) {
 	c.nodes[spec.Key] = n
 	c.mu.Unlock()
 	return n, nil
+}
+
+// ResetLedger is `grapevine ledger reset` on a stopped node's state
+// directory: its ledger state (kept in memory here) is set aside, its node
+// ID stays.
+func (c *Cluster) ResetLedger(stateDir string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, n := range c.nodes {
+		if n.StateDir == stateDir {
+			return fmt.Errorf("meshtest: node %s still runs on %s", n.Key, stateDir)
+		}
+	}
+	c.stores[stateDir] = ledger.NewMemStores()
+	_, err := mesh.ResetLedger(stateDir, time.Now())
+	return err
 }
 
 // Stop ends a node (by key) gracefully: it leaves the cluster.
