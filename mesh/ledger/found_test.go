@@ -12,7 +12,9 @@ import (
 
 func TestFirstConfiguration(t *testing.T) {
 	a, b, c := NodeID{1}, NodeID{2}, NodeID{3}
-	at := func(id NodeID) Founder { return Founder{ID: id, Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, id[0]}), 7963)} }
+	at := func(id NodeID) Founder {
+		return Founder{ID: id, Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, id[0]}), 7963)}
+	}
 	for _, tc := range []struct {
 		name     string
 		self     NodeID
