@@ -140,7 +140,7 @@ type Spec struct {
 	StateDir string
 	// Join lists seeds. A node without seeds may found a new ledger, as
 	// the agent started without --join; Found lets one with seeds found
-	// too (the oldest Node with --join-kubernetes).
+	// too (a test's first node).
 	Join  []string
 	Found bool
 	// BootstrapExpect founds with that many agents instead (see
