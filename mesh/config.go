@@ -144,10 +144,11 @@ type Config struct {
 	// Voters is how many agents vote in the ledger (1, 3 or 5); the rest
 	// keep a replica without a vote.
 	Voters int
-	// Found lets this node found a new ledger when it has none and no
-	// member it reaches belongs to one: a node started without seeds, or
-	// the oldest Node of a new Kubernetes cluster. A node that may not
-	// found waits, not ready, until it reaches a ledger.
+	// Found lets this node found a new single-voter ledger at start when
+	// it has none and no member it reaches belongs to one: a node started
+	// without seeds. A node that may not found (neither Found,
+	// BootstrapExpect nor LedgerRecord) waits, not ready, until it reaches
+	// a ledger.
 	Found bool
 	// BootstrapExpect, when set, founds a ledger as Consul's
 	// bootstrap_expect does: once this many agents with the same setting

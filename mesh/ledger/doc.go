@@ -9,6 +9,11 @@
 // the first byte and protected by mutual TLS with the one certificate every
 // holder of the cluster's gossip key derives from it.
 //
+// A ledger is founded once (found.go): by one node at start (Config.Found),
+// or at run time by Bootstrap, whose founders all start as voters in one
+// identical first configuration; the first leader writes the Found entry,
+// with a cluster ID recorded beforehand outside the ledger if there is one.
+//
 // Up to Config.Voters agents vote; the others are non-voters with a full
 // local copy, so reads are local. The leader alone runs autopilot (adds,
 // promotes, replaces and removes members from gossip's view, never below a
