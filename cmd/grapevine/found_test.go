@@ -80,7 +80,8 @@ func TestKubernetesFounderLostItsDisk(t *testing.T) {
 		}
 		return nil
 	})
-	// Longer than the 2 s after which the oldest Node's agent used to found.
+	// Longer than the 2 s after which the oldest Node's agent founded a
+	// second ledger before the record.
 	for end := time.Now().Add(4 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
 		v := founder.agent.mesh.View()
 		if !v.Ledger.ClusterID.IsZero() || v.Ready {
