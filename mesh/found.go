@@ -39,11 +39,16 @@ func (m *Mesh) foundingLoop(ctx context.Context) {
 		case !founded || !recordChecked:
 			var err error
 			founded, recordChecked, err = m.recordStep(ctx)
-			if err != nil {
+			switch {
+			case err == nil:
+				failures = 0
+			case failures == 0:
+				// Once: a node in a ledger keeps working without the API.
+				m.log.Warn("cannot read or create the ledger's record; retrying", "record", m.cfg.LedgerRecord.Where(), "err", err)
+				fallthrough
+			default:
 				failures++
 				wait = backoff(failures)
-			} else {
-				failures = 0
 			}
 		}
 		m.checkForeign()
@@ -203,7 +208,6 @@ func (m *Mesh) recordStep(ctx context.Context) (founded, checked bool, err error
 		}
 		got, created, err := rec.Create(ctx, RecordedLedger{ClusterID: st.ClusterID, Founder: m.cfg.NodeName})
 		if err != nil {
-			m.log.Warn("cannot read or create the ledger's record", "record", rec.Where(), "err", err)
 			return true, false, err
 		}
 		if created {
