@@ -171,3 +171,59 @@ func TestForeignLedgerStopsUntilReset(t *testing.T) {
 	})
 	waitFor(t, "every node to route the others", 30*time.Second, func() error { return meshtest.Converged(c.Views()) })
 }
+
+// TestRecordFoundsOnce is trace 3 of issue 18 on the mesh: a cluster
+// founded before the ledger's record existed records its ledger when its
+// agents restart with a record; a node whose state directory was lost,
+// started with the record while its seeds are silent, founds no second
+// ledger, says which one it waits for, and joins it once they answer.
+func TestRecordFoundsOnce(t *testing.T) {
+	c := meshtest.NewCluster(t.TempDir(), meshtest.Options{})
+	defer c.Close()
+	a := start(t, c, meshtest.Spec{Name: "a"})
+	join := []string{a.Addr.String()}
+	b := start(t, c, meshtest.Spec{Name: "b", Join: join})
+	cluster := ledger.ClusterID{}
+	waitFor(t, "one ledger", 30*time.Second, func() (err error) { cluster, err = oneLedger([]*meshtest.Node{a, b}); return err })
+
+	// Restarted with the record (an upgrade): the ledger gets recorded.
+	rec := &meshtest.Record{}
+	for _, n := range []*meshtest.Node{a, b} {
+		if err := c.Stop(n.Name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a = start(t, c, meshtest.Spec{Name: "a", Addr: a.Addr.Addr(), Join: []string{b.Addr.String()}, LedgerRecord: rec})
+	b = start(t, c, meshtest.Spec{Name: "b", Addr: b.Addr.Addr(), Join: join, LedgerRecord: rec})
+	waitFor(t, "the running ledger to be recorded", 30*time.Second, func() error {
+		got, ok, _ := rec.Get()
+		if !ok || got.ClusterID != cluster {
+			return fmt.Errorf("recorded %+v (%v), want %s", got, ok, cluster)
+		}
+		_, err := oneLedger([]*meshtest.Node{a, b})
+		return err
+	})
+
+	// A third node with an empty state dir, cut off from a and b.
+	addr := meshtest.HostAddr(9)
+	c.Net.Partition([]netip.Addr{addr}, []netip.Addr{a.Addr.Addr(), b.Addr.Addr()})
+	d := start(t, c, meshtest.Spec{Name: "d", Addr: addr, Join: join, LedgerRecord: rec})
+	waitFor(t, "d to wait for the recorded ledger", 30*time.Second, reasonContains(d, cluster.String()))
+	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		if v := d.Mesh.View(); !v.Ledger.ClusterID.IsZero() || v.Ready {
+			t.Fatalf("cut off with an empty state dir, d holds ledger %s (ready %v)", v.Ledger.ClusterID, v.Ready)
+		}
+	}
+	_, _, creates := rec.Get()
+	c.Net.Heal()
+	waitFor(t, "d to join the recorded ledger", 30*time.Second, func() error {
+		got, err := oneLedger([]*meshtest.Node{a, b, d})
+		if err == nil && got != cluster {
+			t.Fatalf("ledger %s, recorded %s", got, cluster)
+		}
+		return err
+	})
+	if _, _, n := rec.Get(); n != creates {
+		t.Errorf("%d more creates after d read the record: it polls", n-creates)
+	}
+}
