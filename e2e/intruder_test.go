@@ -79,5 +79,18 @@ func TestIntruder(t *testing.T) {
 			t.Error(err)
 		}
 	}
-	t.Logf("intruder: for %v, no member listed %s and no host routed via %s; the mesh of %d kept its routes", intruderWatch, intruder.Name, intruder.IP, len(members))
+	// The intruder's gossip, without this cluster's key, is counted where it
+	// lands (issue 19, fault 5), not logged line by line.
+	refused := 0.0
+	for _, h := range members {
+		_, body, err := h.Get(ctx, "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		refused += lab.Counters(body, "grapevine_mesh_rejected_gossip_total")["decrypt"]
+	}
+	if refused == 0 {
+		t.Error("no member counted the intruder's gossip as refused")
+	}
+	t.Logf("intruder: for %v, no member listed %s and no host routed via %s; the mesh of %d kept its routes and refused %v of its gossip messages", intruderWatch, intruder.Name, intruder.IP, len(members), refused)
 }

@@ -12,14 +12,14 @@ import (
 )
 
 // TestRelease: `grapevine release` refuses a live node, and a dead one until
-// it has been gone for half of --reclaim-after; then it frees the node's
-// block on every host at once, long before --reclaim-after, and the node
-// coming back does not take the released block back from disk: the ledger
-// tells it, it is fenced and claims anew.
+// its lease has ended (saying how long is left); then it frees the node's
+// block on every host at once, and the node coming back does not take the
+// released block back from disk: its saved lease has ended, so it asks the
+// ledger, which gives it another block.
 func TestRelease(t *testing.T) {
 	t.Parallel()
-	const reclaimAfter = 20 * time.Second
-	l := env.Lab(t, labtest.Options{Hosts: 3, AgentArgs: []string{"--reclaim-after", reclaimAfter.String()}})
+	const lease = 20 * time.Second
+	l := env.Lab(t, labtest.Options{Hosts: 3, AgentArgs: []string{"--lease", lease.String()}})
 	ctx := timeout(t, 3*time.Minute)
 	h1, h2, h3 := l.Host(1), l.Host(2), l.Host(3)
 	before, err := lab.WaitMesh(ctx, l.Hosts())
@@ -48,8 +48,8 @@ func TestRelease(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := h1.Release(ctx, h3.Name); err == nil || !strings.Contains(string(out)+err.Error(), "half of --reclaim-after") {
-		t.Fatalf("release of a node dead for less than half of --reclaim-after: %v: %s", err, out)
+	if out, err := h1.Release(ctx, h3.Name); err == nil || !strings.Contains(string(out)+err.Error(), "once its lease") {
+		t.Fatalf("release of a dead node within its lease: %v: %s", err, out)
 	}
 	var released time.Time
 	for {

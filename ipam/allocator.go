@@ -3,127 +3,272 @@ package ipam
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
-	"os"
+	"strings"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
-	"github.com/containernetworking/plugins/plugins/ipam/host-local/backend/disk"
 )
 
 // ErrCodeExhausted is the CNI error code (plugin-specific range) for a block
 // with no free address left.
 const ErrCodeExhausted uint = 100
 
-// rangeID names the store's round-robin marker (last_reserved_ip.0). There is
-// one range per node: the current block.
-const rangeID = "0"
-
 // Allocator reserves and releases pod addresses in one network's store.
 // Each method takes the store's file lock, so Allocators in different
 // processes (concurrent plugin invocations) never hand out the same address.
 type Allocator struct {
-	store *disk.Store
+	store *store
 }
 
 // Open opens (creating if needed) the reservation store for cfg.
 func Open(cfg Config) (*Allocator, error) {
-	store, err := disk.New(cfg.Network, cfg.DataDir)
+	st, err := openStore(cfg.StoreDir())
 	if err != nil {
 		return nil, fmt.Errorf("open address store %s: %w", cfg.StoreDir(), err)
 	}
-	return &Allocator{store: store}, nil
+	return &Allocator{store: st}, nil
 }
 
 // Close releases the store's lock file descriptor.
-func (a *Allocator) Close() error { return a.store.Close() }
+func (a *Allocator) Close() error { return a.store.lock.Close() }
+
+// locked runs fn holding the store's lock.
+func (a *Allocator) locked(fn func() error) error {
+	if err := a.store.lock.Lock(); err != nil {
+		return fmt.Errorf("lock address store %s: %w", a.store.dir, err)
+	}
+	defer a.store.lock.Unlock()
+	return fn()
+}
 
 // Allocate returns the address (containerID, ifname) already holds in block,
 // or reserves the next free one after the last address handed out, so a
-// freed address is not reused at once. A full block is CNI error
-// ErrCodeExhausted.
-func (a *Allocator) Allocate(block netip.Prefix, containerID, ifname string) (netip.Addr, error) {
+// freed address is not reused at once. reserved says which: only an address
+// this call reserved is the caller's to release when its ADD fails, since
+// one held already belongs to an attachment that may be running. A full
+// block is CNI error ErrCodeExhausted.
+func (a *Allocator) Allocate(block netip.Prefix, containerID, ifname string) (addr netip.Addr, reserved bool, err error) {
 	first, last, err := UsableRange(block)
 	if err != nil {
-		return netip.Addr{}, err
+		return netip.Addr{}, false, err
 	}
-	if err := a.store.Lock(); err != nil {
-		return netip.Addr{}, fmt.Errorf("lock address store: %w", err)
-	}
-	defer a.store.Unlock()
-
-	for _, held := range a.held(containerID, ifname) {
-		if block.Contains(held) {
-			return held, nil
+	err = a.locked(func() error {
+		all, err := a.store.list()
+		if err != nil {
+			return err
 		}
-	}
-
-	start := first
-	if prev, err := a.store.LastReservedIP(rangeID); err == nil {
-		if p, ok := netip.AddrFromSlice(prev.To4()); ok && p.Compare(first) >= 0 && p.Compare(last) < 0 {
+		taken := make(map[netip.Addr]bool, len(all))
+		for _, r := range all {
+			if r.names(containerID, ifname) && block.Contains(r.Addr) {
+				// A repeated ADD replaces the attachment's veth; renewed,
+				// the reservation is spared by CollectStale while the
+				// veth is missing, however long ago it was first made.
+				addr = r.Addr
+				return a.store.touch(addr)
+			}
+			taken[r.Addr] = true
+		}
+		start := first
+		if p, ok := a.store.lastReserved(); ok && p.Compare(first) >= 0 && p.Compare(last) < 0 {
 			start = p.Next()
 		}
-	} else if !errors.Is(err, os.ErrNotExist) {
-		return netip.Addr{}, fmt.Errorf("read last reserved address: %w", err)
-	}
-
-	addr := start
-	for {
-		ok, err := a.store.Reserve(containerID, ifname, net.IP(addr.AsSlice()), rangeID)
-		if err != nil {
-			return netip.Addr{}, fmt.Errorf("reserve %s: %w", addr, err)
+		for next := start; ; {
+			if !taken[next] {
+				ok, err := a.store.reserve(next, containerID, ifname)
+				if err != nil {
+					return err
+				}
+				if ok {
+					addr, reserved = next, true
+					return nil
+				}
+			}
+			if next = next.Next(); next.Compare(last) > 0 {
+				next = first
+			}
+			if next == start {
+				return types.NewError(ErrCodeExhausted,
+					fmt.Sprintf("block %s is exhausted: all addresses %s-%s are in use", block, first, last), "")
+			}
 		}
-		if ok {
-			return addr, nil
-		}
-		if addr = addr.Next(); addr.Compare(last) > 0 {
-			addr = first
-		}
-		if addr == start {
-			return netip.Addr{}, types.NewError(ErrCodeExhausted,
-				fmt.Sprintf("block %s is exhausted: all addresses %s-%s are in use", block, first, last), "")
-		}
-	}
+	})
+	return addr, reserved, err
 }
 
-// Release frees every address held by (containerID, ifname), in any block.
-// Releasing nothing is not an error.
+// Release frees every address held by (containerID, ifname), in any block,
+// and nothing else. Releasing nothing is not an error.
 func (a *Allocator) Release(containerID, ifname string) error {
-	if err := a.store.Lock(); err != nil {
-		return fmt.Errorf("lock address store: %w", err)
-	}
-	defer a.store.Unlock()
-	if err := a.store.ReleaseByID(containerID, ifname); err != nil {
-		return fmt.Errorf("release addresses of %s/%s: %w", containerID, ifname, err)
-	}
-	return nil
+	return a.releaseIf(func(r Reservation) bool { return r.names(containerID, ifname) })
+}
+
+// ReleaseAddr frees addr if (containerID, ifname) holds it: the undo of an
+// ADD that reserved addr, which must not free what the attachment held
+// before.
+func (a *Allocator) ReleaseAddr(addr netip.Addr, containerID, ifname string) error {
+	return a.releaseIf(func(r Reservation) bool { return r.Addr == addr && r.names(containerID, ifname) })
+}
+
+// releaseIf frees every reservation match selects, carrying on past errors.
+func (a *Allocator) releaseIf(match func(Reservation) bool) error {
+	return a.locked(func() error {
+		all, err := a.store.list()
+		if err != nil {
+			return err
+		}
+		var errs []error
+		for _, r := range all {
+			if match(r) {
+				errs = append(errs, a.store.release(r.Addr))
+			}
+		}
+		return errors.Join(errs...)
+	})
 }
 
 // Held returns the addresses reserved for (containerID, ifname).
 func (a *Allocator) Held(containerID, ifname string) ([]netip.Addr, error) {
-	if err := a.store.Lock(); err != nil {
-		return nil, fmt.Errorf("lock address store: %w", err)
-	}
-	defer a.store.Unlock()
-	return a.held(containerID, ifname), nil
-}
-
-func (a *Allocator) held(containerID, ifname string) []netip.Addr {
 	var addrs []netip.Addr
-	for _, ip := range a.store.GetByID(containerID, ifname) {
-		if addr, ok := netip.AddrFromSlice(ip); ok {
-			addrs = append(addrs, addr.Unmap())
+	err := a.locked(func() error {
+		all, err := a.store.list()
+		for _, r := range all {
+			if r.names(containerID, ifname) {
+				addrs = append(addrs, r.Addr)
+			}
 		}
-	}
-	return addrs
+		return err
+	})
+	return addrs, err
 }
 
-// GC frees every reservation whose attachment is not in valid.
+// Reservations returns every reservation in the store.
+func (a *Allocator) Reservations() ([]Reservation, error) {
+	var all []Reservation
+	err := a.locked(func() error {
+		var err error
+		all, err = a.store.list()
+		return err
+	})
+	return all, err
+}
+
+// GC frees every reservation whose attachment is not in valid, and those
+// that name no attachment. The CNI commands call it only when the runtime
+// sent cni.dev/valid-attachments (RequireValidAttachments).
 func (a *Allocator) GC(valid []types.GCAttachment) error {
-	if err := a.store.GC(valid); err != nil {
+	listed := make(map[types.GCAttachment]bool, 2*len(valid))
+	for _, v := range valid {
+		id := strings.TrimSpace(v.ContainerID)
+		listed[types.GCAttachment{ContainerID: id, IfName: v.IfName}] = true
+		// host-local's legacy format names no interface: any of the
+		// container's keeps it.
+		listed[types.GCAttachment{ContainerID: id}] = true
+	}
+	err := a.collect(func(r Reservation) bool {
+		return r.ContainerID == "" || !listed[types.GCAttachment{ContainerID: r.ContainerID, IfName: r.IfName}]
+	}, nil)
+	if err != nil {
 		return fmt.Errorf("garbage-collect address store: %w", err)
 	}
 	return nil
+}
+
+// CollectStale frees the reservations of attachments that are gone, for
+// runtimes that never send GC: every reservation written before cutoff for
+// which live returns false, and every one written before cutoff that names
+// no attachment. live gets the reservation's container ID and interface
+// name (an empty IfName means any interface of the container, host-local's
+// legacy format) and should say whether that attachment still exists, for
+// example whether a host veth carries its alias or its sandbox still runs.
+// The cutoff spares reservations of ADDs still in progress, whose veth does
+// not exist yet. It returns what it freed, and frees as much as it can
+// past errors.
+//
+// CollectStale is meant for the agent, which calls it periodically; it
+// takes the store's lock like every plugin process. A caller that has read
+// the store without the lock (ReadReservations) can tell with Stale whether
+// a call would free anything.
+func CollectStale(cfg Config, cutoff time.Time, live func(types.GCAttachment) bool) ([]Reservation, error) {
+	alloc, err := Open(cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer alloc.Close()
+	var freed []Reservation
+	err = alloc.collect(func(r Reservation) bool { return r.Stale(cutoff, live) }, &freed)
+	return freed, err
+}
+
+// Stale reports whether CollectStale(cfg, cutoff, live) frees r: r was
+// written before cutoff and names no attachment, or one live says is gone.
+// It is pure.
+func (r Reservation) Stale(cutoff time.Time, live func(types.GCAttachment) bool) bool {
+	if !r.Written.Before(cutoff) {
+		return false
+	}
+	return r.ContainerID == "" || !live(types.GCAttachment{ContainerID: r.ContainerID, IfName: r.IfName})
+}
+
+// collect frees every reservation free selects, appending what it freed to
+// freed when that is not nil.
+func (a *Allocator) collect(free func(Reservation) bool, freed *[]Reservation) error {
+	return a.locked(func() error {
+		all, err := a.store.list()
+		if err != nil {
+			return err
+		}
+		var errs []error
+		for _, r := range all {
+			if !free(r) {
+				continue
+			}
+			if err := a.store.release(r.Addr); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			if freed != nil {
+				*freed = append(*freed, r)
+			}
+		}
+		return errors.Join(errs...)
+	})
+}
+
+// Status is nil when an ADD could reserve an address in block now, and says
+// why not otherwise: the store cannot be written (a read-only or full disk)
+// or every usable address is taken.
+func (a *Allocator) Status(block netip.Prefix) error {
+	first, last, err := UsableRange(block)
+	if err != nil {
+		return err
+	}
+	if err := a.store.writable(); err != nil {
+		return fmt.Errorf("address store %s is not writable: %w", a.store.dir, err)
+	}
+	var used int
+	err = a.locked(func() error {
+		all, err := a.store.list()
+		for _, r := range all {
+			if block.Contains(r.Addr) && r.Addr.Compare(first) >= 0 && r.Addr.Compare(last) <= 0 {
+				used++
+			}
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if free := rangeSize(first, last) - used; free <= 0 {
+		return fmt.Errorf("block %s is exhausted: all %d addresses %s-%s are in use", block, used, first, last)
+	}
+	return nil
+}
+
+// rangeSize is how many addresses first..last holds (IPv4).
+func rangeSize(first, last netip.Addr) int {
+	f, l := first.As4(), last.As4()
+	toInt := func(b [4]byte) int { return int(b[0])<<24 | int(b[1])<<16 | int(b[2])<<8 | int(b[3]) }
+	return toInt(l) - toInt(f) + 1
 }
 
 // UsableRange returns the first and last address handed out from block.

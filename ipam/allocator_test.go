@@ -29,7 +29,7 @@ func testConfig(t *testing.T) Config {
 
 func mustAllocate(t *testing.T, a *Allocator, block, id string) netip.Addr {
 	t.Helper()
-	addr, err := a.Allocate(netip.MustParsePrefix(block), id, "eth0")
+	addr, _, err := a.Allocate(netip.MustParsePrefix(block), id, "eth0")
 	if err != nil {
 		t.Fatalf("allocate for %s in %s: %v", id, block, err)
 	}
@@ -67,7 +67,7 @@ func TestAllocateSkipsNetworkAndLastAddressAndReusesLate(t *testing.T) {
 	if got := mustAllocate(t, a, block, "b"); got.String() != "10.244.1.2" {
 		t.Errorf("second address %s, want 10.244.1.2", got)
 	}
-	_, err := a.Allocate(netip.MustParsePrefix(block), "c", "eth0")
+	_, _, err := a.Allocate(netip.MustParsePrefix(block), "c", "eth0")
 	var cniErr *types.Error
 	if !errors.As(err, &cniErr) || cniErr.Code != ErrCodeExhausted {
 		t.Fatalf("third allocation in a /30 = %v, want CNI error %d", err, ErrCodeExhausted)
@@ -105,7 +105,7 @@ func TestSameAttachmentGetsSameAddress(t *testing.T) {
 	if err != nil || !slices.Equal(held, []netip.Addr{first}) {
 		t.Errorf("Held = %v, %v; want [%s]", held, err, first)
 	}
-	other, err := a.Allocate(netip.MustParsePrefix("10.244.1.0/24"), "ctr", "net1")
+	other, _, err := a.Allocate(netip.MustParsePrefix("10.244.1.0/24"), "ctr", "net1")
 	if err != nil || other == first {
 		t.Errorf("second interface of the same container got %s, %v; want a different address", other, err)
 	}
@@ -127,7 +127,7 @@ func TestConcurrentAllocationsAreDistinctAndKept(t *testing.T) {
 				return
 			}
 			defer a.Close()
-			addrs[i], errs[i] = a.Allocate(netip.MustParsePrefix("10.244.1.0/24"), fmt.Sprintf("ctr-%d", i), "eth0")
+			addrs[i], _, errs[i] = a.Allocate(netip.MustParsePrefix("10.244.1.0/24"), fmt.Sprintf("ctr-%d", i), "eth0")
 		})
 	}
 	wg.Wait()

@@ -58,9 +58,21 @@ func cmdAdd(args *skel.CmdArgs) error {
 		return err
 	}
 	defer alloc.Close()
-	addr, err := alloc.Allocate(st.Block, args.ContainerID, args.IfName)
+	addr, reserved, err := alloc.Allocate(st.Block, args.ContainerID, args.IfName)
 	if err != nil {
 		return err
+	}
+	// The lease may have ended while the store was locked: hand the
+	// address out only if it held once the address was taken. Only an
+	// address this ADD reserved is freed again.
+	if lerr := LeaseHolds(st); lerr != nil {
+		if !reserved {
+			return lerr
+		}
+		if err := alloc.Release(args.ContainerID, args.IfName); err != nil {
+			return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("%s; freeing %s again failed: %v", lerr.Msg, addr, err), "")
+		}
+		return lerr
 	}
 	var vc struct {
 		CNIVersion string `json:"cniVersion"`
@@ -154,6 +166,9 @@ func cmdGC(args *skel.CmdArgs) error {
 	if err := json.Unmarshal(args.StdinData, &conf); err != nil {
 		return DecodeError(err)
 	}
+	if err := RequireValidAttachments(args.StdinData); err != nil {
+		return err
+	}
 	alloc, err := Open(cfg)
 	if err != nil {
 		return err
@@ -162,20 +177,66 @@ func cmdGC(args *skel.CmdArgs) error {
 	return alloc.GC(conf.ValidAttachments)
 }
 
-// cmdStatus succeeds only when node.json holds a block: without one no ADD can
-// succeed, which is CNI error 50.
+// validAttachmentsKey is where GC's network configuration lists the
+// attachments the runtime still runs.
+const validAttachmentsKey = "cni.dev/valid-attachments"
+
+// RequireValidAttachments refuses a GC whose configuration lacks
+// cni.dev/valid-attachments with CNI error 7: without the list every
+// attachment would count as gone. An empty list (or null, as a runtime
+// written in Go encodes an empty slice) is a node without pods.
+func RequireValidAttachments(stdin []byte) error {
+	var keys map[string]json.RawMessage
+	if err := json.Unmarshal(stdin, &keys); err != nil {
+		return DecodeError(err)
+	}
+	if _, ok := keys[validAttachmentsKey]; !ok {
+		return types.NewError(types.ErrInvalidNetworkConfig,
+			"GC needs "+validAttachmentsKey+" in the network config, the attachments still in use; without it nothing is collected", "")
+	}
+	return nil
+}
+
+// cmdStatus succeeds only when an ADD could succeed now (see Status).
 func cmdStatus(args *skel.CmdArgs) error {
 	cfg, err := ParseConfig(args.StdinData)
 	if err != nil {
 		return err
 	}
-	return StatusError(cfg.RunDir)
+	return Status(cfg)
 }
 
-// StatusError is nil when node.json in runDir holds a usable block, and CNI
-// error 50 (plugin not available) saying why otherwise.
+// StatusError is nil when node.json in runDir holds a usable block under a
+// lease that holds, and CNI error 50 (plugin not available) saying why
+// otherwise.
 func StatusError(runDir string) error {
-	_, err := nodestate.Read(runDir)
+	st, err := nodestate.Read(runDir)
+	if err != nil {
+		return types.NewError(types.ErrPluginNotAvailable, err.Error(), "")
+	}
+	if lerr := LeaseHolds(st); lerr != nil {
+		return types.NewError(types.ErrPluginNotAvailable, lerr.Msg, "")
+	}
+	return nil
+}
+
+// Status is nil when an ADD could get an address now, and CNI error 50
+// (plugin not available) naming the reason otherwise: node.json holds no
+// usable block, its lease has ended, the store cannot be written, or the
+// block is exhausted.
+func Status(cfg Config) error {
+	if err := StatusError(cfg.RunDir); err != nil {
+		return err
+	}
+	st, err := nodestate.Read(cfg.RunDir)
+	if err != nil {
+		return types.NewError(types.ErrPluginNotAvailable, err.Error(), "")
+	}
+	alloc, err := Open(cfg)
+	if err == nil {
+		defer alloc.Close()
+		err = alloc.Status(st.Block)
+	}
 	if err != nil {
 		return types.NewError(types.ErrPluginNotAvailable, err.Error(), "")
 	}

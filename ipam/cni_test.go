@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/types"
@@ -59,7 +60,21 @@ func newIPAMEnv(t *testing.T) *ipamEnv {
 
 func (e *ipamEnv) writeNodeState(block string) {
 	e.t.Helper()
-	st := nodestate.State{Node: "n1", Block: mustPrefix(block), Pool: mustPrefix("10.244.0.0/16"), MTU: 1450}
+	e.writeLeasedNodeState(block, time.Hour, nil)
+}
+
+// writeLeasedNodeState writes node.json with a lease of d from now
+// (negative: ended that long ago), changed by edit if not nil.
+func (e *ipamEnv) writeLeasedNodeState(block string, d time.Duration, edit func(*nodestate.Lease)) {
+	e.t.Helper()
+	lease, err := nodestate.LeaseFromNow(d)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if edit != nil {
+		edit(&lease)
+	}
+	st := nodestate.State{Node: "n1", Block: mustPrefix(block), Pool: mustPrefix("10.244.0.0/16"), MTU: 1450, Lease: lease}
 	if err := nodestate.Write(e.runDir, st); err != nil {
 		e.t.Fatal(err)
 	}
@@ -125,6 +140,43 @@ func TestBinaryAddCheckDel(t *testing.T) {
 	}
 	if _, err := e.run("CHECK", "ctr1", e.conf("")); err == nil {
 		t.Error("CHECK after DEL passed")
+	}
+}
+
+// Once node.json's lease has ended (the agent stopped, hung or cut off from
+// the ledger), ADD hands out nothing and says since when the lease was not
+// renewed; the pods that exist are left alone: CHECK and DEL work.
+func TestBinaryAddRefusedOnceLeaseEnded(t *testing.T) {
+	e := newIPAMEnv(t)
+	if _, err := e.run("ADD", "ctr1", e.conf("")); err != nil {
+		t.Fatal(err)
+	}
+	for name, edit := range map[string]func(*nodestate.Lease){
+		"ended":                   nil,
+		"granted in another boot": func(l *nodestate.Lease) { l.Ends.Boot = "another-boot"; l.Ends.Since += 2 * time.Hour },
+		"no lease (older agent)":  func(l *nodestate.Lease) { *l = nodestate.Lease{} },
+	} {
+		e.writeLeasedNodeState("10.244.3.0/24", -time.Second, edit)
+		_, err := e.run("ADD", "ctr2", e.conf(""))
+		wantCode(t, name+": ADD", err, types.ErrTryAgainLater, "has not renewed its lease on block 10.244.3.0/24 since")
+		_, err = e.run("STATUS", "", e.conf(""))
+		wantCode(t, name+": STATUS", err, types.ErrPluginNotAvailable, "has not renewed its lease")
+	}
+	prev := `, "prevResult": {"cniVersion": "1.1.0", "ips": [{"address": "10.244.3.1/32", "gateway": "169.254.1.1"}]}`
+	if _, err := e.run("CHECK", "ctr1", e.conf(prev)); err != nil {
+		t.Errorf("CHECK of an existing pod once the lease ended: %v", err)
+	}
+	if _, err := e.run("DEL", "ctr1", e.conf("")); err != nil {
+		t.Errorf("DEL once the lease ended: %v", err)
+	}
+	// ctr2 was refused without a reservation left behind.
+	if _, err := e.run("CHECK", "ctr2", e.conf("")); err == nil {
+		t.Error("a refused ADD left a reservation for ctr2")
+	}
+	// Renewed: ADD works again.
+	e.writeNodeState("10.244.3.0/24")
+	if _, err := e.run("ADD", "ctr2", e.conf("")); err != nil {
+		t.Fatalf("ADD after the renewal: %v", err)
 	}
 }
 

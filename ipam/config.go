@@ -8,6 +8,7 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 
+	"github.com/grapevine-net/grapevine/internal/hostclock"
 	"github.com/grapevine-net/grapevine/node/nodestate"
 )
 
@@ -80,15 +81,33 @@ func DecodeError(err error) *types.Error {
 	return types.NewError(types.ErrDecodingFailure, fmt.Sprintf("decode network config: %v", err), "")
 }
 
-// ReadNodeState reads node.json from runDir. When the agent has not written a
-// block yet, the error is CNI error 11 (try again later) saying so.
+// ReadNodeState reads node.json from runDir for an ADD: the block may hand
+// out a new address only while the lease in it holds. When the agent has
+// not written a block yet, the file cannot be read or parsed (the agent
+// rewrites it), or the lease has ended, the error is CNI error 11 (try
+// again later) saying so.
 func ReadNodeState(runDir string) (nodestate.State, error) {
 	st, err := nodestate.Read(runDir)
-	if errors.Is(err, nodestate.ErrNotReady) {
+	if err != nil {
 		return st, types.NewError(types.ErrTryAgainLater, err.Error(), "")
 	}
-	if err != nil {
-		return st, types.NewError(types.ErrInternal, err.Error(), "")
+	if lerr := LeaseHolds(st); lerr != nil {
+		return st, lerr
 	}
 	return st, nil
+}
+
+// LeaseHolds is nil while node.json's lease holds on the host clock, and
+// otherwise CNI error 11 saying since when the agent has not renewed it.
+// ADD asks again after it reserved an address, so that an address is
+// handed out only if the lease held once it was taken.
+func LeaseHolds(st nodestate.State) *types.Error {
+	now, err := hostclock.Now()
+	if err != nil {
+		return types.NewError(types.ErrInternal, err.Error(), "")
+	}
+	if err := st.LeaseError(now); err != nil {
+		return types.NewError(types.ErrTryAgainLater, err.Error(), "")
+	}
+	return nil
 }

@@ -1,6 +1,8 @@
 package mesh
 
 import (
+	"github.com/grapevine-net/grapevine/internal/hostclock"
+
 	"context"
 	"fmt"
 	"log/slog"
@@ -19,7 +21,7 @@ const (
 	DefaultLedgerPort        = 7963
 	DefaultVoters            = 3
 	DefaultBlockBits         = 23
-	DefaultReclaimAfter      = time.Hour
+	DefaultLease             = ledger.DefaultLease
 	DefaultReconnectInterval = 30 * time.Second
 	DefaultLeaveTimeout      = 3 * time.Second
 )
@@ -118,10 +120,11 @@ func CheckSecretKey(key []byte) error {
 	return fmt.Errorf("gossip key is %d bytes, want 16, 24 or 32", len(key))
 }
 
-// CheckReclaimAfter accepts zero (the default) or a positive duration.
-func CheckReclaimAfter(d time.Duration) error {
-	if d < 0 {
-		return fmt.Errorf("reclaim time %s is negative", d)
+// CheckLease accepts zero (the default) or a lease of a second or more
+// (less could not be renewed across one slow round trip to the leader).
+func CheckLease(d time.Duration) error {
+	if d != 0 && d < time.Second {
+		return fmt.Errorf("lease %s is shorter than a second", d)
 	}
 	return nil
 }
@@ -168,9 +171,9 @@ type Config struct {
 
 	Pool      netip.Prefix
 	BlockBits int
-	// ReclaimAfter is how long the ledger's leader must itself have seen a
-	// block's owner not alive before it frees the block.
-	ReclaimAfter time.Duration
+	// Lease is how long a grant of this node's block lasts after the
+	// claim that renewed it (the lease rule, see package ledger).
+	Lease time.Duration
 	// StateDir holds node-id, block.json (the block restored after a
 	// restart) and the ledger's log and snapshots under raft/.
 	StateDir string
@@ -201,9 +204,9 @@ type Config struct {
 	Transport memberlist.NodeAwareTransport
 	// Tune adjusts the memberlist configuration last (tests: faster timers).
 	Tune func(*memberlist.Config)
-	// Now is this host's wall clock, only ever compared with itself: when
-	// the ledger last confirmed this node's block (tests: skewed clocks).
-	Now func() time.Time
+	// Clock is this host's clock, on which this node's lease ends (nil:
+	// hostclock.Now; tests: a clock they move).
+	Clock hostclock.Clock
 
 	// LedgerNetwork replaces the ledger's TCP listener and dialer (tests:
 	// in-memory streams).
@@ -268,8 +271,8 @@ func (c Config) withDefaults() (Config, error) {
 	if c.BlockBits == 0 {
 		c.BlockBits = DefaultBlockBits
 	}
-	if c.ReclaimAfter == 0 {
-		c.ReclaimAfter = DefaultReclaimAfter
+	if c.Lease == 0 {
+		c.Lease = DefaultLease
 	}
 	if c.ReconnectInterval == 0 {
 		c.ReconnectInterval = DefaultReconnectInterval
@@ -280,8 +283,8 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
-	if c.Now == nil {
-		c.Now = time.Now
+	if c.Clock == nil {
+		c.Clock = hostclock.Now
 	}
 	if err := CheckNodeName(c.NodeName); err != nil {
 		return c, err
@@ -297,7 +300,7 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("a state directory is required to keep the block across restarts")
 	}
 	for _, err := range []error{CheckPort(c.Port), CheckLedgerPort(c.LedgerPort, c.Port), CheckVoters(c.Voters),
-		CheckPool(c.Pool, c.BlockBits), CheckReclaimAfter(c.ReclaimAfter), CheckSecretKey(c.SecretKey), CheckBootstrapExpect(c.BootstrapExpect, c.Voters)} {
+		CheckPool(c.Pool, c.BlockBits), CheckLease(c.Lease), CheckSecretKey(c.SecretKey), CheckBootstrapExpect(c.BootstrapExpect, c.Voters)} {
 		if err != nil {
 			return c, err
 		}

@@ -36,8 +36,8 @@
 // routed. A member that crashed or left keeps no Block, but its Held block
 // (the ledger's assignment, until released or reclaimed) lets the agent
 // keep its route while its host still answers; the ledger's leader frees a
-// dead owner's block only after it has itself seen the owner gone for
-// ReclaimAfter.
+// dead owner's block only after the owner's lease has ended (package
+// ledger).
 //
 // # Founding and joining
 //
@@ -55,8 +55,14 @@
 //
 // # Fencing and restarts
 //
+// A node is Ready (may hand out addresses from its block) only while its
+// lease holds on the host clock (package hostclock): the View carries the
+// lease's end, which the agent hands to the CNI plugin in node.json, so the
+// plugin stops handing out addresses when it ends even if the agent hangs.
+// The ownership loop renews the lease every quarter of it by claiming again.
 // A node whose block the ledger no longer assigns to it drops it from its
 // View (the plugin then refuses new pods), reports itself degraded, and
-// claims anew. A restarted node uses its saved block at once only under the
-// restart rule (see restorable); otherwise after the ledger confirms it.
+// claims anew. A restarted node uses its saved block at once only while
+// the lease saved with it holds (see restorable); otherwise after the
+// ledger confirms it.
 package mesh

@@ -1,6 +1,8 @@
 package mesh
 
 import (
+	"github.com/grapevine-net/grapevine/mesh/ledger"
+
 	"context"
 	"net/netip"
 	"slices"
@@ -110,14 +112,14 @@ func (m *Mesh) deadTargets() []string {
 	return out
 }
 
-// forgetGone drops members dead or departed for longer than ReclaimAfter:
-// by then the ledger's leader has reclaimed their blocks.
+// forgetGone drops members dead or departed for longer than Lease and its
+// margin: by then the ledger's leader has reclaimed their blocks.
 func (m *Mesh) forgetGone() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	forgot := false
 	for name, p := range m.peers {
-		if !p.state.Live() && time.Since(p.since) > m.cfg.ReclaimAfter {
+		if !p.state.Live() && time.Since(p.since) > m.cfg.Lease+ledger.LeaseMargin(m.cfg.Lease) {
 			delete(m.peers, name)
 			forgot = true
 		}

@@ -1,6 +1,8 @@
 package mesh
 
 import (
+	"github.com/grapevine-net/grapevine/internal/hostclock"
+
 	"cmp"
 	"context"
 	"errors"
@@ -9,7 +11,6 @@ import (
 	"net/netip"
 	"path/filepath"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -25,7 +26,7 @@ type Mesh struct {
 	cfg     Config
 	rules   Rules
 	log     *slog.Logger
-	now     func() time.Time
+	clock   hostclock.Clock
 	metrics *metrics
 	changed chan struct{}
 	// wake nudges the ownership loop: membership or the ledger changed.
@@ -107,7 +108,7 @@ func New(cfg Config) (*Mesh, error) {
 		cfg:           cfg,
 		rules:         Rules{Pool: cfg.Pool, BlockBits: cfg.BlockBits, AllowForeignHostIP: cfg.AllowForeignHostIP},
 		log:           cfg.Logger.With("component", "mesh"),
-		now:           cfg.Now,
+		clock:         cfg.Clock,
 		metrics:       met,
 		changed:       make(chan struct{}, 1),
 		wake:          make(chan struct{}, 1),
@@ -256,21 +257,21 @@ func (m *Mesh) openLedger(id ledger.NodeID) (*ledger.Ledger, error) {
 		bind = netip.AddrPortFrom(m.cfg.BindAddr, uint16(m.cfg.LedgerPort))
 	}
 	cfg := ledger.Config{
-		ID:           id,
-		Name:         m.cfg.NodeName,
-		Advertise:    netip.AddrPortFrom(m.cfg.AdvertiseAddr, uint16(m.cfg.LedgerPort)),
-		Bind:         bind,
-		Dir:          ledgerDir(m.cfg.StateDir),
-		Key:          m.cfg.SecretKey,
-		Voters:       m.cfg.Voters,
-		Pool:         m.cfg.Pool,
-		BlockBits:    m.cfg.BlockBits,
-		ReclaimAfter: m.cfg.ReclaimAfter,
-		Found:        found,
-		Logger:       m.cfg.Logger,
-		Registerer:   m.cfg.Registerer,
-		Network:      m.cfg.LedgerNetwork,
-		Stores:       m.cfg.LedgerStores,
+		ID:         id,
+		Name:       m.cfg.NodeName,
+		Advertise:  netip.AddrPortFrom(m.cfg.AdvertiseAddr, uint16(m.cfg.LedgerPort)),
+		Bind:       bind,
+		Dir:        ledgerDir(m.cfg.StateDir),
+		Key:        m.cfg.SecretKey,
+		Voters:     m.cfg.Voters,
+		Pool:       m.cfg.Pool,
+		BlockBits:  m.cfg.BlockBits,
+		Lease:      m.cfg.Lease,
+		Found:      found,
+		Logger:     m.cfg.Logger,
+		Registerer: m.cfg.Registerer,
+		Network:    m.cfg.LedgerNetwork,
+		Stores:     m.cfg.LedgerStores,
 	}
 	if m.cfg.TuneLedger != nil {
 		m.cfg.TuneLedger(&cfg)
@@ -360,7 +361,7 @@ func (m *Mesh) memberlistConfig() *memberlist.Config {
 	c.Events = d
 	c.Alive = d
 	c.Conflict = d
-	c.LogOutput = &logWriter{log: m.log}
+	c.LogOutput = newLogWriter(m.log, m.metrics.rejectedGossip)
 	if m.cfg.Transport != nil {
 		c.Transport = m.cfg.Transport
 	}
@@ -370,15 +371,12 @@ func (m *Mesh) memberlistConfig() *memberlist.Config {
 	return c
 }
 
-// Release frees the block of a dead or departed node cluster-wide: a ledger
-// entry, refused while the node is alive, and until this node has seen it
-// gone for half of ReclaimAfter. A released node that restarts within half
-// of ReclaimAfter of its last confirmation would use its saved block again
-// under the restart rule before hearing of the release (isolated, it never
-// would); from then on the rule no longer applies, so a release can never
-// leave two nodes using one block.
+// Release frees the block of a dead or departed node cluster-wide, an
+// operator's decision: a ledger entry, refused while the node is alive
+// here or to the leader, and until its lease has ended by the leader's
+// clock (errors.Is ledger.ErrLeaseActive; ledger.LeaseWait says how long).
 func (m *Mesh) Release(ctx context.Context, node string) error {
-	led, gone, err := m.releaseTarget(node)
+	led, err := m.releaseTarget(node)
 	if err != nil {
 		return err
 	}
@@ -390,11 +388,6 @@ func (m *Mesh) Release(ctx context.Context, node string) error {
 			return fmt.Errorf("mesh: release %s: %w: %s", node, ledger.ErrUnknownNode, node)
 		}
 	}
-	if wait := m.cfg.ReclaimAfter/2 - gone; wait > 0 {
-		return fmt.Errorf("mesh: node %s has been gone for %s as far as this node knows; its block can be released in %s "+
-			"(half of --reclaim-after: until then a restart of it could still use the block without asking the ledger)",
-			node, gone.Round(time.Second), wait.Round(time.Second))
-	}
 	if err := led.Release(ctx, node); err != nil {
 		return fmt.Errorf("mesh: %w", err)
 	}
@@ -405,19 +398,16 @@ func (m *Mesh) Release(ctx context.Context, node string) error {
 
 // ReleaseDeletedNode frees the block of a node whose record outside the
 // mesh was deleted: with --join-kubernetes, its Node object, which
-// Kubernetes takes as the operator's word that the host is gone. Unlike
-// Release it does not wait for half of ReclaimAfter. That wait covers a
-// restart under the restart rule; a node running with an Incarnation (the
-// Node's UID) applies the rule only while its record exists with the
-// incarnation saved with the block, which the deletion ended, so a
-// restarted node asks the ledger first. The other checks are Release's:
-// refused while the node is alive here, and by the ledger's leader while
-// it is alive there (errors.Is ledger.ErrNodeAlive).
+// Kubernetes takes as the operator's word that the host is gone. It takes
+// Release's one path: refused while the node is alive here or to the
+// leader (errors.Is ledger.ErrNodeAlive), and until its lease has ended by
+// the leader's clock (errors.Is ledger.ErrLeaseActive), so a host that is
+// alive but cut off keeps its block while it may still use it.
 //
 // It returns the block released, or none (and no error) when the ledger
 // assigns the node no block: never held one, or already released.
 func (m *Mesh) ReleaseDeletedNode(ctx context.Context, node string) (netip.Prefix, error) {
-	led, _, err := m.releaseTarget(node)
+	led, err := m.releaseTarget(node)
 	if err != nil {
 		return netip.Prefix{}, err
 	}
@@ -435,25 +425,20 @@ func (m *Mesh) ReleaseDeletedNode(ctx context.Context, node string) (netip.Prefi
 }
 
 // releaseTarget holds the checks every release shares: the mesh runs and
-// node is not alive here (errors.Is ledger.ErrNodeAlive). It returns the
-// ledger and how long node has been gone as far as this node knows.
-func (m *Mesh) releaseTarget(node string) (*ledger.Ledger, time.Duration, error) {
+// node is not alive here (errors.Is ledger.ErrNodeAlive).
+func (m *Mesh) releaseTarget(node string) (*ledger.Ledger, error) {
 	m.mu.Lock()
 	led := m.led
 	p, known := m.peers[node]
 	alive := node == m.cfg.NodeName || (known && p.state.Live())
-	gone := time.Since(m.started)
-	if known {
-		gone = time.Since(p.since)
-	}
 	m.mu.Unlock()
 	if led == nil {
-		return nil, 0, errors.New("mesh: not running")
+		return nil, errors.New("mesh: not running")
 	}
 	if alive {
-		return nil, 0, nodeAliveError(fmt.Sprintf("mesh: node %s is alive; stop it (or wait until it is declared dead) before releasing its block", node))
+		return nil, nodeAliveError(fmt.Sprintf("mesh: node %s is alive; stop it (or wait until it is declared dead) before releasing its block", node))
 	}
-	return led, gone, nil
+	return led, nil
 }
 
 // nodeAliveError is a release refused because this node sees the target
@@ -492,10 +477,18 @@ func (m *Mesh) View() View {
 		v.Reason = m.foreign
 	case m.identity == "":
 		v.Block, v.Ready = m.ownBlockLocked(st)
-		if v.Ready {
+		if v.Block.IsValid() {
+			v.Lease, v.LeaseRenewed, v.LeaseEndsAt = m.own.lease, m.own.renewed, m.own.endsAt
+		}
+		switch {
+		case v.Ready:
 			v.Reason = ""
-		} else if v.Block.IsValid() && m.reason == "" {
-			v.Reason = "ledger leader out of reach for too long; not handing out new addresses from " + v.Block.String()
+		case v.Block.IsValid() && !m.own.lease.IsZero():
+			// Why the lease was not renewed, if a claim said why.
+			v.Reason = "the lease on " + v.Block.String() + " has ended and the ledger's leader has not renewed it; not handing out new addresses from it"
+			if m.reason != "" {
+				v.Reason += " (" + m.reason + ")"
+			}
 		}
 	default:
 		v.Reason = m.identity
@@ -545,28 +538,6 @@ func routedBlock(byID map[ledger.NodeID]assignment, name string, meta Meta) neti
 		return netip.Prefix{}
 	}
 	return a.block
-}
-
-// logWriter forwards memberlist's log lines ("[LEVEL] memberlist: ...") to
-// slog at the matching level.
-type logWriter struct{ log *slog.Logger }
-
-var memberlistLevels = []struct {
-	prefix string
-	level  slog.Level
-}{{"[DEBUG] ", slog.LevelDebug}, {"[INFO] ", slog.LevelInfo}, {"[WARN] ", slog.LevelWarn}, {"[ERR] ", slog.LevelError}}
-
-func (w *logWriter) Write(p []byte) (int, error) {
-	line := strings.TrimSpace(string(p))
-	level := slog.LevelInfo
-	for _, l := range memberlistLevels {
-		if _, rest, ok := strings.Cut(line, l.prefix); ok {
-			line, level = rest, l.level
-			break
-		}
-	}
-	w.log.Log(context.Background(), level, strings.TrimPrefix(line, "memberlist: "), "source", "memberlist")
-	return len(p), nil
 }
 
 // RecoverLedger makes the node whose state is in stateDir the only voter of

@@ -14,6 +14,7 @@ type metrics struct {
 	nameConflicts    prometheus.Counter
 	rejectedMetadata *prometheus.CounterVec
 	foreignLedger    prometheus.Gauge
+	rejectedGossip   *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -25,7 +26,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "grapevine_mesh_foreign_members", Help: "Members that belong to another ledger (same gossip key, founded separately); never routed.",
 		}),
 		claims: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "grapevine_mesh_claims_total", Help: "Block claims sent to the ledger, by result: succeeded, restored (restart rule), no_leader, exhausted, identity, error.",
+			Name: "grapevine_mesh_claims_total", Help: "Block claims sent to the ledger, by result: succeeded, renewed (the lease), restored (restart rule), no_leader, exhausted, identity, error.",
 		}, []string{"result"}),
 		fenced: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "grapevine_mesh_fenced_total", Help: "Times this node stopped using a block the ledger no longer assigns to it.",
@@ -42,11 +43,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		foreignLedger: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "grapevine_mesh_foreign_ledger", Help: "1 while this node's ledger state belongs to another ledger than the cluster's (it hands out no addresses until `grapevine ledger reset`).",
 		}),
+		rejectedGossip: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "grapevine_mesh_rejected_gossip_total", Help: "Gossip packets and streams from the network that memberlist dropped, by reason: decrypt (without this cluster's key), label, checksum, malformed.",
+		}, []string{"reason"}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.members, m.foreignMembers, m.claims, m.fenced, m.releases, m.nameConflicts, m.rejectedMetadata, m.foreignLedger} {
+	for _, c := range []prometheus.Collector{m.members, m.foreignMembers, m.claims, m.fenced, m.releases, m.nameConflicts, m.rejectedMetadata, m.rejectedGossip, m.foreignLedger} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

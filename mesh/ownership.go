@@ -1,6 +1,8 @@
 package mesh
 
 import (
+	"github.com/grapevine-net/grapevine/internal/hostclock"
+
 	"context"
 	"errors"
 	"fmt"
@@ -15,10 +17,12 @@ import (
 // Timings of the ownership loop.
 const (
 	// maxStepInterval is how often, at most, the loop looks again without
-	// a nudge: the lease and the leader's reachability change without
-	// events. It is also at most an eighth of ReclaimAfter (see
-	// contactLost). Idle, each look costs a copy of the ledger's state.
+	// a nudge: the lease ends and the leader's reachability changes
+	// without events. Idle, each look costs a copy of the ledger's state.
 	maxStepInterval = 5 * time.Second
+	// maxRenewInterval caps how long the loop waits between renewals of a
+	// long lease: one claim an hour per node is still next to nothing.
+	maxRenewInterval = time.Hour
 	// ledgerCallTimeout bounds one claim or join request.
 	ledgerCallTimeout = 5 * time.Second
 	// leaderlessRejoin is how long this node goes without a known leader
@@ -27,29 +31,37 @@ const (
 	leaderlessRejoin = 5 * time.Second
 )
 
-// ownBlock is the block this node uses and how sure it is of it.
+// renewInterval is how long after a grant this node renews its lease: a
+// quarter of it, so the lease left never drops below three quarters while
+// a leader answers, and at most maxRenewInterval.
+func renewInterval(lease time.Duration) time.Duration { return min(lease/4, maxRenewInterval) }
+
+// ownBlock is the block this node uses and the lease it holds on it.
 type ownBlock struct {
 	Block netip.Prefix
-	// confirmed: a claim in this run returned Block, committed.
-	confirmed bool
-	// restoredUntil is when the restart rule stops covering a block saved
-	// by the previous run (monotonic clock).
-	restoredUntil time.Time
+	// lease is when this node's lease on Block ends, on the host clock;
+	// zero while it has none. Granted by the leader in this run, or
+	// restored from block.json under the restart rule.
+	lease hostclock.Instant
+	// renewed and endsAt are the wall-clock times of the claim that
+	// granted lease and of the lease's end, for people.
+	renewed, endsAt time.Time
+	// granted: a claim in this run returned Block, at grantedAt
+	// (monotonic), from which the next renewal is scheduled.
+	granted   bool
+	grantedAt time.Time
 	// seen: this node's ledger replica has shown Block assigned to it, so
 	// its later absence means a release or reclaim, not replication lag.
 	seen bool
-	// savedAt is when block.json was last written (monotonic clock).
-	savedAt time.Time
 	// incarnation is Config.Incarnation's value when the ledger last
 	// confirmed Block, the one saved with it; "" without an Incarnation.
 	incarnation string
 }
 
 // ownBlockLocked returns the block this node shows in its View and whether
-// it may hand out new addresses from it: after the ledger confirmed it in
-// this run while the lease holds, or under the restart rule. A block the
-// ledger assigns to another node is never shown, even before the
-// ownership loop fences it.
+// it may hand out new addresses from it: while its lease holds on the host
+// clock (the lease rule, see package ledger). A block the ledger assigns
+// to another node is never shown, even before the ownership loop fences it.
 func (m *Mesh) ownBlockLocked(st ledger.State) (netip.Prefix, bool) {
 	b := m.own.Block
 	if !b.IsValid() || m.led == nil {
@@ -59,34 +71,19 @@ func (m *Mesh) ownBlockLocked(st ledger.State) (netip.Prefix, bool) {
 	if assigned && o.ID != m.id {
 		return netip.Prefix{}, false
 	}
-	restored := time.Now().Before(m.own.restoredUntil)
-	ours := assigned && o.HostIP == m.cfg.AdvertiseAddr
-	if !m.own.confirmed && !restored && !ours {
+	if m.own.lease.IsZero() && !(assigned && o.HostIP == m.cfg.AdvertiseAddr) {
 		return netip.Prefix{}, false
 	}
-	return b, restored || (m.own.confirmed && m.led.LeaseValid() && !m.contactLost(m.led.Info()))
-}
-
-// contactLost reports whether this node has gone a quarter of ReclaimAfter
-// without hearing from a leader. Its confirmation of its block is then
-// void: when contact returns, its replica may not yet hold what the leader
-// decided meanwhile (a release, a reclaim), so it asks the ledger again
-// before it hands out addresses. The ownership loop looks at least every
-// eighth of ReclaimAfter, so it cannot miss a gap long enough to end the
-// lease (half of ReclaimAfter).
-func (m *Mesh) contactLost(info ledger.Info) bool {
-	if info.Role == "leader" {
-		return false
-	}
-	return info.LastContact < 0 || info.LastContact >= m.cfg.ReclaimAfter/4
+	now, err := m.clock()
+	return b, err == nil && now.Before(m.own.lease)
 }
 
 // restore applies the restart rule to the block the previous run saved:
-// usable at once if it holds, otherwise only the hint of the first claim.
-// With an Incarnation, the rule also needs the saved incarnation to hold
-// now (see restartGate). It reports whether the block was restored, and
-// records the outcome for the View: the agent withdraws a hand-off of the
-// saved block that the rule does not cover.
+// usable at once while the lease saved with it holds, otherwise only the
+// hint of the first claim. With an Incarnation, the rule also needs the
+// saved incarnation to hold now (see restartGate). It reports whether the
+// block was restored, and records the outcome for the View: the agent
+// withdraws a hand-off of the saved block that the rule does not cover.
 func (m *Mesh) restore(ctx context.Context, saved *savedBlock) bool {
 	defer m.notify()
 	if saved == nil {
@@ -96,9 +93,12 @@ func (m *Mesh) restore(ctx context.Context, saved *savedBlock) bool {
 		return false
 	}
 	st, _ := m.led.State()
-	now := m.now()
-	refused := restorable(saved, m.id, now, m.cfg.ReclaimAfter, st)
-	if o := st.Blocks[saved.Block]; refused == nil && o.HostIP != m.cfg.AdvertiseAddr {
+	now, err := m.clock()
+	refused := err
+	if refused == nil {
+		refused = restorable(saved, m.id, now, st)
+	}
+	if o, ok := st.Blocks[saved.Block]; refused == nil && ok && o.HostIP != m.cfg.AdvertiseAddr {
 		refused = fmt.Errorf("this node's copy of the ledger holds it for host IP %s, this host advertises %s", o.HostIP, m.cfg.AdvertiseAddr)
 	}
 	var gate error
@@ -111,23 +111,25 @@ func (m *Mesh) restore(ctx context.Context, saved *savedBlock) bool {
 	defer m.mu.Unlock()
 	m.own = ownBlock{Block: saved.Block}
 	if refused == nil {
-		m.own.restoredUntil = time.Now().Add(m.cfg.ReclaimAfter/2 - now.Sub(saved.LastConfirmed))
-		m.own.seen = true
+		// Not seen: a replica restored from its last snapshot may lack
+		// the claim until the leader catches it up.
+		m.own.lease, m.own.renewed, m.own.endsAt = saved.Lease, saved.Renewed, saved.EndsAt
 		m.own.incarnation = saved.Incarnation
 		m.restart = RestartRestored
 		m.metrics.claims.WithLabelValues("restored").Inc()
-		m.log.Info("restored the saved block under the restart rule", "block", saved.Block, "confirmed", saved.LastConfirmed)
+		left, _ := saved.Lease.Sub(now)
+		m.log.Info("restored the saved block under the restart rule: its lease holds", "block", saved.Block, "lease_left", left.Round(time.Second))
 		return true
 	}
 	m.restart, m.restartReason = RestartRefused, refused.Error()
 	m.reason = fmt.Sprintf("waiting for the ledger to confirm block %s saved by the previous run (restart rule not applied: %v)", saved.Block, refused)
 	if gate != nil {
 		m.log.Warn("restart rule not applied: this host's incarnation does not hold; waiting for the ledger's confirmation",
-			"block", saved.Block, "confirmed", saved.LastConfirmed, "savedIncarnation", saved.Incarnation, "err", gate)
+			"block", saved.Block, "savedIncarnation", saved.Incarnation, "err", gate)
 		return false
 	}
 	m.log.Info("saved block needs the ledger's confirmation before new addresses are handed out",
-		"block", saved.Block, "confirmed", saved.LastConfirmed, "why", refused)
+		"block", saved.Block, "why", refused)
 	return false
 }
 
@@ -154,8 +156,8 @@ func (m *Mesh) restartGate(ctx context.Context, saved *savedBlock) error {
 }
 
 // ownershipLoop keeps this node in a ledger and holding a block: it asks to
-// join, claims (the saved block as a hint), fences a block the ledger no
-// longer assigns to it, and keeps block.json's confirmation time fresh.
+// join, claims (the saved block as a hint), renews its lease, and fences a
+// block the ledger no longer assigns to it.
 func (m *Mesh) ownershipLoop(ctx context.Context, saved *savedBlock) {
 	var hint netip.Prefix
 	if saved != nil {
@@ -164,7 +166,7 @@ func (m *Mesh) ownershipLoop(ctx context.Context, saved *savedBlock) {
 	failures := 0
 	var leaderless time.Time
 	wasReady := false
-	stepInterval := min(maxStepInterval, m.cfg.ReclaimAfter/8)
+	stepInterval := min(maxStepInterval, max(m.cfg.Lease/8, 10*time.Millisecond))
 	for {
 		ok := m.step(ctx, &hint, &leaderless)
 		if ok {
@@ -222,12 +224,6 @@ func (m *Mesh) step(ctx context.Context, hint *netip.Prefix, leaderless *time.Ti
 	if why := m.checkFence(st); why != "" {
 		m.fence(why)
 	}
-	m.mu.Lock()
-	if m.own.confirmed && m.contactLost(info) {
-		m.own.confirmed = false
-		m.log.Warn("no word from the ledger's leader for a quarter of --reclaim-after; the block needs confirming again", "block", m.own.Block)
-	}
-	m.mu.Unlock()
 
 	if info.Leader == "" {
 		if leaderless.IsZero() {
@@ -245,31 +241,25 @@ func (m *Mesh) step(ctx context.Context, hint *netip.Prefix, leaderless *time.Ti
 
 	incarnation := m.currentIncarnation()
 	m.mu.Lock()
-	if m.own.Block.IsValid() && m.own.incarnation != incarnation && m.own.incarnation != "" && m.own.confirmed {
-		// The record this host's block was confirmed under is gone or
-		// replaced (its Node object deleted): peers may have released the
-		// block. Only the ledger can say it is still ours.
-		m.own.confirmed = false
-		m.log.Warn("this host's incarnation changed since the ledger confirmed its block; confirming again before handing out addresses",
-			"block", m.own.Block, "was", m.own.incarnation, "now", incarnation)
-	}
 	own := m.own
 	m.mu.Unlock()
 	o, assigned := st.Blocks[own.Block]
-	needClaim := !own.Block.IsValid() || !own.confirmed || own.incarnation != incarnation ||
+	// A changed incarnation (this host's Node deleted, or registered
+	// again) renews at once, so the block is saved under the new one.
+	needClaim := !own.Block.IsValid() || !own.granted || time.Since(own.grantedAt) >= renewInterval(m.cfg.Lease) ||
+		own.incarnation != incarnation ||
 		(assigned && o.ID == m.id && o.HostIP != m.cfg.AdvertiseAddr)
-	if needClaim {
-		want := *hint
-		if own.Block.IsValid() {
-			want = own.Block
-		}
-		if !m.claim(ctx, want) {
-			return false
-		}
-		*hint = netip.Prefix{}
+	if !needClaim {
 		return true
 	}
-	m.refreshSaved()
+	want := *hint
+	if own.Block.IsValid() {
+		want = own.Block
+	}
+	if !m.claim(ctx, want) {
+		return false
+	}
+	*hint = netip.Prefix{}
 	return true
 }
 
@@ -361,46 +351,61 @@ func (m *Mesh) setReason(r string) {
 	}
 }
 
-// claim asks the ledger for this node's block (hint preferred) and adopts
-// the committed answer. A different answer than the block in use fences
-// that block first.
+// claim asks the ledger for this node's block (hint preferred), which
+// renews its lease, and adopts the committed answer. A different answer
+// than the block in use fences that block first.
 func (m *Mesh) claim(ctx context.Context, hint netip.Prefix) bool {
 	ctx, cancel := context.WithTimeout(ctx, ledgerCallTimeout)
 	defer cancel()
 	// Read before the claim: the answer confirms the block under this
 	// incarnation, and a change meanwhile makes the next step claim again.
 	incarnation := m.currentIncarnation()
-	b, err := m.led.Claim(ctx, hint, m.cfg.AdvertiseAddr)
+	// The lease runs from before the claim was sent, so it ends before
+	// the leader's record of it.
+	asked, err := m.clock()
+	if err != nil {
+		m.claimFailed(fmt.Errorf("read the host clock: %w", err))
+		return false
+	}
+	renewed := time.Now()
+	g, err := m.led.Claim(ctx, hint, m.cfg.AdvertiseAddr)
 	if err != nil {
 		m.claimFailed(err)
 		return false
 	}
 	m.mu.Lock()
-	old := m.own.Block
+	old, wasGranted := m.own.Block, m.own.granted
 	m.mu.Unlock()
-	if old.IsValid() && old != b {
-		m.fence(fmt.Sprintf("the ledger holds block %s for this node instead", b))
+	if old.IsValid() && old != g.Block {
+		m.fence(fmt.Sprintf("the ledger holds block %s for this node instead", g.Block))
 	}
+	lease := asked.Add(g.Lease)
 	// Saved before it is used, so that a crash from here on restarts with
-	// this block, not the one before.
-	if err := m.saveConfirmed(b, incarnation); err != nil {
+	// this block and lease, not the ones before.
+	if err := saveBlock(m.cfg.StateDir, savedBlock{Node: m.cfg.NodeName, ID: m.id, Block: g.Block,
+		Lease: lease, Renewed: renewed.UTC(), EndsAt: renewed.Add(g.Lease).UTC(), Incarnation: incarnation}); err != nil {
 		// The block is this node's in the ledger either way; without the
 		// file a restart waits for the ledger's confirmation.
-		m.log.Error("save the block for restarts", "block", b, "err", err)
+		m.log.Error("save the block for restarts", "block", g.Block, "err", err)
 	}
 	m.mu.Lock()
-	if m.own.Block == b {
-		m.own.confirmed = true
-	} else {
-		m.own = ownBlock{Block: b, confirmed: true}
+	if m.own.Block != g.Block {
+		m.own = ownBlock{Block: g.Block}
 	}
-	m.own.savedAt = time.Now()
+	m.own.lease, m.own.renewed, m.own.endsAt = lease, renewed, renewed.Add(g.Lease)
+	m.own.granted, m.own.grantedAt = true, time.Now()
+	m.own.seen = true // waitApplied saw it in this node's replica
 	m.own.incarnation = incarnation
 	m.identity = ""
 	m.reason = ""
 	m.mu.Unlock()
-	m.metrics.claims.WithLabelValues("succeeded").Inc()
-	m.log.Info("the ledger assigns this node its block", "block", b)
+	if !wasGranted || old != g.Block {
+		m.metrics.claims.WithLabelValues("succeeded").Inc()
+		m.log.Info("the ledger assigns this node its block", "block", g.Block, "lease", g.Lease)
+	} else {
+		m.metrics.claims.WithLabelValues("renewed").Inc()
+		m.log.Debug("lease renewed", "block", g.Block, "lease", g.Lease)
+	}
 	m.notify()
 	return true
 }
@@ -443,40 +448,12 @@ func (m *Mesh) refuseIdentity(err error) {
 	m.notify()
 }
 
-// saveConfirmed writes block.json: block b, confirmed by the ledger now,
-// under incarnation.
-func (m *Mesh) saveConfirmed(b netip.Prefix, incarnation string) error {
-	return saveBlock(m.cfg.StateDir, savedBlock{Node: m.cfg.NodeName, ID: m.id, Block: b, LastConfirmed: m.now(), Incarnation: incarnation})
-}
-
 // currentIncarnation is Config.Incarnation's current value, "" without one.
 func (m *Mesh) currentIncarnation() string {
 	if m.cfg.Incarnation == nil {
 		return ""
 	}
 	return m.cfg.Incarnation.Current()
-}
-
-// refreshSaved renews block.json's confirmation time while the lease holds,
-// a few times per ReclaimAfter, so a restart soon after uses the restart
-// rule.
-func (m *Mesh) refreshSaved() {
-	every := min(max(m.cfg.ReclaimAfter/8, time.Second), 5*time.Minute)
-	m.mu.Lock()
-	own := m.own
-	m.mu.Unlock()
-	if !own.confirmed || time.Since(own.savedAt) < every || !m.led.LeaseValid() {
-		return
-	}
-	if err := m.saveConfirmed(own.Block, own.incarnation); err != nil {
-		m.log.Warn("refresh the saved block", "err", err)
-		return
-	}
-	m.mu.Lock()
-	if m.own.Block == own.Block {
-		m.own.savedAt = time.Now()
-	}
-	m.mu.Unlock()
 }
 
 // ledgerEvents follows the ledger: a new cluster ID is advertised in

@@ -30,12 +30,16 @@ func simEnv(t *testing.T, name string, def int) int {
 	return n
 }
 
-// TestFaultSimulation drives clusters through random faults: partitions,
-// heals, crashes, graceful stops, restarts with and without state, clock
-// skew, a second agent under a live node's name, and joins. After every
-// step, and while it settles, no block may be used by two nodes in what
-// they hand to the kernel and the CNI plugin (meshtest.SharedBlock); once
-// the faults stop, the cluster must converge. GRAPEVINE_SIM_SEEDS and
+// TestFaultSimulation drives clusters through random faults: partitions
+// (whole, or of gossip alone with the ledger port open), heals, crashes
+// (kill -9: no snapshot on the way down), graceful stops, restarts with
+// and without state, hosts suspended (their host clock jumps ahead), a
+// second agent under a live node's name, and joins. After every step, and
+// while it settles, the invariant is what hosts do (sim.check): no two
+// hosts may hand out addresses from one block while their leases overlap
+// in time, counting the leases that stopped agents left in node.json, and
+// no host routes a block twice; once the faults stop, the cluster must
+// converge. GRAPEVINE_SIM_SEEDS and
 // GRAPEVINE_SIM_STEPS set the size (make soak runs a long one);
 // GRAPEVINE_SIM_SEED replays one seed.
 func TestFaultSimulation(t *testing.T) {
@@ -68,23 +72,24 @@ type simNode struct {
 }
 
 type sim struct {
-	t     *testing.T
-	rng   *rand.Rand
-	c     *meshtest.Cluster
-	nodes []*simNode
-	next  int // next host address index
-	log   []string
+	t      *testing.T
+	leases *meshtest.Leases
+	rng    *rand.Rand
+	c      *meshtest.Cluster
+	nodes  []*simNode
+	next   int // next host address index
+	log    []string
 }
 
 func simulate(t *testing.T, seed uint64, steps int) {
 	const reclaimAfter = 3 * time.Second
-	s := &sim{t: t, rng: rand.New(rand.NewPCG(seed, 0x6772617065))}
+	s := &sim{t: t, rng: rand.New(rand.NewPCG(seed, 0x6772617065)), leases: meshtest.NewLeases()}
 	// Eight blocks for up to six running nodes plus restarted identities:
 	// reuse of reclaimed blocks happens.
 	s.c = meshtest.NewCluster(t.TempDir(), meshtest.Options{
-		Pool:         netip.MustParsePrefix("10.244.0.0/20"),
-		ReclaimAfter: reclaimAfter,
-		Logger:       testLogger(t),
+		Pool:   netip.MustParsePrefix("10.244.0.0/20"),
+		Lease:  reclaimAfter,
+		Logger: testLogger(t),
 	})
 	defer func() {
 		if t.Failed() {
@@ -127,7 +132,7 @@ func simulate(t *testing.T, seed uint64, steps int) {
 	defer cancel()
 	if _, err := meshtest.WaitFor(ctx, 20*time.Millisecond, func() error {
 		views := s.c.Views()
-		if err := meshtest.SharedBlock(views); err != nil {
+		if err := s.check(views); err != nil {
 			t.Fatalf("seed %d after the faults: %v", seed, err)
 		}
 		return meshtest.Converged(views)
@@ -148,7 +153,8 @@ func (s *sim) record(format string, args ...any) {
 	s.log = append(s.log, fmt.Sprintf(format, args...))
 }
 
-// add creates a node identity with a skewed clock (hours either way).
+// add creates a node identity whose host clock is offset by hours either
+// way: hosts booted at different times.
 func (s *sim) add(name string) *simNode {
 	n := &simNode{
 		name:     name,
@@ -164,7 +170,7 @@ func (s *sim) add(name string) *simNode {
 
 func (s *sim) start(n *simNode, join []string) {
 	s.t.Helper()
-	_, err := s.c.Start(meshtest.Spec{Name: n.name, Key: n.key, Addr: n.addr, StateDir: n.stateDir, Join: join, Now: n.clock.Now})
+	_, err := s.c.Start(meshtest.Spec{Name: n.name, Key: n.key, Addr: n.addr, StateDir: n.stateDir, Join: join, Clock: n.clock.Host})
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -234,6 +240,11 @@ func (s *sim) step(i int) {
 		}
 		s.rng.Shuffle(len(all), func(a, b int) { all[a], all[b] = all[b], all[a] })
 		cut := 1 + s.rng.IntN(max(1, len(all)-1))
+		if s.rng.IntN(3) == 0 { // a firewall that drops gossip alone
+			s.record("%d: gossip-only partition %v | %v", i, all[:cut], all[cut:])
+			s.c.Net.PartitionGossip(all[:cut], all[cut:])
+			return
+		}
 		s.record("%d: partition %v | %v", i, all[:cut], all[cut:])
 		s.c.Net.Partition(all[:cut], all[cut:])
 	case op == 1:
@@ -265,10 +276,10 @@ func (s *sim) step(i int) {
 			s.record("%d: restart %s without state at %s", i, n.key, n.addr)
 			s.start(n, s.seeds())
 		}
-	case op == 6: // clock skew on a running node
+	case op == 6: // a running host suspended and resumed: its host clock jumps ahead
 		if n := s.pick(running); n != nil {
-			d := time.Duration(s.rng.IntN(240)-120) * time.Minute
-			s.record("%d: %s clock %+v", i, n.key, d)
+			d := time.Duration(1+s.rng.IntN(120)) * time.Minute
+			s.record("%d: %s host clock +%s", i, n.key, d)
 			n.clock.Advance(d)
 		}
 	case op == 7: // a second agent under a live node's name
@@ -305,7 +316,7 @@ func (s *sim) settle(d time.Duration) {
 	deadline := time.Now().Add(d)
 	for {
 		views := s.c.Views()
-		if err := meshtest.SharedBlock(views); err != nil {
+		if err := s.check(views); err != nil {
 			s.t.Fatalf("invariant broken: %v\nviews: %s", err, describe(views))
 		}
 		if time.Now().After(deadline) {
@@ -313,6 +324,34 @@ func (s *sim) settle(d time.Duration) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// check is the invariant, on what hosts do: no two hosts may hand out
+// addresses from one block while their leases overlap in time, counting
+// the leases that stopped agents left in node.json, and no host routes a
+// block twice or to a foreign member (meshtest.SharedBlock).
+func (s *sim) check(views map[string]mesh.View) error {
+	for key, v := range views {
+		n := s.byKey(key)
+		now, err := n.clock.Host()
+		if err != nil {
+			return err
+		}
+		if err := s.leases.Observe(key, v, now, time.Now()); err != nil {
+			return err
+		}
+	}
+	return meshtest.SharedBlock(views)
+}
+
+func (s *sim) byKey(key string) *simNode {
+	for i := len(s.nodes) - 1; i >= 0; i-- {
+		if s.nodes[i].key == key {
+			return s.nodes[i]
+		}
+	}
+	s.t.Fatalf("no node %s", key)
+	return nil
 }
 
 func describe(views map[string]mesh.View) string {

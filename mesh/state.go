@@ -1,6 +1,8 @@
 package mesh
 
 import (
+	"github.com/grapevine-net/grapevine/internal/hostclock"
+
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,16 +19,19 @@ import (
 const BlockFileName = "block.json"
 
 // savedBlock is the contents of block.json: the block this node last held
-// and when the ledger last confirmed it, by this host's own clock. A
-// restarted agent uses it at once only under the restart rule (see
-// restorable); otherwise it is the hint of its first claim.
+// and the lease the ledger's leader last granted on it, on this host's
+// clock. A restarted agent uses it at once only while that lease holds
+// (see restorable); otherwise it is the hint of its first claim.
 type savedBlock struct {
 	Node  string        `json:"node"`
 	ID    ledger.NodeID `json:"id"`
 	Block netip.Prefix  `json:"block"`
-	// LastConfirmed is when this host last knew, from a leader it heard
-	// from, that the ledger assigned Block to ID.
-	LastConfirmed time.Time `json:"lastConfirmed"`
+	// Lease is when the lease granted on Block ends, on the host clock;
+	// Renewed and EndsAt are the wall-clock times of the claim that was
+	// granted and of the lease's end, for people.
+	Lease   hostclock.Instant `json:"lease"`
+	Renewed time.Time         `json:"renewed"`
+	EndsAt  time.Time         `json:"endsAt"`
 	// Incarnation is Config.Incarnation's value when the ledger last
 	// confirmed Block (absent without one): the restart rule applies only
 	// while it still holds.
@@ -77,35 +82,29 @@ func saveBlock(stateDir string, b savedBlock) error {
 }
 
 // restorable is the restart rule: a restarted agent hands out addresses
-// from its saved block before the ledger confirms it only if the block was
-// confirmed less than half of ReclaimAfter ago by this host's clock, for
-// this node ID, and its local copy of the ledger still assigns it to this
-// node. The leader frees a block only after seeing its owner gone for
-// ReclaimAfter, so within half of it the block cannot have moved unless an
-// operator released it, which the local copy would show if it was
-// replicated here before the crash. It returns nil if the rule holds,
-// otherwise why not.
-func restorable(s *savedBlock, id ledger.NodeID, now time.Time, reclaimAfter time.Duration, st ledger.State) error {
+// from its saved block before the ledger confirms it only while the lease
+// saved with it holds on this host's clock (so not after a reboot), for
+// this node ID, and its local copy of the ledger does not assign the block
+// to another node. The leader moves a block only after its owner's lease
+// has ended (package ledger), so nobody else can hold it meanwhile. The
+// local copy is not asked whether it still assigns the block to this node:
+// after a crash it may be the last snapshot, without the claim. It
+// returns nil if the rule holds, otherwise why not.
+func restorable(s *savedBlock, id ledger.NodeID, now hostclock.Instant, st ledger.State) error {
 	switch {
 	case s == nil:
 		return errors.New("no block saved")
 	case s.ID != id:
 		return fmt.Errorf("saved by node ID %s, this node is %s", s.ID, id)
-	case s.LastConfirmed.IsZero():
-		return errors.New("never confirmed by the ledger")
+	case s.Lease.IsZero():
+		return errors.New("saved without a lease (by an older agent)")
+	case s.Lease.Boot != now.Boot:
+		return errors.New("its lease was granted before this host last booted")
 	}
-	age := now.Sub(s.LastConfirmed)
-	if age < 0 {
-		return fmt.Errorf("confirmed at %s, later than this host's clock says it is now", s.LastConfirmed.Format(time.RFC3339))
+	if left, _ := s.Lease.Sub(now); left <= 0 {
+		return fmt.Errorf("its lease ended %s ago (renewed at %s)", (-left).Round(time.Second), s.Renewed.Format(time.RFC3339))
 	}
-	if age >= reclaimAfter/2 {
-		return fmt.Errorf("last confirmed %s ago, not within half of --reclaim-after (%s)", age.Round(time.Second), reclaimAfter)
-	}
-	o, ok := st.Blocks[s.Block]
-	switch {
-	case !ok:
-		return errors.New("this node's copy of the ledger no longer assigns it (released or reclaimed)")
-	case o.ID != id:
+	if o, ok := st.Blocks[s.Block]; ok && o.ID != id {
 		return fmt.Errorf("this node's copy of the ledger assigns it to %s", o.Name)
 	}
 	return nil

@@ -1,6 +1,10 @@
 package mesh
 
 import (
+	"time"
+
+	"github.com/grapevine-net/grapevine/internal/hostclock"
+
 	"net/netip"
 
 	"github.com/grapevine-net/grapevine/mesh/ledger"
@@ -46,6 +50,13 @@ type View struct {
 	// Ready means new pod addresses may be handed out from Block now: the
 	// ledger confirmed it within its lease, or the restart rule holds.
 	Ready bool
+	// Lease is when this node's lease on Block ends, on the host clock;
+	// zero without a lease. LeaseRenewed and LeaseEndsAt are the
+	// wall-clock times of the claim that granted it and of its end, for
+	// people. The agent hands all three to the CNI plugin.
+	Lease        hostclock.Instant
+	LeaseRenewed time.Time
+	LeaseEndsAt  time.Time
 	// Reason says why the node is not ready.
 	Reason string
 	// Degraded is set after this node lost a block it had used: its

@@ -4,8 +4,11 @@
 // <peer VTEP> dev gv.vxlan onlink proto 74, with the device gv.vxlan and its
 // neighbour and FDB entries); the blackhole for the node's own block, the
 // unreachable route for the pool, IP forwarding, the outgoing masquerade
-// for the pool (nftables table ip grapevine), and the files the CNI plugin
-// reads (node.json and the conflist).
+// for the pool (nftables table ip grapevine), the files the CNI plugin
+// reads (node.json and the conflist), and the upkeep of the pods' host sides
+// the plugin wired (each pod's /32 route, PERMANENT neighbour entry and host
+// veth settings), which it puts back when they are deleted or changed but
+// never creates for a pod or deletes (see PodKernel).
 //
 // node never speaks gossip. It is handed a Desired state, chooses each
 // peer's path (ChoosePath), turns the state into routes, a VXLAN device and
@@ -15,5 +18,10 @@
 // netlink calls runs against FakeKernel without privileges. Only routes
 // carrying RouteProtocol and the device named TunnelName (when it is a VXLAN
 // device) with what is on it are ever replaced or deleted; a route or device
-// of anyone else's is left alone, even where it blocks one of ours.
+// of anyone else's is left alone, even where it blocks one of ours. A pod's
+// host side is known from the IPAM store's reservations, which it is handed
+// as package ipam reads them (PodSpec), and the host veths' aliases, paired
+// by DesiredPodHosts and compared with the kernel by PlanPodHosts, both
+// pure. The alias format and the host veth's settings are the plugin's and
+// node's alike (package internal/hostveth); node never writes the IPAM store.
 package node

@@ -20,8 +20,12 @@ type FakeKernel struct {
 	forwarding bool
 	masquerade netip.Prefix // zero: table absent
 	tunnel     *fakeTunnel  // nil: no VXLAN device
-	writes     int
-	faults     []fault
+	// The pods' host sides (PodKernel); nil until a veth is added.
+	veths   map[string]fakeVeth
+	neighs  map[fakeNeighKey]PodNeighbour
+	sysctls map[string]string
+	writes  int
+	faults  []fault
 }
 
 // FakeRoute is a route in the fake main table with its protocol.
@@ -101,6 +105,7 @@ func (f *FakeKernel) SetLink(l Link) {
 func (f *FakeKernel) setLink(l Link) {
 	if old, ok := f.links[l.Name]; ok && old.Index != l.Index {
 		f.dropRoutesVia(old.Index)
+		f.dropPodState(old, false)
 	}
 	l.Addrs = slices.Clone(l.Addrs)
 	f.links[l.Name] = l
@@ -112,6 +117,7 @@ func (f *FakeKernel) DeleteLink(name string) {
 	defer f.mu.Unlock()
 	if old, ok := f.links[name]; ok {
 		f.dropRoutesVia(old.Index)
+		f.dropPodState(old, true)
 		delete(f.links, name)
 	}
 }

@@ -32,6 +32,8 @@ type Kernel interface {
 	RemoveMasquerade() error
 	// TunnelKernel is the VXLAN device and its entries.
 	TunnelKernel
+	// PodKernel is the pods' host sides.
+	PodKernel
 }
 
 var (

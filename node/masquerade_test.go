@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"net"
 	"net/netip"
 	"slices"
@@ -235,6 +236,74 @@ func TestMasqueradeTraffic(t *testing.T) {
 		}
 		if got := from.Addr().String(); got != tt.wantFrom {
 			t.Errorf("packet from 10.244.0.5 to %s arrived from %s, want %s", tt.to, got, tt.wantFrom)
+		}
+	}
+}
+
+// TestWatchSeesMasqueradeChanges: a masquerade rule removed from its table
+// (the table kept) is reported as promptly as the table's deletion, so the
+// next pass puts it back.
+func TestWatchSeesMasqueradeChanges(t *testing.T) {
+	n := newTestNS(t)
+	k := n.kernel(t)
+	conn := n.nft(t)
+	addOtherTable(t, conn)
+	pool := pfx("10.244.0.0/16")
+	table := &nftables.Table{Family: nftables.TableFamilyIPv4, Name: NFTTable}
+	damage := map[string]func(){
+		"rule deleted": func() {
+			if err := conn.DelRule(ourRules(t, conn)[0]); err != nil {
+				t.Fatal(err)
+			}
+		},
+		"chain flushed": func() { conn.FlushChain(&nftables.Chain{Name: nftChain, Table: table}) },
+		"table deleted": func() { conn.DelTable(table) },
+	}
+	for _, name := range []string{"rule deleted", "chain flushed", "table deleted"} {
+		t.Run(name, func(t *testing.T) {
+			if err := k.EnsureMasquerade(pool); err != nil {
+				t.Fatal(err)
+			}
+			// A watch of its own, opened after the rebuild's events.
+			ctx, stop := context.WithCancel(t.Context())
+			defer stop()
+			changes := k.WatchRoutes(ctx)
+			damage[name]()
+			if err := conn.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, changes, "a notification for the masquerade change")
+			if err := k.EnsureMasquerade(pool); err != nil {
+				t.Fatal(err)
+			}
+			if rules := ourRules(t, conn); len(rules) != 1 {
+				t.Fatalf("after the repair, %d rules", len(rules))
+			}
+		})
+	}
+}
+
+func TestIsMasqueradeChange(t *testing.T) {
+	ours := &nftables.Table{Family: nftables.TableFamilyIPv4, Name: NFTTable}
+	tests := []struct {
+		name string
+		ev   nftables.MonitorEvent
+		want bool
+	}{
+		{"our table", nftables.MonitorEvent{Data: ours}, true},
+		{"our chain", nftables.MonitorEvent{Data: &nftables.Chain{Table: ours}}, true},
+		{"our rule", nftables.MonitorEvent{Data: &nftables.Rule{Table: ours}}, true},
+		{"inet table of our name", nftables.MonitorEvent{Data: &nftables.Table{Family: nftables.TableFamilyINet, Name: NFTTable}}, false},
+		{"another table's rule", nftables.MonitorEvent{Data: &nftables.Rule{Table: &nftables.Table{Family: nftables.TableFamilyIPv4, Name: "other"}}}, false},
+		{"a set", nftables.MonitorEvent{Data: &nftables.Set{Table: ours}}, false},
+		{"unparsed", nftables.MonitorEvent{}, false},
+		{"unparsed rule", nftables.MonitorEvent{Data: (*nftables.Rule)(nil)}, false},
+		{"unparsed chain", nftables.MonitorEvent{Data: (*nftables.Chain)(nil)}, false},
+		{"unparsed table", nftables.MonitorEvent{Data: (*nftables.Table)(nil)}, false},
+	}
+	for _, tt := range tests {
+		if got := isMasqueradeChange(&tt.ev); got != tt.want {
+			t.Errorf("%s: %v, want %v", tt.name, got, tt.want)
 		}
 	}
 }

@@ -280,14 +280,38 @@ func TestForwardFiltersEvents(t *testing.T) {
 		{name: "other link flag", links: []netlink.LinkUpdate{linkEvent(unix.RTM_NEWLINK, unix.IFF_PROMISC)}},
 		{name: "VXLAN neighbour deleted", neighs: []netlink.NeighUpdate{{Type: unix.RTM_DELNEIGH,
 			Neigh: netlink.Neigh{HardwareAddr: net.HardwareAddr{0x0e, 0x74, 172, 16, 253, 7}}}}, want: 1},
+		{name: "neighbour deleted on a link that is no host veth", neighs: []netlink.NeighUpdate{{Type: unix.RTM_DELNEIGH,
+			Neigh: netlink.Neigh{LinkIndex: 2, Family: unix.AF_INET, HardwareAddr: net.HardwareAddr{0x8e, 0xf0, 0x89, 0x10, 0x19, 0x9e}}}}},
 		{name: "pod neighbour deleted", neighs: []netlink.NeighUpdate{{Type: unix.RTM_DELNEIGH,
-			Neigh: netlink.Neigh{HardwareAddr: net.HardwareAddr{0x8e, 0xf0, 0x89, 0x10, 0x19, 0x9e}}}}},
+			Neigh: netlink.Neigh{LinkIndex: 7, Family: unix.AF_INET, HardwareAddr: net.HardwareAddr{0x8e, 0xf0, 0x89, 0x10, 0x19, 0x9e}}}}, want: 1},
+		{name: "pod neighbour no longer permanent", neighs: []netlink.NeighUpdate{{Type: unix.RTM_NEWNEIGH,
+			Neigh: netlink.Neigh{LinkIndex: 7, Family: unix.AF_INET, State: netlink.NUD_REACHABLE}}}, want: 1},
+		{name: "pod neighbour put back", neighs: []netlink.NeighUpdate{{Type: unix.RTM_NEWNEIGH,
+			Neigh: netlink.Neigh{LinkIndex: 7, Family: unix.AF_INET, State: netlink.NUD_PERMANENT}}}},
+		{name: "IPv6 neighbour on a host veth", neighs: []netlink.NeighUpdate{{Type: unix.RTM_NEWNEIGH,
+			Neigh: netlink.Neigh{LinkIndex: 7, Family: unix.AF_INET6, State: netlink.NUD_STALE}}}},
+		{name: "pod route deleted", routes: []netlink.RouteUpdate{{Type: unix.RTM_DELROUTE,
+			Route: netlink.Route{Protocol: unix.RTPROT_BOOT, Table: unix.RT_TABLE_MAIN, Dst: ipNet(pfx("10.244.0.5/32"))}}}, want: 1},
+		{name: "pod route in another table", routes: []netlink.RouteUpdate{{Type: unix.RTM_DELROUTE,
+			Route: netlink.Route{Protocol: unix.RTPROT_BOOT, Table: unix.RT_TABLE_LOCAL, Dst: ipNet(pfx("10.244.0.5/32"))}}}},
+		{name: "foreign /24", routes: []netlink.RouteUpdate{{Type: unix.RTM_DELROUTE,
+			Route: netlink.Route{Protocol: unix.RTPROT_BOOT, Table: unix.RT_TABLE_MAIN, Dst: ipNet(pfx("10.9.0.0/24"))}}}},
+	}
+	// Link 7 is a host veth, link 2 the uplink.
+	linkByIndex := func(i int) (netlink.Link, error) {
+		switch i {
+		case 7:
+			return &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Index: 7, Name: "gv0123456789abc", Alias: NetworkName + "/abc/eth0"}}, nil
+		case 2:
+			return &netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Index: 2, Name: "em1"}}, nil
+		}
+		return nil, netlink.LinkNotFoundError{}
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			// One channel carries the events and is then closed; the
 			// other stays nil, which a select never picks.
-			sub := &subscription{}
+			sub := &subscription{linkByIndex: linkByIndex}
 			switch {
 			case tt.routes != nil:
 				sub.routes = make(chan netlink.RouteUpdate, len(tt.routes))

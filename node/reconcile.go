@@ -52,6 +52,9 @@ type Reconciler struct {
 	// lastPeerErrs is the previous pass's peer errors, so a persistent
 	// error is logged when it appears and when it clears, not every pass.
 	lastPeerErrs map[string]string
+	// vethSeen is when a pass first saw each host veth; see
+	// PodSpec.Settle.
+	vethSeen map[vethKey]time.Time
 }
 
 // NewReconciler returns a Reconciler for k. Metrics are registered with reg
@@ -280,12 +283,22 @@ type reconcileMetrics struct {
 	// The VXLAN path: device and entry writes, peers by path.
 	tunnelOps, tunnelErrors *prometheus.CounterVec
 	peersByPath             *prometheus.GaugeVec
+	// The pods' host sides: what was put back, what could not be.
+	podRepairs, podErrors *prometheus.CounterVec
 }
 
 func newReconcileMetrics() reconcileMetrics {
 	tunnelOps, tunnelErrors, peersByPath := newTunnelMetrics()
 	return reconcileMetrics{
 		tunnelOps: tunnelOps, tunnelErrors: tunnelErrors, peersByPath: peersByPath,
+		podRepairs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "grapevine_node_pod_repairs_total",
+			Help: "Pod host-side state put back after it was deleted or changed, by kind (route, neighbour, sysctl).",
+		}, []string{"kind"}),
+		podErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "grapevine_node_pod_repair_errors_total",
+			Help: "Failed writes putting back pod host-side state, by kind (route, neighbour, sysctl).",
+		}, []string{"kind"}),
 		ops: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "grapevine_node_route_operations_total",
 			Help: "Route writes by operation (add, replace, delete).",
@@ -311,5 +324,5 @@ func newReconcileMetrics() reconcileMetrics {
 }
 
 func (m reconcileMetrics) register(reg prometheus.Registerer) {
-	reg.MustRegister(m.ops, m.errors, m.duration, m.failures, m.peerErrors, m.tunnelOps, m.tunnelErrors, m.peersByPath)
+	reg.MustRegister(m.ops, m.errors, m.duration, m.failures, m.peerErrors, m.tunnelOps, m.tunnelErrors, m.peersByPath, m.podRepairs, m.podErrors)
 }

@@ -2,9 +2,12 @@ package node
 
 import (
 	"context"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -21,7 +24,12 @@ const resubscribeDelay = time.Second
 //   - a link going down, coming up or disappearing: the kernel then flushes
 //     the IPv4 routes through it without a route notification;
 //   - a change to a neighbour or FDB entry on the VXLAN device or for a
-//     VTEP MAC (see VTEPMAC), for instance an operator deleting one.
+//     VTEP MAC (see VTEPMAC), for instance an operator deleting one;
+//   - a change to an IPv4 /32 route in the main table (a pod's route, see
+//     PodKernel), and a deleted or no longer PERMANENT IPv4 neighbour entry
+//     on a host veth (a link whose alias begins with NetworkName and "/");
+//   - a change to table ip grapevine (the masquerade): a rule, chain or the
+//     table deleted or added.
 //
 // Notifications are coalesced: the channel holds at most one, and a receiver
 // that was busy gets one for all the events it missed. The subscriptions
@@ -42,24 +50,91 @@ func (k *NetlinkKernel) WatchRoutes(ctx context.Context) <-chan struct{} {
 	return watch(ctx, netns.NsHandle(k.netns.Fd()))
 }
 
-// subscription is an open pair of route and link subscriptions.
+// subscription is an open set of route, link, neighbour and nftables
+// subscriptions.
 type subscription struct {
 	routes chan netlink.RouteUpdate
 	links  chan netlink.LinkUpdate
 	neighs chan netlink.NeighUpdate
-	done   chan struct{}
+	// nft carries the nftables changes; nil: none (a select never picks it).
+	nft        chan *nftables.MonitorEvents
+	nftMonitor *nftables.Monitor
+	done       chan struct{}
 	// handle looks up the link of a neighbour event; nil: no lookups.
 	handle *netlink.Handle
+	// linkByIndex is handle.LinkByIndex; tests replace it.
+	linkByIndex func(int) (netlink.Link, error)
 }
 
-// onTunnel reports whether index is the VXLAN device's. Neighbour events of
-// a deleted entry may lack its MAC, so the link tells ours apart from pods'.
-func (s *subscription) onTunnel(index int) bool {
-	if s.handle == nil || index == 0 {
+// neighbourMatters reports whether a neighbour event is about an entry a
+// reconcile keeps: any on the VXLAN device (events of a deleted entry may
+// lack its MAC, so the link tells ours apart), and a pod's IPv4 entry on a
+// host veth that was deleted or is no longer PERMANENT.
+func (s *subscription) neighbourMatters(u netlink.NeighUpdate) bool {
+	if s.linkByIndex == nil || u.LinkIndex == 0 {
 		return false
 	}
-	l, err := s.handle.LinkByIndex(index)
-	return err == nil && l.Attrs().Name == TunnelName
+	l, err := s.linkByIndex(u.LinkIndex)
+	if err != nil {
+		return false
+	}
+	attrs := l.Attrs()
+	if attrs.Name == TunnelName {
+		return true
+	}
+	return strings.HasPrefix(attrs.Alias, NetworkName+"/") && u.Family == unix.AF_INET &&
+		(u.Type == unix.RTM_DELNEIGH || u.State&netlink.NUD_PERMANENT == 0)
+}
+
+// isHostRoute reports whether r is an IPv4 /32 route in the main table,
+// as every pod's route is.
+func isHostRoute(r netlink.Route) bool {
+	if r.Table != unix.RT_TABLE_MAIN || r.Dst == nil || r.Dst.IP.To4() == nil {
+		return false
+	}
+	ones, bits := r.Dst.Mask.Size()
+	return ones == 32 && bits == 32
+}
+
+// isMasqueradeChange reports whether an nftables change touches table ip
+// grapevine.
+func isMasqueradeChange(ev *nftables.MonitorEvent) bool {
+	// A message that failed to parse carries a nil object.
+	var t *nftables.Table
+	switch d := ev.Data.(type) {
+	case *nftables.Table:
+		t = d
+	case *nftables.Chain:
+		if d != nil {
+			t = d.Table
+		}
+	case *nftables.Rule:
+		if d != nil {
+			t = d.Table
+		}
+	}
+	return t != nil && t.Name == NFTTable && t.Family == nftables.TableFamilyIPv4
+}
+
+// subscribeNFT opens the nftables monitor of ns.
+func (s *subscription) subscribeNFT(ns netns.NsHandle) error {
+	var opts []nftables.ConnOption
+	if ns != netns.None() {
+		opts = append(opts, nftables.WithNetNSFd(int(ns)))
+	}
+	conn, err := nftables.New(opts...)
+	if err != nil {
+		return err
+	}
+	s.nftMonitor = nftables.NewMonitor(
+		nftables.WithMonitorAction(nftables.MonitorActionAny),
+		nftables.WithMonitorObject(nftables.MonitorObjectRuleset),
+		nftables.WithMonitorEventBuffer(64))
+	s.nft, err = conn.AddGenerationalMonitor(s.nftMonitor)
+	if err != nil {
+		s.nftMonitor, s.nft = nil, nil
+	}
+	return err
 }
 
 func subscribe(ns netns.NsHandle) (*subscription, error) {
@@ -91,7 +166,11 @@ func subscribe(ns netns.NsHandle) (*subscription, error) {
 		s.close()
 		return nil, err
 	}
-	s.handle = h
+	s.handle, s.linkByIndex = h, h.LinkByIndex
+	// Without nftables (a kernel lacking nf_tables) the masquerade cannot
+	// be set up either, and the reconcile says so; the other events still
+	// matter.
+	_ = s.subscribeNFT(ns)
 	return s, nil
 }
 
@@ -108,6 +187,13 @@ func (s *subscription) close() {
 		for range s.neighs {
 		}
 	})
+	if s.nftMonitor != nil {
+		s.nftMonitor.Close()
+		wg.Go(func() {
+			for range s.nft {
+			}
+		})
+	}
 	for range s.routes {
 	}
 	wg.Wait()
@@ -159,7 +245,8 @@ func forward(ctx context.Context, sub *subscription, notify func()) bool {
 			if !ok {
 				return true
 			}
-			if int(u.Route.Protocol) == RouteProtocol && u.Route.Table == unix.RT_TABLE_MAIN {
+			ours := int(u.Route.Protocol) == RouteProtocol && u.Route.Table == unix.RT_TABLE_MAIN
+			if ours || isHostRoute(u.Route) {
 				notify()
 			}
 		case u, ok := <-sub.links:
@@ -173,7 +260,17 @@ func forward(ctx context.Context, sub *subscription, notify func()) bool {
 			if !ok {
 				return true
 			}
-			if isVTEPMAC(u.HardwareAddr) || sub.onTunnel(u.LinkIndex) {
+			if isVTEPMAC(u.HardwareAddr) || sub.neighbourMatters(u) {
+				notify()
+			}
+		case evs, ok := <-sub.nft:
+			if !ok {
+				return true
+			}
+			if evs.GeneratedBy != nil && evs.GeneratedBy.Type == nftables.MonitorEventTypeOOB {
+				return true // the monitor's socket failed; it closes its channel
+			}
+			if slices.ContainsFunc(evs.Changes, isMasqueradeChange) {
 				notify()
 			}
 		}

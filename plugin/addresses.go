@@ -17,7 +17,13 @@ import (
 // addressSource is the IPAM side of one CNI call: grapevine-ipam in-process,
 // or any IPAM plugin executed the standard way.
 type addressSource interface {
-	allocate(ctx context.Context, block netip.Prefix) (netip.Addr, error)
+	// allocate returns the attachment's address in block and whether this
+	// call reserved it (false: the attachment held it already).
+	allocate(ctx context.Context, block netip.Prefix) (addr netip.Addr, reserved bool, err error)
+	// undoAllocate frees addr, which allocate reserved, when the ADD
+	// fails, and nothing the attachment held before.
+	undoAllocate(ctx context.Context, addr netip.Addr) error
+	// release frees everything the attachment holds (DEL).
 	release(ctx context.Context) error
 	check(ctx context.Context, prev *current.Result) error
 	gc(ctx context.Context, valid []types.GCAttachment) error
@@ -28,7 +34,8 @@ func newAddressSource(conf *Config, args *skel.CmdArgs) addressSource {
 	if conf.ipam != nil {
 		return &localIPAM{cfg: *conf.ipam, containerID: args.ContainerID, ifName: args.IfName}
 	}
-	return &delegatedIPAM{typ: conf.IPAM.Type, stdin: args.StdinData}
+	alias := attachment{ContainerID: args.ContainerID, IfName: args.IfName}.alias(conf.Name)
+	return &delegatedIPAM{typ: conf.IPAM.Type, stdin: args.StdinData, alias: alias}
 }
 
 // localIPAM calls package ipam directly, sparing an exec per ADD and DEL.
@@ -46,14 +53,17 @@ func (l *localIPAM) withAllocator(fn func(*ipam.Allocator) error) error {
 	return fn(alloc)
 }
 
-func (l *localIPAM) allocate(_ context.Context, block netip.Prefix) (netip.Addr, error) {
-	var addr netip.Addr
-	err := l.withAllocator(func(a *ipam.Allocator) error {
+func (l *localIPAM) allocate(_ context.Context, block netip.Prefix) (addr netip.Addr, reserved bool, err error) {
+	err = l.withAllocator(func(a *ipam.Allocator) error {
 		var err error
-		addr, err = a.Allocate(block, l.containerID, l.ifName)
+		addr, reserved, err = a.Allocate(block, l.containerID, l.ifName)
 		return err
 	})
-	return addr, err
+	return addr, reserved, err
+}
+
+func (l *localIPAM) undoAllocate(_ context.Context, addr netip.Addr) error {
+	return l.withAllocator(func(a *ipam.Allocator) error { return a.ReleaseAddr(addr, l.containerID, l.ifName) })
 }
 
 func (l *localIPAM) release(context.Context) error {
@@ -77,24 +87,33 @@ func (l *localIPAM) gc(_ context.Context, valid []types.GCAttachment) error {
 	return l.withAllocator(func(a *ipam.Allocator) error { return a.GC(valid) })
 }
 
-// status has nothing to add: grapevine-ipam needs only a block in
-// node.json, which cmdStatus checks before asking the address source.
-func (l *localIPAM) status(context.Context) error { return nil }
+// status is ipam.Status: a block, a writable store and a free address.
+func (l *localIPAM) status(context.Context) error { return ipam.Status(l.cfg) }
 
 // delegatedIPAM executes another IPAM plugin found on CNI_PATH.
 type delegatedIPAM struct {
 	typ   string
 	stdin []byte
+	// alias is the attachment's host veth alias: whether a link carries it
+	// tells whether the attachment exists beside a failed ADD.
+	alias string
 }
 
-func (d *delegatedIPAM) allocate(ctx context.Context, block netip.Prefix) (netip.Addr, error) {
+// allocate cannot learn from the delegate whether the address is new, so
+// it reports it reserved; undoAllocate checks for the attachment instead.
+func (d *delegatedIPAM) allocate(ctx context.Context, block netip.Prefix) (netip.Addr, bool, error) {
 	res, err := invoke.DelegateAdd(ctx, d.typ, d.stdin, nil)
 	if err != nil {
-		return netip.Addr{}, err
+		return netip.Addr{}, false, err
 	}
+	addr, err := d.addrFromResult(ctx, res, block)
+	return addr, err == nil, err
+}
+
+func (d *delegatedIPAM) addrFromResult(ctx context.Context, res types.Result, block netip.Prefix) (netip.Addr, error) {
 	cur, err := current.NewResultFromResult(res)
 	if err != nil {
-		return netip.Addr{}, fmt.Errorf("ipam %s: convert result: %w", d.typ, err)
+		return netip.Addr{}, errors.Join(fmt.Errorf("ipam %s: convert result: %w", d.typ, err), d.undoAllocate(ctx, netip.Addr{}))
 	}
 	for _, ipc := range cur.IPs {
 		addr, ok := netip.AddrFromSlice(ipc.Address.IP.To4())
@@ -106,13 +125,27 @@ func (d *delegatedIPAM) allocate(ctx context.Context, block netip.Prefix) (netip
 			// would be unreachable from them.
 			return netip.Addr{}, errors.Join(
 				fmt.Errorf("ipam %s returned %s, outside this node's block %s", d.typ, addr, block),
-				d.release(ctx))
+				d.undoAllocate(ctx, netip.Addr{}))
 		}
 		return addr, nil
 	}
 	return netip.Addr{}, errors.Join(
 		fmt.Errorf("ipam %s returned no IPv4 address", d.typ),
-		d.release(ctx))
+		d.undoAllocate(ctx, netip.Addr{}))
+}
+
+// undoAllocate frees the attachment's addresses through the delegate's DEL
+// unless a host veth still carries the attachment's alias: then the ADD
+// repeated a running attachment and what the delegate returned was its.
+func (d *delegatedIPAM) undoAllocate(ctx context.Context, _ netip.Addr) error {
+	link, err := linkWithAlias(d.alias)
+	if err != nil {
+		return err
+	}
+	if link != nil {
+		return nil
+	}
+	return d.release(ctx)
 }
 
 func (d *delegatedIPAM) release(ctx context.Context) error {

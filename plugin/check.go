@@ -16,6 +16,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/grapevine-net/grapevine/internal/hostveth"
 	"github.com/grapevine-net/grapevine/internal/netlinkdump"
 	"github.com/grapevine-net/grapevine/ipam"
 )
@@ -28,7 +29,14 @@ func cmdCheck(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	want, err := expectedFromPrevResult(conf, args, att.HostVethName())
+	alias := att.alias(conf.Name)
+	hostVeth := att.HostVethName()
+	if link, err := findHostVeth(att, alias); err != nil {
+		return err
+	} else if link != nil {
+		hostVeth = link.Attrs().Name
+	}
+	want, err := expectedFromPrevResult(conf, args, hostVeth)
 	if err != nil {
 		return err
 	}
@@ -38,7 +46,7 @@ func cmdCheck(args *skel.CmdArgs) error {
 	}
 	defer podNS.Close()
 
-	hostIndex, drift := checkHost(att.HostVethName(), att.alias(conf.Name), want)
+	hostIndex, drift := checkHost(hostVeth, alias, want)
 	drift = append(drift, checkPod(podNS, args.IfName, want, hostIndex)...)
 	if err := newAddressSource(conf, args).check(ctx, want.prev); err != nil {
 		drift = append(drift, err)
@@ -119,14 +127,14 @@ func checkHost(name, alias string, want expected) (int, []error) {
 	if attrs.Flags&net.FlagUp == 0 {
 		driftf("is down")
 	}
-	for _, s := range hostVethSysctls(name) {
-		got, err := sysctl.Sysctl(s.key)
+	for _, s := range hostveth.Sysctls(name) {
+		got, err := sysctl.Sysctl(s.Key)
 		switch {
-		case err != nil && s.optional:
+		case err != nil && s.Optional:
 		case err != nil:
-			driftf("read %s: %v", s.key, err)
-		case strings.TrimSpace(got) != s.value:
-			driftf("%s is %s, want %s", s.key, strings.TrimSpace(got), s.value)
+			driftf("read %s: %v", s.Key, err)
+		case strings.TrimSpace(got) != s.Value:
+			driftf("%s is %s, want %s", s.Key, strings.TrimSpace(got), s.Value)
 		}
 	}
 	routes, err := netlinkdump.Retry(func() ([]netlink.Route, error) {

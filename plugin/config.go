@@ -10,6 +10,7 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 
+	"github.com/grapevine-net/grapevine/internal/hostveth"
 	"github.com/grapevine-net/grapevine/ipam"
 	"github.com/grapevine-net/grapevine/node/nodestate"
 )
@@ -109,22 +110,37 @@ func parseAttachment(containerID, ifName, cniArgs string) (attachment, error) {
 	return a, nil
 }
 
-// HostVethName is the host-side veth's name: the prefix and 13 hex digits of
-// a hash of the pod's identity (its Kubernetes namespace and name when known,
-// else the container ID and interface name). Being derived, not random, lets
-// a retried ADD and a DEL find the link without any stored state.
+// HostVethName is the host-side veth's usual name: the prefix and 13 hex
+// digits of a hash of the pod's identity (its Kubernetes namespace and name
+// when known, else the container ID and interface name). Being derived, not
+// random, lets a retried ADD and a DEL find the link without any stored
+// state. When a link of that name belongs to another attachment, ADD uses
+// the name derived from the container ID and interface (hostVethNames).
 func (a attachment) HostVethName() string {
-	id := a.podName
-	if id == "" {
-		id = a.ContainerID + "/" + a.IfName
+	if a.podName == "" {
+		return hostVethNameOf(a.ContainerID + "/" + a.IfName)
 	}
+	return hostVethNameOf(a.podName)
+}
+
+// hostVethNames are the names ADD may give the host veth, in the order it
+// tries them: HostVethName, then the one derived from the container ID and
+// interface, used when another sandbox of the same pod holds the first.
+func (a attachment) hostVethNames() []string {
+	own := hostVethNameOf(a.ContainerID + "/" + a.IfName)
+	if first := a.HostVethName(); first != own {
+		return []string{first, own}
+	}
+	return []string{own}
+}
+
+func hostVethNameOf(id string) string {
 	sum := sha256.Sum256([]byte(id))
 	return HostVethPrefix + hex.EncodeToString(sum[:])[:13]
 }
 
 // alias is stored on the host veth (IFLA_IFALIAS) so that DEL and GC can tell
-// which attachment a link belongs to: a pod recreated under the same name gets
-// the same veth name but a new container ID.
+// which attachment a link belongs to (see hostveth.Alias).
 func (a attachment) alias(network string) string {
-	return network + "/" + a.ContainerID + "/" + a.IfName
+	return hostveth.Alias(network, a.ContainerID, a.IfName)
 }

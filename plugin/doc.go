@@ -4,9 +4,14 @@
 // ee:ee:ee:ee:ee:ee and proxy ARP; a /32 route and a permanent neighbour entry
 // on the host) and implements ADD, DEL, CHECK, GC and STATUS (Funcs).
 //
-// The host veth's name is derived from the pod's identity (HostVethName), so
-// a retried ADD and a DEL find it without stored state; its link alias names
-// the attachment, so DEL and GC never touch a link of another sandbox.
+// An attachment is (container ID, interface) and only its own requests
+// change it. The host veth's name is derived from the pod's identity
+// (HostVethName), so a retried ADD and a DEL find it without stored state;
+// its link alias names the attachment, and ADD, DEL and GC touch a host veth
+// only when its alias names the request's attachment (ADD takes a name
+// derived from the container ID when another sandbox holds the pod's). A
+// failed ADD undoes only what it made: a repeated ADD of a running
+// attachment keeps the address and veth it had.
 //
 // Addresses come from package ipam in-process when the IPAM type is
 // grapevine-ipam, and from any other IPAM plugin through standard

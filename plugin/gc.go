@@ -10,15 +10,22 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/vishvananda/netlink"
 
+	"github.com/grapevine-net/grapevine/internal/hostveth"
 	"github.com/grapevine-net/grapevine/internal/netlinkdump"
+	"github.com/grapevine-net/grapevine/ipam"
 )
 
 // cmdGC frees the address of every attachment the runtime no longer lists
 // and removes the host veths such attachments left behind. Like the spec
-// asks, it carries on past errors and reports them all at the end.
+// asks, it carries on past errors and reports them all at the end. Without
+// cni.dev/valid-attachments it is refused (CNI error 7) before touching
+// anything: every pod would count as gone.
 func cmdGC(args *skel.CmdArgs) error {
 	conf, err := ParseConfig(args.StdinData)
 	if err != nil {
+		return err
+	}
+	if err := ipam.RequireValidAttachments(args.StdinData); err != nil {
 		return err
 	}
 	valid := make(map[string]bool, len(conf.ValidAttachments))
@@ -35,8 +42,7 @@ func cmdGC(args *skel.CmdArgs) error {
 	}
 	for _, link := range links {
 		attrs := link.Attrs()
-		_, isVeth := link.(*netlink.Veth)
-		ours := isVeth && strings.HasPrefix(attrs.Name, HostVethPrefix) && strings.HasPrefix(attrs.Alias, conf.Name+"/")
+		ours := isHostVeth(link) && strings.HasPrefix(attrs.Alias, conf.Name+"/")
 		if !ours || valid[attrs.Alias] {
 			continue
 		}
@@ -48,4 +54,22 @@ func cmdGC(args *skel.CmdArgs) error {
 		return types.NewError(types.ErrInternal, errors.Join(errs...).Error(), "")
 	}
 	return nil
+}
+
+// HostVethAttachments returns whether an attachment of network has a host
+// veth (one carrying its alias) in the current namespace, as the links
+// stand now (see hostveth.Attachments): the predicate ipam.CollectStale
+// needs to free the addresses of attachments whose pods are gone.
+func HostVethAttachments(network string) (func(types.GCAttachment) bool, error) {
+	links, err := netlinkdump.Retry(netlink.LinkList)
+	if err != nil {
+		return nil, fmt.Errorf("list links: %w", err)
+	}
+	var aliases []string
+	for _, link := range links {
+		if isHostVeth(link) {
+			aliases = append(aliases, link.Attrs().Alias)
+		}
+	}
+	return hostveth.Attachments(network, aliases), nil
 }

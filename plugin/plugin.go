@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 
 	cnins "github.com/containernetworking/cni/pkg/ns"
 	"github.com/containernetworking/cni/pkg/skel"
@@ -39,21 +40,24 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	}
 	defer podNS.Close()
 
-	addrs := newAddressSource(conf, args)
-	podIP, err := addrs.allocate(ctx, node.Block)
+	alias := att.alias(conf.Name)
+	hostVeth, leftover, err := pickHostVeth(att, alias)
 	if err != nil {
 		return err
 	}
-	hostVeth := att.HostVethName()
+	addrs := newAddressSource(conf, args)
+	podIP, reserved, err := addrs.allocate(ctx, node.Block)
+	if err != nil {
+		return err
+	}
+	created := false
 	defer func() {
 		if err != nil {
-			// Removing the host side takes the pod side with it; a link
-			// that was never created is no error.
-			err = withUndo(err, errors.Join(deleteLink(hostVeth), addrs.release(ctx)))
+			err = withUndo(err, undoAdd(ctx, addrs, hostVeth, alias, created, reserved, podIP))
 		}
 	}()
 
-	if err = createVeth(hostVeth, args.IfName, att.alias(conf.Name), mtu, podNS); err != nil {
+	if created, err = createVeth(hostVeth, args.IfName, alias, mtu, podNS, leftover); err != nil {
 		return err
 	}
 	pod, err := configurePod(podNS, args.IfName, podIP)
@@ -65,6 +69,12 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 		return err
 	}
 
+	// The lease may have ended while the pod was wired: hand the address
+	// out only if it still holds now that the pod has it (the deferred
+	// undo removes what this ADD created).
+	if lerr := ipam.LeaseHolds(node); lerr != nil {
+		return lerr
+	}
 	result := ipam.Result(podIP)
 	result.Interfaces = []*current.Interface{
 		{Name: hostVeth, Mac: host.Attrs().HardwareAddr.String(), Mtu: host.Attrs().MTU},
@@ -105,6 +115,21 @@ func getPodNS(path string) (ns.NetNS, error) {
 	return podNS, nil
 }
 
+// undoAdd removes what a failed ADD made and nothing else: the host veth if
+// it created it (the pod side goes with it), the address if it reserved it.
+// What the attachment had before, when the ADD repeated a running one,
+// stays its own.
+func undoAdd(ctx context.Context, addrs addressSource, hostVeth, alias string, created, reserved bool, addr netip.Addr) error {
+	var errs []error
+	if created {
+		errs = append(errs, deleteCreatedVeth(hostVeth, alias))
+	}
+	if reserved {
+		errs = append(errs, addrs.undoAllocate(ctx, addr))
+	}
+	return errors.Join(errs...)
+}
+
 // withUndo adds the failure of an undo to err's message, keeping err's CNI
 // code.
 func withUndo(err, undoErr error) error {
@@ -119,46 +144,34 @@ func withUndo(err, undoErr error) error {
 	return types.NewError(code, fmt.Sprintf("%v; undoing the ADD failed too: %v", err, undoErr), "")
 }
 
-// cmdDel removes the veth pair and frees the address. Everything already
-// gone (the namespace, the link, the reservation) counts as done. The link
-// goes first so an address is freed only once no pod can still use it.
+// cmdDel removes the attachment's veth pair and frees its address: only a
+// host veth whose alias names this container ID and interface, and only
+// reservations holding them, so a DEL naming another container (or a late
+// one from an older sandbox sharing the pod's name or namespace) is a
+// success that changes nothing. Everything already gone (the namespace,
+// the link, the reservation) counts as done. The link goes first so an
+// address is freed only once no pod can still use it.
 func cmdDel(args *skel.CmdArgs) error {
 	ctx := context.Background()
 	conf, att, err := parseArgs(args)
 	if err != nil {
 		return err
 	}
-	deleted, err := deleteHostVeth(att.HostVethName(), att.alias(conf.Name))
+	link, err := findHostVeth(att, att.alias(conf.Name))
 	if err != nil {
 		return err
 	}
-	if !deleted {
-		if err := deletePodSide(args.Netns, args.IfName); err != nil {
+	if link != nil {
+		if err := deleteLink(link); err != nil {
 			return err
 		}
 	}
 	return newAddressSource(conf, args).release(ctx)
 }
 
-// deletePodSide removes ifName from the pod's namespace when both still
-// exist and the host side was not found: it may carry another name when the
-// runtime passed different CNI_ARGS to ADD and DEL.
-func deletePodSide(netnsPath, ifName string) error {
-	if netnsPath == "" {
-		return nil
-	}
-	err := ns.WithNetNSPath(netnsPath, func(ns.NetNS) error {
-		return deleteVethByName(ifName)
-	})
-	var notExist ns.NSPathNotExistErr
-	if errors.As(err, &notExist) {
-		return nil
-	}
-	return err
-}
-
 // cmdStatus reports whether an ADD could succeed now: node.json must hold a
-// block (CNI error 50 otherwise), and the IPAM must be available.
+// block, and the IPAM must be able to hand out an address (CNI error 50
+// otherwise, saying why).
 func cmdStatus(args *skel.CmdArgs) error {
 	conf, err := ParseConfig(args.StdinData)
 	if err != nil {

@@ -38,7 +38,14 @@ func podIPOf(t *testing.T, res *current.Result) netip.Addr {
 func assertWired(t *testing.T, l *lab, p *pod, res *current.Result, wantMTU int) {
 	t.Helper()
 	podIP := podIPOf(t, res)
-	hostVeth := attachment{podName: "default/" + p.rt.Args[1][1]}.HostVethName()
+	// The name from the pod's identity, or the container's own when
+	// another sandbox of the pod holds that one.
+	att := attachment{ContainerID: p.rt.ContainerID, IfName: p.rt.IfName, podName: "default/" + p.rt.Args[1][1]}
+	names := att.hostVethNames()
+	hostVeth := names[0]
+	if len(res.Interfaces) > 0 && slices.Contains(names, res.Interfaces[0].Name) {
+		hostVeth = res.Interfaces[0].Name
+	}
 
 	// The result: both interfaces, the /32 with the gateway, the default route.
 	if len(res.Interfaces) != 2 || res.Interfaces[0].Name != hostVeth || res.Interfaces[1].Name != "eth0" ||
@@ -115,6 +122,9 @@ func assertWired(t *testing.T, l *lab, p *pod, res *current.Result, wantMTU int)
 		}
 		if mac := link.Attrs().HardwareAddr.String(); mac != "ee:ee:ee:ee:ee:ee" {
 			t.Errorf("host veth MAC %s, want ee:ee:ee:ee:ee:ee", mac)
+		}
+		if alias := link.Attrs().Alias; alias != att.alias(l.network) {
+			t.Errorf("host veth alias %q, want %q", alias, att.alias(l.network))
 		}
 		if link.Attrs().MTU != wantMTU {
 			t.Errorf("host veth MTU %d, want %d", link.Attrs().MTU, wantMTU)
@@ -273,11 +283,21 @@ func TestDelOfRecreatedPodLeavesNewSandboxAlone(t *testing.T) {
 	l := newLab(t)
 	list := l.conflist("1.1.0")
 	old := l.newPod("same-name")
-	oldIP := podIPOf(t, l.mustAdd(list, old))
+	oldRes := l.mustAdd(list, old)
+	oldIP := podIPOf(t, oldRes)
 	// Kubernetes recreates the sandbox of the same pod: same veth name, new
-	// container ID. The late DEL of the old sandbox must not cut the new one.
+	// container ID. The new sandbox's ADD must not cut the old one, which
+	// still runs until its DEL, and the late DEL of the old sandbox must not
+	// cut the new one.
 	fresh := l.newPod("same-name")
 	res := l.mustAdd(list, fresh)
+	if res.Interfaces[0].Name == oldRes.Interfaces[0].Name {
+		t.Errorf("new sandbox took the old sandbox's host veth %s", res.Interfaces[0].Name)
+	}
+	assertWired(t, l, old, oldRes, 1450)
+	if err := ping(t, old.netns, l.hostIP); err != nil {
+		t.Errorf("old sandbox after the new one's ADD: %v", err)
+	}
 	if err := l.del(list, old); err != nil {
 		t.Fatalf("DEL of the old sandbox: %v", err)
 	}

@@ -7,12 +7,15 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/utils/sysctl"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/grapevine-net/grapevine/internal/hostveth"
+	"github.com/grapevine-net/grapevine/internal/netlinkdump"
 	"github.com/grapevine-net/grapevine/ipam"
 )
 
@@ -20,27 +23,6 @@ import (
 // the gateway's MAC; a fixed value keeps their ARP cache valid across veth
 // re-creation and makes the host side recognisable.
 func hostVethMAC() net.HardwareAddr { return net.HardwareAddr{0xee, 0xee, 0xee, 0xee, 0xee, 0xee} }
-
-// hostSysctl is one per-interface setting the host veth needs.
-type hostSysctl struct {
-	key, value string
-	// optional settings are skipped when the kernel lacks them (IPv6
-	// disabled).
-	optional bool
-}
-
-// hostVethSysctls are the host veth's settings: answer ARP for the
-// gateway address by proxy at once, route what the pod sends, and ignore
-// router advertisements (the host veth has no business configuring IPv6
-// from a pod).
-func hostVethSysctls(ifName string) []hostSysctl {
-	return []hostSysctl{
-		{key: "net/ipv4/conf/" + ifName + "/proxy_arp", value: "1"},
-		{key: "net/ipv4/neigh/" + ifName + "/proxy_delay", value: "0"},
-		{key: "net/ipv4/conf/" + ifName + "/forwarding", value: "1"},
-		{key: "net/ipv6/conf/" + ifName + "/accept_ra", value: "0", optional: true},
-	}
-}
 
 func hostPrefix(addr netip.Addr) *net.IPNet {
 	return &net.IPNet{IP: net.IP(addr.AsSlice()), Mask: net.CIDRMask(addr.BitLen(), addr.BitLen())}
@@ -52,17 +34,17 @@ func isNotFound(err error) bool {
 }
 
 // createVeth creates the pair with the host side in the current namespace
-// and the pod side directly in podNS, replacing a leftover host link of the
-// same name (an earlier sandbox of the same pod, or an ADD that died). It
+// and the pod side directly in podNS, first removing leftover, a link named
+// hostName that pickHostVeth found to be this attachment's or nobody's (an
+// earlier ADD of it, or one that died before labelling its link). It
 // labels the host side with alias, which the kernel ignores in a create
-// request.
-func createVeth(hostName, podIfName, alias string, mtu int, podNS ns.NetNS) error {
-	if old, err := netlink.LinkByName(hostName); err == nil {
-		if err := netlink.LinkDel(old); err != nil {
-			return fmt.Errorf("remove leftover link %s: %w", hostName, err)
+// request, and reports whether it created the link, so that a failed ADD
+// removes only what it made.
+func createVeth(hostName, podIfName, alias string, mtu int, podNS ns.NetNS, leftover netlink.Link) (created bool, err error) {
+	if leftover != nil {
+		if err := netlink.LinkDel(leftover); err != nil && !isNotFound(err) {
+			return false, fmt.Errorf("remove leftover link %s: %w", hostName, err)
 		}
-	} else if !isNotFound(err) {
-		return fmt.Errorf("look up %s: %w", hostName, err)
 	}
 	veth := &netlink.Veth{
 		LinkAttrs: netlink.LinkAttrs{
@@ -75,12 +57,12 @@ func createVeth(hostName, podIfName, alias string, mtu int, podNS ns.NetNS) erro
 		PeerNamespace: netlink.NsFd(int(podNS.Fd())),
 	}
 	if err := netlink.LinkAdd(veth); err != nil {
-		return fmt.Errorf("create veth %s (pod side %s in %s): %w", hostName, podIfName, podNS.Path(), err)
+		return false, fmt.Errorf("create veth %s (pod side %s in %s): %w", hostName, podIfName, podNS.Path(), err)
 	}
 	if err := netlink.LinkSetAlias(veth, alias); err != nil {
-		return fmt.Errorf("label %s with %q: %w", hostName, alias, err)
+		return true, fmt.Errorf("label %s with %q: %w", hostName, alias, err)
 	}
-	return nil
+	return true, nil
 }
 
 // podInterface is what configurePod reports back about the pod's side.
@@ -164,12 +146,12 @@ func configureHost(name string, podIP netip.Addr, podMAC net.HardwareAddr) (netl
 			return nil, fmt.Errorf("%s has MAC %s after setting %s", name, got, hostVethMAC())
 		}
 	}
-	for _, s := range hostVethSysctls(name) {
-		if _, err := sysctl.Sysctl(s.key, s.value); err != nil {
-			if s.optional && errors.Is(err, os.ErrNotExist) {
+	for _, s := range hostveth.Sysctls(name) {
+		if _, err := sysctl.Sysctl(s.Key, s.Value); err != nil {
+			if s.Optional && errors.Is(err, os.ErrNotExist) {
 				continue
 			}
-			return nil, fmt.Errorf("set %s=%s: %w", s.key, s.value, err)
+			return nil, fmt.Errorf("set %s=%s: %w", s.Key, s.Value, err)
 		}
 	}
 	idx := link.Attrs().Index
@@ -189,51 +171,93 @@ func configureHost(name string, podIP netip.Addr, podMAC net.HardwareAddr) (netl
 	return link, nil
 }
 
-// deleteLink removes the link name; a missing link is success.
-func deleteLink(name string) error {
-	err := netlink.LinkDel(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}})
-	if err != nil && !isNotFound(err) && !errors.Is(err, unix.ENODEV) {
-		return fmt.Errorf("delete %s: %w", name, err)
+// pickHostVeth returns the name for the attachment's host veth and the link
+// of that name ADD may replace (nil if none). The name derived from the pod's
+// identity comes first; when a link of that name carries another
+// attachment's alias (a sandbox of the same pod still running, or a
+// request naming a pod it does not own), the name derived from the
+// container ID and interface is used instead, so an ADD never unwires
+// another container.
+func pickHostVeth(att attachment, alias string) (string, netlink.Link, error) {
+	var taken []string
+	for _, name := range att.hostVethNames() {
+		link, err := netlink.LinkByName(name)
+		if isNotFound(err) {
+			return name, nil, nil
+		}
+		if err != nil {
+			return "", nil, fmt.Errorf("look up %s: %w", name, err)
+		}
+		if a := link.Attrs().Alias; a == alias || (a == "" && isHostVeth(link)) {
+			return name, link, nil
+		}
+		taken = append(taken, fmt.Sprintf("%s (%s)", name, link.Attrs().Alias))
 	}
-	return nil
+	return "", nil, fmt.Errorf("no host veth name is free for %s: %s belong to other attachments", alias, strings.Join(taken, ", "))
 }
 
-// deleteHostVeth removes the host veth named name if it belongs to alias,
-// and reports whether it did; the pod side goes with it. A missing link is
-// success; a link of the same name belonging to another attachment (a newer
-// sandbox of the same pod) is left alone.
-func deleteHostVeth(name, alias string) (bool, error) {
+// findHostVeth returns the attachment's host veth: the link carrying alias,
+// looked up under the names ADD may have given it and, failing that, among
+// all links (the runtime may pass other CNI_ARGS to DEL than to ADD). nil
+// means the attachment has no host veth.
+func findHostVeth(att attachment, alias string) (netlink.Link, error) {
+	for _, name := range att.hostVethNames() {
+		link, err := netlink.LinkByName(name)
+		if isNotFound(err) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("look up %s: %w", name, err)
+		}
+		if link.Attrs().Alias == alias {
+			return link, nil
+		}
+	}
+	return linkWithAlias(alias)
+}
+
+// linkWithAlias returns the grapevine host veth carrying alias, or nil.
+func linkWithAlias(alias string) (netlink.Link, error) {
+	links, err := netlinkdump.Retry(netlink.LinkList)
+	if err != nil {
+		return nil, fmt.Errorf("list links: %w", err)
+	}
+	for _, link := range links {
+		if isHostVeth(link) && link.Attrs().Alias == alias {
+			return link, nil
+		}
+	}
+	return nil, nil
+}
+
+// isHostVeth reports whether link is a veth named like grapevine's host
+// sides.
+func isHostVeth(link netlink.Link) bool {
+	_, isVeth := link.(*netlink.Veth)
+	return isVeth && strings.HasPrefix(link.Attrs().Name, HostVethPrefix)
+}
+
+// deleteCreatedVeth removes the host veth name that a failing ADD created,
+// and with it the pod side, unless a link of another attachment has taken
+// the name meanwhile. A missing link is success.
+func deleteCreatedVeth(name, alias string) error {
 	link, err := netlink.LinkByName(name)
 	if isNotFound(err) {
-		return false, nil
+		return nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("look up %s: %w", name, err)
+		return fmt.Errorf("look up %s: %w", name, err)
 	}
-	if link.Attrs().Alias != alias {
-		return false, nil
+	if a := link.Attrs().Alias; a != alias && a != "" {
+		return nil
 	}
-	if err := netlink.LinkDel(link); err != nil && !isNotFound(err) {
-		return false, fmt.Errorf("delete %s: %w", name, err)
-	}
-	return true, nil
+	return deleteLink(link)
 }
 
-// deleteVethByName deletes the veth ifName in the current namespace; a
-// missing link is success and a link of another kind is left alone.
-func deleteVethByName(ifName string) error {
-	link, err := netlink.LinkByName(ifName)
-	if isNotFound(err) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("look up %s: %w", ifName, err)
-	}
-	if _, ok := link.(*netlink.Veth); !ok {
-		return nil
-	}
-	if err := netlink.LinkDel(link); err != nil && !isNotFound(err) {
-		return fmt.Errorf("delete %s: %w", ifName, err)
+// deleteLink removes link; one already gone is success.
+func deleteLink(link netlink.Link) error {
+	if err := netlink.LinkDel(link); err != nil && !isNotFound(err) && !errors.Is(err, unix.ENODEV) {
+		return fmt.Errorf("delete %s: %w", link.Attrs().Name, err)
 	}
 	return nil
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -43,7 +42,7 @@ type agentOptions struct {
 	GossipKey          []byte
 	MetricsAddr        string
 	Masquerade         bool
-	ReclaimAfter       time.Duration
+	Lease              time.Duration
 	AllowForeignHostIP bool
 	JoinKubernetes     bool
 	MTU                int
@@ -75,7 +74,8 @@ func agentCommand(run agentRunner) *cli.Command {
 			&cli.StringFlag{Name: "gossip-key-file", EnvVars: envVar("gossip-key-file"), Usage: "file with a base64 16, 24 or 32-byte key that encrypts and authenticates gossip"},
 			&cli.StringFlag{Name: "metrics-addr", Value: DefaultMetricsAddr, EnvVars: envVar("metrics-addr"), Usage: "address for /metrics, /healthz and /readyz (empty: off)"},
 			&cli.BoolFlag{Name: "masquerade", Value: true, EnvVars: envVar("masquerade"), Usage: "masquerade traffic from the pool to destinations outside it"},
-			&cli.DurationFlag{Name: "reclaim-after", Value: mesh.DefaultReclaimAfter, EnvVars: envVar("reclaim-after"), Usage: "how long the ledger's leader must see a node gone before it frees the node's block"},
+			&cli.DurationFlag{Name: "lease", Aliases: []string{"reclaim-after"}, Value: mesh.DefaultLease, EnvVars: append(envVar("lease"), envVar("reclaim-after")...),
+				Usage: "how long a host may hand out addresses from its block after the ledger's leader last renewed its lease (a host cut off from the ledger keeps starting pods this long); a gone or deleted node's block is freed only after it, plus 1 %"},
 			&cli.BoolFlag{Name: "allow-foreign-host-ip", EnvVars: envVar("allow-foreign-host-ip"), Usage: "accept peers whose advertised host IP differs from their gossip address"},
 			&cli.BoolFlag{Name: "join-kubernetes", EnvVars: envVar("join-kubernetes"), Usage: "discover members to join from the Kubernetes API's Node objects (in a pod, with its service account); the agent that creates the ConfigMap kube-system/grapevine-ledger founds the cluster, the others join it"},
 			&cli.IntFlag{Name: "mtu", EnvVars: envVar("mtu"), Usage: "MTU for pod interfaces (0: the MTU of --iface, less the VXLAN overhead unless --encapsulation=never)"},
@@ -138,7 +138,7 @@ func parseAgentOptions(c *cli.Context) (agentOptions, error) {
 		CNIVersion:         c.String("cni-version"),
 		MetricsAddr:        c.String("metrics-addr"),
 		Masquerade:         c.Bool("masquerade"),
-		ReclaimAfter:       c.Duration("reclaim-after"),
+		Lease:              c.Duration("lease"),
 		AllowForeignHostIP: c.Bool("allow-foreign-host-ip"),
 		JoinKubernetes:     c.Bool("join-kubernetes"),
 		MTU:                c.Int("mtu"),
@@ -153,8 +153,8 @@ func parseAgentOptions(c *cli.Context) (agentOptions, error) {
 	if err := validatePool(o.Pool, o.BlockSize); err != nil {
 		return o, err
 	}
-	if err := mesh.CheckReclaimAfter(o.ReclaimAfter); err != nil {
-		return o, fmt.Errorf("--reclaim-after: %w", err)
+	if err := mesh.CheckLease(o.Lease); err != nil {
+		return o, fmt.Errorf("--lease: %w", err)
 	}
 	if o.NodeName == "" {
 		if o.NodeName, err = os.Hostname(); err != nil {
@@ -263,28 +263,12 @@ func validatePool(pool netip.Prefix, blockSize int) error {
 	return nil
 }
 
-// readGossipKey reads a base64-encoded AES key of 16, 24 or 32 bytes.
-func readGossipKey(path string) ([]byte, error) {
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("gossip key: %w", err)
-	}
-	key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(raw)))
-	if err != nil {
-		return nil, fmt.Errorf("%s: gossip key is not base64 (make one with `grapevine keygen`): %w", path, err)
-	}
-	if len(key) == 0 {
-		return nil, fmt.Errorf("%s: gossip key is empty (make one with `grapevine keygen`)", path)
-	}
-	if err := mesh.CheckSecretKey(key); err != nil {
-		return nil, fmt.Errorf("%s: %w (make one with `grapevine keygen`)", path, err)
-	}
-	return key, nil
-}
-
 // runAgent resolves what the flags left to the host, then runs the agent
 // until ctx ends.
 func runAgent(ctx context.Context, o agentOptions, log *slog.Logger) error {
+	if err := prepareDirs(o); err != nil {
+		return err
+	}
 	uplink, err := node.ResolveUplink(o.Iface, o.HostIP)
 	if err != nil {
 		return fmt.Errorf("find the interface towards the peers: %w (set --iface, --host-ip or both)", err)
@@ -339,7 +323,7 @@ func (o agentOptions) meshConfig(log *slog.Logger) mesh.Config {
 		BootstrapExpect:    o.BootstrapExpect,
 		Pool:               o.Pool,
 		BlockBits:          o.BlockSize,
-		ReclaimAfter:       o.ReclaimAfter,
+		Lease:              o.Lease,
 		StateDir:           o.StateDir,
 		SecretKey:          o.GossipKey,
 		AllowForeignHostIP: o.AllowForeignHostIP,

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/grapevine-net/grapevine/internal/hostclock"
 	"github.com/grapevine-net/grapevine/mesh"
 	"github.com/grapevine-net/grapevine/node"
 	"github.com/grapevine-net/grapevine/node/nodestate"
@@ -248,9 +249,12 @@ func TestHandoffState(t *testing.T) {
 	if _, ok := handoffState(leaseLapsed, testOpts); ok {
 		t.Fatal("handoffState must withhold a block the node may not hand out addresses from")
 	}
-	v := mesh.View{Self: "h1", Block: netip.MustParsePrefix("10.244.6.0/23"), Ready: true}
+	renewed := time.Date(2026, 12, 7, 3, 0, 0, 0, time.UTC)
+	v := mesh.View{Self: "h1", Block: netip.MustParsePrefix("10.244.6.0/23"), Ready: true,
+		Lease: hostclock.Instant{Boot: "b", Since: 25 * time.Hour}, LeaseRenewed: renewed, LeaseEndsAt: renewed.Add(24 * time.Hour)}
 	st, ok := handoffState(v, testOpts)
-	want := nodestate.State{Node: "h1", Block: v.Block, Pool: testOpts.Pool, HostIP: testOpts.HostIP, MTU: 1500}
+	want := nodestate.State{Node: "h1", Block: v.Block, Pool: testOpts.Pool, HostIP: testOpts.HostIP, MTU: 1500,
+		Lease: nodestate.Lease{Ends: v.Lease, Renewed: renewed, EndsAt: renewed.Add(24 * time.Hour)}}
 	if !ok || st != want {
 		t.Fatalf("handoffState = %+v, %v; want %+v", st, ok, want)
 	}

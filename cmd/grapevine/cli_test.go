@@ -45,7 +45,8 @@ func TestBadInput(t *testing.T) {
 		{[]string{"agent", "--block-size", "8"}, []string{"--block-size 8", "between"}},
 		{[]string{"agent", "--pool", "10.0.0.0/8", "--block-size", "30"}, []string{"more than 2^20 blocks"}},
 		{[]string{"agent", "--log-level", "loud"}, []string{`--log-level "loud" is not a level: use debug, info, warn or error`}},
-		{[]string{"agent", "--reclaim-after", "-5m"}, []string{"--reclaim-after", "-5m0s is negative"}},
+		{[]string{"agent", "--lease", "-5m"}, []string{"--lease", "-5m0s is shorter than a second"}},
+		{[]string{"agent", "--reclaim-after", "500ms"}, []string{"--lease", "500ms is shorter than a second"}},
 		{[]string{"agent", "--node-name", "bad name!"}, []string{`--node-name: node name "bad name!" has spaces`}},
 		{[]string{"agent", "--node-name", strings.Repeat("n", 254)}, []string{"--node-name", "1-253 characters"}},
 		{[]string{"agent", "--port", "70000"}, []string{"--port: port 70000 is out of range 1-65535"}},
@@ -60,6 +61,7 @@ func TestBadInput(t *testing.T) {
 		{[]string{"agent", "--metrics-addr", "9962"}, []string{`--metrics-addr "9962" is not host:port`}},
 		{[]string{"agent", "--host-ip", "10.0.0"}, []string{`--host-ip "10.0.0" is not an IPv4 address`}},
 		{[]string{"agent", "--gossip-key-file", "/nonexistent/gossip.key"}, []string{"gossip key", "/nonexistent/gossip.key", "no such file"}},
+		{[]string{"agent", "--gossip-key-file", "/dev/zero"}, []string{"/dev/zero: gossip key file is not a regular file"}},
 		{[]string{"agent", "--state-dir", "state"}, []string{`--state-dir "state" must be an absolute path`}},
 		{[]string{"agent", "--run-dir", ""}, []string{`--run-dir "" must be an absolute path`}},
 		{[]string{"agent", "--cni-conf-dir", "net.d"}, []string{`--cni-conf-dir "net.d" must be an absolute path`}},
@@ -118,7 +120,7 @@ func TestGoodInput(t *testing.T) {
 		t.Fatal("agent not started")
 	}
 	o := *started
-	if o.NodeName != "n1" || o.Pool != netip.MustParsePrefix("10.10.0.0/16") || o.BlockSize != 24 || o.ReclaimAfter != 5*time.Minute ||
+	if o.NodeName != "n1" || o.Pool != netip.MustParsePrefix("10.10.0.0/16") || o.BlockSize != 24 || o.Lease != 5*time.Minute ||
 		o.Port != 7000 || o.MTU != 1400 || len(o.Join) != 2 || o.BootstrapExpect != 3 || o.HostIP != netip.MustParseAddr("10.0.0.1") || o.MetricsAddr != "" {
 		t.Errorf("options = %+v", o)
 	}

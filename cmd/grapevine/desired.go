@@ -171,7 +171,14 @@ func handoffState(v mesh.View, o agentOptions) (nodestate.State, bool) {
 		Pool:   o.Pool,
 		HostIP: o.HostIP,
 		MTU:    o.MTU,
+		Lease:  handoffLease(v),
 	}, true
+}
+
+// handoffLease is the lease node.json carries: the plugin hands out
+// addresses only until it ends, whether or not the agent still runs.
+func handoffLease(v mesh.View) nodestate.Lease {
+	return nodestate.Lease{Ends: v.Lease, Renewed: v.LeaseRenewed.UTC().Round(0), EndsAt: v.LeaseEndsAt.UTC().Round(0)}
 }
 
 // staleHandoff says why the hand-off a previous run left must be withdrawn

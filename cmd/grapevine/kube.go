@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -36,7 +37,7 @@ type kubeAPI interface {
 func (a *agent) joinKubernetes(ctx context.Context) error {
 	log := a.log.With("component", "kubejoin")
 	d := kubejoin.New(a.kube.client, a.opts.NodeName, log)
-	released := &deletedNodes{mesh: a.mesh, self: a.opts.NodeName, log: log, ctx: ctx, pending: make(map[string]context.CancelFunc)}
+	released := &deletedNodes{mesh: a.mesh, self: a.opts.NodeName, log: log, ctx: ctx, pending: make(map[string]context.CancelFunc), waits: a.releaseWaits}
 	first := make(chan struct{})
 	var once sync.Once
 	go func() {
@@ -143,6 +144,8 @@ const (
 	// the agent stops waiting: a running host, whose kubelet registers
 	// its Node again.
 	aliveGiveUp = 2 * time.Minute
+	// leaseRecheck caps the pause while a deleted Node's lease runs.
+	leaseRecheck = 5 * time.Minute
 	// maxReleaseRetry caps the pause between failed release requests.
 	maxReleaseRetry = 30 * time.Second
 )
@@ -166,9 +169,56 @@ type deletedNodes struct {
 	log  *slog.Logger
 	ctx  context.Context
 
+	// waits shows, in the status, which blocks wait for a lease to end.
+	waits *releaseWaits
+
 	mu      sync.Mutex
 	pending map[string]context.CancelFunc
 	wg      sync.WaitGroup
+}
+
+// releaseWaits is, for each deleted Node whose block waits for its lease
+// to end, when the leader last said the block would be free.
+type releaseWaits struct {
+	mu     sync.Mutex
+	freeAt map[string]time.Time
+}
+
+func (r *releaseWaits) set(node string, at time.Time) {
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.freeAt == nil {
+		r.freeAt = make(map[string]time.Time)
+	}
+	r.freeAt[node] = at
+}
+
+func (r *releaseWaits) done(node string) {
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.freeAt, node)
+}
+
+// report says, sorted by node, when each waiting block will be free.
+func (r *releaseWaits) report(now time.Time) []string {
+	if r == nil {
+		return nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for node, at := range r.freeAt {
+		out = append(out, fmt.Sprintf("%s (Node deleted): its block is freed once its lease has ended, in %s (at %s)",
+			node, max(at.Sub(now), 0).Round(time.Second), at.UTC().Format(time.RFC3339)))
+	}
+	slices.Sort(out)
+	return out
 }
 
 // deleted starts releasing the block of the Node's node, unless a release
@@ -187,6 +237,7 @@ func (d *deletedNodes) deleted(n kubejoin.Node) {
 	d.pending[n.Name] = cancel
 	d.wg.Go(func() {
 		d.release(ctx, n.Name)
+		d.waits.done(n.Name)
 		d.mu.Lock()
 		delete(d.pending, n.Name)
 		d.mu.Unlock()
@@ -213,7 +264,7 @@ func (d *deletedNodes) wait() { d.wg.Wait() }
 func (d *deletedNodes) release(ctx context.Context, node string) {
 	began := time.Now()
 	failures := 0
-	saidAlive := false
+	saidAlive, saidLease := false, false
 	for {
 		cctx, cancel := context.WithTimeout(ctx, releaseCallTimeout)
 		block, err := d.mesh.ReleaseDeletedNode(cctx, node)
@@ -231,6 +282,17 @@ func (d *deletedNodes) release(ctx context.Context, node string) {
 			// Another agent's request freed the block between this one's
 			// read and its commit; the next look finds nothing left.
 			wait = 100 * time.Millisecond
+		case errors.Is(err, ledger.ErrLeaseActive):
+			// The host may be alive but cut off, handing out addresses
+			// until its lease ends: the block waits for that. Asked again
+			// now and then, as a new leader counts the lease anew.
+			left, _ := ledger.LeaseWait(err)
+			if !saidLease {
+				saidLease = true
+				d.log.Info("Node object deleted; its block is freed once the node's lease has ended", "peer", node, "in", left.Round(time.Second))
+			}
+			d.waits.set(node, time.Now().Add(left))
+			wait = min(max(left, time.Second), leaseRecheck)
 		case errors.Is(err, ledger.ErrNodeAlive):
 			if time.Since(began) > aliveGiveUp {
 				d.log.Info("deleted Node's node stayed alive in gossip; its block stays (release it with grapevine release once the host is gone)",

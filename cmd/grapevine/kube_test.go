@@ -35,6 +35,9 @@ type fakeKube struct {
 	history []kubejoin.Event
 	changed chan struct{}
 	down    bool // the API server out of reach
+	// agentLease is the --lease of the agents started against this API
+	// server (zero: an hour, as for the other test hosts).
+	agentLease time.Duration
 	// record is the ConfigMap naming the ledger; nil until created.
 	record  *kubejoin.LedgerRecord
 	creates int // create requests for it
@@ -374,7 +377,7 @@ func startKubeHost(t *testing.T, network *meshtest.Network, kube *fakeKube, dir,
 
 // TestKubernetesNodeDeletion runs agents with --join-kubernetes against an
 // in-memory API server: deleting the Node of a stopped host frees its block
-// within seconds; deleting a running host's Node frees nothing; an agent
+// once its lease has ended, never sooner; deleting a running host's Node frees nothing; an agent
 // that is no Kubernetes node (joined with --join) is never released; the
 // Node's UID is saved with the block, and a host whose Node was deleted
 // and registered again gets no restart rule.
@@ -382,6 +385,9 @@ func TestKubernetesNodeDeletion(t *testing.T) {
 	dir := t.TempDir()
 	network := meshtest.NewNetwork()
 	kube := newFakeKube()
+	// Long enough to outlast the fake cluster's start, short enough that
+	// a deleted Node's block is freed within the test.
+	kube.agentLease = 5 * time.Second
 	for i, name := range []string{"h1", "h2", "h3"} {
 		kube.register(name, meshtest.HostAddr(i+1))
 	}
@@ -425,8 +431,8 @@ func TestKubernetesNodeDeletion(t *testing.T) {
 		t.Fatalf("%v releases after deleting a running host's Node", n)
 	}
 
-	// h4 (no Node object) and h3 stop. Only h3's Node is deleted: only its
-	// block is freed, at once.
+	// h4 (no Node object) and h3 stop, and h3's Node is deleted: its block
+	// is freed once h3's lease has ended, never sooner.
 	h4.stop(t)
 	// Three voters: wait until the ledger has replaced h4 if it was one,
 	// so that stopping h3 leaves a majority.
@@ -438,6 +444,10 @@ func TestKubernetesNodeDeletion(t *testing.T) {
 		return nil
 	})
 	h3.stop(t)
+	h3Lease, err := nodestate.Read(h3.agent.opts.RunDir)
+	if err != nil {
+		t.Fatal(err)
+	}
 	waitFor(t, "h1 to see h3 and h4 gone", func() error {
 		for _, m := range h1.agent.mesh.View().Members {
 			if (m.Name == "h3" || m.Name == "h4") && m.State.Live() {
@@ -448,17 +458,21 @@ func TestKubernetesNodeDeletion(t *testing.T) {
 	})
 	deleted := time.Now()
 	kube.delete("h3")
-	waitFor(t, "h3's block to be released", func() error {
-		if n := gather(t, "grapevine_mesh_releases_total", "record_deleted", h1, h2); n != 1 {
-			return fmt.Errorf("%v releases", n)
+	// Freed by the agents' release or by the leader's reclaim, whichever
+	// comes first: both wait for h3's lease to end.
+	waitFor(t, "h3's block to be freed", func() error {
+		for _, m := range h1.agent.mesh.View().Members {
+			if m.Name == "h3" && m.Held.IsValid() {
+				return fmt.Errorf("h1's replica still assigns h3 %s", m.Held)
+			}
 		}
 		return nil
 	})
-	t.Logf("h3's block %s released %s after its Node object was deleted", blocks["h3"], time.Since(deleted).Round(time.Millisecond))
-	time.Sleep(2 * time.Second) // every agent has asked by now
-	if n := gather(t, "grapevine_mesh_releases_total", "record_deleted", h1, h2); n != 1 {
-		t.Errorf("%v releases of h3's block, want 1 (the others find nothing left)", n)
+	if time.Now().Before(h3Lease.Lease.EndsAt) {
+		t.Fatalf("h3's block freed before h3's lease ended at %s", h3Lease.Lease.EndsAt.Format(time.StampMilli))
 	}
+	t.Logf("h3's block %s freed %s after its Node object was deleted (%d by its deletion)", blocks["h3"],
+		time.Since(deleted).Round(time.Millisecond), int(gather(t, "grapevine_mesh_releases_total", "record_deleted", h1, h2)))
 
 	// h3's host returns with its state directory, cut off from the ledger,
 	// its Node registered again by its kubelet under a new UID: no restart

@@ -35,12 +35,26 @@ type agent struct {
 	prober *probe.Prober
 	// kube is this host's Node object; nil without --join-kubernetes.
 	kube *kubeNode
+	// releaseWaits is the deleted Nodes whose blocks wait for their
+	// leases to end; nil without --join-kubernetes.
+	releaseWaits *releaseWaits
 	// kept is the peer routes of the last pass and what keeps them; see
 	// keptRoutes. Only the loop touches it.
 	kept map[string]keptRoute
 	// withdrawn is why each dead or departed member is not routed; see
 	// withdrawals. Only the loop touches it.
 	withdrawn map[string]string
+	// lastPodErr is the last pass's failure to keep the pods' host sides;
+	// see logPodErrors. podRecheck fires when pods too young to repair in
+	// the last pass have settled; nil: none waiting. Only the loop touches
+	// them.
+	lastPodErr string
+	podRecheck <-chan time.Time
+	// collected counts the reservations of pods that are gone which the
+	// agent freed, and lastCollectErr is the last pass's failure to free
+	// them; see collectStale. Only the loop touches lastCollectErr.
+	collected      prometheus.Counter
+	lastCollectErr string
 
 	// synced turns true once the mesh is ready (see mayReconcile). Until
 	// then the agent leaves the kernel and the hand-off files as the previous
@@ -101,23 +115,33 @@ func newAgent(o agentOptions, cfg mesh.Config, host hostSide, log *slog.Logger) 
 		cfg.Incarnation = kube
 		cfg.LedgerRecord = kubeLedgerRecord{client: client}
 	}
+	var waits *releaseWaits
+	if kube != nil {
+		waits = &releaseWaits{}
+	}
 	m, err := mesh.New(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("gossip mesh: %w", err)
 	}
 	a := &agent{
-		opts:        o,
-		log:         log,
-		registry:    reg,
-		mesh:        m,
-		kube:        kube,
-		kernel:      host.kernel,
-		rec:         node.NewReconciler(host.kernel, log.With("component", "node"), reg),
-		watchRoutes: host.watchRoutes,
-		status:      statusReport{Node: o.NodeName, Reason: "starting"},
-		lastPass:    time.Now(),
-		gossipSeen:  make(map[string]time.Time),
+		opts:         o,
+		log:          log,
+		registry:     reg,
+		mesh:         m,
+		kube:         kube,
+		releaseWaits: waits,
+		kernel:       host.kernel,
+		rec:          node.NewReconciler(host.kernel, log.With("component", "node"), reg),
+		watchRoutes:  host.watchRoutes,
+		status:       statusReport{Node: o.NodeName, Reason: "starting"},
+		lastPass:     time.Now(),
+		gossipSeen:   make(map[string]time.Time),
+		collected: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "grapevine_ipam_stale_reservations_freed_total",
+			Help: "Reservations of pods that are gone (no host veth carries their attachment's alias) that the agent freed.",
+		}),
 	}
+	reg.MustRegister(a.collected)
 	if a.prober, err = newProber(o, host, reg, log); err != nil {
 		return nil, err
 	}
@@ -206,6 +230,7 @@ func (a *agent) run(ctx context.Context) error {
 		case <-routeChanged:
 		case <-pathChanged:
 		case <-resync.C:
+		case <-a.podRecheck:
 		case <-graceOver:
 		}
 	}
@@ -257,6 +282,9 @@ func (a *agent) reconcile(ctx context.Context) statusReport {
 		a.log.Error("hand-off to the CNI plugin failed", "err", err)
 		ready, reason = false, err.Error()
 	}
+	if why := a.tendPods(ctx, v.Block); why != "" && ready {
+		ready, reason = false, why
+	}
 	return buildStatus(v, a.kept, a.withdrawn, paths, res, ready, reason)
 }
 
@@ -291,6 +319,7 @@ func (a *agent) freshStatus() statusReport {
 	st := a.status
 	// A follower's role and voters change without a reconcile.
 	st.Ledger = buildLedgerStatus(v)
+	st.PendingReleases = a.releaseWaits.report(time.Now())
 	st.Members = slices.Clone(st.Members)
 	for i := range st.Members {
 		m := &st.Members[i]

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/grapevine-net/grapevine/internal/hostclock"
+
 	"context"
 	"encoding/json"
 	"errors"
@@ -36,6 +38,17 @@ type testHost struct {
 	cancel context.CancelFunc
 	done   chan error
 	logs   *testWriter
+	// kernelEvents is the agent's watch of the kernel: see kernelChanged.
+	kernelEvents chan struct{}
+}
+
+// kernelChanged tells the agent the kernel changed, as the netlink watch
+// does after an operator's change.
+func (h *testHost) kernelChanged() {
+	select {
+	case h.kernelEvents <- struct{}{}:
+	default:
+	}
 }
 
 func startTestHost(t *testing.T, network *meshtest.Network, dir, name string, i int, kernel *node.FakeKernel, join ...string) *testHost {
@@ -64,7 +77,7 @@ func startWrappedHost(t *testing.T, network *meshtest.Network, dir, name string,
 func startHost(t *testing.T, network *meshtest.Network, dp *fakeDataPath, wrap func(node.Kernel) node.Kernel, kube *fakeKube,
 	dir, name string, i int, kernel *node.FakeKernel, join ...string) *testHost {
 	t.Helper()
-	h := &testHost{name: name, addr: meshtest.HostAddr(i), dir: filepath.Join(dir, name), kernel: kernel}
+	h := &testHost{name: name, addr: meshtest.HostAddr(i), dir: filepath.Join(dir, name), kernel: kernel, kernelEvents: make(chan struct{}, 1)}
 	if h.kernel == nil {
 		h.kernel = node.NewFakeKernel()
 		h.kernel.AddLink("em1", netip.PrefixFrom(h.addr, 8))
@@ -83,11 +96,14 @@ func startHost(t *testing.T, network *meshtest.Network, dp *fakeDataPath, wrap f
 		RunDir:         filepath.Join(h.dir, "run"),
 		CNIConfDir:     filepath.Join(h.dir, "net.d"),
 		Masquerade:     true,
-		ReclaimAfter:   time.Hour,
+		Lease:          time.Hour,
 		MTU:            1500,
 		ResyncInterval: 30 * time.Second,
 	}
 	o.JoinKubernetes = kube != nil
+	if kube != nil && kube.agentLease != 0 {
+		o.Lease = kube.agentLease
+	}
 	transport, err := network.NewTransport(netip.AddrPortFrom(h.addr, meshtest.GossipPort))
 	if err != nil {
 		t.Fatal(err)
@@ -103,7 +119,7 @@ func startHost(t *testing.T, network *meshtest.Network, dp *fakeDataPath, wrap f
 	if wrap != nil {
 		k = wrap(k)
 	}
-	host := hostSide{kernel: k, watchRoutes: func(context.Context) <-chan struct{} { return nil }}
+	host := hostSide{kernel: k, watchRoutes: func(context.Context) <-chan struct{} { return h.kernelEvents }}
 	if kube != nil {
 		host.kubeAPI = kube
 	}
@@ -654,8 +670,8 @@ func sameFiles(t *testing.T, paths []string, before []os.FileInfo) {
 
 // TestRestartHandoff: an agent restarted within the restart rule, cut off
 // from the ledger, keeps the previous run's node.json and conflist
-// throughout. Restarted when the rule is refused (block.json confirmed
-// longer than half of --reclaim-after ago), it withdraws both before the
+// throughout. Restarted when the rule is refused (the lease saved in
+// block.json has ended), it withdraws both before the
 // ledger answers, since the block may be another node's by now, and writes
 // them again with the ledger's block once it is confirmed.
 func TestRestartHandoff(t *testing.T) {
@@ -706,11 +722,11 @@ func TestRestartHandoff(t *testing.T) {
 	}
 	sameFiles(t, paths, before)
 
-	// Refused: block.json last confirmed two hours ago (--reclaim-after 1h).
+	// Refused: the lease saved in block.json ended a minute ago.
 	h2.stop(t)
-	ageSavedBlock(t, h2.agent.opts.StateDir, 2*time.Hour)
-	h2 = restarted("h2 to apply the restart rule to its aged block")
-	if v := h2.agent.mesh.View(); v.Restart != mesh.RestartRefused || !strings.Contains(v.RestartReason, "not within half of --reclaim-after") {
+	endSavedLease(t, h2.agent.opts.StateDir, time.Minute)
+	h2 = restarted("h2 to apply the restart rule to its ended lease")
+	if v := h2.agent.mesh.View(); v.Restart != mesh.RestartRefused || !strings.Contains(v.RestartReason, "its lease ended") {
 		t.Fatalf("h2 restarted with an aged block: %s (%q)", v.Restart, v.RestartReason)
 	}
 	waitFor(t, "h2 to withdraw the previous run's hand-off", func() error {
@@ -742,8 +758,8 @@ func TestRestartHandoff(t *testing.T) {
 	}
 }
 
-// ageSavedBlock moves block.json's last confirmation back by age.
-func ageSavedBlock(t *testing.T, stateDir string, age time.Duration) {
+// endSavedLease makes the lease saved in block.json end ago before now.
+func endSavedLease(t *testing.T, stateDir string, ago time.Duration) {
 	t.Helper()
 	path := filepath.Join(stateDir, mesh.BlockFileName)
 	data, err := os.ReadFile(path)
@@ -754,7 +770,11 @@ func ageSavedBlock(t *testing.T, stateDir string, age time.Duration) {
 	if err := json.Unmarshal(data, &saved); err != nil {
 		t.Fatal(err)
 	}
-	saved["lastConfirmed"] = time.Now().Add(-age).Format(time.RFC3339Nano)
+	now, err := hostclock.Now()
+	if err != nil {
+		t.Fatal(err)
+	}
+	saved["lease"] = now.Add(-ago)
 	if data, err = json.Marshal(saved); err != nil {
 		t.Fatal(err)
 	}

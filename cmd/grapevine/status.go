@@ -31,6 +31,14 @@ type statusReport struct {
 	Ready    bool   `json:"ready"`
 	Reason   string `json:"reason,omitempty"`
 	Degraded string `json:"degraded,omitempty"`
+	// LeaseRenewed and LeaseEnds are the wall-clock times of the last
+	// renewal of this node's lease on Block and of its end: after it the
+	// CNI plugin hands out no new addresses unless the lease is renewed.
+	LeaseRenewed time.Time `json:"leaseRenewed,omitzero"`
+	LeaseEnds    time.Time `json:"leaseEnds,omitzero"`
+	// PendingReleases says, for each deleted Node whose block waits for
+	// its lease to end, when it will be free.
+	PendingReleases []string `json:"pendingReleases,omitempty"`
 	// Encapsulation is the --encapsulation mode the paths were chosen by.
 	Encapsulation string         `json:"encapsulation,omitempty"`
 	Ledger        ledgerStatus   `json:"ledger"`
@@ -106,7 +114,10 @@ func buildStatus(v mesh.View, kept map[string]keptRoute, withdrawn map[string]st
 		Reason:   reason,
 		Degraded: v.Degraded,
 		Ledger:   buildLedgerStatus(v),
-		Members:  make([]memberStatus, 0, len(v.Members)),
+
+		LeaseRenewed: v.LeaseRenewed.UTC().Round(time.Second),
+		LeaseEnds:    v.LeaseEndsAt.UTC().Round(time.Second),
+		Members:      make([]memberStatus, 0, len(v.Members)),
 	}
 	if !v.ID.IsZero() {
 		r.NodeID = v.ID.String()
@@ -298,6 +309,12 @@ func printStatus(w io.Writer, r statusReport) error {
 	if r.Degraded != "" {
 		fmt.Fprintf(w, "DEGRADED: %s\n", r.Degraded)
 	}
+	if !r.LeaseEnds.IsZero() {
+		fmt.Fprintf(w, "lease renewed %s  ends %s\n", r.LeaseRenewed.Format(time.RFC3339), r.LeaseEnds.Format(time.RFC3339))
+	}
+	for _, p := range r.PendingReleases {
+		fmt.Fprintf(w, "pending release: %s\n", p)
+	}
 	l := r.Ledger
 	voters := strings.Join(l.Voters, ",")
 	fmt.Fprintf(w, "ledger %s  role %s  leader %s  voters %s  last index %d\n", orDash(l.ClusterID), l.Role, orDash(l.Leader), orDash(voters), l.LastIndex)
@@ -344,7 +361,7 @@ func ago(now, t time.Time) string {
 func releaseCommand() *cli.Command {
 	return &cli.Command{
 		Name:         "release",
-		Usage:        "free a dead node's block at once, cluster-wide (the node must not be alive)",
+		Usage:        "free a dead node's block cluster-wide once its lease has ended (the node must not be alive; says how long is left)",
 		ArgsUsage:    "NODE",
 		Flags:        []cli.Flag{runDirFlag()},
 		OnUsageError: usageError,

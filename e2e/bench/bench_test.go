@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/grapevine-net/grapevine/e2e/bench"
 	"github.com/grapevine-net/grapevine/node"
@@ -38,8 +39,12 @@ func BenchmarkDesiredRoutes2000(b *testing.B) {
 func BenchmarkCNIConfig(b *testing.B) {
 	dir := b.TempDir()
 	runDir, stateDir := filepath.Join(dir, "run"), filepath.Join(dir, "state")
-	err := nodestate.Write(runDir, nodestate.State{Node: "n1", Block: netip.MustParsePrefix("10.244.2.0/23"),
-		Pool: netip.MustParsePrefix("10.244.0.0/16"), HostIP: netip.MustParseAddr("192.0.2.1"), MTU: 1500})
+	lease, err := nodestate.LeaseFromNow(time.Hour)
+	if err != nil {
+		b.Fatal(err)
+	}
+	err = nodestate.Write(runDir, nodestate.State{Node: "n1", Block: netip.MustParsePrefix("10.244.2.0/23"),
+		Pool: netip.MustParsePrefix("10.244.0.0/16"), HostIP: netip.MustParseAddr("192.0.2.1"), MTU: 1500, Lease: lease})
 	if err != nil {
 		b.Fatal(err)
 	}

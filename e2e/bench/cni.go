@@ -82,9 +82,13 @@ func MeasureCNI(ctx context.Context, cfg CNIConfig) (_ []Row, err error) {
 	runDir, stateDir := filepath.Join(dir, "run"), filepath.Join(dir, "state")
 	// What the agent would hand over: a /23 block, as by default, holds the
 	// batch with room to spare.
+	lease, err := nodestate.LeaseFromNow(time.Hour)
+	if err != nil {
+		return nil, err
+	}
 	err = nodestate.Write(runDir, nodestate.State{
 		Node: "gvb-node", Block: netip.MustParsePrefix("10.244.2.0/23"),
-		Pool: netip.MustParsePrefix("10.244.0.0/16"), HostIP: hostIP, MTU: 1500,
+		Pool: netip.MustParsePrefix("10.244.0.0/16"), HostIP: hostIP, MTU: 1500, Lease: lease,
 	})
 	if err != nil {
 		return nil, err

@@ -50,7 +50,8 @@ const (
 // gracefully and then going off the LAN, and crashing; it counts the pod
 // pings lost across an agent freeze and an agent restart. Then, with all five hosts up, it measures the
 // agents' idle memory and CPU, and pod-to-pod TCP throughput and round trip
-// time beside host-to-host.
+// time beside host-to-host; last, new hosts joining while idle connections
+// without the key are held open against their seed's ledger port.
 func MeasureLab(ctx context.Context, cfg LabConfig) (_ []Row, err error) {
 	log := cfg.Logger
 	if log == nil {
@@ -151,7 +152,14 @@ func MeasureLab(ctx context.Context, cfg LabConfig) (_ []Row, err error) {
 	if err != nil {
 		return rows, err
 	}
-	return append(rows, path...), nil
+	rows = append(rows, path...)
+
+	// Last, as its flooding hosts and joined hosts stay in the lab.
+	flooded, refused, err := b.floodJoins(ctx, peers[0], cfg.JoinTrials)
+	if err != nil {
+		return rows, err
+	}
+	return append(rows, floodJoinRow(flooded, joinNew, refused)), nil
 }
 
 // labBench times events in a running lab through the peers' route tables.

@@ -7,6 +7,8 @@
 package kubelab_test
 
 import (
+	"github.com/grapevine-net/grapevine/node/nodestate"
+
 	"archive/tar"
 	"context"
 	"encoding/json"
@@ -39,6 +41,10 @@ const (
 	// manifestImage is the image the manifest names; the archive must
 	// carry it (or GRAPEVINE_IMAGE, which then replaces it).
 	manifestImage = "grapevine:dev"
+	// manifestLease is the manifest's lease, which the test shortens to
+	// testLease.
+	manifestLease = `GRAPEVINE_LEASE: "24h"`
+	testLease     = 45 * time.Second
 	// rolloutImage is the same image under a new tag, for the rolling update.
 	rolloutImage = "grapevine:rollout"
 	busybox      = "localhost/grapevine-e2e/busybox:1"
@@ -129,6 +135,12 @@ func TestKubernetes(t *testing.T) {
 	k.run(ctx, "-n", "kube-system", "create", "secret", "generic", "grapevine-gossip-key",
 		"--from-literal=key="+strings.TrimSpace(string(key)))
 	applied := string(manifest)
+	// The one setting changed: a lease of seconds, not a day, so that the
+	// test sees a deleted Node's block freed once its lease has ended.
+	if !strings.Contains(applied, manifestLease) {
+		t.Fatalf("the manifest has no %q", manifestLease)
+	}
+	applied = strings.ReplaceAll(applied, manifestLease, fmt.Sprintf("GRAPEVINE_LEASE: %q", testLease))
 	if image != manifestImage {
 		applied = strings.ReplaceAll(applied, "image: "+manifestImage, "image: "+image)
 	}
@@ -401,16 +413,16 @@ func checkRollingUpdate(t *testing.T, ctx context.Context, k kube, agents map[st
 	}
 }
 
-// checkNodeDeletion takes node-c's host off the LAN and stops it, deletes
-// its Node object, and expects the remaining agents to free its block.
+// checkNodeDeletion takes node-c's host off the LAN with its agent still
+// running (alive but cut off: it may go on starting pods on its block until
+// its lease ends) and deletes its Node object. The remaining agents withdraw
+// its route, report the release as pending in their status, and free its
+// block in the ledger only once node-c's lease has ended.
 func checkNodeDeletion(t *testing.T, ctx context.Context, k kube, blocks map[string]netip.Prefix) {
 	t.Helper()
 	gone := k.c.Node("node-c")
 	if err := gone.Host.CutLink(ctx); err != nil {
 		t.Fatal(err)
-	}
-	if err := gone.Stop(); err != nil {
-		t.Logf("stopping node-c: %v", err)
 	}
 	deleted := time.Now()
 	k.run(ctx, "delete", "node", "node-c")
@@ -434,10 +446,24 @@ func checkNodeDeletion(t *testing.T, ctx context.Context, k kube, blocks map[str
 		t.Error(err)
 	}
 	withdrawn := time.Since(deleted)
+	err = poll(ctx, "node-a's status names the pending release", time.Second, func() error {
+		s, err := k.agentStatus(ctx, agents["node-a"])
+		if err != nil {
+			return err
+		}
+		for _, p := range s.PendingReleases {
+			if strings.HasPrefix(p, "node-c ") {
+				return nil
+			}
+		}
+		return fmt.Errorf("pending releases: %q", s.PendingReleases)
+	})
+	if err != nil {
+		t.Error(err)
+	}
 	// The ledger is asked through the operator's command: once the block is
 	// free, there is nothing left to release.
-	// Seconds, not the hour of GRAPEVINE_RECLAIM_AFTER: give it two minutes.
-	freeCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	freeCtx, cancel := context.WithTimeout(ctx, 2*testLease+time.Minute)
 	defer cancel()
 	err = poll(freeCtx, "node-c's block freed in the ledger", time.Second, func() error {
 		out, err := k.c.Kubectl(ctx, "-n", "kube-system", "exec", agents["node-a"], "-c", "agent", "--", "grapevine", "release", "node-c")
@@ -453,8 +479,18 @@ func checkNodeDeletion(t *testing.T, ctx context.Context, k kube, blocks map[str
 		t.Errorf("after deleting Node node-c: %v", err)
 		return
 	}
-	t.Logf("node-c's host gone and its Node deleted: route to %s withdrawn on node-a and node-b in %s, block free in the ledger in %s",
-		block, withdrawn.Round(100*time.Millisecond), time.Since(deleted).Round(100*time.Millisecond))
+	freed := time.Now()
+	// node-c's node.json says until when its plugin could hand out
+	// addresses from the block: never after the ledger freed it.
+	st, err := nodestate.Read(gone.Path("/run/grapevine"))
+	if err != nil {
+		t.Fatalf("node-c's node.json: %v", err)
+	}
+	if freed.Before(st.Lease.EndsAt) {
+		t.Errorf("node-c's block freed at %s, before its lease ended at %s", freed.Format(time.StampMilli), st.Lease.EndsAt.Format(time.StampMilli))
+	}
+	t.Logf("node-c cut off and its Node deleted: route to %s withdrawn on node-a and node-b in %s; block free in the ledger in %s, %s after node-c's lease ended (lease %s)",
+		block, withdrawn.Round(100*time.Millisecond), freed.Sub(deleted).Round(100*time.Millisecond), freed.Sub(st.Lease.EndsAt).Round(100*time.Millisecond), testLease)
 }
 
 // checkArchiveRuns checks that every agent pod runs the image of the archive

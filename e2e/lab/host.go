@@ -329,7 +329,9 @@ type Status struct {
 	Ready    bool         `json:"ready"`
 	Reason   string       `json:"reason"`
 	Degraded string       `json:"degraded"`
-	Ledger   Ledger       `json:"ledger"`
+	// PendingReleases: deleted Nodes whose blocks wait for their leases.
+	PendingReleases []string `json:"pendingReleases"`
+	Ledger          Ledger   `json:"ledger"`
 	// Encapsulation is the agent's --encapsulation mode.
 	Encapsulation string   `json:"encapsulation"`
 	Members       []Member `json:"members"`

@@ -22,7 +22,7 @@ type leaderState struct {
 }
 
 func (l *Ledger) tick() time.Duration {
-	t := min(time.Second, l.cfg.DeadVoterGrace/4, l.cfg.StableAfter/4, l.cfg.ReclaimAfter/8)
+	t := min(time.Second, l.cfg.DeadVoterGrace/4, l.cfg.StableAfter/4, l.cfg.Lease/8)
 	return max(t, 20*time.Millisecond)
 }
 
@@ -64,7 +64,7 @@ func (l *Ledger) leaderLoop(ctx context.Context, r *raft.Raft) {
 		}
 		now := time.Now()
 		l.autopilot(r, ls, &st, peers, now)
-		l.reclaim(r, ls, &st, peers, now)
+		l.reclaim(r, ls, peers, now)
 	}
 }
 
@@ -78,7 +78,7 @@ func (l *Ledger) found(r *raft.Raft) {
 		id = newClusterID()
 	}
 	c := Found{ClusterID: id, Pool: l.cfg.Pool, BlockBits: l.cfg.BlockBits}
-	res, err := l.apply(r, c)
+	res, _, err := l.apply(r, c)
 	switch {
 	case err != nil:
 		l.log.Warn("ledger: writing the Found entry failed; retrying", "err", err)
@@ -89,10 +89,18 @@ func (l *Ledger) found(r *raft.Raft) {
 	}
 }
 
-// reclaim frees the block of every owner this leader has itself seen not
-// alive in gossip for ReclaimAfter. The entry carries the owner's ID and
-// assignment index, so it frees nothing assigned since.
-func (l *Ledger) reclaim(r *raft.Raft, ls *leaderState, st *State, peers []Peer, now time.Time) {
+// reclaim frees the block of every owner that gossip shows not alive and
+// whose lease has ended by this leader's clock (see LeaseMargin). The
+// entry carries the owner's ID and assignment index, so it frees nothing
+// assigned since. An owner that gossip cannot see but that still renews
+// its lease (gossip cut, the ledger port open) keeps its block.
+func (l *Ledger) reclaim(r *raft.Raft, ls *leaderState, peers []Peer, now time.Time) {
+	l.leases.mu.Lock()
+	defer l.leases.mu.Unlock()
+	// Read under the lock: every claim committed so far is in it, with
+	// its grant recorded.
+	st, _ := l.State()
+	term := r.CurrentTerm()
 	owners := make(map[NodeID]bool, len(st.Blocks))
 	for b, o := range st.Blocks {
 		owners[o.ID] = true
@@ -100,16 +108,16 @@ func (l *Ledger) reclaim(r *raft.Raft, ls *leaderState, st *State, peers []Peer,
 			delete(ls.ownerDead, o.ID)
 			continue
 		}
-		since, ok := ls.ownerDead[o.ID]
-		if !ok {
+		ends := l.leases.endsLocked(term, o.ID, now, l.cfg.Lease)
+		if _, ok := ls.ownerDead[o.ID]; !ok {
 			ls.ownerDead[o.ID] = now
-			l.log.Info("ledger: block owner not alive; reclaiming if it stays so", "node", o.Name, "block", b, "after", l.cfg.ReclaimAfter)
+			l.log.Info("ledger: block owner not alive; its block is reclaimed if it stays so until its lease has ended",
+				"node", o.Name, "block", b, "in", ends.Sub(now).Round(time.Second))
+		}
+		if now.Before(ends) {
 			continue
 		}
-		if now.Sub(since) < l.cfg.ReclaimAfter {
-			continue
-		}
-		res, err := l.apply(r, Reclaim{Block: b, OwnerID: o.ID, OwnerIndex: o.Index})
+		res, _, err := l.apply(r, Reclaim{Block: b, OwnerID: o.ID, OwnerIndex: o.Index})
 		switch {
 		case err != nil:
 			l.log.Warn("ledger: reclaim failed", "node", o.Name, "block", b, "err", err)
@@ -118,7 +126,8 @@ func (l *Ledger) reclaim(r *raft.Raft, ls *leaderState, st *State, peers []Peer,
 			l.log.Info("ledger: reclaim skipped", "node", o.Name, "block", b, "reason", res.Err)
 		default:
 			l.metrics.reclaims.Inc()
-			l.log.Warn("ledger: reclaimed the block of a node dead for --reclaim-after", "node", o.Name, "id", o.ID, "block", b, "dead_for", now.Sub(since).Round(time.Second))
+			l.log.Warn("ledger: reclaimed the block of a node not alive whose lease has ended", "node", o.Name, "id", o.ID, "block", b,
+				"dead_for", now.Sub(ls.ownerDead[o.ID]).Round(time.Second))
 		}
 		delete(ls.ownerDead, o.ID)
 	}
@@ -127,6 +136,7 @@ func (l *Ledger) reclaim(r *raft.Raft, ls *leaderState, st *State, peers []Peer,
 			delete(ls.ownerDead, id)
 		}
 	}
+	l.leases.forgetLocked(func(id NodeID) bool { return owners[id] })
 }
 
 // autopilot keeps up to Voters live voters, as Consul's autopilot does:
@@ -314,5 +324,5 @@ func (l *Ledger) change(what, node string, f raft.IndexFuture) {
 // viewKey summarizes what Changed promises to signal besides the state.
 func (l *Ledger) viewKey() string {
 	info := l.Info()
-	return fmt.Sprint(info.ClusterID, info.Role, info.Leader, info.Voters, l.LeaseValid())
+	return fmt.Sprint(info.ClusterID, info.Role, info.Leader, info.Voters)
 }

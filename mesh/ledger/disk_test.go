@@ -52,10 +52,11 @@ func TestDiskRestartKeepsLedgerAndRecover(t *testing.T) {
 	l, stop := run()
 	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 	defer cancel()
-	block, err := l.Claim(ctx, pfx("10.244.2.0/24"), ipA)
+	g, err := l.Claim(ctx, pfx("10.244.2.0/24"), ipA)
 	if err != nil {
 		t.Fatal(err)
 	}
+	block := g.Block
 	before, _ := l.State()
 
 	// A second agent on the same state dir is refused.
@@ -70,8 +71,8 @@ func TestDiskRestartKeepsLedgerAndRecover(t *testing.T) {
 	if st, _ := l.State(); !equalState(st, before) {
 		t.Fatalf("restarted replica %+v, want %+v before raft runs", st, before)
 	}
-	if b, err := l.Claim(ctx, netip.Prefix{}, ipA); err != nil || b != block {
-		t.Fatalf("claim after restart: %s %v, want %s", b, err, block)
+	if g, err := l.Claim(ctx, netip.Prefix{}, ipA); err != nil || g.Block != block {
+		t.Fatalf("claim after restart: %s %v, want %s", g.Block, err, block)
 	}
 	stop()
 

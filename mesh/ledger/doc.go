@@ -5,9 +5,11 @@
 //
 // The package owns the raft node, its stores under the state directory
 // (<dir>/raft.db and <dir>/snapshots), and its transport: one TCP listener
-// shared by raft and the ledger's own RPCs (join, claim, release), muxed by
-// the first byte and protected by mutual TLS with the one certificate every
-// holder of the cluster's gossip key derives from it.
+// shared by raft and the ledger's own RPCs (join, claim, release), protected
+// by mutual TLS with the one certificate every holder of the cluster's
+// gossip key derives from it, and muxed by a hello that also states each
+// side's cluster and node ID, so that two ledgers sharing the key refuse
+// each other. The port admits gossip members before strangers (admission.go).
 //
 // A ledger is founded once (found.go): by one node at start (Config.Found),
 // or at run time by Bootstrap, whose founders all start as voters in one
@@ -17,10 +19,13 @@
 // Up to Config.Voters agents vote; the others are non-voters with a full
 // local copy, so reads are local. The leader alone runs autopilot (adds,
 // promotes, replaces and removes members from gossip's view, never below a
-// quorum) and reclaims the block of an owner it has itself seen dead for
-// ReclaimAfter; an owner stops handing out new addresses (LeaseValid) once
-// it has not heard from a leader for ReclaimAfter/2. Both durations are on
-// one host's monotonic clock: no decision compares the clocks of two hosts.
+// quorum) and moves blocks. It does so under the lease rule (lease.go): a
+// committed claim grants its node a lease of Config.Lease from when the
+// node sent it; the leader reclaims a block whose owner gossip shows not
+// alive, and releases one (an operator's or a deleted Node's request), only
+// once that lease plus LeaseMargin has passed on its own monotonic clock
+// since its last grant, or since it took office. A Claim returns once this
+// node's replica has applied the entry that granted it.
 //
 // It must not touch the kernel (routes, links, addresses) and does not speak
 // gossip: membership arrives through SetPeers from the mesh, which owns

@@ -1,6 +1,9 @@
 package ledger
 
-import "errors"
+import (
+	"errors"
+	"time"
+)
 
 // Errors the mesh shows as reasons. Returned errors wrap them with details;
 // test with errors.Is. Errors from a remote leader keep their kind.
@@ -21,6 +24,9 @@ var (
 	ErrNotOwner = errors.New("block is not owned as stated")
 	// ErrNodeAlive: release refused because the node is alive.
 	ErrNodeAlive = errors.New("node is alive")
+	// ErrLeaseActive: the block cannot move yet, as its owner's lease has
+	// not ended by the leader's clock; LeaseWait says for how long.
+	ErrLeaseActive = errors.New("the node's lease on its block has not ended")
 	// ErrUnknownNode: no block is assigned to that node name.
 	ErrUnknownNode = errors.New("no block assigned to that node")
 	// ErrBadRequest: a malformed command or RPC.
@@ -43,8 +49,33 @@ var errorCodes = []struct {
 	{"not-owner", ErrNotOwner},
 	{"node-alive", ErrNodeAlive},
 	{"unknown-node", ErrUnknownNode},
+	{"lease-active", ErrLeaseActive},
 	{"bad-request", ErrBadRequest},
 	{"stopped", ErrStopped},
+}
+
+// leaseActiveError is a move refused until the owner's lease has ended.
+type leaseActiveError struct {
+	msg  string
+	wait time.Duration
+}
+
+func (e *leaseActiveError) Error() string { return e.msg }
+func (e *leaseActiveError) Unwrap() error { return ErrLeaseActive }
+
+// LeaseWait says how long until the lease that err (errors.Is
+// ErrLeaseActive) waits for has ended, as the leader said; false for any
+// other error.
+func LeaseWait(err error) (time.Duration, bool) {
+	var l *leaseActiveError
+	if errors.As(err, &l) {
+		return l.wait, true
+	}
+	var r *remoteError
+	if errors.As(err, &r) && errors.Is(r.kind, ErrLeaseActive) {
+		return r.wait, true
+	}
+	return 0, false
 }
 
 func errorCode(err error) string {

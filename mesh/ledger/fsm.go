@@ -111,3 +111,11 @@ func (s fsmSnapshot) Persist(sink raft.SnapshotSink) error {
 }
 
 func (fsmSnapshot) Release() {}
+
+// clusterID is the ledger this replica belongs to (zero before the Found
+// entry), read without copying the state: every ledger connection states it.
+func (f *fsm) clusterID() ClusterID {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.state.ClusterID
+}

@@ -64,7 +64,9 @@ func TestIdentityConflictsRefusedByLeader(t *testing.T) {
 	var err error
 	c.join(twin, nodes[0])
 	waitFor(t, waitLong, "the twin's claim accepted once the original is dead", func() bool {
-		b, err = twin.l.Claim(ctx, netip.Prefix{}, twin.hostIP)
+		var g Grant
+		g, err = twin.l.Claim(ctx, netip.Prefix{}, twin.hostIP)
+		b = g.Block
 		return err == nil
 	}, func() string { return err.Error() })
 	if b == block {

@@ -25,7 +25,7 @@ import (
 const (
 	DefaultPort              = 7963
 	DefaultVoters            = 3
-	DefaultReclaimAfter      = time.Hour
+	DefaultLease             = 24 * time.Hour
 	DefaultDeadVoterGrace    = 10 * time.Second
 	DefaultStableAfter       = 10 * time.Second
 	DefaultDeadNonvoterAfter = 30 * time.Minute
@@ -37,22 +37,22 @@ const (
 
 // Config configures one node of the ledger.
 type Config struct {
-	ID           NodeID
-	Name         string         // node name (memberlist name)
-	Advertise    netip.AddrPort // TCP address peers dial for raft and ledger RPCs; port 0 with the TCP network: the port bound
-	Bind         netip.AddrPort // listen address (zero: 0.0.0.0:<advertise port>)
-	Dir          string         // <state-dir>/raft
-	Key          []byte         // the gossip key (16/24/32 bytes); nil: plaintext (logged once as a warning)
-	Voters       int            // default 3; odd, 1..5
-	Pool         netip.Prefix
-	BlockBits    int
-	ReclaimAfter time.Duration // leader reclaims a block whose owner it has itself seen not alive this long (monotonic)
-	Found        bool          // no existing raft state: bootstrap a new single-voter ledger at once (see Bootstrap for more founders)
-	Logger       *slog.Logger
-	Registerer   prometheus.Registerer
-	Network      Network            // nil: TCP (+TLS with a key)
-	Stores       *Stores            // nil: bolt + file snapshots under Dir
-	Tune         func(*raft.Config) // tests: faster timers
+	ID         NodeID
+	Name       string         // node name (memberlist name)
+	Advertise  netip.AddrPort // TCP address peers dial for raft and ledger RPCs; port 0 with the TCP network: the port bound
+	Bind       netip.AddrPort // listen address (zero: 0.0.0.0:<advertise port>)
+	Dir        string         // <state-dir>/raft
+	Key        []byte         // the gossip key (16/24/32 bytes); nil: plaintext (logged once as a warning)
+	Voters     int            // default 3; odd, 1..5
+	Pool       netip.Prefix
+	BlockBits  int
+	Lease      time.Duration // how long a grant of a block lasts (see LeaseMargin)
+	Found      bool          // no existing raft state: bootstrap a new single-voter ledger at once (see Bootstrap for more founders)
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+	Network    Network            // nil: TCP (+TLS with a key)
+	Stores     *Stores            // nil: bolt + file snapshots under Dir
+	Tune       func(*raft.Config) // tests: faster timers
 
 	// Autopilot timings (zero: defaults). A voter dead in gossip for
 	// DeadVoterGrace is replaced; a non-voter alive for StableAfter may be
@@ -117,6 +117,9 @@ type Ledger struct {
 	cancelServe context.CancelFunc
 	started     chan struct{} // closed once raft runs
 	stopped     chan struct{} // closed when Run has shut everything down
+
+	// leases is the leader's record of the leases it granted.
+	leases leaseTable
 
 	mu        sync.Mutex
 	peers     []Peer
@@ -216,11 +219,11 @@ func (c *Config) setDefaults() error {
 	if c.Stores == nil && c.Dir == "" {
 		return errors.New("ledger: no state directory")
 	}
-	if c.ReclaimAfter == 0 {
-		c.ReclaimAfter = DefaultReclaimAfter
+	if c.Lease == 0 {
+		c.Lease = DefaultLease
 	}
-	if c.ReclaimAfter < 0 {
-		return fmt.Errorf("ledger: negative reclaim-after %s", c.ReclaimAfter)
+	if c.Lease < 0 {
+		return fmt.Errorf("ledger: negative lease %s", c.Lease)
 	}
 	if c.DeadVoterGrace <= 0 {
 		c.DeadVoterGrace = DefaultDeadVoterGrace
@@ -327,18 +330,8 @@ func (l *Ledger) Run(ctx context.Context) error {
 	defer l.metrics.unregister()
 	defer l.cancelServe()
 
-	m := &mux{
-		ln:       l.ln,
-		tls:      l.serverTLS,
-		raft:     make(chan net.Conn),
-		rpc:      l.serveRPC,
-		reject:   l.reject,
-		log:      l.log,
-		pending:  make(chan struct{}, maxPendingConns),
-		rpcSlots: make(chan struct{}, maxConcurrentRPC),
-		done:     make(chan struct{}),
-	}
-	stream := &streamLayer{m: m, net: l.net, clientTLS: l.clientTLS, advertise: l.cfg.Advertise, closed: make(chan struct{})}
+	m := l.newMux()
+	stream := l.newStreamLayer(m)
 	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream:  stream,
 		MaxPool: 3,
@@ -544,24 +537,6 @@ func (l *Ledger) Info() Info {
 		info.LastContact = time.Since(lc)
 	}
 	return info
-}
-
-// LeaseValid reports whether this node may hand out new addresses from its
-// block now: it is the leader (raft steps a leader down that has not heard
-// from a quorum within its lease), or it heard from a leader within
-// ReclaimAfter/2. The leader reclaims a block only after seeing its owner
-// dead for ReclaimAfter on its own clock, so both sides measure on
-// monotonic clocks of one host each.
-func (l *Ledger) LeaseValid() bool {
-	r := l.raft.Load()
-	if r == nil {
-		return false
-	}
-	if r.State() == raft.Leader {
-		return true
-	}
-	lc := r.LastContact()
-	return !lc.IsZero() && time.Since(lc) < l.cfg.ReclaimAfter/2
 }
 
 func (l *Ledger) leaderGauge() float64 {

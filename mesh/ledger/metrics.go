@@ -28,7 +28,7 @@ func newMetrics(reg prometheus.Registerer, leader, lastIndex, appliedIndex func(
 		}, []string{"reason"}),
 		reclaims: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "grapevine_ledger_reclaims_total",
-			Help: "Blocks this node reclaimed as leader from owners it saw dead for --reclaim-after.",
+			Help: "Blocks this node reclaimed as leader from owners not alive in gossip whose lease had ended.",
 		}),
 	}
 	cs := []prometheus.Collector{

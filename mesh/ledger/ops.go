@@ -13,31 +13,75 @@ import (
 	"github.com/hashicorp/raft"
 )
 
-// Claim asks the ledger for this node's block: the one it holds, else hint
-// if free, else a free one. It returns once the assignment is committed,
-// retrying while no leader is reachable until ctx ends (30 s when ctx has
-// no deadline).
-func (l *Ledger) Claim(ctx context.Context, hint netip.Prefix, hostIP netip.Addr) (netip.Prefix, error) {
+// Grant is the leader's answer to a claim: the block, the log index of the
+// entry that confirmed it, and the lease granted with it. The lease runs
+// from when the claim was sent (see LeaseMargin).
+type Grant struct {
+	Block netip.Prefix
+	Index uint64
+	Lease time.Duration
+}
+
+// Claim asks the ledger for this node's block, and renews its lease: the
+// block it holds, else hint if free, else a free one. It returns once the
+// assignment is committed and applied to this node's replica (so a restart
+// right after finds it there), retrying while no leader is reachable until
+// ctx ends (30 s when ctx has no deadline). The caller's lease starts when
+// it called Claim.
+func (l *Ledger) Claim(ctx context.Context, hint netip.Prefix, hostIP netip.Addr) (Grant, error) {
 	c := Claim{ID: l.cfg.ID, Name: l.cfg.Name, HostIP: hostIP, Hint: hint}
 	if err := validClaimant(c.ID, c.Name, c.HostIP); err != nil {
-		return netip.Prefix{}, err
+		return Grant{}, err
 	}
 	// Claim only with the ledger's pool in this node's replica: a node
 	// restarted with another --pool must not take a block it would then
 	// misconfigure.
 	st, err := l.waitFounded(ctx)
 	if err != nil {
-		return netip.Prefix{}, fmt.Errorf("claim a block: %w", err)
+		return Grant{}, fmt.Errorf("claim a block: %w", err)
 	}
 	if st.Pool != l.cfg.Pool || st.BlockBits != l.cfg.BlockBits {
-		return netip.Prefix{}, fmt.Errorf("%w: this node is configured with pool %s and /%d blocks, the ledger %s has %s and /%d",
+		return Grant{}, fmt.Errorf("%w: this node is configured with pool %s and /%d blocks, the ledger %s has %s and /%d",
 			ErrPoolMismatch, l.cfg.Pool, l.cfg.BlockBits, st.ClusterID, st.Pool, st.BlockBits)
 	}
 	resp, err := l.toLeader(ctx, rpcRequest{Op: "claim", Claim: &c})
 	if err != nil {
-		return netip.Prefix{}, fmt.Errorf("claim a block: %w", err)
+		return Grant{}, fmt.Errorf("claim a block: %w", err)
 	}
-	return resp.Block, nil
+	g := Grant{Block: resp.Block, Index: resp.Index, Lease: time.Duration(resp.LeaseMs) * time.Millisecond}
+	if g.Index == 0 || g.Lease <= 0 {
+		return Grant{}, fmt.Errorf("claim a block: %w: the leader granted no lease (is it an older version?)", ErrNoLeader)
+	}
+	if err := l.waitApplied(ctx, g); err != nil {
+		return Grant{}, fmt.Errorf("claim a block: %w", err)
+	}
+	return g, nil
+}
+
+// waitApplied waits until this node's replica has applied the entry that
+// confirmed g, and checks that it shows g's block assigned to this node
+// (read your writes).
+func (l *Ledger) waitApplied(ctx context.Context, g Grant) error {
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	for {
+		// The state machine's own index: raft's AppliedIndex runs ahead
+		// of what the state machine has applied.
+		st, applied := l.fsm.snapshotState()
+		if applied >= g.Index {
+			if o, ok := st.Blocks[g.Block]; !ok || o.ID != l.cfg.ID {
+				return fmt.Errorf("%w: this node's replica no longer assigns %s to it after applying entry %d", ErrNotOwner, g.Block, g.Index)
+			}
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: this node's replica has applied entry %d of %d: %w", ErrNoLeader, applied, g.Index, ctx.Err())
+		case <-l.stopped:
+			return ErrStopped
+		case <-t.C:
+		}
+	}
 }
 
 // Release frees the block of node nodeName (an operator's decision that
@@ -114,7 +158,7 @@ func (l *Ledger) waitFounded(ctx context.Context) (State, error) {
 
 // isRefusal: a leader's definite answer, not worth retrying elsewhere.
 func isRefusal(err error) bool {
-	for _, kind := range []error{ErrForeignCluster, ErrPoolMismatch, ErrIdentity, ErrPoolExhausted, ErrNodeAlive, ErrUnknownNode, ErrBadRequest, ErrNotOwner} {
+	for _, kind := range []error{ErrForeignCluster, ErrPoolMismatch, ErrIdentity, ErrPoolExhausted, ErrNodeAlive, ErrLeaseActive, ErrUnknownNode, ErrBadRequest, ErrNotOwner} {
 		if errors.Is(err, kind) {
 			return true
 		}
@@ -188,7 +232,7 @@ func (l *Ledger) call(ctx context.Context, addr netip.AddrPort, req rpcRequest) 
 	if err != nil {
 		return rpcResponse{}, err
 	}
-	c, err := dialMux(ctx, l.net, l.clientTLS, addr, muxRPC)
+	c, err := l.dialer().dial(ctx, addr, muxRPC)
 	if err != nil {
 		return rpcResponse{}, err
 	}
@@ -283,19 +327,21 @@ func (l *Ledger) handle(ctx context.Context, req rpcRequest) rpcResponse {
 func (l *Ledger) lead(ctx context.Context, r *raft.Raft, req rpcRequest) rpcResponse {
 	st, _ := l.State()
 	peers, _ := l.peerView()
-	var block netip.Prefix
-	var err error
 	switch {
 	case req.Join != nil:
-		err = l.leadJoin(r, &st, peers, *req.Join)
+		return responseFor(netip.Prefix{}, st.ClusterID, l.leadJoin(r, &st, peers, *req.Join))
 	case req.Claim != nil:
-		block, err = l.leadClaim(r, &st, peers, *req.Claim)
+		g, err := l.leadClaim(r, peers, *req.Claim)
+		resp := responseFor(g.Block, st.ClusterID, err)
+		if err == nil {
+			resp.Index, resp.LeaseMs = g.Index, g.Lease.Milliseconds()
+		}
+		return resp
 	case req.Release != nil:
-		block, err = l.leadRelease(r, &st, peers, req.Release.Name)
-	default:
-		err = fmt.Errorf("%w: empty request", ErrBadRequest)
+		block, err := l.leadRelease(r, peers, req.Release.Name)
+		return responseFor(block, st.ClusterID, err)
 	}
-	return responseFor(block, st.ClusterID, err)
+	return responseFor(netip.Prefix{}, st.ClusterID, fmt.Errorf("%w: empty request", ErrBadRequest))
 }
 
 func (l *Ledger) leadJoin(r *raft.Raft, st *State, peers []Peer, j joinRequest) error {
@@ -347,31 +393,45 @@ func (l *Ledger) leadJoin(r *raft.Raft, st *State, peers []Peer, j joinRequest) 
 	return nil
 }
 
-func (l *Ledger) leadClaim(r *raft.Raft, st *State, peers []Peer, c Claim) (netip.Prefix, error) {
+// leadClaim commits a claim and grants its lease. The lease table's lock
+// is held from before the state is read until the grant is recorded, so no
+// reclaim or release decided meanwhile can free the block under the grant.
+func (l *Ledger) leadClaim(r *raft.Raft, peers []Peer, c Claim) (Grant, error) {
+	l.leases.mu.Lock()
+	defer l.leases.mu.Unlock()
+	st, _ := l.State()
 	if !st.Founded() {
-		return netip.Prefix{}, fmt.Errorf("%w: the leader has not written the Found entry yet", ErrNoLeader)
+		return Grant{}, fmt.Errorf("%w: the leader has not written the Found entry yet", ErrNoLeader)
 	}
 	if _, o, ok := st.BlockOfName(c.Name); ok && o.ID != c.ID && l.alive(peers, o.ID) {
-		return netip.Prefix{}, fmt.Errorf("%w: node name %s is in use by a live node with another ID at host IP %s", ErrIdentity, c.Name, o.HostIP)
+		return Grant{}, fmt.Errorf("%w: node name %s is in use by a live node with another ID at host IP %s", ErrIdentity, c.Name, o.HostIP)
 	}
 	if _, o, ok := st.BlockOf(c.ID); ok && o.HostIP != c.HostIP {
 		for _, p := range peers {
 			if p.ID == c.ID && p.Alive && p.HostIP == o.HostIP {
-				return netip.Prefix{}, fmt.Errorf("%w: node ID %s is live at host IP %s (a copied state directory?)", ErrIdentity, c.ID, o.HostIP)
+				return Grant{}, fmt.Errorf("%w: node ID %s is live at host IP %s (a copied state directory?)", ErrIdentity, c.ID, o.HostIP)
 			}
 		}
 	}
-	res, err := l.apply(r, c)
+	res, index, err := l.apply(r, c)
 	if err != nil {
-		return netip.Prefix{}, err
+		return Grant{}, err
 	}
-	if res.Err == nil {
-		l.log.Debug("ledger: block assigned", "node", c.Name, "block", res.Block)
+	if res.Err != nil {
+		return Grant{}, res.Err
 	}
-	return res.Block, res.Err
+	l.leases.grantLocked(r.CurrentTerm(), c.ID, time.Now())
+	l.log.Debug("ledger: block assigned", "node", c.Name, "block", res.Block, "lease", l.cfg.Lease)
+	return Grant{Block: res.Block, Index: index, Lease: l.cfg.Lease}, nil
 }
 
-func (l *Ledger) leadRelease(r *raft.Raft, st *State, peers []Peer, name string) (netip.Prefix, error) {
+// leadRelease frees the block of node name, once gossip shows it not alive
+// and its lease has ended by this leader's clock: the one path by which an
+// operator's release and a deleted Node move a block.
+func (l *Ledger) leadRelease(r *raft.Raft, peers []Peer, name string) (netip.Prefix, error) {
+	l.leases.mu.Lock()
+	defer l.leases.mu.Unlock()
+	st, _ := l.State()
 	b, o, ok := st.BlockOfName(name)
 	if !ok {
 		return netip.Prefix{}, fmt.Errorf("%w: %s", ErrUnknownNode, name)
@@ -384,29 +444,37 @@ func (l *Ledger) leadRelease(r *raft.Raft, st *State, peers []Peer, name string)
 			return netip.Prefix{}, fmt.Errorf("%w: a node named %s is alive at host IP %s", ErrNodeAlive, name, p.HostIP)
 		}
 	}
-	res, err := l.apply(r, Release{Block: b, OwnerID: o.ID})
+	now := time.Now()
+	if ends := l.leases.endsLocked(r.CurrentTerm(), o.ID, now, l.cfg.Lease); now.Before(ends) {
+		wait := ends.Sub(now)
+		return netip.Prefix{}, &leaseActiveError{wait: wait, msg: fmt.Sprintf(
+			"%s: block %s of %s can be freed in %s, once its lease (--lease %s, plus a margin of %s) has ended by the leader's clock; until then %s may still hand out addresses from it",
+			ErrLeaseActive, b, name, wait.Round(time.Second), l.cfg.Lease, LeaseMargin(l.cfg.Lease), name)}
+	}
+	res, _, err := l.apply(r, Release{Block: b, OwnerID: o.ID})
 	if err != nil {
 		return netip.Prefix{}, err
 	}
 	if res.Err == nil {
-		l.log.Info("ledger: block released by operator", "node", name, "block", b)
+		l.log.Info("ledger: block released", "node", name, "block", b)
 	}
 	return res.Block, res.Err
 }
 
-// apply commits one entry and returns the state machine's result.
-func (l *Ledger) apply(r *raft.Raft, c Command) (Result, error) {
+// apply commits one entry and returns the state machine's result and the
+// entry's index.
+func (l *Ledger) apply(r *raft.Raft, c Command) (Result, uint64, error) {
 	b, err := encodeCommand(c)
 	if err != nil {
-		return Result{}, err
+		return Result{}, 0, err
 	}
 	f := r.Apply(b, applyTimeout)
 	if err := f.Error(); err != nil {
-		return Result{}, fmt.Errorf("%w: commit %s: %v", ErrNoLeader, c.op(), err)
+		return Result{}, 0, fmt.Errorf("%w: commit %s: %v", ErrNoLeader, c.op(), err)
 	}
 	res, ok := f.Response().(Result)
 	if !ok {
-		return Result{}, fmt.Errorf("ledger: unexpected apply response %T", f.Response())
+		return Result{}, 0, fmt.Errorf("ledger: unexpected apply response %T", f.Response())
 	}
-	return res, nil
+	return res, f.Index(), nil
 }

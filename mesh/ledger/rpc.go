@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"time"
 )
 
 // Ledger RPCs: one request and one response per connection, each a frame of
@@ -38,8 +39,14 @@ type rpcResponse struct {
 	V         int          `json:"v"`
 	Block     netip.Prefix `json:"block"`
 	ClusterID ClusterID    `json:"cluster"`
-	Code      string       `json:"code,omitempty"`
-	Error     string       `json:"error,omitempty"`
+	// Index is the log index of the entry that confirmed a claim, and
+	// LeaseMs the lease the leader granted with it.
+	Index   uint64 `json:"index,omitempty"`
+	LeaseMs int64  `json:"leaseMs,omitempty"`
+	// WaitMs is how long until the lease a refused release waits for ends.
+	WaitMs int64  `json:"waitMs,omitempty"`
+	Code   string `json:"code,omitempty"`
+	Error  string `json:"error,omitempty"`
 }
 
 func encodeRequest(r rpcRequest) ([]byte, error) {
@@ -123,6 +130,9 @@ func responseFor(block netip.Prefix, cluster ClusterID, err error) rpcResponse {
 	if err != nil {
 		r.Code, r.Error = errorCode(err), err.Error()
 		r.Block = netip.Prefix{}
+		if wait, ok := LeaseWait(err); ok {
+			r.WaitMs = max(wait.Milliseconds(), 1)
+		}
 	}
 	return r
 }
@@ -131,6 +141,7 @@ func responseFor(block netip.Prefix, cluster ClusterID, err error) rpcResponse {
 type remoteError struct {
 	kind error
 	msg  string
+	wait time.Duration // with ErrLeaseActive
 }
 
 func (e *remoteError) Error() string { return e.msg }
@@ -144,5 +155,5 @@ func (r rpcResponse) err() error {
 	if msg == "" {
 		msg = r.Code
 	}
-	return &remoteError{kind: errorKind(r.Code), msg: msg}
+	return &remoteError{kind: errorKind(r.Code), msg: msg, wait: time.Duration(r.WaitMs) * time.Millisecond}
 }

@@ -52,7 +52,8 @@ func TestConcurrentClaimsNeverAssignOneBlockTwice(t *testing.T) {
 			defer wg.Done()
 			for range 3 { // every node claims the same hint, three times
 				ctx, cancel := context.WithTimeout(context.Background(), waitLong)
-				b, err := n.l.Claim(ctx, pfx("10.244.0.0/24"), n.hostIP)
+				g, err := n.l.Claim(ctx, pfx("10.244.0.0/24"), n.hostIP)
+				b := g.Block
 				cancel()
 				if err != nil {
 					errs <- fmt.Errorf("%s: %w", n.name, err)
@@ -91,9 +92,13 @@ func TestConcurrentClaimsNeverAssignOneBlockTwice(t *testing.T) {
 	}
 }
 
-func TestReleaseRefusedWhileAlive(t *testing.T) {
-	c, nodes := startCluster(t, nil, "n1", "n2", "n3", "n4")
+// A release is refused while the node is alive, and then until its lease
+// has ended by the leader's clock (LeaseWait says how long), never sooner.
+func TestReleaseRefusedWhileAliveAndLeased(t *testing.T) {
+	const lease = 2 * time.Second
+	c, nodes := startCluster(t, func(cfg *Config) { cfg.Lease = lease }, "n1", "n2", "n3", "n4")
 	victim := nodes[3]
+	claimed := time.Now()
 	block := c.claim(victim, netip.Prefix{})
 	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 	defer cancel()
@@ -105,10 +110,23 @@ func TestReleaseRefusedWhileAlive(t *testing.T) {
 	}
 	c.kill(victim)
 	var err error
+	var leaseRefusals int
 	waitFor(t, waitLong, "release of the dead node accepted", func() bool {
 		err = nodes[1].l.Release(ctx, victim.name)
+		if wait, ok := LeaseWait(err); ok {
+			leaseRefusals++
+			if wait <= 0 || wait > lease+LeaseMargin(lease) {
+				t.Fatalf("lease refusal says wait %s, want (0, %s]", wait, lease+LeaseMargin(lease))
+			}
+		}
 		return err == nil
 	}, func() string { return fmt.Sprint(err) })
+	if freed := time.Since(claimed); freed < lease+LeaseMargin(lease) {
+		t.Fatalf("released %s after the claim, before the lease and margin (%s) ended", freed, lease+LeaseMargin(lease))
+	}
+	if leaseRefusals == 0 {
+		t.Error("no release was refused for the lease")
+	}
 	st := c.converged()
 	if _, held := st.Blocks[block]; held {
 		t.Fatalf("%s still held after release", block)
@@ -117,7 +135,7 @@ func TestReleaseRefusedWhileAlive(t *testing.T) {
 
 func TestReclaimOnlyAfterLeadersOwnObservation(t *testing.T) {
 	const reclaimAfter = 3 * time.Second
-	c, nodes := startCluster(t, func(cfg *Config) { cfg.ReclaimAfter = reclaimAfter }, "n1", "n2", "n3", "n4")
+	c, nodes := startCluster(t, func(cfg *Config) { cfg.Lease = reclaimAfter }, "n1", "n2", "n3", "n4")
 	owner := nodes[3]
 	block := c.claim(owner, netip.Prefix{})
 	c.converged()
@@ -129,8 +147,8 @@ func TestReclaimOnlyAfterLeadersOwnObservation(t *testing.T) {
 	// start counting from its own leadership, not inherit the count.
 	time.Sleep(reclaimAfter * 6 / 10)
 	if st, _ := lead.l.State(); st.Blocks[block].ID != owner.id {
-		// the old leader may not reclaim before ReclaimAfter of its own
-		t.Fatalf("reclaimed %s after %s, before ReclaimAfter %s", block, time.Since(killed), reclaimAfter)
+		// the old leader may not reclaim before Lease of its own
+		t.Fatalf("reclaimed %s after %s, before Lease %s", block, time.Since(killed), reclaimAfter)
 	}
 	// Taken before the stop: the leader hands over leadership while it
 	// stops, so the new leader starts after this instant.
@@ -149,9 +167,9 @@ func TestReclaimOnlyAfterLeadersOwnObservation(t *testing.T) {
 		return false
 	})
 	// The new leader became leader after the old one died; it may reclaim
-	// only ReclaimAfter after that. (Observed times are late, never early.)
+	// only Lease after that. (Observed times are late, never early.)
 	if d := freed.Sub(leaderKilled); d < reclaimAfter {
-		t.Fatalf("block reclaimed %s after the old leader died: the new leader did not count for itself (ReclaimAfter %s)", d, reclaimAfter)
+		t.Fatalf("block reclaimed %s after the old leader died: the new leader did not count for itself (Lease %s)", d, reclaimAfter)
 	}
 	var reclaims float64
 	for _, n := range c.running() {
@@ -274,7 +292,7 @@ func TestRestartWithStateKeepsBlock(t *testing.T) {
 }
 
 func TestRestartWithoutStateGetsNewIDAndBlock(t *testing.T) {
-	c, nodes := startCluster(t, func(cfg *Config) { cfg.ReclaimAfter = time.Hour }, "n1", "n2", "n3", "n4")
+	c, nodes := startCluster(t, func(cfg *Config) { cfg.Lease = time.Hour }, "n1", "n2", "n3", "n4")
 	n := nodes[3]
 	old := c.claim(n, netip.Prefix{})
 	c.kill(n)
@@ -375,7 +393,7 @@ func TestSnapshotsBoundTheLog(t *testing.T) {
 	waitFor(t, waitLong, "founded", func() bool { st, _ := n.l.State(); return st.Founded() })
 	r := n.l.raft.Load()
 	for i := range 200 {
-		res, err := n.l.apply(r, Claim{ID: NodeID{byte(i), 7}, Name: fmt.Sprint("x", i), HostIP: ipA})
+		res, _, err := n.l.apply(r, Claim{ID: NodeID{byte(i), 7}, Name: fmt.Sprint("x", i), HostIP: ipA})
 		if err != nil || (res.Err != nil && !errors.Is(res.Err, ErrPoolExhausted)) {
 			t.Fatal(err, res.Err)
 		}
@@ -460,9 +478,13 @@ func TestTwoClaimantsTwoBlocksEveryRound(t *testing.T) {
 		if blocks[0] == blocks[1] {
 			t.Fatalf("round %d: both claimants got %s", round, blocks[0])
 		}
-		for _, name := range names { // neither is alive in gossip: release allowed
-			if err := nodes[0].l.Release(ctx, name); err != nil {
-				t.Fatalf("round %d: release %s: %v", round, name, err)
+		// Free both blocks for the next round: straight into the log,
+		// as their leases would hold for an hour.
+		lead := c.leader()
+		for i, b := range blocks {
+			res, _, err := lead.l.apply(lead.l.raft.Load(), Release{Block: b, OwnerID: NodeID{byte(round), byte(i), 5}})
+			if err != nil || res.Err != nil {
+				t.Fatalf("round %d: release %s: %v %v", round, b, err, res.Err)
 			}
 		}
 	}

@@ -81,7 +81,7 @@ func TestForeignKeyCannotJoinVoteOrApply(t *testing.T) {
 	// and with another key, never reach raft.
 	forged, _ := encodeCommand(Claim{ID: NodeID{0xee}, Name: "forger", HostIP: ipA, Hint: pfx("10.244.3.0/24")})
 	for _, clientTLS := range []*tls.Config{nil, mustClientTLS(t, otherKey)} {
-		stream := &streamLayer{m: &mux{raft: make(chan net.Conn)}, net: TCPNetwork(netip.MustParseAddrPort("127.0.0.1:0")), clientTLS: clientTLS, advertise: netip.MustParseAddrPort("127.0.0.1:1"), closed: make(chan struct{})}
+		stream := &streamLayer{m: &mux{raft: make(chan net.Conn)}, dialer: testDialer(clientTLS, ClusterID{}), advertise: netip.MustParseAddrPort("127.0.0.1:1"), closed: make(chan struct{})}
 		trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{Stream: stream, MaxPool: 1, Timeout: 5 * time.Second, Logger: newHCLog(testLogger(), "attacker")})
 		target := raft.ServerAddress(a.l.Addr().String())
 		var vote raft.RequestVoteResponse
@@ -115,6 +115,13 @@ func TestForeignKeyCannotJoinVoteOrApply(t *testing.T) {
 	}
 }
 
+// testDialer dials over loopback TCP as a node with a fresh ID in ledger
+// cluster (zero: none), counting nothing.
+func testDialer(clientTLS *tls.Config, cluster ClusterID) *dialer {
+	self := hello{version: helloVersion, cluster: cluster, node: NewNodeID()}
+	return &dialer{net: TCPNetwork(netip.AddrPort{}), tls: clientTLS, self: func() hello { return self }, reject: func(string) {}}
+}
+
 func mustClientTLS(t *testing.T, key []byte) *tls.Config {
 	_, c, err := tlsConfigs(key)
 	if err != nil {
@@ -133,10 +140,11 @@ func TestJoinWithTheKeyOverTCP(t *testing.T) {
 		err = b.l.RequestJoin(ctx, []netip.AddrPort{a.l.Addr()})
 		return err == nil
 	})
-	blk, err := b.l.Claim(ctx, netip.Prefix{}, ipB)
+	g, err := b.l.Claim(ctx, netip.Prefix{}, ipB)
 	if err != nil {
 		t.Fatal(err)
 	}
+	blk := g.Block
 	waitFor(t, waitLong, "b's replica to show its block", func() bool {
 		st, _ := b.l.State()
 		return st.Blocks[blk].ID == b.l.ID()
@@ -151,7 +159,7 @@ func TestJoinWithTheKeyOverTCP(t *testing.T) {
 func rawRPC(t *testing.T, addr netip.AddrPort, payload []byte) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), waitShort)
 	defer cancel()
-	c, err := dialMux(ctx, TCPNetwork(netip.AddrPort{}), mustClientTLS(t, testKey), addr, muxRPC)
+	c, err := testDialer(mustClientTLS(t, testKey), ClusterID{}).dial(ctx, addr, muxRPC)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -202,7 +210,7 @@ func TestMalformedRPCRejectedAndCounted(t *testing.T) {
 	// An unknown mux byte, and a plaintext connection to a keyed node.
 	ctx, cancel := context.WithTimeout(context.Background(), waitShort)
 	defer cancel()
-	if c, err := dialMux(ctx, TCPNetwork(netip.AddrPort{}), mustClientTLS(t, testKey), a.l.Addr(), 'X'); err == nil {
+	if c, err := testDialer(mustClientTLS(t, testKey), ClusterID{}).dial(ctx, a.l.Addr(), 'X'); err == nil {
 		c.SetDeadline(time.Now().Add(waitShort))
 		c.Read(make([]byte, 1))
 		c.Close()

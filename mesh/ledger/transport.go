@@ -17,8 +17,11 @@ import (
 	"math/big"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"time"
+
+	"github.com/grapevine-net/grapevine/internal/ratelog"
 
 	"github.com/hashicorp/raft"
 )
@@ -42,18 +45,13 @@ func (tcpNetwork) Dial(ctx context.Context, addr netip.AddrPort) (net.Conn, erro
 	return d.DialContext(ctx, "tcp", addr.String())
 }
 
-// The first byte of every connection (inside TLS) says what it carries.
+// What a connection carries, stated in its hello.
 const (
 	muxRaft byte = 'R'
 	muxRPC  byte = 'L'
 )
 
-const (
-	handshakeTimeout = 10 * time.Second
-	maxPendingConns  = 64 // connections not yet past TLS and the mux byte
-	maxConcurrentRPC = 64 // RPCs served at once; more are refused as busy
-	tlsDerivation    = "grapevine ledger tls"
-)
+const tlsDerivation = "grapevine ledger tls"
 
 // tlsConfigs derives the one certificate every holder of the gossip key
 // uses, from the key alone: HKDF-SHA256 -> ed25519 seed -> self-signed
@@ -113,21 +111,114 @@ func tlsConfigs(key []byte) (server, client *tls.Config, err error) {
 	return server, client, nil
 }
 
-// mux accepts connections on the shared listener, completes TLS and reads
-// the mux byte on a goroutine per connection (so a slow or hostile peer
-// stalls nobody), then hands raft connections to the stream layer and RPC
-// connections to the RPC handler.
+// handshakeTimeout bounds TLS and the hello on an accepted connection. On
+// a LAN both take milliseconds; a connection that has not finished within
+// it is a stranger holding a slot (see admission).
+const handshakeTimeout = 2 * time.Second
+
+// maxConcurrentRPC bounds the RPCs served at once; more are refused as busy.
+const maxConcurrentRPC = 64
+
+// Refusals are counted each, but logged at most refusalLogBurst lines per
+// refusalLogEvery per class: a flood costs counter increments, not a log.
+const (
+	refusalLogBurst = 3
+	refusalLogEvery = 10 * time.Second
+)
+
+// refusalText explains a refusal reason in the log.
+var refusalText = map[string]string{
+	"handshake-source-limit": "too many connections from this address have not finished the handshake",
+	"handshake-busy":         "too many connections from addresses gossip does not know have not finished the handshake",
+	"handshake-timeout":      "no TLS handshake and hello within " + handshakeTimeout.String(),
+	"tls":                    "TLS handshake failed (peer without this cluster's key?)",
+	"mux":                    "malformed hello (another transport or an older version?)",
+	"hello":                  "hello with a zero node ID",
+	"version":                "peer speaks another ledger transport version",
+	"foreign-cluster":        "peer belongs to another ledger (same key, founded separately)",
+}
+
+// mux accepts connections on the shared listener, admits them by source
+// (admission), completes TLS and the hello on a goroutine per connection
+// (so a slow or hostile peer stalls nobody), then hands raft connections
+// to the stream layer and RPC connections to the RPC handler.
 type mux struct {
-	ln       net.Listener
-	tls      *tls.Config // nil: plaintext
-	raft     chan net.Conn
-	rpc      func(net.Conn)
-	reject   func(reason string)
-	log      *slog.Logger
-	pending  chan struct{} // connections in TLS handshake or mux byte
-	rpcSlots chan struct{} // RPCs being served
-	done     chan struct{}
-	wg       sync.WaitGroup
+	ln                   net.Listener
+	tls                  *tls.Config // nil: plaintext
+	raft                 chan net.Conn
+	rpc                  func(net.Conn)
+	reject               func(reason string)
+	log                  *slog.Logger
+	self                 func() hello          // this node's ledger and ID, for answers
+	isMember             func(netip.Addr) bool // the address is a gossip member's
+	admit                *admission            // unauthenticated connections
+	rpcSlots             chan struct{}         // RPCs being served
+	strangerLog, peerLog *ratelog.Limiter      // refusals before / after the key is proven
+	done                 chan struct{}
+	wg                   sync.WaitGroup
+}
+
+// newMux builds the mux for Run; its admission prefers the members of
+// gossip's latest view.
+func (l *Ledger) newMux() *mux {
+	return &mux{
+		ln:          l.ln,
+		tls:         l.serverTLS,
+		raft:        make(chan net.Conn),
+		rpc:         l.serveRPC,
+		reject:      l.reject,
+		log:         l.log,
+		self:        l.hello,
+		isMember:    l.isMemberAddr,
+		admit:       newAdmission(defaultAdmission),
+		rpcSlots:    make(chan struct{}, maxConcurrentRPC),
+		strangerLog: ratelog.New(refusalLogBurst, refusalLogEvery),
+		peerLog:     ratelog.New(refusalLogBurst, refusalLogEvery),
+		done:        make(chan struct{}),
+	}
+}
+
+// newStreamLayer is raft's view of the mux.
+func (l *Ledger) newStreamLayer(m *mux) *streamLayer {
+	return &streamLayer{m: m, dialer: l.dialer(), advertise: l.cfg.Advertise, closed: make(chan struct{})}
+}
+
+// hello is what this node states on every ledger connection.
+func (l *Ledger) hello() hello {
+	return hello{version: helloVersion, cluster: l.fsm.clusterID(), node: l.cfg.ID}
+}
+
+// isMemberAddr reports whether addr is the host IP or ledger address of a
+// member in gossip's latest view (alive or not: gossip still knows it).
+func (l *Ledger) isMemberAddr(addr netip.Addr) bool {
+	if !addr.IsValid() {
+		return false
+	}
+	peers, _ := l.peerView()
+	for _, p := range peers {
+		if p.HostIP.Unmap() == addr || p.Addr.Addr().Unmap() == addr {
+			return true
+		}
+	}
+	return false
+}
+
+// dialer opens this node's ledger connections.
+func (l *Ledger) dialer() *dialer {
+	return &dialer{net: l.net, tls: l.clientTLS, self: l.hello, reject: l.reject}
+}
+
+// remoteIP is the connection's source address (zero if it has none).
+func remoteIP(c net.Conn) netip.Addr {
+	switch a := c.RemoteAddr().(type) {
+	case *net.TCPAddr:
+		return a.AddrPort().Addr().Unmap()
+	case nil:
+		return netip.Addr{}
+	default:
+		ap, _ := netip.ParseAddrPort(a.String())
+		return ap.Addr().Unmap()
+	}
 }
 
 func (m *mux) serve() {
@@ -150,22 +241,39 @@ func (m *mux) serve() {
 			continue
 		}
 		backoff = 5 * time.Millisecond
-		select {
-		case m.pending <- struct{}{}:
-		default:
-			m.reject("busy")
+		src := remoteIP(c)
+		release, reason := m.admit.acquire(src, m.isMember(src))
+		if reason != "" {
+			m.refuse(m.strangerLog, reason, src, nil)
 			c.Close()
 			continue
 		}
 		m.wg.Add(1)
-		go m.handle(c)
+		go m.handle(c, src, release)
 	}
 }
 
-func (m *mux) handle(c net.Conn) {
+// refuse counts a refused connection and logs it at a bounded rate.
+func (m *mux) refuse(lim *ratelog.Limiter, reason string, peer netip.Addr, err error) {
+	m.reject(reason)
+	ok, notLogged := lim.Allow(time.Now())
+	if !ok {
+		return
+	}
+	args := []any{"reason", reason, "peer", peer.String()}
+	if err != nil {
+		args = append(args, "err", err)
+	}
+	if notLogged > 0 {
+		args = append(args, "refusals_not_logged", notLogged)
+	}
+	m.log.Warn("ledger connection refused: "+refusalText[reason], args...)
+}
+
+func (m *mux) handle(c net.Conn, src netip.Addr, release func()) {
 	defer m.wg.Done()
-	kind, c, err := m.open(c)
-	<-m.pending
+	kind, c, err := m.open(c, src)
+	release()
 	if err != nil {
 		c.Close()
 		return
@@ -186,53 +294,118 @@ func (m *mux) handle(c net.Conn) {
 			m.reject("busy")
 			c.Close()
 		}
-	default:
-		m.reject("mux")
-		c.Close()
 	}
 }
 
-// open completes TLS and reads the mux byte, within handshakeTimeout.
-func (m *mux) open(c net.Conn) (byte, net.Conn, error) {
+// open completes TLS and the hello within handshakeTimeout and returns
+// what the connection carries; it counts and logs every refusal.
+func (m *mux) open(c net.Conn, src netip.Addr) (byte, net.Conn, error) {
 	c.SetDeadline(time.Now().Add(handshakeTimeout))
 	if m.tls != nil {
 		tc := tls.Server(c, m.tls)
 		if err := tc.Handshake(); err != nil {
-			m.reject("tls")
-			m.log.Warn("ledger connection refused: TLS handshake failed (peer without this cluster's key?)", "peer", c.RemoteAddr().String(), "err", err)
+			reason := "tls"
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				reason = "handshake-timeout"
+			}
+			m.refuse(m.strangerLog, reason, src, err)
 			return 0, c, err
 		}
 		c = tc
 	}
-	var b [1]byte
-	if _, err := io.ReadFull(c, b[:]); err != nil {
-		m.reject("mux")
+	b := make([]byte, helloSize)
+	if _, err := io.ReadFull(c, b); err != nil {
+		reason := "mux"
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			reason = "handshake-timeout"
+		}
+		m.refuse(m.peerLog, reason, src, err)
+		return 0, c, err
+	}
+	self := m.self()
+	h, err := decodeHello(b)
+	status, reason := helloOK, ""
+	switch {
+	case errors.Is(err, errHelloVersion):
+		status, reason = helloBadVersion, "version"
+	case err != nil:
+		// Not a hello at all: nothing to answer.
+		m.refuse(m.peerLog, "mux", src, err)
+		return 0, c, err
+	default:
+		status, reason = helloVerdict(self.cluster, h)
+	}
+	self.code = status
+	if _, werr := c.Write(self.encode()); werr != nil && status == helloOK {
+		m.reject("write")
+		return 0, c, werr
+	}
+	if status != helloOK {
+		if err == nil {
+			err = fmt.Errorf("peer node %s of ledger %s", h.node, h.cluster)
+		}
+		m.refuse(m.peerLog, reason, src, err)
 		return 0, c, err
 	}
 	c.SetDeadline(time.Time{})
-	return b[0], c, nil
+	return h.code, c, nil
 }
 
-// dialMux opens a connection of one kind to a peer.
-func dialMux(ctx context.Context, n Network, clientTLS *tls.Config, addr netip.AddrPort, kind byte) (net.Conn, error) {
-	c, err := n.Dial(ctx, addr)
+// dialer opens ledger connections: TCP, TLS, then the hello and its answer.
+type dialer struct {
+	net    Network
+	tls    *tls.Config // nil: plaintext
+	self   func() hello
+	reject func(reason string)
+}
+
+// dial opens a connection of one kind to the ledger node at addr; an
+// answer that refuses it is an error (ErrForeignCluster for another ledger).
+func (d *dialer) dial(ctx context.Context, addr netip.AddrPort, kind byte) (net.Conn, error) {
+	c, err := d.net.Dial(ctx, addr)
 	if err != nil {
 		return nil, err
 	}
 	if dl, ok := ctx.Deadline(); ok {
 		c.SetDeadline(dl)
 	}
-	if clientTLS != nil {
-		tc := tls.Client(c, clientTLS)
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
+	defer stop()
+	if d.tls != nil {
+		tc := tls.Client(c, d.tls)
 		if err := tc.HandshakeContext(ctx); err != nil {
 			c.Close()
 			return nil, fmt.Errorf("TLS handshake with %s: %w", addr, err)
 		}
 		c = tc
 	}
-	if _, err := c.Write([]byte{kind}); err != nil {
+	self := d.self()
+	self.code = kind
+	if _, err := c.Write(self.encode()); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("hello to %s: %w", addr, err)
+	}
+	b := make([]byte, helloSize)
+	if _, err := io.ReadFull(c, b); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("hello from %s: %w", addr, err)
+	}
+	answer, err := decodeHello(b)
+	if err == nil {
+		err = answerError(self.cluster, addr.String(), answer)
+		if answer.code == helloOK && errors.Is(err, ErrForeignCluster) {
+			d.reject("foreign-cluster") // refused by this side
+		}
+	} else {
+		err = fmt.Errorf("hello from %s: %w", addr, err)
+	}
+	if err != nil {
 		c.Close()
 		return nil, err
+	}
+	if !stop() {
+		c.Close() // ctx ended meanwhile: the deadline is already set to now
+		return nil, fmt.Errorf("dial ledger node at %s: %w", addr, ctx.Err())
 	}
 	c.SetDeadline(time.Time{})
 	return c, nil
@@ -241,8 +414,7 @@ func dialMux(ctx context.Context, n Network, clientTLS *tls.Config, addr netip.A
 // streamLayer is raft's view of the shared listener.
 type streamLayer struct {
 	m         *mux
-	net       Network
-	clientTLS *tls.Config
+	dialer    *dialer
 	advertise netip.AddrPort
 	closed    chan struct{}
 	closeOnce sync.Once
@@ -273,7 +445,7 @@ func (s *streamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (n
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	return dialMux(ctx, s.net, s.clientTLS, addr, muxRaft)
+	return s.dialer.dial(ctx, addr, muxRaft)
 }
 
 // Frames of the ledger RPC: a 4-byte big-endian length, then the body.

@@ -1,6 +1,8 @@
 package meshtest
 
 import (
+	"github.com/grapevine-net/grapevine/internal/hostclock"
+
 	"sync"
 	"time"
 )
@@ -21,6 +23,18 @@ func (c *Clock) Now() time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return time.Now().Add(c.offset)
+}
+
+// Host is the host clock (CLOCK_BOOTTIME) plus the offset: give it to a
+// node in Spec.Clock, so that its leases run on a clock a test moves.
+func (c *Clock) Host() (hostclock.Instant, error) {
+	now, err := hostclock.Now()
+	if err != nil {
+		return now, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return now.Add(c.offset), nil
 }
 
 // Advance moves the clock by d (negative: back).

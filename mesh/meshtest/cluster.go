@@ -1,6 +1,10 @@
 package meshtest
 
 import (
+	"sync/atomic"
+
+	"github.com/grapevine-net/grapevine/internal/hostclock"
+
 	"context"
 	"errors"
 	"fmt"
@@ -63,16 +67,16 @@ func FastTimers(c *memberlist.Config) {
 
 // Options configure every node of a Cluster.
 type Options struct {
-	Pool         netip.Prefix // zero: mesh.DefaultPool
-	BlockBits    int          // zero: mesh.DefaultBlockBits
-	ReclaimAfter time.Duration
+	Pool      netip.Prefix // zero: mesh.DefaultPool
+	BlockBits int          // zero: mesh.DefaultBlockBits
+	Lease     time.Duration
 	// ReconnectInterval defaults to 500ms here.
 	ReconnectInterval time.Duration
 	SecretKey         []byte
 	Tune              func(*memberlist.Config) // nil: FastTimers
 	TuneLedger        func(*ledger.Config)     // nil: FastLedger
 	Voters            int                      // zero: mesh.DefaultVoters
-	Now               func() time.Time         // every node's clock unless its Spec has one
+	Clock             hostclock.Clock          // every node's host clock unless its Spec has one
 	Logger            *slog.Logger
 }
 
@@ -106,6 +110,22 @@ type Node struct {
 
 	cancel context.CancelFunc
 	done   chan error
+	snaps  *crashableSnapshots
+}
+
+// crashableSnapshots is a snapshot store that takes no snapshot once its
+// node has crashed.
+type crashableSnapshots struct {
+	raft.SnapshotStore
+	crashed atomic.Bool
+}
+
+func (s *crashableSnapshots) Create(version raft.SnapshotVersion, index, term uint64, configuration raft.Configuration,
+	configurationIndex uint64, trans raft.Transport) (raft.SnapshotSink, error) {
+	if s.crashed.Load() {
+		return nil, errors.New("meshtest: the node crashed")
+	}
+	return s.SnapshotStore.Create(version, index, term, configuration, configurationIndex, trans)
 }
 
 // NewCluster returns an empty cluster keeping node state under dir.
@@ -148,8 +168,8 @@ type Spec struct {
 	BootstrapExpect int
 	// SecretKey overrides the cluster's key for this node.
 	SecretKey []byte
-	// Now is this node's wall clock (zero: the cluster's).
-	Now func() time.Time
+	// Clock is this node's host clock (nil: the cluster's).
+	Clock hostclock.Clock
 	// Incarnation gates the node's restart rule (nil: none, as without
 	// --join-kubernetes).
 	Incarnation mesh.Incarnation
@@ -176,19 +196,23 @@ func (c *Cluster) Start(spec Spec) (*Node, error) {
 	if spec.StateDir == "" {
 		spec.StateDir = filepath.Join(c.dir, spec.Key)
 	}
-	stores, ok := c.stores[spec.StateDir]
+	kept, ok := c.stores[spec.StateDir]
 	if !ok {
-		stores = ledger.NewMemStores()
-		c.stores[spec.StateDir] = stores
+		kept = ledger.NewMemStores()
+		c.stores[spec.StateDir] = kept
 	}
 	c.mu.Unlock()
+	// This run's view of the stores: Kill makes its snapshots fail, as a
+	// crash takes none on the way down.
+	snaps := &crashableSnapshots{SnapshotStore: kept.Snapshots}
+	stores := &ledger.Stores{Log: kept.Log, Stable: kept.Stable, Snapshots: snaps}
 	key := c.opts.SecretKey
 	if spec.SecretKey != nil {
 		key = spec.SecretKey
 	}
-	now := c.opts.Now
-	if spec.Now != nil {
-		now = spec.Now
+	clock := c.opts.Clock
+	if spec.Clock != nil {
+		clock = spec.Clock
 	}
 	addr := netip.AddrPortFrom(spec.Addr, GossipPort)
 	tr, err := c.Net.NewTransport(addr)
@@ -212,7 +236,7 @@ func (c *Cluster) Start(spec Spec) (*Node, error) {
 		BootstrapExpect:   spec.BootstrapExpect,
 		Pool:              c.opts.Pool,
 		BlockBits:         c.opts.BlockBits,
-		ReclaimAfter:      c.opts.ReclaimAfter,
+		Lease:             c.opts.Lease,
 		ReconnectInterval: c.opts.ReconnectInterval,
 		// In memory a leave is gossiped within a few gossip intervals; a
 		// killed node (no network) gives up quickly.
@@ -225,7 +249,7 @@ func (c *Cluster) Start(spec Spec) (*Node, error) {
 		Registerer:    reg,
 		Transport:     tr,
 		Tune:          c.opts.Tune,
-		Now:           now,
+		Clock:         clock,
 		LedgerNetwork: streams,
 		LedgerStores:  stores,
 		TuneLedger:    c.opts.TuneLedger,
@@ -235,7 +259,7 @@ func (c *Cluster) Start(spec Spec) (*Node, error) {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	n := &Node{Key: spec.Key, Name: spec.Name, Addr: addr, StateDir: spec.StateDir, Mesh: m, Transport: tr, Streams: streams, Metrics: reg, cancel: cancel, done: make(chan error, 1)}
+	n := &Node{Key: spec.Key, Name: spec.Name, Addr: addr, StateDir: spec.StateDir, Mesh: m, Transport: tr, Streams: streams, Metrics: reg, cancel: cancel, done: make(chan error, 1), snaps: snaps}
 	go func() { n.done <- m.Run(ctx) }()
 	c.mu.Lock()
 	c.nodes[spec.Key] = n
@@ -303,13 +327,16 @@ func (c *Cluster) Stop(name string) error {
 	return err
 }
 
-// Kill ends a node as a crash would: its network goes silent first, so
-// peers see a failure, not a leave, and its ledger hands nothing over.
+// Kill ends a node as a crash (kill -9) would: its network goes silent
+// first, so peers see a failure, not a leave; its ledger hands nothing over
+// and takes no snapshot on the way down, so a restart finds the replica of
+// its last snapshot.
 func (c *Cluster) Kill(name string) error {
 	n, err := c.remove(name)
 	if err != nil {
 		return err
 	}
+	n.snaps.crashed.Store(true)
 	n.Transport.Shutdown()
 	n.Streams.Close()
 	n.cancel()

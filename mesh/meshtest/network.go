@@ -25,6 +25,9 @@ type Network struct {
 	mu      sync.RWMutex
 	byAddr  map[netip.AddrPort]*Transport
 	blocked map[[2]netip.Addr]bool
+	// gossipBlocked cuts gossip alone (PartitionGossip): the ledger's
+	// streams still pass.
+	gossipBlocked map[[2]netip.Addr]bool
 	// listeners and streams are the ledger's stream sockets (StreamHost):
 	// every open connection with its two hosts, so a partition can cut it.
 	listeners map[netip.AddrPort]*listener
@@ -38,7 +41,9 @@ func NewNetwork() *Network {
 		byAddr:    make(map[netip.AddrPort]*Transport),
 		blocked:   make(map[[2]netip.Addr]bool),
 		listeners: make(map[netip.AddrPort]*listener),
-		streams:   make(map[*streamConn][2]netip.Addr),
+
+		gossipBlocked: make(map[[2]netip.Addr]bool),
+		streams:       make(map[*streamConn][2]netip.Addr),
 	}
 }
 
@@ -74,6 +79,19 @@ func (n *Network) Partition(a, b []netip.Addr) {
 	n.cutStreamsLocked()
 }
 
+// PartitionGossip cuts gossip between the hosts of a and those of b, and
+// leaves the ledger's streams alone: a firewall that drops the gossip port.
+func (n *Network) PartitionGossip(a, b []netip.Addr) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, x := range a {
+		for _, y := range b {
+			n.gossipBlocked[[2]netip.Addr{x, y}] = true
+			n.gossipBlocked[[2]netip.Addr{y, x}] = true
+		}
+	}
+}
+
 // Isolate cuts all traffic between the hosts of a and every other host
 // attached to this network now (gossip transports and stream listeners).
 func (n *Network) Isolate(a ...netip.Addr) {
@@ -102,6 +120,7 @@ func (n *Network) Heal() {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	clear(n.blocked)
+	clear(n.gossipBlocked)
 }
 
 // peer returns the live transport at addr if from may reach it.
@@ -113,7 +132,7 @@ func (n *Network) peer(from netip.Addr, addr string) (*Transport, error) {
 	n.mu.RLock()
 	defer n.mu.RUnlock()
 	t, ok := n.byAddr[ap]
-	if !ok || t.closed.Load() || n.blocked[[2]netip.Addr{from, ap.Addr()}] {
+	if ends := [2]netip.Addr{from, ap.Addr()}; !ok || t.closed.Load() || n.blocked[ends] || n.gossipBlocked[ends] {
 		return nil, fmt.Errorf("meshtest: no route to %s", addr)
 	}
 	return t, nil

@@ -1,6 +1,7 @@
 // Package nodestate owns node.json, the one file through which the agent
 // tells the CNI plugin and IPAM about this node: its name, the block it holds,
-// the pool, its host address and the MTU pods should use.
+// the lease under which it may hand out addresses from it, the pool, its host
+// address and the MTU pods should use.
 //
 // The agent is the only writer; the plugin and IPAM only read. The file is
 // replaced atomically (write to a temporary file, fsync, rename), so a reader
@@ -15,8 +16,10 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/grapevine-net/grapevine/internal/atomicfile"
+	"github.com/grapevine-net/grapevine/internal/hostclock"
 )
 
 // FileName is the name of the state file inside the agent's run directory.
@@ -54,6 +57,13 @@ func CheckMTU(mtu int) error {
 // ("try again later").
 var ErrNotReady = errors.New("grapevine agent is not ready: no block assigned to this node yet")
 
+// ErrLeaseEnded means the lease in node.json has ended: the agent has not
+// renewed it with the ledger's leader in time (it is stopped, hung, or cut
+// off). New addresses must not be handed out, since the ledger may give the
+// block to another host once the lease has ended; CNI callers map it to
+// error code 11 ("try again later"). Existing pods are unaffected.
+var ErrLeaseEnded = errors.New("this node's lease on its block has ended")
+
 // State is the contents of node.json.
 type State struct {
 	Node   string       `json:"node"`
@@ -61,6 +71,52 @@ type State struct {
 	Pool   netip.Prefix `json:"pool"`
 	HostIP netip.Addr   `json:"hostIP"`
 	MTU    int          `json:"mtu"`
+	Lease  Lease        `json:"lease"`
+}
+
+// Lease is the ledger leader's grant of Block to this host: addresses may
+// be handed out from Block until Ends on the host clock (package hostclock).
+type Lease struct {
+	Ends hostclock.Instant `json:"ends"`
+	// Renewed and EndsAt are wall-clock times, for people reading errors
+	// and the file: when the agent asked for the grant, and when it ends.
+	Renewed time.Time `json:"renewed"`
+	EndsAt  time.Time `json:"endsAt"`
+}
+
+// NewLease is a lease asked for at asked (host clock) and at renewed (wall
+// clock), granted for d.
+func NewLease(asked hostclock.Instant, renewed time.Time, d time.Duration) Lease {
+	return Lease{Ends: asked.Add(d), Renewed: renewed.UTC().Round(0), EndsAt: renewed.Add(d).UTC().Round(0)}
+}
+
+// LeaseFromNow is a lease of d from now on this host's clock: what tests,
+// benchmarks and labs without an agent hand the plugin.
+func LeaseFromNow(d time.Duration) (Lease, error) {
+	now, err := hostclock.Now()
+	if err != nil {
+		return Lease{}, err
+	}
+	return NewLease(now, time.Now(), d), nil
+}
+
+// LeaseError is nil while the lease holds at now, and otherwise an error
+// wrapping ErrLeaseEnded that says since when the agent has not renewed it
+// and what to check.
+func (s State) LeaseError(now hostclock.Instant) error {
+	if now.Before(s.Lease.Ends) {
+		return nil
+	}
+	why := "it ended at " + s.Lease.EndsAt.UTC().Format(time.RFC3339)
+	switch {
+	case s.Lease.Ends.IsZero():
+		why = "node.json holds no lease (written by an older agent?)"
+	case s.Lease.Ends.Boot != now.Boot:
+		why = "it was granted before this host last booted"
+	}
+	return fmt.Errorf("%w: the grapevine agent has not renewed its lease on block %s since %s (%s); "+
+		"check that the agent is running and reaches the ledger's leader (grapevine status)",
+		ErrLeaseEnded, s.Block, s.Lease.Renewed.UTC().Format(time.RFC3339), why)
 }
 
 // Validate reports whether s is usable by the plugin: a block inside the pool

@@ -5,7 +5,11 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
+
+	"github.com/grapevine-net/grapevine/internal/hostclock"
 )
 
 func TestWriteReadRoundTrip(t *testing.T) {
@@ -75,5 +79,37 @@ func TestCheckMTU(t *testing.T) {
 		if err := CheckMTU(mtu); (err == nil) != ok {
 			t.Errorf("CheckMTU(%d) = %v, want ok=%v", mtu, err, ok)
 		}
+	}
+}
+
+func TestLeaseError(t *testing.T) {
+	now := hostclock.Instant{Boot: "b1", Since: 10 * time.Hour}
+	renewed := time.Date(2026, 12, 7, 3, 0, 0, 0, time.UTC)
+	leased := func(left time.Duration) State {
+		return State{Block: netip.MustParsePrefix("10.244.2.0/23"), Lease: NewLease(now.Add(left-24*time.Hour), renewed, 24*time.Hour)}
+	}
+	otherBoot := leased(time.Hour)
+	otherBoot.Lease.Ends.Boot = "b0"
+	for _, tc := range []struct {
+		name string
+		st   State
+		want string // "" : the lease holds
+	}{
+		{"an hour left", leased(time.Hour), ""},
+		{"a nanosecond left", leased(1), ""},
+		{"ends now", leased(0), "it ended at 2026-12-08T03:00:00Z"},
+		{"ended an hour ago", leased(-time.Hour), "has not renewed its lease on block 10.244.2.0/23 since 2026-12-07T03:00:00Z"},
+		{"granted in another boot", otherBoot, "before this host last booted"},
+		{"no lease", State{Block: netip.MustParsePrefix("10.244.2.0/23")}, "holds no lease"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.st.LeaseError(now)
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("LeaseError = %v, want the lease to hold", err)
+			case tc.want != "" && (!errors.Is(err, ErrLeaseEnded) || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("LeaseError = %v, want ErrLeaseEnded saying %q", err, tc.want)
+			}
+		})
 	}
 }
