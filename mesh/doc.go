@@ -49,9 +49,9 @@
 // ledger state founds only if it created the record, and otherwise joins
 // the recorded ledger. Every other node waits, not ready, saying why,
 // until it reaches a member of a ledger and is added to it. A node whose
-// ledger is not the cluster's (the recorded one, or the one more live
-// members hold) hands out no addresses until an operator resets its
-// ledger state (ResetLedger).
+// ledger is not the cluster's (not the recorded one; or it is alone in its
+// ledger among members of another, see foreignLedger) hands out no
+// addresses until an operator resets its ledger state (ResetLedger).
 //
 // # Fencing and restarts
 //

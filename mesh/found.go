@@ -256,9 +256,13 @@ func (m *Mesh) setRecorded(c ledger.ClusterID) {
 
 // foreignLedger decides whether own, this node's ledger, is foreign to the
 // cluster, and which ledger the cluster holds: the recorded one if a record
-// names one (the record is the cluster's word); otherwise one that more
-// live members advertise than own (this node included). A tie decides
-// nothing: two halves of equal size cannot tell which one forked.
+// names one (the record is the cluster's word); otherwise the one its peers
+// hold when no other live member holds own and at least two hold that one
+// (the most common, if they hold several). A node that shares its ledger
+// with a live member is not foreign by gossip alone: two clusters founded
+// separately with one key that meet both keep working, each listing the
+// other's members as foreign. One against one decides nothing either:
+// neither can tell which of the two forked.
 func foreignLedger(own, recorded ledger.ClusterID, members []ledger.ClusterID) (ledger.ClusterID, bool) {
 	if own.IsZero() {
 		return ledger.ClusterID{}, false
@@ -266,19 +270,25 @@ func foreignLedger(own, recorded ledger.ClusterID, members []ledger.ClusterID) (
 	if !recorded.IsZero() {
 		return recorded, recorded != own
 	}
-	count := map[ledger.ClusterID]int{own: 1}
+	count := map[ledger.ClusterID]int{}
 	for _, c := range members {
 		if !c.IsZero() {
 			count[c]++
 		}
 	}
+	if count[own] > 0 {
+		return ledger.ClusterID{}, false
+	}
 	var best ledger.ClusterID
 	for c, n := range count {
-		if c != own && n > count[own] && (best.IsZero() || n > count[best] || n == count[best] && string(c[:]) < string(best[:])) {
+		if best.IsZero() || n > count[best] || n == count[best] && string(c[:]) < string(best[:]) {
 			best = c
 		}
 	}
-	return best, !best.IsZero()
+	if count[best] < 2 {
+		return ledger.ClusterID{}, false
+	}
+	return best, true
 }
 
 // foreignByGossip applies foreignLedger to the live members' metadata,

@@ -63,11 +63,12 @@ func TestForeignLedger(t *testing.T) {
 		{"no ledger of its own", none, y, []ledger.ClusterID{y, y}, none, false},
 		{"the recorded one", x, x, []ledger.ClusterID{y, y, y}, x, false},
 		{"another one recorded", x, y, nil, y, true},
-		{"alone against the cluster", x, none, []ledger.ClusterID{y, y}, y, true},
+		{"alone against its peers", x, none, []ledger.ClusterID{y, y}, y, true},
+		{"one against one decides nothing", x, none, []ledger.ClusterID{y}, none, false},
 		{"the cluster's, one foreign member", y, none, []ledger.ClusterID{y, x}, none, false},
-		{"a tie decides nothing", x, none, []ledger.ClusterID{y}, none, false},
-		{"members without a ledger do not count", x, none, []ledger.ClusterID{none, none, y}, none, false},
-		{"the largest other one", x, none, []ledger.ClusterID{z, y, y, y, z}, y, true},
+		{"shares its ledger with a live member", x, none, []ledger.ClusterID{x, y, y, y}, none, false},
+		{"no peer in a ledger", x, none, []ledger.ClusterID{none, none}, none, false},
+		{"alone, peers split: the most common", x, none, []ledger.ClusterID{z, y, y, y, z}, y, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, foreign := foreignLedger(tc.own, tc.record, tc.members)
