@@ -2,12 +2,16 @@ package main
 
 import (
 	"errors"
+	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/grapevine-net/grapevine/mesh"
 )
 
 // TestLedgerRecoverRefuses: bad input is refused with the flag's name, and a
@@ -59,5 +63,34 @@ func TestLedgerReset(t *testing.T) {
 	moved, _ := filepath.Glob(filepath.Join(dir, "raft.reset-*", "snapshots", "x"))
 	if len(moved) != 1 || !strings.Contains(out.String(), filepath.Dir(filepath.Dir(moved[0]))) {
 		t.Errorf("moved %v; printed %q", moved, out.String())
+	}
+}
+
+// TestMeshConfigFounding: which way an agent founds a ledger follows from
+// its flags, and only one way at a time.
+func TestMeshConfigFounding(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		o         agentOptions
+		found     bool
+		expect    int
+		validates bool
+	}{
+		{"no --join: alone, at once", agentOptions{}, true, 0, true},
+		{"--join: never", agentOptions{Join: []string{"192.0.2.1"}}, false, 0, true},
+		{"--join --bootstrap-expect 3", agentOptions{Join: []string{"192.0.2.1"}, BootstrapExpect: 3}, false, 3, true},
+		{"--bootstrap-expect 1 alone", agentOptions{BootstrapExpect: 1}, false, 1, true},
+		{"--join-kubernetes: through the record", agentOptions{JoinKubernetes: true}, false, 0, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.o.NodeName, tc.o.HostIP, tc.o.Voters, tc.o.StateDir = "n1", netip.MustParseAddr("192.0.2.9"), 3, t.TempDir()
+			cfg := tc.o.meshConfig(slog.New(slog.DiscardHandler))
+			if cfg.Found != tc.found || cfg.BootstrapExpect != tc.expect {
+				t.Errorf("Found %v, BootstrapExpect %d; want %v, %d", cfg.Found, cfg.BootstrapExpect, tc.found, tc.expect)
+			}
+			if _, err := mesh.New(cfg); (err == nil) != tc.validates {
+				t.Errorf("mesh.New: %v", err)
+			}
+		})
 	}
 }
