@@ -86,6 +86,19 @@ func CheckVoters(n int) error {
 	return fmt.Errorf("%d voters: want 1, 3 or 5 (an odd number survives as many failures as the next even one)", n)
 }
 
+// MaxBootstrapExpect is the most founders a ledger can start with: they are
+// its first voters, and a ledger has at most 5.
+const MaxBootstrapExpect = 5
+
+// CheckBootstrapExpect accepts 0 (off) or a number of founders from 1 to
+// the number of voters: every founder starts as a voter.
+func CheckBootstrapExpect(n, voters int) error {
+	if n < 0 || n > MaxBootstrapExpect || n > voters {
+		return fmt.Errorf("%d founders: want 0 (off) to %d, at most the number of voters (%d); every founder starts as a voter", n, min(voters, MaxBootstrapExpect), voters)
+	}
+	return nil
+}
+
 // CheckLedgerPort accepts a port for the ledger other than the gossip port.
 func CheckLedgerPort(port, gossipPort int) error {
 	if err := CheckPort(port); err != nil {
@@ -134,11 +147,27 @@ type Config struct {
 	// Voters is how many agents vote in the ledger (1, 3 or 5); the rest
 	// keep a replica without a vote.
 	Voters int
-	// Found lets this node found a new ledger when it has none and no
-	// member it reaches belongs to one: a node started without seeds, or
-	// the oldest Node of a new Kubernetes cluster. A node that may not
-	// found waits, not ready, until it reaches a ledger.
+	// Found lets this node found a new single-voter ledger at start when
+	// it has none and no member it reaches belongs to one: a node started
+	// without seeds. A node that may not found (neither Found,
+	// BootstrapExpect nor LedgerRecord) waits, not ready, until it reaches
+	// a ledger.
 	Found bool
+	// BootstrapExpect, when set, founds a ledger as Consul's
+	// bootstrap_expect does: once this many agents with the same setting
+	// and no ledger state meet in gossip, each of them starts the same
+	// ledger with all of them as its first voters. Every host gets the same
+	// configuration; a node that reaches a member of a ledger joins it
+	// instead. Exclusive with Found and LedgerRecord.
+	BootstrapExpect int
+	// LedgerRecord, when set, is the one place outside the mesh that names
+	// the cluster's ledger (with --join-kubernetes: an object in the
+	// Kubernetes API). A node without ledger state founds only if it
+	// created the record, so one that lost its state finds the recorded
+	// ledger and joins it instead of founding a second one; a node whose
+	// ledger is not the recorded one hands out no addresses. Exclusive
+	// with Found and BootstrapExpect.
+	LedgerRecord LedgerRecord
 
 	Pool      netip.Prefix
 	BlockBits int
@@ -206,6 +235,24 @@ type Incarnation interface {
 	Verify(ctx context.Context, saved string) error
 }
 
+// LedgerRecord names the cluster's one ledger in a record outside the mesh,
+// created at most once.
+type LedgerRecord interface {
+	// Create records want unless a ledger is recorded already, in one
+	// atomic step (a create that fails if the record exists). It returns
+	// the record that holds afterwards and whether it is want.
+	Create(ctx context.Context, want RecordedLedger) (got RecordedLedger, created bool, err error)
+	// Where names the record for people ("ConfigMap kube-system/...").
+	Where() string
+}
+
+// RecordedLedger is what a LedgerRecord holds.
+type RecordedLedger struct {
+	ClusterID ledger.ClusterID
+	// Founder names the node that created the record (for people).
+	Founder string
+}
+
 // withDefaults returns c with defaults filled in, or an error naming the
 // first invalid field.
 func (c Config) withDefaults() (Config, error) {
@@ -253,10 +300,19 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("a state directory is required to keep the block across restarts")
 	}
 	for _, err := range []error{CheckPort(c.Port), CheckLedgerPort(c.LedgerPort, c.Port), CheckVoters(c.Voters),
-		CheckPool(c.Pool, c.BlockBits), CheckLease(c.Lease), CheckSecretKey(c.SecretKey)} {
+		CheckPool(c.Pool, c.BlockBits), CheckLease(c.Lease), CheckSecretKey(c.SecretKey), CheckBootstrapExpect(c.BootstrapExpect, c.Voters)} {
 		if err != nil {
 			return c, err
 		}
+	}
+	ways := 0
+	for _, set := range []bool{c.Found, c.BootstrapExpect > 0, c.LedgerRecord != nil} {
+		if set {
+			ways++
+		}
+	}
+	if ways > 1 {
+		return c, fmt.Errorf("founding without seeds, bootstrap-expect and a ledger record are three ways to found a ledger; choose one")
 	}
 	if err := (Rules{Pool: c.Pool, BlockBits: c.BlockBits}).checkHostIP(c.AdvertiseAddr, netip.Addr{}); err != nil {
 		return c, fmt.Errorf("advertise address: %w", err)

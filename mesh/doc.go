@@ -11,15 +11,17 @@
 //
 // Files by concern: config.go (Config), meta.go (the metadata codec),
 // delegate.go and members.go (memberlist callbacks, gossip's view handed to
-// the ledger), join.go (seeds and reconnecting), ownership.go (joining the
-// ledger, claiming, fencing, the restart rule), state.go (block.json),
+// the ledger), join.go (seeds and reconnecting), found.go (founding, a
+// ledger foreign to the cluster), ownership.go (joining the ledger,
+// claiming, fencing, the restart rule), state.go (block.json),
 // view.go (View), metrics.go.
 //
 // # Metadata
 //
 // Each member advertises a 38-byte, versioned value (see Meta): its host
 // IP, its persistent random node ID, the ledger it belongs to (cluster ID)
-// and the ledger's port, the pool layout, and a leaving flag. Every value
+// and the ledger's port, the pool layout, a leaving flag, whether its
+// ledger has state (founding under way) and its bootstrap-expect. Every value
 // is validated on receipt (DecodeMeta); an invalid one is counted and
 // logged, and the member gets no route. Metadata carries no claim.
 //
@@ -39,11 +41,17 @@
 //
 // # Founding and joining
 //
-// A node with Config.Found (no seeds, or the oldest Node of a new
-// Kubernetes cluster) founds a new single-voter ledger unless a member it
-// reached belongs to one. Every other node waits, not ready, naming the
-// seeds that do not answer, until it reaches a member of a ledger and is
-// added to it.
+// Founding cannot fork (found.go). A node with Config.Found (no seeds)
+// founds a new single-voter ledger unless a member it reached belongs to
+// one. With Config.BootstrapExpect N, once N nodes with the same N and no
+// ledger state meet, each starts the same ledger with all of them as
+// voters. With Config.LedgerRecord (the Kubernetes API), a node without
+// ledger state founds only if it created the record, and otherwise joins
+// the recorded ledger. Every other node waits, not ready, saying why,
+// until it reaches a member of a ledger and is added to it. A node whose
+// ledger is not the cluster's (not the recorded one; or it is alone in its
+// ledger among members of another, see foreignLedger) hands out no
+// addresses until an operator resets its ledger state (ResetLedger).
 //
 // # Fencing and restarts
 //

@@ -20,6 +20,9 @@ func (m *Mesh) ownMetaLocked() ([]byte, error) {
 		ID:         m.id,
 		ClusterID:  m.clusterID,
 		Leaving:    m.leaving,
+
+		LedgerState:     m.ledgerState,
+		BootstrapExpect: m.cfg.BootstrapExpect,
 	}.AppendBinary(nil)
 }
 
@@ -148,6 +151,9 @@ func (m *Mesh) ledgerToJoin() (ledger.ClusterID, bool) {
 	defer m.mu.Unlock()
 	if !m.clusterID.IsZero() {
 		return m.clusterID, true
+	}
+	if !m.recorded.IsZero() {
+		return m.recorded, true // the record outranks what gossip shows
 	}
 	seeds := make(map[string]bool, len(m.seeds))
 	for _, s := range m.seeds {

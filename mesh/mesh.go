@@ -64,6 +64,16 @@ type Mesh struct {
 	// restart and restartReason are what restore made of the saved block.
 	restart       RestartRule
 	restartReason string
+	// founding says why this node, which may found a ledger, has not yet
+	// (see foundingLoop); "" once it has state or may not found.
+	founding string
+	// foreign is set while this node's ledger state belongs to another
+	// ledger than the one its peers hold: it then hands out no addresses.
+	foreign string
+	// ledgerState: this node's ledger has state (advertised in metadata).
+	ledgerState bool
+	// recorded is the ledger Config.LedgerRecord names, once read.
+	recorded ledger.ClusterID
 }
 
 // peer is what this node knows about another member.
@@ -204,6 +214,7 @@ func (m *Mesh) Run(ctx context.Context) error {
 	wg.Go(func() { m.reconnectLoop(ctx) })
 	wg.Go(func() { m.peersLoop(ctx) })
 	wg.Go(func() { m.ledgerEvents(ctx) })
+	wg.Go(func() { m.foundingLoop(ctx) })
 
 	var runErr error
 	select {
@@ -461,7 +472,10 @@ func (m *Mesh) View() View {
 	}
 	ours := v.Ledger.ClusterID
 	byID := blocksByID(st)
-	if m.identity == "" {
+	switch {
+	case m.foreign != "":
+		v.Reason = m.foreign
+	case m.identity == "":
 		v.Block, v.Ready = m.ownBlockLocked(st)
 		if v.Block.IsValid() {
 			v.Lease, v.LeaseRenewed, v.LeaseEndsAt = m.own.lease, m.own.renewed, m.own.endsAt
@@ -476,7 +490,7 @@ func (m *Mesh) View() View {
 				v.Reason += " (" + m.reason + ")"
 			}
 		}
-	} else {
+	default:
 		v.Reason = m.identity
 	}
 	for _, p := range m.peers {
@@ -524,14 +538,6 @@ func routedBlock(byID map[ledger.NodeID]assignment, name string, meta Meta) neti
 		return netip.Prefix{}
 	}
 	return a.block
-}
-
-// AllowFounding lets this node found a new ledger (see Config.Found); it
-// takes effect only when called before Run.
-func (m *Mesh) AllowFounding() {
-	m.mu.Lock()
-	m.cfg.Found = true
-	m.mu.Unlock()
 }
 
 // RecoverLedger makes the node whose state is in stateDir the only voter of

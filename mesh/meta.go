@@ -21,7 +21,15 @@ const metaVersion = 2
 // nodeID(16) clusterID(8).
 const metaLen = 38
 
-const metaFlagLeaving = 1 << 0
+// The flags byte: bit 0 leaving, bit 1 ledger state, bits 2-4 the
+// member's --bootstrap-expect (0-5); bits 5-7 are zero.
+const (
+	metaFlagLeaving     = 1 << 0
+	metaFlagLedgerState = 1 << 1
+	metaExpectShift     = 2
+	metaExpectMask      = 0x7 << metaExpectShift
+	metaKnownFlags      = metaFlagLeaving | metaFlagLedgerState | metaExpectMask
+)
 
 // Meta is what a node advertises about itself in its memberlist metadata:
 // its host address (the next hop for its block), its identity, the pool
@@ -44,6 +52,13 @@ type Meta struct {
 	// next, it left rather than failed (memberlist does not tell the two
 	// apart to its delegates).
 	Leaving bool
+	// LedgerState says the node belongs to a ledger or began founding one,
+	// possibly before it knows the cluster ID: a node counting founders
+	// for --bootstrap-expect must not found beside it.
+	LedgerState bool
+	// BootstrapExpect is the node's --bootstrap-expect (0: none, at most
+	// MaxBootstrapExpect): founders must all expect the same number.
+	BootstrapExpect int
 }
 
 // Rules are what a received metadata value must satisfy.
@@ -86,6 +101,13 @@ func (m Meta) AppendBinary(b []byte) ([]byte, error) {
 	if m.Leaving {
 		flags |= metaFlagLeaving
 	}
+	if m.LedgerState {
+		flags |= metaFlagLedgerState
+	}
+	if m.BootstrapExpect < 0 || m.BootstrapExpect > MaxBootstrapExpect {
+		return b, fmt.Errorf("encode metadata: bootstrap-expect %d out of range 0-%d", m.BootstrapExpect, MaxBootstrapExpect)
+	}
+	flags |= byte(m.BootstrapExpect) << metaExpectShift
 	host := m.HostIP.As4()
 	pool := m.Pool.Addr().As4()
 	b = append(b, metaVersion, flags)
@@ -112,10 +134,15 @@ func DecodeMeta(b []byte, rules Rules, from netip.Addr) (Meta, error) {
 		return m, reject("length", "metadata is %d bytes, want %d", len(b), metaLen)
 	}
 	flags := b[1]
-	if flags&^metaFlagLeaving != 0 {
+	if flags&^metaKnownFlags != 0 {
 		return m, reject("flags", "unknown flags %#x", flags)
 	}
 	m.Leaving = flags&metaFlagLeaving != 0
+	m.LedgerState = flags&metaFlagLedgerState != 0
+	m.BootstrapExpect = int(flags&metaExpectMask) >> metaExpectShift
+	if m.BootstrapExpect > MaxBootstrapExpect {
+		return m, reject("bootstrap_expect", "bootstrap-expect %d exceeds %d", m.BootstrapExpect, MaxBootstrapExpect)
+	}
 	m.HostIP = netip.AddrFrom4([4]byte(b[2:6]))
 	poolBits, blockBits := int(b[10]), int(b[11])
 	if poolBits > 32 {

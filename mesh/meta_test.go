@@ -36,6 +36,11 @@ func TestMetaRoundTrip(t *testing.T) {
 		"in a ledger":  testMeta(),
 		"in no ledger": func() Meta { m := testMeta(); m.ClusterID = ledger.ClusterID{}; return m }(),
 		"leaving":      func() Meta { m := testMeta(); m.Leaving = true; return m }(),
+		"founding": func() Meta {
+			m := testMeta()
+			m.ClusterID, m.LedgerState, m.BootstrapExpect = ledger.ClusterID{}, true, MaxBootstrapExpect
+			return m
+		}(),
 	} {
 		t.Run(name, func(t *testing.T) {
 			b := mustEncode(t, m)
@@ -83,6 +88,7 @@ func TestDecodeMetaRejects(t *testing.T) {
 		{"short", good[:metaLen-1], testRules, from, "length"},
 		{"long", append(bytes.Clone(good), 0), testRules, from, "length"},
 		{"unknown flag", patch(1, 0x81), testRules, from, "flags"},
+		{"bootstrap-expect 7", patch(1, 7<<metaExpectShift), testRules, from, "bootstrap_expect"},
 		{"no ledger port", patch(12, 0, 0), testRules, from, "ledger_port"},
 		{"zero node ID", edit(func(m *Meta) { m.ID = ledger.NodeID{} }), testRules, from, "node_id"},
 		{"other pool", edit(func(m *Meta) { m.Pool = netip.MustParsePrefix("10.96.0.0/16") }), testRules, from, "pool_mismatch"},

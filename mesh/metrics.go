@@ -13,6 +13,7 @@ type metrics struct {
 	releases         *prometheus.CounterVec
 	nameConflicts    prometheus.Counter
 	rejectedMetadata *prometheus.CounterVec
+	foreignLedger    prometheus.Gauge
 	rejectedGossip   *prometheus.CounterVec
 }
 
@@ -39,6 +40,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		rejectedMetadata: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "grapevine_mesh_rejected_metadata_total", Help: "Member metadata values rejected, by reason.",
 		}, []string{"reason"}),
+		foreignLedger: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "grapevine_mesh_foreign_ledger", Help: "1 while this node's ledger state belongs to another ledger than the cluster's (it hands out no addresses until `grapevine ledger reset`).",
+		}),
 		rejectedGossip: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "grapevine_mesh_rejected_gossip_total", Help: "Gossip packets and streams from the network that memberlist dropped, by reason: decrypt (without this cluster's key), label, checksum, malformed.",
 		}, []string{"reason"}),
@@ -46,7 +50,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.members, m.foreignMembers, m.claims, m.fenced, m.releases, m.nameConflicts, m.rejectedMetadata, m.rejectedGossip} {
+	for _, c := range []prometheus.Collector{m.members, m.foreignMembers, m.claims, m.fenced, m.releases, m.nameConflicts, m.rejectedMetadata, m.rejectedGossip, m.foreignLedger} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

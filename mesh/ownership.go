@@ -304,6 +304,9 @@ func (m *Mesh) fence(why string) {
 func (m *Mesh) requestJoin(ctx context.Context) (string, bool) {
 	cluster, ok := m.ledgerToJoin()
 	if !ok {
+		if why := m.foundingReason(); why != "" {
+			return why, false
+		}
 		if seeds := m.seedTargets(); len(seeds) > 0 && !m.anyLive() {
 			return "waiting for a ledger to join: no answer from seeds " + strings.Join(seeds, ", "), false
 		}

@@ -32,6 +32,7 @@ type agentOptions struct {
 	LedgerPort         int
 	Voters             int
 	Join               []string
+	BootstrapExpect    int
 	Pool               netip.Prefix
 	BlockSize          int
 	StateDir           string
@@ -63,6 +64,7 @@ func agentCommand(run agentRunner) *cli.Command {
 			&cli.IntFlag{Name: "ledger-port", Value: mesh.DefaultLedgerPort, EnvVars: envVar("ledger-port"), Usage: "TCP port of the block ledger (raft among the agents)"},
 			&cli.IntFlag{Name: "voters", Value: mesh.DefaultVoters, EnvVars: envVar("voters"), Usage: "how many agents vote in the block ledger: 1, 3 or 5 (the others keep a replica)"},
 			&cli.StringSliceFlag{Name: "join", EnvVars: envVar("join"), Usage: "`host[:port]` of a member to join; repeatable; retried until one answers. Without --join (and --join-kubernetes) the agent founds a new cluster"},
+			&cli.IntFlag{Name: "bootstrap-expect", EnvVars: envVar("bootstrap-expect"), Usage: "found the ledger once this many agents with the same value meet through --join, all of them its first voters (give every host the same --join list and value); 0: never found with --join"},
 			&cli.StringFlag{Name: "pool", Value: mesh.DefaultPool.String(), EnvVars: envVar("pool"), Usage: "the pod CIDR the blocks are cut from"},
 			&cli.IntFlag{Name: "block-size", Value: mesh.DefaultBlockBits, EnvVars: envVar("block-size"), Usage: "prefix length of each node's block"},
 			&cli.StringFlag{Name: "state-dir", Value: nodestate.DefaultStateDir, EnvVars: envVar("state-dir"), Usage: "persistent state: node ID, the block, the ledger's log, IPAM allocations"},
@@ -75,7 +77,7 @@ func agentCommand(run agentRunner) *cli.Command {
 			&cli.DurationFlag{Name: "lease", Aliases: []string{"reclaim-after"}, Value: mesh.DefaultLease, EnvVars: append(envVar("lease"), envVar("reclaim-after")...),
 				Usage: "how long a host may hand out addresses from its block after the ledger's leader last renewed its lease (a host cut off from the ledger keeps starting pods this long); a gone or deleted node's block is freed only after it, plus 1 %"},
 			&cli.BoolFlag{Name: "allow-foreign-host-ip", EnvVars: envVar("allow-foreign-host-ip"), Usage: "accept peers whose advertised host IP differs from their gossip address"},
-			&cli.BoolFlag{Name: "join-kubernetes", EnvVars: envVar("join-kubernetes"), Usage: "discover members to join from the Kubernetes API's Node objects (in a pod, with its service account); the agent on the oldest Node founds the cluster"},
+			&cli.BoolFlag{Name: "join-kubernetes", EnvVars: envVar("join-kubernetes"), Usage: "discover members to join from the Kubernetes API's Node objects (in a pod, with its service account); the agent that creates the ConfigMap kube-system/grapevine-ledger founds the cluster, the others join it"},
 			&cli.IntFlag{Name: "mtu", EnvVars: envVar("mtu"), Usage: "MTU for pod interfaces (0: the MTU of --iface, less the VXLAN overhead unless --encapsulation=never)"},
 			&cli.StringFlag{Name: "encapsulation", Value: node.EncapsulationCrossSubnet.String(), EnvVars: envVar("encapsulation"),
 				Usage: "cross-subnet: VXLAN to peers whose host IP is not on a network of --iface, direct routes to the others; never: direct only; always: VXLAN to every peer"},
@@ -128,6 +130,7 @@ func parseAgentOptions(c *cli.Context) (agentOptions, error) {
 		LedgerPort:         c.Int("ledger-port"),
 		Voters:             c.Int("voters"),
 		Join:               c.StringSlice("join"),
+		BootstrapExpect:    c.Int("bootstrap-expect"),
 		BlockSize:          c.Int("block-size"),
 		StateDir:           c.String("state-dir"),
 		RunDir:             c.String("run-dir"),
@@ -169,6 +172,12 @@ func parseAgentOptions(c *cli.Context) (agentOptions, error) {
 	}
 	if err := mesh.CheckVoters(o.Voters); err != nil {
 		return o, fmt.Errorf("--voters: %w", err)
+	}
+	if err := mesh.CheckBootstrapExpect(o.BootstrapExpect, o.Voters); err != nil {
+		return o, fmt.Errorf("--bootstrap-expect: %w", err)
+	}
+	if o.BootstrapExpect > 0 && o.JoinKubernetes {
+		return o, fmt.Errorf("--bootstrap-expect with --join-kubernetes: the ledger is founded through the Kubernetes API there; drop --bootstrap-expect")
 	}
 	if o.ResyncInterval <= 0 {
 		return o, fmt.Errorf("--resync-interval %s: must be longer than zero", o.ResyncInterval)
@@ -268,7 +277,7 @@ func runAgent(ctx context.Context, o agentOptions, log *slog.Logger) error {
 	o.MTU = podMTU(o.MTU, uplink.MTU, o.Encapsulation)
 	log = log.With("node", o.NodeName)
 	log.Info("starting grapevine agent", "version", version, "iface", o.Iface, "hostIP", o.HostIP,
-		"pool", o.Pool, "blockSize", o.BlockSize, "port", o.Port, "ledgerPort", o.LedgerPort, "voters", o.Voters, "join", o.Join,
+		"pool", o.Pool, "blockSize", o.BlockSize, "port", o.Port, "ledgerPort", o.LedgerPort, "voters", o.Voters, "join", o.Join, "bootstrapExpect", o.BootstrapExpect,
 		"encapsulation", o.Encapsulation, "podMTU", o.MTU)
 
 	a, err := newAgent(o, o.meshConfig(log), netlinkHost(), log)
@@ -298,8 +307,10 @@ func podMTU(flag, ifaceMTU int, e node.Encapsulation) int {
 }
 
 // meshConfig translates the options into the mesh's configuration. An
-// agent without --join and --join-kubernetes founds a new cluster; with
-// --join-kubernetes, the one on the oldest Node does (see joinKubernetes).
+// agent without --join, --join-kubernetes and --bootstrap-expect founds a
+// new cluster at once; with --bootstrap-expect, once that many agents met;
+// with --join-kubernetes, the one that creates the ledger's record does
+// (see newAgent).
 func (o agentOptions) meshConfig(log *slog.Logger) mesh.Config {
 	return mesh.Config{
 		NodeName:           o.NodeName,
@@ -308,7 +319,8 @@ func (o agentOptions) meshConfig(log *slog.Logger) mesh.Config {
 		Port:               o.Port,
 		LedgerPort:         o.LedgerPort,
 		Voters:             o.Voters,
-		Found:              len(o.Join) == 0 && !o.JoinKubernetes,
+		Found:              len(o.Join) == 0 && !o.JoinKubernetes && o.BootstrapExpect == 0,
+		BootstrapExpect:    o.BootstrapExpect,
 		Pool:               o.Pool,
 		BlockBits:          o.BlockSize,
 		Lease:              o.Lease,

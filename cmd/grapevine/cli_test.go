@@ -53,6 +53,9 @@ func TestBadInput(t *testing.T) {
 		{[]string{"agent", "--port", "0"}, []string{"--port: port 0 is out of range"}},
 		{[]string{"agent", "--port", "abc"}, []string{`invalid value "abc" for flag -port`, "see grapevine agent --help"}},
 		{[]string{"agent", "--poool", "10.0.0.0/8"}, []string{"flag provided but not defined: -poool", "see grapevine agent --help"}},
+		{[]string{"agent", "--bootstrap-expect", "5"}, []string{"--bootstrap-expect: 5 founders", "at most the number of voters (3)"}},
+		{[]string{"agent", "--bootstrap-expect", "3", "--join-kubernetes"}, []string{"--bootstrap-expect with --join-kubernetes", "drop --bootstrap-expect"}},
+		{[]string{"ledger", "reset", "--state-dir", "state"}, []string{`--state-dir "state" must be an absolute path`}},
 		{[]string{"agent", "--mtu", "100"}, []string{"--mtu 100 is out of range: 0 (the interface's) or 576-65535"}},
 		{[]string{"agent", "--resync-interval", "0s"}, []string{"--resync-interval 0s: must be longer than zero"}},
 		{[]string{"agent", "--metrics-addr", "9962"}, []string{`--metrics-addr "9962" is not host:port`}},
@@ -105,7 +108,7 @@ func TestBadInput(t *testing.T) {
 // gossip itself, once; see TestAgentLoop).
 func TestGoodInput(t *testing.T) {
 	out, err, started := runCLI(t, "agent", "--node-name", "n1", "--pool", "10.10.0.0/16", "--block-size", "24",
-		"--reclaim-after", "5m", "--port", "7000", "--mtu", "1400", "--join", "10.0.0.2", "--join", "10.0.0.3:7000", "--join", "",
+		"--reclaim-after", "5m", "--port", "7000", "--mtu", "1400", "--bootstrap-expect", "3", "--join", "10.0.0.2", "--join", "10.0.0.3:7000", "--join", "",
 		"--host-ip", "10.0.0.1", "--metrics-addr", "", "--log-level", "WARN")
 	if err != nil {
 		t.Fatal(err)
@@ -118,7 +121,7 @@ func TestGoodInput(t *testing.T) {
 	}
 	o := *started
 	if o.NodeName != "n1" || o.Pool != netip.MustParsePrefix("10.10.0.0/16") || o.BlockSize != 24 || o.Lease != 5*time.Minute ||
-		o.Port != 7000 || o.MTU != 1400 || len(o.Join) != 2 || o.HostIP != netip.MustParseAddr("10.0.0.1") || o.MetricsAddr != "" {
+		o.Port != 7000 || o.MTU != 1400 || len(o.Join) != 2 || o.BootstrapExpect != 3 || o.HostIP != netip.MustParseAddr("10.0.0.1") || o.MetricsAddr != "" {
 		t.Errorf("options = %+v", o)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/grapevine-net/grapevine/mesh"
 	"github.com/grapevine-net/grapevine/mesh/kubejoin"
 	"github.com/grapevine-net/grapevine/mesh/ledger"
 )
@@ -19,15 +20,20 @@ import (
 // Node objects before it starts gossip anyway (with whatever --join gives).
 const kubeFirstSeedsWait = 10 * time.Second
 
+// kubeAPI is what the agent reads and writes in the Kubernetes API: Node
+// objects and the ledger's record.
+type kubeAPI interface {
+	kubejoin.Client
+	kubejoin.LedgerRecords
+}
+
 // joinKubernetes follows the cluster's Node objects until ctx ends: their
 // InternalIPs become seed addresses, this node's Node UID its incarnation,
 // and a deleted Node's block is released (see deletedNodes). It returns
 // once the first list has been handed over, or after kubeFirstSeedsWait.
-// The first list also decides founding: the agent on the oldest Node founds
-// the ledger of a new cluster (unless a member it reaches belongs to one
-// already), every other agent joins it, so a kubeadm cluster whose agents
-// all start at once forms exactly one ledger. Without a list, the agent
-// never founds.
+// Founding goes through the ledger's record instead (kubeLedgerRecord):
+// whichever agent creates it founds, every other one joins, and an agent
+// that lost its state finds the recorded ledger.
 func (a *agent) joinKubernetes(ctx context.Context) error {
 	log := a.log.With("component", "kubejoin")
 	d := kubejoin.New(a.kube.client, a.opts.NodeName, log)
@@ -40,13 +46,7 @@ func (a *agent) joinKubernetes(ctx context.Context) error {
 			Discovered: func(disc kubejoin.Discovery) {
 				a.kube.setUID(disc.SelfUID)
 				a.mesh.AddJoinAddrs(disc.Seeds...)
-				once.Do(func() {
-					if disc.Founder(a.opts.NodeName) {
-						a.log.Info("this is the oldest Node: it founds the cluster's ledger unless a member already has one")
-						a.mesh.AllowFounding()
-					}
-					close(first)
-				})
+				once.Do(func() { close(first) })
 			},
 			Deleted: released.deleted,
 			Added:   released.added,
@@ -63,6 +63,30 @@ func (a *agent) joinKubernetes(ctx context.Context) error {
 		return ctx.Err()
 	}
 	return nil
+}
+
+// kubeLedgerRecord is the mesh's LedgerRecord in the Kubernetes API: the
+// ConfigMap kube-system/grapevine-ledger, created once.
+type kubeLedgerRecord struct {
+	client kubejoin.LedgerRecords
+}
+
+// Create records want unless a ledger is recorded already.
+func (k kubeLedgerRecord) Create(ctx context.Context, want mesh.RecordedLedger) (mesh.RecordedLedger, bool, error) {
+	got, created, err := kubejoin.RecordLedger(ctx, k.client, kubejoin.LedgerRecord{ClusterID: want.ClusterID.String(), Founder: want.Founder})
+	if err != nil {
+		return mesh.RecordedLedger{}, false, err
+	}
+	id, err := ledger.ParseClusterID(got.ClusterID)
+	if err != nil {
+		return mesh.RecordedLedger{}, false, fmt.Errorf("%s: %w", k.Where(), err)
+	}
+	return mesh.RecordedLedger{ClusterID: id, Founder: got.Founder}, created, nil
+}
+
+// Where names the record.
+func (kubeLedgerRecord) Where() string {
+	return "ConfigMap " + kubejoin.LedgerRecordNamespace + "/" + kubejoin.LedgerRecordName
 }
 
 // kubeNode is this host's Node object as the mesh's Incarnation: its UID is

@@ -38,6 +38,9 @@ type fakeKube struct {
 	// agentLease is the --lease of the agents started against this API
 	// server (zero: an hour, as for the other test hosts).
 	agentLease time.Duration
+	// record is the ConfigMap naming the ledger; nil until created.
+	record  *kubejoin.LedgerRecord
+	creates int // create requests for it
 }
 
 func newFakeKube() *fakeKube { return &fakeKube{changed: make(chan struct{}), rv: 1} }
@@ -103,6 +106,41 @@ func (f *fakeKube) GetNode(_ context.Context, name string) (kubejoin.Node, error
 		}
 	}
 	return kubejoin.Node{}, fmt.Errorf("404 Not Found: %w", kubejoin.ErrNotFound)
+}
+
+func (f *fakeKube) GetLedgerRecord(context.Context) (kubejoin.LedgerRecord, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	switch {
+	case f.down:
+		return kubejoin.LedgerRecord{}, errAPIDown
+	case f.record == nil:
+		return kubejoin.LedgerRecord{}, fmt.Errorf("404 Not Found: %w", kubejoin.ErrNotFound)
+	}
+	return *f.record, nil
+}
+
+func (f *fakeKube) CreateLedgerRecord(_ context.Context, rec kubejoin.LedgerRecord) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.creates++
+	switch {
+	case f.down:
+		return errAPIDown
+	case f.record != nil:
+		return fmt.Errorf("409 Conflict: %w", kubejoin.ErrExists)
+	}
+	f.record = &rec
+	return nil
+}
+
+func (f *fakeKube) recorded() (kubejoin.LedgerRecord, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.record == nil {
+		return kubejoin.LedgerRecord{}, false
+	}
+	return *f.record, true
 }
 
 func (f *fakeKube) WatchNodes(ctx context.Context, resourceVersion string, handle func(kubejoin.Event)) error {
@@ -483,4 +521,10 @@ func (f *fakeKube) uidOf(name string) string {
 		}
 	}
 	return ""
+}
+
+func (f *fakeKube) createCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.creates
 }

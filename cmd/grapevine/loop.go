@@ -89,7 +89,7 @@ type hostSide struct {
 	listenProbe func() (probe.Conn, error)
 	// kubeAPI is the Kubernetes API for --join-kubernetes; nil: the
 	// in-cluster client.
-	kubeAPI kubejoin.Client
+	kubeAPI kubeAPI
 }
 
 func netlinkHost() hostSide {
@@ -113,6 +113,7 @@ func newAgent(o agentOptions, cfg mesh.Config, host hostSide, log *slog.Logger) 
 		}
 		kube = &kubeNode{client: client, name: o.NodeName}
 		cfg.Incarnation = kube
+		cfg.LedgerRecord = kubeLedgerRecord{client: client}
 	}
 	var waits *releaseWaits
 	if kube != nil {

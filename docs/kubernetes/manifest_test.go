@@ -25,6 +25,7 @@ import (
 
 	"github.com/grapevine-net/grapevine/docs/internal/agentcli"
 	"github.com/grapevine-net/grapevine/mesh"
+	"github.com/grapevine-net/grapevine/mesh/kubejoin"
 	"github.com/grapevine-net/grapevine/node"
 	"github.com/grapevine-net/grapevine/node/nodestate"
 )
@@ -43,6 +44,8 @@ type manifest struct {
 	serviceAccount *corev1.ServiceAccount
 	clusterRole    *rbacv1.ClusterRole
 	binding        *rbacv1.ClusterRoleBinding
+	role           *rbacv1.Role
+	roleBinding    *rbacv1.RoleBinding
 	config         *corev1.ConfigMap
 	daemonSet      *appsv1.DaemonSet
 }
@@ -73,6 +76,10 @@ func loadManifest(t *testing.T) manifest {
 			obj = setOnce(t, &m.clusterRole)
 		case "rbac.authorization.k8s.io/v1 ClusterRoleBinding":
 			obj = setOnce(t, &m.binding)
+		case "rbac.authorization.k8s.io/v1 Role":
+			obj = setOnce(t, &m.role)
+		case "rbac.authorization.k8s.io/v1 RoleBinding":
+			obj = setOnce(t, &m.roleBinding)
 		case "v1 ConfigMap":
 			obj = setOnce(t, &m.config)
 		case "apps/v1 DaemonSet":
@@ -84,7 +91,7 @@ func loadManifest(t *testing.T) manifest {
 			t.Fatalf("document %d (%s): %v", i, tm.Kind, err)
 		}
 	}
-	if m.serviceAccount == nil || m.clusterRole == nil || m.binding == nil || m.config == nil || m.daemonSet == nil {
+	if m.serviceAccount == nil || m.clusterRole == nil || m.binding == nil || m.role == nil || m.roleBinding == nil || m.config == nil || m.daemonSet == nil {
 		t.Fatalf("manifest lacks an object: %+v", m)
 	}
 	return m
@@ -171,6 +178,8 @@ func TestObjectsInOneNamespace(t *testing.T) {
 	for kind, meta := range map[string]metav1.ObjectMeta{
 		"ServiceAccount": m.serviceAccount.ObjectMeta,
 		"ConfigMap":      m.config.ObjectMeta,
+		"Role":           m.role.ObjectMeta,
+		"RoleBinding":    m.roleBinding.ObjectMeta,
 		"DaemonSet":      m.daemonSet.ObjectMeta,
 	} {
 		if meta.Namespace != namespace {
@@ -179,8 +188,9 @@ func TestObjectsInOneNamespace(t *testing.T) {
 	}
 }
 
-// TestRBACIsLeast: the agent reads Node objects for seed addresses and must be
-// able to do nothing else with the API.
+// TestRBACIsLeast: the agent reads Node objects for seed addresses, reads
+// and creates the ledger's record, and must be able to do nothing else with
+// the API.
 func TestRBACIsLeast(t *testing.T) {
 	m := loadManifest(t)
 	want := rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "list", "watch"}}
@@ -202,6 +212,33 @@ func TestRBACIsLeast(t *testing.T) {
 	wantSubject := rbacv1.Subject{Kind: "ServiceAccount", Name: m.serviceAccount.Name, Namespace: namespace}
 	if !slices.Equal(b.Subjects, []rbacv1.Subject{wantSubject}) {
 		t.Errorf("ClusterRoleBinding subjects = %+v, want only %+v", b.Subjects, wantSubject)
+	}
+
+	// The ledger's record: get on that one ConfigMap, create of ConfigMaps
+	// (RBAC cannot restrict a create by name), in the record's namespace.
+	if m.role.Namespace != kubejoin.LedgerRecordNamespace {
+		t.Errorf("Role in namespace %q, the agent keeps the ledger's record in %q", m.role.Namespace, kubejoin.LedgerRecordNamespace)
+	}
+	wantRules := []rbacv1.PolicyRule{
+		{APIGroups: []string{""}, Resources: []string{"configmaps"}, ResourceNames: []string{kubejoin.LedgerRecordName}, Verbs: []string{"get"}},
+		{APIGroups: []string{""}, Resources: []string{"configmaps"}, Verbs: []string{"create"}},
+	}
+	if len(m.role.Rules) != len(wantRules) {
+		t.Fatalf("Role has %d rules, want exactly %d: %+v", len(m.role.Rules), len(wantRules), m.role.Rules)
+	}
+	for i, got := range m.role.Rules {
+		want := wantRules[i]
+		if !slices.Equal(got.APIGroups, want.APIGroups) || !slices.Equal(got.Resources, want.Resources) || !slices.Equal(got.Verbs, want.Verbs) ||
+			!slices.Equal(got.ResourceNames, want.ResourceNames) || len(got.NonResourceURLs) != 0 {
+			t.Errorf("Role rule %d = %+v, want %+v", i, got, want)
+		}
+	}
+	rb := m.roleBinding
+	if rb.RoleRef.Kind != "Role" || rb.RoleRef.Name != m.role.Name || rb.Namespace != m.role.Namespace {
+		t.Errorf("RoleBinding %s/%s refers to %s %s, want Role %s/%s", rb.Namespace, rb.Name, rb.RoleRef.Kind, rb.RoleRef.Name, m.role.Namespace, m.role.Name)
+	}
+	if !slices.Equal(rb.Subjects, []rbacv1.Subject{wantSubject}) {
+		t.Errorf("RoleBinding subjects = %+v, want only %+v", rb.Subjects, wantSubject)
 	}
 	if sa := m.daemonSet.Spec.Template.Spec.ServiceAccountName; sa != m.serviceAccount.Name {
 		t.Errorf("DaemonSet runs as service account %q, want %q", sa, m.serviceAccount.Name)

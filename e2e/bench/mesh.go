@@ -97,8 +97,9 @@ func MeasureMesh(ctx context.Context, cfg MeshConfig) (_ []Row, err error) {
 	}()
 	t0 := time.Now()
 	for i := range cfg.Nodes {
-		// The first node founds the ledger, as the oldest Node does with
-		// --join-kubernetes; every node starts at once.
+		// The first node founds the ledger, as the agent that creates the
+		// ledger's record does with --join-kubernetes; every node starts at
+		// once.
 		n, err := c.Start(meshtest.Spec{Name: fmt.Sprintf("node-%03d", i), Join: seeds, Found: i == 0})
 		if err != nil {
 			return nil, err

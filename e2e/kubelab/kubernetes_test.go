@@ -572,8 +572,12 @@ func checkJoinedThroughAPI(t *testing.T, ctx context.Context, k kube, agents map
 		{"list", "nodes", "yes"}, {"watch", "nodes", "yes"}, {"get", "nodes", "yes"},
 		{"update", "nodes", "no"}, {"delete", "nodes", "no"}, {"list", "pods", "no"},
 		{"get", "secrets", "no"}, {"list", "configmaps", "no"},
+		// The ledger's record: that one ConfigMap, read and created only.
+		{"get", "configmaps/grapevine-ledger", "yes"}, {"create", "configmaps", "yes"},
+		{"get", "configmaps/grapevine-config", "no"}, {"update", "configmaps/grapevine-ledger", "no"},
+		{"delete", "configmaps/grapevine-ledger", "no"},
 	} {
-		out, _ := k.c.Kubectl(ctx, "auth", "can-i", q.verb, q.resource, sa)
+		out, _ := k.c.Kubectl(ctx, "-n", "kube-system", "auth", "can-i", q.verb, q.resource, sa)
 		if got := strings.TrimSpace(string(out)); got != q.want {
 			t.Errorf("can the grapevine service account %s %s: %q, want %q", q.verb, q.resource, got, q.want)
 		}
@@ -588,12 +592,15 @@ func checkJoinedThroughAPI(t *testing.T, ctx context.Context, k kube, agents map
 		if strings.Contains(log, "forbidden") || strings.Contains(log, "Forbidden") {
 			t.Errorf("agent on %s was refused by the API server:\n%s", node, log)
 		}
-		if strings.Contains(log, "this is the oldest Node") {
+		if strings.Contains(log, "founding the cluster's ledger, recorded first") {
 			founders++
 		}
 	}
 	if founders != 1 {
-		t.Errorf("%d agents founded the ledger as the oldest Node, want 1", founders)
+		t.Errorf("%d agents founded the ledger after creating its record, want 1", founders)
+	}
+	if out, err := k.c.Kubectl(ctx, "-n", "kube-system", "get", "configmap", "grapevine-ledger", "-o", "jsonpath={.data.clusterID}"); err != nil || len(strings.TrimSpace(string(out))) != 16 {
+		t.Errorf("the ledger's record: %q, %v; want a cluster ID", out, err)
 	}
 }
 

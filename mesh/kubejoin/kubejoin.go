@@ -1,11 +1,10 @@
 // Package kubejoin follows the cluster's Node objects in the Kubernetes API:
 // the IPv4 InternalIP of every Node except this node's own (gossip seeds),
-// which Node is the oldest (its agent founds the block ledger of a new
-// cluster), the UID of this node's own Node object, and which Node objects
-// are deleted. It lets the agent in a DaemonSet join the mesh with no peer
+// the UID of this node's own Node object, and which Node objects are
+// deleted. It lets the agent in a DaemonSet join the mesh with no peer
 // list, and free the block of a node the operator deleted.
 //
-// Only seeds, the founding rule and those two facts come from here. Once
+// Only seeds, those two facts and the ledger's record come from here. Once
 // an agent has joined, membership is gossip's business and block ownership
 // the ledger's; the API server is never a source of truth for either and
 // may go away without disturbing routes.
@@ -15,11 +14,18 @@
 // block, which it claims only after joining. The API server is reachable from
 // the host network before any pod network exists.
 //
+// It also holds the record of the cluster's one block ledger (record.go): a
+// ConfigMap created once, atomically, by the agent that founds the ledger,
+// so an agent that lost its state finds the ledger instead of founding a
+// second one.
+//
 // It speaks to the API server with plain HTTPS requests (list, watch, get
-// on nodes: what the manifest's RBAC grants), not client-go.
+// on nodes; get and create of the ledger's ConfigMap: what the manifest's
+// RBAC grants), not client-go.
 package kubejoin
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -184,18 +190,31 @@ func NewAPIClient(server, tokenFile, caFile string) (*APIClient, error) {
 // get sends an authenticated GET for path (with query) and returns the
 // response; the caller closes its body.
 func (c *APIClient) get(ctx context.Context, client *http.Client, path string) (*http.Response, error) {
+	return c.send(ctx, client, http.MethodGet, path, nil)
+}
+
+// send sends an authenticated request for path, with a JSON body unless
+// body is nil, and returns the response; the caller closes its body.
+func (c *APIClient) send(ctx context.Context, client *http.Client, method, path string, body []byte) (*http.Response, error) {
 	// The token is read for every request: projected service account tokens
 	// are rotated by the kubelet.
 	token, err := os.ReadFile(c.tokenFile)
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes token: %w", err)
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.server+path, nil)
+	var r io.Reader
+	if body != nil {
+		r = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.server+path, r)
 	if err != nil {
 		return nil, err
 	}
 	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(token)))
 	req.Header.Set("Accept", "application/json")
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	req.Header.Set("User-Agent", "grapevine")
 	return client.Do(req)
 }
@@ -434,21 +453,13 @@ type Discovery struct {
 	// Seeds are the IPv4 InternalIPs of every node but this one, sorted and
 	// without duplicates.
 	Seeds []string
-	// Oldest is the name of the Node created first (ties: the smaller
-	// name). When every agent of a new cluster starts at once, the agent on
-	// this Node founds the block ledger and every other one joins it, so
-	// exactly one ledger forms.
-	Oldest string
 	// SelfUID is the UID of this node's own Node object, "" while it has
 	// none.
 	SelfUID string
 }
 
-// Founder reports whether the node named self founds the ledger.
-func (d Discovery) Founder(self string) bool { return d.Oldest != "" && d.Oldest == self }
-
 func (d Discovery) equal(o Discovery) bool {
-	return d.Oldest == o.Oldest && d.SelfUID == o.SelfUID && slices.Equal(d.Seeds, o.Seeds)
+	return d.SelfUID == o.SelfUID && slices.Equal(d.Seeds, o.Seeds)
 }
 
 // Discover lists the nodes once.
@@ -464,15 +475,10 @@ func (d *Discoverer) Discover(ctx context.Context) (Discovery, error) {
 
 // discovery derives what nodes say. Nodes without an IPv4 InternalIP are
 // no seeds: an ExternalIP may sit behind NAT, and the routed data path
-// needs peers on a directly connected network anyway. They still count for
-// the oldest Node, so that every agent applies the rule to the same list.
+// needs peers on a directly connected network anyway.
 func (d *Discoverer) discovery(nodes []Node) Discovery {
 	var out Discovery
-	var oldest *Node
-	for i, n := range nodes {
-		if oldest == nil || n.Created.Before(oldest.Created) || (n.Created.Equal(oldest.Created) && n.Name < oldest.Name) {
-			oldest = &nodes[i]
-		}
+	for _, n := range nodes {
 		if n.Name == d.self {
 			out.SelfUID = n.UID
 			continue
@@ -483,9 +489,6 @@ func (d *Discoverer) discovery(nodes []Node) Discovery {
 			continue
 		}
 		out.Seeds = append(out.Seeds, ip.String())
-	}
-	if oldest != nil {
-		out.Oldest = oldest.Name
 	}
 	slices.Sort(out.Seeds)
 	out.Seeds = slices.Compact(out.Seeds)
@@ -543,7 +546,7 @@ func (d *Discoverer) Run(ctx context.Context, h Handlers) error {
 		if reported && disc.equal(last) {
 			return
 		}
-		d.log.Info("seeds from the Kubernetes API", "addrs", disc.Seeds, "oldestNode", disc.Oldest, "uid", disc.SelfUID)
+		d.log.Info("seeds from the Kubernetes API", "addrs", disc.Seeds, "uid", disc.SelfUID)
 		last, reported = disc, true
 		if h.Discovered != nil {
 			h.Discovered(disc)

@@ -59,49 +59,14 @@ func TestSeeds(t *testing.T) {
 	}
 }
 
-// TestOldestNodeFounds checks the founding rule every agent applies to the
-// same list: the oldest creationTimestamp, ties broken by the smaller name,
-// whether or not that node has an address this one can use.
-func TestOldestNodeFounds(t *testing.T) {
-	at := func(s int) time.Time { return time.Unix(1_700_000_000+int64(s), 0) }
-	for _, tc := range []struct {
-		name  string
-		nodes []Node
-		want  string
-	}{
-		{"oldest wins", []Node{{Name: "b", Created: at(5)}, {Name: "a", Created: at(9)}, {Name: "c", Created: at(7)}}, "b"},
-		{"tie: smaller name", []Node{{Name: "n2", Created: at(1)}, {Name: "n1", Created: at(1)}, {Name: "n0", Created: at(2)}}, "n1"},
-		{"oldest without an IPv4 address", []Node{{Name: "v6", Created: at(0), Addresses: []NodeAddress{internal("2001:db8::1")}}, {Name: "self", Created: at(3)}}, "v6"},
-		{"empty list", nil, ""},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			got, err := New(newFake(tc.nodes...), "self", discard).Discover(context.Background())
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got.Oldest != tc.want {
-				t.Errorf("Oldest = %q, want %q", got.Oldest, tc.want)
-			}
-			for _, n := range tc.nodes {
-				if got.Founder(n.Name) != (n.Name == tc.want) {
-					t.Errorf("Founder(%q) = %v", n.Name, got.Founder(n.Name))
-				}
-			}
-		})
-	}
-	if (Discovery{}).Founder("") {
-		t.Error("an empty discovery names a founder")
-	}
-}
-
 func TestSeedsEmptyCluster(t *testing.T) {
 	client := newFake(node("self", internal("192.0.2.1")))
 	got, err := New(client, "self", discard).Discover(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got.Seeds) != 0 || !got.Founder("self") {
-		t.Errorf("Discover = %+v, want no seeds and self the founder: the only node is this one", got)
+	if len(got.Seeds) != 0 || got.SelfUID == "" {
+		t.Errorf("Discover = %+v, want no seeds and this node's UID: the only node is this one", got)
 	}
 }
 
@@ -432,8 +397,8 @@ func TestAPIClientListsNodes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(disc.Seeds, []string{"192.0.2.11"}) || disc.Oldest != "self" || disc.SelfUID != "7c0f1a52-1111-4c1e-9d3a-000000000002" {
-		t.Errorf("Discover = %+v, want seeds [192.0.2.11], self the oldest (created first) and its UID", disc)
+	if !slices.Equal(disc.Seeds, []string{"192.0.2.11"}) || disc.SelfUID != "7c0f1a52-1111-4c1e-9d3a-000000000002" {
+		t.Errorf("Discover = %+v, want seeds [192.0.2.11] and this node's UID", disc)
 	}
 	// A rotated token is picked up by the next request.
 	if err := os.WriteFile(tokenFile, []byte("token-2"), 0o600); err != nil {

@@ -68,8 +68,16 @@ func (l *Ledger) leaderLoop(ctx context.Context, r *raft.Raft) {
 	}
 }
 
+// found writes the Found entry of a new ledger: with the cluster ID this
+// node promised to found with (see Bootstrap), else a random one. Founders
+// that bootstrapped together each write it when they lead; the state
+// machine applies only the first.
 func (l *Ledger) found(r *raft.Raft) {
-	c := Found{ClusterID: newClusterID(), Pool: l.cfg.Pool, BlockBits: l.cfg.BlockBits}
+	id := l.foundCluster()
+	if id.IsZero() {
+		id = newClusterID()
+	}
+	c := Found{ClusterID: id, Pool: l.cfg.Pool, BlockBits: l.cfg.BlockBits}
 	res, _, err := l.apply(r, c)
 	switch {
 	case err != nil:

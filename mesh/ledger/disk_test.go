@@ -2,7 +2,10 @@ package ledger
 
 import (
 	"context"
+	"log/slog"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -84,5 +87,25 @@ func TestDiskRestartKeepsLedgerAndRecover(t *testing.T) {
 	waitFor(t, waitLong, "the recovered node to lead", func() bool { return l.Info().Role == "leader" })
 	if st, _ := l.State(); !equalState(st, before) {
 		t.Fatalf("state after recover %+v, want %+v", st, before)
+	}
+}
+
+// TestSetAsideRefusesWhileOpen: the ledger state of a running agent (its
+// log locked) is not moved.
+func TestSetAsideRefusesWhileOpen(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "raft")
+	_, closeDisk, err := openDiskStores(dir, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := SetAside(dir, dir+".aside"); err == nil || !strings.Contains(err.Error(), "stop the agent first") {
+		t.Errorf("SetAside on an open log = %v, want a refusal", err)
+	}
+	closeDisk()
+	if err := SetAside(dir, dir+".aside"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir+".aside", "raft.db")); err != nil {
+		t.Error(err)
 	}
 }

@@ -11,6 +11,11 @@
 // side's cluster and node ID, so that two ledgers sharing the key refuse
 // each other. The port admits gossip members before strangers (admission.go).
 //
+// A ledger is founded once (found.go): by one node at start (Config.Found),
+// or at run time by Bootstrap, whose founders all start as voters in one
+// identical first configuration; the first leader writes the Found entry,
+// with a cluster ID recorded beforehand outside the ledger if there is one.
+//
 // Up to Config.Voters agents vote; the others are non-voters with a full
 // local copy, so reads are local. The leader alone runs autopilot (adds,
 // promotes, replaces and removes members from gossip's view, never below a

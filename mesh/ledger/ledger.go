@@ -47,7 +47,7 @@ type Config struct {
 	Pool       netip.Prefix
 	BlockBits  int
 	Lease      time.Duration // how long a grant of a block lasts (see LeaseMargin)
-	Found      bool          // no existing raft state: bootstrap a new single-voter ledger and write its Found entry
+	Found      bool          // no existing raft state: bootstrap a new single-voter ledger at once (see Bootstrap for more founders)
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 	Network    Network            // nil: TCP (+TLS with a key)
@@ -345,18 +345,13 @@ func (l *Ledger) Run(ctx context.Context) error {
 		l.ln.Close()
 		return fmt.Errorf("start ledger raft: %w", err)
 	}
-	if l.cfg.Found {
-		boot := raft.Configuration{Servers: []raft.Server{{Suffrage: raft.Voter, ID: conf.LocalID, Address: raft.ServerAddress(l.cfg.Advertise.String())}}}
-		switch err := r.BootstrapCluster(boot).Error(); {
-		case err == nil:
-			l.log.Info("founding a new ledger", "pool", l.cfg.Pool, "block_bits", l.cfg.BlockBits)
-		case errors.Is(err, raft.ErrCantBootstrap):
-			// existing state: this node is already in a ledger
-		default:
+	if l.cfg.Found && !l.HasState() {
+		self := []Founder{{ID: l.cfg.ID, Addr: l.cfg.Advertise}}
+		if err := l.bootstrap(r, self, ClusterID{}); err != nil && !errors.Is(err, ErrHasState) {
 			r.Shutdown()
 			trans.Close()
 			l.ln.Close()
-			return fmt.Errorf("found ledger: %w", err)
+			return err
 		}
 	}
 	l.raft.Store(r)

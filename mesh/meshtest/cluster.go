@@ -160,9 +160,12 @@ type Spec struct {
 	StateDir string
 	// Join lists seeds. A node without seeds may found a new ledger, as
 	// the agent started without --join; Found lets one with seeds found
-	// too (the oldest Node with --join-kubernetes).
+	// too (a test's first node).
 	Join  []string
 	Found bool
+	// BootstrapExpect founds with that many agents instead (see
+	// mesh.Config.BootstrapExpect); the node then never founds alone.
+	BootstrapExpect int
 	// SecretKey overrides the cluster's key for this node.
 	SecretKey []byte
 	// Clock is this node's host clock (nil: the cluster's).
@@ -170,6 +173,9 @@ type Spec struct {
 	// Incarnation gates the node's restart rule (nil: none, as without
 	// --join-kubernetes).
 	Incarnation mesh.Incarnation
+	// LedgerRecord founds through a record outside the mesh (see
+	// mesh.Config.LedgerRecord); the node then never founds otherwise.
+	LedgerRecord mesh.LedgerRecord
 }
 
 // Start creates and runs a node. It returns once the node runs; the node
@@ -225,7 +231,9 @@ func (c *Cluster) Start(spec Spec) (*Node, error) {
 		Port:              GossipPort,
 		LedgerPort:        LedgerPort,
 		Voters:            c.opts.Voters,
-		Found:             len(spec.Join) == 0 || spec.Found,
+		Found:             (len(spec.Join) == 0 || spec.Found) && spec.BootstrapExpect == 0 && spec.LedgerRecord == nil,
+		LedgerRecord:      spec.LedgerRecord,
+		BootstrapExpect:   spec.BootstrapExpect,
 		Pool:              c.opts.Pool,
 		BlockBits:         c.opts.BlockBits,
 		Lease:             c.opts.Lease,
@@ -257,6 +265,53 @@ func (c *Cluster) Start(spec Spec) (*Node, error) {
 	c.nodes[spec.Key] = n
 	c.mu.Unlock()
 	return n, nil
+}
+
+// Record is an in-memory mesh.LedgerRecord: the Kubernetes API's create
+// that fails if the object exists.
+type Record struct {
+	mu      sync.Mutex
+	ledger  mesh.RecordedLedger
+	set     bool
+	creates int
+}
+
+// Create records want unless a ledger is recorded already.
+func (r *Record) Create(_ context.Context, want mesh.RecordedLedger) (mesh.RecordedLedger, bool, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.creates++
+	if r.set {
+		return r.ledger, false, nil
+	}
+	r.ledger, r.set = want, true
+	return want, true, nil
+}
+
+// Where names the record.
+func (r *Record) Where() string { return "the test's record" }
+
+// Get returns the recorded ledger, if any, and how many creates were asked.
+func (r *Record) Get() (mesh.RecordedLedger, bool, int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.ledger, r.set, r.creates
+}
+
+// ResetLedger is `grapevine ledger reset` on a stopped node's state
+// directory: its ledger state (kept in memory here) is set aside, its node
+// ID stays.
+func (c *Cluster) ResetLedger(stateDir string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, n := range c.nodes {
+		if n.StateDir == stateDir {
+			return fmt.Errorf("meshtest: node %s still runs on %s", n.Key, stateDir)
+		}
+	}
+	c.stores[stateDir] = ledger.NewMemStores()
+	_, err := mesh.ResetLedger(stateDir, time.Now())
+	return err
 }
 
 // Stop ends a node (by key) gracefully: it leaves the cluster.

@@ -18,8 +18,8 @@ type Convergence struct {
 }
 
 // MeasureConvergence starts n nodes at once on c (all joining the first
-// two; the first founds the ledger, as the oldest Node of a new Kubernetes
-// cluster does), waits until they converge, then measures steady-state
+// two; the first founds the ledger, as the agent that creates the ledger's
+// record in a new Kubernetes cluster does), waits until they converge, then measures steady-state
 // gossip over steady. It checks that no block is shared on every poll and
 // fails on the first violation. The nodes keep running; close c afterwards.
 func MeasureConvergence(ctx context.Context, c *Cluster, n int, steady time.Duration) (Convergence, error) {

@@ -1,0 +1,369 @@
+package mesh
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/grapevine-net/grapevine/mesh/ledger"
+)
+
+// foundingInterval is how often the founding loop looks again: at gossip's
+// pace, so founders that meet found within a fraction of a second.
+const foundingInterval = 200 * time.Millisecond
+
+// foundingLoop founds a ledger when this node may (Config.BootstrapExpect,
+// Config.LedgerRecord) and watches for the case where this node's ledger
+// is not the one its peers hold (see foreignLedger), until ctx ends.
+func (m *Mesh) foundingLoop(ctx context.Context) {
+	founded := m.cfg.LedgerRecord == nil && m.cfg.BootstrapExpect == 0
+	recordChecked := m.cfg.LedgerRecord == nil
+	failures := 0
+	for {
+		if !m.ledgerStateKnown() && m.led.HasState() {
+			m.mu.Lock()
+			m.ledgerState = true
+			m.mu.Unlock()
+			m.advertise()
+		}
+		wait := foundingInterval
+		switch {
+		case !founded && m.cfg.BootstrapExpect > 0:
+			founded = m.bootstrapExpectStep(ctx)
+		case !founded || !recordChecked:
+			var err error
+			founded, recordChecked, err = m.recordStep(ctx)
+			switch {
+			case err == nil:
+				failures = 0
+			case failures == 0:
+				// Once: a node in a ledger keeps working without the API.
+				m.log.Warn("cannot read or create the ledger's record; retrying", "record", m.cfg.LedgerRecord.Where(), "err", err)
+				fallthrough
+			default:
+				failures++
+				wait = backoff(failures)
+			}
+		}
+		m.checkForeign()
+		if founded && recordChecked {
+			wait = time.Second
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+func (m *Mesh) ledgerStateKnown() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.ledgerState
+}
+
+// setFounding records why this node has not founded yet ("" once it has).
+func (m *Mesh) setFounding(why string) {
+	m.mu.Lock()
+	changed := m.founding != why
+	m.founding = why
+	m.mu.Unlock()
+	if changed {
+		if why != "" {
+			m.log.Info(why)
+		}
+		m.notify()
+	}
+}
+
+// foundingReason is why this node, waiting for a ledger to join, has not
+// founded one, "" if it may not found.
+func (m *Mesh) foundingReason() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.founding
+}
+
+// bootstrapCandidate is one node as --bootstrap-expect counts it.
+type bootstrapCandidate struct {
+	Name        string
+	ID          ledger.NodeID
+	Addr        netip.AddrPort // ledger address
+	Expect      int
+	LedgerState bool
+	ClusterID   ledger.ClusterID
+}
+
+// bootstrapFounders decides, for a node with --bootstrap-expect expect and
+// no ledger state, whether to found now and with whom, as Consul's
+// bootstrap_expect does. It founds nothing while a live member has a
+// ledger or began founding one (join it instead), while a member expects
+// another number (the configurations differ: refuse rather than guess),
+// or while fewer than expect agents with the same setting are present.
+// Otherwise the founders are all of them, sorted by node ID: nodes that
+// see the same members compute the identical first configuration, and
+// one that sees a late extra member computes a superset, whose quorums
+// still meet the others'. why explains a wait.
+func bootstrapFounders(self bootstrapCandidate, peers []bootstrapCandidate, expect int) (founders []ledger.Founder, why string) {
+	slices.SortFunc(peers, func(a, b bootstrapCandidate) int { return cmp.Compare(a.Name, b.Name) })
+	all := []bootstrapCandidate{self}
+	for _, p := range peers {
+		switch {
+		case !p.ClusterID.IsZero() || p.LedgerState:
+			return nil, fmt.Sprintf("member %s belongs to a ledger already; joining it instead of founding one", p.Name)
+		case p.Expect != 0 && p.Expect != expect:
+			return nil, fmt.Sprintf("not founding a ledger: member %s runs with --bootstrap-expect %d, this node with %d; give every agent the same value",
+				p.Name, p.Expect, expect)
+		case p.Expect == expect:
+			all = append(all, p)
+		}
+	}
+	if len(all) < expect {
+		names := make([]string, len(all))
+		for i, c := range all {
+			names[i] = c.Name
+		}
+		return nil, fmt.Sprintf("waiting for %d agents with --bootstrap-expect %d to meet before founding the ledger; %d so far: %s",
+			expect, expect, len(all), strings.Join(names, ", "))
+	}
+	for _, c := range all {
+		founders = append(founders, ledger.Founder{ID: c.ID, Addr: c.Addr})
+	}
+	slices.SortFunc(founders, func(a, b ledger.Founder) int { return cmp.Compare(a.ID.String(), b.ID.String()) })
+	return founders, ""
+}
+
+// bootstrapExpectStep founds the ledger when bootstrapFounders says so. It
+// reports whether this node is done: it has ledger state (founded, or
+// joined a ledger).
+func (m *Mesh) bootstrapExpectStep(ctx context.Context) bool {
+	if m.led.HasState() {
+		m.setFounding("")
+		return true
+	}
+	self := bootstrapCandidate{
+		Name: m.cfg.NodeName, ID: m.id, Expect: m.cfg.BootstrapExpect,
+		Addr: netip.AddrPortFrom(m.cfg.AdvertiseAddr, uint16(m.cfg.LedgerPort)),
+	}
+	m.mu.Lock()
+	var peers []bootstrapCandidate
+	for _, p := range m.peers {
+		if !p.usable() || p.meta.Leaving {
+			continue
+		}
+		peers = append(peers, bootstrapCandidate{
+			Name: p.name, ID: p.meta.ID, Addr: netip.AddrPortFrom(p.addr.Addr(), p.meta.LedgerPort),
+			Expect: p.meta.BootstrapExpect, LedgerState: p.meta.LedgerState, ClusterID: p.meta.ClusterID,
+		})
+	}
+	m.mu.Unlock()
+	founders, why := bootstrapFounders(self, peers, m.cfg.BootstrapExpect)
+	if founders == nil {
+		m.setFounding(why)
+		return false
+	}
+	err := m.led.Bootstrap(ctx, founders, ledger.ClusterID{})
+	switch {
+	case errors.Is(err, ledger.ErrHasState):
+	case err != nil:
+		m.setFounding("founding the ledger failed; retrying: " + err.Error())
+		return false
+	default:
+		m.log.Info("founding the ledger with the agents that met (--bootstrap-expect)", "founders", len(founders))
+	}
+	m.mu.Lock()
+	m.ledgerState = true
+	m.mu.Unlock()
+	m.advertise()
+	m.setFounding("")
+	signal(m.ledgerChanged)
+	return true
+}
+
+// recordStep founds through Config.LedgerRecord. A node without ledger
+// state founds only if it creates the record; if a ledger is recorded, it
+// waits to reach its members and join it. A node with state (founded,
+// joined, or from an earlier run) records its ledger if none is recorded,
+// which keeps a cluster founded before the record existed safe, and learns
+// the recorded one otherwise. It reports whether founding is settled and
+// whether the record has been compared with this node's ledger.
+func (m *Mesh) recordStep(ctx context.Context) (founded, checked bool, err error) {
+	rec := m.cfg.LedgerRecord
+	st, _ := m.led.State()
+	if m.led.HasState() {
+		m.setFounding("")
+		if !st.Founded() {
+			return true, false, nil // the cluster ID is not known yet
+		}
+		if _, foreign := m.foreignByGossip(st.ClusterID); foreign {
+			// Recording a forked ledger would make the cluster foreign.
+			return true, false, nil
+		}
+		got, created, err := rec.Create(ctx, RecordedLedger{ClusterID: st.ClusterID, Founder: m.cfg.NodeName})
+		if err != nil {
+			return true, false, err
+		}
+		if created {
+			m.log.Info("recorded this node's ledger", "record", rec.Where(), "cluster", st.ClusterID)
+		}
+		m.setRecorded(got.ClusterID)
+		return true, true, nil
+	}
+	if _, ok := m.ledgerToJoin(); ok {
+		// A member reached, or the record read before: join that ledger.
+		m.setFounding("")
+		return false, false, nil
+	}
+	want := RecordedLedger{ClusterID: ledger.NewClusterID(), Founder: m.cfg.NodeName}
+	got, created, err := rec.Create(ctx, want)
+	if err != nil {
+		m.setFounding(fmt.Sprintf("cannot found or find the ledger: %s unreadable: %v", rec.Where(), err))
+		return false, false, err
+	}
+	m.setRecorded(got.ClusterID)
+	if !created {
+		m.setFounding(fmt.Sprintf("ledger %s, founded by %s, is recorded in %s; waiting to reach its members to join it",
+			got.ClusterID, got.Founder, rec.Where()))
+		return false, false, nil
+	}
+	self := []ledger.Founder{{ID: m.id, Addr: netip.AddrPortFrom(m.cfg.AdvertiseAddr, uint16(m.cfg.LedgerPort))}}
+	if err := m.led.Bootstrap(ctx, self, want.ClusterID); err != nil && !errors.Is(err, ledger.ErrHasState) {
+		m.setFounding("founding the recorded ledger failed; retrying: " + err.Error())
+		return false, false, err
+	}
+	m.log.Info("founding the cluster's ledger, recorded first", "record", rec.Where(), "cluster", want.ClusterID)
+	m.mu.Lock()
+	m.ledgerState = true
+	m.mu.Unlock()
+	m.advertise()
+	m.setFounding("")
+	signal(m.ledgerChanged)
+	return true, true, nil
+}
+
+func (m *Mesh) setRecorded(c ledger.ClusterID) {
+	m.mu.Lock()
+	m.recorded = c
+	m.mu.Unlock()
+}
+
+// foreignLedger decides whether own, this node's ledger, is foreign to the
+// cluster, and which ledger the cluster holds: the recorded one if a record
+// names one (the record is the cluster's word); otherwise the one its peers
+// hold when no other live member holds own and at least two hold that one
+// (the most common, if they hold several). A node that shares its ledger
+// with a live member is not foreign by gossip alone: two clusters founded
+// separately with one key that meet both keep working, each listing the
+// other's members as foreign. One against one decides nothing either:
+// neither can tell which of the two forked.
+func foreignLedger(own, recorded ledger.ClusterID, members []ledger.ClusterID) (ledger.ClusterID, bool) {
+	if own.IsZero() {
+		return ledger.ClusterID{}, false
+	}
+	if !recorded.IsZero() {
+		return recorded, recorded != own
+	}
+	count := map[ledger.ClusterID]int{}
+	for _, c := range members {
+		if !c.IsZero() {
+			count[c]++
+		}
+	}
+	if count[own] > 0 {
+		return ledger.ClusterID{}, false
+	}
+	var best ledger.ClusterID
+	for c, n := range count {
+		if best.IsZero() || n > count[best] || n == count[best] && string(c[:]) < string(best[:]) {
+			best = c
+		}
+	}
+	if count[best] < 2 {
+		return ledger.ClusterID{}, false
+	}
+	return best, true
+}
+
+// foreignByGossip applies foreignLedger to the live members' metadata,
+// without the record.
+func (m *Mesh) foreignByGossip(own ledger.ClusterID) (ledger.ClusterID, bool) {
+	return foreignLedger(own, ledger.ClusterID{}, m.liveClusters())
+}
+
+func (m *Mesh) liveClusters() []ledger.ClusterID {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []ledger.ClusterID
+	for _, p := range m.peers {
+		if p.usable() {
+			out = append(out, p.meta.ClusterID)
+		}
+	}
+	return out
+}
+
+// checkForeign stops this node handing out addresses while its ledger is
+// foreign (see foreignLedger), and says so once in the log; it clears the
+// verdict when the ledgers agree again (after `grapevine ledger reset`
+// the node starts without state and joins).
+func (m *Mesh) checkForeign() {
+	own := m.led.Info().ClusterID
+	m.mu.Lock()
+	recorded := m.recorded
+	m.mu.Unlock()
+	theirs, foreign := foreignLedger(own, recorded, m.liveClusters())
+	why := ""
+	if foreign {
+		where := "its peers hold ledger " + theirs.String()
+		if !recorded.IsZero() {
+			where = fmt.Sprintf("the cluster's ledger is %s (recorded in %s)", theirs, m.cfg.LedgerRecord.Where())
+		}
+		why = fmt.Sprintf("this node's ledger state belongs to ledger %s but %s, so it hands out no addresses; "+
+			"stop the agent, run `grapevine ledger reset` and start it again to rejoin (docs/operations.md)", own, where)
+	}
+	m.mu.Lock()
+	changed := m.foreign != why
+	m.foreign = why
+	m.mu.Unlock()
+	if !changed {
+		return
+	}
+	if foreign {
+		m.metrics.foreignLedger.Set(1)
+		m.log.Error(why, "ledger", own, "cluster_ledger", theirs)
+	} else {
+		m.metrics.foreignLedger.Set(0)
+		m.log.Info("this node's ledger is the cluster's again", "ledger", own)
+	}
+	m.notify()
+}
+
+// ResetLedger is the operator's way back for a node whose ledger state
+// belongs to another ledger than the cluster's (see foreignLedger): with
+// the agent stopped, it moves <state-dir>/raft and block.json aside, under
+// names ending in .reset-<now>, and keeps the node ID. Started again, the
+// node has no ledger state, founds nothing (its peers hold a ledger) and
+// joins theirs. It returns where the ledger state went.
+func ResetLedger(stateDir string, now time.Time) (string, error) {
+	suffix := ".reset-" + now.UTC().Format("20060102T150405Z")
+	to := ledgerDir(stateDir) + suffix
+	err := ledger.SetAside(ledgerDir(stateDir), to)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		to = "" // in-memory stores (tests), or never started
+	case err != nil:
+		return "", fmt.Errorf("reset the ledger state in %s: %w", stateDir, err)
+	}
+	block := blockFilePath(stateDir)
+	if err := os.Rename(block, block+suffix); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return to, fmt.Errorf("set block.json aside: %w", err)
+	}
+	return to, nil
+}

@@ -1,0 +1,229 @@
+package mesh_test
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/grapevine-net/grapevine/mesh/ledger"
+	"github.com/grapevine-net/grapevine/mesh/meshtest"
+)
+
+// identicalSpecs are n nodes configured alike, as bare-metal hosts with
+// --bootstrap-expect expect: every host lists every host with --join.
+func identicalSpecs(n, expect int) []meshtest.Spec {
+	var join []string
+	for i := range n {
+		join = append(join, netip.AddrPortFrom(meshtest.HostAddr(i), meshtest.GossipPort).String())
+	}
+	specs := make([]meshtest.Spec, n)
+	for i := range n {
+		specs[i] = meshtest.Spec{Name: fmt.Sprintf("n%d", i+1), Addr: meshtest.HostAddr(i), Join: join, BootstrapExpect: expect}
+	}
+	return specs
+}
+
+// oneLedger checks that every node holds the same ledger and is ready, and
+// returns it.
+func oneLedger(nodes []*meshtest.Node) (ledger.ClusterID, error) {
+	var first ledger.ClusterID
+	for i, n := range nodes {
+		v := n.Mesh.View()
+		switch {
+		case v.Ledger.ClusterID.IsZero():
+			return first, fmt.Errorf("%s holds no ledger: %s", n.Name, v.Reason)
+		case i > 0 && v.Ledger.ClusterID != first:
+			return first, fmt.Errorf("%s holds ledger %s, %s holds %s", n.Name, v.Ledger.ClusterID, nodes[0].Name, first)
+		case !v.Ready:
+			return first, fmt.Errorf("%s is not ready: %s", n.Name, v.Reason)
+		}
+		first = v.Ledger.ClusterID
+	}
+	return first, nil
+}
+
+// TestBootstrapExpectFormsOneLedger: three agents started at once with the
+// same configuration (--bootstrap-expect 3, each joining all three) form
+// exactly one ledger, whose first configuration already has the three
+// voters: no node ever shows the ledger with fewer.
+func TestBootstrapExpectFormsOneLedger(t *testing.T) {
+	c := meshtest.NewCluster(t.TempDir(), meshtest.Options{})
+	defer c.Close()
+	var nodes []*meshtest.Node
+	for _, spec := range identicalSpecs(3, 3) {
+		nodes = append(nodes, start(t, c, spec))
+	}
+	// Until every node holds the ledger, any node that knows it must
+	// already count three voters (founding alone and promoting later would
+	// show one voter first: autopilot waits a second before promoting).
+	waitFor(t, "one ledger on all three", 30*time.Second, func() error {
+		for _, n := range nodes {
+			if info := n.Mesh.View().Ledger; !info.ClusterID.IsZero() && len(info.Voters) != 3 {
+				t.Fatalf("%s holds ledger %s with voters %v, want all three from the start", n.Name, info.ClusterID, info.Voters)
+			}
+		}
+		_, err := oneLedger(nodes)
+		return err
+	})
+	waitFor(t, "every node to route the others", 30*time.Second, func() error { return meshtest.Converged(c.Views()) })
+}
+
+// TestBootstrapExpectTwoOfThreeFormNothing: two of three agents expecting
+// three found nothing and say what they wait for; the third one, once
+// started, completes one ledger of three voters.
+func TestBootstrapExpectTwoOfThreeFormNothing(t *testing.T) {
+	c := meshtest.NewCluster(t.TempDir(), meshtest.Options{})
+	defer c.Close()
+	specs := identicalSpecs(3, 3)
+	n1, n2 := start(t, c, specs[0]), start(t, c, specs[1])
+	for _, n := range []*meshtest.Node{n1, n2} {
+		waitFor(t, n.Name+" to wait for a third founder", 30*time.Second,
+			reasonContains(n, "waiting for 3 agents with --bootstrap-expect 3 to meet before founding the ledger; 2 so far: "))
+	}
+	// Long enough to found alone and claim a block many times over.
+	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		for _, n := range []*meshtest.Node{n1, n2} {
+			if v := n.Mesh.View(); !v.Ledger.ClusterID.IsZero() || v.Ready {
+				t.Fatalf("%s holds ledger %s (ready %v) with two of three founders", n.Name, v.Ledger.ClusterID, v.Ready)
+			}
+		}
+	}
+	n3 := start(t, c, specs[2])
+	nodes := []*meshtest.Node{n1, n2, n3}
+	waitFor(t, "one ledger once the third founder came", 30*time.Second, func() error {
+		_, err := oneLedger(nodes)
+		return err
+	})
+	if v := n1.Mesh.View().Ledger.Voters; len(v) != 3 {
+		t.Errorf("voters %v, want the three founders", v)
+	}
+}
+
+// TestBootstrapExpectJoinsExistingLedger: an agent with --bootstrap-expect
+// that reaches a ledger (its state dir lost, or a host added later with
+// the same configuration) joins it and founds nothing.
+func TestBootstrapExpectJoinsExistingLedger(t *testing.T) {
+	c := meshtest.NewCluster(t.TempDir(), meshtest.Options{})
+	defer c.Close()
+	specs := identicalSpecs(4, 3)
+	var nodes []*meshtest.Node
+	for _, spec := range specs[:3] {
+		nodes = append(nodes, start(t, c, spec))
+	}
+	cluster := ledger.ClusterID{}
+	waitFor(t, "one ledger", 30*time.Second, func() (err error) { cluster, err = oneLedger(nodes); return err })
+	nodes = append(nodes, start(t, c, specs[3]))
+	waitFor(t, "the fourth to join it", 30*time.Second, func() error {
+		got, err := oneLedger(nodes)
+		if err == nil && got != cluster {
+			t.Fatalf("ledger %s after the fourth came, was %s", got, cluster)
+		}
+		return err
+	})
+}
+
+// TestForeignLedgerStopsUntilReset: a node whose ledger state belongs to
+// another ledger than its peers' (here: one it founded alone, then met the
+// cluster) hands out no addresses and says why; after `grapevine ledger
+// reset` on its state dir it joins the cluster's ledger.
+func TestForeignLedgerStopsUntilReset(t *testing.T) {
+	c := meshtest.NewCluster(t.TempDir(), meshtest.Options{})
+	defer c.Close()
+	a := start(t, c, meshtest.Spec{Name: "a"})
+	b := start(t, c, meshtest.Spec{Name: "b", Join: []string{a.Addr.String()}})
+	d := start(t, c, meshtest.Spec{Name: "d", Join: []string{a.Addr.String()}})
+	cluster := ledger.ClusterID{}
+	waitFor(t, "one ledger of three", 30*time.Second, func() (err error) {
+		cluster, err = oneLedger([]*meshtest.Node{a, b, d})
+		return err
+	})
+	x := start(t, c, meshtest.Spec{Name: "x"}) // founds its own
+	waitFor(t, "x to found its own ledger", 30*time.Second, func() error {
+		if v := x.Mesh.View(); !v.Ready {
+			return errors.New("x not ready: " + v.Reason)
+		}
+		return nil
+	})
+	x.Mesh.AddJoinAddrs(a.Addr.String())
+	waitFor(t, "x to stop handing out addresses", 30*time.Second,
+		reasonContains(x, "this node's ledger state belongs to ledger "+x.Mesh.View().Ledger.ClusterID.String()+" but its peers hold ledger "+cluster.String()))
+	if got := counter(t, x.Metrics, "grapevine_mesh_foreign_ledger", ""); got != 1 {
+		t.Errorf("grapevine_mesh_foreign_ledger = %v on x, want 1", got)
+	}
+	for _, n := range []*meshtest.Node{a, b, d} {
+		if v := n.Mesh.View(); !v.Ready {
+			t.Errorf("%s, of the cluster's ledger, is not ready: %s", n.Name, v.Reason)
+		}
+	}
+
+	if err := c.Stop("x"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.ResetLedger(x.StateDir); err != nil {
+		t.Fatal(err)
+	}
+	x = start(t, c, meshtest.Spec{Name: "x", Addr: x.Addr.Addr(), Join: []string{a.Addr.String()}})
+	waitFor(t, "x to join the cluster's ledger after the reset", 30*time.Second, func() error {
+		_, err := oneLedger([]*meshtest.Node{a, b, d, x})
+		return err
+	})
+	waitFor(t, "every node to route the others", 30*time.Second, func() error { return meshtest.Converged(c.Views()) })
+}
+
+// TestRecordFoundsOnce is trace 3 of issue 18 on the mesh: a cluster
+// founded before the ledger's record existed records its ledger when its
+// agents restart with a record; a node whose state directory was lost,
+// started with the record while its seeds are silent, founds no second
+// ledger, says which one it waits for, and joins it once they answer.
+func TestRecordFoundsOnce(t *testing.T) {
+	c := meshtest.NewCluster(t.TempDir(), meshtest.Options{})
+	defer c.Close()
+	a := start(t, c, meshtest.Spec{Name: "a"})
+	join := []string{a.Addr.String()}
+	b := start(t, c, meshtest.Spec{Name: "b", Join: join})
+	cluster := ledger.ClusterID{}
+	waitFor(t, "one ledger", 30*time.Second, func() (err error) { cluster, err = oneLedger([]*meshtest.Node{a, b}); return err })
+
+	// Restarted with the record (an upgrade): the ledger gets recorded.
+	rec := &meshtest.Record{}
+	for _, n := range []*meshtest.Node{a, b} {
+		if err := c.Stop(n.Name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a = start(t, c, meshtest.Spec{Name: "a", Addr: a.Addr.Addr(), Join: []string{b.Addr.String()}, LedgerRecord: rec})
+	b = start(t, c, meshtest.Spec{Name: "b", Addr: b.Addr.Addr(), Join: join, LedgerRecord: rec})
+	waitFor(t, "the running ledger to be recorded", 30*time.Second, func() error {
+		got, ok, _ := rec.Get()
+		if !ok || got.ClusterID != cluster {
+			return fmt.Errorf("recorded %+v (%v), want %s", got, ok, cluster)
+		}
+		_, err := oneLedger([]*meshtest.Node{a, b})
+		return err
+	})
+
+	// A third node with an empty state dir, cut off from a and b.
+	addr := meshtest.HostAddr(9)
+	c.Net.Partition([]netip.Addr{addr}, []netip.Addr{a.Addr.Addr(), b.Addr.Addr()})
+	d := start(t, c, meshtest.Spec{Name: "d", Addr: addr, Join: join, LedgerRecord: rec})
+	waitFor(t, "d to wait for the recorded ledger", 30*time.Second, reasonContains(d, cluster.String()))
+	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		if v := d.Mesh.View(); !v.Ledger.ClusterID.IsZero() || v.Ready {
+			t.Fatalf("cut off with an empty state dir, d holds ledger %s (ready %v)", v.Ledger.ClusterID, v.Ready)
+		}
+	}
+	_, _, creates := rec.Get()
+	c.Net.Heal()
+	waitFor(t, "d to join the recorded ledger", 30*time.Second, func() error {
+		got, err := oneLedger([]*meshtest.Node{a, b, d})
+		if err == nil && got != cluster {
+			t.Fatalf("ledger %s, recorded %s", got, cluster)
+		}
+		return err
+	})
+	if _, _, n := rec.Get(); n != creates {
+		t.Errorf("%d more creates after d read the record: it polls", n-creates)
+	}
+}
