@@ -177,11 +177,17 @@ func newProber(o agentOptions, host hostSide, reg prometheus.Registerer, log *sl
 }
 
 func (a *agent) run(ctx context.Context) error {
-	servers, err := a.serve(ctx)
+	// The status and metrics servers end with run, not only with ctx: an
+	// agent whose mesh stops on its own (a ledger it may not open, say)
+	// exits with the reason instead of serving on until a signal.
+	serveCtx, stopServing := context.WithCancel(ctx)
+	servers, err := a.serve(serveCtx)
 	if err != nil {
+		stopServing()
 		return err
 	}
 	defer servers.Wait()
+	defer stopServing() // before Wait: deferred calls run last first
 
 	if a.kube != nil {
 		if err := a.joinKubernetes(ctx); err != nil {

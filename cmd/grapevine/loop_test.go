@@ -77,6 +77,14 @@ func startWrappedHost(t *testing.T, network *meshtest.Network, dir, name string,
 func startHost(t *testing.T, network *meshtest.Network, dp *fakeDataPath, wrap func(node.Kernel) node.Kernel, kube *fakeKube,
 	dir, name string, i int, kernel *node.FakeKernel, join ...string) *testHost {
 	t.Helper()
+	return startHostWith(t, network, dp, wrap, kube, nil, dir, name, i, kernel, join...)
+}
+
+// startHostWith is startHost with the agent's options changed by mod (nil:
+// as startHost has them).
+func startHostWith(t *testing.T, network *meshtest.Network, dp *fakeDataPath, wrap func(node.Kernel) node.Kernel, kube *fakeKube,
+	mod func(*agentOptions), dir, name string, i int, kernel *node.FakeKernel, join ...string) *testHost {
+	t.Helper()
 	h := &testHost{name: name, addr: meshtest.HostAddr(i), dir: filepath.Join(dir, name), kernel: kernel, kernelEvents: make(chan struct{}, 1)}
 	if h.kernel == nil {
 		h.kernel = node.NewFakeKernel()
@@ -103,6 +111,9 @@ func startHost(t *testing.T, network *meshtest.Network, dp *fakeDataPath, wrap f
 	o.JoinKubernetes = kube != nil
 	if kube != nil && kube.agentLease != 0 {
 		o.Lease = kube.agentLease
+	}
+	if mod != nil {
+		mod(&o)
 	}
 	transport, err := network.NewTransport(netip.AddrPortFrom(h.addr, meshtest.GossipPort))
 	if err != nil {

@@ -167,6 +167,11 @@ func Open(cfg Config) (*Ledger, error) {
 		m.unregister()
 		return nil, err
 	}
+	if err := l.checkStoredLayout(); err != nil {
+		l.closeStores()
+		m.unregister()
+		return nil, err
+	}
 	l.net = cfg.Network
 	if l.net == nil {
 		bind := cfg.Bind

@@ -271,17 +271,22 @@ func TestPoolMismatchRefused(t *testing.T) {
 	}
 }
 
-// A member restarted with another pool (same state) may not claim.
+// A member restarted with another pool (same state) is refused at Open,
+// before it could claim (see also TestRestartedVoterWithAnotherPoolCannotLead).
 func TestRestartWithAnotherPoolRefused(t *testing.T) {
 	c, nodes := startCluster(t, nil, "n1", "n2")
 	n := nodes[1]
 	c.converged()
 	c.kill(n)
-	n.mod = func(cfg *Config) { cfg.Pool = pfx("10.250.0.0/22") }
-	c.start(n, false)
-	ctx, cancel := context.WithTimeout(context.Background(), waitShort)
-	defer cancel()
-	if _, err := n.l.Claim(ctx, netip.Prefix{}, n.hostIP); !errors.Is(err, ErrPoolMismatch) { // decided locally
-		t.Fatalf("claim with another pool: %v, want ErrPoolMismatch", err)
+	cfg := c.base
+	cfg.ID, cfg.Name, cfg.Advertise = n.id, n.name, n.addr
+	cfg.Logger, cfg.Registerer = testLogger(), prometheus.NewRegistry()
+	cfg.Network, cfg.Stores = c.net.Host(n.addr), n.stores
+	cfg.Pool = pfx("10.250.0.0/22")
+	if l, err := Open(cfg); !errors.Is(err, ErrPoolMismatch) {
+		if l != nil {
+			l.closeStores()
+		}
+		t.Fatalf("open with another pool: %v, want ErrPoolMismatch", err)
 	}
 }
