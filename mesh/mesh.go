@@ -539,18 +539,3 @@ func routedBlock(byID map[ledger.NodeID]assignment, name string, meta Meta) neti
 	}
 	return a.block
 }
-
-// RecoverLedger makes the node whose state is in stateDir the only voter of
-// its ledger, for a cluster that lost a majority of its voters for good.
-// The agent must be stopped. The other agents then join this node's ledger
-// again as they find it; their blocks stay as the recovered log says.
-func RecoverLedger(stateDir string, ledgerAddr netip.AddrPort) error {
-	id, err := ledger.LoadOrCreateNodeID(stateDir)
-	if err != nil {
-		return fmt.Errorf("node ID in %s: %w", stateDir, err)
-	}
-	if err := ledger.Recover(ledgerDir(stateDir), id, ledgerAddr); err != nil {
-		return fmt.Errorf("recover the ledger in %s: %w", ledgerDir(stateDir), err)
-	}
-	return nil
-}

@@ -76,10 +76,15 @@ func TestDiskRestartKeepsLedgerAndRecover(t *testing.T) {
 	}
 	stop()
 
-	if err := Recover(dir, id, netip.MustParseAddrPort("127.0.0.1:7963")); err != nil {
+	rec, err := Recover(dir, id, netip.MustParseAddrPort("127.0.0.1:7963"), nil)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := Recover(t.TempDir(), id, netip.MustParseAddrPort("127.0.0.1:7963")); err == nil {
+	if rec.ClusterID != before.ClusterID || rec.NewClusterID.IsZero() || rec.NewClusterID == before.ClusterID {
+		t.Fatalf("recovery %+v from ledger %s: want a new cluster ID", rec, before.ClusterID)
+	}
+	before.ClusterID = rec.NewClusterID
+	if _, err := Recover(t.TempDir(), id, netip.MustParseAddrPort("127.0.0.1:7963"), nil); err == nil {
 		t.Fatal("recovered an empty directory")
 	}
 	l, stop = run()

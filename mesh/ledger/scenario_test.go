@@ -325,6 +325,11 @@ func TestRestartWithoutStateGetsNewIDAndBlock(t *testing.T) {
 	}
 }
 
+// TestRecoverAfterLosingTwoOfThreeVoters: the survivor recovers a new
+// ledger with every block it had, under a new cluster ID; the recovery
+// names the voters it drops. The live non-voter of the old ledger is
+// foreign to it until the operator rejoins it (its raft state removed, its
+// node ID kept): then it gets its own block back.
 func TestRecoverAfterLosingTwoOfThreeVoters(t *testing.T) {
 	c, nodes := startCluster(t, nil, "n1", "n2", "n3", "n4")
 	for _, n := range nodes {
@@ -332,11 +337,12 @@ func TestRecoverAfterLosingTwoOfThreeVoters(t *testing.T) {
 	}
 	before := c.converged()
 	lead := c.leader()
-	var survivor *tnode
+	var survivor, other *tnode
 	var lost []*tnode
 	for _, n := range nodes {
 		switch {
 		case !voterSet(lead)[n.name]:
+			other = n
 		case survivor == nil:
 			survivor = n
 		default:
@@ -355,31 +361,55 @@ func TestRecoverAfterLosingTwoOfThreeVoters(t *testing.T) {
 	}
 	// The operator stops the survivor, recovers, starts it again.
 	c.kill(survivor)
-	if err := RecoverStores(survivor.stores, survivor.id, survivor.addr); err != nil {
+	rec, err := RecoverStores(survivor.stores, survivor.id, survivor.addr, nil)
+	if err != nil {
 		t.Fatal(err)
+	}
+	var dropped, nonvoters []string
+	for _, s := range rec.Others {
+		if s.Voter {
+			dropped = append(dropped, s.Name)
+		} else {
+			nonvoters = append(nonvoters, s.Name)
+		}
+	}
+	slices.Sort(dropped)
+	if want := []string{lost[0].name, lost[1].name}; !slices.Equal(dropped, want) || !slices.Equal(nonvoters, []string{other.name}) {
+		t.Fatalf("recovery names dropped voters %v and non-voters %v, want %v and [%s]", dropped, nonvoters, want, other.name)
+	}
+	if rec.ClusterID != before.ClusterID || rec.NewClusterID.IsZero() || rec.NewClusterID == before.ClusterID {
+		t.Fatalf("recovered from %s to %s; the ledger was %s: want a new cluster ID", rec.ClusterID, rec.NewClusterID, before.ClusterID)
 	}
 	c.start(survivor, false)
 	waitFor(t, waitLong, "the recovered node to lead", func() bool { return survivor.l.Info().Role == "leader" })
-	st, _ := survivor.l.State()
-	if !equalState(st, before) {
-		t.Fatalf("recovered state %v, want %v", st.Blocks, before.Blocks)
-	}
-	// The live non-voter is re-added by autopilot; with two live members
-	// the survivor stays the only voter (two voters would lose the quorum
-	// with either).
-	var other *tnode
-	for _, n := range nodes {
-		if n != survivor && !slices.Contains(lost, n) {
-			other = n
-		}
-	}
-	waitFor(t, waitLong, "the live non-voter re-added", func() bool {
-		return configured(survivor, other.id)
-	}, func() string { return fmt.Sprint(survivor.l.Info()) })
-	if v := voterSet(survivor); len(v) != 1 {
-		t.Errorf("voters after recovery with two live members: %v, want the survivor alone", v)
+	want := before.Clone()
+	want.ClusterID = rec.NewClusterID
+	if st, _ := survivor.l.State(); !equalState(st, want) {
+		t.Fatalf("recovered state %v (%s), want %v (%s)", st.Blocks, st.ClusterID, want.Blocks, want.ClusterID)
 	}
 	c.claim(survivor, netip.Prefix{})
+
+	// The live non-voter belongs to the old ledger: refused, not merged.
+	ctx, cancel = context.WithTimeout(context.Background(), waitShort)
+	defer cancel()
+	if err := definite(t, func() error { return other.l.RequestJoin(ctx, []netip.AddrPort{survivor.addr}) }); !errors.Is(err, ErrForeignCluster) {
+		t.Fatalf("a member of the old ledger asks to join the recovered one: %v, want ErrForeignCluster", err)
+	}
+	if configured(survivor, other.id) {
+		t.Fatalf("the recovered ledger took in %s of the old ledger", other.name)
+	}
+	// Rejoined by the documented step, it keeps its block.
+	c.kill(other)
+	other.stores = NewMemStores()
+	c.start(other, false)
+	c.join(other, survivor)
+	st := c.converged(survivor, other)
+	if b, o, ok := st.BlockOf(other.id); !ok || before.Blocks[b] != o {
+		t.Fatalf("%s rejoined with %s (%v), want its block from before the recovery", other.name, b, ok)
+	}
+	if b := c.claim(other, netip.Prefix{}); before.Blocks[b].ID != other.id {
+		t.Fatalf("%s claims %s after rejoining, not its own block", other.name, b)
+	}
 }
 
 func TestSnapshotsBoundTheLog(t *testing.T) {
