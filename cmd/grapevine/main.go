@@ -3,7 +3,7 @@
 //	grapevine agent      join the gossip mesh, hold a block, route every peer's block
 //	grapevine status     what the local agent knows: this node and every member
 //	grapevine release    free a dead node's block cluster-wide
-//	grapevine ledger recover  make this node the only voter of a ledger that lost a majority for good
+//	grapevine ledger recover  make this node the only voter of a new ledger when the old one lost its majority for good
 //	grapevine ledger reset    set aside the state of a node that belongs to another ledger than its peers
 //	grapevine keygen     print a new gossip encryption key
 //	grapevine version    print the version

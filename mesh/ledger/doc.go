@@ -16,6 +16,11 @@
 // identical first configuration; the first leader writes the Found entry,
 // with a cluster ID recorded beforehand outside the ledger if there is one.
 //
+// A node whose stored ledger has another pool or block size than it is
+// configured with is refused at Open, before raft runs (layout.go).
+// Recover makes one node the only voter of a new ledger, under a new
+// cluster ID, for a ledger that lost a majority of its voters for good.
+//
 // Up to Config.Voters agents vote; the others are non-voters with a full
 // local copy, so reads are local. The leader alone runs autopilot (adds,
 // promotes, replaces and removes members from gossip's view, never below a
