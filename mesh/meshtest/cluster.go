@@ -367,6 +367,24 @@ func (c *Cluster) Close() error {
 	return errors.Join(errs...)
 }
 
+// LedgerStores returns the ledger log and snapshots kept for state
+// directory dir (nil: none yet), for what an operator does to a stopped
+// node's state: grapevine ledger recover.
+func (c *Cluster) LedgerStores(dir string) *ledger.Stores {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.stores[dir]
+}
+
+// RemoveLedgerStores forgets the ledger log and snapshots of state
+// directory dir, as removing <state-dir>/raft does: the node keeps its
+// node ID and block.json.
+func (c *Cluster) RemoveLedgerStores(dir string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.stores, dir)
+}
+
 // Node returns the running node with key name, or nil.
 func (c *Cluster) Node(name string) *Node {
 	c.mu.Lock()
