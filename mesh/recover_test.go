@@ -16,9 +16,9 @@ import (
 // after two of three voters are lost and the survivor recovers the ledger,
 // it leads a new ledger (new cluster ID) with its block; the live member
 // of the old ledger and the recovered node list each other as foreign and
-// route nothing of each other. Rejoined as the operations guide says (its
-// ledger replica removed, node ID and block.json kept, joined through the
-// recovered node), that member is routed again with its own block.
+// route nothing of each other. Reset as the operations guide says (its
+// ledger state and block.json set aside, its node ID kept), that member
+// joins the recovered ledger and is routed again with its own block.
 func TestRecoveredLedgerIsForeignUntilRejoined(t *testing.T) {
 	// No test logger: memberlist's indirect-ping goroutines of the killed
 	// voters may log after the test has ended, which testing refuses.
@@ -88,11 +88,14 @@ func TestRecoveredLedgerIsForeignUntilRejoined(t *testing.T) {
 		return nil
 	})
 
-	// The documented rejoin.
+	// The documented way over: grapevine ledger reset, then start.
 	if err := c.Stop(member); err != nil {
 		t.Fatal(err)
 	}
-	c.RemoveLedgerStores(old.StateDir)
+	if _, err := mesh.ResetLedger(old.StateDir, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	c.RemoveLedgerStores(old.StateDir) // what ResetLedger moves aside on disk
 	start(t, c, meshtest.Spec{Name: member, Addr: old.Addr.Addr(), StateDir: old.StateDir, Join: seed(x1)})
 	waitFor(t, member+" rejoined with its block and routed", 60*time.Second, func() error {
 		views := c.Views()
