@@ -414,6 +414,7 @@ func (s *Status) UnmarshalJSON(data []byte) error {
 	var raw struct {
 		Node, HostIP, Block, Reason, Degraded, Encapsulation string
 		Ready                                                bool
+		PendingReleases                                      []string
 		Ledger                                               Ledger
 		Members                                              []member
 	}
@@ -437,7 +438,7 @@ func (s *Status) UnmarshalJSON(data []byte) error {
 		errs = append(errs, err)
 		return p
 	}
-	*s = Status{Node: raw.Node, HostIP: addr(raw.HostIP), Block: prefix(raw.Block),
+	*s = Status{Node: raw.Node, HostIP: addr(raw.HostIP), Block: prefix(raw.Block), PendingReleases: raw.PendingReleases,
 		Ready: raw.Ready, Reason: raw.Reason, Degraded: raw.Degraded, Encapsulation: raw.Encapsulation, Ledger: raw.Ledger}
 	for _, m := range raw.Members {
 		s.Members = append(s.Members, Member{Name: m.Name, Addr: addr(m.Addr), HostIP: addr(m.HostIP),
