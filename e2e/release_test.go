@@ -53,8 +53,10 @@ func TestRelease(t *testing.T) {
 	}
 	var released time.Time
 	for {
+		// The leader's reclaim of the dead h3 waits for the same lease and
+		// may free the block first: then nothing is left to release.
 		out, err := h1.Release(ctx, h3.Name)
-		if err == nil {
+		if err == nil || strings.Contains(string(out)+err.Error(), "no block assigned to that node") {
 			released = time.Now()
 			break
 		}
