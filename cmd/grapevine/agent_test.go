@@ -245,9 +245,14 @@ func TestHandoffState(t *testing.T) {
 	if _, ok := handoffState(mesh.View{Self: "h1"}, testOpts); ok {
 		t.Fatal("handoffState without a block must say not ready")
 	}
-	leaseLapsed := mesh.View{Self: "h1", Block: netip.MustParsePrefix("10.244.6.0/23"), Reason: "ledger leader out of reach"}
-	if _, ok := handoffState(leaseLapsed, testOpts); ok {
-		t.Fatal("handoffState must withhold a block the node may not hand out addresses from")
+	noLease := mesh.View{Self: "h1", Block: netip.MustParsePrefix("10.244.6.0/23"), Reason: "waiting for the ledger to confirm block"}
+	if _, ok := handoffState(noLease, testOpts); ok {
+		t.Fatal("handoffState must withhold a block this run holds no lease on")
+	}
+	ended := mesh.View{Self: "h1", Block: netip.MustParsePrefix("10.244.6.0/23"), Lease: hostclock.Instant{Boot: "b", Since: time.Hour},
+		Reason: "the lease on 10.244.6.0/23 has ended"}
+	if st, ok := handoffState(ended, testOpts); !ok || st.Lease.Ends != ended.Lease {
+		t.Fatalf("handoffState of a block whose lease ended = %+v, %v; want it handed off with its lease, which the plugin enforces", st, ok)
 	}
 	renewed := time.Date(2026, 12, 7, 3, 0, 0, 0, time.UTC)
 	v := mesh.View{Self: "h1", Block: netip.MustParsePrefix("10.244.6.0/23"), Ready: true,

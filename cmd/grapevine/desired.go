@@ -158,11 +158,13 @@ func desiredState(v mesh.View, kept map[string]keptRoute, o agentOptions) node.D
 	return d
 }
 
-// handoffState is what node.json should say, and false when this node holds
-// no block or may not hand out new addresses from it yet (the plugin must
-// then answer "try again later").
+// handoffState is what node.json should say, and false when this node
+// holds no block or has had no lease on it in this run (the plugin must then
+// answer "try again later"). A block whose lease has ended stays handed off
+// with that lease: the plugin refuses ADD by itself, and the runtime, which
+// needs the conflist for every CNI call, can still tear pods down.
 func handoffState(v mesh.View, o agentOptions) (nodestate.State, bool) {
-	if !v.Block.IsValid() || !v.Ready {
+	if !v.Block.IsValid() || v.Lease.IsZero() {
 		return nodestate.State{}, false
 	}
 	return nodestate.State{

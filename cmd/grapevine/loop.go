@@ -373,9 +373,10 @@ func (a *agent) countPeerRoutes() int {
 	return n
 }
 
-// handoff writes node.json and the conflist while this node holds a block,
-// and removes them while it does not, so kubelet sees the node not ready and
-// the plugin answers "try again later".
+// handoff writes node.json and the conflist while this node holds a block
+// under a lease (ended or not: see handoffState), and removes them while it
+// does not, so kubelet sees the node not ready and the plugin answers "try
+// again later".
 func (a *agent) handoff(v mesh.View) error {
 	st, ok := handoffState(v, a.opts)
 	if !ok {
