@@ -205,7 +205,7 @@ type Config struct {
 	// Tune adjusts the memberlist configuration last (tests: faster timers).
 	Tune func(*memberlist.Config)
 	// Clock is this host's clock, on which this node's lease ends (nil:
-	// hostclock.Now; tests: a clock they move).
+	// hostclock.ThisBoot; tests: a clock they move).
 	Clock hostclock.Clock
 
 	// LedgerNetwork replaces the ledger's TCP listener and dialer (tests:
@@ -284,7 +284,11 @@ func (c Config) withDefaults() (Config, error) {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	if c.Clock == nil {
-		c.Clock = hostclock.Now
+		clock, err := hostclock.ThisBoot()
+		if err != nil {
+			return c, fmt.Errorf("mesh: %w", err)
+		}
+		c.Clock = clock
 	}
 	if err := CheckNodeName(c.NodeName); err != nil {
 		return c, err

@@ -16,7 +16,6 @@ import (
 
 	"github.com/grapevine-net/grapevine/mesh"
 	"github.com/grapevine-net/grapevine/mesh/ledger"
-	"github.com/grapevine-net/grapevine/node/nodestate"
 )
 
 // ledgerCommand groups the operator's commands on the block ledger.
@@ -35,7 +34,7 @@ func ledgerRecoverCommand() *cli.Command {
 		Usage: "with the agent stopped: make this node the only voter of a new ledger holding its replica, when the old one lost a majority of its voters for good; " +
 			"refused while another voter answers; start its agent afterwards, then reset the others (docs/operations.md)",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "state-dir", Value: nodestate.DefaultStateDir, EnvVars: envVar("state-dir"), Usage: "the agent's --state-dir"},
+			agentStateDirFlag(),
 			&cli.StringFlag{Name: "host-ip", Required: true, EnvVars: envVar("host-ip"), Usage: "the agent's host IP, where its ledger listens"},
 			&cli.IntFlag{Name: "ledger-port", Value: mesh.DefaultLedgerPort, EnvVars: envVar("ledger-port"), Usage: "the agents' --ledger-port"},
 			&cli.IntFlag{Name: "port", Value: mesh.DefaultPort, EnvVars: envVar("port"), Usage: "the agents' gossip --port, probed on every voter"},
@@ -79,7 +78,7 @@ func ledgerResetCommand() *cli.Command {
 		Usage: "with the agent stopped: set this node's ledger state aside (the node ID stays), so that, started again, " +
 			"it joins the ledger its peers hold; for a node whose status says its state belongs to another ledger",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "state-dir", Value: nodestate.DefaultStateDir, EnvVars: envVar("state-dir"), Usage: "the agent's --state-dir"},
+			agentStateDirFlag(),
 		},
 		Action: func(c *cli.Context) error {
 			if err := noArgs(c); err != nil {

@@ -135,6 +135,12 @@ func envVar(flag string) []string {
 	return []string{string(name)}
 }
 
+// agentStateDirFlag is --state-dir of a command that works on the agent's
+// state directory while the agent is stopped.
+func agentStateDirFlag() cli.Flag {
+	return &cli.StringFlag{Name: "state-dir", Value: nodestate.DefaultStateDir, EnvVars: envVar("state-dir"), Usage: "the agent's --state-dir"}
+}
+
 func runDirFlag() cli.Flag {
 	return &cli.StringFlag{Name: "run-dir", Value: nodestate.DefaultRunDir, EnvVars: envVar("run-dir"),
 		Usage: "directory with the agent's status socket and node.json"}

@@ -35,17 +35,41 @@ type Clock func() (Instant, error)
 // bootIDPath is where Linux states the boot ID, a random UUID per boot.
 const bootIDPath = "/proc/sys/kernel/random/boot_id"
 
-// Now reads CLOCK_BOOTTIME and the boot ID.
+// Now reads CLOCK_BOOTTIME and the boot ID: what a short-lived process
+// (the CNI plugin) reads once.
 func Now() (Instant, error) {
+	boot, err := bootID()
+	if err != nil {
+		return Instant{}, err
+	}
+	return sinceBoot(boot)
+}
+
+// ThisBoot returns a Clock that reads the boot ID once, now, for a process
+// that reads the clock often (the agent): a running process never sees
+// another boot.
+func ThisBoot() (Clock, error) {
+	boot, err := bootID()
+	if err != nil {
+		return nil, err
+	}
+	return func() (Instant, error) { return sinceBoot(boot) }, nil
+}
+
+func bootID() (string, error) {
 	b, err := os.ReadFile(bootIDPath)
 	if err != nil {
-		return Instant{}, fmt.Errorf("read the boot ID: %w", err)
+		return "", fmt.Errorf("read the boot ID: %w", err)
 	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+func sinceBoot(boot string) (Instant, error) {
 	var ts unix.Timespec
 	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
 		return Instant{}, fmt.Errorf("read CLOCK_BOOTTIME: %w", err)
 	}
-	return Instant{Boot: strings.TrimSpace(string(b)), Since: time.Duration(ts.Nano())}, nil
+	return Instant{Boot: boot, Since: time.Duration(ts.Nano())}, nil
 }
 
 // IsZero reports whether i is no reading.

@@ -19,6 +19,24 @@ func TestNowIsOneClockPerBoot(t *testing.T) {
 	}
 }
 
+func TestThisBootAgreesWithNow(t *testing.T) {
+	clock, err := ThisBoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := clock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := Now()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Boot != b.Boot || b.Since < a.Since {
+		t.Fatalf("ThisBoot read %+v, then Now %+v: want one boot, not going back", a, b)
+	}
+}
+
 func TestReadingsOfTwoBootsAreNotOrdered(t *testing.T) {
 	early := Instant{Boot: "b1", Since: time.Second}
 	late := early.Add(time.Hour)
