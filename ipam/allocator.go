@@ -124,17 +124,6 @@ func (a *Allocator) Held(containerID, ifname string) ([]netip.Addr, error) {
 	return addrs, err
 }
 
-// Reservations returns every reservation in the store.
-func (a *Allocator) Reservations() ([]Reservation, error) {
-	var all []Reservation
-	err := a.locked(func() error {
-		var err error
-		all, err = a.store.list()
-		return err
-	})
-	return all, err
-}
-
 // GC frees every reservation whose attachment is not in valid, and those
 // that name no attachment. The CNI commands call it only when the runtime
 // sent cni.dev/valid-attachments (RequireValidAttachments).
@@ -232,7 +221,7 @@ func (a *Allocator) Status(block netip.Prefix) error {
 	err = a.locked(func() error {
 		all, err := a.store.list()
 		for _, r := range all {
-			if block.Contains(r.Addr) && r.Addr.Compare(first) >= 0 && r.Addr.Compare(last) <= 0 {
+			if r.Addr.Compare(first) >= 0 && r.Addr.Compare(last) <= 0 {
 				used++
 			}
 		}

@@ -69,7 +69,7 @@ func cmdAdd(args *skel.CmdArgs) error {
 		if !reserved {
 			return lerr
 		}
-		if err := alloc.Release(args.ContainerID, args.IfName); err != nil {
+		if err := alloc.ReleaseAddr(addr, args.ContainerID, args.IfName); err != nil {
 			return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("%s; freeing %s again failed: %v", lerr.Msg, addr, err), "")
 		}
 		return lerr

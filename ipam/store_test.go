@@ -85,7 +85,7 @@ func TestCollectStaleFreesGoneAndNamelessReservations(t *testing.T) {
 	if want := []string{"10.244.1.2", "10.244.1.3", "10.244.1.6"}; !slices.Equal(freedAddrs, want) {
 		t.Errorf("freed %v, want %v", freedAddrs, want)
 	}
-	all, err := a.Reservations()
+	all, err := allReservations(a)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -194,7 +194,7 @@ func TestGCFreesNamelessReservations(t *testing.T) {
 	if err := a.GC([]types.GCAttachment{{ContainerID: "keep", IfName: "eth0"}}); err != nil {
 		t.Fatal(err)
 	}
-	all, err := a.Reservations()
+	all, err := allReservations(a)
 	if err != nil || len(all) != 1 || all[0].Addr != keep {
 		t.Errorf("after GC: %v, %v; want only %s", all, err, keep)
 	}
@@ -285,7 +285,7 @@ func TestKilledAddsLeaveOnlyWholeReservations(t *testing.T) {
 		_ = cmd.Wait()
 	}
 	a := newAllocator(t, Config{Network: "grapevine", DataDir: e.data})
-	all, err := a.Reservations()
+	all, err := allReservations(a)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -302,7 +302,7 @@ func TestKilledAddsLeaveOnlyWholeReservations(t *testing.T) {
 	if _, err := e.run("ADD", "after", conf); err != nil {
 		t.Fatal(err)
 	}
-	all, err = a.Reservations()
+	all, err = allReservations(a)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -331,4 +331,15 @@ func TestBinaryWithGarbledNodeStateSaysTryAgain(t *testing.T) {
 	wantCode(t, "ADD with a garbled node.json", err, types.ErrTryAgainLater, "node state")
 	_, err = e.run("STATUS", "", e.conf(""))
 	wantCode(t, "STATUS with a garbled node.json", err, types.ErrPluginNotAvailable, "node state")
+}
+
+// allReservations lists the store under the allocator's lock.
+func allReservations(a *Allocator) ([]Reservation, error) {
+	var all []Reservation
+	err := a.locked(func() error {
+		var err error
+		all, err = a.store.list()
+		return err
+	})
+	return all, err
 }

@@ -212,7 +212,7 @@ func (l *lab) inHostAdd(list *libcni.NetworkConfigList, rt *libcni.RuntimeConf) 
 
 // A reservation whose ADD was killed before its veth existed is one no DEL
 // ever comes for under runtimes that never send GC: the agent frees it with
-// ipam.CollectStale and HostVethAttachments, and leaves running pods alone.
+// ipam.CollectStale and the agent's host veth predicate, and leaves running pods alone.
 func TestCollectStaleFreesOnlyAddressesOfGonePods(t *testing.T) {
 	l := newLab(t)
 	list := l.conflist("1.1.0")
@@ -231,7 +231,7 @@ func TestCollectStaleFreesOnlyAddressesOfGonePods(t *testing.T) {
 	var live func(types.GCAttachment) bool
 	inNS(t, l.hostNS, func() error {
 		var err error
-		live, err = HostVethAttachments(l.network)
+		live, err = hostVethAttachments(l.network)
 		return err
 	})
 	// Everything written so far counts as old enough.

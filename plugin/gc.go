@@ -10,7 +10,6 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/vishvananda/netlink"
 
-	"github.com/grapevine-net/grapevine/internal/hostveth"
 	"github.com/grapevine-net/grapevine/internal/netlinkdump"
 	"github.com/grapevine-net/grapevine/ipam"
 )
@@ -54,22 +53,4 @@ func cmdGC(args *skel.CmdArgs) error {
 		return types.NewError(types.ErrInternal, errors.Join(errs...).Error(), "")
 	}
 	return nil
-}
-
-// HostVethAttachments returns whether an attachment of network has a host
-// veth (one carrying its alias) in the current namespace, as the links
-// stand now (see hostveth.Attachments): the predicate ipam.CollectStale
-// needs to free the addresses of attachments whose pods are gone.
-func HostVethAttachments(network string) (func(types.GCAttachment) bool, error) {
-	links, err := netlinkdump.Retry(netlink.LinkList)
-	if err != nil {
-		return nil, fmt.Errorf("list links: %w", err)
-	}
-	var aliases []string
-	for _, link := range links {
-		if isHostVeth(link) {
-			aliases = append(aliases, link.Attrs().Alias)
-		}
-	}
-	return hostveth.Attachments(network, aliases), nil
 }

@@ -22,6 +22,8 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 
+	"github.com/grapevine-net/grapevine/internal/hostveth"
+	"github.com/grapevine-net/grapevine/internal/netlinkdump"
 	"github.com/grapevine-net/grapevine/node/nodestate"
 )
 
@@ -416,4 +418,22 @@ func icmpChecksum(b []byte) uint16 {
 		s = s&0xffff + s>>16
 	}
 	return ^uint16(s)
+}
+
+// hostVethAttachments returns whether an attachment of network has a host
+// veth (one carrying its alias) in the current namespace, as the links
+// stand now (see hostveth.Attachments): the predicate ipam.CollectStale
+// needs to free the addresses of attachments whose pods are gone.
+func hostVethAttachments(network string) (func(types.GCAttachment) bool, error) {
+	links, err := netlinkdump.Retry(netlink.LinkList)
+	if err != nil {
+		return nil, fmt.Errorf("list links: %w", err)
+	}
+	var aliases []string
+	for _, link := range links {
+		if isHostVeth(link) {
+			aliases = append(aliases, link.Attrs().Alias)
+		}
+	}
+	return hostveth.Attachments(network, aliases), nil
 }

@@ -320,7 +320,7 @@ func (m *model) collect() string {
 	var live func(types.GCAttachment) bool
 	inNS(m.t, m.l.hostNS, func() error {
 		var err error
-		live, err = HostVethAttachments(m.l.network)
+		live, err = hostVethAttachments(m.l.network)
 		return err
 	})
 	cfg := ipam.Config{Network: m.l.network, RunDir: m.l.runDir, DataDir: m.l.dataDir}
