@@ -1,8 +1,6 @@
 package mesh
 
 import (
-	"github.com/grapevine-net/grapevine/internal/hostclock"
-
 	"context"
 	"fmt"
 	"log/slog"
@@ -12,6 +10,7 @@ import (
 	"github.com/hashicorp/memberlist"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/grapevine-net/grapevine/internal/hostclock"
 	"github.com/grapevine-net/grapevine/mesh/ledger"
 )
 

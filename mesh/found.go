@@ -27,10 +27,7 @@ func (m *Mesh) foundingLoop(ctx context.Context) {
 	failures := 0
 	for {
 		if !m.ledgerStateKnown() && m.led.HasState() {
-			m.mu.Lock()
-			m.ledgerState = true
-			m.mu.Unlock()
-			m.advertise()
+			m.markLedgerState()
 		}
 		wait := foundingInterval
 		switch {
@@ -178,12 +175,7 @@ func (m *Mesh) bootstrapExpectStep(ctx context.Context) bool {
 	default:
 		m.log.Info("founding the ledger with the agents that met (--bootstrap-expect)", "founders", len(founders))
 	}
-	m.mu.Lock()
-	m.ledgerState = true
-	m.mu.Unlock()
-	m.advertise()
-	m.setFounding("")
-	signal(m.ledgerChanged)
+	m.founded()
 	return true
 }
 
@@ -196,8 +188,8 @@ func (m *Mesh) bootstrapExpectStep(ctx context.Context) bool {
 // whether the record has been compared with this node's ledger.
 func (m *Mesh) recordStep(ctx context.Context) (founded, checked bool, err error) {
 	rec := m.cfg.LedgerRecord
-	st, _ := m.led.State()
 	if m.led.HasState() {
+		st, _ := m.led.State()
 		m.setFounding("")
 		if !st.Founded() {
 			return true, false, nil // the cluster ID is not known yet
@@ -239,12 +231,7 @@ func (m *Mesh) recordStep(ctx context.Context) (founded, checked bool, err error
 		return false, false, err
 	}
 	m.log.Info("founding the cluster's ledger, recorded first", "record", rec.Where(), "cluster", want.ClusterID)
-	m.mu.Lock()
-	m.ledgerState = true
-	m.mu.Unlock()
-	m.advertise()
-	m.setFounding("")
-	signal(m.ledgerChanged)
+	m.founded()
 	return true, true, nil
 }
 
@@ -314,9 +301,8 @@ func (m *Mesh) liveClusters() []ledger.ClusterID {
 // verdict when the ledgers agree again (after `grapevine ledger reset`
 // the node starts without state and joins).
 func (m *Mesh) checkForeign() {
-	own := m.led.Info().ClusterID
 	m.mu.Lock()
-	recorded := m.recorded
+	own, recorded := m.clusterID, m.recorded
 	m.mu.Unlock()
 	theirs, foreign := foreignLedger(own, recorded, m.liveClusters())
 	why := ""
@@ -366,4 +352,21 @@ func ResetLedger(stateDir string, now time.Time) (string, error) {
 		return to, fmt.Errorf("set block.json aside: %w", err)
 	}
 	return to, nil
+}
+
+// markLedgerState advertises that this node now has ledger state, so no
+// member counts it as a founder any more.
+func (m *Mesh) markLedgerState() {
+	m.mu.Lock()
+	m.ledgerState = true
+	m.mu.Unlock()
+	m.advertise()
+}
+
+// founded ends founding: the node has ledger state, and the ownership loop
+// is woken to join and claim.
+func (m *Mesh) founded() {
+	m.markLedgerState()
+	m.setFounding("")
+	signal(m.ledgerChanged)
 }

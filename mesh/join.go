@@ -1,12 +1,12 @@
 package mesh
 
 import (
-	"github.com/grapevine-net/grapevine/mesh/ledger"
-
 	"context"
 	"net/netip"
 	"slices"
 	"time"
+
+	"github.com/grapevine-net/grapevine/mesh/ledger"
 )
 
 // joinSeeds tries the seeds a few times with backoff. When none answers the

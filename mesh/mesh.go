@@ -1,8 +1,6 @@
 package mesh
 
 import (
-	"github.com/grapevine-net/grapevine/internal/hostclock"
-
 	"cmp"
 	"context"
 	"errors"
@@ -16,6 +14,7 @@ import (
 
 	"github.com/hashicorp/memberlist"
 
+	"github.com/grapevine-net/grapevine/internal/hostclock"
 	"github.com/grapevine-net/grapevine/mesh/ledger"
 )
 
@@ -41,7 +40,6 @@ type Mesh struct {
 	seedsAdded chan struct{}
 
 	mu      sync.Mutex
-	started time.Time              // when Run began (monotonic)
 	ml      *memberlist.Memberlist // nil until Run created it
 	led     *ledger.Ledger         // nil until Run opened it
 	id      ledger.NodeID
@@ -162,7 +160,6 @@ func (m *Mesh) Run(ctx context.Context) error {
 		return errors.New("mesh: Run called twice")
 	}
 	m.running = true
-	m.started = time.Now()
 	m.mu.Unlock()
 
 	id, err := ledger.LoadOrCreateNodeID(m.cfg.StateDir)

@@ -1,8 +1,6 @@
 package mesh
 
 import (
-	"github.com/grapevine-net/grapevine/internal/hostclock"
-
 	"context"
 	"errors"
 	"fmt"
@@ -11,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/grapevine-net/grapevine/internal/hostclock"
 	"github.com/grapevine-net/grapevine/mesh/ledger"
 )
 
@@ -46,9 +45,9 @@ type ownBlock struct {
 	// renewed and endsAt are the wall-clock times of the claim that
 	// granted lease and of the lease's end, for people.
 	renewed, endsAt time.Time
-	// granted: a claim in this run returned Block, at grantedAt
-	// (monotonic), from which the next renewal is scheduled.
-	granted   bool
+	// grantedAt is when a claim in this run returned Block (monotonic; zero
+	// while restored, not granted), from which the next renewal is
+	// scheduled.
 	grantedAt time.Time
 	// seen: this node's ledger replica has shown Block assigned to it, so
 	// its later absence means a release or reclaim, not replication lag.
@@ -246,7 +245,7 @@ func (m *Mesh) step(ctx context.Context, hint *netip.Prefix, leaderless *time.Ti
 	o, assigned := st.Blocks[own.Block]
 	// A changed incarnation (this host's Node deleted, or registered
 	// again) renews at once, so the block is saved under the new one.
-	needClaim := !own.Block.IsValid() || !own.granted || time.Since(own.grantedAt) >= renewInterval(m.cfg.Lease) ||
+	needClaim := !own.Block.IsValid() || own.grantedAt.IsZero() || time.Since(own.grantedAt) >= renewInterval(m.cfg.Lease) ||
 		own.incarnation != incarnation ||
 		(assigned && o.ID == m.id && o.HostIP != m.cfg.AdvertiseAddr)
 	if !needClaim {
@@ -374,16 +373,16 @@ func (m *Mesh) claim(ctx context.Context, hint netip.Prefix) bool {
 		return false
 	}
 	m.mu.Lock()
-	old, wasGranted := m.own.Block, m.own.granted
+	old, wasGranted := m.own.Block, !m.own.grantedAt.IsZero()
 	m.mu.Unlock()
 	if old.IsValid() && old != g.Block {
 		m.fence(fmt.Sprintf("the ledger holds block %s for this node instead", g.Block))
 	}
-	lease := asked.Add(g.Lease)
+	lease, endsAt := asked.Add(g.Lease), renewed.Add(g.Lease)
 	// Saved before it is used, so that a crash from here on restarts with
 	// this block and lease, not the ones before.
 	if err := saveBlock(m.cfg.StateDir, savedBlock{Node: m.cfg.NodeName, ID: m.id, Block: g.Block,
-		Lease: lease, Renewed: renewed.UTC(), EndsAt: renewed.Add(g.Lease).UTC(), Incarnation: incarnation}); err != nil {
+		Lease: lease, Renewed: renewed.UTC(), EndsAt: endsAt.UTC(), Incarnation: incarnation}); err != nil {
 		// The block is this node's in the ledger either way; without the
 		// file a restart waits for the ledger's confirmation.
 		m.log.Error("save the block for restarts", "block", g.Block, "err", err)
@@ -392,8 +391,8 @@ func (m *Mesh) claim(ctx context.Context, hint netip.Prefix) bool {
 	if m.own.Block != g.Block {
 		m.own = ownBlock{Block: g.Block}
 	}
-	m.own.lease, m.own.renewed, m.own.endsAt = lease, renewed, renewed.Add(g.Lease)
-	m.own.granted, m.own.grantedAt = true, time.Now()
+	m.own.lease, m.own.renewed, m.own.endsAt = lease, renewed, endsAt
+	m.own.grantedAt = time.Now()
 	m.own.seen = true // waitApplied saw it in this node's replica
 	m.own.incarnation = incarnation
 	m.identity = ""

@@ -1,8 +1,6 @@
 package mesh
 
 import (
-	"github.com/grapevine-net/grapevine/internal/hostclock"
-
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +10,7 @@ import (
 	"time"
 
 	"github.com/grapevine-net/grapevine/internal/atomicfile"
+	"github.com/grapevine-net/grapevine/internal/hostclock"
 	"github.com/grapevine-net/grapevine/mesh/ledger"
 )
 

@@ -1,12 +1,10 @@
 package mesh
 
 import (
+	"net/netip"
 	"time"
 
 	"github.com/grapevine-net/grapevine/internal/hostclock"
-
-	"net/netip"
-
 	"github.com/grapevine-net/grapevine/mesh/ledger"
 )
 

@@ -128,11 +128,6 @@ type PodHostPlan struct {
 	Sysctls    []Sysctl
 }
 
-// Empty reports whether nothing needs writing.
-func (p PodHostPlan) Empty() bool {
-	return len(p.Routes) == 0 && len(p.Neighbours) == 0 && len(p.Sysctls) == 0
-}
-
 // ErrPodMACUnknown means a pod's neighbour entry is missing or wrong and
 // the kernel would not tell the pod side's MAC to put it back.
 var ErrPodMACUnknown = errors.New("the pod side's MAC is unknown")

@@ -96,38 +96,36 @@ func (r *Reconciler) ReconcilePods(ctx context.Context, spec PodSpec) (PodResult
 	}
 	plan, planProblems := PlanPodHosts(pods, routes, neighs, sysctls)
 	problems = append(problems, planProblems...)
+	// put counts one repair, or its failure, by kind.
+	put := func(kind string, err error) bool {
+		if err != nil {
+			r.metrics.podErrors.WithLabelValues(kind).Inc()
+			problems = append(problems, err)
+			return false
+		}
+		r.metrics.podRepairs.WithLabelValues(kind).Inc()
+		return true
+	}
 	for _, rt := range plan.Routes {
 		if err := ctx.Err(); err != nil {
 			return res, errors.Join(append(problems, err)...)
 		}
-		if err := r.kernel.ReplacePodRoute(rt); err != nil {
-			r.metrics.podErrors.WithLabelValues("route").Inc()
-			problems = append(problems, err)
-			continue
+		if put("route", r.kernel.ReplacePodRoute(rt)) {
+			res.Routes++
+			r.log.Warn("put back a pod's route", "dst", rt.Dst, "ifindex", rt.LinkIndex)
 		}
-		r.metrics.podRepairs.WithLabelValues("route").Inc()
-		res.Routes++
-		r.log.Warn("put back a pod's route", "dst", rt.Dst, "ifindex", rt.LinkIndex)
 	}
 	for _, n := range plan.Neighbours {
-		if err := r.kernel.SetPodNeighbour(n); err != nil {
-			r.metrics.podErrors.WithLabelValues("neighbour").Inc()
-			problems = append(problems, err)
-			continue
+		if put("neighbour", r.kernel.SetPodNeighbour(n)) {
+			res.Neighbours++
+			r.log.Warn("put back a pod's neighbour entry", "ip", n.IP, "lladdr", n.MAC, "ifindex", n.LinkIndex)
 		}
-		r.metrics.podRepairs.WithLabelValues("neighbour").Inc()
-		res.Neighbours++
-		r.log.Warn("put back a pod's neighbour entry", "ip", n.IP, "lladdr", n.MAC, "ifindex", n.LinkIndex)
 	}
-	for _, s := range plan.Sysctls {
-		if err := r.kernel.SetSysctl(s); err != nil {
-			r.metrics.podErrors.WithLabelValues("sysctl").Inc()
-			problems = append(problems, err)
-			continue
+	for _, sc := range plan.Sysctls {
+		if put("sysctl", r.kernel.SetSysctl(sc)) {
+			res.Sysctls++
+			r.log.Warn("put back a pod veth's setting", "key", sc.Key, "value", sc.Value)
 		}
-		r.metrics.podRepairs.WithLabelValues("sysctl").Inc()
-		res.Sysctls++
-		r.log.Warn("put back a pod veth's setting", "key", s.Key, "value", s.Value)
 	}
 	return res, errors.Join(problems...)
 }

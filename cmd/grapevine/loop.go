@@ -102,6 +102,7 @@ func newAgent(o agentOptions, cfg mesh.Config, host hostSide, log *slog.Logger) 
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	cfg.Registerer = reg
 	var kube *kubeNode
+	var waits *releaseWaits
 	if o.JoinKubernetes {
 		client := host.kubeAPI
 		if client == nil {
@@ -114,9 +115,6 @@ func newAgent(o agentOptions, cfg mesh.Config, host hostSide, log *slog.Logger) 
 		kube = &kubeNode{client: client, name: o.NodeName}
 		cfg.Incarnation = kube
 		cfg.LedgerRecord = kubeLedgerRecord{client: client}
-	}
-	var waits *releaseWaits
-	if kube != nil {
 		waits = &releaseWaits{}
 	}
 	m, err := mesh.New(cfg)
@@ -288,7 +286,7 @@ func (a *agent) reconcile(ctx context.Context) statusReport {
 		a.log.Error("hand-off to the CNI plugin failed", "err", err)
 		ready, reason = false, err.Error()
 	}
-	if why := a.tendPods(ctx, v.Block); why != "" && ready {
+	if why := a.tendPods(ctx, v.Block, ready); why != "" {
 		ready, reason = false, why
 	}
 	return buildStatus(v, a.kept, a.withdrawn, paths, res, ready, reason)

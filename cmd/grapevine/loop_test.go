@@ -1,8 +1,6 @@
 package main
 
 import (
-	"github.com/grapevine-net/grapevine/internal/hostclock"
-
 	"context"
 	"encoding/json"
 	"errors"
@@ -20,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/grapevine-net/grapevine/internal/hostclock"
 	"github.com/grapevine-net/grapevine/mesh"
 	"github.com/grapevine-net/grapevine/mesh/meshtest"
 	"github.com/grapevine-net/grapevine/node"

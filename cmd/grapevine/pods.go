@@ -45,8 +45,9 @@ func (a *agent) storeDir() string { return a.ipamStore().StoreDir() }
 // added.
 //
 // It also frees the reservations of pods that are gone (collectStale), for
-// runtimes that never send CNI GC.
-func (a *agent) tendPods(ctx context.Context, block netip.Prefix) string {
+// runtimes that never send CNI GC. The store's checks (a write, a count)
+// run only while the node is ready otherwise: the reason is not used else.
+func (a *agent) tendPods(ctx context.Context, block netip.Prefix, ready bool) string {
 	// Taken before the host veths are listed: a reservation written before
 	// it whose veth that listing misses belongs to no ADD in progress.
 	cutoff := time.Now().Add(-staleAfter)
@@ -67,6 +68,9 @@ func (a *agent) tendPods(ctx context.Context, block netip.Prefix) string {
 		}
 	} else {
 		a.logPodErrors(readErr)
+	}
+	if !ready {
+		return ""
 	}
 	if dir, err := checkWritable(a.storeDir()); err != nil {
 		return fmt.Sprintf("pods cannot be added: %s does not take writes: %v", dir, err)

@@ -7,8 +7,6 @@
 package kubelab_test
 
 import (
-	"github.com/grapevine-net/grapevine/node/nodestate"
-
 	"archive/tar"
 	"context"
 	"encoding/json"
@@ -30,6 +28,7 @@ import (
 	"github.com/grapevine-net/grapevine/e2e/lab"
 	"github.com/grapevine-net/grapevine/e2e/labtest"
 	"github.com/grapevine-net/grapevine/e2e/runtimes"
+	"github.com/grapevine-net/grapevine/node/nodestate"
 )
 
 var env = labtest.NewEnv()

@@ -13,9 +13,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/grapevine-net/grapevine/mesh/ledger/ledgertest"
 	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/grapevine-net/grapevine/mesh/ledger/ledgertest"
 )
 
 // Deadlines are generous: the tests must pass on a loaded 2-core machine,

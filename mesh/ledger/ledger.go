@@ -94,7 +94,6 @@ type Info struct {
 	Voters       []string // names
 	LastIndex    uint64   // last log index
 	AppliedIndex uint64
-	LastContact  time.Duration // since last contact with a leader (0 when leader; -1 never)
 }
 
 // Ledger is one node of the replicated block ownership log.
@@ -350,7 +349,7 @@ func (l *Ledger) Run(ctx context.Context) error {
 		l.ln.Close()
 		return fmt.Errorf("start ledger raft: %w", err)
 	}
-	if l.cfg.Found && !l.HasState() {
+	if l.cfg.Found { // bootstrap refuses (ErrHasState) a node with state
 		self := []Founder{{ID: l.cfg.ID, Addr: l.cfg.Advertise}}
 		if err := l.bootstrap(r, self, ClusterID{}); err != nil && !errors.Is(err, ErrHasState) {
 			r.Shutdown()
@@ -510,7 +509,7 @@ func (l *Ledger) nameOf(peers []Peer, st *State, id string) string {
 // Info describes this node's view of the ledger.
 func (l *Ledger) Info() Info {
 	st, applied := l.State()
-	info := Info{ClusterID: st.ClusterID, Role: "none", AppliedIndex: applied, LastContact: -1}
+	info := Info{ClusterID: st.ClusterID, Role: "none", AppliedIndex: applied}
 	r := l.raft.Load()
 	if r == nil {
 		return info
@@ -537,9 +536,6 @@ func (l *Ledger) Info() Info {
 	}
 	if r.State() == raft.Leader {
 		info.Role = "leader"
-		info.LastContact = 0
-	} else if lc := r.LastContact(); !lc.IsZero() {
-		info.LastContact = time.Since(lc)
 	}
 	return info
 }

@@ -21,9 +21,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/grapevine-net/grapevine/internal/ratelog"
-
 	"github.com/hashicorp/raft"
+
+	"github.com/grapevine-net/grapevine/internal/ratelog"
 )
 
 // Network is what the transport needs: one listener shared by raft and the

@@ -1,15 +1,15 @@
 package meshtest
 
 import (
-	"github.com/grapevine-net/grapevine/internal/hostclock"
-
 	"sync"
 	"time"
+
+	"github.com/grapevine-net/grapevine/internal/hostclock"
 )
 
-// Clock is a node's wall clock: real time shifted by an offset a test
-// sets, so nodes of one cluster can disagree by hours. Give a node one in
-// Spec.Now (clock.Now).
+// Clock is a node's host clock: the real one shifted by an offset a test
+// sets, so hosts of one cluster booted hours apart, and a test can suspend
+// one (Advance). Give a node one in Spec.Clock (clock.Host).
 type Clock struct {
 	mu     sync.Mutex
 	offset time.Duration
@@ -17,13 +17,6 @@ type Clock struct {
 
 // NewClock returns a clock offset from real time.
 func NewClock(offset time.Duration) *Clock { return &Clock{offset: offset} }
-
-// Now is real time plus the offset.
-func (c *Clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return time.Now().Add(c.offset)
-}
 
 // Host is the host clock (CLOCK_BOOTTIME) plus the offset: give it to a
 // node in Spec.Clock, so that its leases run on a clock a test moves.

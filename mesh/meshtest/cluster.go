@@ -1,10 +1,6 @@
 package meshtest
 
 import (
-	"sync/atomic"
-
-	"github.com/grapevine-net/grapevine/internal/hostclock"
-
 	"context"
 	"errors"
 	"fmt"
@@ -14,12 +10,14 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/memberlist"
 	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/grapevine-net/grapevine/internal/hostclock"
 	"github.com/grapevine-net/grapevine/mesh"
 	"github.com/grapevine-net/grapevine/mesh/ledger"
 )
