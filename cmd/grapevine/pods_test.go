@@ -144,31 +144,32 @@ func TestAgentLoopFreesReservationsOfGonePods(t *testing.T) {
 	h.kernel.WirePod("gv0000000000001", aliasOf(running), running.Addr, node.MAC{0x02, 0x42, 0, 0, 0, 1})
 	h.kernelChanged()
 
+	// The files go before the pass counts them: wait for both.
 	want := []netip.Addr{running.Addr, adding.Addr}
-	waitFor(t, "the gone pod's and the nameless reservations freed", func() error {
+	waitFor(t, "the gone pod's and the nameless reservations freed and counted", func() error {
 		if got := h.reserved(t); !slices.Equal(got, want) {
 			return fmt.Errorf("reserved %v, want %v", got, want)
 		}
+		if got := testutil.ToFloat64(h.agent.collected); got != 2 {
+			return fmt.Errorf("collected = %v, want 2", got)
+		}
 		return nil
 	})
-	if got := testutil.ToFloat64(h.agent.collected); got != 2 {
-		t.Errorf("collected = %v, want 2", got)
-	}
 
 	// The runtime removes the running pod's namespace, and with it the
 	// veth, without a DEL.
 	h.kernel.DeleteLink("gv0000000000001")
 	h.kernelChanged()
 	want = []netip.Addr{adding.Addr}
-	waitFor(t, "the reservation of the pod removed without DEL freed", func() error {
+	waitFor(t, "the reservation of the pod removed without DEL freed and counted", func() error {
 		if got := h.reserved(t); !slices.Equal(got, want) {
 			return fmt.Errorf("reserved %v, want %v", got, want)
 		}
+		if got := testutil.ToFloat64(h.agent.collected); got != 3 {
+			return fmt.Errorf("collected = %v, want 3", got)
+		}
 		return nil
 	})
-	if got := testutil.ToFloat64(h.agent.collected); got != 3 {
-		t.Errorf("collected = %v, want 3", got)
-	}
 }
 
 // TestReadyzBlockExhausted: /readyz says not ready, and why, while every
