@@ -272,6 +272,8 @@ type Record struct {
 	ledger  mesh.RecordedLedger
 	set     bool
 	creates int
+	// by counts the creates by the node each names as its founder.
+	by map[string]int
 }
 
 // Create records want unless a ledger is recorded already.
@@ -279,6 +281,10 @@ func (r *Record) Create(_ context.Context, want mesh.RecordedLedger) (mesh.Recor
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.creates++
+	if r.by == nil {
+		r.by = make(map[string]int)
+	}
+	r.by[want.Founder]++
 	if r.set {
 		return r.ledger, false, nil
 	}
@@ -294,6 +300,13 @@ func (r *Record) Get() (mesh.RecordedLedger, bool, int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.ledger, r.set, r.creates
+}
+
+// CreatesBy is how many creates node asked for.
+func (r *Record) CreatesBy(node string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.by[node]
 }
 
 // ResetLedger is `grapevine ledger reset` on a stopped node's state
