@@ -13,7 +13,19 @@ import (
 
 // testLogger shows warnings and errors of the nodes with the test's output.
 func testLogger(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	return slog.New(slog.NewTextHandler(untilFailed{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+// untilFailed writes to the test's output until the test fails: the
+// cluster's teardown logs hundreds of lines after a failure, and a CI log
+// cut in the middle must still end with the failure's message.
+type untilFailed struct{ t testing.TB }
+
+func (u untilFailed) Write(p []byte) (int, error) {
+	if u.t.Failed() {
+		return len(p), nil
+	}
+	return u.t.Output().Write(p)
 }
 
 // seed is the join address of a node.
