@@ -155,10 +155,19 @@ func TestPartitionMinorityClaimsNothing(t *testing.T) {
 func splitByVoters(t *testing.T, c *meshtest.Cluster, nodes []*meshtest.Node) (minority, majority []*meshtest.Node) {
 	t.Helper()
 	var voters []string
-	waitFor(t, "three voters", 30*time.Second, func() error {
-		voters = nodes[0].Mesh.View().Ledger.Voters
+	// Every node must hold the three-voter configuration, not only the
+	// leader: a promotion the leader has appended but not yet sent leaves
+	// the majority side with the two-voter configuration, one of whose
+	// voters is across the partition, and so with no leader.
+	waitFor(t, "three voters known to every node", 30*time.Second, func() error {
+		voters = slices.Sorted(slices.Values(nodes[0].Mesh.View().Ledger.Voters))
 		if len(voters) != 3 {
 			return fmt.Errorf("voters %v", voters)
+		}
+		for _, n := range nodes[1:] {
+			if got := slices.Sorted(slices.Values(n.Mesh.View().Ledger.Voters)); !slices.Equal(got, voters) {
+				return fmt.Errorf("%s knows voters %v, %s knows %v", n.Name, got, nodes[0].Name, voters)
+			}
 		}
 		return nil
 	})
