@@ -37,7 +37,7 @@ func TestUpDown(t *testing.T) {
 			t.Skipf("a demo lab (%s) is up on this machine, and up refuses a second one", r.ID)
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 
 	labBin := filepath.Join(t.TempDir(), "lab")

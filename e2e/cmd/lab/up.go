@@ -81,7 +81,7 @@ func up(ctx context.Context, args []string) error {
 }
 
 // show starts the agents, adds pods, and shows the cluster at work.
-func show(ctx context.Context, l *lab.Lab, podsPerHost int, began time.Time) error {
+func show(ctx context.Context, l *lab.Lab, podsPerHost int, began time.Time) (err error) {
 	self, err := os.Executable()
 	if err != nil {
 		return err
@@ -90,8 +90,17 @@ func show(ctx context.Context, l *lab.Lab, podsPerHost int, began time.Time) err
 	if err := copyFile(labBin, self); err != nil {
 		return fmt.Errorf("copy the lab binary: %w", err)
 	}
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	// A bound for a hung step, not a goal: on a loaded 2-core machine the
+	// demo has taken two minutes. A command killed at the bound fails with
+	// only "signal: killed", so the error names the bound.
+	const bound = 5 * time.Minute
+	ctx, cancel := context.WithTimeout(ctx, bound)
 	defer cancel()
+	defer func() {
+		if err != nil && ctx.Err() != nil {
+			err = fmt.Errorf("%w (the demo did not finish within %v)", err, bound)
+		}
+	}()
 
 	hosts := l.Hosts()
 	fmt.Printf("lab %s%s: %d hosts on 172.16.254.0/24 (em1), outside at %s; state in %s\n\n", lab.NamePrefix, l.ID, len(hosts), l.OutsideIP(), l.Dir)
