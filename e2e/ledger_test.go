@@ -15,16 +15,35 @@ import (
 // ledgerWatch is how long a host that must stay without a block is watched.
 const ledgerWatch = 10 * time.Second
 
-// voters waits until h's agent reports the ledger's full set of voters.
-func voters(t *testing.T, ctx context.Context, h *lab.Host, n int) []string {
+// voters waits until every host's agent reports the same n ledger voters
+// and a leader. Every host, not one: a promotion the leader has appended
+// but not yet sent would leave a partition's majority side with the old
+// configuration, one of whose voters is across the cut, and no leader.
+func voters(t *testing.T, ctx context.Context, hosts []*lab.Host, n int) []string {
 	t.Helper()
-	s, err := h.WaitStatus(ctx, fmt.Sprintf("%d ledger voters", n), func(s lab.Status) bool {
-		return len(s.Ledger.Voters) == n && s.Ledger.Leader != ""
+	var want []string
+	err := waitUntil(ctx, fmt.Sprintf("%d ledger voters known to every host", n), func() error {
+		want = nil
+		for _, h := range hosts {
+			s, err := h.Status(ctx)
+			if err != nil {
+				return err
+			}
+			got := slices.Sorted(slices.Values(s.Ledger.Voters))
+			switch {
+			case len(got) != n || s.Ledger.Leader == "":
+				return fmt.Errorf("%s: leader %q, voters %v", h.Name, s.Ledger.Leader, got)
+			case want != nil && !slices.Equal(got, want):
+				return fmt.Errorf("%s knows voters %v, %s knows %v", h.Name, got, hosts[0].Name, want)
+			}
+			want = got
+		}
+		return nil
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return s.Ledger.Voters
+	return want
 }
 
 // stayBlockless checks for ledgerWatch that h's agent holds no block and is
@@ -75,7 +94,7 @@ func TestPartitionNewcomersBothSides(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	vs := voters(t, ctx, l.Host(1), 3)
+	vs := voters(t, ctx, l.Hosts(), 3)
 	// The minority: one voter and one non-voter.
 	var minority, majority []*lab.Host
 	for _, h := range l.Hosts() {

@@ -29,7 +29,7 @@ func TestRelease(t *testing.T) {
 	oldBlock := before[h3.Name].Block
 	// A release is a ledger entry: it needs a majority of the voters after
 	// h3 dies, so wait until the ledger has all three.
-	voters(t, ctx, h1, 3)
+	voters(t, ctx, l.Hosts(), 3)
 
 	if out, err := h1.Release(ctx, h3.Name); err == nil {
 		t.Fatalf("release of a live node succeeded: %s", out)
