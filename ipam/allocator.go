@@ -210,28 +210,43 @@ func (a *Allocator) collect(free func(Reservation) bool, freed *[]Reservation) e
 // why not otherwise: the store cannot be written (a read-only or full disk)
 // or every usable address is taken.
 func (a *Allocator) Status(block netip.Prefix) error {
+	if _, _, err := UsableRange(block); err != nil {
+		return err
+	}
+	// Under the lock: an ADD's clean-up of temporary files would take the
+	// probe file away mid-check.
+	return a.locked(func() error {
+		if err := a.store.writable(); err != nil {
+			return fmt.Errorf("address store %s is not writable: %w", a.store.dir, err)
+		}
+		all, err := a.store.list()
+		if err != nil {
+			return err
+		}
+		reserved := make([]netip.Addr, len(all))
+		for i, r := range all {
+			reserved[i] = r.Addr
+		}
+		return Exhausted(block, reserved)
+	})
+}
+
+// Exhausted says, as an error, that every usable address of block is in
+// reserved, and is nil while one is free. Addresses outside the usable
+// range, and repeats, do not count.
+func Exhausted(block netip.Prefix, reserved []netip.Addr) error {
 	first, last, err := UsableRange(block)
 	if err != nil {
 		return err
 	}
-	if err := a.store.writable(); err != nil {
-		return fmt.Errorf("address store %s is not writable: %w", a.store.dir, err)
-	}
-	var used int
-	err = a.locked(func() error {
-		all, err := a.store.list()
-		for _, r := range all {
-			if r.Addr.Compare(first) >= 0 && r.Addr.Compare(last) <= 0 {
-				used++
-			}
+	held := make(map[netip.Addr]bool, len(reserved))
+	for _, addr := range reserved {
+		if addr.Compare(first) >= 0 && addr.Compare(last) <= 0 {
+			held[addr] = true
 		}
-		return err
-	})
-	if err != nil {
-		return err
 	}
-	if free := rangeSize(first, last) - used; free <= 0 {
-		return fmt.Errorf("block %s is exhausted: all %d addresses %s-%s are in use", block, used, first, last)
+	if size := rangeSize(first, last); len(held) >= size {
+		return fmt.Errorf("block %s is exhausted: all %d addresses %s-%s are in use", block, size, first, last)
 	}
 	return nil
 }

@@ -138,24 +138,17 @@ func (a *agent) logPodErrors(err error) {
 // exhausted says why no address of block is free: every usable address is
 // reserved. "" while one is free, or without a block. It is pure.
 func exhausted(block netip.Prefix, reservations []node.Reservation) string {
-	if !block.IsValid() {
-		return ""
+	if _, _, err := ipam.UsableRange(block); err != nil {
+		return "" // no block, or one ADD refuses with its own error
 	}
-	first, last, err := ipam.UsableRange(block)
-	if err != nil {
-		return ""
+	reserved := make([]netip.Addr, len(reservations))
+	for i, r := range reservations {
+		reserved[i] = r.Addr
 	}
-	held := make(map[netip.Addr]bool, len(reservations))
-	for _, r := range reservations {
-		if r.Addr.Compare(first) >= 0 && r.Addr.Compare(last) <= 0 {
-			held[r.Addr] = true
-		}
+	if err := ipam.Exhausted(block, reserved); err != nil {
+		return "pods cannot be added: " + err.Error()
 	}
-	usable := 1<<(32-block.Bits()) - 2
-	if len(held) < usable {
-		return ""
-	}
-	return fmt.Sprintf("pods cannot be added: block %s is exhausted: all %d addresses %s-%s are reserved", block, usable, first, last)
+	return ""
 }
 
 // checkWritable creates, writes and removes a file where an ADD would
