@@ -460,6 +460,14 @@ func TestTwoMembersOneName(t *testing.T) {
 			t.Errorf("status table lacks %q:\n%s", line, table.String())
 		}
 	}
+	// After a partition both may hold a block under the name: neither is
+	// said to be held off by the other.
+	both := mesh.View{NameConflicts: []mesh.NameConflict{{Name: "h2", Nodes: []mesh.NameClaimant{
+		{ID: holder.ID, HostIP: ip2, Holder: true}, {ID: impostor.ID, HostIP: ip9, Holder: true},
+	}}}}
+	if got := nameHeldElsewhere(both, impostor); got != "" {
+		t.Errorf("with two holders, the second is said to be held off by %s", got)
+	}
 }
 
 func TestWithdrawals(t *testing.T) {

@@ -218,18 +218,24 @@ func routeReason(m mesh.Member, route keptRoute, isKept bool, withdrawn, heldBy 
 	return ""
 }
 
-// nameHeldElsewhere is the host IP of the node that holds m's name in a
-// name conflict, when that is not m; "" otherwise.
+// nameHeldElsewhere is the host IP of a node that holds m's name in a
+// name conflict while m holds no block under it; "" otherwise (after a
+// partition both may hold one).
 func nameHeldElsewhere(v mesh.View, m mesh.Member) string {
 	for _, c := range v.NameConflicts {
 		if c.Name != m.Name {
 			continue
 		}
+		held := ""
 		for _, n := range c.Nodes {
-			if n.Holder && n.ID != m.ID {
-				return n.HostIP.String()
+			switch {
+			case n.ID == m.ID && n.Holder:
+				return ""
+			case n.Holder && held == "":
+				held = n.HostIP.String()
 			}
 		}
+		return held
 	}
 	return ""
 }
