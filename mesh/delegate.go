@@ -35,9 +35,10 @@ func (d *delegate) NodeMeta(limit int) []byte {
 	return b
 }
 
-// NotifyAlive refuses members with names the ledger cannot record;
-// everything else is admitted and judged by its metadata, so an invalid
-// member is visible (and counted) but never routed.
+// NotifyAlive refuses members with unprintable or overlong gossip names;
+// everything else is admitted and judged by its metadata (which must name
+// the node ID the member gossips under), so an invalid member is visible
+// (and counted) but never routed.
 func (d *delegate) NotifyAlive(n *memberlist.Node) error {
 	if n.Name == "" || len(n.Name) > maxNameLen || !validName(n.Name) {
 		return reject("name", "member name %q is not a 1-%d character printable name", n.Name, maxNameLen)
@@ -59,15 +60,16 @@ func (d *delegate) NotifyLeave(n *memberlist.Node) {
 	d.m.observe(&gone)
 }
 
-// NotifyConflict reports a second host claiming a live member's name.
-// memberlist keeps the member it knew; the ledger refuses the newcomer's
-// claims (another node ID under a live name), so this only tells the
-// operator.
+// NotifyConflict reports a second host gossiping under a live member's
+// node ID: a copied state directory. memberlist keeps the member it knew;
+// the ledger refuses the copy's claims (its ID is live at another host
+// IP), so this only tells the operator. Two hosts with one name are not a
+// conflict here: memberlist knows nodes by ID (see View.NameConflicts).
 func (d *delegate) NotifyConflict(existing, other *memberlist.Node) {
 	m := d.m
-	m.metrics.nameConflicts.Inc()
-	m.log.Error("two hosts use one node name; the ledger keeps the block with the node that holds it and refuses the other",
-		"name", existing.Name, "known_addr", nodeAddr(existing), "other_addr", nodeAddr(other))
+	m.metrics.idConflicts.Inc()
+	m.log.Error("two hosts use one node ID (a copied state directory?); the ledger keeps the block with the node that holds it and refuses the other",
+		"id", existing.Name, "known_addr", nodeAddr(existing), "other_addr", nodeAddr(other))
 }
 
 // The mesh gossips no messages and no state of its own: ownership travels

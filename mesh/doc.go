@@ -18,18 +18,24 @@
 //
 // # Metadata
 //
-// Each member advertises a 38-byte, versioned value (see Meta): its host
-// IP, its persistent random node ID, the ledger it belongs to (cluster ID)
-// and the ledger's port, the pool layout, a leaving flag, whether its
-// ledger has state (founding under way) and its bootstrap-expect. Every value
-// is validated on receipt (DecodeMeta); an invalid one is counted and
-// logged, and the member gets no route. Metadata carries no claim.
+// memberlist knows each node by its persistent random node ID, never by
+// its name: two hosts with one name are two members (a name conflict,
+// View.NameConflicts), not one displacing the other. Each member
+// advertises a versioned value of at most 297 bytes (see Meta): its name,
+// its host IP, its node ID (the one it gossips under), the ledger it
+// belongs to (cluster ID) and the ledger's port, the pool layout, its
+// block, a leaving flag, whether its ledger has state (founding under way)
+// and its bootstrap-expect. Every value is validated on receipt
+// (DecodeMeta); an invalid one is counted and logged, and the member gets
+// no route. Metadata carries no claim: the advertised block only has to
+// match the ledger.
 //
 // # Routes follow the ledger
 //
 // A member is routed a block only when the ledger assigns that block to
 // the node ID the member advertises, under the member's name and at the
-// host IP it advertises, and memberlist sees the member alive or suspect.
+// host IP it advertises, the member advertises that very block, and
+// memberlist sees the member alive or suspect.
 // A block therefore appears at most once in a View, and no metadata, hostile
 // or confused, can move a route. Members of another ledger (founded
 // separately with the same gossip key) are listed as foreign and never

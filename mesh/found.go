@@ -156,7 +156,7 @@ func (m *Mesh) bootstrapExpectStep(ctx context.Context) bool {
 			continue
 		}
 		peers = append(peers, bootstrapCandidate{
-			Name: p.name, ID: p.meta.ID, Addr: netip.AddrPortFrom(p.addr.Addr(), p.meta.LedgerPort),
+			Name: p.meta.Name, ID: p.meta.ID, Addr: netip.AddrPortFrom(p.addr.Addr(), p.meta.LedgerPort),
 			Expect: p.meta.BootstrapExpect, LedgerState: p.meta.LedgerState, ClusterID: p.meta.ClusterID,
 		})
 	}

@@ -13,6 +13,8 @@ import (
 // ownMetaLocked encodes this node's metadata.
 func (m *Mesh) ownMetaLocked() ([]byte, error) {
 	return Meta{
+		Name:       m.cfg.NodeName,
+		Block:      m.metaBlock,
 		HostIP:     m.cfg.AdvertiseAddr,
 		Pool:       m.cfg.Pool,
 		BlockBits:  m.cfg.BlockBits,
@@ -27,8 +29,10 @@ func (m *Mesh) ownMetaLocked() ([]byte, error) {
 }
 
 // observe records a member's state and metadata from a memberlist event.
+// memberlist knows every node by its node ID (see gossipName); a member
+// whose metadata names another ID is rejected like any bad metadata.
 func (m *Mesh) observe(n *memberlist.Node) {
-	if n.Name == m.cfg.NodeName {
+	if n.Name == gossipName(m.id) {
 		// What memberlist really advertises for this node: an update can
 		// lose a race with a refutation that re-sends the old value.
 		m.mu.Lock()
@@ -47,6 +51,9 @@ func (m *Mesh) observe(n *memberlist.Node) {
 	}
 	addr := nodeAddr(n)
 	meta, metaErr := DecodeMeta(n.Meta, m.rules, addr.Addr())
+	if metaErr == nil && gossipName(meta.ID) != n.Name {
+		meta, metaErr = Meta{}, reject("node_id_mismatch", "member %s advertises node ID %s", n.Name, meta.ID)
+	}
 
 	m.mu.Lock()
 	p, known := m.peers[n.Name]
@@ -89,6 +96,12 @@ func (m *Mesh) observe(n *memberlist.Node) {
 	m.notify()
 }
 
+// gossipName is the name memberlist knows a node by: its node ID, which
+// two hosts share only when one copied the other's state directory. The
+// node's name (Config.NodeName) travels in metadata, so a second host with
+// a live host's name is a second member, never a replacement (trace 10).
+func gossipName(id ledger.NodeID) string { return id.String() }
+
 // countMembersLocked refreshes the members-by-state and foreign gauges.
 func (m *Mesh) countMembersLocked() {
 	var counts [Left + 1]int
@@ -118,7 +131,7 @@ func (m *Mesh) ledgerPeers() []ledger.Peer {
 		}
 		out = append(out, ledger.Peer{
 			ID:        p.meta.ID,
-			Name:      p.name,
+			Name:      p.meta.Name,
 			Addr:      netip.AddrPortFrom(p.addr.Addr(), p.meta.LedgerPort),
 			HostIP:    p.meta.HostIP,
 			ClusterID: p.meta.ClusterID,
@@ -134,6 +147,7 @@ func (m *Mesh) ledgerPeers() []ledger.Peer {
 func (m *Mesh) peersLoop(ctx context.Context) {
 	for {
 		m.led.SetPeers(m.ledgerPeers())
+		m.noteNameConflicts()
 		select {
 		case <-ctx.Done():
 			return

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -55,6 +56,11 @@ type Mesh struct {
 	identity string
 	// clusterID is the ledger this node advertises in its metadata.
 	clusterID ledger.ClusterID
+	// metaBlock is the block this node advertises in its metadata: its
+	// View's block when last advertised (see advertiseBlock).
+	metaBlock netip.Prefix
+	// conflicts are the name conflicts already logged, by conflictKey.
+	conflicts map[string]bool
 	// advertised is the metadata memberlist last applied for this node.
 	advertised []byte
 	// leaving is set on shutdown, before memberlist's leave.
@@ -76,6 +82,8 @@ type Mesh struct {
 
 // peer is what this node knows about another member.
 type peer struct {
+	// name is memberlist's name of the member: its node ID if its
+	// metadata is valid; the member's own name is meta.Name.
 	name  string
 	addr  netip.AddrPort
 	state MemberState
@@ -115,6 +123,7 @@ func New(cfg Config) (*Mesh, error) {
 		seedsAdded:    make(chan struct{}, 1),
 		seeds:         slices.Clone(cfg.Join),
 		peers:         make(map[string]*peer),
+		conflicts:     make(map[string]bool),
 		reason:        "joining",
 	}, nil
 }
@@ -201,6 +210,8 @@ func (m *Mesh) Run(ctx context.Context) error {
 	m.led = led
 	m.mu.Unlock()
 	if m.restore(ctx, saved) {
+		// Peers route a restored block only once this node advertises it.
+		m.advertiseBlock(m.View().Block)
 		m.pushStateToLive()
 	}
 
@@ -325,7 +336,7 @@ func (m *Mesh) leave() {
 // addresses, delegates, and encryption.
 func (m *Mesh) memberlistConfig() *memberlist.Config {
 	c := memberlist.DefaultLANConfig()
-	c.Name = m.cfg.NodeName
+	c.Name = gossipName(m.id)
 	c.BindAddr = "0.0.0.0"
 	if m.cfg.BindAddr.IsValid() {
 		c.BindAddr = m.cfg.BindAddr.String()
@@ -333,8 +344,8 @@ func (m *Mesh) memberlistConfig() *memberlist.Config {
 	c.BindPort = m.cfg.Port
 	c.AdvertiseAddr = m.cfg.AdvertiseAddr.String()
 	c.AdvertisePort = m.cfg.Port
-	// A host that comes back under its name at a new address is accepted
-	// once its old incarnation has been dead this long.
+	// A host that comes back under its node ID at a new address is
+	// accepted once its old incarnation has been dead this long.
 	c.DeadNodeReclaimTime = 10 * time.Second
 	// Leaves and the refutation a restarted node sends travel by gossip;
 	// memberlist sends a gossip round only when something is queued, so
@@ -422,16 +433,30 @@ func (m *Mesh) ReleaseDeletedNode(ctx context.Context, node string) (netip.Prefi
 }
 
 // releaseTarget holds the checks every release shares: the mesh runs and
-// node is not alive here (errors.Is ledger.ErrNodeAlive).
+// node is not alive here (errors.Is ledger.ErrNodeAlive). Two live hosts
+// may carry one name (see View.NameConflicts); a release by name is about
+// the node the ledger records under it, so that node's ID decides whether
+// it is alive: a clone that kept the name neither blocks the release of a
+// dead holder's block here nor stands for the holder. (The ledger's leader
+// still refuses while any node of that name is alive to it.) With no
+// record, any live member carrying the name counts.
 func (m *Mesh) releaseTarget(node string) (*ledger.Ledger, error) {
 	m.mu.Lock()
 	led := m.led
-	p, known := m.peers[node]
-	alive := node == m.cfg.NodeName || (known && p.state.Live())
 	m.mu.Unlock()
 	if led == nil {
 		return nil, errors.New("mesh: not running")
 	}
+	st, _ := led.State()
+	_, owner, recorded := st.BlockOfName(node)
+	m.mu.Lock()
+	alive := (recorded && owner.ID == m.id) || (!recorded && node == m.cfg.NodeName)
+	for _, p := range m.peers {
+		if p.usable() && ((recorded && p.meta.ID == owner.ID) || (!recorded && p.meta.Name == node)) {
+			alive = true
+		}
+	}
+	m.mu.Unlock()
 	if alive {
 		return nil, nodeAliveError(fmt.Sprintf("mesh: node %s is alive; stop it (or wait until it is declared dead) before releasing its block", node))
 	}
@@ -493,21 +518,25 @@ func (m *Mesh) View() View {
 	for _, p := range m.peers {
 		mem := Member{Name: p.name, Addr: p.addr.Addr(), State: p.state}
 		if p.metaErr == nil {
-			mem.HostIP, mem.ID, mem.ClusterID = p.meta.HostIP, p.meta.ID, p.meta.ClusterID
+			mem.Name, mem.HostIP, mem.ID, mem.ClusterID = p.meta.Name, p.meta.HostIP, p.meta.ID, p.meta.ClusterID
+			mem.Advertised = p.meta.Block
 			mem.Foreign = !ours.IsZero() && !p.meta.ClusterID.IsZero() && p.meta.ClusterID != ours
 			if !mem.Foreign && m.identity == "" {
-				mem.Held = routedBlock(byID, p.name, p.meta)
+				mem.Held = heldBlock(byID, p.meta)
 				if mem.Held == v.Block {
 					mem.Held = netip.Prefix{}
 				}
-				if p.state.Live() {
-					mem.Block = mem.Held
+				if p.state.Live() && mem.Held.IsValid() {
+					mem.Block = routedBlock(byID, p.meta)
 				}
 			}
 		}
 		v.Members = append(v.Members, mem)
 	}
-	slices.SortFunc(v.Members, func(a, b Member) int { return cmp.Compare(a.Name, b.Name) })
+	slices.SortFunc(v.Members, func(a, b Member) int {
+		return cmp.Or(cmp.Compare(a.Name, b.Name), slices.Compare(a.ID[:], b.ID[:]))
+	})
+	v.NameConflicts = m.nameConflictsLocked(byID)
 	return v
 }
 
@@ -526,13 +555,102 @@ func blocksByID(st ledger.State) map[ledger.NodeID]assignment {
 	return out
 }
 
-// routedBlock is the block to route to a live member: the one the ledger
-// assigns to the member's node ID, if the ledger recorded the name and
-// host IP the member advertises. Metadata alone can never move a route.
-func routedBlock(byID map[ledger.NodeID]assignment, name string, meta Meta) netip.Prefix {
+// heldBlock is the block the ledger assigns to a member's node ID, if the
+// ledger recorded the name and host IP the member advertises. Metadata
+// alone can never move a route: the member is routed only while it also
+// advertises this block.
+func heldBlock(byID map[ledger.NodeID]assignment, meta Meta) netip.Prefix {
 	a, ok := byID[meta.ID]
-	if !ok || a.owner.HostIP != meta.HostIP || a.owner.Name != name {
+	if !ok || a.owner.HostIP != meta.HostIP || a.owner.Name != meta.Name {
 		return netip.Prefix{}
 	}
 	return a.block
+}
+
+// routedBlock is the block to route to a live member: the one the ledger
+// assigns to its node ID under the name and host IP it advertises, and
+// only while the member advertises that very block. A member advertising
+// another block (or none) is not routed: its metadata and the ledger
+// disagree, and the ledger alone never says which host answers for it.
+func routedBlock(byID map[ledger.NodeID]assignment, meta Meta) netip.Prefix {
+	if held := heldBlock(byID, meta); held == meta.Block {
+		return held
+	}
+	return netip.Prefix{}
+}
+
+// nameConflictsLocked finds the names that live members with valid
+// metadata, and this node, advertise under more than one node ID. byID
+// (the ledger's assignments; nil: unknown) marks the holders.
+func (m *Mesh) nameConflictsLocked(byID map[ledger.NodeID]assignment) []NameConflict {
+	byName := map[string][]NameClaimant{
+		m.cfg.NodeName: {{ID: m.id, HostIP: m.cfg.AdvertiseAddr, Self: true}},
+	}
+	for _, p := range m.peers {
+		if p.usable() {
+			byName[p.meta.Name] = append(byName[p.meta.Name], NameClaimant{ID: p.meta.ID, HostIP: p.meta.HostIP})
+		}
+	}
+	var out []NameConflict
+	for name, nodes := range byName {
+		if len(nodes) < 2 {
+			continue
+		}
+		for i := range nodes {
+			a, ok := byID[nodes[i].ID]
+			nodes[i].Holder = ok && a.owner.Name == name
+		}
+		slices.SortFunc(nodes, func(a, b NameClaimant) int {
+			if a.Holder != b.Holder {
+				if a.Holder {
+					return -1
+				}
+				return 1
+			}
+			return cmp.Or(a.HostIP.Compare(b.HostIP), slices.Compare(a.ID[:], b.ID[:]))
+		})
+		out = append(out, NameConflict{Name: name, Nodes: nodes})
+	}
+	slices.SortFunc(out, func(a, b NameConflict) int { return cmp.Compare(a.Name, b.Name) })
+	return out
+}
+
+// key identifies a name conflict by its name and node IDs, so
+// that it is logged once however often it is seen.
+func (c NameConflict) key() string {
+	ids := make([]string, len(c.Nodes))
+	for i, n := range c.Nodes {
+		ids[i] = n.ID.String()
+	}
+	slices.Sort(ids)
+	return c.Name + "/" + strings.Join(ids, ",")
+}
+
+// noteNameConflicts logs each new name conflict once, counts it, and sets
+// the gauge of names in conflict now. It runs off memberlist's goroutines
+// whenever membership changes.
+func (m *Mesh) noteNameConflicts() {
+	m.mu.Lock()
+	conflicts := m.nameConflictsLocked(nil)
+	var fresh []NameConflict
+	seen := make(map[string]bool, len(conflicts))
+	for _, c := range conflicts {
+		k := c.key()
+		seen[k] = true
+		if !m.conflicts[k] {
+			fresh = append(fresh, c)
+		}
+	}
+	m.conflicts = seen
+	m.mu.Unlock()
+	m.metrics.nameConflictsNow.Set(float64(len(conflicts)))
+	for _, c := range fresh {
+		m.metrics.nameConflicts.Inc()
+		hosts := make([]string, len(c.Nodes))
+		for i, n := range c.Nodes {
+			hosts[i] = n.HostIP.String() + " (ID " + n.ID.String() + ")"
+		}
+		m.log.Warn("live hosts advertise one node name; gossip keeps them apart, the ledger keeps the name's block with the node that holds it and refuses the others",
+			"name", c.Name, "hosts", strings.Join(hosts, ", "))
+	}
 }

@@ -13,13 +13,19 @@ import (
 // A decoder that sees another version rejects the value, so a future format
 // can never be misread as this one. Version 1 carried claims and is gone
 // with the vote protocol: agents of the two versions do not route each
-// other.
-const metaVersion = 2
+// other. Version 2 had no name and no block: memberlist's node name was the
+// host's name, so a second host under a live host's name could displace it
+// in gossip. Version 3 agents gossip under their node ID and carry the name
+// here; agents of versions 2 and 3 reject each other's metadata and do not
+// route each other, so a cluster is upgraded by restarting every agent.
+const metaVersion = 3
 
-// metaLen is the exact length of a version 2 metadata value:
-// version(1) flags(1) hostIP(4) pool(4+1) blockBits(1) ledgerPort(2)
-// nodeID(16) clusterID(8).
-const metaLen = 38
+// metaFixedLen is the length of a version 3 metadata value before the
+// name: version(1) flags(1) hostIP(4) pool(4+1) blockBits(1)
+// ledgerPort(2) nodeID(16) clusterID(8) block(4+1) nameLen(1). The name
+// follows (nameLen bytes, 1-maxNameLen), so a value is at most
+// metaFixedLen+maxNameLen = 297 bytes, within memberlist's 512.
+const metaFixedLen = 44
 
 // The flags byte: bit 0 leaving, bit 1 ledger state, bits 2-4 the
 // member's --bootstrap-expect (0-5); bits 5-7 are zero.
@@ -32,11 +38,15 @@ const (
 )
 
 // Meta is what a node advertises about itself in its memberlist metadata:
-// its host address (the next hop for its block), its identity, the pool
-// layout it runs with, and where its ledger listens. It carries no claim:
-// who holds which block is the ledger's alone, and metadata only has to
-// match the ledger's record for a route to exist.
+// its name, its host address (the next hop for its block), its identity,
+// the pool layout it runs with, where its ledger listens, and its block.
+// It carries no claim: who holds which block is the ledger's alone, and
+// metadata only has to match the ledger's record for a route to exist.
 type Meta struct {
+	// Name is the node's name (--node-name): a label for people and the
+	// ledger's records. Gossip knows the node by its ID, so two hosts
+	// with one name are two members (see View.NameConflicts).
+	Name      string
 	HostIP    netip.Addr
 	Pool      netip.Prefix
 	BlockBits int
@@ -59,6 +69,11 @@ type Meta struct {
 	// BootstrapExpect is the node's --bootstrap-expect (0: none, at most
 	// MaxBootstrapExpect): founders must all expect the same number.
 	BootstrapExpect int
+	// Block is the block the ledger assigns the node as the node itself
+	// sees it (zero: none), visible to any memberlist tool. It is an
+	// advertisement, never a claim: a member is routed only when it
+	// equals the ledger's assignment to the member's ID.
+	Block netip.Prefix
 }
 
 // Rules are what a received metadata value must satisfy.
@@ -91,11 +106,17 @@ func rejectReason(err error) string {
 	return "other"
 }
 
-// AppendBinary appends the version 2 encoding of m to b. m must be valid
+// AppendBinary appends the version 3 encoding of m to b. m must be valid
 // (see DecodeMeta); addresses are written as IPv4.
 func (m Meta) AppendBinary(b []byte) ([]byte, error) {
 	if !m.HostIP.Is4() || !m.Pool.Addr().Is4() {
 		return b, fmt.Errorf("encode metadata: host IP %s and pool %s must be IPv4", m.HostIP, m.Pool)
+	}
+	if m.Block.IsValid() && !m.Block.Addr().Is4() {
+		return b, fmt.Errorf("encode metadata: block %s must be IPv4", m.Block)
+	}
+	if err := CheckNodeName(m.Name); err != nil {
+		return b, fmt.Errorf("encode metadata: %w", err)
 	}
 	var flags byte
 	if m.Leaving {
@@ -117,6 +138,14 @@ func (m Meta) AppendBinary(b []byte) ([]byte, error) {
 	b = binary.BigEndian.AppendUint16(b, m.LedgerPort)
 	b = append(b, m.ID[:]...)
 	b = append(b, m.ClusterID[:]...)
+	var block [4]byte
+	var blockLen byte
+	if m.Block.IsValid() {
+		block, blockLen = m.Block.Addr().As4(), byte(m.Block.Bits())
+	}
+	b = append(b, block[:]...)
+	b = append(b, blockLen, byte(len(m.Name)))
+	b = append(b, m.Name...)
 	return b, nil
 }
 
@@ -130,8 +159,8 @@ func DecodeMeta(b []byte, rules Rules, from netip.Addr) (Meta, error) {
 	if b[0] != metaVersion {
 		return m, reject("version", "unknown metadata version %d", b[0])
 	}
-	if len(b) != metaLen {
-		return m, reject("length", "metadata is %d bytes, want %d", len(b), metaLen)
+	if len(b) < metaFixedLen || len(b) != metaFixedLen+int(b[metaFixedLen-1]) {
+		return m, reject("length", "metadata is %d bytes, want %d and the name's length", len(b), metaFixedLen)
 	}
 	flags := b[1]
 	if flags&^metaKnownFlags != 0 {
@@ -161,6 +190,16 @@ func DecodeMeta(b []byte, rules Rules, from netip.Addr) (Meta, error) {
 	}
 	if m.ID.IsZero() {
 		return Meta{}, reject("node_id", "zero node ID")
+	}
+	m.Name = string(b[metaFixedLen:])
+	if err := CheckNodeName(m.Name); err != nil {
+		return Meta{}, reject("name", "%v", err)
+	}
+	if block, bits := [4]byte(b[38:42]), int(b[42]); block != [4]byte{} || bits != 0 {
+		m.Block = netip.PrefixFrom(netip.AddrFrom4(block), bits) // invalid beyond /32
+		if err := rules.checkBlock(m.Block); err != nil {
+			return Meta{}, err
+		}
 	}
 	if err := rules.checkHostIP(m.HostIP, from); err != nil {
 		return Meta{}, err

@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"errors"
 	"net/netip"
+	"strings"
 	"testing"
+
+	"github.com/hashicorp/memberlist"
 
 	"github.com/grapevine-net/grapevine/mesh/ledger"
 )
@@ -13,6 +16,8 @@ var testRules = Rules{Pool: netip.MustParsePrefix("10.244.0.0/16"), BlockBits: 2
 
 func testMeta() Meta {
 	return Meta{
+		Name:       "node-113.example",
+		Block:      netip.MustParsePrefix("10.244.8.0/23"),
 		HostIP:     netip.MustParseAddr("172.16.254.113"),
 		Pool:       testRules.Pool,
 		BlockBits:  23,
@@ -33,9 +38,12 @@ func mustEncode(t testing.TB, m Meta) []byte {
 
 func TestMetaRoundTrip(t *testing.T) {
 	for name, m := range map[string]Meta{
-		"in a ledger":  testMeta(),
-		"in no ledger": func() Meta { m := testMeta(); m.ClusterID = ledger.ClusterID{}; return m }(),
-		"leaving":      func() Meta { m := testMeta(); m.Leaving = true; return m }(),
+		"in a ledger":   testMeta(),
+		"in no ledger":  func() Meta { m := testMeta(); m.ClusterID = ledger.ClusterID{}; return m }(),
+		"leaving":       func() Meta { m := testMeta(); m.Leaving = true; return m }(),
+		"no block":      func() Meta { m := testMeta(); m.Block = netip.Prefix{}; return m }(),
+		"one-byte name": func() Meta { m := testMeta(); m.Name = "u"; return m }(),
+		"longest name":  func() Meta { m := testMeta(); m.Name = strings.Repeat("n", maxNameLen); return m }(),
 		"founding": func() Meta {
 			m := testMeta()
 			m.ClusterID, m.LedgerState, m.BootstrapExpect = ledger.ClusterID{}, true, MaxBootstrapExpect
@@ -44,8 +52,8 @@ func TestMetaRoundTrip(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			b := mustEncode(t, m)
-			if len(b) != metaLen {
-				t.Fatalf("encoded %d bytes, want %d", len(b), metaLen)
+			if want := metaFixedLen + len(m.Name); len(b) != want {
+				t.Fatalf("encoded %d bytes, want %d", len(b), want)
 			}
 			got, err := DecodeMeta(b, testRules, m.HostIP)
 			if err != nil {
@@ -75,6 +83,12 @@ func TestDecodeMetaRejects(t *testing.T) {
 		copy(b[off:], v)
 		return b
 	}
+	// withName encodes good with any name, bypassing AppendBinary's check
+	// (the length byte wraps for names over 255 bytes: rejected either way).
+	withName := func(name string) []byte {
+		b := append(bytes.Clone(good[:metaFixedLen-1]), byte(len(name)))
+		return append(b, name...)
+	}
 	for _, tc := range []struct {
 		name   string
 		b      []byte
@@ -84,9 +98,22 @@ func TestDecodeMetaRejects(t *testing.T) {
 	}{
 		{"empty", nil, testRules, from, "empty"},
 		{"claim-carrying version 1", patch(0, 1), testRules, from, "version"},
-		{"future version", patch(0, 3), testRules, from, "version"},
-		{"short", good[:metaLen-1], testRules, from, "length"},
+		{"name-less version 2", patch(0, 2), testRules, from, "version"},
+		{"future version", patch(0, 4), testRules, from, "version"},
+		{"shorter than the fixed part", good[:metaFixedLen-1], testRules, from, "length"},
+		{"name cut short", good[:len(good)-1], testRules, from, "length"},
 		{"long", append(bytes.Clone(good), 0), testRules, from, "length"},
+		{"empty name", good[:metaFixedLen:metaFixedLen], testRules, from, "length"},
+		{"zero-length name", append(bytes.Clone(good[:metaFixedLen-1]), 0), testRules, from, "name"},
+		{"name with a space", patch(metaFixedLen, ' '), testRules, from, "name"},
+		{"name with a control character", patch(metaFixedLen, 0x1b), testRules, from, "name"},
+		{"name with a non-ASCII byte", patch(metaFixedLen, 0xc3), testRules, from, "name"},
+		{"name too long", withName(strings.Repeat("n", maxNameLen+1)), testRules, from, "name"},
+		{"block outside the pool", edit(func(m *Meta) { m.Block = netip.MustParsePrefix("10.96.0.0/23") }), testRules, from, "block_outside_pool"},
+		{"block of another size", edit(func(m *Meta) { m.Block = netip.MustParsePrefix("10.244.8.0/24") }), testRules, from, "block_size"},
+		{"block not a network address", edit(func(m *Meta) { m.Block = netip.MustParsePrefix("10.244.9.0/23") }), testRules, from, "block_unmasked"},
+		{"block address without a length", patch(38, 10, 244, 8, 0, 0), testRules, from, "block_size"},
+		{"block length beyond /32", patch(42, 33), testRules, from, "block"},
 		{"unknown flag", patch(1, 0x81), testRules, from, "flags"},
 		{"bootstrap-expect 7", patch(1, 7<<metaExpectShift), testRules, from, "bootstrap_expect"},
 		{"no ledger port", patch(12, 0, 0), testRules, from, "ledger_port"},
@@ -119,15 +146,27 @@ func TestDecodeMetaRejects(t *testing.T) {
 }
 
 func TestMetaWellUnderMemberlistLimit(t *testing.T) {
-	// memberlist panics above 512 bytes; stay far below for future fields.
-	if n := len(mustEncode(t, testMeta())); n > 64 {
+	// memberlist panics above 512 bytes; the longest name keeps far below.
+	m := testMeta()
+	m.Name = strings.Repeat("n", maxNameLen)
+	if n := len(mustEncode(t, m)); n > 320 || n > memberlist.MetaMaxSize {
 		t.Fatalf("metadata is %d bytes", n)
+	}
+}
+
+func TestMetaEncodeRefusesBadName(t *testing.T) {
+	for _, name := range []string{"", "a b", strings.Repeat("n", maxNameLen+1)} {
+		m := testMeta()
+		m.Name = name
+		if b, err := m.AppendBinary(nil); err == nil {
+			t.Errorf("name %q encoded as %x", name, b)
+		}
 	}
 }
 
 func BenchmarkMetaCodec(b *testing.B) {
 	m := testMeta()
-	buf := make([]byte, 0, metaLen)
+	buf := make([]byte, 0, metaFixedLen+maxNameLen)
 	for b.Loop() {
 		enc, err := m.AppendBinary(buf[:0])
 		if err != nil {
@@ -149,7 +188,7 @@ func FuzzDecodeMeta(f *testing.F) {
 	f.Add(mustEncode(f, noLedger))
 	f.Add([]byte{})
 	f.Add([]byte{1})
-	f.Add(bytes.Repeat([]byte{0xff}, metaLen))
+	f.Add(bytes.Repeat([]byte{0xff}, metaFixedLen+1))
 	from := testMeta().HostIP
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m, err := DecodeMeta(b, testRules, from)
@@ -159,6 +198,9 @@ func FuzzDecodeMeta(f *testing.F) {
 				t.Fatalf("error without a reason: %v", err)
 			}
 			return
+		}
+		if CheckNodeName(m.Name) != nil || (m.Block.IsValid() && testRules.checkBlock(m.Block) != nil) {
+			t.Fatalf("accepted an invalid name or block: %+v", m)
 		}
 		if m.ID.IsZero() || m.LedgerPort == 0 || m.Pool != testRules.Pool || m.BlockBits != testRules.BlockBits {
 			t.Fatalf("accepted metadata without identity or with another layout: %+v", m)

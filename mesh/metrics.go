@@ -12,6 +12,8 @@ type metrics struct {
 	fenced           prometheus.Counter
 	releases         *prometheus.CounterVec
 	nameConflicts    prometheus.Counter
+	nameConflictsNow prometheus.Gauge
+	idConflicts      prometheus.Counter
 	rejectedMetadata *prometheus.CounterVec
 	foreignLedger    prometheus.Gauge
 	rejectedGossip   *prometheus.CounterVec
@@ -35,7 +37,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "grapevine_mesh_releases_total", Help: "Blocks of departed nodes this node had the ledger release, by trigger: operator (grapevine release), record_deleted (the node's Kubernetes Node object was deleted).",
 		}, []string{"trigger"}),
 		nameConflicts: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "grapevine_mesh_name_conflicts_total", Help: "Hosts seen using the name of another live member.",
+			Name: "grapevine_mesh_name_conflicts_total", Help: "Name conflicts seen: live hosts with different node IDs advertising one node name.",
+		}),
+		nameConflictsNow: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "grapevine_mesh_name_conflicts", Help: "Node names that live hosts with different node IDs advertise now (this node included); only one of each holds a block.",
+		}),
+		idConflicts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "grapevine_mesh_id_conflicts_total", Help: "Hosts seen gossiping under the node ID of another live member (a copied state directory).",
 		}),
 		rejectedMetadata: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "grapevine_mesh_rejected_metadata_total", Help: "Member metadata values rejected, by reason.",
@@ -50,7 +58,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.members, m.foreignMembers, m.claims, m.fenced, m.releases, m.nameConflicts, m.rejectedMetadata, m.rejectedGossip, m.foreignLedger} {
+	for _, c := range []prometheus.Collector{m.members, m.foreignMembers, m.claims, m.fenced, m.releases, m.nameConflicts, m.nameConflictsNow, m.idConflicts, m.rejectedMetadata, m.rejectedGossip, m.foreignLedger} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -173,10 +173,12 @@ func (m *Mesh) ownershipLoop(ctx context.Context, saved *savedBlock) {
 		} else {
 			failures++
 		}
-		if ready := m.View().Ready; ready != wasReady {
-			wasReady = ready
+		v := m.View()
+		if v.Ready != wasReady {
+			wasReady = v.Ready
 			m.notify()
 		}
+		m.advertiseBlock(v.Block)
 		wait := stepInterval
 		wake := m.wake
 		if !ok {
@@ -487,6 +489,19 @@ func (m *Mesh) ledgerEvents(ctx context.Context) {
 			signal(m.ledgerChanged)
 		}
 		m.notify()
+	}
+}
+
+// advertiseBlock advertises block, this node's View's block, in its
+// metadata if it is not advertised yet. Peers route a block to this node
+// only while the metadata names the block the ledger assigns it.
+func (m *Mesh) advertiseBlock(block netip.Prefix) {
+	m.mu.Lock()
+	changed := m.metaBlock != block
+	m.metaBlock = block
+	m.mu.Unlock()
+	if changed {
+		m.advertise()
 	}
 }
 

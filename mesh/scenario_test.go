@@ -410,8 +410,9 @@ func TestHostileMetadataGetsNoRoute(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := &rawDelegate{meta: []byte("\x07garbage")}
+	evilID := ledger.NewNodeID()
 	cfg := memberlist.DefaultLANConfig()
-	cfg.Name, cfg.Transport, cfg.Delegate, cfg.LogOutput = "evil", tr, d, io.Discard
+	cfg.Name, cfg.Transport, cfg.Delegate, cfg.LogOutput = evilID.String(), tr, d, io.Discard
 	meshtest.FastTimers(cfg)
 	evil, err := memberlist.Create(cfg)
 	if err != nil {
@@ -424,8 +425,8 @@ func TestHostileMetadataGetsNoRoute(t *testing.T) {
 
 	victim := c.Node("b").Mesh.View()
 	meta := func(f func(*mesh.Meta)) []byte {
-		m := mesh.Meta{HostIP: evilAddr.Addr(), Pool: mesh.DefaultPool, BlockBits: mesh.DefaultBlockBits,
-			LedgerPort: meshtest.LedgerPort, ID: victim.ID, ClusterID: victim.Ledger.ClusterID}
+		m := mesh.Meta{Name: "evil", HostIP: evilAddr.Addr(), Pool: mesh.DefaultPool, BlockBits: mesh.DefaultBlockBits,
+			LedgerPort: meshtest.LedgerPort, ID: victim.ID, ClusterID: victim.Ledger.ClusterID, Block: victim.Block}
 		f(&m)
 		b, err := m.AppendBinary(nil)
 		if err != nil {
@@ -441,6 +442,7 @@ func TestHostileMetadataGetsNoRoute(t *testing.T) {
 		{"node_id", meta(func(m *mesh.Meta) { m.ID = ledger.NodeID{} })},
 		{"foreign_host_ip", meta(func(m *mesh.Meta) { m.HostIP = victim.HostIP })}, // b's address, with b's ID
 		{"pool_mismatch", meta(func(m *mesh.Meta) { m.BlockBits = 24 })},
+		{"node_id_mismatch", meta(func(*mesh.Meta) {})}, // b's ID, gossiping under another
 	} {
 		d.set(tc.meta)
 		if err := evil.UpdateNode(time.Second); err != nil {
@@ -456,25 +458,26 @@ func TestHostileMetadataGetsNoRoute(t *testing.T) {
 		}
 		for _, n := range c.Nodes() {
 			for _, m := range n.Mesh.View().Members {
-				if m.Name == "evil" && m.Block.IsValid() {
+				if m.Addr == evilAddr.Addr() && m.Block.IsValid() {
 					t.Errorf("%s routes %s to evil (%s)", n.Name, m.Block, tc.reason)
 				}
 			}
 		}
 	}
-	// Valid metadata naming b's node ID at evil's own address: accepted,
-	// yet the ledger records b at b's address, so nothing moves.
-	d.set(meta(func(*mesh.Meta) {}))
+	// Valid metadata under evil's own ID with b's name, advertising b's
+	// block: accepted, yet the ledger assigns evil's ID nothing, so nothing
+	// moves.
+	d.set(meta(func(m *mesh.Meta) { m.ID, m.Name = evilID, "b" }))
 	if err := evil.UpdateNode(time.Second); err != nil {
 		t.Fatal(err)
 	}
 	holdFor(t, c, 2*time.Second, func(views map[string]mesh.View) error {
 		for name, v := range views {
 			for _, m := range v.Members {
-				if m.Name == "evil" && m.Block.IsValid() {
+				if m.Addr == evilAddr.Addr() && m.Block.IsValid() {
 					return fmt.Errorf("%s routes %s to evil", name, m.Block)
 				}
-				if m.Name == "b" && m.Block != victim.Block {
+				if m.ID == victim.ID && m.Block != victim.Block {
 					return fmt.Errorf("%s routes %s to b, which holds %s", name, m.Block, victim.Block)
 				}
 			}

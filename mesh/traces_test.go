@@ -15,6 +15,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -238,8 +239,8 @@ func TestTrace04ForgedMetadataMovesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	forged := mesh.Meta{HostIP: evilAddr.Addr(), Pool: mesh.DefaultPool, BlockBits: mesh.DefaultBlockBits,
-		LedgerPort: meshtest.LedgerPort, ID: vv.ID, ClusterID: vv.Ledger.ClusterID}
+	forged := mesh.Meta{Name: "victim", HostIP: evilAddr.Addr(), Pool: mesh.DefaultPool, BlockBits: mesh.DefaultBlockBits,
+		LedgerPort: meshtest.LedgerPort, ID: vv.ID, ClusterID: vv.Ledger.ClusterID, Block: vv.Block}
 	raw, err := forged.AppendBinary(nil)
 	if err != nil {
 		t.Fatal(err)
@@ -611,4 +612,201 @@ func holdForSides(t *testing.T, c *meshtest.Cluster, d time.Duration, cond func(
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// Lab trace 10 (issue 18): a second host under a live host's name (a cloned
+// VM that kept its host name) must not cut that host off. Gossip knows
+// nodes by ID, so the impostor is a second member named "c": the ledger
+// refuses its claims, every node shows the conflict with both host IPs,
+// and c's route never leaves c's host, neither while both are up nor after
+// the impostor was cut off and came back.
+func TestLabTrace10ImpostorUnderLiveName(t *testing.T) {
+	c := newCluster(t, meshtest.Options{Logger: testLogger(t)})
+	a := start(t, c, meshtest.Spec{Name: "a"})
+	start(t, c, meshtest.Spec{Name: "b", Join: seed(a)})
+	orig := start(t, c, meshtest.Spec{Name: "c", Join: seed(a)})
+	waitConvergedChecked(t, c, 30*time.Second)
+	rv := orig.Mesh.View()
+	cBlock, cID, cIP := rv.Block, rv.ID, rv.HostIP
+
+	impostor := start(t, c, meshtest.Spec{Name: "c", Key: "c-impostor", Join: seed(a)})
+	impIP := impostor.Addr.Addr()
+
+	// What must hold on every poll: nobody shares a block, c keeps its
+	// block, every other host routes it to c's host and nowhere else, and
+	// the impostor holds and routes nothing.
+	invariant := func(views map[string]mesh.View) error {
+		if v := views["c"]; v.Block != cBlock || !v.Ready {
+			return fmt.Errorf("c: block %s ready=%v (%s), had %s", v.Block, v.Ready, v.Reason, cBlock)
+		}
+		if v := views["c-impostor"]; v.Block.IsValid() || v.Ready {
+			return fmt.Errorf("impostor holds %s (ready=%v)", v.Block, v.Ready)
+		}
+		for key, v := range views {
+			for _, m := range v.Members {
+				if m.HostIP == impIP && (m.Block.IsValid() || m.Held.IsValid()) {
+					return fmt.Errorf("%s routes %s (held %s) to the impostor", key, m.Block, m.Held)
+				}
+				if m.Block == cBlock && (m.ID != cID || m.HostIP != cIP) {
+					return fmt.Errorf("%s routes c's block %s to %s (ID %s)", key, cBlock, m.HostIP, m.ID)
+				}
+				if key != "c-impostor" && m.ID == cID && (m.Block != cBlock || m.HostIP != cIP) {
+					return fmt.Errorf("%s routes %s via %s to c, which holds %s at %s", key, m.Block, m.HostIP, cBlock, cIP)
+				}
+			}
+		}
+		return nil
+	}
+	checked := func(cond func(map[string]mesh.View) error) func() error {
+		return func() error {
+			views := c.Views()
+			if err := meshtest.SharedBlock(views); err != nil {
+				t.Fatal(err)
+			}
+			if err := invariant(views); err != nil {
+				t.Fatal(err)
+			}
+			return cond(views)
+		}
+	}
+	// Every node, the impostor too, shows the conflict naming both hosts.
+	conflictShown := func(views map[string]mesh.View) error {
+		for key, v := range views {
+			if len(v.NameConflicts) != 1 || v.NameConflicts[0].Name != "c" {
+				return fmt.Errorf("%s shows conflicts %+v, want one on c", key, v.NameConflicts)
+			}
+			var ips []netip.Addr
+			for _, n := range v.NameConflicts[0].Nodes {
+				ips = append(ips, n.HostIP)
+			}
+			if !slices.Contains(ips, cIP) || !slices.Contains(ips, impIP) || len(ips) != 2 {
+				return fmt.Errorf("%s shows the conflict on c at %v, want %s and %s", key, ips, cIP, impIP)
+			}
+			if first := v.NameConflicts[0].Nodes[0]; key != "c-impostor" && (!first.Holder || first.ID != cID) {
+				return fmt.Errorf("%s does not show c (%s) holding the name: %+v", key, cID, v.NameConflicts[0].Nodes)
+			}
+		}
+		return nil
+	}
+	waitFor(t, "every node shows the conflict and the impostor is refused", 30*time.Second, checked(func(views map[string]mesh.View) error {
+		if err := conflictShown(views); err != nil {
+			return err
+		}
+		if v := views["c-impostor"]; !strings.Contains(v.Reason, "refused by the ledger") {
+			return fmt.Errorf("impostor not refused yet: %s", v.Reason)
+		}
+		return nil
+	}))
+	for _, n := range c.Nodes() {
+		if got := counter(t, n.Metrics, "grapevine_mesh_name_conflicts", ""); got != 1 {
+			t.Errorf("%s: grapevine_mesh_name_conflicts = %v, want 1", n.Key, got)
+		}
+	}
+
+	// Cut the impostor off until everyone holds it dead, then heal: this is
+	// where memberlist, knowing nodes by name, used to hand c's entry over.
+	others := addrs(slices.DeleteFunc(c.Nodes(), func(n *meshtest.Node) bool { return n == impostor }))
+	c.Net.Partition([]netip.Addr{impIP}, others)
+	waitFor(t, "a sees the impostor dead", 30*time.Second, checked(func(views map[string]mesh.View) error {
+		for _, m := range views["a"].Members {
+			if m.HostIP == impIP && m.State.Live() {
+				return fmt.Errorf("a sees the impostor %s", m.State)
+			}
+		}
+		if len(views["a"].NameConflicts) != 0 {
+			return fmt.Errorf("a still shows conflicts %+v", views["a"].NameConflicts)
+		}
+		return nil
+	}))
+	c.Net.Heal()
+	waitFor(t, "the conflict is shown again after the heal", 30*time.Second, checked(conflictShown))
+	holdFor(t, c, 2*time.Second, invariant)
+}
+
+// Lab trace 10 (issue 18), as found: the impostor starts while c is cut
+// off. c looks dead, so the ledger cannot tell the impostor from c
+// reinstalled and grants it a block of its own (never c's). After the heal
+// c must not be cut off: it holds its block under its name, so its
+// renewals and its rejoin are not refused for the name the impostor now
+// holds a block under too, every host routes c's block to c's host again,
+// and every host shows the conflict.
+func TestLabTrace10ImpostorDuringPartition(t *testing.T) {
+	// A lease long enough to outlast the partition, short enough that c
+	// renews it (a claim under its name) a few times after the heal.
+	const lease = 20 * time.Second
+	c := newCluster(t, meshtest.Options{Lease: lease, Logger: testLogger(t)})
+	a := start(t, c, meshtest.Spec{Name: "a"})
+	start(t, c, meshtest.Spec{Name: "b", Join: seed(a)})
+	orig := start(t, c, meshtest.Spec{Name: "c", Join: seed(a)})
+	waitConvergedChecked(t, c, 30*time.Second)
+	rv := orig.Mesh.View()
+	cBlock, cID, cIP := rv.Block, rv.ID, rv.HostIP
+
+	// c's block never moves: c keeps it, and nobody routes it elsewhere.
+	invariant := func(views map[string]mesh.View) error {
+		if v := views["c"]; v.Block != cBlock || !v.Ready {
+			return fmt.Errorf("c: block %s ready=%v (%s), had %s", v.Block, v.Ready, v.Reason, cBlock)
+		}
+		if v := views["c-impostor"]; v.Block == cBlock {
+			return fmt.Errorf("the impostor holds c's block %s", cBlock)
+		}
+		for key, v := range views {
+			for _, m := range v.Members {
+				if m.Block == cBlock && (m.ID != cID || m.HostIP != cIP) {
+					return fmt.Errorf("%s routes c's block %s to %s (ID %s)", key, cBlock, m.HostIP, m.ID)
+				}
+			}
+		}
+		return nil
+	}
+	checked := func(cond func(map[string]mesh.View) error) func() error {
+		return func() error {
+			views := c.Views()
+			if err := meshtest.SharedBlock(views); err != nil {
+				t.Fatal(err)
+			}
+			if err := invariant(views); err != nil {
+				t.Fatal(err)
+			}
+			return cond(views)
+		}
+	}
+
+	impIP := meshtest.HostAddr(3) // the next node's address
+	c.Net.Partition([]netip.Addr{cIP}, []netip.Addr{a.Addr.Addr(), c.Node("b").Addr.Addr(), impIP})
+	waitFor(t, "a sees c dead", 30*time.Second, checked(func(map[string]mesh.View) error { return sees(a, "c", mesh.Dead) }))
+	impostor := start(t, c, meshtest.Spec{Name: "c", Key: "c-impostor", Join: seed(a)})
+	if impostor.Addr.Addr() != impIP {
+		t.Fatalf("the impostor got address %s, the partition expects %s", impostor.Addr.Addr(), impIP)
+	}
+	waitFor(t, "the impostor holds a block of its own", 30*time.Second, checked(func(views map[string]mesh.View) error {
+		if v := views["c-impostor"]; !v.Ready {
+			return fmt.Errorf("impostor: %s", v.Reason)
+		}
+		return nil
+	}))
+
+	c.Net.Heal()
+	waitFor(t, "every host routes c to c's host and shows the conflict", 30*time.Second, checked(func(views map[string]mesh.View) error {
+		for key, v := range views {
+			if key == "c" || key == "c-impostor" {
+				continue
+			}
+			i := slices.IndexFunc(v.Members, func(m mesh.Member) bool { return m.ID == cID })
+			if i < 0 || v.Members[i].Block != cBlock || v.Members[i].HostIP != cIP || v.Members[i].State != mesh.Alive {
+				return fmt.Errorf("%s does not route %s to c at %s: %+v", key, cBlock, cIP, v.Members)
+			}
+		}
+		for key, v := range views {
+			if len(v.NameConflicts) != 1 || len(v.NameConflicts[0].Nodes) != 2 {
+				return fmt.Errorf("%s shows conflicts %+v", key, v.NameConflicts)
+			}
+			ips := []netip.Addr{v.NameConflicts[0].Nodes[0].HostIP, v.NameConflicts[0].Nodes[1].HostIP}
+			if !slices.Contains(ips, cIP) || !slices.Contains(ips, impIP) {
+				return fmt.Errorf("%s shows the conflict at %v, want %s and %s", key, ips, cIP, impIP)
+			}
+		}
+		return nil
+	}))
+	holdFor(t, c, lease/2+2*time.Second, invariant)
 }

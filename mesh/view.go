@@ -60,7 +60,12 @@ type View struct {
 	// Degraded is set after this node lost a block it had used: its
 	// existing pods hold addresses of a block it no longer owns.
 	Degraded string
-	Members  []Member // every known member except self, sorted by name
+	// Members is every known member except self, sorted by name, then by
+	// node ID: two hosts with one name are two members.
+	Members []Member
+	// NameConflicts lists every name that live members (this node
+	// included) with different node IDs advertise; empty normally.
+	NameConflicts []NameConflict
 	// Ledger is this node's ledger replica: cluster, role, leader, voters.
 	Ledger ledger.Info
 	// Restart is what the restart rule made of the block the previous run
@@ -101,12 +106,18 @@ func (r RestartRule) String() string {
 	return "unknown"
 }
 
-// Member is one peer in a View.
+// Member is one peer in a View. Gossip knows it by ID; Name is the label
+// its metadata carries (memberlist's name, the ID, when the metadata was
+// rejected).
 type Member struct {
 	Name   string
 	Addr   netip.Addr // gossip address
 	HostIP netip.Addr
 	ID     ledger.NodeID
+	// Advertised is the block the member advertises in its metadata: it
+	// must equal the ledger's assignment (Held) for the member to be
+	// routed, never moves a route by itself.
+	Advertised netip.Prefix
 	// ClusterID is the ledger the member advertises (zero: none yet).
 	ClusterID ledger.ClusterID
 	// Foreign marks a member of another ledger (founded separately with
@@ -114,7 +125,7 @@ type Member struct {
 	Foreign bool
 	// Block is the block to route to the member: the ledger's assignment
 	// to the member's node ID, only while the member is live and advertises
-	// the host IP the ledger recorded. Zero otherwise.
+	// the name, host IP and block the ledger recorded. Zero otherwise.
 	Block netip.Prefix
 	// Held is the ledger's assignment to the member's node ID, under the
 	// name and host IP it advertised last, whether the member is live or
@@ -123,4 +134,25 @@ type Member struct {
 	// still names the routed block: a release or reclaim ends it.
 	Held  netip.Prefix
 	State MemberState
+}
+
+// NameConflict is one name that several live nodes advertise, each with
+// its own node ID: cloned hosts that kept a host name, typically. Gossip
+// keeps them apart (it knows nodes by ID) and the ledger keeps the name's
+// block with the node that holds it, refusing the others' claims.
+type NameConflict struct {
+	Name string
+	// Nodes are the nodes advertising Name, the ledger's holder first,
+	// then by host IP.
+	Nodes []NameClaimant
+}
+
+// NameClaimant is one node advertising a conflicting name.
+type NameClaimant struct {
+	ID     ledger.NodeID
+	HostIP netip.Addr
+	// Holder: the ledger assigns a block to this node ID under the name.
+	Holder bool
+	// Self: this is the node whose View it is.
+	Self bool
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/grapevine-net/grapevine/internal/hostclock"
 	"github.com/grapevine-net/grapevine/mesh"
+	"github.com/grapevine-net/grapevine/mesh/ledger"
 	"github.com/grapevine-net/grapevine/node"
 	"github.com/grapevine-net/grapevine/node/nodestate"
 	"github.com/grapevine-net/grapevine/node/probe"
@@ -29,12 +30,36 @@ var testOpts = agentOptions{
 	MTU:        1500,
 }
 
-// member is a member of a View as the mesh builds it: block is what the
-// ledger assigns it (Held), and its Block to route while it is live.
+// testID is a node ID made from a test member's name.
+func testID(name string) ledger.NodeID {
+	var id ledger.NodeID
+	copy(id[:], name)
+	return id
+}
+
+// key is the memberKey of the test member called name.
+func key(name string) string { return testID(name).String() }
+
+// byID re-keys a map keyed by test member names to memberKey.
+func byID[V any](byName map[string]V) map[string]V {
+	if byName == nil {
+		return nil
+	}
+	out := make(map[string]V, len(byName))
+	for name, v := range byName {
+		out[key(name)] = v
+	}
+	return out
+}
+
+// member is a member of a View as the mesh builds it, its node ID made from
+// its name: block is what the ledger assigns it (Held) and what it
+// advertises, and its Block to route while it is live.
 func member(name, state, hostIP, block string) mesh.Member {
-	m := mesh.Member{Name: name, Addr: netip.MustParseAddr(hostIP), HostIP: netip.MustParseAddr(hostIP)}
+	m := mesh.Member{Name: name, ID: testID(name), Addr: netip.MustParseAddr(hostIP), HostIP: netip.MustParseAddr(hostIP)}
 	if block != "" {
 		m.Held = netip.MustParsePrefix(block)
+		m.Advertised = m.Held
 	}
 	switch state {
 	case "alive":
@@ -48,6 +73,19 @@ func member(name, state, hostIP, block string) mesh.Member {
 	}
 	if m.State.Live() {
 		m.Block = m.Held
+	}
+	return m
+}
+
+// advertising is m advertising block (""): none) in its metadata, whatever
+// the ledger assigns it: the mesh then gives it no Block to route.
+func advertising(m mesh.Member, block string) mesh.Member {
+	m.Advertised = netip.Prefix{}
+	if block != "" {
+		m.Advertised = netip.MustParsePrefix(block)
+	}
+	if m.Advertised != m.Held {
+		m.Block = netip.Prefix{}
 	}
 	return m
 }
@@ -190,8 +228,8 @@ func TestKeptRoutes(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			v := mesh.View{Self: "h1", HostIP: testOpts.HostIP, Block: own, Ready: true, Members: tt.members}
-			got := keptRoutes(v, tt.prev, tt.paths)
-			if !reflect.DeepEqual(got, tt.want) {
+			got := keptRoutes(v, byID(tt.prev), tt.paths)
+			if want := byID(tt.want); !reflect.DeepEqual(got, want) {
 				t.Errorf("keptRoutes = %+v, want %+v", got, tt.want)
 			}
 		})
@@ -326,12 +364,12 @@ func TestBuildStatusRouteStates(t *testing.T) {
 		netip.MustParseAddr("172.16.254.7"): {Misses: 3, LastReply: time.Unix(91, 0)},
 		netip.MustParseAddr("172.16.254.8"): {Up: true, LastReply: time.Unix(103, 0)},
 	}
-	prev := map[string]keptRoute{
+	prev := byID(map[string]keptRoute{
 		"h5": {Block: netip.MustParsePrefix("10.244.8.0/23"), HostIP: netip.MustParseAddr("172.16.254.5"), Gossip: true},
 		"h6": {Block: netip.MustParsePrefix("10.244.10.0/23"), HostIP: netip.MustParseAddr("172.16.254.6"), Gossip: true, DataPath: true},
 		"h7": {Block: netip.MustParsePrefix("10.244.12.0/23"), HostIP: netip.MustParseAddr("172.16.254.7"), DataPath: true},
 		"h8": {Block: netip.MustParsePrefix("10.244.14.0/23"), HostIP: netip.MustParseAddr("172.16.254.8"), DataPath: true},
-	}
+	})
 	kept := keptRoutes(v, prev, paths)
 	withdrawn := withdrawals(v, prev, kept, paths, nil)
 	d := desiredState(v, kept, testOpts)
@@ -360,6 +398,75 @@ func TestBuildStatusRouteStates(t *testing.T) {
 	}
 	if m := got.Members[0]; !m.DataPathSeen.Equal(time.Unix(100, 0)) {
 		t.Errorf("h2's last reply = %v", m.DataPathSeen)
+	}
+}
+
+// TestTwoMembersOneName: a second host under a live host's name (a cloned
+// VM that kept its host name) is a second member, keyed by its node ID:
+// the holder keeps its route, the impostor gets none even when it is the
+// one gossip lists last, and the status names the conflict with both host
+// IPs and says why the impostor is not routed (lab trace 10).
+func TestTwoMembersOneName(t *testing.T) {
+	b2 := netip.MustParsePrefix("10.244.2.0/23")
+	ip2, ip9 := netip.MustParseAddr("172.16.254.2"), netip.MustParseAddr("172.16.254.9")
+	holder := member("h2", "alive", ip2.String(), b2.String())
+	impostor := member("h2", "alive", ip9.String(), "")
+	impostor.ID = testID("h2-clone")
+	for _, order := range [][]mesh.Member{{holder, impostor}, {impostor, holder}} {
+		v := mesh.View{
+			Self: "h1", HostIP: testOpts.HostIP, Block: netip.MustParsePrefix("10.244.0.0/23"), Ready: true,
+			Members: order,
+			NameConflicts: []mesh.NameConflict{{Name: "h2", Nodes: []mesh.NameClaimant{
+				{ID: holder.ID, HostIP: ip2, Holder: true}, {ID: impostor.ID, HostIP: ip9},
+			}}},
+		}
+		paths := map[netip.Addr]probe.Verdict{ip2: {Up: true}, ip9: {Up: true}}
+		// The holder routed last pass; the impostor's ID never was.
+		prev := map[string]keptRoute{memberKey(holder): {Block: b2, HostIP: ip2, Gossip: true, DataPath: true}}
+		kept := keptRoutes(v, prev, paths)
+		if want := map[string]keptRoute{memberKey(holder): {Block: b2, HostIP: ip2, Gossip: true, DataPath: true}}; !reflect.DeepEqual(kept, want) {
+			t.Fatalf("keptRoutes = %+v, want only the holder's route %+v", kept, want)
+		}
+		withdrawn := withdrawals(v, prev, kept, paths, nil)
+		d := desiredState(v, kept, testOpts)
+		if want := []node.PeerRoute{{Peer: memberKey(holder), Block: b2, Via: ip2}}; !reflect.DeepEqual(d.Peers, want) {
+			t.Fatalf("Peers = %+v, want %+v", d.Peers, want)
+		}
+		k := node.NewFakeKernel()
+		k.AddLink("em1", netip.MustParsePrefix("172.16.254.1/24"))
+		res, err := node.NewReconciler(k, nil, nil).Reconcile(t.Context(), d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := buildStatus(v, kept, withdrawn, paths, res, true, "")
+		byIP := map[string]memberStatus{}
+		for _, m := range st.Members {
+			byIP[m.HostIP] = m
+		}
+		if m := byIP[ip2.String()]; m.Name != "h2" || m.ID != memberKey(holder) || m.Route != node.PeerProgrammed || m.Block != b2.String() {
+			t.Errorf("holder: %+v", m)
+		}
+		if m := byIP[ip9.String()]; m.Name != "h2" || m.ID != memberKey(impostor) || m.Route != routeNone || m.Block != "" ||
+			!strings.Contains(m.RouteReason, "held by the node at "+ip2.String()) {
+			t.Errorf("impostor: %+v", m)
+		}
+		var table strings.Builder
+		if err := printStatus(&table, st); err != nil {
+			t.Fatal(err)
+		}
+		line := "NAME CONFLICT: h2 is used by " + ip2.String() + " (ID " + memberKey(holder) + ", holds the block), " +
+			ip9.String() + " (ID " + memberKey(impostor) + ", refused by the ledger)"
+		if !strings.Contains(table.String(), line) {
+			t.Errorf("status table lacks %q:\n%s", line, table.String())
+		}
+	}
+	// After a partition both may hold a block under the name: neither is
+	// said to be held off by the other.
+	both := mesh.View{NameConflicts: []mesh.NameConflict{{Name: "h2", Nodes: []mesh.NameClaimant{
+		{ID: holder.ID, HostIP: ip2, Holder: true}, {ID: impostor.ID, HostIP: ip9, Holder: true},
+	}}}}
+	if got := nameHeldElsewhere(both, impostor); got != "" {
+		t.Errorf("with two holders, the second is said to be held off by %s", got)
 	}
 }
 
@@ -399,8 +506,8 @@ func TestWithdrawals(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			v := mesh.View{Self: "h1", Members: []mesh.Member{tt.m}}
-			got := withdrawals(v, tt.prev, tt.kept, tt.paths, tt.before)
-			if got["h2"] != tt.want || len(got) > 1 || (tt.want == "" && len(got) != 0) {
+			got := withdrawals(v, byID(tt.prev), byID(tt.kept), tt.paths, byID(tt.before))
+			if got[key("h2")] != tt.want || len(got) > 1 || (tt.want == "" && len(got) != 0) {
 				t.Errorf("withdrawals = %q, want h2: %q", got, tt.want)
 			}
 		})
@@ -418,17 +525,24 @@ func TestRouteReason(t *testing.T) {
 		route     keptRoute
 		isKept    bool
 		withdrawn string
+		heldBy    string
 		want      string
 	}{
-		{"alive, routed on gossip", member("h2", "alive", "172.16.254.2", "10.244.2.0/23"), byGossip, true, "", ""},
-		{"alive without a block", member("h2", "alive", "172.16.254.2", ""), keptRoute{}, false, "", ""},
-		{"left, host answering", member("h2", "left", "172.16.254.2", "10.244.2.0/23"), byPath, true, "", "left; kept by data path"},
-		{"dead, host answering", member("h2", "dead", "172.16.254.2", "10.244.2.0/23"), byPath, true, "", "dead; kept by data path"},
-		{"left, host down", member("h2", "left", "172.16.254.2", "10.244.2.0/23"), keptRoute{}, false, "withdrawn: host not answering", "left; withdrawn: host not answering"},
+		{"alive, routed on gossip", member("h2", "alive", "172.16.254.2", "10.244.2.0/23"), byGossip, true, "", "", ""},
+		{"alive without a block", member("h2", "alive", "172.16.254.2", ""), keptRoute{}, false, "", "", ""},
+		{"left, host answering", member("h2", "left", "172.16.254.2", "10.244.2.0/23"), byPath, true, "", "", "left; kept by data path"},
+		{"dead, host answering", member("h2", "dead", "172.16.254.2", "10.244.2.0/23"), byPath, true, "", "", "dead; kept by data path"},
+		{"left, host down", member("h2", "left", "172.16.254.2", "10.244.2.0/23"), keptRoute{}, false, "withdrawn: host not answering", "", "left; withdrawn: host not answering"},
+		{"alive, another host holds its name", member("h2", "alive", "172.16.254.9", ""), keptRoute{}, false, "", "172.16.254.2",
+			"not routed: name h2 is held by the node at 172.16.254.2; the ledger refuses this one's claims"},
+		{"alive, advertising another block than the ledger's", advertising(member("h2", "alive", "172.16.254.2", "10.244.2.0/23"), "10.244.4.0/23"),
+			keptRoute{}, false, "", "", "not routed: advertises block 10.244.4.0/23, the ledger assigns 10.244.2.0/23"},
+		{"alive, advertising no block yet", advertising(member("h2", "alive", "172.16.254.2", "10.244.2.0/23"), ""),
+			keptRoute{}, false, "", "", "not routed: advertises block none, the ledger assigns 10.244.2.0/23"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := routeReason(tt.m, tt.route, tt.isKept, tt.withdrawn); got != tt.want {
+			if got := routeReason(tt.m, tt.route, tt.isKept, tt.withdrawn, tt.heldBy); got != tt.want {
 				t.Errorf("routeReason = %q, want %q", got, tt.want)
 			}
 		})

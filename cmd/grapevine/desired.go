@@ -24,9 +24,16 @@ type keptRoute struct {
 	DataPath bool
 }
 
+// memberKey is how the agent keys a member's route, reason and signals:
+// its node ID, as gossip knows it. Two hosts may carry one name (a cloned
+// VM that kept its host name); they are two members, and only the one the
+// ledger assigns a block is routed.
+func memberKey(m mesh.Member) string { return m.ID.String() }
+
 // keptRoutes decides which peers' blocks this host routes, from the mesh's
 // view, the routes kept so far and the data-path verdicts. It is the only
-// place where gossip meets routing, and it is pure.
+// place where gossip meets routing, and it is pure. Routes are keyed by
+// node ID (memberKey).
 //
 // A route is installed only on gossip: a live member with a block. Once
 // installed it stays while either signal holds: memberlist sees the member
@@ -55,23 +62,24 @@ func keptRoutes(v mesh.View, prev map[string]keptRoute, paths map[netip.Addr]pro
 	kept := make(map[string]keptRoute, len(v.Members))
 	var dataPathOnly []string
 	for _, m := range v.Members {
-		switch r, had := prev[m.Name]; {
+		key := memberKey(m)
+		switch r, had := prev[key]; {
 		case routable(m):
-			kept[m.Name] = keptRoute{Block: m.Block, HostIP: m.HostIP, Gossip: true, DataPath: paths[m.HostIP].Up}
+			kept[key] = keptRoute{Block: m.Block, HostIP: m.HostIP, Gossip: true, DataPath: paths[m.HostIP].Up}
 		case gone(m.State) && had && m.Held == r.Block && paths[r.HostIP].Up:
-			kept[m.Name] = keptRoute{Block: r.Block, HostIP: r.HostIP, DataPath: true}
-			dataPathOnly = append(dataPathOnly, m.Name)
+			kept[key] = keptRoute{Block: r.Block, HostIP: r.HostIP, DataPath: true}
+			dataPathOnly = append(dataPathOnly, key)
 		}
 	}
-	for _, name := range dataPathOnly {
-		b := kept[name].Block
+	for _, key := range dataPathOnly {
+		b := kept[key].Block
 		if v.Block.IsValid() && v.Block.Overlaps(b) {
-			delete(kept, name)
+			delete(kept, key)
 			continue
 		}
 		for other, r := range kept {
-			if other != name && r.Gossip && r.Block.Overlaps(b) {
-				delete(kept, name)
+			if other != key && r.Gossip && r.Block.Overlaps(b) {
+				delete(kept, key)
 				break
 			}
 		}
@@ -80,29 +88,30 @@ func keptRoutes(v mesh.View, prev map[string]keptRoute, paths map[netip.Addr]pro
 }
 
 // withdrawals says, for every member memberlist counts out (dead or left)
-// that this host does not route, why not. The reason is fixed by the pass
+// that this host does not route, why not, by memberKey. The reason is fixed by the pass
 // that withdrew the route (before holds the last pass's answers), so the
 // status still gives it once the host is no longer probed. It is pure.
 func withdrawals(v mesh.View, prev, kept map[string]keptRoute, paths map[netip.Addr]probe.Verdict, before map[string]string) map[string]string {
 	why := make(map[string]string)
 	for _, m := range v.Members {
-		if _, ok := kept[m.Name]; ok || !gone(m.State) {
+		key := memberKey(m)
+		if _, ok := kept[key]; ok || !gone(m.State) {
 			continue
 		}
-		r, had := prev[m.Name]
+		r, had := prev[key]
 		switch {
 		case had && m.Held != r.Block:
-			why[m.Name] = "withdrawn: the ledger no longer assigns it " + r.Block.String()
+			why[key] = "withdrawn: the ledger no longer assigns it " + r.Block.String()
 		case had && paths == nil:
-			why[m.Name] = "withdrawn: data-path probes are off"
+			why[key] = "withdrawn: data-path probes are off"
 		case had && !paths[r.HostIP].Up:
-			why[m.Name] = "withdrawn: host not answering"
+			why[key] = "withdrawn: host not answering"
 		case had:
-			why[m.Name] = "withdrawn: " + r.Block.String() + " is routed elsewhere"
-		case before[m.Name] != "":
-			why[m.Name] = before[m.Name]
+			why[key] = "withdrawn: " + r.Block.String() + " is routed elsewhere"
+		case before[key] != "":
+			why[key] = before[key]
 		case m.Held.IsValid():
-			why[m.Name] = "not routed: gone before this agent routed it"
+			why[key] = "not routed: gone before this agent routed it"
 		}
 	}
 	return why
@@ -139,7 +148,7 @@ func probeTargets(v mesh.View, kept map[string]keptRoute) []netip.Addr {
 }
 
 // desiredState turns the kept routes into what this host's kernel should
-// hold. It is pure.
+// hold, each peer route named by the member's node ID. It is pure.
 func desiredState(v mesh.View, kept map[string]keptRoute, o agentOptions) node.Desired {
 	d := node.Desired{
 		Iface:      o.Iface,
@@ -151,8 +160,8 @@ func desiredState(v mesh.View, kept map[string]keptRoute, o agentOptions) node.D
 		Encapsulation: o.Encapsulation,
 		HostIP:        o.HostIP,
 	}
-	for name, r := range kept {
-		d.Peers = append(d.Peers, node.PeerRoute{Peer: name, Block: r.Block, Via: r.HostIP})
+	for key, r := range kept {
+		d.Peers = append(d.Peers, node.PeerRoute{Peer: key, Block: r.Block, Via: r.HostIP})
 	}
 	slices.SortFunc(d.Peers, func(a, b node.PeerRoute) int { return strings.Compare(a.Peer, b.Peer) })
 	return d

@@ -222,7 +222,10 @@ func (r *releaseWaits) report(now time.Time) []string {
 }
 
 // deleted starts releasing the block of the Node's node, unless a release
-// is under way already.
+// is under way already. A Node is named like the agent on its host
+// (--node-name); when two live hosts carry that name, the mesh releases
+// the block the ledger records under it, and only once the node holding
+// it is not alive (Mesh.ReleaseDeletedNode).
 func (d *deletedNodes) deleted(n kubejoin.Node) {
 	if n.Name == d.self {
 		d.log.Warn("this host's own Node object was deleted; its block is confirmed with the ledger again before more addresses are handed out")

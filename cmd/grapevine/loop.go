@@ -76,7 +76,7 @@ type agent struct {
 	passEnd chan struct{}
 	// gossipSeen is when memberlist last counted each member in (alive or
 	// suspect), as far as this agent looked: every pass and every status
-	// or metrics request.
+	// or metrics request. Keyed by memberKey.
 	gossipSeen map[string]time.Time
 }
 
@@ -307,7 +307,7 @@ func (a *agent) noteGossip(v mesh.View) {
 	defer a.mu.Unlock()
 	for _, m := range v.Members {
 		if m.State.Live() {
-			a.gossipSeen[m.Name] = now
+			a.gossipSeen[memberKey(m)] = now
 		}
 	}
 }
@@ -327,7 +327,7 @@ func (a *agent) freshStatus() statusReport {
 	st.Members = slices.Clone(st.Members)
 	for i := range st.Members {
 		m := &st.Members[i]
-		m.GossipSeen = a.gossipSeen[m.Name]
+		m.GossipSeen = a.gossipSeen[m.ID]
 		if ip, err := netip.ParseAddr(m.HostIP); err == nil {
 			m.DataPath, m.DataPathSeen = dataPathState(paths, ip)
 		}

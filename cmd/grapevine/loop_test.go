@@ -508,8 +508,8 @@ func TestAgentLoopDataPath(t *testing.T) {
 	if via, ok := h1.peerRoutes()[st2.Block]; !ok || via != h2.addr {
 		t.Fatalf("h1 lost the route to dead h2 with its host answering: %v", h1.peerRoutes())
 	}
-	checkHTTP(t, h1.agent.metricsHandler(), "/metrics", http.StatusOK, `grapevine_peer_route_signal{peer="h2",signal="data_path"} 1`)
-	checkHTTP(t, h1.agent.metricsHandler(), "/metrics", http.StatusOK, `grapevine_peer_route_signal{peer="h2",signal="gossip"} 0`)
+	checkHTTP(t, h1.agent.metricsHandler(), "/metrics", http.StatusOK, fmt.Sprintf(`grapevine_peer_route_signal{id=%q,peer="h2",signal="data_path"} 1`, h2.agent.mesh.View().ID))
+	checkHTTP(t, h1.agent.metricsHandler(), "/metrics", http.StatusOK, fmt.Sprintf(`grapevine_peer_route_signal{id=%q,peer="h2",signal="gossip"} 0`, h2.agent.mesh.View().ID))
 
 	dp.set(h2.addr, false)
 	waitFor(t, "h1 to withdraw h2's route", func() error {
@@ -573,7 +573,7 @@ func TestAgentLoopRestartKeepsRoute(t *testing.T) {
 	if !routed() {
 		t.Fatalf("h1 withdrew the route of h2, which left with its host answering: %v", h1.peerRoutes())
 	}
-	checkHTTP(t, h1.agent.metricsHandler(), "/metrics", http.StatusOK, `grapevine_peer_route_signal{peer="h2",signal="data_path"} 1`)
+	checkHTTP(t, h1.agent.metricsHandler(), "/metrics", http.StatusOK, fmt.Sprintf(`grapevine_peer_route_signal{id=%q,peer="h2",signal="data_path"} 1`, h2.agent.mesh.View().ID))
 
 	h2 = startProbingTestHost(t, network, dp, dir, "h2", 2, h2.kernel, h1.addr.String())
 	member2("h1 to route h2 on gossip again", func(m memberStatus) bool {

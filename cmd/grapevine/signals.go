@@ -15,10 +15,10 @@ type peerSignalCollector struct{ a *agent }
 var (
 	peerRouteSignalDesc = prometheus.NewDesc("grapevine_peer_route_signal",
 		"1 while the signal keeps the peer's route: gossip (memberlist counts the peer in) or data_path (its host answers echo requests).",
-		[]string{"peer", "signal"}, nil)
+		[]string{"peer", "id", "signal"}, nil)
 	peerSignalSeenDesc = prometheus.NewDesc("grapevine_peer_signal_last_confirmed_timestamp_seconds",
 		"When the signal last confirmed the peer: memberlist counted it in (gossip), its host answered an echo request (data_path).",
-		[]string{"peer", "signal"}, nil)
+		[]string{"peer", "id", "signal"}, nil)
 )
 
 func (c peerSignalCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -39,9 +39,9 @@ func (c peerSignalCollector) Collect(ch chan<- prometheus.Metric) {
 			if slices.Contains(m.KeptBy, s.name) {
 				kept = 1
 			}
-			ch <- prometheus.MustNewConstMetric(peerRouteSignalDesc, prometheus.GaugeValue, kept, m.Name, s.label)
+			ch <- prometheus.MustNewConstMetric(peerRouteSignalDesc, prometheus.GaugeValue, kept, m.Name, m.ID, s.label)
 			if s.seen > 0 {
-				ch <- prometheus.MustNewConstMetric(peerSignalSeenDesc, prometheus.GaugeValue, s.seen, m.Name, s.label)
+				ch <- prometheus.MustNewConstMetric(peerSignalSeenDesc, prometheus.GaugeValue, s.seen, m.Name, m.ID, s.label)
 			}
 		}
 	}

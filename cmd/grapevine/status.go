@@ -40,9 +40,27 @@ type statusReport struct {
 	// its lease to end, when it will be free.
 	PendingReleases []string `json:"pendingReleases,omitempty"`
 	// Encapsulation is the --encapsulation mode the paths were chosen by.
-	Encapsulation string         `json:"encapsulation,omitempty"`
-	Ledger        ledgerStatus   `json:"ledger"`
-	Members       []memberStatus `json:"members"`
+	Encapsulation string       `json:"encapsulation,omitempty"`
+	Ledger        ledgerStatus `json:"ledger"`
+	// NameConflicts lists the names several live hosts advertise, each
+	// with its own node ID (see mesh.View.NameConflicts).
+	NameConflicts []nameConflictStatus `json:"nameConflicts,omitempty"`
+	Members       []memberStatus       `json:"members"`
+}
+
+// nameConflictStatus is one name several live hosts advertise: only the
+// holder (the node the ledger assigns a block under the name) is routed;
+// the ledger refuses the others' claims.
+type nameConflictStatus struct {
+	Name  string               `json:"name"`
+	Nodes []nameClaimantStatus `json:"nodes"`
+}
+
+type nameClaimantStatus struct {
+	ID     string `json:"id"`
+	HostIP string `json:"hostIP"`
+	Holder bool   `json:"holder,omitempty"`
+	Self   bool   `json:"self,omitempty"`
 }
 
 // ledgerStatus is this node's replica of the block ledger.
@@ -58,7 +76,10 @@ type ledgerStatus struct {
 }
 
 type memberStatus struct {
-	Name   string `json:"name"`
+	Name string `json:"name"`
+	// ID is the member's node ID: gossip's name for it, which tells apart
+	// two hosts with one name.
+	ID     string `json:"id,omitempty"`
 	Addr   string `json:"addr,omitempty"`
 	HostIP string `json:"hostIP,omitempty"`
 	Block  string `json:"block,omitempty"`
@@ -76,8 +97,10 @@ type memberStatus struct {
 	// counts the member in), "data path" (its host answers echo requests).
 	KeptBy []string `json:"keptBy,omitempty"`
 	// RouteReason explains a route of a member memberlist counts out (dead,
-	// left): "left; kept by data path", "dead; withdrawn: host down", ...
-	// Empty for a member routed on gossip or holding no block.
+	// left): "left; kept by data path", "dead; withdrawn: host down", ...;
+	// or why a live member is not routed (its metadata and the ledger
+	// disagree, another host holds its name). Empty for a member routed on
+	// gossip or holding no block.
 	RouteReason string `json:"routeReason,omitempty"`
 	// GossipSeen is when memberlist last counted the member in.
 	GossipSeen time.Time `json:"gossipSeen,omitzero"`
@@ -122,9 +145,12 @@ func buildStatus(v mesh.View, kept map[string]keptRoute, withdrawn map[string]st
 	if !v.ID.IsZero() {
 		r.NodeID = v.ID.String()
 	}
+	r.NameConflicts = buildNameConflicts(v)
 	for _, m := range v.Members {
+		key := memberKey(m)
 		ms := memberStatus{
 			Name:    m.Name,
+			ID:      key,
 			Addr:    addrString(m.Addr),
 			HostIP:  addrString(m.HostIP),
 			Block:   prefixString(m.Block),
@@ -135,21 +161,21 @@ func buildStatus(v mesh.View, kept map[string]keptRoute, withdrawn map[string]st
 			ms.ClusterID = m.ClusterID.String()
 		}
 		ms.DataPath, ms.DataPathSeen = dataPathState(paths, m.HostIP)
-		route, isKept := kept[m.Name]
-		ms.RouteReason = routeReason(m, route, isKept, withdrawn[m.Name])
+		route, isKept := kept[key]
+		ms.RouteReason = routeReason(m, route, isKept, withdrawn[key], nameHeldElsewhere(v, m))
 		switch {
 		case isKept:
 			// For a route kept on the data path alone the view no
 			// longer shows the block; show the one still routed.
 			ms.Block = prefixString(route.Block)
-			ms.Route = peerRouteState(res, m.Name)
+			ms.Route = peerRouteState(res, key)
 			if route.Gossip {
 				ms.KeptBy = append(ms.KeptBy, signalGossip)
 			}
 			if route.DataPath {
 				ms.KeptBy = append(ms.KeptBy, signalDataPath)
 			}
-			if p, ok := res.Paths[m.Name]; ok {
+			if p, ok := res.Paths[key]; ok {
 				ms.Path, ms.PathReason = string(p.Path), p.Why
 			}
 		case m.Block.IsValid():
@@ -170,9 +196,11 @@ func buildStatus(v mesh.View, kept map[string]keptRoute, withdrawn map[string]st
 // routeReason says why a member that memberlist counts out (dead: its agent
 // stopped answering; left: it stopped gracefully) still has a route or no
 // longer has one, so that an operator reads "left; kept by data path"
-// during an agent restart. withdrawn is the member's entry of withdrawals.
-// A member routed on gossip needs no explanation: "".
-func routeReason(m mesh.Member, route keptRoute, isKept bool, withdrawn string) string {
+// during an agent restart; and why a live member is not routed: another
+// host holds its name (heldBy, its host IP; "" if none), or it advertises
+// another block than the ledger assigns it. withdrawn is the member's
+// entry of withdrawals. A member routed on gossip needs no explanation: "".
+func routeReason(m mesh.Member, route keptRoute, isKept bool, withdrawn, heldBy string) string {
 	switch {
 	case isKept && route.Gossip:
 		return ""
@@ -180,8 +208,49 @@ func routeReason(m mesh.Member, route keptRoute, isKept bool, withdrawn string) 
 		return m.State.String() + "; kept by data path"
 	case withdrawn != "":
 		return m.State.String() + "; " + withdrawn
+	case !m.State.Live() || m.Foreign:
+		return ""
+	case heldBy != "":
+		return "not routed: name " + m.Name + " is held by the node at " + heldBy + "; the ledger refuses this one's claims"
+	case m.Held.IsValid() && m.Advertised != m.Held:
+		return "not routed: advertises block " + orNone(prefixString(m.Advertised)) + ", the ledger assigns " + m.Held.String()
 	}
 	return ""
+}
+
+// nameHeldElsewhere is the host IP of a node that holds m's name in a
+// name conflict while m holds no block under it; "" otherwise (after a
+// partition both may hold one).
+func nameHeldElsewhere(v mesh.View, m mesh.Member) string {
+	for _, c := range v.NameConflicts {
+		if c.Name != m.Name {
+			continue
+		}
+		held := ""
+		for _, n := range c.Nodes {
+			switch {
+			case n.ID == m.ID && n.Holder:
+				return ""
+			case n.Holder && held == "":
+				held = n.HostIP.String()
+			}
+		}
+		return held
+	}
+	return ""
+}
+
+// buildNameConflicts renders the view's name conflicts for the status.
+func buildNameConflicts(v mesh.View) []nameConflictStatus {
+	var out []nameConflictStatus
+	for _, c := range v.NameConflicts {
+		cs := nameConflictStatus{Name: c.Name}
+		for _, n := range c.Nodes {
+			cs.Nodes = append(cs.Nodes, nameClaimantStatus{ID: n.ID.String(), HostIP: addrString(n.HostIP), Holder: n.Holder, Self: n.Self})
+		}
+		out = append(out, cs)
+	}
+	return out
 }
 
 // buildLedgerStatus is the ledger part of the status. The agent refreshes
@@ -321,6 +390,9 @@ func printStatus(w io.Writer, r statusReport) error {
 	if len(l.Foreign) > 0 {
 		fmt.Fprintf(w, "FOREIGN LEDGER MEMBERS (not routed): %s\n", strings.Join(l.Foreign, ", "))
 	}
+	for _, c := range r.NameConflicts {
+		fmt.Fprintf(w, "NAME CONFLICT: %s is used by %s\n", c.Name, claimantsColumn(c.Nodes))
+	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "MEMBER\tSTATE\tHOST IP\tBLOCK\tROUTE\tPATH\tKEPT BY\tGOSSIP SEEN\tDATA PATH\tWHY THIS PATH")
@@ -338,6 +410,23 @@ func printStatus(w io.Writer, r statusReport) error {
 			orDash(m.Path), keptByColumn(m), orDash(ago(now, m.GossipSeen)), dataPath, orDash(m.PathReason))
 	}
 	return tw.Flush()
+}
+
+// claimantsColumn lists the hosts of a name conflict: "10.0.0.3 (ID ...,
+// holds the block), 10.0.0.9 (ID ..., refused by the ledger)".
+func claimantsColumn(nodes []nameClaimantStatus) string {
+	parts := make([]string, len(nodes))
+	for i, n := range nodes {
+		what := "refused by the ledger"
+		if n.Holder {
+			what = "holds the block"
+		}
+		if n.Self {
+			what += ", this node"
+		}
+		parts[i] = fmt.Sprintf("%s (ID %s, %s)", n.HostIP, n.ID, what)
+	}
+	return strings.Join(parts, ", ")
 }
 
 // keptByColumn is the table's KEPT BY: the signals keeping a live member's

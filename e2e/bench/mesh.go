@@ -240,7 +240,7 @@ func routeLoop(ctx context.Context, n *meshtest.Node, pool netip.Prefix) {
 		d := node.Desired{Iface: "em1", OwnBlock: v.Block, Pool: pool, Masquerade: true}
 		for _, m := range v.Members {
 			if m.Block.IsValid() && m.HostIP.IsValid() && (m.State == mesh.Alive || m.State == mesh.Suspect) {
-				d.Peers = append(d.Peers, node.PeerRoute{Peer: m.Name, Block: m.Block, Via: m.HostIP})
+				d.Peers = append(d.Peers, node.PeerRoute{Peer: m.ID.String(), Block: m.Block, Via: m.HostIP}) // as the agent: by node ID
 			}
 		}
 		r.Reconcile(ctx, d)

@@ -354,7 +354,7 @@ func (l *Ledger) leadJoin(r *raft.Raft, st *State, peers []Peer, j joinRequest) 
 	if j.Pool != st.Pool || j.BlockBits != st.BlockBits {
 		return fmt.Errorf("%w: node %s has pool %s with /%d blocks, the ledger %s with /%d", ErrPoolMismatch, j.Name, j.Pool, j.BlockBits, st.Pool, st.BlockBits)
 	}
-	if _, o, ok := st.BlockOfName(j.Name); ok && o.ID != j.ID && l.alive(peers, o.ID) {
+	if o, taken := st.NameKeptFrom(j.Name, j.ID, func(id NodeID) bool { return l.alive(peers, id) }); taken {
 		return fmt.Errorf("%w: node name %s is in use by a live node with another ID at host IP %s", ErrIdentity, j.Name, o.HostIP)
 	}
 	id, addr := raft.ServerID(j.ID.String()), raft.ServerAddress(j.Addr.String())
@@ -403,7 +403,7 @@ func (l *Ledger) leadClaim(r *raft.Raft, peers []Peer, c Claim) (Grant, error) {
 	if !st.Founded() {
 		return Grant{}, fmt.Errorf("%w: the leader has not written the Found entry yet", ErrNoLeader)
 	}
-	if _, o, ok := st.BlockOfName(c.Name); ok && o.ID != c.ID && l.alive(peers, o.ID) {
+	if o, taken := st.NameKeptFrom(c.Name, c.ID, func(id NodeID) bool { return l.alive(peers, id) }); taken {
 		return Grant{}, fmt.Errorf("%w: node name %s is in use by a live node with another ID at host IP %s", ErrIdentity, c.Name, o.HostIP)
 	}
 	if _, o, ok := st.BlockOf(c.ID); ok && o.HostIP != c.HostIP {

@@ -112,6 +112,25 @@ func (s *State) BlockOfName(name string) (netip.Prefix, Owner, bool) {
 	return netip.Prefix{}, Owner{}, false
 }
 
+// NameKeptFrom returns the owner that keeps node id from using name: a live
+// node (alive reports gossip's verdict) with another ID holding a block
+// under name. A node that holds a block under name itself is never kept
+// from it: after a partition two nodes may each hold one (the second was
+// granted while the first looked dead, as a reinstalled host is), and
+// refusing the first one's renewals would cut off a host that did nothing
+// wrong. Every block under name is looked at, not one.
+func (s *State) NameKeptFrom(name string, id NodeID, alive func(NodeID) bool) (Owner, bool) {
+	if _, o, ok := s.BlockOf(id); ok && o.Name == name {
+		return Owner{}, false
+	}
+	for _, o := range s.Blocks {
+		if o.Name == name && o.ID != id && alive(o.ID) {
+			return o, true
+		}
+	}
+	return Owner{}, false
+}
+
 // Apply applies one committed entry. It is deterministic: no clocks, no I/O,
 // no randomness; every replica reaches the same state from the same log.
 func (s *State) Apply(index uint64, c Command) Result {

@@ -177,6 +177,46 @@ func checkInvariants(t *testing.T, s *State) {
 	}
 }
 
+// TestNameKeptFrom: a node name held by a live node is refused to any
+// other node ID, unless that ID holds a block under the name itself (two
+// holders after a partition: neither is cut off).
+func TestNameKeptFrom(t *testing.T) {
+	held := func(owners ...Owner) State {
+		s := State{Blocks: map[netip.Prefix]Owner{}}
+		for i, o := range owners {
+			s.Blocks[netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(i), 0}), 24)] = o
+		}
+		return s
+	}
+	a, b := Owner{ID: idA, Name: "c", HostIP: ipA}, Owner{ID: idB, Name: "c", HostIP: ipB}
+	all := func(NodeID) bool { return true }
+	onlyB := func(id NodeID) bool { return id == idB }
+	for _, tc := range []struct {
+		name  string
+		st    State
+		claim string
+		id    NodeID
+		alive func(NodeID) bool
+		want  NodeID // zero: not kept from it
+	}{
+		{"the holder renews", held(a), "c", idA, all, NodeID{}},
+		{"another ID under a live holder's name", held(a), "c", idC, all, idA},
+		{"another ID once the holder is dead (a reinstalled host)", held(a), "c", idC, onlyB, NodeID{}},
+		{"first of two live holders of one name renews", held(a, b), "c", idA, all, NodeID{}},
+		{"second of two live holders of one name renews", held(a, b), "c", idB, all, NodeID{}},
+		{"a third ID under a name two hold, one live", held(a, b), "c", idC, onlyB, idB},
+		{"a holder renaming itself to a live holder's name", held(a, Owner{ID: idC, Name: "x", HostIP: ipB}), "c", idC, all, idA},
+		{"a free name", held(a), "d", idC, all, NodeID{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o, kept := tc.st.NameKeptFrom(tc.claim, tc.id, tc.alive)
+			if kept != !tc.want.IsZero() || o.ID != tc.want {
+				t.Fatalf("NameKeptFrom = %+v, %v; want kept by %v", o, kept, tc.want)
+			}
+		})
+	}
+}
+
 func TestClaimSpreadsSimultaneousClaimants(t *testing.T) {
 	// Claims with no hint are spread by ID; the result depends only on
 	// the state and the ID, so every replica agrees.
