@@ -104,6 +104,23 @@ func TestTrace01PartitionNewcomersOnBothSides(t *testing.T) {
 	}
 }
 
+// checkedBy turns a condition on the running nodes' views into a poll
+// that fails the test at once when a block is shared or invariant breaks.
+func checkedBy(t *testing.T, c *meshtest.Cluster, invariant func(map[string]mesh.View) error) func(cond func(map[string]mesh.View) error) func() error {
+	return func(cond func(map[string]mesh.View) error) func() error {
+		return func() error {
+			views := c.Views()
+			if err := meshtest.SharedBlock(views); err != nil {
+				t.Fatal(err)
+			}
+			if err := invariant(views); err != nil {
+				t.Fatal(err)
+			}
+			return cond(views)
+		}
+	}
+}
+
 // waitConverged, checking the invariant on every poll.
 func waitConvergedChecked(t *testing.T, c *meshtest.Cluster, within time.Duration) {
 	t.Helper()
@@ -657,18 +674,7 @@ func TestLabTrace10ImpostorUnderLiveName(t *testing.T) {
 		}
 		return nil
 	}
-	checked := func(cond func(map[string]mesh.View) error) func() error {
-		return func() error {
-			views := c.Views()
-			if err := meshtest.SharedBlock(views); err != nil {
-				t.Fatal(err)
-			}
-			if err := invariant(views); err != nil {
-				t.Fatal(err)
-			}
-			return cond(views)
-		}
-	}
+	checked := checkedBy(t, c, invariant)
 	// Every node, the impostor too, shows the conflict naming both hosts.
 	conflictShown := func(views map[string]mesh.View) error {
 		for key, v := range views {
@@ -759,18 +765,7 @@ func TestLabTrace10ImpostorDuringPartition(t *testing.T) {
 		}
 		return nil
 	}
-	checked := func(cond func(map[string]mesh.View) error) func() error {
-		return func() error {
-			views := c.Views()
-			if err := meshtest.SharedBlock(views); err != nil {
-				t.Fatal(err)
-			}
-			if err := invariant(views); err != nil {
-				t.Fatal(err)
-			}
-			return cond(views)
-		}
-	}
+	checked := checkedBy(t, c, invariant)
 
 	impIP := meshtest.HostAddr(3) // the next node's address
 	c.Net.Partition([]netip.Addr{cIP}, []netip.Addr{a.Addr.Addr(), c.Node("b").Addr.Addr(), impIP})
