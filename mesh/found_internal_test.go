@@ -89,3 +89,30 @@ func TestCheckBootstrapExpect(t *testing.T) {
 		}
 	}
 }
+
+// TestLedgerPeersKeepLivenessOfRejectedMetadata: a member whose metadata
+// this node rejects (a rule only it applies, such as another --pool) still
+// reaches the ledger as alive or dead by the node ID gossip knows it by,
+// with no address or name to use (issue trace: one agent with another pool
+// counted every member dead).
+func TestLedgerPeersKeepLivenessOfRejectedMetadata(t *testing.T) {
+	valid, rejected, rejectedDead := ledger.NodeID{1}, ledger.NodeID{2}, ledger.NodeID{3}
+	bad := reject("pool", "another pool")
+	m := &Mesh{peers: map[string]*peer{
+		valid.String(): {name: valid.String(), state: Alive, addr: netip.MustParseAddrPort("10.0.0.1:7962"),
+			meta: Meta{ID: valid, Name: "a", HostIP: netip.MustParseAddr("10.0.0.1"), LedgerPort: 7963}},
+		rejected.String():     {name: rejected.String(), state: Suspect, metaErr: bad},
+		rejectedDead.String(): {name: rejectedDead.String(), state: Dead, metaErr: bad},
+		"not-an-id":           {name: "not-an-id", state: Alive, metaErr: bad},
+	}}
+	got := m.ledgerPeers()
+	slices.SortFunc(got, func(a, b ledger.Peer) int { return strings.Compare(a.ID.String(), b.ID.String()) })
+	want := []ledger.Peer{
+		{ID: valid, Name: "a", Addr: netip.MustParseAddrPort("10.0.0.1:7963"), HostIP: netip.MustParseAddr("10.0.0.1"), Alive: true},
+		{ID: rejected, Alive: true},
+		{ID: rejectedDead, Alive: false},
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("ledgerPeers:\n got %+v\nwant %+v", got, want)
+	}
+}

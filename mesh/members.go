@@ -118,15 +118,22 @@ func (m *Mesh) countMembersLocked() {
 	m.metrics.foreignMembers.Set(float64(foreign))
 }
 
-// ledgerPeers is gossip's view handed to the ledger: every member with
-// valid metadata, live or not (the leader counts how long an owner has
-// been gone), at its gossip address and ledger port.
+// ledgerPeers is gossip's view handed to the ledger: every member, live or
+// not (the leader counts how long an owner has been gone); those with valid
+// metadata at their gossip address and ledger port. A member whose metadata
+// this node rejects is still handed over, by the node ID gossip knows it
+// by, for its liveness alone: whether a host is alive must not depend on
+// rules that only this node applies (another --pool here, say), or a
+// leader would count healthy members dead and replace its voters.
 func (m *Mesh) ledgerPeers() []ledger.Peer {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	out := make([]ledger.Peer, 0, len(m.peers))
 	for _, p := range m.peers {
 		if p.metaErr != nil || p.meta.ID.IsZero() {
+			if id, err := ledger.ParseNodeID(p.name); err == nil {
+				out = append(out, ledger.Peer{ID: id, Alive: p.state.Live()})
+			}
 			continue
 		}
 		out = append(out, ledger.Peer{

@@ -77,6 +77,8 @@ func NewMemStores() *Stores {
 }
 
 // Peer is gossip's view of one member, pushed by the mesh on every change.
+// A member whose metadata the mesh rejected has only ID and Alive: it
+// counts for liveness, never as an address to dial or a name.
 type Peer struct {
 	ID        NodeID
 	Name      string
@@ -494,7 +496,7 @@ func (l *Ledger) nameOf(peers []Peer, st *State, id string) string {
 		return l.cfg.Name
 	}
 	for _, p := range peers {
-		if p.ID.String() == id {
+		if p.ID.String() == id && p.Name != "" {
 			return p.Name
 		}
 	}
