@@ -32,8 +32,9 @@ type kubeAPI interface {
 // and a deleted Node's block is released (see deletedNodes). It returns
 // once the first list has been handed over, or after kubeFirstSeedsWait.
 // Founding goes through the ledger's record instead (kubeLedgerRecord):
-// whichever agent creates it founds, every other one joins, and an agent
-// that lost its state finds the recorded ledger.
+// whichever agent creates it founds, with the agents it lists there as
+// the first voters, every other one joins, and an agent that lost its
+// state finds the recorded ledger.
 func (a *agent) joinKubernetes(ctx context.Context) error {
 	log := a.log.With("component", "kubejoin")
 	d := kubejoin.New(a.kube.client, a.opts.NodeName, log)
