@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -162,10 +163,11 @@ type Config struct {
 	// LedgerRecord, when set, is the one place outside the mesh that names
 	// the cluster's ledger (with --join-kubernetes: an object in the
 	// Kubernetes API). A node without ledger state founds only if it
-	// created the record, so one that lost its state finds the recorded
-	// ledger and joins it instead of founding a second one; a node whose
-	// ledger is not the recorded one hands out no addresses. Exclusive
-	// with Found and BootstrapExpect.
+	// created the record or the record lists it among the founders, so
+	// one that lost its state finds the recorded ledger and joins it
+	// instead of founding a second one; a node whose ledger is not the
+	// recorded one hands out no addresses. Exclusive with Found and
+	// BootstrapExpect.
 	LedgerRecord LedgerRecord
 
 	Pool      netip.Prefix
@@ -241,6 +243,8 @@ type LedgerRecord interface {
 	// atomic step (a create that fails if the record exists). It returns
 	// the record that holds afterwards and whether it is want.
 	Create(ctx context.Context, want RecordedLedger) (got RecordedLedger, created bool, err error)
+	// Read returns the record, and false if there is none.
+	Read(ctx context.Context) (got RecordedLedger, ok bool, err error)
 	// Where names the record for people ("ConfigMap kube-system/...").
 	Where() string
 }
@@ -250,6 +254,15 @@ type RecordedLedger struct {
 	ClusterID ledger.ClusterID
 	// Founder names the node that created the record (for people).
 	Founder string
+	// Founders are the ledger's first voters, each of which founds it
+	// with exactly these (see recordFounders). None in a record written
+	// before they were recorded: the founder founded alone.
+	Founders []ledger.Founder
+}
+
+// lists reports whether id is one of r's founders.
+func (r RecordedLedger) lists(id ledger.NodeID) bool {
+	return slices.ContainsFunc(r.Founders, func(f ledger.Founder) bool { return f.ID == id })
 }
 
 // withDefaults returns c with defaults filled in, or an error naming the

@@ -52,8 +52,10 @@
 // one. With Config.BootstrapExpect N, once N nodes with the same N and no
 // ledger state meet, each starts the same ledger with all of them as
 // voters. With Config.LedgerRecord (the Kubernetes API), a node without
-// ledger state founds only if it created the record, and otherwise joins
-// the recorded ledger. Every other node waits, not ready, saying why,
+// ledger state founds only if it created the record, listing itself and
+// the members that found through the record and have no ledger as the
+// first voters, or if the record lists it; otherwise it joins the
+// recorded ledger. Every other node waits, not ready, saying why,
 // until it reaches a member of a ledger and is added to it. A node whose
 // ledger is not the cluster's (not the recorded one; or it is alone in its
 // ledger among members of another, see foreignLedger) hands out no

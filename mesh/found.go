@@ -24,6 +24,7 @@ const foundingInterval = 200 * time.Millisecond
 func (m *Mesh) foundingLoop(ctx context.Context) {
 	founded := m.cfg.LedgerRecord == nil && m.cfg.BootstrapExpect == 0
 	recordChecked := m.cfg.LedgerRecord == nil
+	seedsBy := time.Now().Add(recordSeedsWait)
 	failures := 0
 	for {
 		if !m.ledgerStateKnown() && m.led.HasState() {
@@ -35,7 +36,7 @@ func (m *Mesh) foundingLoop(ctx context.Context) {
 			founded = m.bootstrapExpectStep(ctx)
 		case !founded || !recordChecked:
 			var err error
-			founded, recordChecked, err = m.recordStep(ctx)
+			founded, recordChecked, err = m.recordStep(ctx, seedsBy)
 			switch {
 			case err == nil:
 				failures = 0
@@ -179,14 +180,80 @@ func (m *Mesh) bootstrapExpectStep(ctx context.Context) bool {
 	return true
 }
 
+// recordSeedsWait bounds how long a node about to create the ledger's
+// record waits for its seeds (with --join-kubernetes, the Nodes the API
+// listed at start) to answer, so that the agents starting together are
+// founders in the record rather than non-voters promoted one by one later.
+const recordSeedsWait = 10 * time.Second
+
+// recordCandidate is one live member as the record's founder sees it.
+type recordCandidate struct {
+	Founder ledger.Founder
+	// FoundsByRecord: the member reads the record (Meta.FoundsByRecord),
+	// so it would found the ledger when listed.
+	FoundsByRecord bool
+	LedgerState    bool
+	ClusterID      ledger.ClusterID
+}
+
+// recordFounders chooses the first voters a node that is creating the
+// ledger's record writes into it: itself and the members that will found
+// the ledger when they read the record (they read it, advertised by
+// FoundsByRecord, and have no ledger state or cluster ID, so they neither
+// belong to a ledger nor began founding one), the lowest node IDs first,
+// at most voters in all. Every listed founder bootstraps with this same
+// list, so a young ledger has its voters from its first entry instead of
+// promoting them one at a time (a partition before the promotions reach
+// them leaves no side with a quorum). The result is sorted by node ID.
+func recordFounders(self ledger.Founder, peers []recordCandidate, voters int) []ledger.Founder {
+	var others []ledger.Founder
+	for _, p := range peers {
+		if p.FoundsByRecord && !p.LedgerState && p.ClusterID.IsZero() && p.Founder.ID != self.ID {
+			others = append(others, p.Founder)
+		}
+	}
+	byID := func(a, b ledger.Founder) int { return cmp.Compare(a.ID.String(), b.ID.String()) }
+	slices.SortFunc(others, byID)
+	others = slices.CompactFunc(others, func(a, b ledger.Founder) bool { return a.ID == b.ID })
+	if len(others) > voters-1 {
+		others = others[:max(voters-1, 0)]
+	}
+	founders := append(others, self)
+	slices.SortFunc(founders, byID)
+	return founders
+}
+
+// recordCandidates are the live members, with valid metadata (hence the
+// same pool layout) and not leaving, as recordFounders weighs them.
+func (m *Mesh) recordCandidates() []recordCandidate {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []recordCandidate
+	for _, p := range m.peers {
+		if !p.usable() || p.meta.Leaving {
+			continue
+		}
+		out = append(out, recordCandidate{
+			Founder:        ledger.Founder{ID: p.meta.ID, Addr: netip.AddrPortFrom(p.addr.Addr(), p.meta.LedgerPort)},
+			FoundsByRecord: p.meta.FoundsByRecord, LedgerState: p.meta.LedgerState, ClusterID: p.meta.ClusterID,
+		})
+	}
+	return out
+}
+
 // recordStep founds through Config.LedgerRecord. A node without ledger
-// state founds only if it creates the record; if a ledger is recorded, it
-// waits to reach its members and join it. A node with state (founded,
+// state reads the record. If there is none and no member it reaches
+// belongs to a ledger, it waits briefly for its seeds, then creates the
+// record with the founders recordFounders chooses and founds the ledger
+// with them. If a record lists it as a founder, it founds the recorded
+// ledger with the recorded founders; otherwise it waits to reach the
+// recorded ledger's members and join it. A node with state (founded,
 // joined, or from an earlier run) records its ledger if none is recorded,
 // which keeps a cluster founded before the record existed safe, and learns
 // the recorded one otherwise. It reports whether founding is settled and
-// whether the record has been compared with this node's ledger.
-func (m *Mesh) recordStep(ctx context.Context) (founded, checked bool, err error) {
+// whether the record has been compared with this node's ledger. seedsBy
+// ends the wait for seeds.
+func (m *Mesh) recordStep(ctx context.Context, seedsBy time.Time) (founded, checked bool, err error) {
 	rec := m.cfg.LedgerRecord
 	if m.led.HasState() {
 		st, _ := m.led.State()
@@ -205,39 +272,100 @@ func (m *Mesh) recordStep(ctx context.Context) (founded, checked bool, err error
 		if created {
 			m.log.Info("recorded this node's ledger", "record", rec.Where(), "cluster", st.ClusterID)
 		}
-		m.setRecorded(got.ClusterID)
+		m.setRecorded(got)
 		return true, true, nil
 	}
-	if _, ok := m.ledgerToJoin(); ok {
-		// A member reached, or the record read before: join that ledger.
-		m.setFounding("")
-		return false, false, nil
+	got, known := m.recordRead()
+	justRead := false
+	if !known {
+		// Read before anything else: a founder that created the record
+		// advertises its cluster ID at once, and a node the record lists
+		// that joined instead would wait for a leader needing its vote.
+		got, known, err = rec.Read(ctx)
+		if err != nil {
+			m.setFounding(fmt.Sprintf("cannot found or find the ledger: %s unreadable: %v", rec.Where(), err))
+			return false, false, err
+		}
+		if known {
+			m.setRecorded(got)
+			justRead = true
+		}
 	}
-	want := RecordedLedger{ClusterID: ledger.NewClusterID(), Founder: m.cfg.NodeName}
-	got, created, err := rec.Create(ctx, want)
-	if err != nil {
-		m.setFounding(fmt.Sprintf("cannot found or find the ledger: %s unreadable: %v", rec.Where(), err))
-		return false, false, err
+	if !known {
+		if _, ok := m.ledgerToJoin(); ok {
+			// A ledger founded before the record existed: join it; once
+			// a member, this node records it.
+			m.setFounding("")
+			return false, false, nil
+		}
+		self := ledger.Founder{ID: m.id, Addr: netip.AddrPortFrom(m.cfg.AdvertiseAddr, uint16(m.cfg.LedgerPort))}
+		founders := recordFounders(self, m.recordCandidates(), m.cfg.Voters)
+		if seeds := m.seedTargets(); len(founders) < m.cfg.Voters && len(seeds) > 0 && time.Now().Before(seedsBy) {
+			// Any founders will do (only the record's creator chooses),
+			// but as many as the ledger has voters.
+			m.setFounding(fmt.Sprintf("waiting up to %s for seeds %s to answer before founding the ledger with them",
+				recordSeedsWait, strings.Join(seeds, ", ")))
+			return false, false, nil
+		}
+		want := RecordedLedger{ClusterID: ledger.NewClusterID(), Founder: m.cfg.NodeName, Founders: founders}
+		var created bool
+		got, created, err = rec.Create(ctx, want)
+		if err != nil {
+			m.setFounding(fmt.Sprintf("cannot found or find the ledger: %s unreadable: %v", rec.Where(), err))
+			return false, false, err
+		}
+		m.setRecorded(got)
+		justRead = !created
+		if created {
+			if err := m.led.Bootstrap(ctx, want.Founders, want.ClusterID); err != nil && !errors.Is(err, ledger.ErrHasState) {
+				m.setFounding("founding the recorded ledger failed; retrying: " + err.Error())
+				return false, false, err
+			}
+			m.log.Info("founding the cluster's ledger, recorded first", "record", rec.Where(), "cluster", want.ClusterID, "founders", len(want.Founders))
+			m.founded()
+			return true, true, nil
+		}
 	}
-	m.setRecorded(got.ClusterID)
-	if !created {
+	if got.lists(m.id) {
+		// Listed by the node that created the record: found the ledger
+		// with the identical first configuration, as --bootstrap-expect's
+		// founders do. Safe because the node ID lives in the state
+		// directory beside the ledger's state: a host that lost its disk
+		// has a new ID, is not listed, and joins. A host that kept its ID
+		// but lost only the raft store founds again, with the same hazard
+		// as --bootstrap-expect: harmless while the other founders keep
+		// the ledger (their longer log wins), a second ledger if most of
+		// them lost theirs too.
+		if err := m.led.Bootstrap(ctx, got.Founders, got.ClusterID); err != nil && !errors.Is(err, ledger.ErrHasState) {
+			m.setFounding("founding the recorded ledger failed; retrying: " + err.Error())
+			return false, false, err
+		}
+		m.log.Info("founding the cluster's ledger as one of its recorded founders", "record", rec.Where(), "cluster", got.ClusterID,
+			"founder", got.Founder, "founders", len(got.Founders))
+		m.founded()
+		return true, true, nil
+	}
+	if justRead {
 		m.setFounding(fmt.Sprintf("ledger %s, founded by %s, is recorded in %s; waiting to reach its members to join it",
 			got.ClusterID, got.Founder, rec.Where()))
 		return false, false, nil
 	}
-	self := []ledger.Founder{{ID: m.id, Addr: netip.AddrPortFrom(m.cfg.AdvertiseAddr, uint16(m.cfg.LedgerPort))}}
-	if err := m.led.Bootstrap(ctx, self, want.ClusterID); err != nil && !errors.Is(err, ledger.ErrHasState) {
-		m.setFounding("founding the recorded ledger failed; retrying: " + err.Error())
-		return false, false, err
-	}
-	m.log.Info("founding the cluster's ledger, recorded first", "record", rec.Where(), "cluster", want.ClusterID)
-	m.founded()
-	return true, true, nil
+	// The record read before: join that ledger.
+	m.setFounding("")
+	return false, false, nil
 }
 
-func (m *Mesh) setRecorded(c ledger.ClusterID) {
+// recordRead returns the record, if this node has read it.
+func (m *Mesh) recordRead() (RecordedLedger, bool) {
 	m.mu.Lock()
-	m.recorded = c
+	defer m.mu.Unlock()
+	return m.record, !m.recorded.IsZero()
+}
+
+func (m *Mesh) setRecorded(r RecordedLedger) {
+	m.mu.Lock()
+	m.recorded = r.ClusterID
+	m.record = r
 	m.mu.Unlock()
 }
 

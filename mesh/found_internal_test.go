@@ -116,3 +116,46 @@ func TestLedgerPeersKeepLivenessOfRejectedMetadata(t *testing.T) {
 		t.Errorf("ledgerPeers:\n got %+v\nwant %+v", got, want)
 	}
 }
+
+func TestRecordFounders(t *testing.T) {
+	founder := func(id byte) ledger.Founder {
+		return ledger.Founder{ID: ledger.NodeID{id}, Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, id}), 7963)}
+	}
+	reader := func(id byte) recordCandidate { return recordCandidate{Founder: founder(id), FoundsByRecord: true} }
+	withState := reader(4)
+	withState.LedgerState = true
+	inLedger := reader(5)
+	inLedger.ClusterID = ledger.ClusterID{9}
+	notReader := reader(6)
+	notReader.FoundsByRecord = false
+	for _, tc := range []struct {
+		name   string
+		self   byte
+		peers  []recordCandidate
+		voters int
+		want   []byte // founder IDs, sorted
+	}{
+		{"alone", 5, nil, 5, []byte{5}},
+		{"three readers", 7, []recordCandidate{reader(3), reader(9)}, 5, []byte{3, 7, 9}},
+		{"no ledger state, no ledger, reads the record",
+			2, []recordCandidate{reader(3), withState, inLedger, notReader}, 5, []byte{2, 3}},
+		{"at most the voters, lowest IDs", 9, []recordCandidate{reader(8), reader(1), reader(7), reader(3), reader(2), reader(5)}, 5, []byte{1, 2, 3, 5, 9}},
+		{"itself always, lowest first", 1, []recordCandidate{reader(8), reader(7), reader(3), reader(2), reader(5)}, 3, []byte{1, 2, 3}},
+		{"itself among the peers counts once", 3, []recordCandidate{reader(3), reader(2)}, 5, []byte{2, 3}},
+		{"one voter", 4, []recordCandidate{reader(1)}, 1, []byte{4}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			founders := recordFounders(founder(tc.self), tc.peers, tc.voters)
+			var got []byte
+			for _, f := range founders {
+				got = append(got, f.ID[0])
+				if f != founder(f.ID[0]) {
+					t.Errorf("founder %v, want %v", f, founder(f.ID[0]))
+				}
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("founders %v, want %v", got, tc.want)
+			}
+		})
+	}
+}

@@ -4,9 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
+	"github.com/grapevine-net/grapevine/mesh"
 	"github.com/grapevine-net/grapevine/mesh/ledger"
 	"github.com/grapevine-net/grapevine/mesh/meshtest"
 )
@@ -227,4 +229,136 @@ func TestRecordFoundsOnce(t *testing.T) {
 	if n := rec.CreatesBy("d"); n != creates {
 		t.Errorf("%d more creates by d after it read the record: it polls", n-creates)
 	}
+}
+
+// recordSpecs are n nodes founding through one ledger record, as agents
+// with --join-kubernetes whose API lists every host at start.
+func recordSpecs(n int, rec *meshtest.Record) []meshtest.Spec {
+	specs := identicalSpecs(n, 0)
+	for i := range specs {
+		specs[i].LedgerRecord = rec
+	}
+	return specs
+}
+
+// votersFromTheStart fails the test at once if a node holds a ledger whose
+// voters are not want: founders listed in the record found it with all of
+// them, so no node ever sees it with fewer.
+func votersFromTheStart(t *testing.T, nodes []*meshtest.Node, want int) {
+	t.Helper()
+	for _, n := range nodes {
+		if info := n.Mesh.View().Ledger; !info.ClusterID.IsZero() && len(info.Voters) != want {
+			t.Fatalf("%s holds ledger %s with voters %v, want %d from the start", n.Name, info.ClusterID, info.Voters, want)
+		}
+	}
+}
+
+// TestRecordFoundsWithItsVoters: three agents with one record started at
+// once form exactly one ledger, whose first configuration has the three
+// as voters (the record lists them); an agent started once the record
+// exists is not listed and joins that ledger as a non-voter.
+func TestRecordFoundsWithItsVoters(t *testing.T) {
+	c := meshtest.NewCluster(t.TempDir(), meshtest.Options{})
+	defer c.Close()
+	rec := &meshtest.Record{}
+	var nodes []*meshtest.Node
+	for _, spec := range recordSpecs(3, rec) {
+		nodes = append(nodes, start(t, c, spec))
+	}
+	cluster := ledger.ClusterID{}
+	waitFor(t, "one ledger on all three", 30*time.Second, func() (err error) {
+		votersFromTheStart(t, nodes, 3)
+		cluster, err = oneLedger(nodes)
+		return err
+	})
+	got, ok, _ := rec.Get()
+	if !ok || got.ClusterID != cluster || len(got.Founders) != 3 {
+		t.Fatalf("recorded %+v (%v), want ledger %s with three founders", got, ok, cluster)
+	}
+
+	late := start(t, c, meshtest.Spec{Name: "late", Addr: meshtest.HostAddr(len(nodes)), Join: []string{nodes[0].Addr.String()}, LedgerRecord: rec})
+	waitFor(t, "the late agent to join as a non-voter", 30*time.Second, func() error {
+		votersFromTheStart(t, nodes, 3)
+		got, err := oneLedger(append(nodes, late))
+		if err == nil && got != cluster {
+			t.Fatalf("ledger %s after the late agent came, was %s", got, cluster)
+		}
+		if role := late.Mesh.View().Ledger.Role; err == nil && role != "nonvoter" {
+			return fmt.Errorf("late agent's role %q, want nonvoter", role)
+		}
+		return err
+	})
+	if after, _, _ := rec.Get(); after.ClusterID != got.ClusterID || len(after.Founders) != 3 {
+		t.Errorf("record became %+v after the late agent came, was %+v", after, got)
+	}
+}
+
+// TestRecordYoungLedgerSurvivesPartition is issue 18's young-cluster
+// hazard: five agents found a ledger through one record and are split
+// {2} | {3} the moment the ledger forms, the record's creator on the side
+// of two. Founded alone, the creator's appended promotions would not have
+// reached the others and neither side would elect a leader; founded with
+// all five as voters, the side of three elects one and a newcomer there
+// gets a block, while no block is ever shared.
+func TestRecordYoungLedgerSurvivesPartition(t *testing.T) {
+	c := meshtest.NewCluster(t.TempDir(), meshtest.Options{})
+	defer c.Close()
+	rec := &meshtest.Record{}
+	var nodes []*meshtest.Node
+	for _, spec := range recordSpecs(5, rec) {
+		nodes = append(nodes, start(t, c, spec))
+	}
+	waitFor(t, "a ledger to form", 30*time.Second, func() error {
+		for _, n := range nodes {
+			if !n.Mesh.View().Ledger.ClusterID.IsZero() {
+				return nil
+			}
+		}
+		return errors.New("no node holds a ledger yet")
+	})
+	got, _, _ := rec.Get()
+	listed := func(n *meshtest.Node) bool {
+		return slices.ContainsFunc(got.Founders, func(f ledger.Founder) bool { return f.Addr.Addr() == n.Addr.Addr() })
+	}
+	// The side of two: the creator and an agent it did not list; the
+	// side of three: the other listed founders, a quorum of the first
+	// voters, and the rest.
+	var two, three []*meshtest.Node
+	unlisted := slices.IndexFunc(nodes, func(n *meshtest.Node) bool { return !listed(n) })
+	for i, n := range nodes {
+		if n.Name == got.Founder || i == unlisted {
+			two = append(two, n)
+		} else {
+			three = append(three, n)
+		}
+	}
+	// The newcomer's address (the next one) is on the side of three.
+	newcomerAddr := meshtest.HostAddr(len(nodes))
+	addrs := func(ns []*meshtest.Node) (out []netip.Addr) {
+		for _, n := range ns {
+			out = append(out, n.Addr.Addr())
+		}
+		return out
+	}
+	c.Net.Partition(addrs(two), append(addrs(three), newcomerAddr))
+	if len(got.Founders) != mesh.DefaultVoters || len(two) != 2 || listed(two[0]) && listed(two[1]) {
+		t.Fatalf("the record lists %d founders, want %d: %+v; split %d | %d", len(got.Founders), mesh.DefaultVoters, got, len(two), len(three))
+	}
+
+	check := checkedBy(t, c, func(map[string]mesh.View) error { return nil })
+	waitFor(t, "a leader on the side of three", 30*time.Second, check(func(views map[string]mesh.View) error {
+		for _, n := range three {
+			if views[n.Name].Ledger.Role == "leader" {
+				return nil
+			}
+		}
+		return fmt.Errorf("no leader among %s, %s, %s", three[0].Name, three[1].Name, three[2].Name)
+	}))
+	newcomer := start(t, c, meshtest.Spec{Name: "newcomer", Addr: newcomerAddr, Join: []string{three[0].Addr.String()}, LedgerRecord: rec})
+	waitFor(t, "the newcomer on the side of three to get a block", 30*time.Second, check(func(views map[string]mesh.View) error {
+		if v := views[newcomer.Name]; !v.Ready || !v.Block.IsValid() {
+			return fmt.Errorf("newcomer: %s", v.Reason)
+		}
+		return nil
+	}))
 }

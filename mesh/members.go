@@ -25,6 +25,7 @@ func (m *Mesh) ownMetaLocked() ([]byte, error) {
 
 		LedgerState:     m.ledgerState,
 		BootstrapExpect: m.cfg.BootstrapExpect,
+		FoundsByRecord:  m.cfg.LedgerRecord != nil,
 	}.AppendBinary(nil)
 }
 

@@ -76,8 +76,10 @@ type Mesh struct {
 	foreign string
 	// ledgerState: this node's ledger has state (advertised in metadata).
 	ledgerState bool
-	// recorded is the ledger Config.LedgerRecord names, once read.
+	// recorded is the ledger Config.LedgerRecord names, once read;
+	// record is the whole record then.
 	recorded ledger.ClusterID
+	record   RecordedLedger
 }
 
 // peer is what this node knows about another member.

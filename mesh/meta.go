@@ -28,13 +28,15 @@ const metaVersion = 3
 const metaFixedLen = 44
 
 // The flags byte: bit 0 leaving, bit 1 ledger state, bits 2-4 the
-// member's --bootstrap-expect (0-5); bits 5-7 are zero.
+// member's --bootstrap-expect (0-5), bit 5 founds through the ledger's
+// record; bits 6-7 are zero.
 const (
 	metaFlagLeaving     = 1 << 0
 	metaFlagLedgerState = 1 << 1
 	metaExpectShift     = 2
 	metaExpectMask      = 0x7 << metaExpectShift
-	metaKnownFlags      = metaFlagLeaving | metaFlagLedgerState | metaExpectMask
+	metaFlagRecord      = 1 << 5
+	metaKnownFlags      = metaFlagLeaving | metaFlagLedgerState | metaExpectMask | metaFlagRecord
 )
 
 // Meta is what a node advertises about itself in its memberlist metadata:
@@ -69,6 +71,10 @@ type Meta struct {
 	// BootstrapExpect is the node's --bootstrap-expect (0: none, at most
 	// MaxBootstrapExpect): founders must all expect the same number.
 	BootstrapExpect int
+	// FoundsByRecord says the node founds through the ledger's record
+	// (Config.LedgerRecord): only such a node reads the record, so only
+	// it may be listed there as a founder.
+	FoundsByRecord bool
 	// Block is the block the ledger assigns the node as the node itself
 	// sees it (zero: none), visible to any memberlist tool. It is an
 	// advertisement, never a claim: a member is routed only when it
@@ -125,6 +131,9 @@ func (m Meta) AppendBinary(b []byte) ([]byte, error) {
 	if m.LedgerState {
 		flags |= metaFlagLedgerState
 	}
+	if m.FoundsByRecord {
+		flags |= metaFlagRecord
+	}
 	if m.BootstrapExpect < 0 || m.BootstrapExpect > MaxBootstrapExpect {
 		return b, fmt.Errorf("encode metadata: bootstrap-expect %d out of range 0-%d", m.BootstrapExpect, MaxBootstrapExpect)
 	}
@@ -168,6 +177,7 @@ func DecodeMeta(b []byte, rules Rules, from netip.Addr) (Meta, error) {
 	}
 	m.Leaving = flags&metaFlagLeaving != 0
 	m.LedgerState = flags&metaFlagLedgerState != 0
+	m.FoundsByRecord = flags&metaFlagRecord != 0
 	m.BootstrapExpect = int(flags&metaExpectMask) >> metaExpectShift
 	if m.BootstrapExpect > MaxBootstrapExpect {
 		return m, reject("bootstrap_expect", "bootstrap-expect %d exceeds %d", m.BootstrapExpect, MaxBootstrapExpect)

@@ -49,6 +49,16 @@ func TestMetaRoundTrip(t *testing.T) {
 			m.ClusterID, m.LedgerState, m.BootstrapExpect = ledger.ClusterID{}, true, MaxBootstrapExpect
 			return m
 		}(),
+		"founds by the record": func() Meta {
+			m := testMeta()
+			m.ClusterID, m.FoundsByRecord = ledger.ClusterID{}, true
+			return m
+		}(),
+		"every flag": func() Meta {
+			m := testMeta()
+			m.Leaving, m.LedgerState, m.BootstrapExpect, m.FoundsByRecord = true, true, MaxBootstrapExpect, true
+			return m
+		}(),
 	} {
 		t.Run(name, func(t *testing.T) {
 			b := mustEncode(t, m)
@@ -115,6 +125,7 @@ func TestDecodeMetaRejects(t *testing.T) {
 		{"block address without a length", patch(38, 10, 244, 8, 0, 0), testRules, from, "block_size"},
 		{"block length beyond /32", patch(42, 33), testRules, from, "block"},
 		{"unknown flag", patch(1, 0x81), testRules, from, "flags"},
+		{"unknown flag beside the record's", patch(1, metaFlagRecord|0x40), testRules, from, "flags"},
 		{"bootstrap-expect 7", patch(1, 7<<metaExpectShift), testRules, from, "bootstrap_expect"},
 		{"no ledger port", patch(12, 0, 0), testRules, from, "ledger_port"},
 		{"zero node ID", edit(func(m *Meta) { m.ID = ledger.NodeID{} }), testRules, from, "node_id"},
@@ -216,4 +227,22 @@ func FuzzDecodeMeta(f *testing.F) {
 			t.Fatalf("re-encoding differs:\n got %x\nwant %x", again, b)
 		}
 	})
+}
+
+// TestMetaRecordFlag: the record flag is bit 5 of the flags byte, and a
+// value with it set decodes with FoundsByRecord and nothing else.
+func TestMetaRecordFlag(t *testing.T) {
+	m := testMeta()
+	m.FoundsByRecord = true
+	b := mustEncode(t, m)
+	if b[1] != 1<<5 {
+		t.Fatalf("flags byte %#x, want %#x", b[1], 1<<5)
+	}
+	got, err := DecodeMeta(b, testRules, m.HostIP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !got.FoundsByRecord || got.Leaving || got.LedgerState || got.BootstrapExpect != 0 {
+		t.Fatalf("decoded %+v, want only FoundsByRecord", got)
+	}
 }

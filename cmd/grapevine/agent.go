@@ -77,7 +77,7 @@ func agentCommand(run agentRunner) *cli.Command {
 			&cli.DurationFlag{Name: "lease", Aliases: []string{"reclaim-after"}, Value: mesh.DefaultLease, EnvVars: append(envVar("lease"), envVar("reclaim-after")...),
 				Usage: "how long a host may hand out addresses from its block after the ledger's leader last renewed its lease (a host cut off from the ledger keeps starting pods this long); a gone or deleted node's block is freed only after it, plus 1 %"},
 			&cli.BoolFlag{Name: "allow-foreign-host-ip", EnvVars: envVar("allow-foreign-host-ip"), Usage: "accept peers whose advertised host IP differs from their gossip address"},
-			&cli.BoolFlag{Name: "join-kubernetes", EnvVars: envVar("join-kubernetes"), Usage: "discover members to join from the Kubernetes API's Node objects (in a pod, with its service account); the agent that creates the ConfigMap kube-system/grapevine-ledger founds the cluster, the others join it"},
+			&cli.BoolFlag{Name: "join-kubernetes", EnvVars: envVar("join-kubernetes"), Usage: "discover members to join from the Kubernetes API's Node objects (in a pod, with its service account); the agent that creates the ConfigMap kube-system/grapevine-ledger founds the cluster with the agents it lists there as voters, the others join it"},
 			&cli.IntFlag{Name: "mtu", EnvVars: envVar("mtu"), Usage: "MTU for pod interfaces (0: the MTU of --iface, less the VXLAN overhead unless --encapsulation=never)"},
 			&cli.StringFlag{Name: "encapsulation", Value: node.EncapsulationCrossSubnet.String(), EnvVars: envVar("encapsulation"),
 				Usage: "cross-subnet: VXLAN to peers whose host IP is not on a network of --iface, direct routes to the others; never: direct only; always: VXLAN to every peer"},
@@ -309,8 +309,8 @@ func podMTU(flag, ifaceMTU int, e node.Encapsulation) int {
 // meshConfig translates the options into the mesh's configuration. An
 // agent without --join, --join-kubernetes and --bootstrap-expect founds a
 // new cluster at once; with --bootstrap-expect, once that many agents met;
-// with --join-kubernetes, the one that creates the ledger's record does
-// (see newAgent).
+// with --join-kubernetes, the one that creates the ledger's record does,
+// with the agents the record lists as its first voters (see newAgent).
 func (o agentOptions) meshConfig(log *slog.Logger) mesh.Config {
 	return mesh.Config{
 		NodeName:           o.NodeName,

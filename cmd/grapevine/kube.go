@@ -32,8 +32,9 @@ type kubeAPI interface {
 // and a deleted Node's block is released (see deletedNodes). It returns
 // once the first list has been handed over, or after kubeFirstSeedsWait.
 // Founding goes through the ledger's record instead (kubeLedgerRecord):
-// whichever agent creates it founds, every other one joins, and an agent
-// that lost its state finds the recorded ledger.
+// whichever agent creates it founds, with the agents it lists there as
+// the first voters, every other one joins, and an agent that lost its
+// state finds the recorded ledger.
 func (a *agent) joinKubernetes(ctx context.Context) error {
 	log := a.log.With("component", "kubejoin")
 	d := kubejoin.New(a.kube.client, a.opts.NodeName, log)
@@ -73,15 +74,52 @@ type kubeLedgerRecord struct {
 
 // Create records want unless a ledger is recorded already.
 func (k kubeLedgerRecord) Create(ctx context.Context, want mesh.RecordedLedger) (mesh.RecordedLedger, bool, error) {
-	got, created, err := kubejoin.RecordLedger(ctx, k.client, kubejoin.LedgerRecord{ClusterID: want.ClusterID.String(), Founder: want.Founder})
+	rec := kubejoin.LedgerRecord{ClusterID: want.ClusterID.String(), Founder: want.Founder}
+	for _, f := range want.Founders {
+		rec.Founders = append(rec.Founders, kubejoin.RecordFounder{ID: f.ID.String(), Addr: f.Addr.String()})
+	}
+	got, created, err := kubejoin.RecordLedger(ctx, k.client, rec)
 	if err != nil {
 		return mesh.RecordedLedger{}, false, err
 	}
-	id, err := ledger.ParseClusterID(got.ClusterID)
-	if err != nil {
-		return mesh.RecordedLedger{}, false, fmt.Errorf("%s: %w", k.Where(), err)
+	led, err := k.parse(got)
+	return led, created, err
+}
+
+// Read returns the record, and false if there is none.
+func (k kubeLedgerRecord) Read(ctx context.Context) (mesh.RecordedLedger, bool, error) {
+	got, err := k.client.GetLedgerRecord(ctx)
+	if errors.Is(err, kubejoin.ErrNotFound) {
+		return mesh.RecordedLedger{}, false, nil
 	}
-	return mesh.RecordedLedger{ClusterID: id, Founder: got.Founder}, created, nil
+	if err != nil {
+		return mesh.RecordedLedger{}, false, err
+	}
+	led, err := k.parse(got)
+	return led, err == nil, err
+}
+
+// parse checks a record read from the API: a record that cannot be
+// parsed is an error, never read as no record (that would found another
+// ledger).
+func (k kubeLedgerRecord) parse(rec kubejoin.LedgerRecord) (mesh.RecordedLedger, error) {
+	id, err := ledger.ParseClusterID(rec.ClusterID)
+	if err != nil {
+		return mesh.RecordedLedger{}, fmt.Errorf("%s: %w", k.Where(), err)
+	}
+	out := mesh.RecordedLedger{ClusterID: id, Founder: rec.Founder}
+	for _, f := range rec.Founders {
+		node, err := ledger.ParseNodeID(f.ID)
+		if err != nil {
+			return mesh.RecordedLedger{}, fmt.Errorf("%s: founder: %w", k.Where(), err)
+		}
+		addr, err := netip.ParseAddrPort(f.Addr)
+		if err != nil {
+			return mesh.RecordedLedger{}, fmt.Errorf("%s: founder %s: %w", k.Where(), f.ID, err)
+		}
+		out.Founders = append(out.Founders, ledger.Founder{ID: node, Addr: addr})
+	}
+	return out, nil
 }
 
 // Where names the record.

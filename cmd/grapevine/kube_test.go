@@ -528,3 +528,46 @@ func (f *fakeKube) createCount() int {
 	defer f.mu.Unlock()
 	return f.creates
 }
+
+// TestKubeLedgerRecordFounders: the mesh's record in the API keeps the
+// founders it was created with; a record without founders (written before
+// they were recorded) reads as one whose founder founded alone; a founder
+// that does not parse is an error, never "no record".
+func TestKubeLedgerRecordFounders(t *testing.T) {
+	f := newFakeKube()
+	rec := kubeLedgerRecord{client: f}
+	if got, ok, err := rec.Read(t.Context()); err != nil || ok {
+		t.Fatalf("Read before any = %+v, %v, %v; want none", got, ok, err)
+	}
+	want := mesh.RecordedLedger{ClusterID: ledger.NewClusterID(), Founder: "h1", Founders: []ledger.Founder{
+		{ID: ledger.NodeID{1}, Addr: netip.MustParseAddrPort("192.168.10.11:7963")},
+		{ID: ledger.NodeID{2}, Addr: netip.MustParseAddrPort("192.168.10.12:7963")},
+	}}
+	got, created, err := rec.Create(t.Context(), want)
+	if err != nil || !created || got.ClusterID != want.ClusterID || !slices.Equal(got.Founders, want.Founders) {
+		t.Fatalf("Create = %+v, %v, %v; want %+v created", got, created, err, want)
+	}
+	got, ok, err := rec.Read(t.Context())
+	if err != nil || !ok || got.ClusterID != want.ClusterID || got.Founder != "h1" || !slices.Equal(got.Founders, want.Founders) {
+		t.Fatalf("Read = %+v, %v, %v; want %+v", got, ok, err, want)
+	}
+
+	f.mu.Lock()
+	f.record = &kubejoin.LedgerRecord{ClusterID: want.ClusterID.String(), Founder: "h1"}
+	f.mu.Unlock()
+	if got, ok, err := rec.Read(t.Context()); err != nil || !ok || len(got.Founders) != 0 {
+		t.Errorf("Read of a record without founders = %+v, %v, %v; want it with none", got, ok, err)
+	}
+	f.mu.Lock()
+	f.record.Founders = []kubejoin.RecordFounder{{ID: "h2", Addr: "192.168.10.12:7963"}}
+	f.mu.Unlock()
+	if _, ok, err := rec.Read(t.Context()); err == nil || ok {
+		t.Errorf("Read of a record with a bad founder ID = %v, %v; want an error", ok, err)
+	}
+	f.mu.Lock()
+	f.down = true
+	f.mu.Unlock()
+	if _, ok, err := rec.Read(t.Context()); !errors.Is(err, errAPIDown) || ok {
+		t.Errorf("Read with the API down = %v, %v; want its error", ok, err)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 )
 
 // The ConfigMap that records the cluster's block ledger. The manifest's
@@ -23,10 +24,26 @@ var ErrExists = errors.New("already exists")
 
 // LedgerRecord is what the ConfigMap holds: the cluster ID of the one
 // ledger of this Kubernetes cluster, written by the agent that founded it,
-// before it founded it.
+// before it founded it, and the ledger's first voters.
 type LedgerRecord struct {
 	ClusterID string
 	Founder   string // node name, for people
+	// Founders are the ledger's first voters, each of which founds it with
+	// this same list. A record written before founders were recorded has
+	// none: the founder founded alone.
+	Founders []RecordFounder
+}
+
+// RecordFounder is one first voter of the recorded ledger.
+type RecordFounder struct {
+	ID   string `json:"id"`   // node ID, hex
+	Addr string `json:"addr"` // ledger address, ip:port
+}
+
+// Equal reports whether r and o record the same ledger with the same
+// founders.
+func (r LedgerRecord) Equal(o LedgerRecord) bool {
+	return r.ClusterID == o.ClusterID && r.Founder == o.Founder && slices.Equal(r.Founders, o.Founders)
 }
 
 // LedgerRecords reads and creates the ledger's record. APIClient is the
@@ -64,7 +81,7 @@ func RecordLedger(ctx context.Context, c LedgerRecords, want LedgerRecord) (Ledg
 		if err != nil {
 			return LedgerRecord{}, false, err
 		}
-		return got, got == want, nil
+		return got, got.Equal(want), nil
 	}
 	return LedgerRecord{}, false, fmt.Errorf("record the ledger: ConfigMap %s/%s keeps appearing and disappearing", LedgerRecordNamespace, LedgerRecordName)
 }
@@ -85,6 +102,9 @@ type configMapObject struct {
 const (
 	recordClusterKey = "clusterID"
 	recordFounderKey = "founder"
+	// recordFoundersKey holds the founders as a JSON array; absent in
+	// records written before it existed.
+	recordFoundersKey = "founders"
 )
 
 const configMapsPath = "/api/v1/namespaces/" + LedgerRecordNamespace + "/configmaps"
@@ -108,6 +128,12 @@ func (c *APIClient) GetLedgerRecord(ctx context.Context) (LedgerRecord, error) {
 		return LedgerRecord{}, fmt.Errorf("read the ledger's record: ConfigMap %s/%s holds no %s (delete it only if no agent holds a ledger)",
 			LedgerRecordNamespace, LedgerRecordName, recordClusterKey)
 	}
+	if founders, ok := obj.Data[recordFoundersKey]; ok {
+		if err := json.Unmarshal([]byte(founders), &rec.Founders); err != nil {
+			return LedgerRecord{}, fmt.Errorf("read the ledger's record: ConfigMap %s/%s: %s: %w",
+				LedgerRecordNamespace, LedgerRecordName, recordFoundersKey, err)
+		}
+	}
 	return rec, nil
 }
 
@@ -119,6 +145,13 @@ func (c *APIClient) CreateLedgerRecord(ctx context.Context, rec LedgerRecord) er
 	obj.Metadata.Name, obj.Metadata.Namespace = LedgerRecordName, LedgerRecordNamespace
 	obj.Metadata.Labels = map[string]string{"app.kubernetes.io/name": "grapevine"}
 	obj.Data = map[string]string{recordClusterKey: rec.ClusterID, recordFounderKey: rec.Founder}
+	if len(rec.Founders) > 0 {
+		founders, err := json.Marshal(rec.Founders)
+		if err != nil {
+			return fmt.Errorf("create the ledger's record: %w", err)
+		}
+		obj.Data[recordFoundersKey] = string(founders)
+	}
 	body, err := json.Marshal(obj)
 	if err != nil {
 		return fmt.Errorf("create the ledger's record: %w", err)

@@ -72,12 +72,12 @@ func TestRecordLedgerOverHTTP(t *testing.T) {
 	}
 	first := LedgerRecord{ClusterID: "0123456789abcdef", Founder: "h1"}
 	got, created, err := RecordLedger(t.Context(), c, first)
-	if err != nil || !created || got != first {
+	if err != nil || !created || !got.Equal(first) {
 		t.Fatalf("first RecordLedger = %+v, %v, %v; want it created", got, created, err)
 	}
 	// The founder restarted with an empty state dir, or another agent.
 	got, created, err = RecordLedger(t.Context(), c, LedgerRecord{ClusterID: "fedcba9876543210", Founder: "h1"})
-	if err != nil || created || got != first {
+	if err != nil || created || !got.Equal(first) {
 		t.Fatalf("second RecordLedger = %+v, %v, %v; want the first record, not created", got, created, err)
 	}
 	if err := c.CreateLedgerRecord(t.Context(), first); !errors.Is(err, ErrExists) {
@@ -114,5 +114,53 @@ func TestRecordLedgerErrors(t *testing.T) {
 	s.mu.Unlock()
 	if _, _, err := RecordLedger(t.Context(), c, LedgerRecord{ClusterID: "0123456789abcdef"}); err == nil || !strings.Contains(err.Error(), "holds no clusterID") {
 		t.Errorf("RecordLedger over a ConfigMap without a cluster ID = %v", err)
+	}
+}
+
+// TestRecordFoundersRoundTrip: the founders written with the record are
+// read back in order, and a later agent's create gets them with the record.
+func TestRecordFoundersRoundTrip(t *testing.T) {
+	s := &recordServer{}
+	srv, tokenFile, caFile := apiServer(t, s.handle)
+	c, err := NewAPIClient(srv.URL, tokenFile, caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := LedgerRecord{ClusterID: "0123456789abcdef", Founder: "h1", Founders: []RecordFounder{
+		{ID: "00112233445566778899aabbccddeeff", Addr: "172.16.254.1:7963"},
+		{ID: "ffeeddccbbaa99887766554433221100", Addr: "172.16.254.2:7963"},
+	}}
+	if got, created, err := RecordLedger(t.Context(), c, first); err != nil || !created || !got.Equal(first) {
+		t.Fatalf("first RecordLedger = %+v, %v, %v; want it created", got, created, err)
+	}
+	got, err := c.GetLedgerRecord(t.Context())
+	if err != nil || !got.Equal(first) {
+		t.Fatalf("GetLedgerRecord = %+v, %v; want %+v", got, err, first)
+	}
+	got, created, err := RecordLedger(t.Context(), c, LedgerRecord{ClusterID: "fedcba9876543210", Founder: "h2"})
+	if err != nil || created || !got.Equal(first) {
+		t.Fatalf("second RecordLedger = %+v, %v, %v; want the first record with its founders", got, created, err)
+	}
+}
+
+// TestRecordWithoutFounders: a record written before founders were
+// recorded reads as one without founders (the founder founded alone); a
+// founders entry that is not a list of founders is refused.
+func TestRecordWithoutFounders(t *testing.T) {
+	s := &recordServer{obj: []byte(`{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"grapevine-ledger","namespace":"kube-system"},"data":{"clusterID":"0123456789abcdef","founder":"h1"}}`)}
+	srv, tokenFile, caFile := apiServer(t, s.handle)
+	c, err := NewAPIClient(srv.URL, tokenFile, caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := c.GetLedgerRecord(t.Context())
+	if want := (LedgerRecord{ClusterID: "0123456789abcdef", Founder: "h1"}); err != nil || !got.Equal(want) {
+		t.Fatalf("GetLedgerRecord of an old record = %+v, %v; want %+v", got, err, want)
+	}
+	s.mu.Lock()
+	s.obj = []byte(`{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"grapevine-ledger","namespace":"kube-system"},"data":{"clusterID":"0123456789abcdef","founders":"h1"}}`)
+	s.mu.Unlock()
+	if _, err := c.GetLedgerRecord(t.Context()); err == nil || !strings.Contains(err.Error(), "founders") {
+		t.Errorf("GetLedgerRecord with a bad founders entry = %v, want an error naming it", err)
 	}
 }

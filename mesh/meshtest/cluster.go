@@ -292,6 +292,13 @@ func (r *Record) Create(_ context.Context, want mesh.RecordedLedger) (mesh.Recor
 	return want, true, nil
 }
 
+// Read returns the recorded ledger, if any.
+func (r *Record) Read(context.Context) (mesh.RecordedLedger, bool, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.ledger, r.set, nil
+}
+
 // Where names the record.
 func (r *Record) Where() string { return "the test's record" }
 
