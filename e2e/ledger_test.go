@@ -190,8 +190,8 @@ func TestIsolatedBoot(t *testing.T) {
 
 // TestDuplicateName: a second agent started under a live node's name (its
 // own state, so another node ID) is refused by the ledger: it holds no
-// block, routes nothing, and the live node keeps its block and its routes
-// on every host.
+// block, routes nothing, the live node keeps its block and its routes on
+// every host, and every host shows the name conflict with both addresses.
 func TestDuplicateName(t *testing.T) {
 	t.Parallel()
 	l := env.Lab(t, labtest.Options{Hosts: 3})
@@ -227,9 +227,16 @@ func TestDuplicateName(t *testing.T) {
 		}
 	}
 	for _, h := range []*lab.Host{l.Host(1), l.Host(3)} {
-		m, _ := now[h.Name].Member(h2.Name)
-		if m.HostIP != h2.IP || m.Block != before[h2.Name].Block {
-			t.Errorf("%s routes %s's %s via %s", h.Name, h2.Name, m.Block, m.HostIP)
+		m, _ := now[h.Name].MemberAt(h2)
+		if m.Block != before[h2.Name].Block {
+			t.Errorf("%s routes %s's %s, want %s", h.Name, h2.Name, m.Block, before[h2.Name].Block)
+		}
+		// Gossip keeps the two apart (it knows hosts by node ID) and every
+		// host says so, naming both addresses, the ledger's holder first.
+		c := now[h.Name].NameConflicts
+		if len(c) != 1 || c[0].Name != h2.Name || len(c[0].Nodes) != 2 ||
+			c[0].Nodes[0].HostIP != h2.IP || !c[0].Nodes[0].Holder || c[0].Nodes[1].HostIP != dup.IP || c[0].Nodes[1].Holder {
+			t.Errorf("%s shows name conflicts %+v, want %s held at %s and advertised at %s", h.Name, c, h2.Name, h2.IP, dup.IP)
 		}
 	}
 	if err := expectMeshRoutes(now, hosts); err != nil {

@@ -335,6 +335,22 @@ type Status struct {
 	// Encapsulation is the agent's --encapsulation mode.
 	Encapsulation string   `json:"encapsulation"`
 	Members       []Member `json:"members"`
+	// NameConflicts are the names several live hosts advertise.
+	NameConflicts []NameConflict `json:"nameConflicts"`
+}
+
+// NameConflict is one name that several live hosts advertise in Status.
+type NameConflict struct {
+	Name  string             `json:"name"`
+	Nodes []NameConflictNode `json:"nodes"`
+}
+
+// NameConflictNode is one host advertising a conflicting name.
+type NameConflictNode struct {
+	ID     string     `json:"id"`
+	HostIP netip.Addr `json:"hostIP"`
+	// Holder: the ledger assigns the name's block to this host.
+	Holder bool `json:"holder"`
 }
 
 // Ledger is the agent's replica of the block ledger in Status.
@@ -380,6 +396,17 @@ func (s Status) Member(name string) (Member, bool) {
 	return Member{}, false
 }
 
+// MemberAt returns the member that is host h: its name at its address.
+// Unlike Member it tells apart two hosts that advertise one name.
+func (s Status) MemberAt(h *Host) (Member, bool) {
+	for _, m := range s.Members {
+		if m.Name == h.Name && m.HostIP == h.IP {
+			return m, true
+		}
+	}
+	return Member{}, false
+}
+
 // StatusText runs `grapevine status` with the given output format.
 func (h *Host) StatusText(ctx context.Context, format string) ([]byte, error) {
 	return Run(ctx, filepath.Join(h.lab.BinDir, "grapevine"), "status", "--run-dir", h.RunDir(), "-o", format)
@@ -417,6 +444,7 @@ func (s *Status) UnmarshalJSON(data []byte) error {
 		PendingReleases                                      []string
 		Ledger                                               Ledger
 		Members                                              []member
+		NameConflicts                                        []NameConflict
 	}
 	if err := json.Unmarshal(data, &raw); err != nil {
 		return err
@@ -439,7 +467,8 @@ func (s *Status) UnmarshalJSON(data []byte) error {
 		return p
 	}
 	*s = Status{Node: raw.Node, HostIP: addr(raw.HostIP), Block: prefix(raw.Block), PendingReleases: raw.PendingReleases,
-		Ready: raw.Ready, Reason: raw.Reason, Degraded: raw.Degraded, Encapsulation: raw.Encapsulation, Ledger: raw.Ledger}
+		Ready: raw.Ready, Reason: raw.Reason, Degraded: raw.Degraded, Encapsulation: raw.Encapsulation, Ledger: raw.Ledger,
+		NameConflicts: raw.NameConflicts}
 	for _, m := range raw.Members {
 		s.Members = append(s.Members, Member{Name: m.Name, Addr: addr(m.Addr), HostIP: addr(m.HostIP),
 			Block: prefix(m.Block), State: m.State, Route: m.Route, KeptBy: m.KeptBy, DataPath: m.DataPath,
@@ -491,7 +520,7 @@ func WaitMesh(ctx context.Context, hosts []*Host) (map[string]Status, error) {
 				if peer == h {
 					continue
 				}
-				m, ok := s.Member(peer.Name)
+				m, ok := s.MemberAt(peer)
 				if !ok || m.State != "alive" || !m.Block.IsValid() || m.Route != "programmed" {
 					return false
 				}
