@@ -578,12 +578,14 @@ func heldBlock(byID map[ledger.NodeID]assignment, meta Meta) netip.Prefix {
 }
 
 // routedBlock is the block to route to a live member: the one the ledger
-// assigns to its node ID under the name and host IP it advertises, and
-// only while the member advertises that very block. A member advertising
-// another block (or none) is not routed: its metadata and the ledger
-// disagree, and the ledger alone never says which host answers for it.
+// assigns to its node ID under the name and host IP it advertises, unless
+// the member advertises another block: then its metadata and the ledger
+// disagree, and it is not routed. A member that advertises no block yet is
+// routed on the ledger's word: its advertisement travels by gossip, which
+// delivers a lost update only at memberlist's next push-pull (30 s; seen
+// in the Kubernetes lab), while the ledger's replica is already here.
 func routedBlock(byID map[ledger.NodeID]assignment, meta Meta) netip.Prefix {
-	if held := heldBlock(byID, meta); held == meta.Block {
+	if held := heldBlock(byID, meta); !meta.Block.IsValid() || held == meta.Block {
 		return held
 	}
 	return netip.Prefix{}

@@ -27,7 +27,7 @@ func TestRoutedBlock(t *testing.T) {
 		want     netip.Prefix
 	}{
 		{"owner", meta("n8", id, host, block), block, block},
-		{"owner advertising no block yet", meta("n8", id, host, netip.Prefix{}), block, netip.Prefix{}},
+		{"owner advertising no block yet: the ledger's word", meta("n8", id, host, netip.Prefix{}), block, block},
 		{"owner advertising another block", meta("n8", id, host, otherBlock), block, netip.Prefix{}},
 		{"another node ID under the owner's name", meta("n8", other, host, block), netip.Prefix{}, netip.Prefix{}},
 		{"the owner's ID at another host IP", meta("n8", id, netip.MustParseAddr("192.0.2.9"), block), netip.Prefix{}, netip.Prefix{}},

@@ -537,8 +537,8 @@ func TestRouteReason(t *testing.T) {
 			"not routed: name h2 is held by the node at 172.16.254.2; the ledger refuses this one's claims"},
 		{"alive, advertising another block than the ledger's", advertising(member("h2", "alive", "172.16.254.2", "10.244.2.0/23"), "10.244.4.0/23"),
 			keptRoute{}, false, "", "", "not routed: advertises block 10.244.4.0/23, the ledger assigns 10.244.2.0/23"},
-		{"alive, advertising no block yet", advertising(member("h2", "alive", "172.16.254.2", "10.244.2.0/23"), ""),
-			keptRoute{}, false, "", "", "not routed: advertises block none, the ledger assigns 10.244.2.0/23"},
+		{"alive, advertising no block yet: routed on the ledger's word", advertising(member("h2", "alive", "172.16.254.2", "10.244.2.0/23"), ""),
+			byGossip, true, "", "", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

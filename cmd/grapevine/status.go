@@ -212,7 +212,7 @@ func routeReason(m mesh.Member, route keptRoute, isKept bool, withdrawn, heldBy 
 		return ""
 	case heldBy != "":
 		return "not routed: name " + m.Name + " is held by the node at " + heldBy + "; the ledger refuses this one's claims"
-	case m.Held.IsValid() && m.Advertised != m.Held:
+	case m.Held.IsValid() && m.Advertised.IsValid() && m.Advertised != m.Held:
 		return "not routed: advertises block " + orNone(prefixString(m.Advertised)) + ", the ledger assigns " + m.Held.String()
 	}
 	return ""
