@@ -190,11 +190,11 @@ func (m *Mesh) Run(ctx context.Context) error {
 	m.mu.Lock()
 	m.id = id
 	if saved != nil && saved.ID == id {
-		// Advertised from the first gossip message: peers route this node
-		// only while it advertises the block the ledger assigns it, and a
-		// restarted agent must not cost its pods their routes until the
-		// restart rule has run. A block the ledger no longer assigns to
-		// this ID gets no route anyway, and the ownership loop corrects it.
+		// Advertised from the first gossip message, so a restarted agent's
+		// metadata agrees with the ledger from the start instead of after
+		// the restart rule has run. A block the ledger no longer assigns
+		// to this ID gets no route anyway, and the ownership loop corrects
+		// it.
 		m.metaBlock = saved.Block
 	}
 	m.mu.Unlock()

@@ -77,8 +77,8 @@ type Meta struct {
 	FoundsByRecord bool
 	// Block is the block the ledger assigns the node as the node itself
 	// sees it (zero: none), visible to any memberlist tool. It is an
-	// advertisement, never a claim: a member is routed only when it
-	// equals the ledger's assignment to the member's ID.
+	// advertisement, never a claim: a member advertising another block
+	// than the ledger assigns its ID is not routed (see routedBlock).
 	Block netip.Prefix
 }
 

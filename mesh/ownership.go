@@ -493,8 +493,8 @@ func (m *Mesh) ledgerEvents(ctx context.Context) {
 }
 
 // advertiseBlock advertises block, this node's View's block, in its
-// metadata if it is not advertised yet. Peers route a block to this node
-// only while the metadata names the block the ledger assigns it.
+// metadata if it is not advertised yet. Peers do not route this node
+// while its metadata names another block than the ledger assigns it.
 func (m *Mesh) advertiseBlock(block netip.Prefix) {
 	m.mu.Lock()
 	changed := m.metaBlock != block

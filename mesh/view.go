@@ -114,9 +114,9 @@ type Member struct {
 	Addr   netip.Addr // gossip address
 	HostIP netip.Addr
 	ID     ledger.NodeID
-	// Advertised is the block the member advertises in its metadata: it
-	// must equal the ledger's assignment (Held) for the member to be
-	// routed, never moves a route by itself.
+	// Advertised is the block the member advertises in its metadata: when
+	// set, it must equal the ledger's assignment (Held) for the member to
+	// be routed; it never moves a route by itself.
 	Advertised netip.Prefix
 	// ClusterID is the ledger the member advertises (zero: none yet).
 	ClusterID ledger.ClusterID
