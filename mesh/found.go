@@ -265,6 +265,10 @@ func (m *Mesh) recordStep(ctx context.Context, seedsBy time.Time) (founded, chec
 			// Recording a forked ledger would make the cluster foreign.
 			return true, false, nil
 		}
+		if got, known := m.recordRead(); known && got.ClusterID == st.ClusterID {
+			// Read before this node joined: nothing to write.
+			return true, true, nil
+		}
 		got, created, err := rec.Create(ctx, RecordedLedger{ClusterID: st.ClusterID, Founder: m.cfg.NodeName})
 		if err != nil {
 			return true, false, err
