@@ -13,6 +13,7 @@ type metrics struct {
 	applies  *prometheus.CounterVec
 	rejected *prometheus.CounterVec
 	reclaims prometheus.Counter
+	raftRPCs *prometheus.CounterVec
 }
 
 // newMetrics registers the ledger's metrics; the gauges read raft on scrape.
@@ -30,9 +31,13 @@ func newMetrics(reg prometheus.Registerer, leader, lastIndex, appliedIndex func(
 			Name: "grapevine_ledger_reclaims_total",
 			Help: "Blocks this node reclaimed as leader from owners not alive in gossip whose lease had ended.",
 		}),
+		raftRPCs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "grapevine_ledger_raft_rpcs_sent_total",
+			Help: "Raft RPCs this node sent, by kind (heartbeat, append_entries, request_vote, request_pre_vote, install_snapshot, timeout_now): an idle leader sends each follower a few a second.",
+		}, []string{"kind"}),
 	}
 	cs := []prometheus.Collector{
-		m.applies, m.rejected, m.reclaims,
+		m.applies, m.rejected, m.reclaims, m.raftRPCs,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "grapevine_ledger_leader",
 			Help: "1 if this node is the ledger's raft leader.",
