@@ -215,7 +215,7 @@ func (l *Ledger) autopilot(r *raft.Raft, ls *leaderState, st *State, peers []Pee
 		if !p.Alive || p.ClusterID != st.ClusterID || !p.Addr.IsValid() || inConfig[raft.ServerID(p.ID.String())] || p.ID.IsZero() {
 			continue
 		}
-		l.change("re-add member as non-voter", p.Name, r.AddNonvoter(raft.ServerID(p.ID.String()), raft.ServerAddress(p.Addr.String()), 0, applyTimeout))
+		l.change(r, "re-add member as non-voter", p.Name, r.AddNonvoter(raft.ServerID(p.ID.String()), raft.ServerAddress(p.Addr.String()), 0, applyTimeout))
 		return
 	}
 	// A member whose address changed (new host IP): raft must dial the new
@@ -236,9 +236,9 @@ func (l *Ledger) autopilot(r *raft.Raft, ls *leaderState, st *State, peers []Pee
 		}
 		name := l.serverName(peers, st, s.ID)
 		if s.Suffrage == raft.Voter {
-			l.change("update voter address to "+at[0].String(), name, r.AddVoter(s.ID, raft.ServerAddress(at[0].String()), 0, applyTimeout))
+			l.change(r, "update voter address to "+at[0].String(), name, r.AddVoter(s.ID, raft.ServerAddress(at[0].String()), 0, applyTimeout))
 		} else {
-			l.change("update non-voter address to "+at[0].String(), name, r.AddNonvoter(s.ID, raft.ServerAddress(at[0].String()), 0, applyTimeout))
+			l.change(r, "update non-voter address to "+at[0].String(), name, r.AddNonvoter(s.ID, raft.ServerAddress(at[0].String()), 0, applyTimeout))
 		}
 		return
 	}
@@ -246,20 +246,20 @@ func (l *Ledger) autopilot(r *raft.Raft, ls *leaderState, st *State, peers []Pee
 	if len(deadVoters) > 0 {
 		if len(liveVoters) < l.cfg.Voters && len(candidates) > 0 {
 			c := candidates[0]
-			l.change("promote non-voter to replace a dead voter", l.serverName(peers, st, c.ID), r.AddVoter(c.ID, c.Address, 0, applyTimeout))
+			l.change(r, "promote non-voter to replace a dead voter", l.serverName(peers, st, c.ID), r.AddVoter(c.ID, c.Address, 0, applyTimeout))
 			return
 		}
 		// Remove one dead voter if what remains still holds the quorum of
 		// the current configuration, so no removal can cost a majority.
 		if voters-1 >= quorum {
 			d := deadVoters[0]
-			l.change("remove dead voter", l.serverName(peers, st, d.ID), r.RemoveServer(d.ID, 0, applyTimeout))
+			l.change(r, "remove dead voter", l.serverName(peers, st, d.ID), r.RemoveServer(d.ID, 0, applyTimeout))
 			return
 		}
 	}
 	if n := promotions(voters, l.cfg.Voters, len(candidates)); n > 0 {
 		for _, c := range candidates[:n] {
-			l.change("promote non-voter", l.serverName(peers, st, c.ID), r.AddVoter(c.ID, c.Address, 0, applyTimeout))
+			l.change(r, "promote non-voter", l.serverName(peers, st, c.ID), r.AddVoter(c.ID, c.Address, 0, applyTimeout))
 		}
 		return
 	}
@@ -269,14 +269,14 @@ func (l *Ledger) autopilot(r *raft.Raft, ls *leaderState, st *State, peers []Pee
 		slices.SortFunc(liveVoters, func(a, b raft.Server) int { return ls.aliveSince[b.ID].Compare(ls.aliveSince[a.ID]) })
 		for _, v := range liveVoters {
 			if v.ID != self {
-				l.change("demote surplus voter", l.serverName(peers, st, v.ID), r.DemoteVoter(v.ID, 0, applyTimeout))
+				l.change(r, "demote surplus voter", l.serverName(peers, st, v.ID), r.DemoteVoter(v.ID, 0, applyTimeout))
 				return
 			}
 		}
 	}
 	if len(deadNonvoters) > 0 {
 		d := deadNonvoters[0]
-		l.change("remove long-dead non-voter", l.serverName(peers, st, d.ID), r.RemoveServer(d.ID, 0, applyTimeout))
+		l.change(r, "remove long-dead non-voter", l.serverName(peers, st, d.ID), r.RemoveServer(d.ID, 0, applyTimeout))
 	}
 }
 
@@ -312,11 +312,12 @@ func (l *Ledger) serverName(peers []Peer, st *State, id raft.ServerID) string {
 	return l.nameOf(peers, st, string(id))
 }
 
-func (l *Ledger) change(what, node string, f raft.IndexFuture) {
+func (l *Ledger) change(r *raft.Raft, what, node string, f raft.IndexFuture) {
 	if err := f.Error(); err != nil {
 		l.log.Warn("ledger autopilot: "+what+" failed", "node", node, "err", err)
 		return
 	}
+	announceCommit(r)
 	l.log.Info("ledger autopilot: "+what, "node", node)
 	l.notify()
 }

@@ -312,6 +312,13 @@ func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool,
 func startCluster(t testing.TB, mod func(*Config), names ...string) (*tcluster, []*tnode) {
 	t.Helper()
 	c := newCluster(t, mod)
+	return c, c.startNodes(names...)
+}
+
+// startNodes is startCluster on a cluster made with newCluster.
+func (c *tcluster) startNodes(names ...string) []*tnode {
+	t := c.t
+	t.Helper()
 	var nodes []*tnode
 	for _, name := range names {
 		nodes = append(nodes, c.add(name))
@@ -332,7 +339,7 @@ func startCluster(t testing.TB, mod func(*Config), names ...string) (*tcluster, 
 	waitFor(t, waitLong, fmt.Sprintf("%d voters", want), func() bool {
 		return len(c.leader().l.Info().Voters) == want
 	}, func() string { return fmt.Sprint(c.leader().l.Info()) })
-	return c, nodes
+	return nodes
 }
 
 // converged waits until the replicas of the given nodes (default: all

@@ -389,6 +389,7 @@ func (l *Ledger) leadJoin(r *raft.Raft, st *State, peers []Peer, j joinRequest) 
 	if err := r.AddNonvoter(id, addr, 0, applyTimeout).Error(); err != nil {
 		return fmt.Errorf("%w: add %s as non-voter: %v", ErrNoLeader, j.Name, err)
 	}
+	announceCommit(r)
 	l.log.Info("ledger: added non-voter", "node", j.Name, "id", j.ID, "addr", j.Addr)
 	return nil
 }
@@ -461,6 +462,13 @@ func (l *Ledger) leadRelease(r *raft.Raft, peers []Peer, name string) (netip.Pre
 	return res.Block, res.Err
 }
 
+// announceCommit tells every follower the leader's commit index now,
+// rather than at the next CommitTimeout (raftCommitTimeout): raft sends
+// the commit index only with entries, and its heartbeats carry none. A
+// barrier is an entry that changes nothing; the leader does not wait for
+// it.
+func announceCommit(r *raft.Raft) { r.Barrier(applyTimeout) }
+
 // apply commits one entry and returns the state machine's result and the
 // entry's index.
 func (l *Ledger) apply(r *raft.Raft, c Command) (Result, uint64, error) {
@@ -472,6 +480,7 @@ func (l *Ledger) apply(r *raft.Raft, c Command) (Result, uint64, error) {
 	if err := f.Error(); err != nil {
 		return Result{}, 0, fmt.Errorf("%w: commit %s: %v", ErrNoLeader, c.op(), err)
 	}
+	announceCommit(r)
 	res, ok := f.Response().(Result)
 	if !ok {
 		return Result{}, 0, fmt.Errorf("ledger: unexpected apply response %T", f.Response())
