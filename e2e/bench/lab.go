@@ -148,6 +148,11 @@ func MeasureLab(ctx context.Context, cfg LabConfig) (_ []Row, err error) {
 		return rows, err
 	}
 	rows = append(rows, idle...)
+	failover, err := b.failoverTrials(ctx, append(peers, last), cfg.CrashTrials)
+	if err != nil {
+		return rows, err
+	}
+	rows = append(rows, failover)
 	path, err := measureDataPath(ctx, peers[0], peers[1], cfg.IperfDuration, cfg.IperfRounds, log)
 	if err != nil {
 		return rows, err

@@ -44,7 +44,7 @@ func run() error {
 		frozenTrial = flag.Int("frozen-trials", 5, "trials of an agent frozen for -freeze")
 		restarts    = flag.Int("restart-trials", 5, "agent restarts counted in lost pod pings")
 		freeze      = flag.Duration("freeze", 30*time.Second, "how long an agent is frozen (SIGSTOP) in each frozen trial")
-		idle        = flag.Duration("idle", 30*time.Second, "window over which idle CPU is measured")
+		idle        = flag.Duration("idle", 60*time.Second, "window over which idle CPU is measured")
 		iperf       = flag.Duration("iperf", 10*time.Second, "duration of each iperf3 run")
 		iperfRounds = flag.Int("iperf-rounds", 3, "iperf3 runs of each path, alternating")
 		meshNodes   = flag.Int("mesh-nodes", 256, "agents in the in-process mesh")
