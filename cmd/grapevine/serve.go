@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"strings"
@@ -91,6 +92,11 @@ func (a *agent) statusHandler() http.Handler {
 		a.log.Info("released block of dead node on operator request", "released", name)
 		fmt.Fprintf(w, "released the block of %s\n", name)
 	})
+	// Go's profiles, on the root-only socket and never on the network:
+	// curl --unix-socket <run-dir>/grapevine.sock http://agent/debug/pprof/profile?seconds=60
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	return mux
 }
 
