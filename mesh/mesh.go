@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"path/filepath"
 	"slices"
@@ -323,6 +324,30 @@ func (m *Mesh) pushStateToLive() {
 	if _, err := m.ml.Join(addrs); err != nil {
 		m.log.Debug("state exchange after restart", "err", err)
 	}
+}
+
+// Ping asks the agent of the member with node ID id, now and directly, as
+// memberlist's failure detector does in its own order: one ping, answered
+// within memberlist's probe timeout or an error. The agent uses it as
+// gossip's word on a peer whose host has stopped answering on the data
+// path, rather than wait for memberlist to confirm a suspicion.
+func (m *Mesh) Ping(id ledger.NodeID) (time.Duration, error) {
+	m.mu.Lock()
+	p, ok := m.peers[gossipName(id)]
+	var addr netip.AddrPort
+	if ok {
+		addr = p.addr
+	}
+	ml := m.ml
+	m.mu.Unlock()
+	if !ok || ml == nil {
+		return 0, fmt.Errorf("mesh: no member with node ID %s", id)
+	}
+	rtt, err := ml.Ping(gossipName(id), net.UDPAddrFromAddrPort(addr))
+	if err != nil {
+		return 0, fmt.Errorf("mesh: ping %s at %s: %w", id, addr, err)
+	}
+	return rtt, nil
 }
 
 // leave announces the leave in metadata first, so peers record "left", not

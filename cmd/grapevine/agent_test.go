@@ -105,6 +105,7 @@ func TestKeptRoutes(t *testing.T) {
 		members []mesh.Member
 		prev    map[string]keptRoute
 		paths   map[netip.Addr]probe.Verdict
+		silent  []string // peers whose agent did not answer direct pings
 		want    map[string]keptRoute
 	}{
 		{name: "alone", want: map[string]keptRoute{}},
@@ -116,6 +117,26 @@ func TestKeptRoutes(t *testing.T) {
 			},
 			paths: map[netip.Addr]probe.Verdict{ip2: {Up: true}},
 			want:  map[string]keptRoute{"h2": byGossip(b2, ip2, true), "h3": byGossip(b4, ip3, false)},
+		},
+		{
+			name: "alive or suspect but silent (host and agent): withdrawn without waiting for the dead verdict",
+			members: []mesh.Member{
+				member("h2", "suspect", "172.16.254.2", "10.244.2.0/23"),
+				member("h3", "alive", "172.16.254.3", "10.244.4.0/23"),
+			},
+			prev:   map[string]keptRoute{"h2": byGossip(b2, ip2, true), "h3": byGossip(b4, ip3, true)},
+			paths:  down,
+			silent: []string{"h2", "h3"},
+			want:   map[string]keptRoute{},
+		},
+		{
+			name: "host down, its agent not yet found silent: kept on gossip",
+			members: []mesh.Member{
+				member("h2", "suspect", "172.16.254.2", "10.244.2.0/23"),
+			},
+			prev:  map[string]keptRoute{"h2": byGossip(b2, ip2, true)},
+			paths: down,
+			want:  map[string]keptRoute{"h2": byGossip(b2, ip2, false)},
 		},
 		{
 			name: "dead, host answering: the route stays on the data path",
@@ -228,7 +249,11 @@ func TestKeptRoutes(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			v := mesh.View{Self: "h1", HostIP: testOpts.HostIP, Block: own, Ready: true, Members: tt.members}
-			got := keptRoutes(v, byID(tt.prev), tt.paths)
+			silent := map[string]bool{}
+			for _, name := range tt.silent {
+				silent[key(name)] = true
+			}
+			got := keptRoutes(v, byID(tt.prev), tt.paths, silent)
 			if want := byID(tt.want); !reflect.DeepEqual(got, want) {
 				t.Errorf("keptRoutes = %+v, want %+v", got, tt.want)
 			}
@@ -370,8 +395,8 @@ func TestBuildStatusRouteStates(t *testing.T) {
 		"h7": {Block: netip.MustParsePrefix("10.244.12.0/23"), HostIP: netip.MustParseAddr("172.16.254.7"), DataPath: true},
 		"h8": {Block: netip.MustParsePrefix("10.244.14.0/23"), HostIP: netip.MustParseAddr("172.16.254.8"), DataPath: true},
 	})
-	kept := keptRoutes(v, prev, paths)
-	withdrawn := withdrawals(v, prev, kept, paths, nil)
+	kept := keptRoutes(v, prev, paths, nil)
+	withdrawn := withdrawals(v, prev, kept, paths, nil, nil)
 	d := desiredState(v, kept, testOpts)
 	k := node.NewFakeKernel()
 	k.AddLink("em1", netip.MustParsePrefix("172.16.254.1/24"))
@@ -423,11 +448,11 @@ func TestTwoMembersOneName(t *testing.T) {
 		paths := map[netip.Addr]probe.Verdict{ip2: {Up: true}, ip9: {Up: true}}
 		// The holder routed last pass; the impostor's ID never was.
 		prev := map[string]keptRoute{memberKey(holder): {Block: b2, HostIP: ip2, Gossip: true, DataPath: true}}
-		kept := keptRoutes(v, prev, paths)
+		kept := keptRoutes(v, prev, paths, nil)
 		if want := map[string]keptRoute{memberKey(holder): {Block: b2, HostIP: ip2, Gossip: true, DataPath: true}}; !reflect.DeepEqual(kept, want) {
 			t.Fatalf("keptRoutes = %+v, want only the holder's route %+v", kept, want)
 		}
-		withdrawn := withdrawals(v, prev, kept, paths, nil)
+		withdrawn := withdrawals(v, prev, kept, paths, nil, nil)
 		d := desiredState(v, kept, testOpts)
 		if want := []node.PeerRoute{{Peer: memberKey(holder), Block: b2, Via: ip2}}; !reflect.DeepEqual(d.Peers, want) {
 			t.Fatalf("Peers = %+v, want %+v", d.Peers, want)
@@ -482,6 +507,7 @@ func TestWithdrawals(t *testing.T) {
 		prev   map[string]keptRoute
 		kept   map[string]keptRoute
 		paths  map[netip.Addr]probe.Verdict
+		silent bool
 		before map[string]string
 		want   string
 	}{
@@ -500,13 +526,19 @@ func TestWithdrawals(t *testing.T) {
 			before: map[string]string{"h2": "withdrawn: host not answering"}, want: "withdrawn: host not answering"},
 		{name: "gone before this run routed it", m: member("h2", "dead", "172.16.254.2", "10.244.4.0/23"), paths: up,
 			want: "not routed: gone before this agent routed it"},
+		{name: "suspect, host and agent silent", m: member("h2", "suspect", "172.16.254.2", "10.244.2.0/23"), prev: routed,
+			paths: down, silent: true, want: "withdrawn: host not answering, nor its agent"},
+		{name: "silent, a later pass remembers why", m: member("h2", "alive", "172.16.254.2", "10.244.2.0/23"), silent: true,
+			before: map[string]string{"h2": "withdrawn: host not answering, nor its agent"},
+			want:   "withdrawn: host not answering, nor its agent"},
+		{name: "suspect and routed", m: member("h2", "suspect", "172.16.254.2", "10.244.2.0/23"), prev: routed, kept: routed, paths: up},
 		{name: "gone without a block", m: member("h2", "left", "172.16.254.2", ""), paths: up},
 		{name: "back alive: forgotten", m: member("h2", "alive", "172.16.254.2", ""), before: map[string]string{"h2": "withdrawn: host not answering"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			v := mesh.View{Self: "h1", Members: []mesh.Member{tt.m}}
-			got := withdrawals(v, byID(tt.prev), byID(tt.kept), tt.paths, byID(tt.before))
+			got := withdrawals(v, byID(tt.prev), byID(tt.kept), tt.paths, map[string]bool{key("h2"): tt.silent}, byID(tt.before))
 			if got[key("h2")] != tt.want || len(got) > 1 || (tt.want == "" && len(got) != 0) {
 				t.Errorf("withdrawals = %q, want h2: %q", got, tt.want)
 			}

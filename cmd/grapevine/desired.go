@@ -39,8 +39,13 @@ func memberKey(m mesh.Member) string { return m.ID.String() }
 // installed it stays while either signal holds: memberlist sees the member
 // alive, or its host still answers on the data path. So a hung agent on a
 // healthy host (memberlist calls it dead) keeps its route, and the route is
-// withdrawn only when memberlist has declared the member dead and its host
-// has stopped answering too. A withdrawn route comes back only through
+// withdrawn only when its host has stopped answering and gossip agrees:
+// memberlist has declared the member dead, or this host's own direct
+// gossip pings went unanswered once the data path was down (silent, see
+// silenceChecks). The second does not wait for memberlist to confirm a
+// suspicion: when two of three hosts die at once the survivor has nobody
+// to confirm it, and memberlist's second dead verdict came seconds after
+// the data path's. A withdrawn route comes back only through
 // gossip: the data path alone never adds a block, so a host that answers
 // again after its block was released cannot take it back.
 //
@@ -58,13 +63,13 @@ func memberKey(m mesh.Member) string { return m.ID.String() }
 // metadata is invalid) is not routed, and a route kept on the data path
 // alone yields to any member gossip shows with an overlapping block and to
 // this node's own block.
-func keptRoutes(v mesh.View, prev map[string]keptRoute, paths map[netip.Addr]probe.Verdict) map[string]keptRoute {
+func keptRoutes(v mesh.View, prev map[string]keptRoute, paths map[netip.Addr]probe.Verdict, silent map[string]bool) map[string]keptRoute {
 	kept := make(map[string]keptRoute, len(v.Members))
 	var dataPathOnly []string
 	for _, m := range v.Members {
 		key := memberKey(m)
 		switch r, had := prev[key]; {
-		case routable(m):
+		case routable(m) && !silent[key]:
 			kept[key] = keptRoute{Block: m.Block, HostIP: m.HostIP, Gossip: true, DataPath: paths[m.HostIP].Up}
 		case gone(m.State) && had && m.Held == r.Block && paths[r.HostIP].Up:
 			kept[key] = keptRoute{Block: r.Block, HostIP: r.HostIP, DataPath: true}
@@ -88,18 +93,25 @@ func keptRoutes(v mesh.View, prev map[string]keptRoute, paths map[netip.Addr]pro
 }
 
 // withdrawals says, for every member memberlist counts out (dead or left)
-// that this host does not route, why not, by memberKey. The reason is fixed by the pass
+// or this host found silent that this host does not route, why not, by
+// memberKey. The reason is fixed by the pass
 // that withdrew the route (before holds the last pass's answers), so the
 // status still gives it once the host is no longer probed. It is pure.
-func withdrawals(v mesh.View, prev, kept map[string]keptRoute, paths map[netip.Addr]probe.Verdict, before map[string]string) map[string]string {
+func withdrawals(v mesh.View, prev, kept map[string]keptRoute, paths map[netip.Addr]probe.Verdict, silent map[string]bool, before map[string]string) map[string]string {
 	why := make(map[string]string)
 	for _, m := range v.Members {
 		key := memberKey(m)
-		if _, ok := kept[key]; ok || !gone(m.State) {
+		if _, ok := kept[key]; ok || !(gone(m.State) || silent[key]) {
 			continue
 		}
 		r, had := prev[key]
 		switch {
+		case silent[key] && had:
+			why[key] = "withdrawn: host not answering, nor its agent"
+		case silent[key]:
+			if before[key] != "" {
+				why[key] = before[key]
+			}
 		case had && m.Held != r.Block:
 			why[key] = "withdrawn: the ledger no longer assigns it " + r.Block.String()
 		case had && paths == nil:

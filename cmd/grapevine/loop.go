@@ -15,6 +15,7 @@ import (
 
 	"github.com/grapevine-net/grapevine/mesh"
 	"github.com/grapevine-net/grapevine/mesh/kubejoin"
+	"github.com/grapevine-net/grapevine/mesh/ledger"
 	"github.com/grapevine-net/grapevine/node"
 	"github.com/grapevine-net/grapevine/node/nodestate"
 	"github.com/grapevine-net/grapevine/node/probe"
@@ -33,6 +34,9 @@ type agent struct {
 	// prober watches the peers' data path; nil when probing is off or the
 	// socket could not be opened: routes then follow gossip alone.
 	prober *probe.Prober
+	// silence asks gossip's word on peers whose host stopped answering;
+	// see silenceChecks.
+	silence *silenceChecks
 	// kube is this host's Node object; nil without --join-kubernetes.
 	kube *kubeNode
 	// releaseWaits is the deleted Nodes whose blocks wait for their
@@ -144,6 +148,10 @@ func newAgent(o agentOptions, cfg mesh.Config, host hostSide, log *slog.Logger) 
 		return nil, err
 	}
 	reg.MustRegister(peerSignalCollector{a})
+	a.silence = newSilenceChecks(func(id ledger.NodeID) error {
+		_, err := m.Ping(id)
+		return err
+	})
 	return a, nil
 }
 
@@ -214,6 +222,7 @@ func (a *agent) run(ctx context.Context) error {
 		})
 	}
 
+	defer a.silence.wait()
 	routeChanged := a.watchRoutes(ctx)
 	resync := time.NewTicker(a.opts.ResyncInterval)
 	defer resync.Stop()
@@ -233,6 +242,7 @@ func (a *agent) run(ctx context.Context) error {
 		case <-a.mesh.Changed():
 		case <-routeChanged:
 		case <-pathChanged:
+		case <-a.silence.Changed():
 		case <-resync.C:
 		case <-a.podRecheck:
 		case <-graceOver:
@@ -258,8 +268,9 @@ func (a *agent) stopped(meshErr error) error {
 func (a *agent) reconcile(ctx context.Context) statusReport {
 	v := a.mesh.View()
 	paths := a.pathVerdicts()
-	kept := keptRoutes(v, a.kept, paths)
-	a.withdrawn = withdrawals(v, a.kept, kept, paths, a.withdrawn)
+	silent := a.silence.update(ctx, v, paths, time.Now())
+	kept := keptRoutes(v, a.kept, paths, silent)
+	a.withdrawn = withdrawals(v, a.kept, kept, paths, silent, a.withdrawn)
 	a.kept = kept
 	if a.prober != nil {
 		a.prober.Watch(probeTargets(v, a.kept))

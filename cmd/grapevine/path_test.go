@@ -55,7 +55,7 @@ func TestStatusShowsPaths(t *testing.T) {
 		t.Run(tt.encap.String(), func(t *testing.T) {
 			o := testOpts
 			o.Encapsulation = tt.encap
-			kept := keptRoutes(v, nil, nil)
+			kept := keptRoutes(v, nil, nil, nil)
 			d := desiredState(v, kept, o)
 			if d.Encapsulation != tt.encap || d.HostIP != o.HostIP {
 				t.Fatalf("desired state lacks the encapsulation or host IP: %+v", d)

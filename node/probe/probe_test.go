@@ -258,3 +258,53 @@ func TestNewRejectsNegative(t *testing.T) {
 		t.Fatal("negative misses accepted")
 	}
 }
+
+// TestTrackerRetriesSooner: a host that answers is asked once an interval;
+// one whose request went unanswered is asked every retry until it answers
+// or is down, so a dead host is down within interval + (misses-1)*retry of
+// its last request, and a host that answers again goes back to the
+// interval.
+func TestTrackerRetriesSooner(t *testing.T) {
+	const interval, retry = time.Second, 250 * time.Millisecond
+	tr := tracker{misses: DefaultMisses, interval: interval, retry: retry, hosts: map[netip.Addr]*target{}}
+	tr.watch([]netip.Addr{hostA})
+	now := t0
+	sends := func() int {
+		probes, _ := tr.tick(now)
+		return len(probes)
+	}
+	if sends() != 1 {
+		t.Fatal("a new host is not asked at once")
+	}
+	tr.reply(hostA, tr.hosts[hostA].seq, now)
+	now = now.Add(retry)
+	if sends() != 0 || tr.untilDue(now) != interval-retry {
+		t.Fatalf("a host that answered is asked again before the interval (due in %v)", tr.untilDue(now))
+	}
+	// It stops answering: asked at the interval, then every retry.
+	now = t0.Add(interval)
+	if sends() != 1 {
+		t.Fatal("not asked after the interval")
+	}
+	var downAt time.Time
+	for i := 0; downAt.IsZero() && i < 20; i++ {
+		if d := tr.untilDue(now); i > 0 && d != retry {
+			t.Fatalf("after %d misses the next request is due in %v, want %v", tr.hosts[hostA].misses, d, retry)
+		}
+		now = now.Add(tr.untilDue(now))
+		if _, flips := tr.tick(now); len(flips) == 1 && !flips[0].up {
+			downAt = now
+		}
+	}
+	lastAnswered := t0
+	if want := lastAnswered.Add(2*interval + (DefaultMisses-1)*retry); !downAt.Equal(want) {
+		t.Fatalf("down at +%v, want +%v", downAt.Sub(t0), want.Sub(t0))
+	}
+	// It answers again: up, and back to one request an interval.
+	if _, flips := tr.reply(hostA, tr.hosts[hostA].seq, now); len(flips) != 1 || !flips[0].up {
+		t.Fatalf("reply after down flipped %v", flips)
+	}
+	if d := tr.untilDue(now); d != interval {
+		t.Fatalf("after answering again the next request is due in %v, want %v", d, interval)
+	}
+}
