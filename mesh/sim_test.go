@@ -370,6 +370,11 @@ func (s *sim) step(i int) {
 		// Its probes cannot reach the other voters, so the command goes
 		// ahead beside a ledger that keeps its majority: the two ledgers
 		// must stay apart, and hosts must still never share a block.
+		// docs/operations.md warns that they may: the cluster's leader
+		// reclaims the block of the node it no longer sees once the lease
+		// it granted ends, while the recovered node renews that block in
+		// its own ledger; a host of the cluster that then gets the block
+		// hands it out beside the recovered node, and check reports it.
 		if s.recoveries >= 1 {
 			return
 		}
