@@ -1,6 +1,8 @@
 package mesh_test
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -104,4 +106,55 @@ func TestRecoveredLedgerIsForeignUntilRejoined(t *testing.T) {
 		}
 		return meshtest.Converged(views)
 	})
+}
+
+// TestClusterRecoverLedgerProbes checks meshtest's `grapevine ledger
+// recover` as the fault simulation uses it: refused, with nothing
+// written, while another voter answers on its ledger port (gossip cut) or
+// its gossip port, and allowed once the node is cut off alone, since its
+// probes cannot see past a partition.
+func TestClusterRecoverLedgerProbes(t *testing.T) {
+	c := newCluster(t, meshtest.Options{})
+	first := start(t, c, meshtest.Spec{Name: "r1"})
+	for _, name := range []string{"r2", "r3"} {
+		start(t, c, meshtest.Spec{Name: name, Join: seed(first)})
+	}
+	waitFor(t, "three voters", 60*time.Second, func() error {
+		if v := first.Mesh.View(); len(v.Ledger.Voters) != 3 {
+			return fmt.Errorf("voters %v", v.Ledger.Voters)
+		}
+		return meshtest.Converged(c.Views())
+	})
+	r3 := c.Node("r3")
+	cluster := first.Mesh.View().Ledger.ClusterID
+	others := []netip.Addr{first.Addr.Addr(), c.Node("r2").Addr.Addr()}
+	if err := c.Kill("r3"); err != nil {
+		t.Fatal(err)
+	}
+	recoverR3 := func() (ledger.Recovery, error) {
+		return c.RecoverLedger(context.Background(), r3.StateDir, r3.Addr.Addr())
+	}
+	if _, err := recoverR3(); !errors.Is(err, ledger.ErrVoterAnswers) {
+		t.Fatalf("recover while both other voters answer: %v, want ErrVoterAnswers", err)
+	}
+	c.Net.PartitionGossip([]netip.Addr{r3.Addr.Addr()}, others)
+	if _, err := recoverR3(); !errors.Is(err, ledger.ErrVoterAnswers) {
+		t.Fatalf("recover while the other voters answer on their ledger port: %v, want ErrVoterAnswers", err)
+	}
+	c.Net.Heal()
+	for _, n := range []string{"r1", "r2"} {
+		// Each voter's ledger port closed (its gossip port still open).
+		c.Node(n).Streams.Close()
+	}
+	if _, err := recoverR3(); !errors.Is(err, ledger.ErrVoterAnswers) {
+		t.Fatalf("recover while the other voters answer on their gossip port: %v, want ErrVoterAnswers", err)
+	}
+	c.Net.Partition([]netip.Addr{r3.Addr.Addr()}, others)
+	rec, err := recoverR3()
+	if err != nil {
+		t.Fatalf("recover cut off alone: %v", err)
+	}
+	if len(rec.Voters()) != 2 || rec.ClusterID != cluster || rec.NewClusterID == cluster {
+		t.Fatalf("recovery %+v of ledger %s: want two dropped voters and a new ledger (the refusals wrote nothing)", rec, cluster)
+	}
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/grapevine-net/grapevine/mesh"
+	"github.com/grapevine-net/grapevine/mesh/ledger"
 	"github.com/grapevine-net/grapevine/mesh/meshtest"
 )
 
@@ -34,14 +35,20 @@ func simEnv(t *testing.T, name string, def int) int {
 // (whole, or of gossip alone with the ledger port open), heals, crashes
 // (kill -9: no snapshot on the way down), graceful stops, restarts with
 // and without state, hosts suspended (their host clock jumps ahead), a
-// second agent under a live node's name, and joins. After every step, and
-// while it settles, the invariant is what hosts do (sim.check): no two
-// hosts may hand out addresses from one block while their leases overlap
-// in time, counting the leases that stopped agents left in node.json, and
-// no host routes a block twice; once the faults stop, the cluster must
-// converge. GRAPEVINE_SIM_SEEDS and
+// second agent under a live node's name, a founder or voter losing its
+// disk while the other voters keep the majority, `grapevine ledger
+// recover` on a voter merely cut off alone (its probes cannot see past the
+// partition), an agent started with another --pool, and joins. After
+// every step, and while it settles, the invariant is what hosts do
+// (sim.check): no two hosts may hand out addresses from one block while
+// their leases overlap in time, counting the leases that stopped agents
+// left in node.json, no host routes a block twice, a recovered ledger
+// never merges with the one it was recovered from, and an agent of another
+// pool never claims nor is routed a block of the cluster's pool; once the
+// faults stop, the cluster must converge. GRAPEVINE_SIM_SEEDS and
 // GRAPEVINE_SIM_STEPS set the size (make soak runs a long one);
-// GRAPEVINE_SIM_SEED replays one seed.
+// GRAPEVINE_SIM_SEED replays one seed; GRAPEVINE_SIM_LOG=1 logs every
+// seed's steps, not only a failed one's.
 func TestFaultSimulation(t *testing.T) {
 	seeds := simEnv(t, "GRAPEVINE_SIM_SEEDS", 3)
 	steps := simEnv(t, "GRAPEVINE_SIM_STEPS", 10)
@@ -66,19 +73,39 @@ type simNode struct {
 	name, key string
 	addr      netip.Addr
 	stateDir  string
+	pool      netip.Prefix // zero: the cluster's
 	clock     *meshtest.Clock
 	running   bool
-	impostor  bool // a second agent under a live node's name
+	// outsider says why the node can never converge with the cluster (""
+	// for a member): outsiders take no part in the faults on members, are
+	// no seeds, and are retired once the faults stop.
+	outsider string
+	// recovered is the ledger `grapevine ledger recover` made of this
+	// node's state (zero: none); while set, the node must hold no other.
+	recovered ledger.ClusterID
 }
+
+// Why a node is an outsider.
+const (
+	impostor      = "a second agent under a live node's name"
+	otherPool     = "an agent of another pool"
+	recoveredAway = "the only voter of a ledger recovered beside the cluster's"
+)
 
 type sim struct {
 	t      *testing.T
 	leases *meshtest.Leases
 	rng    *rand.Rand
 	c      *meshtest.Cluster
+	pool   netip.Prefix // the cluster's
 	nodes  []*simNode
 	next   int // next host address index
 	log    []string
+	// cut is set while a partition may be in effect (until a heal).
+	cut bool
+	// wipes and recoveries count the founders or voters that lost their
+	// disk and the ledgers recovered, each bounded per run.
+	wipes, recoveries int
 }
 
 func simulate(t *testing.T, seed uint64, steps int) {
@@ -86,13 +113,14 @@ func simulate(t *testing.T, seed uint64, steps int) {
 	s := &sim{t: t, rng: rand.New(rand.NewPCG(seed, 0x6772617065)), leases: meshtest.NewLeases()}
 	// Eight blocks for up to six running nodes plus restarted identities:
 	// reuse of reclaimed blocks happens.
+	s.pool = netip.MustParsePrefix("10.244.0.0/20")
 	s.c = meshtest.NewCluster(t.TempDir(), meshtest.Options{
-		Pool:   netip.MustParsePrefix("10.244.0.0/20"),
+		Pool:   s.pool,
 		Lease:  reclaimAfter,
 		Logger: testLogger(t),
 	})
 	defer func() {
-		if t.Failed() {
+		if t.Failed() || os.Getenv("GRAPEVINE_SIM_LOG") != "" {
 			t.Logf("seed %d steps:\n%s", seed, joinLines(s.log))
 		}
 		if err := s.c.Close(); err != nil {
@@ -112,14 +140,34 @@ func simulate(t *testing.T, seed uint64, steps int) {
 		s.settle(time.Duration(200+s.rng.IntN(1200)) * time.Millisecond)
 	}
 
-	// Faults stop: heal, retire impostors (they never become ready),
-	// bring stopped hosts back (with their state: a majority of voters
-	// gone for good is the operator's `grapevine ledger recover`), and the
-	// cluster must converge.
-	s.record("heal, retire impostors, restart stopped nodes")
+	// Faults stop: heal, retire the outsiders (impostors and agents of
+	// another pool never become ready), bring stopped hosts back (with
+	// their state: a majority of voters gone for good is the operator's
+	// `grapevine ledger recover`), and the cluster must converge.
+	s.record("heal, retire outsiders, reset a recovered node, restart stopped nodes")
 	s.c.Net.Heal()
+	s.cut = false
+	if s.count(func(n *simNode) bool { return n.outsider == recoveredAway && n.running }) > 0 {
+		// Both ledgers meet on one network before the split ends.
+		s.settle(2 * time.Second)
+	}
 	for _, n := range s.nodes {
-		if n.impostor && n.running {
+		switch {
+		case n.outsider == recoveredAway:
+			// A node recovered beside a ledger that kept its majority
+			// holds a foreign ledger by design and never converges with
+			// the cluster. The operator ends the split as
+			// docs/operations.md says: the side given up (this node) is
+			// stopped, its ledger state reset, and it rejoins the
+			// cluster's ledger under its node ID.
+			if n.running {
+				s.stop(n, true)
+			}
+			if err := s.c.ResetLedger(n.stateDir); err != nil {
+				t.Fatalf("reset the recovered node %s: %v", n.key, err)
+			}
+			n.outsider, n.recovered = "", ledger.ClusterID{}
+		case n.outsider != "" && n.running:
 			s.stop(n, true)
 		}
 	}
@@ -170,7 +218,7 @@ func (s *sim) add(name string) *simNode {
 
 func (s *sim) start(n *simNode, join []string) {
 	s.t.Helper()
-	_, err := s.c.Start(meshtest.Spec{Name: n.name, Key: n.key, Addr: n.addr, StateDir: n.stateDir, Join: join, Clock: n.clock.Host})
+	_, err := s.c.Start(meshtest.Spec{Name: n.name, Key: n.key, Addr: n.addr, StateDir: n.stateDir, Pool: n.pool, Join: join, Clock: n.clock.Host})
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -195,7 +243,7 @@ func (s *sim) stop(n *simNode, graceful bool) {
 func (s *sim) seeds() []string {
 	var out []string
 	for _, i := range s.rng.Perm(len(s.nodes)) {
-		if n := s.nodes[i]; n.running && !n.impostor && len(out) < 2 {
+		if n := s.nodes[i]; running(n) && len(out) < 2 {
 			out = append(out, netip.AddrPortFrom(n.addr, meshtest.GossipPort).String())
 		}
 	}
@@ -225,12 +273,14 @@ func (s *sim) count(match func(*simNode) bool) int {
 	return k
 }
 
-func running(n *simNode) bool { return n.running && !n.impostor }
-func stopped(n *simNode) bool { return !n.running && !n.impostor }
+func running(n *simNode) bool { return n.running && n.outsider == "" }
+func stopped(n *simNode) bool { return !n.running && n.outsider == "" }
+
+func isVoter(v mesh.View) bool { return v.Ledger.Role == "leader" || v.Ledger.Role == "voter" }
 
 // step applies one random fault.
 func (s *sim) step(i int) {
-	switch op := s.rng.IntN(9); {
+	switch op := s.rng.IntN(12); {
 	case op == 0: // partition the running hosts in two
 		var all []netip.Addr
 		for _, n := range s.nodes {
@@ -240,6 +290,7 @@ func (s *sim) step(i int) {
 		}
 		s.rng.Shuffle(len(all), func(a, b int) { all[a], all[b] = all[b], all[a] })
 		cut := 1 + s.rng.IntN(max(1, len(all)-1))
+		s.cut = true
 		if s.rng.IntN(3) == 0 { // a firewall that drops gossip alone
 			s.record("%d: gossip-only partition %v | %v", i, all[:cut], all[cut:])
 			s.c.Net.PartitionGossip(all[:cut], all[cut:])
@@ -250,6 +301,7 @@ func (s *sim) step(i int) {
 	case op == 1:
 		s.record("%d: heal", i)
 		s.c.Net.Heal()
+		s.cut = false
 	case op == 2 || op == 3: // crash or stop
 		if s.count(running) <= 2 {
 			return
@@ -284,13 +336,85 @@ func (s *sim) step(i int) {
 		}
 	case op == 7: // a second agent under a live node's name
 		orig := s.pick(running)
-		if orig == nil || s.count(func(n *simNode) bool { return n.impostor && n.running }) > 0 {
+		if orig == nil || s.count(func(n *simNode) bool { return n.outsider == impostor && n.running }) > 0 {
 			return
 		}
 		imp := s.add(orig.name)
-		imp.key, imp.impostor = orig.name+"-impostor", true
+		imp.key, imp.outsider = orig.name+"-impostor", impostor
 		s.record("%d: impostor of %s at %s", i, orig.name, imp.addr)
 		s.start(imp, s.seeds())
+	case op == 8: // a founder or a voter loses its disk: the host comes back empty, same name
+		// Guarded: a voter gone for good counts against the majority until
+		// the ledger replaces it, and losing the majority for good takes
+		// an operator.
+		if s.wipes >= 2 {
+			return
+		}
+		views := s.c.Views()
+		n := s.pick(func(n *simNode) bool {
+			return running(n) && (n.name == "n0" || isVoter(views[n.key])) && s.quorumWithout(views, n)
+		})
+		if n == nil {
+			return
+		}
+		s.wipes++
+		s.stop(n, false)
+		n.stateDir = filepath.Join(s.t.TempDir(), n.key+"-wiped")
+		if s.rng.IntN(2) == 0 {
+			n.addr = meshtest.HostAddr(s.next)
+			s.next++
+		}
+		s.record("%d: %s (%s) lost its disk, restarted empty at %s", i, n.key, views[n.key].Ledger.Role, n.addr)
+		s.start(n, s.seeds())
+	case op == 9: // `grapevine ledger recover` on a voter merely cut off alone
+		// Its probes cannot reach the other voters, so the command goes
+		// ahead beside a ledger that keeps its majority: the two ledgers
+		// must stay apart, and hosts must still never share a block.
+		// docs/operations.md warns that they may: the cluster's leader
+		// reclaims the block of the node it no longer sees once the lease
+		// it granted ends, while the recovered node renews that block in
+		// its own ledger; a host of the cluster that then gets the block
+		// hands it out beside the recovered node, and check reports it.
+		if s.recoveries >= 1 {
+			return
+		}
+		views := s.c.Views()
+		x := s.pick(func(n *simNode) bool { return running(n) && isVoter(views[n.key]) && s.quorumWithout(views, n) })
+		if x == nil {
+			return
+		}
+		s.recoveries++
+		var others []netip.Addr
+		for _, n := range s.nodes {
+			if n.addr != x.addr {
+				others = append(others, n.addr)
+			}
+		}
+		graceful := s.rng.IntN(2) == 0
+		s.c.Net.Partition([]netip.Addr{x.addr}, others)
+		s.cut = true
+		s.stop(x, graceful)
+		rec, err := s.c.RecoverLedger(context.Background(), x.stateDir, x.addr)
+		if err != nil {
+			s.t.Fatalf("recover %s cut off alone: %v", x.key, err)
+		}
+		x.outsider, x.recovered = recoveredAway, rec.NewClusterID
+		s.record("%d: %s cut off alone, stopped (graceful=%v), ledger %s recovered as %s, started again", i, x.key, graceful, rec.ClusterID, rec.NewClusterID)
+		s.start(x, s.seeds())
+	case op == 10: // an agent started with another --pool joins the gossip
+		if s.count(func(n *simNode) bool { return n.outsider == otherPool && n.running }) > 0 {
+			return
+		}
+		n := s.add(fmt.Sprintf("n%d", s.next))
+		// Apart from the cluster's pool, inside it, or around it.
+		n.pool = []netip.Prefix{
+			netip.MustParsePrefix("10.245.0.0/20"),
+			netip.MustParsePrefix("10.244.0.0/21"),
+			netip.MustParsePrefix("10.244.0.0/16"),
+		}[s.rng.IntN(3)]
+		n.outsider = otherPool
+		s.record("%d: %s at %s with pool %s", i, n.key, n.addr, n.pool)
+		s.start(n, s.seeds())
 	default: // a new node joins
 		if s.count(func(n *simNode) bool { return n.running }) >= 6 {
 			return
@@ -299,6 +423,41 @@ func (s *sim) step(i int) {
 		s.record("%d: join %s at %s", i, n.key, n.addr)
 		s.start(n, s.seeds())
 	}
+}
+
+// quorumWithout reports whether the ledger keeps its majority if x loses
+// its state for good: no partition is in effect, every running member
+// sees one ledger with one leader, and the running voters other than x
+// are a majority of the leader's voters. Each voter is counted by its own
+// view's role: voters are listed by name, and a name may have held
+// several node IDs (a host that came back empty).
+func (s *sim) quorumWithout(views map[string]mesh.View, x *simNode) bool {
+	if s.cut {
+		return false
+	}
+	var ref ledger.Info
+	voters, up := 0, 0
+	for _, n := range s.nodes {
+		if !running(n) {
+			continue
+		}
+		v, ok := views[n.key]
+		if !ok || v.Ledger.Leader == "" || v.Ledger.ClusterID.IsZero() {
+			return false
+		}
+		if ref.ClusterID.IsZero() {
+			ref = v.Ledger
+		} else if v.Ledger.ClusterID != ref.ClusterID || v.Ledger.Leader != ref.Leader {
+			return false
+		}
+		if v.Ledger.Role == "leader" {
+			voters = len(v.Ledger.Voters)
+		}
+		if n != x && isVoter(v) {
+			up++
+		}
+	}
+	return voters > 0 && up > voters/2
 }
 
 // voters are the ledger's voters as the running nodes know them.
@@ -329,8 +488,17 @@ func (s *sim) settle(d time.Duration) {
 // check is the invariant, on what hosts do: no two hosts may hand out
 // addresses from one block while their leases overlap in time, counting
 // the leases that stopped agents left in node.json, and no host routes a
-// block twice or to a foreign member (meshtest.SharedBlock).
+// block twice or to a foreign member (meshtest.SharedBlock). A node whose
+// ledger was recovered holds that ledger and no other (the two never
+// merge), and an agent of another pool neither holds nor routes a block
+// of the cluster's pool, nor is routed one.
 func (s *sim) check(views map[string]mesh.View) error {
+	alien := make(map[netip.Addr]string) // agents of another pool, by address
+	for _, n := range s.nodes {
+		if n.outsider == otherPool && n.running {
+			alien[n.addr] = n.key
+		}
+	}
 	for key, v := range views {
 		n := s.byKey(key)
 		now, err := n.clock.Host()
@@ -339,6 +507,23 @@ func (s *sim) check(views map[string]mesh.View) error {
 		}
 		if err := s.leases.Observe(key, v, now, time.Now()); err != nil {
 			return err
+		}
+		if !n.recovered.IsZero() && !v.Ledger.ClusterID.IsZero() && v.Ledger.ClusterID != n.recovered {
+			return fmt.Errorf("%s holds ledger %s, not %s recovered on it: the recovered ledger merged", key, v.Ledger.ClusterID, n.recovered)
+		}
+		if n.outsider == otherPool && v.Block.IsValid() && v.Block.Overlaps(s.pool) {
+			return fmt.Errorf("%s, an agent of pool %s, holds %s of the cluster's pool %s", key, n.pool, v.Block, s.pool)
+		}
+		for _, m := range v.Members {
+			if !m.Block.IsValid() {
+				continue
+			}
+			if n.outsider == otherPool && m.Block.Overlaps(s.pool) {
+				return fmt.Errorf("%s, an agent of pool %s, routes %s of the cluster's pool to %s", key, n.pool, m.Block, m.Name)
+			}
+			if other, ok := alien[m.Addr]; ok {
+				return fmt.Errorf("%s routes %s to %s, an agent of another pool", key, m.Block, other)
+			}
 		}
 	}
 	return meshtest.SharedBlock(views)

@@ -166,6 +166,9 @@ type Spec struct {
 	BootstrapExpect int
 	// SecretKey overrides the cluster's key for this node.
 	SecretKey []byte
+	// Pool overrides the cluster's pool for this node: an agent started
+	// with another --pool.
+	Pool netip.Prefix
 	// Clock is this node's host clock (nil: the cluster's).
 	Clock hostclock.Clock
 	// Incarnation gates the node's restart rule (nil: none, as without
@@ -212,6 +215,10 @@ func (c *Cluster) Start(spec Spec) (*Node, error) {
 	if spec.Clock != nil {
 		clock = spec.Clock
 	}
+	pool := c.opts.Pool
+	if spec.Pool.IsValid() {
+		pool = spec.Pool
+	}
 	addr := netip.AddrPortFrom(spec.Addr, GossipPort)
 	tr, err := c.Net.NewTransport(addr)
 	if err != nil {
@@ -232,7 +239,7 @@ func (c *Cluster) Start(spec Spec) (*Node, error) {
 		Found:             (len(spec.Join) == 0 || spec.Found) && spec.BootstrapExpect == 0 && spec.LedgerRecord == nil,
 		LedgerRecord:      spec.LedgerRecord,
 		BootstrapExpect:   spec.BootstrapExpect,
-		Pool:              c.opts.Pool,
+		Pool:              pool,
 		BlockBits:         c.opts.BlockBits,
 		Lease:             c.opts.Lease,
 		ReconnectInterval: c.opts.ReconnectInterval,
@@ -330,6 +337,46 @@ func (c *Cluster) ResetLedger(stateDir string) error {
 	c.stores[stateDir] = ledger.NewMemStores()
 	_, err := mesh.ResetLedger(stateDir, time.Now())
 	return err
+}
+
+// RecoverLedger is `grapevine ledger recover` on a stopped node's state
+// directory, as mesh.RecoverLedger does it: the node at host becomes the
+// only voter of a new ledger holding its replica, unless another voter of
+// its configuration answers on its ledger or gossip port from host (so a
+// partition hides voters from it, as it hides them from the command).
+func (c *Cluster) RecoverLedger(ctx context.Context, stateDir string, host netip.Addr) (ledger.Recovery, error) {
+	c.mu.Lock()
+	for _, n := range c.nodes {
+		if n.StateDir == stateDir {
+			c.mu.Unlock()
+			return ledger.Recovery{}, fmt.Errorf("meshtest: node %s still runs on %s", n.Key, stateDir)
+		}
+	}
+	stores := c.stores[stateDir]
+	c.mu.Unlock()
+	if stores == nil {
+		return ledger.Recovery{}, fmt.Errorf("meshtest: no ledger state in %s", stateDir)
+	}
+	id, err := ledger.LoadOrCreateNodeID(stateDir)
+	if err != nil {
+		return ledger.Recovery{}, fmt.Errorf("node ID in %s: %w", stateDir, err)
+	}
+	from := c.Net.StreamHost(netip.AddrPortFrom(host, LedgerPort))
+	dial := func(ctx context.Context, addr netip.AddrPort) error {
+		if addr.Port() == GossipPort {
+			_, err := c.Net.peer(host, addr.String())
+			return err
+		}
+		// A listener that never accepts is down, as a silent host is.
+		ctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		conn, err := from.Dial(ctx, addr)
+		if err != nil {
+			return err
+		}
+		return conn.Close()
+	}
+	return ledger.RecoverStores(stores, id, netip.AddrPortFrom(host, LedgerPort), ledger.RefuseAnswering(ctx, dial, GossipPort))
 }
 
 // Stop ends a node (by key) gracefully: it leaves the cluster.
