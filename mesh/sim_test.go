@@ -98,12 +98,12 @@ type sim struct {
 	// recoveredLeases are the leases of hosts on a ledger recovered beside
 	// the cluster's (op 9): a ledger of their own.
 	recoveredLeases *meshtest.Leases
-	rng    *rand.Rand
-	c      *meshtest.Cluster
-	pool   netip.Prefix // the cluster's
-	nodes  []*simNode
-	next   int // next host address index
-	log    []string
+	rng             *rand.Rand
+	c               *meshtest.Cluster
+	pool            netip.Prefix // the cluster's
+	nodes           []*simNode
+	next            int // next host address index
+	log             []string
 	// cut is set while a partition may be in effect (until a heal).
 	cut bool
 	// wipes and recoveries count the founders or voters that lost their
