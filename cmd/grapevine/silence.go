@@ -37,10 +37,13 @@ type silence struct {
 }
 
 const (
-	// silenceAttempts is how many direct pings must go unanswered: a
-	// link that loses 35 % of round trips fails two in a row one time in
-	// eight, and only after its data path failed eight in a row.
-	silenceAttempts = 2
+	// silenceAttempts is how many direct pings must go unanswered (each
+	// waits memberlist's 500 ms probe timeout): a link that loses 35 % of
+	// round trips fails four in a row one time in 70, and only after its
+	// data path failed eight in a row. Two were not enough on a loaded
+	// 2-core machine with such a link, where a starved prober had also
+	// called a healthy host down.
+	silenceAttempts = 4
 	silenceRecheck  = 10 * time.Second
 )
 
