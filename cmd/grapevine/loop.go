@@ -311,6 +311,15 @@ func (a *agent) pathVerdicts() map[netip.Addr]probe.Verdict {
 	return a.prober.Verdicts()
 }
 
+// pathHealth is the prober's last minute per host; none while probing is
+// off.
+func (a *agent) pathHealth() map[netip.Addr]probe.Health {
+	if a.prober == nil {
+		return nil
+	}
+	return a.prober.Health()
+}
+
 // noteGossip records that memberlist counts v's live members in as of now.
 func (a *agent) noteGossip(v mesh.View) {
 	now := time.Now()
@@ -329,6 +338,7 @@ func (a *agent) freshStatus() statusReport {
 	v := a.mesh.View()
 	a.noteGossip(v)
 	paths := a.pathVerdicts()
+	health := a.pathHealth()
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	st := a.status
@@ -341,6 +351,7 @@ func (a *agent) freshStatus() statusReport {
 		m.GossipSeen = a.gossipSeen[m.ID]
 		if ip, err := netip.ParseAddr(m.HostIP); err == nil {
 			m.DataPath, m.DataPathSeen = dataPathState(paths, ip)
+			m.DataPathHealth = healthOf(health, ip)
 		}
 	}
 	return st

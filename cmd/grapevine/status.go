@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"net/url"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -109,6 +110,49 @@ type memberStatus struct {
 	// DataPathSeen is its last echo reply.
 	DataPath     string    `json:"dataPath,omitempty"`
 	DataPathSeen time.Time `json:"dataPathSeen,omitzero"`
+	// DataPathHealth is the probe's last minute of the member's host;
+	// absent for a host not probed.
+	DataPathHealth *dataPathHealth `json:"dataPathHealth,omitempty"`
+}
+
+// dataPathHealth is probe.Health as the status shows it: round-trip
+// quantiles in milliseconds (zero while no request was answered) and the
+// share of the Requests resolved over the last minute that were Lost.
+type dataPathHealth struct {
+	Requests int     `json:"requests"`
+	Lost     int     `json:"lost"`
+	Loss     float64 `json:"loss"`
+	RTTp50ms float64 `json:"rttP50ms"`
+	RTTp99ms float64 `json:"rttP99ms"`
+}
+
+// healthOf renders the probe's health of host; nil when it is not probed.
+func healthOf(health map[netip.Addr]probe.Health, host netip.Addr) *dataPathHealth {
+	h, probed := health[host]
+	if !probed {
+		return nil
+	}
+	return &dataPathHealth{
+		Requests: h.Requests,
+		Lost:     h.Lost,
+		Loss:     h.Loss,
+		RTTp50ms: float64(h.RTTp50.Microseconds()) / 1000,
+		RTTp99ms: float64(h.RTTp99.Microseconds()) / 1000,
+	}
+}
+
+// healthColumn is the table's RTT P50/P99, LOSS: "0.08/0.31ms 0%",
+// "-/- 100%" when nothing was answered, "-" for a host not probed or
+// not asked yet.
+func healthColumn(h *dataPathHealth) string {
+	if h == nil || h.Requests == 0 {
+		return "-"
+	}
+	rtt := "-/-"
+	if h.Requests > h.Lost {
+		rtt = strconv.FormatFloat(h.RTTp50ms, 'f', -1, 64) + "/" + strconv.FormatFloat(h.RTTp99ms, 'f', -1, 64) + "ms"
+	}
+	return fmt.Sprintf("%s %.0f%%", rtt, h.Loss*100)
 }
 
 // Signals that keep a route, as KeptBy names them.
@@ -395,7 +439,7 @@ func printStatus(w io.Writer, r statusReport) error {
 	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "MEMBER\tSTATE\tHOST IP\tBLOCK\tROUTE\tPATH\tKEPT BY\tGOSSIP SEEN\tDATA PATH\tWHY THIS PATH")
+	fmt.Fprintln(tw, "MEMBER\tSTATE\tHOST IP\tBLOCK\tROUTE\tPATH\tKEPT BY\tGOSSIP SEEN\tDATA PATH\tRTT P50/P99, LOSS (1m)\tWHY THIS PATH")
 	now := time.Now()
 	for _, m := range r.Members {
 		state := m.State
@@ -406,8 +450,8 @@ func printStatus(w io.Writer, r statusReport) error {
 		if !m.DataPathSeen.IsZero() {
 			dataPath += ", " + ago(now, m.DataPathSeen)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Name, state, orDash(m.HostIP), orDash(m.Block), m.Route,
-			orDash(m.Path), keptByColumn(m), orDash(ago(now, m.GossipSeen)), dataPath, orDash(m.PathReason))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Name, state, orDash(m.HostIP), orDash(m.Block), m.Route,
+			orDash(m.Path), keptByColumn(m), orDash(ago(now, m.GossipSeen)), dataPath, healthColumn(m.DataPathHealth), orDash(m.PathReason))
 	}
 	return tw.Flush()
 }

@@ -4,7 +4,9 @@
 // that host four times as often, and calls it down after a number of
 // requests in a row went unanswered, and up again on its next reply. The
 // peer host's kernel answers, not the peer's agent, so a hung agent on a
-// healthy host still counts as up.
+// healthy host still counts as up. Per host it keeps the last minute of
+// round trips and losses in a fixed-size ring (Health), exported as
+// metrics labelled by host address.
 //
 // probe never speaks gossip and changes nothing in the kernel: it only sends
 // echo requests to the addresses it is given and reads the replies. Which
@@ -122,6 +124,7 @@ func New(cfg Config, conn Conn) (*Prober, error) {
 	}
 	if cfg.Registerer != nil {
 		p.metrics.register(cfg.Registerer)
+		cfg.Registerer.MustRegister(healthCollector{p})
 	}
 	return p, nil
 }
@@ -251,6 +254,10 @@ type target struct {
 	outstanding bool      // the last request is unanswered
 	misses      int
 	lastReply   time.Time
+	// sentAt is when the last request was sent; history holds the
+	// requests resolved since (see Health).
+	sentAt  time.Time
+	history history
 }
 
 func (t *target) up(misses int) bool { return !t.lastReply.IsZero() && t.misses < misses }
@@ -291,6 +298,7 @@ func (tr *tracker) tick(now time.Time) ([]probe, []flip) {
 			continue
 		}
 		if t.outstanding {
+			t.history.add(sample{sent: t.sentAt, lost: true})
 			wasUp := t.up(tr.misses)
 			t.misses++
 			if wasUp && !t.up(tr.misses) {
@@ -300,6 +308,7 @@ func (tr *tracker) tick(now time.Time) ([]probe, []flip) {
 		t.seq++
 		t.sent++
 		t.outstanding = true
+		t.sentAt = now
 		t.next = now.Add(tr.interval)
 		if t.misses > 0 {
 			t.next = now.Add(tr.retry)
@@ -325,6 +334,9 @@ func (tr *tracker) reply(from netip.Addr, seq uint16, now time.Time) (bool, []fl
 		return false, nil
 	}
 	wasUp, wasMissing := t.up(tr.misses), t.misses > 0
+	if age == 0 && t.outstanding {
+		t.history.add(sample{sent: t.sentAt, rtt: now.Sub(t.sentAt)})
+	}
 	t.misses = 0
 	t.outstanding = t.outstanding && age != 0
 	t.lastReply = now
