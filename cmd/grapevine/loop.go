@@ -457,6 +457,14 @@ func (a *agent) beginPass() {
 // endPass publishes the pass's status and lets waiting readers go.
 func (a *agent) endPass(r statusReport) {
 	r.Encapsulation = a.opts.Encapsulation.String()
+	r.Settings = &statusSettings{
+		Iface:      a.opts.Iface,
+		Pool:       prefixString(a.opts.Pool),
+		Masquerade: a.opts.Masquerade,
+		GossipPort: a.opts.Port,
+		LedgerPort: a.opts.LedgerPort,
+		PodMTU:     a.opts.MTU,
+	}
 	a.mu.Lock()
 	a.status = r
 	close(a.passEnd)

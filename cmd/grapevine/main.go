@@ -2,6 +2,7 @@
 //
 //	grapevine agent      join the gossip mesh, hold a block, route every peer's block
 //	grapevine status     what the local agent knows: this node and every member
+//	grapevine doctor     what is wrong on this host and on its paths to the peers (reads only)
 //	grapevine release    free a dead node's block cluster-wide
 //	grapevine ledger recover  make this node the only voter of a new ledger when the old one lost its majority for good
 //	grapevine ledger reset    set aside the state of a node that belongs to another ledger than its peers
@@ -60,6 +61,7 @@ func newApp(run agentRunner) *cli.App {
 		Commands: []*cli.Command{
 			agentCommand(run),
 			statusCommand(),
+			doctorCommand(),
 			releaseCommand(),
 			ledgerCommand(),
 			keygenCommand(),

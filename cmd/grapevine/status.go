@@ -41,12 +41,28 @@ type statusReport struct {
 	// its lease to end, when it will be free.
 	PendingReleases []string `json:"pendingReleases,omitempty"`
 	// Encapsulation is the --encapsulation mode the paths were chosen by.
-	Encapsulation string       `json:"encapsulation,omitempty"`
-	Ledger        ledgerStatus `json:"ledger"`
+	Encapsulation string `json:"encapsulation,omitempty"`
+	// Settings are the agent's settings a reader checks the host against
+	// (grapevine doctor).
+	Settings *statusSettings `json:"settings,omitempty"`
+	Ledger   ledgerStatus    `json:"ledger"`
 	// NameConflicts lists the names several live hosts advertise, each
 	// with its own node ID (see mesh.View.NameConflicts).
 	NameConflicts []nameConflictStatus `json:"nameConflicts,omitempty"`
 	Members       []memberStatus       `json:"members"`
+}
+
+// statusSettings are what the agent was started with, as far as the host's
+// state depends on it: the interface towards the peers, the pool it routes
+// and masquerades, and the ports peers reach it on (the same on every host
+// of a cluster started alike).
+type statusSettings struct {
+	Iface      string `json:"iface"`
+	Pool       string `json:"pool"`
+	Masquerade bool   `json:"masquerade"`
+	GossipPort int    `json:"gossipPort"`
+	LedgerPort int    `json:"ledgerPort"`
+	PodMTU     int    `json:"podMTU,omitempty"`
 }
 
 // nameConflictStatus is one name several live hosts advertise: only the

@@ -1,0 +1,102 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/grapevine-net/grapevine/doctor"
+)
+
+// doctorStatusWait bounds the status request: the agent answers after its
+// running pass, and doctor should be done in 5 s on a healthy host.
+const doctorStatusWait = 3 * time.Second
+
+func doctorCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "doctor",
+		Usage: "check this host and its paths to the peers; each finding says what was seen, the likely cause and the fix (exit status 1 on any failure); reads only",
+		Flags: []cli.Flag{
+			runDirFlag(),
+			&cli.BoolFlag{Name: "json", Usage: "print the findings as JSON"},
+			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "also list the checks that passed"},
+		},
+		OnUsageError: usageError,
+		Action: func(c *cli.Context) error {
+			if err := noArgs(c); err != nil {
+				return err
+			}
+			findings := runDoctor(c.Context, c.String("run-dir"), doctor.NewLinuxHost(), &net.Dialer{})
+			var err error
+			if c.Bool("json") {
+				enc := json.NewEncoder(c.App.Writer)
+				enc.SetIndent("", "  ")
+				err = enc.Encode(findings)
+			} else {
+				err = printFindings(c.App.Writer, findings, c.Bool("verbose"))
+			}
+			if err != nil {
+				return err
+			}
+			return failedChecks(findings)
+		},
+	}
+}
+
+// runDoctor reads the agent's status and the host, and judges them.
+func runDoctor(ctx context.Context, runDir string, host doctor.Host, dialer doctor.Dialer) []doctor.Finding {
+	statusCtx, cancel := context.WithTimeout(ctx, doctorStatusWait)
+	defer cancel()
+	var st doctor.Status
+	body, err := callAgent(statusCtx, runDir, http.MethodGet, "/status")
+	if err == nil {
+		if jerr := json.Unmarshal(body, &st); jerr != nil {
+			err = fmt.Errorf("agent answered with unreadable status: %w", jerr)
+		}
+	}
+	return doctor.Diagnose(doctor.Observe(ctx, host, dialer, st, err))
+}
+
+// failedChecks is the command's error when a check failed: main prints it
+// and exits with status 1.
+func failedChecks(fs []doctor.Finding) error {
+	var failed []string
+	for _, f := range fs {
+		if f.Severity == doctor.Fail {
+			failed = append(failed, f.Check)
+		}
+	}
+	if len(failed) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%d check(s) failed: %s", len(failed), strings.Join(failed, ", "))
+}
+
+// printFindings shows the warnings and failures with cause and fix, and a
+// line per passed check when verbose; a summary line ends it.
+func printFindings(w io.Writer, fs []doctor.Finding, verbose bool) error {
+	counts := map[doctor.Severity]int{}
+	for _, f := range fs {
+		counts[f.Severity]++
+		if f.Severity == doctor.OK && !verbose {
+			continue
+		}
+		what := f.Check
+		if f.Subject != "" {
+			what += " " + f.Subject
+		}
+		fmt.Fprintf(w, "%-5s %s: %s\n", strings.ToUpper(string(f.Severity)), what, f.Seen)
+		if f.Severity != doctor.OK {
+			fmt.Fprintf(w, "      cause: %s\n      fix:   %s\n", f.Cause, f.Fix)
+		}
+	}
+	_, err := fmt.Fprintf(w, "%d passed, %d warnings, %d failed (docs/troubleshooting.md has a section per check)\n", counts[doctor.OK], counts[doctor.Warn], counts[doctor.Fail])
+	return err
+}

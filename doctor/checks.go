@@ -1,0 +1,377 @@
+package doctor
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/grapevine-net/grapevine/node"
+)
+
+// Loss over the last minute from which a peer's data path is worth a
+// warning, and from which it fails: at 20 % most TCP connections crawl.
+const (
+	lossWarn = 0.01
+	lossFail = 0.20
+)
+
+// Diagnose turns observations into findings, host checks first, then one
+// group per peer. It is pure.
+func Diagnose(o Observations) []Finding {
+	var fs []Finding
+	fs = append(fs, checkAgent(o))
+	if o.StatusErr == "" && o.Status.Settings == nil {
+		fs = append(fs, Finding{Check: CheckAgent, Severity: Warn, Seen: "the status carries no settings (an agent older than this grapevine)",
+			Cause: "the agent and the grapevine command are different versions", Fix: "run the grapevine binary of the agent's version, or update the agent"})
+	}
+	for _, c := range []struct {
+		name string
+		run  func(Observations) []Finding
+		// needsSettings: the check judges the host against the agent's
+		// settings and members, and is left out without them.
+		needsSettings bool
+	}{
+		{CheckIPForward, checkIPForward, false},
+		{CheckRPFilter, checkRPFilter, true},
+		{CheckForwardPolicy, checkForwardPolicy, false},
+		{CheckMasquerade, checkMasquerade, true},
+		{CheckProxyARP, checkPodHosts, false},
+		{CheckPeerRoute, checkPeerRoutes, true},
+	} {
+		if c.needsSettings && o.Status.Settings == nil {
+			continue
+		}
+		if why, ok := o.Unread[c.name]; ok {
+			fs = append(fs, Finding{Check: c.name, Severity: Warn, Seen: "not checked: " + why,
+				Cause: "doctor could not read the kernel's state", Fix: "run grapevine doctor as root in the host's network namespace"})
+			continue
+		}
+		fs = append(fs, c.run(o)...)
+	}
+	fs = append(fs, checkPeerPaths(o)...)
+	fs = append(fs, checkDataPaths(o.Status)...)
+	fs = append(fs, checkPorts(o.Ports)...)
+	return fs
+}
+
+func checkAgent(o Observations) Finding {
+	st := o.Status
+	switch {
+	case o.StatusErr != "":
+		return Finding{Check: CheckAgent, Severity: Fail, Seen: o.StatusErr,
+			Cause: "the agent is not running, hangs, or listens under another --run-dir: the host's own checks below still ran, the peers' could not",
+			Fix:   "start the agent (systemctl status grapevine, or the DaemonSet's pod on this node) and see its log; pass the agent's --run-dir to doctor"}
+	case !st.Ready:
+		return Finding{Check: CheckAgent, Severity: Fail, Subject: st.Node, Seen: "not ready: " + st.Reason,
+			Cause: "the agent holds no block or cannot hand it to the CNI plugin, so no new pod gets an address",
+			Fix:   "follow the reason; `grapevine status` shows the ledger and the members, the agent's log the rest"}
+	case st.Degraded != "":
+		return Finding{Check: CheckAgent, Severity: Warn, Subject: st.Node, Seen: "degraded: " + st.Degraded,
+			Cause: "the agent keeps its routes but cannot renew its lease or reach the ledger's majority",
+			Fix:   "see `grapevine status`: the ledger's leader and voters, and which members are down"}
+	}
+	return Finding{Check: CheckAgent, Severity: OK, Subject: st.Node, Seen: fmt.Sprintf("ready, holds %s", st.Block)}
+}
+
+func checkIPForward(o Observations) []Finding {
+	if o.IPForward == "1" {
+		return []Finding{{Check: CheckIPForward, Severity: OK, Seen: "net.ipv4.ip_forward = 1"}}
+	}
+	return []Finding{{Check: CheckIPForward, Severity: Fail, Seen: "net.ipv4.ip_forward = " + o.IPForward,
+		Cause: "forwarding was turned off (by hand, a sysctl file applied at boot, or a tool that resets it): no pod traffic leaves or enters this host",
+		Fix:   "sysctl -w net.ipv4.ip_forward=1 (the agent sets it again on its next pass); find what turned it off, e.g. grep -r ip_forward /etc/sysctl.conf /etc/sysctl.d"}}
+}
+
+// rpFilterEffective is the kernel's rule for rp_filter: the larger of
+// conf/all and the interface's value counts.
+func rpFilterEffective(all, iface string) string { return max(all, iface) }
+
+func checkRPFilter(o Observations) []Finding {
+	iface := o.Status.Settings.Iface
+	eff := rpFilterEffective(o.RPFilterAll, o.RPFilterUplink)
+	seen := fmt.Sprintf("rp_filter on %s is %s (all %s, %s %s)", iface, rpFilterName(eff), o.RPFilterAll, iface, o.RPFilterUplink)
+	if eff != "1" {
+		return []Finding{{Check: CheckRPFilter, Severity: OK, Subject: iface, Seen: seen}}
+	}
+	var vxlan []string
+	for _, m := range o.Status.Members {
+		if m.routed() && m.Path == string(node.PathVXLAN) {
+			vxlan = append(vxlan, m.Name)
+		}
+	}
+	if len(vxlan) == 0 {
+		return []Finding{{Check: CheckRPFilter, Severity: OK, Subject: iface, Seen: seen + "; no peer is reached over VXLAN"}}
+	}
+	return []Finding{{Check: CheckRPFilter, Severity: Fail, Subject: iface,
+		Seen: seen + "; reached over VXLAN: " + strings.Join(vxlan, ", "),
+		Cause: "strict reverse-path filtering drops packets whose source this host would route out another interface: " +
+			"pods of a peer reached over " + node.TunnelName + " whose packets arrive on " + iface + " (the peer routes directly) are dropped",
+		Fix: fmt.Sprintf("sysctl -w net.ipv4.conf.all.rp_filter=2 net.ipv4.conf.%s.rp_filter=2 (loose), and persist it in /etc/sysctl.d", iface)}}
+}
+
+func rpFilterName(v string) string {
+	switch v {
+	case "0":
+		return "off"
+	case "1":
+		return "strict"
+	case "2":
+		return "loose"
+	}
+	return v
+}
+
+func checkForwardPolicy(o Observations) []Finding {
+	pool := "<pool>"
+	if o.Status.Settings != nil {
+		pool = o.Status.Settings.Pool
+	}
+	var fs []Finding
+	for _, c := range o.ForwardChains {
+		if c.Policy != "drop" {
+			continue
+		}
+		fs = append(fs, Finding{Check: CheckForwardPolicy, Severity: Fail,
+			Subject: fmt.Sprintf("nftables %s %s chain %s", c.Family, c.Table, c.Name),
+			Seen:    "a base chain hooked at forward with policy drop",
+			Cause:   "a firewall (Docker, firewalld, a host policy) drops forwarded traffic by default: pods' traffic to and from other hosts is forwarded, and is dropped unless a rule of this very chain accepts it (an accept in another table cannot override it)",
+			Fix:     fmt.Sprintf("nft insert rule %s %s %s ip saddr %s accept; nft insert rule %s %s %s ip daddr %s accept (or make the firewall accept the pool)", c.Family, c.Table, c.Name, pool, c.Family, c.Table, c.Name, pool)})
+	}
+	if o.LegacyForward == "DROP" {
+		fs = append(fs, Finding{Check: CheckForwardPolicy, Severity: Fail, Subject: "iptables-legacy filter FORWARD",
+			Seen:  "policy DROP",
+			Cause: "Docker or a host firewall set iptables' FORWARD policy to DROP: pods' traffic to and from other hosts is dropped unless a rule of that chain accepts it",
+			Fix:   fmt.Sprintf("iptables-legacy -I FORWARD -s %s -j ACCEPT; iptables-legacy -I FORWARD -d %s -j ACCEPT", pool, pool)})
+	}
+	if len(fs) > 0 {
+		return fs
+	}
+	seen := fmt.Sprintf("%d nftables forward base chain(s), none drops by policy", len(o.ForwardChains))
+	if o.LegacyForward != "" {
+		seen += "; iptables-legacy FORWARD policy " + o.LegacyForward
+	}
+	return []Finding{{Check: CheckForwardPolicy, Severity: OK, Seen: seen}}
+}
+
+// masqueradeComment is the comment node marks its masquerade rule with
+// (node.masqueradeComment; the node tests pin the format).
+func masqueradeComment(pool string) string { return "grapevine masquerade " + pool }
+
+func checkMasquerade(o Observations) []Finding {
+	s := o.Status.Settings
+	switch {
+	case !s.Masquerade:
+		return []Finding{{Check: CheckMasquerade, Severity: OK, Seen: "off (--masquerade=false): pods reach outside the pool with their own addresses"}}
+	case slices.Contains(o.Masquerade, masqueradeComment(s.Pool)):
+		return []Finding{{Check: CheckMasquerade, Severity: OK, Seen: "table ip " + node.NFTTable + " masquerades " + s.Pool + " to outside it"}}
+	}
+	seen := "no masquerade rule for " + s.Pool + " in table ip " + node.NFTTable
+	if len(o.Masquerade) > 0 {
+		seen += "; found: " + strings.Join(o.Masquerade, ", ")
+	}
+	return []Finding{{Check: CheckMasquerade, Severity: Fail, Seen: seen,
+		Cause: "the table was deleted or flushed (nft flush ruleset, a firewall reload): pods' traffic to outside the pool leaves with pod addresses and its answers never come back",
+		Fix:   "the agent rebuilds the table when it changes; if it stays missing restart the agent, and make the firewall leave table ip " + node.NFTTable + " alone"}}
+}
+
+// checkPodHosts judges every pod's host veth: proxy_arp on, its /32 route,
+// and a PERMANENT neighbour entry for the pod. Healthy veths make one
+// finding per check, broken ones one each.
+func checkPodHosts(o Observations) []Finding {
+	var fs []Finding
+	bad := map[string]bool{}
+	for _, v := range o.Veths {
+		if v.ProxyARP != "1" {
+			bad[CheckProxyARP] = true
+			fs = append(fs, Finding{Check: CheckProxyARP, Severity: Fail, Subject: v.Name,
+				Seen:  "net.ipv4.conf." + v.Name + ".proxy_arp = " + v.ProxyARP,
+				Cause: "turned off by hand or by a tool: the pod's ARP for its gateway 169.254.1.1 goes unanswered once its neighbour entry expires or is deleted",
+				Fix:   "sysctl -w net.ipv4.conf." + v.Name + ".proxy_arp=1 (the agent puts it back on its next full pass)"})
+		}
+		if len(v.PodIPs) == 0 {
+			bad[CheckPodRoute] = true
+			fs = append(fs, Finding{Check: CheckPodRoute, Severity: Fail, Subject: v.Name,
+				Seen:  "no /32 route through " + v.Name,
+				Cause: "the pod's route was deleted: nothing reaches the pod",
+				Fix:   "the agent puts it back on its next pass; if not, delete and recreate the pod"})
+		}
+		for _, ip := range v.PodIPs {
+			if slices.Contains(v.Permanent, ip) {
+				continue
+			}
+			bad[CheckPodNeighbour] = true
+			fs = append(fs, Finding{Check: CheckPodNeighbour, Severity: Fail, Subject: v.Name,
+				Seen:  "no PERMANENT neighbour entry for " + ip.String() + " on " + v.Name,
+				Cause: "the entry was deleted or replaced: the host ARPs for the pod, which pods of other CNIs answer but a restarted pod may not at once",
+				Fix:   "the agent puts it back on its next pass; by hand: ip neigh replace " + ip.String() + " lladdr <pod MAC> dev " + v.Name + " nud permanent"})
+		}
+	}
+	for _, c := range []string{CheckProxyARP, CheckPodRoute, CheckPodNeighbour} {
+		if !bad[c] {
+			fs = append(fs, Finding{Check: c, Severity: OK, Seen: fmt.Sprintf("%d pod veth(s) as wired", len(o.Veths))})
+		}
+	}
+	return fs
+}
+
+// desiredRoute is the route node installs for m: via the peer's host IP
+// on the uplink, or via its VTEP on the VXLAN device; ok is false when
+// the status does not say enough to tell.
+func desiredRoute(m Member, uplink, tunnel node.Link) (node.Route, bool) {
+	block, err := netip.ParsePrefix(m.Block)
+	if err != nil {
+		return node.Route{}, false
+	}
+	switch node.Path(m.Path) {
+	case node.PathDirect:
+		host, err := netip.ParseAddr(m.HostIP)
+		if err != nil || uplink.Index == 0 {
+			return node.Route{}, false
+		}
+		return node.Route{Dst: block, Via: host, LinkIndex: uplink.Index}, true
+	case node.PathVXLAN:
+		if tunnel.Index == 0 {
+			return node.Route{Dst: block, Via: node.VTEPAddr(block), OnLink: true}, true
+		}
+		return node.Route{Dst: block, Via: node.VTEPAddr(block), LinkIndex: tunnel.Index, OnLink: true}, true
+	}
+	return node.Route{}, false
+}
+
+// describeRoute reads like `ip route`, naming the two links doctor knows.
+func describeRoute(r node.Route, uplink, tunnel node.Link) string {
+	dev := fmt.Sprintf("ifindex %d", r.LinkIndex)
+	switch {
+	case r.LinkIndex == 0:
+		dev = "no device"
+	case r.LinkIndex == uplink.Index:
+		dev = uplink.Name
+	case r.LinkIndex == tunnel.Index:
+		dev = tunnel.Name
+	}
+	s := fmt.Sprintf("%s via %s dev %s", r.Dst, r.Via, dev)
+	if r.OnLink {
+		s += " onlink"
+	}
+	return s
+}
+
+func checkPeerRoutes(o Observations) []Finding {
+	var fs []Finding
+	routed := map[netip.Prefix]bool{}
+	for _, m := range o.Status.Members {
+		if !m.routed() {
+			continue
+		}
+		block, err := netip.ParsePrefix(m.Block)
+		if err != nil {
+			continue
+		}
+		routed[block] = true
+		want, known := desiredRoute(m, o.Uplink, o.Tunnel)
+		i := slices.IndexFunc(o.PeerRoutes, func(r node.Route) bool { return r.Dst == block && r.Unicast() })
+		switch {
+		case i < 0:
+			fs = append(fs, Finding{Check: CheckPeerRoute, Severity: Fail, Subject: m.Name,
+				Seen:  fmt.Sprintf("no route for %s (proto %d); the agent's last pass says: %s", block, node.RouteProtocol, m.Route),
+				Cause: "the route was deleted by hand or by another tool, or another route for the block (not Grapevine's) holds its place and the agent leaves it alone",
+				Fix:   fmt.Sprintf("ip route show %s shows what holds the slot: delete a route that is not proto %d; the agent puts its own back at once", block, node.RouteProtocol)})
+		case known && !sameRoute(o.PeerRoutes[i], want):
+			fs = append(fs, Finding{Check: CheckPeerRoute, Severity: Fail, Subject: m.Name,
+				Seen:  fmt.Sprintf("%s, want %s (path %s)", describeRoute(o.PeerRoutes[i], o.Uplink, o.Tunnel), describeRoute(want, o.Uplink, o.Tunnel), m.Path),
+				Cause: "the route was changed by hand, or the agent has not yet applied a path change",
+				Fix:   "the agent replaces its own route on its next pass; if it stays, see its log"})
+		case m.Route != node.PeerProgrammed:
+			fs = append(fs, Finding{Check: CheckPeerRoute, Severity: Warn, Subject: m.Name,
+				Seen:  describeRoute(o.PeerRoutes[i], o.Uplink, o.Tunnel) + "; the agent's last pass says: " + m.Route,
+				Cause: "the agent's last pass did not finish programming this peer",
+				Fix:   "run doctor again after a pass; if it stays, see the agent's log"})
+		default:
+			fs = append(fs, Finding{Check: CheckPeerRoute, Severity: OK, Subject: m.Name, Seen: describeRoute(o.PeerRoutes[i], o.Uplink, o.Tunnel)})
+		}
+	}
+	for _, r := range o.PeerRoutes {
+		if r.Unicast() && !routed[r.Dst] {
+			fs = append(fs, Finding{Check: CheckStaleRoute, Severity: Warn, Subject: r.Dst.String(),
+				Seen:  describeRoute(r, o.Uplink, o.Tunnel) + ", for a block no routed member holds",
+				Cause: "a peer left or its block moved while this agent was down, or the agent is about to withdraw it",
+				Fix:   "the agent withdraws its own stale routes on its next pass; if it stays, ip route del " + r.Dst.String()})
+		}
+	}
+	return fs
+}
+
+// sameRoute compares what makes a peer route work: destination, next hop,
+// device and onlink.
+func sameRoute(have, want node.Route) bool {
+	return have.Dst == want.Dst && have.Via == want.Via && have.OnLink == want.OnLink &&
+		(want.LinkIndex == 0 || have.LinkIndex == want.LinkIndex)
+}
+
+func checkPeerPaths(o Observations) []Finding {
+	var fs []Finding
+	for _, m := range o.Status.Members {
+		if !m.routed() || m.Path == "" {
+			continue
+		}
+		fs = append(fs, Finding{Check: CheckPeerPath, Severity: OK, Subject: m.Name, Seen: m.Path + ": " + m.PathReason})
+	}
+	return fs
+}
+
+func checkDataPaths(st Status) []Finding {
+	var fs []Finding
+	for _, m := range st.Members {
+		if !m.routed() {
+			continue
+		}
+		f := Finding{Check: CheckPeerDataPath, Subject: m.Name}
+		h := m.DataPathHealth
+		switch {
+		case m.DataPath == "":
+			f.Severity, f.Seen = Warn, "not probed"
+			f.Cause = "the agent runs with --probe-interval=0 or without CAP_NET_RAW: routes follow gossip alone"
+			f.Fix = "give the agent CAP_NET_RAW and a nonzero --probe-interval"
+			fs = append(fs, f)
+			continue
+		case h == nil || h.Requests == 0:
+			f.Seen = "data path " + m.DataPath + ", no request resolved yet"
+		default:
+			f.Seen = fmt.Sprintf("data path %s, rtt p50 %gms p99 %gms, loss %.0f%% of %d requests over the last minute", m.DataPath, h.RTTp50ms, h.RTTp99ms, h.Loss*100, h.Requests)
+		}
+		switch {
+		case m.DataPath == "down":
+			f.Severity = Fail
+			f.Cause = "the peer's host does not answer ICMP echo over the path pods use: the host is down, its link is cut, or a firewall drops the traffic"
+			f.Fix = fmt.Sprintf("ping %s; check the link and the firewalls on both hosts (ICMP, and UDP 4789 on a VXLAN path)", m.HostIP)
+		case h != nil && h.Loss >= lossFail:
+			f.Severity = Fail
+			f.Cause = "the path to the peer loses many packets: a bad link, a saturated uplink or a firewall that drops some"
+			f.Fix = "check the link's error counters (ip -s link) and the switch; compare with other peers"
+		case m.DataPath != "up" || h != nil && h.Loss > lossWarn:
+			f.Severity = Warn
+			f.Cause = "the peer has answered little or nothing yet, or the path loses some packets"
+			f.Fix = "run doctor again in a minute; check the link if the loss stays"
+		default:
+			f.Severity = OK
+		}
+		fs = append(fs, f)
+	}
+	return fs
+}
+
+func checkPorts(ports []Port) []Finding {
+	var fs []Finding
+	for _, p := range ports {
+		f := Finding{Check: p.Check, Subject: p.Peer, Severity: OK, Seen: "TCP " + p.Address + " accepts connections"}
+		if p.Err != "" {
+			f.Severity = Fail
+			f.Seen = "TCP " + p.Address + ": " + p.Err
+			f.Cause = "the peer's agent is not running or listens elsewhere, or a firewall (firewalld, ufw, iptables, a cloud security group) drops the port"
+			f.Fix = "open TCP and UDP 7962 (gossip) and TCP 7963 (ledger) between the hosts, or the ports given by --port and --ledger-port; check the peer's agent"
+		}
+		fs = append(fs, f)
+	}
+	return fs
+}

@@ -1,0 +1,198 @@
+package doctor
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/grapevine-net/grapevine/node"
+)
+
+var (
+	uplink = node.Link{Name: "em1", Index: 2, Up: true}
+	tunnel = node.Link{Name: node.TunnelName, Index: 9, Up: true}
+	podIP  = netip.MustParseAddr("10.244.0.2")
+)
+
+// healthy is a host with one peer reached directly (h2), one over VXLAN
+// (h3), one pod, and nothing wrong.
+func healthy() Observations {
+	h3Block := netip.MustParsePrefix("10.244.4.0/23")
+	return Observations{
+		Status: Status{
+			Node: "h1", HostIP: "172.16.254.1", Block: "10.244.0.0/23", Ready: true,
+			Settings: &Settings{Iface: "em1", Pool: "10.244.0.0/16", Masquerade: true, GossipPort: 7962, LedgerPort: 7963},
+			Members: []Member{
+				{Name: "h2", Addr: "172.16.254.2", HostIP: "172.16.254.2", Block: "10.244.2.0/23", State: "alive", Route: node.PeerProgrammed,
+					Path: "direct", PathReason: "172.16.254.2 is on em1's 172.16.254.0/24", DataPath: "up",
+					DataPathHealth: &PathHealth{Requests: 60, RTTp50ms: 0.08, RTTp99ms: 0.3}},
+				{Name: "h3", Addr: "172.16.9.3", HostIP: "172.16.9.3", Block: "10.244.4.0/23", State: "alive", Route: node.PeerProgrammed,
+					Path: "vxlan", PathReason: "172.16.9.3 is on none of em1's networks", DataPath: "up",
+					DataPathHealth: &PathHealth{Requests: 60, RTTp50ms: 0.2, RTTp99ms: 0.5}},
+				{Name: "h4", HostIP: "172.16.254.4", Block: "10.244.6.0/23", State: "dead", Route: routeWithdrawn},
+			},
+		},
+		IPForward: "1", RPFilterAll: "0", RPFilterUplink: "2",
+		Uplink: uplink, Tunnel: tunnel,
+		PeerRoutes: []node.Route{
+			{Dst: netip.MustParsePrefix("10.244.0.0/16"), Unreachable: true, Metric: node.UnreachableMetric},
+			{Dst: netip.MustParsePrefix("10.244.0.0/23"), Blackhole: true},
+			{Dst: netip.MustParsePrefix("10.244.2.0/23"), Via: netip.MustParseAddr("172.16.254.2"), LinkIndex: uplink.Index},
+			{Dst: h3Block, Via: node.VTEPAddr(h3Block), LinkIndex: tunnel.Index, OnLink: true},
+		},
+		Veths:         []Veth{{Name: "gv1234", Index: 20, ProxyARP: "1", PodIPs: []netip.Addr{podIP}, Permanent: []netip.Addr{podIP}}},
+		ForwardChains: []Chain{{Family: "inet", Table: "filter", Name: "forward", Policy: "accept"}},
+		Masquerade:    []string{"grapevine masquerade 10.244.0.0/16"},
+		Ports: []Port{
+			{Peer: "h2", Check: CheckGossipPort, Address: "172.16.254.2:7962"},
+			{Peer: "h2", Check: CheckLedgerPort, Address: "172.16.254.2:7963"},
+		},
+	}
+}
+
+// verdict is a finding's check, subject and severity.
+type verdict struct {
+	check, subject string
+	severity       Severity
+}
+
+func TestDiagnose(t *testing.T) {
+	tests := []struct {
+		name   string
+		change func(*Observations)
+		// want are the findings that are not OK; every other must be.
+		want []verdict
+	}{
+		{"healthy", func(*Observations) {}, nil},
+		{"agent unreachable: host checks still run", func(o *Observations) {
+			o.Status, o.StatusErr, o.Ports, o.IPForward = Status{}, "cannot reach the agent", nil, "0"
+		}, []verdict{{CheckAgent, "", Fail}, {CheckIPForward, "", Fail}}},
+		{"agent not ready", func(o *Observations) { o.Status.Ready, o.Status.Reason = false, "no block" },
+			[]verdict{{CheckAgent, "h1", Fail}}},
+		{"agent degraded", func(o *Observations) { o.Status.Degraded = "lease not renewed" },
+			[]verdict{{CheckAgent, "h1", Warn}}},
+		{"ip_forward off", func(o *Observations) { o.IPForward = "0" },
+			[]verdict{{CheckIPForward, "", Fail}}},
+		{"rp_filter strict on the uplink with a VXLAN peer", func(o *Observations) { o.RPFilterUplink = "1" },
+			[]verdict{{CheckRPFilter, "em1", Fail}}},
+		{"rp_filter strict through conf/all with a VXLAN peer", func(o *Observations) { o.RPFilterAll, o.RPFilterUplink = "1", "0" },
+			[]verdict{{CheckRPFilter, "em1", Fail}}},
+		{"rp_filter strict, every peer direct", func(o *Observations) {
+			o.RPFilterUplink = "1"
+			o.Status.Members = o.Status.Members[:1]
+			o.PeerRoutes = o.PeerRoutes[:3]
+		}, nil},
+		{"a peer route deleted", func(o *Observations) { o.PeerRoutes = slices.Delete(o.PeerRoutes, 2, 3) },
+			[]verdict{{CheckPeerRoute, "h2", Fail}}},
+		{"a peer route through the wrong device", func(o *Observations) { o.PeerRoutes[2].LinkIndex = 7 },
+			[]verdict{{CheckPeerRoute, "h2", Fail}}},
+		{"a VXLAN route without onlink", func(o *Observations) { o.PeerRoutes[3].OnLink = false },
+			[]verdict{{CheckPeerRoute, "h3", Fail}}},
+		{"the agent's last pass failed a peer", func(o *Observations) { o.Status.Members[0].Route = "error: route exists" },
+			[]verdict{{CheckPeerRoute, "h2", Warn}}},
+		{"a route of a block nobody routed holds", func(o *Observations) {
+			o.PeerRoutes = append(o.PeerRoutes, node.Route{Dst: netip.MustParsePrefix("10.244.6.0/23"), Via: netip.MustParseAddr("172.16.254.4"), LinkIndex: uplink.Index})
+		}, []verdict{{CheckStaleRoute, "10.244.6.0/23", Warn}}},
+		{"routes not readable", func(o *Observations) { o.Unread = map[string]string{CheckPeerRoute: "permission denied"} },
+			[]verdict{{CheckPeerRoute, "", Warn}}},
+		{"data path down", func(o *Observations) {
+			o.Status.Members[0].DataPath = "down"
+			o.Status.Members[0].DataPathHealth = &PathHealth{Requests: 20, Lost: 20, Loss: 1}
+		}, []verdict{{CheckPeerDataPath, "h2", Fail}}},
+		{"data path losing a quarter", func(o *Observations) {
+			o.Status.Members[1].DataPathHealth = &PathHealth{Requests: 80, Lost: 20, Loss: 0.25, RTTp50ms: 1, RTTp99ms: 9}
+		}, []verdict{{CheckPeerDataPath, "h3", Fail}}},
+		{"data path losing a little", func(o *Observations) {
+			o.Status.Members[1].DataPathHealth = &PathHealth{Requests: 60, Lost: 3, Loss: 0.05}
+		}, []verdict{{CheckPeerDataPath, "h3", Warn}}},
+		{"data path not probed", func(o *Observations) {
+			o.Status.Members[0].DataPath, o.Status.Members[0].DataPathHealth = "", nil
+		}, []verdict{{CheckPeerDataPath, "h2", Warn}}},
+		{"ledger port closed", func(o *Observations) { o.Ports[1].Err = "connection refused" },
+			[]verdict{{CheckLedgerPort, "h2", Fail}}},
+		{"gossip port dropped", func(o *Observations) { o.Ports[0].Err = "i/o timeout" },
+			[]verdict{{CheckGossipPort, "h2", Fail}}},
+		{"proxy_arp off on a pod veth", func(o *Observations) { o.Veths[0].ProxyARP = "0" },
+			[]verdict{{CheckProxyARP, "gv1234", Fail}}},
+		{"pod neighbour entry missing", func(o *Observations) { o.Veths[0].Permanent = nil },
+			[]verdict{{CheckPodNeighbour, "gv1234", Fail}}},
+		{"pod route missing", func(o *Observations) { o.Veths[0].PodIPs = nil },
+			[]verdict{{CheckPodRoute, "gv1234", Fail}}},
+		{"nftables forward chain dropping by policy", func(o *Observations) { o.ForwardChains[0].Policy = "drop" },
+			[]verdict{{CheckForwardPolicy, "nftables inet filter chain forward", Fail}}},
+		{"iptables-legacy FORWARD DROP", func(o *Observations) { o.LegacyForward = "DROP" },
+			[]verdict{{CheckForwardPolicy, "iptables-legacy filter FORWARD", Fail}}},
+		{"iptables-legacy FORWARD ACCEPT", func(o *Observations) { o.LegacyForward = "ACCEPT" }, nil},
+		{"masquerade rule missing", func(o *Observations) { o.Masquerade = nil },
+			[]verdict{{CheckMasquerade, "", Fail}}},
+		{"masquerade rule for another pool", func(o *Observations) { o.Masquerade = []string{"grapevine masquerade 10.9.0.0/16"} },
+			[]verdict{{CheckMasquerade, "", Fail}}},
+		{"masquerade off by flag", func(o *Observations) { o.Masquerade, o.Status.Settings.Masquerade = nil, false }, nil},
+		{"an older agent without settings", func(o *Observations) { o.Status.Settings = nil },
+			[]verdict{{CheckAgent, "", Warn}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o := healthy()
+			tt.change(&o)
+			fs := Diagnose(o)
+			var got []verdict
+			for _, f := range fs {
+				if f.Check == "" || f.Seen == "" {
+					t.Errorf("finding without check or what was seen: %+v", f)
+				}
+				if f.Severity == OK {
+					continue
+				}
+				if f.Cause == "" || f.Fix == "" {
+					t.Errorf("%s finding without cause or fix: %+v", f.Severity, f)
+				}
+				got = append(got, verdict{f.Check, f.Subject, f.Severity})
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Fatalf("findings not OK: %v, want %v\n%s", got, tt.want, render(fs))
+			}
+			if Failed(fs) != slices.ContainsFunc(tt.want, func(v verdict) bool { return v.severity == Fail }) {
+				t.Fatalf("Failed = %v for %v", Failed(fs), tt.want)
+			}
+		})
+	}
+}
+
+func render(fs []Finding) string {
+	var b strings.Builder
+	for _, f := range fs {
+		b.WriteString(string(f.Severity) + " " + f.Check + " " + f.Subject + ": " + f.Seen + "\n")
+	}
+	return b.String()
+}
+
+func TestParseLegacyPolicy(t *testing.T) {
+	tests := []struct {
+		out, want string
+		wantErr   bool
+	}{
+		{"-P FORWARD DROP\n-A FORWARD -j DOCKER-USER\n", "DROP", false},
+		{"-P FORWARD ACCEPT\n", "ACCEPT", false},
+		{"", "", true},
+		{"-P INPUT DROP\n", "", true},
+	}
+	for _, tt := range tests {
+		got, err := parseLegacyPolicy(tt.out)
+		if got != tt.want || (err != nil) != tt.wantErr {
+			t.Errorf("parseLegacyPolicy(%q) = %q, %v; want %q, error %v", tt.out, got, err, tt.want, tt.wantErr)
+		}
+	}
+}
+
+func TestRPFilterEffective(t *testing.T) {
+	tests := []struct{ all, iface, want string }{
+		{"0", "0", "0"}, {"0", "1", "1"}, {"1", "0", "1"}, {"2", "1", "2"}, {"1", "2", "2"}, {"", "1", "1"},
+	}
+	for _, tt := range tests {
+		if got := rpFilterEffective(tt.all, tt.iface); got != tt.want {
+			t.Errorf("rpFilterEffective(%s, %s) = %s, want %s", tt.all, tt.iface, got, tt.want)
+		}
+	}
+}

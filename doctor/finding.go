@@ -1,0 +1,54 @@
+package doctor
+
+import "slices"
+
+// Severity grades a finding.
+type Severity string
+
+const (
+	// OK: the check passed; Seen says what it saw.
+	OK Severity = "ok"
+	// Warn: not broken now, but worth a look (some loss, a stale route).
+	Warn Severity = "warn"
+	// Fail: pods' traffic is or will be cut; doctor exits nonzero.
+	Fail Severity = "fail"
+)
+
+// Check names, as findings carry them and docs/troubleshooting.md has a
+// section for each.
+const (
+	CheckAgent         = "agent"
+	CheckPeerRoute     = "peer-route"
+	CheckStaleRoute    = "stale-route"
+	CheckPeerPath      = "peer-path"
+	CheckPeerDataPath  = "peer-data-path"
+	CheckGossipPort    = "peer-gossip-port"
+	CheckLedgerPort    = "peer-ledger-port"
+	CheckIPForward     = "ip-forward"
+	CheckRPFilter      = "rp-filter"
+	CheckProxyARP      = "pod-proxy-arp"
+	CheckPodRoute      = "pod-route"
+	CheckPodNeighbour  = "pod-neighbour"
+	CheckForwardPolicy = "forward-policy"
+	CheckMasquerade    = "masquerade"
+	CheckRead          = "read"
+)
+
+// Finding is one check's verdict on one subject.
+type Finding struct {
+	Check    string   `json:"check"`
+	Severity Severity `json:"severity"`
+	// Subject is what was checked: a peer's name, an interface, a chain;
+	// empty for the host as a whole.
+	Subject string `json:"subject,omitempty"`
+	// Seen is what doctor saw; Cause the likely reason and Fix what to do,
+	// both empty for a passed check.
+	Seen  string `json:"seen"`
+	Cause string `json:"cause,omitempty"`
+	Fix   string `json:"fix,omitempty"`
+}
+
+// Failed reports whether any finding failed.
+func Failed(fs []Finding) bool {
+	return slices.ContainsFunc(fs, func(f Finding) bool { return f.Severity == Fail })
+}

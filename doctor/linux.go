@@ -1,0 +1,157 @@
+package doctor
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
+
+	"github.com/grapevine-net/grapevine/node"
+)
+
+// LinuxHost reads the kernel of the calling process's network namespace:
+// netlink through node's reader methods, /proc/sys, nftables over netlink,
+// and iptables-legacy's own binary. It writes nothing.
+type LinuxHost struct {
+	// k is used for its read methods only.
+	k *node.NetlinkKernel
+}
+
+// NewLinuxHost returns the reader of the current network namespace.
+func NewLinuxHost() *LinuxHost { return &LinuxHost{k: node.NewNetlinkKernel()} }
+
+func (h *LinuxHost) Sysctl(key string) (string, error)           { return h.k.Sysctl(key) }
+func (h *LinuxHost) Link(name string) (node.Link, error)         { return h.k.Link(name) }
+func (h *LinuxHost) Routes() ([]node.Route, error)               { return h.k.Routes() }
+func (h *LinuxHost) PodRoutes() ([]node.Route, error)            { return h.k.PodRoutes() }
+func (h *LinuxHost) PodNeighbours() ([]node.PodNeighbour, error) { return h.k.PodNeighbours() }
+func (h *LinuxHost) HostVeths(prefix string) ([]node.HostVeth, error) {
+	return h.k.HostVeths(prefix)
+}
+
+// ForwardChains implements Host.
+func (h *LinuxHost) ForwardChains() ([]Chain, error) {
+	conn, err := nftables.New()
+	if err != nil {
+		return nil, fmt.Errorf("open nftables: %w", err)
+	}
+	defer conn.CloseLasting()
+	chains, err := conn.ListChains()
+	if err != nil {
+		return nil, fmt.Errorf("list nftables chains: %w", err)
+	}
+	var out []Chain
+	for _, c := range chains {
+		if c.Hooknum == nil || *c.Hooknum != *nftables.ChainHookForward || c.Policy == nil || c.Table == nil {
+			continue
+		}
+		family := ""
+		switch c.Table.Family {
+		case nftables.TableFamilyIPv4:
+			family = "ip"
+		case nftables.TableFamilyINet:
+			family = "inet"
+		default:
+			continue // IPv6 and bridge forwarding do not carry the pods' IPv4
+		}
+		policy := "accept"
+		if *c.Policy == nftables.ChainPolicyDrop {
+			policy = "drop"
+		}
+		out = append(out, Chain{Family: family, Table: c.Table.Name, Name: c.Name, Policy: policy})
+	}
+	return out, nil
+}
+
+// MasqueradeRules implements Host.
+func (h *LinuxHost) MasqueradeRules() ([]string, error) {
+	conn, err := nftables.New()
+	if err != nil {
+		return nil, fmt.Errorf("open nftables: %w", err)
+	}
+	defer conn.CloseLasting()
+	chains, err := conn.ListChainsOfTableFamily(nftables.TableFamilyIPv4)
+	if err != nil {
+		return nil, fmt.Errorf("list nftables chains: %w", err)
+	}
+	var comments []string
+	for _, c := range chains {
+		if c.Table == nil || c.Table.Name != node.NFTTable {
+			continue
+		}
+		rules, err := conn.GetRules(c.Table, c)
+		if err != nil {
+			return nil, fmt.Errorf("list rules of table ip %s chain %s: %w", node.NFTTable, c.Name, err)
+		}
+		for _, r := range rules {
+			if !masquerades(r.Exprs) {
+				continue
+			}
+			comment, _ := userdata.GetString(r.UserData, userdata.TypeComment)
+			comments = append(comments, comment)
+		}
+	}
+	return comments, nil
+}
+
+func masquerades(exprs []expr.Any) bool {
+	for _, e := range exprs {
+		if _, ok := e.(*expr.Masq); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// LegacyForwardPolicy implements Host. It asks iptables-legacy only when
+// this namespace already has its filter table: listing would create the
+// table, and doctor changes nothing.
+func (h *LinuxHost) LegacyForwardPolicy(ctx context.Context) (string, error) {
+	names, err := os.ReadFile("/proc/net/ip_tables_names")
+	if errors.Is(err, os.ErrNotExist) {
+		return "", nil // no legacy iptables in this kernel
+	}
+	if err != nil {
+		return "", fmt.Errorf("read /proc/net/ip_tables_names: %w", err)
+	}
+	if !hasLine(string(names), "filter") {
+		return "", nil
+	}
+	bin, err := exec.LookPath("iptables-legacy")
+	if err != nil {
+		return "", nil
+	}
+	out, err := exec.CommandContext(ctx, bin, "-t", "filter", "-S", "FORWARD").Output()
+	if err != nil {
+		return "", fmt.Errorf("iptables-legacy -t filter -S FORWARD: %w", err)
+	}
+	return parseLegacyPolicy(string(out))
+}
+
+func hasLine(s, line string) bool {
+	sc := bufio.NewScanner(strings.NewReader(s))
+	for sc.Scan() {
+		if strings.TrimSpace(sc.Text()) == line {
+			return true
+		}
+	}
+	return false
+}
+
+// parseLegacyPolicy finds "-P FORWARD <policy>" in `iptables -S FORWARD`.
+func parseLegacyPolicy(out string) (string, error) {
+	for line := range strings.Lines(out) {
+		f := strings.Fields(line)
+		if len(f) == 3 && f[0] == "-P" && f[1] == "FORWARD" {
+			return f[2], nil
+		}
+	}
+	return "", fmt.Errorf("no FORWARD policy in iptables-legacy's output %q", strings.TrimSpace(out))
+}

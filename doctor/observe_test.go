@@ -1,0 +1,119 @@
+package doctor
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"testing"
+
+	"github.com/grapevine-net/grapevine/node"
+)
+
+// fakeHost is a Host with its state in fields.
+type fakeHost struct {
+	sysctls    map[string]string
+	links      map[string]node.Link
+	routes     []node.Route
+	podRoutes  []node.Route
+	veths      []node.HostVeth
+	neighs     []node.PodNeighbour
+	chains     []Chain
+	legacy     string
+	masquerade []string
+	routesErr  error
+}
+
+func (h *fakeHost) Sysctl(key string) (string, error) {
+	v, ok := h.sysctls[key]
+	if !ok {
+		return "", errors.New("no such setting " + key)
+	}
+	return v, nil
+}
+
+func (h *fakeHost) Link(name string) (node.Link, error) {
+	l, ok := h.links[name]
+	if !ok {
+		return node.Link{}, node.ErrLinkNotFound
+	}
+	return l, nil
+}
+
+func (h *fakeHost) Routes() ([]node.Route, error)                       { return h.routes, h.routesErr }
+func (h *fakeHost) PodRoutes() ([]node.Route, error)                    { return h.podRoutes, nil }
+func (h *fakeHost) HostVeths(string) ([]node.HostVeth, error)           { return h.veths, nil }
+func (h *fakeHost) PodNeighbours() ([]node.PodNeighbour, error)         { return h.neighs, nil }
+func (h *fakeHost) ForwardChains() ([]Chain, error)                     { return h.chains, nil }
+func (h *fakeHost) LegacyForwardPolicy(context.Context) (string, error) { return h.legacy, nil }
+func (h *fakeHost) MasqueradeRules() ([]string, error)                  { return h.masquerade, nil }
+
+// fakeDialer accepts connections to open addresses and refuses the rest.
+type fakeDialer struct {
+	mu     sync.Mutex
+	open   map[string]bool
+	dialed []string
+}
+
+func (d *fakeDialer) DialContext(_ context.Context, _, addr string) (net.Conn, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.dialed = append(d.dialed, addr)
+	if !d.open[addr] {
+		return nil, errors.New("connection refused")
+	}
+	a, b := net.Pipe()
+	b.Close()
+	return a, nil
+}
+
+func TestObserve(t *testing.T) {
+	st := healthy().Status
+	other := netip.MustParseAddr("10.244.0.3")
+	h := &fakeHost{
+		sysctls: map[string]string{
+			"net/ipv4/ip_forward": "1", "net/ipv4/conf/all/rp_filter": "0", "net/ipv4/conf/em1/rp_filter": "2",
+			"net/ipv4/conf/gv1/proxy_arp": "1", "net/ipv4/conf/gv2/proxy_arp": "0",
+		},
+		links:     map[string]node.Link{"em1": uplink},
+		veths:     []node.HostVeth{{Name: "gv2", Index: 21}, {Name: "gv1", Index: 20}},
+		podRoutes: []node.Route{{Dst: netip.PrefixFrom(podIP, 32), LinkIndex: 20}, {Dst: netip.PrefixFrom(other, 32), LinkIndex: 21}, {Dst: netip.MustParsePrefix("10.9.9.9/32"), Via: netip.MustParseAddr("172.16.254.9"), LinkIndex: 2}},
+		neighs:    []node.PodNeighbour{{LinkIndex: 20, Neighbour: node.Neighbour{IP: podIP, Permanent: true}}, {LinkIndex: 21, Neighbour: node.Neighbour{IP: other}}},
+		legacy:    "ACCEPT",
+	}
+	d := &fakeDialer{open: map[string]bool{"172.16.254.2:7962": true, "172.16.254.2:7963": true, "172.16.9.3:7962": true}}
+	o := Observe(context.Background(), h, d, st, nil)
+
+	want := []Veth{
+		{Name: "gv1", Index: 20, ProxyARP: "1", PodIPs: []netip.Addr{podIP}, Permanent: []netip.Addr{podIP}},
+		{Name: "gv2", Index: 21, ProxyARP: "0", PodIPs: []netip.Addr{other}},
+	}
+	if !slices.EqualFunc(o.Veths, want, func(a, b Veth) bool {
+		return a.Name == b.Name && a.Index == b.Index && a.ProxyARP == b.ProxyARP && slices.Equal(a.PodIPs, b.PodIPs) && slices.Equal(a.Permanent, b.Permanent)
+	}) {
+		t.Errorf("veths %+v, want %+v", o.Veths, want)
+	}
+	if o.IPForward != "1" || o.RPFilterUplink != "2" || o.Uplink.Index != uplink.Index || o.Tunnel.Index != 0 || o.LegacyForward != "ACCEPT" {
+		t.Errorf("observations %+v", o)
+	}
+	if len(o.Unread) != 0 {
+		t.Errorf("unread %v, want none (a missing VXLAN device is no error)", o.Unread)
+	}
+	// The dead member h4 is not dialed; the live ones on both ports.
+	var refused []string
+	for _, p := range o.Ports {
+		if p.Err != "" {
+			refused = append(refused, p.Address)
+		}
+	}
+	if len(o.Ports) != 4 || !slices.Equal(refused, []string{"172.16.9.3:7963"}) {
+		t.Errorf("ports %+v, want 4 dialed and 172.16.9.3:7963 refused", o.Ports)
+	}
+
+	h.routesErr = errors.New("permission denied")
+	if o := Observe(context.Background(), h, d, st, nil); o.Unread[CheckPeerRoute] == "" {
+		t.Errorf("a failed route dump is not reported: %v", o.Unread)
+	}
+}
