@@ -412,6 +412,24 @@ func (h *Host) StatusText(ctx context.Context, format string) ([]byte, error) {
 	return Run(ctx, filepath.Join(h.lab.BinDir, "grapevine"), "status", "--run-dir", h.RunDir(), "-o", format)
 }
 
+// Doctor runs `grapevine doctor --json` inside the host's namespace, where
+// it reads the kernel, and returns what it printed on stdout and its exit
+// status; err is for a doctor that could not be run at all.
+func (h *Host) Doctor(ctx context.Context) (stdout []byte, exitCode int, err error) {
+	cmd := h.Command(ctx, filepath.Join(h.lab.BinDir, "grapevine"), "doctor", "--json", "--run-dir", h.RunDir())
+	var out, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &stderr
+	err = cmd.Run()
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		return []byte(out.String()), exit.ExitCode(), nil
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("host %s: grapevine doctor: %w: %s", h.Name, err, stderr.String())
+	}
+	return []byte(out.String()), 0, nil
+}
+
 // Release runs `grapevine release node` against this host's agent.
 func (h *Host) Release(ctx context.Context, node string) ([]byte, error) {
 	return Run(ctx, filepath.Join(h.lab.BinDir, "grapevine"), "release", "--run-dir", h.RunDir(), node)

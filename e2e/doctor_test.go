@@ -1,0 +1,156 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/google/nftables"
+
+	"github.com/grapevine-net/grapevine/doctor"
+	"github.com/grapevine-net/grapevine/e2e/lab"
+	"github.com/grapevine-net/grapevine/e2e/labtest"
+)
+
+// TestDoctor breaks one thing at a time on one host of a 3-host lab and
+// checks that `grapevine doctor` there exits nonzero naming the check, and
+// passes again once the thing is put back. Every change is inside the
+// lab's namespaces. The agents' full resync is set far off so the agent
+// does not put back a sysctl before doctor looks (no kernel event
+// announces a sysctl change).
+func TestDoctor(t *testing.T) {
+	t.Parallel()
+	l := env.Lab(t, labtest.Options{Hosts: 3, AgentArgs: []string{"--resync-interval=10m"}})
+	ctx := timeout(t, 4*time.Minute)
+	h1, h2, h3 := l.Host(1), l.Host(2), l.Host(3)
+	statuses, err := lab.WaitMesh(ctx, l.Hosts())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h2Block := statuses[h2.Name].Block
+	pod := addPods(t, ctx, h3, 1)[0]
+	eth0, err := pod.LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	veth, err := h3.LinkByIndex(eth0.Attrs().ParentIndex)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxyARP := "net.ipv4.conf." + veth.Attrs().Name + ".proxy_arp"
+
+	// A healthy lab: doctor passes on every host.
+	for _, h := range l.Hosts() {
+		took := waitDoctorPasses(t, h)
+		t.Logf("doctor on healthy %s: exit 0 in %v", h.Name, took.Round(time.Millisecond))
+	}
+
+	run := func(h *lab.Host, name string, args ...string) func() error {
+		return func() error {
+			_, err := h.Run(ctx, name, args...)
+			return err
+		}
+	}
+	cases := []struct {
+		name    string
+		host    *lab.Host
+		check   string
+		subject string
+		breakIt func() error
+		restore func() error
+	}{
+		{"ip_forward off", h2, doctor.CheckIPForward, "",
+			run(h2, "sysctl", "-w", "net.ipv4.ip_forward=0"),
+			run(h2, "sysctl", "-w", "net.ipv4.ip_forward=1")},
+		// A route deleted by itself is back within a pass (the agent
+		// watches its routes), so the hand-made route that replaces it
+		// keeps its slot: the agent never overwrites a route of another
+		// protocol. Putting back the agent's own route ends the case.
+		{"peer route replaced by hand", h1, doctor.CheckPeerRoute, h2.Name,
+			run(h1, "ip", "route", "replace", h2Block.String(), "via", h3.IP.String(), "dev", "em1", "proto", "static"),
+			run(h1, "ip", "route", "replace", h2Block.String(), "via", h2.IP.String(), "dev", "em1", "proto", fmt.Sprint(routeProto))},
+		{"proxy_arp of a pod veth off", h3, doctor.CheckProxyARP, veth.Attrs().Name,
+			run(h3, "sysctl", "-w", proxyARP+"=0"),
+			run(h3, "sysctl", "-w", proxyARP+"=1")},
+		{"nftables forward chain with policy drop", h1, doctor.CheckForwardPolicy, "nftables inet gvtest chain forward",
+			func() error { return forwardDropTable(h1, true) },
+			func() error { return forwardDropTable(h1, false) }},
+	}
+	for _, c := range cases {
+		if err := c.breakIt(); err != nil {
+			t.Fatalf("%s: break: %v", c.name, err)
+		}
+		out, code, err := c.host.Doctor(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var fs []doctor.Finding
+		if err := json.Unmarshal(out, &fs); err != nil {
+			t.Fatalf("%s: doctor's output is not JSON findings: %v\n%s", c.name, err, out)
+		}
+		failed := slices.ContainsFunc(fs, func(f doctor.Finding) bool {
+			return f.Severity == doctor.Fail && f.Check == c.check && f.Subject == c.subject
+		})
+		if code == 0 || !failed {
+			t.Errorf("%s on %s: doctor exited %d; want nonzero and a failed %s %s:\n%s", c.name, c.host.Name, code, c.check, c.subject, out)
+		}
+		if err := c.restore(); err != nil {
+			t.Fatalf("%s: restore: %v", c.name, err)
+		}
+		waitDoctorPasses(t, c.host)
+	}
+}
+
+// waitDoctorPasses polls doctor on h until it exits 0 and returns how long
+// the passing run took.
+func waitDoctorPasses(t *testing.T, h *lab.Host) time.Duration {
+	t.Helper()
+	ctx := timeout(t, time.Minute)
+	var took time.Duration
+	err := waitUntil(ctx, "doctor on "+h.Name+" to pass", func() error {
+		start := time.Now()
+		out, code, err := h.Doctor(ctx)
+		took = time.Since(start)
+		if err != nil {
+			return err
+		}
+		if code != 0 {
+			return fmt.Errorf("exit %d:\n%s", code, out)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return took
+}
+
+// forwardDropTable adds (or deletes) table inet gvtest in h's namespace,
+// with a base chain hooked at forward whose policy is drop: what Docker or
+// a host firewall leaves behind.
+func forwardDropTable(h *lab.Host, add bool) error {
+	f, err := os.Open(h.Path())
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	conn, err := nftables.New(nftables.WithNetNSFd(int(f.Fd())))
+	if err != nil {
+		return err
+	}
+	table := &nftables.Table{Family: nftables.TableFamilyINet, Name: "gvtest"}
+	if !add {
+		conn.DelTable(table)
+		return conn.Flush()
+	}
+	conn.AddTable(table)
+	drop := nftables.ChainPolicyDrop
+	conn.AddChain(&nftables.Chain{
+		Name: "forward", Table: table, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &drop,
+	})
+	return conn.Flush()
+}
