@@ -49,7 +49,8 @@ const (
 // in their routing tables: new hosts and a known host joining, leaving
 // gracefully and then going off the LAN, and crashing; it counts the pod
 // pings lost across an agent freeze and an agent restart. Then, with all five hosts up, it measures the
-// agents' idle memory and CPU, and pod-to-pod TCP throughput and round trip
+// agents' idle memory and CPU, `grapevine doctor`'s run time beside
+// `grapevine status`'s, and pod-to-pod TCP throughput and round trip
 // time beside host-to-host; last, new hosts joining while idle connections
 // without the key are held open against their seed's ledger port.
 func MeasureLab(ctx context.Context, cfg LabConfig) (_ []Row, err error) {
@@ -148,6 +149,11 @@ func MeasureLab(ctx context.Context, cfg LabConfig) (_ []Row, err error) {
 		return rows, err
 	}
 	rows = append(rows, idle...)
+	doctor, err := measureDoctor(ctx, peers[0], len(peers)+1)
+	if err != nil {
+		return rows, err
+	}
+	rows = append(rows, doctor)
 	failover, err := b.failoverTrials(ctx, append(peers, last), cfg.CrashTrials)
 	if err != nil {
 		return rows, err
