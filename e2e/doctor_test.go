@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -9,6 +10,8 @@ import (
 	"time"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
 
 	"github.com/grapevine-net/grapevine/doctor"
 	"github.com/grapevine-net/grapevine/e2e/lab"
@@ -78,6 +81,11 @@ func TestDoctor(t *testing.T) {
 		{"nftables forward chain with policy drop", h1, doctor.CheckForwardPolicy, "nftables inet gvtest chain forward",
 			func() error { return forwardDropTable(h1, true) },
 			func() error { return forwardDropTable(h1, false) }},
+		// The firewall is on h2, the finding on h1: its connect to h2's
+		// ledger port goes unanswered.
+		{"a firewall on h2 dropping TCP 7963", h1, doctor.CheckLedgerPort, h2.Name,
+			func() error { return inputDropTable(h2, 7963, true) },
+			func() error { return inputDropTable(h2, 7963, false) }},
 	}
 	for _, c := range cases {
 		if err := c.breakIt(); err != nil {
@@ -128,19 +136,59 @@ func waitDoctorPasses(t *testing.T, h *lab.Host) time.Duration {
 	return took
 }
 
+// inputDropTable adds (or deletes) table inet gvtest-input in h's
+// namespace, whose input chain drops TCP to port: a host firewall closing
+// one of Grapevine's ports.
+func inputDropTable(h *lab.Host, port uint16, add bool) error {
+	conn, closeNS, err := nftablesIn(h)
+	if err != nil {
+		return err
+	}
+	defer closeNS()
+	table := &nftables.Table{Family: nftables.TableFamilyINet, Name: "gvtest-input"}
+	if !add {
+		conn.DelTable(table)
+		return conn.Flush()
+	}
+	conn.AddTable(table)
+	accept := nftables.ChainPolicyAccept
+	chain := conn.AddChain(&nftables.Chain{
+		Name: "input", Table: table, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter, Policy: &accept,
+	})
+	conn.AddRule(&nftables.Rule{Table: table, Chain: chain, Exprs: []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2}, // destination port
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.BigEndian.AppendUint16(nil, port)},
+		&expr.Verdict{Kind: expr.VerdictDrop},
+	}})
+	return conn.Flush()
+}
+
+// nftablesIn opens nftables in h's namespace; closeNS releases it.
+func nftablesIn(h *lab.Host) (conn *nftables.Conn, closeNS func(), err error) {
+	f, err := os.Open(h.Path())
+	if err != nil {
+		return nil, nil, err
+	}
+	conn, err = nftables.New(nftables.WithNetNSFd(int(f.Fd())))
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	return conn, func() { f.Close() }, nil
+}
+
 // forwardDropTable adds (or deletes) table inet gvtest in h's namespace,
 // with a base chain hooked at forward whose policy is drop: what Docker or
 // a host firewall leaves behind.
 func forwardDropTable(h *lab.Host, add bool) error {
-	f, err := os.Open(h.Path())
+	conn, closeNS, err := nftablesIn(h)
 	if err != nil {
 		return err
 	}
-	defer f.Close()
-	conn, err := nftables.New(nftables.WithNetNSFd(int(f.Fd())))
-	if err != nil {
-		return err
-	}
+	defer closeNS()
 	table := &nftables.Table{Family: nftables.TableFamilyINet, Name: "gvtest"}
 	if !add {
 		conn.DelTable(table)
@@ -153,4 +201,38 @@ func forwardDropTable(h *lab.Host, add bool) error {
 		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &drop,
 	})
 	return conn.Flush()
+}
+
+// TestDoctorStrictRPFilterOnVXLAN: h1 reaches h3, behind a router, over
+// VXLAN; strict reverse-path filtering on h1's uplink fails doctor's
+// rp-filter check there, and loose passes it.
+func TestDoctorStrictRPFilterOnVXLAN(t *testing.T) {
+	t.Parallel()
+	l := env.Lab(t, labtest.Options{Hosts: 2, Routed: true, Hosts2: 1})
+	ctx := timeout(t, 2*time.Minute)
+	h1 := l.Host(1)
+	if _, err := lab.WaitMesh(ctx, l.Hosts()); err != nil {
+		t.Fatal(err)
+	}
+	waitDoctorPasses(t, h1)
+	if _, err := h1.Run(ctx, "sysctl", "-w", "net.ipv4.conf.em1.rp_filter=1"); err != nil {
+		t.Fatal(err)
+	}
+	out, code, err := h1.Doctor(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fs []doctor.Finding
+	if err := json.Unmarshal(out, &fs); err != nil {
+		t.Fatalf("doctor's output is not JSON findings: %v\n%s", err, out)
+	}
+	if code == 0 || !slices.ContainsFunc(fs, func(f doctor.Finding) bool {
+		return f.Severity == doctor.Fail && f.Check == doctor.CheckRPFilter && f.Subject == "em1"
+	}) {
+		t.Errorf("strict rp_filter with a VXLAN peer: doctor exited %d; want nonzero and a failed %s em1:\n%s", code, doctor.CheckRPFilter, out)
+	}
+	if _, err := h1.Run(ctx, "sysctl", "-w", "net.ipv4.conf.em1.rp_filter=2"); err != nil {
+		t.Fatal(err)
+	}
+	waitDoctorPasses(t, h1)
 }
