@@ -51,7 +51,34 @@ func Diagnose(o Observations) []Finding {
 	}
 	fs = append(fs, checkPeerPaths(o)...)
 	fs = append(fs, checkDataPaths(o.Status)...)
+	fs = append(fs, checkPathMTU(o.PathMTU)...)
 	fs = append(fs, checkPorts(o.Ports)...)
+	return fs
+}
+
+func checkPathMTU(probes []MTUProbe) []Finding {
+	var fs []Finding
+	for _, p := range probes {
+		f := Finding{Check: CheckPathMTU, Subject: p.Peer}
+		what := fmt.Sprintf("echo request of %d bytes (the pod MTU) with don't-fragment to %s over the %s path", p.Size, p.Target, p.Path)
+		switch {
+		case p.Err == "":
+			f.Severity, f.Seen = OK, what+": answered"
+		case strings.Contains(p.Err, ErrTooBig.Error()):
+			f.Severity, f.Seen = Fail, what+": "+p.Err
+			f.Cause = "an interface of this host, or the MTU a router reported for the route, is below the pod MTU: pods' full-size packets to this peer are dropped here"
+			f.Fix = "raise the MTU of that link (ip link set dev <iface> mtu <n>), or give pods a smaller --mtu (it applies to new pods)"
+		case p.SmallErr != "":
+			f.Severity, f.Seen = Warn, what+": "+p.Err+"; a minimal request went unanswered too, so the MTU is not known"
+			f.Cause = "the peer's host does not answer echo requests over this path (see peer-data-path)"
+			f.Fix = "allow ICMP echo between the hosts, then run doctor again"
+		default:
+			f.Severity, f.Seen = Fail, what+": "+p.Err+"; minimal requests are answered"
+			f.Cause = "a link or router on the way carries less than the pod MTU (on a VXLAN path the uplinks need it plus 50 bytes), or drops what does not fit without a fragmentation-needed reply: pods' full-size packets to this peer are lost"
+			f.Fix = "raise the MTU of the links on the way, or give pods a smaller --mtu (new pods only); see the MTU section of the troubleshooting guide"
+		}
+		fs = append(fs, f)
+	}
 	return fs
 }
 

@@ -22,7 +22,7 @@ func healthy() Observations {
 	return Observations{
 		Status: Status{
 			Node: "h1", HostIP: "172.16.254.1", Block: "10.244.0.0/23", Ready: true,
-			Settings: &Settings{Iface: "em1", Pool: "10.244.0.0/16", Masquerade: true, GossipPort: 7962, LedgerPort: 7963},
+			Settings: &Settings{Iface: "em1", Pool: "10.244.0.0/16", Masquerade: true, GossipPort: 7962, LedgerPort: 7963, PodMTU: 1450},
 			Members: []Member{
 				{Name: "h2", Addr: "172.16.254.2", HostIP: "172.16.254.2", Block: "10.244.2.0/23", State: "alive", Route: node.PeerProgrammed,
 					Path: "direct", PathReason: "172.16.254.2 is on em1's 172.16.254.0/24", DataPath: "up",
@@ -48,6 +48,10 @@ func healthy() Observations {
 			{Peer: "h2", Check: CheckGossipPort, Address: "172.16.254.2:7962"},
 			{Peer: "h2", Check: CheckLedgerPort, Address: "172.16.254.2:7963"},
 		},
+		PathMTU: []MTUProbe{
+			{Peer: "h2", Target: "172.16.254.2", Path: "direct", Size: 1450},
+			{Peer: "h3", Target: "10.244.4.0", Path: "vxlan", Size: 1450},
+		},
 	}
 }
 
@@ -66,7 +70,7 @@ func TestDiagnose(t *testing.T) {
 	}{
 		{"healthy", func(*Observations) {}, nil},
 		{"agent unreachable: host checks still run", func(o *Observations) {
-			o.Status, o.StatusErr, o.Ports, o.IPForward = Status{}, "cannot reach the agent", nil, "0"
+			o.Status, o.StatusErr, o.Ports, o.PathMTU, o.IPForward = Status{}, "cannot reach the agent", nil, nil, "0"
 		}, []verdict{{CheckAgent, "", Fail}, {CheckIPForward, "", Fail}}},
 		{"agent not ready", func(o *Observations) { o.Status.Ready, o.Status.Reason = false, "no block" },
 			[]verdict{{CheckAgent, "h1", Fail}}},
@@ -109,6 +113,15 @@ func TestDiagnose(t *testing.T) {
 		{"data path not probed", func(o *Observations) {
 			o.Status.Members[0].DataPath, o.Status.Members[0].DataPathHealth = "", nil
 		}, []verdict{{CheckPeerDataPath, "h2", Warn}}},
+		{"path MTU below the pod MTU on this host", func(o *Observations) {
+			o.PathMTU[0].Err = "1450 bytes to 172.16.254.2: " + ErrTooBig.Error()
+		}, []verdict{{CheckPathMTU, "h2", Fail}}},
+		{"full-size probes lost on the way, small ones answered", func(o *Observations) {
+			o.PathMTU[1].Err = "no reply"
+		}, []verdict{{CheckPathMTU, "h3", Fail}}},
+		{"no probe answered at all", func(o *Observations) {
+			o.PathMTU[1].Err, o.PathMTU[1].SmallErr = "no reply", "no reply"
+		}, []verdict{{CheckPathMTU, "h3", Warn}}},
 		{"ledger port closed", func(o *Observations) { o.Ports[1].Err = "connection refused" },
 			[]verdict{{CheckLedgerPort, "h2", Fail}}},
 		{"gossip port dropped", func(o *Observations) { o.Ports[0].Err = "i/o timeout" },

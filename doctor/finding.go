@@ -22,6 +22,7 @@ const (
 	CheckStaleRoute    = "stale-route"
 	CheckPeerPath      = "peer-path"
 	CheckPeerDataPath  = "peer-data-path"
+	CheckPathMTU       = "peer-path-mtu"
 	CheckGossipPort    = "peer-gossip-port"
 	CheckLedgerPort    = "peer-ledger-port"
 	CheckIPForward     = "ip-forward"

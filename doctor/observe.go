@@ -48,6 +48,21 @@ type Dialer interface {
 	DialContext(ctx context.Context, network, address string) (net.Conn, error)
 }
 
+// Network is how doctor reaches the peers: TCP connects to their ports and
+// don't-fragment echo requests over their paths. LinuxNetwork is the real
+// one.
+type Network interface {
+	Dialer
+	Pinger
+}
+
+// LinuxNetwork reaches the peers from the calling thread's network
+// namespace.
+type LinuxNetwork struct {
+	net.Dialer
+	ICMPPinger
+}
+
 // Chain is an nftables base chain.
 type Chain struct {
 	Family, Table, Name string
@@ -94,6 +109,8 @@ type Observations struct {
 	// Masquerade holds the masquerading rules' comments.
 	Masquerade []string
 	Ports      []Port
+	// PathMTU are the don't-fragment probes of the pod MTU.
+	PathMTU []MTUProbe
 	// Unread maps a check to why its input could not be read: the check
 	// is then reported as not done rather than passed.
 	Unread map[string]string
@@ -106,8 +123,9 @@ const DialTimeout = time.Second
 var _ Host = (*LinuxHost)(nil)
 
 // Observe reads what Diagnose needs beside st, the agent's status, or
-// statusErr, why it could not be had.
-func Observe(ctx context.Context, h Host, d Dialer, st Status, statusErr error) Observations {
+// statusErr, why it could not be had. The peers are asked all at once,
+// while the kernel is read.
+func Observe(ctx context.Context, h Host, n Network, st Status, statusErr error) Observations {
 	o := Observations{Status: st, Unread: map[string]string{}}
 	if statusErr != nil {
 		o.StatusErr = statusErr.Error()
@@ -119,7 +137,9 @@ func Observe(ctx context.Context, h Host, d Dialer, st Status, statusErr error) 
 	}
 	var err error
 	portsDone := make(chan []Port, 1)
-	go func() { portsDone <- dialPeers(ctx, d, st) }()
+	go func() { portsDone <- dialPeers(ctx, n, st) }()
+	mtuDone := make(chan []MTUProbe, 1)
+	go func() { mtuDone <- probePaths(ctx, n, st) }()
 
 	o.IPForward, err = h.Sysctl("net/ipv4/ip_forward")
 	unread(CheckIPForward, err)
@@ -146,6 +166,7 @@ func Observe(ctx context.Context, h Host, d Dialer, st Status, statusErr error) 
 	o.Masquerade, err = h.MasqueradeRules()
 	unread(CheckMasquerade, err)
 	o.Ports = <-portsDone
+	o.PathMTU = <-mtuDone
 	return o
 }
 

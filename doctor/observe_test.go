@@ -50,14 +50,36 @@ func (h *fakeHost) ForwardChains() ([]Chain, error)                     { return
 func (h *fakeHost) LegacyForwardPolicy(context.Context) (string, error) { return h.legacy, nil }
 func (h *fakeHost) MasqueradeRules() ([]string, error)                  { return h.masquerade, nil }
 
-// fakeDialer accepts connections to open addresses and refuses the rest.
-type fakeDialer struct {
+// fakeNetwork accepts connections to open addresses and refuses the rest,
+// and answers echo requests up to a size per address.
+type fakeNetwork struct {
 	mu     sync.Mutex
 	open   map[string]bool
 	dialed []string
+	// answers is the largest request each address answers (none: no
+	// answer); localMTU the largest this host sends (0: any).
+	answers  map[netip.Addr]int
+	localMTU int
+	pings    map[netip.Addr][]int
 }
 
-func (d *fakeDialer) DialContext(_ context.Context, _, addr string) (net.Conn, error) {
+func (d *fakeNetwork) PingDF(ctx context.Context, dst netip.Addr, size int) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.pings == nil {
+		d.pings = map[netip.Addr][]int{}
+	}
+	d.pings[dst] = append(d.pings[dst], size)
+	if d.localMTU > 0 && size > d.localMTU {
+		return ErrTooBig
+	}
+	if size > d.answers[dst] {
+		return errors.New("no reply")
+	}
+	return nil
+}
+
+func (d *fakeNetwork) DialContext(_ context.Context, _, addr string) (net.Conn, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.dialed = append(d.dialed, addr)
@@ -83,7 +105,9 @@ func TestObserve(t *testing.T) {
 		neighs:    []node.PodNeighbour{{LinkIndex: 20, Neighbour: node.Neighbour{IP: podIP, Permanent: true}}, {LinkIndex: 21, Neighbour: node.Neighbour{IP: other}}},
 		legacy:    "ACCEPT",
 	}
-	d := &fakeDialer{open: map[string]bool{"172.16.254.2:7962": true, "172.16.254.2:7963": true, "172.16.9.3:7962": true}}
+	h2, h3VTEP := netip.MustParseAddr("172.16.254.2"), netip.MustParseAddr("10.244.4.0")
+	d := &fakeNetwork{open: map[string]bool{"172.16.254.2:7962": true, "172.16.254.2:7963": true, "172.16.9.3:7962": true},
+		answers: map[netip.Addr]int{h2: 1500, h3VTEP: 1400}}
 	o := Observe(context.Background(), h, d, st, nil)
 
 	want := []Veth{
@@ -110,6 +134,20 @@ func TestObserve(t *testing.T) {
 	}
 	if len(o.Ports) != 4 || !slices.Equal(refused, []string{"172.16.9.3:7963"}) {
 		t.Errorf("ports %+v, want 4 dialed and 172.16.9.3:7963 refused", o.Ports)
+	}
+
+	// h2 is probed directly at its host IP, h3 over VXLAN at its VTEP,
+	// which answers only smaller requests: three tries at the pod MTU,
+	// then a minimal one.
+	wantMTU := []MTUProbe{
+		{Peer: "h2", Target: "172.16.254.2", Path: "direct", Size: 1450},
+		{Peer: "h3", Target: "10.244.4.0", Path: "vxlan", Size: 1450, Err: "no reply"},
+	}
+	if !slices.Equal(o.PathMTU, wantMTU) {
+		t.Errorf("path MTU probes %+v, want %+v", o.PathMTU, wantMTU)
+	}
+	if got := d.pings[h3VTEP]; !slices.Equal(got, []int{1450, 1450, 1450, 64}) {
+		t.Errorf("requests to h3's VTEP %v, want three of the pod MTU and a minimal one", got)
 	}
 
 	h.routesErr = errors.New("permission denied")

@@ -20,6 +20,7 @@ type Settings struct {
 	Masquerade bool   `json:"masquerade"`
 	GossipPort int    `json:"gossipPort"`
 	LedgerPort int    `json:"ledgerPort"`
+	PodMTU     int    `json:"podMTU"`
 }
 
 // Member is one peer as the agent sees it.

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"strings"
 	"time"
@@ -33,7 +32,7 @@ func doctorCommand() *cli.Command {
 			if err := noArgs(c); err != nil {
 				return err
 			}
-			findings := runDoctor(c.Context, c.String("run-dir"), doctor.NewLinuxHost(), &net.Dialer{})
+			findings := runDoctor(c.Context, c.String("run-dir"), doctor.NewLinuxHost(), &doctor.LinuxNetwork{})
 			var err error
 			if c.Bool("json") {
 				enc := json.NewEncoder(c.App.Writer)
@@ -51,7 +50,7 @@ func doctorCommand() *cli.Command {
 }
 
 // runDoctor reads the agent's status and the host, and judges them.
-func runDoctor(ctx context.Context, runDir string, host doctor.Host, dialer doctor.Dialer) []doctor.Finding {
+func runDoctor(ctx context.Context, runDir string, host doctor.Host, network doctor.Network) []doctor.Finding {
 	statusCtx, cancel := context.WithTimeout(ctx, doctorStatusWait)
 	defer cancel()
 	var st doctor.Status
@@ -61,7 +60,7 @@ func runDoctor(ctx context.Context, runDir string, host doctor.Host, dialer doct
 			err = fmt.Errorf("agent answered with unreadable status: %w", jerr)
 		}
 	}
-	return doctor.Diagnose(doctor.Observe(ctx, host, dialer, st, err))
+	return doctor.Diagnose(doctor.Observe(ctx, host, network, st, err))
 }
 
 // failedChecks is the command's error when a check failed: main prints it
