@@ -36,6 +36,7 @@ func Diagnose(o Observations) []Finding {
 		{CheckRPFilter, checkRPFilter, true},
 		{CheckForwardPolicy, checkForwardPolicy, false},
 		{CheckMasquerade, checkMasquerade, true},
+		{CheckLegacyIptables, checkLegacy, true},
 		{CheckProxyARP, checkPodHosts, false},
 		{CheckPeerRoute, checkPeerRoutes, true},
 	} {
@@ -165,7 +166,7 @@ func checkForwardPolicy(o Observations) []Finding {
 			Cause:   "a firewall (Docker, firewalld, a host policy) drops forwarded traffic by default: pods' traffic to and from other hosts is forwarded, and is dropped unless a rule of this very chain accepts it (an accept in another table cannot override it)",
 			Fix:     fmt.Sprintf("nft insert rule %s %s %s ip saddr %s accept; nft insert rule %s %s %s ip daddr %s accept (or make the firewall accept the pool)", c.Family, c.Table, c.Name, pool, c.Family, c.Table, c.Name, pool)})
 	}
-	if o.LegacyForward == "DROP" {
+	if o.Legacy.ForwardPolicy == "DROP" {
 		fs = append(fs, Finding{Check: CheckForwardPolicy, Severity: Fail, Subject: "iptables-legacy filter FORWARD",
 			Seen:  "policy DROP",
 			Cause: "Docker or a host firewall set iptables' FORWARD policy to DROP: pods' traffic to and from other hosts is dropped unless a rule of that chain accepts it",
@@ -175,10 +176,42 @@ func checkForwardPolicy(o Observations) []Finding {
 		return fs
 	}
 	seen := fmt.Sprintf("%d nftables forward base chain(s), none drops by policy", len(o.ForwardChains))
-	if o.LegacyForward != "" {
-		seen += "; iptables-legacy FORWARD policy " + o.LegacyForward
+	if o.Legacy.ForwardPolicy != "" {
+		seen += "; iptables-legacy FORWARD policy " + o.Legacy.ForwardPolicy
 	}
 	return []Finding{{Check: CheckForwardPolicy, Severity: OK, Seen: seen}}
+}
+
+// checkLegacy fails on an iptables-legacy NAT rule that rewrites pod-to-pod
+// traffic between hosts, and warns when iptables-legacy holds rules at all:
+// the kernel runs them beside nftables, and `iptables` on an nft host
+// shows neither them nor Grapevine's table.
+func checkLegacy(o Observations) []Finding {
+	s := o.Status.Settings
+	pool, err := netip.ParsePrefix(s.Pool)
+	if err != nil {
+		return nil
+	}
+	var fs []Finding
+	for _, rule := range o.Legacy.NATPostrouting {
+		if !natCatchesPodToPod(rule, pool, s.Iface) {
+			continue
+		}
+		fs = append(fs, Finding{Check: CheckLegacyIptables, Severity: Fail, Subject: "nat POSTROUTING",
+			Seen:  "iptables-legacy rule `" + rule + "` rewrites the source of traffic from the pool to the pool leaving by " + s.Iface,
+			Cause: "a tool or script still on iptables-legacy (an old flannel or kube-router, Docker, a firewall script) masquerades the pod network beside Grapevine's nftables table: pods on other hosts see this host's address instead of the pod's",
+			Fix:   "delete it (iptables-legacy -t nat -D " + strings.TrimPrefix(rule, "-A ") + ") and the tool that adds it; Grapevine's own masquerade (table ip " + node.NFTTable + ") leaves traffic within the pool alone"})
+	}
+	switch {
+	case len(fs) > 0:
+		return fs
+	case o.Legacy.Rules > 0:
+		return []Finding{{Check: CheckLegacyIptables, Severity: Warn,
+			Seen:  fmt.Sprintf("iptables-legacy holds %d rule(s) beside nftables", o.Legacy.Rules),
+			Cause: "a tool uses iptables-legacy while the host uses nftables: the kernel runs both, and each tool's listing shows only its own",
+			Fix:   "list both (iptables-legacy-save; nft list ruleset) and move the tool to one backend (update-alternatives --set iptables /usr/sbin/iptables-nft)"}}
+	}
+	return []Finding{{Check: CheckLegacyIptables, Severity: OK, Seen: "iptables-legacy holds no rules"}}
 }
 
 // masqueradeComment is the comment node marks its masquerade rule with

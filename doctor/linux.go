@@ -1,7 +1,6 @@
 package doctor
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -110,10 +109,10 @@ func masquerades(exprs []expr.Any) bool {
 	return false
 }
 
-// LegacyForwardPolicy implements Host. It asks iptables-legacy only when
-// this namespace already has its filter table: listing would create the
-// table, and doctor changes nothing.
-func (h *LinuxHost) LegacyForwardPolicy(ctx context.Context) (string, error) {
+// LegacyRuleset implements Host. It asks iptables-legacy only when this
+// namespace already has one of its tables: listing one would create it,
+// and doctor changes nothing.
+func (h *LinuxHost) LegacyRuleset(ctx context.Context) (string, error) {
 	names, err := os.ReadFile("/proc/net/ip_tables_names")
 	if errors.Is(err, os.ErrNotExist) {
 		return "", nil // no legacy iptables in this kernel
@@ -121,37 +120,16 @@ func (h *LinuxHost) LegacyForwardPolicy(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("read /proc/net/ip_tables_names: %w", err)
 	}
-	if !hasLine(string(names), "filter") {
+	if strings.TrimSpace(string(names)) == "" {
 		return "", nil
 	}
-	bin, err := exec.LookPath("iptables-legacy")
+	bin, err := exec.LookPath("iptables-legacy-save")
 	if err != nil {
-		return "", nil
+		return "", fmt.Errorf("iptables-legacy holds tables %s but iptables-legacy-save is not installed", strings.Join(strings.Fields(string(names)), ", "))
 	}
-	out, err := exec.CommandContext(ctx, bin, "-t", "filter", "-S", "FORWARD").Output()
+	out, err := exec.CommandContext(ctx, bin).Output()
 	if err != nil {
-		return "", fmt.Errorf("iptables-legacy -t filter -S FORWARD: %w", err)
+		return "", fmt.Errorf("iptables-legacy-save: %w", err)
 	}
-	return parseLegacyPolicy(string(out))
-}
-
-func hasLine(s, line string) bool {
-	sc := bufio.NewScanner(strings.NewReader(s))
-	for sc.Scan() {
-		if strings.TrimSpace(sc.Text()) == line {
-			return true
-		}
-	}
-	return false
-}
-
-// parseLegacyPolicy finds "-P FORWARD <policy>" in `iptables -S FORWARD`.
-func parseLegacyPolicy(out string) (string, error) {
-	for line := range strings.Lines(out) {
-		f := strings.Fields(line)
-		if len(f) == 3 && f[0] == "-P" && f[1] == "FORWARD" {
-			return f[2], nil
-		}
-	}
-	return "", fmt.Errorf("no FORWARD policy in iptables-legacy's output %q", strings.TrimSpace(out))
+	return string(out), nil
 }

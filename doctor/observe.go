@@ -34,10 +34,10 @@ type Host interface {
 	// ForwardChains lists the nftables base chains (families ip and
 	// inet) hooked at forward.
 	ForwardChains() ([]Chain, error)
-	// LegacyForwardPolicy is the policy of iptables-legacy's FORWARD chain
-	// (ACCEPT, DROP); "" when iptables-legacy is not installed or holds no
-	// filter table in this namespace.
-	LegacyForwardPolicy(ctx context.Context) (string, error)
+	// LegacyRuleset is iptables-legacy-save's output; "" when
+	// iptables-legacy is not installed or holds no table in this
+	// namespace.
+	LegacyRuleset(ctx context.Context) (string, error)
 	// MasqueradeRules lists the comments of the masquerading rules in
 	// table ip node.NFTTable.
 	MasqueradeRules() ([]string, error)
@@ -104,8 +104,8 @@ type Observations struct {
 	PeerRoutes     []node.Route
 	Veths          []Veth
 	ForwardChains  []Chain
-	// LegacyForward is iptables-legacy's FORWARD policy; "": none.
-	LegacyForward string
+	// Legacy is what iptables-legacy holds; zero: nothing.
+	Legacy LegacyState
 	// Masquerade holds the masquerading rules' comments.
 	Masquerade []string
 	Ports      []Port
@@ -161,8 +161,10 @@ func Observe(ctx context.Context, h Host, n Network, st Status, statusErr error)
 	unread(CheckProxyARP, err)
 	o.ForwardChains, err = h.ForwardChains()
 	unread(CheckForwardPolicy, err)
-	o.LegacyForward, err = h.LegacyForwardPolicy(ctx)
+	legacy, err := h.LegacyRuleset(ctx)
 	unread(CheckForwardPolicy, err)
+	unread(CheckLegacyIptables, err)
+	o.Legacy = parseLegacySave(legacy)
 	o.Masquerade, err = h.MasqueradeRules()
 	unread(CheckMasquerade, err)
 	o.Ports = <-portsDone

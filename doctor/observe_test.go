@@ -21,7 +21,7 @@ type fakeHost struct {
 	veths      []node.HostVeth
 	neighs     []node.PodNeighbour
 	chains     []Chain
-	legacy     string
+	legacy     string // iptables-legacy-save's output
 	masquerade []string
 	routesErr  error
 }
@@ -42,13 +42,13 @@ func (h *fakeHost) Link(name string) (node.Link, error) {
 	return l, nil
 }
 
-func (h *fakeHost) Routes() ([]node.Route, error)                       { return h.routes, h.routesErr }
-func (h *fakeHost) PodRoutes() ([]node.Route, error)                    { return h.podRoutes, nil }
-func (h *fakeHost) HostVeths(string) ([]node.HostVeth, error)           { return h.veths, nil }
-func (h *fakeHost) PodNeighbours() ([]node.PodNeighbour, error)         { return h.neighs, nil }
-func (h *fakeHost) ForwardChains() ([]Chain, error)                     { return h.chains, nil }
-func (h *fakeHost) LegacyForwardPolicy(context.Context) (string, error) { return h.legacy, nil }
-func (h *fakeHost) MasqueradeRules() ([]string, error)                  { return h.masquerade, nil }
+func (h *fakeHost) Routes() ([]node.Route, error)                 { return h.routes, h.routesErr }
+func (h *fakeHost) PodRoutes() ([]node.Route, error)              { return h.podRoutes, nil }
+func (h *fakeHost) HostVeths(string) ([]node.HostVeth, error)     { return h.veths, nil }
+func (h *fakeHost) PodNeighbours() ([]node.PodNeighbour, error)   { return h.neighs, nil }
+func (h *fakeHost) ForwardChains() ([]Chain, error)               { return h.chains, nil }
+func (h *fakeHost) LegacyRuleset(context.Context) (string, error) { return h.legacy, nil }
+func (h *fakeHost) MasqueradeRules() ([]string, error)            { return h.masquerade, nil }
 
 // fakeNetwork accepts connections to open addresses and refuses the rest,
 // and answers echo requests up to a size per address.
@@ -103,7 +103,7 @@ func TestObserve(t *testing.T) {
 		veths:     []node.HostVeth{{Name: "gv2", Index: 21}, {Name: "gv1", Index: 20}},
 		podRoutes: []node.Route{{Dst: netip.PrefixFrom(podIP, 32), LinkIndex: 20}, {Dst: netip.PrefixFrom(other, 32), LinkIndex: 21}, {Dst: netip.MustParsePrefix("10.9.9.9/32"), Via: netip.MustParseAddr("172.16.254.9"), LinkIndex: 2}},
 		neighs:    []node.PodNeighbour{{LinkIndex: 20, Neighbour: node.Neighbour{IP: podIP, Permanent: true}}, {LinkIndex: 21, Neighbour: node.Neighbour{IP: other}}},
-		legacy:    "ACCEPT",
+		legacy:    "*filter\n:FORWARD ACCEPT [0:0]\nCOMMIT\n",
 	}
 	h2, h3VTEP := netip.MustParseAddr("172.16.254.2"), netip.MustParseAddr("10.244.4.0")
 	d := &fakeNetwork{open: map[string]bool{"172.16.254.2:7962": true, "172.16.254.2:7963": true, "172.16.9.3:7962": true},
@@ -119,7 +119,7 @@ func TestObserve(t *testing.T) {
 	}) {
 		t.Errorf("veths %+v, want %+v", o.Veths, want)
 	}
-	if o.IPForward != "1" || o.RPFilterUplink != "2" || o.Uplink.Index != uplink.Index || o.Tunnel.Index != 0 || o.LegacyForward != "ACCEPT" {
+	if o.IPForward != "1" || o.RPFilterUplink != "2" || o.Uplink.Index != uplink.Index || o.Tunnel.Index != 0 || o.Legacy.ForwardPolicy != "ACCEPT" {
 		t.Errorf("observations %+v", o)
 	}
 	if len(o.Unread) != 0 {

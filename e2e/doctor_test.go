@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -242,6 +244,59 @@ func TestDoctorStrictRPFilterOnVXLAN(t *testing.T) {
 		t.Errorf("strict rp_filter with a VXLAN peer: doctor exited %d; want nonzero and a failed %s em1:\n%s", code, doctor.CheckRPFilter, out)
 	}
 	if _, err := h1.Run(ctx, "sysctl", "-w", "net.ipv4.conf.em1.rp_filter=2"); err != nil {
+		t.Fatal(err)
+	}
+	waitDoctorPasses(t, h1)
+}
+
+// TestDoctorLegacyMasquerade: an iptables-legacy rule masquerading the
+// whole pool (an old tool's, beside Grapevine's nftables table) makes
+// doctor fail its iptables-legacy check; once the rule is deleted the
+// empty legacy table is no finding. The rule is in h1's namespace; the
+// xtables lock file is the lab's, not the machine's /run/xtables.lock.
+func TestDoctorLegacyMasquerade(t *testing.T) {
+	t.Parallel()
+	for _, bin := range []string{"iptables-legacy", "iptables-legacy-save"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			msg := bin + " is not installed (apt-get install iptables)"
+			if os.Getenv("CI") == "true" {
+				t.Fatal(msg + " (CI=true: the test must run)")
+			}
+			t.Skip(msg)
+		}
+	}
+	l := env.Lab(t, labtest.Options{Hosts: 2})
+	ctx := timeout(t, 2*time.Minute)
+	h1 := l.Host(1)
+	if _, err := lab.WaitMesh(ctx, l.Hosts()); err != nil {
+		t.Fatal(err)
+	}
+	waitDoctorPasses(t, h1)
+	legacy := func(op string) error {
+		cmd := h1.Command(ctx, "iptables-legacy", "-t", "nat", op, "POSTROUTING", "-s", podPool.String(), "-j", "MASQUERADE")
+		cmd.Env = append(os.Environ(), "XTABLES_LOCKFILE="+filepath.Join(h1.Dir, "xtables.lock"))
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("iptables-legacy %s: %w: %s", op, err, out)
+		}
+		return nil
+	}
+	if err := legacy("-A"); err != nil {
+		t.Fatal(err)
+	}
+	out, code, err := h1.Doctor(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fs []doctor.Finding
+	if err := json.Unmarshal(out, &fs); err != nil {
+		t.Fatalf("doctor's output is not JSON findings: %v\n%s", err, out)
+	}
+	if code == 0 || !slices.ContainsFunc(fs, func(f doctor.Finding) bool {
+		return f.Severity == doctor.Fail && f.Check == doctor.CheckLegacyIptables && f.Subject == "nat POSTROUTING"
+	}) {
+		t.Errorf("legacy masquerade of the pool: doctor exited %d; want nonzero and a failed %s:\n%s", code, doctor.CheckLegacyIptables, out)
+	}
+	if err := legacy("-D"); err != nil {
 		t.Fatal(err)
 	}
 	waitDoctorPasses(t, h1)
