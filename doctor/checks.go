@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/grapevine-net/grapevine/node"
@@ -35,6 +36,7 @@ func Diagnose(o Observations) []Finding {
 		{CheckIPForward, checkIPForward, false},
 		{CheckRPFilter, checkRPFilter, true},
 		{CheckForwardPolicy, checkForwardPolicy, false},
+		{CheckConntrack, checkConntrack, false},
 		{CheckMasquerade, checkMasquerade, true},
 		{CheckLegacyIptables, checkLegacy, true},
 		{CheckProxyARP, checkPodHosts, false},
@@ -180,6 +182,36 @@ func checkForwardPolicy(o Observations) []Finding {
 		seen += "; iptables-legacy FORWARD policy " + o.Legacy.ForwardPolicy
 	}
 	return []Finding{{Check: CheckForwardPolicy, Severity: OK, Seen: seen}}
+}
+
+// Use of the connection tracking table from which doctor warns, and from
+// which it fails: once full, the kernel drops new connections.
+const (
+	conntrackWarn = 0.80
+	conntrackFail = 0.95
+)
+
+func checkConntrack(o Observations) []Finding {
+	if o.ConntrackCount == "" {
+		return []Finding{{Check: CheckConntrack, Severity: OK, Seen: "no connection tracking in this namespace"}}
+	}
+	count, err1 := strconv.Atoi(o.ConntrackCount)
+	limit, err2 := strconv.Atoi(o.ConntrackMax)
+	if err1 != nil || err2 != nil || limit <= 0 {
+		return []Finding{{Check: CheckConntrack, Severity: Warn, Seen: fmt.Sprintf("unreadable: nf_conntrack_count %q, nf_conntrack_max %q", o.ConntrackCount, o.ConntrackMax),
+			Cause: "the kernel reported something doctor does not understand", Fix: "sysctl net.netfilter.nf_conntrack_count net.netfilter.nf_conntrack_max"}}
+	}
+	use := float64(count) / float64(limit)
+	f := Finding{Check: CheckConntrack, Severity: OK, Seen: fmt.Sprintf("%d of %d entries (%.0f%%)", count, limit, use*100)}
+	if use >= conntrackWarn {
+		f.Severity = Warn
+		if use >= conntrackFail {
+			f.Severity = Fail
+		}
+		f.Cause = "the connection tracking table is (nearly) full: once full the kernel drops the first packet of every new connection (dmesg: nf_conntrack: table full, dropping packet), pods' and the agent's alike"
+		f.Fix = "raise it (sysctl -w net.netfilter.nf_conntrack_max=<n>, persisted in /etc/sysctl.d) or find what opens so many connections (conntrack -L | sort | uniq -c)"
+	}
+	return []Finding{f}
 }
 
 // checkLegacy fails on an iptables-legacy NAT rule that rewrites pod-to-pod

@@ -34,6 +34,7 @@ func healthy() Observations {
 			},
 		},
 		IPForward: "1", RPFilterAll: "0", RPFilterUplink: "2",
+		ConntrackCount: "120", ConntrackMax: "262144",
 		Uplink: uplink, Tunnel: tunnel,
 		PeerRoutes: []node.Route{
 			{Dst: netip.MustParsePrefix("10.244.0.0/16"), Unreachable: true, Metric: node.UnreachableMetric},
@@ -143,6 +144,13 @@ func TestDiagnose(t *testing.T) {
 		{"iptables-legacy masquerading pod-to-pod traffic", func(o *Observations) {
 			o.Legacy = LegacyState{Rules: 1, NATPostrouting: []string{"-A POSTROUTING -s 10.244.0.0/16 -j MASQUERADE"}}
 		}, []verdict{{CheckLegacyIptables, "nat POSTROUTING", Fail}}},
+		{"conntrack table 85 % full", func(o *Observations) { o.ConntrackCount, o.ConntrackMax = "850", "1000" },
+			[]verdict{{CheckConntrack, "", Warn}}},
+		{"conntrack table full", func(o *Observations) { o.ConntrackCount, o.ConntrackMax = "1000", "1000" },
+			[]verdict{{CheckConntrack, "", Fail}}},
+		{"no conntrack here", func(o *Observations) { o.ConntrackCount, o.ConntrackMax = "", "" }, nil},
+		{"conntrack unreadable", func(o *Observations) { o.ConntrackCount, o.ConntrackMax = "12", "" },
+			[]verdict{{CheckConntrack, "", Warn}}},
 		{"masquerade rule missing", func(o *Observations) { o.Masquerade = nil },
 			[]verdict{{CheckMasquerade, "", Fail}}},
 		{"masquerade rule for another pool", func(o *Observations) { o.Masquerade = []string{"grapevine masquerade 10.9.0.0/16"} },

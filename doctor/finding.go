@@ -33,6 +33,7 @@ const (
 	CheckForwardPolicy  = "forward-policy"
 	CheckMasquerade     = "masquerade"
 	CheckLegacyIptables = "iptables-legacy"
+	CheckConntrack      = "conntrack"
 	CheckRead           = "read"
 )
 

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"io/fs"
 	"net"
 	"net/netip"
 	"slices"
@@ -104,6 +105,9 @@ type Observations struct {
 	PeerRoutes     []node.Route
 	Veths          []Veth
 	ForwardChains  []Chain
+	// ConntrackCount and ConntrackMax are the connection tracking table's
+	// use and size; "" when the kernel tracks no connections here.
+	ConntrackCount, ConntrackMax string
 	// Legacy is what iptables-legacy holds; zero: nothing.
 	Legacy LegacyState
 	// Masquerade holds the masquerading rules' comments.
@@ -161,6 +165,8 @@ func Observe(ctx context.Context, h Host, n Network, st Status, statusErr error)
 	unread(CheckProxyARP, err)
 	o.ForwardChains, err = h.ForwardChains()
 	unread(CheckForwardPolicy, err)
+	o.ConntrackCount, o.ConntrackMax, err = readConntrack(h)
+	unread(CheckConntrack, err)
 	legacy, err := h.LegacyRuleset(ctx)
 	unread(CheckForwardPolicy, err)
 	unread(CheckLegacyIptables, err)
@@ -170,6 +176,20 @@ func Observe(ctx context.Context, h Host, n Network, st Status, statusErr error)
 	o.Ports = <-portsDone
 	o.PathMTU = <-mtuDone
 	return o
+}
+
+// readConntrack reads the connection tracking table's use and size; both
+// "" when conntrack is not loaded.
+func readConntrack(h Host) (count, limit string, err error) {
+	count, err = h.Sysctl("net/netfilter/nf_conntrack_count")
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", "", nil
+	}
+	if err != nil {
+		return "", "", err
+	}
+	limit, err = h.Sysctl("net/netfilter/nf_conntrack_max")
+	return count, limit, err
 }
 
 // observeVeths reads the pods' host veths with their settings, routes and

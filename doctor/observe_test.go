@@ -3,6 +3,8 @@ package doctor
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io/fs"
 	"net"
 	"net/netip"
 	"slices"
@@ -29,7 +31,7 @@ type fakeHost struct {
 func (h *fakeHost) Sysctl(key string) (string, error) {
 	v, ok := h.sysctls[key]
 	if !ok {
-		return "", errors.New("no such setting " + key)
+		return "", fmt.Errorf("read %s: %w", key, fs.ErrNotExist)
 	}
 	return v, nil
 }
@@ -98,6 +100,7 @@ func TestObserve(t *testing.T) {
 		sysctls: map[string]string{
 			"net/ipv4/ip_forward": "1", "net/ipv4/conf/all/rp_filter": "0", "net/ipv4/conf/em1/rp_filter": "2",
 			"net/ipv4/conf/gv1/proxy_arp": "1", "net/ipv4/conf/gv2/proxy_arp": "0",
+			"net/netfilter/nf_conntrack_count": "7", "net/netfilter/nf_conntrack_max": "65536",
 		},
 		links:     map[string]node.Link{"em1": uplink},
 		veths:     []node.HostVeth{{Name: "gv2", Index: 21}, {Name: "gv1", Index: 20}},
@@ -118,6 +121,9 @@ func TestObserve(t *testing.T) {
 		return a.Name == b.Name && a.Index == b.Index && a.ProxyARP == b.ProxyARP && slices.Equal(a.PodIPs, b.PodIPs) && slices.Equal(a.Permanent, b.Permanent)
 	}) {
 		t.Errorf("veths %+v, want %+v", o.Veths, want)
+	}
+	if o.ConntrackCount != "7" || o.ConntrackMax != "65536" {
+		t.Errorf("conntrack %s of %s, want 7 of 65536", o.ConntrackCount, o.ConntrackMax)
 	}
 	if o.IPForward != "1" || o.RPFilterUplink != "2" || o.Uplink.Index != uplink.Index || o.Tunnel.Index != 0 || o.Legacy.ForwardPolicy != "ACCEPT" {
 		t.Errorf("observations %+v", o)
@@ -148,6 +154,11 @@ func TestObserve(t *testing.T) {
 	}
 	if got := d.pings[h3VTEP]; !slices.Equal(got, []int{1450, 1450, 1450, 64}) {
 		t.Errorf("requests to h3's VTEP %v, want three of the pod MTU and a minimal one", got)
+	}
+
+	delete(h.sysctls, "net/netfilter/nf_conntrack_count")
+	if o := Observe(context.Background(), h, d, st, nil); o.ConntrackCount != "" || o.Unread[CheckConntrack] != "" {
+		t.Errorf("without conntrack: count %q, unread %q; want neither", o.ConntrackCount, o.Unread[CheckConntrack])
 	}
 
 	h.routesErr = errors.New("permission denied")
