@@ -33,6 +33,7 @@ func Diagnose(o Observations) []Finding {
 		// settings and members, and is left out without them.
 		needsSettings bool
 	}{
+		{CheckHostAddress, checkHostAddress, true},
 		{CheckIPForward, checkIPForward, false},
 		{CheckRPFilter, checkRPFilter, true},
 		{CheckForwardPolicy, checkForwardPolicy, false},
@@ -102,6 +103,58 @@ func checkAgent(o Observations) Finding {
 			Fix:   "see `grapevine status`: the ledger's leader and voters, and which members are down"}
 	}
 	return Finding{Check: CheckAgent, Severity: OK, Subject: st.Node, Seen: fmt.Sprintf("ready, holds %s", st.Block)}
+}
+
+// checkHostAddress fails when the address the agent advertises is no
+// longer on --iface, and warns for a peer whose host IP is on the network
+// of another of this host's interfaces: --iface was likely chosen wrong.
+func checkHostAddress(o Observations) []Finding {
+	iface := o.Status.Settings.Iface
+	host, err := netip.ParseAddr(o.Status.HostIP)
+	if err != nil {
+		return nil
+	}
+	switch {
+	case o.Uplink.Index == 0:
+		return []Finding{{Check: CheckHostAddress, Severity: Fail, Subject: iface, Seen: "interface " + iface + " not found",
+			Cause: "the interface the agent was started with is gone or was renamed",
+			Fix:   "set --iface (GRAPEVINE_IFACE) to the interface towards the peers and restart the agent"}}
+	case !slices.ContainsFunc(o.Uplink.Addrs, func(p netip.Prefix) bool { return p.Addr() == host }):
+		return []Finding{{Check: CheckHostAddress, Severity: Fail, Subject: iface,
+			Seen:  fmt.Sprintf("%s, the host IP the agent advertises, is not an address of %s (it has %v)", host, iface, o.Uplink.Addrs),
+			Cause: "the address changed after the agent started (DHCP, a reconfiguration): peers route this host's block to an address that is gone",
+			Fix:   "give the host a fixed address, or restart the agent so that it advertises the current one (--host-ip if it must be another)"}}
+	}
+	fs := []Finding{{Check: CheckHostAddress, Severity: OK, Subject: iface, Seen: fmt.Sprintf("%s on %s", host, iface)}}
+	for _, m := range o.Status.Members {
+		peer, err := netip.ParseAddr(m.HostIP)
+		if err != nil || !m.routed() || onNetworkOf(o.Uplink, peer) {
+			continue
+		}
+		for _, l := range o.Links {
+			if l.Index == o.Uplink.Index || l.Name == node.TunnelName || !onNetworkOf(l, peer) {
+				continue
+			}
+			fs = append(fs, Finding{Check: CheckHostAddress, Severity: Warn, Subject: m.Name,
+				Seen:  fmt.Sprintf("%s's host IP %s is on %s's network, yet this host reaches it from %s (path %s)", m.Name, peer, l.Name, iface, orDash(m.Path)),
+				Cause: iface + " (the default route's interface, or --iface) was chosen while the peers share another network",
+				Fix:   "set --iface (GRAPEVINE_IFACE) and --host-ip to the interface on the peers' network, on every host"})
+			break
+		}
+	}
+	return fs
+}
+
+// onNetworkOf reports whether addr is on a network directly connected to l.
+func onNetworkOf(l node.Link, addr netip.Addr) bool {
+	return slices.ContainsFunc(l.Addrs, func(p netip.Prefix) bool { return p.Bits() < 32 && p.Masked().Contains(addr) })
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 func checkIPForward(o Observations) []Finding {

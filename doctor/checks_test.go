@@ -10,7 +10,8 @@ import (
 )
 
 var (
-	uplink = node.Link{Name: "em1", Index: 2, Up: true}
+	uplink = node.Link{Name: "em1", Index: 2, Up: true, Addrs: []netip.Prefix{netip.MustParsePrefix("172.16.254.1/24")}}
+	eth1   = node.Link{Name: "eth1", Index: 3, Up: true, Addrs: []netip.Prefix{netip.MustParsePrefix("192.168.7.1/24")}}
 	tunnel = node.Link{Name: node.TunnelName, Index: 9, Up: true}
 	podIP  = netip.MustParseAddr("10.244.0.2")
 )
@@ -36,6 +37,7 @@ func healthy() Observations {
 		IPForward: "1", RPFilterAll: "0", RPFilterUplink: "2",
 		ConntrackCount: "120", ConntrackMax: "262144",
 		Uplink: uplink, Tunnel: tunnel,
+		Links: []node.Link{{Name: "lo", Index: 1, Addrs: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/8")}}, uplink, eth1, tunnel},
 		PeerRoutes: []node.Route{
 			{Dst: netip.MustParsePrefix("10.244.0.0/16"), Unreachable: true, Metric: node.UnreachableMetric},
 			{Dst: netip.MustParsePrefix("10.244.0.0/23"), Blackhole: true},
@@ -77,6 +79,14 @@ func TestDiagnose(t *testing.T) {
 			[]verdict{{CheckAgent, "h1", Fail}}},
 		{"agent degraded", func(o *Observations) { o.Status.Degraded = "lease not renewed" },
 			[]verdict{{CheckAgent, "h1", Warn}}},
+		{"host address gone from the uplink", func(o *Observations) {
+			o.Uplink.Addrs = []netip.Prefix{netip.MustParsePrefix("172.16.254.51/24")}
+		}, []verdict{{CheckHostAddress, "em1", Fail}}},
+		{"uplink gone", func(o *Observations) { o.Uplink = node.Link{} },
+			[]verdict{{CheckHostAddress, "em1", Fail}}},
+		{"a VXLAN peer on another interface's network", func(o *Observations) {
+			o.Links[2].Addrs = append(o.Links[2].Addrs, netip.MustParsePrefix("172.16.9.1/24"))
+		}, []verdict{{CheckHostAddress, "h3", Warn}}},
 		{"ip_forward off", func(o *Observations) { o.IPForward = "0" },
 			[]verdict{{CheckIPForward, "", Fail}}},
 		{"rp_filter strict on the uplink with a VXLAN peer", func(o *Observations) { o.RPFilterUplink = "1" },

@@ -25,6 +25,7 @@ const (
 	CheckPathMTU        = "peer-path-mtu"
 	CheckGossipPort     = "peer-gossip-port"
 	CheckLedgerPort     = "peer-ledger-port"
+	CheckHostAddress    = "host-address"
 	CheckIPForward      = "ip-forward"
 	CheckRPFilter       = "rp-filter"
 	CheckProxyARP       = "pod-proxy-arp"

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"strings"
@@ -11,7 +13,9 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
+	"github.com/vishvananda/netlink"
 
+	"github.com/grapevine-net/grapevine/internal/netlinkdump"
 	"github.com/grapevine-net/grapevine/node"
 )
 
@@ -33,6 +37,35 @@ func (h *LinuxHost) PodRoutes() ([]node.Route, error)            { return h.k.Po
 func (h *LinuxHost) PodNeighbours() ([]node.PodNeighbour, error) { return h.k.PodNeighbours() }
 func (h *LinuxHost) HostVeths(prefix string) ([]node.HostVeth, error) {
 	return h.k.HostVeths(prefix)
+}
+
+// Links implements Host: every interface with its IPv4 addresses.
+func (h *LinuxHost) Links() ([]node.Link, error) {
+	links, err := netlinkdump.Retry(netlink.LinkList)
+	if err != nil {
+		return nil, fmt.Errorf("list links: %w", err)
+	}
+	addrs, err := netlinkdump.Retry(func() ([]netlink.Addr, error) { return netlink.AddrList(nil, netlink.FAMILY_V4) })
+	if err != nil {
+		return nil, fmt.Errorf("list addresses: %w", err)
+	}
+	out := make([]node.Link, 0, len(links))
+	for _, l := range links {
+		a := l.Attrs()
+		link := node.Link{Name: a.Name, Index: a.Index, Up: a.Flags&net.FlagUp != 0}
+		for _, addr := range addrs {
+			if addr.LinkIndex != a.Index || addr.IPNet == nil {
+				continue
+			}
+			ip, ok := netip.AddrFromSlice(addr.IP)
+			ones, _ := addr.Mask.Size()
+			if ok {
+				link.Addrs = append(link.Addrs, netip.PrefixFrom(ip.Unmap(), ones))
+			}
+		}
+		out = append(out, link)
+	}
+	return out, nil
 }
 
 // ForwardChains implements Host.

@@ -24,6 +24,8 @@ type Host interface {
 	// Link resolves an interface; a missing one yields an error wrapping
 	// node.ErrLinkNotFound.
 	Link(name string) (node.Link, error)
+	// Links lists every interface with its IPv4 addresses.
+	Links() ([]node.Link, error)
 	// Routes lists the main table's routes carrying node.RouteProtocol.
 	Routes() ([]node.Route, error)
 	// PodRoutes lists the main table's /32 routes of other protocols.
@@ -102,9 +104,11 @@ type Observations struct {
 	// Uplink and Tunnel are the interface towards the peers and the VXLAN
 	// device; a zero Index: missing.
 	Uplink, Tunnel node.Link
-	PeerRoutes     []node.Route
-	Veths          []Veth
-	ForwardChains  []Chain
+	// Links are all of the host's interfaces.
+	Links         []node.Link
+	PeerRoutes    []node.Route
+	Veths         []Veth
+	ForwardChains []Chain
 	// ConntrackCount and ConntrackMax are the connection tracking table's
 	// use and size; "" when the kernel tracks no connections here.
 	ConntrackCount, ConntrackMax string
@@ -159,6 +163,8 @@ func Observe(ctx context.Context, h Host, n Network, st Status, statusErr error)
 		err = nil // no VXLAN device: no peer over VXLAN
 	}
 	unread(CheckPeerRoute, err)
+	o.Links, err = h.Links()
+	unread(CheckHostAddress, err)
 	o.PeerRoutes, err = h.Routes()
 	unread(CheckPeerRoute, err)
 	o.Veths, err = observeVeths(h)

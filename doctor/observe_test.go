@@ -44,6 +44,14 @@ func (h *fakeHost) Link(name string) (node.Link, error) {
 	return l, nil
 }
 
+func (h *fakeHost) Links() ([]node.Link, error) {
+	var out []node.Link
+	for _, l := range h.links {
+		out = append(out, l)
+	}
+	return out, nil
+}
+
 func (h *fakeHost) Routes() ([]node.Route, error)                 { return h.routes, h.routesErr }
 func (h *fakeHost) PodRoutes() ([]node.Route, error)              { return h.podRoutes, nil }
 func (h *fakeHost) HostVeths(string) ([]node.HostVeth, error)     { return h.veths, nil }

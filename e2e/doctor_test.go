@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -300,4 +301,45 @@ func TestDoctorLegacyMasquerade(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitDoctorPasses(t, h1)
+}
+
+// TestDoctorHostAddressGone: h2's address changes under its running agent
+// (as a DHCP renewal might); doctor on h2 fails its host-address check,
+// and passes again once the address is back and the agent has put back
+// what the change flushed.
+func TestDoctorHostAddressGone(t *testing.T) {
+	t.Parallel()
+	l := env.Lab(t, labtest.Options{Hosts: 2})
+	ctx := timeout(t, 3*time.Minute)
+	h2 := l.Host(2)
+	if _, err := lab.WaitMesh(ctx, l.Hosts()); err != nil {
+		t.Fatal(err)
+	}
+	waitDoctorPasses(t, h2)
+	moved := netip.PrefixFrom(h2.IP.Next().Next().Next(), 24).String() // an unused address on the lab's LAN
+	own := netip.PrefixFrom(h2.IP, 24).String()
+	for _, args := range [][]string{{"addr", "del", own, "dev", "em1"}, {"addr", "add", moved, "dev", "em1"}} {
+		if _, err := h2.Run(ctx, "ip", args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, code, err := h2.Doctor(ctx)
+	for _, args := range [][]string{{"addr", "del", moved, "dev", "em1"}, {"addr", "add", own, "dev", "em1"}} {
+		if _, err := h2.Run(ctx, "ip", args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fs []doctor.Finding
+	if err := json.Unmarshal(out, &fs); err != nil {
+		t.Fatalf("doctor's output is not JSON findings: %v\n%s", err, out)
+	}
+	if code == 0 || !slices.ContainsFunc(fs, func(f doctor.Finding) bool {
+		return f.Severity == doctor.Fail && f.Check == doctor.CheckHostAddress && f.Subject == "em1"
+	}) {
+		t.Errorf("host address gone: doctor exited %d; want nonzero and a failed %s em1:\n%s", code, doctor.CheckHostAddress, out)
+	}
+	waitDoctorPasses(t, h2)
 }
