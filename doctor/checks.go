@@ -55,12 +55,19 @@ func Diagnose(o Observations) []Finding {
 	}
 	fs = append(fs, checkPeerPaths(o)...)
 	fs = append(fs, checkDataPaths(o.Status)...)
-	fs = append(fs, checkPathMTU(o.PathMTU)...)
+	fs = append(fs, checkPathMTU(o.PathMTU, o.Status.Members)...)
 	fs = append(fs, checkPorts(o.Ports)...)
 	return fs
 }
 
-func checkPathMTU(probes []MTUProbe) []Finding {
+// checkPathMTU judges the probes of the pod MTU. A VXLAN peer whose host
+// answers in the clear (its data path is up) but not through gv.vxlan even
+// to a minimal request has a broken tunnel, not a small MTU.
+func checkPathMTU(probes []MTUProbe, members []Member) []Finding {
+	dataPath := map[string]string{}
+	for _, m := range members {
+		dataPath[m.Name] = m.DataPath
+	}
 	var fs []Finding
 	for _, p := range probes {
 		f := Finding{Check: CheckPathMTU, Subject: p.Peer}
@@ -72,6 +79,11 @@ func checkPathMTU(probes []MTUProbe) []Finding {
 			f.Severity, f.Seen = Fail, what+": "+p.Err
 			f.Cause = "an interface of this host, or the MTU a router reported for the route, is below the pod MTU: pods' full-size packets to this peer are dropped here"
 			f.Fix = "raise the MTU of that link (ip link set dev <iface> mtu <n>), or give pods a smaller --mtu (it applies to new pods)"
+		case p.SmallErr != "" && p.Path == string(node.PathVXLAN) && dataPath[p.Peer] == "up":
+			f.Check, f.Severity = CheckVXLAN, Fail
+			f.Seen = fmt.Sprintf("echo requests to %s's VXLAN address %s through %s go unanswered (%s), while its host answers in the clear", p.Peer, p.Target, node.TunnelName, p.SmallErr)
+			f.Cause = "a firewall between the hosts or on either of them drops UDP 4789 (VXLAN), or the tunnel's neighbour and FDB entries are wrong: pods cannot reach this peer's pods"
+			f.Fix = "open UDP 4789 between the hosts (both ways); ip neigh show dev " + node.TunnelName + " and bridge fdb show dev " + node.TunnelName + " must name the peer (the agent puts back its own entries)"
 		case p.SmallErr != "":
 			f.Severity, f.Seen = Warn, what+": "+p.Err+"; a minimal request went unanswered too, so the MTU is not known"
 			f.Cause = "the peer's host does not answer echo requests over this path (see peer-data-path)"

@@ -130,9 +130,17 @@ func TestDiagnose(t *testing.T) {
 		{"full-size probes lost on the way, small ones answered", func(o *Observations) {
 			o.PathMTU[1].Err = "no reply"
 		}, []verdict{{CheckPathMTU, "h3", Fail}}},
-		{"no probe answered at all", func(o *Observations) {
+		{"a direct peer answers no probe at all", func(o *Observations) {
+			o.PathMTU[0].Err, o.PathMTU[0].SmallErr = "no reply", "no reply"
+		}, []verdict{{CheckPathMTU, "h2", Warn}}},
+		{"a VXLAN peer answers nothing, not even in the clear", func(o *Observations) {
 			o.PathMTU[1].Err, o.PathMTU[1].SmallErr = "no reply", "no reply"
-		}, []verdict{{CheckPathMTU, "h3", Warn}}},
+			o.Status.Members[1].DataPath = "down"
+		}, []verdict{{CheckPeerDataPath, "h3", Fail}, {CheckPathMTU, "h3", Warn}}},
+		{"VXLAN peer unreachable through the tunnel while its host answers", func(o *Observations) {
+			o.PathMTU[1].Err, o.PathMTU[1].SmallErr = "no reply", "no reply"
+			o.Status.Members[1].DataPath = "up"
+		}, []verdict{{CheckVXLAN, "h3", Fail}}},
 		{"ledger port closed", func(o *Observations) { o.Ports[1].Err = "connection refused" },
 			[]verdict{{CheckLedgerPort, "h2", Fail}}},
 		{"gossip port dropped", func(o *Observations) { o.Ports[0].Err = "i/o timeout" },

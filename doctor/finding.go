@@ -23,6 +23,7 @@ const (
 	CheckPeerPath       = "peer-path"
 	CheckPeerDataPath   = "peer-data-path"
 	CheckPathMTU        = "peer-path-mtu"
+	CheckVXLAN          = "peer-vxlan"
 	CheckGossipPort     = "peer-gossip-port"
 	CheckLedgerPort     = "peer-ledger-port"
 	CheckHostAddress    = "host-address"

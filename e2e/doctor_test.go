@@ -92,8 +92,8 @@ func TestDoctor(t *testing.T) {
 		// The firewall is on h2, the finding on h1: its connect to h2's
 		// ledger port goes unanswered.
 		{"a firewall on h2 dropping TCP 7963", h1, doctor.CheckLedgerPort, h2.Name,
-			func() error { return inputDropTable(h2, 7963, true) },
-			func() error { return inputDropTable(h2, 7963, false) }},
+			func() error { return inputDropTable(h2, unix.IPPROTO_TCP, 7963, true) },
+			func() error { return inputDropTable(h2, unix.IPPROTO_TCP, 7963, false) }},
 	}
 	for _, c := range cases {
 		if err := c.breakIt(); err != nil {
@@ -150,9 +150,10 @@ func waitDoctorPasses(t *testing.T, h *lab.Host) time.Duration {
 }
 
 // inputDropTable adds (or deletes) table inet gvtest-input in h's
-// namespace, whose input chain drops TCP to port: a host firewall closing
-// one of Grapevine's ports.
-func inputDropTable(h *lab.Host, port uint16, add bool) error {
+// namespace, whose input chain drops what comes for port of proto
+// (unix.IPPROTO_TCP, unix.IPPROTO_UDP): a host firewall closing one of
+// Grapevine's ports.
+func inputDropTable(h *lab.Host, proto byte, port uint16, add bool) error {
 	conn, closeNS, err := nftablesIn(h)
 	if err != nil {
 		return err
@@ -171,7 +172,7 @@ func inputDropTable(h *lab.Host, port uint16, add bool) error {
 	})
 	conn.AddRule(&nftables.Rule{Table: table, Chain: chain, Exprs: []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2}, // destination port
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.BigEndian.AppendUint16(nil, port)},
 		&expr.Verdict{Kind: expr.VerdictDrop},
@@ -216,38 +217,52 @@ func forwardDropTable(h *lab.Host, add bool) error {
 	return conn.Flush()
 }
 
-// TestDoctorStrictRPFilterOnVXLAN: h1 reaches h3, behind a router, over
-// VXLAN; strict reverse-path filtering on h1's uplink fails doctor's
-// rp-filter check there, and loose passes it.
-func TestDoctorStrictRPFilterOnVXLAN(t *testing.T) {
+// TestDoctorVXLAN: h1 reaches h3, behind a router, over VXLAN. Strict
+// reverse-path filtering on h1's uplink fails doctor's rp-filter check
+// there; a firewall on h3 dropping UDP 4789 fails its peer-vxlan check for
+// h3, whose host still answers in the clear.
+func TestDoctorVXLAN(t *testing.T) {
 	t.Parallel()
 	l := env.Lab(t, labtest.Options{Hosts: 2, Routed: true, Hosts2: 1})
 	ctx := timeout(t, 2*time.Minute)
-	h1 := l.Host(1)
+	h1, h3 := l.Host(1), l.Host(3)
 	if _, err := lab.WaitMesh(ctx, l.Hosts()); err != nil {
 		t.Fatal(err)
 	}
 	waitDoctorPasses(t, h1)
-	if _, err := h1.Run(ctx, "sysctl", "-w", "net.ipv4.conf.em1.rp_filter=1"); err != nil {
-		t.Fatal(err)
+	cases := []struct {
+		name, check, subject string
+		breakIt, restore     func() error
+	}{
+		{"strict rp_filter on h1's uplink", doctor.CheckRPFilter, "em1",
+			func() error { _, err := h1.Run(ctx, "sysctl", "-w", "net.ipv4.conf.em1.rp_filter=1"); return err },
+			func() error { _, err := h1.Run(ctx, "sysctl", "-w", "net.ipv4.conf.em1.rp_filter=2"); return err }},
+		{"a firewall on h3 dropping UDP 4789", doctor.CheckVXLAN, h3.Name,
+			func() error { return inputDropTable(h3, unix.IPPROTO_UDP, 4789, true) },
+			func() error { return inputDropTable(h3, unix.IPPROTO_UDP, 4789, false) }},
 	}
-	out, code, err := h1.Doctor(ctx)
-	if err != nil {
-		t.Fatal(err)
+	for _, c := range cases {
+		if err := c.breakIt(); err != nil {
+			t.Fatalf("%s: break: %v", c.name, err)
+		}
+		out, code, err := h1.Doctor(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var fs []doctor.Finding
+		if err := json.Unmarshal(out, &fs); err != nil {
+			t.Fatalf("%s: doctor's output is not JSON findings: %v\n%s", c.name, err, out)
+		}
+		if code == 0 || !slices.ContainsFunc(fs, func(f doctor.Finding) bool {
+			return f.Severity == doctor.Fail && f.Check == c.check && f.Subject == c.subject
+		}) {
+			t.Errorf("%s: doctor on h1 exited %d; want nonzero and a failed %s %s:\n%s", c.name, code, c.check, c.subject, out)
+		}
+		if err := c.restore(); err != nil {
+			t.Fatalf("%s: restore: %v", c.name, err)
+		}
+		waitDoctorPasses(t, h1)
 	}
-	var fs []doctor.Finding
-	if err := json.Unmarshal(out, &fs); err != nil {
-		t.Fatalf("doctor's output is not JSON findings: %v\n%s", err, out)
-	}
-	if code == 0 || !slices.ContainsFunc(fs, func(f doctor.Finding) bool {
-		return f.Severity == doctor.Fail && f.Check == doctor.CheckRPFilter && f.Subject == "em1"
-	}) {
-		t.Errorf("strict rp_filter with a VXLAN peer: doctor exited %d; want nonzero and a failed %s em1:\n%s", code, doctor.CheckRPFilter, out)
-	}
-	if _, err := h1.Run(ctx, "sysctl", "-w", "net.ipv4.conf.em1.rp_filter=2"); err != nil {
-		t.Fatal(err)
-	}
-	waitDoctorPasses(t, h1)
 }
 
 // TestDoctorLegacyMasquerade: an iptables-legacy rule masquerading the
