@@ -17,8 +17,9 @@ const (
 	lossFail = 0.20
 )
 
-// Diagnose turns observations into findings, host checks first, then one
-// group per peer. It is pure.
+// Diagnose turns observations into findings: the agent, the host's
+// checks, then the peers' checks, each for every peer. A check whose input
+// could not be read is a warning, never a pass. It is pure.
 func Diagnose(o Observations) []Finding {
 	var fs []Finding
 	fs = append(fs, checkAgent(o))

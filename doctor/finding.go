@@ -36,7 +36,6 @@ const (
 	CheckMasquerade     = "masquerade"
 	CheckLegacyIptables = "iptables-legacy"
 	CheckConntrack      = "conntrack"
-	CheckRead           = "read"
 )
 
 // Finding is one check's verdict on one subject.

@@ -158,6 +158,9 @@ func Observe(ctx context.Context, h Host, n Network, st Status, statusErr error)
 		unread(CheckRPFilter, err)
 		o.Uplink, err = h.Link(st.Settings.Iface)
 		unread(CheckPeerRoute, err)
+		if !errors.Is(err, node.ErrLinkNotFound) {
+			unread(CheckHostAddress, err) // a missing uplink is the check's finding
+		}
 	}
 	if o.Tunnel, err = h.Link(node.TunnelName); errors.Is(err, node.ErrLinkNotFound) {
 		err = nil // no VXLAN device: no peer over VXLAN
