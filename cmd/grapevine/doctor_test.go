@@ -1,6 +1,8 @@
 package main
 
 import (
+	"encoding/json"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -48,5 +50,39 @@ func TestPrintFindings(t *testing.T) {
 	}
 	if err := failedChecks(fs[:1]); err != nil {
 		t.Fatalf("failedChecks of passed checks = %v", err)
+	}
+}
+
+// TestDoctorReadsStatus: the status the agent serves is what doctor
+// parses, field for field, for everything its checks read.
+func TestDoctorReadsStatus(t *testing.T) {
+	r := statusReport{
+		Node: "h1", HostIP: "172.16.254.1", Block: "10.244.0.0/23", Ready: true, Degraded: "restart pods",
+		Settings: &statusSettings{Iface: "em1", Pool: "10.244.0.0/16", Masquerade: true, GossipPort: 7962, LedgerPort: 7963, PodMTU: 1450},
+		Members: []memberStatus{{
+			Name: "h2", Addr: "172.16.254.2", HostIP: "172.16.254.2", Block: "10.244.2.0/23", State: "alive", Route: "programmed",
+			Path: "vxlan", PathReason: "always", DataPath: "up",
+			DataPathHealth: &dataPathHealth{Requests: 60, Lost: 3, Loss: 0.05, RTTp50ms: 0.1, RTTp99ms: 0.4},
+		}, {Name: "x1", State: "alive", Foreign: true, Route: routeNone}},
+	}
+	js, err := json.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st doctor.Status
+	if err := json.Unmarshal(js, &st); err != nil {
+		t.Fatal(err)
+	}
+	want := doctor.Status{
+		Node: "h1", HostIP: "172.16.254.1", Block: "10.244.0.0/23", Ready: true, Degraded: "restart pods",
+		Settings: &doctor.Settings{Iface: "em1", Pool: "10.244.0.0/16", Masquerade: true, GossipPort: 7962, LedgerPort: 7963, PodMTU: 1450},
+		Members: []doctor.Member{{
+			Name: "h2", Addr: "172.16.254.2", HostIP: "172.16.254.2", Block: "10.244.2.0/23", State: "alive", Route: "programmed",
+			Path: "vxlan", PathReason: "always", DataPath: "up",
+			DataPathHealth: &doctor.PathHealth{Requests: 60, Lost: 3, Loss: 0.05, RTTp50ms: 0.1, RTTp99ms: 0.4},
+		}, {Name: "x1", State: "alive", Foreign: true, Route: routeNone}},
+	}
+	if !reflect.DeepEqual(st, want) {
+		t.Fatalf("doctor read\n%+v\nfrom %s, want\n%+v", st, js, want)
 	}
 }
