@@ -56,7 +56,12 @@ func Diagnose(o Observations) []Finding {
 	}
 	fs = append(fs, checkPeerPaths(o)...)
 	fs = append(fs, checkDataPaths(o.Status)...)
-	fs = append(fs, checkPathMTU(o.PathMTU, o.Status.Members)...)
+	if why, ok := o.Unread[CheckPathMTU]; ok {
+		fs = append(fs, Finding{Check: CheckPathMTU, Severity: Warn, Seen: "not checked: " + why,
+			Cause: "doctor may not send ICMP itself", Fix: "run grapevine doctor as root (or with CAP_NET_RAW)"})
+	} else {
+		fs = append(fs, checkPathMTU(o.PathMTU, o.Status.Members)...)
+	}
 	fs = append(fs, checkPorts(o.Ports)...)
 	return fs
 }

@@ -141,6 +141,9 @@ func TestDiagnose(t *testing.T) {
 			o.PathMTU[1].Err, o.PathMTU[1].SmallErr = "no reply", "no reply"
 			o.Status.Members[1].DataPath = "up"
 		}, []verdict{{CheckVXLAN, "h3", Fail}}},
+		{"no raw ICMP socket: paths not probed", func(o *Observations) {
+			o.PathMTU, o.Unread = nil, map[string]string{CheckPathMTU: ErrNoRawSocket.Error()}
+		}, []verdict{{CheckPathMTU, "", Warn}}},
 		{"ledger port closed", func(o *Observations) { o.Ports[1].Err = "connection refused" },
 			[]verdict{{CheckLedgerPort, "h2", Fail}}},
 		{"gossip port dropped", func(o *Observations) { o.Ports[0].Err = "i/o timeout" },

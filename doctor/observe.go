@@ -146,8 +146,15 @@ func Observe(ctx context.Context, h Host, n Network, st Status, statusErr error)
 	var err error
 	portsDone := make(chan []Port, 1)
 	go func() { portsDone <- dialPeers(ctx, n, st) }()
-	mtuDone := make(chan []MTUProbe, 1)
-	go func() { mtuDone <- probePaths(ctx, n, st) }()
+	type mtuResult struct {
+		probes []MTUProbe
+		err    error
+	}
+	mtuDone := make(chan mtuResult, 1)
+	go func() {
+		probes, err := probePaths(ctx, n, st)
+		mtuDone <- mtuResult{probes, err}
+	}()
 
 	o.IPForward, err = h.Sysctl("net/ipv4/ip_forward")
 	unread(CheckIPForward, err)
@@ -183,7 +190,9 @@ func Observe(ctx context.Context, h Host, n Network, st Status, statusErr error)
 	o.Masquerade, err = h.MasqueradeRules()
 	unread(CheckMasquerade, err)
 	o.Ports = <-portsDone
-	o.PathMTU = <-mtuDone
+	mtu := <-mtuDone
+	o.PathMTU = mtu.probes
+	unread(CheckPathMTU, mtu.err)
 	return o
 }
 

@@ -70,6 +70,7 @@ type fakeNetwork struct {
 	// answer); localMTU the largest this host sends (0: any).
 	answers  map[netip.Addr]int
 	localMTU int
+	noRaw    bool // PingDF fails as without CAP_NET_RAW
 	pings    map[netip.Addr][]int
 }
 
@@ -80,6 +81,9 @@ func (d *fakeNetwork) PingDF(ctx context.Context, dst netip.Addr, size int) erro
 		d.pings = map[netip.Addr][]int{}
 	}
 	d.pings[dst] = append(d.pings[dst], size)
+	if d.noRaw {
+		return fmt.Errorf("%w: operation not permitted", ErrNoRawSocket)
+	}
 	if d.localMTU > 0 && size > d.localMTU {
 		return ErrTooBig
 	}
@@ -163,6 +167,14 @@ func TestObserve(t *testing.T) {
 	if got := d.pings[h3VTEP]; !slices.Equal(got, []int{1450, 1450, 1450, 64}) {
 		t.Errorf("requests to h3's VTEP %v, want three of the pod MTU and a minimal one", got)
 	}
+
+	// Without the right to ping, the paths are not checked rather than
+	// found broken.
+	d.noRaw = true
+	if o := Observe(context.Background(), h, d, st, nil); o.PathMTU != nil || o.Unread[CheckPathMTU] == "" {
+		t.Errorf("without a raw socket: probes %+v, unread %q; want none and a reason", o.PathMTU, o.Unread[CheckPathMTU])
+	}
+	d.noRaw = false
 
 	delete(h.sysctls, "net/netfilter/nf_conntrack_count")
 	if o := Observe(context.Background(), h, d, st, nil); o.ConntrackCount != "" || o.Unread[CheckConntrack] != "" {

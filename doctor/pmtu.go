@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -28,6 +29,10 @@ type Pinger interface {
 	// with an error wrapping ErrTooBig.
 	PingDF(ctx context.Context, dst netip.Addr, size int) error
 }
+
+// ErrNoRawSocket: doctor may not send ICMP itself (no CAP_NET_RAW), so
+// the paths are not probed.
+var ErrNoRawSocket = errors.New("cannot open a raw ICMP socket (needs CAP_NET_RAW)")
 
 // ErrTooBig: this host's route to the destination has a smaller MTU than
 // the packet (the interface's, or one a router reported).
@@ -57,10 +62,11 @@ const (
 )
 
 // probePaths sends every routed peer a don't-fragment echo request of the
-// pod MTU over the path pods use, all peers at once.
-func probePaths(ctx context.Context, p Pinger, st Status) []MTUProbe {
+// pod MTU over the path pods use, all peers at once. It fails only when
+// it may not ping at all.
+func probePaths(ctx context.Context, p Pinger, st Status) ([]MTUProbe, error) {
 	if st.Settings == nil || st.Settings.PodMTU == 0 || p == nil {
-		return nil
+		return nil, nil
 	}
 	var probes []MTUProbe
 	for _, m := range st.Members {
@@ -92,7 +98,12 @@ func probePaths(ctx context.Context, p Pinger, st Status) []MTUProbe {
 		})
 	}
 	wg.Wait()
-	return probes
+	for _, pr := range probes {
+		if strings.Contains(pr.Err, ErrNoRawSocket.Error()) {
+			return nil, ErrNoRawSocket
+		}
+	}
+	return probes, nil
 }
 
 // mtuTarget is the address a probe over m's path goes to.
@@ -132,7 +143,7 @@ func (ICMPPinger) PingDF(ctx context.Context, dst netip.Addr, size int) error {
 	}
 	c, err := net.ListenIP("ip4:icmp", nil)
 	if err != nil {
-		return fmt.Errorf("open raw ICMP socket (needs CAP_NET_RAW): %w", err)
+		return fmt.Errorf("%w: %w", ErrNoRawSocket, err)
 	}
 	defer c.Close()
 	raw, err := c.SyscallConn()
