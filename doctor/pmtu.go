@@ -178,14 +178,15 @@ func (ICMPPinger) PingDF(ctx context.Context, dst netip.Addr, size int) error {
 	}
 	deadline, ok := ctx.Deadline()
 	if !ok {
-		deadline = time.Now().Add(time.Second)
+		deadline = time.Now().Add(mtuProbeTimeout)
 	}
+	wait := time.Until(deadline).Round(time.Millisecond)
 	c.SetReadDeadline(deadline)
 	buf := make([]byte, size+ipv4ICMPOverhead)
 	for {
 		n, from, err := c.ReadFrom(buf)
 		if errors.Is(err, os.ErrDeadlineExceeded) {
-			return fmt.Errorf("no reply from %s to %d bytes with don't-fragment within %v", dst, size, mtuProbeTimeout)
+			return fmt.Errorf("no reply from %s to %d bytes with don't-fragment within %v", dst, size, wait)
 		}
 		if err != nil {
 			return fmt.Errorf("read echo reply: %w", err)

@@ -16,12 +16,17 @@ import (
 
 // doctorStatusWait bounds the status request: the agent answers after its
 // running pass, and doctor should be done in 5 s on a healthy host.
-const doctorStatusWait = 3 * time.Second
+// doctorDeadline bounds the whole run, should a kernel read or
+// iptables-legacy-save hang.
+const (
+	doctorStatusWait = 3 * time.Second
+	doctorDeadline   = 10 * time.Second
+)
 
 func doctorCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "doctor",
-		Usage: "check this host and its paths to the peers; each finding says what was seen, the likely cause and the fix (exit status 1 on any failure); reads only",
+		Usage: "check this host and its paths to the peers; each finding says what was seen, the likely cause and the fix (exit status 1 on any failure); changes nothing",
 		Flags: []cli.Flag{
 			runDirFlag(),
 			&cli.BoolFlag{Name: "json", Usage: "print the findings as JSON"},
@@ -51,6 +56,8 @@ func doctorCommand() *cli.Command {
 
 // runDoctor reads the agent's status and the host, and judges them.
 func runDoctor(ctx context.Context, runDir string, host doctor.Host, network doctor.Network) []doctor.Finding {
+	ctx, cancelRun := context.WithTimeout(ctx, doctorDeadline)
+	defer cancelRun()
 	statusCtx, cancel := context.WithTimeout(ctx, doctorStatusWait)
 	defer cancel()
 	var st doctor.Status
