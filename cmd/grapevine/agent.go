@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -266,6 +267,7 @@ func validatePool(pool netip.Prefix, blockSize int) error {
 // runAgent resolves what the flags left to the host, then runs the agent
 // until ctx ends.
 func runAgent(ctx context.Context, o agentOptions, log *slog.Logger) error {
+	oneProc()
 	if err := prepareDirs(o); err != nil {
 		return err
 	}
@@ -289,6 +291,18 @@ func runAgent(ctx context.Context, o agentOptions, log *slog.Logger) error {
 		err = nil
 	}
 	return err
+}
+
+// oneProc runs the agent's goroutines on one processor unless the operator
+// set GOMAXPROCS. The agent does little and nothing in parallel, and idle
+// it costs what it is woken for: with a processor per core the Go
+// scheduler wakes a second thread to look for work each time a goroutine
+// becomes runnable. In the bench's lab one processor cut an idle follower
+// from 0.33 % to 0.22 % of a core.
+func oneProc() {
+	if _, set := os.LookupEnv("GOMAXPROCS"); !set {
+		runtime.GOMAXPROCS(1)
+	}
 }
 
 // podMTU is the MTU written to node.json for pods: the flag's if set, else
