@@ -27,10 +27,13 @@ func (l *Ledger) tick() time.Duration {
 }
 
 // leaderLoop runs the leader's duties each tick: write the Found entry of a
-// new ledger, manage voters (autopilot) and reclaim dead owners' blocks.
+// new ledger, manage voters (autopilot) and reclaim dead owners' blocks. A
+// follower's duty is to stand for election when gossip says its leader is
+// dead (standing).
 func (l *Ledger) leaderLoop(ctx context.Context, r *raft.Raft) {
 	t := time.NewTicker(l.tick())
 	defer t.Stop()
+	stand := newStanding(l.raftConfig())
 	var ls *leaderState
 	var lastView string
 	for {
@@ -45,6 +48,10 @@ func (l *Ledger) leaderLoop(ctx context.Context, r *raft.Raft) {
 			lastView = view
 			l.notify()
 		}
+		peers, seen := l.peerView()
+		if seen {
+			stand.step(l, r, peers)
+		}
 		if r.State() != raft.Leader {
 			ls = nil
 			continue
@@ -58,7 +65,6 @@ func (l *Ledger) leaderLoop(ctx context.Context, r *raft.Raft) {
 			l.found(r)
 			continue
 		}
-		peers, seen := l.peerView()
 		if !seen {
 			continue // no gossip view yet: nobody can be judged dead
 		}

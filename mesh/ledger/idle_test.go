@@ -10,7 +10,7 @@ import (
 )
 
 // idleRPCsPerFollower is what an idle leader may send each follower a
-// second: heartbeats every 300-600 ms (about 2.2 a second) and a commit
+// second: heartbeats every 1-2 s (about 0.7 a second) and a commit
 // index every 5-10 s, with room to spare.
 const idleRPCsPerFollower = 5
 

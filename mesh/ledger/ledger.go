@@ -316,11 +316,14 @@ func (l *Ledger) ID() NodeID { return l.cfg.ID }
 // follower 15-30 RPCs a second for a ledger that changes a few times a
 // day, and every agent is a follower. Nothing a user sees waits on the
 // ledger's timers: routes come from each host's replica, and a failover
-// only delays claims. So:
-//   - heartbeats every 300-600 ms (a tenth to a fifth of the heartbeat
-//     timeout): about 2.2 a second per follower; a voter that hears
-//     nothing for 3-6 s stands for election;
-//   - the leader lease, 1.5 s, is 2.5 of the longest heartbeat intervals,
+// only delays claims. And an idle agent's cost is what wakes it. So:
+//   - heartbeats every 1-2 s (a tenth to a fifth of the heartbeat
+//     timeout): about 0.7 a second per follower;
+//   - a voter that hears nothing for 10-20 s stands for election; but
+//     gossip tells of a crashed leader in about 5 s, and then one voter
+//     stands at once (standing), so a failover takes about as long as
+//     gossip's verdict, as with raft's own timeout at 3 s;
+//   - the leader lease, 5 s, is 2.5 of the longest heartbeat intervals,
 //     raft's own ratio, so a loaded leader does not step down;
 //   - CommitTimeout only bounds how late a follower learns a commit index
 //     when nothing else tells it: the leader tells followers at once after
@@ -328,9 +331,9 @@ func (l *Ledger) ID() NodeID { return l.cfg.ID }
 //
 // A founder does not wait out the heartbeat timeout (electNow).
 const (
-	raftHeartbeatTimeout = 3 * time.Second
-	raftElectionTimeout  = 3 * time.Second
-	raftLeaderLease      = 1500 * time.Millisecond
+	raftHeartbeatTimeout = 10 * time.Second
+	raftElectionTimeout  = 10 * time.Second
+	raftLeaderLease      = 5 * time.Second
 	raftCommitTimeout    = 5 * time.Second
 )
 
