@@ -41,6 +41,7 @@ func (l *Ledger) leaderLoop(ctx context.Context, r *raft.Raft) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-l.peersChanged:
 		}
 		// Changes raft does not report to observers on every node (a
 		// follower's role, the voters, the lease lapsing) still signal.

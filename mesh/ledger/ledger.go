@@ -126,6 +126,9 @@ type Ledger struct {
 	mu        sync.Mutex
 	peers     []Peer
 	peersSeen bool
+	// peersChanged wakes the leader loop when gossip's view changes, so a
+	// voter stands as soon as gossip calls its leader dead.
+	peersChanged chan struct{}
 }
 
 // Open validates cfg, opens the stores and the listener, and loads the
@@ -136,11 +139,12 @@ func Open(cfg Config) (*Ledger, error) {
 		return nil, err
 	}
 	l := &Ledger{
-		cfg:     cfg,
-		log:     cfg.Logger.With("component", "ledger"),
-		changed: make(chan struct{}, 1),
-		started: make(chan struct{}),
-		stopped: make(chan struct{}),
+		cfg:          cfg,
+		log:          cfg.Logger.With("component", "ledger"),
+		changed:      make(chan struct{}, 1),
+		started:      make(chan struct{}),
+		stopped:      make(chan struct{}),
+		peersChanged: make(chan struct{}, 1),
 	}
 	l.serveCtx, l.cancelServe = context.WithCancel(context.Background())
 	m, err := newMetrics(cfg.Registerer, l.leaderGauge, l.lastIndexGauge, l.appliedIndexGauge)
@@ -494,13 +498,18 @@ func (l *Ledger) State() (State, uint64) {
 }
 
 // SetPeers replaces gossip's view of the members. The leader uses it for
-// autopilot, reclaim, release and identity checks.
+// autopilot, reclaim, release and identity checks, a voter to stand when
+// its leader is dead (standing).
 func (l *Ledger) SetPeers(peers []Peer) {
 	p := slices.Clone(peers)
 	l.mu.Lock()
 	l.peers = p
 	l.peersSeen = true
 	l.mu.Unlock()
+	select {
+	case l.peersChanged <- struct{}{}:
+	default:
+	}
 }
 
 func (l *Ledger) peerView() ([]Peer, bool) {
