@@ -14,15 +14,19 @@ import (
 // its heartbeats cost a third as much. A voter votes for no one while it
 // still knows a leader, so all voters forget the dead one, not only one
 // of them; pre-voting keeps the first to stand from splitting the vote.
+// A voter that knows no leader (its leader stepped down) stands as soon.
 
 // shouldStand reports whether the voter self should stand for election
-// now: the leader it follows is dead in gossip. A leader gossip does not
-// know (not heard of yet, or forgotten) is not taken for dead.
+// soon: the leader it follows is dead in gossip, or it knows no leader (a
+// leader that stepped down, say, whose followers would otherwise wait out
+// the whole timeout). A leader gossip does not know (not heard of yet, or
+// forgotten) is not taken for dead. Standing only shortens the timeout: a
+// voter that hears from a leader never stands.
 func shouldStand(self, leader raft.ServerID, servers []raft.Server, peers []Peer) bool {
-	if leader == "" || leader == self {
+	if leader == self {
 		return false
 	}
-	if known, alive := inGossip(peers, leader); !known || alive {
+	if known, alive := inGossip(peers, leader); leader != "" && (!known || alive) {
 		return false
 	}
 	for _, s := range servers {
@@ -73,7 +77,11 @@ func (s *standing) step(l *Ledger, r *raft.Raft, peers []Peer) {
 		return
 	}
 	st, _ := l.State()
-	l.log.Info("ledger: the leader is dead in gossip; standing for election", "leader", l.nameOf(peers, &st, string(leader)))
+	if leader == "" {
+		l.log.Info("ledger: no leader known; standing for election unless one is heard from within the leader lease")
+	} else {
+		l.log.Info("ledger: the leader is dead in gossip; standing for election", "leader", l.nameOf(peers, &st, string(leader)))
+	}
 	s.setTimeouts(l, r, s.lease, s.lease)
 }
 

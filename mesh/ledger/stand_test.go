@@ -29,7 +29,8 @@ func TestShouldStand(t *testing.T) {
 		{"leader dead, every voter stands", 2, 0, gossip(false, true, true, true), true},
 		{"leader dead, non-voters never stand", 3, 0, gossip(false, true, true, true), false},
 		{"leader unknown to gossip is not dead", 1, 0, gossip(), false},
-		{"no leader known: raft's own timeout", 1, -1, gossip(false, true, true, true), false},
+		{"no leader known", 1, -1, gossip(false, true, true, true), true},
+		{"no leader known, non-voter", 3, -1, gossip(false, true, true, true), false},
 		{"the leader itself", 0, 0, gossip(false, true, true, true), false},
 		{"leader suspect (alive to the ledger)", 2, 1, gossip(true, true, true, true), false},
 	} {
