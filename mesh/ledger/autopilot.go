@@ -41,7 +41,7 @@ func (l *Ledger) leaderLoop(ctx context.Context, r *raft.Raft) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-		case <-l.peersChanged:
+		case <-l.wake:
 		}
 		// Changes raft does not report to observers on every node (a
 		// follower's role, the voters, the lease lapsing) still signal.
@@ -50,9 +50,7 @@ func (l *Ledger) leaderLoop(ctx context.Context, r *raft.Raft) {
 			l.notify()
 		}
 		peers, seen := l.peerView()
-		if seen {
-			stand.step(l, r, peers)
-		}
+		stand.step(l, r, peers)
 		if r.State() != raft.Leader {
 			ls = nil
 			continue

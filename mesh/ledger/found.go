@@ -96,18 +96,19 @@ func (l *Ledger) bootstrap(r *raft.Raft, founders []Founder, cluster ClusterID) 
 	}
 	l.log.Info("founding a new ledger", "voters", names, "pool", l.cfg.Pool, "block_bits", l.cfg.BlockBits)
 	if conf.Servers[0].ID == raft.ServerID(l.cfg.ID.String()) {
-		// One founder stands at once; the others would split the vote.
-		if err := electNow(r); err != nil {
-			l.log.Warn("founding: cannot stand for election at once; waiting for the heartbeat timeout", "err", err)
-		}
+		// One founder stands at once (the others would split the vote),
+		// as soon as a majority of the founders is alive in gossip
+		// (standing).
+		l.founderStands.Store(true)
+		l.wakeLoop()
 	}
 	l.notify()
 	return nil
 }
 
 // electNow makes this voter, which has never heard from a leader, stand
-// for election now rather than after its heartbeat timeout (3-6 s with the
-// ledger's timers): raft's follower re-checks its leader's last contact
+// for election now rather than after its heartbeat timeout (10-20 s with
+// the ledger's timers): raft's follower re-checks its leader's last contact
 // as soon as the heartbeat timeout is lowered, and stands when it has
 // none. The timeout is lowered by a millisecond and put back.
 func electNow(r *raft.Raft) error {

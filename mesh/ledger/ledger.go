@@ -126,9 +126,12 @@ type Ledger struct {
 	mu        sync.Mutex
 	peers     []Peer
 	peersSeen bool
-	// peersChanged wakes the leader loop when gossip's view changes, so a
-	// voter stands as soon as gossip calls its leader dead.
-	peersChanged chan struct{}
+	// wake wakes the leader loop when gossip's view changes (a voter
+	// stands as soon as gossip calls its leader dead) or this node founds.
+	wake chan struct{}
+	// founderStands: this node is the founder that stands for the new
+	// ledger's first election (standing).
+	founderStands atomic.Bool
 }
 
 // Open validates cfg, opens the stores and the listener, and loads the
@@ -139,12 +142,12 @@ func Open(cfg Config) (*Ledger, error) {
 		return nil, err
 	}
 	l := &Ledger{
-		cfg:          cfg,
-		log:          cfg.Logger.With("component", "ledger"),
-		changed:      make(chan struct{}, 1),
-		started:      make(chan struct{}),
-		stopped:      make(chan struct{}),
-		peersChanged: make(chan struct{}, 1),
+		cfg:     cfg,
+		log:     cfg.Logger.With("component", "ledger"),
+		changed: make(chan struct{}, 1),
+		started: make(chan struct{}),
+		stopped: make(chan struct{}),
+		wake:    make(chan struct{}, 1),
 	}
 	l.serveCtx, l.cancelServe = context.WithCancel(context.Background())
 	m, err := newMetrics(cfg.Registerer, l.leaderGauge, l.lastIndexGauge, l.appliedIndexGauge)
@@ -503,11 +506,18 @@ func (l *Ledger) State() (State, uint64) {
 func (l *Ledger) SetPeers(peers []Peer) {
 	p := slices.Clone(peers)
 	l.mu.Lock()
+	changed := !l.peersSeen || !slices.Equal(l.peers, p)
 	l.peers = p
 	l.peersSeen = true
 	l.mu.Unlock()
+	if changed {
+		l.wakeLoop()
+	}
+}
+
+func (l *Ledger) wakeLoop() {
 	select {
-	case l.peersChanged <- struct{}{}:
+	case l.wake <- struct{}{}:
 	default:
 	}
 }

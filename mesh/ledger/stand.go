@@ -19,9 +19,10 @@ import (
 // shouldStand reports whether the voter self should stand for election
 // soon: the leader it follows is dead in gossip, or it knows no leader (a
 // leader that stepped down, say, whose followers would otherwise wait out
-// the whole timeout). A leader gossip does not know (not heard of yet, or
-// forgotten) is not taken for dead. Standing only shortens the timeout: a
-// voter that hears from a leader never stands.
+// the whole timeout), and a majority of the voters is alive in gossip. A
+// leader gossip does not know (not heard of yet, or forgotten) is not
+// taken for dead. Standing only shortens the timeout: a voter that hears
+// from a leader never stands.
 func shouldStand(self, leader raft.ServerID, servers []raft.Server, peers []Peer) bool {
 	if leader == self {
 		return false
@@ -29,12 +30,34 @@ func shouldStand(self, leader raft.ServerID, servers []raft.Server, peers []Peer
 	if known, alive := inGossip(peers, leader); leader != "" && (!known || alive) {
 		return false
 	}
+	return isVoter(self, servers) && quorumAlive(self, servers, peers)
+}
+
+func isVoter(id raft.ServerID, servers []raft.Server) bool {
 	for _, s := range servers {
-		if s.ID == self {
+		if s.ID == id {
 			return s.Suffrage == raft.Voter
 		}
 	}
 	return false
+}
+
+// quorumAlive reports whether a majority of the voters are self or alive in
+// gossip: only then can an election be won. A voter that stands without
+// one fails its pre-vote and waits out its election timeout (10-20 s)
+// before it tries again, however soon the others come up.
+func quorumAlive(self raft.ServerID, servers []raft.Server, peers []Peer) bool {
+	voters, alive := 0, 0
+	for _, s := range servers {
+		if s.Suffrage != raft.Voter {
+			continue
+		}
+		voters++
+		if _, a := inGossip(peers, s.ID); a || s.ID == self {
+			alive++
+		}
+	}
+	return voters > 0 && alive > voters/2
 }
 
 // inGossip says whether gossip knows the raft server id, and whether alive.
@@ -73,7 +96,23 @@ func (s *standing) step(l *Ledger, r *raft.Raft, peers []Peer) {
 		return
 	}
 	f := r.GetConfiguration()
-	if f.Error() != nil || !shouldStand(raft.ServerID(l.cfg.ID.String()), leader, f.Configuration().Servers, peers) {
+	if f.Error() != nil {
+		return
+	}
+	self, servers := raft.ServerID(l.cfg.ID.String()), f.Configuration().Servers
+	if leader != "" {
+		l.founderStands.Store(false)
+	}
+	if leader == "" && l.founderStands.Load() && quorumAlive(self, servers, peers) {
+		// The first of a new ledger's founders stands at once, but only
+		// once it can win (quorumAlive).
+		l.founderStands.Store(false)
+		if err := electNow(r); err != nil {
+			l.log.Warn("founding: cannot stand for election at once; waiting for the heartbeat timeout", "err", err)
+		}
+		return
+	}
+	if !shouldStand(self, leader, servers, peers) {
 		return
 	}
 	st, _ := l.State()

@@ -33,6 +33,8 @@ func TestShouldStand(t *testing.T) {
 		{"no leader known, non-voter", 3, -1, gossip(false, true, true, true), false},
 		{"the leader itself", 0, 0, gossip(false, true, true, true), false},
 		{"leader suspect (alive to the ledger)", 2, 1, gossip(true, true, true, true), false},
+		{"leader dead, no majority alive", 1, 0, gossip(false, true, false, true), false},
+		{"no leader known, no majority alive", 1, -1, gossip(false, true, false, true), false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var leader raft.ServerID
@@ -41,6 +43,31 @@ func TestShouldStand(t *testing.T) {
 			}
 			if got := shouldStand(sid(tc.self), leader, voters, tc.peers); got != tc.want {
 				t.Errorf("shouldStand(self %d, leader %d) = %v, want %v", tc.self, tc.leader, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestQuorumAlive(t *testing.T) {
+	ids := []NodeID{{1}, {2}, {3}, {4}}
+	sid := func(i int) raft.ServerID { return raft.ServerID(ids[i].String()) }
+	three := []raft.Server{{ID: sid(0), Suffrage: raft.Voter}, {ID: sid(1), Suffrage: raft.Voter}, {ID: sid(2), Suffrage: raft.Voter}, {ID: sid(3), Suffrage: raft.Nonvoter}}
+	for _, tc := range []struct {
+		name    string
+		servers []raft.Server
+		peers   []Peer
+		want    bool
+	}{
+		{"alone, the only voter", three[:1], nil, true},
+		{"one of three, others unknown", three, nil, false},
+		{"two of three", three, []Peer{{ID: ids[1], Alive: true}}, true},
+		{"one of three, one dead", three, []Peer{{ID: ids[1], Alive: false}, {ID: ids[2], Alive: false}}, false},
+		{"non-voters do not count", three, []Peer{{ID: ids[3], Alive: true}}, false},
+		{"no voters", nil, nil, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := quorumAlive(sid(0), tc.servers, tc.peers); got != tc.want {
+				t.Errorf("quorumAlive = %v, want %v", got, tc.want)
 			}
 		})
 	}
