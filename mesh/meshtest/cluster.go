@@ -76,6 +76,9 @@ type Options struct {
 	Voters            int                      // zero: mesh.DefaultVoters
 	Clock             hostclock.Clock          // every node's host clock unless its Spec has one
 	Logger            *slog.Logger
+	// Dilation stretches every node's protocol timers, those Tune and
+	// TuneLedger chose included (zero: none).
+	Dilation Dilation
 }
 
 // Cluster is a set of mesh nodes on one in-memory Network. Each node has
@@ -137,6 +140,7 @@ func NewCluster(dir string, opts Options) *Cluster {
 	if opts.ReconnectInterval == 0 {
 		opts.ReconnectInterval = 500 * time.Millisecond
 	}
+	opts = opts.dilated()
 	return &Cluster{Net: NewNetwork(), dir: dir, opts: opts, nodes: make(map[string]*Node), stores: make(map[string]*ledger.Stores)}
 }
 
@@ -245,7 +249,7 @@ func (c *Cluster) Start(spec Spec) (*Node, error) {
 		ReconnectInterval: c.opts.ReconnectInterval,
 		// In memory a leave is gossiped within a few gossip intervals; a
 		// killed node (no network) gives up quickly.
-		LeaveTimeout:  300 * time.Millisecond,
+		LeaveTimeout:  c.opts.Dilation.Wall(300 * time.Millisecond),
 		StateDir:      spec.StateDir,
 		Incarnation:   spec.Incarnation,
 		SecretKey:     key,
@@ -487,16 +491,18 @@ func (c *Cluster) BytesSent() int64 {
 	return sum
 }
 
-// Traffic is what one node's transport has sent so far.
+// Traffic is what one node has sent so far: gossip at its memberlist
+// transport, and the ledger's bytes on its streams.
 type Traffic struct {
 	Messages, Bytes int64
+	LedgerBytes     int64
 }
 
 // Traffic returns every running node's traffic so far, by node name.
 func (c *Cluster) Traffic() map[string]Traffic {
 	out := make(map[string]Traffic)
 	for _, n := range c.Nodes() {
-		out[n.Name] = Traffic{Messages: n.Transport.MessagesSent(), Bytes: n.Transport.BytesSent()}
+		out[n.Name] = Traffic{Messages: n.Transport.MessagesSent(), Bytes: n.Transport.BytesSent(), LedgerBytes: n.Streams.BytesSent()}
 	}
 	return out
 }

@@ -60,3 +60,27 @@ func MeasureConvergence(ctx context.Context, c *Cluster, n int, steady time.Dura
 	res.SteadyBytesPerNode = float64(c.BytesSent()-before) / time.Since(t0).Seconds() / float64(n)
 	return res, nil
 }
+
+// RaftRPCsSent is how many raft RPCs the node's ledger has sent so far, by
+// kind, read from its grapevine_ledger_raft_rpcs_sent_total (counted at
+// the ledger's transport).
+func (n *Node) RaftRPCsSent() (map[string]float64, error) {
+	families, err := n.Metrics.Gather()
+	if err != nil {
+		return nil, fmt.Errorf("metrics of %s: %w", n.Name, err)
+	}
+	out := make(map[string]float64)
+	for _, f := range families {
+		if f.GetName() != "grapevine_ledger_raft_rpcs_sent_total" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "kind" {
+					out[l.GetValue()] += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return out, nil
+}

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -19,12 +20,17 @@ import (
 type StreamHost struct {
 	net  *Network
 	addr netip.AddrPort
+	sent *atomic.Int64 // bytes written by this host's ends of its streams
 }
 
 // StreamHost returns the stream endpoint of the host at addr.
 func (n *Network) StreamHost(addr netip.AddrPort) *StreamHost {
-	return &StreamHost{net: n, addr: addr}
+	return &StreamHost{net: n, addr: addr, sent: new(atomic.Int64)}
 }
+
+// BytesSent is the number of bytes this host has written to its streams
+// so far, those it dialled and those it accepted.
+func (h *StreamHost) BytesSent() int64 { return h.sent.Load() }
 
 // Addr is the address the host listens on.
 func (h *StreamHost) Addr() netip.AddrPort { return h.addr }
@@ -37,7 +43,7 @@ func (h *StreamHost) Listen() (net.Listener, error) {
 	if old, ok := n.listeners[h.addr]; ok && !old.isClosed() {
 		return nil, fmt.Errorf("meshtest: listen %s: address in use", h.addr)
 	}
-	l := &listener{net: n, addr: h.addr, conns: make(chan net.Conn, 64), done: make(chan struct{})}
+	l := &listener{net: n, addr: h.addr, sent: h.sent, conns: make(chan net.Conn, 64), done: make(chan struct{})}
 	n.listeners[h.addr] = l
 	return l, nil
 }
@@ -53,6 +59,7 @@ func (h *StreamHost) Dial(ctx context.Context, to netip.AddrPort) (net.Conn, err
 		return nil, &net.OpError{Op: "dial", Net: "tcp", Addr: tcpAddr(to), Err: fmt.Errorf("no route to host")}
 	}
 	a, b := newStreamPair(n, tcpAddr(h.addr), tcpAddr(to))
+	a.sent, b.sent = h.sent, l.sent
 	n.smu.Lock()
 	n.streams[a] = [2]netip.Addr{h.addr.Addr(), to.Addr()}
 	n.smu.Unlock()
@@ -109,6 +116,7 @@ func tcpAddr(a netip.AddrPort) *net.TCPAddr {
 type listener struct {
 	net   *Network
 	addr  netip.AddrPort
+	sent  *atomic.Int64 // the listening host's byte count
 	conns chan net.Conn
 	once  sync.Once
 	done  chan struct{}
@@ -247,6 +255,7 @@ type streamConn struct {
 	// dialer is the tracked end of the pair (itself on the dialling side).
 	dialer *streamConn
 	net    *Network
+	sent   *atomic.Int64 // this end's host's byte count (nil: not counted)
 }
 
 func newStreamPair(n *Network, a, b net.Addr) (*streamConn, *streamConn) {
@@ -257,8 +266,14 @@ func newStreamPair(n *Network, a, b net.Addr) (*streamConn, *streamConn) {
 	return x, y
 }
 
-func (c *streamConn) Read(b []byte) (int, error)  { return c.in.read(b, &c.rdl) }
-func (c *streamConn) Write(b []byte) (int, error) { return c.out.write(b, &c.wdl) }
+func (c *streamConn) Read(b []byte) (int, error) { return c.in.read(b, &c.rdl) }
+func (c *streamConn) Write(b []byte) (int, error) {
+	n, err := c.out.write(b, &c.wdl)
+	if c.sent != nil {
+		c.sent.Add(int64(n))
+	}
+	return n, err
+}
 
 // Close ends both directions: the peer reads EOF and its writes fail.
 func (c *streamConn) Close() error {

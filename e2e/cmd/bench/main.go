@@ -33,25 +33,26 @@ func main() {
 
 func run() error {
 	var (
-		binDir      = flag.String("bin-dir", envOr("GRAPEVINE_BIN_DIR", "bin"), "directory with the grapevine binary")
-		cniDir      = flag.String("cni-dir", envOr("GRAPEVINE_CNI_PATH", "bin/cni"), "directory with grapevine-cni, grapevine-ipam, ptp, host-local and portmap")
-		out         = flag.String("o", "bench-results.json", "where to write the figures as JSON")
-		only        = flag.String("only", "", "comma-separated measurements to run (cni,routes,probes,mesh,lab,routed,crash); empty: all")
-		pods        = flag.Int("pods", 200, "pods per CNI chain")
-		portmap     = flag.Bool("portmap", false, "chain portmap after both CNI plugins")
-		joinTrials  = flag.Int("join-trials", 5, "trials of each join and leave")
-		crashTrials = flag.Int("crash-trials", 5, "crash trials")
-		frozenTrial = flag.Int("frozen-trials", 5, "trials of an agent frozen for -freeze")
-		restarts    = flag.Int("restart-trials", 5, "agent restarts counted in lost pod pings")
-		freeze      = flag.Duration("freeze", 30*time.Second, "how long an agent is frozen (SIGSTOP) in each frozen trial")
-		idle        = flag.Duration("idle", 60*time.Second, "window over which idle CPU is measured")
-		iperf       = flag.Duration("iperf", 10*time.Second, "duration of each iperf3 run")
-		iperfRounds = flag.Int("iperf-rounds", 3, "iperf3 runs of each path, alternating")
-		meshNodes   = flag.Int("mesh-nodes", 256, "agents in the in-process mesh")
-		meshSteady  = flag.Duration("mesh-steady", 30*time.Second, "window over which steady gossip traffic is counted")
-		meshTimeout = flag.Duration("mesh-timeout", 90*time.Second, "how long the in-process mesh may take to converge")
-		cpuProfile  = flag.String("cpuprofile", "", "write a CPU profile of this process (the in-process mesh, the CNI driver) to this file")
-		verbose     = flag.Bool("v", false, "log progress in detail")
+		binDir       = flag.String("bin-dir", envOr("GRAPEVINE_BIN_DIR", "bin"), "directory with the grapevine binary")
+		cniDir       = flag.String("cni-dir", envOr("GRAPEVINE_CNI_PATH", "bin/cni"), "directory with grapevine-cni, grapevine-ipam, ptp, host-local and portmap")
+		out          = flag.String("o", "bench-results.json", "where to write the figures as JSON")
+		only         = flag.String("only", "", "comma-separated measurements to run (cni,routes,probes,mesh,lab,routed,crash); empty: all")
+		pods         = flag.Int("pods", 200, "pods per CNI chain")
+		portmap      = flag.Bool("portmap", false, "chain portmap after both CNI plugins")
+		joinTrials   = flag.Int("join-trials", 5, "trials of each join and leave")
+		crashTrials  = flag.Int("crash-trials", 5, "crash trials")
+		frozenTrial  = flag.Int("frozen-trials", 5, "trials of an agent frozen for -freeze")
+		restarts     = flag.Int("restart-trials", 5, "agent restarts counted in lost pod pings")
+		freeze       = flag.Duration("freeze", 30*time.Second, "how long an agent is frozen (SIGSTOP) in each frozen trial")
+		idle         = flag.Duration("idle", 60*time.Second, "window over which idle CPU is measured")
+		iperf        = flag.Duration("iperf", 10*time.Second, "duration of each iperf3 run")
+		iperfRounds  = flag.Int("iperf-rounds", 3, "iperf3 runs of each path, alternating")
+		meshNodes    = flag.String("mesh-nodes", "64,256,1000", "comma-separated sizes of the in-process mesh, one simulation each")
+		meshDilation = flag.String("mesh-dilation", "auto", "comma-separated time dilation of each mesh size (auto: bench.MeshDilation)")
+		meshSteady   = flag.Duration("mesh-steady", 20*time.Second, "simulated window over which steady traffic is counted")
+		meshTimeout  = flag.Duration("mesh-timeout", 5*time.Minute, "how long (wall time) each in-process mesh may take to converge")
+		cpuProfile   = flag.String("cpuprofile", "", "write a CPU profile of this process (the in-process mesh, the CNI driver) to this file")
+		verbose      = flag.Bool("v", false, "log progress in detail")
 	)
 	flag.Parse()
 
@@ -72,6 +73,11 @@ func run() error {
 		if !slices.Contains([]string{"cni", "routes", "probes", "mesh", "lab", "routed", "crash"}, name) {
 			return fmt.Errorf("unknown measurement %q in -only", name)
 		}
+	}
+
+	meshes, err := bench.ParseMeshSizes(*meshNodes, *meshDilation)
+	if err != nil {
+		return err
 	}
 
 	bins, err := filepath.Abs(*binDir)
@@ -159,9 +165,12 @@ func run() error {
 	// Last: a cluster that cannot converge may leave goroutines behind
 	// until this process exits.
 	if want("mesh") {
-		measure(fmt.Sprintf("%d agents in one process", *meshNodes), func() ([]bench.Row, error) {
-			return bench.MeasureMesh(ctx, bench.MeshConfig{Nodes: *meshNodes, Steady: *meshSteady, Timeout: *meshTimeout, Logger: log})
-		})
+		for _, m := range meshes {
+			measure(fmt.Sprintf("%d agents in one process, time dilated %gx", m.Nodes, m.Dilation.Factor()), func() ([]bench.Row, error) {
+				m.Steady, m.Timeout, m.Logger = *meshSteady, *meshTimeout, log
+				return bench.MeasureMesh(ctx, m)
+			})
+		}
 	}
 	rep.Machine.LoadEnd = bench.LoadAverage()
 	rep.Elapsed = time.Since(rep.Started).Round(time.Second).String()
