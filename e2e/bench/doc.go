@@ -1,8 +1,9 @@
 // Package bench measures Grapevine beside its peers and says whether each
 // figure meets its target: per-pod CNI setup against the reference ptp and
 // host-local plugins, convergence and resource use of the real agent in a
-// lab of network namespaces, a 256-node mesh in one process, route
-// programming, and the pod data path against the bare host path.
+// lab of network namespaces, meshes of 64 to 1,000 nodes simulated in one
+// process with their timers dilated, route programming, and the pod data
+// path against the bare host path.
 //
 // Every figure in a Report is measured by the run that produces it; the
 // only constants are targets and the published anchors of other systems,

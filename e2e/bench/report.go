@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bufio"
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -237,22 +238,22 @@ func LoadAverage() float64 {
 	return v
 }
 
-// SortRows orders the rows by id: by its number, then by its letters, so
-// 10a follows 9.
+// SortRows orders the rows by id: by its number, then by its letters, then
+// by the number after a dash (a cluster size), so 10a follows 9 and 5a-256
+// follows 5a-64.
 func (rep *Report) SortRows() {
 	slices.SortStableFunc(rep.Rows, func(a, b Row) int { return compareIDs(a.ID, b.ID) })
 }
 
 func compareIDs(a, b string) int {
-	split := func(id string) (int, string) {
+	split := func(id string) (int, string, int) {
 		digits := len(id) - len(strings.TrimLeft(id, "0123456789"))
 		n, _ := strconv.Atoi(id[:digits])
-		return n, id[digits:]
+		rest, size, _ := strings.Cut(id[digits:], "-")
+		m, _ := strconv.Atoi(size)
+		return n, rest, m
 	}
-	na, ra := split(a)
-	nb, rb := split(b)
-	if na != nb {
-		return na - nb
-	}
-	return strings.Compare(ra, rb)
+	na, ra, ma := split(a)
+	nb, rb, mb := split(b)
+	return cmp.Or(cmp.Compare(na, nb), strings.Compare(ra, rb), cmp.Compare(ma, mb))
 }

@@ -61,13 +61,13 @@ func deref(b *bool) any {
 }
 
 func TestSortRowsByNumber(t *testing.T) {
-	rep := &Report{Rows: []Row{{ID: "10a"}, {ID: "9"}, {ID: "2b"}, {ID: "1f"}, {ID: "10b"}, {ID: "2a"}}}
+	rep := &Report{Rows: []Row{{ID: "10a"}, {ID: "9"}, {ID: "5a-1000"}, {ID: "2b"}, {ID: "5b-64"}, {ID: "1f"}, {ID: "5a-64"}, {ID: "10b"}, {ID: "2a"}, {ID: "5a-256"}}}
 	rep.SortRows()
 	var got []string
 	for _, r := range rep.Rows {
 		got = append(got, r.ID)
 	}
-	if want := "1f 2a 2b 9 10a 10b"; strings.Join(got, " ") != want {
+	if want := "1f 2a 2b 5a-64 5a-256 5a-1000 5b-64 9 10a 10b"; strings.Join(got, " ") != want {
 		t.Fatalf("order %v, want %s", got, want)
 	}
 }

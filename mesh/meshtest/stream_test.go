@@ -65,6 +65,11 @@ func TestStreamHostPartitionAndClose(t *testing.T) {
 	if err := roundTrip(c, "hello"); err != nil {
 		t.Fatal(err)
 	}
+	// Each host counts what it wrote: the dialler its message, the
+	// listener its echo.
+	if got, want := [2]int64{a.BytesSent(), b.BytesSent()}, [2]int64{5, 5}; got != want {
+		t.Errorf("bytes sent by a and b: %v, want %v", got, want)
+	}
 	// Writes do not wait for the reader, as with a socket buffer.
 	big := make([]byte, 1<<20)
 	if _, err := c.Write(big); err != nil {

@@ -49,7 +49,7 @@ func run() error {
 		iperfRounds  = flag.Int("iperf-rounds", 3, "iperf3 runs of each path, alternating")
 		meshNodes    = flag.String("mesh-nodes", "64,256,1000", "comma-separated sizes of the in-process mesh, one simulation each")
 		meshDilation = flag.String("mesh-dilation", "auto", "comma-separated time dilation of each mesh size (auto: bench.MeshDilation)")
-		meshSteady   = flag.Duration("mesh-steady", 20*time.Second, "simulated window over which steady traffic is counted")
+		meshSteady   = flag.Duration("mesh-steady", 10*time.Second, "simulated window over which steady traffic is counted")
 		meshTimeout  = flag.Duration("mesh-timeout", 5*time.Minute, "how long (wall time) each in-process mesh may take to converge")
 		cpuProfile   = flag.String("cpuprofile", "", "write a CPU profile of this process (the in-process mesh, the CNI driver) to this file")
 		verbose      = flag.Bool("v", false, "log progress in detail")
