@@ -185,7 +185,7 @@ func MeasureMesh(ctx context.Context, cfg MeshConfig) (_ []Row, err error) {
 	if err := start(joiner, false); err != nil {
 		return nil, err
 	}
-	alive, routed := waitJoinSeen(ctx, watches[:cfg.Nodes], tj, k.Wall(cfg.joinTimeout()))
+	alive, routed := waitJoinSeen(ctx, watches[:cfg.Nodes], tj, k, cfg.joinTimeout())
 	rows = append(rows, joinRow(cfg, alive, routed, lag.take()))
 	log.Info("mesh join", "nodes", cfg.Nodes, "alive_99", alive, "routed_99", routed)
 	return append(rows, wallRow(cfg, time.Since(wallStart), converged, "whole measurement", nil)), nil
@@ -244,15 +244,16 @@ func incomplete(ws []*nodeWatch) int {
 }
 
 // waitJoinSeen waits until joinSeen of the nodes have seen the joiner alive
-// and alive with a block, or until timeout, and returns how long after t0
-// each share was reached in simulated time (negative: not reached).
-func waitJoinSeen(ctx context.Context, ws []*nodeWatch, t0 time.Time, timeout time.Duration) (alive, routed time.Duration) {
+// and alive with a block, or until timeout (simulated), and returns how
+// long after t0 each share was reached in simulated time (negative: not
+// reached).
+func waitJoinSeen(ctx context.Context, ws []*nodeWatch, t0 time.Time, k meshtest.Dilation, timeout time.Duration) (alive, routed time.Duration) {
 	need := int(math.Ceil(joinSeen * float64(len(ws))))
 	reached := func(at func(*nodeWatch) int64) (time.Duration, bool) {
 		var times []time.Duration
 		for _, w := range ws {
 			if ns := at(w); ns != 0 {
-				times = append(times, time.Unix(0, ns).Sub(t0))
+				times = append(times, k.Simulated(time.Unix(0, ns).Sub(t0)))
 			}
 		}
 		if len(times) < need {
@@ -262,7 +263,7 @@ func waitJoinSeen(ctx context.Context, ws []*nodeWatch, t0 time.Time, timeout ti
 		return times[need-1], true
 	}
 	alive, routed = -1, -1
-	for deadline := t0.Add(timeout); time.Now().Before(deadline) && ctx.Err() == nil; {
+	for deadline := t0.Add(k.Wall(timeout)); time.Now().Before(deadline) && ctx.Err() == nil; {
 		a, aok := reached(func(w *nodeWatch) int64 { return w.joinerAlive.Load() })
 		r, rok := reached(func(w *nodeWatch) int64 { return w.joinerRouted.Load() })
 		if aok && rok {
