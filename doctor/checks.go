@@ -225,28 +225,61 @@ func rpFilterName(v string) string {
 
 func checkForwardPolicy(o Observations) []Finding {
 	pool := "<pool>"
+	var poolPrefix netip.Prefix
 	if o.Status.Settings != nil {
 		pool = o.Status.Settings.Pool
+		poolPrefix, _ = netip.ParsePrefix(pool)
 	}
-	var fs []Finding
+	// repaired reports whether backend's filter FORWARD chain holds the
+	// agent's accept rules for the pool: the agent's answer to a policy
+	// of DROP there.
+	repaired := func(backend string) bool {
+		if !poolPrefix.IsValid() {
+			return false
+		}
+		for _, c := range o.IptablesForward {
+			if c.Backend != backend {
+				continue
+			}
+			for _, spec := range node.ForwardAcceptSpecs(poolPrefix) {
+				if !slices.ContainsFunc(c.Ours, func(r node.ForwardRule) bool { return slices.Equal(r.Spec, spec) }) {
+					return false
+				}
+			}
+			return true
+		}
+		return false
+	}
+	var fs, repairs []Finding
 	for _, c := range o.ForwardChains {
 		if c.Policy != "drop" {
 			continue
 		}
+		subject := fmt.Sprintf("nftables %s %s chain %s", c.Family, c.Table, c.Name)
+		if c.Family == "ip" && c.Table == "filter" && c.Name == "FORWARD" && repaired(node.BackendNFT) {
+			repairs = append(repairs, Finding{Check: CheckForwardPolicy, Severity: OK, Subject: subject,
+				Seen: "policy drop (iptables-nft's filter FORWARD); the agent's rules accepting " + pool + " are in it"})
+			continue
+		}
 		fs = append(fs, Finding{Check: CheckForwardPolicy, Severity: Fail,
-			Subject: fmt.Sprintf("nftables %s %s chain %s", c.Family, c.Table, c.Name),
+			Subject: subject,
 			Seen:    "a base chain hooked at forward with policy drop",
-			Cause:   "a firewall (Docker, firewalld, a host policy) drops forwarded traffic by default: pods' traffic to and from other hosts is forwarded, and is dropped unless a rule of this very chain accepts it (an accept in another table cannot override it)",
+			Cause:   "a firewall (Docker, firewalld, a host policy) drops forwarded traffic by default: pods' traffic to and from other hosts is forwarded, and is dropped unless a rule of this very chain accepts it (an accept in another table cannot override it); the agent adds its accept rules only to iptables' filter FORWARD chain",
 			Fix:     fmt.Sprintf("nft insert rule %s %s %s ip saddr %s accept; nft insert rule %s %s %s ip daddr %s accept (or make the firewall accept the pool)", c.Family, c.Table, c.Name, pool, c.Family, c.Table, c.Name, pool)})
 	}
 	if o.Legacy.ForwardPolicy == "DROP" {
-		fs = append(fs, Finding{Check: CheckForwardPolicy, Severity: Fail, Subject: "iptables-legacy filter FORWARD",
-			Seen:  "policy DROP",
-			Cause: "Docker or a host firewall set iptables' FORWARD policy to DROP: pods' traffic to and from other hosts is dropped unless a rule of that chain accepts it",
-			Fix:   fmt.Sprintf("iptables-legacy -I FORWARD -s %s -j ACCEPT; iptables-legacy -I FORWARD -d %s -j ACCEPT", pool, pool)})
+		if repaired(node.BackendLegacy) {
+			repairs = append(repairs, Finding{Check: CheckForwardPolicy, Severity: OK, Subject: "iptables-legacy filter FORWARD",
+				Seen: "policy DROP; the agent's rules accepting " + pool + " are in it"})
+		} else {
+			fs = append(fs, Finding{Check: CheckForwardPolicy, Severity: Fail, Subject: "iptables-legacy filter FORWARD",
+				Seen:  "policy DROP",
+				Cause: "Docker or a host firewall set iptables' FORWARD policy to DROP, and the agent's accept rules for the pool are not in the chain (yet: it adds them on its next pass; see its log if they do not appear): pods' traffic to and from other hosts is dropped",
+				Fix:   fmt.Sprintf("iptables-legacy -I FORWARD -s %s -j ACCEPT; iptables-legacy -I FORWARD -d %s -j ACCEPT", pool, pool)})
+		}
 	}
-	if len(fs) > 0 {
-		return fs
+	if len(fs)+len(repairs) > 0 {
+		return append(fs, repairs...)
 	}
 	seen := fmt.Sprintf("%d nftables forward base chain(s), none drops by policy", len(o.ForwardChains))
 	if o.Legacy.ForwardPolicy != "" {

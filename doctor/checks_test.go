@@ -158,6 +158,22 @@ func TestDiagnose(t *testing.T) {
 			[]verdict{{CheckForwardPolicy, "nftables inet filter chain forward", Fail}}},
 		{"iptables-legacy FORWARD DROP", func(o *Observations) { o.Legacy.ForwardPolicy = "DROP" },
 			[]verdict{{CheckForwardPolicy, "iptables-legacy filter FORWARD", Fail}}},
+		{"iptables-nft's filter FORWARD dropping, the agent's accept rules in it", func(o *Observations) {
+			o.ForwardChains = append(o.ForwardChains, Chain{Family: "ip", Table: "filter", Name: "FORWARD", Policy: "drop"})
+			o.IptablesForward = []node.ForwardChain{{Backend: node.BackendNFT, Policy: "DROP", Ours: acceptRules(node.BackendNFT, "10.244.0.0/16")}}
+		}, nil},
+		{"iptables-nft's filter FORWARD dropping, only one accept rule", func(o *Observations) {
+			o.ForwardChains = append(o.ForwardChains, Chain{Family: "ip", Table: "filter", Name: "FORWARD", Policy: "drop"})
+			o.IptablesForward = []node.ForwardChain{{Backend: node.BackendNFT, Policy: "DROP", Ours: acceptRules(node.BackendNFT, "10.244.0.0/16")[1:]}}
+		}, []verdict{{CheckForwardPolicy, "nftables ip filter chain FORWARD", Fail}}},
+		{"iptables-nft's filter FORWARD dropping, accept rules of another pool", func(o *Observations) {
+			o.ForwardChains = append(o.ForwardChains, Chain{Family: "ip", Table: "filter", Name: "FORWARD", Policy: "drop"})
+			o.IptablesForward = []node.ForwardChain{{Backend: node.BackendNFT, Policy: "DROP", Ours: acceptRules(node.BackendNFT, "10.99.0.0/16")}}
+		}, []verdict{{CheckForwardPolicy, "nftables ip filter chain FORWARD", Fail}}},
+		{"iptables-legacy FORWARD DROP, the agent's accept rules in it", func(o *Observations) {
+			o.Legacy.ForwardPolicy = "DROP"
+			o.IptablesForward = []node.ForwardChain{{Backend: node.BackendLegacy, Policy: "DROP", Ours: acceptRules(node.BackendLegacy, "10.244.0.0/16")}}
+		}, nil},
 		{"iptables-legacy FORWARD ACCEPT, no rules", func(o *Observations) { o.Legacy.ForwardPolicy = "ACCEPT" }, nil},
 		{"iptables-legacy rules beside nftables", func(o *Observations) {
 			o.Legacy = LegacyState{ForwardPolicy: "ACCEPT", Rules: 2, NATPostrouting: []string{"-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE"}}
@@ -278,4 +294,13 @@ func TestRPFilterEffective(t *testing.T) {
 			t.Errorf("rpFilterEffective(%s, %s) = %s, want %s", tt.all, tt.iface, got, tt.want)
 		}
 	}
+}
+
+// acceptRules are the agent's accept rules for pool in backend's chain.
+func acceptRules(backend, pool string) []node.ForwardRule {
+	var rules []node.ForwardRule
+	for _, spec := range node.ForwardAcceptSpecs(netip.MustParsePrefix(pool)) {
+		rules = append(rules, node.ForwardRule{Backend: backend, Spec: spec})
+	}
+	return rules
 }

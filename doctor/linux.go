@@ -30,11 +30,12 @@ type LinuxHost struct {
 // NewLinuxHost returns the reader of the current network namespace.
 func NewLinuxHost() *LinuxHost { return &LinuxHost{k: node.NewNetlinkKernel()} }
 
-func (h *LinuxHost) Sysctl(key string) (string, error)           { return h.k.Sysctl(key) }
-func (h *LinuxHost) Link(name string) (node.Link, error)         { return h.k.Link(name) }
-func (h *LinuxHost) Routes() ([]node.Route, error)               { return h.k.Routes() }
-func (h *LinuxHost) PodRoutes() ([]node.Route, error)            { return h.k.PodRoutes() }
-func (h *LinuxHost) PodNeighbours() ([]node.PodNeighbour, error) { return h.k.PodNeighbours() }
+func (h *LinuxHost) Sysctl(key string) (string, error)             { return h.k.Sysctl(key) }
+func (h *LinuxHost) Link(name string) (node.Link, error)           { return h.k.Link(name) }
+func (h *LinuxHost) Routes() ([]node.Route, error)                 { return h.k.Routes() }
+func (h *LinuxHost) PodRoutes() ([]node.Route, error)              { return h.k.PodRoutes() }
+func (h *LinuxHost) PodNeighbours() ([]node.PodNeighbour, error)   { return h.k.PodNeighbours() }
+func (h *LinuxHost) IptablesForward() ([]node.ForwardChain, error) { return h.k.ForwardChains() }
 func (h *LinuxHost) HostVeths(prefix string) ([]node.HostVeth, error) {
 	return h.k.HostVeths(prefix)
 }

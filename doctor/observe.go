@@ -41,6 +41,10 @@ type Host interface {
 	// iptables-legacy is not installed or holds no table in this
 	// namespace.
 	LegacyRuleset(ctx context.Context) (string, error)
+	// IptablesForward lists iptables' filter FORWARD chains (of
+	// iptables-nft and iptables-legacy) with the agent's accept rules in
+	// them, without creating a table (node.ForwardKernel).
+	IptablesForward() ([]node.ForwardChain, error)
 	// MasqueradeRules lists the comments of the masquerading rules in
 	// table ip node.NFTTable.
 	MasqueradeRules() ([]string, error)
@@ -109,6 +113,9 @@ type Observations struct {
 	PeerRoutes    []node.Route
 	Veths         []Veth
 	ForwardChains []Chain
+	// IptablesForward are iptables' filter FORWARD chains with the
+	// agent's accept rules in them.
+	IptablesForward []node.ForwardChain
 	// ConntrackCount and ConntrackMax are the connection tracking table's
 	// use and size; "" when the kernel tracks no connections here.
 	ConntrackCount, ConntrackMax string
@@ -180,6 +187,8 @@ func Observe(ctx context.Context, h Host, n Network, st Status, statusErr error)
 	o.Veths, err = observeVeths(h)
 	unread(CheckProxyARP, err)
 	o.ForwardChains, err = h.ForwardChains()
+	unread(CheckForwardPolicy, err)
+	o.IptablesForward, err = h.IptablesForward()
 	unread(CheckForwardPolicy, err)
 	o.ConntrackCount, o.ConntrackMax, err = readConntrack(h)
 	unread(CheckConntrack, err)

@@ -20,6 +20,10 @@ type FakeKernel struct {
 	forwarding bool
 	masquerade netip.Prefix // zero: table absent
 	tunnel     *fakeTunnel  // nil: no VXLAN device
+	// forward is each backend's filter FORWARD chain: its policy and
+	// every rule in order; a backend without an entry has no filter
+	// table.
+	forward map[string]*fakeForwardChain
 	// The pods' host sides (PodKernel); nil until a veth is added.
 	veths   map[string]fakeVeth
 	neighs  map[fakeNeighKey]PodNeighbour
@@ -46,6 +50,7 @@ const (
 	OpDelete     FakeOp = "delete"
 	OpForwarding FakeOp = "forwarding"
 	OpMasquerade FakeOp = "masquerade"
+	OpForward    FakeOp = "forward"
 )
 
 type fault struct {
@@ -314,6 +319,101 @@ func (f *FakeKernel) RemoveMasquerade() error {
 	}
 	if f.masquerade.IsValid() {
 		f.masquerade = netip.Prefix{}
+		f.writes++
+	}
+	return nil
+}
+
+type fakeForwardChain struct {
+	policy string
+	rules  [][]string
+}
+
+// SetForwardPolicy gives backend (BackendNFT, BackendLegacy) a filter
+// table whose FORWARD chain has policy, as a firewall would; "" removes the
+// table.
+func (f *FakeKernel) SetForwardPolicy(backend, policy string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if policy == "" {
+		delete(f.forward, backend)
+		return
+	}
+	if f.forward == nil {
+		f.forward = make(map[string]*fakeForwardChain)
+	}
+	if c, ok := f.forward[backend]; ok {
+		c.policy = policy
+		return
+	}
+	f.forward[backend] = &fakeForwardChain{policy: policy}
+}
+
+// ForwardRules returns backend's FORWARD rules in order; nil without a
+// filter table.
+func (f *FakeKernel) ForwardRules(backend string) [][]string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c, ok := f.forward[backend]
+	if !ok {
+		return nil
+	}
+	return slices.Clone(c.rules)
+}
+
+// ForwardChains implements ForwardKernel.
+func (f *FakeKernel) ForwardChains() ([]ForwardChain, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.fault(OpForward, netip.Prefix{}); err != nil {
+		return nil, err
+	}
+	var chains []ForwardChain
+	for _, b := range []string{BackendNFT, BackendLegacy} {
+		c, ok := f.forward[b]
+		if !ok {
+			continue
+		}
+		fc := ForwardChain{Backend: b, Policy: c.policy}
+		for _, r := range c.rules {
+			if IsOurForwardRule(r) {
+				fc.Ours = append(fc.Ours, ForwardRule{Backend: b, Spec: slices.Clone(r)})
+			}
+		}
+		chains = append(chains, fc)
+	}
+	return chains, nil
+}
+
+// InsertForwardRule implements ForwardKernel.
+func (f *FakeKernel) InsertForwardRule(r ForwardRule) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.fault(OpForward, netip.Prefix{}); err != nil {
+		return err
+	}
+	c, ok := f.forward[r.Backend]
+	if !ok {
+		return fmt.Errorf("forward: %s has no filter table", r.Backend)
+	}
+	c.rules = slices.Insert(c.rules, 0, slices.Clone(r.Spec))
+	f.writes++
+	return nil
+}
+
+// DeleteForwardRule implements ForwardKernel.
+func (f *FakeKernel) DeleteForwardRule(r ForwardRule) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.fault(OpForward, netip.Prefix{}); err != nil {
+		return err
+	}
+	c, ok := f.forward[r.Backend]
+	if !ok {
+		return nil
+	}
+	if i := slices.IndexFunc(c.rules, func(s []string) bool { return slices.Equal(s, r.Spec) }); i >= 0 {
+		c.rules = slices.Delete(c.rules, i, i+1)
 		f.writes++
 	}
 	return nil

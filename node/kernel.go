@@ -34,6 +34,8 @@ type Kernel interface {
 	TunnelKernel
 	// PodKernel is the pods' host sides.
 	PodKernel
+	// ForwardKernel is the filter tables' FORWARD chains.
+	ForwardKernel
 }
 
 var (

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -35,6 +37,10 @@ type Result struct {
 	Paths map[string]PeerPath
 	// Added, Replaced and Deleted count the route writes of this pass.
 	Added, Replaced, Deleted int
+	// Forward is what the pass found and did in each filter FORWARD
+	// chain of iptables (see PlanForwardAccept); empty where no backend
+	// has a filter table.
+	Forward []ForwardVerdict
 }
 
 // Programmed reports whether peer's route is installed after the pass.
@@ -71,7 +77,8 @@ func NewReconciler(k Kernel, log *slog.Logger, reg prometheus.Registerer) *Recon
 }
 
 // Reconcile runs one pass: turn on forwarding, set up or remove the
-// masquerade, resolve the interface, list our routes, diff them against d
+// masquerade, accept the pool in iptables' FORWARD chains that drop by
+// policy, resolve the interface, list our routes, diff them against d
 // and apply the difference (adds and replaces before deletes). A peer that
 // cannot be routed is reported in Result and does not fail the pass; the
 // returned error joins the failures that are not any one peer's. Running it
@@ -120,6 +127,9 @@ func (r *Reconciler) reconcile(ctx context.Context, d Desired) (Result, error) {
 	} else {
 		errs = append(errs, r.kernel.RemoveMasquerade())
 	}
+	var forwardErr error
+	res.Forward, forwardErr = r.syncForwardAccept(d.Pool)
+	errs = append(errs, forwardErr)
 
 	actual, err := r.kernel.Routes()
 	if err != nil {
@@ -222,6 +232,36 @@ func (r *Reconciler) reconcile(ctx context.Context, d Desired) (Result, error) {
 	return res, errors.Join(errs...)
 }
 
+// syncForwardAccept puts the pool's accept rules into every filter FORWARD
+// chain that drops by policy, and removes the agent's rules from the
+// others.
+func (r *Reconciler) syncForwardAccept(pool netip.Prefix) ([]ForwardVerdict, error) {
+	chains, err := r.kernel.ForwardChains()
+	insert, del, verdicts := PlanForwardAccept(pool, chains)
+	errs := []error{err}
+	// Each goes to the head of the chain: last first keeps the plan's
+	// order.
+	for _, rule := range slices.Backward(insert) {
+		if err := r.kernel.InsertForwardRule(rule); err != nil {
+			r.metrics.forwardErrors.Inc()
+			errs = append(errs, err)
+			continue
+		}
+		r.metrics.forwardOps.WithLabelValues("insert").Inc()
+		r.log.Info("forward chain drops by policy: accepting the pool", "rule", rule.String())
+	}
+	for _, rule := range del {
+		if err := r.kernel.DeleteForwardRule(rule); err != nil {
+			r.metrics.forwardErrors.Inc()
+			errs = append(errs, err)
+			continue
+		}
+		r.metrics.forwardOps.WithLabelValues("delete").Inc()
+		r.log.Info("forward rule removed", "rule", rule.String())
+	}
+	return verdicts, errors.Join(errs...)
+}
+
 // withoutNextHop keeps the blackholes and unreachable routes: the ones that
 // do not depend on the link.
 func withoutNextHop(routes []Route) []Route {
@@ -285,6 +325,9 @@ type reconcileMetrics struct {
 	peersByPath             *prometheus.GaugeVec
 	// The pods' host sides: what was put back, what could not be.
 	podRepairs, podErrors *prometheus.CounterVec
+	// The pool's accept rules in filter FORWARD chains.
+	forwardOps    *prometheus.CounterVec
+	forwardErrors prometheus.Counter
 }
 
 func newReconcileMetrics() reconcileMetrics {
@@ -299,6 +342,14 @@ func newReconcileMetrics() reconcileMetrics {
 			Name: "grapevine_node_pod_repair_errors_total",
 			Help: "Failed writes putting back pod host-side state, by kind (route, neighbour, sysctl).",
 		}, []string{"kind"}),
+		forwardOps: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "grapevine_node_forward_rule_operations_total",
+			Help: "Writes of the pool's accept rules in iptables' filter FORWARD chains, by operation (insert, delete).",
+		}, []string{"op"}),
+		forwardErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "grapevine_node_forward_rule_errors_total",
+			Help: "Failed writes of the pool's accept rules in iptables' filter FORWARD chains.",
+		}),
 		ops: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "grapevine_node_route_operations_total",
 			Help: "Route writes by operation (add, replace, delete).",
@@ -324,5 +375,5 @@ func newReconcileMetrics() reconcileMetrics {
 }
 
 func (m reconcileMetrics) register(reg prometheus.Registerer) {
-	reg.MustRegister(m.ops, m.errors, m.duration, m.failures, m.peerErrors, m.tunnelOps, m.tunnelErrors, m.peersByPath, m.podRepairs, m.podErrors)
+	reg.MustRegister(m.ops, m.errors, m.duration, m.failures, m.peerErrors, m.tunnelOps, m.tunnelErrors, m.peersByPath, m.podRepairs, m.podErrors, m.forwardOps, m.forwardErrors)
 }

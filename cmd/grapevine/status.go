@@ -40,6 +40,10 @@ type statusReport struct {
 	// PendingReleases says, for each deleted Node whose block waits for
 	// its lease to end, when it will be free.
 	PendingReleases []string `json:"pendingReleases,omitempty"`
+	// ForwardAccept says, for each filter FORWARD chain of iptables that
+	// drops by policy, that the agent accepts the pool in it (see
+	// node.PlanForwardAccept); empty while none drops.
+	ForwardAccept []string `json:"forwardAccept,omitempty"`
 	// Encapsulation is the --encapsulation mode the paths were chosen by.
 	Encapsulation string `json:"encapsulation,omitempty"`
 	// Settings are the agent's settings a reader checks the host against
@@ -206,6 +210,11 @@ func buildStatus(v mesh.View, kept map[string]keptRoute, withdrawn map[string]st
 		r.NodeID = v.ID.String()
 	}
 	r.NameConflicts = buildNameConflicts(v)
+	for _, f := range res.Forward {
+		if f.Accepting {
+			r.ForwardAccept = append(r.ForwardAccept, f.String())
+		}
+	}
 	for _, m := range v.Members {
 		key := memberKey(m)
 		ms := memberStatus{
@@ -443,6 +452,9 @@ func printStatus(w io.Writer, r statusReport) error {
 	}
 	for _, p := range r.PendingReleases {
 		fmt.Fprintf(w, "pending release: %s\n", p)
+	}
+	for _, f := range r.ForwardAccept {
+		fmt.Fprintf(w, "firewall: %s\n", f)
 	}
 	l := r.Ledger
 	voters := strings.Join(l.Voters, ",")

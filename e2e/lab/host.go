@@ -153,7 +153,9 @@ func (h *Host) StartAgent(ctx context.Context) error {
 	// Not CommandContext: the agent's lifetime is managed by Stop/Kill,
 	// and a detached agent must outlive ctx.
 	cmd := exec.Command("ip", append([]string{"netns", "exec", h.Namespace.Name, filepath.Join(h.lab.BinDir, "grapevine")}, h.AgentArgs()...)...)
-	cmd.Env = agentEnv()
+	// The agent may run iptables-legacy (see node.ForwardKernel): its lock
+	// is the lab host's, not the machine's /run/xtables.lock.
+	cmd.Env = append(agentEnv(), "XTABLES_LOCKFILE="+filepath.Join(h.Dir, "xtables.lock"))
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	if h.lab.detach {

@@ -1,0 +1,137 @@
+package node
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func TestPlanForwardAccept(t *testing.T) {
+	pool := pfx("10.244.0.0/16")
+	other := pfx("10.99.0.0/16")
+	specs := ForwardAcceptSpecs(pool)
+	rule := func(backend string, spec []string) ForwardRule { return ForwardRule{Backend: backend, Spec: spec} }
+	both := func(backend string) []ForwardRule {
+		return []ForwardRule{rule(backend, specs[0]), rule(backend, specs[1])}
+	}
+	for _, c := range []struct {
+		name      string
+		pool      netip.Prefix
+		chains    []ForwardChain
+		insert    []ForwardRule
+		del       []ForwardRule
+		accepting []bool
+	}{
+		{name: "no filter table: nothing", pool: pool},
+		{name: "policy accept, no rules of ours: nothing", pool: pool,
+			chains: []ForwardChain{{Backend: BackendNFT, Policy: "ACCEPT"}}, accepting: []bool{false}},
+		{name: "policy drop: both rules", pool: pool,
+			chains: []ForwardChain{{Backend: BackendNFT, Policy: "DROP"}},
+			insert: both(BackendNFT), accepting: []bool{true}},
+		{name: "policy drop with both rules: nothing", pool: pool,
+			chains:    []ForwardChain{{Backend: BackendNFT, Policy: "DROP", Ours: both(BackendNFT)}},
+			accepting: []bool{true}},
+		{name: "one rule deleted by hand: put back", pool: pool,
+			chains: []ForwardChain{{Backend: BackendLegacy, Policy: "DROP", Ours: both(BackendLegacy)[1:]}},
+			insert: both(BackendLegacy)[:1], accepting: []bool{true}},
+		{name: "policy back to accept: ours go", pool: pool,
+			chains: []ForwardChain{{Backend: BackendNFT, Policy: "ACCEPT", Ours: both(BackendNFT)}},
+			del:    both(BackendNFT), accepting: []bool{false}},
+		{name: "another pool's rules are replaced", pool: pool,
+			chains: []ForwardChain{{Backend: BackendNFT, Policy: "DROP", Ours: []ForwardRule{rule(BackendNFT, ForwardAcceptSpecs(other)[0])}}},
+			insert: both(BackendNFT), del: []ForwardRule{rule(BackendNFT, ForwardAcceptSpecs(other)[0])}, accepting: []bool{true}},
+		{name: "a rule of ours twice: one goes", pool: pool,
+			chains: []ForwardChain{{Backend: BackendNFT, Policy: "DROP", Ours: append(both(BackendNFT), rule(BackendNFT, specs[0]))}},
+			del:    []ForwardRule{rule(BackendNFT, specs[0])}, accepting: []bool{true}},
+		{name: "both backends drop", pool: pool,
+			chains: []ForwardChain{{Backend: BackendNFT, Policy: "DROP"}, {Backend: BackendLegacy, Policy: "DROP"}},
+			insert: append(both(BackendNFT), both(BackendLegacy)...), accepting: []bool{true, true}},
+		{name: "no pool: nothing accepted, ours go",
+			chains: []ForwardChain{{Backend: BackendNFT, Policy: "DROP", Ours: both(BackendNFT)}},
+			del:    both(BackendNFT), accepting: []bool{false}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			insert, del, verdicts := PlanForwardAccept(c.pool, c.chains)
+			eq := func(a, b []ForwardRule) bool {
+				return slices.EqualFunc(a, b, func(x, y ForwardRule) bool { return x.Backend == y.Backend && slices.Equal(x.Spec, y.Spec) })
+			}
+			if !eq(insert, c.insert) {
+				t.Errorf("insert = %v, want %v", insert, c.insert)
+			}
+			if !eq(del, c.del) {
+				t.Errorf("delete = %v, want %v", del, c.del)
+			}
+			var accepting []bool
+			for _, v := range verdicts {
+				accepting = append(accepting, v.Accepting)
+			}
+			if !slices.Equal(accepting, c.accepting) {
+				t.Errorf("accepting = %v, want %v", accepting, c.accepting)
+			}
+		})
+	}
+}
+
+func TestParseForwardChain(t *testing.T) {
+	// As iptables-nft 1.8.9 prints it, with Docker's rules around ours.
+	out := strings.Join([]string{
+		"-P FORWARD DROP",
+		`-A FORWARD -s 10.244.0.0/16 -m comment --comment "grapevine-accept-src-10.244.0.0/16" -j ACCEPT`,
+		`-A FORWARD -d 10.244.0.0/16 -m comment --comment "grapevine-accept-dst-10.244.0.0/16" -j ACCEPT`,
+		"-A FORWARD -j DOCKER-USER",
+		`-A FORWARD -s 10.1.0.0/16 -m comment --comment "someone else's" -j ACCEPT`,
+	}, "\n")
+	c := ParseForwardChain(BackendNFT, out)
+	if c.Policy != "DROP" || c.Backend != BackendNFT {
+		t.Errorf("policy %q backend %q, want DROP %s", c.Policy, c.Backend, BackendNFT)
+	}
+	want := ForwardAcceptSpecs(pfx("10.244.0.0/16"))
+	if len(c.Ours) != 2 || !slices.Equal(c.Ours[0].Spec, want[0]) || !slices.Equal(c.Ours[1].Spec, want[1]) {
+		t.Errorf("ours = %v, want %v", c.Ours, want)
+	}
+}
+
+// A Docker-style FORWARD policy of DROP: one pass puts the pool's accept
+// rules at the head of the chain, a second changes nothing, and the rules
+// go when the policy is back to ACCEPT. A host without a filter table gets
+// none.
+func TestReconcileForwardDrop(t *testing.T) {
+	k, _ := newFake(t)
+	r := NewReconciler(k, nil, nil)
+	d := desired(peerB)
+	if _, err := r.Reconcile(t.Context(), d); err != nil {
+		t.Fatal(err)
+	}
+	if rules := k.ForwardRules(BackendNFT); rules != nil {
+		t.Fatalf("no filter table, yet rules %v", rules)
+	}
+	k.SetForwardPolicy(BackendNFT, "DROP")
+	k.InsertForwardRule(ForwardRule{Backend: BackendNFT, Spec: []string{"-j", "DOCKER-USER"}})
+	res, err := r.Reconcile(t.Context(), d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := append(ForwardAcceptSpecs(d.Pool), []string{"-j", "DOCKER-USER"})
+	got := k.ForwardRules(BackendNFT)
+	if !slices.EqualFunc(got, want, slices.Equal) {
+		t.Errorf("rules %v, want %v", got, want)
+	}
+	if len(res.Forward) != 1 || !res.Forward[0].Accepting {
+		t.Errorf("result's forward %v, want one accepting chain", res.Forward)
+	}
+	writes := k.Writes()
+	if _, err := r.Reconcile(t.Context(), d); err != nil {
+		t.Fatal(err)
+	}
+	if k.Writes() != writes {
+		t.Errorf("second pass wrote %d times", k.Writes()-writes)
+	}
+	k.SetForwardPolicy(BackendNFT, "ACCEPT")
+	if _, err := r.Reconcile(t.Context(), d); err != nil {
+		t.Fatal(err)
+	}
+	if got := k.ForwardRules(BackendNFT); !slices.EqualFunc(got, [][]string{{"-j", "DOCKER-USER"}}, slices.Equal) {
+		t.Errorf("after policy ACCEPT, rules %v, want only Docker's", got)
+	}
+}
