@@ -17,6 +17,7 @@ import (
 	"github.com/grapevine-net/grapevine/doctor"
 	"github.com/grapevine-net/grapevine/e2e/lab"
 	"github.com/grapevine-net/grapevine/e2e/labtest"
+	"github.com/grapevine-net/grapevine/node/nodestate"
 )
 
 // selfRepairResync is the agents' full resync in TestSelfRepair: nothing
@@ -254,4 +255,49 @@ func doctorFindings(t *testing.T, h *lab.Host) []doctor.Finding {
 		t.Fatalf("doctor's output is not JSON findings: %v\n%s", err, out)
 	}
 	return fs
+}
+
+// TestVXLANFollowsUplinkMTU: h1 reaches h3 over VXLAN; h1's uplink MTU is
+// lowered under its agent, whose next pass rebuilds gv.vxlan with the new
+// MTU less the VXLAN overhead and hands new pods the new MTU in node.json;
+// raising it back does the reverse.
+func TestVXLANFollowsUplinkMTU(t *testing.T) {
+	t.Parallel()
+	l := env.Lab(t, labtest.Options{Hosts: 2, Routed: true, Hosts2: 1, AgentArgs: []string{"--resync-interval=" + selfRepairResync.String()}})
+	ctx := timeout(t, 2*time.Minute)
+	h1 := l.Host(1)
+	if _, err := lab.WaitMesh(ctx, l.Hosts()); err != nil {
+		t.Fatal(err)
+	}
+	for _, uplink := range []int{1400, 1500} {
+		if out, err := h1.Run(ctx, "ip", "link", "set", "dev", "em1", "mtu", fmt.Sprint(uplink)); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		want := uplink - 50
+		err := waitUntil(ctx, fmt.Sprintf("gv.vxlan and node.json at MTU %d", want), func() error {
+			links, err := h1.Links()
+			if err != nil {
+				return err
+			}
+			i := slices.IndexFunc(links, func(l netlink.Link) bool { return l.Attrs().Name == "gv.vxlan" })
+			if i < 0 {
+				return fmt.Errorf("no gv.vxlan")
+			}
+			if got := links[i].Attrs().MTU; got != want {
+				return fmt.Errorf("gv.vxlan MTU %d", got)
+			}
+			st, err := nodestate.Read(h1.RunDir())
+			if err != nil {
+				return err
+			}
+			if st.MTU != want {
+				return fmt.Errorf("node.json MTU %d", st.MTU)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitDoctorPasses(t, h1)
 }

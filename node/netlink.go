@@ -85,6 +85,7 @@ func (k *NetlinkKernel) Link(name string) (Link, error) {
 		Name:  name,
 		Index: l.Attrs().Index,
 		Up:    l.Attrs().Flags&net.FlagUp != 0,
+		MTU:   l.Attrs().MTU,
 	}
 	for _, a := range addrs {
 		if p, ok := prefixFromIPNet(a.IPNet); ok {

@@ -37,6 +37,9 @@ type Result struct {
 	Paths map[string]PeerPath
 	// Added, Replaced and Deleted count the route writes of this pass.
 	Added, Replaced, Deleted int
+	// UplinkMTU is the MTU of the interface towards the peers as the pass
+	// found it; 0: not known.
+	UplinkMTU int
 	// Forward is what the pass found and did in each filter FORWARD
 	// chain of iptables (see PlanForwardAccept); empty where no backend
 	// has a filter table.
@@ -156,6 +159,7 @@ func (r *Reconciler) reconcile(ctx context.Context, d Desired) (Result, error) {
 		actual = withoutNextHop(actual)
 	}
 
+	res.UplinkMTU = link.MTU
 	res.Paths = PeerPaths(d, link)
 	var tunnel Link
 	var tunnelErr error

@@ -100,6 +100,8 @@ type Link struct {
 	// Addrs are the interface's addresses with their prefix lengths
 	// (172.16.254.1/24): their networks are the directly connected ones.
 	Addrs []netip.Prefix
+	// MTU is the interface's MTU; 0: not known (a fake's link).
+	MTU int
 }
 
 // Errors a peer can get in Result.PeerErrors instead of a route.

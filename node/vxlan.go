@@ -59,6 +59,9 @@ type Tunnel struct {
 	// Underlay is the index of the interface the outer packets leave by.
 	Underlay int
 	MAC      MAC
+	// MTU is the device's: the underlay's less TunnelOverhead. 0: the
+	// underlay's is not known, and any will do.
+	MTU int
 	// Addr is this host's VTEP address (/32 on the device), so that traffic
 	// the host itself sends into the tunnel comes from an address of its own
 	// block and the answer returns through the tunnel. Zero: the node holds
@@ -139,6 +142,9 @@ func DesiredTunnel(d Desired, link Link) (Tunnel, bool) {
 		return Tunnel{}, false
 	}
 	t := Tunnel{VNI: TunnelVNI, Port: TunnelPort, Local: d.HostIP, Underlay: link.Index, MAC: VTEPMAC(d.HostIP)}
+	if link.MTU > TunnelOverhead {
+		t.MTU = link.MTU - TunnelOverhead
+	}
 	if d.OwnBlock.IsValid() {
 		t.Addr = VTEPAddr(d.OwnBlock)
 	}
@@ -226,6 +232,12 @@ func PlanTunnel(want Tunnel, wanted bool, have TunnelState, exists bool) (Tunnel
 	}
 	cfg := want
 	cfg.Addr = netip.Addr{}
+	if cfg.MTU == 0 {
+		cfg.MTU = have.Tunnel.MTU
+	}
+	// A changed MTU (the uplink's changed) rebuilds the device like any
+	// other setting: the kernel does not pass an underlay's new MTU on
+	// to the VXLAN devices on it.
 	if !exists || have.Tunnel != cfg || have.Learning {
 		return TunnelPlan{Delete: exists, Create: true, SetUp: true, AddAddrs: wantAddrs}, nil
 	}

@@ -40,7 +40,7 @@ func (k *NetlinkKernel) Tunnel() (TunnelState, error) {
 		return st, nil
 	}
 	st.Learning = vx.Learning
-	st.Tunnel = Tunnel{VNI: vx.VxlanId, Port: vx.Port, Underlay: vx.VtepDevIndex}
+	st.Tunnel = Tunnel{VNI: vx.VxlanId, Port: vx.Port, Underlay: vx.VtepDevIndex, MTU: attrs.MTU}
 	if a, ok := netip.AddrFromSlice(vx.SrcAddr); ok {
 		st.Tunnel.Local = a.Unmap()
 	}
@@ -57,11 +57,11 @@ func (k *NetlinkKernel) Tunnel() (TunnelState, error) {
 	return st, nil
 }
 
-// AddTunnel implements TunnelKernel. With the underlay named, the kernel
-// gives the device the underlay's MTU less the VXLAN overhead.
+// AddTunnel implements TunnelKernel. Without an MTU (0) the kernel gives
+// the device the underlay's less the VXLAN overhead.
 func (k *NetlinkKernel) AddTunnel(t Tunnel) error {
 	vx := &netlink.Vxlan{
-		LinkAttrs:    netlink.LinkAttrs{Name: TunnelName, HardwareAddr: net.HardwareAddr(t.MAC[:])},
+		LinkAttrs:    netlink.LinkAttrs{Name: TunnelName, HardwareAddr: net.HardwareAddr(t.MAC[:]), MTU: t.MTU},
 		VxlanId:      t.VNI,
 		VtepDevIndex: t.Underlay,
 		SrcAddr:      t.Local.AsSlice(),

@@ -489,3 +489,59 @@ func TestReconcileRejectsEncapsulationWithoutHostIP(t *testing.T) {
 		t.Fatal("rejected state changed the kernel")
 	}
 }
+
+// The device's MTU follows the underlay's: a changed one rebuilds it,
+// while an unknown one (0) accepts the device's as it is.
+func TestPlanTunnelMTU(t *testing.T) {
+	want := Tunnel{VNI: 74, Port: 4789, Local: addr("172.16.254.1"), Underlay: 2, MAC: VTEPMAC(addr("172.16.254.1")), MTU: 1450}
+	have := TunnelState{Kind: "vxlan", Index: 9, Up: true, Tunnel: want}
+	recreate := TunnelPlan{Delete: true, Create: true, SetUp: true}
+	for _, tt := range []struct {
+		name             string
+		wantMTU, haveMTU int
+		plan             TunnelPlan
+	}{
+		{"as wanted", 1450, 1450, TunnelPlan{}},
+		{"underlay lowered: recreate", 1350, 1450, recreate},
+		{"underlay raised: recreate", 8950, 1450, recreate},
+		{"underlay's MTU unknown: left as it is", 0, 1350, TunnelPlan{}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			w, h := want, have
+			w.MTU, h.Tunnel.MTU = tt.wantMTU, tt.haveMTU
+			got, err := PlanTunnel(w, true, h, true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !equalPlans(got, tt.plan) {
+				t.Errorf("plan = %+v, want %+v", got, tt.plan)
+			}
+		})
+	}
+}
+
+// An uplink whose MTU changes under a running agent: the next pass
+// rebuilds gv.vxlan with the new MTU less the overhead, puts the VXLAN
+// peer's route and entries back on it, and reports the uplink's MTU.
+func TestReconcileVXLANFollowsUplinkMTU(t *testing.T) {
+	k, link := newFake(t)
+	link.MTU = 1500
+	k.SetLink(link)
+	r := NewReconciler(k, nil, nil)
+	d := encapDesired(EncapsulationCrossSubnet, peerFar)
+	for _, mtu := range []int{1500, 1400} {
+		link.MTU = mtu
+		k.SetLink(link)
+		res, err := r.Reconcile(t.Context(), d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, neighs, fdb := tunnelOf(t, k)
+		if st.Tunnel.MTU != mtu-TunnelOverhead || res.UplinkMTU != mtu {
+			t.Errorf("uplink MTU %d: device MTU %d, result's uplink MTU %d; want %d, %d", mtu, st.Tunnel.MTU, res.UplinkMTU, mtu-TunnelOverhead, mtu)
+		}
+		if !res.Programmed("far") || len(neighs) != 1 || len(fdb) != 1 {
+			t.Errorf("uplink MTU %d: peer %v, neighbours %v, fdb %v", mtu, res.Peers, neighs, fdb)
+		}
+	}
+}

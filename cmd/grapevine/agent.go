@@ -46,11 +46,15 @@ type agentOptions struct {
 	Lease              time.Duration
 	AllowForeignHostIP bool
 	JoinKubernetes     bool
-	MTU                int
-	ResyncInterval     time.Duration
-	Encapsulation      node.Encapsulation
-	ProbeInterval      time.Duration // 0: no data-path probes
-	ProbeMisses        int
+	// MTU is the pod MTU in effect; MTUFlag is --mtu as given (0: follow
+	// --iface's MTU, see podMTU and followUplinkMTU). Only the loop
+	// changes MTU once the agent runs.
+	MTU            int
+	MTUFlag        int
+	ResyncInterval time.Duration
+	Encapsulation  node.Encapsulation
+	ProbeInterval  time.Duration // 0: no data-path probes
+	ProbeMisses    int
 }
 
 func agentCommand(run agentRunner) *cli.Command {
@@ -143,6 +147,7 @@ func parseAgentOptions(c *cli.Context) (agentOptions, error) {
 		AllowForeignHostIP: c.Bool("allow-foreign-host-ip"),
 		JoinKubernetes:     c.Bool("join-kubernetes"),
 		MTU:                c.Int("mtu"),
+		MTUFlag:            c.Int("mtu"),
 		ResyncInterval:     c.Duration("resync-interval"),
 		ProbeInterval:      c.Duration("probe-interval"),
 		ProbeMisses:        c.Int("probe-misses"),
@@ -276,7 +281,7 @@ func runAgent(ctx context.Context, o agentOptions, log *slog.Logger) error {
 		return fmt.Errorf("find the interface towards the peers: %w (set --iface, --host-ip or both)", err)
 	}
 	o.Iface, o.HostIP = uplink.Name, uplink.Addr
-	o.MTU = podMTU(o.MTU, uplink.MTU, o.Encapsulation)
+	o.MTU = podMTU(o.MTUFlag, uplink.MTU, o.Encapsulation)
 	log = log.With("node", o.NodeName)
 	log.Info("starting grapevine agent", "version", version, "iface", o.Iface, "hostIP", o.HostIP,
 		"pool", o.Pool, "blockSize", o.BlockSize, "port", o.Port, "ledgerPort", o.LedgerPort, "voters", o.Voters, "join", o.Join, "bootstrapExpect", o.BootstrapExpect,
@@ -318,6 +323,22 @@ func podMTU(flag, ifaceMTU int, e node.Encapsulation) int {
 		return ifaceMTU
 	}
 	return ifaceMTU - node.TunnelOverhead
+}
+
+// followUplinkMTU is the pod MTU for node.json once a pass found the
+// uplink's MTU to be uplinkMTU, and whether it differs from current. Only
+// an agent without --mtu follows; an unknown MTU (0) or one that would give
+// pods an MTU out of range leaves current as it is. Pods already running
+// keep theirs: it applies to new pods.
+func followUplinkMTU(flag, current, uplinkMTU int, e node.Encapsulation) (int, bool) {
+	if flag != 0 || uplinkMTU == 0 {
+		return current, false
+	}
+	mtu := podMTU(0, uplinkMTU, e)
+	if mtu < nodestate.MinMTU || mtu > nodestate.MaxMTU {
+		return current, false
+	}
+	return mtu, mtu != current
 }
 
 // meshConfig translates the options into the mesh's configuration. An

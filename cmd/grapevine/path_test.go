@@ -1,12 +1,16 @@
 package main
 
 import (
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/grapevine-net/grapevine/mesh"
+	"github.com/grapevine-net/grapevine/mesh/meshtest"
 	"github.com/grapevine-net/grapevine/node"
+	"github.com/grapevine-net/grapevine/node/nodestate"
 )
 
 func TestPodMTU(t *testing.T) {
@@ -88,5 +92,63 @@ func TestStatusShowsPaths(t *testing.T) {
 			}
 			t.Logf("\n%s", table.String())
 		})
+	}
+}
+
+func TestFollowUplinkMTU(t *testing.T) {
+	tests := []struct {
+		name                  string
+		flag, current, uplink int
+		encap                 node.Encapsulation
+		want                  int
+		changed               bool
+	}{
+		{"unchanged", 0, 1450, 1500, node.EncapsulationCrossSubnet, 1450, false},
+		{"lowered, less the VXLAN overhead", 0, 1450, 1400, node.EncapsulationCrossSubnet, 1350, true},
+		{"raised, never: the interface's", 0, 1500, 9000, node.EncapsulationNever, 9000, true},
+		{"--mtu set: it stays", 1400, 1400, 1300, node.EncapsulationCrossSubnet, 1400, false},
+		{"uplink's MTU not known", 0, 1450, 0, node.EncapsulationCrossSubnet, 1450, false},
+		{"out of range for pods: it stays", 0, 1450, 100, node.EncapsulationCrossSubnet, 1450, false},
+	}
+	for _, tt := range tests {
+		got, changed := followUplinkMTU(tt.flag, tt.current, tt.uplink, tt.encap)
+		if got != tt.want || changed != tt.changed {
+			t.Errorf("%s: followUplinkMTU = %d, %v; want %d, %v", tt.name, got, changed, tt.want, tt.changed)
+		}
+	}
+}
+
+// TestAgentFollowsUplinkMTU: the uplink's MTU lowered under a running
+// agent without --mtu; its next pass writes the new pod MTU into
+// node.json (for new pods) and the status.
+func TestAgentFollowsUplinkMTU(t *testing.T) {
+	dir := t.TempDir()
+	network := meshtest.NewNetwork()
+	kernel := node.NewFakeKernel()
+	link := kernel.AddLink("em1", netip.PrefixFrom(meshtest.HostAddr(1), 8))
+	link.MTU = 1500
+	kernel.SetLink(link)
+	h1 := startHostWith(t, network, nil, nil, nil, func(o *agentOptions) {
+		o.MTUFlag, o.MTU, o.Encapsulation = 0, 1450, node.EncapsulationCrossSubnet
+	}, dir, "h1", 1, kernel)
+	mtuIs := func(want int) func() error {
+		return func() error {
+			st, err := nodestate.Read(h1.agent.opts.RunDir)
+			if err != nil {
+				return err
+			}
+			if st.MTU != want {
+				return fmt.Errorf("node.json's MTU %d, want %d", st.MTU, want)
+			}
+			return nil
+		}
+	}
+	waitFor(t, "node.json with the pod MTU 1450", mtuIs(1450))
+	link.MTU = 1400
+	kernel.SetLink(link)
+	h1.kernelChanged()
+	waitFor(t, "node.json with the pod MTU 1350", mtuIs(1350))
+	if s := h1.agent.settledStatus(t.Context(), time.Second); s.Settings == nil || s.Settings.PodMTU != 1350 {
+		t.Errorf("status settings %+v, want podMTU 1350", s.Settings)
 	}
 }
