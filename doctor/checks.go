@@ -63,6 +63,12 @@ func Diagnose(o Observations) []Finding {
 		fs = append(fs, checkPathMTU(o.PathMTU, o.Status.Members)...)
 	}
 	fs = append(fs, checkPorts(o.Ports)...)
+	if why, ok := o.Unread[CheckClock]; ok {
+		fs = append(fs, Finding{Check: CheckClock, Severity: Warn, Seen: "not checked: " + why,
+			Cause: "doctor may not send ICMP itself", Fix: "run grapevine doctor as root (or with CAP_NET_RAW)"})
+	} else {
+		fs = append(fs, checkClocks(o.Clocks)...)
+	}
 	return fs
 }
 

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/grapevine-net/grapevine/node"
 )
@@ -54,6 +55,10 @@ func healthy() Observations {
 		PathMTU: []MTUProbe{
 			{Peer: "h2", Target: "172.16.254.2", Path: "direct", Size: 1450},
 			{Peer: "h3", Target: "10.244.4.0", Path: "vxlan", Size: 1450},
+		},
+		Clocks: []ClockProbe{
+			{Peer: "h2", Target: "172.16.254.2", Offset: 3 * time.Millisecond, Uncertainty: time.Millisecond},
+			{Peer: "h3", Target: "172.16.9.3", Offset: -20 * time.Millisecond, Uncertainty: 2 * time.Millisecond},
 		},
 	}
 }
@@ -181,6 +186,19 @@ func TestDiagnose(t *testing.T) {
 		{"iptables-legacy masquerading pod-to-pod traffic", func(o *Observations) {
 			o.Legacy = LegacyState{Rules: 1, NATPostrouting: []string{"-A POSTROUTING -s 10.244.0.0/16 -j MASQUERADE"}}
 		}, []verdict{{CheckLegacyIptables, "nat POSTROUTING", Fail}}},
+		{"h2's clock 10 minutes ahead", func(o *Observations) { o.Clocks[0].Offset = 10 * time.Minute },
+			[]verdict{{CheckClock, "h2", Fail}}},
+		{"h3's clock 10 minutes behind", func(o *Observations) { o.Clocks[1].Offset = -10 * time.Minute },
+			[]verdict{{CheckClock, "h3", Fail}}},
+		{"h2's clock 2 s ahead", func(o *Observations) { o.Clocks[0].Offset = 2 * time.Second },
+			[]verdict{{CheckClock, "h2", Warn}}},
+		{"h2's clock 1.2 s ahead, but within the round trip of 1 s", func(o *Observations) {
+			o.Clocks[0].Offset, o.Clocks[0].Uncertainty = 1200*time.Millisecond, 500*time.Millisecond
+		}, nil},
+		{"h2 answers no timestamp request", func(o *Observations) { o.Clocks[0].Err = "no timestamp reply from 172.16.254.2 within 400ms" },
+			[]verdict{{CheckClock, "h2", Warn}}},
+		{"clocks not read without CAP_NET_RAW", func(o *Observations) { o.Clocks, o.Unread = nil, map[string]string{CheckClock: ErrNoRawSocket.Error()} },
+			[]verdict{{CheckClock, "", Warn}}},
 		{"conntrack table 85 % full", func(o *Observations) { o.ConntrackCount, o.ConntrackMax = "850", "1000" },
 			[]verdict{{CheckConntrack, "", Warn}}},
 		{"conntrack table full", func(o *Observations) { o.ConntrackCount, o.ConntrackMax = "1000", "1000" },
@@ -303,4 +321,38 @@ func acceptRules(backend, pool string) []node.ForwardRule {
 		rules = append(rules, node.ForwardRule{Backend: backend, Spec: spec})
 	}
 	return rules
+}
+
+func TestICMPClockOffset(t *testing.T) {
+	const day = msPerDay
+	tests := []struct {
+		name                                 string
+		originate, receive, transmit, arrive uint32
+		offset, uncertainty                  time.Duration
+	}{
+		{"in step, 2 ms round trip", 1000, 1001, 1001, 1002, 0, time.Millisecond},
+		{"peer 10 minutes ahead", 1000, 601001, 601001, 1002, 10 * time.Minute, time.Millisecond},
+		{"peer 10 minutes behind", 700000, 100001, 100001, 700002, -10 * time.Minute, time.Millisecond},
+		{"across midnight here: peer in step", day - 1, 0, 0, 1, 0, time.Millisecond},
+		{"peer past midnight, 10 minutes ahead", day - 300000, 300000, 300000, day - 300000, 10 * time.Minute, 0},
+		{"peer 10 minutes behind across midnight", 300000, day - 300000, day - 300000, 300000, -10 * time.Minute, 0},
+		{"the peer held the request 5 ms: not counted in the round trip", 1000, 1001, 1006, 1007, 0, time.Millisecond},
+	}
+	for _, tt := range tests {
+		off, unc := icmpClockOffset(tt.originate, tt.receive, tt.transmit, tt.arrive)
+		if off != tt.offset || unc != tt.uncertainty {
+			t.Errorf("%s: offset %v ±%v, want %v ±%v", tt.name, off, unc, tt.offset, tt.uncertainty)
+		}
+	}
+}
+
+func TestICMPChecksum(t *testing.T) {
+	// A timestamp request whose checksum field holds the checksum sums to
+	// 0xffff, i.e. checksums to zero.
+	req := []byte{13, 0, 0, 0, 0x12, 0x34, 0, 1, 0x01, 0x02, 0x03, 0x04, 0, 0, 0, 0, 0, 0, 0, 0}
+	sum := icmpChecksum(req)
+	req[2], req[3] = byte(sum>>8), byte(sum)
+	if got := icmpChecksum(req); got != 0 {
+		t.Errorf("checksum over a message with its checksum = %#x, want 0", got)
+	}
 }

@@ -36,6 +36,7 @@ const (
 	CheckMasquerade     = "masquerade"
 	CheckLegacyIptables = "iptables-legacy"
 	CheckConntrack      = "conntrack"
+	CheckClock          = "clock-offset"
 )
 
 // Finding is one check's verdict on one subject.

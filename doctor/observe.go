@@ -61,6 +61,7 @@ type Dialer interface {
 type Network interface {
 	Dialer
 	Pinger
+	Clocker
 }
 
 // LinuxNetwork reaches the peers from the calling thread's network
@@ -126,6 +127,8 @@ type Observations struct {
 	Ports      []Port
 	// PathMTU are the don't-fragment probes of the pod MTU.
 	PathMTU []MTUProbe
+	// Clocks are the live peers' clocks against this host's.
+	Clocks []ClockProbe
 	// Unread maps a check to why its input could not be read: the check
 	// is then reported as not done rather than passed.
 	Unread map[string]string
@@ -161,6 +164,15 @@ func Observe(ctx context.Context, h Host, n Network, st Status, statusErr error)
 	go func() {
 		probes, err := probePaths(ctx, n, st)
 		mtuDone <- mtuResult{probes, err}
+	}()
+	type clockResult struct {
+		probes []ClockProbe
+		err    error
+	}
+	clockDone := make(chan clockResult, 1)
+	go func() {
+		probes, err := probeClocks(ctx, n, st)
+		clockDone <- clockResult{probes, err}
 	}()
 
 	o.IPForward, err = h.Sysctl("net/ipv4/ip_forward")
@@ -200,6 +212,9 @@ func Observe(ctx context.Context, h Host, n Network, st Status, statusErr error)
 	unread(CheckMasquerade, err)
 	o.Ports = <-portsDone
 	mtu := <-mtuDone
+	clocks := <-clockDone
+	o.Clocks = clocks.probes
+	unread(CheckClock, clocks.err)
 	o.PathMTU = mtu.probes
 	unread(CheckPathMTU, mtu.err)
 	return o

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/grapevine-net/grapevine/node"
 )
@@ -73,6 +74,17 @@ type fakeNetwork struct {
 	localMTU int
 	noRaw    bool // PingDF fails as without CAP_NET_RAW
 	pings    map[netip.Addr][]int
+	// clocks is how far each address's clock is ahead; none: in step.
+	clocks map[netip.Addr]time.Duration
+}
+
+func (d *fakeNetwork) ClockOffset(_ context.Context, dst netip.Addr) (time.Duration, time.Duration, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.noRaw {
+		return 0, 0, fmt.Errorf("%w: operation not permitted", ErrNoRawSocket)
+	}
+	return d.clocks[dst], time.Millisecond, nil
 }
 
 func (d *fakeNetwork) PingDF(ctx context.Context, dst netip.Addr, size int) error {
@@ -123,8 +135,17 @@ func TestObserve(t *testing.T) {
 	}
 	h2, h3VTEP := netip.MustParseAddr("172.16.254.2"), netip.MustParseAddr("10.244.4.0")
 	d := &fakeNetwork{open: map[string]bool{"172.16.254.2:7962": true, "172.16.254.2:7963": true, "172.16.9.3:7962": true},
-		answers: map[netip.Addr]int{h2: 1500, h3VTEP: 1400}}
+		answers: map[netip.Addr]int{h2: 1500, h3VTEP: 1400}, clocks: map[netip.Addr]time.Duration{h2: 10 * time.Minute}}
 	o := Observe(context.Background(), h, d, st, nil)
+
+	// The live members' host IPs, not the dead h4's.
+	wantClocks := []ClockProbe{
+		{Peer: "h2", Target: "172.16.254.2", Offset: 10 * time.Minute, Uncertainty: time.Millisecond},
+		{Peer: "h3", Target: "172.16.9.3", Uncertainty: time.Millisecond},
+	}
+	if !slices.Equal(o.Clocks, wantClocks) {
+		t.Errorf("clocks %+v, want %+v", o.Clocks, wantClocks)
+	}
 
 	want := []Veth{
 		{Name: "gv1", Index: 20, ProxyARP: "1", PodIPs: []netip.Addr{podIP}, Permanent: []netip.Addr{podIP}},
