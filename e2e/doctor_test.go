@@ -54,6 +54,7 @@ func TestDoctor(t *testing.T) {
 		t.Logf("doctor on healthy %s: exit 0 in %v", h.Name, took.Round(time.Millisecond))
 	}
 
+	var stopSkew func() error
 	run := func(h *lab.Host, name string, args ...string) func() error {
 		return func() error {
 			_, err := h.Run(ctx, name, args...)
@@ -94,6 +95,11 @@ func TestDoctor(t *testing.T) {
 		{"a firewall on h2 dropping TCP 7963", h1, doctor.CheckLedgerPort, h2.Name,
 			func() error { return inputDropTable(h2, unix.IPPROTO_TCP, 7963, true) },
 			func() error { return inputDropTable(h2, unix.IPPROTO_TCP, 7963, false) }},
+		// h2 answers timestamp requests as a host whose clock is 10
+		// minutes ahead (the machine's clock is not touched).
+		{"h2's clock 10 minutes ahead", h1, doctor.CheckClock, h2.Name,
+			func() (err error) { stopSkew, err = skewClock(h2, 10*time.Minute); return err },
+			func() error { return stopSkew() }},
 	}
 	for _, c := range cases {
 		if err := c.breakIt(); err != nil {
