@@ -39,6 +39,7 @@ func Diagnose(o Observations) []Finding {
 		{CheckRPFilter, checkRPFilter, true},
 		{CheckForwardPolicy, checkForwardPolicy, false},
 		{CheckConntrack, checkConntrack, false},
+		{CheckHostFirewall, checkHostFirewall, true},
 		{CheckMasquerade, checkMasquerade, true},
 		{CheckLegacyIptables, checkLegacy, true},
 		{CheckProxyARP, checkPodHosts, false},

@@ -199,6 +199,25 @@ func TestDiagnose(t *testing.T) {
 			[]verdict{{CheckClock, "h2", Warn}}},
 		{"clocks not read without CAP_NET_RAW", func(o *Observations) { o.Clocks, o.Unread = nil, map[string]string{CheckClock: ErrNoRawSocket.Error()} },
 			[]verdict{{CheckClock, "", Warn}}},
+		{"firewalld's public zone opens only ssh", func(o *Observations) {
+			o.Firewall = HostFirewall{FirewalldActive: true, FirewalldZones: map[string]string{"public": publicZone}, FirewalldServices: map[string]string{"ssh": sshService}}
+		}, []verdict{{CheckHostFirewall, "firewalld", Fail}}},
+		{"firewalld's zone of em1 opens Grapevine's ports", func(o *Observations) {
+			o.Firewall = HostFirewall{FirewalldActive: true, FirewalldZones: map[string]string{"public": publicZone,
+				"gv": `<zone><interface name="em1"/><port protocol="tcp" port="7962-7963"/><port protocol="udp" port="7962"/><port protocol="udp" port="4789"/></zone>`}}
+		}, nil},
+		{"firewalld installed but not running: its files are not judged", func(o *Observations) {
+			o.Firewall = HostFirewall{FirewalldZones: map[string]string{"public": publicZone}}
+		}, nil},
+		{"ufw enabled, dropping, ssh allowed only", func(o *Observations) {
+			o.Firewall = HostFirewall{UFWActive: true, UFWConf: "ENABLED=yes\n", UFWDefaults: "DEFAULT_INPUT_POLICY=\"DROP\"\n",
+				UFWUserRules: "### tuple ### allow tcp 22 0.0.0.0/0 any 0.0.0.0/0 in\n"}
+		}, []verdict{{CheckHostFirewall, "ufw", Fail}}},
+		{"ufw allows the gossip and ledger ports, encapsulation never: no VXLAN port needed", func(o *Observations) {
+			o.Status.Encapsulation = "never"
+			o.Firewall = HostFirewall{UFWActive: true, UFWConf: "ENABLED=yes\n", UFWDefaults: "DEFAULT_INPUT_POLICY=\"DROP\"\n",
+				UFWUserRules: "### tuple ### allow any 7962 0.0.0.0/0 any 0.0.0.0/0 in\n### tuple ### allow tcp 7963 0.0.0.0/0 any 0.0.0.0/0 in\n"}
+		}, nil},
 		{"conntrack table 85 % full", func(o *Observations) { o.ConntrackCount, o.ConntrackMax = "850", "1000" },
 			[]verdict{{CheckConntrack, "", Warn}}},
 		{"conntrack table full", func(o *Observations) { o.ConntrackCount, o.ConntrackMax = "1000", "1000" },

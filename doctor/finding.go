@@ -37,6 +37,7 @@ const (
 	CheckLegacyIptables = "iptables-legacy"
 	CheckConntrack      = "conntrack"
 	CheckClock          = "clock-offset"
+	CheckHostFirewall   = "host-firewall"
 )
 
 // Finding is one check's verdict on one subject.

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 
 	"github.com/google/nftables"
@@ -166,4 +167,70 @@ func (h *LinuxHost) LegacyRuleset(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("iptables-legacy-save: %w", err)
 	}
 	return string(out), nil
+}
+
+// Firewall implements Host. firewalld runs when nftables holds its table
+// inet firewalld; ufw when its chain ufw-user-input is in nftables' ip
+// filter (iptables-nft) or in /proc's list of iptables-legacy tables'
+// filter with that chain (read with iptables-legacy-save, as
+// LegacyRuleset does). Their files are read only then.
+func (h *LinuxHost) Firewall() (HostFirewall, error) {
+	var fw HostFirewall
+	conn, err := nftables.New()
+	if err != nil {
+		return fw, fmt.Errorf("open nftables: %w", err)
+	}
+	defer conn.CloseLasting()
+	chains, err := conn.ListChains()
+	if err != nil {
+		return fw, fmt.Errorf("list nftables chains: %w", err)
+	}
+	for _, c := range chains {
+		switch {
+		case c.Table == nil:
+		case c.Table.Family == nftables.TableFamilyINet && c.Table.Name == "firewalld":
+			fw.FirewalldActive = true
+		case c.Table.Family == nftables.TableFamilyIPv4 && c.Table.Name == "filter" && c.Name == "ufw-user-input":
+			fw.UFWActive = true
+		}
+	}
+	if legacy, err := h.LegacyRuleset(context.Background()); err == nil && strings.Contains(legacy, ":ufw-user-input ") {
+		fw.UFWActive = true
+	}
+	var errs []error
+	read := func(path string) string {
+		b, err := os.ReadFile(path)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+		return string(b)
+	}
+	// readDir maps each *.xml's name (without .xml) to its text, the
+	// later directory's over the earlier's.
+	readDir := func(dirs ...string) map[string]string {
+		out := make(map[string]string)
+		for _, dir := range dirs {
+			entries, err := os.ReadDir(dir)
+			if err != nil && !errors.Is(err, os.ErrNotExist) {
+				errs = append(errs, err)
+			}
+			for _, e := range entries {
+				if name, ok := strings.CutSuffix(e.Name(), ".xml"); ok && e.Type().IsRegular() {
+					out[name] = read(filepath.Join(dir, e.Name()))
+				}
+			}
+		}
+		return out
+	}
+	if fw.FirewalldActive {
+		fw.FirewalldConf = read("/etc/firewalld/firewalld.conf")
+		fw.FirewalldZones = readDir("/usr/lib/firewalld/zones", "/etc/firewalld/zones")
+		fw.FirewalldServices = readDir("/usr/lib/firewalld/services", "/etc/firewalld/services")
+	}
+	if fw.UFWActive {
+		fw.UFWConf = read("/etc/ufw/ufw.conf")
+		fw.UFWDefaults = read("/etc/default/ufw")
+		fw.UFWUserRules = read("/etc/ufw/user.rules")
+	}
+	return fw, errors.Join(errs...)
 }

@@ -45,6 +45,9 @@ type Host interface {
 	// iptables-nft and iptables-legacy) with the agent's accept rules in
 	// them, without creating a table (node.ForwardKernel).
 	IptablesForward() ([]node.ForwardChain, error)
+	// Firewall reads firewalld's and ufw's configuration files and
+	// whether their tables are in the kernel.
+	Firewall() (HostFirewall, error)
 	// MasqueradeRules lists the comments of the masquerading rules in
 	// table ip node.NFTTable.
 	MasqueradeRules() ([]string, error)
@@ -127,6 +130,8 @@ type Observations struct {
 	Ports      []Port
 	// PathMTU are the don't-fragment probes of the pod MTU.
 	PathMTU []MTUProbe
+	// Firewall is firewalld's and ufw's state.
+	Firewall HostFirewall
 	// Clocks are the live peers' clocks against this host's.
 	Clocks []ClockProbe
 	// Unread maps a check to why its input could not be read: the check
@@ -208,6 +213,8 @@ func Observe(ctx context.Context, h Host, n Network, st Status, statusErr error)
 	unread(CheckForwardPolicy, err)
 	unread(CheckLegacyIptables, err)
 	o.Legacy = parseLegacySave(legacy)
+	o.Firewall, err = h.Firewall()
+	unread(CheckHostFirewall, err)
 	o.Masquerade, err = h.MasqueradeRules()
 	unread(CheckMasquerade, err)
 	o.Ports = <-portsDone

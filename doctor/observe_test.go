@@ -59,6 +59,7 @@ func (h *fakeHost) HostVeths(string) ([]node.HostVeth, error)     { return h.vet
 func (h *fakeHost) PodNeighbours() ([]node.PodNeighbour, error)   { return h.neighs, nil }
 func (h *fakeHost) ForwardChains() ([]Chain, error)               { return h.chains, nil }
 func (h *fakeHost) IptablesForward() ([]node.ForwardChain, error) { return nil, nil }
+func (h *fakeHost) Firewall() (HostFirewall, error)               { return HostFirewall{}, nil }
 func (h *fakeHost) LegacyRuleset(context.Context) (string, error) { return h.legacy, nil }
 func (h *fakeHost) MasqueradeRules() ([]string, error)            { return h.masquerade, nil }
 

@@ -10,7 +10,10 @@ type Status struct {
 	Reason   string    `json:"reason"`
 	Degraded string    `json:"degraded"`
 	Settings *Settings `json:"settings"`
-	Members  []Member  `json:"members"`
+	// Encapsulation is the agent's --encapsulation (never, cross-subnet,
+	// always).
+	Encapsulation string   `json:"encapsulation"`
+	Members       []Member `json:"members"`
 }
 
 // Settings are the agent's settings the host is checked against.
