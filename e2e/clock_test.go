@@ -121,4 +121,3 @@ func clockReplyTable(h *lab.Host, add bool) error {
 	}})
 	return conn.Flush()
 }
-
