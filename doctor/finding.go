@@ -58,3 +58,34 @@ type Finding struct {
 func Failed(fs []Finding) bool {
 	return slices.ContainsFunc(fs, func(f Finding) bool { return f.Severity == Fail })
 }
+
+// Summary is one host's findings as `grapevine doctor --all` gathers
+// them: the warnings and failures in full, the passed checks counted.
+type Summary struct {
+	Host     string    `json:"host"`
+	Passed   int       `json:"passed"`
+	Warnings int       `json:"warnings"`
+	Failed   int       `json:"failed"`
+	Findings []Finding `json:"findings,omitempty"`
+	// Err is why the host's findings could not be had (its agent did not
+	// answer, refused, or runs without doctor).
+	Err string `json:"error,omitempty"`
+}
+
+// Summarize counts fs and keeps the findings that are not OK.
+func Summarize(host string, fs []Finding) Summary {
+	s := Summary{Host: host}
+	for _, f := range fs {
+		switch f.Severity {
+		case OK:
+			s.Passed++
+			continue
+		case Warn:
+			s.Warnings++
+		case Fail:
+			s.Failed++
+		}
+		s.Findings = append(s.Findings, f)
+	}
+	return s
+}

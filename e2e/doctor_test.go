@@ -364,3 +364,62 @@ func TestDoctorHostAddressGone(t *testing.T) {
 	}
 	waitDoctorPasses(t, h2)
 }
+
+// TestDoctorAll: `grapevine doctor --all` on h1 prints every host's
+// findings, each gathered on its own host (h2's and h3's over the ledger's
+// connection): with IP forwarding off on h2 it exits nonzero, naming
+// ip-forward under h2 only; once it is back, every host passes.
+func TestDoctorAll(t *testing.T) {
+	t.Parallel()
+	l := env.Lab(t, labtest.Options{Hosts: 3, AgentArgs: []string{"--resync-interval=10m"}})
+	ctx := timeout(t, 2*time.Minute)
+	h1, h2 := l.Host(1), l.Host(2)
+	if _, err := lab.WaitMesh(ctx, l.Hosts()); err != nil {
+		t.Fatal(err)
+	}
+	run := func() ([]doctor.Summary, int) {
+		t.Helper()
+		out, code, err := h1.DoctorAll(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var all []doctor.Summary
+		if err := json.Unmarshal(out, &all); err != nil {
+			t.Fatalf("doctor --all's output is not JSON summaries: %v\n%s", err, out)
+		}
+		return all, code
+	}
+	err := waitUntil(ctx, "doctor --all to pass everywhere", func() error {
+		all, code := run()
+		if code != 0 || len(all) != 3 {
+			return fmt.Errorf("exit %d, %d hosts: %+v", code, len(all), all)
+		}
+		for _, s := range all {
+			if s.Err != "" || s.Failed+s.Warnings != 0 || s.Passed == 0 {
+				return fmt.Errorf("%s: %+v", s.Host, s)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := h2.Run(ctx, "sysctl", "-w", "net.ipv4.ip_forward=0"); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	all, code := run()
+	if _, err := h2.Run(ctx, "sysctl", "-w", "net.ipv4.ip_forward=1"); err != nil {
+		t.Fatal(err)
+	}
+	if code == 0 {
+		t.Errorf("doctor --all exited 0 with ip_forward off on h2: %+v", all)
+	}
+	for _, s := range all {
+		failed := slices.ContainsFunc(s.Findings, func(f doctor.Finding) bool {
+			return f.Check == doctor.CheckIPForward && f.Severity == doctor.Fail
+		})
+		if failed != (s.Host == h2.Name) {
+			t.Errorf("%s: ip-forward failed %v, want only on %s: %+v", s.Host, failed, h2.Name, s)
+		}
+	}
+}

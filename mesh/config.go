@@ -212,6 +212,9 @@ type Config struct {
 	// LedgerNetwork replaces the ledger's TCP listener and dialer (tests:
 	// in-memory streams).
 	LedgerNetwork ledger.Network
+	// Report is what this node answers a member's Mesh.Report with (see
+	// ledger.Config.Report); nil: it refuses.
+	Report func(ctx context.Context) ([]byte, error)
 	// LedgerStores replaces the ledger's on-disk log and snapshots (tests).
 	LedgerStores *ledger.Stores
 	// TuneLedger adjusts the ledger's configuration last (tests: faster

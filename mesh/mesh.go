@@ -291,6 +291,7 @@ func (m *Mesh) openLedger(id ledger.NodeID) (*ledger.Ledger, error) {
 		Registerer: m.cfg.Registerer,
 		Network:    m.cfg.LedgerNetwork,
 		Stores:     m.cfg.LedgerStores,
+		Report:     m.cfg.Report,
 	}
 	if m.cfg.TuneLedger != nil {
 		m.cfg.TuneLedger(&cfg)
@@ -473,6 +474,22 @@ func (m *Mesh) ReleaseDeletedNode(ctx context.Context, node string) (netip.Prefi
 // dead holder's block here nor stands for the holder. (The ledger's leader
 // still refuses while any node of that name is alive to it.) With no
 // record, any live member carrying the name counts.
+// Report asks the member whose ledger listens at addr for its report
+// (Config.Report), over the ledger's authenticated connection.
+func (m *Mesh) Report(ctx context.Context, addr netip.AddrPort) ([]byte, error) {
+	m.mu.Lock()
+	led := m.led
+	m.mu.Unlock()
+	if led == nil {
+		return nil, errors.New("mesh: not running")
+	}
+	report, err := led.Report(ctx, addr)
+	if err != nil {
+		return nil, fmt.Errorf("mesh: %w", err)
+	}
+	return report, nil
+}
+
 func (m *Mesh) releaseTarget(node string) (*ledger.Ledger, error) {
 	m.mu.Lock()
 	led := m.led

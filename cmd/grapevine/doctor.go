@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"text/tabwriter"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -31,11 +32,15 @@ func doctorCommand() *cli.Command {
 			runDirFlag(),
 			&cli.BoolFlag{Name: "json", Usage: "print the findings as JSON"},
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "also list the checks that passed"},
+			&cli.BoolFlag{Name: "all", Usage: "run on every live host of the mesh (through this host's agent and the peers' agents) and print one table"},
 		},
 		OnUsageError: usageError,
 		Action: func(c *cli.Context) error {
 			if err := noArgs(c); err != nil {
 				return err
+			}
+			if c.Bool("all") {
+				return doctorAllCommand(c)
 			}
 			findings := runDoctor(c.Context, c.String("run-dir"), doctor.NewLinuxHost(), &doctor.LinuxNetwork{})
 			var err error
@@ -104,5 +109,63 @@ func printFindings(w io.Writer, fs []doctor.Finding, verbose bool) error {
 		}
 	}
 	_, err := fmt.Fprintf(w, "%d passed, %d warnings, %d failed (docs/troubleshooting.md has a section per check)\n", counts[doctor.OK], counts[doctor.Warn], counts[doctor.Fail])
+	return err
+}
+
+// doctorAllCommand asks the agent for every host's findings and prints
+// them as one table (or JSON); it fails if any host has a failed check or
+// gave no findings.
+func doctorAllCommand(c *cli.Context) error {
+	ctx, cancel := context.WithTimeout(c.Context, doctorAllWait+time.Second)
+	defer cancel()
+	body, err := callAgent(ctx, c.String("run-dir"), http.MethodGet, "/doctor/all")
+	if err != nil {
+		return err
+	}
+	var all []doctor.Summary
+	if err := json.Unmarshal(body, &all); err != nil {
+		return fmt.Errorf("agent answered with unreadable findings: %w", err)
+	}
+	if c.Bool("json") {
+		enc := json.NewEncoder(c.App.Writer)
+		enc.SetIndent("", "  ")
+		err = enc.Encode(all)
+	} else {
+		err = printSummaries(c.App.Writer, all)
+	}
+	if err != nil {
+		return err
+	}
+	var bad []string
+	for _, s := range all {
+		if s.Failed > 0 || s.Err != "" && len(s.Findings) == 0 {
+			bad = append(bad, s.Host)
+		}
+	}
+	if len(bad) > 0 {
+		return fmt.Errorf("%d host(s) with failed checks or no findings: %s", len(bad), strings.Join(bad, ", "))
+	}
+	return nil
+}
+
+// printSummaries is doctor --all's table: a line per host with its counts,
+// then one per warning or failure.
+func printSummaries(w io.Writer, all []doctor.Summary) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "HOST\tRESULT\tCHECK\tSUBJECT\tSEEN")
+	for _, s := range all {
+		result := fmt.Sprintf("%d passed, %d warnings, %d failed", s.Passed, s.Warnings, s.Failed)
+		if s.Err != "" && len(s.Findings) == 0 {
+			result = "NOT CHECKED"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t\t\t%s\n", s.Host, result, s.Err)
+		for _, f := range s.Findings {
+			fmt.Fprintf(tw, "\t%s\t%s\t%s\t%s\n", strings.ToUpper(string(f.Severity)), f.Check, orDash(f.Subject), f.Seen)
+		}
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	_, err := fmt.Fprintln(w, "causes and fixes: grapevine doctor on the host named")
 	return err
 }

@@ -86,3 +86,33 @@ func TestDoctorReadsStatus(t *testing.T) {
 		t.Fatalf("doctor read\n%+v\nfrom %s, want\n%+v", st, js, want)
 	}
 }
+
+// TestPrintSummaries: doctor --all's table has a line per host with its
+// counts and one per warning or failure; a host that gave no findings
+// says why.
+func TestPrintSummaries(t *testing.T) {
+	var b strings.Builder
+	err := printSummaries(&b, []doctor.Summary{
+		{Host: "h1", Passed: 20},
+		{Host: "h2", Passed: 18, Failed: 1, Warnings: 1, Findings: []doctor.Finding{
+			{Check: doctor.CheckIPForward, Severity: doctor.Fail, Seen: "net.ipv4.ip_forward = 0"},
+			{Check: doctor.CheckClock, Severity: doctor.Warn, Subject: "h1", Seen: "h1's clock is 2s ahead of this host's (±0s)"},
+		}},
+		{Host: "h3", Err: "mesh: report of 172.16.254.3:7963: no report"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	for _, want := range []string{
+		"HOST  RESULT",
+		"h1    20 passed, 0 warnings, 0 failed",
+		"h2    18 passed, 1 warnings, 1 failed",
+		"FAIL                             ip-forward    -        net.ipv4.ip_forward = 0",
+		"h3    NOT CHECKED                                             mesh: report of 172.16.254.3:7963: no report",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("table lacks %q:\n%s", want, out)
+		}
+	}
+}

@@ -42,6 +42,10 @@ type agent struct {
 	// releaseWaits is the deleted Nodes whose blocks wait for their
 	// leases to end; nil without --join-kubernetes.
 	releaseWaits *releaseWaits
+	// diagnose runs doctor here for doctor --all; doctorRun keeps its
+	// runs one at a time. See ownSummary.
+	diagnose  diagnoser
+	doctorRun sync.Mutex
 	// kept is the peer routes of the last pass and what keeps them; see
 	// keptRoutes. Only the loop touches it.
 	kept map[string]keptRoute
@@ -94,10 +98,13 @@ type hostSide struct {
 	// kubeAPI is the Kubernetes API for --join-kubernetes; nil: the
 	// in-cluster client.
 	kubeAPI kubeAPI
+	// diagnose runs doctor on this host (doctor --all); nil: the agent
+	// refuses to.
+	diagnose diagnoser
 }
 
 func netlinkHost() hostSide {
-	return hostSide{kernel: node.NewNetlinkKernel(), watchRoutes: node.WatchRoutes, listenProbe: probe.Listen}
+	return hostSide{kernel: node.NewNetlinkKernel(), watchRoutes: node.WatchRoutes, listenProbe: probe.Listen, diagnose: linuxDiagnoser}
 }
 
 // newAgent builds an agent from its options and mesh configuration.
@@ -105,6 +112,9 @@ func newAgent(o agentOptions, cfg mesh.Config, host hostSide, log *slog.Logger) 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	cfg.Registerer = reg
+	// The mesh answers members' report requests once the agent exists.
+	var a *agent
+	cfg.Report = func(ctx context.Context) ([]byte, error) { return a.ownReport(ctx) }
 	var kube *kubeNode
 	var waits *releaseWaits
 	if o.JoinKubernetes {
@@ -125,8 +135,9 @@ func newAgent(o agentOptions, cfg mesh.Config, host hostSide, log *slog.Logger) 
 	if err != nil {
 		return nil, fmt.Errorf("gossip mesh: %w", err)
 	}
-	a := &agent{
+	a = &agent{
 		opts:         o,
+		diagnose:     host.diagnose,
 		log:          log,
 		registry:     reg,
 		mesh:         m,

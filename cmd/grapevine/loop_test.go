@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/grapevine-net/grapevine/doctor"
 	"github.com/grapevine-net/grapevine/internal/hostclock"
 	"github.com/grapevine-net/grapevine/mesh"
 	"github.com/grapevine-net/grapevine/mesh/meshtest"
@@ -129,7 +130,7 @@ func startHostWith(t *testing.T, network *meshtest.Network, dp *fakeDataPath, wr
 	if wrap != nil {
 		k = wrap(k)
 	}
-	host := hostSide{kernel: k, watchRoutes: func(context.Context) <-chan struct{} { return h.kernelEvents }}
+	host := hostSide{kernel: k, watchRoutes: func(context.Context) <-chan struct{} { return h.kernelEvents }, diagnose: fakeDiagnoser}
 	if kube != nil {
 		host.kubeAPI = kube
 	}
@@ -793,4 +794,52 @@ func endSavedLease(t *testing.T, stateDir string, ago time.Duration) {
 	if err := os.WriteFile(path, data, 0o644); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// fakeDiagnoser is doctor run against the status alone: a warning
+// naming the node the status is of, failed instead while it is not ready.
+func fakeDiagnoser(_ context.Context, st doctor.Status) []doctor.Finding {
+	f := doctor.Finding{Check: doctor.CheckAgent, Severity: doctor.Warn, Subject: st.Node, Seen: "ready"}
+	if !st.Ready {
+		f.Severity, f.Seen = doctor.Fail, "not ready: "+st.Reason
+	}
+	return []doctor.Finding{f}
+}
+
+// TestDoctorAll: h1's agent gathers its own doctor findings and h2's, the
+// latter over the ledger's connection, each run against that host's own
+// status; h1 first.
+func TestDoctorAll(t *testing.T) {
+	dir := t.TempDir()
+	network := meshtest.NewNetwork()
+	h1 := startTestHost(t, network, dir, "h1", 1, nil)
+	h2 := startTestHost(t, network, dir, "h2", 2, nil, h1.addr.String())
+	waitFor(t, "both hosts to route each other", func() error { return routesTo(h1, h2) })
+	var all []doctor.Summary
+	waitFor(t, "doctor --all to pass on both hosts", func() error {
+		all = h1.agent.doctorAll(t.Context())
+		if len(all) != 2 || all[0].Host != "h1" || all[1].Host != "h2" {
+			return fmt.Errorf("summaries %+v, want h1's and h2's", all)
+		}
+		for _, s := range all {
+			if s.Err != "" || s.Warnings != 1 || s.Failed != 0 {
+				return fmt.Errorf("%s: %+v", s.Host, s)
+			}
+		}
+		return nil
+	})
+	// Each ran against its own host's status: the finding of the agent
+	// check names the node.
+	for _, s := range all {
+		if len(s.Findings) != 1 || s.Findings[0].Subject != s.Host {
+			t.Errorf("%s's findings %+v, want one about %s", s.Host, s.Findings, s.Host)
+		}
+	}
+	h2.stop(t)
+	waitFor(t, "h2 to leave h1's doctor --all", func() error {
+		if all := h1.agent.doctorAll(t.Context()); len(all) != 1 {
+			return fmt.Errorf("summaries %+v, want h1's alone", all)
+		}
+		return nil
+	})
 }

@@ -76,6 +76,10 @@ func (a *agent) statusHandler() http.Handler {
 		a.waitForPass(r.Context(), statusWait)
 		enc.Encode(a.freshStatus())
 	})
+	mux.HandleFunc("GET /doctor/all", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(a.doctorAll(r.Context()))
+	})
 	mux.HandleFunc("POST /release", func(w http.ResponseWriter, r *http.Request) {
 		name := r.URL.Query().Get("node")
 		if name == "" {

@@ -418,7 +418,17 @@ func (h *Host) StatusText(ctx context.Context, format string) ([]byte, error) {
 // it reads the kernel, and returns what it printed on stdout and its exit
 // status; err is for a doctor that could not be run at all.
 func (h *Host) Doctor(ctx context.Context) (stdout []byte, exitCode int, err error) {
-	cmd := h.Command(ctx, filepath.Join(h.lab.BinDir, "grapevine"), "doctor", "--json", "--run-dir", h.RunDir())
+	return h.doctor(ctx)
+}
+
+// DoctorAll runs `grapevine doctor --all --json` on this host: every
+// live host's findings, gathered by this host's agent.
+func (h *Host) DoctorAll(ctx context.Context) (stdout []byte, exitCode int, err error) {
+	return h.doctor(ctx, "--all")
+}
+
+func (h *Host) doctor(ctx context.Context, args ...string) (stdout []byte, exitCode int, err error) {
+	cmd := h.Command(ctx, filepath.Join(h.lab.BinDir, "grapevine"), append([]string{"doctor", "--json", "--run-dir", h.RunDir()}, args...)...)
 	var out, stderr strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &stderr
 	err = cmd.Run()

@@ -5,7 +5,9 @@
 //
 // The package owns the raft node, its stores under the state directory
 // (<dir>/raft.db and <dir>/snapshots), and its transport: one TCP listener
-// shared by raft and the ledger's own RPCs (join, claim, release), protected
+// shared by raft and the ledger's own RPCs (join, claim, release; and
+// report, which a node answers itself with what Config.Report gives, JSON
+// the ledger carries without reading: grapevine doctor --all), protected
 // by mutual TLS with the one certificate every holder of the cluster's
 // gossip key derives from it, and muxed by a hello that also states each
 // side's cluster and node ID, so that two ledgers sharing the key refuse

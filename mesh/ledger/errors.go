@@ -36,6 +36,10 @@ var (
 )
 
 // errorCodes names each kind on the wire; unknown codes decode as plain errors.
+// ErrNoReport: the node asked has no report to give (Config.Report is
+// nil, or it failed).
+var ErrNoReport = errors.New("no report")
+
 var errorCodes = []struct {
 	code string
 	kind error
@@ -52,6 +56,7 @@ var errorCodes = []struct {
 	{"lease-active", ErrLeaseActive},
 	{"bad-request", ErrBadRequest},
 	{"stopped", ErrStopped},
+	{"no-report", ErrNoReport},
 }
 
 // leaseActiveError is a move refused until the owner's lease has ended.

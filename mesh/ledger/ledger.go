@@ -50,9 +50,13 @@ type Config struct {
 	Found      bool          // no existing raft state: bootstrap a new single-voter ledger at once (see Bootstrap for more founders)
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
-	Network    Network            // nil: TCP (+TLS with a key)
-	Stores     *Stores            // nil: bolt + file snapshots under Dir
-	Tune       func(*raft.Config) // tests: faster timers
+	Network    Network // nil: TCP (+TLS with a key)
+	Stores     *Stores // nil: bolt + file snapshots under Dir
+	// Report is what this node answers a report request from a member
+	// with (see Ledger.Report): JSON of the caller's making, at most
+	// MaxReport bytes. nil: such requests are refused.
+	Report func(ctx context.Context) ([]byte, error)
+	Tune   func(*raft.Config) // tests: faster timers
 
 	// Autopilot timings (zero: defaults). A voter dead in gossip for
 	// DeadVoterGrace is replaced; a non-voter alive for StableAfter may be

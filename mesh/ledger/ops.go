@@ -226,6 +226,41 @@ func (l *Ledger) lastContact(r *raft.Raft) string {
 	return time.Since(lc).Round(time.Millisecond).String() + " ago"
 }
 
+// MaxReport bounds a report (Config.Report), so that its answer fits in a
+// frame.
+const MaxReport = maxFrame - 1024
+
+// Report asks the member at addr (its ledger address) for its report, over
+// the ledger's TLS connection: only holders of the gossip key, dialing
+// from a member's address, are answered.
+func (l *Ledger) Report(ctx context.Context, addr netip.AddrPort) ([]byte, error) {
+	resp, err := l.call(ctx, addr, rpcRequest{Op: "report", Report: &reportRequest{}})
+	if err != nil {
+		return nil, fmt.Errorf("report of %s: %w", addr, err)
+	}
+	return resp.Report, nil
+}
+
+// answerReport answers a report request with this node's own report.
+func (l *Ledger) answerReport(ctx context.Context) rpcResponse {
+	st, _ := l.State()
+	if l.cfg.Report == nil {
+		return responseFor(netip.Prefix{}, st.ClusterID, fmt.Errorf("%w: %s gives none", ErrNoReport, l.cfg.Name))
+	}
+	report, err := l.cfg.Report(ctx)
+	switch {
+	case err != nil:
+		return responseFor(netip.Prefix{}, st.ClusterID, fmt.Errorf("%w: %s: %v", ErrNoReport, l.cfg.Name, err))
+	case len(report) > MaxReport:
+		return responseFor(netip.Prefix{}, st.ClusterID, fmt.Errorf("%w: %s's is %d bytes, more than %d", ErrNoReport, l.cfg.Name, len(report), MaxReport))
+	case !json.Valid(report):
+		return responseFor(netip.Prefix{}, st.ClusterID, fmt.Errorf("%w: %s's is not JSON", ErrNoReport, l.cfg.Name))
+	}
+	r := responseFor(netip.Prefix{}, st.ClusterID, nil)
+	r.Report = report
+	return r
+}
+
 // call sends one RPC to addr and waits for the answer.
 func (l *Ledger) call(ctx context.Context, addr netip.AddrPort, req rpcRequest) (rpcResponse, error) {
 	body, err := encodeRequest(req)
@@ -281,7 +316,12 @@ func (l *Ledger) serveRPC(c net.Conn) {
 	}
 	ctx, cancel := context.WithTimeout(l.serveCtx, rpcTimeout)
 	defer cancel()
-	resp := l.handle(ctx, req)
+	var resp rpcResponse
+	if req.Op == "report" {
+		resp = l.answerReport(ctx)
+	} else {
+		resp = l.handle(ctx, req)
+	}
 	if code := resp.Code; code != "" && code != "no-leader" {
 		l.reject(code)
 	}

@@ -19,7 +19,12 @@ type rpcRequest struct {
 	Join      *joinRequest    `json:"join,omitempty"`
 	Claim     *Claim          `json:"claim,omitempty"`
 	Release   *releaseRequest `json:"release,omitempty"`
+	Report    *reportRequest  `json:"report,omitempty"`
 }
+
+// reportRequest asks the node itself (never forwarded) for its report
+// (Config.Report): what `grapevine doctor --all` gathers from every host.
+type reportRequest struct{}
 
 // joinRequest asks the leader to add the sender as a non-voter.
 type joinRequest struct {
@@ -47,6 +52,9 @@ type rpcResponse struct {
 	WaitMs int64  `json:"waitMs,omitempty"`
 	Code   string `json:"code,omitempty"`
 	Error  string `json:"error,omitempty"`
+	// Report is the answer to a report request: JSON the ledger does not
+	// read.
+	Report json.RawMessage `json:"report,omitempty"`
 }
 
 func encodeRequest(r rpcRequest) ([]byte, error) {
@@ -68,7 +76,7 @@ func decodeRequest(b []byte) (rpcRequest, error) {
 		return rpcRequest{}, fmt.Errorf("%w: version %d", ErrBadRequest, r.V)
 	}
 	bodies := 0
-	for _, set := range []bool{r.Join != nil, r.Claim != nil, r.Release != nil} {
+	for _, set := range []bool{r.Join != nil, r.Claim != nil, r.Release != nil, r.Report != nil} {
 		if set {
 			bodies++
 		}
@@ -103,6 +111,7 @@ func decodeRequest(b []byte) (rpcRequest, error) {
 		if err := validName(r.Release.Name); err != nil {
 			return rpcRequest{}, err
 		}
+	case r.Op == "report" && r.Report != nil && !r.Forwarded:
 	default:
 		return rpcRequest{}, fmt.Errorf("%w: unknown operation %q", ErrBadRequest, r.Op)
 	}

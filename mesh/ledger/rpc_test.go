@@ -1,6 +1,7 @@
 package ledger
 
 import (
+	"context"
 	"errors"
 	"net/netip"
 	"strings"
@@ -14,6 +15,7 @@ func TestDecodeRequest(t *testing.T) {
 		{Op: "claim", Claim: &Claim{ID: idA, Name: "a", HostIP: ipA, Hint: pfx("10.244.1.0/24")}},
 		{Op: "claim", Claim: &Claim{ID: idA, Name: "a", HostIP: ipA}},
 		{Op: "release", Release: &releaseRequest{Name: "a"}},
+		{Op: "report", Report: &reportRequest{}},
 	}
 	for _, r := range good {
 		b, err := encodeRequest(r)
@@ -34,6 +36,8 @@ func TestDecodeRequest(t *testing.T) {
 		`{"v":1,"op":"claim","claim":{"ID":"01000000000000000000000000000000","Name":"a","HostIP":"","Hint":""}}`,
 		`{"v":1,"op":"claim","claim":{"ID":"01000000000000000000000000000000","Name":"a","HostIP":"fe80::1%eth0","Hint":""}}`,
 		`{"v":1,"op":"release","release":{"name":"a"}} trailing`,
+		`{"v":1,"op":"report","fwd":true,"report":{}}`, `{"v":1,"op":"report","report":{"x":1}}`,
+		`{"v":1,"op":"report"}`, `{"v":1,"op":"report","report":{},"release":{"name":"a"}}`,
 	}
 	for _, in := range bad {
 		if _, err := decodeRequest([]byte(in)); !errors.Is(err, ErrBadRequest) {
@@ -95,4 +99,25 @@ func FuzzDecodeCommand(f *testing.F) {
 		s.Apply(2, c) // must not panic, whatever the command holds
 		checkInvariants(t, &s)
 	})
+}
+
+// TestReport: a member asks another for its report over the ledger's
+// connection and gets exactly what Config.Report made; a node without
+// Report refuses with ErrNoReport.
+func TestReport(t *testing.T) {
+	report := `{"findings":[{"check":"ip-forward","severity":"fail"}]}`
+	_, nodes := startCluster(t, func(cfg *Config) {
+		cfg.Report = func(context.Context) ([]byte, error) { return []byte(report), nil }
+	}, "a", "b")
+	got, err := nodes[1].l.Report(t.Context(), nodes[0].addr)
+	if err != nil || string(got) != report {
+		t.Errorf("b asks a: %s, %v; want %s", got, err, report)
+	}
+}
+
+func TestReportRefusedWithoutReport(t *testing.T) {
+	_, nodes := startCluster(t, nil, "a", "b")
+	if _, err := nodes[1].l.Report(t.Context(), nodes[0].addr); !errors.Is(err, ErrNoReport) {
+		t.Errorf("report of a node without Config.Report: %v, want ErrNoReport", err)
+	}
 }
