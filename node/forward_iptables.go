@@ -22,14 +22,24 @@ import (
 // table is read without its binary, which would create the table by
 // listing it: from nftables for iptables-nft, from
 // ip_tables_names in procfs for iptables-legacy.
+//
+// Without the backend's binary (the agent's image has none) a chain whose
+// policy is known not to drop needs nothing and is listed without rules;
+// any other is an error.
 func (k *NetlinkKernel) ForwardChains() ([]ForwardChain, error) {
 	var backends []string
-	nftFilter, err := k.nftFilterForward()
+	var chains []ForwardChain
+	var errs []error
+	nftFilter, nftPolicy, err := k.nftFilterForward()
 	if err != nil {
 		return nil, err
 	}
 	if nftFilter {
-		backends = append(backends, BackendNFT)
+		if _, err := exec.LookPath(BackendNFT); err != nil && nftPolicy != "DROP" {
+			chains = append(chains, ForwardChain{Backend: BackendNFT, Policy: nftPolicy})
+		} else {
+			backends = append(backends, BackendNFT)
+		}
 	}
 	legacyFilter, err := k.legacyFilter()
 	if err != nil {
@@ -38,8 +48,6 @@ func (k *NetlinkKernel) ForwardChains() ([]ForwardChain, error) {
 	if legacyFilter {
 		backends = append(backends, BackendLegacy)
 	}
-	var chains []ForwardChain
-	var errs []error
 	for _, b := range backends {
 		var out []string
 		err := k.inNetns(func() error {
@@ -101,22 +109,26 @@ func newIptables(backend string) (*iptables.IPTables, error) {
 }
 
 // nftFilterForward reports whether nftables holds iptables-nft's chain
-// "ip filter FORWARD".
-func (k *NetlinkKernel) nftFilterForward() (bool, error) {
+// "ip filter FORWARD", and its policy as iptables prints it.
+func (k *NetlinkKernel) nftFilterForward() (bool, string, error) {
 	conn, err := k.nftables()
 	if err != nil {
-		return false, err
+		return false, "", err
 	}
 	chains, err := conn.ListChainsOfTableFamily(nftables.TableFamilyIPv4)
 	if err != nil {
-		return false, fmt.Errorf("forward: list nftables chains: %w", err)
+		return false, "", fmt.Errorf("forward: list nftables chains: %w", err)
 	}
 	for _, c := range chains {
 		if c.Table.Name == "filter" && c.Name == "FORWARD" && c.Hooknum != nil {
-			return true, nil
+			policy := "ACCEPT"
+			if c.Policy != nil && *c.Policy == nftables.ChainPolicyDrop {
+				policy = "DROP"
+			}
+			return true, policy, nil
 		}
 	}
-	return false, nil
+	return false, "", nil
 }
 
 // legacyFilter reports whether iptables-legacy holds a filter table in

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"errors"
 	"net/netip"
 	"slices"
 	"strings"
@@ -133,5 +134,29 @@ func TestReconcileForwardDrop(t *testing.T) {
 	}
 	if got := k.ForwardRules(BackendNFT); !slices.EqualFunc(got, [][]string{{"-j", "DOCKER-USER"}}, slices.Equal) {
 		t.Errorf("after policy ACCEPT, rules %v, want only Docker's", got)
+	}
+}
+
+// A FORWARD chain the agent cannot change (no iptables binary, say) is
+// reported in the result and does not fail the pass: routes are still
+// programmed, and the chain is not said to accept the pool.
+func TestReconcileForwardErrorDoesNotFailThePass(t *testing.T) {
+	k, _ := newFake(t)
+	r := NewReconciler(k, nil, nil)
+	k.SetForwardPolicy(BackendNFT, "DROP")
+	k.InjectError(OpForward, netip.Prefix{}, errors.New("iptables-nft: not installed"))
+	res, err := r.Reconcile(t.Context(), desired(peerB))
+	if err != nil {
+		t.Fatalf("pass failed: %v", err)
+	}
+	if !res.Programmed("b") || res.ForwardErr == nil {
+		t.Errorf("peer b %q, forward error %v; want programmed and an error", res.Peers["b"], res.ForwardErr)
+	}
+	k.InjectError(OpForward, netip.Prefix{}, nil)
+	k.SetForwardPolicy(BackendLegacy, "DROP")
+	// Without the fault, both chains get the pool's rules.
+	res, _ = r.Reconcile(t.Context(), desired(peerB))
+	if res.ForwardErr != nil || len(res.Forward) != 2 || !res.Forward[0].Accepting || !res.Forward[1].Accepting {
+		t.Errorf("after the fault: forward %v, error %v; want both accepting", res.Forward, res.ForwardErr)
 	}
 }

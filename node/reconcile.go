@@ -42,8 +42,12 @@ type Result struct {
 	UplinkMTU int
 	// Forward is what the pass found and did in each filter FORWARD
 	// chain of iptables (see PlanForwardAccept); empty where no backend
-	// has a filter table.
-	Forward []ForwardVerdict
+	// has a filter table. ForwardErr is why it could not read or change
+	// them: it does not fail the pass (pods are no worse off than
+	// without the rules, and the agent still holds its block), and is
+	// logged when it changes.
+	Forward    []ForwardVerdict
+	ForwardErr error
 }
 
 // Programmed reports whether peer's route is installed after the pass.
@@ -64,6 +68,8 @@ type Reconciler struct {
 	// vethSeen is when a pass first saw each host veth; see
 	// PodSpec.Settle.
 	vethSeen map[vethKey]time.Time
+	// lastForwardErr is the previous pass's ForwardErr, as text.
+	lastForwardErr string
 }
 
 // NewReconciler returns a Reconciler for k. Metrics are registered with reg
@@ -130,9 +136,8 @@ func (r *Reconciler) reconcile(ctx context.Context, d Desired) (Result, error) {
 	} else {
 		errs = append(errs, r.kernel.RemoveMasquerade())
 	}
-	var forwardErr error
-	res.Forward, forwardErr = r.syncForwardAccept(d.Pool)
-	errs = append(errs, forwardErr)
+	res.Forward, res.ForwardErr = r.syncForwardAccept(d.Pool)
+	r.logForwardError(res.ForwardErr)
 
 	actual, err := r.kernel.Routes()
 	if err != nil {
@@ -241,6 +246,9 @@ func (r *Reconciler) reconcile(ctx context.Context, d Desired) (Result, error) {
 // others.
 func (r *Reconciler) syncForwardAccept(pool netip.Prefix) ([]ForwardVerdict, error) {
 	chains, err := r.kernel.ForwardChains()
+	if err != nil {
+		r.metrics.forwardErrors.Inc()
+	}
 	insert, del, verdicts := PlanForwardAccept(pool, chains)
 	errs := []error{err}
 	// Each goes to the head of the chain: last first keeps the plan's
@@ -249,6 +257,12 @@ func (r *Reconciler) syncForwardAccept(pool netip.Prefix) ([]ForwardVerdict, err
 		if err := r.kernel.InsertForwardRule(rule); err != nil {
 			r.metrics.forwardErrors.Inc()
 			errs = append(errs, err)
+			// The chain does not accept the pool after all.
+			for i := range verdicts {
+				if verdicts[i].Backend == rule.Backend {
+					verdicts[i].Accepting = false
+				}
+			}
 			continue
 		}
 		r.metrics.forwardOps.WithLabelValues("insert").Inc()
@@ -264,6 +278,23 @@ func (r *Reconciler) syncForwardAccept(pool netip.Prefix) ([]ForwardVerdict, err
 		r.log.Info("forward rule removed", "rule", rule.String())
 	}
 	return verdicts, errors.Join(errs...)
+}
+
+// logForwardError logs the pass's failure in the FORWARD chains when it
+// differs from the last pass's, and once when it clears.
+func (r *Reconciler) logForwardError(err error) {
+	now := ""
+	if err != nil {
+		now = err.Error()
+	}
+	switch {
+	case now == r.lastForwardErr:
+	case now == "":
+		r.log.Info("forward chains handled again")
+	default:
+		r.log.Warn("cannot accept the pool in a FORWARD chain that may drop it", "err", err)
+	}
+	r.lastForwardErr = now
 }
 
 // withoutNextHop keeps the blackholes and unreachable routes: the ones that

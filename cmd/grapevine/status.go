@@ -44,6 +44,9 @@ type statusReport struct {
 	// drops by policy, that the agent accepts the pool in it (see
 	// node.PlanForwardAccept); empty while none drops.
 	ForwardAccept []string `json:"forwardAccept,omitempty"`
+	// ForwardError is why the agent could not read or change a filter
+	// FORWARD chain (node.Result.ForwardErr).
+	ForwardError string `json:"forwardError,omitempty"`
 	// Encapsulation is the --encapsulation mode the paths were chosen by.
 	Encapsulation string `json:"encapsulation,omitempty"`
 	// Settings are the agent's settings a reader checks the host against
@@ -214,6 +217,9 @@ func buildStatus(v mesh.View, kept map[string]keptRoute, withdrawn map[string]st
 		if f.Accepting {
 			r.ForwardAccept = append(r.ForwardAccept, f.String())
 		}
+	}
+	if res.ForwardErr != nil {
+		r.ForwardError = res.ForwardErr.Error()
 	}
 	for _, m := range v.Members {
 		key := memberKey(m)
@@ -455,6 +461,9 @@ func printStatus(w io.Writer, r statusReport) error {
 	}
 	for _, f := range r.ForwardAccept {
 		fmt.Fprintf(w, "firewall: %s\n", f)
+	}
+	if r.ForwardError != "" {
+		fmt.Fprintf(w, "FIREWALL NOT HANDLED: %s\n", r.ForwardError)
 	}
 	l := r.Ledger
 	voters := strings.Join(l.Voters, ",")
