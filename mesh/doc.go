@@ -73,4 +73,10 @@
 // claims anew. A restarted node uses its saved block at once only while
 // the lease saved with it holds (see restorable); otherwise after the
 // ledger confirms it.
+//
+// # Reports
+//
+// Mesh.Report asks a member for its report (Config.Report: grapevine
+// doctor's findings, which the agent makes; mesh carries them as opaque
+// JSON over the ledger's authenticated connection and never reads them).
 package mesh
