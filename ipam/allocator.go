@@ -1,13 +1,17 @@
 package ipam
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"strings"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/grapevine-net/grapevine/node/nodestate"
 )
 
 // ErrCodeExhausted is the CNI error code (plugin-specific range) for a block
@@ -70,7 +74,7 @@ func (a *Allocator) Allocate(block netip.Prefix, containerID, ifname string) (ad
 			taken[r.Addr] = true
 		}
 		start := first
-		if p, ok := a.store.lastReserved(); ok && p.Compare(first) >= 0 && p.Compare(last) < 0 {
+		if p, ok := a.store.lastReserved(first); ok && p.Compare(first) >= 0 && p.Compare(last) < 0 {
 			start = p.Next()
 		}
 		for next := start; ; {
@@ -94,6 +98,37 @@ func (a *Allocator) Allocate(block netip.Prefix, containerID, ifname string) (ad
 		}
 	})
 	return addr, reserved, err
+}
+
+// AllocateFromState reserves the attachment's addresses in the node's
+// blocks: one in st.Block and, on a dual-stack node, one in st.Block6. It
+// returns them (IPv4 first) and those of them this call reserved; when the
+// second allocation fails, the first is freed again if this call reserved
+// it, so a failure leaves the store as it found it.
+func AllocateFromState(a *Allocator, st nodestate.State, containerID, ifname string) (addrs, reserved []netip.Addr, err error) {
+	for _, block := range st.Blocks() {
+		addr, fresh, err := a.Allocate(block, containerID, ifname)
+		if err != nil {
+			if uerr := a.ReleaseAddrs(reserved, containerID, ifname); uerr != nil {
+				return nil, nil, fmt.Errorf("%w; freeing %v again failed: %v", err, reserved, uerr)
+			}
+			return nil, nil, err
+		}
+		addrs = append(addrs, addr)
+		if fresh {
+			reserved = append(reserved, addr)
+		}
+	}
+	return addrs, reserved, nil
+}
+
+// ReleaseAddrs is ReleaseAddr for each of addrs.
+func (a *Allocator) ReleaseAddrs(addrs []netip.Addr, containerID, ifname string) error {
+	var errs []error
+	for _, addr := range addrs {
+		errs = append(errs, a.ReleaseAddr(addr, containerID, ifname))
+	}
+	return errors.Join(errs...)
 }
 
 // Release frees every address held by (containerID, ifname), in any block,
@@ -251,31 +286,52 @@ func Exhausted(block netip.Prefix, reserved []netip.Addr) error {
 	return nil
 }
 
-// rangeSize is how many addresses first..last holds (IPv4).
+// rangeSize is how many addresses first..last of one family holds, or
+// math.MaxInt when that is more than an int counts (an IPv6 block).
 func rangeSize(first, last netip.Addr) int {
-	f, l := first.As4(), last.As4()
-	toInt := func(b [4]byte) int { return int(b[0])<<24 | int(b[1])<<16 | int(b[2])<<8 | int(b[3]) }
-	return toInt(l) - toInt(f) + 1
+	f, l := first.As16(), last.As16()
+	for i := 0; i < 8; i++ {
+		if f[i] != l[i] {
+			return math.MaxInt
+		}
+	}
+	lo := func(b [16]byte) uint64 { return binary.BigEndian.Uint64(b[8:]) }
+	n := lo(l) - lo(f)
+	if n >= math.MaxInt {
+		return math.MaxInt
+	}
+	return int(n) + 1
 }
 
 // UsableRange returns the first and last address handed out from block.
 //
-// With /32 routes every address of a block would work, including the network
-// address and the last one; they are skipped anyway because operators,
-// firewalls and tools still read x.x.x.0 and x.x.x.255 as network and
-// broadcast addresses, and a pod holding one invites confusion.
+// With /32 routes every address of an IPv4 block would work, including the
+// network address and the last one; they are skipped anyway because
+// operators, firewalls and tools still read x.x.x.0 and x.x.x.255 as
+// network and broadcast addresses, and a pod holding one invites confusion.
+// An IPv6 block has no broadcast address: only its first (the
+// subnet-router anycast address) is skipped.
 func UsableRange(block netip.Prefix) (first, last netip.Addr, err error) {
-	if !block.Addr().Is4() {
-		return first, last, types.NewError(types.ErrInvalidNetworkConfig,
-			fmt.Sprintf("block %s: only IPv4 blocks are supported", block), "")
-	}
-	if block.Bits() > 30 {
+	addr := block.Addr()
+	switch {
+	case addr.Is4() && block.Bits() > 30:
 		return first, last, types.NewError(types.ErrInvalidNetworkConfig,
 			fmt.Sprintf("block %s has no usable address: it must be /30 or larger", block), "")
+	case addr.Is6() && !addr.Is4In6() && block.Bits() > nodestate.MaxBlock6Bits:
+		return first, last, types.NewError(types.ErrInvalidNetworkConfig,
+			fmt.Sprintf("block %s is too small: an IPv6 block must be /%d or larger", block, nodestate.MaxBlock6Bits), "")
+	case !addr.Is4() && !(addr.Is6() && !addr.Is4In6()):
+		return first, last, types.NewError(types.ErrInvalidNetworkConfig,
+			fmt.Sprintf("block %q is not an IPv4 or IPv6 network", block), "")
 	}
-	base := block.Masked().Addr().As4()
-	n := uint32(base[0])<<24 | uint32(base[1])<<16 | uint32(base[2])<<8 | uint32(base[3])
-	n |= 1<<(32-block.Bits()) - 1
-	bcast := netip.AddrFrom4([4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)})
-	return block.Masked().Addr().Next(), bcast.Prev(), nil
+	base := block.Masked().Addr()
+	b := base.AsSlice()
+	for i := block.Bits(); i < len(b)*8; i++ {
+		b[i/8] |= 1 << (7 - i%8)
+	}
+	end, _ := netip.AddrFromSlice(b)
+	if addr.Is4() {
+		end = end.Prev()
+	}
+	return base.Next(), end, nil
 }

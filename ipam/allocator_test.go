@@ -44,17 +44,60 @@ func TestUsableRange(t *testing.T) {
 		{"10.244.2.0/23", "10.244.2.1", "10.244.3.254"},
 		{"172.20.250.0/26", "172.20.250.1", "172.20.250.62"},
 		{"10.0.0.4/30", "10.0.0.5", "10.0.0.6"},
+		// IPv6 has no broadcast: only the subnet-router anycast address
+		// (the first) is skipped.
+		{"fd00:10:244:1::/64", "fd00:10:244:1::1", "fd00:10:244:1:ffff:ffff:ffff:ffff"},
+		{"fd00:10:244::100/120", "fd00:10:244::101", "fd00:10:244::1ff"},
 	} {
 		first, last, err := UsableRange(netip.MustParsePrefix(tc.block))
 		if err != nil || first.String() != tc.first || last.String() != tc.last {
 			t.Errorf("UsableRange(%s) = %s, %s, %v; want %s, %s", tc.block, first, last, err, tc.first, tc.last)
 		}
 	}
-	for _, bad := range []string{"10.0.0.0/31", "10.0.0.1/32", "fd00::/64"} {
+	for _, bad := range []string{"10.0.0.0/31", "10.0.0.1/32", "fd00::/121", "fd00::1/128", "::ffff:10.0.0.0/120"} {
 		var cniErr *types.Error
 		if _, _, err := UsableRange(netip.MustParsePrefix(bad)); !errors.As(err, &cniErr) || cniErr.Code != types.ErrInvalidNetworkConfig {
 			t.Errorf("UsableRange(%s) = %v, want CNI error 7", bad, err)
 		}
+	}
+}
+
+// A dual-stack attachment holds one address per block; each family keeps
+// its own round-robin, so IPv6 allocations never restart IPv4's at the
+// block's first address (and the other way round); Release frees both.
+func TestAllocateBothFamilies(t *testing.T) {
+	a := newAllocator(t, testConfig(t))
+	v4, v6 := "10.244.1.0/24", "fd00:10:244:1::/64"
+	if got := mustAllocate(t, a, v4, "a"); got.String() != "10.244.1.1" {
+		t.Errorf("a's IPv4 address %s, want 10.244.1.1", got)
+	}
+	if got := mustAllocate(t, a, v6, "a"); got.String() != "fd00:10:244:1::1" {
+		t.Errorf("a's IPv6 address %s, want fd00:10:244:1::1", got)
+	}
+	if got := mustAllocate(t, a, v6, "a"); got.String() != "fd00:10:244:1::1" {
+		t.Errorf("repeated IPv6 allocation for a gave %s, want the one it holds", got)
+	}
+	if err := a.Release("a", "eth0"); err != nil {
+		t.Fatal(err)
+	}
+	if held, err := a.Held("a", "eth0"); err != nil || len(held) != 0 {
+		t.Errorf("after Release a holds %v (%v)", held, err)
+	}
+	if got := mustAllocate(t, a, v4, "b"); got.String() != "10.244.1.2" {
+		t.Errorf("b's IPv4 address %s, want 10.244.1.2 (IPv4's round-robin went on)", got)
+	}
+	if got := mustAllocate(t, a, v6, "b"); got.String() != "fd00:10:244:1::2" {
+		t.Errorf("b's IPv6 address %s, want fd00:10:244:1::2 (IPv6's round-robin went on)", got)
+	}
+	held, err := a.Held("b", "eth0")
+	if err != nil || len(held) != 2 {
+		t.Errorf("b holds %v (%v), want one address per family", held, err)
+	}
+	if err := Exhausted(netip.MustParsePrefix(v6), held); err != nil {
+		t.Errorf("Exhausted(%s) = %v", v6, err)
+	}
+	if err := Exhausted(netip.MustParsePrefix(v4), held); err != nil {
+		t.Errorf("Exhausted(%s) = %v", v4, err)
 	}
 }
 

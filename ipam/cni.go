@@ -20,6 +20,11 @@ import (
 // it: the host veth answers ARP for it by proxy.
 func Gateway() netip.Addr { return netip.AddrFrom4([4]byte{169, 254, 1, 1}) }
 
+// Gateway6 is the IPv6 next hop every dual-stack pod routes through: the
+// link-local address the host veth's MAC ee:ee:ee:ee:ee:ee gives (EUI-64),
+// which the plugin puts on every host veth.
+func Gateway6() netip.Addr { return netip.MustParseAddr("fe80::ecee:eeff:feee:eeee") }
+
 // SupportedVersions are the CNI spec versions grapevine speaks.
 func SupportedVersions() version.PluginInfo {
 	return version.PluginSupports("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
@@ -30,18 +35,26 @@ func Funcs() skel.CNIFuncs {
 	return skel.CNIFuncs{Add: cmdAdd, Del: cmdDel, Check: cmdCheck, GC: cmdGC, Status: cmdStatus}
 }
 
-// Result is the IPAM result for addr: a /32 with the link-local gateway and a
-// default route through it.
-func Result(addr netip.Addr) *current.Result {
-	gw := net.IP(Gateway().AsSlice())
-	return &current.Result{
-		CNIVersion: current.ImplementedSpecVersion,
-		IPs: []*current.IPConfig{{
-			Address: net.IPNet{IP: net.IP(addr.AsSlice()), Mask: net.CIDRMask(32, 32)},
-			Gateway: gw,
-		}},
-		Routes: []*types.Route{{Dst: net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}, GW: gw}},
+// Result is the IPAM result for addrs, one per family: a /32 (IPv4) or
+// /128 (IPv6) each with its family's link-local gateway and a default route
+// through it.
+func Result(addrs ...netip.Addr) *current.Result {
+	res := &current.Result{CNIVersion: current.ImplementedSpecVersion}
+	for _, addr := range addrs {
+		gw, bits := Gateway(), 32
+		if !addr.Is4() {
+			gw, bits = Gateway6(), 128
+		}
+		res.IPs = append(res.IPs, &current.IPConfig{
+			Address: net.IPNet{IP: net.IP(addr.AsSlice()), Mask: net.CIDRMask(bits, bits)},
+			Gateway: net.IP(gw.AsSlice()),
+		})
+		res.Routes = append(res.Routes, &types.Route{
+			Dst: net.IPNet{IP: make(net.IP, bits/8), Mask: net.CIDRMask(0, bits)},
+			GW:  net.IP(gw.AsSlice()),
+		})
 	}
+	return res
 }
 
 func cmdAdd(args *skel.CmdArgs) error {
@@ -58,19 +71,16 @@ func cmdAdd(args *skel.CmdArgs) error {
 		return err
 	}
 	defer alloc.Close()
-	addr, reserved, err := alloc.Allocate(st.Block, args.ContainerID, args.IfName)
+	addrs, reserved, err := AllocateFromState(alloc, st, args.ContainerID, args.IfName)
 	if err != nil {
 		return err
 	}
 	// The lease may have ended while the store was locked: hand the
-	// address out only if it held once the address was taken. Only an
-	// address this ADD reserved is freed again.
+	// addresses out only if it held once they were taken. Only addresses
+	// this ADD reserved are freed again.
 	if lerr := LeaseHolds(st); lerr != nil {
-		if !reserved {
-			return lerr
-		}
-		if err := alloc.ReleaseAddr(addr, args.ContainerID, args.IfName); err != nil {
-			return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("%s; freeing %s again failed: %v", lerr.Msg, addr, err), "")
+		if err := alloc.ReleaseAddrs(reserved, args.ContainerID, args.IfName); err != nil {
+			return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("%s; freeing %v again failed: %v", lerr.Msg, reserved, err), "")
 		}
 		return lerr
 	}
@@ -80,7 +90,7 @@ func cmdAdd(args *skel.CmdArgs) error {
 	if err := json.Unmarshal(args.StdinData, &vc); err != nil {
 		return DecodeError(err)
 	}
-	return types.PrintResult(Result(addr), vc.CNIVersion)
+	return types.PrintResult(Result(addrs...), vc.CNIVersion)
 }
 
 // openFromConfig parses the network configuration and opens its store.
@@ -144,13 +154,13 @@ func PrevResult(conf *types.PluginConf) (*current.Result, error) {
 	return prev, nil
 }
 
-// CheckHeld reports an error naming every IPv4 address of prev that is not
-// among held, the reservations of (containerID, ifname).
+// CheckHeld reports an error naming every address of prev (either family)
+// that is not among held, the reservations of (containerID, ifname).
 func CheckHeld(held []netip.Addr, prev *current.Result, containerID, ifname string) error {
 	var errs []error
 	for _, ipc := range prev.IPs {
-		addr, ok := netip.AddrFromSlice(ipc.Address.IP.To4())
-		if ok && !slices.Contains(held, addr) {
+		addr, ok := netip.AddrFromSlice(ipc.Address.IP)
+		if ok && !slices.Contains(held, addr.Unmap()) {
 			errs = append(errs, fmt.Errorf("address %s is not reserved for %s/%s (it holds %v)", addr, containerID, ifname, held))
 		}
 	}
@@ -235,7 +245,11 @@ func Status(cfg Config) error {
 	alloc, err := Open(cfg)
 	if err == nil {
 		defer alloc.Close()
-		err = alloc.Status(st.Block)
+		for _, block := range st.Blocks() {
+			if err = alloc.Status(block); err != nil {
+				break
+			}
+		}
 	}
 	if err != nil {
 		return types.NewError(types.ErrPluginNotAvailable, err.Error(), "")

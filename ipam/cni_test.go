@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -233,3 +234,52 @@ func TestBinaryRejectsBadConfig(t *testing.T) {
 }
 
 func mustPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }
+
+// On a dual-stack node grapevine-ipam hands out one address per block, each
+// with its family's gateway and default route; CHECK knows the IPv6 one and
+// DEL frees both.
+func TestBinaryDualStack(t *testing.T) {
+	e := newIPAMEnv(t)
+	lease, err := nodestate.LeaseFromNow(time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := nodestate.State{Node: "n1", Block: mustPrefix("10.244.3.0/24"), Pool: mustPrefix("10.244.0.0/16"),
+		Block6: mustPrefix("fd00:10:244:3::/64"), Pool6: mustPrefix("fd00:10:244::/48"), MTU: 1450, Lease: lease}
+	if err := nodestate.Write(e.runDir, st); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := e.run("ADD", "ctr1", e.conf(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := current.NewResultFromResult(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, ipc := range res.IPs {
+		got = append(got, ipc.Address.String()+" gw "+ipc.Gateway.String())
+	}
+	for _, r := range res.Routes {
+		got = append(got, r.Dst.String()+" via "+r.GW.String())
+	}
+	want := []string{"10.244.3.1/32 gw 169.254.1.1", "fd00:10:244:3::1/128 gw fe80::ecee:eeff:feee:eeee",
+		"0.0.0.0/0 via 169.254.1.1", "::/0 via fe80::ecee:eeff:feee:eeee"}
+	if !slices.Equal(got, want) {
+		t.Errorf("ADD = %q, want %q", got, want)
+	}
+	prev := `, "prevResult": {"cniVersion": "1.1.0", "ips": [{"address": "10.244.3.1/32"}, {"address": "%s/128"}]}`
+	if _, err := e.run("CHECK", "ctr1", e.conf(fmt.Sprintf(prev, "fd00:10:244:3::1"))); err != nil {
+		t.Errorf("CHECK: %v", err)
+	}
+	if _, err := e.run("CHECK", "ctr1", e.conf(fmt.Sprintf(prev, "fd00:10:244:3::9"))); err == nil || !strings.Contains(err.Error(), "fd00:10:244:3::9 is not reserved") {
+		t.Errorf("CHECK with a foreign IPv6 address = %v, want it named", err)
+	}
+	if _, err := e.run("DEL", "ctr1", e.conf("")); err != nil {
+		t.Fatal(err)
+	}
+	if rs, err := ReadReservations(Config{Network: "grapevine", DataDir: e.data}); err != nil || len(rs) != 0 {
+		t.Errorf("reservations after DEL: %v (%v)", rs, err)
+	}
+}

@@ -18,9 +18,16 @@ import (
 // reservation file, as in host-local's store.
 const lineBreak = "\r\n"
 
-// lastReservedFile holds the address handed out last (host-local's
-// last_reserved_ip.<range>). There is one range per node: the current block.
-const lastReservedFile = "last_reserved_ip.0"
+// lastReservedFile holds the address of addr's family handed out last
+// (host-local's last_reserved_ip.<range>). There is one range per family:
+// the current block (range 0) and, on a dual-stack node, the current IPv6
+// block (range 1), so that the two round-robins never reset each other.
+func lastReservedFile(addr netip.Addr) string {
+	if addr.Is4() {
+		return "last_reserved_ip.0"
+	}
+	return "last_reserved_ip.1"
+}
 
 // tempPrefix starts the name of a reservation being written. Writers hold the
 // store's lock, so one seen under the lock was left by a killed process.
@@ -174,7 +181,7 @@ func (s *store) reserve(addr netip.Addr, containerID, ifName string) (bool, erro
 	// write it (a full disk) fails the reservation, leaving nothing.
 	marker, err := s.writeTemporary(addr.String())
 	if err == nil {
-		err = os.Rename(marker, filepath.Join(s.dir, lastReservedFile))
+		err = os.Rename(marker, filepath.Join(s.dir, lastReservedFile(addr)))
 	}
 	if err != nil {
 		return false, errors.Join(fmt.Errorf("record %s as the last reserved address: %w", addr, err), s.release(addr))
@@ -218,14 +225,15 @@ func (s *store) release(addr netip.Addr) error {
 	return nil
 }
 
-// lastReserved returns the address handed out last, if the store knows it.
-func (s *store) lastReserved() (netip.Addr, bool) {
-	data, err := os.ReadFile(filepath.Join(s.dir, lastReservedFile))
+// lastReserved returns the address of family's family handed out last, if
+// the store knows it.
+func (s *store) lastReserved(family netip.Addr) (netip.Addr, bool) {
+	data, err := os.ReadFile(filepath.Join(s.dir, lastReservedFile(family)))
 	if err != nil {
 		return netip.Addr{}, false
 	}
 	addr, err := netip.ParseAddr(strings.TrimSpace(string(data)))
-	return addr, err == nil
+	return addr, err == nil && addr.Is4() == family.Is4()
 }
 
 // writable reports why a reservation could not be written now (a read-only

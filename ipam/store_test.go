@@ -136,7 +136,8 @@ func TestReadReservations(t *testing.T) {
 		"10.244.0.9":         "ddd",            // host-local before it recorded interfaces
 		"10.244.0.10":        "eee\r\n" + strings.Repeat("x", 2*maxReservationSize),
 		"lock":               "",
-		lastReservedFile:     "10.244.0.6",
+		"last_reserved_ip.0": "10.244.0.6",
+		"last_reserved_ip.1": "fd00:10:244::6",
 		tempPrefix + "12345": "fff\r\neth0",
 	}
 	for name, data := range files {

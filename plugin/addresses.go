@@ -12,22 +12,38 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/grapevine-net/grapevine/ipam"
+	"github.com/grapevine-net/grapevine/node/nodestate"
 )
 
 // addressSource is the IPAM side of one CNI call: grapevine-ipam in-process,
 // or any IPAM plugin executed the standard way.
 type addressSource interface {
-	// allocate returns the attachment's address in block and whether this
-	// call reserved it (false: the attachment held it already).
-	allocate(ctx context.Context, block netip.Prefix) (addr netip.Addr, reserved bool, err error)
-	// undoAllocate frees addr, which allocate reserved, when the ADD
+	// allocate returns the attachment's addresses in node's blocks (an
+	// IPv6 one only on a dual-stack node) and those of them this call
+	// reserved (not those the attachment held already).
+	allocate(ctx context.Context, node nodestate.State) (addrs podAddrs, reserved []netip.Addr, err error)
+	// undoAllocate frees reserved, which allocate reserved, when the ADD
 	// fails, and nothing the attachment held before.
-	undoAllocate(ctx context.Context, addr netip.Addr) error
+	undoAllocate(ctx context.Context, reserved []netip.Addr) error
 	// release frees everything the attachment holds (DEL).
 	release(ctx context.Context) error
 	check(ctx context.Context, prev *current.Result) error
 	gc(ctx context.Context, valid []types.GCAttachment) error
 	status(ctx context.Context) error
+}
+
+// podAddrs are a pod's addresses: always an IPv4 one, and an IPv6 one on a
+// dual-stack node (the zero Addr otherwise).
+type podAddrs struct {
+	v4, v6 netip.Addr
+}
+
+// all lists the addresses the pod has, IPv4 first.
+func (p podAddrs) all() []netip.Addr {
+	if p.v6.IsValid() {
+		return []netip.Addr{p.v4, p.v6}
+	}
+	return []netip.Addr{p.v4}
 }
 
 func newAddressSource(conf *Config, args *skel.CmdArgs) addressSource {
@@ -53,17 +69,24 @@ func (l *localIPAM) withAllocator(fn func(*ipam.Allocator) error) error {
 	return fn(alloc)
 }
 
-func (l *localIPAM) allocate(_ context.Context, block netip.Prefix) (addr netip.Addr, reserved bool, err error) {
+func (l *localIPAM) allocate(_ context.Context, node nodestate.State) (addrs podAddrs, reserved []netip.Addr, err error) {
 	err = l.withAllocator(func(a *ipam.Allocator) error {
-		var err error
-		addr, reserved, err = a.Allocate(block, l.containerID, l.ifName)
-		return err
+		got, fresh, err := ipam.AllocateFromState(a, node, l.containerID, l.ifName)
+		if err != nil {
+			return err
+		}
+		reserved = fresh
+		addrs.v4 = got[0]
+		if len(got) > 1 {
+			addrs.v6 = got[1]
+		}
+		return nil
 	})
-	return addr, reserved, err
+	return addrs, reserved, err
 }
 
-func (l *localIPAM) undoAllocate(_ context.Context, addr netip.Addr) error {
-	return l.withAllocator(func(a *ipam.Allocator) error { return a.ReleaseAddr(addr, l.containerID, l.ifName) })
+func (l *localIPAM) undoAllocate(_ context.Context, reserved []netip.Addr) error {
+	return l.withAllocator(func(a *ipam.Allocator) error { return a.ReleaseAddrs(reserved, l.containerID, l.ifName) })
 }
 
 func (l *localIPAM) release(context.Context) error {
@@ -99,45 +122,63 @@ type delegatedIPAM struct {
 	alias string
 }
 
-// allocate cannot learn from the delegate whether the address is new, so
-// it reports it reserved; undoAllocate checks for the attachment instead.
-func (d *delegatedIPAM) allocate(ctx context.Context, block netip.Prefix) (netip.Addr, bool, error) {
+// allocate cannot learn from the delegate whether the addresses are new,
+// so it reports them reserved; undoAllocate checks for the attachment
+// instead.
+func (d *delegatedIPAM) allocate(ctx context.Context, node nodestate.State) (podAddrs, []netip.Addr, error) {
 	res, err := invoke.DelegateAdd(ctx, d.typ, d.stdin, nil)
 	if err != nil {
-		return netip.Addr{}, false, err
+		return podAddrs{}, nil, err
 	}
-	addr, err := d.addrFromResult(ctx, res, block)
-	return addr, err == nil, err
+	addrs, err := d.addrsFromResult(res, node)
+	if err != nil {
+		return podAddrs{}, nil, errors.Join(err, d.undoAllocate(ctx, nil))
+	}
+	return addrs, addrs.all(), nil
 }
 
-func (d *delegatedIPAM) addrFromResult(ctx context.Context, res types.Result, block netip.Prefix) (netip.Addr, error) {
+// addrsFromResult takes the delegate's first IPv4 address, which must be in
+// the node's block, and on a dual-stack node its first IPv6 address, which
+// must be in the IPv6 block (a delegate configured for IPv4 only leaves the
+// pod IPv4-only). On an IPv4-only node IPv6 addresses are ignored, as they
+// always were.
+func (d *delegatedIPAM) addrsFromResult(res types.Result, node nodestate.State) (podAddrs, error) {
 	cur, err := current.NewResultFromResult(res)
 	if err != nil {
-		return netip.Addr{}, errors.Join(fmt.Errorf("ipam %s: convert result: %w", d.typ, err), d.undoAllocate(ctx, netip.Addr{}))
+		return podAddrs{}, fmt.Errorf("ipam %s: convert result: %w", d.typ, err)
 	}
+	var addrs podAddrs
 	for _, ipc := range cur.IPs {
-		addr, ok := netip.AddrFromSlice(ipc.Address.IP.To4())
+		addr, ok := netip.AddrFromSlice(ipc.Address.IP)
 		if !ok {
+			continue
+		}
+		addr = addr.Unmap()
+		block := node.Block
+		slot := &addrs.v4
+		if !addr.Is4() {
+			block, slot = node.Block6, &addrs.v6
+		}
+		if slot.IsValid() || !block.IsValid() {
 			continue
 		}
 		if !block.Contains(addr) {
 			// Other nodes route only this node's block here: the pod
 			// would be unreachable from them.
-			return netip.Addr{}, errors.Join(
-				fmt.Errorf("ipam %s returned %s, outside this node's block %s", d.typ, addr, block),
-				d.undoAllocate(ctx, netip.Addr{}))
+			return podAddrs{}, fmt.Errorf("ipam %s returned %s, outside this node's block %s", d.typ, addr, block)
 		}
-		return addr, nil
+		*slot = addr
 	}
-	return netip.Addr{}, errors.Join(
-		fmt.Errorf("ipam %s returned no IPv4 address", d.typ),
-		d.undoAllocate(ctx, netip.Addr{}))
+	if !addrs.v4.IsValid() {
+		return podAddrs{}, fmt.Errorf("ipam %s returned no IPv4 address", d.typ)
+	}
+	return addrs, nil
 }
 
 // undoAllocate frees the attachment's addresses through the delegate's DEL
 // unless a host veth still carries the attachment's alias: then the ADD
 // repeated a running attachment and what the delegate returned was its.
-func (d *delegatedIPAM) undoAllocate(ctx context.Context, _ netip.Addr) error {
+func (d *delegatedIPAM) undoAllocate(ctx context.Context, _ []netip.Addr) error {
 	link, err := linkWithAlias(d.alias)
 	if err != nil {
 		return err

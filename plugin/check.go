@@ -59,8 +59,10 @@ func cmdCheck(args *skel.CmdArgs) error {
 
 // expected is what CHECK looks for, taken from the previous result.
 type expected struct {
-	prev    *current.Result
-	podIP   netip.Addr
+	prev  *current.Result
+	podIP netip.Addr
+	// podIP6 is the pod's IPv6 address when prevResult lists one.
+	podIP6  netip.Addr
 	podMAC  string
 	podMTU  int
 	hostMTU int
@@ -89,10 +91,15 @@ func expectedFromPrevResult(conf *Config, args *skel.CmdArgs, hostVeth string) (
 			fmt.Sprintf("prevResult has no interface %s in sandbox %s", args.IfName, args.Netns), "")
 	}
 	for _, ipc := range prev.IPs {
-		addr, ok := netip.AddrFromSlice(ipc.Address.IP.To4())
-		if ok && (ipc.Interface == nil || *ipc.Interface == podIdx) {
+		addr, ok := netip.AddrFromSlice(ipc.Address.IP)
+		if !ok || (ipc.Interface != nil && *ipc.Interface != podIdx) {
+			continue
+		}
+		switch addr = addr.Unmap(); {
+		case addr.Is4() && !want.podIP.IsValid():
 			want.podIP = addr
-			break
+		case addr.Is6() && !want.podIP6.IsValid():
+			want.podIP6 = addr
 		}
 	}
 	if !want.podIP.IsValid() {
@@ -137,38 +144,57 @@ func checkHost(name, alias string, want expected) (int, []error) {
 			driftf("%s is %s, want %s", s.Key, strings.TrimSpace(got), s.Value)
 		}
 	}
-	routes, err := netlinkdump.Retry(func() ([]netlink.Route, error) {
-		return netlink.RouteListFiltered(unix.AF_INET, &netlink.Route{Dst: hostPrefix(want.podIP)}, netlink.RT_FILTER_DST)
-	})
-	if err != nil {
-		driftf("list routes: %v", err)
-	} else if !hasRoute(routes, attrs.Index, netlink.SCOPE_LINK, nil) {
-		driftf("route %s dev %s scope link is missing", want.podIP, name)
-	}
-	neighs, err := netlinkdump.Retry(func() ([]netlink.Neigh, error) { return netlink.NeighList(attrs.Index, unix.AF_INET) })
-	if err != nil {
-		driftf("list neighbours: %v", err)
-	} else {
-		drift = append(drift, checkNeighbour(name, neighs, want)...)
+	drift = append(drift, checkRouteToPod(name, attrs.Index, want.podIP, want.podMAC)...)
+	if want.podIP6.IsValid() {
+		drift = append(drift, checkRouteToPod(name, attrs.Index, want.podIP6, want.podMAC)...)
+		addrs, err := netlinkdump.Retry(func() ([]netlink.Addr, error) { return netlink.AddrList(link, unix.AF_INET6) })
+		if err != nil {
+			driftf("list addresses: %v", err)
+		} else if !hasAddrBits(addrs, ipam.Gateway6(), 64) {
+			driftf("address %s/64 is missing", ipam.Gateway6())
+		}
 	}
 	return attrs.Index, drift
 }
 
-func checkNeighbour(name string, neighs []netlink.Neigh, want expected) []error {
+// checkRouteToPod checks the host's route to podIP through the veth name
+// (index idx) and the pod's PERMANENT neighbour entry there.
+func checkRouteToPod(name string, idx int, podIP netip.Addr, podMAC string) []error {
+	var drift []error
+	family, scope, route := unix.AF_INET, netlink.SCOPE_LINK, podIP.String()+" dev "+name+" scope link"
+	if !podIP.Is4() {
+		family, scope, route = unix.AF_INET6, netlink.SCOPE_UNIVERSE, podIP.String()+" dev "+name
+	}
+	routes, err := netlinkdump.Retry(func() ([]netlink.Route, error) {
+		return netlink.RouteListFiltered(family, &netlink.Route{Dst: hostPrefix(podIP)}, netlink.RT_FILTER_DST)
+	})
+	if err != nil {
+		drift = append(drift, fmt.Errorf("host veth %s: list routes: %w", name, err))
+	} else if !hasRoute(routes, idx, scope, nil) {
+		drift = append(drift, fmt.Errorf("host veth %s: route %s is missing", name, route))
+	}
+	neighs, err := netlinkdump.Retry(func() ([]netlink.Neigh, error) { return netlink.NeighList(idx, family) })
+	if err != nil {
+		return append(drift, fmt.Errorf("host veth %s: list neighbours: %w", name, err))
+	}
+	return append(drift, checkNeighbour(name, neighs, podIP, podMAC)...)
+}
+
+func checkNeighbour(name string, neighs []netlink.Neigh, podIP netip.Addr, podMAC string) []error {
 	for _, n := range neighs {
-		if !n.IP.Equal(net.IP(want.podIP.AsSlice())) {
+		if !n.IP.Equal(net.IP(podIP.AsSlice())) {
 			continue
 		}
 		var drift []error
 		if n.State&netlink.NUD_PERMANENT == 0 {
-			drift = append(drift, fmt.Errorf("host veth %s: neighbour %s is not PERMANENT (state %#x)", name, want.podIP, n.State))
+			drift = append(drift, fmt.Errorf("host veth %s: neighbour %s is not PERMANENT (state %#x)", name, podIP, n.State))
 		}
-		if want.podMAC != "" && n.HardwareAddr.String() != want.podMAC {
-			drift = append(drift, fmt.Errorf("host veth %s: neighbour %s has lladdr %s, want %s", name, want.podIP, n.HardwareAddr, want.podMAC))
+		if podMAC != "" && n.HardwareAddr.String() != podMAC {
+			drift = append(drift, fmt.Errorf("host veth %s: neighbour %s has lladdr %s, want %s", name, podIP, n.HardwareAddr, podMAC))
 		}
 		return drift
 	}
-	return []error{fmt.Errorf("host veth %s: neighbour %s lladdr %s PERMANENT is missing", name, want.podIP, want.podMAC)}
+	return []error{fmt.Errorf("host veth %s: neighbour %s lladdr %s PERMANENT is missing", name, podIP, podMAC)}
 }
 
 // checkPod checks the pod side inside podNS: the veth paired with the host
@@ -222,8 +248,11 @@ func checkPod(podNS ns.NetNS, ifName string, want expected, hostIndex int) []err
 			driftf("list neighbours: %v", err)
 			return nil
 		}
-		if !hasGatewayNeighbour(neighs) {
+		if !hasGatewayNeighbour(neighs, ipam.Gateway()) {
 			driftf("neighbour %s lladdr %s PERMANENT is missing or different", gw, hostVethMAC())
+		}
+		if want.podIP6.IsValid() {
+			drift = append(drift, checkPod6(link, want.podIP6)...)
 		}
 		return nil
 	})
@@ -233,21 +262,57 @@ func checkPod(podNS ns.NetNS, ifName string, want expected, hostIndex int) []err
 	return drift
 }
 
-// hasGatewayNeighbour reports whether neighs hold 169.254.1.1 with the host
-// veth's MAC, PERMANENT.
-func hasGatewayNeighbour(neighs []netlink.Neigh) bool {
+// checkPod6 checks the pod side's IPv6 wiring in the pod's namespace: the
+// /128, the default route via the gateway's link-local address and its
+// PERMANENT neighbour entry.
+func checkPod6(link netlink.Link, podIP netip.Addr) []error {
+	var drift []error
+	ifName := link.Attrs().Name
+	driftf := func(format string, a ...any) {
+		drift = append(drift, fmt.Errorf("pod interface "+ifName+": "+format, a...))
+	}
+	addrs, err := netlinkdump.Retry(func() ([]netlink.Addr, error) { return netlink.AddrList(link, unix.AF_INET6) })
+	if err != nil {
+		driftf("list addresses: %v", err)
+	} else if !hasAddr(addrs, podIP) {
+		driftf("address %s/128 is missing (has %v)", podIP, addrs)
+	}
+	gw := net.IP(ipam.Gateway6().AsSlice())
+	routes, err := netlinkdump.Retry(func() ([]netlink.Route, error) { return netlink.RouteList(link, unix.AF_INET6) })
+	if err != nil {
+		driftf("list routes: %v", err)
+	} else if !hasDefaultVia(routes, gw) {
+		driftf("route default via %s dev %s is missing", gw, ifName)
+	}
+	neighs, err := netlink.NeighList(link.Attrs().Index, unix.AF_INET6)
+	if err != nil {
+		driftf("list neighbours: %v", err)
+	} else if !hasGatewayNeighbour(neighs, ipam.Gateway6()) {
+		driftf("neighbour %s lladdr %s PERMANENT is missing or different", gw, hostVethMAC())
+	}
+	return drift
+}
+
+// hasGatewayNeighbour reports whether neighs hold gw with the host veth's
+// MAC, PERMANENT.
+func hasGatewayNeighbour(neighs []netlink.Neigh, gw netip.Addr) bool {
 	for _, n := range neighs {
-		if n.IP.Equal(net.IP(ipam.Gateway().AsSlice())) {
+		if n.IP.Equal(net.IP(gw.AsSlice())) {
 			return n.State&netlink.NUD_PERMANENT != 0 && n.HardwareAddr.String() == hostVethMAC().String()
 		}
 	}
 	return false
 }
 
+// hasAddr reports whether addrs hold want as a host address (/32, /128).
 func hasAddr(addrs []netlink.Addr, want netip.Addr) bool {
+	return hasAddrBits(addrs, want, want.BitLen())
+}
+
+func hasAddrBits(addrs []netlink.Addr, want netip.Addr, bits int) bool {
 	for _, a := range addrs {
 		ones, _ := a.Mask.Size()
-		if a.IP.Equal(net.IP(want.AsSlice())) && ones == 32 {
+		if a.IP.Equal(net.IP(want.AsSlice())) && ones == bits {
 			return true
 		}
 	}
@@ -270,7 +335,7 @@ func hasRoute(routes []netlink.Route, linkIndex int, scope netlink.Scope, dst *n
 
 func hasDefaultVia(routes []netlink.Route, gw net.IP) bool {
 	for _, r := range routes {
-		isDefault := r.Dst == nil || r.Dst.String() == "0.0.0.0/0"
+		isDefault := r.Dst == nil || r.Dst.String() == "0.0.0.0/0" || r.Dst.String() == "::/0"
 		if isDefault && r.Gw.Equal(gw) {
 			return true
 		}

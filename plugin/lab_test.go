@@ -212,19 +212,29 @@ func addLoopedLink(name string) (netlink.Link, error) {
 
 func (l *lab) writeNodeState(block string, mtu int) {
 	l.t.Helper()
+	l.writeDualStackState(block, "", mtu)
+}
+
+// writeDualStackState is writeNodeState with an IPv6 block from
+// fd00:10:244::/48 (none when block6 is empty).
+func (l *lab) writeDualStackState(block, block6 string, mtu int) {
+	l.t.Helper()
 	lease, err := nodestate.LeaseFromNow(time.Hour)
 	if err != nil {
 		l.t.Fatal(err)
 	}
-	err = nodestate.Write(l.runDir, nodestate.State{
+	st := nodestate.State{
 		Node:   "node-a",
 		Block:  netip.MustParsePrefix(block),
 		Pool:   netip.MustParsePrefix("10.244.0.0/16"),
 		HostIP: l.hostIP,
 		MTU:    mtu,
 		Lease:  lease,
-	})
-	if err != nil {
+	}
+	if block6 != "" {
+		st.Block6, st.Pool6 = netip.MustParsePrefix(block6), netip.MustParsePrefix("fd00:10:244::/48")
+	}
+	if err := nodestate.Write(l.runDir, st); err != nil {
 		l.t.Fatal(err)
 	}
 }
@@ -373,20 +383,28 @@ func readSysctl(t testing.TB, netns ns.NetNS, key string) string {
 	return strings.TrimSpace(string(v))
 }
 
-// ping sends one ICMP echo from inside netns to dst and waits for the reply.
+// ping sends one ICMP echo (ICMPv6 for an IPv6 dst) from inside netns to
+// dst and waits for the reply.
 func ping(t testing.TB, netns ns.NetNS, dst netip.Addr) error {
 	t.Helper()
+	network, request, reply := "ip4:icmp", byte(8), byte(0)
+	if !dst.Is4() {
+		// The kernel fills in an ICMPv6 checksum itself.
+		network, request, reply = "ip6:ipv6-icmp", 128, 129
+	}
 	var conn *net.IPConn
 	inNS(t, netns, func() error {
 		var err error
-		conn, err = net.ListenIP("ip4:icmp", nil)
+		conn, err = net.ListenIP(network, nil)
 		return err
 	})
 	defer conn.Close()
 	id := os.Getpid() & 0xffff
-	echo := []byte{8, 0, 0, 0, byte(id >> 8), byte(id), 0, 1, 'g', 'v'}
-	sum := icmpChecksum(echo)
-	echo[2], echo[3] = byte(sum>>8), byte(sum)
+	echo := []byte{request, 0, 0, 0, byte(id >> 8), byte(id), 0, 1, 'g', 'v'}
+	if dst.Is4() {
+		sum := icmpChecksum(echo)
+		echo[2], echo[3] = byte(sum>>8), byte(sum)
+	}
 	if _, err := conn.WriteToIP(echo, &net.IPAddr{IP: dst.AsSlice()}); err != nil {
 		return fmt.Errorf("send echo to %s: %w", dst, err)
 	}
@@ -400,7 +418,7 @@ func ping(t testing.TB, netns ns.NetNS, dst netip.Addr) error {
 		if err != nil {
 			return fmt.Errorf("no echo reply from %s: %w", dst, err)
 		}
-		if n >= 8 && buf[0] == 0 && from.IP.Equal(dst.AsSlice()) && int(buf[4])<<8|int(buf[5]) == id {
+		if n >= 8 && buf[0] == reply && from.IP.Equal(dst.AsSlice()) && int(buf[4])<<8|int(buf[5]) == id {
 			return nil
 		}
 	}

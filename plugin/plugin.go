@@ -46,25 +46,25 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 		return err
 	}
 	addrs := newAddressSource(conf, args)
-	podIP, reserved, err := addrs.allocate(ctx, node.Block)
+	podIPs, reserved, err := addrs.allocate(ctx, node)
 	if err != nil {
 		return err
 	}
 	created := false
 	defer func() {
 		if err != nil {
-			err = withUndo(err, undoAdd(ctx, addrs, hostVeth, alias, created, reserved, podIP))
+			err = withUndo(err, undoAdd(ctx, addrs, hostVeth, alias, created, reserved))
 		}
 	}()
 
 	if created, err = createVeth(hostVeth, args.IfName, alias, mtu, podNS, leftover); err != nil {
 		return err
 	}
-	pod, err := configurePod(podNS, args.IfName, podIP)
+	pod, err := configurePod(podNS, args.IfName, podIPs)
 	if err != nil {
 		return err
 	}
-	host, err := configureHost(hostVeth, podIP, pod.mac)
+	host, err := configureHost(hostVeth, podIPs, pod.mac)
 	if err != nil {
 		return err
 	}
@@ -75,12 +75,14 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	if lerr := ipam.LeaseHolds(node); lerr != nil {
 		return lerr
 	}
-	result := ipam.Result(podIP)
+	result := ipam.Result(podIPs.all()...)
 	result.Interfaces = []*current.Interface{
 		{Name: hostVeth, Mac: host.Attrs().HardwareAddr.String(), Mtu: host.Attrs().MTU},
 		{Name: args.IfName, Mac: pod.mac.String(), Mtu: pod.mtu, Sandbox: args.Netns},
 	}
-	result.IPs[0].Interface = current.Int(1)
+	for _, ipc := range result.IPs {
+		ipc.Interface = current.Int(1)
+	}
 	result.DNS = conf.DNS
 	return types.PrintResult(result, conf.CNIVersion)
 }
@@ -116,16 +118,17 @@ func getPodNS(path string) (ns.NetNS, error) {
 }
 
 // undoAdd removes what a failed ADD made and nothing else: the host veth if
-// it created it (the pod side goes with it), the address if it reserved it.
+// it created it (the pod side, and both families' routes, addresses and
+// neighbour entries go with it), the addresses it reserved.
 // What the attachment had before, when the ADD repeated a running one,
 // stays its own.
-func undoAdd(ctx context.Context, addrs addressSource, hostVeth, alias string, created, reserved bool, addr netip.Addr) error {
+func undoAdd(ctx context.Context, addrs addressSource, hostVeth, alias string, created bool, reserved []netip.Addr) error {
 	var errs []error
 	if created {
 		errs = append(errs, deleteCreatedVeth(hostVeth, alias))
 	}
-	if reserved {
-		errs = append(errs, addrs.undoAllocate(ctx, addr))
+	if len(reserved) > 0 {
+		errs = append(errs, addrs.undoAllocate(ctx, reserved))
 	}
 	return errors.Join(errs...)
 }

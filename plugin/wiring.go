@@ -84,16 +84,26 @@ type podInterface struct {
 // it, and the gateway address is routed nowhere. It also saves the ARP round
 // trip on the pod's first packet. proxy_arp stays on for anything that flushes
 // the pod's neighbours.
-func configurePod(podNS ns.NetNS, ifName string, podIP netip.Addr) (podInterface, error) {
+//
+// On a dual-stack node the pod gets the IPv6 twin (configurePod6).
+func configurePod(podNS ns.NetNS, ifName string, podIPs podAddrs) (podInterface, error) {
 	var pod podInterface
 	err := podNS.Do(func(ns.NetNS) error {
 		link, err := netlink.LinkByName(ifName)
 		if err != nil {
 			return fmt.Errorf("look up %s: %w", ifName, err)
 		}
+		if podIPs.v6.IsValid() {
+			// Before the link comes up, so that a namespace created with
+			// IPv6 off gets it for this link from the start.
+			if err := enableIPv6(ifName); err != nil {
+				return err
+			}
+		}
 		if err := netlink.LinkSetUp(link); err != nil {
 			return fmt.Errorf("set %s up: %w", ifName, err)
 		}
+		podIP := podIPs.v4
 		if err := netlink.AddrAdd(link, &netlink.Addr{IPNet: hostPrefix(podIP)}); err != nil {
 			return fmt.Errorf("add %s/32 to %s: %w", podIP, ifName, err)
 		}
@@ -105,8 +115,13 @@ func configurePod(podNS ns.NetNS, ifName string, podIP netip.Addr) (podInterface
 		if err := netlink.RouteAdd(&netlink.Route{LinkIndex: idx, Gw: gw}); err != nil {
 			return fmt.Errorf("add route default via %s dev %s: %w", gw, ifName, err)
 		}
-		if err := netlink.NeighSet(gatewayNeighbour(idx)); err != nil {
+		if err := netlink.NeighSet(gatewayNeighbour(idx, ipam.Gateway())); err != nil {
 			return fmt.Errorf("add neighbour %s lladdr %s dev %s: %w", gw, hostVethMAC(), ifName, err)
+		}
+		if podIPs.v6.IsValid() {
+			if err := configurePod6(link, podIPs.v6); err != nil {
+				return err
+			}
 		}
 		pod = podInterface{mac: link.Attrs().HardwareAddr, mtu: link.Attrs().MTU}
 		return nil
@@ -114,14 +129,63 @@ func configurePod(podNS ns.NetNS, ifName string, podIP netip.Addr) (podInterface
 	return pod, err
 }
 
-// gatewayNeighbour is the pod's PERMANENT entry for the gateway on the link
-// with index idx: 169.254.1.1 is the host veth, whose MAC is fixed.
-func gatewayNeighbour(idx int) *netlink.Neigh {
+// configurePod6 gives the pod side, in the pod's namespace, its IPv6 /128
+// and the twin of the IPv4 wiring:
+//
+//	inet6 fd00:10:244:1::3/128 scope global nodad
+//	default via fe80::ecee:eeff:feee:eeee dev eth0
+//	fe80::ecee:eeff:feee:eeee dev eth0 lladdr ee:ee:ee:ee:ee:ee PERMANENT
+//
+// No duplicate address detection: the address is the pod's alone (IPAM
+// says so), and DAD would hold it tentative for a second or more, losing
+// the pod's first packets. The PERMANENT entry means the pod never has to
+// solicit the gateway, so nothing depends on NDP (proxy or not) or on
+// routes on the host. A link-local gateway needs no on-link route.
+func configurePod6(link netlink.Link, podIP netip.Addr) error {
+	name, idx := link.Attrs().Name, link.Attrs().Index
+	if err := netlink.AddrAdd(link, &netlink.Addr{IPNet: hostPrefix(podIP), Flags: unix.IFA_F_NODAD}); err != nil {
+		return fmt.Errorf("add %s/128 nodad to %s: %w", podIP, name, err)
+	}
+	gw := net.IP(ipam.Gateway6().AsSlice())
+	if err := netlink.RouteAdd(&netlink.Route{LinkIndex: idx, Gw: gw, Dst: defaultRoute6()}); err != nil {
+		return fmt.Errorf("add route default via %s dev %s: %w", gw, name, err)
+	}
+	if err := netlink.NeighSet(gatewayNeighbour(idx, ipam.Gateway6())); err != nil {
+		return fmt.Errorf("add neighbour %s lladdr %s dev %s: %w", gw, hostVethMAC(), name, err)
+	}
+	return nil
+}
+
+func defaultRoute6() *net.IPNet { return &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)} }
+
+// enableIPv6 turns IPv6 on for the link name in the current namespace
+// (net.ipv6.conf.<name>.disable_ipv6=0): a host or pod namespace whose
+// default has IPv6 off would refuse the link's IPv6 addresses. A kernel
+// without IPv6 is said so.
+func enableIPv6(name string) error {
+	key := "net/ipv6/conf/" + name + "/disable_ipv6"
+	if _, err := sysctl.Sysctl(key, "0"); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("this node has an IPv6 block but the kernel has no IPv6 for %s: %w", name, err)
+		}
+		return fmt.Errorf("set %s=0: %w", key, err)
+	}
+	return nil
+}
+
+// gatewayNeighbour is the pod's PERMANENT entry for the gateway gw
+// (169.254.1.1 or its IPv6 twin) on the link with index idx: the gateway is
+// the host veth, whose MAC is fixed.
+func gatewayNeighbour(idx int, gw netip.Addr) *netlink.Neigh {
+	family := unix.AF_INET
+	if !gw.Is4() {
+		family = unix.AF_INET6
+	}
 	return &netlink.Neigh{
 		LinkIndex:    idx,
-		Family:       unix.AF_INET,
+		Family:       family,
 		State:        netlink.NUD_PERMANENT,
-		IP:           net.IP(ipam.Gateway().AsSlice()),
+		IP:           net.IP(gw.AsSlice()),
 		HardwareAddr: hostVethMAC(),
 	}
 }
@@ -129,8 +193,10 @@ func gatewayNeighbour(idx int) *netlink.Neigh {
 // configureHost finishes the host side in the current namespace: the fixed
 // MAC (verified, since some kernels ignore the MAC in a create request), the
 // sysctls, `<podIP> dev <veth> scope link`, and a permanent neighbour entry
-// so the host never has to ARP for the pod.
-func configureHost(name string, podIP netip.Addr, podMAC net.HardwareAddr) (netlink.Link, error) {
+// so the host never has to ARP for the pod; on a dual-stack node the same
+// for the pod's IPv6 address, and the gateway's link-local address
+// (configureHost6).
+func configureHost(name string, podIPs podAddrs, podMAC net.HardwareAddr) (netlink.Link, error) {
 	link, err := netlink.LinkByName(name)
 	if err != nil {
 		return nil, fmt.Errorf("look up %s: %w", name, err)
@@ -154,21 +220,64 @@ func configureHost(name string, podIP netip.Addr, podMAC net.HardwareAddr) (netl
 			return nil, fmt.Errorf("set %s=%s: %w", s.Key, s.Value, err)
 		}
 	}
-	idx := link.Attrs().Index
-	if err := netlink.RouteReplace(&netlink.Route{LinkIndex: idx, Dst: hostPrefix(podIP), Scope: netlink.SCOPE_LINK}); err != nil {
-		return nil, fmt.Errorf("add route %s dev %s scope link: %w", podIP, name, err)
+	if err := routeToPod(link, podIPs.v4, podMAC); err != nil {
+		return nil, err
+	}
+	if podIPs.v6.IsValid() {
+		if err := configureHost6(link, podIPs.v6, podMAC); err != nil {
+			return nil, err
+		}
+	}
+	return link, nil
+}
+
+// configureHost6 gives the host veth the gateway's link-local address
+// fe80::ecee:eeff:feee:eeee/64 (nodad), then `<pod6> dev <veth>` and a
+// PERMANENT neighbour entry for the pod's IPv6 address.
+//
+// The address is added explicitly rather than left to the kernel: the
+// kernel derives it from the MAC only under addr_gen_mode 0 (EUI-64); mode
+// 1 gives the link none, modes 2 and 3 an opaque one, and any mode runs
+// DAD first. The pod's PERMANENT entry means the pod never asks for it, but
+// with it the host answers the pod's neighbour solicitations for its
+// gateway should the entry be flushed, and sends ICMPv6 errors from the
+// address the pod routes through. Where the kernel already made the same
+// address (mode 0), adding it again changes nothing.
+func configureHost6(link netlink.Link, podIP netip.Addr, podMAC net.HardwareAddr) error {
+	name := link.Attrs().Name
+	if err := enableIPv6(name); err != nil {
+		return err
+	}
+	gw := &net.IPNet{IP: net.IP(ipam.Gateway6().AsSlice()), Mask: net.CIDRMask(64, 128)}
+	if err := netlink.AddrReplace(link, &netlink.Addr{IPNet: gw, Flags: unix.IFA_F_NODAD}); err != nil {
+		return fmt.Errorf("add %s nodad to %s: %w", gw, name, err)
+	}
+	return routeToPod(link, podIP, podMAC)
+}
+
+// routeToPod writes `<podIP> dev <link> scope link` (a /32 or /128) and the
+// pod's PERMANENT neighbour entry on the host veth.
+func routeToPod(link netlink.Link, podIP netip.Addr, podMAC net.HardwareAddr) error {
+	name, idx := link.Attrs().Name, link.Attrs().Index
+	family, scope := unix.AF_INET, netlink.SCOPE_LINK
+	if !podIP.Is4() {
+		// IPv6 routes carry no scope.
+		family, scope = unix.AF_INET6, netlink.SCOPE_UNIVERSE
+	}
+	if err := netlink.RouteReplace(&netlink.Route{LinkIndex: idx, Dst: hostPrefix(podIP), Scope: scope}); err != nil {
+		return fmt.Errorf("add route %s dev %s%s: %w", podIP, name, map[bool]string{true: " scope link"}[podIP.Is4()], err)
 	}
 	neigh := &netlink.Neigh{
 		LinkIndex:    idx,
-		Family:       unix.AF_INET,
+		Family:       family,
 		State:        netlink.NUD_PERMANENT,
 		IP:           net.IP(podIP.AsSlice()),
 		HardwareAddr: podMAC,
 	}
 	if err := netlink.NeighSet(neigh); err != nil {
-		return nil, fmt.Errorf("add neighbour %s lladdr %s dev %s: %w", podIP, podMAC, name, err)
+		return fmt.Errorf("add neighbour %s lladdr %s dev %s: %w", podIP, podMAC, name, err)
 	}
-	return link, nil
+	return nil
 }
 
 // pickHostVeth returns the name for the attachment's host veth and the link

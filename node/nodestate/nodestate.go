@@ -1,7 +1,8 @@
 // Package nodestate owns node.json, the one file through which the agent
 // tells the CNI plugin and IPAM about this node: its name, the block it holds,
 // the lease under which it may hand out addresses from it, the pool, its host
-// address and the MTU pods should use.
+// address and the MTU pods should use, and, in a dual-stack cluster, its
+// IPv6 block and pool.
 //
 // The agent is the only writer; the plugin and IPAM only read. The file is
 // replaced atomically (write to a temporary file, fsync, rename), so a reader
@@ -72,7 +73,16 @@ type State struct {
 	HostIP netip.Addr   `json:"hostIP"`
 	MTU    int          `json:"mtu"`
 	Lease  Lease        `json:"lease"`
+	// Block6 is this node's IPv6 block, set when the cluster has an IPv6
+	// pool (Pool6): pods then get an address from each block. Both are
+	// absent from an IPv4-only node's file, which reads as before.
+	Block6 netip.Prefix `json:"block6,omitzero"`
+	Pool6  netip.Prefix `json:"pool6,omitzero"`
 }
+
+// MaxBlock6Bits is the longest IPv6 block prefix: a /120 still holds 255
+// pod addresses.
+const MaxBlock6Bits = 120
 
 // Lease is the ledger leader's grant of Block to this host: addresses may
 // be handed out from Block until Ends on the host clock (package hostclock).
@@ -134,6 +144,37 @@ func (s State) Validate() error {
 	}
 	if err := CheckMTU(s.MTU); err != nil {
 		return fmt.Errorf("node state: %w", err)
+	}
+	return s.validate6()
+}
+
+// Blocks are the node's blocks pods get an address from: Block, and Block6
+// when the node has one.
+func (s State) Blocks() []netip.Prefix {
+	if s.Block6.IsValid() {
+		return []netip.Prefix{s.Block, s.Block6}
+	}
+	return []netip.Prefix{s.Block}
+}
+
+// validate6 checks the optional IPv6 block: absent, or an IPv6 network of
+// MaxBlock6Bits or shorter inside an IPv6 pool.
+func (s State) validate6() error {
+	switch {
+	case !s.Block6.IsValid() && !s.Pool6.IsValid():
+		return nil
+	case !s.Block6.IsValid():
+		return fmt.Errorf("node state: pool6 %s is set but block6 is missing", s.Pool6)
+	case !s.Pool6.IsValid():
+		return fmt.Errorf("node state: block6 %s is set but pool6 is missing", s.Block6)
+	case !s.Block6.Addr().Is6() || s.Block6.Addr().Is4In6() || !s.Pool6.Addr().Is6():
+		return fmt.Errorf("node state: block6 %s and pool6 %s must be IPv6", s.Block6, s.Pool6)
+	case s.Block6.Bits() > MaxBlock6Bits:
+		return fmt.Errorf("node state: block6 %s is longer than /%d", s.Block6, MaxBlock6Bits)
+	case s.Block6.Bits() < s.Pool6.Bits() || !s.Pool6.Contains(s.Block6.Addr()):
+		return fmt.Errorf("node state: block6 %s is not inside pool6 %s", s.Block6, s.Pool6)
+	case s.Block6.Masked() != s.Block6:
+		return fmt.Errorf("node state: block6 %s is not a network address", s.Block6)
 	}
 	return nil
 }

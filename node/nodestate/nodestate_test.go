@@ -37,6 +37,37 @@ func TestWriteReadRoundTrip(t *testing.T) {
 	}
 }
 
+// An IPv4-only node.json, as agents before IPv6 wrote it, reads as before,
+// and one written without an IPv6 block carries no IPv6 keys.
+func TestIPv4OnlyStateKeepsItsFormat(t *testing.T) {
+	dir := t.TempDir()
+	old := `{"node":"a","block":"10.244.2.0/23","pool":"10.244.0.0/16","hostIP":"10.0.0.1","mtu":1500}`
+	if err := os.WriteFile(Path(dir), []byte(old), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	st, err := Read(dir)
+	if err != nil || st.Block6.IsValid() || st.Pool6.IsValid() {
+		t.Fatalf("Read of an IPv4-only node.json = %+v, %v", st, err)
+	}
+	if err := Write(dir, st); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(Path(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(data), "block6") || strings.Contains(string(data), "pool6") {
+		t.Errorf("IPv4-only node.json written with IPv6 keys:\n%s", data)
+	}
+	st.Block6, st.Pool6 = netip.MustParsePrefix("fd00:10:244:2::/64"), netip.MustParsePrefix("fd00:10:244::/48")
+	if err := Write(dir, st); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := Read(dir); err != nil || got != st {
+		t.Errorf("dual-stack round trip = %+v, %v; want %+v", got, err, st)
+	}
+}
+
 func TestReadMissingIsNotReady(t *testing.T) {
 	_, err := Read(t.TempDir())
 	if !errors.Is(err, ErrNotReady) {
@@ -46,13 +77,19 @@ func TestReadMissingIsNotReady(t *testing.T) {
 
 func TestReadRejectsBadState(t *testing.T) {
 	cases := map[string]string{
-		"no block":       `{"node":"a","pool":"10.244.0.0/16","hostIP":"10.0.0.1","mtu":1500}`,
-		"outside pool":   `{"node":"a","block":"10.245.0.0/23","pool":"10.244.0.0/16","hostIP":"10.0.0.1"}`,
-		"not masked":     `{"node":"a","block":"10.244.1.0/23","pool":"10.244.0.0/16","hostIP":"10.0.0.1"}`,
-		"bad mtu":        `{"node":"a","block":"10.244.2.0/23","pool":"10.244.0.0/16","hostIP":"10.0.0.1","mtu":70000}`,
-		"garbage":        `{"node":`,
-		"wrong type":     `{"node":"a","block":42}`,
-		"bigger than it": `{"node":"a","block":"10.0.0.0/8","pool":"10.244.0.0/16"}`,
+		"no block":          `{"node":"a","pool":"10.244.0.0/16","hostIP":"10.0.0.1","mtu":1500}`,
+		"outside pool":      `{"node":"a","block":"10.245.0.0/23","pool":"10.244.0.0/16","hostIP":"10.0.0.1"}`,
+		"not masked":        `{"node":"a","block":"10.244.1.0/23","pool":"10.244.0.0/16","hostIP":"10.0.0.1"}`,
+		"bad mtu":           `{"node":"a","block":"10.244.2.0/23","pool":"10.244.0.0/16","hostIP":"10.0.0.1","mtu":70000}`,
+		"garbage":           `{"node":`,
+		"wrong type":        `{"node":"a","block":42}`,
+		"bigger than it":    `{"node":"a","block":"10.0.0.0/8","pool":"10.244.0.0/16"}`,
+		"block6 alone":      `{"node":"a","block":"10.244.2.0/23","pool":"10.244.0.0/16","block6":"fd00:10:244:2::/64"}`,
+		"pool6 alone":       `{"node":"a","block":"10.244.2.0/23","pool":"10.244.0.0/16","pool6":"fd00:10:244::/48"}`,
+		"block6 outside":    `{"node":"a","block":"10.244.2.0/23","pool":"10.244.0.0/16","block6":"fd00:99::/64","pool6":"fd00:10:244::/48"}`,
+		"block6 is IPv4":    `{"node":"a","block":"10.244.2.0/23","pool":"10.244.0.0/16","block6":"10.244.2.0/24","pool6":"10.244.0.0/16"}`,
+		"block6 too long":   `{"node":"a","block":"10.244.2.0/23","pool":"10.244.0.0/16","block6":"fd00:10:244::/124","pool6":"fd00:10:244::/48"}`,
+		"block6 not masked": `{"node":"a","block":"10.244.2.0/23","pool":"10.244.0.0/16","block6":"fd00:10:244::1/64","pool6":"fd00:10:244::/48"}`,
 	}
 	for name, body := range cases {
 		t.Run(name, func(t *testing.T) {
