@@ -18,8 +18,10 @@ type FakeKernel struct {
 	links      map[string]Link
 	routes     map[routeKey]FakeRoute
 	forwarding bool
-	masquerade netip.Prefix // zero: table absent
-	tunnel     *fakeTunnel  // nil: no VXLAN device
+	// forwarding6 is IPv6's forwarding switch.
+	forwarding6 bool
+	masquerade  netip.Prefix // zero: table absent
+	tunnel      *fakeTunnel  // nil: no VXLAN device
 	// forward is each backend's filter FORWARD chain: its policy and
 	// every rule in order; a backend without an entry has no filter
 	// table.
@@ -291,6 +293,27 @@ func (f *FakeKernel) EnsureForwarding() error {
 		f.writes++
 	}
 	return nil
+}
+
+// EnsureForwarding6 implements Kernel.
+func (f *FakeKernel) EnsureForwarding6() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.fault(OpForwarding, netip.Prefix{}); err != nil {
+		return err
+	}
+	if !f.forwarding6 {
+		f.forwarding6 = true
+		f.writes++
+	}
+	return nil
+}
+
+// Forwarding6 reports whether IPv6 forwarding was turned on.
+func (f *FakeKernel) Forwarding6() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.forwarding6
 }
 
 // EnsureMasquerade implements Kernel.

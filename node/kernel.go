@@ -25,6 +25,9 @@ type Kernel interface {
 	DeleteRoute(r Route) error
 	// EnsureForwarding turns on IPv4 forwarding, writing only if it is off.
 	EnsureForwarding() error
+	// EnsureForwarding6 turns on IPv6 forwarding
+	// (net.ipv6.conf.all.forwarding), writing only if it is off.
+	EnsureForwarding6() error
 	// EnsureMasquerade makes table "ip grapevine" masquerade traffic from
 	// pool to outside pool, rebuilding the table only if it differs.
 	EnsureMasquerade(pool netip.Prefix) error

@@ -198,7 +198,18 @@ func (k *NetlinkKernel) EnsureForwarding() error {
 // namespace, writing only if it is off. /proc/sys/net belongs to the
 // namespace of the thread that opens it.
 func enableForwarding() error {
-	const path = "/proc/sys/net/ipv4/ip_forward"
+	return enableSysctl("/proc/sys/net/ipv4/ip_forward", "IPv4 forwarding")
+}
+
+// EnsureForwarding6 implements Kernel.
+func (k *NetlinkKernel) EnsureForwarding6() error {
+	return k.inNetns(func() error {
+		return enableSysctl("/proc/sys/net/ipv6/conf/all/forwarding", "IPv6 forwarding")
+	})
+}
+
+// enableSysctl writes 1 to the switch at path unless it is 1 already.
+func enableSysctl(path, what string) error {
 	cur, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Errorf("read %s: %w", path, err)
@@ -207,7 +218,7 @@ func enableForwarding() error {
 		return nil
 	}
 	if err := os.WriteFile(path, []byte("1"), 0o644); err != nil {
-		return fmt.Errorf("enable IPv4 forwarding: %w", err)
+		return fmt.Errorf("enable %s: %w", what, err)
 	}
 	return nil
 }

@@ -460,3 +460,52 @@ func TestNetlinkUnreachablePool(t *testing.T) {
 		}
 	}
 }
+
+// On a dual-stack node the IPv6 pool gets its unreachable route and the own
+// IPv6 block its blackhole, like the IPv4 ones; IPv6 forwarding is turned
+// on inside the namespace only; a second pass writes nothing (the kernel
+// must list the IPv6 routes back as they were written); without Pool6 the
+// routes go again.
+func TestNetlinkIPv6PoolRoutes(t *testing.T) {
+	n := newTestNS(t)
+	n.addLink(t, "em1", "172.16.254.1/24")
+	k := &countingKernel{Kernel: n.kernel(t)}
+	r := NewReconciler(k, nil, nil)
+	d := desired(peerB)
+	d.Pool6, d.OwnBlock6 = pfx("fd00:10:244::/48"), pfx("fd00:10:244::/64")
+	if _, err := r.Reconcile(t.Context(), d); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("ip", "-n", n.name, "-6", "route", "show", "proto", "74").CombinedOutput()
+	if err != nil {
+		t.Fatalf("ip -6 route: %v\n%s", err, out)
+	}
+	for _, want := range []string{"unreachable fd00:10:244::/48 dev lo metric 2147483647", "blackhole fd00:10:244::/64 dev lo metric 1024"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("ip -6 route shows\n%s\nwant a line %q", out, want)
+		}
+	}
+	before := k.writes.Load()
+	if _, err := r.Reconcile(t.Context(), d); err != nil {
+		t.Fatal(err)
+	}
+	if w := k.writes.Load() - before; w != 0 {
+		t.Errorf("a second pass with nothing changed wrote %d routes", w)
+	}
+	if err := ns.WithNetNSPath(n.path, func(ns.NetNS) error {
+		b, err := os.ReadFile("/proc/sys/net/ipv6/conf/all/forwarding")
+		if strings.TrimSpace(string(b)) != "1" {
+			t.Errorf("IPv6 forwarding in %s = %s, want 1", n.name, b)
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Reconcile(t.Context(), desired(peerB)); err != nil {
+		t.Fatal(err)
+	}
+	out, _ = exec.Command("ip", "-n", n.name, "-6", "route", "show", "proto", "74").CombinedOutput()
+	if strings.TrimSpace(string(out)) != "" {
+		t.Errorf("IPv6 routes left once Pool6 is gone:\n%s", out)
+	}
+}

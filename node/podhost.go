@@ -57,7 +57,11 @@ type PodSpec struct {
 	Network string
 	// Pool is the pod pool: a reservation outside it is never routed, so
 	// a stray file in the store cannot route a host address to a pod.
-	Pool         netip.Prefix
+	Pool netip.Prefix
+	// Pool6 is the IPv6 pod pool on a dual-stack node: its reservations
+	// are the pods' IPv6 addresses, whose host side the plugin wires and
+	// the agent does not keep yet; they are skipped without complaint.
+	Pool6        netip.Prefix
 	Reservations []Reservation
 	// Settle is how long the passes must have seen a host veth before its
 	// pod's host side is repaired: a younger one may be one the plugin is
@@ -98,6 +102,8 @@ func DesiredPodHosts(spec PodSpec, veths []HostVeth) (pods []PodHost, problems [
 		found := byAlias[alias]
 		switch {
 		case r.ContainerID == "" || len(found) == 0:
+			continue
+		case spec.Pool6.IsValid() && spec.Pool6.Contains(r.Addr):
 			continue
 		case !r.Addr.Is4() || !spec.Pool.Contains(r.Addr):
 			problems = append(problems, fmt.Errorf("pod %s (%s): %w %s", r.Addr, alias, ErrOutsidePool, spec.Pool))

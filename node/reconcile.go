@@ -131,6 +131,9 @@ func (r *Reconciler) reconcile(ctx context.Context, d Desired) (Result, error) {
 	var errs []error
 
 	errs = append(errs, r.kernel.EnsureForwarding())
+	if d.Pool6.IsValid() {
+		errs = append(errs, r.kernel.EnsureForwarding6())
+	}
 	if d.Masquerade {
 		errs = append(errs, r.kernel.EnsureMasquerade(d.Pool))
 	} else {
@@ -328,6 +331,11 @@ func validateDesired(d Desired) error {
 	case d.Pool.IsValid() && d.OwnBlock.IsValid() &&
 		(d.OwnBlock.Bits() < d.Pool.Bits() || !d.Pool.Contains(d.OwnBlock.Addr())):
 		return fmt.Errorf("reconcile: own block %s is not inside pool %s", d.OwnBlock, d.Pool)
+	case d.Pool6.IsValid() && (!d.Pool6.Addr().Is6() || d.Pool6.Masked() != d.Pool6):
+		return fmt.Errorf("reconcile: pool6 %s is not an IPv6 network address", d.Pool6)
+	case d.OwnBlock6.IsValid() && (!d.Pool6.IsValid() || d.OwnBlock6.Masked() != d.OwnBlock6 ||
+		d.OwnBlock6.Bits() < d.Pool6.Bits() || !d.Pool6.Contains(d.OwnBlock6.Addr())):
+		return fmt.Errorf("reconcile: own IPv6 block %s is not a network inside pool6 %s", d.OwnBlock6, d.Pool6)
 	}
 	return nil
 }

@@ -427,3 +427,49 @@ grapevine_node_route_operations_total{op="delete"} 1
 		t.Fatalf("reconcile histogram counted %d passes, want 3", passes)
 	}
 }
+
+// A dual-stack Desired adds the IPv6 pool's unreachable route and the own
+// IPv6 block's blackhole and turns IPv6 forwarding on; an IPv4-only one
+// leaves IPv6 forwarding alone. Bad IPv6 blocks are refused before
+// anything changes.
+func TestReconcileIPv6PoolAndBlock(t *testing.T) {
+	k, _ := newFake(t)
+	r := NewReconciler(k, nil, nil)
+	if _, err := r.Reconcile(t.Context(), desired()); err != nil {
+		t.Fatal(err)
+	}
+	if k.Forwarding6() {
+		t.Error("an IPv4-only reconcile turned IPv6 forwarding on")
+	}
+	d := desired()
+	d.Pool6, d.OwnBlock6 = pfx("fd00:10:244::/48"), pfx("fd00:10:244:5::/64")
+	if _, err := r.Reconcile(t.Context(), d); err != nil {
+		t.Fatal(err)
+	}
+	want := []Route{
+		unreachablePool,
+		blackhole("10.244.0.0/23"),
+		{Dst: pfx("fd00:10:244::/48"), Unreachable: true, Metric: UnreachableMetric},
+		{Dst: pfx("fd00:10:244:5::/64"), Blackhole: true, Metric: IPv6DefaultMetric},
+	}
+	got := ours(k)
+	for _, w := range want {
+		if !slices.Contains(got, w) {
+			t.Errorf("routes %v lack %v", got, w)
+		}
+	}
+	if !k.Forwarding6() {
+		t.Error("IPv6 forwarding is off on a dual-stack node")
+	}
+	for _, bad := range []Desired{
+		{Iface: "em1", Pool6: pfx("10.0.0.0/8")},
+		{Iface: "em1", Pool6: pfx("fd00::1/48")},
+		{Iface: "em1", Pool6: pfx("fd00::/48"), OwnBlock6: pfx("fd01::/64")},
+		{Iface: "em1", OwnBlock6: pfx("fd00::/64")},
+	} {
+		bad.Encapsulation = EncapsulationNever
+		if _, err := r.Reconcile(t.Context(), bad); err == nil {
+			t.Errorf("Reconcile accepted pool6 %s own block6 %s", bad.Pool6, bad.OwnBlock6)
+		}
+	}
+}

@@ -20,6 +20,12 @@ const RouteProtocol = 74
 // default route out of the host.
 const UnreachableMetric = 1<<31 - 1
 
+// IPv6DefaultMetric is the metric the kernel gives an IPv6 route written
+// with none (IP6_RT_PRIO_USER): IPv6 routes Grapevine installs carry it
+// explicitly, so that the routes the kernel lists back match the desired
+// ones.
+const IPv6DefaultMetric = 1024
+
 // Desired is what the agent wants this host's kernel to look like.
 type Desired struct {
 	// Iface is the host interface peers are reached through (the seed's em1).
@@ -34,7 +40,13 @@ type Desired struct {
 	// for a block nobody routes (a withdrawn peer, a block not handed out)
 	// fails at once with an ICMP error on this host instead of leaving
 	// through the default route with a pod address. Zero: neither.
-	Pool       netip.Prefix
+	Pool netip.Prefix
+	// OwnBlock6 and Pool6 are the IPv6 twins of OwnBlock and Pool on a
+	// dual-stack node (zero otherwise): a blackhole for the one, an
+	// unreachable route for the other, and IPv6 forwarding. Pool6 is not
+	// masqueraded (yet).
+	OwnBlock6  netip.Prefix
+	Pool6      netip.Prefix
 	Masquerade bool
 	Peers      []PeerRoute
 	// Encapsulation chooses the peers reached over VXLAN (see ChoosePath).
@@ -63,8 +75,9 @@ type Route struct {
 	// OnLink says the next hop is on the link whatever its addresses:
 	// the VXLAN path's `via <peer VTEP> dev gv.vxlan onlink`.
 	OnLink bool
-	// Metric is the route's priority: 0 for the routes Grapevine installs,
-	// but UnreachableMetric for the pool's unreachable route. Any other
+	// Metric is the route's priority: 0 for the routes Grapevine installs
+	// (IPv6DefaultMetric for IPv6 ones), but UnreachableMetric for the
+	// pools' unreachable routes. Any other
 	// found in the kernel is a leftover to delete, since a replace with
 	// the desired metric would not overwrite it.
 	Metric int
@@ -125,6 +138,12 @@ func DesiredRoutes(d Desired, link, tunnel Link) (routes []Route, peerErrs map[s
 	}
 	if d.OwnBlock.IsValid() {
 		routes = append(routes, Route{Dst: d.OwnBlock.Masked(), Blackhole: true})
+	}
+	if d.Pool6.IsValid() {
+		routes = append(routes, Route{Dst: d.Pool6.Masked(), Unreachable: true, Metric: UnreachableMetric})
+	}
+	if d.OwnBlock6.IsValid() {
+		routes = append(routes, Route{Dst: d.OwnBlock6.Masked(), Blackhole: true, Metric: IPv6DefaultMetric})
 	}
 	candidates := make([]PeerRoute, 0, len(d.Peers))
 	for _, p := range d.Peers {

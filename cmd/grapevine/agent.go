@@ -26,16 +26,20 @@ import (
 
 // agentOptions is the agent's configuration after flag parsing and defaults.
 type agentOptions struct {
-	NodeName           string
-	Iface              string
-	HostIP             netip.Addr
-	Port               int
-	LedgerPort         int
-	Voters             int
-	Join               []string
-	BootstrapExpect    int
-	Pool               netip.Prefix
-	BlockSize          int
+	NodeName        string
+	Iface           string
+	HostIP          netip.Addr
+	Port            int
+	LedgerPort      int
+	Voters          int
+	Join            []string
+	BootstrapExpect int
+	Pool            netip.Prefix
+	BlockSize       int
+	// Pool6 is the IPv6 pool (zero: IPv4 only); each host's IPv6 block of
+	// BlockSize6 follows from its IPv4 block (mesh.Block6).
+	Pool6              netip.Prefix
+	BlockSize6         int
 	StateDir           string
 	RunDir             string
 	CNIConfDir         string
@@ -72,6 +76,8 @@ func agentCommand(run agentRunner) *cli.Command {
 			&cli.IntFlag{Name: "bootstrap-expect", EnvVars: envVar("bootstrap-expect"), Usage: "found the ledger once this many agents with the same value meet through --join, all of them its first voters (give every host the same --join list and value); 0: never found with --join"},
 			&cli.StringFlag{Name: "pool", Value: mesh.DefaultPool.String(), EnvVars: envVar("pool"), Usage: "the pod CIDR the blocks are cut from"},
 			&cli.IntFlag{Name: "block-size", Value: mesh.DefaultBlockBits, EnvVars: envVar("block-size"), Usage: "prefix length of each node's block"},
+			&cli.StringFlag{Name: "pool6", EnvVars: envVar("pool6"), Usage: "an IPv6 pod CIDR (such as fd00:10:244::/48) for dual-stack pods: each node's IPv6 block is the one at its IPv4 block's index in it (default: none, IPv4 only)"},
+			&cli.IntFlag{Name: "block-size6", Value: mesh.DefaultBlockBits6, EnvVars: envVar("block-size6"), Usage: "prefix length of each node's IPv6 block, up to /" + fmt.Sprint(mesh.MaxBlockBits6) + " for small pools; --pool6 must hold at least as many blocks as --pool"},
 			&cli.StringFlag{Name: "state-dir", Value: nodestate.DefaultStateDir, EnvVars: envVar("state-dir"), Usage: "persistent state: node ID, the block, the ledger's log, IPAM allocations"},
 			runDirFlag(),
 			&cli.StringFlag{Name: "cni-conf-dir", Value: node.DefaultCNIConfDir, EnvVars: envVar("cni-conf-dir"), Usage: "where to write the CNI conflist once a block is held (empty: write none)"},
@@ -157,6 +163,9 @@ func parseAgentOptions(c *cli.Context) (agentOptions, error) {
 		return o, err
 	}
 	if err := validatePool(o.Pool, o.BlockSize); err != nil {
+		return o, err
+	}
+	if o.Pool6, o.BlockSize6, err = parsePool6(c, o.Pool, o.BlockSize); err != nil {
 		return o, err
 	}
 	if err := mesh.CheckLease(o.Lease); err != nil {
@@ -246,6 +255,27 @@ func parsePool(s string) (netip.Prefix, error) {
 	}
 }
 
+// parsePool6 parses and checks --pool6 and --block-size6 against the IPv4
+// pool: none (IPv4 only), or an IPv6 pool with a block for each of the
+// IPv4 pool's blocks. --block-size6 alone is a mistake worth saying.
+func parsePool6(c *cli.Context, pool netip.Prefix, blockSize int) (netip.Prefix, int, error) {
+	s, size := c.String("pool6"), c.Int("block-size6")
+	if s == "" {
+		if c.IsSet("block-size6") {
+			return netip.Prefix{}, 0, fmt.Errorf("--block-size6 %d without --pool6: give the IPv6 pool too, or drop --block-size6", size)
+		}
+		return netip.Prefix{}, 0, nil
+	}
+	pool6, err := netip.ParsePrefix(s)
+	if err != nil || !pool6.Addr().Is6() || pool6.Addr().Is4In6() {
+		return netip.Prefix{}, 0, fmt.Errorf("--pool6 %q is not an IPv6 CIDR such as fd00:10:244::/48", s)
+	}
+	if err := mesh.CheckPool6(pool, blockSize, pool6, size); err != nil {
+		return netip.Prefix{}, 0, fmt.Errorf("--pool6 %s --block-size6 %d with --pool %s --block-size %d: %w", pool6, size, pool, blockSize, err)
+	}
+	return pool6, size, nil
+}
+
 // checkMetricsAddr accepts "" (off) or host:port with a numeric port.
 func checkMetricsAddr(addr string) error {
 	if addr == "" {
@@ -284,7 +314,7 @@ func runAgent(ctx context.Context, o agentOptions, log *slog.Logger) error {
 	o.MTU = podMTU(o.MTUFlag, uplink.MTU, o.Encapsulation)
 	log = log.With("node", o.NodeName)
 	log.Info("starting grapevine agent", "version", version, "iface", o.Iface, "hostIP", o.HostIP,
-		"pool", o.Pool, "blockSize", o.BlockSize, "port", o.Port, "ledgerPort", o.LedgerPort, "voters", o.Voters, "join", o.Join, "bootstrapExpect", o.BootstrapExpect,
+		"pool", o.Pool, "blockSize", o.BlockSize, "pool6", prefixString(o.Pool6), "blockSize6", o.BlockSize6, "port", o.Port, "ledgerPort", o.LedgerPort, "voters", o.Voters, "join", o.Join, "bootstrapExpect", o.BootstrapExpect,
 		"encapsulation", o.Encapsulation, "podMTU", o.MTU)
 
 	a, err := newAgent(o, o.meshConfig(log), netlinkHost(), log)

@@ -329,6 +329,25 @@ func TestHandoffState(t *testing.T) {
 	if err := st.Validate(); err != nil {
 		t.Fatalf("hand-off state does not validate: %v", err)
 	}
+
+	// With --pool6 the IPv6 block is the one at the IPv4 block's index
+	// (10.244.6.0/23 is block 3 of 10.244.0.0/16), also on the routes.
+	dual := testOpts
+	dual.Pool6, dual.BlockSize6 = netip.MustParsePrefix("fd00:10:244::/48"), 64
+	st, ok = handoffState(v, dual)
+	want.Block6, want.Pool6 = netip.MustParsePrefix("fd00:10:244:3::/64"), dual.Pool6
+	if !ok || st != want {
+		t.Fatalf("dual-stack handoffState = %+v, %v; want %+v", st, ok, want)
+	}
+	if err := st.Validate(); err != nil {
+		t.Fatalf("dual-stack hand-off state does not validate: %v", err)
+	}
+	if d := desiredState(v, nil, dual); d.Pool6 != dual.Pool6 || d.OwnBlock6 != want.Block6 {
+		t.Errorf("dual-stack desiredState has pool6 %s, own block6 %s; want %s, %s", d.Pool6, d.OwnBlock6, dual.Pool6, want.Block6)
+	}
+	if d := desiredState(v, nil, testOpts); d.Pool6.IsValid() || d.OwnBlock6.IsValid() {
+		t.Errorf("IPv4-only desiredState has pool6 %s, own block6 %s", d.Pool6, d.OwnBlock6)
+	}
 }
 
 // TestStaleHandoff: the previous run's hand-off stays only while the

@@ -44,6 +44,12 @@ func TestBadInput(t *testing.T) {
 		{[]string{"agent", "--block-size", "31"}, []string{"--block-size 31", "between the pool's prefix length /16 and /30"}},
 		{[]string{"agent", "--block-size", "8"}, []string{"--block-size 8", "between"}},
 		{[]string{"agent", "--pool", "10.0.0.0/8", "--block-size", "30"}, []string{"more than 2^20 blocks"}},
+		{[]string{"agent", "--pool6", "10.0.0.0/8"}, []string{`--pool6 "10.0.0.0/8" is not an IPv6 CIDR`}},
+		{[]string{"agent", "--pool6", "fd00::"}, []string{`--pool6 "fd00::" is not an IPv6 CIDR`}},
+		{[]string{"agent", "--pool6", "fd00::1/48"}, []string{"not a network address (did you mean fd00::/48?)"}},
+		{[]string{"agent", "--pool6", "fd00::/48", "--block-size6", "121"}, []string{"--block-size6 121", "between the pool6's prefix length /48 and /120"}},
+		{[]string{"agent", "--pool6", "fd00::/60", "--block-size", "24"}, []string{"--pool6 fd00::/60 --block-size6 64 with --pool 10.244.0.0/16 --block-size 24", "fewer than the 2^8 blocks"}},
+		{[]string{"agent", "--block-size6", "64"}, []string{"--block-size6 64 without --pool6"}},
 		{[]string{"agent", "--log-level", "loud"}, []string{`--log-level "loud" is not a level: use debug, info, warn or error`}},
 		{[]string{"agent", "--lease", "-5m"}, []string{"--lease", "-5m0s is shorter than a second"}},
 		{[]string{"agent", "--reclaim-after", "500ms"}, []string{"--lease", "500ms is shorter than a second"}},
@@ -123,6 +129,14 @@ func TestGoodInput(t *testing.T) {
 	if o.NodeName != "n1" || o.Pool != netip.MustParsePrefix("10.10.0.0/16") || o.BlockSize != 24 || o.Lease != 5*time.Minute ||
 		o.Port != 7000 || o.MTU != 1400 || len(o.Join) != 2 || o.BootstrapExpect != 3 || o.HostIP != netip.MustParseAddr("10.0.0.1") || o.MetricsAddr != "" {
 		t.Errorf("options = %+v", o)
+	}
+	if o.Pool6.IsValid() {
+		t.Errorf("without --pool6 the agent got pool6 %s", o.Pool6)
+	}
+	_, err, started = runCLI(t, "agent", "--node-name", "n1", "--pool", "10.10.0.0/16", "--block-size", "24",
+		"--pool6", "fd00:10:10::/112", "--block-size6", "120", "--metrics-addr", "")
+	if err != nil || started == nil || started.Pool6 != netip.MustParsePrefix("fd00:10:10::/112") || started.BlockSize6 != 120 {
+		t.Errorf("agent with --pool6 = %+v, %v", started, err)
 	}
 }
 

@@ -166,12 +166,14 @@ func desiredState(v mesh.View, kept map[string]keptRoute, o agentOptions) node.D
 		Iface:      o.Iface,
 		OwnBlock:   v.Block,
 		Pool:       o.Pool,
+		Pool6:      o.Pool6,
 		Masquerade: o.Masquerade,
 		// The path to each peer (direct or VXLAN) is node's choice, from
 		// the peer's host IP and the interface's networks.
 		Encapsulation: o.Encapsulation,
 		HostIP:        o.HostIP,
 	}
+	d.OwnBlock6, _ = ownBlock6(v, o)
 	for key, r := range kept {
 		d.Peers = append(d.Peers, node.PeerRoute{Peer: key, Block: r.Block, Via: r.HostIP})
 	}
@@ -188,14 +190,34 @@ func handoffState(v mesh.View, o agentOptions) (nodestate.State, bool) {
 	if !v.Block.IsValid() || v.Lease.IsZero() {
 		return nodestate.State{}, false
 	}
-	return nodestate.State{
+	st := nodestate.State{
 		Node:   o.NodeName,
 		Block:  v.Block,
 		Pool:   o.Pool,
 		HostIP: o.HostIP,
 		MTU:    o.MTU,
 		Lease:  handoffLease(v),
-	}, true
+	}
+	st.Block6, st.Pool6 = ownBlock6(v, o)
+	return st, true
+}
+
+// ownBlock6 is this node's IPv6 block and pool, both zero without --pool6.
+// The block follows from the IPv4 block the ledger assigned (mesh.Block6),
+// whenever that is computed: an agent restarted with --pool6 in a running
+// cluster derives it from the block it already holds, with no ledger
+// change. The flags were checked against the pool, so only a block of
+// another size than --block-size (a ledger founded with another) can fail
+// the mapping; the node then stays IPv4-only rather than guess.
+func ownBlock6(v mesh.View, o agentOptions) (block6, pool6 netip.Prefix) {
+	if !o.Pool6.IsValid() || !v.Block.IsValid() {
+		return netip.Prefix{}, netip.Prefix{}
+	}
+	b6, err := mesh.Block6(o.Pool, v.Block, o.Pool6, o.BlockSize6)
+	if err != nil {
+		return netip.Prefix{}, netip.Prefix{}
+	}
+	return b6, o.Pool6
 }
 
 // handoffLease is the lease node.json carries: the plugin hands out

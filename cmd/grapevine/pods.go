@@ -53,7 +53,7 @@ func (a *agent) tendPods(ctx context.Context, block netip.Prefix, ready bool) st
 	cutoff := time.Now().Add(-staleAfter)
 	reservations, readErr := ipam.ReadReservations(a.ipamStore())
 	if readErr == nil {
-		spec := node.PodSpec{Network: node.NetworkName, Pool: a.opts.Pool, Reservations: reservations, Settle: podSettle}
+		spec := node.PodSpec{Network: node.NetworkName, Pool: a.opts.Pool, Pool6: a.opts.Pool6, Reservations: reservations, Settle: podSettle}
 		res, err := a.rec.ReconcilePods(ctx, spec)
 		a.logPodErrors(err)
 		a.podRecheck = nil
