@@ -19,6 +19,8 @@ type Pod struct {
 	Name        string // "p1"
 	ContainerID string
 	IP          netip.Addr
+	// IP6 is the pod's IPv6 address on a dual-stack host, zero otherwise.
+	IP6 netip.Addr
 	// Result is what the plugin chain returned for ADD.
 	Result *current.Result
 
@@ -75,6 +77,12 @@ func (h *Host) AddPodWithConf(ctx context.Context, confList string) (_ *Pod, err
 		return nil, fmt.Errorf("CNI ADD %s on %s: bad address %v", p.Name, h.Name, p.Result.IPs[0].Address.IP)
 	}
 	p.IP = ip.Unmap()
+	for _, ipc := range p.Result.IPs[1:] {
+		if a, ok := netip.AddrFromSlice(ipc.Address.IP); ok && !a.Unmap().Is4() {
+			p.IP6 = a
+			break
+		}
+	}
 	return p, nil
 }
 

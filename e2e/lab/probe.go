@@ -15,14 +15,20 @@ import (
 
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
 )
 
-// Ping sends ICMP echo requests from inside the namespace to dst until one is
-// answered or ctx ends, and returns the round-trip time of the answer. The
-// lab carries its own ping so it needs nothing installed beyond iproute2.
+// Ping sends ICMP echo requests (ICMPv6 to an IPv6 dst) from inside the
+// namespace to dst until one is answered or ctx ends, and returns the
+// round-trip time of the answer. The lab carries its own ping so it needs
+// nothing installed beyond iproute2.
 func (n Namespace) Ping(ctx context.Context, dst netip.Addr) (time.Duration, error) {
 	var conn *icmp.PacketConn
 	err := n.Do(func() (err error) {
+		if dst.Is6() && !dst.Is4In6() {
+			conn, err = icmp.ListenPacket("ip6:ipv6-icmp", "::")
+			return err
+		}
 		conn, err = icmp.ListenPacket("ip4:icmp", "0.0.0.0")
 		return err
 	})
@@ -48,8 +54,14 @@ func ping(ctx context.Context, conn *icmp.PacketConn, dst netip.Addr) (time.Dura
 	rand.Read(idb[:])
 	id := int(binary.BigEndian.Uint16(idb[:]))
 	buf := make([]byte, 1500)
+	var request, answer icmp.Type = ipv4.ICMPTypeEcho, ipv4.ICMPTypeEchoReply
+	proto := 1 // ICMP
+	if dst.Is6() && !dst.Is4In6() {
+		// The kernel fills in an ICMPv6 checksum itself.
+		request, answer, proto = ipv6.ICMPTypeEchoRequest, ipv6.ICMPTypeEchoReply, 58
+	}
 	for seq := 1; ; seq++ {
-		msg := icmp.Message{Type: ipv4.ICMPTypeEcho, Body: &icmp.Echo{ID: id, Seq: seq, Data: []byte("grapevine lab")}}
+		msg := icmp.Message{Type: request, Body: &icmp.Echo{ID: id, Seq: seq, Data: []byte("grapevine lab")}}
 		wire, err := msg.Marshal(nil)
 		if err != nil {
 			return 0, err
@@ -72,8 +84,8 @@ func ping(ctx context.Context, conn *icmp.PacketConn, dst netip.Addr) (time.Dura
 			if err != nil {
 				break // timed out: next request
 			}
-			reply, err := icmp.ParseMessage(1, buf[:n])
-			if err != nil || reply.Type != ipv4.ICMPTypeEchoReply {
+			reply, err := icmp.ParseMessage(proto, buf[:n])
+			if err != nil || reply.Type != answer {
 				continue
 			}
 			echo, ok := reply.Body.(*icmp.Echo)
