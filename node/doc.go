@@ -3,11 +3,12 @@
 // host IP is not on a network of the interface, over VXLAN (<block> via
 // <peer VTEP> dev gv.vxlan onlink proto 74, with the device gv.vxlan and its
 // neighbour and FDB entries); the blackhole for the node's own block, the
-// unreachable route for the pool, IP forwarding, the outgoing masquerade
-// for the pool (nftables table ip grapevine), the pool's two accept rules
-// in iptables' filter FORWARD chain where that chain drops by policy (see
-// PlanForwardAccept; only rules with its own comment are touched), the
-// files the CNI plugin
+// unreachable route for the pool (and, on a dual-stack node, the same for
+// its IPv6 block and pool, and IPv6 forwarding), IP forwarding, the
+// outgoing masquerade for the pool (nftables table ip grapevine), the
+// pool's two accept rules in iptables' filter FORWARD chain where that
+// chain drops by policy (see PlanForwardAccept; only rules with its own
+// comment are touched), the files the CNI plugin
 // reads (node.json and the conflist), and the upkeep of the pods' host sides
 // the plugin wired (each pod's /32 route, PERMANENT neighbour entry and host
 // veth settings), which it puts back when they are deleted or changed but

@@ -2,7 +2,12 @@
 // routed L3 design needs (a veth pair; the pod side with a /32 and a default
 // route via the link-local gateway 169.254.1.1; the host side with MAC
 // ee:ee:ee:ee:ee:ee and proxy ARP; a /32 route and a permanent neighbour entry
-// on the host) and implements ADD, DEL, CHECK, GC and STATUS (Funcs).
+// on the host) and implements ADD, DEL, CHECK, GC and STATUS (Funcs). When
+// node.json carries an IPv6 block the pod gets the IPv6 twin on the same
+// veth: a /128 (nodad), default via fe80::ecee:eeff:feee:eeee (the host
+// veth's EUI-64 link-local, which the plugin adds on the host veth itself)
+// with a PERMANENT neighbour entry, and on the host a /128 route and a
+// PERMANENT entry; every command covers both families.
 //
 // An attachment is (container ID, interface) and only its own requests
 // change it. The host veth's name is derived from the pod's identity
