@@ -1,11 +1,14 @@
 package e2e
 
 import (
+	"context"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/grapevine-net/grapevine/e2e/lab"
 	"github.com/grapevine-net/grapevine/e2e/labtest"
 	"github.com/grapevine-net/grapevine/mesh"
 	"github.com/grapevine-net/grapevine/node/nodestate"
@@ -75,5 +78,97 @@ func TestDualStackBlocks(t *testing.T) {
 	}
 	if err := a[0].Check(ctx); err != nil {
 		t.Errorf("CHECK of a dual-stack pod: %v", err)
+	}
+}
+
+// TestDualStackAcrossHosts: hosts with IPv6 addresses on their shared
+// network advertise them in gossip and route each other's IPv6 blocks
+// `<block6> via <host IPv6> dev em1 proto 74`; dual-stack pods on two hosts
+// ping each other over IPv6 (and still over IPv4), and a host reaches a
+// remote pod over IPv6. A host without an IPv6 address there gets no IPv6
+// route from the others, and routes none to them.
+func TestDualStackAcrossHosts(t *testing.T) {
+	t.Parallel()
+	const pool6 = "fd00:10:244::/48"
+	l := env.Lab(t, labtest.Options{Hosts: 3, NoAgents: true, AgentArgs: []string{"--pool6", pool6}})
+	ctx := timeout(t, 2*time.Minute)
+	h1, h2, h3 := l.Host(1), l.Host(2), l.Host(3)
+	host6 := map[string]netip.Addr{}
+	// h1 and h2 get an IPv6 underlay; h3 stays IPv4-only.
+	for i, h := range []*lab.Host{h1, h2} {
+		a := netip.MustParseAddr(fmt.Sprintf("fd00:172:16:254::%d", i+1))
+		if out, err := h.Run(ctx, "ip", "-6", "addr", "add", a.String()+"/64", "dev", "em1", "nodad"); err != nil {
+			t.Fatalf("%s: %v: %s", h.Name, err, out)
+		}
+		host6[h.Name] = a
+	}
+	if err := l.StartAgents(ctx, l.Hosts()...); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lab.WaitMesh(ctx, l.Hosts()); err != nil {
+		t.Fatal(err)
+	}
+	blocks6 := map[string]netip.Prefix{}
+	for _, h := range l.Hosts() {
+		st, err := nodestate.Read(h.RunDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		blocks6[h.Name] = st.Block6
+	}
+	a := addPods(t, ctx, h1, 1)[0]
+	b := addPods(t, ctx, h2, 1)[0]
+	c := addPods(t, ctx, h3, 1)[0]
+
+	// The IPv6 routes follow gossip: wait for each, not a fixed time.
+	want1 := blocks6["h2"].String() + " via " + host6["h2"].String() + " dev em1"
+	want2 := blocks6["h1"].String() + " via " + host6["h1"].String() + " dev em1"
+	for h, want := range map[*lab.Host]string{h1: want1, h2: want2} {
+		if err := waitRoute6(ctx, h, want); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		name string
+		from lab.Namespace
+		to   netip.Addr
+	}{
+		{"pod on h1 -> pod on h2 over IPv6", a.Namespace, b.IP6},
+		{"pod on h2 -> pod on h1 over IPv6", b.Namespace, a.IP6},
+		{"h1 -> pod on h2 over IPv6", h1.Namespace, b.IP6},
+		{"pod on h1 -> pod on h2 over IPv4", a.Namespace, b.IP},
+		{"pod on h3 -> pod on h1 over IPv4", c.Namespace, a.IP},
+	} {
+		if rtt, err := tc.from.Ping(ctx, tc.to); err != nil {
+			t.Errorf("%s (%s): %v", tc.name, tc.to, err)
+		} else {
+			t.Logf("%s (%s): %v", tc.name, tc.to, rtt)
+		}
+	}
+	// h3 has no IPv6 underlay: nobody routes its IPv6 block, and it
+	// routes nobody's.
+	for _, h := range []*lab.Host{h1, h2} {
+		out, err := h.Run(ctx, "ip", "-6", "route", "show", blocks6["h3"].String())
+		if err != nil || strings.Contains(string(out), "via") {
+			t.Errorf("%s routes h3's IPv6 block %s: %q (%v)", h.Name, blocks6["h3"], out, err)
+		}
+	}
+	out, err := h3.Run(ctx, "ip", "-6", "route", "show", "proto", "74")
+	if err != nil || strings.Contains(string(out), " via ") {
+		t.Errorf("h3 without IPv6 routes peers' IPv6 blocks: %q (%v)", out, err)
+	}
+}
+
+// waitRoute6 waits until h's IPv6 table has a proto 74 route starting with
+// want.
+func waitRoute6(ctx context.Context, h *lab.Host, want string) error {
+	for {
+		out, err := h.Run(ctx, "ip", "-6", "route", "show", "proto", "74")
+		if err == nil && strings.Contains(string(out), want) {
+			return nil
+		}
+		if werr := lab.Sleep(ctx, 100*time.Millisecond); werr != nil {
+			return fmt.Errorf("%s: no IPv6 route %q: %w (last: %q, %v)", h.Name, want, werr, out, err)
+		}
 	}
 }

@@ -137,6 +137,9 @@ type Config struct {
 	// AdvertiseAddr is the gossip address peers use to reach this node and
 	// the host IP they route its block to.
 	AdvertiseAddr netip.Addr
+	// AdvertiseAddr6 is this host's IPv6 address on the same interface,
+	// advertised as the next hop for its IPv6 block (zero: none).
+	AdvertiseAddr6 netip.Addr
 	// BindAddr is where the gossip sockets listen (zero: all addresses).
 	BindAddr netip.Addr
 	// Port is the gossip port (UDP and TCP).
@@ -335,6 +338,11 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if err := (Rules{Pool: c.Pool, BlockBits: c.BlockBits}).checkHostIP(c.AdvertiseAddr, netip.Addr{}); err != nil {
 		return c, fmt.Errorf("advertise address: %w", err)
+	}
+	if c.AdvertiseAddr6.IsValid() {
+		if err := checkHostIP6(c.AdvertiseAddr6); err != nil {
+			return c, fmt.Errorf("IPv6 advertise address: %w", err)
+		}
 	}
 	return c, nil
 }

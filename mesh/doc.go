@@ -21,8 +21,8 @@
 // memberlist knows each node by its persistent random node ID, never by
 // its name: two hosts with one name are two members (a name conflict,
 // View.NameConflicts), not one displacing the other. Each member
-// advertises a versioned value of at most 297 bytes (see Meta): its name,
-// its host IP, its node ID (the one it gossips under), the ledger it
+// advertises a versioned value of at most 313 bytes (see Meta): its name,
+// its host IP (and IPv6 host address, when it has an IPv6 pool), its node ID (the one it gossips under), the ledger it
 // belongs to (cluster ID) and the ledger's port, the pool layout, its
 // block, a leaving flag, whether its ledger has state (founding under way)
 // and its bootstrap-expect. Every value is validated on receipt

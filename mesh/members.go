@@ -16,6 +16,7 @@ func (m *Mesh) ownMetaLocked() ([]byte, error) {
 		Name:       m.cfg.NodeName,
 		Block:      m.metaBlock,
 		HostIP:     m.cfg.AdvertiseAddr,
+		HostIP6:    m.cfg.AdvertiseAddr6,
 		Pool:       m.cfg.Pool,
 		BlockBits:  m.cfg.BlockBits,
 		LedgerPort: uint16(m.cfg.LedgerPort),

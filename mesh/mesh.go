@@ -570,6 +570,7 @@ func (m *Mesh) View() View {
 		if p.metaErr == nil {
 			mem.Name, mem.HostIP, mem.ID, mem.ClusterID = p.meta.Name, p.meta.HostIP, p.meta.ID, p.meta.ClusterID
 			mem.Advertised = p.meta.Block
+			mem.HostIP6 = p.meta.HostIP6
 			mem.Foreign = !ours.IsZero() && !p.meta.ClusterID.IsZero() && p.meta.ClusterID != ours
 			if !mem.Foreign && m.identity == "" {
 				mem.Held = heldBlock(byID, p.meta)

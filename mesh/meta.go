@@ -23,20 +23,27 @@ const metaVersion = 3
 // metaFixedLen is the length of a version 3 metadata value before the
 // name: version(1) flags(1) hostIP(4) pool(4+1) blockBits(1)
 // ledgerPort(2) nodeID(16) clusterID(8) block(4+1) nameLen(1). The name
-// follows (nameLen bytes, 1-maxNameLen), so a value is at most
-// metaFixedLen+maxNameLen = 297 bytes, within memberlist's 512.
+// follows (nameLen bytes, 1-maxNameLen), then, with metaFlagHostIP6, the
+// host's IPv6 address (16 bytes), so a value is at most
+// metaFixedLen+maxNameLen+16 = 313 bytes, within memberlist's 512.
 const metaFixedLen = 44
+
+// metaHostIP6Len is the length of the optional IPv6 host address.
+const metaHostIP6Len = 16
 
 // The flags byte: bit 0 leaving, bit 1 ledger state, bits 2-4 the
 // member's --bootstrap-expect (0-5), bit 5 founds through the ledger's
-// record; bits 6-7 are zero.
+// record, bit 6 an IPv6 host address follows the name; bit 7 is zero.
+// Agents that predate bit 6 reject values carrying it (unknown flag), so
+// only agents with an IPv6 pool and host address set it.
 const (
 	metaFlagLeaving     = 1 << 0
 	metaFlagLedgerState = 1 << 1
 	metaExpectShift     = 2
 	metaExpectMask      = 0x7 << metaExpectShift
 	metaFlagRecord      = 1 << 5
-	metaKnownFlags      = metaFlagLeaving | metaFlagLedgerState | metaExpectMask | metaFlagRecord
+	metaFlagHostIP6     = 1 << 6
+	metaKnownFlags      = metaFlagLeaving | metaFlagLedgerState | metaExpectMask | metaFlagRecord | metaFlagHostIP6
 )
 
 // Meta is what a node advertises about itself in its memberlist metadata:
@@ -80,6 +87,10 @@ type Meta struct {
 	// advertisement, never a claim: a member advertising another block
 	// than the ledger assigns its ID is not routed (see routedBlock).
 	Block netip.Prefix
+	// HostIP6 is the host's IPv6 address on the same interface (zero:
+	// none): the next hop for the node's IPv6 block, when this node has
+	// one on that network too.
+	HostIP6 netip.Addr
 }
 
 // Rules are what a received metadata value must satisfy.
@@ -124,7 +135,15 @@ func (m Meta) AppendBinary(b []byte) ([]byte, error) {
 	if err := CheckNodeName(m.Name); err != nil {
 		return b, fmt.Errorf("encode metadata: %w", err)
 	}
+	if m.HostIP6.IsValid() {
+		if err := checkHostIP6(m.HostIP6); err != nil {
+			return b, fmt.Errorf("encode metadata: %w", err)
+		}
+	}
 	var flags byte
+	if m.HostIP6.IsValid() {
+		flags |= metaFlagHostIP6
+	}
 	if m.Leaving {
 		flags |= metaFlagLeaving
 	}
@@ -155,6 +174,10 @@ func (m Meta) AppendBinary(b []byte) ([]byte, error) {
 	b = append(b, block[:]...)
 	b = append(b, blockLen, byte(len(m.Name)))
 	b = append(b, m.Name...)
+	if m.HostIP6.IsValid() {
+		host6 := m.HostIP6.As16()
+		b = append(b, host6[:]...)
+	}
 	return b, nil
 }
 
@@ -168,8 +191,12 @@ func DecodeMeta(b []byte, rules Rules, from netip.Addr) (Meta, error) {
 	if b[0] != metaVersion {
 		return m, reject("version", "unknown metadata version %d", b[0])
 	}
-	if len(b) < metaFixedLen || len(b) != metaFixedLen+int(b[metaFixedLen-1]) {
-		return m, reject("length", "metadata is %d bytes, want %d and the name's length", len(b), metaFixedLen)
+	var extra int
+	if len(b) > 1 && b[1]&metaFlagHostIP6 != 0 {
+		extra = metaHostIP6Len
+	}
+	if len(b) < metaFixedLen || len(b) != metaFixedLen+int(b[metaFixedLen-1])+extra {
+		return m, reject("length", "metadata is %d bytes, want %d, the name's length and %d for an IPv6 host address", len(b), metaFixedLen, extra)
 	}
 	flags := b[1]
 	if flags&^metaKnownFlags != 0 {
@@ -201,7 +228,14 @@ func DecodeMeta(b []byte, rules Rules, from netip.Addr) (Meta, error) {
 	if m.ID.IsZero() {
 		return Meta{}, reject("node_id", "zero node ID")
 	}
-	m.Name = string(b[metaFixedLen:])
+	nameEnd := len(b) - extra
+	m.Name = string(b[metaFixedLen:nameEnd])
+	if extra > 0 {
+		m.HostIP6 = netip.AddrFrom16([16]byte(b[nameEnd:]))
+		if err := checkHostIP6(m.HostIP6); err != nil {
+			return Meta{}, err
+		}
+	}
 	if err := CheckNodeName(m.Name); err != nil {
 		return Meta{}, reject("name", "%v", err)
 	}
@@ -229,6 +263,16 @@ func (r Rules) checkBlock(p netip.Prefix) error {
 		return reject("block_outside_pool", "block %s is outside pool %s", p, r.Pool)
 	case p.Masked() != p:
 		return reject("block_unmasked", "block %s is not a network address", p)
+	}
+	return nil
+}
+
+// checkHostIP6 reports whether ip can be an IPv6 next hop: a global unicast
+// IPv6 address (not link-local, not an IPv4-mapped one). Unlike the IPv4
+// host IP it is not compared with the gossip address, which is IPv4.
+func checkHostIP6(ip netip.Addr) error {
+	if !ip.Is6() || ip.Is4In6() || !ip.IsGlobalUnicast() {
+		return reject("host_ip6", "host IPv6 %s is not a global unicast IPv6 address", ip)
 	}
 	return nil
 }

@@ -54,6 +54,16 @@ func TestMetaRoundTrip(t *testing.T) {
 			m.ClusterID, m.FoundsByRecord = ledger.ClusterID{}, true
 			return m
 		}(),
+		"with an IPv6 host address": func() Meta {
+			m := testMeta()
+			m.HostIP6 = netip.MustParseAddr("fd00:172:16:254::113")
+			return m
+		}(),
+		"longest name and an IPv6 host address": func() Meta {
+			m := testMeta()
+			m.Name, m.HostIP6 = strings.Repeat("n", maxNameLen), netip.MustParseAddr("2001:db8::1")
+			return m
+		}(),
 		"every flag": func() Meta {
 			m := testMeta()
 			m.Leaving, m.LedgerState, m.BootstrapExpect, m.FoundsByRecord = true, true, MaxBootstrapExpect, true
@@ -62,7 +72,11 @@ func TestMetaRoundTrip(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			b := mustEncode(t, m)
-			if want := metaFixedLen + len(m.Name); len(b) != want {
+			want := metaFixedLen + len(m.Name)
+			if m.HostIP6.IsValid() {
+				want += metaHostIP6Len
+			}
+			if len(b) != want {
 				t.Fatalf("encoded %d bytes, want %d", len(b), want)
 			}
 			got, err := DecodeMeta(b, testRules, m.HostIP)
@@ -125,7 +139,11 @@ func TestDecodeMetaRejects(t *testing.T) {
 		{"block address without a length", patch(38, 10, 244, 8, 0, 0), testRules, from, "block_size"},
 		{"block length beyond /32", patch(42, 33), testRules, from, "block"},
 		{"unknown flag", patch(1, 0x81), testRules, from, "flags"},
-		{"unknown flag beside the record's", patch(1, metaFlagRecord|0x40), testRules, from, "flags"},
+		{"unknown flag beside the record's", patch(1, metaFlagRecord|0x80), testRules, from, "flags"},
+		{"IPv6 host flag without the address", patch(1, metaFlagHostIP6), testRules, from, "length"},
+		{"link-local IPv6 host", withHost6(good, netip.MustParseAddr("fe80::1")), testRules, from, "host_ip6"},
+		{"IPv4-mapped IPv6 host", withHost6(good, netip.MustParseAddr("::ffff:172.16.254.113")), testRules, from, "host_ip6"},
+		{"multicast IPv6 host", withHost6(good, netip.MustParseAddr("ff02::1")), testRules, from, "host_ip6"},
 		{"bootstrap-expect 7", patch(1, 7<<metaExpectShift), testRules, from, "bootstrap_expect"},
 		{"no ledger port", patch(12, 0, 0), testRules, from, "ledger_port"},
 		{"zero node ID", edit(func(m *Meta) { m.ID = ledger.NodeID{} }), testRules, from, "node_id"},
@@ -156,10 +174,19 @@ func TestDecodeMetaRejects(t *testing.T) {
 	}
 }
 
+// withHost6 appends an IPv6 host address to an encoded value and sets its
+// flag, bypassing AppendBinary's check of the address.
+func withHost6(b []byte, host6 netip.Addr) []byte {
+	b = bytes.Clone(b)
+	b[1] |= metaFlagHostIP6
+	a := host6.As16()
+	return append(b, a[:]...)
+}
+
 func TestMetaWellUnderMemberlistLimit(t *testing.T) {
 	// memberlist panics above 512 bytes; the longest name keeps far below.
 	m := testMeta()
-	m.Name = strings.Repeat("n", maxNameLen)
+	m.Name, m.HostIP6 = strings.Repeat("n", maxNameLen), netip.MustParseAddr("2001:db8::1")
 	if n := len(mustEncode(t, m)); n > 320 || n > memberlist.MetaMaxSize {
 		t.Fatalf("metadata is %d bytes", n)
 	}
@@ -197,6 +224,9 @@ func FuzzDecodeMeta(f *testing.F) {
 	noLedger := testMeta()
 	noLedger.ClusterID, noLedger.Leaving = ledger.ClusterID{}, true
 	f.Add(mustEncode(f, noLedger))
+	dual := testMeta()
+	dual.HostIP6 = netip.MustParseAddr("fd00:172:16:254::113")
+	f.Add(mustEncode(f, dual))
 	f.Add([]byte{})
 	f.Add([]byte{1})
 	f.Add(bytes.Repeat([]byte{0xff}, metaFixedLen+1))
@@ -218,6 +248,9 @@ func FuzzDecodeMeta(f *testing.F) {
 		}
 		if err := testRules.checkHostIP(m.HostIP, from); err != nil {
 			t.Fatalf("accepted invalid host IP: %v", err)
+		}
+		if m.HostIP6.IsValid() && checkHostIP6(m.HostIP6) != nil {
+			t.Fatalf("accepted invalid IPv6 host address %s", m.HostIP6)
 		}
 		again, err := m.AppendBinary(nil)
 		if err != nil {

@@ -113,7 +113,10 @@ type Member struct {
 	Name   string
 	Addr   netip.Addr // gossip address
 	HostIP netip.Addr
-	ID     ledger.NodeID
+	// HostIP6 is the IPv6 host address the member advertises (zero:
+	// none), the next hop for its IPv6 block.
+	HostIP6 netip.Addr
+	ID      ledger.NodeID
 	// Advertised is the block the member advertises in its metadata: when
 	// set, it must equal the ledger's assignment (Held) for the member to
 	// be routed; it never moves a route by itself.

@@ -461,18 +461,20 @@ func TestNetlinkUnreachablePool(t *testing.T) {
 	}
 }
 
-// On a dual-stack node the IPv6 pool gets its unreachable route and the own
-// IPv6 block its blackhole, like the IPv4 ones; IPv6 forwarding is turned
+// On a dual-stack node the IPv6 pool gets its unreachable route, the own
+// IPv6 block its blackhole, like the IPv4 ones, and a peer's IPv6 block its
+// route via the peer's IPv6 host address; IPv6 forwarding is turned
 // on inside the namespace only; a second pass writes nothing (the kernel
 // must list the IPv6 routes back as they were written); without Pool6 the
 // routes go again.
 func TestNetlinkIPv6PoolRoutes(t *testing.T) {
 	n := newTestNS(t)
-	n.addLink(t, "em1", "172.16.254.1/24")
+	n.addLink(t, "em1", "172.16.254.1/24", "fd00:172:16:254::1/64")
 	k := &countingKernel{Kernel: n.kernel(t)}
 	r := NewReconciler(k, nil, nil)
 	d := desired(peerB)
 	d.Pool6, d.OwnBlock6 = pfx("fd00:10:244::/48"), pfx("fd00:10:244::/64")
+	d.Peers6 = []PeerRoute{{"b", pfx("fd00:10:244:1::/64"), addr("fd00:172:16:254::2")}}
 	if _, err := r.Reconcile(t.Context(), d); err != nil {
 		t.Fatal(err)
 	}
@@ -480,7 +482,8 @@ func TestNetlinkIPv6PoolRoutes(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ip -6 route: %v\n%s", err, out)
 	}
-	for _, want := range []string{"unreachable fd00:10:244::/48 dev lo metric 2147483647", "blackhole fd00:10:244::/64 dev lo metric 1024"} {
+	for _, want := range []string{"unreachable fd00:10:244::/48 dev lo metric 2147483647", "blackhole fd00:10:244::/64 dev lo metric 1024",
+		"fd00:10:244:1::/64 via fd00:172:16:254::2 dev em1 metric 1024"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("ip -6 route shows\n%s\nwant a line %q", out, want)
 		}

@@ -49,6 +49,12 @@ type Desired struct {
 	Pool6      netip.Prefix
 	Masquerade bool
 	Peers      []PeerRoute
+	// Peers6 are the peers' IPv6 blocks and IPv6 host addresses, named
+	// like their Peers entries. One is routed `<block6> via <host6> dev
+	// <iface>` only when the host address is on an IPv6 network of the
+	// interface; otherwise it is not routed at all yet (no IPv6 over
+	// VXLAN), and the pool6's unreachable route answers for it.
+	Peers6 []PeerRoute
 	// Encapsulation chooses the peers reached over VXLAN (see ChoosePath).
 	Encapsulation Encapsulation
 	// HostIP is this host's address on Iface: the VXLAN device's local
@@ -163,7 +169,44 @@ func DesiredRoutes(d Desired, link, tunnel Link) (routes []Route, peerErrs map[s
 			routes = append(routes, peerRoute(p, d, link, tunnel))
 		}
 	}
+	var candidates6 []PeerRoute
+	for _, p := range d.Peers6 {
+		if _, ok := peerRoute6(p, d, link, peerErrs[p.Peer]); ok {
+			candidates6 = append(candidates6, p)
+		}
+	}
+	overlapping6 := make(map[string]bool)
+	for _, pair := range overlappingPeers(candidates6) {
+		overlapping6[pair[0].Peer], overlapping6[pair[1].Peer] = true, true
+	}
+	for _, p := range candidates6 {
+		if !overlapping6[p.Peer] {
+			r, _ := peerRoute6(p, d, link, nil)
+			routes = append(routes, r)
+		}
+	}
 	return routes, peerErrs
+}
+
+// peerRoute6 is the direct route to p, a peer's IPv6 block, when it may
+// have one:
+// inside Pool6, clear of this node's IPv6 block, via a host address on a
+// network of the interface, and only for a peer whose IPv4 block is not in
+// doubt (err4 is not an overlap or an invalid peer: the IPv6 block follows
+// from the IPv4 one).
+func peerRoute6(p PeerRoute, d Desired, link Link, err4 error) (Route, bool) {
+	switch {
+	case !p.Block.IsValid() || !p.Block.Addr().Is6() || !d.Pool6.IsValid() || !p.Via.IsGlobalUnicast():
+		return Route{}, false
+	case p.Block.Bits() < d.Pool6.Bits() || !d.Pool6.Contains(p.Block.Addr()):
+		return Route{}, false
+	case errors.Is(err4, ErrOverlapsPeer) || errors.Is(err4, ErrOverlapsOwn) || errors.Is(err4, ErrInvalidPeer):
+		return Route{}, false
+	}
+	if err := checkPeer(p, d.OwnBlock6, link); err != nil {
+		return Route{}, false
+	}
+	return Route{Dst: p.Block, Via: p.Via, LinkIndex: link.Index, Metric: IPv6DefaultMetric}, true
 }
 
 func checkPeer(p PeerRoute, own netip.Prefix, link Link) error {

@@ -294,3 +294,55 @@ func BenchmarkDiff(b *testing.B) {
 		}
 	}
 }
+
+// A peer's IPv6 block is routed directly via its IPv6 host address when
+// that is on an IPv6 network of the interface, and not at all otherwise
+// (no error: the IPv4 route stands alone); IPv6 blocks outside pool6,
+// overlapping this node's or another peer's, or of a peer whose IPv4 block
+// is in doubt are never routed.
+func TestDesiredRoutesIPv6(t *testing.T) {
+	link := em1
+	link.Addrs = append(slices.Clone(em1.Addrs), pfx("fd00:172:16:254::1/64"), pfx("fe80::1/64"))
+	d := Desired{
+		Iface: "em1", OwnBlock: own, Pool6: pfx("fd00:10:244::/48"), OwnBlock6: pfx("fd00:10:244::/64"),
+		Peers: []PeerRoute{
+			{"b", pfx("10.244.2.0/23"), addr("172.16.254.2")},
+			{"c", pfx("10.244.4.0/23"), addr("172.16.254.3")},
+			{"d", pfx("10.244.6.0/23"), addr("172.16.254.4")},
+			{"e", pfx("10.244.0.0/23"), addr("172.16.254.5")}, // overlaps own: in doubt
+		},
+		Peers6: []PeerRoute{
+			{"b", pfx("fd00:10:244:1::/64"), addr("fd00:172:16:254::2")},
+			{"c", pfx("fd00:10:244:2::/64"), addr("2001:db8::3")},        // not on a network of em1
+			{"d", pfx("fd00:99::/64"), addr("fd00:172:16:254::4")},       // outside pool6
+			{"e", pfx("fd00:10:244:7::/64"), addr("fd00:172:16:254::5")}, // IPv4 block in doubt
+			{"f", pfx("fd00:10:244::/64"), addr("fd00:172:16:254::6")},   // overlaps own IPv6 block
+			{"g", pfx("fd00:10:244:8::/64"), addr("fe80::7")},            // link-local next hop is not a host address
+		},
+	}
+	routes, errs := DesiredRoutes(d, link, Link{})
+	var got6 []Route
+	for _, r := range routes {
+		if r.Dst.Addr().Is6() && r.Unicast() {
+			got6 = append(got6, r)
+		}
+	}
+	want6 := []Route{{Dst: pfx("fd00:10:244:1::/64"), Via: addr("fd00:172:16:254::2"), LinkIndex: em1.Index, Metric: IPv6DefaultMetric}}
+	if !slices.Equal(got6, want6) {
+		t.Errorf("IPv6 routes %v, want %v", got6, want6)
+	}
+	if len(errs) != 1 || !errors.Is(errs["e"], ErrOverlapsOwn) {
+		t.Errorf("peer errors %v, want only e's IPv4 overlap", errs)
+	}
+	// Two peers with one IPv6 block: neither is routed.
+	d.Peers6 = []PeerRoute{
+		{"b", pfx("fd00:10:244:1::/64"), addr("fd00:172:16:254::2")},
+		{"c", pfx("fd00:10:244:1::/64"), addr("fd00:172:16:254::3")},
+	}
+	routes, _ = DesiredRoutes(d, link, Link{})
+	for _, r := range routes {
+		if r.Dst.Addr().Is6() && !r.Blackhole && !r.Unreachable {
+			t.Errorf("overlapping IPv6 blocks routed: %v", r)
+		}
+	}
+}

@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/grapevine-net/grapevine/internal/netlinkdump"
 )
@@ -112,4 +114,45 @@ func linkWithAddr(h *netlink.Handle, addr netip.Addr) (netlink.Link, error) {
 		}
 	}
 	return nil, fmt.Errorf("%s is not an address of this host", addr)
+}
+
+// ResolveUplinkAddr6 returns this host's IPv6 address on the interface
+// name, the next hop peers use for its IPv6 block: want if given (checked to
+// be on the interface), else the interface's first global unicast IPv6
+// address; zero, and no error, when there is none (the host has no IPv6
+// underlay there). A temporary (privacy) address is never picked: it goes
+// away.
+func ResolveUplinkAddr6(name string, want netip.Addr) (netip.Addr, error) {
+	h := &netlink.Handle{}
+	link, err := h.LinkByName(name)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("interface %s: %w", name, err)
+	}
+	addrs, err := netlinkdump.Retry(func() ([]netlink.Addr, error) { return h.AddrList(link, netlink.FAMILY_V6) })
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("list IPv6 addresses of %s: %w", name, err)
+	}
+	var ips []netip.Addr
+	for _, a := range addrs {
+		ip, ok := netip.AddrFromSlice(a.IP)
+		if ok && ip.Is6() && !ip.Is4In6() && ip.IsGlobalUnicast() && a.Flags&unix.IFA_F_TEMPORARY == 0 {
+			ips = append(ips, ip)
+		}
+	}
+	return pickAddr6(name, ips, want)
+}
+
+// pickAddr6 is ResolveUplinkAddr6's choice among the interface's global
+// IPv6 addresses ips. It is pure.
+func pickAddr6(name string, ips []netip.Addr, want netip.Addr) (netip.Addr, error) {
+	if want.IsValid() {
+		if slices.Contains(ips, want) {
+			return want, nil
+		}
+		return netip.Addr{}, fmt.Errorf("%s is not a global IPv6 address of %s", want, name)
+	}
+	if len(ips) == 0 {
+		return netip.Addr{}, nil
+	}
+	return ips[0], nil
 }

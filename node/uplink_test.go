@@ -56,3 +56,23 @@ func TestResolveUplink(t *testing.T) {
 		run(t, "", netip.Addr{}, Uplink{Name: "em1", Addr: addr("172.16.254.1"), MTU: 1400}, "")
 	})
 }
+
+func TestPickAddr6(t *testing.T) {
+	a, b := addr("2001:db8::1"), addr("fd00:172:16:254::1")
+	for _, tc := range []struct {
+		ips     []netip.Addr
+		want    netip.Addr
+		got     netip.Addr
+		wantErr bool
+	}{
+		{ips: []netip.Addr{a, b}, got: a},
+		{ips: []netip.Addr{a, b}, want: b, got: b},
+		{ips: nil}, // no IPv6 underlay: zero, no error
+		{ips: []netip.Addr{a}, want: b, wantErr: true},
+	} {
+		got, err := pickAddr6("em1", tc.ips, tc.want)
+		if got != tc.got || (err != nil) != tc.wantErr {
+			t.Errorf("pickAddr6(%v, %v) = %v, %v; want %v (error %v)", tc.ips, tc.want, got, err, tc.got, tc.wantErr)
+		}
+	}
+}

@@ -38,8 +38,11 @@ type agentOptions struct {
 	BlockSize       int
 	// Pool6 is the IPv6 pool (zero: IPv4 only); each host's IPv6 block of
 	// BlockSize6 follows from its IPv4 block (mesh.Block6).
-	Pool6              netip.Prefix
-	BlockSize6         int
+	Pool6      netip.Prefix
+	BlockSize6 int
+	// HostIP6 is this host's IPv6 address on Iface, the next hop peers
+	// use for its IPv6 block (zero: none, or no --pool6).
+	HostIP6            netip.Addr
 	StateDir           string
 	RunDir             string
 	CNIConfDir         string
@@ -69,6 +72,7 @@ func agentCommand(run agentRunner) *cli.Command {
 			&cli.StringFlag{Name: "node-name", EnvVars: envVar("node-name"), Usage: "this node's unique name (default: hostname)"},
 			&cli.StringFlag{Name: "iface", EnvVars: envVar("iface"), Usage: "interface towards the peers (default: the default route's)"},
 			&cli.StringFlag{Name: "host-ip", EnvVars: envVar("host-ip"), Usage: "this host's address on --iface, used by peers as next hop (default: its first IPv4 address)"},
+			&cli.StringFlag{Name: "host-ip6", EnvVars: envVar("host-ip6"), Usage: "with --pool6: this host's IPv6 address on --iface, used by peers as next hop for its IPv6 block (default: its first global IPv6 address there; none: peers do not route this host's IPv6 block)"},
 			&cli.IntFlag{Name: "port", Value: mesh.DefaultPort, EnvVars: envVar("port"), Usage: "gossip port (UDP and TCP)"},
 			&cli.IntFlag{Name: "ledger-port", Value: mesh.DefaultLedgerPort, EnvVars: envVar("ledger-port"), Usage: "TCP port of the block ledger (raft among the agents)"},
 			&cli.IntFlag{Name: "voters", Value: mesh.DefaultVoters, EnvVars: envVar("voters"), Usage: "how many agents vote in the block ledger: 1, 3 or 5 (the others keep a replica)"},
@@ -229,6 +233,14 @@ func parseAgentOptions(c *cli.Context) (agentOptions, error) {
 			return o, fmt.Errorf("--host-ip %q is not an IPv4 address", s)
 		}
 	}
+	if s := c.String("host-ip6"); s != "" {
+		if o.HostIP6, err = netip.ParseAddr(s); err != nil || !o.HostIP6.Is6() || o.HostIP6.Is4In6() || !o.HostIP6.IsGlobalUnicast() {
+			return o, fmt.Errorf("--host-ip6 %q is not a global IPv6 address", s)
+		}
+		if !o.Pool6.IsValid() {
+			return o, fmt.Errorf("--host-ip6 %s without --pool6: give the IPv6 pool too, or drop --host-ip6", s)
+		}
+	}
 	if f := c.String("gossip-key-file"); f != "" {
 		if o.GossipKey, err = readGossipKey(f); err != nil {
 			return o, err
@@ -311,10 +323,15 @@ func runAgent(ctx context.Context, o agentOptions, log *slog.Logger) error {
 		return fmt.Errorf("find the interface towards the peers: %w (set --iface, --host-ip or both)", err)
 	}
 	o.Iface, o.HostIP = uplink.Name, uplink.Addr
+	if o.Pool6.IsValid() {
+		if o.HostIP6, err = node.ResolveUplinkAddr6(o.Iface, o.HostIP6); err != nil {
+			return fmt.Errorf("find this host's IPv6 address: %w (set --host-ip6)", err)
+		}
+	}
 	o.MTU = podMTU(o.MTUFlag, uplink.MTU, o.Encapsulation)
 	log = log.With("node", o.NodeName)
 	log.Info("starting grapevine agent", "version", version, "iface", o.Iface, "hostIP", o.HostIP,
-		"pool", o.Pool, "blockSize", o.BlockSize, "pool6", prefixString(o.Pool6), "blockSize6", o.BlockSize6, "port", o.Port, "ledgerPort", o.LedgerPort, "voters", o.Voters, "join", o.Join, "bootstrapExpect", o.BootstrapExpect,
+		"pool", o.Pool, "blockSize", o.BlockSize, "pool6", prefixString(o.Pool6), "blockSize6", o.BlockSize6, "hostIP6", addrString(o.HostIP6), "port", o.Port, "ledgerPort", o.LedgerPort, "voters", o.Voters, "join", o.Join, "bootstrapExpect", o.BootstrapExpect,
 		"encapsulation", o.Encapsulation, "podMTU", o.MTU)
 
 	a, err := newAgent(o, o.meshConfig(log), netlinkHost(), log)
@@ -380,6 +397,7 @@ func (o agentOptions) meshConfig(log *slog.Logger) mesh.Config {
 	return mesh.Config{
 		NodeName:           o.NodeName,
 		AdvertiseAddr:      o.HostIP,
+		AdvertiseAddr6:     o.HostIP6,
 		BindAddr:           o.HostIP,
 		Port:               o.Port,
 		LedgerPort:         o.LedgerPort,

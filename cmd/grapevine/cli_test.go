@@ -50,6 +50,8 @@ func TestBadInput(t *testing.T) {
 		{[]string{"agent", "--pool6", "fd00::/48", "--block-size6", "121"}, []string{"--block-size6 121", "between the pool6's prefix length /48 and /120"}},
 		{[]string{"agent", "--pool6", "fd00::/60", "--block-size", "24"}, []string{"--pool6 fd00::/60 --block-size6 64 with --pool 10.244.0.0/16 --block-size 24", "fewer than the 2^8 blocks"}},
 		{[]string{"agent", "--block-size6", "64"}, []string{"--block-size6 64 without --pool6"}},
+		{[]string{"agent", "--host-ip6", "fd00::1"}, []string{"--host-ip6 fd00::1 without --pool6"}},
+		{[]string{"agent", "--pool6", "fd00::/48", "--host-ip6", "fe80::1"}, []string{`--host-ip6 "fe80::1" is not a global IPv6 address`}},
 		{[]string{"agent", "--log-level", "loud"}, []string{`--log-level "loud" is not a level: use debug, info, warn or error`}},
 		{[]string{"agent", "--lease", "-5m"}, []string{"--lease", "-5m0s is shorter than a second"}},
 		{[]string{"agent", "--reclaim-after", "500ms"}, []string{"--lease", "500ms is shorter than a second"}},

@@ -17,6 +17,10 @@ import (
 type keptRoute struct {
 	Block  netip.Prefix
 	HostIP netip.Addr
+	// HostIP6 is the peer's advertised IPv6 host address (zero: none), the
+	// next hop for its IPv6 block, which follows from Block: the IPv6
+	// route is kept and withdrawn with the IPv4 one.
+	HostIP6 netip.Addr
 	// Gossip: memberlist sees the peer alive (or merely suspect) with this
 	// block.
 	Gossip bool
@@ -70,9 +74,9 @@ func keptRoutes(v mesh.View, prev map[string]keptRoute, paths map[netip.Addr]pro
 		key := memberKey(m)
 		switch r, had := prev[key]; {
 		case routable(m) && !silent[key]:
-			kept[key] = keptRoute{Block: m.Block, HostIP: m.HostIP, Gossip: true, DataPath: paths[m.HostIP].Up}
+			kept[key] = keptRoute{Block: m.Block, HostIP: m.HostIP, HostIP6: m.HostIP6, Gossip: true, DataPath: paths[m.HostIP].Up}
 		case gone(m.State) && had && m.Held == r.Block && paths[r.HostIP].Up:
-			kept[key] = keptRoute{Block: r.Block, HostIP: r.HostIP, DataPath: true}
+			kept[key] = keptRoute{Block: r.Block, HostIP: r.HostIP, HostIP6: r.HostIP6, DataPath: true}
 			dataPathOnly = append(dataPathOnly, key)
 		}
 	}
@@ -176,9 +180,29 @@ func desiredState(v mesh.View, kept map[string]keptRoute, o agentOptions) node.D
 	d.OwnBlock6, _ = ownBlock6(v, o)
 	for key, r := range kept {
 		d.Peers = append(d.Peers, node.PeerRoute{Peer: key, Block: r.Block, Via: r.HostIP})
+		if p6, ok := peerRoute6(key, r, o); ok {
+			d.Peers6 = append(d.Peers6, p6)
+		}
 	}
-	slices.SortFunc(d.Peers, func(a, b node.PeerRoute) int { return strings.Compare(a.Peer, b.Peer) })
+	byPeer := func(a, b node.PeerRoute) int { return strings.Compare(a.Peer, b.Peer) }
+	slices.SortFunc(d.Peers, byPeer)
+	slices.SortFunc(d.Peers6, byPeer)
 	return d
+}
+
+// peerRoute6 is the route to a kept peer's IPv6 block via its IPv6 host
+// address, when both this host and the peer have one (node routes it only
+// if the address is on a network of the interface) and this node has an
+// IPv6 pool.
+func peerRoute6(key string, r keptRoute, o agentOptions) (node.PeerRoute, bool) {
+	if !o.Pool6.IsValid() || !o.HostIP6.IsValid() || !r.HostIP6.IsValid() {
+		return node.PeerRoute{}, false
+	}
+	b6, err := mesh.Block6(o.Pool, r.Block, o.Pool6, o.BlockSize6)
+	if err != nil {
+		return node.PeerRoute{}, false
+	}
+	return node.PeerRoute{Peer: key, Block: b6, Via: r.HostIP6}, true
 }
 
 // handoffState is what node.json should say, and false when this node
