@@ -495,7 +495,9 @@ func checkPeerRoutes(o Observations) []Finding {
 		}
 	}
 	for _, r := range o.PeerRoutes {
-		if r.Unicast() && !routed[r.Dst] {
+		// Peers' IPv6 block routes (--pool6) are not checked yet: the
+		// status names no IPv6 blocks to hold them against.
+		if r.Unicast() && r.Dst.Addr().Is4() && !routed[r.Dst] {
 			fs = append(fs, Finding{Check: CheckStaleRoute, Severity: Warn, Subject: r.Dst.String(),
 				Seen:  describeRoute(r, o.Uplink, o.Tunnel) + ", for a block no routed member holds",
 				Cause: "a peer left or its block moved while this agent was down, or the agent is about to withdraw it",
