@@ -313,16 +313,17 @@ func rangeSize(first, last netip.Addr) int {
 // subnet-router anycast address) is skipped.
 func UsableRange(block netip.Prefix) (first, last netip.Addr, err error) {
 	addr := block.Addr()
+	is6 := addr.Is6() && !addr.Is4In6()
 	switch {
+	case !addr.Is4() && !is6:
+		return first, last, types.NewError(types.ErrInvalidNetworkConfig,
+			fmt.Sprintf("block %q is not an IPv4 or IPv6 network", block), "")
 	case addr.Is4() && block.Bits() > 30:
 		return first, last, types.NewError(types.ErrInvalidNetworkConfig,
 			fmt.Sprintf("block %s has no usable address: it must be /30 or larger", block), "")
-	case addr.Is6() && !addr.Is4In6() && block.Bits() > nodestate.MaxBlock6Bits:
+	case is6 && block.Bits() > nodestate.MaxBlock6Bits:
 		return first, last, types.NewError(types.ErrInvalidNetworkConfig,
 			fmt.Sprintf("block %s is too small: an IPv6 block must be /%d or larger", block, nodestate.MaxBlock6Bits), "")
-	case !addr.Is4() && !(addr.Is6() && !addr.Is4In6()):
-		return first, last, types.NewError(types.ErrInvalidNetworkConfig,
-			fmt.Sprintf("block %q is not an IPv4 or IPv6 network", block), "")
 	}
 	base := block.Masked().Addr()
 	b := base.AsSlice()

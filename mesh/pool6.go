@@ -15,7 +15,8 @@ const (
 	// otherwise: a /64 per host, the usual IPv6 subnet.
 	DefaultBlockBits6 = 64
 	// MaxBlockBits6 is the longest IPv6 block prefix, for small pools: a
-	// /120 holds 255 pod addresses.
+	// /120 holds 255 pod addresses. node.json's validation
+	// (nodestate.MaxBlock6Bits) allows the same.
 	MaxBlockBits6 = 120
 )
 

@@ -4,6 +4,8 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+
+	"github.com/grapevine-net/grapevine/node/nodestate"
 )
 
 func TestBlock6(t *testing.T) {
@@ -58,6 +60,14 @@ func TestBlock6IsOneToOne(t *testing.T) {
 			t.Errorf("%s and %s both map to %s", other, block, b6)
 		}
 		seen[b6] = block
+	}
+}
+
+// The agent accepts no IPv6 block that node.json, and so the plugin,
+// would refuse.
+func TestMaxBlockBits6MatchesNodeState(t *testing.T) {
+	if MaxBlockBits6 != nodestate.MaxBlock6Bits {
+		t.Errorf("mesh.MaxBlockBits6 = %d, nodestate.MaxBlock6Bits = %d", MaxBlockBits6, nodestate.MaxBlock6Bits)
 	}
 }
 

@@ -259,13 +259,13 @@ func configureHost6(link netlink.Link, podIP netip.Addr, podMAC net.HardwareAddr
 // pod's PERMANENT neighbour entry on the host veth.
 func routeToPod(link netlink.Link, podIP netip.Addr, podMAC net.HardwareAddr) error {
 	name, idx := link.Attrs().Name, link.Attrs().Index
-	family, scope := unix.AF_INET, netlink.SCOPE_LINK
+	family, scope, route := unix.AF_INET, netlink.SCOPE_LINK, podIP.String()+" dev "+name+" scope link"
 	if !podIP.Is4() {
 		// IPv6 routes carry no scope.
-		family, scope = unix.AF_INET6, netlink.SCOPE_UNIVERSE
+		family, scope, route = unix.AF_INET6, netlink.SCOPE_UNIVERSE, podIP.String()+" dev "+name
 	}
 	if err := netlink.RouteReplace(&netlink.Route{LinkIndex: idx, Dst: hostPrefix(podIP), Scope: scope}); err != nil {
-		return fmt.Errorf("add route %s dev %s%s: %w", podIP, name, map[bool]string{true: " scope link"}[podIP.Is4()], err)
+		return fmt.Errorf("add route %s: %w", route, err)
 	}
 	neigh := &netlink.Neigh{
 		LinkIndex:    idx,
