@@ -108,3 +108,60 @@ func percentile(d []time.Duration, p int) time.Duration {
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// BenchmarkAddDelDualStack measures ADD and DEL of a dual-stack pod beside
+// an IPv4-only one (grapevine-cni with grapevine-ipam in-process, one node
+// with an IPv6 block in node.json and one without) and ptp with host-local
+// handing out both families, alternating them like BenchmarkAddDel. ptp
+// waits for duplicate address detection on the pod's IPv6 address (about
+// 1.8 s an ADD here), which grapevine-cni skips (nodad), so a few dozen
+// iterations take minutes:
+//
+//	go test ./plugin -run '^$' -bench AddDelDualStack -benchtime 50x
+func BenchmarkAddDelDualStack(b *testing.B) {
+	l := newLab(b)
+	v4RunDir := l.runDir
+	l.runDir = filepath.Join(b.TempDir(), "run6")
+	l.writeDualStackState("10.244.1.0/24", labBlock6, 1450)
+	dualList := l.conflistIPAM(`{"type": "grapevine-ipam", "dataDir": "` + l.dataDir + `"}`)
+	l.runDir = v4RunDir
+	candidates := []struct {
+		name string
+		list *libcni.NetworkConfigList
+	}{
+		{"grapevine-ipv4", l.conflistIPAM(`{"type": "grapevine-ipam", "dataDir": "` + l.dataDir + `"}`)},
+		{"grapevine-dual", dualList},
+		{"ptp-dual", mustConfList(b, `{"cniVersion": "1.1.0", "name": "ptp-bench", "plugins": [
+		  {"type": "ptp", "mtu": 1450, "ipam": {"type": "host-local", "dataDir": "`+l.dataDir+`",
+		   "ranges": [[{"subnet": "10.245.0.0/16"}], [{"subnet": "fd00:245::/64"}]]}}]}`)},
+	}
+	pods := []*pod{l.newPod("bench-a"), l.newPod("bench-b"), l.newPod("bench-c")}
+	adds := make([][]time.Duration, len(candidates))
+	ctx := context.Background()
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		for c, cand := range candidates {
+			p := pods[c]
+			p.rt.ContainerID = fmt.Sprintf("bench-%s-%d", cand.name, i)
+			err := l.inHost(func() error {
+				start := time.Now()
+				if _, err := l.cni.AddNetworkList(ctx, cand.list, p.rt); err != nil {
+					return fmt.Errorf("%s ADD: %w", cand.name, err)
+				}
+				adds[c] = append(adds[c], time.Since(start))
+				return l.cni.DelNetworkList(ctx, cand.list, p.rt)
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.StopTimer()
+	p50 := make([]float64, len(candidates))
+	for c, cand := range candidates {
+		p50[c] = ms(percentile(adds[c], 50))
+		b.ReportMetric(p50[c], cand.name+"-add-p50-ms")
+	}
+	b.ReportMetric(p50[1]/p50[0], "dual-vs-ipv4-add-p50-ratio")
+	b.ReportMetric(p50[1]/p50[2], "dual-vs-ptp-dual-add-p50-ratio")
+}
