@@ -92,25 +92,12 @@ func skewClock(h *lab.Host, skew time.Duration) (stop func() error, err error) {
 // namespace, whose output chain drops ICMP timestamp replies without
 // skewedClockMark.
 func clockReplyTable(h *lab.Host, add bool) error {
-	conn, closeNS, err := nftablesIn(h)
-	if err != nil {
-		return err
-	}
-	defer closeNS()
-	table := &nftables.Table{Family: nftables.TableFamilyINet, Name: "gvtest-clock"}
 	if !add {
-		conn.DelTable(table)
-		return conn.Flush()
+		return h.SetFilterTable("gvtest-clock", nil)
 	}
-	conn.AddTable(table)
-	accept := nftables.ChainPolicyAccept
-	chain := conn.AddChain(&nftables.Chain{
-		Name: "output", Table: table, Type: nftables.ChainTypeFilter,
-		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityFilter, Policy: &accept,
-	})
 	mark := make([]byte, 4)
 	binary.NativeEndian.PutUint32(mark, skewedClockMark)
-	conn.AddRule(&nftables.Rule{Table: table, Chain: chain, Exprs: []expr.Any{
+	return h.SetFilterTable("gvtest-clock", &lab.FilterChain{Name: "output", Hook: nftables.ChainHookOutput, Policy: nftables.ChainPolicyAccept, Rules: [][]expr.Any{{
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_ICMP}},
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1}, // ICMP type
@@ -118,6 +105,5 @@ func clockReplyTable(h *lab.Host, add bool) error {
 		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: mark},
 		&expr.Verdict{Kind: expr.VerdictDrop},
-	}})
-	return conn.Flush()
+	}}})
 }

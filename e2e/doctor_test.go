@@ -38,15 +38,11 @@ func TestDoctor(t *testing.T) {
 	}
 	h2Block := statuses[h2.Name].Block
 	pod := addPods(t, ctx, h3, 1)[0]
-	eth0, err := pod.LinkByName("eth0")
+	veth, err := pod.HostVeth()
 	if err != nil {
 		t.Fatal(err)
 	}
-	veth, err := h3.LinkByIndex(eth0.Attrs().ParentIndex)
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxyARP := "net.ipv4.conf." + veth.Attrs().Name + ".proxy_arp"
+	proxyARP := "net.ipv4.conf." + veth + ".proxy_arp"
 
 	// A healthy lab: doctor passes on every host.
 	for _, h := range l.Hosts() {
@@ -79,7 +75,7 @@ func TestDoctor(t *testing.T) {
 		{"peer route replaced by hand", h1, doctor.CheckPeerRoute, h2.Name,
 			run(h1, "ip", "route", "replace", h2Block.String(), "via", h3.IP.String(), "dev", "em1", "proto", "static"),
 			run(h1, "ip", "route", "replace", h2Block.String(), "via", h2.IP.String(), "dev", "em1", "proto", fmt.Sprint(routeProto))},
-		{"proxy_arp of a pod veth off", h3, doctor.CheckProxyARP, veth.Attrs().Name,
+		{"proxy_arp of a pod veth off", h3, doctor.CheckProxyARP, veth,
 			run(h3, "sysctl", "-w", proxyARP+"=0"),
 			run(h3, "sysctl", "-w", proxyARP+"=1")},
 		{"nftables forward chain with policy drop", h1, doctor.CheckForwardPolicy, "nftables inet gvtest chain forward",
@@ -160,67 +156,26 @@ func waitDoctorPasses(t *testing.T, h *lab.Host) time.Duration {
 // (unix.IPPROTO_TCP, unix.IPPROTO_UDP): a host firewall closing one of
 // Grapevine's ports.
 func inputDropTable(h *lab.Host, proto byte, port uint16, add bool) error {
-	conn, closeNS, err := nftablesIn(h)
-	if err != nil {
-		return err
-	}
-	defer closeNS()
-	table := &nftables.Table{Family: nftables.TableFamilyINet, Name: "gvtest-input"}
 	if !add {
-		conn.DelTable(table)
-		return conn.Flush()
+		return h.SetFilterTable("gvtest-input", nil)
 	}
-	conn.AddTable(table)
-	accept := nftables.ChainPolicyAccept
-	chain := conn.AddChain(&nftables.Chain{
-		Name: "input", Table: table, Type: nftables.ChainTypeFilter,
-		Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter, Policy: &accept,
-	})
-	conn.AddRule(&nftables.Rule{Table: table, Chain: chain, Exprs: []expr.Any{
+	return h.SetFilterTable("gvtest-input", &lab.FilterChain{Name: "input", Hook: nftables.ChainHookInput, Policy: nftables.ChainPolicyAccept, Rules: [][]expr.Any{{
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2}, // destination port
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.BigEndian.AppendUint16(nil, port)},
 		&expr.Verdict{Kind: expr.VerdictDrop},
-	}})
-	return conn.Flush()
-}
-
-// nftablesIn opens nftables in h's namespace; closeNS releases it.
-func nftablesIn(h *lab.Host) (conn *nftables.Conn, closeNS func(), err error) {
-	f, err := os.Open(h.Path())
-	if err != nil {
-		return nil, nil, err
-	}
-	conn, err = nftables.New(nftables.WithNetNSFd(int(f.Fd())))
-	if err != nil {
-		f.Close()
-		return nil, nil, err
-	}
-	return conn, func() { f.Close() }, nil
+	}}})
 }
 
 // forwardDropTable adds (or deletes) table inet gvtest in h's namespace,
 // with a base chain hooked at forward whose policy is drop: what Docker or
 // a host firewall leaves behind.
 func forwardDropTable(h *lab.Host, add bool) error {
-	conn, closeNS, err := nftablesIn(h)
-	if err != nil {
-		return err
-	}
-	defer closeNS()
-	table := &nftables.Table{Family: nftables.TableFamilyINet, Name: "gvtest"}
 	if !add {
-		conn.DelTable(table)
-		return conn.Flush()
+		return h.SetFilterTable("gvtest", nil)
 	}
-	conn.AddTable(table)
-	drop := nftables.ChainPolicyDrop
-	conn.AddChain(&nftables.Chain{
-		Name: "forward", Table: table, Type: nftables.ChainTypeFilter,
-		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &drop,
-	})
-	return conn.Flush()
+	return h.SetFilterTable("gvtest", &lab.FilterChain{Name: "forward", Hook: nftables.ChainHookForward, Policy: nftables.ChainPolicyDrop})
 }
 
 // TestDoctorVXLAN: h1 reaches h3, behind a router, over VXLAN. Strict

@@ -22,15 +22,10 @@ func TestPodHostRepaired(t *testing.T) {
 	}
 	a := addPods(t, ctx, h1, 1)[0]
 	b := addPods(t, ctx, h2, 1)[0]
-	eth0, err := a.LinkByName("eth0")
+	name, err := a.HostVeth()
 	if err != nil {
 		t.Fatal(err)
 	}
-	veth, err := h1.LinkByIndex(eth0.Attrs().ParentIndex)
-	if err != nil {
-		t.Fatal(err)
-	}
-	name := veth.Attrs().Name
 
 	// The setting first: the kernel announces no change of it, so it is
 	// put back by the pass the route's deletion starts.

@@ -365,15 +365,11 @@ func checkRuntimePod(t *testing.T, ctx context.Context, h *lab.Host, block netip
 	if err := checkPodShape(p, routes); err != nil {
 		t.Error(err)
 	}
-	eth0, err := p.LinkByName("eth0")
+	veth, err := p.HostVeth()
 	if err != nil {
 		t.Fatal(err)
 	}
-	veth, err := h.LinkByIndex(eth0.Attrs().ParentIndex)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return runtimePod{Pod: p, veth: veth.Attrs().Name}
+	return runtimePod{Pod: p, veth: veth}
 }
 
 // expectPodGone checks that the host keeps nothing of a removed pod: no

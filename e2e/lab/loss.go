@@ -19,6 +19,35 @@ const lossTable = "grapevine-lab-loss"
 // would do, but kernels without sch_netem are common; nftables' numgen is
 // always there where the agent runs. n = 0 removes the loss.
 func (h *Host) LoseOneIn(n uint32) error {
+	var chain *FilterChain
+	if n > 0 {
+		chain = &FilterChain{Name: "out", Hook: nftables.ChainHookOutput, Policy: nftables.ChainPolicyAccept, Rules: [][]expr.Any{{
+			&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname("em1")},
+			&expr.Numgen{Register: 1, Modulus: n, Type: unix.NFT_NG_RANDOM},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0, 0, 0, 0}},
+			&expr.Verdict{Kind: expr.VerdictDrop},
+		}}}
+	}
+	if err := h.SetFilterTable(lossTable, chain); err != nil {
+		return fmt.Errorf("set packet loss 1/%d: %w", n, err)
+	}
+	return nil
+}
+
+// FilterChain is the one base chain of a filter table a test puts in a
+// host's namespace: a lossy link, a host firewall, what Docker leaves
+// behind.
+type FilterChain struct {
+	Name   string // "input", "forward", ...
+	Hook   *nftables.ChainHook
+	Policy nftables.ChainPolicy
+	Rules  [][]expr.Any
+}
+
+// SetFilterTable replaces the inet table name in the host's namespace by
+// one with chain, in one transaction; a nil chain removes the table.
+func (h *Host) SetFilterTable(name string, chain *FilterChain) error {
 	fd, err := os.Open(h.Namespace.Path())
 	if err != nil {
 		return fmt.Errorf("host %s: %w", h.Name, err)
@@ -28,25 +57,22 @@ func (h *Host) LoseOneIn(n uint32) error {
 	if err != nil {
 		return fmt.Errorf("host %s: nftables: %w", h.Name, err)
 	}
-	table := &nftables.Table{Name: lossTable, Family: nftables.TableFamilyINet}
+	table := &nftables.Table{Name: name, Family: nftables.TableFamilyINet}
 	// Replace whatever an earlier call left: add (a no-op if present), then
 	// delete, in one batch.
 	conn.AddTable(table)
 	conn.DelTable(table)
-	if n > 0 {
+	if chain != nil {
 		conn.AddTable(table)
-		out := conn.AddChain(&nftables.Chain{Name: "out", Table: table, Type: nftables.ChainTypeFilter,
-			Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityFilter})
-		conn.AddRule(&nftables.Rule{Table: table, Chain: out, Exprs: []expr.Any{
-			&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname("em1")},
-			&expr.Numgen{Register: 1, Modulus: n, Type: unix.NFT_NG_RANDOM},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0, 0, 0, 0}},
-			&expr.Verdict{Kind: expr.VerdictDrop},
-		}})
+		policy := chain.Policy
+		c := conn.AddChain(&nftables.Chain{Name: chain.Name, Table: table, Type: nftables.ChainTypeFilter,
+			Hooknum: chain.Hook, Priority: nftables.ChainPriorityFilter, Policy: &policy})
+		for _, r := range chain.Rules {
+			conn.AddRule(&nftables.Rule{Table: table, Chain: c, Exprs: r})
+		}
 	}
 	if err := conn.Flush(); err != nil {
-		return fmt.Errorf("host %s: set packet loss 1/%d: %w", h.Name, n, err)
+		return fmt.Errorf("host %s: table inet %s: %w", h.Name, name, err)
 	}
 	return nil
 }

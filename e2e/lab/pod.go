@@ -132,3 +132,17 @@ func (h *Host) cni(f func(*libcni.CNIConfig) error) error {
 	c := libcni.NewCNIConfigWithCacheDir(h.lab.CNIPath, h.cniCacheDir(), nil)
 	return h.Namespace.Do(func() error { return f(c) })
 }
+
+// HostVeth names the host side of the pod's eth0 in its host's namespace:
+// the link eth0's peer index points at.
+func (p *Pod) HostVeth() (string, error) {
+	eth0, err := p.LinkByName("eth0")
+	if err != nil {
+		return "", err
+	}
+	veth, err := p.Host.LinkByIndex(eth0.Attrs().ParentIndex)
+	if err != nil {
+		return "", fmt.Errorf("host side of %s's eth0: %w", p.Name, err)
+	}
+	return veth.Attrs().Name, nil
+}
