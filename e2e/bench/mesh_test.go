@@ -20,7 +20,9 @@ func rowsByID(rows []Row) map[string]Row {
 // the wall time, messages and bytes per node until convergence counted at
 // the transport, and the steady rate.
 func TestMeasureMesh(t *testing.T) {
-	rows, err := MeasureMesh(t.Context(), MeshConfig{Nodes: 4, Steady: time.Second, Drain: 100 * time.Millisecond, Timeout: 2 * time.Minute})
+	// The steady window is twice raft's longest heartbeat interval (a fifth
+	// of the ledger's 10 s heartbeat timeout), so that 5g counts some.
+	rows, err := MeasureMesh(t.Context(), MeshConfig{Nodes: 4, Steady: 4 * time.Second, Drain: 100 * time.Millisecond, Timeout: 2 * time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
