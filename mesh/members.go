@@ -139,12 +139,13 @@ func (m *Mesh) ledgerPeers() []ledger.Peer {
 			continue
 		}
 		out = append(out, ledger.Peer{
-			ID:        p.meta.ID,
-			Name:      p.meta.Name,
-			Addr:      netip.AddrPortFrom(p.addr.Addr(), p.meta.LedgerPort),
-			HostIP:    p.meta.HostIP,
-			ClusterID: p.meta.ClusterID,
-			Alive:     p.state.Live(),
+			ID:          p.meta.ID,
+			Name:        p.meta.Name,
+			Addr:        netip.AddrPortFrom(p.addr.Addr(), p.meta.LedgerPort),
+			HostIP:      p.meta.HostIP,
+			ClusterID:   p.meta.ClusterID,
+			Alive:       p.state.Live(),
+			LedgerState: p.meta.LedgerState,
 		})
 	}
 	return out

@@ -182,7 +182,7 @@ func (c *tcluster) pushGossip() {
 		p := Peer{ID: n.id, Name: n.name, Addr: n.addr, HostIP: n.hostIP, Alive: n.running && !c.dead[n.name]}
 		if n.l != nil {
 			st, _ := n.l.State()
-			p.ClusterID = st.ClusterID
+			p.ClusterID, p.LedgerState = st.ClusterID, n.l.HasState()
 		}
 		peers = append(peers, p)
 		if n.running {

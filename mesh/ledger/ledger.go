@@ -90,6 +90,9 @@ type Peer struct {
 	HostIP    netip.Addr
 	ClusterID ClusterID // zero: not in any ledger yet
 	Alive     bool      // memberlist Alive or Suspect
+	// LedgerState: the node advertises that it belongs to a ledger or
+	// began founding one, so its raft runs and can vote.
+	LedgerState bool
 }
 
 // Info describes this node's place in the ledger.

@@ -43,9 +43,11 @@ func isVoter(id raft.ServerID, servers []raft.Server) bool {
 }
 
 // quorumAlive reports whether a majority of the voters are self or alive in
-// gossip: only then can an election be won. A voter that stands without
-// one fails its pre-vote and waits out its election timeout (10-20 s)
-// before it tries again, however soon the others come up.
+// gossip with ledger state (a founder that has not founded yet has no
+// raft to vote with): only then can an election be won. A voter that
+// stands without one fails its pre-vote and waits out its election
+// timeout (10-20 s) before it tries again, however soon the others come
+// up.
 func quorumAlive(self raft.ServerID, servers []raft.Server, peers []Peer) bool {
 	voters, alive := 0, 0
 	for _, s := range servers {
@@ -53,11 +55,22 @@ func quorumAlive(self raft.ServerID, servers []raft.Server, peers []Peer) bool {
 			continue
 		}
 		voters++
-		if _, a := inGossip(peers, s.ID); a || s.ID == self {
+		if s.ID == self || canVote(peers, s.ID) {
 			alive++
 		}
 	}
 	return voters > 0 && alive > voters/2
+}
+
+// canVote says whether gossip shows the raft server id alive with ledger
+// state.
+func canVote(peers []Peer, id raft.ServerID) bool {
+	for _, p := range peers {
+		if p.ID.String() == string(id) {
+			return p.Alive && (p.LedgerState || !p.ClusterID.IsZero())
+		}
+	}
+	return false
 }
 
 // inGossip says whether gossip knows the raft server id, and whether alive.

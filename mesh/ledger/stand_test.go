@@ -14,7 +14,7 @@ func TestShouldStand(t *testing.T) {
 	gossip := func(alive ...bool) []Peer {
 		var ps []Peer
 		for i, a := range alive {
-			ps = append(ps, Peer{ID: ids[i], Alive: a})
+			ps = append(ps, Peer{ID: ids[i], Alive: a, LedgerState: true})
 		}
 		return ps
 	}
@@ -60,9 +60,11 @@ func TestQuorumAlive(t *testing.T) {
 	}{
 		{"alone, the only voter", three[:1], nil, true},
 		{"one of three, others unknown", three, nil, false},
-		{"two of three", three, []Peer{{ID: ids[1], Alive: true}}, true},
+		{"two of three", three, []Peer{{ID: ids[1], Alive: true, LedgerState: true}}, true},
+		{"two of three, in a ledger", three, []Peer{{ID: ids[1], Alive: true, ClusterID: ClusterID{1}}}, true},
+		{"the other alive but not founded yet", three, []Peer{{ID: ids[1], Alive: true}}, false},
 		{"one of three, one dead", three, []Peer{{ID: ids[1], Alive: false}, {ID: ids[2], Alive: false}}, false},
-		{"non-voters do not count", three, []Peer{{ID: ids[3], Alive: true}}, false},
+		{"non-voters do not count", three, []Peer{{ID: ids[3], Alive: true, LedgerState: true}}, false},
 		{"no voters", nil, nil, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
