@@ -296,12 +296,7 @@ func TestDualStackAddUndoesEverythingWhenIPv6WiringFails(t *testing.T) {
 		}
 		return nil
 	})
-	inNS(t, p.netns, func() error {
-		if _, err := netlink.LinkByName("eth0"); err == nil {
-			t.Error("pod eth0 survived the failed ADD")
-		}
-		return nil
-	})
+	l.assertNoEth0(p)
 }
 
 // TestIPv4OnlyNodeGivesNoIPv6: without an IPv6 block in node.json the pod

@@ -372,6 +372,17 @@ func (l *lab) assertNothingLeft() {
 	}
 }
 
+// assertNoEth0: a failed ADD took the pod's eth0 with it.
+func (l *lab) assertNoEth0(p *pod) {
+	l.t.Helper()
+	inNS(l.t, p.netns, func() error {
+		if _, err := netlink.LinkByName("eth0"); err == nil {
+			l.t.Error("pod eth0 survived the failed ADD")
+		}
+		return nil
+	})
+}
+
 func readSysctl(t testing.TB, netns ns.NetNS, key string) string {
 	t.Helper()
 	var v []byte

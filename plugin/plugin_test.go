@@ -467,12 +467,7 @@ func TestAddUndoesEverythingWhenWiringFails(t *testing.T) {
 		t.Fatalf("ADD = %v, want a failure adding the gateway route", err)
 	}
 	l.assertNothingLeft()
-	inNS(t, p.netns, func() error {
-		if _, err := netlink.LinkByName("eth0"); err == nil {
-			t.Error("pod eth0 survived the failed ADD")
-		}
-		return nil
-	})
+	l.assertNoEth0(p)
 }
 
 func TestAddWhenBlockIsExhausted(t *testing.T) {
