@@ -468,14 +468,6 @@ func (m *Mesh) ReleaseDeletedNode(ctx context.Context, node string) (netip.Prefi
 	return block, nil
 }
 
-// releaseTarget holds the checks every release shares: the mesh runs and
-// node is not alive here (errors.Is ledger.ErrNodeAlive). Two live hosts
-// may carry one name (see View.NameConflicts); a release by name is about
-// the node the ledger records under it, so that node's ID decides whether
-// it is alive: a clone that kept the name neither blocks the release of a
-// dead holder's block here nor stands for the holder. (The ledger's leader
-// still refuses while any node of that name is alive to it.) With no
-// record, any live member carrying the name counts.
 // Report asks the member whose ledger listens at addr for its report
 // (Config.Report), over the ledger's authenticated connection.
 func (m *Mesh) Report(ctx context.Context, addr netip.AddrPort) ([]byte, error) {
@@ -492,6 +484,14 @@ func (m *Mesh) Report(ctx context.Context, addr netip.AddrPort) ([]byte, error) 
 	return report, nil
 }
 
+// releaseTarget holds the checks every release shares: the mesh runs and
+// node is not alive here (errors.Is ledger.ErrNodeAlive). Two live hosts
+// may carry one name (see View.NameConflicts); a release by name is about
+// the node the ledger records under it, so that node's ID decides whether
+// it is alive: a clone that kept the name neither blocks the release of a
+// dead holder's block here nor stands for the holder. (The ledger's leader
+// still refuses while any node of that name is alive to it.) With no
+// record, any live member carrying the name counts.
 func (m *Mesh) releaseTarget(node string) (*ledger.Ledger, error) {
 	m.mu.Lock()
 	led := m.led
