@@ -294,7 +294,7 @@ func (tr *tracker) tick(now time.Time) ([]probe, []flip) {
 	var flipped []flip
 	probes := make([]probe, 0, len(tr.hosts))
 	for h, t := range tr.hosts {
-		if now.Before(t.next) {
+		if !tr.due(t, now) {
 			continue
 		}
 		if t.outstanding {
@@ -318,6 +318,18 @@ func (tr *tracker) tick(now time.Time) ([]probe, []flip) {
 	slices.SortFunc(probes, func(a, b probe) int { return a.host.Compare(b.host) })
 	slices.SortFunc(flipped, func(a, b flip) int { return a.host.Compare(b.host) })
 	return probes, flipped
+}
+
+// due reports whether t's next request goes out in a tick at now. A host
+// at the normal pace goes up to half an interval early, so hosts added at
+// different moments fall into one phase: an idle agent then wakes once a
+// round for all its peers, not once per peer. A host being retried keeps
+// its own pace, so loss never brings its down verdict forward.
+func (tr *tracker) due(t *target, now time.Time) bool {
+	if t.misses == 0 {
+		return !now.Before(t.next.Add(-tr.interval / 2))
+	}
+	return !now.Before(t.next)
 }
 
 // reply records an echo reply. A reply to one of the last misses+1

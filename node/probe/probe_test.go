@@ -308,3 +308,38 @@ func TestTrackerRetriesSooner(t *testing.T) {
 		t.Fatalf("after answering again the next request is due in %v, want %v", d, interval)
 	}
 }
+
+// TestTrackerFallsIntoOnePhase: hosts added at different moments are asked
+// in one tick from the second round on, so an idle agent wakes once a
+// round, while a host being retried keeps its own pace.
+func TestTrackerFallsIntoOnePhase(t *testing.T) {
+	const interval = time.Second
+	tr := tracker{misses: DefaultMisses, interval: interval, retry: interval / retryDivisor, hosts: map[netip.Addr]*target{}}
+	tr.watch([]netip.Addr{hostA})
+	tr.tick(t0)
+	tr.reply(hostA, tr.hosts[hostA].seq, t0)
+
+	later := t0.Add(300 * time.Millisecond)
+	tr.watch([]netip.Addr{hostA, hostB})
+	if probes, _ := tr.tick(later); len(probes) != 1 || probes[0].host != hostB {
+		t.Fatalf("a host added later is not asked at once: %v", probes)
+	}
+	tr.reply(hostB, tr.hosts[hostB].seq, later)
+
+	now := t0.Add(tr.untilDue(t0))
+	if probes, _ := tr.tick(now); len(probes) != 2 {
+		t.Fatalf("at +%v %d hosts asked, want both", now.Sub(t0), len(probes))
+	}
+	tr.reply(hostA, tr.hosts[hostA].seq, now)
+	// hostB stops answering: it is retried at its own pace, hostA is not
+	// pulled along.
+	now = now.Add(interval)
+	if probes, _ := tr.tick(now); len(probes) != 2 {
+		t.Fatalf("second round: %d hosts asked, want both", len(probes))
+	}
+	tr.reply(hostA, tr.hosts[hostA].seq, now)
+	now = now.Add(tr.untilDue(now))
+	if probes, _ := tr.tick(now); len(probes) != 1 || probes[0].host != hostB {
+		t.Fatalf("retry tick asked %v, want only the host that missed", probes)
+	}
+}
