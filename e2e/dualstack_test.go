@@ -162,13 +162,11 @@ func TestDualStackAcrossHosts(t *testing.T) {
 // waitRoute6 waits until h's IPv6 table has a proto 74 route starting with
 // want.
 func waitRoute6(ctx context.Context, h *lab.Host, want string) error {
-	for {
+	return lab.Poll(ctx, fmt.Sprintf("%s: an IPv6 route %q", h.Name, want), 100*time.Millisecond, func() error {
 		out, err := h.Run(ctx, "ip", "-6", "route", "show", "proto", "74")
-		if err == nil && strings.Contains(string(out), want) {
-			return nil
+		if err == nil && !strings.Contains(string(out), want) {
+			err = fmt.Errorf("routes %q", out)
 		}
-		if werr := lab.Sleep(ctx, 100*time.Millisecond); werr != nil {
-			return fmt.Errorf("%s: no IPv6 route %q: %w (last: %q, %v)", h.Name, want, werr, out, err)
-		}
-	}
+		return err
+	})
 }

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"path/filepath"
 	"testing"
 	"time"
@@ -35,41 +36,43 @@ func TestIntruder(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	watchEnd := time.Now().Add(intruderWatch)
 	answered := false
-	for time.Now().Before(watchEnd) {
+	err = lab.Hold(ctx, "the intruder stays out", intruderWatch, 500*time.Millisecond, func() error {
 		for _, h := range members {
 			s, err := h.Status(ctx)
 			if err != nil {
-				t.Fatal(err)
+				return err
 			}
 			if m, ok := s.Member(intruder.Name); ok {
-				t.Fatalf("%s lists the intruder as a member: %+v", h.Name, m)
+				return fmt.Errorf("%s lists the intruder as a member: %+v", h.Name, m)
 			}
 			r, err := readRoutes(h)
 			if err != nil {
-				t.Fatal(err)
+				return err
 			}
 			for block, via := range r.peers {
 				if via == intruder.IP {
-					t.Fatalf("%s routes %s via the intruder", h.Name, block)
+					return fmt.Errorf("%s routes %s via the intruder", h.Name, block)
 				}
 			}
 		}
 		if s, err := intruder.Status(ctx); err == nil {
 			answered = true
 			if len(s.Members) > 0 {
-				t.Fatalf("the intruder sees members %+v", s.Members)
+				return fmt.Errorf("the intruder sees members %+v", s.Members)
 			}
 		}
 		r, err := readRoutes(intruder)
 		if err != nil {
-			t.Fatal(err)
+			return err
 		}
 		if len(r.peers) > 0 {
-			t.Fatalf("the intruder routes to %v", r.peers)
+			return fmt.Errorf("the intruder routes to %v", r.peers)
 		}
-		time.Sleep(500 * time.Millisecond)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 	if !answered {
 		t.Fatal("the intruder's agent never answered status: the test proved nothing")

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -47,19 +48,19 @@ func TestFrozenAgentLeaseEnds(t *testing.T) {
 	defer h2.ThawAgent()
 	// Until the lease ends, h2 may still start pods; then it must refuse.
 	var refused error
-	for refused == nil {
-		if ctx.Err() != nil {
-			t.Fatal("h2 still hands out addresses after its lease should have ended")
-		}
+	err = lab.Poll(ctx, "h2 refusing ADD once its lease ended", 200*time.Millisecond, func() error {
 		p, err := h2.AddPod(ctx)
-		if err == nil {
-			if since := time.Since(frozen); since > lease+2*time.Second {
-				t.Fatalf("h2 handed out %s %s after its agent froze, past its %s lease", p.IP, since.Round(time.Millisecond), lease)
-			}
-			time.Sleep(200 * time.Millisecond)
-			continue
+		if err != nil {
+			refused = err
+			return nil
 		}
-		refused = err
+		if since := time.Since(frozen); since > lease+2*time.Second {
+			t.Fatalf("h2 handed out %s %s after its agent froze, past its %s lease", p.IP, since.Round(time.Millisecond), lease)
+		}
+		return fmt.Errorf("h2 handed out %s", p.IP)
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 	var cniErr *types.Error
 	if !errors.As(refused, &cniErr) || cniErr.Code != types.ErrTryAgainLater || !strings.Contains(cniErr.Msg, "has not renewed its lease") {

@@ -53,30 +53,26 @@ func stayBlockless(t *testing.T, ctx context.Context, h *lab.Host) lab.Status {
 	// The window starts once the agent answers: a loaded machine may take
 	// longer than the window to start it.
 	var last lab.Status
-	for {
+	err := lab.Poll(ctx, h.Name+" answering status", 250*time.Millisecond, func() error {
 		s, err := h.Status(ctx)
-		if err == nil {
-			last = s
-			break
-		}
-		if ctx.Err() != nil {
-			t.Fatalf("%s never answered status: %v", h.Name, err)
-		}
-		time.Sleep(250 * time.Millisecond)
+		last = s
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
-	end := time.Now().Add(ledgerWatch)
-	for time.Now().Before(end) {
+	err = lab.Hold(ctx, h.Name+" holds no block", ledgerWatch, 250*time.Millisecond, func() error {
 		s, err := h.Status(ctx)
-		if err == nil {
-			last = s
-			if s.Ready || s.Block.IsValid() {
-				t.Fatalf("%s got ready=%v block %s: %+v", h.Name, s.Ready, s.Block, s)
-			}
+		if err != nil {
+			return nil // a status call that fails shows nothing either way
 		}
-		time.Sleep(250 * time.Millisecond)
-	}
-	if last.Ready || last.Block.IsValid() {
-		t.Fatalf("%s got ready=%v block %s: %+v", h.Name, last.Ready, last.Block, last)
+		if last = s; s.Ready || s.Block.IsValid() {
+			return fmt.Errorf("%s got ready=%v block %s: %+v", h.Name, s.Ready, s.Block, s)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 	return last
 }

@@ -49,13 +49,11 @@ func TestLossyLinks(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for end := time.Now().Add(lossWindow); time.Now().Before(end); {
-		if err := expectMeshRoutes(statuses, hosts); err != nil {
-			t.Fatalf("with 20 %% loss on the links: %v%s", err, suspicions(hosts))
-		}
-		if err := lab.Sleep(ctx, 200*time.Millisecond); err != nil {
-			t.Fatal(err)
-		}
+	err = lab.Hold(ctx, "with 20 % loss on the links", lossWindow, 200*time.Millisecond, func() error {
+		return expectMeshRoutes(statuses, hosts)
+	})
+	if err != nil {
+		t.Fatalf("%v%s", err, suspicions(hosts))
 	}
 	if after := deletes(); fmt.Sprint(after) != fmt.Sprint(before) {
 		t.Fatalf("with 20 %% loss on the links routes were deleted: before %v, after %v%s", before, after, suspicions(hosts))

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"net/http"
 	"testing"
 	"time"
@@ -76,23 +77,23 @@ func TestPartition(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	watchEnd := time.Now().Add(minorityWatch)
 	var last lab.Status
-	for time.Now().Before(watchEnd) {
-		s, err := newcomer.Status(ctx)
-		if err == nil {
-			last = s
-			if s.Ready || s.Block.IsValid() {
-				t.Fatalf("newcomer %s in the minority got ready=%v block %s: %+v", newcomer.Name, s.Ready, s.Block, s)
+	err = lab.Hold(ctx, "newcomer "+newcomer.Name+" in the minority waits for quorum", minorityWatch, 250*time.Millisecond, func() error {
+		if s, err := newcomer.Status(ctx); err == nil {
+			if last = s; s.Ready || s.Block.IsValid() {
+				return fmt.Errorf("it got ready=%v block %s: %+v", s.Ready, s.Block, s)
 			}
 		}
 		if code, body, err := newcomer.Get(ctx, "/readyz"); err != nil || code != http.StatusServiceUnavailable {
-			t.Fatalf("newcomer's /readyz in the minority: %d %q (%v), want 503", code, body, err)
+			return fmt.Errorf("its /readyz: %d %q (%v), want 503", code, body, err)
 		}
 		if code, body, err := newcomer.Get(ctx, "/healthz"); err != nil || code != http.StatusOK {
-			t.Fatalf("newcomer's /healthz in the minority: %d %q (%v), want 200: waiting for quorum is healthy", code, body, err)
+			return fmt.Errorf("its /healthz: %d %q (%v), want 200: waiting for quorum is healthy", code, body, err)
 		}
-		time.Sleep(250 * time.Millisecond)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 	if last.Node == "" {
 		t.Fatalf("newcomer never answered status")

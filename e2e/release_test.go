@@ -51,20 +51,19 @@ func TestRelease(t *testing.T) {
 	if out, err := h1.Release(ctx, h3.Name); err == nil || !strings.Contains(string(out)+err.Error(), "once its lease") {
 		t.Fatalf("release of a dead node within its lease: %v: %s", err, out)
 	}
-	var released time.Time
-	for {
-		// The leader's reclaim of the dead h3 waits for the same lease and
-		// may free the block first: then nothing is left to release.
+	// The leader's reclaim of the dead h3 waits for the same lease and may
+	// free the block first: then nothing is left to release.
+	err = lab.Poll(ctx, "the release of a dead node", time.Second, func() error {
 		out, err := h1.Release(ctx, h3.Name)
 		if err == nil || strings.Contains(string(out)+err.Error(), "no block assigned to that node") {
-			released = time.Now()
-			break
+			return nil
 		}
-		if ctx.Err() != nil {
-			t.Fatalf("release of a dead node: %v: %s", err, out)
-		}
-		time.Sleep(time.Second)
+		return fmt.Errorf("%w: %s", err, out)
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
+	released := time.Now()
 	for _, h := range []*lab.Host{h1, h2} {
 		_, err := h.WaitStatus(ctx, fmt.Sprintf("%s's block released", h3.Name), func(s lab.Status) bool {
 			m, ok := s.Member(h3.Name)

@@ -255,12 +255,12 @@ func crossSubnetWithdraw(t *testing.T, l *lab.Lab, p1, p3 *lab.Pod) {
 		t.Fatal(err)
 	}
 	// Longer than the probes' misses take: nothing goes.
-	if err := lab.Sleep(ctx, 5*time.Second); err != nil {
-		t.Fatal(err)
-	}
 	want, hostIPs := crossSubnetPaths(statuses, l.Hosts(), h1)
-	if err := expectPaths(ctx, h1, want, hostIPs); err != nil {
-		t.Fatalf("h1 after h2's and h3's agents left, their hosts up: %v", err)
+	err = lab.Hold(ctx, "h1 after h2's and h3's agents left, their hosts up", 5*time.Second, 250*time.Millisecond, func() error {
+		return expectPaths(ctx, h1, want, hostIPs)
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 	r := pings.Stop(time.Second)
 	if len(r.Lost) > restartLossBound {

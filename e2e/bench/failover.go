@@ -34,22 +34,21 @@ func (b *labBench) failover(ctx context.Context, hosts []*lab.Host) (d time.Dura
 	waitCtx, cancel := context.WithTimeout(ctx, crashTimeout)
 	defer cancel()
 	var leader *lab.Host
-	for {
+	err = lab.Poll(waitCtx, fmt.Sprintf("a ledger leader among %d hosts", len(hosts)), 250*time.Millisecond, func() error {
 		for _, h := range hosts {
 			s, err := h.Status(waitCtx)
 			if err != nil {
-				return 0, err
+				return err
 			}
 			if s.Ledger.Role == "leader" {
 				leader = h
+				return nil
 			}
 		}
-		if leader != nil {
-			break
-		}
-		if err := lab.Sleep(waitCtx, 250*time.Millisecond); err != nil {
-			return 0, fmt.Errorf("no ledger leader among %d hosts: %w", len(hosts), err)
-		}
+		return errors.New("no host leads")
+	})
+	if err != nil {
+		return 0, err
 	}
 	t0 := time.Now()
 	if err := leader.CutLink(ctx); err != nil {

@@ -154,7 +154,7 @@ func TestKubernetes(t *testing.T) {
 	// runtime's network readiness, which follows the conflist, which the
 	// agent writes after node.json.
 	readyAt := map[string]time.Duration{}
-	err = poll(ctx, "every node Ready", 200*time.Millisecond, func() error {
+	err = lab.Poll(ctx, "every node Ready", 200*time.Millisecond, func() error {
 		for _, n := range k.nodes(ctx) {
 			name := n.Metadata.Name
 			ready, _ := n.ready()
@@ -182,7 +182,7 @@ func TestKubernetes(t *testing.T) {
 	t.Logf("bring-up: %s", bringUp)
 	checkArchiveRuns(t, ctx, c, archive, agents)
 	statuses := map[string]lab.Status{}
-	err = poll(ctx, "every agent sees its 2 peers alive", time.Second, func() error {
+	err = lab.Poll(ctx, "every agent sees its 2 peers alive", time.Second, func() error {
 		for node, pod := range agents {
 			s, err := k.agentStatus(ctx, pod)
 			if err != nil {
@@ -352,7 +352,7 @@ func checkHostPort(t *testing.T, ctx context.Context, k kube, l *lab.Lab) {
 		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) { return l.Outside.Dial(ctx, addr) },
 	}}
 	var body string
-	err := poll(ctx, "hostPort answers from outside", time.Second, func() error {
+	err := lab.Poll(ctx, "hostPort answers from outside", time.Second, func() error {
 		resp, err := client.Get(url)
 		if err != nil {
 			return err
@@ -391,7 +391,7 @@ func checkRollingUpdate(t *testing.T, ctx context.Context, k kube, agents map[st
 		}
 		return strconv.Atoi(strings.TrimSpace(string(out)))
 	}
-	if err := poll(ctx, "the TCP stream flows", 500*time.Millisecond, func() error {
+	if err := lab.Poll(ctx, "the TCP stream flows", 500*time.Millisecond, func() error {
 		n, err := received()
 		if err == nil && n < 10 {
 			err = fmt.Errorf("%d lines", n)
@@ -447,7 +447,7 @@ func checkRollingUpdate(t *testing.T, ctx context.Context, k kube, agents map[st
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := poll(ctx, "the stream carries data after the update", 500*time.Millisecond, func() error {
+	if err := lab.Poll(ctx, "the stream carries data after the update", 500*time.Millisecond, func() error {
 		n, err := received()
 		if err == nil && n < before+20 {
 			err = fmt.Errorf("%d lines, %d before", n, before)
@@ -501,7 +501,7 @@ func checkNodeDeletion(t *testing.T, ctx context.Context, k kube, blocks map[str
 		}
 	}
 	watchLease()
-	err := poll(ctx, "node-c's route withdrawn and its release pending", time.Second, func() error {
+	err := lab.Poll(ctx, "node-c's route withdrawn and its release pending", time.Second, func() error {
 		watchLease()
 		if pending == "" {
 			s, err := k.agentStatus(ctx, agents["node-a"])
@@ -542,7 +542,7 @@ func checkNodeDeletion(t *testing.T, ctx context.Context, k kube, blocks map[str
 	// free, there is nothing left to release.
 	freeCtx, cancel := context.WithTimeout(ctx, 2*testLease+time.Minute)
 	defer cancel()
-	err = poll(freeCtx, "node-c's block freed in the ledger", time.Second, func() error {
+	err = lab.Poll(freeCtx, "node-c's block freed in the ledger", time.Second, func() error {
 		watchLease()
 		out, err := k.c.Kubectl(ctx, "-n", "kube-system", "exec", agents["node-a"], "-c", "agent", "--", "grapevine", "release", "node-c")
 		if err == nil {
@@ -782,7 +782,7 @@ func (p podObject) ready() bool {
 func (k kube) waitPods(ctx context.Context, selector string, n int) []podObject {
 	k.t.Helper()
 	var pods []podObject
-	err := poll(ctx, "pods "+selector+" ready", 500*time.Millisecond, func() error {
+	err := lab.Poll(ctx, "pods "+selector+" ready", 500*time.Millisecond, func() error {
 		var list struct{ Items []podObject }
 		out, err := k.c.Kubectl(ctx, "get", "pods", "-l", selector, "-o", "json")
 		if err != nil {
@@ -813,7 +813,7 @@ func (k kube) waitPods(ctx context.Context, selector string, n int) []podObject 
 func (k kube) agentPods(ctx context.Context, image string) map[string]string {
 	k.t.Helper()
 	byNode := map[string]string{}
-	err := poll(ctx, "agent pods of "+image+" ready", 500*time.Millisecond, func() error {
+	err := lab.Poll(ctx, "agent pods of "+image+" ready", 500*time.Millisecond, func() error {
 		var list struct{ Items []podObject }
 		out, err := k.c.Kubectl(ctx, "-n", "kube-system", "get", "pods", "-l", "app.kubernetes.io/name=grapevine", "-o", "json")
 		if err != nil {
@@ -867,7 +867,7 @@ func (k kube) firstCrossNodePing(ctx context.Context, pingers []podObject, since
 			to = p
 		}
 	}
-	err := poll(ctx, "first ping node-a -> node-b", 100*time.Millisecond, func() error {
+	err := lab.Poll(ctx, "first ping node-a -> node-b", 100*time.Millisecond, func() error {
 		_, err := k.c.Kubectl(ctx, "exec", from.Metadata.Name, "--", "ping", "-c", "1", "-W", "1", to.ip().String())
 		return err
 	})
@@ -875,21 +875,6 @@ func (k kube) firstCrossNodePing(ctx context.Context, pingers []podObject, since
 		k.t.Fatal(err)
 	}
 	return time.Since(since)
-}
-
-// poll calls check every interval until it returns nil or ctx ends.
-func poll(ctx context.Context, what string, interval time.Duration, check func() error) error {
-	for {
-		err := check()
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%s: %w (last: %w)", what, ctx.Err(), err)
-		case <-time.After(interval):
-		}
-	}
 }
 
 // snapshotDirs lists the entries of the machine's directories, to show the

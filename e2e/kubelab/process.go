@@ -77,21 +77,16 @@ func (p *process) LogTail(n int) string {
 // waitFor polls check every interval until it returns nil, the process
 // exits, or ctx ends; the error names what was awaited and the last failure.
 func waitFor(ctx context.Context, what string, p *process, interval time.Duration, check func(context.Context) error) error {
-	for {
-		err := check(ctx)
-		if err == nil {
-			return nil
-		}
-		var exited <-chan struct{}
-		if p != nil {
-			exited = p.exited
-		}
-		select {
-		case <-exited:
-			return fmt.Errorf("%s: %s exited: %w\n%s", what, p.name, err, p.LogTail(30))
-		case <-ctx.Done():
-			return fmt.Errorf("%s: %w (last: %w)", what, ctx.Err(), err)
-		case <-time.After(interval):
-		}
+	ctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	if p != nil {
+		go func() {
+			select {
+			case <-p.exited:
+				stop(fmt.Errorf("%s exited\n%s", p.name, p.LogTail(30)))
+			case <-ctx.Done():
+			}
+		}()
 	}
+	return lab.Poll(ctx, what, interval, func() error { return check(ctx) })
 }

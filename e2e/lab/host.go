@@ -511,25 +511,27 @@ func (s *Status) UnmarshalJSON(data []byte) error {
 // error names what was awaited and the last status seen, and says so if the
 // agent exited meanwhile.
 func (h *Host) WaitStatus(ctx context.Context, what string, cond func(Status) bool) (Status, error) {
+	ctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
 	var last Status
-	var lastErr error
-	for {
+	err := Poll(ctx, fmt.Sprintf("host %s: %s", h.Name, what), 250*time.Millisecond, func() error {
 		s, err := h.Status(ctx)
-		if err == nil && cond(s) {
-			return s, nil
-		}
 		if err == nil {
 			last = s
 		}
-		lastErr = err
 		if exited, exitErr := h.AgentExit(); exited {
-			return last, fmt.Errorf("host %s: agent exited (%v) while waiting for %s", h.Name, exitErr, what)
+			stop(fmt.Errorf("the agent exited (%v)", exitErr))
 		}
-		if err := Sleep(ctx, 250*time.Millisecond); err != nil {
-			js, _ := json.Marshal(last)
-			return last, fmt.Errorf("host %s: waiting for %s: %w; last status %s; last error: %v", h.Name, what, err, js, lastErr)
+		switch {
+		case err != nil:
+			return err
+		case !cond(s):
+			js, _ := json.Marshal(s)
+			return fmt.Errorf("status %s", js)
 		}
-	}
+		return nil
+	})
+	return last, err
 }
 
 // WaitReady waits until the host's agent is ready and holds a block.

@@ -99,18 +99,6 @@ func ping(ctx context.Context, conn *icmp.PacketConn, dst netip.Addr) (time.Dura
 	}
 }
 
-// Sleep waits d or until ctx ends, whichever comes first.
-func Sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}
-
 // ServeEcho accepts connections on ln until it is closed. Each connection is
 // greeted with one line naming the address the server saw the client come
 // from (which shows whether the client was masqueraded), then every line the
