@@ -1,0 +1,558 @@
+package netpol
+
+import (
+	"math/rand/v2"
+	"net/netip"
+	"reflect"
+	"strconv"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+)
+
+const localNode = "n1"
+
+func namespace(name string, labels map[string]string) *corev1.Namespace {
+	return &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}}
+}
+
+// pod is a running pod; ports are "name:number/PROTO".
+func pod(ns, name, ip, node string, labels map[string]string, ports ...string) *corev1.Pod {
+	p := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: labels},
+		Spec:       corev1.PodSpec{NodeName: node},
+		Status:     corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip, PodIPs: []corev1.PodIP{{IP: ip}}},
+	}
+	var cps []corev1.ContainerPort
+	for _, s := range ports {
+		name, rest, _ := strings.Cut(s, ":")
+		num, proto, _ := strings.Cut(rest, "/")
+		n := intstr.Parse(num)
+		cps = append(cps, corev1.ContainerPort{Name: name, ContainerPort: n.IntVal, Protocol: corev1.Protocol(proto)})
+	}
+	p.Spec.Containers = []corev1.Container{{Name: "main", Ports: cps}}
+	return p
+}
+
+func hostNetworkPod(ns, name, ip, node string, labels map[string]string) *corev1.Pod {
+	p := pod(ns, name, ip, node, labels)
+	p.Spec.HostNetwork = true
+	return p
+}
+
+func sel(kv ...string) *metav1.LabelSelector {
+	m := map[string]string{}
+	for i := 0; i+1 < len(kv); i += 2 {
+		m[kv[i]] = kv[i+1]
+	}
+	return &metav1.LabelSelector{MatchLabels: m}
+}
+
+func policy(ns, name string, podSelector *metav1.LabelSelector, types []networkingv1.PolicyType, ingress []networkingv1.NetworkPolicyIngressRule, egress []networkingv1.NetworkPolicyEgressRule) *networkingv1.NetworkPolicy {
+	return &networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec: networkingv1.NetworkPolicySpec{
+			PodSelector: *podSelector, PolicyTypes: types, Ingress: ingress, Egress: egress,
+		},
+	}
+}
+
+func port(proto corev1.Protocol, p any, endPort ...int32) networkingv1.NetworkPolicyPort {
+	np := networkingv1.NetworkPolicyPort{}
+	if proto != "" {
+		np.Protocol = &proto
+	}
+	switch v := p.(type) {
+	case int:
+		x := intstr.FromInt32(int32(v))
+		np.Port = &x
+	case string:
+		x := intstr.FromString(v)
+		np.Port = &x
+	}
+	if len(endPort) > 0 {
+		np.EndPort = &endPort[0]
+	}
+	return np
+}
+
+func fromPods(s *metav1.LabelSelector) networkingv1.NetworkPolicyPeer {
+	return networkingv1.NetworkPolicyPeer{PodSelector: s}
+}
+func fromNamespaces(s *metav1.LabelSelector) networkingv1.NetworkPolicyPeer {
+	return networkingv1.NetworkPolicyPeer{NamespaceSelector: s}
+}
+func fromBlock(cidr string, except ...string) networkingv1.NetworkPolicyPeer {
+	return networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: cidr, Except: except}}
+}
+
+var (
+	ingressOnly = []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}
+	egressOnly  = []networkingv1.PolicyType{networkingv1.PolicyTypeEgress}
+	bothTypes   = []networkingv1.PolicyType{networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress}
+	all         = &metav1.LabelSelector{}
+)
+
+// The cluster the table tests run in. Local pods (node n1) are web, web2,
+// db and the host-network hostweb; the rest are peers on node n2.
+const (
+	web        = "10.0.0.10"  // default, app=web, http 80/TCP, dns 53/UDP, sig 9000/SCTP
+	web2       = "10.0.0.11"  // default, app=web, http 8080/TCP
+	db         = "10.0.0.12"  // default, app=db
+	remoteWeb  = "10.0.1.30"  // default, app=web, on n2
+	defClient  = "10.0.1.22"  // default, app=client
+	prodClient = "10.0.1.20"  // prod (env=prod), app=client
+	prodOther  = "10.0.1.23"  // prod, app=other
+	devClient  = "10.0.1.21"  // dev (env=dev), app=client
+	hostWeb    = "172.16.0.1" // hostNetwork, default, app=web, on n1
+	hostClient = "172.16.0.2" // hostNetwork, default, app=client, on n2
+	outside    = "192.168.5.5"
+	outside2   = "192.168.6.1"
+	gone       = "10.0.0.13" // default, app=web, on n1, Succeeded
+)
+
+func cluster() Input {
+	done := pod("default", "done", gone, localNode, map[string]string{"app": "web"})
+	done.Status.Phase = corev1.PodSucceeded
+	noIP := pod("default", "pending", "", localNode, map[string]string{"app": "web"})
+	return Input{
+		NodeName: localNode,
+		Namespaces: []*corev1.Namespace{
+			namespace("default", map[string]string{"kubernetes.io/metadata.name": "default"}),
+			namespace("prod", map[string]string{"env": "prod"}),
+			namespace("dev", map[string]string{"env": "dev"}),
+		},
+		Pods: []*corev1.Pod{
+			pod("default", "web", web, localNode, map[string]string{"app": "web"}, "http:80/TCP", "dns:53/UDP", "sig:9000/SCTP"),
+			pod("default", "web2", web2, localNode, map[string]string{"app": "web"}, "http:8080/"),
+			pod("default", "db", db, localNode, map[string]string{"app": "db"}),
+			pod("default", "remoteweb", remoteWeb, "n2", map[string]string{"app": "web"}, "http:80/TCP"),
+			pod("default", "client", defClient, "n2", map[string]string{"app": "client"}),
+			pod("prod", "client", prodClient, "n2", map[string]string{"app": "client"}),
+			pod("prod", "other", prodOther, "n2", map[string]string{"app": "other"}),
+			pod("dev", "client", devClient, "n2", map[string]string{"app": "client"}),
+			hostNetworkPod("default", "hostweb", hostWeb, localNode, map[string]string{"app": "web"}),
+			hostNetworkPod("default", "hostclient", hostClient, "n2", map[string]string{"app": "client"}),
+			done, noIP,
+		},
+	}
+}
+
+// check is one new connection and whether it must be allowed.
+type check struct {
+	src, dst string
+	proto    Protocol
+	port     uint16
+	allowed  bool
+}
+
+func tcp(src, dst string, port uint16, allowed bool) check {
+	return check{src, dst, ProtocolTCP, port, allowed}
+}
+
+func TestCompile(t *testing.T) {
+	allowFrom := func(peers ...networkingv1.NetworkPolicyPeer) []networkingv1.NetworkPolicyIngressRule {
+		return []networkingv1.NetworkPolicyIngressRule{{From: peers}}
+	}
+	tests := []struct {
+		name     string
+		policies []*networkingv1.NetworkPolicy
+		problems int
+		checks   []check
+	}{
+		{
+			name: "no policy allows everything",
+			checks: []check{
+				tcp(prodClient, web, 80, true), tcp(web, outside, 443, true), {outside, db, ProtocolUDP, 53, true},
+			},
+		},
+		{
+			name:     "default deny ingress: a policy without rules selects all pods of its namespace on this node",
+			policies: []*networkingv1.NetworkPolicy{policy("default", "deny", all, nil, nil, nil)},
+			checks: []check{
+				tcp(prodClient, web, 80, false), tcp(defClient, db, 5432, false), tcp(outside, web2, 8080, false),
+				tcp(db, web, 80, false),              // local to local: web's ingress
+				tcp(web, prodClient, 80, true),       // egress is not isolated (implicit policyTypes)
+				tcp(prodClient, remoteWeb, 80, true), // selected, but enforced by its own node
+				tcp(prodClient, hostWeb, 80, true),   // hostNetwork pods are never selected
+				tcp(prodClient, gone, 80, true),      // a finished pod is not selected
+			},
+		},
+		{
+			name:     "default deny egress",
+			policies: []*networkingv1.NetworkPolicy{policy("default", "deny", all, egressOnly, nil, nil)},
+			checks: []check{
+				tcp(web, prodClient, 80, false), tcp(db, outside, 443, false), tcp(web, db, 5432, false),
+				tcp(prodClient, web, 80, true),
+			},
+		},
+		{
+			name:     "deny both directions",
+			policies: []*networkingv1.NetworkPolicy{policy("default", "deny", all, bothTypes, nil, nil)},
+			checks:   []check{tcp(web, prodClient, 80, false), tcp(prodClient, web, 80, false)},
+		},
+		{
+			name:     "policy in another namespace selects nothing here",
+			policies: []*networkingv1.NetworkPolicy{policy("prod", "deny", all, bothTypes, nil, nil)},
+			checks:   []check{tcp(web, prodClient, 80, true), tcp(prodClient, web, 80, true)},
+		},
+		{
+			name:     "podSelector selects only matching pods",
+			policies: []*networkingv1.NetworkPolicy{policy("default", "deny-web", sel("app", "web"), nil, nil, nil)},
+			checks:   []check{tcp(defClient, web, 80, false), tcp(defClient, web2, 80, false), tcp(defClient, db, 80, true)},
+		},
+		{
+			name: "peer podSelector alone means the policy's namespace",
+			policies: []*networkingv1.NetworkPolicy{policy("default", "from-client", sel("app", "web"), nil,
+				allowFrom(fromPods(sel("app", "client"))), nil)},
+			checks: []check{
+				tcp(defClient, web, 80, true), tcp(prodClient, web, 80, false), tcp(devClient, web, 80, false),
+				tcp(hostClient, web, 80, false), // a hostNetwork pod is its node's IP: no podSelector matches it
+			},
+		},
+		{
+			name: "peer namespaceSelector alone means all pods there",
+			policies: []*networkingv1.NetworkPolicy{policy("default", "from-prod", all, nil,
+				allowFrom(fromNamespaces(sel("env", "prod"))), nil)},
+			checks: []check{
+				tcp(prodClient, web, 80, true), tcp(prodOther, db, 1, true),
+				tcp(devClient, web, 80, false), tcp(defClient, web, 80, false), tcp(outside, web, 80, false),
+			},
+		},
+		{
+			name: "namespaceSelector and podSelector in one peer both must match",
+			policies: []*networkingv1.NetworkPolicy{policy("default", "clients-of-envs", all, nil,
+				allowFrom(networkingv1.NetworkPolicyPeer{
+					NamespaceSelector: &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{
+						{Key: "env", Operator: metav1.LabelSelectorOpIn, Values: []string{"prod", "dev"}},
+					}},
+					PodSelector: sel("app", "client"),
+				}), nil)},
+			checks: []check{
+				tcp(prodClient, web, 80, true), tcp(devClient, web, 80, true),
+				tcp(prodOther, web, 80, false), tcp(defClient, web, 80, false),
+			},
+		},
+		{
+			name: "namespaceSelector and podSelector as two peers add up",
+			policies: []*networkingv1.NetworkPolicy{policy("default", "two-peers", all, nil,
+				allowFrom(fromNamespaces(sel("env", "dev")), fromPods(sel("app", "client"))), nil)},
+			checks: []check{
+				tcp(devClient, web, 80, true), tcp(defClient, web, 80, true),
+				tcp(prodClient, web, 80, false),
+			},
+		},
+		{
+			name: "empty namespaceSelector means every namespace",
+			policies: []*networkingv1.NetworkPolicy{policy("default", "clients-anywhere", all, nil,
+				allowFrom(networkingv1.NetworkPolicyPeer{NamespaceSelector: all, PodSelector: sel("app", "client")}), nil)},
+			checks: []check{
+				tcp(prodClient, web, 80, true), tcp(devClient, web, 80, true), tcp(defClient, web, 80, true),
+				tcp(prodOther, web, 80, false),
+			},
+		},
+		{
+			name: "ipBlock with except",
+			policies: []*networkingv1.NetworkPolicy{policy("default", "block", all, nil,
+				allowFrom(fromBlock("192.168.0.0/16", "192.168.5.0/24")), nil)},
+			checks: []check{
+				tcp(outside2, web, 80, true), tcp(outside, web, 80, false), tcp(prodClient, web, 80, false),
+			},
+		},
+		{
+			name: "ipBlock 0.0.0.0/0 except the pod network",
+			policies: []*networkingv1.NetworkPolicy{policy("default", "world", all, nil,
+				allowFrom(fromBlock("0.0.0.0/0", "10.0.0.0/8")), nil)},
+			checks: []check{
+				tcp(outside, web, 80, true), tcp("255.255.255.254", web, 80, true), tcp("0.0.0.1", web, 80, true),
+				tcp(prodClient, web, 80, false),
+			},
+		},
+		{
+			name: "ipBlock matches a hostNetwork peer by its node address",
+			policies: []*networkingv1.NetworkPolicy{policy("default", "nodes", all, nil,
+				allowFrom(fromBlock("172.16.0.0/24")), nil)},
+			checks: []check{tcp(hostClient, web, 80, true), tcp(defClient, web, 80, false)},
+		},
+		{
+			name: "an empty from allows every source; an empty rule list allows none",
+			policies: []*networkingv1.NetworkPolicy{
+				policy("default", "open-web", sel("app", "web"), nil, []networkingv1.NetworkPolicyIngressRule{{}}, nil),
+				policy("default", "closed-db", sel("app", "db"), nil, []networkingv1.NetworkPolicyIngressRule{}, nil),
+			},
+			checks: []check{tcp(outside, web, 80, true), tcp(outside, db, 80, false)},
+		},
+		{
+			name: "peers that match no pod allow nothing",
+			policies: []*networkingv1.NetworkPolicy{policy("default", "from-nobody", all, nil,
+				allowFrom(fromPods(sel("app", "nobody"))), nil)},
+			checks: []check{tcp(defClient, web, 80, false), tcp(outside, web, 80, false)},
+		},
+		{
+			name: "numbered ports: TCP by default, UDP, SCTP",
+			policies: []*networkingv1.NetworkPolicy{policy("default", "ports", all, nil,
+				[]networkingv1.NetworkPolicyIngressRule{{Ports: []networkingv1.NetworkPolicyPort{
+					port("", 80), port(corev1.ProtocolUDP, 53), port(corev1.ProtocolSCTP, 9000),
+				}}}, nil)},
+			checks: []check{
+				tcp(outside, web, 80, true), tcp(outside, web, 81, false),
+				{outside, web, ProtocolUDP, 80, false}, {outside, web, ProtocolUDP, 53, true},
+				{outside, web, ProtocolSCTP, 9000, true}, {outside, web, ProtocolSCTP, 9001, false},
+				{outside, web, ProtocolTCP, 9000, false},
+			},
+		},
+		{
+			name: "a protocol without a port allows all its ports",
+			policies: []*networkingv1.NetworkPolicy{policy("default", "udp", all, nil,
+				[]networkingv1.NetworkPolicyIngressRule{{Ports: []networkingv1.NetworkPolicyPort{port(corev1.ProtocolUDP, nil)}}}, nil)},
+			checks: []check{
+				{outside, web, ProtocolUDP, 1, true}, {outside, web, ProtocolUDP, 65535, true}, tcp(outside, web, 1, false),
+			},
+		},
+		{
+			name: "endPort makes a range",
+			policies: []*networkingv1.NetworkPolicy{policy("default", "range", all, nil,
+				[]networkingv1.NetworkPolicyIngressRule{{
+					From:  []networkingv1.NetworkPolicyPeer{fromNamespaces(sel("env", "prod"))},
+					Ports: []networkingv1.NetworkPolicyPort{port(corev1.ProtocolTCP, 8000, 8100)},
+				}}, nil)},
+			checks: []check{
+				tcp(prodClient, web, 8000, true), tcp(prodClient, web, 8050, true), tcp(prodClient, web, 8100, true),
+				tcp(prodClient, web, 7999, false), tcp(prodClient, web, 8101, false), tcp(devClient, web, 8000, false),
+			},
+		},
+		{
+			name: "a named port is resolved on each selected pod",
+			policies: []*networkingv1.NetworkPolicy{policy("default", "http", sel("app", "web"), nil,
+				[]networkingv1.NetworkPolicyIngressRule{{Ports: []networkingv1.NetworkPolicyPort{
+					port(corev1.ProtocolTCP, "http"), port(corev1.ProtocolUDP, "dns"), port(corev1.ProtocolSCTP, "sig"),
+				}}}, nil)},
+			checks: []check{
+				tcp(prodClient, web, 80, true), tcp(prodClient, web, 8080, false),
+				tcp(prodClient, web2, 8080, true), tcp(prodClient, web2, 80, false),
+				{prodClient, web, ProtocolUDP, 53, true}, {prodClient, web2, ProtocolUDP, 53, false},
+				{prodClient, web, ProtocolSCTP, 9000, true}, tcp(prodClient, web, 9000, false),
+			},
+		},
+		{
+			name: "a named port must match the protocol too",
+			policies: []*networkingv1.NetworkPolicy{policy("default", "dns-as-tcp", sel("app", "web"), nil,
+				[]networkingv1.NetworkPolicyIngressRule{{Ports: []networkingv1.NetworkPolicyPort{port(corev1.ProtocolTCP, "dns")}}}, nil)},
+			checks: []check{tcp(prodClient, web, 53, false), {prodClient, web, ProtocolUDP, 53, false}},
+		},
+		{
+			name: "an egress named port is resolved on the destination pod",
+			policies: []*networkingv1.NetworkPolicy{policy("default", "db-to-web", sel("app", "db"), nil, nil,
+				[]networkingv1.NetworkPolicyEgressRule{{
+					To:    []networkingv1.NetworkPolicyPeer{fromPods(sel("app", "web"))},
+					Ports: []networkingv1.NetworkPolicyPort{port(corev1.ProtocolTCP, "http")},
+				}})},
+			checks: []check{
+				tcp(db, web, 80, true), tcp(db, web2, 8080, true), tcp(db, remoteWeb, 80, true),
+				tcp(db, web2, 80, false), tcp(db, web, 8080, false), tcp(db, defClient, 80, false),
+				tcp(web, defClient, 80, true), // web is not selected
+			},
+		},
+		{
+			name: "egress to DNS only, to any destination",
+			policies: []*networkingv1.NetworkPolicy{policy("default", "dns-only", all, egressOnly, nil,
+				[]networkingv1.NetworkPolicyEgressRule{{Ports: []networkingv1.NetworkPolicyPort{
+					port(corev1.ProtocolUDP, 53), port(corev1.ProtocolTCP, 53),
+				}}})},
+			checks: []check{
+				{web, outside, ProtocolUDP, 53, true}, tcp(web, outside, 53, true), tcp(web, outside, 443, false),
+				{db, prodClient, ProtocolUDP, 5353, false},
+			},
+		},
+		{
+			name: "egress rules without policyTypes isolate egress too",
+			policies: []*networkingv1.NetworkPolicy{policy("default", "implicit-egress", all, nil, nil,
+				[]networkingv1.NetworkPolicyEgressRule{{To: []networkingv1.NetworkPolicyPeer{fromBlock("192.168.0.0/16")}}})},
+			checks: []check{
+				tcp(web, outside, 1, true), tcp(web, prodClient, 1, false),
+				tcp(prodClient, web, 80, false), // and ingress, always implied
+			},
+		},
+		{
+			name: "policyTypes Ingress ignores egress rules",
+			policies: []*networkingv1.NetworkPolicy{policy("default", "ingress-only", all, ingressOnly, nil,
+				[]networkingv1.NetworkPolicyEgressRule{{To: []networkingv1.NetworkPolicyPeer{fromBlock("192.168.0.0/16")}}})},
+			checks: []check{tcp(web, prodClient, 1, true), tcp(prodClient, web, 80, false)},
+		},
+		{
+			name: "overlapping policies add up, each with its own ports",
+			policies: []*networkingv1.NetworkPolicy{
+				policy("default", "a", sel("app", "web"), nil, []networkingv1.NetworkPolicyIngressRule{{
+					From: []networkingv1.NetworkPolicyPeer{fromNamespaces(sel("env", "prod"))}, Ports: []networkingv1.NetworkPolicyPort{port("", 80)},
+				}}, nil),
+				policy("default", "b", all, nil, []networkingv1.NetworkPolicyIngressRule{{
+					From: []networkingv1.NetworkPolicyPeer{fromNamespaces(sel("env", "dev"))}, Ports: []networkingv1.NetworkPolicyPort{port("", 443)},
+				}}, nil),
+				policy("default", "deny", all, nil, nil, nil),
+			},
+			checks: []check{
+				tcp(prodClient, web, 80, true), tcp(prodClient, web, 443, false),
+				tcp(devClient, web, 443, true), tcp(devClient, web, 80, false),
+				tcp(prodClient, db, 80, false), tcp(devClient, db, 443, true), // db: only b
+			},
+		},
+		{
+			name: "ingress and egress are both checked for traffic between two local pods",
+			policies: []*networkingv1.NetworkPolicy{
+				policy("default", "web-in-from-db", sel("app", "web"), nil, allowFrom(fromPods(sel("app", "db"))), nil),
+				policy("default", "db-out-to-nothing", sel("app", "db"), egressOnly, nil, nil),
+			},
+			checks: []check{tcp(db, web, 80, false), tcp(defClient, web, 80, false), tcp(defClient, db, 80, true)},
+		},
+		{
+			name: "invalid CIDR and protocol match nothing and are reported",
+			policies: []*networkingv1.NetworkPolicy{policy("default", "bad", all, nil,
+				[]networkingv1.NetworkPolicyIngressRule{
+					{From: []networkingv1.NetworkPolicyPeer{fromBlock("192.168.0.0/33")}},
+					{Ports: []networkingv1.NetworkPolicyPort{port("ICMP", 1)}},
+				}, nil)},
+			problems: 2,
+			checks:   []check{tcp(outside, web, 80, false), tcp(outside, web, 1, false)},
+		},
+		{
+			name: "an invalid pod selector drops the policy and is reported",
+			policies: []*networkingv1.NetworkPolicy{policy("default", "bad-selector", &metav1.LabelSelector{
+				MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "app", Operator: "Near"}},
+			}, nil, nil, nil)},
+			problems: 1,
+			checks:   []check{tcp(outside, web, 80, true)},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			in := cluster()
+			in.Policies = tt.policies
+			rs, problems := Compile(in)
+			if len(problems) != tt.problems {
+				t.Errorf("problems %v, want %d", problems, tt.problems)
+			}
+			if len(tt.checks) == 0 && len(tt.policies) > 0 {
+				t.Fatal("a case without checks asserts nothing")
+			}
+			for _, c := range tt.checks {
+				p := Packet{Src: netip.MustParseAddr(c.src), Dst: netip.MustParseAddr(c.dst), Protocol: c.proto, Port: c.port}
+				if got := rs.Allows(p); got != c.allowed {
+					t.Errorf("%s -> %s proto %d port %d: allowed %v, want %v", c.src, c.dst, c.proto, c.port, got, c.allowed)
+				}
+			}
+		})
+	}
+}
+
+// TestCompileIsDeterministic: the same cluster in any order compiles to the
+// same ruleset, so an unchanged cluster never looks changed.
+func TestCompileIsDeterministic(t *testing.T) {
+	in := scaleInput(60, 20, 3)
+	want, _ := Compile(in)
+	for range 5 {
+		shuffled := in
+		shuffled.Pods = append([]*corev1.Pod(nil), in.Pods...)
+		shuffled.Policies = append([]*networkingv1.NetworkPolicy(nil), in.Policies...)
+		rand.Shuffle(len(shuffled.Pods), func(i, j int) { shuffled.Pods[i], shuffled.Pods[j] = shuffled.Pods[j], shuffled.Pods[i] })
+		rand.Shuffle(len(shuffled.Policies), func(i, j int) {
+			shuffled.Policies[i], shuffled.Policies[j] = shuffled.Policies[j], shuffled.Policies[i]
+		})
+		got, _ := Compile(shuffled)
+		if !reflect.DeepEqual(got, want) {
+			t.Fatal("a shuffled input compiled to another ruleset")
+		}
+	}
+}
+
+// TestCompileScalesByPoliciesAndPods: the ruleset's rules grow with policies
+// and its set elements with pods times distinct peer sets, never with local
+// pods times peers; every selected pod is one map element per direction.
+func TestCompileScalesByPoliciesAndPods(t *testing.T) {
+	const pods, policies, apps = 1000, 200, 10
+	in := scaleInput(pods, policies, apps)
+	rs, problems := Compile(in)
+	if len(problems) > 0 {
+		t.Fatal(problems)
+	}
+	rules := 0
+	for _, c := range rs.Chains {
+		rules += len(c.Rules)
+	}
+	elements := 0
+	for _, s := range rs.Sets {
+		elements += len(s.Ranges)
+	}
+	local := pods / 2
+	if len(rs.Ingress) != local || len(rs.Egress) != local {
+		t.Errorf("map elements: ingress %d, egress %d, want %d each (one per local pod)", len(rs.Ingress), len(rs.Egress), local)
+	}
+	// Each policy has one ingress and one egress rule with one port: a
+	// rule each, plus a group chain per distinct combination of policies.
+	if max := 2*policies + 2*(apps+1)*(policies/apps+2); rules > max {
+		t.Errorf("%d rules, want at most %d", rules, max)
+	}
+	// Peers are one app's pods: at most apps distinct sets, shared.
+	if len(rs.Sets) > apps {
+		t.Errorf("%d sets, want at most %d (rules with the same peers share a set)", len(rs.Sets), apps)
+	}
+	if elements > pods {
+		t.Errorf("%d set elements, want at most %d", elements, pods)
+	}
+	t.Logf("%d chains, %d rules, %d sets, %d set ranges, %d+%d map elements", len(rs.Chains), rules, len(rs.Sets), elements, len(rs.Ingress), len(rs.Egress))
+}
+
+// scaleInput is a cluster of pods pods (half of them on this node) in one
+// namespace, labelled app=a<i%apps>, and policies policies, each selecting
+// one app and allowing TCP from and to the next app.
+func scaleInput(pods, policies, apps int) Input {
+	in := Input{NodeName: localNode, Namespaces: []*corev1.Namespace{namespace("default", nil)}}
+	for i := range pods {
+		node := localNode
+		if i%2 == 1 {
+			node = "n2"
+		}
+		addr := netip.AddrFrom4([4]byte{10, 1, byte(i / 250), byte(1 + i%250)})
+		in.Pods = append(in.Pods, pod("default", "p"+addr.String(), addr.String(), node, map[string]string{"app": appName(i % apps)}))
+	}
+	for i := range policies {
+		peer := []networkingv1.NetworkPolicyPeer{fromPods(sel("app", appName((i+1)%apps)))}
+		ports := []networkingv1.NetworkPolicyPort{port("", 1000+i)}
+		in.Policies = append(in.Policies, policy("default", "pol"+appName(i), sel("app", appName(i%apps)), bothTypes,
+			[]networkingv1.NetworkPolicyIngressRule{{From: peer, Ports: ports}},
+			[]networkingv1.NetworkPolicyEgressRule{{To: peer, Ports: ports}}))
+	}
+	return in
+}
+
+func appName(i int) string { return "a" + strconv.Itoa(i) }
+
+func TestAddrRanges(t *testing.T) {
+	r := func(a, b string) AddrRange { return AddrRange{netip.MustParseAddr(a), netip.MustParseAddr(b)} }
+	tests := []struct {
+		name string
+		got  []AddrRange
+		want []AddrRange
+	}{
+		{"prefix", []AddrRange{prefixRange(netip.MustParsePrefix("10.1.2.0/23"))}, []AddrRange{r("10.1.2.0", "10.1.3.255")}},
+		{"whole space", []AddrRange{prefixRange(netip.MustParsePrefix("0.0.0.0/0"))}, []AddrRange{r("0.0.0.0", "255.255.255.255")}},
+		{"unmasked prefix", []AddrRange{prefixRange(netip.MustParsePrefix("10.1.2.3/24"))}, []AddrRange{r("10.1.2.0", "10.1.2.255")}},
+		{"merge adjacent and overlapping", normalize([]AddrRange{r("10.0.0.5", "10.0.0.9"), r("10.0.0.1", "10.0.0.4"), r("10.0.0.8", "10.0.0.20"), r("10.0.0.30", "10.0.0.30")}),
+			[]AddrRange{r("10.0.0.1", "10.0.0.20"), r("10.0.0.30", "10.0.0.30")}},
+		{"merge up to the last address", normalize([]AddrRange{r("255.255.255.255", "255.255.255.255"), r("255.255.255.0", "255.255.255.254")}),
+			[]AddrRange{r("255.255.255.0", "255.255.255.255")}},
+		{"except in the middle", subtract([]AddrRange{r("0.0.0.0", "255.255.255.255")}, []AddrRange{r("10.0.0.0", "10.255.255.255")}),
+			[]AddrRange{r("0.0.0.0", "9.255.255.255"), r("11.0.0.0", "255.255.255.255")}},
+		{"except at both edges", subtract([]AddrRange{r("10.0.0.0", "10.0.0.255")}, []AddrRange{r("10.0.0.0", "10.0.0.15"), r("10.0.0.240", "10.0.0.255")}),
+			[]AddrRange{r("10.0.0.16", "10.0.0.239")}},
+		{"except everything", subtract([]AddrRange{r("10.0.0.0", "10.0.0.255")}, []AddrRange{r("10.0.0.0", "10.0.1.0")}), nil},
+	}
+	for _, tt := range tests {
+		if !reflect.DeepEqual(tt.got, tt.want) {
+			t.Errorf("%s: got %v, want %v", tt.name, tt.got, tt.want)
+		}
+	}
+}
