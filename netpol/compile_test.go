@@ -451,7 +451,7 @@ func TestCompile(t *testing.T) {
 // TestCompileIsDeterministic: the same cluster in any order compiles to the
 // same ruleset, so an unchanged cluster never looks changed.
 func TestCompileIsDeterministic(t *testing.T) {
-	in := scaleInput(60, 20, 3)
+	in := scaleInput(60, 20, 3, false)
 	want, _ := Compile(in)
 	for range 5 {
 		shuffled := in
@@ -473,7 +473,7 @@ func TestCompileIsDeterministic(t *testing.T) {
 // pods times peers; every selected pod is one map element per direction.
 func TestCompileScalesByPoliciesAndPods(t *testing.T) {
 	const pods, policies, apps = 1000, 200, 10
-	in := scaleInput(pods, policies, apps)
+	in := scaleInput(pods, policies, apps, false)
 	rs, problems := Compile(in)
 	if len(problems) > 0 {
 		t.Fatal(problems)
@@ -505,14 +505,15 @@ func TestCompileScalesByPoliciesAndPods(t *testing.T) {
 	t.Logf("%d chains, %d rules, %d sets, %d set ranges, %d+%d map elements", len(rs.Chains), rules, len(rs.Sets), elements, len(rs.Ingress), len(rs.Egress))
 }
 
-// scaleInput is a cluster of pods pods (half of them on this node) in one
-// namespace, labelled app=a<i%apps>, and policies policies, each selecting
-// one app and allowing TCP from and to the next app.
-func scaleInput(pods, policies, apps int) Input {
+// scaleInput is a cluster of pods pods (every other one on this node, or
+// all of them with allLocal) in one namespace, labelled app=a<i%apps>, and
+// policies policies, each selecting one app and allowing TCP from and to
+// the next app.
+func scaleInput(pods, policies, apps int, allLocal bool) Input {
 	in := Input{NodeName: localNode, Namespaces: []*corev1.Namespace{namespace("default", nil)}}
 	for i := range pods {
 		node := localNode
-		if i%2 == 1 {
+		if i%2 == 1 && !allLocal {
 			node = "n2"
 		}
 		addr := netip.AddrFrom4([4]byte{10, 1, byte(i / 250), byte(1 + i%250)})
@@ -553,6 +554,17 @@ func TestAddrRanges(t *testing.T) {
 	for _, tt := range tests {
 		if !reflect.DeepEqual(tt.got, tt.want) {
 			t.Errorf("%s: got %v, want %v", tt.name, tt.got, tt.want)
+		}
+	}
+}
+
+// BenchmarkCompile1000Pods200Policies is the pure half of
+// BenchmarkCompileApply1000Pods200Policies, which needs root.
+func BenchmarkCompile1000Pods200Policies(b *testing.B) {
+	in := scaleInput(1000, 200, 10, true)
+	for b.Loop() {
+		if _, problems := Compile(in); len(problems) > 0 {
+			b.Fatal(problems)
 		}
 	}
 }
