@@ -62,6 +62,9 @@ type agentOptions struct {
 	Encapsulation  node.Encapsulation
 	ProbeInterval  time.Duration // 0: no data-path probes
 	ProbeMisses    int
+	// NetworkPolicy enforces Kubernetes NetworkPolicy for this node's
+	// pods (see policyEnforcer).
+	NetworkPolicy bool
 }
 
 func agentCommand(run agentRunner) *cli.Command {
@@ -99,6 +102,7 @@ func agentCommand(run agentRunner) *cli.Command {
 			&cli.DurationFlag{Name: "resync-interval", Value: 30 * time.Second, EnvVars: envVar("resync-interval"), Usage: "how often the kernel state is fully reconciled even without events"},
 			&cli.DurationFlag{Name: "probe-interval", Value: probe.DefaultInterval, EnvVars: envVar("probe-interval"), Usage: "how often each peer's host address gets an ICMP echo request, to keep its route while its agent is unresponsive (0: no probes, routes follow gossip alone)"},
 			&cli.IntFlag{Name: "probe-misses", Value: probe.DefaultMisses, EnvVars: envVar("probe-misses"), Usage: "unanswered echo requests in a row after which a peer's host counts as unreachable (after the first, the host is asked every quarter --probe-interval)"},
+			&cli.BoolFlag{Name: "network-policy", EnvVars: envVar("network-policy"), Usage: "enforce the cluster's Kubernetes NetworkPolicies for this node's pods in nftables table inet grapevine-policy (in a pod, with its service account)"},
 			&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: envVar("log-level"), Usage: "debug, info, warn or error"},
 		},
 		OnUsageError: usageError,
@@ -161,6 +165,7 @@ func parseAgentOptions(c *cli.Context) (agentOptions, error) {
 		ResyncInterval:     c.Duration("resync-interval"),
 		ProbeInterval:      c.Duration("probe-interval"),
 		ProbeMisses:        c.Int("probe-misses"),
+		NetworkPolicy:      c.Bool("network-policy"),
 	}
 	var err error
 	if o.Pool, err = parsePool(c.String("pool")); err != nil {

@@ -16,6 +16,7 @@ import (
 	"github.com/grapevine-net/grapevine/mesh"
 	"github.com/grapevine-net/grapevine/mesh/kubejoin"
 	"github.com/grapevine-net/grapevine/mesh/ledger"
+	"github.com/grapevine-net/grapevine/netpol"
 	"github.com/grapevine-net/grapevine/node"
 	"github.com/grapevine-net/grapevine/node/nodestate"
 	"github.com/grapevine-net/grapevine/node/probe"
@@ -39,6 +40,8 @@ type agent struct {
 	silence *silenceChecks
 	// kube is this host's Node object; nil without --join-kubernetes.
 	kube *kubeNode
+	// policy enforces NetworkPolicy; nil without --network-policy.
+	policy *policyEnforcer
 	// releaseWaits is the deleted Nodes whose blocks wait for their
 	// leases to end; nil without --join-kubernetes.
 	releaseWaits *releaseWaits
@@ -101,6 +104,10 @@ type hostSide struct {
 	// diagnose runs doctor on this host (doctor --all); nil: the agent
 	// refuses to.
 	diagnose diagnoser
+	// policyAPI and policyKernel are what --network-policy reads and
+	// writes; nil: the in-cluster client and nftables.
+	policyAPI    *policyAPI
+	policyKernel netpol.Kernel
 }
 
 func netlinkHost() hostSide {
@@ -156,6 +163,9 @@ func newAgent(o agentOptions, cfg mesh.Config, host hostSide, log *slog.Logger) 
 	}
 	reg.MustRegister(a.collected)
 	if a.prober, err = newProber(o, host, reg, log); err != nil {
+		return nil, err
+	}
+	if a.policy, err = policyEnforcerFor(o, host, reg, log); err != nil {
 		return nil, err
 	}
 	reg.MustRegister(peerSignalCollector{a})
@@ -232,6 +242,12 @@ func (a *agent) run(ctx context.Context) error {
 			}
 		})
 	}
+
+	var enforcing sync.WaitGroup
+	defer enforcing.Wait()
+	policyCtx, stopPolicy := context.WithCancel(ctx) // ends with the loop, as the probes do
+	defer stopPolicy()
+	enforcing.Go(func() { runPolicyEnforcer(policyCtx, a.policy, a.log) })
 
 	defer a.silence.wait()
 	routeChanged := a.watchRoutes(ctx)

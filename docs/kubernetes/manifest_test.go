@@ -188,21 +188,28 @@ func TestObjectsInOneNamespace(t *testing.T) {
 	}
 }
 
-// TestRBACIsLeast: the agent reads Node objects for seed addresses, reads
-// and creates the ledger's record, and must be able to do nothing else with
-// the API.
+// TestRBACIsLeast: the agent reads Node objects for seed addresses, and
+// Pods, Namespaces and NetworkPolicies for --network-policy, reads and
+// creates the ledger's record, and must be able to do nothing else with the
+// API.
 func TestRBACIsLeast(t *testing.T) {
 	m := loadManifest(t)
-	want := rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "list", "watch"}}
-	rules := m.clusterRole.Rules
-	if len(rules) != 1 {
-		t.Fatalf("ClusterRole has %d rules, want exactly one: %+v", len(rules), rules)
+	read := []string{"get", "list", "watch"}
+	want := []rbacv1.PolicyRule{
+		{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: read},
+		{APIGroups: []string{""}, Resources: []string{"pods", "namespaces"}, Verbs: read},
+		{APIGroups: []string{"networking.k8s.io"}, Resources: []string{"networkpolicies"}, Verbs: read},
 	}
-	got := rules[0]
-	slices.Sort(got.Verbs)
-	if !slices.Equal(got.APIGroups, want.APIGroups) || !slices.Equal(got.Resources, want.Resources) ||
-		!slices.Equal(got.Verbs, want.Verbs) || len(got.ResourceNames) != 0 || len(got.NonResourceURLs) != 0 {
-		t.Errorf("ClusterRole rule = %+v, want %+v", got, want)
+	rules := m.clusterRole.Rules
+	if len(rules) != len(want) {
+		t.Fatalf("ClusterRole has %d rules, want exactly %d: %+v", len(rules), len(want), rules)
+	}
+	for i, got := range rules {
+		slices.Sort(got.Verbs)
+		if !slices.Equal(got.APIGroups, want[i].APIGroups) || !slices.Equal(got.Resources, want[i].Resources) ||
+			!slices.Equal(got.Verbs, want[i].Verbs) || len(got.ResourceNames) != 0 || len(got.NonResourceURLs) != 0 {
+			t.Errorf("ClusterRole rule %d = %+v, want %+v", i, got, want[i])
+		}
 	}
 
 	b := m.binding
