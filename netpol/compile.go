@@ -449,10 +449,11 @@ func byNamedPort(pods []podInfo, name string, proto Protocol) []namedPortGroup {
 func resolveNamedPort(p *corev1.Pod, name string, proto Protocol) (uint16, bool) {
 	for _, ctr := range p.Spec.Containers {
 		for _, cp := range ctr.Ports {
-			cproto, err := protocolOf(&cp.Protocol)
-			if cp.Protocol == "" {
-				cproto, err = ProtocolTCP, nil
+			protocol := cp.Protocol
+			if protocol == "" {
+				protocol = corev1.ProtocolTCP // the API's default
 			}
+			cproto, err := protocolOf(&protocol)
 			if err == nil && cp.Name == name && cproto == proto && cp.ContainerPort > 0 && cp.ContainerPort <= 65535 {
 				return uint16(cp.ContainerPort), true
 			}
