@@ -31,6 +31,10 @@ import (
 // deleted comes back.
 const policyResync = 30 * time.Second
 
+// policySyncWarning is how long the first lists may take before the agent
+// says it is still waiting.
+const policySyncWarning = 30 * time.Second
+
 // policyEnforcer keeps table inet grapevine-policy in line with the
 // cluster's NetworkPolicies for this node's pods (--network-policy). It
 // reads Pods, Namespaces and NetworkPolicies through client-go's shared
@@ -178,7 +182,18 @@ func (e *policyEnforcer) run(ctx context.Context) error {
 		informing.Go(func() { inf.RunWithContext(ctx) })
 		synced = append(synced, inf.HasSynced)
 	}
-	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
+	syncedc := make(chan bool, 1)
+	go func() { syncedc <- cache.WaitForCacheSync(ctx.Done(), synced...) }()
+	var ok bool
+	select {
+	case ok = <-syncedc:
+	case <-time.After(policySyncWarning):
+		// The informers retry for ever; their own reasons go to klog.
+		e.log.Warn("network policy: still waiting for the first list of pods, namespaces and policies; the previous ruleset stays in force (is the RBAC for them in place?)",
+			"waited", policySyncWarning)
+		ok = <-syncedc
+	}
+	if !ok {
 		return fmt.Errorf("network policy: wait for the API's pods, namespaces and policies: %w", ctx.Err())
 	}
 	e.log.Info("network policy: caches synced; enforcing")
@@ -189,7 +204,7 @@ func (e *policyEnforcer) run(ctx context.Context) error {
 		rs, err := e.sync(applied)
 		if err != nil {
 			e.syncErrors.Inc()
-			e.log.Error("network policy: apply failed; retrying on the next change or in "+policyResync.String(), "err", err)
+			e.log.Error("network policy: sync failed; retrying on the next change or in "+policyResync.String(), "err", err)
 			applied = nil
 		} else {
 			applied = &rs
