@@ -102,14 +102,18 @@ type compiler struct {
 	pods       []podInfo
 	namespaces map[string]labels.Set
 	setByKey   map[string]string // rangesKey -> set name
-	out        Ruleset
-	problems   []error
+	// peerPods memoizes the pods a selector peer matches: policies
+	// often repeat the same peers.
+	peerPods map[string][]podInfo
+	out      Ruleset
+	problems []error
 }
 
 func newCompiler(in Input) *compiler {
 	c := &compiler{
 		namespaces: make(map[string]labels.Set, len(in.Namespaces)),
 		setByKey:   make(map[string]string),
+		peerPods:   make(map[string][]podInfo),
 	}
 	for _, ns := range in.Namespaces {
 		if ns != nil {
@@ -387,12 +391,20 @@ func (c *compiler) peer(pol *networkingv1.NetworkPolicy, peer networkingv1.Netwo
 			return known && nsSel.Matches(l)
 		}
 	}
+	key := podSel.String() + "\x00" + pol.Namespace
+	if peer.NamespaceSelector != nil {
+		key = podSel.String() + "\x00\x00" + peer.NamespaceSelector.String()
+	}
+	if pods, ok := c.peerPods[key]; ok {
+		return pods, nil, nil
+	}
 	var pods []podInfo
 	for _, p := range c.pods {
 		if inNamespace(p.namespace) && podSel.Matches(p.labels) {
 			pods = append(pods, p)
 		}
 	}
+	c.peerPods[key] = pods
 	return pods, nil, nil
 }
 

@@ -3,7 +3,6 @@ package netpol
 import (
 	"net/netip"
 	"slices"
-	"strings"
 )
 
 // prefixRange is the range of addresses in p (IPv4).
@@ -64,15 +63,13 @@ func subtract(rs, cut []AddrRange) []AddrRange {
 	return out
 }
 
-// rangesKey identifies a normalized list of ranges, so that rules with the
+// rangesKey identifies a normalized list of IPv4 ranges, so that rules with the
 // same peers share one set.
 func rangesKey(rs []AddrRange) string {
-	var b strings.Builder
+	b := make([]byte, 0, 8*len(rs))
 	for _, r := range rs {
-		b.WriteString(r.First.String())
-		b.WriteByte('-')
-		b.WriteString(r.Last.String())
-		b.WriteByte(',')
+		first, last := r.First.As4(), r.Last.As4()
+		b = append(append(b, first[:]...), last[:]...)
 	}
-	return b.String()
+	return string(b)
 }
