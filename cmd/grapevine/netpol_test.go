@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -90,6 +92,33 @@ func TestPolicyEnforcerFollowsTheAPI(t *testing.T) {
 		return !rs.Allows(fromClient)
 	}))
 
+	// A ruleset the kernel refuses is applied again with the next change.
+	db := netip.MustParseAddr("10.244.0.11")
+	fake.pods.Add(&corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "db", Labels: map[string]string{"app": "db"}},
+		Spec:       corev1.PodSpec{NodeName: "n1"},
+		Status:     corev1.PodStatus{Phase: corev1.PodRunning, PodIP: db.String()},
+	})
+	kernel.FailWith(errors.New("nftables refused the batch"))
+	denyDB := &networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "deny-db"},
+		Spec:       networkingv1.NetworkPolicySpec{PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "db"}}},
+	}
+	fake.policies.Add(denyDB)
+	waitFor(t, "the refused apply counted", func() error {
+		if testutil.ToFloat64(e.syncErrors) == 0 {
+			return errors.New("no sync error counted yet")
+		}
+		return nil
+	})
+	kernel.FailWith(nil)
+	fake.namespaces.Add(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "other"}})
+	toDB := netpol.Packet{Src: client, Dst: db, Protocol: netpol.ProtocolTCP, Port: 5432}
+	waitFor(t, "the next change applied with the policy the kernel refused before", rulesetIs(kernel, func(rs netpol.Ruleset) bool {
+		return !rs.Allows(toDB)
+	}))
+
+	fake.policies.Delete(denyDB)
 	fake.policies.Delete(allowClient)
 	waitFor(t, "no policy, nothing isolated", rulesetIs(kernel, func(rs netpol.Ruleset) bool {
 		return len(rs.Ingress) == 0 && rs.Allows(fromElsewhere)
