@@ -257,6 +257,14 @@ func checkForwardPolicy(o Observations) []Finding {
 		}
 		return false
 	}
+	// legacyUnhandled is why the agent cannot handle iptables-legacy's
+	// chain (its binary is not installed); "" when it can.
+	legacyUnhandled := ""
+	for _, c := range o.IptablesForward {
+		if c.Backend == node.BackendLegacy && c.Unhandled != "" {
+			legacyUnhandled = c.Unhandled
+		}
+	}
 	var fs, repairs []Finding
 	for _, c := range o.ForwardChains {
 		if c.Policy != "drop" {
@@ -265,7 +273,7 @@ func checkForwardPolicy(o Observations) []Finding {
 		subject := fmt.Sprintf("nftables %s %s chain %s", c.Family, c.Table, c.Name)
 		if c.Family == "ip" && c.Table == "filter" && c.Name == "FORWARD" && repaired(node.BackendNFT) {
 			repairs = append(repairs, Finding{Check: CheckForwardPolicy, Severity: OK, Subject: subject,
-				Seen: "policy drop (iptables-nft's filter FORWARD); the agent's rules accepting " + pool + " are in it"})
+				Seen: "policy drop (iptables-nft's filter FORWARD); the agent's rules accepting " + pool + " are in it, written over nftables netlink"})
 			continue
 		}
 		fs = append(fs, Finding{Check: CheckForwardPolicy, Severity: Fail,
@@ -274,16 +282,23 @@ func checkForwardPolicy(o Observations) []Finding {
 			Cause:   "a firewall (Docker, firewalld, a host policy) drops forwarded traffic by default: pods' traffic to and from other hosts is forwarded, and is dropped unless a rule of this very chain accepts it (an accept in another table cannot override it); the agent adds its accept rules only to iptables' filter FORWARD chain",
 			Fix:     fmt.Sprintf("nft insert rule %s %s %s ip saddr %s accept; nft insert rule %s %s %s ip daddr %s accept (or make the firewall accept the pool)", c.Family, c.Table, c.Name, pool, c.Family, c.Table, c.Name, pool)})
 	}
-	if o.Legacy.ForwardPolicy == "DROP" {
-		if repaired(node.BackendLegacy) {
-			repairs = append(repairs, Finding{Check: CheckForwardPolicy, Severity: OK, Subject: "iptables-legacy filter FORWARD",
-				Seen: "policy DROP; the agent's rules accepting " + pool + " are in it"})
-		} else {
-			fs = append(fs, Finding{Check: CheckForwardPolicy, Severity: Fail, Subject: "iptables-legacy filter FORWARD",
-				Seen:  "policy DROP",
-				Cause: "Docker or a host firewall set iptables' FORWARD policy to DROP, and the agent's accept rules for the pool are not in the chain (yet: it adds them on its next pass; see its log if they do not appear): pods' traffic to and from other hosts is dropped",
-				Fix:   fmt.Sprintf("iptables-legacy -I FORWARD -s %s -j ACCEPT; iptables-legacy -I FORWARD -d %s -j ACCEPT", pool, pool)})
+	legacyFix := fmt.Sprintf("iptables-legacy -I FORWARD -s %s -j ACCEPT; iptables-legacy -I FORWARD -d %s -j ACCEPT", pool, pool)
+	switch {
+	case o.Legacy.ForwardPolicy == "DROP" && repaired(node.BackendLegacy):
+		repairs = append(repairs, Finding{Check: CheckForwardPolicy, Severity: OK, Subject: "iptables-legacy filter FORWARD",
+			Seen: "policy DROP; the agent's rules accepting " + pool + " are in it, written by the iptables-legacy binary"})
+	case o.Legacy.ForwardPolicy == "DROP":
+		cause := "Docker or a host firewall set iptables' FORWARD policy to DROP, and the agent's accept rules for the pool are not in the chain (yet: it adds them on its next pass; see its log if they do not appear): pods' traffic to and from other hosts is dropped"
+		if legacyUnhandled != "" {
+			cause = "Docker or a host firewall set iptables-legacy's FORWARD policy to DROP, and " + legacyUnhandled + ": pods' traffic to and from other hosts is dropped"
 		}
+		fs = append(fs, Finding{Check: CheckForwardPolicy, Severity: Fail, Subject: "iptables-legacy filter FORWARD",
+			Seen: "policy DROP", Cause: cause, Fix: legacyFix})
+	case o.Legacy.ForwardPolicy == "" && legacyUnhandled != "":
+		fs = append(fs, Finding{Check: CheckForwardPolicy, Severity: Warn, Subject: "iptables-legacy filter FORWARD",
+			Seen:  "a filter table of iptables-legacy whose FORWARD policy neither the agent nor doctor can read: no iptables-legacy binary here",
+			Cause: legacyUnhandled,
+			Fix:   "on the host: iptables-legacy -S FORWARD; if its policy is DROP: " + legacyFix})
 	}
 	if len(fs)+len(repairs) > 0 {
 		return append(fs, repairs...)

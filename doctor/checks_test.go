@@ -179,6 +179,13 @@ func TestDiagnose(t *testing.T) {
 			o.Legacy.ForwardPolicy = "DROP"
 			o.IptablesForward = []node.ForwardChain{{Backend: node.BackendLegacy, Policy: "DROP", Ours: acceptRules(node.BackendLegacy, "10.244.0.0/16")}}
 		}, nil},
+		{"iptables-legacy filter table, no binary to read it", func(o *Observations) {
+			o.IptablesForward = []node.ForwardChain{{Backend: node.BackendLegacy, Unhandled: "no iptables-legacy binary"}}
+		}, []verdict{{CheckForwardPolicy, "iptables-legacy filter FORWARD", Warn}}},
+		{"iptables-legacy FORWARD DROP, the agent without the binary", func(o *Observations) {
+			o.Legacy.ForwardPolicy = "DROP"
+			o.IptablesForward = []node.ForwardChain{{Backend: node.BackendLegacy, Unhandled: "no iptables-legacy binary"}}
+		}, []verdict{{CheckForwardPolicy, "iptables-legacy filter FORWARD", Fail}}},
 		{"iptables-legacy FORWARD ACCEPT, no rules", func(o *Observations) { o.Legacy.ForwardPolicy = "ACCEPT" }, nil},
 		{"iptables-legacy rules beside nftables", func(o *Observations) {
 			o.Legacy = LegacyState{ForwardPolicy: "ACCEPT", Rules: 2, NATPostrouting: []string{"-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE"}}

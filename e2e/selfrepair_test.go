@@ -28,21 +28,24 @@ const selfRepairResync = 2 * time.Second
 
 // TestSelfRepair breaks, one at a time, what is the agent's own to repair
 // and checks that the agent puts it back by itself on its next pass:
-// Docker's FORWARD policy of DROP in iptables' filter table (pods on two
-// hosts ping each other again, the agent's accept rules are in the chain,
-// doctor passes, and the rules go once the policy is ACCEPT again), a pod
-// veth's proxy_arp turned off, and a pod's PERMANENT neighbour entry given
-// another MAC. Every change is inside the lab's namespaces.
+// Docker's FORWARD policy of DROP in iptables-nft's filter table (pods on
+// two hosts ping each other again, the agent's accept rules are in the
+// chain as iptables-nft lists them, doctor passes, and the rules go once
+// the policy is ACCEPT again), a pod veth's proxy_arp turned off, and a
+// pod's PERMANENT neighbour entry given another MAC. The agents run with
+// no iptables binary on their PATH, as in the agent's image. Every change
+// is inside the lab's namespaces.
 func TestSelfRepair(t *testing.T) {
 	t.Parallel()
-	if _, err := exec.LookPath("iptables"); err != nil {
-		msg := "iptables is not installed (apt-get install iptables): the agent drives it for a FORWARD policy of DROP"
+	if _, err := exec.LookPath("iptables-nft"); err != nil {
+		msg := "iptables-nft is not installed (apt-get install iptables): the test sets Docker's FORWARD policy with it"
 		if os.Getenv("CI") == "true" {
 			t.Fatal(msg + " (CI=true: the test must run)")
 		}
 		t.Skip(msg)
 	}
-	l := env.Lab(t, labtest.Options{Hosts: 2, AgentArgs: []string{"--resync-interval=" + selfRepairResync.String()}})
+	noBinaries := t.TempDir() // the agents' PATH: no iptables there
+	l := env.Lab(t, labtest.Options{Hosts: 2, AgentArgs: []string{"--resync-interval=" + selfRepairResync.String()}, AgentEnv: []string{"PATH=" + noBinaries}})
 	ctx := timeout(t, 3*time.Minute)
 	h1, h2 := l.Host(1), l.Host(2)
 	if _, err := lab.WaitMesh(ctx, l.Hosts()); err != nil {
@@ -95,6 +98,11 @@ func TestSelfRepair(t *testing.T) {
 			out, err := iptablesIn(h, "-S", "FORWARD")
 			if err != nil {
 				t.Fatalf("%s: %v: %s", h.Name, err, out)
+			}
+			// CombinedOutput: a warning (a rule iptables-nft cannot
+			// read) would show.
+			if strings.Contains(string(out), "arning") || strings.Contains(string(out), "incompatible") {
+				t.Errorf("%s: iptables-nft -S FORWARD warns:\n%s", h.Name, out)
 			}
 			for _, want := range []string{"grapevine-accept-src-" + podPool.String(), "grapevine-accept-dst-" + podPool.String()} {
 				if !strings.Contains(string(out), want) {
@@ -243,10 +251,10 @@ func TestRouteOfPeerLeftWhileDown(t *testing.T) {
 	}
 }
 
-// iptablesIn runs iptables (the machine's default backend) in h's
-// namespace, with the lab host's xtables lock.
+// iptablesIn runs iptables-nft (as Docker does on an nftables host) in
+// h's namespace, with the lab host's xtables lock.
 func iptablesIn(h *lab.Host, args ...string) ([]byte, error) {
-	cmd := h.Command(context.Background(), "iptables", args...)
+	cmd := h.Command(context.Background(), "iptables-nft", args...)
 	cmd.Env = append(os.Environ(), "XTABLES_LOCKFILE="+filepath.Join(h.Dir, "xtables.lock"))
 	return cmd.CombinedOutput()
 }

@@ -37,6 +37,10 @@ type ForwardChain struct {
 	// forwardCommentPrefix, each as iptables -S prints it after
 	// "-A FORWARD", quotes removed.
 	Ours []ForwardRule
+	// Unhandled is why the agent can neither read nor change the chain
+	// (iptables-legacy holds a filter table, and its binary is not
+	// installed); Policy and Ours are then unknown.
+	Unhandled string
 }
 
 // ForwardRule is a rule of a backend's filter FORWARD chain, as the
@@ -44,6 +48,9 @@ type ForwardChain struct {
 type ForwardRule struct {
 	Backend string
 	Spec    []string
+	// Handle is the nftables rule handle of a rule of iptables-nft's
+	// chain as listed; 0 for a rule to insert, or one of iptables-legacy.
+	Handle uint64
 }
 
 func (r ForwardRule) String() string {
@@ -93,21 +100,39 @@ type ForwardVerdict struct {
 	// Accepting: the chain drops by policy and is to hold the pool's
 	// accept rules.
 	Accepting bool
+	// Unhandled is the chain's ForwardChain.Unhandled.
+	Unhandled string
 }
 
 func (v ForwardVerdict) String() string {
-	if v.Accepting {
-		return fmt.Sprintf("%s filter FORWARD policy %s: the pool is accepted by the agent's rules", v.Backend, v.Policy)
+	switch {
+	case v.Unhandled != "":
+		return fmt.Sprintf("%s filter FORWARD not handled: %s", v.Backend, v.Unhandled)
+	case v.Accepting:
+		return fmt.Sprintf("%s filter FORWARD policy %s: the pool is accepted by the agent's rules (%s)", v.Backend, v.Policy, forwardWriter(v.Backend))
 	}
 	return fmt.Sprintf("%s filter FORWARD policy %s: nothing to add", v.Backend, v.Policy)
+}
+
+// forwardWriter says how the agent writes a backend's rules.
+func forwardWriter(backend string) string {
+	if backend == BackendNFT {
+		return "written over nftables netlink"
+	}
+	return "written by the " + backend + " binary"
 }
 
 // PlanForwardAccept decides the agent's rules in each chain: a chain with
 // policy DROP gets the pool's two accept rules (when pool is valid); every
 // other rule of ours (another pool's, a chain whose policy is no longer
-// DROP) goes. Rules present as desired are left alone. It is pure.
+// DROP) goes. Rules present as desired are left alone; an unhandled chain
+// is left alone too. It is pure.
 func PlanForwardAccept(pool netip.Prefix, chains []ForwardChain) (insert, del []ForwardRule, verdicts []ForwardVerdict) {
 	for _, c := range chains {
+		if c.Unhandled != "" {
+			verdicts = append(verdicts, ForwardVerdict{Backend: c.Backend, Unhandled: c.Unhandled})
+			continue
+		}
 		accepting := strings.EqualFold(c.Policy, "DROP") && pool.IsValid()
 		verdicts = append(verdicts, ForwardVerdict{Backend: c.Backend, Policy: c.Policy, Accepting: accepting})
 		var want [][]string
@@ -125,7 +150,7 @@ func PlanForwardAccept(pool netip.Prefix, chains []ForwardChain) (insert, del []
 			// A rule of ours twice over (inserted by hand, say) goes
 			// but once.
 			if seen[key] || !slices.ContainsFunc(want, func(s []string) bool { return slices.Equal(r.Spec, s) }) {
-				del = append(del, ForwardRule{Backend: c.Backend, Spec: r.Spec})
+				del = append(del, r)
 			}
 			seen[key] = true
 		}

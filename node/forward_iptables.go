@@ -5,70 +5,63 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 
 	"github.com/coreos/go-iptables/iptables"
 	"github.com/google/nftables"
+	"golang.org/x/sys/unix"
 )
 
-// The rules are written by the iptables binaries through go-iptables (as
-// flannel does) rather than as nftables expressions of our own: a rule in
-// iptables-nft's chain must be in the very encoding iptables-nft reads back
-// (xtables matches, its own comment form), or `iptables -S` and Docker's
-// rewrites of the chain break on it; and the same code serves
-// iptables-legacy, which has no netlink interface of its own.
+// iptables-nft's chain is read and written over nftables netlink (see
+// forward_nft.go); iptables-legacy, which has no netlink interface of its
+// own, through its binary with go-iptables (as flannel does), and only
+// where the binary is installed.
 
 // ForwardChains implements ForwardKernel. Whether a backend holds a filter
-// table is read without its binary, which would create the table by
-// listing it: from nftables for iptables-nft, from
-// ip_tables_names in procfs for iptables-legacy.
-//
-// Without the backend's binary (the agent's image has none) a chain whose
-// policy is known not to drop needs nothing and is listed without rules;
-// any other is an error.
+// table is read without a binary, which would create the table by listing
+// it: from nftables for iptables-nft, from ip_tables_names in procfs for
+// iptables-legacy. A legacy filter table without the iptables-legacy
+// binary (the agent's image has none) is listed as Unhandled.
 func (k *NetlinkKernel) ForwardChains() ([]ForwardChain, error) {
-	var backends []string
 	var chains []ForwardChain
-	var errs []error
-	nftFilter, nftPolicy, err := k.nftFilterForward()
+	nft, err := k.nftForwardChain()
 	if err != nil {
 		return nil, err
 	}
-	if nftFilter {
-		if _, err := exec.LookPath(BackendNFT); err != nil && nftPolicy != "DROP" {
-			chains = append(chains, ForwardChain{Backend: BackendNFT, Policy: nftPolicy})
-		} else {
-			backends = append(backends, BackendNFT)
-		}
+	if nft != nil {
+		chains = append(chains, *nft)
 	}
 	legacyFilter, err := k.legacyFilter()
 	if err != nil {
-		return nil, err
+		return chains, err
 	}
-	if legacyFilter {
-		backends = append(backends, BackendLegacy)
+	if !legacyFilter {
+		return chains, nil
 	}
-	for _, b := range backends {
-		var out []string
-		err := k.inNetns(func() error {
-			ipt, err := newIptables(b)
-			if err != nil {
-				return err
-			}
-			out, err = ipt.List("filter", "FORWARD")
-			return err
-		})
+	if _, err := exec.LookPath(BackendLegacy); err != nil {
+		return append(chains, ForwardChain{Backend: BackendLegacy, Unhandled: "iptables-legacy holds a filter table in this network namespace and no iptables-legacy binary is installed here, so the agent neither reads nor changes its FORWARD chain (if its policy is DROP, accept the pool there by hand)"}), nil
+	}
+	var out []string
+	err = k.inNetns(func() error {
+		ipt, err := newIptables(BackendLegacy)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("forward: list %s filter FORWARD: %w", b, err))
-			continue
+			return err
 		}
-		chains = append(chains, ParseForwardChain(b, strings.Join(out, "\n")))
+		out, err = ipt.List("filter", "FORWARD")
+		return err
+	})
+	if err != nil {
+		return chains, fmt.Errorf("forward: list %s filter FORWARD: %w", BackendLegacy, err)
 	}
-	return chains, errors.Join(errs...)
+	return append(chains, ParseForwardChain(BackendLegacy, strings.Join(out, "\n"))), nil
 }
 
 // InsertForwardRule implements ForwardKernel.
 func (k *NetlinkKernel) InsertForwardRule(r ForwardRule) error {
+	if r.Backend == BackendNFT {
+		return k.nftInsertForwardRule(r)
+	}
 	return k.inNetns(func() error {
 		ipt, err := newIptables(r.Backend)
 		if err != nil {
@@ -83,6 +76,9 @@ func (k *NetlinkKernel) InsertForwardRule(r ForwardRule) error {
 
 // DeleteForwardRule implements ForwardKernel.
 func (k *NetlinkKernel) DeleteForwardRule(r ForwardRule) error {
+	if r.Backend == BackendNFT {
+		return k.nftDeleteForwardRule(r)
+	}
 	return k.inNetns(func() error {
 		ipt, err := newIptables(r.Backend)
 		if err != nil {
@@ -93,6 +89,110 @@ func (k *NetlinkKernel) DeleteForwardRule(r ForwardRule) error {
 		}
 		return nil
 	})
+}
+
+// nftFilterForward finds iptables-nft's base chain "ip filter FORWARD";
+// nil, nil without one.
+func nftFilterForward(conn *nftables.Conn) (*nftables.Chain, error) {
+	chains, err := conn.ListChainsOfTableFamily(nftables.TableFamilyIPv4)
+	if err != nil {
+		return nil, fmt.Errorf("forward: list nftables chains: %w", err)
+	}
+	for _, c := range chains {
+		if c.Table != nil && c.Table.Name == "filter" && c.Name == "FORWARD" && c.Hooknum != nil {
+			return c, nil
+		}
+	}
+	return nil, nil
+}
+
+// nftForwardChain reads iptables-nft's filter FORWARD chain: its policy
+// as iptables prints it and the agent's rules; nil without the chain.
+func (k *NetlinkKernel) nftForwardChain() (*ForwardChain, error) {
+	conn, err := k.nftables()
+	if err != nil {
+		return nil, err
+	}
+	chain, err := nftFilterForward(conn)
+	if chain == nil || err != nil {
+		return nil, err
+	}
+	fc := &ForwardChain{Backend: BackendNFT, Policy: "ACCEPT"}
+	if chain.Policy != nil && *chain.Policy == nftables.ChainPolicyDrop {
+		fc.Policy = "DROP"
+	}
+	rules, err := conn.GetRules(chain.Table, chain)
+	if err != nil {
+		return nil, fmt.Errorf("forward: list %s filter FORWARD: %w", BackendNFT, err)
+	}
+	for _, r := range rules {
+		if spec, ours := nftForwardSpec(r.Exprs, r.UserData); ours {
+			fc.Ours = append(fc.Ours, ForwardRule{Backend: BackendNFT, Spec: spec, Handle: r.Handle})
+		}
+	}
+	return fc, nil
+}
+
+// nftInsertForwardRule inserts r at the head of iptables-nft's filter
+// FORWARD chain; the chain is never created.
+func (k *NetlinkKernel) nftInsertForwardRule(r ForwardRule) error {
+	exprs, udata, err := nftForwardRule(r.Spec)
+	if err != nil {
+		return err
+	}
+	conn, err := k.nftables()
+	if err != nil {
+		return err
+	}
+	chain, err := nftFilterForward(conn)
+	if err != nil {
+		return err
+	}
+	if chain == nil {
+		return fmt.Errorf("forward: insert %s: the chain is gone", r)
+	}
+	conn.InsertRule(&nftables.Rule{Table: chain.Table, Chain: chain, Exprs: exprs, UserData: udata})
+	if err := conn.Flush(); err != nil {
+		return fmt.Errorf("forward: insert %s: %w", r, err)
+	}
+	return nil
+}
+
+// nftDeleteForwardRule deletes r, by its handle as listed (a rule of ours
+// in an odd shape has no spec to find it by); a rule already gone is no
+// error.
+func (k *NetlinkKernel) nftDeleteForwardRule(r ForwardRule) error {
+	conn, err := k.nftables()
+	if err != nil {
+		return err
+	}
+	chain, err := nftFilterForward(conn)
+	if chain == nil || err != nil {
+		return err
+	}
+	handle := r.Handle
+	if handle == 0 {
+		rules, err := conn.GetRules(chain.Table, chain)
+		if err != nil {
+			return fmt.Errorf("forward: delete %s: %w", r, err)
+		}
+		for _, rule := range rules {
+			if spec, ours := nftForwardSpec(rule.Exprs, rule.UserData); ours && slices.Equal(spec, r.Spec) {
+				handle = rule.Handle
+				break
+			}
+		}
+		if handle == 0 {
+			return nil
+		}
+	}
+	if err := conn.DelRule(&nftables.Rule{Table: chain.Table, Chain: chain, Handle: handle}); err != nil {
+		return fmt.Errorf("forward: delete %s: %w", r, err)
+	}
+	if err := conn.Flush(); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("forward: delete %s: %w", r, err)
+	}
+	return nil
 }
 
 // newIptables drives backend's binary (iptables-nft or iptables-legacy).
@@ -106,29 +206,6 @@ func newIptables(backend string) (*iptables.IPTables, error) {
 		return nil, fmt.Errorf("forward: %s: %w", backend, err)
 	}
 	return ipt, nil
-}
-
-// nftFilterForward reports whether nftables holds iptables-nft's chain
-// "ip filter FORWARD", and its policy as iptables prints it.
-func (k *NetlinkKernel) nftFilterForward() (bool, string, error) {
-	conn, err := k.nftables()
-	if err != nil {
-		return false, "", err
-	}
-	chains, err := conn.ListChainsOfTableFamily(nftables.TableFamilyIPv4)
-	if err != nil {
-		return false, "", fmt.Errorf("forward: list nftables chains: %w", err)
-	}
-	for _, c := range chains {
-		if c.Table.Name == "filter" && c.Name == "FORWARD" && c.Hooknum != nil {
-			policy := "ACCEPT"
-			if c.Policy != nil && *c.Policy == nftables.ChainPolicyDrop {
-				policy = "DROP"
-			}
-			return true, policy, nil
-		}
-	}
-	return false, "", nil
 }
 
 // legacyFilter reports whether iptables-legacy holds a filter table in

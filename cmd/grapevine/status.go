@@ -44,6 +44,9 @@ type statusReport struct {
 	// drops by policy, that the agent accepts the pool in it (see
 	// node.PlanForwardAccept); empty while none drops.
 	ForwardAccept []string `json:"forwardAccept,omitempty"`
+	// ForwardUnhandled says, for each filter FORWARD chain the agent can
+	// neither read nor change, why (iptables-legacy without its binary).
+	ForwardUnhandled []string `json:"forwardUnhandled,omitempty"`
 	// ForwardError is why the agent could not read or change a filter
 	// FORWARD chain (node.Result.ForwardErr).
 	ForwardError string `json:"forwardError,omitempty"`
@@ -214,7 +217,10 @@ func buildStatus(v mesh.View, kept map[string]keptRoute, withdrawn map[string]st
 	}
 	r.NameConflicts = buildNameConflicts(v)
 	for _, f := range res.Forward {
-		if f.Accepting {
+		switch {
+		case f.Unhandled != "":
+			r.ForwardUnhandled = append(r.ForwardUnhandled, f.String())
+		case f.Accepting:
 			r.ForwardAccept = append(r.ForwardAccept, f.String())
 		}
 	}
@@ -461,6 +467,9 @@ func printStatus(w io.Writer, r statusReport) error {
 	}
 	for _, f := range r.ForwardAccept {
 		fmt.Fprintf(w, "firewall: %s\n", f)
+	}
+	for _, f := range r.ForwardUnhandled {
+		fmt.Fprintf(w, "FIREWALL NOT HANDLED: %s\n", f)
 	}
 	if r.ForwardError != "" {
 		fmt.Fprintf(w, "FIREWALL NOT HANDLED: %s\n", r.ForwardError)

@@ -47,6 +47,10 @@ type Host struct {
 	// ExtraArgs are appended to the agent's command line, e.g.
 	// --encapsulation=never; set them before StartAgent.
 	ExtraArgs []string
+	// ExtraEnv is added to the agent's environment (after this process's),
+	// e.g. a PATH without iptables, as in the agent's image; set it before
+	// StartAgent.
+	ExtraEnv []string
 
 	lab *Lab
 
@@ -155,7 +159,7 @@ func (h *Host) StartAgent(ctx context.Context) error {
 	cmd := exec.Command("ip", append([]string{"netns", "exec", h.Namespace.Name, filepath.Join(h.lab.BinDir, "grapevine")}, h.AgentArgs()...)...)
 	// The agent may run iptables-legacy (see node.ForwardKernel): its lock
 	// is the lab host's, not the machine's /run/xtables.lock.
-	cmd.Env = append(agentEnv(), "XTABLES_LOCKFILE="+filepath.Join(h.Dir, "xtables.lock"))
+	cmd.Env = append(append(agentEnv(), "XTABLES_LOCKFILE="+filepath.Join(h.Dir, "xtables.lock")), h.ExtraEnv...)
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	if h.lab.detach {

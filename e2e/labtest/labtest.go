@@ -118,6 +118,8 @@ type Options struct {
 	CNIOnly bool
 	// AgentArgs are appended to every host's agent command line.
 	AgentArgs []string
+	// AgentEnv is added to every host's agent environment.
+	AgentEnv []string
 }
 
 // Lab builds a lab for t, removed when t ends. When t fails, the tail of
@@ -143,6 +145,7 @@ func (e *Env) Lab(t *testing.T, opt Options) *lab.Lab {
 	}
 	for _, h := range l.Hosts() {
 		h.ExtraArgs = opt.AgentArgs
+		h.ExtraEnv = opt.AgentEnv
 	}
 	e.mu.Lock()
 	e.labs[l] = nil
