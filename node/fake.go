@@ -26,6 +26,8 @@ type FakeKernel struct {
 	// every rule in order; a backend without an entry has no filter
 	// table.
 	forward map[string]*fakeForwardChain
+	// forwardReads counts ForwardChains calls.
+	forwardReads int
 	// The pods' host sides (PodKernel); nil until a veth is added.
 	veths   map[string]fakeVeth
 	neighs  map[fakeNeighKey]PodNeighbour
@@ -384,10 +386,18 @@ func (f *FakeKernel) ForwardRules(backend string) [][]string {
 	return slices.Clone(c.rules)
 }
 
+// ForwardReads counts the calls of ForwardChains.
+func (f *FakeKernel) ForwardReads() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.forwardReads
+}
+
 // ForwardChains implements ForwardKernel.
 func (f *FakeKernel) ForwardChains() ([]ForwardChain, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.forwardReads++
 	if err := f.fault(OpForward, netip.Prefix{}); err != nil {
 		return nil, err
 	}

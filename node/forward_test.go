@@ -113,6 +113,7 @@ func TestReconcileForwardDrop(t *testing.T) {
 	}
 	k.SetForwardPolicy(BackendNFT, "DROP")
 	k.InsertForwardRule(ForwardRule{Backend: BackendNFT, Spec: []string{"-j", "DOCKER-USER"}})
+	r.RecheckForward()
 	res, err := r.Reconcile(t.Context(), d)
 	if err != nil {
 		t.Fatal(err)
@@ -126,6 +127,7 @@ func TestReconcileForwardDrop(t *testing.T) {
 		t.Errorf("result's forward %v, want one accepting chain", res.Forward)
 	}
 	writes := k.Writes()
+	r.RecheckForward()
 	if _, err := r.Reconcile(t.Context(), d); err != nil {
 		t.Fatal(err)
 	}
@@ -133,6 +135,7 @@ func TestReconcileForwardDrop(t *testing.T) {
 		t.Errorf("second pass wrote %d times", k.Writes()-writes)
 	}
 	k.SetForwardPolicy(BackendNFT, "ACCEPT")
+	r.RecheckForward()
 	if _, err := r.Reconcile(t.Context(), d); err != nil {
 		t.Fatal(err)
 	}
@@ -159,8 +162,49 @@ func TestReconcileForwardErrorDoesNotFailThePass(t *testing.T) {
 	k.InjectError(OpForward, netip.Prefix{}, nil)
 	k.SetForwardPolicy(BackendLegacy, "DROP")
 	// Without the fault, both chains get the pool's rules.
+	r.RecheckForward()
 	res, _ = r.Reconcile(t.Context(), desired(peerB))
 	if res.ForwardErr != nil || len(res.Forward) != 2 || !res.Forward[0].Accepting || !res.Forward[1].Accepting {
 		t.Errorf("after the fault: forward %v, error %v; want both accepting", res.Forward, res.ForwardErr)
+	}
+}
+
+// A pass reads the FORWARD chains only when due: on the first pass, after
+// RecheckForward (the agent's resync tick) and for a new pool. In between
+// a pass leaves them alone and reports the last sync's outcome.
+func TestReconcileForwardOnlyWhenDue(t *testing.T) {
+	k, _ := newFake(t)
+	r := NewReconciler(k, nil, nil)
+	d := desired(peerB)
+	k.SetForwardPolicy(BackendNFT, "DROP")
+	pass := func() Result {
+		t.Helper()
+		res, err := r.Reconcile(t.Context(), d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	if pass(); k.ForwardReads() != 1 || len(k.ForwardRules(BackendNFT)) != 2 {
+		t.Fatalf("first pass: %d reads, rules %v; want 1 read and the pool's two rules", k.ForwardReads(), k.ForwardRules(BackendNFT))
+	}
+	k.SetForwardPolicy(BackendNFT, "ACCEPT")
+	for range 3 {
+		res := pass()
+		if len(res.Forward) != 1 || !res.Forward[0].Accepting {
+			t.Errorf("a normal pass reports forward %v, want the last sync's (accepting)", res.Forward)
+		}
+	}
+	if k.ForwardReads() != 1 || len(k.ForwardRules(BackendNFT)) != 2 {
+		t.Errorf("normal passes: %d reads, rules %v; want the chains untouched", k.ForwardReads(), k.ForwardRules(BackendNFT))
+	}
+	r.RecheckForward()
+	if res := pass(); k.ForwardReads() != 2 || len(k.ForwardRules(BackendNFT)) != 0 || res.Forward[0].Accepting {
+		t.Errorf("after RecheckForward: %d reads, rules %v, forward %v; want a read and the rules gone", k.ForwardReads(), k.ForwardRules(BackendNFT), res.Forward)
+	}
+	k.SetForwardPolicy(BackendNFT, "DROP")
+	d.Pool = pfx("10.240.0.0/12") // still holds the block
+	if pass(); k.ForwardReads() != 3 || len(k.ForwardRules(BackendNFT)) != 2 {
+		t.Errorf("new pool: %d reads, rules %v; want a read and the new pool's rules", k.ForwardReads(), k.ForwardRules(BackendNFT))
 	}
 }

@@ -70,6 +70,14 @@ type Reconciler struct {
 	vethSeen map[vethKey]time.Time
 	// lastForwardErr is the previous pass's ForwardErr, as text.
 	lastForwardErr string
+	// forwardDue: the next pass reads and syncs the FORWARD chains (see
+	// RecheckForward); forwardPool is the pool the last sync was for,
+	// and forward and forwardErr its outcome, which passes in between
+	// report again.
+	forwardDue  bool
+	forwardPool netip.Prefix
+	forward     []ForwardVerdict
+	forwardErr  error
 }
 
 // NewReconciler returns a Reconciler for k. Metrics are registered with reg
@@ -82,12 +90,24 @@ func NewReconciler(k Kernel, log *slog.Logger, reg prometheus.Registerer) *Recon
 	if reg != nil {
 		m.register(reg)
 	}
-	return &Reconciler{kernel: k, log: log, metrics: m, lastPeerErrs: make(map[string]string)}
+	return &Reconciler{kernel: k, log: log, metrics: m, lastPeerErrs: make(map[string]string), forwardDue: true}
+}
+
+// RecheckForward makes the next pass read iptables' filter FORWARD chains
+// and put the pool's accept rules in them (or take them out). Otherwise a
+// pass does so only when the pool changed: reading the chains is an
+// nftables listing (and, with iptables-legacy, two processes), too much for
+// every pass, and nothing announces that Docker set a policy of DROP (not
+// for iptables-legacy), so the agent asks for it on its resync tick.
+func (r *Reconciler) RecheckForward() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.forwardDue = true
 }
 
 // Reconcile runs one pass: turn on forwarding, set up or remove the
 // masquerade, accept the pool in iptables' FORWARD chains that drop by
-// policy, resolve the interface, list our routes, diff them against d
+// policy (on the first pass, after RecheckForward, or for a new pool), resolve the interface, list our routes, diff them against d
 // and apply the difference (adds and replaces before deletes). A peer that
 // cannot be routed is reported in Result and does not fail the pass; the
 // returned error joins the failures that are not any one peer's. Running it
@@ -139,8 +159,12 @@ func (r *Reconciler) reconcile(ctx context.Context, d Desired) (Result, error) {
 	} else {
 		errs = append(errs, r.kernel.RemoveMasquerade())
 	}
-	res.Forward, res.ForwardErr = r.syncForwardAccept(d.Pool)
-	r.logForwardError(res.ForwardErr)
+	if r.forwardDue || d.Pool != r.forwardPool {
+		r.forward, r.forwardErr = r.syncForwardAccept(d.Pool)
+		r.forwardDue, r.forwardPool = false, d.Pool
+		r.logForwardError(r.forwardErr)
+	}
+	res.Forward, res.ForwardErr = slices.Clone(r.forward), r.forwardErr
 
 	actual, err := r.kernel.Routes()
 	if err != nil {

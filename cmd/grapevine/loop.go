@@ -271,6 +271,7 @@ func (a *agent) run(ctx context.Context) error {
 		case <-pathChanged:
 		case <-a.silence.Changed():
 		case <-resync.C:
+			a.rec.RecheckForward()
 		case <-a.podRecheck:
 		case <-graceOver:
 		}
