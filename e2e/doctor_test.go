@@ -378,3 +378,61 @@ func TestDoctorAll(t *testing.T) {
 		}
 	}
 }
+
+// TestDoctorConntrackNearFull fills h1's connection tracking table over
+// netlink, in h1's namespace only (nf_conntrack_count is per namespace;
+// nf_conntrack_max is the machine's and read-only here): at 90 % of its
+// size doctor warns on conntrack and exits 0, at 95 % it fails and exits
+// nonzero. The entries go with the lab's namespace.
+func TestDoctorConntrackNearFull(t *testing.T) {
+	t.Parallel()
+	l := env.Lab(t, labtest.Options{Hosts: 2})
+	ctx := timeout(t, 3*time.Minute)
+	h1 := l.Host(1)
+	if _, err := lab.WaitMesh(ctx, l.Hosts()); err != nil {
+		t.Fatal(err)
+	}
+	waitDoctorPasses(t, h1)
+	added := 0
+	for _, step := range []struct {
+		share    float64
+		severity doctor.Severity
+		failing  bool
+	}{
+		{0.90, doctor.Warn, false},
+		{0.95, doctor.Fail, true},
+	} {
+		count, limit, err := h1.Conntrack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// A little over the share: the agent's own connections come
+		// and go meanwhile.
+		more := int(step.share*float64(limit)) + limit/500 - count
+		start := time.Now()
+		if err := h1.FillConntrack(ctx, added, more); err != nil {
+			t.Fatal(err)
+		}
+		added += more
+		took := time.Since(start)
+		if count, _, err = h1.Conntrack(); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("h1's conntrack table: %d of %d entries (%.1f%%), %d added over netlink in %v", count, limit, 100*float64(count)/float64(limit), more, took.Round(time.Millisecond))
+		out, code, err := h1.Doctor(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var fs []doctor.Finding
+		if err := json.Unmarshal(out, &fs); err != nil {
+			t.Fatalf("doctor's output is not JSON findings: %v\n%s", err, out)
+		}
+		found := slices.ContainsFunc(fs, func(f doctor.Finding) bool {
+			return f.Check == doctor.CheckConntrack && f.Severity == step.severity
+		})
+		if !found || (code != 0) != step.failing {
+			t.Errorf("conntrack table at %.0f%%: doctor exited %d with no %s %s finding, or the wrong status (want nonzero: %v):\n%s",
+				step.share*100, code, step.severity, doctor.CheckConntrack, step.failing, out)
+		}
+	}
+}
