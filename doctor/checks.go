@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/grapevine-net/grapevine/node"
+	"github.com/grapevine-net/grapevine/status"
 )
 
 // Loss over the last minute from which a peer's data path is worth a
@@ -76,7 +77,7 @@ func Diagnose(o Observations) []Finding {
 // checkPathMTU judges the probes of the pod MTU. A VXLAN peer whose host
 // answers in the clear (its data path is up) but not through gv.vxlan even
 // to a minimal request has a broken tunnel, not a small MTU.
-func checkPathMTU(probes []MTUProbe, members []Member) []Finding {
+func checkPathMTU(probes []MTUProbe, members []status.Member) []Finding {
 	dataPath := map[string]string{}
 	for _, m := range members {
 		dataPath[m.Name] = m.DataPath
@@ -153,7 +154,7 @@ func checkHostAddress(o Observations) []Finding {
 	fs := []Finding{{Check: CheckHostAddress, Severity: OK, Subject: iface, Seen: fmt.Sprintf("%s on %s", host, iface)}}
 	for _, m := range o.Status.Members {
 		peer, err := netip.ParseAddr(m.HostIP)
-		if err != nil || !m.routed() || onNetworkOf(o.Uplink, peer) {
+		if err != nil || !m.Routed() || onNetworkOf(o.Uplink, peer) {
 			continue
 		}
 		for _, l := range o.Links {
@@ -204,7 +205,7 @@ func checkRPFilter(o Observations) []Finding {
 	}
 	var vxlan []string
 	for _, m := range o.Status.Members {
-		if m.routed() && m.Path == string(node.PathVXLAN) {
+		if m.Routed() && m.Path == string(node.PathVXLAN) {
 			vxlan = append(vxlan, m.Name)
 		}
 	}
@@ -436,7 +437,7 @@ func checkPodHosts(o Observations) []Finding {
 // desiredRoute is the route node installs for m: via the peer's host IP
 // on the uplink, or via its VTEP on the VXLAN device; ok is false when
 // the status does not say enough to tell.
-func desiredRoute(m Member, uplink, tunnel node.Link) (node.Route, bool) {
+func desiredRoute(m status.Member, uplink, tunnel node.Link) (node.Route, bool) {
 	block, err := netip.ParsePrefix(m.Block)
 	if err != nil {
 		return node.Route{}, false
@@ -479,7 +480,7 @@ func checkPeerRoutes(o Observations) []Finding {
 	var fs []Finding
 	routed := map[netip.Prefix]bool{}
 	for _, m := range o.Status.Members {
-		if !m.routed() {
+		if !m.Routed() {
 			continue
 		}
 		block, err := netip.ParsePrefix(m.Block)
@@ -532,7 +533,7 @@ func sameRoute(have, want node.Route) bool {
 func checkPeerPaths(o Observations) []Finding {
 	var fs []Finding
 	for _, m := range o.Status.Members {
-		if !m.routed() || m.Path == "" {
+		if !m.Routed() || m.Path == "" {
 			continue
 		}
 		fs = append(fs, Finding{Check: CheckPeerPath, Severity: OK, Subject: m.Name, Seen: m.Path + ": " + m.PathReason})
@@ -540,10 +541,10 @@ func checkPeerPaths(o Observations) []Finding {
 	return fs
 }
 
-func checkDataPaths(st Status) []Finding {
+func checkDataPaths(st status.Report) []Finding {
 	var fs []Finding
 	for _, m := range st.Members {
-		if !m.routed() {
+		if !m.Routed() {
 			continue
 		}
 		f := Finding{Check: CheckPeerDataPath, Subject: m.Name}

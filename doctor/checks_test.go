@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/grapevine-net/grapevine/node"
+	"github.com/grapevine-net/grapevine/status"
 )
 
 var (
@@ -22,17 +23,17 @@ var (
 func healthy() Observations {
 	h3Block := netip.MustParsePrefix("10.244.4.0/23")
 	return Observations{
-		Status: Status{
+		Status: status.Report{
 			Node: "h1", HostIP: "172.16.254.1", Block: "10.244.0.0/23", Ready: true,
-			Settings: &Settings{Iface: "em1", Pool: "10.244.0.0/16", Masquerade: true, GossipPort: 7962, LedgerPort: 7963, PodMTU: 1450},
-			Members: []Member{
+			Settings: &status.Settings{Iface: "em1", Pool: "10.244.0.0/16", Masquerade: true, GossipPort: 7962, LedgerPort: 7963, PodMTU: 1450},
+			Members: []status.Member{
 				{Name: "h2", Addr: "172.16.254.2", HostIP: "172.16.254.2", Block: "10.244.2.0/23", State: "alive", Route: node.PeerProgrammed,
 					Path: "direct", PathReason: "172.16.254.2 is on em1's 172.16.254.0/24", DataPath: "up",
-					DataPathHealth: &PathHealth{Requests: 60, RTTp50ms: 0.08, RTTp99ms: 0.3}},
+					DataPathHealth: &status.PathHealth{Requests: 60, RTTp50ms: 0.08, RTTp99ms: 0.3}},
 				{Name: "h3", Addr: "172.16.9.3", HostIP: "172.16.9.3", Block: "10.244.4.0/23", State: "alive", Route: node.PeerProgrammed,
 					Path: "vxlan", PathReason: "172.16.9.3 is on none of em1's networks", DataPath: "up",
-					DataPathHealth: &PathHealth{Requests: 60, RTTp50ms: 0.2, RTTp99ms: 0.5}},
-				{Name: "h4", HostIP: "172.16.254.4", Block: "10.244.6.0/23", State: "dead", Route: routeWithdrawn},
+					DataPathHealth: &status.PathHealth{Requests: 60, RTTp50ms: 0.2, RTTp99ms: 0.5}},
+				{Name: "h4", HostIP: "172.16.254.4", Block: "10.244.6.0/23", State: "dead", Route: status.RouteWithdrawn},
 			},
 		},
 		IPForward: "1", RPFilterAll: "0", RPFilterUplink: "2",
@@ -78,7 +79,7 @@ func TestDiagnose(t *testing.T) {
 	}{
 		{"healthy", func(*Observations) {}, nil},
 		{"agent unreachable: host checks still run", func(o *Observations) {
-			o.Status, o.StatusErr, o.Ports, o.PathMTU, o.IPForward = Status{}, "cannot reach the agent", nil, nil, "0"
+			o.Status, o.StatusErr, o.Ports, o.PathMTU, o.IPForward = status.Report{}, "cannot reach the agent", nil, nil, "0"
 		}, []verdict{{CheckAgent, "", Fail}, {CheckIPForward, "", Fail}}},
 		{"agent not ready", func(o *Observations) { o.Status.Ready, o.Status.Reason = false, "no block" },
 			[]verdict{{CheckAgent, "h1", Fail}}},
@@ -118,13 +119,13 @@ func TestDiagnose(t *testing.T) {
 			[]verdict{{CheckPeerRoute, "", Warn}}},
 		{"data path down", func(o *Observations) {
 			o.Status.Members[0].DataPath = "down"
-			o.Status.Members[0].DataPathHealth = &PathHealth{Requests: 20, Lost: 20, Loss: 1}
+			o.Status.Members[0].DataPathHealth = &status.PathHealth{Requests: 20, Lost: 20, Loss: 1}
 		}, []verdict{{CheckPeerDataPath, "h2", Fail}}},
 		{"data path losing a quarter", func(o *Observations) {
-			o.Status.Members[1].DataPathHealth = &PathHealth{Requests: 80, Lost: 20, Loss: 0.25, RTTp50ms: 1, RTTp99ms: 9}
+			o.Status.Members[1].DataPathHealth = &status.PathHealth{Requests: 80, Lost: 20, Loss: 0.25, RTTp50ms: 1, RTTp99ms: 9}
 		}, []verdict{{CheckPeerDataPath, "h3", Fail}}},
 		{"data path losing a little", func(o *Observations) {
-			o.Status.Members[1].DataPathHealth = &PathHealth{Requests: 60, Lost: 3, Loss: 0.05}
+			o.Status.Members[1].DataPathHealth = &status.PathHealth{Requests: 60, Lost: 3, Loss: 0.05}
 		}, []verdict{{CheckPeerDataPath, "h3", Warn}}},
 		{"data path not probed", func(o *Observations) {
 			o.Status.Members[0].DataPath, o.Status.Members[0].DataPathHealth = "", nil

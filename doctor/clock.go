@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/net/ipv4"
+
+	"github.com/grapevine-net/grapevine/status"
 )
 
 // A peer's clock is read with an ICMP timestamp request (RFC 792, type
@@ -57,7 +59,7 @@ const (
 
 // probeClocks reads every live peer's clock, all at once. It fails only
 // when it may not send ICMP at all.
-func probeClocks(ctx context.Context, c Clocker, st Status) ([]ClockProbe, error) {
+func probeClocks(ctx context.Context, c Clocker, st status.Report) ([]ClockProbe, error) {
 	if c == nil {
 		return nil, nil
 	}

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/grapevine-net/grapevine/status"
 )
 
 // firewalld and ufw are read from their files and from whether their
@@ -44,7 +46,7 @@ func (p portProto) String() string { return fmt.Sprintf("%s/%d (%s)", p.Proto, p
 
 // neededPorts are the ports peers reach this host on: gossip over TCP and
 // UDP, the ledger over TCP, VXLAN over UDP unless encapsulation is off.
-func neededPorts(st Status) []portProto {
+func neededPorts(st status.Report) []portProto {
 	s := st.Settings
 	ports := []portProto{{"tcp", s.GossipPort, "gossip"}, {"udp", s.GossipPort, "gossip"}, {"tcp", s.LedgerPort, "ledger"}}
 	if st.Encapsulation != "never" {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/grapevine-net/grapevine/node"
+	"github.com/grapevine-net/grapevine/status"
 )
 
 // Host is the kernel state doctor reads, in the host's network namespace.
@@ -103,7 +104,7 @@ type Port struct {
 // Observations are everything Diagnose judges: the agent's status and what
 // the host's kernel and the peers' ports showed.
 type Observations struct {
-	Status Status
+	Status status.Report
 	// StatusErr is why the agent's status could not be read; Status is
 	// then zero and only the host's own checks run.
 	StatusErr string
@@ -148,7 +149,7 @@ var _ Host = (*LinuxHost)(nil)
 // Observe reads what Diagnose needs beside st, the agent's status, or
 // statusErr, why it could not be had. The peers are asked all at once,
 // while the kernel is read.
-func Observe(ctx context.Context, h Host, n Network, st Status, statusErr error) Observations {
+func Observe(ctx context.Context, h Host, n Network, st status.Report, statusErr error) Observations {
 	o := Observations{Status: st, Unread: map[string]string{}}
 	if statusErr != nil {
 		o.StatusErr = statusErr.Error()
@@ -280,7 +281,7 @@ func observeVeths(h Host) ([]Veth, error) {
 
 // dialPeers connects to every live peer's gossip and ledger ports at once.
 // The ports are this agent's: a cluster's agents are started alike.
-func dialPeers(ctx context.Context, d Dialer, st Status) []Port {
+func dialPeers(ctx context.Context, d Dialer, st status.Report) []Port {
 	if st.Settings == nil {
 		return nil
 	}

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/grapevine-net/grapevine/node"
+	"github.com/grapevine-net/grapevine/status"
 )
 
 // Pinger sends ICMP echo requests with don't-fragment set; ICMPPinger is
@@ -64,13 +65,13 @@ const (
 // probePaths sends every routed peer a don't-fragment echo request of the
 // pod MTU over the path pods use, all peers at once. It fails only when
 // it may not ping at all.
-func probePaths(ctx context.Context, p Pinger, st Status) ([]MTUProbe, error) {
+func probePaths(ctx context.Context, p Pinger, st status.Report) ([]MTUProbe, error) {
 	if st.Settings == nil || st.Settings.PodMTU == 0 || p == nil {
 		return nil, nil
 	}
 	var probes []MTUProbe
 	for _, m := range st.Members {
-		if !m.routed() {
+		if !m.Routed() {
 			continue
 		}
 		target, ok := mtuTarget(m)
@@ -107,7 +108,7 @@ func probePaths(ctx context.Context, p Pinger, st Status) ([]MTUProbe, error) {
 }
 
 // mtuTarget is the address a probe over m's path goes to.
-func mtuTarget(m Member) (netip.Addr, bool) {
+func mtuTarget(m status.Member) (netip.Addr, bool) {
 	switch node.Path(m.Path) {
 	case node.PathDirect:
 		a, err := netip.ParseAddr(m.HostIP)

@@ -109,6 +109,15 @@ func TestSelfRepair(t *testing.T) {
 					t.Errorf("%s: FORWARD lacks the rule %s:\n%s", h.Name, want, out)
 				}
 			}
+			st, err := h.Status(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.ContainsFunc(st.ForwardAccept, func(f string) bool {
+				return strings.HasPrefix(f, "iptables-nft filter FORWARD policy DROP") && strings.Contains(f, "nftables netlink")
+			}) {
+				t.Errorf("%s: status's forwardAccept %q names no iptables-nft chain handled over netlink", h.Name, st.ForwardAccept)
+			}
 			waitDoctorPasses(t, h)
 			fs := doctorFindings(t, h)
 			if !slices.ContainsFunc(fs, func(f doctor.Finding) bool {

@@ -18,6 +18,7 @@ import (
 	"github.com/grapevine-net/grapevine/node"
 	"github.com/grapevine-net/grapevine/node/nodestate"
 	"github.com/grapevine-net/grapevine/node/probe"
+	"github.com/grapevine-net/grapevine/status"
 )
 
 var testOpts = agentOptions{
@@ -457,6 +458,13 @@ func TestBuildStatusRouteStates(t *testing.T) {
 	if !reflect.DeepEqual(states, want) {
 		t.Fatalf("member states:\n got %v\nwant %v", states, want)
 	}
+	// What doctor counts as routed (status.Member.Routed) is what the
+	// agent routes: the programmed members, however kept.
+	for _, m := range got.Members {
+		if want := m.Route == node.PeerProgrammed; m.Routed() != want {
+			t.Errorf("%s (route %q): Routed() = %v, want %v", m.Name, m.Route, m.Routed(), want)
+		}
+	}
 	if m := got.Members[0]; !m.DataPathSeen.Equal(time.Unix(100, 0)) {
 		t.Errorf("h2's last reply = %v", m.DataPathSeen)
 	}
@@ -500,14 +508,14 @@ func TestTwoMembersOneName(t *testing.T) {
 			t.Fatal(err)
 		}
 		st := buildStatus(v, kept, withdrawn, paths, res, true, "")
-		byIP := map[string]memberStatus{}
+		byIP := map[string]status.Member{}
 		for _, m := range st.Members {
 			byIP[m.HostIP] = m
 		}
 		if m := byIP[ip2.String()]; m.Name != "h2" || m.ID != memberKey(holder) || m.Route != node.PeerProgrammed || m.Block != b2.String() {
 			t.Errorf("holder: %+v", m)
 		}
-		if m := byIP[ip9.String()]; m.Name != "h2" || m.ID != memberKey(impostor) || m.Route != routeNone || m.Block != "" ||
+		if m := byIP[ip9.String()]; m.Name != "h2" || m.ID != memberKey(impostor) || m.Route != status.RouteNone || m.Block != "" ||
 			!strings.Contains(m.RouteReason, "held by the node at "+ip2.String()) {
 			t.Errorf("impostor: %+v", m)
 		}
@@ -675,13 +683,13 @@ func TestEnvVar(t *testing.T) {
 }
 
 func TestStatusRendering(t *testing.T) {
-	r := statusReport{
+	r := status.Report{
 		Node: "h1", HostIP: "172.16.254.1", Ready: false, Reason: "no ledger leader reachable",
-		Ledger: ledgerStatus{ClusterID: "0123456789abcdef", Role: "nonvoter", Leader: "h2", Voters: []string{"h2", "h3", "h4"}, LastIndex: 42,
+		Ledger: status.Ledger{ClusterID: "0123456789abcdef", Role: "nonvoter", Leader: "h2", Voters: []string{"h2", "h3", "h4"}, LastIndex: 42,
 			Foreign: []string{"x1 (cluster fedcba9876543210)"}},
-		Members: []memberStatus{
-			{Name: "h3", Addr: "172.16.254.3", HostIP: "172.16.254.3", State: "dead", Route: routeNone},
-			{Name: "x1", Addr: "172.16.254.9", HostIP: "172.16.254.9", State: "alive", Foreign: true, Route: routeNone},
+		Members: []status.Member{
+			{Name: "h3", Addr: "172.16.254.3", HostIP: "172.16.254.3", State: "dead", Route: status.RouteNone},
+			{Name: "x1", Addr: "172.16.254.9", HostIP: "172.16.254.9", State: "alive", Foreign: true, Route: status.RouteNone},
 		},
 	}
 	var table strings.Builder

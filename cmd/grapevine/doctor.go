@@ -13,6 +13,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/grapevine-net/grapevine/doctor"
+	"github.com/grapevine-net/grapevine/status"
 )
 
 // doctorStatusWait bounds the status request: the agent answers after its
@@ -65,7 +66,7 @@ func runDoctor(ctx context.Context, runDir string, host doctor.Host, network doc
 	defer cancelRun()
 	statusCtx, cancel := context.WithTimeout(ctx, doctorStatusWait)
 	defer cancel()
-	var st doctor.Status
+	var st status.Report
 	body, err := callAgent(statusCtx, runDir, http.MethodGet, "/status")
 	if err == nil {
 		if jerr := json.Unmarshal(body, &st); jerr != nil {

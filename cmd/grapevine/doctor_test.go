@@ -5,8 +5,10 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/grapevine-net/grapevine/doctor"
+	"github.com/grapevine-net/grapevine/status"
 )
 
 func TestPrintFindings(t *testing.T) {
@@ -53,37 +55,33 @@ func TestPrintFindings(t *testing.T) {
 	}
 }
 
-// TestDoctorReadsStatus: the status the agent serves is what doctor
-// parses, field for field, for everything its checks read.
+// TestDoctorReadsStatus: the status the agent serves (JSON on the status
+// socket) reads back, as runDoctor reads it, into the very report, field
+// for field: nothing doctor's checks read is lost to omitempty or a type
+// that does not survive JSON. (status's TestReportWireNames pins the
+// names scripts read.)
 func TestDoctorReadsStatus(t *testing.T) {
-	r := statusReport{
+	r := status.Report{
 		Node: "h1", HostIP: "172.16.254.1", Block: "10.244.0.0/23", Ready: true, Degraded: "restart pods",
-		Settings: &statusSettings{Iface: "em1", Pool: "10.244.0.0/16", Masquerade: true, GossipPort: 7962, LedgerPort: 7963, PodMTU: 1450},
-		Members: []memberStatus{{
+		LeaseEnds: time.Date(2026, 12, 7, 15, 0, 0, 0, time.UTC), Encapsulation: "always",
+		ForwardAccept: []string{"iptables-nft filter FORWARD policy DROP: the pool is accepted by the agent's rules (written over nftables netlink)"},
+		Settings:      &status.Settings{Iface: "em1", Pool: "10.244.0.0/16", Masquerade: true, GossipPort: 7962, LedgerPort: 7963, PodMTU: 1450},
+		Members: []status.Member{{
 			Name: "h2", Addr: "172.16.254.2", HostIP: "172.16.254.2", Block: "10.244.2.0/23", State: "alive", Route: "programmed",
-			Path: "vxlan", PathReason: "always", DataPath: "up",
-			DataPathHealth: &dataPathHealth{Requests: 60, Lost: 3, Loss: 0.05, RTTp50ms: 0.1, RTTp99ms: 0.4},
-		}, {Name: "x1", State: "alive", Foreign: true, Route: routeNone}},
+			Path: "vxlan", PathReason: "always", DataPath: "up", DataPathSeen: time.Date(2026, 12, 7, 14, 0, 0, 0, time.UTC),
+			DataPathHealth: &status.PathHealth{Requests: 60, Lost: 3, Loss: 0.05, RTTp50ms: 0.1, RTTp99ms: 0.4},
+		}, {Name: "x1", State: "alive", Foreign: true, Route: status.RouteNone}},
 	}
 	js, err := json.Marshal(r)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var st doctor.Status
+	var st status.Report
 	if err := json.Unmarshal(js, &st); err != nil {
 		t.Fatal(err)
 	}
-	want := doctor.Status{
-		Node: "h1", HostIP: "172.16.254.1", Block: "10.244.0.0/23", Ready: true, Degraded: "restart pods",
-		Settings: &doctor.Settings{Iface: "em1", Pool: "10.244.0.0/16", Masquerade: true, GossipPort: 7962, LedgerPort: 7963, PodMTU: 1450},
-		Members: []doctor.Member{{
-			Name: "h2", Addr: "172.16.254.2", HostIP: "172.16.254.2", Block: "10.244.2.0/23", State: "alive", Route: "programmed",
-			Path: "vxlan", PathReason: "always", DataPath: "up",
-			DataPathHealth: &doctor.PathHealth{Requests: 60, Lost: 3, Loss: 0.05, RTTp50ms: 0.1, RTTp99ms: 0.4},
-		}, {Name: "x1", State: "alive", Foreign: true, Route: routeNone}},
-	}
-	if !reflect.DeepEqual(st, want) {
-		t.Fatalf("doctor read\n%+v\nfrom %s, want\n%+v", st, js, want)
+	if !reflect.DeepEqual(st, r) {
+		t.Fatalf("doctor read\n%+v\nfrom %s, want\n%+v", st, js, r)
 	}
 }
 

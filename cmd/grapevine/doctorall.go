@@ -13,6 +13,7 @@ import (
 
 	"github.com/grapevine-net/grapevine/doctor"
 	"github.com/grapevine-net/grapevine/mesh/ledger"
+	"github.com/grapevine-net/grapevine/status"
 )
 
 // `grapevine doctor --all` asks the local agent, over its status socket,
@@ -25,9 +26,9 @@ import (
 
 // diagnoser runs doctor on this host against st; netlinkHost's reads the
 // kernel, tests pass a fake or none.
-type diagnoser func(ctx context.Context, st doctor.Status) []doctor.Finding
+type diagnoser func(ctx context.Context, st status.Report) []doctor.Finding
 
-func linuxDiagnoser(ctx context.Context, st doctor.Status) []doctor.Finding {
+func linuxDiagnoser(ctx context.Context, st status.Report) []doctor.Finding {
 	return doctor.Diagnose(doctor.Observe(ctx, doctor.NewLinuxHost(), &doctor.LinuxNetwork{}, st, nil))
 }
 
@@ -50,15 +51,7 @@ func (a *agent) ownSummary(ctx context.Context, wait bool) (doctor.Summary, erro
 	defer a.doctorRun.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, doctorDeadline)
 	defer cancel()
-	b, err := json.Marshal(a.freshStatus())
-	if err != nil {
-		return doctor.Summary{}, err
-	}
-	var st doctor.Status
-	if err := json.Unmarshal(b, &st); err != nil {
-		return doctor.Summary{}, err
-	}
-	return doctor.Summarize(a.opts.NodeName, a.diagnose(ctx, st)), nil
+	return doctor.Summarize(a.opts.NodeName, a.diagnose(ctx, a.freshStatus())), nil
 }
 
 // ownReport is ownSummary as a member's report (mesh.Config.Report).

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/grapevine-net/grapevine/node/probe"
+	"github.com/grapevine-net/grapevine/status"
 )
 
 func TestHealthColumn(t *testing.T) {
@@ -34,7 +35,7 @@ func TestHealthColumn(t *testing.T) {
 
 func TestStatusHealthJSON(t *testing.T) {
 	host := netip.MustParseAddr("172.16.254.2")
-	m := memberStatus{Name: "h2", HostIP: host.String(), State: "alive", Route: "programmed",
+	m := status.Member{Name: "h2", HostIP: host.String(), State: "alive", Route: "programmed",
 		DataPathHealth: healthOf(map[netip.Addr]probe.Health{host: {Requests: 4, Lost: 1, Loss: 0.25, RTTp50: 2 * time.Millisecond, RTTp99: 5 * time.Millisecond}}, host)}
 	js, err := json.Marshal(m)
 	if err != nil {
@@ -45,7 +46,7 @@ func TestStatusHealthJSON(t *testing.T) {
 		t.Fatalf("JSON %s lacks %s", js, want)
 	}
 	var table strings.Builder
-	if err := printStatus(&table, statusReport{Node: "h1", Members: []memberStatus{m}}); err != nil {
+	if err := printStatus(&table, status.Report{Node: "h1", Members: []status.Member{m}}); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(table.String(), "RTT P50/P99, LOSS (1m)") || !strings.Contains(table.String(), "2/5ms 25%") {

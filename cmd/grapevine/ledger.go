@@ -16,6 +16,7 @@ import (
 
 	"github.com/grapevine-net/grapevine/mesh"
 	"github.com/grapevine-net/grapevine/mesh/ledger"
+	"github.com/grapevine-net/grapevine/status"
 )
 
 // ledgerCommand groups the operator's commands on the block ledger.
@@ -112,7 +113,7 @@ func refuseRunningAgent(ctx context.Context, runDir string) error {
 	if err != nil {
 		return nil // not running here (or not with this --run-dir): the state dir's lock tells
 	}
-	var st statusReport
+	var st status.Report
 	if err := json.Unmarshal(body, &st); err != nil {
 		return fmt.Errorf("the agent is running here (%s answers): stop it before recovering its ledger", filepath.Join(runDir, statusSocketName))
 	}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/grapevine-net/grapevine/mesh"
 	"github.com/grapevine-net/grapevine/mesh/ledger"
+	"github.com/grapevine-net/grapevine/status"
 )
 
 // TestLedgerRecoverRefuses: bad input is refused with the flag's name, and a
@@ -117,10 +118,10 @@ func TestLedgerRecoverRefusedWhileAgentRuns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	report := statusReport{
+	report := status.Report{
 		Node:   "n1",
-		Ledger: ledgerStatus{Voters: []string{"n1", "n2", "n3"}},
-		Members: []memberStatus{
+		Ledger: status.Ledger{Voters: []string{"n1", "n2", "n3"}},
+		Members: []status.Member{
 			{Name: "n2", State: "alive"}, {Name: "n3", State: "dead"}, {Name: "n4", State: "alive"},
 		},
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/grapevine-net/grapevine/node"
 	"github.com/grapevine-net/grapevine/node/nodestate"
 	"github.com/grapevine-net/grapevine/node/probe"
+	"github.com/grapevine-net/grapevine/status"
 )
 
 // agent wires the mesh to the kernel: every change of the mesh's View, every
@@ -80,7 +81,7 @@ type agent struct {
 	started             time.Time
 
 	mu       sync.Mutex
-	status   statusReport
+	status   status.Report
 	lastPass time.Time // start of the last loop pass, for /healthz
 	// passEnd is closed when the running pass has published its status;
 	// nil between passes. See settledStatus.
@@ -153,7 +154,7 @@ func newAgent(o agentOptions, cfg mesh.Config, host hostSide, log *slog.Logger) 
 		kernel:       host.kernel,
 		rec:          node.NewReconciler(host.kernel, log.With("component", "node"), reg),
 		watchRoutes:  host.watchRoutes,
-		status:       statusReport{Node: o.NodeName, Reason: "starting"},
+		status:       status.Report{Node: o.NodeName, Reason: "starting"},
 		lastPass:     time.Now(),
 		gossipSeen:   make(map[string]time.Time),
 		collected: prometheus.NewCounter(prometheus.CounterOpts{
@@ -293,7 +294,7 @@ func (a *agent) stopped(meshErr error) error {
 
 // reconcile brings the kernel and the hand-off files in line with the mesh's
 // current View and returns the outcome for status and readiness.
-func (a *agent) reconcile(ctx context.Context) statusReport {
+func (a *agent) reconcile(ctx context.Context) status.Report {
 	v := a.mesh.View()
 	paths := a.pathVerdicts()
 	silent := a.silence.update(ctx, v, paths, time.Now())
@@ -367,7 +368,7 @@ func (a *agent) noteGossip(v mesh.View) {
 
 // freshStatus is the last pass's status with each member's signals brought
 // up to date: gossip as the mesh sees it now, data path as the prober does.
-func (a *agent) freshStatus() statusReport {
+func (a *agent) freshStatus() status.Report {
 	v := a.mesh.View()
 	a.noteGossip(v)
 	paths := a.pathVerdicts()
@@ -488,9 +489,9 @@ func (a *agent) beginPass() {
 }
 
 // endPass publishes the pass's status and lets waiting readers go.
-func (a *agent) endPass(r statusReport) {
+func (a *agent) endPass(r status.Report) {
 	r.Encapsulation = a.opts.Encapsulation.String()
-	r.Settings = &statusSettings{
+	r.Settings = &status.Settings{
 		Iface:      a.opts.Iface,
 		Pool:       prefixString(a.opts.Pool),
 		Masquerade: a.opts.Masquerade,
@@ -545,7 +546,7 @@ func (a *agent) waitForPass(ctx context.Context, limit time.Duration) {
 }
 
 // settledStatus is the last published status once no pass is half done.
-func (a *agent) settledStatus(ctx context.Context, limit time.Duration) statusReport {
+func (a *agent) settledStatus(ctx context.Context, limit time.Duration) status.Report {
 	a.waitForPass(ctx, limit)
 	a.mu.Lock()
 	defer a.mu.Unlock()

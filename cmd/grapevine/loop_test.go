@@ -25,6 +25,7 @@ import (
 	"github.com/grapevine-net/grapevine/node"
 	"github.com/grapevine-net/grapevine/node/nodestate"
 	"github.com/grapevine-net/grapevine/node/probe"
+	"github.com/grapevine-net/grapevine/status"
 )
 
 // testHost is one agent of an in-process cluster: the real agent loop and
@@ -267,16 +268,16 @@ func TestAgentLoop(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var status statusReport
-	if err := json.Unmarshal(body, &status); err != nil {
+	var st status.Report
+	if err := json.Unmarshal(body, &st); err != nil {
 		t.Fatal(err)
 	}
-	if !status.Ready || len(status.Members) != 1 || status.Members[0].Route != node.PeerProgrammed || status.Members[0].Block != st2.Block.String() {
+	if !st.Ready || len(st.Members) != 1 || st.Members[0].Route != node.PeerProgrammed || st.Members[0].Block != st2.Block.String() {
 		t.Fatalf("h1 status = %s", body)
 	}
 	// h1 founded the ledger (no --join); h2 joined it.
-	if status.Ledger.ClusterID == "" || status.Ledger.Leader != "h1" || status.Ledger.LastIndex == 0 || len(status.Ledger.Voters) == 0 {
-		t.Fatalf("h1 ledger status = %+v", status.Ledger)
+	if st.Ledger.ClusterID == "" || st.Ledger.Leader != "h1" || st.Ledger.LastIndex == 0 || len(st.Ledger.Voters) == 0 {
+		t.Fatalf("h1 ledger status = %+v", st.Ledger)
 	}
 	checkHTTP(t, h1.agent.metricsHandler(), "/readyz", http.StatusOK, "ready")
 	checkHTTP(t, h1.agent.metricsHandler(), "/healthz", http.StatusOK, "ok")
@@ -395,11 +396,11 @@ func TestStatusAfterKernel(t *testing.T) {
 	if a.err != nil {
 		t.Fatal(a.err)
 	}
-	var status statusReport
-	if err := json.Unmarshal(a.body, &status); err != nil {
+	var st status.Report
+	if err := json.Unmarshal(a.body, &st); err != nil {
 		t.Fatal(err)
 	}
-	if len(status.Members) != 1 || status.Members[0].Route != node.PeerProgrammed {
+	if len(st.Members) != 1 || st.Members[0].Route != node.PeerProgrammed {
 		t.Fatalf("after the pass that programmed h2's route, h1's status = %s", a.body)
 	}
 }
@@ -483,7 +484,7 @@ func TestAgentLoopDataPath(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	member2 := func(cond func(memberStatus) error) func() error {
+	member2 := func(cond func(status.Member) error) func() error {
 		return func() error {
 			st := h1.agent.freshStatus()
 			if len(st.Members) != 1 {
@@ -492,7 +493,7 @@ func TestAgentLoopDataPath(t *testing.T) {
 			return cond(st.Members[0])
 		}
 	}
-	waitFor(t, "h1 to keep h2's route on both signals", member2(func(m memberStatus) error {
+	waitFor(t, "h1 to keep h2's route on both signals", member2(func(m status.Member) error {
 		if !slices.Equal(m.KeptBy, []string{signalGossip, signalDataPath}) || m.DataPathSeen.IsZero() || m.GossipSeen.IsZero() {
 			return fmt.Errorf("h2: %+v", m)
 		}
@@ -500,7 +501,7 @@ func TestAgentLoopDataPath(t *testing.T) {
 	}))
 
 	network.Partition([]netip.Addr{h1.addr}, []netip.Addr{h2.addr})
-	waitFor(t, "h1 to call h2 dead and keep its route on the data path", member2(func(m memberStatus) error {
+	waitFor(t, "h1 to call h2 dead and keep its route on the data path", member2(func(m status.Member) error {
 		if m.State != "dead" || !slices.Equal(m.KeptBy, []string{signalDataPath}) || m.Route != node.PeerProgrammed {
 			return fmt.Errorf("h2: %+v", m)
 		}
@@ -546,7 +547,7 @@ func TestAgentLoopRestartKeepsRoute(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	member2 := func(what string, cond func(memberStatus) bool) {
+	member2 := func(what string, cond func(status.Member) bool) {
 		t.Helper()
 		waitFor(t, what, func() error {
 			st := h1.agent.freshStatus()
@@ -560,12 +561,12 @@ func TestAgentLoopRestartKeepsRoute(t *testing.T) {
 		via, ok := h1.peerRoutes()[st2.Block]
 		return ok && via == h2.addr
 	}
-	member2("h1 to route h2 on both signals", func(m memberStatus) bool {
+	member2("h1 to route h2 on both signals", func(m status.Member) bool {
 		return slices.Equal(m.KeptBy, []string{signalGossip, signalDataPath})
 	})
 
 	h2.stop(t)
-	member2("h1 to see h2 left and keep its route on the data path", func(m memberStatus) bool {
+	member2("h1 to see h2 left and keep its route on the data path", func(m status.Member) bool {
 		return m.State == "left" && m.RouteReason == "left; kept by data path" && m.Route == node.PeerProgrammed &&
 			slices.Equal(m.KeptBy, []string{signalDataPath}) && m.Block == st2.Block.String()
 	})
@@ -579,7 +580,7 @@ func TestAgentLoopRestartKeepsRoute(t *testing.T) {
 	h2 = startProbingTestHost(t, network, dp, dir, "h2", 2, h2.kernel, h1.addr.String())
 	// The route never goes while h2 comes back: its new incarnation
 	// advertises its saved block from its first gossip message.
-	member2("h1 to route h2 on gossip again", func(m memberStatus) bool {
+	member2("h1 to route h2 on gossip again", func(m status.Member) bool {
 		if !routed() {
 			t.Fatalf("h1 withdrew h2's route while h2 came back (h2 %s, %s): %v", m.State, m.RouteReason, h1.peerRoutes())
 		}
@@ -588,10 +589,10 @@ func TestAgentLoopRestartKeepsRoute(t *testing.T) {
 
 	// Stopped, then its host goes: withdrawn once the probes miss.
 	h2.stop(t)
-	member2("h1 to see h2 left", func(m memberStatus) bool { return m.State == "left" })
+	member2("h1 to see h2 left", func(m status.Member) bool { return m.State == "left" })
 	dp.set(h2.addr, false)
-	member2("h1 to withdraw h2's route and say why", func(m memberStatus) bool {
-		return m.Route == routeWithdrawn && m.RouteReason == "left; withdrawn: host not answering" && m.Block == st2.Block.String()
+	member2("h1 to withdraw h2's route and say why", func(m status.Member) bool {
+		return m.Route == status.RouteWithdrawn && m.RouteReason == "left; withdrawn: host not answering" && m.Block == st2.Block.String()
 	})
 	if routed() {
 		t.Fatalf("h1 still routes h2, whose agent left and host went: %v", h1.peerRoutes())
@@ -798,7 +799,7 @@ func endSavedLease(t *testing.T, stateDir string, ago time.Duration) {
 
 // fakeDiagnoser is doctor run against the status alone: a warning
 // naming the node the status is of, failed instead while it is not ready.
-func fakeDiagnoser(_ context.Context, st doctor.Status) []doctor.Finding {
+func fakeDiagnoser(_ context.Context, st status.Report) []doctor.Finding {
 	f := doctor.Finding{Check: doctor.CheckAgent, Severity: doctor.Warn, Subject: st.Node, Seen: "ready"}
 	if !st.Ready {
 		f.Severity, f.Seen = doctor.Fail, "not ready: "+st.Reason

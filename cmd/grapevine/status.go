@@ -21,144 +21,16 @@ import (
 	"github.com/grapevine-net/grapevine/mesh"
 	"github.com/grapevine-net/grapevine/node"
 	"github.com/grapevine-net/grapevine/node/probe"
+	"github.com/grapevine-net/grapevine/status"
 )
 
-// statusReport is what `grapevine status` shows; -o json prints it as is.
-type statusReport struct {
-	Node     string `json:"node"`
-	NodeID   string `json:"nodeID,omitempty"`
-	HostIP   string `json:"hostIP,omitempty"`
-	Block    string `json:"block,omitempty"`
-	Ready    bool   `json:"ready"`
-	Reason   string `json:"reason,omitempty"`
-	Degraded string `json:"degraded,omitempty"`
-	// LeaseRenewed and LeaseEnds are the wall-clock times of the last
-	// renewal of this node's lease on Block and of its end: after it the
-	// CNI plugin hands out no new addresses unless the lease is renewed.
-	LeaseRenewed time.Time `json:"leaseRenewed,omitzero"`
-	LeaseEnds    time.Time `json:"leaseEnds,omitzero"`
-	// PendingReleases says, for each deleted Node whose block waits for
-	// its lease to end, when it will be free.
-	PendingReleases []string `json:"pendingReleases,omitempty"`
-	// ForwardAccept says, for each filter FORWARD chain of iptables that
-	// drops by policy, that the agent accepts the pool in it (see
-	// node.PlanForwardAccept); empty while none drops.
-	ForwardAccept []string `json:"forwardAccept,omitempty"`
-	// ForwardUnhandled says, for each filter FORWARD chain the agent can
-	// neither read nor change, why (iptables-legacy without its binary).
-	ForwardUnhandled []string `json:"forwardUnhandled,omitempty"`
-	// ForwardError is why the agent could not read or change a filter
-	// FORWARD chain (node.Result.ForwardErr).
-	ForwardError string `json:"forwardError,omitempty"`
-	// Encapsulation is the --encapsulation mode the paths were chosen by.
-	Encapsulation string `json:"encapsulation,omitempty"`
-	// Settings are the agent's settings a reader checks the host against
-	// (grapevine doctor).
-	Settings *statusSettings `json:"settings,omitempty"`
-	Ledger   ledgerStatus    `json:"ledger"`
-	// NameConflicts lists the names several live hosts advertise, each
-	// with its own node ID (see mesh.View.NameConflicts).
-	NameConflicts []nameConflictStatus `json:"nameConflicts,omitempty"`
-	Members       []memberStatus       `json:"members"`
-}
-
-// statusSettings are what the agent was started with, as far as the host's
-// state depends on it: the interface towards the peers, the pool it routes
-// and masquerades, and the ports peers reach it on (the same on every host
-// of a cluster started alike).
-type statusSettings struct {
-	Iface      string `json:"iface"`
-	Pool       string `json:"pool"`
-	Masquerade bool   `json:"masquerade"`
-	GossipPort int    `json:"gossipPort"`
-	LedgerPort int    `json:"ledgerPort"`
-	PodMTU     int    `json:"podMTU,omitempty"`
-}
-
-// nameConflictStatus is one name several live hosts advertise: only the
-// holder (the node the ledger assigns a block under the name) is routed;
-// the ledger refuses the others' claims.
-type nameConflictStatus struct {
-	Name  string               `json:"name"`
-	Nodes []nameClaimantStatus `json:"nodes"`
-}
-
-type nameClaimantStatus struct {
-	ID     string `json:"id"`
-	HostIP string `json:"hostIP"`
-	Holder bool   `json:"holder,omitempty"`
-	Self   bool   `json:"self,omitempty"`
-}
-
-// ledgerStatus is this node's replica of the block ledger.
-type ledgerStatus struct {
-	ClusterID string   `json:"clusterID,omitempty"`
-	Role      string   `json:"role"`
-	Leader    string   `json:"leader,omitempty"`
-	Voters    []string `json:"voters"`
-	LastIndex uint64   `json:"lastIndex"`
-	// Foreign names the members of other ledgers (founded separately with
-	// the same gossip key): they are never routed.
-	Foreign []string `json:"foreign,omitempty"`
-}
-
-type memberStatus struct {
-	Name string `json:"name"`
-	// ID is the member's node ID: gossip's name for it, which tells apart
-	// two hosts with one name.
-	ID     string `json:"id,omitempty"`
-	Addr   string `json:"addr,omitempty"`
-	HostIP string `json:"hostIP,omitempty"`
-	Block  string `json:"block,omitempty"`
-	State  string `json:"state"`
-	// ClusterID is the ledger the member belongs to; Foreign marks
-	// another ledger than this node's (never routed).
-	ClusterID string `json:"clusterID,omitempty"`
-	Foreign   bool   `json:"foreign,omitempty"`
-	Route     string `json:"route"`
-	// Path is how packets for the member's block leave (direct, vxlan),
-	// and PathReason why; both empty when it is not routed.
-	Path       string `json:"path,omitempty"`
-	PathReason string `json:"pathReason,omitempty"`
-	// KeptBy names the signals that keep the route: "gossip" (memberlist
-	// counts the member in), "data path" (its host answers echo requests).
-	KeptBy []string `json:"keptBy,omitempty"`
-	// RouteReason explains a route of a member memberlist counts out (dead,
-	// left): "left; kept by data path", "dead; withdrawn: host down", ...;
-	// or why a live member is not routed (its metadata and the ledger
-	// disagree, another host holds its name). Empty for a member routed on
-	// gossip or holding no block.
-	RouteReason string `json:"routeReason,omitempty"`
-	// GossipSeen is when memberlist last counted the member in.
-	GossipSeen time.Time `json:"gossipSeen,omitzero"`
-	// DataPath is "up", "down", "no reply yet" or, for a host not
-	// probed, empty;
-	// DataPathSeen is its last echo reply.
-	DataPath     string    `json:"dataPath,omitempty"`
-	DataPathSeen time.Time `json:"dataPathSeen,omitzero"`
-	// DataPathHealth is the probe's last minute of the member's host;
-	// absent for a host not probed.
-	DataPathHealth *dataPathHealth `json:"dataPathHealth,omitempty"`
-}
-
-// dataPathHealth is probe.Health as the status shows it: round-trip
-// quantiles in milliseconds (zero while no request was answered) and the
-// share of the Requests resolved over the last minute that were Lost.
-type dataPathHealth struct {
-	Requests int     `json:"requests"`
-	Lost     int     `json:"lost"`
-	Loss     float64 `json:"loss"`
-	RTTp50ms float64 `json:"rttP50ms"`
-	RTTp99ms float64 `json:"rttP99ms"`
-}
-
 // healthOf renders the probe's health of host; nil when it is not probed.
-func healthOf(health map[netip.Addr]probe.Health, host netip.Addr) *dataPathHealth {
+func healthOf(health map[netip.Addr]probe.Health, host netip.Addr) *status.PathHealth {
 	h, probed := health[host]
 	if !probed {
 		return nil
 	}
-	return &dataPathHealth{
+	return &status.PathHealth{
 		Requests: h.Requests,
 		Lost:     h.Lost,
 		Loss:     h.Loss,
@@ -170,7 +42,7 @@ func healthOf(health map[netip.Addr]probe.Health, host netip.Addr) *dataPathHeal
 // healthColumn is the table's RTT P50/P99, LOSS: "0.08/0.31ms 0%",
 // "-/- 100%" when nothing was answered, "-" for a host not probed or
 // not asked yet.
-func healthColumn(h *dataPathHealth) string {
+func healthColumn(h *status.PathHealth) string {
 	if h == nil || h.Requests == 0 {
 		return "-"
 	}
@@ -187,19 +59,12 @@ const (
 	signalDataPath = "data path"
 )
 
-// Route states shown per member besides node's PeerProgrammed, PeerPending
-// and "error: ...": the mesh withdrew the member's block, or it holds none.
-const (
-	routeWithdrawn = "withdrawn"
-	routeNone      = "none"
-)
-
 // buildStatus combines the mesh's view, the kept routes and the data-path
 // verdicts with the last reconcile's outcome; withdrawn is why members
 // memberlist counts out are not routed (see withdrawals). Signal times are
 // filled in when the status is read (agent.freshStatus).
-func buildStatus(v mesh.View, kept map[string]keptRoute, withdrawn map[string]string, paths map[netip.Addr]probe.Verdict, res node.Result, ready bool, reason string) statusReport {
-	r := statusReport{
+func buildStatus(v mesh.View, kept map[string]keptRoute, withdrawn map[string]string, paths map[netip.Addr]probe.Verdict, res node.Result, ready bool, reason string) status.Report {
+	r := status.Report{
 		Node:     v.Self,
 		HostIP:   addrString(v.HostIP),
 		Block:    prefixString(v.Block),
@@ -210,7 +75,7 @@ func buildStatus(v mesh.View, kept map[string]keptRoute, withdrawn map[string]st
 
 		LeaseRenewed: v.LeaseRenewed.UTC().Round(time.Second),
 		LeaseEnds:    v.LeaseEndsAt.UTC().Round(time.Second),
-		Members:      make([]memberStatus, 0, len(v.Members)),
+		Members:      make([]status.Member, 0, len(v.Members)),
 	}
 	if !v.ID.IsZero() {
 		r.NodeID = v.ID.String()
@@ -229,7 +94,7 @@ func buildStatus(v mesh.View, kept map[string]keptRoute, withdrawn map[string]st
 	}
 	for _, m := range v.Members {
 		key := memberKey(m)
-		ms := memberStatus{
+		ms := status.Member{
 			Name:    m.Name,
 			ID:      key,
 			Addr:    addrString(m.Addr),
@@ -260,14 +125,14 @@ func buildStatus(v mesh.View, kept map[string]keptRoute, withdrawn map[string]st
 				ms.Path, ms.PathReason = string(p.Path), p.Why
 			}
 		case m.Block.IsValid():
-			ms.Route = routeWithdrawn
+			ms.Route = status.RouteWithdrawn
 		case gone(m.State) && m.Held.IsValid():
 			// Dead or departed and still the block's owner in the
 			// ledger: its route is withdrawn, the block not freed.
 			ms.Block = prefixString(m.Held)
-			ms.Route = routeWithdrawn
+			ms.Route = status.RouteWithdrawn
 		default:
-			ms.Route = routeNone
+			ms.Route = status.RouteNone
 		}
 		r.Members = append(r.Members, ms)
 	}
@@ -322,12 +187,12 @@ func nameHeldElsewhere(v mesh.View, m mesh.Member) string {
 }
 
 // buildNameConflicts renders the view's name conflicts for the status.
-func buildNameConflicts(v mesh.View) []nameConflictStatus {
-	var out []nameConflictStatus
+func buildNameConflicts(v mesh.View) []status.NameConflict {
+	var out []status.NameConflict
 	for _, c := range v.NameConflicts {
-		cs := nameConflictStatus{Name: c.Name}
+		cs := status.NameConflict{Name: c.Name}
 		for _, n := range c.Nodes {
-			cs.Nodes = append(cs.Nodes, nameClaimantStatus{ID: n.ID.String(), HostIP: addrString(n.HostIP), Holder: n.Holder, Self: n.Self})
+			cs.Nodes = append(cs.Nodes, status.NameClaimant{ID: n.ID.String(), HostIP: addrString(n.HostIP), Holder: n.Holder, Self: n.Self})
 		}
 		out = append(out, cs)
 	}
@@ -337,8 +202,8 @@ func buildNameConflicts(v mesh.View) []nameConflictStatus {
 // buildLedgerStatus is the ledger part of the status. The agent refreshes
 // it on every status request: a follower's role and voters change without
 // a reconcile.
-func buildLedgerStatus(v mesh.View) ledgerStatus {
-	l := ledgerStatus{
+func buildLedgerStatus(v mesh.View) status.Ledger {
+	l := status.Ledger{
 		Role:      orNone(v.Ledger.Role),
 		Leader:    v.Ledger.Leader,
 		Voters:    append([]string{}, v.Ledger.Voters...),
@@ -438,7 +303,7 @@ func statusCommand() *cli.Command {
 				_, err = c.App.Writer.Write(body)
 				return err
 			}
-			var r statusReport
+			var r status.Report
 			if err := json.Unmarshal(body, &r); err != nil {
 				return fmt.Errorf("agent answered with unreadable status: %w", err)
 			}
@@ -447,7 +312,7 @@ func statusCommand() *cli.Command {
 	}
 }
 
-func printStatus(w io.Writer, r statusReport) error {
+func printStatus(w io.Writer, r status.Report) error {
 	ready := "ready"
 	if !r.Ready {
 		ready = "NOT READY: " + r.Reason
@@ -504,7 +369,7 @@ func printStatus(w io.Writer, r statusReport) error {
 
 // claimantsColumn lists the hosts of a name conflict: "10.0.0.3 (ID ...,
 // holds the block), 10.0.0.9 (ID ..., refused by the ledger)".
-func claimantsColumn(nodes []nameClaimantStatus) string {
+func claimantsColumn(nodes []status.NameClaimant) string {
 	parts := make([]string, len(nodes))
 	for i, n := range nodes {
 		what := "refused by the ledger"
@@ -522,7 +387,7 @@ func claimantsColumn(nodes []nameClaimantStatus) string {
 // keptByColumn is the table's KEPT BY: the signals keeping a live member's
 // route, or for a dead or departed member why its route stays or went
 // ("left; kept by data path").
-func keptByColumn(m memberStatus) string {
+func keptByColumn(m status.Member) string {
 	if m.RouteReason != "" {
 		return m.RouteReason
 	}

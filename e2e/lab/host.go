@@ -17,6 +17,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/grapevine-net/grapevine/status"
 )
 
 // ConfListName is the conflist the agent writes into its --cni-conf-dir.
@@ -327,7 +329,8 @@ func (h *Host) RestoreLink(ctx context.Context) error {
 	return h.lab.switchOf(h).ip(ctx, "link", "set", h.Name, "up")
 }
 
-// Status is `grapevine status -o json`.
+// Status is the lab's typed view of `grapevine status -o json`, the
+// agent's status.Report: addresses and blocks parsed.
 type Status struct {
 	Node     string       `json:"node"`
 	HostIP   netip.Addr   `json:"hostIP"`
@@ -343,6 +346,10 @@ type Status struct {
 	Members       []Member `json:"members"`
 	// NameConflicts are the names several live hosts advertise.
 	NameConflicts []NameConflict `json:"nameConflicts"`
+	// ForwardAccept and ForwardUnhandled are the FORWARD chains the
+	// agent accepts the pool in, and those it cannot handle.
+	ForwardAccept    []string `json:"forwardAccept"`
+	ForwardUnhandled []string `json:"forwardUnhandled"`
 }
 
 // NameConflict is one name that several live hosts advertise in Status.
@@ -359,15 +366,9 @@ type NameConflictNode struct {
 	Holder bool `json:"holder"`
 }
 
-// Ledger is the agent's replica of the block ledger in Status.
-type Ledger struct {
-	ClusterID string   `json:"clusterID"`
-	Role      string   `json:"role"`
-	Leader    string   `json:"leader"`
-	Voters    []string `json:"voters"`
-	LastIndex uint64   `json:"lastIndex"`
-	Foreign   []string `json:"foreign"`
-}
+// Ledger is the agent's replica of the block ledger in Status, as the
+// agent reports it.
+type Ledger = status.Ledger
 
 // Member is one peer in Status.
 type Member struct {
@@ -464,23 +465,12 @@ func (h *Host) Status(ctx context.Context) (Status, error) {
 	return s, nil
 }
 
-// UnmarshalJSON reads the CLI's JSON, which shows a missing address or
-// block as "-", as in its table.
+// UnmarshalJSON reads the agent's status document (status.Report) into
+// the lab's typed view of it. A missing address or block is "" there; "-",
+// as the table shows it, is read as missing too.
 func (s *Status) UnmarshalJSON(data []byte) error {
-	type member struct {
-		Name, Addr, HostIP, Block, State, Route, DataPath, Path, PathReason, RouteReason string
-		KeptBy                                                                           []string
-		Foreign                                                                          bool
-	}
-	var raw struct {
-		Node, HostIP, Block, Reason, Degraded, Encapsulation string
-		Ready                                                bool
-		PendingReleases                                      []string
-		Ledger                                               Ledger
-		Members                                              []member
-		NameConflicts                                        []NameConflict
-	}
-	if err := json.Unmarshal(data, &raw); err != nil {
+	var r status.Report
+	if err := json.Unmarshal(data, &r); err != nil {
 		return err
 	}
 	var errs []error
@@ -500,10 +490,17 @@ func (s *Status) UnmarshalJSON(data []byte) error {
 		errs = append(errs, err)
 		return p
 	}
-	*s = Status{Node: raw.Node, HostIP: addr(raw.HostIP), Block: prefix(raw.Block), PendingReleases: raw.PendingReleases,
-		Ready: raw.Ready, Reason: raw.Reason, Degraded: raw.Degraded, Encapsulation: raw.Encapsulation, Ledger: raw.Ledger,
-		NameConflicts: raw.NameConflicts}
-	for _, m := range raw.Members {
+	*s = Status{Node: r.Node, HostIP: addr(r.HostIP), Block: prefix(r.Block), PendingReleases: r.PendingReleases,
+		Ready: r.Ready, Reason: r.Reason, Degraded: r.Degraded, Encapsulation: r.Encapsulation, Ledger: r.Ledger,
+		ForwardAccept: r.ForwardAccept, ForwardUnhandled: r.ForwardUnhandled}
+	for _, c := range r.NameConflicts {
+		nc := NameConflict{Name: c.Name}
+		for _, n := range c.Nodes {
+			nc.Nodes = append(nc.Nodes, NameConflictNode{ID: n.ID, HostIP: addr(n.HostIP), Holder: n.Holder})
+		}
+		s.NameConflicts = append(s.NameConflicts, nc)
+	}
+	for _, m := range r.Members {
 		s.Members = append(s.Members, Member{Name: m.Name, Addr: addr(m.Addr), HostIP: addr(m.HostIP),
 			Block: prefix(m.Block), State: m.State, Route: m.Route, KeptBy: m.KeptBy, DataPath: m.DataPath,
 			Path: m.Path, PathReason: m.PathReason, RouteReason: m.RouteReason, Foreign: m.Foreign})
