@@ -436,3 +436,106 @@ func TestDoctorConntrackNearFull(t *testing.T) {
 		}
 	}
 }
+
+// TestDoctorHostFirewall: firewalld and ufw as doctor finds them, one at a
+// time on h1: their mark in h1's namespace (ufw's chain ufw-user-input in
+// iptables-nft's filter table, firewalld's table inet firewalld) and their
+// configuration files, which doctor sees in a private mount namespace
+// over the machine's (lab.DoctorWithHostFiles; the machine's own files are
+// never touched). A configuration that does not open Grapevine's ports
+// fails host-firewall naming the firewall, and doctor exits nonzero; one
+// that opens them passes.
+func TestDoctorHostFirewall(t *testing.T) {
+	t.Parallel()
+	if _, err := exec.LookPath("iptables-nft"); err != nil {
+		msg := "iptables-nft is not installed (apt-get install iptables): the test adds ufw's chain with it"
+		if os.Getenv("CI") == "true" {
+			t.Fatal(msg + " (CI=true: the test must run)")
+		}
+		t.Skip(msg)
+	}
+	l := env.Lab(t, labtest.Options{Hosts: 2})
+	ctx := timeout(t, 2*time.Minute)
+	h1 := l.Host(1)
+	if _, err := lab.WaitMesh(ctx, l.Hosts()); err != nil {
+		t.Fatal(err)
+	}
+	waitDoctorPasses(t, h1)
+
+	ufwOn := func() error {
+		if out, err := iptablesIn(h1, "-N", "ufw-user-input"); err != nil {
+			return fmt.Errorf("%w: %s", err, out)
+		}
+		return nil
+	}
+	ufwOff := func() error {
+		if out, err := iptablesIn(h1, "-X", "ufw-user-input"); err != nil {
+			return fmt.Errorf("%w: %s", err, out)
+		}
+		return nil
+	}
+	firewalldOn := func() error {
+		return h1.SetFilterTable("firewalld", &lab.FilterChain{Name: "filter_INPUT", Hook: nftables.ChainHookInput, Policy: nftables.ChainPolicyAccept})
+	}
+	firewalldOff := func() error { return h1.SetFilterTable("firewalld", nil) }
+	ufwFiles := func(rules ...string) map[string]string {
+		user := "*filter\n"
+		for _, r := range rules {
+			user += "### tuple ### " + r + "\n"
+		}
+		return map[string]string{
+			"/etc/ufw/ufw.conf":   "ENABLED=yes\nLOGLEVEL=low\n",
+			"/etc/default/ufw":    "IPV6=yes\nDEFAULT_INPUT_POLICY=\"DROP\"\nDEFAULT_OUTPUT_POLICY=\"ACCEPT\"\n",
+			"/etc/ufw/user.rules": user + "COMMIT\n",
+		}
+	}
+	firewalldFiles := func(zone string) map[string]string {
+		return map[string]string{
+			"/etc/firewalld/firewalld.conf":       "DefaultZone=public\nFirewallBackend=nftables\n",
+			"/usr/lib/firewalld/zones/public.xml": `<?xml version="1.0" encoding="utf-8"?><zone><short>Public</short><service name="ssh"/></zone>`,
+			"/usr/lib/firewalld/services/ssh.xml": `<?xml version="1.0" encoding="utf-8"?><service><port protocol="tcp" port="22"/></service>`,
+			"/etc/firewalld/zones/public.xml":     zone,
+		}
+	}
+	openZone := `<?xml version="1.0" encoding="utf-8"?><zone><service name="ssh"/>` +
+		`<port protocol="tcp" port="7962-7963"/><port protocol="udp" port="7962"/><port protocol="udp" port="4789"/></zone>`
+	sshOnlyZone := `<?xml version="1.0" encoding="utf-8"?><zone><service name="ssh"/></zone>`
+	cases := []struct {
+		name, subject string
+		files         map[string]string
+		on, off       func() error
+		severity      doctor.Severity
+	}{
+		{"ufw allowing ssh only", "ufw", ufwFiles("allow tcp 22 0.0.0.0/0 any 0.0.0.0/0 in"), ufwOn, ufwOff, doctor.Fail},
+		{"ufw allowing Grapevine's ports on em1", "ufw", ufwFiles(
+			"allow tcp 22 0.0.0.0/0 any 0.0.0.0/0 in",
+			"allow any 7962 0.0.0.0/0 any 0.0.0.0/0 in_em1",
+			"allow tcp 7963 0.0.0.0/0 any 0.0.0.0/0 in_em1",
+			"allow udp 4789 0.0.0.0/0 any 0.0.0.0/0 in_em1"), ufwOn, ufwOff, doctor.OK},
+		{"firewalld's public zone opening ssh only", "firewalld", firewalldFiles(sshOnlyZone), firewalldOn, firewalldOff, doctor.Fail},
+		{"firewalld's public zone opening Grapevine's ports", "firewalld", firewalldFiles(openZone), firewalldOn, firewalldOff, doctor.OK},
+	}
+	for _, c := range cases {
+		if err := c.on(); err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		out, code, err := h1.DoctorWithHostFiles(ctx, c.files)
+		if offErr := c.off(); offErr != nil {
+			t.Fatalf("%s: %v", c.name, offErr)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		var fs []doctor.Finding
+		if err := json.Unmarshal(out, &fs); err != nil {
+			t.Fatalf("%s: doctor's output is not JSON findings: %v\n%s", c.name, err, out)
+		}
+		found := slices.ContainsFunc(fs, func(f doctor.Finding) bool {
+			return f.Check == doctor.CheckHostFirewall && f.Subject == c.subject && f.Severity == c.severity
+		})
+		if !found || (code != 0) != (c.severity == doctor.Fail) {
+			t.Errorf("%s: doctor exited %d; want a %s %s finding for %s and a nonzero exit only for a failure:\n%s", c.name, code, c.severity, doctor.CheckHostFirewall, c.subject, out)
+		}
+	}
+	waitDoctorPasses(t, h1)
+}
