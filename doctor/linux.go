@@ -144,6 +144,10 @@ func masquerades(exprs []expr.Any) bool {
 	return false
 }
 
+// ErrNoLegacySave: iptables-legacy holds tables here, and doctor cannot
+// read them without iptables-legacy-save (the agent's image has none).
+var ErrNoLegacySave = errors.New("iptables-legacy-save is not installed")
+
 // LegacyRuleset implements Host. It asks iptables-legacy only when this
 // namespace already has one of its tables: listing one would create it,
 // and doctor changes nothing.
@@ -160,7 +164,7 @@ func (h *LinuxHost) LegacyRuleset(ctx context.Context) (string, error) {
 	}
 	bin, err := exec.LookPath("iptables-legacy-save")
 	if err != nil {
-		return "", fmt.Errorf("iptables-legacy holds tables %s but iptables-legacy-save is not installed", strings.Join(strings.Fields(string(names)), ", "))
+		return "", fmt.Errorf("iptables-legacy holds tables %s but %w", strings.Join(strings.Fields(string(names)), ", "), ErrNoLegacySave)
 	}
 	out, err := exec.CommandContext(ctx, bin).Output()
 	if err != nil {

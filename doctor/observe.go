@@ -39,8 +39,8 @@ type Host interface {
 	// inet) hooked at forward.
 	ForwardChains() ([]Chain, error)
 	// LegacyRuleset is iptables-legacy-save's output; "" when
-	// iptables-legacy is not installed or holds no table in this
-	// namespace.
+	// iptables-legacy holds no table in this namespace. An error wrapping
+	// ErrNoLegacySave: it holds some, and the binary is not installed.
 	LegacyRuleset(ctx context.Context) (string, error)
 	// IptablesForward lists iptables' filter FORWARD chains (of
 	// iptables-nft and iptables-legacy) with the agent's accept rules in
@@ -211,8 +211,13 @@ func Observe(ctx context.Context, h Host, n Network, st status.Report, statusErr
 	o.ConntrackCount, o.ConntrackMax, err = readConntrack(h)
 	unread(CheckConntrack, err)
 	legacy, err := h.LegacyRuleset(ctx)
-	unread(CheckForwardPolicy, err)
 	unread(CheckLegacyIptables, err)
+	if !errors.Is(err, ErrNoLegacySave) {
+		// Without the binary forward-policy still judges nftables'
+		// chains, and says what it cannot know of iptables-legacy's
+		// (IptablesForward's Unhandled).
+		unread(CheckForwardPolicy, err)
+	}
 	o.Legacy = parseLegacySave(legacy)
 	o.Firewall, err = h.Firewall()
 	unread(CheckHostFirewall, err)

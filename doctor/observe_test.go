@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -25,6 +26,8 @@ type fakeHost struct {
 	neighs     []node.PodNeighbour
 	chains     []Chain
 	legacy     string // iptables-legacy-save's output
+	legacyErr  error
+	iptables   []node.ForwardChain
 	masquerade []string
 	routesErr  error
 }
@@ -58,9 +61,9 @@ func (h *fakeHost) PodRoutes() ([]node.Route, error)              { return h.pod
 func (h *fakeHost) HostVeths(string) ([]node.HostVeth, error)     { return h.veths, nil }
 func (h *fakeHost) PodNeighbours() ([]node.PodNeighbour, error)   { return h.neighs, nil }
 func (h *fakeHost) ForwardChains() ([]Chain, error)               { return h.chains, nil }
-func (h *fakeHost) IptablesForward() ([]node.ForwardChain, error) { return nil, nil }
+func (h *fakeHost) IptablesForward() ([]node.ForwardChain, error) { return h.iptables, nil }
 func (h *fakeHost) Firewall() (HostFirewall, error)               { return HostFirewall{}, nil }
-func (h *fakeHost) LegacyRuleset(context.Context) (string, error) { return h.legacy, nil }
+func (h *fakeHost) LegacyRuleset(context.Context) (string, error) { return h.legacy, h.legacyErr }
 func (h *fakeHost) MasqueradeRules() ([]string, error)            { return h.masquerade, nil }
 
 // fakeNetwork accepts connections to open addresses and refuses the rest,
@@ -207,5 +210,33 @@ func TestObserve(t *testing.T) {
 	h.routesErr = errors.New("permission denied")
 	if o := Observe(context.Background(), h, d, st, nil); o.Unread[CheckPeerRoute] == "" {
 		t.Errorf("a failed route dump is not reported: %v", o.Unread)
+	}
+}
+
+// Where iptables-legacy holds a filter table and neither doctor nor the
+// node code it uses has the binary (the agent's image), forward-policy
+// still judges nftables' chains and warns that iptables-legacy's FORWARD
+// is unknown; only legacy-iptables is not checked.
+func TestObserveLegacyWithoutBinary(t *testing.T) {
+	h := &fakeHost{
+		sysctls:   map[string]string{"net/ipv4/ip_forward": "1"},
+		chains:    []Chain{{Family: "inet", Table: "fw", Name: "forward", Policy: "drop"}},
+		legacyErr: fmt.Errorf("iptables-legacy holds tables filter but %w", ErrNoLegacySave),
+		iptables:  []node.ForwardChain{{Backend: node.BackendLegacy, Unhandled: "no iptables-legacy binary here"}},
+	}
+	fs := Diagnose(Observe(context.Background(), h, &fakeNetwork{}, healthy().Status, nil))
+	has := func(check, subject string, sev Severity, seen string) bool {
+		return slices.ContainsFunc(fs, func(f Finding) bool {
+			return f.Check == check && f.Subject == subject && f.Severity == sev && strings.HasPrefix(f.Seen, seen)
+		})
+	}
+	if !has(CheckForwardPolicy, "nftables inet fw chain forward", Fail, "") {
+		t.Errorf("no failed forward-policy for nftables' dropping chain: %+v", fs)
+	}
+	if !has(CheckForwardPolicy, "iptables-legacy filter FORWARD", Warn, "a filter table of iptables-legacy") {
+		t.Errorf("no warning that iptables-legacy's FORWARD is unknown: %+v", fs)
+	}
+	if !has(CheckLegacyIptables, "", Warn, "not checked: iptables-legacy holds tables filter but iptables-legacy-save is not installed") {
+		t.Errorf("legacy-iptables not reported as not checked: %+v", fs)
 	}
 }

@@ -201,3 +201,56 @@ func TestForwardRulesReadByIptablesNFT(t *testing.T) {
 		t.Errorf("after policy ACCEPT, FORWARD is:\n%s\nwant only the three rules not the agent's", out)
 	}
 }
+
+// TestForwardChainsLegacy: iptables-legacy's FORWARD chain with policy
+// DROP in a test namespace gets the pool's rules through the
+// iptables-legacy binary; without the binary on PATH (the agent's image)
+// the chain is listed as not handled, with the reason, and nothing is
+// planned for it.
+func TestForwardChainsLegacy(t *testing.T) {
+	if _, err := exec.LookPath(BackendLegacy); err != nil {
+		msg := "iptables-legacy is not installed (apt-get install iptables)"
+		if os.Getenv("CI") == "true" {
+			t.Fatal(msg + " (CI=true: the test must run)")
+		}
+		t.Skip(msg)
+	}
+	ns := newTestNS(t)
+	// The binaries' lock is the test's, not the machine's
+	// /run/xtables.lock.
+	t.Setenv("XTABLES_LOCKFILE", filepath.Join(t.TempDir(), "xtables.lock"))
+	legacy := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command("ip", append([]string{"netns", "exec", ns.name, BackendLegacy}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("iptables-legacy %v: %v: %s", args, err, out)
+		}
+		return string(out)
+	}
+	legacy("-P", "FORWARD", "DROP")
+	k := ns.kernel(t)
+	pool := pfx("10.244.0.0/16")
+	verdicts, err := NewReconciler(k, nil, nil).syncForwardAccept(pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(verdicts) != 1 || verdicts[0].Backend != BackendLegacy || !verdicts[0].Accepting {
+		t.Fatalf("verdicts %v, want iptables-legacy accepting", verdicts)
+	}
+	if out := legacy("-S", "FORWARD"); strings.Count(out, forwardCommentPrefix) != 2 {
+		t.Errorf("iptables-legacy -S FORWARD lacks the agent's two rules:\n%s", out)
+	}
+
+	t.Setenv("PATH", t.TempDir())
+	chains, err := k.ForwardChains()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(chains) != 1 || chains[0].Backend != BackendLegacy || !strings.Contains(chains[0].Unhandled, "no iptables-legacy binary") {
+		t.Fatalf("without the binary: chains %+v, want iptables-legacy not handled", chains)
+	}
+	insert, del, verdicts := PlanForwardAccept(pool, chains)
+	if len(insert)+len(del) != 0 || len(verdicts) != 1 || !strings.HasPrefix(verdicts[0].String(), "iptables-legacy filter FORWARD not handled: ") {
+		t.Errorf("without the binary: insert %v, delete %v, verdicts %v; want nothing planned and one not handled", insert, del, verdicts)
+	}
+}
