@@ -60,8 +60,9 @@ func (r ForwardRule) String() string {
 // ForwardKernel is the filter tables' FORWARD chains.
 type ForwardKernel interface {
 	// ForwardChains lists each backend's filter FORWARD chain that
-	// exists; a backend without a filter table (or not installed) is left
-	// out, and listing never creates one.
+	// exists; a backend without a filter table is left out, one whose
+	// chain cannot be read is listed as Unhandled, and listing never
+	// creates a table.
 	ForwardChains() ([]ForwardChain, error)
 	// InsertForwardRule inserts r at the head of its backend's chain.
 	InsertForwardRule(r ForwardRule) error
