@@ -23,8 +23,9 @@ import (
 // accept), and puts the comment into the rule's UserData as
 // NFTNL_UDATA_RULE_COMMENT, which iptables-nft lists as
 // `-m comment --comment` (it writes a comment match of xtables itself,
-// which would need the kernel's xt_comment through nft_compat). The lab
-// test TestForwardRulesReadByIptablesNFT checks both against the binary.
+// which would need the kernel's xt_comment through nft_compat).
+// TestForwardRulesReadByIptablesNFT checks both against the binary in a
+// test namespace.
 
 // Offsets of the source and destination address in the IPv4 header.
 const (

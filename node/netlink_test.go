@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -510,5 +511,30 @@ func TestNetlinkIPv6PoolRoutes(t *testing.T) {
 	out, _ = exec.Command("ip", "-n", n.name, "-6", "route", "show", "proto", "74").CombinedOutput()
 	if strings.TrimSpace(string(out)) != "" {
 		t.Errorf("IPv6 routes left once Pool6 is gone:\n%s", out)
+	}
+}
+
+// BenchmarkForwardSync is one sync of the FORWARD chains on a host where
+// Docker set iptables-nft's FORWARD policy to DROP and the agent's accept
+// rules are in place: what a pass paid for it every time before it ran on
+// the resync tick only (see RecheckForward).
+func BenchmarkForwardSync(b *testing.B) {
+	if _, err := exec.LookPath("iptables-nft"); err != nil {
+		b.Skip("iptables-nft is not installed (apt-get install iptables)")
+	}
+	k := newTestNS(b).kernel(b)
+	b.Setenv("XTABLES_LOCKFILE", filepath.Join(b.TempDir(), "xtables.lock"))
+	// Run from the thread inNetns moved: the child starts in the
+	// benchmark's namespace.
+	if err := k.inNetns(func() error { return exec.Command("iptables-nft", "-P", "FORWARD", "DROP").Run() }); err != nil {
+		b.Fatal(err)
+	}
+	r := NewReconciler(k, nil, nil)
+	pool := pfx("10.0.0.0/8")
+	for b.Loop() {
+		verdicts, err := r.syncForwardAccept(pool)
+		if err != nil || len(verdicts) != 1 || !verdicts[0].Accepting {
+			b.Fatalf("forward %v, %v", verdicts, err)
+		}
 	}
 }
