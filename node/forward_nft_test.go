@@ -254,3 +254,25 @@ func TestForwardChainsLegacy(t *testing.T) {
 		t.Errorf("without the binary: insert %v, delete %v, verdicts %v; want nothing planned and one not handled", insert, del, verdicts)
 	}
 }
+
+// TestWatchSeesForwardPolicy: Docker setting iptables-nft's FORWARD policy
+// to DROP, or a rule added to that chain, wakes the watch, so the agent
+// puts its accept rules in at once instead of at its next resync.
+func TestWatchSeesForwardPolicy(t *testing.T) {
+	needIptablesNFT(t)
+	ns := newTestNS(t)
+	k := ns.kernel(t)
+	ns.iptablesNFT(t, "-S") // creates table ip filter and its chains
+	for _, change := range [][]string{
+		{"-P", "FORWARD", "DROP"},
+		{"-A", "FORWARD", "-j", "DROP"},
+	} {
+		t.Run(strings.Join(change, " "), func(t *testing.T) {
+			ctx, stop := context.WithCancel(t.Context())
+			defer stop()
+			changes := k.WatchRoutes(ctx)
+			ns.iptablesNFT(t, change...)
+			waitFor(t, changes, "a notification for "+strings.Join(change, " "))
+		})
+	}
+}

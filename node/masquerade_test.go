@@ -307,3 +307,30 @@ func TestIsMasqueradeChange(t *testing.T) {
 		}
 	}
 }
+
+func TestIsForwardChange(t *testing.T) {
+	filter := &nftables.Table{Family: nftables.TableFamilyIPv4, Name: "filter"}
+	forward := &nftables.Chain{Table: filter, Name: "FORWARD"}
+	tests := []struct {
+		name string
+		ev   nftables.MonitorEvent
+		want bool
+	}{
+		{"FORWARD's policy", nftables.MonitorEvent{Data: forward}, true},
+		{"a rule in FORWARD", nftables.MonitorEvent{Data: &nftables.Rule{Table: filter, Chain: forward}}, true},
+		{"the filter table", nftables.MonitorEvent{Data: filter}, true},
+		{"INPUT's policy", nftables.MonitorEvent{Data: &nftables.Chain{Table: filter, Name: "INPUT"}}, false},
+		{"a rule in DOCKER", nftables.MonitorEvent{Data: &nftables.Rule{Table: filter, Chain: &nftables.Chain{Table: filter, Name: "DOCKER"}}}, false},
+		{"ip6 filter's FORWARD", nftables.MonitorEvent{Data: &nftables.Chain{Table: &nftables.Table{Family: nftables.TableFamilyIPv6, Name: "filter"}, Name: "FORWARD"}}, false},
+		{"our masquerade", nftables.MonitorEvent{Data: &nftables.Table{Family: nftables.TableFamilyIPv4, Name: NFTTable}}, false},
+		{"a rule without its chain", nftables.MonitorEvent{Data: &nftables.Rule{Table: filter}}, false},
+		{"unparsed", nftables.MonitorEvent{}, false},
+		{"unparsed chain", nftables.MonitorEvent{Data: (*nftables.Chain)(nil)}, false},
+		{"unparsed rule", nftables.MonitorEvent{Data: (*nftables.Rule)(nil)}, false},
+	}
+	for _, tt := range tests {
+		if got := isForwardChange(&tt.ev); got != tt.want {
+			t.Errorf("%s: %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}

@@ -97,8 +97,9 @@ func NewReconciler(k Kernel, log *slog.Logger, reg prometheus.Registerer) *Recon
 // and put the pool's accept rules in them (or take them out). Otherwise a
 // pass does so only when the pool changed: reading the chains is an
 // nftables listing (and, with iptables-legacy, two processes), too much for
-// every pass, and nothing announces that Docker set a policy of DROP (not
-// for iptables-legacy), so the agent asks for it on its resync tick.
+// every pass. The agent asks for it when the kernel announces a change
+// (iptables-nft's chains do, see isForwardChange) and on its resync tick
+// (iptables-legacy's announce nothing).
 func (r *Reconciler) RecheckForward() {
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -29,7 +29,9 @@ const resubscribeDelay = time.Second
 //     PodKernel), and a deleted or no longer PERMANENT IPv4 neighbour entry
 //     on a host veth (a link whose alias begins with NetworkName and "/");
 //   - a change to table ip grapevine (the masquerade): a rule, chain or the
-//     table deleted or added.
+//     table deleted or added;
+//   - a change to the FORWARD chain of table ip filter (iptables-nft), or
+//     to that table (see isForwardChange).
 //
 // Notifications are coalesced: the channel holds at most one, and a receiver
 // that was busy gets one for all the events it missed. The subscriptions
@@ -114,6 +116,33 @@ func isMasqueradeChange(ev *nftables.MonitorEvent) bool {
 		}
 	}
 	return t != nil && t.Name == NFTTable && t.Family == nftables.TableFamilyIPv4
+}
+
+// isForwardChange reports whether an nftables change touches the FORWARD
+// chain of iptables-nft's table ip filter (a policy set to DROP, as Docker
+// does, or a rule added or deleted), or that table as a whole: the
+// reconcile then rechecks the pool's accept rules at once rather than at
+// its next resync. iptables-legacy's chains announce nothing.
+func isForwardChange(ev *nftables.MonitorEvent) bool {
+	var t *nftables.Table
+	chain := ""
+	switch d := ev.Data.(type) {
+	case *nftables.Table:
+		t = d
+	case *nftables.Chain:
+		if d != nil {
+			t, chain = d.Table, d.Name
+		}
+	case *nftables.Rule:
+		if d != nil && d.Chain != nil {
+			t, chain = d.Table, d.Chain.Name
+		}
+	}
+	if t == nil || t.Name != "filter" || t.Family != nftables.TableFamilyIPv4 {
+		return false
+	}
+	_, isTable := ev.Data.(*nftables.Table)
+	return isTable || chain == "FORWARD"
 }
 
 // subscribeNFT opens the nftables monitor of ns.
@@ -270,7 +299,7 @@ func forward(ctx context.Context, sub *subscription, notify func()) bool {
 			if evs.GeneratedBy != nil && evs.GeneratedBy.Type == nftables.MonitorEventTypeOOB {
 				return true // the monitor's socket failed; it closes its channel
 			}
-			if slices.ContainsFunc(evs.Changes, isMasqueradeChange) {
+			if slices.ContainsFunc(evs.Changes, isMasqueradeChange) || slices.ContainsFunc(evs.Changes, isForwardChange) {
 				notify()
 			}
 		}

@@ -269,6 +269,9 @@ func (a *agent) run(ctx context.Context) error {
 			return err // mesh.Run says what stopped it
 		case <-a.mesh.Changed():
 		case <-routeChanged:
+			// Docker setting FORWARD's policy to DROP is one of these
+			// events; rechecking costs one nftables listing.
+			a.rec.RecheckForward()
 		case <-pathChanged:
 		case <-a.silence.Changed():
 		case <-resync.C:
