@@ -239,6 +239,7 @@ func TestKubernetes(t *testing.T) {
 		}
 	}
 
+	checkForwardDrop(t, ctx, k, pingers)
 	checkHostPort(t, ctx, k, l)
 	checkRollingUpdate(t, ctx, k, agents, blocks)
 	checkNodeDeletion(t, ctx, k, blocks)
@@ -338,6 +339,37 @@ spec:
     imagePullPolicy: Never
     command: %[3]s
 %[4]s`
+
+// checkForwardDrop sets one node's FORWARD policy to DROP in iptables-nft,
+// as Docker does when it starts, and checks that a pod on another node
+// still reaches a pod there: the agent, whose image has no iptables binary,
+// puts the pool's accept rules into that chain over nftables netlink.
+func checkForwardDrop(t *testing.T, ctx context.Context, k kube, pingers []podObject) {
+	t.Helper()
+	from, to := pingers[0], pingers[1]
+	n := k.c.Node(to.Spec.NodeName)
+	if out, err := n.Run(ctx, "iptables-nft", "-P", "FORWARD", "DROP"); err != nil {
+		t.Errorf("iptables-nft -P FORWARD DROP on %s: %v: %s", n.Name, err, out)
+		return
+	}
+	defer n.Run(context.WithoutCancel(ctx), "iptables-nft", "-P", "FORWARD", "ACCEPT")
+	err := lab.Poll(ctx, fmt.Sprintf("%s -> %s through %s's FORWARD policy of DROP", from.Metadata.Name, to.Metadata.Name, n.Name), time.Second, func() error {
+		rules, err := n.Run(ctx, "iptables-nft", "-S", "FORWARD")
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(string(rules), "grapevine-accept-src-") || !strings.Contains(string(rules), "grapevine-accept-dst-") {
+			return fmt.Errorf("no accept rules of the agent's: %s", rules)
+		}
+		if out, err := k.c.Kubectl(ctx, "exec", from.Metadata.Name, "--", "ping", "-c", "1", "-W", "1", to.ip().String()); err != nil {
+			return fmt.Errorf("%w: %s", err, out)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Error(err)
+	}
+}
 
 // checkHostPort runs a web server pod with a hostPort on node-b and fetches
 // a page from the lab's outside host through the node's address.
@@ -651,7 +683,10 @@ func checkJoinedThroughAPI(t *testing.T, ctx context.Context, k kube, agents map
 		want           string
 	}{
 		{"list", "nodes", "yes"}, {"watch", "nodes", "yes"}, {"get", "nodes", "yes"},
-		{"update", "nodes", "no"}, {"delete", "nodes", "no"}, {"list", "pods", "no"},
+		{"update", "nodes", "no"}, {"delete", "nodes", "no"},
+		// NetworkPolicy's inputs, read only.
+		{"list", "pods", "yes"}, {"watch", "namespaces", "yes"}, {"list", "networkpolicies.networking.k8s.io", "yes"},
+		{"update", "pods", "no"}, {"delete", "pods", "no"}, {"create", "networkpolicies.networking.k8s.io", "no"},
 		{"get", "secrets", "no"}, {"list", "configmaps", "no"},
 		// The ledger's record: that one ConfigMap, read and created only.
 		{"get", "configmaps/grapevine-ledger", "yes"}, {"create", "configmaps", "yes"},
