@@ -120,11 +120,25 @@ func newAgent(o agentOptions, cfg mesh.Config, host hostSide, log *slog.Logger) 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	cfg.Registerer = reg
-	// The mesh answers members' report requests once the agent exists.
-	var a *agent
-	cfg.Report = func(ctx context.Context) ([]byte, error) { return a.ownReport(ctx) }
-	var kube *kubeNode
-	var waits *releaseWaits
+	a := &agent{
+		opts:        o,
+		diagnose:    host.diagnose,
+		log:         log,
+		registry:    reg,
+		kernel:      host.kernel,
+		rec:         node.NewReconciler(host.kernel, log.With("component", "node"), reg),
+		watchRoutes: host.watchRoutes,
+		status:      status.Report{Node: o.NodeName, Reason: "starting"},
+		lastPass:    time.Now(),
+		gossipSeen:  make(map[string]time.Time),
+		collected: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "grapevine_ipam_stale_reservations_freed_total",
+			Help: "Reservations of pods that are gone (no host veth carries their attachment's alias) that the agent freed.",
+		}),
+	}
+	// The mesh answers members' report requests (doctor --all) with the
+	// agent's own.
+	cfg.Report = a.ownReport
 	if o.JoinKubernetes {
 		client := host.kubeAPI
 		if client == nil {
@@ -134,34 +148,16 @@ func newAgent(o agentOptions, cfg mesh.Config, host hostSide, log *slog.Logger) 
 			}
 			client = c
 		}
-		kube = &kubeNode{client: client, name: o.NodeName}
-		cfg.Incarnation = kube
+		a.kube = &kubeNode{client: client, name: o.NodeName}
+		cfg.Incarnation = a.kube
 		cfg.LedgerRecord = kubeLedgerRecord{client: client}
-		waits = &releaseWaits{}
+		a.releaseWaits = &releaseWaits{}
 	}
 	m, err := mesh.New(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("gossip mesh: %w", err)
 	}
-	a = &agent{
-		opts:         o,
-		diagnose:     host.diagnose,
-		log:          log,
-		registry:     reg,
-		mesh:         m,
-		kube:         kube,
-		releaseWaits: waits,
-		kernel:       host.kernel,
-		rec:          node.NewReconciler(host.kernel, log.With("component", "node"), reg),
-		watchRoutes:  host.watchRoutes,
-		status:       status.Report{Node: o.NodeName, Reason: "starting"},
-		lastPass:     time.Now(),
-		gossipSeen:   make(map[string]time.Time),
-		collected: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "grapevine_ipam_stale_reservations_freed_total",
-			Help: "Reservations of pods that are gone (no host veth carries their attachment's alias) that the agent freed.",
-		}),
-	}
+	a.mesh = m
 	reg.MustRegister(a.collected)
 	if a.prober, err = newProber(o, host, reg, log); err != nil {
 		return nil, err
