@@ -95,10 +95,10 @@ func TestDualStackAcrossHosts(t *testing.T) {
 	h1, h2, h3 := l.Host(1), l.Host(2), l.Host(3)
 	host6 := map[string]netip.Addr{}
 	// h1 and h2 get an IPv6 underlay; h3 stays IPv4-only.
-	for i, h := range []*lab.Host{h1, h2} {
-		a := netip.MustParseAddr(fmt.Sprintf("fd00:172:16:254::%d", i+1))
-		if out, err := h.Run(ctx, "ip", "-6", "addr", "add", a.String()+"/64", "dev", "em1", "nodad"); err != nil {
-			t.Fatalf("%s: %v: %s", h.Name, err, out)
+	for _, h := range []*lab.Host{h1, h2} {
+		a, err := h.AddIP6(ctx)
+		if err != nil {
+			t.Fatal(err)
 		}
 		host6[h.Name] = a
 	}
@@ -156,6 +156,83 @@ func TestDualStackAcrossHosts(t *testing.T) {
 	out, err := h3.Run(ctx, "ip", "-6", "route", "show", "proto", "74")
 	if err != nil || strings.Contains(string(out), " via ") {
 		t.Errorf("h3 without IPv6 routes peers' IPv6 blocks: %q (%v)", out, err)
+	}
+}
+
+// TestDualStackEgress: a pod's IPv6 traffic to the outside host leaves
+// masqueraded as its host's IPv6 address, like its IPv4 traffic; IPv6
+// traffic between pods on two hosts keeps the pods' addresses; with
+// --masquerade=false the outside host sees the pod's own address.
+func TestDualStackEgress(t *testing.T) {
+	t.Parallel()
+	l := env.Lab(t, labtest.Options{Hosts: 2, NoAgents: true, AgentArgs: []string{"--pool6", "fd00:10:244::/48"}})
+	ctx := timeout(t, 2*time.Minute)
+	h1, h2 := l.Host(1), l.Host(2)
+	outside6, err := l.AddOutsideIP6(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	host6 := map[*lab.Host]netip.Addr{}
+	for _, h := range l.Hosts() {
+		if host6[h], err = h.AddIP6(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h2.ExtraArgs = append(h2.ExtraArgs, "--masquerade=false")
+	if err := l.StartAgents(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lab.WaitMesh(ctx, l.Hosts()); err != nil {
+		t.Fatal(err)
+	}
+	a := addPods(t, ctx, h1, 1)[0]
+	b := addPods(t, ctx, h2, 1)[0]
+	for _, ns := range []lab.Namespace{l.Outside, b.Namespace} {
+		serveEcho(t, ns)
+		serveEcho6(t, ns)
+	}
+	st2, err := nodestate.Read(h2.RunDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := waitRoute6(ctx, h1, st2.Block6.String()+" via "+host6[h2].String()); err != nil {
+		t.Fatal(err)
+	}
+	// The outside host answers h2's unmasqueraded pod through h2, as a
+	// router of the pods' network would.
+	if out, err := l.Outside.Run(ctx, "ip", "-6", "route", "add", st2.Block6.String(), "via", host6[h2].String()); err != nil {
+		t.Fatalf("outside host's route to h2's pods: %v: %s", err, out)
+	}
+
+	for _, tc := range []struct {
+		name       string
+		from       lab.Namespace
+		to         netip.Addr
+		wantSource netip.Addr
+	}{
+		{"pod on h1 -> outside over IPv6 (masqueraded)", a.Namespace, outside6, host6[h1]},
+		{"pod on h1 -> outside over IPv4 (masqueraded)", a.Namespace, l.OutsideIP(), h1.IP},
+		{"pod on h1 -> pod on h2 over IPv6 (untranslated)", a.Namespace, b.IP6, a.IP6},
+		{"pod on h2 -> outside over IPv6, masquerade off", b.Namespace, outside6, b.IP6},
+	} {
+		if _, err := tc.from.Ping(ctx, tc.to); err != nil {
+			t.Errorf("%s: ICMP %s: %v", tc.name, tc.to, err)
+			continue
+		}
+		c, err := tc.from.DialEcho(ctx, netip.AddrPortFrom(tc.to, echoPort))
+		if err != nil {
+			t.Errorf("%s: TCP: %v", tc.name, err)
+			continue
+		}
+		err = c.RoundTrip("hello from " + tc.from.Name)
+		c.Close()
+		if err != nil {
+			t.Errorf("%s: TCP: %v", tc.name, err)
+			continue
+		}
+		if c.Source.Addr() != tc.wantSource {
+			t.Errorf("%s: server saw the client as %s, want %s", tc.name, c.Source.Addr(), tc.wantSource)
+		}
 	}
 }
 

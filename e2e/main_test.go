@@ -188,6 +188,17 @@ func serveEcho(t *testing.T, ns lab.Namespace) {
 	go lab.ServeEcho(ln)
 }
 
+// serveEcho6 is serveEcho on ns's IPv6 addresses.
+func serveEcho6(t *testing.T, ns lab.Namespace) {
+	t.Helper()
+	ln, err := ns.Listen(fmt.Sprintf("[::]:%d", echoPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go lab.ServeEcho(ln)
+}
+
 // uniqueBlocks checks that every host holds a block and no two the same.
 func uniqueBlocks(statuses map[string]lab.Status) error {
 	owner := make(map[netip.Prefix]string)

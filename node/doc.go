@@ -5,7 +5,8 @@
 // neighbour and FDB entries); the blackhole for the node's own block, the
 // unreachable route for the pool (and, on a dual-stack node, the same for
 // its IPv6 block and pool, and IPv6 forwarding), IP forwarding, the
-// outgoing masquerade for the pool (nftables table ip grapevine), the
+// outgoing masquerade for the pool (nftables table ip grapevine, and table
+// ip6 grapevine for the IPv6 pool), the
 // pool's two accept rules in iptables' filter FORWARD chain where that
 // chain drops by policy (see PlanForwardAccept; only rules with its own
 // comment are touched), the files the CNI plugin

@@ -20,8 +20,8 @@ type FakeKernel struct {
 	forwarding bool
 	// forwarding6 is IPv6's forwarding switch.
 	forwarding6 bool
-	masquerade  netip.Prefix // zero: table absent
-	tunnel      *fakeTunnel  // nil: no VXLAN device
+	masquerade  map[Family]netip.Prefix // absent: table absent
+	tunnel      *fakeTunnel             // nil: no VXLAN device
 	// forward is each backend's filter FORWARD chain: its policy and
 	// every rule in order; a backend without an entry has no filter
 	// table.
@@ -174,11 +174,20 @@ func (f *FakeKernel) Forwarding() bool {
 	return f.forwarding
 }
 
-// Masquerade returns the pool being masqueraded; zero when the table is absent.
+// Masquerade returns the IPv4 pool being masqueraded; zero when the table is
+// absent.
 func (f *FakeKernel) Masquerade() netip.Prefix {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.masquerade
+	return f.masquerade[IPv4]
+}
+
+// Masquerade6 returns the IPv6 pool being masqueraded; zero when the table
+// is absent.
+func (f *FakeKernel) Masquerade6() netip.Prefix {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.masquerade[IPv6]
 }
 
 // Writes counts the calls that changed something: route adds, replaces and
@@ -325,25 +334,28 @@ func (f *FakeKernel) EnsureMasquerade(pool netip.Prefix) error {
 	if err := f.fault(OpMasquerade, netip.Prefix{}); err != nil {
 		return err
 	}
-	if !pool.IsValid() || !pool.Addr().Is4() || pool.Masked() != pool {
-		return fmt.Errorf("masquerade: pool %s is not an IPv4 network address", pool)
+	if err := checkMasqueradePool(pool); err != nil {
+		return err
 	}
-	if f.masquerade != pool {
-		f.masquerade = pool
+	if f.masquerade[familyOf(pool)] != pool {
+		if f.masquerade == nil {
+			f.masquerade = make(map[Family]netip.Prefix)
+		}
+		f.masquerade[familyOf(pool)] = pool
 		f.writes++
 	}
 	return nil
 }
 
 // RemoveMasquerade implements Kernel.
-func (f *FakeKernel) RemoveMasquerade() error {
+func (f *FakeKernel) RemoveMasquerade(family Family) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.fault(OpMasquerade, netip.Prefix{}); err != nil {
 		return err
 	}
-	if f.masquerade.IsValid() {
-		f.masquerade = netip.Prefix{}
+	if _, ok := f.masquerade[family]; ok {
+		delete(f.masquerade, family)
 		f.writes++
 	}
 	return nil

@@ -28,11 +28,12 @@ type Kernel interface {
 	// EnsureForwarding6 turns on IPv6 forwarding
 	// (net.ipv6.conf.all.forwarding), writing only if it is off.
 	EnsureForwarding6() error
-	// EnsureMasquerade makes table "ip grapevine" masquerade traffic from
-	// pool to outside pool, rebuilding the table only if it differs.
+	// EnsureMasquerade makes table "ip grapevine" (for an IPv4 pool) or
+	// "ip6 grapevine" (for an IPv6 one) masquerade traffic from pool to
+	// outside pool, rebuilding the table only if it differs.
 	EnsureMasquerade(pool netip.Prefix) error
-	// RemoveMasquerade deletes table "ip grapevine" if it exists.
-	RemoveMasquerade() error
+	// RemoveMasquerade deletes family's grapevine table if it exists.
+	RemoveMasquerade(family Family) error
 	// TunnelKernel is the VXLAN device and its entries.
 	TunnelKernel
 	// PodKernel is the pods' host sides.
@@ -48,5 +49,5 @@ var (
 	ErrRouteExists = errors.New("a route with another protocol already exists for this destination")
 )
 
-// NFTTable is the nftables table (family ip) Grapevine owns.
+// NFTTable is the nftables table (families ip and ip6) Grapevine owns.
 const NFTTable = "grapevine"

@@ -131,7 +131,7 @@ func TestMasqueradeTable(t *testing.T) {
 		t.Fatalf("tables = %v", got)
 	}
 	for range 2 {
-		if err := k.RemoveMasquerade(); err != nil {
+		if err := k.RemoveMasquerade(IPv4); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -163,10 +163,56 @@ func assertMasqueradeRule(t *testing.T, r *nftables.Rule, pool netip.Prefix) {
 	}
 }
 
+// The IPv6 pool's masquerade is table ip6 grapevine, written beside table
+// ip grapevine and removed without touching it.
+func TestMasqueradeTable6(t *testing.T) {
+	n := newTestNS(t)
+	k := n.kernel(t)
+	conn := n.nft(t)
+	pool, pool6 := pfx("10.244.0.0/16"), pfx("fd00:10:244::/48")
+	for _, p := range []netip.Prefix{pool, pool6} {
+		if err := k.EnsureMasquerade(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	table6 := &nftables.Table{Family: nftables.TableFamilyIPv6, Name: NFTTable}
+	rules6, err := conn.GetRules(table6, &nftables.Chain{Name: nftChain, Table: table6})
+	if err != nil {
+		t.Fatalf("read table ip6 %s: %v", NFTTable, err)
+	}
+	if len(rules6) != 1 {
+		t.Fatalf("%d rules in table ip6 %s, want 1", len(rules6), NFTTable)
+	}
+	assertMasqueradeRule(t, rules6[0], pool6)
+	rules := ourRules(t, conn)
+	if len(rules) != 1 {
+		t.Fatalf("%d rules in table ip %s, want 1", len(rules), NFTTable)
+	}
+	assertMasqueradeRule(t, rules[0], pool)
+
+	// Again: nothing is rebuilt.
+	if err := k.EnsureMasquerade(pool6); err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := conn.GetRules(table6, &nftables.Chain{Name: nftChain, Table: table6}); len(again) != 1 || again[0].Handle != rules6[0].Handle {
+		t.Fatalf("second ensure rebuilt table ip6 %s", NFTTable)
+	}
+
+	if err := k.RemoveMasquerade(IPv6); err != nil {
+		t.Fatal(err)
+	}
+	if tables, _ := conn.ListTablesOfFamily(nftables.TableFamilyIPv6); len(tables) != 0 {
+		t.Errorf("table ip6 %s left after its removal", NFTTable)
+	}
+	if again := ourRules(t, conn); len(again) != 1 || again[0].Handle != rules[0].Handle {
+		t.Errorf("removing the IPv6 masquerade changed table ip %s", NFTTable)
+	}
+}
+
 func TestMasqueradeRejectsBadPool(t *testing.T) {
 	n := newTestNS(t)
 	k := n.kernel(t)
-	for _, pool := range []netip.Prefix{{}, pfx("fd00::/48"), pfx("10.244.1.0/16")} {
+	for _, pool := range []netip.Prefix{{}, pfx("fd00::1/48"), pfx("10.244.1.0/16"), pfx("::ffff:10.0.0.0/104")} {
 		if err := k.EnsureMasquerade(pool); err == nil {
 			t.Errorf("pool %v accepted", pool)
 		}
@@ -240,6 +286,82 @@ func TestMasqueradeTraffic(t *testing.T) {
 	}
 }
 
+// The IPv6 twin of TestMasqueradeTraffic: "host" (fd00:172:16:254::1, with
+// the pod address fd00:10:244::5 from pool6) and "peer"
+// (fd00:172:16:254::2, with fd00:10:244:1::7 from the peer's IPv6 block).
+// Traffic from the pod to the peer host leaves with the host's IPv6
+// address; traffic to the peer's pod keeps the pod's.
+func TestMasqueradeTraffic6(t *testing.T) {
+	host, peer := newTestNS(t), newTestNS(t)
+	peerFd, err := netns.GetFromPath(peer.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peerFd.Close()
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "em1"}, PeerName: "em1", PeerNamespace: netlink.NsFd(int(peerFd))}
+	if err := host.handle.LinkAdd(veth); err != nil {
+		t.Fatal(err)
+	}
+	host.setUp(t, "em1", "172.16.254.1/24")
+	peer.setUp(t, "em1", "172.16.254.2/24")
+	// No duplicate address detection: a tentative address could be
+	// neither bound nor used as the masquerade's source.
+	host.addAddrNoDAD(t, "em1", "fd00:172:16:254::1/64")
+	peer.addAddrNoDAD(t, "em1", "fd00:172:16:254::2/64")
+	host.setUp(t, "lo", "fd00:10:244::5/128")
+	peer.setUp(t, "lo", "fd00:10:244:1::7/128")
+	// The peer answers its pod's traffic to our pod through us.
+	peerEm1, err := peer.handle.LinkByName("em1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer.addForeignRoute(t, gatewayRoute("fd00:10:244::/64", "fd00:172:16:254::1", peerEm1, 0))
+
+	d := desired(PeerRoute{"peer", pfx("10.244.2.0/23"), addr("172.16.254.2")})
+	d.Pool6, d.OwnBlock6 = pfx("fd00:10:244::/48"), pfx("fd00:10:244::/64")
+	d.Peers6 = []PeerRoute{{"peer", pfx("fd00:10:244:1::/64"), addr("fd00:172:16:254::2")}}
+	if _, err := NewReconciler(host.kernel(t), nil, nil).Reconcile(t.Context(), d); err != nil {
+		t.Fatalf("reconcile: %v", err)
+	}
+
+	tests := []struct {
+		to, wantFrom string
+	}{
+		{"fd00:172:16:254::2", "fd00:172:16:254::1"}, // leaves the pool: masqueraded
+		{"fd00:10:244:1::7", "fd00:10:244::5"},       // stays in the pool: untouched
+	}
+	for _, tt := range tests {
+		var listener *net.UDPConn
+		if err := ns.WithNetNSPath(peer.path, func(ns.NetNS) (err error) {
+			listener, err = net.ListenUDP("udp6", &net.UDPAddr{IP: net.ParseIP(tt.to)})
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		defer listener.Close()
+		var sender *net.UDPConn
+		if err := ns.WithNetNSPath(host.path, func(ns.NetNS) (err error) {
+			sender, err = net.DialUDP("udp6", &net.UDPAddr{IP: net.ParseIP("fd00:10:244::5")}, listener.LocalAddr().(*net.UDPAddr))
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		defer sender.Close()
+		if _, err := sender.Write([]byte("hello")); err != nil {
+			t.Fatal(err)
+		}
+		listener.SetReadDeadline(time.Now().Add(10 * time.Second)) // a deadline, not a speed goal
+		buf := make([]byte, 16)
+		_, from, err := listener.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			t.Fatalf("to %s: %v", tt.to, err)
+		}
+		if got := from.Addr().String(); got != tt.wantFrom {
+			t.Errorf("packet from fd00:10:244::5 to %s arrived from %s, want %s", tt.to, got, tt.wantFrom)
+		}
+	}
+}
+
 // TestWatchSeesMasqueradeChanges: a masquerade rule removed from its table
 // (the table kept) is reported as promptly as the table's deletion, so the
 // next pass puts it back.
@@ -293,6 +415,7 @@ func TestIsMasqueradeChange(t *testing.T) {
 		{"our table", nftables.MonitorEvent{Data: ours}, true},
 		{"our chain", nftables.MonitorEvent{Data: &nftables.Chain{Table: ours}}, true},
 		{"our rule", nftables.MonitorEvent{Data: &nftables.Rule{Table: ours}}, true},
+		{"our ip6 table's rule", nftables.MonitorEvent{Data: &nftables.Rule{Table: &nftables.Table{Family: nftables.TableFamilyIPv6, Name: NFTTable}}}, true},
 		{"inet table of our name", nftables.MonitorEvent{Data: &nftables.Table{Family: nftables.TableFamilyINet, Name: NFTTable}}, false},
 		{"another table's rule", nftables.MonitorEvent{Data: &nftables.Rule{Table: &nftables.Table{Family: nftables.TableFamilyIPv4, Name: "other"}}}, false},
 		{"a set", nftables.MonitorEvent{Data: &nftables.Set{Table: ours}}, false},

@@ -134,6 +134,19 @@ func (n *testNS) kernel(tb testing.TB) *NetlinkKernel {
 	return k
 }
 
+// addAddrNoDAD adds an IPv6 address to an existing link without duplicate
+// address detection, so it is usable at once rather than tentative.
+func (n *testNS) addAddrNoDAD(tb testing.TB, name, address string) {
+	tb.Helper()
+	l, err := n.handle.LinkByName(name)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := n.handle.AddrAdd(l, &netlink.Addr{IPNet: ipNet(netip.MustParsePrefix(address)), Flags: unix.IFA_F_NODAD}); err != nil {
+		tb.Fatalf("address %s on %s: %v", address, name, err)
+	}
+}
+
 // addForeignRoute adds a route with another protocol, as an operator would.
 func (n *testNS) addForeignRoute(tb testing.TB, r netlink.Route) {
 	tb.Helper()

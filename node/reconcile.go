@@ -155,10 +155,12 @@ func (r *Reconciler) reconcile(ctx context.Context, d Desired) (Result, error) {
 	if d.Pool6.IsValid() {
 		errs = append(errs, r.kernel.EnsureForwarding6())
 	}
-	if d.Masquerade {
-		errs = append(errs, r.kernel.EnsureMasquerade(d.Pool))
-	} else {
-		errs = append(errs, r.kernel.RemoveMasquerade())
+	for _, family := range []Family{IPv4, IPv6} {
+		if pool, ok := MasqueradedPools(d)[family]; ok {
+			errs = append(errs, r.kernel.EnsureMasquerade(pool))
+		} else {
+			errs = append(errs, r.kernel.RemoveMasquerade(family))
+		}
 	}
 	if r.forwardDue || d.Pool != r.forwardPool {
 		r.forward, r.forwardErr = r.syncForwardAccept(d.Pool)
@@ -335,6 +337,25 @@ func withoutNextHop(routes []Route) []Route {
 		}
 	}
 	return out
+}
+
+// MasqueradedPools is the pool each family's grapevine table masquerades:
+// with d.Masquerade, the pool and, on a dual-stack node, the IPv6 pool;
+// a family without an entry has no table. Pod-to-pod traffic is never
+// translated, since each rule matches only destinations outside its pool.
+// It is a pure function.
+func MasqueradedPools(d Desired) map[Family]netip.Prefix {
+	pools := make(map[Family]netip.Prefix, 2)
+	if !d.Masquerade {
+		return pools
+	}
+	if d.Pool.IsValid() {
+		pools[IPv4] = d.Pool
+	}
+	if d.Pool6.IsValid() {
+		pools[IPv6] = d.Pool6
+	}
+	return pools
 }
 
 // validateDesired rejects a Desired state that cannot be applied at all,

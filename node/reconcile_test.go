@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -335,6 +336,56 @@ func TestReconcileMasqueradeOff(t *testing.T) {
 	}
 	if k.Masquerade().IsValid() {
 		t.Fatalf("masquerade still on for %v", k.Masquerade())
+	}
+}
+
+func TestMasqueradedPools(t *testing.T) {
+	pool, pool6 := pfx("10.244.0.0/16"), pfx("fd00:10:244::/48")
+	tests := []struct {
+		name string
+		d    Desired
+		want map[Family]netip.Prefix
+	}{
+		{"IPv4 only", Desired{Pool: pool, Masquerade: true}, map[Family]netip.Prefix{IPv4: pool}},
+		{"dual-stack", Desired{Pool: pool, Pool6: pool6, Masquerade: true}, map[Family]netip.Prefix{IPv4: pool, IPv6: pool6}},
+		{"dual-stack, masquerade off", Desired{Pool: pool, Pool6: pool6}, map[Family]netip.Prefix{}},
+		{"no pool", Desired{}, map[Family]netip.Prefix{}},
+	}
+	for _, tt := range tests {
+		if got := MasqueradedPools(tt.d); !maps.Equal(got, tt.want) {
+			t.Errorf("%s: %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}
+
+// A dual-stack node masquerades both pools; turning masquerade off, or
+// dropping the IPv6 pool, removes the IPv6 table.
+func TestReconcileMasquerade6(t *testing.T) {
+	k, _ := newFake(t)
+	r := NewReconciler(k, nil, nil)
+	d := desired()
+	d.Pool6, d.OwnBlock6 = pfx("fd00:10:244::/48"), pfx("fd00:10:244::/64")
+	if _, err := r.Reconcile(t.Context(), d); err != nil {
+		t.Fatal(err)
+	}
+	if k.Masquerade() != d.Pool || k.Masquerade6() != d.Pool6 {
+		t.Fatalf("masquerading %v and %v, want %v and %v", k.Masquerade(), k.Masquerade6(), d.Pool, d.Pool6)
+	}
+	if _, err := r.Reconcile(t.Context(), desired()); err != nil {
+		t.Fatal(err)
+	}
+	if k.Masquerade6().IsValid() || k.Masquerade() != d.Pool {
+		t.Fatalf("without pool6: masquerading %v and %v", k.Masquerade(), k.Masquerade6())
+	}
+	if _, err := r.Reconcile(t.Context(), d); err != nil {
+		t.Fatal(err)
+	}
+	d.Masquerade = false
+	if _, err := r.Reconcile(t.Context(), d); err != nil {
+		t.Fatal(err)
+	}
+	if k.Masquerade().IsValid() || k.Masquerade6().IsValid() {
+		t.Fatalf("masquerade off: still masquerading %v and %v", k.Masquerade(), k.Masquerade6())
 	}
 }
 

@@ -43,8 +43,8 @@ type Desired struct {
 	Pool netip.Prefix
 	// OwnBlock6 and Pool6 are the IPv6 twins of OwnBlock and Pool on a
 	// dual-stack node (zero otherwise): a blackhole for the one, an
-	// unreachable route for the other, and IPv6 forwarding. Pool6 is not
-	// masqueraded (yet).
+	// unreachable route for the other, IPv6 forwarding, and with
+	// Masquerade, Pool6's own masquerade (table ip6 grapevine).
 	OwnBlock6  netip.Prefix
 	Pool6      netip.Prefix
 	Masquerade bool

@@ -28,8 +28,8 @@ const resubscribeDelay = time.Second
 //   - a change to an IPv4 /32 route in the main table (a pod's route, see
 //     PodKernel), and a deleted or no longer PERMANENT IPv4 neighbour entry
 //     on a host veth (a link whose alias begins with NetworkName and "/");
-//   - a change to table ip grapevine (the masquerade): a rule, chain or the
-//     table deleted or added;
+//   - a change to table ip or ip6 grapevine (the masquerade): a rule,
+//     chain or the table deleted or added;
 //   - a change to the FORWARD chain of table ip filter (iptables-nft), or
 //     to that table (see isForwardChange).
 //
@@ -99,7 +99,7 @@ func isHostRoute(r netlink.Route) bool {
 }
 
 // isMasqueradeChange reports whether an nftables change touches table ip
-// grapevine.
+// grapevine or table ip6 grapevine.
 func isMasqueradeChange(ev *nftables.MonitorEvent) bool {
 	// A message that failed to parse carries a nil object.
 	var t *nftables.Table
@@ -115,7 +115,8 @@ func isMasqueradeChange(ev *nftables.MonitorEvent) bool {
 			t = d.Table
 		}
 	}
-	return t != nil && t.Name == NFTTable && t.Family == nftables.TableFamilyIPv4
+	return t != nil && t.Name == NFTTable &&
+		(t.Family == nftables.TableFamilyIPv4 || t.Family == nftables.TableFamilyIPv6)
 }
 
 // isForwardChange reports whether an nftables change touches the FORWARD

@@ -319,6 +319,22 @@ func (h *Host) AgentExit() (exited bool, err error) {
 	}
 }
 
+// AddIP6 gives a host on the first LAN its IPv6 address there,
+// fd00:172:16:254::N for host .N (nodad: usable at once), and returns it;
+// start the agent afterwards for it to be discovered and gossiped.
+func (h *Host) AddIP6(ctx context.Context) (netip.Addr, error) {
+	if h.LAN != LAN1 {
+		return netip.Addr{}, fmt.Errorf("%s: an IPv6 address only on the first LAN, it is on LAN %d", h.Name, h.LAN)
+	}
+	b := lanPrefix6.Addr().As16()
+	b[15] = h.IP.As4()[3]
+	a := netip.AddrFrom16(b)
+	if err := h.ip(ctx, "-6", "addr", "add", netip.PrefixFrom(a, lanPrefix6.Bits()).String(), "dev", "em1", "nodad"); err != nil {
+		return netip.Addr{}, fmt.Errorf("%s: IPv6 address: %w", h.Name, err)
+	}
+	return a, nil
+}
+
 // CutLink takes the host's switch port down, as if its cable were pulled.
 func (h *Host) CutLink(ctx context.Context) error {
 	return h.lab.switchOf(h).ip(ctx, "link", "set", h.Name, "down")

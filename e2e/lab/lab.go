@@ -50,6 +50,13 @@ var (
 	outsideIP = netip.MustParseAddr("172.16.254.254")
 )
 
+// The IPv6 network a test may add to the first LAN (Host.AddIP6,
+// Lab.AddOutsideIP6): host N is ::N, the outside host ::fe.
+var (
+	lanPrefix6 = netip.MustParsePrefix("fd00:172:16:254::/64")
+	outsideIP6 = netip.MustParseAddr("fd00:172:16:254::fe")
+)
+
 // The second LAN of a routed lab, and the router's address on each LAN.
 var (
 	lan2Prefix = netip.MustParsePrefix("172.16.253.0/24")
@@ -380,6 +387,16 @@ func (l *Lab) Host(n int) *Host {
 
 // OutsideIP is the address of the outside host.
 func (l *Lab) OutsideIP() netip.Addr { return outsideIP }
+
+// AddOutsideIP6 gives the outside host its IPv6 address on the first LAN
+// (nodad: usable at once) and returns it. Labs have no IPv6 until a test
+// asks, so the IPv4-only tests see the LAN they always saw.
+func (l *Lab) AddOutsideIP6(ctx context.Context) (netip.Addr, error) {
+	if err := l.Outside.ip(ctx, "-6", "addr", "add", netip.PrefixFrom(outsideIP6, lanPrefix6.Bits()).String(), "dev", "em1", "nodad"); err != nil {
+		return netip.Addr{}, fmt.Errorf("outside host's IPv6 address: %w", err)
+	}
+	return outsideIP6, nil
+}
 
 // RouterIP is the router's address on a LAN of a routed lab.
 func (l *Lab) RouterIP(lan int) netip.Addr {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -64,11 +65,12 @@ func (n Namespace) Do(f func() error) error {
 	return target.Do(func(ns.NetNS) error { return f() })
 }
 
-// Listen opens a TCP listener inside the namespace.
+// Listen opens a TCP listener inside the namespace: IPv4 only, unless addr
+// is an IPv6 one ("[::]:7000"), then IPv6 only.
 func (n Namespace) Listen(addr string) (net.Listener, error) {
 	var ln net.Listener
 	err := n.Do(func() (err error) {
-		ln, err = net.Listen("tcp4", addr)
+		ln, err = net.Listen(tcpFamily(addr), addr)
 		return err
 	})
 	if err != nil {
@@ -82,13 +84,22 @@ func (n Namespace) Dial(ctx context.Context, addr string) (net.Conn, error) {
 	var c net.Conn
 	err := n.Do(func() (err error) {
 		var d net.Dialer
-		c, err = d.DialContext(ctx, "tcp4", addr)
+		c, err = d.DialContext(ctx, tcpFamily(addr), addr)
 		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("dial %s from %s: %w", addr, n.Name, err)
 	}
 	return c, nil
+}
+
+// tcpFamily is "tcp6" for an IPv6 address and port, "tcp4" otherwise:
+// a lab's sockets never mix the families.
+func tcpFamily(addr string) string {
+	if ap, err := netip.ParseAddrPort(addr); err == nil && ap.Addr().Is6() && !ap.Addr().Is4In6() {
+		return "tcp6"
+	}
+	return "tcp4"
 }
 
 // Sysctl reads an IPv4 sysctl of the namespace, e.g. "conf/gv1234/proxy_arp".
