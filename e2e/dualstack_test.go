@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"github.com/grapevine-net/grapevine/e2e/labtest"
 	"github.com/grapevine-net/grapevine/mesh"
 	"github.com/grapevine-net/grapevine/node/nodestate"
+	"github.com/grapevine-net/grapevine/status"
 )
 
 // TestDualStackBlocks: with --pool6 every agent hands its pods an IPv6 block
@@ -156,6 +158,50 @@ func TestDualStackAcrossHosts(t *testing.T) {
 	out, err := h3.Run(ctx, "ip", "-6", "route", "show", "proto", "74")
 	if err != nil || strings.Contains(string(out), " via ") {
 		t.Errorf("h3 without IPv6 routes peers' IPv6 blocks: %q (%v)", out, err)
+	}
+
+	// h1's status shows both blocks and each peer's IPv6 path with its
+	// reason; its metrics count the IPv6 route by family.
+	want := map[string]status.Member{
+		"h2": {Block6: blocks6["h2"].String(), HostIP6: host6["h2"].String(), Path6: "direct"},
+		"h3": {Block6: blocks6["h3"].String(), Path6: "none"},
+	}
+	st, err := waitStatus6(ctx, h1, func(st status.Report) bool {
+		for _, m := range st.Members {
+			if w, ok := want[m.Name]; ok && (m.Block6 != w.Block6 || m.HostIP6 != w.HostIP6 || m.Path6 != w.Path6 || m.Path6Reason == "") {
+				return false
+			}
+		}
+		return st.Block6 == blocks6["h1"].String() && len(st.Members) == 2
+	})
+	if err != nil {
+		t.Error(err)
+	}
+	t.Logf("h1's IPv6 status: %+v", st)
+	if text, err := h1.StatusText(ctx, "table"); err != nil || !strings.Contains(string(text), "IPV6 PATH") ||
+		!strings.Contains(string(text), "block6 "+blocks6["h1"].String()) {
+		t.Errorf("h1's status table lacks the IPv6 block or paths (%v):\n%s", err, text)
+	}
+	if code, body, err := h1.Get(ctx, "/metrics"); err != nil || code != 200 ||
+		!strings.Contains(body, `grapevine_node_peers{family="ipv6",path="direct"} 1`) {
+		t.Errorf("h1's metrics do not count one direct IPv6 peer: %v %d", err, code)
+	}
+}
+
+// waitStatus6 waits until h's status satisfies cond.
+func waitStatus6(ctx context.Context, h *lab.Host, cond func(status.Report) bool) (status.Report, error) {
+	for {
+		var st status.Report
+		out, err := h.StatusText(ctx, "json")
+		if err == nil {
+			err = json.Unmarshal(out, &st)
+		}
+		if err == nil && cond(st) {
+			return st, nil
+		}
+		if werr := lab.Sleep(ctx, 100*time.Millisecond); werr != nil {
+			return st, fmt.Errorf("%s: IPv6 status not as wanted: %w (last: %s, %v)", h.Name, werr, out, err)
+		}
 	}
 }
 

@@ -262,7 +262,7 @@ func TestCrossSubnet(t *testing.T) {
 		t.Logf("h1's status:\n%s", text)
 	}
 	if code, body, err := h1.Get(ctx, "/metrics"); err != nil || code != 200 ||
-		!strings.Contains(body, `grapevine_node_peers{path="direct"} 1`) || !strings.Contains(body, `grapevine_node_peers{path="vxlan"} 1`) {
+		!strings.Contains(body, `grapevine_node_peers{family="ipv4",path="direct"} 1`) || !strings.Contains(body, `grapevine_node_peers{family="ipv4",path="vxlan"} 1`) {
 		t.Errorf("h1's metrics do not count one peer per path: %v %d", err, code)
 	}
 

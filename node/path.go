@@ -52,6 +52,9 @@ const (
 	// PathVXLAN: <block> via <peer VTEP> dev gv.vxlan onlink, encapsulated
 	// in UDP to the peer's host IP.
 	PathVXLAN Path = "vxlan"
+	// PathNone: no route (an IPv6 block without a usable path; see
+	// PeerPaths6).
+	PathNone Path = "none"
 )
 
 // PeerPath is the path chosen for one peer and why, in words an operator

@@ -35,6 +35,9 @@ type Result struct {
 	PeerErrors map[string]error
 	// Paths maps every peer to the path chosen for it and why.
 	Paths map[string]PeerPath
+	// Paths6 maps every peer of Desired.Peers6 to the path of its IPv6
+	// block and why (PathNone: not routed).
+	Paths6 map[string]PeerPath
 	// Added, Replaced and Deleted count the route writes of this pass.
 	Added, Replaced, Deleted int
 	// UplinkMTU is the MTU of the interface towards the peers as the pass
@@ -148,6 +151,11 @@ func (r *Reconciler) reconcile(ctx context.Context, d Desired) (Result, error) {
 				res.Peers[p.Peer] = PeerPending
 			}
 		}
+		for _, p := range d.Peers6 {
+			if path, ok := res.Paths6[p.Peer]; ok && path.Path != PathNone && !programmed[routeKey{p.Block, IPv6DefaultMetric}] {
+				res.Paths6[p.Peer] = PeerPath{PathNone, "route not written: " + path.Why}
+			}
+		}
 	}()
 	var errs []error
 
@@ -202,6 +210,7 @@ func (r *Reconciler) reconcile(ctx context.Context, d Desired) (Result, error) {
 		tunnel, tunnelErr = r.syncTunnel(d, link)
 	}
 	desired, peerErrs := DesiredRoutes(d, link, tunnel)
+	res.Paths6 = PeerPaths6(d, link, peerErrs)
 	tunnelErrorsForPeers(peerErrs, tunnelErr)
 	maps.Copy(res.PeerErrors, peerErrs)
 	if linkKnown {

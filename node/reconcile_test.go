@@ -524,3 +524,46 @@ func TestReconcileIPv6PoolAndBlock(t *testing.T) {
 		}
 	}
 }
+
+// A dual-stack pass reports each IPv6 peer's path, and grapevine_node_peers
+// counts the routed IPv6 blocks under family="ipv6".
+func TestReconcilePaths6(t *testing.T) {
+	k := NewFakeKernel()
+	k.AddLink("em1", pfx("172.16.254.1/24"), pfx("fd00:172:16:254::1/64"))
+	reg := prometheus.NewRegistry()
+	r := NewReconciler(k, nil, reg)
+	d := desired(peerB, peerC)
+	d.Pool6, d.OwnBlock6 = pfx("fd00:10:244::/48"), pfx("fd00:10:244::/64")
+	d.Peers6 = []PeerRoute{
+		{"b", pfx("fd00:10:244:1::/64"), addr("fd00:172:16:254::2")},
+		{"c", pfx("fd00:10:244:2::/64"), netip.Addr{}},
+	}
+	res, err := r.Reconcile(t.Context(), d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := res.Paths6["b"]; p.Path != PathDirect {
+		t.Errorf("b's IPv6 path %+v, want direct", p)
+	}
+	if p := res.Paths6["c"]; p.Path != PathNone || p.Why != ErrNoIPv6Underlay.Error() {
+		t.Errorf("c's IPv6 path %+v, want none: %v", p, ErrNoIPv6Underlay)
+	}
+	const want = `
+# HELP grapevine_node_peers Peers whose route is programmed after the last pass, by address family (ipv4, ipv6) and path (direct, vxlan).
+# TYPE grapevine_node_peers gauge
+grapevine_node_peers{family="ipv4",path="direct"} 2
+grapevine_node_peers{family="ipv4",path="vxlan"} 0
+grapevine_node_peers{family="ipv6",path="direct"} 1
+grapevine_node_peers{family="ipv6",path="vxlan"} 0
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "grapevine_node_peers"); err != nil {
+		t.Error(err)
+	}
+	// A route the kernel refuses is no path.
+	k.InjectError(OpAdd, pfx("fd00:10:244:1::/64"), errors.New("injected"))
+	k.RemoveRoute(Route{Dst: pfx("fd00:10:244:1::/64"), Metric: IPv6DefaultMetric})
+	res, _ = r.Reconcile(t.Context(), d)
+	if p := res.Paths6["b"]; p.Path != PathNone || !strings.HasPrefix(p.Why, "route not written") {
+		t.Errorf("b's IPv6 path with its route refused: %+v", p)
+	}
+}

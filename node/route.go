@@ -50,7 +50,8 @@ type Desired struct {
 	Masquerade bool
 	Peers      []PeerRoute
 	// Peers6 are the peers' IPv6 blocks and IPv6 host addresses, named
-	// like their Peers entries. One is routed `<block6> via <host6> dev
+	// like their Peers entries; Via is zero where this host or the peer
+	// has no IPv6 address. One is routed `<block6> via <host6> dev
 	// <iface>` only when the host address is on an IPv6 network of the
 	// interface; otherwise it is not routed at all yet (no IPv6 over
 	// VXLAN), and the pool6's unreachable route answers for it.
@@ -169,44 +170,79 @@ func DesiredRoutes(d Desired, link, tunnel Link) (routes []Route, peerErrs map[s
 			routes = append(routes, peerRoute(p, d, link, tunnel))
 		}
 	}
-	var candidates6 []PeerRoute
-	for _, p := range d.Peers6 {
-		if _, ok := peerRoute6(p, d, link, peerErrs[p.Peer]); ok {
-			candidates6 = append(candidates6, p)
-		}
-	}
-	overlapping6 := make(map[string]bool)
-	for _, pair := range overlappingPeers(candidates6) {
-		overlapping6[pair[0].Peer], overlapping6[pair[1].Peer] = true, true
-	}
-	for _, p := range candidates6 {
-		if !overlapping6[p.Peer] {
-			r, _ := peerRoute6(p, d, link, nil)
-			routes = append(routes, r)
-		}
-	}
-	return routes, peerErrs
+	routes6, _ := peerRoutes6(d, link, peerErrs)
+	return append(routes, routes6...), peerErrs
 }
+
+// PeerPaths6 is the IPv6 path of every peer of d.Peers6 and why: PathDirect
+// for a routed IPv6 block, PathNone with the reason for one without a
+// route (the pool6's unreachable route answers for it). peerErrs are the
+// IPv4 peers' errors, as DesiredRoutes returns them. It is a pure function.
+func PeerPaths6(d Desired, link Link, peerErrs map[string]error) map[string]PeerPath {
+	_, paths := peerRoutes6(d, link, peerErrs)
+	return paths
+}
+
+// peerRoutes6 is the routes to the peers' IPv6 blocks and the path of
+// each (see PeerPaths6). Neither side of an overlap is routed, as for IPv4.
+func peerRoutes6(d Desired, link Link, peerErrs map[string]error) ([]Route, map[string]PeerPath) {
+	paths := make(map[string]PeerPath, len(d.Peers6))
+	var candidates []PeerRoute
+	for _, p := range d.Peers6 {
+		if _, err := peerRoute6(p, d, link, peerErrs[p.Peer]); err != nil {
+			paths[p.Peer] = PeerPath{PathNone, err.Error()}
+			continue
+		}
+		candidates = append(candidates, p)
+	}
+	for _, pair := range overlappingPeers(candidates) {
+		a, b := pair[0], pair[1]
+		paths[a.Peer] = PeerPath{PathNone, fmt.Sprintf("%v: %s overlaps %s of %s", ErrOverlapsPeer, a.Block, b.Block, b.Peer)}
+		paths[b.Peer] = PeerPath{PathNone, fmt.Sprintf("%v: %s overlaps %s of %s", ErrOverlapsPeer, b.Block, a.Block, a.Peer)}
+	}
+	var routes []Route
+	for _, p := range candidates {
+		if _, overlaps := paths[p.Peer]; overlaps {
+			continue
+		}
+		r, _ := peerRoute6(p, d, link, nil)
+		routes = append(routes, r)
+		paths[p.Peer] = ChoosePath(EncapsulationNever, p.Via, link)
+	}
+	return routes, paths
+}
+
+// Reasons a peer's IPv6 block has no route.
+var (
+	ErrNoPool6        = errors.New("this host has no IPv6 pool")
+	ErrNoIPv6Underlay = errors.New("this host or the peer has no IPv6 address to route via")
+)
 
 // peerRoute6 is the direct route to p, a peer's IPv6 block, when it may
 // have one:
 // inside Pool6, clear of this node's IPv6 block, via a host address on a
 // network of the interface, and only for a peer whose IPv4 block is not in
 // doubt (err4 is not an overlap or an invalid peer: the IPv6 block follows
-// from the IPv4 one).
-func peerRoute6(p PeerRoute, d Desired, link Link, err4 error) (Route, bool) {
+// from the IPv4 one). Otherwise the error says why not.
+func peerRoute6(p PeerRoute, d Desired, link Link, err4 error) (Route, error) {
 	switch {
-	case !p.Block.IsValid() || !p.Block.Addr().Is6() || !d.Pool6.IsValid() || !p.Via.IsGlobalUnicast():
-		return Route{}, false
+	case !d.Pool6.IsValid():
+		return Route{}, ErrNoPool6
+	case !p.Block.IsValid() || !p.Block.Addr().Is6() || p.Block.Addr().Is4In6():
+		return Route{}, fmt.Errorf("%w: IPv6 block %s", ErrInvalidPeer, p.Block)
 	case p.Block.Bits() < d.Pool6.Bits() || !d.Pool6.Contains(p.Block.Addr()):
-		return Route{}, false
+		return Route{}, fmt.Errorf("%w: IPv6 block %s is outside pool6 %s", ErrInvalidPeer, p.Block, d.Pool6)
 	case errors.Is(err4, ErrOverlapsPeer) || errors.Is(err4, ErrOverlapsOwn) || errors.Is(err4, ErrInvalidPeer):
-		return Route{}, false
+		return Route{}, fmt.Errorf("its IPv4 block, which the IPv6 one follows from, is not routed: %w", err4)
+	case !p.Via.IsValid():
+		return Route{}, ErrNoIPv6Underlay
+	case !p.Via.IsGlobalUnicast():
+		return Route{}, fmt.Errorf("%w: IPv6 host address %s is not global unicast", ErrInvalidPeer, p.Via)
 	}
 	if err := checkPeer(p, d.OwnBlock6, link); err != nil {
-		return Route{}, false
+		return Route{}, err
 	}
-	return Route{Dst: p.Block, Via: p.Via, LinkIndex: link.Index, Metric: IPv6DefaultMetric}, true
+	return Route{Dst: p.Block, Via: p.Via, LinkIndex: link.Index, Metric: IPv6DefaultMetric}, nil
 }
 
 func checkPeer(p PeerRoute, own netip.Prefix, link Link) error {

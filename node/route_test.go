@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -343,6 +344,61 @@ func TestDesiredRoutesIPv6(t *testing.T) {
 	for _, r := range routes {
 		if r.Dst.Addr().Is6() && !r.Blackhole && !r.Unreachable {
 			t.Errorf("overlapping IPv6 blocks routed: %v", r)
+		}
+	}
+}
+
+// PeerPaths6 gives every IPv6 peer its path: direct where it is routed,
+// none with the reason everywhere else.
+func TestPeerPaths6(t *testing.T) {
+	link := em1
+	link.Addrs = append(slices.Clone(em1.Addrs), pfx("fd00:172:16:254::1/64"))
+	d := Desired{
+		Iface: "em1", OwnBlock: own, Pool6: pfx("fd00:10:244::/48"), OwnBlock6: pfx("fd00:10:244::/64"),
+		Peers: []PeerRoute{{"e", pfx("10.244.0.0/23"), addr("172.16.254.5")}}, // overlaps own
+	}
+	tests := []struct {
+		name     string
+		pool6    netip.Prefix
+		peer     PeerRoute
+		wantPath Path
+		wantWhy  string
+	}{
+		{"on the interface's IPv6 network", d.Pool6, PeerRoute{"b", pfx("fd00:10:244:1::/64"), addr("fd00:172:16:254::2")},
+			PathDirect, "fd00:172:16:254::2 is on em1's network fd00:172:16:254::/64"},
+		{"no IPv6 host address", d.Pool6, PeerRoute{"b", pfx("fd00:10:244:1::/64"), netip.Addr{}},
+			PathNone, ErrNoIPv6Underlay.Error()},
+		{"on another network", d.Pool6, PeerRoute{"b", pfx("fd00:10:244:1::/64"), addr("2001:db8::3")},
+			PathNone, "next hop is not on a network directly connected to the interface: 2001:db8::3 is not in any network of em1"},
+		{"outside pool6", d.Pool6, PeerRoute{"b", pfx("fd00:99::/64"), addr("fd00:172:16:254::2")},
+			PathNone, "invalid peer route: IPv6 block fd00:99::/64 is outside pool6 fd00:10:244::/48"},
+		{"IPv4 block in doubt", d.Pool6, PeerRoute{"e", pfx("fd00:10:244:7::/64"), addr("fd00:172:16:254::5")},
+			PathNone, "its IPv4 block, which the IPv6 one follows from, is not routed"},
+		{"overlaps own IPv6 block", d.Pool6, PeerRoute{"b", pfx("fd00:10:244::/64"), addr("fd00:172:16:254::2")},
+			PathNone, "block overlaps this node's own block"},
+		{"no pool6 here", netip.Prefix{}, PeerRoute{"b", pfx("fd00:10:244:1::/64"), addr("fd00:172:16:254::2")},
+			PathNone, ErrNoPool6.Error()},
+	}
+	for _, tt := range tests {
+		d := d
+		d.Pool6, d.Peers6 = tt.pool6, []PeerRoute{tt.peer}
+		if !tt.pool6.IsValid() {
+			d.OwnBlock6 = netip.Prefix{}
+		}
+		_, peerErrs := DesiredRoutes(d, link, Link{})
+		got := PeerPaths6(d, link, peerErrs)[tt.peer.Peer]
+		if got.Path != tt.wantPath || !strings.HasPrefix(got.Why, tt.wantWhy) {
+			t.Errorf("%s: %+v, want %s: %s...", tt.name, got, tt.wantPath, tt.wantWhy)
+		}
+	}
+	// Two peers with one IPv6 block: neither has a path.
+	d.Peers6 = []PeerRoute{
+		{"b", pfx("fd00:10:244:1::/64"), addr("fd00:172:16:254::2")},
+		{"c", pfx("fd00:10:244:1::/64"), addr("fd00:172:16:254::3")},
+	}
+	for peer, p := range PeerPaths6(d, link, nil) {
+		if p.Path != PathNone || !strings.Contains(p.Why, "overlaps fd00:10:244:1::/64") {
+			t.Errorf("%s with an overlapping IPv6 block: %+v", peer, p)
 		}
 	}
 }

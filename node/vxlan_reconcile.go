@@ -166,7 +166,16 @@ func countPeersByPath(g *prometheus.GaugeVec, res Result) {
 		}
 	}
 	for path, n := range counts {
-		g.WithLabelValues(string(path)).Set(float64(n))
+		g.WithLabelValues(IPv4.String(), string(path)).Set(float64(n))
+	}
+	counts6 := map[Path]int{PathDirect: 0, PathVXLAN: 0}
+	for _, p := range res.Paths6 {
+		if p.Path != PathNone {
+			counts6[p.Path]++
+		}
+	}
+	for path, n := range counts6 {
+		g.WithLabelValues(IPv6.String(), string(path)).Set(float64(n))
 	}
 }
 
@@ -181,7 +190,7 @@ func newTunnelMetrics() (ops, errs *prometheus.CounterVec, peers *prometheus.Gau
 	}, []string{"op"})
 	peers = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "grapevine_node_peers",
-		Help: "Peers whose route is programmed after the last pass, by path (direct, vxlan).",
-	}, []string{"path"})
+		Help: "Peers whose route is programmed after the last pass, by address family (ipv4, ipv6) and path (direct, vxlan).",
+	}, []string{"family", "path"})
 	return ops, errs, peers
 }

@@ -333,10 +333,10 @@ func TestReconcileVXLAN(t *testing.T) {
 	if got := ours(k); !slices.Equal(got, wantRoutes) {
 		t.Fatalf("routes = %v, want %v", got, wantRoutes)
 	}
-	if got := testutil.ToFloat64(r.metrics.peersByPath.WithLabelValues("vxlan")); got != 1 {
+	if got := testutil.ToFloat64(r.metrics.peersByPath.WithLabelValues("ipv4", "vxlan")); got != 1 {
 		t.Errorf("vxlan peers gauge = %v", got)
 	}
-	if got := testutil.ToFloat64(r.metrics.peersByPath.WithLabelValues("direct")); got != 1 {
+	if got := testutil.ToFloat64(r.metrics.peersByPath.WithLabelValues("ipv4", "direct")); got != 1 {
 		t.Errorf("direct peers gauge = %v", got)
 	}
 

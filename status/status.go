@@ -15,10 +15,14 @@ import "time"
 // Report is the agent's status: this node, its block and readiness, and
 // every member with its route.
 type Report struct {
-	Node     string `json:"node"`
-	NodeID   string `json:"nodeID,omitempty"`
-	HostIP   string `json:"hostIP,omitempty"`
-	Block    string `json:"block,omitempty"`
+	Node   string `json:"node"`
+	NodeID string `json:"nodeID,omitempty"`
+	HostIP string `json:"hostIP,omitempty"`
+	Block  string `json:"block,omitempty"`
+	// Block6 and HostIP6 are this node's IPv6 block and IPv6 host address
+	// on a dual-stack node (--pool6); absent otherwise.
+	Block6   string `json:"block6,omitempty"`
+	HostIP6  string `json:"hostIP6,omitempty"`
 	Ready    bool   `json:"ready"`
 	Reason   string `json:"reason,omitempty"`
 	Degraded string `json:"degraded,omitempty"`
@@ -117,6 +121,14 @@ type Member struct {
 	// and PathReason why; both empty when it is not routed.
 	Path       string `json:"path,omitempty"`
 	PathReason string `json:"pathReason,omitempty"`
+	// Block6 and HostIP6 are the member's IPv6 block and IPv6 host
+	// address; Path6 is how packets for Block6 leave (direct, vxlan, or
+	// none: not routed) and Path6Reason why. All absent on an IPv4-only
+	// node.
+	Block6      string `json:"block6,omitempty"`
+	HostIP6     string `json:"hostIP6,omitempty"`
+	Path6       string `json:"path6,omitempty"`
+	Path6Reason string `json:"path6Reason,omitempty"`
 	// KeptBy names the signals that keep the route: "gossip" (memberlist
 	// counts the member in), "data path" (its host answers echo requests).
 	KeptBy []string `json:"keptBy,omitempty"`

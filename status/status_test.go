@@ -17,6 +17,7 @@ func full() Report {
 	at := time.Date(2026, 12, 7, 14, 0, 0, 0, time.UTC)
 	return Report{
 		Node: "h1", NodeID: "0f3c", HostIP: "172.16.254.1", Block: "10.244.0.0/23", Ready: false,
+		Block6: "fd00:10:244::/64", HostIP6: "fd00:172:16:254::1",
 		Reason: "reconcile: injected", Degraded: "restart pods",
 		LeaseRenewed: at, LeaseEnds: at.Add(time.Hour),
 		PendingReleases:  []string{"h9: 10.244.18.0/23 free at 2026-12-07T15:00:00Z"},
@@ -30,6 +31,7 @@ func full() Report {
 		Members: []Member{{
 			Name: "h2", ID: "bb", Addr: "172.16.254.2", HostIP: "172.16.254.2", Block: "10.244.2.0/23", State: "alive",
 			ClusterID: "c1", Foreign: true, Route: "programmed", Path: "vxlan", PathReason: "always",
+			Block6: "fd00:10:244:1::/64", HostIP6: "fd00:172:16:254::2", Path6: "direct", Path6Reason: "fd00:172:16:254::2 is on em1's network fd00:172:16:254::/64",
 			KeptBy: []string{"gossip", "data path"}, RouteReason: "left; kept by data path",
 			GossipSeen: at, DataPath: "up", DataPathSeen: at,
 			DataPathHealth: &PathHealth{Requests: 60, Lost: 3, Loss: 0.05, RTTp50ms: 0.1, RTTp99ms: 0.4},

@@ -351,18 +351,26 @@ func TestHandoffState(t *testing.T) {
 	}
 
 	// A kept peer's IPv6 block (the twin of its IPv4 block) goes via its
-	// IPv6 host address, only when this host and the peer both have one.
+	// IPv6 host address, only when this host and the peer both have one;
+	// otherwise it is listed with no next hop, for node to say why.
 	kept := map[string]keptRoute{
 		"h2": {Block: netip.MustParsePrefix("10.244.2.0/23"), HostIP: netip.MustParseAddr("172.16.254.2"),
 			HostIP6: netip.MustParseAddr("fd00:172:16:254::2"), Gossip: true},
 		"h3": {Block: netip.MustParsePrefix("10.244.4.0/23"), HostIP: netip.MustParseAddr("172.16.254.3"), Gossip: true},
 	}
-	if d := desiredState(v, kept, dual); len(d.Peers6) != 0 {
-		t.Errorf("a host without an IPv6 address routes IPv6 blocks: %v", d.Peers6)
+	noVia := []node.PeerRoute{
+		{Peer: "h2", Block: netip.MustParsePrefix("fd00:10:244:1::/64")},
+		{Peer: "h3", Block: netip.MustParsePrefix("fd00:10:244:2::/64")},
+	}
+	if d := desiredState(v, kept, dual); !reflect.DeepEqual(d.Peers6, noVia) {
+		t.Errorf("a host without an IPv6 address has IPv6 peers %v, want %v", d.Peers6, noVia)
+	}
+	if d := desiredState(v, kept, testOpts); len(d.Peers6) != 0 {
+		t.Errorf("an IPv4-only host has IPv6 peers %v", d.Peers6)
 	}
 	dual.HostIP6 = netip.MustParseAddr("fd00:172:16:254::1")
 	d := desiredState(v, kept, dual)
-	want6 := []node.PeerRoute{{Peer: "h2", Block: netip.MustParsePrefix("fd00:10:244:1::/64"), Via: netip.MustParseAddr("fd00:172:16:254::2")}}
+	want6 := []node.PeerRoute{{Peer: "h2", Block: netip.MustParsePrefix("fd00:10:244:1::/64"), Via: netip.MustParseAddr("fd00:172:16:254::2")}, noVia[1]}
 	if !reflect.DeepEqual(d.Peers6, want6) || len(d.Peers) != 2 {
 		t.Errorf("dual-stack desiredState peers %v, IPv6 peers %v; want both IPv4 peers and IPv6 %v", d.Peers, d.Peers6, want6)
 	}

@@ -190,19 +190,23 @@ func desiredState(v mesh.View, kept map[string]keptRoute, o agentOptions) node.D
 	return d
 }
 
-// peerRoute6 is the route to a kept peer's IPv6 block via its IPv6 host
-// address, when both this host and the peer have one (node routes it only
-// if the address is on a network of the interface) and this node has an
-// IPv6 pool.
+// peerRoute6 is the route to a kept peer's IPv6 block when this node has an
+// IPv6 pool: via the peer's IPv6 host address when both this host and the
+// peer have one (node routes it only if the address is on a network of the
+// interface), with no next hop otherwise (node says why it is not routed).
 func peerRoute6(key string, r keptRoute, o agentOptions) (node.PeerRoute, bool) {
-	if !o.Pool6.IsValid() || !o.HostIP6.IsValid() || !r.HostIP6.IsValid() {
+	if !o.Pool6.IsValid() {
 		return node.PeerRoute{}, false
 	}
 	b6, err := mesh.Block6(o.Pool, r.Block, o.Pool6, o.BlockSize6)
 	if err != nil {
 		return node.PeerRoute{}, false
 	}
-	return node.PeerRoute{Peer: key, Block: b6, Via: r.HostIP6}, true
+	p := node.PeerRoute{Peer: key, Block: b6}
+	if o.HostIP6.IsValid() && r.HostIP6.IsValid() {
+		p.Via = r.HostIP6
+	}
+	return p, true
 }
 
 // handoffState is what node.json should say, and false when this node

@@ -311,7 +311,7 @@ func (a *agent) reconcile(ctx context.Context) status.Report {
 		}
 		a.withdrawStaleHandoff(v)
 		a.removeStaleConflist()
-		return buildStatus(v, a.kept, a.withdrawn, paths, node.Result{}, false, reason)
+		return ipv6Status(buildStatus(v, a.kept, a.withdrawn, paths, node.Result{}, false, reason), v, node.Result{}, a.opts)
 	}
 	a.synced = true
 
@@ -333,7 +333,7 @@ func (a *agent) reconcile(ctx context.Context) status.Report {
 	if why := a.tendPods(ctx, v.Block, ready); why != "" {
 		ready, reason = false, why
 	}
-	return buildStatus(v, a.kept, a.withdrawn, paths, res, ready, reason)
+	return ipv6Status(buildStatus(v, a.kept, a.withdrawn, paths, res, ready, reason), v, res, a.opts)
 }
 
 // pathVerdicts is the prober's verdicts; none while probing is off.

@@ -318,6 +318,9 @@ func printStatus(w io.Writer, r status.Report) error {
 		ready = "NOT READY: " + r.Reason
 	}
 	fmt.Fprintf(w, "node %s  host %s  block %s  %s\n", r.Node, orDash(r.HostIP), orDash(r.Block), ready)
+	if r.Block6 != "" {
+		fmt.Fprintf(w, "IPv6: host %s  block6 %s\n", orDash(r.HostIP6), r.Block6)
+	}
 	if r.Encapsulation != "" {
 		fmt.Fprintf(w, "encapsulation %s\n", r.Encapsulation)
 	}
@@ -350,7 +353,7 @@ func printStatus(w io.Writer, r status.Report) error {
 	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "MEMBER\tSTATE\tHOST IP\tBLOCK\tROUTE\tPATH\tKEPT BY\tGOSSIP SEEN\tDATA PATH\tRTT P50/P99, LOSS (1m)\tWHY THIS PATH")
+	fmt.Fprintln(tw, "MEMBER\tSTATE\tHOST IP\tBLOCK\tROUTE\tPATH\tKEPT BY\tGOSSIP SEEN\tDATA PATH\tRTT P50/P99, LOSS (1m)\tWHY THIS PATH"+ipv6Header(r))
 	now := time.Now()
 	for _, m := range r.Members {
 		state := m.State
@@ -361,8 +364,8 @@ func printStatus(w io.Writer, r status.Report) error {
 		if !m.DataPathSeen.IsZero() {
 			dataPath += ", " + ago(now, m.DataPathSeen)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Name, state, orDash(m.HostIP), orDash(m.Block), m.Route,
-			orDash(m.Path), keptByColumn(m), orDash(ago(now, m.GossipSeen)), dataPath, healthColumn(m.DataPathHealth), orDash(m.PathReason))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s%s\n", m.Name, state, orDash(m.HostIP), orDash(m.Block), m.Route,
+			orDash(m.Path), keptByColumn(m), orDash(ago(now, m.GossipSeen)), dataPath, healthColumn(m.DataPathHealth), orDash(m.PathReason), ipv6Columns(r, m))
 	}
 	return tw.Flush()
 }
