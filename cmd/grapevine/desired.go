@@ -26,6 +26,10 @@ type keptRoute struct {
 	Gossip bool
 	// DataPath: the peer's host answers echo requests.
 	DataPath bool
+	// DataPath6: the peer's IPv6 host address answers echo requests
+	// (ICMPv6). A route kept on the data path alone keeps its direct
+	// IPv6 twin only while this holds (see peerRoute6).
+	DataPath6 bool
 }
 
 // memberKey is how the agent keys a member's route, reason and signals:
@@ -74,9 +78,11 @@ func keptRoutes(v mesh.View, prev map[string]keptRoute, paths map[netip.Addr]pro
 		key := memberKey(m)
 		switch r, had := prev[key]; {
 		case routable(m) && !silent[key]:
-			kept[key] = keptRoute{Block: m.Block, HostIP: m.HostIP, HostIP6: m.HostIP6, Gossip: true, DataPath: paths[m.HostIP].Up}
+			kept[key] = keptRoute{Block: m.Block, HostIP: m.HostIP, HostIP6: m.HostIP6, Gossip: true, DataPath: paths[m.HostIP].Up,
+				DataPath6: m.HostIP6.IsValid() && paths[m.HostIP6].Up}
 		case gone(m.State) && had && m.Held == r.Block && paths[r.HostIP].Up:
-			kept[key] = keptRoute{Block: r.Block, HostIP: r.HostIP, HostIP6: r.HostIP6, DataPath: true}
+			kept[key] = keptRoute{Block: r.Block, HostIP: r.HostIP, HostIP6: r.HostIP6, DataPath: true,
+				DataPath6: r.HostIP6.IsValid() && paths[r.HostIP6].Up}
 			dataPathOnly = append(dataPathOnly, key)
 		}
 	}
@@ -163,6 +169,29 @@ func probeTargets(v mesh.View, kept map[string]keptRoute) []netip.Addr {
 	return slices.Compact(hosts)
 }
 
+// probeTargets6 is the IPv6 host addresses whose data path is watched on a
+// dual-stack host with an IPv6 address: those of the members and kept
+// routes probeTargets watches, where they advertise one, so that the
+// direct IPv6 routes are kept and withdrawn on their own data path.
+func probeTargets6(v mesh.View, kept map[string]keptRoute, o agentOptions) []netip.Addr {
+	if !o.Pool6.IsValid() || !o.HostIP6.IsValid() {
+		return nil
+	}
+	var hosts []netip.Addr
+	for _, m := range v.Members {
+		if routable(m) && m.HostIP6.IsValid() {
+			hosts = append(hosts, m.HostIP6)
+		}
+	}
+	for _, r := range kept {
+		if r.HostIP6.IsValid() {
+			hosts = append(hosts, r.HostIP6)
+		}
+	}
+	slices.SortFunc(hosts, netip.Addr.Compare)
+	return slices.Compact(hosts)
+}
+
 // desiredState turns the kept routes into what this host's kernel should
 // hold, each peer route named by the member's node ID. It is pure.
 func desiredState(v mesh.View, kept map[string]keptRoute, o agentOptions) node.Desired {
@@ -194,8 +223,12 @@ func desiredState(v mesh.View, kept map[string]keptRoute, o agentOptions) node.D
 // IPv6 pool: via the peer's IPv6 host address when both this host and the
 // peer have one (node routes it only if the address is on a network of the
 // interface), with no next hop otherwise (node says why it is not routed).
+// The keep and withdraw rule of the IPv4 route applies to the direct IPv6
+// route alike, on the IPv6 data path: once gossip no longer keeps the
+// peer, its IPv6 route stays only while its IPv6 host address answers.
 func peerRoute6(key string, r keptRoute, o agentOptions) (node.PeerRoute, bool) {
-	if !o.Pool6.IsValid() {
+	direct := o.HostIP6.IsValid() && r.HostIP6.IsValid()
+	if !o.Pool6.IsValid() || direct && !r.Gossip && !r.DataPath6 {
 		return node.PeerRoute{}, false
 	}
 	b6, err := mesh.Block6(o.Pool, r.Block, o.Pool6, o.BlockSize6)
@@ -203,7 +236,7 @@ func peerRoute6(key string, r keptRoute, o agentOptions) (node.PeerRoute, bool) 
 		return node.PeerRoute{}, false
 	}
 	p := node.PeerRoute{Peer: key, Block: b6}
-	if o.HostIP6.IsValid() && r.HostIP6.IsValid() {
+	if direct {
 		p.Via = r.HostIP6
 	}
 	return p, true

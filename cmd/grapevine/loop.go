@@ -301,7 +301,7 @@ func (a *agent) reconcile(ctx context.Context) status.Report {
 	a.withdrawn = withdrawals(v, a.kept, kept, paths, silent, a.withdrawn)
 	a.kept = kept
 	if a.prober != nil {
-		a.prober.Watch(probeTargets(v, a.kept))
+		a.prober.Watch(append(probeTargets(v, a.kept), probeTargets6(v, a.kept, a.opts)...))
 	}
 	a.noteGossip(v)
 	if !a.synced && !a.mayReconcile(v) {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/grapevine-net/grapevine/mesh"
 	"github.com/grapevine-net/grapevine/node"
+	"github.com/grapevine-net/grapevine/node/probe"
 	"github.com/grapevine-net/grapevine/status"
 )
 
@@ -77,5 +78,66 @@ func TestStatusShowsIPv6Paths(t *testing.T) {
 	body, _ = json.Marshal(r4)
 	if strings.Contains(string(body), "6\"") || strings.Contains(table.String(), "IPv6") || strings.Contains(table.String(), "BLOCK6") {
 		t.Errorf("IPv4-only status shows IPv6:\n%s\n%s", body, table.String())
+	}
+}
+
+// The direct IPv6 route follows the IPv4 route's rule on its own data path:
+// kept on gossip, and once gossip is gone only while the peer's IPv6 host
+// address answers; its IPv6 host address is probed on a host with one.
+func TestIPv6KeepRule(t *testing.T) {
+	h2 := member("h2", "alive", "172.16.254.2", "10.244.2.0/23")
+	h2.HostIP6 = netip.MustParseAddr("fd00:172:16:254::2")
+	v := mesh.View{Self: "h1", Block: netip.MustParsePrefix("10.244.0.0/23"), Ready: true, Members: []mesh.Member{h2}}
+	o := testOpts
+	o.Pool6, o.BlockSize6 = netip.MustParsePrefix("fd00:10:244::/48"), 64
+	o.HostIP6 = netip.MustParseAddr("fd00:172:16:254::1")
+	host4, host6 := h2.HostIP, h2.HostIP6
+	block6 := netip.MustParsePrefix("fd00:10:244:1::/64")
+
+	if got := probeTargets6(v, nil, o); len(got) != 1 || got[0] != host6 {
+		t.Errorf("probeTargets6 = %v, want [%s]", got, host6)
+	}
+	if got := probeTargets6(v, nil, testOpts); len(got) != 0 {
+		t.Errorf("an IPv4-only host probes %v", got)
+	}
+	noHost6 := o
+	noHost6.HostIP6 = netip.Addr{}
+	if got := probeTargets6(v, nil, noHost6); len(got) != 0 {
+		t.Errorf("a host without an IPv6 address probes %v", got)
+	}
+
+	up := func(hosts ...netip.Addr) map[netip.Addr]probe.Verdict {
+		m := map[netip.Addr]probe.Verdict{}
+		for _, h := range hosts {
+			m[h] = probe.Verdict{Up: true}
+		}
+		return m
+	}
+	kept := keptRoutes(v, nil, up(host4), nil)
+	if d := desiredState(v, kept, o); len(d.Peers6) != 1 || d.Peers6[0].Via != host6 || d.Peers6[0].Block != block6 {
+		t.Fatalf("alive on gossip, IPv6 not answering: IPv6 peers %v, want %s via %s", d.Peers6, block6, host6)
+	}
+	dead := v
+	dead.Members = []mesh.Member{member("h2", "dead", "172.16.254.2", "10.244.2.0/23")}
+	for _, tt := range []struct {
+		name   string
+		paths  map[netip.Addr]probe.Verdict
+		want6  bool
+		reason string
+	}{
+		{"both answer", up(host4, host6), true, "kept by both data paths"},
+		{"IPv6 silent", up(host4), false, "IPv6 host address does not answer"},
+	} {
+		k := keptRoutes(dead, kept, tt.paths, nil)
+		if _, ok := k[memberKey(h2)]; !ok {
+			t.Fatalf("%s: IPv4 route withdrawn while its host answers", tt.name)
+		}
+		d := desiredState(dead, k, o)
+		if got := len(d.Peers6) == 1 && d.Peers6[0].Via == host6; got != tt.want6 {
+			t.Errorf("%s (%s): IPv6 peers %v, want routed %v", tt.name, tt.reason, d.Peers6, tt.want6)
+		}
+		if got := probeTargets6(dead, k, o); len(got) != 1 || got[0] != host6 {
+			t.Errorf("%s: the kept route's IPv6 host is not probed: %v", tt.name, got)
+		}
 	}
 }

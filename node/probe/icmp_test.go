@@ -72,6 +72,32 @@ func TestListenEcho(t *testing.T) {
 	}
 }
 
+// TestListenEcho6: the same socket pair asks IPv6 hosts over ICMPv6 and
+// IPv4 hosts over ICMP, and reads the replies of both.
+func TestListenEcho6(t *testing.T) {
+	c := listenInNewNetns(t)
+	want := map[netip.Addr]uint16{netip.MustParseAddr("::1"): 21, netip.MustParseAddr("127.0.0.9"): 22}
+	for dst, seq := range want {
+		if err := c.WriteEcho(dst, 4242, seq); err != nil {
+			t.Fatalf("to %s: %v", dst, err)
+		}
+	}
+	for range want {
+		from, id, seq, err := c.ReadEcho()
+		if err != nil || id != 4242 || want[from] != seq {
+			t.Fatalf("reply: from %s id %d seq %d err %v", from, id, seq, err)
+		}
+		delete(want, from)
+	}
+	if err := c.WriteEcho(netip.MustParseAddr("2001:db8::1"), 4242, 23); !errors.Is(err, syscall.ENETUNREACH) {
+		t.Errorf("send to an IPv6 address without a route: %v, want ENETUNREACH", err)
+	}
+	c.Close()
+	if _, _, _, err := c.ReadEcho(); !errors.Is(err, ErrClosed) {
+		t.Errorf("ReadEcho after Close: %v, want ErrClosed", err)
+	}
+}
+
 // BenchmarkProbeRound256 measures one probing round at 256 peers: 256 echo
 // requests sent and their 256 replies read and recorded, on loopback in a
 // namespace of its own. cpu-us/round is the process's CPU time (user and
