@@ -160,6 +160,24 @@ func TestDualStackAcrossHosts(t *testing.T) {
 		t.Errorf("h3 without IPv6 routes peers' IPv6 blocks: %q (%v)", out, err)
 	}
 
+	// A peer's IPv6 route and a pod's IPv6 host route, deleted by hand,
+	// are put back by the next pass, as the IPv4 ones are.
+	if out, err := h1.Run(ctx, "ip", "-6", "route", "del", blocks6["h2"].String()); err != nil {
+		t.Fatalf("h1: delete the IPv6 route to h2: %v: %s", err, out)
+	}
+	if err := waitRoute6(ctx, h1, want1); err != nil {
+		t.Error(err)
+	}
+	if out, err := h1.Run(ctx, "ip", "-6", "route", "del", a.IP6.String()+"/128"); err != nil {
+		t.Fatalf("h1: delete pod %s's IPv6 route: %v: %s", a.Name, err, out)
+	}
+	if err := waitRoute6Line(ctx, h1, a.IP6.String()+" dev "); err != nil {
+		t.Error(err)
+	}
+	if _, err := b.Ping(ctx, a.IP6); err != nil {
+		t.Errorf("pod on h2 -> pod on h1 over IPv6 after the repairs: %v", err)
+	}
+
 	// h1's status shows both blocks and each peer's IPv6 path with its
 	// reason; its metrics count the IPv6 route by family.
 	want := map[string]status.Member{
@@ -278,6 +296,20 @@ func TestDualStackEgress(t *testing.T) {
 		}
 		if c.Source.Addr() != tc.wantSource {
 			t.Errorf("%s: server saw the client as %s, want %s", tc.name, c.Source.Addr(), tc.wantSource)
+		}
+	}
+}
+
+// waitRoute6Line waits until h's IPv6 main table has a route (of any
+// protocol) starting with want.
+func waitRoute6Line(ctx context.Context, h *lab.Host, want string) error {
+	for {
+		out, err := h.Run(ctx, "ip", "-6", "route", "show")
+		if err == nil && strings.Contains(string(out), want) {
+			return nil
+		}
+		if werr := lab.Sleep(ctx, 100*time.Millisecond); werr != nil {
+			return fmt.Errorf("%s: no IPv6 route %q: %w (last: %q, %v)", h.Name, want, werr, out, err)
 		}
 	}
 }

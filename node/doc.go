@@ -11,7 +11,7 @@
 // chain drops by policy (see PlanForwardAccept; only rules with its own
 // comment are touched), the files the CNI plugin
 // reads (node.json and the conflist), and the upkeep of the pods' host sides
-// the plugin wired (each pod's /32 route, PERMANENT neighbour entry and host
+// the plugin wired (each pod's /32 and /128 routes, PERMANENT neighbour entries and host
 // veth settings), which it puts back when they are deleted or changed but
 // never creates for a pod or deletes (see PodKernel).
 //

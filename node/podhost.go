@@ -19,6 +19,9 @@ import (
 //	<pod IP> dev <host veth> lladdr <pod MAC> PERMANENT
 //	net.ipv4.conf.<host veth>.proxy_arp=1 (and the rest of hostveth.Sysctls)
 //
+// and for a dual-stack pod also `<pod IPv6> dev <host veth> metric 1024`
+// and its PERMANENT IPv6 neighbour entry.
+//
 // The agent keeps it that way: what each pod should have comes from the IPAM
 // store (an address and the attachment holding it) and the host veths'
 // aliases (the attachment each veth belongs to), so a route, entry or
@@ -59,8 +62,8 @@ type PodSpec struct {
 	// a stray file in the store cannot route a host address to a pod.
 	Pool netip.Prefix
 	// Pool6 is the IPv6 pod pool on a dual-stack node: its reservations
-	// are the pods' IPv6 addresses, whose host side the plugin wires and
-	// the agent does not keep yet; they are skipped without complaint.
+	// are the pods' IPv6 addresses, whose host side is kept like the IPv4
+	// one.
 	Pool6        netip.Prefix
 	Reservations []Reservation
 	// Settle is how long the passes must have seen a host veth before its
@@ -103,10 +106,12 @@ func DesiredPodHosts(spec PodSpec, veths []HostVeth) (pods []PodHost, problems [
 		switch {
 		case r.ContainerID == "" || len(found) == 0:
 			continue
-		case spec.Pool6.IsValid() && spec.Pool6.Contains(r.Addr):
-			continue
-		case !r.Addr.Is4() || !spec.Pool.Contains(r.Addr):
-			problems = append(problems, fmt.Errorf("pod %s (%s): %w %s", r.Addr, alias, ErrOutsidePool, spec.Pool))
+		case !(r.Addr.Is4() && spec.Pool.Contains(r.Addr)) && !(spec.Pool6.IsValid() && r.Addr.Is6() && spec.Pool6.Contains(r.Addr)):
+			pools := spec.Pool.String()
+			if spec.Pool6.IsValid() {
+				pools += " or " + spec.Pool6.String()
+			}
+			problems = append(problems, fmt.Errorf("pod %s (%s): %w %s", r.Addr, alias, ErrOutsidePool, pools))
 		case len(found) > 1:
 			names := make([]string, len(found))
 			for i, v := range found {
@@ -122,9 +127,15 @@ func DesiredPodHosts(spec PodSpec, veths []HostVeth) (pods []PodHost, problems [
 	return pods, problems
 }
 
-// PodRoute is the host's route to pod: `<addr>/32 dev <veth>`.
+// PodRoute is the host's route to pod: `<addr>/32 dev <veth>`, or
+// `<addr>/128 dev <veth> metric 1024` (the metric the kernel gives the
+// plugin's IPv6 route).
 func (p PodHost) Route() Route {
-	return Route{Dst: netip.PrefixFrom(p.Addr, p.Addr.BitLen()), LinkIndex: p.Veth.Index}
+	r := Route{Dst: netip.PrefixFrom(p.Addr, p.Addr.BitLen()), LinkIndex: p.Veth.Index}
+	if p.Addr.Is6() {
+		r.Metric = IPv6DefaultMetric
+	}
+	return r
 }
 
 // PodHostPlan is the writes that bring the pods' host sides back.
@@ -139,21 +150,20 @@ type PodHostPlan struct {
 var ErrPodMACUnknown = errors.New("the pod side's MAC is unknown")
 
 // PlanPodHosts compares the pods' host sides with the kernel's: routes are
-// the main table's /32 routes (PodRoutes), neighs the IPv4 neighbour
+// the main table's /32 and /128 routes (PodRoutes), neighs the neighbour
 // entries, sysctls the current values of the pods' hostveth.Sysctls (an
 // optional one the kernel lacks is absent). A pod's route is right when the
-// slot with metric 0 leads to its veth with no gateway; its neighbour entry
+// slot with its metric (0, IPv6DefaultMetric for IPv6) leads to its veth
+// with no gateway; its neighbour entry
 // when it is PERMANENT on its veth with the pod side's MAC. A pod whose
 // entry needs writing but whose MAC is unknown gets an error instead. It is
 // a pure function.
 func PlanPodHosts(pods []PodHost, routes []Route, neighs []PodNeighbour, sysctls map[string]string) (PodHostPlan, []error) {
 	var plan PodHostPlan
 	var problems []error
-	have := make(map[netip.Prefix]Route, len(routes))
+	have := make(map[routeKey]Route, len(routes))
 	for _, r := range routes {
-		if r.Metric == 0 {
-			have[r.Dst] = r
-		}
+		have[r.key()] = r
 	}
 	type neighKey struct {
 		link int
@@ -166,7 +176,7 @@ func PlanPodHosts(pods []PodHost, routes []Route, neighs []PodNeighbour, sysctls
 	sysctlsDone := make(map[string]bool)
 	for _, p := range pods {
 		want := p.Route()
-		if cur, ok := have[want.Dst]; !ok || cur != want {
+		if cur, ok := have[want.key()]; !ok || cur != want {
 			plan.Routes = append(plan.Routes, want)
 		}
 		cur, ok := entries[neighKey{p.Veth.Index, p.Addr}]

@@ -51,7 +51,7 @@ func (f *FakeKernel) WirePod(veth, alias string, addr netip.Addr, podMAC MAC) Li
 	for _, s := range hostveth.Sysctls(veth) {
 		f.sysctls[s.Key] = s.Value
 	}
-	r := Route{Dst: netip.PrefixFrom(addr, 32), LinkIndex: l.Index}
+	r := PodHost{Addr: addr, Veth: HostVeth{Index: l.Index}}.Route()
 	f.routes[r.key()] = FakeRoute{r, 3}
 	f.neighs[fakeNeighKey{l.Index, addr}] = PodNeighbour{l.Index, Neighbour{IP: addr, MAC: podMAC, Permanent: true}}
 	return l
@@ -134,7 +134,7 @@ func (f *FakeKernel) PodRoutes() ([]Route, error) {
 	}
 	var out []Route
 	for _, r := range f.routes {
-		if r.Protocol != RouteProtocol && r.Dst.Addr().Is4() && r.Dst.Bits() == 32 {
+		if r.Protocol != RouteProtocol && r.Dst.Bits() == r.Dst.Addr().BitLen() {
 			out = append(out, r.Route)
 		}
 	}
@@ -182,7 +182,7 @@ func (f *FakeKernel) PodNeighbour(link int, ip netip.Addr) (PodNeighbour, bool) 
 func (f *FakeKernel) SetPodNeighbour(n PodNeighbour) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.fault(OpPod, netip.PrefixFrom(n.IP, 32)); err != nil {
+	if err := f.fault(OpPod, netip.PrefixFrom(n.IP, n.IP.BitLen())); err != nil {
 		return err
 	}
 	linked := false

@@ -79,9 +79,9 @@ func (k *NetlinkKernel) PodRoutes() ([]Route, error) {
 	return netlinkdump.Retry(func() ([]Route, error) {
 		var routes []Route
 		filter := &netlink.Route{Table: unix.RT_TABLE_MAIN}
-		err := k.handle.RouteListFilteredIter(netlink.FAMILY_V4, filter, netlink.RT_FILTER_TABLE, func(nr netlink.Route) bool {
+		err := k.handle.RouteListFilteredIter(netlink.FAMILY_ALL, filter, netlink.RT_FILTER_TABLE, func(nr netlink.Route) bool {
 			dst, ok := prefixFromIPNet(nr.Dst)
-			if !ok || dst.Bits() != 32 || int(nr.Protocol) == RouteProtocol {
+			if !ok || dst.Bits() != dst.Addr().BitLen() || int(nr.Protocol) == RouteProtocol {
 				return true
 			}
 			r := Route{
@@ -100,7 +100,7 @@ func (k *NetlinkKernel) PodRoutes() ([]Route, error) {
 			return true
 		})
 		if err != nil {
-			return nil, fmt.Errorf("list /32 routes: %w", err)
+			return nil, fmt.Errorf("list /32 and /128 routes: %w", err)
 		}
 		return routes, nil
 	})
@@ -115,6 +115,9 @@ func (k *NetlinkKernel) ReplacePodRoute(r Route) error {
 		Table:     unix.RT_TABLE_MAIN,
 		Priority:  r.Metric,
 	}
+	if r.Dst.Addr().Is6() {
+		nr.Scope = netlink.SCOPE_UNIVERSE // IPv6 routes carry no scope
+	}
 	if err := k.handle.RouteReplace(nr); err != nil {
 		return fmt.Errorf("put back route %s dev ifindex %d: %w", r.Dst, r.LinkIndex, err)
 	}
@@ -123,7 +126,7 @@ func (k *NetlinkKernel) ReplacePodRoute(r Route) error {
 
 // PodNeighbours implements PodKernel.
 func (k *NetlinkKernel) PodNeighbours() ([]PodNeighbour, error) {
-	ns, err := netlinkdump.Retry(func() ([]netlink.Neigh, error) { return k.handle.NeighList(0, netlink.FAMILY_V4) })
+	ns, err := netlinkdump.Retry(func() ([]netlink.Neigh, error) { return k.handle.NeighList(0, netlink.FAMILY_ALL) })
 	if err != nil {
 		return nil, fmt.Errorf("list neighbours: %w", err)
 	}
@@ -142,9 +145,13 @@ func (k *NetlinkKernel) PodNeighbours() ([]PodNeighbour, error) {
 
 // SetPodNeighbour implements PodKernel.
 func (k *NetlinkKernel) SetPodNeighbour(n PodNeighbour) error {
+	family := unix.AF_INET
+	if n.IP.Is6() {
+		family = unix.AF_INET6
+	}
 	err := k.handle.NeighSet(&netlink.Neigh{
 		LinkIndex:    n.LinkIndex,
-		Family:       unix.AF_INET,
+		Family:       family,
 		State:        netlink.NUD_PERMANENT,
 		IP:           n.IP.AsSlice(),
 		HardwareAddr: net.HardwareAddr(n.MAC[:]),

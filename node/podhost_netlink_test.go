@@ -165,3 +165,53 @@ func readStore(t *testing.T, store ipam.Config) []Reservation {
 	}
 	return rs
 }
+
+// TestNetlinkPodHostRepaired6: a dual-stack pod's IPv6 host side, its /128
+// route and PERMANENT IPv6 neighbour entry, deleted by hand, is put back by
+// one pass like the IPv4 one; the deletion is reported by the watch, and an
+// intact pod costs no writes (the kernel lists the route back as written).
+func TestNetlinkPodHostRepaired6(t *testing.T) {
+	host := newTestNS(t)
+	host.addLink(t, "em1", "172.16.254.1/24")
+	k := host.kernel(t)
+	pod := wireTestPod(t, host, k, "gvtest0", resA)
+	res6 := Reservation{Addr: addr("fd00:10:244::5"), ContainerID: resA.ContainerID, IfName: resA.IfName}
+	p6 := PodHost{res6.Addr, pod.veth}
+	if err := k.ReplacePodRoute(p6.Route()); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.SetPodNeighbour(PodNeighbour{pod.veth.Index, Neighbour{IP: res6.Addr, MAC: pod.podMAC}}); err != nil {
+		t.Fatal(err)
+	}
+	spec := podSpec(readStore(t, writeStore(t, resA, res6))...)
+	spec.Pool6 = pfx("fd00:10:244::/48")
+
+	r := NewReconciler(k, nil, nil)
+	if res, err := r.ReconcilePods(t.Context(), spec); err != nil || res.Routes+res.Neighbours+res.Sysctls != 0 {
+		t.Fatalf("intact dual-stack pod: %+v, %v", res, err)
+	}
+	watchCtx, stop := context.WithCancel(t.Context())
+	defer stop()
+	changes := k.WatchRoutes(watchCtx)
+	host.ipLines(t, "-6", "route", "del", "fd00:10:244::5/128")
+	waitFor(t, changes, "a notification for the deleted IPv6 pod route")
+	host.ipLines(t, "-6", "neigh", "del", "fd00:10:244::5", "dev", "gvtest0")
+	waitFor(t, changes, "a notification for the deleted IPv6 pod neighbour")
+
+	res, err := r.ReconcilePods(t.Context(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Routes != 1 || res.Neighbours != 1 {
+		t.Errorf("repairs = %+v, want 1 route, 1 neighbour", res)
+	}
+	if got := host.ipLines(t, "-6", "route", "show", "fd00:10:244::5"); !slices.Contains(got, "fd00:10:244::5 dev gvtest0 metric 1024 pref medium") {
+		t.Errorf("IPv6 route = %q, want it back via gvtest0", got)
+	}
+	if got := host.ipLines(t, "-6", "neigh", "show", "dev", "gvtest0"); !slices.Contains(got, "fd00:10:244::5 lladdr "+pod.podMAC.String()+" PERMANENT") {
+		t.Errorf("IPv6 neighbours = %q, want the pod's PERMANENT entry back", got)
+	}
+	if res, err := r.ReconcilePods(t.Context(), spec); err != nil || res.Routes+res.Neighbours+res.Sysctls != 0 {
+		t.Errorf("second pass: %+v, %v; want no writes", res, err)
+	}
+}

@@ -17,13 +17,14 @@ type PodKernel interface {
 	// HostVeths lists the veths whose alias begins with aliasPrefix, each
 	// with its pod side's MAC where the kernel tells it.
 	HostVeths(aliasPrefix string) ([]HostVeth, error)
-	// PodRoutes lists the main table's IPv4 /32 routes of every protocol
-	// but RouteProtocol.
+	// PodRoutes lists the main table's IPv4 /32 and IPv6 /128 routes of
+	// every protocol but RouteProtocol.
 	PodRoutes() ([]Route, error)
 	// ReplacePodRoute writes `<r.Dst> dev <r.LinkIndex> scope link` into
 	// r's slot as the plugin does, overwriting whatever holds it.
 	ReplacePodRoute(r Route) error
-	// PodNeighbours lists the IPv4 neighbour entries of every link.
+	// PodNeighbours lists the IPv4 and IPv6 neighbour entries of every
+	// link.
 	PodNeighbours() ([]PodNeighbour, error)
 	// SetPodNeighbour adds or replaces a PERMANENT entry.
 	SetPodNeighbour(n PodNeighbour) error

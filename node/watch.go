@@ -25,9 +25,10 @@ const resubscribeDelay = time.Second
 //     the IPv4 routes through it without a route notification;
 //   - a change to a neighbour or FDB entry on the VXLAN device or for a
 //     VTEP MAC (see VTEPMAC), for instance an operator deleting one;
-//   - a change to an IPv4 /32 route in the main table (a pod's route, see
-//     PodKernel), and a deleted or no longer PERMANENT IPv4 neighbour entry
-//     on a host veth (a link whose alias begins with NetworkName and "/");
+//   - a change to an IPv4 /32 or IPv6 /128 route in the main table (a
+//     pod's route, see PodKernel), and a deleted or no longer PERMANENT
+//     neighbour entry on a host veth (a link whose alias begins with
+//     NetworkName and "/");
 //   - a change to table ip or ip6 grapevine (the masquerade): a rule,
 //     chain or the table deleted or added;
 //   - a change to the FORWARD chain of table ip filter (iptables-nft), or
@@ -70,8 +71,9 @@ type subscription struct {
 
 // neighbourMatters reports whether a neighbour event is about an entry a
 // reconcile keeps: any on the VXLAN device (events of a deleted entry may
-// lack its MAC, so the link tells ours apart), and a pod's IPv4 entry on a
-// host veth that was deleted or is no longer PERMANENT.
+// lack its MAC, so the link tells ours apart), and a pod's entry (IPv4 or
+// IPv6, not link-local) on a host veth that was deleted or is no longer
+// PERMANENT.
 func (s *subscription) neighbourMatters(u netlink.NeighUpdate) bool {
 	if s.linkByIndex == nil || u.LinkIndex == 0 {
 		return false
@@ -84,18 +86,21 @@ func (s *subscription) neighbourMatters(u netlink.NeighUpdate) bool {
 	if attrs.Name == TunnelName {
 		return true
 	}
-	return strings.HasPrefix(attrs.Alias, NetworkName+"/") && u.Family == unix.AF_INET &&
+	// A host veth's IPv6 link-local neighbours (the pod's fe80:: address,
+	// learnt by NDP) come and go with traffic and are nobody's to keep.
+	podEntry := u.Family == unix.AF_INET || u.Family == unix.AF_INET6 && !u.IP.IsLinkLocalUnicast()
+	return strings.HasPrefix(attrs.Alias, NetworkName+"/") && podEntry &&
 		(u.Type == unix.RTM_DELNEIGH || u.State&netlink.NUD_PERMANENT == 0)
 }
 
-// isHostRoute reports whether r is an IPv4 /32 route in the main table,
-// as every pod's route is.
+// isHostRoute reports whether r is an IPv4 /32 or IPv6 /128 route in the
+// main table, as every pod's route is.
 func isHostRoute(r netlink.Route) bool {
-	if r.Table != unix.RT_TABLE_MAIN || r.Dst == nil || r.Dst.IP.To4() == nil {
+	if r.Table != unix.RT_TABLE_MAIN || r.Dst == nil {
 		return false
 	}
 	ones, bits := r.Dst.Mask.Size()
-	return ones == 32 && bits == 32
+	return ones == bits && bits > 0
 }
 
 // isMasqueradeChange reports whether an nftables change touches table ip
