@@ -19,11 +19,10 @@ import (
 // TestDualStackBlocks: with --pool6 every agent hands its pods an IPv6 block
 // that follows from the IPv4 block the ledger gave it (no second ledger
 // entry), distinct per host; pods get an address from each block, reach
-// each other on one host over IPv6, and still reach pods on other hosts
-// over IPv4. The IPv6 pool has its unreachable route and the own IPv6
-// block its blackhole; routes to other hosts' IPv6 blocks do not exist yet,
-// so a peer's pod's IPv6 address hits the pool's unreachable route instead
-// of leaving through a default route.
+// each other on one host over IPv6, and reach pods on other hosts over
+// IPv4 and, the hosts having no IPv6 underlay, over IPv6 through VXLAN.
+// The IPv6 pool has its unreachable route and the own IPv6 block its
+// blackhole.
 func TestDualStackBlocks(t *testing.T) {
 	t.Parallel()
 	const pool6 = "fd00:10:244::/48"
@@ -71,9 +70,14 @@ func TestDualStackBlocks(t *testing.T) {
 	if _, err := b.Ping(ctx, a[0].IP); err != nil {
 		t.Errorf("pod on h2 -> pod on h1 over IPv4: %v", err)
 	}
+	// Without an IPv6 underlay the hosts reach each other's IPv6 blocks
+	// over VXLAN on the IPv4 one.
+	if _, err := b.Ping(ctx, a[0].IP6); err != nil {
+		t.Errorf("pod on h2 -> pod on h1 over IPv6 (VXLAN): %v", err)
+	}
 	out, err := h1.Run(ctx, "ip", "-6", "route", "get", b.IP6.String())
-	if err == nil || !strings.Contains(string(out), "unreachable") && !strings.Contains(string(out), "No route to host") {
-		t.Errorf("h1: ip -6 route get %s (a pod on h2) = %q, %v; want it unreachable (no peer IPv6 routes yet)", b.IP6, out, err)
+	if err != nil || !strings.Contains(string(out), "dev gv.vxlan") {
+		t.Errorf("h1: ip -6 route get %s (a pod on h2) = %q, %v; want it over gv.vxlan", b.IP6, out, err)
 	}
 	if err := a[1].Delete(ctx); err != nil {
 		t.Fatal(err)
@@ -87,8 +91,8 @@ func TestDualStackBlocks(t *testing.T) {
 // network advertise them in gossip and route each other's IPv6 blocks
 // `<block6> via <host IPv6> dev em1 proto 74`; dual-stack pods on two hosts
 // ping each other over IPv6 (and still over IPv4), and a host reaches a
-// remote pod over IPv6. A host without an IPv6 address there gets no IPv6
-// route from the others, and routes none to them.
+// remote pod over IPv6. A host without an IPv6 address there is reached
+// over VXLAN on the IPv4 underlay for IPv6, and reaches the others so.
 func TestDualStackAcrossHosts(t *testing.T) {
 	t.Parallel()
 	const pool6 = "fd00:10:244::/48"
@@ -147,17 +151,37 @@ func TestDualStackAcrossHosts(t *testing.T) {
 			t.Logf("%s (%s): %v", tc.name, tc.to, rtt)
 		}
 	}
-	// h3 has no IPv6 underlay: nobody routes its IPv6 block, and it
-	// routes nobody's.
-	for _, h := range []*lab.Host{h1, h2} {
-		out, err := h.Run(ctx, "ip", "-6", "route", "show", blocks6["h3"].String())
-		if err != nil || strings.Contains(string(out), "via") {
-			t.Errorf("%s routes h3's IPv6 block %s: %q (%v)", h.Name, blocks6["h3"], out, err)
+	// h3 has no IPv6 underlay: its IPv6 block and the others' go over
+	// VXLAN on the IPv4 underlay between it and each of them (the IPv4
+	// routes stay direct), and its pods are reached over IPv6.
+	vxlanRoute := func(b netip.Prefix) string {
+		return b.String() + " via " + b.Addr().String() + " dev gv.vxlan"
+	}
+	for h, want := range map[*lab.Host][]string{
+		h1: {vxlanRoute(blocks6["h3"])},
+		h2: {vxlanRoute(blocks6["h3"])},
+		h3: {vxlanRoute(blocks6["h1"]), vxlanRoute(blocks6["h2"])},
+	} {
+		for _, w := range want {
+			if err := waitRoute6(ctx, h, w); err != nil {
+				t.Error(err)
+			}
 		}
 	}
-	out, err := h3.Run(ctx, "ip", "-6", "route", "show", "proto", "74")
-	if err != nil || strings.Contains(string(out), " via ") {
-		t.Errorf("h3 without IPv6 routes peers' IPv6 blocks: %q (%v)", out, err)
+	for _, tc := range []struct {
+		name string
+		from lab.Namespace
+		to   netip.Addr
+	}{
+		{"pod on h3 -> pod on h1 over IPv6 (VXLAN)", c.Namespace, a.IP6},
+		{"pod on h2 -> pod on h3 over IPv6 (VXLAN)", b.Namespace, c.IP6},
+		{"h1 -> pod on h3 over IPv6 (VXLAN)", h1.Namespace, c.IP6},
+	} {
+		if rtt, err := tc.from.Ping(ctx, tc.to); err != nil {
+			t.Errorf("%s (%s): %v", tc.name, tc.to, err)
+		} else {
+			t.Logf("%s (%s): %v", tc.name, tc.to, rtt)
+		}
 	}
 
 	// A peer's IPv6 route and a pod's IPv6 host route, deleted by hand,
@@ -182,7 +206,7 @@ func TestDualStackAcrossHosts(t *testing.T) {
 	// reason; its metrics count the IPv6 route by family.
 	want := map[string]status.Member{
 		"h2": {Block6: blocks6["h2"].String(), HostIP6: host6["h2"].String(), Path6: "direct"},
-		"h3": {Block6: blocks6["h3"].String(), Path6: "none"},
+		"h3": {Block6: blocks6["h3"].String(), Path6: "vxlan"},
 	}
 	st, err := waitStatus6(ctx, h1, func(st status.Report) bool {
 		for _, m := range st.Members {
@@ -201,8 +225,9 @@ func TestDualStackAcrossHosts(t *testing.T) {
 		t.Errorf("h1's status table lacks the IPv6 block or paths (%v):\n%s", err, text)
 	}
 	if code, body, err := h1.Get(ctx, "/metrics"); err != nil || code != 200 ||
-		!strings.Contains(body, `grapevine_node_peers{family="ipv6",path="direct"} 1`) {
-		t.Errorf("h1's metrics do not count one direct IPv6 peer: %v %d", err, code)
+		!strings.Contains(body, `grapevine_node_peers{family="ipv6",path="direct"} 1`) ||
+		!strings.Contains(body, `grapevine_node_peers{family="ipv6",path="vxlan"} 1`) {
+		t.Errorf("h1's metrics do not count one direct and one VXLAN IPv6 peer: %v %d", err, code)
 	}
 }
 

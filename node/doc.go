@@ -2,7 +2,10 @@
 // (<block> via <peer host IP> dev <iface> proto 74) or, for a peer whose
 // host IP is not on a network of the interface, over VXLAN (<block> via
 // <peer VTEP> dev gv.vxlan onlink proto 74, with the device gv.vxlan and its
-// neighbour and FDB entries); the blackhole for the node's own block, the
+// neighbour and FDB entries), and the same for the peers' IPv6 blocks on a
+// dual-stack node, direct via their IPv6 host addresses or over the same
+// VXLAN device on the IPv4 underlay (see PeerPaths6); the
+// blackhole for the node's own block, the
 // unreachable route for the pool (and, on a dual-stack node, the same for
 // its IPv6 block and pool, and IPv6 forwarding), IP forwarding, the
 // outgoing masquerade for the pool (nftables table ip grapevine, and table

@@ -210,7 +210,7 @@ func (r *Reconciler) reconcile(ctx context.Context, d Desired) (Result, error) {
 		tunnel, tunnelErr = r.syncTunnel(d, link)
 	}
 	desired, peerErrs := DesiredRoutes(d, link, tunnel)
-	res.Paths6 = PeerPaths6(d, link, peerErrs)
+	res.Paths6 = PeerPaths6(d, link, tunnel, peerErrs)
 	tunnelErrorsForPeers(peerErrs, tunnelErr)
 	maps.Copy(res.PeerErrors, peerErrs)
 	if linkKnown {

@@ -170,30 +170,38 @@ func DesiredRoutes(d Desired, link, tunnel Link) (routes []Route, peerErrs map[s
 			routes = append(routes, peerRoute(p, d, link, tunnel))
 		}
 	}
-	routes6, _ := peerRoutes6(d, link, peerErrs)
+	routes6, _ := peerRoutes6(d, link, tunnel, peerErrs)
 	return append(routes, routes6...), peerErrs
 }
 
 // PeerPaths6 is the IPv6 path of every peer of d.Peers6 and why: PathDirect
-// for a routed IPv6 block, PathNone with the reason for one without a
-// route (the pool6's unreachable route answers for it). peerErrs are the
-// IPv4 peers' errors, as DesiredRoutes returns them. It is a pure function.
-func PeerPaths6(d Desired, link Link, peerErrs map[string]error) map[string]PeerPath {
-	_, paths := peerRoutes6(d, link, peerErrs)
+// or PathVXLAN for a routed IPv6 block (see choosePath6), PathNone with the
+// reason for one without a route (the pool6's unreachable route answers
+// for it). tunnel is the VXLAN device (zero when there is none), peerErrs
+// the IPv4 peers' errors, as DesiredRoutes returns them. It is a pure
+// function.
+func PeerPaths6(d Desired, link, tunnel Link, peerErrs map[string]error) map[string]PeerPath {
+	_, paths := peerRoutes6(d, link, tunnel, peerErrs)
 	return paths
 }
 
 // peerRoutes6 is the routes to the peers' IPv6 blocks and the path of
 // each (see PeerPaths6). Neither side of an overlap is routed, as for IPv4.
-func peerRoutes6(d Desired, link Link, peerErrs map[string]error) ([]Route, map[string]PeerPath) {
+func peerRoutes6(d Desired, link, tunnel Link, peerErrs map[string]error) ([]Route, map[string]PeerPath) {
+	peers4 := make(map[string]PeerRoute, len(d.Peers))
+	for _, p := range d.Peers {
+		peers4[p.Peer] = p
+	}
 	paths := make(map[string]PeerPath, len(d.Peers6))
+	chosen := make(map[string]Route, len(d.Peers6))
 	var candidates []PeerRoute
 	for _, p := range d.Peers6 {
-		if _, err := peerRoute6(p, d, link, peerErrs[p.Peer]); err != nil {
-			paths[p.Peer] = PeerPath{PathNone, err.Error()}
-			continue
+		r, path := choosePath6(p, peers4[p.Peer], d, link, tunnel, peerErrs[p.Peer])
+		paths[p.Peer] = path
+		if path.Path != PathNone {
+			chosen[p.Peer] = r
+			candidates = append(candidates, p)
 		}
-		candidates = append(candidates, p)
 	}
 	for _, pair := range overlappingPeers(candidates) {
 		a, b := pair[0], pair[1]
@@ -202,38 +210,81 @@ func peerRoutes6(d Desired, link Link, peerErrs map[string]error) ([]Route, map[
 	}
 	var routes []Route
 	for _, p := range candidates {
-		if _, overlaps := paths[p.Peer]; overlaps {
-			continue
+		if paths[p.Peer].Path != PathNone {
+			routes = append(routes, chosen[p.Peer])
 		}
-		r, _ := peerRoute6(p, d, link, nil)
-		routes = append(routes, r)
-		paths[p.Peer] = ChoosePath(EncapsulationNever, p.Via, link)
 	}
 	return routes, paths
 }
 
-// Reasons a peer's IPv6 block has no route.
+// choosePath6 picks the path of p, a peer's IPv6 block, whose IPv4 peer is
+// p4 (with error err4), and the route it takes. It is direct, `via <peer
+// host IPv6> dev <iface>`, when both hosts have IPv6 on a shared network of
+// the interface (and encapsulation is not always). Otherwise, unless
+// encapsulation is never, it goes over the VXLAN device on the IPv4
+// underlay, as cross-subnet chooses for IPv4: `<block6> via <peer's IPv6
+// VTEP> dev gv.vxlan onlink`, the first address of the block, with the
+// neighbour and FDB entries of the peer's IPv4 VTEP (see tunnelPeers6).
+// Either way the IPv6 block must be a valid block of Pool6 clear of this
+// node's, and the peer's IPv4 block not in doubt.
+func choosePath6(p, p4 PeerRoute, d Desired, link, tunnel Link, err4 error) (Route, PeerPath) {
+	if err := checkBlock6(p, d, err4); err != nil {
+		return Route{}, PeerPath{PathNone, err.Error()}
+	}
+	direct, errDirect := peerRoute6(p, d, link)
+	if errDirect == nil && d.Encapsulation != EncapsulationAlways {
+		return direct, ChoosePath(EncapsulationNever, p.Via, link)
+	}
+	var why string
+	switch {
+	case errDirect == nil:
+		why = "encapsulation is always"
+	case d.Encapsulation == EncapsulationNever:
+		return Route{}, PeerPath{PathNone, errDirect.Error() + "; --encapsulation=never: cross-subnet would reach it over VXLAN"}
+	default:
+		why = errDirect.Error()
+	}
+	if !p4.Block.IsValid() {
+		return Route{}, PeerPath{PathNone, why + "; no IPv4 route to carry it over VXLAN"}
+	}
+	if err := checkTunnelPeer(p4, d, link, tunnel); err != nil {
+		return Route{}, PeerPath{PathNone, why + "; not over VXLAN either: " + err.Error()}
+	}
+	r := Route{Dst: p.Block, Via: VTEPAddr(p.Block), LinkIndex: tunnel.Index, OnLink: true, Metric: IPv6DefaultMetric}
+	return r, PeerPath{PathVXLAN, fmt.Sprintf("%s; over VXLAN to %s", why, p4.Via)}
+}
+
+// Reasons a peer's IPv6 block has no direct route.
 var (
 	ErrNoPool6        = errors.New("this host has no IPv6 pool")
 	ErrNoIPv6Underlay = errors.New("this host or the peer has no IPv6 address to route via")
 )
 
-// peerRoute6 is the direct route to p, a peer's IPv6 block, when it may
-// have one:
-// inside Pool6, clear of this node's IPv6 block, via a host address on a
-// network of the interface, and only for a peer whose IPv4 block is not in
-// doubt (err4 is not an overlap or an invalid peer: the IPv6 block follows
-// from the IPv4 one). Otherwise the error says why not.
-func peerRoute6(p PeerRoute, d Desired, link Link, err4 error) (Route, error) {
+// checkBlock6 accepts p's IPv6 block for a route of either path: inside
+// Pool6 and, for a peer whose IPv4 block is not in doubt (err4 is not an
+// overlap or an invalid peer: the IPv6 block follows from the IPv4 one),
+// clear of this node's IPv6 block.
+func checkBlock6(p PeerRoute, d Desired, err4 error) error {
 	switch {
 	case !d.Pool6.IsValid():
-		return Route{}, ErrNoPool6
-	case !p.Block.IsValid() || !p.Block.Addr().Is6() || p.Block.Addr().Is4In6():
-		return Route{}, fmt.Errorf("%w: IPv6 block %s", ErrInvalidPeer, p.Block)
+		return ErrNoPool6
+	case !p.Block.IsValid() || !p.Block.Addr().Is6() || p.Block.Addr().Is4In6() || p.Block.Masked() != p.Block:
+		return fmt.Errorf("%w: IPv6 block %s", ErrInvalidPeer, p.Block)
 	case p.Block.Bits() < d.Pool6.Bits() || !d.Pool6.Contains(p.Block.Addr()):
-		return Route{}, fmt.Errorf("%w: IPv6 block %s is outside pool6 %s", ErrInvalidPeer, p.Block, d.Pool6)
+		return fmt.Errorf("%w: IPv6 block %s is outside pool6 %s", ErrInvalidPeer, p.Block, d.Pool6)
 	case errors.Is(err4, ErrOverlapsPeer) || errors.Is(err4, ErrOverlapsOwn) || errors.Is(err4, ErrInvalidPeer):
-		return Route{}, fmt.Errorf("its IPv4 block, which the IPv6 one follows from, is not routed: %w", err4)
+		return fmt.Errorf("its IPv4 block, which the IPv6 one follows from, is not routed: %w", err4)
+	case d.OwnBlock6.IsValid() && d.OwnBlock6.Overlaps(p.Block):
+		return fmt.Errorf("%w: %s overlaps %s", ErrOverlapsOwn, p.Block, d.OwnBlock6)
+	}
+	return nil
+}
+
+// peerRoute6 is the direct route to p, a peer's IPv6 block that passed
+// checkBlock6: via its host address on a network of the interface.
+// Otherwise the error says why not.
+func peerRoute6(p PeerRoute, d Desired, link Link) (Route, error) {
+	switch {
 	case !p.Via.IsValid():
 		return Route{}, ErrNoIPv6Underlay
 	case !p.Via.IsGlobalUnicast():

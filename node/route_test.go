@@ -386,7 +386,7 @@ func TestPeerPaths6(t *testing.T) {
 			d.OwnBlock6 = netip.Prefix{}
 		}
 		_, peerErrs := DesiredRoutes(d, link, Link{})
-		got := PeerPaths6(d, link, peerErrs)[tt.peer.Peer]
+		got := PeerPaths6(d, link, Link{}, peerErrs)[tt.peer.Peer]
 		if got.Path != tt.wantPath || !strings.HasPrefix(got.Why, tt.wantWhy) {
 			t.Errorf("%s: %+v, want %s: %s...", tt.name, got, tt.wantPath, tt.wantWhy)
 		}
@@ -396,7 +396,7 @@ func TestPeerPaths6(t *testing.T) {
 		{"b", pfx("fd00:10:244:1::/64"), addr("fd00:172:16:254::2")},
 		{"c", pfx("fd00:10:244:1::/64"), addr("fd00:172:16:254::3")},
 	}
-	for peer, p := range PeerPaths6(d, link, nil) {
+	for peer, p := range PeerPaths6(d, link, Link{}, nil) {
 		if p.Path != PathNone || !strings.Contains(p.Why, "overlaps fd00:10:244:1::/64") {
 			t.Errorf("%s with an overlapping IPv6 block: %+v", peer, p)
 		}

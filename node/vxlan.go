@@ -67,6 +67,10 @@ type Tunnel struct {
 	// block and the answer returns through the tunnel. Zero: the node holds
 	// no block and the device has no address.
 	Addr netip.Addr
+	// Addr6 is this host's IPv6 VTEP address (/128 on the device), the
+	// first of its IPv6 block, for the same reason, on a dual-stack node
+	// with a peer's IPv6 block over VXLAN. Zero: none.
+	Addr6 netip.Addr
 }
 
 // TunnelState is the device named TunnelName as found in the kernel.
@@ -77,8 +81,10 @@ type TunnelState struct {
 	Index    int
 	Up       bool
 	Learning bool
-	Tunnel   Tunnel // Addr unused: see Addrs
-	Addrs    []netip.Prefix
+	Tunnel   Tunnel // Addr and Addr6 unused: see Addrs
+	// Addrs are the device's addresses, but for its IPv6 link-local one
+	// (the kernel's).
+	Addrs []netip.Prefix
 }
 
 // Neighbour is a neighbour entry on the VXLAN device: a peer's VTEP address
@@ -112,7 +118,8 @@ type TunnelKernel interface {
 	SetTunnelUp() error
 	AddTunnelAddr(p netip.Prefix) error
 	DeleteTunnelAddr(p netip.Prefix) error
-	// TunnelEntries lists the device's IPv4 neighbours and its FDB.
+	// TunnelEntries lists the device's IPv4 and IPv6 neighbours and its
+	// FDB.
 	TunnelEntries() ([]Neighbour, []FDBEntry, error)
 	// SetNeighbour adds or replaces a permanent neighbour entry.
 	SetNeighbour(n Neighbour) error
@@ -131,14 +138,19 @@ var ErrTunnelNotUsable = errors.New("VXLAN device is not usable")
 // when it takes PathVXLAN and nothing but the device stands in the way of
 // its route.
 func DesiredTunnel(d Desired, link Link) (Tunnel, bool) {
-	wanted := false
+	wanted, wanted6 := false, false
+	anyTunnel := Link{Index: -1, Up: true}
 	for _, p := range d.Peers {
-		if ChoosePath(d.Encapsulation, p.Via, link).Path == PathVXLAN && checkTunnelPeer(p, d, link, Link{Index: -1, Up: true}) == nil {
+		if ChoosePath(d.Encapsulation, p.Via, link).Path == PathVXLAN && checkTunnelPeer(p, d, link, anyTunnel) == nil {
 			wanted = true
 			break
 		}
 	}
-	if !wanted {
+	_, paths6 := peerRoutes6(d, link, anyTunnel, nil)
+	for _, p := range paths6 {
+		wanted6 = wanted6 || p.Path == PathVXLAN
+	}
+	if !wanted && !wanted6 {
 		return Tunnel{}, false
 	}
 	t := Tunnel{VNI: TunnelVNI, Port: TunnelPort, Local: d.HostIP, Underlay: link.Index, MAC: VTEPMAC(d.HostIP)}
@@ -147,6 +159,9 @@ func DesiredTunnel(d Desired, link Link) (Tunnel, bool) {
 	}
 	if d.OwnBlock.IsValid() {
 		t.Addr = VTEPAddr(d.OwnBlock)
+	}
+	if wanted6 && d.OwnBlock6.IsValid() {
+		t.Addr6 = VTEPAddr(d.OwnBlock6)
 	}
 	return t, true
 }
@@ -227,11 +242,13 @@ func PlanTunnel(want Tunnel, wanted bool, have TunnelState, exists bool) (Tunnel
 		return TunnelPlan{}, nil
 	}
 	wantAddrs := []netip.Prefix(nil)
-	if want.Addr.IsValid() {
-		wantAddrs = []netip.Prefix{netip.PrefixFrom(want.Addr, want.Addr.BitLen())}
+	for _, a := range []netip.Addr{want.Addr, want.Addr6} {
+		if a.IsValid() {
+			wantAddrs = append(wantAddrs, netip.PrefixFrom(a, a.BitLen()))
+		}
 	}
 	cfg := want
-	cfg.Addr = netip.Addr{}
+	cfg.Addr, cfg.Addr6 = netip.Addr{}, netip.Addr{}
 	if cfg.MTU == 0 {
 		cfg.MTU = have.Tunnel.MTU
 	}
@@ -266,6 +283,26 @@ type TunnelPeer struct {
 // tunnelPeerOf derives a VXLAN peer's entries from what gossip says of it.
 func tunnelPeerOf(p PeerRoute) TunnelPeer {
 	return TunnelPeer{VTEP: VTEPAddr(p.Block), MAC: VTEPMAC(p.Via), HostIP: p.Via}
+}
+
+// tunnelPeers6 is the entries of the peers whose IPv6 block goes over
+// VXLAN (see choosePath6): the IPv6 VTEP, the first address of the block,
+// at the peer's VTEP MAC, and the FDB entry of that MAC, which the peer's
+// IPv4 block over VXLAN needs alike. It is a pure function.
+func tunnelPeers6(d Desired, link, tunnel Link, peerErrs map[string]error) []TunnelPeer {
+	_, paths := peerRoutes6(d, link, tunnel, peerErrs)
+	hostIP := make(map[string]netip.Addr, len(d.Peers))
+	for _, p := range d.Peers {
+		hostIP[p.Peer] = p.Via
+	}
+	var peers []TunnelPeer
+	for _, p := range d.Peers6 {
+		if paths[p.Peer].Path == PathVXLAN {
+			h := hostIP[p.Peer]
+			peers = append(peers, TunnelPeer{VTEP: VTEPAddr(p.Block), MAC: VTEPMAC(h), HostIP: h})
+		}
+	}
+	return peers
 }
 
 // DiffTunnelEntries returns the neighbour and FDB entries to set and to

@@ -70,7 +70,7 @@ func (f *FakeKernel) AddTunnel(t Tunnel) error {
 		index = max(index, l.Index+1)
 	}
 	cfg := t
-	cfg.Addr = netip.Addr{}
+	cfg.Addr, cfg.Addr6 = netip.Addr{}, netip.Addr{}
 	f.setLink(Link{Name: TunnelName, Index: index})
 	f.tunnel = &fakeTunnel{cfg: cfg, index: index, neighs: make(map[netip.Addr]Neighbour), fdb: make(map[MAC]FDBEntry)}
 	f.writes++

@@ -45,12 +45,13 @@ func (k *NetlinkKernel) Tunnel() (TunnelState, error) {
 		st.Tunnel.Local = a.Unmap()
 	}
 	copy(st.Tunnel.MAC[:], attrs.HardwareAddr)
-	addrs, err := netlinkdump.Retry(func() ([]netlink.Addr, error) { return k.handle.AddrList(l, netlink.FAMILY_V4) })
+	addrs, err := netlinkdump.Retry(func() ([]netlink.Addr, error) { return k.handle.AddrList(l, netlink.FAMILY_ALL) })
 	if err != nil {
 		return st, fmt.Errorf("list addresses of %s: %w", TunnelName, err)
 	}
 	for _, a := range addrs {
-		if p, ok := prefixFromIPNet(a.IPNet); ok {
+		// The IPv6 link-local address is the kernel's, not one of ours.
+		if p, ok := prefixFromIPNet(a.IPNet); ok && !p.Addr().IsLinkLocalUnicast() {
 			st.Addrs = append(st.Addrs, p)
 		}
 	}
@@ -138,14 +139,14 @@ func (k *NetlinkKernel) TunnelEntries() ([]Neighbour, []FDBEntry, error) {
 		return nil, nil, err
 	}
 	index := l.Attrs().Index
-	ns, err := netlinkdump.Retry(func() ([]netlink.Neigh, error) { return k.handle.NeighList(index, netlink.FAMILY_V4) })
+	ns, err := netlinkdump.Retry(func() ([]netlink.Neigh, error) { return k.handle.NeighList(index, netlink.FAMILY_ALL) })
 	if err != nil {
 		return nil, nil, fmt.Errorf("list neighbours of %s: %w", TunnelName, err)
 	}
 	var neighs []Neighbour
 	for _, n := range ns {
 		ip, ok := netip.AddrFromSlice(n.IP)
-		if !ok || n.LinkIndex != index {
+		if !ok || n.LinkIndex != index || n.Family != unix.AF_INET && n.Family != unix.AF_INET6 {
 			continue
 		}
 		e := Neighbour{IP: ip.Unmap(), Permanent: n.State&netlink.NUD_PERMANENT != 0}
@@ -191,7 +192,7 @@ func (k *NetlinkKernel) neigh(family int, ip netip.Addr, mac MAC) (*netlink.Neig
 
 // SetNeighbour implements TunnelKernel.
 func (k *NetlinkKernel) SetNeighbour(e Neighbour) error {
-	n, err := k.neigh(netlink.FAMILY_V4, e.IP, e.MAC)
+	n, err := k.neigh(neighFamily(e.IP), e.IP, e.MAC)
 	if err == nil {
 		err = k.handle.NeighSet(n)
 	}
@@ -203,7 +204,7 @@ func (k *NetlinkKernel) SetNeighbour(e Neighbour) error {
 
 // DeleteNeighbour implements TunnelKernel.
 func (k *NetlinkKernel) DeleteNeighbour(e Neighbour) error {
-	n, err := k.neigh(netlink.FAMILY_V4, e.IP, e.MAC)
+	n, err := k.neigh(neighFamily(e.IP), e.IP, e.MAC)
 	if err == nil {
 		err = k.handle.NeighDel(n)
 	}
@@ -211,6 +212,14 @@ func (k *NetlinkKernel) DeleteNeighbour(e Neighbour) error {
 		return fmt.Errorf("delete neighbour %s dev %s: %w", e.IP, TunnelName, err)
 	}
 	return nil
+}
+
+// neighFamily is the neighbour table of ip's family.
+func neighFamily(ip netip.Addr) int {
+	if ip.Is4() {
+		return netlink.FAMILY_V4
+	}
+	return netlink.FAMILY_V6
 }
 
 // SetFDB implements TunnelKernel.

@@ -88,6 +88,7 @@ func (r *Reconciler) syncTunnelEntries(d Desired, link, tunnel Link, peerErrs ma
 			peers = append(peers, tunnelPeerOf(p))
 		}
 	}
+	peers = append(peers, tunnelPeers6(d, link, tunnel, peerErrs)...)
 	neighs, fdb, err := r.kernel.TunnelEntries()
 	if err != nil {
 		return fmt.Errorf("list entries of %s: %w", TunnelName, err)

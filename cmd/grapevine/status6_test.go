@@ -13,7 +13,8 @@ import (
 )
 
 // On a dual-stack node the status shows this node's IPv6 block and host
-// address, and per member its IPv6 block and IPv6 path with the reason;
+// address, and per member its IPv6 block and IPv6 path with the reason
+// (direct for h2 on the shared IPv6 network, VXLAN for h3 without IPv6);
 // an IPv4-only node's status and table have none of it.
 func TestStatusShowsIPv6Paths(t *testing.T) {
 	h2 := member("h2", "alive", "172.16.254.2", "10.244.2.0/23")
@@ -27,6 +28,7 @@ func TestStatusShowsIPv6Paths(t *testing.T) {
 	o := testOpts
 	o.Pool6, o.BlockSize6 = netip.MustParsePrefix("fd00:10:244::/48"), 64
 	o.HostIP6 = netip.MustParseAddr("fd00:172:16:254::1")
+	o.Encapsulation = node.EncapsulationCrossSubnet
 	kept := keptRoutes(v, nil, nil, nil)
 	k := node.NewFakeKernel()
 	k.AddLink("em1", netip.MustParsePrefix("172.16.254.1/24"), netip.MustParsePrefix("fd00:172:16:254::1/64"))
@@ -40,7 +42,7 @@ func TestStatusShowsIPv6Paths(t *testing.T) {
 	}
 	want := map[string]status.Member{
 		"h2": {Block6: "fd00:10:244:1::/64", HostIP6: "fd00:172:16:254::2", Path6: "direct", Path6Reason: "fd00:172:16:254::2 is on em1's network fd00:172:16:254::/64"},
-		"h3": {Block6: "fd00:10:244:2::/64", Path6: "none", Path6Reason: node.ErrNoIPv6Underlay.Error()},
+		"h3": {Block6: "fd00:10:244:2::/64", Path6: "vxlan", Path6Reason: node.ErrNoIPv6Underlay.Error() + "; over VXLAN to 172.16.254.3"},
 	}
 	for _, m := range r.Members {
 		w := want[m.Name]
@@ -53,7 +55,7 @@ func TestStatusShowsIPv6Paths(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, field := range []string{`"block6":"fd00:10:244::/64"`, `"path6":"direct"`, `"path6Reason":"` + node.ErrNoIPv6Underlay.Error()} {
+	for _, field := range []string{`"block6":"fd00:10:244::/64"`, `"path6":"direct"`, `"path6":"vxlan"`} {
 		if !strings.Contains(string(body), field) {
 			t.Errorf("JSON lacks %s: %s", field, body)
 		}
@@ -63,7 +65,7 @@ func TestStatusShowsIPv6Paths(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"IPv6: host fd00:172:16:254::1  block6 fd00:10:244::/64", "BLOCK6", "IPV6 PATH",
-		"direct: fd00:172:16:254::2 is on em1's network", "none: " + node.ErrNoIPv6Underlay.Error()} {
+		"direct: fd00:172:16:254::2 is on em1's network", "vxlan: " + node.ErrNoIPv6Underlay.Error()} {
 		if !strings.Contains(table.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, table.String())
 		}
