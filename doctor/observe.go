@@ -29,11 +29,11 @@ type Host interface {
 	Links() ([]node.Link, error)
 	// Routes lists the main table's routes carrying node.RouteProtocol.
 	Routes() ([]node.Route, error)
-	// PodRoutes lists the main table's /32 routes of other protocols.
+	// PodRoutes lists the main table's /32 and /128 routes of other protocols.
 	PodRoutes() ([]node.Route, error)
 	// HostVeths lists the veths whose alias begins with aliasPrefix.
 	HostVeths(aliasPrefix string) ([]node.HostVeth, error)
-	// PodNeighbours lists the IPv4 neighbour entries.
+	// PodNeighbours lists the IPv4 and IPv6 neighbour entries.
 	PodNeighbours() ([]node.PodNeighbour, error)
 	// ForwardChains lists the nftables base chains (families ip and
 	// inet) hooked at forward.
