@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -349,4 +350,77 @@ func waitRoute6(ctx context.Context, h *lab.Host, want string) error {
 		}
 		return err
 	})
+}
+
+// TestDualStackFrozenAgent: the keep and withdraw rule holds for the direct
+// IPv6 route on its own data path. With h2's agent frozen, h1 calls it dead
+// but keeps both its routes while h2's host answers ICMP and ICMPv6, and
+// its pod stays reachable over IPv6; once h2's IPv6 address is gone (the
+// agent still frozen) h1 withdraws the IPv6 route and keeps the IPv4 one.
+func TestDualStackFrozenAgent(t *testing.T) {
+	t.Parallel()
+	l := env.Lab(t, labtest.Options{Hosts: 3, NoAgents: true, AgentArgs: []string{"--pool6", "fd00:10:244::/48"}})
+	ctx := timeout(t, 2*time.Minute)
+	h1, h2 := l.Host(1), l.Host(2)
+	host6 := map[*lab.Host]netip.Addr{}
+	for _, h := range l.Hosts() {
+		var err error
+		if host6[h], err = h.AddIP6(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.StartAgents(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lab.WaitMesh(ctx, l.Hosts()); err != nil {
+		t.Fatal(err)
+	}
+	a := addPods(t, ctx, h1, 1)[0]
+	b := addPods(t, ctx, h2, 1)[0]
+	st2, err := nodestate.Read(h2.RunDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	route6 := st2.Block6.String() + " via " + host6[h2].String() + " dev em1"
+	if err := waitRoute6(ctx, h1, route6); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := h2.FreezeAgent(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h2.ThawAgent() })
+	if _, err := h1.WaitStatus(timeout(t, failureDetectionBound), "h2 dead, kept by its data path", func(s lab.Status) bool {
+		m, ok := s.Member(h2.Name)
+		return ok && m.State == "dead" && m.Route == "programmed" && slices.Equal(m.KeptBy, []string{"data path"})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitRoute6(ctx, h1, route6); err != nil {
+		t.Errorf("h2 dead but answering ICMPv6: %v", err)
+	}
+	if _, err := a.Ping(ctx, b.IP6); err != nil {
+		t.Errorf("pod on h1 -> pod on h2 (agent frozen) over IPv6: %v", err)
+	}
+
+	if out, err := h2.Run(ctx, "ip", "-6", "addr", "del", netip.PrefixFrom(host6[h2], 64).String(), "dev", "em1"); err != nil {
+		t.Fatalf("h2: remove its IPv6 address: %v: %s", err, out)
+	}
+	for {
+		out, err := h1.Run(ctx, "ip", "-6", "route", "show", st2.Block6.String())
+		if err == nil && !strings.Contains(string(out), "via") {
+			break
+		}
+		if werr := lab.Sleep(ctx, 100*time.Millisecond); werr != nil {
+			t.Fatalf("h1 keeps h2's IPv6 route with h2's IPv6 address gone: %q, %v", out, err)
+		}
+	}
+	if _, err := a.Ping(ctx, b.IP); err != nil {
+		t.Errorf("pod on h1 -> pod on h2 over IPv4 after the IPv6 route went: %v", err)
+	}
+	if s, err := h1.Status(ctx); err != nil {
+		t.Error(err)
+	} else if m, ok := s.Member(h2.Name); !ok || m.Route != "programmed" {
+		t.Errorf("h1 withdrew h2's IPv4 route with its IPv6 one: %+v", m)
+	}
 }
