@@ -1,6 +1,7 @@
 # Grapevine: a routed L3 pod network with gossip instead of BGP and etcd.
 #
 #   make demo       a 3-host lab in network namespaces, pods pinging across hosts (root)
+#   make demo-dual-stack  the same lab dual-stack: pods ping over IPv4 and IPv6 (root)
 #   make demo-down  remove the demo lab
 #   make test       vet, format check and every test (root for the namespace tests)
 #   make e2e-kubernetes  docs/kubernetes/grapevine.yaml on a 3-node Kubernetes
@@ -28,7 +29,7 @@ TEST_TIMEOUT  ?= 12m
 export GRAPEVINE_BIN_DIR := $(BIN)
 export GRAPEVINE_CNI_PATH := $(CNI_BIN)
 
-.PHONY: all build cni-plugins crictl kubernetes-binaries e2e-kubernetes test vet fmt-check unit demo demo-down bench soak dist image image-archive fuzz clean
+.PHONY: all build cni-plugins crictl kubernetes-binaries e2e-kubernetes test vet fmt-check unit demo demo-dual-stack demo-down bench soak dist image image-archive fuzz clean
 
 all: build
 
@@ -77,6 +78,9 @@ e2e-kubernetes: build cni-plugins crictl image-archive kubernetes-binaries
 
 demo: build cni-plugins
 	$(GO) run ./e2e/cmd/lab up --hosts 3 --pods 2
+
+demo-dual-stack: build cni-plugins
+	$(GO) run ./e2e/cmd/lab up --hosts 3 --pods 2 --dual-stack
 
 demo-down:
 	$(GO) run ./e2e/cmd/lab down

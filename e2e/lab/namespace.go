@@ -70,7 +70,7 @@ func (n Namespace) Do(f func() error) error {
 func (n Namespace) Listen(addr string) (net.Listener, error) {
 	var ln net.Listener
 	err := n.Do(func() (err error) {
-		ln, err = net.Listen(tcpFamily(addr), addr)
+		ln, err = net.Listen(TCPNetwork(addr), addr)
 		return err
 	})
 	if err != nil {
@@ -84,7 +84,7 @@ func (n Namespace) Dial(ctx context.Context, addr string) (net.Conn, error) {
 	var c net.Conn
 	err := n.Do(func() (err error) {
 		var d net.Dialer
-		c, err = d.DialContext(ctx, tcpFamily(addr), addr)
+		c, err = d.DialContext(ctx, TCPNetwork(addr), addr)
 		return err
 	})
 	if err != nil {
@@ -93,9 +93,9 @@ func (n Namespace) Dial(ctx context.Context, addr string) (net.Conn, error) {
 	return c, nil
 }
 
-// tcpFamily is "tcp6" for an IPv6 address and port, "tcp4" otherwise:
+// TCPNetwork is "tcp6" for an IPv6 address and port, "tcp4" otherwise:
 // a lab's sockets never mix the families.
-func tcpFamily(addr string) string {
+func TCPNetwork(addr string) string {
 	if ap, err := netip.ParseAddrPort(addr); err == nil && ap.Addr().Is6() && !ap.Addr().Is4In6() {
 		return "tcp6"
 	}

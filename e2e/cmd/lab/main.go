@@ -123,7 +123,7 @@ func echoServer(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("echo-server", flag.ExitOnError)
 	listen := fs.String("listen", ":7000", "address to listen on")
 	fs.Parse(args)
-	ln, err := net.Listen("tcp4", *listen)
+	ln, err := net.Listen(lab.TCPNetwork(*listen), *listen)
 	if err != nil {
 		return err
 	}
@@ -142,7 +142,7 @@ func echo(ctx context.Context, args []string) error {
 	var d net.Dialer
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	c, err := d.DialContext(ctx, "tcp4", *to)
+	c, err := d.DialContext(ctx, lab.TCPNetwork(*to), *to)
 	if err != nil {
 		return err
 	}

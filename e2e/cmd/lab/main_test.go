@@ -125,3 +125,59 @@ func TestUpDown(t *testing.T) {
 		t.Errorf("lab directory left after down (%v)", err)
 	}
 }
+
+// TestUpDualStack runs the demo as `make demo-dual-stack` does: the pods
+// ping each other over IPv6 as well, the outside host sees a pod's IPv6
+// connection come from its node's IPv6 address, and the printed commands
+// include the IPv6 ping; down removes the lab.
+func TestUpDualStack(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the lab creates network namespaces: run as root")
+	}
+	binDir, cniPath := os.Getenv("GRAPEVINE_BIN_DIR"), os.Getenv("GRAPEVINE_CNI_PATH")
+	if binDir == "" || cniPath == "" {
+		t.Skip("needs the built binaries: set GRAPEVINE_BIN_DIR and GRAPEVINE_CNI_PATH (make test does)")
+	}
+	recs, err := lab.Records()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range recs {
+		if r.OwnerPID == 0 {
+			t.Skipf("a demo lab (%s) is up on this machine, and up refuses a second one", r.ID)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	labBin := filepath.Join(t.TempDir(), "lab")
+	if out, err := exec.CommandContext(ctx, "go", "build", "-o", labBin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build lab: %v\n%s", err, out)
+	}
+	out, err := exec.CommandContext(ctx, labBin, "up", "--hosts", "2", "--pods", "1", "--dual-stack").CombinedOutput()
+	m := regexp.MustCompile(`lab ` + lab.NamePrefix + `([0-9a-f]+):`).FindSubmatch(out)
+	if m != nil {
+		id := string(m[1])
+		t.Cleanup(func() { exec.Command(labBin, "down", "--id", id).Run() })
+	}
+	if err != nil {
+		t.Fatalf("lab up --dual-stack: %v\n%s", err, out)
+	}
+	if m == nil {
+		t.Fatalf("lab up did not name its lab:\n%s", out)
+	}
+	t.Logf("lab up --dual-stack:\n%s", out)
+	for _, want := range []*regexp.Regexp{
+		regexp.MustCompile(`\$ ping fd00:10:244:[0-9a-f:]+   # from`),
+		regexp.MustCompile(`reply from fd00:10:244:[0-9a-f:]+: seq=3`),
+		regexp.MustCompile(`the server saw us as 172\.16\.254\.1\n`),
+		regexp.MustCompile(`the server saw us as fd00:172:16:254::1\n`),
+		regexp.MustCompile(`Over IPv6:\n  ip netns exec \S+ \S+ ping fd00:10:244:`),
+	} {
+		if !want.Match(out) {
+			t.Errorf("lab up --dual-stack output lacks %s", want)
+		}
+	}
+	if out, err := exec.CommandContext(ctx, labBin, "down", "--id", string(m[1])).CombinedOutput(); err != nil {
+		t.Fatalf("lab down: %v\n%s", err, out)
+	}
+}

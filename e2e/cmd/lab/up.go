@@ -17,12 +17,16 @@ import (
 // demoPort is where the demo's echo server listens in the first pod of h2.
 const demoPort = 7000
 
+// demoPool6 is the IPv6 pool of a dual-stack demo (up --dual-stack).
+const demoPool6 = "fd00:10:244::/48"
+
 func up(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("up", flag.ExitOnError)
 	hosts := fs.Int("hosts", 3, "how many hosts")
 	pods := fs.Int("pods", 2, "pods per host")
 	binDir := fs.String("bin-dir", envOr("GRAPEVINE_BIN_DIR", "bin"), "directory holding the grapevine binary")
 	cniPath := fs.String("cni-path", envOr("GRAPEVINE_CNI_PATH", "bin/cni"), "directories holding the CNI plugins, colon separated")
+	dualStack := fs.Bool("dual-stack", false, "give the hosts and the outside host IPv6 addresses and the pods IPv6 ones from --pool6 "+demoPool6)
 	fs.Parse(args)
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("the lab creates network namespaces: run as root")
@@ -69,7 +73,7 @@ func up(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := show(ctx, l, *pods, began); err != nil {
+	if err := show(ctx, l, *pods, *dualStack, began); err != nil {
 		for _, h := range l.Hosts() {
 			fmt.Fprintf(os.Stderr, "--- agent log of %s (%s):\n%s\n", h.Name, h.LogPath(), h.LogTail(20))
 		}
@@ -80,8 +84,9 @@ func up(ctx context.Context, args []string) error {
 	return nil
 }
 
-// show starts the agents, adds pods, and shows the cluster at work.
-func show(ctx context.Context, l *lab.Lab, podsPerHost int, began time.Time) (err error) {
+// show starts the agents, adds pods, and shows the cluster at work; with
+// dualStack over IPv6 too.
+func show(ctx context.Context, l *lab.Lab, podsPerHost int, dualStack bool, began time.Time) (err error) {
 	self, err := os.Executable()
 	if err != nil {
 		return err
@@ -104,6 +109,19 @@ func show(ctx context.Context, l *lab.Lab, podsPerHost int, began time.Time) (er
 
 	hosts := l.Hosts()
 	fmt.Printf("lab %s%s: %d hosts on 172.16.254.0/24 (em1), outside at %s; state in %s\n\n", lab.NamePrefix, l.ID, len(hosts), l.OutsideIP(), l.Dir)
+	var outside6 netip.Addr
+	if dualStack {
+		if outside6, err = l.AddOutsideIP6(ctx); err != nil {
+			return err
+		}
+		for _, h := range hosts {
+			if _, err := h.AddIP6(ctx); err != nil {
+				return err
+			}
+			h.ExtraArgs = append(h.ExtraArgs, "--pool6", demoPool6)
+		}
+		fmt.Printf("dual-stack: the hosts also on fd00:172:16:254::/64, outside at %s; pods get IPv6 addresses from %s\n\n", outside6, demoPool6)
+	}
 	if err := l.StartAgents(ctx); err != nil {
 		return err
 	}
@@ -138,23 +156,40 @@ func show(ctx context.Context, l *lab.Lab, podsPerHost int, began time.Time) (er
 	}
 	for _, h := range hosts {
 		for _, p := range pods[h] {
+			if p.IP6.IsValid() {
+				fmt.Printf("pod %s on %s: %s and %s\n", p.Namespace.Name, h.Name, p.IP, p.IP6)
+				continue
+			}
 			fmt.Printf("pod %s on %s: %s\n", p.Namespace.Name, h.Name, p.IP)
 		}
 	}
 	fmt.Println()
-
-	from, to := pods[h1][0], pods[h2][0]
-	fmt.Printf("$ ping %s   # from %s (%s) to %s on %s\n", to.IP, from.Namespace.Name, from.IP, to.Namespace.Name, h2.Name)
-	for i := 1; i <= 3; i++ {
-		attempt, cancel := context.WithTimeout(ctx, 5*time.Second)
-		rtt, err := from.Ping(attempt, to.IP)
-		cancel()
+	if dualStack {
+		out, err := h1.Run(ctx, "ip", "-6", "route")
 		if err != nil {
 			return err
 		}
-		fmt.Printf("reply from %s: seq=%d time=%v\n", to.IP, i, rtt.Round(time.Microsecond))
+		fmt.Printf("$ ip -6 route   # on %s\n%s\n", h1.Name, out)
 	}
-	fmt.Println()
+
+	from, to := pods[h1][0], pods[h2][0]
+	dsts := []netip.Addr{to.IP}
+	if dualStack {
+		dsts = append(dsts, to.IP6)
+	}
+	for _, dst := range dsts {
+		fmt.Printf("$ ping %s   # from %s to %s on %s\n", dst, from.Namespace.Name, to.Namespace.Name, h2.Name)
+		for i := 1; i <= 3; i++ {
+			attempt, cancel := context.WithTimeout(ctx, 5*time.Second)
+			rtt, err := from.Ping(attempt, dst)
+			cancel()
+			if err != nil {
+				return err
+			}
+			fmt.Printf("reply from %s: seq=%d time=%v\n", dst, i, rtt.Round(time.Microsecond))
+		}
+		fmt.Println()
+	}
 
 	target := netip.AddrPortFrom(to.IP, demoPort)
 	if err := echoExchange(ctx, labBin, from, to.Namespace, target, "pod to pod across hosts: no NAT"); err != nil {
@@ -164,7 +199,16 @@ func show(ctx context.Context, l *lab.Lab, podsPerHost int, began time.Time) (er
 	if err := echoExchange(ctx, labBin, from, l.Outside, outside, "pod to outside: masqueraded to the node's address"); err != nil {
 		return err
 	}
+	if dualStack {
+		if err := echoExchange(ctx, labBin, from, l.Outside, netip.AddrPortFrom(outside6, demoPort), "pod to outside over IPv6: masqueraded to the node's IPv6 address"); err != nil {
+			return err
+		}
+	}
 
+	ipv6Lines := ""
+	if dualStack {
+		ipv6Lines = fmt.Sprintf("Over IPv6:\n  ip netns exec %s %s ping %s\n  ip -n %s -6 route\n", from.Namespace.Name, labBin, to.IP6, h1.Namespace.Name)
+	}
 	fmt.Printf(`The lab stays up. Explore it (its name, %[12]s, is random: copy these lines):
   ip netns exec %[1]s bash       # a shell on host %[2]s
   ip netns exec %[3]s bash    # a shell in pod %[4]s (%[5]s)
@@ -173,9 +217,9 @@ func show(ctx context.Context, l *lab.Lab, podsPerHost int, began time.Time) (er
   ip netns exec %[3]s %[8]s ping %[9]s
   ip netns exec %[3]s %[8]s echo --to %[10]s
   tail -f %[11]s
-Remove it with: make demo-down   (or: go run ./e2e/cmd/lab down)
+%[13]sRemove it with: make demo-down   (or: go run ./e2e/cmd/lab down)
 `, h1.Namespace.Name, h1.Name, from.Namespace.Name, from.Name, from.IP,
-		filepath.Join(l.BinDir, "grapevine"), h1.RunDir(), labBin, to.IP, target, h1.LogPath(), lab.NamePrefix+l.ID)
+		filepath.Join(l.BinDir, "grapevine"), h1.RunDir(), labBin, to.IP, target, h1.LogPath(), lab.NamePrefix+l.ID, ipv6Lines)
 	fmt.Printf("(up in %v)\n", time.Since(began).Round(time.Millisecond))
 	return nil
 }
@@ -184,7 +228,11 @@ Remove it with: make demo-down   (or: go run ./e2e/cmd/lab down)
 // try; lab down ends it with the namespace) and runs the lab's echo client
 // in the client pod against it, showing its output.
 func echoExchange(ctx context.Context, labBin string, client *lab.Pod, server lab.Namespace, target netip.AddrPort, what string) error {
-	srv := server.Command(context.WithoutCancel(ctx), labBin, "echo-server", "--listen", fmt.Sprintf(":%d", target.Port()))
+	listen := fmt.Sprintf(":%d", target.Port())
+	if target.Addr().Is6() {
+		listen = fmt.Sprintf("[::]:%d", target.Port())
+	}
+	srv := server.Command(context.WithoutCancel(ctx), labBin, "echo-server", "--listen", listen)
 	srv.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := srv.Start(); err != nil {
 		return fmt.Errorf("echo server in %s: %w", server.Name, err)
