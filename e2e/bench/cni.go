@@ -14,6 +14,7 @@ import (
 	"github.com/containernetworking/cni/libcni"
 
 	"github.com/grapevine-net/grapevine/e2e/lab"
+	"github.com/grapevine-net/grapevine/mesh"
 	"github.com/grapevine-net/grapevine/node"
 	"github.com/grapevine-net/grapevine/node/nodestate"
 )
@@ -28,6 +29,13 @@ type CNIConfig struct {
 	// Portmap chains portmap after both grapevine-cni and ptp, as the
 	// agent's conflist does; without it both chains are the bare plugin.
 	Portmap bool
+	// DualStackPods, if positive, is how many pods each of three more
+	// chains wires in a run of their own: grapevine-cni IPv4-only, the same
+	// with an IPv6 block in node.json (dual-stack pods), and ptp with
+	// host-local handing out both families. Fewer than Pods: ptp waits
+	// for duplicate address detection on every pod's IPv6 address (about
+	// 1.8 s an ADD), which grapevine-cni skips.
+	DualStackPods int
 }
 
 // cniBatch is how many pods of each chain exist at once: a node carries
@@ -115,28 +123,80 @@ func MeasureCNI(ctx context.Context, cfg CNIConfig) (_ []Row, err error) {
 	}
 	cni := libcni.NewCNIConfigWithCacheDir(cfg.CNIPath, filepath.Join(dir, "cache"), nil)
 
+	if err := runChains(ctx, s, host, cni, chains, cfg.Pods); err != nil {
+		return nil, err
+	}
+	rows := cniRows(chains[0], chains[1], cfg.Portmap)
+	if cfg.DualStackPods <= 0 {
+		return rows, nil
+	}
+
+	// The dual-stack run: the same node with an IPv6 block, its IPv4-only
+	// self, and ptp with both families, alternating in rotation.
+	runDir6, stateDir6 := filepath.Join(dir, "run6"), filepath.Join(dir, "state6")
+	block, pool, pool6 := netip.MustParsePrefix("10.244.2.0/23"), netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:10:244::/48")
+	block6, err := mesh.Block6(pool, block, pool6, mesh.DefaultBlockBits6)
+	if err != nil {
+		return nil, err
+	}
+	err = nodestate.Write(runDir6, nodestate.State{
+		Node: "gvb-node", Block: block, Pool: pool, Block6: block6, Pool6: pool6, HostIP: hostIP, MTU: 1500, Lease: lease,
+	})
+	if err != nil {
+		return nil, err
+	}
+	gvConf6, err := node.Handoff{RunDir: runDir6, StateDir: stateDir6}.Conflist()
+	if err != nil {
+		return nil, err
+	}
+	gv6, err := chainConf(gvConf6, cfg.Portmap)
+	if err != nil {
+		return nil, err
+	}
+	ptpConf6 := []byte(`{"cniVersion": "` + gv.CNIVersion + `", "name": "gvb-ptp6", "plugins": [
+	  {"type": "ptp", "mtu": 1500, "ipam": {"type": "host-local", "dataDir": "` + filepath.Join(dir, "host-local6") + `",
+	   "ranges": [[{"subnet": "10.246.2.0/23"}], [{"subnet": "fd00:246::/64"}]], "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}},
+	  {"type": "portmap", "capabilities": {"portMappings": true}}]}`)
+	ptp6, err := chainConf(ptpConf6, cfg.Portmap)
+	if err != nil {
+		return nil, err
+	}
+	dual := []*cniChain{
+		{name: "grapevine IPv4-only", conf: gv, podPrefix: "g4-"},
+		{name: "grapevine dual-stack", conf: gv6, podPrefix: "g6-"},
+		{name: "ptp dual-stack", conf: ptp6, podPrefix: "p6-"},
+	}
+	if err := runChains(ctx, s, host, cni, dual, cfg.DualStackPods); err != nil {
+		return nil, err
+	}
+	return append(rows, dualStackRows(dual[0], dual[1], dual[2])...), nil
+}
+
+// runChains wires pods pods with each chain from the host namespace host,
+// in batches of cniBatch, the chains taking turns in rotation pod by pod.
+func runChains(ctx context.Context, s *scope, host string, cni *libcni.CNIConfig, chains []*cniChain, pods int) error {
 	type pod struct {
 		chain *cniChain
 		ns    string
 		rt    *libcni.RuntimeConf
 	}
-	for start := 0; start < cfg.Pods; start += cniBatch {
-		n := min(cniBatch, cfg.Pods-start)
+	for start := 0; start < pods; start += cniBatch {
+		n := min(cniBatch, pods-start)
 		// The pod namespaces are made before and removed after the timed
 		// calls: the kernel tears a namespace down asynchronously, under
 		// locks the plugins need, and would land on whichever call came next.
-		var pods []pod
+		var batch []pod
 		for i := start; i < start+n; i++ {
-			for _, c := range abba(chains, i) {
+			for _, c := range rotate(chains, i) {
 				role := c.podPrefix + strconv.Itoa(i)
 				name, err := s.addNamespace(ctx, role)
 				if err != nil {
-					return nil, err
+					return err
 				}
-				pods = append(pods, pod{chain: c, ns: name, rt: runtimeConf(s.name(role), name)})
+				batch = append(batch, pod{chain: c, ns: name, rt: runtimeConf(s.name(role), name)})
 			}
 		}
-		for _, p := range pods {
+		for _, p := range batch {
 			var d time.Duration
 			err := lab.Namespace{Name: host}.Do(func() error {
 				t0 := time.Now()
@@ -145,11 +205,11 @@ func MeasureCNI(ctx context.Context, cfg CNIConfig) (_ []Row, err error) {
 				return err
 			})
 			if err != nil {
-				return nil, fmt.Errorf("%s: CNI ADD: %w", p.chain.name, err)
+				return fmt.Errorf("%s: CNI ADD: %w", p.chain.name, err)
 			}
 			p.chain.add = append(p.chain.add, d)
 		}
-		for _, p := range pods {
+		for _, p := range batch {
 			var d time.Duration
 			err := lab.Namespace{Name: host}.Do(func() error {
 				t0 := time.Now()
@@ -158,22 +218,33 @@ func MeasureCNI(ctx context.Context, cfg CNIConfig) (_ []Row, err error) {
 				return err
 			})
 			if err != nil {
-				return nil, fmt.Errorf("%s: CNI DEL: %w", p.chain.name, err)
+				return fmt.Errorf("%s: CNI DEL: %w", p.chain.name, err)
 			}
 			p.chain.del = append(p.chain.del, d)
 		}
-		for _, p := range pods {
+		for _, p := range batch {
 			if err := s.deleteNamespace(ctx, p.ns); err != nil {
-				return nil, err
+				return err
 			}
 		}
 		// Let the kernel finish tearing those namespaces down before the
 		// next batch is timed.
 		if err := lab.Sleep(ctx, 2*time.Second); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	return cniRows(chains[0], chains[1], cfg.Portmap), nil
+	return nil
+}
+
+// rotate orders the chains for pod i: with two, AB, BA, AB, ... (ABBA);
+// with more, each starts in turn, so none always runs first (after the
+// others have warmed the caches).
+func rotate(c []*cniChain, i int) []*cniChain {
+	if len(c) == 2 {
+		return abba(c, i)
+	}
+	k := i % len(c)
+	return append(append([]*cniChain(nil), c[k:]...), c[:k]...)
 }
 
 // abba orders the two chains for pod i: AB, BA, AB, ... so neither always
@@ -218,6 +289,19 @@ func runtimeConf(id, netns string) *libcni.RuntimeConf {
 			{"K8S_POD_NAME", id},
 			{"K8S_POD_INFRA_CONTAINER_ID", id},
 		},
+	}
+}
+
+// dualStackRows are the dual-stack run's ADD figures: grapevine-cni's
+// dual-stack ADD beside ptp+host-local dual-stack, and beside its own
+// IPv4-only ADD of the same run (issue 21's goal: at most 20 % slower).
+func dualStackRows(v4, dual, ptp *cniChain) []Row {
+	note := fmt.Sprintf("a run of its own: grapevine-cni IPv4-only, grapevine-cni dual-stack (node.json with block6) and ptp+host-local dual-stack through libcni, bare plugins; %d pods each, in rotation", len(dual.add))
+	return []Row{
+		{ID: "1g", Measure: "CNI ADD p50, dual-stack", Unit: "ms", Value: millis(percentile(dual.add, 50)), Samples: len(dual.add),
+			Peer: &Peer{Name: "ptp dual-stack", Value: millis(percentile(ptp.add, 50))}, Note: note},
+		{ID: "1h", Measure: "CNI ADD p50, dual-stack vs IPv4-only", Unit: "ms", Value: millis(percentile(dual.add, 50)), Samples: len(dual.add),
+			Peer: &Peer{Name: "grapevine IPv4-only", Value: millis(percentile(v4.add, 50))}, Target: Target{Kind: AtMostPeer, Limit: 1.2}},
 	}
 }
 

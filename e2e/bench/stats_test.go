@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -69,5 +70,29 @@ func TestSortRowsByNumber(t *testing.T) {
 	}
 	if want := "1f 2a 2b 5a-64 5a-256 5a-1000 5b-64 9 10a 10b"; strings.Join(got, " ") != want {
 		t.Fatalf("order %v, want %s", got, want)
+	}
+}
+
+// rotate gives two chains ABBA order and more chains each the first place
+// in turn, every chain once per pod.
+func TestRotate(t *testing.T) {
+	a, b, c := &cniChain{name: "a"}, &cniChain{name: "b"}, &cniChain{name: "c"}
+	names := func(cs []*cniChain) string {
+		s := ""
+		for _, x := range cs {
+			s += x.name
+		}
+		return s
+	}
+	var got []string
+	for i := range 4 {
+		got = append(got, names(rotate([]*cniChain{a, b}, i)))
+	}
+	for i := range 4 {
+		got = append(got, names(rotate([]*cniChain{a, b, c}, i)))
+	}
+	want := []string{"ab", "ba", "ab", "ba", "abc", "bca", "cab", "abc"}
+	if !slices.Equal(got, want) {
+		t.Errorf("rotations %v, want %v", got, want)
 	}
 }

@@ -38,6 +38,7 @@ func run() error {
 		out          = flag.String("o", "bench-results.json", "where to write the figures as JSON")
 		only         = flag.String("only", "", "comma-separated measurements to run (cni,routes,probes,mesh,lab,routed,crash); empty: all")
 		pods         = flag.Int("pods", 200, "pods per CNI chain")
+		dualPods     = flag.Int("dual-stack-pods", 20, "pods per chain of the dual-stack CNI run (ptp waits ~1.8 s for DAD per pod); 0: skip it")
 		portmap      = flag.Bool("portmap", false, "chain portmap after both CNI plugins")
 		joinTrials   = flag.Int("join-trials", 5, "trials of each join and leave")
 		crashTrials  = flag.Int("crash-trials", 5, "crash trials")
@@ -124,7 +125,7 @@ func run() error {
 	}
 	if want("cni") {
 		measure("CNI ADD/DEL", func() ([]bench.Row, error) {
-			return bench.MeasureCNI(ctx, bench.CNIConfig{CNIPath: []string{cni}, Pods: *pods, Portmap: *portmap})
+			return bench.MeasureCNI(ctx, bench.CNIConfig{CNIPath: []string{cni}, Pods: *pods, Portmap: *portmap, DualStackPods: *dualPods})
 		})
 	}
 	if want("lab") {
