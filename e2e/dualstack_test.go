@@ -234,19 +234,19 @@ func TestDualStackAcrossHosts(t *testing.T) {
 
 // waitStatus6 waits until h's status satisfies cond.
 func waitStatus6(ctx context.Context, h *lab.Host, cond func(status.Report) bool) (status.Report, error) {
-	for {
-		var st status.Report
+	var st status.Report
+	err := lab.Poll(ctx, h.Name+"'s IPv6 status as wanted", 100*time.Millisecond, func() error {
+		st = status.Report{}
 		out, err := h.StatusText(ctx, "json")
 		if err == nil {
 			err = json.Unmarshal(out, &st)
 		}
-		if err == nil && cond(st) {
-			return st, nil
+		if err == nil && !cond(st) {
+			err = fmt.Errorf("status %s", out)
 		}
-		if werr := lab.Sleep(ctx, 100*time.Millisecond); werr != nil {
-			return st, fmt.Errorf("%s: IPv6 status not as wanted: %w (last: %s, %v)", h.Name, werr, out, err)
-		}
-	}
+		return err
+	})
+	return st, err
 }
 
 // TestDualStackEgress: a pod's IPv6 traffic to the outside host leaves
@@ -329,15 +329,13 @@ func TestDualStackEgress(t *testing.T) {
 // waitRoute6Line waits until h's IPv6 main table has a route (of any
 // protocol) starting with want.
 func waitRoute6Line(ctx context.Context, h *lab.Host, want string) error {
-	for {
+	return lab.Poll(ctx, fmt.Sprintf("%s: an IPv6 route %q", h.Name, want), 100*time.Millisecond, func() error {
 		out, err := h.Run(ctx, "ip", "-6", "route", "show")
-		if err == nil && strings.Contains(string(out), want) {
-			return nil
+		if err == nil && !strings.Contains(string(out), want) {
+			err = fmt.Errorf("routes %q", out)
 		}
-		if werr := lab.Sleep(ctx, 100*time.Millisecond); werr != nil {
-			return fmt.Errorf("%s: no IPv6 route %q: %w (last: %q, %v)", h.Name, want, werr, out, err)
-		}
-	}
+		return err
+	})
 }
 
 // waitRoute6 waits until h's IPv6 table has a proto 74 route starting with
@@ -406,14 +404,14 @@ func TestDualStackFrozenAgent(t *testing.T) {
 	if out, err := h2.Run(ctx, "ip", "-6", "addr", "del", netip.PrefixFrom(host6[h2], 64).String(), "dev", "em1"); err != nil {
 		t.Fatalf("h2: remove its IPv6 address: %v: %s", err, out)
 	}
-	for {
+	if err := lab.Poll(ctx, "h1 withdrawing h2's IPv6 route with h2's IPv6 address gone", 100*time.Millisecond, func() error {
 		out, err := h1.Run(ctx, "ip", "-6", "route", "show", st2.Block6.String())
-		if err == nil && !strings.Contains(string(out), "via") {
-			break
+		if err == nil && strings.Contains(string(out), "via") {
+			err = fmt.Errorf("route %q", out)
 		}
-		if werr := lab.Sleep(ctx, 100*time.Millisecond); werr != nil {
-			t.Fatalf("h1 keeps h2's IPv6 route with h2's IPv6 address gone: %q, %v", out, err)
-		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
 	}
 	if _, err := a.Ping(ctx, b.IP); err != nil {
 		t.Errorf("pod on h1 -> pod on h2 over IPv4 after the IPv6 route went: %v", err)
