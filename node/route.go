@@ -52,9 +52,10 @@ type Desired struct {
 	// Peers6 are the peers' IPv6 blocks and IPv6 host addresses, named
 	// like their Peers entries; Via is zero where this host or the peer
 	// has no IPv6 address. One is routed `<block6> via <host6> dev
-	// <iface>` only when the host address is on an IPv6 network of the
-	// interface; otherwise it is not routed at all yet (no IPv6 over
-	// VXLAN), and the pool6's unreachable route answers for it.
+	// <iface>` when the host address is on an IPv6 network of the
+	// interface, otherwise over VXLAN on the IPv4 underlay unless
+	// encapsulation is never (see choosePath6); a block with neither is
+	// answered by the pool6's unreachable route.
 	Peers6 []PeerRoute
 	// Encapsulation chooses the peers reached over VXLAN (see ChoosePath).
 	Encapsulation Encapsulation
