@@ -422,3 +422,64 @@ func TestDualStackFrozenAgent(t *testing.T) {
 		t.Errorf("h1 withdrew h2's IPv4 route with its IPv6 one: %+v", m)
 	}
 }
+
+// TestDualStackCrossSubnet: a host on another subnet, behind the router,
+// is reached over VXLAN for IPv6 as for IPv4, while the two hosts sharing
+// an IPv6 network route each other's IPv6 blocks directly.
+func TestDualStackCrossSubnet(t *testing.T) {
+	t.Parallel()
+	l := env.Lab(t, labtest.Options{Hosts: 2, Routed: true, Hosts2: 1, NoAgents: true, AgentArgs: []string{"--pool6", "fd00:10:244::/48"}})
+	ctx := timeout(t, 2*time.Minute)
+	h1, h2, h3 := l.Host(1), l.Host(2), l.Host(3)
+	host6 := map[*lab.Host]netip.Addr{}
+	for _, h := range []*lab.Host{h1, h2} {
+		var err error
+		if host6[h], err = h.AddIP6(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.StartAgents(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lab.WaitMesh(ctx, l.Hosts()); err != nil {
+		t.Fatal(err)
+	}
+	blocks6 := map[*lab.Host]netip.Prefix{}
+	for _, h := range l.Hosts() {
+		st, err := nodestate.Read(h.RunDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		blocks6[h] = st.Block6
+	}
+	vxlan := func(h *lab.Host) string {
+		return blocks6[h].String() + " via " + blocks6[h].Addr().String() + " dev gv.vxlan"
+	}
+	for h, want := range map[*lab.Host][]string{
+		h1: {vxlan(h3), blocks6[h2].String() + " via " + host6[h2].String() + " dev em1"},
+		h3: {vxlan(h1), vxlan(h2)},
+	} {
+		for _, w := range want {
+			if err := waitRoute6(ctx, h, w); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	a := addPods(t, ctx, h1, 1)[0]
+	c := addPods(t, ctx, h3, 1)[0]
+	for _, tc := range []struct {
+		name string
+		from lab.Namespace
+		to   netip.Addr
+	}{
+		{"pod on h1 -> pod on h3 (other subnet) over IPv6", a.Namespace, c.IP6},
+		{"pod on h3 -> pod on h1 over IPv6", c.Namespace, a.IP6},
+		{"pod on h3 -> pod on h1 over IPv4", c.Namespace, a.IP},
+	} {
+		if rtt, err := tc.from.Ping(ctx, tc.to); err != nil {
+			t.Errorf("%s (%s): %v", tc.name, tc.to, err)
+		} else {
+			t.Logf("%s (%s): %v", tc.name, tc.to, rtt)
+		}
+	}
+}
