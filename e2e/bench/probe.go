@@ -99,11 +99,14 @@ func probeCounts(reg *prometheus.Registry) (requests, replies float64, err error
 		return 0, 0, err
 	}
 	for _, mf := range mfs {
-		switch mf.GetName() {
-		case "grapevine_probe_requests_total":
-			requests = mf.GetMetric()[0].GetCounter().GetValue()
-		case "grapevine_probe_replies_total":
-			replies = mf.GetMetric()[0].GetCounter().GetValue()
+		// Summed over the families (ipv4, ipv6).
+		for _, m := range mf.GetMetric() {
+			switch mf.GetName() {
+			case "grapevine_probe_requests_total":
+				requests += m.GetCounter().GetValue()
+			case "grapevine_probe_replies_total":
+				replies += m.GetCounter().GetValue()
+			}
 		}
 	}
 	return requests, replies, nil

@@ -134,9 +134,17 @@ func New(cfg Config, conn Conn) (*Prober, error) {
 func (p *Prober) Watch(hosts []netip.Addr) {
 	p.mu.Lock()
 	p.targets.watch(hosts)
-	n := len(p.targets.hosts)
+	var n4, n6 int
+	for h := range p.targets.hosts {
+		if h.Is4() {
+			n4++
+		} else {
+			n6++
+		}
+	}
 	p.mu.Unlock()
-	p.metrics.targets.Set(float64(n))
+	p.metrics.targets.v4.Set(float64(n4))
+	p.metrics.targets.v6.Set(float64(n6))
 	select {
 	case p.rescheduled <- struct{}{}:
 	default:
@@ -190,10 +198,10 @@ func (p *Prober) tick() {
 	p.mu.Unlock()
 	p.notify(flipped)
 	for _, pr := range probes {
-		p.metrics.requests.Inc()
+		p.metrics.requests.of(pr.host).Inc()
 		if err := p.conn.WriteEcho(pr.host, p.id, pr.seq); err != nil {
 			// No route, link down: the request counts as unanswered.
-			p.metrics.sendErrors.Inc()
+			p.metrics.sendErrors.of(pr.host).Inc()
 			p.log.Debug("echo request not sent", "host", pr.host, "err", err)
 		}
 	}
@@ -212,7 +220,7 @@ func (p *Prober) readReplies() error {
 		known, flipped := p.targets.reply(from, seq, p.cfg.Now())
 		p.mu.Unlock()
 		if known {
-			p.metrics.replies.Inc()
+			p.metrics.replies.of(from).Inc()
 		}
 		p.notify(flipped)
 	}
@@ -382,32 +390,45 @@ func (tr *tracker) verdicts() map[netip.Addr]Verdict {
 // ErrClosed is returned by a Conn's ReadEcho after Close.
 var ErrClosed = errors.New("probe: connection closed")
 
+// metrics are the prober's counters, labelled by the address family of
+// the host (family="ipv4", "ipv6": peers' IPv6 host addresses, probed over
+// ICMPv6). Each family's child is resolved once, not per request.
 type metrics struct {
-	requests, replies, sendErrors prometheus.Counter
-	targets                       prometheus.Gauge
+	requests, replies, sendErrors family[prometheus.Counter]
+	targets                       family[prometheus.Gauge]
+	vecs                          []prometheus.Collector
+}
+
+// family holds a metric's child for each address family.
+type family[M any] struct{ v4, v6 M }
+
+// of is the child for host's family.
+func (f family[M]) of(host netip.Addr) M {
+	if host.Is4() {
+		return f.v4
+	}
+	return f.v6
 }
 
 func newMetrics() metrics {
-	return metrics{
-		requests: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "grapevine_probe_requests_total",
-			Help: "ICMP echo requests sent to peer hosts to check the data path.",
-		}),
-		replies: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "grapevine_probe_replies_total",
-			Help: "ICMP echo replies received from watched peer hosts.",
-		}),
-		sendErrors: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "grapevine_probe_send_errors_total",
-			Help: "Echo requests the kernel refused to send (no route, link down); each counts as unanswered.",
-		}),
-		targets: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "grapevine_probe_hosts",
-			Help: "Peer hosts whose data path is being probed.",
-		}),
+	counter := func(name, help string) (family[prometheus.Counter], prometheus.Collector) {
+		v := prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, []string{"family"})
+		return family[prometheus.Counter]{v.WithLabelValues("ipv4"), v.WithLabelValues("ipv6")}, v
 	}
+	var m metrics
+	var requests, replies, sendErrors prometheus.Collector
+	m.requests, requests = counter("grapevine_probe_requests_total", "ICMP and ICMPv6 echo requests sent to peer hosts to check the data path, by family (ipv4, ipv6).")
+	m.replies, replies = counter("grapevine_probe_replies_total", "ICMP and ICMPv6 echo replies received from watched peer hosts, by family.")
+	m.sendErrors, sendErrors = counter("grapevine_probe_send_errors_total", "Echo requests the kernel refused to send (no route, link down), by family; each counts as unanswered.")
+	targets := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "grapevine_probe_hosts",
+		Help: "Peer host addresses whose data path is being probed, by family.",
+	}, []string{"family"})
+	m.targets = family[prometheus.Gauge]{targets.WithLabelValues("ipv4"), targets.WithLabelValues("ipv6")}
+	m.vecs = []prometheus.Collector{requests, replies, sendErrors, targets}
+	return m
 }
 
 func (m metrics) register(reg prometheus.Registerer) {
-	reg.MustRegister(m.requests, m.replies, m.sendErrors, m.targets)
+	reg.MustRegister(m.vecs...)
 }

@@ -4,9 +4,13 @@ import (
 	"context"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 var (
@@ -341,5 +345,60 @@ func TestTrackerFallsIntoOnePhase(t *testing.T) {
 	now = now.Add(tr.untilDue(now))
 	if probes, _ := tr.tick(now); len(probes) != 1 || probes[0].host != hostB {
 		t.Fatalf("retry tick asked %v, want only the host that missed", probes)
+	}
+}
+
+// TestProberMetricsByFamily: an IPv6 host is probed like an IPv4 one, and
+// the counters and the watched hosts are labelled by family.
+func TestProberMetricsByFamily(t *testing.T) {
+	host6 := netip.MustParseAddr("fd00:172:16:254::2")
+	conn := newLoopConn(hostA, host6)
+	reg := prometheus.NewRegistry()
+	p, err := New(Config{Interval: 10 * time.Millisecond, Registerer: reg}, conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Watch([]netip.Addr{hostA, hostB, host6})
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	deadline := time.After(10 * time.Second) // a deadline, not a speed goal
+	for !p.Verdicts()[host6].Up || !p.Verdicts()[hostA].Up {
+		select {
+		case <-p.Changed():
+		case <-time.After(50 * time.Millisecond):
+		case <-deadline:
+			t.Fatalf("verdicts %v: the IPv4 and IPv6 hosts never both up", p.Verdicts())
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	const hosts = `
+# HELP grapevine_probe_hosts Peer host addresses whose data path is being probed, by family.
+# TYPE grapevine_probe_hosts gauge
+grapevine_probe_hosts{family="ipv4"} 2
+grapevine_probe_hosts{family="ipv6"} 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(hosts), "grapevine_probe_hosts"); err != nil {
+		t.Error(err)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "grapevine_probe_replies_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if m.GetCounter().GetValue() < 1 {
+				t.Errorf("no reply counted for %v", m.GetLabel())
+			}
+		}
+		if len(mf.GetMetric()) != 2 {
+			t.Errorf("replies labelled %v, want ipv4 and ipv6", mf.GetMetric())
+		}
 	}
 }
