@@ -17,6 +17,7 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/grapevine-net/grapevine/e2e/lab"
+	"github.com/grapevine-net/grapevine/internal/roottest"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 )
@@ -25,12 +26,7 @@ import (
 // fails them in CI, where a skip would hide that they never ran.
 func needRoot(tb testing.TB) {
 	tb.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			tb.Fatal("creating network namespaces needs root, and CI=true")
-		}
-		tb.Skip("creating network namespaces needs root")
-	}
+	roottest.Require(tb, "creating network namespaces")
 }
 
 // testNet is a host namespace that routes between endpoint namespaces, each

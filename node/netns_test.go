@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"testing"
 
+	"github.com/grapevine-net/grapevine/internal/roottest"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -28,12 +29,7 @@ type testNS struct {
 // fails them in CI, where a skip would hide that they never ran.
 func needRoot(tb testing.TB) {
 	tb.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			tb.Fatal("creating network namespaces needs root, and CI=true")
-		}
-		tb.Skip("creating network namespaces needs root")
-	}
+	roottest.Require(tb, "creating network namespaces")
 }
 
 func newTestNS(tb testing.TB) *testNS {

@@ -20,6 +20,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/grapevine-net/grapevine/internal/roottest"
 	"github.com/vishvananda/netlink"
 
 	"github.com/grapevine-net/grapevine/internal/hostveth"
@@ -87,13 +88,7 @@ func pluginBinaries() (string, func(), error) {
 // CI=true, where it must run and so fails.
 func requireRoot(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		const why = "needs root: creates network namespaces, veths and routes"
-		if os.Getenv("CI") == "true" {
-			t.Fatal(why + " (CI=true: the plugin tests must run)")
-		}
-		t.Skip(why)
-	}
+	roottest.Require(t, "creating network namespaces, veths and routes")
 }
 
 func randomSuffix(t testing.TB) string {

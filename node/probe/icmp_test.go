@@ -3,12 +3,12 @@ package probe
 import (
 	"errors"
 	"net/netip"
-	"os"
 	"runtime"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/grapevine-net/grapevine/internal/roottest"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -18,9 +18,7 @@ import (
 // else has no route. The namespace goes away with the socket.
 func listenInNewNetns(tb testing.TB) Conn {
 	tb.Helper()
-	if os.Geteuid() != 0 {
-		tb.Skip("a network namespace and a raw ICMP socket need root")
-	}
+	roottest.Require(tb, "a network namespace with a raw ICMP socket")
 	type result struct {
 		c   Conn
 		err error

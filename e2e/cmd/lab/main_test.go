@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/grapevine-net/grapevine/e2e/lab"
+	"github.com/grapevine-net/grapevine/internal/roottest"
 )
 
 // TestUpDown runs the demo as `make demo` and `make demo-down` do: up leaves
@@ -21,9 +22,7 @@ import (
 // exits 0; down removes all of it and returns only once the agents have
 // exited and been reaped.
 func TestUpDown(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("the lab creates network namespaces: run as root")
-	}
+	roottest.Require(t, "the lab (network namespaces)")
 	binDir, cniPath := os.Getenv("GRAPEVINE_BIN_DIR"), os.Getenv("GRAPEVINE_CNI_PATH")
 	if binDir == "" || cniPath == "" {
 		t.Skip("needs the built binaries: set GRAPEVINE_BIN_DIR and GRAPEVINE_CNI_PATH (make test does)")
