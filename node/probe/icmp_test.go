@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/netip"
 	"runtime"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -103,7 +104,11 @@ func TestListenEcho6(t *testing.T) {
 // round a second it is also the CPU cost per second.
 func BenchmarkProbeRound256(b *testing.B) {
 	conn := listenInNewNetns(b)
-	p, err := New(Config{}, conn)
+	// Each round is an interval after the last, so every host is due.
+	var clock atomic.Int64
+	clock.Store(time.Now().UnixNano())
+	now := func() time.Time { return time.Unix(0, clock.Load()) }
+	p, err := New(Config{Now: now}, conn)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -120,7 +125,7 @@ func BenchmarkProbeRound256(b *testing.B) {
 				return
 			}
 			p.mu.Lock()
-			counted, _ := p.targets.reply(from, seq, time.Now())
+			counted, _ := p.targets.reply(from, seq, now())
 			p.mu.Unlock()
 			if counted && id == p.id {
 				replies <- struct{}{}
@@ -131,6 +136,7 @@ func BenchmarkProbeRound256(b *testing.B) {
 	unix.Getrusage(unix.RUSAGE_SELF, &before)
 	rounds := 0
 	for b.Loop() {
+		clock.Add(int64(DefaultInterval))
 		p.tick()
 		for range hosts {
 			select {
