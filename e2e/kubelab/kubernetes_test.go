@@ -19,6 +19,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -61,62 +62,8 @@ var nodeNames = []string{"node-a", "node-b", "node-c"}
 // keeps a TCP stream between pods alive; deleting a Node whose host is gone
 // frees its block.
 func TestKubernetes(t *testing.T) {
-	kubeBin, archive := os.Getenv("GRAPEVINE_KUBE_BIN"), os.Getenv("GRAPEVINE_IMAGE_ARCHIVE")
-	if kubeBin == "" || archive == "" {
-		t.Fatal("GRAPEVINE_KUBE_BIN and GRAPEVINE_IMAGE_ARCHIVE must be set: run `make e2e-kubernetes`")
-	}
-	image := os.Getenv("GRAPEVINE_IMAGE")
-	if image == "" {
-		image = manifestImage
-	}
-	tools := runtimes.Require(t, "containerd", "containerd-shim-runc-v2", "runc", "ctr", "crictl", "iptables")
-	manifest, err := os.ReadFile(manifestPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	machineCNI := snapshotDirs(t, "/etc/cni/net.d", "/opt/cni/bin")
-
-	l := env.Lab(t, labtest.Options{Hosts: 3, NoAgents: true})
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
-	t.Cleanup(cancel)
-
-	images := t.TempDir()
-	pause, bb := filepath.Join(images, "pause.tar"), filepath.Join(images, "busybox.tar")
-	if err := runtimes.PauseImage.WriteArchive(pause, runtimes.BusyboxPath); err != nil {
-		t.Fatal(err)
-	}
-	if err := runtimes.BusyboxImage.WriteArchive(bb, runtimes.BusyboxPath); err != nil {
-		t.Fatal(err)
-	}
-	started := time.Now()
-	c, err := kubelab.Start(ctx, kubelab.Config{
-		Hosts:     l.Hosts(),
-		NodeNames: nodeNames,
-		Dir:       t.TempDir(),
-		KubeBin:   kubeBin,
-		Crictl:    tools["crictl"],
-		Images:    []string{archive, pause, bb},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	env.BeforeClose(l, func() { c.Close() }) // also when the run is interrupted
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("cluster logs:\n%s", c.LogTails(25))
-			if out, err := c.Kubectl(context.Background(), "get", "pods", "-A", "-o", "wide"); err == nil {
-				t.Logf("pods:\n%s", out)
-			}
-		}
-		if err := c.Close(); err != nil {
-			t.Errorf("stop cluster: %v", err)
-		}
-		if after := snapshotDirs(t, "/etc/cni/net.d", "/opt/cni/bin"); !slices.Equal(after, machineCNI) {
-			t.Errorf("the machine's CNI directories changed: before %v, after %v", machineCNI, after)
-		}
-	})
-	k := kube{t: t, c: c}
-	t.Logf("control plane and 3 kubelets registered in %s", time.Since(started).Round(100*time.Millisecond))
+	ctx, k, l, image := startCluster(t, 15*time.Minute)
+	c := k.c
 
 	// No network before the manifest: the runtime has no conflist.
 	for _, n := range k.nodes(ctx) {
@@ -127,25 +74,7 @@ func TestKubernetes(t *testing.T) {
 		}
 	}
 
-	// As docs/kubernetes.md says: the gossip key Secret, then the manifest.
-	key, err := lab.Run(ctx, filepath.Join(l.BinDir, "grapevine"), "keygen")
-	if err != nil {
-		t.Fatal(err)
-	}
-	k.run(ctx, "-n", "kube-system", "create", "secret", "generic", "grapevine-gossip-key",
-		"--from-literal=key="+strings.TrimSpace(string(key)))
-	applied := string(manifest)
-	// The one setting changed: a lease of seconds, not a day, so that the
-	// test sees a deleted Node's block freed once its lease has ended.
-	if !strings.Contains(applied, manifestLease) {
-		t.Fatalf("the manifest has no %q", manifestLease)
-	}
-	applied = strings.ReplaceAll(applied, manifestLease, fmt.Sprintf("GRAPEVINE_LEASE: %q", testLease))
-	if image != manifestImage {
-		applied = strings.ReplaceAll(applied, "image: "+manifestImage, "image: "+image)
-	}
-	applyAt := time.Now()
-	k.apply(ctx, applied)
+	applyAt := installGrapevine(ctx, k, l, image)
 	// The workload comes with it, as it would in a cluster being built: its
 	// pods wait for the network.
 	k.apply(ctx, pingersDeployment)
@@ -154,7 +83,7 @@ func TestKubernetes(t *testing.T) {
 	// runtime's network readiness, which follows the conflist, which the
 	// agent writes after node.json.
 	readyAt := map[string]time.Duration{}
-	err = lab.Poll(ctx, "every node Ready", 200*time.Millisecond, func() error {
+	err := lab.Poll(ctx, "every node Ready", 200*time.Millisecond, func() error {
 		for _, n := range k.nodes(ctx) {
 			name := n.Metadata.Name
 			ready, _ := n.ready()
@@ -180,7 +109,7 @@ func TestKubernetes(t *testing.T) {
 	agents := k.agentPods(ctx, image)
 	bringUp := k.bringUp(ctx, c, agents, applyAt, readyAt)
 	t.Logf("bring-up: %s", bringUp)
-	checkArchiveRuns(t, ctx, c, archive, agents)
+	checkArchiveRuns(t, ctx, c, os.Getenv("GRAPEVINE_IMAGE_ARCHIVE"), agents)
 	statuses := map[string]lab.Status{}
 	err = lab.Poll(ctx, "every agent sees its 2 peers alive", time.Second, func() error {
 		for node, pod := range agents {
@@ -816,10 +745,16 @@ func (p podObject) ready() bool {
 // all are ready, and returns them.
 func (k kube) waitPods(ctx context.Context, selector string, n int) []podObject {
 	k.t.Helper()
+	return k.waitPodsIn(ctx, "default", selector, n)
+}
+
+// waitPodsIn is waitPods in namespace ns.
+func (k kube) waitPodsIn(ctx context.Context, ns, selector string, n int) []podObject {
+	k.t.Helper()
 	var pods []podObject
 	err := lab.Poll(ctx, "pods "+selector+" ready", 500*time.Millisecond, func() error {
 		var list struct{ Items []podObject }
-		out, err := k.c.Kubectl(ctx, "get", "pods", "-l", selector, "-o", "json")
+		out, err := k.c.Kubectl(ctx, "-n", ns, "get", "pods", "-l", selector, "-o", "json")
 		if err != nil {
 			return err
 		}
@@ -939,4 +874,107 @@ func mapValues[K comparable, V any](m map[K]V) []V {
 		vs = append(vs, v)
 	}
 	return vs
+}
+
+// startCluster starts the three-node cluster of GRAPEVINE_KUBE_BIN in a new
+// lab, with the image archive GRAPEVINE_IMAGE_ARCHIVE, busybox, pause and
+// extraImages imported on every node, and stops it when the test ends. It
+// returns the image the manifest is to run.
+func startCluster(t *testing.T, timeout time.Duration, extraImages ...string) (context.Context, kube, *lab.Lab, string) {
+	t.Helper()
+	kubeBin, archive := os.Getenv("GRAPEVINE_KUBE_BIN"), os.Getenv("GRAPEVINE_IMAGE_ARCHIVE")
+	if kubeBin == "" || archive == "" {
+		t.Fatal("GRAPEVINE_KUBE_BIN and GRAPEVINE_IMAGE_ARCHIVE must be set: run `make e2e-kubernetes`")
+	}
+	image := os.Getenv("GRAPEVINE_IMAGE")
+	if image == "" {
+		image = manifestImage
+	}
+	tools := runtimes.Require(t, "containerd", "containerd-shim-runc-v2", "runc", "ctr", "crictl", "iptables")
+	machineCNI := snapshotDirs(t, "/etc/cni/net.d", "/opt/cni/bin")
+
+	l := env.Lab(t, labtest.Options{Hosts: 3, NoAgents: true})
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	t.Cleanup(cancel)
+
+	images := t.TempDir()
+	pause, bb := filepath.Join(images, "pause.tar"), filepath.Join(images, "busybox.tar")
+	if err := runtimes.PauseImage.WriteArchive(pause, runtimes.BusyboxPath); err != nil {
+		t.Fatal(err)
+	}
+	if err := runtimes.BusyboxImage.WriteArchive(bb, runtimes.BusyboxPath); err != nil {
+		t.Fatal(err)
+	}
+	started := time.Now()
+	c, err := kubelab.Start(ctx, kubelab.Config{
+		Hosts:     l.Hosts(),
+		NodeNames: nodeNames,
+		Dir:       t.TempDir(),
+		KubeBin:   kubeBin,
+		Crictl:    tools["crictl"],
+		Images:    append([]string{archive, pause, bb}, extraImages...),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env.BeforeClose(l, func() { c.Close() }) // also when the run is interrupted
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("cluster logs:\n%s", c.LogTails(25))
+			if out, err := c.Kubectl(context.Background(), "get", "pods", "-A", "-o", "wide"); err == nil {
+				t.Logf("pods:\n%s", out)
+			}
+		}
+		if err := c.Close(); err != nil {
+			t.Errorf("stop cluster: %v", err)
+		}
+		if after := snapshotDirs(t, "/etc/cni/net.d", "/opt/cni/bin"); !slices.Equal(after, machineCNI) {
+			t.Errorf("the machine's CNI directories changed: before %v, after %v", machineCNI, after)
+		}
+	})
+	t.Logf("control plane and 3 kubelets registered in %s", time.Since(started).Round(100*time.Millisecond))
+	return ctx, kube{t: t, c: c}, l, image
+}
+
+// networkPolicySetting turns policy enforcement on in the manifest's
+// ConfigMap, whether the manifest names the setting or not yet.
+var networkPolicySetting = regexp.MustCompile(`(?m)^(\s*)GRAPEVINE_NETWORK_POLICY: .*$`)
+
+// installGrapevine applies docs/kubernetes/grapevine.yaml as
+// docs/kubernetes.md says (the gossip key Secret, then the manifest) and
+// returns when it was applied. The test's copy differs from the manifest in
+// the image, a lease of seconds rather than a day (so that a deleted Node's
+// block is seen freed once its lease has ended), and NetworkPolicy
+// enforcement on.
+func installGrapevine(ctx context.Context, k kube, l *lab.Lab, image string) time.Time {
+	t := k.t
+	t.Helper()
+	manifest, err := os.ReadFile(manifestPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := lab.Run(ctx, filepath.Join(l.BinDir, "grapevine"), "keygen")
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.run(ctx, "-n", "kube-system", "create", "secret", "generic", "grapevine-gossip-key",
+		"--from-literal=key="+strings.TrimSpace(string(key)))
+	applied := string(manifest)
+	if !strings.Contains(applied, manifestLease) {
+		t.Fatalf("the manifest has no %q", manifestLease)
+	}
+	lease := fmt.Sprintf("GRAPEVINE_LEASE: %q", testLease)
+	if networkPolicySetting.MatchString(applied) {
+		applied = networkPolicySetting.ReplaceAllString(applied, `${1}GRAPEVINE_NETWORK_POLICY: "true"`)
+	} else {
+		// The ConfigMap's entries are indented as the lease's line.
+		lease += "\n  GRAPEVINE_NETWORK_POLICY: \"true\""
+	}
+	applied = strings.ReplaceAll(applied, manifestLease, lease)
+	if image != manifestImage {
+		applied = strings.ReplaceAll(applied, "image: "+manifestImage, "image: "+image)
+	}
+	applyAt := time.Now()
+	k.apply(ctx, applied)
+	return applyAt
 }
