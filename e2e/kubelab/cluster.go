@@ -26,6 +26,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -247,6 +248,15 @@ func (c *Cluster) KubectlIn(ctx context.Context, stdin string, args ...string) (
 		return out, fmt.Errorf("kubectl %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
 	}
 	return out, nil
+}
+
+// Command is a program to run on the control plane's host, in its
+// namespaces, as the cluster's administrator: KUBECONFIG is the admin's
+// kubeconfig (for a test suite such as Kubernetes' own e2e specs).
+func (c *Cluster) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
+	cmd := c.cp.Command(ctx, name, args...)
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+c.admin)
+	return cmd
 }
 
 // LogTails returns the end of every control plane log, for a failed test.

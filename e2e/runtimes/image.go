@@ -7,8 +7,11 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	goruntime "runtime"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -22,6 +25,9 @@ type Image struct {
 	Ref string
 	// Entrypoint is the image's command.
 	Entrypoint []string
+	// Files are more executables in the layer: the machine's file for each
+	// path in the image (say agnhost, built from source, at "/agnhost").
+	Files map[string]string
 }
 
 // BusyboxPath is where Debian's busybox-static installs the binary.
@@ -37,7 +43,13 @@ func (img Image) WriteArchive(path, busybox string) error {
 	if err != nil {
 		return fmt.Errorf("image %s: %w (install busybox-static)", img.Ref, err)
 	}
-	layer, err := busyboxLayer(bin)
+	files := map[string][]byte{}
+	for at, from := range img.Files {
+		if files[strings.TrimPrefix(at, "/")], err = os.ReadFile(from); err != nil {
+			return fmt.Errorf("image %s: %w", img.Ref, err)
+		}
+	}
+	layer, err := busyboxLayer(bin, files)
 	if err != nil {
 		return fmt.Errorf("image %s: %w", img.Ref, err)
 	}
@@ -85,8 +97,10 @@ func (img Image) WriteArchive(path, busybox string) error {
 }
 
 // busyboxLayer is an uncompressed layer tar: /bin/busybox, a link per
-// applet, and the directories a runtime mounts over.
-func busyboxLayer(busybox []byte) ([]byte, error) {
+// applet, the directories a runtime mounts over, and the executables of
+// files (by path in the image, without the leading slash, in a top-level
+// directory or bin/).
+func busyboxLayer(busybox []byte, files map[string][]byte) ([]byte, error) {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	for _, dir := range []string{"bin/", "dev/", "etc/", "proc/", "sys/", "tmp/", "root/"} {
@@ -106,6 +120,11 @@ func busyboxLayer(busybox []byte) ([]byte, error) {
 	// but podman and containerd then create them, which some versions log.
 	for _, f := range []string{"etc/hosts", "etc/resolv.conf", "etc/hostname"} {
 		if err := writeFile(tw, f, nil, 0o644); err != nil {
+			return nil, err
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(files)) {
+		if err := writeFile(tw, name, files[name], 0o755); err != nil {
 			return nil, err
 		}
 	}
