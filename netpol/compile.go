@@ -23,6 +23,11 @@ type Input struct {
 	Pods       []*corev1.Pod
 	Namespaces []*corev1.Namespace
 	NodeName   string
+	// Block is this node's IPv4 pod block (zero: not known yet). Its
+	// addresses that no local pod in Pods holds are denied both ways
+	// (Ruleset.Unknown): a pod whose address the API server does not have
+	// yet could otherwise send and receive before its policies are known.
+	Block netip.Prefix
 }
 
 // Compile turns in into the desired content of table inet grapevine-policy.
@@ -75,6 +80,7 @@ func Compile(in Input) (Ruleset, []error) {
 			c.isolate(egress, selected, fmt.Sprintf("p%d-eg", i), rules)
 		}
 	}
+	c.out.Unknown = c.unknownLocal(in.Block)
 	c.out.Egress = c.groups(egress, "eg")
 	c.out.Ingress = c.groups(ingress, "in")
 	slices.SortFunc(c.out.Sets, func(a, b AddrSet) int { return cmp.Compare(a.Name, b.Name) })
@@ -140,6 +146,20 @@ func newCompiler(in Input) *compiler {
 	// same input in any order.
 	slices.SortFunc(c.pods, func(a, b podInfo) int { return a.addr.Compare(b.addr) })
 	return c
+}
+
+// unknownLocal is block without the addresses of this node's known pods.
+func (c *compiler) unknownLocal(block netip.Prefix) []AddrRange {
+	if !block.IsValid() || !block.Addr().Is4() {
+		return nil
+	}
+	var known []AddrRange
+	for _, p := range c.pods {
+		if p.local {
+			known = append(known, AddrRange{First: p.addr, Last: p.addr})
+		}
+	}
+	return subtract([]AddrRange{prefixRange(block.Masked())}, normalize(known))
 }
 
 // podIPv4 is the pod's IPv4 address, if it has one yet.

@@ -568,3 +568,60 @@ func BenchmarkCompile1000Pods200Policies(b *testing.B) {
 		}
 	}
 }
+
+// TestCompileDeniesUnknownLocalAddresses: with the node's block known, an
+// address of it that no local pod holds (yet) gets no new connection
+// either way, policy or none, while known pods keep what their policies
+// allow and other nodes' addresses are left to their nodes.
+func TestCompileDeniesUnknownLocalAddresses(t *testing.T) {
+	const unknown = "10.0.0.99" // in n1's block, no pod has it
+	allowAll := []networkingv1.NetworkPolicyIngressRule{{}}
+	tests := []struct {
+		name     string
+		block    string
+		policies []*networkingv1.NetworkPolicy
+		checks   []check
+	}{
+		{
+			name:  "no policy: only the unknown address is denied",
+			block: "10.0.0.0/24",
+			checks: []check{
+				tcp(unknown, outside, 80, false), tcp(outside, unknown, 80, false),
+				tcp(unknown, web, 80, false), tcp(web, unknown, 80, false),
+				tcp(unknown, prodClient, 80, false), tcp(prodClient, unknown, 80, false),
+				tcp(prodClient, web, 80, true), tcp(web, db, 5432, true), tcp(web, outside, 443, true),
+				tcp(gone, outside, 80, false),        // a finished pod's address is nobody's now
+				tcp(prodClient, devClient, 80, true), // another node's block: its own business
+			},
+		},
+		{
+			name:     "an allow-all policy does not open an unknown address",
+			block:    "10.0.0.0/24",
+			policies: []*networkingv1.NetworkPolicy{policy("default", "all", all, nil, allowAll, nil)},
+			checks:   []check{tcp(prodClient, unknown, 80, false), tcp(prodClient, web, 80, true)},
+		},
+		{
+			name:   "no block known yet: nothing denied for it",
+			checks: []check{tcp(unknown, outside, 80, true), tcp(outside, unknown, 80, true)},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			in := cluster()
+			in.Policies = tt.policies
+			if tt.block != "" {
+				in.Block = netip.MustParsePrefix(tt.block)
+			}
+			rs, problems := Compile(in)
+			if len(problems) > 0 {
+				t.Fatalf("problems: %v", problems)
+			}
+			for _, c := range tt.checks {
+				p := Packet{Src: netip.MustParseAddr(c.src), Dst: netip.MustParseAddr(c.dst), Protocol: c.proto, Port: c.port}
+				if got := rs.Allows(p); got != c.allowed {
+					t.Errorf("%s -> %s port %d: allowed %v, want %v", c.src, c.dst, c.port, got, c.allowed)
+				}
+			}
+		})
+	}
+}

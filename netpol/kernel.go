@@ -15,6 +15,17 @@ type Kernel interface {
 	// Remove deletes the table, if it exists, and with it all
 	// enforcement.
 	Remove() error
+	// Drops reads how many packets the table's drop rules have dropped
+	// since it was last written.
+	Drops() (Drops, error)
+}
+
+// Drops counts packets dropped: PolicyPackets by pods' policies (nothing
+// allowed them), UnknownPackets because their local address belonged to no
+// known pod. Apply writes the table anew, so both start from zero again.
+type Drops struct {
+	PolicyPackets  uint64
+	UnknownPackets uint64
 }
 
 // FakeKernel is an in-memory Kernel. It is safe for concurrent use.
@@ -23,6 +34,7 @@ type FakeKernel struct {
 	current *Ruleset // nil: no table
 	applies int
 	fail    error
+	drops   Drops
 }
 
 var _ Kernel = (*FakeKernel)(nil)
@@ -48,6 +60,23 @@ func (f *FakeKernel) Remove() error {
 	}
 	f.current = nil
 	return nil
+}
+
+// Drops implements Kernel: what SetDrops set.
+func (f *FakeKernel) Drops() (Drops, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.fail != nil {
+		return Drops{}, f.fail
+	}
+	return f.drops, nil
+}
+
+// SetDrops sets what Drops returns.
+func (f *FakeKernel) SetDrops(d Drops) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.drops = d
 }
 
 // Current returns the ruleset in force and whether the table exists.

@@ -421,8 +421,9 @@ func TestKernelOwnsOnlyItsTable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(sets) != len(rs.Sets)+2 {
-		t.Errorf("%d sets and maps, want %d", len(sets), len(rs.Sets)+2)
+	// The policies' sets, the two verdict maps and unknown-pods.
+	if len(sets) != len(rs.Sets)+3 {
+		t.Errorf("%d sets and maps, want %d", len(sets), len(rs.Sets)+3)
 	}
 
 	if err := n.kernel.Apply(Ruleset{}); err != nil {
@@ -468,4 +469,34 @@ func BenchmarkCompileApply1000Pods200Policies(b *testing.B) {
 	}
 	b.ReportMetric(float64(rules), "rules")
 	b.ReportMetric(float64(elements), "elements")
+}
+
+// TestKernelDeniesUnknownLocalAddressesAndCountsDrops: an address of the
+// node's block that no known pod holds gets no new connection either way,
+// and Drops counts those packets apart from the ones policies drop.
+func TestKernelDeniesUnknownLocalAddressesAndCountsDrops(t *testing.T) {
+	n := newPolicyNet(t)
+	const stranger = "10.0.0.99"
+	n.addEndpoint(t, "stranger", stranger)
+	in := netnsCluster()
+	in.Block = netip.MustParsePrefix("10.0.0.0/24")
+	in.Policies = []*networkingv1.NetworkPolicy{policy("default", "deny-db", sel("app", "db"), nil, nil, nil)}
+	rs, problems := Compile(in)
+	if len(problems) > 0 {
+		t.Fatal(problems)
+	}
+	if err := n.kernel.Apply(rs); err != nil {
+		t.Fatal(err)
+	}
+	n.expect(t, rs, []check{
+		tcp(stranger, outside, 80, false), tcp(outside, stranger, 80, false), tcp(web, stranger, 80, false),
+		tcp(web, outside, 80, true), tcp(prodClient, web, 80, true), tcp(prodClient, db, 80, false),
+	})
+	drops, err := n.kernel.Drops()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if drops.UnknownPackets == 0 || drops.PolicyPackets == 0 {
+		t.Errorf("drops %+v: want both unknown-address and policy drops counted", drops)
+	}
 }

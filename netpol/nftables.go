@@ -21,14 +21,17 @@ import (
 //	table inet grapevine-policy {
 //		map egress-pods { type ipv4_addr : verdict; elements = { <pod> : jump eg-g0, ... } }
 //		map ingress-pods { type ipv4_addr : verdict; elements = { <pod> : jump in-g0, ... } }
+//		set unknown-pods { type ipv4_addr; flags interval; elements = { <block without known pods> } }
 //		chain egress {
 //			type filter hook forward priority filter; policy accept;
 //			ct state established,related accept
+//			meta nfproto ipv4 ip saddr @unknown-pods counter drop
 //			meta nfproto ipv4 ip saddr vmap @egress-pods
 //		}
 //		chain ingress {
 //			type filter hook forward priority filter + 1; policy accept;
 //			ct state established,related accept
+//			meta nfproto ipv4 ip daddr @unknown-pods counter drop
 //			meta nfproto ipv4 ip daddr vmap @ingress-pods
 //		}
 //	}
@@ -37,6 +40,7 @@ const (
 	ingressChain  = "ingress"
 	egressPodsMap = "egress-pods"
 	ingressMap    = "ingress-pods"
+	unknownSet    = "unknown-pods"
 )
 
 // elementsPerMessage bounds the elements of one netlink message: its
@@ -143,6 +147,10 @@ func (k *NFTKernel) Apply(rs Ruleset) error {
 			conn.AddRule(&nftables.Rule{Table: t, Chain: chains[c.Name], Exprs: exprs})
 		}
 	}
+	unknown := &nftables.Set{Table: t, Name: unknownSet, KeyType: nftables.TypeIPAddr, Interval: true}
+	if err := addSet(conn, unknown, intervalElements(rs.Unknown)); err != nil {
+		return fmt.Errorf("network policy: set %s: %w", unknownSet, err)
+	}
 	for _, base := range []struct {
 		chain, vmap string
 		byPod       map[netip.Addr]string
@@ -162,6 +170,14 @@ func (k *NFTKernel) Apply(rs Ruleset) error {
 			Priority: nftables.ChainPriorityRef(base.priority),
 		})
 		conn.AddRule(&nftables.Rule{Table: t, Chain: chain, Exprs: establishedExprs()})
+		conn.AddRule(&nftables.Rule{Table: t, Chain: chain, Exprs: []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: base.addrOffset, Len: 4},
+			&expr.Lookup{SourceRegister: 1, SetName: unknown.Name, SetID: unknown.ID},
+			&expr.Counter{},
+			&expr.Verdict{Kind: expr.VerdictDrop},
+		}})
 		conn.AddRule(&nftables.Rule{Table: t, Chain: chain, Exprs: []expr.Any{
 			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
@@ -193,6 +209,47 @@ func (k *NFTKernel) Remove() error {
 	return nil
 }
 
+// Drops implements Kernel: it sums the counters of the table's drop rules,
+// those of the base chains (unknown addresses) apart from those of the
+// policy groups' chains. A missing table has dropped nothing.
+func (k *NFTKernel) Drops() (Drops, error) {
+	conn, err := k.conn(0)
+	if err != nil {
+		return Drops{}, err
+	}
+	chains, err := conn.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return Drops{}, fmt.Errorf("network policy: list chains: %w", err)
+	}
+	var d Drops
+	for _, c := range chains {
+		if c.Table == nil || c.Table.Name != TableName {
+			continue
+		}
+		rules, err := conn.GetRules(table(), c)
+		if errors.Is(err, unix.ENOENT) {
+			continue // deleted since it was listed
+		}
+		if err != nil {
+			return Drops{}, fmt.Errorf("network policy: list rules of chain %s: %w", c.Name, err)
+		}
+		for _, r := range rules {
+			for _, e := range r.Exprs {
+				counter, ok := e.(*expr.Counter)
+				if !ok {
+					continue
+				}
+				if c.Name == egressChain || c.Name == ingressChain {
+					d.UnknownPackets += counter.Packets
+				} else {
+					d.PolicyPackets += counter.Packets
+				}
+			}
+		}
+	}
+	return d, nil
+}
+
 // batchBytes estimates the netlink batch for rs, generously: an interval
 // element takes two entries of about 40 bytes, a map element about 80, a
 // rule at most about 300, and each message's acknowledgement some more.
@@ -204,7 +261,7 @@ func batchBytes(rs Ruleset) int {
 	for _, c := range rs.Chains {
 		n += 256 + 512*len(c.Rules)
 	}
-	n += 128 * (len(rs.Egress) + len(rs.Ingress))
+	n += 128*(len(rs.Egress)+len(rs.Ingress)) + 2*64*len(rs.Unknown)
 	return 2 * n
 }
 

@@ -92,8 +92,9 @@ type Chain struct {
 
 // Ruleset is the desired content of table inet grapevine-policy. The table
 // has two base chains at the forward hook, one for egress and one for
-// ingress, each of which accepts established and related packets and
-// otherwise jumps by verdict map: Egress by the packet's source address,
+// ingress, each of which accepts established and related packets, drops
+// packets from (egress) or to (ingress) an Unknown address, and otherwise
+// jumps by verdict map: Egress by the packet's source address,
 // Ingress by its destination address. A pod isolated in a direction has an
 // entry in that map leading to the chain of its policy group, which jumps
 // to each of its policies' chains and drops what none of them accepted. A
@@ -105,6 +106,10 @@ type Ruleset struct {
 	// decides its traffic in that direction.
 	Egress  map[netip.Addr]string
 	Ingress map[netip.Addr]string
+	// Unknown are the addresses of this node's block that no known pod
+	// holds (sorted, disjoint): a new pod's until the agent has its
+	// labels. No new connection from or to them passes.
+	Unknown []AddrRange
 }
 
 // Packet is what Allows decides about: the first packet of a new
@@ -119,6 +124,10 @@ type Packet struct {
 // chains must accept it. It is the model the netns tests hold the kernel
 // to, and what the compiler's table tests check.
 func (r Ruleset) Allows(p Packet) bool {
+	unknown := AddrSet{Ranges: r.Unknown}
+	if unknown.Contains(p.Src) || unknown.Contains(p.Dst) {
+		return false
+	}
 	sets := make(map[string]AddrSet, len(r.Sets))
 	for _, s := range r.Sets {
 		sets[s.Name] = s
