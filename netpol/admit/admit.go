@@ -1,0 +1,168 @@
+// Package admit is the exchange by which the CNI plugin, during ADD, tells
+// the agent a new pod's identity and addresses and waits until the agent
+// has put the pod's network policies in force: no packet of the pod passes
+// before that (package netpol denies addresses of the node's block that no
+// known pod holds), and ADD returns only after it.
+//
+// The agent listens on a Unix socket whose path it writes into node.json
+// (nodestate.State.PolicySocket) when it enforces policy; the plugin learns
+// of the socket only from there. One connection carries one request and
+// one answer, each a JSON object on one line. The package depends on
+// neither Kubernetes nor netlink, so the plugin stays small.
+package admit
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"regexp"
+	"sync"
+	"time"
+)
+
+// MaxMessage bounds a request and an answer, in bytes: a pod's name,
+// namespace, container ID and two addresses take a few hundred.
+const MaxMessage = 4096
+
+// Timeout is how long the plugin waits for the agent's answer; the agent
+// gives up on a request after it too.
+const Timeout = 10 * time.Second
+
+// readTimeout bounds how long the agent waits for a connection's request.
+const readTimeout = 2 * time.Second
+
+// Request is one pod the plugin has wired: its Kubernetes namespace and
+// name (CNI_ARGS K8S_POD_NAMESPACE and K8S_POD_NAME) and its addresses.
+type Request struct {
+	Namespace   string       `json:"namespace"`
+	Name        string       `json:"name"`
+	ContainerID string       `json:"containerID"`
+	IPs         []netip.Addr `json:"ips"`
+}
+
+// Answer is the agent's reply: Error is empty once the pod's policies are
+// in force.
+type Answer struct {
+	Error string `json:"error,omitempty"`
+}
+
+// The API server's rules for namespace names (DNS-1123 labels) and pod
+// names (DNS-1123 subdomains); written out here so that the plugin does
+// not link Kubernetes' libraries.
+var (
+	dnsLabel     = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
+	dnsSubdomain = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
+)
+
+// Validate reports, in one sentence, what makes r unusable.
+func (r Request) Validate() error {
+	if len(r.Namespace) > 63 || !dnsLabel.MatchString(r.Namespace) {
+		return fmt.Errorf("pod namespace %q is not a valid namespace name (a DNS-1123 label)", r.Namespace)
+	}
+	if len(r.Name) > 253 || !dnsSubdomain.MatchString(r.Name) {
+		return fmt.Errorf("pod name %q is not a valid pod name (a DNS-1123 subdomain)", r.Name)
+	}
+	if len(r.IPs) == 0 || len(r.IPs) > 2 {
+		return fmt.Errorf("pod %s/%s: %d addresses, want one or two (one per family)", r.Namespace, r.Name, len(r.IPs))
+	}
+	for _, ip := range r.IPs {
+		if !ip.IsValid() || ip.Zone() != "" {
+			return fmt.Errorf("pod %s/%s: address %q is not a plain IP address", r.Namespace, r.Name, ip)
+		}
+	}
+	return nil
+}
+
+// ErrUnreachable means the agent did not answer: its socket is missing or
+// refuses connections, or no answer came in time.
+var ErrUnreachable = errors.New("the grapevine agent did not answer")
+
+// Ask sends r to the agent at socket and waits, until ctx ends, for its
+// answer. An error wraps ErrUnreachable when the agent did not answer, and
+// is the agent's own sentence when it refused.
+func Ask(ctx context.Context, socket string, r Request) error {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", socket)
+	if err != nil {
+		return fmt.Errorf("%w at %s: %w", ErrUnreachable, socket, err)
+	}
+	defer conn.Close()
+	if deadline, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(deadline)
+	}
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
+	defer stop()
+	if err := json.NewEncoder(conn).Encode(r); err != nil {
+		return fmt.Errorf("%w at %s: send: %w", ErrUnreachable, socket, err)
+	}
+	var a Answer
+	if err := json.NewDecoder(io.LimitReader(conn, MaxMessage)).Decode(&a); err != nil {
+		return fmt.Errorf("%w at %s: %w", ErrUnreachable, socket, err)
+	}
+	if a.Error != "" {
+		return errors.New(a.Error)
+	}
+	return nil
+}
+
+// Handler puts r's pod's policies in force, returning once they are or
+// when ctx ends.
+type Handler func(ctx context.Context, r Request) error
+
+// Serve answers requests on ln until ctx ends, each connection on its own
+// goroutine, and returns once they are all answered. A request that is not
+// one (too long, not JSON, invalid) gets an answer saying so, and rejected
+// is called for it.
+func Serve(ctx context.Context, ln net.Listener, h Handler, rejected func(error)) error {
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	var serving sync.WaitGroup
+	defer serving.Wait()
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("policy admission socket: %w", err)
+		}
+		serving.Go(func() { serveConn(ctx, conn, h, rejected) })
+	}
+}
+
+func serveConn(ctx context.Context, conn net.Conn, h Handler, rejected func(error)) {
+	defer conn.Close()
+	conn.SetReadDeadline(time.Now().Add(readTimeout))
+	line, err := bufio.NewReaderSize(io.LimitReader(conn, MaxMessage), MaxMessage).ReadSlice('\n')
+	var r Request
+	if err == nil {
+		err = json.Unmarshal(line, &r)
+	}
+	if err == nil {
+		err = r.Validate()
+	} else {
+		err = fmt.Errorf("not a request of at most %d bytes on one line: %w", MaxMessage, err)
+	}
+	if err != nil {
+		rejected(err)
+		answer(conn, Answer{Error: "grapevine agent refused the pod admission request: " + err.Error()})
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, Timeout)
+	defer cancel()
+	if err := h(ctx, r); err != nil {
+		answer(conn, Answer{Error: err.Error()})
+		return
+	}
+	answer(conn, Answer{})
+}
+
+func answer(conn net.Conn, a Answer) {
+	conn.SetWriteDeadline(time.Now().Add(readTimeout))
+	json.NewEncoder(conn).Encode(a) // a client gone by now has nothing to learn
+}
