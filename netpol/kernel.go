@@ -48,6 +48,7 @@ func (f *FakeKernel) Apply(rs Ruleset) error {
 	}
 	f.current = &rs
 	f.applies++
+	f.drops = Drops{} // the table is written anew
 	return nil
 }
 
@@ -62,7 +63,7 @@ func (f *FakeKernel) Remove() error {
 	return nil
 }
 
-// Drops implements Kernel: what SetDrops set.
+// Drops implements Kernel: what SetDrops set since the last Apply.
 func (f *FakeKernel) Drops() (Drops, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -23,5 +23,9 @@
 // delegation otherwise.
 //
 // plugin learns about the node only from the state file the agent writes
-// (package node/nodestate); it never talks to the agent or the mesh.
+// (package node/nodestate). It talks to the agent only when that file names
+// a policy socket (the agent enforces network policy): ADD then tells the
+// agent the new pod and returns only once the pod's policies are in force
+// (package netpol/admit), and fails, undoing what it made, if the agent
+// does not answer in time. It never talks to the mesh.
 package plugin

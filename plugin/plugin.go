@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 
 	cnins "github.com/containernetworking/cni/pkg/ns"
 	"github.com/containernetworking/cni/pkg/skel"
@@ -13,6 +14,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/grapevine-net/grapevine/ipam"
+	"github.com/grapevine-net/grapevine/netpol/admit"
 )
 
 // Funcs are grapevine-cni's CNI commands, for skel.PluginMainFuncs.
@@ -33,6 +35,10 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	mtu := conf.MTU
 	if mtu == 0 {
 		mtu = node.MTU
+	}
+	if node.PolicySocket != "" && att.podName == "" {
+		return types.NewError(types.ErrInvalidEnvironmentVariables,
+			"the agent enforces network policy, which needs the pod's identity in CNI_ARGS (K8S_POD_NAMESPACE and K8S_POD_NAME)", "")
 	}
 	podNS, err := openPodNS(args.Netns)
 	if err != nil {
@@ -75,6 +81,9 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	if lerr := ipam.LeaseHolds(node); lerr != nil {
 		return lerr
 	}
+	if err := admitPod(ctx, node.PolicySocket, att, podIPs); err != nil {
+		return err
+	}
 	result := ipam.Result(podIPs.all()...)
 	result.Interfaces = []*current.Interface{
 		{Name: hostVeth, Mac: host.Attrs().HardwareAddr.String(), Mtu: host.Attrs().MTU},
@@ -85,6 +94,31 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	}
 	result.DNS = conf.DNS
 	return types.PrintResult(result, conf.CNIVersion)
+}
+
+// admitPod tells the agent at socket (node.json's policySocket; "" when it
+// enforces no policy) the new pod and waits until the pod's policies are in
+// force, so that no packet of the pod passes before them. An agent that
+// does not answer in time is CNI error 11 (try again later); one that
+// refuses, error 999 with its reason. Either way the deferred undo removes
+// what ADD made and frees the address.
+func admitPod(ctx context.Context, socket string, att attachment, podIPs podAddrs) error {
+	if socket == "" {
+		return nil
+	}
+	namespace, name, _ := strings.Cut(att.podName, "/")
+	ctx, cancel := context.WithTimeout(ctx, admit.Timeout)
+	defer cancel()
+	err := admit.Ask(ctx, socket, admit.Request{Namespace: namespace, Name: name, ContainerID: att.ContainerID, IPs: podIPs.all()})
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, admit.ErrUnreachable):
+		return types.NewError(types.ErrTryAgainLater,
+			fmt.Sprintf("network policy for pod %s is not in force: %v", att.podName, err), "is the grapevine agent running?")
+	default:
+		return types.NewError(types.ErrInternal, fmt.Sprintf("network policy for pod %s is not in force: %v", att.podName, err), "")
+	}
 }
 
 // openPodNS opens the pod's namespace before anything is allocated, so a bad

@@ -52,10 +52,34 @@ type Report struct {
 	// (grapevine doctor).
 	Settings *Settings `json:"settings,omitempty"`
 	Ledger   Ledger    `json:"ledger"`
+	// NetworkPolicy is Kubernetes NetworkPolicy enforcement
+	// (--network-policy); Enabled is false without it.
+	NetworkPolicy NetworkPolicy `json:"networkPolicy"`
 	// NameConflicts lists the names several live hosts advertise, each
 	// with its own node ID (see mesh.View.NameConflicts).
 	NameConflicts []NameConflict `json:"nameConflicts,omitempty"`
 	Members       []Member       `json:"members"`
+}
+
+// NetworkPolicy is the agent's enforcement of Kubernetes NetworkPolicy for
+// this node's pods.
+type NetworkPolicy struct {
+	Enabled bool `json:"enabled"`
+	// Synced is false until the first lists of pods, namespaces and
+	// policies arrived; nothing is compiled before, and new pods wait.
+	Synced bool `json:"synced,omitempty"`
+	// Policies counts the cluster's NetworkPolicies, Pods this node's
+	// pods a policy isolates in either direction, as of the last sync.
+	Policies int `json:"policies"`
+	Pods     int `json:"pods"`
+	// LastSync is when the agent last compiled the policies and had the
+	// result in force; LastSyncAgeSeconds its age when the status was
+	// read.
+	LastSync           time.Time `json:"lastSync,omitzero"`
+	LastSyncAgeSeconds float64   `json:"lastSyncAgeSeconds,omitempty"`
+	// Error is why the last ruleset could not be applied; the previous
+	// one stays in force.
+	Error string `json:"error,omitempty"`
 }
 
 // Settings are what the agent was started with, as far as the host's

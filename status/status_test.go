@@ -27,7 +27,9 @@ func full() Report {
 		Encapsulation:    "cross-subnet",
 		Settings:         &Settings{Iface: "em1", Pool: "10.244.0.0/16", Masquerade: true, GossipPort: 7962, LedgerPort: 7963, PodMTU: 1450},
 		Ledger:           Ledger{ClusterID: "c1", Role: "leader", Leader: "h1", Voters: []string{"h1", "h2"}, LastIndex: 42, Foreign: []string{"x1 (cluster c2)"}},
-		NameConflicts:    []NameConflict{{Name: "h7", Nodes: []NameClaimant{{ID: "aa", HostIP: "172.16.254.7", Holder: true, Self: true}}}},
+		NetworkPolicy: NetworkPolicy{Enabled: true, Synced: true, Policies: 3, Pods: 5, LastSync: at, LastSyncAgeSeconds: 1.5,
+			Error: "network policy: write table inet grapevine-policy: invalid argument"},
+		NameConflicts: []NameConflict{{Name: "h7", Nodes: []NameClaimant{{ID: "aa", HostIP: "172.16.254.7", Holder: true, Self: true}}}},
 		Members: []Member{{
 			Name: "h2", ID: "bb", Addr: "172.16.254.2", HostIP: "172.16.254.2", Block: "10.244.2.0/23", State: "alive",
 			ClusterID: "c1", Foreign: true, Route: "programmed", Path: "vxlan", PathReason: "always",

@@ -377,6 +377,7 @@ func (a *agent) freshStatus() status.Report {
 	st := a.status
 	// A follower's role and voters change without a reconcile.
 	st.Ledger = buildLedgerStatus(v)
+	st.NetworkPolicy = a.policy.status(time.Now())
 	st.PendingReleases = a.releaseWaits.report(time.Now())
 	st.Members = slices.Clone(st.Members)
 	for i := range st.Members {
@@ -435,6 +436,7 @@ func (a *agent) handoff(v mesh.View) error {
 	if !ok {
 		return a.handoffFiles().Remove()
 	}
+	a.policy.setBlock(st.Block)
 	return a.handoffFiles().Write(st)
 }
 

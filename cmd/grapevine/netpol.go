@@ -5,6 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
 	"reflect"
 	"sync"
 	"time"
@@ -24,12 +28,22 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/grapevine-net/grapevine/netpol"
+	"github.com/grapevine-net/grapevine/netpol/admit"
+	"github.com/grapevine-net/grapevine/status"
 )
 
 // policyResync is how often the enforcer compiles and compares even without
 // an event, so that a failed Apply is retried and a table someone else
 // deleted comes back.
 const policyResync = 30 * time.Second
+
+// policySocketName is the admission socket (package netpol/admit) in the
+// run directory; node.json names it while the agent enforces policy.
+const policySocketName = "policy.sock"
+
+// admissionTTL is how long an admitted pod's address stands in for the one
+// the API server has not reported yet, while the API does not know the pod.
+const admissionTTL = 2 * time.Minute
 
 // policySyncWarning is how long the first lists may take before the agent
 // says it is still waiting.
@@ -51,10 +65,49 @@ type policyEnforcer struct {
 	policies   listersnetworkingv1.NetworkPolicyLister
 	// changed holds one wake-up for the loop; events coalesce in it.
 	changed chan struct{}
+	// socket is where the plugin tells the agent new pods (admit); ""
+	// listens nowhere.
+	socket string
+
+	// mu guards what the loop shares with admissions and status readers.
+	mu sync.Mutex
+	// block is this node's IPv4 pod block as node.json hands it out:
+	// its addresses no known pod holds are denied (netpol.Input.Block).
+	block netip.Prefix
+	// admitted are the pods the plugin announced, by namespace/name,
+	// whose address the API server may not report yet.
+	admitted map[string]admittedPod
+	// inForce maps each admitted pod to the address the ruleset in force
+	// was compiled with; inForceChanged is closed and replaced whenever
+	// that ruleset changes.
+	inForce        map[string]netip.Addr
+	inForceChanged chan struct{}
+	synced         bool
+	lastErr        error
+	report         policyReport
+
+	// applying serializes Apply with reading the drop counters, which
+	// Apply resets: dropsBefore is what the replaced tables counted.
+	applying    sync.Mutex
+	dropsBefore netpol.Drops
 
 	syncSeconds prometheus.Histogram
 	syncErrors  prometheus.Counter
 	gauges      *prometheus.GaugeVec
+	admissions  *prometheus.CounterVec
+}
+
+// admittedPod is a pod the plugin wired: its addresses, and when.
+type admittedPod struct {
+	addrs []netip.Addr
+	at    time.Time
+}
+
+// policyReport is the enforcement's state for grapevine status.
+type policyReport struct {
+	Policies int
+	Pods     int
+	LastSync time.Time
 }
 
 // policyAPI is where the enforcer lists and watches each kind, in all
@@ -68,12 +121,20 @@ type policyAPI struct {
 // policy's podSelector and namespaceSelector peers are pods of any node,
 // and their addresses are what the ruleset matches. The cache keeps only
 // what a policy reads of each (see trimPod).
-func newPolicyEnforcer(api policyAPI, nodeName string, kernel netpol.Kernel, reg prometheus.Registerer, log *slog.Logger) (*policyEnforcer, error) {
+func newPolicyEnforcer(api policyAPI, nodeName, socket string, kernel netpol.Kernel, reg prometheus.Registerer, log *slog.Logger) (*policyEnforcer, error) {
 	e := &policyEnforcer{
-		nodeName: nodeName,
-		kernel:   kernel,
-		log:      log,
-		changed:  make(chan struct{}, 1),
+		nodeName:       nodeName,
+		kernel:         kernel,
+		log:            log,
+		changed:        make(chan struct{}, 1),
+		socket:         socket,
+		admitted:       make(map[string]admittedPod),
+		inForce:        make(map[string]netip.Addr),
+		inForceChanged: make(chan struct{}),
+		admissions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "grapevine_netpol_admissions_total",
+			Help: "New pods the CNI plugin announced, by outcome: in_force (answered once their policies were applied), failed (not in force in time), rejected (not a valid request).",
+		}, []string{"result"}),
 		syncSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "grapevine_netpol_sync_duration_seconds",
 			Help:    "Time to compile the network policies and apply the ruleset in one nftables transaction.",
@@ -109,7 +170,7 @@ func newPolicyEnforcer(api policyAPI, nodeName string, kernel netpol.Kernel, reg
 	e.namespaces = listerscorev1.NewNamespaceLister(namespaces.GetIndexer())
 	e.policies = listersnetworkingv1.NewNetworkPolicyLister(policies.GetIndexer())
 	if reg != nil {
-		for _, c := range []prometheus.Collector{e.syncSeconds, e.syncErrors, e.gauges} {
+		for _, c := range []prometheus.Collector{e.syncSeconds, e.syncErrors, e.gauges, e.admissions, dropCollector{e}} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("network policy metrics: %w", err)
 			}
@@ -177,6 +238,21 @@ func (e *policyEnforcer) run(ctx context.Context) error {
 	defer informing.Wait()
 	ctx, stop := context.WithCancel(ctx)
 	defer stop() // before Wait: the informers end with run
+	if e.socket != "" {
+		ln, err := listenAdmissions(e.socket)
+		if err != nil {
+			return err
+		}
+		informing.Go(func() {
+			err := admit.Serve(ctx, ln, e.admit, func(err error) {
+				e.admissions.WithLabelValues("rejected").Inc()
+				e.log.Warn("network policy: refused a pod admission request", "err", err)
+			})
+			if err != nil && !errors.Is(err, context.Canceled) {
+				e.log.Error("network policy: admission socket stopped; new pods fail to start", "err", err)
+			}
+		})
+	}
 	synced := make([]cache.InformerSynced, 0, len(e.informers))
 	for _, inf := range e.informers {
 		informing.Go(func() { inf.RunWithContext(ctx) })
@@ -197,11 +273,17 @@ func (e *policyEnforcer) run(ctx context.Context) error {
 		return fmt.Errorf("network policy: wait for the API's pods, namespaces and policies: %w", ctx.Err())
 	}
 	e.log.Info("network policy: caches synced; enforcing")
+	e.mu.Lock()
+	e.synced = true
+	e.mu.Unlock()
 	resync := time.NewTicker(policyResync)
 	defer resync.Stop()
 	var applied *netpol.Ruleset
 	for {
 		rs, err := e.sync(applied)
+		e.mu.Lock()
+		e.lastErr = err
+		e.mu.Unlock()
 		if err != nil {
 			e.syncErrors.Inc()
 			e.log.Error("network policy: sync failed; retrying on the next change or in "+policyResync.String(), "err", err)
@@ -219,11 +301,12 @@ func (e *policyEnforcer) run(ctx context.Context) error {
 	}
 }
 
-// sync compiles the caches' current content and applies it unless it equals
-// last.
+// sync compiles the caches' current content with the admitted pods and
+// applies it unless it equals last; either way the admissions it covers
+// are answered.
 func (e *policyEnforcer) sync(last *netpol.Ruleset) (netpol.Ruleset, error) {
 	start := time.Now()
-	in, err := e.input()
+	in, admitted, err := e.input(start)
 	if err != nil {
 		return netpol.Ruleset{}, err
 	}
@@ -231,13 +314,18 @@ func (e *policyEnforcer) sync(last *netpol.Ruleset) (netpol.Ruleset, error) {
 	for _, p := range problems {
 		e.log.Warn("network policy: part of a policy ignored", "err", p)
 	}
-	if last != nil && reflect.DeepEqual(*last, rs) {
+	// An unchanged ruleset is in force already, admitted pods and all.
+	unchanged := last != nil && reflect.DeepEqual(*last, rs)
+	if !unchanged {
+		if err := e.apply(rs); err != nil {
+			return rs, err
+		}
+		e.syncSeconds.Observe(time.Since(start).Seconds())
+	}
+	e.inForceNow(admitted, policyReport{Policies: len(in.Policies), Pods: enforcedPods(rs), LastSync: time.Now()})
+	if unchanged {
 		return rs, nil
 	}
-	if err := e.kernel.Apply(rs); err != nil {
-		return rs, err
-	}
-	e.syncSeconds.Observe(time.Since(start).Seconds())
 	rules := 0
 	for _, c := range rs.Chains {
 		rules += len(c.Rules)
@@ -253,20 +341,227 @@ func (e *policyEnforcer) sync(last *netpol.Ruleset) (netpol.Ruleset, error) {
 	return rs, nil
 }
 
-func (e *policyEnforcer) input() (netpol.Input, error) {
+// input is what to compile now, and the admitted pods it holds, each with
+// the address it is compiled with. An admitted pod's address stands in for
+// what the API server reports until the API reports the same; an
+// admission the API never confirms ends after admissionTTL.
+func (e *policyEnforcer) input(now time.Time) (netpol.Input, map[string]netip.Addr, error) {
 	pods, err := e.pods.List(labels.Everything())
 	if err != nil {
-		return netpol.Input{}, err
+		return netpol.Input{}, nil, err
 	}
 	namespaces, err := e.namespaces.List(labels.Everything())
 	if err != nil {
-		return netpol.Input{}, err
+		return netpol.Input{}, nil, err
 	}
 	policies, err := e.policies.List(labels.Everything())
 	if err != nil {
-		return netpol.Input{}, err
+		return netpol.Input{}, nil, err
 	}
-	return netpol.Input{Policies: policies, Pods: pods, Namespaces: namespaces, NodeName: e.nodeName}, nil
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	found := make(map[string]netip.Addr)
+	for i, p := range pods {
+		key := p.Namespace + "/" + p.Name
+		a, ok := e.admitted[key]
+		if !ok || p.Spec.NodeName != e.nodeName {
+			continue
+		}
+		v4, ok := firstIPv4(a.addrs)
+		if !ok {
+			continue
+		}
+		if p.Status.PodIP == v4.String() {
+			delete(e.admitted, key) // the API has caught up
+		} else {
+			// The cache's objects are shared: change a copy.
+			withAddr := *p
+			withAddr.Status.PodIP = v4.String()
+			withAddr.Status.PodIPs = nil
+			for _, addr := range a.addrs {
+				withAddr.Status.PodIPs = append(withAddr.Status.PodIPs, corev1.PodIP{IP: addr.String()})
+			}
+			pods[i] = &withAddr
+		}
+		found[key] = v4
+	}
+	for key, a := range e.admitted {
+		if _, ok := found[key]; !ok && now.Sub(a.at) > admissionTTL {
+			delete(e.admitted, key)
+		}
+	}
+	in := netpol.Input{Policies: policies, Pods: pods, Namespaces: namespaces, NodeName: e.nodeName, Block: e.block}
+	return in, found, nil
+}
+
+func firstIPv4(addrs []netip.Addr) (netip.Addr, bool) {
+	for _, a := range addrs {
+		if a.Is4() {
+			return a, true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// enforcedPods counts this node's pods isolated in either direction.
+func enforcedPods(rs netpol.Ruleset) int {
+	n := len(rs.Ingress)
+	for a := range rs.Egress {
+		if _, both := rs.Ingress[a]; !both {
+			n++
+		}
+	}
+	return n
+}
+
+// apply writes rs, keeping the drops the replaced table counted.
+func (e *policyEnforcer) apply(rs netpol.Ruleset) error {
+	e.applying.Lock()
+	defer e.applying.Unlock()
+	before, err := e.kernel.Drops()
+	if err != nil {
+		e.log.Debug("network policy: cannot read the drop counters before replacing the table", "err", err)
+	}
+	if err := e.kernel.Apply(rs); err != nil {
+		return err
+	}
+	e.dropsBefore.PolicyPackets += before.PolicyPackets
+	e.dropsBefore.UnknownPackets += before.UnknownPackets
+	return nil
+}
+
+// drops is what the table's drop rules counted since the agent started.
+func (e *policyEnforcer) drops() (netpol.Drops, error) {
+	e.applying.Lock()
+	defer e.applying.Unlock()
+	d, err := e.kernel.Drops()
+	if err != nil {
+		return netpol.Drops{}, err
+	}
+	return netpol.Drops{
+		PolicyPackets:  e.dropsBefore.PolicyPackets + d.PolicyPackets,
+		UnknownPackets: e.dropsBefore.UnknownPackets + d.UnknownPackets,
+	}, nil
+}
+
+// inForceNow records that the ruleset compiled with admitted is in force,
+// and wakes the admissions waiting for it.
+func (e *policyEnforcer) inForceNow(admitted map[string]netip.Addr, r policyReport) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.inForce = admitted
+	e.report = r
+	close(e.inForceChanged)
+	e.inForceChanged = make(chan struct{})
+}
+
+// setBlock tells the enforcer the IPv4 block node.json hands out
+// addresses from; a nil e ignores it.
+func (e *policyEnforcer) setBlock(block netip.Prefix) {
+	if e == nil {
+		return
+	}
+	e.mu.Lock()
+	changed := e.block != block
+	e.block = block
+	e.mu.Unlock()
+	if changed {
+		e.wake()
+	}
+}
+
+// admit answers the plugin's announcement of a new pod (admit.Handler):
+// it returns once a ruleset compiled with the pod at the announced
+// address is in force, or says why not when ctx ends first.
+func (e *policyEnforcer) admit(ctx context.Context, r admit.Request) error {
+	key := r.Namespace + "/" + r.Name
+	v4, ok := firstIPv4(r.IPs)
+	if !ok {
+		// Only IPv4 is enforced: an IPv6-only pod has nothing to wait for.
+		e.admissions.WithLabelValues("in_force").Inc()
+		return nil
+	}
+	e.mu.Lock()
+	e.admitted[key] = admittedPod{addrs: r.IPs, at: time.Now()}
+	e.mu.Unlock()
+	e.wake()
+	for {
+		e.mu.Lock()
+		inForce := e.inForce[key] == v4
+		changed, synced, lastErr := e.inForceChanged, e.synced, e.lastErr
+		e.mu.Unlock()
+		if inForce {
+			e.admissions.WithLabelValues("in_force").Inc()
+			return nil
+		}
+		select {
+		case <-changed:
+			continue
+		case <-ctx.Done():
+		}
+		e.admissions.WithLabelValues("failed").Inc()
+		switch {
+		case !synced:
+			return fmt.Errorf("the grapevine agent has not listed pods, namespaces and network policies yet")
+		case lastErr != nil:
+			return fmt.Errorf("the grapevine agent cannot apply the network policy ruleset: %w", lastErr)
+		default:
+			return fmt.Errorf("the grapevine agent has not seen pod %s in the API yet", key)
+		}
+	}
+}
+
+// listenAdmissions opens the admission socket at path, replacing one a
+// previous run left; only root may connect.
+func listenAdmissions(path string) (net.Listener, error) {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("network policy: remove stale admission socket: %w", err)
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("network policy: admission socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("network policy: admission socket: %w", err)
+	}
+	return ln, nil
+}
+
+// status reports the enforcement at now; a nil e is enforcement off.
+func (e *policyEnforcer) status(now time.Time) status.NetworkPolicy {
+	if e == nil {
+		return status.NetworkPolicy{}
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	st := status.NetworkPolicy{Enabled: true, Synced: e.synced, Policies: e.report.Policies, Pods: e.report.Pods, LastSync: e.report.LastSync}
+	if !st.LastSync.IsZero() {
+		st.LastSyncAgeSeconds = now.Sub(st.LastSync).Seconds()
+	}
+	if e.lastErr != nil {
+		st.Error = e.lastErr.Error()
+	}
+	return st
+}
+
+// dropCollector reads the table's drop counters at scrape time.
+type dropCollector struct{ e *policyEnforcer }
+
+var droppedDesc = prometheus.NewDesc("grapevine_netpol_dropped_packets_total",
+	"Packets of new connections the network policy table dropped, by reason: policy (no policy of the pod allowed it), unknown_address (an address of this node's block no known pod holds).",
+	[]string{"reason"}, nil)
+
+func (c dropCollector) Describe(ch chan<- *prometheus.Desc) { ch <- droppedDesc }
+
+func (c dropCollector) Collect(ch chan<- prometheus.Metric) {
+	d, err := c.e.drops()
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(droppedDesc, err)
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(droppedDesc, prometheus.CounterValue, float64(d.PolicyPackets), "policy")
+	ch <- prometheus.MustNewConstMetric(droppedDesc, prometheus.CounterValue, float64(d.UnknownPackets), "unknown_address")
 }
 
 // trimPod keeps of a Pod what a policy reads: its name, namespace and
@@ -308,7 +603,16 @@ func policyEnforcerFor(o agentOptions, host hostSide, reg prometheus.Registerer,
 	if kernel == nil {
 		kernel = netpol.NewNFTKernel()
 	}
-	return newPolicyEnforcer(*api, o.NodeName, kernel, reg, log.With("component", "netpol"))
+	return newPolicyEnforcer(*api, o.NodeName, policySocket(o), kernel, reg, log.With("component", "netpol"))
+}
+
+// policySocket is the admission socket node.json names: "" without
+// --network-policy.
+func policySocket(o agentOptions) string {
+	if !o.NetworkPolicy {
+		return ""
+	}
+	return filepath.Join(o.RunDir, policySocketName)
 }
 
 // runPolicyEnforcer runs e until ctx ends; a nil e does nothing.

@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -16,6 +19,8 @@ import (
 	fcache "k8s.io/client-go/tools/cache/testing"
 
 	"github.com/grapevine-net/grapevine/netpol"
+	"github.com/grapevine-net/grapevine/netpol/admit"
+	"github.com/grapevine-net/grapevine/status"
 )
 
 // fakePolicyAPI is a policyAPI whose objects the test adds and deletes.
@@ -45,7 +50,7 @@ func rulesetIs(k *netpol.FakeKernel, ok func(netpol.Ruleset) bool) func() error 
 func TestPolicyEnforcerFollowsTheAPI(t *testing.T) {
 	fake := newFakePolicyAPI()
 	kernel := &netpol.FakeKernel{}
-	e, err := newPolicyEnforcer(fake.api(), "n1", kernel, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	e, err := newPolicyEnforcer(fake.api(), "n1", "", kernel, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,5 +153,115 @@ func TestTrimPodKeepsWhatPoliciesRead(t *testing.T) {
 	}
 	if p.Annotations != nil || p.ManagedFields != nil || p.Spec.Containers[0].Image != "" || p.Status.Conditions != nil {
 		t.Errorf("trimmed pod kept what no policy reads: %+v", p)
+	}
+}
+
+// TestPolicyAdmissionAnswersOnceThePodIsEnforced: the plugin's announcement
+// of a new pod, whose address the API does not have yet, is answered only
+// once the ruleset in force isolates the pod at that address; until then
+// the address is denied as unknown. A pod the API does not know is refused
+// when the request's time is up. Status and the drop metric follow.
+func TestPolicyAdmissionAnswersOnceThePodIsEnforced(t *testing.T) {
+	fake := newFakePolicyAPI()
+	kernel := &netpol.FakeKernel{}
+	socket := filepath.Join(t.TempDir(), policySocketName)
+	e, err := newPolicyEnforcer(fake.api(), "n1", socket, kernel, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.setBlock(netip.MustParsePrefix("10.244.0.0/24"))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.run(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+
+	fake.namespaces.Add(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "default"}})
+	fake.policies.Add(&networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "deny-web"},
+		Spec:       networkingv1.NetworkPolicySpec{PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}}},
+	})
+	// Scheduled here, not started: no address in the API yet.
+	fake.pods.Add(&corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "web", Labels: map[string]string{"app": "web"}},
+		Spec:       corev1.PodSpec{NodeName: "n1"},
+		Status:     corev1.PodStatus{Phase: corev1.PodPending},
+	})
+	newPod := netip.MustParseAddr("10.244.0.7")
+	outside := netip.MustParseAddr("192.168.1.1")
+	toPod := netpol.Packet{Src: outside, Dst: newPod, Protocol: netpol.ProtocolTCP, Port: 80}
+	fromPod := netpol.Packet{Src: newPod, Dst: outside, Protocol: netpol.ProtocolTCP, Port: 80}
+	waitFor(t, "the unknown address denied both ways", rulesetIs(kernel, func(rs netpol.Ruleset) bool {
+		return !rs.Allows(toPod) && !rs.Allows(fromPod)
+	}))
+
+	req := admit.Request{Namespace: "default", Name: "web", ContainerID: "c1", IPs: []netip.Addr{newPod}}
+	askCtx, askCancel := context.WithTimeout(ctx, admit.Timeout)
+	defer askCancel()
+	if err := admit.Ask(askCtx, socket, req); err != nil {
+		t.Fatalf("admission: %v", err)
+	}
+	// Answered: the pod's policy is in force already, no waiting.
+	rs, _ := kernel.Current()
+	if _, isolated := rs.Ingress[newPod]; !isolated || rs.Allows(toPod) || !rs.Allows(fromPod) {
+		t.Errorf("ruleset in force when the admission was answered: isolated %v, allows in %v, out %v; want isolated, in denied, out allowed",
+			isolated, rs.Allows(toPod), rs.Allows(fromPod))
+	}
+	if st := e.status(time.Now()); !st.Enabled || !st.Synced || st.Policies != 1 || st.Pods != 1 || st.LastSync.IsZero() {
+		t.Errorf("status %+v, want enabled, synced, 1 policy, 1 pod, a last sync", st)
+	}
+
+	unknown := admit.Request{Namespace: "default", Name: "nobody", IPs: []netip.Addr{netip.MustParseAddr("10.244.0.8")}}
+	shortCtx, shortCancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer shortCancel()
+	if err := admit.Ask(shortCtx, socket, unknown); err == nil {
+		t.Error("a pod the API does not know was admitted")
+	}
+
+	// Drops survive the table being written anew.
+	kernel.SetDrops(netpol.Drops{PolicyPackets: 2, UnknownPackets: 3})
+	applies := kernel.Applies()
+	fake.pods.Add(&corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "db"},
+		Spec:       corev1.PodSpec{NodeName: "n1"},
+		Status:     corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "10.244.0.9"},
+	})
+	waitFor(t, "the new pod applied", func() error {
+		if kernel.Applies() == applies {
+			return errors.New("not applied yet")
+		}
+		return nil
+	})
+	kernel.SetDrops(netpol.Drops{PolicyPackets: 1})
+	want := `
+# HELP grapevine_netpol_dropped_packets_total Packets of new connections the network policy table dropped, by reason: policy (no policy of the pod allowed it), unknown_address (an address of this node's block no known pod holds).
+# TYPE grapevine_netpol_dropped_packets_total counter
+grapevine_netpol_dropped_packets_total{reason="policy"} 3
+grapevine_netpol_dropped_packets_total{reason="unknown_address"} 3
+`
+	if err := testutil.CollectAndCompare(dropCollector{e}, strings.NewReader(want)); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestPolicyLine(t *testing.T) {
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	tests := []struct {
+		st   status.NetworkPolicy
+		want string
+	}{
+		{status.NetworkPolicy{}, "network policy off"},
+		{status.NetworkPolicy{Enabled: true}, "network policy on: WAITING for the first lists of pods, namespaces and policies"},
+		{status.NetworkPolicy{Enabled: true, Synced: true, Policies: 3, Pods: 5, LastSync: now.Add(-4 * time.Second)},
+			"network policy on: 3 policies, 5 pods enforced, last sync 4s ago"},
+		{status.NetworkPolicy{Enabled: true, Synced: true, Policies: 1, LastSync: now, Error: "nftables refused"},
+			"network policy on: 1 policies, 0 pods enforced, last sync 0s ago\nNETWORK POLICY NOT APPLIED: nftables refused"},
+	}
+	for _, tt := range tests {
+		if got := policyLine(tt.st, now); got != tt.want {
+			t.Errorf("policyLine(%+v) = %q, want %q", tt.st, got, tt.want)
+		}
 	}
 }

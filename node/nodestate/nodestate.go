@@ -1,8 +1,9 @@
 // Package nodestate owns node.json, the one file through which the agent
 // tells the CNI plugin and IPAM about this node: its name, the block it holds,
 // the lease under which it may hand out addresses from it, the pool, its host
-// address and the MTU pods should use, and, in a dual-stack cluster, its
-// IPv6 block and pool.
+// address and the MTU pods should use, in a dual-stack cluster its IPv6
+// block and pool, and, when the agent enforces network policy, the socket on
+// which it must hear of each new pod before ADD returns.
 //
 // The agent is the only writer; the plugin and IPAM only read. The file is
 // replaced atomically (write to a temporary file, fsync, rename), so a reader
@@ -78,6 +79,12 @@ type State struct {
 	// absent from an IPv4-only node's file, which reads as before.
 	Block6 netip.Prefix `json:"block6,omitzero"`
 	Pool6  netip.Prefix `json:"pool6,omitzero"`
+	// PolicySocket is set while the agent enforces network policy: the
+	// Unix socket (package netpol/admit) the plugin tells each new pod to
+	// and waits on before ADD returns, so that the pod's policies are in
+	// force before its first packet. Absent otherwise, and then ADD
+	// makes no extra round trip.
+	PolicySocket string `json:"policySocket,omitempty"`
 }
 
 // MaxBlock6Bits is the longest IPv6 block prefix: a /120 still holds 255
@@ -144,6 +151,9 @@ func (s State) Validate() error {
 	}
 	if err := CheckMTU(s.MTU); err != nil {
 		return fmt.Errorf("node state: %w", err)
+	}
+	if s.PolicySocket != "" && !filepath.IsAbs(s.PolicySocket) {
+		return fmt.Errorf("node state: policySocket %q is not an absolute path", s.PolicySocket)
 	}
 	return s.validate6()
 }
