@@ -1,0 +1,374 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	cniversion "github.com/containernetworking/cni/pkg/version"
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/grapevine-net/grapevine/e2e/lab"
+	"github.com/grapevine-net/grapevine/netpol"
+	"github.com/grapevine-net/grapevine/node/nodestate"
+)
+
+// requireRootForNetns skips a test that creates network namespaces when not
+// root, and fails it under CI=true, where a skip would hide that it never
+// ran.
+func requireRootForNetns(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		const why = "needs root: creates network namespaces, veths and an nftables table in them"
+		if os.Getenv("CI") == "true" {
+			t.Fatal(why + " (CI=true)")
+		}
+		t.Skip(why)
+	}
+}
+
+// buildCNIPlugins returns $GRAPEVINE_CNI_PATH when set (make test), or builds
+// grapevine-cni and grapevine-ipam into a temporary directory.
+func buildCNIPlugins(t *testing.T) string {
+	t.Helper()
+	if dir := os.Getenv("GRAPEVINE_CNI_PATH"); dir != "" {
+		return dir
+	}
+	dir := t.TempDir()
+	cmd := exec.Command("go", "build", "-o", dir+"/", "../grapevine-cni", "../grapevine-ipam")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build the CNI plugins: %v\n%s", err, out)
+	}
+	return dir
+}
+
+// netnsFor adds a network namespace with loopback up, removed when the test
+// ends.
+func netnsFor(t *testing.T, name string) lab.Namespace {
+	t.Helper()
+	n := lab.Namespace{Name: name}
+	netnsRun(t, "ip", "netns", "add", n.Name)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, err := lab.Run(ctx, "ip", "netns", "del", n.Name); err != nil {
+			t.Errorf("remove namespace %s: %v", n.Name, err)
+		}
+	})
+	netnsRun(t, "ip", "-n", n.Name, "link", "set", "lo", "up")
+	return n
+}
+
+func netnsRun(t *testing.T, args ...string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := lab.Run(ctx, args[0], args[1:]...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// udpPeer is a UDP socket in a namespace that answers every datagram and
+// counts them by source address.
+type udpPeer struct {
+	conn net.PacketConn
+	mu   sync.Mutex
+	from map[netip.Addr]int
+}
+
+func listenUDP(t *testing.T, n lab.Namespace, addr string) *udpPeer {
+	t.Helper()
+	p := &udpPeer{from: make(map[netip.Addr]int)}
+	if err := n.Do(func() (err error) {
+		p.conn, err = net.ListenPacket("udp4", addr)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.conn.Close() })
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			m, from, err := p.conn.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			if a, ok := netip.AddrFromSlice(from.(*net.UDPAddr).IP); ok {
+				p.mu.Lock()
+				p.from[a.Unmap()]++
+				p.mu.Unlock()
+			}
+			p.conn.WriteTo(buf[:m], from)
+		}
+	}()
+	return p
+}
+
+func (p *udpPeer) count(from netip.Addr) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.from[from]
+}
+
+func (p *udpPeer) total() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, c := range p.from {
+		n += c
+	}
+	return n
+}
+
+// sendEvery sends a datagram from n to each of dsts every interval until
+// ctx ends, and returns how many sends the kernel took (a pod without its
+// interface yet has no route, and its sends fail).
+func sendEvery(ctx context.Context, t *testing.T, n lab.Namespace, dsts []netip.AddrPort, interval time.Duration) *atomic.Int64 {
+	t.Helper()
+	var conn net.PacketConn
+	if err := n.Do(func() (err error) {
+		conn, err = net.ListenPacket("udp4", "0.0.0.0:0")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var sent atomic.Int64
+	var sending sync.WaitGroup
+	t.Cleanup(func() { conn.Close(); sending.Wait() })
+	sending.Go(func() {
+		tick := time.NewTicker(interval)
+		defer tick.Stop()
+		for {
+			for _, d := range dsts {
+				if _, err := conn.WriteTo([]byte("flood"), net.UDPAddrFromAddrPort(d)); err == nil {
+					sent.Add(1)
+				}
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+		}
+	})
+	return &sent
+}
+
+// askOnce sends one datagram from n to dst and waits for its answer: the
+// first packet of a flow, with no retry.
+func askOnce(n lab.Namespace, dst netip.AddrPort) error {
+	var conn net.PacketConn
+	if err := n.Do(func() (err error) {
+		conn, err = net.ListenPacket("udp4", "0.0.0.0:0")
+		return err
+	}); err != nil {
+		return err
+	}
+	defer conn.Close()
+	if _, err := conn.WriteTo([]byte("first"), net.UDPAddrFromAddrPort(dst)); err != nil {
+		return fmt.Errorf("send to %s: %w", dst, err)
+	}
+	// The deadline only bounds a failure; an allowed path answers at once.
+	conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+	buf := make([]byte, 64)
+	if _, _, err := conn.ReadFrom(buf); err != nil {
+		return fmt.Errorf("no answer from %s to the first packet: %w", dst, err)
+	}
+	return nil
+}
+
+// TestNoPacketBeforeThePodsPolicy drives the real grapevine-cni (ADD
+// through libcni) on a host namespace whose table the real enforcer keeps,
+// fed by a fake API in which the pods exist, without addresses, before
+// ADD, as the kubelet has them. While an outside host floods every address
+// of the node's block and a pod selected by a default-deny policy sends
+// from before its interface exists, not one packet passes either way; a
+// pod no policy selects answers the first packet sent to it and gets an
+// answer to its own first packet, and receives the flood.
+func TestNoPacketBeforeThePodsPolicy(t *testing.T) {
+	requireRootForNetns(t)
+	binDir := buildCNIPlugins(t)
+	suffix := make([]byte, 3)
+	rand.Read(suffix)
+	prefix := "gvfp-" + hex.EncodeToString(suffix) + "-"
+	host := netnsFor(t, prefix+"host")
+	outside := netnsFor(t, prefix+"out")
+	if err := host.Do(func() error { return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644) }); err != nil {
+		t.Fatal(err)
+	}
+	netnsRun(t, "ip", "-n", host.Name, "link", "add", "gvfpout", "type", "veth", "peer", "name", "eth0", "netns", outside.Name)
+	netnsRun(t, "ip", "-n", host.Name, "addr", "add", "192.168.9.1/24", "dev", "gvfpout")
+	netnsRun(t, "ip", "-n", host.Name, "link", "set", "gvfpout", "up")
+	netnsRun(t, "ip", "-n", outside.Name, "addr", "add", "192.168.9.2/24", "dev", "eth0")
+	netnsRun(t, "ip", "-n", outside.Name, "link", "set", "eth0", "up")
+	netnsRun(t, "ip", "-n", outside.Name, "route", "add", "default", "via", "192.168.9.1")
+	outsideAddr := netip.MustParseAddr("192.168.9.2")
+
+	// The node: node.json names the admission socket, as the agent
+	// writes it with --network-policy.
+	dir := t.TempDir()
+	runDir := filepath.Join(dir, "run")
+	if err := os.MkdirAll(runDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	block := netip.MustParsePrefix("10.244.1.0/28")
+	lease, err := nodestate.LeaseFromNow(time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	socket := filepath.Join(runDir, policySocketName)
+	if err := nodestate.Write(runDir, nodestate.State{
+		Node: "node-a", Block: block, Pool: netip.MustParsePrefix("10.244.0.0/16"),
+		HostIP: netip.MustParseAddr("192.168.9.1"), MTU: 1500, Lease: lease, PolicySocket: socket,
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	// The agent's enforcer, on the host namespace's nftables.
+	fake := newFakePolicyAPI()
+	kernel, err := netpol.NewNFTKernelAt(host.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { kernel.Close() })
+	e, err := newPolicyEnforcer(fake.api(), "node-a", socket, kernel, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.setBlock(block)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	fake.namespaces.Add(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "default"}})
+	fake.policies.Add(&networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "deny-all"},
+		Spec: networkingv1.NetworkPolicySpec{
+			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "denied"}},
+			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress},
+		},
+	})
+	for _, app := range []string{"denied", "allowed"} {
+		fake.pods.Add(&corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: app, Labels: map[string]string{"app": app}},
+			Spec:       corev1.PodSpec{NodeName: "node-a"},
+			Status:     corev1.PodStatus{Phase: corev1.PodPending},
+		})
+	}
+	waitFor(t, "the enforcer's first ruleset", func() error {
+		if st := e.status(time.Now()); st.LastSync.IsZero() || st.Policies != 1 {
+			return fmt.Errorf("status %+v", st)
+		}
+		return nil
+	})
+
+	// The pods' sandboxes, listening before they have an interface.
+	deniedNS := netnsFor(t, prefix+"denied")
+	allowedNS := netnsFor(t, prefix+"allowed")
+	deniedIn := listenUDP(t, deniedNS, "0.0.0.0:7")
+	allowedIn := listenUDP(t, allowedNS, "0.0.0.0:7")
+	outsideIn := listenUDP(t, outside, "192.168.9.2:7")
+
+	floodCtx, stopFlood := context.WithCancel(ctx)
+	defer stopFlood()
+	var everyPod []netip.AddrPort
+	for a := block.Addr().Next(); block.Contains(a); a = a.Next() {
+		everyPod = append(everyPod, netip.AddrPortFrom(a, 7))
+	}
+	sendEvery(floodCtx, t, outside, everyPod, time.Millisecond)
+	deniedSent := sendEvery(floodCtx, t, deniedNS, []netip.AddrPort{netip.AddrPortFrom(outsideAddr, 7)}, time.Millisecond)
+
+	cni := libcni.NewCNIConfigWithCacheDir([]string{binDir}, filepath.Join(dir, "cni-cache"),
+		&invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: os.Stderr}, PluginDecoder: cniversion.PluginDecoder{}})
+	conf := fmt.Sprintf(`{"cniVersion": "1.0.0", "name": "grapevine", "plugins": [
+	  {"type": "grapevine-cni", "runDir": %q, "ipam": {"type": "grapevine-ipam", "dataDir": %q}}]}`, runDir, filepath.Join(dir, "ipam"))
+	list, err := libcni.ConfListFromBytes([]byte(conf))
+	if err != nil {
+		t.Fatal(err)
+	}
+	add := func(name string, n lab.Namespace) netip.Addr {
+		t.Helper()
+		rt := &libcni.RuntimeConf{
+			ContainerID: "c-" + name + "-" + hex.EncodeToString(suffix), NetNS: n.Path(), IfName: "eth0",
+			Args: [][2]string{{"K8S_POD_NAMESPACE", "default"}, {"K8S_POD_NAME", name}, {"IgnoreUnknown", "1"}},
+		}
+		var addr netip.Addr
+		if err := host.Do(func() error {
+			res, err := cni.AddNetworkList(ctx, list, rt)
+			if err != nil {
+				return err
+			}
+			r, err := current.NewResultFromResult(res)
+			if err != nil {
+				return err
+			}
+			for _, ip := range r.IPs {
+				if a, ok := netip.AddrFromSlice(ip.Address.IP.To4()); ok && block.Contains(a) {
+					addr = a
+				}
+			}
+			return nil
+		}); err != nil {
+			t.Fatalf("ADD %s: %v", name, err)
+		}
+		if !addr.IsValid() {
+			t.Fatalf("ADD %s: no address of %s in the result", name, block)
+		}
+		return addr
+	}
+	denied := add("denied", deniedNS)
+	allowed := add("allowed", allowedNS)
+
+	// Answered at once, with no retry: the allowed pod's first packets.
+	if err := askOnce(allowedNS, netip.AddrPortFrom(outsideAddr, 7)); err != nil {
+		t.Errorf("allowed pod, egress: %v", err)
+	}
+	if err := askOnce(outside, netip.AddrPortFrom(allowed, 7)); err != nil {
+		t.Errorf("allowed pod, ingress: %v", err)
+	}
+	// The flood reaches the allowed pod, and the denied pod has been
+	// sending on its interface.
+	waitFor(t, "flood packets at the allowed pod and sends from the denied pod", func() error {
+		if allowedIn.count(outsideAddr) < 100 || deniedSent.Load() < 100 {
+			return fmt.Errorf("allowed pod received %d, denied pod sent %d", allowedIn.count(outsideAddr), deniedSent.Load())
+		}
+		return nil
+	})
+	stopFlood()
+	if n := deniedIn.total(); n != 0 {
+		t.Errorf("the denied pod received %d packets", n)
+	}
+	if n := outsideIn.count(denied); n != 0 {
+		t.Errorf("%d packets from the denied pod reached the outside", n)
+	}
+	drops, err := e.drops()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if drops.PolicyPackets == 0 {
+		t.Errorf("drops %+v: the denied pod's policy dropped nothing", drops)
+	}
+	t.Logf("allowed pod %s received %d flood packets; denied pod %s sent %d, received 0; drops %+v",
+		allowed, allowedIn.count(outsideAddr), denied, deniedSent.Load(), drops)
+}
