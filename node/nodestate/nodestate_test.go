@@ -20,6 +20,8 @@ func TestWriteReadRoundTrip(t *testing.T) {
 		Pool:   netip.MustParsePrefix("172.20.0.0/16"),
 		HostIP: netip.MustParseAddr("172.16.254.113"),
 		MTU:    1500,
+		// The agent enforces network policy.
+		PolicySocket: "/run/grapevine/policy.sock",
 	}
 	if err := Write(dir, want); err != nil {
 		t.Fatal(err)
@@ -56,8 +58,8 @@ func TestIPv4OnlyStateKeepsItsFormat(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if strings.Contains(string(data), "block6") || strings.Contains(string(data), "pool6") {
-		t.Errorf("IPv4-only node.json written with IPv6 keys:\n%s", data)
+	if strings.Contains(string(data), "block6") || strings.Contains(string(data), "pool6") || strings.Contains(string(data), "policySocket") {
+		t.Errorf("IPv4-only node.json without policy written with IPv6 or policy keys:\n%s", data)
 	}
 	st.Block6, st.Pool6 = netip.MustParsePrefix("fd00:10:244:2::/64"), netip.MustParsePrefix("fd00:10:244::/48")
 	if err := Write(dir, st); err != nil {
@@ -90,6 +92,7 @@ func TestReadRejectsBadState(t *testing.T) {
 		"block6 is IPv4":    `{"node":"a","block":"10.244.2.0/23","pool":"10.244.0.0/16","block6":"10.244.2.0/24","pool6":"10.244.0.0/16"}`,
 		"block6 too long":   `{"node":"a","block":"10.244.2.0/23","pool":"10.244.0.0/16","block6":"fd00:10:244::/124","pool6":"fd00:10:244::/48"}`,
 		"block6 not masked": `{"node":"a","block":"10.244.2.0/23","pool":"10.244.0.0/16","block6":"fd00:10:244::1/64","pool6":"fd00:10:244::/48"}`,
+		"relative socket":   `{"node":"a","block":"10.244.2.0/23","pool":"10.244.0.0/16","policySocket":"policy.sock"}`,
 	}
 	for name, body := range cases {
 		t.Run(name, func(t *testing.T) {
