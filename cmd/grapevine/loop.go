@@ -43,6 +43,9 @@ type agent struct {
 	kube *kubeNode
 	// policy enforces NetworkPolicy; nil without --network-policy.
 	policy *policyEnforcer
+	// stalePolicy is where a previous run with --network-policy may have
+	// left its table, which this run without the flag removes; nil: none.
+	stalePolicy netpol.Kernel
 	// releaseWaits is the deleted Nodes whose blocks wait for their
 	// leases to end; nil without --join-kubernetes.
 	releaseWaits *releaseWaits
@@ -106,13 +109,15 @@ type hostSide struct {
 	// refuses to.
 	diagnose diagnoser
 	// policyAPI and policyKernel are what --network-policy reads and
-	// writes; nil: the in-cluster client and nftables.
+	// writes; nil: the in-cluster client, and nftables with the flag (and
+	// without it, no policy table to remove: see removeStalePolicy).
 	policyAPI    *policyAPI
 	policyKernel netpol.Kernel
 }
 
 func netlinkHost() hostSide {
-	return hostSide{kernel: node.NewNetlinkKernel(), watchRoutes: node.WatchRoutes, listenProbe: probe.Listen, diagnose: linuxDiagnoser}
+	return hostSide{kernel: node.NewNetlinkKernel(), watchRoutes: node.WatchRoutes, listenProbe: probe.Listen, diagnose: linuxDiagnoser,
+		policyKernel: netpol.NewNFTKernel()}
 }
 
 // newAgent builds an agent from its options and mesh configuration.
@@ -164,6 +169,9 @@ func newAgent(o agentOptions, cfg mesh.Config, host hostSide, log *slog.Logger) 
 	}
 	if a.policy, err = policyEnforcerFor(o, host, reg, log); err != nil {
 		return nil, err
+	}
+	if a.policy == nil {
+		a.stalePolicy = host.policyKernel
 	}
 	reg.MustRegister(peerSignalCollector{a})
 	a.silence = newSilenceChecks(func(id ledger.NodeID) error {
@@ -245,6 +253,7 @@ func (a *agent) run(ctx context.Context) error {
 	policyCtx, stopPolicy := context.WithCancel(ctx) // ends with the loop, as the probes do
 	defer stopPolicy()
 	enforcing.Go(func() { runPolicyEnforcer(policyCtx, a.policy, a.log) })
+	removeStalePolicy(a.stalePolicy, a.log)
 
 	defer a.silence.wait()
 	routeChanged := a.watchRoutes(ctx)

@@ -624,3 +624,16 @@ func runPolicyEnforcer(ctx context.Context, e *policyEnforcer, log *slog.Logger)
 		log.Error("network policy enforcement stopped; the last ruleset stays in force", "err", err)
 	}
 }
+
+// removeStalePolicy removes the table a previous run with --network-policy
+// left, when this run enforces none: its policies would go stale, and its
+// denial of unknown addresses would cut off every new pod, which the plugin
+// no longer announces. A nil kernel has nothing to remove.
+func removeStalePolicy(kernel netpol.Kernel, log *slog.Logger) {
+	if kernel == nil {
+		return
+	}
+	if err := kernel.Remove(); err != nil {
+		log.Warn("network policy is off, but a previous run's table may still be in force: delete it with `nft delete table inet "+netpol.TableName+"`", "err", err)
+	}
+}

@@ -265,3 +265,18 @@ func TestPolicyLine(t *testing.T) {
 		}
 	}
 }
+
+// TestStalePolicyTableIsRemovedWhenPolicyIsOff: an agent started without
+// --network-policy removes the table a previous run left, whose denial of
+// unknown addresses would cut off every new pod.
+func TestStalePolicyTableIsRemovedWhenPolicyIsOff(t *testing.T) {
+	kernel := &netpol.FakeKernel{}
+	if err := kernel.Apply(netpol.Ruleset{Unknown: []netpol.AddrRange{{First: netip.MustParseAddr("10.244.0.1"), Last: netip.MustParseAddr("10.244.0.254")}}}); err != nil {
+		t.Fatal(err)
+	}
+	removeStalePolicy(kernel, slog.New(slog.DiscardHandler))
+	if _, exists := kernel.Current(); exists {
+		t.Error("the previous run's policy table is still in force")
+	}
+	removeStalePolicy(nil, slog.New(slog.DiscardHandler)) // a host without nftables: nothing to do
+}
