@@ -12,6 +12,12 @@
 // another nftables table (not even node's "ip grapevine"), iptables, routes
 // or links, and netpol never speaks gossip or reads the ledger.
 //
+// Addresses of the node's block that no known pod holds (Input.Block less
+// the local pods' addresses) are denied both ways, so a new pod is cut off
+// until the agent knows its labels and address; package netpol/admit is how
+// the CNI plugin hands the agent both during ADD and waits until the pod's
+// policies are in force.
+//
 // Enforcement is at the forward hook, so it covers traffic between pods and
 // between pods and the world, but not traffic between a pod and its own host
 // (kubelet probes, the host's own services): that stays allowed, as the API
