@@ -31,7 +31,7 @@ func (l *lab) withPolicySocket(socket string) {
 }
 
 // fakeAgent answers admissions on socket with answer until the test ends.
-func fakeAgent(t *testing.T, socket string, answer admit.Handler) {
+func fakeAgent(t testing.TB, socket string, answer admit.Handler) {
 	t.Helper()
 	ln, err := net.Listen("unix", socket)
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 	"github.com/containernetworking/cni/libcni"
 
 	"github.com/grapevine-net/grapevine/ipam"
+	"github.com/grapevine-net/grapevine/netpol/admit"
 )
 
 // BenchmarkAddDel measures ADD and DEL through libcni, as a runtime calls
@@ -164,4 +165,44 @@ func BenchmarkAddDelDualStack(b *testing.B) {
 	}
 	b.ReportMetric(p50[1]/p50[0], "dual-vs-ipv4-add-p50-ratio")
 	b.ReportMetric(p50[1]/p50[2], "dual-vs-ptp-dual-add-p50-ratio")
+}
+
+// BenchmarkAddWithPolicyAgent measures what announcing the pod to the
+// agent adds to ADD while network policy is enforced: the same ADD with
+// node.json naming no policy socket and naming one whose agent answers at
+// once, alternating on every iteration. The agent's own work (compiling and
+// applying the table) is netpol's BenchmarkCompileApply.
+//
+//	go test ./plugin -run '^$' -bench AddWithPolicyAgent -benchtime 200x
+func BenchmarkAddWithPolicyAgent(b *testing.B) {
+	l := newLab(b)
+	list := l.conflist("1.1.0")
+	socket := filepath.Join(b.TempDir(), "policy.sock")
+	fakeAgent(b, socket, func(context.Context, admit.Request) error { return nil })
+	p := l.newPod("bench")
+	candidates := []string{"", socket}
+	adds := make([][]time.Duration, len(candidates))
+	ctx := context.Background()
+	for i := 0; b.Loop(); i++ {
+		for c, sock := range candidates {
+			b.StopTimer()
+			l.withPolicySocket(sock)
+			p.rt.ContainerID = fmt.Sprintf("bench-%d-%d", c, i)
+			b.StartTimer()
+			err := l.inHost(func() error {
+				start := time.Now()
+				if _, err := l.cni.AddNetworkList(ctx, list, p.rt); err != nil {
+					return fmt.Errorf("ADD: %w", err)
+				}
+				adds[c] = append(adds[c], time.Since(start))
+				return l.cni.DelNetworkList(ctx, list, p.rt)
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.ReportMetric(ms(percentile(adds[0], 50)), "add-p50-ms")
+	b.ReportMetric(ms(percentile(adds[1], 50)), "add-policy-p50-ms")
+	b.ReportMetric(ms(percentile(adds[1], 50))-ms(percentile(adds[0], 50)), "policy-extra-p50-ms")
 }

@@ -144,3 +144,26 @@ func TestAskWithoutAgentIsUnreachable(t *testing.T) {
 		t.Errorf("Ask of a silent agent: %v, want ErrUnreachable", err)
 	}
 }
+
+// BenchmarkAsk is one request and its answer over the socket, with a
+// handler that answers at once: what ADD pays besides the agent's work.
+func BenchmarkAsk(b *testing.B) {
+	sock := filepath.Join(b.TempDir(), "policy.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		Serve(ctx, ln, func(context.Context, Request) error { return nil }, func(err error) { b.Error(err) })
+	}()
+	defer func() { cancel(); <-done }()
+	r := validRequest()
+	for b.Loop() {
+		if err := Ask(context.Background(), sock, r); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
