@@ -247,7 +247,7 @@ func (c *compiler) groups(byPod map[netip.Addr][]string, dir string) map[netip.A
 	})
 	names := make(map[string]string, len(sorted))
 	for i, k := range sorted {
-		name := fmt.Sprintf("%s-g%d", dir, i)
+		name := fmt.Sprintf("%s-g%d", dir, i) // NFTKernel.Drops reads counters by this name (countsDrops)
 		names[k] = name
 		var rules []Rule
 		for _, chain := range keys[k] {

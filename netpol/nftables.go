@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/google/nftables"
@@ -223,7 +224,8 @@ func (k *NFTKernel) Drops() (Drops, error) {
 	}
 	var d Drops
 	for _, c := range chains {
-		if c.Table == nil || c.Table.Name != TableName {
+		// Only the base chains and the groups' chains count drops.
+		if c.Table == nil || c.Table.Name != TableName || !countsDrops(c.Name) {
 			continue
 		}
 		rules, err := conn.GetRules(table(), c)
@@ -248,6 +250,13 @@ func (k *NFTKernel) Drops() (Drops, error) {
 		}
 	}
 	return d, nil
+}
+
+// countsDrops reports whether chain name has counted drop rules: the base
+// chains (unknown addresses) and the policy groups' chains (see groups),
+// not the policies' own chains, which only accept.
+func countsDrops(name string) bool {
+	return name == egressChain || name == ingressChain || strings.HasPrefix(name, "in-g") || strings.HasPrefix(name, "eg-g")
 }
 
 // batchBytes estimates the netlink batch for rs, generously: an interval

@@ -505,8 +505,15 @@ func (e *policyEnforcer) admit(ctx context.Context, r admit.Request) error {
 			return fmt.Errorf("the grapevine agent has not listed pods, namespaces and network policies yet")
 		case lastErr != nil:
 			return fmt.Errorf("the grapevine agent cannot apply the network policy ruleset: %w", lastErr)
-		default:
+		}
+		p, err := e.pods.Pods(r.Namespace).Get(r.Name)
+		switch {
+		case err != nil:
 			return fmt.Errorf("the grapevine agent has not seen pod %s in the API yet", key)
+		case p.Spec.NodeName != e.nodeName:
+			return fmt.Errorf("pod %s is scheduled on node %q, not on this node %q", key, p.Spec.NodeName, e.nodeName)
+		default:
+			return fmt.Errorf("the grapevine agent could not put the policies of pod %s in force in time", key)
 		}
 	}
 }

@@ -216,8 +216,18 @@ func TestPolicyAdmissionAnswersOnceThePodIsEnforced(t *testing.T) {
 	unknown := admit.Request{Namespace: "default", Name: "nobody", IPs: []netip.Addr{netip.MustParseAddr("10.244.0.8")}}
 	shortCtx, shortCancel := context.WithTimeout(ctx, 300*time.Millisecond)
 	defer shortCancel()
-	if err := admit.Ask(shortCtx, socket, unknown); err == nil {
-		t.Error("a pod the API does not know was admitted")
+	if err := admit.Ask(shortCtx, socket, unknown); err == nil || !strings.Contains(err.Error(), "has not seen pod default/nobody") {
+		t.Errorf("admission of a pod the API does not know: %v, want a refusal saying so", err)
+	}
+	fake.pods.Add(&corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "elsewhere"},
+		Spec:       corev1.PodSpec{NodeName: "n2"},
+	})
+	elsewhere := admit.Request{Namespace: "default", Name: "elsewhere", IPs: []netip.Addr{netip.MustParseAddr("10.244.0.8")}}
+	otherCtx, otherCancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer otherCancel()
+	if err := admit.Ask(otherCtx, socket, elsewhere); err == nil || !strings.Contains(err.Error(), `scheduled on node "n2"`) {
+		t.Errorf("admission of another node's pod: %v, want a refusal naming its node", err)
 	}
 
 	// Drops survive the table being written anew.

@@ -43,6 +43,10 @@ type Request struct {
 	Name        string       `json:"name"`
 	ContainerID string       `json:"containerID"`
 	IPs         []netip.Addr `json:"ips"`
+	// AnswerWithinMs is how long the plugin waits for the answer, less a
+	// margin: the agent answers with its reason before the plugin gives
+	// up. 0 (or more than Timeout) means Timeout less a second.
+	AnswerWithinMs int64 `json:"answerWithinMs,omitempty"`
 }
 
 // Answer is the agent's reply: Error is empty once the pod's policies are
@@ -66,6 +70,9 @@ func (r Request) Validate() error {
 	}
 	if len(r.Name) > 253 || !dnsSubdomain.MatchString(r.Name) {
 		return fmt.Errorf("pod name %q is not a valid pod name (a DNS-1123 subdomain)", r.Name)
+	}
+	if r.AnswerWithinMs < 0 {
+		return fmt.Errorf("pod %s/%s: answerWithinMs %d is negative", r.Namespace, r.Name, r.AnswerWithinMs)
 	}
 	if len(r.IPs) == 0 || len(r.IPs) > 2 {
 		return fmt.Errorf("pod %s/%s: %d addresses, want one or two (one per family)", r.Namespace, r.Name, len(r.IPs))
@@ -94,6 +101,9 @@ func Ask(ctx context.Context, socket string, r Request) error {
 	defer conn.Close()
 	if deadline, ok := ctx.Deadline(); ok {
 		conn.SetDeadline(deadline)
+		// A tenth of the time, at least 50 ms, for the answer to travel.
+		left := time.Until(deadline)
+		r.AnswerWithinMs = max((left - max(left/10, 50*time.Millisecond)).Milliseconds(), 1)
 	}
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
 	defer stop()
@@ -153,13 +163,22 @@ func serveConn(ctx context.Context, conn net.Conn, h Handler, rejected func(erro
 		answer(conn, Answer{Error: "grapevine agent refused the pod admission request: " + err.Error()})
 		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, Timeout)
+	ctx, cancel := context.WithTimeout(ctx, answerWithin(r))
 	defer cancel()
 	if err := h(ctx, r); err != nil {
 		answer(conn, Answer{Error: err.Error()})
 		return
 	}
 	answer(conn, Answer{})
+}
+
+// answerWithin is how long the handler may take for r.
+func answerWithin(r Request) time.Duration {
+	wait := time.Duration(r.AnswerWithinMs) * time.Millisecond
+	if wait <= 0 || wait > Timeout {
+		return Timeout - time.Second
+	}
+	return wait
 }
 
 func answer(conn net.Conn, a Answer) {

@@ -33,6 +33,7 @@ func TestValidate(t *testing.T) {
 		{"three addresses", func(r *Request) { r.IPs = append(r.IPs, r.IPs[0], r.IPs[0]) }, false},
 		{"zero address", func(r *Request) { r.IPs = []netip.Addr{{}} }, false},
 		{"zoned address", func(r *Request) { r.IPs = []netip.Addr{netip.MustParseAddr("fe80::1%eth0")} }, false},
+		{"negative wait", func(r *Request) { r.AnswerWithinMs = -1 }, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -137,11 +138,24 @@ func TestAskWithoutAgentIsUnreachable(t *testing.T) {
 		t.Errorf("Ask without an agent: %v, want ErrUnreachable", err)
 	}
 	// An agent that never answers: Ask ends with its context.
-	sock, _ := serve(t, func(ctx context.Context, _ Request) error { <-ctx.Done(); return ctx.Err() })
+	release := make(chan struct{})
+	silent, _ := serve(t, func(context.Context, Request) error { <-release; return nil })
+	t.Cleanup(func() { close(release) }) // runs before serve's cleanup waits for the handler
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
-	if err := Ask(ctx, sock, validRequest()); !errors.Is(err, ErrUnreachable) {
+	if err := Ask(ctx, silent, validRequest()); !errors.Is(err, ErrUnreachable) {
 		t.Errorf("Ask of a silent agent: %v, want ErrUnreachable", err)
+	}
+	// An agent whose handler runs out of the time the plugin gave it
+	// answers with its reason before the plugin gives up.
+	slow, _ := serve(t, func(ctx context.Context, _ Request) error {
+		<-ctx.Done()
+		return errors.New("not in force in time")
+	})
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel2()
+	if err := Ask(ctx2, slow, validRequest()); err == nil || errors.Is(err, ErrUnreachable) || !strings.Contains(err.Error(), "not in force in time") {
+		t.Errorf("Ask of an agent that runs out of time: %v, want its reason", err)
 	}
 }
 
