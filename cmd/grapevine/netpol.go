@@ -29,6 +29,7 @@ import (
 
 	"github.com/grapevine-net/grapevine/netpol"
 	"github.com/grapevine-net/grapevine/netpol/admit"
+	"github.com/grapevine-net/grapevine/node/nodestate"
 	"github.com/grapevine-net/grapevine/status"
 )
 
@@ -610,7 +611,18 @@ func policyEnforcerFor(o agentOptions, host hostSide, reg prometheus.Registerer,
 	if kernel == nil {
 		kernel = netpol.NewNFTKernel()
 	}
-	return newPolicyEnforcer(*api, o.NodeName, policySocket(o), kernel, reg, log.With("component", "netpol"))
+	e, err := newPolicyEnforcer(*api, o.NodeName, policySocket(o), kernel, reg, log.With("component", "netpol"))
+	if err != nil {
+		return nil, err
+	}
+	// A restarted agent's plugin keeps handing out addresses from the
+	// block of the previous run's node.json until the loop has its own
+	// view (or withdraws it): deny that block's unknown addresses from the
+	// first ruleset on.
+	if st, err := nodestate.Read(o.RunDir); err == nil {
+		e.setBlock(st.Block)
+	}
+	return e, nil
 }
 
 // policySocket is the admission socket node.json names: "" without

@@ -20,6 +20,7 @@ import (
 
 	"github.com/grapevine-net/grapevine/netpol"
 	"github.com/grapevine-net/grapevine/netpol/admit"
+	"github.com/grapevine-net/grapevine/node/nodestate"
 	"github.com/grapevine-net/grapevine/status"
 )
 
@@ -289,4 +290,24 @@ func TestStalePolicyTableIsRemovedWhenPolicyIsOff(t *testing.T) {
 		t.Error("the previous run's policy table is still in force")
 	}
 	removeStalePolicy(nil, slog.New(slog.DiscardHandler)) // a host without nftables: nothing to do
+}
+
+// TestPolicyEnforcerStartsWithTheHandedOffBlock: a restarted agent denies
+// the unknown addresses of the block the previous run's node.json hands
+// out from its first ruleset on, before its loop has a view of its own.
+func TestPolicyEnforcerStartsWithTheHandedOffBlock(t *testing.T) {
+	runDir := t.TempDir()
+	block := netip.MustParsePrefix("10.244.4.0/23")
+	if err := nodestate.Write(runDir, nodestate.State{Node: "n1", Block: block, Pool: netip.MustParsePrefix("10.244.0.0/16")}); err != nil {
+		t.Fatal(err)
+	}
+	api := newFakePolicyAPI().api()
+	o := agentOptions{NodeName: "n1", RunDir: runDir, NetworkPolicy: true}
+	e, err := policyEnforcerFor(o, hostSide{policyAPI: &api, policyKernel: &netpol.FakeKernel{}}, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.block != block || e.socket != filepath.Join(runDir, policySocketName) {
+		t.Errorf("enforcer starts with block %s and socket %q, want %s and %s/%s", e.block, e.socket, block, runDir, policySocketName)
+	}
 }
