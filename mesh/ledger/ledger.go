@@ -496,9 +496,10 @@ func (l *Ledger) notify() {
 // Changed signals (coalesced) that the state or Info changed.
 func (l *Ledger) Changed() <-chan struct{} { return l.changed }
 
-// State returns a copy of this node's replica of the ledger and the index
-// of the last entry applied to it. Reads are local: they never wait for the
-// leader.
+// State returns this node's replica of the ledger and the index of the
+// last entry applied to it. Reads are local: they never wait for the
+// leader. The State's Blocks map is shared by every caller until the next
+// entry applies: read it, and Clone it before changing anything.
 func (l *Ledger) State() (State, uint64) {
 	s, idx := l.fsm.snapshotState()
 	if r := l.raft.Load(); r != nil {
@@ -550,16 +551,20 @@ func (l *Ledger) alive(peers []Peer, id NodeID) bool {
 
 // nameOf names a node ID for Info: gossip first, then the ledger.
 func (l *Ledger) nameOf(peers []Peer, st *State, id string) string {
-	if id == l.cfg.ID.String() {
+	nid, err := ParseNodeID(id)
+	if err != nil {
+		return id
+	}
+	if nid == l.cfg.ID {
 		return l.cfg.Name
 	}
 	for _, p := range peers {
-		if p.ID.String() == id && p.Name != "" {
+		if p.ID == nid && p.Name != "" {
 			return p.Name
 		}
 	}
 	for _, o := range st.Blocks {
-		if o.ID.String() == id {
+		if o.ID == nid {
 			return o.Name
 		}
 	}
