@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"slices"
@@ -383,28 +384,35 @@ func (m *Mesh) setRecorded(r RecordedLedger) {
 // other's members as foreign. One against one decides nothing either:
 // neither can tell which of the two forked.
 func foreignLedger(own, recorded ledger.ClusterID, members []ledger.ClusterID) (ledger.ClusterID, bool) {
+	count := map[ledger.ClusterID]int{}
+	for _, c := range members {
+		count[c]++
+	}
+	return foreignLedgerCounted(own, recorded, count)
+}
+
+// foreignLedgerCounted is foreignLedger given how many live members hold
+// each ledger (the zero ID, no ledger yet, is ignored).
+func foreignLedgerCounted(own, recorded ledger.ClusterID, count map[ledger.ClusterID]int) (ledger.ClusterID, bool) {
 	if own.IsZero() {
 		return ledger.ClusterID{}, false
 	}
 	if !recorded.IsZero() {
 		return recorded, recorded != own
 	}
-	count := map[ledger.ClusterID]int{}
-	for _, c := range members {
-		if !c.IsZero() {
-			count[c]++
-		}
-	}
 	if count[own] > 0 {
 		return ledger.ClusterID{}, false
 	}
 	var best ledger.ClusterID
 	for c, n := range count {
+		if c.IsZero() || n == 0 {
+			continue
+		}
 		if best.IsZero() || n > count[best] || n == count[best] && string(c[:]) < string(best[:]) {
 			best = c
 		}
 	}
-	if count[best] < 2 {
+	if best.IsZero() || count[best] < 2 {
 		return ledger.ClusterID{}, false
 	}
 	return best, true
@@ -413,19 +421,15 @@ func foreignLedger(own, recorded ledger.ClusterID, members []ledger.ClusterID) (
 // foreignByGossip applies foreignLedger to the live members' metadata,
 // without the record.
 func (m *Mesh) foreignByGossip(own ledger.ClusterID) (ledger.ClusterID, bool) {
-	return foreignLedger(own, ledger.ClusterID{}, m.liveClusters())
+	return foreignLedgerCounted(own, ledger.ClusterID{}, m.liveClusters())
 }
 
-func (m *Mesh) liveClusters() []ledger.ClusterID {
+// liveClusters counts the live members with accepted metadata by the
+// ledger they advertise (kept up to date by indexPeerLocked).
+func (m *Mesh) liveClusters() map[ledger.ClusterID]int {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	var out []ledger.ClusterID
-	for _, p := range m.peers {
-		if p.usable() {
-			out = append(out, p.meta.ClusterID)
-		}
-	}
-	return out
+	return maps.Clone(m.clusters)
 }
 
 // checkForeign stops this node handing out addresses while its ledger is
@@ -436,7 +440,7 @@ func (m *Mesh) checkForeign() {
 	m.mu.Lock()
 	own, recorded := m.clusterID, m.recorded
 	m.mu.Unlock()
-	theirs, foreign := foreignLedger(own, recorded, m.liveClusters())
+	theirs, foreign := foreignLedgerCounted(own, recorded, m.liveClusters())
 	why := ""
 	if foreign {
 		where := "its peers hold ledger " + theirs.String()

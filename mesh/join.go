@@ -121,6 +121,7 @@ func (m *Mesh) forgetGone() {
 	for name, p := range m.peers {
 		if !p.state.Live() && time.Since(p.since) > m.cfg.Lease+ledger.LeaseMargin(m.cfg.Lease) {
 			delete(m.peers, name)
+			m.indexPeerLocked(p)
 			forgot = true
 		}
 	}

@@ -48,7 +48,16 @@ type Mesh struct {
 	running bool
 	seeds   []string
 	peers   map[string]*peer
-	own     ownBlock
+	// byName, clusters and states index peers for what runs on every
+	// membership event (see indexPeerLocked): the usable peers by the
+	// name they advertise (names maps to those several nodes advertise,
+	// this one included), the usable peers by the ledger they advertise
+	// (none: not counted), and every peer by its state.
+	byName   map[string]map[string]*peer
+	shared   map[string]bool
+	clusters map[ledger.ClusterID]int
+	states   [Left + 1]int
+	own      ownBlock
 	// reason says why this node is not ready (beyond what View derives).
 	reason   string
 	degraded string
@@ -96,6 +105,8 @@ type peer struct {
 	meta    Meta
 	metaErr error
 	metaRaw []byte // last metadata seen, to count a rejection once
+	// indexed is what indexPeerLocked last recorded of this peer.
+	indexed peerIndex
 	// since is when state last changed.
 	since time.Time
 }
@@ -126,6 +137,9 @@ func New(cfg Config) (*Mesh, error) {
 		seedsAdded:    make(chan struct{}, 1),
 		seeds:         slices.Clone(cfg.Join),
 		peers:         make(map[string]*peer),
+		byName:        make(map[string]map[string]*peer),
+		shared:        make(map[string]bool),
+		clusters:      make(map[ledger.ClusterID]int),
 		conflicts:     make(map[string]bool),
 		reason:        "joining",
 	}, nil
@@ -546,11 +560,11 @@ func (m *Mesh) View() View {
 	}
 	ours := v.Ledger.ClusterID
 	byID := blocksByID(st)
+	v.Block, v.Ready = m.viewBlockLocked(st)
 	switch {
 	case m.foreign != "":
 		v.Reason = m.foreign
 	case m.identity == "":
-		v.Block, v.Ready = m.ownBlockLocked(st)
 		if v.Block.IsValid() {
 			v.Lease, v.LeaseRenewed, v.LeaseEndsAt = m.own.lease, m.own.renewed, m.own.endsAt
 		}
@@ -591,6 +605,27 @@ func (m *Mesh) View() View {
 	})
 	v.NameConflicts = m.nameConflictsLocked(byID)
 	return v
+}
+
+// viewBlock is View's Block and Ready alone, without the members: what
+// the ownership loop looks at after every step.
+func (m *Mesh) viewBlock() (netip.Prefix, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var st ledger.State
+	if m.led != nil {
+		st, _ = m.led.State()
+	}
+	return m.viewBlockLocked(st)
+}
+
+// viewBlockLocked is View's Block and Ready given the ledger's state st:
+// none while this node's ledger is foreign or its identity refused.
+func (m *Mesh) viewBlockLocked(st ledger.State) (netip.Prefix, bool) {
+	if m.foreign != "" || m.identity != "" {
+		return netip.Prefix{}, false
+	}
+	return m.ownBlockLocked(st)
 }
 
 // assignment is one block of the ledger with its owner.
@@ -638,18 +673,14 @@ func routedBlock(byID map[ledger.NodeID]assignment, meta Meta) netip.Prefix {
 // metadata, and this node, advertise under more than one node ID. byID
 // (the ledger's assignments; nil: unknown) marks the holders.
 func (m *Mesh) nameConflictsLocked(byID map[ledger.NodeID]assignment) []NameConflict {
-	byName := map[string][]NameClaimant{
-		m.cfg.NodeName: {{ID: m.id, HostIP: m.cfg.AdvertiseAddr, Self: true}},
-	}
-	for _, p := range m.peers {
-		if p.usable() {
-			byName[p.meta.Name] = append(byName[p.meta.Name], NameClaimant{ID: p.meta.ID, HostIP: p.meta.HostIP})
-		}
-	}
 	var out []NameConflict
-	for name, nodes := range byName {
-		if len(nodes) < 2 {
-			continue
+	for name := range m.shared {
+		var nodes []NameClaimant
+		if name == m.cfg.NodeName {
+			nodes = append(nodes, NameClaimant{ID: m.id, HostIP: m.cfg.AdvertiseAddr, Self: true})
+		}
+		for _, p := range m.byName[name] {
+			nodes = append(nodes, NameClaimant{ID: p.meta.ID, HostIP: p.meta.HostIP})
 		}
 		for i := range nodes {
 			a, ok := byID[nodes[i].ID]

@@ -173,12 +173,12 @@ func (m *Mesh) ownershipLoop(ctx context.Context, saved *savedBlock) {
 		} else {
 			failures++
 		}
-		v := m.View()
-		if v.Ready != wasReady {
-			wasReady = v.Ready
+		block, ready := m.viewBlock()
+		if ready != wasReady {
+			wasReady = ready
 			m.notify()
 		}
-		m.advertiseBlock(v.Block)
+		m.advertiseBlock(block)
 		wait := stepInterval
 		wake := m.wake
 		if !ok {
