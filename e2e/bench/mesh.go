@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+	"github.com/hashicorp/raft"
 
 	"github.com/grapevine-net/grapevine/e2e/lab"
 	"github.com/grapevine-net/grapevine/mesh"
@@ -46,6 +47,10 @@ type MeshConfig struct {
 	// JoinTimeout bounds the wait for one more node to be seen (zero: 30 s).
 	JoinTimeout time.Duration
 	Logger      *slog.Logger
+	// Converged, if set, is called once the cluster has converged (or the
+	// deadline passed), with every node still running: where a heap
+	// profile shows what each simulated node holds.
+	Converged func()
 }
 
 func (c MeshConfig) drain() time.Duration { return cmp.Or(c.Drain, 5*time.Second) }
@@ -106,8 +111,13 @@ func MeasureMesh(ctx context.Context, cfg MeshConfig) (_ []Row, err error) {
 		// all CPU (and more in garbage collection). Uncompressed, the byte
 		// counts are an upper bound of the agent's.
 		Tune: func(c *memberlist.Config) { c.EnableCompression = false },
-		// The agent's raft and autopilot timers.
-		TuneLedger: func(*ledger.Config) {},
+		// The agent's raft and autopilot timers, but a short log: the
+		// agent keeps its raft log on disk, each node here keeps it in
+		// memory, and every membership change is a configuration entry
+		// listing every member, so a thousand nodes' logs held until the
+		// agent's snapshot threshold took gigabytes (the configuration
+		// entries' size grows with the cluster, their number too).
+		TuneLedger: func(c *ledger.Config) { c.Tune = shortRaftLog },
 		Dilation:   k,
 	})
 
@@ -156,6 +166,9 @@ func MeasureMesh(ctx context.Context, cfg MeshConfig) (_ []Row, err error) {
 		return nil, ctx.Err()
 	}
 	coldLag := lag.take()
+	if cfg.Converged != nil {
+		cfg.Converged()
+	}
 	// Counted at the transport: what the nodes sent until convergence (or
 	// until the deadline), whatever the CPU made of the wall time.
 	untilConverged := c.Traffic()
@@ -189,6 +202,14 @@ func MeasureMesh(ctx context.Context, cfg MeshConfig) (_ []Row, err error) {
 	rows = append(rows, joinRow(cfg, alive, routed, lag.take()))
 	log.Info("mesh join", "nodes", cfg.Nodes, "alive_99", alive, "routed_99", routed)
 	return append(rows, wallRow(cfg, time.Since(wallStart), converged, "whole measurement", nil)), nil
+}
+
+// shortRaftLog compacts a simulated node's raft log after a few entries,
+// at most a second (simulated) after they were written.
+func shortRaftLog(c *raft.Config) {
+	c.SnapshotThreshold = 32
+	c.TrailingLogs = 32
+	c.SnapshotInterval = time.Second
 }
 
 // awaitConverged waits until every route loop sees all other running nodes

@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"runtime/pprof"
 	"slices"
 	"strings"
@@ -53,6 +54,7 @@ func run() error {
 		meshSteady   = flag.Duration("mesh-steady", 10*time.Second, "simulated window over which steady traffic is counted")
 		meshTimeout  = flag.Duration("mesh-timeout", 5*time.Minute, "how long (wall time) each in-process mesh may take to converge")
 		cpuProfile   = flag.String("cpuprofile", "", "write a CPU profile of this process (the in-process mesh, the CNI driver) to this file")
+		memProfile   = flag.String("memprofile", "", "write a heap profile of each in-process mesh, taken once it has converged, to this file with the mesh size appended (-256)")
 		verbose      = flag.Bool("v", false, "log progress in detail")
 	)
 	flag.Parse()
@@ -169,6 +171,14 @@ func run() error {
 		for _, m := range meshes {
 			measure(fmt.Sprintf("%d agents in one process, time dilated %gx", m.Nodes, m.Dilation.Factor()), func() ([]bench.Row, error) {
 				m.Steady, m.Timeout, m.Logger = *meshSteady, *meshTimeout, log
+				if *memProfile != "" {
+					path := fmt.Sprintf("%s-%d", *memProfile, m.Nodes)
+					m.Converged = func() {
+						if err := writeHeapProfile(path); err != nil {
+							log.Error("heap profile", "err", err)
+						}
+					}
+				}
 				return bench.MeasureMesh(ctx, m)
 			})
 		}
@@ -192,6 +202,21 @@ func run() error {
 		return fmt.Errorf("%d measurements failed", len(rep.Errors))
 	}
 	return nil
+}
+
+// writeHeapProfile writes the heap profile of this process to path, after
+// a garbage collection so that it shows what is live.
+func writeHeapProfile(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	runtime.GC()
+	if err := pprof.WriteHeapProfile(f); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return f.Close()
 }
 
 // checkPrerequisites says exactly what is missing before anything starts.
