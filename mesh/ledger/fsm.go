@@ -136,3 +136,23 @@ func (f *fsm) clusterID() ClusterID {
 	defer f.mu.RUnlock()
 	return f.state.ClusterID
 }
+
+// clusterAndApplied is the ledger this replica belongs to and the index of
+// the last entry applied, read without copying the state.
+func (f *fsm) clusterAndApplied() (ClusterID, uint64) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.state.ClusterID, f.applied
+}
+
+// ownerName is the name under which id holds a block, if it holds one.
+func (f *fsm) ownerName(id NodeID) (string, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	for _, o := range f.state.Blocks {
+		if o.ID == id {
+			return o.Name, true
+		}
+	}
+	return "", false
+}

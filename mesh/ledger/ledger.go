@@ -549,7 +549,8 @@ func (l *Ledger) alive(peers []Peer, id NodeID) bool {
 	return false
 }
 
-// nameOf names a node ID for Info: gossip first, then the ledger.
+// nameOf names a node ID for Info: gossip first, then the ledger (st; nil:
+// this replica's current state).
 func (l *Ledger) nameOf(peers []Peer, st *State, id string) string {
 	nid, err := ParseNodeID(id)
 	if err != nil {
@@ -563,6 +564,12 @@ func (l *Ledger) nameOf(peers []Peer, st *State, id string) string {
 			return p.Name
 		}
 	}
+	if st == nil {
+		if name, ok := l.fsm.ownerName(nid); ok {
+			return name
+		}
+		return id
+	}
 	for _, o := range st.Blocks {
 		if o.ID == nid {
 			return o.Name
@@ -573,19 +580,22 @@ func (l *Ledger) nameOf(peers []Peer, st *State, id string) string {
 
 // Info describes this node's view of the ledger.
 func (l *Ledger) Info() Info {
-	st, applied := l.State()
-	info := Info{ClusterID: st.ClusterID, Role: "none", AppliedIndex: applied}
+	// Not State: Info is read on every change, and the state is copied
+	// after every entry.
+	cluster, applied := l.fsm.clusterAndApplied()
+	info := Info{ClusterID: cluster, Role: "none", AppliedIndex: applied}
 	r := l.raft.Load()
 	if r == nil {
 		return info
 	}
+	info.AppliedIndex = max(applied, r.AppliedIndex())
 	peers, _ := l.peerView()
 	info.LastIndex = r.LastIndex()
 	self := raft.ServerID(l.cfg.ID.String())
 	if f := r.GetConfiguration(); f.Error() == nil {
 		for _, s := range f.Configuration().Servers {
 			if s.Suffrage == raft.Voter {
-				info.Voters = append(info.Voters, l.nameOf(peers, &st, string(s.ID)))
+				info.Voters = append(info.Voters, l.nameOf(peers, nil, string(s.ID)))
 			}
 			if s.ID == self {
 				info.Role = "nonvoter"
@@ -597,7 +607,7 @@ func (l *Ledger) Info() Info {
 	}
 	slices.Sort(info.Voters)
 	if _, id := r.LeaderWithID(); id != "" {
-		info.Leader = l.nameOf(peers, &st, string(id))
+		info.Leader = l.nameOf(peers, nil, string(id))
 	}
 	if r.State() == raft.Leader {
 		info.Role = "leader"
