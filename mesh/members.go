@@ -3,6 +3,7 @@ package mesh
 import (
 	"context"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -132,7 +133,7 @@ func (m *Mesh) indexPeerLocked(p *peer) {
 		return
 	}
 	if m.byName == nil {
-		m.byName, m.shared, m.clusters = make(map[string]map[string]*peer), make(map[string]bool), make(map[ledger.ClusterID]int)
+		m.byName, m.shared, m.clusters = make(map[string][]*peer), make(map[string]bool), make(map[ledger.ClusterID]int)
 	}
 	if old.in {
 		m.states[old.state]--
@@ -141,8 +142,9 @@ func (m *Mesh) indexPeerLocked(p *peer) {
 		m.states[now.state]++
 	}
 	if old.usable {
-		delete(m.byName[old.name], p.name)
-		if len(m.byName[old.name]) == 0 {
+		if rest := slices.DeleteFunc(m.byName[old.name], func(q *peer) bool { return q == p }); len(rest) > 0 {
+			m.byName[old.name] = rest
+		} else {
 			delete(m.byName, old.name)
 		}
 		m.noteSharedLocked(old.name)
@@ -153,10 +155,7 @@ func (m *Mesh) indexPeerLocked(p *peer) {
 		}
 	}
 	if now.usable {
-		if m.byName[now.name] == nil {
-			m.byName[now.name] = make(map[string]*peer, 1)
-		}
-		m.byName[now.name][p.name] = p
+		m.byName[now.name] = append(m.byName[now.name], p)
 		m.noteSharedLocked(now.name)
 		if !now.cluster.IsZero() {
 			m.clusters[now.cluster]++

@@ -53,7 +53,7 @@ type Mesh struct {
 	// name they advertise (names maps to those several nodes advertise,
 	// this one included), the usable peers by the ledger they advertise
 	// (none: not counted), and every peer by its state.
-	byName   map[string]map[string]*peer
+	byName   map[string][]*peer
 	shared   map[string]bool
 	clusters map[ledger.ClusterID]int
 	states   [Left + 1]int
@@ -137,7 +137,7 @@ func New(cfg Config) (*Mesh, error) {
 		seedsAdded:    make(chan struct{}, 1),
 		seeds:         slices.Clone(cfg.Join),
 		peers:         make(map[string]*peer),
-		byName:        make(map[string]map[string]*peer),
+		byName:        make(map[string][]*peer),
 		shared:        make(map[string]bool),
 		clusters:      make(map[ledger.ClusterID]int),
 		conflicts:     make(map[string]bool),
