@@ -37,7 +37,7 @@ func run() error {
 		binDir       = flag.String("bin-dir", envOr("GRAPEVINE_BIN_DIR", "bin"), "directory with the grapevine binary")
 		cniDir       = flag.String("cni-dir", envOr("GRAPEVINE_CNI_PATH", "bin/cni"), "directory with grapevine-cni, grapevine-ipam, ptp, host-local and portmap")
 		out          = flag.String("o", "bench-results.json", "where to write the figures as JSON")
-		only         = flag.String("only", "", "comma-separated measurements to run (cni,routes,probes,mesh,lab,routed,crash); empty: all")
+		only         = flag.String("only", "", "comma-separated measurements to run (cni,routes,probes,mesh,lab,routed,crash,ipv6,netpol); empty: all")
 		pods         = flag.Int("pods", 200, "pods per CNI chain")
 		dualPods     = flag.Int("dual-stack-pods", 20, "pods per chain of the dual-stack CNI run (ptp waits ~1.8 s for DAD per pod); 0: skip it")
 		portmap      = flag.Bool("portmap", false, "chain portmap after both CNI plugins")
@@ -49,6 +49,9 @@ func run() error {
 		idle         = flag.Duration("idle", 60*time.Second, "window over which idle CPU is measured")
 		iperf        = flag.Duration("iperf", 10*time.Second, "duration of each iperf3 run")
 		iperfRounds  = flag.Int("iperf-rounds", 3, "iperf3 runs of each path, alternating")
+		policyApply  = flag.Int("policy-apply-trials", 11, "compile+apply trials of the 1,000-pod x 200-policy update")
+		connWindow   = flag.Duration("conn-window", 3*time.Second, "how long each round of new TCP connections lasts, with and without policies")
+		connRounds   = flag.Int("conn-rounds", 4, "rounds of new TCP connections with policies, and as many without, alternating")
 		meshNodes    = flag.String("mesh-nodes", "64,256", "comma-separated sizes of the in-process mesh, one simulation each (1000: see docs/benchmarks.md, it does not converge on 2 cores)")
 		meshDilation = flag.String("mesh-dilation", "auto", "comma-separated time dilation of each mesh size (auto: bench.MeshDilation)")
 		meshSteady   = flag.Duration("mesh-steady", 10*time.Second, "simulated window over which steady traffic is counted")
@@ -73,7 +76,7 @@ func run() error {
 	}
 	want := func(name string) bool { return len(sel) == 0 || sel[name] }
 	for name := range sel {
-		if !slices.Contains([]string{"cni", "routes", "probes", "mesh", "lab", "routed", "crash"}, name) {
+		if !slices.Contains([]string{"cni", "routes", "probes", "mesh", "lab", "routed", "crash", "ipv6", "netpol"}, name) {
 			return fmt.Errorf("unknown measurement %q in -only", name)
 		}
 	}
@@ -155,6 +158,22 @@ func run() error {
 			})
 		})
 	}
+	if want("ipv6") {
+		measure("dual-stack lab: IPv6 data path, IPv6 crash withdrawal", func() ([]bench.Row, error) {
+			return bench.MeasureIPv6(ctx, bench.LabConfig{
+				BinDir: bins, CNIPath: []string{cni}, CrashTrials: *crashTrials,
+				IperfDuration: *iperf, IperfRounds: *iperfRounds, Logger: log,
+			})
+		})
+	}
+	if want("netpol") {
+		measure("NetworkPolicy: a large update in one transaction, new connections with policies", func() ([]bench.Row, error) {
+			return bench.MeasureNetpol(ctx, bench.NetpolConfig{
+				BinDir: bins, CNIPath: []string{cni}, ApplyTrials: *policyApply,
+				ConnWindow: *connWindow, ConnRounds: *connRounds, Logger: log,
+			})
+		})
+	}
 	if want("routes") {
 		measure("route programming", func() ([]bench.Row, error) {
 			return bench.MeasureRoutes(ctx, bench.RoutesConfig{Peers: 2000, Trials: 7, NoopTrials: 51})
@@ -229,7 +248,7 @@ func checkPrerequisites(binDir, cniDir string, want func(string) bool) error {
 	if _, err := exec.LookPath("ip"); err != nil {
 		pkgs = append(pkgs, "iproute2")
 	}
-	if want("lab") || want("routed") {
+	if want("lab") || want("routed") || want("ipv6") {
 		if _, err := exec.LookPath("iperf3"); err != nil {
 			pkgs = append(pkgs, "iperf3")
 		}
@@ -238,10 +257,10 @@ func checkPrerequisites(binDir, cniDir string, want func(string) bool) error {
 		missing = append(missing, "packages: apt-get install -y "+strings.Join(pkgs, " "))
 	}
 	var bins []string
-	if want("lab") || want("routed") || want("crash") {
+	if want("lab") || want("routed") || want("crash") || want("ipv6") || want("netpol") {
 		bins = append(bins, filepath.Join(binDir, "grapevine"))
 	}
-	if want("cni") || want("lab") || want("routed") || want("crash") {
+	if want("cni") || want("lab") || want("routed") || want("crash") || want("ipv6") || want("netpol") {
 		for _, p := range []string{"grapevine-cni", "grapevine-ipam", "ptp", "host-local", "portmap"} {
 			bins = append(bins, filepath.Join(cniDir, p))
 		}
