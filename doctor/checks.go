@@ -489,31 +489,31 @@ func checkPeerRoutes(o Observations) []Finding {
 		}
 		routed[block] = true
 		want, known := desiredRoute(m, o.Uplink, o.Tunnel)
-		i := slices.IndexFunc(o.PeerRoutes, func(r node.Route) bool { return r.Dst == block && r.Unicast() })
-		switch {
-		case i < 0:
-			fs = append(fs, Finding{Check: CheckPeerRoute, Severity: Fail, Subject: m.Name,
-				Seen:  fmt.Sprintf("no route for %s (proto %d); the agent's last pass says: %s", block, node.RouteProtocol, m.Route),
-				Cause: "the route was deleted by hand or by another tool, or another route for the block (not Grapevine's) holds its place and the agent leaves it alone",
-				Fix:   fmt.Sprintf("ip route show %s shows what holds the slot: delete a route that is not proto %d; the agent puts its own back at once", block, node.RouteProtocol)})
-		case known && !sameRoute(o.PeerRoutes[i], want):
-			fs = append(fs, Finding{Check: CheckPeerRoute, Severity: Fail, Subject: m.Name,
-				Seen:  fmt.Sprintf("%s, want %s (path %s)", describeRoute(o.PeerRoutes[i], o.Uplink, o.Tunnel), describeRoute(want, o.Uplink, o.Tunnel), m.Path),
-				Cause: "the route was changed by hand, or the agent has not yet applied a path change",
-				Fix:   "the agent replaces its own route on its next pass; if it stays, see its log"})
-		case m.Route != node.PeerProgrammed:
-			fs = append(fs, Finding{Check: CheckPeerRoute, Severity: Warn, Subject: m.Name,
-				Seen:  describeRoute(o.PeerRoutes[i], o.Uplink, o.Tunnel) + "; the agent's last pass says: " + m.Route,
-				Cause: "the agent's last pass did not finish programming this peer",
-				Fix:   "run doctor again after a pass; if it stays, see the agent's log"})
-		default:
-			fs = append(fs, Finding{Check: CheckPeerRoute, Severity: OK, Subject: m.Name, Seen: describeRoute(o.PeerRoutes[i], o.Uplink, o.Tunnel)})
+		fs = append(fs, judgePeerRoute(o, m, m.Name, block, m.Path, want, known))
+
+		block6, err := netip.ParsePrefix(m.Block6)
+		if err != nil {
+			continue
 		}
+		subject := m.Name + " (IPv6)"
+		if node.Path(m.Path6) == node.PathNone {
+			// The agent routes this IPv6 block nowhere on purpose; the
+			// pool6's unreachable route answers pods for it.
+			fs = append(fs, Finding{Check: CheckPeerRoute, Severity: Warn, Subject: subject,
+				Seen:  fmt.Sprintf("no route for %s: the agent chose no path: %s", block6, m.Path6Reason),
+				Cause: "neither a direct IPv6 path nor VXLAN over IPv4 reaches this peer's IPv6 block: pods here cannot reach its pods over IPv6",
+				Fix:   "give both hosts an IPv6 address on a shared network (--host-ip6), or allow VXLAN (--encapsulation)"})
+			continue
+		}
+		routed[block6] = true
+		want6, known6 := desiredRoute6(m, block6, o.Uplink, o.Tunnel)
+		fs = append(fs, judgePeerRoute(o, m, subject, block6, m.Path6, want6, known6))
 	}
+	// Peers' IPv6 block routes are held against the status only when the
+	// agent reports IPv6 blocks (--pool6): an older agent names none.
+	ipv6 := o.Status.Block6 != ""
 	for _, r := range o.PeerRoutes {
-		// Peers' IPv6 block routes (--pool6) are not checked yet: the
-		// status names no IPv6 blocks to hold them against.
-		if r.Unicast() && r.Dst.Addr().Is4() && !routed[r.Dst] {
+		if r.Unicast() && (r.Dst.Addr().Is4() || ipv6) && !routed[r.Dst] {
 			fs = append(fs, Finding{Check: CheckStaleRoute, Severity: Warn, Subject: r.Dst.String(),
 				Seen:  describeRoute(r, o.Uplink, o.Tunnel) + ", for a block no routed member holds",
 				Cause: "a peer left or its block moved while this agent was down, or the agent is about to withdraw it",
@@ -521,6 +521,52 @@ func checkPeerRoutes(o Observations) []Finding {
 		}
 	}
 	return fs
+}
+
+// judgePeerRoute holds the kernel's route for block, one of m's blocks
+// (IPv4 or IPv6, reached over path), against want: what node installs.
+func judgePeerRoute(o Observations, m status.Member, subject string, block netip.Prefix, path string, want node.Route, known bool) Finding {
+	i := slices.IndexFunc(o.PeerRoutes, func(r node.Route) bool { return r.Dst == block && r.Unicast() })
+	ipFlag := ""
+	if block.Addr().Is6() {
+		ipFlag = "-6 "
+	}
+	switch {
+	case i < 0:
+		return Finding{Check: CheckPeerRoute, Severity: Fail, Subject: subject,
+			Seen:  fmt.Sprintf("no route for %s (proto %d); the agent's last pass says: %s", block, node.RouteProtocol, m.Route),
+			Cause: "the route was deleted by hand or by another tool, or another route for the block (not Grapevine's) holds its place and the agent leaves it alone",
+			Fix:   fmt.Sprintf("ip %sroute show %s shows what holds the slot: delete a route that is not proto %d; the agent puts its own back at once", ipFlag, block, node.RouteProtocol)}
+	case known && !sameRoute(o.PeerRoutes[i], want):
+		return Finding{Check: CheckPeerRoute, Severity: Fail, Subject: subject,
+			Seen:  fmt.Sprintf("%s, want %s (path %s)", describeRoute(o.PeerRoutes[i], o.Uplink, o.Tunnel), describeRoute(want, o.Uplink, o.Tunnel), path),
+			Cause: "the route was changed by hand, or the agent has not yet applied a path change",
+			Fix:   "the agent replaces its own route on its next pass; if it stays, see its log"}
+	case m.Route != node.PeerProgrammed:
+		return Finding{Check: CheckPeerRoute, Severity: Warn, Subject: subject,
+			Seen:  describeRoute(o.PeerRoutes[i], o.Uplink, o.Tunnel) + "; the agent's last pass says: " + m.Route,
+			Cause: "the agent's last pass did not finish programming this peer",
+			Fix:   "run doctor again after a pass; if it stays, see the agent's log"}
+	}
+	return Finding{Check: CheckPeerRoute, Severity: OK, Subject: subject, Seen: describeRoute(o.PeerRoutes[i], o.Uplink, o.Tunnel)}
+}
+
+// desiredRoute6 is the route node installs for block6, m's IPv6 block:
+// via the peer's IPv6 host address on the uplink, or via the block's VTEP
+// address on the VXLAN device (node's choosePath6); ok is false when the
+// status does not say enough to tell.
+func desiredRoute6(m status.Member, block6 netip.Prefix, uplink, tunnel node.Link) (node.Route, bool) {
+	switch node.Path(m.Path6) {
+	case node.PathDirect:
+		host, err := netip.ParseAddr(m.HostIP6)
+		if err != nil || uplink.Index == 0 {
+			return node.Route{}, false
+		}
+		return node.Route{Dst: block6, Via: host, LinkIndex: uplink.Index}, true
+	case node.PathVXLAN:
+		return node.Route{Dst: block6, Via: node.VTEPAddr(block6), LinkIndex: tunnel.Index, OnLink: true}, true
+	}
+	return node.Route{}, false
 }
 
 // sameRoute compares what makes a peer route work: destination, next hop,

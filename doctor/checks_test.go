@@ -383,3 +383,88 @@ func TestICMPChecksum(t *testing.T) {
 		t.Errorf("checksum over a message with its checksum = %#x, want 0", got)
 	}
 }
+
+// dualStack is healthy with an IPv6 pool: h2's IPv6 block routed directly
+// via its IPv6 address, h3's over VXLAN on the IPv4 underlay.
+func dualStack() Observations {
+	o := healthy()
+	h2Block6, h3Block6 := netip.MustParsePrefix("fd00:10:244:1::/64"), netip.MustParsePrefix("fd00:10:244:2::/64")
+	o.Status.Block6, o.Status.HostIP6 = "fd00:10:244::/64", "fd00:172:16:254::1"
+	o.Status.Members[0].Block6, o.Status.Members[0].HostIP6 = h2Block6.String(), "fd00:172:16:254::2"
+	o.Status.Members[0].Path6, o.Status.Members[0].Path6Reason = "direct", "fd00:172:16:254::2 is on em1's fd00:172:16:254::/64"
+	o.Status.Members[1].Block6 = h3Block6.String()
+	o.Status.Members[1].Path6, o.Status.Members[1].Path6Reason = "vxlan", "this host or the peer has no IPv6 address to route via; over VXLAN to 172.16.9.3"
+	o.Status.Members[2].Block6 = "fd00:10:244:3::/64"
+	o.PeerRoutes = append(o.PeerRoutes,
+		node.Route{Dst: netip.MustParsePrefix("fd00:10:244::/48"), Unreachable: true, Metric: node.UnreachableMetric},
+		node.Route{Dst: netip.MustParsePrefix("fd00:10:244::/64"), Blackhole: true, Metric: node.IPv6DefaultMetric},
+		node.Route{Dst: h2Block6, Via: netip.MustParseAddr("fd00:172:16:254::2"), LinkIndex: uplink.Index, Metric: node.IPv6DefaultMetric},
+		node.Route{Dst: h3Block6, Via: node.VTEPAddr(h3Block6), LinkIndex: tunnel.Index, OnLink: true, Metric: node.IPv6DefaultMetric},
+	)
+	return o
+}
+
+// TestDiagnosePeerRoutes6: each peer's IPv6 block route is held against
+// its path in the status, as the IPv4 one is.
+func TestDiagnosePeerRoutes6(t *testing.T) {
+	const h2Route6, h3Route6 = 6, 7 // indexes in dualStack's PeerRoutes
+	tests := []struct {
+		name   string
+		change func(*Observations)
+		want   []verdict
+	}{
+		{"healthy dual stack", func(*Observations) {}, nil},
+		{"a direct IPv6 route deleted", func(o *Observations) { o.PeerRoutes = slices.Delete(o.PeerRoutes, h2Route6, h2Route6+1) },
+			[]verdict{{CheckPeerRoute, "h2 (IPv6)", Fail}}},
+		{"a direct IPv6 route via the peer's IPv4 VTEP instead", func(o *Observations) {
+			r := &o.PeerRoutes[h2Route6]
+			r.Via, r.LinkIndex, r.OnLink = node.VTEPAddr(r.Dst), tunnel.Index, true
+		}, []verdict{{CheckPeerRoute, "h2 (IPv6)", Fail}}},
+		{"an IPv6 route via another IPv6 address", func(o *Observations) {
+			o.PeerRoutes[h2Route6].Via = netip.MustParseAddr("fd00:172:16:254::9")
+		}, []verdict{{CheckPeerRoute, "h2 (IPv6)", Fail}}},
+		{"a VXLAN IPv6 route without onlink", func(o *Observations) { o.PeerRoutes[h3Route6].OnLink = false },
+			[]verdict{{CheckPeerRoute, "h3 (IPv6)", Fail}}},
+		{"the agent's last pass failed a peer: both families warn", func(o *Observations) { o.Status.Members[0].Route = "error: route exists" },
+			[]verdict{{CheckPeerRoute, "h2", Warn}, {CheckPeerRoute, "h2 (IPv6)", Warn}}},
+		{"a peer's IPv6 block without a path", func(o *Observations) {
+			o.Status.Members[1].Path6, o.Status.Members[1].Path6Reason = "none", "this host or the peer has no IPv6 address to route via; --encapsulation=never"
+			o.PeerRoutes = o.PeerRoutes[:h3Route6]
+		}, []verdict{{CheckPeerRoute, "h3 (IPv6)", Warn}}},
+		{"a route for an IPv6 block nobody routed holds", func(o *Observations) {
+			o.PeerRoutes = append(o.PeerRoutes, node.Route{Dst: netip.MustParsePrefix("fd00:10:244:3::/64"), Via: netip.MustParseAddr("fd00:172:16:254::4"), LinkIndex: uplink.Index})
+		}, []verdict{{CheckStaleRoute, "fd00:10:244:3::/64", Warn}}},
+		{"an agent reporting no IPv6 blocks: IPv6 routes not judged", func(o *Observations) {
+			o.Status.Block6 = ""
+			for i := range o.Status.Members {
+				o.Status.Members[i].Block6, o.Status.Members[i].Path6 = "", ""
+			}
+		}, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o := dualStack()
+			tt.change(&o)
+			fs := Diagnose(o)
+			var got []verdict
+			for _, f := range fs {
+				if f.Severity == OK {
+					continue
+				}
+				if f.Cause == "" || f.Fix == "" {
+					t.Errorf("%s finding without cause or fix: %+v", f.Severity, f)
+				}
+				got = append(got, verdict{f.Check, f.Subject, f.Severity})
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Fatalf("findings not OK: %v, want %v\n%s", got, tt.want, render(fs))
+			}
+			// h2's IPv6 route is judged, passed or not, exactly when the
+			// status names its IPv6 block.
+			judged := slices.ContainsFunc(fs, func(f Finding) bool { return f.Subject == "h2 (IPv6)" })
+			if judged != (o.Status.Members[0].Block6 != "") {
+				t.Fatalf("h2's IPv6 route judged %v, block6 %q:\n%s", judged, o.Status.Members[0].Block6, render(fs))
+			}
+		})
+	}
+}
