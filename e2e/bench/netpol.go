@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -219,7 +220,8 @@ func measurePolicyConnections(ctx context.Context, cfg NetpolConfig, log *slog.L
 			return row, err
 		}
 		kernels = append(kernels, k)
-		rs, problems := netpol.Compile(connPolicyInput(h.Name, statuses[h.Name].Block, client, server))
+		rs, problems := netpol.Compile(connPolicyInput(h.Name, statuses[h.Name].Block,
+			connEndpoint{"client", client.Host.Name, client.IP}, connEndpoint{"server", server.Host.Name, server.IP}))
 		if len(problems) > 0 {
 			return row, fmt.Errorf("compile for %s: %w", h.Name, errors.Join(problems...))
 		}
@@ -276,25 +278,39 @@ func measurePolicyConnections(ctx context.Context, cfg NetpolConfig, log *slog.L
 	row.Peer = &Peer{Name: "no policy", Value: median(without)}
 	row.Note = fmt.Sprintf("rounds of %v alternating, each dialing one connection after another (closed with RST) from a pod on h1 to a pod on h2; "+
 		"the agents run outside Kubernetes, so the bench loads 50 compiled policies selecting both pods (netpol.Compile + NFTKernel) into both hosts' namespaces itself; with %s, without %s conn/s",
-		cfg.ConnWindow, formatAll(with), formatAll(without))
+		cfg.ConnWindow, formatRates(with), formatRates(without))
 	return row, nil
 }
 
-// connPolicyInput is what host node's enforcer would compile with 50
-// policies in force: each selects both pods (label role=bench) both ways
-// and allows one TCP port from and to them; the first allows connPort.
-func connPolicyInput(node string, block netip.Prefix, client, server *lab.Pod) netpol.Input {
+// connEndpoint is a pod of row 12b as its node's enforcer knows it.
+type connEndpoint struct {
+	name, node string
+	addr       netip.Addr
+}
+
+// connPolicyInput is what node's enforcer (its block is block) would
+// compile with 50 policies in force: each selects both pods (label
+// role=bench) both ways and allows one TCP port from and to them; the
+// first allows connPort.
+func connPolicyInput(node string, block netip.Prefix, pods ...connEndpoint) netpol.Input {
 	labels := map[string]string{"role": "bench"}
 	in := netpol.Input{NodeName: node, Block: block,
-		Namespaces: []*corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "default"}}},
-		Pods: []*corev1.Pod{
-			benchPod(client.Name+"-"+client.Host.Name, client.IP, client.Host.Name, labels),
-			benchPod(server.Name+"-"+server.Host.Name, server.IP, server.Host.Name, labels),
-		}}
+		Namespaces: []*corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "default"}}}}
+	for _, p := range pods {
+		in.Pods = append(in.Pods, benchPod(p.name, p.addr, p.node, labels))
+	}
 	for i := range connPolicies {
 		in.Policies = append(in.Policies, benchPolicy("pol"+strconv.Itoa(i), labels, labels, int32(connPort+i)))
 	}
 	return in
+}
+
+func formatRates(v []float64) string {
+	s := make([]string, len(v))
+	for i, x := range v {
+		s[i] = strconv.FormatFloat(x, 'f', 0, 64)
+	}
+	return strings.Join(s, ", ")
 }
 
 func acceptAndClose(ln net.Listener) {

@@ -51,7 +51,7 @@ func run() error {
 		iperfRounds  = flag.Int("iperf-rounds", 3, "iperf3 runs of each path, alternating")
 		policyApply  = flag.Int("policy-apply-trials", 11, "compile+apply trials of the 1,000-pod x 200-policy update")
 		connWindow   = flag.Duration("conn-window", 3*time.Second, "how long each round of new TCP connections lasts, with and without policies")
-		connRounds   = flag.Int("conn-rounds", 4, "rounds of new TCP connections with policies, and as many without, alternating")
+		connRounds   = flag.Int("conn-rounds", 8, "rounds of new TCP connections with policies, and as many without, alternating")
 		meshNodes    = flag.String("mesh-nodes", "64,256", "comma-separated sizes of the in-process mesh, one simulation each (1000: see docs/benchmarks.md, it does not converge on 2 cores)")
 		meshDilation = flag.String("mesh-dilation", "auto", "comma-separated time dilation of each mesh size (auto: bench.MeshDilation)")
 		meshSteady   = flag.Duration("mesh-steady", 10*time.Second, "simulated window over which steady traffic is counted")
