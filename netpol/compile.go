@@ -23,11 +23,12 @@ type Input struct {
 	Pods       []*corev1.Pod
 	Namespaces []*corev1.Namespace
 	NodeName   string
-	// Block is this node's IPv4 pod block (zero: not known yet). Its
-	// addresses that no local pod in Pods holds are denied both ways
-	// (Ruleset.Unknown): a pod whose address the API server does not have
-	// yet could otherwise send and receive before its policies are known.
-	Block netip.Prefix
+	// Block is this node's IPv4 pod block and Block6 its IPv6 one (zero:
+	// not known yet, or no IPv6 pool). Their addresses that no local pod in
+	// Pods holds are denied both ways (Ruleset.Unknown): a pod whose address
+	// the API server does not have yet could otherwise send and receive
+	// before its policies are known.
+	Block, Block6 netip.Prefix
 }
 
 // Compile turns in into the desired content of table inet grapevine-policy.
@@ -80,7 +81,7 @@ func Compile(in Input) (Ruleset, []error) {
 			c.isolate(egress, selected, fmt.Sprintf("p%d-eg", i), rules)
 		}
 	}
-	c.out.Unknown = c.unknownLocal(in.Block)
+	c.out.Unknown = c.unknownLocal(in.Block, in.Block6)
 	c.out.Egress = c.groups(egress, "eg")
 	c.out.Ingress = c.groups(ingress, "in")
 	slices.SortFunc(c.out.Sets, func(a, b AddrSet) int { return cmp.Compare(a.Name, b.Name) })
@@ -94,12 +95,13 @@ const (
 	directionEgress  direction = false
 )
 
-// podInfo is a pod as a policy sees it: only pods with an IPv4 address that
-// are not on the host network and have not ended.
+// podInfo is a pod as a policy sees it: only pods with an address that are
+// not on the host network and have not ended. addrs are its IPv4 and IPv6
+// addresses (status.podIPs), sorted; each is enforced alike.
 type podInfo struct {
 	namespace string
 	labels    labels.Set
-	addr      netip.Addr
+	addrs     []netip.Addr
 	local     bool
 	pod       *corev1.Pod
 }
@@ -130,50 +132,64 @@ func newCompiler(in Input) *compiler {
 		if p == nil || p.Spec.HostNetwork || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
 			continue
 		}
-		addr, ok := podIPv4(p)
-		if !ok {
+		addrs := podAddrs(p)
+		if len(addrs) == 0 {
 			continue
 		}
 		c.pods = append(c.pods, podInfo{
 			namespace: p.Namespace,
 			labels:    labels.Set(p.Labels),
-			addr:      addr,
+			addrs:     addrs,
 			local:     in.NodeName != "" && p.Spec.NodeName == in.NodeName,
 			pod:       p,
 		})
 	}
 	// Sorted by address, so sets and groups come out the same for the
 	// same input in any order.
-	slices.SortFunc(c.pods, func(a, b podInfo) int { return a.addr.Compare(b.addr) })
+	slices.SortFunc(c.pods, func(a, b podInfo) int { return a.addrs[0].Compare(b.addrs[0]) })
 	return c
 }
 
-// unknownLocal is block without the addresses of this node's known pods.
-func (c *compiler) unknownLocal(block netip.Prefix) []AddrRange {
-	if !block.IsValid() || !block.Addr().Is4() {
+// unknownLocal is the blocks (IPv4 and IPv6, either may be zero) without
+// the addresses of this node's known pods.
+func (c *compiler) unknownLocal(block, block6 netip.Prefix) []AddrRange {
+	var blocks []AddrRange
+	if block.IsValid() && block.Addr().Is4() {
+		blocks = append(blocks, prefixRange(block))
+	}
+	if block6.IsValid() && block6.Addr().Is6() && !block6.Addr().Is4In6() {
+		blocks = append(blocks, prefixRange(block6))
+	}
+	if len(blocks) == 0 {
 		return nil
 	}
 	var known []AddrRange
 	for _, p := range c.pods {
 		if p.local {
-			known = append(known, AddrRange{First: p.addr, Last: p.addr})
+			known = append(known, podRanges([]podInfo{p})...)
 		}
 	}
-	return subtract([]AddrRange{prefixRange(block.Masked())}, normalize(known))
+	return subtract(normalize(blocks), normalize(known))
 }
 
-// podIPv4 is the pod's IPv4 address, if it has one yet.
-func podIPv4(p *corev1.Pod) (netip.Addr, bool) {
+// podAddrs are the pod's addresses (status.podIP and status.podIPs), IPv4
+// and IPv6, sorted and without duplicates; none until it has one.
+func podAddrs(p *corev1.Pod) []netip.Addr {
 	ips := []string{p.Status.PodIP}
 	for _, ip := range p.Status.PodIPs {
 		ips = append(ips, ip.IP)
 	}
+	var addrs []netip.Addr
 	for _, s := range ips {
-		if a, err := netip.ParseAddr(s); err == nil && a.Is4() {
-			return a, true
+		a, err := netip.ParseAddr(s)
+		if err != nil || a.Zone() != "" {
+			continue
 		}
+		// A mapped IPv4 address is the IPv4 address the kernel sees.
+		addrs = append(addrs, a.Unmap())
 	}
-	return netip.Addr{}, false
+	slices.SortFunc(addrs, netip.Addr.Compare)
+	return slices.Compact(addrs)
 }
 
 func (c *compiler) problem(pol *networkingv1.NetworkPolicy, where string, err error) {
@@ -219,11 +235,13 @@ func (c *compiler) isolate(byPod map[netip.Addr][]string, selected []podInfo, ch
 		c.out.Chains = append(c.out.Chains, Chain{Name: chainName, Rules: rules})
 	}
 	for _, p := range selected {
-		chains := byPod[p.addr]
-		if len(rules) > 0 {
-			chains = append(chains, chainName)
+		for _, addr := range p.addrs {
+			chains := byPod[addr]
+			if len(rules) > 0 {
+				chains = append(chains, chainName)
+			}
+			byPod[addr] = chains
 		}
-		byPod[p.addr] = chains
 	}
 }
 
@@ -279,7 +297,9 @@ func (c *compiler) set(rs []AddrRange) string {
 func podRanges(pods []podInfo) []AddrRange {
 	rs := make([]AddrRange, 0, len(pods))
 	for _, p := range pods {
-		rs = append(rs, AddrRange{First: p.addr, Last: p.addr})
+		for _, a := range p.addrs {
+			rs = append(rs, AddrRange{First: a, Last: a})
+		}
 	}
 	return normalize(rs)
 }
@@ -377,18 +397,14 @@ func (c *compiler) peer(pol *networkingv1.NetworkPolicy, peer networkingv1.Netwo
 		if err != nil {
 			return nil, nil, fmt.Errorf("ipBlock cidr: %w", err)
 		}
-		if !cidr.Addr().Is4() {
-			return nil, nil, nil // IPv6 is not enforced yet
-		}
 		var except []AddrRange
 		for _, e := range b.Except {
 			p, err := netip.ParsePrefix(e)
 			if err != nil {
 				return nil, nil, fmt.Errorf("ipBlock except: %w", err)
 			}
-			if p.Addr().Is4() {
-				except = append(except, prefixRange(p))
-			}
+			// An except of the other family cuts nothing out of cidr.
+			except = append(except, prefixRange(p))
 		}
 		return nil, subtract([]AddrRange{prefixRange(cidr)}, normalize(except)), nil
 	}

@@ -550,6 +550,14 @@ func TestAddrRanges(t *testing.T) {
 		{"except at both edges", subtract([]AddrRange{r("10.0.0.0", "10.0.0.255")}, []AddrRange{r("10.0.0.0", "10.0.0.15"), r("10.0.0.240", "10.0.0.255")}),
 			[]AddrRange{r("10.0.0.16", "10.0.0.239")}},
 		{"except everything", subtract([]AddrRange{r("10.0.0.0", "10.0.0.255")}, []AddrRange{r("10.0.0.0", "10.0.1.0")}), nil},
+		{"IPv6 prefix", []AddrRange{prefixRange(netip.MustParsePrefix("fd00:10:244::/120"))}, []AddrRange{r("fd00:10:244::", "fd00:10:244::ff")}},
+		{"whole IPv6 space", []AddrRange{prefixRange(netip.MustParsePrefix("::/0"))}, []AddrRange{r("::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")}},
+		{"IPv4 and IPv6 never merge", normalize([]AddrRange{r("::", "::5"), r("255.255.255.0", "255.255.255.255")}),
+			[]AddrRange{r("255.255.255.0", "255.255.255.255"), r("::", "::5")}},
+		{"IPv6 adjacent merge, IPv4 except cuts nothing", subtract(normalize([]AddrRange{r("2001:db8::10", "2001:db8::1f"), r("2001:db8::", "2001:db8::f")}), []AddrRange{r("0.0.0.0", "255.255.255.255")}),
+			[]AddrRange{r("2001:db8::", "2001:db8::1f")}},
+		{"IPv6 except in the middle", subtract([]AddrRange{prefixRange(netip.MustParsePrefix("2001:db8::/32"))}, []AddrRange{prefixRange(netip.MustParsePrefix("2001:db8:1::/48"))}),
+			[]AddrRange{r("2001:db8::", "2001:db8:0:ffff:ffff:ffff:ffff:ffff"), r("2001:db8:2::", "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff")}},
 	}
 	for _, tt := range tests {
 		if !reflect.DeepEqual(tt.got, tt.want) {
@@ -623,5 +631,182 @@ func TestCompileDeniesUnknownLocalAddresses(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// packet is c as the model sees it; for ICMPv6, port is the message type.
+func (c check) packet() Packet {
+	p := Packet{Src: netip.MustParseAddr(c.src), Dst: netip.MustParseAddr(c.dst), Protocol: c.proto, Port: c.port}
+	if c.proto == ProtocolICMPv6 {
+		p.Port, p.ICMPType = 0, uint8(c.port)
+	}
+	return p
+}
+
+func icmp6(src, dst string, icmpType uint8, allowed bool) check {
+	return check{src, dst, ProtocolICMPv6, uint16(icmpType), allowed}
+}
+
+// The IPv6 addresses of the dual-stack cluster: n1's block6 is
+// fd00:10:244::/120, n2's fd00:10:244:1::/120.
+const (
+	block6      = "fd00:10:244::/120"
+	web6        = "fd00:10:244::a"    // web's second address
+	db6         = "fd00:10:244::c"    // db's
+	only6       = "fd00:10:244::d"    // default, app=web, IPv6 only, http 80/TCP, on n1
+	unknown6    = "fd00:10:244::99"   // in n1's block6, no pod has it
+	prodClient6 = "fd00:10:244:1::14" // prod's client's
+	remoteWeb6  = "fd00:10:244:1::1e" // remoteweb's
+	outside6    = "2001:db8::5"       // no pod
+	outside6b   = "2001:db8:1::1"     // no pod
+	gateway6    = "fe80::ecee:eeff:feee:eeee"
+)
+
+// dualStackCluster is cluster() with IPv6 addresses for some of its pods
+// (status.podIPs lists the IPv4 address first, as on a dual-stack cluster)
+// and a local IPv6-only pod.
+func dualStackCluster() Input {
+	in := cluster()
+	second := map[string]string{web: web6, db: db6, prodClient: prodClient6, remoteWeb: remoteWeb6}
+	for i, p := range in.Pods {
+		if ip6, ok := second[p.Status.PodIP]; ok {
+			p = p.DeepCopy()
+			p.Status.PodIPs = append(p.Status.PodIPs, corev1.PodIP{IP: ip6})
+			in.Pods[i] = p
+		}
+	}
+	in.Pods = append(in.Pods, pod("default", "only6", only6, localNode, map[string]string{"app": "web"}, "http:80/TCP"))
+	in.Block = netip.MustParsePrefix("10.0.0.0/24")
+	in.Block6 = netip.MustParsePrefix(block6)
+	return in
+}
+
+// TestCompileIPv6: a dual-stack pod's IPv6 address is isolated exactly like
+// its IPv4 one, peers match by both, ipBlocks of either family allow only
+// that family, unknown addresses of the node's IPv6 block are denied, and
+// neighbour discovery always passes.
+func TestCompileIPv6(t *testing.T) {
+	deny := policy("default", "deny", all, nil, nil, nil)
+	ingressFrom := func(name string, ports []networkingv1.NetworkPolicyPort, peers ...networkingv1.NetworkPolicyPeer) *networkingv1.NetworkPolicy {
+		return policy("default", name, all, nil, []networkingv1.NetworkPolicyIngressRule{{From: peers, Ports: ports}}, nil)
+	}
+	tests := []struct {
+		name     string
+		policies []*networkingv1.NetworkPolicy
+		checks   []check
+	}{
+		{
+			name: "no policy: only unknown addresses of both blocks are denied",
+			checks: []check{
+				tcp(prodClient6, web6, 80, true), tcp(outside6, only6, 80, true), tcp(web6, outside6, 443, true),
+				tcp(unknown6, outside6, 80, false), tcp(outside6, unknown6, 80, false), tcp(web6, unknown6, 80, false),
+				tcp("10.0.0.99", outside, 80, false),
+				tcp(prodClient6, "fd00:10:244:1::99", 80, true), // another node's block6: its own business
+			},
+		},
+		{
+			name:     "default deny isolates both addresses of a pod and an IPv6-only pod",
+			policies: []*networkingv1.NetworkPolicy{deny},
+			checks: []check{
+				tcp(prodClient6, web6, 80, false), tcp(prodClient, web, 80, false), tcp(outside6, only6, 80, false),
+				udp(outside6, db6, 53, false), tcp(db6, web6, 80, false),
+				tcp(web6, outside6, 80, true), tcp(only6, prodClient6, 80, true), // egress is not isolated
+			},
+		},
+		{
+			name:     "allow from a namespace admits its pods' IPv6 addresses",
+			policies: []*networkingv1.NetworkPolicy{deny, ingressFrom("from-prod", nil, fromNamespaces(sel("env", "prod")))},
+			checks: []check{
+				tcp(prodClient6, web6, 80, true), tcp(prodClient6, only6, 80, true), tcp(prodClient, web, 80, true),
+				tcp(remoteWeb6, web6, 80, false), tcp(outside6, db6, 5432, false),
+			},
+		},
+		{
+			name: "an IPv6 ipBlock with except allows only its IPv6 addresses",
+			policies: []*networkingv1.NetworkPolicy{ingressFrom("block6", []networkingv1.NetworkPolicyPort{port("", 80)},
+				fromBlock("2001:db8::/32", "2001:db8::/48"))},
+			checks: []check{
+				tcp(outside6b, web6, 80, true), tcp(outside6b, only6, 80, true), tcp(outside6b, web6, 443, false),
+				tcp(outside6, web6, 80, false), // in the except
+				tcp(outside, web, 80, false), tcp(prodClient6, web6, 80, false),
+			},
+		},
+		{
+			name:     "an IPv4 ipBlock, even 0.0.0.0/0, allows no IPv6 address, and ::/0 no IPv4 one",
+			policies: []*networkingv1.NetworkPolicy{ingressFrom("world4", nil, fromBlock("0.0.0.0/0")), policy("default", "deny-db", sel("app", "db"), nil, nil, nil)},
+			checks: []check{
+				tcp(outside2, web, 80, true), tcp(outside6, web6, 80, false), tcp(outside6, only6, 80, false),
+			},
+		},
+		{
+			name:     "::/0 with an IPv4 except allows all of IPv6 and no IPv4",
+			policies: []*networkingv1.NetworkPolicy{ingressFrom("world6", nil, fromBlock("::/0", "192.168.0.0/16"))},
+			checks: []check{
+				tcp(outside6, web6, 80, true), tcp(prodClient6, db6, 5432, true), tcp(outside, web, 80, false), tcp(prodClient, db, 5432, false),
+			},
+		},
+		{
+			name: "egress to pods and an IPv6 block by named and numbered port",
+			policies: []*networkingv1.NetworkPolicy{policy("default", "db-out", sel("app", "db"), egressOnly, nil,
+				[]networkingv1.NetworkPolicyEgressRule{
+					{To: []networkingv1.NetworkPolicyPeer{fromPods(sel("app", "web"))}, Ports: []networkingv1.NetworkPolicyPort{port("", "http")}},
+					{To: []networkingv1.NetworkPolicyPeer{fromBlock("2001:db8::/32")}, Ports: []networkingv1.NetworkPolicyPort{port(corev1.ProtocolUDP, 53)}},
+				})},
+			checks: []check{
+				tcp(db6, web6, 80, true), tcp(db6, only6, 80, true), tcp(db6, remoteWeb6, 80, true), tcp(db, web, 80, true),
+				tcp(db6, web6, 8080, false), udp(db6, outside6, 53, true), tcp(db6, outside6, 53, false), udp(db, outside, 53, false),
+			},
+		},
+		{
+			name:     "neighbour discovery passes a default deny and the unknown addresses; other ICMPv6 does not",
+			policies: []*networkingv1.NetworkPolicy{policy("default", "deny-both", all, bothTypes, nil, nil)},
+			checks: []check{
+				icmp6(web6, gateway6, 135, true), icmp6(gateway6, web6, 136, true), icmp6(unknown6, gateway6, 133, true),
+				icmp6(gateway6, unknown6, 137, true),
+				icmp6(outside6, web6, 128, false), icmp6(web6, outside6, 128, false), icmp6(unknown6, outside6, 128, false),
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			in := dualStackCluster()
+			in.Policies = tt.policies
+			rs, problems := Compile(in)
+			if len(problems) > 0 {
+				t.Fatalf("problems: %v", problems)
+			}
+			for _, c := range tt.checks {
+				if got := rs.Allows(c.packet()); got != c.allowed {
+					t.Errorf("%s -> %s proto %d port %d: allowed %v, want %v", c.src, c.dst, c.proto, c.port, got, c.allowed)
+				}
+			}
+		})
+	}
+}
+
+// TestCompileIPv6VerdictMaps: each address of a dual-stack pod has its own
+// verdict map entry, both leading to the pod's one group chain, and the
+// unknown ranges keep the families apart.
+func TestCompileIPv6VerdictMaps(t *testing.T) {
+	in := dualStackCluster()
+	in.Policies = []*networkingv1.NetworkPolicy{policy("default", "deny-web", sel("app", "web"), nil, nil, nil)}
+	rs, problems := Compile(in)
+	if len(problems) > 0 {
+		t.Fatal(problems)
+	}
+	v4, v6 := netip.MustParseAddr(web), netip.MustParseAddr(web6)
+	if rs.Ingress[v4] == "" || rs.Ingress[v4] != rs.Ingress[v6] || rs.Ingress[netip.MustParseAddr(only6)] == "" {
+		t.Errorf("ingress map %v: want %s, %s and %s in one group", rs.Ingress, web, web6, only6)
+	}
+	if _, ok := rs.Ingress[netip.MustParseAddr(db6)]; ok {
+		t.Errorf("ingress map %v: db is selected by no policy", rs.Ingress)
+	}
+	for _, r := range rs.Unknown {
+		if r.First.Is4() != r.Last.Is4() {
+			t.Errorf("unknown range %s-%s mixes families", r.First, r.Last)
+		}
+	}
+	if got := len(ofFamily(rs.Unknown, true)); got == 0 {
+		t.Errorf("unknown ranges %v: none of block6 %s", rs.Unknown, block6)
 	}
 }

@@ -12,8 +12,16 @@
 // another nftables table (not even node's "ip grapevine"), iptables, routes
 // or links, and netpol never speaks gossip or reads the ledger.
 //
-// Addresses of the node's block that no known pod holds (Input.Block less
-// the local pods' addresses) are denied both ways, so a new pod is cut off
+// IPv4 and IPv6 are enforced alike in the one inet table: every address of
+// a pod (status.podIPs) has its entry in the verdict maps and is a member
+// of the peer sets, which the kernel holds once per family (ipv4_addr and
+// ipv6_addr sets and maps, the IPv6 ones named with the suffix -v6); an
+// ipBlock allows only addresses of its own family. ICMPv6 neighbour
+// discovery (types 133-137) is accepted before any drop: pods resolve
+// their gateway fe80::ecee:eeff:feee:eeee with it.
+//
+// Addresses of the node's blocks that no known pod holds (Input.Block and
+// Input.Block6 less the local pods' addresses) are denied both ways, so a new pod is cut off
 // until the agent knows its labels and address; package netpol/admit is how
 // the CNI plugin hands the agent both during ADD and waits until the pod's
 // policies are in force.
@@ -22,6 +30,5 @@
 // between pods and the world, but not traffic between a pod and its own host
 // (kubelet probes, the host's own services): that stays allowed, as the API
 // allows for node-local traffic. Replies of allowed connections are always
-// allowed (conntrack state established or related). Only IPv4 is enforced
-// for now: IPv6 addresses of pods and IPv6 ipBlocks are ignored.
+// allowed (conntrack state established or related).
 package netpol

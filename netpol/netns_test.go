@@ -30,9 +30,9 @@ func needRoot(tb testing.TB) {
 }
 
 // testNet is a host namespace that routes between endpoint namespaces, each
-// wired to it the way Grapevine wires a pod (a veth, /32 addresses, default
-// via 169.254.1.1 with a permanent neighbour entry), and the NFTKernel of
-// the host namespace. Everything is removed by the test's cleanup.
+// wired to it the way Grapevine wires a pod (a veth, /32 and /128 addresses,
+// default via 169.254.1.1 and via fe80::ecee:eeff:feee:eeee with permanent
+// neighbour entries), and the NFTKernel of the host namespace. Everything is removed by the test's cleanup.
 type testNet struct {
 	prefix    string
 	host      lab.Namespace
@@ -73,7 +73,13 @@ func newTestNet(tb testing.TB) *testNet {
 	n := &testNet{prefix: "gvnp-" + hex.EncodeToString(suffix) + "-", endpoints: make(map[netip.Addr]lab.Namespace)}
 	n.host = n.addNamespace(tb, "host")
 	if err := n.host.Do(func() error {
-		return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644)
+		return errors.Join(
+			os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644),
+			os.WriteFile("/proc/sys/net/ipv6/conf/all/forwarding", []byte("1"), 0o644),
+			// No link-local address of the kernel's own on the host
+			// veths: it would be tentative (DAD) for a while, and with
+			// it the gateway address addEndpoint gives them.
+			os.WriteFile("/proc/sys/net/ipv6/conf/default/addr_gen_mode", []byte("1"), 0o644))
 	}); err != nil {
 		tb.Fatal(err)
 	}
@@ -86,10 +92,18 @@ func newTestNet(tb testing.TB) *testNet {
 	return n
 }
 
-// addEndpoint adds a namespace with addrs on its eth0, routed by the host,
-// that serves TCP echo on ports 80 and 5432 and UDP echo on port 53 of
-// each address.
+// addEndpoint adds a namespace with addrs (IPv4 and IPv6) on its eth0,
+// routed by the host, that serves TCP echo on ports 80 and 5432 and UDP
+// echo on port 53 of each address.
 func (n *testNet) addEndpoint(tb testing.TB, name string, addrs ...string) lab.Namespace {
+	tb.Helper()
+	return n.addEndpointWith(tb, name, true, addrs...)
+}
+
+// addEndpointWith is addEndpoint; gatewayNeigh false leaves out the pod's
+// permanent neighbour entry for its IPv6 gateway, so that the pod has to
+// resolve it by neighbour discovery.
+func (n *testNet) addEndpointWith(tb testing.TB, name string, gatewayNeigh bool, addrs ...string) lab.Namespace {
 	tb.Helper()
 	n.n++
 	ns := n.addNamespace(tb, name)
@@ -99,30 +113,60 @@ func (n *testNet) addEndpoint(tb testing.TB, name string, addrs ...string) lab.N
 		"peer", "name", "eth0", "address", podMAC, "netns", ns.Name)
 	run(tb, "ip", "-n", n.host.Name, "link", "set", hostVeth, "up")
 	run(tb, "ip", "-n", ns.Name, "link", "set", "eth0", "up")
+	has4, has6 := false, false
 	for _, a := range addrs {
-		run(tb, "ip", "-n", ns.Name, "addr", "add", a+"/32", "dev", "eth0")
-		run(tb, "ip", "-n", n.host.Name, "route", "add", a+"/32", "dev", hostVeth)
-		run(tb, "ip", "-n", n.host.Name, "neigh", "add", a, "lladdr", podMAC, "dev", hostVeth, "nud", "permanent")
-		n.endpoints[netip.MustParseAddr(a)] = ns
-	}
-	run(tb, "ip", "-n", ns.Name, "route", "add", "169.254.1.1/32", "dev", "eth0")
-	run(tb, "ip", "-n", ns.Name, "route", "add", "default", "via", "169.254.1.1", "dev", "eth0")
-	run(tb, "ip", "-n", ns.Name, "neigh", "add", "169.254.1.1", "lladdr", "ee:ee:ee:ee:ee:ee", "dev", "eth0", "nud", "permanent")
-
-	for _, p := range []string{"80", "5432"} {
-		ln, err := ns.Listen("0.0.0.0:" + p)
-		if err != nil {
-			tb.Fatal(err)
+		addr := netip.MustParseAddr(a)
+		bits := "/32"
+		if addr.Is6() {
+			bits = "/128"
+			has6 = true
+			run(tb, "ip", "-n", ns.Name, "-6", "addr", "add", a+bits, "dev", "eth0", "nodad")
+		} else {
+			has4 = true
+			run(tb, "ip", "-n", ns.Name, "addr", "add", a+bits, "dev", "eth0")
 		}
-		tb.Cleanup(func() { ln.Close() })
-		go lab.ServeEcho(ln)
+		run(tb, "ip", "-n", n.host.Name, "route", "add", a+bits, "dev", hostVeth)
+		run(tb, "ip", "-n", n.host.Name, "neigh", "add", a, "lladdr", podMAC, "dev", hostVeth, "nud", "permanent")
+		n.endpoints[addr] = ns
+	}
+	if has4 {
+		run(tb, "ip", "-n", ns.Name, "route", "add", "169.254.1.1/32", "dev", "eth0")
+		run(tb, "ip", "-n", ns.Name, "route", "add", "default", "via", "169.254.1.1", "dev", "eth0")
+		run(tb, "ip", "-n", ns.Name, "neigh", "add", "169.254.1.1", "lladdr", "ee:ee:ee:ee:ee:ee", "dev", "eth0", "nud", "permanent")
+	}
+	if has6 {
+		// As the plugin wires it: the host veth holds the gateway's
+		// link-local address, which the pod routes through.
+		run(tb, "ip", "-n", n.host.Name, "-6", "addr", "add", gateway6+"/64", "dev", hostVeth, "nodad")
+		run(tb, "ip", "-n", ns.Name, "-6", "route", "add", "default", "via", gateway6, "dev", "eth0")
+		if gatewayNeigh {
+			run(tb, "ip", "-n", ns.Name, "-6", "neigh", "add", gateway6, "lladdr", "ee:ee:ee:ee:ee:ee", "dev", "eth0", "nud", "permanent")
+		}
+	}
+
+	var listenOn []string
+	if has4 {
+		listenOn = append(listenOn, "0.0.0.0")
+	}
+	if has6 {
+		listenOn = append(listenOn, "[::]")
+	}
+	for _, host := range listenOn {
+		for _, p := range []string{"80", "5432"} {
+			ln, err := ns.Listen(host + ":" + p)
+			if err != nil {
+				tb.Fatal(err)
+			}
+			tb.Cleanup(func() { ln.Close() })
+			go lab.ServeEcho(ln)
+		}
 	}
 	// UDP per address: a socket on 0.0.0.0 would answer from the
 	// namespace's first address, which the client does not expect.
 	for _, a := range addrs {
 		var pc net.PacketConn
 		if err := ns.Do(func() (err error) {
-			pc, err = net.ListenPacket("udp4", a+":53")
+			pc, err = net.ListenPacket("udp", netip.AddrPortFrom(netip.MustParseAddr(a), 53).String())
 			return err
 		}); err != nil {
 			tb.Fatal(err)
@@ -160,7 +204,7 @@ func (n *testNet) connects(c check) (bool, error) {
 		switch c.proto {
 		case ProtocolTCP:
 			d := net.Dialer{Timeout: deniedAfter, LocalAddr: &net.TCPAddr{IP: src.AsSlice()}}
-			conn, err := d.Dial("tcp4", target)
+			conn, err := d.Dial("tcp", target)
 			if err != nil {
 				var ne net.Error
 				if errors.As(err, &ne) && ne.Timeout() {
@@ -171,7 +215,7 @@ func (n *testNet) connects(c check) (bool, error) {
 			conn.Close()
 			ok2 = true
 		case ProtocolUDP:
-			conn, err := net.DialUDP("udp4", &net.UDPAddr{IP: src.AsSlice()}, net.UDPAddrFromAddrPort(netip.AddrPortFrom(dst, c.port)))
+			conn, err := net.DialUDP("udp", &net.UDPAddr{IP: src.AsSlice()}, net.UDPAddrFromAddrPort(netip.AddrPortFrom(dst, c.port)))
 			if err != nil {
 				return err
 			}
@@ -216,8 +260,7 @@ func (n *testNet) expect(t *testing.T, rs Ruleset, checks []check) {
 		if got[i] != c.allowed {
 			t.Errorf("%s -> %s proto %d port %d: kernel allowed %v, want %v", c.src, c.dst, c.proto, c.port, got[i], c.allowed)
 		}
-		p := Packet{Src: netip.MustParseAddr(c.src), Dst: netip.MustParseAddr(c.dst), Protocol: c.proto, Port: c.port}
-		if model := rs.Allows(p); model != c.allowed {
+		if model := rs.Allows(c.packet()); model != c.allowed {
 			t.Errorf("%s -> %s proto %d port %d: model allows %v, want %v", c.src, c.dst, c.proto, c.port, model, c.allowed)
 		}
 	}
@@ -421,9 +464,18 @@ func TestKernelOwnsOnlyItsTable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The policies' sets, the two verdict maps and unknown-pods.
-	if len(sets) != len(rs.Sets)+3 {
-		t.Errorf("%d sets and maps, want %d", len(sets), len(rs.Sets)+3)
+	// The policies' sets, one per family each has addresses of, and the
+	// two verdict maps and unknown-pods, each once per family.
+	want := 6
+	for _, s := range rs.Sets {
+		for _, v6 := range []bool{false, true} {
+			if len(ofFamily(s.Ranges, v6)) > 0 {
+				want++
+			}
+		}
+	}
+	if len(sets) != want {
+		t.Errorf("%d sets and maps, want %d", len(sets), want)
 	}
 
 	if err := n.kernel.Apply(Ruleset{}); err != nil {
@@ -498,5 +550,114 @@ func TestKernelDeniesUnknownLocalAddressesAndCountsDrops(t *testing.T) {
 	}
 	if drops.UnknownPackets == 0 || drops.PolicyPackets == 0 {
 		t.Errorf("drops %+v: want both unknown-address and policy drops counted", drops)
+	}
+}
+
+// netnsDualStackCluster is netnsCluster with the IPv6 addresses
+// newDualStackNet gives its endpoints, a local IPv6-only pod only6 (which
+// resolves its gateway by neighbour discovery), and both of this node's
+// blocks.
+func netnsDualStackCluster() Input {
+	in := netnsCluster()
+	second := map[string]string{web: web6, db: db6, prodClient: prodClient6}
+	for i, p := range in.Pods {
+		if ip6, ok := second[p.Status.PodIP]; ok {
+			p = p.DeepCopy()
+			p.Status.PodIPs = append(p.Status.PodIPs, corev1.PodIP{IP: ip6})
+			in.Pods[i] = p
+		}
+	}
+	in.Pods = append(in.Pods, pod("default", "only6", only6, localNode, map[string]string{"app": "web"}, "http:80/TCP"))
+	in.Block = netip.MustParsePrefix("10.0.0.0/24")
+	in.Block6 = netip.MustParsePrefix(block6)
+	return in
+}
+
+// newDualStackNet is newPolicyNet with IPv6 addresses on web, db, client
+// and outside, the IPv6-only pod only6 without a permanent neighbour entry
+// for its gateway, and stranger6, an address of block6 no pod holds.
+func newDualStackNet(t *testing.T) *testNet {
+	n := newTestNet(t)
+	n.addEndpoint(t, "web", web, web6)
+	n.addEndpoint(t, "db", db, db6)
+	n.addEndpoint(t, "client", prodClient, prodClient6)
+	n.addEndpoint(t, "outside", outside, outside2, dnsServer, outside6, outside6b)
+	n.addEndpointWith(t, "only6", false, only6)
+	n.addEndpoint(t, "stranger6", unknown6)
+	return n
+}
+
+// TestKernelEnforcesIPv6: the kernel enforces policies on the IPv6
+// addresses of dual-stack and IPv6-only pods as on their IPv4 ones, as the
+// model says, with the node's IPv6 block's unknown addresses denied and
+// neighbour discovery working under a default deny.
+func TestKernelEnforcesIPv6(t *testing.T) {
+	n := newDualStackNet(t)
+	deny := policy("default", "deny", all, nil, nil, nil)
+	tests := []struct {
+		name     string
+		policies []*networkingv1.NetworkPolicy
+		checks   []check
+	}{
+		{
+			name: "no policy: only the unknown address is denied",
+			checks: []check{
+				tcp(prodClient6, web6, 80, true), tcp(outside6, only6, 80, true), udp(db6, outside6, 53, true),
+				tcp(unknown6, outside6, 80, false), tcp(outside6, unknown6, 80, false), tcp(web6, unknown6, 80, false),
+			},
+		},
+		{
+			name:     "default deny",
+			policies: []*networkingv1.NetworkPolicy{deny},
+			checks: []check{
+				tcp(prodClient6, web6, 80, false), tcp(outside6, db6, 5432, false), tcp(db6, web6, 80, false),
+				tcp(outside6, only6, 80, false), tcp(prodClient, web, 80, false),
+				tcp(web6, prodClient6, 80, true), tcp(only6, outside6, 80, true), // egress stays open
+			},
+		},
+		{
+			name: "allow from namespace",
+			policies: []*networkingv1.NetworkPolicy{deny, policy("default", "from-prod", sel("app", "web"), nil,
+				[]networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{fromNamespaces(sel("env", "prod"))}}}, nil)},
+			checks: []check{
+				tcp(prodClient6, web6, 80, true), tcp(prodClient6, only6, 5432, true), tcp(prodClient, web, 80, true),
+				tcp(prodClient6, db6, 5432, false), tcp(outside6b, web6, 80, false),
+			},
+		},
+		{
+			name: "IPv6 ipBlock with except, and a named port",
+			policies: []*networkingv1.NetworkPolicy{deny, policy("default", "block6", all, nil,
+				[]networkingv1.NetworkPolicyIngressRule{{
+					From:  []networkingv1.NetworkPolicyPeer{fromBlock("2001:db8::/32", "2001:db8::/48")},
+					Ports: []networkingv1.NetworkPolicyPort{port("", "http")},
+				}}, nil)},
+			checks: []check{
+				tcp(outside6b, web6, 80, true), tcp(outside6b, only6, 80, true), tcp(outside6b, web6, 5432, false),
+				tcp(outside6, web6, 80, false), tcp(outside6b, db6, 80, false), tcp(outside2, web, 80, false),
+			},
+		},
+		{
+			name: "egress to DNS only",
+			policies: []*networkingv1.NetworkPolicy{policy("default", "dns-only", all, egressOnly, nil,
+				[]networkingv1.NetworkPolicyEgressRule{{Ports: []networkingv1.NetworkPolicyPort{port(corev1.ProtocolUDP, 53)}}})},
+			checks: []check{
+				udp(web6, outside6, 53, true), tcp(web6, outside6, 80, false), tcp(only6, prodClient6, 80, false),
+				udp(web, dnsServer, 53, true), tcp(prodClient6, web6, 80, true),
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			in := netnsDualStackCluster()
+			in.Policies = tt.policies
+			rs, problems := Compile(in)
+			if len(problems) > 0 {
+				t.Fatal(problems)
+			}
+			if err := n.kernel.Apply(rs); err != nil {
+				t.Fatal(err)
+			}
+			n.expect(t, rs, tt.checks)
+		})
 	}
 }

@@ -17,23 +17,31 @@ import (
 
 // The table NFTKernel writes, with the Ruleset's chains and sets and these
 // base chains and verdict maps (nft syntax; the two base chains' order does
-// not matter, a packet must pass both):
+// not matter, a packet must pass both). Every set and map comes once per
+// family, the IPv6 one named with the suffix -v6; a Ruleset's set s0 is
+// s0 (ipv4_addr) and s0-v6 (ipv6_addr), each only when it has addresses of
+// that family, and a rule that looks up a set is written once per family
+// its sets have:
 //
 //	table inet grapevine-policy {
 //		map egress-pods { type ipv4_addr : verdict; elements = { <pod> : jump eg-g0, ... } }
+//		map egress-pods-v6 { type ipv6_addr : verdict; ... }
 //		map ingress-pods { type ipv4_addr : verdict; elements = { <pod> : jump in-g0, ... } }
+//		map ingress-pods-v6 { type ipv6_addr : verdict; ... }
 //		set unknown-pods { type ipv4_addr; flags interval; elements = { <block without known pods> } }
+//		set unknown-pods-v6 { type ipv6_addr; flags interval; elements = { <block6 without known pods> } }
 //		chain egress {
 //			type filter hook forward priority filter; policy accept;
 //			ct state established,related accept
+//			meta nfproto ipv6 meta l4proto ipv6-icmp icmpv6 type 133-137 accept
 //			meta nfproto ipv4 ip saddr @unknown-pods counter drop
 //			meta nfproto ipv4 ip saddr vmap @egress-pods
+//			meta nfproto ipv6 ip6 saddr @unknown-pods-v6 counter drop
+//			meta nfproto ipv6 ip6 saddr vmap @egress-pods-v6
 //		}
 //		chain ingress {
 //			type filter hook forward priority filter + 1; policy accept;
-//			ct state established,related accept
-//			meta nfproto ipv4 ip daddr @unknown-pods counter drop
-//			meta nfproto ipv4 ip daddr vmap @ingress-pods
+//			(the same with daddr and @ingress-pods, @ingress-pods-v6)
 //		}
 //	}
 const (
@@ -43,6 +51,41 @@ const (
 	ingressMap    = "ingress-pods"
 	unknownSet    = "unknown-pods"
 )
+
+// family is what the table's sets and rules need to know of IPv4 or IPv6.
+type family struct {
+	v6      bool
+	nfproto byte
+	keyType nftables.SetDatatype
+	// saddr and daddr are the offsets of the addresses in the network
+	// header, addrLen their length.
+	saddr, daddr, addrLen uint32
+	// suffix ends the names of the family's sets and maps.
+	suffix string
+}
+
+var families = [...]family{
+	{v6: false, nfproto: unix.NFPROTO_IPV4, keyType: nftables.TypeIPAddr, saddr: 12, daddr: 16, addrLen: 4, suffix: ""},
+	{v6: true, nfproto: unix.NFPROTO_IPV6, keyType: nftables.TypeIP6Addr, saddr: 8, daddr: 24, addrLen: 16, suffix: "-v6"},
+}
+
+// match is `meta nfproto ipv4` or `meta nfproto ipv6`: in an inet table, an
+// address load is only meaningful after it.
+func (f family) match() []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{f.nfproto}},
+	}
+}
+
+// loadAddr loads the source (daddr false) or destination address.
+func (f family) loadAddr(daddr bool) *expr.Payload {
+	offset := f.saddr
+	if daddr {
+		offset = f.daddr
+	}
+	return &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: f.addrLen}
+}
 
 // elementsPerMessage bounds the elements of one netlink message: its
 // element list is one attribute, whose length field has 16 bits.
@@ -131,60 +174,74 @@ func (k *NFTKernel) Apply(rs Ruleset) error {
 	for _, c := range rs.Chains {
 		chains[c.Name] = conn.AddChain(&nftables.Chain{Name: c.Name, Table: t})
 	}
-	sets := make(map[string]*nftables.Set, len(rs.Sets))
+	// sets has each Ruleset set's kernel set per family by kernel name;
+	// nil where the set has no address of that family.
+	sets := make(map[string]*nftables.Set, 2*len(rs.Sets))
 	for _, s := range rs.Sets {
-		set := &nftables.Set{Table: t, Name: s.Name, KeyType: nftables.TypeIPAddr, Interval: true}
-		if err := addSet(conn, set, intervalElements(s.Ranges)); err != nil {
-			return fmt.Errorf("network policy: set %s: %w", s.Name, err)
+		for _, f := range families {
+			ranges := ofFamily(s.Ranges, f.v6)
+			name := s.Name + f.suffix
+			sets[name] = nil
+			if len(ranges) == 0 {
+				continue
+			}
+			set := &nftables.Set{Table: t, Name: name, KeyType: f.keyType, Interval: true}
+			if err := addSet(conn, set, intervalElements(ranges)); err != nil {
+				return fmt.Errorf("network policy: set %s: %w", name, err)
+			}
+			sets[name] = set
 		}
-		sets[s.Name] = set
 	}
 	for _, c := range rs.Chains {
 		for i, r := range c.Rules {
-			exprs, err := ruleExprs(r, sets)
+			perFamily, err := ruleExprs(r, sets)
 			if err != nil {
 				return fmt.Errorf("network policy: chain %s rule %d: %w", c.Name, i, err)
 			}
-			conn.AddRule(&nftables.Rule{Table: t, Chain: chains[c.Name], Exprs: exprs})
+			for _, exprs := range perFamily {
+				conn.AddRule(&nftables.Rule{Table: t, Chain: chains[c.Name], Exprs: exprs})
+			}
 		}
 	}
-	unknown := &nftables.Set{Table: t, Name: unknownSet, KeyType: nftables.TypeIPAddr, Interval: true}
-	if err := addSet(conn, unknown, intervalElements(rs.Unknown)); err != nil {
-		return fmt.Errorf("network policy: set %s: %w", unknownSet, err)
+	var unknown [len(families)]*nftables.Set
+	for i, f := range families {
+		unknown[i] = &nftables.Set{Table: t, Name: unknownSet + f.suffix, KeyType: f.keyType, Interval: true}
+		if err := addSet(conn, unknown[i], intervalElements(ofFamily(rs.Unknown, f.v6))); err != nil {
+			return fmt.Errorf("network policy: set %s: %w", unknown[i].Name, err)
+		}
 	}
 	for _, base := range []struct {
 		chain, vmap string
 		byPod       map[netip.Addr]string
-		addrOffset  uint32
+		daddr       bool
 		priority    nftables.ChainPriority
 	}{
-		{egressChain, egressPodsMap, rs.Egress, saddrOffset, 0},
-		{ingressChain, ingressMap, rs.Ingress, daddrOffset, 1},
+		{egressChain, egressPodsMap, rs.Egress, false, 0},
+		{ingressChain, ingressMap, rs.Ingress, true, 1},
 	} {
-		vmap := &nftables.Set{Table: t, Name: base.vmap, KeyType: nftables.TypeIPAddr, DataType: nftables.TypeVerdict, IsMap: true}
-		if err := addSet(conn, vmap, verdictElements(base.byPod, chains)); err != nil {
-			return fmt.Errorf("network policy: map %s: %w", base.vmap, err)
-		}
 		chain := conn.AddChain(&nftables.Chain{
 			Name: base.chain, Table: t,
 			Type: nftables.ChainTypeFilter, Hooknum: nftables.ChainHookForward,
 			Priority: nftables.ChainPriorityRef(base.priority),
 		})
 		conn.AddRule(&nftables.Rule{Table: t, Chain: chain, Exprs: establishedExprs()})
-		conn.AddRule(&nftables.Rule{Table: t, Chain: chain, Exprs: []expr.Any{
-			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
-			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: base.addrOffset, Len: 4},
-			&expr.Lookup{SourceRegister: 1, SetName: unknown.Name, SetID: unknown.ID},
-			&expr.Counter{},
-			&expr.Verdict{Kind: expr.VerdictDrop},
-		}})
-		conn.AddRule(&nftables.Rule{Table: t, Chain: chain, Exprs: []expr.Any{
-			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
-			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: base.addrOffset, Len: 4},
-			&expr.Lookup{SourceRegister: 1, SetName: vmap.Name, SetID: vmap.ID, IsDestRegSet: true, DestRegister: 0},
-		}})
+		conn.AddRule(&nftables.Rule{Table: t, Chain: chain, Exprs: neighbourDiscoveryExprs()})
+		for i, f := range families {
+			vmap := &nftables.Set{Table: t, Name: base.vmap + f.suffix, KeyType: f.keyType, DataType: nftables.TypeVerdict, IsMap: true}
+			if err := addSet(conn, vmap, verdictElements(base.byPod, chains, f.v6)); err != nil {
+				return fmt.Errorf("network policy: map %s: %w", vmap.Name, err)
+			}
+			conn.AddRule(&nftables.Rule{Table: t, Chain: chain, Exprs: append(f.match(),
+				f.loadAddr(base.daddr),
+				&expr.Lookup{SourceRegister: 1, SetName: unknown[i].Name, SetID: unknown[i].ID},
+				&expr.Counter{},
+				&expr.Verdict{Kind: expr.VerdictDrop},
+			)})
+			conn.AddRule(&nftables.Rule{Table: t, Chain: chain, Exprs: append(f.match(),
+				f.loadAddr(base.daddr),
+				&expr.Lookup{SourceRegister: 1, SetName: vmap.Name, SetID: vmap.ID, IsDestRegSet: true, DestRegister: 0},
+			)})
+		}
 	}
 	if err := conn.Flush(); err != nil {
 		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EOPNOTSUPP) {
@@ -300,15 +357,19 @@ func intervalElements(rs []AddrRange) []nftables.SetElement {
 	return els
 }
 
-func verdictElements(byPod map[netip.Addr]string, chains map[string]*nftables.Chain) []nftables.SetElement {
+// verdictElements are the elements of a verdict map of family v6 (IPv6 or
+// IPv4) for the addresses of that family in byPod.
+func verdictElements(byPod map[netip.Addr]string, chains map[string]*nftables.Chain, v6 bool) []nftables.SetElement {
 	addrs := make([]netip.Addr, 0, len(byPod))
 	for a := range byPod {
-		addrs = append(addrs, a)
+		if a.Is6() == v6 {
+			addrs = append(addrs, a)
+		}
 	}
 	slices.SortFunc(addrs, netip.Addr.Compare)
 	els := make([]nftables.SetElement, 0, len(addrs))
 	for _, a := range addrs {
-		if _, ok := chains[byPod[a]]; !ok || !a.Is4() {
+		if _, ok := chains[byPod[a]]; !ok || a.Is4In6() || a.Zone() != "" {
 			continue // Compile never makes one; the kernel would refuse the batch
 		}
 		els = append(els, nftables.SetElement{Key: a.AsSlice(), VerdictData: &expr.Verdict{Kind: expr.VerdictJump, Chain: byPod[a]}})
@@ -316,11 +377,7 @@ func verdictElements(byPod map[netip.Addr]string, chains map[string]*nftables.Ch
 	return els
 }
 
-const (
-	saddrOffset = 12 // in the IPv4 header
-	daddrOffset = 16
-	dportOffset = 2 // in the TCP, UDP and SCTP headers alike
-)
+const dportOffset = 2 // in the TCP, UDP and SCTP headers alike
 
 // establishedExprs is `ct state established,related accept`.
 func establishedExprs() []expr.Any {
@@ -333,25 +390,59 @@ func establishedExprs() []expr.Any {
 	}
 }
 
-// ruleExprs is r in nftables expressions, e.g. `ip saddr @s0 meta l4proto
-// tcp th dport 80-90 accept`.
-func ruleExprs(r Rule, sets map[string]*nftables.Set) ([]expr.Any, error) {
-	var exprs []expr.Any
-	for _, m := range []struct {
-		set    string
-		offset uint32
-	}{{r.Src, saddrOffset}, {r.Dst, daddrOffset}} {
-		if m.set == "" {
-			continue
-		}
-		set, ok := sets[m.set]
-		if !ok {
-			return nil, fmt.Errorf("set %s is not in the ruleset", m.set)
-		}
-		exprs = append(exprs,
-			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: m.offset, Len: 4},
-			&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID})
+// neighbourDiscoveryExprs is `meta nfproto ipv6 meta l4proto ipv6-icmp
+// icmpv6 type 133-137 accept`: router and neighbour solicitation and
+// advertisement and redirect pass before any drop (Packet.neighbourDiscovery).
+func neighbourDiscoveryExprs() []expr.Any {
+	return append(families[1].match(),
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{byte(ProtocolICMPv6)}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
+		&expr.Range{Op: expr.CmpOpEq, Register: 1, FromData: []byte{icmpv6RouterSolicitation}, ToData: []byte{icmpv6Redirect}},
+		&expr.Verdict{Kind: expr.VerdictAccept},
+	)
+}
+
+// ruleExprs is r in nftables expressions, e.g. `meta nfproto ipv4 ip saddr
+// @s0 meta l4proto tcp th dport 80-90 accept`: one rule per family when r
+// looks up sets (none for a family some set of r lacks, which would match
+// nothing), else one rule for both. sets is Apply's map by kernel name.
+func ruleExprs(r Rule, sets map[string]*nftables.Set) ([][]expr.Any, error) {
+	tail, err := ruleTail(r)
+	if err != nil {
+		return nil, err
 	}
+	if r.Src == "" && r.Dst == "" {
+		return [][]expr.Any{tail}, nil
+	}
+	var out [][]expr.Any
+families:
+	for _, f := range families {
+		exprs := f.match()
+		for _, m := range []struct {
+			set   string
+			daddr bool
+		}{{r.Src, false}, {r.Dst, true}} {
+			if m.set == "" {
+				continue
+			}
+			set, ok := sets[m.set+f.suffix]
+			if !ok {
+				return nil, fmt.Errorf("set %s is not in the ruleset", m.set)
+			}
+			if set == nil {
+				continue families
+			}
+			exprs = append(exprs, f.loadAddr(m.daddr), &expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID})
+		}
+		out = append(out, append(exprs, tail...))
+	}
+	return out, nil
+}
+
+// ruleTail is r's protocol and port match and its verdict.
+func ruleTail(r Rule) ([]expr.Any, error) {
+	var exprs []expr.Any
 	if r.Protocol != 0 {
 		exprs = append(exprs,
 			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},

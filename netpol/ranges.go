@@ -5,19 +5,24 @@ import (
 	"slices"
 )
 
-// prefixRange is the range of addresses in p (IPv4).
+// prefixRange is the range of addresses in p (IPv4 or IPv6).
 func prefixRange(p netip.Prefix) AddrRange {
 	p = p.Masked()
 	first := p.Addr()
-	b := first.As4()
-	host := 32 - p.Bits()
+	b := first.As16()
+	host := first.BitLen() - p.Bits()
 	for i := range host {
-		b[3-i/8] |= 1 << (i % 8)
+		b[15-i/8] |= 1 << (i % 8)
 	}
-	return AddrRange{First: first, Last: netip.AddrFrom4(b)}
+	last := netip.AddrFrom16(b)
+	if first.Is4() {
+		last = last.Unmap()
+	}
+	return AddrRange{First: first, Last: last}
 }
 
-// normalize sorts rs and merges overlapping and adjacent ranges.
+// normalize sorts rs and merges overlapping and adjacent ranges. IPv4
+// ranges sort before IPv6 ones and never merge with them.
 func normalize(rs []AddrRange) []AddrRange {
 	if len(rs) == 0 {
 		return nil
@@ -26,7 +31,8 @@ func normalize(rs []AddrRange) []AddrRange {
 	out := []AddrRange{rs[0]}
 	for _, r := range rs[1:] {
 		last := &out[len(out)-1]
-		if next := last.Last.Next(); next.IsValid() && r.First.Compare(next) > 0 {
+		next := last.Last.Next()
+		if r.First.BitLen() != last.First.BitLen() || (next.IsValid() && r.First.Compare(next) > 0) {
 			out = append(out, r)
 			continue
 		}
@@ -63,13 +69,26 @@ func subtract(rs, cut []AddrRange) []AddrRange {
 	return out
 }
 
-// rangesKey identifies a normalized list of IPv4 ranges, so that rules with the
-// same peers share one set.
+// rangesKey identifies a normalized list of ranges, so that rules with the
+// same peers share one set. Each range starts with its family's bit length,
+// so an IPv4 range never reads as part of an IPv6 one.
 func rangesKey(rs []AddrRange) string {
-	b := make([]byte, 0, 8*len(rs))
+	b := make([]byte, 0, 9*len(rs))
 	for _, r := range rs {
-		first, last := r.First.As4(), r.Last.As4()
-		b = append(append(b, first[:]...), last[:]...)
+		b = append(b, byte(r.First.BitLen()/8))
+		b = append(append(b, r.First.AsSlice()...), r.Last.AsSlice()...)
 	}
 	return string(b)
+}
+
+// ofFamily returns the ranges of rs in the family of IPv4 (v6 false) or
+// IPv6 (v6 true); rs normalized.
+func ofFamily(rs []AddrRange, v6 bool) []AddrRange {
+	var out []AddrRange
+	for _, r := range rs {
+		if r.First.Is6() == v6 {
+			out = append(out, r)
+		}
+	}
+	return out
 }

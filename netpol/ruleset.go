@@ -16,6 +16,9 @@ const (
 	ProtocolTCP  Protocol = 6
 	ProtocolUDP  Protocol = 17
 	ProtocolSCTP Protocol = 132
+	// ProtocolICMPv6 is named by no policy; its neighbour discovery
+	// messages pass every ruleset (see Packet.ICMPType).
+	ProtocolICMPv6 Protocol = 58
 )
 
 // PortRange is an inclusive range of destination ports; a single port has
@@ -24,13 +27,15 @@ type PortRange struct {
 	First, Last uint16
 }
 
-// AddrRange is an inclusive range of IPv4 addresses.
+// AddrRange is an inclusive range of addresses, both of one family (IPv4
+// or IPv6).
 type AddrRange struct {
 	First, Last netip.Addr
 }
 
-// AddrSet is a named set of addresses (an nftables interval set). Ranges
-// are sorted, disjoint and not adjacent.
+// AddrSet is a named set of addresses. Ranges are sorted (IPv4 before
+// IPv6), disjoint and not adjacent. The kernel holds it as up to two
+// interval sets, one per family (ipv4_addr and ipv6_addr).
 type AddrSet struct {
 	Name   string
 	Ranges []AddrRange
@@ -113,17 +118,39 @@ type Ruleset struct {
 }
 
 // Packet is what Allows decides about: the first packet of a new
-// connection.
+// connection, IPv4 or IPv6.
 type Packet struct {
 	Src, Dst netip.Addr
 	Protocol Protocol
 	Port     uint16 // destination port
+	// ICMPType is the ICMPv6 message type when Protocol is
+	// ProtocolICMPv6.
+	ICMPType uint8
+}
+
+// The ICMPv6 neighbour discovery messages (RFC 4861): router solicitation
+// and advertisement, neighbour solicitation and advertisement, redirect.
+// Pods resolve their gateway (fe80::ecee:eeff:feee:eeee) with them, so no
+// ruleset blocks them.
+const (
+	icmpv6RouterSolicitation uint8 = 133
+	icmpv6Redirect           uint8 = 137
+)
+
+// neighbourDiscovery reports whether p is an ICMPv6 neighbour discovery
+// message.
+func (p Packet) neighbourDiscovery() bool {
+	return p.Src.Is6() && p.Protocol == ProtocolICMPv6 &&
+		p.ICMPType >= icmpv6RouterSolicitation && p.ICMPType <= icmpv6Redirect
 }
 
 // Allows reports whether the kernel, given r, lets p through: both base
 // chains must accept it. It is the model the netns tests hold the kernel
 // to, and what the compiler's table tests check.
 func (r Ruleset) Allows(p Packet) bool {
+	if p.neighbourDiscovery() {
+		return true
+	}
 	unknown := AddrSet{Ranges: r.Unknown}
 	if unknown.Contains(p.Src) || unknown.Contains(p.Dst) {
 		return false
