@@ -443,10 +443,10 @@ func (a *agent) countPeerRoutes() int {
 func (a *agent) handoff(v mesh.View) error {
 	st, ok := handoffState(v, a.opts)
 	if !ok {
-		a.policy.setBlock(netip.Prefix{}) // the plugin hands out no address
+		a.policy.setBlocks(netip.Prefix{}, netip.Prefix{}) // the plugin hands out no address
 		return a.handoffFiles().Remove()
 	}
-	a.policy.setBlock(st.Block)
+	a.policy.setBlocks(st.Block, st.Block6)
 	return a.handoffFiles().Write(st)
 }
 
@@ -463,7 +463,7 @@ func (a *agent) withdrawStaleHandoff(v mesh.View) {
 	if why == "" {
 		return
 	}
-	a.policy.setBlock(netip.Prefix{}) // the block may be another node's by now
+	a.policy.setBlocks(netip.Prefix{}, netip.Prefix{}) // the blocks may be another node's by now
 	if err := a.handoffFiles().Remove(); err != nil {
 		a.log.Error("cannot withdraw the previous run's hand-off, whose block may be another node's", "block", prev.Block, "why", why, "err", err)
 		return

@@ -72,14 +72,15 @@ type policyEnforcer struct {
 
 	// mu guards what the loop shares with admissions and status readers.
 	mu sync.Mutex
-	// block is this node's IPv4 pod block as node.json hands it out:
-	// its addresses no known pod holds are denied (netpol.Input.Block).
-	block netip.Prefix
+	// block and block6 are this node's IPv4 and IPv6 pod blocks as
+	// node.json hands them out: their addresses no known pod holds are
+	// denied (netpol.Input.Block and Block6).
+	block, block6 netip.Prefix
 	// admitted are the pods the plugin announced, by namespace/name,
 	// whose address the API server may not report yet.
 	admitted map[string]admittedPod
-	// inForce maps each admitted pod to the address the ruleset in force
-	// was compiled with; inForceChanged is closed and replaced whenever
+	// inForce maps each admitted pod to the address (primaryAddr) the
+	// ruleset in force was compiled with, along with its others; inForceChanged is closed and replaced whenever
 	// that ruleset changes.
 	inForce        map[string]netip.Addr
 	inForceChanged chan struct{}
@@ -368,40 +369,68 @@ func (e *policyEnforcer) input(now time.Time) (netpol.Input, map[string]netip.Ad
 		if !ok || p.Spec.NodeName != e.nodeName {
 			continue
 		}
-		v4, ok := firstIPv4(a.addrs)
+		primary, ok := primaryAddr(a.addrs)
 		if !ok {
 			continue
 		}
-		if p.Status.PodIP == v4.String() {
+		if apiHasAddrs(p, a.addrs) {
 			delete(e.admitted, key) // the API has caught up
 		} else {
 			// The cache's objects are shared: change a copy.
 			withAddr := *p
-			withAddr.Status.PodIP = v4.String()
+			withAddr.Status.PodIP = primary.String()
 			withAddr.Status.PodIPs = nil
 			for _, addr := range a.addrs {
 				withAddr.Status.PodIPs = append(withAddr.Status.PodIPs, corev1.PodIP{IP: addr.String()})
 			}
 			pods[i] = &withAddr
 		}
-		found[key] = v4
+		found[key] = primary
 	}
 	for key, a := range e.admitted {
 		if _, ok := found[key]; !ok && now.Sub(a.at) > admissionTTL {
 			delete(e.admitted, key)
 		}
 	}
-	in := netpol.Input{Policies: policies, Pods: pods, Namespaces: namespaces, NodeName: e.nodeName, Block: e.block}
+	in := netpol.Input{Policies: policies, Pods: pods, Namespaces: namespaces, NodeName: e.nodeName, Block: e.block, Block6: e.block6}
 	return in, found, nil
 }
 
-func firstIPv4(addrs []netip.Addr) (netip.Addr, bool) {
+// primaryAddr is the address an admitted pod is known by: its IPv4
+// address, or its first address when it has only IPv6 ones (false: none).
+// The pod's other addresses are compiled in the same ruleset with it.
+func primaryAddr(addrs []netip.Addr) (netip.Addr, bool) {
 	for _, a := range addrs {
 		if a.Is4() {
 			return a, true
 		}
 	}
+	if len(addrs) > 0 {
+		return addrs[0], true
+	}
 	return netip.Addr{}, false
+}
+
+// apiHasAddrs reports whether the API's pod p lists every one of addrs in
+// its status (podIP or podIPs): only then can the announced addresses stop
+// standing in for the API's, or an IPv6 address the API lacks yet would
+// count as unknown.
+func apiHasAddrs(p *corev1.Pod, addrs []netip.Addr) bool {
+	has := make(map[netip.Addr]bool, len(p.Status.PodIPs)+1)
+	if a, err := netip.ParseAddr(p.Status.PodIP); err == nil {
+		has[a.Unmap()] = true
+	}
+	for _, ip := range p.Status.PodIPs {
+		if a, err := netip.ParseAddr(ip.IP); err == nil {
+			has[a.Unmap()] = true
+		}
+	}
+	for _, a := range addrs {
+		if !has[a.Unmap()] {
+			return false
+		}
+	}
+	return true
 }
 
 // enforcedPods counts this node's pods isolated in either direction.
@@ -456,15 +485,15 @@ func (e *policyEnforcer) inForceNow(admitted map[string]netip.Addr, r policyRepo
 	e.inForceChanged = make(chan struct{})
 }
 
-// setBlock tells the enforcer the IPv4 block node.json hands out
-// addresses from; a nil e ignores it.
-func (e *policyEnforcer) setBlock(block netip.Prefix) {
+// setBlocks tells the enforcer the IPv4 and IPv6 blocks node.json hands
+// out addresses from (block6 zero: no IPv6 pool); a nil e ignores it.
+func (e *policyEnforcer) setBlocks(block, block6 netip.Prefix) {
 	if e == nil {
 		return
 	}
 	e.mu.Lock()
-	changed := e.block != block
-	e.block = block
+	changed := e.block != block || e.block6 != block6
+	e.block, e.block6 = block, block6
 	e.mu.Unlock()
 	if changed {
 		e.wake()
@@ -476,9 +505,9 @@ func (e *policyEnforcer) setBlock(block netip.Prefix) {
 // address is in force, or says why not when ctx ends first.
 func (e *policyEnforcer) admit(ctx context.Context, r admit.Request) error {
 	key := r.Namespace + "/" + r.Name
-	v4, ok := firstIPv4(r.IPs)
+	primary, ok := primaryAddr(r.IPs)
 	if !ok {
-		// Only IPv4 is enforced: an IPv6-only pod has nothing to wait for.
+		// No address: nothing of the pod's to put in force.
 		e.admissions.WithLabelValues("in_force").Inc()
 		return nil
 	}
@@ -488,7 +517,7 @@ func (e *policyEnforcer) admit(ctx context.Context, r admit.Request) error {
 	e.wake()
 	for {
 		e.mu.Lock()
-		inForce := e.inForce[key] == v4
+		inForce := e.inForce[key] == primary
 		changed, synced, lastErr := e.inForceChanged, e.synced, e.lastErr
 		e.mu.Unlock()
 		if inForce {
@@ -620,7 +649,7 @@ func policyEnforcerFor(o agentOptions, host hostSide, reg prometheus.Registerer,
 	// view (or withdraws it): deny that block's unknown addresses from the
 	// first ruleset on.
 	if st, err := nodestate.Read(o.RunDir); err == nil {
-		e.setBlock(st.Block)
+		e.setBlocks(st.Block, st.Block6)
 	}
 	return e, nil
 }

@@ -253,7 +253,7 @@ func TestNoPacketBeforeThePodsPolicy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.setBlock(block)
+	e.setBlocks(block, netip.Prefix{})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- e.run(ctx) }()

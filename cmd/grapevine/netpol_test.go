@@ -170,7 +170,7 @@ func TestPolicyAdmissionAnswersOnceThePodIsEnforced(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.setBlock(netip.MustParsePrefix("10.244.0.0/24"))
+	e.setBlocks(netip.MustParsePrefix("10.244.0.0/24"), netip.Prefix{})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- e.run(ctx) }()
@@ -298,7 +298,9 @@ func TestStalePolicyTableIsRemovedWhenPolicyIsOff(t *testing.T) {
 func TestPolicyEnforcerStartsWithTheHandedOffBlock(t *testing.T) {
 	runDir := t.TempDir()
 	block := netip.MustParsePrefix("10.244.4.0/23")
-	if err := nodestate.Write(runDir, nodestate.State{Node: "n1", Block: block, Pool: netip.MustParsePrefix("10.244.0.0/16")}); err != nil {
+	block6 := netip.MustParsePrefix("fd00:10:244:4::/120")
+	if err := nodestate.Write(runDir, nodestate.State{Node: "n1", Block: block, Pool: netip.MustParsePrefix("10.244.0.0/16"),
+		Block6: block6, Pool6: netip.MustParsePrefix("fd00:10:244::/48")}); err != nil {
 		t.Fatal(err)
 	}
 	api := newFakePolicyAPI().api()
@@ -307,7 +309,110 @@ func TestPolicyEnforcerStartsWithTheHandedOffBlock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if e.block != block || e.socket != filepath.Join(runDir, policySocketName) {
-		t.Errorf("enforcer starts with block %s and socket %q, want %s and %s/%s", e.block, e.socket, block, runDir, policySocketName)
+	if e.block != block || e.block6 != block6 || e.socket != filepath.Join(runDir, policySocketName) {
+		t.Errorf("enforcer starts with blocks %s and %s and socket %q, want %s, %s and %s/%s", e.block, e.block6, e.socket, block, block6, runDir, policySocketName)
+	}
+}
+
+// TestPolicyAdmissionOfIPv6Pods: with both blocks known, the unknown
+// addresses of the IPv6 block are denied like those of the IPv4 one, and
+// the admission of a dual-stack pod and of an IPv6-only pod is answered
+// only once every one of its addresses is isolated by its policy.
+func TestPolicyAdmissionOfIPv6Pods(t *testing.T) {
+	fake := newFakePolicyAPI()
+	kernel := &netpol.FakeKernel{}
+	socket := filepath.Join(t.TempDir(), policySocketName)
+	e, err := newPolicyEnforcer(fake.api(), "n1", socket, kernel, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.setBlocks(netip.MustParsePrefix("10.244.0.0/24"), netip.MustParsePrefix("fd00:10:244::/120"))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.run(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	fake.namespaces.Add(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "default"}})
+	fake.policies.Add(&networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "deny-web"},
+		Spec:       networkingv1.NetworkPolicySpec{PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}}},
+	})
+	for _, name := range []string{"dual", "only6"} {
+		fake.pods.Add(&corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name, Labels: map[string]string{"app": "web"}},
+			Spec:       corev1.PodSpec{NodeName: "n1"},
+			Status:     corev1.PodStatus{Phase: corev1.PodPending},
+		})
+	}
+	dual4, dual6 := netip.MustParseAddr("10.244.0.7"), netip.MustParseAddr("fd00:10:244::7")
+	only6 := netip.MustParseAddr("fd00:10:244::8")
+	outside6 := netip.MustParseAddr("2001:db8::1")
+	to := func(a netip.Addr) netpol.Packet {
+		return netpol.Packet{Src: outside6, Dst: a, Protocol: netpol.ProtocolTCP, Port: 80}
+	}
+	from := func(a netip.Addr) netpol.Packet {
+		return netpol.Packet{Src: a, Dst: outside6, Protocol: netpol.ProtocolTCP, Port: 80}
+	}
+	waitFor(t, "the unknown IPv6 addresses denied both ways", rulesetIs(kernel, func(rs netpol.Ruleset) bool {
+		return !rs.Allows(to(dual6)) && !rs.Allows(from(dual6)) && !rs.Allows(from(only6))
+	}))
+
+	for _, req := range []admit.Request{
+		{Namespace: "default", Name: "dual", ContainerID: "c1", IPs: []netip.Addr{dual4, dual6}},
+		{Namespace: "default", Name: "only6", ContainerID: "c2", IPs: []netip.Addr{only6}},
+	} {
+		askCtx, askCancel := context.WithTimeout(ctx, admit.Timeout)
+		err := admit.Ask(askCtx, socket, req)
+		askCancel()
+		if err != nil {
+			t.Fatalf("admission of %s: %v", req.Name, err)
+		}
+		rs, _ := kernel.Current()
+		for _, a := range req.IPs {
+			if _, isolated := rs.Ingress[a]; !isolated || rs.Allows(to(a)) || !rs.Allows(from(a)) {
+				t.Errorf("%s at %s when the admission was answered: isolated %v, allows in %v, out %v; want isolated, in denied, out allowed",
+					req.Name, a, isolated, rs.Allows(to(a)), rs.Allows(from(a)))
+			}
+		}
+	}
+}
+
+func TestAPIHasAddrs(t *testing.T) {
+	v4, v6 := netip.MustParseAddr("10.244.0.7"), netip.MustParseAddr("fd00:10:244::7")
+	pod := func(ips ...string) *corev1.Pod {
+		p := &corev1.Pod{}
+		if len(ips) > 0 {
+			p.Status.PodIP = ips[0]
+		}
+		for _, ip := range ips {
+			p.Status.PodIPs = append(p.Status.PodIPs, corev1.PodIP{IP: ip})
+		}
+		return p
+	}
+	tests := []struct {
+		name  string
+		pod   *corev1.Pod
+		addrs []netip.Addr
+		want  bool
+	}{
+		{"no address yet", pod(), []netip.Addr{v4}, false},
+		{"IPv4 only", pod("10.244.0.7"), []netip.Addr{v4}, true},
+		{"dual-stack, API has both", pod("10.244.0.7", "fd00:10:244::7"), []netip.Addr{v4, v6}, true},
+		{"dual-stack, API lacks the IPv6 address", pod("10.244.0.7"), []netip.Addr{v4, v6}, false},
+		{"another IPv6 address", pod("10.244.0.7", "fd00:10:244::9"), []netip.Addr{v4, v6}, false},
+		{"IPv6 only", pod("fd00:10:244::7"), []netip.Addr{v6}, true},
+	}
+	for _, tt := range tests {
+		if got := apiHasAddrs(tt.pod, tt.addrs); got != tt.want {
+			t.Errorf("%s: apiHasAddrs = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+	if a, ok := primaryAddr([]netip.Addr{v6, v4}); !ok || a != v4 {
+		t.Errorf("primaryAddr(%s, %s) = %s, %v; want %s", v6, v4, a, ok, v4)
+	}
+	if a, ok := primaryAddr([]netip.Addr{v6}); !ok || a != v6 {
+		t.Errorf("primaryAddr(%s) = %s, %v; want %s", v6, a, ok, v6)
 	}
 }
