@@ -531,6 +531,23 @@ func scaleInput(pods, policies, apps int, allLocal bool) Input {
 
 func appName(i int) string { return "a" + strconv.Itoa(i) }
 
+// withIPv6 gives every pod of in a second, IPv6 address, fd00:: and its
+// IPv4 address, as on a dual-stack cluster.
+func withIPv6(in Input) Input {
+	for i, p := range in.Pods {
+		v4, err := netip.ParseAddr(p.Status.PodIP)
+		if err != nil || !v4.Is4() {
+			continue
+		}
+		b := v4.As16()
+		b[0], b[1], b[10], b[11] = 0xfd, 0x00, 0, 0
+		p = p.DeepCopy()
+		p.Status.PodIPs = append(p.Status.PodIPs, corev1.PodIP{IP: netip.AddrFrom16(b).String()})
+		in.Pods[i] = p
+	}
+	return in
+}
+
 func TestAddrRanges(t *testing.T) {
 	r := func(a, b string) AddrRange { return AddrRange{netip.MustParseAddr(a), netip.MustParseAddr(b)} }
 	tests := []struct {

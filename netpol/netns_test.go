@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -523,6 +524,24 @@ func BenchmarkCompileApply1000Pods200Policies(b *testing.B) {
 	b.ReportMetric(float64(elements), "elements")
 }
 
+// BenchmarkCompileApply1000Pods200PoliciesDualStack is
+// BenchmarkCompileApply1000Pods200Policies with an IPv6 address on every
+// pod: twice the map elements and set ranges, and each rule once per family.
+func BenchmarkCompileApply1000Pods200PoliciesDualStack(b *testing.B) {
+	n := newTestNet(b)
+	in := withIPv6(scaleInput(1000, 200, 10, true))
+	for b.Loop() {
+		rs, problems := Compile(in)
+		if len(problems) > 0 {
+			b.Fatal(problems)
+		}
+		if err := n.kernel.Apply(rs); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(b.N), "ms/op")
+}
+
 // TestKernelDeniesUnknownLocalAddressesAndCountsDrops: an address of the
 // node's block that no known pod holds gets no new connection either way,
 // and Drops counts those packets apart from the ones policies drop.
@@ -659,5 +678,16 @@ func TestKernelEnforcesIPv6(t *testing.T) {
 			}
 			n.expect(t, rs, tt.checks)
 		})
+	}
+	// only6 reached its gateway with neighbour discovery through all of
+	// the above, default deny included.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := lab.Run(ctx, "ip", "-n", n.prefix+"only6", "-6", "neigh", "show", gateway6, "dev", "eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(out), "lladdr ee:ee:ee:ee:ee:ee") || strings.Contains(string(out), "PERMANENT") {
+		t.Errorf("only6's neighbour entry for its gateway %q, want one resolved by neighbour discovery", out)
 	}
 }
