@@ -78,9 +78,14 @@ func (r Request) Validate() error {
 		return fmt.Errorf("pod %s/%s: %d addresses, want one or two (one per family)", r.Namespace, r.Name, len(r.IPs))
 	}
 	for _, ip := range r.IPs {
-		if !ip.IsValid() || ip.Zone() != "" {
-			return fmt.Errorf("pod %s/%s: address %q is not a plain IP address", r.Namespace, r.Name, ip)
+		if !ip.IsValid() || ip.Zone() != "" || ip.Is4In6() {
+			return fmt.Errorf("pod %s/%s: address %q is not a plain IPv4 or IPv6 address", r.Namespace, r.Name, ip)
 		}
+	}
+	// Both families are enforced: a second address of the same family
+	// would be one the agent isolates but the plugin never wired.
+	if len(r.IPs) == 2 && r.IPs[0].Is4() == r.IPs[1].Is4() {
+		return fmt.Errorf("pod %s/%s: addresses %s and %s are of one family, want one per family", r.Namespace, r.Name, r.IPs[0], r.IPs[1])
 	}
 	return nil
 }

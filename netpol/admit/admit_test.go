@@ -33,6 +33,13 @@ func TestValidate(t *testing.T) {
 		{"three addresses", func(r *Request) { r.IPs = append(r.IPs, r.IPs[0], r.IPs[0]) }, false},
 		{"zero address", func(r *Request) { r.IPs = []netip.Addr{{}} }, false},
 		{"zoned address", func(r *Request) { r.IPs = []netip.Addr{netip.MustParseAddr("fe80::1%eth0")} }, false},
+		{"IPv6 only", func(r *Request) { r.IPs = []netip.Addr{netip.MustParseAddr("fd00::5")} }, true},
+		{"IPv6 first", func(r *Request) {
+			r.IPs = []netip.Addr{netip.MustParseAddr("fd00::5"), netip.MustParseAddr("10.0.0.5")}
+		}, true},
+		{"two IPv4 addresses", func(r *Request) { r.IPs = append(r.IPs, netip.MustParseAddr("10.0.0.6")) }, false},
+		{"two IPv6 addresses", func(r *Request) { r.IPs = []netip.Addr{netip.MustParseAddr("fd00::5"), netip.MustParseAddr("fd00::6")} }, false},
+		{"IPv4-mapped IPv6 address", func(r *Request) { r.IPs = []netip.Addr{netip.MustParseAddr("::ffff:10.0.0.5")} }, false},
 		{"negative wait", func(r *Request) { r.AnswerWithinMs = -1 }, false},
 	}
 	for _, tt := range tests {
