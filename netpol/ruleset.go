@@ -97,23 +97,25 @@ type Chain struct {
 
 // Ruleset is the desired content of table inet grapevine-policy. The table
 // has two base chains at the forward hook, one for egress and one for
-// ingress, each of which accepts established and related packets, drops
-// packets from (egress) or to (ingress) an Unknown address, and otherwise
-// jumps by verdict map: Egress by the packet's source address,
-// Ingress by its destination address. A pod isolated in a direction has an
-// entry in that map leading to the chain of its policy group, which jumps
-// to each of its policies' chains and drops what none of them accepted. A
-// packet not in a map is accepted by that base chain.
+// ingress, each of which accepts established and related packets and
+// ICMPv6 neighbour discovery, drops packets from (egress) or to (ingress) an
+// Unknown address, and otherwise jumps by verdict map: Egress by the
+// packet's source address, Ingress by its destination address, IPv4 and
+// IPv6 alike. A pod isolated in a direction has an entry in that map
+// leading to the chain of its policy group, which jumps to each of its
+// policies' chains and drops what none of them accepted. A packet not in a
+// map is accepted by that base chain.
 type Ruleset struct {
 	Sets   []AddrSet // sorted by name
 	Chains []Chain   // the regular chains, each jumped to only by chains after it or by a map
-	// Egress and Ingress map a local pod's address to the chain that
-	// decides its traffic in that direction.
+	// Egress and Ingress map each address (IPv4 and IPv6) of a local pod
+	// to the chain that decides its traffic in that direction.
 	Egress  map[netip.Addr]string
 	Ingress map[netip.Addr]string
-	// Unknown are the addresses of this node's block that no known pod
-	// holds (sorted, disjoint): a new pod's until the agent has its
-	// labels. No new connection from or to them passes.
+	// Unknown are the addresses of this node's blocks (IPv4 and IPv6)
+	// that no known pod holds (sorted, disjoint, IPv4 first): a new
+	// pod's until the agent has its labels. No new connection from or to
+	// them passes.
 	Unknown []AddrRange
 }
 
