@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -98,7 +99,7 @@ func listenUDP(t *testing.T, n lab.Namespace, addr string) *udpPeer {
 	t.Helper()
 	p := &udpPeer{from: make(map[netip.Addr]int)}
 	if err := n.Do(func() (err error) {
-		p.conn, err = net.ListenPacket("udp4", addr)
+		p.conn, err = net.ListenPacket("udp", addr) // 0.0.0.0: IPv4 and IPv6
 		return err
 	}); err != nil {
 		t.Fatal(err)
@@ -145,7 +146,7 @@ func sendEvery(ctx context.Context, t *testing.T, n lab.Namespace, dsts []netip.
 	t.Helper()
 	var conn net.PacketConn
 	if err := n.Do(func() (err error) {
-		conn, err = net.ListenPacket("udp4", "0.0.0.0:0")
+		conn, err = net.ListenPacket("udp", "0.0.0.0:0") // sends to IPv4 and IPv6
 		return err
 	}); err != nil {
 		t.Fatal(err)
@@ -177,7 +178,7 @@ func sendEvery(ctx context.Context, t *testing.T, n lab.Namespace, dsts []netip.
 func askOnce(n lab.Namespace, dst netip.AddrPort) error {
 	var conn net.PacketConn
 	if err := n.Do(func() (err error) {
-		conn, err = net.ListenPacket("udp4", "0.0.0.0:0")
+		conn, err = net.ListenPacket("udp", "0.0.0.0:0") // sends to IPv4 and IPv6
 		return err
 	}); err != nil {
 		return err
@@ -198,9 +199,10 @@ func askOnce(n lab.Namespace, dst netip.AddrPort) error {
 // TestNoPacketBeforeThePodsPolicy drives the real grapevine-cni (ADD
 // through libcni) on a host namespace whose table the real enforcer keeps,
 // fed by a fake API in which the pods exist, without addresses, before
-// ADD, as the kubelet has them. While an outside host floods every address
-// of the node's block and a pod selected by a default-deny policy sends
-// from before its interface exists, not one packet passes either way; a
+// ADD, as the kubelet has them. The node is dual-stack, and both families
+// are held to the same: while an outside host floods every address of the
+// node's blocks and a pod selected by a default-deny policy sends from
+// before its interface exists, not one packet passes either way; a
 // pod no policy selects answers the first packet sent to it and gets an
 // answer to its own first packet, and receives the flood.
 func TestNoPacketBeforeThePodsPolicy(t *testing.T) {
@@ -211,7 +213,11 @@ func TestNoPacketBeforeThePodsPolicy(t *testing.T) {
 	prefix := "gvfp-" + hex.EncodeToString(suffix) + "-"
 	host := netnsFor(t, prefix+"host")
 	outside := netnsFor(t, prefix+"out")
-	if err := host.Do(func() error { return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644) }); err != nil {
+	if err := host.Do(func() error {
+		return errors.Join(
+			os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644),
+			os.WriteFile("/proc/sys/net/ipv6/conf/all/forwarding", []byte("1"), 0o644))
+	}); err != nil {
 		t.Fatal(err)
 	}
 	netnsRun(t, "ip", "-n", host.Name, "link", "add", "gvfpout", "type", "veth", "peer", "name", "eth0", "netns", outside.Name)
@@ -220,7 +226,11 @@ func TestNoPacketBeforeThePodsPolicy(t *testing.T) {
 	netnsRun(t, "ip", "-n", outside.Name, "addr", "add", "192.168.9.2/24", "dev", "eth0")
 	netnsRun(t, "ip", "-n", outside.Name, "link", "set", "eth0", "up")
 	netnsRun(t, "ip", "-n", outside.Name, "route", "add", "default", "via", "192.168.9.1")
+	netnsRun(t, "ip", "-n", host.Name, "-6", "addr", "add", "fd00:99::1/64", "dev", "gvfpout", "nodad")
+	netnsRun(t, "ip", "-n", outside.Name, "-6", "addr", "add", "fd00:99::2/64", "dev", "eth0", "nodad")
+	netnsRun(t, "ip", "-n", outside.Name, "-6", "route", "add", "default", "via", "fd00:99::1")
 	outsideAddr := netip.MustParseAddr("192.168.9.2")
+	outsideAddr6 := netip.MustParseAddr("fd00:99::2")
 
 	// The node: node.json names the admission socket, as the agent
 	// writes it with --network-policy.
@@ -230,6 +240,7 @@ func TestNoPacketBeforeThePodsPolicy(t *testing.T) {
 		t.Fatal(err)
 	}
 	block := netip.MustParsePrefix("10.244.1.0/28")
+	block6 := netip.MustParsePrefix("fd00:10:244:1::/120")
 	lease, err := nodestate.LeaseFromNow(time.Hour)
 	if err != nil {
 		t.Fatal(err)
@@ -237,6 +248,7 @@ func TestNoPacketBeforeThePodsPolicy(t *testing.T) {
 	socket := filepath.Join(runDir, policySocketName)
 	if err := nodestate.Write(runDir, nodestate.State{
 		Node: "node-a", Block: block, Pool: netip.MustParsePrefix("10.244.0.0/16"),
+		Block6: block6, Pool6: netip.MustParsePrefix("fd00:10:244::/48"),
 		HostIP: netip.MustParseAddr("192.168.9.1"), MTU: 1500, Lease: lease, PolicySocket: socket,
 	}); err != nil {
 		t.Fatal(err)
@@ -253,7 +265,7 @@ func TestNoPacketBeforeThePodsPolicy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.setBlocks(block, netip.Prefix{})
+	e.setBlocks(block, block6)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- e.run(ctx) }()
@@ -288,7 +300,7 @@ func TestNoPacketBeforeThePodsPolicy(t *testing.T) {
 	allowedNS := netnsFor(t, prefix+"allowed")
 	deniedIn := listenUDP(t, deniedNS, "0.0.0.0:7")
 	allowedIn := listenUDP(t, allowedNS, "0.0.0.0:7")
-	outsideIn := listenUDP(t, outside, "192.168.9.2:7")
+	outsideIn := listenUDP(t, outside, "0.0.0.0:7")
 
 	floodCtx, stopFlood := context.WithCancel(ctx)
 	defer stopFlood()
@@ -297,7 +309,14 @@ func TestNoPacketBeforeThePodsPolicy(t *testing.T) {
 		everyPod = append(everyPod, netip.AddrPortFrom(a, 7))
 	}
 	sendEvery(floodCtx, t, outside, everyPod, time.Millisecond)
-	deniedSent := sendEvery(floodCtx, t, deniedNS, []netip.AddrPort{netip.AddrPortFrom(outsideAddr, 7)}, time.Millisecond)
+	// block6 has 255 addresses: flooded less often, each still many
+	// times during an ADD.
+	var everyPod6 []netip.AddrPort
+	for a := block6.Addr().Next(); block6.Contains(a); a = a.Next() {
+		everyPod6 = append(everyPod6, netip.AddrPortFrom(a, 7))
+	}
+	sendEvery(floodCtx, t, outside, everyPod6, 10*time.Millisecond)
+	deniedSent := sendEvery(floodCtx, t, deniedNS, []netip.AddrPort{netip.AddrPortFrom(outsideAddr, 7), netip.AddrPortFrom(outsideAddr6, 7)}, time.Millisecond)
 
 	cni := libcni.NewCNIConfigWithCacheDir([]string{binDir}, filepath.Join(dir, "cni-cache"),
 		&invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: os.Stderr}, PluginDecoder: cniversion.PluginDecoder{}})
@@ -307,13 +326,12 @@ func TestNoPacketBeforeThePodsPolicy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	add := func(name string, n lab.Namespace) netip.Addr {
+	add := func(name string, n lab.Namespace) (addr, addr6 netip.Addr) {
 		t.Helper()
 		rt := &libcni.RuntimeConf{
 			ContainerID: "c-" + name + "-" + hex.EncodeToString(suffix), NetNS: n.Path(), IfName: "eth0",
 			Args: [][2]string{{"K8S_POD_NAMESPACE", "default"}, {"K8S_POD_NAME", name}, {"IgnoreUnknown", "1"}},
 		}
-		var addr netip.Addr
 		if err := host.Do(func() error {
 			res, err := cni.AddNetworkList(ctx, list, rt)
 			if err != nil {
@@ -324,24 +342,28 @@ func TestNoPacketBeforeThePodsPolicy(t *testing.T) {
 				return err
 			}
 			for _, ip := range r.IPs {
-				if a, ok := netip.AddrFromSlice(ip.Address.IP.To4()); ok && block.Contains(a) {
+				a, ok := netip.AddrFromSlice(ip.Address.IP)
+				switch a = a.Unmap(); {
+				case ok && block.Contains(a):
 					addr = a
+				case ok && block6.Contains(a):
+					addr6 = a
 				}
 			}
 			return nil
 		}); err != nil {
 			t.Fatalf("ADD %s: %v", name, err)
 		}
-		if !addr.IsValid() {
-			t.Fatalf("ADD %s: no address of %s in the result", name, block)
+		if !addr.IsValid() || !addr6.IsValid() {
+			t.Fatalf("ADD %s: no address of %s and of %s in the result", name, block, block6)
 		}
-		return addr
+		return addr, addr6
 	}
 	began := time.Now()
-	denied := add("denied", deniedNS)
+	denied, denied6 := add("denied", deniedNS)
 	deniedAdd := time.Since(began)
 	began = time.Now()
-	allowed := add("allowed", allowedNS)
+	allowed, allowed6 := add("allowed", allowedNS)
 	allowedAdd := time.Since(began)
 
 	// Answered at once, with no retry: the allowed pod's first packets.
@@ -351,11 +373,18 @@ func TestNoPacketBeforeThePodsPolicy(t *testing.T) {
 	if err := askOnce(outside, netip.AddrPortFrom(allowed, 7)); err != nil {
 		t.Errorf("allowed pod, ingress: %v", err)
 	}
+	if err := askOnce(allowedNS, netip.AddrPortFrom(outsideAddr6, 7)); err != nil {
+		t.Errorf("allowed pod, IPv6 egress: %v", err)
+	}
+	if err := askOnce(outside, netip.AddrPortFrom(allowed6, 7)); err != nil {
+		t.Errorf("allowed pod, IPv6 ingress: %v", err)
+	}
 	// The flood reaches the allowed pod, and the denied pod has been
 	// sending on its interface.
 	waitFor(t, "flood packets at the allowed pod and sends from the denied pod", func() error {
-		if allowedIn.count(outsideAddr) < 100 || deniedSent.Load() < 100 {
-			return fmt.Errorf("allowed pod received %d, denied pod sent %d", allowedIn.count(outsideAddr), deniedSent.Load())
+		if allowedIn.count(outsideAddr) < 100 || allowedIn.count(outsideAddr6) < 10 || deniedSent.Load() < 100 {
+			return fmt.Errorf("allowed pod received %d and %d over IPv6, denied pod sent %d",
+				allowedIn.count(outsideAddr), allowedIn.count(outsideAddr6), deniedSent.Load())
 		}
 		return nil
 	})
@@ -363,7 +392,7 @@ func TestNoPacketBeforeThePodsPolicy(t *testing.T) {
 	if n := deniedIn.total(); n != 0 {
 		t.Errorf("the denied pod received %d packets", n)
 	}
-	if n := outsideIn.count(denied); n != 0 {
+	if n := outsideIn.count(denied) + outsideIn.count(denied6); n != 0 {
 		t.Errorf("%d packets from the denied pod reached the outside", n)
 	}
 	drops, err := e.drops()
@@ -373,6 +402,6 @@ func TestNoPacketBeforeThePodsPolicy(t *testing.T) {
 	if drops.PolicyPackets == 0 {
 		t.Errorf("drops %+v: the denied pod's policy dropped nothing", drops)
 	}
-	t.Logf("ADD with the agent's answer took %v (denied) and %v (allowed); allowed pod %s received %d flood packets; denied pod %s sent %d, received 0; drops %+v",
-		deniedAdd, allowedAdd, allowed, allowedIn.count(outsideAddr), denied, deniedSent.Load(), drops)
+	t.Logf("ADD with the agent's answer took %v (denied) and %v (allowed); allowed pod %s, %s received %d flood packets, %d over IPv6; denied pod %s, %s sent %d, received 0; drops %+v",
+		deniedAdd, allowedAdd, allowed, allowed6, allowedIn.count(outsideAddr), allowedIn.count(outsideAddr6), denied, denied6, deniedSent.Load(), drops)
 }
