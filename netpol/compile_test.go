@@ -680,11 +680,16 @@ const (
 )
 
 // dualStackCluster is cluster() with IPv6 addresses for some of its pods
-// (status.podIPs lists the IPv4 address first, as on a dual-stack cluster)
-// and a local IPv6-only pod.
+// and a local IPv6-only pod (see addIPv6).
 func dualStackCluster() Input {
-	in := cluster()
-	second := map[string]string{web: web6, db: db6, prodClient: prodClient6, remoteWeb: remoteWeb6}
+	return addIPv6(cluster(), map[string]string{web: web6, db: db6, prodClient: prodClient6, remoteWeb: remoteWeb6})
+}
+
+// addIPv6 gives the pods of in whose IPv4 address second names that IPv6
+// address as well (status.podIPs lists the IPv4 address first, as on a
+// dual-stack cluster), adds a local IPv6-only pod only6, and sets both of
+// this node's blocks.
+func addIPv6(in Input, second map[string]string) Input {
 	for i, p := range in.Pods {
 		if ip6, ok := second[p.Status.PodIP]; ok {
 			p = p.DeepCopy()

@@ -577,19 +577,7 @@ func TestKernelDeniesUnknownLocalAddressesAndCountsDrops(t *testing.T) {
 // resolves its gateway by neighbour discovery), and both of this node's
 // blocks.
 func netnsDualStackCluster() Input {
-	in := netnsCluster()
-	second := map[string]string{web: web6, db: db6, prodClient: prodClient6}
-	for i, p := range in.Pods {
-		if ip6, ok := second[p.Status.PodIP]; ok {
-			p = p.DeepCopy()
-			p.Status.PodIPs = append(p.Status.PodIPs, corev1.PodIP{IP: ip6})
-			in.Pods[i] = p
-		}
-	}
-	in.Pods = append(in.Pods, pod("default", "only6", only6, localNode, map[string]string{"app": "web"}, "http:80/TCP"))
-	in.Block = netip.MustParsePrefix("10.0.0.0/24")
-	in.Block6 = netip.MustParsePrefix(block6)
-	return in
+	return addIPv6(netnsCluster(), map[string]string{web: web6, db: db6, prodClient: prodClient6})
 }
 
 // newDualStackNet is newPolicyNet with IPv6 addresses on web, db, client
