@@ -48,44 +48,12 @@ func TestNoDefaultRoute(t *testing.T) {
 	serveEcho(t, a.Namespace)
 	serveEcho(t, b.Namespace)
 
-	probes := []struct {
-		name string
-		from lab.Namespace
-		to   netip.Addr
-		// wantSource, if set, is the client address a TCP echo server
-		// must see (pod to pod: no NAT).
-		wantSource netip.Addr
-	}{
+	checkReach(t, ctx, []reach{
 		{"pod on h1 -> pod on h2", a.Namespace, b.IP, a.IP},
 		{"pod on h2 -> pod on h1", b.Namespace, a.IP, b.IP},
 		{"pod on h1 -> h1", a.Namespace, h1.IP, netip.Addr{}},
 		{"pod on h1 -> h2", a.Namespace, h2.IP, netip.Addr{}},
 		{"h1 -> its pod", h1.Namespace, a.IP, netip.Addr{}},
 		{"h2 -> pod on h1", h2.Namespace, a.IP, netip.Addr{}},
-	}
-	for _, p := range probes {
-		rtt, err := p.from.Ping(ctx, p.to)
-		if err != nil {
-			t.Errorf("%s: ICMP %s: %v", p.name, p.to, err)
-			continue
-		}
-		if !p.wantSource.IsValid() {
-			t.Logf("no default route: %s (%s): ping %v", p.name, p.to, rtt)
-			continue
-		}
-		c, err := p.from.DialEcho(ctx, netip.AddrPortFrom(p.to, echoPort))
-		if err != nil {
-			t.Errorf("%s: TCP: %v", p.name, err)
-			continue
-		}
-		err = c.RoundTrip("hello from " + p.from.Name)
-		c.Close()
-		switch {
-		case err != nil:
-			t.Errorf("%s: TCP: %v", p.name, err)
-		case c.Source.Addr() != p.wantSource:
-			t.Errorf("%s: the server saw the client as %s, want %s", p.name, c.Source.Addr(), p.wantSource)
-		}
-		t.Logf("no default route: %s (%s): ping %v, TCP echo from %s", p.name, p.to, rtt, c.Source.Addr())
-	}
+	})
 }

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"net/netip"
 	"testing"
 	"time"
@@ -26,17 +27,9 @@ func TestReachability(t *testing.T) {
 	}
 	serveEcho(t, l.Outside)
 
-	type probe struct {
-		name string
-		from lab.Namespace
-		to   netip.Addr
-		// wantSource is the client address the server must see over TCP;
-		// zero for ICMP-only probes.
-		wantSource netip.Addr
-	}
 	a1, a2 := pods[h1][0], pods[h1][1]
 	b1, c1 := pods[h2][0], pods[h3][0]
-	probes := []probe{
+	checkReach(t, ctx, []reach{
 		{"pod->pod same host", a1.Namespace, a2.IP, a1.IP},
 		{"pod->pod h1->h2", a1.Namespace, b1.IP, a1.IP},
 		{"pod->pod h2->h3", b1.Namespace, c1.IP, b1.IP},
@@ -46,33 +39,49 @@ func TestReachability(t *testing.T) {
 		{"host->remote pod h3->h2", h3.Namespace, b1.IP, netip.Addr{}},
 		{"pod->outside (masqueraded)", c1.Namespace, l.OutsideIP(), h3.IP},
 		{"pod->outside from h1 (masqueraded)", a2.Namespace, l.OutsideIP(), h1.IP},
-	}
-	for _, p := range probes {
-		rtt, err := p.from.Ping(ctx, p.to)
+	})
+}
+
+// reach is one check that from reaches to: an ICMP echo and, when
+// wantSource is set, a TCP echo whose server must see the client as
+// wantSource (pod to pod: untranslated; to the outside: masqueraded).
+type reach struct {
+	name       string
+	from       lab.Namespace
+	to         netip.Addr
+	wantSource netip.Addr
+}
+
+// checkReach runs the checks in turn, reports each that fails and logs
+// what each measured.
+func checkReach(t *testing.T, ctx context.Context, checks []reach) {
+	t.Helper()
+	for _, c := range checks {
+		rtt, err := c.from.Ping(ctx, c.to)
 		if err != nil {
-			t.Errorf("%s: ICMP %s: %v", p.name, p.to, err)
+			t.Errorf("%s: ICMP %s: %v", c.name, c.to, err)
 			continue
 		}
-		if !p.wantSource.IsValid() {
-			t.Logf("reachability: %s (%s): ping %v", p.name, p.to, rtt)
+		if !c.wantSource.IsValid() {
+			t.Logf("%s (%s): ping %v", c.name, c.to, rtt)
 			continue
 		}
 		start := time.Now()
-		c, err := p.from.DialEcho(ctx, netip.AddrPortFrom(p.to, echoPort))
+		conn, err := c.from.DialEcho(ctx, netip.AddrPortFrom(c.to, echoPort))
 		if err != nil {
-			t.Errorf("%s: TCP: %v", p.name, err)
+			t.Errorf("%s: TCP: %v", c.name, err)
 			continue
 		}
-		err = c.RoundTrip("hello from " + p.from.Name)
+		err = conn.RoundTrip("hello from " + c.from.Name)
 		elapsed := time.Since(start)
-		c.Close()
-		if err != nil {
-			t.Errorf("%s: TCP: %v", p.name, err)
-			continue
+		conn.Close()
+		switch {
+		case err != nil:
+			t.Errorf("%s: TCP: %v", c.name, err)
+		case conn.Source.Addr() != c.wantSource:
+			t.Errorf("%s: the server saw the client as %s, want %s", c.name, conn.Source.Addr(), c.wantSource)
+		default:
+			t.Logf("%s (%s): ping %v, TCP connect+echo %v, source seen %s", c.name, c.to, rtt, elapsed, conn.Source.Addr())
 		}
-		if c.Source.Addr() != p.wantSource {
-			t.Errorf("%s: server saw the client as %s, want %s", p.name, c.Source.Addr(), p.wantSource)
-		}
-		t.Logf("reachability: %s (%s): ping %v, TCP connect+echo %v, source seen %s", p.name, p.to, rtt, elapsed, c.Source.Addr())
 	}
 }
