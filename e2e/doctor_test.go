@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -19,6 +18,7 @@ import (
 	"github.com/grapevine-net/grapevine/doctor"
 	"github.com/grapevine-net/grapevine/e2e/lab"
 	"github.com/grapevine-net/grapevine/e2e/labtest"
+	"github.com/grapevine-net/grapevine/internal/testneeds"
 )
 
 // TestDoctor breaks one thing at a time on one host of a 3-host lab and
@@ -233,15 +233,7 @@ func TestDoctorVXLAN(t *testing.T) {
 // xtables lock file is the lab's, not the machine's /run/xtables.lock.
 func TestDoctorLegacyMasquerade(t *testing.T) {
 	t.Parallel()
-	for _, bin := range []string{"iptables-legacy", "iptables-legacy-save"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			msg := bin + " is not installed (apt-get install iptables)"
-			if os.Getenv("CI") == "true" {
-				t.Fatal(msg + " (CI=true: the test must run)")
-			}
-			t.Skip(msg)
-		}
-	}
+	testneeds.Commands(t, "apt-get install iptables", "iptables-legacy", "iptables-legacy-save")
 	l := env.Lab(t, labtest.Options{Hosts: 2})
 	ctx := timeout(t, 2*time.Minute)
 	h1 := l.Host(1)
@@ -447,13 +439,7 @@ func TestDoctorConntrackNearFull(t *testing.T) {
 // that opens them passes.
 func TestDoctorHostFirewall(t *testing.T) {
 	t.Parallel()
-	if _, err := exec.LookPath("iptables-nft"); err != nil {
-		msg := "iptables-nft is not installed (apt-get install iptables): the test adds ufw's chain with it"
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg + " (CI=true: the test must run)")
-		}
-		t.Skip(msg)
-	}
+	testneeds.Commands(t, "apt-get install iptables: the test adds ufw's chain with it", "iptables-nft")
 	l := env.Lab(t, labtest.Options{Hosts: 2})
 	ctx := timeout(t, 2*time.Minute)
 	h1 := l.Host(1)

@@ -12,7 +12,7 @@ import (
 
 	"github.com/grapevine-net/grapevine/e2e/lab"
 	"github.com/grapevine-net/grapevine/e2e/runtimes"
-	"github.com/grapevine-net/grapevine/internal/roottest"
+	"github.com/grapevine-net/grapevine/internal/testneeds"
 )
 
 // runpSamples is the least number of sandboxes measured per candidate.
@@ -26,7 +26,7 @@ const runpSamples = 5
 // at least runpSamples sandboxes per candidate, in milliseconds. Run it
 // through `make bench`, which provides the binaries.
 func BenchmarkCrictlRunp(b *testing.B) {
-	roottest.Require(b, "the lab (network namespaces)")
+	testneeds.Root(b, "the lab (network namespaces)")
 	binDir, cniPath := os.Getenv("GRAPEVINE_BIN_DIR"), os.Getenv("GRAPEVINE_CNI_PATH")
 	if binDir == "" || cniPath == "" {
 		b.Skip("GRAPEVINE_BIN_DIR and GRAPEVINE_CNI_PATH not set: run through make bench")

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -18,6 +17,7 @@ import (
 	"github.com/grapevine-net/grapevine/doctor"
 	"github.com/grapevine-net/grapevine/e2e/lab"
 	"github.com/grapevine-net/grapevine/e2e/labtest"
+	"github.com/grapevine-net/grapevine/internal/testneeds"
 	"github.com/grapevine-net/grapevine/node/nodestate"
 )
 
@@ -37,13 +37,7 @@ const selfRepairResync = 2 * time.Second
 // is inside the lab's namespaces.
 func TestSelfRepair(t *testing.T) {
 	t.Parallel()
-	if _, err := exec.LookPath("iptables-nft"); err != nil {
-		msg := "iptables-nft is not installed (apt-get install iptables): the test sets Docker's FORWARD policy with it"
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg + " (CI=true: the test must run)")
-		}
-		t.Skip(msg)
-	}
+	testneeds.Commands(t, "apt-get install iptables: the test sets Docker's FORWARD policy with it", "iptables-nft")
 	noBinaries := t.TempDir() // the agents' PATH: no iptables there
 	l := env.Lab(t, labtest.Options{Hosts: 2, AgentArgs: []string{"--resync-interval=" + selfRepairResync.String()}, AgentEnv: []string{"PATH=" + noBinaries}})
 	ctx := timeout(t, 3*time.Minute)

@@ -18,7 +18,7 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/grapevine-net/grapevine/e2e/lab"
-	"github.com/grapevine-net/grapevine/internal/roottest"
+	"github.com/grapevine-net/grapevine/internal/testneeds"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 )
@@ -27,7 +27,7 @@ import (
 // fails them in CI, where a skip would hide that they never ran.
 func needRoot(tb testing.TB) {
 	tb.Helper()
-	roottest.Require(tb, "creating network namespaces")
+	testneeds.Root(tb, "creating network namespaces")
 }
 
 // testNet is a host namespace that routes between endpoint namespaces, each

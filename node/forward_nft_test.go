@@ -15,6 +15,8 @@ import (
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
 	"github.com/google/nftables/xt"
+
+	"github.com/grapevine-net/grapevine/internal/testneeds"
 )
 
 // Each accept rule reads back as the spec it was built from, in the
@@ -103,13 +105,7 @@ func TestNFTForwardSpec(t *testing.T) {
 // iptables-nft binary when it is not installed, and fails it in CI.
 func needIptablesNFT(t *testing.T) {
 	t.Helper()
-	if _, err := exec.LookPath(BackendNFT); err != nil {
-		msg := "iptables-nft is not installed (apt-get install iptables)"
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg + " (CI=true: the test must run)")
-		}
-		t.Skip(msg)
-	}
+	testneeds.Commands(t, "apt-get install iptables", BackendNFT)
 }
 
 // iptablesNFT runs iptables-nft in ns with a lock file of the test's;
@@ -208,13 +204,7 @@ func TestForwardRulesReadByIptablesNFT(t *testing.T) {
 // the chain is listed as not handled, with the reason, and nothing is
 // planned for it.
 func TestForwardChainsLegacy(t *testing.T) {
-	if _, err := exec.LookPath(BackendLegacy); err != nil {
-		msg := "iptables-legacy is not installed (apt-get install iptables)"
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg + " (CI=true: the test must run)")
-		}
-		t.Skip(msg)
-	}
+	testneeds.Commands(t, "apt-get install iptables", BackendLegacy)
 	ns := newTestNS(t)
 	// The binaries' lock is the test's, not the machine's
 	// /run/xtables.lock.

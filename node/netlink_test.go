@@ -16,6 +16,8 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/grapevine-net/grapevine/internal/testneeds"
 )
 
 // countingKernel counts the route writes that reach the kernel.
@@ -523,9 +525,7 @@ func TestNetlinkIPv6PoolRoutes(t *testing.T) {
 // rules are in place: what a pass paid for it every time before it ran on
 // the resync tick only (see RecheckForward).
 func BenchmarkForwardSync(b *testing.B) {
-	if _, err := exec.LookPath("iptables-nft"); err != nil {
-		b.Skip("iptables-nft is not installed (apt-get install iptables)")
-	}
+	testneeds.Commands(b, "apt-get install iptables", "iptables-nft")
 	k := newTestNS(b).kernel(b)
 	b.Setenv("XTABLES_LOCKFILE", filepath.Join(b.TempDir(), "xtables.lock"))
 	// Run from the thread inNetns moved: the child starts in the

@@ -11,10 +11,11 @@ import (
 	"runtime"
 	"testing"
 
-	"github.com/grapevine-net/grapevine/internal/roottest"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/grapevine-net/grapevine/internal/testneeds"
 )
 
 // testNS is a named network namespace (/var/run/netns/gvnode-…) created for
@@ -29,7 +30,7 @@ type testNS struct {
 // fails them in CI, where a skip would hide that they never ran.
 func needRoot(tb testing.TB) {
 	tb.Helper()
-	roottest.Require(tb, "creating network namespaces")
+	testneeds.Root(tb, "creating network namespaces")
 }
 
 func newTestNS(tb testing.TB) *testNS {

@@ -20,11 +20,11 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
 	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/grapevine-net/grapevine/internal/roottest"
 	"github.com/vishvananda/netlink"
 
 	"github.com/grapevine-net/grapevine/internal/hostveth"
 	"github.com/grapevine-net/grapevine/internal/netlinkdump"
+	"github.com/grapevine-net/grapevine/internal/testneeds"
 	"github.com/grapevine-net/grapevine/node/nodestate"
 )
 
@@ -88,7 +88,7 @@ func pluginBinaries() (string, func(), error) {
 // CI=true, where it must run and so fails.
 func requireRoot(t testing.TB) {
 	t.Helper()
-	roottest.Require(t, "creating network namespaces, veths and routes")
+	testneeds.Root(t, "creating network namespaces, veths and routes")
 }
 
 func randomSuffix(t testing.TB) string {

@@ -19,7 +19,7 @@ import (
 	"time"
 
 	"github.com/grapevine-net/grapevine/e2e/lab"
-	"github.com/grapevine-net/grapevine/internal/roottest"
+	"github.com/grapevine-net/grapevine/internal/testneeds"
 )
 
 // Env is the environment shared by one test binary's lab tests.
@@ -127,7 +127,7 @@ type Options struct {
 // every agent log is logged. It skips t when not run as root.
 func (e *Env) Lab(t *testing.T, opt Options) *lab.Lab {
 	t.Helper()
-	roottest.Require(t, "the lab (network namespaces)")
+	testneeds.Root(t, "the lab (network namespaces)")
 	binDir, cniPath := e.binaries(t, opt.CNIOnly)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

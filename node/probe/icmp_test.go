@@ -9,9 +9,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/grapevine-net/grapevine/internal/roottest"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/grapevine-net/grapevine/internal/testneeds"
 )
 
 // listenInNewNetns opens the real raw socket in a network namespace of its
@@ -19,7 +20,7 @@ import (
 // else has no route. The namespace goes away with the socket.
 func listenInNewNetns(tb testing.TB) Conn {
 	tb.Helper()
-	roottest.Require(tb, "a network namespace with a raw ICMP socket")
+	testneeds.Root(tb, "a network namespace with a raw ICMP socket")
 	type result struct {
 		c   Conn
 		err error

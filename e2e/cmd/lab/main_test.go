@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/grapevine-net/grapevine/e2e/lab"
-	"github.com/grapevine-net/grapevine/internal/roottest"
+	"github.com/grapevine-net/grapevine/internal/testneeds"
 )
 
 // TestUpDown runs the demo as `make demo` and `make demo-down` do: up leaves
@@ -22,7 +22,7 @@ import (
 // exits 0; down removes all of it and returns only once the agents have
 // exited and been reaped.
 func TestUpDown(t *testing.T) {
-	roottest.Require(t, "the lab (network namespaces)")
+	testneeds.Root(t, "the lab (network namespaces)")
 	binDir, cniPath := os.Getenv("GRAPEVINE_BIN_DIR"), os.Getenv("GRAPEVINE_CNI_PATH")
 	if binDir == "" || cniPath == "" {
 		t.Skip("needs the built binaries: set GRAPEVINE_BIN_DIR and GRAPEVINE_CNI_PATH (make test does)")
