@@ -255,35 +255,42 @@ func TestMasqueradeTraffic(t *testing.T) {
 		{"10.244.2.7", "10.244.0.5"},     // stays in the pool: untouched
 	}
 	for _, tt := range tests {
-		var listener *net.UDPConn
-		if err := ns.WithNetNSPath(peer.path, func(ns.NetNS) (err error) {
-			listener, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP(tt.to)})
-			return err
-		}); err != nil {
-			t.Fatal(err)
-		}
-		defer listener.Close()
-		var sender *net.UDPConn
-		if err := ns.WithNetNSPath(host.path, func(ns.NetNS) (err error) {
-			sender, err = net.DialUDP("udp4", &net.UDPAddr{IP: net.ParseIP("10.244.0.5")}, listener.LocalAddr().(*net.UDPAddr))
-			return err
-		}); err != nil {
-			t.Fatal(err)
-		}
-		defer sender.Close()
-		if _, err := sender.Write([]byte("hello")); err != nil {
-			t.Fatal(err)
-		}
-		listener.SetReadDeadline(time.Now().Add(10 * time.Second)) // a deadline, not a speed goal
-		buf := make([]byte, 16)
-		_, from, err := listener.ReadFromUDPAddrPort(buf)
-		if err != nil {
-			t.Fatalf("to %s: %v", tt.to, err)
-		}
-		if got := from.Addr().String(); got != tt.wantFrom {
+		if got := sourceSeen(t, host, peer, "10.244.0.5", tt.to); got != tt.wantFrom {
 			t.Errorf("packet from 10.244.0.5 to %s arrived from %s, want %s", tt.to, got, tt.wantFrom)
 		}
 	}
+}
+
+// sourceSeen sends a UDP datagram from the address from in host's namespace
+// to the address to in peer's, and returns the source the peer saw.
+func sourceSeen(t *testing.T, host, peer *testNS, from, to string) string {
+	t.Helper()
+	var listener *net.UDPConn
+	if err := ns.WithNetNSPath(peer.path, func(ns.NetNS) (err error) {
+		listener, err = net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP(to)})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer listener.Close()
+	var sender *net.UDPConn
+	if err := ns.WithNetNSPath(host.path, func(ns.NetNS) (err error) {
+		sender, err = net.DialUDP("udp", &net.UDPAddr{IP: net.ParseIP(from)}, listener.LocalAddr().(*net.UDPAddr))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer sender.Close()
+	if _, err := sender.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	listener.SetReadDeadline(time.Now().Add(10 * time.Second)) // a deadline, not a speed goal
+	buf := make([]byte, 16)
+	_, seen, err := listener.ReadFromUDPAddrPort(buf)
+	if err != nil {
+		t.Fatalf("from %s to %s: %v", from, to, err)
+	}
+	return seen.Addr().Unmap().String()
 }
 
 // The IPv6 twin of TestMasqueradeTraffic: "host" (fd00:172:16:254::1, with
@@ -331,32 +338,7 @@ func TestMasqueradeTraffic6(t *testing.T) {
 		{"fd00:10:244:1::7", "fd00:10:244::5"},       // stays in the pool: untouched
 	}
 	for _, tt := range tests {
-		var listener *net.UDPConn
-		if err := ns.WithNetNSPath(peer.path, func(ns.NetNS) (err error) {
-			listener, err = net.ListenUDP("udp6", &net.UDPAddr{IP: net.ParseIP(tt.to)})
-			return err
-		}); err != nil {
-			t.Fatal(err)
-		}
-		defer listener.Close()
-		var sender *net.UDPConn
-		if err := ns.WithNetNSPath(host.path, func(ns.NetNS) (err error) {
-			sender, err = net.DialUDP("udp6", &net.UDPAddr{IP: net.ParseIP("fd00:10:244::5")}, listener.LocalAddr().(*net.UDPAddr))
-			return err
-		}); err != nil {
-			t.Fatal(err)
-		}
-		defer sender.Close()
-		if _, err := sender.Write([]byte("hello")); err != nil {
-			t.Fatal(err)
-		}
-		listener.SetReadDeadline(time.Now().Add(10 * time.Second)) // a deadline, not a speed goal
-		buf := make([]byte, 16)
-		_, from, err := listener.ReadFromUDPAddrPort(buf)
-		if err != nil {
-			t.Fatalf("to %s: %v", tt.to, err)
-		}
-		if got := from.Addr().String(); got != tt.wantFrom {
+		if got := sourceSeen(t, host, peer, "fd00:10:244::5", tt.to); got != tt.wantFrom {
 			t.Errorf("packet from fd00:10:244::5 to %s arrived from %s, want %s", tt.to, got, tt.wantFrom)
 		}
 	}
