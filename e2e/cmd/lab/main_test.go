@@ -17,11 +17,11 @@ import (
 	"github.com/grapevine-net/grapevine/internal/testneeds"
 )
 
-// TestUpDown runs the demo as `make demo` and `make demo-down` do: up leaves
-// a working lab behind after exiting; a second up says the lab is up and
-// exits 0; down removes all of it and returns only once the agents have
-// exited and been reaped.
-func TestUpDown(t *testing.T) {
+// buildLab checks what running the lab command needs (root, the built
+// binaries, no demo lab up already, since up refuses a second), builds it,
+// and returns its path with a context for the test's runs of it.
+func buildLab(t *testing.T) (context.Context, string) {
+	t.Helper()
 	testneeds.Root(t, "the lab (network namespaces)")
 	binDir, cniPath := os.Getenv("GRAPEVINE_BIN_DIR"), os.Getenv("GRAPEVINE_CNI_PATH")
 	if binDir == "" || cniPath == "" {
@@ -37,12 +37,20 @@ func TestUpDown(t *testing.T) {
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
-	defer cancel()
-
+	t.Cleanup(cancel)
 	labBin := filepath.Join(t.TempDir(), "lab")
 	if out, err := exec.CommandContext(ctx, "go", "build", "-o", labBin, ".").CombinedOutput(); err != nil {
 		t.Fatalf("build lab: %v\n%s", err, out)
 	}
+	return ctx, labBin
+}
+
+// TestUpDown runs the demo as `make demo` and `make demo-down` do: up leaves
+// a working lab behind after exiting; a second up says the lab is up and
+// exits 0; down removes all of it and returns only once the agents have
+// exited and been reaped.
+func TestUpDown(t *testing.T) {
+	ctx, labBin := buildLab(t)
 	out, err := exec.CommandContext(ctx, labBin, "up", "--hosts", "2", "--pods", "1").CombinedOutput()
 	m := regexp.MustCompile(`lab ` + lab.NamePrefix + `([0-9a-f]+):`).FindSubmatch(out)
 	if m != nil {
@@ -130,28 +138,7 @@ func TestUpDown(t *testing.T) {
 // connection come from its node's IPv6 address, and the printed commands
 // include the IPv6 ping; down removes the lab.
 func TestUpDualStack(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("the lab creates network namespaces: run as root")
-	}
-	binDir, cniPath := os.Getenv("GRAPEVINE_BIN_DIR"), os.Getenv("GRAPEVINE_CNI_PATH")
-	if binDir == "" || cniPath == "" {
-		t.Skip("needs the built binaries: set GRAPEVINE_BIN_DIR and GRAPEVINE_CNI_PATH (make test does)")
-	}
-	recs, err := lab.Records()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, r := range recs {
-		if r.OwnerPID == 0 {
-			t.Skipf("a demo lab (%s) is up on this machine, and up refuses a second one", r.ID)
-		}
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
-	defer cancel()
-	labBin := filepath.Join(t.TempDir(), "lab")
-	if out, err := exec.CommandContext(ctx, "go", "build", "-o", labBin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build lab: %v\n%s", err, out)
-	}
+	ctx, labBin := buildLab(t)
 	out, err := exec.CommandContext(ctx, labBin, "up", "--hosts", "2", "--pods", "1", "--dual-stack").CombinedOutput()
 	m := regexp.MustCompile(`lab ` + lab.NamePrefix + `([0-9a-f]+):`).FindSubmatch(out)
 	if m != nil {
