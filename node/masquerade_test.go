@@ -227,18 +227,7 @@ func TestMasqueradeRejectsBadPool(t *testing.T) {
 // peer's block). Traffic from the pod to the peer host leaves with the host's
 // address; traffic to the peer's pod keeps the pod's address.
 func TestMasqueradeTraffic(t *testing.T) {
-	host, peer := newTestNS(t), newTestNS(t)
-	peerFd, err := netns.GetFromPath(peer.path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer peerFd.Close()
-	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "em1"}, PeerName: "em1", PeerNamespace: netlink.NsFd(int(peerFd))}
-	if err := host.handle.LinkAdd(veth); err != nil {
-		t.Fatal(err)
-	}
-	host.setUp(t, "em1", "172.16.254.1/24")
-	peer.setUp(t, "em1", "172.16.254.2/24")
+	host, peer := hostAndPeer(t)
 	host.setUp(t, "lo", "10.244.0.5/32")
 	peer.setUp(t, "lo", "10.244.2.7/32")
 
@@ -259,6 +248,25 @@ func TestMasqueradeTraffic(t *testing.T) {
 			t.Errorf("packet from 10.244.0.5 to %s arrived from %s, want %s", tt.to, got, tt.wantFrom)
 		}
 	}
+}
+
+// hostAndPeer is two namespaces joined by a veth em1: "host" at
+// 172.16.254.1/24 and "peer" at 172.16.254.2/24.
+func hostAndPeer(t *testing.T) (host, peer *testNS) {
+	t.Helper()
+	host, peer = newTestNS(t), newTestNS(t)
+	peerFd, err := netns.GetFromPath(peer.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peerFd.Close()
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "em1"}, PeerName: "em1", PeerNamespace: netlink.NsFd(int(peerFd))}
+	if err := host.handle.LinkAdd(veth); err != nil {
+		t.Fatal(err)
+	}
+	host.setUp(t, "em1", "172.16.254.1/24")
+	peer.setUp(t, "em1", "172.16.254.2/24")
+	return host, peer
 }
 
 // sourceSeen sends a UDP datagram from the address from in host's namespace
@@ -299,18 +307,7 @@ func sourceSeen(t *testing.T, host, peer *testNS, from, to string) string {
 // Traffic from the pod to the peer host leaves with the host's IPv6
 // address; traffic to the peer's pod keeps the pod's.
 func TestMasqueradeTraffic6(t *testing.T) {
-	host, peer := newTestNS(t), newTestNS(t)
-	peerFd, err := netns.GetFromPath(peer.path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer peerFd.Close()
-	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "em1"}, PeerName: "em1", PeerNamespace: netlink.NsFd(int(peerFd))}
-	if err := host.handle.LinkAdd(veth); err != nil {
-		t.Fatal(err)
-	}
-	host.setUp(t, "em1", "172.16.254.1/24")
-	peer.setUp(t, "em1", "172.16.254.2/24")
+	host, peer := hostAndPeer(t)
 	// No duplicate address detection: a tentative address could be
 	// neither bound nor used as the masquerade's source.
 	host.addAddrNoDAD(t, "em1", "fd00:172:16:254::1/64")
