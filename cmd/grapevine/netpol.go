@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"reflect"
 	"sync"
@@ -551,18 +550,7 @@ func (e *policyEnforcer) admit(ctx context.Context, r admit.Request) error {
 // listenAdmissions opens the admission socket at path, replacing one a
 // previous run left; only root may connect.
 func listenAdmissions(path string) (net.Listener, error) {
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("network policy: remove stale admission socket: %w", err)
-	}
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("network policy: admission socket: %w", err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("network policy: admission socket: %w", err)
-	}
-	return ln, nil
+	return listenOwnerOnly(path, "network policy: admission socket")
 }
 
 // status reports the enforcement at now; a nil e is enforcement off.

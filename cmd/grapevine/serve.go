@@ -17,6 +17,24 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
+// listenOwnerOnly listens on the Unix socket path, replacing a stale one a
+// previous run left, readable and writable by root alone; what names the
+// socket in errors.
+func listenOwnerOnly(path, what string) (net.Listener, error) {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%s: remove the stale one: %w", what, err)
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	return ln, nil
+}
+
 // serve starts the status socket and, when configured, the metrics and health
 // endpoints. Both stop when ctx ends.
 func (a *agent) serve(ctx context.Context) (*sync.WaitGroup, error) {
@@ -25,16 +43,9 @@ func (a *agent) serve(ctx context.Context) (*sync.WaitGroup, error) {
 		return nil, fmt.Errorf("create --run-dir: %w", err)
 	}
 	sock := filepath.Join(a.opts.RunDir, statusSocketName)
-	if err := os.Remove(sock); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("remove stale status socket: %w", err)
-	}
-	statusLn, err := net.Listen("unix", sock)
+	statusLn, err := listenOwnerOnly(sock, "status socket")
 	if err != nil {
-		return nil, fmt.Errorf("status socket: %w", err)
-	}
-	if err := os.Chmod(sock, 0o600); err != nil {
-		statusLn.Close()
-		return nil, fmt.Errorf("status socket: %w", err)
+		return nil, err
 	}
 	a.serveHTTP(ctx, &wg, statusLn, a.statusHandler())
 
