@@ -321,7 +321,7 @@ func (m *Mesh) requestJoin(ctx context.Context) (string, bool) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, ledgerCallTimeout)
 	defer cancel()
-	if err := m.led.RequestJoin(ctx, via); err != nil {
+	if err := m.led.RequestJoin(ctx, cluster, via); err != nil {
 		m.log.Debug("ask to join the ledger", "cluster", cluster, "via", via, "err", err)
 		if errors.Is(err, ledger.ErrIdentity) {
 			m.refuseIdentity(err)

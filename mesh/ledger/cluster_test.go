@@ -67,6 +67,7 @@ type tcluster struct {
 	mu    sync.Mutex
 	nodes []*tnode
 	dead  map[string]bool // gossip says not alive even if running
+	extra []Peer          // members gossip shows beside the nodes (no ledger runs for them)
 	stop  chan struct{}
 	wg    sync.WaitGroup
 }
@@ -189,6 +190,7 @@ func (c *tcluster) pushGossip() {
 			live = append(live, n.l)
 		}
 	}
+	peers = append(peers, c.extra...)
 	c.mu.Unlock()
 	for _, l := range live {
 		l.SetPeers(peers)
@@ -251,7 +253,7 @@ func (c *tcluster) join(n *tnode, via ...*tnode) {
 	waitFor(c.t, waitLong, n.name+" accepted by the ledger", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		last = n.l.RequestJoin(ctx, addrs)
+		last = n.l.RequestJoin(ctx, ClusterID{}, addrs)
 		return last == nil
 	}, func() string { return fmt.Sprint(last) })
 }

@@ -119,7 +119,7 @@ func TestLedgerPortAdmitsMembersUnderFlood(t *testing.T) {
 
 	member := c.add("n2")
 	c.start(member, false) // and gossip knows it
-	if err := member.l.RequestJoin(ctx, []netip.AddrPort{lead.addr}); err != nil {
+	if err := member.l.RequestJoin(ctx, ClusterID{}, []netip.AddrPort{lead.addr}); err != nil {
 		t.Fatalf("a member's join under the flood: %v", err)
 	}
 	waitFor(t, waitLong, "the member's replica to hold the Found entry", func() bool { st, _ := member.l.State(); return st.Founded() })

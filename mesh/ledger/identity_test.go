@@ -20,7 +20,7 @@ func TestIdentityConflictsRefusedByLeader(t *testing.T) {
 	// A second host named like a live node, with its own ID.
 	twin := c.add("n3")
 	c.start(twin, false)
-	if err := definite(t, func() error { return twin.l.RequestJoin(ctx, []netip.AddrPort{nodes[0].addr}) }); !errors.Is(err, ErrIdentity) {
+	if err := definite(t, func() error { return twin.l.RequestJoin(ctx, ClusterID{}, []netip.AddrPort{nodes[0].addr}) }); !errors.Is(err, ErrIdentity) {
 		t.Fatalf("join of a second live %q: %v, want ErrIdentity", orig.name, err)
 	}
 	// Not a member, it cannot claim through the log; a claim RPC sent to a
@@ -38,7 +38,7 @@ func TestIdentityConflictsRefusedByLeader(t *testing.T) {
 	clone := c.add("n3-clone")
 	clone.id = orig.id
 	c.start(clone, false)
-	if err := definite(t, func() error { return clone.l.RequestJoin(ctx, []netip.AddrPort{nodes[0].addr}) }); !errors.Is(err, ErrIdentity) {
+	if err := definite(t, func() error { return clone.l.RequestJoin(ctx, ClusterID{}, []netip.AddrPort{nodes[0].addr}) }); !errors.Is(err, ErrIdentity) {
 		t.Fatalf("join by a clone of %s at another address: %v, want ErrIdentity", orig.name, err)
 	}
 	if err := definite(t, func() error { return claimVia(clone) }); !errors.Is(err, ErrIdentity) {

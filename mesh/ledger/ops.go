@@ -98,20 +98,25 @@ func (l *Ledger) Release(ctx context.Context, nodeName string) error {
 	return nil
 }
 
-// RequestJoin asks the ledger, through each of via in turn, to add this
-// node as a non-voter. It makes one pass: nil once a leader accepted; a
-// refusal (foreign cluster, pool mismatch, identity) at once; else an
-// ErrNoLeader naming each address that did not answer. Idempotent (a
-// member, the leader included, is accepted again); the mesh calls it
-// until it succeeds.
-func (l *Ledger) RequestJoin(ctx context.Context, via []netip.AddrPort) error {
+// RequestJoin asks ledger cluster (zero: whichever via leads to), through
+// each of via in turn, to add this node as a non-voter. A node that holds
+// a ledger asks for its own whatever cluster says. The leader refuses a
+// join meant for another ledger, so a request that reaches the wrong one
+// (an address reused, a forward to a stale leader) adds the node to none.
+// It makes one pass: nil once a leader accepted; a refusal (foreign
+// cluster, pool mismatch, identity) at once; else an ErrNoLeader naming
+// each address that did not answer. Idempotent (a member, the leader
+// included, is accepted again); the mesh calls it until it succeeds.
+func (l *Ledger) RequestJoin(ctx context.Context, cluster ClusterID, via []netip.AddrPort) error {
 	if _, err := l.running(ctx); err != nil {
 		return err
 	}
-	st, _ := l.State()
+	if st, _ := l.State(); !st.ClusterID.IsZero() {
+		cluster = st.ClusterID
+	}
 	req := rpcRequest{Op: "join", Join: &joinRequest{
 		ID: l.cfg.ID, Name: l.cfg.Name, Addr: l.cfg.Advertise,
-		ClusterID: st.ClusterID, Pool: l.cfg.Pool, BlockBits: l.cfg.BlockBits,
+		ClusterID: cluster, Pool: l.cfg.Pool, BlockBits: l.cfg.BlockBits,
 	}}
 	var failed []string
 	for _, addr := range via {

@@ -72,7 +72,7 @@ func TestPartitionMinorityCannotAssign(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	if err := newMin.l.RequestJoin(ctx, []netip.AddrPort{minority[0].addr, minority[1].addr}); !errors.Is(err, ErrNoLeader) {
+	if err := newMin.l.RequestJoin(ctx, ClusterID{}, []netip.AddrPort{minority[0].addr, minority[1].addr}); !errors.Is(err, ErrNoLeader) {
 		t.Fatalf("join on the minority side: %v, want ErrNoLeader", err)
 	}
 	for _, n := range minority {

@@ -31,7 +31,7 @@ type joinRequest struct {
 	ID        NodeID         `json:"id"`
 	Name      string         `json:"name"`
 	Addr      netip.AddrPort `json:"addr"`
-	ClusterID ClusterID      `json:"cluster"` // zero: in no ledger yet
+	ClusterID ClusterID      `json:"cluster"` // the ledger it holds or asks to join; zero: any
 	Pool      netip.Prefix   `json:"pool"`
 	BlockBits int            `json:"bits"`
 }

@@ -392,7 +392,7 @@ func TestRecoverAfterLosingTwoOfThreeVoters(t *testing.T) {
 	// The live non-voter belongs to the old ledger: refused, not merged.
 	ctx, cancel = context.WithTimeout(context.Background(), waitShort)
 	defer cancel()
-	if err := definite(t, func() error { return other.l.RequestJoin(ctx, []netip.AddrPort{survivor.addr}) }); !errors.Is(err, ErrForeignCluster) {
+	if err := definite(t, func() error { return other.l.RequestJoin(ctx, ClusterID{}, []netip.AddrPort{survivor.addr}) }); !errors.Is(err, ErrForeignCluster) {
 		t.Fatalf("a member of the old ledger asks to join the recovered one: %v, want ErrForeignCluster", err)
 	}
 	if configured(survivor, other.id) {

@@ -67,12 +67,12 @@ func TestForeignKeyCannotJoinVoteOrApply(t *testing.T) {
 
 	// Joining without the key, or with another key, fails in the handshake.
 	keyless := startTCP(t, "keyless", nil, false, testPool)
-	if err := keyless.l.RequestJoin(ctx, []netip.AddrPort{a.l.Addr()}); err == nil {
+	if err := keyless.l.RequestJoin(ctx, ClusterID{}, []netip.AddrPort{a.l.Addr()}); err == nil {
 		t.Fatal("a node without the key joined")
 	}
 	otherKey := []byte("fedcba9876543210fedcba9876543210")
 	other := startTCP(t, "other", otherKey, false, testPool)
-	if err := other.l.RequestJoin(ctx, []netip.AddrPort{a.l.Addr()}); err == nil {
+	if err := other.l.RequestJoin(ctx, ClusterID{}, []netip.AddrPort{a.l.Addr()}); err == nil {
 		t.Fatal("a node with another key joined")
 	}
 	waitFor(t, waitShort, "refused handshakes counted", func() bool { return a.rejected(t, "tls") >= 2 })
@@ -137,7 +137,7 @@ func TestJoinWithTheKeyOverTCP(t *testing.T) {
 	defer cancel()
 	var err error
 	waitFor(t, waitLong, "b accepted", func() bool {
-		err = b.l.RequestJoin(ctx, []netip.AddrPort{a.l.Addr()})
+		err = b.l.RequestJoin(ctx, ClusterID{}, []netip.AddrPort{a.l.Addr()})
 		return err == nil
 	})
 	g, err := b.l.Claim(ctx, netip.Prefix{}, ipB)
@@ -235,14 +235,14 @@ func TestSeparatelyFoundedLedgersRefuseEachOther(t *testing.T) {
 	b := startTCP(t, "b", testKey, true, testPool)
 	ctx, cancel := context.WithTimeout(context.Background(), waitShort)
 	defer cancel()
-	if err := definite(t, func() error { return b.l.RequestJoin(ctx, []netip.AddrPort{a.l.Addr()}) }); !errors.Is(err, ErrForeignCluster) {
+	if err := definite(t, func() error { return b.l.RequestJoin(ctx, ClusterID{}, []netip.AddrPort{a.l.Addr()}) }); !errors.Is(err, ErrForeignCluster) {
 		t.Fatalf("b joining a: %v, want ErrForeignCluster", err)
 	}
-	if err := definite(t, func() error { return a.l.RequestJoin(ctx, []netip.AddrPort{b.l.Addr()}) }); !errors.Is(err, ErrForeignCluster) {
+	if err := definite(t, func() error { return a.l.RequestJoin(ctx, ClusterID{}, []netip.AddrPort{b.l.Addr()}) }); !errors.Is(err, ErrForeignCluster) {
 		t.Fatalf("a joining b: %v, want ErrForeignCluster", err)
 	}
 	// and each stays a member of its own
-	if err := a.l.RequestJoin(ctx, []netip.AddrPort{a.l.Addr()}); err == nil || errors.Is(err, ErrForeignCluster) {
+	if err := a.l.RequestJoin(ctx, ClusterID{}, []netip.AddrPort{a.l.Addr()}); err == nil || errors.Is(err, ErrForeignCluster) {
 		t.Fatalf("joining only through itself: %v, want no-address error", err)
 	}
 	st, _ := b.l.State()
@@ -258,12 +258,33 @@ func TestSeparatelyFoundedLedgersRefuseEachOther(t *testing.T) {
 	}
 }
 
+// A node in no ledger yet asks for the ledger it chose (ledgerToJoin); a
+// leader of another adds it to none, or the node would hold a ledger its
+// seeds do not (one recovered beside the cluster's, say).
+func TestJoinMeantForAnotherLedgerRefused(t *testing.T) {
+	a := startTCP(t, "a", testKey, true, testPool)
+	b := startTCP(t, "b", testKey, true, testPool)
+	fresh := startTCP(t, "fresh", testKey, false, testPool)
+	ctx, cancel := context.WithTimeout(context.Background(), waitShort)
+	defer cancel()
+	sb, _ := b.l.State()
+	if err := definite(t, func() error { return fresh.l.RequestJoin(ctx, sb.ClusterID, []netip.AddrPort{a.l.Addr()}) }); !errors.Is(err, ErrForeignCluster) {
+		t.Fatalf("a join for b's ledger sent to a: %v, want ErrForeignCluster", err)
+	}
+	if f := a.l.raft.Load().GetConfiguration(); f.Error() != nil || len(f.Configuration().Servers) != 1 {
+		t.Fatalf("a's ledger after a join meant for b's: %v %v, want a alone", f.Configuration().Servers, f.Error())
+	}
+	if err := definite(t, func() error { return fresh.l.RequestJoin(ctx, sb.ClusterID, []netip.AddrPort{b.l.Addr()}) }); err != nil {
+		t.Fatalf("join b's ledger through b: %v", err)
+	}
+}
+
 func TestPoolMismatchRefused(t *testing.T) {
 	a := startTCP(t, "a", testKey, true, testPool)
 	c := startTCP(t, "c", testKey, false, pfx("10.250.0.0/22"))
 	ctx, cancel := context.WithTimeout(context.Background(), waitShort)
 	defer cancel()
-	if err := definite(t, func() error { return c.l.RequestJoin(ctx, []netip.AddrPort{a.l.Addr()}) }); !errors.Is(err, ErrPoolMismatch) {
+	if err := definite(t, func() error { return c.l.RequestJoin(ctx, ClusterID{}, []netip.AddrPort{a.l.Addr()}) }); !errors.Is(err, ErrPoolMismatch) {
 		t.Fatalf("join with another pool: %v, want ErrPoolMismatch", err)
 	}
 	if a.rejected(t, "pool-mismatch") != 1 {
