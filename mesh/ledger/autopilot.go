@@ -214,10 +214,26 @@ func (l *Ledger) autopilot(r *raft.Raft, ls *leaderState, st *State, peers []Pee
 		return compareIDs(a.ID, b.ID)
 	})
 
+	// Raft refuses two servers at one address. A server whose address
+	// another ID now uses (a host reinstalled under a new ID) leaves by the
+	// dead-voter and dead-non-voter rules below; until then the changes
+	// that need its address wait, and the rest of the tick goes on.
+	heldBy := make(map[raft.ServerAddress]raft.ServerID, len(servers))
+	for _, s := range servers {
+		heldBy[s.Address] = s.ID
+	}
+	addressFree := func(id raft.ServerID, addr raft.ServerAddress) bool {
+		holder, held := heldBy[addr]
+		return !held || holder == id
+	}
+
 	// Members of this ledger that gossip sees alive but the configuration
 	// lacks (removed while dead, or after a recovery) come back as non-voters.
 	for _, p := range peers {
 		if !p.Alive || p.ClusterID != st.ClusterID || !p.Addr.IsValid() || inConfig[raft.ServerID(p.ID.String())] || p.ID.IsZero() {
+			continue
+		}
+		if !addressFree(raft.ServerID(p.ID.String()), raft.ServerAddress(p.Addr.String())) {
 			continue
 		}
 		l.change(r, "re-add member as non-voter", p.Name, r.AddNonvoter(raft.ServerID(p.ID.String()), raft.ServerAddress(p.Addr.String()), 0, applyTimeout))
@@ -236,7 +252,7 @@ func (l *Ledger) autopilot(r *raft.Raft, ls *leaderState, st *State, peers []Pee
 				at = append(at, p.Addr)
 			}
 		}
-		if len(at) != 1 || raft.ServerAddress(at[0].String()) == s.Address {
+		if len(at) != 1 || raft.ServerAddress(at[0].String()) == s.Address || !addressFree(s.ID, raft.ServerAddress(at[0].String())) {
 			continue
 		}
 		name := l.serverName(peers, st, s.ID)

@@ -262,6 +262,41 @@ func TestDeadVoterReplacedWithoutLosingQuorum(t *testing.T) {
 	}, func() string { return fmt.Sprint(victim.l.Info(), c.leader().l.Info()) })
 }
 
+// A voter's host came back under a new ID at the same address while its
+// old ID is still a (dead) voter: raft refuses two servers at one address,
+// so autopilot must first replace and remove the old voter, then re-add
+// the new ID, never stall on the re-add it cannot make yet.
+func TestReinstalledVoterAtItsAddressReplacesTheOldID(t *testing.T) {
+	c, _ := startCluster(t, nil, "n1", "n2", "n3", "n4")
+	lead := c.leader()
+	var victim *tnode
+	for _, n := range c.running() {
+		if voterSet(lead)[n.name] && n != lead {
+			victim = n
+			break
+		}
+	}
+	st, _ := lead.l.State()
+	c.kill(victim)
+	fresh := Peer{ID: NewNodeID(), Name: victim.name, Addr: victim.addr, HostIP: victim.hostIP, ClusterID: st.ClusterID, Alive: true}
+	c.mu.Lock()
+	c.extra = append(c.extra, fresh)
+	c.mu.Unlock()
+	c.pushGossip()
+	waitFor(t, waitLong, "the old ID replaced and the new one a member at its address", func() bool {
+		l := c.leaderOrNil()
+		if l == nil {
+			return false
+		}
+		return configured(l, fresh.ID) && !configured(l, victim.id) && len(voterSet(l)) == 3
+	}, func() string {
+		if l := c.leaderOrNil(); l != nil {
+			return fmt.Sprint(l.l.raft.Load().GetConfiguration().Configuration().Servers)
+		}
+		return "no leader"
+	})
+}
+
 func (c *tcluster) leaderOrNil() *tnode {
 	for _, n := range c.running() {
 		if n.l.Info().Role == "leader" {
