@@ -83,6 +83,10 @@ type simNode struct {
 	// recovered is the ledger `grapevine ledger recover` made of this
 	// node's state (zero: none); while set, the node must hold no other.
 	recovered ledger.ClusterID
+	// joinedRecovered: this node was seen holding the recovered ledger
+	// without being the node it was recovered on (a host that joined it
+	// while both ledgers shared the network).
+	joinedRecovered bool
 }
 
 // Why a node is an outsider.
@@ -96,8 +100,9 @@ type sim struct {
 	t      *testing.T
 	leases *meshtest.Leases
 	// recoveredLeases are the leases of hosts on a ledger recovered beside
-	// the cluster's (op 9): a ledger of their own.
+	// the cluster's (op 9): a ledger of their own, recoveredID.
 	recoveredLeases *meshtest.Leases
+	recoveredID     ledger.ClusterID
 	rng             *rand.Rand
 	c               *meshtest.Cluster
 	pool            netip.Prefix // the cluster's
@@ -144,10 +149,11 @@ func simulate(t *testing.T, seed uint64, steps int) {
 	}
 
 	// Faults stop: heal, retire the outsiders (impostors and agents of
-	// another pool never become ready), bring stopped hosts back (with
-	// their state: a majority of voters gone for good is the operator's
-	// `grapevine ledger recover`), and the cluster must converge.
-	s.record("heal, retire outsiders, reset a recovered node, restart stopped nodes")
+	// another pool never become ready), reset the nodes on a recovered
+	// ledger, bring stopped hosts back (with their state: a majority of
+	// voters gone for good is the operator's `grapevine ledger recover`),
+	// and the cluster must converge.
+	s.record("heal, retire outsiders, reset the nodes on a recovered ledger, restart stopped nodes")
 	s.c.Net.Heal()
 	s.cut = false
 	if s.count(func(n *simNode) bool { return n.outsider == recoveredAway && n.running }) > 0 {
@@ -170,6 +176,17 @@ func simulate(t *testing.T, seed uint64, steps int) {
 				t.Fatalf("reset the recovered node %s: %v", n.key, err)
 			}
 			n.outsider, n.recovered = "", ledger.ClusterID{}
+		case n.joinedRecovered:
+			// A host that joined the recovered ledger while both shared
+			// the network holds it too; its agent says to reset it, and
+			// the operator does.
+			if n.running {
+				s.stop(n, true)
+			}
+			if err := s.c.ResetLedger(n.stateDir); err != nil {
+				t.Fatalf("reset %s, a member of the recovered ledger: %v", n.key, err)
+			}
+			n.joinedRecovered = false
 		case n.outsider != "" && n.running:
 			s.stop(n, true)
 		}
@@ -403,6 +420,7 @@ func (s *sim) step(i int) {
 			s.t.Fatalf("recover %s cut off alone: %v", x.key, err)
 		}
 		x.outsider, x.recovered = recoveredAway, rec.NewClusterID
+		s.recoveredID = rec.NewClusterID
 		s.record("%d: %s cut off alone, stopped (graceful=%v), ledger %s recovered as %s, started again", i, x.key, graceful, rec.ClusterID, rec.NewClusterID)
 		s.start(x, s.seeds())
 	case op == 10: // an agent started with another --pool joins the gossip
@@ -489,13 +507,14 @@ func (s *sim) settle(d time.Duration) {
 	}
 }
 
-// check is the invariant, on what hosts do: no two hosts may hand out
-// addresses from one block while their leases overlap in time, counting
-// the leases that stopped agents left in node.json, and no host routes a
-// block twice or to a foreign member (meshtest.SharedBlock). A node whose
-// ledger was recovered holds that ledger and no other (the two never
-// merge), and an agent of another pool neither holds nor routes a block
-// of the cluster's pool, nor is routed one.
+// check is the invariant, on what hosts do: within each ledger, no two
+// hosts may hand out addresses from one block while their leases overlap
+// in time, counting the leases that stopped agents left in node.json, and
+// no host routes a block twice or to a foreign member
+// (meshtest.SharedBlock). A node whose ledger was recovered holds that
+// ledger and no other (the two never merge), and an agent of another pool
+// neither holds nor routes a block of the cluster's pool, nor is routed
+// one.
 func (s *sim) check(views map[string]mesh.View) error {
 	alien := make(map[netip.Addr]string) // agents of another pool, by address
 	for _, n := range s.nodes {
@@ -509,8 +528,11 @@ func (s *sim) check(views map[string]mesh.View) error {
 		if err != nil {
 			return err
 		}
+		if n.recovered.IsZero() && !s.recoveredID.IsZero() && v.Ledger.ClusterID == s.recoveredID {
+			n.joinedRecovered = true
+		}
 		leases := s.leases
-		if !n.recovered.IsZero() {
+		if s.onRecovered(n) {
 			leases = s.recoveredLeases
 		}
 		if err := leases.Observe(key, v, now, time.Now()); err != nil {
@@ -538,16 +560,22 @@ func (s *sim) check(views map[string]mesh.View) error {
 	// op 9): each shares no block within itself.
 	cluster, recovered := map[string]mesh.View{}, map[string]mesh.View{}
 	for key, v := range views {
-		if s.byKey(key).recovered.IsZero() {
-			cluster[key] = v
-		} else {
+		if s.onRecovered(s.byKey(key)) {
 			recovered[key] = v
+		} else {
+			cluster[key] = v
 		}
 	}
 	if err := meshtest.SharedBlock(cluster); err != nil {
 		return err
 	}
 	return meshtest.SharedBlock(recovered)
+}
+
+// onRecovered says whether n holds the recovered ledger: the node it was
+// recovered on, or one that joined it.
+func (s *sim) onRecovered(n *simNode) bool {
+	return !n.recovered.IsZero() || n.joinedRecovered
 }
 
 func (s *sim) byKey(key string) *simNode {
