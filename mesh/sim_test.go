@@ -73,9 +73,12 @@ type simNode struct {
 	name, key string
 	addr      netip.Addr
 	stateDir  string
-	pool      netip.Prefix // zero: the cluster's
-	clock     *meshtest.Clock
-	running   bool
+	// id is the node ID its state directory holds, as its view last
+	// showed it (zero: not seen yet).
+	id      ledger.NodeID
+	pool    netip.Prefix // zero: the cluster's
+	clock   *meshtest.Clock
+	running bool
 	// outsider says why the node can never converge with the cluster (""
 	// for a member): outsiders take no part in the faults on members, are
 	// no seeds, and are retired once the faults stop.
@@ -337,10 +340,18 @@ func (s *sim) step(i int) {
 		}
 	case op == 5: // restart without state: a reinstalled host, same name
 		// Only a non-voter: reinstalling voters one after another loses
-		// the ledger's majority for good, which takes an operator.
+		// the ledger's majority for good, which takes an operator. A
+		// voter whose name no replica can tell any more (gone from gossip
+		// and owning no block) is listed by its node ID.
 		voters := s.voters()
-		if n := s.pick(func(n *simNode) bool { return stopped(n) && !slices.Contains(voters, n.name) }); n != nil {
-			n.stateDir = filepath.Join(s.t.TempDir(), n.key+"-fresh")
+		if len(voters) == 0 {
+			return // no running replica can tell who votes
+		}
+		listedVoter := func(n *simNode) bool {
+			return slices.Contains(voters, n.name) || (!n.id.IsZero() && slices.Contains(voters, n.id.String()))
+		}
+		if n := s.pick(func(n *simNode) bool { return stopped(n) && !listedVoter(n) }); n != nil {
+			n.stateDir, n.id = filepath.Join(s.t.TempDir(), n.key+"-fresh"), ledger.NodeID{}
 			if s.rng.IntN(2) == 0 {
 				n.addr = meshtest.HostAddr(s.next)
 				s.next++
@@ -379,7 +390,7 @@ func (s *sim) step(i int) {
 		}
 		s.wipes++
 		s.stop(n, false)
-		n.stateDir = filepath.Join(s.t.TempDir(), n.key+"-wiped")
+		n.stateDir, n.id = filepath.Join(s.t.TempDir(), n.key+"-wiped"), ledger.NodeID{}
 		if s.rng.IntN(2) == 0 {
 			n.addr = meshtest.HostAddr(s.next)
 			s.next++
@@ -527,6 +538,9 @@ func (s *sim) check(views map[string]mesh.View) error {
 		now, err := n.clock.Host()
 		if err != nil {
 			return err
+		}
+		if !v.ID.IsZero() {
+			n.id = v.ID
 		}
 		if n.recovered.IsZero() && !s.recoveredID.IsZero() && v.Ledger.ClusterID == s.recoveredID {
 			n.joinedRecovered = true
