@@ -17,11 +17,9 @@ type FakeKernel struct {
 	mu         sync.Mutex
 	links      map[string]Link
 	routes     map[routeKey]FakeRoute
-	forwarding bool
-	// forwarding6 is IPv6's forwarding switch.
-	forwarding6 bool
-	masquerade  map[Family]netip.Prefix // absent: table absent
-	tunnel      *fakeTunnel             // nil: no VXLAN device
+	forwarding map[Family]bool
+	masquerade map[Family]netip.Prefix // absent: table absent
+	tunnel     *fakeTunnel             // nil: no VXLAN device
 	// forward is each backend's filter FORWARD chain: its policy and
 	// every rule in order; a backend without an entry has no filter
 	// table.
@@ -65,7 +63,7 @@ type fault struct {
 
 // NewFakeKernel returns an empty fake: no links, no routes, forwarding off.
 func NewFakeKernel() *FakeKernel {
-	return &FakeKernel{links: make(map[string]Link), routes: make(map[routeKey]FakeRoute)}
+	return &FakeKernel{links: make(map[string]Link), routes: make(map[routeKey]FakeRoute), forwarding: make(map[Family]bool)}
 }
 
 // InjectError makes op fail with err from now on; for route operations only
@@ -167,11 +165,11 @@ func (f *FakeKernel) Table() []FakeRoute {
 	return out
 }
 
-// Forwarding reports whether forwarding was turned on.
-func (f *FakeKernel) Forwarding() bool {
+// Forwarding reports whether forwarding was turned on for family.
+func (f *FakeKernel) Forwarding(family Family) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.forwarding
+	return f.forwarding[family]
 }
 
 // Masquerade returns the IPv4 pool being masqueraded; zero when the table is
@@ -293,38 +291,17 @@ func (f *FakeKernel) DeleteRoute(r Route) error {
 }
 
 // EnsureForwarding implements Kernel.
-func (f *FakeKernel) EnsureForwarding() error {
+func (f *FakeKernel) EnsureForwarding(family Family) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.fault(OpForwarding, netip.Prefix{}); err != nil {
 		return err
 	}
-	if !f.forwarding {
-		f.forwarding = true
+	if !f.forwarding[family] {
+		f.forwarding[family] = true
 		f.writes++
 	}
 	return nil
-}
-
-// EnsureForwarding6 implements Kernel.
-func (f *FakeKernel) EnsureForwarding6() error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if err := f.fault(OpForwarding, netip.Prefix{}); err != nil {
-		return err
-	}
-	if !f.forwarding6 {
-		f.forwarding6 = true
-		f.writes++
-	}
-	return nil
-}
-
-// Forwarding6 reports whether IPv6 forwarding was turned on.
-func (f *FakeKernel) Forwarding6() bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.forwarding6
 }
 
 // EnsureMasquerade implements Kernel.

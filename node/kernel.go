@@ -23,11 +23,9 @@ type Kernel interface {
 	ReplaceRoute(r Route) error
 	// DeleteRoute removes r, which must carry RouteProtocol.
 	DeleteRoute(r Route) error
-	// EnsureForwarding turns on IPv4 forwarding, writing only if it is off.
-	EnsureForwarding() error
-	// EnsureForwarding6 turns on IPv6 forwarding
-	// (net.ipv6.conf.all.forwarding), writing only if it is off.
-	EnsureForwarding6() error
+	// EnsureForwarding turns on forwarding for family (net.ipv4.ip_forward,
+	// net.ipv6.conf.all.forwarding), writing only if it is off.
+	EnsureForwarding(family Family) error
 	// EnsureMasquerade makes table "ip grapevine" (for an IPv4 pool) or
 	// "ip6 grapevine" (for an IPv6 one) masquerade traffic from pool to
 	// outside pool, rebuilding the table only if it differs.

@@ -189,22 +189,14 @@ func (k *NetlinkKernel) DeleteRoute(r Route) error {
 	return nil
 }
 
-// EnsureForwarding implements Kernel.
-func (k *NetlinkKernel) EnsureForwarding() error {
-	return k.inNetns(enableForwarding)
-}
-
-// enableForwarding sets net.ipv4.ip_forward=1 in the calling thread's network
-// namespace, writing only if it is off. /proc/sys/net belongs to the
-// namespace of the thread that opens it.
-func enableForwarding() error {
-	return enableSysctl("/proc/sys/net/ipv4/ip_forward", "IPv4 forwarding")
-}
-
-// EnsureForwarding6 implements Kernel.
-func (k *NetlinkKernel) EnsureForwarding6() error {
+// EnsureForwarding implements Kernel, in the kernel's network namespace:
+// /proc/sys/net belongs to the namespace of the thread that opens it.
+func (k *NetlinkKernel) EnsureForwarding(family Family) error {
 	return k.inNetns(func() error {
-		return enableSysctl("/proc/sys/net/ipv6/conf/all/forwarding", "IPv6 forwarding")
+		if family == IPv6 {
+			return enableSysctl("/proc/sys/net/ipv6/conf/all/forwarding", "IPv6 forwarding")
+		}
+		return enableSysctl("/proc/sys/net/ipv4/ip_forward", "IPv4 forwarding")
 	})
 }
 

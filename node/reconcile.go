@@ -159,9 +159,9 @@ func (r *Reconciler) reconcile(ctx context.Context, d Desired) (Result, error) {
 	}()
 	var errs []error
 
-	errs = append(errs, r.kernel.EnsureForwarding())
+	errs = append(errs, r.kernel.EnsureForwarding(IPv4))
 	if d.Pool6.IsValid() {
-		errs = append(errs, r.kernel.EnsureForwarding6())
+		errs = append(errs, r.kernel.EnsureForwarding(IPv6))
 	}
 	for _, family := range []Family{IPv4, IPv6} {
 		if pool, ok := MasqueradedPools(d)[family]; ok {

@@ -68,8 +68,8 @@ func TestReconcileProgramsAndIsIdempotent(t *testing.T) {
 	if !res.Programmed("b") || !res.Programmed("c") || len(res.PeerErrors) != 0 {
 		t.Errorf("peers = %v, errors %v", res.Peers, res.PeerErrors)
 	}
-	if !k.Forwarding() || k.Masquerade() != pfx("10.244.0.0/16") {
-		t.Errorf("forwarding %v, masquerade %v", k.Forwarding(), k.Masquerade())
+	if !k.Forwarding(IPv4) || k.Masquerade() != pfx("10.244.0.0/16") {
+		t.Errorf("forwarding %v, masquerade %v", k.Forwarding(IPv4), k.Masquerade())
 	}
 
 	writes := k.Writes()
@@ -489,7 +489,7 @@ func TestReconcileIPv6PoolAndBlock(t *testing.T) {
 	if _, err := r.Reconcile(t.Context(), desired()); err != nil {
 		t.Fatal(err)
 	}
-	if k.Forwarding6() {
+	if k.Forwarding(IPv6) {
 		t.Error("an IPv4-only reconcile turned IPv6 forwarding on")
 	}
 	d := desired()
@@ -509,7 +509,7 @@ func TestReconcileIPv6PoolAndBlock(t *testing.T) {
 			t.Errorf("routes %v lack %v", got, w)
 		}
 	}
-	if !k.Forwarding6() {
+	if !k.Forwarding(IPv6) {
 		t.Error("IPv6 forwarding is off on a dual-stack node")
 	}
 	for _, bad := range []Desired{
