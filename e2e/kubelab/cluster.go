@@ -37,12 +37,22 @@ import (
 )
 
 // Cluster-wide addresses, as kubeadm's defaults with
-// --pod-network-cidr=10.244.0.0/16.
+// --pod-network-cidr=10.244.0.0/16; a dual-stack cluster adds the IPv6
+// ranges, IPv4 first (the cluster's primary family, as kubeadm's
+// --pod-network-cidr=10.244.0.0/16,fd00:10:244::/48 and
+// --service-cidr=10.96.0.0/12,fd00:10:96::/112 make it).
 const (
 	ServiceCIDR     = "10.96.0.0/12"
 	KubernetesSvcIP = "10.96.0.1"
 	PodCIDR         = "10.244.0.0/16"
-	apiServerPort   = 6443
+	// ServiceCIDR6 is a /112: the API server takes no IPv6 service range
+	// wider than /108.
+	ServiceCIDR6 = "fd00:10:96::/112"
+	// PodCIDR6 is the agent's --pool6 example; the controller manager cuts
+	// it into a /64 per node (--node-cidr-mask-size-ipv6's default), as
+	// Grapevine's IPv6 blocks are, though Grapevine does not use those.
+	PodCIDR6      = "fd00:10:244::/48"
+	apiServerPort = 6443
 )
 
 // Config describes a cluster to start.
@@ -60,7 +70,13 @@ type Config struct {
 	Crictl string
 	// Images are archives imported into every node's containerd.
 	Images []string
-	Log    *slog.Logger
+	// DualStack gives every host an IPv6 address on the lab LAN, which its
+	// kubelet reports beside the IPv4 one (--node-ip), turns on IPv6
+	// forwarding in the hosts' namespaces (kubeadm's preflight requires it
+	// of a dual-stack node), and gives the control plane and kube-proxy
+	// both families' ranges.
+	DualStack bool
+	Log       *slog.Logger
 }
 
 // Cluster is a running cluster.
@@ -185,7 +201,7 @@ func (c *Cluster) startControlPlane(ctx context.Context, h *lab.Host) error {
 	if err := run("kube-apiserver",
 		"--etcd-servers=http://127.0.0.1:2379",
 		"--advertise-address="+h.IP.String(), "--secure-port="+fmt.Sprint(apiServerPort),
-		"--service-cluster-ip-range="+ServiceCIDR,
+		"--service-cluster-ip-range="+c.cidrs(ServiceCIDR, ServiceCIDR6),
 		"--tls-cert-file="+serving.Cert, "--tls-private-key-file="+serving.Key,
 		"--client-ca-file="+p.CA(),
 		"--kubelet-client-certificate="+kubeletClient.Cert, "--kubelet-client-key="+kubeletClient.Key,
@@ -213,10 +229,19 @@ func (c *Cluster) startControlPlane(ctx context.Context, h *lab.Host) error {
 		"--use-service-account-credentials=true", "--cluster-name=grapevine-lab",
 		// As kubeadm init --pod-network-cidr sets them. Grapevine ignores
 		// the per-node spec.podCIDR this hands out: blocks are the ledger's.
-		"--allocate-node-cidrs=true", "--cluster-cidr="+PodCIDR)...); err != nil {
+		"--allocate-node-cidrs=true", "--cluster-cidr="+c.cidrs(PodCIDR, PodCIDR6))...); err != nil {
 		return err
 	}
 	return run("kube-scheduler", common("scheduler")...)
+}
+
+// cidrs is the IPv4 range, followed by the IPv6 one in a dual-stack
+// cluster: the form of the control plane's and kube-proxy's range flags.
+func (c *Cluster) cidrs(v4, v6 string) string {
+	if c.cfg.DualStack {
+		return v4 + "," + v6
+	}
+	return v4
 }
 
 // Node returns the node named name, or nil.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,6 +20,9 @@ import (
 type Node struct {
 	Name string
 	Host *lab.Host
+	// IP6 is the host's IPv6 address in a dual-stack cluster (the node's
+	// second InternalIP), zero otherwise.
+	IP6 netip.Addr
 	// Containerd is the node's container runtime, for crictl and ctr.
 	Containerd *runtimes.Containerd
 
@@ -122,6 +126,20 @@ func (c *Cluster) startNode(ctx context.Context, h *lab.Host, name string) (_ *N
 	if err := h.Do(func() error { return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1\n"), 0o644) }); err != nil {
 		return nil, fmt.Errorf("node %s: enable forwarding: %w", name, err)
 	}
+	nodeIP := h.IP.String()
+	if c.cfg.DualStack {
+		// The agent's container may not write /proc/sys, so IPv6
+		// forwarding, like IPv4's, is the node's to turn on.
+		if err := h.Do(func() error {
+			return os.WriteFile("/proc/sys/net/ipv6/conf/all/forwarding", []byte("1\n"), 0o644)
+		}); err != nil {
+			return nil, fmt.Errorf("node %s: enable IPv6 forwarding: %w", name, err)
+		}
+		if n.IP6, err = h.AddIP6(ctx); err != nil {
+			return nil, fmt.Errorf("node %s: %w", name, err)
+		}
+		nodeIP += "," + n.IP6.String()
+	}
 	n.Containerd, err = runtimes.StartContainerd(ctx, n.root, runtimes.CNIDirs{ConfDir: "/etc/cni/net.d", BinDir: "/opt/cni/bin"}, c.cfg.Crictl)
 	if err != nil {
 		return nil, fmt.Errorf("node %s: %w", name, err)
@@ -146,7 +164,7 @@ func (c *Cluster) startNode(ctx context.Context, h *lab.Host, name string) (_ *N
 	files := map[string]string{
 		"resolv.conf":     "nameserver " + c.cfg.Hosts[0].IP.String() + "\n",
 		"kubelet.yaml":    fmt.Sprintf(kubeletConfig, c.pki.CA(), n.root.CgroupParent, filepath.Join(dir, "resolv.conf")),
-		"kube-proxy.yaml": fmt.Sprintf(kubeProxyConfig, filepath.Join(dir, "kube-proxy.conf"), name, PodCIDR),
+		"kube-proxy.yaml": fmt.Sprintf(kubeProxyConfig, filepath.Join(dir, "kube-proxy.conf"), name, c.cidrs(PodCIDR, PodCIDR6)),
 	}
 	for file, data := range files {
 		if err := writeFile(filepath.Join(dir, file), data); err != nil {
@@ -168,7 +186,7 @@ func (c *Cluster) startNode(ctx context.Context, h *lab.Host, name string) (_ *N
 	}
 	n.kubelet, err = start("kubelet "+name, n.root.Command(context.Background(), bin("kubelet"),
 		"--config="+filepath.Join(dir, "kubelet.yaml"), "--kubeconfig="+filepath.Join(dir, "kubelet.conf"),
-		"--hostname-override="+name, "--node-ip="+h.IP.String()), filepath.Join(dir, "kubelet.log"))
+		"--hostname-override="+name, "--node-ip="+nodeIP), filepath.Join(dir, "kubelet.log"))
 	if err != nil {
 		return nil, err
 	}
