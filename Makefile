@@ -72,11 +72,15 @@ kubernetes-binaries:
 
 # The manifest, unchanged but for the image, on etcd, the control plane and
 # three kubelet+containerd nodes in lab namespaces, with the image built by
-# image-archive (e2e/kubelab/kubernetes_test.go lists the checks).
+# image-archive (e2e/kubelab/kubernetes_test.go lists the checks); then the
+# same on a dual-stack cluster with GRAPEVINE_POOL6 set (under a minute,
+# so it runs in CI too); then NetworkPolicy. KUBERNETES_TESTS picks some,
+# such as KUBERNETES_TESTS=KubernetesDualStack.
+KUBERNETES_TESTS ?= Kubernetes|KubernetesDualStack|NetworkPolicy
 e2e-kubernetes: build cni-plugins crictl image-archive kubernetes-binaries
 	$(GO) vet -tags kubernetes_e2e ./e2e/kubelab
 	GRAPEVINE_KUBE_BIN=$(KUBE_BIN) GRAPEVINE_IMAGE_ARCHIVE=$(CURDIR)/dist/grapevine-image.tar GRAPEVINE_IMAGE=$(IMAGE) \
-		$(GO) test -tags kubernetes_e2e -count=1 -timeout 30m -v -run '^Test(Kubernetes|NetworkPolicy)$$' ./e2e/kubelab
+		$(GO) test -tags kubernetes_e2e -count=1 -timeout 30m -v -run '^Test($(KUBERNETES_TESTS))$$' ./e2e/kubelab
 
 # Kubernetes' NetworkPolicy e2e specs (test/e2e/network/netpol) and agnhost,
 # built from the Go module proxy like the cluster (e2e/kubelab/netpol-e2e.sh),

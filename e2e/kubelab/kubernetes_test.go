@@ -718,8 +718,11 @@ type podObject struct {
 		} `json:"containers"`
 	} `json:"spec"`
 	Status struct {
-		Phase      string `json:"phase"`
-		PodIP      string `json:"podIP"`
+		Phase  string `json:"phase"`
+		PodIP  string `json:"podIP"`
+		PodIPs []struct {
+			IP string `json:"ip"`
+		} `json:"podIPs"`
 		Conditions []struct {
 			Type   string `json:"type"`
 			Status string `json:"status"`
@@ -882,6 +885,13 @@ func mapValues[K comparable, V any](m map[K]V) []V {
 // returns the image the manifest is to run.
 func startCluster(t *testing.T, timeout time.Duration, extraImages ...string) (context.Context, kube, *lab.Lab, string) {
 	t.Helper()
+	return startClusterOf(t, timeout, false, extraImages...)
+}
+
+// startClusterOf is startCluster, of a dual-stack cluster if dualStack
+// (kubelab.Config.DualStack).
+func startClusterOf(t *testing.T, timeout time.Duration, dualStack bool, extraImages ...string) (context.Context, kube, *lab.Lab, string) {
+	t.Helper()
 	kubeBin, archive := os.Getenv("GRAPEVINE_KUBE_BIN"), os.Getenv("GRAPEVINE_IMAGE_ARCHIVE")
 	if kubeBin == "" || archive == "" {
 		t.Fatal("GRAPEVINE_KUBE_BIN and GRAPEVINE_IMAGE_ARCHIVE must be set: run `make e2e-kubernetes`")
@@ -913,6 +923,7 @@ func startCluster(t *testing.T, timeout time.Duration, extraImages ...string) (c
 		KubeBin:   kubeBin,
 		Crictl:    tools["crictl"],
 		Images:    append([]string{archive, pause, bb}, extraImages...),
+		DualStack: dualStack,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -932,7 +943,7 @@ func startCluster(t *testing.T, timeout time.Duration, extraImages ...string) (c
 			t.Errorf("the machine's CNI directories changed: before %v, after %v", machineCNI, after)
 		}
 	})
-	t.Logf("control plane and 3 kubelets registered in %s", time.Since(started).Round(100*time.Millisecond))
+	t.Logf("control plane and 3 kubelets registered in %s (dual-stack %v)", time.Since(started).Round(100*time.Millisecond), dualStack)
 	return ctx, kube{t: t, c: c}, l, image
 }
 
@@ -947,6 +958,14 @@ var networkPolicySetting = regexp.MustCompile(`(?m)^(\s*)GRAPEVINE_NETWORK_POLIC
 // block is seen freed once its lease has ended), and NetworkPolicy
 // enforcement on.
 func installGrapevine(ctx context.Context, k kube, l *lab.Lab, image string) time.Time {
+	k.t.Helper()
+	return installGrapevineWith(ctx, k, l, image, nil)
+}
+
+// installGrapevineWith is installGrapevine with settings, entries of the
+// manifest's ConfigMap, changed as a user would edit them; each must be
+// in the manifest.
+func installGrapevineWith(ctx context.Context, k kube, l *lab.Lab, image string, settings map[string]string) time.Time {
 	t := k.t
 	t.Helper()
 	manifest, err := os.ReadFile(manifestPath)
@@ -971,6 +990,13 @@ func installGrapevine(ctx context.Context, k kube, l *lab.Lab, image string) tim
 		lease += "\n  GRAPEVINE_NETWORK_POLICY: \"true\""
 	}
 	applied = strings.ReplaceAll(applied, manifestLease, lease)
+	for _, name := range slices.Sorted(maps.Keys(settings)) {
+		entry := regexp.MustCompile(`(?m)^(\s*)` + regexp.QuoteMeta(name) + `: .*$`)
+		if !entry.MatchString(applied) {
+			t.Fatalf("the manifest's ConfigMap has no %s", name)
+		}
+		applied = entry.ReplaceAllString(applied, fmt.Sprintf("${1}%s: %q", name, settings[name]))
+	}
 	if image != manifestImage {
 		applied = strings.ReplaceAll(applied, "image: "+manifestImage, "image: "+image)
 	}

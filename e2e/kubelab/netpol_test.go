@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -188,7 +189,7 @@ spec:
 // attempt was cut off after probeTimeout seconds (the policy dropped the
 // SYN). busybox's own wget -T crashes, so timeout(1) bounds it.
 func (k kube) connect(ctx context.Context, c connectivity, ips map[string]string) error {
-	url := fmt.Sprintf("http://%s:%d/", ips[c.toNS+"/"+c.to], c.port)
+	url := "http://" + net.JoinHostPort(ips[c.toNS+"/"+c.to], strconv.Itoa(c.port)) + "/"
 	script := fmt.Sprintf(`timeout %d wget -q -O - %s; rc=$?; [ $rc = 143 ] && echo timed out >&2; exit $rc`, probeTimeout, url)
 	out, err := k.c.Kubectl(ctx, "-n", c.fromNS, "exec", c.from, "--", "sh", "-c", script)
 	if err != nil {
