@@ -173,8 +173,11 @@ func (c *Containerd) NetworkReady(ctx context.Context) (bool, string, error) {
 
 // Sandbox is a pod sandbox as crictl reports it.
 type Sandbox struct {
-	ID  string
-	IP  netip.Addr
+	ID string
+	IP netip.Addr
+	// IPs are every address of the sandbox as the runtime reports them:
+	// IP first, then its additional IPs (a dual-stack pod's IPv6 address).
+	IPs []netip.Addr
 	PID int // the sandbox's first process, whose namespaces are the pod's
 	// RunpTook is how long `crictl runp` took to return the sandbox ready.
 	RunpTook time.Duration
@@ -229,7 +232,8 @@ func (c *Containerd) InspectPod(ctx context.Context, id string) (Sandbox, error)
 		Status struct {
 			State   string `json:"state"`
 			Network struct {
-				IP string `json:"ip"`
+				IP            string      `json:"ip"`
+				AdditionalIPs []podIPJSON `json:"additionalIps"`
 			} `json:"network"`
 		} `json:"status"`
 		Info struct {
@@ -242,11 +246,20 @@ func (c *Containerd) InspectPod(ctx context.Context, id string) (Sandbox, error)
 	if st.Status.State != "SANDBOX_READY" {
 		return Sandbox{}, fmt.Errorf("sandbox %s is %s", id, st.Status.State)
 	}
-	ip, err := netip.ParseAddr(st.Status.Network.IP)
-	if err != nil {
-		return Sandbox{}, fmt.Errorf("sandbox %s: address %q: %w", id, st.Status.Network.IP, err)
+	var ips []netip.Addr
+	for _, s := range append([]podIPJSON{{st.Status.Network.IP}}, st.Status.Network.AdditionalIPs...) {
+		ip, err := netip.ParseAddr(s.IP)
+		if err != nil {
+			return Sandbox{}, fmt.Errorf("sandbox %s: address %q: %w", id, s.IP, err)
+		}
+		ips = append(ips, ip)
 	}
-	return Sandbox{ID: id, IP: ip, PID: st.Info.PID}, nil
+	return Sandbox{ID: id, IP: ips[0], IPs: ips, PID: st.Info.PID}, nil
+}
+
+// podIPJSON is one of a sandbox's addresses in `crictl inspectp -o json`.
+type podIPJSON struct {
+	IP string `json:"ip"`
 }
 
 // StartBusybox creates and starts a busybox container in the sandbox.

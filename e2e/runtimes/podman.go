@@ -75,8 +75,11 @@ func (p *Podman) Load(ctx context.Context, archive string) error {
 
 // Container is a running podman container.
 type Container struct {
-	ID  string
-	IP  netip.Addr
+	ID string
+	IP netip.Addr
+	// IPs are the container's addresses on the network as podman inspect
+	// reports them: IP, then the IPv6 address of a dual-stack network.
+	IPs []netip.Addr
 	PID int
 }
 
@@ -89,24 +92,29 @@ func (p *Podman) RunBusybox(ctx context.Context, name, network string) (Containe
 		return Container{}, err
 	}
 	id := strings.TrimSpace(string(out))
-	format := fmt.Sprintf(`{{.State.Pid}} {{(index .NetworkSettings.Networks %q).IPAddress}}`, network)
+	// GlobalIPv6Address is empty on an IPv4-only network.
+	format := fmt.Sprintf(`{{.State.Pid}} {{with index .NetworkSettings.Networks %q}}{{.IPAddress}} {{.GlobalIPv6Address}}{{end}}`, network)
 	out, err = p.Podman(ctx, "inspect", "--format", format, id)
 	if err != nil {
 		return Container{}, err
 	}
 	fields := strings.Fields(string(out))
-	if len(fields) != 2 {
+	if len(fields) != 2 && len(fields) != 3 {
 		return Container{}, fmt.Errorf("podman inspect %s: %q", name, out)
 	}
 	pid, err := strconv.Atoi(fields[0])
 	if err != nil {
 		return Container{}, fmt.Errorf("podman inspect %s: pid %q", name, fields[0])
 	}
-	ip, err := netip.ParseAddr(fields[1])
-	if err != nil {
-		return Container{}, fmt.Errorf("podman inspect %s: address %q", name, fields[1])
+	var ips []netip.Addr
+	for _, f := range fields[1:] {
+		ip, err := netip.ParseAddr(f)
+		if err != nil {
+			return Container{}, fmt.Errorf("podman inspect %s: address %q", name, f)
+		}
+		ips = append(ips, ip)
 	}
-	return Container{ID: id, IP: ip, PID: pid}, nil
+	return Container{ID: id, IP: ips[0], IPs: ips, PID: pid}, nil
 }
 
 // Exec runs a command in a container and returns its output.
