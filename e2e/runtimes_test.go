@@ -207,6 +207,120 @@ func TestPodmanCNI(t *testing.T) {
 	}
 }
 
+// TestRuntimesDualStack runs both runtimes on the conflist that agents with
+// --pool6 write, on hosts sharing an IPv6 network: a containerd sandbox
+// (crictl) on h1 and a podman container on h2 each get an address from
+// their host's IPv4 block and one from its IPv6 block, which `crictl
+// inspectp` and `podman inspect` report, IPv4 first; both have the IPv6
+// wiring beside the IPv4 one; each pings the other across the hosts over
+// IPv6 and IPv4; and removing them leaves nothing of either family behind.
+func TestRuntimesDualStack(t *testing.T) {
+	t.Parallel()
+	tools := runtimes.Require(t, "podman", "conmon", "runc", "containerd", "containerd-shim-runc-v2", "ctr", "crictl")
+	l := env.Lab(t, labtest.Options{Hosts: 2, NoAgents: true, AgentArgs: []string{"--pool6", "fd00:10:244::/48"}})
+	ctx := timeout(t, 4*time.Minute)
+	h1, h2 := l.Host(1), l.Host(2)
+	host6 := map[*lab.Host]netip.Addr{}
+	for _, h := range l.Hosts() {
+		var err error
+		if host6[h], err = h.AddIP6(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.StartAgents(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lab.WaitMesh(ctx, l.Hosts()); err != nil {
+		t.Fatal(err)
+	}
+	blocks := map[*lab.Host]nodestate.State{}
+	for _, h := range l.Hosts() {
+		st, err := nodestate.Read(h.RunDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		blocks[h] = st
+	}
+	for h, peer := range map[*lab.Host]*lab.Host{h1: h2, h2: h1} {
+		if err := waitRoute6(ctx, h, blocks[peer].Block6.String()+" via "+host6[peer].String()+" dev em1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	images := writeImages(t)
+	cr := startContainerd(t, ctx, l, h1, tools["crictl"], images)
+	pm := startPodman(t, ctx, l, h2, images)
+	logVersions(t, ctx, tools, cr, pm)
+	if err := waitNetworkReady(ctx, cr); err != nil {
+		t.Fatal(err)
+	}
+
+	sb, err := cr.RunPodSandbox(ctx, "a6")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := pm.RunBusybox(ctx, "gv-e2e-c6", node.NetworkName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Each runtime reports both addresses, as the CNI result lists them.
+	for _, r := range []struct {
+		what string
+		h    *lab.Host
+		ips  []netip.Addr
+	}{
+		{"crictl inspectp of the containerd sandbox", h1, sb.IPs},
+		{"podman inspect of the podman container", h2, c.IPs},
+	} {
+		st := blocks[r.h]
+		if len(r.ips) != 2 || !st.Block.Contains(r.ips[0]) || !st.Block6.Contains(r.ips[1]) {
+			t.Fatalf("%s on %s: addresses %v, want one of %s, then one of %s", r.what, r.h.Name, r.ips, st.Block, st.Block6)
+		}
+		t.Logf("%s on %s: %v", r.what, r.h.Name, r.ips)
+	}
+	podA := checkRuntimePod(t, ctx, h1, blocks[h1].Block, "cr-a6", sb.PID, sb.IP)
+	podC := checkRuntimePod(t, ctx, h2, blocks[h2].Block, "pm-c6", c.PID, c.IP)
+	podA.IP6, podC.IP6 = sb.IPs[1], c.IPs[1]
+	for _, p := range []runtimePod{podA, podC} {
+		if err := checkPodShape6(ctx, p.Pod, p.veth); err != nil {
+			t.Error(err)
+		}
+	}
+	ctr, err := cr.StartBusybox(ctx, sb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fromA := func(cmd ...string) ([]byte, error) { return cr.Exec(ctx, ctr, cmd...) }
+	fromC := func(cmd ...string) ([]byte, error) { return pm.Exec(ctx, c.ID, cmd...) }
+	for _, ping := range []struct {
+		what string
+		exec func(...string) ([]byte, error)
+		to   netip.Addr
+	}{
+		{"containerd pod on h1 -> podman container on h2 over IPv6", fromA, podC.IP6},
+		{"containerd pod on h1 -> podman container on h2 over IPv4", fromA, podC.IP},
+		{"podman container on h2 -> containerd pod on h1 over IPv6", fromC, podA.IP6},
+		{"podman container on h2 -> containerd pod on h1 over IPv4", fromC, podA.IP},
+	} {
+		if out, err := ping.exec("ping", "-c", "3", "-W", "5", ping.to.String()); err != nil {
+			t.Errorf("%s (%s): %v\n%s", ping.what, ping.to, err, out)
+		} else {
+			t.Logf("%s (%s): %s", ping.what, ping.to, lastLine(out))
+		}
+	}
+
+	if err := cr.RemovePod(ctx, sb.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := pm.Remove(ctx, c.ID); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []runtimePod{podA, podC} {
+		if err := expectPodGone(p); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
 // images are the archives every runtime of a test loads.
 type images struct{ pause, busybox string }
 
@@ -373,7 +487,7 @@ func checkRuntimePod(t *testing.T, ctx context.Context, h *lab.Host, block netip
 }
 
 // expectPodGone checks that the host keeps nothing of a removed pod: no
-// veth, no route, no neighbour, no address reservation.
+// veth, no route, no neighbour, no address reservation, of either family.
 func expectPodGone(p runtimePod) error {
 	h := p.Host
 	var problems []string
@@ -400,12 +514,28 @@ func expectPodGone(p runtimePod) error {
 			problems = append(problems, "neighbour "+n.String()+" still there")
 		}
 	}
-	reservation := filepath.Join(h.StateDir(), "ipam", node.NetworkName, p.IP.String())
-	if _, err := os.Stat(reservation); !errors.Is(err, os.ErrNotExist) {
-		problems = append(problems, "address reservation "+reservation+" still there")
+	ips := []netip.Addr{p.IP}
+	if p.IP6.IsValid() {
+		ips = append(ips, p.IP6)
+		// The lab's netlink views are IPv4's.
+		for _, what := range []string{"route", "neigh"} {
+			out, err := h.Run(context.Background(), "ip", "-6", what, "show", p.IP6.String())
+			if err != nil {
+				return fmt.Errorf("%s: ip -6 %s show %s: %w: %s", h.Name, what, p.IP6, err, out)
+			}
+			if s := strings.TrimSpace(string(out)); s != "" {
+				problems = append(problems, what+" "+s+" still there")
+			}
+		}
+	}
+	for _, ip := range ips {
+		reservation := filepath.Join(h.StateDir(), "ipam", node.NetworkName, ip.String())
+		if _, err := os.Stat(reservation); !errors.Is(err, os.ErrNotExist) {
+			problems = append(problems, "address reservation "+reservation+" still there")
+		}
 	}
 	if len(problems) > 0 {
-		return fmt.Errorf("%s/%s (%s) removed: %s", h.Name, p.Name, p.IP, strings.Join(problems, "; "))
+		return fmt.Errorf("%s/%s (%v) removed: %s", h.Name, p.Name, ips, strings.Join(problems, "; "))
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/netip"
@@ -19,6 +20,9 @@ import (
 var (
 	hostVethMAC = net.HardwareAddr{0xee, 0xee, 0xee, 0xee, 0xee, 0xee}
 	podGateway  = netip.MustParseAddr("169.254.1.1")
+	// podGateway6 is the link-local address hostVethMAC gives the host
+	// veth, a dual-stack pod's IPv6 gateway.
+	podGateway6 = netip.MustParseAddr("fe80::ecee:eeff:feee:eeee")
 )
 
 // TestSeedShape: on 3 hosts with 2 pods each, the kernel holds exactly the
@@ -162,6 +166,47 @@ func checkPodShape(p *lab.Pod, hostRoutes hostRoutes) error {
 	}
 	if len(problems) > 0 {
 		return fmt.Errorf("%s/%s (%s): %s", p.Host.Name, p.Name, p.IP, strings.Join(problems, "; "))
+	}
+	return nil
+}
+
+// checkPodShape6 compares a dual-stack pod's IPv6 side, and its host's,
+// with the twin of the seed's IPv4 wiring: eth0 holds <IP6>/128 and no
+// other global address, the pod routes `default via
+// fe80::ecee:eeff:feee:eeee dev eth0` and has a PERMANENT neighbour entry
+// for that gateway at the host veth's MAC; the host routes `<IP6> dev
+// <veth>` and has a PERMANENT neighbour entry for it at the pod's MAC.
+func checkPodShape6(ctx context.Context, p *lab.Pod, veth string) error {
+	var problems []string
+	bad := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
+	eth0, err := p.LinkByName("eth0")
+	if err != nil {
+		return err
+	}
+	for _, c := range []struct {
+		ns   lab.Namespace
+		args []string
+		want string // a line of the output, or part of one
+	}{
+		{p.Namespace, []string{"addr", "show", "dev", "eth0", "scope", "global"}, "inet6 " + netip.PrefixFrom(p.IP6, 128).String() + " "},
+		{p.Namespace, []string{"route", "show", "default"}, "default via " + podGateway6.String() + " dev eth0 "},
+		{p.Namespace, []string{"neigh", "show", podGateway6.String(), "dev", "eth0", "nud", "permanent"}, "lladdr " + hostVethMAC.String() + " PERMANENT"},
+		{p.Host.Namespace, []string{"route", "show", p.IP6.String()}, p.IP6.String() + " dev " + veth + " "},
+		{p.Host.Namespace, []string{"neigh", "show", p.IP6.String(), "dev", veth, "nud", "permanent"}, "lladdr " + eth0.Attrs().HardwareAddr.String() + " PERMANENT"},
+	} {
+		out, err := c.ns.Run(ctx, "ip", append([]string{"-6"}, c.args...)...)
+		if err != nil {
+			return fmt.Errorf("%s: ip -6 %s: %w: %s", c.ns.Name, strings.Join(c.args, " "), err, out)
+		}
+		if !strings.Contains(string(out), c.want) {
+			bad("%s: ip -6 %s shows %q, want %q", c.ns.Name, strings.Join(c.args, " "), strings.TrimSpace(string(out)), c.want)
+		}
+		if c.args[0] == "addr" && strings.Count(string(out), "inet6 ") != 1 {
+			bad("pod eth0 has global IPv6 addresses %q, want exactly %s/128", strings.TrimSpace(string(out)), p.IP6)
+		}
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("%s/%s (%s): %s", p.Host.Name, p.Name, p.IP6, strings.Join(problems, "; "))
 	}
 	return nil
 }
