@@ -27,7 +27,9 @@ import (
 // IPv6 address from its node's IPv6 block; pods on different nodes ping
 // each other over IPv6 and IPv4; and a NetworkPolicy holds for IPv6: a
 // default-deny with an allow-from-namespace lets the allowed namespace's
-// pod connect over IPv6 and drops another's, over IPv6 and IPv4.
+// pod connect over IPv6 and drops another's, over IPv6 and IPv4. A
+// RequireDualStack Service gets a cluster IP of each family, and the
+// allowed pod reaches the server through the IPv6 one.
 func TestKubernetesDualStack(t *testing.T) {
 	ctx, k, l, image := startClusterOf(t, 15*time.Minute, true)
 	c := k.c
