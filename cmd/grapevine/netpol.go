@@ -26,6 +26,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/grapevine-net/grapevine/internal/ownersock"
 	"github.com/grapevine-net/grapevine/netpol"
 	"github.com/grapevine-net/grapevine/netpol/admit"
 	"github.com/grapevine-net/grapevine/node/nodestate"
@@ -550,7 +551,7 @@ func (e *policyEnforcer) admit(ctx context.Context, r admit.Request) error {
 // listenAdmissions opens the admission socket at path, replacing one a
 // previous run left; only root may connect.
 func listenAdmissions(path string) (net.Listener, error) {
-	return listenOwnerOnly(path, "network policy: admission socket")
+	return ownersock.Listen(path, "network policy: admission socket")
 }
 
 // status reports the enforcement at now; a nil e is enforcement off.

@@ -15,25 +15,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-)
 
-// listenOwnerOnly listens on the Unix socket path, replacing a stale one a
-// previous run left, readable and writable by root alone; what names the
-// socket in errors.
-func listenOwnerOnly(path, what string) (net.Listener, error) {
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("%s: remove the stale one: %w", what, err)
-	}
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", what, err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("%s: %w", what, err)
-	}
-	return ln, nil
-}
+	"github.com/grapevine-net/grapevine/internal/ownersock"
+)
 
 // serve starts the status socket and, when configured, the metrics and health
 // endpoints. Both stop when ctx ends.
@@ -43,7 +27,7 @@ func (a *agent) serve(ctx context.Context) (*sync.WaitGroup, error) {
 		return nil, fmt.Errorf("create --run-dir: %w", err)
 	}
 	sock := filepath.Join(a.opts.RunDir, statusSocketName)
-	statusLn, err := listenOwnerOnly(sock, "status socket")
+	statusLn, err := ownersock.Listen(sock, "status socket")
 	if err != nil {
 		return nil, err
 	}
