@@ -23,9 +23,10 @@
 // delegation otherwise.
 //
 // plugin learns about the node only from the state file the agent writes
-// (package node/nodestate). It talks to the agent only when that file names
-// a policy socket (the agent enforces network policy): ADD then tells the
-// agent the new pod and returns only once the pod's policies are in force
-// (package netpol/admit), and fails, undoing what it made, if the agent
-// does not answer in time. It never talks to the mesh.
+// (package node/nodestate). It talks to the policy enforcer
+// (grapevine-policy) only when that file names its socket (network policy
+// is on): ADD then tells the enforcer the new pod and returns only once the
+// pod's policies are in force (package netpol/admit), and fails, undoing
+// what it made, if the enforcer does not answer in time. It never talks to
+// the mesh.
 package plugin

@@ -38,7 +38,7 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	}
 	if node.PolicySocket != "" && att.podName == "" {
 		return types.NewError(types.ErrInvalidEnvironmentVariables,
-			"the agent enforces network policy, which needs the pod's identity in CNI_ARGS (K8S_POD_NAMESPACE and K8S_POD_NAME)", "")
+			"network policy is on, and it needs the pod's identity in CNI_ARGS (K8S_POD_NAMESPACE and K8S_POD_NAME)", "")
 	}
 	podNS, err := openPodNS(args.Netns)
 	if err != nil {
@@ -96,11 +96,11 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	return types.PrintResult(result, conf.CNIVersion)
 }
 
-// admitPod tells the agent at socket (node.json's policySocket; "" when it
-// enforces no policy) the new pod and waits until the pod's policies are in
-// force, so that no packet of the pod passes before them. An agent that
-// does not answer in time is CNI error 11 (try again later); one that
-// refuses, error 999 with its reason. Either way the deferred undo removes
+// admitPod tells the policy enforcer at socket (node.json's policySocket;
+// "" when network policy is off) the new pod and waits until the pod's
+// policies are in force, so that no packet of the pod passes before them.
+// An enforcer that does not answer in time is CNI error 11 (try again
+// later); one that refuses, error 999 with its reason. Either way the deferred undo removes
 // what ADD made and frees the address.
 func admitPod(ctx context.Context, socket string, att attachment, podIPs podAddrs) error {
 	if socket == "" {
@@ -115,7 +115,7 @@ func admitPod(ctx context.Context, socket string, att attachment, podIPs podAddr
 		return nil
 	case errors.Is(err, admit.ErrUnreachable):
 		return types.NewError(types.ErrTryAgainLater,
-			fmt.Sprintf("network policy for pod %s is not in force: %v", att.podName, err), "is the grapevine agent running?")
+			fmt.Sprintf("network policy for pod %s is not in force: %v", att.podName, err), "is grapevine-policy running on this node?")
 	default:
 		return types.NewError(types.ErrInternal, fmt.Sprintf("network policy for pod %s is not in force: %v", att.podName, err), "")
 	}

@@ -52,8 +52,9 @@ type Report struct {
 	// (grapevine doctor).
 	Settings *Settings `json:"settings,omitempty"`
 	Ledger   Ledger    `json:"ledger"`
-	// NetworkPolicy is Kubernetes NetworkPolicy enforcement
-	// (--network-policy); Enabled is false without it.
+	// NetworkPolicy is Kubernetes NetworkPolicy enforcement by
+	// grapevine-policy, as it answered the agent on the socket of the
+	// agent's --policy-socket; Enabled is false without that flag.
 	NetworkPolicy NetworkPolicy `json:"networkPolicy"`
 	// NameConflicts lists the names several live hosts advertise, each
 	// with its own node ID (see mesh.View.NameConflicts).
@@ -61,10 +62,18 @@ type Report struct {
 	Members       []Member       `json:"members"`
 }
 
-// NetworkPolicy is the agent's enforcement of Kubernetes NetworkPolicy for
-// this node's pods.
+// NetworkPolicy is the enforcement of Kubernetes NetworkPolicy for this
+// node's pods (by grapevine-policy, which reports it on its admission
+// socket).
 type NetworkPolicy struct {
 	Enabled bool `json:"enabled"`
+	// Socket is the enforcer's admission socket, which node.json names
+	// for the CNI plugin.
+	Socket string `json:"socket,omitempty"`
+	// Unreachable is why the agent could not ask the enforcer on Socket;
+	// new pods cannot start until it answers. The fields below are then
+	// unknown.
+	Unreachable string `json:"unreachable,omitempty"`
 	// Synced is false until the first lists of pods, namespaces and
 	// policies arrived; nothing is compiled before, and new pods wait.
 	Synced bool `json:"synced,omitempty"`
@@ -72,7 +81,7 @@ type NetworkPolicy struct {
 	// pods a policy isolates in either direction, as of the last sync.
 	Policies int `json:"policies"`
 	Pods     int `json:"pods"`
-	// LastSync is when the agent last compiled the policies and had the
+	// LastSync is when the enforcer last compiled the policies and had the
 	// result in force; LastSyncAgeSeconds its age when the status was
 	// read.
 	LastSync           time.Time `json:"lastSync,omitzero"`

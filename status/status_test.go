@@ -27,7 +27,7 @@ func full() Report {
 		Encapsulation:    "cross-subnet",
 		Settings:         &Settings{Iface: "em1", Pool: "10.244.0.0/16", Masquerade: true, GossipPort: 7962, LedgerPort: 7963, PodMTU: 1450},
 		Ledger:           Ledger{ClusterID: "c1", Role: "leader", Leader: "h1", Voters: []string{"h1", "h2"}, LastIndex: 42, Foreign: []string{"x1 (cluster c2)"}},
-		NetworkPolicy: NetworkPolicy{Enabled: true, Synced: true, Policies: 3, Pods: 5, LastSync: at, LastSyncAgeSeconds: 1.5,
+		NetworkPolicy: NetworkPolicy{Enabled: true, Socket: "/run/grapevine/policy.sock", Unreachable: "dial unix /run/grapevine/policy.sock: connection refused", Synced: true, Policies: 3, Pods: 5, LastSync: at, LastSyncAgeSeconds: 1.5,
 			Error: "network policy: write table inet grapevine-policy: invalid argument"},
 		NameConflicts: []NameConflict{{Name: "h7", Nodes: []NameClaimant{{ID: "aa", HostIP: "172.16.254.7", Holder: true, Self: true}}}},
 		Members: []Member{{

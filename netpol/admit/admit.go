@@ -1,14 +1,18 @@
 // Package admit is the exchange by which the CNI plugin, during ADD, tells
-// the agent a new pod's identity and addresses and waits until the agent
-// has put the pod's network policies in force: no packet of the pod passes
-// before that (package netpol denies addresses of the node's block that no
-// known pod holds), and ADD returns only after it.
+// the policy enforcer (grapevine-policy, package netpol/enforce) a new pod's
+// identity and addresses and waits until the enforcer has put the pod's
+// network policies in force: no packet of the pod passes before that
+// (package netpol denies addresses of the node's block that no known pod
+// holds), and ADD returns only after it.
 //
-// The agent listens on a Unix socket whose path it writes into node.json
-// (nodestate.State.PolicySocket) when it enforces policy; the plugin learns
-// of the socket only from there. One connection carries one request and
-// one answer, each a JSON object on one line. The package depends on
-// neither Kubernetes nor netlink, so the plugin stays small.
+// The enforcer listens on a Unix socket; the agent, told of it with
+// --policy-socket, writes its path into node.json
+// (nodestate.State.PolicySocket), and the plugin learns of the socket only
+// from there. One connection carries one request and one answer, each a
+// JSON object on one line. The same socket answers a status request
+// (AskStatus): the agent's status and `grapevine doctor` ask it whether
+// policy is in force. The package depends on neither Kubernetes nor
+// netlink, so the plugin and the agent stay small.
 package admit
 
 import (
@@ -23,6 +27,8 @@ import (
 	"regexp"
 	"sync"
 	"time"
+
+	"github.com/grapevine-net/grapevine/status"
 )
 
 // MaxMessage bounds a request and an answer, in bytes: a pod's name,
@@ -37,8 +43,12 @@ const Timeout = 10 * time.Second
 const readTimeout = 2 * time.Second
 
 // Request is one pod the plugin has wired: its Kubernetes namespace and
-// name (CNI_ARGS K8S_POD_NAMESPACE and K8S_POD_NAME) and its addresses.
+// name (CNI_ARGS K8S_POD_NAMESPACE and K8S_POD_NAME) and its addresses; or,
+// with Status, a question about the enforcer's state that names no pod.
 type Request struct {
+	// Status asks for the enforcer's state (Answer.Status) instead of
+	// admitting a pod; such a request carries nothing else.
+	Status      bool         `json:"status,omitempty"`
 	Namespace   string       `json:"namespace"`
 	Name        string       `json:"name"`
 	ContainerID string       `json:"containerID"`
@@ -49,10 +59,11 @@ type Request struct {
 	AnswerWithinMs int64 `json:"answerWithinMs,omitempty"`
 }
 
-// Answer is the agent's reply: Error is empty once the pod's policies are
-// in force.
+// Answer is the enforcer's reply: Error is empty once the pod's policies
+// are in force. A status request's answer carries Status.
 type Answer struct {
-	Error string `json:"error,omitempty"`
+	Error  string                `json:"error,omitempty"`
+	Status *status.NetworkPolicy `json:"status,omitempty"`
 }
 
 // The API server's rules for namespace names (DNS-1123 labels) and pod
@@ -65,6 +76,12 @@ var (
 
 // Validate reports, in one sentence, what makes r unusable.
 func (r Request) Validate() error {
+	if r.Status {
+		if r.Namespace != "" || r.Name != "" || r.ContainerID != "" || len(r.IPs) > 0 || r.AnswerWithinMs != 0 {
+			return errors.New("a status request must name no pod")
+		}
+		return nil
+	}
 	if len(r.Namespace) > 63 || !dnsLabel.MatchString(r.Namespace) {
 		return fmt.Errorf("pod namespace %q is not a valid namespace name (a DNS-1123 label)", r.Namespace)
 	}
@@ -90,50 +107,86 @@ func (r Request) Validate() error {
 	return nil
 }
 
-// ErrUnreachable means the agent did not answer: its socket is missing or
-// refuses connections, or no answer came in time.
-var ErrUnreachable = errors.New("the grapevine agent did not answer")
+// ErrUnreachable means the enforcer did not answer: its socket is missing
+// or refuses connections, or no answer came in time.
+var ErrUnreachable = errors.New("the network policy enforcer (grapevine-policy) did not answer")
 
-// Ask sends r to the agent at socket and waits, until ctx ends, for its
-// answer. An error wraps ErrUnreachable when the agent did not answer, and
-// is the agent's own sentence when it refused.
+// Ask sends r to the enforcer at socket and waits, until ctx ends, for its
+// answer. An error wraps ErrUnreachable when the enforcer did not answer,
+// and is the enforcer's own sentence when it refused.
 func Ask(ctx context.Context, socket string, r Request) error {
+	_, err := exchange(ctx, socket, r)
+	return err
+}
+
+// AskStatus asks the enforcer at socket for its state, until ctx ends. An
+// error wraps ErrUnreachable when the enforcer did not answer.
+func AskStatus(ctx context.Context, socket string) (status.NetworkPolicy, error) {
+	a, err := exchange(ctx, socket, Request{Status: true})
+	if err != nil {
+		return status.NetworkPolicy{}, err
+	}
+	if a.Status == nil {
+		return status.NetworkPolicy{}, fmt.Errorf("%w at %s: an answer without a status", ErrUnreachable, socket)
+	}
+	return *a.Status, nil
+}
+
+// exchange sends r and reads the answer; a refusal is an error with the
+// enforcer's sentence.
+func exchange(ctx context.Context, socket string, r Request) (Answer, error) {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", socket)
 	if err != nil {
-		return fmt.Errorf("%w at %s: %w", ErrUnreachable, socket, err)
+		return Answer{}, fmt.Errorf("%w at %s: %w", ErrUnreachable, socket, err)
 	}
 	defer conn.Close()
 	if deadline, ok := ctx.Deadline(); ok {
 		conn.SetDeadline(deadline)
-		// A tenth of the time, at least 50 ms, for the answer to travel.
-		left := time.Until(deadline)
-		r.AnswerWithinMs = max((left - max(left/10, 50*time.Millisecond)).Milliseconds(), 1)
+		if !r.Status {
+			// A tenth of the time, at least 50 ms, for the answer to travel.
+			left := time.Until(deadline)
+			r.AnswerWithinMs = max((left - max(left/10, 50*time.Millisecond)).Milliseconds(), 1)
+		}
 	}
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
 	defer stop()
 	if err := json.NewEncoder(conn).Encode(r); err != nil {
-		return fmt.Errorf("%w at %s: send: %w", ErrUnreachable, socket, err)
+		return Answer{}, fmt.Errorf("%w at %s: send: %w", ErrUnreachable, socket, err)
 	}
 	var a Answer
 	if err := json.NewDecoder(io.LimitReader(conn, MaxMessage)).Decode(&a); err != nil {
-		return fmt.Errorf("%w at %s: %w", ErrUnreachable, socket, err)
+		return Answer{}, fmt.Errorf("%w at %s: %w", ErrUnreachable, socket, err)
 	}
 	if a.Error != "" {
-		return errors.New(a.Error)
+		return a, errors.New(a.Error)
 	}
-	return nil
+	return a, nil
 }
 
 // Handler puts r's pod's policies in force, returning once they are or
 // when ctx ends.
 type Handler func(ctx context.Context, r Request) error
 
-// Serve answers requests on ln until ctx ends, each connection on its own
-// goroutine, and returns once they are all answered. A request that is not
-// one (too long, not JSON, invalid) gets an answer saying so, and rejected
-// is called for it.
+// Server answers the requests of one socket: Admit the admissions, Status
+// the status requests (nil: answered with an error), and Rejected is
+// called for each request that is not one (too long, not JSON, invalid),
+// which gets an answer saying so.
+type Server struct {
+	Admit    Handler
+	Status   func() status.NetworkPolicy
+	Rejected func(error)
+}
+
+// Serve answers admissions with h on ln until ctx ends (Server.Serve
+// without status requests).
 func Serve(ctx context.Context, ln net.Listener, h Handler, rejected func(error)) error {
+	return Server{Admit: h, Rejected: rejected}.Serve(ctx, ln)
+}
+
+// Serve answers requests on ln until ctx ends, each connection on its own
+// goroutine, and returns once they are all answered.
+func (s Server) Serve(ctx context.Context, ln net.Listener) error {
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
 	var serving sync.WaitGroup
@@ -146,11 +199,11 @@ func Serve(ctx context.Context, ln net.Listener, h Handler, rejected func(error)
 			}
 			return fmt.Errorf("policy admission socket: %w", err)
 		}
-		serving.Go(func() { serveConn(ctx, conn, h, rejected) })
+		serving.Go(func() { s.serveConn(ctx, conn) })
 	}
 }
 
-func serveConn(ctx context.Context, conn net.Conn, h Handler, rejected func(error)) {
+func (s Server) serveConn(ctx context.Context, conn net.Conn) {
 	defer conn.Close()
 	conn.SetReadDeadline(time.Now().Add(readTimeout))
 	line, err := bufio.NewReaderSize(io.LimitReader(conn, MaxMessage), MaxMessage).ReadSlice('\n')
@@ -164,13 +217,24 @@ func serveConn(ctx context.Context, conn net.Conn, h Handler, rejected func(erro
 		err = fmt.Errorf("not a request of at most %d bytes on one line: %w", MaxMessage, err)
 	}
 	if err != nil {
-		rejected(err)
-		answer(conn, Answer{Error: "grapevine agent refused the pod admission request: " + err.Error()})
+		if s.Rejected != nil {
+			s.Rejected(err)
+		}
+		answer(conn, Answer{Error: "grapevine-policy refused the request: " + err.Error()})
+		return
+	}
+	if r.Status {
+		if s.Status == nil {
+			answer(conn, Answer{Error: "this socket reports no status"})
+			return
+		}
+		st := s.Status()
+		answer(conn, Answer{Status: &st})
 		return
 	}
 	ctx, cancel := context.WithTimeout(ctx, answerWithin(r))
 	defer cancel()
-	if err := h(ctx, r); err != nil {
+	if err := s.Admit(ctx, r); err != nil {
 		answer(conn, Answer{Error: err.Error()})
 		return
 	}

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/grapevine-net/grapevine/status"
 )
 
 func validRequest() Request {
@@ -41,6 +43,9 @@ func TestValidate(t *testing.T) {
 		{"two IPv6 addresses", func(r *Request) { r.IPs = []netip.Addr{netip.MustParseAddr("fd00::5"), netip.MustParseAddr("fd00::6")} }, false},
 		{"IPv4-mapped IPv6 address", func(r *Request) { r.IPs = []netip.Addr{netip.MustParseAddr("::ffff:10.0.0.5")} }, false},
 		{"negative wait", func(r *Request) { r.AnswerWithinMs = -1 }, false},
+		{"status request", func(r *Request) { *r = Request{Status: true} }, true},
+		{"status request naming a pod", func(r *Request) { r.Status = true }, false},
+		{"status request with an address", func(r *Request) { *r = Request{Status: true, IPs: []netip.Addr{netip.MustParseAddr("10.0.0.5")}} }, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -102,11 +107,50 @@ func TestAskGetsTheHandlersAnswer(t *testing.T) {
 	}
 	bad := validRequest()
 	bad.IPs = nil
-	if err := Ask(context.Background(), sock, bad); err == nil || !strings.Contains(err.Error(), "refused the pod admission request") {
+	if err := Ask(context.Background(), sock, bad); err == nil || !strings.Contains(err.Error(), "grapevine-policy refused the request") {
 		t.Errorf("invalid request: %v, want a refusal", err)
 	}
 	if n := len(rejections()); n != 1 {
 		t.Errorf("%d rejections counted, want 1", n)
+	}
+}
+
+// TestAskStatus: the socket answers a status request with the server's
+// state without calling the admission handler; a server with no status to
+// give says so, and a missing socket is unreachable.
+func TestAskStatus(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "policy.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	want := status.NetworkPolicy{Enabled: true, Synced: true, Policies: 3, Pods: 2}
+	go func() {
+		done <- Server{
+			Admit: func(context.Context, Request) error {
+				t.Error("admission handler called for a status request")
+				return nil
+			},
+			Status:   func() status.NetworkPolicy { return want },
+			Rejected: func(err error) { t.Errorf("status request rejected: %v", err) },
+		}.Serve(ctx, ln)
+	}()
+	defer func() { cancel(); <-done }()
+	askCtx, askCancel := context.WithTimeout(context.Background(), Timeout)
+	defer askCancel()
+	got, err := AskStatus(askCtx, sock)
+	if err != nil || got != want {
+		t.Errorf("AskStatus = %+v, %v; want %+v", got, err, want)
+	}
+
+	noStatus, _ := serve(t, func(context.Context, Request) error { return nil })
+	if _, err := AskStatus(askCtx, noStatus); err == nil || errors.Is(err, ErrUnreachable) || !strings.Contains(err.Error(), "no status") {
+		t.Errorf("AskStatus of a server without status: %v, want its refusal", err)
+	}
+	if _, err := AskStatus(askCtx, filepath.Join(t.TempDir(), "none.sock")); !errors.Is(err, ErrUnreachable) {
+		t.Errorf("AskStatus without a server: %v, want ErrUnreachable", err)
 	}
 }
 
@@ -120,6 +164,7 @@ func TestHostileRequestsAreRejectedAndCounted(t *testing.T) {
 		strings.Repeat("a", 2*MaxMessage),
 		`{"namespace": "default", "name": "x", "ips": ["999.1.1.1"]}` + "\n",
 		`{"namespace": "default", "name": "x"` + "\n",
+		`{"status": true, "namespace": "default", "name": "x", "ips": ["10.0.0.5"]}` + "\n",
 	} {
 		conn, err := net.Dial("unix", sock)
 		if err != nil {
@@ -134,8 +179,8 @@ func TestHostileRequestsAreRejectedAndCounted(t *testing.T) {
 			t.Errorf("answer to %.20q: %q, want a refusal", msg, buf[:n])
 		}
 	}
-	if n := len(rejections()); n != 4 {
-		t.Errorf("%d rejections counted, want 4", n)
+	if n := len(rejections()); n != 5 {
+		t.Errorf("%d rejections counted, want 5", n)
 	}
 }
 

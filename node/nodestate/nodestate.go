@@ -2,10 +2,12 @@
 // tells the CNI plugin and IPAM about this node: its name, the block it holds,
 // the lease under which it may hand out addresses from it, the pool, its host
 // address and the MTU pods should use, in a dual-stack cluster its IPv6
-// block and pool, and, when the agent enforces network policy, the socket on
-// which it must hear of each new pod before ADD returns.
+// block and pool, and, when network policy is on, the socket on which the
+// policy enforcer (grapevine-policy) must hear of each new pod before ADD
+// returns.
 //
-// The agent is the only writer; the plugin and IPAM only read. The file is
+// The agent is the only writer; the plugin, IPAM and the policy enforcer
+// (for the blocks whose unknown addresses it denies) only read. The file is
 // replaced atomically (write to a temporary file, fsync, rename), so a reader
 // sees either the old or the new contents, never a torn write. This package
 // has no dependency on gossip or netlink so the CNI binaries stay small.
@@ -79,11 +81,12 @@ type State struct {
 	// absent from an IPv4-only node's file, which reads as before.
 	Block6 netip.Prefix `json:"block6,omitzero"`
 	Pool6  netip.Prefix `json:"pool6,omitzero"`
-	// PolicySocket is set while the agent enforces network policy: the
-	// Unix socket (package netpol/admit) the plugin tells each new pod to
-	// and waits on before ADD returns, so that the pod's policies are in
-	// force before its first packet. Absent otherwise, and then ADD
-	// makes no extra round trip.
+	// PolicySocket is set while network policy is on (the agent's
+	// --policy-socket): the Unix socket of the policy enforcer (package
+	// netpol/admit) the plugin tells each new pod to and waits on before
+	// ADD returns, so that the pod's policies are in force before its
+	// first packet. Absent otherwise, and then ADD makes no extra round
+	// trip.
 	PolicySocket string `json:"policySocket,omitempty"`
 }
 
