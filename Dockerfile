@@ -1,5 +1,6 @@
-# Grapevine's image: the agent (entrypoint) and the CNI plugins that the
-# DaemonSet's init container copies onto the host. Build with `make image`,
+# Grapevine's image: the agent (entrypoint), the NetworkPolicy enforcer
+# grapevine-policy (the DaemonSet's second container) and the CNI plugins
+# that the DaemonSet's init container copies onto the host. Build with `make image`,
 # or without a container engine with `make image-archive` (the same layout,
 # entrypoint and labels; e2e/cmd/imagearchive checks that they agree).
 
@@ -32,6 +33,7 @@ LABEL org.opencontainers.image.title="grapevine" \
       org.opencontainers.image.version="${VERSION}"
 ENV PATH=/usr/local/bin
 COPY --from=build /out/grapevine /usr/local/bin/grapevine
+COPY --from=build /out/grapevine-policy /usr/local/bin/grapevine-policy
 COPY --from=build /out/grapevine-cni /out/grapevine-ipam /out/cni/portmap /out/cni/loopback /opt/grapevine/cni/
 ENTRYPOINT ["/usr/local/bin/grapevine"]
 CMD ["agent"]

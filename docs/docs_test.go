@@ -45,29 +45,46 @@ func parseCLI(t *testing.T) map[string]map[string]bool {
 	return spec.Commands
 }
 
+// parsePolicyCLI reads the flags of cmd/grapevine-policy.
+func parsePolicyCLI(t *testing.T) map[string]bool {
+	t.Helper()
+	spec, err := agentcli.ParseApp("../cmd/grapevine-policy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return spec.Commands[""]
+}
+
 // TestSettingsExist: every GRAPEVINE_* variable the documents tell an
-// operator to set is read by a flag of `grapevine agent`.
+// operator to set is read by a flag of `grapevine agent` or of
+// grapevine-policy.
 func TestSettingsExist(t *testing.T) {
 	agent := parseCLI(t)["agent"]
 	known := map[string]bool{}
 	for f := range agent {
 		known[agentcli.EnvVar(f)] = true
 	}
+	for f := range parsePolicyCLI(t) {
+		known[agentcli.EnvVar(f)] = true
+	}
 	re := regexp.MustCompile(`GRAPEVINE_[A-Z0-9_]+`)
 	for _, doc := range operatorDocs {
 		for _, v := range re.FindAllString(readDoc(t, doc), -1) {
 			if !known[v] {
-				t.Errorf("%s names %s, which no flag of `grapevine agent` reads", doc, v)
+				t.Errorf("%s names %s, which no flag of `grapevine agent` or grapevine-policy reads", doc, v)
 			}
 		}
 	}
 }
 
 // TestFlagsExist: every flag the documents quote on its own (`--pool`) is a
-// flag of `grapevine agent`, and every `grapevine CMD --flag` they show is a
-// command with that flag.
+// flag of `grapevine agent` or of grapevine-policy, every `grapevine CMD
+// --flag` they show is a command with that flag, and every
+// `grapevine-policy --flag` a flag of grapevine-policy.
 func TestFlagsExist(t *testing.T) {
 	spec := parseCLI(t)
+	policy := parsePolicyCLI(t)
+	policyInvocation := regexp.MustCompile(`(?m)(?:^|[\s(])grapevine-policy((?: +--[^\s|;&)#]+)*)`)
 	quoted := regexp.MustCompile("`--([a-z][a-z0-9-]*)")
 	// Command names may have hyphens (install-cni).
 	invocation := regexp.MustCompile(`(?m)(?:^|[\s(])grapevine ([a-z]+(?:-[a-z]+)*)((?: +[^\s|;&)#]+)*)`)
@@ -75,8 +92,15 @@ func TestFlagsExist(t *testing.T) {
 	for _, doc := range operatorDocs {
 		text := readDoc(t, doc)
 		for _, m := range quoted.FindAllStringSubmatch(text, -1) {
-			if !spec["agent"][m[1]] {
-				t.Errorf("%s quotes --%s, which is not a flag of `grapevine agent`", doc, m[1])
+			if !spec["agent"][m[1]] && !policy[m[1]] {
+				t.Errorf("%s quotes --%s, which is not a flag of `grapevine agent` or grapevine-policy", doc, m[1])
+			}
+		}
+		for _, m := range policyInvocation.FindAllStringSubmatch(text, -1) {
+			for _, f := range flag.FindAllStringSubmatch(m[1], -1) {
+				if !policy[f[1]] {
+					t.Errorf("%s shows `grapevine-policy ... --%s`, which grapevine-policy does not take", doc, f[1])
+				}
 			}
 		}
 		for _, m := range invocation.FindAllStringSubmatch(text, -1) {

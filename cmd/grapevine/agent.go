@@ -62,9 +62,10 @@ type agentOptions struct {
 	Encapsulation  node.Encapsulation
 	ProbeInterval  time.Duration // 0: no data-path probes
 	ProbeMisses    int
-	// NetworkPolicy enforces Kubernetes NetworkPolicy for this node's
-	// pods (see policyEnforcer).
-	NetworkPolicy bool
+	// PolicySocket is grapevine-policy's admission socket, which
+	// node.json names so that the CNI plugin waits on it for each new pod
+	// ("": network policy is off).
+	PolicySocket string
 }
 
 func agentCommand(run agentRunner) *cli.Command {
@@ -102,7 +103,7 @@ func agentCommand(run agentRunner) *cli.Command {
 			&cli.DurationFlag{Name: "resync-interval", Value: 30 * time.Second, EnvVars: envVar("resync-interval"), Usage: "how often the kernel state is fully reconciled even without events"},
 			&cli.DurationFlag{Name: "probe-interval", Value: probe.DefaultInterval, EnvVars: envVar("probe-interval"), Usage: "how often each peer's host address gets an ICMP echo request, to keep its route while its agent is unresponsive (0: no probes, routes follow gossip alone)"},
 			&cli.IntFlag{Name: "probe-misses", Value: probe.DefaultMisses, EnvVars: envVar("probe-misses"), Usage: "unanswered echo requests in a row after which a peer's host counts as unreachable (after the first, the host is asked every quarter --probe-interval)"},
-			&cli.BoolFlag{Name: "network-policy", EnvVars: envVar("network-policy"), Usage: "enforce the cluster's Kubernetes NetworkPolicies for this node's pods in nftables table inet grapevine-policy (in a pod, with its service account)"},
+			&cli.StringFlag{Name: "policy-socket", EnvVars: envVar("policy-socket"), Usage: "the admission socket of grapevine-policy, which enforces Kubernetes NetworkPolicy on this node: node.json names it, and the CNI plugin waits on it before each new pod starts (empty: network policy off, no wait)"},
 			&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: envVar("log-level"), Usage: "debug, info, warn or error"},
 		},
 		OnUsageError: usageError,
@@ -165,7 +166,7 @@ func parseAgentOptions(c *cli.Context) (agentOptions, error) {
 		ResyncInterval:     c.Duration("resync-interval"),
 		ProbeInterval:      c.Duration("probe-interval"),
 		ProbeMisses:        c.Int("probe-misses"),
-		NetworkPolicy:      c.Bool("network-policy"),
+		PolicySocket:       c.String("policy-socket"),
 	}
 	var err error
 	if o.Pool, err = parsePool(c.String("pool")); err != nil {
@@ -211,6 +212,9 @@ func parseAgentOptions(c *cli.Context) (agentOptions, error) {
 	}
 	// The hand-off files name these directories for the CNI plugin, which
 	// runs in another working directory.
+	if o.PolicySocket != "" && !filepath.IsAbs(o.PolicySocket) {
+		return o, fmt.Errorf("--policy-socket %q must be an absolute path", o.PolicySocket)
+	}
 	for flag, dir := range map[string]string{"--state-dir": o.StateDir, "--run-dir": o.RunDir, "--cni-conf-dir": o.CNIConfDir} {
 		if dir != "" && !filepath.IsAbs(dir) || dir == "" && flag != "--cni-conf-dir" {
 			return o, fmt.Errorf("%s %q must be an absolute path", flag, dir)

@@ -344,12 +344,12 @@ func TestHandoffState(t *testing.T) {
 		t.Fatalf("dual-stack hand-off state does not validate: %v", err)
 	}
 
-	// With --network-policy node.json names the admission socket, which
-	// makes the plugin wait on the agent for each new pod.
+	// With --policy-socket node.json names grapevine-policy's admission
+	// socket, which makes the plugin wait on it for each new pod.
 	policy := testOpts
-	policy.NetworkPolicy, policy.RunDir = true, "/run/gv-test"
-	if st, ok := handoffState(v, policy); !ok || st.PolicySocket != "/run/gv-test/"+policySocketName || st.Validate() != nil {
-		t.Fatalf("handoffState with --network-policy = %+v, %v; want policySocket /run/gv-test/%s", st, ok, policySocketName)
+	policy.PolicySocket = "/run/gv-test/policy.sock"
+	if st, ok := handoffState(v, policy); !ok || st.PolicySocket != policy.PolicySocket || st.Validate() != nil {
+		t.Fatalf("handoffState with --policy-socket = %+v, %v; want policySocket %s", st, ok, policy.PolicySocket)
 	}
 	if d := desiredState(v, nil, dual); d.Pool6 != dual.Pool6 || d.OwnBlock6 != want.Block6 {
 		t.Errorf("dual-stack desiredState has pool6 %s, own block6 %s; want %s, %s", d.Pool6, d.OwnBlock6, dual.Pool6, want.Block6)

@@ -73,6 +73,7 @@ func TestBadInput(t *testing.T) {
 		{[]string{"agent", "--state-dir", "state"}, []string{`--state-dir "state" must be an absolute path`}},
 		{[]string{"agent", "--run-dir", ""}, []string{`--run-dir "" must be an absolute path`}},
 		{[]string{"agent", "--cni-conf-dir", "net.d"}, []string{`--cni-conf-dir "net.d" must be an absolute path`}},
+		{[]string{"agent", "--policy-socket", "policy.sock"}, []string{`--policy-socket "policy.sock" must be an absolute path`}},
 		{[]string{"agent", "extra-arg"}, []string{`agent takes no arguments, got "extra-arg"`}},
 		{[]string{"agent", "--pool", "10.1.0.0/16", "extra-arg"}, []string{`agent takes no arguments, got "extra-arg"`}},
 		{[]string{"status", "h1"}, []string{`status takes no arguments, got "h1"`}},

@@ -258,9 +258,9 @@ func handoffState(v mesh.View, o agentOptions) (nodestate.State, bool) {
 		HostIP: o.HostIP,
 		MTU:    o.MTU,
 		Lease:  handoffLease(v),
-		// The plugin waits on the agent for each new pod only while the
-		// agent enforces policy.
-		PolicySocket: policySocket(o),
+		// The plugin waits on grapevine-policy for each new pod only
+		// while network policy is on.
+		PolicySocket: o.PolicySocket,
 	}
 	st.Block6, st.Pool6 = ownBlock6(v, o)
 	return st, true

@@ -51,7 +51,7 @@ func (a *agent) ownSummary(ctx context.Context, wait bool) (doctor.Summary, erro
 	defer a.doctorRun.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, doctorDeadline)
 	defer cancel()
-	return doctor.Summarize(a.opts.NodeName, a.diagnose(ctx, a.freshStatus())), nil
+	return doctor.Summarize(a.opts.NodeName, a.diagnose(ctx, a.fullStatus(ctx))), nil
 }
 
 // ownReport is ownSummary as a member's report (mesh.Config.Report).

@@ -16,7 +16,7 @@ import (
 	"github.com/grapevine-net/grapevine/mesh"
 	"github.com/grapevine-net/grapevine/mesh/kubejoin"
 	"github.com/grapevine-net/grapevine/mesh/ledger"
-	"github.com/grapevine-net/grapevine/netpol"
+	"github.com/grapevine-net/grapevine/netpol/admit"
 	"github.com/grapevine-net/grapevine/node"
 	"github.com/grapevine-net/grapevine/node/nodestate"
 	"github.com/grapevine-net/grapevine/node/probe"
@@ -41,11 +41,6 @@ type agent struct {
 	silence *silenceChecks
 	// kube is this host's Node object; nil without --join-kubernetes.
 	kube *kubeNode
-	// policy enforces NetworkPolicy; nil without --network-policy.
-	policy *policyEnforcer
-	// stalePolicy is where a previous run with --network-policy may have
-	// left its table, which this run without the flag removes; nil: none.
-	stalePolicy netpol.Kernel
 	// releaseWaits is the deleted Nodes whose blocks wait for their
 	// leases to end; nil without --join-kubernetes.
 	releaseWaits *releaseWaits
@@ -108,16 +103,10 @@ type hostSide struct {
 	// diagnose runs doctor on this host (doctor --all); nil: the agent
 	// refuses to.
 	diagnose diagnoser
-	// policyAPI and policyKernel are what --network-policy reads and
-	// writes; nil: the in-cluster client, and nftables with the flag (and
-	// without it, no policy table to remove: see removeStalePolicy).
-	policyAPI    *policyAPI
-	policyKernel netpol.Kernel
 }
 
 func netlinkHost() hostSide {
-	return hostSide{kernel: node.NewNetlinkKernel(), watchRoutes: node.WatchRoutes, listenProbe: probe.Listen, diagnose: linuxDiagnoser,
-		policyKernel: netpol.NewNFTKernel()}
+	return hostSide{kernel: node.NewNetlinkKernel(), watchRoutes: node.WatchRoutes, listenProbe: probe.Listen, diagnose: linuxDiagnoser}
 }
 
 // newAgent builds an agent from its options and mesh configuration.
@@ -166,12 +155,6 @@ func newAgent(o agentOptions, cfg mesh.Config, host hostSide, log *slog.Logger) 
 	reg.MustRegister(a.collected)
 	if a.prober, err = newProber(o, host, reg, log); err != nil {
 		return nil, err
-	}
-	if a.policy, err = policyEnforcerFor(o, host, reg, log); err != nil {
-		return nil, err
-	}
-	if a.policy == nil {
-		a.stalePolicy = host.policyKernel
 	}
 	reg.MustRegister(peerSignalCollector{a})
 	a.silence = newSilenceChecks(func(id ledger.NodeID) error {
@@ -247,13 +230,6 @@ func (a *agent) run(ctx context.Context) error {
 			}
 		})
 	}
-
-	var enforcing sync.WaitGroup
-	defer enforcing.Wait()
-	policyCtx, stopPolicy := context.WithCancel(ctx) // ends with the loop, as the probes do
-	defer stopPolicy()
-	enforcing.Go(func() { runPolicyEnforcer(policyCtx, a.policy, a.log) })
-	removeStalePolicy(a.stalePolicy, a.log)
 
 	defer a.silence.wait()
 	routeChanged := a.watchRoutes(ctx)
@@ -386,7 +362,6 @@ func (a *agent) freshStatus() status.Report {
 	st := a.status
 	// A follower's role and voters change without a reconcile.
 	st.Ledger = buildLedgerStatus(v)
-	st.NetworkPolicy = a.policy.status(time.Now())
 	st.PendingReleases = a.releaseWaits.report(time.Now())
 	st.Members = slices.Clone(st.Members)
 	for i := range st.Members {
@@ -397,6 +372,36 @@ func (a *agent) freshStatus() status.Report {
 			m.DataPathHealth = healthOf(health, ip)
 		}
 	}
+	return st
+}
+
+// policyStatusWait bounds the question to grapevine-policy: a hung
+// enforcer must not hang the agent's status with it.
+const policyStatusWait = time.Second
+
+// fullStatus is freshStatus with network policy as grapevine-policy
+// reports it on --policy-socket: what the status socket answers and what
+// doctor judges.
+func (a *agent) fullStatus(ctx context.Context) status.Report {
+	st := a.freshStatus()
+	st.NetworkPolicy = policyStatus(ctx, a.opts.PolicySocket)
+	return st
+}
+
+// policyStatus asks the enforcer at socket how enforcement stands: off
+// without a socket, and Unreachable when the enforcer does not answer
+// (the CNI plugin then fails every new pod, closed).
+func policyStatus(ctx context.Context, socket string) status.NetworkPolicy {
+	if socket == "" {
+		return status.NetworkPolicy{}
+	}
+	ctx, cancel := context.WithTimeout(ctx, policyStatusWait)
+	defer cancel()
+	st, err := admit.AskStatus(ctx, socket)
+	if err != nil {
+		return status.NetworkPolicy{Enabled: true, Socket: socket, Unreachable: err.Error()}
+	}
+	st.Enabled, st.Socket = true, socket
 	return st
 }
 
@@ -443,10 +448,8 @@ func (a *agent) countPeerRoutes() int {
 func (a *agent) handoff(v mesh.View) error {
 	st, ok := handoffState(v, a.opts)
 	if !ok {
-		a.policy.setBlocks(netip.Prefix{}, netip.Prefix{}) // the plugin hands out no address
 		return a.handoffFiles().Remove()
 	}
-	a.policy.setBlocks(st.Block, st.Block6)
 	return a.handoffFiles().Write(st)
 }
 
@@ -463,7 +466,6 @@ func (a *agent) withdrawStaleHandoff(v mesh.View) {
 	if why == "" {
 		return
 	}
-	a.policy.setBlocks(netip.Prefix{}, netip.Prefix{}) // the blocks may be another node's by now
 	if err := a.handoffFiles().Remove(); err != nil {
 		a.log.Error("cannot withdraw the previous run's hand-off, whose block may be another node's", "block", prev.Block, "why", why, "err", err)
 		return

@@ -69,7 +69,7 @@ func (a *agent) statusHandler() http.Handler {
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
 		a.waitForPass(r.Context(), statusWait)
-		enc.Encode(a.freshStatus())
+		enc.Encode(a.fullStatus(r.Context()))
 	})
 	mux.HandleFunc("GET /doctor/all", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")

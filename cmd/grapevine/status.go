@@ -372,11 +372,14 @@ func printStatus(w io.Writer, r status.Report) error {
 }
 
 // policyLine is the status's line on network policy: "network policy off",
-// "network policy on: 3 policies, 5 pods enforced, last sync 4s ago".
+// "network policy on: 3 policies, 5 pods enforced, last sync 4s ago", or
+// what keeps it from being in force.
 func policyLine(p status.NetworkPolicy, now time.Time) string {
 	switch {
 	case !p.Enabled:
 		return "network policy off"
+	case p.Unreachable != "":
+		return "network policy on: GRAPEVINE-POLICY NOT ANSWERING, new pods cannot start: " + p.Unreachable
 	case !p.Synced:
 		return "network policy on: WAITING for the first lists of pods, namespaces and policies"
 	}

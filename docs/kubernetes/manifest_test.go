@@ -33,6 +33,7 @@ import (
 const (
 	manifestPath = "grapevine.yaml"
 	agentDir     = "../../cmd/grapevine"
+	policyDir    = "../../cmd/grapevine-policy"
 	cmdDir       = "../../cmd"
 	dockerfile   = "../../Dockerfile"
 	makefile     = "../../Makefile"
@@ -189,9 +190,9 @@ func TestObjectsInOneNamespace(t *testing.T) {
 }
 
 // TestRBACIsLeast: the agent reads Node objects for seed addresses, and
-// Pods, Namespaces and NetworkPolicies for --network-policy, reads and
-// creates the ledger's record, and must be able to do nothing else with the
-// API.
+// grapevine-policy (the same service account) Pods, Namespaces and
+// NetworkPolicies; the agent reads and creates the ledger's record; and
+// they must be able to do nothing else with the API.
 func TestRBACIsLeast(t *testing.T) {
 	m := loadManifest(t)
 	read := []string{"get", "list", "watch"}
@@ -528,6 +529,83 @@ func TestProbesAndPorts(t *testing.T) {
 	}
 	if !ledgerTCP {
 		t.Errorf("agent does not declare the ledger port %d/TCP", ledgerPort)
+	}
+}
+
+// TestPolicyContainer: NetworkPolicy is on, enforced by grapevine-policy in
+// a container of its own that runs the image's grapevine-policy, with
+// NET_ADMIN alone, on the node's name, serving the socket the agent names
+// (one ConfigMap entry for both) in the run directory both mount from the
+// same host path; every variable it is given is one of its flags, and its
+// probe is its metrics address.
+func TestPolicyContainer(t *testing.T) {
+	m := loadManifest(t)
+	agent := m.container(t, "agent", false)
+	policy := m.container(t, "policy", false)
+	spec, err := agentcli.ParseApp(policyDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	df, err := os.ReadFile(dockerfile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(policy.Command) != 1 || !regexp.MustCompile(`(?m)^COPY --from=build /out/grapevine-policy `+regexp.QuoteMeta(policy.Command[0])+`$`).Match(df) {
+		t.Errorf("policy runs %q, which the Dockerfile does not put there", policy.Command)
+	}
+	if len(policy.Args) != 0 {
+		t.Errorf("policy has arguments %q; its settings come from the environment", policy.Args)
+	}
+
+	socket := m.config.Data["GRAPEVINE_POLICY_SOCKET"]
+	if !filepath.IsAbs(socket) {
+		t.Fatalf("GRAPEVINE_POLICY_SOCKET = %q: network policy must be on in the manifest, on an absolute path", socket)
+	}
+	if len(policy.EnvFrom) != 1 || policy.EnvFrom[0].ConfigMapRef == nil || policy.EnvFrom[0].ConfigMapRef.Name != m.config.Name {
+		t.Errorf("policy's envFrom = %+v, want the ConfigMap %s (whose GRAPEVINE_POLICY_SOCKET the agent reads too)", policy.EnvFrom, m.config.Name)
+	}
+	runDir, _ := envOf(policy, "GRAPEVINE_RUN_DIR")
+	if filepath.Dir(socket) != runDir.Value {
+		t.Errorf("the policy socket %s is not in grapevine-policy's run directory %q", socket, runDir.Value)
+	}
+	if a, p := m.hostPathMount(t, agent, runDir.Value), m.hostPathMount(t, policy, runDir.Value); a != p {
+		t.Errorf("the agent's %s is the host's %s, grapevine-policy's is %s; they share node.json and the socket", runDir.Value, a, p)
+	}
+	if e, ok := envOf(policy, "GRAPEVINE_NODE_NAME"); !ok || e.ValueFrom == nil || e.ValueFrom.FieldRef == nil || e.ValueFrom.FieldRef.FieldPath != "spec.nodeName" {
+		t.Errorf("policy's GRAPEVINE_NODE_NAME = %+v, want the downward API's spec.nodeName", e)
+	}
+	known := map[string]bool{}
+	for flag := range spec.Commands[""] {
+		known[agentcli.EnvVar(flag)] = true
+	}
+	if !known["GRAPEVINE_POLICY_SOCKET"] || !agentEnvVars(t)["GRAPEVINE_POLICY_SOCKET"] {
+		t.Error("GRAPEVINE_POLICY_SOCKET is not read by both grapevine-policy and the agent")
+	}
+	for _, e := range policy.Env {
+		if !known[e.Name] {
+			t.Errorf("policy sets %s, which no flag of grapevine-policy reads", e.Name)
+		}
+	}
+
+	sc := policy.SecurityContext
+	if sc == nil || sc.Capabilities == nil || !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) ||
+		!slices.Equal(sc.Capabilities.Add, []corev1.Capability{"NET_ADMIN"}) {
+		t.Errorf("policy securityContext = %+v, want every capability dropped but NET_ADMIN", sc)
+	} else if sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
+		t.Error("policy may escalate privileges or write its root filesystem")
+	}
+
+	metrics, err := netip.ParseAddrPort(spec.Consts["DefaultMetricsAddr"])
+	if err != nil {
+		t.Fatalf("cmd/grapevine-policy DefaultMetricsAddr: %v", err)
+	}
+	if e, _ := envOf(policy, "GRAPEVINE_METRICS_ADDR"); e.Value != metrics.String() {
+		t.Errorf("policy's GRAPEVINE_METRICS_ADDR = %q, want its default %s", e.Value, metrics)
+	}
+	if p := policy.LivenessProbe; p == nil || p.HTTPGet == nil || p.HTTPGet.Host != metrics.Addr().String() ||
+		p.HTTPGet.Port.IntValue() != int(metrics.Port()) || p.HTTPGet.Path != "/healthz" {
+		t.Errorf("policy's liveness probe = %+v, want http://%s/healthz", p, metrics)
 	}
 }
 

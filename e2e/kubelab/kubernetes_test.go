@@ -947,16 +947,16 @@ func startClusterOf(t *testing.T, timeout time.Duration, dualStack bool, extraIm
 	return ctx, kube{t: t, c: c}, l, image
 }
 
-// networkPolicySetting turns policy enforcement on in the manifest's
-// ConfigMap, whether the manifest names the setting or not yet.
-var networkPolicySetting = regexp.MustCompile(`(?m)^(\s*)GRAPEVINE_NETWORK_POLICY: .*$`)
+// networkPolicyOn is the manifest's ConfigMap entry that turns NetworkPolicy
+// enforcement on: a socket for grapevine-policy and the agent.
+var networkPolicyOn = regexp.MustCompile(`(?m)^\s*GRAPEVINE_POLICY_SOCKET: "/.+"$`)
 
 // installGrapevine applies docs/kubernetes/grapevine.yaml as
 // docs/kubernetes.md says (the gossip key Secret, then the manifest) and
 // returns when it was applied. The test's copy differs from the manifest in
 // the image, a lease of seconds rather than a day (so that a deleted Node's
-// block is seen freed once its lease has ended), and NetworkPolicy
-// enforcement on.
+// block is seen freed once its lease has ended); NetworkPolicy enforcement
+// must be on in the manifest as it is.
 func installGrapevine(ctx context.Context, k kube, l *lab.Lab, image string) time.Time {
 	k.t.Helper()
 	return installGrapevineWith(ctx, k, l, image, nil)
@@ -982,13 +982,10 @@ func installGrapevineWith(ctx context.Context, k kube, l *lab.Lab, image string,
 	if !strings.Contains(applied, manifestLease) {
 		t.Fatalf("the manifest has no %q", manifestLease)
 	}
-	lease := fmt.Sprintf("GRAPEVINE_LEASE: %q", testLease)
-	if networkPolicySetting.MatchString(applied) {
-		applied = networkPolicySetting.ReplaceAllString(applied, `${1}GRAPEVINE_NETWORK_POLICY: "true"`)
-	} else {
-		// The ConfigMap's entries are indented as the lease's line.
-		lease += "\n  GRAPEVINE_NETWORK_POLICY: \"true\""
+	if !networkPolicyOn.MatchString(applied) {
+		t.Fatalf("the manifest does not turn NetworkPolicy on (%s)", networkPolicyOn)
 	}
+	lease := fmt.Sprintf("GRAPEVINE_LEASE: %q", testLease)
 	applied = strings.ReplaceAll(applied, manifestLease, lease)
 	for _, name := range slices.Sorted(maps.Keys(settings)) {
 		entry := regexp.MustCompile(`(?m)^(\s*)` + regexp.QuoteMeta(name) + `: .*$`)

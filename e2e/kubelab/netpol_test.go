@@ -284,9 +284,10 @@ spec:
 
 // checkPolicyMemory puts 100 pause pods (spread over the nodes by the
 // scheduler) and 50 policies in force beside the test's own, waits until
-// every agent's ruleset counts them, and reports each agent's resident
-// memory: VmRSS and VmHWM (the peak) of the agent's process, read from
-// /proc by the PID containerd reports for the container.
+// every node's ruleset counts them, and reports the resident memory of
+// each agent and each grapevine-policy, apart: VmRSS and VmHWM (the peak)
+// of each container's process, read from /proc by the PID containerd
+// reports for the container.
 func checkPolicyMemory(t *testing.T, ctx context.Context, k kube, agents map[string]string) {
 	t.Helper()
 	var yaml strings.Builder
@@ -334,26 +335,44 @@ func checkPolicyMemory(t *testing.T, ctx context.Context, k kube, agents map[str
 			t.Fatal(err)
 		}
 	}
+	// The agent reports what grapevine-policy answers on the socket.
 	for node, pod := range agents {
-		pid, err := agentPID(ctx, k, node, pod)
+		st, err := k.agentStatus(ctx, pod)
 		if err != nil {
 			t.Fatal(err)
 		}
-		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-		if err != nil {
-			t.Fatal(err)
+		if p := st.NetworkPolicy; !p.Enabled || p.Unreachable != "" || !p.Synced || p.Policies < wantPolicies || p.Error != "" {
+			t.Errorf("`grapevine status` on %s reports network policy %+v, want enforced with %d policies", node, p, wantPolicies)
+		}
+	}
+	for node, pod := range agents {
+		memory := map[string][]byte{}
+		for _, container := range []string{"agent", "policy"} {
+			pid, err := containerPID(ctx, k, node, pod, container)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if memory[container], err = os.ReadFile(fmt.Sprintf("/proc/%d/status", pid)); err != nil {
+				t.Fatal(err)
+			}
 		}
 		rules, _ := rulesetGauge(ctx, k, node, "rules")
 		ingress, _ := rulesetGauge(ctx, k, node, "ingress_pods")
-		t.Logf("agent on %s (%d pause pods, %d policies in force, %d rules, %d pods with ingress policy): %s, %s (goal 40 MB or less)",
-			node, perNode[node], wantPolicies, rules, ingress, procField(status, "VmRSS"), procField(status, "VmHWM"))
+		t.Logf("%s (%d pause pods, %d policies in force, %d rules, %d pods with ingress policy): agent %s, %s; grapevine-policy %s, %s (goal for the two 40 MB or less)",
+			node, perNode[node], wantPolicies, rules, ingress,
+			procField(memory["agent"], "VmRSS"), procField(memory["agent"], "VmHWM"),
+			procField(memory["policy"], "VmRSS"), procField(memory["policy"], "VmHWM"))
 	}
 }
 
-// rulesetGauge reads grapevine_netpol_ruleset{what=...} from the agent's
-// metrics on node.
+// policyMetricsAddr is where the manifest's policy container serves its
+// metrics (its GRAPEVINE_METRICS_ADDR), in the node's namespace.
+const policyMetricsAddr = "127.0.0.1:9963"
+
+// rulesetGauge reads grapevine_netpol_ruleset{what=...} from
+// grapevine-policy's metrics on node.
 func rulesetGauge(ctx context.Context, k kube, node, what string) (int, error) {
-	code, body, err := k.c.Node(node).Host.Get(ctx, "/metrics")
+	code, body, err := k.c.Node(node).Host.GetFrom(ctx, policyMetricsAddr, "/metrics")
 	if err != nil {
 		return 0, err
 	}
@@ -370,10 +389,11 @@ func rulesetGauge(ctx context.Context, k kube, node, what string) (int, error) {
 	return 0, fmt.Errorf("metrics of %s: no %s", node, strings.TrimSpace(prefix))
 }
 
-// agentPID is the machine's PID of the agent container in pod on node.
-func agentPID(ctx context.Context, k kube, node, pod string) (int, error) {
+// containerPID is the machine's PID of the container named container in
+// pod on node.
+func containerPID(ctx context.Context, k kube, node, pod, container string) (int, error) {
 	c := k.c.Node(node).Containerd
-	ids, err := c.Crictl(ctx, "ps", "--pod", podID(k.t, ctx, k.c, node, pod), "--name", "agent", "-q")
+	ids, err := c.Crictl(ctx, "ps", "--pod", podID(k.t, ctx, k.c, node, pod), "--name", container, "-q")
 	if err != nil {
 		return 0, err
 	}
@@ -387,7 +407,7 @@ func agentPID(ctx context.Context, k kube, node, pod string) (int, error) {
 		} `json:"info"`
 	}
 	if err := json.Unmarshal(out, &inspect); err != nil || inspect.Info.PID == 0 {
-		return 0, fmt.Errorf("crictl inspect of the agent on %s: %v: %.200s", node, err, out)
+		return 0, fmt.Errorf("crictl inspect of %s on %s: %v: %.200s", container, node, err, out)
 	}
 	return inspect.Info.PID, nil
 }

@@ -366,6 +366,8 @@ type Status struct {
 	// agent accepts the pool in, and those it cannot handle.
 	ForwardAccept    []string `json:"forwardAccept"`
 	ForwardUnhandled []string `json:"forwardUnhandled"`
+	// NetworkPolicy is enforcement as grapevine-policy answered the agent.
+	NetworkPolicy status.NetworkPolicy `json:"networkPolicy"`
 }
 
 // NameConflict is one name that several live hosts advertise in Status.
@@ -508,7 +510,7 @@ func (s *Status) UnmarshalJSON(data []byte) error {
 	}
 	*s = Status{Node: r.Node, HostIP: addr(r.HostIP), Block: prefix(r.Block), PendingReleases: r.PendingReleases,
 		Ready: r.Ready, Reason: r.Reason, Degraded: r.Degraded, Encapsulation: r.Encapsulation, Ledger: r.Ledger,
-		ForwardAccept: r.ForwardAccept, ForwardUnhandled: r.ForwardUnhandled}
+		ForwardAccept: r.ForwardAccept, ForwardUnhandled: r.ForwardUnhandled, NetworkPolicy: r.NetworkPolicy}
 	for _, c := range r.NameConflicts {
 		nc := NameConflict{Name: c.Name}
 		for _, n := range c.Nodes {
@@ -587,11 +589,17 @@ func WaitMesh(ctx context.Context, hosts []*Host) (map[string]Status, error) {
 // Get fetches a path such as "/readyz" from the agent's metrics listener,
 // connecting from inside the host's namespace.
 func (h *Host) Get(ctx context.Context, path string) (code int, body string, err error) {
+	return h.GetFrom(ctx, MetricsAddr, path)
+}
+
+// GetFrom fetches a path from the HTTP listener at addr inside the host's
+// namespace (grapevine-policy's, say).
+func (h *Host) GetFrom(ctx context.Context, addr, path string) (code int, body string, err error) {
 	client := &http.Client{Transport: &http.Transport{
 		DialContext:       func(ctx context.Context, _, addr string) (net.Conn, error) { return h.Dial(ctx, addr) },
 		DisableKeepAlives: true,
 	}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+MetricsAddr+path, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+path, nil)
 	if err != nil {
 		return 0, "", err
 	}

@@ -1,5 +1,6 @@
 // Package agentcli reads what the grapevine binary accepts from its source in
-// cmd/grapevine: the commands, the flags of each, and the package's constants.
+// cmd/grapevine: the commands, the flags of each, and the package's
+// constants; and likewise grapevine-policy's flags (ParseApp).
 // The documentation tests check the docs and manifests against it; reading
 // the source (not running the binary) keeps them free of a build step.
 package agentcli
@@ -16,7 +17,8 @@ import (
 
 // Spec is what cmd/grapevine declares.
 type Spec struct {
-	// Commands maps each command to its flags' long names and aliases.
+	// Commands maps each command to its flags' long names and aliases;
+	// "" holds the app's own flags, for a binary without commands.
 	Commands map[string]map[string]bool
 	// Consts holds the package's string and integer constants, as their
 	// literal text without quotes.
@@ -31,8 +33,27 @@ func EnvVar(flag string) string {
 // Parse reads the urfave/cli declarations in dir: every cli.Command literal
 // with its Name, and the Name and Aliases of every flag literal inside it.
 // Flags built by helper functions (runDirFlag) are found by following the
-// call into the helper's body.
+// call into the helper's body. The commands must include an agent with
+// flags.
 func Parse(dir string) (Spec, error) {
+	spec, err := parse(dir)
+	if err == nil && len(spec.Commands["agent"]) == 0 {
+		err = fmt.Errorf("found no agent command with flags in %s: %v", dir, spec.Commands)
+	}
+	return spec, err
+}
+
+// ParseApp reads a binary without commands, whose cli.App literal holds
+// the flags (cmd/grapevine-policy): Commands[""] has them.
+func ParseApp(dir string) (Spec, error) {
+	spec, err := parse(dir)
+	if err == nil && len(spec.Commands[""]) == 0 {
+		err = fmt.Errorf("found no cli.App with flags in %s", dir)
+	}
+	return spec, err
+}
+
+func parse(dir string) (Spec, error) {
 	paths, err := filepath.Glob(filepath.Join(dir, "*.go"))
 	if err != nil {
 		return Spec{}, err
@@ -86,10 +107,14 @@ func Parse(dir string) (Spec, error) {
 				}
 			case *ast.CompositeLit:
 				sel, ok := n.Type.(*ast.SelectorExpr)
-				if !ok || sel.Sel.Name != "Command" {
+				if !ok || sel.Sel.Name != "Command" && sel.Sel.Name != "App" {
 					return true
 				}
 				names := stringFields(n, "Name")
+				if sel.Sel.Name == "App" {
+					// The app's own flags; its Name is the binary's.
+					names = []string{""}
+				}
 				if len(names) != 1 {
 					return true
 				}
@@ -99,13 +124,12 @@ func Parse(dir string) (Spec, error) {
 						flagsIn(kv.Value, flags, map[string]bool{})
 					}
 				}
-				spec.Commands[names[0]] = flags
+				if len(flags) > 0 || sel.Sel.Name == "Command" {
+					spec.Commands[names[0]] = flags
+				}
 			}
 			return true
 		})
-	}
-	if len(spec.Commands["agent"]) == 0 {
-		return spec, fmt.Errorf("found no agent command with flags in %s: %v", dir, spec.Commands)
 	}
 	return spec, nil
 }

@@ -26,6 +26,8 @@ import (
 // The image, as the Dockerfile's final stage (FROM scratch) describes it.
 const (
 	entrypoint = "/usr/local/bin/grapevine"
+	// policyBinary is the DaemonSet's second container's command.
+	policyBinary = "/usr/local/bin/grapevine-policy"
 	// pluginDir is where `grapevine install-cni` copies the plugins from.
 	pluginDir = "/opt/grapevine/cni"
 )
@@ -56,7 +58,7 @@ var elfMachines = map[string]elf.Machine{
 }
 
 type options struct {
-	BinDir    string // grapevine, grapevine-cni, grapevine-ipam (make dist)
+	BinDir    string // grapevine, grapevine-policy, grapevine-cni, grapevine-ipam (make dist)
 	PluginDir string // portmap, loopback (make cni-plugins)
 	Tag       string
 	Version   string
@@ -79,6 +81,7 @@ func (o options) files() []imageFile {
 	}
 	return []imageFile{
 		own("grapevine", entrypoint),
+		own("grapevine-policy", policyBinary),
 		own("grapevine-cni", path.Join(pluginDir, "grapevine-cni")),
 		own("grapevine-ipam", path.Join(pluginDir, "grapevine-ipam")),
 		ref("portmap"),

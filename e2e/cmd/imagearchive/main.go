@@ -33,7 +33,7 @@ func main() {
 func run(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("imagearchive", flag.ContinueOnError)
 	var opts options
-	fs.StringVar(&opts.BinDir, "bin-dir", "dist", "directory with grapevine, grapevine-cni and grapevine-ipam")
+	fs.StringVar(&opts.BinDir, "bin-dir", "dist", "directory with grapevine, grapevine-policy, grapevine-cni and grapevine-ipam")
 	fs.StringVar(&opts.PluginDir, "cni-plugins", "bin/cni", "directory with the reference plugins portmap and loopback")
 	fs.StringVar(&opts.Tag, "tag", "grapevine:dev", "image name the archive carries")
 	fs.StringVar(&opts.Version, "version", "dev", "version label, as the Dockerfile's VERSION build argument")

@@ -1,11 +1,11 @@
-package main
+package enforce
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -21,10 +21,9 @@ import (
 	"github.com/grapevine-net/grapevine/netpol"
 	"github.com/grapevine-net/grapevine/netpol/admit"
 	"github.com/grapevine-net/grapevine/node/nodestate"
-	"github.com/grapevine-net/grapevine/status"
 )
 
-// fakePolicyAPI is a policyAPI whose objects the test adds and deletes.
+// fakePolicyAPI is an API whose objects the test adds and deletes.
 type fakePolicyAPI struct {
 	pods, namespaces, policies *fcache.FakeControllerSource
 }
@@ -33,8 +32,45 @@ func newFakePolicyAPI() fakePolicyAPI {
 	return fakePolicyAPI{fcache.NewFakeControllerSource(), fcache.NewFakeControllerSource(), fcache.NewFakeControllerSource()}
 }
 
-func (f fakePolicyAPI) api() policyAPI {
-	return policyAPI{pods: f.pods, namespaces: f.namespaces, policies: f.policies}
+func (f fakePolicyAPI) api() API {
+	return API{Pods: f.pods, Namespaces: f.namespaces, Policies: f.policies}
+}
+
+// waitFor polls cond until it holds, failing the test after a minute
+// (generous: a loaded 2-core machine).
+func waitFor(t *testing.T, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("waiting for %s: %v", what, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// fixedBlocks is a Config.Blocks that hands out block and block6.
+func fixedBlocks(block, block6 netip.Prefix) func() (netip.Prefix, netip.Prefix) {
+	return func() (netip.Prefix, netip.Prefix) { return block, block6 }
+}
+
+// runEnforcer runs e until the test ends.
+func runEnforcer(t *testing.T, e *Enforcer) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; !errors.Is(err, context.Canceled) {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	return ctx
 }
 
 // rulesetIs is a waitFor condition: the fake kernel's ruleset passes ok.
@@ -51,17 +87,11 @@ func rulesetIs(k *netpol.FakeKernel, ok func(netpol.Ruleset) bool) func() error 
 func TestPolicyEnforcerFollowsTheAPI(t *testing.T) {
 	fake := newFakePolicyAPI()
 	kernel := &netpol.FakeKernel{}
-	e, err := newPolicyEnforcer(fake.api(), "n1", "", kernel, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	e, err := New(Config{API: fake.api(), NodeName: "n1", Kernel: kernel, Registerer: prometheus.NewRegistry()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- e.run(ctx) }()
-	defer func() {
-		cancel()
-		<-done
-	}()
+	runEnforcer(t, e)
 
 	web := netip.MustParseAddr("10.244.0.10")
 	client := netip.MustParseAddr("10.244.2.20")
@@ -165,19 +195,13 @@ func TestTrimPodKeepsWhatPoliciesRead(t *testing.T) {
 func TestPolicyAdmissionAnswersOnceThePodIsEnforced(t *testing.T) {
 	fake := newFakePolicyAPI()
 	kernel := &netpol.FakeKernel{}
-	socket := filepath.Join(t.TempDir(), policySocketName)
-	e, err := newPolicyEnforcer(fake.api(), "n1", socket, kernel, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	socket := filepath.Join(t.TempDir(), SocketName)
+	e, err := New(Config{API: fake.api(), NodeName: "n1", Socket: socket, Kernel: kernel, Registerer: prometheus.NewRegistry(),
+		Blocks: fixedBlocks(netip.MustParsePrefix("10.244.0.0/24"), netip.Prefix{})})
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.setBlocks(netip.MustParsePrefix("10.244.0.0/24"), netip.Prefix{})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- e.run(ctx) }()
-	defer func() {
-		cancel()
-		<-done
-	}()
+	ctx := runEnforcer(t, e)
 
 	fake.namespaces.Add(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "default"}})
 	fake.policies.Add(&networkingv1.NetworkPolicy{
@@ -210,7 +234,7 @@ func TestPolicyAdmissionAnswersOnceThePodIsEnforced(t *testing.T) {
 		t.Errorf("ruleset in force when the admission was answered: isolated %v, allows in %v, out %v; want isolated, in denied, out allowed",
 			isolated, rs.Allows(toPod), rs.Allows(fromPod))
 	}
-	if st := e.status(time.Now()); !st.Enabled || !st.Synced || st.Policies != 1 || st.Pods != 1 || st.LastSync.IsZero() {
+	if st := e.Status(time.Now()); !st.Enabled || !st.Synced || st.Policies != 1 || st.Pods != 1 || st.LastSync.IsZero() {
 		t.Errorf("status %+v, want enabled, synced, 1 policy, 1 pod, a last sync", st)
 	}
 
@@ -257,60 +281,30 @@ grapevine_netpol_dropped_packets_total{reason="unknown_address"} 3
 	}
 }
 
-func TestPolicyLine(t *testing.T) {
-	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
-	tests := []struct {
-		st   status.NetworkPolicy
-		want string
-	}{
-		{status.NetworkPolicy{}, "network policy off"},
-		{status.NetworkPolicy{Enabled: true}, "network policy on: WAITING for the first lists of pods, namespaces and policies"},
-		{status.NetworkPolicy{Enabled: true, Synced: true, Policies: 3, Pods: 5, LastSync: now.Add(-4 * time.Second)},
-			"network policy on: 3 policies, 5 pods enforced, last sync 4s ago"},
-		{status.NetworkPolicy{Enabled: true, Synced: true, Policies: 1, LastSync: now, Error: "nftables refused"},
-			"network policy on: 1 policies, 0 pods enforced, last sync 0s ago\nNETWORK POLICY NOT APPLIED: nftables refused"},
-	}
-	for _, tt := range tests {
-		if got := policyLine(tt.st, now); got != tt.want {
-			t.Errorf("policyLine(%+v) = %q, want %q", tt.st, got, tt.want)
-		}
-	}
-}
-
-// TestStalePolicyTableIsRemovedWhenPolicyIsOff: an agent started without
-// --network-policy removes the table a previous run left, whose denial of
-// unknown addresses would cut off every new pod.
-func TestStalePolicyTableIsRemovedWhenPolicyIsOff(t *testing.T) {
-	kernel := &netpol.FakeKernel{}
-	if err := kernel.Apply(netpol.Ruleset{Unknown: []netpol.AddrRange{{First: netip.MustParseAddr("10.244.0.1"), Last: netip.MustParseAddr("10.244.0.254")}}}); err != nil {
-		t.Fatal(err)
-	}
-	removeStalePolicy(kernel, slog.New(slog.DiscardHandler))
-	if _, exists := kernel.Current(); exists {
-		t.Error("the previous run's policy table is still in force")
-	}
-	removeStalePolicy(nil, slog.New(slog.DiscardHandler)) // a host without nftables: nothing to do
-}
-
-// TestPolicyEnforcerStartsWithTheHandedOffBlock: a restarted agent denies
-// the unknown addresses of the block the previous run's node.json hands
-// out from its first ruleset on, before its loop has a view of its own.
-func TestPolicyEnforcerStartsWithTheHandedOffBlock(t *testing.T) {
+// TestNodeStateBlocks: the enforcer denies the unknown addresses of the
+// blocks node.json hands out, from its first ruleset on (a restarted
+// enforcer before the agent wrote anything new), and of none once the
+// agent has withdrawn node.json.
+func TestNodeStateBlocks(t *testing.T) {
 	runDir := t.TempDir()
+	blocks := NodeStateBlocks(runDir)
+	if b, b6 := blocks(); b.IsValid() || b6.IsValid() {
+		t.Errorf("blocks without node.json: %s, %s; want none", b, b6)
+	}
 	block := netip.MustParsePrefix("10.244.4.0/23")
 	block6 := netip.MustParsePrefix("fd00:10:244:4::/120")
 	if err := nodestate.Write(runDir, nodestate.State{Node: "n1", Block: block, Pool: netip.MustParsePrefix("10.244.0.0/16"),
 		Block6: block6, Pool6: netip.MustParsePrefix("fd00:10:244::/48")}); err != nil {
 		t.Fatal(err)
 	}
-	api := newFakePolicyAPI().api()
-	o := agentOptions{NodeName: "n1", RunDir: runDir, NetworkPolicy: true}
-	e, err := policyEnforcerFor(o, hostSide{policyAPI: &api, policyKernel: &netpol.FakeKernel{}}, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
-	if err != nil {
+	if b, b6 := blocks(); b != block || b6 != block6 {
+		t.Errorf("blocks = %s, %s; want %s, %s", b, b6, block, block6)
+	}
+	if err := os.Remove(nodestate.Path(runDir)); err != nil {
 		t.Fatal(err)
 	}
-	if e.block != block || e.block6 != block6 || e.socket != filepath.Join(runDir, policySocketName) {
-		t.Errorf("enforcer starts with blocks %s and %s and socket %q, want %s, %s and %s/%s", e.block, e.block6, e.socket, block, block6, runDir, policySocketName)
+	if b, b6 := blocks(); b.IsValid() || b6.IsValid() {
+		t.Errorf("blocks after node.json was withdrawn: %s, %s; want none", b, b6)
 	}
 }
 
@@ -321,19 +315,13 @@ func TestPolicyEnforcerStartsWithTheHandedOffBlock(t *testing.T) {
 func TestPolicyAdmissionOfIPv6Pods(t *testing.T) {
 	fake := newFakePolicyAPI()
 	kernel := &netpol.FakeKernel{}
-	socket := filepath.Join(t.TempDir(), policySocketName)
-	e, err := newPolicyEnforcer(fake.api(), "n1", socket, kernel, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	socket := filepath.Join(t.TempDir(), SocketName)
+	e, err := New(Config{API: fake.api(), NodeName: "n1", Socket: socket, Kernel: kernel, Registerer: prometheus.NewRegistry(),
+		Blocks: fixedBlocks(netip.MustParsePrefix("10.244.0.0/24"), netip.MustParsePrefix("fd00:10:244::/120"))})
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.setBlocks(netip.MustParsePrefix("10.244.0.0/24"), netip.MustParsePrefix("fd00:10:244::/120"))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- e.run(ctx) }()
-	defer func() {
-		cancel()
-		<-done
-	}()
+	ctx := runEnforcer(t, e)
 	fake.namespaces.Add(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "default"}})
 	fake.policies.Add(&networkingv1.NetworkPolicy{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "deny-web"},

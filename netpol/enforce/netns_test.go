@@ -1,4 +1,4 @@
-package main
+package enforce
 
 import (
 	"context"
@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -27,23 +26,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/grapevine-net/grapevine/e2e/lab"
+	"github.com/grapevine-net/grapevine/internal/testneeds"
 	"github.com/grapevine-net/grapevine/netpol"
 	"github.com/grapevine-net/grapevine/node/nodestate"
 )
-
-// requireRootForNetns skips a test that creates network namespaces when not
-// root, and fails it under CI=true, where a skip would hide that it never
-// ran.
-func requireRootForNetns(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		const why = "needs root: creates network namespaces, veths and an nftables table in them"
-		if os.Getenv("CI") == "true" {
-			t.Fatal(why + " (CI=true)")
-		}
-		t.Skip(why)
-	}
-}
 
 // buildCNIPlugins returns $GRAPEVINE_CNI_PATH when set (make test), or builds
 // grapevine-cni and grapevine-ipam into a temporary directory.
@@ -53,7 +39,7 @@ func buildCNIPlugins(t *testing.T) string {
 		return dir
 	}
 	dir := t.TempDir()
-	cmd := exec.Command("go", "build", "-o", dir+"/", "../grapevine-cni", "../grapevine-ipam")
+	cmd := exec.Command("go", "build", "-o", dir+"/", "../../cmd/grapevine-cni", "../../cmd/grapevine-ipam")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("build the CNI plugins: %v\n%s", err, out)
@@ -206,7 +192,7 @@ func askOnce(n lab.Namespace, dst netip.AddrPort) error {
 // pod no policy selects answers the first packet sent to it and gets an
 // answer to its own first packet, and receives the flood.
 func TestNoPacketBeforeThePodsPolicy(t *testing.T) {
-	requireRootForNetns(t)
+	testneeds.Root(t, "creating network namespaces, veths and an nftables table in them")
 	binDir := buildCNIPlugins(t)
 	suffix := make([]byte, 3)
 	rand.Read(suffix)
@@ -233,7 +219,7 @@ func TestNoPacketBeforeThePodsPolicy(t *testing.T) {
 	outsideAddr6 := netip.MustParseAddr("fd00:99::2")
 
 	// The node: node.json names the admission socket, as the agent
-	// writes it with --network-policy.
+	// writes it with --policy-socket.
 	dir := t.TempDir()
 	runDir := filepath.Join(dir, "run")
 	if err := os.MkdirAll(runDir, 0o755); err != nil {
@@ -245,7 +231,7 @@ func TestNoPacketBeforeThePodsPolicy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	socket := filepath.Join(runDir, policySocketName)
+	socket := filepath.Join(runDir, SocketName)
 	if err := nodestate.Write(runDir, nodestate.State{
 		Node: "node-a", Block: block, Pool: netip.MustParsePrefix("10.244.0.0/16"),
 		Block6: block6, Pool6: netip.MustParsePrefix("fd00:10:244::/48"),
@@ -254,25 +240,20 @@ func TestNoPacketBeforeThePodsPolicy(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// The agent's enforcer, on the host namespace's nftables.
+	// The enforcer, on the host namespace's nftables, with the blocks of
+	// node.json.
 	fake := newFakePolicyAPI()
 	kernel, err := netpol.NewNFTKernelAt(host.Path())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { kernel.Close() })
-	e, err := newPolicyEnforcer(fake.api(), "node-a", socket, kernel, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	e, err := New(Config{API: fake.api(), NodeName: "node-a", Socket: socket, Kernel: kernel,
+		Blocks: NodeStateBlocks(runDir), Registerer: prometheus.NewRegistry()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.setBlocks(block, block6)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- e.run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-	})
+	ctx := runEnforcer(t, e)
 	fake.namespaces.Add(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "default"}})
 	fake.policies.Add(&networkingv1.NetworkPolicy{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "deny-all"},
@@ -289,7 +270,7 @@ func TestNoPacketBeforeThePodsPolicy(t *testing.T) {
 		})
 	}
 	waitFor(t, "the enforcer's first ruleset", func() error {
-		if st := e.status(time.Now()); st.LastSync.IsZero() || st.Policies != 1 {
+		if st := e.Status(time.Now()); st.LastSync.IsZero() || st.Policies != 1 {
 			return fmt.Errorf("status %+v", st)
 		}
 		return nil
@@ -402,6 +383,6 @@ func TestNoPacketBeforeThePodsPolicy(t *testing.T) {
 	if drops.PolicyPackets == 0 {
 		t.Errorf("drops %+v: the denied pod's policy dropped nothing", drops)
 	}
-	t.Logf("ADD with the agent's answer took %v (denied) and %v (allowed); allowed pod %s, %s received %d flood packets, %d over IPv6; denied pod %s, %s sent %d, received 0; drops %+v",
+	t.Logf("ADD with the enforcer's answer took %v (denied) and %v (allowed); allowed pod %s, %s received %d flood packets, %d over IPv6; denied pod %s, %s sent %d, received 0; drops %+v",
 		deniedAdd, allowedAdd, allowed, allowed6, allowedIn.count(outsideAddr), allowedIn.count(outsideAddr6), denied, denied6, deniedSent.Load(), drops)
 }

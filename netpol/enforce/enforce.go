@@ -1,4 +1,4 @@
-package main
+package enforce
 
 import (
 	"context"
@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"path/filepath"
 	"reflect"
 	"sync"
 	"time"
@@ -25,6 +24,7 @@ import (
 	listersnetworkingv1 "k8s.io/client-go/listers/networking/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/grapevine-net/grapevine/internal/ownersock"
 	"github.com/grapevine-net/grapevine/netpol"
@@ -33,60 +33,79 @@ import (
 	"github.com/grapevine-net/grapevine/status"
 )
 
-// policyResync is how often the enforcer compiles and compares even without
-// an event, so that a failed Apply is retried and a table someone else
-// deleted comes back.
-const policyResync = 30 * time.Second
+// resync is how often the enforcer compiles and compares even without an
+// event, so that a failed Apply is retried, a table someone else deleted
+// comes back, and a block node.json no longer hands out stops being
+// denied.
+const resync = 30 * time.Second
 
-// policySocketName is the admission socket (package netpol/admit) in the
-// run directory; node.json names it while the agent enforces policy.
-const policySocketName = "policy.sock"
+// SocketName is the admission socket's name in the run directory that
+// grapevine-policy shares with the agent (its default --socket).
+const SocketName = "policy.sock"
 
 // admissionTTL is how long an admitted pod's address stands in for the one
 // the API server has not reported yet, while the API does not know the pod.
 const admissionTTL = 2 * time.Minute
 
-// policySyncWarning is how long the first lists may take before the agent
+// syncWarning is how long the first lists may take before the enforcer
 // says it is still waiting.
-const policySyncWarning = 30 * time.Second
+const syncWarning = 30 * time.Second
 
-// policyEnforcer keeps table inet grapevine-policy in line with the
-// cluster's NetworkPolicies for this node's pods (--network-policy). It
-// reads Pods, Namespaces and NetworkPolicies through client-go's shared
-// informers, compiles them (netpol.Compile) after every change, and applies
-// the ruleset when it differs from the last one applied. It runs beside the
-// mesh's loop and shares nothing with it.
-type policyEnforcer struct {
+// Config is what an Enforcer works with.
+type Config struct {
+	// API lists and watches the cluster's objects (InClusterAPI,
+	// KubeconfigAPI).
+	API API
+	// NodeName is this node's name: the pods scheduled on it are the ones
+	// enforced.
+	NodeName string
+	// Socket is where the CNI plugin tells the enforcer new pods (package
+	// netpol/admit); "" listens nowhere.
+	Socket string
+	Kernel netpol.Kernel
+	// Blocks is this node's IPv4 and IPv6 pod blocks as node.json hands
+	// them out (NodeStateBlocks), read before every compile: their
+	// addresses no known pod holds are denied (netpol.Input.Block and
+	// Block6). Nil: none.
+	Blocks     func() (block, block6 netip.Prefix)
+	Registerer prometheus.Registerer
+	Logger     *slog.Logger
+}
+
+// Enforcer keeps table inet grapevine-policy in line with the cluster's
+// NetworkPolicies for this node's pods. It reads Pods, Namespaces and
+// NetworkPolicies through client-go's shared informers, compiles them
+// (netpol.Compile) after every change, and applies the ruleset when it
+// differs from the last one applied.
+type Enforcer struct {
 	nodeName   string
 	kernel     netpol.Kernel
 	log        *slog.Logger
+	blocks     func() (netip.Prefix, netip.Prefix)
 	informers  []cache.SharedIndexInformer
 	pods       listerscorev1.PodLister
 	namespaces listerscorev1.NamespaceLister
 	policies   listersnetworkingv1.NetworkPolicyLister
 	// changed holds one wake-up for the loop; events coalesce in it.
 	changed chan struct{}
-	// socket is where the plugin tells the agent new pods (admit); ""
+	// socket is where the plugin tells the enforcer new pods (admit); ""
 	// listens nowhere.
 	socket string
 
 	// mu guards what the loop shares with admissions and status readers.
 	mu sync.Mutex
-	// block and block6 are this node's IPv4 and IPv6 pod blocks as
-	// node.json hands them out: their addresses no known pod holds are
-	// denied (netpol.Input.Block and Block6).
-	block, block6 netip.Prefix
 	// admitted are the pods the plugin announced, by namespace/name,
 	// whose address the API server may not report yet.
 	admitted map[string]admittedPod
 	// inForce maps each admitted pod to the address (primaryAddr) the
-	// ruleset in force was compiled with, along with its others; inForceChanged is closed and replaced whenever
-	// that ruleset changes.
+	// ruleset in force was compiled with, along with its others;
+	// inForceChanged is closed and replaced whenever that ruleset
+	// changes.
 	inForce        map[string]netip.Addr
 	inForceChanged chan struct{}
 	synced         bool
 	lastErr        error
-	report         policyReport
+	report         report
 
 	// applying serializes Apply with reading the drop counters, which
 	// Apply resets: dropsBefore is what the replaced tables counted.
@@ -105,31 +124,40 @@ type admittedPod struct {
 	at    time.Time
 }
 
-// policyReport is the enforcement's state for grapevine status.
-type policyReport struct {
+// report is the enforcement's state for the status.
+type report struct {
 	Policies int
 	Pods     int
 	LastSync time.Time
 }
 
-// policyAPI is where the enforcer lists and watches each kind, in all
+// API is where the enforcer lists and watches each kind, in all
 // namespaces.
-type policyAPI struct {
-	pods, namespaces, policies cache.ListerWatcher
+type API struct {
+	Pods, Namespaces, Policies cache.ListerWatcher
 }
 
-// newPolicyEnforcer sets up a shared informer per kind on api; nothing runs
-// before run. Every Pod of the cluster is watched, not only this node's: a
+// New sets up a shared informer per kind on c.API; nothing runs before
+// Run. Every Pod of the cluster is watched, not only this node's: a
 // policy's podSelector and namespaceSelector peers are pods of any node,
 // and their addresses are what the ruleset matches. The cache keeps only
 // what a policy reads of each (see trimPod).
-func newPolicyEnforcer(api policyAPI, nodeName, socket string, kernel netpol.Kernel, reg prometheus.Registerer, log *slog.Logger) (*policyEnforcer, error) {
-	e := &policyEnforcer{
-		nodeName:       nodeName,
-		kernel:         kernel,
+func New(c Config) (*Enforcer, error) {
+	log := c.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	blocks := c.Blocks
+	if blocks == nil {
+		blocks = func() (netip.Prefix, netip.Prefix) { return netip.Prefix{}, netip.Prefix{} }
+	}
+	e := &Enforcer{
+		nodeName:       c.NodeName,
+		kernel:         c.Kernel,
 		log:            log,
+		blocks:         blocks,
 		changed:        make(chan struct{}, 1),
-		socket:         socket,
+		socket:         c.Socket,
 		admitted:       make(map[string]admittedPod),
 		inForce:        make(map[string]netip.Addr),
 		inForceChanged: make(chan struct{}),
@@ -151,12 +179,12 @@ func newPolicyEnforcer(api policyAPI, nodeName, socket string, kernel netpol.Ker
 			Help: "The ruleset in force: policies in the cluster, this node's pods isolated per direction, chains, rules and address sets.",
 		}, []string{"what"}),
 	}
-	pods := informer(api.pods, &corev1.Pod{})
+	pods := informer(c.API.Pods, &corev1.Pod{})
 	if err := pods.SetTransform(trimPod); err != nil {
 		return nil, fmt.Errorf("network policy: pod informer: %w", err)
 	}
-	namespaces := informer(api.namespaces, &corev1.Namespace{})
-	policies := informer(api.policies, &networkingv1.NetworkPolicy{})
+	namespaces := informer(c.API.Namespaces, &corev1.Namespace{})
+	policies := informer(c.API.Policies, &networkingv1.NetworkPolicy{})
 	wake := cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { e.wake() },
 		UpdateFunc: func(any, any) { e.wake() },
@@ -171,9 +199,9 @@ func newPolicyEnforcer(api policyAPI, nodeName, socket string, kernel netpol.Ker
 	e.pods = listerscorev1.NewPodLister(pods.GetIndexer())
 	e.namespaces = listerscorev1.NewNamespaceLister(namespaces.GetIndexer())
 	e.policies = listersnetworkingv1.NewNetworkPolicyLister(policies.GetIndexer())
-	if reg != nil {
-		for _, c := range []prometheus.Collector{e.syncSeconds, e.syncErrors, e.gauges, e.admissions, dropCollector{e}} {
-			if err := reg.Register(c); err != nil {
+	if c.Registerer != nil {
+		for _, col := range []prometheus.Collector{e.syncSeconds, e.syncErrors, e.gauges, e.admissions, dropCollector{e}} {
+			if err := c.Registerer.Register(col); err != nil {
 				return nil, fmt.Errorf("network policy metrics: %w", err)
 			}
 		}
@@ -187,19 +215,34 @@ func informer(lw cache.ListerWatcher, example runtime.Object) cache.SharedIndexI
 	return cache.NewSharedIndexInformer(lw, example, 0, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
 }
 
-// inClusterPolicyAPI lists and watches with the service account of the
-// agent's pod. Its REST clients know only the three kinds: client-go's
-// typed clients would link every API group's types (its scheme registers
-// them all), tens of megabytes of the binary.
-func inClusterPolicyAPI() (policyAPI, error) {
+// InClusterAPI lists and watches with the service account of the pod the
+// enforcer runs in.
+func InClusterAPI(userAgent string) (API, error) {
 	cfg, err := rest.InClusterConfig()
 	if err != nil {
-		return policyAPI{}, err
+		return API{}, fmt.Errorf("in-cluster Kubernetes API: %w", err)
 	}
-	cfg.UserAgent = "grapevine-agent"
+	return restAPI(cfg, userAgent)
+}
+
+// KubeconfigAPI lists and watches with the current context of the
+// kubeconfig file at path.
+func KubeconfigAPI(path, userAgent string) (API, error) {
+	cfg, err := clientcmd.BuildConfigFromFlags("", path)
+	if err != nil {
+		return API{}, fmt.Errorf("kubeconfig %s: %w", path, err)
+	}
+	return restAPI(cfg, userAgent)
+}
+
+// restAPI is the API at cfg. Its REST clients know only the three kinds:
+// client-go's typed clients would link every API group's types (its
+// scheme registers them all), tens of megabytes of the binary.
+func restAPI(cfg *rest.Config, userAgent string) (API, error) {
+	cfg.UserAgent = userAgent
 	scheme := runtime.NewScheme()
 	if err := errors.Join(corev1.AddToScheme(scheme), networkingv1.AddToScheme(scheme)); err != nil {
-		return policyAPI{}, err
+		return API{}, err
 	}
 	metav1.AddToGroupVersion(scheme, schema.GroupVersion{Version: "v1"})
 	codecs := serializer.NewCodecFactory(scheme)
@@ -211,31 +254,45 @@ func inClusterPolicyAPI() (policyAPI, error) {
 	}
 	core, err := client(corev1.SchemeGroupVersion, "/api")
 	if err != nil {
-		return policyAPI{}, err
+		return API{}, fmt.Errorf("Kubernetes API client: %w", err)
 	}
 	networking, err := client(networkingv1.SchemeGroupVersion, "/apis")
 	if err != nil {
-		return policyAPI{}, err
+		return API{}, fmt.Errorf("Kubernetes API client: %w", err)
 	}
 	all := fields.Everything()
-	return policyAPI{
-		pods:       cache.NewListWatchFromClient(core, "pods", metav1.NamespaceAll, all),
-		namespaces: cache.NewListWatchFromClient(core, "namespaces", metav1.NamespaceAll, all),
-		policies:   cache.NewListWatchFromClient(networking, "networkpolicies", metav1.NamespaceAll, all),
+	return API{
+		Pods:       cache.NewListWatchFromClient(core, "pods", metav1.NamespaceAll, all),
+		Namespaces: cache.NewListWatchFromClient(core, "namespaces", metav1.NamespaceAll, all),
+		Policies:   cache.NewListWatchFromClient(networking, "networkpolicies", metav1.NamespaceAll, all),
 	}, nil
 }
 
-func (e *policyEnforcer) wake() {
+// NodeStateBlocks reads this node's blocks from node.json in runDir, as
+// the CNI plugin does (Config.Blocks): none while the agent has withdrawn
+// it or holds no block, since the plugin then hands out no address.
+func NodeStateBlocks(runDir string) func() (block, block6 netip.Prefix) {
+	return func() (netip.Prefix, netip.Prefix) {
+		st, err := nodestate.Read(runDir)
+		if err != nil {
+			return netip.Prefix{}, netip.Prefix{}
+		}
+		return st.Block, st.Block6
+	}
+}
+
+func (e *Enforcer) wake() {
 	select {
 	case e.changed <- struct{}{}:
 	default:
 	}
 }
 
-// run enforces until ctx ends. Until the caches have synced, and after run
-// returns, the table stays as it was: an agent restart must not lift the
+// Run enforces until ctx ends, and answers on the admission socket
+// meanwhile. Until the caches have synced, and after Run returns, the
+// table stays as it was: a restart of the enforcer must not lift the
 // policies of running pods.
-func (e *policyEnforcer) run(ctx context.Context) error {
+func (e *Enforcer) Run(ctx context.Context) error {
 	var informing sync.WaitGroup
 	defer informing.Wait()
 	ctx, stop := context.WithCancel(ctx)
@@ -245,11 +302,16 @@ func (e *policyEnforcer) run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		informing.Go(func() {
-			err := admit.Serve(ctx, ln, e.admit, func(err error) {
+		server := admit.Server{
+			Admit:  e.admit,
+			Status: func() status.NetworkPolicy { return e.Status(time.Now()) },
+			Rejected: func(err error) {
 				e.admissions.WithLabelValues("rejected").Inc()
-				e.log.Warn("network policy: refused a pod admission request", "err", err)
-			})
+				e.log.Warn("network policy: refused a request on the admission socket", "err", err)
+			},
+		}
+		informing.Go(func() {
+			err := server.Serve(ctx, ln)
 			if err != nil && !errors.Is(err, context.Canceled) {
 				e.log.Error("network policy: admission socket stopped; new pods fail to start", "err", err)
 			}
@@ -265,10 +327,10 @@ func (e *policyEnforcer) run(ctx context.Context) error {
 	var ok bool
 	select {
 	case ok = <-syncedc:
-	case <-time.After(policySyncWarning):
+	case <-time.After(syncWarning):
 		// The informers retry for ever; their own reasons go to klog.
 		e.log.Warn("network policy: still waiting for the first list of pods, namespaces and policies; the previous ruleset stays in force (is the RBAC for them in place?)",
-			"waited", policySyncWarning)
+			"waited", syncWarning)
 		ok = <-syncedc
 	}
 	if !ok {
@@ -278,8 +340,8 @@ func (e *policyEnforcer) run(ctx context.Context) error {
 	e.mu.Lock()
 	e.synced = true
 	e.mu.Unlock()
-	resync := time.NewTicker(policyResync)
-	defer resync.Stop()
+	tick := time.NewTicker(resync)
+	defer tick.Stop()
 	var applied *netpol.Ruleset
 	for {
 		rs, err := e.sync(applied)
@@ -288,7 +350,7 @@ func (e *policyEnforcer) run(ctx context.Context) error {
 		e.mu.Unlock()
 		if err != nil {
 			e.syncErrors.Inc()
-			e.log.Error("network policy: sync failed; retrying on the next change or in "+policyResync.String(), "err", err)
+			e.log.Error("network policy: sync failed; retrying on the next change or in "+resync.String(), "err", err)
 			applied = nil
 		} else {
 			applied = &rs
@@ -297,7 +359,7 @@ func (e *policyEnforcer) run(ctx context.Context) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-e.changed:
-		case <-resync.C:
+		case <-tick.C:
 			applied = nil // apply again: someone may have deleted the table
 		}
 	}
@@ -306,7 +368,7 @@ func (e *policyEnforcer) run(ctx context.Context) error {
 // sync compiles the caches' current content with the admitted pods and
 // applies it unless it equals last; either way the admissions it covers
 // are answered.
-func (e *policyEnforcer) sync(last *netpol.Ruleset) (netpol.Ruleset, error) {
+func (e *Enforcer) sync(last *netpol.Ruleset) (netpol.Ruleset, error) {
 	start := time.Now()
 	in, admitted, err := e.input(start)
 	if err != nil {
@@ -324,7 +386,7 @@ func (e *policyEnforcer) sync(last *netpol.Ruleset) (netpol.Ruleset, error) {
 		}
 		e.syncSeconds.Observe(time.Since(start).Seconds())
 	}
-	e.inForceNow(admitted, policyReport{Policies: len(in.Policies), Pods: enforcedPods(rs), LastSync: time.Now()})
+	e.inForceNow(admitted, report{Policies: len(in.Policies), Pods: enforcedPods(rs), LastSync: time.Now()})
 	if unchanged {
 		return rs, nil
 	}
@@ -347,7 +409,7 @@ func (e *policyEnforcer) sync(last *netpol.Ruleset) (netpol.Ruleset, error) {
 // the address it is compiled with. An admitted pod's address stands in for
 // what the API server reports until the API reports the same; an
 // admission the API never confirms ends after admissionTTL.
-func (e *policyEnforcer) input(now time.Time) (netpol.Input, map[string]netip.Addr, error) {
+func (e *Enforcer) input(now time.Time) (netpol.Input, map[string]netip.Addr, error) {
 	pods, err := e.pods.List(labels.Everything())
 	if err != nil {
 		return netpol.Input{}, nil, err
@@ -392,7 +454,8 @@ func (e *policyEnforcer) input(now time.Time) (netpol.Input, map[string]netip.Ad
 			delete(e.admitted, key)
 		}
 	}
-	in := netpol.Input{Policies: policies, Pods: pods, Namespaces: namespaces, NodeName: e.nodeName, Block: e.block, Block6: e.block6}
+	block, block6 := e.blocks()
+	in := netpol.Input{Policies: policies, Pods: pods, Namespaces: namespaces, NodeName: e.nodeName, Block: block, Block6: block6}
 	return in, found, nil
 }
 
@@ -445,7 +508,7 @@ func enforcedPods(rs netpol.Ruleset) int {
 }
 
 // apply writes rs, keeping the drops the replaced table counted.
-func (e *policyEnforcer) apply(rs netpol.Ruleset) error {
+func (e *Enforcer) apply(rs netpol.Ruleset) error {
 	e.applying.Lock()
 	defer e.applying.Unlock()
 	before, err := e.kernel.Drops()
@@ -460,8 +523,8 @@ func (e *policyEnforcer) apply(rs netpol.Ruleset) error {
 	return nil
 }
 
-// drops is what the table's drop rules counted since the agent started.
-func (e *policyEnforcer) drops() (netpol.Drops, error) {
+// drops is what the table's drop rules counted since the enforcer started.
+func (e *Enforcer) drops() (netpol.Drops, error) {
 	e.applying.Lock()
 	defer e.applying.Unlock()
 	d, err := e.kernel.Drops()
@@ -476,7 +539,7 @@ func (e *policyEnforcer) drops() (netpol.Drops, error) {
 
 // inForceNow records that the ruleset compiled with admitted is in force,
 // and wakes the admissions waiting for it.
-func (e *policyEnforcer) inForceNow(admitted map[string]netip.Addr, r policyReport) {
+func (e *Enforcer) inForceNow(admitted map[string]netip.Addr, r report) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.inForce = admitted
@@ -485,25 +548,10 @@ func (e *policyEnforcer) inForceNow(admitted map[string]netip.Addr, r policyRepo
 	e.inForceChanged = make(chan struct{})
 }
 
-// setBlocks tells the enforcer the IPv4 and IPv6 blocks node.json hands
-// out addresses from (block6 zero: no IPv6 pool); a nil e ignores it.
-func (e *policyEnforcer) setBlocks(block, block6 netip.Prefix) {
-	if e == nil {
-		return
-	}
-	e.mu.Lock()
-	changed := e.block != block || e.block6 != block6
-	e.block, e.block6 = block, block6
-	e.mu.Unlock()
-	if changed {
-		e.wake()
-	}
-}
-
 // admit answers the plugin's announcement of a new pod (admit.Handler):
 // it returns once a ruleset compiled with the pod at the announced
 // address is in force, or says why not when ctx ends first.
-func (e *policyEnforcer) admit(ctx context.Context, r admit.Request) error {
+func (e *Enforcer) admit(ctx context.Context, r admit.Request) error {
 	key := r.Namespace + "/" + r.Name
 	primary, ok := primaryAddr(r.IPs)
 	if !ok {
@@ -532,18 +580,18 @@ func (e *policyEnforcer) admit(ctx context.Context, r admit.Request) error {
 		e.admissions.WithLabelValues("failed").Inc()
 		switch {
 		case !synced:
-			return fmt.Errorf("the grapevine agent has not listed pods, namespaces and network policies yet")
+			return fmt.Errorf("grapevine-policy has not listed pods, namespaces and network policies yet")
 		case lastErr != nil:
-			return fmt.Errorf("the grapevine agent cannot apply the network policy ruleset: %w", lastErr)
+			return fmt.Errorf("grapevine-policy cannot apply the network policy ruleset: %w", lastErr)
 		}
 		p, err := e.pods.Pods(r.Namespace).Get(r.Name)
 		switch {
 		case err != nil:
-			return fmt.Errorf("the grapevine agent has not seen pod %s in the API yet", key)
+			return fmt.Errorf("grapevine-policy has not seen pod %s in the API yet", key)
 		case p.Spec.NodeName != e.nodeName:
 			return fmt.Errorf("pod %s is scheduled on node %q, not on this node %q", key, p.Spec.NodeName, e.nodeName)
 		default:
-			return fmt.Errorf("the grapevine agent could not put the policies of pod %s in force in time", key)
+			return fmt.Errorf("grapevine-policy could not put the policies of pod %s in force in time", key)
 		}
 	}
 }
@@ -554,11 +602,8 @@ func listenAdmissions(path string) (net.Listener, error) {
 	return ownersock.Listen(path, "network policy: admission socket")
 }
 
-// status reports the enforcement at now; a nil e is enforcement off.
-func (e *policyEnforcer) status(now time.Time) status.NetworkPolicy {
-	if e == nil {
-		return status.NetworkPolicy{}
-	}
+// Status reports the enforcement at now.
+func (e *Enforcer) Status(now time.Time) status.NetworkPolicy {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	st := status.NetworkPolicy{Enabled: true, Synced: e.synced, Policies: e.report.Policies, Pods: e.report.Pods, LastSync: e.report.LastSync}
@@ -572,7 +617,7 @@ func (e *policyEnforcer) status(now time.Time) status.NetworkPolicy {
 }
 
 // dropCollector reads the table's drop counters at scrape time.
-type dropCollector struct{ e *policyEnforcer }
+type dropCollector struct{ e *Enforcer }
 
 var droppedDesc = prometheus.NewDesc("grapevine_netpol_dropped_packets_total",
 	"Packets of new connections the network policy table dropped, by reason: policy (no policy of the pod allowed it), unknown_address (an address of this node's block no known pod holds).",
@@ -592,7 +637,7 @@ func (c dropCollector) Collect(ch chan<- prometheus.Metric) {
 
 // trimPod keeps of a Pod what a policy reads: its name, namespace and
 // labels, its node, whether it is on the host network, its phase and
-// addresses and its containers' ports. A cluster's pods cost the agent's
+// addresses and its containers' ports. A cluster's pods cost the enforcer's
 // memory that much less.
 func trimPod(obj any) (any, error) {
 	p, ok := obj.(*corev1.Pod)
@@ -609,68 +654,4 @@ func trimPod(obj any) (any, error) {
 	}
 	t.Status.Phase, t.Status.PodIP, t.Status.PodIPs = p.Status.Phase, p.Status.PodIP, p.Status.PodIPs
 	return t, nil
-}
-
-// policyEnforcerFor builds the enforcer for --network-policy: nil without
-// the flag.
-func policyEnforcerFor(o agentOptions, host hostSide, reg prometheus.Registerer, log *slog.Logger) (*policyEnforcer, error) {
-	if !o.NetworkPolicy {
-		return nil, nil
-	}
-	api := host.policyAPI
-	if api == nil {
-		c, err := inClusterPolicyAPI()
-		if err != nil {
-			return nil, fmt.Errorf("--network-policy needs the Kubernetes API: %w", err)
-		}
-		api = &c
-	}
-	kernel := host.policyKernel
-	if kernel == nil {
-		kernel = netpol.NewNFTKernel()
-	}
-	e, err := newPolicyEnforcer(*api, o.NodeName, policySocket(o), kernel, reg, log.With("component", "netpol"))
-	if err != nil {
-		return nil, err
-	}
-	// A restarted agent's plugin keeps handing out addresses from the
-	// block of the previous run's node.json until the loop has its own
-	// view (or withdraws it): deny that block's unknown addresses from the
-	// first ruleset on.
-	if st, err := nodestate.Read(o.RunDir); err == nil {
-		e.setBlocks(st.Block, st.Block6)
-	}
-	return e, nil
-}
-
-// policySocket is the admission socket node.json names: "" without
-// --network-policy.
-func policySocket(o agentOptions) string {
-	if !o.NetworkPolicy {
-		return ""
-	}
-	return filepath.Join(o.RunDir, policySocketName)
-}
-
-// runPolicyEnforcer runs e until ctx ends; a nil e does nothing.
-func runPolicyEnforcer(ctx context.Context, e *policyEnforcer, log *slog.Logger) {
-	if e == nil {
-		return
-	}
-	if err := e.run(ctx); err != nil && !errors.Is(err, context.Canceled) {
-		log.Error("network policy enforcement stopped; the last ruleset stays in force", "err", err)
-	}
-}
-
-// removeStalePolicy removes the table a previous run with --network-policy
-// left, when this run enforces none: its policies would go stale, and its
-// denial of unknown addresses would cut off every new pod, which the plugin
-// no longer announces. A nil kernel has nothing to remove.
-func removeStalePolicy(kernel netpol.Kernel, log *slog.Logger) {
-	if kernel == nil {
-		return
-	}
-	if err := kernel.Remove(); err != nil {
-		log.Warn("network policy is off, but a previous run's table may still be in force: delete it with `nft delete table inet "+netpol.TableName+"`", "err", err)
-	}
 }
