@@ -43,6 +43,7 @@ func Diagnose(o Observations) []Finding {
 		{CheckHostFirewall, checkHostFirewall, true},
 		{CheckMasquerade, checkMasquerade, true},
 		{CheckLegacyIptables, checkLegacy, true},
+		{CheckNetworkPolicy, checkNetworkPolicy, true},
 		{CheckProxyARP, checkPodHosts, false},
 		{CheckPeerRoute, checkPeerRoutes, true},
 	} {
@@ -339,6 +340,35 @@ func checkConntrack(o Observations) []Finding {
 		f.Fix = "raise it (sysctl -w net.netfilter.nf_conntrack_max=<n>, persisted in /etc/sysctl.d) or find what opens so many connections (conntrack -L | sort | uniq -c)"
 	}
 	return []Finding{f}
+}
+
+// checkNetworkPolicy judges NetworkPolicy enforcement as grapevine-policy
+// answered the agent on the socket node.json names: while it does not
+// answer, the CNI plugin fails every new pod (closed).
+func checkNetworkPolicy(o Observations) []Finding {
+	p := o.Status.NetworkPolicy
+	const logs = "kubectl -n kube-system logs ds/grapevine -c policy (or the grapevine-policy service's log)"
+	switch {
+	case !p.Enabled:
+		return []Finding{{Check: CheckNetworkPolicy, Severity: OK, Seen: "off: node.json names no policy socket, so pods start without waiting for policy"}}
+	case p.Unreachable != "":
+		return []Finding{{Check: CheckNetworkPolicy, Severity: Fail, Subject: p.Socket,
+			Seen:  "node.json names grapevine-policy's socket, and it does not answer: " + p.Unreachable,
+			Cause: "grapevine-policy is not running on this host, or listens on another --socket than the agent's --policy-socket: the CNI plugin fails every new pod until it answers (running pods keep their policies)",
+			Fix:   "start grapevine-policy with the same socket (" + logs + "), or turn network policy off by giving both an empty socket"}}
+	case !p.Synced:
+		return []Finding{{Check: CheckNetworkPolicy, Severity: Warn, Subject: p.Socket,
+			Seen:  "grapevine-policy answers but has not listed pods, namespaces and network policies yet",
+			Cause: "it cannot reach the API server, or may not read those kinds: new pods wait for it, the previous ruleset stays in force",
+			Fix:   "see " + logs + "; the ClusterRole grapevine must allow get, list and watch on pods, namespaces and networkpolicies"}}
+	case p.Error != "":
+		return []Finding{{Check: CheckNetworkPolicy, Severity: Fail, Subject: p.Socket,
+			Seen:  "grapevine-policy cannot apply the ruleset: " + p.Error,
+			Cause: "nftables refused the table inet grapevine-policy: the previous ruleset stays in force, and new pods cannot start",
+			Fix:   "see " + logs + " and nft list table inet grapevine-policy"}}
+	}
+	return []Finding{{Check: CheckNetworkPolicy, Severity: OK, Subject: p.Socket,
+		Seen: fmt.Sprintf("grapevine-policy enforces %d policies for %d pods of this host, last sync %.0fs ago", p.Policies, p.Pods, p.LastSyncAgeSeconds)}}
 }
 
 // checkLegacy fails on an iptables-legacy NAT rule that rewrites pod-to-pod

@@ -240,6 +240,18 @@ func TestDiagnose(t *testing.T) {
 		{"masquerade off by flag", func(o *Observations) { o.Masquerade, o.Status.Settings.Masquerade = nil, false }, nil},
 		{"an older agent without settings", func(o *Observations) { o.Status.Settings = nil },
 			[]verdict{{CheckAgent, "", Warn}}},
+		{"network policy enforced", func(o *Observations) {
+			o.Status.NetworkPolicy = status.NetworkPolicy{Enabled: true, Socket: "/run/grapevine/policy.sock", Synced: true, Policies: 3, Pods: 2}
+		}, nil},
+		{"grapevine-policy not answering", func(o *Observations) {
+			o.Status.NetworkPolicy = status.NetworkPolicy{Enabled: true, Socket: "/run/grapevine/policy.sock", Unreachable: "connection refused"}
+		}, []verdict{{CheckNetworkPolicy, "/run/grapevine/policy.sock", Fail}}},
+		{"grapevine-policy waiting for its first lists", func(o *Observations) {
+			o.Status.NetworkPolicy = status.NetworkPolicy{Enabled: true, Socket: "/run/grapevine/policy.sock"}
+		}, []verdict{{CheckNetworkPolicy, "/run/grapevine/policy.sock", Warn}}},
+		{"grapevine-policy's ruleset refused", func(o *Observations) {
+			o.Status.NetworkPolicy = status.NetworkPolicy{Enabled: true, Socket: "/run/grapevine/policy.sock", Synced: true, Error: "invalid argument"}
+		}, []verdict{{CheckNetworkPolicy, "/run/grapevine/policy.sock", Fail}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

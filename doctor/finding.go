@@ -38,6 +38,7 @@ const (
 	CheckConntrack      = "conntrack"
 	CheckClock          = "clock-offset"
 	CheckHostFirewall   = "host-firewall"
+	CheckNetworkPolicy  = "network-policy"
 )
 
 // Finding is one check's verdict on one subject.
