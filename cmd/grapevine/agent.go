@@ -210,15 +210,15 @@ func parseAgentOptions(c *cli.Context) (agentOptions, error) {
 	if err := checkMetricsAddr(o.MetricsAddr); err != nil {
 		return o, err
 	}
-	// The hand-off files name these directories for the CNI plugin, which
-	// runs in another working directory.
-	if o.PolicySocket != "" && !filepath.IsAbs(o.PolicySocket) {
-		return o, fmt.Errorf("--policy-socket %q must be an absolute path", o.PolicySocket)
-	}
+	// The hand-off files name these directories and the policy socket for
+	// the CNI plugin, which runs in another working directory.
 	for flag, dir := range map[string]string{"--state-dir": o.StateDir, "--run-dir": o.RunDir, "--cni-conf-dir": o.CNIConfDir} {
 		if dir != "" && !filepath.IsAbs(dir) || dir == "" && flag != "--cni-conf-dir" {
 			return o, fmt.Errorf("%s %q must be an absolute path", flag, dir)
 		}
+	}
+	if o.PolicySocket != "" && !filepath.IsAbs(o.PolicySocket) {
+		return o, fmt.Errorf("--policy-socket %q must be an absolute path", o.PolicySocket)
 	}
 	// An empty GRAPEVINE_JOIN= or a trailing comma names no seed.
 	o.Join = slices.DeleteFunc(o.Join, func(j string) bool { return strings.TrimSpace(j) == "" })

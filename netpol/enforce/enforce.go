@@ -422,6 +422,7 @@ func (e *Enforcer) input(now time.Time) (netpol.Input, map[string]netip.Addr, er
 	if err != nil {
 		return netpol.Input{}, nil, err
 	}
+	block, block6 := e.blocks() // node.json, read outside the lock
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	found := make(map[string]netip.Addr)
@@ -454,7 +455,6 @@ func (e *Enforcer) input(now time.Time) (netpol.Input, map[string]netip.Addr, er
 			delete(e.admitted, key)
 		}
 	}
-	block, block6 := e.blocks()
 	in := netpol.Input{Policies: policies, Pods: pods, Namespaces: namespaces, NodeName: e.nodeName, Block: block, Block6: block6}
 	return in, found, nil
 }
