@@ -40,7 +40,7 @@ import (
 const resync = 30 * time.Second
 
 // SocketName is the admission socket's name in the run directory that
-// grapevine-policy shares with the agent (its default --socket).
+// grapevine-policy shares with the agent (its default --policy-socket).
 const SocketName = "policy.sock"
 
 // admissionTTL is how long an admitted pod's address stands in for the one
