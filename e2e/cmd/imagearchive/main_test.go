@@ -353,8 +353,8 @@ func TestArchiveBinariesAreStatic(t *testing.T) {
 			t.Errorf("%s is ELF type %s, want an executable", p, f.Type)
 		}
 	}
-	if n != 5 {
-		t.Errorf("the image has %d files, want the 5 binaries", n)
+	if n != 6 {
+		t.Errorf("the image has %d files, want the 6 binaries (grapevine, grapevine-policy, grapevine-cni, grapevine-ipam, portmap, loopback)", n)
 	}
 }
 
