@@ -191,7 +191,10 @@ func readImage(t *testing.T, path string) (map[string]string, v1.Config) {
 func buildImageArchive(t *testing.T, ctx context.Context, binDir string, cniPath []string, tag string) (string, map[string]string) {
 	t.Helper()
 	dir := t.TempDir()
-	staged := map[string]string{"grapevine": filepath.Join(dir, "bin", "grapevine")}
+	staged := map[string]string{
+		"grapevine":        filepath.Join(dir, "bin", "grapevine"),
+		"grapevine-policy": filepath.Join(dir, "bin", "grapevine-policy"),
+	}
 	for _, p := range imagePlugins {
 		sub := "cni"
 		if strings.HasPrefix(p, "grapevine-") {

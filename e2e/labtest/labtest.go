@@ -187,9 +187,10 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// binaries returns the directory of the grapevine binary and the CNI plugin
-// path: $GRAPEVINE_BIN_DIR and $GRAPEVINE_CNI_PATH when set (make test sets
-// both), otherwise built once per test binary into a temporary directory.
+// binaries returns the directory of the grapevine binaries (the agent and
+// grapevine-policy) and the CNI plugin path: $GRAPEVINE_BIN_DIR and
+// $GRAPEVINE_CNI_PATH when set (make test sets both), otherwise built once
+// per test binary into a temporary directory.
 // With cniOnly only the reference plugins are needed, so the harness can be
 // tested while the grapevine binaries do not build.
 func (e *Env) binaries(t *testing.T, cniOnly bool) (binDir string, cniPath []string) {
@@ -238,7 +239,7 @@ func (e *Env) buildOwn(bin, cni string) error {
 		return err
 	}
 	for dir, pkgs := range map[string][]string{
-		bin: {"./cmd/grapevine"},
+		bin: {"./cmd/grapevine", "./cmd/grapevine-policy"}, // the image holds both
 		cni: {"./cmd/grapevine-cni", "./cmd/grapevine-ipam"},
 	} {
 		cmd := exec.Command("go", append([]string{"build", "-o", dir + "/"}, pkgs...)...)
