@@ -79,6 +79,9 @@ func newApp(run runner) *cli.App {
 		Name:    "grapevine-policy",
 		Usage:   "enforce Kubernetes NetworkPolicy for this node's pods in nftables table inet " + netpol.TableName + ", beside the grapevine agent",
 		Version: version,
+		// One command: no subcommands, no help command.
+		UsageText:       "grapevine-policy [options]",
+		HideHelpCommand: true,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "node-name", EnvVars: envVar("node-name"), Usage: "this node's name in Kubernetes: its pods are the ones enforced (default: hostname)"},
 			&cli.StringFlag{Name: "run-dir", Value: nodestate.DefaultRunDir, EnvVars: envVar("run-dir"), Usage: "the agent's run directory, whose node.json says which blocks this node hands out"},
