@@ -387,8 +387,13 @@ func (l *Ledger) Run(ctx context.Context) error {
 	trans := &countingTransport{sent: l.rpcsSent, Transport: raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream:  stream,
 		MaxPool: 3,
-		Timeout: 10 * time.Second,
-		Logger:  newHCLog(l.log, "raft-net"),
+		// No pipelining: it holds one more connection per follower, with
+		// a 256 kB buffer at each end and a goroutine, for a log that
+		// grows a few entries a day. Synchronous AppendEntries over the
+		// pooled connections serve that as fast.
+		MaxRPCsInFlight: 1,
+		Timeout:         10 * time.Second,
+		Logger:          newHCLog(l.log, "raft-net"),
 	})}
 	conf := l.raftConfig()
 	r, err := raft.NewRaft(conf, l.fsm, l.stores.Log, l.stores.Stable, l.stores.Snapshots, trans)
