@@ -23,8 +23,36 @@ import (
 // round-trip time of the answer. The lab carries its own ping so it needs
 // nothing installed beyond iproute2.
 func (n Namespace) Ping(ctx context.Context, dst netip.Addr) (time.Duration, error) {
-	var conn *icmp.PacketConn
-	err := n.Do(func() (err error) {
+	conn, err := n.icmpConn(dst)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close()
+	return ping(ctx, conn, dst)
+}
+
+// PingOnce sends one echo request from inside the namespace to dst and
+// waits up to wait for its answer: whether the first packet of a flow gets
+// through, which Ping's retries would hide.
+func (n Namespace) PingOnce(dst netip.Addr, wait time.Duration) (time.Duration, error) {
+	conn, err := n.icmpConn(dst)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close()
+	rtt, answered, err := echo(conn, dst, newEchoID(), 1, time.Now().Add(wait))
+	if err != nil {
+		return 0, fmt.Errorf("ping %s once from %s: %w", dst, n.Name, err)
+	}
+	if !answered {
+		return 0, fmt.Errorf("ping %s once from %s: no answer within %v", dst, n.Name, wait)
+	}
+	return rtt, nil
+}
+
+// icmpConn opens an ICMP socket of dst's family inside the namespace.
+func (n Namespace) icmpConn(dst netip.Addr) (conn *icmp.PacketConn, err error) {
+	err = n.Do(func() (err error) {
 		if dst.Is6() && !dst.Is4In6() {
 			conn, err = icmp.ListenPacket("ip6:ipv6-icmp", "::")
 			return err
@@ -33,13 +61,12 @@ func (n Namespace) Ping(ctx context.Context, dst netip.Addr) (time.Duration, err
 		return err
 	})
 	if err != nil {
-		return 0, fmt.Errorf("ping from %s: %w", n.Name, err)
+		return nil, fmt.Errorf("ping from %s: %w", n.Name, err)
 	}
-	defer conn.Close()
-	return ping(ctx, conn, dst)
+	return conn, nil
 }
 
-// Ping is Namespace.Ping from the namespace this process runs in.
+// Ping pings dst from the calling process's namespace (see Namespace.Ping).
 func Ping(ctx context.Context, dst netip.Addr) (time.Duration, error) {
 	conn, err := icmp.ListenPacket("ip4:icmp", "0.0.0.0")
 	if err != nil {
@@ -50,51 +77,67 @@ func Ping(ctx context.Context, dst netip.Addr) (time.Duration, error) {
 }
 
 func ping(ctx context.Context, conn *icmp.PacketConn, dst netip.Addr) (time.Duration, error) {
-	var idb [2]byte
-	rand.Read(idb[:])
-	id := int(binary.BigEndian.Uint16(idb[:]))
-	buf := make([]byte, 1500)
-	var request, answer icmp.Type = ipv4.ICMPTypeEcho, ipv4.ICMPTypeEchoReply
-	proto := 1 // ICMP
-	if dst.Is6() && !dst.Is4In6() {
-		// The kernel fills in an ICMPv6 checksum itself.
-		request, answer, proto = ipv6.ICMPTypeEchoRequest, ipv6.ICMPTypeEchoReply, 58
-	}
+	id := newEchoID()
 	for seq := 1; ; seq++ {
-		msg := icmp.Message{Type: request, Body: &icmp.Echo{ID: id, Seq: seq, Data: []byte("grapevine lab")}}
-		wire, err := msg.Marshal(nil)
-		if err != nil {
-			return 0, err
+		deadline := time.Now().Add(time.Second)
+		if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+			deadline = d
 		}
-		sent := time.Now()
-		if _, err := conn.WriteTo(wire, &net.IPAddr{IP: dst.AsSlice()}); err != nil {
+		rtt, answered, err := echo(conn, dst, id, seq, deadline)
+		if err != nil {
 			// Unreachable routes fail the send itself; retry until ctx ends.
 			if waitErr := Sleep(ctx, 200*time.Millisecond); waitErr != nil {
 				return 0, fmt.Errorf("ping %s: %w (last: %w)", dst, waitErr, err)
 			}
 			continue
 		}
-		deadline := sent.Add(time.Second)
-		if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-			deadline = d
-		}
-		conn.SetReadDeadline(deadline)
-		for {
-			n, from, err := conn.ReadFrom(buf)
-			if err != nil {
-				break // timed out: next request
-			}
-			reply, err := icmp.ParseMessage(proto, buf[:n])
-			if err != nil || reply.Type != answer {
-				continue
-			}
-			echo, ok := reply.Body.(*icmp.Echo)
-			if ok && echo.ID == id && echo.Seq == seq && from.String() == dst.String() {
-				return time.Since(sent), nil
-			}
+		if answered {
+			return rtt, nil
 		}
 		if err := ctx.Err(); err != nil {
 			return 0, fmt.Errorf("ping %s: no answer: %w", dst, err)
+		}
+	}
+}
+
+func newEchoID() int {
+	var idb [2]byte
+	rand.Read(idb[:])
+	return int(binary.BigEndian.Uint16(idb[:]))
+}
+
+// echo sends one echo request (id, seq) to dst and reads until its answer
+// or deadline. err is the send's failure; answered is false when nothing
+// came back in time.
+func echo(conn *icmp.PacketConn, dst netip.Addr, id, seq int, deadline time.Time) (rtt time.Duration, answered bool, err error) {
+	var request, answer icmp.Type = ipv4.ICMPTypeEcho, ipv4.ICMPTypeEchoReply
+	proto := 1 // ICMP
+	if dst.Is6() && !dst.Is4In6() {
+		// The kernel fills in an ICMPv6 checksum itself.
+		request, answer, proto = ipv6.ICMPTypeEchoRequest, ipv6.ICMPTypeEchoReply, 58
+	}
+	msg := icmp.Message{Type: request, Body: &icmp.Echo{ID: id, Seq: seq, Data: []byte("grapevine lab")}}
+	wire, err := msg.Marshal(nil)
+	if err != nil {
+		return 0, false, err
+	}
+	sent := time.Now()
+	if _, err := conn.WriteTo(wire, &net.IPAddr{IP: dst.AsSlice()}); err != nil {
+		return 0, false, err
+	}
+	conn.SetReadDeadline(deadline)
+	buf := make([]byte, 1500)
+	for {
+		n, from, err := conn.ReadFrom(buf)
+		if err != nil {
+			return 0, false, nil // timed out
+		}
+		reply, err := icmp.ParseMessage(proto, buf[:n])
+		if err != nil || reply.Type != answer {
+			continue
+		}
+		if e, ok := reply.Body.(*icmp.Echo); ok && e.ID == id && e.Seq == seq && from.String() == dst.String() {
+			return time.Since(sent), true, nil
 		}
 	}
 }
