@@ -412,6 +412,13 @@ func (m *Mesh) memberlistConfig() *memberlist.Config {
 	// against, false suspicion from an overloaded prober, is what the
 	// data-path probe covers: a host that answers keeps its routes.
 	c.AwarenessMaxMultiplier = 1
+	// No LZW on outgoing messages: memberlist compresses every packet
+	// with a fresh LZW writer (a 64 KiB table), so an idle agent's pings
+	// and acks allocated about 130 KB a second, two fifths of all it
+	// allocated, and kept the garbage collector busy, to shrink packets of
+	// a few hundred bytes. Receivers still accept compressed messages, so
+	// agents that compress and agents that do not mix in one cluster.
+	c.EnableCompression = false
 	if len(m.cfg.SecretKey) > 0 {
 		c.SecretKey = m.cfg.SecretKey
 		c.GossipVerifyIncoming = true
