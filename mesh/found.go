@@ -19,6 +19,13 @@ import (
 // pace, so founders that meet found within a fraction of a second.
 const foundingInterval = 200 * time.Millisecond
 
+// foreignRecheck is how often a founded node looks for a foreign ledger
+// without a nudge (foreignCheck): what it compares changes only with
+// membership and this node's own ledger, which nudge it at once, so the
+// look on a timer is a backstop. It was every second, one of the wake-ups
+// an idle agent pays for.
+const foreignRecheck = 30 * time.Second
+
 // foundingLoop founds a ledger when this node may (Config.BootstrapExpect,
 // Config.LedgerRecord) and watches for the case where this node's ledger
 // is not the one its peers hold (see foreignLedger), until ctx ends.
@@ -51,13 +58,17 @@ func (m *Mesh) foundingLoop(ctx context.Context) {
 			}
 		}
 		m.checkForeign()
+		// Founding steps run on their timer alone: a nudge must not cut a
+		// back-off from the API short.
+		var nudged chan struct{}
 		if founded && recordChecked {
-			wait = time.Second
+			wait, nudged = foreignRecheck, m.foreignCheck
 		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-time.After(wait):
+		case <-nudged:
 		}
 	}
 }

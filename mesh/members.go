@@ -162,6 +162,9 @@ func (m *Mesh) indexPeerLocked(p *peer) {
 		}
 	}
 	p.indexed = now
+	if old.usable != now.usable || old.cluster != now.cluster {
+		signal(m.foreignCheck) // clusters may have changed
+	}
 }
 
 // noteSharedLocked records whether name is advertised by several nodes,

@@ -40,6 +40,9 @@ type Mesh struct {
 	peersChanged chan struct{}
 	// seedsAdded nudges the reconnect loop to dial new seeds now.
 	seedsAdded chan struct{}
+	// foreignCheck nudges the founding loop's watch for a foreign
+	// ledger: the ledgers members advertise, or this node's own, changed.
+	foreignCheck chan struct{}
 
 	mu      sync.Mutex
 	ml      *memberlist.Memberlist // nil until Run created it
@@ -135,6 +138,7 @@ func New(cfg Config) (*Mesh, error) {
 		ledgerChanged: make(chan struct{}, 1),
 		peersChanged:  make(chan struct{}, 1),
 		seedsAdded:    make(chan struct{}, 1),
+		foreignCheck:  make(chan struct{}, 1),
 		seeds:         slices.Clone(cfg.Join),
 		peers:         make(map[string]*peer),
 		byName:        make(map[string][]*peer),

@@ -483,6 +483,7 @@ func (m *Mesh) ledgerEvents(ctx context.Context) {
 		if newCluster {
 			m.log.Info("member of ledger", "cluster", info.ClusterID)
 			m.advertise()
+			signal(m.foreignCheck)
 		}
 		signal(m.wake)
 		if roleChanged {
