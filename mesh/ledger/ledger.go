@@ -339,9 +339,13 @@ func (l *Ledger) ID() NodeID { return l.cfg.ID }
 //     gossip's verdict, as with raft's own timeout at 3 s;
 //   - the leader lease, 5 s, is 2.5 of the longest heartbeat intervals,
 //     raft's own ratio, so a loaded leader does not step down;
-//   - CommitTimeout only bounds how late a follower learns a commit index
+//   - CommitTimeout bounds how late a follower learns a commit index
 //     when nothing else tells it: the leader tells followers at once after
-//     each change it commits (announceCommit), so 5 s costs nothing.
+//     each change it commits (announceCommit), but a follower restarted
+//     after a crash re-applies the entries after its last snapshot only
+//     once it learns the commit index, and until then routes none of its
+//     peers' blocks. So 5 s, not longer: at 30 s (30-60 s) a restarted
+//     host waited over a minute for its routes.
 //
 // A founder does not wait out the heartbeat timeout (electNow).
 const (
