@@ -18,7 +18,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/hashicorp/memberlist"
 	"github.com/hashicorp/raft"
 
 	"github.com/grapevine-net/grapevine/e2e/lab"
@@ -105,12 +104,6 @@ func MeasureMesh(ctx context.Context, cfg MeshConfig) (_ []Row, err error) {
 		BlockBits:         mesh.DefaultBlockBits,
 		ReconnectInterval: mesh.DefaultReconnectInterval,
 		SecretKey:         key,
-		// The agent's memberlist timers, but no compression: here all
-		// nodes share this machine's cores, and memberlist allocates a new
-		// LZW coder per message, which in one process costs a quarter of
-		// all CPU (and more in garbage collection). Uncompressed, the byte
-		// counts are an upper bound of the agent's.
-		Tune: func(c *memberlist.Config) { c.EnableCompression = false },
 		// The agent's raft and autopilot timers, but a short log: the
 		// agent keeps its raft log on disk, each node here keeps it in
 		// memory, and every membership change is a configuration entry

@@ -55,8 +55,6 @@ func FastTimers(c *memberlist.Config) {
 	c.ProbeInterval = 500 * time.Millisecond
 	c.ProbeTimeout = 250 * time.Millisecond
 	c.PushPullInterval = time.Second
-	// In memory, compression only costs CPU.
-	c.EnableCompression = false
 	c.GossipToTheDeadTime = 2 * time.Second
 	c.DeadNodeReclaimTime = 100 * time.Millisecond
 	c.TCPTimeout = time.Second
