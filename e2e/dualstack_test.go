@@ -100,21 +100,8 @@ func TestDualStackAcrossHosts(t *testing.T) {
 	l := env.Lab(t, labtest.Options{Hosts: 3, NoAgents: true, AgentArgs: []string{"--pool6", pool6}})
 	ctx := timeout(t, 2*time.Minute)
 	h1, h2, h3 := l.Host(1), l.Host(2), l.Host(3)
-	host6 := map[string]netip.Addr{}
 	// h1 and h2 get an IPv6 underlay; h3 stays IPv4-only.
-	for _, h := range []*lab.Host{h1, h2} {
-		a, err := h.AddIP6(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		host6[h.Name] = a
-	}
-	if err := l.StartAgents(ctx, l.Hosts()...); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := lab.WaitMesh(ctx, l.Hosts()); err != nil {
-		t.Fatal(err)
-	}
+	host6 := startWithIPv6Underlay(t, ctx, l, h1, h2)
 	blocks6 := map[string]netip.Prefix{}
 	for _, h := range l.Hosts() {
 		st, err := nodestate.Read(h.RunDir())
@@ -128,8 +115,8 @@ func TestDualStackAcrossHosts(t *testing.T) {
 	c := addPods(t, ctx, h3, 1)[0]
 
 	// The IPv6 routes follow gossip: wait for each, not a fixed time.
-	want1 := blocks6["h2"].String() + " via " + host6["h2"].String() + " dev em1"
-	want2 := blocks6["h1"].String() + " via " + host6["h1"].String() + " dev em1"
+	want1 := blocks6["h2"].String() + " via " + host6[h2].String() + " dev em1"
+	want2 := blocks6["h1"].String() + " via " + host6[h1].String() + " dev em1"
 	for h, want := range map[*lab.Host]string{h1: want1, h2: want2} {
 		if err := waitRoute6(ctx, h, want); err != nil {
 			t.Fatal(err)
@@ -186,7 +173,7 @@ func TestDualStackAcrossHosts(t *testing.T) {
 	// h1's status shows both blocks and each peer's IPv6 path with its
 	// reason; its metrics count the IPv6 route by family.
 	want := map[string]status.Member{
-		"h2": {Block6: blocks6["h2"].String(), HostIP6: host6["h2"].String(), Path6: "direct"},
+		"h2": {Block6: blocks6["h2"].String(), HostIP6: host6[h2].String(), Path6: "direct"},
 		"h3": {Block6: blocks6["h3"].String(), Path6: "vxlan"},
 	}
 	st, err := waitStatus6(ctx, h1, func(st status.Report) bool {
@@ -210,6 +197,28 @@ func TestDualStackAcrossHosts(t *testing.T) {
 		!strings.Contains(body, `grapevine_node_peers{family="ipv6",path="vxlan"} 1`) {
 		t.Errorf("h1's metrics do not count one direct and one VXLAN IPv6 peer: %v %d", err, code)
 	}
+}
+
+// startWithIPv6Underlay gives each of hosts an IPv6 address on the lab
+// LAN, then starts every host's agent (with the ExtraArgs set so far) and
+// waits for the mesh. It returns the hosts' IPv6 addresses.
+func startWithIPv6Underlay(t *testing.T, ctx context.Context, l *lab.Lab, hosts ...*lab.Host) map[*lab.Host]netip.Addr {
+	t.Helper()
+	host6 := make(map[*lab.Host]netip.Addr, len(hosts))
+	for _, h := range hosts {
+		a, err := h.AddIP6(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		host6[h] = a
+	}
+	if err := l.StartAgents(ctx, l.Hosts()...); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lab.WaitMesh(ctx, l.Hosts()); err != nil {
+		t.Fatal(err)
+	}
+	return host6
 }
 
 // waitStatus6 waits until h's status satisfies cond.
@@ -242,19 +251,8 @@ func TestDualStackEgress(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	host6 := map[*lab.Host]netip.Addr{}
-	for _, h := range l.Hosts() {
-		if host6[h], err = h.AddIP6(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
 	h2.ExtraArgs = append(h2.ExtraArgs, "--masquerade=false")
-	if err := l.StartAgents(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := lab.WaitMesh(ctx, l.Hosts()); err != nil {
-		t.Fatal(err)
-	}
+	host6 := startWithIPv6Underlay(t, ctx, l, l.Hosts()...)
 	a := addPods(t, ctx, h1, 1)[0]
 	b := addPods(t, ctx, h2, 1)[0]
 	for _, ns := range []lab.Namespace{l.Outside, b.Namespace} {
@@ -317,19 +315,7 @@ func TestDualStackFrozenAgent(t *testing.T) {
 	l := env.Lab(t, labtest.Options{Hosts: 3, NoAgents: true, AgentArgs: []string{"--pool6", "fd00:10:244::/48"}})
 	ctx := timeout(t, 2*time.Minute)
 	h1, h2 := l.Host(1), l.Host(2)
-	host6 := map[*lab.Host]netip.Addr{}
-	for _, h := range l.Hosts() {
-		var err error
-		if host6[h], err = h.AddIP6(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := l.StartAgents(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := lab.WaitMesh(ctx, l.Hosts()); err != nil {
-		t.Fatal(err)
-	}
+	host6 := startWithIPv6Underlay(t, ctx, l, l.Hosts()...)
 	a := addPods(t, ctx, h1, 1)[0]
 	b := addPods(t, ctx, h2, 1)[0]
 	st2, err := nodestate.Read(h2.RunDir())
@@ -388,19 +374,7 @@ func TestDualStackCrossSubnet(t *testing.T) {
 	l := env.Lab(t, labtest.Options{Hosts: 2, Routed: true, Hosts2: 1, NoAgents: true, AgentArgs: []string{"--pool6", "fd00:10:244::/48"}})
 	ctx := timeout(t, 2*time.Minute)
 	h1, h2, h3 := l.Host(1), l.Host(2), l.Host(3)
-	host6 := map[*lab.Host]netip.Addr{}
-	for _, h := range []*lab.Host{h1, h2} {
-		var err error
-		if host6[h], err = h.AddIP6(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := l.StartAgents(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := lab.WaitMesh(ctx, l.Hosts()); err != nil {
-		t.Fatal(err)
-	}
+	host6 := startWithIPv6Underlay(t, ctx, l, h1, h2)
 	blocks6 := map[*lab.Host]netip.Prefix{}
 	for _, h := range l.Hosts() {
 		st, err := nodestate.Read(h.RunDir())
@@ -447,17 +421,7 @@ func TestDualStackFirstPacket(t *testing.T) {
 	l := env.Lab(t, labtest.Options{Hosts: 2, NoAgents: true, AgentArgs: []string{"--pool6", pool6}})
 	ctx := timeout(t, 4*time.Minute)
 	h1, h2 := l.Host(1), l.Host(2)
-	for _, h := range l.Hosts() {
-		if _, err := h.AddIP6(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := l.StartAgents(ctx, l.Hosts()...); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := lab.WaitMesh(ctx, l.Hosts()); err != nil {
-		t.Fatal(err)
-	}
+	startWithIPv6Underlay(t, ctx, l, l.Hosts()...)
 	target := addPods(t, ctx, h2, 1)[0]
 	// The route to h2's blocks comes from gossip: a first pod waits for it
 	// once, so that the pods below test their own wiring, not the mesh.

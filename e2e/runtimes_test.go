@@ -220,19 +220,7 @@ func TestRuntimesDualStack(t *testing.T) {
 	l := env.Lab(t, labtest.Options{Hosts: 2, NoAgents: true, AgentArgs: []string{"--pool6", "fd00:10:244::/48"}})
 	ctx := timeout(t, 4*time.Minute)
 	h1, h2 := l.Host(1), l.Host(2)
-	host6 := map[*lab.Host]netip.Addr{}
-	for _, h := range l.Hosts() {
-		var err error
-		if host6[h], err = h.AddIP6(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := l.StartAgents(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := lab.WaitMesh(ctx, l.Hosts()); err != nil {
-		t.Fatal(err)
-	}
+	host6 := startWithIPv6Underlay(t, ctx, l, l.Hosts()...)
 	blocks := map[*lab.Host]nodestate.State{}
 	for _, h := range l.Hosts() {
 		st, err := nodestate.Read(h.RunDir())
