@@ -18,7 +18,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -37,6 +36,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/urfave/cli/v2"
 
+	"github.com/grapevine-net/grapevine/internal/logflag"
 	"github.com/grapevine-net/grapevine/netpol"
 	"github.com/grapevine-net/grapevine/netpol/enforce"
 	"github.com/grapevine-net/grapevine/node/nodestate"
@@ -98,7 +98,7 @@ func newApp(run runner) *cli.App {
 			if c.NArg() > 0 {
 				return fmt.Errorf("grapevine-policy takes no arguments, got %q (flags start with --; see grapevine-policy --help)", strings.Join(c.Args().Slice(), " "))
 			}
-			log, err := newLogger(c.String("log-level"), c.App.ErrWriter)
+			log, err := logflag.New(c.String("log-level"), c.App.ErrWriter)
 			if err != nil {
 				return err
 			}
@@ -115,14 +115,6 @@ func newApp(run runner) *cli.App {
 // agent's do: GRAPEVINE_ and the flag in capitals.
 func envVar(flag string) []string {
 	return []string{"GRAPEVINE_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))}
-}
-
-func newLogger(level string, w io.Writer) (*slog.Logger, error) {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("--log-level %q is not a level: use debug, info, warn or error", level)
-	}
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
 }
 
 func parseOptions(c *cli.Context) (options, error) {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/grapevine-net/grapevine/internal/logflag"
 	"github.com/grapevine-net/grapevine/mesh"
 	"github.com/grapevine-net/grapevine/node"
 	"github.com/grapevine-net/grapevine/node/nodestate"
@@ -112,7 +112,7 @@ func agentCommand(run agentRunner) *cli.Command {
 			if err := noArgs(c); err != nil {
 				return err
 			}
-			log, err := newLogger(c.String("log-level"), c.App.ErrWriter)
+			log, err := logflag.New(c.String("log-level"), c.App.ErrWriter)
 			if err != nil {
 				return err
 			}
@@ -123,23 +123,6 @@ func agentCommand(run agentRunner) *cli.Command {
 			return run(c.Context, opts, log)
 		},
 	}
-}
-
-func newLogger(level string, w io.Writer) (*slog.Logger, error) {
-	var l slog.Level
-	switch strings.ToLower(level) {
-	case "debug":
-		l = slog.LevelDebug
-	case "info":
-		l = slog.LevelInfo
-	case "warn", "warning":
-		l = slog.LevelWarn
-	case "error":
-		l = slog.LevelError
-	default:
-		return nil, fmt.Errorf("--log-level %q is not a level: use debug, info, warn or error", level)
-	}
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
 }
 
 func parseAgentOptions(c *cli.Context) (agentOptions, error) {
