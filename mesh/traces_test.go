@@ -650,8 +650,8 @@ func TestLabTrace10ImpostorUnderLiveName(t *testing.T) {
 	impIP := impostor.Addr.Addr()
 
 	// What must hold on every poll: nobody shares a block, c keeps its
-	// block, every other host routes it to c's host and nowhere else, and
-	// the impostor holds and routes nothing.
+	// block, no host routes it anywhere but c's host, and the impostor
+	// holds and routes nothing.
 	invariant := func(views map[string]mesh.View) error {
 		if v := views["c"]; v.Block != cBlock || !v.Ready {
 			return fmt.Errorf("c: block %s ready=%v (%s), had %s", v.Block, v.Ready, v.Reason, cBlock)
@@ -667,7 +667,10 @@ func TestLabTrace10ImpostorUnderLiveName(t *testing.T) {
 				if m.Block == cBlock && (m.ID != cID || m.HostIP != cIP) {
 					return fmt.Errorf("%s routes c's block %s to %s (ID %s)", key, cBlock, m.HostIP, m.ID)
 				}
-				if key != "c-impostor" && m.ID == cID && (m.Block != cBlock || m.HostIP != cIP) {
+				// Not routing c at all for a moment is allowed: on a
+				// starved machine gossip can call c dead, and then no one
+				// routes it. Routing it anywhere else is not.
+				if key != "c-impostor" && m.ID == cID && m.Block.IsValid() && (m.Block != cBlock || m.HostIP != cIP) {
 					return fmt.Errorf("%s routes %s via %s to c, which holds %s at %s", key, m.Block, m.HostIP, cBlock, cIP)
 				}
 			}
@@ -726,6 +729,14 @@ func TestLabTrace10ImpostorUnderLiveName(t *testing.T) {
 	}))
 	c.Net.Heal()
 	waitFor(t, "the conflict is shown again after the heal", 30*time.Second, checked(conflictShown))
+	waitFor(t, "a and b route c's block to c", 30*time.Second, checked(func(views map[string]mesh.View) error {
+		for _, key := range []string{"a", "b"} {
+			if !slices.ContainsFunc(views[key].Members, func(m mesh.Member) bool { return m.ID == cID && m.Block == cBlock }) {
+				return fmt.Errorf("%s does not route c's block %s", key, cBlock)
+			}
+		}
+		return nil
+	}))
 	holdFor(t, c, 2*time.Second, invariant)
 }
 
