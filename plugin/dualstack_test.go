@@ -96,7 +96,7 @@ func podIPsOf(t *testing.T, res *current.Result) (v4, v6 netip.Addr) {
 }
 
 // assertWired6 checks the IPv6 half of the seed's wiring on both sides: the
-// pod's /128 (nodad, never tentative), its default route via the host
+// pod's /128 (nodad, never tentative, local), its default route via the host
 // veth's link-local address and that address's PERMANENT entry; the host
 // veth's link-local address, `<pod6> dev <veth>` and the pod's PERMANENT
 // entry.
@@ -122,6 +122,10 @@ func assertWired6(t *testing.T, l *lab, p *pod, hostVeth string, pod6 netip.Addr
 		}
 		if !found {
 			t.Errorf("pod IPv6 addresses %v, want %s/128 nodad, not tentative", addrs, pod6)
+		}
+		// Local already, or the pod drops what comes back to it.
+		if local, err := netlink.RouteGet(pod6.AsSlice()); err != nil || len(local) == 0 || local[0].Type != unix.RTN_LOCAL {
+			t.Errorf("route lookup of %s in the pod: %v, %v; want its local route", pod6, local, err)
 		}
 		routes, err := netlink.RouteList(link, unix.AF_INET6)
 		if err != nil {

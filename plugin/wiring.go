@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/utils/sysctl"
@@ -141,6 +142,12 @@ func configurePod(podNS ns.NetNS, ifName string, podIPs podAddrs) (podInterface,
 // the pod's first packets. The PERMANENT entry means the pod never has to
 // solicit the gateway, so nothing depends on NDP (proxy or not) or on
 // routes on the host. A link-local gateway needs no on-link route.
+//
+// Even without DAD the kernel makes an IPv6 address local (puts it in the
+// local table) only when its address work runs on a workqueue, after the
+// add has returned; until then the pod can send from the address but drops
+// what comes back to it (Ip6InAddrErrors). On a loaded host that lasted
+// long enough to lose a new pod's first answer, so ADD waits for it.
 func configurePod6(link netlink.Link, podIP netip.Addr) error {
 	name, idx := link.Attrs().Name, link.Attrs().Index
 	if err := netlink.AddrAdd(link, &netlink.Addr{IPNet: hostPrefix(podIP), Flags: unix.IFA_F_NODAD}); err != nil {
@@ -153,7 +160,36 @@ func configurePod6(link netlink.Link, podIP netip.Addr) error {
 	if err := netlink.NeighSet(gatewayNeighbour(idx, ipam.Gateway6())); err != nil {
 		return fmt.Errorf("add neighbour %s lladdr %s dev %s: %w", gw, hostVethMAC(), name, err)
 	}
+	if err := waitLocal(podIP, localAddressWait); err != nil {
+		return fmt.Errorf("%s on %s: %w", podIP, name, err)
+	}
 	return nil
+}
+
+// localAddressWait bounds how long ADD waits for the kernel to make the
+// pod's IPv6 address local; it takes well under a millisecond on an idle
+// host.
+const localAddressWait = 10 * time.Second
+
+// waitLocal waits until addr is local in the current namespace: a route
+// lookup for it finds the local table's entry.
+func waitLocal(addr netip.Addr, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for pause := 100 * time.Microsecond; ; pause = min(2*pause, 20*time.Millisecond) {
+		// Until the address is local, a lookup finds the default route,
+		// or none (ENETUNREACH).
+		routes, err := netlink.RouteGet(net.IP(addr.AsSlice()))
+		if err != nil && !errors.Is(err, unix.ENETUNREACH) {
+			return fmt.Errorf("look up the route to it: %w", err)
+		}
+		if len(routes) > 0 && routes[0].Type == unix.RTN_LOCAL {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the kernel has not made it a local address after %v", limit)
+		}
+		time.Sleep(pause)
+	}
 }
 
 func defaultRoute6() *net.IPNet { return &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)} }
