@@ -36,7 +36,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/urfave/cli/v2"
 
-	"github.com/grapevine-net/grapevine/internal/logflag"
+	"github.com/grapevine-net/grapevine/internal/daemonflag"
 	"github.com/grapevine-net/grapevine/netpol"
 	"github.com/grapevine-net/grapevine/netpol/enforce"
 	"github.com/grapevine-net/grapevine/node/nodestate"
@@ -83,13 +83,13 @@ func newApp(run runner) *cli.App {
 		UsageText:       "grapevine-policy [options]",
 		HideHelpCommand: true,
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "node-name", EnvVars: envVar("node-name"), Usage: "this node's name in Kubernetes: its pods are the ones enforced (default: hostname)"},
-			&cli.StringFlag{Name: "run-dir", Value: nodestate.DefaultRunDir, EnvVars: envVar("run-dir"), Usage: "the agent's run directory, whose node.json says which blocks this node hands out"},
-			&cli.StringFlag{Name: "policy-socket", Aliases: []string{"socket"}, EnvVars: envVar("policy-socket"),
+			&cli.StringFlag{Name: "node-name", EnvVars: daemonflag.EnvVars("node-name"), Usage: "this node's name in Kubernetes: its pods are the ones enforced (default: hostname)"},
+			&cli.StringFlag{Name: "run-dir", Value: nodestate.DefaultRunDir, EnvVars: daemonflag.EnvVars("run-dir"), Usage: "the agent's run directory, whose node.json says which blocks this node hands out"},
+			&cli.StringFlag{Name: "policy-socket", Aliases: []string{"socket"}, EnvVars: daemonflag.EnvVars("policy-socket"),
 				Usage: "the admission socket the CNI plugin asks before each new pod starts; give the agent the same --policy-socket (default: " + enforce.SocketName + " in --run-dir; empty: network policy off, and the table is removed)"},
-			&cli.StringFlag{Name: "kubeconfig", EnvVars: envVar("kubeconfig"), Usage: "kubeconfig file to reach the Kubernetes API with (default: the in-cluster service account)"},
-			&cli.StringFlag{Name: "metrics-addr", Value: DefaultMetricsAddr, EnvVars: envVar("metrics-addr"), Usage: "address for /metrics and /healthz (empty: off)"},
-			&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: envVar("log-level"), Usage: "debug, info, warn or error"},
+			&cli.StringFlag{Name: "kubeconfig", EnvVars: daemonflag.EnvVars("kubeconfig"), Usage: "kubeconfig file to reach the Kubernetes API with (default: the in-cluster service account)"},
+			&cli.StringFlag{Name: "metrics-addr", Value: DefaultMetricsAddr, EnvVars: daemonflag.EnvVars("metrics-addr"), Usage: "address for /metrics and /healthz (empty: off)"},
+			&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: daemonflag.EnvVars("log-level"), Usage: "debug, info, warn or error"},
 		},
 		OnUsageError: func(c *cli.Context, err error, _ bool) error {
 			return fmt.Errorf("%w (see grapevine-policy --help)", err)
@@ -98,7 +98,7 @@ func newApp(run runner) *cli.App {
 			if c.NArg() > 0 {
 				return fmt.Errorf("grapevine-policy takes no arguments, got %q (flags start with --; see grapevine-policy --help)", strings.Join(c.Args().Slice(), " "))
 			}
-			log, err := logflag.New(c.String("log-level"), c.App.ErrWriter)
+			log, err := daemonflag.Logger(c.String("log-level"), c.App.ErrWriter)
 			if err != nil {
 				return err
 			}
@@ -109,12 +109,6 @@ func newApp(run runner) *cli.App {
 			return run(c.Context, o, log)
 		},
 	}
-}
-
-// envVar names the environment variable that can set a flag, as the
-// agent's do: GRAPEVINE_ and the flag in capitals.
-func envVar(flag string) []string {
-	return []string{"GRAPEVINE_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))}
 }
 
 func parseOptions(c *cli.Context) (options, error) {

@@ -17,7 +17,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/grapevine-net/grapevine/internal/logflag"
+	"github.com/grapevine-net/grapevine/internal/daemonflag"
 	"github.com/grapevine-net/grapevine/mesh"
 	"github.com/grapevine-net/grapevine/node"
 	"github.com/grapevine-net/grapevine/node/nodestate"
@@ -73,38 +73,38 @@ func agentCommand(run agentRunner) *cli.Command {
 		Name:  "agent",
 		Usage: "run the node agent: join the mesh, hold a block, route every peer's block",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "node-name", EnvVars: envVar("node-name"), Usage: "this node's unique name (default: hostname)"},
-			&cli.StringFlag{Name: "iface", EnvVars: envVar("iface"), Usage: "interface towards the peers (default: the default route's)"},
-			&cli.StringFlag{Name: "host-ip", EnvVars: envVar("host-ip"), Usage: "this host's address on --iface, used by peers as next hop (default: its first IPv4 address)"},
-			&cli.StringFlag{Name: "host-ip6", EnvVars: envVar("host-ip6"), Usage: "with --pool6: this host's IPv6 address on --iface, used by peers as next hop for its IPv6 block (default: its first global IPv6 address there; none: peers do not route this host's IPv6 block)"},
-			&cli.IntFlag{Name: "port", Value: mesh.DefaultPort, EnvVars: envVar("port"), Usage: "gossip port (UDP and TCP)"},
-			&cli.IntFlag{Name: "ledger-port", Value: mesh.DefaultLedgerPort, EnvVars: envVar("ledger-port"), Usage: "TCP port of the block ledger (raft among the agents)"},
-			&cli.IntFlag{Name: "voters", Value: mesh.DefaultVoters, EnvVars: envVar("voters"), Usage: "how many agents vote in the block ledger: 1, 3 or 5 (the others keep a replica)"},
-			&cli.StringSliceFlag{Name: "join", EnvVars: envVar("join"), Usage: "`host[:port]` of a member to join; repeatable; retried until one answers. Without --join (and --join-kubernetes) the agent founds a new cluster"},
-			&cli.IntFlag{Name: "bootstrap-expect", EnvVars: envVar("bootstrap-expect"), Usage: "found the ledger once this many agents with the same value meet through --join, all of them its first voters (give every host the same --join list and value); 0: never found with --join"},
-			&cli.StringFlag{Name: "pool", Value: mesh.DefaultPool.String(), EnvVars: envVar("pool"), Usage: "the pod CIDR the blocks are cut from"},
-			&cli.IntFlag{Name: "block-size", Value: mesh.DefaultBlockBits, EnvVars: envVar("block-size"), Usage: "prefix length of each node's block"},
-			&cli.StringFlag{Name: "pool6", EnvVars: envVar("pool6"), Usage: "an IPv6 pod CIDR (such as fd00:10:244::/48) for dual-stack pods: each node's IPv6 block is the one at its IPv4 block's index in it (default: none, IPv4 only)"},
-			&cli.IntFlag{Name: "block-size6", Value: mesh.DefaultBlockBits6, EnvVars: envVar("block-size6"), Usage: "prefix length of each node's IPv6 block, up to /" + fmt.Sprint(mesh.MaxBlockBits6) + " for small pools; --pool6 must hold at least as many blocks as --pool"},
-			&cli.StringFlag{Name: "state-dir", Value: nodestate.DefaultStateDir, EnvVars: envVar("state-dir"), Usage: "persistent state: node ID, the block, the ledger's log, IPAM allocations"},
+			&cli.StringFlag{Name: "node-name", EnvVars: daemonflag.EnvVars("node-name"), Usage: "this node's unique name (default: hostname)"},
+			&cli.StringFlag{Name: "iface", EnvVars: daemonflag.EnvVars("iface"), Usage: "interface towards the peers (default: the default route's)"},
+			&cli.StringFlag{Name: "host-ip", EnvVars: daemonflag.EnvVars("host-ip"), Usage: "this host's address on --iface, used by peers as next hop (default: its first IPv4 address)"},
+			&cli.StringFlag{Name: "host-ip6", EnvVars: daemonflag.EnvVars("host-ip6"), Usage: "with --pool6: this host's IPv6 address on --iface, used by peers as next hop for its IPv6 block (default: its first global IPv6 address there; none: peers do not route this host's IPv6 block)"},
+			&cli.IntFlag{Name: "port", Value: mesh.DefaultPort, EnvVars: daemonflag.EnvVars("port"), Usage: "gossip port (UDP and TCP)"},
+			&cli.IntFlag{Name: "ledger-port", Value: mesh.DefaultLedgerPort, EnvVars: daemonflag.EnvVars("ledger-port"), Usage: "TCP port of the block ledger (raft among the agents)"},
+			&cli.IntFlag{Name: "voters", Value: mesh.DefaultVoters, EnvVars: daemonflag.EnvVars("voters"), Usage: "how many agents vote in the block ledger: 1, 3 or 5 (the others keep a replica)"},
+			&cli.StringSliceFlag{Name: "join", EnvVars: daemonflag.EnvVars("join"), Usage: "`host[:port]` of a member to join; repeatable; retried until one answers. Without --join (and --join-kubernetes) the agent founds a new cluster"},
+			&cli.IntFlag{Name: "bootstrap-expect", EnvVars: daemonflag.EnvVars("bootstrap-expect"), Usage: "found the ledger once this many agents with the same value meet through --join, all of them its first voters (give every host the same --join list and value); 0: never found with --join"},
+			&cli.StringFlag{Name: "pool", Value: mesh.DefaultPool.String(), EnvVars: daemonflag.EnvVars("pool"), Usage: "the pod CIDR the blocks are cut from"},
+			&cli.IntFlag{Name: "block-size", Value: mesh.DefaultBlockBits, EnvVars: daemonflag.EnvVars("block-size"), Usage: "prefix length of each node's block"},
+			&cli.StringFlag{Name: "pool6", EnvVars: daemonflag.EnvVars("pool6"), Usage: "an IPv6 pod CIDR (such as fd00:10:244::/48) for dual-stack pods: each node's IPv6 block is the one at its IPv4 block's index in it (default: none, IPv4 only)"},
+			&cli.IntFlag{Name: "block-size6", Value: mesh.DefaultBlockBits6, EnvVars: daemonflag.EnvVars("block-size6"), Usage: "prefix length of each node's IPv6 block, up to /" + fmt.Sprint(mesh.MaxBlockBits6) + " for small pools; --pool6 must hold at least as many blocks as --pool"},
+			&cli.StringFlag{Name: "state-dir", Value: nodestate.DefaultStateDir, EnvVars: daemonflag.EnvVars("state-dir"), Usage: "persistent state: node ID, the block, the ledger's log, IPAM allocations"},
 			runDirFlag(),
-			&cli.StringFlag{Name: "cni-conf-dir", Value: node.DefaultCNIConfDir, EnvVars: envVar("cni-conf-dir"), Usage: "where to write the CNI conflist once a block is held (empty: write none)"},
-			&cli.StringFlag{Name: "cni-version", EnvVars: envVar("cni-version"), Usage: "pin the conflist's cniVersion to one of " + strings.Join(node.SupportedCNIVersions(), ", ") + " (default: " + node.CompatCNIVersion + ", which runtimes on older libcni accept, and cniVersions " + strings.Join(node.OfferedCNIVersions(), ", ") + " for newer ones)"},
-			&cli.StringFlag{Name: "gossip-key-file", EnvVars: envVar("gossip-key-file"), Usage: "file with a base64 16, 24 or 32-byte key that encrypts and authenticates gossip"},
-			&cli.StringFlag{Name: "metrics-addr", Value: DefaultMetricsAddr, EnvVars: envVar("metrics-addr"), Usage: "address for /metrics, /healthz and /readyz (empty: off)"},
-			&cli.BoolFlag{Name: "masquerade", Value: true, EnvVars: envVar("masquerade"), Usage: "masquerade traffic from the pool to destinations outside it"},
-			&cli.DurationFlag{Name: "lease", Aliases: []string{"reclaim-after"}, Value: mesh.DefaultLease, EnvVars: append(envVar("lease"), envVar("reclaim-after")...),
+			&cli.StringFlag{Name: "cni-conf-dir", Value: node.DefaultCNIConfDir, EnvVars: daemonflag.EnvVars("cni-conf-dir"), Usage: "where to write the CNI conflist once a block is held (empty: write none)"},
+			&cli.StringFlag{Name: "cni-version", EnvVars: daemonflag.EnvVars("cni-version"), Usage: "pin the conflist's cniVersion to one of " + strings.Join(node.SupportedCNIVersions(), ", ") + " (default: " + node.CompatCNIVersion + ", which runtimes on older libcni accept, and cniVersions " + strings.Join(node.OfferedCNIVersions(), ", ") + " for newer ones)"},
+			&cli.StringFlag{Name: "gossip-key-file", EnvVars: daemonflag.EnvVars("gossip-key-file"), Usage: "file with a base64 16, 24 or 32-byte key that encrypts and authenticates gossip"},
+			&cli.StringFlag{Name: "metrics-addr", Value: DefaultMetricsAddr, EnvVars: daemonflag.EnvVars("metrics-addr"), Usage: "address for /metrics, /healthz and /readyz (empty: off)"},
+			&cli.BoolFlag{Name: "masquerade", Value: true, EnvVars: daemonflag.EnvVars("masquerade"), Usage: "masquerade traffic from the pool to destinations outside it"},
+			&cli.DurationFlag{Name: "lease", Aliases: []string{"reclaim-after"}, Value: mesh.DefaultLease, EnvVars: append(daemonflag.EnvVars("lease"), daemonflag.EnvVars("reclaim-after")...),
 				Usage: "how long a host may hand out addresses from its block after the ledger's leader last renewed its lease (a host cut off from the ledger keeps starting pods this long); a gone or deleted node's block is freed only after it, plus 1 %"},
-			&cli.BoolFlag{Name: "allow-foreign-host-ip", EnvVars: envVar("allow-foreign-host-ip"), Usage: "accept peers whose advertised host IP differs from their gossip address"},
-			&cli.BoolFlag{Name: "join-kubernetes", EnvVars: envVar("join-kubernetes"), Usage: "discover members to join from the Kubernetes API's Node objects (in a pod, with its service account); the agent that creates the ConfigMap kube-system/grapevine-ledger founds the cluster with the agents it lists there as voters, the others join it"},
-			&cli.IntFlag{Name: "mtu", EnvVars: envVar("mtu"), Usage: "MTU for pod interfaces (0: the MTU of --iface, less the VXLAN overhead unless --encapsulation=never)"},
-			&cli.StringFlag{Name: "encapsulation", Value: node.EncapsulationCrossSubnet.String(), EnvVars: envVar("encapsulation"),
+			&cli.BoolFlag{Name: "allow-foreign-host-ip", EnvVars: daemonflag.EnvVars("allow-foreign-host-ip"), Usage: "accept peers whose advertised host IP differs from their gossip address"},
+			&cli.BoolFlag{Name: "join-kubernetes", EnvVars: daemonflag.EnvVars("join-kubernetes"), Usage: "discover members to join from the Kubernetes API's Node objects (in a pod, with its service account); the agent that creates the ConfigMap kube-system/grapevine-ledger founds the cluster with the agents it lists there as voters, the others join it"},
+			&cli.IntFlag{Name: "mtu", EnvVars: daemonflag.EnvVars("mtu"), Usage: "MTU for pod interfaces (0: the MTU of --iface, less the VXLAN overhead unless --encapsulation=never)"},
+			&cli.StringFlag{Name: "encapsulation", Value: node.EncapsulationCrossSubnet.String(), EnvVars: daemonflag.EnvVars("encapsulation"),
 				Usage: "cross-subnet: VXLAN to peers whose host IP is not on a network of --iface, direct routes to the others; never: direct only; always: VXLAN to every peer"},
-			&cli.DurationFlag{Name: "resync-interval", Value: 30 * time.Second, EnvVars: envVar("resync-interval"), Usage: "how often the kernel state is fully reconciled even without events"},
-			&cli.DurationFlag{Name: "probe-interval", Value: probe.DefaultInterval, EnvVars: envVar("probe-interval"), Usage: "how often each peer's host address gets an ICMP echo request, to keep its route while its agent is unresponsive (0: no probes, routes follow gossip alone)"},
-			&cli.IntFlag{Name: "probe-misses", Value: probe.DefaultMisses, EnvVars: envVar("probe-misses"), Usage: "unanswered echo requests in a row after which a peer's host counts as unreachable (after the first, the host is asked every quarter --probe-interval)"},
-			&cli.StringFlag{Name: "policy-socket", EnvVars: envVar("policy-socket"), Usage: "the admission socket of grapevine-policy, which enforces Kubernetes NetworkPolicy on this node: node.json names it, and the CNI plugin waits on it before each new pod starts (empty: network policy off, no wait)"},
-			&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: envVar("log-level"), Usage: "debug, info, warn or error"},
+			&cli.DurationFlag{Name: "resync-interval", Value: 30 * time.Second, EnvVars: daemonflag.EnvVars("resync-interval"), Usage: "how often the kernel state is fully reconciled even without events"},
+			&cli.DurationFlag{Name: "probe-interval", Value: probe.DefaultInterval, EnvVars: daemonflag.EnvVars("probe-interval"), Usage: "how often each peer's host address gets an ICMP echo request, to keep its route while its agent is unresponsive (0: no probes, routes follow gossip alone)"},
+			&cli.IntFlag{Name: "probe-misses", Value: probe.DefaultMisses, EnvVars: daemonflag.EnvVars("probe-misses"), Usage: "unanswered echo requests in a row after which a peer's host counts as unreachable (after the first, the host is asked every quarter --probe-interval)"},
+			&cli.StringFlag{Name: "policy-socket", EnvVars: daemonflag.EnvVars("policy-socket"), Usage: "the admission socket of grapevine-policy, which enforces Kubernetes NetworkPolicy on this node: node.json names it, and the CNI plugin waits on it before each new pod starts (empty: network policy off, no wait)"},
+			&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: daemonflag.EnvVars("log-level"), Usage: "debug, info, warn or error"},
 		},
 		OnUsageError: usageError,
 		// Every flag is checked here, before anything starts or is logged.
@@ -112,7 +112,7 @@ func agentCommand(run agentRunner) *cli.Command {
 			if err := noArgs(c); err != nil {
 				return err
 			}
-			log, err := logflag.New(c.String("log-level"), c.App.ErrWriter)
+			log, err := daemonflag.Logger(c.String("log-level"), c.App.ErrWriter)
 			if err != nil {
 				return err
 			}

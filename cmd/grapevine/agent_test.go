@@ -692,12 +692,6 @@ func TestReadGossipKey(t *testing.T) {
 	}
 }
 
-func TestEnvVar(t *testing.T) {
-	if got := envVar("gossip-key-file"); !reflect.DeepEqual(got, []string{"GRAPEVINE_GOSSIP_KEY_FILE"}) {
-		t.Fatalf("envVar = %v", got)
-	}
-}
-
 func TestStatusRendering(t *testing.T) {
 	r := status.Report{
 		Node: "h1", HostIP: "172.16.254.1", Ready: false, Reason: "no ledger leader reachable",

@@ -14,6 +14,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/grapevine-net/grapevine/internal/daemonflag"
 	"github.com/grapevine-net/grapevine/mesh"
 	"github.com/grapevine-net/grapevine/mesh/ledger"
 	"github.com/grapevine-net/grapevine/status"
@@ -36,9 +37,9 @@ func ledgerRecoverCommand() *cli.Command {
 			"refused while another voter answers; start its agent afterwards, then reset the others (docs/operations.md)",
 		Flags: []cli.Flag{
 			agentStateDirFlag(),
-			&cli.StringFlag{Name: "host-ip", Required: true, EnvVars: envVar("host-ip"), Usage: "the agent's host IP, where its ledger listens"},
-			&cli.IntFlag{Name: "ledger-port", Value: mesh.DefaultLedgerPort, EnvVars: envVar("ledger-port"), Usage: "the agents' --ledger-port"},
-			&cli.IntFlag{Name: "port", Value: mesh.DefaultPort, EnvVars: envVar("port"), Usage: "the agents' gossip --port, probed on every voter"},
+			&cli.StringFlag{Name: "host-ip", Required: true, EnvVars: daemonflag.EnvVars("host-ip"), Usage: "the agent's host IP, where its ledger listens"},
+			&cli.IntFlag{Name: "ledger-port", Value: mesh.DefaultLedgerPort, EnvVars: daemonflag.EnvVars("ledger-port"), Usage: "the agents' --ledger-port"},
+			&cli.IntFlag{Name: "port", Value: mesh.DefaultPort, EnvVars: daemonflag.EnvVars("port"), Usage: "the agents' gossip --port, probed on every voter"},
 			&cli.DurationFlag{Name: "probe-timeout", Value: mesh.DefaultProbeTimeout, Usage: "how long to wait for each voter's ports to answer"},
 			runDirFlag(),
 		},

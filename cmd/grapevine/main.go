@@ -25,6 +25,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/grapevine-net/grapevine/internal/daemonflag"
 	"github.com/grapevine-net/grapevine/node/nodestate"
 )
 
@@ -122,28 +123,13 @@ func versionCommand() *cli.Command {
 	}
 }
 
-// envVar names the environment variable that can set a flag.
-func envVar(flag string) []string {
-	name := []byte("GRAPEVINE_")
-	for _, c := range []byte(flag) {
-		switch {
-		case c == '-':
-			c = '_'
-		case c >= 'a' && c <= 'z':
-			c -= 'a' - 'A'
-		}
-		name = append(name, c)
-	}
-	return []string{string(name)}
-}
-
 // agentStateDirFlag is --state-dir of a command that works on the agent's
 // state directory while the agent is stopped.
 func agentStateDirFlag() cli.Flag {
-	return &cli.StringFlag{Name: "state-dir", Value: nodestate.DefaultStateDir, EnvVars: envVar("state-dir"), Usage: "the agent's --state-dir"}
+	return &cli.StringFlag{Name: "state-dir", Value: nodestate.DefaultStateDir, EnvVars: daemonflag.EnvVars("state-dir"), Usage: "the agent's --state-dir"}
 }
 
 func runDirFlag() cli.Flag {
-	return &cli.StringFlag{Name: "run-dir", Value: nodestate.DefaultRunDir, EnvVars: envVar("run-dir"),
+	return &cli.StringFlag{Name: "run-dir", Value: nodestate.DefaultRunDir, EnvVars: daemonflag.EnvVars("run-dir"),
 		Usage: "directory with the agent's status socket and node.json"}
 }

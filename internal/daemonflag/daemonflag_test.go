@@ -1,4 +1,4 @@
-package logflag
+package daemonflag
 
 import (
 	"bytes"
@@ -20,13 +20,13 @@ func TestNew(t *testing.T) {
 		{level: "verbose", wantErr: true},
 	} {
 		var buf bytes.Buffer
-		log, err := New(tc.level, &buf)
+		log, err := Logger(tc.level, &buf)
 		if (err != nil) != tc.wantErr {
-			t.Fatalf("New(%q): %v, want error %v", tc.level, err, tc.wantErr)
+			t.Fatalf("Logger(%q): %v, want error %v", tc.level, err, tc.wantErr)
 		}
 		if err != nil {
 			if !strings.Contains(err.Error(), tc.level) {
-				t.Errorf("New(%q): %q does not name the level", tc.level, err)
+				t.Errorf("Logger(%q): %q does not name the level", tc.level, err)
 			}
 			continue
 		}
@@ -38,5 +38,11 @@ func TestNew(t *testing.T) {
 		if got := strings.Contains(buf.String(), "msg=w"); got != tc.warn {
 			t.Errorf("level %q: warning written %v, want %v", tc.level, got, tc.warn)
 		}
+	}
+}
+
+func TestEnvVars(t *testing.T) {
+	if got := EnvVars("gossip-key-file"); len(got) != 1 || got[0] != "GRAPEVINE_GOSSIP_KEY_FILE" {
+		t.Fatalf("EnvVars = %v", got)
 	}
 }
