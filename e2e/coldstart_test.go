@@ -33,7 +33,7 @@ func TestColdStart(t *testing.T) {
 	if err := uniqueBlocks(statuses); err != nil {
 		t.Fatal(err)
 	}
-	err = waitUntil(ctx, "every host's kernel routes", func() error {
+	err = lab.Poll(ctx, "every host's kernel routes", 100*time.Millisecond, func() error {
 		return expectMeshRoutes(statuses, l.Hosts())
 	})
 	if err != nil {

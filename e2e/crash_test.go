@@ -46,7 +46,7 @@ func TestCrash(t *testing.T) {
 	withdrawn := map[string]time.Duration{}
 	survivors := []*lab.Host{h1, h2}
 	detectCtx := timeout(t, failureDetectionBound)
-	err = waitUntil(detectCtx, fmt.Sprintf("every peer to withdraw %s", block), func() error {
+	err = lab.Poll(detectCtx, fmt.Sprintf("every peer to withdraw %s", block), 100*time.Millisecond, func() error {
 		for _, h := range survivors {
 			if _, done := withdrawn[h.Name]; done {
 				continue
@@ -114,7 +114,7 @@ func TestCrash(t *testing.T) {
 			t.Errorf("%s holds %s after the crash, %s before", name, s.Block, before[name].Block)
 		}
 	}
-	err = waitUntil(ctx, "the routes to return", func() error {
+	err = lab.Poll(ctx, "the routes to return", 100*time.Millisecond, func() error {
 		return expectMeshRoutes(after, l.Hosts())
 	})
 	if err != nil {

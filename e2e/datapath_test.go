@@ -157,7 +157,7 @@ func TestLinkCut(t *testing.T) {
 	}
 	cut := time.Now()
 	gone := map[string]time.Duration{}
-	err = waitUntil(timeout(t, failureDetectionBound), "both sides to withdraw each other's routes", func() error {
+	err = lab.Poll(timeout(t, failureDetectionBound), "both sides to withdraw each other's routes", 100*time.Millisecond, func() error {
 		for _, h := range l.Hosts() {
 			if _, done := gone[h.Name]; done {
 				continue

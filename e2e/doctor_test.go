@@ -128,7 +128,7 @@ func waitDoctorPasses(t *testing.T, h *lab.Host) time.Duration {
 	t.Helper()
 	ctx := timeout(t, time.Minute)
 	var took time.Duration
-	err := waitUntil(ctx, "doctor on "+h.Name+" to pass", func() error {
+	err := lab.Poll(ctx, "doctor on "+h.Name+" to pass", 100*time.Millisecond, func() error {
 		start := time.Now()
 		out, code, err := h.Doctor(ctx)
 		took = time.Since(start)
@@ -336,7 +336,7 @@ func TestDoctorAll(t *testing.T) {
 		}
 		return all, code
 	}
-	err := waitUntil(ctx, "doctor --all to pass everywhere", func() error {
+	err := lab.Poll(ctx, "doctor --all to pass everywhere", 100*time.Millisecond, func() error {
 		all, code := run()
 		if code != 0 || len(all) != 3 {
 			return fmt.Errorf("exit %d, %d hosts: %+v", code, len(all), all)
@@ -360,7 +360,7 @@ func TestDoctorAll(t *testing.T) {
 			return f.Check == doctor.CheckIPForward && f.Severity == doctor.Fail
 		})
 	}
-	err = waitUntil(ctx, "doctor --all to see ip_forward off on h2", func() error {
+	err = lab.Poll(ctx, "doctor --all to see ip_forward off on h2", 100*time.Millisecond, func() error {
 		if out, err := h2.Run(ctx, "sysctl", "-w", "net.ipv4.ip_forward=0"); err != nil {
 			t.Fatalf("%v: %s", err, out)
 		}

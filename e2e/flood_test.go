@@ -41,7 +41,7 @@ func TestLedgerPortFlood(t *testing.T) {
 	stop := lab.FloodIdle(ctx, flooders, netip.AddrPortFrom(seed.IP, lab.LedgerPort), 500, time.Second)
 	defer stop()
 	var before map[string]float64
-	if err := waitUntil(ctx, "the flood under way", func() error {
+	if err := lab.Poll(ctx, "the flood under way", 100*time.Millisecond, func() error {
 		before = ledgerRefusals(t, seed)
 		if before["handshake-busy"] == 0 || before["handshake-source-limit"] == 0 {
 			return fmt.Errorf("the seed refused %v so far", before)
@@ -72,7 +72,7 @@ func TestLedgerPortFlood(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Refused before and still refused after: the flood was held throughout.
-	if err := waitUntil(ctx, "the flood still refused after the join", func() error {
+	if err := lab.Poll(ctx, "the flood still refused after the join", 100*time.Millisecond, func() error {
 		if after := ledgerRefusals(t, seed); after["handshake-busy"] <= before["handshake-busy"] {
 			return fmt.Errorf("refusals %v, before the join %v", after, before)
 		}

@@ -22,6 +22,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
+	"github.com/grapevine-net/grapevine/e2e/lab"
 	"github.com/grapevine-net/grapevine/e2e/labtest"
 	"github.com/grapevine-net/grapevine/e2e/runtimes"
 )
@@ -298,7 +299,7 @@ func runInstallCNIInCRI(t *testing.T, ctx context.Context, cr *runtimes.Containe
 			Message  string `json:"message"`
 		} `json:"status"`
 	}
-	err = waitUntil(ctx, "install-cni to exit", func() error {
+	err = lab.Poll(ctx, "install-cni to exit", 100*time.Millisecond, func() error {
 		out, err := cr.Crictl(ctx, "inspect", "-o", "json", ctrID)
 		if err != nil {
 			return err

@@ -29,7 +29,7 @@ func TestNoLeakToUnroutedBlock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := waitUntil(ctx, "the mesh's routes", func() error { return expectMeshRoutes(statuses, l.Hosts()) }); err != nil {
+	if err := lab.Poll(ctx, "the mesh's routes", 100*time.Millisecond, func() error { return expectMeshRoutes(statuses, l.Hosts()) }); err != nil {
 		t.Fatal(err)
 	}
 	pod := addPods(t, ctx, h1, 1)[0]

@@ -22,7 +22,7 @@ const ledgerWatch = 10 * time.Second
 func voters(t *testing.T, ctx context.Context, hosts []*lab.Host, n int) []string {
 	t.Helper()
 	var want []string
-	err := waitUntil(ctx, fmt.Sprintf("%d ledger voters known to every host", n), func() error {
+	err := lab.Poll(ctx, fmt.Sprintf("%d ledger voters known to every host", n), 100*time.Millisecond, func() error {
 		want = nil
 		for _, h := range hosts {
 			s, err := h.Status(ctx)
@@ -142,7 +142,7 @@ func TestPartitionNewcomersBothSides(t *testing.T) {
 		t.Fatal(err)
 	}
 	after := wholeAgain(t, ctx, l.Hosts(), before)
-	if err := waitUntil(ctx, "every host's kernel routes", func() error { return expectMeshRoutes(after, l.Hosts()) }); err != nil {
+	if err := lab.Poll(ctx, "every host's kernel routes", 100*time.Millisecond, func() error { return expectMeshRoutes(after, l.Hosts()) }); err != nil {
 		t.Fatal(err)
 	}
 }

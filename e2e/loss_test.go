@@ -75,7 +75,7 @@ func TestLossyLinks(t *testing.T) {
 	gone := []netip.Prefix{statuses[h3.Name].Block, statuses[h4.Name].Block}
 	detectCtx, cancel := context.WithTimeout(ctx, failureDetectionBound)
 	defer cancel()
-	err = waitUntil(detectCtx, "both survivors to withdraw both crashed hosts' blocks and keep each other's", func() error {
+	err = lab.Poll(detectCtx, "both survivors to withdraw both crashed hosts' blocks and keep each other's", 100*time.Millisecond, func() error {
 		return expectMeshRoutes(statuses, survivors)
 	})
 	if err != nil {

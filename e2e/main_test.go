@@ -147,22 +147,6 @@ func expectMeshRoutes(statuses map[string]lab.Status, hosts []*lab.Host) error {
 	return nil
 }
 
-// waitUntil polls cond until it reports done or ctx ends; the error carries
-// cond's last complaint.
-func waitUntil(ctx context.Context, what string, cond func() error) error {
-	for {
-		err := cond()
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("waiting for %s: %w; last: %w", what, ctx.Err(), err)
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-}
-
 // addPods adds n pods to h, failing the test on error.
 func addPods(t *testing.T, ctx context.Context, h *lab.Host, n int) []*lab.Pod {
 	t.Helper()

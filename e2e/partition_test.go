@@ -137,7 +137,7 @@ func TestPartition(t *testing.T) {
 			t.Errorf("%s holds %s after healing, %s before the split", name, after[name].Block, b.Block)
 		}
 	}
-	err = waitUntil(ctx, "every host's kernel routes", func() error {
+	err = lab.Poll(ctx, "every host's kernel routes", 100*time.Millisecond, func() error {
 		return expectMeshRoutes(after, l.Hosts())
 	})
 	if err != nil {

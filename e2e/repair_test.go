@@ -38,7 +38,7 @@ func TestPodHostRepaired(t *testing.T) {
 			t.Fatalf("%v: %v\n%s", cmd, err, out)
 		}
 	}
-	err = waitUntil(ctx, "the pod's host side put back", func() error {
+	err = lab.Poll(ctx, "the pod's host side put back", 100*time.Millisecond, func() error {
 		routes, err := readRoutes(h1)
 		if err != nil {
 			return err

@@ -102,7 +102,7 @@ func TestRestart(t *testing.T) {
 	}
 	meshBack := time.Since(restarted)
 	// The stream must carry on past the restart, whatever it stalled on.
-	err = waitUntil(timeout(t, time.Minute), "the stream to carry on after the restart", func() error {
+	err = lab.Poll(timeout(t, time.Minute), "the stream to carry on after the restart", 100*time.Millisecond, func() error {
 		if n := s.countSince(restarted.Add(meshBack)); n < 10 {
 			return fmt.Errorf("%d round trips since the mesh was back", n)
 		}

@@ -127,7 +127,7 @@ func TestContainerdCRI(t *testing.T) {
 	// The agent withdraws the conflist on its first pass; after its
 	// restart grace (15 s) it would write it back even without the peer.
 	notReadyCtx := timeout(t, 30*time.Second)
-	err = waitUntil(notReadyCtx, "containerd on h1 to report the network not ready", func() error {
+	err = lab.Poll(notReadyCtx, "containerd on h1 to report the network not ready", 100*time.Millisecond, func() error {
 		ready, _, err := cr1.NetworkReady(notReadyCtx)
 		if err == nil && ready {
 			err = errors.New("NetworkReady is true")
@@ -410,7 +410,7 @@ func newPodman(t testing.TB, ctx context.Context, r *runtimes.Root, cni runtimes
 }
 
 func waitNetworkReady(ctx context.Context, cr *runtimes.Containerd) error {
-	return waitUntil(ctx, "containerd to report NetworkReady", func() error {
+	return lab.Poll(ctx, "containerd to report NetworkReady", 100*time.Millisecond, func() error {
 		ready, reason, err := cr.NetworkReady(ctx)
 		if err == nil && !ready {
 			err = errors.New(reason)

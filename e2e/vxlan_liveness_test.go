@@ -114,7 +114,7 @@ func crossSubnetLinkCut(t *testing.T, l *lab.Lab, p1, p3 *lab.Pod) {
 	}
 	cut := time.Now()
 	gone := map[string]time.Duration{}
-	err = waitUntil(timeout(t, failureDetectionBound), "both sides to withdraw each other's routes and VXLAN entries", func() error {
+	err = lab.Poll(timeout(t, failureDetectionBound), "both sides to withdraw each other's routes and VXLAN entries", 100*time.Millisecond, func() error {
 		var last error
 		for h, want := range after {
 			if _, done := gone[h.Name]; done {
@@ -154,7 +154,7 @@ func crossSubnetLinkCut(t *testing.T, l *lab.Lab, p1, p3 *lab.Pod) {
 		if _, err := p1.Ping(ctx, dst); err != nil {
 			t.Fatalf("p1 -> %s: %v", dst, err)
 		}
-		err := waitUntil(timeout(t, 30*time.Second), name+" to see p1's ping", func() error {
+		err := lab.Poll(timeout(t, 30*time.Second), name+" to see p1's ping", 100*time.Millisecond, func() error {
 			seen, err := captures[name].Matching(netip.PrefixFrom(dst, 32))
 			if err != nil {
 				return err
@@ -204,7 +204,7 @@ func crossSubnetWithdraw(t *testing.T, l *lab.Lab, p1, p3 *lab.Pod) {
 	withdrawals := func(since time.Time, bound time.Duration) map[string]time.Duration {
 		t.Helper()
 		gone := map[string]time.Duration{}
-		err := waitUntil(timeout(t, bound), "h1 to withdraw h2 and h3", func() error {
+		err := lab.Poll(timeout(t, bound), "h1 to withdraw h2 and h3", 100*time.Millisecond, func() error {
 			routes, err := peerRoutesOf(h1)
 			if err != nil {
 				return err
@@ -333,7 +333,7 @@ func crossSubnetWithdraw(t *testing.T, l *lab.Lab, p1, p3 *lab.Pod) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := waitUntil(ctx, "the cross-subnet paths back", func() error { return expectCrossSubnetPaths(ctx, back, l.Hosts()) }); err != nil {
+	if err := lab.Poll(ctx, "the cross-subnet paths back", 100*time.Millisecond, func() error { return expectCrossSubnetPaths(ctx, back, l.Hosts()) }); err != nil {
 		t.Fatal(err)
 	}
 	for name, s := range back {
