@@ -59,22 +59,44 @@ func CheckPort(port int) error {
 	return nil
 }
 
-// CheckPool accepts an IPv4 network address that can be cut into blocks of
-// prefix length blockBits: from the pool's own length to MaxBlockBits, and
-// at most 2^MaxBlockCountBits of them.
+// CheckPool accepts a network address that can be cut into blocks of
+// prefix length blockBits: from the pool's own length to MaxBlockBits
+// (MaxBlockBits6 for an IPv6 pool, an IPv6-only cluster), and at most
+// 2^MaxBlockCountBits of them.
 func CheckPool(pool netip.Prefix, blockBits int) error {
+	maxBits := MaxBlockBits
+	if pool.Addr().Is6() {
+		maxBits = MaxBlockBits6
+	}
 	switch {
-	case !pool.Addr().Is4():
-		return fmt.Errorf("pool %s: only IPv4 pools are supported", pool)
+	case !pool.IsValid() || pool.Addr().Is4In6() || pool.Addr().Zone() != "":
+		return fmt.Errorf("pool %s is not an IPv4 or IPv6 network", pool)
 	case pool.Masked() != pool:
 		return fmt.Errorf("pool %s is not a network address (did you mean %s?)", pool, pool.Masked())
-	case blockBits < pool.Bits() || blockBits > MaxBlockBits:
-		return fmt.Errorf("block size /%d must be between the pool's prefix length /%d and /%d", blockBits, pool.Bits(), MaxBlockBits)
+	case blockBits < pool.Bits() || blockBits > maxBits:
+		return fmt.Errorf("block size /%d must be between the pool's prefix length /%d and /%d", blockBits, pool.Bits(), maxBits)
 	case blockBits-pool.Bits() > MaxBlockCountBits:
 		return fmt.Errorf("block size /%d cuts pool %s into more than 2^%d blocks; use a longer pool prefix or a shorter block size",
 			blockBits, pool, MaxBlockCountBits)
 	}
 	return nil
+}
+
+// DefaultBlockBitsFor is the block size of pool unless told otherwise:
+// DefaultBlockBits for an IPv4 pool. For an IPv6 pool (an IPv6-only
+// cluster) a /64 per host, the usual IPv6 subnet, when the pool is a /56
+// or shorter (256 blocks or more); a longer, small pool gets /120 blocks
+// (255 pods each). Either is shortened to keep at most
+// 2^MaxBlockCountBits blocks (a /44 pool gets /64s, a /40 gets /60s).
+func DefaultBlockBitsFor(pool netip.Prefix) int {
+	switch {
+	case !pool.Addr().Is6():
+		return DefaultBlockBits
+	case pool.Bits() <= 56:
+		return min(DefaultBlockBits6, pool.Bits()+MaxBlockCountBits)
+	default:
+		return min(MaxBlockBits6, pool.Bits()+MaxBlockCountBits)
+	}
 }
 
 // CheckVoters accepts the number of ledger voters: 1, 3 or 5.
@@ -287,7 +309,7 @@ func (c Config) withDefaults() (Config, error) {
 		c.Pool = DefaultPool
 	}
 	if c.BlockBits == 0 {
-		c.BlockBits = DefaultBlockBits
+		c.BlockBits = DefaultBlockBitsFor(c.Pool)
 	}
 	if c.Lease == 0 {
 		c.Lease = DefaultLease
@@ -312,10 +334,12 @@ func (c Config) withDefaults() (Config, error) {
 		return c, err
 	}
 	switch {
-	case !c.AdvertiseAddr.Is4():
-		return c, fmt.Errorf("advertise address %s must be an IPv4 address", c.AdvertiseAddr)
-	case c.BindAddr.IsValid() && !c.BindAddr.Is4():
-		return c, fmt.Errorf("bind address %s must be an IPv4 address", c.BindAddr)
+	case !c.AdvertiseAddr.IsValid() || c.AdvertiseAddr.Is4() != c.Pool.Addr().Is4():
+		return c, fmt.Errorf("advertise address %s must be an %s address, as pool %s is (an IPv6-only cluster has an IPv6 pool and IPv6 host addresses)", c.AdvertiseAddr, familyName(c.Pool.Addr()), c.Pool)
+	case c.BindAddr.IsValid() && c.BindAddr.Is4() != c.AdvertiseAddr.Is4():
+		return c, fmt.Errorf("bind address %s must be an %s address, as the advertise address %s is", c.BindAddr, familyName(c.AdvertiseAddr), c.AdvertiseAddr)
+	case c.AdvertiseAddr6.IsValid() && c.Pool.Addr().Is6():
+		return c, fmt.Errorf("an IPv6 advertise address %s beside the IPv6 pool %s: the advertise address %s is the host's IPv6 address already", c.AdvertiseAddr6, c.Pool, c.AdvertiseAddr)
 	case c.ReconnectInterval < 0:
 		return c, fmt.Errorf("reconnect interval %s is negative", c.ReconnectInterval)
 	case c.StateDir == "":
@@ -345,6 +369,14 @@ func (c Config) withDefaults() (Config, error) {
 		}
 	}
 	return c, nil
+}
+
+// familyName is "IPv4" or "IPv6", after a's family.
+func familyName(a netip.Addr) string {
+	if a.Is4() {
+		return "IPv4"
+	}
+	return "IPv6"
 }
 
 func validName(s string) bool {

@@ -290,6 +290,9 @@ func (m *Mesh) openLedger(id ledger.NodeID) (*ledger.Ledger, error) {
 		}
 	}
 	bind := netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(m.cfg.LedgerPort))
+	if m.cfg.AdvertiseAddr.Is6() {
+		bind = netip.AddrPortFrom(netip.IPv6Unspecified(), uint16(m.cfg.LedgerPort))
+	}
 	if m.cfg.BindAddr.IsValid() {
 		bind = netip.AddrPortFrom(m.cfg.BindAddr, uint16(m.cfg.LedgerPort))
 	}
@@ -392,6 +395,9 @@ func (m *Mesh) memberlistConfig() *memberlist.Config {
 	c := memberlist.DefaultLANConfig()
 	c.Name = gossipName(m.id)
 	c.BindAddr = "0.0.0.0"
+	if m.cfg.AdvertiseAddr.Is6() {
+		c.BindAddr = "::"
+	}
 	if m.cfg.BindAddr.IsValid() {
 		c.BindAddr = m.cfg.BindAddr.String()
 	}

@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"bytes"
+	"encoding/hex"
 	"errors"
 	"net/netip"
 	"strings"
@@ -123,7 +124,8 @@ func TestDecodeMetaRejects(t *testing.T) {
 		{"empty", nil, testRules, from, "empty"},
 		{"claim-carrying version 1", patch(0, 1), testRules, from, "version"},
 		{"name-less version 2", patch(0, 2), testRules, from, "version"},
-		{"future version", patch(0, 4), testRules, from, "version"},
+		{"future version", patch(0, 5), testRules, from, "version"},
+		{"version 4 byte on a version 3 value", patch(0, metaVersion6), testRules, from, "length"},
 		{"shorter than the fixed part", good[:metaFixedLen-1], testRules, from, "length"},
 		{"name cut short", good[:len(good)-1], testRules, from, "length"},
 		{"long", append(bytes.Clone(good), 0), testRules, from, "length"},
@@ -171,6 +173,158 @@ func TestDecodeMetaRejects(t *testing.T) {
 	allow.AllowForeignHostIP = true
 	if _, err := DecodeMeta(good, allow, netip.MustParseAddr("172.16.254.1")); err != nil {
 		t.Fatalf("foreign host IP with AllowForeignHostIP: %v", err)
+	}
+}
+
+var testRules6 = Rules{Pool: netip.MustParsePrefix("fd00:10:244::/48"), BlockBits: 64}
+
+// testMeta6 is testMeta in an IPv6-only cluster: IPv6 pool, block and
+// host IP.
+func testMeta6() Meta {
+	m := testMeta()
+	m.Pool, m.BlockBits = testRules6.Pool, testRules6.BlockBits
+	m.Block = netip.MustParsePrefix("fd00:10:244:8::/64")
+	m.HostIP = netip.MustParseAddr("fd00:172:16:254::113")
+	return m
+}
+
+// TestMetaVersionFollowsPoolFamily: an IPv4 pool's metadata is version 3,
+// byte for byte what agents that predate IPv6-only clusters write and read;
+// an IPv6 pool's is version 4 with 16-byte addresses, which those agents
+// reject as an unknown version rather than misread.
+func TestMetaVersionFollowsPoolFamily(t *testing.T) {
+	v3 := mustEncode(t, testMeta())
+	wantV3 := "0300" + "ac10fe71" + "0af40000" + "1017" + "1f1b" +
+		"ab000000000000000000000000000001" + "4200000000000007" + "0af40800" + "17" + "10" +
+		"6e6f64652d3131332e6578616d706c65"
+	if got := hex.EncodeToString(v3); got != wantV3 {
+		t.Fatalf("version 3 encoding changed:\n got %s\nwant %s", got, wantV3)
+	}
+	m6 := testMeta6()
+	v4 := mustEncode(t, m6)
+	if v4[0] != metaVersion6 || len(v4) != metaFixedLen6+len(m6.Name) {
+		t.Fatalf("IPv6 pool encodes version %d in %d bytes, want %d in %d", v4[0], len(v4), metaVersion6, metaFixedLen6+len(m6.Name))
+	}
+	for _, tc := range []struct {
+		name   string
+		b      []byte
+		rules  Rules
+		from   netip.Addr
+		want   Meta
+		reason string
+	}{
+		{"IPv4 agent reads version 3", v3, testRules, testMeta().HostIP, testMeta(), ""},
+		{"IPv6-only agent reads version 4", v4, testRules6, m6.HostIP, m6, ""},
+		{"gossip address IPv4-mapped", v4, testRules6, m6.HostIP, m6, ""},
+		{"IPv4 agent rejects version 4", v4, testRules, m6.HostIP, Meta{}, "pool_mismatch"},
+		{"IPv6-only agent rejects version 3", v3, testRules6, testMeta().HostIP, Meta{}, "pool_mismatch"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := DecodeMeta(tc.b, tc.rules, tc.from)
+			if tc.reason != "" {
+				var re *RejectError
+				if !errors.As(err, &re) || re.Reason != tc.reason {
+					t.Fatalf("got %+v, %v; want reason %q", got, err, tc.reason)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Fatalf("got %+v, %v; want %+v", got, err, tc.want)
+			}
+		})
+	}
+}
+
+func TestMetaIPv6RoundTrip(t *testing.T) {
+	for name, m := range map[string]Meta{
+		"in a ledger":  testMeta6(),
+		"no block":     func() Meta { m := testMeta6(); m.Block = netip.Prefix{}; return m }(),
+		"longest name": func() Meta { m := testMeta6(); m.Name = strings.Repeat("n", maxNameLen); return m }(),
+		"every flag": func() Meta {
+			m := testMeta6()
+			m.Leaving, m.LedgerState, m.BootstrapExpect, m.FoundsByRecord = true, true, MaxBootstrapExpect, true
+			return m
+		}(),
+		"/120 blocks": func() Meta {
+			m := testMeta6()
+			m.Pool, m.BlockBits, m.Block = netip.MustParsePrefix("fd00:10:244::/104"), 120, netip.MustParsePrefix("fd00:10:244::800/120")
+			return m
+		}(),
+	} {
+		t.Run(name, func(t *testing.T) {
+			b := mustEncode(t, m)
+			if len(b) > memberlist.MetaMaxSize {
+				t.Fatalf("%d bytes, over memberlist's %d", len(b), memberlist.MetaMaxSize)
+			}
+			got, err := DecodeMeta(b, Rules{Pool: m.Pool, BlockBits: m.BlockBits}, m.HostIP)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != m {
+				t.Fatalf("round trip: got %+v, want %+v", got, m)
+			}
+		})
+	}
+}
+
+func TestMetaIPv6Rejects(t *testing.T) {
+	good := mustEncode(t, testMeta6())
+	from := testMeta6().HostIP
+	l := metaLayout6
+	patch := func(off int, v ...byte) []byte {
+		b := bytes.Clone(good)
+		copy(b[off:], v)
+		return b
+	}
+	withHost := func(a netip.Addr) []byte { v := a.As16(); return patch(l.host(), v[:]...) }
+	withBlock := func(p netip.Prefix) []byte {
+		v := p.Addr().As16()
+		return patch(l.block(), append(v[:], byte(p.Bits()))...)
+	}
+	for _, tc := range []struct {
+		name   string
+		b      []byte
+		from   netip.Addr
+		reason string
+	}{
+		{"IPv6 host flag in version 4", withHost6(good, netip.MustParseAddr("2001:db8::1")), from, "flags"},
+		{"cut short", good[:len(good)-1], from, "length"},
+		{"version 3 length", good[:metaFixedLen+len(testMeta6().Name)], from, "length"},
+		{"link-local host", withHost(netip.MustParseAddr("fe80::1")), netip.MustParseAddr("fe80::1"), "host_ip"},
+		{"IPv4-mapped host", withHost(netip.MustParseAddr("::ffff:172.16.254.113")), netip.MustParseAddr("172.16.254.113"), "host_ip"},
+		{"loopback host", withHost(netip.IPv6Loopback()), netip.IPv6Loopback(), "host_ip"},
+		{"foreign host", good, netip.MustParseAddr("fd00:172:16:254::1"), "foreign_host_ip"},
+		{"block outside the pool", withBlock(netip.MustParsePrefix("fd00:10:245::/64")), from, "block_outside_pool"},
+		{"block of another size", withBlock(netip.MustParsePrefix("fd00:10:244:8::/80")), from, "block_size"},
+		{"block not a network address", withBlock(netip.PrefixFrom(netip.MustParseAddr("fd00:10:244:8::1"), 64)), from, "block_unmasked"},
+		{"block length beyond /128", patch(l.blockLen(), 129), from, "block"},
+		{"pool bits > 128", patch(l.poolBits(), 129), from, "pool"},
+		{"no ledger port", patch(l.port(), 0, 0), from, "ledger_port"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := DecodeMeta(tc.b, testRules6, tc.from)
+			var re *RejectError
+			if !errors.As(err, &re) || re.Reason != tc.reason {
+				t.Fatalf("got %v, want reason %q", err, tc.reason)
+			}
+		})
+	}
+}
+
+func TestMetaEncodeRefusesMixedFamilies(t *testing.T) {
+	for name, m := range map[string]Meta{
+		"IPv6 host in an IPv4 pool":  func() Meta { m := testMeta(); m.HostIP = testMeta6().HostIP; return m }(),
+		"IPv4 host in an IPv6 pool":  func() Meta { m := testMeta6(); m.HostIP = testMeta().HostIP; return m }(),
+		"IPv4 block in an IPv6 pool": func() Meta { m := testMeta6(); m.Block = testMeta().Block; return m }(),
+		"IPv6 host address beside an IPv6 pool": func() Meta {
+			m := testMeta6()
+			m.HostIP6 = netip.MustParseAddr("2001:db8::1")
+			return m
+		}(),
+	} {
+		if b, err := m.AppendBinary(nil); err == nil {
+			t.Errorf("%s: encoded as %x", name, b)
+		}
 	}
 }
 
@@ -227,6 +381,7 @@ func FuzzDecodeMeta(f *testing.F) {
 	dual := testMeta()
 	dual.HostIP6 = netip.MustParseAddr("fd00:172:16:254::113")
 	f.Add(mustEncode(f, dual))
+	f.Add(mustEncode(f, testMeta6()))
 	f.Add([]byte{})
 	f.Add([]byte{1})
 	f.Add(bytes.Repeat([]byte{0xff}, metaFixedLen+1))
