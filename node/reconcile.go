@@ -145,7 +145,7 @@ func (r *Reconciler) reconcile(ctx context.Context, d Desired) (Result, error) {
 			switch err, failed := res.PeerErrors[p.Peer]; {
 			case failed:
 				res.Peers[p.Peer] = err.Error()
-			case programmed[routeKey{p.Block, 0}]:
+			case programmed[routeKey{p.Block, routeMetric(p.Block)}]:
 				res.Peers[p.Peer] = PeerProgrammed
 			default:
 				res.Peers[p.Peer] = PeerPending
@@ -159,8 +159,11 @@ func (r *Reconciler) reconcile(ctx context.Context, d Desired) (Result, error) {
 	}()
 	var errs []error
 
-	errs = append(errs, r.kernel.EnsureForwarding(IPv4))
-	if d.Pool6.IsValid() {
+	// An IPv6-only node (an IPv6 Pool) forwards IPv6 alone.
+	if !d.Pool.Addr().Is6() {
+		errs = append(errs, r.kernel.EnsureForwarding(IPv4))
+	}
+	if d.Pool6.IsValid() || d.Pool.Addr().Is6() {
 		errs = append(errs, r.kernel.EnsureForwarding(IPv6))
 	}
 	for _, family := range []Family{IPv4, IPv6} {
@@ -170,9 +173,15 @@ func (r *Reconciler) reconcile(ctx context.Context, d Desired) (Result, error) {
 			errs = append(errs, r.kernel.RemoveMasquerade(family))
 		}
 	}
-	if r.forwardDue || d.Pool != r.forwardPool {
-		r.forward, r.forwardErr = r.syncForwardAccept(d.Pool)
-		r.forwardDue, r.forwardPool = false, d.Pool
+	// The FORWARD chains handled are iptables' (IPv4): an IPv6-only
+	// node's pool has none, and any rule an earlier IPv4 pool left goes.
+	forwardPool := d.Pool
+	if forwardPool.Addr().Is6() {
+		forwardPool = netip.Prefix{}
+	}
+	if r.forwardDue || forwardPool != r.forwardPool {
+		r.forward, r.forwardErr = r.syncForwardAccept(forwardPool)
+		r.forwardDue, r.forwardPool = false, forwardPool
 		r.logForwardError(r.forwardErr)
 	}
 	res.Forward, res.ForwardErr = slices.Clone(r.forward), r.forwardErr
@@ -226,7 +235,7 @@ func (r *Reconciler) reconcile(ctx context.Context, d Desired) (Result, error) {
 
 	peerOf := make(map[routeKey]string, len(d.Peers))
 	for _, p := range d.Peers {
-		peerOf[routeKey{p.Block, 0}] = p.Peer
+		peerOf[routeKey{p.Block, routeMetric(p.Block)}] = p.Peer
 	}
 	owned := make(map[routeKey]bool, len(actual))
 	for _, a := range actual {
@@ -349,7 +358,8 @@ func withoutNextHop(routes []Route) []Route {
 }
 
 // MasqueradedPools is the pool each family's grapevine table masquerades:
-// with d.Masquerade, the pool and, on a dual-stack node, the IPv6 pool;
+// with d.Masquerade, the pool (IPv6 on an IPv6-only node) and, on a
+// dual-stack node, the IPv6 pool;
 // a family without an entry has no table. Pod-to-pod traffic is never
 // translated, since each rule matches only destinations outside its pool.
 // It is a pure function.
@@ -359,7 +369,7 @@ func MasqueradedPools(d Desired) map[Family]netip.Prefix {
 		return pools
 	}
 	if d.Pool.IsValid() {
-		pools[IPv4] = d.Pool
+		pools[familyOf(d.Pool)] = d.Pool
 	}
 	if d.Pool6.IsValid() {
 		pools[IPv6] = d.Pool6
@@ -376,7 +386,9 @@ func validateDesired(d Desired) error {
 	case d.Encapsulation < EncapsulationNever || d.Encapsulation > EncapsulationAlways:
 		return fmt.Errorf("reconcile: unknown %v", d.Encapsulation)
 	case d.Encapsulation != EncapsulationNever && !d.HostIP.Is4():
-		return fmt.Errorf("reconcile: encapsulation %s needs this host's IPv4 address, have %v", d.Encapsulation, d.HostIP)
+		return fmt.Errorf("reconcile: encapsulation %s needs this host's IPv4 address, have %v (VXLAN runs on an IPv4 underlay only)", d.Encapsulation, d.HostIP)
+	case d.Pool.Addr().Is6() && (d.Pool6.IsValid() || d.OwnBlock6.IsValid() || len(d.Peers6) > 0):
+		return fmt.Errorf("reconcile: pool %s is IPv6 (an IPv6-only node), so there is no second, IPv6 pool %s", d.Pool, d.Pool6)
 	case d.OwnBlock.IsValid() && d.OwnBlock.Masked() != d.OwnBlock:
 		return fmt.Errorf("reconcile: own block %s is not a network address", d.OwnBlock)
 	case d.Masquerade && !d.Pool.IsValid():

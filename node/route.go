@@ -26,6 +26,16 @@ const UnreachableMetric = 1<<31 - 1
 // ones.
 const IPv6DefaultMetric = 1024
 
+// routeMetric is the metric of the routes Grapevine installs to dst other
+// than the unreachable ones: 0 for IPv4, IPv6DefaultMetric for IPv6 (the
+// kernel lists an IPv6 route written with metric 0 with that one).
+func routeMetric(dst netip.Prefix) int {
+	if dst.Addr().Is6() {
+		return IPv6DefaultMetric
+	}
+	return 0
+}
+
 // Desired is what the agent wants this host's kernel to look like.
 type Desired struct {
 	// Iface is the host interface peers are reached through (the seed's em1).
@@ -35,7 +45,9 @@ type Desired struct {
 	// traffic to unallocated pod addresses is dropped here instead of
 	// following the default route. Zero: no block, no blackhole.
 	OwnBlock netip.Prefix
-	// Pool is the pod pool. Traffic from it to outside it is masqueraded,
+	// Pool is the pod pool: IPv4, or IPv6 on an IPv6-only node (whose
+	// OwnBlock, Peers and HostIP are IPv6 too, routed as IPv4 ones are,
+	// with IPv6DefaultMetric). Traffic from it to outside it is masqueraded,
 	// and the pool gets an unreachable route of lowest precedence: a packet
 	// for a block nobody routes (a withdrawn peer, a block not handed out)
 	// fails at once with an ICMP error on this host instead of leaving
@@ -145,7 +157,7 @@ func DesiredRoutes(d Desired, link, tunnel Link) (routes []Route, peerErrs map[s
 		routes = append(routes, Route{Dst: d.Pool.Masked(), Unreachable: true, Metric: UnreachableMetric})
 	}
 	if d.OwnBlock.IsValid() {
-		routes = append(routes, Route{Dst: d.OwnBlock.Masked(), Blackhole: true})
+		routes = append(routes, Route{Dst: d.OwnBlock.Masked(), Blackhole: true, Metric: routeMetric(d.OwnBlock)})
 	}
 	if d.Pool6.IsValid() {
 		routes = append(routes, Route{Dst: d.Pool6.Masked(), Unreachable: true, Metric: UnreachableMetric})

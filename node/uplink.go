@@ -1,7 +1,6 @@
 package node
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -21,16 +20,22 @@ type Uplink struct {
 }
 
 // ResolveUplink fills in, in this network namespace, the interface (default:
-// the one holding the host address if that is given, else the one the IPv4
-// default route leaves through) and the host address (default: the
-// interface's first global IPv4 address). Given both, it still checks that
-// the address is on the interface, because peers will use it as their next
+// the one holding the host address if that is given, else the one the
+// default route of the family leaves through) and the host address
+// (default: the interface's first global address of the family). The
+// family is IPv6 when ipv6 is set (an IPv6-only cluster: the host address
+// is IPv6) or addr is IPv6, else IPv4. Given both, it still checks that the
+// address is on the interface, because peers will use it as their next
 // hop.
-func ResolveUplink(name string, addr netip.Addr) (Uplink, error) {
-	return resolveUplink(&netlink.Handle{}, name, addr)
+func ResolveUplink(name string, addr netip.Addr, ipv6 bool) (Uplink, error) {
+	return resolveUplink(&netlink.Handle{}, name, addr, ipv6)
 }
 
-func resolveUplink(h *netlink.Handle, name string, addr netip.Addr) (Uplink, error) {
+func resolveUplink(h *netlink.Handle, name string, addr netip.Addr, ipv6 bool) (Uplink, error) {
+	fam := uplinkFamily{ipv6: ipv6 || addr.Is6()}
+	if addr.IsValid() && addr.Is4() == fam.ipv6 {
+		return Uplink{}, fmt.Errorf("host address %s is not an %s address", addr, fam)
+	}
 	var link netlink.Link
 	var err error
 	switch {
@@ -39,23 +44,23 @@ func resolveUplink(h *netlink.Handle, name string, addr netip.Addr) (Uplink, err
 			return Uplink{}, fmt.Errorf("interface %s: %w", name, err)
 		}
 	case addr.IsValid():
-		if link, err = linkWithAddr(h, addr); err != nil {
+		if link, err = linkWithAddr(h, addr, fam); err != nil {
 			return Uplink{}, err
 		}
 	default:
-		if link, err = defaultRouteLink(h); err != nil {
+		if link, err = defaultRouteLink(h, fam); err != nil {
 			return Uplink{}, err
 		}
 	}
 	attrs := link.Attrs()
-	addrs, err := netlinkdump.Retry(func() ([]netlink.Addr, error) { return h.AddrList(link, netlink.FAMILY_V4) })
+	addrs, err := netlinkdump.Retry(func() ([]netlink.Addr, error) { return h.AddrList(link, fam.netlink()) })
 	if err != nil {
 		return Uplink{}, fmt.Errorf("list addresses of %s: %w", attrs.Name, err)
 	}
 	var found netip.Addr
 	for _, a := range addrs {
-		ip, ok := netip.AddrFromSlice(a.IP.To4())
-		if !ok || a.Scope != int(netlink.SCOPE_UNIVERSE) {
+		ip, ok := fam.hostAddr(a)
+		if !ok {
 			continue
 		}
 		if !addr.IsValid() || ip == addr {
@@ -67,19 +72,48 @@ func resolveUplink(h *netlink.Handle, name string, addr netip.Addr) (Uplink, err
 	case !found.IsValid() && addr.IsValid():
 		return Uplink{}, fmt.Errorf("%s is not an address of %s", addr, attrs.Name)
 	case !found.IsValid():
-		return Uplink{}, fmt.Errorf("%s has no global IPv4 address", attrs.Name)
+		return Uplink{}, fmt.Errorf("%s has no global %s address", attrs.Name, fam)
 	}
 	return Uplink{Name: attrs.Name, Addr: found, MTU: attrs.MTU}, nil
 }
 
-func defaultRouteLink(h *netlink.Handle) (netlink.Link, error) {
-	routes, err := netlinkdump.Retry(func() ([]netlink.Route, error) { return h.RouteList(nil, netlink.FAMILY_V4) })
+// uplinkFamily is the address family ResolveUplink looks for.
+type uplinkFamily struct{ ipv6 bool }
+
+func (f uplinkFamily) String() string {
+	if f.ipv6 {
+		return "IPv6"
+	}
+	return "IPv4"
+}
+
+func (f uplinkFamily) netlink() int {
+	if f.ipv6 {
+		return netlink.FAMILY_V6
+	}
+	return netlink.FAMILY_V4
+}
+
+// hostAddr is a's address if it can be a host address of the family: a
+// global IPv4 address, or a global unicast IPv6 address that is not
+// temporary (a privacy address goes away).
+func (f uplinkFamily) hostAddr(a netlink.Addr) (netip.Addr, bool) {
+	if !f.ipv6 {
+		ip, ok := netip.AddrFromSlice(a.IP.To4())
+		return ip, ok && a.Scope == int(netlink.SCOPE_UNIVERSE)
+	}
+	ip, ok := netip.AddrFromSlice(a.IP)
+	return ip, ok && ip.Is6() && !ip.Is4In6() && ip.IsGlobalUnicast() && a.Flags&unix.IFA_F_TEMPORARY == 0
+}
+
+func defaultRouteLink(h *netlink.Handle, fam uplinkFamily) (netlink.Link, error) {
+	routes, err := netlinkdump.Retry(func() ([]netlink.Route, error) { return h.RouteList(nil, fam.netlink()) })
 	if err != nil {
 		return nil, fmt.Errorf("find the default route: %w", err)
 	}
 	for _, r := range routes {
 		// netlink reports the default route with a nil or a /0 destination.
-		isDefault := r.Dst == nil || r.Dst.IP.Equal(net.IPv4zero) && maskBits(r.Dst.Mask) == 0
+		isDefault := r.Dst == nil || r.Dst.IP.IsUnspecified() && maskBits(r.Dst.Mask) == 0
 		if isDefault && r.LinkIndex > 0 {
 			link, err := h.LinkByIndex(r.LinkIndex)
 			if err != nil {
@@ -88,7 +122,7 @@ func defaultRouteLink(h *netlink.Handle) (netlink.Link, error) {
 			return link, nil
 		}
 	}
-	return nil, errors.New("no IPv4 default route to pick the interface from")
+	return nil, fmt.Errorf("no %s default route to pick the interface from", fam)
 }
 
 func maskBits(m net.IPMask) int {
@@ -99,13 +133,13 @@ func maskBits(m net.IPMask) int {
 // linkWithAddr finds the interface that holds addr, so that a host whose
 // peer-facing address is not on its default route's interface needs only
 // the host address (in Kubernetes: the node's InternalIP).
-func linkWithAddr(h *netlink.Handle, addr netip.Addr) (netlink.Link, error) {
-	addrs, err := netlinkdump.Retry(func() ([]netlink.Addr, error) { return h.AddrList(nil, netlink.FAMILY_V4) })
+func linkWithAddr(h *netlink.Handle, addr netip.Addr, fam uplinkFamily) (netlink.Link, error) {
+	addrs, err := netlinkdump.Retry(func() ([]netlink.Addr, error) { return h.AddrList(nil, fam.netlink()) })
 	if err != nil {
 		return nil, fmt.Errorf("list addresses: %w", err)
 	}
 	for _, a := range addrs {
-		if ip, ok := netip.AddrFromSlice(a.IP.To4()); ok && ip == addr {
+		if ip, ok := netip.AddrFromSlice(a.IP); ok && ip.Unmap() == addr {
 			link, err := h.LinkByIndex(a.LinkIndex)
 			if err != nil {
 				return nil, fmt.Errorf("interface of %s: %w", addr, err)

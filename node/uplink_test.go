@@ -36,7 +36,7 @@ func TestResolveUplink(t *testing.T) {
 	}
 	run := func(t *testing.T, iface string, hostIP netip.Addr, want Uplink, wantErr string) {
 		t.Helper()
-		got, err := resolveUplink(ns.handle, iface, hostIP)
+		got, err := resolveUplink(ns.handle, iface, hostIP, false)
 		switch {
 		case wantErr != "" && (err == nil || !strings.Contains(err.Error(), wantErr)):
 			t.Errorf("resolveUplink(%q, %v) = %+v, %v; want error containing %q", iface, hostIP, got, err, wantErr)
@@ -54,6 +54,54 @@ func TestResolveUplink(t *testing.T) {
 	}
 	t.Run("the default route's interface", func(t *testing.T) {
 		run(t, "", netip.Addr{}, Uplink{Name: "em1", Addr: addr("172.16.254.1"), MTU: 1400}, "")
+	})
+}
+
+// TestResolveUplinkIPv6 resolves the uplink of an IPv6-only host: its host
+// address is IPv6, found by address, by name or through the IPv6 default
+// route, and a link-local address never counts.
+func TestResolveUplinkIPv6(t *testing.T) {
+	ns := newTestNS(t)
+	em1 := ns.addLink(t, "em1")
+	ns.addAddrNoDAD(t, "em1", "fd00:172:16::1/64")
+	ns.addLink(t, "em2")
+	ns.addAddrNoDAD(t, "em2", "fd00:192:168::1/64")
+	ns.addAddrNoDAD(t, "em2", "fe80::1/64")
+	ns.addLink(t, "em3", "172.16.9.1/24")
+	ns.addAddrNoDAD(t, "em3", "fe80::3/64")
+	addr := netip.MustParseAddr
+	run := func(t *testing.T, iface string, hostIP netip.Addr, want Uplink, wantErr string) {
+		t.Helper()
+		got, err := resolveUplink(ns.handle, iface, hostIP, true)
+		switch {
+		case wantErr != "" && (err == nil || !strings.Contains(err.Error(), wantErr)):
+			t.Errorf("resolveUplink(%q, %v, IPv6) = %+v, %v; want error containing %q", iface, hostIP, got, err, wantErr)
+		case wantErr == "" && (err != nil || got != want):
+			t.Errorf("resolveUplink(%q, %v, IPv6) = %+v, %v; want %+v", iface, hostIP, got, err, want)
+		}
+	}
+	for _, tt := range []struct {
+		name    string
+		iface   string
+		hostIP  netip.Addr
+		want    Uplink
+		wantErr string
+	}{
+		{name: "no default route", wantErr: "no IPv6 default route"},
+		{name: "by address", hostIP: addr("fd00:192:168::1"), want: Uplink{Name: "em2", Addr: addr("fd00:192:168::1"), MTU: 1500}},
+		{name: "by name", iface: "em2", want: Uplink{Name: "em2", Addr: addr("fd00:192:168::1"), MTU: 1500}},
+		{name: "address on another interface", iface: "em1", hostIP: addr("fd00:192:168::1"), wantErr: "fd00:192:168::1 is not an address of em1"},
+		{name: "only link-local and IPv4", iface: "em3", wantErr: "em3 has no global IPv6 address"},
+		{name: "IPv4 address for an IPv6 uplink", hostIP: addr("172.16.9.1"), wantErr: "not an IPv6 address"},
+	} {
+		t.Run(tt.name, func(t *testing.T) { run(t, tt.iface, tt.hostIP, tt.want, tt.wantErr) })
+	}
+	def := netlink.Route{Dst: &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}, Gw: net.ParseIP("fd00:172:16::fe"), LinkIndex: em1.Attrs().Index}
+	if err := ns.handle.RouteAdd(&def); err != nil {
+		t.Fatal(err)
+	}
+	t.Run("the IPv6 default route's interface", func(t *testing.T) {
+		run(t, "", netip.Addr{}, Uplink{Name: "em1", Addr: addr("fd00:172:16::1"), MTU: 1500}, "")
 	})
 }
 

@@ -208,7 +208,7 @@ func peerRoute(p PeerRoute, d Desired, link, tunnel Link) Route {
 	if ChoosePath(d.Encapsulation, p.Via, link).Path == PathVXLAN {
 		return Route{Dst: p.Block, Via: VTEPAddr(p.Block), LinkIndex: tunnel.Index, OnLink: true}
 	}
-	return Route{Dst: p.Block, Via: p.Via, LinkIndex: link.Index}
+	return Route{Dst: p.Block, Via: p.Via, LinkIndex: link.Index, Metric: routeMetric(p.Block)}
 }
 
 // TunnelPlan is what to do to the device.

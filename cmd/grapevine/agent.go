@@ -155,6 +155,11 @@ func parseAgentOptions(c *cli.Context) (agentOptions, error) {
 	if o.Pool, err = parsePool(c.String("pool")); err != nil {
 		return o, err
 	}
+	// An IPv6 --pool makes an IPv6-only cluster, whose blocks are /64s
+	// (see mesh.DefaultBlockBitsFor) unless --block-size says otherwise.
+	if o.Pool.Addr().Is6() && !c.IsSet("block-size") {
+		o.BlockSize = mesh.DefaultBlockBitsFor(o.Pool)
+	}
 	if err := validatePool(o.Pool, o.BlockSize); err != nil {
 		return o, err
 	}
@@ -221,8 +226,13 @@ func parseAgentOptions(c *cli.Context) (agentOptions, error) {
 		return o, fmt.Errorf("--encapsulation: %w", err)
 	}
 	if s := c.String("host-ip"); s != "" {
-		if o.HostIP, err = netip.ParseAddr(s); err != nil || !o.HostIP.Is4() {
-			return o, fmt.Errorf("--host-ip %q is not an IPv4 address", s)
+		if err := parseHostIP(s, o.Pool, &o.HostIP); err != nil {
+			return o, err
+		}
+	}
+	if o.Pool.Addr().Is6() {
+		if err := checkIPv6Only(c, &o); err != nil {
+			return o, err
 		}
 	}
 	if s := c.String("host-ip6"); s != "" {
@@ -252,11 +262,45 @@ func parsePool(s string) (netip.Prefix, error) {
 	switch a, aerr := netip.ParseAddr(addr); {
 	case !found:
 		return p, fmt.Errorf("--pool %q has no prefix length: give a CIDR such as %s", s, mesh.DefaultPool)
-	case aerr != nil || !a.Is4():
-		return p, fmt.Errorf("--pool %q: %q is not an IPv4 address; give a CIDR such as %s", s, addr, mesh.DefaultPool)
+	case aerr != nil:
+		return p, fmt.Errorf("--pool %q: %q is not an IP address; give a CIDR such as %s (or fd00:10:244::/48 for an IPv6-only cluster)", s, addr, mesh.DefaultPool)
 	default:
-		return p, fmt.Errorf("--pool %q: prefix length %q is not a number from 0 to 32; give a CIDR such as %s", s, bits, mesh.DefaultPool)
+		return p, fmt.Errorf("--pool %q: prefix length %q is not a number from 0 to %d; give a CIDR such as %s", s, bits, a.BitLen(), mesh.DefaultPool)
 	}
+}
+
+// parseHostIP parses --host-ip, which is of the pool's family: IPv4, or
+// IPv6 in an IPv6-only cluster.
+func parseHostIP(s string, pool netip.Prefix, ip *netip.Addr) error {
+	a, err := netip.ParseAddr(s)
+	switch {
+	case err != nil || a.Is4In6() || a.Zone() != "":
+		return fmt.Errorf("--host-ip %q is not an IP address", s)
+	case pool.Addr().Is4() && !a.Is4():
+		return fmt.Errorf("--host-ip %s is IPv6 but --pool %s is IPv4: an IPv6-only cluster has an IPv6 --pool; a dual-stack one gives the IPv6 address as --host-ip6", s, pool)
+	case pool.Addr().Is6() && (!a.Is6() || !a.IsGlobalUnicast()):
+		return fmt.Errorf("--host-ip %s: --pool %s is IPv6 (an IPv6-only cluster), so the host IP must be a global IPv6 address", s, pool)
+	}
+	*ip = a
+	return nil
+}
+
+// checkIPv6Only checks the flags of an IPv6-only cluster (an IPv6 --pool):
+// no second pool, no VXLAN (it runs on an IPv4 underlay only; direct
+// routes are the default here), and no discovery through Kubernetes, whose
+// Node addresses the agent reads as IPv4.
+func checkIPv6Only(c *cli.Context, o *agentOptions) error {
+	switch {
+	case c.String("pool6") != "" || c.String("host-ip6") != "":
+		return fmt.Errorf("--pool6 and --host-ip6 with the IPv6 --pool %s: an IPv6-only cluster has one pool and --host-ip is its IPv6 address; drop --pool6 and --host-ip6", o.Pool)
+	case o.JoinKubernetes:
+		return fmt.Errorf("--join-kubernetes with the IPv6 --pool %s: discovery through the Kubernetes API is IPv4 only; give --join the IPv6 addresses of members", o.Pool)
+	case !c.IsSet("encapsulation"):
+		o.Encapsulation = node.EncapsulationNever
+	case o.Encapsulation != node.EncapsulationNever:
+		return fmt.Errorf("--encapsulation %s with the IPv6 --pool %s: VXLAN runs on an IPv4 underlay only; an IPv6-only cluster routes its peers directly (--encapsulation never, its default)", o.Encapsulation, o.Pool)
+	}
+	return nil
 }
 
 // parsePool6 parses and checks --pool6 and --block-size6 against the IPv4
@@ -264,6 +308,9 @@ func parsePool(s string) (netip.Prefix, error) {
 // IPv4 pool's blocks. --block-size6 alone is a mistake worth saying.
 func parsePool6(c *cli.Context, pool netip.Prefix, blockSize int) (netip.Prefix, int, error) {
 	s, size := c.String("pool6"), c.Int("block-size6")
+	if pool.Addr().Is6() && (s != "" || c.IsSet("block-size6")) {
+		return netip.Prefix{}, 0, fmt.Errorf("--pool6 or --block-size6 with the IPv6 --pool %s: an IPv6-only cluster has one pool, cut by --block-size; drop --pool6 and --block-size6", pool)
+	}
 	if s == "" {
 		if c.IsSet("block-size6") {
 			return netip.Prefix{}, 0, fmt.Errorf("--block-size6 %d without --pool6: give the IPv6 pool too, or drop --block-size6", size)
@@ -310,7 +357,7 @@ func runAgent(ctx context.Context, o agentOptions, log *slog.Logger) error {
 	if err := prepareDirs(o); err != nil {
 		return err
 	}
-	uplink, err := node.ResolveUplink(o.Iface, o.HostIP)
+	uplink, err := node.ResolveUplink(o.Iface, o.HostIP, o.Pool.Addr().Is6())
 	if err != nil {
 		return fmt.Errorf("find the interface towards the peers: %w (set --iface, --host-ip or both)", err)
 	}

@@ -652,7 +652,9 @@ func TestValidatePool(t *testing.T) {
 		{"10.244.0.0/16", 15, "between"},
 		{"10.244.0.0/16", 31, "between"},
 		{"10.244.1.0/16", 23, "not a network address"},
-		{"fd00::/48", 64, "only IPv4"},
+		{"fd00::/48", 64, ""},
+		{"fd00::/104", 120, ""},
+		{"fd00::/48", 121, "between"},
 	}
 	for _, tt := range tests {
 		err := validatePool(netip.MustParsePrefix(tt.pool), tt.size)

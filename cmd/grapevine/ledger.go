@@ -45,8 +45,8 @@ func ledgerRecoverCommand() *cli.Command {
 		},
 		Action: func(c *cli.Context) error {
 			ip, err := netip.ParseAddr(c.String("host-ip"))
-			if err != nil || !ip.Is4() {
-				return fmt.Errorf("--host-ip %q is not an IPv4 address", c.String("host-ip"))
+			if err != nil || ip.Is4In6() || ip.Zone() != "" {
+				return fmt.Errorf("--host-ip %q is not an IP address (IPv4, or IPv6 in an IPv6-only cluster)", c.String("host-ip"))
 			}
 			for _, flag := range []string{"ledger-port", "port"} {
 				if p := c.Int(flag); p <= 0 || p > 65535 {
