@@ -32,18 +32,30 @@ type addressSource interface {
 	status(ctx context.Context) error
 }
 
-// podAddrs are a pod's addresses: always an IPv4 one, and an IPv6 one on a
-// dual-stack node (the zero Addr otherwise).
+// podAddrs are a pod's addresses, one per family of the node's blocks: an
+// IPv4 one on an IPv4-only node, both on a dual-stack node, an IPv6 one on
+// an IPv6-only node (the zero Addr for a family the pod lacks).
 type podAddrs struct {
 	v4, v6 netip.Addr
 }
 
 // all lists the addresses the pod has, IPv4 first.
 func (p podAddrs) all() []netip.Addr {
-	if p.v6.IsValid() {
-		return []netip.Addr{p.v4, p.v6}
+	var all []netip.Addr
+	for _, a := range []netip.Addr{p.v4, p.v6} {
+		if a.IsValid() {
+			all = append(all, a)
+		}
 	}
-	return []netip.Addr{p.v4}
+	return all
+}
+
+// slot is where an address of addr's family goes.
+func (p *podAddrs) slot(addr netip.Addr) *netip.Addr {
+	if addr.Is4() {
+		return &p.v4
+	}
+	return &p.v6
 }
 
 func newAddressSource(conf *Config, args *skel.CmdArgs) addressSource {
@@ -76,9 +88,8 @@ func (l *localIPAM) allocate(_ context.Context, node nodestate.State) (addrs pod
 			return err
 		}
 		reserved = fresh
-		addrs.v4 = got[0]
-		if len(got) > 1 {
-			addrs.v6 = got[1]
+		for _, addr := range got {
+			*addrs.slot(addr) = addr
 		}
 		return nil
 	})
@@ -137,11 +148,12 @@ func (d *delegatedIPAM) allocate(ctx context.Context, node nodestate.State) (pod
 	return addrs, addrs.all(), nil
 }
 
-// addrsFromResult takes the delegate's first IPv4 address, which must be in
-// the node's block, and on a dual-stack node its first IPv6 address, which
-// must be in the IPv6 block (a delegate configured for IPv4 only leaves the
-// pod IPv4-only). On an IPv4-only node IPv6 addresses are ignored, as they
-// always were.
+// addrsFromResult takes the delegate's first address of the node's block's
+// family (IPv4, or IPv6 on an IPv6-only node), which must be in the
+// block, and on a dual-stack node its first IPv6 address, which must be in
+// the IPv6 block (a delegate configured for IPv4 only leaves the pod
+// IPv4-only). Addresses of a family the node has no block of are ignored,
+// as IPv6 ones on an IPv4-only node always were.
 func (d *delegatedIPAM) addrsFromResult(res types.Result, node nodestate.State) (podAddrs, error) {
 	cur, err := current.NewResultFromResult(res)
 	if err != nil {
@@ -155,11 +167,11 @@ func (d *delegatedIPAM) addrsFromResult(res types.Result, node nodestate.State) 
 		}
 		addr = addr.Unmap()
 		block := node.Block
-		slot := &addrs.v4
-		if !addr.Is4() {
-			block, slot = node.Block6, &addrs.v6
+		if addr.Is4() != block.Addr().Is4() {
+			block = node.Block6
 		}
-		if slot.IsValid() || !block.IsValid() {
+		slot := addrs.slot(addr)
+		if slot.IsValid() || !block.IsValid() || block.Addr().Is4() != addr.Is4() {
 			continue
 		}
 		if !block.Contains(addr) {
@@ -169,8 +181,8 @@ func (d *delegatedIPAM) addrsFromResult(res types.Result, node nodestate.State) 
 		}
 		*slot = addr
 	}
-	if !addrs.v4.IsValid() {
-		return podAddrs{}, fmt.Errorf("ipam %s returned no IPv4 address", d.typ)
+	if !addrs.slot(node.Block.Addr()).IsValid() {
+		return podAddrs{}, fmt.Errorf("ipam %s returned no address in this node's block %s", d.typ, node.Block)
 	}
 	return addrs, nil
 }

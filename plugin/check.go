@@ -59,9 +59,11 @@ func cmdCheck(args *skel.CmdArgs) error {
 
 // expected is what CHECK looks for, taken from the previous result.
 type expected struct {
-	prev  *current.Result
-	podIP netip.Addr
-	// podIP6 is the pod's IPv6 address when prevResult lists one.
+	prev *current.Result
+	// podIP is the pod's IPv4 address when prevResult lists one (not on
+	// an IPv6-only node), podIP6 its IPv6 address when it lists one; it
+	// lists at least one of them.
+	podIP   netip.Addr
 	podIP6  netip.Addr
 	podMAC  string
 	podMTU  int
@@ -102,9 +104,9 @@ func expectedFromPrevResult(conf *Config, args *skel.CmdArgs, hostVeth string) (
 			want.podIP6 = addr
 		}
 	}
-	if !want.podIP.IsValid() {
+	if !want.podIP.IsValid() && !want.podIP6.IsValid() {
 		return expected{}, types.NewError(types.ErrInvalidNetworkConfig,
-			fmt.Sprintf("prevResult has no IPv4 address on %s", args.IfName), "")
+			fmt.Sprintf("prevResult has no address on %s", args.IfName), "")
 	}
 	return want, nil
 }
@@ -144,7 +146,9 @@ func checkHost(name, alias string, want expected) (int, []error) {
 			driftf("%s is %s, want %s", s.Key, strings.TrimSpace(got), s.Value)
 		}
 	}
-	drift = append(drift, checkRouteToPod(name, attrs.Index, want.podIP, want.podMAC)...)
+	if want.podIP.IsValid() {
+		drift = append(drift, checkRouteToPod(name, attrs.Index, want.podIP, want.podMAC)...)
+	}
 	if want.podIP6.IsValid() {
 		drift = append(drift, checkRouteToPod(name, attrs.Index, want.podIP6, want.podMAC)...)
 		addrs, err := netlinkdump.Retry(func() ([]netlink.Addr, error) { return netlink.AddrList(link, unix.AF_INET6) })
@@ -198,7 +202,8 @@ func checkNeighbour(name string, neighs []netlink.Neigh, podIP netip.Addr, podMA
 }
 
 // checkPod checks the pod side inside podNS: the veth paired with the host
-// side, its MAC, MTU, /32, both routes and the gateway's neighbour entry.
+// side, its MAC, MTU, and the wiring of each of its addresses (checkPod4,
+// checkPod6).
 func checkPod(podNS ns.NetNS, ifName string, want expected, hostIndex int) []error {
 	var drift []error
 	err := podNS.Do(func(ns.NetNS) error {
@@ -225,31 +230,8 @@ func checkPod(podNS ns.NetNS, ifName string, want expected, hostIndex int) []err
 		if attrs.Flags&net.FlagUp == 0 {
 			driftf("is down")
 		}
-		addrs, err := netlinkdump.Retry(func() ([]netlink.Addr, error) { return netlink.AddrList(link, unix.AF_INET) })
-		if err != nil {
-			driftf("list addresses: %v", err)
-		} else if !hasAddr(addrs, want.podIP) {
-			driftf("address %s/32 is missing (has %v)", want.podIP, addrs)
-		}
-		routes, err := netlinkdump.Retry(func() ([]netlink.Route, error) { return netlink.RouteList(link, unix.AF_INET) })
-		if err != nil {
-			driftf("list routes: %v", err)
-			return nil
-		}
-		gw := net.IP(ipam.Gateway().AsSlice())
-		if !hasRoute(routes, attrs.Index, netlink.SCOPE_LINK, hostPrefix(ipam.Gateway())) {
-			driftf("route %s dev %s scope link is missing", gw, ifName)
-		}
-		if !hasDefaultVia(routes, gw) {
-			driftf("route default via %s dev %s is missing", gw, ifName)
-		}
-		neighs, err := netlink.NeighList(attrs.Index, unix.AF_INET)
-		if err != nil {
-			driftf("list neighbours: %v", err)
-			return nil
-		}
-		if !hasGatewayNeighbour(neighs, ipam.Gateway()) {
-			driftf("neighbour %s lladdr %s PERMANENT is missing or different", gw, hostVethMAC())
+		if want.podIP.IsValid() {
+			drift = append(drift, checkPod4(link, want.podIP)...)
 		}
 		if want.podIP6.IsValid() {
 			drift = append(drift, checkPod6(link, want.podIP6)...)
@@ -258,6 +240,44 @@ func checkPod(podNS ns.NetNS, ifName string, want expected, hostIndex int) []err
 	})
 	if err != nil {
 		drift = append(drift, err)
+	}
+	return drift
+}
+
+// checkPod4 checks the pod side's IPv4 wiring in the pod's namespace: the
+// /32, the routes to and via 169.254.1.1 and the gateway's PERMANENT
+// neighbour entry.
+func checkPod4(link netlink.Link, podIP netip.Addr) []error {
+	var drift []error
+	attrs, ifName := link.Attrs(), link.Attrs().Name
+	driftf := func(format string, a ...any) {
+		drift = append(drift, fmt.Errorf("pod interface "+ifName+": "+format, a...))
+	}
+	addrs, err := netlinkdump.Retry(func() ([]netlink.Addr, error) { return netlink.AddrList(link, unix.AF_INET) })
+	if err != nil {
+		driftf("list addresses: %v", err)
+	} else if !hasAddr(addrs, podIP) {
+		driftf("address %s/32 is missing (has %v)", podIP, addrs)
+	}
+	routes, err := netlinkdump.Retry(func() ([]netlink.Route, error) { return netlink.RouteList(link, unix.AF_INET) })
+	if err != nil {
+		driftf("list routes: %v", err)
+		return drift
+	}
+	gw := net.IP(ipam.Gateway().AsSlice())
+	if !hasRoute(routes, attrs.Index, netlink.SCOPE_LINK, hostPrefix(ipam.Gateway())) {
+		driftf("route %s dev %s scope link is missing", gw, ifName)
+	}
+	if !hasDefaultVia(routes, gw) {
+		driftf("route default via %s dev %s is missing", gw, ifName)
+	}
+	neighs, err := netlink.NeighList(attrs.Index, unix.AF_INET)
+	if err != nil {
+		driftf("list neighbours: %v", err)
+		return drift
+	}
+	if !hasGatewayNeighbour(neighs, ipam.Gateway()) {
+		driftf("neighbour %s lladdr %s PERMANENT is missing or different", gw, hostVethMAC())
 	}
 	return drift
 }

@@ -86,7 +86,8 @@ type podInterface struct {
 // trip on the pod's first packet. proxy_arp stays on for anything that flushes
 // the pod's neighbours.
 //
-// On a dual-stack node the pod gets the IPv6 twin (configurePod6).
+// On a dual-stack node the pod gets the IPv6 twin (configurePod6), on an
+// IPv6-only node that alone.
 func configurePod(podNS ns.NetNS, ifName string, podIPs podAddrs) (podInterface, error) {
 	var pod podInterface
 	err := podNS.Do(func(ns.NetNS) error {
@@ -104,20 +105,10 @@ func configurePod(podNS ns.NetNS, ifName string, podIPs podAddrs) (podInterface,
 		if err := netlink.LinkSetUp(link); err != nil {
 			return fmt.Errorf("set %s up: %w", ifName, err)
 		}
-		podIP := podIPs.v4
-		if err := netlink.AddrAdd(link, &netlink.Addr{IPNet: hostPrefix(podIP)}); err != nil {
-			return fmt.Errorf("add %s/32 to %s: %w", podIP, ifName, err)
-		}
-		idx := link.Attrs().Index
-		gw := net.IP(ipam.Gateway().AsSlice())
-		if err := netlink.RouteAdd(&netlink.Route{LinkIndex: idx, Dst: hostPrefix(ipam.Gateway()), Scope: netlink.SCOPE_LINK}); err != nil {
-			return fmt.Errorf("add route %s dev %s scope link: %w", gw, ifName, err)
-		}
-		if err := netlink.RouteAdd(&netlink.Route{LinkIndex: idx, Gw: gw}); err != nil {
-			return fmt.Errorf("add route default via %s dev %s: %w", gw, ifName, err)
-		}
-		if err := netlink.NeighSet(gatewayNeighbour(idx, ipam.Gateway())); err != nil {
-			return fmt.Errorf("add neighbour %s lladdr %s dev %s: %w", gw, hostVethMAC(), ifName, err)
+		if podIPs.v4.IsValid() {
+			if err := configurePod4(link, podIPs.v4); err != nil {
+				return err
+			}
 		}
 		if podIPs.v6.IsValid() {
 			if err := configurePod6(link, podIPs.v6); err != nil {
@@ -128,6 +119,28 @@ func configurePod(podNS ns.NetNS, ifName string, podIPs podAddrs) (podInterface,
 		return nil
 	})
 	return pod, err
+}
+
+// configurePod4 gives the pod side, in the pod's namespace, its IPv4 /32,
+// the route to 169.254.1.1 and the default route through it, and the
+// gateway's PERMANENT neighbour entry.
+func configurePod4(link netlink.Link, podIP netip.Addr) error {
+	ifName := link.Attrs().Name
+	if err := netlink.AddrAdd(link, &netlink.Addr{IPNet: hostPrefix(podIP)}); err != nil {
+		return fmt.Errorf("add %s/32 to %s: %w", podIP, ifName, err)
+	}
+	idx := link.Attrs().Index
+	gw := net.IP(ipam.Gateway().AsSlice())
+	if err := netlink.RouteAdd(&netlink.Route{LinkIndex: idx, Dst: hostPrefix(ipam.Gateway()), Scope: netlink.SCOPE_LINK}); err != nil {
+		return fmt.Errorf("add route %s dev %s scope link: %w", gw, ifName, err)
+	}
+	if err := netlink.RouteAdd(&netlink.Route{LinkIndex: idx, Gw: gw}); err != nil {
+		return fmt.Errorf("add route default via %s dev %s: %w", gw, ifName, err)
+	}
+	if err := netlink.NeighSet(gatewayNeighbour(idx, ipam.Gateway())); err != nil {
+		return fmt.Errorf("add neighbour %s lladdr %s dev %s: %w", gw, hostVethMAC(), ifName, err)
+	}
+	return nil
 }
 
 // configurePod6 gives the pod side, in the pod's namespace, its IPv6 /128
@@ -256,8 +269,10 @@ func configureHost(name string, podIPs podAddrs, podMAC net.HardwareAddr) (netli
 			return nil, fmt.Errorf("set %s=%s: %w", s.Key, s.Value, err)
 		}
 	}
-	if err := routeToPod(link, podIPs.v4, podMAC); err != nil {
-		return nil, err
+	if podIPs.v4.IsValid() {
+		if err := routeToPod(link, podIPs.v4, podMAC); err != nil {
+			return nil, err
+		}
 	}
 	if podIPs.v6.IsValid() {
 		if err := configureHost6(link, podIPs.v6, podMAC); err != nil {
