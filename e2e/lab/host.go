@@ -335,6 +335,34 @@ func (h *Host) AddIP6(ctx context.Context) (netip.Addr, error) {
 	return a, nil
 }
 
+// MakeIPv6Only turns a host on the first LAN into an IPv6-only one; call
+// it before the host's agent starts. em1 gets the host's IPv6 address
+// (AddIP6) and a default route via the outside host's IPv6 address
+// (AddOutsideIP6 gives the outside host that address), and loses its IPv4
+// address and with it every IPv4 route. The host's IP becomes the IPv6
+// address, and its Join, unless changed from the default, host 1's IPv6
+// address: the agent's --host-ip and --join, so that it gossips, runs its
+// ledger and is routed over IPv6 alone (with an IPv6 --pool).
+func (h *Host) MakeIPv6Only(ctx context.Context) (netip.Addr, error) {
+	a, err := h.AddIP6(ctx)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	if err := h.ip(ctx, "-6", "route", "add", "default", "via", outsideIP6.String(), "dev", "em1"); err != nil {
+		return netip.Addr{}, fmt.Errorf("%s: IPv6 default route: %w", h.Name, err)
+	}
+	if err := h.ip(ctx, "-4", "addr", "flush", "dev", "em1"); err != nil {
+		return netip.Addr{}, fmt.Errorf("%s: remove the IPv4 address: %w", h.Name, err)
+	}
+	if h.Join == lanPrefix.Addr().Next() {
+		first := lanPrefix6.Addr().As16()
+		first[15] = 1
+		h.Join = netip.AddrFrom16(first)
+	}
+	h.IP = a
+	return a, nil
+}
+
 // CutLink takes the host's switch port down, as if its cable were pulled.
 func (h *Host) CutLink(ctx context.Context) error {
 	return h.lab.switchOf(h).ip(ctx, "link", "set", h.Name, "down")

@@ -19,7 +19,8 @@ type Pod struct {
 	Name        string // "p1"
 	ContainerID string
 	IP          netip.Addr
-	// IP6 is the pod's IPv6 address on a dual-stack host, zero otherwise.
+	// IP6 is the pod's IPv6 address on a dual-stack host, and its only
+	// address (IP too) on an IPv6-only host; zero otherwise.
 	IP6 netip.Addr
 	// Result is what the plugin chain returned for ADD.
 	Result *current.Result
@@ -77,6 +78,9 @@ func (h *Host) AddPodWithConf(ctx context.Context, confList string) (_ *Pod, err
 		return nil, fmt.Errorf("CNI ADD %s on %s: bad address %v", p.Name, h.Name, p.Result.IPs[0].Address.IP)
 	}
 	p.IP = ip.Unmap()
+	if p.IP.Is6() {
+		p.IP6 = p.IP
+	}
 	for _, ipc := range p.Result.IPs[1:] {
 		if a, ok := netip.AddrFromSlice(ipc.Address.IP); ok && !a.Unmap().Is4() {
 			p.IP6 = a
