@@ -106,7 +106,7 @@ func DesiredPodHosts(spec PodSpec, veths []HostVeth) (pods []PodHost, problems [
 		switch {
 		case r.ContainerID == "" || len(found) == 0:
 			continue
-		case !(r.Addr.Is4() && spec.Pool.Contains(r.Addr)) && !(spec.Pool6.IsValid() && r.Addr.Is6() && spec.Pool6.Contains(r.Addr)):
+		case !spec.Pool.Contains(r.Addr) && !(spec.Pool6.IsValid() && spec.Pool6.Contains(r.Addr)):
 			pools := spec.Pool.String()
 			if spec.Pool6.IsValid() {
 				pools += " or " + spec.Pool6.String()
