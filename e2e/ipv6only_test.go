@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -49,7 +50,8 @@ func startIPv6Only(t *testing.T, ctx context.Context, l *lab.Lab) netip.Addr {
 // routes the others' `<block> via <host IPv6> dev em1 proto 74`, has the
 // pool's unreachable route and its block's blackhole. Pods get only an
 // IPv6 address, ping each other across hosts, are reached from a host,
-// and reach the outside host masqueraded as their host. When one host
+// and reach the outside host masqueraded as their host; a pod's host route
+// deleted by hand comes back. When one host
 // crashes (kill -9, link cut) the others withdraw its route.
 func TestIPv6OnlyHosts(t *testing.T) {
 	t.Parallel()
@@ -113,6 +115,13 @@ func TestIPv6OnlyHosts(t *testing.T) {
 	if err := a.Check(ctx); err != nil {
 		t.Errorf("CHECK of an IPv6-only pod: %v", err)
 	}
+	// A pod's host route deleted by hand is put back by the next pass.
+	if out, err := h1.Run(ctx, "ip", "-6", "route", "del", a.IP.String()+"/128"); err != nil {
+		t.Fatalf("h1: delete pod %s's route: %v: %s", a.Name, err, out)
+	}
+	if err := waitRoute6Line(ctx, h1, a.IP.String()+" dev "); err != nil {
+		t.Error(err)
+	}
 
 	// Crash: h3's agent dies and its link goes; h1 and h2 withdraw its
 	// route once gossip and the ICMPv6 probes agree.
@@ -138,5 +147,58 @@ func TestIPv6OnlyHosts(t *testing.T) {
 	}
 	if _, err := b.Ping(ctx, a.IP); err != nil {
 		t.Errorf("pod on h2 -> pod on h1 after h3 crashed: %v", err)
+	}
+}
+
+// TestIPv6OnlyFrozenAgent: the keep and withdraw rule holds on an
+// IPv6-only cluster, whose data-path probe is ICMPv6. With h2's agent
+// frozen, h1 calls it dead but keeps its route while h2's host answers,
+// and h2's pod stays reachable; once h2's link is cut too, h1 withdraws
+// the route.
+func TestIPv6OnlyFrozenAgent(t *testing.T) {
+	t.Parallel()
+	l := env.Lab(t, labtest.Options{Hosts: 3, NoAgents: true, AgentArgs: []string{"--pool", ipv6OnlyPool}})
+	ctx := timeout(t, 2*time.Minute)
+	h1, h2 := l.Host(1), l.Host(2)
+	startIPv6Only(t, ctx, l)
+	a := addPods(t, ctx, h1, 1)[0]
+	b := addPods(t, ctx, h2, 1)[0]
+	st2, err := nodestate.Read(h2.RunDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	route := st2.Block.String() + " via " + h2.IP.String() + " dev em1"
+	if err := waitRoute6(ctx, h1, route); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := h2.FreezeAgent(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h2.ThawAgent() })
+	if _, err := h1.WaitStatus(timeout(t, failureDetectionBound), "h2 dead, kept by its data path", func(s lab.Status) bool {
+		m, ok := s.Member(h2.Name)
+		return ok && m.State == "dead" && m.Route == "programmed" && slices.Equal(m.KeptBy, []string{"data path"})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitRoute6(ctx, h1, route); err != nil {
+		t.Errorf("h2 dead but answering ICMPv6: %v", err)
+	}
+	if _, err := a.Ping(ctx, b.IP); err != nil {
+		t.Errorf("pod on h1 -> pod on h2 (agent frozen): %v", err)
+	}
+
+	if err := h2.CutLink(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := lab.Poll(timeout(t, failureDetectionBound), "h1 withdrawing h2's route with h2's link cut", 100*time.Millisecond, func() error {
+		out, err := h1.Run(ctx, "ip", "-6", "route", "show", st2.Block.String())
+		if err == nil && strings.Contains(string(out), "via") {
+			err = fmt.Errorf("route %q", out)
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -1,6 +1,7 @@
 // Package ipam is grapevine-ipam: it hands out pod addresses from the block
 // this node holds (and, on a dual-stack node, one more from its IPv6
-// block), persists them on disk under a file lock, and frees them.
+// block; on an IPv6-only node the one block is IPv6), persists them on
+// disk under a file lock, and frees them.
 //
 // Reservations keep containernetworking's host-local on-disk format (one file
 // per address, named by the address and holding the container ID and

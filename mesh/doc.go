@@ -21,7 +21,7 @@
 // memberlist knows each node by its persistent random node ID, never by
 // its name: two hosts with one name are two members (a name conflict,
 // View.NameConflicts), not one displacing the other. Each member
-// advertises a versioned value of at most 313 bytes (see Meta): its name,
+// advertises a versioned value of at most 333 bytes (see Meta): its name,
 // its host IP (and IPv6 host address, when it has an IPv6 pool), its node ID (the one it gossips under), the ledger it
 // belongs to (cluster ID) and the ledger's port, the pool layout, its
 // block, a leaving flag, whether its ledger has state (founding under way)
@@ -29,6 +29,11 @@
 // (DecodeMeta); an invalid one is counted and logged, and the member gets
 // no route. Metadata carries no claim: the advertised block only has to
 // match the ledger.
+//
+// The pool is IPv4, or IPv6 in an IPv6-only cluster: then the host IPs
+// gossip, the ledger and the routes use are IPv6 (Config.AdvertiseAddr),
+// and the metadata is version 4, whose addresses are 16 bytes; an IPv4
+// pool's agents write version 3 as before (see metaVersion6).
 //
 // # Routes follow the ledger
 //

@@ -434,3 +434,34 @@ func TestMetaRecordFlag(t *testing.T) {
 		t.Fatalf("decoded %+v, want only FoundsByRecord", got)
 	}
 }
+
+// FuzzDecodeMeta6 is FuzzDecodeMeta for an IPv6-only cluster's rules and
+// version 4 values: never a panic, and what is accepted is valid and
+// re-encodes to the same bytes.
+func FuzzDecodeMeta6(f *testing.F) {
+	f.Add(mustEncode(f, testMeta6()))
+	noBlock := testMeta6()
+	noBlock.Block, noBlock.Leaving = netip.Prefix{}, true
+	f.Add(mustEncode(f, noBlock))
+	f.Add(mustEncode(f, testMeta()))
+	f.Add(bytes.Repeat([]byte{0xff}, metaFixedLen6+1))
+	from := testMeta6().HostIP
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := DecodeMeta(b, testRules6, from)
+		if err != nil {
+			var re *RejectError
+			if !errors.As(err, &re) || re.Reason == "" {
+				t.Fatalf("error without a reason: %v", err)
+			}
+			return
+		}
+		if m.Pool != testRules6.Pool || m.BlockBits != testRules6.BlockBits || m.HostIP6.IsValid() ||
+			testRules6.checkHostIP(m.HostIP, from) != nil || (m.Block.IsValid() && testRules6.checkBlock(m.Block) != nil) {
+			t.Fatalf("accepted invalid metadata: %+v", m)
+		}
+		again, err := m.AppendBinary(nil)
+		if err != nil || !bytes.Equal(again, b) {
+			t.Fatalf("re-encoding %x, %v; want %x", again, err, b)
+		}
+	})
+}

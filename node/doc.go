@@ -16,7 +16,10 @@
 // reads (node.json and the conflist), and the upkeep of the pods' host sides
 // the plugin wired (each pod's /32 and /128 routes, PERMANENT neighbour entries and host
 // veth settings), which it puts back when they are deleted or changed but
-// never creates for a pod or deletes (see PodKernel).
+// never creates for a pod or deletes (see PodKernel). On an IPv6-only node
+// (Desired.Pool is IPv6) the pool, the blocks and the host IPs are IPv6,
+// routed directly as IPv4 ones are, with IPv6 forwarding and masquerade
+// alone; VXLAN runs on an IPv4 underlay only.
 //
 // node never speaks gossip. It is handed a Desired state, chooses each
 // peer's path (ChoosePath), turns the state into routes, a VXLAN device and

@@ -7,7 +7,8 @@
 // veth: a /128 (nodad), default via fe80::ecee:eeff:feee:eeee (the host
 // veth's EUI-64 link-local, which the plugin adds on the host veth itself)
 // with a PERMANENT neighbour entry, and on the host a /128 route and a
-// PERMANENT entry; every command covers both families.
+// PERMANENT entry; every command covers both families. On an IPv6-only
+// node (node.json's one block is IPv6) the pod gets that IPv6 wiring alone.
 //
 // An attachment is (container ID, interface) and only its own requests
 // change it. The host veth's name is derived from the pod's identity
