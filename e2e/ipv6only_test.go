@@ -202,3 +202,73 @@ func TestIPv6OnlyFrozenAgent(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestIPv6OnlyCrossSubnet: an IPv6-only host on another IPv6 subnet,
+// behind a router that knows nothing of the pods, is reached over VXLAN on
+// the IPv6 underlay (`<block> via <its VTEP> dev gv.vxlan`, the device's
+// local end the host's IPv6 address), while the two hosts sharing a
+// subnet route each other directly. Pods ping each other across the
+// router both ways, and their MTU leaves room for VXLAN over IPv6 (70
+// bytes).
+func TestIPv6OnlyCrossSubnet(t *testing.T) {
+	t.Parallel()
+	l := env.Lab(t, labtest.Options{Hosts: 2, Routed: true, Hosts2: 1, NoAgents: true, AgentArgs: []string{"--pool", ipv6OnlyPool}})
+	ctx := timeout(t, 2*time.Minute)
+	h1, h2, h3 := l.Host(1), l.Host(2), l.Host(3)
+	if err := l.AddRouterIP6(ctx); err != nil {
+		t.Fatal(err)
+	}
+	startIPv6Only(t, ctx, l)
+	blocks := map[*lab.Host]netip.Prefix{}
+	for _, h := range l.Hosts() {
+		st, err := nodestate.Read(h.RunDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.MTU != 1500-70 {
+			t.Errorf("%s: pod MTU %d, want %d (em1's 1500 less VXLAN over IPv6)", h.Name, st.MTU, 1500-70)
+		}
+		blocks[h] = st.Block
+	}
+	vxlan := func(h *lab.Host) string {
+		return blocks[h].String() + " via " + blocks[h].Addr().String() + " dev gv.vxlan"
+	}
+	for h, want := range map[*lab.Host][]string{
+		h1: {vxlan(h3), blocks[h2].String() + " via " + h2.IP.String() + " dev em1"},
+		h3: {vxlan(h1), vxlan(h2)},
+	} {
+		for _, w := range want {
+			if err := waitRoute6(ctx, h, w); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	if out, err := h1.Run(ctx, "ip", "-d", "link", "show", "gv.vxlan"); err != nil || !strings.Contains(string(out), "local "+h1.IP.String()) {
+		t.Errorf("h1's gv.vxlan (%v) does not start at its IPv6 address %s:\n%s", err, h1.IP, out)
+	}
+	if s, err := h1.Status(ctx); err != nil {
+		t.Error(err)
+	} else if m, ok := s.Member(h3.Name); !ok || m.Path != "vxlan" || m.Route != "programmed" {
+		t.Errorf("h1's status of h3: %+v, want programmed over vxlan", m)
+	}
+	a := addPods(t, ctx, h1, 1)[0]
+	c := addPods(t, ctx, h3, 1)[0]
+	serveEcho6(t, c.Namespace)
+	checkReach(t, ctx, []reach{
+		{"pod on h1 -> pod on h3 (other subnet, VXLAN over IPv6)", a.Namespace, c.IP, a.IP},
+		{"pod on h3 -> pod on h1", c.Namespace, a.IP, netip.Addr{}},
+		{"h1 -> pod on h3", h1.Namespace, c.IP, netip.Addr{}},
+	})
+	// Full-size segments cross the tunnel: 64 KiB each way in segments
+	// of the pod MTU, which would be dropped were it not 70 bytes short
+	// of the underlay's.
+	conn, err := a.DialEcho(ctx, netip.AddrPortFrom(c.IP, echoPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(20 * time.Second))
+	if err := conn.RoundTrip(strings.Repeat("x", 64<<10)); err != nil {
+		t.Errorf("64 KiB pod to pod over VXLAN on IPv6: %v", err)
+	}
+}

@@ -18,8 +18,8 @@
 // veth settings), which it puts back when they are deleted or changed but
 // never creates for a pod or deletes (see PodKernel). On an IPv6-only node
 // (Desired.Pool is IPv6) the pool, the blocks and the host IPs are IPv6,
-// routed directly as IPv4 ones are, with IPv6 forwarding and masquerade
-// alone; VXLAN runs on an IPv4 underlay only.
+// routed as IPv4 ones are, directly or over VXLAN on the IPv6 underlay
+// (VTEPMAC6), with IPv6 forwarding and masquerade alone.
 //
 // node never speaks gossip. It is handed a Desired state, chooses each
 // peer's path (ChoosePath), turns the state into routes, a VXLAN device and

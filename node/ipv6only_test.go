@@ -1,6 +1,7 @@
 package node
 
 import (
+	"errors"
 	"maps"
 	"net/netip"
 	"slices"
@@ -80,8 +81,12 @@ func TestReconcileIPv6Only(t *testing.T) {
 
 func TestReconcileRejectsIPv6OnlyMixups(t *testing.T) {
 	for name, d := range map[string]Desired{
-		"VXLAN on an IPv6 host": func() Desired { d := desired6(); d.Encapsulation = EncapsulationCrossSubnet; return d }(),
-		"second, IPv6 pool":     func() Desired { d := desired6(); d.Pool6 = pfx("fd00:10:245::/48"); return d }(),
+		"VXLAN from an IPv6 host address with an IPv4 pool": func() Desired {
+			d := desired()
+			d.HostIP, d.Encapsulation = addr("fd00:172:16::1"), EncapsulationCrossSubnet
+			return d
+		}(),
+		"second, IPv6 pool": func() Desired { d := desired6(); d.Pool6 = pfx("fd00:10:245::/48"); return d }(),
 	} {
 		t.Run(name, func(t *testing.T) {
 			k, _ := newFake6(t)
@@ -107,5 +112,90 @@ func TestMasqueradedPoolsIPv6Only(t *testing.T) {
 		if got := MasqueradedPools(tc.d); !maps.Equal(got, tc.want) {
 			t.Errorf("%s: %v, want %v", name, got, tc.want)
 		}
+	}
+}
+
+func TestVTEPMAC6(t *testing.T) {
+	for _, tc := range []struct {
+		block string
+		want  MAC
+	}{
+		{"fd00:10:244:1::/64", MAC{0x0e, 0x74, 0x02, 0x44, 0x00, 0x01}},
+		{"fd00:10:244:ffff::/64", MAC{0x0e, 0x74, 0x02, 0x44, 0xff, 0xff}},
+		{"fd00:10:244::100/120", MAC{0x0e, 0x74, 0x00, 0x00, 0x00, 0x01}},
+		{"fd00:10:244::ff00/120", MAC{0x0e, 0x74, 0x00, 0x00, 0x00, 0xff}},
+		{"fd00:10:240::/60", MAC{0x0e, 0x74, 0x00, 0x24, 0x00, 0x00}},
+	} {
+		if got := VTEPMAC6(pfx(tc.block)); got != tc.want || !isVTEPMAC(got[:]) {
+			t.Errorf("VTEPMAC6(%s) = %s, want %s", tc.block, got, tc.want)
+		}
+	}
+	// Every block of a pool gets its own MAC, hosts on different subnets
+	// with one interface ID included.
+	seen := map[MAC]string{}
+	for i := range 1 << 12 {
+		b := netip.PrefixFrom(netip.AddrFrom16([16]byte{0xfd, 0, 0, 0x10, 2, 0x44, byte(i >> 8), byte(i)}), 64)
+		m := VTEPMAC6(b)
+		if other, dup := seen[m]; dup {
+			t.Fatalf("%s and %s share VTEP MAC %s", b, other, m)
+		}
+		seen[m] = b.String()
+	}
+}
+
+// TestReconcileVXLANOverIPv6: an IPv6-only node reaches a peer off its
+// interface's IPv6 networks over VXLAN on the IPv6 underlay: the device's
+// local end is the host's IPv6 address, its MTU the uplink's less 70, its
+// MAC and the peer's follow from their blocks, the route is
+// `<block> via <peer VTEP> dev gv.vxlan onlink metric 1024`, and a second
+// pass changes nothing.
+func TestReconcileVXLANOverIPv6(t *testing.T) {
+	k := NewFakeKernel()
+	link := k.AddLink("em1", pfx("fd00:172:16::1/64"))
+	r := NewReconciler(k, nil, nil)
+	b := PeerRoute{"b", pfx("fd00:10:244:2::/64"), addr("fd00:172:16::2")}
+	far := PeerRoute{"far", pfx("fd00:10:244:4::/64"), addr("fd00:99::4")}
+	d := desired6(b, far)
+	d.Encapsulation = EncapsulationCrossSubnet
+	res, err := r.Reconcile(t.Context(), d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Paths["b"].Path != PathDirect || res.Paths["far"].Path != PathVXLAN || !res.Programmed("far") || !res.Programmed("b") {
+		t.Fatalf("paths %v, peers %v, errors %v", res.Paths, res.Peers, res.PeerErrors)
+	}
+	st, neighs, fdb := tunnelOf(t, k)
+	want := Tunnel{VNI: 74, Port: 4789, Local: d.HostIP, Underlay: link.Index, MAC: VTEPMAC6(d.OwnBlock)}
+	if st.Tunnel != want || !slices.Equal(st.Addrs, []netip.Prefix{pfx("fd00:10:244:1::/128")}) {
+		t.Fatalf("device %+v, want %+v with fd00:10:244:1::/128", st, want)
+	}
+	if tun, ok := DesiredTunnel(d, Link{Name: "em1", Index: link.Index, Up: true, Addrs: link.Addrs, MTU: 1500}); !ok || tun.MTU != 1430 {
+		t.Errorf("device over an IPv6 underlay of MTU 1500: %+v, %v; want MTU 1430", tun, ok)
+	}
+	noBlock := d
+	noBlock.OwnBlock = netip.Prefix{}
+	if tun, ok := DesiredTunnel(noBlock, link); ok {
+		t.Errorf("a device without a block to derive its MAC from: %+v", tun)
+	}
+	farMAC := VTEPMAC6(far.Block)
+	if !slices.Equal(neighs, []Neighbour{{addr("fd00:10:244:4::"), farMAC, true}}) || !slices.Equal(fdb, []FDBEntry{{farMAC, far.Via}}) {
+		t.Fatalf("entries: neighbours %v, fdb %v", neighs, fdb)
+	}
+	wantRoute := Route{Dst: far.Block, Via: addr("fd00:10:244:4::"), LinkIndex: st.Index, OnLink: true, Metric: IPv6DefaultMetric}
+	if !slices.Contains(ours(k), wantRoute) {
+		t.Fatalf("routes %v lack %v", ours(k), wantRoute)
+	}
+	writes := k.Writes()
+	if _, err := r.Reconcile(t.Context(), d); err != nil || k.Writes() != writes {
+		t.Fatalf("second pass: %v, %d writes", err, k.Writes()-writes)
+	}
+	// With encapsulation never the far peer is not routed, and the
+	// device goes.
+	d.Encapsulation = EncapsulationNever
+	if res, err = r.Reconcile(t.Context(), d); err != nil || res.Programmed("far") || !res.Programmed("b") {
+		t.Fatalf("never: %v, peers %v", err, res.Peers)
+	}
+	if _, err := k.Tunnel(); !errors.Is(err, ErrLinkNotFound) {
+		t.Fatalf("device still there: %v", err)
 	}
 }

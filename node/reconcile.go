@@ -385,8 +385,8 @@ func validateDesired(d Desired) error {
 		return errors.New("reconcile: no interface given")
 	case d.Encapsulation < EncapsulationNever || d.Encapsulation > EncapsulationAlways:
 		return fmt.Errorf("reconcile: unknown %v", d.Encapsulation)
-	case d.Encapsulation != EncapsulationNever && !d.HostIP.Is4():
-		return fmt.Errorf("reconcile: encapsulation %s needs this host's IPv4 address, have %v (VXLAN runs on an IPv4 underlay only)", d.Encapsulation, d.HostIP)
+	case d.Encapsulation != EncapsulationNever && !d.HostIP.Is4() && !(d.Pool.Addr().Is6() && d.HostIP.Is6()):
+		return fmt.Errorf("reconcile: encapsulation %s needs this host's IPv4 address, or an IPv6 one with an IPv6 pool, have %v", d.Encapsulation, d.HostIP)
 	case d.Pool.Addr().Is6() && (d.Pool6.IsValid() || d.OwnBlock6.IsValid() || len(d.Peers6) > 0):
 		return fmt.Errorf("reconcile: pool %s is IPv6 (an IPv6-only node), so there is no second, IPv6 pool %s", d.Pool, d.Pool6)
 	case d.OwnBlock.IsValid() && d.OwnBlock.Masked() != d.OwnBlock:

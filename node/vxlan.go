@@ -2,6 +2,7 @@ package node
 
 import (
 	"cmp"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -25,7 +26,19 @@ const (
 	// TunnelOverhead is what VXLAN adds to every packet over IPv4: outer
 	// IPv4 (20), UDP (8), VXLAN (8) and inner Ethernet (14) headers.
 	TunnelOverhead = 50
+	// TunnelOverhead6 is the same over an IPv6 underlay (an IPv6-only
+	// node): the outer IPv6 header is 40 bytes.
+	TunnelOverhead6 = 70
 )
+
+// TunnelOverheadFor is what VXLAN adds to every packet on the underlay of
+// hostIP's family.
+func TunnelOverheadFor(hostIP netip.Addr) int {
+	if hostIP.Is6() {
+		return TunnelOverhead6
+	}
+	return TunnelOverhead
+}
 
 // MAC is an Ethernet address.
 type MAC [6]byte
@@ -42,6 +55,38 @@ func (m MAC) String() string {
 func VTEPMAC(hostIP netip.Addr) MAC {
 	a := hostIP.As4()
 	return MAC{0x0e, 0x74, a[0], a[1], a[2], a[3]}
+}
+
+// VTEPMAC6 is the MAC address of the VXLAN device of the IPv6-only host
+// holding block (an IPv6 block): 0e:74 followed by the 32 bits of the
+// block's address just above its host part, which hold the block's index
+// in the pool. Blocks of one pool differ there (a pool has at most
+// 2^MaxBlockCountBits blocks, mesh's limit), so unlike the low bits of the
+// hosts' IPv6 addresses (::1 on two subnets) no two hosts share a MAC, and
+// peers derive it from the block gossip already gives them.
+func VTEPMAC6(block netip.Prefix) MAC {
+	a := block.Masked().Addr().As16()
+	hi, lo := binary.BigEndian.Uint64(a[:8]), binary.BigEndian.Uint64(a[8:])
+	shift := uint(128 - block.Bits())
+	var v uint64
+	switch {
+	case shift >= 64:
+		v = hi >> (shift - 64)
+	case shift == 0:
+		v = lo
+	default:
+		v = lo>>shift | hi<<(64-shift)
+	}
+	return MAC{0x0e, 0x74, byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}
+}
+
+// vtepMAC is the VXLAN device MAC of the host at hostIP holding block:
+// VTEPMAC on an IPv4 underlay, VTEPMAC6 on an IPv6 one.
+func vtepMAC(hostIP netip.Addr, block netip.Prefix) MAC {
+	if hostIP.Is4() {
+		return VTEPMAC(hostIP)
+	}
+	return VTEPMAC6(block)
 }
 
 // VTEPAddr is the address of the VXLAN device of the host holding block: the
@@ -150,12 +195,14 @@ func DesiredTunnel(d Desired, link Link) (Tunnel, bool) {
 	for _, p := range paths6 {
 		wanted6 = wanted6 || p.Path == PathVXLAN
 	}
-	if !wanted && !wanted6 {
+	// On an IPv6 underlay the device's MAC follows from the node's block:
+	// none before it holds one.
+	if !wanted && !wanted6 || d.HostIP.Is6() && !d.OwnBlock.IsValid() {
 		return Tunnel{}, false
 	}
-	t := Tunnel{VNI: TunnelVNI, Port: TunnelPort, Local: d.HostIP, Underlay: link.Index, MAC: VTEPMAC(d.HostIP)}
-	if link.MTU > TunnelOverhead {
-		t.MTU = link.MTU - TunnelOverhead
+	t := Tunnel{VNI: TunnelVNI, Port: TunnelPort, Local: d.HostIP, Underlay: link.Index, MAC: vtepMAC(d.HostIP, d.OwnBlock)}
+	if overhead := TunnelOverheadFor(d.HostIP); link.MTU > overhead {
+		t.MTU = link.MTU - overhead
 	}
 	if d.OwnBlock.IsValid() {
 		t.Addr = VTEPAddr(d.OwnBlock)
@@ -173,13 +220,19 @@ func checkTunnelPeer(p PeerRoute, d Desired, link, tunnel Link) error {
 	if err := checkPeer(p, d.OwnBlock, link); err != nil && !errors.Is(err, ErrNotConnected) {
 		return err
 	}
+	// The underlay is IPv4, or IPv6 on an IPv6-only node (an IPv6 pool):
+	// the peer's host address is of this host's family.
+	underlay6, family := d.Pool.Addr().Is6(), "IPv4"
+	if underlay6 {
+		family = "IPv6"
+	}
 	switch {
-	case !p.Via.Is4() || !p.Via.IsGlobalUnicast():
-		return fmt.Errorf("%w: VXLAN needs a unicast IPv4 host address, not %s", ErrInvalidPeer, p.Via)
+	case p.Via.Is4() == underlay6 || p.Via.Is4In6() || !p.Via.IsGlobalUnicast():
+		return fmt.Errorf("%w: VXLAN needs a unicast %s host address, not %s", ErrInvalidPeer, family, p.Via)
 	case d.Pool.IsValid() && d.Pool.Contains(p.Via):
 		// Its packets would be routed into the tunnel they travel in.
 		return fmt.Errorf("%w: host address %s is inside the pod pool %s", ErrInvalidPeer, p.Via, d.Pool)
-	case !d.HostIP.Is4():
+	case d.HostIP.Is4() == underlay6 || !d.HostIP.IsValid():
 		return fmt.Errorf("%w: this host's address %s cannot be the local end of VXLAN", ErrTunnelNotUsable, d.HostIP)
 	case d.HostIP == p.Via:
 		return fmt.Errorf("%w: %s is this host's own address", ErrInvalidPeer, p.Via)
@@ -206,7 +259,7 @@ func checkPeerOnPath(p PeerRoute, d Desired, link, tunnel Link) error {
 // peerRoute is the route for a peer that passed checkPeerOnPath.
 func peerRoute(p PeerRoute, d Desired, link, tunnel Link) Route {
 	if ChoosePath(d.Encapsulation, p.Via, link).Path == PathVXLAN {
-		return Route{Dst: p.Block, Via: VTEPAddr(p.Block), LinkIndex: tunnel.Index, OnLink: true}
+		return Route{Dst: p.Block, Via: VTEPAddr(p.Block), LinkIndex: tunnel.Index, OnLink: true, Metric: routeMetric(p.Block)}
 	}
 	return Route{Dst: p.Block, Via: p.Via, LinkIndex: link.Index, Metric: routeMetric(p.Block)}
 }
@@ -282,7 +335,7 @@ type TunnelPeer struct {
 
 // tunnelPeerOf derives a VXLAN peer's entries from what gossip says of it.
 func tunnelPeerOf(p PeerRoute) TunnelPeer {
-	return TunnelPeer{VTEP: VTEPAddr(p.Block), MAC: VTEPMAC(p.Via), HostIP: p.Via}
+	return TunnelPeer{VTEP: VTEPAddr(p.Block), MAC: vtepMAC(p.Via, p.Block), HostIP: p.Via}
 }
 
 // tunnelPeers6 is the entries of the peers whose IPv6 block goes over

@@ -231,7 +231,7 @@ func parseAgentOptions(c *cli.Context) (agentOptions, error) {
 		}
 	}
 	if o.Pool.Addr().Is6() {
-		if err := checkIPv6Only(c, &o); err != nil {
+		if err := checkIPv6Only(c, o); err != nil {
 			return o, err
 		}
 	}
@@ -286,19 +286,15 @@ func parseHostIP(s string, pool netip.Prefix, ip *netip.Addr) error {
 }
 
 // checkIPv6Only checks the flags of an IPv6-only cluster (an IPv6 --pool):
-// no second pool, no VXLAN (it runs on an IPv4 underlay only; direct
-// routes are the default here), and no discovery through Kubernetes, whose
-// Node addresses the agent reads as IPv4.
-func checkIPv6Only(c *cli.Context, o *agentOptions) error {
+// no second pool (the host IP is the IPv6 one), and no discovery through
+// Kubernetes, whose Node addresses the agent reads as IPv4. VXLAN runs on
+// the IPv6 underlay here.
+func checkIPv6Only(c *cli.Context, o agentOptions) error {
 	switch {
 	case c.String("pool6") != "" || c.String("host-ip6") != "":
 		return fmt.Errorf("--pool6 and --host-ip6 with the IPv6 --pool %s: an IPv6-only cluster has one pool and --host-ip is its IPv6 address; drop --pool6 and --host-ip6", o.Pool)
 	case o.JoinKubernetes:
 		return fmt.Errorf("--join-kubernetes with the IPv6 --pool %s: discovery through the Kubernetes API is IPv4 only; give --join the IPv6 addresses of members", o.Pool)
-	case !c.IsSet("encapsulation"):
-		o.Encapsulation = node.EncapsulationNever
-	case o.Encapsulation != node.EncapsulationNever:
-		return fmt.Errorf("--encapsulation %s with the IPv6 --pool %s: VXLAN runs on an IPv4 underlay only; an IPv6-only cluster routes its peers directly (--encapsulation never, its default)", o.Encapsulation, o.Pool)
 	}
 	return nil
 }
@@ -367,7 +363,7 @@ func runAgent(ctx context.Context, o agentOptions, log *slog.Logger) error {
 			return fmt.Errorf("find this host's IPv6 address: %w (set --host-ip6)", err)
 		}
 	}
-	o.MTU = podMTU(o.MTUFlag, uplink.MTU, o.Encapsulation)
+	o.MTU = podMTU(o.MTUFlag, uplink.MTU, o.Encapsulation, node.TunnelOverheadFor(o.HostIP))
 	log = log.With("node", o.NodeName)
 	log.Info("starting grapevine agent", "version", version, "iface", o.Iface, "hostIP", o.HostIP,
 		"pool", o.Pool, "blockSize", o.BlockSize, "pool6", prefixString(o.Pool6), "blockSize6", o.BlockSize6, "hostIP6", addrString(o.HostIP6), "port", o.Port, "ledgerPort", o.LedgerPort, "voters", o.Voters, "join", o.Join, "bootstrapExpect", o.BootstrapExpect,
@@ -401,14 +397,14 @@ func oneProc() {
 // over VXLAN. Pods keep their MTU for life, and a peer on another subnet may
 // join after they were created, so cross-subnet pays the 50 bytes even while
 // every peer is direct: a large packet must never be black-holed.
-func podMTU(flag, ifaceMTU int, e node.Encapsulation) int {
+func podMTU(flag, ifaceMTU int, e node.Encapsulation, overhead int) int {
 	switch {
 	case flag != 0:
 		return flag
 	case e == node.EncapsulationNever:
 		return ifaceMTU
 	}
-	return ifaceMTU - node.TunnelOverhead
+	return ifaceMTU - overhead
 }
 
 // followUplinkMTU is the pod MTU for node.json once a pass found the
@@ -416,11 +412,11 @@ func podMTU(flag, ifaceMTU int, e node.Encapsulation) int {
 // an agent without --mtu follows; an unknown MTU (0) or one that would give
 // pods an MTU out of range leaves current as it is. Pods already running
 // keep theirs: it applies to new pods.
-func followUplinkMTU(flag, current, uplinkMTU int, e node.Encapsulation) (int, bool) {
+func followUplinkMTU(flag, current, uplinkMTU int, e node.Encapsulation, overhead int) (int, bool) {
 	if flag != 0 || uplinkMTU == 0 {
 		return current, false
 	}
-	mtu := podMTU(0, uplinkMTU, e)
+	mtu := podMTU(0, uplinkMTU, e, overhead)
 	if mtu < nodestate.MinMTU || mtu > nodestate.MaxMTU {
 		return current, false
 	}

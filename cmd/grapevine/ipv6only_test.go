@@ -12,14 +12,15 @@ import (
 )
 
 // TestIPv6OnlyFlags: an IPv6 --pool makes an IPv6-only agent: /64 blocks
-// and direct routes unless told otherwise, an IPv6 --host-ip.
+// unless told otherwise, an IPv6 --host-ip, VXLAN across subnets as for
+// IPv4.
 func TestIPv6OnlyFlags(t *testing.T) {
 	o, err := parseAgentFlags(t, "--pool", "fd00:10:244::/48", "--host-ip", "fd00:172:16::1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.BlockSize != 64 || o.Encapsulation != node.EncapsulationNever || o.HostIP != netip.MustParseAddr("fd00:172:16::1") || o.Pool6.IsValid() {
-		t.Fatalf("block size /%d, encapsulation %s, host IP %s, pool6 %s; want /64, never, fd00:172:16::1, none", o.BlockSize, o.Encapsulation, o.HostIP, o.Pool6)
+	if o.BlockSize != 64 || o.Encapsulation != node.EncapsulationCrossSubnet || o.HostIP != netip.MustParseAddr("fd00:172:16::1") || o.Pool6.IsValid() {
+		t.Fatalf("block size /%d, encapsulation %s, host IP %s, pool6 %s; want /64, cross-subnet, fd00:172:16::1, none", o.BlockSize, o.Encapsulation, o.HostIP, o.Pool6)
 	}
 	if o, err = parseAgentFlags(t, "--pool", "fd00:10:244::/104", "--encapsulation", "never"); err != nil || o.BlockSize != 120 {
 		t.Fatalf("small pool: block size /%d, %v; want /120", o.BlockSize, err)

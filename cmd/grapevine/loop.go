@@ -306,7 +306,7 @@ func (a *agent) reconcile(ctx context.Context) status.Report {
 		a.log.Error("reconcile failed", "err", err)
 		ready, reason = false, "reconcile: "+err.Error()
 	}
-	if mtu, changed := followUplinkMTU(a.opts.MTUFlag, a.opts.MTU, res.UplinkMTU, a.opts.Encapsulation); changed {
+	if mtu, changed := followUplinkMTU(a.opts.MTUFlag, a.opts.MTU, res.UplinkMTU, a.opts.Encapsulation, node.TunnelOverheadFor(a.opts.HostIP)); changed {
 		a.log.Warn("the uplink's MTU changed: node.json gives new pods the new MTU; running pods keep theirs until restarted",
 			"iface", a.opts.Iface, "uplinkMTU", res.UplinkMTU, "podMTU", mtu, "was", a.opts.MTU)
 		a.opts.MTU = mtu

@@ -26,8 +26,11 @@ func TestPodMTU(t *testing.T) {
 		{"--mtu overrides", 1400, 1500, node.EncapsulationCrossSubnet, 1400},
 		{"--mtu overrides with never too", 1300, 1500, node.EncapsulationNever, 1300},
 	}
+	if got := podMTU(0, 1500, node.EncapsulationCrossSubnet, node.TunnelOverheadFor(netip.MustParseAddr("fd00:172:16::1"))); got != 1430 {
+		t.Errorf("IPv6 underlay, cross-subnet: podMTU = %d, want 1430 (less VXLAN's 70 bytes over IPv6)", got)
+	}
 	for _, tt := range tests {
-		if got := podMTU(tt.flag, tt.mtu, tt.encap); got != tt.want {
+		if got := podMTU(tt.flag, tt.mtu, tt.encap, node.TunnelOverhead); got != tt.want {
 			t.Errorf("%s: podMTU = %d, want %d", tt.name, got, tt.want)
 		}
 	}
@@ -111,7 +114,7 @@ func TestFollowUplinkMTU(t *testing.T) {
 		{"out of range for pods: it stays", 0, 1450, 100, node.EncapsulationCrossSubnet, 1450, false},
 	}
 	for _, tt := range tests {
-		got, changed := followUplinkMTU(tt.flag, tt.current, tt.uplink, tt.encap)
+		got, changed := followUplinkMTU(tt.flag, tt.current, tt.uplink, tt.encap, node.TunnelOverhead)
 		if got != tt.want || changed != tt.changed {
 			t.Errorf("%s: followUplinkMTU = %d, %v; want %d, %v", tt.name, got, changed, tt.want, tt.changed)
 		}

@@ -319,37 +319,51 @@ func (h *Host) AgentExit() (exited bool, err error) {
 	}
 }
 
-// AddIP6 gives a host on the first LAN its IPv6 address there,
-// fd00:172:16:254::N for host .N (nodad: usable at once), and returns it;
-// start the agent afterwards for it to be discovered and gossiped.
+// AddIP6 gives a host its IPv6 address on its LAN, fd00:172:16:254::N
+// for host .N on the first LAN (fd00:172:16:253::N on the second, of a
+// routed lab), nodad so that it is usable at once, and returns it; start
+// the agent afterwards for it to be discovered and gossiped.
 func (h *Host) AddIP6(ctx context.Context) (netip.Addr, error) {
-	if h.LAN != LAN1 {
-		return netip.Addr{}, fmt.Errorf("%s: an IPv6 address only on the first LAN, it is on LAN %d", h.Name, h.LAN)
+	prefix := lanPrefix6
+	if h.LAN == LAN2 {
+		prefix = lan2Prefix6
 	}
-	b := lanPrefix6.Addr().As16()
+	b := prefix.Addr().As16()
 	b[15] = h.IP.As4()[3]
 	a := netip.AddrFrom16(b)
-	if err := h.ip(ctx, "-6", "addr", "add", netip.PrefixFrom(a, lanPrefix6.Bits()).String(), "dev", "em1", "nodad"); err != nil {
+	if err := h.ip(ctx, "-6", "addr", "add", netip.PrefixFrom(a, prefix.Bits()).String(), "dev", "em1", "nodad"); err != nil {
 		return netip.Addr{}, fmt.Errorf("%s: IPv6 address: %w", h.Name, err)
 	}
 	return a, nil
 }
 
-// MakeIPv6Only turns a host on the first LAN into an IPv6-only one; call
-// it before the host's agent starts. em1 gets the host's IPv6 address
-// (AddIP6) and a default route via the outside host's IPv6 address
-// (AddOutsideIP6 gives the outside host that address), and loses its IPv4
-// address and with it every IPv4 route. The host's IP becomes the IPv6
-// address, and its Join, unless changed from the default, host 1's IPv6
-// address: the agent's --host-ip and --join, so that it gossips, runs its
-// ledger and is routed over IPv6 alone (with an IPv6 --pool).
+// MakeIPv6Only turns a host into an IPv6-only one; call it before the
+// host's agent starts. em1 gets the host's IPv6 address (AddIP6) and IPv6
+// routes like its IPv4 ones: on the first LAN a default route via the
+// outside host's IPv6 address (AddOutsideIP6 gives the outside host that
+// address) and, in a routed lab, the second LAN via the router; on the
+// second LAN a default route via the router (AddRouterIP6 gives the router
+// its IPv6 addresses). em1 loses its IPv4 address and with it every IPv4
+// route. The host's IP becomes the IPv6 address, and its Join, unless
+// changed from the default, host 1's IPv6 address: the agent's --host-ip
+// and --join, so that it gossips, runs its ledger and is routed over IPv6
+// alone (with an IPv6 --pool).
 func (h *Host) MakeIPv6Only(ctx context.Context) (netip.Addr, error) {
 	a, err := h.AddIP6(ctx)
 	if err != nil {
 		return netip.Addr{}, err
 	}
-	if err := h.ip(ctx, "-6", "route", "add", "default", "via", outsideIP6.String(), "dev", "em1"); err != nil {
-		return netip.Addr{}, fmt.Errorf("%s: IPv6 default route: %w", h.Name, err)
+	routes := [][]string{{"default", "via", outsideIP6.String()}}
+	switch {
+	case h.LAN == LAN2:
+		routes = [][]string{{"default", "via", router2IP6.String()}}
+	case h.lab.routed:
+		routes = append(routes, []string{lan2Prefix6.String(), "via", routerIP6.String()})
+	}
+	for _, r := range routes {
+		if err := h.ip(ctx, append([]string{"-6", "route", "add"}, append(r, "dev", "em1")...)...); err != nil {
+			return netip.Addr{}, fmt.Errorf("%s: IPv6 route %v: %w", h.Name, r, err)
+		}
 	}
 	if err := h.ip(ctx, "-4", "addr", "flush", "dev", "em1"); err != nil {
 		return netip.Addr{}, fmt.Errorf("%s: remove the IPv4 address: %w", h.Name, err)

@@ -64,6 +64,14 @@ var (
 	router2IP  = netip.MustParseAddr("172.16.253.253")
 )
 
+// The IPv6 twins of the second LAN and the router's addresses, for
+// IPv6-only hosts of a routed lab (Lab.AddRouterIP6).
+var (
+	lan2Prefix6 = netip.MustParsePrefix("fd00:172:16:253::/64")
+	routerIP6   = netip.MustParseAddr("fd00:172:16:254::fd")
+	router2IP6  = netip.MustParseAddr("fd00:172:16:253::fd")
+)
+
 // LANs of a lab: hosts are plugged into one of them.
 const (
 	LAN1 = 1 // 172.16.254.0/24, with the outside host
@@ -396,6 +404,28 @@ func (l *Lab) AddOutsideIP6(ctx context.Context) (netip.Addr, error) {
 		return netip.Addr{}, fmt.Errorf("outside host's IPv6 address: %w", err)
 	}
 	return outsideIP6, nil
+}
+
+// AddRouterIP6 gives the router of a routed lab its IPv6 addresses on both
+// LANs (fd00:172:16:254::fd and fd00:172:16:253::fd) and turns on its IPv6
+// forwarding, so that IPv6-only hosts of the two LANs reach each other
+// (Host.MakeIPv6Only routes them through it).
+func (l *Lab) AddRouterIP6(ctx context.Context) error {
+	if !l.routed {
+		return errors.New("lab: the router's IPv6 addresses need a routed lab")
+	}
+	for _, a := range []struct {
+		dev  string
+		addr netip.Prefix
+	}{{"em1", netip.PrefixFrom(routerIP6, lanPrefix6.Bits())}, {"em2", netip.PrefixFrom(router2IP6, lan2Prefix6.Bits())}} {
+		if err := l.Router.ip(ctx, "-6", "addr", "add", a.addr.String(), "dev", a.dev, "nodad"); err != nil {
+			return fmt.Errorf("router's IPv6 address: %w", err)
+		}
+	}
+	if _, err := l.Router.Run(ctx, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"); err != nil {
+		return fmt.Errorf("router's IPv6 forwarding: %w", err)
+	}
+	return nil
 }
 
 // RouterIP is the router's address on a LAN of a routed lab.
