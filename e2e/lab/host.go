@@ -35,7 +35,8 @@ type Host struct {
 	// Name is the host's node name and its switch port: "h1", "h2", ...
 	Name string
 	// IP is the host's address on em1; Move changes it (and LAN), so it
-	// must not be read while a Move runs.
+	// must not be read while a Move runs. MakeIPv6Only makes it the
+	// host's IPv6 address.
 	IP  netip.Addr
 	LAN int
 	Dir string
