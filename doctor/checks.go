@@ -184,13 +184,41 @@ func orDash(s string) string {
 	return s
 }
 
-func checkIPForward(o Observations) []Finding {
-	if o.IPForward == "1" {
-		return []Finding{{Check: CheckIPForward, Severity: OK, Seen: "net.ipv4.ip_forward = 1"}}
+// podFamilies says which address families this node's pods have: IPv4
+// for an IPv4 pool (and when the status is unknown), IPv6 for an IPv6 pool
+// (an IPv6-only node) or an IPv6 block beside the IPv4 one (dual-stack).
+func podFamilies(st status.Report) (v4, v6 bool) {
+	if st.Settings == nil {
+		return true, st.Block6 != ""
 	}
-	return []Finding{{Check: CheckIPForward, Severity: Fail, Seen: "net.ipv4.ip_forward = " + o.IPForward,
-		Cause: "forwarding was turned off (by hand, a sysctl file applied at boot, or a tool that resets it): no pod traffic leaves or enters this host",
-		Fix:   "sysctl -w net.ipv4.ip_forward=1 (the agent sets it again on its next pass); find what turned it off, e.g. grep -r ip_forward /etc/sysctl.conf /etc/sysctl.d"}}
+	pool, err := netip.ParsePrefix(st.Settings.Pool)
+	ipv6Pool := err == nil && pool.Addr().Is6()
+	return !ipv6Pool, ipv6Pool || st.Block6 != ""
+}
+
+func checkIPForward(o Observations) []Finding {
+	var fs []Finding
+	v4, v6 := podFamilies(o.Status)
+	for _, f := range []struct {
+		used         bool
+		key, value   string
+		family       string
+		grepFor, set string
+	}{
+		{v4, "net.ipv4.ip_forward", o.IPForward, "IPv4", "ip_forward", "net.ipv4.ip_forward=1"},
+		{v6, "net.ipv6.conf.all.forwarding", o.IPForward6, "IPv6", "forwarding", "net.ipv6.conf.all.forwarding=1"},
+	} {
+		switch {
+		case !f.used:
+		case f.value == "1":
+			fs = append(fs, Finding{Check: CheckIPForward, Severity: OK, Seen: f.key + " = 1"})
+		default:
+			fs = append(fs, Finding{Check: CheckIPForward, Severity: Fail, Seen: f.key + " = " + f.value,
+				Cause: "forwarding was turned off (by hand, a sysctl file applied at boot, or a tool that resets it): no pod traffic over " + f.family + " leaves or enters this host",
+				Fix:   "sysctl -w " + f.set + " (the agent sets it again on its next pass); find what turned it off, e.g. grep -r " + f.grepFor + " /etc/sysctl.conf /etc/sysctl.d"})
+		}
+	}
+	return fs
 }
 
 // rpFilterEffective is the kernel's rule for rp_filter: the larger of
@@ -198,6 +226,9 @@ func checkIPForward(o Observations) []Finding {
 func rpFilterEffective(all, iface string) string { return max(all, iface) }
 
 func checkRPFilter(o Observations) []Finding {
+	if v4, _ := podFamilies(o.Status); !v4 {
+		return nil // rp_filter is IPv4's; IPv6 has none
+	}
 	iface := o.Status.Settings.Iface
 	eff := rpFilterEffective(o.RPFilterAll, o.RPFilterUplink)
 	seen := fmt.Sprintf("rp_filter on %s is %s (all %s, %s %s)", iface, rpFilterName(eff), o.RPFilterAll, iface, o.RPFilterUplink)
@@ -409,19 +440,24 @@ func masqueradeComment(pool string) string { return "grapevine masquerade " + po
 
 func checkMasquerade(o Observations) []Finding {
 	s := o.Status.Settings
+	// The rule of an IPv6 pool (an IPv6-only node) is in table ip6.
+	table := "ip " + node.NFTTable
+	if v4, _ := podFamilies(o.Status); !v4 {
+		table = "ip6 " + node.NFTTable
+	}
 	switch {
 	case !s.Masquerade:
 		return []Finding{{Check: CheckMasquerade, Severity: OK, Seen: "off (--masquerade=false): pods reach outside the pool with their own addresses"}}
 	case slices.Contains(o.Masquerade, masqueradeComment(s.Pool)):
-		return []Finding{{Check: CheckMasquerade, Severity: OK, Seen: "table ip " + node.NFTTable + " masquerades " + s.Pool + " to outside it"}}
+		return []Finding{{Check: CheckMasquerade, Severity: OK, Seen: "table " + table + " masquerades " + s.Pool + " to outside it"}}
 	}
-	seen := "no masquerade rule for " + s.Pool + " in table ip " + node.NFTTable
+	seen := "no masquerade rule for " + s.Pool + " in table " + table
 	if len(o.Masquerade) > 0 {
 		seen += "; found: " + strings.Join(o.Masquerade, ", ")
 	}
 	return []Finding{{Check: CheckMasquerade, Severity: Fail, Seen: seen,
 		Cause: "the table was deleted or flushed (nft flush ruleset, a firewall reload): pods' traffic to outside the pool leaves with pod addresses and its answers never come back",
-		Fix:   "the agent rebuilds the table when it changes; if it stays missing restart the agent, and make the firewall leave table ip " + node.NFTTable + " alone"}}
+		Fix:   "the agent rebuilds the table when it changes; if it stays missing restart the agent, and make the firewall leave table " + table + " alone"}}
 }
 
 // checkPodHosts judges every pod's host veth: proxy_arp on, its /32 route,
@@ -540,8 +576,9 @@ func checkPeerRoutes(o Observations) []Finding {
 		fs = append(fs, judgePeerRoute(o, m, subject, block6, m.Path6, want6, known6))
 	}
 	// Peers' IPv6 block routes are held against the status only when the
-	// agent reports IPv6 blocks (--pool6): an older agent names none.
-	ipv6 := o.Status.Block6 != ""
+	// node has IPv6 pods (--pool6, or an IPv6 pool): an older agent names
+	// no IPv6 block.
+	_, ipv6 := podFamilies(o.Status)
 	for _, r := range o.PeerRoutes {
 		if r.Unicast() && (r.Dst.Addr().Is4() || ipv6) && !routed[r.Dst] {
 			fs = append(fs, Finding{Check: CheckStaleRoute, Severity: Warn, Subject: r.Dst.String(),

@@ -1,6 +1,7 @@
 package doctor
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -402,6 +403,7 @@ func dualStack() Observations {
 	o := healthy()
 	h2Block6, h3Block6 := netip.MustParsePrefix("fd00:10:244:1::/64"), netip.MustParsePrefix("fd00:10:244:2::/64")
 	o.Status.Block6, o.Status.HostIP6 = "fd00:10:244::/64", "fd00:172:16:254::1"
+	o.IPForward6 = "1"
 	o.Status.Members[0].Block6, o.Status.Members[0].HostIP6 = h2Block6.String(), "fd00:172:16:254::2"
 	o.Status.Members[0].Path6, o.Status.Members[0].Path6Reason = "direct", "fd00:172:16:254::2 is on em1's fd00:172:16:254::/64"
 	o.Status.Members[1].Block6 = h3Block6.String()
@@ -426,6 +428,8 @@ func TestDiagnosePeerRoutes6(t *testing.T) {
 		want   []verdict
 	}{
 		{"healthy dual stack", func(*Observations) {}, nil},
+		{"IPv6 forwarding off", func(o *Observations) { o.IPForward6 = "0" },
+			[]verdict{{CheckIPForward, "", Fail}}},
 		{"a direct IPv6 route deleted", func(o *Observations) { o.PeerRoutes = slices.Delete(o.PeerRoutes, h2Route6, h2Route6+1) },
 			[]verdict{{CheckPeerRoute, "h2 (IPv6)", Fail}}},
 		{"a direct IPv6 route via the peer's IPv4 VTEP instead", func(o *Observations) {
@@ -476,6 +480,78 @@ func TestDiagnosePeerRoutes6(t *testing.T) {
 			judged := slices.ContainsFunc(fs, func(f Finding) bool { return f.Subject == "h2 (IPv6)" })
 			if judged != (o.Status.Members[0].Block6 != "") {
 				t.Fatalf("h2's IPv6 route judged %v, block6 %q:\n%s", judged, o.Status.Members[0].Block6, render(fs))
+			}
+		})
+	}
+}
+
+// ipv6Only is healthy on an IPv6-only node: an IPv6 pool, the peers'
+// blocks routed via their IPv6 host addresses, the pool masqueraded in
+// table ip6, and only IPv6 forwarding read.
+func ipv6Only() Observations {
+	o := healthy()
+	o.Status.Settings.Pool = "fd00:10:244::/48"
+	o.Status.Block, o.Status.HostIP = "fd00:10:244::/64", "fd00:172:16:254::1"
+	o.IPForward, o.IPForward6, o.RPFilterAll, o.RPFilterUplink = "", "1", "", ""
+	o.Masquerade = []string{"grapevine masquerade fd00:10:244::/48"}
+	o.Uplink.Addrs = []netip.Prefix{netip.MustParsePrefix("fd00:172:16:254::1/64")}
+	o.PeerRoutes = []node.Route{
+		{Dst: netip.MustParsePrefix("fd00:10:244::/48"), Unreachable: true, Metric: node.UnreachableMetric},
+		{Dst: netip.MustParsePrefix("fd00:10:244::/64"), Blackhole: true, Metric: node.IPv6DefaultMetric},
+	}
+	members := o.Status.Members[:0]
+	for i, m := range o.Status.Members {
+		if !m.Routed() {
+			continue
+		}
+		block := netip.PrefixFrom(netip.AddrFrom16([16]byte{0xfd, 0, 0, 0x10, 0x2, 0x44, 0, byte(i + 1)}), 64)
+		m.Block, m.HostIP, m.Path = block.String(), fmt.Sprintf("fd00:172:16:254::%d", i+2), "direct"
+		m.PathReason = m.HostIP + " is on em1's fd00:172:16:254::/64"
+		members = append(members, m)
+		o.PeerRoutes = append(o.PeerRoutes, node.Route{Dst: block, Via: netip.MustParseAddr(m.HostIP), LinkIndex: uplink.Index, Metric: node.IPv6DefaultMetric})
+	}
+	o.Status.Members = members
+	o.PathMTU = nil
+	return o
+}
+
+// TestDiagnoseIPv6Only: an IPv6-only node is judged by its IPv6
+// forwarding, its masquerade rule in table ip6 and its peers' IPv6 routes;
+// IPv4's forwarding and rp_filter do not concern it.
+func TestDiagnoseIPv6Only(t *testing.T) {
+	tests := []struct {
+		name   string
+		change func(*Observations)
+		want   []verdict
+	}{
+		{"healthy", func(*Observations) {}, nil},
+		{"IPv6 forwarding off", func(o *Observations) { o.IPForward6 = "0" }, []verdict{{CheckIPForward, "", Fail}}},
+		{"masquerade rule missing", func(o *Observations) { o.Masquerade = nil }, []verdict{{CheckMasquerade, "", Fail}}},
+		{"a peer's route deleted", func(o *Observations) { o.PeerRoutes = slices.Delete(o.PeerRoutes, 2, 3) },
+			[]verdict{{CheckPeerRoute, "h2", Fail}}},
+		{"a route for a block no routed member holds", func(o *Observations) {
+			o.PeerRoutes = append(o.PeerRoutes, node.Route{Dst: netip.MustParsePrefix("fd00:10:244:9::/64"), Via: netip.MustParseAddr("fd00:172:16:254::9"), LinkIndex: uplink.Index})
+		}, []verdict{{CheckStaleRoute, "fd00:10:244:9::/64", Warn}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o := ipv6Only()
+			tt.change(&o)
+			fs := Diagnose(o)
+			var got []verdict
+			for _, f := range fs {
+				if f.Severity != OK {
+					got = append(got, verdict{f.Check, f.Subject, f.Severity})
+				}
+				if f.Check == CheckIPForward && strings.Contains(f.Seen, "ipv4") || f.Check == CheckRPFilter {
+					t.Errorf("an IPv6-only node judged by IPv4's %s: %+v", f.Check, f)
+				}
+				if f.Check == CheckMasquerade && !strings.Contains(f.Seen, "table ip6 ") {
+					t.Errorf("masquerade finding does not name table ip6: %+v", f)
+				}
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Fatalf("findings not OK: %v, want %v\n%s", got, tt.want, render(fs))
 			}
 		})
 	}

@@ -111,9 +111,14 @@ func (h *LinuxHost) MasqueradeRules() ([]string, error) {
 		return nil, fmt.Errorf("open nftables: %w", err)
 	}
 	defer conn.CloseLasting()
-	chains, err := conn.ListChainsOfTableFamily(nftables.TableFamilyIPv4)
-	if err != nil {
-		return nil, fmt.Errorf("list nftables chains: %w", err)
+	// An IPv4 pool's rule is in table ip, an IPv6 pool's in table ip6.
+	var chains []*nftables.Chain
+	for _, family := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyIPv6} {
+		cs, err := conn.ListChainsOfTableFamily(family)
+		if err != nil {
+			return nil, fmt.Errorf("list nftables chains: %w", err)
+		}
+		chains = append(chains, cs...)
 	}
 	var comments []string
 	for _, c := range chains {
@@ -122,7 +127,7 @@ func (h *LinuxHost) MasqueradeRules() ([]string, error) {
 		}
 		rules, err := conn.GetRules(c.Table, c)
 		if err != nil {
-			return nil, fmt.Errorf("list rules of table ip %s chain %s: %w", node.NFTTable, c.Name, err)
+			return nil, fmt.Errorf("list rules of table %s chain %s: %w", node.NFTTable, c.Name, err)
 		}
 		for _, r := range rules {
 			if !masquerades(r.Exprs) {

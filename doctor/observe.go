@@ -108,8 +108,11 @@ type Observations struct {
 	// StatusErr is why the agent's status could not be read; Status is
 	// then zero and only the host's own checks run.
 	StatusErr string
-	// IPForward, RPFilterAll and RPFilterUplink are sysctl values.
-	IPForward, RPFilterAll, RPFilterUplink string
+	// IPForward (net.ipv4.ip_forward), IPForward6
+	// (net.ipv6.conf.all.forwarding), RPFilterAll and RPFilterUplink are
+	// sysctl values; each forwarding setting is read only where the node
+	// has pods of its family (podFamilies).
+	IPForward, IPForward6, RPFilterAll, RPFilterUplink string
 	// Uplink and Tunnel are the interface towards the peers and the VXLAN
 	// device; a zero Index: missing.
 	Uplink, Tunnel node.Link
@@ -181,8 +184,16 @@ func Observe(ctx context.Context, h Host, n Network, st status.Report, statusErr
 		clockDone <- clockResult{probes, err}
 	}()
 
-	o.IPForward, err = h.Sysctl("net/ipv4/ip_forward")
-	unread(CheckIPForward, err)
+	if v4, v6 := podFamilies(st); v4 || v6 {
+		if v4 {
+			o.IPForward, err = h.Sysctl("net/ipv4/ip_forward")
+			unread(CheckIPForward, err)
+		}
+		if v6 {
+			o.IPForward6, err = h.Sysctl("net/ipv6/conf/all/forwarding")
+			unread(CheckIPForward, err)
+		}
+	}
 	o.RPFilterAll, err = h.Sysctl("net/ipv4/conf/all/rp_filter")
 	unread(CheckRPFilter, err)
 	if st.Settings != nil && st.Settings.Iface != "" {

@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
 	"golang.org/x/sys/unix"
 
 	"github.com/grapevine-net/grapevine/node"
@@ -24,8 +25,9 @@ import (
 // Pinger sends ICMP echo requests with don't-fragment set; ICMPPinger is
 // the real one.
 type Pinger interface {
-	// PingDF sends one echo request to dst as an IPv4 packet of size bytes
-	// that may not be fragmented, and waits until ctx ends for its reply.
+	// PingDF sends one echo request to dst as an IP packet (IPv4 or IPv6,
+	// after dst) of size bytes that may not be fragmented, and waits until
+	// ctx ends for its reply.
 	// A packet larger than the route's MTU on this host fails at once
 	// with an error wrapping ErrTooBig.
 	PingDF(ctx context.Context, dst netip.Addr, size int) error
@@ -60,7 +62,26 @@ const (
 	mtuProbeTimeout  = 400 * time.Millisecond
 	smallProbeSize   = 64
 	ipv4ICMPOverhead = 20 + 8
+	ipv6ICMPOverhead = 40 + 8
 )
+
+// icmpFamily is what an echo request of one IP version needs.
+type icmpFamily struct {
+	network          string // for net.ListenIP
+	proto            int    // for icmp.ParseMessage
+	overhead         int    // IP and ICMP headers
+	request, reply   icmp.Type
+	level, opt, pmtu int // the socket option that forbids fragmenting
+}
+
+func icmpFamilyOf(dst netip.Addr) icmpFamily {
+	if dst.Is4() || dst.Is4In6() {
+		return icmpFamily{"ip4:icmp", 1, ipv4ICMPOverhead, ipv4.ICMPTypeEcho, ipv4.ICMPTypeEchoReply,
+			unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, unix.IP_PMTUDISC_DO}
+	}
+	return icmpFamily{"ip6:ipv6-icmp", 58, ipv6ICMPOverhead, ipv6.ICMPTypeEchoRequest, ipv6.ICMPTypeEchoReply,
+		unix.IPPROTO_IPV6, unix.IPV6_MTU_DISCOVER, unix.IPV6_PMTUDISC_DO}
+}
 
 // probePaths sends every routed peer a don't-fragment echo request of the
 // pod MTU over the path pods use, all peers at once. It fails only when
@@ -139,10 +160,11 @@ type ICMPPinger struct{}
 
 // PingDF implements Pinger.
 func (ICMPPinger) PingDF(ctx context.Context, dst netip.Addr, size int) error {
-	if size < ipv4ICMPOverhead {
+	fam := icmpFamilyOf(dst)
+	if size < fam.overhead {
 		return fmt.Errorf("echo request of %d bytes: smaller than its headers", size)
 	}
-	c, err := net.ListenIP("ip4:icmp", nil)
+	c, err := net.ListenIP(fam.network, nil)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrNoRawSocket, err)
 	}
@@ -153,20 +175,17 @@ func (ICMPPinger) PingDF(ctx context.Context, dst netip.Addr, size int) error {
 	}
 	var sockErr error
 	if err := raw.Control(func(fd uintptr) {
-		sockErr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, unix.IP_PMTUDISC_DO)
+		sockErr = unix.SetsockoptInt(int(fd), fam.level, fam.opt, fam.pmtu)
 	}); err != nil || sockErr != nil {
 		return fmt.Errorf("set don't-fragment: %w", errors.Join(err, sockErr))
 	}
-	var filter ipv4.ICMPFilter
-	filter.SetAll(true)
-	filter.Accept(ipv4.ICMPTypeEchoReply)
-	if err := ipv4.NewPacketConn(c).SetICMPFilter(&filter); err != nil {
+	if err := acceptOnlyEchoReplies(c, dst); err != nil {
 		return fmt.Errorf("filter raw ICMP socket: %w", err)
 	}
 	var idSeq [4]byte
 	rand.Read(idSeq[:])
 	id, seq := int(binary.BigEndian.Uint16(idSeq[:2])), int(binary.BigEndian.Uint16(idSeq[2:]))
-	msg := icmp.Message{Type: ipv4.ICMPTypeEcho, Body: &icmp.Echo{ID: id, Seq: seq, Data: make([]byte, size-ipv4ICMPOverhead)}}
+	msg := icmp.Message{Type: fam.request, Body: &icmp.Echo{ID: id, Seq: seq, Data: make([]byte, size-fam.overhead)}}
 	wire, err := msg.Marshal(nil)
 	if err != nil {
 		return err
@@ -183,7 +202,7 @@ func (ICMPPinger) PingDF(ctx context.Context, dst netip.Addr, size int) error {
 	}
 	wait := time.Until(deadline).Round(time.Millisecond)
 	c.SetReadDeadline(deadline)
-	buf := make([]byte, size+ipv4ICMPOverhead)
+	buf := make([]byte, size+fam.overhead)
 	for {
 		n, from, err := c.ReadFrom(buf)
 		if errors.Is(err, os.ErrDeadlineExceeded) {
@@ -192,8 +211,8 @@ func (ICMPPinger) PingDF(ctx context.Context, dst netip.Addr, size int) error {
 		if err != nil {
 			return fmt.Errorf("read echo reply: %w", err)
 		}
-		m, err := icmp.ParseMessage(1, buf[:n])
-		if err != nil || m.Type != ipv4.ICMPTypeEchoReply {
+		m, err := icmp.ParseMessage(fam.proto, buf[:n])
+		if err != nil || m.Type != fam.reply {
 			continue
 		}
 		echo, ok := m.Body.(*icmp.Echo)
@@ -202,4 +221,19 @@ func (ICMPPinger) PingDF(ctx context.Context, dst netip.Addr, size int) error {
 			return nil
 		}
 	}
+}
+
+// acceptOnlyEchoReplies has the kernel pass c only echo replies, of dst's
+// ICMP version.
+func acceptOnlyEchoReplies(c *net.IPConn, dst netip.Addr) error {
+	if dst.Is4() || dst.Is4In6() {
+		var filter ipv4.ICMPFilter
+		filter.SetAll(true)
+		filter.Accept(ipv4.ICMPTypeEchoReply)
+		return ipv4.NewPacketConn(c).SetICMPFilter(&filter)
+	}
+	var filter ipv6.ICMPFilter
+	filter.SetAll(true)
+	filter.Accept(ipv6.ICMPTypeEchoReply)
+	return ipv6.NewPacketConn(c).SetICMPFilter(&filter)
 }

@@ -115,6 +115,9 @@ func TestIPv6OnlyHosts(t *testing.T) {
 	if err := a.Check(ctx); err != nil {
 		t.Errorf("CHECK of an IPv6-only pod: %v", err)
 	}
+	// doctor judges an IPv6-only host by its IPv6 settings and probes its
+	// peers over IPv6: every check passes.
+	waitDoctorPasses(t, h1)
 	// A pod's host route deleted by hand is put back by the next pass.
 	if out, err := h1.Run(ctx, "ip", "-6", "route", "del", a.IP.String()+"/128"); err != nil {
 		t.Fatalf("h1: delete pod %s's route: %v: %s", a.Name, err, out)
