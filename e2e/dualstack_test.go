@@ -305,6 +305,40 @@ func waitRoute6(ctx context.Context, h *lab.Host, want string) error {
 	})
 }
 
+// freezeKeepsRoute6 freezes h2's agent and checks the keep rule from h1:
+// h1 calls h2 dead but keeps route6, `<block> via <h2's IPv6> dev em1`,
+// because h2's host answers ICMPv6, and from still reaches to on h2.
+func freezeKeepsRoute6(t *testing.T, ctx context.Context, h1, h2 *lab.Host, route6 string, from *lab.Pod, to netip.Addr) {
+	t.Helper()
+	if err := h2.FreezeAgent(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h2.ThawAgent() })
+	if _, err := h1.WaitStatus(timeout(t, failureDetectionBound), "h2 dead, kept by its data path", func(s lab.Status) bool {
+		m, ok := s.Member(h2.Name)
+		return ok && m.State == "dead" && m.Route == "programmed" && slices.Equal(m.KeptBy, []string{"data path"})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitRoute6(ctx, h1, route6); err != nil {
+		t.Errorf("h2 dead but answering ICMPv6: %v", err)
+	}
+	if _, err := from.Ping(ctx, to); err != nil {
+		t.Errorf("pod on h1 -> pod on h2 (agent frozen) over IPv6: %v", err)
+	}
+}
+
+// waitWithdrawn6 waits until h routes block nowhere.
+func waitWithdrawn6(ctx context.Context, h *lab.Host, block netip.Prefix) error {
+	return lab.Poll(ctx, h.Name+" withdrawing its route to "+block.String(), 100*time.Millisecond, func() error {
+		out, err := h.Run(ctx, "ip", "-6", "route", "show", block.String())
+		if err == nil && strings.Contains(string(out), "via") {
+			err = fmt.Errorf("route %q", out)
+		}
+		return err
+	})
+}
+
 // TestDualStackFrozenAgent: the keep and withdraw rule holds for the direct
 // IPv6 route on its own data path. With h2's agent frozen, h1 calls it dead
 // but keeps both its routes while h2's host answers ICMP and ICMPv6, and
@@ -327,34 +361,13 @@ func TestDualStackFrozenAgent(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	if err := h2.FreezeAgent(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { h2.ThawAgent() })
-	if _, err := h1.WaitStatus(timeout(t, failureDetectionBound), "h2 dead, kept by its data path", func(s lab.Status) bool {
-		m, ok := s.Member(h2.Name)
-		return ok && m.State == "dead" && m.Route == "programmed" && slices.Equal(m.KeptBy, []string{"data path"})
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if err := waitRoute6(ctx, h1, route6); err != nil {
-		t.Errorf("h2 dead but answering ICMPv6: %v", err)
-	}
-	if _, err := a.Ping(ctx, b.IP6); err != nil {
-		t.Errorf("pod on h1 -> pod on h2 (agent frozen) over IPv6: %v", err)
-	}
+	freezeKeepsRoute6(t, ctx, h1, h2, route6, a, b.IP6)
 
 	if out, err := h2.Run(ctx, "ip", "-6", "addr", "del", netip.PrefixFrom(host6[h2], 64).String(), "dev", "em1"); err != nil {
 		t.Fatalf("h2: remove its IPv6 address: %v: %s", err, out)
 	}
-	if err := lab.Poll(ctx, "h1 withdrawing h2's IPv6 route with h2's IPv6 address gone", 100*time.Millisecond, func() error {
-		out, err := h1.Run(ctx, "ip", "-6", "route", "show", st2.Block6.String())
-		if err == nil && strings.Contains(string(out), "via") {
-			err = fmt.Errorf("route %q", out)
-		}
-		return err
-	}); err != nil {
-		t.Fatal(err)
+	if err := waitWithdrawn6(ctx, h1, st2.Block6); err != nil {
+		t.Fatalf("h2's IPv6 address gone: %v", err)
 	}
 	if _, err := a.Ping(ctx, b.IP); err != nil {
 		t.Errorf("pod on h1 -> pod on h2 over IPv4 after the IPv6 route went: %v", err)

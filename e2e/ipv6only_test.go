@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -175,34 +174,13 @@ func TestIPv6OnlyFrozenAgent(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	if err := h2.FreezeAgent(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { h2.ThawAgent() })
-	if _, err := h1.WaitStatus(timeout(t, failureDetectionBound), "h2 dead, kept by its data path", func(s lab.Status) bool {
-		m, ok := s.Member(h2.Name)
-		return ok && m.State == "dead" && m.Route == "programmed" && slices.Equal(m.KeptBy, []string{"data path"})
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if err := waitRoute6(ctx, h1, route); err != nil {
-		t.Errorf("h2 dead but answering ICMPv6: %v", err)
-	}
-	if _, err := a.Ping(ctx, b.IP); err != nil {
-		t.Errorf("pod on h1 -> pod on h2 (agent frozen): %v", err)
-	}
+	freezeKeepsRoute6(t, ctx, h1, h2, route, a, b.IP)
 
 	if err := h2.CutLink(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := lab.Poll(timeout(t, failureDetectionBound), "h1 withdrawing h2's route with h2's link cut", 100*time.Millisecond, func() error {
-		out, err := h1.Run(ctx, "ip", "-6", "route", "show", st2.Block.String())
-		if err == nil && strings.Contains(string(out), "via") {
-			err = fmt.Errorf("route %q", out)
-		}
-		return err
-	}); err != nil {
-		t.Fatal(err)
+	if err := waitWithdrawn6(timeout(t, failureDetectionBound), h1, st2.Block); err != nil {
+		t.Fatalf("h2's link cut: %v", err)
 	}
 }
 

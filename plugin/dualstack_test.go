@@ -202,13 +202,7 @@ func TestDualStackAddCheckDel(t *testing.T) {
 				t.Fatalf("DEL: %v", err)
 			}
 			l.assertNothingLeft()
-			inNS(t, l.hostNS, func() error {
-				routes, err := netlink.RouteListFiltered(unix.AF_INET6, &netlink.Route{Dst: hostPrefix(pod6)}, netlink.RT_FILTER_DST)
-				if len(routes) != 0 {
-					t.Errorf("host routes to %s left after DEL: %v", pod6, routes)
-				}
-				return err
-			})
+			l.assertNoHostRoute6(pod6)
 		})
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/containernetworking/cni/pkg/version"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/grapevine-net/grapevine/internal/hostveth"
 	"github.com/grapevine-net/grapevine/internal/netlinkdump"
@@ -365,6 +366,18 @@ func (l *lab) assertNothingLeft() {
 	if r := l.reservations(); len(r) != 0 {
 		l.t.Errorf("reservations left behind: %v", r)
 	}
+}
+
+// assertNoHostRoute6: the host routes pod6 nowhere (after its DEL).
+func (l *lab) assertNoHostRoute6(pod6 netip.Addr) {
+	l.t.Helper()
+	inNS(l.t, l.hostNS, func() error {
+		routes, err := netlink.RouteListFiltered(unix.AF_INET6, &netlink.Route{Dst: hostPrefix(pod6)}, netlink.RT_FILTER_DST)
+		if len(routes) != 0 {
+			l.t.Errorf("host routes to %s left after DEL: %v", pod6, routes)
+		}
+		return err
+	})
 }
 
 // assertNoEth0: a failed ADD took the pod's eth0 with it.
