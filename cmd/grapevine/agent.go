@@ -96,7 +96,7 @@ func agentCommand(run agentRunner) *cli.Command {
 			&cli.DurationFlag{Name: "lease", Aliases: []string{"reclaim-after"}, Value: mesh.DefaultLease, EnvVars: append(daemonflag.EnvVars("lease"), daemonflag.EnvVars("reclaim-after")...),
 				Usage: "how long a host may hand out addresses from its block after the ledger's leader last renewed its lease (a host cut off from the ledger keeps starting pods this long); a gone or deleted node's block is freed only after it, plus 1 %"},
 			&cli.BoolFlag{Name: "allow-foreign-host-ip", EnvVars: daemonflag.EnvVars("allow-foreign-host-ip"), Usage: "accept peers whose advertised host IP differs from their gossip address"},
-			&cli.BoolFlag{Name: "join-kubernetes", EnvVars: daemonflag.EnvVars("join-kubernetes"), Usage: "discover members to join from the Kubernetes API's Node objects (in a pod, with its service account); the agent that creates the ConfigMap kube-system/grapevine-ledger founds the cluster with the agents it lists there as voters, the others join it"},
+			&cli.BoolFlag{Name: "join-kubernetes", EnvVars: daemonflag.EnvVars("join-kubernetes"), Usage: "discover members to join from the Kubernetes API's Node objects, by their InternalIPs of --pool's family (in a pod, with its service account); the agent that creates the ConfigMap kube-system/grapevine-ledger founds the cluster with the agents it lists there as voters, the others join it"},
 			&cli.IntFlag{Name: "mtu", EnvVars: daemonflag.EnvVars("mtu"), Usage: "MTU for pod interfaces (0: the MTU of --iface, less the VXLAN overhead unless --encapsulation=never)"},
 			&cli.StringFlag{Name: "encapsulation", Value: node.EncapsulationCrossSubnet.String(), EnvVars: daemonflag.EnvVars("encapsulation"),
 				Usage: "cross-subnet: VXLAN to peers whose host IP is not on a network of --iface, direct routes to the others; never: direct only; always: VXLAN to every peer"},
@@ -286,15 +286,12 @@ func parseHostIP(s string, pool netip.Prefix, ip *netip.Addr) error {
 }
 
 // checkIPv6Only checks the flags of an IPv6-only cluster (an IPv6 --pool):
-// no second pool (the host IP is the IPv6 one), and no discovery through
-// Kubernetes, whose Node addresses the agent reads as IPv4. VXLAN runs on
-// the IPv6 underlay here.
+// no second pool (the host IP is the IPv6 one). VXLAN runs on the IPv6
+// underlay here, and --join-kubernetes seeds from the Nodes' IPv6
+// InternalIPs.
 func checkIPv6Only(c *cli.Context, o agentOptions) error {
-	switch {
-	case c.String("pool6") != "" || c.String("host-ip6") != "":
+	if c.String("pool6") != "" || c.String("host-ip6") != "" {
 		return fmt.Errorf("--pool6 and --host-ip6 with the IPv6 --pool %s: an IPv6-only cluster has one pool and --host-ip is its IPv6 address; drop --pool6 and --host-ip6", o.Pool)
-	case o.JoinKubernetes:
-		return fmt.Errorf("--join-kubernetes with the IPv6 --pool %s: discovery through the Kubernetes API is IPv4 only; give --join the IPv6 addresses of members", o.Pool)
 	}
 	return nil
 }

@@ -44,7 +44,6 @@ func TestBadInput(t *testing.T) {
 		{[]string{"agent", "--pool", "fd00::/48", "--pool6", "fd01::/48"}, []string{"an IPv6-only cluster has one pool"}},
 		{[]string{"agent", "--pool", "fd00::/48", "--host-ip", "172.16.0.1"}, []string{"--host-ip 172.16.0.1", "must be a global IPv6 address"}},
 		{[]string{"agent", "--host-ip", "fd00:172::1"}, []string{"--host-ip fd00:172::1 is IPv6 but --pool 10.244.0.0/16 is IPv4", "--host-ip6"}},
-		{[]string{"agent", "--pool", "fd00::/48", "--join-kubernetes"}, []string{"--join-kubernetes with the IPv6 --pool fd00::/48"}},
 		{[]string{"agent", "--pool", "10.244.1.0/16"}, []string{"not a network address (did you mean 10.244.0.0/16?)"}},
 		{[]string{"agent", "--block-size", "31"}, []string{"--block-size 31", "between the pool's prefix length /16 and /30"}},
 		{[]string{"agent", "--block-size", "8"}, []string{"--block-size 8", "between"}},

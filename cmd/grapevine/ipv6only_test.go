@@ -8,6 +8,7 @@ import (
 
 	"github.com/grapevine-net/grapevine/internal/hostclock"
 	"github.com/grapevine-net/grapevine/mesh"
+	"github.com/grapevine-net/grapevine/mesh/kubejoin"
 	"github.com/grapevine-net/grapevine/node"
 )
 
@@ -31,6 +32,26 @@ func TestIPv6OnlyFlags(t *testing.T) {
 	cfg := o.meshConfig(nil)
 	if cfg.Pool != o.Pool || cfg.BlockBits != 60 || cfg.AdvertiseAddr6.IsValid() {
 		t.Fatalf("mesh config pool %s /%d, IPv6 advertise address %s", cfg.Pool, cfg.BlockBits, cfg.AdvertiseAddr6)
+	}
+	// In Kubernetes the seeds are the Nodes' IPv6 InternalIPs.
+	if o, err = parseAgentFlags(t, "--pool", "fd00:10:244::/48", "--join-kubernetes"); err != nil || !o.JoinKubernetes || seedFamily(o.Pool) != kubejoin.IPv6 {
+		t.Fatalf("--join-kubernetes with an IPv6 pool: %v, seeds of family %v; want accepted, IPv6", err, seedFamily(o.Pool))
+	}
+}
+
+// TestSeedFamily: the Nodes' InternalIPs that become seeds are those of
+// the pool's family; a dual-stack cluster's pool is IPv4.
+func TestSeedFamily(t *testing.T) {
+	for _, tc := range []struct {
+		pool string
+		want kubejoin.Family
+	}{
+		{"10.244.0.0/16", kubejoin.IPv4},
+		{"fd00:10:244::/48", kubejoin.IPv6},
+	} {
+		if got := seedFamily(netip.MustParsePrefix(tc.pool)); got != tc.want {
+			t.Errorf("seedFamily(%s) = %v, want %v", tc.pool, got, tc.want)
+		}
 	}
 }
 

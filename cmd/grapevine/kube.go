@@ -28,7 +28,7 @@ type kubeAPI interface {
 }
 
 // joinKubernetes follows the cluster's Node objects until ctx ends: their
-// InternalIPs become seed addresses, this node's Node UID its incarnation,
+// InternalIPs of the pool's family become seed addresses, this node's Node UID its incarnation,
 // and a deleted Node's block is released (see deletedNodes). It returns
 // once the first list has been handed over, or after kubeFirstSeedsWait.
 // Founding goes through the ledger's record instead (kubeLedgerRecord):
@@ -37,7 +37,7 @@ type kubeAPI interface {
 // state finds the recorded ledger.
 func (a *agent) joinKubernetes(ctx context.Context) error {
 	log := a.log.With("component", "kubejoin")
-	d := kubejoin.New(a.kube.client, a.opts.NodeName, log)
+	d := kubejoin.New(a.kube.client, a.opts.NodeName, seedFamily(a.opts.Pool), log)
 	released := &deletedNodes{mesh: a.mesh, self: a.opts.NodeName, log: log, ctx: ctx, pending: make(map[string]context.CancelFunc), waits: a.releaseWaits}
 	first := make(chan struct{})
 	var once sync.Once
@@ -64,6 +64,16 @@ func (a *agent) joinKubernetes(ctx context.Context) error {
 		return ctx.Err()
 	}
 	return nil
+}
+
+// seedFamily is the family of the Node InternalIPs that become seeds: the
+// pool's, which gossip and the ledger bind to (IPv6 in an IPv6-only
+// cluster; IPv4 in a dual-stack one, whose --pool is IPv4).
+func seedFamily(pool netip.Prefix) kubejoin.Family {
+	if pool.Addr().Is6() {
+		return kubejoin.IPv6
+	}
+	return kubejoin.IPv4
 }
 
 // kubeLedgerRecord is the mesh's LedgerRecord in the Kubernetes API: the

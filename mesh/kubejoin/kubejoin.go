@@ -1,5 +1,6 @@
 // Package kubejoin follows the cluster's Node objects in the Kubernetes API:
-// the IPv4 InternalIP of every Node except this node's own (gossip seeds),
+// the InternalIP of every Node except this node's own (gossip seeds) in the
+// family of the cluster's pool (IPv4, or IPv6 in an IPv6-only cluster),
 // the UID of this node's own Node object, and which Node objects are
 // deleted. It lets the agent in a DaemonSet join the mesh with no peer
 // list, and free the block of a node the operator deleted.
@@ -434,24 +435,44 @@ func (l *perEventLimit) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// Family is the address family of the InternalIPs that become seeds: that
+// of the cluster's pool, which is the family gossip and the ledger speak
+// (IPv4, or IPv6 in an IPv6-only cluster). A dual-stack cluster's pool is
+// IPv4, so its seeds are too.
+type Family int
+
+// The two families.
+const (
+	IPv4 Family = 4
+	IPv6 Family = 6
+)
+
+func (f Family) String() string {
+	if f == IPv6 {
+		return "IPv6"
+	}
+	return "IPv4"
+}
+
 // Discoverer follows the Node objects and turns them into seed addresses,
 // the founding rule, this node's UID, and deletions.
 type Discoverer struct {
 	client Client
 	self   string
+	family Family
 	log    *slog.Logger
 }
 
-// New returns a Discoverer that reports every node's InternalIP except that of
-// the node named self.
-func New(client Client, self string, log *slog.Logger) *Discoverer {
-	return &Discoverer{client: client, self: self, log: log}
+// New returns a Discoverer that reports every node's InternalIP of family
+// except that of the node named self.
+func New(client Client, self string, family Family, log *slog.Logger) *Discoverer {
+	return &Discoverer{client: client, self: self, family: family, log: log}
 }
 
 // Discovery is what the Node objects say at one moment.
 type Discovery struct {
-	// Seeds are the IPv4 InternalIPs of every node but this one, sorted and
-	// without duplicates.
+	// Seeds are the InternalIPs (of the Discoverer's family) of every node
+	// but this one, sorted and without duplicates.
 	Seeds []string
 	// SelfUID is the UID of this node's own Node object, "" while it has
 	// none.
@@ -473,9 +494,9 @@ func (d *Discoverer) Discover(ctx context.Context) (Discovery, error) {
 	return d.discovery(list.Nodes), nil
 }
 
-// discovery derives what nodes say. Nodes without an IPv4 InternalIP are
-// no seeds: an ExternalIP may sit behind NAT, and the routed data path
-// needs peers on a directly connected network anyway.
+// discovery derives what nodes say. Nodes without an InternalIP of the
+// family are no seeds: an ExternalIP may sit behind NAT, and the routed data
+// path needs peers on a directly connected network anyway.
 func (d *Discoverer) discovery(nodes []Node) Discovery {
 	var out Discovery
 	for _, n := range nodes {
@@ -483,9 +504,9 @@ func (d *Discoverer) discovery(nodes []Node) Discovery {
 			out.SelfUID = n.UID
 			continue
 		}
-		ip, ok := internalIPv4(n)
+		ip, ok := internalIP(n, d.family)
 		if !ok {
-			d.log.Debug("node has no IPv4 InternalIP; not a seed", "peer", n.Name)
+			d.log.Debug("node has no "+d.family.String()+" InternalIP; not a seed", "peer", n.Name, "addresses", n.Addresses)
 			continue
 		}
 		out.Seeds = append(out.Seeds, ip.String())
@@ -495,14 +516,22 @@ func (d *Discoverer) discovery(nodes []Node) Discovery {
 	return out
 }
 
-// internalIPv4 returns the first IPv4 InternalIP in the node's status.
-func internalIPv4(n Node) (netip.Addr, bool) {
+// internalIP returns the first InternalIP of family in the node's status.
+// An IPv6 one must be a global unicast address without a zone, as the
+// agent's IPv6 host address is (an IPv4-mapped one is IPv4 in disguise, a
+// link-local one names no route to the node); the address a dual-stack
+// Node lists first says nothing about its family.
+func internalIP(n Node, family Family) (netip.Addr, bool) {
 	for _, a := range n.Addresses {
 		if a.Type != "InternalIP" {
 			continue
 		}
 		ip, err := netip.ParseAddr(a.Address)
-		if err == nil && ip.Is4() {
+		if err != nil {
+			continue
+		}
+		if family == IPv4 && ip.Is4() ||
+			family == IPv6 && ip.Is6() && !ip.Is4In6() && ip.Zone() == "" && ip.IsGlobalUnicast() {
 			return ip, true
 		}
 	}

@@ -36,32 +36,51 @@ func internal(ip string) NodeAddress {
 	return NodeAddress{Type: "InternalIP", Address: ip}
 }
 
+// TestSeeds: the seeds are the other nodes' InternalIPs of the pool's
+// family; a Node without one (or with only an ExternalIP, a malformed, an
+// IPv4-mapped or, for IPv6, a link-local address) is skipped.
 func TestSeeds(t *testing.T) {
 	client := newFake(
-		node("self", internal("192.0.2.1")),
+		node("self", internal("192.0.2.1"), internal("2001:db8::1")),
 		node("b", internal("192.0.2.12"), NodeAddress{Type: "Hostname", Address: "b"}),
 		node("a", internal("192.0.2.11")),
 		node("no-addresses"),
 		node("v6-only", internal("2001:db8::5")),
 		node("dual-stack", internal("2001:db8::6"), internal("192.0.2.13")),
-		node("external-only", NodeAddress{Type: "ExternalIP", Address: "198.51.100.7"}),
+		node("dual-stack-v4-first", internal("192.0.2.14"), internal("fd00:172::7")),
+		node("external-only", NodeAddress{Type: "ExternalIP", Address: "198.51.100.7"}, NodeAddress{Type: "ExternalIP", Address: "2001:db8:ff::7"}),
 		node("mapped-v6", internal("::ffff:192.0.2.99")),
+		node("link-local-v6", internal("fe80::8")),
+		node("zoned-v6", internal("fe80::9%eth0")),
 		node("garbage", internal("not-an-ip")),
 		node("same-ip-as-a", internal("192.0.2.11")),
+		node("same-ip-as-v6-only", internal("2001:db8::5")),
 	)
-	got, err := New(client, "self", discard).Discover(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := []string{"192.0.2.11", "192.0.2.12", "192.0.2.13"}
-	if !slices.Equal(got.Seeds, want) {
-		t.Errorf("Seeds = %v, want %v", got.Seeds, want)
+	for _, tc := range []struct {
+		family Family
+		want   []string
+	}{
+		{IPv4, []string{"192.0.2.11", "192.0.2.12", "192.0.2.13", "192.0.2.14"}},
+		{IPv6, []string{"2001:db8::5", "2001:db8::6", "fd00:172::7"}},
+	} {
+		t.Run(tc.family.String(), func(t *testing.T) {
+			got, err := New(client, "self", tc.family, discard).Discover(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(got.Seeds, tc.want) {
+				t.Errorf("Seeds = %v, want %v", got.Seeds, tc.want)
+			}
+			if got.SelfUID != "uid-self" {
+				t.Errorf("SelfUID = %q, want uid-self", got.SelfUID)
+			}
+		})
 	}
 }
 
 func TestSeedsEmptyCluster(t *testing.T) {
 	client := newFake(node("self", internal("192.0.2.1")))
-	got, err := New(client, "self", discard).Discover(context.Background())
+	got, err := New(client, "self", IPv4, discard).Discover(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,7 +92,7 @@ func TestSeedsEmptyCluster(t *testing.T) {
 func TestSeedsListError(t *testing.T) {
 	client := newFake()
 	client.failList = func() error { return errors.New("forbidden") }
-	if _, err := New(client, "self", discard).Discover(context.Background()); err == nil {
+	if _, err := New(client, "self", IPv4, discard).Discover(context.Background()); err == nil {
 		t.Fatal("Discover succeeded although listing nodes failed")
 	}
 }
@@ -138,7 +157,7 @@ func TestRunReportsChanges(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		self, a := node("self", internal("192.0.2.1")), node("a", internal("192.0.2.11"))
 		client := newFake(self, a)
-		r := startRun(New(client, "self", discard))
+		r := startRun(New(client, "self", IPv4, discard))
 		defer r.stop(t)
 
 		found, _, _ := r.next()
@@ -180,7 +199,7 @@ func TestRunReportsDeletions(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		self, a, b := node("self", internal("192.0.2.1")), node("a", internal("192.0.2.11")), node("b", internal("192.0.2.12"))
 		client := newFake(self, a, b)
-		r := startRun(New(client, "self", discard))
+		r := startRun(New(client, "self", IPv4, discard))
 		defer r.stop(t)
 		if _, deleted, added := r.next(); deleted != nil || added != nil {
 			t.Fatalf("first list reported deletions %v, additions %v", deleted, added)
@@ -219,7 +238,7 @@ func TestRunRelistsAfterExpiry(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		self, a, b, c := node("self", internal("192.0.2.1")), node("a", internal("192.0.2.11")), node("b", internal("192.0.2.12")), node("c", internal("192.0.2.13"))
 		client := newFake(self, a, b)
-		r := startRun(New(client, "self", discard))
+		r := startRun(New(client, "self", IPv4, discard))
 		defer r.stop(t)
 		r.next()
 
@@ -243,7 +262,7 @@ func TestRunResumesWatch(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		self, a := node("self", internal("192.0.2.1")), node("a", internal("192.0.2.11"))
 		client := newFake(self, a)
-		r := startRun(New(client, "self", discard))
+		r := startRun(New(client, "self", IPv4, discard))
 		defer r.stop(t)
 		r.next()
 		client.set(self)
@@ -266,7 +285,7 @@ func TestRunResumesWatch(t *testing.T) {
 func TestRunNeverSeenIsNoDeletion(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		client := newFake(node("self", internal("192.0.2.1")))
-		r := startRun(New(client, "self", discard))
+		r := startRun(New(client, "self", IPv4, discard))
 		defer r.stop(t)
 		r.next()
 		client.replaceUnseen(node("self", internal("192.0.2.1")))
@@ -288,7 +307,7 @@ func TestRunRetriesWithBackoff(t *testing.T) {
 			return nil
 		}
 		start := time.Now()
-		r := startRun(New(client, "self", discard))
+		r := startRun(New(client, "self", IPv4, discard))
 		defer r.stop(t)
 
 		// Failures at 0s, 1s, 3s; success at 7s.
@@ -314,7 +333,7 @@ func TestRunWatchFailuresBackOff(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		client := newFake(node("a", internal("192.0.2.11")))
 		client.setFailWatch(func() error { return errors.New("watch nodes: decode event: invalid character") })
-		r := startRun(New(client, "self", discard))
+		r := startRun(New(client, "self", IPv4, discard))
 		defer r.stop(t)
 		time.Sleep(time.Minute)
 		r.next()
@@ -338,7 +357,7 @@ func TestRunWithoutHandlers(t *testing.T) {
 		client := newFake(node("a", internal("192.0.2.11")))
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
-		go func() { done <- New(client, "self", discard).Run(ctx, Handlers{}) }()
+		go func() { done <- New(client, "self", IPv4, discard).Run(ctx, Handlers{}) }()
 		synctest.Wait()
 		client.set()
 		synctest.Wait()
@@ -393,7 +412,7 @@ func TestAPIClientListsNodes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	disc, err := New(c, "self", discard).Discover(t.Context())
+	disc, err := New(c, "self", IPv4, discard).Discover(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -520,7 +539,7 @@ func TestAPIClientWatchesNodes(t *testing.T) {
 	var summary []string
 	for _, ev := range got {
 		s := fmt.Sprintf("%s %s %s %s", ev.Type, ev.Node.Name, ev.Node.UID, ev.ResourceVersion)
-		if ip, ok := internalIPv4(ev.Node); ok {
+		if ip, ok := internalIP(ev.Node, IPv4); ok {
 			s += " " + ip.String()
 		}
 		summary = append(summary, s)
@@ -550,7 +569,9 @@ func TestRunOverHTTP(t *testing.T) {
 	deleted := make(chan Node, 1)
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
-	go func() { done <- New(c, "self", discard).Run(ctx, Handlers{Deleted: func(n Node) { deleted <- n }}) }()
+	go func() {
+		done <- New(c, "self", IPv4, discard).Run(ctx, Handlers{Deleted: func(n Node) { deleted <- n }})
+	}()
 	select {
 	case n := <-deleted:
 		if n.Name != "a" || n.UID != "7c0f1a52-1111-4c1e-9d3a-000000000001" {
