@@ -40,7 +40,8 @@ import (
 // --pod-network-cidr=10.244.0.0/16; a dual-stack cluster adds the IPv6
 // ranges, IPv4 first (the cluster's primary family, as kubeadm's
 // --pod-network-cidr=10.244.0.0/16,fd00:10:244::/48 and
-// --service-cidr=10.96.0.0/12,fd00:10:96::/112 make it).
+// --service-cidr=10.96.0.0/12,fd00:10:96::/112 make it); an IPv6-only
+// cluster has the IPv6 ranges alone.
 const (
 	ServiceCIDR     = "10.96.0.0/12"
 	KubernetesSvcIP = "10.96.0.1"
@@ -51,8 +52,11 @@ const (
 	// PodCIDR6 is the agent's --pool6 example; the controller manager cuts
 	// it into a /64 per node (--node-cidr-mask-size-ipv6's default), as
 	// Grapevine's IPv6 blocks are, though Grapevine does not use those.
-	PodCIDR6      = "fd00:10:244::/48"
-	apiServerPort = 6443
+	PodCIDR6 = "fd00:10:244::/48"
+	// KubernetesSvcIP6 is the kubernetes Service's cluster IP in an
+	// IPv6-only cluster: the first of ServiceCIDR6.
+	KubernetesSvcIP6 = "fd00:10:96::1"
+	apiServerPort    = 6443
 )
 
 // Config describes a cluster to start.
@@ -76,7 +80,14 @@ type Config struct {
 	// of a dual-stack node), and gives the control plane and kube-proxy
 	// both families' ranges.
 	DualStack bool
-	Log       *slog.Logger
+	// IPv6Only makes every host IPv6-only (lab.Host.MakeIPv6Only: its
+	// IPv4 address goes, Host.IP becomes its IPv6 address) before anything
+	// starts, turns on IPv6 forwarding in the hosts' namespaces, and gives
+	// the control plane and kube-proxy the IPv6 ranges alone: the API
+	// server is reached, and the kubelets register, over IPv6. Not with
+	// DualStack.
+	IPv6Only bool
+	Log      *slog.Logger
 }
 
 // Cluster is a running cluster.
@@ -101,6 +112,21 @@ type Cluster struct {
 func Start(ctx context.Context, cfg Config) (_ *Cluster, err error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.DualStack && cfg.IPv6Only {
+		return nil, errors.New("kubelab: a cluster is dual-stack or IPv6-only, not both")
+	}
+	if cfg.IPv6Only {
+		// Before the addresses of the API server and the nodes are taken
+		// from Host.IP, which this changes.
+		for _, h := range cfg.Hosts {
+			if err := enableIPv6Forwarding(h); err != nil {
+				return nil, err
+			}
+			if _, err := h.MakeIPv6Only(ctx); err != nil {
+				return nil, err
+			}
+		}
 	}
 	first := cfg.Hosts[0]
 	c := &Cluster{
@@ -157,7 +183,7 @@ func (c *Cluster) startControlPlane(ctx context.Context, h *lab.Host) error {
 	p := c.pki
 	serving, err := p.issue("apiserver", "kube-apiserver", nil, true,
 		[]string{"kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local", "localhost"},
-		[]net.IP{net.ParseIP(KubernetesSvcIP), h.IP.AsSlice(), net.IPv4(127, 0, 0, 1)})
+		[]net.IP{net.ParseIP(KubernetesSvcIP), net.ParseIP(KubernetesSvcIP6), h.IP.AsSlice(), net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		return err
 	}
@@ -236,10 +262,14 @@ func (c *Cluster) startControlPlane(ctx context.Context, h *lab.Host) error {
 }
 
 // cidrs is the IPv4 range, followed by the IPv6 one in a dual-stack
-// cluster: the form of the control plane's and kube-proxy's range flags.
+// cluster, or the IPv6 one alone in an IPv6-only cluster: the form of the
+// control plane's and kube-proxy's range flags.
 func (c *Cluster) cidrs(v4, v6 string) string {
-	if c.cfg.DualStack {
+	switch {
+	case c.cfg.DualStack:
 		return v4 + "," + v6
+	case c.cfg.IPv6Only:
+		return v6
 	}
 	return v4
 }

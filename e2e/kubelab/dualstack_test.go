@@ -31,7 +31,7 @@ import (
 // RequireDualStack Service gets a cluster IP of each family, and the
 // allowed pod reaches the server through the IPv6 one.
 func TestKubernetesDualStack(t *testing.T) {
-	ctx, k, l, image := startClusterOf(t, 15*time.Minute, true)
+	ctx, k, l, image := startClusterOf(t, 15*time.Minute, dualStackCluster)
 	c := k.c
 	pool6 := netip.MustParsePrefix(kubelab.PodCIDR6)
 	applyAt := installGrapevineWith(ctx, k, l, image, map[string]string{"GRAPEVINE_POOL6": pool6.String()})

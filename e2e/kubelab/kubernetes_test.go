@@ -885,12 +885,24 @@ func mapValues[K comparable, V any](m map[K]V) []V {
 // returns the image the manifest is to run.
 func startCluster(t *testing.T, timeout time.Duration, extraImages ...string) (context.Context, kube, *lab.Lab, string) {
 	t.Helper()
-	return startClusterOf(t, timeout, false, extraImages...)
+	return startClusterOf(t, timeout, ipv4Cluster, extraImages...)
 }
 
-// startClusterOf is startCluster, of a dual-stack cluster if dualStack
-// (kubelab.Config.DualStack).
-func startClusterOf(t *testing.T, timeout time.Duration, dualStack bool, extraImages ...string) (context.Context, kube, *lab.Lab, string) {
+// clusterFamilies are the address families of a lab cluster.
+type clusterFamilies int
+
+const (
+	ipv4Cluster      clusterFamilies = iota
+	dualStackCluster                 // kubelab.Config.DualStack
+	ipv6OnlyCluster                  // kubelab.Config.IPv6Only
+)
+
+func (f clusterFamilies) String() string {
+	return [...]string{"IPv4", "dual-stack", "IPv6-only"}[f]
+}
+
+// startClusterOf is startCluster, of a cluster of the given families.
+func startClusterOf(t *testing.T, timeout time.Duration, families clusterFamilies, extraImages ...string) (context.Context, kube, *lab.Lab, string) {
 	t.Helper()
 	kubeBin, archive := os.Getenv("GRAPEVINE_KUBE_BIN"), os.Getenv("GRAPEVINE_IMAGE_ARCHIVE")
 	if kubeBin == "" || archive == "" {
@@ -923,7 +935,8 @@ func startClusterOf(t *testing.T, timeout time.Duration, dualStack bool, extraIm
 		KubeBin:   kubeBin,
 		Crictl:    tools["crictl"],
 		Images:    append([]string{archive, pause, bb}, extraImages...),
-		DualStack: dualStack,
+		DualStack: families == dualStackCluster,
+		IPv6Only:  families == ipv6OnlyCluster,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -943,7 +956,7 @@ func startClusterOf(t *testing.T, timeout time.Duration, dualStack bool, extraIm
 			t.Errorf("the machine's CNI directories changed: before %v, after %v", machineCNI, after)
 		}
 	})
-	t.Logf("control plane and 3 kubelets registered in %s (dual-stack %v)", time.Since(started).Round(100*time.Millisecond), dualStack)
+	t.Logf("control plane and 3 kubelets registered in %s (%s)", time.Since(started).Round(100*time.Millisecond), families)
 	return ctx, kube{t: t, c: c}, l, image
 }
 

@@ -21,7 +21,8 @@ type Node struct {
 	Name string
 	Host *lab.Host
 	// IP6 is the host's IPv6 address in a dual-stack cluster (the node's
-	// second InternalIP), zero otherwise.
+	// second InternalIP), zero otherwise (in an IPv6-only cluster the
+	// node's one InternalIP is Host.IP).
 	IP6 netip.Addr
 	// Containerd is the node's container runtime, for crictl and ctr.
 	Containerd *runtimes.Containerd
@@ -126,14 +127,10 @@ func (c *Cluster) startNode(ctx context.Context, h *lab.Host, name string) (_ *N
 	if err := h.Do(func() error { return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1\n"), 0o644) }); err != nil {
 		return nil, fmt.Errorf("node %s: enable forwarding: %w", name, err)
 	}
-	nodeIP := h.IP.String()
+	nodeIP := h.IP.String() // the IPv6 address in an IPv6-only cluster
 	if c.cfg.DualStack {
-		// The agent's container may not write /proc/sys, so IPv6
-		// forwarding, like IPv4's, is the node's to turn on.
-		if err := h.Do(func() error {
-			return os.WriteFile("/proc/sys/net/ipv6/conf/all/forwarding", []byte("1\n"), 0o644)
-		}); err != nil {
-			return nil, fmt.Errorf("node %s: enable IPv6 forwarding: %w", name, err)
+		if err := enableIPv6Forwarding(h); err != nil {
+			return nil, fmt.Errorf("node %s: %w", name, err)
 		}
 		if n.IP6, err = h.AddIP6(ctx); err != nil {
 			return nil, fmt.Errorf("node %s: %w", name, err)
@@ -191,6 +188,18 @@ func (c *Cluster) startNode(ctx context.Context, h *lab.Host, name string) (_ *N
 		return nil, err
 	}
 	return n, nil
+}
+
+// enableIPv6Forwarding turns on IPv6 forwarding in h's namespace: the
+// agent's container may not write /proc/sys, so it is the node's to turn
+// on, like IPv4's.
+func enableIPv6Forwarding(h *lab.Host) error {
+	if err := h.Do(func() error {
+		return os.WriteFile("/proc/sys/net/ipv6/conf/all/forwarding", []byte("1\n"), 0o644)
+	}); err != nil {
+		return fmt.Errorf("%s: enable IPv6 forwarding: %w", h.Name, err)
+	}
+	return nil
 }
 
 // makeCgroupRoot creates the kubelet's cgroup root in every cgroup v1

@@ -1,0 +1,179 @@
+//go:build kubernetes_e2e
+
+package kubelab_test
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/grapevine-net/grapevine/e2e/kubelab"
+	"github.com/grapevine-net/grapevine/e2e/lab"
+	"github.com/grapevine-net/grapevine/node/nodestate"
+)
+
+// TestKubernetesIPv6Only applies docs/kubernetes/grapevine.yaml with the
+// edits docs/kubernetes.md asks of an IPv6-only cluster (GRAPEVINE_POOL an
+// IPv6 pool, GRAPEVINE_BLOCK_SIZE 64) to an IPv6-only cluster: hosts
+// without IPv4 addresses, the API server and the controller manager with
+// IPv6 service and cluster ranges alone, kube-proxy with the IPv6 pod
+// range, every kubelet with an IPv6 node address. The agents find each
+// other through the Nodes' IPv6 InternalIPs (--join-kubernetes) and each
+// holds a distinct IPv6 /64 of the pool, routed directly via its node's
+// IPv6 address; every pod gets one IPv6 address, of its node's block;
+// pods on different nodes ping each other; and a Service's IPv6 cluster
+// IP reaches a pod on another node.
+func TestKubernetesIPv6Only(t *testing.T) {
+	ctx, k, l, image := startClusterOf(t, 15*time.Minute, ipv6OnlyCluster)
+	c := k.c
+	pool := netip.MustParsePrefix(kubelab.PodCIDR6)
+	applyAt := installGrapevineWith(ctx, k, l, image, map[string]string{
+		"GRAPEVINE_POOL":       pool.String(),
+		"GRAPEVINE_BLOCK_SIZE": "64",
+	})
+	k.apply(ctx, pingersDeployment)
+	if err := lab.Poll(ctx, "every node Ready", 200*time.Millisecond, func() error {
+		for _, n := range k.nodes(ctx) {
+			if ready, msg := n.ready(); !ready {
+				return fmt.Errorf("%s: %s", n.Metadata.Name, msg)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("IPv6-only: manifest applied -> all 3 nodes Ready in %s", time.Since(applyAt).Round(100*time.Millisecond))
+	k.agentPods(ctx, image)
+
+	// Each node's block, from the node.json its agent wrote for the plugin.
+	blocks := map[string]netip.Prefix{}
+	if err := lab.Poll(ctx, "every agent holds an IPv6 block", time.Second, func() error {
+		for _, n := range c.Nodes {
+			st, err := nodestate.Read(n.Path("/run/grapevine"))
+			if err != nil {
+				return err
+			}
+			blocks[n.Name] = st.Block
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for name, b := range blocks {
+		if !pool.Contains(b.Addr()) || b.Bits() != 64 {
+			t.Errorf("%s holds block %s, want a /64 of %s", name, b, pool)
+		}
+		for other, o := range blocks {
+			if other != name && o.Overlaps(b) {
+				t.Errorf("%s and %s hold overlapping blocks %s and %s", name, other, b, o)
+			}
+		}
+	}
+	if t.Failed() {
+		t.FailNow()
+	}
+	t.Logf("blocks: %v", blocks)
+	// The nodes share the lab LAN's IPv6 network: each routes every other
+	// node's block via that node's IPv6 address (its InternalIP), no VXLAN.
+	for _, n := range c.Nodes {
+		for _, peer := range c.Nodes {
+			if peer == n {
+				continue
+			}
+			want := blocks[peer.Name].String() + " via " + peer.Host.IP.String() + " dev em1"
+			if err := lab.Poll(ctx, fmt.Sprintf("%s: %q", n.Name, want), 200*time.Millisecond, func() error {
+				out, err := n.Host.Run(ctx, "ip", "-6", "route", "show", "proto", "74")
+				if err == nil && !strings.Contains(string(out), want) {
+					err = fmt.Errorf("IPv6 routes %q", out)
+				}
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+
+	pingers := k.waitPods(ctx, "app=pingers", 3)
+	for _, p := range pingers {
+		name, node := p.Metadata.Name, p.Spec.NodeName
+		if len(p.Status.PodIPs) != 1 || !p.ip().Is6() || !blocks[node].Contains(p.ip()) {
+			t.Errorf("pod %s on %s: podIP %s, podIPs %v; want one IPv6 address of %s", name, node, p.Status.PodIP, p.Status.PodIPs, blocks[node])
+			continue
+		}
+		t.Logf("pod %s on %s: podIP %s", name, node, p.ip())
+	}
+	if t.Failed() {
+		t.FailNow()
+	}
+	for _, from := range pingers {
+		for _, to := range pingers {
+			if from.Spec.NodeName == to.Spec.NodeName {
+				continue
+			}
+			if out, err := c.Kubectl(ctx, "exec", from.Metadata.Name, "--", "ping", "-c", "2", "-W", "3", to.ip().String()); err != nil {
+				t.Errorf("%s (%s) cannot ping %s (%s) at %s: %v\n%s", from.Metadata.Name, from.Spec.NodeName, to.Metadata.Name, to.Spec.NodeName, to.ip(), err, out)
+			}
+		}
+	}
+
+	checkServiceIPv6Only(t, ctx, k)
+}
+
+// ipv6OnlyServicePods: a web server on node-b and a client on node-a.
+var ipv6OnlyServicePods = []struct{ name, node, command string }{
+	{"web", "node-b", webServer(80)},
+	{"client", "node-a", idle},
+}
+
+// ipv6OnlyService is a Service in front of the web server; in an IPv6-only
+// cluster its one cluster IP is IPv6.
+const ipv6OnlyService = `apiVersion: v1
+kind: Service
+metadata: {name: web6, namespace: v6-web}
+spec:
+  selector: {name: web}
+  ports: [{port: 8080, targetPort: 80}]
+`
+
+// checkServiceIPv6Only checks that the API server hands a Service one
+// cluster IP, of the IPv6 service range, and that a pod on another node
+// reaches the server through it (kube-proxy's IPv6 rules, then
+// Grapevine's route).
+func checkServiceIPv6Only(t *testing.T, ctx context.Context, k kube) {
+	t.Helper()
+	var yaml strings.Builder
+	yaml.WriteString("apiVersion: v1\nkind: Namespace\nmetadata: {name: v6-web}\n---\n")
+	for _, p := range ipv6OnlyServicePods {
+		fmt.Fprintf(&yaml, "%s---\n", podIn("v6-web", p.name, p.node, p.command))
+	}
+	yaml.WriteString(ipv6OnlyService)
+	k.apply(ctx, yaml.String())
+	for _, p := range ipv6OnlyServicePods {
+		k.waitPodsIn(ctx, "v6-web", "name="+p.name, 1)
+	}
+	var svc struct {
+		Spec struct {
+			ClusterIPs []string `json:"clusterIPs"`
+		} `json:"spec"`
+	}
+	k.getJSON(ctx, &svc, "-n", "v6-web", "get", "service", "web6")
+	services := netip.MustParsePrefix(kubelab.ServiceCIDR6)
+	if len(svc.Spec.ClusterIPs) != 1 {
+		t.Fatalf("Service web6: clusterIPs %v, want one of %s", svc.Spec.ClusterIPs, services)
+	}
+	ip, err := netip.ParseAddr(svc.Spec.ClusterIPs[0])
+	if err != nil || !services.Contains(ip) {
+		t.Fatalf("Service web6: clusterIPs %v, want one of %s", svc.Spec.ClusterIPs, services)
+	}
+	viaService := connectivity{"v6-web", "client", "v6-web", "web", 8080, true, "no policy"}
+	// kube-proxy programs the Service once it sees it and its endpoints.
+	if err := lab.Poll(ctx, "v6-web/client -> Service web6 over IPv6", time.Second, func() error {
+		return k.connect(ctx, viaService, map[string]string{"v6-web/web": ip.String()})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("v6-web/client (node-a) -> Service v6-web/web6 at [%s]:8080 -> pod web (node-b): connected", ip)
+}
