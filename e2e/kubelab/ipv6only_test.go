@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -46,7 +47,25 @@ func TestKubernetesIPv6Only(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("IPv6-only: manifest applied -> all 3 nodes Ready in %s", time.Since(applyAt).Round(100*time.Millisecond))
-	k.agentPods(ctx, image)
+	agents := k.agentPods(ctx, image)
+	// Each agent's seeds are the other nodes' IPv6 InternalIPs, as the
+	// Node objects list them.
+	for _, n := range c.Nodes {
+		var seeds []string
+		for _, peer := range c.Nodes {
+			if peer != n {
+				seeds = append(seeds, peer.Host.IP.String())
+			}
+		}
+		slices.Sort(seeds)
+		want := `addrs="[` + strings.Join(seeds, " ") + `]"`
+		logs := string(k.run(ctx, "-n", "kube-system", "logs", agents[n.Name], "-c", "agent"))
+		if !slices.ContainsFunc(strings.Split(logs, "\n"), func(line string) bool {
+			return strings.Contains(line, `msg="seeds from the Kubernetes API"`) && strings.Contains(line, want)
+		}) {
+			t.Errorf("%s: no seeds %s from the Kubernetes API in its agent's log:\n%s", n.Name, want, logs)
+		}
+	}
 
 	// Each node's block, from the node.json its agent wrote for the plugin.
 	blocks := map[string]netip.Prefix{}
