@@ -73,10 +73,11 @@ kubernetes-binaries:
 # The manifest, unchanged but for the image, on etcd, the control plane and
 # three kubelet+containerd nodes in lab namespaces, with the image built by
 # image-archive (e2e/kubelab/kubernetes_test.go lists the checks); then the
-# same on a dual-stack cluster with GRAPEVINE_POOL6 set (under a minute,
-# so it runs in CI too); then NetworkPolicy. KUBERNETES_TESTS picks some,
-# such as KUBERNETES_TESTS=KubernetesDualStack.
-KUBERNETES_TESTS ?= Kubernetes|KubernetesDualStack|NetworkPolicy
+# same on a dual-stack cluster with GRAPEVINE_POOL6 set and on an IPv6-only
+# one with an IPv6 GRAPEVINE_POOL (under a minute each, so they run in CI
+# too); then NetworkPolicy. KUBERNETES_TESTS picks some, such as
+# KUBERNETES_TESTS=KubernetesDualStack.
+KUBERNETES_TESTS ?= Kubernetes|KubernetesDualStack|KubernetesIPv6Only|NetworkPolicy
 e2e-kubernetes: build cni-plugins crictl image-archive kubernetes-binaries
 	$(GO) vet -tags kubernetes_e2e ./e2e/kubelab
 	GRAPEVINE_KUBE_BIN=$(KUBE_BIN) GRAPEVINE_IMAGE_ARCHIVE=$(CURDIR)/dist/grapevine-image.tar GRAPEVINE_IMAGE=$(IMAGE) \
