@@ -28,8 +28,9 @@ type kubeAPI interface {
 }
 
 // joinKubernetes follows the cluster's Node objects until ctx ends: their
-// InternalIPs of the pool's family become seed addresses, this node's Node UID its incarnation,
-// and a deleted Node's block is released (see deletedNodes). It returns
+// InternalIPs of the pool's family become seed addresses, this node's Node
+// UID its incarnation, and a deleted Node's block is released (see
+// deletedNodes). It returns
 // once the first list has been handed over, or after kubeFirstSeedsWait.
 // Founding goes through the ledger's record instead (kubeLedgerRecord):
 // whichever agent creates it founds, with the agents it lists there as
