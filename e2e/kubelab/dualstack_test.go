@@ -15,6 +15,61 @@ import (
 	"github.com/grapevine-net/grapevine/node/nodestate"
 )
 
+// waitNodesReady waits until the API server lists every node Ready.
+func (k *kube) waitNodesReady(t *testing.T, ctx context.Context) {
+	t.Helper()
+	if err := lab.Poll(ctx, "every node Ready", 200*time.Millisecond, func() error {
+		for _, n := range k.nodes(ctx) {
+			if ready, msg := n.ready(); !ready {
+				return fmt.Errorf("%s: %s", n.Metadata.Name, msg)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// checkDistinctBlocks checks that every node's block (by node name) is a
+// /bits of pool and overlaps no other node's.
+func checkDistinctBlocks(t *testing.T, blocks map[string]netip.Prefix, pool netip.Prefix, bits int) {
+	t.Helper()
+	for name, b := range blocks {
+		if !pool.Contains(b.Addr()) || b.Bits() != bits {
+			t.Errorf("%s holds block %s, want a /%d of %s", name, b, bits, pool)
+		}
+		for other, o := range blocks {
+			if other != name && o.Overlaps(b) {
+				t.Errorf("%s and %s hold overlapping blocks %s and %s", name, other, b, o)
+			}
+		}
+	}
+}
+
+// waitDirectRoutes6 waits until every node routes every other node's IPv6
+// block (blocks, by node name) directly: `<block> via <addr(peer)> dev
+// em1`, the nodes sharing the lab LAN's IPv6 network.
+func waitDirectRoutes6(t *testing.T, ctx context.Context, c *kubelab.Cluster, blocks map[string]netip.Prefix, addr func(*kubelab.Node) netip.Addr) {
+	t.Helper()
+	for _, n := range c.Nodes {
+		for _, peer := range c.Nodes {
+			if peer == n {
+				continue
+			}
+			want := blocks[peer.Name].String() + " via " + addr(peer).String() + " dev em1"
+			if err := lab.Poll(ctx, fmt.Sprintf("%s: %q", n.Name, want), 200*time.Millisecond, func() error {
+				out, err := n.Host.Run(ctx, "ip", "-6", "route", "show", "proto", "74")
+				if err == nil && !strings.Contains(string(out), want) {
+					err = fmt.Errorf("IPv6 routes %q", out)
+				}
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
 // TestKubernetesDualStack applies docs/kubernetes/grapevine.yaml with the
 // one edit docs/kubernetes.md asks of a dual-stack cluster,
 // GRAPEVINE_POOL6, to a dual-stack cluster: the API server and the
@@ -36,16 +91,7 @@ func TestKubernetesDualStack(t *testing.T) {
 	pool6 := netip.MustParsePrefix(kubelab.PodCIDR6)
 	applyAt := installGrapevineWith(ctx, k, l, image, map[string]string{"GRAPEVINE_POOL6": pool6.String()})
 	k.apply(ctx, pingersDeployment)
-	if err := lab.Poll(ctx, "every node Ready", 200*time.Millisecond, func() error {
-		for _, n := range k.nodes(ctx) {
-			if ready, msg := n.ready(); !ready {
-				return fmt.Errorf("%s: %s", n.Metadata.Name, msg)
-			}
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	k.waitNodesReady(t, ctx)
 	t.Logf("dual-stack: manifest applied -> all 3 nodes Ready in %s", time.Since(applyAt).Round(100*time.Millisecond))
 	k.agentPods(ctx, image)
 
@@ -67,36 +113,11 @@ func TestKubernetesDualStack(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	for name, b := range blocks6 {
-		if !pool6.Contains(b.Addr()) || b.Bits() != 64 {
-			t.Errorf("%s holds IPv6 block %s, want a /64 of %s", name, b, pool6)
-		}
-		for other, o := range blocks6 {
-			if other != name && o.Overlaps(b) {
-				t.Errorf("%s and %s hold overlapping IPv6 blocks %s and %s", name, other, b, o)
-			}
-		}
-	}
+	checkDistinctBlocks(t, blocks6, pool6, 64)
 	t.Logf("blocks: %v; IPv6 blocks: %v", blocks, blocks6)
 	// The nodes share the lab LAN's IPv6 network: each routes every other
 	// node's IPv6 block via that node's IPv6 address, no VXLAN.
-	for _, n := range c.Nodes {
-		for _, peer := range c.Nodes {
-			if peer == n {
-				continue
-			}
-			want := blocks6[peer.Name].String() + " via " + peer.IP6.String() + " dev em1"
-			if err := lab.Poll(ctx, fmt.Sprintf("%s: %q", n.Name, want), 200*time.Millisecond, func() error {
-				out, err := n.Host.Run(ctx, "ip", "-6", "route", "show", "proto", "74")
-				if err == nil && !strings.Contains(string(out), want) {
-					err = fmt.Errorf("IPv6 routes %q", out)
-				}
-				return err
-			}); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	waitDirectRoutes6(t, ctx, c, blocks6, func(n *kubelab.Node) netip.Addr { return n.IP6 })
 
 	pingers := k.waitPods(ctx, "app=pingers", 3)
 	ip6 := map[string]netip.Addr{}

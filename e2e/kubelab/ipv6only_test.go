@@ -36,16 +36,7 @@ func TestKubernetesIPv6Only(t *testing.T) {
 		"GRAPEVINE_BLOCK_SIZE": "64",
 	})
 	k.apply(ctx, pingersDeployment)
-	if err := lab.Poll(ctx, "every node Ready", 200*time.Millisecond, func() error {
-		for _, n := range k.nodes(ctx) {
-			if ready, msg := n.ready(); !ready {
-				return fmt.Errorf("%s: %s", n.Metadata.Name, msg)
-			}
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	k.waitNodesReady(t, ctx)
 	t.Logf("IPv6-only: manifest applied -> all 3 nodes Ready in %s", time.Since(applyAt).Round(100*time.Millisecond))
 	agents := k.agentPods(ctx, image)
 	// Each agent's seeds are the other nodes' IPv6 InternalIPs, as the
@@ -81,39 +72,14 @@ func TestKubernetesIPv6Only(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	for name, b := range blocks {
-		if !pool.Contains(b.Addr()) || b.Bits() != 64 {
-			t.Errorf("%s holds block %s, want a /64 of %s", name, b, pool)
-		}
-		for other, o := range blocks {
-			if other != name && o.Overlaps(b) {
-				t.Errorf("%s and %s hold overlapping blocks %s and %s", name, other, b, o)
-			}
-		}
-	}
+	checkDistinctBlocks(t, blocks, pool, 64)
 	if t.Failed() {
 		t.FailNow()
 	}
 	t.Logf("blocks: %v", blocks)
 	// The nodes share the lab LAN's IPv6 network: each routes every other
 	// node's block via that node's IPv6 address (its InternalIP), no VXLAN.
-	for _, n := range c.Nodes {
-		for _, peer := range c.Nodes {
-			if peer == n {
-				continue
-			}
-			want := blocks[peer.Name].String() + " via " + peer.Host.IP.String() + " dev em1"
-			if err := lab.Poll(ctx, fmt.Sprintf("%s: %q", n.Name, want), 200*time.Millisecond, func() error {
-				out, err := n.Host.Run(ctx, "ip", "-6", "route", "show", "proto", "74")
-				if err == nil && !strings.Contains(string(out), want) {
-					err = fmt.Errorf("IPv6 routes %q", out)
-				}
-				return err
-			}); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	waitDirectRoutes6(t, ctx, c, blocks, func(n *kubelab.Node) netip.Addr { return n.Host.IP })
 
 	pingers := k.waitPods(ctx, "app=pingers", 3)
 	for _, p := range pingers {
