@@ -10,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/containernetworking/cni/libcni"
-	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -183,27 +181,14 @@ func TestIPv6OnlyGC(t *testing.T) {
 	if err := os.Remove(filepath.Join(l.cacheDir, "results", l.network+"-"+leak.rt.ContainerID+"-eth0")); err != nil {
 		t.Fatal(err)
 	}
-	err := l.inHost(func() error {
-		return l.cni.GCNetworkList(t.Context(), list, &libcni.GCArgs{ValidAttachments: []types.GCAttachment{
-			{ContainerID: keep.rt.ContainerID, IfName: "eth0"},
-		}})
-	})
-	if err != nil {
-		t.Fatalf("GC: %v", err)
-	}
+	l.gcKeeping(list, keep)
 	if r := l.reservations(); !slices.Equal(r, []string{keep6.String()}) {
 		t.Errorf("reservations after GC %v, want only the kept pod's %s", r, keep6)
 	}
 	if v := l.hostVeths(); len(v) != 1 || v[0] != keepRes.Interfaces[0].Name {
 		t.Errorf("host veths after GC %v, want only %s", v, keepRes.Interfaces[0].Name)
 	}
-	inNS(t, l.hostNS, func() error {
-		routes, err := netlink.RouteListFiltered(unix.AF_INET6, &netlink.Route{Dst: hostPrefix(leak6)}, netlink.RT_FILTER_DST)
-		if len(routes) != 0 {
-			t.Errorf("host routes to %s left after GC: %v", leak6, routes)
-		}
-		return err
-	})
+	l.assertNoHostRoute6(leak6)
 	assertWired6(t, l, keep, keepRes.Interfaces[0].Name, keep6)
 	if err := l.check(list, keep); err != nil {
 		t.Errorf("CHECK of the kept pod after GC: %v", err)

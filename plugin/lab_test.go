@@ -319,6 +319,21 @@ func (l *lab) check(list *libcni.NetworkConfigList, p *pod) error {
 	return l.inHost(func() error { return l.cni.CheckNetworkList(context.Background(), list, p.rt) })
 }
 
+// gc runs the runtime's GC, which names the attachments still valid.
+func (l *lab) gc(list *libcni.NetworkConfigList, valid []types.GCAttachment) error {
+	return l.inHost(func() error {
+		return l.cni.GCNetworkList(context.Background(), list, &libcni.GCArgs{ValidAttachments: valid})
+	})
+}
+
+// gcKeeping runs GC with keep's eth0 the one valid attachment.
+func (l *lab) gcKeeping(list *libcni.NetworkConfigList, keep *pod) {
+	l.t.Helper()
+	if err := l.gc(list, []types.GCAttachment{{ContainerID: keep.rt.ContainerID, IfName: "eth0"}}); err != nil {
+		l.t.Fatalf("GC: %v", err)
+	}
+}
+
 // hostVeths lists the gv* links in the host namespace.
 func (l *lab) hostVeths() []string {
 	l.t.Helper()
@@ -368,13 +383,13 @@ func (l *lab) assertNothingLeft() {
 	}
 }
 
-// assertNoHostRoute6: the host routes pod6 nowhere (after its DEL).
+// assertNoHostRoute6: the host routes pod6 nowhere (after its DEL or GC).
 func (l *lab) assertNoHostRoute6(pod6 netip.Addr) {
 	l.t.Helper()
 	inNS(l.t, l.hostNS, func() error {
 		routes, err := netlink.RouteListFiltered(unix.AF_INET6, &netlink.Route{Dst: hostPrefix(pod6)}, netlink.RT_FILTER_DST)
 		if len(routes) != 0 {
-			l.t.Errorf("host routes to %s left after DEL: %v", pod6, routes)
+			l.t.Errorf("host routes to %s left behind: %v", pod6, routes)
 		}
 		return err
 	})

@@ -304,10 +304,7 @@ func (m *model) gc() string {
 	for _, att := range m.live() {
 		valid = append(valid, types.GCAttachment{ContainerID: att.rt.ContainerID, IfName: att.rt.IfName})
 	}
-	err := m.l.inHost(func() error {
-		return m.l.cni.GCNetworkList(m.t.Context(), m.list, &libcni.GCArgs{ValidAttachments: valid})
-	})
-	if err != nil {
+	if err := m.l.gc(m.list, valid); err != nil {
 		m.t.Errorf("GC: %v", err)
 	}
 	m.gcRan = true
