@@ -178,7 +178,7 @@ func TestTrace03ReleaseAndLongPartition(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "a sees c fail", 20*time.Second, func() error { return sees(a, "c", mesh.Dead) })
-	waitFor(t, "a releases c", 20*time.Second, func() error { return a.Mesh.Release(context.Background(), "c") })
+	waitReleased(t, a, "c")
 	d := start(t, c, meshtest.Spec{Name: "d", Join: seed(a)})
 	waitFor(t, "d takes the released block", 20*time.Second, func() error {
 		if v := d.Mesh.View(); !v.Ready || v.Block != cBlock {
