@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/containernetworking/cni/libcni"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -210,9 +211,7 @@ func TestDualStackAddCheckDel(t *testing.T) {
 // must).
 func TestDualStackPodToPod(t *testing.T) {
 	l := newDualStackLab(t, -1)
-	inNS(t, l.hostNS, func() error {
-		return os.WriteFile("/proc/sys/net/ipv6/conf/all/forwarding", []byte("1"), 0o644)
-	})
+	l.forwardIPv6()
 	list := l.conflist("1.1.0")
 	a, b := l.newPod("pod-a"), l.newPod("pod-b")
 	l.mustAdd(list, a)
@@ -230,7 +229,14 @@ func TestDualStackCheckNamesDrift(t *testing.T) {
 	p := l.newPod("drift6")
 	res := l.mustAdd(list, p)
 	_, pod6 := podIPsOf(t, res)
-	hostVeth := res.Interfaces[0].Name
+	checkNamesDrift6(t, l, list, p, res.Interfaces[0].Name, pod6)
+}
+
+// checkNamesDrift6 deletes the pod's IPv6 default route and the host's
+// neighbour entry for pod6, then checks that CHECK names both; it returns
+// CHECK's error.
+func checkNamesDrift6(t *testing.T, l *lab, list *libcni.NetworkConfigList, p *pod, hostVeth string, pod6 netip.Addr) error {
+	t.Helper()
 	inNS(t, p.netns, func() error {
 		link, err := netlink.LinkByName("eth0")
 		if err != nil {
@@ -254,6 +260,7 @@ func TestDualStackCheckNamesDrift(t *testing.T) {
 			t.Errorf("CHECK = %v, want it to say %q", err, want)
 		}
 	}
+	return err
 }
 
 // TestDualStackAddUndoesEverythingWhenIPv6WiringFails: an ADD that fails

@@ -121,9 +121,7 @@ func TestIPv6OnlyAddCheckDel(t *testing.T) {
 // through the host, which forwards IPv6 as the agent's host does.
 func TestIPv6OnlyPodToPod(t *testing.T) {
 	l := newIPv6OnlyLab(t)
-	inNS(t, l.hostNS, func() error {
-		return os.WriteFile("/proc/sys/net/ipv6/conf/all/forwarding", []byte("1"), 0o644)
-	})
+	l.forwardIPv6()
 	list := l.conflist("1.1.0")
 	a, b := l.newPod("v6-a"), l.newPod("v6-b")
 	l.mustAdd(list, a)
@@ -140,30 +138,7 @@ func TestIPv6OnlyCheckNamesDrift(t *testing.T) {
 	list := l.conflist("1.1.0")
 	p := l.newPod("drift-v6only")
 	res := l.mustAdd(list, p)
-	pod6 := pod6Of(t, res)
-	inNS(t, p.netns, func() error {
-		link, err := netlink.LinkByName("eth0")
-		if err != nil {
-			return err
-		}
-		return netlink.RouteDel(&netlink.Route{LinkIndex: link.Attrs().Index, Dst: defaultRoute6(), Gw: net.ParseIP("fe80::ecee:eeff:feee:eeee")})
-	})
-	inNS(t, l.hostNS, func() error {
-		link, err := netlink.LinkByName(res.Interfaces[0].Name)
-		if err != nil {
-			return err
-		}
-		return netlink.NeighDel(&netlink.Neigh{LinkIndex: link.Attrs().Index, Family: unix.AF_INET6, IP: pod6.AsSlice()})
-	})
-	err := l.check(list, p)
-	for _, want := range []string{
-		"route default via fe80::ecee:eeff:feee:eeee dev eth0 is missing",
-		"neighbour " + pod6.String() + " lladdr",
-	} {
-		if err == nil || !strings.Contains(err.Error(), want) {
-			t.Errorf("CHECK = %v, want it to say %q", err, want)
-		}
-	}
+	err := checkNamesDrift6(t, l, list, p, res.Interfaces[0].Name, pod6Of(t, res))
 	if err != nil && (strings.Contains(err.Error(), "169.254.1.1") || strings.Contains(err.Error(), "/32")) {
 		t.Errorf("CHECK of an IPv6-only pod asks for IPv4 wiring: %v", err)
 	}

@@ -383,6 +383,15 @@ func (l *lab) assertNothingLeft() {
 	}
 }
 
+// forwardIPv6 turns on IPv6 forwarding in the lab's host namespace, as
+// the agent does on its host.
+func (l *lab) forwardIPv6() {
+	l.t.Helper()
+	inNS(l.t, l.hostNS, func() error {
+		return os.WriteFile("/proc/sys/net/ipv6/conf/all/forwarding", []byte("1"), 0o644)
+	})
+}
+
 // assertNoHostRoute6: the host routes pod6 nowhere (after its DEL or GC).
 func (l *lab) assertNoHostRoute6(pod6 netip.Addr) {
 	l.t.Helper()
