@@ -23,12 +23,12 @@ type Input struct {
 	Pods       []*corev1.Pod
 	Namespaces []*corev1.Namespace
 	NodeName   string
-	// Block is this node's IPv4 pod block and Block6 its IPv6 one (zero:
-	// not known yet, or no IPv6 pool). Their addresses that no local pod in
-	// Pods holds are denied both ways (Ruleset.Unknown): a pod whose address
-	// the API server does not have yet could otherwise send and receive
-	// before its policies are known.
-	Block, Block6 netip.Prefix
+	// Blocks are this node's pod blocks, of either family (none: not known
+	// yet). Their addresses that no local pod in Pods holds are denied
+	// both ways (Ruleset.Unknown): a pod whose address the API server does
+	// not have yet could otherwise send and receive before its policies
+	// are known.
+	Blocks []netip.Prefix
 }
 
 // Compile turns in into the desired content of table inet grapevine-policy.
@@ -81,7 +81,7 @@ func Compile(in Input) (Ruleset, []error) {
 			c.isolate(egress, selected, fmt.Sprintf("p%d-eg", i), rules)
 		}
 	}
-	c.out.Unknown = c.unknownLocal(in.Block, in.Block6)
+	c.out.Unknown = c.unknownLocal(in.Blocks)
 	c.out.Egress = c.groups(egress, "eg")
 	c.out.Ingress = c.groups(ingress, "in")
 	slices.SortFunc(c.out.Sets, func(a, b AddrSet) int { return cmp.Compare(a.Name, b.Name) })
@@ -152,13 +152,12 @@ func newCompiler(in Input) *compiler {
 
 // unknownLocal is the blocks (IPv4 and IPv6, either may be zero) without
 // the addresses of this node's known pods.
-func (c *compiler) unknownLocal(block, block6 netip.Prefix) []AddrRange {
+func (c *compiler) unknownLocal(nodeBlocks []netip.Prefix) []AddrRange {
 	var blocks []AddrRange
-	if block.IsValid() && block.Addr().Is4() {
-		blocks = append(blocks, prefixRange(block))
-	}
-	if block6.IsValid() && block6.Addr().Is6() && !block6.Addr().Is4In6() {
-		blocks = append(blocks, prefixRange(block6))
+	for _, b := range nodeBlocks {
+		if b.IsValid() && !b.Addr().Is4In6() {
+			blocks = append(blocks, prefixRange(b.Masked()))
+		}
 	}
 	if len(blocks) == 0 {
 		return nil

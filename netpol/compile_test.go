@@ -635,7 +635,7 @@ func TestCompileDeniesUnknownLocalAddresses(t *testing.T) {
 			in := cluster()
 			in.Policies = tt.policies
 			if tt.block != "" {
-				in.Block = netip.MustParsePrefix(tt.block)
+				in.Blocks = []netip.Prefix{netip.MustParsePrefix(tt.block)}
 			}
 			rs, problems := Compile(in)
 			if len(problems) > 0 {
@@ -698,8 +698,7 @@ func addIPv6(in Input, second map[string]string) Input {
 		}
 	}
 	in.Pods = append(in.Pods, pod("default", "only6", only6, localNode, map[string]string{"app": "web"}, "http:80/TCP"))
-	in.Block = netip.MustParsePrefix("10.0.0.0/24")
-	in.Block6 = netip.MustParsePrefix(block6)
+	in.Blocks = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/24"), netip.MustParsePrefix(block6)}
 	return in
 }
 
@@ -800,6 +799,64 @@ func TestCompileIPv6(t *testing.T) {
 			for _, c := range tt.checks {
 				if got := rs.Allows(c.packet()); got != c.allowed {
 					t.Errorf("%s -> %s proto %d port %d: allowed %v, want %v", c.src, c.dst, c.proto, c.port, got, c.allowed)
+				}
+			}
+		})
+	}
+}
+
+// TestCompileIPv6OnlyNode: on an IPv6-only node the one block is IPv6
+// (node.json's block field; no block6): its unknown addresses are denied
+// both ways as on a dual-stack node, its pods are isolated by policy, and
+// neighbour discovery passes.
+func TestCompileIPv6OnlyNode(t *testing.T) {
+	const (
+		web6     = "fd00:10:244::a"
+		client6  = "fd00:10:244:1::14" // on n2
+		unknown6 = "fd00:10:244::99"   // in this node's block, no pod has it
+	)
+	in := Input{
+		NodeName:   localNode,
+		Namespaces: []*corev1.Namespace{namespace("default", map[string]string{"kubernetes.io/metadata.name": "default"})},
+		Pods: []*corev1.Pod{
+			pod("default", "web", web6, localNode, map[string]string{"app": "web"}, "http:80/TCP"),
+			pod("default", "client", client6, "n2", map[string]string{"app": "client"}),
+		},
+		Blocks: []netip.Prefix{netip.MustParsePrefix("fd00:10:244::/120")},
+	}
+	for _, tt := range []struct {
+		name     string
+		policies []*networkingv1.NetworkPolicy
+		checks   []check
+	}{
+		{
+			name: "no policy: only the unknown address is denied",
+			checks: []check{
+				tcp(client6, web6, 80, true), tcp(web6, outside6, 443, true),
+				tcp(unknown6, outside6, 80, false), tcp(outside6, unknown6, 80, false), tcp(client6, unknown6, 80, false),
+				tcp(client6, "fd00:10:244:1::99", 80, true), // another node's block: its own business
+			},
+		},
+		{
+			name:     "default deny isolates the pod; neighbour discovery passes",
+			policies: []*networkingv1.NetworkPolicy{policy("default", "deny", all, nil, nil, nil)},
+			checks: []check{
+				tcp(client6, web6, 80, false), tcp(outside6, web6, 80, false),
+				icmp6(gateway6, web6, 135, true), icmp6(web6, gateway6, 136, true),
+				tcp(unknown6, outside6, 80, false),
+			},
+		},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			in := in
+			in.Policies = tt.policies
+			rs, problems := Compile(in)
+			if len(problems) > 0 {
+				t.Fatalf("problems: %v", problems)
+			}
+			for _, c := range tt.checks {
+				if got := rs.Allows(c.packet()); got != c.allowed {
+					t.Errorf("%s -> %s %v port %d: allowed %v, want %v", c.src, c.dst, c.proto, c.port, got, c.allowed)
 				}
 			}
 		})

@@ -20,8 +20,9 @@
 // discovery (types 133-137) is accepted before any drop: pods resolve
 // their gateway fe80::ecee:eeff:feee:eeee with it.
 //
-// Addresses of the node's blocks that no known pod holds (Input.Block and
-// Input.Block6 less the local pods' addresses) are denied both ways, so a new pod is cut off
+// Addresses of the node's blocks that no known pod holds (Input.Blocks, of
+// either family, less the local pods' addresses) are denied both ways, so a
+// new pod is cut off
 // until the agent knows its labels and address; package netpol/admit is how
 // the CNI plugin hands the agent both during ADD and waits until the pod's
 // policies are in force.

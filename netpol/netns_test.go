@@ -550,7 +550,7 @@ func TestKernelDeniesUnknownLocalAddressesAndCountsDrops(t *testing.T) {
 	const stranger = "10.0.0.99"
 	n.addEndpoint(t, "stranger", stranger)
 	in := netnsCluster()
-	in.Block = netip.MustParsePrefix("10.0.0.0/24")
+	in.Blocks = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/24")}
 	in.Policies = []*networkingv1.NetworkPolicy{policy("default", "deny-db", sel("app", "db"), nil, nil, nil)}
 	rs, problems := Compile(in)
 	if len(problems) > 0 {

@@ -29,7 +29,7 @@ import (
 //		map ingress-pods { type ipv4_addr : verdict; elements = { <pod> : jump in-g0, ... } }
 //		map ingress-pods-v6 { type ipv6_addr : verdict; ... }
 //		set unknown-pods { type ipv4_addr; flags interval; elements = { <block without known pods> } }
-//		set unknown-pods-v6 { type ipv6_addr; flags interval; elements = { <block6 without known pods> } }
+//		set unknown-pods-v6 { type ipv6_addr; flags interval; elements = { <IPv6 block without known pods> } }
 //		chain egress {
 //			type filter hook forward priority filter; policy accept;
 //			ct state established,related accept

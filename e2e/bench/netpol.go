@@ -294,7 +294,7 @@ type connEndpoint struct {
 // first allows connPort.
 func connPolicyInput(node string, block netip.Prefix, pods ...connEndpoint) netpol.Input {
 	labels := map[string]string{"role": "bench"}
-	in := netpol.Input{NodeName: node, Block: block,
+	in := netpol.Input{NodeName: node, Blocks: []netip.Prefix{block},
 		Namespaces: []*corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "default"}}}}
 	for _, p := range pods {
 		in.Pods = append(in.Pods, benchPod(p.name, p.addr, p.node, labels))

@@ -63,11 +63,10 @@ type Config struct {
 	// netpol/admit); "" listens nowhere.
 	Socket string
 	Kernel netpol.Kernel
-	// Blocks is this node's IPv4 and IPv6 pod blocks as node.json hands
-	// them out (NodeStateBlocks), read before every compile: their
-	// addresses no known pod holds are denied (netpol.Input.Block and
-	// Block6). Nil: none.
-	Blocks     func() (block, block6 netip.Prefix)
+	// Blocks are this node's pod blocks as node.json hands them out
+	// (NodeStateBlocks), read before every compile: their addresses no
+	// known pod holds are denied (netpol.Input.Blocks). Nil: none.
+	Blocks     func() []netip.Prefix
 	Registerer prometheus.Registerer
 	Logger     *slog.Logger
 }
@@ -81,7 +80,7 @@ type Enforcer struct {
 	nodeName   string
 	kernel     netpol.Kernel
 	log        *slog.Logger
-	blocks     func() (netip.Prefix, netip.Prefix)
+	blocks     func() []netip.Prefix
 	informers  []cache.SharedIndexInformer
 	pods       listerscorev1.PodLister
 	namespaces listerscorev1.NamespaceLister
@@ -149,7 +148,7 @@ func New(c Config) (*Enforcer, error) {
 	}
 	blocks := c.Blocks
 	if blocks == nil {
-		blocks = func() (netip.Prefix, netip.Prefix) { return netip.Prefix{}, netip.Prefix{} }
+		blocks = func() []netip.Prefix { return nil }
 	}
 	e := &Enforcer{
 		nodeName:       c.NodeName,
@@ -269,15 +268,16 @@ func restAPI(cfg *rest.Config, userAgent string) (API, error) {
 }
 
 // NodeStateBlocks reads this node's blocks from node.json in runDir, as
-// the CNI plugin does (Config.Blocks): none while the agent has withdrawn
-// it or holds no block, since the plugin then hands out no address.
-func NodeStateBlocks(runDir string) func() (block, block6 netip.Prefix) {
-	return func() (netip.Prefix, netip.Prefix) {
+// the CNI plugin does (nodestate.State.Blocks: an IPv6-only node's one
+// block is in Block): none while the agent has withdrawn it or holds no
+// block, since the plugin then hands out no address.
+func NodeStateBlocks(runDir string) func() []netip.Prefix {
+	return func() []netip.Prefix {
 		st, err := nodestate.Read(runDir)
 		if err != nil {
-			return netip.Prefix{}, netip.Prefix{}
+			return nil
 		}
-		return st.Block, st.Block6
+		return st.Blocks()
 	}
 }
 
@@ -422,7 +422,7 @@ func (e *Enforcer) input(now time.Time) (netpol.Input, map[string]netip.Addr, er
 	if err != nil {
 		return netpol.Input{}, nil, err
 	}
-	block, block6 := e.blocks() // node.json, read outside the lock
+	blocks := e.blocks() // node.json, read outside the lock
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	found := make(map[string]netip.Addr)
@@ -455,7 +455,7 @@ func (e *Enforcer) input(now time.Time) (netpol.Input, map[string]netip.Addr, er
 			delete(e.admitted, key)
 		}
 	}
-	in := netpol.Input{Policies: policies, Pods: pods, Namespaces: namespaces, NodeName: e.nodeName, Block: block, Block6: block6}
+	in := netpol.Input{Policies: policies, Pods: pods, Namespaces: namespaces, NodeName: e.nodeName, Blocks: blocks}
 	return in, found, nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -53,9 +54,9 @@ func waitFor(t *testing.T, what string, cond func() error) {
 	}
 }
 
-// fixedBlocks is a Config.Blocks that hands out block and block6.
-func fixedBlocks(block, block6 netip.Prefix) func() (netip.Prefix, netip.Prefix) {
-	return func() (netip.Prefix, netip.Prefix) { return block, block6 }
+// fixedBlocks is a Config.Blocks that hands out blocks.
+func fixedBlocks(blocks ...netip.Prefix) func() []netip.Prefix {
+	return func() []netip.Prefix { return blocks }
 }
 
 // runEnforcer runs e until the test ends.
@@ -197,7 +198,7 @@ func TestPolicyAdmissionAnswersOnceThePodIsEnforced(t *testing.T) {
 	kernel := &netpol.FakeKernel{}
 	socket := filepath.Join(t.TempDir(), SocketName)
 	e, err := New(Config{API: fake.api(), NodeName: "n1", Socket: socket, Kernel: kernel, Registerer: prometheus.NewRegistry(),
-		Blocks: fixedBlocks(netip.MustParsePrefix("10.244.0.0/24"), netip.Prefix{})})
+		Blocks: fixedBlocks(netip.MustParsePrefix("10.244.0.0/24"))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -283,28 +284,38 @@ grapevine_netpol_dropped_packets_total{reason="unknown_address"} 3
 
 // TestNodeStateBlocks: the enforcer denies the unknown addresses of the
 // blocks node.json hands out, from its first ruleset on (a restarted
-// enforcer before the agent wrote anything new), and of none once the
-// agent has withdrawn node.json.
+// enforcer before the agent wrote anything new), an IPv6-only node's one
+// block (in node.json's block field) included, and of none once the agent
+// has withdrawn node.json.
 func TestNodeStateBlocks(t *testing.T) {
 	runDir := t.TempDir()
 	blocks := NodeStateBlocks(runDir)
-	if b, b6 := blocks(); b.IsValid() || b6.IsValid() {
-		t.Errorf("blocks without node.json: %s, %s; want none", b, b6)
+	if got := blocks(); len(got) != 0 {
+		t.Errorf("blocks without node.json: %v; want none", got)
 	}
 	block := netip.MustParsePrefix("10.244.4.0/23")
 	block6 := netip.MustParsePrefix("fd00:10:244:4::/120")
-	if err := nodestate.Write(runDir, nodestate.State{Node: "n1", Block: block, Pool: netip.MustParsePrefix("10.244.0.0/16"),
-		Block6: block6, Pool6: netip.MustParsePrefix("fd00:10:244::/48")}); err != nil {
-		t.Fatal(err)
-	}
-	if b, b6 := blocks(); b != block || b6 != block6 {
-		t.Errorf("blocks = %s, %s; want %s, %s", b, b6, block, block6)
+	pool, pool6 := netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:10:244::/48")
+	for _, tt := range []struct {
+		st   nodestate.State
+		want []netip.Prefix
+	}{
+		{nodestate.State{Node: "n1", Block: block, Pool: pool}, []netip.Prefix{block}},
+		{nodestate.State{Node: "n1", Block: block, Pool: pool, Block6: block6, Pool6: pool6}, []netip.Prefix{block, block6}},
+		{nodestate.State{Node: "n1", Block: block6, Pool: pool6}, []netip.Prefix{block6}}, // IPv6-only
+	} {
+		if err := nodestate.Write(runDir, tt.st); err != nil {
+			t.Fatal(err)
+		}
+		if got := blocks(); !slices.Equal(got, tt.want) {
+			t.Errorf("blocks of node.json with block %s, block6 %s = %v; want %v", tt.st.Block, tt.st.Block6, got, tt.want)
+		}
 	}
 	if err := os.Remove(nodestate.Path(runDir)); err != nil {
 		t.Fatal(err)
 	}
-	if b, b6 := blocks(); b.IsValid() || b6.IsValid() {
-		t.Errorf("blocks after node.json was withdrawn: %s, %s; want none", b, b6)
+	if got := blocks(); len(got) != 0 {
+		t.Errorf("blocks after node.json was withdrawn: %v; want none", got)
 	}
 }
 
