@@ -162,7 +162,8 @@ type Config struct {
 	// AdvertiseAddr6 is this host's IPv6 address on the same interface,
 	// advertised as the next hop for its IPv6 block (zero: none).
 	AdvertiseAddr6 netip.Addr
-	// BindAddr is where the gossip sockets listen (zero: all addresses).
+	// BindAddr is where the gossip and ledger sockets listen (zero: all
+	// addresses of AdvertiseAddr's family).
 	BindAddr netip.Addr
 	// Port is the gossip port (UDP and TCP).
 	Port int
@@ -369,6 +370,20 @@ func (c Config) withDefaults() (Config, error) {
 		}
 	}
 	return c, nil
+}
+
+// listenAddr is where the gossip and ledger sockets listen: BindAddr when
+// set, else every address of the advertise address's family (an IPv6-only
+// host may have no IPv4 address to accept "0.0.0.0" on).
+func (c Config) listenAddr() netip.Addr {
+	switch {
+	case c.BindAddr.IsValid():
+		return c.BindAddr
+	case c.AdvertiseAddr.Is6():
+		return netip.IPv6Unspecified()
+	default:
+		return netip.IPv4Unspecified()
+	}
 }
 
 // familyName is "IPv4" or "IPv6", after a's family.

@@ -92,3 +92,27 @@ func TestConfigAddressFamilies(t *testing.T) {
 		})
 	}
 }
+
+// TestListenAddr: the gossip and ledger sockets listen on the bind address
+// when one is set, else on every address of the advertise address's family.
+func TestListenAddr(t *testing.T) {
+	v4, v6 := netip.MustParseAddr("172.16.0.1"), netip.MustParseAddr("fd00:172:16::1")
+	for _, tc := range []struct {
+		name      string
+		advertise netip.Addr
+		bind      netip.Addr
+		want      netip.Addr
+	}{
+		{"IPv4 host, no bind address", v4, netip.Addr{}, netip.IPv4Unspecified()},
+		{"IPv6 host, no bind address", v6, netip.Addr{}, netip.IPv6Unspecified()},
+		{"IPv4 host bound to its address", v4, v4, v4},
+		{"IPv6 host bound to its address", v6, v6, v6},
+		{"IPv6 host bound to ::", v6, netip.IPv6Unspecified(), netip.IPv6Unspecified()},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := (Config{AdvertiseAddr: tc.advertise, BindAddr: tc.bind}).listenAddr(); got != tc.want {
+				t.Fatalf("listenAddr() = %s, want %s", got, tc.want)
+			}
+		})
+	}
+}

@@ -220,7 +220,7 @@ func (m *Mesh) Run(ctx context.Context) error {
 
 	ml, err := memberlist.Create(m.memberlistConfig())
 	if err != nil {
-		return fmt.Errorf("mesh: start gossip on %s:%d: %w", m.cfg.BindAddr, m.cfg.Port, err)
+		return fmt.Errorf("mesh: start gossip on %s: %w", netip.AddrPortFrom(m.cfg.listenAddr(), uint16(m.cfg.Port)), err)
 	}
 	m.mu.Lock()
 	m.ml = ml
@@ -289,18 +289,11 @@ func (m *Mesh) openLedger(id ledger.NodeID) (*ledger.Ledger, error) {
 			found = false
 		}
 	}
-	bind := netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(m.cfg.LedgerPort))
-	if m.cfg.AdvertiseAddr.Is6() {
-		bind = netip.AddrPortFrom(netip.IPv6Unspecified(), uint16(m.cfg.LedgerPort))
-	}
-	if m.cfg.BindAddr.IsValid() {
-		bind = netip.AddrPortFrom(m.cfg.BindAddr, uint16(m.cfg.LedgerPort))
-	}
 	cfg := ledger.Config{
 		ID:         id,
 		Name:       m.cfg.NodeName,
 		Advertise:  netip.AddrPortFrom(m.cfg.AdvertiseAddr, uint16(m.cfg.LedgerPort)),
-		Bind:       bind,
+		Bind:       netip.AddrPortFrom(m.cfg.listenAddr(), uint16(m.cfg.LedgerPort)),
 		Dir:        ledgerDir(m.cfg.StateDir),
 		Key:        m.cfg.SecretKey,
 		Voters:     m.cfg.Voters,
@@ -394,13 +387,7 @@ func (m *Mesh) leave() {
 func (m *Mesh) memberlistConfig() *memberlist.Config {
 	c := memberlist.DefaultLANConfig()
 	c.Name = gossipName(m.id)
-	c.BindAddr = "0.0.0.0"
-	if m.cfg.AdvertiseAddr.Is6() {
-		c.BindAddr = "::"
-	}
-	if m.cfg.BindAddr.IsValid() {
-		c.BindAddr = m.cfg.BindAddr.String()
-	}
+	c.BindAddr = m.cfg.listenAddr().String()
 	c.BindPort = m.cfg.Port
 	c.AdvertiseAddr = m.cfg.AdvertiseAddr.String()
 	c.AdvertisePort = m.cfg.Port
