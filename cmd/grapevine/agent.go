@@ -226,16 +226,16 @@ func parseAgentOptions(c *cli.Context) (agentOptions, error) {
 		return o, fmt.Errorf("--encapsulation: %w", err)
 	}
 	if s := c.String("host-ip"); s != "" {
-		if err := parseHostIP(s, o.Pool, &o.HostIP); err != nil {
-			return o, err
-		}
-	}
-	if o.Pool.Addr().Is6() {
-		if err := checkIPv6Only(c, o); err != nil {
+		if o.HostIP, err = parseHostIP(s, o.Pool); err != nil {
 			return o, err
 		}
 	}
 	if s := c.String("host-ip6"); s != "" {
+		// An IPv6-only cluster (an IPv6 --pool) has one host address,
+		// --host-ip; parsePool6 refused a --pool6 there already.
+		if o.Pool.Addr().Is6() {
+			return o, fmt.Errorf("--pool6 and --host-ip6 with the IPv6 --pool %s: an IPv6-only cluster has one pool and --host-ip is its IPv6 address; drop --pool6 and --host-ip6", o.Pool)
+		}
 		if o.HostIP6, err = netip.ParseAddr(s); err != nil || !o.HostIP6.Is6() || o.HostIP6.Is4In6() || !o.HostIP6.IsGlobalUnicast() {
 			return o, fmt.Errorf("--host-ip6 %q is not a global IPv6 address", s)
 		}
@@ -271,29 +271,17 @@ func parsePool(s string) (netip.Prefix, error) {
 
 // parseHostIP parses --host-ip, which is of the pool's family: IPv4, or
 // IPv6 in an IPv6-only cluster.
-func parseHostIP(s string, pool netip.Prefix, ip *netip.Addr) error {
+func parseHostIP(s string, pool netip.Prefix) (netip.Addr, error) {
 	a, err := netip.ParseAddr(s)
 	switch {
 	case err != nil || a.Is4In6() || a.Zone() != "":
-		return fmt.Errorf("--host-ip %q is not an IP address", s)
+		return netip.Addr{}, fmt.Errorf("--host-ip %q is not an IP address", s)
 	case pool.Addr().Is4() && !a.Is4():
-		return fmt.Errorf("--host-ip %s is IPv6 but --pool %s is IPv4: an IPv6-only cluster has an IPv6 --pool; a dual-stack one gives the IPv6 address as --host-ip6", s, pool)
+		return netip.Addr{}, fmt.Errorf("--host-ip %s is IPv6 but --pool %s is IPv4: an IPv6-only cluster has an IPv6 --pool; a dual-stack one gives the IPv6 address as --host-ip6", s, pool)
 	case pool.Addr().Is6() && (!a.Is6() || !a.IsGlobalUnicast()):
-		return fmt.Errorf("--host-ip %s: --pool %s is IPv6 (an IPv6-only cluster), so the host IP must be a global IPv6 address", s, pool)
+		return netip.Addr{}, fmt.Errorf("--host-ip %s: --pool %s is IPv6 (an IPv6-only cluster), so the host IP must be a global IPv6 address", s, pool)
 	}
-	*ip = a
-	return nil
-}
-
-// checkIPv6Only checks the flags of an IPv6-only cluster (an IPv6 --pool):
-// no second pool (the host IP is the IPv6 one). VXLAN runs on the IPv6
-// underlay here, and --join-kubernetes seeds from the Nodes' IPv6
-// InternalIPs.
-func checkIPv6Only(c *cli.Context, o agentOptions) error {
-	if c.String("pool6") != "" || c.String("host-ip6") != "" {
-		return fmt.Errorf("--pool6 and --host-ip6 with the IPv6 --pool %s: an IPv6-only cluster has one pool and --host-ip is its IPv6 address; drop --pool6 and --host-ip6", o.Pool)
-	}
-	return nil
+	return a, nil
 }
 
 // parsePool6 parses and checks --pool6 and --block-size6 against the IPv4
