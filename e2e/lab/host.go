@@ -78,7 +78,7 @@ func newHost(l *Lab, n, lan int) *Host {
 		LAN:       lan,
 		Dir:       filepath.Join(l.Dir, name),
 		KeyFile:   l.KeyFile,
-		Join:      lanPrefix.Addr().Next(),
+		Join:      hostIP(1, LAN1),
 		lab:       l,
 	}
 }
@@ -92,6 +92,18 @@ func hostIP(n, lan int) netip.Addr {
 	ip := prefix.Addr().As4()
 	ip[3] = byte(n)
 	return netip.AddrFrom4(ip)
+}
+
+// hostIP6 is host n's IPv6 address on a LAN: ::n of its IPv6 network, the
+// twin of hostIP.
+func hostIP6(n, lan int) netip.Addr {
+	prefix := lanPrefix6
+	if lan == LAN2 {
+		prefix = lan2Prefix6
+	}
+	ip := prefix.Addr().As16()
+	ip[15] = byte(n)
+	return netip.AddrFrom16(ip)
 }
 
 // Move unplugs the host from its LAN and plugs it into the other one with
@@ -325,14 +337,8 @@ func (h *Host) AgentExit() (exited bool, err error) {
 // routed lab), nodad so that it is usable at once, and returns it; start
 // the agent afterwards for it to be discovered and gossiped.
 func (h *Host) AddIP6(ctx context.Context) (netip.Addr, error) {
-	prefix := lanPrefix6
-	if h.LAN == LAN2 {
-		prefix = lan2Prefix6
-	}
-	b := prefix.Addr().As16()
-	b[15] = h.IP.As4()[3]
-	a := netip.AddrFrom16(b)
-	if err := h.ip(ctx, "-6", "addr", "add", netip.PrefixFrom(a, prefix.Bits()).String(), "dev", "em1", "nodad"); err != nil {
+	a := hostIP6(int(h.IP.As4()[3]), h.LAN) // both IPv6 LANs are /64s
+	if err := h.ip(ctx, "-6", "addr", "add", netip.PrefixFrom(a, lanPrefix6.Bits()).String(), "dev", "em1", "nodad"); err != nil {
 		return netip.Addr{}, fmt.Errorf("%s: IPv6 address: %w", h.Name, err)
 	}
 	return a, nil
@@ -369,10 +375,8 @@ func (h *Host) MakeIPv6Only(ctx context.Context) (netip.Addr, error) {
 	if err := h.ip(ctx, "-4", "addr", "flush", "dev", "em1"); err != nil {
 		return netip.Addr{}, fmt.Errorf("%s: remove the IPv4 address: %w", h.Name, err)
 	}
-	if h.Join == lanPrefix.Addr().Next() {
-		first := lanPrefix6.Addr().As16()
-		first[15] = 1
-		h.Join = netip.AddrFrom16(first)
+	if h.Join == hostIP(1, LAN1) {
+		h.Join = hostIP6(1, LAN1)
 	}
 	h.IP = a
 	return a, nil
