@@ -37,6 +37,7 @@ func resolveUplink(h *netlink.Handle, name string, addr netip.Addr, ipv6 bool) (
 		return Uplink{}, fmt.Errorf("host address %s is not an %s address", addr, fam)
 	}
 	var link netlink.Link
+	var addrs []netlink.Addr // the link's addresses of the family, once listed
 	var err error
 	switch {
 	case name != "":
@@ -44,7 +45,7 @@ func resolveUplink(h *netlink.Handle, name string, addr netip.Addr, ipv6 bool) (
 			return Uplink{}, fmt.Errorf("interface %s: %w", name, err)
 		}
 	case addr.IsValid():
-		if link, err = linkWithAddr(h, addr, fam); err != nil {
+		if link, addrs, err = linkWithAddr(h, addr, fam); err != nil {
 			return Uplink{}, err
 		}
 	default:
@@ -53,9 +54,10 @@ func resolveUplink(h *netlink.Handle, name string, addr netip.Addr, ipv6 bool) (
 		}
 	}
 	attrs := link.Attrs()
-	addrs, err := netlinkdump.Retry(func() ([]netlink.Addr, error) { return h.AddrList(link, fam.netlink()) })
-	if err != nil {
-		return Uplink{}, fmt.Errorf("list addresses of %s: %w", attrs.Name, err)
+	if addrs == nil {
+		if addrs, err = netlinkdump.Retry(func() ([]netlink.Addr, error) { return h.AddrList(link, fam.netlink()) }); err != nil {
+			return Uplink{}, fmt.Errorf("list addresses of %s: %w", attrs.Name, err)
+		}
 	}
 	var found netip.Addr
 	for _, a := range addrs {
@@ -132,22 +134,25 @@ func maskBits(m net.IPMask) int {
 
 // linkWithAddr finds the interface that holds addr, so that a host whose
 // peer-facing address is not on its default route's interface needs only
-// the host address (in Kubernetes: the node's InternalIP).
-func linkWithAddr(h *netlink.Handle, addr netip.Addr, fam uplinkFamily) (netlink.Link, error) {
-	addrs, err := netlinkdump.Retry(func() ([]netlink.Addr, error) { return h.AddrList(nil, fam.netlink()) })
+// the host address (in Kubernetes: the node's InternalIP). It returns that
+// interface's addresses of the family too, out of the one list of every
+// interface's, so that they need not be listed again.
+func linkWithAddr(h *netlink.Handle, addr netip.Addr, fam uplinkFamily) (netlink.Link, []netlink.Addr, error) {
+	all, err := netlinkdump.Retry(func() ([]netlink.Addr, error) { return h.AddrList(nil, fam.netlink()) })
 	if err != nil {
-		return nil, fmt.Errorf("list addresses: %w", err)
+		return nil, nil, fmt.Errorf("list addresses: %w", err)
 	}
-	for _, a := range addrs {
+	for _, a := range all {
 		if ip, ok := netip.AddrFromSlice(a.IP); ok && ip.Unmap() == addr {
 			link, err := h.LinkByIndex(a.LinkIndex)
 			if err != nil {
-				return nil, fmt.Errorf("interface of %s: %w", addr, err)
+				return nil, nil, fmt.Errorf("interface of %s: %w", addr, err)
 			}
-			return link, nil
+			onLink := slices.DeleteFunc(all, func(b netlink.Addr) bool { return b.LinkIndex != a.LinkIndex })
+			return link, onLink, nil
 		}
 	}
-	return nil, fmt.Errorf("%s is not an address of this host", addr)
+	return nil, nil, fmt.Errorf("%s is not an address of this host", addr)
 }
 
 // ResolveUplinkAddr6 returns this host's IPv6 address on the interface

@@ -12,7 +12,7 @@ import (
 func TestResolveUplink(t *testing.T) {
 	ns := newTestNS(t)
 	em1 := ns.addLink(t, "em1", "172.16.254.1/24")
-	ns.addLink(t, "em2", "192.168.7.1/24")
+	ns.addLink(t, "em2", "192.168.7.1/24", "192.168.8.1/24")
 	if err := ns.handle.LinkSetMTU(em1, 1400); err != nil {
 		t.Fatal(err)
 	}
@@ -27,6 +27,8 @@ func TestResolveUplink(t *testing.T) {
 	}{
 		{name: "no default route", wantErr: "no IPv4 default route"},
 		{name: "by address", hostIP: addr("192.168.7.1"), want: Uplink{Name: "em2", Addr: addr("192.168.7.1"), MTU: 1500}},
+		{name: "by the interface's second address", hostIP: addr("192.168.8.1"), want: Uplink{Name: "em2", Addr: addr("192.168.8.1"), MTU: 1500}},
+		{name: "by a loopback address", hostIP: addr("127.0.0.1"), wantErr: "127.0.0.1 is not an address of lo"},
 		{name: "by name", iface: "em1", want: Uplink{Name: "em1", Addr: addr("172.16.254.1"), MTU: 1400}},
 		{name: "both", iface: "em2", hostIP: addr("192.168.7.1"), want: Uplink{Name: "em2", Addr: addr("192.168.7.1"), MTU: 1500}},
 		{name: "address on another interface", iface: "em1", hostIP: addr("192.168.7.1"), wantErr: "192.168.7.1 is not an address of em1"},
@@ -91,6 +93,7 @@ func TestResolveUplinkIPv6(t *testing.T) {
 		{name: "by address", hostIP: addr("fd00:192:168::1"), want: Uplink{Name: "em2", Addr: addr("fd00:192:168::1"), MTU: 1500}},
 		{name: "by name", iface: "em2", want: Uplink{Name: "em2", Addr: addr("fd00:192:168::1"), MTU: 1500}},
 		{name: "address on another interface", iface: "em1", hostIP: addr("fd00:192:168::1"), wantErr: "fd00:192:168::1 is not an address of em1"},
+		{name: "by a link-local address", hostIP: addr("fe80::1"), wantErr: "fe80::1 is not an address of em2"},
 		{name: "only link-local and IPv4", iface: "em3", wantErr: "em3 has no global IPv6 address"},
 		{name: "IPv4 address for an IPv6 uplink", hostIP: addr("172.16.9.1"), wantErr: "not an IPv6 address"},
 	} {
