@@ -172,6 +172,14 @@ func (f *FakeKernel) Forwarding(family Family) bool {
 	return f.forwarding[family]
 }
 
+// SwitchOffForwarding turns forwarding off for family, as something else
+// on the host might.
+func (f *FakeKernel) SwitchOffForwarding(family Family) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.forwarding[family] = false
+}
+
 // Masquerade returns the IPv4 pool being masqueraded; zero when the table is
 // absent.
 func (f *FakeKernel) Masquerade() netip.Prefix {
@@ -291,17 +299,18 @@ func (f *FakeKernel) DeleteRoute(r Route) error {
 }
 
 // EnsureForwarding implements Kernel.
-func (f *FakeKernel) EnsureForwarding(family Family) error {
+func (f *FakeKernel) EnsureForwarding(family Family) (bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.fault(OpForwarding, netip.Prefix{}); err != nil {
-		return err
+		return false, err
 	}
-	if !f.forwarding[family] {
-		f.forwarding[family] = true
-		f.writes++
+	if f.forwarding[family] {
+		return false, nil
 	}
-	return nil
+	f.forwarding[family] = true
+	f.writes++
+	return true, nil
 }
 
 // EnsureMasquerade implements Kernel.

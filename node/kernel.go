@@ -23,9 +23,10 @@ type Kernel interface {
 	ReplaceRoute(r Route) error
 	// DeleteRoute removes r, which must carry RouteProtocol.
 	DeleteRoute(r Route) error
-	// EnsureForwarding turns on forwarding for family (net.ipv4.ip_forward,
-	// net.ipv6.conf.all.forwarding), writing only if it is off.
-	EnsureForwarding(family Family) error
+	// EnsureForwarding turns on forwarding for family (ForwardingSysctl),
+	// writing only if it is off; enabled reports that it was off and the
+	// call turned it on.
+	EnsureForwarding(family Family) (enabled bool, err error)
 	// EnsureMasquerade makes table "ip grapevine" (for an IPv4 pool) or
 	// "ip6 grapevine" (for an IPv6 one) masquerade traffic from pool to
 	// outside pool, rebuilding the table only if it differs.
@@ -46,6 +47,14 @@ var (
 	// ErrRouteExists means another route (not Grapevine's) holds the slot.
 	ErrRouteExists = errors.New("a route with another protocol already exists for this destination")
 )
+
+// ForwardingSysctl is the sysctl that turns forwarding on for family.
+func ForwardingSysctl(family Family) string {
+	if family == IPv6 {
+		return "net.ipv6.conf.all.forwarding"
+	}
+	return "net.ipv4.ip_forward"
+}
 
 // NFTTable is the nftables table (families ip and ip6) Grapevine owns.
 const NFTTable = "grapevine"

@@ -191,28 +191,34 @@ func (k *NetlinkKernel) DeleteRoute(r Route) error {
 
 // EnsureForwarding implements Kernel, in the kernel's network namespace:
 // /proc/sys/net belongs to the namespace of the thread that opens it.
-func (k *NetlinkKernel) EnsureForwarding(family Family) error {
-	return k.inNetns(func() error {
-		if family == IPv6 {
-			return enableSysctl("/proc/sys/net/ipv6/conf/all/forwarding", "IPv6 forwarding")
-		}
-		return enableSysctl("/proc/sys/net/ipv4/ip_forward", "IPv4 forwarding")
+func (k *NetlinkKernel) EnsureForwarding(family Family) (enabled bool, err error) {
+	what := "IPv4 forwarding"
+	if family == IPv6 {
+		what = "IPv6 forwarding"
+	}
+	err = k.inNetns(func() error {
+		var werr error
+		enabled, werr = enableSysctl(ForwardingSysctl(family), what)
+		return werr
 	})
+	return enabled, err
 }
 
-// enableSysctl writes 1 to the switch at path unless it is 1 already.
-func enableSysctl(path, what string) error {
+// enableSysctl writes 1 to the switch name (net.ipv4.ip_forward) unless it
+// is 1 already, and reports whether it wrote.
+func enableSysctl(name, what string) (bool, error) {
+	path := "/proc/sys/" + strings.ReplaceAll(name, ".", "/")
 	cur, err := os.ReadFile(path)
 	if err != nil {
-		return fmt.Errorf("read %s: %w", path, err)
+		return false, fmt.Errorf("read %s: %w", path, err)
 	}
 	if strings.TrimSpace(string(cur)) == "1" {
-		return nil
+		return false, nil
 	}
 	if err := os.WriteFile(path, []byte("1"), 0o644); err != nil {
-		return fmt.Errorf("enable %s: %w", what, err)
+		return false, fmt.Errorf("enable %s: %w", what, err)
 	}
-	return nil
+	return true, nil
 }
 
 func prefixFromIPNet(n *net.IPNet) (netip.Prefix, bool) {

@@ -191,6 +191,42 @@ func TestNetlinkForwardingOnlyInItsNamespace(t *testing.T) {
 	}
 }
 
+// TestNetlinkForwardingEnabledReported: a pass reports that it turned
+// forwarding on when it found it off in its namespace, and not when it
+// found it on.
+func TestNetlinkForwardingEnabledReported(t *testing.T) {
+	n := newTestNS(t)
+	n.addLink(t, "em1", "172.16.254.1/24")
+	root := readForwarding(t)
+	r := NewReconciler(n.kernel(t), nil, nil)
+	for _, tc := range []struct {
+		set  string // written to ip_forward in the namespace before the pass
+		want []Family
+	}{
+		{"0", []Family{IPv4}},
+		{"", nil},
+		{"0", []Family{IPv4}},
+	} {
+		if tc.set != "" {
+			if err := ns.WithNetNSPath(n.path, func(ns.NetNS) error {
+				return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte(tc.set), 0o644)
+			}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		res, err := r.Reconcile(t.Context(), desired())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(res.ForwardingEnabled, tc.want) {
+			t.Fatalf("ip_forward set to %q: the pass reports forwarding enabled for %v, want %v", tc.set, res.ForwardingEnabled, tc.want)
+		}
+	}
+	if now := readForwarding(t); now != root {
+		t.Errorf("ip_forward of this test's own namespace changed from %s to %s", root, now)
+	}
+}
+
 // The kernel bound to the calling thread's namespace (the agent's) works
 // inside that namespace.
 func TestNetlinkKernelOfCurrentNamespace(t *testing.T) {

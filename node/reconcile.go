@@ -51,6 +51,10 @@ type Result struct {
 	// logged when it changes.
 	Forward    []ForwardVerdict
 	ForwardErr error
+	// ForwardingEnabled lists the families whose forwarding the pass
+	// found off and turned on (see ForwardingSysctl): the host did not
+	// forward yet, or something on it switched forwarding off since.
+	ForwardingEnabled []Family
 }
 
 // Programmed reports whether peer's route is installed after the pass.
@@ -159,12 +163,19 @@ func (r *Reconciler) reconcile(ctx context.Context, d Desired) (Result, error) {
 	}()
 	var errs []error
 
+	ensureForwarding := func(family Family) {
+		enabled, err := r.kernel.EnsureForwarding(family)
+		if enabled {
+			res.ForwardingEnabled = append(res.ForwardingEnabled, family)
+		}
+		errs = append(errs, err)
+	}
 	// An IPv6-only node (an IPv6 Pool) forwards IPv6 alone.
 	if !d.Pool.Addr().Is6() {
-		errs = append(errs, r.kernel.EnsureForwarding(IPv4))
+		ensureForwarding(IPv4)
 	}
 	if d.Pool6.IsValid() || d.Pool.Addr().Is6() {
-		errs = append(errs, r.kernel.EnsureForwarding(IPv6))
+		ensureForwarding(IPv6)
 	}
 	for _, family := range []Family{IPv4, IPv6} {
 		if pool, ok := MasqueradedPools(d)[family]; ok {

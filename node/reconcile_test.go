@@ -567,3 +567,74 @@ grapevine_node_peers{family="ipv6",path="vxlan"} 0
 		t.Errorf("b's IPv6 path with its route refused: %+v", p)
 	}
 }
+
+// TestReconcileReportsForwardingEnabled: a pass that finds a family's
+// forwarding off and turns it on says so in Result, once: the next pass
+// finds it on and reports nothing, until something switches it off again.
+func TestReconcileReportsForwardingEnabled(t *testing.T) {
+	dual := desired()
+	dual.Pool6, dual.OwnBlock6 = pfx("fd00:10:244::/48"), pfx("fd00:10:244:5::/64")
+	for _, tc := range []struct {
+		name    string
+		fake    func(*testing.T) (*FakeKernel, Link)
+		desired Desired
+		want    []Family
+	}{
+		{"IPv4 pool", newFake, desired(), []Family{IPv4}},
+		{"dual-stack", newFake, dual, []Family{IPv4, IPv6}},
+		{"IPv6-only", newFake6, desired6(), []Family{IPv6}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			k, _ := tc.fake(t)
+			r := NewReconciler(k, nil, nil)
+			pass := func(what string, want []Family) {
+				t.Helper()
+				res, err := r.Reconcile(t.Context(), tc.desired)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !slices.Equal(res.ForwardingEnabled, want) {
+					t.Fatalf("%s: forwarding enabled for %v, want %v", what, res.ForwardingEnabled, want)
+				}
+			}
+			pass("first pass", tc.want)
+			pass("second pass", nil)
+			for _, f := range tc.want {
+				k.SwitchOffForwarding(f)
+			}
+			pass("after something switched forwarding off", tc.want)
+			pass("the pass after that", nil)
+		})
+	}
+}
+
+// TestFakeForwarding: the fake's EnsureForwarding writes, and reports
+// that it did, only while forwarding is off.
+func TestFakeForwarding(t *testing.T) {
+	k := NewFakeKernel()
+	for _, step := range []struct {
+		switchOff   bool
+		wantEnabled bool
+	}{
+		{false, true},  // off at the start
+		{false, false}, // on since
+		{true, true},   // switched off under us
+		{false, false},
+	} {
+		if step.switchOff {
+			k.SwitchOffForwarding(IPv4)
+		}
+		writes := k.Writes()
+		enabled, err := k.EnsureForwarding(IPv4)
+		if err != nil || enabled != step.wantEnabled || !k.Forwarding(IPv4) || k.Forwarding(IPv6) {
+			t.Fatalf("EnsureForwarding(IPv4) = %v, %v, IPv4 on %v, IPv6 on %v; want %v, IPv4 alone on", enabled, err, k.Forwarding(IPv4), k.Forwarding(IPv6), step.wantEnabled)
+		}
+		wantWrites := 0
+		if step.wantEnabled {
+			wantWrites = 1
+		}
+		if wrote := k.Writes() - writes; wrote != wantWrites {
+			t.Fatalf("EnsureForwarding(IPv4) made %d writes, want %d", wrote, wantWrites)
+		}
+	}
+}

@@ -298,6 +298,7 @@ func (a *agent) reconcile(ctx context.Context) status.Report {
 		a.removeStaleConflist()
 		return ipv6Status(buildStatus(v, a.kept, a.withdrawn, paths, node.Result{}, false, reason), v, node.Result{}, a.opts)
 	}
+	firstPass := !a.synced
 	a.synced = true
 
 	res, err := a.rec.Reconcile(ctx, desiredState(v, a.kept, a.opts))
@@ -305,6 +306,10 @@ func (a *agent) reconcile(ctx context.Context) status.Report {
 	if err != nil {
 		a.log.Error("reconcile failed", "err", err)
 		ready, reason = false, "reconcile: "+err.Error()
+	}
+	for _, family := range res.ForwardingEnabled {
+		level, msg := forwardingEnabledLog(node.ForwardingSysctl(family), firstPass)
+		a.log.Log(ctx, level, msg, "sysctl", node.ForwardingSysctl(family))
 	}
 	if mtu, changed := followUplinkMTU(a.opts.MTUFlag, a.opts.MTU, res.UplinkMTU, a.opts.Encapsulation, node.TunnelOverheadFor(a.opts.HostIP)); changed {
 		a.log.Warn("the uplink's MTU changed: node.json gives new pods the new MTU; running pods keep theirs until restarted",
@@ -319,6 +324,18 @@ func (a *agent) reconcile(ctx context.Context) status.Report {
 		ready, reason = false, why
 	}
 	return ipv6Status(buildStatus(v, a.kept, a.withdrawn, paths, res, ready, reason), v, res, a.opts)
+}
+
+// forwardingEnabledLog is how the agent tells that a pass found the
+// forwarding sysctl 0 and set it to 1. At this run's first pass the host
+// merely did not forward yet (nothing persists the setting); later,
+// something on the host switched forwarding off under the agent, and the
+// host stopped forwarding pods' traffic until the pass: worth a warning.
+func forwardingEnabledLog(sysctl string, firstPass bool) (slog.Level, string) {
+	if firstPass {
+		return slog.LevelInfo, sysctl + " was 0 when the agent started; set it to 1"
+	}
+	return slog.LevelWarn, sysctl + " was 0; set it to 1: something on this host switches it off"
 }
 
 // pathVerdicts is the prober's verdicts; none while probing is off.

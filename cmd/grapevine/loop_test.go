@@ -844,3 +844,49 @@ func TestDoctorAll(t *testing.T) {
 		return nil
 	})
 }
+
+// TestForwardingEnabledLog: forwarding found off at the agent's first pass
+// is the host's starting state (info); found off later, something switched
+// it off under the agent (a warning naming the sysctl).
+func TestForwardingEnabledLog(t *testing.T) {
+	for _, tc := range []struct {
+		sysctl    string
+		firstPass bool
+		level     slog.Level
+		msg       string
+	}{
+		{"net.ipv4.ip_forward", true, slog.LevelInfo, "net.ipv4.ip_forward was 0 when the agent started; set it to 1"},
+		{"net.ipv4.ip_forward", false, slog.LevelWarn, "net.ipv4.ip_forward was 0; set it to 1: something on this host switches it off"},
+		{"net.ipv6.conf.all.forwarding", false, slog.LevelWarn, "net.ipv6.conf.all.forwarding was 0; set it to 1: something on this host switches it off"},
+	} {
+		level, msg := forwardingEnabledLog(tc.sysctl, tc.firstPass)
+		if level != tc.level || msg != tc.msg {
+			t.Errorf("forwardingEnabledLog(%s, first pass %v) = %v %q, want %v %q", tc.sysctl, tc.firstPass, level, msg, tc.level, tc.msg)
+		}
+	}
+}
+
+// TestAgentWarnsWhenForwardingSwitchedOff: the agent turns IPv4 forwarding
+// back on when something on the host switched it off, and says so once at
+// warn level.
+func TestAgentWarnsWhenForwardingSwitchedOff(t *testing.T) {
+	const warning = "net.ipv4.ip_forward was 0; set it to 1: something on this host switches it off"
+	h1 := startTestHost(t, meshtest.NewNetwork(), t.TempDir(), "h1", 1, nil)
+	waitFor(t, "h1 to turn forwarding on", func() error {
+		if !h1.kernel.Forwarding(node.IPv4) {
+			return errors.New("IPv4 forwarding is off")
+		}
+		return nil
+	})
+	if n := h1.logs.count(warning); n != 0 {
+		t.Fatalf("h1 warned %d times that something switches forwarding off, before anything did", n)
+	}
+	h1.kernel.SwitchOffForwarding(node.IPv4)
+	h1.kernelChanged()
+	waitFor(t, "h1 to turn forwarding back on and warn", func() error {
+		if n := h1.logs.count(warning); !h1.kernel.Forwarding(node.IPv4) || n != 1 {
+			return fmt.Errorf("IPv4 forwarding on %v, warned %d times; want on, once", h1.kernel.Forwarding(node.IPv4), n)
+		}
+		return nil
+	})
+}
