@@ -25,8 +25,8 @@ import (
 // other through the Nodes' IPv6 InternalIPs (--join-kubernetes) and each
 // holds a distinct IPv6 /64 of the pool, routed directly via its node's
 // IPv6 address; every pod gets one IPv6 address, of its node's block;
-// pods on different nodes ping each other; and a Service's IPv6 cluster
-// IP reaches a pod on another node.
+// pods on different nodes ping each other; a Service's IPv6 cluster IP
+// reaches a pod on another node; and NetworkPolicy holds for IPv6 pods.
 func TestKubernetesIPv6Only(t *testing.T) {
 	ctx, k, l, image := startClusterOf(t, 15*time.Minute, ipv6OnlyCluster)
 	c := k.c
@@ -105,6 +105,7 @@ func TestKubernetesIPv6Only(t *testing.T) {
 	}
 
 	checkServiceIPv6Only(t, ctx, k)
+	checkPolicyIPv6Only(t, ctx, k)
 }
 
 // ipv6OnlyServicePods: a web server on node-b and a client on node-a.
@@ -161,4 +162,58 @@ func checkServiceIPv6Only(t *testing.T, ctx context.Context, k kube) {
 		t.Fatal(err)
 	}
 	t.Logf("v6-web/client (node-a) -> Service v6-web/web6 at [%s]:8080 -> pod web (node-b): connected", ip)
+}
+
+// ipv6OnlyDeny isolates the pods of v6-web for ingress;
+// ipv6OnlyAllowFriend then admits pods of the namespace v6-friend.
+const (
+	ipv6OnlyDeny = `apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: default-deny, namespace: v6-web}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress]
+`
+	ipv6OnlyAllowFriend = `apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-from-friend, namespace: v6-web}
+spec:
+  podSelector: {matchLabels: {name: web}}
+  ingress:
+  - from:
+    - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: v6-friend}}
+`
+)
+
+// checkPolicyIPv6Only checks NetworkPolicy on IPv6 pods, after
+// checkServiceIPv6Only started v6-web's pods: a default-deny drops what
+// v6-web/client sends to v6-web/web on another node, and an
+// allow-from-namespace then admits a pod of v6-friend (on a third node)
+// while v6-web/client stays denied.
+func checkPolicyIPv6Only(t *testing.T, ctx context.Context, k kube) {
+	t.Helper()
+	k.apply(ctx, "apiVersion: v1\nkind: Namespace\nmetadata: {name: v6-friend}\n---\n"+podIn("v6-friend", "client", "node-c", idle))
+	ips := map[string]string{
+		"v6-web/web":       k.waitPodsIn(ctx, "v6-web", "name=web", 1)[0].ip().String(),
+		"v6-friend/client": k.waitPodsIn(ctx, "v6-friend", "name=client", 1)[0].ip().String(),
+	}
+	fromClient := connectivity{"v6-web", "client", "v6-web", "web", 80, false, "default-deny in v6-web"}
+	fromFriend := connectivity{"v6-friend", "client", "v6-web", "web", 80, true, "v6-web admits v6-friend"}
+	for _, c := range []connectivity{fromClient, fromFriend} {
+		if err := k.connect(ctx, c, ips); err != nil {
+			t.Fatalf("before any policy, %s/%s -> %s/%s:%d: %v", c.fromNS, c.from, c.toNS, c.to, c.port, err)
+		}
+	}
+	k.apply(ctx, ipv6OnlyDeny)
+	waitDenied(t, ctx, k, fromClient, ips)
+	k.apply(ctx, ipv6OnlyAllowFriend)
+	if err := lab.Poll(ctx, "v6-friend/client -> v6-web/web admitted", 500*time.Millisecond, func() error {
+		return k.connect(ctx, fromFriend, ips)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.connect(ctx, fromClient, ips); err == nil || !strings.Contains(err.Error(), "timed out") {
+		t.Fatalf("v6-web/client -> v6-web/web with both policies: %v; want a timeout (%s)", err, fromClient.why)
+	}
+	t.Logf("IPv6 pods: default-deny drops v6-web/client -> [%s]:80; allow-from-namespace admits v6-friend/client", ips["v6-web/web"])
 }

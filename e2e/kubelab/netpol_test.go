@@ -137,16 +137,8 @@ func TestNetworkPolicy(t *testing.T) {
 	// Policies take effect asynchronously (each agent watches them): wait
 	// until every denied probe times out, then check all again.
 	for _, c := range policyChecks {
-		if c.allowed {
-			continue
-		}
-		if err := lab.Poll(ctx, fmt.Sprintf("%s/%s -> %s/%s:%d denied", c.fromNS, c.from, c.toNS, c.to, c.port), 500*time.Millisecond, func() error {
-			if k.connect(ctx, c, ips) == nil {
-				return fmt.Errorf("connected (%s)", c.why)
-			}
-			return nil
-		}); err != nil {
-			t.Fatal(err)
+		if !c.allowed {
+			waitDenied(t, ctx, k, c, ips)
 		}
 	}
 	t.Logf("the denied probes, one after the other (each up to %d s), all failed by %s after the policies were applied", probeTimeout, time.Since(applied).Round(100*time.Millisecond))
@@ -165,6 +157,20 @@ func TestNetworkPolicy(t *testing.T) {
 	}
 
 	checkPolicyMemory(t, ctx, k, agents)
+}
+
+// waitDenied waits until c's probe fails: policies take effect
+// asynchronously, each node's enforcer watching them.
+func waitDenied(t *testing.T, ctx context.Context, k kube, c connectivity, ips map[string]string) {
+	t.Helper()
+	if err := lab.Poll(ctx, fmt.Sprintf("%s/%s -> %s/%s:%d denied", c.fromNS, c.from, c.toNS, c.to, c.port), 500*time.Millisecond, func() error {
+		if k.connect(ctx, c, ips) == nil {
+			return fmt.Errorf("connected (%s)", c.why)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // podIn is a busybox pod named name in namespace ns on node, running
