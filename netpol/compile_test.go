@@ -438,12 +438,7 @@ func TestCompile(t *testing.T) {
 			if len(tt.checks) == 0 && len(tt.policies) > 0 {
 				t.Fatal("a case without checks asserts nothing")
 			}
-			for _, c := range tt.checks {
-				p := Packet{Src: netip.MustParseAddr(c.src), Dst: netip.MustParseAddr(c.dst), Protocol: c.proto, Port: c.port}
-				if got := rs.Allows(p); got != c.allowed {
-					t.Errorf("%s -> %s proto %d port %d: allowed %v, want %v", c.src, c.dst, c.proto, c.port, got, c.allowed)
-				}
-			}
+			checkAllows(t, rs, tt.checks)
 		})
 	}
 }
@@ -641,13 +636,18 @@ func TestCompileDeniesUnknownLocalAddresses(t *testing.T) {
 			if len(problems) > 0 {
 				t.Fatalf("problems: %v", problems)
 			}
-			for _, c := range tt.checks {
-				p := Packet{Src: netip.MustParseAddr(c.src), Dst: netip.MustParseAddr(c.dst), Protocol: c.proto, Port: c.port}
-				if got := rs.Allows(p); got != c.allowed {
-					t.Errorf("%s -> %s port %d: allowed %v, want %v", c.src, c.dst, c.port, got, c.allowed)
-				}
-			}
+			checkAllows(t, rs, tt.checks)
 		})
+	}
+}
+
+// checkAllows checks that rs allows exactly the checks' allowed packets.
+func checkAllows(t *testing.T, rs Ruleset, checks []check) {
+	t.Helper()
+	for _, c := range checks {
+		if got := rs.Allows(c.packet()); got != c.allowed {
+			t.Errorf("%s -> %s proto %d port %d: allowed %v, want %v", c.src, c.dst, c.proto, c.port, got, c.allowed)
+		}
 	}
 }
 
@@ -796,11 +796,7 @@ func TestCompileIPv6(t *testing.T) {
 			if len(problems) > 0 {
 				t.Fatalf("problems: %v", problems)
 			}
-			for _, c := range tt.checks {
-				if got := rs.Allows(c.packet()); got != c.allowed {
-					t.Errorf("%s -> %s proto %d port %d: allowed %v, want %v", c.src, c.dst, c.proto, c.port, got, c.allowed)
-				}
-			}
+			checkAllows(t, rs, tt.checks)
 		})
 	}
 }
@@ -854,11 +850,7 @@ func TestCompileIPv6OnlyNode(t *testing.T) {
 			if len(problems) > 0 {
 				t.Fatalf("problems: %v", problems)
 			}
-			for _, c := range tt.checks {
-				if got := rs.Allows(c.packet()); got != c.allowed {
-					t.Errorf("%s -> %s %v port %d: allowed %v, want %v", c.src, c.dst, c.proto, c.port, got, c.allowed)
-				}
-			}
+			checkAllows(t, rs, tt.checks)
 		})
 	}
 }
