@@ -164,23 +164,6 @@ var dualStackPolicyPods = []struct{ ns, name, node, command string }{
 	{"ds-other", "client", "node-c", idle},
 }
 
-const dualStackPolicies = `apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: default-deny, namespace: ds-web}
-spec:
-  podSelector: {}
-  policyTypes: [Ingress]
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: allow-from-friend, namespace: ds-web}
-spec:
-  podSelector: {matchLabels: {name: web}}
-  ingress:
-  - from:
-    - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: ds-friend}}
-`
-
 // checkPolicy6 checks that a NetworkPolicy selects pods by their IPv6
 // addresses too: before the policies both clients reach the web server
 // over IPv6; after, the allowed one still does and the other's SYN is
@@ -207,7 +190,7 @@ func checkPolicy6(t *testing.T, ctx context.Context, k kube) {
 			t.Fatalf("before any policy, %s/%s -> %s/%s over IPv6: %v", c.fromNS, c.from, c.toNS, c.to, err)
 		}
 	}
-	k.apply(ctx, dualStackPolicies)
+	k.apply(ctx, defaultDeny("ds-web")+"---\n"+allowFromNamespace("ds-web", "web", "ds-friend"))
 	applied := time.Now()
 	// Each agent applies policies as it sees them: wait until the denied
 	// probe times out, then check every probe once.

@@ -164,27 +164,6 @@ func checkServiceIPv6Only(t *testing.T, ctx context.Context, k kube) {
 	t.Logf("v6-web/client (node-a) -> Service v6-web/web6 at [%s]:8080 -> pod web (node-b): connected", ip)
 }
 
-// ipv6OnlyDeny isolates the pods of v6-web for ingress;
-// ipv6OnlyAllowFriend then admits pods of the namespace v6-friend.
-const (
-	ipv6OnlyDeny = `apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: default-deny, namespace: v6-web}
-spec:
-  podSelector: {}
-  policyTypes: [Ingress]
-`
-	ipv6OnlyAllowFriend = `apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: allow-from-friend, namespace: v6-web}
-spec:
-  podSelector: {matchLabels: {name: web}}
-  ingress:
-  - from:
-    - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: v6-friend}}
-`
-)
-
 // checkPolicyIPv6Only checks NetworkPolicy on IPv6 pods, after
 // checkServiceIPv6Only started v6-web's pods: a default-deny drops what
 // v6-web/client sends to v6-web/web on another node, and an
@@ -204,9 +183,9 @@ func checkPolicyIPv6Only(t *testing.T, ctx context.Context, k kube) {
 			t.Fatalf("before any policy, %s/%s -> %s/%s:%d: %v", c.fromNS, c.from, c.toNS, c.to, c.port, err)
 		}
 	}
-	k.apply(ctx, ipv6OnlyDeny)
+	k.apply(ctx, defaultDeny("v6-web"))
 	waitDenied(t, ctx, k, fromClient, ips)
-	k.apply(ctx, ipv6OnlyAllowFriend)
+	k.apply(ctx, allowFromNamespace("v6-web", "web", "v6-friend"))
 	if err := lab.Poll(ctx, "v6-friend/client -> v6-web/web admitted", 500*time.Millisecond, func() error {
 		return k.connect(ctx, fromFriend, ips)
 	}); err != nil {

@@ -46,30 +46,8 @@ func webServer(ports ...int) string {
 
 // policies: a default-deny in np-deny, a default-deny with an
 // allow-from-namespace in np-allow, and egress to DNS only in np-dnsonly.
-const policies = `apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: default-deny, namespace: np-deny}
-spec:
-  podSelector: {}
-  policyTypes: [Ingress]
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: default-deny, namespace: np-allow}
-spec:
-  podSelector: {}
-  policyTypes: [Ingress]
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: allow-from-friend, namespace: np-allow}
-spec:
-  podSelector: {matchLabels: {name: web}}
-  ingress:
-  - from:
-    - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: np-friend}}
----
-apiVersion: networking.k8s.io/v1
+var policies = defaultDeny("np-deny") + "---\n" + defaultDeny("np-allow") + "---\n" +
+	allowFromNamespace("np-allow", "web", "np-friend") + "---\n" + `apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: dns-only, namespace: np-dnsonly}
 spec:
@@ -171,6 +149,31 @@ func waitDenied(t *testing.T, ctx context.Context, k kube, c connectivity, ips m
 	}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// defaultDeny is a NetworkPolicy isolating every pod of ns for ingress.
+func defaultDeny(ns string) string {
+	return fmt.Sprintf(`apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: default-deny, namespace: %s}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress]
+`, ns)
+}
+
+// allowFromNamespace is a NetworkPolicy admitting to the pod named pod
+// (label name=<pod>) of ns every pod of the namespace from.
+func allowFromNamespace(ns, pod, from string) string {
+	return fmt.Sprintf(`apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-from-%s, namespace: %s}
+spec:
+  podSelector: {matchLabels: {name: %s}}
+  ingress:
+  - from:
+    - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: %s}}
+`, from, ns, pod, from)
 }
 
 // podIn is a busybox pod named name in namespace ns on node, running
