@@ -1,7 +1,10 @@
 package netpol
 
 import (
+	"context"
 	"errors"
+	"reflect"
+	"slices"
 	"sync"
 )
 
@@ -18,6 +21,18 @@ type Kernel interface {
 	// Drops reads how many packets the table's drop rules have dropped
 	// since it was last written.
 	Drops() (Drops, error)
+	// Watch signals on the returned channel whenever a transaction
+	// touches the table, its chains or its rules (not its set elements),
+	// whoever made it: our own Apply included, since the kernel's events
+	// name no reliable author. It also signals when watching had to
+	// restart, as changes may have been missed meanwhile. Signals
+	// coalesce (buffer 1); watching ends with ctx. Act on a signal with
+	// Intact.
+	Watch(ctx context.Context) <-chan struct{}
+	// Intact reports whether the table is still as Apply wrote it for
+	// rs, cheaply: the table exists and its chains and sets are exactly
+	// those Apply makes for rs, by name (rules and elements unread).
+	Intact(rs Ruleset) (bool, error)
 }
 
 // Drops counts packets dropped: PolicyPackets by pods' policies (nothing
@@ -35,6 +50,10 @@ type FakeKernel struct {
 	applies int
 	fail    error
 	drops   Drops
+	// tampered: someone else changed the table since the last Apply.
+	tampered bool
+	watchers []chan struct{}
+	checks   int
 }
 
 var _ Kernel = (*FakeKernel)(nil)
@@ -49,6 +68,8 @@ func (f *FakeKernel) Apply(rs Ruleset) error {
 	f.current = &rs
 	f.applies++
 	f.drops = Drops{} // the table is written anew
+	f.tampered = false
+	f.signalLocked() // as the kernel's events of our own transaction
 	return nil
 }
 
@@ -60,7 +81,68 @@ func (f *FakeKernel) Remove() error {
 		return f.fail
 	}
 	f.current = nil
+	f.signalLocked()
 	return nil
+}
+
+// Watch implements Kernel: it signals after every Apply, Remove and
+// Tamper.
+func (f *FakeKernel) Watch(ctx context.Context) <-chan struct{} {
+	ch := make(chan struct{}, 1)
+	f.mu.Lock()
+	f.watchers = append(f.watchers, ch)
+	f.mu.Unlock()
+	context.AfterFunc(ctx, func() {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if i := slices.Index(f.watchers, ch); i >= 0 {
+			f.watchers = append(f.watchers[:i], f.watchers[i+1:]...)
+		}
+	})
+	return ch
+}
+
+// Intact implements Kernel: the table exists, nobody tampered with it
+// since the last Apply, and that Apply wrote rs.
+func (f *FakeKernel) Intact(rs Ruleset) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.checks++
+	if f.fail != nil {
+		return false, f.fail
+	}
+	return f.current != nil && !f.tampered && reflect.DeepEqual(*f.current, rs), nil
+}
+
+// Tamper changes the table behind the Kernel's back, as `nft flush
+// ruleset` or another tool would: deleted true deletes it, false leaves
+// it in place but no longer as Apply wrote it. Watchers are signalled.
+func (f *FakeKernel) Tamper(deleted bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if deleted {
+		f.current = nil
+	}
+	f.tampered = true
+	f.signalLocked()
+}
+
+// Signal signals the watchers without changing anything, as a
+// transaction on the table that left it as it was, or a restart of
+// watching.
+func (f *FakeKernel) Signal() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.signalLocked()
+}
+
+func (f *FakeKernel) signalLocked() {
+	for _, ch := range f.watchers {
+		select {
+		case ch <- struct{}{}:
+		default: // one pending signal stands for any number
+		}
+	}
 }
 
 // Drops implements Kernel: what SetDrops set since the last Apply.
@@ -95,6 +177,13 @@ func (f *FakeKernel) Applies() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.applies
+}
+
+// IntactChecks counts Intact calls.
+func (f *FakeKernel) IntactChecks() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.checks
 }
 
 // FailWith makes every later call fail with err (nil: succeed again).

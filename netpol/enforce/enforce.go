@@ -33,11 +33,19 @@ import (
 	"github.com/grapevine-net/grapevine/status"
 )
 
-// resync is how often the enforcer compiles and compares even without an
-// event, so that a failed Apply is retried, a table someone else deleted
-// comes back, and a block node.json no longer hands out stops being
-// denied.
-const resync = 30 * time.Second
+// DefaultResync is how often the enforcer compiles and compares even
+// without an event, so that a failed Apply is retried and a block
+// node.json no longer hands out stops being denied. An unchanged ruleset
+// is not written again: a table someone else deleted or changed comes back
+// as soon as Kernel.Watch tells of it.
+const DefaultResync = 30 * time.Second
+
+// DefaultRewrite is how often the enforcer writes the table again even
+// though nothing seems to have changed: the safety net for what
+// Kernel.Watch and Kernel.Intact do not see (someone else's change to a
+// set's elements or to a rule). Writing costs about 80 ms at 1,000 pods
+// under 200 policies (docs/benchmarks.md), so not every resync.
+const DefaultRewrite = 10 * time.Minute
 
 // SocketName is the admission socket's name in the run directory that
 // grapevine-policy shares with the agent (its default --policy-socket).
@@ -69,6 +77,10 @@ type Config struct {
 	Blocks     func() []netip.Prefix
 	Registerer prometheus.Registerer
 	Logger     *slog.Logger
+	// Resync is how often the ruleset is compiled and compared without
+	// an event (0: DefaultResync); Rewrite how often the table is written
+	// again regardless (0: DefaultRewrite).
+	Resync, Rewrite time.Duration
 }
 
 // Enforcer keeps table inet grapevine-policy in line with the cluster's
@@ -90,6 +102,8 @@ type Enforcer struct {
 	// socket is where the plugin tells the enforcer new pods (admit); ""
 	// listens nowhere.
 	socket string
+	// resync and rewrite are Config's Resync and Rewrite.
+	resync, rewrite time.Duration
 
 	// mu guards what the loop shares with admissions and status readers.
 	mu sync.Mutex
@@ -113,6 +127,7 @@ type Enforcer struct {
 
 	syncSeconds prometheus.Histogram
 	syncErrors  prometheus.Counter
+	writes      *prometheus.CounterVec
 	gauges      *prometheus.GaugeVec
 	admissions  *prometheus.CounterVec
 }
@@ -150,7 +165,16 @@ func New(c Config) (*Enforcer, error) {
 	if blocks == nil {
 		blocks = func() []netip.Prefix { return nil }
 	}
+	resync, rewrite := c.Resync, c.Rewrite
+	if resync <= 0 {
+		resync = DefaultResync
+	}
+	if rewrite <= 0 {
+		rewrite = DefaultRewrite
+	}
 	e := &Enforcer{
+		resync:         resync,
+		rewrite:        rewrite,
 		nodeName:       c.NodeName,
 		kernel:         c.Kernel,
 		log:            log,
@@ -173,10 +197,17 @@ func New(c Config) (*Enforcer, error) {
 			Name: "grapevine_netpol_sync_errors_total",
 			Help: "Rulesets that could not be applied.",
 		}),
+		writes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "grapevine_netpol_table_writes_total",
+			Help: "Times table inet grapevine-policy was written, by reason: changed (the compiled ruleset differed from the one in force), retry (the last write had failed), tampered (someone else deleted or changed the table), rewrite (the periodic safety net).",
+		}, []string{"reason"}),
 		gauges: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "grapevine_netpol_ruleset",
 			Help: "The ruleset in force: policies in the cluster, this node's pods isolated per direction, chains, rules and address sets.",
 		}, []string{"what"}),
+	}
+	for _, reason := range []string{"changed", "retry", "tampered", "rewrite"} {
+		e.writes.WithLabelValues(reason) // reported from zero on
 	}
 	pods := informer(c.API.Pods, &corev1.Pod{})
 	if err := pods.SetTransform(trimPod); err != nil {
@@ -199,7 +230,7 @@ func New(c Config) (*Enforcer, error) {
 	e.namespaces = listerscorev1.NewNamespaceLister(namespaces.GetIndexer())
 	e.policies = listersnetworkingv1.NewNetworkPolicyLister(policies.GetIndexer())
 	if c.Registerer != nil {
-		for _, col := range []prometheus.Collector{e.syncSeconds, e.syncErrors, e.gauges, e.admissions, dropCollector{e}} {
+		for _, col := range []prometheus.Collector{e.syncSeconds, e.syncErrors, e.writes, e.gauges, e.admissions, dropCollector{e}} {
 			if err := c.Registerer.Register(col); err != nil {
 				return nil, fmt.Errorf("network policy metrics: %w", err)
 			}
@@ -337,42 +368,88 @@ func (e *Enforcer) Run(ctx context.Context) error {
 		return fmt.Errorf("network policy: wait for the API's pods, namespaces and policies: %w", ctx.Err())
 	}
 	e.log.Info("network policy: caches synced; enforcing")
+	// Watching starts before the first write: a change between the two
+	// must not go unseen.
+	watch := e.kernel.Watch(ctx)
 	e.mu.Lock()
 	e.synced = true
 	e.mu.Unlock()
-	tick := time.NewTicker(resync)
-	defer tick.Stop()
+	resync := time.NewTicker(e.resync)
+	defer resync.Stop()
+	rewrite := time.NewTicker(e.rewrite)
+	defer rewrite.Stop()
 	var applied *netpol.Ruleset
+	// why is the reason of the next write, should sync find the ruleset
+	// to write (applied nil writes it whatever it is).
+	why := "changed"
 	for {
-		rs, err := e.sync(applied)
+		rs, wrote, err := e.sync(applied)
 		e.mu.Lock()
 		e.lastErr = err
 		e.mu.Unlock()
+		if wrote {
+			e.writes.WithLabelValues(why).Inc()
+		}
 		if err != nil {
 			e.syncErrors.Inc()
-			e.log.Error("network policy: sync failed; retrying on the next change or in "+resync.String(), "err", err)
-			applied = nil
+			e.log.Error("network policy: sync failed; retrying on the next change or in "+e.resync.String(), "err", err)
+			applied, why = nil, "retry"
 		} else {
-			applied = &rs
+			applied, why = &rs, "changed"
 		}
+		rewriteWhy, err := e.wait(ctx, watch, resync.C, rewrite.C, applied)
+		if err != nil {
+			return err
+		}
+		if rewriteWhy != "" {
+			applied, why = nil, rewriteWhy
+		}
+	}
+}
+
+// wait returns when the loop has to sync: after a change in the API or an
+// admission, at every resync, and, with the reason in rewrite, when the
+// table in force (applied, nil when the last write failed) is to be
+// written whatever the ruleset: someone else changed it (watch, then
+// Intact) or it is time for the safety net (rewriteTick).
+func (e *Enforcer) wait(ctx context.Context, watch <-chan struct{}, resyncTick, rewriteTick <-chan time.Time, applied *netpol.Ruleset) (rewrite string, err error) {
+	for {
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return "", ctx.Err()
 		case <-e.changed:
-		case <-tick.C:
-			applied = nil // apply again: someone may have deleted the table
+			return "", nil
+		case <-resyncTick:
+			return "", nil
+		case <-rewriteTick:
+			return "rewrite", nil
+		case <-watch:
+			if applied == nil {
+				continue // the last write failed: the resync retries it
+			}
+			// Our own writes signal too: they find the table intact.
+			intact, err := e.kernel.Intact(*applied)
+			if intact {
+				continue
+			}
+			log := e.log
+			if err != nil {
+				log = log.With("err", err)
+			}
+			log.Warn("network policy: table inet " + netpol.TableName + " was changed by someone else; writing it again")
+			return "tampered", nil
 		}
 	}
 }
 
 // sync compiles the caches' current content with the admitted pods and
-// applies it unless it equals last; either way the admissions it covers
-// are answered.
-func (e *Enforcer) sync(last *netpol.Ruleset) (netpol.Ruleset, error) {
+// applies it unless it equals last (wrote tells); either way the
+// admissions it covers are answered.
+func (e *Enforcer) sync(last *netpol.Ruleset) (rs netpol.Ruleset, wrote bool, err error) {
 	start := time.Now()
 	in, admitted, err := e.input(start)
 	if err != nil {
-		return netpol.Ruleset{}, err
+		return netpol.Ruleset{}, false, err
 	}
 	rs, problems := netpol.Compile(in)
 	for _, p := range problems {
@@ -382,13 +459,13 @@ func (e *Enforcer) sync(last *netpol.Ruleset) (netpol.Ruleset, error) {
 	unchanged := last != nil && reflect.DeepEqual(*last, rs)
 	if !unchanged {
 		if err := e.apply(rs); err != nil {
-			return rs, err
+			return rs, false, err
 		}
 		e.syncSeconds.Observe(time.Since(start).Seconds())
 	}
 	e.inForceNow(admitted, report{Policies: len(in.Policies), Pods: enforcedPods(rs), LastSync: time.Now()})
 	if unchanged {
-		return rs, nil
+		return rs, false, nil
 	}
 	rules := 0
 	for _, c := range rs.Chains {
@@ -402,7 +479,7 @@ func (e *Enforcer) sync(last *netpol.Ruleset) (netpol.Ruleset, error) {
 	e.gauges.WithLabelValues("sets").Set(float64(len(rs.Sets)))
 	e.log.Debug("network policy: ruleset applied", "policies", len(in.Policies), "ingressPods", len(rs.Ingress),
 		"egressPods", len(rs.Egress), "rules", rules, "took", time.Since(start))
-	return rs, nil
+	return rs, true, nil
 }
 
 // input is what to compile now, and the admitted pods it holds, each with

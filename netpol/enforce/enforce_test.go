@@ -7,8 +7,10 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -413,5 +415,187 @@ func TestAPIHasAddrs(t *testing.T) {
 	}
 	if a, ok := primaryAddr([]netip.Addr{v6}); !ok || a != v6 {
 		t.Errorf("primaryAddr(%s) = %s, %v; want %s", v6, a, ok, v6)
+	}
+}
+
+// appliesAre is a waitFor condition: the fake kernel counted n applies.
+func appliesAre(k *netpol.FakeKernel, n int) func() error {
+	return func() error {
+		if got := k.Applies(); got != n {
+			return fmt.Errorf("%d applies, want %d", got, n)
+		}
+		return nil
+	}
+}
+
+// TestPolicyTableWrittenAgainWhenTampered: with the resync and the safety
+// net an hour away, only Kernel.Watch can explain a write. A deleted or
+// changed table is written again once; the signals of the enforcer's own
+// writes, or a signal that changed nothing, write nothing; a change in the
+// API still writes.
+func TestPolicyTableWrittenAgainWhenTampered(t *testing.T) {
+	fake := newFakePolicyAPI()
+	kernel := &netpol.FakeKernel{}
+	e, err := New(Config{API: fake.api(), NodeName: "n1", Kernel: kernel, Registerer: prometheus.NewRegistry(),
+		Resync: time.Hour, Rewrite: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runEnforcer(t, e)
+	fake.namespaces.Add(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "default"}})
+	fake.pods.Add(&corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "web"},
+		Spec:       corev1.PodSpec{NodeName: "n1"},
+		Status:     corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "10.244.0.10"},
+	})
+	fake.policies.Add(&networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "deny"}})
+	waitFor(t, "the pod isolated", rulesetIs(kernel, func(rs netpol.Ruleset) bool { return len(rs.Ingress) == 1 }))
+	// The three objects came one by one; once the last is in force, the
+	// informers have nothing more to tell.
+	base := kernel.Applies()
+	checks := kernel.IntactChecks()
+	want, _ := kernel.Current()
+	writes := func(reason string) float64 { return testutil.ToFloat64(e.writes.WithLabelValues(reason)) }
+
+	// The enforcer's own writes signalled each time: none wrote again.
+	if base != int(writes("changed")) {
+		t.Errorf("%d applies, %v counted as changed", base, writes("changed"))
+	}
+
+	// A signal that changed nothing: checked, not written.
+	kernel.Signal()
+	waitFor(t, "the table checked", func() error {
+		if kernel.IntactChecks() <= checks {
+			return errors.New("not checked yet")
+		}
+		return nil
+	})
+	if kernel.Applies() != base {
+		t.Errorf("an intact table was written again: %d applies, want %d", kernel.Applies(), base)
+	}
+
+	for i, deleted := range []bool{true, false} {
+		checks = kernel.IntactChecks()
+		kernel.Tamper(deleted)
+		waitFor(t, fmt.Sprintf("the table written again (deleted %v)", deleted), appliesAre(kernel, base+i+1))
+		// The write's own signal is checked and finds the table intact.
+		waitFor(t, "the write's own signal checked", func() error {
+			if got := kernel.IntactChecks(); got < checks+2 {
+				return fmt.Errorf("%d checks since the tampering, want 2", got-checks)
+			}
+			return nil
+		})
+		if got, ok := kernel.Current(); !ok || !reflect.DeepEqual(got, want) {
+			t.Errorf("after tampering (deleted %v): table %v, ruleset %+v, want %+v", deleted, ok, got, want)
+		}
+		if n := kernel.Applies(); n != base+i+1 {
+			t.Errorf("after tampering (deleted %v): %d applies, want %d", deleted, n, base+i+1)
+		}
+	}
+	if got := writes("tampered"); got != 2 {
+		t.Errorf("%v writes counted as tampered, want 2", got)
+	}
+
+	// A change in the API still writes.
+	fake.pods.Add(&corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "db"},
+		Spec:       corev1.PodSpec{NodeName: "n1"},
+		Status:     corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "10.244.0.11"},
+	})
+	waitFor(t, "the new pod isolated", rulesetIs(kernel, func(rs netpol.Ruleset) bool { return len(rs.Ingress) == 2 }))
+	if got := writes("changed"); got != float64(base+1) {
+		t.Errorf("%v writes counted as changed, want %d", got, base+1)
+	}
+}
+
+// TestPolicyResyncComparesOnly: the resync compiles and compares, and
+// writes only a ruleset that differs or that could not be written before;
+// the safety net writes regardless.
+func TestPolicyResyncComparesOnly(t *testing.T) {
+	fake := newFakePolicyAPI()
+	kernel := &netpol.FakeKernel{}
+	var mu sync.Mutex
+	compiles := 0
+	block := netip.MustParsePrefix("10.244.0.0/28")
+	blocks := []netip.Prefix{block}
+	e, err := New(Config{API: fake.api(), NodeName: "n1", Kernel: kernel, Registerer: prometheus.NewRegistry(),
+		Resync: 5 * time.Millisecond, Rewrite: time.Hour,
+		Blocks: func() []netip.Prefix {
+			mu.Lock()
+			defer mu.Unlock()
+			compiles++
+			return blocks
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runEnforcer(t, e)
+	waitFor(t, "the first ruleset", appliesAre(kernel, 1))
+	compiledAfter := func(n int) func() error {
+		mu.Lock()
+		from := compiles
+		mu.Unlock()
+		return func() error {
+			mu.Lock()
+			defer mu.Unlock()
+			if compiles < from+n {
+				return fmt.Errorf("%d compiles, want %d", compiles-from, n)
+			}
+			return nil
+		}
+	}
+	waitFor(t, "ten resyncs", compiledAfter(10))
+	if n := kernel.Applies(); n != 1 {
+		t.Errorf("resyncs of an unchanged ruleset wrote it: %d applies, want 1", n)
+	}
+
+	// node.json no longer hands out the block: the resync writes.
+	mu.Lock()
+	blocks = nil
+	mu.Unlock()
+	waitFor(t, "the block no longer denied", rulesetIs(kernel, func(rs netpol.Ruleset) bool { return len(rs.Unknown) == 0 }))
+
+	// A write that failed is retried at the resync, with nothing
+	// changed since.
+	kernel.FailWith(errors.New("nftables refused the batch"))
+	mu.Lock()
+	blocks = []netip.Prefix{block}
+	mu.Unlock()
+	waitFor(t, "the refused write counted", func() error {
+		if testutil.ToFloat64(e.syncErrors) == 0 {
+			return errors.New("no sync error yet")
+		}
+		return nil
+	})
+	kernel.FailWith(nil)
+	waitFor(t, "the block denied again", rulesetIs(kernel, func(rs netpol.Ruleset) bool { return len(rs.Unknown) == 1 }))
+	if got := testutil.ToFloat64(e.writes.WithLabelValues("retry")); got != 1 {
+		t.Errorf("%v writes counted as retry, want 1", got)
+	}
+	applies := kernel.Applies()
+	waitFor(t, "ten more resyncs", compiledAfter(10))
+	if n := kernel.Applies(); n != applies {
+		t.Errorf("resyncs after the retry wrote: %d applies, want %d", n, applies)
+	}
+}
+
+// TestPolicySafetyNetRewrites: every Rewrite the table is written even
+// though nothing changed.
+func TestPolicySafetyNetRewrites(t *testing.T) {
+	kernel := &netpol.FakeKernel{}
+	e, err := New(Config{API: newFakePolicyAPI().api(), NodeName: "n1", Kernel: kernel, Registerer: prometheus.NewRegistry(),
+		Resync: time.Hour, Rewrite: 5 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runEnforcer(t, e)
+	waitFor(t, "three writes", func() error {
+		if n := kernel.Applies(); n < 3 {
+			return fmt.Errorf("%d applies", n)
+		}
+		return nil
+	})
+	if got := testutil.ToFloat64(e.writes.WithLabelValues("rewrite")); got < 2 {
+		t.Errorf("%v writes counted as rewrite, want at least 2", got)
 	}
 }
