@@ -24,8 +24,9 @@ type Kernel interface {
 	// Watch signals on the returned channel whenever a transaction
 	// touches the table, its chains or its rules (not its set elements),
 	// whoever made it: our own Apply included, since the kernel's events
-	// name no reliable author. It also signals when watching had to
-	// restart, as changes may have been missed meanwhile. Signals
+	// name no reliable author. It also signals whenever watching
+	// starts, the first time included, as changes before it went
+	// unseen. Signals
 	// coalesce (buffer 1); watching ends with ctx. Act on a signal with
 	// Intact.
 	Watch(ctx context.Context) <-chan struct{}
@@ -85,10 +86,11 @@ func (f *FakeKernel) Remove() error {
 	return nil
 }
 
-// Watch implements Kernel: it signals after every Apply, Remove and
-// Tamper.
+// Watch implements Kernel: it signals at once (watching starts), then
+// after every Apply, Remove, Tamper and Signal.
 func (f *FakeKernel) Watch(ctx context.Context) <-chan struct{} {
 	ch := make(chan struct{}, 1)
+	ch <- struct{}{}
 	f.mu.Lock()
 	f.watchers = append(f.watchers, ch)
 	f.mu.Unlock()

@@ -26,6 +26,7 @@ const monitorBuffer = 8 << 20
 // Watch implements Kernel with an nftables monitor in the kernel's
 // namespace. It is told of every transaction and looks, for each, for a
 // table, chain or rule of table inet grapevine-policy among its changes.
+// Its first signal comes once the monitor listens.
 //
 // google/nftables v0.3.0 decodes every message of the nftables group,
 // set elements included, whatever object the monitor is given: its filter
@@ -43,15 +44,12 @@ func (k *NFTKernel) Watch(ctx context.Context) <-chan struct{} {
 	}
 	go func() {
 		backoff := watchBackoffMin
-		restarting := false // the first start has nothing to make up for
 		for {
 			// An error, opening or watching, is not worth more than the
 			// signal after the restart: the consumer's answer to both is
 			// to check the table.
 			if monitor, events, err := k.openMonitor(); err == nil {
-				if restarting {
-					signal() // changes may have gone unseen meanwhile
-				}
+				signal() // changes before this may have gone unseen
 				if watchMonitor(ctx, monitor, events, signal) {
 					backoff = watchBackoffMin
 				}
@@ -59,7 +57,6 @@ func (k *NFTKernel) Watch(ctx context.Context) <-chan struct{} {
 					return
 				}
 			}
-			restarting = true
 			select {
 			case <-ctx.Done():
 				return

@@ -20,7 +20,9 @@ import (
 	"github.com/containernetworking/cni/pkg/invoke"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	cniversion "github.com/containernetworking/cni/pkg/version"
+	"github.com/google/nftables"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -385,4 +387,154 @@ func TestNoPacketBeforeThePodsPolicy(t *testing.T) {
 	}
 	t.Logf("ADD with the enforcer's answer took %v (denied) and %v (allowed); allowed pod %s, %s received %d flood packets, %d over IPv6; denied pod %s, %s sent %d, received 0; drops %+v",
 		deniedAdd, allowedAdd, allowed, allowed6, allowedIn.count(outsideAddr), allowedIn.count(outsideAddr6), denied, denied6, deniedSent.Load(), drops)
+}
+
+// watchedKernel is an NFTKernel that counts the signals of its Watch as
+// the enforcer takes them: the first tells the test that watching has
+// started.
+type watchedKernel struct {
+	*netpol.NFTKernel
+	signals atomic.Int64
+}
+
+func (k *watchedKernel) Watch(ctx context.Context) <-chan struct{} {
+	in := k.NFTKernel.Watch(ctx)
+	out := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-in:
+			}
+			k.signals.Add(1)
+			select {
+			case <-ctx.Done():
+				return
+			case out <- struct{}{}:
+			}
+		}
+	}()
+	return out
+}
+
+// TestPolicyTableDeletedIsWrittenAgain runs the enforcer on a real table
+// with the resync and the safety net an hour away, deletes the table as
+// another tool would, and waits until it is back: only Watch can have
+// brought it back. A denied connection is denied again then.
+func TestPolicyTableDeletedIsWrittenAgain(t *testing.T) {
+	testneeds.Root(t, "creating network namespaces, veths and an nftables table in them")
+	suffix := make([]byte, 3)
+	rand.Read(suffix)
+	prefix := "gvtw-" + hex.EncodeToString(suffix) + "-"
+	host := netnsFor(t, prefix+"host")
+	outside := netnsFor(t, prefix+"out")
+	podNS := netnsFor(t, prefix+"pod")
+	if err := host.Do(func() error {
+		return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range []struct {
+		peer          lab.Namespace
+		hostVeth      string
+		hostAddr, net string
+		peerAddr, gw  string
+	}{
+		{outside, "gvtwout", "192.168.9.1/24", "", "192.168.9.2/24", "192.168.9.1"},
+		{podNS, "gvtwpod", "10.244.1.1/24", "", "10.244.1.2/24", "10.244.1.1"},
+	} {
+		netnsRun(t, "ip", "-n", host.Name, "link", "add", l.hostVeth, "type", "veth", "peer", "name", "eth0", "netns", l.peer.Name)
+		netnsRun(t, "ip", "-n", host.Name, "addr", "add", l.hostAddr, "dev", l.hostVeth)
+		netnsRun(t, "ip", "-n", host.Name, "link", "set", l.hostVeth, "up")
+		netnsRun(t, "ip", "-n", l.peer.Name, "addr", "add", l.peerAddr, "dev", "eth0")
+		netnsRun(t, "ip", "-n", l.peer.Name, "link", "set", "eth0", "up")
+		netnsRun(t, "ip", "-n", l.peer.Name, "route", "add", "default", "via", l.gw)
+	}
+	podAddr := netip.MustParseAddr("10.244.1.2")
+	listenUDP(t, podNS, "0.0.0.0:7")
+	toPod := netip.AddrPortFrom(podAddr, 7)
+	if err := askOnce(outside, toPod); err != nil {
+		t.Fatalf("before any policy: %v", err)
+	}
+
+	nft, err := netpol.NewNFTKernelAt(host.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nft.Close() })
+	kernel := &watchedKernel{NFTKernel: nft}
+	fake := newFakePolicyAPI()
+	reg := prometheus.NewRegistry()
+	e, err := New(Config{API: fake.api(), NodeName: "node-a", Kernel: kernel, Registerer: reg,
+		Resync: time.Hour, Rewrite: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runEnforcer(t, e)
+	fake.namespaces.Add(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "default"}})
+	fake.pods.Add(&corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "denied", Labels: map[string]string{"app": "denied"}},
+		Spec:       corev1.PodSpec{NodeName: "node-a"},
+		Status:     corev1.PodStatus{Phase: corev1.PodRunning, PodIP: podAddr.String()},
+	})
+	fake.policies.Add(&networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "deny-all"},
+		Spec: networkingv1.NetworkPolicySpec{
+			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "denied"}},
+		},
+	})
+	waitFor(t, "the pod's policy in force and watching started", func() error {
+		if st := e.Status(time.Now()); st.Pods != 1 || kernel.signals.Load() == 0 {
+			return fmt.Errorf("status %+v, %d signals", st, kernel.signals.Load())
+		}
+		return nil
+	})
+	if err := askOnce(outside, toPod); err == nil {
+		t.Fatal("the pod answered despite its default-deny policy")
+	}
+
+	// Someone else deletes the table.
+	fd, err := os.Open(host.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fd.Close()
+	conn, err := nftables.New(nftables.WithNetNSFd(int(fd.Fd())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ours := &nftables.Table{Family: nftables.TableFamilyINet, Name: netpol.TableName}
+	conn.DelTable(ours)
+	deleted := time.Now()
+	if err := conn.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	var back time.Duration
+	// Polled every millisecond, so that back measures the enforcer, not
+	// the poll; the minute only bounds a failure.
+	pollCtx, stopPoll := context.WithTimeout(context.Background(), time.Minute)
+	defer stopPoll()
+	if err := lab.Poll(pollCtx, "table inet "+netpol.TableName+" back", time.Millisecond, func() error {
+		chains, err := conn.ListChainsOfTableFamily(nftables.TableFamilyINet)
+		if err != nil {
+			return err
+		}
+		for _, c := range chains {
+			if c.Table.Name == netpol.TableName {
+				back = time.Since(deleted)
+				return nil
+			}
+		}
+		return errors.New("no chain of table inet " + netpol.TableName)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := askOnce(outside, toPod); err == nil {
+		t.Error("the pod answered after its table came back")
+	}
+	if got := testutil.ToFloat64(e.writes.WithLabelValues("tampered")); got != 1 {
+		t.Errorf("%v writes counted as tampered, want 1", got)
+	}
+	t.Logf("table inet %s back %v after its deletion (polled every 1 ms); %d watch signals", netpol.TableName, back, kernel.signals.Load())
 }
