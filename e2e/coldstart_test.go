@@ -7,6 +7,7 @@ import (
 
 	"github.com/grapevine-net/grapevine/e2e/lab"
 	"github.com/grapevine-net/grapevine/e2e/labtest"
+	"github.com/grapevine-net/grapevine/internal/poll"
 )
 
 // TestColdStart: 10 hosts start at once from empty state. Every host ends
@@ -33,7 +34,7 @@ func TestColdStart(t *testing.T) {
 	if err := uniqueBlocks(statuses); err != nil {
 		t.Fatal(err)
 	}
-	err = lab.Poll(ctx, "every host's kernel routes", 100*time.Millisecond, func() error {
+	err = poll.Until(ctx, "every host's kernel routes", 100*time.Millisecond, func() error {
 		return expectMeshRoutes(statuses, l.Hosts())
 	})
 	if err != nil {

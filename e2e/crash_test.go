@@ -9,6 +9,7 @@ import (
 
 	"github.com/grapevine-net/grapevine/e2e/lab"
 	"github.com/grapevine-net/grapevine/e2e/labtest"
+	"github.com/grapevine-net/grapevine/internal/poll"
 )
 
 // failureDetectionBound is how long peers may take to withdraw the route of
@@ -46,7 +47,7 @@ func TestCrash(t *testing.T) {
 	withdrawn := map[string]time.Duration{}
 	survivors := []*lab.Host{h1, h2}
 	detectCtx := timeout(t, failureDetectionBound)
-	err = lab.Poll(detectCtx, fmt.Sprintf("every peer to withdraw %s", block), 100*time.Millisecond, func() error {
+	err = poll.Until(detectCtx, fmt.Sprintf("every peer to withdraw %s", block), 100*time.Millisecond, func() error {
 		for _, h := range survivors {
 			if _, done := withdrawn[h.Name]; done {
 				continue
@@ -114,7 +115,7 @@ func TestCrash(t *testing.T) {
 			t.Errorf("%s holds %s after the crash, %s before", name, s.Block, before[name].Block)
 		}
 	}
-	err = lab.Poll(ctx, "the routes to return", 100*time.Millisecond, func() error {
+	err = poll.Until(ctx, "the routes to return", 100*time.Millisecond, func() error {
 		return expectMeshRoutes(after, l.Hosts())
 	})
 	if err != nil {

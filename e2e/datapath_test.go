@@ -10,6 +10,7 @@ import (
 
 	"github.com/grapevine-net/grapevine/e2e/lab"
 	"github.com/grapevine-net/grapevine/e2e/labtest"
+	"github.com/grapevine-net/grapevine/internal/poll"
 )
 
 // freezeFor is how long TestFrozenAgent keeps an agent stopped: far past
@@ -97,7 +98,7 @@ func freezeAgent(t *testing.T, ctx context.Context, host *lab.Host, peers []*lab
 		}
 	}
 	f.deadAfter = time.Since(f.frozenAt)
-	if err := lab.Sleep(ctx, freezeFor-f.deadAfter); err != nil {
+	if err := poll.Sleep(ctx, freezeFor-f.deadAfter); err != nil {
 		t.Fatal(err)
 	}
 	return f
@@ -116,7 +117,7 @@ func (f *freezeScenario) thaw(t *testing.T, ctx context.Context, hosts []*lab.Ho
 		t.Fatal(err)
 	}
 	alive := time.Since(thawed)
-	if err := lab.Sleep(ctx, 2*time.Second); err != nil { // pings after the return
+	if err := poll.Sleep(ctx, 2*time.Second); err != nil { // pings after the return
 		t.Fatal(err)
 	}
 	there, back := f.toFrozen.Stop(time.Second), f.fromFrozen.Stop(time.Second)
@@ -157,7 +158,7 @@ func TestLinkCut(t *testing.T) {
 	}
 	cut := time.Now()
 	gone := map[string]time.Duration{}
-	err = lab.Poll(timeout(t, failureDetectionBound), "both sides to withdraw each other's routes", 100*time.Millisecond, func() error {
+	err = poll.Until(timeout(t, failureDetectionBound), "both sides to withdraw each other's routes", 100*time.Millisecond, func() error {
 		for _, h := range l.Hosts() {
 			if _, done := gone[h.Name]; done {
 				continue

@@ -18,6 +18,7 @@ import (
 	"github.com/grapevine-net/grapevine/doctor"
 	"github.com/grapevine-net/grapevine/e2e/lab"
 	"github.com/grapevine-net/grapevine/e2e/labtest"
+	"github.com/grapevine-net/grapevine/internal/poll"
 	"github.com/grapevine-net/grapevine/internal/testneeds"
 )
 
@@ -101,7 +102,7 @@ func TestDoctor(t *testing.T) {
 			func() error { return stopSkew() }, false},
 	}
 	for _, c := range cases {
-		err := lab.Poll(ctx, "doctor on "+c.host.Name+" to see "+c.name, 100*time.Millisecond, func() error {
+		err := poll.Until(ctx, "doctor on "+c.host.Name+" to see "+c.name, 100*time.Millisecond, func() error {
 			if err := c.breakIt(); err != nil {
 				t.Fatalf("%s: break: %v", c.name, err)
 			}
@@ -142,7 +143,7 @@ func waitDoctorPasses(t *testing.T, h *lab.Host) time.Duration {
 	t.Helper()
 	ctx := timeout(t, time.Minute)
 	var took time.Duration
-	err := lab.Poll(ctx, "doctor on "+h.Name+" to pass", 100*time.Millisecond, func() error {
+	err := poll.Until(ctx, "doctor on "+h.Name+" to pass", 100*time.Millisecond, func() error {
 		start := time.Now()
 		out, code, err := h.Doctor(ctx)
 		took = time.Since(start)
@@ -350,7 +351,7 @@ func TestDoctorAll(t *testing.T) {
 		}
 		return all, code
 	}
-	err := lab.Poll(ctx, "doctor --all to pass everywhere", 100*time.Millisecond, func() error {
+	err := poll.Until(ctx, "doctor --all to pass everywhere", 100*time.Millisecond, func() error {
 		all, code := run()
 		if code != 0 || len(all) != 3 {
 			return fmt.Errorf("exit %d, %d hosts: %+v", code, len(all), all)
@@ -374,7 +375,7 @@ func TestDoctorAll(t *testing.T) {
 			return f.Check == doctor.CheckIPForward && f.Severity == doctor.Fail
 		})
 	}
-	err = lab.Poll(ctx, "doctor --all to see ip_forward off on h2", 100*time.Millisecond, func() error {
+	err = poll.Until(ctx, "doctor --all to see ip_forward off on h2", 100*time.Millisecond, func() error {
 		if out, err := h2.Run(ctx, "sysctl", "-w", "net.ipv4.ip_forward=0"); err != nil {
 			t.Fatalf("%v: %s", err, out)
 		}

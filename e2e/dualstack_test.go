@@ -12,6 +12,7 @@ import (
 
 	"github.com/grapevine-net/grapevine/e2e/lab"
 	"github.com/grapevine-net/grapevine/e2e/labtest"
+	"github.com/grapevine-net/grapevine/internal/poll"
 	"github.com/grapevine-net/grapevine/mesh"
 	"github.com/grapevine-net/grapevine/node/nodestate"
 	"github.com/grapevine-net/grapevine/status"
@@ -224,7 +225,7 @@ func startWithIPv6Underlay(t *testing.T, ctx context.Context, l *lab.Lab, hosts 
 // waitStatus6 waits until h's status satisfies cond.
 func waitStatus6(ctx context.Context, h *lab.Host, cond func(status.Report) bool) (status.Report, error) {
 	var st status.Report
-	err := lab.Poll(ctx, h.Name+"'s IPv6 status as wanted", 100*time.Millisecond, func() error {
+	err := poll.Until(ctx, h.Name+"'s IPv6 status as wanted", 100*time.Millisecond, func() error {
 		st = status.Report{}
 		out, err := h.StatusText(ctx, "json")
 		if err == nil {
@@ -284,7 +285,7 @@ func TestDualStackEgress(t *testing.T) {
 // waitRoute6Line waits until h's IPv6 main table has a route (of any
 // protocol) starting with want.
 func waitRoute6Line(ctx context.Context, h *lab.Host, want string) error {
-	return lab.Poll(ctx, fmt.Sprintf("%s: an IPv6 route %q", h.Name, want), 100*time.Millisecond, func() error {
+	return poll.Until(ctx, fmt.Sprintf("%s: an IPv6 route %q", h.Name, want), 100*time.Millisecond, func() error {
 		out, err := h.Run(ctx, "ip", "-6", "route", "show")
 		if err == nil && !strings.Contains(string(out), want) {
 			err = fmt.Errorf("routes %q", out)
@@ -296,7 +297,7 @@ func waitRoute6Line(ctx context.Context, h *lab.Host, want string) error {
 // waitRoute6 waits until h's IPv6 table has a proto 74 route starting with
 // want.
 func waitRoute6(ctx context.Context, h *lab.Host, want string) error {
-	return lab.Poll(ctx, fmt.Sprintf("%s: an IPv6 route %q", h.Name, want), 100*time.Millisecond, func() error {
+	return poll.Until(ctx, fmt.Sprintf("%s: an IPv6 route %q", h.Name, want), 100*time.Millisecond, func() error {
 		out, err := h.Run(ctx, "ip", "-6", "route", "show", "proto", "74")
 		if err == nil && !strings.Contains(string(out), want) {
 			err = fmt.Errorf("routes %q", out)
@@ -330,7 +331,7 @@ func freezeKeepsRoute6(t *testing.T, ctx context.Context, h1, h2 *lab.Host, rout
 
 // waitWithdrawn6 waits until h routes block nowhere.
 func waitWithdrawn6(ctx context.Context, h *lab.Host, block netip.Prefix) error {
-	return lab.Poll(ctx, h.Name+" withdrawing its route to "+block.String(), 100*time.Millisecond, func() error {
+	return poll.Until(ctx, h.Name+" withdrawing its route to "+block.String(), 100*time.Millisecond, func() error {
 		out, err := h.Run(ctx, "ip", "-6", "route", "show", block.String())
 		if err == nil && strings.Contains(string(out), "via") {
 			err = fmt.Errorf("route %q", out)

@@ -8,6 +8,7 @@ import (
 
 	"github.com/grapevine-net/grapevine/e2e/lab"
 	"github.com/grapevine-net/grapevine/e2e/labtest"
+	"github.com/grapevine-net/grapevine/internal/poll"
 )
 
 // ledgerRefusals reads h's agent's refusals of ledger connections by reason.
@@ -41,7 +42,7 @@ func TestLedgerPortFlood(t *testing.T) {
 	stop := lab.FloodIdle(ctx, flooders, netip.AddrPortFrom(seed.IP, lab.LedgerPort), 500, time.Second)
 	defer stop()
 	var before map[string]float64
-	if err := lab.Poll(ctx, "the flood under way", 100*time.Millisecond, func() error {
+	if err := poll.Until(ctx, "the flood under way", 100*time.Millisecond, func() error {
 		before = ledgerRefusals(t, seed)
 		if before["handshake-busy"] == 0 || before["handshake-source-limit"] == 0 {
 			return fmt.Errorf("the seed refused %v so far", before)
@@ -72,7 +73,7 @@ func TestLedgerPortFlood(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Refused before and still refused after: the flood was held throughout.
-	if err := lab.Poll(ctx, "the flood still refused after the join", 100*time.Millisecond, func() error {
+	if err := poll.Until(ctx, "the flood still refused after the join", 100*time.Millisecond, func() error {
 		if after := ledgerRefusals(t, seed); after["handshake-busy"] <= before["handshake-busy"] {
 			return fmt.Errorf("refusals %v, before the join %v", after, before)
 		}

@@ -22,9 +22,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
-	"github.com/grapevine-net/grapevine/e2e/lab"
 	"github.com/grapevine-net/grapevine/e2e/labtest"
 	"github.com/grapevine-net/grapevine/e2e/runtimes"
+	"github.com/grapevine-net/grapevine/internal/poll"
 )
 
 // imagePlugins are the binaries install-cni copies out of the image.
@@ -299,7 +299,7 @@ func runInstallCNIInCRI(t *testing.T, ctx context.Context, cr *runtimes.Containe
 			Message  string `json:"message"`
 		} `json:"status"`
 	}
-	err = lab.Poll(ctx, "install-cni to exit", 100*time.Millisecond, func() error {
+	err = poll.Until(ctx, "install-cni to exit", 100*time.Millisecond, func() error {
 		out, err := cr.Crictl(ctx, "inspect", "-o", "json", ctrID)
 		if err != nil {
 			return err

@@ -8,6 +8,7 @@ import (
 
 	"github.com/grapevine-net/grapevine/e2e/lab"
 	"github.com/grapevine-net/grapevine/e2e/labtest"
+	"github.com/grapevine-net/grapevine/internal/poll"
 )
 
 // intruderWatch is how long the intruder gets to try: many gossip rounds.
@@ -37,7 +38,7 @@ func TestIntruder(t *testing.T) {
 	}
 
 	answered := false
-	err = lab.Hold(ctx, "the intruder stays out", intruderWatch, 500*time.Millisecond, func() error {
+	err = poll.Hold(ctx, "the intruder stays out", intruderWatch, 500*time.Millisecond, func() error {
 		for _, h := range members {
 			s, err := h.Status(ctx)
 			if err != nil {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/grapevine-net/grapevine/e2e/lab"
 	"github.com/grapevine-net/grapevine/e2e/labtest"
+	"github.com/grapevine-net/grapevine/internal/poll"
 	"github.com/grapevine-net/grapevine/mesh"
 	"github.com/grapevine-net/grapevine/node/nodestate"
 )
@@ -135,7 +136,7 @@ func TestIPv6OnlyHosts(t *testing.T) {
 	}
 	crashed := time.Now()
 	for _, h := range []*lab.Host{h1, h2} {
-		err := lab.Poll(timeout(t, failureDetectionBound), fmt.Sprintf("%s withdrawing h3's %s", h.Name, blocks[h3]), 100*time.Millisecond, func() error {
+		err := poll.Until(timeout(t, failureDetectionBound), fmt.Sprintf("%s withdrawing h3's %s", h.Name, blocks[h3]), 100*time.Millisecond, func() error {
 			out, err := h.Run(ctx, "ip", "-6", "route", "show", blocks[h3].String())
 			if err == nil && strings.Contains(string(out), "via") {
 				err = fmt.Errorf("route %q", out)

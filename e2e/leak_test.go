@@ -9,6 +9,7 @@ import (
 
 	"github.com/grapevine-net/grapevine/e2e/lab"
 	"github.com/grapevine-net/grapevine/e2e/labtest"
+	"github.com/grapevine-net/grapevine/internal/poll"
 )
 
 // unreachableWait bounds how long an ICMP error about a packet to an
@@ -29,7 +30,7 @@ func TestNoLeakToUnroutedBlock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := lab.Poll(ctx, "the mesh's routes", 100*time.Millisecond, func() error { return expectMeshRoutes(statuses, l.Hosts()) }); err != nil {
+	if err := poll.Until(ctx, "the mesh's routes", 100*time.Millisecond, func() error { return expectMeshRoutes(statuses, l.Hosts()) }); err != nil {
 		t.Fatal(err)
 	}
 	pod := addPods(t, ctx, h1, 1)[0]

@@ -12,6 +12,7 @@ import (
 
 	"github.com/grapevine-net/grapevine/e2e/lab"
 	"github.com/grapevine-net/grapevine/e2e/labtest"
+	"github.com/grapevine-net/grapevine/internal/poll"
 )
 
 // TestFrozenAgentLeaseEnds: an agent hung (SIGSTOP) with node.json and the
@@ -48,7 +49,7 @@ func TestFrozenAgentLeaseEnds(t *testing.T) {
 	defer h2.ThawAgent()
 	// Until the lease ends, h2 may still start pods; then it must refuse.
 	var refused error
-	err = lab.Poll(ctx, "h2 refusing ADD once its lease ended", 200*time.Millisecond, func() error {
+	err = poll.Until(ctx, "h2 refusing ADD once its lease ended", 200*time.Millisecond, func() error {
 		p, err := h2.AddPod(ctx)
 		if err != nil {
 			refused = err

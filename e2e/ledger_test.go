@@ -10,6 +10,7 @@ import (
 
 	"github.com/grapevine-net/grapevine/e2e/lab"
 	"github.com/grapevine-net/grapevine/e2e/labtest"
+	"github.com/grapevine-net/grapevine/internal/poll"
 )
 
 // ledgerWatch is how long a host that must stay without a block is watched.
@@ -22,7 +23,7 @@ const ledgerWatch = 10 * time.Second
 func voters(t *testing.T, ctx context.Context, hosts []*lab.Host, n int) []string {
 	t.Helper()
 	var want []string
-	err := lab.Poll(ctx, fmt.Sprintf("%d ledger voters known to every host", n), 100*time.Millisecond, func() error {
+	err := poll.Until(ctx, fmt.Sprintf("%d ledger voters known to every host", n), 100*time.Millisecond, func() error {
 		want = nil
 		for _, h := range hosts {
 			s, err := h.Status(ctx)
@@ -53,7 +54,7 @@ func stayBlockless(t *testing.T, ctx context.Context, h *lab.Host) lab.Status {
 	// The window starts once the agent answers: a loaded machine may take
 	// longer than the window to start it.
 	var last lab.Status
-	err := lab.Poll(ctx, h.Name+" answering status", 250*time.Millisecond, func() error {
+	err := poll.Until(ctx, h.Name+" answering status", 250*time.Millisecond, func() error {
 		s, err := h.Status(ctx)
 		last = s
 		return err
@@ -61,7 +62,7 @@ func stayBlockless(t *testing.T, ctx context.Context, h *lab.Host) lab.Status {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = lab.Hold(ctx, h.Name+" holds no block", ledgerWatch, 250*time.Millisecond, func() error {
+	err = poll.Hold(ctx, h.Name+" holds no block", ledgerWatch, 250*time.Millisecond, func() error {
 		s, err := h.Status(ctx)
 		if err != nil {
 			return nil // a status call that fails shows nothing either way
@@ -142,7 +143,7 @@ func TestPartitionNewcomersBothSides(t *testing.T) {
 		t.Fatal(err)
 	}
 	after := wholeAgain(t, ctx, l.Hosts(), before)
-	if err := lab.Poll(ctx, "every host's kernel routes", 100*time.Millisecond, func() error { return expectMeshRoutes(after, l.Hosts()) }); err != nil {
+	if err := poll.Until(ctx, "every host's kernel routes", 100*time.Millisecond, func() error { return expectMeshRoutes(after, l.Hosts()) }); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/grapevine-net/grapevine/e2e/lab"
 	"github.com/grapevine-net/grapevine/e2e/labtest"
+	"github.com/grapevine-net/grapevine/internal/poll"
 )
 
 // lossWindow is how long the lossy links run before the crashes.
@@ -49,7 +50,7 @@ func TestLossyLinks(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	err = lab.Hold(ctx, "with 20 % loss on the links", lossWindow, 200*time.Millisecond, func() error {
+	err = poll.Hold(ctx, "with 20 % loss on the links", lossWindow, 200*time.Millisecond, func() error {
 		return expectMeshRoutes(statuses, hosts)
 	})
 	if err != nil {
@@ -75,7 +76,7 @@ func TestLossyLinks(t *testing.T) {
 	gone := []netip.Prefix{statuses[h3.Name].Block, statuses[h4.Name].Block}
 	detectCtx, cancel := context.WithTimeout(ctx, failureDetectionBound)
 	defer cancel()
-	err = lab.Poll(detectCtx, "both survivors to withdraw both crashed hosts' blocks and keep each other's", 100*time.Millisecond, func() error {
+	err = poll.Until(detectCtx, "both survivors to withdraw both crashed hosts' blocks and keep each other's", 100*time.Millisecond, func() error {
 		return expectMeshRoutes(statuses, survivors)
 	})
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/grapevine-net/grapevine/e2e/lab"
 	"github.com/grapevine-net/grapevine/e2e/labtest"
+	"github.com/grapevine-net/grapevine/internal/poll"
 )
 
 // partitionDetectBound is how long the minority may take to mark every
@@ -78,7 +79,7 @@ func TestPartition(t *testing.T) {
 		t.Fatal(err)
 	}
 	var last lab.Status
-	err = lab.Hold(ctx, "newcomer "+newcomer.Name+" in the minority waits for quorum", minorityWatch, 250*time.Millisecond, func() error {
+	err = poll.Hold(ctx, "newcomer "+newcomer.Name+" in the minority waits for quorum", minorityWatch, 250*time.Millisecond, func() error {
 		if s, err := newcomer.Status(ctx); err == nil {
 			if last = s; s.Ready || s.Block.IsValid() {
 				return fmt.Errorf("it got ready=%v block %s: %+v", s.Ready, s.Block, s)
@@ -137,7 +138,7 @@ func TestPartition(t *testing.T) {
 			t.Errorf("%s holds %s after healing, %s before the split", name, after[name].Block, b.Block)
 		}
 	}
-	err = lab.Poll(ctx, "every host's kernel routes", 100*time.Millisecond, func() error {
+	err = poll.Until(ctx, "every host's kernel routes", 100*time.Millisecond, func() error {
 		return expectMeshRoutes(after, l.Hosts())
 	})
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/grapevine-net/grapevine/e2e/lab"
 	"github.com/grapevine-net/grapevine/e2e/labtest"
+	"github.com/grapevine-net/grapevine/internal/poll"
 )
 
 // TestPodGoneWithoutDelFreed: a pod whose namespace the runtime removed
@@ -40,7 +41,7 @@ func TestPodGoneWithoutDelFreed(t *testing.T) {
 	if out, err := lab.Run(ctx, "ip", "netns", "delete", gone.Namespace.Name); err != nil {
 		t.Fatalf("delete %s's namespace: %v\n%s", gone.Name, err, out)
 	}
-	err := lab.Poll(ctx, "the gone pod's reservation freed", 100*time.Millisecond, func() error {
+	err := poll.Until(ctx, "the gone pod's reservation freed", 100*time.Millisecond, func() error {
 		if _, err := os.Stat(reservation(gone)); !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("%s is still reserved (%v)", gone.IP, err)
 		}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/grapevine-net/grapevine/e2e/lab"
 	"github.com/grapevine-net/grapevine/e2e/labtest"
+	"github.com/grapevine-net/grapevine/internal/poll"
 )
 
 // TestRelease: `grapevine release` refuses a live node, and a dead one until
@@ -53,7 +54,7 @@ func TestRelease(t *testing.T) {
 	}
 	// The leader's reclaim of the dead h3 waits for the same lease and may
 	// free the block first: then nothing is left to release.
-	err = lab.Poll(ctx, "the release of a dead node", time.Second, func() error {
+	err = poll.Until(ctx, "the release of a dead node", time.Second, func() error {
 		out, err := h1.Release(ctx, h3.Name)
 		if err == nil || strings.Contains(string(out)+err.Error(), "no block assigned to that node") {
 			return nil

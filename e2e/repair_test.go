@@ -6,6 +6,7 @@ import (
 
 	"github.com/grapevine-net/grapevine/e2e/lab"
 	"github.com/grapevine-net/grapevine/e2e/labtest"
+	"github.com/grapevine-net/grapevine/internal/poll"
 )
 
 // TestPodHostRepaired: a pod's host side damaged by hand (its /32 route and
@@ -38,7 +39,7 @@ func TestPodHostRepaired(t *testing.T) {
 			t.Fatalf("%v: %v\n%s", cmd, err, out)
 		}
 	}
-	err = lab.Poll(ctx, "the pod's host side put back", 100*time.Millisecond, func() error {
+	err = poll.Until(ctx, "the pod's host side put back", 100*time.Millisecond, func() error {
 		routes, err := readRoutes(h1)
 		if err != nil {
 			return err

@@ -11,6 +11,7 @@ import (
 
 	"github.com/grapevine-net/grapevine/e2e/lab"
 	"github.com/grapevine-net/grapevine/e2e/labtest"
+	"github.com/grapevine-net/grapevine/internal/poll"
 )
 
 // TestRestart: restart an agent (SIGTERM, then start) while a TCP stream runs
@@ -86,7 +87,7 @@ func TestRestart(t *testing.T) {
 	}
 	// Down for longer than the probes' misses take (3 s), as a restart
 	// that pulls an image is: the route stays all the same.
-	if err := lab.Sleep(ctx, restartDowntime); err != nil {
+	if err := poll.Sleep(ctx, restartDowntime); err != nil {
 		t.Fatal(err)
 	}
 	if err := h2.StartAgent(ctx); err != nil {
@@ -102,7 +103,7 @@ func TestRestart(t *testing.T) {
 	}
 	meshBack := time.Since(restarted)
 	// The stream must carry on past the restart, whatever it stalled on.
-	err = lab.Poll(timeout(t, time.Minute), "the stream to carry on after the restart", 100*time.Millisecond, func() error {
+	err = poll.Until(timeout(t, time.Minute), "the stream to carry on after the restart", 100*time.Millisecond, func() error {
 		if n := s.countSince(restarted.Add(meshBack)); n < 10 {
 			return fmt.Errorf("%d round trips since the mesh was back", n)
 		}

@@ -18,6 +18,7 @@ import (
 	"github.com/grapevine-net/grapevine/e2e/lab"
 	"github.com/grapevine-net/grapevine/e2e/labtest"
 	"github.com/grapevine-net/grapevine/e2e/runtimes"
+	"github.com/grapevine-net/grapevine/internal/poll"
 	"github.com/grapevine-net/grapevine/node"
 	"github.com/grapevine-net/grapevine/node/nodestate"
 )
@@ -127,7 +128,7 @@ func TestContainerdCRI(t *testing.T) {
 	// The agent withdraws the conflist on its first pass; after its
 	// restart grace (15 s) it would write it back even without the peer.
 	notReadyCtx := timeout(t, 30*time.Second)
-	err = lab.Poll(notReadyCtx, "containerd on h1 to report the network not ready", 100*time.Millisecond, func() error {
+	err = poll.Until(notReadyCtx, "containerd on h1 to report the network not ready", 100*time.Millisecond, func() error {
 		ready, _, err := cr1.NetworkReady(notReadyCtx)
 		if err == nil && ready {
 			err = errors.New("NetworkReady is true")
@@ -410,7 +411,7 @@ func newPodman(t testing.TB, ctx context.Context, r *runtimes.Root, cni runtimes
 }
 
 func waitNetworkReady(ctx context.Context, cr *runtimes.Containerd) error {
-	return lab.Poll(ctx, "containerd to report NetworkReady", 100*time.Millisecond, func() error {
+	return poll.Until(ctx, "containerd to report NetworkReady", 100*time.Millisecond, func() error {
 		ready, reason, err := cr.NetworkReady(ctx)
 		if err == nil && !ready {
 			err = errors.New(reason)

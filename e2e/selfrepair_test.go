@@ -17,6 +17,7 @@ import (
 	"github.com/grapevine-net/grapevine/doctor"
 	"github.com/grapevine-net/grapevine/e2e/lab"
 	"github.com/grapevine-net/grapevine/e2e/labtest"
+	"github.com/grapevine-net/grapevine/internal/poll"
 	"github.com/grapevine-net/grapevine/internal/testneeds"
 	"github.com/grapevine-net/grapevine/node/nodestate"
 )
@@ -56,7 +57,7 @@ func TestSelfRepair(t *testing.T) {
 		}
 		return nil
 	}
-	if err := lab.Poll(ctx, "pods on h1 and h2 to reach each other", 100*time.Millisecond, pingBothWays); err != nil {
+	if err := poll.Until(ctx, "pods on h1 and h2 to reach each other", 100*time.Millisecond, pingBothWays); err != nil {
 		t.Fatal(err)
 	}
 
@@ -85,7 +86,7 @@ func TestSelfRepair(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if err := lab.Poll(ctx, "pods to reach each other through FORWARD policies of DROP", 100*time.Millisecond, pingBothWays); err != nil {
+		if err := poll.Until(ctx, "pods to reach each other through FORWARD policies of DROP", 100*time.Millisecond, pingBothWays); err != nil {
 			t.Fatal(err)
 		}
 		for _, h := range []*lab.Host{h1, h2} {
@@ -124,7 +125,7 @@ func TestSelfRepair(t *testing.T) {
 			if out, err := iptablesIn(h, "-P", "FORWARD", "ACCEPT"); err != nil {
 				t.Fatalf("%s: %v: %s", h.Name, err, out)
 			}
-			err := lab.Poll(ctx, h.Name+"'s accept rules to go with the policy of DROP", 100*time.Millisecond, func() error {
+			err := poll.Until(ctx, h.Name+"'s accept rules to go with the policy of DROP", 100*time.Millisecond, func() error {
 				out, err := iptablesIn(h, "-S", "FORWARD")
 				if err != nil {
 					return fmt.Errorf("%w: %s", err, out)
@@ -155,7 +156,7 @@ func TestSelfRepair(t *testing.T) {
 		if out, err := h1.Run(ctx, "sysctl", "-w", key+"=0"); err != nil {
 			t.Fatalf("%v: %s", err, out)
 		}
-		err := lab.Poll(ctx, key+" back to 1", 100*time.Millisecond, func() error {
+		err := poll.Until(ctx, key+" back to 1", 100*time.Millisecond, func() error {
 			out, err := h1.Run(ctx, "sysctl", "-n", key)
 			if err != nil {
 				return fmt.Errorf("%w: %s", err, out)
@@ -176,7 +177,7 @@ func TestSelfRepair(t *testing.T) {
 			t.Fatalf("%v: %s", err, out)
 		}
 		podMAC := eth0.Attrs().HardwareAddr
-		err := lab.Poll(ctx, "the pod's neighbour entry back with its MAC", 100*time.Millisecond, func() error {
+		err := poll.Until(ctx, "the pod's neighbour entry back with its MAC", 100*time.Millisecond, func() error {
 			neighs, err := h1.Neighbours()
 			if err != nil {
 				return err
@@ -194,7 +195,7 @@ func TestSelfRepair(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := lab.Poll(ctx, "pods to reach each other", 100*time.Millisecond, pingBothWays); err != nil {
+		if err := poll.Until(ctx, "pods to reach each other", 100*time.Millisecond, pingBothWays); err != nil {
 			t.Fatal(err)
 		}
 	})
@@ -293,7 +294,7 @@ func TestVXLANFollowsUplinkMTU(t *testing.T) {
 			t.Fatalf("%v: %s", err, out)
 		}
 		want := uplink - 50
-		err := lab.Poll(ctx, fmt.Sprintf("gv.vxlan and node.json at MTU %d", want), 100*time.Millisecond, func() error {
+		err := poll.Until(ctx, fmt.Sprintf("gv.vxlan and node.json at MTU %d", want), 100*time.Millisecond, func() error {
 			links, err := h1.Links()
 			if err != nil {
 				return err

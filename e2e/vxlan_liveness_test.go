@@ -8,6 +8,7 @@ import (
 
 	"github.com/grapevine-net/grapevine/e2e/lab"
 	"github.com/grapevine-net/grapevine/e2e/labtest"
+	"github.com/grapevine-net/grapevine/internal/poll"
 )
 
 // TestCrossSubnetLiveness runs the data-path liveness scenarios on the VXLAN
@@ -114,7 +115,7 @@ func crossSubnetLinkCut(t *testing.T, l *lab.Lab, p1, p3 *lab.Pod) {
 	}
 	cut := time.Now()
 	gone := map[string]time.Duration{}
-	err = lab.Poll(timeout(t, failureDetectionBound), "both sides to withdraw each other's routes and VXLAN entries", 100*time.Millisecond, func() error {
+	err = poll.Until(timeout(t, failureDetectionBound), "both sides to withdraw each other's routes and VXLAN entries", 100*time.Millisecond, func() error {
 		var last error
 		for h, want := range after {
 			if _, done := gone[h.Name]; done {
@@ -154,7 +155,7 @@ func crossSubnetLinkCut(t *testing.T, l *lab.Lab, p1, p3 *lab.Pod) {
 		if _, err := p1.Ping(ctx, dst); err != nil {
 			t.Fatalf("p1 -> %s: %v", dst, err)
 		}
-		err := lab.Poll(timeout(t, 30*time.Second), name+" to see p1's ping", 100*time.Millisecond, func() error {
+		err := poll.Until(timeout(t, 30*time.Second), name+" to see p1's ping", 100*time.Millisecond, func() error {
 			seen, err := captures[name].Matching(netip.PrefixFrom(dst, 32))
 			if err != nil {
 				return err
@@ -204,7 +205,7 @@ func crossSubnetWithdraw(t *testing.T, l *lab.Lab, p1, p3 *lab.Pod) {
 	withdrawals := func(since time.Time, bound time.Duration) map[string]time.Duration {
 		t.Helper()
 		gone := map[string]time.Duration{}
-		err := lab.Poll(timeout(t, bound), "h1 to withdraw h2 and h3", 100*time.Millisecond, func() error {
+		err := poll.Until(timeout(t, bound), "h1 to withdraw h2 and h3", 100*time.Millisecond, func() error {
 			routes, err := peerRoutesOf(h1)
 			if err != nil {
 				return err
@@ -256,7 +257,7 @@ func crossSubnetWithdraw(t *testing.T, l *lab.Lab, p1, p3 *lab.Pod) {
 	}
 	// Longer than the probes' misses take: nothing goes.
 	want, hostIPs := crossSubnetPaths(statuses, l.Hosts(), h1)
-	err = lab.Hold(ctx, "h1 after h2's and h3's agents left, their hosts up", 5*time.Second, 250*time.Millisecond, func() error {
+	err = poll.Hold(ctx, "h1 after h2's and h3's agents left, their hosts up", 5*time.Second, 250*time.Millisecond, func() error {
 		return expectPaths(ctx, h1, want, hostIPs)
 	})
 	if err != nil {
@@ -333,7 +334,7 @@ func crossSubnetWithdraw(t *testing.T, l *lab.Lab, p1, p3 *lab.Pod) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := lab.Poll(ctx, "the cross-subnet paths back", 100*time.Millisecond, func() error { return expectCrossSubnetPaths(ctx, back, l.Hosts()) }); err != nil {
+	if err := poll.Until(ctx, "the cross-subnet paths back", 100*time.Millisecond, func() error { return expectCrossSubnetPaths(ctx, back, l.Hosts()) }); err != nil {
 		t.Fatal(err)
 	}
 	for name, s := range back {

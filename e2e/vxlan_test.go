@@ -15,6 +15,7 @@ import (
 
 	"github.com/grapevine-net/grapevine/e2e/lab"
 	"github.com/grapevine-net/grapevine/e2e/labtest"
+	"github.com/grapevine-net/grapevine/internal/poll"
 )
 
 // The VXLAN device and the overhead the pod MTU pays for it (docs/design.md).
@@ -211,7 +212,7 @@ func TestCrossSubnet(t *testing.T) {
 	// Until every peer routes h3's block and h3 routes theirs, read from
 	// the kernels, not from status.
 	var routed time.Duration
-	err := lab.Poll(ctx, "h3's block routed over VXLAN by every peer, and theirs by h3", 100*time.Millisecond, func() error {
+	err := poll.Until(ctx, "h3's block routed over VXLAN by every peer, and theirs by h3", 100*time.Millisecond, func() error {
 		s3, err := h3.Status(ctx)
 		if err != nil || !s3.Block.IsValid() {
 			return fmt.Errorf("h3 holds no block yet (%v)", err)
@@ -308,7 +309,7 @@ func TestCrossSubnet(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The capture reads on its own goroutine: wait until it has seen them.
-	err = lab.Poll(timeout(t, 30*time.Second), "h1's em1 to see p1 <-> p2", 100*time.Millisecond, func() error {
+	err = poll.Until(timeout(t, 30*time.Second), "h1's em1 to see p1 <-> p2", 100*time.Millisecond, func() error {
 		if c := onH1.Between(p1.IP, p2.IP); c.Plain == 0 {
 			return fmt.Errorf("p1 <-> p2 on h1's em1: %+v", c)
 		}
@@ -346,7 +347,7 @@ func TestCrossSubnet(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Plain packets between the hosts are gossip; pod traffic is VXLAN.
-	err = lab.Poll(timeout(t, 30*time.Second), "the router to see VXLAN between h1 and h3 carrying p1 <-> p3", 100*time.Millisecond, func() error {
+	err = poll.Until(timeout(t, 30*time.Second), "the router to see VXLAN between h1 and h3 carrying p1 <-> p3", 100*time.Millisecond, func() error {
 		if c := onRouterLAN1.Between(h1.IP, h3.IP); c.VXLAN == 0 {
 			return fmt.Errorf("router's em1, h1 <-> h3: %+v, no VXLAN", c)
 		}
@@ -376,7 +377,7 @@ func TestCrossSubnet(t *testing.T) {
 		t.Fatal(err)
 	}
 	deleted := time.Now()
-	err = lab.Poll(timeout(t, time.Minute), "h1's VXLAN path back after ip link del", 100*time.Millisecond, func() error {
+	err = poll.Until(timeout(t, time.Minute), "h1's VXLAN path back after ip link del", 100*time.Millisecond, func() error {
 		return expectCrossSubnetPaths(ctx, statuses, []*lab.Host{h1, h2, h3})
 	})
 	if err != nil {
@@ -409,7 +410,7 @@ func TestCrossSubnet(t *testing.T) {
 	m3, _ := s1.Member("h3")
 	t.Logf("with --encapsulation=never h1 reports h3 %v after its restart: %s (%s)",
 		time.Since(restarted).Round(time.Millisecond), m3.Route, m3.PathReason)
-	err = lab.Poll(ctx, "h1 without VXLAN state", 100*time.Millisecond, func() error {
+	err = poll.Until(ctx, "h1 without VXLAN state", 100*time.Millisecond, func() error {
 		return expectPaths(ctx, h1, map[netip.Prefix]peerRoute{statuses["h2"].Block: direct(h2.IP)}, nil)
 	})
 	if err != nil {
@@ -477,7 +478,7 @@ func TestCrossSubnetMove(t *testing.T) {
 	if after["h2"].Block != before["h2"].Block {
 		t.Errorf("h2 moved with block %s, had %s", after["h2"].Block, before["h2"].Block)
 	}
-	err = lab.Poll(ctx, "every host's paths after the move", 100*time.Millisecond, func() error {
+	err = poll.Until(ctx, "every host's paths after the move", 100*time.Millisecond, func() error {
 		return expectCrossSubnetPaths(ctx, after, l.Hosts())
 	})
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/hashicorp/memberlist"
 
+	"github.com/grapevine-net/grapevine/internal/poll"
 	"github.com/grapevine-net/grapevine/mesh/meshtest"
 )
 
@@ -90,7 +91,7 @@ func BenchmarkJoinLatency(b *testing.B) {
 			}
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		if _, err := meshtest.WaitFor(ctx, time.Millisecond, func() error { return meshtest.Converged(c.Views()) }); err != nil {
+		if err := poll.Until(ctx, "the cluster to converge", time.Millisecond, func() error { return meshtest.Converged(c.Views()) }); err != nil {
 			b.Fatal(err)
 		}
 		t0 := time.Now()
@@ -98,7 +99,7 @@ func BenchmarkJoinLatency(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		if _, err := meshtest.WaitFor(ctx, time.Millisecond, func() error { return routedByAll(c, "h4") }); err != nil {
+		if err := poll.Until(ctx, "every node to route h4", time.Millisecond, func() error { return routedByAll(c, "h4") }); err != nil {
 			b.Fatal(err)
 		}
 		fresh += time.Since(t0)
@@ -109,7 +110,7 @@ func BenchmarkJoinLatency(b *testing.B) {
 		if _, err := c.Start(meshtest.Spec{Name: "h4", Addr: h4.Addr.Addr(), StateDir: h4.StateDir, Join: join}); err != nil {
 			b.Fatal(err)
 		}
-		if _, err := meshtest.WaitFor(ctx, time.Millisecond, func() error { return routedByAll(c, "h4") }); err != nil {
+		if err := poll.Until(ctx, "every node to route h4", time.Millisecond, func() error { return routedByAll(c, "h4") }); err != nil {
 			b.Fatal(err)
 		}
 		restart += time.Since(t0)

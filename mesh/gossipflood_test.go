@@ -9,6 +9,7 @@ import (
 
 	"github.com/hashicorp/memberlist"
 
+	"github.com/grapevine-net/grapevine/internal/poll"
 	"github.com/grapevine-net/grapevine/mesh/meshtest"
 )
 
@@ -42,7 +43,7 @@ func TestKeylessGossipCounted(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	var got float64
-	if _, err := meshtest.WaitFor(ctx, 10*time.Millisecond, func() error {
+	if err := poll.Until(ctx, "the keyless packets to be counted", 10*time.Millisecond, func() error {
 		if got = counter(t, n.Metrics, "grapevine_mesh_rejected_gossip_total", "decrypt"); got < packets+1-float64(n.Transport.Dropped()) {
 			return fmt.Errorf("%v counted", got)
 		}

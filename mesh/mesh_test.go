@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/grapevine-net/grapevine/internal/poll"
 	"github.com/grapevine-net/grapevine/mesh"
 	"github.com/grapevine-net/grapevine/mesh/meshtest"
 )
@@ -46,11 +47,11 @@ func waitConverged(t *testing.T, c *meshtest.Cluster, within time.Duration) time
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), within)
 	defer cancel()
-	d, err := meshtest.WaitFor(ctx, 10*time.Millisecond, func() error { return meshtest.Converged(c.Views()) })
-	if err != nil {
-		t.Fatalf("cluster did not converge: %v", err)
+	start := time.Now()
+	if err := poll.Until(ctx, "the cluster to converge", 10*time.Millisecond, func() error { return meshtest.Converged(c.Views()) }); err != nil {
+		t.Fatal(err)
 	}
-	return d
+	return time.Since(start)
 }
 
 func TestThreeNodesConverge(t *testing.T) {
@@ -123,7 +124,8 @@ func TestUniqueBlocksSimultaneousStart(t *testing.T) {
 		// A generous bound: 64 nodes share the test's cores, and on a loaded
 		// 2-core machine a round has taken over 30 s.
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		d, err := meshtest.WaitFor(ctx, 10*time.Millisecond, func() error {
+		t0 := time.Now()
+		err := poll.Until(ctx, fmt.Sprintf("round %d: %d nodes to converge", round, size), 10*time.Millisecond, func() error {
 			views := c.Views()
 			if err := meshtest.SharedBlock(views); err != nil {
 				t.Fatalf("round %d: %v", round, err)
@@ -132,9 +134,9 @@ func TestUniqueBlocksSimultaneousStart(t *testing.T) {
 		})
 		cancel()
 		if err != nil {
-			t.Fatalf("round %d: %d nodes did not converge: %v", round, size, err)
+			t.Fatal(err)
 		}
-		t.Logf("round %d: %d nodes converged in %v (%v since the first start)", round, size, d.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
+		t.Logf("round %d: %d nodes converged in %v (%v since the first start)", round, size, time.Since(t0).Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
 		if err := c.Close(); err != nil {
 			t.Fatal(err)
 		}

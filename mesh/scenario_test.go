@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/memberlist"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/grapevine-net/grapevine/internal/poll"
 	"github.com/grapevine-net/grapevine/mesh"
 	"github.com/grapevine-net/grapevine/mesh/ledger"
 	"github.com/grapevine-net/grapevine/mesh/meshtest"
@@ -26,8 +27,8 @@ func waitFor(t *testing.T, what string, within time.Duration, cond func() error)
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), within)
 	defer cancel()
-	if _, err := meshtest.WaitFor(ctx, 10*time.Millisecond, cond); err != nil {
-		t.Fatalf("%s: %v", what, err)
+	if err := poll.Until(ctx, what, 10*time.Millisecond, cond); err != nil {
+		t.Fatal(err)
 	}
 }
 

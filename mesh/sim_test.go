@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/grapevine-net/grapevine/internal/poll"
 	"github.com/grapevine-net/grapevine/mesh"
 	"github.com/grapevine-net/grapevine/mesh/ledger"
 	"github.com/grapevine-net/grapevine/mesh/meshtest"
@@ -201,14 +202,14 @@ func simulate(t *testing.T, seed uint64, steps int) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	if _, err := meshtest.WaitFor(ctx, 20*time.Millisecond, func() error {
+	if err := poll.Until(ctx, "convergence once the faults stopped", 20*time.Millisecond, func() error {
 		views := s.c.Views()
 		if err := s.check(views); err != nil {
 			t.Fatalf("seed %d after the faults: %v", seed, err)
 		}
 		return meshtest.Converged(views)
 	}); err != nil {
-		t.Fatalf("seed %d: no convergence once the faults stopped: %v", seed, err)
+		t.Fatalf("seed %d: %v", seed, err)
 	}
 }
 

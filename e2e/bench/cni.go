@@ -14,6 +14,7 @@ import (
 	"github.com/containernetworking/cni/libcni"
 
 	"github.com/grapevine-net/grapevine/e2e/lab"
+	"github.com/grapevine-net/grapevine/internal/poll"
 	"github.com/grapevine-net/grapevine/mesh"
 	"github.com/grapevine-net/grapevine/node"
 	"github.com/grapevine-net/grapevine/node/nodestate"
@@ -229,7 +230,7 @@ func runChains(ctx context.Context, s *scope, host string, cni *libcni.CNIConfig
 		}
 		// Let the kernel finish tearing those namespaces down before the
 		// next batch is timed.
-		if err := lab.Sleep(ctx, 2*time.Second); err != nil {
+		if err := poll.Sleep(ctx, 2*time.Second); err != nil {
 			return err
 		}
 	}

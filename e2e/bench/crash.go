@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/grapevine-net/grapevine/e2e/lab"
+	"github.com/grapevine-net/grapevine/internal/poll"
 )
 
 // crashScenario is one kind of crash in the routed lab: which hosts die at
@@ -125,7 +126,7 @@ func crashOnce(ctx context.Context, l *lab.Lab, victimNums []int) (time.Duration
 	if err != nil {
 		return 0, "", err
 	}
-	if err := lab.Sleep(ctx, quiet); err != nil {
+	if err := poll.Sleep(ctx, quiet); err != nil {
 		return 0, "", err
 	}
 	var victims, survivors []*lab.Host

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/grapevine-net/grapevine/e2e/lab"
+	"github.com/grapevine-net/grapevine/internal/poll"
 )
 
 // pingPairs is how many round trips of each path are timed, alternating.
@@ -176,7 +177,7 @@ func runIperf(ctx context.Context, p *dataPath, d time.Duration) (float64, error
 		} else {
 			return res.End.SumReceived.BitsPerSecond, nil
 		}
-		if err := lab.Sleep(ctx, 250*time.Millisecond); err != nil {
+		if err := poll.Sleep(ctx, 250*time.Millisecond); err != nil {
 			return 0, err
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/grapevine-net/grapevine/e2e/lab"
+	"github.com/grapevine-net/grapevine/internal/poll"
 )
 
 // failoverTrials crashes the ledger leader's host (link cut, kill -9)
@@ -34,7 +35,7 @@ func (b *labBench) failover(ctx context.Context, hosts []*lab.Host) (d time.Dura
 	waitCtx, cancel := context.WithTimeout(ctx, crashTimeout)
 	defer cancel()
 	var leader *lab.Host
-	err = lab.Poll(waitCtx, fmt.Sprintf("a ledger leader among %d hosts", len(hosts)), 250*time.Millisecond, func() error {
+	err = poll.Until(waitCtx, fmt.Sprintf("a ledger leader among %d hosts", len(hosts)), 250*time.Millisecond, func() error {
 		for _, h := range hosts {
 			s, err := h.Status(waitCtx)
 			if err != nil {
@@ -77,5 +78,5 @@ func (b *labBench) failover(ctx context.Context, hosts []*lab.Host) (d time.Dura
 	if _, err := lab.WaitMesh(waitCtx, hosts); err != nil {
 		return d, err
 	}
-	return d, lab.Sleep(ctx, quiet)
+	return d, poll.Sleep(ctx, quiet)
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/grapevine-net/grapevine/e2e/lab"
+	"github.com/grapevine-net/grapevine/internal/poll"
 )
 
 // The ledger-port flood (issue 19): idle TCP connections without the key,
@@ -44,7 +45,7 @@ func (b *labBench) floodJoins(ctx context.Context, seed *lab.Host, trials int) (
 	defer stopFlood()
 	// Let the flood fill the seed's slots and reach its steady state (every
 	// admitted connection dropped once at the 2 s handshake deadline).
-	if err := lab.Sleep(ctx, 3*time.Second); err != nil {
+	if err := poll.Sleep(ctx, 3*time.Second); err != nil {
 		return nil, nil, err
 	}
 	var joins []time.Duration

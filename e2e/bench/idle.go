@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/grapevine-net/grapevine/e2e/lab"
+	"github.com/grapevine-net/grapevine/internal/poll"
 )
 
 // clockTicks is USER_HZ, the unit of utime and stime in /proc/<pid>/stat;
@@ -20,7 +21,7 @@ const clockTicks = 100
 // happens: resident memory at the end, CPU time spent during it.
 func measureIdle(ctx context.Context, hosts []*lab.Host, window time.Duration) ([]Row, error) {
 	// Let the last join's gossip die down first.
-	if err := lab.Sleep(ctx, 5*time.Second); err != nil {
+	if err := poll.Sleep(ctx, 5*time.Second); err != nil {
 		return nil, err
 	}
 	pids := make([]int, len(hosts))
@@ -43,7 +44,7 @@ func measureIdle(ctx context.Context, hosts []*lab.Host, window time.Duration) (
 		pids[i], before[i] = pid, ticks
 	}
 	t0 := time.Now()
-	if err := lab.Sleep(ctx, window); err != nil {
+	if err := poll.Sleep(ctx, window); err != nil {
 		return nil, err
 	}
 	elapsed := time.Since(t0)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/grapevine-net/grapevine/e2e/lab"
+	"github.com/grapevine-net/grapevine/internal/poll"
 	"github.com/grapevine-net/grapevine/node/nodestate"
 )
 
@@ -150,7 +151,7 @@ func crashDualStack(ctx context.Context, l *lab.Lab, w *routeWatch, survivors []
 	if _, err := w.wait(ctx, w.expect(fmt.Sprintf("every survivor routes %v", blocks), routesTo(blocks)), joinTimeout); err != nil {
 		return 0, 0, err
 	}
-	if err := lab.Sleep(ctx, quiet); err != nil {
+	if err := poll.Sleep(ctx, quiet); err != nil {
 		return 0, 0, err
 	}
 	e := w.expect(fmt.Sprintf("no survivor routes %v", blocks), noRouteTo(blocks))

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/grapevine-net/grapevine/e2e/lab"
+	"github.com/grapevine-net/grapevine/internal/poll"
 )
 
 // LabConfig configures the measurements in a lab of hosts running the real
@@ -194,7 +195,7 @@ func (b *labBench) join(ctx context.Context, h *lab.Host) (time.Duration, error)
 	if err != nil {
 		return 0, fmt.Errorf("join: %w\nagent log of %s:\n%s", err, h.Name, h.LogTail(20))
 	}
-	return at.Sub(t0), lab.Sleep(ctx, quiet)
+	return at.Sub(t0), poll.Sleep(ctx, quiet)
 }
 
 // leave stops h's agent with SIGTERM, checks that the peers keep its route
@@ -237,7 +238,7 @@ func (b *labBench) leave(ctx context.Context, h *lab.Host) (d time.Duration, err
 	if err != nil {
 		return 0, fmt.Errorf("leave: %w", err)
 	}
-	return at.Sub(t0), lab.Sleep(ctx, quiet)
+	return at.Sub(t0), poll.Sleep(ctx, quiet)
 }
 
 // crash pulls h's cable and kills its agent, and returns how long until
@@ -257,7 +258,7 @@ func (b *labBench) crash(ctx context.Context, h *lab.Host) (d time.Duration, err
 	if err != nil {
 		return 0, fmt.Errorf("crash: %w", err)
 	}
-	return at.Sub(t0), lab.Sleep(ctx, quiet)
+	return at.Sub(t0), poll.Sleep(ctx, quiet)
 }
 
 // pingInterval is the pods' ping rate while an agent is frozen.
@@ -316,7 +317,7 @@ func (b *labBench) freezeOnce(ctx context.Context, a, c *lab.Pod, client, frozen
 	})
 	deadAfter = time.Since(t0)
 	if err == nil {
-		err = lab.Sleep(ctx, freeze-deadAfter)
+		err = poll.Sleep(ctx, freeze-deadAfter)
 	}
 	err = errors.Join(err, frozen.ThawAgent())
 	if err != nil {
@@ -325,7 +326,7 @@ func (b *labBench) freezeOnce(ctx context.Context, a, c *lab.Pod, client, frozen
 	if _, err := lab.WaitMesh(meshCtx, b.mesh); err != nil {
 		return 0, 0, 0, err
 	}
-	if err := lab.Sleep(ctx, quiet); err != nil {
+	if err := poll.Sleep(ctx, quiet); err != nil {
 		return 0, 0, 0, err
 	}
 	r1, r2 := there.Stop(time.Second), back.Stop(time.Second)
@@ -379,13 +380,13 @@ func (b *labBench) restartOnce(ctx context.Context, a, c *lab.Pod, restarted *la
 	if err != nil {
 		return 0, 0, 0, err
 	}
-	if err := lab.Sleep(ctx, quiet); err != nil {
+	if err := poll.Sleep(ctx, quiet); err != nil {
 		return 0, 0, 0, err
 	}
 	t0 := time.Now()
 	err = restarted.StopAgent(ctx)
 	if err == nil {
-		err = lab.Sleep(ctx, restartDowntime)
+		err = poll.Sleep(ctx, restartDowntime)
 	}
 	if err == nil {
 		err = restarted.StartAgent(ctx)
@@ -395,7 +396,7 @@ func (b *labBench) restartOnce(ctx context.Context, a, c *lab.Pod, restarted *la
 	}
 	back = time.Since(t0)
 	if err == nil {
-		err = lab.Sleep(ctx, quiet)
+		err = poll.Sleep(ctx, quiet)
 	}
 	r1, r2 := there.Stop(time.Second), fro.Stop(time.Second)
 	if err != nil {

@@ -20,7 +20,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
-	"github.com/grapevine-net/grapevine/e2e/lab"
+	"github.com/grapevine-net/grapevine/internal/poll"
 	"github.com/grapevine-net/grapevine/mesh"
 	"github.com/grapevine-net/grapevine/mesh/ledger"
 	"github.com/grapevine-net/grapevine/mesh/meshtest"
@@ -174,7 +174,7 @@ func MeasureMesh(ctx context.Context, cfg MeshConfig) (_ []Row, err error) {
 	rows := convergedRows(cfg, converged, lastMissing, untilConverged, coldLag)
 
 	// Steady state: after the join storm's retransmissions have drained.
-	if err := lab.Sleep(ctx, k.Wall(cfg.drain())); err != nil {
+	if err := poll.Sleep(ctx, k.Wall(cfg.drain())); err != nil {
 		return nil, err
 	}
 	steady, err := measureSteady(ctx, c, cfg, lag)
@@ -223,7 +223,7 @@ func awaitConverged(ctx context.Context, c *meshtest.Cluster, watches []*nodeWat
 		if waitErr == nil || time.Now().After(deadline) || ctx.Err() != nil {
 			return waitErr, lastMissing
 		}
-		if lab.Sleep(ctx, 20*time.Millisecond) != nil {
+		if poll.Sleep(ctx, 20*time.Millisecond) != nil {
 			return ctx.Err(), lastMissing
 		}
 	}
@@ -283,7 +283,7 @@ func waitJoinSeen(ctx context.Context, ws []*nodeWatch, t0 time.Time, k meshtest
 		if aok && rok {
 			return a, r
 		}
-		if lab.Sleep(ctx, 20*time.Millisecond) != nil {
+		if poll.Sleep(ctx, 20*time.Millisecond) != nil {
 			break
 		}
 	}
@@ -313,7 +313,7 @@ func measureSteady(ctx context.Context, c *meshtest.Cluster, cfg MeshConfig, lag
 	sent0 := raftRPCsByNode(c)
 	before, w0 := c.Traffic(), time.Now()
 	lag.take()
-	if err := lab.Sleep(ctx, k.Wall(cfg.Steady)); err != nil {
+	if err := poll.Sleep(ctx, k.Wall(cfg.Steady)); err != nil {
 		return nil, err
 	}
 	after, wall := c.Traffic(), time.Since(w0)
@@ -528,7 +528,7 @@ func routeLoop(ctx context.Context, n *meshtest.Node, pool netip.Prefix, k mesht
 	kernel.AddLink("em1", netip.PrefixFrom(n.Addr.Addr(), 15))
 	r := node.NewReconciler(kernel, nil, nil)
 	for first := true; ; first = false {
-		if !first && lab.Sleep(ctx, k.Wall(routePassEvery)) != nil {
+		if !first && poll.Sleep(ctx, k.Wall(routePassEvery)) != nil {
 			return
 		}
 		select {
@@ -585,7 +585,7 @@ func watchLag(ctx context.Context, tick time.Duration) *lagMonitor {
 	go func() {
 		for {
 			t := time.Now()
-			if lab.Sleep(ctx, tick) != nil {
+			if poll.Sleep(ctx, tick) != nil {
 				return
 			}
 			late := max(time.Since(t)-tick, 0)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/grapevine-net/grapevine/e2e/lab"
+	"github.com/grapevine-net/grapevine/internal/poll"
 )
 
 // vxlanDevice is the agent's VXLAN device; handVXLAN the one wired by hand
@@ -69,7 +70,7 @@ func MeasureRouted(ctx context.Context, cfg LabConfig) (_ []Row, err error) {
 		if err = errors.Join(err, h2.RestoreLink(context.WithoutCancel(ctx))); err != nil {
 			return nil, err
 		}
-		if err := lab.Sleep(ctx, quiet); err != nil {
+		if err := poll.Sleep(ctx, quiet); err != nil {
 			return nil, err
 		}
 	}
@@ -120,7 +121,7 @@ func waitRoutes(ctx context.Context, h *lab.Host, ok func(int) bool) error {
 		if ok(n) {
 			return nil
 		}
-		if err := lab.Sleep(ctx, 5*time.Millisecond); err != nil {
+		if err := poll.Sleep(ctx, 5*time.Millisecond); err != nil {
 			return fmt.Errorf("%s: waiting for its VXLAN routes (%d now): %w\n%s", h.Name, n, err, h.LogTail(20))
 		}
 	}

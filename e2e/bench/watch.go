@@ -13,6 +13,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/grapevine-net/grapevine/e2e/lab"
+	"github.com/grapevine-net/grapevine/internal/poll"
 )
 
 // routeProtocol marks the routes the agent owns (proto 74).
@@ -73,7 +74,7 @@ func watchRoutes(ctx context.Context, names []string) (*routeWatch, error) {
 		go w.follow(i, updates)
 	}
 	// The existing routes arrive first; let them.
-	return w, lab.Sleep(ctx, 200*time.Millisecond)
+	return w, poll.Sleep(ctx, 200*time.Millisecond)
 }
 
 func (w *routeWatch) fail(err error) {

@@ -11,14 +11,14 @@ import (
 	"time"
 
 	"github.com/grapevine-net/grapevine/e2e/kubelab"
-	"github.com/grapevine-net/grapevine/e2e/lab"
+	"github.com/grapevine-net/grapevine/internal/poll"
 	"github.com/grapevine-net/grapevine/node/nodestate"
 )
 
 // waitNodesReady waits until the API server lists every node Ready.
 func (k *kube) waitNodesReady(t *testing.T, ctx context.Context) {
 	t.Helper()
-	if err := lab.Poll(ctx, "every node Ready", 200*time.Millisecond, func() error {
+	if err := poll.Until(ctx, "every node Ready", 200*time.Millisecond, func() error {
 		for _, n := range k.nodes(ctx) {
 			if ready, msg := n.ready(); !ready {
 				return fmt.Errorf("%s: %s", n.Metadata.Name, msg)
@@ -57,7 +57,7 @@ func waitDirectRoutes6(t *testing.T, ctx context.Context, c *kubelab.Cluster, bl
 				continue
 			}
 			want := blocks[peer.Name].String() + " via " + addr(peer).String() + " dev em1"
-			if err := lab.Poll(ctx, fmt.Sprintf("%s: %q", n.Name, want), 200*time.Millisecond, func() error {
+			if err := poll.Until(ctx, fmt.Sprintf("%s: %q", n.Name, want), 200*time.Millisecond, func() error {
 				out, err := n.Host.Run(ctx, "ip", "-6", "route", "show", "proto", "74")
 				if err == nil && !strings.Contains(string(out), want) {
 					err = fmt.Errorf("IPv6 routes %q", out)
@@ -98,7 +98,7 @@ func TestKubernetesDualStack(t *testing.T) {
 	// Each node's blocks, from the node.json its agent wrote for the
 	// plugin.
 	blocks, blocks6 := map[string]netip.Prefix{}, map[string]netip.Prefix{}
-	if err := lab.Poll(ctx, "every agent holds an IPv4 and an IPv6 block", time.Second, func() error {
+	if err := poll.Until(ctx, "every agent holds an IPv4 and an IPv6 block", time.Second, func() error {
 		for _, n := range c.Nodes {
 			st, err := nodestate.Read(n.Path("/run/grapevine"))
 			if err != nil {
@@ -194,7 +194,7 @@ func checkPolicy6(t *testing.T, ctx context.Context, k kube) {
 	applied := time.Now()
 	// Each agent applies policies as it sees them: wait until the denied
 	// probe times out, then check every probe once.
-	if err := lab.Poll(ctx, "ds-other/client -> ds-web/web over IPv6 denied", 500*time.Millisecond, func() error {
+	if err := poll.Until(ctx, "ds-other/client -> ds-web/web over IPv6 denied", 500*time.Millisecond, func() error {
 		if k.connect(ctx, denied, ips6) == nil {
 			return fmt.Errorf("connected (%s)", denied.why)
 		}
@@ -262,7 +262,7 @@ func checkService6(t *testing.T, ctx context.Context, k kube) {
 	}
 	viaService := connectivity{"ds-friend", "client", "ds-web", "web", 8080, true, "ds-web admits ds-friend"}
 	// kube-proxy programs the Service once it sees it and its endpoints.
-	if err := lab.Poll(ctx, "ds-friend/client -> Service web over IPv6", time.Second, func() error {
+	if err := poll.Until(ctx, "ds-friend/client -> Service web over IPv6", time.Second, func() error {
 		return k.connect(ctx, viaService, map[string]string{"ds-web/web": ips[1].String()})
 	}); err != nil {
 		t.Error(err)

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/grapevine-net/grapevine/e2e/kubelab"
-	"github.com/grapevine-net/grapevine/e2e/lab"
+	"github.com/grapevine-net/grapevine/internal/poll"
 	"github.com/grapevine-net/grapevine/node/nodestate"
 )
 
@@ -60,7 +60,7 @@ func TestKubernetesIPv6Only(t *testing.T) {
 
 	// Each node's block, from the node.json its agent wrote for the plugin.
 	blocks := map[string]netip.Prefix{}
-	if err := lab.Poll(ctx, "every agent holds an IPv6 block", time.Second, func() error {
+	if err := poll.Until(ctx, "every agent holds an IPv6 block", time.Second, func() error {
 		for _, n := range c.Nodes {
 			st, err := nodestate.Read(n.Path("/run/grapevine"))
 			if err != nil {
@@ -156,7 +156,7 @@ func checkServiceIPv6Only(t *testing.T, ctx context.Context, k kube) {
 	}
 	viaService := connectivity{"v6-web", "client", "v6-web", "web", 8080, true, "no policy"}
 	// kube-proxy programs the Service once it sees it and its endpoints.
-	if err := lab.Poll(ctx, "v6-web/client -> Service web6 over IPv6", time.Second, func() error {
+	if err := poll.Until(ctx, "v6-web/client -> Service web6 over IPv6", time.Second, func() error {
 		return k.connect(ctx, viaService, map[string]string{"v6-web/web": ip.String()})
 	}); err != nil {
 		t.Fatal(err)
@@ -186,7 +186,7 @@ func checkPolicyIPv6Only(t *testing.T, ctx context.Context, k kube) {
 	k.apply(ctx, defaultDeny("v6-web"))
 	waitDenied(t, ctx, k, fromClient, ips)
 	k.apply(ctx, allowFromNamespace("v6-web", "web", "v6-friend"))
-	if err := lab.Poll(ctx, "v6-friend/client -> v6-web/web admitted", 500*time.Millisecond, func() error {
+	if err := poll.Until(ctx, "v6-friend/client -> v6-web/web admitted", 500*time.Millisecond, func() error {
 		return k.connect(ctx, fromFriend, ips)
 	}); err != nil {
 		t.Fatal(err)

@@ -30,6 +30,7 @@ import (
 	"github.com/grapevine-net/grapevine/e2e/lab"
 	"github.com/grapevine-net/grapevine/e2e/labtest"
 	"github.com/grapevine-net/grapevine/e2e/runtimes"
+	"github.com/grapevine-net/grapevine/internal/poll"
 	"github.com/grapevine-net/grapevine/node/nodestate"
 )
 
@@ -83,7 +84,7 @@ func TestKubernetes(t *testing.T) {
 	// runtime's network readiness, which follows the conflist, which the
 	// agent writes after node.json.
 	readyAt := map[string]time.Duration{}
-	err := lab.Poll(ctx, "every node Ready", 200*time.Millisecond, func() error {
+	err := poll.Until(ctx, "every node Ready", 200*time.Millisecond, func() error {
 		for _, n := range k.nodes(ctx) {
 			name := n.Metadata.Name
 			ready, _ := n.ready()
@@ -111,7 +112,7 @@ func TestKubernetes(t *testing.T) {
 	t.Logf("bring-up: %s", bringUp)
 	checkArchiveRuns(t, ctx, c, os.Getenv("GRAPEVINE_IMAGE_ARCHIVE"), agents)
 	statuses := map[string]lab.Status{}
-	err = lab.Poll(ctx, "every agent sees its 2 peers alive", time.Second, func() error {
+	err = poll.Until(ctx, "every agent sees its 2 peers alive", time.Second, func() error {
 		for node, pod := range agents {
 			s, err := k.agentStatus(ctx, pod)
 			if err != nil {
@@ -282,7 +283,7 @@ func checkForwardDrop(t *testing.T, ctx context.Context, k kube, pingers []podOb
 		return
 	}
 	defer n.Run(context.WithoutCancel(ctx), "iptables-nft", "-P", "FORWARD", "ACCEPT")
-	err := lab.Poll(ctx, fmt.Sprintf("%s -> %s through %s's FORWARD policy of DROP", from.Metadata.Name, to.Metadata.Name, n.Name), time.Second, func() error {
+	err := poll.Until(ctx, fmt.Sprintf("%s -> %s through %s's FORWARD policy of DROP", from.Metadata.Name, to.Metadata.Name, n.Name), time.Second, func() error {
 		rules, err := n.Run(ctx, "iptables-nft", "-S", "FORWARD")
 		if err != nil {
 			return err
@@ -313,7 +314,7 @@ func checkHostPort(t *testing.T, ctx context.Context, k kube, l *lab.Lab) {
 		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) { return l.Outside.Dial(ctx, addr) },
 	}}
 	var body string
-	err := lab.Poll(ctx, "hostPort answers from outside", time.Second, func() error {
+	err := poll.Until(ctx, "hostPort answers from outside", time.Second, func() error {
 		resp, err := client.Get(url)
 		if err != nil {
 			return err
@@ -352,7 +353,7 @@ func checkRollingUpdate(t *testing.T, ctx context.Context, k kube, agents map[st
 		}
 		return strconv.Atoi(strings.TrimSpace(string(out)))
 	}
-	if err := lab.Poll(ctx, "the TCP stream flows", 500*time.Millisecond, func() error {
+	if err := poll.Until(ctx, "the TCP stream flows", 500*time.Millisecond, func() error {
 		n, err := received()
 		if err == nil && n < 10 {
 			err = fmt.Errorf("%d lines", n)
@@ -408,7 +409,7 @@ func checkRollingUpdate(t *testing.T, ctx context.Context, k kube, agents map[st
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := lab.Poll(ctx, "the stream carries data after the update", 500*time.Millisecond, func() error {
+	if err := poll.Until(ctx, "the stream carries data after the update", 500*time.Millisecond, func() error {
 		n, err := received()
 		if err == nil && n < before+20 {
 			err = fmt.Errorf("%d lines, %d before", n, before)
@@ -462,7 +463,7 @@ func checkNodeDeletion(t *testing.T, ctx context.Context, k kube, blocks map[str
 		}
 	}
 	watchLease()
-	err := lab.Poll(ctx, "node-c's route withdrawn and its release pending", time.Second, func() error {
+	err := poll.Until(ctx, "node-c's route withdrawn and its release pending", time.Second, func() error {
 		watchLease()
 		if pending == "" {
 			s, err := k.agentStatus(ctx, agents["node-a"])
@@ -503,7 +504,7 @@ func checkNodeDeletion(t *testing.T, ctx context.Context, k kube, blocks map[str
 	// free, there is nothing left to release.
 	freeCtx, cancel := context.WithTimeout(ctx, 2*testLease+time.Minute)
 	defer cancel()
-	err = lab.Poll(freeCtx, "node-c's block freed in the ledger", time.Second, func() error {
+	err = poll.Until(freeCtx, "node-c's block freed in the ledger", time.Second, func() error {
 		watchLease()
 		out, err := k.c.Kubectl(ctx, "-n", "kube-system", "exec", agents["node-a"], "-c", "agent", "--", "grapevine", "release", "node-c")
 		if err == nil {
@@ -755,7 +756,7 @@ func (k kube) waitPods(ctx context.Context, selector string, n int) []podObject 
 func (k kube) waitPodsIn(ctx context.Context, ns, selector string, n int) []podObject {
 	k.t.Helper()
 	var pods []podObject
-	err := lab.Poll(ctx, "pods "+selector+" ready", 500*time.Millisecond, func() error {
+	err := poll.Until(ctx, "pods "+selector+" ready", 500*time.Millisecond, func() error {
 		var list struct{ Items []podObject }
 		out, err := k.c.Kubectl(ctx, "-n", ns, "get", "pods", "-l", selector, "-o", "json")
 		if err != nil {
@@ -786,7 +787,7 @@ func (k kube) waitPodsIn(ctx context.Context, ns, selector string, n int) []podO
 func (k kube) agentPods(ctx context.Context, image string) map[string]string {
 	k.t.Helper()
 	byNode := map[string]string{}
-	err := lab.Poll(ctx, "agent pods of "+image+" ready", 500*time.Millisecond, func() error {
+	err := poll.Until(ctx, "agent pods of "+image+" ready", 500*time.Millisecond, func() error {
 		var list struct{ Items []podObject }
 		out, err := k.c.Kubectl(ctx, "-n", "kube-system", "get", "pods", "-l", "app.kubernetes.io/name=grapevine", "-o", "json")
 		if err != nil {
@@ -840,7 +841,7 @@ func (k kube) firstCrossNodePing(ctx context.Context, pingers []podObject, since
 			to = p
 		}
 	}
-	err := lab.Poll(ctx, "first ping node-a -> node-b", 100*time.Millisecond, func() error {
+	err := poll.Until(ctx, "first ping node-a -> node-b", 100*time.Millisecond, func() error {
 		_, err := k.c.Kubectl(ctx, "exec", from.Metadata.Name, "--", "ping", "-c", "1", "-W", "1", to.ip().String())
 		return err
 	})

@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/grapevine-net/grapevine/e2e/lab"
 	"github.com/grapevine-net/grapevine/e2e/runtimes"
+	"github.com/grapevine-net/grapevine/internal/poll"
 )
 
 // probeTimeout bounds one connection attempt from a pod; a denied attempt
@@ -141,7 +141,7 @@ func TestNetworkPolicy(t *testing.T) {
 // asynchronously, each node's enforcer watching them.
 func waitDenied(t *testing.T, ctx context.Context, k kube, c connectivity, ips map[string]string) {
 	t.Helper()
-	if err := lab.Poll(ctx, fmt.Sprintf("%s/%s -> %s/%s:%d denied", c.fromNS, c.from, c.toNS, c.to, c.port), 500*time.Millisecond, func() error {
+	if err := poll.Until(ctx, fmt.Sprintf("%s/%s -> %s/%s:%d denied", c.fromNS, c.from, c.toNS, c.to, c.port), 500*time.Millisecond, func() error {
 		if k.connect(ctx, c, ips) == nil {
 			return fmt.Errorf("connected (%s)", c.why)
 		}
@@ -305,7 +305,7 @@ func checkPolicyMemory(t *testing.T, ctx context.Context, k kube, agents map[str
 	}
 	k.apply(ctx, yaml.String())
 	wantPolicies := scalePolicies + strings.Count(policies, "kind: NetworkPolicy")
-	if err := lab.Poll(ctx, fmt.Sprintf("%d pause pods running", scalePods), time.Second, func() error {
+	if err := poll.Until(ctx, fmt.Sprintf("%d pause pods running", scalePods), time.Second, func() error {
 		var list struct{ Items []podObject }
 		out, err := k.c.Kubectl(ctx, "get", "pods", "-A", "-l", "app=pause", "-o", "json")
 		if err != nil {
@@ -334,7 +334,7 @@ func checkPolicyMemory(t *testing.T, ctx context.Context, k kube, agents map[str
 		perNode[p.Spec.NodeName]++
 	}
 	for _, n := range k.c.Nodes {
-		if err := lab.Poll(ctx, n.Name+"'s ruleset holds every policy", time.Second, func() error {
+		if err := poll.Until(ctx, n.Name+"'s ruleset holds every policy", time.Second, func() error {
 			got, err := rulesetGauge(ctx, k, n.Name, "policies")
 			if err == nil && got < wantPolicies {
 				err = fmt.Errorf("%d policies, want %d", got, wantPolicies)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/grapevine-net/grapevine/e2e/lab"
+	"github.com/grapevine-net/grapevine/internal/poll"
 )
 
 // process is one long-running program of the cluster (etcd, an API server,
@@ -88,5 +89,5 @@ func waitFor(ctx context.Context, what string, p *process, interval time.Duratio
 			}
 		}()
 	}
-	return lab.Poll(ctx, what, interval, func() error { return check(ctx) })
+	return poll.Until(ctx, what, interval, func() error { return check(ctx) })
 }

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/grapevine-net/grapevine/internal/poll"
 )
 
 // LedgerPort is the agent's default --ledger-port.
@@ -32,7 +34,7 @@ func FloodIdle(ctx context.Context, from []*Host, target netip.AddrPort, conns i
 					closeOnEnd()
 					c.Close()
 				}
-				if Sleep(ctx, redial) != nil {
+				if poll.Sleep(ctx, redial) != nil {
 					return
 				}
 			}

@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/grapevine-net/grapevine/internal/poll"
 	"github.com/grapevine-net/grapevine/status"
 )
 
@@ -580,7 +581,7 @@ func (h *Host) WaitStatus(ctx context.Context, what string, cond func(Status) bo
 	ctx, stop := context.WithCancelCause(ctx)
 	defer stop(nil)
 	var last Status
-	err := Poll(ctx, fmt.Sprintf("host %s: %s", h.Name, what), 250*time.Millisecond, func() error {
+	err := poll.Until(ctx, fmt.Sprintf("host %s: %s", h.Name, what), 250*time.Millisecond, func() error {
 		s, err := h.Status(ctx)
 		if err == nil {
 			last = s

@@ -16,6 +16,8 @@ import (
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
+
+	"github.com/grapevine-net/grapevine/internal/poll"
 )
 
 // Ping sends ICMP echo requests (ICMPv6 to an IPv6 dst) from inside the
@@ -86,7 +88,7 @@ func ping(ctx context.Context, conn *icmp.PacketConn, dst netip.Addr) (time.Dura
 		rtt, answered, err := echo(conn, dst, id, seq, deadline)
 		if err != nil {
 			// Unreachable routes fail the send itself; retry until ctx ends.
-			if waitErr := Sleep(ctx, 200*time.Millisecond); waitErr != nil {
+			if waitErr := poll.Sleep(ctx, 200*time.Millisecond); waitErr != nil {
 				return 0, fmt.Errorf("ping %s: %w (last: %w)", dst, waitErr, err)
 			}
 			continue
@@ -226,7 +228,7 @@ func (n Namespace) DialEcho(ctx context.Context, addr netip.AddrPort) (*EchoConn
 			c.SetDeadline(time.Time{})
 			return e, nil
 		}
-		if waitErr := Sleep(ctx, 200*time.Millisecond); waitErr != nil {
+		if waitErr := poll.Sleep(ctx, 200*time.Millisecond); waitErr != nil {
 			return nil, fmt.Errorf("%w (last: %w)", waitErr, err)
 		}
 	}

@@ -2,6 +2,7 @@ package ledger
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -16,6 +17,7 @@ import (
 	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/grapevine-net/grapevine/internal/poll"
 	"github.com/grapevine-net/grapevine/mesh/ledger/ledgertest"
 )
 
@@ -293,19 +295,23 @@ func (c *tcluster) claim(n *tnode, hint netip.Prefix) netip.Prefix {
 	return g.Block
 }
 
-// waitFor polls cond every 50ms until it holds or timeout passes.
+// waitFor polls cond every 50ms until it holds or timeout passes, and
+// then fails with what detail says.
 func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool, detail ...func() string) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			msg := ""
-			for _, d := range detail {
-				msg += " " + d()
-			}
-			t.Fatalf("timed out after %s waiting for %s%s", timeout, what, msg)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	err := poll.Until(ctx, what, 50*time.Millisecond, func() error {
+		if cond() {
+			return nil
 		}
-		time.Sleep(50 * time.Millisecond)
+		return errors.New("not yet")
+	})
+	if err != nil {
+		for _, d := range detail {
+			err = fmt.Errorf("%w; %s", err, d())
+		}
+		t.Fatal(err)
 	}
 }
 

@@ -588,20 +588,3 @@ func Converged(views map[string]mesh.View) error {
 	}
 	return nil
 }
-
-// WaitFor polls cond every interval until it returns nil or ctx ends, and
-// returns how long it took and the last error from cond.
-func WaitFor(ctx context.Context, interval time.Duration, cond func() error) (time.Duration, error) {
-	start := time.Now()
-	for {
-		err := cond()
-		if err == nil {
-			return time.Since(start), nil
-		}
-		select {
-		case <-ctx.Done():
-			return time.Since(start), fmt.Errorf("%w: %w", ctx.Err(), err)
-		case <-time.After(interval):
-		}
-	}
-}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/grapevine-net/grapevine/internal/poll"
 )
 
 // Convergence is what MeasureConvergence observed.
@@ -35,7 +37,7 @@ func MeasureConvergence(ctx context.Context, c *Cluster, n int, steady time.Dura
 		}
 	}
 	var dup error
-	_, err := WaitFor(ctx, 20*time.Millisecond, func() error {
+	err := poll.Until(ctx, fmt.Sprintf("%d nodes to converge", n), 20*time.Millisecond, func() error {
 		views := c.Views()
 		if dup = SharedBlock(views); dup != nil {
 			return nil

@@ -28,6 +28,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/grapevine-net/grapevine/e2e/lab"
+	"github.com/grapevine-net/grapevine/internal/poll"
 	"github.com/grapevine-net/grapevine/internal/testneeds"
 	"github.com/grapevine-net/grapevine/netpol"
 	"github.com/grapevine-net/grapevine/node/nodestate"
@@ -515,7 +516,7 @@ func TestPolicyTableDeletedIsWrittenAgain(t *testing.T) {
 	// the poll; the minute only bounds a failure.
 	pollCtx, stopPoll := context.WithTimeout(context.Background(), time.Minute)
 	defer stopPoll()
-	if err := lab.Poll(pollCtx, "table inet "+netpol.TableName+" back", time.Millisecond, func() error {
+	if err := poll.Until(pollCtx, "table inet "+netpol.TableName+" back", time.Millisecond, func() error {
 		chains, err := conn.ListChainsOfTableFamily(nftables.TableFamilyINet)
 		if err != nil {
 			return err

@@ -1,4 +1,4 @@
-package lab
+package poll
 
 import (
 	"context"
@@ -8,26 +8,26 @@ import (
 	"time"
 )
 
-func TestPoll(t *testing.T) {
+func TestUntil(t *testing.T) {
 	calls := 0
-	err := Poll(context.Background(), "the third call", time.Millisecond, func() error {
+	err := Until(context.Background(), "the third call", time.Millisecond, func() error {
 		if calls++; calls < 3 {
 			return errors.New("not yet")
 		}
 		return nil
 	})
 	if err != nil || calls != 3 {
-		t.Fatalf("Poll = %v after %d calls, want nil after 3", err, calls)
+		t.Fatalf("Until = %v after %d calls, want nil after 3", err, calls)
 	}
 
 	ctx, cancel := context.WithCancelCause(context.Background())
 	exited := errors.New("the agent exited")
-	err = Poll(ctx, "a ready agent", time.Millisecond, func() error {
+	err = Until(ctx, "a ready agent", time.Millisecond, func() error {
 		cancel(exited)
 		return errors.New("not ready")
 	})
 	if !errors.Is(err, exited) || !strings.Contains(err.Error(), "a ready agent") || !strings.Contains(err.Error(), "not ready") {
-		t.Fatalf("Poll ended by a cause = %v, want what, the cause and the last error", err)
+		t.Fatalf("Until ended by a cause = %v, want what, the cause and the last error", err)
 	}
 }
 

@@ -1,4 +1,7 @@
-package lab
+// Package poll waits for conditions: the one poller of Grapevine's tests,
+// labs and benchmarks. A test waits for what it needs (a route, a lease, a
+// leader), never for a fixed time; poll owns nothing else.
+package poll
 
 import (
 	"context"
@@ -18,11 +21,11 @@ func Sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// Poll calls check every interval until it returns nil or ctx ends. The
+// Until calls check every interval until it returns nil or ctx ends. The
 // error names what was awaited, why the wait ended (ctx's cause: cancel it
 // with a cause to stop early, say when a process exits) and check's last
 // error. Tests wait this way for what they need, never for a fixed time.
-func Poll(ctx context.Context, what string, interval time.Duration, check func() error) error {
+func Until(ctx context.Context, what string, interval time.Duration, check func() error) error {
 	for {
 		err := check()
 		if err == nil {
@@ -36,7 +39,7 @@ func Poll(ctx context.Context, what string, interval time.Duration, check func()
 
 // Hold calls check every interval for the window d and returns its first
 // error: for what must stay true throughout (no route withdrawn, no block
-// handed out), where Poll waits for what must become true. ctx ending
+// handed out), where Until waits for what must become true. ctx ending
 // before the window does is an error too.
 func Hold(ctx context.Context, what string, d, interval time.Duration, check func() error) error {
 	end := time.Now().Add(d)
