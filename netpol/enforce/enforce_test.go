@@ -21,6 +21,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	fcache "k8s.io/client-go/tools/cache/testing"
 
+	"github.com/grapevine-net/grapevine/internal/poll"
 	"github.com/grapevine-net/grapevine/netpol"
 	"github.com/grapevine-net/grapevine/netpol/admit"
 	"github.com/grapevine-net/grapevine/node/nodestate"
@@ -43,16 +44,10 @@ func (f fakePolicyAPI) api() API {
 // (generous: a loaded 2-core machine).
 func waitFor(t *testing.T, what string, cond func() error) {
 	t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("waiting for %s: %v", what, err)
-		}
-		time.Sleep(20 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // generous: a loaded 2-core machine
+	defer cancel()
+	if err := poll.Until(ctx, what, 20*time.Millisecond, cond); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -451,16 +446,12 @@ func TestPolicyTableWrittenAgainWhenTampered(t *testing.T) {
 	fake.policies.Add(&networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "deny"}})
 	waitFor(t, "the pod isolated", rulesetIs(kernel, func(rs netpol.Ruleset) bool { return len(rs.Ingress) == 1 }))
 	// The three objects came one by one; once the last is in force, the
-	// informers have nothing more to tell.
+	// informers have nothing more to tell. Each write is counted once
+	// Apply has returned, so the count may trail the kernel's for a moment.
+	waitCounted(t, e, "changed", func(n float64) bool { return int(n) == kernel.Applies() })
 	base := kernel.Applies()
 	checks := kernel.IntactChecks()
 	want, _ := kernel.Current()
-	writes := func(reason string) float64 { return testutil.ToFloat64(e.writes.WithLabelValues(reason)) }
-
-	// The enforcer's own writes signalled each time: none wrote again.
-	if base != int(writes("changed")) {
-		t.Errorf("%d applies, %v counted as changed", base, writes("changed"))
-	}
 
 	// A signal that changed nothing: checked, not written.
 	kernel.Signal()
@@ -492,9 +483,7 @@ func TestPolicyTableWrittenAgainWhenTampered(t *testing.T) {
 			t.Errorf("after tampering (deleted %v): %d applies, want %d", deleted, n, base+i+1)
 		}
 	}
-	if got := writes("tampered"); got != 2 {
-		t.Errorf("%v writes counted as tampered, want 2", got)
-	}
+	waitCounted(t, e, "tampered", func(n float64) bool { return n == 2 })
 
 	// A change in the API still writes.
 	fake.pods.Add(&corev1.Pod{
@@ -503,9 +492,20 @@ func TestPolicyTableWrittenAgainWhenTampered(t *testing.T) {
 		Status:     corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "10.244.0.11"},
 	})
 	waitFor(t, "the new pod isolated", rulesetIs(kernel, func(rs netpol.Ruleset) bool { return len(rs.Ingress) == 2 }))
-	if got := writes("changed"); got != float64(base+1) {
-		t.Errorf("%v writes counted as changed, want %d", got, base+1)
-	}
+	waitCounted(t, e, "changed", func(n float64) bool { return n == float64(base+1) })
+}
+
+// waitCounted waits until e's count of table writes for reason satisfies
+// ok: a write is counted once Apply has returned, a moment after the
+// kernel shows it.
+func waitCounted(t *testing.T, e *Enforcer, reason string, ok func(float64) bool) {
+	t.Helper()
+	waitFor(t, "table writes counted as "+reason, func() error {
+		if n := testutil.ToFloat64(e.writes.WithLabelValues(reason)); !ok(n) {
+			return fmt.Errorf("%v so far", n)
+		}
+		return nil
+	})
 }
 
 // TestPolicyResyncComparesOnly: the resync compiles and compares, and
@@ -569,9 +569,7 @@ func TestPolicyResyncComparesOnly(t *testing.T) {
 	})
 	kernel.FailWith(nil)
 	waitFor(t, "the block denied again", rulesetIs(kernel, func(rs netpol.Ruleset) bool { return len(rs.Unknown) == 1 }))
-	if got := testutil.ToFloat64(e.writes.WithLabelValues("retry")); got != 1 {
-		t.Errorf("%v writes counted as retry, want 1", got)
-	}
+	waitCounted(t, e, "retry", func(n float64) bool { return n == 1 })
 	applies := kernel.Applies()
 	waitFor(t, "ten more resyncs", compiledAfter(10))
 	if n := kernel.Applies(); n != applies {
@@ -589,13 +587,8 @@ func TestPolicySafetyNetRewrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	runEnforcer(t, e)
-	waitFor(t, "three writes", func() error {
-		if n := kernel.Applies(); n < 3 {
-			return fmt.Errorf("%d applies", n)
-		}
-		return nil
-	})
-	if got := testutil.ToFloat64(e.writes.WithLabelValues("rewrite")); got < 2 {
-		t.Errorf("%v writes counted as rewrite, want at least 2", got)
+	waitCounted(t, e, "rewrite", func(n float64) bool { return n >= 2 })
+	if n := kernel.Applies(); n < 3 {
+		t.Errorf("%d applies after two rewrites, want at least 3 (the first write, then the rewrites)", n)
 	}
 }
