@@ -1,6 +1,7 @@
 package mesh_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -8,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/grapevine-net/grapevine/internal/poll"
 	"github.com/grapevine-net/grapevine/mesh"
 	"github.com/grapevine-net/grapevine/mesh/ledger"
 	"github.com/grapevine-net/grapevine/mesh/meshtest"
@@ -85,12 +87,16 @@ func TestBootstrapExpectTwoOfThreeFormNothing(t *testing.T) {
 			reasonContains(n, "waiting for 3 agents with --bootstrap-expect 3 to meet before founding the ledger; 2 so far: "))
 	}
 	// Long enough to found alone and claim a block many times over.
-	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+	err := poll.Hold(context.Background(), "no ledger with two of three founders", 3*time.Second, 20*time.Millisecond, func() error {
 		for _, n := range []*meshtest.Node{n1, n2} {
 			if v := n.Mesh.View(); !v.Ledger.ClusterID.IsZero() || v.Ready {
-				t.Fatalf("%s holds ledger %s (ready %v) with two of three founders", n.Name, v.Ledger.ClusterID, v.Ready)
+				return fmt.Errorf("%s holds ledger %s (ready %v)", n.Name, v.Ledger.ClusterID, v.Ready)
 			}
 		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 	n3 := start(t, c, specs[2])
 	nodes := []*meshtest.Node{n1, n2, n3}
@@ -211,10 +217,14 @@ func TestRecordFoundsOnce(t *testing.T) {
 	c.Net.Partition([]netip.Addr{addr}, []netip.Addr{a.Addr.Addr(), b.Addr.Addr()})
 	d := start(t, c, meshtest.Spec{Name: "d", Addr: addr, Join: join, LedgerRecord: rec})
 	waitFor(t, "d to wait for the recorded ledger", 30*time.Second, reasonContains(d, cluster.String()))
-	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+	err := poll.Hold(context.Background(), "d, cut off with an empty state dir, holding no ledger", 3*time.Second, 20*time.Millisecond, func() error {
 		if v := d.Mesh.View(); !v.Ledger.ClusterID.IsZero() || v.Ready {
-			t.Fatalf("cut off with an empty state dir, d holds ledger %s (ready %v)", v.Ledger.ClusterID, v.Ready)
+			return fmt.Errorf("d holds ledger %s (ready %v)", v.Ledger.ClusterID, v.Ready)
 		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 	// a and b may still ask as they settle; d must not poll.
 	creates := rec.CreatesBy("d")

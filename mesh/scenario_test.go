@@ -221,18 +221,15 @@ func addrs(nodes []*meshtest.Node) []netip.Addr {
 // poll of the running nodes' views.
 func holdFor(t *testing.T, c *meshtest.Cluster, d time.Duration, cond func(map[string]mesh.View) error) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for time.Now().Before(deadline) {
+	err := poll.Hold(context.Background(), "no block shared", d, 20*time.Millisecond, func() error {
 		views := c.Views()
-		if err := meshtest.SharedBlock(views); err != nil {
-			t.Fatal(err)
+		if err := meshtest.SharedBlock(views); err != nil || cond == nil {
+			return err
 		}
-		if cond != nil {
-			if err := cond(views); err != nil {
-				t.Fatal(err)
-			}
-		}
-		time.Sleep(20 * time.Millisecond)
+		return cond(views)
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
 

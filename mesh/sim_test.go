@@ -506,16 +506,15 @@ func (s *sim) voters() []string {
 // settle polls the invariant for d.
 func (s *sim) settle(d time.Duration) {
 	s.t.Helper()
-	deadline := time.Now().Add(d)
-	for {
+	err := poll.Hold(context.Background(), "invariant broken", d, 20*time.Millisecond, func() error {
 		views := s.c.Views()
 		if err := s.check(views); err != nil {
-			s.t.Fatalf("invariant broken: %v\nviews: %s", err, describe(views))
+			return fmt.Errorf("%w\nviews: %s", err, describe(views))
 		}
-		if time.Now().After(deadline) {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
+		return nil
+	})
+	if err != nil {
+		s.t.Fatal(err)
 	}
 }
 

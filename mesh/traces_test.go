@@ -22,6 +22,7 @@ import (
 
 	"github.com/hashicorp/memberlist"
 
+	"github.com/grapevine-net/grapevine/internal/poll"
 	"github.com/grapevine-net/grapevine/mesh"
 	"github.com/grapevine-net/grapevine/mesh/ledger"
 	"github.com/grapevine-net/grapevine/mesh/meshtest"
@@ -609,8 +610,7 @@ func TestTrace11MessageFloodDoesNotStallGossip(t *testing.T) {
 // across ledgers, so the invariant is checked per side (node name prefix).
 func holdForSides(t *testing.T, c *meshtest.Cluster, d time.Duration, cond func(map[string]mesh.View) error) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for time.Now().Before(deadline) {
+	err := poll.Hold(context.Background(), "no block shared within a ledger", d, 20*time.Millisecond, func() error {
 		views := c.Views()
 		sides := map[byte]map[string]mesh.View{}
 		for n, v := range views {
@@ -621,13 +621,13 @@ func holdForSides(t *testing.T, c *meshtest.Cluster, d time.Duration, cond func(
 		}
 		for _, side := range sides {
 			if err := meshtest.SharedBlock(side); err != nil {
-				t.Fatal(err)
+				return err
 			}
 		}
-		if err := cond(views); err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(20 * time.Millisecond)
+		return cond(views)
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
 

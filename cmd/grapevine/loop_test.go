@@ -20,6 +20,7 @@ import (
 
 	"github.com/grapevine-net/grapevine/doctor"
 	"github.com/grapevine-net/grapevine/internal/hostclock"
+	"github.com/grapevine-net/grapevine/internal/poll"
 	"github.com/grapevine-net/grapevine/mesh"
 	"github.com/grapevine-net/grapevine/mesh/meshtest"
 	"github.com/grapevine-net/grapevine/node"
@@ -209,16 +210,10 @@ func (w *testWriter) count(s string) int {
 
 func waitFor(t *testing.T, what string, cond func() error) {
 	t.Helper()
-	deadline := time.Now().Add(time.Minute) // generous: a loaded 2-core machine
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("waiting for %s: %v", what, err)
-		}
-		time.Sleep(20 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // generous: a loaded 2-core machine
+	defer cancel()
+	if err := poll.Until(ctx, what, 20*time.Millisecond, cond); err != nil {
+		t.Fatal(err)
 	}
 }
 
