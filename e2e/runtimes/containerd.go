@@ -284,9 +284,38 @@ func (c *Containerd) StartBusybox(ctx context.Context, sandbox Sandbox) (string,
 	return id, nil
 }
 
-// Exec runs a command in a container and returns its output.
+// Exec runs a command in a container and returns its output. A failure
+// says what state the container is in, and why it ended if it did.
 func (c *Containerd) Exec(ctx context.Context, container string, cmd ...string) ([]byte, error) {
-	return c.Crictl(ctx, append([]string{"exec", "--sync", "--timeout", "30", container}, cmd...)...)
+	out, err := c.Crictl(ctx, append([]string{"exec", "--sync", "--timeout", "30", container}, cmd...)...)
+	if err != nil {
+		err = fmt.Errorf("%w; container %s: %s", err, container, c.containerState(ctx, container))
+	}
+	return out, err
+}
+
+// containerState is the container's state, exit code, reason and end as
+// `crictl inspect` tells them, and the last lines of its log.
+func (c *Containerd) containerState(ctx context.Context, container string) string {
+	raw, err := c.Crictl(ctx, "inspect", "--output", "json", container)
+	if err != nil {
+		return fmt.Sprintf("inspect: %v", err)
+	}
+	var st struct {
+		Status struct {
+			State      string `json:"state"`
+			ExitCode   int    `json:"exitCode"`
+			Reason     string `json:"reason"`
+			Message    string `json:"message"`
+			FinishedAt string `json:"finishedAt"`
+		} `json:"status"`
+	}
+	if err := json.Unmarshal(raw, &st); err != nil {
+		return fmt.Sprintf("inspect: %v", err)
+	}
+	logs, _ := c.Crictl(ctx, "logs", "--tail", "20", container)
+	return fmt.Sprintf("%s, exit code %d, reason %q, message %q, finished at %s; log: %q",
+		st.Status.State, st.Status.ExitCode, st.Status.Reason, st.Status.Message, st.Status.FinishedAt, logs)
 }
 
 // RemovePod stops and removes a sandbox and its containers.
