@@ -58,7 +58,7 @@ func RemoveCgroup(parent string) error {
 		// Containers run in mount namespaces of their own, so the Root's
 		// sweep misses those a runtime that was killed left behind; their
 		// cgroups still hold them.
-		errs = append(errs, killCgroupTree(tree))
+		errs = append(errs, killCgroupTree(parent, tree))
 		for i := len(tree) - 1; i >= 0; i-- {
 			if err := syscall.Rmdir(tree[i]); err != nil && !errors.Is(err, os.ErrNotExist) {
 				errs = append(errs, fmt.Errorf("remove cgroup %s: %w", tree[i], err))
@@ -68,9 +68,9 @@ func RemoveCgroup(parent string) error {
 	return errors.Join(errs...)
 }
 
-// killCgroupTree kills every process in the cgroups and waits until they
-// are gone.
-func killCgroupTree(tree []string) error {
+// killCgroupTree kills every process in the cgroups, the tree of parent,
+// and waits until they are gone.
+func killCgroupTree(parent string, tree []string) error {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		var pids []int
@@ -89,7 +89,7 @@ func killCgroupTree(tree []string) error {
 			return fmt.Errorf("processes %v in cgroup %s survive SIGKILL", pids, tree[0])
 		}
 		for _, pid := range pids {
-			syscall.Kill(pid, syscall.SIGKILL)
+			SignalIf(pid, syscall.SIGKILL, func(pid int) bool { return InCgroup(pid, parent) })
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

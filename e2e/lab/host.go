@@ -305,12 +305,21 @@ func (h *Host) FreezeAgent() error { return h.sendAgent(syscall.SIGSTOP) }
 // ThawAgent resumes a frozen agent with SIGCONT.
 func (h *Host) ThawAgent() error { return h.sendAgent(syscall.SIGCONT) }
 
+// sendAgent signals the running agent through its os.Process, which holds
+// a pidfd: never a process that took the pid of an agent that has exited.
 func (h *Host) sendAgent(sig syscall.Signal) error {
-	pid := h.AgentPID()
-	if pid == 0 {
+	h.mu.Lock()
+	p := h.agent
+	h.mu.Unlock()
+	if p == nil {
 		return fmt.Errorf("host %s: no agent running", h.Name)
 	}
-	if err := syscall.Kill(pid, sig); err != nil {
+	select {
+	case <-p.exited:
+		return fmt.Errorf("host %s: no agent running", h.Name)
+	default:
+	}
+	if err := p.cmd.Process.Signal(sig); err != nil {
 		return fmt.Errorf("host %s: %v to agent: %w", h.Name, sig, err)
 	}
 	return nil

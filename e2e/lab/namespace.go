@@ -204,7 +204,7 @@ func (n Namespace) killProcesses(ctx context.Context) error {
 					signalled[pid] = st
 				}
 			}
-			syscall.Kill(pid, sig)
+			SignalIf(pid, sig, func(pid int) bool { return InNetNS(pid, n.Path()) })
 		}
 		deadline := time.Now().Add(5 * time.Second)
 		for time.Now().Before(deadline) {

@@ -234,11 +234,17 @@ func (r *Root) Processes() ([]int, error) {
 		if err != nil {
 			continue
 		}
-		if ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", pid)); err == nil && ns == r.mntNS {
+		if r.holds(pid) {
 			pids = append(pids, pid)
 		}
 	}
 	return pids, nil
+}
+
+// holds reports whether process pid runs in the Root's mount namespace.
+func (r *Root) holds(pid int) bool {
+	ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", pid))
+	return err == nil && ns == r.mntNS
 }
 
 // Close kills every process left in the Root (runtimes should have been
@@ -262,7 +268,7 @@ func (r *Root) Close() error {
 				break
 			}
 			for _, pid := range pids {
-				syscall.Kill(pid, syscall.SIGKILL)
+				lab.SignalIf(pid, syscall.SIGKILL, r.holds)
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
